@@ -1,0 +1,120 @@
+"""The ``tracekit`` command line.
+
+Contract: this module is the only place where a :class:`tracekit.errors.TracekitError` becomes a
+one-line message on stderr and a non-zero exit code. Every subsystem contributes its commands
+through a ``register(app)`` function in its own ``cli`` module (listed in ``COMMAND_MODULES``), so
+this file stays small and the subsystems stay independent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from tracekit import __version__
+from tracekit.errors import TracekitError
+
+__all__ = ["app", "main", "COMMAND_MODULES", "is_verbose"]
+
+#: Modules that add commands to the app, each through ``register(app: typer.Typer) -> None``.
+COMMAND_MODULES = (
+    "tracekit.capture.cli",
+    "tracekit.doctor",
+    "tracekit.model.cli",
+    "tracekit.workload.cli",
+    "tracekit.recorder.cli",
+    "tracekit.analysis.cli",
+    "tracekit.lab.cli",
+)
+
+_verbose = False
+
+
+def is_verbose() -> bool:
+    """True when ``-v/--verbose`` was given before the command."""
+    return _verbose
+
+
+class _TracekitGroup(TyperGroup):
+    """Turns TracekitError into one line and an exit code; keeps the commands in registration order."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TracekitError as error:
+            typer.echo(f"tracekit: error: {error}", err=True)
+            if _verbose and error.detail:
+                typer.echo(error.detail, err=True)
+            raise typer.Exit(error.exit_code) from None
+        except BrokenPipeError:
+            raise typer.Exit(141) from None
+
+
+app = typer.Typer(
+    cls=_TracekitGroup,
+    name="tracekit",
+    help=(
+        "See what KVM's second-stage page-table code does: record KVM tracepoints of a live VM "
+        "into a Parquet capture, analyse it offline against a reference page-table model.\n\n"
+        "Examples:\n\n"
+        "  tracekit doctor                       # what this host can trace, and the fixes\n\n"
+        "  tracekit demo                         # record the built-in KVM workload and analyse it\n\n"
+        "  tracekit record --pid qemu -d 10 -o vm.tkcap\n\n"
+        "  tracekit info vm.tkcap"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"tracekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show the full detail of an error (compiler or verifier log, child output)."
+    ),
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            # A subsystem not present in this tree: only its own module may be missing.
+            if error.name != name:
+                raise
+            continue
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="tracekit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Typed errors of tracekit.
+
+Contract: library code raises a subclass of :class:`TracekitError` for every expected failure
+(bad input, a missing capability, a corrupt capture). Only the CLI edge (``tracekit.cli``) turns
+them into one line on stderr and an exit code; nothing below it calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TracekitError",
+    "UsageError",
+    "CaptureFormatError",
+    "MissingCapability",
+    "ProbeLoadError",
+    "ModelError",
+    "WorkloadError",
+    "RecorderError",
+    "AnalysisError",
+    "LabError",
+]
+
+
+class TracekitError(Exception):
+    """Base of every expected tracekit failure.
+
+    ``str(error)`` is the one-line message shown to the user; ``detail`` is an optional longer
+    text (a verifier log, a child's stderr) shown only with ``--verbose``.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail
+
+
+class UsageError(TracekitError):
+    """Arguments that cannot work together or name something that does not exist."""
+
+    exit_code = 2
+
+
+class CaptureFormatError(TracekitError):
+    """A capture that is missing, truncated, corrupt, foreign or from a newer format version."""
+
+
+class MissingCapability(TracekitError):
+    """The host lacks something a command needs; the message names the exact fix."""
+
+
+class ProbeLoadError(TracekitError):
+    """A BPF program failed to compile, load or attach; ``detail`` holds the log."""
+
+
+class ModelError(TracekitError):
+    """An impossible request to the reference page-table model."""
+
+
+class WorkloadError(TracekitError):
+    """The built-in KVM workload could not run or failed its own verification."""
+
+
+class RecorderError(TracekitError):
+    """The recorder could not start, or failed while running."""
+
+
+class AnalysisError(TracekitError):
+    """A capture lacks what an analysis needs."""
+
+
+class LabError(TracekitError):
+    """An emulated lab machine could not be built, booted or driven."""
