@@ -12,7 +12,6 @@ import importlib
 import sys
 from typing import Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -43,10 +42,10 @@ def is_verbose() -> bool:
 class _TracekitGroup(TyperGroup):
     """Turns TracekitError into one line and an exit code; keeps the commands in registration order."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except TracekitError as error:

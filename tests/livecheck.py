@@ -1,0 +1,60 @@
+"""Gates for live-kernel tests.
+
+Contract: a live test calls one of the ``need_*`` functions before touching the kernel. Where the
+host lacks the thing, the test is skipped with the precise reason, unless the environment sets
+``TRACEKIT_REQUIRE_LIVE=1``, in which case it fails with that reason instead: CI on a capable host
+can then not pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def live_required() -> bool:
+    """True when skipped live tests must fail instead (``TRACEKIT_REQUIRE_LIVE=1``)."""
+    return os.environ.get("TRACEKIT_REQUIRE_LIVE") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the calling test with ``reason``, or fail it under ``TRACEKIT_REQUIRE_LIVE=1``."""
+    if live_required():
+        pytest.fail(f"live test required (TRACEKIT_REQUIRE_LIVE=1) but: {reason}")
+    pytest.skip(reason)
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        skip_or_fail("needs root (or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN)")
+
+
+def need_kvm() -> None:
+    if not os.path.exists("/dev/kvm"):
+        skip_or_fail("/dev/kvm is absent (KVM not available on this host)")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        skip_or_fail("/dev/kvm is not readable and writable by this user")
+
+
+def need_tracefs() -> None:
+    need_root()
+    if not (TRACEFS / "events").is_dir():
+        skip_or_fail("tracefs is not mounted at /sys/kernel/tracing (mount -t tracefs tracefs /sys/kernel/tracing)")
+
+
+def need_tracepoint(system: str, event: str) -> None:
+    need_tracefs()
+    if not (TRACEFS / "events" / system / event).is_dir():
+        skip_or_fail(f"tracepoint {system}:{event} is not present in this kernel")
+
+
+def need_bcc() -> None:
+    need_root()
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        skip_or_fail("bcc is not importable (apt-get install python3-bpfcc; run from the project's venv)")
