@@ -1,0 +1,78 @@
+"""`tracekit info` and `tracekit export` through typer's runner."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pyarrow as pa
+from typer.testing import CliRunner
+
+from tracekit import __version__
+from tracekit.capture import COMMON_FIELDS, CaptureWriter
+from tracekit.cli import app
+
+runner = CliRunner()
+SCHEMA = pa.schema(COMMON_FIELDS + [
+    pa.field("cmd_name", pa.dictionary(pa.int32(), pa.string())),
+    pa.field("duration_ns", pa.int64()),
+    pa.field("frames", pa.list_(pa.string())),
+])
+
+
+def make(path):
+    with CaptureWriter(path, {"source": {"kind": "test", "description": "made by test_cli"},
+                              "target": {"pids": [7], "comm": "tracekit", "threads": [{"tid": 8, "comm": "tk-vcpu-0", "vcpu": 0}]},
+                              "probes": {"requested": ["ioctl", "tdp"], "attached": ["ioctl"],
+                                         "failed": [{"probe": "tdp", "reason": "CONFIG_KPROBES is off"}]},
+                              "backend": "bcc"}) as w:
+        w.declare("ioctl", SCHEMA)
+        w.append("ioctl", pa.table({"ts_ns": [10, 20, 30], "cpu": [0, 1, 0], "pid": [7, 7, 7], "tid": [8, 8, 7],
+                                    "cmd_name": ["KVM_RUN", "KVM_GET_DIRTY_LOG", "KVM_RUN"],
+                                    "duration_ns": [5, 6, None], "frames": [["a", "b"], [], None]}))
+        w.add_lost("ioctl", 1, 4)
+    return path
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"tracekit {__version__}"
+
+
+def test_info_text_and_json(tmp_path):
+    path = make(tmp_path / "c.tkcap")
+    text = runner.invoke(app, ["info", str(path)])
+    assert text.exit_code == 0, text.output
+    assert all(len(line) <= 80 for line in text.stdout.splitlines() if not line.startswith("capture"))
+    assert "ioctl" in text.stdout and "lost events   4" in text.stdout and "CONFIG_KPROBES is off" in text.stdout
+    data = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
+    assert data["families"]["ioctl"]["rows"] == 3
+    assert data["families"]["ioctl"]["columns"][:4] == ["ts_ns", "cpu", "pid", "tid"]
+    assert data["lost"] == {"total": 4, "by_probe": {"ioctl": 4}, "entries": [{"probe": "ioctl", "cpu": 1, "count": 4}]}
+    assert data["complete"] is True and data["format_version"] == 1
+    assert data["probes"]["failed"][0]["probe"] == "tdp"
+
+
+def test_export_csv_and_jsonl(tmp_path):
+    path = make(tmp_path / "c.tkcap")
+    out = runner.invoke(app, ["export", str(path), "--family", "ioctl", "--format", "csv"])
+    assert out.exit_code == 0, out.output
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [r["cmd_name"] for r in rows] == ["KVM_RUN", "KVM_GET_DIRTY_LOG", "KVM_RUN"]
+    assert json.loads(rows[0]["frames"]) == ["a", "b"] and rows[2]["duration_ns"] == ""
+    out = runner.invoke(app, ["export", str(path), "-f", "ioctl", "--format", "jsonl", "-o", str(tmp_path / "x.jsonl")])
+    assert out.exit_code == 0
+    lines = [json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()]
+    assert lines[1] == {"ts_ns": 20, "cpu": 1, "pid": 7, "tid": 8, "cmd_name": "KVM_GET_DIRTY_LOG",
+                        "duration_ns": 6, "frames": []}
+
+
+def test_export_errors(tmp_path):
+    path = make(tmp_path / "c.tkcap")
+    r = runner.invoke(app, ["export", str(path)])
+    assert r.exit_code == 2 and "--family is required; this capture has: ioctl" in r.stderr
+    r = runner.invoke(app, ["export", str(path), "-f", "nope"])
+    assert r.exit_code == 1 and "no family 'nope'" in r.stderr
+    r = runner.invoke(app, ["export", str(path), "-f", "ioctl", "--format", "xml"])
+    assert r.exit_code == 2 and "--format must be one of csv, jsonl" in r.stderr

@@ -1,0 +1,75 @@
+"""`tracekit doctor`: the report's shape, and its verdicts against independent evidence on this host."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tracekit import btf
+from tracekit.capabilities import TRACEPOINT_FAMILIES
+from tracekit.cli import app
+
+runner = CliRunner()
+
+
+def report() -> dict:
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_json_shape_and_fixes():
+    data = report()
+    names = [c["name"] for c in data["checks"]]
+    assert names == ["privileges", "tracefs", "btf", "kallsyms", "kvm", "bcc", "kernel_headers", "kprobes", "fentry"]
+    for check in data["checks"]:
+        assert set(check) == {"name", "ok", "detail", "fix"}
+        assert isinstance(check["ok"], bool) and check["detail"]
+    for name, fam in data["families"].items():
+        assert isinstance(fam["available"], bool) and fam["reason"], name
+    assert set(TRACEPOINT_FAMILIES) | {"stage2", "tdp"} == set(data["families"])
+    for check in data["checks"]:
+        if not check["ok"] and check["name"] not in ("fentry",):
+            assert check["fix"], check
+
+
+def test_verdicts_agree_with_the_host():
+    """Each verdict is checked against evidence gathered here independently of tracekit.capabilities."""
+    data = report()
+    checks = {c["name"]: c for c in data["checks"]}
+    tracing = Path("/sys/kernel/tracing")
+    assert checks["tracefs"]["ok"] == (tracing / "events").is_dir() or Path("/sys/kernel/debug/tracing/events").is_dir()
+    assert checks["btf"]["ok"] == Path("/sys/kernel/btf/vmlinux").is_file()
+    assert checks["kprobes"]["ok"] == ((tracing / "kprobe_events").exists()
+                                       or Path("/sys/bus/event_source/devices/kprobe").exists())
+    kvm_usable = os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+    assert checks["kvm"]["ok"] == kvm_usable
+    if (tracing / "events").is_dir():
+        walk_present = (tracing / "events/kvmmmu/kvm_mmu_pagetable_walk").is_dir()
+        assert data["families"]["walk"]["available"] == walk_present
+        assert data["families"]["lock"]["available"] == (tracing / "events/lock/contention_begin").is_dir()
+    if not checks["kprobes"]["ok"]:
+        assert not data["families"]["tdp"]["available"] and not data["families"]["stage2"]["available"]
+
+
+def test_text_report_fits_80_columns():
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    assert "probe families:" in result.stdout
+
+
+def test_btf_reader_finds_functions_and_rejects_garbage(tmp_path):
+    vmlinux = Path("/sys/kernel/btf/vmlinux")
+    import pytest
+    with pytest.raises(ValueError):
+        btf.find_type_id(b"\x00" * 64, btf.BTF_KIND_FUNC, "x")
+    if not vmlinux.is_file():
+        pytest.skip("no kernel BTF on this host")
+    blob = vmlinux.read_bytes()
+    assert btf.find_type_id(blob, btf.BTF_KIND_FUNC, "schedule")
+    assert btf.find_type_id(blob, btf.BTF_KIND_STRUCT, "task_struct")
+    assert btf.find_type_id(blob, btf.BTF_KIND_FUNC, "no_such_function_tracekit") is None

@@ -1,0 +1,354 @@
+"""What this host lets tracekit do: the capability report behind ``tracekit doctor``.
+
+Contract: :func:`probe_host` runs every check once (no state is left behind: a test BPF program is loaded
+and closed at once) and returns a :class:`CapabilityReport` whose checks each carry ``name``, ``ok``,
+``detail`` and, when not ok, the exact ``fix``; ``families`` says for every probe family whether it can
+attach here and why not. Checks test for features, never kernel versions. Nothing here raises for a
+missing feature; a failed check is data.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tracekit import btf
+
+__all__ = [
+    "Check",
+    "CapabilityReport",
+    "TRACEPOINT_FAMILIES",
+    "FUNCTION_FAMILIES",
+    "TRACEFS",
+    "probe_host",
+    "tracefs_root",
+    "tracepoint_exists",
+]
+
+TRACEFS = Path("/sys/kernel/tracing")
+BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
+KVM_DEV = Path("/dev/kvm")
+KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00)
+KVM_API_VERSION = 12
+
+#: Tracepoint families: (tracepoints that must all exist, tracepoints used where present).
+TRACEPOINT_FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "walk": (("kvmmmu:kvm_mmu_pagetable_walk", "kvmmmu:kvm_mmu_paging_element"), ("kvmmmu:kvm_mmu_walker_error",)),
+    "ioctl": (("syscalls:sys_enter_ioctl", "syscalls:sys_exit_ioctl"), ()),
+    "lock": (("lock:contention_begin", "lock:contention_end"), ()),
+    "mmu": (
+        (),
+        (
+            "kvmmmu:kvm_mmu_set_spte", "kvmmmu:kvm_mmu_spte_requested", "kvmmmu:kvm_mmu_set_dirty_bit",
+            "kvmmmu:kvm_mmu_set_accessed_bit", "kvmmmu:kvm_mmu_get_page", "kvmmmu:kvm_mmu_prepare_zap_page",
+            "kvmmmu:kvm_mmu_split_huge_page", "kvmmmu:kvm_tdp_mmu_spte_changed", "kvmmmu:fast_page_fault",
+            "kvm:kvm_page_fault", "kvm:kvm_dirty_ring_push", "kvm:kvm_dirty_ring_reset",
+            "kvm:kvm_unmap_hva_range", "kvm:kvm_age_hva",
+        ),
+    ),
+}
+
+#: Function-probe families: (architecture, functions that must exist, needs TDP MMU).
+FUNCTION_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "stage2": ("aarch64", ("kvm_pgtable_walk", "stage2_split_walker", "kvm_pgtable_stage2_split")),
+    "tdp": ("x86_64", ("kvm_tdp_mmu_map", "tdp_mmu_split_huge_page")),
+}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class CapabilityReport:
+    checks: list[Check] = field(default_factory=list)
+    families: dict[str, dict] = field(default_factory=dict)
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_json(self) -> dict:
+        return {"checks": [asdict(c) for c in self.checks], "families": self.families}
+
+
+def tracefs_root() -> Path | None:
+    """The mounted tracefs directory (``/sys/kernel/tracing`` or the debugfs fallback), or None."""
+    for root in (TRACEFS, Path("/sys/kernel/debug/tracing")):
+        if (root / "events").is_dir():
+            return root
+    return None
+
+
+def tracepoint_exists(name: str, root: Path | None = None) -> bool:
+    """True when tracepoint ``system:event`` exists in tracefs."""
+    root = root or tracefs_root()
+    if root is None:
+        return False
+    system, _, event = name.partition(":")
+    return (root / "events" / system / event / "format").exists()
+
+
+# -- individual checks -------------------------------------------------------------------------------
+
+_CAP_PERFMON, _CAP_BPF, _CAP_SYS_ADMIN = 38, 39, 21
+
+
+def _effective_caps() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def check_privileges() -> Check:
+    caps = _effective_caps()
+    has = lambda bit: bool(caps & (1 << bit))  # noqa: E731
+    if os.geteuid() == 0 or (has(_CAP_BPF) and has(_CAP_PERFMON)):
+        names = [n for n, b in (("CAP_BPF", _CAP_BPF), ("CAP_PERFMON", _CAP_PERFMON), ("CAP_SYS_ADMIN", _CAP_SYS_ADMIN)) if has(b)]
+        return Check("privileges", True, f"euid {os.geteuid()}; {', '.join(names) or 'no capabilities'}")
+    return Check("privileges", False, f"euid {os.geteuid()} without CAP_BPF+CAP_PERFMON",
+                 "run as root (sudo tracekit ...) or grant CAP_BPF,CAP_PERFMON,CAP_SYS_ADMIN")
+
+
+def check_tracefs() -> Check:
+    root = tracefs_root()
+    if root is not None:
+        return Check("tracefs", True, f"mounted at {root}")
+    return Check("tracefs", False, "no tracefs events directory", "mount -t tracefs tracefs /sys/kernel/tracing")
+
+
+def check_btf() -> Check:
+    if BTF_VMLINUX.is_file():
+        return Check("btf", True, f"{BTF_VMLINUX} present")
+    return Check("btf", False, "no kernel BTF", "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+
+
+def check_kallsyms() -> Check:
+    try:
+        with open("/proc/kallsyms") as f:
+            lines = [next(f) for _ in range(8)]
+    except (OSError, StopIteration) as error:
+        return Check("kallsyms", False, f"/proc/kallsyms unreadable ({error})", "run as root")
+    if all(line.startswith("0000000000000000") for line in lines):
+        return Check("kallsyms", False, "addresses hidden (kptr_restrict)", "sysctl kernel.kptr_restrict=0, and run as root")
+    return Check("kallsyms", True, "/proc/kallsyms shows addresses")
+
+
+def check_kvm() -> Check:
+    if not KVM_DEV.exists():
+        return Check("kvm", False, "/dev/kvm is absent",
+                     "load KVM (modprobe kvm_intel or kvm_amd) and enable virtualisation in firmware")
+    try:
+        fd = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as error:
+        return Check("kvm", False, f"cannot open /dev/kvm ({error.strerror})", "run as root or add the user to group kvm")
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as error:
+        return Check("kvm", False, f"KVM_GET_API_VERSION failed ({error.strerror})", "check the KVM module")
+    finally:
+        os.close(fd)
+    modules = sorted(p.name for p in Path("/sys/module").glob("kvm*")) if Path("/sys/module").is_dir() else []
+    if version != KVM_API_VERSION:
+        return Check("kvm", False, f"KVM API version {version}, expected {KVM_API_VERSION}", "use a standard KVM")
+    return Check("kvm", True, f"/dev/kvm usable (API {version}; modules {', '.join(modules) or '?'})")
+
+
+def _bcc_system_dirs() -> list[Path]:
+    return [p for p in (Path("/usr/lib/python3/dist-packages"), Path("/usr/lib/python3/site-packages")) if (p / "bcc").is_dir()]
+
+
+def check_bcc() -> Check:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        system = _bcc_system_dirs()
+        if system:
+            return Check("bcc", False, f"bcc is installed in {system[0]} but this Python ({platform.python_version()}) does not see it",
+                         "run tracekit from the project's venv (scripts/install.sh makes it with --system-site-packages)")
+        return Check("bcc", False, "bcc is not installed", "apt-get install python3-bpfcc (or use --backend tracefs)")
+    except Exception as error:  # bcc raises plain Exceptions when libbcc is broken
+        return Check("bcc", False, f"bcc failed to import: {error}", "reinstall python3-bpfcc and libbpfcc")
+    version = getattr(bcc, "__version__", "?")
+    return Check("bcc", True, f"bcc {version} from {Path(bcc.__file__).parent}")
+
+
+def _uts_release(build: Path) -> str | None:
+    header = build / "include" / "generated" / "utsrelease.h"
+    try:
+        match = re.search(r'UTS_RELEASE\s+"([^"]+)"', header.read_text())
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+def check_kernel_headers() -> Check:
+    release = platform.release()
+    build = Path("/lib/modules") / release / "build"
+    if Path("/sys/kernel/kheaders.tar.xz").exists() and not build.exists():
+        return Check("kernel_headers", True, "CONFIG_IKHEADERS: bcc extracts /sys/kernel/kheaders.tar.xz")
+    if not build.exists():
+        return Check("kernel_headers", False, f"no headers for {release} ({build} missing)",
+                     f"apt-get install linux-headers-{release}, or run scripts/install.sh, which links the "
+                     "distribution's headers as a fallback for tracepoint programs")
+    headers_release = _uts_release(build.resolve())
+    if headers_release == release:
+        return Check("kernel_headers", True, f"matching headers for {release}")
+    return Check("kernel_headers", True,
+                 f"fallback in use: headers of {headers_release or 'another kernel'} linked for {release}; safe for "
+                 "tracepoint programs (layouts come from tracefs), NOT for function probes reading kernel structs",
+                 "install headers matching the running kernel for function probes")
+
+
+def check_kprobes() -> Check:
+    root = tracefs_root()
+    if root is not None and (root / "kprobe_events").exists():
+        return Check("kprobes", True, "kprobe_events present")
+    if Path("/sys/bus/event_source/devices/kprobe").exists():
+        return Check("kprobes", True, "kprobe PMU present")
+    return Check("kprobes", False, "CONFIG_KPROBES is off (no kprobe_events, no kprobe PMU)",
+                 "use a kernel with CONFIG_KPROBES=y, or run function probes in 'tracekit lab arm64|x86'")
+
+
+# bpf(2) via libc: BPF_PROG_LOAD with BPF_PROG_TYPE_TRACING / BPF_TRACE_FENTRY, then attach and close.
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+_BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
+_BPF_PROG_TYPE_TRACING, _BPF_TRACE_FENTRY = 26, 24
+_FENTRY_TARGETS = ("kvm_vm_ioctl", "kvm_vcpu_ioctl", "do_sys_openat2")
+
+
+def _bpf(cmd: int, attr: ctypes.Array) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    ret = libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return ret
+
+
+def check_fentry() -> Check:
+    if _SYS_BPF is None:
+        return Check("fentry", False, f"fentry check not implemented for {platform.machine()}", "")
+    try:
+        blob = BTF_VMLINUX.read_bytes()
+    except OSError:
+        return Check("fentry", False, "no kernel BTF, so no fentry", "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    target = type_id = None
+    for name in _FENTRY_TARGETS:
+        type_id = btf.find_type_id(blob, btf.BTF_KIND_FUNC, name)
+        if type_id:
+            target = name
+            break
+    if not type_id:
+        return Check("fentry", False, "no probe target function in BTF", "")
+    insns = (ctypes.c_uint64 * 2)(0x00000000000000B7, 0x0000000000000095)  # r0 = 0; exit
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = (ctypes.c_uint8 * 160)()
+    view = memoryview(attr).cast("B")
+    import struct as _s
+    _s.pack_into("<II", view, 0, _BPF_PROG_TYPE_TRACING, 2)
+    _s.pack_into("<QQ", view, 8, ctypes.addressof(insns), ctypes.addressof(license_))
+    _s.pack_into("<I", view, 68, _BPF_TRACE_FENTRY)
+    _s.pack_into("<I", view, 108, type_id)
+    try:
+        prog_fd = _bpf(_BPF_PROG_LOAD, attr)
+    except OSError as error:
+        return Check("fentry", False, f"loading an fentry program on {target} refused: {errno.errorcode.get(error.errno, error.errno)}",
+                     "function probes need kprobes or fentry; run them in 'tracekit lab arm64|x86'")
+    try:
+        link = (ctypes.c_uint8 * 16)()
+        _s.pack_into("<QI", memoryview(link).cast("B"), 0, 0, prog_fd)
+        try:
+            link_fd = _bpf(_BPF_RAW_TRACEPOINT_OPEN, link)
+        except OSError as error:
+            return Check("fentry", False, f"attaching fentry to {target} refused: {errno.errorcode.get(error.errno, error.errno)}",
+                         "function probes need kprobes or fentry; run them in 'tracekit lab arm64|x86'")
+        os.close(link_fd)
+    finally:
+        os.close(prog_fd)
+    return Check("fentry", True, f"an fentry program attached to {target} (and was detached)")
+
+
+# -- families ------------------------------------------------------------------------------------------
+
+def _tracepoint_family(name: str, root: Path | None) -> dict:
+    required, optional = TRACEPOINT_FAMILIES[name]
+    if root is None:
+        return {"available": False, "reason": "tracefs not mounted", "tracepoints": []}
+    missing = [tp for tp in required if not tracepoint_exists(tp, root)]
+    present = [tp for tp in required + optional if tracepoint_exists(tp, root)]
+    if missing:
+        return {"available": False, "reason": f"missing tracepoint(s) {', '.join(missing)}", "tracepoints": present}
+    if not present:
+        return {"available": False, "reason": "none of its tracepoints exist in this kernel", "tracepoints": []}
+    absent = [tp for tp in optional if tp not in present]
+    reason = f"{len(present)} tracepoints" + (f"; absent here: {', '.join(absent)}" if absent else "")
+    return {"available": True, "reason": reason, "tracepoints": present}
+
+
+def _kallsyms_names() -> set[str]:
+    names = set()
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    names.add(parts[2].split(".")[0])
+    except OSError:
+        pass
+    return names
+
+
+def _function_family(name: str, kprobes: Check, symbols: set[str]) -> dict:
+    arch, functions = FUNCTION_FAMILIES[name]
+    if platform.machine() != arch:
+        return {"available": False, "reason": f"{arch} only (this host is {platform.machine()}); run 'tracekit lab'"}
+    missing = [f for f in functions if f not in symbols]
+    if missing:
+        return {"available": False, "reason": f"function(s) absent or inlined: {', '.join(missing)}"}
+    reasons = []
+    if not kprobes.ok:
+        reasons.append(kprobes.detail)
+    if name == "tdp":
+        tdp_mmu = Path("/sys/module/kvm/parameters/tdp_mmu")
+        try:
+            if tdp_mmu.read_text().strip() not in ("Y", "1"):
+                reasons.append("the TDP MMU is off (kvm.tdp_mmu=N: shadow paging)")
+        except OSError:
+            reasons.append("kvm.tdp_mmu parameter unreadable")
+    if reasons:
+        return {"available": False, "reason": "; ".join(reasons)}
+    return {"available": True, "reason": f"{len(functions)} functions probeable"}
+
+
+def probe_host() -> CapabilityReport:
+    """Run every check; see the module docstring."""
+    report = CapabilityReport()
+    for check in (check_privileges, check_tracefs, check_btf, check_kallsyms, check_kvm, check_bcc,
+                  check_kernel_headers, check_kprobes, check_fentry):
+        try:
+            report.checks.append(check())
+        except Exception as error:  # a check must never abort the report
+            report.checks.append(Check(check.__name__.removeprefix("check_"), False, f"check failed: {error}", ""))
+    root = tracefs_root()
+    for name in TRACEPOINT_FAMILIES:
+        report.families[name] = _tracepoint_family(name, root)
+    symbols = _kallsyms_names()
+    for name in FUNCTION_FAMILIES:
+        report.families[name] = _function_family(name, report.check("kprobes"), symbols)
+    return report

@@ -1,0 +1,87 @@
+"""``tracekit info`` and ``tracekit export``: look into a capture without any analysis."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tracekit.capture.export import EXPORT_FORMATS, export_family
+from tracekit.capture.reader import open_capture
+from tracekit.capture.summary import capture_summary, format_summary
+from tracekit.errors import CaptureFormatError, UsageError
+
+__all__ = ["register", "info", "export"]
+
+
+def info(
+    capture: Path = typer.Argument(..., help="A capture directory (NAME.tkcap)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (docs/cli-json/capture.md)."),
+) -> None:
+    """Summarise a capture: host, target, probes, rows per family, lost events.
+
+    Examples:
+
+      tracekit info vm.tkcap
+
+      tracekit info samples/dirty-log-2m.tkcap --json | jq .families
+    """
+    summary = capture_summary(open_capture(capture))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=1, default=str))
+    else:
+        typer.echo("\n".join(format_summary(summary)))
+
+
+def export(
+    capture: Path = typer.Argument(..., help="A capture directory (NAME.tkcap)."),
+    family: Optional[str] = typer.Option(None, "--family", "-f", help="The event family to export (see 'tracekit info')."),
+    fmt: str = typer.Option("csv", "--format", help=f"Output format: {' or '.join(EXPORT_FORMATS)}."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of standard output."),
+    perfetto: Optional[Path] = typer.Option(
+        None, "--perfetto", help="Write a Chrome/Perfetto JSON trace of the whole capture to this file instead."
+    ),
+) -> None:
+    """Export a family as CSV or JSON Lines, or the whole capture as a Perfetto trace.
+
+    Examples:
+
+      tracekit export vm.tkcap --family ioctl --format csv -o ioctl.csv
+
+      tracekit export vm.tkcap -f walk_element --format jsonl | head
+
+      tracekit export vm.tkcap --perfetto vm.json    # open in ui.perfetto.dev
+    """
+    cap = open_capture(capture)
+    if perfetto is not None:
+        try:
+            from tracekit.analysis.perfetto import write_perfetto
+        except ModuleNotFoundError as error:
+            raise UsageError("Perfetto export is not available in this build of tracekit") from error
+        write_perfetto(cap, perfetto)
+        typer.echo(f"wrote {perfetto}", err=True)
+        return
+    if family is None:
+        raise UsageError(f"--family is required; this capture has: {', '.join(cap.families()) or 'none'}")
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
+    if output is None:
+        export_family(cap, family, fmt, sys.stdout.buffer)
+        sys.stdout.flush()
+        return
+    if output.is_symlink():
+        raise CaptureFormatError(f"refusing to write through a symlink: {output}")
+    try:
+        with open(output, "wb") as out:
+            rows = export_family(cap, family, fmt, out)
+    except OSError as error:
+        raise CaptureFormatError(f"cannot write {output}: {error.strerror or error}") from error
+    typer.echo(f"wrote {rows:,} rows of {family} to {output}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info)
+    app.command("export")(export)
