@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Install everything tracekit needs on a Debian or Ubuntu host, as root:
+#   system packages (bcc, kernel headers or the documented fallback, bpftrace, QEMU for the labs),
+#   tracefs mounted, and a virtual environment .venv/ (with the system site packages, so Debian's
+#   python3-bpfcc is importable) holding tracekit and its Python dependencies.
+# Usage: scripts/install.sh [--demo]     (--demo: then run 'tracekit demo')
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'install: %s\n' "$*"; }
+die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (sudo $0)"
+command -v apt-get >/dev/null || die "needs a Debian or Ubuntu host (apt-get not found)"
+
+export DEBIAN_FRONTEND=noninteractive
+PACKAGES=(python3 python3-venv python3-pip python3-bpfcc bpftrace qemu-system-x86 qemu-system-arm
+          qemu-utils busybox-static cpio zstd xz-utils mmdebstrap e2fsprogs)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Kernel headers for bcc: the running kernel's, else the distribution's as a fallback that is safe
+# for tracepoint programs (their argument layouts come from tracefs, not from headers).
+release="$(uname -r)"
+build="/lib/modules/$release/build"
+if [ ! -e "$build" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
+    if apt-get install -y -qq "linux-headers-$release" >/dev/null 2>&1; then
+        log "installed linux-headers-$release"
+    else
+        arch="$(dpkg --print-architecture)"
+        meta="linux-headers-$arch"
+        grep -qi ubuntu /etc/os-release && meta="linux-headers-generic"
+        log "no headers packaged for $release; installing $meta as the fallback"
+        apt-get update -qq
+        apt-get install -y -qq "$meta" >/dev/null
+        hdr="$(ls -d /usr/src/linux-headers-*-"$arch" /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -1 || true)"
+        [ -n "$hdr" ] || die "no kernel headers found under /usr/src after installing $meta"
+        common="${hdr%-"$arch"}-common"
+        mkdir -p "/lib/modules/$release"
+        ln -sfn "$hdr" "$build"
+        [ -d "$common" ] && ln -sfn "$common" "/lib/modules/$release/source"
+        log "linked $build -> $hdr (fallback: 'tracekit doctor' reports it)"
+    fi
+fi
+
+if [ ! -d /sys/kernel/tracing/events ]; then
+    mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || log "could not mount tracefs (tracekit doctor will say why)"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv"
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+pipelog="$(mktemp)"
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >"$pipelog" 2>&1; then
+    cat "$pipelog" >&2; rm -f "$pipelog"; die "pip could not install tracekit into .venv"
+fi
+rm -f "$pipelog"
+.venv/bin/python -c 'import tracekit.cli' || die "tracekit did not install into .venv"
+log "done: .venv/bin/tracekit"
+
+if [ "${1:-}" = "--demo" ]; then
+    exec .venv/bin/tracekit demo
+fi
