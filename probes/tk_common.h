@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * tk_common.h - the header every tracekit tracepoint event starts with.
+ *
+ * Declared once here; scripts/gen_schema.py mirrors it into tracekit/schema.py.
+ * Field types are restricted to __u8/__s8/__u16/__s16/__u32/__s32/__u64/__s64
+ * and fixed arrays of them so the generator stays a few lines.
+ */
+#ifndef TK_COMMON_H
+#define TK_COMMON_H
+
+struct tk_header {
+	__u64 ts_ns;	/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u32 pid;	/* tgid */
+	__u32 tid;
+	__u32 cpu;
+	__u32 kind;	/* which event of the family (TK_<FAMILY>_* below) */
+};
+
+#endif /* TK_COMMON_H */
