@@ -1,0 +1,122 @@
+"""The architecture interface of the workload: what differs between x86-64 and arm64.
+
+Contract
+--------
+The driver (:mod:`tracekit.workload.dirtylog`) is architecture-neutral. It describes the guest it
+wants as a :class:`GuestSpec` (where the system area and the test region live, which pages each
+vCPU's access plan occupies) and asks a :class:`Backend` for the rest:
+
+- ``vm_type(kvm)``: the ``KVM_CREATE_VM`` type (arm64: IPA size in bits 7:0);
+- ``check_host(kvm, guest_page_size)``: refuse what this host's KVM does not offer;
+- ``configure_vm(vm, spec)``: VM-wide setup after creation (arm64: eager-split chunk size);
+- ``build_guest(spec)``: guest code and page tables as a :class:`GuestImage` ({gpa: bytes} to copy
+  into the system memslot, plus a JSON-able description of the guest paging);
+- ``init_vcpu(vcpu, image, index, plan_gva, plan_entries)``: registers so that the vCPU runs the
+  guest code at user privilege with paging on;
+- ``guest_report(vcpu, exit_reason)``: decode an exit; return the pass number the guest reported
+  (0-255) or raise :class:`tracekit.errors.WorkloadError` describing the unexpected exit.
+
+The guest contract shared by all backends: the plan of a vCPU is an array of ``plan_entries``
+little-endian 64-bit words at ``plan_gva``; each word is the guest-virtual address of a 4 KiB
+page with bit 0 set for "write one word" and clear for "read one word". The guest runs the plan
+once per pass, in array order, then reports ``pass & 0xff`` (the first pass is 1) and, when
+resumed, starts the next pass over the same array (which the host rewrites in between).
+:func:`backend_for` picks the backend of the running machine; it raises WorkloadError where none
+exists. Standard library only.
+"""
+
+from __future__ import annotations
+
+import abc
+import platform
+from dataclasses import dataclass, field
+
+from tracekit.errors import WorkloadError
+
+__all__ = ["GuestSpec", "GuestImage", "Backend", "backend_for", "ACCESS_STRIDE", "PLAN_WRITE_BIT"]
+
+#: The guest touches one word in every 4 KiB page, whatever the guest page size.
+ACCESS_STRIDE = 4096
+#: Bit 0 of a plan entry: write (set) or read (clear).
+PLAN_WRITE_BIT = 1
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """What the driver needs mapped.
+
+    ``system_gpa``..``system_map_end``: identity-mapped area for code, descriptor tables, stack and
+    plans (the backend may place its own pages in ``[system_gpa, reserved_end)``); page tables go
+    from ``table_base_gpa`` up. ``test_gva``/``test_gpa``/``test_size``: the region the guest
+    dirties, mapped with ``guest_page_size`` pages.
+    """
+
+    system_gpa: int
+    reserved_end: int
+    system_map_end: int
+    table_base_gpa: int
+    test_gva: int
+    test_gpa: int
+    test_size: int
+    guest_page_size: int
+
+
+@dataclass
+class GuestImage:
+    """Pages to copy into guest memory and what the vCPUs need to start."""
+
+    pages: dict[int, bytes]
+    entry_gva: int
+    end_gpa: int
+    paging: dict
+    extra: dict = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """One architecture's VM, vCPU and guest construction (see the module contract)."""
+
+    arch: str = ""
+    #: Guest page sizes (bytes) the backend can map the test region with.
+    guest_page_sizes: tuple[int, ...] = ()
+    #: Pages at the bottom of the system area that the backend uses (code, tables, stack).
+    reserved_bytes: int = 0
+    #: The dirty-ring capability this architecture uses (x86: KVM_CAP_DIRTY_LOG_RING).
+    dirty_ring_cap: int = 0
+    #: Highest guest-physical address (exclusive) the test region may reach.
+    max_gpa: int = 1 << 36
+
+    @abc.abstractmethod
+    def vm_type(self, kvm) -> int: ...
+
+    def check_host(self, kvm, guest_page_size: int) -> None:
+        """Raise WorkloadError if this host's KVM cannot give the guest what it needs (default: fine)."""
+
+    def configure_vm(self, vm, spec: GuestSpec) -> None:
+        """VM-wide setup after KVM_CREATE_VM and the capabilities (default: nothing)."""
+
+    @abc.abstractmethod
+    def build_guest(self, spec: GuestSpec) -> GuestImage: ...
+
+    @abc.abstractmethod
+    def init_vcpu(self, vcpu, image: GuestImage, index: int, plan_gva: int, plan_entries: int) -> None: ...
+
+    @abc.abstractmethod
+    def guest_report(self, vcpu, exit_reason: int) -> int: ...
+
+    @abc.abstractmethod
+    def guest_mode(self, spec: GuestSpec) -> str:
+        """The ``Testing guest mode:`` text of dirty_log_perf_test for this guest."""
+
+
+def backend_for(machine: str | None = None) -> Backend:
+    """The backend of ``machine`` (default: this host's ``platform.machine()``)."""
+    machine = machine or platform.machine()
+    if machine in ("x86_64", "amd64", "AMD64"):
+        from tracekit.workload.backend_x86 import X86Backend
+
+        return X86Backend()
+    if machine in ("aarch64", "arm64"):
+        raise WorkloadError(
+            "the arm64 workload backend (KVM_ARM_VCPU_INIT, IPA size in the VM type) is not implemented yet"
+        )
+    raise WorkloadError(f"the built-in KVM workload has no backend for {machine}")
