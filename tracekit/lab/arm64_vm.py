@@ -1,0 +1,244 @@
+"""A minimal arm64 KVM virtual machine for the lab scenarios (runs inside the emulated arm64 guest).
+
+Contract
+--------
+:class:`Arm64Vm` creates a VM through ``/dev/kvm`` with an explicit IPA size in the VM type
+(``KVM_VM_TYPE_ARM_IPA_SIZE``), optionally sets ``KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE`` (bytes; must
+happen before the first memslot) and ``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2``, maps one code slot and
+one data slot (anonymous memory, THP via ``madvise`` or hugetlb), and runs vCPUs initialised with
+``KVM_ARM_VCPU_INIT`` on a 5-instruction store loop::
+
+    loop: str  x3, [x0]        // one 8-byte store
+          add  x0, x0, x2      // stride
+          cmp  x0, x1
+          b.lo loop
+          str  x3, [x4]        // MMIO store outside every memslot: KVM_EXIT_MMIO = "pass done"
+          b    .
+
+The stage-1 MMU of the nested guest stays off, so every store is a stage-2 access at its IPA.
+Addresses and sizes are bytes; ``touch`` returns when the vCPU reported its MMIO exit. Only the
+standard library (and the workload's ctypes bindings) is imported, because this runs in a minimal
+guest userland. Failures raise :class:`tracekit.errors.LabError`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import threading
+
+from tracekit.errors import LabError
+from tracekit.workload import libc, uapi
+
+__all__ = [
+    "Arm64Vm",
+    "STORE_LOOP",
+    "CODE_IPA",
+    "DATA_IPA",
+    "MMIO_DONE_IPA",
+    "KVM_CAP_ARM_VM_IPA_SIZE",
+    "core_reg_id",
+]
+
+#: The store loop above, little-endian A64 encodings.
+STORE_LOOP = struct.pack(
+    "<6I",
+    0xF9000003,  # str x3, [x0]
+    0x8B020000,  # add x0, x0, x2
+    0xEB01001F,  # cmp x0, x1   (subs xzr, x0, x1)
+    0x54FFFFA3,  # b.lo -12     (cond LO=3, imm19=-3)
+    0xF9000083,  # str x3, [x4]
+    0x14000000,  # b .
+)
+
+CODE_IPA = 0x1000_0000
+DATA_IPA = 0x4000_0000
+MMIO_DONE_IPA = 0x0800_0000
+_CODE_SIZE = 64 * 1024
+_CODE_SLOT = 0
+_DATA_SLOT = 1
+
+KVM_CAP_ARM_VM_IPA_SIZE = 165
+_KVM_REG_ARM64 = 0x6000_0000_0000_0000
+_KVM_REG_SIZE_U64 = 0x0030_0000_0000_0000
+_KVM_REG_ARM_CORE = 0x0010 << 16
+_PC_INDEX = 32  # struct user_pt_regs: regs[31], sp, pc
+
+
+def core_reg_id(index: int) -> int:
+    """KVM_SET_ONE_REG id of core register ``index`` (x0..x30 = 0..30, sp = 31, pc = 32)."""
+    return _KVM_REG_ARM64 | _KVM_REG_SIZE_U64 | _KVM_REG_ARM_CORE | (index * 2)
+
+
+class _Vcpu:
+    def __init__(self, vm_fd: int, index: int, run_size: int, init: uapi.KvmVcpuInit):
+        self.index = index
+        self.fd = libc.ioctl(vm_fd, uapi.KVM_CREATE_VCPU, index)
+        libc.ioctl(self.fd, uapi.KVM_ARM_VCPU_INIT, init)
+        self.run_size = run_size
+        self.run = libc.mmap(run_size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, self.fd, 0)
+
+    def set_reg(self, index: int, value: int) -> None:
+        cell = ctypes.c_uint64(value)
+        reg = uapi.KvmOneReg(core_reg_id(index), ctypes.addressof(cell))
+        libc.ioctl(self.fd, uapi.KVM_SET_ONE_REG, reg)
+
+    def exit_reason(self) -> int:
+        return ctypes.c_uint32.from_address(self.run + uapi.RUN_EXIT_REASON_OFFSET).value
+
+    def mmio_address(self) -> int:
+        return ctypes.c_uint64.from_address(self.run + uapi.RUN_UNION_OFFSET).value
+
+    def close(self) -> None:
+        libc.munmap(self.run, self.run_size)
+        os.close(self.fd)
+
+
+class Arm64Vm:
+    """One nested arm64 VM with a data slot of ``data_bytes`` at :data:`DATA_IPA`.
+
+    ``backing`` is ``"thp"`` (anonymous + MADV_HUGEPAGE), ``"4k"`` (MADV_NOHUGEPAGE) or
+    ``"hugetlb-2m"`` / ``"hugetlb-1g"`` (MAP_HUGETLB; the pool must hold enough pages).
+    """
+
+    def __init__(
+        self,
+        data_bytes: int,
+        *,
+        backing: str = "thp",
+        ipa_bits: int = 40,
+        eager_split_chunk: int = 0,
+        manual_protect: bool = False,
+        vcpus: int = 1,
+    ):
+        self.data_bytes = data_bytes
+        self.backing = backing
+        self.ipa_bits = ipa_bits
+        self.log: list[dict] = []
+        self._kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        if libc.ioctl(self._kvm, uapi.KVM_CHECK_EXTENSION, KVM_CAP_ARM_VM_IPA_SIZE) < ipa_bits:
+            raise LabError(f"this KVM does not offer a {ipa_bits}-bit IPA space")
+        self.fd = libc.ioctl(self._kvm, uapi.KVM_CREATE_VM, ipa_bits & 0xFF)
+        if eager_split_chunk:
+            self._enable_cap(uapi.KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE, eager_split_chunk)
+        if manual_protect:
+            self._enable_cap(
+                uapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                uapi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | uapi.KVM_DIRTY_LOG_INITIALLY_SET,
+            )
+        self._code = libc.mmap(_CODE_SIZE, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
+        ctypes.memmove(self._code, STORE_LOOP, len(STORE_LOOP))
+        self._set_slot(_CODE_SLOT, CODE_IPA, _CODE_SIZE, self._code, 0)
+        self.data = self._map_data()
+        self._set_slot(_DATA_SLOT, DATA_IPA, data_bytes, self.data, 0)
+        run_size = libc.ioctl(self._kvm, uapi.KVM_GET_VCPU_MMAP_SIZE, 0)
+        init = uapi.KvmVcpuInit()
+        libc.ioctl(self.fd, uapi.KVM_ARM_PREFERRED_TARGET, init)
+        self.vcpus = [_Vcpu(self.fd, i, run_size, init) for i in range(vcpus)]
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _enable_cap(self, cap: int, arg0: int) -> None:
+        request = uapi.KvmEnableCap(cap=cap)
+        request.args[0] = arg0
+        libc.ioctl(self.fd, uapi.KVM_ENABLE_CAP, request)
+        self.log.append({"op": "enable_cap", "cap": cap, "arg0": arg0})
+
+    def _map_data(self) -> int:
+        size = self.data_bytes
+        prot = libc.PROT_READ | libc.PROT_WRITE
+        flags = libc.MAP_PRIVATE | libc.MAP_ANONYMOUS
+        if self.backing.startswith("hugetlb-"):
+            shift = {"hugetlb-2m": 21, "hugetlb-1g": 30}[self.backing]
+            return libc.mmap(size, prot, flags | libc.MAP_HUGETLB | (shift << libc.MAP_HUGE_SHIFT))
+        # Over-allocate so the slot starts on a 1 GiB boundary of the host VA: THP then backs
+        # every 2 MiB of it, and the stage-2 blocks line up with the IPA.
+        align = 1 << 30
+        raw = libc.mmap(size + align, prot, flags | libc.MAP_NORESERVE)
+        start = (raw + align - 1) & ~(align - 1)
+        advice = libc.MADV_HUGEPAGE if self.backing == "thp" else libc.MADV_NOHUGEPAGE
+        libc.madvise(start, size, advice)
+        return start
+
+    def _set_slot(self, slot: int, ipa: int, size: int, host: int, flags: int) -> None:
+        region = uapi.KvmUserspaceMemoryRegion(slot, flags, ipa, size, host)
+        libc.ioctl(self.fd, uapi.KVM_SET_USER_MEMORY_REGION, region)
+        self.log.append({"op": "set_memory_region", "slot": slot, "flags": flags, "ipa": ipa, "size": size})
+
+    def prefault_host(self, stride: int = 4096) -> None:
+        """Write one byte per ``stride`` from the host side, so THP/hugetlb pages exist before the guest runs."""
+        step = ctypes.c_uint8 * 1
+        for offset in range(0, self.data_bytes, stride):
+            step.from_address(self.data + offset)[0] = 1
+
+    # -- dirty logging -------------------------------------------------------------------------
+    def set_dirty_logging(self, enabled: bool) -> None:
+        """KVM_SET_USER_MEMORY_REGION on the data slot with or without KVM_MEM_LOG_DIRTY_PAGES."""
+        flags = uapi.KVM_MEM_LOG_DIRTY_PAGES if enabled else 0
+        self._set_slot(_DATA_SLOT, DATA_IPA, self.data_bytes, self.data, flags)
+
+    def _bitmap(self) -> ctypes.Array:
+        pages = self.data_bytes // 4096
+        return (ctypes.c_uint64 * ((pages + 63) // 64))()
+
+    def get_dirty_log(self) -> int:
+        """KVM_GET_DIRTY_LOG on the data slot; returns the number of dirty pages."""
+        bitmap = self._bitmap()
+        libc.ioctl(self.fd, uapi.KVM_GET_DIRTY_LOG, uapi.KvmDirtyLog(_DATA_SLOT, 0, ctypes.addressof(bitmap)))
+        dirty = sum(bin(word).count("1") for word in bitmap)
+        self.log.append({"op": "get_dirty_log", "dirty": dirty})
+        return dirty
+
+    def clear_dirty_log(self, first_page: int = 0, num_pages: int | None = None) -> None:
+        """KVM_CLEAR_DIRTY_LOG of ``num_pages`` from ``first_page`` (all bits set: re-protect everything)."""
+        pages = self.data_bytes // 4096 if num_pages is None else num_pages
+        bitmap = (ctypes.c_uint64 * ((pages + 63) // 64))()
+        for i in range(len(bitmap)):
+            bitmap[i] = 0xFFFF_FFFF_FFFF_FFFF
+        request = uapi.KvmClearDirtyLog(_DATA_SLOT, pages, first_page, ctypes.addressof(bitmap))
+        libc.ioctl(self.fd, uapi.KVM_CLEAR_DIRTY_LOG, request)
+        self.log.append({"op": "clear_dirty_log", "first_page": first_page, "num_pages": pages})
+
+    # -- running -------------------------------------------------------------------------------
+    def touch(self, stride: int, *, vcpu: int = 0, start: int = 0, length: int | None = None) -> None:
+        """Make vCPU ``vcpu`` store once every ``stride`` bytes of ``[start, start+length)`` of the slot."""
+        end = self.data_bytes if length is None else start + length
+        cpu = self.vcpus[vcpu]
+        cpu.set_reg(0, DATA_IPA + start)
+        cpu.set_reg(1, DATA_IPA + end)
+        cpu.set_reg(2, stride)
+        cpu.set_reg(3, 0x5A5A_5A5A_5A5A_5A5A)
+        cpu.set_reg(4, MMIO_DONE_IPA)
+        cpu.set_reg(_PC_INDEX, CODE_IPA)
+        libc.ioctl(cpu.fd, uapi.KVM_RUN, 0)
+        reason = cpu.exit_reason()
+        if reason != uapi.KVM_EXIT_MMIO or cpu.mmio_address() != MMIO_DONE_IPA:
+            name = uapi.KVM_EXIT_NAMES.get(reason, str(reason))
+            raise LabError(f"nested arm64 vCPU {vcpu} stopped with exit {name}, not the end-of-pass MMIO store")
+        self.log.append({"op": "touch", "vcpu": vcpu, "start": start, "end": end, "stride": stride})
+
+    def touch_parallel(self, stride: int) -> None:
+        """Split the slot evenly between all vCPUs and run them at once (threads named tk-vcpu-N)."""
+        share = self.data_bytes // len(self.vcpus)
+        errors: list[BaseException] = []
+
+        def run(index: int) -> None:
+            try:
+                libc.set_thread_name(f"tk-vcpu-{index}")
+                self.touch(stride, vcpu=index, start=index * share, length=share)
+            except BaseException as error:  # re-raised in the caller
+                errors.append(error)
+
+        threads = [threading.Thread(target=run, args=(i,), name=f"tk-vcpu-{i}") for i in range(len(self.vcpus))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        for cpu in self.vcpus:
+            cpu.close()
+        os.close(self.fd)
+        os.close(self._kvm)

@@ -1,0 +1,44 @@
+#!/bin/busybox sh
+# tracekit lab guest /init: mount the kernel filesystems, load KVM modules when they are modules,
+# run the scenario given on the kernel command line (tk.arch=, tk.scenario=) with the function
+# probes attached, stream the result directory as a tar archive to the virtio port "tracekit.out",
+# print "tk-done rc=N" on the console and power off. Any hang is the host's timeout to handle.
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin:/sbin:/usr/sbin PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/opt/tracekit
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+    tk.arch=*) TK_ARCH="${word#tk.arch=}" ;;
+    tk.scenario=*) TK_SCENARIO="${word#tk.scenario=}" ;;
+    tk.kvmargs=*) TK_KVMARGS="$(echo "${word#tk.kvmargs=}" | tr ',' ' ')" ;;
+  esac
+done
+if [ -d /opt/modules ]; then
+  for m in irqbypass kvm kvm-amd kvm_amd; do
+    [ -f "/opt/modules/$m.ko" ] || continue
+    case "$m" in kvm) insmod "/opt/modules/$m.ko" $TK_KVMARGS ;; *) insmod "/opt/modules/$m.ko" ;; esac
+  done
+fi
+echo "tk-booted arch=$TK_ARCH scenario=$TK_SCENARIO kernel=$(uname -r)"
+mkdir -p /tmp/out
+python3 -m tracekit.lab.guest_run "$TK_ARCH" "$TK_SCENARIO" /tmp/out
+rc=$?
+dmesg > /tmp/out/dmesg.txt
+port=""
+for p in /sys/class/virtio-ports/*; do
+  [ "$(cat "$p/name" 2>/dev/null)" = "tracekit.out" ] && port="/dev/$(basename "$p")"
+done
+if [ -n "$port" ]; then
+  tar -cf "$port" -C /tmp/out .
+else
+  echo "tk-guest-error: no virtio port named tracekit.out"
+  rc=3
+fi
+sync
+echo "tk-done rc=$rc"
+poweroff -f

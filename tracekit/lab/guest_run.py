@@ -1,0 +1,302 @@
+"""Inside a lab guest: attach the function probes with tracefs, run a scenario, save the raw trace.
+
+Contract
+--------
+``python3 -m tracekit.lab.guest_run ARCH SCENARIO OUTDIR`` (run by the guest's ``/init``, as root,
+tracefs mounted) resolves the architecture's probe family against ``/proc/kallsyms``, writes the
+``kprobe_events`` definitions (BTF argument names), records them in a private tracefs instance
+``tracekit`` (``mono`` clock, so timestamps are CLOCK_MONOTONIC ns) with an in-kernel histogram per
+hot probe, runs the scenario steps (each bracketed by ``trace_marker`` lines ``tk-step-begin N
+OP`` / ``tk-step-end N OP``), then saves into OUTDIR:
+
+- ``meta.json``: scenario, uname, kvm parameters, probe resolution (attached / failed with reasons),
+  the VMM's ioctl log, step timings, lost-event counts;
+- ``raw/cpuN.bin``: the per-CPU ``trace_pipe_raw`` pages; ``formats/SYSTEM__EVENT``: their
+  ``format`` files, plus ``header_page`` and ``header_event``;
+- ``hist/EVENT.txt``: the histogram trigger outputs; ``kallsyms.txt``: the KVM text symbols.
+
+It removes its probes and instance before returning. Exit status 0 on success; a failure prints
+one line ``tk-guest-error: ...`` and exits 1 (``meta.json`` still written with the error).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tracekit.funcprobes.kallsyms import load_kallsyms, resolve_all
+from tracekit.funcprobes.spec import TRACEFS_GROUP, event_names, kprobe_event_lines
+from tracekit.lab import scenarios
+
+__all__ = ["main", "TRACEFS", "INSTANCE"]
+
+TRACEFS = Path("/sys/kernel/tracing")
+INSTANCE = "tracekit"
+_BUFFER_KB = 65536
+
+
+def _family(arch: str):
+    if arch == "arm64":
+        from tracekit.funcprobes.stage2 import STAGE2_PROBES
+
+        return STAGE2_PROBES
+    from tracekit.funcprobes.tdp import TDP_PROBES
+
+    return TDP_PROBES
+
+
+class _Tracing:
+    """kprobe_events definitions plus a private instance; undone by :meth:`close`."""
+
+    def __init__(self, resolutions: list):
+        self.instance = TRACEFS / "instances" / INSTANCE
+        self.defined: list[str] = []
+        self.attached: list[str] = []
+        self.failed: list[dict] = []
+        self.hists: list[str] = []
+        for res in resolutions:
+            if not res.available:
+                self.failed.append({"probe": res.probe.name, "reason": res.reason})
+                continue
+            try:
+                for line in kprobe_event_lines(res.probe, res.symbol, with_args=res.btf_args):
+                    _append(TRACEFS / "kprobe_events", line)
+                    self.defined.append(line.split()[0].split("/", 1)[1])
+            except OSError as error:
+                self.failed.append(
+                    {"probe": res.probe.name, "reason": f"kprobe_events refused it: {error.strerror}: {_last_error()}"}
+                )
+                continue
+            self.attached.append(res.probe.name)
+        self.instance.mkdir()
+        _write(self.instance / "trace_clock", "mono")
+        _write(self.instance / "buffer_size_kb", str(_BUFFER_KB))
+        for res in resolutions:
+            if res.available and res.probe.name in self.attached and res.probe.hot and res.btf_args:
+                keys = ",".join(name for name, _ in res.probe.args if name in ("level", "visit"))
+                trigger = self.instance / "events" / TRACEFS_GROUP / res.probe.name / "trigger"
+                _write(trigger, f"hist:keys={keys}:vals=hitcount:size=256")
+                self.hists.append(res.probe.name)
+        for name in self.defined:
+            _write(self.instance / "events" / TRACEFS_GROUP / name / "enable", "1")
+        _write(self.instance / "tracing_on", "1")
+
+    def mark(self, text: str) -> None:
+        _write(self.instance / "trace_marker", text)
+
+    def stop(self) -> None:
+        _write(self.instance / "tracing_on", "0")
+
+    def save(self, out: Path) -> dict:
+        raw = out / "raw"
+        raw.mkdir(parents=True)
+        lost: dict[str, int] = {}
+        for cpu_dir in sorted((self.instance / "per_cpu").iterdir()):
+            cpu = cpu_dir.name[3:]
+            with open(raw / f"cpu{cpu}.bin", "wb") as sink:
+                sink.write(_drain(cpu_dir / "trace_pipe_raw"))
+            for line in (cpu_dir / "stats").read_text().splitlines():
+                if line.startswith("overrun:") or line.startswith("dropped events:"):
+                    lost[cpu] = lost.get(cpu, 0) + int(line.split(":")[1])
+        formats = out / "formats"
+        formats.mkdir()
+        for name in self.defined:
+            _copy(TRACEFS / "events" / TRACEFS_GROUP / name / "format", formats / f"{TRACEFS_GROUP}__{name}")
+        _copy(TRACEFS / "events" / "ftrace" / "print" / "format", formats / "ftrace__print")
+        _copy(TRACEFS / "events" / "header_page", formats / "header_page")
+        _copy(TRACEFS / "events" / "header_event", formats / "header_event")
+        hist = out / "hist"
+        hist.mkdir()
+        for name in self.hists:
+            _copy(self.instance / "events" / TRACEFS_GROUP / name / "hist", hist / f"{name}.txt")
+        return lost
+
+    def close(self) -> None:
+        try:
+            _write(self.instance / "tracing_on", "0")
+            for name in self.hists:
+                trigger = self.instance / "events" / TRACEFS_GROUP / name / "trigger"
+                first = trigger.read_text().splitlines()
+                for line in first:
+                    if line.startswith("hist:"):
+                        _write(trigger, "!" + line.split(" [")[0])
+            for name in self.defined:
+                _write(self.instance / "events" / TRACEFS_GROUP / name / "enable", "0")
+        finally:
+            if self.instance.exists():
+                self.instance.rmdir()
+            for name in reversed(self.defined):
+                _append(TRACEFS / "kprobe_events", f"-:{TRACEFS_GROUP}/{name}")
+
+
+def _last_error() -> str:
+    """The last two lines of tracefs ``error_log`` (the rejected command and the caret), one line."""
+    try:
+        lines = (TRACEFS / "error_log").read_text().strip().splitlines()
+    except OSError:
+        return "no error_log"
+    return " | ".join(line.strip() for line in lines[-3:])
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _append(path: Path, text: str) -> None:
+    # os.open, not open(..., "a"): Python's append mode seeks to the end, which tracefs refuses.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (text + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.write_bytes(src.read_bytes())
+
+
+def _drain(path: Path) -> bytes:
+    """Read a trace_pipe_raw file page by page until it is empty (non-blocking)."""
+    chunks = []
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _kvm_params() -> dict[str, str]:
+    params = {}
+    for module in sorted(Path("/sys/module").glob("kvm*")):
+        folder = module / "parameters"
+        if folder.is_dir():
+            for item in sorted(folder.iterdir()):
+                try:
+                    params[f"{module.name}.{item.name}"] = item.read_text().strip()
+                except OSError:
+                    continue
+    return params
+
+
+def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict]) -> list[dict]:
+    from tracekit.lab.arm64_vm import Arm64Vm
+
+    if scenario.backing.startswith("hugetlb-"):
+        _reserve_hugetlb(scenario)
+    vm = Arm64Vm(
+        scenario.memory_mib << 20,
+        backing=scenario.backing,
+        eager_split_chunk=scenario.eager_split_chunk,
+        manual_protect=scenario.manual_protect,
+        vcpus=scenario.vcpus,
+    )
+    try:
+        for index, step in enumerate(scenario.steps):
+            op, args = step[0], step[1:]
+            tracing.mark(f"tk-step-begin {index} {op}")
+            start = time.monotonic_ns()
+            if op == "prefault":
+                vm.prefault_host(2 << 20 if scenario.backing != "4k" else 4096)
+            elif op == "touch":
+                vm.touch(args[0])
+            elif op == "touch_parallel":
+                vm.touch_parallel(args[0])
+            elif op == "log":
+                vm.set_dirty_logging(bool(args[0]))
+            elif op == "get_dirty":
+                vm.get_dirty_log()
+            elif op == "clear":
+                vm.clear_dirty_log()
+            elif op == "clear_while_touching":
+                writers = threading.Thread(target=vm.touch_parallel, args=(args[0],))
+                writers.start()
+                vm.clear_dirty_log()
+                writers.join()
+            else:
+                raise ValueError(f"unknown scenario step {op!r}")
+            timings.append({"index": index, "op": op, "start_ns": start, "end_ns": time.monotonic_ns()})
+            tracing.mark(f"tk-step-end {index} {op}")
+        return vm.log
+    finally:
+        vm.close()
+
+
+def _reserve_hugetlb(scenario: scenarios.Scenario) -> None:
+    size_kb = {"hugetlb-2m": 2048, "hugetlb-1g": 1048576}[scenario.backing]
+    pages = (scenario.memory_mib * 1024) // size_kb
+    _write(Path(f"/sys/kernel/mm/hugepages/hugepages-{size_kb}kB/nr_hugepages"), str(pages))
+
+
+def run(arch: str, name: str, out: Path) -> dict:
+    """Run scenario ``name`` of ``arch`` and fill ``out``; returns the metadata written to meta.json."""
+    scenario = scenarios.get(name, arch)
+    out.mkdir(parents=True, exist_ok=True)
+    meta: dict = {
+        "scenario": scenario.as_dict(),
+        "uname": " ".join(platform.uname()),
+        "kernel_release": platform.release(),
+        "kvm_params": _kvm_params(),
+        "vmm_pid": os.getpid(),
+        "status": "error",
+    }
+    symbols = load_kallsyms()
+    resolutions = resolve_all(_family(arch), symbols)
+    meta["probes"] = {
+        "requested": [r.probe.name for r in resolutions],
+        "resolution": [
+            {"probe": r.probe.name, "symbol": r.symbol, "btf_args": r.btf_args, "reason": r.reason} for r in resolutions
+        ],
+    }
+    (out / "kallsyms.txt").write_text(
+        "".join(
+            f"{address:016x} t {sym}\n"
+            for sym, address in symbols.by_name.items()
+            if "kvm" in sym or "stage2" in sym or "tdp" in sym or "mmu" in sym
+        )
+    )
+    timings: list[dict] = []
+    tracing = _Tracing(resolutions)
+    try:
+        meta["probes"].update(attached=tracing.attached, failed=tracing.failed, events=tracing.defined)
+        meta["workload_log"] = _run_steps(scenario, tracing, timings)
+        tracing.stop()
+        meta["lost"] = tracing.save(out)
+        meta["status"] = "complete"
+    except Exception as error:  # recorded for the host, then reported as one line
+        meta["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        meta["steps"] = timings
+        tracing.close()
+        (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print("usage: python3 -m tracekit.lab.guest_run ARCH SCENARIO OUTDIR", file=sys.stderr)
+        return 2
+    meta = run(args[0], args[1], Path(args[2]))
+    if meta["status"] != "complete":
+        print(f"tk-guest-error: {meta.get('error')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Boot one emulated lab machine under QEMU (TCG) and bring its result archive back.
+
+Contract
+--------
+:func:`qemu_command` builds the QEMU command line for ``arch`` (``arm64``: ``virt`` with EL2
+(``virtualization=on``), GICv3, ``-cpu max,pauth-impdef=on``; ``x86``: TCG with nested SVM/NPT and
+``-cx16``), 2 vCPUs, the serial console to a file, and a virtio-serial port named
+``tracekit.out`` backed by a host file: the guest writes a tar archive of its results there.
+:func:`build_initramfs` packs the userland, the guest ``/init`` (``guest_init.sh``), the
+stdlib-only tracekit package and any KVM modules. :func:`boot` runs QEMU with a hard timeout
+(seconds); on timeout or an interrupt QEMU is killed, and the console log is kept. Returns a
+:class:`BootResult` (console text, path of the result archive, wall seconds, guest exit code from
+the ``tk-done rc=N`` console line or None). Raises :class:`tracekit.errors.LabError` for a guest
+that hangs (timeout) or QEMU failing to start.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import tracekit
+from tracekit.errors import LabError
+from tracekit.lab.fetch import QEMU_BINARY, QEMU_PACKAGE, require_tool
+from tracekit.lab.initramfs import write_initramfs
+
+__all__ = ["qemu_command", "build_initramfs", "boot", "BootResult", "GUEST_PORT", "DEFAULT_TIMEOUT"]
+
+GUEST_PORT = "tracekit.out"
+DEFAULT_TIMEOUT = 600
+_MEMORY_MIB = {"arm64": 2048, "x86": 3072}
+_CONSOLE = {"arm64": "ttyAMA0", "x86": "ttyS0"}
+_EXCLUDE = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/locale",
+    "usr/share/zoneinfo",
+    "usr/lib/python3.13/test",
+    "usr/lib/python3.13/idlelib",
+    "usr/lib/python3.13/pydoc_data",
+    "usr/lib/python3.13/ensurepip",
+    "var/cache",
+    "var/lib/apt",
+)
+#: tracekit modules the guest needs (all standard-library only).
+_GUEST_MODULES = (
+    "__init__.py",
+    "errors.py",
+    "funcprobes/__init__.py",
+    "funcprobes/spec.py",
+    "funcprobes/kallsyms.py",
+    "funcprobes/stage2.py",
+    "funcprobes/tdp.py",
+    "lab/__init__.py",
+    "lab/scenarios.py",
+    "lab/guest_run.py",
+    "lab/arm64_vm.py",
+    "workload/__init__.py",
+    "workload/uapi.py",
+    "workload/libc.py",
+)
+
+
+@dataclass
+class BootResult:
+    console: str
+    archive: Path
+    seconds: float
+    guest_rc: int | None
+    command: list[str]
+
+
+def qemu_command(
+    arch: str, kernel: Path, initrd: Path, console_log: Path, archive: Path, append: str, smp: int = 2
+) -> list[str]:
+    """The QEMU argv of one lab boot (see the module contract)."""
+    binary = require_tool(QEMU_BINARY[arch], QEMU_PACKAGE[arch])
+    if arch == "arm64":
+        machine = ["-M", "virt,virtualization=on,gic-version=3", "-cpu", "max,pauth-impdef=on"]
+    else:
+        machine = ["-accel", "tcg", "-cpu", "qemu64,+svm,+npt,+pdpe1gb,-cx16"]
+    return [
+        binary,
+        *machine,
+        "-smp", str(smp),
+        "-m", str(_MEMORY_MIB[arch]),
+        "-display", "none",
+        "-monitor", "none",
+        "-serial", f"file:{console_log}",
+        "-no-reboot",
+        "-kernel", str(kernel),
+        "-initrd", str(initrd),
+        "-append", f"console={_CONSOLE[arch]} panic=-1 loglevel=4 {append}".strip(),
+        "-device", "virtio-serial-pci",
+        "-chardev", f"file,id=tkout,path={archive}",
+        "-device", f"virtserialport,chardev=tkout,name={GUEST_PORT}",
+    ]  # fmt: skip
+
+
+def build_initramfs(path: Path, userland: Path | None, modules: tuple[Path, ...] = ()) -> int:
+    """Write the guest initramfs to ``path``; returns the number of archive entries."""
+    package = Path(tracekit.__file__).parent
+    extra: dict[str, bytes] = {"init": resources.files("tracekit.lab").joinpath("guest_init.sh").read_bytes()}
+    for rel in _GUEST_MODULES:
+        source = package / rel
+        if source.exists():
+            extra[f"opt/tracekit/tracekit/{rel}"] = source.read_bytes()
+    for module in modules:
+        extra[f"opt/modules/{module.name}"] = module.read_bytes()
+    return write_initramfs(path, userland, extra, exclude=_EXCLUDE)
+
+
+def boot(command: list[str], console_log: Path, archive: Path, timeout: float = DEFAULT_TIMEOUT) -> BootResult:
+    """Run QEMU until the guest powers off, killing it after ``timeout`` seconds."""
+    for stale in (console_log, archive):
+        stale.unlink(missing_ok=True)
+    start = time.monotonic()
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError as error:
+        raise LabError(f"cannot start {command[0]}: {error.strerror}") from None
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise LabError(
+            f"the emulated guest did not finish within {timeout:.0f} s and was killed; console log kept at {console_log}"
+        ) from None
+    except BaseException:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        raise
+    seconds = time.monotonic() - start
+    console = console_log.read_text(errors="replace") if console_log.exists() else ""
+    if process.returncode != 0:
+        tail = output.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise LabError(f"{Path(command[0]).name} exited with status {process.returncode}: {tail[0]}")
+    match = re.search(r"tk-done rc=(\d+)", console)
+    return BootResult(console, archive, seconds, int(match.group(1)) if match else None, command)

@@ -1,0 +1,142 @@
+"""Host side of a lab run: unpack the guest's archive, decode its raw trace, write a capture.
+
+Contract
+--------
+:func:`unpack` extracts the tar archive the guest streamed over its virtio port into a directory
+(member paths are checked to stay inside it; a truncated or empty archive raises
+:class:`tracekit.errors.LabError`). :func:`read_guest_trace` decodes every ``raw/cpuN.bin`` with
+the saved ``formats/`` into time-ordered :class:`~tracekit.funcprobes.decode.ProbeEvent` records
+(function-probe events) plus the scenario step markers. :func:`write_capture` writes a capture
+directory (families ``stage2_walk``, ``stage2_visit``, ``split``, ``fault``, ``func_call``) with
+``source.kind = "lab"`` and the guest's kernel release, probes, steps, per-step counts and the
+kernel's own histogram totals in the manifest. :func:`step_counts` counts probe entries per
+scenario step. Timestamps are the guest's CLOCK_MONOTONIC (``mono`` trace clock), ns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracekit.errors import LabError
+from tracekit.funcprobes.decode import ProbeEvent, decode_events
+from tracekit.funcprobes.kallsyms import parse_kallsyms
+from tracekit.funcprobes.spec import TRACEFS_GROUP
+from tracekit.lab.rawpages import DecodeStats, decode_pages, parse_format
+
+__all__ = ["unpack", "GuestTrace", "read_guest_trace", "step_counts", "hist_totals", "write_capture"]
+
+_MARKER = re.compile(r"tk-step-(begin|end) (\d+) (\S+)")
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """Extract the guest's tar archive into ``dest`` (created); returns ``dest``."""
+    if not archive.exists() or archive.stat().st_size == 0:
+        raise LabError(f"the guest sent no result archive ({archive} is missing or empty)")
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                target = (dest / member.name).resolve()
+                if not (target == dest.resolve() or dest.resolve() in target.parents):
+                    raise LabError(f"the guest archive holds a path outside its directory: {member.name}")
+                if not (member.isfile() or member.isdir()):
+                    continue
+                tar.extract(member, dest)
+    except tarfile.TarError as error:
+        raise LabError(f"the guest's result archive is truncated or corrupt: {error}") from None
+    if not (dest / "meta.json").exists():
+        raise LabError("the guest's result archive has no meta.json")
+    return dest
+
+
+@dataclass
+class GuestTrace:
+    meta: dict
+    events: list[ProbeEvent]
+    steps: list[dict]
+    stats: DecodeStats
+
+
+def read_guest_trace(folder: Path) -> GuestTrace:
+    """Decode the raw per-CPU pages of an unpacked guest result directory."""
+    meta = json.loads((folder / "meta.json").read_text())
+    formats = {}
+    for path in sorted((folder / "formats").glob("*__*")):
+        system = path.name.split("__", 1)[0]
+        fmt = parse_format(path.read_text(), system)
+        formats[fmt.id] = fmt
+    stats = DecodeStats()
+    raw_events = []
+    for path in sorted((folder / "raw").glob("cpu*.bin")):
+        cpu = int(path.stem[3:])
+        raw_events.extend(decode_pages(path.read_bytes(), formats, cpu, stats))
+    raw_events.sort(key=lambda e: (e.ts, e.cpu))
+    events: list[ProbeEvent] = []
+    steps: dict[int, dict] = {}
+    for ev in raw_events:
+        if ev.system == TRACEFS_GROUP:
+            events.append(ProbeEvent(ev.ts, ev.cpu, ev.pid, ev.name, ev.fields))
+        elif ev.name == "print":
+            match = _MARKER.search(ev.fields.get("buf", ""))
+            if match:
+                step = steps.setdefault(int(match.group(2)), {"index": int(match.group(2)), "op": match.group(3)})
+                step[f"{match.group(1)}_ns"] = ev.ts
+    return GuestTrace(meta, events, [steps[i] for i in sorted(steps)], stats)
+
+
+def step_counts(trace: GuestTrace) -> list[dict]:
+    """Per scenario step: the number of entry events of each probe between its markers."""
+    result = []
+    for step in trace.steps:
+        begin, end = step.get("begin_ns"), step.get("end_ns")
+        counts: dict[str, int] = {}
+        if begin is not None and end is not None:
+            for ev in trace.events:
+                if begin <= ev.ts <= end and not ev.name.endswith("_ret"):
+                    counts[ev.name] = counts.get(ev.name, 0) + 1
+        result.append({**step, "counts": counts})
+    return result
+
+
+def hist_totals(folder: Path) -> dict[str, dict[str, int]]:
+    """The in-kernel histogram of each hot probe: ``{probe: {"level=L visit=V": hits, ...}}``."""
+    totals: dict[str, dict[str, int]] = {}
+    for path in sorted((folder / "hist").glob("*.txt")) if (folder / "hist").is_dir() else []:
+        rows: dict[str, int] = {}
+        for line in path.read_text().splitlines():
+            match = re.match(r"\{\s*(.*?)\s*\}\s*hitcount:\s*(\d+)", line)
+            if match:
+                key = " ".join(part.replace(" ", "") for part in match.group(1).split(","))
+                rows[key] = int(match.group(2))
+        totals[path.stem] = rows
+    return totals
+
+
+def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, manifest: dict) -> dict:
+    """Write the capture; returns the manifest additions (counts, steps) for the run summary."""
+    from tracekit.capture import CaptureWriter
+
+    symbols = parse_kallsyms((folder / "kallsyms.txt").read_text()) if (folder / "kallsyms.txt").exists() else None
+    vmm_pid = trace.meta.get("vmm_pid")
+    decoded = decode_events(trace.events, probes, symbols, pid_of=lambda tid: vmm_pid if vmm_pid else tid)
+    steps = step_counts(trace)
+    summary = {
+        "counts": decoded.counts,
+        "steps": steps,
+        "kernel_histograms": hist_totals(folder),
+        "decode": {"events": trace.stats.events, "pages": trace.stats.pages, "unknown": trace.stats.unknown,
+                   "missed_pages": trace.stats.missed_pages},  # fmt: skip
+    }
+    meta = trace.meta
+    with CaptureWriter(output, manifest={**manifest, "lab": summary}) as writer:
+        for family, table in decoded.tables.items():
+            writer.declare(family, table.schema)
+            if table.num_rows:
+                writer.append(family, table)
+        for cpu, count in (meta.get("lost") or {}).items():
+            writer.add_lost("tracefs", int(cpu), int(count))
+    return summary

@@ -1,0 +1,180 @@
+"""Run one lab: fetch (cached), build the initramfs, boot under QEMU, decode, write the capture.
+
+Contract
+--------
+:func:`run_lab` runs scenario ``scenario`` of ``arch`` (``arm64`` or ``x86``) and writes the capture
+directory ``output`` (which must not exist). ``kernel`` replaces the Debian cloud kernel with the
+caller's own boot image (arm64 ``Image``; for x86 the KVM modules must then be built in, or given
+with ``modules``). ``timeout`` (seconds) bounds the emulated boot; the guest console log is always
+kept next to the capture as ``OUTPUT.console.log``; ``keep_raw`` copies the guest's raw result
+directory (per-CPU pages, format files, histograms) there too. Returns a :class:`LabRun` whose
+``as_dict()`` is the documented ``--json`` output (docs/cli-json/lab.md). Under emulation counts
+are exact and timings are not: the result says so in ``timing_note``. Raises
+:class:`tracekit.errors.LabError`, ``MissingCapability`` or ``UsageError`` with one line.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracekit.errors import LabError, UsageError
+from tracekit.lab import fetch, machine, results, scenarios
+
+__all__ = ["run_lab", "LabRun", "TIMING_NOTE", "ARCHES"]
+
+ARCHES = ("arm64", "x86")
+TIMING_NOTE = (
+    "emulated machine (QEMU TCG): event counts are exact, durations are those of the emulator and "
+    "say nothing about real hardware"
+)
+
+
+@dataclass
+class LabRun:
+    arch: str
+    scenario: dict
+    output: Path
+    kernel_release: str
+    kernel_source: str
+    boot_seconds: float
+    console_log: Path
+    counts: dict[str, int]
+    steps: list[dict]
+    kernel_histograms: dict
+    probes: dict
+    checks: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check["ok"] for check in self.checks)
+
+    def as_dict(self) -> dict:
+        return {
+            "arch": self.arch,
+            "scenario": self.scenario,
+            "capture": str(self.output),
+            "kernel_release": self.kernel_release,
+            "kernel_source": self.kernel_source,
+            "boot_seconds": round(self.boot_seconds, 3),
+            "console_log": str(self.console_log),
+            "counts": self.counts,
+            "steps": self.steps,
+            "kernel_histograms": self.kernel_histograms,
+            "probes": self.probes,
+            "checks": self.checks,
+            "ok": self.ok,
+            "timing_note": TIMING_NOTE,
+        }
+
+
+def _checks(scenario: scenarios.Scenario, counts: dict[str, int]) -> list[dict]:
+    checks = []
+    for name, expected in scenario.expected.items():
+        got = counts.get(name, 0)
+        checks.append({"count": name, "expected": expected, "measured": got, "ok": got == expected})
+    return checks
+
+
+def run_lab(
+    arch: str,
+    scenario: str,
+    output: Path,
+    *,
+    kernel: Path | None = None,
+    modules: Path | None = None,
+    timeout: float = machine.DEFAULT_TIMEOUT,
+    keep_raw: bool = False,
+    command_line: str = "",
+) -> LabRun:
+    """See the module contract."""
+    if arch not in ARCHES:
+        raise UsageError(f"unknown lab architecture {arch!r}; choose arm64 or x86")
+    chosen = scenarios.get(scenario, arch)
+    if output.exists() and any(output.iterdir()):
+        raise UsageError(f"{output} already exists and is not empty; choose a new capture path")
+    fetch.require_tool(fetch.QEMU_BINARY[arch], fetch.QEMU_PACKAGE[arch])
+    if kernel is not None and not kernel.is_file():
+        raise UsageError(f"kernel image {kernel} does not exist")
+    cache = fetch.cache_dir()
+    fetch.check_disk(cache, 256 << 20)
+    if kernel is None:
+        files = fetch.fetch_kernel(arch, cache)
+        image, release_hint, module_files, source = files.image, files.release, files.modules, "debian-trixie-cloud"
+    else:
+        image, release_hint, source = kernel, "", str(kernel)
+        module_files = tuple(sorted(modules.glob("*.ko"))) if modules is not None else ()
+    userland = fetch.fetch_userland(arch, cache)
+    console_log = output.parent / f"{output.name}.console.log"
+    work = Path(tempfile.mkdtemp(prefix="tracekit-lab-", dir=cache))
+    try:
+        initrd = work / "initrd.cpio"
+        machine.build_initramfs(initrd, userland, module_files)
+        archive = work / "result.tar"
+        append = f"tk.arch={arch} tk.scenario={chosen.name}"
+        if arch == "x86":
+            append += f" tk.kvmargs=tdp_mmu=1,eager_page_split={'1' if chosen.eager_page_split else '0'}"
+        command = machine.qemu_command(arch, image, initrd, work / "console.log", archive, append)
+        try:
+            boot = machine.boot(command, work / "console.log", archive, timeout)
+        finally:
+            if (work / "console.log").exists():
+                shutil.copyfile(work / "console.log", console_log)
+        guest_dir = results.unpack(archive, work / "guest")
+        trace = results.read_guest_trace(guest_dir)
+        if trace.meta.get("status") != "complete" or boot.guest_rc != 0:
+            raise LabError(
+                f"the guest scenario failed: {trace.meta.get('error', 'see the console log')} (console log: {console_log})"
+            )
+        probes = _family(arch)
+        manifest = {
+            "source": {"kind": "lab", "description": f"tracekit lab {arch} --scenario {chosen.name}: {chosen.description}"},
+            "backend": "tracefs-kprobe-events",
+            "command_line": command_line,
+            "host": f"qemu-{arch}-tcg",
+            "arch": "aarch64" if arch == "arm64" else "x86_64",
+            "kernel_release": trace.meta.get("kernel_release", release_hint),
+            "kvm_params": trace.meta.get("kvm_params", {}),
+            "page_size": 4096,
+            "target": {"pids": [trace.meta.get("vmm_pid")], "comm": "python3", "threads": []},
+            "probes": {
+                "requested": trace.meta["probes"]["requested"],
+                "attached": trace.meta["probes"].get("attached", []),
+                "failed": trace.meta["probes"].get("failed", []),
+                "resolution": trace.meta["probes"].get("resolution", []),
+            },
+            "workload": {"scenario": chosen.as_dict(), "ioctl_log": trace.meta.get("workload_log", [])},
+            "timing_note": TIMING_NOTE,
+            "qemu_command": boot.command,
+        }
+        summary = results.write_capture(output, trace, guest_dir, probes, manifest)
+        if keep_raw:
+            shutil.copytree(guest_dir, output.parent / f"{output.name}.guest")
+        return LabRun(
+            arch=arch,
+            scenario=chosen.as_dict(),
+            output=output,
+            kernel_release=manifest["kernel_release"],
+            kernel_source=source,
+            boot_seconds=boot.seconds,
+            console_log=console_log,
+            counts=summary["counts"],
+            steps=summary["steps"],
+            kernel_histograms=summary["kernel_histograms"],
+            probes=manifest["probes"],
+            checks=_checks(chosen, summary["counts"]),
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _family(arch: str) -> tuple:
+    if arch == "arm64":
+        from tracekit.funcprobes.stage2 import STAGE2_PROBES
+
+        return STAGE2_PROBES
+    from tracekit.funcprobes.tdp import TDP_PROBES
+
+    return TDP_PROBES

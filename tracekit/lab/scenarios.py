@@ -1,0 +1,154 @@
+"""Lab scenarios: what the nested VM does inside an emulated machine, as data.
+
+Contract
+--------
+A :class:`Scenario` names an architecture, the nested VM's memory (MiB, backing ``thp`` / ``4k`` /
+``hugetlb-2m`` / ``hugetlb-1g``), its KVM switches (arm64 eager-split chunk in bytes, manual dirty-log
+protect with initially-set, vCPU count; on x86 the ``eager_page_split`` parameter) and a list of
+steps executed in order by :mod:`tracekit.lab.guest_run`. Each step is a tuple ``(op, *args)``:
+
+- ``("prefault",)``: write every host page of the slot from the VMM, so THP/hugetlb backs it;
+- ``("touch", stride)``: vCPU 0 stores once every ``stride`` bytes of the slot (faults blocks in);
+- ``("touch_parallel", stride)``: every vCPU stores into its share of the slot at once;
+- ``("log", on)``: set or clear ``KVM_MEM_LOG_DIRTY_PAGES`` on the slot;
+- ``("get_dirty",)``, ``("clear",)``: ``KVM_GET_DIRTY_LOG`` / ``KVM_CLEAR_DIRTY_LOG`` of the whole slot;
+- ``("clear_while_touching", stride)``: CLEAR from the VMM thread while all vCPUs store.
+
+``expected`` holds exact counts the scenario must produce (``stage2_split`` calls, ``split_walker``
+visits, x86 ``split_events``), stated with their arithmetic. :func:`get` raises
+:class:`tracekit.errors.UsageError` for an unknown name. Standard library only (runs in the guests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracekit.errors import UsageError
+
+__all__ = ["Scenario", "SCENARIOS", "get", "names", "smallest"]
+
+MiB = 1 << 20
+_BLOCK = 2 * MiB
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    arch: str
+    description: str
+    memory_mib: int
+    steps: tuple[tuple, ...]
+    backing: str = "thp"
+    eager_split_chunk: int = 0
+    manual_protect: bool = False
+    vcpus: int = 1
+    eager_page_split: bool = True
+    expected: dict[str, int] = field(default_factory=dict)
+    expected_note: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "description": self.description,
+            "memory_mib": self.memory_mib,
+            "backing": self.backing,
+            "eager_split_chunk": self.eager_split_chunk,
+            "manual_protect": self.manual_protect,
+            "vcpus": self.vcpus,
+            "eager_page_split": self.eager_page_split,
+            "steps": [list(s) for s in self.steps],
+            "expected": dict(self.expected),
+            "expected_note": self.expected_note,
+        }
+
+
+_FAULT_IN = (("prefault",), ("touch", _BLOCK))
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "eager-enable",
+        "arm64",
+        "256 MiB THP faulted in as 2 MiB blocks, eager split (2 MiB chunks) when dirty logging is enabled",
+        256,
+        _FAULT_IN + (("log", True),),
+        eager_split_chunk=_BLOCK,
+        expected={"stage2_split": 128, "split_walker": 65_664},
+        expected_note="128 blocks x (1 block visit + 512 visits of the new level-3 table) = 65,664",
+    ),
+    Scenario(
+        "eager-clear",
+        "arm64",
+        "256 MiB THP, manual protect + initially-set: the split moves into KVM_CLEAR_DIRTY_LOG",
+        256,
+        _FAULT_IN + (("log", True), ("clear",)),
+        eager_split_chunk=_BLOCK,
+        manual_protect=True,
+        expected={"stage2_split": 1024, "split_walker": 65_664},
+        expected_note="one split call per 64-page mask word: 256 MiB / 256 KiB = 1,024; visits as at enable",
+    ),
+    Scenario(
+        "lazy",
+        "arm64",
+        "256 MiB THP, eager split off: blocks split on the first write fault after enabling dirty logging",
+        256,
+        _FAULT_IN + (("log", True), ("touch", 4096), ("get_dirty",)),
+        expected={"stage2_split": 0},
+    ),
+    Scenario(
+        "rebuild",
+        "arm64",
+        "256 MiB THP: eager split at enable, then logging off and every block faulted back in",
+        256,
+        _FAULT_IN + (("log", True), ("log", False), ("touch", _BLOCK)),
+        eager_split_chunk=_BLOCK,
+        expected={"stage2_split": 128},
+    ),
+    Scenario(
+        "contention",
+        "arm64",
+        "2 vCPUs write 256 MiB while the VMM clears the dirty log (mmu_lock read/write contention)",
+        256,
+        (("prefault",), ("touch_parallel", _BLOCK), ("log", True), ("clear_while_touching", 4096)),
+        eager_split_chunk=_BLOCK,
+        manual_protect=True,
+        vcpus=2,
+    ),
+    Scenario(
+        "hugetlb-2m",
+        "arm64",
+        "256 MiB of 2 MiB hugetlb pages, eager split at enable",
+        256,
+        _FAULT_IN + (("log", True),),
+        backing="hugetlb-2m",
+        eager_split_chunk=_BLOCK,
+        expected={"stage2_split": 128, "split_walker": 65_664},
+    ),
+    Scenario(
+        "4k",
+        "arm64",
+        "256 MiB without THP (4 KiB pages): enabling dirty logging walks every level-3 PTE and splits nothing",
+        256,
+        (("prefault",), ("touch", 4096), ("log", True)),
+        backing="4k",
+        eager_split_chunk=_BLOCK,
+    ),
+)
+
+
+def names(arch: str | None = None) -> list[str]:
+    """Scenario names, optionally of one architecture."""
+    return [s.name for s in SCENARIOS if arch is None or s.arch == arch]
+
+
+def get(name: str, arch: str) -> Scenario:
+    """The scenario ``name`` of ``arch`` (UsageError naming the valid ones otherwise)."""
+    for scenario in SCENARIOS:
+        if scenario.name == name and scenario.arch == arch:
+            return scenario
+    raise UsageError(f"unknown {arch} lab scenario {name!r}; choose one of: {', '.join(names(arch))}")
+
+
+def smallest(arch: str) -> Scenario:
+    """The scenario the lab's own end-to-end test runs for ``arch``."""
+    return get("eager-enable", arch)
