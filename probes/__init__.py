@@ -1,0 +1,33 @@
+"""BPF sources of tracekit's tracepoint probe families (installed as ``tracekit.probes``).
+
+Contract: :func:`source_path` returns the path of ``<family>.bpf.c`` and :func:`source_text` its
+text; :data:`PROBES_DIR` is the directory to pass to the compiler as ``-I`` (the family headers and
+``tk_common.h``/``tk_bpf.h`` live beside the sources). An unknown family raises
+:class:`tracekit.errors.ProbeLoadError`. Nothing here compiles or loads anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tracekit.errors import ProbeLoadError
+
+__all__ = ["PROBES_DIR", "FAMILIES", "source_path", "source_text"]
+
+PROBES_DIR = Path(__file__).resolve().parent
+
+#: Families with a BPF source here.
+FAMILIES = ("walk", "ioctl", "lock", "mmu")
+
+
+def source_path(family: str) -> Path:
+    """Path of the BPF C source of ``family``."""
+    path = PROBES_DIR / f"{family}.bpf.c"
+    if family not in FAMILIES or not path.is_file():
+        raise ProbeLoadError(f"no BPF source for probe family {family!r} (known: {', '.join(FAMILIES)})")
+    return path
+
+
+def source_text(family: str) -> str:
+    """The BPF C source of ``family``."""
+    return source_path(family).read_text()

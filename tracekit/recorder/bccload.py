@@ -1,0 +1,174 @@
+"""The bcc backend of the recorder: compile the families' BPF programs, attach, drain, detach.
+
+Contract: :class:`BccBackend` takes the families to record (each with its probe statuses) and the
+target tgid (a load-time constant ``TK_TARGET_TGID``), builds one program from their sources
+(:meth:`BccBackend.program_text`, shown by ``record --print-bpf``), loads it (the tracepoint
+programs attach on load), and then :meth:`BccBackend.poll` returns every committed event as Arrow
+tables per capture family, read in whole batches through :class:`tracekit.recorder.ringbuf.RingReader`.
+:meth:`BccBackend.lost` returns the in-kernel reserve-failure counters per probe and CPU.
+:meth:`BccBackend.stop` detaches every probe, drains what is left and builds the end-of-run
+tables; :meth:`BccBackend.close` frees everything and is safe to call twice. bcc is imported here
+only. Raises :class:`tracekit.errors.MissingCapability` (no bcc, no headers) and
+:class:`tracekit.errors.ProbeLoadError` (compile or verifier failure, log in ``detail``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from tracekit.errors import MissingCapability, ProbeLoadError
+from tracekit.recorder.family import ProbeFamily, ProbeStatus
+from tracekit.recorder.ringbuf import RingReader
+
+__all__ = ["BccBackend", "import_bcc", "struct_layouts"]
+
+PAGE = 4096
+
+
+def import_bcc() -> Any:
+    """The ``bcc`` module, or MissingCapability naming the fix."""
+    from tracekit.capabilities import check_bcc, check_kernel_headers
+
+    check = check_bcc()
+    if not check.ok:
+        raise MissingCapability(f"bcc backend unavailable: {check.detail}; fix: {check.fix}")
+    headers = check_kernel_headers()
+    if not headers.ok:
+        raise MissingCapability(f"bcc backend unavailable: {headers.detail}; fix: {headers.fix}")
+    import bcc
+
+    return bcc
+
+
+def _load(bcc: Any, text: str, cflags: list[str]) -> Any:
+    """``bcc.BPF(text=...)`` with the compiler/verifier output captured into the error."""
+    log = tempfile.TemporaryFile(mode="w+b")
+    saved = os.dup(2)
+    try:
+        os.dup2(log.fileno(), 2)
+        try:
+            return bcc.BPF(text=text, cflags=cflags)
+        except Exception as error:  # bcc raises plain Exception for compile and load failures
+            os.dup2(saved, 2)
+            log.seek(0)
+            detail = log.read().decode(errors="replace")[-20000:]
+            raise ProbeLoadError(f"BPF program failed to compile or load: {error}", detail=detail) from None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        log.close()
+
+
+def struct_layouts() -> dict[str, tuple[int, dict[str, int]]]:
+    """Size and top-level field offsets of each event struct as bcc's clang lays it out."""
+    from tracekit.probes import PROBES_DIR
+
+    bcc = import_bcc()
+    names = ("walk_event", "ioctl_event", "lock_event", "mmu_event")
+    text = "".join(f'#include "{n.split("_")[0]}.h"\n' for n in names)
+    text += "".join(f"BPF_ARRAY(layout_{n}, struct {n}, 1);\n" for n in names)
+    bpf = _load(bcc, text, [f"-I{PROBES_DIR}", "-w"])
+    try:
+        out = {}
+        for n in names:
+            leaf = bpf[f"layout_{n}"].Leaf
+            out[n] = (ctypes.sizeof(leaf),
+                      {f[0]: getattr(leaf, f[0]).offset for f in leaf._fields_ if not f[0].startswith("__pad")})
+        return out
+    finally:
+        bpf.cleanup()
+
+
+class BccBackend:
+    """Record families through one bcc program (see the module docstring)."""
+
+    name = "bcc"
+
+    def __init__(self, families: list[tuple[ProbeFamily, list[ProbeStatus]]], target_tgid: int):
+        self.families = families
+        self.target_tgid = target_tgid
+        self.bpf: Any = None
+        self.readers: list[tuple[ProbeFamily, str, RingReader]] = []
+        self.attached: list[str] = []
+
+    def cflags(self) -> list[str]:
+        flags = ["-w", f"-DTK_TARGET_TGID={self.target_tgid}"]
+        dirs: list[str] = []
+        for family, statuses in self.families:
+            dirs += [str(d) for d in family.include_dirs() if str(d) not in dirs]
+            flags += family.cflags(statuses, self.target_tgid)
+        return [f"-I{d}" for d in dirs] + flags
+
+    def program_text(self) -> str:
+        return "\n".join(f"/* ---- family {f.name} ---- */\n{f.bpf_source()}" for f, _ in self.families)
+
+    def start(self) -> None:
+        bcc = import_bcc()
+        self.bpf = _load(bcc, self.program_text(), self.cflags())
+        self.attached = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in self.bpf.tracepoint_fds)
+        for family, _ in self.families:
+            for ring in family.rings():
+                try:
+                    fd = self.bpf[ring.map_name].map_fd
+                except KeyError:
+                    raise ProbeLoadError(f"family {family.name}: ring buffer map {ring.map_name} not in the program") from None
+                self.readers.append((family, ring.map_name, RingReader(fd, ring.pages * PAGE, ring.dtype)))
+
+    def poll(self) -> list[tuple[ProbeFamily, dict[str, pa.Table]]]:
+        """Every committed event of every ring, decoded."""
+        out = []
+        for family, map_name, reader in self.readers:
+            while True:
+                records = reader.drain()
+                if not len(records):
+                    break
+                out.append((family, family.decode(map_name, records)))
+                if len(records) < reader.max_batch:
+                    break
+        return out
+
+    def bytes_read(self) -> int:
+        return sum(r.bytes_read for _, _, r in self.readers)
+
+    def lost(self) -> list[tuple[str, int, int]]:
+        """(probe, cpu, count) for every non-zero reserve-failure counter."""
+        out = []
+        if self.bpf is None:
+            return out
+        for family, _ in self.families:
+            for map_name, probes in family.lost_maps().items():
+                table = self.bpf[map_name]
+                for index, probe in enumerate(probes):
+                    values = table.getvalue(table.Key(index))
+                    for cpu, count in enumerate(values):
+                        if count:
+                            out.append((probe, cpu, int(count)))
+        return out
+
+    def stop(self) -> tuple[list[tuple[ProbeFamily, dict[str, pa.Table]]], list[tuple[ProbeFamily, dict[str, pa.Table]]]]:
+        """Detach, drain the rings, and build the end-of-run tables: (last batches, final tables)."""
+        if self.bpf is None:
+            return [], []
+        for tp in list(self.bpf.tracepoint_fds):
+            try:
+                self.bpf.detach_tracepoint(tp.decode() if isinstance(tp, bytes) else tp)
+            except Exception:  # already gone; close() frees the rest
+                pass
+        batches = self.poll()
+        stop_ns = time.monotonic_ns()
+        finals = [(family, family.finish(self.bpf, stop_ns)) for family, _ in self.families]
+        return batches, finals
+
+    def close(self) -> None:
+        for _, _, reader in self.readers:
+            reader.close()
+        self.readers = []
+        if self.bpf is not None:
+            bpf, self.bpf = self.bpf, None
+            bpf.cleanup()

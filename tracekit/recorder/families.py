@@ -1,0 +1,611 @@
+"""The built-in tracepoint probe families: ``walk``, ``ioctl``, ``lock`` and ``mmu``.
+
+Contract: importing this module registers the four families with
+:func:`tracekit.recorder.family.register_family`. Each turns ring-buffer records (numpy arrays of
+the dtypes in :mod:`tracekit.schema`) or raw tracefs events into Arrow tables whose columns are
+documented in docs/capture-families-tracepoints.md (common columns ``ts_ns`` int64 CLOCK_MONOTONIC
+ns, ``cpu``, ``pid`` (tgid), ``tid`` first). The tracefs decoders keep per-thread state between
+batches (open walks, ioctl entries and lock contentions not yet closed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tracekit import schema as S
+from tracekit.capture import COMMON_FIELDS
+from tracekit.probes import source_text
+from tracekit.recorder.family import ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
+from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
+
+__all__ = ["WalkFamily", "IoctlFamily", "LockFamily", "MmuFamily", "MMU_EVENTS", "LOCK_FLAG_NAMES",
+           "lock_flags_name"]
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+
+
+def _schema(*fields: pa.Field) -> pa.Schema:
+    return pa.schema(list(COMMON_FIELDS) + list(fields))
+
+
+def _table(schema: pa.Schema, columns: dict[str, Any]) -> pa.Table:
+    arrays = []
+    for fld in schema:
+        value = columns[fld.name]
+        if isinstance(value, pa.Array | pa.ChunkedArray):
+            arrays.append(value)
+        elif pa.types.is_dictionary(fld.type):
+            arrays.append(pa.array(value, type=pa.string()).dictionary_encode().cast(fld.type))
+        else:
+            arrays.append(pa.array(value, type=fld.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _masked(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa.Array:
+    return pa.array(values, type=type_, mask=~valid)
+
+
+def _empty_records(dtype: np.dtype, n: int) -> np.ndarray:
+    return np.zeros(n, dtype=dtype)
+
+
+def _fill_header(records: np.ndarray, ev: np.ndarray, kind: int) -> None:
+    records["hdr"]["ts_ns"] = ev["ts_ns"]
+    records["hdr"]["cpu"] = ev["cpu"]
+    records["hdr"]["tid"] = ev["common_pid"]
+    records["hdr"]["pid"] = ev["tgid"] if "tgid" in ev.dtype.names else ev["common_pid"]
+    records["hdr"]["kind"] = kind
+
+
+def _concat_events(parts: list[tuple[np.ndarray, int]], dtype: np.dtype) -> np.ndarray:
+    """Records of several kinds in one array ordered by (tid, ts_ns) (stable)."""
+    if not parts:
+        return np.empty(0, dtype)
+    records = np.concatenate([p for p, _ in parts]) if len(parts) > 1 else parts[0][0]
+    order = np.lexsort((records["hdr"]["ts_ns"], records["hdr"]["tid"]))
+    return records[order]
+
+
+# --------------------------------------------------------------------------------------------- walk
+
+class WalkFamily(ProbeFamily):
+    """kvmmmu:kvm_mmu_pagetable_walk / kvm_mmu_paging_element / kvm_mmu_walker_error."""
+
+    name = "walk"
+    description = "guest page-table walks done by KVM's software walker"
+    tracepoints = ("kvmmmu:kvm_mmu_pagetable_walk", "kvmmmu:kvm_mmu_paging_element", "kvmmmu:kvm_mmu_walker_error")
+    required = tracepoints[:2]
+    _FIELDS = {"kvmmmu:kvm_mmu_pagetable_walk": ("addr", "pferr"), "kvmmmu:kvm_mmu_paging_element": ("pte", "level"),
+               "kvmmmu:kvm_mmu_walker_error": ("pferr",)}
+
+    WALK = _schema(pa.field("walk_id", pa.uint64()), pa.field("addr", pa.uint64()), pa.field("pferr", pa.uint32()))
+    ELEMENT = _schema(pa.field("walk_id", pa.uint64()), pa.field("index", pa.uint8()), pa.field("level", pa.int8()),
+                      pa.field("pte", pa.uint64()))
+    ERROR = _schema(pa.field("walk_id", pa.uint64()), pa.field("pferr", pa.uint32()))
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._open: dict[int, tuple[int, int]] = {}  # tracefs: tid -> (walk_id, next index)
+        self._next_id = 1
+
+    def fields_used(self, tracepoint: str) -> tuple[str, ...]:
+        return self._FIELDS[tracepoint]
+
+    def tables(self) -> dict[str, pa.Schema]:
+        return {"walk": self.WALK, "walk_element": self.ELEMENT, "walk_error": self.ERROR}
+
+    def bpf_source(self) -> str:
+        return source_text("walk")
+
+    def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
+        return [f"-DTK_WALK_PAGES={self.options.ring_pages.get('walk_events', 4096)}"]
+
+    def rings(self) -> list[RingSpec]:
+        return [RingSpec("walk_events", S.WALK_EVENT_DTYPE, self.options.ring_pages.get("walk_events", 4096))]
+
+    def lost_maps(self) -> dict[str, tuple[str, ...]]:
+        return {"walk_lost": self.tracepoints}
+
+    def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
+        kind = records["hdr"]["kind"]
+        out = {}
+        for table, k in (("walk", S.TK_WALK_START), ("walk_element", S.TK_WALK_ELEMENT), ("walk_error", S.TK_WALK_ERROR)):
+            sel = records[kind == k]
+            cols: dict[str, Any] = common_arrays(sel["hdr"])
+            cols["walk_id"] = sel["walk_id"]
+            if table == "walk":
+                cols["addr"], cols["pferr"] = sel["value"], sel["aux"]
+            elif table == "walk_element":
+                cols["index"] = sel["index"].astype(np.uint8)
+                cols["level"] = sel["aux"].astype(np.int8)
+                cols["pte"] = sel["value"]
+            else:
+                cols["pferr"] = sel["aux"]
+            out[table] = _table(self.tables()[table], cols)
+        return out
+
+    def decode_tracefs(self, events: dict[str, np.ndarray]) -> dict[str, pa.Table]:
+        parts = []
+        for tp, kind, value, aux in (("kvmmmu:kvm_mmu_pagetable_walk", S.TK_WALK_START, "addr", "pferr"),
+                                     ("kvmmmu:kvm_mmu_paging_element", S.TK_WALK_ELEMENT, "pte", "level"),
+                                     ("kvmmmu:kvm_mmu_walker_error", S.TK_WALK_ERROR, None, "pferr")):
+            ev = events.get(tp)
+            if ev is None or not len(ev):
+                continue
+            rec = _empty_records(S.WALK_EVENT_DTYPE, len(ev))
+            _fill_header(rec, ev, kind)
+            if value:
+                rec["value"] = ev[value]
+            rec["aux"] = ev[aux]
+            parts.append((rec, kind))
+        records = _concat_events(parts, S.WALK_EVENT_DTYPE)
+        self.assign_walk_ids(records)
+        return self.decode("walk_events", records)
+
+    def assign_walk_ids(self, records: np.ndarray) -> None:
+        """Give events sorted by (tid, ts) the walk_id/index the BPF program would have given.
+
+        Open walks are carried per thread across batches: an element whose walk started in an
+        earlier batch keeps that walk's id and continues its index."""
+        n = len(records)
+        if n == 0:
+            return
+        tid = records["hdr"]["tid"].astype(np.int64)
+        kind = records["hdr"]["kind"]
+        is_start = kind == S.TK_WALK_START
+        is_elem = kind == S.TK_WALK_ELEMENT
+        new_ids = np.arange(self._next_id, self._next_id + int(is_start.sum()) + 1, dtype=np.uint64)
+        self._next_id += int(is_start.sum())
+        group_first = np.r_[0, np.flatnonzero(tid[1:] != tid[:-1]) + 1]
+        group_last = np.r_[group_first[1:] - 1, n - 1]
+        group_of = np.repeat(np.arange(len(group_first)), group_last - group_first + 1)
+        elem_cum = np.cumsum(is_elem)
+        before_group = np.r_[0, elem_cum][group_first][group_of]  # elements before the thread's rows
+        last_start = np.maximum.accumulate(np.where(is_start, np.arange(n), -1))
+        in_batch = last_start >= group_first[group_of]
+        rank = np.maximum(np.cumsum(is_start) - 1, 0)
+        carried = [self._open.get(int(tid[f]), (0, 0)) for f in group_first]
+        carry_id = np.array([c[0] for c in carried], dtype=np.uint64)[group_of]
+        carry_next = np.array([c[1] for c in carried], dtype=np.int64)[group_of]
+        since_start = elem_cum - elem_cum[np.maximum(last_start, 0)]
+        walk_id = np.where(in_batch, new_ids[rank], carry_id)
+        next_index = np.where(in_batch, since_start, carry_next + elem_cum - before_group)
+        records["walk_id"] = walk_id
+        records["index"] = np.where(is_elem, next_index - 1, 0).astype(np.uint32)
+        for row in group_last:
+            self._open[int(tid[row])] = (int(walk_id[row]), int(next_index[row]))
+
+
+# -------------------------------------------------------------------------------------------- ioctl
+
+_IOCTL_TABLE = _schema(
+    pa.field("duration_ns", pa.int64()), pa.field("fd", pa.int32()), pa.field("cmd", pa.uint32()),
+    pa.field("cmd_name", _DICT), pa.field("ret", pa.int64()),
+    pa.field("slot", pa.uint16()), pa.field("as_id", pa.uint16()), pa.field("flags", pa.uint32()),
+    pa.field("guest_phys_addr", pa.uint64()), pa.field("memory_size", pa.uint64()),
+    pa.field("userspace_addr", pa.uint64()), pa.field("first_page", pa.uint64()),
+    pa.field("num_pages", pa.uint32()), pa.field("cap", pa.uint32()), pa.field("cap_arg0", pa.uint64()),
+    pa.field("arg", pa.uint64()),
+)
+_IOCTL_SUMMARY = _schema(
+    pa.field("cmd", pa.uint32()), pa.field("cmd_name", _DICT), pa.field("count", pa.int64()),
+    pa.field("total_ns", pa.int64()), pa.field("max_ns", pa.int64()), pa.field("errors", pa.int64()),
+)
+
+
+class IoctlFamily(ProbeFamily):
+    """syscalls:sys_enter_ioctl / sys_exit_ioctl on KVM commands, paired per thread."""
+
+    name = "ioctl"
+    description = "KVM ioctls: command, decoded arguments, duration, return value"
+    tracepoints = ("syscalls:sys_enter_ioctl", "syscalls:sys_exit_ioctl")
+    required = tracepoints
+    _FIELDS = {"syscalls:sys_enter_ioctl": ("fd", "cmd", "arg"), "syscalls:sys_exit_ioctl": ("ret",)}
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.aggregated = tuple(c for c in self.options.aggregate_ioctls if c not in self.options.stream_ioctls)[:4]
+        self._pending = np.empty(0, S.IOCTL_EVENT_DTYPE)  # tracefs: entries awaiting their exit
+        self._agg: dict[tuple[int, int, int], list[int]] = {}
+
+    def fields_used(self, tracepoint: str) -> tuple[str, ...]:
+        return self._FIELDS[tracepoint]
+
+    def tables(self) -> dict[str, pa.Schema]:
+        return {"ioctl": _IOCTL_TABLE, "ioctl_summary": _IOCTL_SUMMARY}
+
+    def bpf_source(self) -> str:
+        return source_text("ioctl")
+
+    def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
+        cmds = list(self.aggregated) + [0] * (4 - len(self.aggregated))
+        flags = [f"-DTK_IOCTL_AGG_CMD{i}={c:#x}" for i, c in enumerate(cmds)]
+        if not self.aggregated:
+            flags[0] = "-DTK_IOCTL_AGG_CMD0=0x1"  # no KVM command has number 1 (type 0)
+        return flags + [f"-DTK_IOCTL_PAGES={self.options.ring_pages.get('ioctl_events', 256)}"]
+
+    def rings(self) -> list[RingSpec]:
+        return [RingSpec("ioctl_events", S.IOCTL_EVENT_DTYPE, self.options.ring_pages.get("ioctl_events", 256))]
+
+    def lost_maps(self) -> dict[str, tuple[str, ...]]:
+        return {"ioctl_lost": self.tracepoints}
+
+    def manifest_notes(self) -> dict[str, Any]:
+        return {"ioctl_aggregated": [ioctl_name(c) for c in self.aggregated]}
+
+    def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
+        cols: dict[str, Any] = common_arrays(records["hdr"])
+        decoded = records["decoded"]
+        region = (decoded & S.TK_IOCTL_HAS_REGION) != 0
+        has_slot = (decoded & (S.TK_IOCTL_HAS_REGION | S.TK_IOCTL_HAS_SLOT | S.TK_IOCTL_HAS_CLEAR)) != 0
+        clear = (decoded & S.TK_IOCTL_HAS_CLEAR) != 0
+        cap = (decoded & S.TK_IOCTL_HAS_CAP) != 0
+        cmd = records["cmd"]
+        cols.update(
+            duration_ns=records["duration_ns"], fd=records["fd"], cmd=cmd, cmd_name=[ioctl_name(int(c)) for c in cmd],
+            ret=records["ret"],
+            slot=_masked(records["slot"] & 0xFFFF, has_slot, pa.uint16()),
+            as_id=_masked(records["slot"] >> 16, has_slot, pa.uint16()),
+            flags=_masked(records["flags"], region | cap, pa.uint32()),
+            guest_phys_addr=_masked(records["guest_phys_addr"], region, pa.uint64()),
+            memory_size=_masked(records["memory_size"], region, pa.uint64()),
+            userspace_addr=_masked(records["userspace_addr"], region, pa.uint64()),
+            first_page=_masked(records["first_page"], clear, pa.uint64()),
+            num_pages=_masked(records["num_pages"], clear, pa.uint32()),
+            cap=_masked(records["cap"], cap, pa.uint32()),
+            cap_arg0=_masked(records["cap_arg0"], cap, pa.uint64()),
+            arg=records["arg"],
+        )
+        return {"ioctl": _table(_IOCTL_TABLE, cols)}
+
+    def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
+        rows = []
+        for key, val in bpf["ioctl_agg"].items():
+            rows.append((key.pid, key.tid, key.cmd, val.count, val.total_ns, val.max_ns, val.errors))
+        return {"ioctl_summary": self._summary(rows, stop_ns)}
+
+    def _summary(self, rows: list[tuple[int, ...]], stop_ns: int) -> pa.Table:
+        rows.sort(key=lambda r: (r[1], r[2]))
+        cols: dict[str, Any] = {
+            "ts_ns": [stop_ns] * len(rows), "cpu": [-1] * len(rows),
+            "pid": [r[0] for r in rows], "tid": [r[1] for r in rows], "cmd": [r[2] for r in rows],
+            "cmd_name": [ioctl_name(r[2]) for r in rows], "count": [r[3] for r in rows],
+            "total_ns": [r[4] for r in rows], "max_ns": [r[5] for r in rows], "errors": [r[6] for r in rows],
+        }
+        return _table(_IOCTL_SUMMARY, cols)
+
+    def decode_tracefs(self, events: dict[str, np.ndarray]) -> dict[str, pa.Table]:
+        enter = events.get("syscalls:sys_enter_ioctl")
+        exit_ = events.get("syscalls:sys_exit_ioctl")
+        parts = [(self._pending, 0)]
+        if enter is not None and len(enter):
+            enter = enter[((enter["cmd"] >> 8) & 0xFF) == KVMIO]
+            rec = _empty_records(S.IOCTL_EVENT_DTYPE, len(enter))
+            _fill_header(rec, enter, 0)
+            rec["fd"], rec["cmd"], rec["arg"] = enter["fd"], enter["cmd"], enter["arg"]
+            parts.append((rec, 0))
+        if exit_ is not None and len(exit_):
+            rec = _empty_records(S.IOCTL_EVENT_DTYPE, len(exit_))
+            _fill_header(rec, exit_, 1)
+            rec["ret"] = exit_["ret"]
+            parts.append((rec, 1))
+        records = _concat_events(parts, S.IOCTL_EVENT_DTYPE)
+        pairs, self._pending = pair_enter_exit(records)
+        calls = records[pairs[:, 0]].copy()
+        calls["duration_ns"] = (records["hdr"]["ts_ns"][pairs[:, 1]] - calls["hdr"]["ts_ns"]).astype(np.int64)
+        calls["ret"] = records["ret"][pairs[:, 1]]
+        calls["hdr"]["kind"] = 0
+        agg = np.isin(calls["cmd"], np.asarray(self.aggregated, dtype=np.uint32))
+        for row in calls[agg]:  # aggregated commands: one dict update per call (tracefs backend only)
+            key = (int(row["hdr"]["pid"]), int(row["hdr"]["tid"]), int(row["cmd"]))
+            acc = self._agg.setdefault(key, [0, 0, 0, 0])
+            acc[0] += 1
+            acc[1] += int(row["duration_ns"])
+            acc[2] = max(acc[2], int(row["duration_ns"]))
+            acc[3] += int(row["ret"] < 0)
+        return self.decode("ioctl_events", calls[~agg])
+
+    def finish_tracefs(self, stop_ns: int) -> dict[str, pa.Table]:
+        rows = [(*key, *val) for key, val in self._agg.items()]
+        return {"ioctl_summary": self._summary(rows, stop_ns)}
+
+
+def pair_enter_exit(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pair begin (kind 0) and end (kind 1) records sorted by (tid, ts_ns).
+
+    Returns (pairs of row indices [begin, end], begins still open at the end of their thread's rows,
+    to carry into the next batch). An end whose previous row of the same thread is not a begin is
+    dropped (its begin was before the recording started)."""
+    kind = records["hdr"]["kind"]
+    tid = records["hdr"]["tid"]
+    n = len(records)
+    if n == 0:
+        return np.empty((0, 2), dtype=np.int64), records[:0]
+    ends = np.flatnonzero(kind[1:] == 1) + 1
+    ok = (kind[ends - 1] == 0) & (tid[ends - 1] == tid[ends])
+    pairs = np.stack([ends[ok] - 1, ends[ok]], axis=1)
+    last_of_tid = np.r_[tid[1:] != tid[:-1], True]
+    open_begins = (kind == 0) & last_of_tid
+    return pairs, records[open_begins].copy()
+
+
+# --------------------------------------------------------------------------------------------- lock
+
+#: lock:contention_begin flag bits (include/trace/events/lock.h).
+LOCK_FLAG_NAMES = ((1, "SPIN"), (2, "READ"), (4, "WRITE"), (8, "RT"), (16, "PERCPU"), (32, "MUTEX"))
+
+_LOCK_TABLE = _schema(
+    pa.field("lock_addr", pa.uint64()), pa.field("flags", pa.uint32()), pa.field("flags_name", _DICT),
+    pa.field("wait_ns", pa.int64()), pa.field("ret", pa.int32()), pa.field("stack_id", pa.int32()),
+)
+_STACK_TABLE = _schema(pa.field("stack_id", pa.int32()), pa.field("frames", pa.list_(pa.string())))
+
+
+def lock_flags_name(flags: int) -> str:
+    """``SPIN|WRITE`` style name of contention flags (``0`` when none is set)."""
+    names = [name for bit, name in LOCK_FLAG_NAMES if flags & bit]
+    rest = flags & ~sum(bit for bit, _ in LOCK_FLAG_NAMES)
+    if rest:
+        names.append(hex(rest))
+    return "|".join(names) or "0"
+
+
+class LockFamily(ProbeFamily):
+    """lock:contention_begin / contention_end of the target's threads, paired per task."""
+
+    name = "lock"
+    description = "lock contention of the target's threads: lock address, flags, wait time, kernel stack"
+    tracepoints = ("lock:contention_begin", "lock:contention_end")
+    required = tracepoints
+    _FIELDS = {"lock:contention_begin": ("lock_addr", "flags"), "lock:contention_end": ("lock_addr", "ret")}
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._pending = np.empty(0, S.LOCK_EVENT_DTYPE)
+        self._stack_ids: set[int] = set()
+        self.nested = 0
+
+    def fields_used(self, tracepoint: str) -> tuple[str, ...]:
+        return self._FIELDS[tracepoint]
+
+    def tables(self) -> dict[str, pa.Schema]:
+        return {"lock": _LOCK_TABLE, "stack": _STACK_TABLE}
+
+    def bpf_source(self) -> str:
+        return source_text("lock")
+
+    def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
+        return [f"-DTK_LOCK_PAGES={self.options.ring_pages.get('lock_events', 512)}"]
+
+    def rings(self) -> list[RingSpec]:
+        return [RingSpec("lock_events", S.LOCK_EVENT_DTYPE, self.options.ring_pages.get("lock_events", 512))]
+
+    def lost_maps(self) -> dict[str, tuple[str, ...]]:
+        return {"lock_lost": self.tracepoints}
+
+    def manifest_notes(self) -> dict[str, Any]:
+        return {"lock_nested_ignored": self.nested}
+
+    def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
+        self._stack_ids.update(int(s) for s in np.unique(records["stack_id"]) if s >= 0)
+        cols: dict[str, Any] = common_arrays(records["hdr"])
+        flags = records["flags"]
+        names = {int(f): lock_flags_name(int(f)) for f in np.unique(flags)}
+        cols.update(lock_addr=records["lock_addr"], flags=flags, flags_name=[names[int(f)] for f in flags],
+                    wait_ns=records["wait_ns"], ret=records["ret"], stack_id=records["stack_id"])
+        return {"lock": _table(_LOCK_TABLE, cols)}
+
+    def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
+        try:
+            self.nested = int(sum(bpf["lock_nested"][0]))
+        except (KeyError, IndexError, TypeError):
+            pass
+        stacks = bpf["lock_stacks"]
+        ids, frames = [], []
+        for stack_id in sorted(self._stack_ids):
+            try:
+                addresses = list(stacks.walk(stack_id))
+            except KeyError:
+                addresses = []
+            ids.append(stack_id)
+            frames.append([bpf.ksym(a, show_offset=True).decode(errors="replace") for a in addresses])
+        n = len(ids)
+        cols = {"ts_ns": [stop_ns] * n, "cpu": [-1] * n, "pid": [0] * n, "tid": [0] * n,
+                "stack_id": ids, "frames": frames}
+        return {"stack": _table(_STACK_TABLE, cols)}
+
+    def decode_tracefs(self, events: dict[str, np.ndarray]) -> dict[str, pa.Table]:
+        parts = [(self._pending, 0)]
+        for tp, kind in (("lock:contention_begin", 0), ("lock:contention_end", 1)):
+            ev = events.get(tp)
+            if ev is None or not len(ev):
+                continue
+            rec = _empty_records(S.LOCK_EVENT_DTYPE, len(ev))
+            _fill_header(rec, ev, kind)
+            rec["lock_addr"] = ev["lock_addr"]
+            if kind == 0:
+                rec["flags"] = ev["flags"]
+            else:
+                rec["ret"] = ev["ret"]
+            parts.append((rec, kind))
+        records = _concat_events(parts, S.LOCK_EVENT_DTYPE)
+        pairs, self._pending = pair_enter_exit(records)
+        same = records["lock_addr"][pairs[:, 0]] == records["lock_addr"][pairs[:, 1]]
+        pairs = pairs[same]
+        out = records[pairs[:, 0]].copy()
+        out["wait_ns"] = (records["hdr"]["ts_ns"][pairs[:, 1]] - out["hdr"]["ts_ns"]).astype(np.int64)
+        out["ret"] = records["ret"][pairs[:, 1]]
+        out["stack_id"] = -95  # -EOPNOTSUPP: tracefs records no stacks
+        out["hdr"]["kind"] = 0
+        return self.decode("lock_events", out)
+
+
+# ---------------------------------------------------------------------------------------------- mmu
+
+#: (kind, tracepoint, fields read) in TK_MMU_* order.
+MMU_EVENTS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (S.TK_MMU_SET_SPTE, "kvmmmu:kvm_mmu_set_spte", ("gfn", "spte", "sptep", "level", "r", "x", "u")),
+    (S.TK_MMU_SPTE_REQUESTED, "kvmmmu:kvm_mmu_spte_requested", ("gfn", "pfn", "level")),
+    (S.TK_MMU_SET_ACCESSED_BIT, "kvmmmu:kvm_mmu_set_accessed_bit", ("gpa",)),
+    (S.TK_MMU_SET_DIRTY_BIT, "kvmmmu:kvm_mmu_set_dirty_bit", ("gpa",)),
+    (S.TK_MMU_GET_PAGE, "kvmmmu:kvm_mmu_get_page", ("mmu_valid_gen", "gfn", "role", "root_count", "unsync", "created")),
+    (S.TK_MMU_PREPARE_ZAP_PAGE, "kvmmmu:kvm_mmu_prepare_zap_page", ("mmu_valid_gen", "gfn", "role", "root_count", "unsync")),
+    (S.TK_MMU_SPLIT_HUGE_PAGE, "kvmmmu:kvm_mmu_split_huge_page", ("gfn", "spte", "level", "errno")),
+    (S.TK_MMU_TDP_SPTE_CHANGED, "kvmmmu:kvm_tdp_mmu_spte_changed", ("gfn", "old_spte", "new_spte", "level", "as_id")),
+    (S.TK_MMU_FAST_PAGE_FAULT, "kvmmmu:fast_page_fault",
+     ("vcpu_id", "cr2_or_gpa", "error_code", "sptep", "old_spte", "new_spte", "ret")),
+    (S.TK_MMU_KVM_PAGE_FAULT, "kvm:kvm_page_fault", ("vcpu_id", "fault_address", "error_code")),
+    (S.TK_MMU_DIRTY_RING_PUSH, "kvm:kvm_dirty_ring_push", ("index", "dirty_index", "slot", "offset")),
+    (S.TK_MMU_DIRTY_RING_RESET, "kvm:kvm_dirty_ring_reset", ("index", "dirty_index", "reset_index")),
+    (S.TK_MMU_DIRTY_RING_EXIT, "kvm:kvm_dirty_ring_exit", ("vcpu_id",)),
+    (S.TK_MMU_UNMAP_HVA_RANGE, "kvm:kvm_unmap_hva_range", ("start", "end")),
+    (S.TK_MMU_AGE_HVA, "kvm:kvm_age_hva", ("start", "end")),
+    (S.TK_MMU_ZAP_ALL_FAST, "kvmmmu:kvm_mmu_zap_all_fast", ("mmu_valid_gen", "mmu_used_pages")),
+)
+_MMU_NAMES = {kind: tp.split(":")[1] for kind, tp, _ in MMU_EVENTS}
+_MMU_MACROS = {kind: name for name, kind in vars(S).items()
+               if name.startswith("TK_MMU_") and not name.startswith("TK_MMU_F_") and name != "TK_MMU_NEVENTS"}
+
+# (column, record field, validity bit, arrow type)
+_MMU_COLUMNS = (
+    ("gfn", "gfn", S.TK_MMU_F_GFN, pa.uint64()), ("addr", "addr", S.TK_MMU_F_ADDR, pa.uint64()),
+    ("addr_end", "addr_end", S.TK_MMU_F_ADDR_END, pa.uint64()), ("spte", "spte", S.TK_MMU_F_SPTE, pa.uint64()),
+    ("old_spte", "old_spte", S.TK_MMU_F_OLD_SPTE, pa.uint64()), ("new_spte", "new_spte", S.TK_MMU_F_NEW_SPTE, pa.uint64()),
+    ("pfn", "pfn", S.TK_MMU_F_PFN, pa.uint64()), ("error_code", "error_code", S.TK_MMU_F_ERROR_CODE, pa.uint64()),
+    ("sptep", "sptep", S.TK_MMU_F_SPTEP, pa.uint64()), ("role", "role", S.TK_MMU_F_ROLE, pa.uint32()),
+    ("count", "count", S.TK_MMU_F_COUNT, pa.uint32()), ("level", "level", S.TK_MMU_F_LEVEL, pa.int32()),
+    ("errno", "errno_", S.TK_MMU_F_ERRNO, pa.int32()), ("vcpu_id", "vcpu_id", S.TK_MMU_F_VCPU_ID, pa.int32()),
+    ("ret", "ret", S.TK_MMU_F_RET, pa.int32()), ("slot", "slot", S.TK_MMU_F_SLOT, pa.uint32()),
+    ("as_id", "as_id", S.TK_MMU_F_AS_ID, pa.uint8()), ("mmu_valid_gen", "mmu_valid_gen", S.TK_MMU_F_GEN, pa.uint8()),
+)
+_MMU_TABLE = _schema(
+    pa.field("event", _DICT), *[pa.field(c, t) for c, _, _, t in _MMU_COLUMNS],
+    pa.field("r", pa.bool_()), pa.field("x", pa.bool_()), pa.field("u", pa.bool_()),
+    pa.field("unsync", pa.bool_()), pa.field("created", pa.bool_()),
+)
+
+
+class MmuFamily(ProbeFamily):
+    """The other kvmmmu/kvm tracepoints that describe MMU work, each where the host has it."""
+
+    name = "mmu"
+    description = "shadow/TDP MMU work: sptes set and changed, faults, shadow pages, dirty ring, hva ranges"
+    tracepoints = tuple(tp for _, tp, _ in MMU_EVENTS)
+    required = ()
+    _FIELDS = {tp: fields for _, tp, fields in MMU_EVENTS}
+
+    def fields_used(self, tracepoint: str) -> tuple[str, ...]:
+        return self._FIELDS[tracepoint]
+
+    def tables(self) -> dict[str, pa.Schema]:
+        return {"mmu": _MMU_TABLE}
+
+    def bpf_source(self) -> str:
+        return source_text("mmu")
+
+    def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
+        ok = {s.probe for s in available if s.available}
+        flags = [f"-DTK_MMU_PAGES={self.options.ring_pages.get('mmu_events', 2048)}"]
+        for kind, tp, _ in MMU_EVENTS:
+            if tp in ok:
+                flags.append(f"-D{_MMU_MACROS[kind].replace('TK_MMU_', 'TK_MMU_HAVE_', 1)}")
+        return flags
+
+    def rings(self) -> list[RingSpec]:
+        return [RingSpec("mmu_events", S.MMU_EVENT_DTYPE, self.options.ring_pages.get("mmu_events", 2048))]
+
+    def lost_maps(self) -> dict[str, tuple[str, ...]]:
+        return {"mmu_lost": self.tracepoints}
+
+    def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
+        cols: dict[str, Any] = common_arrays(records["hdr"])
+        kinds = records["hdr"]["kind"]
+        cols["event"] = [_MMU_NAMES.get(int(k), f"kind_{int(k)}") for k in kinds]
+        valid = records["valid"]
+        for column, fld, bit, type_ in _MMU_COLUMNS:
+            cols[column] = _masked(records[fld], (valid & bit) != 0, type_)
+        flags = records["flags"]
+        has_flags = (valid & S.TK_MMU_F_FLAGS) != 0
+        set_spte = has_flags & (kinds == S.TK_MMU_SET_SPTE)
+        page = has_flags & np.isin(kinds, (S.TK_MMU_GET_PAGE, S.TK_MMU_PREPARE_ZAP_PAGE))
+        cols["r"] = _masked((flags & 1) != 0, set_spte, pa.bool_())
+        cols["x"] = _masked((flags & 2) != 0, set_spte, pa.bool_())
+        cols["u"] = _masked((flags & 0x20) != 0, set_spte & ((flags & 0x30) != 0), pa.bool_())
+        cols["unsync"] = _masked((flags & 4) != 0, page, pa.bool_())
+        cols["created"] = _masked((flags & 8) != 0, page & (kinds == S.TK_MMU_GET_PAGE), pa.bool_())
+        return {"mmu": _table(_MMU_TABLE, cols)}
+
+    def decode_tracefs(self, events: dict[str, np.ndarray]) -> dict[str, pa.Table]:
+        parts = []
+        for kind, tp, _ in MMU_EVENTS:
+            ev = events.get(tp)
+            if ev is None or not len(ev):
+                continue
+            rec = _empty_records(S.MMU_EVENT_DTYPE, len(ev))
+            _fill_header(rec, ev, kind)
+            _mmu_fill(rec, ev, kind)
+            parts.append((rec, kind))
+        if not parts:
+            return self.decode("mmu_events", np.empty(0, S.MMU_EVENT_DTYPE))
+        records = np.concatenate([p for p, _ in parts])
+        return self.decode("mmu_events", records[np.argsort(records["hdr"]["ts_ns"], kind="stable")])
+
+
+def _mmu_fill(rec: np.ndarray, ev: np.ndarray, kind: int) -> None:
+    """The same field mapping as probes/mmu.bpf.c, for events decoded from tracefs."""
+    F = S
+    if kind == F.TK_MMU_SET_SPTE:
+        rec["gfn"], rec["spte"], rec["sptep"], rec["level"] = ev["gfn"], ev["spte"], ev["sptep"], ev["level"]
+        u = ev["u"].astype(np.int8)
+        rec["flags"] = (ev["r"] != 0) * 1 + (ev["x"] != 0) * 2 + np.where(u < 0, 0, np.where(u != 0, 0x20, 0x10))
+        rec["valid"] = F.TK_MMU_F_GFN | F.TK_MMU_F_SPTE | F.TK_MMU_F_SPTEP | F.TK_MMU_F_LEVEL | F.TK_MMU_F_FLAGS
+    elif kind == F.TK_MMU_SPTE_REQUESTED:
+        rec["gfn"], rec["pfn"], rec["level"] = ev["gfn"], ev["pfn"], ev["level"]
+        rec["valid"] = F.TK_MMU_F_GFN | F.TK_MMU_F_PFN | F.TK_MMU_F_LEVEL
+    elif kind in (F.TK_MMU_SET_ACCESSED_BIT, F.TK_MMU_SET_DIRTY_BIT):
+        rec["addr"], rec["valid"] = ev["gpa"], F.TK_MMU_F_ADDR
+    elif kind in (F.TK_MMU_GET_PAGE, F.TK_MMU_PREPARE_ZAP_PAGE):
+        rec["gfn"], rec["role"], rec["level"] = ev["gfn"], ev["role"], ev["role"] & 0xF
+        rec["count"], rec["mmu_valid_gen"] = ev["root_count"], ev["mmu_valid_gen"]
+        created = (ev["created"] != 0) * 8 if kind == F.TK_MMU_GET_PAGE else 0
+        rec["flags"] = (ev["unsync"] != 0) * 4 + created
+        rec["valid"] = (F.TK_MMU_F_GFN | F.TK_MMU_F_ROLE | F.TK_MMU_F_LEVEL | F.TK_MMU_F_COUNT | F.TK_MMU_F_GEN
+                        | F.TK_MMU_F_FLAGS)
+    elif kind == F.TK_MMU_SPLIT_HUGE_PAGE:
+        rec["gfn"], rec["spte"], rec["level"], rec["errno_"] = ev["gfn"], ev["spte"], ev["level"], ev["errno"]
+        rec["valid"] = F.TK_MMU_F_GFN | F.TK_MMU_F_SPTE | F.TK_MMU_F_LEVEL | F.TK_MMU_F_ERRNO
+    elif kind == F.TK_MMU_TDP_SPTE_CHANGED:
+        rec["gfn"], rec["old_spte"], rec["new_spte"] = ev["gfn"], ev["old_spte"], ev["new_spte"]
+        rec["level"], rec["as_id"] = ev["level"], ev["as_id"]
+        rec["valid"] = F.TK_MMU_F_GFN | F.TK_MMU_F_OLD_SPTE | F.TK_MMU_F_NEW_SPTE | F.TK_MMU_F_LEVEL | F.TK_MMU_F_AS_ID
+    elif kind == F.TK_MMU_FAST_PAGE_FAULT:
+        rec["vcpu_id"], rec["addr"], rec["error_code"] = ev["vcpu_id"], ev["cr2_or_gpa"], ev["error_code"]
+        rec["sptep"], rec["old_spte"], rec["new_spte"], rec["ret"] = ev["sptep"], ev["old_spte"], ev["new_spte"], ev["ret"]
+        rec["valid"] = (F.TK_MMU_F_VCPU_ID | F.TK_MMU_F_ADDR | F.TK_MMU_F_ERROR_CODE | F.TK_MMU_F_SPTEP
+                        | F.TK_MMU_F_OLD_SPTE | F.TK_MMU_F_NEW_SPTE | F.TK_MMU_F_RET)
+    elif kind == F.TK_MMU_KVM_PAGE_FAULT:
+        rec["vcpu_id"], rec["addr"], rec["error_code"] = ev["vcpu_id"], ev["fault_address"], ev["error_code"]
+        rec["valid"] = F.TK_MMU_F_VCPU_ID | F.TK_MMU_F_ADDR | F.TK_MMU_F_ERROR_CODE
+    elif kind == F.TK_MMU_DIRTY_RING_PUSH:
+        rec["vcpu_id"], rec["count"], rec["slot"], rec["gfn"] = ev["index"], ev["dirty_index"], ev["slot"], ev["offset"]
+        rec["valid"] = F.TK_MMU_F_VCPU_ID | F.TK_MMU_F_COUNT | F.TK_MMU_F_SLOT | F.TK_MMU_F_GFN
+    elif kind == F.TK_MMU_DIRTY_RING_RESET:
+        rec["vcpu_id"], rec["count"], rec["ret"] = ev["index"], ev["dirty_index"], ev["reset_index"]
+        rec["valid"] = F.TK_MMU_F_VCPU_ID | F.TK_MMU_F_COUNT | F.TK_MMU_F_RET
+    elif kind == F.TK_MMU_DIRTY_RING_EXIT:
+        rec["vcpu_id"], rec["valid"] = ev["vcpu_id"], F.TK_MMU_F_VCPU_ID
+    elif kind in (F.TK_MMU_UNMAP_HVA_RANGE, F.TK_MMU_AGE_HVA):
+        rec["addr"], rec["addr_end"] = ev["start"], ev["end"]
+        rec["valid"] = F.TK_MMU_F_ADDR | F.TK_MMU_F_ADDR_END
+    elif kind == F.TK_MMU_ZAP_ALL_FAST:
+        rec["mmu_valid_gen"], rec["count"] = ev["mmu_valid_gen"], ev["mmu_used_pages"]
+        rec["valid"] = F.TK_MMU_F_GEN | F.TK_MMU_F_COUNT
+
+
+register_family("walk", WalkFamily)
+register_family("ioctl", IoctlFamily)
+register_family("lock", LockFamily)
+register_family("mmu", MmuFamily)

@@ -1,0 +1,251 @@
+"""The probe-family interface of the recorder, and the registry families plug into.
+
+Contract: a probe family is a :class:`ProbeFamily` subclass; a new instance is made for each
+recording (families may keep decoding state between batches). It declares
+
+- ``name`` and ``tables`` (the capture families it writes, each a ``pa.Schema`` starting with
+  :data:`tracekit.capture.COMMON_FIELDS`);
+- ``tracepoints`` (``"system:event"``) and ``functions`` (kernel functions for kprobes) it may use;
+- :meth:`ProbeFamily.check` the availability of each probe on a :class:`Host`, with the reason
+  when absent (the recorder stores it in the manifest);
+- for the bcc backend: :meth:`bpf_source`, :meth:`cflags`, :meth:`rings` (ring-buffer maps and
+  their fixed record dtype), :meth:`decode` (one numpy batch -> Arrow tables),
+  :meth:`lost_maps` (per-CPU reserve-failure counters) and :meth:`finish` (tables built from BPF
+  maps when the recording ends, e.g. aggregates and stacks);
+- for the tracefs backend (optional): :meth:`decode_tracefs` (per-tracepoint numpy arrays decoded
+  by :mod:`tracekit.recorder.rawbuf` -> Arrow tables).
+
+:func:`register_family` adds a factory under a name; :func:`family_names` and :func:`make_family`
+list and build them. The built-in tracepoint families register themselves when
+:mod:`tracekit.recorder.families` is imported; other packages (e.g. ``tracekit.funcprobes``) are
+imported lazily from :data:`PLUGIN_MODULES` when present and call :func:`register_family` at import.
+Unknown names raise :class:`tracekit.errors.UsageError`.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from tracekit.errors import UsageError
+
+__all__ = [
+    "Host",
+    "ProbeStatus",
+    "RingSpec",
+    "RecordOptions",
+    "ProbeFamily",
+    "register_family",
+    "family_names",
+    "make_family",
+    "PLUGIN_MODULES",
+    "common_arrays",
+]
+
+#: Modules of other packages that register probe families when imported (skipped when absent).
+PLUGIN_MODULES = ("tracekit.funcprobes.family",)
+
+
+@dataclass(frozen=True)
+class ProbeStatus:
+    """One probe (a tracepoint ``system:event`` or a function) and whether it can attach here."""
+
+    probe: str
+    available: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """A BPF ring buffer a family streams through: map name, record dtype, size in pages."""
+
+    map_name: str
+    dtype: np.dtype
+    pages: int
+
+
+@dataclass
+class RecordOptions:
+    """What the user asked that changes what families record."""
+
+    stream_ioctls: tuple[int, ...] = ()      # commands to stream even if aggregated by default
+    aggregate_ioctls: tuple[int, ...] = (0xAE80,)  # KVM_RUN by default
+    ring_pages: dict[str, int] = field(default_factory=dict)  # per ring-map override
+
+
+class Host:
+    """What a family may ask about the host: tracefs formats and kernel symbols (cached)."""
+
+    def __init__(self, tracefs: Path | None, kallsyms: Path = Path("/proc/kallsyms")):
+        self.tracefs = tracefs
+        self.kallsyms = kallsyms
+        self._formats: dict[str, str | None] = {}
+        self._symbols: set[str] | None = None
+
+    def format_text(self, tracepoint: str) -> str | None:
+        """The ``format`` file of ``system:event``, or None when absent."""
+        if tracepoint not in self._formats:
+            text = None
+            if self.tracefs is not None:
+                system, _, event = tracepoint.partition(":")
+                try:
+                    text = (self.tracefs / "events" / system / event / "format").read_text()
+                except OSError:
+                    text = None
+            self._formats[tracepoint] = text
+        return self._formats[tracepoint]
+
+    def tracepoint_fields(self, tracepoint: str) -> set[str] | None:
+        """Field names of ``system:event`` (common fields excluded), or None when it is absent."""
+        from tracekit.recorder.rawbuf import parse_format
+
+        text = self.format_text(tracepoint)
+        if text is None:
+            return None
+        return {f.name for f in parse_format(text).fields if not f.name.startswith("common_")}
+
+    def has_symbol(self, name: str) -> bool:
+        if self._symbols is None:
+            try:
+                with open(self.kallsyms) as f:
+                    self._symbols = {line.split()[2] for line in f if len(line.split()) >= 3}
+            except OSError:
+                self._symbols = set()
+        return name in self._symbols
+
+
+def common_arrays(header: np.ndarray) -> dict[str, np.ndarray]:
+    """The common columns from a ``tk_header`` array (``ts_ns``, ``cpu``, ``pid``, ``tid``)."""
+    return {
+        "ts_ns": header["ts_ns"].astype(np.int64),
+        "cpu": header["cpu"].astype(np.int32),
+        "pid": header["pid"].astype(np.int32),
+        "tid": header["tid"].astype(np.int32),
+    }
+
+
+class ProbeFamily(abc.ABC):
+    """One probe family (see the module docstring for the contract of each member)."""
+
+    name: str = ""
+    description: str = ""
+    tracepoints: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+    #: Tracepoints without which the family cannot record at all (others are used where present).
+    required: tuple[str, ...] = ()
+
+    def __init__(self, options: RecordOptions | None = None):
+        self.options = options or RecordOptions()
+
+    # -- what it writes and needs --------------------------------------------------------------------
+    @abc.abstractmethod
+    def tables(self) -> dict[str, pa.Schema]:
+        """Capture families (tables) this probe family writes, with their schemas."""
+
+    def check(self, host: Host) -> list[ProbeStatus]:
+        """Availability of each tracepoint: present with every field ``fields_used`` names."""
+        out = []
+        for tp in self.tracepoints:
+            fields = host.tracepoint_fields(tp)
+            if fields is None:
+                out.append(ProbeStatus(tp, False, f"tracepoint {tp} is not in this kernel"))
+                continue
+            missing = sorted(set(self.fields_used(tp)) - fields)
+            if missing:
+                out.append(ProbeStatus(tp, False, f"tracepoint {tp} lacks field(s) {', '.join(missing)}"))
+            else:
+                out.append(ProbeStatus(tp, True))
+        return out
+
+    def fields_used(self, tracepoint: str) -> tuple[str, ...]:
+        """Tracepoint fields the family reads (checked against the format file)."""
+        return ()
+
+    # -- bcc backend ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def bpf_source(self) -> str:
+        """BPF C text (bcc dialect); may ``#include`` files of :meth:`include_dirs`."""
+
+    def include_dirs(self) -> list[Path]:
+        from tracekit.probes import PROBES_DIR
+
+        return [PROBES_DIR]
+
+    def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
+        """Compiler defines for this family (the target tgid is added by the recorder)."""
+        return []
+
+    @abc.abstractmethod
+    def rings(self) -> list[RingSpec]:
+        """Ring buffers to drain."""
+
+    @abc.abstractmethod
+    def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
+        """Arrow tables (keyed by capture family) for one batch of ring records."""
+
+    def lost_maps(self) -> dict[str, tuple[str, ...]]:
+        """Per-CPU array maps of reserve failures: map name -> probe name of each index."""
+        return {}
+
+    def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
+        """Tables built from BPF maps when the recording ends."""
+        return {}
+
+    def manifest_notes(self) -> dict[str, Any]:
+        """Extra facts for the manifest (counters kept outside the rings, options)."""
+        return {}
+
+    # -- tracefs backend -----------------------------------------------------------------------------
+    def supports_tracefs(self) -> bool:
+        return type(self).decode_tracefs is not ProbeFamily.decode_tracefs
+
+    def decode_tracefs(self, events: dict[str, np.ndarray]) -> dict[str, pa.Table]:
+        """Arrow tables from raw tracefs events: ``system:event`` -> array with the format's fields
+        plus ``ts_ns``, ``cpu`` and ``common_pid``; events of one batch, any order."""
+        raise NotImplementedError
+
+    def finish_tracefs(self, stop_ns: int) -> dict[str, pa.Table]:
+        return {}
+
+
+_REGISTRY: dict[str, Callable[[RecordOptions], ProbeFamily]] = {}
+_plugins_loaded = False
+
+
+def register_family(name: str, factory: Callable[[RecordOptions], ProbeFamily]) -> None:
+    """Make ``name`` recordable; ``factory(options)`` builds a fresh family for one recording."""
+    _REGISTRY[name] = factory
+
+
+def _load_builtin_and_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    importlib.import_module("tracekit.recorder.families")
+    for module in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name is None or not module.startswith(error.name):
+                raise
+
+
+def family_names() -> list[str]:
+    """Registered family names, built-in ones first."""
+    _load_builtin_and_plugins()
+    return list(_REGISTRY)
+
+
+def make_family(name: str, options: RecordOptions | None = None) -> ProbeFamily:
+    """A fresh instance of family ``name``."""
+    _load_builtin_and_plugins()
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown probe family {name!r} (known: {', '.join(_REGISTRY)})")
+    return _REGISTRY[name](options or RecordOptions())

@@ -1,0 +1,390 @@
+"""One recording: target, probe families, backend, capture writer, poll loop, clean stop.
+
+Contract: :func:`record` takes a :class:`RecordConfig` and writes a capture directory with
+:class:`tracekit.capture.CaptureWriter`; it returns a :class:`RecordSummary`. It
+
+1. removes tracefs instances left by a killed recorder (``tracekit-<pid>-*`` whose pid is gone);
+2. resolves the target (``pid_spec``) or starts ``command`` held before ``exec`` until the probes
+   are attached; when the command is the built-in workload (``tracekit workload dirty-log``),
+   adds ``--layout`` to a private temporary file and stores the record under manifest key
+   ``workload``;
+3. checks every probe of the requested families (``probes.failed`` in the manifest lists each absent
+   probe with the reason; a family whose required tracepoints are absent is skipped);
+4. chooses the backend (``auto``: bcc when it imports and headers exist, else tracefs, with a note
+   in the manifest), starts it, then polls every ``poll_interval`` seconds: batches go straight
+   into the writer, lost-event counters into ``writer.add_lost``;
+5. stops at ``duration``, on SIGINT/SIGTERM/SIGHUP, or when the target exits; detaches, drains,
+   writes the end-of-run tables (aggregates, stacks), the target threads (vCPU ones marked), and
+   closes the capture.
+
+Whatever happens (exception, signal, disk full) the probes are detached, the tracefs instance is
+removed, signal handlers are restored, a started command is stopped, and the capture is closed
+(status ``aborted`` with the reason on error) so every finished segment stays readable. Raises
+:class:`tracekit.errors.UsageError` for bad arguments, :class:`MissingCapability`,
+:class:`ProbeLoadError` and :class:`RecorderError` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+from tracekit.capabilities import tracefs_root
+from tracekit.capture import CaptureWriter
+from tracekit.errors import MissingCapability, RecorderError, TracekitError, UsageError
+from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RecordOptions, family_names, make_family
+from tracekit.recorder.target import GatedChild, list_threads, resolve_target, spawn_gated
+from tracekit.recorder.tracefs import cleanup_stale_instances, pid_alive
+
+__all__ = ["RecordConfig", "RecordSummary", "record", "plan_families", "DEFAULT_FAMILIES"]
+
+DEFAULT_FAMILIES = ("walk", "ioctl", "lock", "mmu")
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class RecordConfig:
+    output: Path
+    pid_spec: str | None = None
+    command: list[str] = field(default_factory=list)
+    duration: float | None = None
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    backend: str = "auto"
+    options: RecordOptions = field(default_factory=RecordOptions)
+    segment_seconds: float = 1.0
+    poll_interval: float = 0.02
+    status_interval: float = 0.5
+    command_line: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecordSummary:
+    output: str
+    backend: str
+    target: dict
+    seconds: float
+    rows: dict[str, int]
+    lost: int
+    bytes_written: int
+    stop_reason: str
+    attached: list[str]
+    failed: list[dict]
+    command_exit: int | None = None
+    recorder_cpu_s: float = 0.0
+    peak_rss_kb: int = 0
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def plan_families(names: tuple[str, ...], host: Host, options: RecordOptions
+                  ) -> tuple[list[tuple[ProbeFamily, list[ProbeStatus]]], list[dict], list[str]]:
+    """Families that can record here with their probe statuses; failed probes; requested probes."""
+    known = family_names()
+    chosen, failed, requested = [], [], []
+    for name in names:
+        if name not in known:
+            raise UsageError(f"unknown probe family {name!r} (known: {', '.join(known)})")
+        family = make_family(name, options)
+        statuses = family.check(host)
+        requested += [s.probe for s in statuses]
+        failed += [{"probe": s.probe, "family": name, "reason": s.reason} for s in statuses if not s.available]
+        ok = {s.probe for s in statuses if s.available}
+        missing_required = [tp for tp in family.required if tp not in ok]
+        if missing_required or not ok:
+            reason = (f"required tracepoint(s) absent: {', '.join(missing_required)}" if missing_required
+                      else "none of its probes is available")
+            failed.append({"probe": f"family:{name}", "family": name, "reason": reason})
+            continue
+        chosen.append((family, statuses))
+    return chosen, failed, requested
+
+
+def _is_workload_command(argv: list[str]) -> bool:
+    words = [os.path.basename(a) for a in argv[:4]]
+    return "workload" in words and "dirty-log" in argv[:6]
+
+
+def _check_output(path: Path) -> None:
+    if path.is_symlink():
+        raise UsageError(f"output {path} is a symbolic link; give a plain path")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UsageError(f"output {path} already exists; give a new path")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output directory {parent} does not exist")
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path, followlinks=False):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class _Stopper:
+    """Turns SIGINT/SIGTERM/SIGHUP into a stop request; restores the previous handlers."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stopper":
+        for sig in _STOP_SIGNALS:
+            try:
+                self._saved[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: the caller handles signals
+                pass
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop draining now (cleanup still runs)
+        self.reason = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
+class _Status:
+    """The banner, live status line and end summary (to a text stream)."""
+
+    def __init__(self, stream: Any, interval: float, live: bool):
+        self.stream = stream
+        self.interval = interval
+        self.live = live
+        self.rows_by_family: dict[str, int] = {}
+        self._last_rows: dict[str, int] = {}
+        self._last_t = time.monotonic()
+        self._printed = False
+
+    def say(self, text: str) -> None:
+        if self.stream is not None:
+            if self._printed:
+                self.stream.write("\n")
+                self._printed = False
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def count(self, family: str, rows: int) -> None:
+        self.rows_by_family[family] = self.rows_by_family.get(family, 0) + rows
+
+    def maybe_show(self, lost: int, written: Callable[[], int]) -> None:
+        now = time.monotonic()
+        if not self.live or self.stream is None or now - self._last_t < self.interval:
+            return
+        dt = now - self._last_t
+        rates = " ".join(f"{name} {(n - self._last_rows.get(name, 0)) / dt:,.0f}/s"
+                         for name, n in self.rows_by_family.items())
+        self.stream.write(f"\r\033[K{rates or 'waiting for events'} | lost {lost} | written {written() / 1e6:.1f} MB")
+        self.stream.flush()
+        self._printed = True
+        self._last_rows = dict(self.rows_by_family)
+        self._last_t = now
+
+
+def _choose_backend(name: str) -> tuple[str, str | None]:
+    if name not in ("auto", "bcc", "tracefs"):
+        raise UsageError(f"unknown backend {name!r} (use bcc, tracefs or auto)")
+    if name != "auto":
+        return name, None
+    from tracekit.recorder.bccload import import_bcc
+
+    try:
+        import_bcc()
+    except MissingCapability as error:
+        return "tracefs", f"bcc backend unavailable, used tracefs: {error}"
+    return "bcc", None
+
+
+def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | None = None) -> RecordSummary:
+    """Record as ``config`` says (see the module docstring)."""
+    if config.pid_spec and config.command:
+        raise UsageError("give either --pid or a command after --, not both")
+    if not config.pid_spec and not config.command:
+        raise UsageError("nothing to record: give --pid PID|NAME or a command after --")
+    if config.duration is not None and config.duration <= 0:
+        raise UsageError("--duration must be positive")
+    output = Path(config.output)
+    _check_output(output)
+    tracefs = tracefs_root()
+    stale = cleanup_stale_instances(tracefs) if tracefs is not None else []
+    host = Host(tracefs)
+    plan, failed, requested = plan_families(tuple(config.families), host, config.options)
+    if not plan:
+        reasons = "; ".join(f"{f['probe']}: {f['reason']}" for f in failed if f["probe"].startswith("family:"))
+        raise MissingCapability(f"no requested probe family can record on this host ({reasons})")
+    backend_name, backend_note = _choose_backend(config.backend)
+    if backend_name == "tracefs":
+        unsupported = [f.name for f, _ in plan if not f.supports_tracefs()]
+        for name in unsupported:
+            failed.append({"probe": f"family:{name}", "family": name, "reason": "no tracefs decoder"})
+        plan = [(f, s) for f, s in plan if f.supports_tracefs()]
+        if not plan:
+            raise MissingCapability("none of the requested families can record through tracefs")
+
+    child: GatedChild | None = None
+    layout_dir: str | None = None
+    command = list(config.command)
+    if command and _is_workload_command(command) and "--layout" not in command:
+        layout_dir = tempfile.mkdtemp(prefix="tracekit-layout-")
+        command += ["--layout", os.path.join(layout_dir, "layout.json")]
+    backend: Any = None
+    status = _Status(stream, config.status_interval, stream is not None and (live_status if live_status is not None
+                                                                              else getattr(stream, "isatty", lambda: False)()))
+    rusage0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    stop_reason = "unknown"
+    command_exit = None
+    threads: dict[int, dict] = {}
+    writer: CaptureWriter | None = None
+    try:
+        if command:
+            child = spawn_gated(command)
+            target = {"pids": [child.pid], "comm": os.path.basename(command[0]), "guest": None}
+        else:
+            found = resolve_target(config.pid_spec or "")
+            target = {"pids": [found.pid], "comm": found.comm, "guest": found.guest}
+        tgid = target["pids"][0]
+        for t in list_threads(tgid):
+            threads[t["tid"]] = t
+        if backend_name == "bcc":
+            from tracekit.recorder.bccload import BccBackend
+
+            backend = BccBackend(plan, tgid)
+        else:
+            from tracekit.recorder.tracefs import TracefsBackend
+
+            backend = TracefsBackend(tracefs, plan, tgid, sorted(threads) or [tgid])
+        manifest = {
+            "target": {**target, "threads": []},
+            "probes": {"requested": requested, "attached": [], "failed": failed,
+                       "families": [f.name for f, _ in plan]},
+            "backend": backend_name,
+            "command_line": config.command_line or sys.argv,
+            "source": {"kind": "live", "description": "tracekit record on this host"},
+            "recorder": {"pid": os.getpid(), "stale_tracefs_instances_removed": stale},
+        }
+        if backend_note:
+            manifest["backend_note"] = backend_note
+        writer = CaptureWriter(output, manifest, segment_seconds=config.segment_seconds)
+        with writer, _Stopper() as stopper:
+            for family, _ in plan:
+                for table, schema in family.tables().items():
+                    writer.declare(table, schema)
+            backend.start()
+            writer.update_manifest(probes={**writer.manifest["probes"], "attached": backend.attached})
+            status.say(
+                f"Tracing pid {tgid} ({target['comm']}{', guest ' + target['guest'] if target['guest'] else ''}) "
+                f"with {backend_name}: {', '.join(f.name for f, _ in plan)} ({len(backend.attached)} tracepoints) "
+                f"into {output}"
+                + (f" for {config.duration:g} s" if config.duration else "")
+                + ". Hit Ctrl-C to stop.")
+            if failed:
+                status.say("Not attached: " + "; ".join(f"{f['probe']} ({f['reason']})" for f in failed))
+            t0 = time.monotonic()  # the duration counts from the moment the probes are attached
+            if child is not None:
+                child.release()
+            next_threads = time.monotonic() + 0.25
+            while True:
+                now = time.monotonic()
+                for family, tables in backend.poll():
+                    for name, table in tables.items():
+                        if table.num_rows:
+                            writer.append(name, table)
+                            status.count(name, table.num_rows)
+                for probe, cpu, count in backend.lost():
+                    writer.add_lost(probe, cpu, count)
+                writer.tick()
+                status.maybe_show(writer.lost_total(), lambda: _dir_bytes(output))
+                if now >= next_threads:
+                    for t in list_threads(tgid):
+                        threads.setdefault(t["tid"], t)
+                    next_threads = now + 0.25
+                if stopper.reason:
+                    stop_reason = stopper.reason
+                    break
+                if config.duration is not None and now - t0 >= config.duration:
+                    stop_reason = "duration"
+                    break
+                if child is not None and child.process.poll() is not None:
+                    command_exit = child.process.returncode
+                    stop_reason = "command exited"
+                    break
+                if child is None and not pid_alive(tgid):
+                    stop_reason = "target exited"
+                    break
+                time.sleep(config.poll_interval)
+            batches, finals = backend.stop()
+            for family, tables in batches + finals:
+                for name, table in tables.items():
+                    if table.num_rows:
+                        writer.append(name, table)
+                        status.count(name, table.num_rows)
+            for probe, cpu, count in backend.lost():
+                writer.add_lost(probe, cpu, count)
+            notes: dict[str, Any] = {}
+            for family, _ in plan:
+                notes.update(family.manifest_notes())
+            if child is not None and child.process.poll() is None and stop_reason != "command exited":
+                child.terminate()
+                command_exit = child.process.returncode
+            workload = _read_layout(layout_dir)
+            extra = {"workload": workload} if workload is not None else {}
+            writer.update_manifest(
+                target={**target, "threads": sorted(threads.values(), key=lambda t: t["tid"])},
+                stop_reason=stop_reason, command_exit=command_exit, family_notes=notes,
+                bytes_read=backend.bytes_read(), **extra)
+    finally:
+        if backend is not None:
+            try:
+                backend.close()
+            except TracekitError:
+                pass
+        if child is not None:
+            child.terminate()
+        if layout_dir is not None:
+            shutil.rmtree(layout_dir, ignore_errors=True)
+    rusage1 = resource.getrusage(resource.RUSAGE_SELF)
+    rows = {name: writer.rows(name) for name in writer.families()} if writer else {}
+    summary = RecordSummary(
+        output=str(output), backend=backend_name, target={"pid": target["pids"][0], "comm": target["comm"]},
+        seconds=round(time.monotonic() - t0, 3), rows=rows, lost=writer.lost_total() if writer else 0,
+        bytes_written=_dir_bytes(output), stop_reason=stop_reason, attached=list(backend.attached if backend else []),
+        failed=failed, command_exit=command_exit,
+        recorder_cpu_s=round(rusage1.ru_utime + rusage1.ru_stime - rusage0.ru_utime - rusage0.ru_stime, 3),
+        peak_rss_kb=rusage1.ru_maxrss,
+    )
+    status.say(f"Stopped ({stop_reason}) after {summary.seconds:.1f} s: "
+               + ", ".join(f"{n} {r:,}" for n, r in rows.items() if r)
+               + f"; lost {summary.lost}; {summary.bytes_written / 1e6:.1f} MB in {output}")
+    return summary
+
+
+def _read_layout(layout_dir: str | None) -> dict | None:
+    if layout_dir is None:
+        return None
+    path = Path(layout_dir) / "layout.json"
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+

@@ -1,0 +1,227 @@
+"""The tracefs backend of the recorder: a private ftrace instance read as binary pages.
+
+Contract: :class:`TracefsBackend` creates ``<tracefs>/instances/tracekit-<pid>-<hex>`` (never the
+global buffer), sets its clock to ``mono`` (the CLOCK_MONOTONIC of the bcc backend), its pid filter
+to the target's threads with ``event-fork`` so new threads follow, enables the available
+tracepoints of the families, and :meth:`TracefsBackend.poll` reads every CPU's
+``trace_pipe_raw`` without blocking, decodes the pages with :mod:`tracekit.recorder.rawbuf` and
+hands each family its events (``decode_tracefs``). Lost events are the instance's per-CPU
+``overrun`` plus ``dropped events`` counters and the pages' missed-event marks.
+:meth:`TracefsBackend.close` disables everything and removes the instance (idempotent); a
+recorder killed with SIGKILL leaves its instance behind, and :func:`cleanup_stale_instances`
+(called at every start) removes instances whose pid no longer runs. Raises
+:class:`tracekit.errors.MissingCapability` without tracefs and :class:`tracekit.errors.RecorderError`
+when the instance cannot be set up.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tracekit.errors import MissingCapability, RecorderError
+from tracekit.recorder.family import ProbeFamily, ProbeStatus
+from tracekit.recorder.rawbuf import EventFormat, decode_pages, parse_format
+
+__all__ = ["TracefsBackend", "cleanup_stale_instances", "INSTANCE_PREFIX", "pid_alive"]
+
+INSTANCE_PREFIX = "tracekit-"
+_INSTANCE_RE = re.compile(rf"^{INSTANCE_PREFIX}(\d+)-[0-9a-f]+$")
+_MAX_PAGES_PER_POLL = 4096
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as error:
+        raise RecorderError(f"cannot write {value.strip()!r} to {path}: {error.strerror or error}") from error
+
+
+def _remove_instance(directory: Path) -> None:
+    for name, value in (("tracing_on", "0"), ("events/enable", "0")):
+        try:
+            with open(directory / name, "w") as f:
+                f.write(value)
+        except OSError:
+            pass
+    for attempt in range(20):
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            if error.errno != errno.EBUSY or attempt == 19:
+                raise RecorderError(f"cannot remove tracefs instance {directory}: {error.strerror}") from error
+            time.sleep(0.05)
+
+
+def cleanup_stale_instances(tracefs: Path) -> list[str]:
+    """Remove ``tracekit-<pid>-*`` instances whose recorder pid no longer runs; return their names."""
+    removed = []
+    instances = tracefs / "instances"
+    if not instances.is_dir():
+        return removed
+    for entry in instances.iterdir():
+        match = _INSTANCE_RE.match(entry.name)
+        if match and not entry.is_symlink() and not pid_alive(int(match.group(1))):
+            _remove_instance(entry)
+            removed.append(entry.name)
+    return removed
+
+
+class TracefsBackend:
+    """Record families through a private tracefs instance (see the module docstring)."""
+
+    name = "tracefs"
+
+    def __init__(self, tracefs: Path | None, families: list[tuple[ProbeFamily, list[ProbeStatus]]],
+                 target_tgid: int, tids: list[int], *, buffer_kb: int = 8192):
+        if tracefs is None:
+            raise MissingCapability("tracefs backend unavailable: tracefs is not mounted; fix: "
+                                    "mount -t tracefs tracefs /sys/kernel/tracing")
+        self.tracefs = tracefs
+        self.families = families
+        self.target_tgid = target_tgid
+        self.tids = tids
+        self.buffer_kb = buffer_kb
+        self.directory: Path | None = None
+        self.attached: list[str] = []
+        self.formats: dict[int, EventFormat] = {}
+        self._fds: dict[int, int] = {}
+        self._missed = 0
+        self._bytes = 0
+        self.stale_removed = cleanup_stale_instances(tracefs)
+
+    def start(self) -> None:
+        name = f"{INSTANCE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        directory = self.tracefs / "instances" / name
+        try:
+            directory.mkdir()
+        except OSError as error:
+            raise RecorderError(f"cannot create tracefs instance {directory}: {error.strerror}") from error
+        self.directory = directory
+        _write(directory / "tracing_on", "0")
+        _write(directory / "buffer_size_kb", str(self.buffer_kb))
+        _write(directory / "trace_clock", "mono")
+        _write(directory / "options" / "event-fork", "1")
+        _write(directory / "set_event_pid", " ".join(str(t) for t in self.tids) + "\n")
+        for family, statuses in self.families:
+            for status in statuses:
+                if not status.available or ":" not in status.probe:
+                    continue
+                system, _, event = status.probe.partition(":")
+                event_dir = directory / "events" / system / event
+                fmt = parse_format((event_dir / "format").read_text(), system)
+                self.formats[fmt.id] = fmt
+                _write(event_dir / "enable", "1")
+                self.attached.append(status.probe)
+        for cpu_dir in sorted((directory / "per_cpu").glob("cpu[0-9]*")):
+            cpu = int(cpu_dir.name[3:])
+            self._fds[cpu] = os.open(cpu_dir / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        _write(directory / "tracing_on", "1")
+
+    def _read_cpu(self, fd: int) -> bytes:
+        chunks = []
+        for _ in range(_MAX_PAGES_PER_POLL):
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                if error.errno == errno.EAGAIN:
+                    break
+                raise RecorderError(f"reading trace_pipe_raw failed: {error.strerror}") from error
+            if not chunk:
+                break
+            chunks.append(chunk + bytes(4096 - len(chunk)) if len(chunk) < 4096 else chunk)
+        return b"".join(chunks)
+
+    def poll(self) -> list[tuple[ProbeFamily, dict[str, pa.Table]]]:
+        by_name: dict[str, list[np.ndarray]] = {}
+        for cpu, fd in self._fds.items():
+            data = self._read_cpu(fd)
+            if not data:
+                continue
+            self._bytes += len(data)
+            decoded = decode_pages(data, self.formats, cpu=cpu)
+            self._missed += decoded.missed
+            for event_id, events in decoded.events.items():
+                fmt = self.formats[event_id]
+                events["tgid"] = self.target_tgid
+                by_name.setdefault(f"{fmt.system}:{fmt.name}", []).append(events)
+        if not by_name:
+            return []
+        events = {name: np.concatenate(parts) if len(parts) > 1 else parts[0] for name, parts in by_name.items()}
+        out = []
+        for family, _ in self.families:
+            mine = {tp: events[tp] for tp in family.tracepoints if tp in events}
+            if mine:
+                out.append((family, family.decode_tracefs(mine)))
+        return out
+
+    def bytes_read(self) -> int:
+        return self._bytes
+
+    def lost(self) -> list[tuple[str, int, int]]:
+        out = []
+        if self.directory is None:
+            return out
+        for cpu in self._fds:
+            try:
+                stats = (self.directory / "per_cpu" / f"cpu{cpu}" / "stats").read_text()
+            except OSError:
+                continue
+            count = 0
+            for key in ("overrun", "dropped events"):
+                match = re.search(rf"^{key}:\s*(\d+)", stats, re.M)
+                if match:
+                    count += int(match.group(1))
+            if count:
+                out.append(("tracefs:ring_buffer", cpu, count))
+        if self._missed:
+            out.append(("tracefs:missed_pages", -1, self._missed))
+        return out
+
+    def stop(self) -> tuple[list, list]:
+        if self.directory is None:
+            return [], []
+        _write(self.directory / "tracing_on", "0")
+        batches = []
+        while True:
+            batch = self.poll()
+            if not batch:
+                break
+            batches += batch
+        stop_ns = time.monotonic_ns()
+        finals = [(family, family.finish_tracefs(stop_ns)) for family, _ in self.families]
+        return batches, finals
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+        if self.directory is not None:
+            directory, self.directory = self.directory, None
+            _remove_instance(directory)
+
+    def program_text(self) -> str:
+        return "# tracefs backend: no BPF program\n"
