@@ -1,0 +1,265 @@
+"""Run every analysis that a capture has data for, optionally cut by phase.
+
+Contract
+--------
+:func:`analyze_capture` reads, per analysis, only the families and columns it needs and returns an
+:class:`Analysis`: ``info`` (dict: path, kernel, arch, source kind, status, lost events, phase
+selector), ``tables`` (name -> DataFrame, see below) and ``verdicts`` (name -> dict). Analyses whose
+families are absent are left out (their absence is listed in ``info["skipped"]`` with the reason).
+
+Tables (columns documented in the module that makes them):
+
+- ``phases`` (:mod:`.phases`);
+- ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``), ``walk_depth_by_phase`` (by
+  ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``);
+- ``crosscheck_mismatches`` (:mod:`.crosscheck`), verdict ``crosscheck``;
+- ``stage2_visits`` (:func:`.walks.stage2_distribution`), ``split_visits_vs_model`` and verdict
+  ``skip_levels`` (:mod:`.skiplevels`);
+- ``lock_contention`` (:func:`.locks.contention_summary`), verdict ``mmu_lock``;
+- ``ioctl_latency``, ``memslot_latency`` (:mod:`.ioctls`);
+- ``split_per_ioctl``, ``split_calls`` (:mod:`.splits`).
+
+:func:`render_text` renders it as 80-column text; :func:`analysis_json` as the JSON document of
+docs/cli-json/analysis.md. The ``walks`` and ``waits`` frames used for figures stay available in
+``Analysis.frames``. Raises AnalysisError for a capture with none of the analysed families, and
+UsageError for an unknown phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+import pandas as pd
+
+from tracekit.analysis import crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walks
+from tracekit.analysis.common import add_vcpu, format_table, load, records
+from tracekit.errors import AnalysisError
+
+__all__ = ["Analysis", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES"]
+
+ANALYSED_FAMILIES = ("walk", "walk_element", "stage2_walk", "stage2_visit", "lock", "ioctl", "ioctl_summary",
+                     "split", "mmu")
+
+
+@dataclass
+class Analysis:
+    """What :func:`analyze_capture` found (see the module docstring)."""
+
+    info: dict
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    verdicts: dict[str, dict] = field(default_factory=dict)
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def _cut(frame: pd.DataFrame, phase_table: pd.DataFrame, phase: str | None) -> pd.DataFrame:
+    return phases_mod.select_phase(frame, phase_table, phase)
+
+
+def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str | None = None,
+                    mismatch_limit: int = 20) -> Analysis:
+    """Every analysis the capture has data for (see the module docstring)."""
+    families = set(cap.families())
+    if not families & set(ANALYSED_FAMILIES):
+        raise AnalysisError(f"{cap.path}: nothing to analyse (families: {', '.join(sorted(families)) or 'none'})")
+    manifest = cap.manifest
+    phase_table = phases_mod.capture_phases(cap, selftest_output)
+    phases_mod.select_phase(pd.DataFrame({"ts_ns": pd.Series(dtype="int64")}), phase_table, phase)  # validate
+    result = Analysis(info={
+        "path": str(cap.path), "kernel_release": manifest.get("kernel_release"), "arch": manifest.get("arch"),
+        "source": (manifest.get("source") or {}).get("kind"), "status": manifest.get("status"),
+        "lost_events": cap.lost_total(), "phase": phase, "skipped": {}})
+    result.tables["phases"] = phase_table
+    skipped = result.info["skipped"]
+
+    if {"walk", "walk_element"} <= families:
+        _walk_analyses(cap, result, phase_table, phase, mismatch_limit)
+    else:
+        skipped["walk_depth"] = "no walk / walk_element families"
+    if {"stage2_walk", "stage2_visit"} <= families:
+        _stage2_analyses(cap, result, phase_table, phase)
+    else:
+        skipped["stage2"] = "no stage2_walk / stage2_visit families (function probes not attached)"
+        result.verdicts["skip_levels"] = skiplevels.skip_verdict(None, "no arm64 stage-2 function-probe data")
+
+    ioctl = None
+    if "ioctl" in families:
+        ioctl = load(cap, "ioctl", ["ts_ns", "tid", "duration_ns", "cmd_name"],
+                     optional_columns=["ret", "slot", "flags", "memory_size"])
+        ioctl_cut = _cut(ioctl, phase_table, phase)
+        summary = None
+        if "ioctl_summary" in families and phase is None:
+            summary = load(cap, "ioctl_summary", ["cmd_name", "count", "total_ns", "max_ns"],
+                           optional_columns=["errors"])
+            summary["errors"] = summary["errors"].fillna(0)
+        result.tables["ioctl_latency"] = ioctls.ioctl_latency(ioctl_cut, summary)
+        result.tables["memslot_latency"] = ioctls.memslot_latency(ioctl_cut)
+        split = mmu = None
+        if "split" in families:
+            split = load(cap, "split", ["ts_ns", "tid", "duration_ns"], optional_columns=["level", "size", "ret"])
+        if "mmu" in families:
+            mmu = load(cap, "mmu", ["ts_ns", "tid", "event"], optional_columns=["level"])
+            mmu = mmu[mmu["event"] == splits.SPLIT_EVENT]
+        per_ioctl = splits.split_ioctls(ioctl_cut, split, mmu)
+        result.tables["split_per_ioctl"] = splits.split_ioctl_summary(per_ioctl)
+        result.tables["split_calls"] = splits.split_call_summary(
+            _cut(splits.split_events(split, mmu), phase_table, phase))
+        result.frames["split_ioctls"] = per_ioctl
+        result.frames["ioctl"] = ioctl_cut
+    else:
+        skipped["ioctl_latency"] = "no ioctl family"
+
+    if "lock" in families:
+        lock = load(cap, "lock", ["ts_ns", "tid", "lock_addr", "flags", "wait_ns"], optional_columns=["stack_id"])
+        stack = load(cap, "stack", ["stack_id", "frames"]) if "stack" in families else None
+        waits = locks.attribute_operations(lock, manifest, stack, ioctl)
+        mmu_lock = locks.identify_mmu_lock(waits)
+        waits = _cut(waits, phase_table, phase)
+        result.verdicts["mmu_lock"] = mmu_lock or {"lock_addr": None, "name": None,
+                                                   "evidence": "no contended lock looks like the VM's mmu_lock"}
+        result.tables["lock_contention"] = locks.contention_summary(waits, mmu_lock)
+        result.frames["waits"] = waits
+    else:
+        skipped["lock_contention"] = "no lock family"
+    return result
+
+
+def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None, limit: int) -> None:
+    walk = load(cap, "walk", list(walks.WALK_COLUMNS))
+    element = load(cap, "walk_element", list(walks.ELEMENT_COLUMNS))
+    error = load(cap, "walk_error", ["walk_id"]) if "walk_error" in cap.families() else None
+    rebuilt, steps = walks.rebuild_walks(walk, element, error)
+    rebuilt = add_vcpu(rebuilt, cap.manifest)
+    rebuilt["phase"] = phases_mod.label_phases(rebuilt["ts_ns"], phase_table)
+    rebuilt = _cut(rebuilt, phase_table, phase)
+    result.frames["walks"] = rebuilt
+    result.info["orphan_walk_elements"] = rebuilt.attrs.get("orphan_elements", 0)
+    result.tables["walk_depth"] = walks.depth_distribution(rebuilt, ["vcpu"])
+    result.tables["walk_depth_by_phase"] = walks.depth_distribution(rebuilt, ["phase"])
+    paths = rebuilt.groupby(["level_path", "pferr"]).size().rename("walks").reset_index()
+    paths["levels"] = paths["level_path"].map(walks.level_path_text)
+    result.tables["walk_paths"] = paths[["levels", "pferr", "walks"]].sort_values("walks", ascending=False,
+                                                                                 kind="stable").reset_index(drop=True)
+    workload = cap.manifest.get("workload")
+    if not workload:
+        result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": "the capture has no workload record"}
+        return
+    try:
+        model_walk = crosscheck.model_from_layout(workload)
+    except AnalysisError as error:
+        result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": str(error)}
+        return
+    check = crosscheck.crosscheck_walks(rebuilt, steps, model_walk, limit=limit)
+    result.verdicts["crosscheck"] = check.summary
+    result.tables["crosscheck_mismatches"] = check.mismatches
+
+
+def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None) -> None:
+    walk = load(cap, "stage2_walk", ["walk_id", "ts_ns", "tid"], optional_columns=["addr", "size", "flags", "initiator"])
+    visit = load(cap, "stage2_visit", ["walk_id", "level", "kind", "count"])
+    walk_cut = _cut(walk, phase_table, phase)
+    visits = walks.stage2_walk_visits(walk_cut, visit[visit["walk_id"].isin(walk_cut["walk_id"])])
+    result.tables["stage2_visits"] = walks.stage2_distribution(visits)
+    result.frames["stage2_visits"] = visits
+    scenario = skiplevels.scenario_from_manifest(cap.manifest)
+    if scenario is None:
+        result.verdicts["skip_levels"] = skiplevels.skip_verdict(None, "the capture has no stage-2 scenario to model")
+        return
+    comparison = skiplevels.split_visits_vs_model(walk.assign(initiator=walk["initiator"].fillna("?")), visit, scenario)
+    comparison = comparison[comparison["walk_id"].isin(walk_cut["walk_id"])]
+    result.tables["split_visits_vs_model"] = comparison.groupby("level")[
+        ["observed", *skiplevels.CANDIDATES]].sum().reset_index()
+    result.verdicts["skip_levels"] = skiplevels.skip_verdict(comparison)
+
+
+def _hex(value: Any) -> str:
+    return "-" if value is None or pd.isna(value) else f"{int(value):#x}"
+
+
+_SECTIONS = (
+    ("phases", "Phases (CLOCK_MONOTONIC)", ["phase", "duration_ns", "source"]),
+    ("walk_depth", "Guest walk depth per vCPU (depth = levels read; leaf -1 = no translation)", None),
+    ("walk_depth_by_phase", "Guest walk depth per phase", None),
+    ("walk_paths", "Guest walks per level path and fault code", None),
+    ("crosscheck_mismatches", "First walks that differ from the model", None),
+    ("stage2_visits", "arm64 stage-2 walks: entries per level and visit kind", None),
+    ("split_visits_vs_model", "Split walks: LEAF visits per level, observed vs model", None),
+    ("lock_contention", "Lock contention (wait per lock, operation, vCPU, mode)",
+     ["lock", "operation", "vcpu", "mode", "count", "total_ns", "p50_ns", "p99_ns", "max_ns"]),
+    ("ioctl_latency", "KVM ioctl latency",
+     ["cmd_name", "count", "errors", "total_ns", "mean_ns", "p50_ns", "p99_ns", "max_ns"]),
+    ("memslot_latency", "Memslot and dirty-log ioctls per slot and flag change",
+     ["cmd_name", "slot", "change", "count", "mean_ns", "p50_ns", "p99_ns", "max_ns"]),
+    ("split_per_ioctl", "Huge-page splits per dirty-log enable / CLEAR ioctl",
+     ["kind", "count", "mean_ns", "p50_ns", "p99_ns", "max_ns", "splits", "splits_per_ioctl"]),
+    ("split_calls", "Split calls (function probes) and split events per level", None),
+)
+
+
+def render_text(result: Analysis, width: int = 80) -> str:
+    """The analysis as text tables of at most ``width`` columns."""
+    info = result.info
+    out = [f"{info['path']}: kernel {info.get('kernel_release') or '?'}, {info.get('arch') or '?'}, "
+           f"source {info.get('source') or '?'}"[:width]]
+    if info.get("lost_events"):
+        out.append(f"WARNING: {info['lost_events']:,} events were lost while recording; counts are lower bounds"[:width])
+    if info.get("phase"):
+        out.append(f"cut to phase {info['phase']}")
+    formats = {"lock_addr": _hex, "pferr": lambda v: f"{int(v):#x}", "share": lambda v: f"{v:.1%}",
+               "splits_per_ioctl": lambda v: "-" if pd.isna(v) else f"{v:.1f}",
+               "entries_per_walk": lambda v: f"{v:.1f}", "observed_pte": _hex, "model_pte": _hex,
+               "addr": _hex}
+    for key, title, columns in _SECTIONS:
+        table = result.tables.get(key)
+        if table is None:
+            continue
+        if key == "walk_depth_by_phase" and (table.empty or set(table["phase"]) == {""}):
+            continue
+        shown = table[columns] if columns else table
+        out.append("")
+        out.append(format_table(shown, title=title, width=width, formats=formats))
+    verdicts = result.verdicts
+    out.append("")
+    out.append("Verdicts")
+    if "crosscheck" in verdicts:
+        v = verdicts["crosscheck"]
+        if v.get("compared"):
+            out.append(f"  model cross-check: {v['verdict']}: {v['matched']:,} of {v['compared']:,} walks "
+                       f"match ({v['match_rate']:.2%})"[:width])
+        else:
+            out.append(f"  model cross-check: {v['verdict']} ({v.get('evidence', '')})"[:width])
+    if "skip_levels" in verdicts:
+        v = verdicts["skip_levels"]
+        out.append(f"  split walker skips levels: {v['verdict']}"[:width])
+        out.extend(_wrap("    " + v["evidence"], width))
+    if "mmu_lock" in verdicts:
+        v = verdicts["mmu_lock"]
+        name = f"{v['lock_addr']:#x}" if v.get("lock_addr") is not None else "not identified"
+        out.append(f"  mmu_lock: {name}")
+        out.extend(_wrap("    " + v["evidence"], width))
+    for key, reason in info.get("skipped", {}).items():
+        out.extend(_wrap(f"  {key}: skipped ({reason})", width))
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width=width, subsequent_indent="    ") or [""]
+
+
+def analysis_json(result: Analysis) -> dict:
+    """The ``tracekit analyze --json`` document (docs/cli-json/analysis.md)."""
+    verdicts = {}
+    for key, value in result.verdicts.items():
+        v = dict(value)
+        if "per_walk" in v:
+            v["per_walk"] = {str(k): w for k, w in v["per_walk"].items()}
+        verdicts[key] = v
+    return {"schema": "tracekit.analyze/1", "info": result.info,
+            "tables": {k: records(t) for k, t in result.tables.items()}, "verdicts": verdicts}
+
+
+
+

@@ -1,0 +1,106 @@
+"""KVM ioctl latency: per ioctl kind, per memslot and per memslot flag change.
+
+Contract
+--------
+Input: the ``ioctl`` family (``ts_ns`` = entry, ``duration_ns``, ``tid``, ``cmd_name``, ``ret``
+and the nullable decoded ``slot``, ``flags``, ``memory_size``) and optionally ``ioctl_summary``
+(``tid``, ``cmd_name``, ``count``, ``total_ns``, ``max_ns``, ``errors``: commands aggregated in
+the kernel, KVM_RUN by default). Times are nanoseconds.
+
+- :func:`memslot_flag_changes` labels each KVM_SET_USER_MEMORY_REGION(2) call:
+  ``create`` (first call for the slot), ``delete`` (``memory_size == 0``), ``log-dirty-on`` /
+  ``log-dirty-off`` (bit 0, KVM_MEM_LOG_DIRTY_PAGES, toggled), ``flags`` (another flag changed),
+  ``same``. Columns: ts_ns, tid, duration_ns, cmd_name, slot, old_flags, flags, change.
+- :func:`ioctl_latency` -> one row per ``cmd_name``: ``count``, ``errors`` (ret < 0),
+  ``total_ns``, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``, ``max_ns`` and ``source``
+  (``events`` or ``aggregated``: from ``ioctl_summary``, where percentiles are null).
+- :func:`memslot_latency` -> one row per (``cmd_name``, ``slot``, ``change``) for the memslot and
+  dirty-log ioctls, same statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tracekit.analysis.common import latency_summary
+
+__all__ = ["MEMSLOT_IOCTLS", "DIRTY_LOG_IOCTLS", "memslot_flag_changes", "ioctl_latency", "memslot_latency"]
+
+MEMSLOT_IOCTLS = ("KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2")
+DIRTY_LOG_IOCTLS = ("KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG")
+_LOG_DIRTY = 1
+_CHANGE_COLUMNS = ["ts_ns", "tid", "duration_ns", "cmd_name", "slot", "old_flags", "flags", "change"]
+
+
+def memslot_flag_changes(ioctl: pd.DataFrame) -> pd.DataFrame:
+    """What each memslot-setting ioctl changed (see the module docstring)."""
+    if "slot" not in ioctl.columns or "flags" not in ioctl.columns:
+        return pd.DataFrame(columns=_CHANGE_COLUMNS)
+    sel = ioctl[ioctl["cmd_name"].isin(MEMSLOT_IOCTLS) & ioctl["slot"].notna()]
+    if "ret" in sel.columns:
+        sel = sel[sel["ret"].fillna(0) >= 0]
+    sel = sel.sort_values("ts_ns", kind="stable")
+    sizes = sel["memory_size"].tolist() if "memory_size" in sel.columns else [None] * len(sel)
+    rows = []
+    current: dict[int, int] = {}
+    for ts, tid, dur, name, slot, flags, size in zip(sel["ts_ns"], sel.get("tid", [0] * len(sel)),
+                                                     sel["duration_ns"], sel["cmd_name"], sel["slot"],
+                                                     sel["flags"], sizes):
+        slot = int(slot)
+        flags = 0 if flags is None or pd.isna(flags) else int(flags)
+        old = current.get(slot)
+        if size is not None and not pd.isna(size) and int(size) == 0:
+            change = "delete"
+            current.pop(slot, None)
+        elif old is None:
+            change = "create"
+            current[slot] = flags
+        else:
+            if (old ^ flags) & _LOG_DIRTY:
+                change = "log-dirty-on" if flags & _LOG_DIRTY else "log-dirty-off"
+            elif old != flags:
+                change = "flags"
+            else:
+                change = "same"
+            current[slot] = flags
+        rows.append((int(ts), int(tid), int(dur), name, slot, old, flags, change))
+    frame = pd.DataFrame(rows, columns=_CHANGE_COLUMNS)
+    frame["old_flags"] = frame["old_flags"].astype("Int64")
+    return frame
+
+
+def ioctl_latency(ioctl: pd.DataFrame, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Latency per ioctl kind, streamed events first, then aggregated-only kinds."""
+    events = ioctl.assign(cmd_name=ioctl["cmd_name"].fillna("?"))
+    table = latency_summary(events, ["cmd_name"])
+    if "ret" in events.columns and len(table):
+        errors = (events["ret"].fillna(0) < 0).groupby(events["cmd_name"]).sum()
+        table.insert(2, "errors", table["cmd_name"].map(errors).fillna(0).astype(np.int64))
+    else:
+        table.insert(2, "errors", pd.Series(np.zeros(len(table), np.int64)))
+    table["source"] = "events"
+    if summary is not None and len(summary):
+        agg = summary.groupby(summary["cmd_name"].fillna("?"), sort=True).agg(
+            count=("count", "sum"), errors=("errors", "sum"), total_ns=("total_ns", "sum"), max_ns=("max_ns", "max"))
+        agg = agg.reset_index()
+        agg = agg[~agg["cmd_name"].isin(table["cmd_name"])]
+        agg["mean_ns"] = agg["total_ns"] / agg["count"].where(agg["count"] > 0)
+        for q in ("p50_ns", "p90_ns", "p99_ns"):
+            agg[q] = np.nan
+        agg["source"] = "aggregated"
+        table = pd.concat([table, agg[table.columns]], ignore_index=True)
+    return table.reset_index(drop=True)
+
+
+def memslot_latency(ioctl: pd.DataFrame) -> pd.DataFrame:
+    """Latency of memslot and dirty-log ioctls per (cmd_name, slot, change)."""
+    changes = memslot_flag_changes(ioctl)[["cmd_name", "slot", "change", "duration_ns"]]
+    dirty = ioctl[ioctl["cmd_name"].isin(DIRTY_LOG_IOCTLS)]
+    if "slot" in dirty.columns:
+        dirty = dirty.assign(slot=dirty["slot"].fillna(-1).astype(np.int64), change="")
+    else:
+        dirty = dirty.assign(slot=-1, change="")
+    frame = pd.concat([changes, dirty[["cmd_name", "slot", "change", "duration_ns"]]], ignore_index=True)
+    frame["slot"] = frame["slot"].astype(np.int64)
+    return latency_summary(frame, ["cmd_name", "slot", "change"])

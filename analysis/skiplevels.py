@@ -1,0 +1,135 @@
+"""Does this kernel's stage-2 split walker skip levels? Observed visits against the model.
+
+Contract
+--------
+Inputs: the arm64 function-probe families ``stage2_walk`` (``walk_id``, ``ts_ns``, ``addr``,
+``size`` in bytes of IPA, ``initiator``) and ``stage2_visit`` (``walk_id``, ``level``, ``kind``,
+``count``), plus a *scenario* describing the stage-2 state before the first split (manifest key
+``model_scenario``, written by the model-generated samples and the arm64 lab):
+``{"granule": 4096, "ipa_bits": 40, "chunk_size": bytes, "memslots": [{"ipa", "size",
+"mapping_size"}]}``.
+
+For every split walk (``initiator == "split"``), in time order, the reference model
+(:class:`tracekit.model.split.EagerSplitter` over :class:`tracekit.model.stage2.Stage2PageTable`)
+replays ``kvm_pgtable_stage2_split(addr, size)`` once per candidate skip set
+(:data:`CANDIDATES`: no skipping, SKIP_LEVEL3, SKIP_LEVEL2|3), each on its own copy of the tables.
+The observed LEAF visits per level (``stage2_split_walker`` calls) are compared with each model's
+LEAF callbacks per level.
+
+:func:`split_visits_vs_model` -> one row per (walk_id, level): ``observed``, ``model_no_skip``,
+``model_skip_3``, ``model_skip_2_3`` (LEAF visits).
+:func:`skip_verdict` -> dict ``verdict`` (``"yes"``, ``"no"``, ``"not enough data"``),
+``matches`` (candidate names that reproduce every walk exactly), ``walks``, ``evidence``
+(a sentence naming the levels and entry counts) and ``per_walk`` verdicts
+(walk_id -> yes/no/not enough data). Walks whose candidates all predict the same visits
+cannot tell and count as "not enough data". Without split walks or without a scenario the verdict is
+"not enough data" with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from tracekit.errors import AnalysisError, ModelError
+
+__all__ = ["CANDIDATES", "split_visits_vs_model", "skip_verdict", "scenario_from_manifest"]
+
+#: Candidate walker behaviours: column name -> skipped levels.
+CANDIDATES = {"model_no_skip": frozenset(), "model_skip_3": frozenset({3}), "model_skip_2_3": frozenset({2, 3})}
+
+
+def scenario_from_manifest(manifest: dict) -> dict | None:
+    """The stage-2 scenario of a capture (``model_scenario``), or None."""
+    scenario = manifest.get("model_scenario")
+    return scenario if isinstance(scenario, dict) and scenario.get("memslots") else None
+
+
+def _splitters(scenario: dict) -> dict[str, Any]:
+    from tracekit.model.geometry import arm64_stage2
+    from tracekit.model.split import EagerSplitter
+    from tracekit.model.stage2 import Stage2PageTable
+
+    out = {}
+    try:
+        geom = arm64_stage2(int(scenario.get("granule", 4096)), int(scenario.get("ipa_bits", 40)))
+        for name, skip in CANDIDATES.items():
+            pgt = Stage2PageTable(geom)
+            for slot in scenario["memslots"]:
+                pgt.populate(int(slot["ipa"]), int(slot["size"]), int(slot["mapping_size"]))
+            out[name] = EagerSplitter(pgt, int(scenario.get("chunk_size", 0)) or geom.level_size(geom.start_level),
+                                      skip_levels=skip)
+    except (ModelError, KeyError, TypeError, ValueError) as error:
+        raise AnalysisError(f"cannot build the stage-2 model from the capture's scenario: {error}") from error
+    return out
+
+
+def split_visits_vs_model(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame, scenario: dict) -> pd.DataFrame:
+    """Observed LEAF visits per split walk and level next to each candidate model's prediction."""
+    from tracekit.model.accounting import WalkStats
+
+    splits = stage2_walk[stage2_walk["initiator"] == "split"].sort_values("ts_ns", kind="stable")
+    leaf = stage2_visit[stage2_visit["kind"] == "LEAF"]
+    observed = leaf.groupby(["walk_id", "level"])["count"].sum()
+    splitters = _splitters(scenario)
+    rows = []
+    for wid, addr, size in zip(splits["walk_id"], splits["addr"], splits["size"]):
+        predicted = {}
+        for name, splitter in splitters.items():
+            stats = WalkStats()
+            if splitter.nobjs < splitter.capacity:  # kvm_mmu_split_huge_pages tops up before a chunk
+                splitter.nobjs = splitter.capacity
+            try:
+                splitter.stage2_split(int(addr), int(size), stats)
+            except ModelError as error:
+                raise AnalysisError(f"split walk {wid} ({int(addr):#x}+{int(size):#x}) is outside the model: {error}")
+            predicted[name] = stats
+        for level in range(-1, 4):
+            obs = int(observed.get((wid, level), 0))
+            row = {"walk_id": wid, "level": level, "observed": obs}
+            for name, stats in predicted.items():
+                row[name] = stats.get("leaf", level)
+            if obs or any(row[name] for name in CANDIDATES):
+                rows.append(row)
+    columns = ["walk_id", "level", "observed", *CANDIDATES]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _walk_verdict(group: pd.DataFrame) -> tuple[str, list[str]]:
+    matches = [name for name in CANDIDATES if (group[name] == group["observed"]).all()]
+    distinct = {tuple(group[name]) for name in CANDIDATES}
+    if len(distinct) == 1 or not matches:
+        return "not enough data", matches
+    if "model_no_skip" in matches:
+        return ("no" if len(matches) == 1 else "not enough data"), matches
+    return "yes", matches
+
+
+def skip_verdict(comparison: pd.DataFrame | None, reason: str | None = None) -> dict:
+    """The capture's verdict from :func:`split_visits_vs_model` (see the module docstring)."""
+    if comparison is None or comparison.empty:
+        return {"verdict": "not enough data", "matches": [], "walks": 0, "per_walk": {},
+                "evidence": reason or "no split walks with visits in the capture"}
+    per_walk = {}
+    deciding = {}
+    for wid, group in comparison.groupby("walk_id", sort=False):
+        verdict, matches = _walk_verdict(group)
+        per_walk[int(wid)] = verdict
+        if verdict != "not enough data":
+            deciding[int(wid)] = matches
+    matches_all = [n for n in CANDIDATES if (comparison[n] == comparison["observed"]).all()]
+    verdicts = set(per_walk.values()) - {"not enough data"}
+    if not verdicts:
+        verdict = "not enough data"
+    elif len(verdicts) == 1:
+        verdict = verdicts.pop()
+    else:
+        verdict = "not enough data"
+    by_level = comparison.groupby("level")[["observed", *CANDIDATES]].sum()
+    parts = [f"L{int(level)}: observed {int(r['observed'])}, no-skip model {int(r['model_no_skip'])}"
+             for level, r in by_level.iterrows() if r["observed"] != r["model_no_skip"] or level >= 2]
+    evidence = (f"{len(per_walk)} split walks, {len(deciding)} decisive; LEAF visits " + "; ".join(parts)
+                + (f"; exact match: {', '.join(matches_all)}" if matches_all else "; no candidate matches every walk"))
+    return {"verdict": verdict, "matches": matches_all, "walks": len(per_walk), "per_walk": per_walk,
+            "evidence": evidence}

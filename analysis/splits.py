@@ -1,0 +1,106 @@
+"""Huge-page split latency: per dirty-log enable and per CLEAR ioctl, per chunk and per block.
+
+Contract
+--------
+Inputs: ``ioctl`` (``ts_ns``, ``duration_ns``, ``tid``, ``cmd_name``, ``slot``, ``flags``,
+``memory_size``), optionally ``split`` (function probes: ``ts_ns``, ``tid``, ``duration_ns``,
+``level``, ``size``, ``ret``; one row per split call: a chunk on arm64's
+``kvm_pgtable_stage2_split``, a block on x86) and ``mmu`` (``ts_ns``, ``tid``, ``event``,
+``level``; the x86 tracepoint ``kvm_mmu_split_huge_page``, one per huge SPTE split, no duration).
+
+- :func:`split_ioctls` -> one row per dirty-log enable (a KVM_SET_USER_MEMORY_REGION(2) that turns
+  LOG_DIRTY on) and per KVM_CLEAR_DIRTY_LOG: ``kind`` (``enable`` / ``clear``), ``ts_ns``,
+  ``duration_ns``, ``slot``, ``tid``, ``splits`` (split calls plus split events of the same thread
+  inside the ioctl's span), ``split_ns`` (summed split-call durations; 0 without function probes).
+- :func:`split_ioctl_summary` -> per ``kind``: the latency statistics of
+  :func:`tracekit.analysis.common.latency_summary` plus ``splits`` (total) and ``splits_per_ioctl``.
+- :func:`split_call_summary` -> per (``source``, ``level``) of the split calls / events: count and,
+  for calls with durations, total, mean, p50/p90/p99, max. All times in ns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tracekit.analysis.common import latency_summary
+from tracekit.analysis.ioctls import memslot_flag_changes
+
+__all__ = ["SPLIT_EVENT", "split_ioctls", "split_ioctl_summary", "split_call_summary", "split_events"]
+
+SPLIT_EVENT = "kvm_mmu_split_huge_page"
+_IOCTL_COLUMNS = ["kind", "ts_ns", "duration_ns", "slot", "tid", "splits", "split_ns"]
+
+
+def split_events(split: pd.DataFrame | None, mmu: pd.DataFrame | None) -> pd.DataFrame:
+    """Split calls (with durations) and split tracepoint events (without) as one frame:
+    ``source`` (``call`` / ``event``), ``ts_ns``, ``tid``, ``level``, ``duration_ns`` (NaN for events)."""
+    frames = []
+    if split is not None and len(split):
+        frames.append(pd.DataFrame({"source": "call", "ts_ns": split["ts_ns"].to_numpy(np.int64),
+                                    "tid": split["tid"].to_numpy(np.int64),
+                                    "level": split["level"].to_numpy() if "level" in split else np.nan,
+                                    "duration_ns": split["duration_ns"].to_numpy(np.float64)}))
+    if mmu is not None and len(mmu):
+        ev = mmu[mmu["event"] == SPLIT_EVENT]
+        if len(ev):
+            frames.append(pd.DataFrame({"source": "event", "ts_ns": ev["ts_ns"].to_numpy(np.int64),
+                                        "tid": ev["tid"].to_numpy(np.int64),
+                                        "level": ev["level"].to_numpy() if "level" in ev else np.nan,
+                                        "duration_ns": np.nan}))
+    if not frames:
+        return pd.DataFrame({"source": pd.Series(dtype=object), "ts_ns": pd.Series(dtype="int64"),
+                             "tid": pd.Series(dtype="int64"), "level": pd.Series(dtype="float64"),
+                             "duration_ns": pd.Series(dtype="float64")})
+    return pd.concat(frames, ignore_index=True).sort_values("ts_ns", kind="stable").reset_index(drop=True)
+
+
+def split_ioctls(ioctl: pd.DataFrame, split: pd.DataFrame | None = None, mmu: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every dirty-log enable and CLEAR ioctl with the splits done inside it."""
+    changes = memslot_flag_changes(ioctl)
+    enable = changes[changes["change"] == "log-dirty-on"]
+    clear = ioctl[ioctl["cmd_name"] == "KVM_CLEAR_DIRTY_LOG"]
+    rows = pd.concat([
+        pd.DataFrame({"kind": "enable", "ts_ns": enable["ts_ns"].to_numpy(np.int64),
+                      "duration_ns": enable["duration_ns"].to_numpy(np.int64),
+                      "slot": enable["slot"].to_numpy(np.int64), "tid": enable["tid"].to_numpy(np.int64)}),
+        pd.DataFrame({"kind": "clear", "ts_ns": clear["ts_ns"].to_numpy(np.int64),
+                      "duration_ns": clear["duration_ns"].to_numpy(np.int64),
+                      "slot": (clear["slot"].fillna(-1) if "slot" in clear else pd.Series(-1, index=clear.index)
+                               ).to_numpy(np.int64),
+                      "tid": clear["tid"].to_numpy(np.int64)}),
+    ], ignore_index=True).sort_values("ts_ns", kind="stable").reset_index(drop=True)
+    events = split_events(split, mmu)
+    splits = np.zeros(len(rows), np.int64)
+    split_ns = np.zeros(len(rows), np.int64)
+    for tid, group in events.groupby("tid"):
+        ts = group["ts_ns"].to_numpy(np.int64)
+        dur = np.nan_to_num(group["duration_ns"].to_numpy(np.float64)).astype(np.int64)
+        cum = np.concatenate(([0], np.cumsum(dur)))
+        mine = np.flatnonzero(rows["tid"].to_numpy(np.int64) == tid)
+        lo = np.searchsorted(ts, rows["ts_ns"].to_numpy(np.int64)[mine], side="left")
+        hi = np.searchsorted(ts, (rows["ts_ns"] + rows["duration_ns"]).to_numpy(np.int64)[mine], side="left")
+        splits[mine] += hi - lo
+        split_ns[mine] += cum[hi] - cum[lo]
+    rows["splits"] = splits
+    rows["split_ns"] = split_ns
+    return rows[_IOCTL_COLUMNS]
+
+
+def split_ioctl_summary(per_ioctl: pd.DataFrame) -> pd.DataFrame:
+    """Per kind: latency statistics, total splits and splits per ioctl."""
+    table = latency_summary(per_ioctl, ["kind"])
+    totals = per_ioctl.groupby("kind")["splits"].sum()
+    table["splits"] = table["kind"].map(totals).fillna(0).astype(np.int64)
+    table["splits_per_ioctl"] = table["splits"] / table["count"].where(table["count"] > 0)
+    return table
+
+
+def split_call_summary(events: pd.DataFrame) -> pd.DataFrame:
+    """Per (source, level): count and duration statistics (durations only for calls)."""
+    if events.empty:
+        return latency_summary(events.assign(level=pd.Series(dtype="int64")), ["source", "level"])
+    frame = events.assign(level=events["level"].fillna(-99).astype(np.int64))
+    counts = frame.groupby(["source", "level"]).size().rename("count").reset_index()
+    timed = latency_summary(frame, ["source", "level"]).drop(columns="count")
+    return counts.merge(timed, on=["source", "level"], how="left")

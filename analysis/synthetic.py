@@ -1,0 +1,137 @@
+"""Synthetic captures for tests and benchmarks: x86 guest walks, lock waits and dirty-log ioctls.
+
+Contract
+--------
+:data:`SCHEMAS` holds the family schemas the synthetic data uses (the agreed recorder columns after
+the common ``ts_ns, cpu, pid, tid``). :func:`walk_tables` builds ``n_walks`` guest walks of one
+4-level guest mapping 2 MiB pages at ``gva`` (each walk reads levels 4, 3, 2 with the PTEs of
+:class:`tracekit.model.x86.X86PageTables`, so they match the model), spread over ``vcpus`` threads
+(tids ``1000 + vcpu``), one walk every ``period_ns``. :func:`write_synthetic_capture` writes such a
+capture (walks plus an ``ioctl`` and a ``lock`` family sized by ``extra_rows``) chunk by chunk, so
+its memory stays bounded whatever ``n_walks``; its manifest has the vCPU threads, a workload
+``guest_paging`` record and ``source.kind = "synthetic"``. Returns the number of events written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tracekit.capture import COMMON_FIELDS, CaptureWriter
+from tracekit.model.x86 import X86PageTables
+
+__all__ = ["SCHEMAS", "guest_tables", "walk_tables", "write_synthetic_capture"]
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+SCHEMAS = {
+    "walk": pa.schema([*COMMON_FIELDS, pa.field("walk_id", pa.uint64()), pa.field("addr", pa.uint64()),
+                       pa.field("pferr", pa.uint32())]),
+    "walk_element": pa.schema([*COMMON_FIELDS, pa.field("walk_id", pa.uint64()), pa.field("index", pa.uint8()),
+                               pa.field("level", pa.int8()), pa.field("pte", pa.uint64())]),
+    "walk_error": pa.schema([*COMMON_FIELDS, pa.field("walk_id", pa.uint64()), pa.field("pferr", pa.uint32())]),
+    "lock": pa.schema([*COMMON_FIELDS, pa.field("lock_addr", pa.uint64()), pa.field("flags", pa.uint32()),
+                       pa.field("wait_ns", pa.int64()), pa.field("ret", pa.int32()), pa.field("stack_id", pa.int32())]),
+    "ioctl": pa.schema([*COMMON_FIELDS, pa.field("duration_ns", pa.int64()), pa.field("fd", pa.int32()),
+                        pa.field("cmd", pa.uint32()), pa.field("cmd_name", _DICT), pa.field("ret", pa.int64()),
+                        pa.field("slot", pa.uint32()), pa.field("flags", pa.uint32()),
+                        pa.field("memory_size", pa.uint64())]),
+}
+
+GVA = 0xC000_0000
+GPA = 1 << 32
+TABLE_BASE = 0x100000
+PID = 999
+
+
+def guest_tables(size: int = 1 << 30) -> tuple[X86PageTables, dict]:
+    """The model tables of the synthetic guest and its workload ``guest_paging`` record."""
+    tables = X86PageTables(levels=4)
+    tables.map(GVA, GPA, size, 2 << 20, user=True)
+    root, pages = tables.serialize(TABLE_BASE)
+    record = {"levels": 4, "page_size": 2 << 20, "root_gpa": root, "table_gpas": sorted(pages),
+              "mappings": [{"role": "test", "gva": GVA, "gpa": GPA, "size": size, "page_size": 2 << 20}]}
+    return tables, record
+
+
+def walk_tables(n_walks: int, *, first_id: int = 0, vcpus: int = 2, t0_ns: int = 10**9, period_ns: int = 1000,
+                size: int = 1 << 30, seed: int = 1) -> dict[str, pa.Table]:
+    """``walk`` and ``walk_element`` tables of ``n_walks`` model-consistent guest walks."""
+    tables, _ = guest_tables(size)
+    rng = np.random.default_rng(seed + first_id)
+    n_huge = size >> 21
+    huge = rng.integers(0, n_huge, n_walks)
+    # The three PTEs of each 2 MiB page, from the model (one walk per distinct page index).
+    l4 = np.empty(n_huge, np.uint64)
+    l3 = np.empty(n_huge, np.uint64)
+    l2 = np.empty(n_huge, np.uint64)
+    for i in range(n_huge):
+        steps = tables.walk(GVA + (i << 21)).levels
+        l4[i], l3[i], l2[i] = steps[0].pte, steps[1].pte, steps[2].pte
+    ids = np.arange(first_id, first_id + n_walks, dtype=np.uint64)
+    ts = t0_ns + ids.astype(np.int64) * period_ns
+    tid = (1000 + ids % vcpus).astype(np.int32)
+    addr = (GVA + (huge.astype(np.uint64) << np.uint64(21)) + rng.integers(0, 512, n_walks).astype(np.uint64) * 4096)
+    common = {"ts_ns": ts, "cpu": (ids % 2).astype(np.int32), "pid": np.full(n_walks, PID, np.int32), "tid": tid}
+    walk = pa.table({**common, "walk_id": ids, "addr": addr.astype(np.uint64),
+                     "pferr": np.full(n_walks, 7, np.uint32)}, schema=SCHEMAS["walk"])
+    rep = np.repeat
+    element = pa.table({
+        "ts_ns": rep(ts, 3) + np.tile(np.arange(1, 4), n_walks), "cpu": rep(common["cpu"], 3),
+        "pid": rep(common["pid"], 3), "tid": rep(tid, 3), "walk_id": rep(ids, 3),
+        "index": np.tile(np.arange(3, dtype=np.uint8), n_walks),
+        "level": np.tile(np.array([4, 3, 2], np.int8), n_walks),
+        "pte": np.stack([l4[huge], l3[huge], l2[huge]], axis=1).reshape(-1),
+    }, schema=SCHEMAS["walk_element"])
+    return {"walk": walk, "walk_element": element}
+
+
+def _lock_table(n: int, t0_ns: int, span_ns: int, vcpus: int, rng: Any) -> pa.Table:
+    ts = np.sort(rng.integers(t0_ns, t0_ns + span_ns, n)).astype(np.int64)
+    tid = (1000 + rng.integers(0, vcpus + 1, n)).astype(np.int32)
+    tid[tid == 1000 + vcpus] = PID
+    addr = np.where(rng.random(n) < 0.7, 0xFFFF_8880_0000_1000, 0xFFFF_8880_0000_2000).astype(np.uint64)
+    return pa.table({"ts_ns": ts, "cpu": np.zeros(n, np.int32), "pid": np.full(n, PID, np.int32), "tid": tid,
+                     "lock_addr": addr, "flags": np.where(tid == PID, 5, 3).astype(np.uint32),
+                     "wait_ns": rng.integers(100, 100_000, n).astype(np.int64), "ret": np.zeros(n, np.int32),
+                     "stack_id": np.full(n, -1, np.int32)}, schema=SCHEMAS["lock"])
+
+
+def _ioctl_table(n: int, t0_ns: int, span_ns: int, rng: Any) -> pa.Table:
+    ts = np.sort(rng.integers(t0_ns, t0_ns + span_ns, n)).astype(np.int64)
+    names = np.where(np.arange(n) % 2 == 0, "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG")
+    return pa.table({"ts_ns": ts, "cpu": np.zeros(n, np.int32), "pid": np.full(n, PID, np.int32),
+                     "tid": np.full(n, PID, np.int32), "duration_ns": rng.integers(1000, 3_000_000, n).astype(np.int64),
+                     "fd": np.full(n, 5, np.int32), "cmd": np.where(names == "KVM_GET_DIRTY_LOG", 0x4010AE42,
+                                                                    0xC018AEC0).astype(np.uint32),
+                     "cmd_name": pa.array(names).dictionary_encode(), "ret": np.zeros(n, np.int64),
+                     "slot": np.ones(n, np.uint32), "flags": np.zeros(n, np.uint32),
+                     "memory_size": np.zeros(n, np.uint64)}, schema=SCHEMAS["ioctl"])
+
+
+def write_synthetic_capture(path: str | os.PathLike, n_walks: int, *, vcpus: int = 2, chunk: int = 2_000_000,
+                            extra_rows: int = 10_000, seed: int = 1) -> int:
+    """Write a synthetic capture of ``n_walks`` walks (4 events each) plus lock and ioctl rows."""
+    _, paging = guest_tables()
+    manifest = {"source": {"kind": "synthetic", "description": f"{n_walks} synthetic guest walks"},
+                "target": {"pids": [PID], "threads": [{"tid": 1000 + v, "comm": f"tk-vcpu-{v}", "vcpu": v}
+                                                      for v in range(vcpus)]},
+                "workload": {"arch": "x86_64", "guest_paging": paging, "vcpus": []}}
+    rng = np.random.default_rng(seed)
+    period = 1000
+    events = 0
+    with CaptureWriter(path, manifest=manifest, segment_seconds=3600, segment_rows=chunk * 3) as writer:
+        for family in ("walk", "walk_element", "lock", "ioctl"):
+            writer.declare(family, SCHEMAS[family])
+        for first in range(0, n_walks, chunk):
+            part = walk_tables(min(chunk, n_walks - first), first_id=first, vcpus=vcpus, period_ns=period, seed=seed)
+            for family, table in part.items():
+                writer.append(family, table)
+                events += table.num_rows
+        span = max(n_walks * period, 1)
+        writer.append("lock", _lock_table(extra_rows, 10**9, span, vcpus, rng))
+        writer.append("ioctl", _ioctl_table(max(extra_rows // 100, 2), 10**9, span, rng))
+        events += extra_rows + max(extra_rows // 100, 2)
+    return events

@@ -1,0 +1,176 @@
+"""Guest page-table walks rebuilt from walk events, and their depth distributions.
+
+Contract
+--------
+**x86 guest walks** (KVM's software walker, tracepoints ``kvm_mmu_pagetable_walk``,
+``kvm_mmu_paging_element``, ``kvm_mmu_walker_error``). Inputs, as DataFrames or anything indexable
+by column name giving arrays:
+
+- ``walk``: ``walk_id`` (uint64, unique), ``ts_ns``, ``tid``, ``addr`` (guest virtual address,
+  bytes), ``pferr`` (uint32 page-fault error code);
+- ``walk_element``: ``walk_id``, ``index`` (order within the walk), ``level`` (KVM level: 1 = 4 KiB
+  PTE ... 5 = PML5E), ``pte`` (uint64 guest PTE value as read);
+- ``walk_error`` (optional): ``walk_id``, ``pferr``.
+
+:func:`rebuild_walks` returns ``(walks, steps)``:
+
+- ``walks``, one row per walk event, in walk-event order: ``walk_id``, ``ts_ns``, ``tid``,
+  ``addr``, ``pferr``, ``depth`` (number of levels read = elements), ``root_level`` (level of the
+  first element, -1 if none), ``leaf_level`` (level of the last element when it translates: present
+  and level 1 or PS at level 2/3; else -1), ``level_path`` (the levels in visit order as decimal
+  digits: 432 = levels 4, 3, 2; 0 if none), ``error`` (a walker error was recorded), ``first_step``
+  (row of its first element in ``steps``, -1 if none);
+- ``steps``, one row per element sorted by (walk_id, index): ``walk_id``, ``index``, ``depth``
+  (0 = the root level), ``level``, ``pte``.
+- ``walks.attrs["orphan_elements"]``: elements whose walk event is missing (lost events).
+
+Vectorised with numpy (one pass per column; a sort only when the elements are out of order).
+
+:func:`depth_distribution` counts walks per (group..., ``depth``, ``leaf_level``) with ``walks``
+and ``share`` (fraction of the group's walks).
+
+**arm64 stage-2 walks** (function probes; families ``stage2_walk``: ``walk_id``, ``ts_ns``,
+``tid``, ``addr``, ``size``, ``flags``, ``duration_ns``, ``ret``, ``initiator``; ``stage2_visit``:
+``walk_id``, ``level``, ``kind`` (LEAF / TABLE_PRE / TABLE_POST), ``count``).
+:func:`stage2_walk_visits` gives one row per (walk, level, kind) with ``entries`` (visited entries)
+and the walk's ``initiator``, ``addr``, ``size``, ``ts_ns``, ``tid``; :func:`stage2_distribution`
+sums them per (group..., ``initiator``, ``level``, ``kind``): ``walks``, ``entries``,
+``entries_per_walk``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "WALK_COLUMNS",
+    "ELEMENT_COLUMNS",
+    "PTE_PRESENT",
+    "PTE_PS",
+    "rebuild_walks",
+    "depth_distribution",
+    "stage2_walk_visits",
+    "stage2_distribution",
+    "level_path_text",
+]
+
+WALK_COLUMNS = ("walk_id", "ts_ns", "tid", "addr", "pferr")
+ELEMENT_COLUMNS = ("walk_id", "index", "level", "pte")
+PTE_PRESENT = np.uint64(1)
+PTE_PS = np.uint64(1 << 7)
+
+
+def _col(frame: Any, name: str, dtype: Any) -> np.ndarray:
+    return np.asarray(frame[name]).astype(dtype, copy=False)
+
+
+def rebuild_walks(walk: Any, element: Any, error: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rebuild every walk (see the module docstring for the columns)."""
+    wid = _col(element, "walk_id", np.uint64)
+    idx = _col(element, "index", np.int64)
+    level = _col(element, "level", np.int64)
+    pte = _col(element, "pte", np.uint64)
+    n = len(wid)
+    if n > 1:
+        same = wid[1:] == wid[:-1]
+        in_order = bool(np.all((wid[1:] > wid[:-1]) | (same & (idx[1:] > idx[:-1]))))
+        if not in_order:
+            order = np.lexsort((idx, wid))
+            wid, idx, level, pte = wid[order], idx[order], level[order], pte[order]
+            same = wid[1:] == wid[:-1]
+        starts = np.flatnonzero(np.concatenate(([True], ~same)))
+    else:
+        starts = np.zeros(n, np.int64)
+    counts = np.diff(np.append(starts, n)).astype(np.int64)
+    ends = starts + counts - 1
+    group = np.repeat(np.arange(len(starts)), counts)
+    depth_in_walk = np.arange(n, dtype=np.int64) - starts[group] if n else np.zeros(0, np.int64)
+
+    g_wid = wid[starts]
+    g_root = level[starts]
+    g_last = level[ends]
+    g_pte = pte[ends]
+    present = (g_pte & PTE_PRESENT) != 0
+    huge = ((g_pte & PTE_PS) != 0) & ((g_last == 2) | (g_last == 3))
+    g_leaf = np.where(present & ((g_last == 1) | huge), g_last, -1)
+    power = np.minimum(counts[group] - 1 - depth_in_walk, 18) if n else np.zeros(0, np.int64)
+    g_path = np.add.reduceat(level * 10 ** power, starts) if n else np.zeros(0, np.int64)
+
+    w_wid = _col(walk, "walk_id", np.uint64)
+    if len(starts):
+        pos = np.clip(np.searchsorted(g_wid, w_wid), 0, len(starts) - 1)
+        found = g_wid[pos] == w_wid
+    else:
+        pos = np.zeros(len(w_wid), np.int64)
+        found = np.zeros(len(w_wid), bool)
+    if error is not None and len(error["walk_id"]):
+        err = np.isin(w_wid, _col(error, "walk_id", np.uint64))
+    else:
+        err = np.zeros(len(w_wid), bool)
+
+    def pick(values: np.ndarray, missing: int) -> np.ndarray:
+        if len(values) == 0:
+            return np.full(len(w_wid), missing, np.int64)
+        return np.where(found, values[pos], missing).astype(np.int64)
+
+    walks = pd.DataFrame({
+        "walk_id": w_wid,
+        "ts_ns": _col(walk, "ts_ns", np.int64),
+        "tid": _col(walk, "tid", np.int64),
+        "addr": _col(walk, "addr", np.uint64),
+        "pferr": _col(walk, "pferr", np.uint32),
+        "depth": pick(counts, 0),
+        "root_level": pick(g_root, -1),
+        "leaf_level": pick(g_leaf, -1),
+        "level_path": pick(g_path, 0),
+        "error": err,
+        "first_step": pick(starts, -1),
+    })
+    walks.attrs["orphan_elements"] = int(counts[~np.isin(g_wid, w_wid)].sum()) if len(starts) else 0
+    steps = pd.DataFrame({"walk_id": wid, "index": idx, "depth": depth_in_walk, "level": level, "pte": pte})
+    return walks, steps
+
+
+def level_path_text(code: int) -> str:
+    """``432`` -> ``"4>3>2"`` (``"-"`` for 0)."""
+    return ">".join(str(code)) if code > 0 else "-"
+
+
+def depth_distribution(walks: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Walk counts per (by..., depth, leaf_level) and each count's share of its group."""
+    keys = [*by, "depth", "leaf_level"]
+    if walks.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in (*keys, "walks", "share")})
+    counts = walks.groupby(keys, sort=True).size().rename("walks").reset_index()
+    if by:
+        totals = counts.groupby(list(by))["walks"].transform("sum")
+    else:
+        totals = counts["walks"].sum()
+    counts["share"] = counts["walks"] / totals
+    return counts
+
+
+def stage2_walk_visits(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame) -> pd.DataFrame:
+    """One row per (walk_id, level, kind): entries visited, with the walk's initiator and range."""
+    visits = stage2_visit.groupby(["walk_id", "level", "kind"], sort=True)["count"].sum()
+    visits = visits.rename("entries").reset_index()
+    cols = [c for c in ("walk_id", "ts_ns", "tid", "initiator", "addr", "size", "flags") if c in stage2_walk.columns]
+    frame = visits.merge(stage2_walk[cols], on="walk_id", how="left")
+    if "initiator" in frame.columns:
+        frame["initiator"] = frame["initiator"].fillna("?")
+    else:
+        frame["initiator"] = "?"
+    return frame
+
+
+def stage2_distribution(visits: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Per (by..., initiator, level, kind): walks, entries, entries_per_walk."""
+    keys = [*by, "initiator", "level", "kind"]
+    if visits.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in (*keys, "walks", "entries", "entries_per_walk")})
+    out = visits.groupby(keys, sort=True).agg(walks=("walk_id", "nunique"), entries=("entries", "sum")).reset_index()
+    out["entries_per_walk"] = out["entries"] / out["walks"]
+    return out
