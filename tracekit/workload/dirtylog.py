@@ -135,6 +135,18 @@ class DirtyLogResult:
         """True when the mode has a clear step (manual clear or ring reset)."""
         return self.log_mode in ("clear", "ring")
 
+    @property
+    def expected_write_faults(self) -> int:
+        """Write faults the guest must take in the test region under shadow paging with 4 KiB host pages.
+
+        One per page in the populate pass (first touch), then one per page written in every
+        iteration whose pages were write-protected: all of them, except the first in ``clear`` mode
+        with initially-set (enabling then write-protects nothing). Reads of write-protected pages do
+        not fault. On this kind of host each such fault is exactly one
+        ``kvmmmu:kvm_mmu_pagetable_walk`` with an address in the test region.
+        """
+        return _expected_write_faults(self.options.total_bytes // ACCESS_STRIDE, self.initially_set, self.iterations)
+
     def lines(self) -> list[str]:
         """The complete dirty_log_perf_test-style output of this run."""
         lines = report.header_lines(len(self.iterations), self.guest_mode, self.test_gpa, self.test_size)
@@ -648,6 +660,10 @@ class _Run:
                 for r in self.results
             ],
             "verified": bool(self.results) and all(r.ok for r in self.results),
+            "ground_truth": {
+                "test_region_write_faults": _expected_write_faults(self.total_pages, self.initially_set, self.results),
+                "assumes": "shadow paging (guest page-table walks traced) and 4 KiB host pages",
+            },
         }
 
     def close(self) -> None:
@@ -664,6 +680,12 @@ class _Run:
             for resource in (self.vm, self.kvm, self.test, self.system):
                 if resource is not None:
                     resource.close()
+
+
+def _expected_write_faults(total_pages: int, initially_set: bool, iterations: list[IterationResult]) -> int:
+    return total_pages + sum(
+        it.expected_dirty_pages for it in iterations if not (initially_set and it.iteration == 1)
+    )
 
 
 def _set_bits(bitmap: bytearray, first: int, count: int) -> None:
