@@ -12,7 +12,7 @@ Tables (columns documented in the module that makes them):
 - ``phases`` (:mod:`.phases`);
 - ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``), ``walk_depth_by_phase`` (by
   ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``);
-- ``crosscheck_mismatches`` (:mod:`.crosscheck`), verdict ``crosscheck``;
+- ``crosscheck_mismatches``, ``walk_visits_vs_model`` (:mod:`.crosscheck`), verdict ``crosscheck``;
 - ``stage2_visits`` (:func:`.walks.stage2_distribution`), ``split_visits_vs_model`` and verdict
   ``skip_levels`` (:mod:`.skiplevels`);
 - ``lock_contention`` (:func:`.locks.contention_summary`), verdict ``mmu_lock``;
@@ -153,6 +153,7 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
     check = crosscheck.crosscheck_walks(rebuilt, steps, model_walk, limit=limit)
     result.verdicts["crosscheck"] = check.summary
     result.tables["crosscheck_mismatches"] = check.mismatches
+    result.tables["walk_visits_vs_model"] = check.per_level
 
 
 def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None) -> None:
@@ -182,6 +183,7 @@ _SECTIONS = (
     ("walk_depth", "Guest walk depth per vCPU (depth = levels read; leaf -1 = no translation)", None),
     ("walk_depth_by_phase", "Guest walk depth per phase", None),
     ("walk_paths", "Guest walks per level path and fault code", None),
+    ("walk_visits_vs_model", "Guest PTE reads per level, observed vs model (same walks)", None),
     ("crosscheck_mismatches", "First walks that differ from the model", None),
     ("stage2_visits", "arm64 stage-2 walks: entries per level and visit kind", None),
     ("split_visits_vs_model", "Split walks: LEAF visits per level, observed vs model", None),

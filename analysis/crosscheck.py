@@ -17,7 +17,8 @@ Contract
   ``mismatched``, ``verdict`` ``"match"`` / ``"mismatch"`` / ``"no walks"``), ``per_walk``
   (walk_id, addr, depth, model_depth, match, first_mismatch_depth) and ``mismatches`` (the first
   ``limit`` mismatching walks: walk_id, addr, depth of the first difference, observed_level,
-  observed_pte, model_level, model_pte, reason).
+  observed_pte, model_level, model_pte, reason) and ``per_level`` (level, observed: PTE reads at that
+  level, model: the model's reads for the same walks).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class CrossCheck:
     summary: dict
     per_walk: pd.DataFrame
     mismatches: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=MISMATCH_COLUMNS))
+    per_level: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["level", "observed", "model"]))
 
 
 def model_from_layout(workload: dict | None) -> Callable[[int], X86Walk]:
@@ -149,4 +151,8 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
     summary = {"walks": int(len(walks)), "compared": compared, "matched": matched,
                "match_rate": matched / compared, "mismatched": compared - matched,
                "verdict": "match" if matched == compared else "mismatch"}
-    return CrossCheck(summary, per_walk.drop(columns="page"), mismatches)
+    observed_levels = obs.groupby("level").size().rename("observed")
+    model_levels = per_walk[["page"]].merge(model, on="page").groupby("model_level").size().rename("model")
+    per_level = pd.concat([observed_levels, model_levels], axis=1).fillna(0).astype(np.int64)
+    per_level = per_level.rename_axis("level").reset_index().sort_values("level", ascending=False)
+    return CrossCheck(summary, per_walk.drop(columns="page"), mismatches, per_level.reset_index(drop=True))

@@ -1,0 +1,155 @@
+"""``tracekit analyze``, ``tracekit report`` and ``tracekit compare``.
+
+Contract: :func:`register` adds the three commands to the root app. They only read captures (and an
+optional selftest output file) and write to standard output or the named report file; every error is
+a :class:`tracekit.errors.TracekitError` (one line and a non-zero exit at the root). The ``--json``
+documents are described in docs/cli-json/analysis.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from typer.core import TyperCommand
+
+from tracekit.analysis.analyze import analysis_json, analyze_capture, render_text
+from tracekit.analysis.common import format_table, records
+from tracekit.analysis.compare import compare_runs, capture_metrics
+from tracekit.capture import open_capture
+from tracekit.errors import CaptureFormatError, UsageError
+
+__all__ = ["register", "analyze", "report", "compare"]
+
+_PHASE_HELP = ("Keep only events inside this phase: a name (dirty-memory, get-dirty-log, clear-dirty-log, "
+               "enable-dirty-logging, populate, ...) for every iteration, or NAME#ITERATION.")
+_SELFTEST_HELP = ("Take the phases from this dirty_log_perf_test or kvm_page_table_test output file "
+                  "(aligned on the capture's dirty-log ioctls) instead of the workload record.")
+
+
+def _read_selftest(path: Optional[Path]) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from error
+
+
+def analyze(
+    capture: Path = typer.Argument(..., help="A capture directory (NAME.tkcap)."),
+    as_json: bool = typer.Option(False, "--json", help="Print every table and verdict as JSON (docs/cli-json/analysis.md)."),
+    phase: Optional[str] = typer.Option(None, "--phase", "-P", help=_PHASE_HELP),
+    selftest_output: Optional[Path] = typer.Option(None, "--selftest-output", help=_SELFTEST_HELP),
+) -> None:
+    """Analyse a capture: walk depth, model cross-check, skipped levels, lock contention, ioctl and split latency.
+
+    Prints 80-column tables; every table can be cut by phase. Analyses whose event families the
+    capture lacks are listed as skipped, with the reason.
+
+    Examples:
+
+      tracekit analyze samples/x86-dirty-log-2m.tkcap
+
+      tracekit analyze vm.tkcap --phase clear-dirty-log
+
+      tracekit analyze vm.tkcap --phase dirty-memory#2 --json | jq .verdicts
+
+      tracekit analyze vm.tkcap --selftest-output dirty_log_perf_test.out
+    """
+    result = analyze_capture(open_capture(capture), phase=phase, selftest_output=_read_selftest(selftest_output))
+    if as_json:
+        typer.echo(json.dumps(analysis_json(result), indent=1, default=str))
+    else:
+        typer.echo(render_text(result))
+
+
+def report(
+    capture: Path = typer.Argument(..., help="A capture directory (NAME.tkcap)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write."),
+    phase: Optional[str] = typer.Option(None, "--phase", "-P", help=_PHASE_HELP),
+    selftest_output: Optional[Path] = typer.Option(None, "--selftest-output", help=_SELFTEST_HELP),
+) -> None:
+    """Write one self-contained HTML page: figures, verdicts and tables of a capture.
+
+    Figures (matplotlib, embedded): walk-depth histograms, the lock contention timeline, ioctl
+    latency CDFs and visits per level against the model; then the cross-check verdicts.
+
+    Examples:
+
+      tracekit report samples/x86-dirty-log-2m.tkcap -o report.html
+
+      tracekit report vm.tkcap -o clear.html --phase clear-dirty-log
+    """
+    from tracekit.analysis.report import write_report
+
+    result = analyze_capture(open_capture(capture), phase=phase, selftest_output=_read_selftest(selftest_output))
+    write_report(result, output)
+    typer.echo(f"wrote {output}", err=True)
+
+
+class _SplitAtDoubleDash(TyperCommand):
+    """Keeps the runs after ``--`` apart (click would merge them into the positional list); options
+    written after them (``--json``) still count as options, as captures never start with ``-``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            after = args[i + 1:]
+            ctx.meta["tracekit_runs_b"] = [a for a in after if not a.startswith("-")]
+            args = args[:i] + [a for a in after if a.startswith("-")]
+        return super().parse_args(ctx, args)
+
+
+def compare(
+    ctx: typer.Context,
+    runs_a: List[Path] = typer.Argument(..., help="Captures of side A, then --, then captures of side B."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON (docs/cli-json/analysis.md)."),
+    phase: Optional[str] = typer.Option(None, "--phase", "-P", help=_PHASE_HELP),
+    show_all: bool = typer.Option(False, "--all", help="Also list metrics whose difference is within noise."),
+) -> None:
+    """Compare repeated runs on two kernels or settings: A... -- B...
+
+    Per metric (phase times, ioctl latency, walks, lock waits, splits) the mean and sample stdev of
+    each side and the relative change of B against A, in the form the kernel patches use:
+    "-35.47% runtime (stdev 5.63%)". A difference within about two standard errors (Welch's t) is
+    marked "within noise"; with a single run on a side the noise is unknown.
+
+    Examples:
+
+      tracekit compare base-1.tkcap base-2.tkcap base-3.tkcap -- new-1.tkcap new-2.tkcap new-3.tkcap
+
+      tracekit compare a*.tkcap -- b*.tkcap --json | jq '.metrics[] | .text'
+    """
+    runs_b = [Path(p) for p in ctx.meta.get("tracekit_runs_b", [])]
+    if not runs_b:
+        raise UsageError("give the captures of side B after a '--': tracekit compare A... -- B...")
+    metrics_a = [capture_metrics(analyze_capture(open_capture(p), phase=phase)) for p in runs_a]
+    metrics_b = [capture_metrics(analyze_capture(open_capture(p), phase=phase)) for p in runs_b]
+    table = compare_runs(metrics_a, metrics_b)
+    if table.empty:
+        raise CaptureFormatError("the two sides have no metric in common (do the captures hold the same families?)")
+    if as_json:
+        doc = {"schema": "tracekit.compare/1", "a": [str(p) for p in runs_a], "b": [str(p) for p in runs_b],
+               "phase": phase, "metrics": records(table)}
+        typer.echo(json.dumps(doc, indent=1))
+        return
+    shown = table if show_all else table[table["noise"] != "within"]
+    typer.echo(f"A: {len(runs_a)} run(s), B: {len(runs_b)} run(s); change of B against A")
+    notes = {"within": "within noise", "unknown": "noise unknown", "beyond": ""}
+    rows = shown.assign(
+        change=[("n/a" if c is None or c != c else f"{c:+.2f}%") for c in shown["change_pct"]],
+        stdev=[f"{s:.2f}%" for s in shown["stdev_pct"]], note=shown["noise"].map(notes))
+    typer.echo(format_table(rows[["metric", "unit", "change", "stdev", "note"]], width=80, max_rows=500,
+                            formats={"metric": lambda v: str(v)[:40]}))
+    hidden = len(table) - len(shown)
+    if hidden:
+        typer.echo(f"{hidden} metric(s) within noise not shown (--all shows them)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze")(analyze)
+    app.command("report")(report)
+    app.command("compare", cls=_SplitAtDoubleDash)(compare)
