@@ -36,10 +36,13 @@ class KvmUnavailable(WorkloadError):
 
 @dataclass(frozen=True)
 class IoctlRecord:
-    """One ioctl the driver issued: name, target fd kind, CLOCK_MONOTONIC entry/exit (ns), tid, result."""
+    """One ioctl the driver issued: name, request number, target fd kind and number, CLOCK_MONOTONIC
+    entry/exit (ns), tid, result (``-errno`` on failure) and a summary of the argument."""
 
     name: str
+    request: int
     target: str
+    fd: int
     start_ns: int
     end_ns: int
     tid: int
@@ -49,7 +52,9 @@ class IoctlRecord:
     def as_dict(self) -> dict:
         record = {
             "name": self.name,
+            "request": self.request,
             "target": self.target,
+            "fd": self.fd,
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
             "tid": self.tid,
@@ -75,12 +80,12 @@ class IoctlLog:
             ret = libc.ioctl(fd, request, arg)
         except OSError as error:
             end = time.monotonic_ns()
-            self._append(IoctlRecord(name, target, start, end, threading.get_native_id(), -error.errno, summary))
+            self._append(IoctlRecord(name, request, target, fd, start, end, threading.get_native_id(), -error.errno, summary))
             raise WorkloadError(
                 f"{name} failed: {os.strerror(error.errno)} (errno {errno.errorcode.get(error.errno, error.errno)})"
             ) from None
         end = time.monotonic_ns()
-        self._append(IoctlRecord(name, target, start, end, threading.get_native_id(), ret, summary))
+        self._append(IoctlRecord(name, request, target, fd, start, end, threading.get_native_id(), ret, summary))
         return ret
 
     def _append(self, record: IoctlRecord) -> None:
