@@ -53,7 +53,7 @@ def _load(bcc: Any, text: str, cflags: list[str]) -> Any:
     try:
         os.dup2(log.fileno(), 2)
         try:
-            return bcc.BPF(text=text, cflags=cflags)
+            return bcc.BPF(text=text.encode() if isinstance(text, str) else text, cflags=cflags)
         except Exception as error:  # bcc raises plain Exception for compile and load failures
             os.dup2(saved, 2)
             log.seek(0)
@@ -73,11 +73,11 @@ def struct_layouts() -> dict[str, tuple[int, dict[str, int]]]:
     names = ("walk_event", "ioctl_event", "lock_event", "mmu_event")
     text = "".join(f'#include "{n.split("_")[0]}.h"\n' for n in names)
     text += "".join(f"BPF_ARRAY(layout_{n}, struct {n}, 1);\n" for n in names)
-    bpf = _load(bcc, text, [f"-I{PROBES_DIR}", "-w"])
+    bpf = _load(bcc, text.encode(), [f"-I{PROBES_DIR}", "-w"])
     try:
         out = {}
         for n in names:
-            leaf = bpf[f"layout_{n}"].Leaf
+            leaf = bpf[f"layout_{n}".encode()].Leaf
             out[n] = (ctypes.sizeof(leaf),
                       {f[0]: getattr(leaf, f[0]).offset for f in leaf._fields_ if not f[0].startswith("__pad")})
         return out
@@ -115,7 +115,7 @@ class BccBackend:
         for family, _ in self.families:
             for ring in family.rings():
                 try:
-                    fd = self.bpf[ring.map_name].map_fd
+                    fd = self.bpf[ring.map_name.encode()].map_fd
                 except KeyError:
                     raise ProbeLoadError(f"family {family.name}: ring buffer map {ring.map_name} not in the program") from None
                 self.readers.append((family, ring.map_name, RingReader(fd, ring.pages * PAGE, ring.dtype)))
@@ -143,7 +143,7 @@ class BccBackend:
             return out
         for family, _ in self.families:
             for map_name, probes in family.lost_maps().items():
-                table = self.bpf[map_name]
+                table = self.bpf[map_name.encode()]
                 for index, probe in enumerate(probes):
                     values = table.getvalue(table.Key(index))
                     for cpu, count in enumerate(values):

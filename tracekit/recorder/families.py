@@ -263,7 +263,7 @@ class IoctlFamily(ProbeFamily):
 
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
         rows = []
-        for key, val in bpf["ioctl_agg"].items():
+        for key, val in bpf[b"ioctl_agg"].items():
             rows.append((key.pid, key.tid, key.cmd, val.count, val.total_ns, val.max_ns, val.errors))
         return {"ioctl_summary": self._summary(rows, stop_ns)}
 
@@ -400,10 +400,10 @@ class LockFamily(ProbeFamily):
 
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
         try:
-            self.nested = int(sum(bpf["lock_nested"][0]))
+            self.nested = int(sum(bpf[b"lock_nested"][0]))
         except (KeyError, IndexError, TypeError):
             pass
-        stacks = bpf["lock_stacks"]
+        stacks = bpf[b"lock_stacks"]
         ids, frames = [], []
         for stack_id in sorted(self._stack_ids):
             try:

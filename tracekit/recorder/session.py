@@ -65,6 +65,7 @@ class RecordConfig:
     poll_interval: float = 0.02
     status_interval: float = 0.5
     command_line: list[str] = field(default_factory=list)
+    command_stdout_to_stderr: bool = False  # keep stdout for --json
 
 
 @dataclass
@@ -255,7 +256,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
     writer: CaptureWriter | None = None
     try:
         if command:
-            child = spawn_gated(command)
+            child = spawn_gated(command, stdout_to_stderr=config.command_stdout_to_stderr)
             target = {"pids": [child.pid], "comm": os.path.basename(command[0]), "guest": None}
         else:
             found = resolve_target(config.pid_spec or "")
@@ -322,8 +323,8 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                 if config.duration is not None and now - t0 >= config.duration:
                     stop_reason = "duration"
                     break
-                if child is not None and child.process.poll() is not None:
-                    command_exit = child.process.returncode
+                if child is not None and child.poll() is not None:
+                    command_exit = child.returncode
                     stop_reason = "command exited"
                     break
                 if child is None and not pid_alive(tgid):
@@ -341,9 +342,9 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
             notes: dict[str, Any] = {}
             for family, _ in plan:
                 notes.update(family.manifest_notes())
-            if child is not None and child.process.poll() is None and stop_reason != "command exited":
+            if child is not None and child.poll() is None and stop_reason != "command exited":
                 child.terminate()
-                command_exit = child.process.returncode
+                command_exit = child.returncode
             workload = _read_layout(layout_dir)
             extra = {"workload": workload} if workload is not None else {}
             writer.update_manifest(

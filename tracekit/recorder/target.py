@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
+import shutil
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,49 +137,83 @@ def resolve_target(spec: str, *, exclude: tuple[int, ...] = ()) -> Target:
 
 
 class GatedChild:
-    """A child process forked and held before ``exec`` until :meth:`release`."""
+    """A child process forked and held before ``exec`` until :meth:`release`.
 
-    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None):
+    ``subprocess.Popen`` cannot do this (it waits for the exec), so the child is forked here; it
+    blocks on a pipe, and exits with status 125 instead of running untraced if the recorder dies
+    before releasing it."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, stdout_to_stderr: bool = False):
         if not argv:
             raise UsageError("no command given after --")
-        read_fd, self._write_fd = os.pipe()
-
-        def wait_for_release() -> None:  # runs in the child between fork and exec
-            os.close(self._write_fd)
-            go = os.read(read_fd, 1)
-            os.close(read_fd)
-            if go != b"g":  # the recorder died before attaching: never run untraced
+        executable = shutil.which(argv[0])
+        if executable is None:
+            raise UsageError(f"command not found: {argv[0]}")
+        read_fd, write_fd = os.pipe()
+        environment = dict(os.environ if env is None else env)
+        pid = os.fork()
+        if pid == 0:  # child: wait for the go byte, then exec
+            try:
+                os.close(write_fd)
+                go = os.read(read_fd, 1)
+                os.close(read_fd)
+                if go == b"g":
+                    if stdout_to_stderr:
+                        os.dup2(2, 1)
+                    os.execve(executable, argv, environment)
+            finally:
                 os._exit(125)
-
-        try:
-            self.process = subprocess.Popen(argv, preexec_fn=wait_for_release, env=env)
-        except OSError as error:
-            os.close(self._write_fd)
-            raise RecorderError(f"cannot start {argv[0]}: {error.strerror or error}") from error
-        finally:
-            os.close(read_fd)
-        self.pid = self.process.pid
+        os.close(read_fd)
+        self._write_fd = write_fd
+        self.pid = pid
         self.argv = argv
+        self.returncode: int | None = None
 
     def release(self) -> None:
         """Let the child exec its command."""
         if self._write_fd >= 0:
-            os.write(self._write_fd, b"g")
-            os.close(self._write_fd)
-            self._write_fd = -1
+            try:
+                os.write(self._write_fd, b"g")
+            finally:
+                os.close(self._write_fd)
+                self._write_fd = -1
+
+    def poll(self) -> int | None:
+        """The exit status (negative signal number when killed) once the child has ended, else None."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+                return self.returncode
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.returncode
 
     def terminate(self) -> None:
-        """Stop the child (SIGTERM, then SIGKILL after 3 s) if it still runs."""
-        self.release()
-        if self.process.poll() is None:
-            self.process.terminate()
+        """Stop the child (SIGTERM, then SIGKILL after 3 s) if it still runs; reap it."""
+        if self._write_fd >= 0:  # never released: close the pipe, it exits with 125
+            os.close(self._write_fd)
+            self._write_fd = -1
+        if self.poll() is None:
             try:
-                self.process.wait(3)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if self.wait(3.0) is None:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.wait(3.0)
 
 
-def spawn_gated(argv: list[str], env: dict[str, str] | None = None) -> GatedChild:
-    """Fork ``argv`` held before exec (see :class:`GatedChild`)."""
-    return GatedChild(argv, env=env)
+def spawn_gated(argv: list[str], env: dict[str, str] | None = None, *, stdout_to_stderr: bool = False) -> GatedChild:
+    """Fork ``argv`` held before exec (see :class:`GatedChild`); its stdout may go to stderr."""
+    return GatedChild(argv, env=env, stdout_to_stderr=stdout_to_stderr)
