@@ -54,9 +54,14 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
 
 
 def parse_size(text: str | int) -> int:
-    """Parse ``4K``, ``2M``, ``1.5T``, ``64GiB`` or a plain byte count into bytes (binary units)."""
+    """Parse ``4K``, ``2M``, ``1.5T``, ``64GiB``, ``0x40000000`` or a byte count into bytes (binary units)."""
     if isinstance(text, int):
         return text
+    if text.strip().lower().startswith("0x"):
+        try:
+            return int(text.strip(), 16)
+        except ValueError:
+            raise ModelError(f"cannot read address {text!r}") from None
     s = text.strip().upper().replace("IB", "").replace(" ", "")
     if s.endswith("B") and len(s) > 1 and s[-2] in _UNITS:
         s = s[:-1]
