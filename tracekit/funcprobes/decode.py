@@ -10,11 +10,14 @@ and return events are paired per (CPU, probe) as a stack, so recursion and nesti
 a return without an entry is counted in ``unpaired`` and an entry without a return gets
 ``duration_ns = -1``. Visits (role ``visit``) are attributed to the innermost open
 ``kvm_pgtable_walk`` on the same CPU (``walk_id`` -1 outside any walk) and aggregated per
-(walk, level, kind), kind being ``VISIT:PTE`` such as ``leaf:block`` or ``leaf:page``. Walks whose
+(walk, visitor function, level, kind), kind being ``VISIT:PTE`` such as ``leaf:block`` or
+``leaf:page`` (just ``VISIT`` when the probe has no ``old`` PTE, e.g. x86 ``tdp_iter_next``). Walks whose
 ``mmu`` is 0 (arm64 host user page tables) are dropped and counted in ``host_walks``. Returns a
 :class:`Decoded` with one ``pyarrow.Table`` per family (schemas of
 :mod:`tracekit.funcprobes.families`) and a ``counts`` dict of totals. ``pid_of`` maps a thread id
-to its process id (identity by default).
+to its process id (identity by default). Tracepoint events named in ``split_tracepoints``
+(``kvmmmu:kvm_mmu_split_huge_page``: gfn, level, errno) become ``split`` rows with
+``duration_ns = -1`` and are counted under their own name.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def decode_events(
     probes: tuple[FuncProbe, ...],
     symbols: SymbolTable | None = None,
     pid_of: Callable[[int], int] | None = None,
+    split_tracepoints: tuple[str, ...] = ("kvm_mmu_split_huge_page",),
 ) -> Decoded:
     """See the module contract."""
     pid_of = pid_of or (lambda tid: tid)
@@ -89,21 +93,29 @@ def decode_events(
     builders = {name: _Builder(name) for name in SCHEMAS}
     open_calls: dict[tuple[int, str], list[tuple[ProbeEvent, int]]] = defaultdict(list)
     walk_stack: dict[int, list[int]] = defaultdict(list)
-    visits: dict[tuple[int, int, str], list] = {}
+    visits: dict[tuple[int, str, int, str], list] = {}
     counts: dict[str, int] = defaultdict(int)
     next_walk = 0
     pending: list[tuple[FuncProbe, ProbeEvent, int, ProbeEvent | None]] = []
 
     for ev in events:
+        if ev.name in split_tracepoints:
+            counts[ev.name] += 1
+            f = ev.fields
+            builders["split"].add(
+                ts_ns=ev.ts, cpu=ev.cpu, pid=pid_of(ev.tid), tid=ev.tid, probe=ev.name, addr=f.get("gfn", 0) << 12,
+                size=4096 << (9 * (f.get("level", 1) - 1)), level=f.get("level"), duration_ns=-1, ret=f.get("errno"),
+            )  # fmt: skip
+            continue
         if ev.name in by_entry:
             probe = by_entry[ev.name]
             counts[probe.name] += 1
             if probe.role == "visit":
                 walk = walk_stack[ev.cpu][-1] if walk_stack[ev.cpu] else -1
                 level = _signed(ev.fields.get("level", -1), 8)
-                visit = VISIT_KINDS.get(ev.fields.get("visit", 0), "unknown")
+                visit = VISIT_KINDS.get(ev.fields["visit"], "unknown") if "visit" in ev.fields else "step"
                 kind = f"{visit}:{pte_kind(ev.fields.get('old', 0), level)}" if "old" in ev.fields else visit
-                key = (walk, level, kind)
+                key = (walk, probe.symbol, level, kind)
                 if key in visits:
                     visits[key][0] += 1
                 else:
@@ -169,9 +181,10 @@ def decode_events(
                 **common, name=probe.name, duration_ns=duration, ret=_signed(ret, 64), args=json.dumps(args, sort_keys=True)
             )
 
-    for (walk, level, kind), (count, first) in sorted(visits.items(), key=lambda kv: kv[1][1].ts):
+    for (walk, visitor, level, kind), (count, first) in sorted(visits.items(), key=lambda kv: kv[1][1].ts):
         builders["stage2_visit"].add(
-            ts_ns=first.ts, cpu=first.cpu, pid=pid_of(first.tid), tid=first.tid, walk_id=walk, level=level, kind=kind,
-            count=count,
+            ts_ns=first.ts, cpu=first.cpu, pid=pid_of(first.tid), tid=first.tid, walk_id=walk, visitor=visitor,
+            level=level, kind=kind, count=count,
         )  # fmt: skip
-    return Decoded({name: b.table() for name, b in builders.items()}, dict(counts))
+    tables = {name: b.table().sort_by([("ts_ns", "ascending")]) for name, b in builders.items()}
+    return Decoded(tables, dict(counts))

@@ -38,6 +38,7 @@ STAGE2_VISIT = pa.schema(
     COMMON_FIELDS
     + [
         pa.field("walk_id", pa.int64(), nullable=False),
+        pa.field("visitor", _DICT, nullable=False),
         pa.field("level", pa.int8(), nullable=False),
         pa.field("kind", _DICT, nullable=False),
         pa.field("count", pa.int64(), nullable=False),

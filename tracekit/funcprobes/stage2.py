@@ -13,6 +13,9 @@ Contract
 - ``split_walker`` (``stage2_split_walker``): ``level`` (s8), ``addr`` (IPA), ``old`` (the PTE
   read before the callback), ``visit`` (LEAF/TABLE_PRE/TABLE_POST); one event per visited entry:
   hot, aggregate in the kernel.
+- ``map_walker`` (``stage2_map_walker``): as ``split_walker`` for map walks (faults and the
+  subtrees built by a split); a ``table_pre:table`` visit at level 1 or 2 in a block-sized map is
+  a table-to-block replacement (block rebuild after dirty logging stops).
 - ``stage2_split``, ``stage2_map``, ``relax_perms``, ``wrprotect``: the exported stage-2 operations.
 - ``guest_abort`` (``kvm_handle_guest_abort``) and ``user_mem_abort`` (inlined in Debian's 6.12).
 - ``enable_log_dirty`` (``kvm_arch_mmu_enable_log_dirty_pt_masked``): ``gfn_offset`` (pages from
@@ -79,6 +82,15 @@ STAGE2_PROBES: tuple[FuncProbe, ...] = (
         (("level", "ctx->level"), ("addr", "ctx->addr"), ("old", "ctx->old"), ("visit", "visit")),
         timed=False,
         hot=True,
+    ),
+    FuncProbe(
+        "map_walker",
+        "stage2_map_walker",
+        "visit",
+        (("level", "ctx->level"), ("addr", "ctx->addr"), ("old", "ctx->old"), ("visit", "visit")),
+        timed=False,
+        hot=True,
+        note="static, address-taken visitor: a TABLE_PRE visit of a table at a block level is a table-to-block rebuild",
     ),
     FuncProbe("stage2_split", "kvm_pgtable_stage2_split", "split", (("addr", "addr"), ("size", "size"))),
     FuncProbe(

@@ -210,7 +210,9 @@ def fetch_kernel(arch: str, cache: Path) -> KernelFiles:
 def _decompress_kvm_modules(target: Path) -> None:
     out = target / "modules"
     out.mkdir(exist_ok=True)
-    for path in (target / "root" / "lib" / "modules").glob("*/kernel/**/*.ko*"):
+    found = [*(target / "root" / "lib" / "modules").glob("*/kernel/**/*.ko*"),
+             *(target / "root" / "usr" / "lib" / "modules").glob("*/kernel/**/*.ko*")]  # fmt: skip
+    for path in found:
         stem = path.name.split(".ko")[0]
         if stem not in _KVM_MODULES:
             continue

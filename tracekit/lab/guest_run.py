@@ -41,21 +41,23 @@ INSTANCE = "tracekit"
 _BUFFER_KB = 65536
 
 
-def _family(arch: str):
+def _family(arch: str) -> tuple[tuple, tuple]:
+    """(function probes, tracepoints) recorded in the ``arch`` lab."""
     if arch == "arm64":
         from tracekit.funcprobes.stage2 import STAGE2_PROBES
 
-        return STAGE2_PROBES
-    from tracekit.funcprobes.tdp import TDP_PROBES
+        return STAGE2_PROBES, ()
+    from tracekit.funcprobes.tdp import TDP_PROBES, TRACEPOINT_SPLITS
 
-    return TDP_PROBES
+    return TDP_PROBES, TRACEPOINT_SPLITS
 
 
 class _Tracing:
     """kprobe_events definitions plus a private instance; undone by :meth:`close`."""
 
-    def __init__(self, resolutions: list):
+    def __init__(self, resolutions: list, tracepoints: tuple = ()):
         self.instance = TRACEFS / "instances" / INSTANCE
+        self.tracepoints = [tp for tp in tracepoints if (TRACEFS / "events" / tp[0] / tp[1]).is_dir()]
         self.defined: list[str] = []
         self.attached: list[str] = []
         self.failed: list[dict] = []
@@ -85,6 +87,8 @@ class _Tracing:
                 self.hists.append(res.probe.name)
         for name in self.defined:
             _write(self.instance / "events" / TRACEFS_GROUP / name / "enable", "1")
+        for system, event in self.tracepoints:
+            _write(self.instance / "events" / system / event / "enable", "1")
         _write(self.instance / "tracing_on", "1")
 
     def mark(self, text: str) -> None:
@@ -108,6 +112,8 @@ class _Tracing:
         formats.mkdir()
         for name in self.defined:
             _copy(TRACEFS / "events" / TRACEFS_GROUP / name / "format", formats / f"{TRACEFS_GROUP}__{name}")
+        for system, event in self.tracepoints:
+            _copy(TRACEFS / "events" / system / event / "format", formats / f"{system}__{event}")
         _copy(TRACEFS / "events" / "ftrace" / "print" / "format", formats / "ftrace__print")
         _copy(TRACEFS / "events" / "header_page", formats / "header_page")
         _copy(TRACEFS / "events" / "header_event", formats / "header_event")
@@ -128,6 +134,8 @@ class _Tracing:
                         _write(trigger, "!" + line.split(" [")[0])
             for name in self.defined:
                 _write(self.instance / "events" / TRACEFS_GROUP / name / "enable", "0")
+            for system, event in self.tracepoints:
+                _write(self.instance / "events" / system / event / "enable", "0")
         finally:
             if self.instance.exists():
                 self.instance.rmdir()
@@ -193,7 +201,46 @@ def _kvm_params() -> dict[str, str]:
     return params
 
 
+_WORKLOAD_BACKING = {"thp": "anonymous_thp", "4k": "anonymous", "hugetlb-2m": "anonymous_hugetlb_2mb",
+                     "hugetlb-1g": "anonymous_hugetlb_1gb"}  # fmt: skip
+
+
+def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict]) -> list[dict]:
+    """x86: the project's dirty-log workload; each line it emits becomes a step marker."""
+    from tracekit.workload.dirtylog import run_dirty_log
+    from tracekit.workload.options import DirtyLogOptions
+
+    _write(Path("/sys/module/kvm/parameters/eager_page_split"), "Y" if scenario.eager_page_split else "N")
+    if scenario.backing.startswith("hugetlb-"):
+        _reserve_hugetlb(scenario)
+    step = scenario.steps[0]
+    options = DirtyLogOptions(
+        vcpus=scenario.vcpus,
+        bytes_per_vcpu=(scenario.memory_mib << 20) // scenario.vcpus,
+        iterations=step[1],
+        backing=_WORKLOAD_BACKING[scenario.backing],
+        log_mode="clear" if scenario.manual_protect else "get",
+    )
+    state = {"index": 0, "start": time.monotonic_ns()}
+    tracing.mark("tk-step-begin 0 setup+populate")
+
+    def emit(line: str) -> None:
+        index, now = state["index"], time.monotonic_ns()
+        op = "_".join(line.split(":")[0].lower().split()[:4]) or "phase"
+        tracing.mark(f"tk-step-end {index} {op}")
+        timings.append({"index": index, "op": op, "start_ns": state["start"], "end_ns": now})
+        state.update(index=index + 1, start=now)
+        tracing.mark(f"tk-step-begin {index + 1} phase")
+
+    result = run_dirty_log(options, emit=emit)
+    tracing.mark(f"tk-step-end {state['index']} end")
+    result.check()
+    return [{"op": "dirty_log_workload", "options": options.as_dict(), "result": result.as_json()}]
+
+
 def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict]) -> list[dict]:
+    if scenario.arch == "x86":
+        return _run_workload(scenario, tracing, timings)
     from tracekit.lab.arm64_vm import Arm64Vm
 
     if scenario.backing.startswith("hugetlb-"):
@@ -255,7 +302,8 @@ def run(arch: str, name: str, out: Path) -> dict:
         "status": "error",
     }
     symbols = load_kallsyms()
-    resolutions = resolve_all(_family(arch), symbols)
+    probes, tracepoints = _family(arch)
+    resolutions = resolve_all(probes, symbols)
     meta["probes"] = {
         "requested": [r.probe.name for r in resolutions],
         "resolution": [
@@ -270,9 +318,14 @@ def run(arch: str, name: str, out: Path) -> dict:
         )
     )
     timings: list[dict] = []
-    tracing = _Tracing(resolutions)
+    tracing = _Tracing(resolutions, tracepoints)
     try:
-        meta["probes"].update(attached=tracing.attached, failed=tracing.failed, events=tracing.defined)
+        meta["probes"].update(
+            attached=tracing.attached,
+            failed=tracing.failed,
+            events=tracing.defined,
+            tracepoints=[f"{system}:{event}" for system, event in tracing.tracepoints],
+        )
         meta["workload_log"] = _run_steps(scenario, tracing, timings)
         tracing.stop()
         meta["lost"] = tracing.save(out)

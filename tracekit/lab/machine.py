@@ -47,25 +47,6 @@ _EXCLUDE = (
     "var/cache",
     "var/lib/apt",
 )
-#: tracekit modules the guest needs (all standard-library only).
-_GUEST_MODULES = (
-    "__init__.py",
-    "errors.py",
-    "funcprobes/__init__.py",
-    "funcprobes/spec.py",
-    "funcprobes/kallsyms.py",
-    "funcprobes/stage2.py",
-    "funcprobes/tdp.py",
-    "lab/__init__.py",
-    "lab/scenarios.py",
-    "lab/guest_run.py",
-    "lab/arm64_vm.py",
-    "workload/__init__.py",
-    "workload/uapi.py",
-    "workload/libc.py",
-)
-
-
 @dataclass
 class BootResult:
     console: str
@@ -106,10 +87,9 @@ def build_initramfs(path: Path, userland: Path | None, modules: tuple[Path, ...]
     """Write the guest initramfs to ``path``; returns the number of archive entries."""
     package = Path(tracekit.__file__).parent
     extra: dict[str, bytes] = {"init": resources.files("tracekit.lab").joinpath("guest_init.sh").read_bytes()}
-    for rel in _GUEST_MODULES:
-        source = package / rel
-        if source.exists():
-            extra[f"opt/tracekit/tracekit/{rel}"] = source.read_bytes()
+    # The whole package's sources: the guest imports only standard-library modules of it.
+    for source in sorted(package.rglob("*.py")):
+        extra[f"opt/tracekit/tracekit/{source.relative_to(package).as_posix()}"] = source.read_bytes()
     for module in modules:
         extra[f"opt/modules/{module.name}"] = module.read_bytes()
     return write_initramfs(path, userland, extra, exclude=_EXCLUDE)

@@ -24,7 +24,6 @@ from pathlib import Path
 from tracekit.errors import LabError
 from tracekit.funcprobes.decode import ProbeEvent, decode_events
 from tracekit.funcprobes.kallsyms import parse_kallsyms
-from tracekit.funcprobes.spec import TRACEFS_GROUP
 from tracekit.lab.rawpages import DecodeStats, decode_pages, parse_format
 
 __all__ = ["unpack", "GuestTrace", "read_guest_trace", "step_counts", "hist_totals", "write_capture"]
@@ -78,12 +77,14 @@ def read_guest_trace(folder: Path) -> GuestTrace:
     events: list[ProbeEvent] = []
     steps: dict[int, dict] = {}
     for ev in raw_events:
-        if ev.system == TRACEFS_GROUP:
+        if ev.system != "ftrace":
             events.append(ProbeEvent(ev.ts, ev.cpu, ev.pid, ev.name, ev.fields))
         elif ev.name == "print":
             match = _MARKER.search(ev.fields.get("buf", ""))
             if match:
                 step = steps.setdefault(int(match.group(2)), {"index": int(match.group(2)), "op": match.group(3)})
+                if match.group(1) == "end":
+                    step["op"] = match.group(3)
                 step[f"{match.group(1)}_ns"] = ev.ts
     return GuestTrace(meta, events, [steps[i] for i in sorted(steps)], stats)
 

@@ -12,7 +12,9 @@ steps executed in order by :mod:`tracekit.lab.guest_run`. Each step is a tuple `
 - ``("touch_parallel", stride)``: every vCPU stores into its share of the slot at once;
 - ``("log", on)``: set or clear ``KVM_MEM_LOG_DIRTY_PAGES`` on the slot;
 - ``("get_dirty",)``, ``("clear",)``: ``KVM_GET_DIRTY_LOG`` / ``KVM_CLEAR_DIRTY_LOG`` of the whole slot;
-- ``("clear_while_touching", stride)``: CLEAR from the VMM thread while all vCPUs store.
+- ``("clear_while_touching", stride)``: CLEAR from the VMM thread while all vCPUs store;
+- ``("workload", iterations)`` (x86): the project's dirty-log workload (populate, enable logging,
+  ``iterations`` passes with GET or CLEAR, disable), each of its phases a step.
 
 ``expected`` holds exact counts the scenario must produce (``stage2_split`` calls, ``split_walker``
 visits, x86 ``split_events``), stated with their arithmetic. :func:`get` raises
@@ -125,6 +127,32 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected={"stage2_split": 128, "split_walker": 65_664},
     ),
     Scenario(
+        "tdp-eager",
+        "x86",
+        "64 MiB THP, TDP MMU, eager_page_split=Y: the huge pages split when dirty logging is enabled",
+        64,
+        (("workload", 1),),
+        expected={"kvm_mmu_split_huge_page": 32},
+        expected_note="64 MiB / 2 MiB = 32 level-2 SPTEs split once each",
+    ),
+    Scenario(
+        "tdp-clear",
+        "x86",
+        "64 MiB THP, manual protect + initially-set: the split happens at the first KVM_CLEAR_DIRTY_LOG",
+        64,
+        (("workload", 1),),
+        manual_protect=True,
+        expected={"kvm_mmu_split_huge_page": 32},
+    ),
+    Scenario(
+        "tdp-lazy",
+        "x86",
+        "64 MiB THP, eager_page_split=N: each huge page splits on its first write fault after enabling logging",
+        64,
+        (("workload", 1),),
+        eager_page_split=False,
+    ),
+    Scenario(
         "4k",
         "arm64",
         "256 MiB without THP (4 KiB pages): enabling dirty logging walks every level-3 PTE and splits nothing",
@@ -151,4 +179,4 @@ def get(name: str, arch: str) -> Scenario:
 
 def smallest(arch: str) -> Scenario:
     """The scenario the lab's own end-to-end test runs for ``arch``."""
-    return get("eager-enable", arch)
+    return get("eager-enable" if arch == "arm64" else "tdp-eager", arch)

@@ -1,0 +1,181 @@
+"""The ``tracekit lab`` commands: emulated arm64 and x86 machines that run a scenario and bring back a capture.
+
+Contract
+--------
+:func:`register` adds a ``lab`` sub-typer with ``arm64``, ``x86`` (run one scenario, write a
+capture, print a summary or ``--json``, exit 1 when a scenario's exact expected counts are not
+met), ``scenarios`` (list them) and ``fetch`` (fill the cache ahead of time). Library errors
+propagate as :class:`tracekit.errors.TracekitError` to the root app, which prints one line. The
+``--json`` outputs are documented in ``docs/cli-json/lab.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tracekit.lab import scenarios
+
+__all__ = ["register", "lab_app"]
+
+lab_app = typer.Typer(
+    name="lab",
+    help=(
+        "Emulated machines (QEMU system emulation) with kprobes and a nested KVM: boot Debian's cloud kernel "
+        "(or your own), run a scenario with the function probes attached inside, and bring the capture back. "
+        "Counts are exact under emulation; timings are not.\n\n"
+        "Examples:\n\n"
+        "  tracekit lab arm64 -o split.tkcap                 # eager split at dirty-log enable\n\n"
+        "  tracekit lab arm64 --scenario eager-clear -o clear.tkcap\n\n"
+        "  tracekit lab x86 -o tdp.tkcap --json\n\n"
+        "  tracekit lab scenarios"
+    ),
+    no_args_is_help=True,
+)
+
+
+def _run(arch: str, scenario: str, output: Path, kernel: Optional[Path], modules: Optional[Path], timeout: float,
+         keep_raw: bool, as_json: bool) -> None:  # fmt: skip
+    from tracekit.lab.runner import run_lab
+
+    if not as_json:
+        typer.echo(f"tracekit lab {arch}: scenario {scenario}; booting an emulated machine (timeout {timeout:.0f} s)",
+                   err=True)  # fmt: skip
+    run = run_lab(
+        arch, scenario, output, kernel=kernel, modules=modules, timeout=timeout, keep_raw=keep_raw,
+        command_line=shlex.join(["tracekit", *sys.argv[1:]]),
+    )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(run.as_dict(), indent=2, sort_keys=True))
+    else:
+        typer.echo(f"capture:  {run.output}")
+        typer.echo(f"kernel:   {run.kernel_release} ({run.kernel_source}); boot+run {run.boot_seconds:.1f} s")
+        typer.echo(f"probes:   {len(run.probes['attached'])} attached, {len(run.probes['failed'])} not")
+        for failed in run.probes["failed"]:
+            typer.echo(f"  - {failed['probe']}: {failed['reason']}")
+        for step in run.steps:
+            counts = ", ".join(f"{k}={v:,}" for k, v in sorted(step["counts"].items())) or "-"
+            typer.echo(f"step {step['index']} {step['op']:<22} {counts}")
+        for check in run.checks:
+            mark = "ok " if check["ok"] else "BAD"
+            typer.echo(f"{mark} {check['count']}: measured {check['measured']:,}, expected {check['expected']:,}")
+        typer.echo("note: counts are exact under emulation; durations are not meaningful")
+    if not run.ok:
+        raise typer.Exit(1)
+
+
+_SCENARIO_HELP = "Scenario to run (see 'tracekit lab scenarios')."
+_OUTPUT_HELP = "Capture directory to write (must not exist); the console log goes next to it as OUTPUT.console.log."
+_KERNEL_HELP = "Boot this kernel image instead of Debian's cloud kernel (e.g. your own build with a walker patch)."
+_TIMEOUT_HELP = "Kill the emulated machine after this many seconds (its console log is kept)."
+_RAW_HELP = "Also keep the guest's raw trace pages and format files as OUTPUT.guest/."
+_JSON_HELP = "Print the run summary as JSON (docs/cli-json/lab.md)."
+
+
+@lab_app.command("arm64")
+def arm64(
+    output: Path = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
+    scenario: str = typer.Option("eager-enable", "--scenario", "-s", help=_SCENARIO_HELP),
+    kernel: Optional[Path] = typer.Option(None, "--kernel", help=_KERNEL_HELP),
+    timeout: float = typer.Option(600, "--timeout", help=_TIMEOUT_HELP),
+    keep_raw: bool = typer.Option(False, "--keep-raw", help=_RAW_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """Boot an emulated arm64 machine (VHE, GICv3), run a stage-2 scenario in a nested VM, write a capture.
+
+    The stage2 function probes (kvm_pgtable_walk, stage2_split_walker, kvm_pgtable_stage2_split, ...)
+    are attached with kprobe_events and BTF argument names inside the guest. Exit status 1 when the
+    scenario's exact expected counts are not met.
+
+    Examples:
+
+      tracekit lab arm64 -o split.tkcap
+
+      tracekit lab arm64 --scenario lazy -o lazy.tkcap --keep-raw
+
+      tracekit lab arm64 --kernel ~/linux/arch/arm64/boot/Image -o patched.tkcap --json
+    """
+    _run("arm64", scenario, output, kernel, None, timeout, keep_raw, as_json)
+
+
+@lab_app.command("x86")
+def x86(
+    output: Path = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
+    scenario: str = typer.Option("tdp-eager", "--scenario", "-s", help=_SCENARIO_HELP),
+    kernel: Optional[Path] = typer.Option(None, "--kernel", help=_KERNEL_HELP),
+    modules: Optional[Path] = typer.Option(
+        None, "--modules", help="Directory with kvm.ko/kvm-amd.ko/irqbypass.ko for a --kernel whose KVM is modular."
+    ),
+    timeout: float = typer.Option(600, "--timeout", help=_TIMEOUT_HELP),
+    keep_raw: bool = typer.Option(False, "--keep-raw", help=_RAW_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """Boot an emulated x86-64 machine (nested SVM/NPT, TDP MMU), run a scenario, write a capture.
+
+    The tdp function probes and the kvmmmu:kvm_mmu_split_huge_page tracepoint are recorded inside.
+
+    Examples:
+
+      tracekit lab x86 -o tdp.tkcap
+
+      tracekit lab x86 --scenario tdp-lazy -o lazy.tkcap --json
+    """
+    _run("x86", scenario, output, kernel, modules, timeout, keep_raw, as_json)
+
+
+@lab_app.command("scenarios")
+def list_scenarios(
+    arch: Optional[str] = typer.Option(None, "--arch", help="Only this architecture (arm64 or x86)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scenarios as JSON (docs/cli-json/lab.md)."),
+) -> None:
+    """List the lab scenarios, their steps and their exact expected counts.
+
+    Examples:
+
+      tracekit lab scenarios
+
+      tracekit lab scenarios --arch x86 --json
+    """
+    chosen = [s for s in scenarios.SCENARIOS if arch is None or s.arch == arch]
+    if as_json:
+        typer.echo(json.dumps([s.as_dict() for s in chosen], indent=2, sort_keys=True))
+        return
+    for s in chosen:
+        expected = ", ".join(f"{k}={v:,}" for k, v in s.expected.items())
+        typer.echo(f"{s.arch:<6} {s.name:<14} {s.description}" + (f" [expects {expected}]" if expected else ""))
+
+
+@lab_app.command("fetch")
+def fetch_cmd(
+    arch: str = typer.Argument(..., help="arm64 or x86."),
+) -> None:
+    """Download and unpack the lab's kernel and userland into the cache now (apt with a private state dir).
+
+    The cache is ~/.cache/tracekit/lab unless TRACEKIT_LAB_CACHE is set.
+
+    Examples:
+
+      tracekit lab fetch arm64
+
+      TRACEKIT_LAB_CACHE=/srv/tk-lab tracekit lab fetch x86
+    """
+    from tracekit.errors import UsageError
+    from tracekit.lab import fetch
+
+    if arch not in fetch.DEB_ARCH:
+        raise UsageError(f"unknown lab architecture {arch!r}; choose arm64 or x86")
+    cache = fetch.cache_dir()
+    kernel = fetch.fetch_kernel(arch, cache)
+    userland = fetch.fetch_userland(arch, cache)
+    typer.echo(f"kernel {kernel.release}: {kernel.image}")
+    typer.echo(f"userland: {userland}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``lab`` sub-typer to the root app."""
+    app.add_typer(lab_app, name="lab")
