@@ -68,6 +68,7 @@ FIRST_TEST_SLOT = 1
 LAYOUT_SCHEMA = "tracekit.workload.layout/1"
 _SYSTEM_ALIGN = 2 << 20
 _STOP_TIMEOUT_S = 10.0
+_PARK_POLL_S = 20e-6
 
 
 class DirtyLogMismatch(WorkloadError):
@@ -228,6 +229,7 @@ class _VcpuState:
         self.tid = 0
         self.passes = 0
         self.pass_ns: list[int] = []
+        self.pass_run_ns: list[int] = []
         self.error: Optional[BaseException] = None
         self.rng: Optional[random.Random] = None
 
@@ -479,6 +481,11 @@ class _Run:
                         raise state.error from None
                     raise WorkloadError(f"vCPU {state.index} failed: {state.error!r}") from None
             raise WorkloadError(f"a vCPU did not finish its pass within {self.pass_timeout_s:.0f} s") from None
+        # Let every vCPU thread park at the start barrier before the next timed phase, so host-side
+        # phases are not measured while vCPU threads still run Python (they share the GIL).
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        while self.start_barrier.n_waiting < len(self.vcpus) and time.monotonic() < deadline:
+            time.sleep(_PARK_POLL_S)
 
     def _vcpu_main(self, state: _VcpuState) -> None:
         try:
@@ -489,8 +496,10 @@ class _Run:
                 if self.stop:
                     return
                 start = time.monotonic_ns()
+                run_before = state.vcpu.run_ns
                 self._guest_pass(state)
                 state.pass_ns.append(time.monotonic_ns() - start)
+                state.pass_run_ns.append(state.vcpu.run_ns - run_before)
                 self.done_barrier.wait()
         except threading.BrokenBarrierError:
             return
@@ -645,6 +654,7 @@ class _Run:
                     "plan_gva": s.plan_gpa,
                     "passes": s.passes,
                     "pass_ns": list(s.pass_ns),
+                    "pass_run_ns": list(s.pass_run_ns),
                     "kvm_run_count": s.vcpu.run_count if s.vcpu else 0,
                     "kvm_run_ns": s.vcpu.run_ns if s.vcpu else 0,
                 }
