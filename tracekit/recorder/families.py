@@ -173,10 +173,12 @@ class WalkFamily(ProbeFamily):
         since_start = elem_cum - elem_cum[np.maximum(last_start, 0)]
         walk_id = np.where(in_batch, new_ids[rank], carry_id)
         next_index = np.where(in_batch, since_start, carry_next + elem_cum - before_group)
+        next_index = np.where(walk_id == 0, 0, next_index)  # no open walk: index 0, as in the kernel
         records["walk_id"] = walk_id
-        records["index"] = np.where(is_elem, next_index - 1, 0).astype(np.uint32)
+        records["index"] = np.where(is_elem & (walk_id != 0), next_index - 1, 0).astype(np.uint32)
         for row in group_last:
-            self._open[int(tid[row])] = (int(walk_id[row]), int(next_index[row]))
+            if walk_id[row]:
+                self._open[int(tid[row])] = (int(walk_id[row]), int(next_index[row]))
 
 
 # -------------------------------------------------------------------------------------------- ioctl

@@ -1,0 +1,204 @@
+"""Decoding and pairing of the tracepoint families on synthetic records (no kernel)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracekit import schema as S
+from tracekit.capture import COMMON_FIELDS
+from tracekit.recorder.families import (IoctlFamily, LockFamily, MmuFamily, WalkFamily, lock_flags_name,
+                                        pair_enter_exit)
+from tracekit.recorder.family import Host, family_names, make_family
+from tracekit.recorder.kvm_ioctls import KVM_CLEAR_DIRTY_LOG, KVM_RUN, KVM_SET_USER_MEMORY_REGION, ioctl_name
+
+
+def header(records: np.ndarray, ts, tid, kind, pid=100, cpu=0) -> None:
+    records["hdr"]["ts_ns"], records["hdr"]["tid"], records["hdr"]["kind"] = ts, tid, kind
+    records["hdr"]["pid"], records["hdr"]["cpu"] = pid, cpu
+
+
+def test_registry_has_the_four_families_with_common_columns_first():
+    assert family_names()[:4] == ["walk", "ioctl", "lock", "mmu"]
+    for name in family_names():
+        for schema in make_family(name).tables().values():
+            assert schema.names[:4] == [f.name for f in COMMON_FIELDS]
+
+
+def test_walk_decode_splits_the_three_events():
+    rec = np.zeros(5, S.WALK_EVENT_DTYPE)
+    header(rec, [1, 2, 3, 4, 5], 7, [0, 1, 1, 1, 2])
+    rec["walk_id"] = 9
+    rec["value"] = [0xC0000000, 0x1007, 0x2007, 0x80000087, 0]
+    rec["aux"] = [0x6, 4, 3, 2, 0x5]
+    rec["index"] = [0, 0, 1, 2, 0]
+    out = WalkFamily().decode("walk_events", rec)
+    assert out["walk"].to_pylist() == [{"ts_ns": 1, "cpu": 0, "pid": 100, "tid": 7, "walk_id": 9,
+                                        "addr": 0xC0000000, "pferr": 6}]
+    assert out["walk_element"].column("level").to_pylist() == [4, 3, 2]
+    assert out["walk_element"].column("index").to_pylist() == [0, 1, 2]
+    assert out["walk_error"].column("pferr").to_pylist() == [5]
+
+
+def _oracle_walk_ids(events):
+    """Per-event reference: the same rules the BPF program applies, one event at a time."""
+    state, next_id, out = {}, 1, []
+    for tid, kind in events:
+        if kind == 0:
+            state[tid] = [next_id, 0]
+            next_id += 1
+            out.append((state[tid][0], 0))
+        elif kind == 1:
+            walk_id, index = state.get(tid, [0, 0])
+            if tid in state:
+                state[tid][1] += 1
+            out.append((walk_id, index))
+        else:
+            out.append((state.get(tid, [0, 0])[0], 0))
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.sampled_from([0, 1, 1, 1, 2])), max_size=60),
+       st.lists(st.integers(0, 60), max_size=4))
+def test_tracefs_walk_ids_match_the_per_event_rules(events, cuts):
+    """walk_id/index assigned in batches (any split) equal those of the per-event reference."""
+    family = WalkFamily()
+    ts = np.arange(len(events), dtype=np.int64)
+    bounds = sorted({0, len(events), *[c for c in cuts if c <= len(events)]})
+    got = {}
+    for lo, hi in zip(bounds, bounds[1:]):
+        rec = np.zeros(hi - lo, S.WALK_EVENT_DTYPE)
+        header(rec, ts[lo:hi], [e[0] for e in events[lo:hi]], [e[1] for e in events[lo:hi]])
+        order = np.lexsort((rec["hdr"]["ts_ns"], rec["hdr"]["tid"]))
+        rec = rec[order]
+        family.assign_walk_ids(rec)
+        for row in rec:
+            got[int(row["hdr"]["ts_ns"])] = (int(row["walk_id"]), int(row["index"]))
+    # Ids are assigned in (tid, ts) order within a batch, so compare the walk partition and the
+    # indexes, not the raw numbers: map every reference id to the id we gave.
+    expected = _oracle_walk_ids(events)
+    mapping = {}
+    for i, (ref_id, ref_index) in enumerate(expected):
+        walk_id, index = got[i]
+        assert index == ref_index
+        assert (ref_id == 0) == (walk_id == 0)
+        assert mapping.setdefault(ref_id, walk_id) == walk_id
+    assert len(set(mapping.values())) == len(mapping)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.booleans()), max_size=50))
+def test_pair_enter_exit_matches_a_stack_free_reference(events):
+    """Each end pairs with the begin just before it in the same thread; the last open begins carry."""
+    rec = np.zeros(len(events), S.IOCTL_EVENT_DTYPE)
+    header(rec, np.arange(len(events)), [t for t, _ in events], [1 if end else 0 for _, end in events])
+    rec = rec[np.lexsort((rec["hdr"]["ts_ns"], rec["hdr"]["tid"]))]
+    pairs, pending = pair_enter_exit(rec)
+    last, expected, open_at_end = {}, [], {}
+    for i, row in enumerate(rec):
+        tid, kind = int(row["hdr"]["tid"]), int(row["hdr"]["kind"])
+        if kind == 1 and last.get(tid) == (i - 1, 0):
+            expected.append((i - 1, i))
+        last[tid] = (i, kind)
+    for tid, (i, kind) in last.items():
+        if kind == 0:
+            open_at_end[tid] = int(rec["hdr"]["ts_ns"][i])
+    assert [tuple(p) for p in pairs.tolist()] == expected
+    assert sorted(pending["hdr"]["ts_ns"].tolist()) == sorted(open_at_end.values())
+
+
+def test_ioctl_decode_nulls_what_the_command_does_not_carry():
+    rec = np.zeros(2, S.IOCTL_EVENT_DTYPE)
+    header(rec, [10, 20], 5, 0)
+    rec["cmd"] = [KVM_SET_USER_MEMORY_REGION, KVM_CLEAR_DIRTY_LOG]
+    rec["decoded"] = [S.TK_IOCTL_HAS_REGION, S.TK_IOCTL_HAS_CLEAR]
+    rec["slot"] = [(1 << 16) | 3, 2]
+    rec["flags"], rec["guest_phys_addr"], rec["memory_size"] = [1, 0], [1 << 32, 0], [1 << 26, 0]
+    rec["first_page"], rec["num_pages"] = [0, 64], [0, 128]
+    table = IoctlFamily().decode("ioctl_events", rec)["ioctl"]
+    rows = table.to_pylist()
+    assert rows[0]["cmd_name"] == "KVM_SET_USER_MEMORY_REGION" and rows[0]["slot"] == 3 and rows[0]["as_id"] == 1
+    assert rows[0]["guest_phys_addr"] == 1 << 32 and rows[0]["first_page"] is None
+    assert rows[1]["cmd_name"] == "KVM_CLEAR_DIRTY_LOG" and (rows[1]["first_page"], rows[1]["num_pages"]) == (64, 128)
+    assert rows[1]["flags"] is None and rows[1]["memory_size"] is None
+    assert pa.types.is_dictionary(table.schema.field("cmd_name").type)
+
+
+def _raw(names_types, rows):
+    dtype = np.dtype(names_types + [("ts_ns", "<i8"), ("cpu", "<i4"), ("tgid", "<i4")])
+    return np.array([tuple(r) for r in rows], dtype=dtype)
+
+
+def test_ioctl_tracefs_pairs_across_batches_and_aggregates_kvm_run():
+    """Batch 1: RUN enter/exit (tid 5), SET_REGION enter (tid 6); batch 2: its exit. Non-KVM dropped."""
+    family = IoctlFamily()
+    enter_t = [("common_pid", "<i4"), ("fd", "<u8"), ("cmd", "<u8"), ("arg", "<u8")]
+    exit_t = [("common_pid", "<i4"), ("ret", "<i8")]
+    b1 = family.decode_tracefs({
+        "syscalls:sys_enter_ioctl": _raw(enter_t, [(5, 9, KVM_RUN, 0, 100, 0, 1), (6, 4, KVM_SET_USER_MEMORY_REGION, 0xbeef, 110, 1, 1),
+                                                   (7, 1, 0x5401, 0, 120, 0, 1)]),
+        "syscalls:sys_exit_ioctl": _raw(exit_t, [(5, 0, 400, 0, 1), (7, 0, 130, 0, 1)]),
+    })
+    assert b1["ioctl"].num_rows == 0
+    b2 = family.decode_tracefs({"syscalls:sys_exit_ioctl": _raw(exit_t, [(6, -22, 150, 1, 1)])})
+    [row] = b2["ioctl"].to_pylist()
+    assert (row["tid"], row["cmd_name"], row["duration_ns"], row["ret"], row["arg"], row["slot"]) == (
+        6, "KVM_SET_USER_MEMORY_REGION", 150 - 110, -22, 0xBEEF, None)  # tracefs cannot read the struct
+    summary = family.finish_tracefs(999)["ioctl_summary"].to_pylist()
+    assert summary == [{"ts_ns": 999, "cpu": -1, "pid": 1, "tid": 5, "cmd": KVM_RUN, "cmd_name": "KVM_RUN", "count": 1,
+                        "total_ns": 300, "max_ns": 300, "errors": 0}]
+
+
+def test_lock_tracefs_pairs_same_lock_only():
+    family = LockFamily()
+    begin_t = [("common_pid", "<i4"), ("lock_addr", "<u8"), ("flags", "<u4")]
+    end_t = [("common_pid", "<i4"), ("lock_addr", "<u8"), ("ret", "<i4")]
+    out = family.decode_tracefs({
+        "lock:contention_begin": _raw(begin_t, [(5, 0xA0, 5, 10, 0, 1), (6, 0xB0, 32, 12, 1, 1)]),
+        "lock:contention_end": _raw(end_t, [(5, 0xA0, 0, 35, 0, 1), (6, 0xC0, 0, 40, 1, 1)]),
+    })["lock"].to_pylist()
+    assert len(out) == 1
+    assert (out[0]["tid"], out[0]["lock_addr"], out[0]["wait_ns"], out[0]["flags_name"]) == (5, 0xA0, 25, "SPIN|WRITE")
+    assert out[0]["stack_id"] < 0
+
+
+def test_lock_flag_names():
+    assert lock_flags_name(0) == "0"
+    assert lock_flags_name(1 | 2) == "SPIN|READ"
+    assert lock_flags_name(32 | 128) == "MUTEX|0x80"
+
+
+def test_mmu_decode_uses_the_validity_mask():
+    rec = np.zeros(2, S.MMU_EVENT_DTYPE)
+    header(rec, [1, 2], 3, [S.TK_MMU_SET_SPTE, S.TK_MMU_SET_DIRTY_BIT])
+    rec["gfn"], rec["spte"], rec["level"], rec["flags"] = [0x1234, 0], [0x8000000000000867, 0], [1, 0], [1 | 0x20, 0]
+    rec["addr"] = [0, 0x5008]
+    rec["valid"] = [S.TK_MMU_F_GFN | S.TK_MMU_F_SPTE | S.TK_MMU_F_LEVEL | S.TK_MMU_F_FLAGS, S.TK_MMU_F_ADDR]
+    rows = MmuFamily().decode("mmu_events", rec)["mmu"].to_pylist()
+    assert rows[0]["event"] == "kvm_mmu_set_spte" and rows[0]["gfn"] == 0x1234 and rows[0]["level"] == 1
+    assert (rows[0]["r"], rows[0]["x"], rows[0]["u"], rows[0]["addr"]) == (True, False, True, None)
+    assert rows[1]["event"] == "kvm_mmu_set_dirty_bit" and rows[1]["addr"] == 0x5008
+    assert rows[1]["gfn"] is None and rows[1]["r"] is None
+
+
+def test_check_reports_absent_tracepoints_and_fields(tmp_path):
+    """A fake tracefs with one walk event lacking `level`, and no walker_error, gives both reasons."""
+    events = tmp_path / "events" / "kvmmmu"
+    for name, fields in (("kvm_mmu_pagetable_walk", "addr;pferr"), ("kvm_mmu_paging_element", "pte")):
+        (events / name).mkdir(parents=True)
+        body = "".join(f"\tfield:u64 {f};\toffset:{8 + 8 * i};\tsize:8;\tsigned:0;\n" for i, f in enumerate(fields.split(";")))
+        (events / name / "format").write_text(f"name: {name}\nID: {len(fields)}\nformat:\n{body}")
+    statuses = {s.probe: s for s in WalkFamily().check(Host(tmp_path))}
+    assert statuses["kvmmmu:kvm_mmu_pagetable_walk"].available
+    assert statuses["kvmmmu:kvm_mmu_paging_element"].reason.endswith("lacks field(s) level")
+    assert "not in this kernel" in statuses["kvmmmu:kvm_mmu_walker_error"].reason
+
+
+def test_ioctl_names():
+    assert ioctl_name(0xAE80) == "KVM_RUN"
+    assert ioctl_name(0x4010AE42) == "KVM_GET_DIRTY_LOG"
+    assert ioctl_name(0xC0FFAEEE).startswith("KVM_IOC_IOWR_0xee")
+    assert ioctl_name(0x5401) == "IOC_0x00005401"
