@@ -110,3 +110,11 @@ def test_stdlib_entry_point_error_is_one_line():
         [sys.executable, "-m", "tracekit.workload", "dirty-log", "-w", "101"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 1 and run.stderr.strip().count("\n") == 0 and "--write-percent" in run.stderr
+
+
+@pytest.mark.live
+def test_more_memory_than_the_host_has_gives_one_line():
+    need_kvm()
+    result = _invoke("-b", "48G")
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "available" in result.output, result.output

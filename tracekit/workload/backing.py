@@ -28,6 +28,7 @@ __all__ = [
     "allocate",
     "backing_page_size",
     "hugetlb_pool",
+    "check_host",
     "HUGEPAGES_SYSFS",
 ]
 
@@ -102,6 +103,11 @@ class Backing:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_host(source: str, size: int) -> None:
+    """Raise WorkloadError (with the fix) unless this host can back ``size`` bytes with ``source``."""
+    _check_host(source, size, backing_page_size(source))
 
 
 def _check_host(source: str, size: int, page_size: int) -> None:

@@ -354,6 +354,7 @@ class _Run:
             )
 
         backend.check_host(kvm, options.guest_page_size)
+        backing_mod.check_host(options.backing, options.total_bytes)  # before building anything large
         self.log_mode = mode = options.log_mode or ("clear" if manual else "get")
         if mode == "clear" and not manual:
             raise WorkloadError(
