@@ -161,3 +161,19 @@ def test_nothing_left_behind():
     _run(vcpus=2, log_mode="ring")
     assert set(os.listdir("/proc/self/fd")) <= before
     assert set(os.listdir("/proc/self/task")) <= threads
+
+
+def test_interrupt_mid_run_leaves_nothing_behind():
+    """An exception from the output callback (as Ctrl-C would raise) stops the run at once, cleanly."""
+    need_kvm()
+    before = set(os.listdir("/proc/self/fd"))
+    threads = set(os.listdir("/proc/self/task"))
+
+    def emit(line: str) -> None:
+        if line.startswith("Iteration 1 dirty"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_dirty_log(DirtyLogOptions(vcpus=2, bytes_per_vcpu=16 * MIB), emit=emit)
+    assert set(os.listdir("/proc/self/fd")) <= before
+    assert set(os.listdir("/proc/self/task")) <= threads

@@ -527,12 +527,16 @@ class _Run:
         self.start_barrier.abort()
         self.done_barrier.abort()
 
-    def _stop_threads(self) -> None:
+    def _stop_threads(self, graceful: bool = True) -> None:
+        """End the vCPU threads: through the start barrier after a complete run, by breaking the
+        barriers after a failure or an interrupt (a thread inside KVM_RUN ends after its pass)."""
         threads = [s.thread for s in self.vcpus if s.thread is not None and s.thread.is_alive()]
         if not threads:
             return
         self.stop = True
         try:
+            if not graceful:
+                raise threading.BrokenBarrierError
             self.start_barrier.wait(timeout=_STOP_TIMEOUT_S)
         except threading.BrokenBarrierError:
             self._abort()
@@ -683,7 +687,7 @@ class _Run:
     def close(self) -> None:
         """Stop threads, then close vCPUs, the VM, /dev/kvm and the memory, whatever state we are in."""
         try:
-            self._stop_threads()
+            self._stop_threads(graceful=False)
         finally:
             for state in self.vcpus:
                 if state.ring is not None:
