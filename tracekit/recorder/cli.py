@@ -94,14 +94,16 @@ def record_command(
 def _print_bpf(families: tuple[str, ...], options) -> None:
     from tracekit.capabilities import tracefs_root
     from tracekit.recorder.bccload import BccBackend
-    from tracekit.recorder.family import Host
-    from tracekit.recorder.session import plan_families
+    from tracekit.recorder.family import Host, make_family
 
-    plan, failed, _ = plan_families(families, Host(tracefs_root()), options)
+    host = Host(tracefs_root())
+    plan = [(family, family.check(host)) for family in (make_family(name, options) for name in families)]
     backend = BccBackend(plan, 0)
     typer.echo("// cflags: " + " ".join(backend.cflags()))
-    for entry in failed:
-        typer.echo(f"// not attached: {entry['probe']}: {entry['reason']}")
+    for _, statuses in plan:
+        for status in statuses:
+            if not status.available:
+                typer.echo(f"// not attached here: {status.probe}: {status.reason}")
     typer.echo(backend.program_text())
 
 

@@ -201,6 +201,7 @@ class GatedChild:
         if self._write_fd >= 0:  # never released: close the pipe, it exits with 125
             os.close(self._write_fd)
             self._write_fd = -1
+            self.wait(1.0)
         if self.poll() is None:
             try:
                 os.kill(self.pid, signal.SIGTERM)
