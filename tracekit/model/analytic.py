@@ -170,6 +170,11 @@ class _Boundaries:
 # arm64
 
 
+def _reach(case: SplitCase) -> int:
+    """The deepest level the walker visits: one above the shallowest SKIP_LEVEL."""
+    return min(case.skip_levels) - 1 if case.skip_levels else LAST_LEVEL
+
+
 class _Arm64State:
     """Frontiers of split blocks (everything below is split) and the split memory cache."""
 
@@ -178,6 +183,7 @@ class _Arm64State:
         self.g = g
         self.ptrs = g.entries_per_table
         self.skip3 = LAST_LEVEL in case.skip_levels
+        self.reach = _reach(case)
         self.f1 = at
         self.f2 = at
         self.nobjs = nobjs
@@ -243,6 +249,12 @@ def _arm64_walk(case: SplitCase, st: _Arm64State, s: WalkStats, a: int, e: int, 
     g = st.g
     s.walks += 1
     stop: Optional[int] = None
+    if top > st.reach:  # the blocks sit below a skipped level: the walk never reaches them
+        for level in range(g.start_level, st.reach + 1):
+            s.entries[level + 1] += _ngran(g.level_size(level), a, e)
+        s.skipped_levels.add(st.reach + 1)
+        return False
+    skip2 = st.reach < 2
     if top == 2:
         stop = _arm64_l2_blocks(st, s, a, e, False)
     else:  # 1G blocks: the walk lies inside one of them (chunk <= 1G, aligned)
@@ -250,7 +262,10 @@ def _arm64_walk(case: SplitCase, st: _Arm64State, s: WalkStats, a: int, e: int, 
         bs = a - a % g1
         s.entries[2] += 1
         if bs < st.f1:
-            stop = _arm64_l2_blocks(st, s, a, e, False)
+            if skip2:
+                s.skipped_levels.add(2)
+            else:
+                stop = _arm64_l2_blocks(st, s, a, e, False)
         else:
             s.leaf[2] += 1
             need = st.ptrs + 1
@@ -261,10 +276,13 @@ def _arm64_walk(case: SplitCase, st: _Arm64State, s: WalkStats, a: int, e: int, 
                 s.build[3] += st.ptrs
                 s.build[4] += st.ptrs * st.ptrs
                 st.f1 = st.f2 = bs + g1
-                n2 = _ngran(g.level_size(2), a, e)
-                s.entries[3] += n2
-                s.fresh[3] += n2
-                _arm64_l3(st, s, a, e, True)
+                if skip2:
+                    s.skipped_levels.add(2)
+                else:
+                    n2 = _ngran(g.level_size(2), a, e)
+                    s.entries[3] += n2
+                    s.fresh[3] += n2
+                    _arm64_l3(st, s, a, e, True)
             elif st.nobjs >= 1:  # one table of level-2 blocks, split as the walk descends
                 st.nobjs -= 1
                 s.tables += 1
@@ -272,7 +290,10 @@ def _arm64_walk(case: SplitCase, st: _Arm64State, s: WalkStats, a: int, e: int, 
                 s.build[3] += st.ptrs
                 st.f1 = bs + g1
                 st.f2 = max(st.f2, bs)
-                stop = _arm64_l2_blocks(st, s, a, e, True)
+                if skip2:
+                    s.skipped_levels.add(2)
+                else:
+                    stop = _arm64_l2_blocks(st, s, a, e, True)
             else:
                 s.enomem[2] += 1
                 stop = a
@@ -311,11 +332,12 @@ def _arm64_pages(case: SplitCase) -> WalkStats:
     s.walks = bounds.count() + 1
     cap = split_nr_page_tables(g, case.chunk_size) if case.cache_capacity is None else case.cache_capacity
     s.topups = 1 if cap > 0 else 0
-    for level in range(g.start_level, LAST_LEVEL):
+    reach = _reach(case)
+    for level in range(g.start_level, min(reach, LAST_LEVEL - 1) + 1):
         m = g.level_size(level)
         s.entries[level + 1] = _ngran(m, start, end) + bounds.count() - bounds.count(m)
-    if LAST_LEVEL in case.skip_levels:
-        s.skipped_levels.add(LAST_LEVEL)
+    if reach < LAST_LEVEL:
+        s.skipped_levels.add(reach + 1)
     else:
         pages = case.size // g.granule
         s.entries[4] = s.leaf[4] = s.early[4] = pages
