@@ -83,6 +83,16 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         skipped["stage2"] = "no stage2_walk / stage2_visit families (function probes not attached)"
         result.verdicts["skip_levels"] = skiplevels.skip_verdict(None, "no arm64 stage-2 function-probe data")
 
+    split = mmu = None
+    if "split" in families:
+        split = load(cap, "split", ["ts_ns", "tid", "duration_ns"], optional_columns=["level", "size", "ret"])
+    if "mmu" in families:
+        mmu = load(cap, "mmu", ["ts_ns", "tid", "event"], optional_columns=["level"])
+        mmu = mmu[mmu["event"] == splits.SPLIT_EVENT]
+    if split is not None or mmu is not None:
+        result.tables["split_calls"] = splits.split_call_summary(
+            _cut(splits.split_events(split, mmu), phase_table, phase))
+
     ioctl = None
     if "ioctl" in families:
         ioctl = load(cap, "ioctl", ["ts_ns", "tid", "duration_ns", "cmd_name"],
@@ -95,16 +105,8 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
             summary["errors"] = summary["errors"].fillna(0)
         result.tables["ioctl_latency"] = ioctls.ioctl_latency(ioctl_cut, summary)
         result.tables["memslot_latency"] = ioctls.memslot_latency(ioctl_cut)
-        split = mmu = None
-        if "split" in families:
-            split = load(cap, "split", ["ts_ns", "tid", "duration_ns"], optional_columns=["level", "size", "ret"])
-        if "mmu" in families:
-            mmu = load(cap, "mmu", ["ts_ns", "tid", "event"], optional_columns=["level"])
-            mmu = mmu[mmu["event"] == splits.SPLIT_EVENT]
         per_ioctl = splits.split_ioctls(ioctl_cut, split, mmu)
         result.tables["split_per_ioctl"] = splits.split_ioctl_summary(per_ioctl)
-        result.tables["split_calls"] = splits.split_call_summary(
-            _cut(splits.split_events(split, mmu), phase_table, phase))
         result.frames["split_ioctls"] = per_ioctl
         result.frames["ioctl"] = ioctl_cut
     else:
@@ -158,16 +160,17 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
 
 def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None) -> None:
     walk = load(cap, "stage2_walk", ["walk_id", "ts_ns", "tid"], optional_columns=["addr", "size", "flags", "initiator"])
-    visit = load(cap, "stage2_visit", ["walk_id", "level", "kind", "count"])
+    visit = load(cap, "stage2_visit", ["walk_id", "level", "kind", "count"], optional_columns=["visitor"])
     walk_cut = _cut(walk, phase_table, phase)
     visits = walks.stage2_walk_visits(walk_cut, visit[visit["walk_id"].isin(walk_cut["walk_id"])])
     result.tables["stage2_visits"] = walks.stage2_distribution(visits)
     result.frames["stage2_visits"] = visits
-    scenario = skiplevels.scenario_from_manifest(cap.manifest)
+    scenario = skiplevels.scenario_for(cap.manifest, skiplevels.split_walks(walk, visit))
     if scenario is None:
-        result.verdicts["skip_levels"] = skiplevels.skip_verdict(None, "the capture has no stage-2 scenario to model")
+        result.verdicts["skip_levels"] = skiplevels.skip_verdict(
+            None, "no split walks, or no stage-2 scenario (model_scenario or an arm64 lab record) to model them")
         return
-    comparison = skiplevels.split_visits_vs_model(walk.assign(initiator=walk["initiator"].fillna("?")), visit, scenario)
+    comparison = skiplevels.split_visits_vs_model(walk, visit, scenario)
     comparison = comparison[comparison["walk_id"].isin(walk_cut["walk_id"])]
     result.tables["split_visits_vs_model"] = comparison.groupby("level")[
         ["observed", *skiplevels.CANDIDATES]].sum().reset_index()
@@ -217,6 +220,8 @@ def render_text(result: Analysis, width: int = 80) -> str:
         if table is None:
             continue
         if key == "walk_depth_by_phase" and (table.empty or set(table["phase"]) == {""}):
+            continue
+        if key == "phases" and table.empty:
             continue
         shown = table[columns] if columns else table
         out.append("")

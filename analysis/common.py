@@ -158,7 +158,7 @@ def _group_codes(frame: pd.DataFrame, by: list[str]) -> tuple[np.ndarray, pd.Dat
 
 def format_ns(value: Any) -> str:
     """A duration in ns as a short human string: 950ns, 12.3us, 4.56ms, 1.234s."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return "-"
     v = float(value)
     if abs(v) < 1e3:
@@ -212,7 +212,7 @@ def format_table(frame: pd.DataFrame, *, title: str | None = None, width: int = 
 
 
 def _plain(value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"

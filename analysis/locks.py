@@ -11,15 +11,18 @@ manifest (vCPU threads).
 :func:`attribute_operations` adds to each wait:
 
 - ``vcpu`` (-1 for non-vCPU threads), ``mode`` (``read`` / ``write`` / ``mutex`` / ``spin``);
+- ``has_stack``, ``kvm_taker`` (the first frame that is not a locking primitive,
+  :data:`LOCK_PRIMITIVE`, is a KVM MMU function, :data:`KVM_MMU_FRAME`);
 - ``operation``: from the stack where one exists (first frame matching :data:`STACK_OPERATIONS`),
   else from an ioctl of the same thread whose span contains the wait (:data:`IOCTL_OPERATIONS`),
   else ``vcpu-run`` for a vCPU thread (KVM_RUN is aggregated, not streamed), else ``other``;
   ``op_source`` says which (``stack``, ``ioctl``, ``thread``, ``none``).
 
 :func:`identify_mmu_lock` names the VM's ``kvm->mmu_lock``: the lock address with the highest score
-(waits whose stack shows a KVM MMU function count 3, waits inside a dirty-log / memslot ioctl or by
-a vCPU thread with an rwlock or spinlock flag count 1); returns ``{lock_addr, name, evidence}`` or
-None. :func:`contention_summary` -> per (``lock``, ``lock_addr``, ``operation``, ``vcpu``,
+(a wait whose lock was taken by a KVM MMU function counts 3; a stackless wait with the rwlock READ or
+WRITE flag inside a dirty-log / memslot ioctl or by a vCPU thread counts 1; scheduler, timer and
+other locks whose stacks show a non-KVM taker count 0); returns ``{lock_addr, name, evidence}`` or
+None when no lock scores. :func:`contention_summary` -> per (``lock``, ``lock_addr``, ``operation``, ``vcpu``,
 ``mode``): count, total_ns (wait), mean, nearest-rank p50/p90/p99, max; ``lock`` is ``mmu_lock``
 for the identified address, else the hex address. :func:`contention_timeline` bins waits per
 ``bin_ns`` interval: ``t_ns`` (bin start), ``lock``, ``waits``, ``wait_ns``.
@@ -36,8 +39,8 @@ from tracekit.analysis.common import add_vcpu, latency_summary
 
 __all__ = [
     "LCB_F_SPIN", "LCB_F_READ", "LCB_F_WRITE", "LCB_F_RT", "LCB_F_PERCPU", "LCB_F_MUTEX",
-    "STACK_OPERATIONS", "IOCTL_OPERATIONS",
-    "lock_mode", "attribute_operations", "identify_mmu_lock", "contention_summary", "contention_timeline",
+    "STACK_OPERATIONS", "IOCTL_OPERATIONS", "LOCK_PRIMITIVE", "KVM_MMU_FRAME",
+    "lock_mode", "stack_facts", "attribute_operations", "identify_mmu_lock", "contention_summary", "contention_timeline",
 ]
 
 LCB_F_SPIN, LCB_F_READ, LCB_F_WRITE, LCB_F_RT, LCB_F_PERCPU, LCB_F_MUTEX = 1, 2, 4, 8, 16, 32
@@ -47,10 +50,21 @@ STACK_OPERATIONS = (
     (re.compile(r"split_huge_page|split_huge_pages|stage2_split|tdp_mmu_split"), "split"),
     (re.compile(r"clear_dirty_log"), "dirty-log-clear"),
     (re.compile(r"get_dirty_log"), "dirty-log-get"),
-    (re.compile(r"mmu_notifier|kvm_unmap_gfn_range|kvm_age_gfn|kvm_test_age_gfn"), "mmu-notifier"),
-    (re.compile(r"set_memory_region|set_memslot|commit_memory_region|slot_enable_log_dirty"), "dirty-log-enable"),
-    (re.compile(r"page_fault|user_mem_abort|handle_guest_abort|tdp_mmu_map|direct_map|fast_page_fault"), "fault"),
+    (re.compile(r"^kvm_mmu_notifier_|^kvm_unmap_gfn_range|^kvm_age_gfn|^kvm_test_age_gfn"), "mmu-notifier"),
+    (re.compile(r"^kvm_vm_ioctl_set_memory_region|^kvm_set_memslot|commit_memory_region|slot_enable_log_dirty"),
+     "dirty-log-enable"),
+    (re.compile(r"^kvm_mmu_page_fault|^kvm_mmu_do_page_fault|^paging(32|64|32E)?_page_fault|^ept_page_fault"
+                r"|^direct_page_fault|^kvm_tdp_page_fault|^kvm_tdp_mmu_map|^user_mem_abort|^kvm_handle_guest_abort"
+                r"|^fast_page_fault|^kvm_handle_page_fault"), "fault"),
 )
+
+#: Frames of the locking primitives themselves, skipped to find the function that took the lock.
+LOCK_PRIMITIVE = re.compile(r"^(_raw_|__raw_|raw_spin|do_raw_|queued_|__pv_queued|native_queued|__queued"
+                            r"|lock_acquire|__mutex|mutex_lock|rwsem|down_|__down|rt_spin|rt_read|rt_write)")
+
+#: A function of KVM's MMU (x86 shadow / TDP MMU, arm64 stage-2) taking the lock.
+KVM_MMU_FRAME = re.compile(r"^(kvm_|__kvm_|paging(32|64|32E)?_|ept_|direct_page_fault|tdp_mmu_|__tdp_mmu|mmu_"
+                           r"|slot_handle|stage2_|user_mem_abort|handle_access_fault|fast_page_fault)")
 
 #: ioctl name -> operation for waits inside that ioctl's span.
 IOCTL_OPERATIONS = {
@@ -72,18 +86,20 @@ def lock_mode(flags: np.ndarray) -> np.ndarray:
                      ["write", "read", "mutex"], default="spin").astype(object)
 
 
-def _stack_operations(stack: pd.DataFrame | None) -> dict[int, str]:
-    out: dict[int, str] = {}
+def _function(frame: str) -> str:
+    return str(frame).split("+", 1)[0].strip()
+
+
+def stack_facts(stack: pd.DataFrame | None) -> dict[int, tuple[str | None, bool]]:
+    """``{stack_id: (operation or None, taken by a KVM MMU function)}`` from the stack frames."""
+    out: dict[int, tuple[str | None, bool]] = {}
     if stack is None or stack.empty:
         return out
     for sid, frames in zip(stack["stack_id"], stack["frames"]):
-        if frames is None:
-            continue
-        for frame in list(frames):
-            op = next((name for pattern, name in STACK_OPERATIONS if pattern.search(str(frame))), None)
-            if op:
-                out[int(sid)] = op
-                break
+        functions = [_function(f) for f in (list(frames) if frames is not None else [])]
+        op = next((name for f in functions for pattern, name in STACK_OPERATIONS if pattern.search(f)), None)
+        taker = next((f for f in functions if not LOCK_PRIMITIVE.match(f)), "")
+        out[int(sid)] = (op, bool(KVM_MMU_FRAME.match(taker)))
     return out
 
 
@@ -112,9 +128,11 @@ def attribute_operations(lock: pd.DataFrame, manifest: dict, stack: pd.DataFrame
     """Each wait with its vCPU, mode, operation and op_source (see the module docstring)."""
     frame = add_vcpu(lock, manifest)
     frame["mode"] = lock_mode(frame["flags"].to_numpy(np.int64)) if len(frame) else np.array([], object)
-    by_stack = _stack_operations(stack)
+    facts = stack_facts(stack)
     sids = frame["stack_id"].fillna(-1).to_numpy(np.int64) if "stack_id" in frame else np.full(len(frame), -1)
-    op_stack = np.array([by_stack.get(int(s)) for s in sids], dtype=object)
+    op_stack = np.array([facts.get(int(s), (None, False))[0] for s in sids], dtype=object)
+    frame["has_stack"] = np.array([int(s) in facts and s >= 0 for s in sids], dtype=bool)
+    frame["kvm_taker"] = np.array([facts.get(int(s), (None, False))[1] for s in sids], dtype=bool)
     op_ioctl = _ioctl_operation(frame, ioctl)
     is_vcpu = frame["vcpu"].to_numpy() >= 0
     operation = np.where(op_stack != None, op_stack,  # noqa: E711 (elementwise)
@@ -130,9 +148,9 @@ def identify_mmu_lock(waits: pd.DataFrame) -> dict | None:
     """The most likely ``kvm->mmu_lock`` address among the contended locks (see the module docstring)."""
     if waits.empty:
         return None
-    rw = (waits["flags"].to_numpy(np.int64) & (LCB_F_SPIN | LCB_F_READ | LCB_F_WRITE)) != 0
-    kvm_stack = (waits["op_source"] == "stack") & waits["operation"].isin(_KVM_MMU_OPS)
-    kvm_span = waits["op_source"].isin(["ioctl", "thread"]) & waits["operation"].isin(_KVM_MMU_OPS | {"vcpu-run"})
+    rw = (waits["flags"].to_numpy(np.int64) & (LCB_F_READ | LCB_F_WRITE)) != 0
+    kvm_stack = waits["kvm_taker"].to_numpy(bool)
+    kvm_span = (~waits["has_stack"].to_numpy(bool)) & waits["operation"].isin(_KVM_MMU_OPS | {"vcpu-run"}).to_numpy()
     score = np.where(kvm_stack, 3, np.where(kvm_span & rw, 1, 0))
     scored = pd.DataFrame({"lock_addr": waits["lock_addr"], "score": score, "stack": kvm_stack, "span": kvm_span & rw})
     totals = scored.groupby("lock_addr").agg(score=("score", "sum"), stack=("stack", "sum"), span=("span", "sum"))
@@ -141,8 +159,8 @@ def identify_mmu_lock(waits: pd.DataFrame) -> dict | None:
         return None
     addr = int(totals.index[0])
     best = totals.iloc[0]
-    evidence = (f"{int(best['stack'])} waits with KVM MMU stacks, {int(best['span'])} rwlock/spinlock waits "
-                f"inside dirty-log ioctls or by vCPU threads")
+    evidence = (f"{int(best['stack'])} waits taken by KVM MMU functions (stacks), {int(best['span'])} "
+                f"stackless rwlock waits inside dirty-log ioctls or by vCPU threads")
     if len(totals) > 1:
         evidence += f"; runner-up {int(totals.index[1]):#x} scored {int(totals.iloc[1]['score'])} vs {int(best['score'])}"
     return {"lock_addr": addr, "name": "mmu_lock", "evidence": evidence}

@@ -3,18 +3,21 @@
 Contract
 --------
 Inputs: the arm64 function-probe families ``stage2_walk`` (``walk_id``, ``ts_ns``, ``addr``,
-``size`` in bytes of IPA, ``initiator``) and ``stage2_visit`` (``walk_id``, ``level``, ``kind``,
-``count``), plus a *scenario* describing the stage-2 state before the first split (manifest key
-``model_scenario``, written by the model-generated samples and the arm64 lab):
-``{"granule": 4096, "ipa_bits": 40, "chunk_size": bytes, "memslots": [{"ipa", "size",
-"mapping_size"}]}``.
+``size`` in bytes of IPA, ``initiator``: the walker callback's symbol) and ``stage2_visit``
+(``walk_id``, ``visitor``, ``level``, ``kind`` ``VISIT:PTE`` such as ``leaf:block``, ``count``),
+plus a *scenario* describing the stage-2 state before the first split: ``{"granule": 4096,
+"ipa_bits": 40, "chunk_size": bytes, "memslots": [{"ipa", "size", "mapping_size"}]}``, from the
+manifest key ``model_scenario`` (model-generated samples) or, for an arm64 lab capture, derived by
+:func:`scenario_for` from its ``workload.scenario`` (backing -> block size, eager-split chunk) and
+the split walks' own ranges (assumed mapped with that block size before the first split).
 
-For every split walk (``initiator == "split"``), in time order, the reference model
+A split walk is one whose ``initiator`` names a split walker (contains ``split``) or whose visits
+come from a ``split`` visitor. For every split walk, in time order, the reference model
 (:class:`tracekit.model.split.EagerSplitter` over :class:`tracekit.model.stage2.Stage2PageTable`)
 replays ``kvm_pgtable_stage2_split(addr, size)`` once per candidate skip set
 (:data:`CANDIDATES`: no skipping, SKIP_LEVEL3, SKIP_LEVEL2|3), each on its own copy of the tables.
-The observed LEAF visits per level (``stage2_split_walker`` calls) are compared with each model's
-LEAF callbacks per level.
+The observed LEAF visits per level (``stage2_split_walker`` calls whose kind starts with ``leaf``)
+are compared with each model's LEAF callbacks per level.
 
 :func:`split_visits_vs_model` -> one row per (walk_id, level): ``observed``, ``model_no_skip``,
 ``model_skip_3``, ``model_skip_2_3`` (LEAF visits).
@@ -34,16 +37,46 @@ import pandas as pd
 
 from tracekit.errors import AnalysisError, ModelError
 
-__all__ = ["CANDIDATES", "split_visits_vs_model", "skip_verdict", "scenario_from_manifest"]
+__all__ = ["CANDIDATES", "BACKING_BLOCK", "split_walks", "split_visits_vs_model", "skip_verdict", "scenario_for"]
+
+#: Lab backing -> the stage-2 mapping size it faults in.
+BACKING_BLOCK = {"thp": 2 << 20, "hugetlb-2m": 2 << 20, "hugetlb-1g": 1 << 30, "4k": 4096}
 
 #: Candidate walker behaviours: column name -> skipped levels.
 CANDIDATES = {"model_no_skip": frozenset(), "model_skip_3": frozenset({3}), "model_skip_2_3": frozenset({2, 3})}
 
 
-def scenario_from_manifest(manifest: dict) -> dict | None:
-    """The stage-2 scenario of a capture (``model_scenario``), or None."""
+def split_walks(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame) -> pd.DataFrame:
+    """The split walks (see the module docstring), in time order."""
+    initiator = stage2_walk["initiator"].fillna("").astype(str) if "initiator" in stage2_walk else ""
+    by_initiator = initiator.str.contains("split") if len(stage2_walk) else pd.Series(dtype=bool)
+    if "visitor" in stage2_visit.columns:
+        split_ids = stage2_visit.loc[stage2_visit["visitor"].fillna("").astype(str).str.contains("split"), "walk_id"]
+        by_visitor = stage2_walk["walk_id"].isin(split_ids)
+    else:
+        by_visitor = False
+    return stage2_walk[by_initiator | by_visitor].sort_values("ts_ns", kind="stable")
+
+
+def scenario_for(manifest: dict, splits: pd.DataFrame | None = None) -> dict | None:
+    """The stage-2 scenario of a capture (see the module docstring), or None."""
     scenario = manifest.get("model_scenario")
-    return scenario if isinstance(scenario, dict) and scenario.get("memslots") else None
+    if isinstance(scenario, dict) and scenario.get("memslots"):
+        return scenario
+    lab = (manifest.get("workload") or {}).get("scenario") or {}
+    block = BACKING_BLOCK.get(lab.get("backing", ""))
+    if lab.get("arch") != "arm64" or block is None or splits is None or splits.empty:
+        return None
+    ranges = sorted((int(a) - int(a) % block, int(a) + int(s)) for a, s in zip(splits["addr"], splits["size"]))
+    merged: list[list[int]] = []
+    for start, end in ranges:
+        end = -(-end // block) * block
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return {"granule": 4096, "ipa_bits": 40, "chunk_size": int(lab.get("eager_split_chunk") or 0),
+            "memslots": [{"ipa": a, "size": b - a, "mapping_size": block} for a, b in merged]}
 
 
 def _splitters(scenario: dict) -> dict[str, Any]:
@@ -69,8 +102,8 @@ def split_visits_vs_model(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame,
     """Observed LEAF visits per split walk and level next to each candidate model's prediction."""
     from tracekit.model.accounting import WalkStats
 
-    splits = stage2_walk[stage2_walk["initiator"] == "split"].sort_values("ts_ns", kind="stable")
-    leaf = stage2_visit[stage2_visit["kind"] == "LEAF"]
+    splits = split_walks(stage2_walk, stage2_visit)
+    leaf = stage2_visit[stage2_visit["kind"].astype(str).str.lower().str.startswith("leaf")]
     observed = leaf.groupby(["walk_id", "level"])["count"].sum()
     splitters = _splitters(scenario)
     rows = []

@@ -4,7 +4,8 @@ Contract
 --------
 Inputs: ``ioctl`` (``ts_ns``, ``duration_ns``, ``tid``, ``cmd_name``, ``slot``, ``flags``,
 ``memory_size``), optionally ``split`` (function probes: ``ts_ns``, ``tid``, ``duration_ns``,
-``level``, ``size``, ``ret``; one row per split call: a chunk on arm64's
+``level``, ``size``, ``ret``; ``duration_ns`` -1 = return not seen, treated as unknown; one row per
+split call: a chunk on arm64's
 ``kvm_pgtable_stage2_split``, a block on x86) and ``mmu`` (``ts_ns``, ``tid``, ``event``,
 ``level``; the x86 tracepoint ``kvm_mmu_split_huge_page``, one per huge SPTE split, no duration).
 
@@ -40,7 +41,8 @@ def split_events(split: pd.DataFrame | None, mmu: pd.DataFrame | None) -> pd.Dat
         frames.append(pd.DataFrame({"source": "call", "ts_ns": split["ts_ns"].to_numpy(np.int64),
                                     "tid": split["tid"].to_numpy(np.int64),
                                     "level": split["level"].to_numpy() if "level" in split else np.nan,
-                                    "duration_ns": split["duration_ns"].to_numpy(np.float64)}))
+                                    "duration_ns": np.where(split["duration_ns"].to_numpy(np.float64) < 0, np.nan,
+                                                            split["duration_ns"].to_numpy(np.float64))}))
     if mmu is not None and len(mmu):
         ev = mmu[mmu["event"] == SPLIT_EVENT]
         if len(ev):
@@ -100,7 +102,7 @@ def split_call_summary(events: pd.DataFrame) -> pd.DataFrame:
     """Per (source, level): count and duration statistics (durations only for calls)."""
     if events.empty:
         return latency_summary(events.assign(level=pd.Series(dtype="int64")), ["source", "level"])
-    frame = events.assign(level=events["level"].fillna(-99).astype(np.int64))
-    counts = frame.groupby(["source", "level"]).size().rename("count").reset_index()
+    frame = events.assign(level=events["level"].astype("Int64"))
+    counts = frame.groupby(["source", "level"], dropna=False).size().rename("count").reset_index()
     timed = latency_summary(frame, ["source", "level"]).drop(columns="count")
     return counts.merge(timed, on=["source", "level"], how="left")

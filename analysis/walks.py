@@ -30,8 +30,9 @@ Vectorised with numpy (one pass per column; a sort only when the elements are ou
 and ``share`` (fraction of the group's walks).
 
 **arm64 stage-2 walks** (function probes; families ``stage2_walk``: ``walk_id``, ``ts_ns``,
-``tid``, ``addr``, ``size``, ``flags``, ``duration_ns``, ``ret``, ``initiator``; ``stage2_visit``:
-``walk_id``, ``level``, ``kind`` (LEAF / TABLE_PRE / TABLE_POST), ``count``).
+``tid``, ``addr``, ``size``, ``flags``, ``duration_ns``, ``ret``, ``initiator`` (the walker
+callback's symbol); ``stage2_visit``: ``walk_id``, ``visitor``, ``level``, ``kind``
+(``VISIT:PTE``, e.g. ``leaf:block``, ``leaf:page``, ``table_pre:table``), ``count``).
 :func:`stage2_walk_visits` gives one row per (walk, level, kind) with ``entries`` (visited entries)
 and the walk's ``initiator``, ``addr``, ``size``, ``ts_ns``, ``tid``; :func:`stage2_distribution`
 sums them per (group..., ``initiator``, ``level``, ``kind``): ``walks``, ``entries``,
