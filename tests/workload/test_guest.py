@@ -5,13 +5,11 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from tracekit.model.x86 import PTE_US, walk_image
 from tracekit.workload import backend_x86
 from tracekit.workload.backend import GuestSpec
-from tracekit.workload.dirtylog import TEST_GPA, TEST_GVA, _set_bits
+from tracekit.workload.dirtylog import TEST_GPA, TEST_GVA
 
 # objdump -D -b binary -m i386:x86-64 of the expected loop:
 #  0: inc r8 | 3: mov rsi,r12 | 6: mov rcx,r13 | 9: test rcx,rcx | c: je 29
@@ -76,10 +74,3 @@ def test_gdt_user_segments_and_tss():
     port = backend_x86.REPORT_PORT
     assert tss[bitmap + port // 8] & (1 << (port % 8)) == 0  # the report port is allowed
     assert tss[-1] == 0xFF and len(tss) - 1 == (tss_low & 0xFFFF)  # terminator at the limit
-
-
-@given(st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=300))
-def test_set_bits_matches_naive(first, count):
-    bitmap = bytearray(80)
-    _set_bits(bitmap, first, count)
-    assert int.from_bytes(bitmap, "little") == ((1 << count) - 1) << first

@@ -36,17 +36,17 @@ import os
 import random
 import threading
 import time
-from array import array
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from tracekit.errors import WorkloadError
 from tracekit.workload import backing as backing_mod
 from tracekit.workload import libc, report, uapi
-from tracekit.workload.backend import ACCESS_STRIDE, PLAN_WRITE_BIT, Backend, GuestSpec, backend_for
+from tracekit.workload.backend import ACCESS_STRIDE, Backend, GuestSpec, backend_for
 from tracekit.workload.dirtyring import DirtyRing, ring_bytes_for
 from tracekit.workload.kvm import IoctlLog, Kvm, Vcpu, Vm
 from tracekit.workload.options import DirtyLogOptions
+from tracekit.workload.plan import pass_plan, set_bits
 
 __all__ = [
     "run_dirty_log",
@@ -440,33 +440,19 @@ class _Run:
         expected = bytearray(self.total_pages // 8)
         populate = iteration == 0
         for state in self.vcpus:
-            base = TEST_GVA + state.first_page * ACCESS_STRIDE
-            end = base + state.pages * ACCESS_STRIDE
-            if populate or (not options.random_order and options.write_percent == 100):
-                plan = array("Q", range(base | PLAN_WRITE_BIT, end, ACCESS_STRIDE))
-                _set_bits(expected, state.first_page, state.pages)
-            else:
-                order = list(range(state.pages))
-                if options.random_order:
-                    state.rng.shuffle(order)
-                if options.write_percent == 100:
-                    writes = [True] * state.pages
-                elif options.write_percent == 0:
-                    writes = [False] * state.pages
-                else:
-                    threshold = options.write_percent / 100.0
-                    rnd = state.rng.random
-                    writes = [rnd() < threshold for _ in range(state.pages)]
-                plan = array("Q", [base + page * ACCESS_STRIDE + w for page, w in zip(order, writes)])
-                first = state.first_page
-                for page, w in zip(order, writes):
-                    if w:
-                        bit = first + page
-                        expected[bit >> 3] |= 1 << (bit & 7)
+            plan = pass_plan(
+                TEST_GVA,
+                state.first_page,
+                state.pages,
+                random_order=options.random_order and not populate,
+                write_percent=100 if populate else options.write_percent,
+                rng=state.rng,
+                written=expected,
+            )
             data = plan.tobytes()
             ctypes.memmove(self.system.address + state.plan_gpa, data, len(data))
         if iteration == 1 and self.initially_set:
-            _set_bits(expected, 0, self.total_pages)
+            set_bits(expected, 0, self.total_pages)
         return expected
 
     def _run_pass(self) -> None:
@@ -704,17 +690,3 @@ def _expected_write_faults(total_pages: int, initially_set: bool, iterations: li
     return total_pages + sum(
         it.expected_dirty_pages for it in iterations if not (initially_set and it.iteration == 1)
     )
-
-
-def _set_bits(bitmap: bytearray, first: int, count: int) -> None:
-    """Set bits [first, first+count) of a little-endian bitmap."""
-    end = first + count
-    while first < end and first & 7:
-        bitmap[first >> 3] |= 1 << (first & 7)
-        first += 1
-    whole = (end - first) >> 3
-    bitmap[first >> 3 : (first >> 3) + whole] = b"\xff" * whole
-    first += whole << 3
-    while first < end:
-        bitmap[first >> 3] |= 1 << (first & 7)
-        first += 1
