@@ -287,8 +287,7 @@ class _Run:
             state.thread = threading.Thread(target=self._vcpu_main, args=(state,), name=vcpu_thread_name(state.index))
             state.thread.daemon = True
             state.thread.start()
-        self._run_pass()
-        populate_ns = self._phase("populate", start, time.monotonic_ns())
+        populate_ns = self._phase("populate", start, self._run_pass())
         self.emit(report.populate_line(populate_ns))
         self._harvest_rings()  # logging is off: nothing expected, but start each ring clean
 
@@ -301,8 +300,7 @@ class _Run:
         for iteration in range(1, options.iterations + 1):
             expected = self._write_plans(iteration)
             start = time.monotonic_ns()
-            self._run_pass()
-            dirty_ns = self._phase("dirty_memory", start, time.monotonic_ns(), iteration)
+            dirty_ns = self._phase("dirty_memory", start, self._run_pass(), iteration)
             get_ns, clear_ns, actual = self._collect(iteration)
             result = self._verify(iteration, dirty_ns, get_ns, clear_ns, actual, expected)
             self.results.append(result)
@@ -455,11 +453,12 @@ class _Run:
             set_bits(expected, 0, self.total_pages)
         return expected
 
-    def _run_pass(self) -> None:
-        """Release every vCPU for one pass and wait until all have reported."""
+    def _run_pass(self) -> int:
+        """Release every vCPU for one pass; return the time (ns) the last one had reported."""
         try:
             self.start_barrier.wait(timeout=self.pass_timeout_s)
             self.done_barrier.wait(timeout=self.pass_timeout_s)
+            done_ns = time.monotonic_ns()
         except threading.BrokenBarrierError:
             self._abort()
             for state in self.vcpus:
@@ -473,6 +472,7 @@ class _Run:
         deadline = time.monotonic() + _STOP_TIMEOUT_S
         while self.start_barrier.n_waiting < len(self.vcpus) and time.monotonic() < deadline:
             time.sleep(_PARK_POLL_S)
+        return done_ns
 
     def _vcpu_main(self, state: _VcpuState) -> None:
         try:
