@@ -74,3 +74,20 @@ def test_gdt_user_segments_and_tss():
     port = backend_x86.REPORT_PORT
     assert tss[bitmap + port // 8] & (1 << (port % 8)) == 0  # the report port is allowed
     assert tss[-1] == 0xFF and len(tss) - 1 == (tss_low & 0xFFFF)  # terminator at the limit
+
+
+@pytest.mark.parametrize("page_size", [4096, 2 * MIB])
+def test_paging_record_rebuilds_the_same_tables(page_size):
+    """The layout's ``guest_paging`` is enough to rebuild the guest's tables byte for byte: map the
+    ``mappings`` in order (user, writable) and serialise at the first of ``table_gpas``."""
+    from tracekit.model.x86 import X86PageTables
+
+    image = backend_x86.X86Backend().build_guest(_spec(page_size))
+    paging = image.paging
+    tables = X86PageTables(levels=paging["levels"])
+    for m in paging["mappings"]:
+        tables.map(m["gva"], m["gpa"], m["size"], m["page_size"], user=True)
+    root, pages = tables.serialize(min(paging["table_gpas"]))
+    assert root == paging["root_gpa"] == paging["cr3"]
+    assert sorted(pages) == paging["table_gpas"]
+    assert all(pages[gpa] == image.pages[gpa] for gpa in pages)
