@@ -177,3 +177,17 @@ def test_interrupt_mid_run_leaves_nothing_behind():
         run_dirty_log(DirtyLogOptions(vcpus=2, bytes_per_vcpu=16 * MIB), emit=emit)
     assert set(os.listdir("/proc/self/fd")) <= before
     assert set(os.listdir("/proc/self/task")) <= threads
+
+
+def test_full_dirty_ring_is_harvested_by_the_vcpu_mid_pass():
+    """4,096 pages per vCPU through rings of 512 entries: KVM exits with DIRTY_RING_FULL, the vCPU
+    thread harvests its ring and resets it, and the iteration's dirty set is still exact."""
+    result, _ = _run(log_mode="ring", ring_entries=512, vcpus=2, iterations=2)
+    assert result.layout["ring_bytes"] == 512 * 16
+    assert [it.dirty_pages for it in result.iterations] == [8192, 8192]
+    full_exits = [v["ring_full_exits"] for v in result.layout["vcpus"]]
+    assert all(n >= 4096 // 512 for n in full_exits), full_exits
+    vcpu_tids = {v["tid"] for v in result.layout["vcpus"]}
+    resets_by_vcpus = [r for r in result.layout["ioctls"] if r["name"] == "KVM_RESET_DIRTY_RINGS" and r["tid"] in vcpu_tids]
+    assert len(resets_by_vcpus) == sum(full_exits)
+    assert result.layout["ring_foreign_entries"] == 0

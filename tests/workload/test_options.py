@@ -93,3 +93,13 @@ def test_dash_g_selects_legacy_get():
 def test_conflicting_flags(changes, message):
     with pytest.raises(WorkloadError, match=message):
         _build(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [({"ring_entries": 1024}, "applies to --log-mode ring"), ({"log_mode": "ring", "ring_entries": 1000}, "power of two"),
+     ({"log_mode": "ring", "ring_entries": 128}, "at least 256")],
+)
+def test_ring_entries_validation(changes, message):
+    with pytest.raises(WorkloadError, match=message):
+        DirtyLogOptions(**changes).validate()

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--log-mode", default=None, help=OPTION_HELP["log_mode"])
     add("--no-initially-set", action="store_true", help=OPTION_HELP["no_initially_set"])
     add("--guest-page-size", default="2m", help=OPTION_HELP["guest_page_size"])
+    add("--ring-entries", type=int, default=None, help=OPTION_HELP["ring_entries"])
     add("--json", action="store_true", dest="as_json", help=OPTION_HELP["json"])
     add("--layout", default=None, help=OPTION_HELP["layout"])
     return parser

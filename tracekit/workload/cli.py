@@ -35,6 +35,7 @@ def dirty_log(
     log_mode: Optional[str] = typer.Option(None, "--log-mode", help=_H["log_mode"]),
     no_initially_set: bool = typer.Option(False, "--no-initially-set", help=_H["no_initially_set"]),
     guest_page_size: str = typer.Option("2m", "--guest-page-size", help=_H["guest_page_size"]),
+    ring_entries: Optional[int] = typer.Option(None, "--ring-entries", help=_H["ring_entries"]),
     as_json: bool = typer.Option(False, "--json", help=_H["json"]),
     layout: Optional[str] = typer.Option(None, "--layout", help=_H["layout"]),
 ) -> None:
@@ -51,6 +52,7 @@ def dirty_log(
         log_mode=log_mode,
         no_initially_set=no_initially_set,
         guest_page_size=guest_page_size,
+        ring_entries=ring_entries,
     )
     dirty_log_command(options, as_json=as_json, layout_path=layout, out=lambda line: typer.echo(line))
 

@@ -56,6 +56,8 @@ OPTION_HELP = {
     "(legacy GET) or ring (per-vCPU dirty rings + KVM_RESET_DIRTY_RINGS).",
     "no_initially_set": "In clear mode, do not ask for KVM_DIRTY_LOG_INITIALLY_SET (enabling logging then "
     "write-protects everything at once).",
+    "ring_entries": "In ring mode, entries per vCPU dirty ring (a power of two >= 256; default: enough for the "
+    "vCPU's pages, up to what KVM allows). A full ring makes the vCPU harvest and reset it mid-pass.",
     "guest_page_size": "Page size of the guest's own page tables over the test region: 4k, 2m or 1g.",
     "json": "Print one JSON document at the end instead of the text lines (docs/cli-json/workload.md).",
     "layout": "Write the run's layout record (memslots, page tables, vCPU threads, ioctl log, phases) "
@@ -77,6 +79,7 @@ def build_options(
     log_mode: Optional[str],
     no_initially_set: bool,
     guest_page_size: str,
+    ring_entries: Optional[int] = None,
 ) -> DirtyLogOptions:
     """Validated options from command-line values; WorkloadError names the bad one."""
     if log_mode is not None and log_mode not in LOG_MODES:
@@ -99,6 +102,7 @@ def build_options(
         initially_set=not no_initially_set,
         memslots=memslots,
         guest_page_size=parse_page_size(guest_page_size),
+        ring_entries=ring_entries,
     )
     options.validate()
     return options

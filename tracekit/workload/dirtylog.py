@@ -43,7 +43,7 @@ from tracekit.errors import WorkloadError
 from tracekit.workload import backing as backing_mod
 from tracekit.workload import libc, report, uapi
 from tracekit.workload.backend import ACCESS_STRIDE, Backend, GuestSpec, backend_for
-from tracekit.workload.dirtyring import DirtyRing, ring_bytes_for
+from tracekit.workload.dirtyring import DIRTY_GFN_SIZE, DirtyRing, ring_bytes_for
 from tracekit.workload.kvm import IoctlLog, Kvm, Vcpu, Vm
 from tracekit.workload.options import DirtyLogOptions
 from tracekit.workload.plan import pass_plan, set_bits
@@ -224,12 +224,13 @@ class _VcpuState:
         self.plan_gpa = plan_gpa
         self.vcpu: Optional[Vcpu] = None
         self.ring: Optional[DirtyRing] = None
-        self.ring_entries: list[tuple[int, int]] = []
+        self.pending_ring: list[tuple[int, int]] = []
         self.thread: Optional[threading.Thread] = None
         self.tid = 0
         self.passes = 0
         self.pass_ns: list[int] = []
         self.pass_run_ns: list[int] = []
+        self.ring_full_exits = 0
         self.error: Optional[BaseException] = None
         self.rng: Optional[random.Random] = None
 
@@ -255,6 +256,8 @@ class _Run:
         self.log_mode = options.log_mode or "?"
         self.initially_set = False
         self.ring_bytes = 0
+        self.ring_full_exits = 0
+        self.foreign_ring_entries = 0
         self.stop = False
         parties = options.vcpus + 1
         self.start_barrier = threading.Barrier(parties)
@@ -367,7 +370,15 @@ class _Run:
             if not ring_max:
                 raise WorkloadError("this host's KVM does not offer a dirty ring (KVM_CAP_DIRTY_LOG_RING): use --log-mode clear or get")
             pages_per_vcpu = options.bytes_per_vcpu // ACCESS_STRIDE
-            self.ring_bytes = ring_bytes_for(pages_per_vcpu, ring_max, os.sysconf("SC_PAGE_SIZE"))
+            if options.ring_entries:
+                self.ring_bytes = options.ring_entries * DIRTY_GFN_SIZE
+                if self.ring_bytes > ring_max:
+                    raise WorkloadError(
+                        f"--ring-entries {options.ring_entries}: this host's KVM allows at most "
+                        f"{ring_max // DIRTY_GFN_SIZE} dirty-ring entries"
+                    )
+            else:
+                self.ring_bytes = ring_bytes_for(pages_per_vcpu, ring_max, os.sysconf("SC_PAGE_SIZE"))
             vm.enable_cap(backend.dirty_ring_cap, self.ring_bytes)
         elif mode == "clear":
             flags = uapi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
@@ -500,7 +511,8 @@ class _Run:
         while True:
             reason = vcpu.run()
             if reason == uapi.KVM_EXIT_DIRTY_RING_FULL and state.ring is not None:
-                state.ring_entries += state.ring.harvest()
+                state.ring_full_exits += 1
+                state.pending_ring += state.ring.harvest()
                 self.vm.reset_dirty_rings()
                 continue
             reported = self.backend.guest_report(vcpu, reason)
@@ -542,8 +554,8 @@ class _Run:
             start = time.monotonic_ns()
             entries: list[tuple[int, int]] = []
             for state in self.vcpus:
-                entries += state.ring_entries
-                state.ring_entries = []
+                entries += state.pending_ring
+                state.pending_ring = []
                 entries += state.ring.harvest()
             get_ns = self._phase("get_dirty_log", start, time.monotonic_ns(), iteration)
             start = time.monotonic_ns()
@@ -568,7 +580,7 @@ class _Run:
             return
         for state in self.vcpus:
             state.ring.harvest()
-            state.ring_entries = []
+            state.pending_ring = []
         self.vm.reset_dirty_rings()
 
     def _ring_bitmap(self, entries: list[tuple[int, int]]) -> bytes:
@@ -581,7 +593,7 @@ class _Run:
                 continue
             bit = index * self.slot_pages + offset
             bitmap[bit >> 3] |= 1 << (bit & 7)
-        self.foreign_ring_entries = getattr(self, "foreign_ring_entries", 0) + foreign
+        self.foreign_ring_entries += foreign
         return bytes(bitmap)
 
     def _verify(
@@ -620,6 +632,7 @@ class _Run:
             "log_mode": self.log_mode,
             "initially_set": self.initially_set,
             "ring_bytes": self.ring_bytes or None,
+            "ring_foreign_entries": self.foreign_ring_entries,
             "kvm_caps": dict(self.caps),
             "memslots": [dict(slot) for slot in self.memslots],
             "test_region": {
@@ -648,6 +661,7 @@ class _Run:
                     "pass_run_ns": list(s.pass_run_ns),
                     "kvm_run_count": s.vcpu.run_count if s.vcpu else 0,
                     "kvm_run_ns": s.vcpu.run_ns if s.vcpu else 0,
+                    "ring_full_exits": s.ring_full_exits,
                 }
                 for s in self.vcpus
             ],

@@ -4,7 +4,8 @@ Contract
 --------
 :class:`DirtyLogOptions` holds one run's settings with the defaults of the embedded workload
 (1 vCPU, 64 MiB per vCPU, 4 iterations, 2 MiB guest pages, anonymous memory, 100 % writes in
-order, manual clear with initially-set where the host offers it). :meth:`DirtyLogOptions.validate`
+order, manual clear with initially-set where the host offers it; dirty rings sized to hold a
+vCPU's pages unless ``ring_entries`` is given). :meth:`DirtyLogOptions.validate`
 checks what can be checked without KVM and raises :class:`tracekit.errors.WorkloadError` with one
 line naming the option (checks against the host's KVM happen when the run starts).
 :func:`parse_size` reads ``dirty_log_perf_test``-style sizes (``[0-9]+[kmgt]?b?``, powers of 1024)
@@ -42,6 +43,8 @@ _SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
 #: Each memslot must hold a multiple of 64 pages (KVM_CLEAR_DIRTY_LOG works in 64-page words).
 SLOT_GRANULE = 64 * 4 * KIB
 MAX_VCPUS = 512
+#: A dirty ring is at least one 4 KiB page of 16-byte entries.
+MIN_RING_ENTRIES = 256
 MAX_ITERATIONS = 100_000
 
 
@@ -84,6 +87,7 @@ class DirtyLogOptions:
     initially_set: bool = True
     memslots: int = 1
     guest_page_size: int = 2 * MIB
+    ring_entries: int | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -107,6 +111,13 @@ class DirtyLogOptions:
             raise WorkloadError(f"--log-mode {self.log_mode!r} is unknown (choose from {', '.join(LOG_MODES)})")
         if self.guest_page_size not in PAGE_SIZE_NAMES.values():
             raise WorkloadError(f"--guest-page-size must be 4k, 2m or 1g, got {self.guest_page_size}")
+        if self.ring_entries is not None:
+            if self.log_mode != "ring":
+                raise WorkloadError("--ring-entries applies to --log-mode ring")
+            if self.ring_entries < MIN_RING_ENTRIES or self.ring_entries & (self.ring_entries - 1):
+                raise WorkloadError(
+                    f"--ring-entries must be a power of two of at least {MIN_RING_ENTRIES}, got {self.ring_entries}"
+                )
         if self.memslots < 1:
             raise WorkloadError(f"-x/--memslots must be at least 1, got {self.memslots}")
         total = self.total_bytes
