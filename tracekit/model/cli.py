@@ -183,6 +183,10 @@ def split(
             raise ModelError("--explicit simulates entry by entry: use a memslot of at most 4 Mi pages")
         if simulate_split(base_case) != without or simulate_split(skip_case) != with_skip:
             raise ModelError("internal: the analytic and explicit models disagree; please report this case")
+    sections = {"without_skip": without.as_dict(walk_levels), "with_skip": with_skip.as_dict(walk_levels)}
+    for section in sections.values():
+        for row in section["levels"]:
+            row["depth"] = walk_levels.index(row["level"])
     data = {
         "arch": arch,
         "memslot": {"base": base_addr, "size": size},
@@ -190,8 +194,7 @@ def split(
         "mapping_size": mapping,
         "mode": mode,
         **setup,
-        "without_skip": without.as_dict(walk_levels),
-        "with_skip": with_skip.as_dict(walk_levels),
+        **sections,
         "reduction_percent": {
             "entries": _percent(without.total("entries"), with_skip.total("entries")),
             "callbacks": _percent(without.total("callbacks"), with_skip.total("callbacks")),

@@ -123,13 +123,16 @@ def unmap_range(pgt: Stage2PageTable, ipa: int, size: int, stats: Optional[WalkS
 
 def _attr_walker(set_bits: int, clr_bits: int, stats: WalkStats):
     early = stats.early
+    updated: dict[int, int] = {}  # old descriptor -> new, so equal leaves share one int object
 
     def stage2_attr_walker(table: list, idx: int, addr: int, level: int, visit: int) -> int:
         old = table[idx]
         if not old:
             early[level + 1] += 1
             return -EAGAIN
-        new = (old & ~clr_bits) | set_bits
+        new = updated.get(old)
+        if new is None:
+            new = updated[old] = (old & ~clr_bits) | set_bits
         if new == old:
             early[level + 1] += 1
         else:
