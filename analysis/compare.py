@@ -6,8 +6,9 @@ Contract
 metrics (``metric`` -> ``(value, unit)``): every phase's duration (``phase <label>``, seconds) and
 each phase name's total over its iterations (``phase <name> total``), per ioctl kind the mean and
 total latency (``ioctl <NAME> mean`` / ``total``, seconds), guest walks (``walks``, count), per lock
-the summed wait and the number of waits (``lock <name> wait`` seconds / ``lock <name> waits``), and
-splits (``splits``, count).
+the summed wait and the number of waits (``lock <name> wait`` seconds / ``lock <name> waits``),
+splits inside dirty-log ioctls (``splits``), split calls and events (``split calls``) and arm64
+stage-2 visits per level and kind (``stage2 L<level> <kind> visits``), all counts.
 
 :func:`compare_runs` takes the metric dicts of runs A and runs B and returns one row per metric
 present in both: ``metric``, ``unit``, ``n_a``, ``n_b``, ``mean_a``, ``stdev_a``, ``mean_b``,
@@ -58,6 +59,13 @@ def capture_metrics(result: Any) -> dict[str, tuple[float, str]]:
     split = result.tables.get("split_per_ioctl")
     if split is not None and len(split):
         metrics["splits"] = (float(split["splits"].sum()), "count")
+    calls = result.tables.get("split_calls")
+    if calls is not None and len(calls):
+        metrics["split calls"] = (float(calls["count"].sum()), "count")
+    stage2 = result.tables.get("stage2_visits")
+    if stage2 is not None:
+        for level, kind, entries in zip(stage2["level"], stage2["kind"], stage2["entries"]):
+            metrics[f"stage2 L{level} {kind} visits"] = (float(entries), "count")
     return metrics
 
 

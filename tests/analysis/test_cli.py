@@ -1,0 +1,88 @@
+"""The analyze / report / compare commands and the Perfetto export, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tracekit.analysis.synthetic import write_synthetic_capture
+from tracekit.cli import app
+
+from .conftest import SAMPLES
+
+runner = CliRunner()
+SAMPLE = str(SAMPLES / "x86-dirty-log-4k.tkcap")
+
+
+def test_analyze_text_is_80_columns():
+    result = runner.invoke(app, ["analyze", SAMPLE])
+    assert result.exit_code == 0, result.output
+    assert "model cross-check: match: 8,213 of 8,213 walks match (100.00%)" in result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+
+
+def test_analyze_json_and_phase():
+    result = runner.invoke(app, ["analyze", SAMPLE, "--json", "--phase", "dirty-memory#2"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["schema"] == "tracekit.analyze/1" and doc["info"]["phase"] == "dirty-memory#2"
+    # 4,096 write-protect faults of the second pass plus a few system-area walks (21 in the whole run)
+    assert 4096 <= sum(r["walks"] for r in doc["tables"]["walk_depth"]) <= 4096 + 21
+    assert doc["verdicts"]["crosscheck"]["verdict"] == "match"
+
+
+def test_bad_input_is_one_line():
+    result = runner.invoke(app, ["analyze", SAMPLE, "--phase", "nope"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "no phase 'nope'" in result.output
+    result = runner.invoke(app, ["analyze", str(SAMPLES / "missing.tkcap")])
+    assert result.exit_code == 1 and "no such capture" in result.output
+    result = runner.invoke(app, ["compare", SAMPLE])
+    assert result.exit_code == 2 and "after a '--'" in result.output
+
+
+def test_report_writes_self_contained_html(tmp_path):
+    out = tmp_path / "r.html"
+    result = runner.invoke(app, ["report", SAMPLE, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    for name in ("walk-depth", "contention-timeline", "latency-cdf", "visits-vs-model"):
+        assert f"data-figure='{name}'" in page
+    assert "src='data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("</h1>")[0]
+
+
+def test_compare_runs(tmp_path):
+    a = [tmp_path / f"a{i}.tkcap" for i in range(2)]
+    b = [tmp_path / f"b{i}.tkcap" for i in range(2)]
+    for i, path in enumerate(a):
+        write_synthetic_capture(path, 2000 + 10 * i, extra_rows=200, seed=i)
+    for i, path in enumerate(b):
+        write_synthetic_capture(path, 1000 + 10 * i, extra_rows=200, seed=i)
+    result = runner.invoke(app, ["compare", *map(str, a), "--", *map(str, b), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = {m["metric"]: m for m in json.loads(result.output)["metrics"]}
+    walks = metrics["walks"]
+    # A: 2000, 2010 (mean 2005); B: 1000, 1010 (mean 1005): -49.88%
+    assert walks["change_pct"] == pytest.approx(-49.875, abs=1e-3) and walks["noise"] == "beyond"
+    text = runner.invoke(app, ["compare", *map(str, a), "--", *map(str, b)])
+    assert text.exit_code == 0 and "walks" in text.output
+    assert max(len(line) for line in text.output.splitlines()) <= 80
+
+
+def test_export_perfetto(tmp_path):
+    out = tmp_path / "t.json"
+    result = runner.invoke(app, ["export", str(SAMPLES / "x86-dirty-log-2m.tkcap"), "--perfetto", str(out)])
+    assert result.exit_code == 0, result.output
+    trace = json.loads(out.read_text())
+    events = trace["traceEvents"]
+    names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert any(n.startswith("vCPU 0 (") for n in names) and any(n.startswith("vCPU 1 (") for n in names)
+    slices = {e["cat"] for e in events if e["ph"] == "X"}
+    assert {"ioctl", "lock", "phase"} <= slices
+    counters = [e for e in events if e["ph"] == "C"]
+    # every walk is counted once: the counter holds walks/s per 10 ms bin
+    assert sum(e["args"]["walks"] for e in counters) // 100 == 49_217
+    ioctls = [e for e in events if e.get("cat") == "ioctl"]
+    assert len(ioctls) == 29 and all(e["dur"] >= 0 for e in ioctls)
