@@ -1,0 +1,282 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * stage2.bpf.c - the "stage2" function-probe family (arm64 KVM stage-2 tables),
+ * bcc kprobes/kretprobes attached by tracekit.funcprobes.bcc_backend to the
+ * symbols resolved on the host (".isra" clones included).
+ *
+ * Per-entry probes (stage2_split_walker, stage2_map_walker) fire once per visited
+ * page-table entry, millions of times per memslot: they only bump a counter of the
+ * innermost open kvm_pgtable_walk of the thread, per (visitor, level, PTE kind),
+ * and send at most TK_S2_SAMPLE_PER_WALK raw visits per walk. Each stage-2 walk
+ * sends one summary with those counts when it returns. Walks of host user page
+ * tables (pgt->mmu == NULL) are followed but never sent.
+ *
+ * Struct fields are read at offsets taken from the running kernel's BTF and passed
+ * as cflags (TK_OFF_x, TK_SIZE_x, TK_SIGNED_x for CTX_OLD, CTX_ADDR, CTX_LEVEL,
+ * WALKER_CB, WALKER_FLAGS, PGT_MMU); nothing here knows a layout.
+ * cflags: TK_TARGET_TGID, TK_S2_PAGES (ring buffer pages), TK_S2_SAMPLE_PER_WALK.
+ * stage2_lost index: 0 walk, 1 visit, 2 span-table full, 3 + TK_S2_FN_* spans.
+ */
+#include <uapi/linux/ptrace.h>
+#include "tk_common.h"
+#include "tk_bpf.h"
+#include "stage2.h"
+
+#ifndef TK_S2_PAGES
+#define TK_S2_PAGES 1024
+#endif
+#ifndef TK_S2_SAMPLE_PER_WALK
+#define TK_S2_SAMPLE_PER_WALK 4
+#endif
+#define TK_S2_DEPTH 4
+
+/* Read field F of the struct at base into a __u64 (sign-extended when signed). */
+#define TK_FIELD(base, F) tk_read_field((void *)(base) + TK_OFF_##F, TK_SIZE_##F, TK_SIGNED_##F)
+
+static __always_inline __u64 tk_read_field(void *src, __u32 size, int is_signed)
+{
+	__u64 v = 0;
+	bpf_probe_read_kernel(&v, size & 0xf, src);
+	if (is_signed && size < 8) {
+		int shift = 64 - 8 * size;
+		v = (__u64)(((__s64)(v << shift)) >> shift);
+	}
+	return v;
+}
+
+struct s2_open {
+	__u64 walk_id;
+	__u64 ts_ns;
+	__u64 addr;
+	__u64 size;
+	__u64 cb;
+	__u32 flags;
+	__u32 host;	/* pgt->mmu == NULL: a host user page-table walk */
+	__u32 counts[TK_S2_COUNTS];
+	__u32 sampled;
+	__u32 dropped;
+};
+
+struct s2_thread {
+	__u32 depth;
+	__u32 pad;
+	struct s2_open walk[TK_S2_DEPTH];
+};
+
+struct s2_span_key {
+	__u32 tid;
+	__u32 func;
+};
+
+struct s2_span_val {
+	__u64 ts_ns;
+	__u64 walk_id;
+	__u64 arg0;
+	__u64 arg1;
+};
+
+BPF_RINGBUF_OUTPUT(stage2_events, TK_S2_PAGES);
+BPF_PERCPU_ARRAY(stage2_lost, __u64, 3 + TK_S2_FUNCS);
+BPF_PERCPU_ARRAY(stage2_seq, __u64, 1);
+BPF_PERCPU_ARRAY(stage2_zero, struct s2_thread, 1);	/* never written: the initial state */
+BPF_HASH(stage2_threads, __u32, struct s2_thread, 4096);
+BPF_HASH(stage2_spans, struct s2_span_key, struct s2_span_val, 16384);
+
+static __always_inline void s2_lost(__u32 index)
+{
+	__u64 *lost = stage2_lost.lookup(&index);
+	if (lost)
+		(*lost)++;
+}
+
+static __always_inline struct s2_thread *s2_thread_of(__u32 tid, int create)
+{
+	struct s2_thread *st = stage2_threads.lookup(&tid);
+	if (st || !create)
+		return st;
+	__u32 zero = 0;
+	struct s2_thread *init = stage2_zero.lookup(&zero);
+	if (!init)
+		return 0;
+	stage2_threads.update(&tid, init);
+	return stage2_threads.lookup(&tid);
+}
+
+static __always_inline struct s2_open *s2_innermost(struct s2_thread *st)
+{
+	__u32 d = st->depth;
+	if (d == 0 || d > TK_S2_DEPTH)
+		return 0;
+	return &st->walk[(d - 1) & (TK_S2_DEPTH - 1)];
+}
+
+int tk_s2_walk_entry(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
+	struct s2_thread *st = s2_thread_of((__u32)pid_tgid, 1);
+	if (!st)
+		return 0;
+	__u32 d = st->depth;
+	st->depth = d + 1;
+	if (d >= TK_S2_DEPTH)
+		return 0;
+	struct s2_open *w = &st->walk[d & (TK_S2_DEPTH - 1)];
+	void *pgt = (void *)PT_REGS_PARM1(ctx);
+	void *walker = (void *)PT_REGS_PARM4(ctx);
+	__u32 zero = 0;
+	__u64 *seq = stage2_seq.lookup(&zero);
+	if (!seq)
+		return 0;
+	*seq += 1;
+	w->walk_id = ((__u64)bpf_get_smp_processor_id() << 48) | *seq;
+	w->ts_ns = bpf_ktime_get_ns();
+	w->addr = PT_REGS_PARM2(ctx);
+	w->size = PT_REGS_PARM3(ctx);
+	w->cb = TK_FIELD(walker, WALKER_CB);
+	w->flags = TK_FIELD(walker, WALKER_FLAGS);
+	w->host = TK_FIELD(pgt, PGT_MMU) == 0;
+	__builtin_memset(w->counts, 0, sizeof(w->counts));
+	w->sampled = 0;
+	w->dropped = 0;
+	return 0;
+}
+
+int tk_s2_walk_return(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
+	struct s2_thread *st = s2_thread_of((__u32)pid_tgid, 0);
+	if (!st || st->depth == 0)
+		return 0;
+	__u32 d = st->depth - 1;
+	st->depth = d;
+	if (d >= TK_S2_DEPTH)
+		return 0;
+	struct s2_open *w = &st->walk[d & (TK_S2_DEPTH - 1)];
+	if (w->host)
+		return 0;
+	struct stage2_walk_event *e = stage2_events.ringbuf_reserve(sizeof(struct stage2_walk_event));
+	if (!e) {
+		s2_lost(0);
+		return 0;
+	}
+	tk_fill_header(&e->hdr, pid_tgid, TK_S2_WALK);
+	e->hdr.ts_ns = w->ts_ns;
+	e->walk_id = w->walk_id;
+	e->addr = w->addr;
+	e->size = w->size;
+	e->cb = w->cb;
+	e->duration_ns = bpf_ktime_get_ns() - w->ts_ns;
+	e->flags = w->flags;
+	e->ret = (__s32)PT_REGS_RC(ctx);
+	__builtin_memcpy(e->counts, w->counts, sizeof(e->counts));
+	e->sampled = w->sampled;
+	e->dropped = w->dropped;
+	stage2_events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+static __always_inline int s2_visit(struct pt_regs *ctx, __u32 visitor)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
+	struct s2_thread *st = s2_thread_of((__u32)pid_tgid, 0);
+	struct s2_open *w = st ? s2_innermost(st) : 0;
+	void *vctx = (void *)PT_REGS_PARM1(ctx);
+	__s64 level = (__s64)TK_FIELD(vctx, CTX_LEVEL);
+	__u64 old = TK_FIELD(vctx, CTX_OLD);
+	__u32 kind = !(old & 1) ? 0 : (level >= 3 ? 1 : ((old & 2) ? 3 : 2));
+	__u32 lvl = level < 0 ? 0 : (__u32)level;
+	if (w) {
+		if (lvl < TK_S2_LEVELS) {
+			__u32 slot = (visitor * TK_S2_LEVELS + lvl) * TK_S2_KINDS + kind;
+			w->counts[slot & (TK_S2_COUNTS - 1)] += 1;
+		} else {
+			w->dropped += 1;
+		}
+		if (w->host || w->sampled >= TK_S2_SAMPLE_PER_WALK)
+			return 0;
+		w->sampled += 1;
+	}
+	struct stage2_visit_event *e = stage2_events.ringbuf_reserve(sizeof(struct stage2_visit_event));
+	if (!e) {
+		s2_lost(1);
+		return 0;
+	}
+	tk_fill_header(&e->hdr, pid_tgid, TK_S2_VISIT);
+	e->walk_id = w ? w->walk_id : 0;
+	e->addr = TK_FIELD(vctx, CTX_ADDR);
+	e->old = old;
+	e->level = (__s32)level;
+	e->visit = (__u32)PT_REGS_PARM2(ctx);
+	e->visitor = visitor;
+	e->pad = 0;
+	stage2_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+int tk_s2_split_walker(struct pt_regs *ctx) { return s2_visit(ctx, 0); }
+int tk_s2_map_walker(struct pt_regs *ctx) { return s2_visit(ctx, 1); }
+
+static __always_inline int s2_span_entry(__u32 func, __u64 arg0, __u64 arg1)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
+	struct s2_span_key key = {.tid = (__u32)pid_tgid, .func = func};
+	struct s2_span_val val = {.ts_ns = bpf_ktime_get_ns(), .arg0 = arg0, .arg1 = arg1};
+	struct s2_thread *st = s2_thread_of((__u32)pid_tgid, 0);
+	struct s2_open *w = st ? s2_innermost(st) : 0;
+	val.walk_id = w ? w->walk_id : 0;
+	if (stage2_spans.update(&key, &val))
+		s2_lost(2);
+	return 0;
+}
+
+static __always_inline int s2_span_return(struct pt_regs *ctx, __u32 func)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
+	struct s2_span_key key = {.tid = (__u32)pid_tgid, .func = func};
+	struct s2_span_val *val = stage2_spans.lookup(&key);
+	if (!val)
+		return 0;
+	struct stage2_span_event *e = stage2_events.ringbuf_reserve(sizeof(struct stage2_span_event));
+	if (!e) {
+		s2_lost(3 + func);
+		stage2_spans.delete(&key);
+		return 0;
+	}
+	tk_fill_header(&e->hdr, pid_tgid, TK_S2_SPAN);
+	e->hdr.ts_ns = val->ts_ns;
+	e->walk_id = val->walk_id;
+	e->arg0 = val->arg0;
+	e->arg1 = val->arg1;
+	e->duration_ns = bpf_ktime_get_ns() - val->ts_ns;
+	e->ret = (__s64)PT_REGS_RC(ctx);
+	e->func = func;
+	e->pad = 0;
+	stage2_events.ringbuf_submit(e, 0);
+	stage2_spans.delete(&key);
+	return 0;
+}
+
+int tk_s2_split_entry(struct pt_regs *ctx) { return s2_span_entry(TK_S2_FN_SPLIT, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx)); }
+int tk_s2_split_return(struct pt_regs *ctx) { return s2_span_return(ctx, TK_S2_FN_SPLIT); }
+int tk_s2_map_entry(struct pt_regs *ctx) { return s2_span_entry(TK_S2_FN_MAP, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx)); }
+int tk_s2_map_return(struct pt_regs *ctx) { return s2_span_return(ctx, TK_S2_FN_MAP); }
+int tk_s2_relax_entry(struct pt_regs *ctx) { return s2_span_entry(TK_S2_FN_RELAX, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx)); }
+int tk_s2_relax_return(struct pt_regs *ctx) { return s2_span_return(ctx, TK_S2_FN_RELAX); }
+int tk_s2_wrprotect_entry(struct pt_regs *ctx) { return s2_span_entry(TK_S2_FN_WRPROTECT, PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx)); }
+int tk_s2_wrprotect_return(struct pt_regs *ctx) { return s2_span_return(ctx, TK_S2_FN_WRPROTECT); }
+int tk_s2_abort_entry(struct pt_regs *ctx) { return s2_span_entry(TK_S2_FN_ABORT, 0, 0); }
+int tk_s2_abort_return(struct pt_regs *ctx) { return s2_span_return(ctx, TK_S2_FN_ABORT); }
+int tk_s2_log_masked_entry(struct pt_regs *ctx) { return s2_span_entry(TK_S2_FN_LOG_MASKED, PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx)); }
+int tk_s2_log_masked_return(struct pt_regs *ctx) { return s2_span_return(ctx, TK_S2_FN_LOG_MASKED); }
+int tk_s2_split_pages_entry(struct pt_regs *ctx) { return s2_span_entry(TK_S2_FN_SPLIT_PAGES, 0, 0); }
+int tk_s2_split_pages_return(struct pt_regs *ctx) { return s2_span_return(ctx, TK_S2_FN_SPLIT_PAGES); }

@@ -1,0 +1,153 @@
+"""BTF member offsets (synthetic blob and live kernel) and the bcc sources: compiled and verified, never attached."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import livecheck
+from tracekit.errors import MissingCapability
+from tracekit.funcprobes import bcc_backend
+from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, BtfTypes, offset_cflags
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Members read by probes/stage2.bpf.c in Debian's 6.12.107 cloud-arm64 kernel, from the BTF embedded in
+#: its Image (BtfTypes.from_kernel_image on the lab's cached kernel): (offset, size, signed).
+ARM64_6_12_MEMBERS = {
+    "CTX_OLD": (8, 8, False), "CTX_ADDR": (40, 8, False), "CTX_LEVEL": (56, 1, True),
+    "WALKER_CB": (0, 8, False), "WALKER_FLAGS": (16, 4, False), "PGT_MMU": (24, 8, False),
+}  # fmt: skip
+
+
+def _btf(types: list[bytes], strings: bytes) -> bytes:
+    body = b"".join(types)
+    return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(body), len(body), len(strings)) + body + strings
+
+
+def _synthetic(filler: int = 0) -> bytes:
+    """s8 (id 1), typedef level_t -> s8 (2), u64 (3), struct ctx {u64 old; level_t level; int bits:3} (4),
+    then ``filler`` more u64 types (a kernel-sized blob)."""
+    strings = b"\0s8\0level_t\0u64\0ctx\0old\0level\0bits\0"
+    off = {name: strings.index(name.encode() + b"\0") for name in ("s8", "level_t", "u64", "ctx", "old", "level", "bits")}
+    s8 = struct.pack("<III", off["s8"], 1 << 24, 1) + struct.pack("<I", (1 << 24) | 8)
+    typedef = struct.pack("<III", off["level_t"], 8 << 24, 1)
+    u64 = struct.pack("<III", off["u64"], 1 << 24, 8) + struct.pack("<I", 64)
+    members = struct.pack("<III", off["old"], 3, 0) + struct.pack("<III", off["level"], 2, 64)
+    members += struct.pack("<III", off["bits"], 1, (3 << 24) | 72)
+    ctx = struct.pack("<III", off["ctx"], (1 << 31) | (4 << 24) | 3, 16) + members
+    return _btf([s8, typedef, u64, ctx] + [u64] * filler, strings)
+
+
+def test_synthetic_members_through_typedefs():
+    btf = BtfTypes(_synthetic())
+    assert (btf.member("ctx", "old").offset, btf.member("ctx", "old").size) == (0, 8)
+    level = btf.member("ctx", "level")
+    assert (level.offset, level.size, level.signed) == (8, 1, True)
+    assert offset_cflags(btf, (("L", "ctx", "level"),)) == ["-DTK_OFF_L=8", "-DTK_SIZE_L=1", "-DTK_SIGNED_L=1"]
+
+
+def test_missing_struct_member_and_bitfield_are_named():
+    btf = BtfTypes(_synthetic())
+    with pytest.raises(MissingCapability, match="struct kvm_pgtable_visit_ctx"):
+        btf.member("kvm_pgtable_visit_ctx", "level")
+    with pytest.raises(MissingCapability, match="no member addr"):
+        btf.member("ctx", "addr")
+    with pytest.raises(MissingCapability, match="bitfield"):
+        btf.member("ctx", "bits")
+
+
+def test_btf_inside_a_kernel_image(tmp_path):
+    """The embedded blob is found past a false magic; a too-small blob is not taken for a kernel's."""
+    image = tmp_path / "Image"
+    image.write_bytes(b"\x9f\xeb\x01\x00garbage" + b"\0" * 100 + _synthetic(filler=400) + b"\0" * 64)
+    assert BtfTypes.from_kernel_image(image).member("ctx", "level").offset == 8
+    small = tmp_path / "small"
+    small.write_bytes(b"\0" * 10 + _synthetic())
+    with pytest.raises(MissingCapability, match="holds no BTF"):
+        BtfTypes.from_kernel_image(small)
+
+
+def test_event_dtypes_match_the_headers():
+    """The numpy mirrors equal the layout the project's header generator computes from probes/*.h."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gen_schema
+    finally:
+        sys.path.pop(0)
+    known: dict = {}
+    gen_schema.parse_structs((ROOT / "probes" / "tk_common.h").read_text(), known)
+    for header in ("stage2.h", "tdp.h"):
+        for name, layout in gen_schema.parse_structs((ROOT / "probes" / header).read_text(), known):
+            dtype = bcc_backend.EVENT_DTYPES[name]
+            assert dtype.itemsize == layout["itemsize"], name
+            flat = [n for n in dtype.names if n not in ("ts_ns", "pid", "tid", "cpu", "kind")]
+            assert flat == layout["names"][1:], name
+            for field, offset in zip(layout["names"][1:], layout["offsets"][1:]):
+                assert dtype.fields[field][1] == offset, (name, field)
+
+
+def _arm64_cflags() -> list[str]:
+    cflags = []
+    for macro, _struct, _member in STAGE2_FIELDS:
+        offset, size, signed = ARM64_6_12_MEMBERS[macro]
+        cflags += [f"-DTK_OFF_{macro}={offset}", f"-DTK_SIZE_{macro}={size}", f"-DTK_SIGNED_{macro}={int(signed)}"]
+    return cflags
+
+
+@pytest.mark.live
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["stage2", "tdp"])
+def test_programs_compile_and_pass_the_verifier(family):
+    """Every entry/return function loads as a kprobe program (verified by this kernel; nothing is attached)."""
+    livecheck.need_bcc()
+    try:
+        import bcc
+
+        from tracekit.recorder.bccload import import_bcc
+
+        import_bcc()
+    except MissingCapability as error:
+        livecheck.skip_or_fail(str(error))
+    from tracekit.probes import PROBES_DIR
+
+    if family == "tdp":
+        cflags = bcc_backend.program_cflags("tdp", BtfTypes.load())
+    else:  # this host's BTF has no arm64 structs: use the arm64 lab kernel's members
+        cflags = [f"-I{PROBES_DIR}", "-w", *_arm64_cflags()]
+    bpf = bcc_backend.compile_program(family, cflags)
+    try:
+        names = {fn for pair in bcc_backend.ATTACH[family].values() for fn in pair if fn}
+        for name in sorted(names):
+            bpf.load_func(name.encode(), bcc.BPF.KPROBE)
+    finally:
+        bpf.cleanup()
+
+
+def test_decode_stage2_records():
+    """A walk record with counts [split walker][level 2][block] = 1 and [level 3][page] = 512 -> two visit rows."""
+    walk = np.zeros(1, bcc_backend.EVENT_DTYPES["stage2_walk_event"])
+    walk["ts_ns"], walk["kind"], walk["walk_id"], walk["addr"], walk["size"] = 5, 0, 7, 0x4000_0000, 2 << 20
+    walk["counts"][0][2 * 4 + 2] = 1
+    walk["counts"][0][3 * 4 + 1] = 512
+    span = np.zeros(1, bcc_backend.EVENT_DTYPES["stage2_span_event"])
+    span["kind"], span["func"], span["arg0"], span["arg1"], span["duration_ns"] = 2, 0, 0x4000_0000, 2 << 20, 900
+    tables = bcc_backend.decode_stage2([walk.tobytes(), span.tobytes()])
+    visits = tables["stage2_visit"].to_pylist()
+    assert [(v["walk_id"], v["level"], v["kind"], v["count"]) for v in visits] == [(7, 2, "leaf:block", 1), (7, 3, "leaf:page", 512)]
+    assert tables["split"].to_pylist()[0]["duration_ns"] == 900
+
+
+@pytest.mark.live
+def test_live_kernel_members_of_the_tdp_structs():
+    """This kernel's BTF has the TDP structs the tdp program reads, with the sizes it expects."""
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        livecheck.skip_or_fail("/sys/kernel/btf/vmlinux is absent (CONFIG_DEBUG_INFO_BTF off)")
+    btf = BtfTypes.load()
+    assert btf.member("kvm_page_fault", "gfn").size == 8
+    assert btf.member("kvm_page_fault", "goal_level").size == 1
+    assert btf.member("tdp_iter", "level").size == 4
