@@ -118,3 +118,32 @@ def test_more_memory_than_the_host_has_gives_one_line():
     result = _invoke("-b", "48G")
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and "available" in result.output, result.output
+
+
+@pytest.mark.live
+def test_sigterm_stops_cleanly_and_still_writes_the_layout(tmp_path):
+    """SIGTERM mid-run: one error line, exit 1, the partial layout written, no process left."""
+    need_kvm()
+    import signal
+    import time
+
+    layout = tmp_path / "layout.json"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tracekit.workload", "dirty-log", "-b", "16M", "-i", "100000", "--layout", str(layout)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in child.stdout:
+            if line.startswith("Iteration 2 clear"):
+                break
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 1
+    assert stderr.strip() == "error: stopped by SIGTERM before the run completed"
+    record = json.loads(layout.read_text())
+    assert record["verified"] is True and len(record["iterations"]) >= 2
+    assert record["vcpus"][0]["thread_name"] == "tk-vcpu-0"

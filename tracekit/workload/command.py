@@ -6,8 +6,9 @@ Contract
 name) into validated :class:`DirtyLogOptions`; :func:`dirty_log_command` runs the workload, writes
 the dirty_log_perf_test lines to ``out`` as phases finish (or, with ``as_json``, one JSON document
 at the end; see docs/cli-json/workload.md), writes the layout record to ``layout_path`` when the
-run ends (also after a failure, when there is one), and raises: :class:`WorkloadError` for
-anything that stopped the run, :class:`DirtyLogMismatch` after a complete run whose dirty log was
+run ends (also after a failure or a stop signal, when there is one), and raises: :class:`WorkloadError` for
+anything that stopped the run (:class:`WorkloadInterrupted` for SIGINT, SIGTERM or SIGHUP, which
+tear the VM down cleanly), :class:`DirtyLogMismatch` after a complete run whose dirty log was
 wrong. :data:`OPTION_HELP` holds the help text of every option, so both front ends say the same.
 Standard library only.
 """
@@ -16,13 +17,50 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Optional
+import signal
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 from tracekit.errors import WorkloadError
 from tracekit.workload.dirtylog import DirtyLogResult, run_dirty_log
 from tracekit.workload.options import LOG_MODES, DirtyLogOptions, parse_page_size, parse_size
 
-__all__ = ["OPTION_HELP", "build_options", "dirty_log_command", "write_layout", "DESCRIPTION", "EXAMPLES"]
+__all__ = [
+    "OPTION_HELP",
+    "build_options",
+    "dirty_log_command",
+    "write_layout",
+    "WorkloadInterrupted",
+    "DESCRIPTION",
+    "EXAMPLES",
+]
+
+#: Signals that stop a run early: the VM is torn down and the partial layout is still written.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class WorkloadInterrupted(WorkloadError):
+    """SIGINT, SIGTERM or SIGHUP arrived before the run completed."""
+
+
+@contextmanager
+def _signals_stop_the_run() -> Iterator[None]:
+    """Turn the stop signals into WorkloadInterrupted in the main thread; restore the handlers after."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise WorkloadInterrupted(f"stopped by {signal.Signals(signum).name} before the run completed")
+
+    saved = {}
+    try:
+        for sig in STOP_SIGNALS:
+            saved[sig] = signal.signal(sig, stop)
+    except ValueError:  # not the main thread: leave signals to the caller
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 DESCRIPTION = (
     "Run a VM straight on /dev/kvm (no QEMU) whose vCPUs dirty guest memory while the host logs it: "
@@ -128,7 +166,8 @@ def dirty_log_command(
     """Run, report and record (see the module contract)."""
     emit = (lambda line: None) if as_json else out
     try:
-        result = run_dirty_log(options, emit=emit)
+        with _signals_stop_the_run():
+            result = run_dirty_log(options, emit=emit)
     except WorkloadError as error:
         layout = getattr(error, "layout", None)
         if layout_path and layout:
