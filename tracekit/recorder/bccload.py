@@ -157,7 +157,7 @@ class BccBackend:
             return [], []
         for tp in list(self.bpf.tracepoint_fds):
             try:
-                self.bpf.detach_tracepoint(tp.decode() if isinstance(tp, bytes) else tp)
+                self.bpf.detach_tracepoint(tp if isinstance(tp, bytes) else tp.encode())
             except Exception:  # already gone; close() frees the rest
                 pass
         batches = self.poll()

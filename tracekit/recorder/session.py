@@ -316,7 +316,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                 if now >= next_threads:
                     for t in list_threads(tgid):
                         threads.setdefault(t["tid"], t)
-                    next_threads = now + 0.25
+                    next_threads = now + 0.05
                 if stopper.reason:
                     stop_reason = stopper.reason
                     break
@@ -347,10 +347,15 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                 command_exit = child.returncode
             workload = _read_layout(layout_dir)
             extra = {"workload": workload} if workload is not None else {}
+            for vcpu in (workload or {}).get("vcpus", []):  # threads too short-lived to be seen in /proc
+                if isinstance(vcpu, dict) and isinstance(vcpu.get("tid"), int):
+                    threads.setdefault(vcpu["tid"], {"tid": vcpu["tid"], "comm": str(vcpu.get("thread_name", "")),
+                                                     "vcpu": vcpu.get("index")})
             writer.update_manifest(
                 target={**target, "threads": sorted(threads.values(), key=lambda t: t["tid"])},
                 stop_reason=stop_reason, command_exit=command_exit, family_notes=notes,
-                bytes_read=backend.bytes_read(), **extra)
+                bytes_read=backend.bytes_read(), foreign_events_dropped=getattr(backend, "foreign_events", 0),
+                **extra)
     finally:
         if backend is not None:
             try:

@@ -109,6 +109,8 @@ class TracefsBackend:
         self._fds: dict[int, int] = {}
         self._missed = 0
         self._bytes = 0
+        self._tid_is_foreign: dict[int, bool] = {}
+        self.foreign_events = 0
         self.stale_removed = cleanup_stale_instances(tracefs)
 
     def start(self) -> None:
@@ -171,6 +173,7 @@ class TracefsBackend:
         if not by_name:
             return []
         events = {name: np.concatenate(parts) if len(parts) > 1 else parts[0] for name, parts in by_name.items()}
+        events = self._drop_foreign(events)
         out = []
         for family, _ in self.families:
             mine = {tp: events[tp] for tp in family.tracepoints if tp in events}
@@ -180,6 +183,35 @@ class TracefsBackend:
 
     def bytes_read(self) -> int:
         return self._bytes
+
+    def _foreign(self, tid: int) -> bool:
+        """True when thread ``tid`` is alive and belongs to another process (checked once per tid)."""
+        if tid not in self._tid_is_foreign:
+            foreign = False
+            try:
+                status = Path(f"/proc/{tid}/status").read_text()
+                match = re.search(r"^Tgid:\s*(\d+)", status, re.M)
+                foreign = bool(match) and int(match.group(1)) != self.target_tgid
+            except OSError:
+                pass  # gone: a short-lived thread of the target (set_event_pid let it through)
+            self._tid_is_foreign[tid] = foreign
+        return self._tid_is_foreign[tid]
+
+    def _drop_foreign(self, events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Drop events of other processes' threads that the pid filter let through.
+
+        set_event_pid is decided at context switches, so events fired inside the scheduler (lock
+        contention on a runqueue lock, say) can carry a task outside the filter."""
+        out = {}
+        for name, array in events.items():
+            tids = np.unique(array["common_pid"])
+            foreign = [t for t in tids.tolist() if self._foreign(int(t))]
+            if foreign:
+                keep = ~np.isin(array["common_pid"], foreign)
+                self.foreign_events += int((~keep).sum())
+                array = array[keep]
+            out[name] = array
+        return out
 
     def lost(self) -> list[tuple[str, int, int]]:
         out = []

@@ -1,0 +1,201 @@
+"""Live recordings on this host, checked against ground truth (root, /dev/kvm, tracefs; bcc for bcc).
+
+The built-in workload (``tracekit workload dirty-log``) records every ioctl it issues with
+CLOCK_MONOTONIC entry/exit times, its vCPU threads and the number of test-region write faults a
+shadow-paging host takes; the recorder's capture must agree with that record.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.livecheck import need_bcc, need_kvm, need_tracefs, need_tracepoint
+from tracekit.capture import open_capture
+from tracekit.recorder.kvm_ioctls import KVM_RUN
+from tracekit.recorder.session import RecordConfig, record
+from tracekit.recorder.tracefs import INSTANCE_PREFIX
+
+pytestmark = pytest.mark.live
+TRACEKIT = str(Path(sys.executable).with_name("tracekit"))
+INSTANCES = Path("/sys/kernel/tracing/instances")
+
+
+def _need(backend: str) -> None:
+    need_kvm()
+    need_tracepoint("kvmmmu", "kvm_mmu_pagetable_walk")
+    need_tracepoint("syscalls", "sys_enter_ioctl")
+    need_tracepoint("lock", "contention_begin")
+    if backend == "bcc":
+        need_bcc()
+        from tracekit.capabilities import check_kernel_headers
+
+        headers = check_kernel_headers()
+        if not headers.ok:
+            from tests.livecheck import skip_or_fail
+
+            skip_or_fail(f"bcc needs kernel headers: {headers.fix}")
+    if not Path(TRACEKIT).exists():
+        pytest.skip("the tracekit console script is not installed next to this Python")
+
+
+def _instances(pid: int | None = None) -> set[str]:
+    """Names of the tracefs instances recorder ``pid`` (default: this process) owns."""
+    prefix = f"{INSTANCE_PREFIX}{pid or os.getpid()}-"
+    return {p.name for p in INSTANCES.iterdir() if p.name.startswith(prefix)} if INSTANCES.is_dir() else set()
+
+
+@pytest.fixture(scope="module", params=["bcc", "tracefs"])
+def workload_capture(request, tmp_path_factory):
+    """One recording of a 16 MiB, 3-iteration workload run per backend."""
+    backend = request.param
+    _need(backend)
+    out = tmp_path_factory.mktemp(backend) / "wl.tkcap"
+    summary = record(RecordConfig(output=out, backend=backend, duration=60,
+                                  command=[TRACEKIT, "workload", "dirty-log", "-i", "3", "-b", "16M"]),
+                     stream=None)
+    assert not _instances(), "the tracefs instance was left behind"
+    return backend, summary, open_capture(out)
+
+
+def test_stops_when_the_command_exits_cleanly(workload_capture):
+    _, summary, cap = workload_capture
+    assert summary.stop_reason == "command exited" and summary.command_exit == 0
+    assert cap.manifest["status"] == "complete" and cap.manifest["workload"]["verified"] is not False
+
+
+def test_ioctls_equal_the_workloads_own_log(workload_capture):
+    """Every non-KVM_RUN ioctl of the layout, in order, with entry/exit inside the workload's own times."""
+    _, _, cap = workload_capture
+    layout = cap.manifest["workload"]
+    issued = [i for i in layout["ioctls"] if i["request"] != KVM_RUN]
+    got = cap.dataframe("ioctl").sort_values("ts_ns", kind="stable")
+    assert list(got["cmd"]) == [i["request"] for i in issued]
+    assert list(got["tid"]) == [i["tid"] for i in issued]
+    assert list(got["ret"]) == [i["ret"] for i in issued]
+    entry, exit_ = got["ts_ns"].to_numpy(), got["ts_ns"].to_numpy() + got["duration_ns"].to_numpy()
+    assert np.all(entry >= [i["start_ns"] for i in issued]) and np.all(exit_ <= [i["end_ns"] for i in issued])
+    assert np.all(got["duration_ns"] > 0)
+
+
+def test_kvm_run_is_aggregated_per_vcpu_thread(workload_capture):
+    _, _, cap = workload_capture
+    summary = cap.dataframe("ioctl_summary")
+    vcpus = cap.manifest["workload"]["vcpus"]
+    runs = summary[summary.cmd == KVM_RUN].set_index("tid")["count"].to_dict()
+    assert runs == {v["tid"]: v["kvm_run_count"] for v in vcpus}
+
+
+def test_vcpu_threads_are_named_in_the_manifest(workload_capture):
+    _, _, cap = workload_capture
+    threads = {t["tid"]: t for t in cap.manifest["target"]["threads"]}
+    for v in cap.manifest["workload"]["vcpus"]:
+        assert threads[v["tid"]]["vcpu"] == v["index"]
+
+
+def test_walks_match_the_write_faults_of_the_test_region(workload_capture):
+    """One 3-level software walk per test-region write fault (2 MiB guest pages: PML4, PDPT, PD)."""
+    _, _, cap = workload_capture
+    layout = cap.manifest["workload"]
+    v = layout["vcpus"][0]
+    walks = cap.dataframe("walk")
+    mine = walks[(walks.addr >= v["gva_start"]) & (walks.addr < v["gva_end"])]
+    assert len(mine) == layout["ground_truth"]["test_region_write_faults"]
+    elements = cap.dataframe("walk_element")
+    per_walk = elements[elements.walk_id.isin(mine.walk_id)].groupby("walk_id")
+    assert per_walk.size().eq(3).all()
+    assert set(per_walk["level"].apply(tuple)) == {(4, 3, 2)}
+    assert set(per_walk["index"].apply(tuple)) == {(0, 1, 2)}
+
+
+def test_mmu_events_cover_the_faults(workload_capture):
+    _, _, cap = workload_capture
+    mmu = cap.dataframe("mmu")
+    requested = (mmu.event == "kvm_mmu_spte_requested").sum()
+    assert requested >= cap.manifest["workload"]["ground_truth"]["test_region_write_faults"]
+
+
+def test_only_the_targets_threads_and_nothing_lost(workload_capture):
+    _, _, cap = workload_capture
+    pid = cap.manifest["target"]["pids"][0]
+    for family in ("walk", "ioctl", "lock", "mmu"):
+        table = cap.dataframe(family)
+        assert set(table["pid"]) <= {pid}, family
+    locks = cap.dataframe("lock")
+    assert set(locks["tid"]) <= {t["tid"] for t in cap.manifest["target"]["threads"]}
+    assert (locks["wait_ns"] >= 0).all()
+    assert cap.lost_total() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["bcc", "tracefs"])
+def test_sigkill_leaves_a_readable_capture_and_the_next_run_cleans_up(backend, tmp_path):
+    _need(backend)
+    workload = subprocess.Popen([TRACEKIT, "workload", "dirty-log", "-i", "100000", "-b", "8M"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "killed.tkcap"
+    recorder = None
+    try:
+        time.sleep(1.0)
+        recorder = subprocess.Popen([TRACEKIT, "record", "-q", "--backend", backend, "-p", str(workload.pid),
+                                     "-o", str(out), "--segment-seconds", "0.3"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list(out.glob("walk/part-*.parquet")):
+            assert recorder.poll() is None, recorder.stderr.read().decode()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        recorder.send_signal(signal.SIGKILL)
+        recorder.wait()
+        cap = open_capture(out)
+        assert cap.manifest["status"] != "complete"
+        assert cap.rows("walk") > 0 and cap.rows("walk_element") >= cap.rows("walk")
+        left = _instances(recorder.pid)
+        assert left == (set() if backend == "bcc" else left)
+        if backend == "tracefs":
+            assert left, "a SIGKILLed tracefs recorder leaves its instance (cleaned by the next run)"
+        summary = record(RecordConfig(output=tmp_path / "next.tkcap", backend="tracefs", duration=0.3,
+                                      pid_spec=str(workload.pid), families=("ioctl",)), stream=None)
+        assert summary.rows["ioctl_summary"] >= 0
+        assert not _instances(recorder.pid)
+        manifest = open_capture(tmp_path / "next.tkcap").manifest
+        assert sorted(left) == sorted(manifest["recorder"]["stale_tracefs_instances_removed"])
+    finally:
+        if recorder is not None and recorder.poll() is None:
+            recorder.kill()
+        workload.send_signal(signal.SIGINT)
+        try:
+            workload.wait(10)
+        except subprocess.TimeoutExpired:
+            workload.kill()
+            workload.wait()
+
+
+@pytest.mark.parametrize("backend", ["bcc", "tracefs"])
+def test_sigterm_stops_cleanly(backend, tmp_path):
+    _need(backend)
+    out = tmp_path / "term.tkcap"
+    recorder = subprocess.Popen([TRACEKIT, "record", "-q", "--backend", backend, "-o", str(out), "--json", "--",
+                                 TRACEKIT, "workload", "dirty-log", "-i", "100000", "-b", "8M"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not list(out.glob("walk/part-*.parquet")):
+        time.sleep(0.1)
+    recorder.send_signal(signal.SIGTERM)
+    stdout, stderr = recorder.communicate(timeout=60)
+    assert recorder.returncode == 0, stderr.decode()
+    cap = open_capture(out)
+    assert cap.manifest["status"] == "complete" and cap.manifest["stop_reason"] == "SIGTERM"
+    assert cap.rows("walk") > 0
+    assert not _instances(recorder.pid)
+    import json
+
+    summary = json.loads(stdout)
+    assert summary["stop_reason"] == "SIGTERM" and summary["command_exit"] is not None
