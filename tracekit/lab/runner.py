@@ -132,7 +132,7 @@ def run_lab(
         manifest = {
             "source": {"kind": "lab", "description": f"tracekit lab {arch} --scenario {chosen.name}: {chosen.description}"},
             "backend": "tracefs-kprobe-events",
-            "command_line": command_line,
+            "command_line": _portable(command_line, work, cache, output),
             "host": f"qemu-{arch}-tcg",
             "arch": "aarch64" if arch == "arm64" else "x86_64",
             "kernel_release": trace.meta.get("kernel_release", release_hint),
@@ -147,7 +147,7 @@ def run_lab(
             },
             "workload": {"scenario": chosen.as_dict(), "ioctl_log": trace.meta.get("workload_log", [])},
             "timing_note": TIMING_NOTE,
-            "qemu_command": boot.command,
+            "qemu_command": [_portable(arg, work, cache, output) for arg in boot.command],
         }
         summary = results.write_capture(output, trace, guest_dir, probes, manifest)
         if keep_raw:
@@ -168,6 +168,12 @@ def run_lab(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _portable(text: str, work: Path, cache: Path, output: Path) -> str:
+    """``text`` without this machine's directories: the manifest of a capture travels (samples/)."""
+    text = text.replace(str(work), "$WORK").replace(str(cache), "$TRACEKIT_LAB_CACHE")
+    return text.replace(str(output), output.name)
 
 
 def _family(arch: str) -> tuple:

@@ -151,6 +151,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         64,
         (("workload", 1),),
         eager_page_split=False,
+        expected={"kvm_mmu_split_huge_page": 32},
+        expected_note="each of the 32 huge SPTEs splits on its first write fault (tdp_mmu_split_huge_page from the map)",
     ),
     Scenario(
         "4k",

@@ -1,0 +1,91 @@
+"""Host-side pieces of the lab without booting anything: initramfs, QEMU command, scenarios, CLI errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+from typer.testing import CliRunner
+
+from tracekit.cli import app
+from tracekit.errors import LabError, UsageError
+from tracekit.lab import machine, results, scenarios
+from tracekit.lab.initramfs import write_initramfs
+
+
+def _read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """Minimal newc reader: name -> (mode, data)."""
+    entries, pos = {}, 0
+    while True:
+        assert data[pos : pos + 6] == b"070701"
+        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
+        pos = (pos + 110 + namesize + 3) & ~3
+        if name == "TRAILER!!!":
+            return entries
+        entries[name] = (mode, data[pos : pos + size])
+        pos = (pos + size + 3) & ~3
+
+
+def test_initramfs_holds_root_links_and_extra_files(tmp_path):
+    root = tmp_path / "root"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "busybox").write_bytes(b"\x7fELF" + b"x" * 5)
+    (root / "bin").symlink_to("usr/bin")
+    (root / "usr" / "share" / "doc").mkdir(parents=True)
+    (root / "usr" / "share" / "doc" / "README").write_text("skip me")
+    out = tmp_path / "initrd.cpio"
+    write_initramfs(out, root, {"init": b"#!/bin/sh\n", "opt/x/y.py": b"pass\n"}, exclude=("usr/share/doc",))
+    entries = _read_newc(out.read_bytes())
+    assert entries["usr/bin/busybox"][1] == b"\x7fELF" + b"x" * 5
+    assert entries["bin"] == (0o120777, b"usr/bin")
+    assert entries["init"][0] & 0o777 == 0o755 and entries["opt/x/y.py"][1] == b"pass\n"
+    assert "opt" in entries and "opt/x" in entries
+    assert not any(name.startswith("usr/share/doc") for name in entries)
+
+
+def test_qemu_command_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(machine, "require_tool", lambda name, package: f"/usr/bin/{name}")
+    arm = machine.qemu_command("arm64", tmp_path / "Image", tmp_path / "i", tmp_path / "c", tmp_path / "a", "tk.arch=arm64")
+    assert "virt,virtualization=on,gic-version=3" in arm and "max,pauth-impdef=on" in arm
+    assert f"virtserialport,chardev=tkout,name={machine.GUEST_PORT}" in arm
+    x86 = machine.qemu_command("x86", tmp_path / "bz", tmp_path / "i", tmp_path / "c", tmp_path / "a", "")
+    assert "qemu64,+svm,+npt,+pdpe1gb,-cx16" in x86 and x86[x86.index("-m") + 1] == "3072"
+
+
+def test_scenarios_are_well_formed():
+    for arch in ("arm64", "x86"):
+        assert scenarios.smallest(arch).arch == arch
+        for name in scenarios.names(arch):
+            s = scenarios.get(name, arch)
+            assert s.steps and s.memory_mib > 0
+    with pytest.raises(UsageError, match="choose one of"):
+        scenarios.get("nope", "arm64")
+
+
+def test_unpack_rejects_empty_and_escaping_archives(tmp_path):
+    with pytest.raises(LabError, match="no result archive"):
+        results.unpack(tmp_path / "missing.tar", tmp_path / "out")
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("../escape")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(LabError, match="outside"):
+        results.unpack(evil, tmp_path / "out2")
+
+
+def test_cli_scenarios_json_and_bad_input(tmp_path):
+    runner = CliRunner()
+    listed = json.loads(runner.invoke(app, ["lab", "scenarios", "--arch", "arm64", "--json"]).output)
+    assert {s["name"] for s in listed} == set(scenarios.names("arm64"))
+    assert listed[0]["expected"]["split_walker"] == 65_664
+    bad = runner.invoke(app, ["lab", "arm64", "--scenario", "nope", "-o", str(tmp_path / "x.tkcap")])
+    assert bad.exit_code == 2 and "unknown arm64 lab scenario" in bad.output
+    (tmp_path / "full.tkcap").mkdir()
+    (tmp_path / "full.tkcap" / "f").write_text("x")
+    busy = runner.invoke(app, ["lab", "x86", "-o", str(tmp_path / "full.tkcap")])
+    assert busy.exit_code == 2 and "not empty" in busy.output
