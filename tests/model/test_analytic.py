@@ -96,10 +96,18 @@ def test_skipping_never_visits_more(case):
     assert skipped.walks == plain.walks
 
 
-@given(st.sampled_from([(4 * K, 2 * M), (4 * K, G), (16 * K, 32 * M), (64 * K, 512 * M)]), st.integers(1, 2))
+@given(st.sampled_from([(4 * K, 2 * M), (16 * K, 32 * M), (64 * K, 512 * M)]), st.integers(1, 3))
 @settings(max_examples=8)
 def test_clear_over_whole_slot_splits_every_block_exactly_once(sizes, blocks):
-    granule, block = sizes
+    check_clear_splits_every_block_once(*sizes, blocks)
+
+
+@pytest.mark.slow
+def test_clear_over_whole_slot_splits_every_1g_block_exactly_once():
+    check_clear_splits_every_block_once(4 * K, G, 2)
+
+
+def check_clear_splits_every_block_once(granule: int, block: int, blocks: int) -> None:
     geom = arm64_stage2(granule, 44)
     pgt = Stage2PageTable(geom)
     pgt.populate(block, blocks * block, block)
@@ -116,11 +124,20 @@ def test_clear_over_whole_slot_splits_every_block_exactly_once(sizes, blocks):
     assert again.split.total("splits") == 0 and again.masked_calls > 0
 
 
-@given(st.sampled_from([(4 * K, 2 * M, 4 * K), (4 * K, G, 2 * M), (4 * K, G, G), (16 * K, 32 * M, 16 * K)]),
-       st.integers(1, 2), st.sampled_from(["old", "new"]))
+@given(st.sampled_from([(4 * K, 2 * M, 4 * K), (4 * K, 2 * M, 2 * M), (16 * K, 32 * M, 16 * K)]),
+       st.integers(1, 3), st.sampled_from(["old", "new"]))
 @settings(max_examples=8)
 def test_split_then_coalesce_restores_the_mapping(sizes, blocks, order):
-    granule, block, chunk = sizes
+    check_split_then_coalesce(*sizes, blocks, order)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk, order", [(2 * M, "old"), (G, "new")])
+def test_split_then_coalesce_restores_1g_blocks(chunk, order):
+    check_split_then_coalesce(4 * K, G, chunk, 1, order)
+
+
+def check_split_then_coalesce(granule: int, block: int, chunk: int, blocks: int, order: str) -> None:
     geom = arm64_stage2(granule, 44)
     pgt = Stage2PageTable(geom)
     pgt.populate(block, blocks * block, block)

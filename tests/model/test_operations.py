@@ -118,3 +118,16 @@ def test_coalesce_needs_a_full_table():
 def test_walk_beyond_ipa_space_is_refused():
     with pytest.raises(ModelError, match="IPA space"):
         Stage2PageTable(A64).walk(1 << 40, 4 * K, lambda *a: 0, 1, WalkStats())
+
+
+def test_clear_with_a_user_bitmap_touches_only_its_words():
+    """Initially-set 1 MiB of THP-backed 4K granule = 256 pages = 4 words; clearing only word 2
+    (bits 128..191) write-protects and splits [page 128, page 192): one walk splitting the block."""
+    pgt = Stage2PageTable(A64)
+    pgt.populate(G, 2 * M, 2 * M)
+    log = DirtyLog(EagerSplitter(pgt, 2 * M), G, 2 * M, manual_protect=True, initially_set=True)
+    log.enable()
+    r = log.clear(first_page=0, num_pages=512, bitmap=((1 << 64) - 1) << 128)
+    assert r.masked_calls == 1 and r.split.walks == 1 and r.split.get("splits", 2) == 1
+    assert r.split.get("entries", 3) == 64  # only the word's pages are visited in the new table
+    assert log.clear(first_page=128, num_pages=64).masked_calls == 0  # already cleared

@@ -157,3 +157,14 @@ def test_tdp_populate_rejects_overlap():
     with pytest.raises(ModelError, match="overlap"):
         t.populate(2 * M, 4 * K, 4 * K)
     assert t.mapping_of(3 * M) == 2 and t.mapping_of(8 * M) is None
+
+
+def test_skip_comparison_reports_the_reduction():
+    """64 GiB of THP, 2 MiB chunks: per block 1 L2 callback + 512 L3 callbacks without skipping,
+    1 with SKIP_LEVEL3: callbacks fall by 512/513 = 99.805 %."""
+    from tracekit.model.analytic import skip_comparison
+
+    r = skip_comparison(SplitCase(arm64_stage2(4 * K, 40), G, 64 * G, 2 * M, "enable", 2 * M))
+    assert r["without_skip"].total("callbacks") == 32_768 * 513
+    assert r["with_skip"].total("callbacks") == 32_768 and r["skipped_levels"] == [3]
+    assert r["reduction_percent"]["callbacks"] == pytest.approx(-100 * 512 / 513)

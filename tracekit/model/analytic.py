@@ -42,7 +42,7 @@ from tracekit.model.split import EagerSplitter, check_chunk_size, range_addr_end
 from tracekit.model.stage2 import Stage2PageTable
 from tracekit.model.tdp import TdpPageTable
 
-__all__ = ["SplitCase", "split_accounting", "simulate_split", "check_case"]
+__all__ = ["SplitCase", "split_accounting", "simulate_split", "check_case", "skip_comparison"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ def simulate_split(case: SplitCase) -> WalkStats:
         manual_protect=case.mode == "clear",
         initially_set=case.mode == "clear",
         alloc_drops_lock=case.alloc_drops_lock,
+        write_protect=False,  # permissions only: no effect on the split accounting
     )
     if case.mode == "enable":
         return log.enable().split
@@ -491,3 +492,28 @@ def split_accounting(case: SplitCase) -> WalkStats:
     if level == 1:
         return _x86_pages(case)
     return _x86_blocks(case, level)
+
+
+def skip_comparison(case: SplitCase, skip_levels: frozenset = frozenset({LAST_LEVEL})) -> dict:
+    """Visits of ``case`` without and with SKIP_LEVEL flags (arm64; x86 has none to add).
+
+    Returns ``{"without_skip": WalkStats, "with_skip": WalkStats, "skipped_levels": [...],
+    "reduction_percent": {"entries": float | None, "callbacks": float | None}}``.
+    """
+    base = SplitCase(case.geom, case.base, case.size, case.mapping_size, case.mode, case.chunk_size,
+                     case.cache_capacity, frozenset(), case.alloc_drops_lock)
+    skipped = base if not case.arm64 else SplitCase(
+        case.geom, case.base, case.size, case.mapping_size, case.mode, case.chunk_size,
+        case.cache_capacity, frozenset(skip_levels), case.alloc_drops_lock)
+    without, with_skip = split_accounting(base), split_accounting(skipped)
+
+    def percent(name: str) -> Optional[float]:
+        before, after = without.total(name), with_skip.total(name)
+        return None if before == 0 else 100.0 * (after - before) / before
+
+    return {
+        "without_skip": without,
+        "with_skip": with_skip,
+        "skipped_levels": sorted(with_skip.skipped_levels),
+        "reduction_percent": {"entries": percent("entries"), "callbacks": percent("callbacks")},
+    }

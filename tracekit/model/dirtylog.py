@@ -19,6 +19,9 @@ Contract
   with manual-protect + initially-set, splits it (``kvm_mmu_split_huge_pages``); x86 splits
   ``[start, end + 1)`` (``kvm_mmu_try_split_huge_pages``) then write-protects.
 
+``write_protect=False`` leaves out the write-protect walks (they change permissions only, never
+the split accounting); the explicit split reference uses it to stay fast on large slots.
+
 Each call returns a :class:`DirtyLogResult` with the split accounting, the write-protect
 accounting (arm64 only; x86 write-protection is not walked by the model) and the number of
 ``enable_log_dirty_pt_masked`` calls. Bad CLEAR arguments raise ModelError (the ioctl's -EINVAL).
@@ -63,8 +66,10 @@ class DirtyLog:
         initially_set: bool = False,
         eager_page_split: bool = True,
         alloc_drops_lock: bool = True,
+        write_protect: bool = True,
     ) -> None:
         self.tables = tables
+        self.write_protect = write_protect
         self.arm64 = isinstance(tables, EagerSplitter)
         page = tables.pgt.geom.granule if self.arm64 else 4096
         if base % page or size % page or size <= 0:
@@ -76,7 +81,7 @@ class DirtyLog:
         self.manual_protect = manual_protect
         self.eager_page_split = eager_page_split
         self.alloc_drops_lock = alloc_drops_lock
-        self.dirty = 0  # the slot's dirty bitmap, bit i = page i
+        self.dirty = [0] * -(-self.npages // WORD_PAGES)  # the slot's dirty bitmap, 64 pages a word
         self.enabled = False
 
     # -- arch hooks ----------------------------------------------------------------------------
@@ -88,7 +93,7 @@ class DirtyLog:
             self.tables.split_huge_pages(start, end, stats, alloc_drops_lock=self.alloc_drops_lock)
 
     def _write_protect(self, start: int, end: int, stats: WalkStats) -> None:
-        if self.arm64:
+        if self.arm64 and self.write_protect:
             wrprotect_range(self.tables.pgt, start, end, stats)
 
     # -- ioctls --------------------------------------------------------------------------------
@@ -99,7 +104,11 @@ class DirtyLog:
         self.enabled = True
         end = self.base + self.npages * self.page
         if self.manual_and_init_set:
-            self.dirty = (1 << self.npages) - 1
+            full = (1 << WORD_PAGES) - 1
+            self.dirty = [full] * len(self.dirty)
+            tail = self.npages % WORD_PAGES
+            if tail:
+                self.dirty[-1] = (1 << tail) - 1
             return result
         if self.arm64:
             self._write_protect(self.base, end, result.write_protect)
@@ -113,7 +122,7 @@ class DirtyLog:
         """Record a guest write to page ``page_index`` of the slot."""
         if not 0 <= page_index < self.npages:
             raise ModelError(f"page {page_index} is outside the {self.npages}-page memslot")
-        self.dirty |= 1 << page_index
+        self.dirty[page_index // WORD_PAGES] |= 1 << (page_index % WORD_PAGES)
 
     def clear(self, first_page: int = 0, num_pages: Optional[int] = None, bitmap: Optional[int] = None) -> DirtyLogResult:
         """``KVM_CLEAR_DIRTY_LOG`` of ``num_pages`` from ``first_page``; ``bitmap`` (bit i = page
@@ -128,17 +137,17 @@ class DirtyLog:
             raise ModelError("CLEAR_DIRTY_LOG range is beyond the end of the memslot")
         if num_pages % WORD_PAGES and first_page + num_pages != self.npages:
             raise ModelError("CLEAR_DIRTY_LOG num_pages must be a multiple of 64 unless it reaches the slot end")
-        if bitmap is None:
-            bitmap = (1 << num_pages) - 1
-        result = DirtyLogResult()
+        nwords = -(-num_pages // WORD_PAGES)
         full_word = (1 << WORD_PAGES) - 1
-        for word in range(-(-num_pages // WORD_PAGES)):
+        raw = None if bitmap is None else (bitmap & ((1 << num_pages) - 1)).to_bytes(nwords * 8, "little")
+        result = DirtyLogResult()
+        for word in range(nwords):
             offset = first_page + word * WORD_PAGES
-            user = (bitmap >> (word * WORD_PAGES)) & full_word
+            user = full_word if raw is None else int.from_bytes(raw[word * 8 : word * 8 + 8], "little")
             if not user:
                 continue
-            mask = user & (self.dirty >> offset) & full_word
-            self.dirty &= ~(mask << offset)
+            mask = user & self.dirty[offset // WORD_PAGES]
+            self.dirty[offset // WORD_PAGES] &= ~mask
             if mask:
                 result.masked_calls += 1
                 self._enable_log_dirty_pt_masked(offset, mask, result)
