@@ -30,6 +30,7 @@ import threading
 
 from tracekit.errors import LabError
 from tracekit.workload import libc, uapi
+from tracekit.workload.backend_arm64 import core_reg_id
 
 __all__ = [
     "Arm64Vm",
@@ -38,7 +39,6 @@ __all__ = [
     "DATA_IPA",
     "MMIO_DONE_IPA",
     "KVM_CAP_ARM_VM_IPA_SIZE",
-    "core_reg_id",
 ]
 
 #: The store loop above, little-endian A64 encodings.
@@ -60,15 +60,7 @@ _CODE_SLOT = 0
 _DATA_SLOT = 1
 
 KVM_CAP_ARM_VM_IPA_SIZE = 165
-_KVM_REG_ARM64 = 0x6000_0000_0000_0000
-_KVM_REG_SIZE_U64 = 0x0030_0000_0000_0000
-_KVM_REG_ARM_CORE = 0x0010 << 16
 _PC_INDEX = 32  # struct user_pt_regs: regs[31], sp, pc
-
-
-def core_reg_id(index: int) -> int:
-    """KVM_SET_ONE_REG id of core register ``index`` (x0..x30 = 0..30, sp = 31, pc = 32)."""
-    return _KVM_REG_ARM64 | _KVM_REG_SIZE_U64 | _KVM_REG_ARM_CORE | (index * 2)
 
 
 class _Vcpu:

@@ -206,11 +206,13 @@ _WORKLOAD_BACKING = {"thp": "anonymous_thp", "4k": "anonymous", "hugetlb-2m": "a
 
 
 def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict]) -> list[dict]:
-    """x86: the project's dirty-log workload; each line it emits becomes a step marker."""
+    """The project's dirty-log workload (x86, and arm64 through its arm64 backend); each emitted line ends a step."""
     from tracekit.workload.dirtylog import run_dirty_log
     from tracekit.workload.options import DirtyLogOptions
 
-    _write(Path("/sys/module/kvm/parameters/eager_page_split"), "Y" if scenario.eager_page_split else "N")
+    eager = Path("/sys/module/kvm/parameters/eager_page_split")
+    if eager.exists():
+        _write(eager, "Y" if scenario.eager_page_split else "N")
     if scenario.backing.startswith("hugetlb-"):
         _reserve_hugetlb(scenario)
     step = scenario.steps[0]
@@ -232,14 +234,19 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
         state.update(index=index + 1, start=now)
         tracing.mark(f"tk-step-begin {index + 1} phase")
 
-    result = run_dirty_log(options, emit=emit)
+    backend = None
+    if scenario.arch == "arm64":
+        from tracekit.workload.backend_arm64 import Arm64Backend
+
+        backend = Arm64Backend(eager_split_chunk=scenario.eager_split_chunk)
+    result = run_dirty_log(options, emit=emit, backend=backend)
     tracing.mark(f"tk-step-end {state['index']} end")
     result.check()
     return [{"op": "dirty_log_workload", "options": options.as_dict(), "result": result.as_json()}]
 
 
 def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict]) -> list[dict]:
-    if scenario.arch == "x86":
+    if scenario.steps[0][0] == "workload":
         return _run_workload(scenario, tracing, timings)
     from tracekit.lab.arm64_vm import Arm64Vm
 

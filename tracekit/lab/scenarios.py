@@ -127,6 +127,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected={"stage2_split": 128, "split_walker": 65_664},
     ),
     Scenario(
+        "workload",
+        "arm64",
+        "the project's dirty-log workload (arm64 backend: EL1 guest, stage-1 MMU on) over 64 MiB THP, 2 MiB guest pages",
+        64,
+        (("workload", 1),),
+    ),
+    Scenario(
         "tdp-eager",
         "x86",
         "64 MiB THP, TDP MMU, eager_page_split=Y: the huge pages split when dirty logging is enabled",
