@@ -5,7 +5,8 @@ coalesce restores the mapping, walk depth = levels from the start level to the l
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from tests.model.hypothesis_profile import MODEL, MODEL_SMALL
 from hypothesis import strategies as st
 
 from tracekit.model.accounting import WalkStats
@@ -54,18 +55,20 @@ def x86_cases(draw, allow_1g: bool = False):
     return SplitCase(geom, base, units * mapping, mapping, mode, alloc_drops_lock=draw(st.booleans()))
 
 
+@MODEL
 @given(arm64_cases())
 def test_arm64_analytic_equals_explicit(case):
     assert split_accounting(case) == simulate_split(case)
 
 
+@MODEL
 @given(x86_cases())
 def test_x86_analytic_equals_explicit(case):
     assert split_accounting(case) == simulate_split(case)
 
 
 @pytest.mark.slow
-@settings(max_examples=6)
+@MODEL_SMALL
 @given(st.one_of(arm64_cases(allow_1g=True), x86_cases(allow_1g=True)))
 def test_analytic_equals_explicit_with_1g_blocks(case):
     assert split_accounting(case) == simulate_split(case)
@@ -83,6 +86,7 @@ def test_analytic_periods_match_explicit_across_many_periods():
         assert split_accounting(case) == simulate_split(case)
 
 
+@MODEL
 @given(arm64_cases())
 def test_skipping_never_visits_more(case):
     """With SKIP_LEVEL flags no level sees more entries or callbacks (analytic, so any size)."""
@@ -97,7 +101,7 @@ def test_skipping_never_visits_more(case):
 
 
 @given(st.sampled_from([(4 * K, 2 * M), (16 * K, 32 * M), (64 * K, 512 * M)]), st.integers(1, 3))
-@settings(max_examples=8)
+@MODEL_SMALL
 def test_clear_over_whole_slot_splits_every_block_exactly_once(sizes, blocks):
     check_clear_splits_every_block_once(*sizes, blocks)
 
@@ -126,7 +130,7 @@ def check_clear_splits_every_block_once(granule: int, block: int, blocks: int) -
 
 @given(st.sampled_from([(4 * K, 2 * M, 4 * K), (4 * K, 2 * M, 2 * M), (16 * K, 32 * M, 16 * K)]),
        st.integers(1, 3), st.sampled_from(["old", "new"]))
-@settings(max_examples=8)
+@MODEL_SMALL
 def test_split_then_coalesce_restores_the_mapping(sizes, blocks, order):
     check_split_then_coalesce(*sizes, blocks, order)
 
@@ -149,6 +153,7 @@ def check_split_then_coalesce(granule: int, block: int, chunk: int, blocks: int,
     assert list(pgt.leaves()) == before
 
 
+@MODEL
 @given(st.sampled_from([4 * K, 16 * K, 64 * K]), st.integers(32, 48), st.data())
 def test_walk_depth_is_levels_from_start_to_leaf(granule, ipa, data):
     """A one-page LEAF walk visits exactly one entry per level from the start level to the leaf."""

@@ -6,6 +6,7 @@ import doctest
 
 import pytest
 from hypothesis import given
+from tests.model.hypothesis_profile import MODEL
 from hypothesis import strategies as st
 
 import tracekit.model.geometry as geometry
@@ -80,6 +81,7 @@ def test_parse_and_format_size():
         parse_size("lots")
 
 
+@MODEL
 @given(st.sampled_from([4 * K, 16 * K, 64 * K]), st.integers(32, 52), st.integers(0, (1 << 52) - 1))
 def test_index_split_reassembles_the_address(granule, ipa, addr):
     """Root-page index, per-level indices and page offset reassemble the IPA."""

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 from hypothesis import given
+from tests.model.hypothesis_profile import MODEL
 from hypothesis import strategies as st
 
 import tracekit.model.x86 as x86
@@ -157,6 +158,7 @@ def mappings(draw):
     return levels, leaf_level, page, npages, gva, gpa
 
 
+@MODEL
 @given(mappings(), st.data())
 def test_walk_translates_every_mapped_address(m, data):
     """Walk depth = levels - leaf_level + 1; gpa = base + offset; each pte names the next table."""
