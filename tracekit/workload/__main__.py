@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     dirty = commands.add_parser(
         "dirty-log",
         description=DESCRIPTION,
-        epilog="examples:\n  " + "\n  ".join(e.replace("tracekit workload", "python3 -m tracekit.workload") for e in EXAMPLES),
+        epilog="examples:\n  "
+        + "\n  ".join(e.replace("tracekit workload", "python3 -m tracekit.workload") for e in EXAMPLES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = dirty.add_argument

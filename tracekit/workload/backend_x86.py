@@ -215,7 +215,8 @@ class X86Backend(Backend):
         if self._cpuid is None:
             entries = 64
             while True:
-                buffer = ctypes.create_string_buffer(ctypes.sizeof(uapi.KvmCpuid2) + entries * ctypes.sizeof(uapi.KvmCpuidEntry2))
+                size = ctypes.sizeof(uapi.KvmCpuid2) + entries * ctypes.sizeof(uapi.KvmCpuidEntry2)
+                buffer = ctypes.create_string_buffer(size)
                 uapi.KvmCpuid2.from_buffer(buffer).nent = entries
                 try:
                     kvm.log.call("kvm", kvm.fd, uapi.KVM_GET_SUPPORTED_CPUID, ctypes.addressof(buffer))

@@ -154,7 +154,9 @@ class DirtyLogResult:
         lines.append(report.populate_line(self.populate_ns))
         lines += report.enable_lines(self.enable_ns)
         for it in self.iterations:
-            lines += report.iteration_lines(it.iteration, it.dirty_memory_ns, it.get_dirty_log_ns, it.clear_dirty_log_ns)
+            lines += report.iteration_lines(
+                it.iteration, it.dirty_memory_ns, it.get_dirty_log_ns, it.clear_dirty_log_ns
+            )
         lines.append(report.disable_line(self.disable_ns))
         lines += self.total_lines()
         return lines
@@ -345,7 +347,9 @@ class _Run:
         if max_vcpus and options.vcpus > max_vcpus:
             raise WorkloadError(f"-v {options.vcpus}: this host's KVM allows at most {max_vcpus} vCPUs per VM")
         if nr_memslots and options.memslots + 1 > nr_memslots:
-            raise WorkloadError(f"-x {options.memslots}: this host's KVM allows {nr_memslots} memslots (one is the workload's own)")
+            raise WorkloadError(
+                f"-x {options.memslots}: this host's KVM allows {nr_memslots} memslots (one is the workload's own)"
+            )
         if options.guest_page_size not in backend.guest_page_sizes:
             raise WorkloadError(f"the {backend.arch} backend cannot map {options.guest_page_size} byte guest pages")
         if TEST_GPA + options.total_bytes > backend.max_gpa:
@@ -361,14 +365,17 @@ class _Run:
             raise WorkloadError(
                 "this host's KVM does not offer KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: use -g (legacy KVM_GET_DIRTY_LOG)"
             )
-        self.initially_set = mode == "clear" and options.initially_set and bool(manual & uapi.KVM_DIRTY_LOG_INITIALLY_SET)
+        offered = bool(manual & uapi.KVM_DIRTY_LOG_INITIALLY_SET)
+        self.initially_set = mode == "clear" and options.initially_set and offered
 
         self.vm = vm = kvm.create_vm(backend.vm_type(kvm))
         if mode == "ring":
             ring_max = vm.check_extension(backend.dirty_ring_cap)
             self.caps["dirty_log_ring"] = ring_max
             if not ring_max:
-                raise WorkloadError("this host's KVM does not offer a dirty ring (KVM_CAP_DIRTY_LOG_RING): use --log-mode clear or get")
+                raise WorkloadError(
+                    "this host's KVM does not offer a dirty ring (KVM_CAP_DIRTY_LOG_RING): use --log-mode clear or get"
+                )
             pages_per_vcpu = options.bytes_per_vcpu // ACCESS_STRIDE
             if options.ring_entries:
                 self.ring_bytes = options.ring_entries * DIRTY_GFN_SIZE
@@ -416,7 +423,8 @@ class _Run:
         self.test = backing_mod.allocate(options.backing, options.total_bytes)
         for k in range(options.memslots):
             offset = k * self.slot_size
-            self._add_slot(FIRST_TEST_SLOT + k, TEST_GPA + offset, self.slot_size, self.test.address + offset, options.backing, "test")
+            hva = self.test.address + offset
+            self._add_slot(FIRST_TEST_SLOT + k, TEST_GPA + offset, self.slot_size, hva, options.backing, "test")
         backend.configure_vm(vm, spec)
 
         for state in self.vcpus:
@@ -438,7 +446,9 @@ class _Run:
         flags = uapi.KVM_MEM_LOG_DIRTY_PAGES if enabled else 0
         for slot in self.memslots:
             if slot["role"] == "test":
-                self.vm.set_user_memory_region(slot["slot"], flags, slot["guest_phys_addr"], slot["size"], slot["userspace_addr"])
+                self.vm.set_user_memory_region(
+                    slot["slot"], flags, slot["guest_phys_addr"], slot["size"], slot["userspace_addr"]
+                )
                 slot["flags"] = flags
 
     # -- guest passes -------------------------------------------------------------------------

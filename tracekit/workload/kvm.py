@@ -75,17 +75,18 @@ class IoctlLog:
     def call(self, target: str, fd: int, request: int, arg=0, summary: Optional[dict] = None) -> int:
         """Issue ``ioctl(fd, request, arg)`` and log it; raise WorkloadError on failure."""
         name = uapi.IOCTL_NAMES.get(request, f"{request:#x}")
+        tid = threading.get_native_id()
         start = time.monotonic_ns()
         try:
             ret = libc.ioctl(fd, request, arg)
         except OSError as error:
             end = time.monotonic_ns()
-            self._append(IoctlRecord(name, request, target, fd, start, end, threading.get_native_id(), -error.errno, summary))
+            self._append(IoctlRecord(name, request, target, fd, start, end, tid, -error.errno, summary))
             raise WorkloadError(
                 f"{name} failed: {os.strerror(error.errno)} (errno {errno.errorcode.get(error.errno, error.errno)})"
             ) from None
         end = time.monotonic_ns()
-        self._append(IoctlRecord(name, request, target, fd, start, end, threading.get_native_id(), ret, summary))
+        self._append(IoctlRecord(name, request, target, fd, start, end, tid, ret, summary))
         return ret
 
     def _append(self, record: IoctlRecord) -> None:
@@ -107,11 +108,15 @@ class Kvm:
     def __init__(self, log: Optional[IoctlLog] = None, device: str = KVM_DEVICE) -> None:
         self.log = log if log is not None else IoctlLog()
         if not os.path.exists(device):
-            raise KvmUnavailable(f"{device} does not exist: this host has no KVM (load kvm-intel/kvm-amd or enable nested virtualisation)")
+            raise KvmUnavailable(
+                f"{device} does not exist: this host has no KVM (load kvm-intel/kvm-amd or enable nested virtualisation)"
+            )
         try:
             self.fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
         except PermissionError:
-            raise KvmUnavailable(f"no permission to open {device}: run as root or join the group that owns it (usually 'kvm')") from None
+            raise KvmUnavailable(
+                f"no permission to open {device}: run as root or join the group that owns it (usually 'kvm')"
+            ) from None
         except OSError as error:
             raise KvmUnavailable(f"cannot open {device}: {error.strerror}") from None
         try:
@@ -164,7 +169,9 @@ class Vm:
             request.args[i] = value
         self._call(uapi.KVM_ENABLE_CAP, request, {"cap": cap, "args": list(args)})
 
-    def set_user_memory_region(self, slot: int, flags: int, guest_phys_addr: int, size: int, userspace_addr: int) -> None:
+    def set_user_memory_region(
+        self, slot: int, flags: int, guest_phys_addr: int, size: int, userspace_addr: int
+    ) -> None:
         region = uapi.KvmUserspaceMemoryRegion(
             slot=slot, flags=flags, guest_phys_addr=guest_phys_addr, memory_size=size, userspace_addr=userspace_addr
         )
@@ -180,7 +187,9 @@ class Vm:
 
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap_address: int) -> None:
         """``KVM_CLEAR_DIRTY_LOG``: re-protect the pages whose bits are set in the bitmap."""
-        request = uapi.KvmClearDirtyLog(slot=slot, num_pages=num_pages, first_page=first_page, dirty_bitmap=bitmap_address)
+        request = uapi.KvmClearDirtyLog(
+            slot=slot, num_pages=num_pages, first_page=first_page, dirty_bitmap=bitmap_address
+        )
         self._call(uapi.KVM_CLEAR_DIRTY_LOG, request, {"slot": slot, "first_page": first_page, "num_pages": num_pages})
 
     def reset_dirty_rings(self) -> int:
