@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.livecheck import need_kvm
+from tests.workload.livegate import need_workload
 from tracekit.cli import app
 from tracekit.workload.backing import hugetlb_pool
 
@@ -52,7 +52,7 @@ def test_help_lists_the_selftest_options():
 
 @pytest.mark.live
 def test_run_prints_the_selftest_lines(tmp_path):
-    need_kvm()
+    need_workload()
     layout = tmp_path / "layout.json"
     result = _invoke("-b", "16M", "-i", "2", "--layout", str(layout))
     assert result.exit_code == 0, result.output
@@ -63,7 +63,7 @@ def test_run_prints_the_selftest_lines(tmp_path):
 
 @pytest.mark.live
 def test_json_output(tmp_path):
-    need_kvm()
+    need_workload()
     result = _invoke("-b", "16M", "-i", "2", "-g", "--json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
@@ -78,7 +78,7 @@ def test_json_output(tmp_path):
 
 @pytest.mark.live
 def test_options_this_host_does_not_offer_give_one_line():
-    need_kvm()
+    need_workload()
     total, free = hugetlb_pool(1 << 30)
     if free >= 1:
         pytest.skip("1 GiB hugetlb pages are reserved on this host: the refusal cannot be observed")
@@ -90,7 +90,7 @@ def test_options_this_host_does_not_offer_give_one_line():
 @pytest.mark.live
 def test_stdlib_entry_point_imports_no_third_party_module():
     """``python3 -m tracekit.workload`` runs with the standard library only (for minimal lab guests)."""
-    need_kvm()
+    need_workload()
     probe = (
         "import sys, runpy\n"
         "sys.argv = ['tracekit.workload', 'dirty-log', '-b', '8M', '-i', '1']\n"
@@ -114,7 +114,7 @@ def test_stdlib_entry_point_error_is_one_line():
 
 @pytest.mark.live
 def test_more_memory_than_the_host_has_gives_one_line():
-    need_kvm()
+    need_workload()
     result = _invoke("-b", "48G")
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and "available" in result.output, result.output
@@ -123,7 +123,7 @@ def test_more_memory_than_the_host_has_gives_one_line():
 @pytest.mark.live
 def test_sigterm_stops_cleanly_and_still_writes_the_layout(tmp_path):
     """SIGTERM mid-run: one error line, exit 1, the partial layout written, no process left."""
-    need_kvm()
+    need_workload()
     import signal
     import time
 

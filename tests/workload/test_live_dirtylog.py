@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.livecheck import need_kvm
+from tests.workload.livegate import need_workload
 from tracekit.workload import uapi
 from tracekit.workload.dirtylog import TEST_GPA, TEST_GVA, DirtyLogResult, run_dirty_log
 from tracekit.workload.options import DirtyLogOptions
@@ -29,7 +29,7 @@ PHASE = re.compile(r"^(Populate memory|Enabling dirty logging|Disabling dirty lo
 
 @pytest.fixture(autouse=True)
 def _kvm():
-    need_kvm()
+    need_workload()
 
 
 def _run(**changes) -> tuple[DirtyLogResult, list[str]]:
@@ -165,7 +165,7 @@ def test_nothing_left_behind():
 
 def test_interrupt_mid_run_leaves_nothing_behind():
     """An exception from the output callback (as Ctrl-C would raise) stops the run at once, cleanly."""
-    need_kvm()
+    need_workload()
     before = set(os.listdir("/proc/self/fd"))
     threads = set(os.listdir("/proc/self/task"))
 

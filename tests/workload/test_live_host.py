@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.livecheck import TRACEFS, need_kvm, need_root, need_tracepoint, skip_or_fail
+from tests.livecheck import TRACEFS, need_root, need_tracepoint, skip_or_fail
+from tests.workload.livegate import need_workload
 from tracekit.workload.backing import hugetlb_pool
 from tracekit.workload.dirtylog import TEST_GVA, run_dirty_log
 from tracekit.workload.options import DirtyLogOptions
@@ -32,7 +33,7 @@ WALK = re.compile(r"^\s*.+?-(\d+)\s+\[\d+\].*?kvm_mmu_pagetable_walk: addr ([0-9
 
 
 def test_hugetlb_2mb_backing():
-    need_kvm()
+    need_workload()
     need_root()
     pages = 32  # 64 MiB
     previous = int(NR_HUGEPAGES.read_text())
@@ -67,7 +68,7 @@ def _shadow_paging() -> bool:
     ids=["default", "2vcpu-random-30pct-get"],
 )
 def test_guest_writes_produce_the_predicted_walks(changes):
-    need_kvm()
+    need_workload()
     need_tracepoint("kvmmmu", "kvm_mmu_pagetable_walk")
     if not _shadow_paging():
         skip_or_fail("KVM uses TDP (EPT/NPT) here: guest page-table walks are done by hardware, not traced")
