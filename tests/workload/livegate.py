@@ -14,3 +14,18 @@ def need_workload() -> None:
         backend_for()
     except WorkloadError as error:
         skip_or_fail(str(error))
+
+
+def need_log_mode(mode: str) -> None:
+    """Skip (or fail) unless this host's KVM offers the dirty-log ``mode`` (clear, get or ring)."""
+    from tracekit.workload import uapi
+    from tracekit.workload.kvm import Kvm
+
+    need_workload()
+    cap = {"clear": uapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, "ring": uapi.KVM_CAP_DIRTY_LOG_RING}.get(mode)
+    if cap is None:
+        return
+    with Kvm() as kvm:
+        offered = kvm.check_extension(cap)
+    if not offered:
+        skip_or_fail(f"this host's KVM does not offer the {mode} dirty-log mode (capability {cap})")

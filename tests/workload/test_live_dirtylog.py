@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workload.livegate import need_workload
+from tests.workload.livegate import need_log_mode, need_workload
 from tracekit.workload import uapi
 from tracekit.workload.dirtylog import TEST_GPA, TEST_GVA, DirtyLogResult, run_dirty_log
 from tracekit.workload.options import DirtyLogOptions
@@ -48,6 +48,7 @@ def _pages(result: DirtyLogResult) -> int:
 @pytest.mark.parametrize("mode", ["clear", "get", "ring"])
 def test_every_mode_reports_exactly_the_written_pages(mode, vcpus):
     """100 % writes in order: every iteration dirties every page of the region."""
+    need_log_mode(mode)
     result, lines = _run(log_mode=mode, vcpus=vcpus)
     assert result.log_mode == mode and result.verified
     assert [it.dirty_pages for it in result.iterations] == [_pages(result)] * 3
@@ -56,6 +57,7 @@ def test_every_mode_reports_exactly_the_written_pages(mode, vcpus):
 
 
 def test_default_mode_is_manual_clear_with_initially_set():
+    need_log_mode("clear")
     result, _ = _run()
     assert (result.log_mode, result.initially_set) == ("clear", True)
     assert [op["cap"] for op in (r.get("arg", {}) for r in result.layout["ioctls"]) if "args" in op] == [
@@ -158,6 +160,7 @@ def test_layout_record():
 def test_nothing_left_behind():
     before = set(os.listdir("/proc/self/fd"))
     threads = set(os.listdir("/proc/self/task"))
+    need_log_mode("ring")
     _run(vcpus=2, log_mode="ring")
     assert set(os.listdir("/proc/self/fd")) <= before
     assert set(os.listdir("/proc/self/task")) <= threads
@@ -182,6 +185,7 @@ def test_interrupt_mid_run_leaves_nothing_behind():
 def test_full_dirty_ring_is_harvested_by_the_vcpu_mid_pass():
     """4,096 pages per vCPU through rings of 512 entries: KVM exits with DIRTY_RING_FULL, the vCPU
     thread harvests its ring and resets it, and the iteration's dirty set is still exact."""
+    need_log_mode("ring")
     result, _ = _run(log_mode="ring", ring_entries=512, vcpus=2, iterations=2)
     assert result.layout["ring_bytes"] == 512 * 16
     assert [it.dirty_pages for it in result.iterations] == [8192, 8192]
