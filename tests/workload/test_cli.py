@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.workload.livegate import need_workload
+from tests.workload.livegate import need_log_mode, need_workload
 from tracekit.cli import app
 from tracekit.workload.backing import hugetlb_pool
 
@@ -52,7 +52,7 @@ def test_help_lists_the_selftest_options():
 
 @pytest.mark.live
 def test_run_prints_the_selftest_lines(tmp_path):
-    need_workload()
+    need_log_mode("clear")
     layout = tmp_path / "layout.json"
     result = _invoke("-b", "16M", "-i", "2", "--layout", str(layout))
     assert result.exit_code == 0, result.output
