@@ -102,7 +102,24 @@ class IoctlLog:
         return sum(r.end_ns - r.start_ns for r in self.records() if r.name == name)
 
 
-class Kvm:
+class _FileDescriptor:
+    """An owned file descriptor ``fd`` (-1 once closed); a context manager that closes it."""
+
+    fd = -1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Kvm(_FileDescriptor):
     """The ``/dev/kvm`` system file descriptor."""
 
     def __init__(self, log: Optional[IoctlLog] = None, device: str = KVM_DEVICE) -> None:
@@ -136,19 +153,8 @@ class Kvm:
         fd = self.log.call("kvm", self.fd, uapi.KVM_CREATE_VM, vm_type, {"type": vm_type})
         return Vm(self, fd)
 
-    def close(self) -> None:
-        if getattr(self, "fd", -1) >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
-    def __enter__(self) -> "Kvm":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Vm:
+class Vm(_FileDescriptor):
     """A VM file descriptor (from ``KVM_CREATE_VM``)."""
 
     def __init__(self, kvm: Kvm, fd: int) -> None:
@@ -200,19 +206,8 @@ class Vm:
         fd = self._call(uapi.KVM_CREATE_VCPU, index, {"index": index})
         return Vcpu(self, fd, index, ring_bytes)
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
-    def __enter__(self) -> "Vm":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Vcpu:
+class Vcpu(_FileDescriptor):
     """A vCPU file descriptor with its ``struct kvm_run`` (and dirty ring, if any) mapped."""
 
     def __init__(self, vm: Vm, fd: int, index: int, ring_bytes: int = 0) -> None:
@@ -272,12 +267,4 @@ class Vcpu:
         if self.run_address:
             libc.munmap(self.run_address, self._run_size)
             self.run_address = 0
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> "Vcpu":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().close()
