@@ -11,9 +11,12 @@ def need_workload() -> None:
     """Skip (or fail under TRACEKIT_REQUIRE_LIVE=1) unless the built-in workload can run here."""
     need_kvm()
     try:
-        backend_for()
+        backend = backend_for()
     except WorkloadError as error:
         skip_or_fail(str(error))
+        return
+    if backend.arch != "x86_64":  # the arm64 backend runs in the arm64 lab (tests/lab)
+        skip_or_fail(f"these live tests check the x86-64 backend; this host is {backend.arch}")
 
 
 def need_log_mode(mode: str) -> None:

@@ -116,7 +116,7 @@ def backend_for(machine: str | None = None) -> Backend:
 
         return X86Backend()
     if machine in ("aarch64", "arm64"):
-        raise WorkloadError(
-            "the arm64 workload backend (KVM_ARM_VCPU_INIT, IPA size in the VM type) is not implemented yet"
-        )
+        from tracekit.workload.backend_arm64 import Arm64Backend
+
+        return Arm64Backend()
     raise WorkloadError(f"the built-in KVM workload has no backend for {machine}")
