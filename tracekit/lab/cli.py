@@ -58,6 +58,8 @@ def _run(arch: str, scenario: str, output: Path, kernel: Optional[Path], modules
         typer.echo(f"probes:   {len(run.probes['attached'])} attached, {len(run.probes['failed'])} not")
         for failed in run.probes["failed"]:
             typer.echo(f"  - {failed['probe']}: {failed['reason']}")
+        if run.probes.get("silent"):
+            typer.echo(f"attached, never hit: {', '.join(run.probes['silent'])} (inlined into a caller, or unused here)")
         for step in run.steps:
             counts = ", ".join(f"{k}={v:,}" for k, v in sorted(step["counts"].items())) or "-"
             typer.echo(f"step {step['index']} {step['op']:<22} {counts}")

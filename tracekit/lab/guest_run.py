@@ -91,6 +91,12 @@ class _Tracing:
             _write(self.instance / "events" / system / event / "enable", "1")
         _write(self.instance / "tracing_on", "1")
 
+    def set_hot(self, enabled: bool, hot: set[str]) -> None:
+        """Enable or disable the per-entry (hot) probes' events in the instance."""
+        for name in self.defined:
+            if name in hot:
+                _write(self.instance / "events" / TRACEFS_GROUP / name / "enable", "1" if enabled else "0")
+
     def mark(self, text: str) -> None:
         _write(self.instance / "trace_marker", text)
 
@@ -252,13 +258,18 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
 
     if scenario.backing.startswith("hugetlb-"):
         _reserve_hugetlb(scenario)
-    vm = Arm64Vm(
-        scenario.memory_mib << 20,
-        backing=scenario.backing,
-        eager_split_chunk=scenario.eager_split_chunk,
-        manual_protect=scenario.manual_protect,
-        vcpus=scenario.vcpus,
-    )
+    def new_vm() -> Arm64Vm:
+        return Arm64Vm(
+            scenario.memory_mib << 20,
+            backing=scenario.backing,
+            eager_split_chunk=scenario.eager_split_chunk,
+            manual_protect=scenario.manual_protect,
+            vcpus=scenario.vcpus,
+        )
+
+    hot = {p.name for p in _family(scenario.arch)[0] if p.hot}
+    vm = new_vm()
+    log: list[dict] = []
     try:
         for index, step in enumerate(scenario.steps):
             op, args = step[0], step[1:]
@@ -276,6 +287,12 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
                 vm.get_dirty_log()
             elif op == "clear":
                 vm.clear_dirty_log()
+            elif op == "hot":
+                tracing.set_hot(bool(args[0]), hot)
+            elif op == "new_vm":
+                log += vm.log
+                vm.close()
+                vm = new_vm()
             elif op == "clear_while_touching":
                 writers = threading.Thread(target=vm.touch_parallel, args=(args[0],))
                 writers.start()
@@ -285,7 +302,7 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
                 raise ValueError(f"unknown scenario step {op!r}")
             timings.append({"index": index, "op": op, "start_ns": start, "end_ns": time.monotonic_ns()})
             tracing.mark(f"tk-step-end {index} {op}")
-        return vm.log
+        return log + vm.log
     finally:
         vm.close()
 

@@ -149,6 +149,9 @@ def run_lab(
             "timing_note": TIMING_NOTE,
             "qemu_command": [_portable(arg, work, cache, output) for arg in boot.command],
         }
+        hits = {ev.name for ev in trace.events}
+        # attached but never hit: an inlined-into-its-caller global symbol, or a path the scenario skips
+        manifest["probes"]["silent"] = [name for name in manifest["probes"]["attached"] if name not in hits]
         summary = results.write_capture(output, trace, guest_dir, probes, manifest)
         if keep_raw:
             shutil.copytree(guest_dir, output.parent / f"{output.name}.guest")

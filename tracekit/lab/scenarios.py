@@ -13,6 +13,8 @@ steps executed in order by :mod:`tracekit.lab.guest_run`. Each step is a tuple `
 - ``("log", on)``: set or clear ``KVM_MEM_LOG_DIRTY_PAGES`` on the slot;
 - ``("get_dirty",)``, ``("clear",)``: ``KVM_GET_DIRTY_LOG`` / ``KVM_CLEAR_DIRTY_LOG`` of the whole slot;
 - ``("clear_while_touching", stride)``: CLEAR from the VMM thread while all vCPUs store;
+- ``("hot", on)``: enable or disable the per-entry visitor probes (overhead comparisons);
+- ``("new_vm",)``: replace the nested VM by a fresh one with the same settings;
 - ``("workload", iterations)`` (x86): the project's dirty-log workload (populate, enable logging,
   ``iterations`` passes with GET or CLEAR, disable), each of its phases a step.
 
@@ -125,6 +127,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         backing="hugetlb-2m",
         eager_split_chunk=_BLOCK,
         expected={"stage2_split": 128, "split_walker": 65_664},
+    ),
+    Scenario(
+        "overhead",
+        "arm64",
+        "eager-enable twice on fresh VMs: first without the per-entry visitor probes, then with them (step times)",
+        256,
+        _FAULT_IN + (("hot", False), ("log", True), ("new_vm",)) + _FAULT_IN + (("hot", True), ("log", True)),
+        eager_split_chunk=_BLOCK,
+        expected={"stage2_split": 256, "split_walker": 65_664},
+        expected_note="two enables of 128 splits each; visitor events only from the second (128 + 65,536)",
     ),
     Scenario(
         "workload",
