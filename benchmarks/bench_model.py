@@ -46,6 +46,7 @@ def main() -> None:
         "arm64 THP, 2M chunks, enable, SKIP_LEVEL3": SplitCase(a64, G, big, 2 * M, "enable", 2 * M,
                                                                skip_levels=frozenset({3})),
         "arm64 hugetlb-1g, 2M chunks, clear": SplitCase(a64, G, big, G, "clear", 2 * M),
+        "arm64 hugetlb-1g, 4K chunks, enable": SplitCase(a64, G, big, G, "enable", 4 * K),
         "x86 hugetlb-1g, clear": SplitCase(x86_geometry(4), G, big, G, "clear"),
         "x86 4K pages, clear": SplitCase(x86_geometry(4), G + 4 * K, big, 4 * K, "clear"),
     }

@@ -22,8 +22,9 @@ How it is computed:
 - a block-backed slot (block-aligned, as the fault path requires) is cut into periods of
   ``P = max(chunk, word, top block)``; every walk lies inside one period and every interior period
   sees the same walks on the same untouched blocks with the same memory cache (topped up to its
-  capacity before each walk that finds it short), so one or two representative periods are
-  computed walk by walk (each walk in O(1) from frontiers of split blocks) and multiplied.
+  capacity before each walk that finds it short), so a period is computed walk by walk (each walk
+  in O(1) from frontiers of split blocks) until one starts in the same state as the previous one,
+  and that one is multiplied; inside a 1 GiB block the same is done with 2 MiB sub-periods.
 
 Raises ModelError for impossible requests (misaligned slot, a size the granule lacks, a slot beyond
 the address space).
@@ -345,39 +346,55 @@ def _arm64_pages(case: SplitCase) -> WalkStats:
     return s
 
 
-def _arm64_blocks(case: SplitCase, top: int) -> WalkStats:
-    g = case.geom
-    start, end = case.base, case.base + case.size
-    period = max(case.chunk_size, case.word if case.mode == "clear" else 0, g.level_size(top))
-    first = -(-start // period) * period
-    last = end - end % period
-    total = WalkStats()
-    st = _Arm64State(case, start, 0)
+def _relation(frontier: int, at: int, period: int) -> str:
+    """Where a split frontier lies relative to the period starting at ``at``."""
+    if frontier < at:
+        return "behind"
+    if frontier == at:
+        return "at"
+    return "beyond" if frontier >= at + period else "inside"
+
+
+def _arm64_span(case: SplitCase, st: _Arm64State, total: WalkStats, lo: int, hi: int, top: int,
+                periods: list[int]) -> bool:
+    """Every walk of [lo, hi), with whole periods of ``periods[0]`` computed once per distinct
+    starting state and multiplied (finer periods inside). True if the split stopped for good."""
+    if not periods:
+        return _arm64_run(case, st, total, lo, hi, top)
+    period, finer = periods[0], periods[1:]
+    first = -(-lo // period) * period
+    last = hi - hi % period
     if last - first < 3 * period:
-        _arm64_run(case, st, total, start, end, top)
-        return total
-    if _arm64_run(case, st, total, start, first, top):
-        return total
-    n = (last - first) // period
-    done = 0
+        return _arm64_span(case, st, total, lo, hi, top, finer)
+    if _arm64_span(case, st, total, lo, first, top, finer):
+        return True
     at = first
-    while done < n:
-        before = st.nobjs
+    while at < last:
+        key = (st.nobjs, _relation(st.f1, at, period), _relation(st.f2, at, period))
         rep = WalkStats()
-        stopped = _arm64_run(case, st, rep, at, at + period, top)
+        if _arm64_span(case, st, rep, at, at + period, top, finer):
+            total.merge(rep)
+            return True
         total.merge(rep)
-        done += 1
         at += period
-        if stopped:
-            return total
-        if st.nobjs == before:
-            # Steady state: the next period starts like this one did (blocks untouched, same
-            # cache), so every remaining period repeats it exactly.
-            total.merge(rep, n - done)
+        if at < last and key == (st.nobjs, _relation(st.f1, at, period), _relation(st.f2, at, period)):
+            # The next period starts exactly like this one did (same cache, same split state of
+            # its blocks), so it and every later one repeat these walks.
+            total.merge(rep, (last - at) // period)
             st.f1 = last if st.f1 == at else st.f1
             st.f2 = last if st.f2 == at else st.f2
-            break
-    _arm64_run(case, st, total, last, end, top)
+            at = last
+    return _arm64_span(case, st, total, last, hi, top, finer)
+
+
+def _arm64_blocks(case: SplitCase, top: int) -> WalkStats:
+    g = case.geom
+    unit = max(case.chunk_size, case.word if case.mode == "clear" else 0)
+    # Periods: the top block (all walks of one block), then, inside a 1G block, one 2M child.
+    periods = sorted({max(unit, g.level_size(level)) for level in range(top, LAST_LEVEL)}, reverse=True)
+    total = WalkStats()
+    st = _Arm64State(case, case.base, 0)
+    _arm64_span(case, st, total, case.base, case.base + case.size, top, periods)
     return total
 
 
