@@ -155,12 +155,14 @@ class BccBackend:
         """Detach, drain the rings, and build the end-of-run tables: (last batches, final tables)."""
         if self.bpf is None:
             return [], []
-        for tp in list(self.bpf.tracepoint_fds):
+        batches = []
+        for tp in list(self.bpf.tracepoint_fds):  # each detach waits for RCU: keep draining meanwhile
             try:
                 self.bpf.detach_tracepoint(tp if isinstance(tp, bytes) else tp.encode())
             except Exception:  # already gone; close() frees the rest
                 pass
-        batches = self.poll()
+            batches += self.poll()
+        batches += self.poll()
         stop_ns = time.monotonic_ns()
         finals = [(family, family.finish(self.bpf, stop_ns)) for family, _ in self.families]
         return batches, finals

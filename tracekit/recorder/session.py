@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import resource
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,7 @@ class RecordSummary:
     command_exit: int | None = None
     recorder_cpu_s: float = 0.0
     peak_rss_kb: int = 0
+    recording_rss_kb: int = 0  # peak VmRSS sampled while recording (after the BPF compile)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -126,6 +129,17 @@ def _check_output(path: Path) -> None:
         raise UsageError(f"output directory {parent} does not exist")
 
 
+def _vm_rss_kb() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _dir_bytes(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path, followlinks=False):
@@ -135,6 +149,56 @@ def _dir_bytes(path: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+class _AsyncWriter:
+    """Runs the capture writer's calls, in order, on one thread of their own.
+
+    Parquet encoding and compression (which release the GIL) then never stall the ring drain.
+    Memory stays bounded: :meth:`submit` blocks while more than ``max_rows`` rows wait. The first
+    error of a call (disk full) is raised by the next :meth:`submit` or by :meth:`close`."""
+
+    def __init__(self, writer: CaptureWriter, max_rows: int = 2_000_000):
+        self._writer = writer
+        self._queue: queue.Queue = queue.Queue()
+        self._pending = 0
+        self._max_rows = max_rows
+        self._cond = threading.Condition()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tracekit-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, rows: int = 0) -> None:
+        if self.error is not None:
+            raise self.error
+        with self._cond:
+            while self._pending > self._max_rows and self.error is None:
+                self._cond.wait(0.1)
+            self._pending += rows
+        self._queue.put((fn, args, rows))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args, rows = item
+            try:
+                if self.error is None:
+                    fn(*args)
+            except BaseException as error:  # handed to the recording thread
+                self.error = error
+            finally:
+                with self._cond:
+                    self._pending -= rows
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wait for every submitted call; raise the first error of one."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class _Stopper:
@@ -254,13 +318,14 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
     command_exit = None
     threads: dict[int, dict] = {}
     writer: CaptureWriter | None = None
+    recording_rss = 0
     try:
         if command:
             child = spawn_gated(command, stdout_to_stderr=config.command_stdout_to_stderr)
-            target = {"pids": [child.pid], "comm": os.path.basename(command[0]), "guest": None}
+            target = {"pids": [child.pid], "comm": os.path.basename(command[0]), "name": None}
         else:
             found = resolve_target(config.pid_spec or "")
-            target = {"pids": [found.pid], "comm": found.comm, "guest": found.guest}
+            target = {"pids": [found.pid], "comm": found.comm, "name": found.guest}
         tgid = target["pids"][0]
         for t in list_threads(tgid):
             threads[t["tid"]] = t
@@ -289,56 +354,63 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                 for table, schema in family.tables().items():
                     writer.declare(table, schema)
             backend.start()
+            rusage0 = resource.getrusage(resource.RUSAGE_SELF)  # recorder CPU counts from here, not the compile
             writer.update_manifest(probes={**writer.manifest["probes"], "attached": backend.attached})
             status.say(
-                f"Tracing pid {tgid} ({target['comm']}{', guest ' + target['guest'] if target['guest'] else ''}) "
+                f"Tracing pid {tgid} ({target['comm']}{', guest ' + target['name'] if target['name'] else ''}) "
                 f"with {backend_name}: {', '.join(f.name for f, _ in plan)} ({len(backend.attached)} tracepoints) "
                 f"into {output}"
                 + (f" for {config.duration:g} s" if config.duration else "")
                 + ". Hit Ctrl-C to stop.")
             if failed:
                 status.say("Not attached: " + "; ".join(f"{f['probe']} ({f['reason']})" for f in failed))
-            t0 = time.monotonic()  # the duration counts from the moment the probes are attached
-            if child is not None:
-                child.release()
-            next_threads = time.monotonic() + 0.25
-            while True:
-                now = time.monotonic()
-                for family, tables in backend.poll():
+            sink = _AsyncWriter(writer)
+            lost: dict[tuple[str, int], int] = {}
+
+            def deliver(batches: list) -> None:
+                for _family, tables in batches:
                     for name, table in tables.items():
                         if table.num_rows:
-                            writer.append(name, table)
+                            sink.submit(writer.append, name, table, rows=table.num_rows)
                             status.count(name, table.num_rows)
                 for probe, cpu, count in backend.lost():
-                    writer.add_lost(probe, cpu, count)
-                writer.tick()
-                status.maybe_show(writer.lost_total(), lambda: _dir_bytes(output))
-                if now >= next_threads:
-                    for t in list_threads(tgid):
-                        threads.setdefault(t["tid"], t)
-                    next_threads = now + 0.05
-                if stopper.reason:
-                    stop_reason = stopper.reason
-                    break
-                if config.duration is not None and now - t0 >= config.duration:
-                    stop_reason = "duration"
-                    break
-                if child is not None and child.poll() is not None:
-                    command_exit = child.returncode
-                    stop_reason = "command exited"
-                    break
-                if child is None and not pid_alive(tgid):
-                    stop_reason = "target exited"
-                    break
-                time.sleep(config.poll_interval)
-            batches, finals = backend.stop()
-            for family, tables in batches + finals:
-                for name, table in tables.items():
-                    if table.num_rows:
-                        writer.append(name, table)
-                        status.count(name, table.num_rows)
-            for probe, cpu, count in backend.lost():
-                writer.add_lost(probe, cpu, count)
+                    if lost.get((probe, cpu)) != count:
+                        lost[(probe, cpu)] = count
+                        sink.submit(writer.add_lost, probe, cpu, count)
+
+            try:
+                t0 = time.monotonic()  # the duration counts from the moment the probes are attached
+                if child is not None:
+                    child.release()
+                next_threads = time.monotonic() + 0.05
+                while True:
+                    now = time.monotonic()
+                    deliver(backend.poll())
+                    sink.submit(writer.tick)
+                    status.maybe_show(sum(lost.values()), lambda: _dir_bytes(output))
+                    if now >= next_threads:
+                        recording_rss = max(recording_rss, _vm_rss_kb())
+                        for t in list_threads(tgid):
+                            threads.setdefault(t["tid"], t)
+                        next_threads = now + 0.05
+                    if stopper.reason:
+                        stop_reason = stopper.reason
+                        break
+                    if config.duration is not None and now - t0 >= config.duration:
+                        stop_reason = "duration"
+                        break
+                    if child is not None and child.poll() is not None:
+                        command_exit = child.returncode
+                        stop_reason = "command exited"
+                        break
+                    if child is None and not pid_alive(tgid):
+                        stop_reason = "target exited"
+                        break
+                    time.sleep(config.poll_interval)
+                batches, finals = backend.stop()
+                deliver(batches + finals)
+            finally:
+                sink.close()
             notes: dict[str, Any] = {}
             for family, _ in plan:
                 notes.update(family.manifest_notes())
@@ -374,7 +446,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
         bytes_written=_dir_bytes(output), stop_reason=stop_reason, attached=list(backend.attached if backend else []),
         failed=failed, command_exit=command_exit,
         recorder_cpu_s=round(rusage1.ru_utime + rusage1.ru_stime - rusage0.ru_utime - rusage0.ru_stime, 3),
-        peak_rss_kb=rusage1.ru_maxrss,
+        peak_rss_kb=rusage1.ru_maxrss, recording_rss_kb=max(recording_rss, _vm_rss_kb()),
     )
     status.say(f"Stopped ({stop_reason}) after {summary.seconds:.1f} s: "
                + ", ".join(f"{n} {r:,}" for n, r in rows.items() if r)
