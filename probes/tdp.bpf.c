@@ -174,5 +174,7 @@ int tk_tdp_clear_masked_entry(struct pt_regs *ctx) { return tdp_entry(TK_TDP_FN_
 int tk_tdp_clear_masked_return(struct pt_regs *ctx) { return tdp_return(ctx, TK_TDP_FN_CLEAR_MASKED); }
 int tk_tdp_zap_collapse_entry(struct pt_regs *ctx) { return tdp_entry(TK_TDP_FN_ZAP_COLLAPSE, 0, 0); }
 int tk_tdp_zap_collapse_return(struct pt_regs *ctx) { return tdp_return(ctx, TK_TDP_FN_ZAP_COLLAPSE); }
+int tk_tdp_wrprot_entry(struct pt_regs *ctx) { return tdp_entry(TK_TDP_FN_WRPROT, 0, PT_REGS_PARM3(ctx)); }
+int tk_tdp_wrprot_return(struct pt_regs *ctx) { return tdp_return(ctx, TK_TDP_FN_WRPROT); }
 int tk_tdp_vendor_exit_entry(struct pt_regs *ctx) { return tdp_entry(TK_TDP_FN_VENDOR_EXIT, 0, 0); }
 int tk_tdp_vendor_exit_return(struct pt_regs *ctx) { return tdp_return(ctx, TK_TDP_FN_VENDOR_EXIT); }

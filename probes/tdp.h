@@ -25,7 +25,8 @@
 #define TK_TDP_FN_CLEAR_MASKED	8	/* kvm_tdp_mmu_clear_dirty_pt_masked(kvm, root, gfn, mask, wrprot) */
 #define TK_TDP_FN_ZAP_COLLAPSE	9	/* kvm_tdp_mmu_zap_collapsible_sptes(kvm, slot) */
 #define TK_TDP_FN_VENDOR_EXIT	10	/* npf_interception / handle_ept_violation (vcpu) */
-#define TK_TDP_FUNCS		11
+#define TK_TDP_FN_WRPROT	11	/* kvm_tdp_mmu_wrprot_slot(kvm, slot, min_level): arg1 = min_level */
+#define TK_TDP_FUNCS		12
 
 struct tdp_span_event {
 	struct tk_header hdr;	/* ts_ns = entry */

@@ -11,13 +11,13 @@ SYMS = parse_kallsyms("0000000000001000 t stage2_split_walker\n0000000000002000 
 BLOCK, TABLE, PAGE = 0x401, 0x403, 0x403  # valid block (type 0), table/page (type 1)
 
 
-def _walk(ts, cpu, addr, size, cb=0x1000, mmu=1):
-    return ProbeEvent(ts, cpu, 100, "pgtable_walk", {"addr": addr, "size": size, "flags": 1, "cb": cb, "mmu": mmu,
+def _walk(ts, cpu, addr, size, cb=0x1000, mmu=1, tid=100):
+    return ProbeEvent(ts, cpu, tid, "pgtable_walk", {"addr": addr, "size": size, "flags": 1, "cb": cb, "mmu": mmu,
                                                       "start_level": 1})  # fmt: skip
 
 
-def _ret(ts, cpu, name, ret=0):
-    return ProbeEvent(ts, cpu, 100, f"{name}_ret", {"ret": ret})
+def _ret(ts, cpu, name, ret=0, tid=100):
+    return ProbeEvent(ts, cpu, tid, f"{name}_ret", {"ret": ret})
 
 
 def _visit(ts, cpu, level, old, visit=1, name="split_walker"):
@@ -64,13 +64,27 @@ def test_nested_walks_attribute_visits_to_the_innermost():
     assert durations == {0: 6, 1: 2}
 
 
-def test_per_cpu_pairing_host_walks_and_unpaired_returns():
-    events = [_walk(0, 0, 0, 4096), _walk(1, 1, 0, 4096, mmu=0), _ret(2, 1, "pgtable_walk"),
-              _ret(3, 0, "pgtable_walk"), _ret(4, 0, "stage2_split"), _walk(5, 0, 0, 4096)]  # fmt: skip
+def test_per_thread_pairing_host_walks_and_unpaired_returns():
+    """Thread 101's host walk does not close thread 100's walk; a return may come on another CPU."""
+    events = [_walk(0, 0, 0, 4096), _walk(1, 1, 0, 4096, mmu=0, tid=101), _ret(2, 1, "pgtable_walk", tid=101),
+              _ret(3, 1, "pgtable_walk"), _ret(4, 0, "stage2_split"), _walk(5, 0, 0, 4096)]  # fmt: skip
     decoded = decode_events(events, STAGE2_PROBES, SYMS)
     walks = decoded.tables["stage2_walk"].to_pylist()
     assert [(w["cpu"], w["duration_ns"]) for w in walks] == [(0, 3), (0, -1)]
     assert decoded.counts["host_walks"] == 1 and decoded.counts["unpaired"] == 1
+
+
+def test_x86_iterator_steps_belong_to_the_split_loop():
+    """tdp_iter_next steps inside tdp_mmu_split_huge_pages_root are that walk's visits, even across CPUs."""
+    events = [ProbeEvent(0, 0, 7, "split_root", {"start": 0x100000, "end": 0x104000, "target_level": 1}),
+              ProbeEvent(1, 0, 7, "iter_next", {"level": 4}), ProbeEvent(2, 1, 7, "iter_next", {"level": 3}),
+              ProbeEvent(3, 1, 7, "split_root_ret", {"ret": 0}), ProbeEvent(4, 1, 7, "iter_next", {"level": 1})]  # fmt: skip
+    decoded = decode_events(events, TDP_PROBES)
+    walk = decoded.tables["stage2_walk"].to_pylist()[0]
+    assert (walk["initiator"], walk["addr"], walk["size"], walk["duration_ns"]) == (
+        "tdp_mmu_split_huge_pages_root", 0x1_0000_0000, 0x400_0000, 3)
+    visits = [(v["walk_id"], v["level"]) for v in decoded.tables["stage2_visit"].to_pylist()]
+    assert visits == [(0, 4), (0, 3), (-1, 1)]
 
 
 def test_x86_split_tracepoint_and_iterator_steps():

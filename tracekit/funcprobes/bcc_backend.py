@@ -66,6 +66,7 @@ ATTACH: dict[str, dict[str, tuple[str, str | None]]] = {
         "mmu_try_split": ("tk_tdp_slot_split_entry", "tk_tdp_slot_split_return"),
         "tdp_try_split": ("tk_tdp_try_split_entry", "tk_tdp_try_split_return"),
         "split_root": ("tk_tdp_split_root_entry", "tk_tdp_split_root_return"),
+        "wrprot_slot": ("tk_tdp_wrprot_entry", "tk_tdp_wrprot_return"),
         "split_huge_page": ("tk_tdp_split_page_entry", "tk_tdp_split_page_return"),
         "enable_log_dirty": ("tk_tdp_log_masked_entry", "tk_tdp_log_masked_return"),
         "clear_dirty_masked": ("tk_tdp_clear_masked_entry", "tk_tdp_clear_masked_return"),
@@ -79,7 +80,10 @@ ATTACH: dict[str, dict[str, tuple[str, str | None]]] = {
 STAGE2_FUNC_NAMES = ("stage2_split", "stage2_map", "relax_perms", "wrprotect", "guest_abort", "enable_log_dirty",
                      "split_huge_pages")  # fmt: skip
 TDP_FUNC_NAMES = ("page_fault", "tdp_map", "fast_page_fault", "slot_try_split", "tdp_try_split", "split_root",
-                  "split_huge_page", "enable_log_dirty", "clear_dirty_masked", "zap_collapsible", "vendor_exit")  # fmt: skip
+                  "split_huge_page", "enable_log_dirty", "clear_dirty_masked", "zap_collapsible", "vendor_exit",
+                  "wrprot_slot")  # fmt: skip
+#: tdp spans that are iterator loops over a root or slot ("walks" in the capture).
+_TDP_WALKS = {"split_root": "tdp_mmu_split_huge_pages_root", "wrprot_slot": "kvm_tdp_mmu_wrprot_slot"}
 
 _HEADER = [("ts_ns", "<u8"), ("pid", "<u4"), ("tid", "<u4"), ("cpu", "<u4"), ("kind", "<u4")]
 EVENT_DTYPES = {
@@ -212,10 +216,18 @@ def decode_tdp(records: Iterable[bytes]) -> dict[str, pa.Table]:
         elif name in ("page_fault", "vendor_exit"):
             out["fault"].append({**common, "probe": name, "addr": int(s["arg0"]) if name == "page_fault" else None,
                                  "duration_ns": int(s["duration_ns"]), "ret": int(s["ret"])})  # fmt: skip
+        elif name in _TDP_WALKS:
+            ranged = name == "split_root"  # wrprot_slot covers the whole slot: no range in its arguments
+            start, end = int(s["arg0"]), int(s["arg1"])
+            out["stage2_walk"].append({**common, "walk_id": i, "addr": start << 12 if ranged else None,
+                                       "size": (end - start) << 12 if ranged else None,
+                                       "initiator": _TDP_WALKS[name], "duration_ns": int(s["duration_ns"]),
+                                       "ret": int(s["ret"])})  # fmt: skip
         else:
             out["func_call"].append({**common, "name": name, "duration_ns": int(s["duration_ns"]), "ret": int(s["ret"]),
                                      "args": json.dumps({"arg0": int(s["arg0"]), "arg1": int(s["arg1"])})})  # fmt: skip
+        walk_id = i if name in _TDP_WALKS else -1
         for level in np.flatnonzero(s["iter_steps"]):
-            out["stage2_visit"].append({**common, "walk_id": -1, "visitor": f"tdp_iter_next/{name}", "level": int(level),
+            out["stage2_visit"].append({**common, "walk_id": walk_id, "visitor": "tdp_iter_next", "level": int(level),
                                         "kind": "step", "count": int(s["iter_steps"][level])})  # fmt: skip
     return {name: _table(name, rows) for name, rows in out.items()}

@@ -6,10 +6,11 @@ Contract
 (``ts`` ns, ``cpu``, ``tid``, tracefs event ``name`` such as ``stage2_split`` or
 ``stage2_split_ret``, and its field dict), the probe family (``STAGE2_PROBES`` or ``TDP_PROBES``)
 and optionally a :class:`~tracekit.funcprobes.kallsyms.SymbolTable` to name walk initiators. Entry
-and return events are paired per (CPU, probe) as a stack, so recursion and nesting are handled;
+and return events are paired per (thread, probe) as a stack, so recursion and nesting are handled
+and a function that sleeps and resumes on another CPU (the TDP split loop drops mmu_lock) still pairs;
 a return without an entry is counted in ``unpaired`` and an entry without a return gets
 ``duration_ns = -1``. Visits (role ``visit``) are attributed to the innermost open
-``kvm_pgtable_walk`` on the same CPU (``walk_id`` -1 outside any walk) and aggregated per
+walk of the same thread (``walk_id`` -1 outside any walk) and aggregated per
 (walk, visitor function, level, kind), kind being ``VISIT:PTE`` such as ``leaf:block`` or
 ``leaf:page`` (just ``VISIT`` when the probe has no ``old`` PTE, e.g. x86 ``tdp_iter_next``). Walks whose
 ``mmu`` is 0 (arm64 host user page tables) are dropped and counted in ``host_walks``. Returns a
@@ -111,7 +112,7 @@ def decode_events(
             probe = by_entry[ev.name]
             counts[probe.name] += 1
             if probe.role == "visit":
-                walk = walk_stack[ev.cpu][-1] if walk_stack[ev.cpu] else -1
+                walk = walk_stack[ev.tid][-1] if walk_stack[ev.tid] else -1
                 level = _signed(ev.fields.get("level", -1), 8)
                 visit = VISIT_KINDS.get(ev.fields["visit"], "unknown") if "visit" in ev.fields else "step"
                 kind = f"{visit}:{pte_kind(ev.fields.get('old', 0), level)}" if "old" in ev.fields else visit
@@ -125,20 +126,20 @@ def decode_events(
             if probe.role == "walk":
                 walk_id = next_walk
                 next_walk += 1
-                walk_stack[ev.cpu].append(walk_id)
+                walk_stack[ev.tid].append(walk_id)
             if probe.timed:
-                open_calls[(ev.cpu, probe.name)].append((ev, walk_id))
+                open_calls[(ev.tid, probe.name)].append((ev, walk_id))
             else:
                 pending.append((probe, ev, walk_id, None))
         elif ev.name in by_return:
             probe = by_return[ev.name]
-            stack = open_calls[(ev.cpu, probe.name)]
+            stack = open_calls[(ev.tid, probe.name)]
             if not stack:
                 counts["unpaired"] += 1
                 continue
             entry, walk_id = stack.pop()
-            if probe.role == "walk" and walk_stack[ev.cpu] and walk_stack[ev.cpu][-1] == walk_id:
-                walk_stack[ev.cpu].pop()
+            if probe.role == "walk" and walk_stack[ev.tid] and walk_stack[ev.tid][-1] == walk_id:
+                walk_stack[ev.tid].pop()
             pending.append((probe, entry, walk_id, ev))
     for stack in open_calls.values():
         for entry, walk_id in stack:
@@ -155,11 +156,17 @@ def decode_events(
                 counts["host_walks"] += 1
                 continue
             cb = f.get("cb")
+            if cb is not None:
+                initiator = symbols.symbolize(cb) if symbols is not None else None
+            else:  # x86 TDP iterator loops: the function is the initiator, the range is in gfns
+                initiator = probe.symbol
+            addr, size = f.get("addr"), f.get("size")
+            if addr is None and "start" in f:
+                addr, size = f["start"] << 12, (f["end"] - f["start"]) << 12
             builders["stage2_walk"].add(
-                **common, walk_id=walk_id, addr=f.get("addr"), size=f.get("size"), flags=f.get("flags"),
-                start_level=_signed(f.get("start_level"), 8),
-                initiator=symbols.symbolize(cb) if symbols is not None and cb is not None else None,
-                duration_ns=duration, ret=_signed(ret, 32),
+                **common, walk_id=walk_id, addr=addr, size=size, flags=f.get("flags"),
+                start_level=_signed(f.get("start_level"), 8), initiator=initiator, duration_ns=duration,
+                ret=_signed(ret, 32),
             )  # fmt: skip
         elif probe.role == "split":
             addr = f.get("addr")

@@ -18,8 +18,11 @@ and the vendor exit handlers, with BTF argument expressions. Field meanings (uni
 - ``enable_log_dirty``, ``clear_dirty_masked`` (``kvm_tdp_mmu_clear_dirty_pt_masked``: ``gfn``,
   ``mask`` of 64 pages), ``zap_collapsible`` (``kvm_tdp_mmu_zap_collapsible_sptes``, dirty logging
   off; replaced by ``kvm_tdp_mmu_recover_huge_pages`` in later kernels, probed too).
-- ``iter_next`` (``tdp_iter_next``): ``level`` after each step of the TDP iterator; hot, aggregated
-  in the kernel (walk depth).
+- ``iter_next`` (``tdp_iter_next``): ``level`` of the iterator's position at each step; hot,
+  aggregated in the kernel (walk depth) and attributed to the innermost open TDP "walk":
+  ``split_root`` (one iterator loop over a root, ``start``/``end`` in gfns) or ``wrprot_slot``
+  (``kvm_tdp_mmu_wrprot_slot``, the write-protect pass at dirty-log enable), written to
+  ``stage2_walk`` with the function as ``initiator``.
 :data:`TRACEPOINT_SPLITS` names the tracepoint recorded next to them for cross-checking.
 Standard library only (it runs inside the x86 lab).
 """
@@ -51,8 +54,11 @@ TDP_PROBES: tuple[FuncProbe, ...] = (
     FuncProbe("tdp_try_split", "kvm_tdp_mmu_try_split_huge_pages", "call",
               (("start", "start"), ("end", "end"), ("target_level", "target_level"), ("shared", "shared")),
               returns_value=False),  # fmt: skip
-    FuncProbe("split_root", "tdp_mmu_split_huge_pages_root", "call",
-              (("start", "start"), ("end", "end"), ("target_level", "target_level")), optional=True),  # fmt: skip
+    FuncProbe("split_root", "tdp_mmu_split_huge_pages_root", "walk",
+              (("start", "start"), ("end", "end"), ("target_level", "target_level")), optional=True,
+              note="static; one TDP iterator loop over a root (a 'walk': tdp_iter_next steps are attributed to it)"),
+    FuncProbe("wrprot_slot", "kvm_tdp_mmu_wrprot_slot", "walk", (("min_level", "min_level"),), optional=True,
+              note="the write-protect pass over the whole slot at dirty-log enable (a 'walk' of every SPTE)"),  # fmt: skip
     FuncProbe("split_huge_page", "tdp_mmu_split_huge_page", "split", (("gfn", "iter->gfn"), ("level", "iter->level")),
               optional=True, note="static; inlined into tdp_mmu_split_huge_pages_root by some builds"),  # fmt: skip
     FuncProbe("enable_log_dirty", "kvm_arch_mmu_enable_log_dirty_pt_masked", "call",

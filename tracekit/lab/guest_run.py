@@ -194,6 +194,17 @@ def _drain(path: Path) -> bytes:
     return b"".join(chunks)
 
 
+def _kvm_banner() -> list[str]:
+    """The kernel's KVM initialisation lines (arm64: "VHE mode initialized", "Hyp mode initialized", ...)."""
+    import subprocess
+
+    try:
+        text = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.split("]", 1)[-1].strip() for line in text.splitlines() if "kvm" in line.lower()][:20]
+
+
 def _kvm_params() -> dict[str, str]:
     params = {}
     for module in sorted(Path("/sys/module").glob("kvm*")):
@@ -228,6 +239,7 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
         iterations=step[1],
         backing=_WORKLOAD_BACKING[scenario.backing],
         log_mode="clear" if scenario.manual_protect else "get",
+        **scenario.workload_args,
     )
     state = {"index": 0, "start": time.monotonic_ns()}
     tracing.mark("tk-step-begin 0 setup+populate")
@@ -310,7 +322,9 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
 def _reserve_hugetlb(scenario: scenarios.Scenario) -> None:
     size_kb = {"hugetlb-2m": 2048, "hugetlb-1g": 1048576}[scenario.backing]
     pages = (scenario.memory_mib * 1024) // size_kb
-    _write(Path(f"/sys/kernel/mm/hugepages/hugepages-{size_kb}kB/nr_hugepages"), str(pages))
+    pool = Path(f"/sys/kernel/mm/hugepages/hugepages-{size_kb}kB/nr_hugepages")
+    if int(pool.read_text()) < pages:  # 1 GiB pages come from the boot-time pool (kernel_args)
+        _write(pool, str(pages))
 
 
 def run(arch: str, name: str, out: Path) -> dict:
@@ -341,6 +355,7 @@ def run(arch: str, name: str, out: Path) -> dict:
             if "kvm" in sym or "stage2" in sym or "tdp" in sym or "mmu" in sym
         )
     )
+    meta["kvm_banner"] = _kvm_banner()
     timings: list[dict] = []
     tracing = _Tracing(resolutions, tracepoints)
     try:

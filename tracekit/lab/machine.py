@@ -57,7 +57,8 @@ class BootResult:
 
 
 def qemu_command(
-    arch: str, kernel: Path, initrd: Path, console_log: Path, archive: Path, append: str, smp: int = 2
+    arch: str, kernel: Path, initrd: Path, console_log: Path, archive: Path, append: str, smp: int = 2,
+    memory_mib: int = 0,
 ) -> list[str]:
     """The QEMU argv of one lab boot (see the module contract)."""
     binary = require_tool(QEMU_BINARY[arch], QEMU_PACKAGE[arch])
@@ -69,7 +70,7 @@ def qemu_command(
         binary,
         *machine,
         "-smp", str(smp),
-        "-m", str(_MEMORY_MIB[arch]),
+        "-m", str(memory_mib or _MEMORY_MIB[arch]),
         "-display", "none",
         "-monitor", "none",
         "-serial", f"file:{console_log}",

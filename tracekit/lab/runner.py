@@ -113,10 +113,12 @@ def run_lab(
         initrd = work / "initrd.cpio"
         machine.build_initramfs(initrd, userland, module_files)
         archive = work / "result.tar"
-        append = f"tk.arch={arch} tk.scenario={chosen.name}"
+        append = f"tk.arch={arch} tk.scenario={chosen.name} {chosen.kernel_args}".strip()
         if arch == "x86":
             append += f" tk.kvmargs=tdp_mmu=1,eager_page_split={'1' if chosen.eager_page_split else '0'}"
-        command = machine.qemu_command(arch, image, initrd, work / "console.log", archive, append)
+        command = machine.qemu_command(
+            arch, image, initrd, work / "console.log", archive, append, memory_mib=chosen.guest_ram_mib
+        )
         try:
             boot = machine.boot(command, work / "console.log", archive, timeout)
         finally:
@@ -137,6 +139,7 @@ def run_lab(
             "arch": "aarch64" if arch == "arm64" else "x86_64",
             "kernel_release": trace.meta.get("kernel_release", release_hint),
             "kvm_params": trace.meta.get("kvm_params", {}),
+            "kvm_banner": trace.meta.get("kvm_banner", []),
             "page_size": 4096,
             "target": {"pids": [trace.meta.get("vmm_pid")], "comm": "python3", "threads": []},
             "probes": {

@@ -3,7 +3,8 @@
 Contract
 --------
 A :class:`Scenario` names an architecture, the nested VM's memory (MiB, backing ``thp`` / ``4k`` /
-``hugetlb-2m`` / ``hugetlb-1g``), its KVM switches (arm64 eager-split chunk in bytes, manual dirty-log
+``hugetlb-2m`` / ``hugetlb-1g``), extra guest kernel arguments (``kvm-arm.mode=nvhe``, a boot-time
+1 GiB hugetlb pool), options for the x86 workload, its KVM switches (arm64 eager-split chunk in bytes, manual dirty-log
 protect with initially-set, vCPU count; on x86 the ``eager_page_split`` parameter) and a list of
 steps executed in order by :mod:`tracekit.lab.guest_run`. Each step is a tuple ``(op, *args)``:
 
@@ -47,6 +48,9 @@ class Scenario:
     manual_protect: bool = False
     vcpus: int = 1
     eager_page_split: bool = True
+    kernel_args: str = ""
+    guest_ram_mib: int = 0
+    workload_args: dict = field(default_factory=dict)
     expected: dict[str, int] = field(default_factory=dict)
     expected_note: str = ""
 
@@ -61,6 +65,9 @@ class Scenario:
             "manual_protect": self.manual_protect,
             "vcpus": self.vcpus,
             "eager_page_split": self.eager_page_split,
+            "kernel_args": self.kernel_args,
+            "guest_ram_mib": self.guest_ram_mib,
+            "workload_args": dict(self.workload_args),
             "steps": [list(s) for s in self.steps],
             "expected": dict(self.expected),
             "expected_note": self.expected_note,
@@ -172,6 +179,40 @@ SCENARIOS: tuple[Scenario, ...] = (
         eager_page_split=False,
         expected={"kvm_mmu_split_huge_page": 32},
         expected_note="each of the 32 huge SPTEs splits on its first write fault (tdp_mmu_split_huge_page from the map)",
+    ),
+    Scenario(
+        "nvhe",
+        "arm64",
+        "eager-enable with KVM in nVHE mode (kvm-arm.mode=nvhe): the host kernel still walks guest stage-2",
+        256,
+        _FAULT_IN + (("log", True),),
+        eager_split_chunk=_BLOCK,
+        kernel_args="kvm-arm.mode=nvhe",
+        expected={"stage2_split": 128, "split_walker": 65_664},
+    ),
+    Scenario(
+        "hugetlb-1g",
+        "arm64",
+        "one 1 GiB hugetlb page mapped as a level-1 block, eager split in 2 MiB chunks at enable",
+        1024,
+        _FAULT_IN + (("log", True),),
+        backing="hugetlb-1g",
+        eager_split_chunk=_BLOCK,
+        kernel_args="hugepagesz=1G hugepages=1",
+        guest_ram_mib=4096,
+    ),
+    Scenario(
+        "tdp-1g",
+        "x86",
+        "one 1 GiB hugetlb page, eager split at enable: 1 split at level 3 + 512 at level 2; the pass only reads",
+        1024,
+        (("workload", 1),),
+        backing="hugetlb-1g",
+        kernel_args="hugepagesz=1G hugepages=1",
+        guest_ram_mib=4096,
+        workload_args={"write_percent": 0},
+        expected={"kvm_mmu_split_huge_page": 513},
+        expected_note="1 GiB -> 512 x 2 MiB (one event at level 3), then each 2 MiB -> 4 KiB (512 events at level 2)",
     ),
     Scenario(
         "4k",
