@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from tracekit.analysis import crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walks
-from tracekit.analysis.common import add_vcpu, format_table, load, records
+from tracekit.analysis.common import add_vcpu, count_by, format_table, load, records
 from tracekit.errors import AnalysisError
 
 __all__ = ["Analysis", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES"]
@@ -139,7 +139,7 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
     result.info["orphan_walk_elements"] = rebuilt.attrs.get("orphan_elements", 0)
     result.tables["walk_depth"] = walks.depth_distribution(rebuilt, ["vcpu"])
     result.tables["walk_depth_by_phase"] = walks.depth_distribution(rebuilt, ["phase"])
-    paths = rebuilt.groupby(["level_path", "pferr"]).size().rename("walks").reset_index()
+    paths = count_by(rebuilt, ["level_path", "pferr"], "walks")
     paths["levels"] = paths["level_path"].map(walks.level_path_text)
     result.tables["walk_paths"] = paths[["levels", "pferr", "walks"]].sort_values("walks", ascending=False,
                                                                                  kind="stable").reset_index(drop=True)

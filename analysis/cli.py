@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperCommand
 
 from tracekit.analysis.analyze import analysis_json, analyze_capture, render_text
-from tracekit.analysis.common import format_table, records
+from tracekit.analysis.common import format_table, records, tune_memory
 from tracekit.analysis.compare import compare_runs, capture_metrics
 from tracekit.capture import open_capture
 from tracekit.errors import CaptureFormatError, UsageError
@@ -59,6 +59,7 @@ def analyze(
 
       tracekit analyze vm.tkcap --selftest-output dirty_log_perf_test.out
     """
+    tune_memory()
     result = analyze_capture(open_capture(capture), phase=phase, selftest_output=_read_selftest(selftest_output))
     if as_json:
         typer.echo(json.dumps(analysis_json(result), indent=1, default=str))
@@ -85,6 +86,7 @@ def report(
     """
     from tracekit.analysis.report import write_report
 
+    tune_memory()
     result = analyze_capture(open_capture(capture), phase=phase, selftest_output=_read_selftest(selftest_output))
     write_report(result, output)
     typer.echo(f"wrote {output}", err=True)
@@ -126,6 +128,7 @@ def compare(
     runs_b = [Path(p) for p in ctx.meta.get("tracekit_runs_b", [])]
     if not runs_b:
         raise UsageError("give the captures of side B after a '--': tracekit compare A... -- B...")
+    tune_memory()
     metrics_a = [capture_metrics(analyze_capture(open_capture(p), phase=phase)) for p in runs_a]
     metrics_b = [capture_metrics(analyze_capture(open_capture(p), phase=phase)) for p in runs_b]
     table = compare_runs(metrics_a, metrics_b)

@@ -6,16 +6,18 @@ Contract
   workload's layout record (``workload.guest_paging``: ``levels``, ``root_gpa``, ``table_gpas``,
   ``mappings`` [{``gva``, ``gpa``, ``size``, ``page_size``}] in mapping order), serialises it at
   the first table address and checks that the root and every table address agree with the record.
+  Levels may be -1..5 (per-level counts cover that range).
   Returns the model's ``walk(gva)`` function. Raises AnalysisError when the record is missing or
   the rebuilt tables differ.
 - :func:`crosscheck_walks` takes ``walks`` and ``steps`` from
   :func:`tracekit.analysis.walks.rebuild_walks` and a ``model_walk(gva) -> X86Walk``; every walk
   with at least one element is compared level by level (KVM level and guest PTE, the PTE compared
   ignoring the Accessed and Dirty bits the walker sets, ``pte_equal_ignoring_ad``), and the walk
-  depth must agree. The model is walked once per distinct 4 KiB page. Returns a
+  depth must agree. The model is walked once per 2 MiB region mapped by a huge leaf, else once per
+  distinct 4 KiB page; the comparison itself is vectorised, one pass per depth. Returns a
   :class:`CrossCheck`: ``summary`` (dict: ``walks``, ``compared``, ``matched``, ``match_rate``,
   ``mismatched``, ``verdict`` ``"match"`` / ``"mismatch"`` / ``"no walks"``), ``per_walk``
-  (walk_id, addr, depth, model_depth, match, first_mismatch_depth) and ``mismatches`` (the first
+  (walk_id, addr, depth, model_depth, match) and ``mismatches`` (the first
   ``limit`` mismatching walks: walk_id, addr, depth of the first difference, observed_level,
   observed_pte, model_level, model_pte, reason) and ``per_level`` (level, observed: PTE reads at that
   level, model: the model's reads for the same walks).
@@ -72,87 +74,132 @@ def model_from_layout(workload: dict | None) -> Callable[[int], X86Walk]:
     return tables.walk
 
 
-def _model_steps(pages: np.ndarray, model_walk: Callable[[int], X86Walk]) -> tuple[pd.DataFrame, dict[int, str]]:
-    rows = []
+_NO_LEVEL = -128
+
+
+def _model_table(addrs: np.ndarray, model_walk: Callable[[int], X86Walk]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """Model walks needed for ``addrs``: per address the row of its walk, and per row the levels, PTEs
+    and depth. The model is walked once per 2 MiB region whose walk ends on a 2 MiB or 1 GiB leaf
+    (every address inside shares it), else once per distinct 4 KiB page."""
+    region = addrs >> np.uint64(21)
+    r_codes, r_uniques = pd.factorize(region)
+    walks: list[X86Walk | None] = []
     faults: dict[int, str] = {}
-    depth_of: dict[int, int] = {}
-    for page in pages.tolist():
+
+    def walk_of(gva: int) -> X86Walk | None:
         try:
-            walk = model_walk(int(page))
+            return model_walk(gva)
         except ModelError as error:
-            faults[int(page)] = str(error)
-            depth_of[int(page)] = 0
+            faults[gva] = str(error)
+            return None
+
+    region_row = np.full(len(r_uniques), -1, np.int64)
+    small_regions = []
+    for i, r in enumerate(np.asarray(r_uniques, dtype=np.uint64).tolist()):
+        w = walk_of(r << 21)
+        if w is not None and w.leaf_level in (2, 3):
+            region_row[i] = len(walks)
+            walks.append(w)
+        else:
+            small_regions.append(i)
+    row = region_row[r_codes]
+    if small_regions:
+        small = np.isin(r_codes, small_regions)
+        pages = addrs[small] & _PAGE_MASK
+        p_codes, p_uniques = pd.factorize(pages)
+        base = len(walks)
+        for page in np.asarray(p_uniques, dtype=np.uint64).tolist():
+            walks.append(walk_of(page))
+        row[small] = base + p_codes
+    depth = max((len(w.levels) for w in walks if w is not None), default=0)
+    levels = np.full((len(walks), max(depth, 1)), _NO_LEVEL, np.int8)
+    ptes = np.zeros((len(walks), max(depth, 1)), np.uint64)
+    depths = np.zeros(len(walks), np.int64)
+    for i, w in enumerate(walks):
+        if w is None:
             continue
-        depth_of[int(page)] = walk.depth
-        for depth, step in enumerate(walk.levels):
-            rows.append((page, depth, step.level, step.pte))
-    frame = pd.DataFrame(rows, columns=["page", "depth", "model_level", "model_pte"])
-    frame["page"] = frame["page"].astype(np.uint64)
-    frame["model_pte"] = frame["model_pte"].astype(np.uint64)
-    frame.attrs["depth_of"] = depth_of
-    return frame, faults
+        depths[i] = len(w.levels)
+        for d, st in enumerate(w.levels):
+            levels[i, d] = st.level
+            ptes[i, d] = st.pte
+    return row, levels, ptes, depths, faults
 
 
 def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Callable[[int], X86Walk],
                      *, limit: int = 20) -> CrossCheck:
     """Compare every observed walk with the model's walk of the same address."""
-    observed = walks[walks["depth"] > 0]
-    empty = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match", "first_mismatch_depth"])
-    if observed.empty:
+    depth = walks["depth"].to_numpy(np.int64)
+    observed = depth > 0
+    if not observed.any():
+        empty = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
         return CrossCheck({"walks": int(len(walks)), "compared": 0, "matched": 0, "match_rate": None,
                            "mismatched": 0, "verdict": "no walks"}, empty)
-    pages = observed["addr"].to_numpy(np.uint64) & _PAGE_MASK
-    model, faults = _model_steps(np.unique(pages), model_walk)
-    depth_of = model.attrs["depth_of"]
-
-    per_walk = pd.DataFrame({"walk_id": observed["walk_id"].to_numpy(np.uint64),
-                             "addr": observed["addr"].to_numpy(np.uint64),
-                             "page": pages, "depth": observed["depth"].to_numpy(np.int64)})
-    per_walk["model_depth"] = np.array([depth_of[int(p)] for p in np.unique(pages)])[
-        np.searchsorted(np.unique(pages), pages)]
-    obs = steps.merge(per_walk[["walk_id", "page"]], on="walk_id", how="inner")
-    both = obs.merge(model, on=["page", "depth"], how="left")
-    level_bad = both["model_level"].isna() | (both["level"] != both["model_level"].fillna(-99))
-    pte_obs = both["pte"].to_numpy(np.uint64)
-    pte_model = both["model_pte"].fillna(0).to_numpy(np.uint64)
-    pte_bad = (pte_obs & ~_AD) != (pte_model & ~_AD)
-    both["bad"] = level_bad.to_numpy() | pte_bad
-    first_bad = both[both["bad"]].groupby("walk_id")["depth"].min()
-    per_walk["first_mismatch_depth"] = per_walk["walk_id"].map(first_bad)
-    depth_bad = per_walk["depth"] != per_walk["model_depth"]
-    shorter = np.minimum(per_walk["depth"], per_walk["model_depth"])
-    per_walk.loc[depth_bad & per_walk["first_mismatch_depth"].isna(), "first_mismatch_depth"] = shorter
-    per_walk["match"] = per_walk["first_mismatch_depth"].isna()
-    per_walk["first_mismatch_depth"] = per_walk["first_mismatch_depth"].astype("Int64")
-
-    bad_walks = per_walk[~per_walk["match"]].head(limit)
-    mismatch_rows = []
-    for wid, addr, page, depth, model_depth, at in zip(bad_walks["walk_id"], bad_walks["addr"], bad_walks["page"],
-                                                       bad_walks["depth"], bad_walks["model_depth"],
-                                                       bad_walks["first_mismatch_depth"]):
-        row = both[(both["walk_id"] == wid) & (both["depth"] == at)]
-        if len(row):
-            r = row.iloc[0]
-            m_level = None if pd.isna(r["model_level"]) else int(r["model_level"])
-            m_pte = None if m_level is None else int(r["model_pte"])
-            reason = "level differs" if m_level != int(r["level"]) else "pte differs"
-            if m_level is None:
-                reason = f"model walk ends at depth {model_depth}" + (f" ({faults[int(page)]})" if int(page) in faults else "")
-            mismatch_rows.append((wid, addr, int(at), int(r["level"]), int(r["pte"]), m_level, m_pte, reason))
+    if not observed.all():
+        walks = walks[observed]
+        depth = depth[observed]
+    addrs = walks["addr"].to_numpy(np.uint64)
+    first = walks["first_step"].to_numpy(np.int64)
+    row, m_levels, m_ptes, m_depths, faults = _model_table(addrs, model_walk)
+    level = steps["level"].to_numpy()
+    pte = steps["pte"].to_numpy(np.uint64)
+    model_depth = m_depths[row]
+    bad = depth != model_depth
+    first_bad = np.where(bad, np.minimum(depth, model_depth), -1)
+    obs_counts = np.zeros(8, np.int64)
+    model_counts = np.zeros(8, np.int64)
+    for d in range(int(depth.max())):
+        has = depth > d
+        sel_all = bool(has.all())
+        e = first + d if sel_all else first[has] + d
+        r = row if sel_all else row[has]
+        m_level = m_levels[r, d] if d < m_levels.shape[1] else np.full(len(r), _NO_LEVEL, np.int8)
+        m_pte = m_ptes[r, d] if d < m_ptes.shape[1] else np.zeros(len(r), np.uint64)
+        o_level = level[e]
+        wrong = (o_level != m_level) | (((pte[e] ^ m_pte) & ~_AD) != 0)
+        if sel_all:
+            newly = wrong & (first_bad < 0)
+            first_bad[newly] = d
+            bad |= wrong
         else:
-            m = model[(model["page"] == page) & (model["depth"] == at)]
-            m_level = int(m["model_level"].iloc[0]) if len(m) else None
-            m_pte = int(m["model_pte"].iloc[0]) if len(m) else None
-            mismatch_rows.append((wid, addr, int(at), None, None, m_level, m_pte,
-                                  f"observed walk ends at depth {depth}, model at {model_depth}"))
+            idx = np.flatnonzero(has)
+            newly = wrong & (first_bad[idx] < 0)
+            first_bad[idx[newly]] = d
+            bad[idx] |= wrong
+        obs_counts += np.bincount(o_level.astype(np.int64) + 2, minlength=8)[:8]
+    for d in range(m_levels.shape[1]):
+        lv = m_levels[row, d].astype(np.int64)
+        lv = lv[lv != _NO_LEVEL]
+        model_counts += np.bincount(lv + 2, minlength=8)[:8]
+
+    walk_ids = walks["walk_id"].to_numpy(np.uint64)
+    per_walk = pd.DataFrame({"walk_id": walk_ids, "addr": addrs, "depth": depth, "model_depth": model_depth,
+                             "match": ~bad}, copy=False)
+    mismatch_rows = []
+    for i in np.flatnonzero(bad)[:limit].tolist():
+        at = int(first_bad[i])
+        m_level = int(m_levels[row[i], at]) if at < m_levels.shape[1] and m_levels[row[i], at] != _NO_LEVEL else None
+        m_pte = int(m_ptes[row[i], at]) if m_level is not None else None
+        if at < depth[i]:
+            o_level, o_pte = int(level[first[i] + at]), int(pte[first[i] + at])
+            if m_level is None:
+                reason = f"model walk ends at depth {int(model_depth[i])}"
+                fault = faults.get(int(addrs[i]) & ~0xFFF) or faults.get((int(addrs[i]) >> 21) << 21)
+                reason += f" ({fault})" if fault else ""
+            else:
+                reason = "level differs" if m_level != o_level else "pte differs"
+        else:
+            o_level = o_pte = None
+            reason = f"observed walk ends at depth {int(depth[i])}, model at {int(model_depth[i])}"
+        mismatch_rows.append((int(walk_ids[i]), int(addrs[i]), at, o_level, o_pte, m_level, m_pte, reason))
     mismatches = pd.DataFrame(mismatch_rows, columns=MISMATCH_COLUMNS)
-    matched = int(per_walk["match"].sum())
-    compared = int(len(per_walk))
-    summary = {"walks": int(len(walks)), "compared": compared, "matched": matched,
+    levels_seen = [lv for lv in range(7, -1, -1) if obs_counts[lv] or model_counts[lv]]
+    per_level = pd.DataFrame({"level": [lv - 2 for lv in levels_seen],
+                              "observed": [int(obs_counts[lv]) for lv in levels_seen],
+                              "model": [int(model_counts[lv]) for lv in levels_seen]})
+    compared = int(len(walks))
+    matched = compared - int(bad.sum())
+    summary = {"walks": int(len(observed)), "compared": compared, "matched": matched,
                "match_rate": matched / compared, "mismatched": compared - matched,
                "verdict": "match" if matched == compared else "mismatch"}
-    observed_levels = obs.groupby("level").size().rename("observed")
-    model_levels = per_walk[["page"]].merge(model, on="page").groupby("model_level").size().rename("model")
-    per_level = pd.concat([observed_levels, model_levels], axis=1).fillna(0).astype(np.int64)
-    per_level = per_level.rename_axis("level").reset_index().sort_values("level", ascending=False)
-    return CrossCheck(summary, per_walk.drop(columns="page"), mismatches, per_level.reset_index(drop=True))
+    return CrossCheck(summary, per_walk, mismatches, per_level)

@@ -130,9 +130,11 @@ def attribute_operations(lock: pd.DataFrame, manifest: dict, stack: pd.DataFrame
     frame["mode"] = lock_mode(frame["flags"].to_numpy(np.int64)) if len(frame) else np.array([], object)
     facts = stack_facts(stack)
     sids = frame["stack_id"].fillna(-1).to_numpy(np.int64) if "stack_id" in frame else np.full(len(frame), -1)
-    op_stack = np.array([facts.get(int(s), (None, False))[0] for s in sids], dtype=object)
-    frame["has_stack"] = np.array([int(s) in facts and s >= 0 for s in sids], dtype=bool)
-    frame["kvm_taker"] = np.array([facts.get(int(s), (None, False))[1] for s in sids], dtype=bool)
+    codes, uniques = pd.factorize(sids)
+    unique_facts = [facts.get(int(s), (None, False)) if s >= 0 else (None, False) for s in uniques]
+    op_stack = np.array([f[0] for f in unique_facts] + [None], dtype=object)[codes]
+    frame["has_stack"] = np.array([int(s) in facts and s >= 0 for s in uniques] + [False], dtype=bool)[codes]
+    frame["kvm_taker"] = np.array([f[1] for f in unique_facts] + [False], dtype=bool)[codes]
     op_ioctl = _ioctl_operation(frame, ioctl)
     is_vcpu = frame["vcpu"].to_numpy() >= 0
     operation = np.where(op_stack != None, op_stack,  # noqa: E711 (elementwise)
@@ -166,11 +168,11 @@ def identify_mmu_lock(waits: pd.DataFrame) -> dict | None:
     return {"lock_addr": addr, "name": "mmu_lock", "evidence": evidence}
 
 
-def _lock_names(waits: pd.DataFrame, mmu: dict | None) -> pd.Series:
-    names = waits["lock_addr"].map(lambda a: f"{int(a):#x}")
-    if mmu:
-        names = names.where(waits["lock_addr"] != mmu["lock_addr"], "mmu_lock")
-    return names
+def _lock_names(waits: pd.DataFrame, mmu: dict | None) -> np.ndarray:
+    codes, uniques = pd.factorize(waits["lock_addr"])
+    names = np.array([("mmu_lock" if mmu and int(a) == mmu["lock_addr"] else f"{int(a):#x}") for a in uniques]
+                     + ["?"], dtype=object)
+    return names[codes]
 
 
 def contention_summary(waits: pd.DataFrame, mmu: dict | None = None) -> pd.DataFrame:

@@ -25,8 +25,8 @@ source        str     ``workload`` (the built-in workload's record) or ``selftes
   :func:`align_selftest_phases` puts them on the capture's clock using the dirty-log ioctls the
   capture recorded (see the function for the exact rule). Raises AnalysisError when the text has no
   phase line or nothing in the capture anchors it.
-- :func:`label_phases` gives every timestamp the label of the phase containing it (``""`` outside
-  every phase); :func:`select_phase` keeps the rows inside the phases a ``--phase`` argument names.
+- :func:`label_phases` gives every timestamp the label of the phase containing it, as a pandas
+  Categorical (``""`` outside every phase); :func:`select_phase` keeps the rows inside the phases a ``--phase`` argument names.
 """
 
 from __future__ import annotations
@@ -227,21 +227,21 @@ def capture_phases(cap: Any, selftest_output: str | None = None) -> pd.DataFrame
     return workload_phases(cap.manifest)
 
 
-def label_phases(ts_ns: Any, phases: pd.DataFrame) -> np.ndarray:
-    """The phase label of each timestamp (``""`` outside every phase; the latest-starting wins)."""
+def label_phases(ts_ns: Any, phases: pd.DataFrame) -> pd.Categorical:
+    """The phase label of each timestamp as a categorical (``""`` outside every phase; where phases
+    overlap, the latest-starting one wins)."""
     ts = np.asarray(ts_ns, dtype=np.int64)
-    labels = np.full(len(ts), "", dtype=object)
-    if phases.empty or len(ts) == 0:
-        return labels
-    starts = phases["start_ns"].to_numpy(np.int64)
-    ends = phases["end_ns"].to_numpy(np.int64)
-    names = phases["phase"].to_numpy(object)
-    pos = np.searchsorted(starts, ts, side="right") - 1
-    ok = pos >= 0
-    inside = np.zeros(len(ts), bool)
-    inside[ok] = ts[ok] < ends[pos[ok]]
-    labels[inside] = names[pos[inside]]
-    return labels
+    names = list(dict.fromkeys(["", *phases["phase"].tolist()])) if len(phases) else [""]
+    codes = np.zeros(len(ts), np.int32)
+    if len(phases) and len(ts):
+        starts = phases["start_ns"].to_numpy(np.int64)
+        ends = phases["end_ns"].to_numpy(np.int64)
+        label_code = np.array([names.index(p) for p in phases["phase"]], np.int32)
+        pos = np.searchsorted(starts, ts, side="right") - 1
+        inside = pos >= 0
+        inside[inside] = ts[inside] < ends[pos[inside]]
+        codes[inside] = label_code[pos[inside]]
+    return pd.Categorical.from_codes(codes, categories=names)
 
 
 def _matching(phases: pd.DataFrame, selector: str) -> pd.DataFrame:

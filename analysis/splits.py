@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis.common import latency_summary
+from tracekit.analysis.common import count_by, latency_summary
 from tracekit.analysis.ioctls import memslot_flag_changes
 
 __all__ = ["SPLIT_EVENT", "split_ioctls", "split_ioctl_summary", "split_call_summary", "split_events"]
@@ -102,7 +102,11 @@ def split_call_summary(events: pd.DataFrame) -> pd.DataFrame:
     """Per (source, level): count and duration statistics (durations only for calls)."""
     if events.empty:
         return latency_summary(events.assign(level=pd.Series(dtype="int64")), ["source", "level"])
-    frame = events.assign(level=events["level"].astype("Int64"))
-    counts = frame.groupby(["source", "level"], dropna=False).size().rename("count").reset_index()
+    frame = events.assign(level=events["level"].astype("float64"))
+    counts = count_by(frame, ["source", "level"])
     timed = latency_summary(frame, ["source", "level"]).drop(columns="count")
-    return counts.merge(timed, on=["source", "level"], how="left")
+    for part in (counts, timed):
+        part["level"] = part["level"].astype("float64")
+    out = counts.merge(timed, on=["source", "level"], how="left")
+    out["level"] = out["level"].astype("Int64")
+    return out

@@ -15,16 +15,18 @@ by column name giving arrays:
 :func:`rebuild_walks` returns ``(walks, steps)``:
 
 - ``walks``, one row per walk event, in walk-event order: ``walk_id``, ``ts_ns``, ``tid``,
-  ``addr``, ``pferr``, ``depth`` (number of levels read = elements), ``root_level`` (level of the
-  first element, -1 if none), ``leaf_level`` (level of the last element when it translates: present
-  and level 1 or PS at level 2/3; else -1), ``level_path`` (the levels in visit order as decimal
-  digits: 432 = levels 4, 3, 2; 0 if none), ``error`` (a walker error was recorded), ``first_step``
-  (row of its first element in ``steps``, -1 if none);
+  ``addr``, ``pferr``, ``depth`` (int16: number of levels read = elements), ``root_level`` (int8:
+  level of the first element, -1 if none), ``leaf_level`` (int8: level of the last element when it
+  translates: present and level 1 or PS at level 2/3; else -1), ``level_path`` (the levels in visit
+  order as decimal digits: 432 = levels 4, 3, 2; 0 if none), ``error`` (a walker error was
+  recorded), ``first_step`` (row of its first element in ``steps``, -1 if none);
 - ``steps``, one row per element sorted by (walk_id, index): ``walk_id``, ``index``, ``depth``
   (0 = the root level), ``level``, ``pte``.
 - ``walks.attrs["orphan_elements"]``: elements whose walk event is missing (lost events).
 
-Vectorised with numpy (one pass per column; a sort only when the elements are out of order).
+Vectorised with numpy (one pass per column; a sort only when the elements are out of order; the
+frames share the input arrays where they can, so the rebuild allocates little beyond its outputs).
+Duplicate walk ids in ``walk`` are not supported (the recorder makes them unique).
 
 :func:`depth_distribution` counts walks per (group..., ``depth``, ``leaf_level``) with ``walks``
 and ``share`` (fraction of the group's walks).
@@ -45,6 +47,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from tracekit.analysis.common import count_by
 
 __all__ = [
     "WALK_COLUMNS",
@@ -71,37 +75,52 @@ def _col(frame: Any, name: str, dtype: Any) -> np.ndarray:
 def rebuild_walks(walk: Any, element: Any, error: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rebuild every walk (see the module docstring for the columns)."""
     wid = _col(element, "walk_id", np.uint64)
-    idx = _col(element, "index", np.int64)
-    level = _col(element, "level", np.int64)
+    idx = _col(element, "index", np.int16)
+    level = _col(element, "level", np.int8)
     pte = _col(element, "pte", np.uint64)
     n = len(wid)
     if n > 1:
         same = wid[1:] == wid[:-1]
-        in_order = bool(np.all((wid[1:] > wid[:-1]) | (same & (idx[1:] > idx[:-1]))))
+        in_order = bool(np.all(wid[1:] >= wid[:-1])) and not np.any(same & (idx[1:] <= idx[:-1]))
         if not in_order:
             order = np.lexsort((idx, wid))
             wid, idx, level, pte = wid[order], idx[order], level[order], pte[order]
             same = wid[1:] == wid[:-1]
         starts = np.flatnonzero(np.concatenate(([True], ~same)))
+        del same
     else:
         starts = np.zeros(n, np.int64)
     counts = np.diff(np.append(starts, n)).astype(np.int64)
     ends = starts + counts - 1
-    group = np.repeat(np.arange(len(starts)), counts)
-    depth_in_walk = np.arange(n, dtype=np.int64) - starts[group] if n else np.zeros(0, np.int64)
+    # Depth inside the walk without per-element index arithmetic: +1 per element, reset at each start.
+    step = np.ones(n, np.int32)
+    if len(starts) > 1:
+        step[starts[1:]] = 1 - counts[:-1]
+    depth_in_walk = np.cumsum(step, dtype=np.int32) - 1 if n else np.zeros(0, np.int32)
+    del step
 
     g_wid = wid[starts]
-    g_root = level[starts]
     g_last = level[ends]
     g_pte = pte[ends]
     present = (g_pte & PTE_PRESENT) != 0
     huge = ((g_pte & PTE_PS) != 0) & ((g_last == 2) | (g_last == 3))
-    g_leaf = np.where(present & ((g_last == 1) | huge), g_last, -1)
-    power = np.minimum(counts[group] - 1 - depth_in_walk, 18) if n else np.zeros(0, np.int64)
-    g_path = np.add.reduceat(level * 10 ** power, starts) if n else np.zeros(0, np.int64)
+    g_leaf = np.where(present & ((g_last == 1) | huge), g_last, -1).astype(np.int8)
+    del present, huge, g_pte
+    # Levels in visit order as decimal digits, one pass per depth (walks are at most a few levels deep).
+    g_path = np.zeros(len(starts), np.int64)
+    for d in range(int(min(counts.max(), 18)) if len(counts) else 0):
+        has = counts > d
+        if has.all():
+            g_path = g_path * 10 + level[starts + d]
+        else:
+            g_path[has] = g_path[has] * 10 + level[starts[has] + d]
 
     w_wid = _col(walk, "walk_id", np.uint64)
-    if len(starts):
+    identity = len(w_wid) == len(g_wid) and bool(np.array_equal(w_wid, g_wid))
+    if identity:
+        found = None
+        pos = None
+    elif len(starts):
         pos = np.clip(np.searchsorted(g_wid, w_wid), 0, len(starts) - 1)
         found = g_wid[pos] == w_wid
     else:
@@ -112,26 +131,30 @@ def rebuild_walks(walk: Any, element: Any, error: Any = None) -> tuple[pd.DataFr
     else:
         err = np.zeros(len(w_wid), bool)
 
-    def pick(values: np.ndarray, missing: int) -> np.ndarray:
+    def pick(values: np.ndarray, missing: int, dtype: Any) -> np.ndarray:
+        if identity:
+            return values.astype(dtype, copy=False)
         if len(values) == 0:
-            return np.full(len(w_wid), missing, np.int64)
-        return np.where(found, values[pos], missing).astype(np.int64)
+            return np.full(len(w_wid), missing, dtype)
+        return np.where(found, values[pos], missing).astype(dtype, copy=False)
 
     walks = pd.DataFrame({
         "walk_id": w_wid,
         "ts_ns": _col(walk, "ts_ns", np.int64),
-        "tid": _col(walk, "tid", np.int64),
+        "tid": _col(walk, "tid", np.int32),
         "addr": _col(walk, "addr", np.uint64),
         "pferr": _col(walk, "pferr", np.uint32),
-        "depth": pick(counts, 0),
-        "root_level": pick(g_root, -1),
-        "leaf_level": pick(g_leaf, -1),
-        "level_path": pick(g_path, 0),
+        "depth": pick(counts, 0, np.int16),
+        "root_level": pick(level[starts], -1, np.int8),
+        "leaf_level": pick(g_leaf, -1, np.int8),
+        "level_path": pick(g_path, 0, np.int64),
         "error": err,
-        "first_step": pick(starts, -1),
-    })
-    walks.attrs["orphan_elements"] = int(counts[~np.isin(g_wid, w_wid)].sum()) if len(starts) else 0
-    steps = pd.DataFrame({"walk_id": wid, "index": idx, "depth": depth_in_walk, "level": level, "pte": pte})
+        "first_step": pick(starts, -1, np.int64),
+    }, copy=False)
+    matched = int(counts.sum()) if identity else int(counts[pos[found]].sum()) if len(starts) else 0
+    walks.attrs["orphan_elements"] = n - matched
+    steps = pd.DataFrame({"walk_id": wid, "index": idx, "depth": depth_in_walk, "level": level, "pte": pte},
+                         copy=False)
     return walks, steps
 
 
@@ -145,9 +168,9 @@ def depth_distribution(walks: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFr
     keys = [*by, "depth", "leaf_level"]
     if walks.empty:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in (*keys, "walks", "share")})
-    counts = walks.groupby(keys, sort=True).size().rename("walks").reset_index()
+    counts = count_by(walks, keys, "walks")
     if by:
-        totals = counts.groupby(list(by))["walks"].transform("sum")
+        totals = counts.groupby(list(by), observed=True, dropna=False)["walks"].transform("sum")
     else:
         totals = counts["walks"].sum()
     counts["share"] = counts["walks"] / totals

@@ -1,0 +1,212 @@
+"""Benchmark of the analyses' scale targets (not a test: prints figures and ratios).
+
+Targets (issue #6): walk reconstruction at least 20 M events/s; a 100 M-event capture analysed in under
+10 s; memory that does not grow with families the analysis does not read. Each figure is printed
+against a straightforward pandas groupby/apply implementation measured in the same run (on a
+subset where the straightforward version would take minutes; rates are compared), with the peak
+resident memory of the process that ran it (each measured case runs in its own child process).
+
+1. ``rebuild``: :func:`tracekit.analysis.walks.rebuild_walks` on in-memory tables of N walks
+   (4 events each: walk + 3 walk_element) vs a groupby/apply rebuild of the same rows.
+2. ``analyze``: :func:`tracekit.analysis.analyze.analyze_capture` (every analysis, model cross-check
+   included) on a synthetic capture of ``--events`` events written to a temporary directory, vs
+   the straightforward version (whole families read with every column, walks rebuilt and
+   cross-checked by groupby/apply) on a 1/200 capture.
+3. ``memory``: the walk analysis of the same walks with and without a large unrelated family
+   (5 rows per walk event): peak memory should not grow.
+
+Usage: python benchmarks/bench_analysis.py [--events N] [--quick]   (--quick: 8 M events)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# -- straightforward baselines -------------------------------------------------------------------
+
+
+def baseline_rebuild(walk: pd.DataFrame, element: pd.DataFrame) -> pd.DataFrame:
+    """Per walk: depth, root level, leaf level, path, by sort + groupby/apply."""
+    element = element.sort_values(["walk_id", "index"])
+
+    def one(group: pd.DataFrame) -> pd.Series:
+        levels = group["level"].tolist()
+        last = int(group["pte"].iloc[-1])
+        leaf = levels[-1] if last & 1 and (levels[-1] == 1 or (last & 0x80 and levels[-1] in (2, 3))) else -1
+        return pd.Series({"depth": len(levels), "root_level": levels[0], "leaf_level": leaf,
+                          "level_path": int("".join(map(str, levels)))})
+
+    per = element.groupby("walk_id").apply(one)
+    return walk.merge(per, left_on="walk_id", right_index=True, how="left")
+
+
+def baseline_analyze(path: str) -> None:
+    """Whole families with every column, walks rebuilt and checked against the model by groupby/apply."""
+    from tracekit.analysis.crosscheck import model_from_layout
+    from tracekit.capture import open_capture
+
+    cap = open_capture(path)
+    walk = cap.dataframe("walk")
+    element = cap.dataframe("walk_element")
+    for family in cap.families():
+        if family not in ("walk", "walk_element"):
+            cap.dataframe(family)
+    walks = baseline_rebuild(walk, element)
+    model_walk = model_from_layout(cap.manifest["workload"])
+    cache: dict[int, list] = {}
+
+    def matches(group: pd.DataFrame, addr: int) -> bool:
+        page = addr & ~0xFFF
+        if page not in cache:
+            cache[page] = [(s.level, s.pte & ~0x60) for s in model_walk(page).levels]
+        return [(int(lv), int(p) & ~0x60) for lv, p in zip(group["level"], group["pte"])] == cache[page]
+
+    addr_of = dict(zip(walk["walk_id"], walk["addr"]))
+    element.groupby("walk_id").apply(lambda g: matches(g, int(addr_of[g.name])))
+    walks.groupby(["tid", "depth", "leaf_level"]).size()
+
+
+# -- child-process cases -------------------------------------------------------------------------
+
+
+def child(case: str, arg: str) -> dict:
+    from tracekit.analysis.common import tune_memory
+
+    tune_memory()  # what the tracekit commands do
+    if case == "rebuild":
+        from tracekit.analysis.synthetic import walk_tables
+        from tracekit.analysis.walks import rebuild_walks
+
+        n = int(arg)
+        tables = walk_tables(n)
+        walk = {c: tables["walk"].column(c).to_numpy() for c in ("walk_id", "ts_ns", "tid", "addr", "pferr")}
+        element = {c: tables["walk_element"].column(c).to_numpy() for c in ("walk_id", "index", "level", "pte")}
+        del tables
+        start = time.perf_counter()
+        walks, _ = rebuild_walks(walk, element)
+        seconds = time.perf_counter() - start
+        assert (walks["level_path"] == 432).all()
+        return {"seconds": seconds, "events": 4 * n, "peak_mb": peak_mb()}
+    if case == "rebuild-baseline":
+        from tracekit.analysis.synthetic import walk_tables
+
+        n = int(arg)
+        tables = walk_tables(n)
+        walk, element = tables["walk"].to_pandas(), tables["walk_element"].to_pandas()
+        start = time.perf_counter()
+        walks = baseline_rebuild(walk, element)
+        seconds = time.perf_counter() - start
+        assert (walks["level_path"] == 432).all()
+        return {"seconds": seconds, "events": 4 * n, "peak_mb": peak_mb()}
+    if case == "analyze":
+        from tracekit.analysis.analyze import analyze_capture
+        from tracekit.capture import open_capture
+
+        start = time.perf_counter()
+        result = analyze_capture(open_capture(arg))
+        seconds = time.perf_counter() - start
+        assert result.verdicts["crosscheck"]["match_rate"] == 1.0
+        return {"seconds": seconds, "peak_mb": peak_mb()}
+    if case == "analyze-baseline":
+        start = time.perf_counter()
+        baseline_analyze(arg)
+        return {"seconds": time.perf_counter() - start, "peak_mb": peak_mb()}
+    raise SystemExit(f"unknown case {case}")
+
+
+def run_child(case: str, arg: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", case, arg], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def add_unrelated_family(path: Path, rows: int) -> None:
+    """A large ``func_call`` family (int columns) that no analysis reads."""
+    from tracekit.capture import COMMON_FIELDS, CaptureWriter  # noqa: F401  (schema helper below)
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([*COMMON_FIELDS, pa.field("gfn", pa.uint64()), pa.field("spte", pa.uint64()),
+                        pa.field("level", pa.int32())])
+    directory = path / "func_call"
+    directory.mkdir()
+    pq.write_table(schema.empty_table(), directory / "_schema.parquet")
+    chunk = 5_000_000
+    for i, first in enumerate(range(0, rows, chunk), start=1):
+        n = min(chunk, rows - first)
+        ids = np.arange(first, first + n)
+        table = pa.table({"ts_ns": ids.astype(np.int64), "cpu": np.zeros(n, np.int32), "pid": np.zeros(n, np.int32),
+                          "tid": np.zeros(n, np.int32), "gfn": (ids * 7919).astype(np.uint64),
+                          "spte": (ids * 104729).astype(np.uint64), "level": np.ones(n, np.int32)}, schema=schema)
+        pq.write_table(table, directory / f"part-{i:06d}.parquet", compression="zstd")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000_000, help="events in the large capture")
+    parser.add_argument("--quick", action="store_true", help="8 M events instead of --events")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return
+
+    from tracekit.analysis.synthetic import write_synthetic_capture
+
+    events = 8_000_000 if args.quick else args.events
+    walks = events // 4
+    # 1. reconstruction
+    fast = run_child("rebuild", str(walks))
+    base = run_child("rebuild-baseline", str(min(walks, 20_000)))
+    fast_rate, base_rate = fast["events"] / fast["seconds"], base["events"] / base["seconds"]
+    print(f"walk reconstruction: {fast['events'] / 1e6:.0f} M events in {fast['seconds']:.2f} s = "
+          f"{fast_rate / 1e6:.1f} M events/s, peak {fast['peak_mb']:,.0f} MB [target >= 20 M events/s]")
+    print(f"  groupby/apply baseline: {base['events'] / 1e6:.1f} M events in {base['seconds']:.2f} s = "
+          f"{base_rate / 1e6:.3f} M events/s, peak {base['peak_mb']:,.0f} MB; speed-up {fast_rate / base_rate:,.0f}x")
+
+    tmp = Path(tempfile.mkdtemp(prefix="tk-bench-"))
+    try:
+        big, small = tmp / "big.tkcap", tmp / "small.tkcap"
+        start = time.perf_counter()
+        written = write_synthetic_capture(big, walks, extra_rows=max(events // 100, 10_000))
+        print(f"(wrote a {written / 1e6:.0f} M-event synthetic capture in {time.perf_counter() - start:.0f} s, "
+              f"{sum(f.stat().st_size for f in big.rglob('*') if f.is_file()) / 2**20:,.0f} MB)")
+        write_synthetic_capture(small, walks // 200, extra_rows=max(events // 20000, 1000))
+        # 2. whole analysis
+        fast = run_child("analyze", str(big))
+        base = run_child("analyze-baseline", str(small))
+        fast_rate, base_rate = written / fast["seconds"], (written / 200) / base["seconds"]
+        print(f"analyze (every analysis, cross-check included): {written / 1e6:.0f} M events in "
+              f"{fast['seconds']:.2f} s, peak {fast['peak_mb']:,.0f} MB [target < 10 s for 100 M]")
+        print(f"  straightforward pandas on {written / 200 / 1e6:.2f} M events: {base['seconds']:.2f} s, "
+              f"peak {base['peak_mb']:,.0f} MB; rate ratio {fast_rate / base_rate:,.0f}x")
+        # 3. memory does not grow with an unrelated family
+        alone = run_child("analyze", str(small))
+        add_unrelated_family(small, walks // 200 * 4 * 5)
+        mixed = run_child("analyze", str(small))
+        print(f"memory: analyze without / with an unrelated {walks // 200 * 4 * 5 / 1e6:.1f} M-row family: "
+              f"peak {alone['peak_mb']:,.0f} MB / {mixed['peak_mb']:,.0f} MB (ratio {mixed['peak_mb'] / alone['peak_mb']:.2f}), "
+              f"time {alone['seconds']:.2f} s / {mixed['seconds']:.2f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
