@@ -115,3 +115,43 @@ def test_x86_clear_path_global_symbol_that_never_fires():
     names = calls["name"].astype(str)
     assert (names == "mmu_try_split").sum() == 0
     assert (names == "tdp_try_split").sum() == 256 == (names == "enable_log_dirty").sum()
+
+
+@pytest.mark.slow
+def test_arm64_1g_block_split_in_2m_chunks_matches_the_model():
+    """A 1 GiB hugetlb page mapped as one level-1 block, split in 2 MiB chunks: the cache holds 2 tables, so the
+    first chunk turns the block into a table of 2 MiB blocks (force_pte off) and every chunk then splits one of them:
+    512 walks, 1 + 512 block visits, 262,144 page visits, and the tables built by the map walker."""
+    cap = _capture("lab-arm64-hugetlb-1g")
+    pgt = Stage2PageTable()
+    pgt.populate(DATA_IPA, 1 << 30, 1 << 30)
+    stats = WalkStats()
+    assert EagerSplitter(pgt, 2 * MiB).split_huge_pages(DATA_IPA, DATA_IPA + (1 << 30), stats) == 0
+    assert len(cap.dataframe("split")) == stats.walks == 512
+    measured = _visits(cap, "stage2_split_walker")
+    assert measured == {(1, "leaf:block"): stats.get("leaf", 1), (2, "leaf:block"): stats.get("leaf", 2),
+                        (3, "leaf:page"): stats.get("leaf", 3)}  # fmt: skip
+    assert measured[(3, "leaf:page")] == 262_144
+    built = _visits(cap, "stage2_map_walker", initiator="stage2_split_walker")
+    assert built == {(2, "leaf:invalid"): stats.get("build", 2), (3, "leaf:invalid"): stats.get("build", 3)}
+
+
+@pytest.mark.parametrize("name,size,page", [("lab-x86-tdp-eager", 64 * MiB, 2 * MiB), ("lab-x86-tdp-1g", 1 << 30, 1 << 30)])
+def test_x86_split_loop_iterator_steps_match_the_model(name, size, page):
+    """tdp_iter_next steps inside tdp_mmu_split_huge_pages_root, per level, equal the model's iterator positions,
+    including the restart from the root after each split's lock drop (64 MiB: 64/33/33 at levels 2/3/4;
+    1 GiB: 1,024/514/514), and the splits per level (32 at level 2; 512 at level 2 + 1 at level 3)."""
+    cap = _capture(name)
+    pgt, stats = TdpPageTable(), WalkStats()
+    pgt.populate(1 << 32, size, page)
+    pgt.split_huge_pages(1 << 32, (1 << 32) + size, stats)
+    walks = cap.dataframe("stage2_walk")
+    loop = walks[walks["initiator"] == "tdp_mmu_split_huge_pages_root"]
+    assert len(loop) == stats.walks == 1
+    visits = cap.dataframe("stage2_visit").merge(loop[["walk_id"]], on="walk_id")
+    measured = {int(level): int(n) for level, n in visits.groupby("level")["count"].sum().items()}
+    assert measured == {level: stats.get("entries", level) for level in range(1, 6) if stats.get("entries", level)}
+    splits = cap.dataframe("split")
+    events = splits[splits["probe"] == "kvm_mmu_split_huge_page"]
+    assert {int(k): int(n) for k, n in events.groupby("level").size().items()} == {
+        level: stats.get("splits", level) for level in range(1, 6) if stats.get("splits", level)}

@@ -107,6 +107,7 @@ def run_lab(
         image, release_hint, source = kernel, "", str(kernel)
         module_files = tuple(sorted(modules.glob("*.ko"))) if modules is not None else ()
     userland = fetch.fetch_userland(arch, cache)
+    output.parent.mkdir(parents=True, exist_ok=True)
     console_log = output.parent / f"{output.name}.console.log"
     work = Path(tempfile.mkdtemp(prefix="tracekit-lab-", dir=cache))
     try:
