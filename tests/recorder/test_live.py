@@ -199,3 +199,90 @@ def test_sigterm_stops_cleanly(backend, tmp_path):
 
     summary = json.loads(stdout)
     assert summary["stop_reason"] == "SIGTERM" and summary["command_exit"] is not None
+
+
+@pytest.mark.slow
+def test_record_a_qemu_guest_by_name(tmp_path):
+    """QEMU from the distribution runs the hand-made CPL3 guest; record it by its -name, then check
+    KVM_RUN on its vCPU thread (named "CPU 0/KVM") and 3-level walks covering every 2 MiB guest page the
+    guest wrote: one walk per 4 KiB page when QEMU's RAM is backed by small host pages, one per 2 MiB
+    guest page when transparent huge pages back it (QEMU asks for them), so at least one per region."""
+    import shutil
+    import socket
+    import threading
+
+    from tests.recorder.qemu_guest import TOUCH_BASE, TOUCH_PAGES, build_image
+
+    _need("bcc")
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        from tests.livecheck import skip_or_fail
+
+        skip_or_fail("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    TOUCH_END = TOUCH_BASE + TOUCH_PAGES * 4096
+    image = tmp_path / "guest.bin"
+    image.write_bytes(build_image())
+    monitor = tmp_path / "monitor.sock"
+    name = f"tk-qemu-test-{os.getpid()}"
+    vm = subprocess.Popen([qemu, "-enable-kvm", "-cpu", "qemu64,-cx16", "-m", "128M", "-kernel", str(image),
+                           "-display", "none", "-nodefaults", "-no-reboot", "-name", f"{name},debug-threads=on", "-S",
+                           "-monitor", f"unix:{monitor},server,nowait"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "qemu.tkcap"
+    done = threading.Event()
+
+    def start_guest() -> None:  # called once the probes are attached
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(monitor))
+        sock.settimeout(5)
+        sock.recv(4096)  # the monitor's banner
+        sock.sendall(b"cont\n")
+        time.sleep(0.5)
+        sock.close()
+        threading.Thread(target=stop_when_touched, daemon=True).start()
+
+    def stop_when_touched() -> None:
+        import pyarrow.parquet as pq
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not done.is_set():
+            regions = set()
+            for part in out.glob("walk/part-*.parquet"):
+                addr = pq.read_table(part, columns=["addr"]).column("addr").to_numpy()
+                regions |= set((addr[(addr >= TOUCH_BASE) & (addr < TOUCH_END)] >> 21).tolist())
+            if len(regions) == TOUCH_END // (2 << 20) - TOUCH_BASE // (2 << 20):
+                time.sleep(1.0)
+                break
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        deadline = time.monotonic() + 10
+        while not monitor.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        summary = record(RecordConfig(output=out, pid_spec=name, backend="bcc", duration=150), stream=None,
+                         on_attached=start_guest)
+    finally:
+        done.set()
+        vm.kill()
+        vm.wait()
+    assert summary.stop_reason == "SIGINT"
+    cap = open_capture(out)
+    assert cap.manifest["target"]["name"] == name and cap.manifest["target"]["pids"] == [vm.pid]
+    vcpus = [t for t in cap.manifest["target"]["threads"] if t["vcpu"] == 0]
+    assert [t["comm"] for t in vcpus] == ["CPU 0/KVM"]
+    runs = cap.dataframe("ioctl_summary")
+    assert (runs[runs.cmd == KVM_RUN].tid == vcpus[0]["tid"]).any()
+    assert cap.rows("ioctl") > 0  # QEMU's register set-up around `cont`
+    walks = cap.dataframe("walk")
+    touched = walks[(walks.addr >= TOUCH_BASE) & (walks.addr < TOUCH_END)]
+    regions = set(range(TOUCH_BASE >> 21, TOUCH_END >> 21))
+    assert set((touched.addr.to_numpy() >> 21).tolist()) == regions
+    assert len(regions) <= touched.addr.nunique() <= TOUCH_PAGES
+    elements = cap.dataframe("walk_element")
+    levels = elements[elements.walk_id.isin(touched.walk_id)].groupby("walk_id")["level"].apply(tuple)
+    assert set(levels) == {(4, 3, 2)}  # PML4, PDPT, then the 2 MiB PD entry
+    mmu = cap.dataframe("mmu")
+    requested = mmu[mmu.event == "kvm_mmu_spte_requested"].gfn.dropna().to_numpy().astype("uint64")
+    assert set(((requested << 12) >> 21).tolist()) >= regions
+    assert cap.lost_total() == 0

@@ -277,8 +277,10 @@ def _choose_backend(name: str) -> tuple[str, str | None]:
     return "bcc", None
 
 
-def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | None = None) -> RecordSummary:
-    """Record as ``config`` says (see the module docstring)."""
+def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | None = None,
+           on_attached: Callable[[], None] | None = None) -> RecordSummary:
+    """Record as ``config`` says (see the module docstring); ``on_attached()`` runs once the probes are
+    attached (before a command is released)."""
     if config.pid_spec and config.command:
         raise UsageError("give either --pid or a command after --, not both")
     if not config.pid_spec and not config.command:
@@ -380,6 +382,8 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
 
             try:
                 t0 = time.monotonic()  # the duration counts from the moment the probes are attached
+                if on_attached is not None:
+                    on_attached()
                 if child is not None:
                     child.release()
                 next_threads = time.monotonic() + 0.05
