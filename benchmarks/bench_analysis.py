@@ -171,6 +171,8 @@ def main() -> None:
 
     events = 8_000_000 if args.quick else args.events
     walks = events // 4
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
+          "(other work on the host slows every figure below)")
     # 1. reconstruction
     fast = run_child("rebuild", str(walks))
     base = run_child("rebuild-baseline", str(min(walks, 20_000)))
@@ -205,6 +207,7 @@ def main() -> None:
               f"time {alone['seconds']:.2f} s / {mixed['seconds']:.2f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
