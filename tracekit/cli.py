@@ -24,6 +24,7 @@ __all__ = ["app", "main", "COMMAND_MODULES", "is_verbose"]
 COMMAND_MODULES = (
     "tracekit.capture.cli",
     "tracekit.doctor",
+    "tracekit.demo",
     "tracekit.model.cli",
     "tracekit.workload.cli",
     "tracekit.recorder.cli",
