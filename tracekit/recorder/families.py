@@ -52,7 +52,13 @@ def _labels(codes: np.ndarray, name_of) -> pa.DictionaryArray:
 
 
 def _masked(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa.Array:
-    return pa.array(values, type=type_, mask=~valid)
+    """``values`` as an Arrow array of ``type_`` with nulls where ``valid`` is False (no per-row work)."""
+    if pa.types.is_boolean(type_):
+        return pa.array(values, type=type_, mask=~valid)
+    data = np.ascontiguousarray(values, dtype=type_.to_pandas_dtype())
+    bitmap = np.packbits(valid.astype(np.uint8), bitorder="little")
+    nulls = len(valid) - int(np.count_nonzero(valid))
+    return pa.Array.from_buffers(type_, len(data), [pa.py_buffer(bitmap), pa.py_buffer(data)], null_count=nulls)
 
 
 def _empty_records(dtype: np.dtype, n: int) -> np.ndarray:

@@ -369,12 +369,17 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
             sink = _AsyncWriter(writer)
             lost: dict[tuple[str, int], int] = {}
 
-            def deliver(batches: list) -> None:
+            next_lost = [0.0]
+
+            def deliver(batches: list, final: bool = False) -> None:
                 for _family, tables in batches:
                     for name, table in tables.items():
                         if table.num_rows:
                             sink.submit(writer.append, name, table, rows=table.num_rows)
                             status.count(name, table.num_rows)
+                if not final and time.monotonic() < next_lost[0]:
+                    return
+                next_lost[0] = time.monotonic() + 0.25  # counters are cumulative: reading them often buys nothing
                 for probe, cpu, count in backend.lost():
                     if lost.get((probe, cpu)) != count:
                         lost[(probe, cpu)] = count
@@ -412,7 +417,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                         break
                     time.sleep(config.poll_interval)
                 batches, finals = backend.stop()
-                deliver(batches + finals)
+                deliver(batches + finals, final=True)
             finally:
                 sink.close()
             notes: dict[str, Any] = {}
