@@ -1,0 +1,125 @@
+"""The recording loop's safety and bookkeeping with a fake backend (no kernel, no root).
+
+A fake backend hands out one synthetic walk batch per poll; the tests check that the capture holds
+it, that a failing disk aborts the capture while keeping finished segments and still closes the
+backend, and that a signal stops the loop cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from tracekit import schema as S
+from tracekit.capture import open_capture
+from tracekit.capture.writer import CaptureWriter, CaptureWriteError
+from tracekit.recorder import bccload, session
+from tracekit.recorder.families import WalkFamily
+from tracekit.recorder.family import ProbeStatus
+
+
+class FakeBackend:
+    name = "bcc"
+    instances: list["FakeBackend"] = []
+
+    def __init__(self, plan, tgid):
+        self.family = plan[0][0]
+        self.tgid = tgid
+        self.attached = ["kvmmmu:kvm_mmu_pagetable_walk"]
+        self.polls = 0
+        self.closed = False
+        FakeBackend.instances.append(self)
+
+    def start(self):
+        pass
+
+    def poll(self):
+        self.polls += 1
+        rec = np.zeros(4, S.WALK_EVENT_DTYPE)
+        rec["hdr"]["ts_ns"] = self.polls * 10 + np.arange(4)
+        rec["hdr"]["kind"] = [0, 1, 1, 1]
+        rec["hdr"]["pid"] = rec["hdr"]["tid"] = self.tgid
+        rec["walk_id"] = self.polls
+        rec["index"] = [0, 0, 1, 2]
+        return [(self.family, self.family.decode("walk_events", rec))]
+
+    def lost(self):
+        return [("kvmmmu:kvm_mmu_paging_element", 1, 2)]
+
+    def stop(self):
+        return [], []
+
+    def bytes_read(self):
+        return 0
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    FakeBackend.instances = []
+    family = WalkFamily()
+    statuses = [ProbeStatus(tp, True) for tp in family.tracepoints]
+    monkeypatch.setattr(session, "plan_families", lambda names, host, options: ([(family, statuses)], [], list(family.tracepoints)))
+    monkeypatch.setattr(session, "_choose_backend", lambda name: ("bcc", None))
+    monkeypatch.setattr(bccload, "BccBackend", FakeBackend)
+    return FakeBackend
+
+
+def test_records_batches_lost_counters_and_threads(fake, tmp_path):
+    out = tmp_path / "fake.tkcap"
+    summary = session.record(session.RecordConfig(output=out, pid_spec=str(os.getpid()), duration=0.3,
+                                                  poll_interval=0.01), stream=None)
+    backend = fake.instances[0]
+    assert backend.closed and summary.stop_reason == "duration"
+    cap = open_capture(out)
+    assert cap.manifest["status"] == "complete" and cap.manifest["backend"] == "bcc"
+    assert cap.rows("walk") == backend.polls and cap.rows("walk_element") == 3 * backend.polls
+    assert cap.manifest["lost"] == [{"probe": "kvmmmu:kvm_mmu_paging_element", "cpu": 1, "count": 2}]
+    assert os.getpid() in {t["tid"] for t in cap.manifest["target"]["threads"]}
+    assert cap.manifest["probes"]["attached"] == ["kvmmmu:kvm_mmu_pagetable_walk"]
+
+
+def test_disk_full_aborts_but_keeps_finished_segments(fake, tmp_path, monkeypatch):
+    original = CaptureWriter._close_segment
+    calls = {"n": 0}
+
+    def failing_close(self, family):
+        if family == "walk" and self._families[family].buffers:
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise CaptureWriteError("cannot write segment: No space left on device")
+        return original(self, family)
+
+    monkeypatch.setattr(CaptureWriter, "_close_segment", failing_close)
+    out = tmp_path / "full.tkcap"
+    with pytest.raises(CaptureWriteError, match="No space left"):
+        session.record(session.RecordConfig(output=out, pid_spec=str(os.getpid()), duration=5,
+                                            segment_seconds=0.05, poll_interval=0.01), stream=None)
+    assert fake.instances[0].closed
+    cap = open_capture(out)
+    assert cap.manifest["status"] == "aborted" and "No space left" in cap.manifest["status_reason"]
+    assert cap.rows("walk") >= 1  # the first segment was written before the disk "filled"
+
+
+def test_sigterm_stops_the_loop(fake, tmp_path):
+    out = tmp_path / "term.tkcap"
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    before = signal.getsignal(signal.SIGTERM)
+    summary = session.record(session.RecordConfig(output=out, pid_spec=str(os.getpid()), duration=30,
+                                                  poll_interval=0.01), stream=None)
+    timer.join()
+    assert summary.stop_reason == "SIGTERM" and signal.getsignal(signal.SIGTERM) is before
+    assert open_capture(out).manifest["status"] == "complete"
+
+
+def test_workload_command_gets_a_layout_file():
+    assert session._is_workload_command(["tracekit", "workload", "dirty-log", "-i", "2"])
+    assert session._is_workload_command(["/venv/bin/tracekit", "workload", "dirty-log"])
+    assert not session._is_workload_command(["qemu-system-x86_64", "-m", "64"])
