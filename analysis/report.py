@@ -7,7 +7,7 @@ figure is a matplotlib PNG (Agg backend, never a display) embedded as a ``data:`
 needs no other file and no network. Figures, each an ``<img class="figure" data-figure="NAME">``
 with a caption, drawn when the data exists:
 
-- ``walk-depth``: histogram of guest walk depth per vCPU;
+- ``walk-depth``: walks per depth, one bar per vCPU (from the ``walk_depth`` table);
 - ``contention-timeline``: lock wait time per 10 ms bin, per lock (mmu_lock named);
 - ``latency-cdf``: empirical CDFs of ioctl latency per kind (log time axis);
 - ``visits-vs-model``: visits per level, observed against the model (guest PTE reads for x86,
@@ -38,6 +38,7 @@ from tracekit.errors import CaptureFormatError
 __all__ = ["FIGURES", "render_report", "write_report"]
 
 FIGURES = ("walk-depth", "contention-timeline", "latency-cdf", "visits-vs-model")
+_TIMESTAMPS = {"ts_ns", "start_ns", "end_ns", "t_ns"}
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -67,24 +68,37 @@ def _new_figure():
     return plt.subplots(figsize=(6.4, 3.6))
 
 
+def _frame(result: Analysis, key: str) -> pd.DataFrame | None:
+    frame = result.frames.get(key)
+    return None if frame is None or frame.empty else frame
+
+
+def _labels(ax: Any, xlabel: str, ylabel: str, legend_size: int = 8) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+
+
 def _walk_depth_figure(result: Analysis):
-    walks = result.frames.get("walks")
-    if walks is None or walks.empty:
+    table = result.tables.get("walk_depth")
+    if table is None or table.empty:
         return None
     fig, ax = _new_figure()
-    depths = np.arange(0, int(walks["depth"].max()) + 2)
-    for vcpu, group in walks.groupby("vcpu"):
-        ax.hist(group["depth"], bins=depths - 0.5, alpha=0.6, label=f"vCPU {vcpu}" if vcpu >= 0 else "other")
-    ax.set_xlabel("walk depth (guest levels read)")
-    ax.set_ylabel("walks")
-    ax.set_xticks(depths[:-1])
-    ax.legend(fontsize=8)
+    per = table.groupby(["vcpu", "depth"])["walks"].sum().unstack(fill_value=0)
+    depths = np.arange(0, int(per.columns.max()) + 1)
+    per = per.reindex(columns=depths, fill_value=0)
+    width = 0.8 / len(per.index)
+    for i, (vcpu, row) in enumerate(per.iterrows()):
+        ax.bar(depths + i * width - 0.4 + width / 2, row.to_numpy(), width,
+               label=f"vCPU {vcpu}" if vcpu >= 0 else "other threads")
+    ax.set_xticks(depths)
+    _labels(ax, "walk depth (guest levels read)", "walks")
     return fig, "Guest walk depth per vCPU"
 
 
 def _timeline_figure(result: Analysis):
-    waits = result.frames.get("waits")
-    if waits is None or waits.empty:
+    waits = _frame(result, "waits")
+    if waits is None:
         return None
     mmu = result.verdicts.get("mmu_lock") if result.verdicts.get("mmu_lock", {}).get("lock_addr") is not None else None
     timeline = contention_timeline(waits, mmu)
@@ -94,26 +108,24 @@ def _timeline_figure(result: Analysis):
     for lock in top:
         part = timeline[timeline["lock"] == lock]
         ax.plot((part["t_ns"] - t0) / 1e9, part["wait_ns"] / 1e6, drawstyle="steps-post", label=lock)
-    ax.set_xlabel("time (s from first wait)")
-    ax.set_ylabel("wait per 10 ms (ms)")
-    ax.legend(fontsize=8)
+    _labels(ax, "time (s from first wait)", "wait per 10 ms (ms)")
     return fig, "Lock contention timeline (top locks by total wait)"
 
 
 def _cdf_figure(result: Analysis):
-    ioctl = result.frames.get("ioctl")
-    if ioctl is None or ioctl.empty:
+    ioctl = _frame(result, "ioctl")
+    if ioctl is None:
         return None
     fig, ax = _new_figure()
-    for name, group in ioctl.groupby("cmd_name"):
+    busiest = ioctl["cmd_name"].value_counts().index[:8]
+    for name, group in ioctl[ioctl["cmd_name"].isin(busiest)].groupby("cmd_name"):
         values = np.sort(group["duration_ns"].to_numpy(np.float64))
         values = np.maximum(values, 1.0)
         ax.step(values / 1e3, np.arange(1, len(values) + 1) / len(values), where="post", label=f"{name} ({len(values)})")
     ax.set_xscale("log")
-    ax.set_xlabel("latency (us)")
-    ax.set_ylabel("fraction of calls")
-    ax.legend(fontsize=7)
-    return fig, "ioctl latency CDFs"
+    _labels(ax, "latency (us)", "fraction of calls", 7)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig, "ioctl latency CDFs (the 8 most frequent kinds)"
 
 
 def _visits_figure(result: Analysis):
@@ -130,8 +142,7 @@ def _visits_figure(result: Analysis):
         ax.bar(x + i * width - 0.4 + width / 2, frame[column], width, label=column.replace("_", " "))
     ax.set_xticks(x)
     ax.set_xticklabels([f"L{int(level)}" for level in frame["level"]])
-    ax.set_ylabel("visits")
-    ax.legend(fontsize=8)
+    _labels(ax, "level", "visits")
     kind = "split-walker LEAF visits" if frame is split else "guest PTE reads"
     return fig, f"Visits per level against the model ({kind})"
 
@@ -139,7 +150,7 @@ def _visits_figure(result: Analysis):
 def _table_html(frame: pd.DataFrame, limit: int = 50) -> str:
     shown = frame.head(limit).copy()
     for column in shown.columns:
-        if str(column).endswith("_ns"):
+        if str(column).endswith("_ns") and column not in _TIMESTAMPS:
             shown[column] = shown[column].map(format_ns)
         elif column in ("lock_addr", "addr", "observed_pte", "model_pte"):
             shown[column] = shown[column].map(lambda v: "-" if v is None or pd.isna(v) else f"{int(v):#x}")
