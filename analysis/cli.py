@@ -153,6 +153,7 @@ def compare(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``analyze``, ``report`` and ``compare`` to the root app."""
     app.command("analyze")(analyze)
     app.command("report")(report)
     app.command("compare", cls=_SplitAtDoubleDash)(compare)
