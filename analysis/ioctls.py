@@ -7,6 +7,9 @@ and the nullable decoded ``slot``, ``flags``, ``memory_size``) and optionally ``
 (``tid``, ``cmd_name``, ``count``, ``total_ns``, ``max_ns``, ``errors``: commands aggregated in
 the kernel, KVM_RUN by default). Times are nanoseconds.
 
+Calls whose exit was not recorded (null ``duration_ns``: still running when the recording stopped)
+are left out of every table.
+
 - :func:`memslot_flag_changes` labels each KVM_SET_USER_MEMORY_REGION(2) call:
   ``create`` (first call for the slot), ``delete`` (``memory_size == 0``), ``log-dirty-on`` /
   ``log-dirty-off`` (bit 0, KVM_MEM_LOG_DIRTY_PAGES, toggled), ``flags`` (another flag changed),
@@ -37,7 +40,7 @@ def memslot_flag_changes(ioctl: pd.DataFrame) -> pd.DataFrame:
     """What each memslot-setting ioctl changed (see the module docstring)."""
     if "slot" not in ioctl.columns or "flags" not in ioctl.columns:
         return pd.DataFrame(columns=_CHANGE_COLUMNS)
-    sel = ioctl[ioctl["cmd_name"].isin(MEMSLOT_IOCTLS) & ioctl["slot"].notna()]
+    sel = ioctl[ioctl["cmd_name"].isin(MEMSLOT_IOCTLS) & ioctl["slot"].notna() & ioctl["duration_ns"].notna()]
     if "ret" in sel.columns:
         sel = sel[sel["ret"].fillna(0) >= 0]
     sel = sel.sort_values("ts_ns", kind="stable")

@@ -151,7 +151,7 @@ def dirty_log_events(ioctl: pd.DataFrame) -> pd.DataFrame:
             "ts_ns": ch["ts_ns"].to_numpy(np.int64),
             "end_ns": (ch["ts_ns"] + ch["duration_ns"]).to_numpy(np.int64)}))
     for name, kind in (("KVM_GET_DIRTY_LOG", "get"), ("KVM_CLEAR_DIRTY_LOG", "clear")):
-        sel = ioctl[ioctl["cmd_name"] == name]
+        sel = ioctl[(ioctl["cmd_name"] == name) & ioctl["duration_ns"].notna()]
         frames.append(pd.DataFrame({"kind": kind, "ts_ns": sel["ts_ns"].to_numpy(np.int64),
                                     "end_ns": (sel["ts_ns"] + sel["duration_ns"]).to_numpy(np.int64)}))
     events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["kind", "ts_ns", "end_ns"])

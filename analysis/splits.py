@@ -61,7 +61,7 @@ def split_ioctls(ioctl: pd.DataFrame, split: pd.DataFrame | None = None, mmu: pd
     """Every dirty-log enable and CLEAR ioctl with the splits done inside it."""
     changes = memslot_flag_changes(ioctl)
     enable = changes[changes["change"] == "log-dirty-on"]
-    clear = ioctl[ioctl["cmd_name"] == "KVM_CLEAR_DIRTY_LOG"]
+    clear = ioctl[(ioctl["cmd_name"] == "KVM_CLEAR_DIRTY_LOG") & ioctl["duration_ns"].notna()]
     rows = pd.concat([
         pd.DataFrame({"kind": "enable", "ts_ns": enable["ts_ns"].to_numpy(np.int64),
                       "duration_ns": enable["duration_ns"].to_numpy(np.int64),

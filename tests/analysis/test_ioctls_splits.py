@@ -61,3 +61,13 @@ def test_unknown_durations_are_not_latencies():
     split = pd.DataFrame({"ts_ns": [1100], "tid": [1], "duration_ns": [-1], "level": [None]})
     calls = split_call_summary(split_events(split, None))
     assert calls["count"].tolist() == [1] and pd.isna(calls["total_ns"].iloc[0])
+
+
+def test_unfinished_ioctls_are_left_out():
+    """A CLEAR still running when the recording stopped (null duration) is neither a latency nor a span."""
+    unfinished = pd.concat([IOCTL, pd.DataFrame({"ts_ns": [6000], "tid": [1], "duration_ns": [None],
+                                                 "cmd_name": ["KVM_CLEAR_DIRTY_LOG"], "ret": [None], "slot": [1],
+                                                 "flags": [None], "memory_size": [None]})], ignore_index=True)
+    assert split_ioctls(unfinished)["kind"].tolist() == ["enable", "clear"]
+    assert ioctl_latency(unfinished).set_index("cmd_name").loc["KVM_CLEAR_DIRTY_LOG", "count"] == 1
+    assert len(memslot_flag_changes(unfinished)) == 4
