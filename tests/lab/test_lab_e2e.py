@@ -55,3 +55,18 @@ def test_x86_tdp_eager_split(tmp_path):
     assert run.ok, run.checks
     assert run.counts["kvm_mmu_split_huge_page"] == 32 == run.counts["split_huge_page"]
     assert "tdp_map" in run.probes["attached"]
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_a_guest_that_does_not_finish_is_killed_and_its_console_kept(tmp_path):
+    """A 3 s limit cannot fit a boot under TCG: QEMU is killed, the error names the kept console log."""
+    if shutil.which(fetch.QEMU_BINARY["arm64"]) is None:
+        livecheck.skip_or_fail("qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)")
+    if not any(fetch.cache_dir().glob("kernel-*-arm64/.complete")):
+        livecheck.skip_or_fail("the arm64 lab cache is empty (tracekit lab fetch arm64)")
+    with pytest.raises(LabError, match="did not finish within 3 s") as error:
+        run_lab("arm64", "eager-enable", tmp_path / "hung.tkcap", timeout=3)
+    assert str(tmp_path / "hung.tkcap.console.log") in str(error.value)
+    assert (tmp_path / "hung.tkcap.console.log").exists()
+    assert not (tmp_path / "hung.tkcap").exists()

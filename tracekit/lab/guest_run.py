@@ -6,8 +6,8 @@ Contract
 tracefs mounted) resolves the architecture's probe family against ``/proc/kallsyms``, writes the
 ``kprobe_events`` definitions (BTF argument names), records them in a private tracefs instance
 ``tracekit`` (``mono`` clock, so timestamps are CLOCK_MONOTONIC ns) with an in-kernel histogram per
-hot probe, runs the scenario steps (each bracketed by ``trace_marker`` lines ``tk-step-begin N
-OP`` / ``tk-step-end N OP``), then saves into OUTDIR:
+hot probe, runs the scenario steps (each bracketed by ``trace_marker_raw`` records with id ``2N`` at the
+begin and ``2N+1`` at the end of step N; ``meta.json`` names the steps), then saves into OUTDIR:
 
 - ``meta.json``: scenario, uname, kvm parameters, probe resolution (attached / failed with reasons),
   the VMM's ioctl log, step timings, lost-event counts;
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import struct
 import sys
 import threading
 import time
@@ -97,8 +98,13 @@ class _Tracing:
             if name in hot:
                 _write(self.instance / "events" / TRACEFS_GROUP / name / "enable", "1" if enabled else "0")
 
-    def mark(self, text: str) -> None:
-        _write(self.instance / "trace_marker", text)
+    def mark(self, index: int, end: bool) -> None:
+        """A ``trace_marker_raw`` record (ftrace ``raw_data``) with id ``2 * index + end``: step boundaries."""
+        fd = os.open(self.instance / "trace_marker_raw", os.O_WRONLY)
+        try:
+            os.write(fd, struct.pack("<II", 2 * index + int(end), 0))
+        finally:
+            os.close(fd)
 
     def stop(self) -> None:
         _write(self.instance / "tracing_on", "0")
@@ -120,7 +126,7 @@ class _Tracing:
             _copy(TRACEFS / "events" / TRACEFS_GROUP / name / "format", formats / f"{TRACEFS_GROUP}__{name}")
         for system, event in self.tracepoints:
             _copy(TRACEFS / "events" / system / event / "format", formats / f"{system}__{event}")
-        _copy(TRACEFS / "events" / "ftrace" / "print" / "format", formats / "ftrace__print")
+        _copy(TRACEFS / "events" / "ftrace" / "raw_data" / "format", formats / "ftrace__raw_data")
         _copy(TRACEFS / "events" / "header_page", formats / "header_page")
         _copy(TRACEFS / "events" / "header_event", formats / "header_event")
         hist = out / "hist"
@@ -242,15 +248,15 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
         **scenario.workload_args,
     )
     state = {"index": 0, "start": time.monotonic_ns()}
-    tracing.mark("tk-step-begin 0 setup+populate")
+    tracing.mark(0, end=False)
 
     def emit(line: str) -> None:
         index, now = state["index"], time.monotonic_ns()
         op = "_".join(line.split(":")[0].lower().split()[:4]) or "phase"
-        tracing.mark(f"tk-step-end {index} {op}")
+        tracing.mark(index, end=True)
         timings.append({"index": index, "op": op, "start_ns": state["start"], "end_ns": now})
         state.update(index=index + 1, start=now)
-        tracing.mark(f"tk-step-begin {index + 1} phase")
+        tracing.mark(index + 1, end=False)
 
     backend = None
     if scenario.arch == "arm64":
@@ -258,7 +264,8 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
 
         backend = Arm64Backend(eager_split_chunk=scenario.eager_split_chunk)
     result = run_dirty_log(options, emit=emit, backend=backend)
-    tracing.mark(f"tk-step-end {state['index']} end")
+    tracing.mark(state["index"], end=True)
+    timings.append({"index": state["index"], "op": "end", "start_ns": state["start"], "end_ns": time.monotonic_ns()})
     result.check()
     return [{"op": "dirty_log_workload", "options": options.as_dict(), "result": result.as_json()}]
 
@@ -285,7 +292,7 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
     try:
         for index, step in enumerate(scenario.steps):
             op, args = step[0], step[1:]
-            tracing.mark(f"tk-step-begin {index} {op}")
+            tracing.mark(index, end=False)
             start = time.monotonic_ns()
             if op == "prefault":
                 vm.prefault_host(2 << 20 if scenario.backing != "4k" else 4096)
@@ -313,7 +320,7 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
             else:
                 raise ValueError(f"unknown scenario step {op!r}")
             timings.append({"index": index, "op": op, "start_ns": start, "end_ns": time.monotonic_ns()})
-            tracing.mark(f"tk-step-end {index} {op}")
+            tracing.mark(index, end=True)
         return log + vm.log
     finally:
         vm.close()

@@ -24,11 +24,9 @@ from pathlib import Path
 from tracekit.errors import LabError
 from tracekit.funcprobes.decode import ProbeEvent, decode_events
 from tracekit.funcprobes.kallsyms import parse_kallsyms
-from tracekit.lab.rawpages import DecodeStats, decode_pages, parse_format
+from tracekit.recorder import rawbuf
 
 __all__ = ["unpack", "GuestTrace", "read_guest_trace", "step_counts", "hist_totals", "write_capture"]
-
-_MARKER = re.compile(r"tk-step-(begin|end) (\d+) (\S+)")
 
 
 def unpack(archive: Path, dest: Path) -> Path:
@@ -53,6 +51,14 @@ def unpack(archive: Path, dest: Path) -> Path:
 
 
 @dataclass
+class DecodeStats:
+    events: int = 0
+    pages: int = 0
+    unknown: int = 0
+    missed: int = 0
+
+
+@dataclass
 class GuestTrace:
     meta: dict
     events: list[ProbeEvent]
@@ -60,32 +66,44 @@ class GuestTrace:
     stats: DecodeStats
 
 
+_COMMON = ("common_type", "common_flags", "common_preempt_count", "common_pid", "ts_ns", "cpu", "tgid")
+
+
 def read_guest_trace(folder: Path) -> GuestTrace:
-    """Decode the raw per-CPU pages of an unpacked guest result directory."""
+    """Decode the raw per-CPU pages of an unpacked guest result directory (with the recorder's decoder)."""
     meta = json.loads((folder / "meta.json").read_text())
     formats = {}
     for path in sorted((folder / "formats").glob("*__*")):
-        system = path.name.split("__", 1)[0]
-        fmt = parse_format(path.read_text(), system)
+        fmt = rawbuf.parse_format(path.read_text(), path.name.split("__", 1)[0])
         formats[fmt.id] = fmt
     stats = DecodeStats()
-    raw_events = []
-    for path in sorted((folder / "raw").glob("cpu*.bin")):
-        cpu = int(path.stem[3:])
-        raw_events.extend(decode_pages(path.read_bytes(), formats, cpu, stats))
-    raw_events.sort(key=lambda e: (e.ts, e.cpu))
     events: list[ProbeEvent] = []
+    marks: list[tuple[int, int]] = []
+    for path in sorted((folder / "raw").glob("cpu*.bin")):
+        try:
+            decoded = rawbuf.decode_pages(path.read_bytes(), formats, cpu=int(path.stem[3:]))
+        except rawbuf.RawBufferError as error:
+            raise LabError(f"the guest's raw trace {path.name} is corrupt: {error}") from None
+        stats.pages += decoded.pages
+        stats.unknown += decoded.unknown
+        stats.missed += decoded.missed
+        for event_id, rows in decoded.events.items():
+            fmt = formats[event_id]
+            stats.events += len(rows)
+            if fmt.system == "ftrace":
+                marks += [(int(ts), int(mark)) for ts, mark in zip(rows["ts_ns"], rows["id"])]
+                continue
+            names = [n for n in rows.dtype.names if n not in _COMMON and rows.dtype[n].kind in "iu"]
+            columns = {n: rows[n].tolist() for n in names}
+            for i, (ts, cpu, tid) in enumerate(zip(rows["ts_ns"].tolist(), rows["cpu"].tolist(), rows["common_pid"].tolist())):
+                events.append(ProbeEvent(ts, cpu, tid, fmt.name, {n: columns[n][i] for n in names}))
+    events.sort(key=lambda e: (e.ts, e.cpu))
+    named = {step["index"]: step["op"] for step in meta.get("steps", [])}
     steps: dict[int, dict] = {}
-    for ev in raw_events:
-        if ev.system != "ftrace":
-            events.append(ProbeEvent(ev.ts, ev.cpu, ev.pid, ev.name, ev.fields))
-        elif ev.name == "print":
-            match = _MARKER.search(ev.fields.get("buf", ""))
-            if match:
-                step = steps.setdefault(int(match.group(2)), {"index": int(match.group(2)), "op": match.group(3)})
-                if match.group(1) == "end":
-                    step["op"] = match.group(3)
-                step[f"{match.group(1)}_ns"] = ev.ts
+    for ts, mark in sorted(marks):
+        index, end = divmod(mark, 2)
+        step = steps.setdefault(index, {"index": index, "op": named.get(index, "step")})
+        step["end_ns" if end else "begin_ns"] = ts
     return GuestTrace(meta, events, [steps[i] for i in sorted(steps)], stats)
 
 
@@ -130,7 +148,7 @@ def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, 
         "steps": steps,
         "kernel_histograms": hist_totals(folder),
         "decode": {"events": trace.stats.events, "pages": trace.stats.pages, "unknown": trace.stats.unknown,
-                   "missed_pages": trace.stats.missed_pages},  # fmt: skip
+                   "missed": trace.stats.missed},  # fmt: skip
     }
     meta = trace.meta
     with CaptureWriter(output, manifest={**manifest, "lab": summary}) as writer:

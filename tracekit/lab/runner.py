@@ -122,6 +122,8 @@ def run_lab(
         )
         try:
             boot = machine.boot(command, work / "console.log", archive, timeout)
+        except LabError as error:
+            raise LabError(str(error).replace(str(work / "console.log"), str(console_log)), detail=error.detail) from None
         finally:
             if (work / "console.log").exists():
                 shutil.copyfile(work / "console.log", console_log)
