@@ -180,3 +180,12 @@ def test_nested_periods_match_explicit_on_1g_blocks():
     1 GiB periods and, inside the first, 2 MiB sub-periods; the explicit walk agrees."""
     case = SplitCase(arm64_stage2(4 * K, 40), G, 4 * G, G, "clear", 2 * M, cache_capacity=1)
     assert split_accounting(case) == simulate_split(case)
+
+
+@pytest.mark.slow
+def test_sub_periods_do_not_run_into_the_next_block():
+    """Two 1 GiB blocks (too few for whole-block periods) with 2 MiB chunks: the 2 MiB
+    sub-periods of the first block must not be repeated into the second, whose L1 block is
+    still unsplit (a regression found by the random search)."""
+    case = SplitCase(arm64_stage2(4 * K, 36), 0, 2 * G, G, "enable", 2 * M)
+    assert split_accounting(case) == simulate_split(case)

@@ -365,7 +365,9 @@ def _arm64_span(case: SplitCase, st: _Arm64State, total: WalkStats, lo: int, hi:
     first = -(-lo // period) * period
     last = hi - hi % period
     if last - first < 3 * period:
-        return _arm64_span(case, st, total, lo, hi, top, finer)
+        # Few periods: each on its own, so a finer period never straddles one of these.
+        cuts = sorted({lo, hi, *range(max(first, lo), min(last, hi) + 1, period)})
+        return any(_arm64_span(case, st, total, a, b, top, finer) for a, b in zip(cuts, cuts[1:]) if a < b)
     if _arm64_span(case, st, total, lo, first, top, finer):
         return True
     at = first
