@@ -155,3 +155,22 @@ def test_x86_split_loop_iterator_steps_match_the_model(name, size, page):
     events = splits[splits["probe"] == "kvm_mmu_split_huge_page"]
     assert {int(k): int(n) for k, n in events.groupby("level").size().items()} == {
         level: stats.get("splits", level) for level in range(1, 6) if stats.get("splits", level)}
+
+
+def test_arm64_mmu_lock_contention_between_vcpus_and_clear():
+    """2 vCPUs write while the VMM clears the log: on the mmu_lock (struct kvm address from the dirty-log probe +
+    offsetof(struct kvm, mmu_lock) from BTF) vCPU threads wait as readers (faults) and the VMM's main thread as
+    writer (KVM_CLEAR_DIRTY_LOG), and only inside the CLEAR step."""
+    cap = _capture("lab-arm64-contention")
+    lab = cap.manifest["lab"]
+    assert len(lab["mmu_lock_addrs"]) == 1
+    locks = cap.dataframe("lock")
+    mmu = locks[locks["lock_addr"].isin(lab["mmu_lock_addrs"])]
+    main_tid = cap.manifest["target"]["pids"][0]
+    readers = mmu[mmu["flags_name"] == "SPIN|READ"]
+    writers = mmu[mmu["flags_name"] == "SPIN|WRITE"]
+    assert len(readers) > 0 and len(writers) > 0 and len(readers) + len(writers) == len(mmu)
+    assert set(writers["tid"]) == {main_tid} and main_tid not in set(readers["tid"])
+    clear = next(step for step in lab["steps"] if step["op"] == "clear_while_touching")
+    assert mmu["ts_ns"].between(clear["begin_ns"], clear["end_ns"]).all()
+    assert lab["lock_contention"]["mmu_lock SPIN|WRITE"]["waits"] == len(writers)

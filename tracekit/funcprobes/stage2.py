@@ -18,8 +18,9 @@ Contract
   a table-to-block replacement (block rebuild after dirty logging stops).
 - ``stage2_split``, ``stage2_map``, ``relax_perms``, ``wrprotect``: the exported stage-2 operations.
 - ``guest_abort`` (``kvm_handle_guest_abort``) and ``user_mem_abort`` (inlined in Debian's 6.12).
-- ``enable_log_dirty`` (``kvm_arch_mmu_enable_log_dirty_pt_masked``): ``gfn_offset`` (pages from
-  the slot base), ``mask`` (64 pages); ``split_huge_pages`` (``kvm_mmu_split_huge_pages``, a
+- ``enable_log_dirty`` (``kvm_arch_mmu_enable_log_dirty_pt_masked``): ``kvm`` (the ``struct kvm``
+  address: with ``offsetof(struct kvm, mmu_lock)`` from BTF it names the mmu_lock in lock-contention
+  events), ``gfn_offset`` (pages from the slot base), ``mask`` (64 pages); ``split_huge_pages`` (``kvm_mmu_split_huge_pages``, a
   ``.isra`` clone in Debian's 6.12, so it is probed without arguments there).
 Nothing here touches the kernel; standard library only (it runs inside the arm64 lab).
 """
@@ -116,7 +117,7 @@ STAGE2_PROBES: tuple[FuncProbe, ...] = (
         "enable_log_dirty",
         "kvm_arch_mmu_enable_log_dirty_pt_masked",
         "call",
-        (("gfn_offset", "gfn_offset"), ("mask", "mask")),
+        (("kvm", "kvm"), ("gfn_offset", "gfn_offset"), ("mask", "mask")),
         returns_value=False,
     ),
     FuncProbe(

@@ -62,7 +62,7 @@ TDP_PROBES: tuple[FuncProbe, ...] = (
     FuncProbe("split_huge_page", "tdp_mmu_split_huge_page", "split", (("gfn", "iter->gfn"), ("level", "iter->level")),
               optional=True, note="static; inlined into tdp_mmu_split_huge_pages_root by some builds"),  # fmt: skip
     FuncProbe("enable_log_dirty", "kvm_arch_mmu_enable_log_dirty_pt_masked", "call",
-              (("gfn_offset", "gfn_offset"), ("mask", "mask")), returns_value=False),  # fmt: skip
+              (("kvm", "kvm"), ("gfn_offset", "gfn_offset"), ("mask", "mask")), returns_value=False),  # fmt: skip
     FuncProbe("clear_dirty_masked", "kvm_tdp_mmu_clear_dirty_pt_masked", "call", (("gfn", "gfn"), ("mask", "mask")),
               returns_value=False),  # fmt: skip
     FuncProbe("zap_collapsible", "kvm_tdp_mmu_zap_collapsible_sptes", "call", (), returns_value=False, optional=True,

@@ -108,6 +108,8 @@ class Arm64Vm:
         self.backing = backing
         self.ipa_bits = ipa_bits
         self.log: list[dict] = []
+        #: Thread ids that ran a vCPU (so a trace can tell the VMM's threads from the rest).
+        self.tids: set[int] = set()
         self._kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
         if libc.ioctl(self._kvm, uapi.KVM_CHECK_EXTENSION, KVM_CAP_ARM_VM_IPA_SIZE) < ipa_bits:
             raise LabError(f"this KVM does not offer a {ipa_bits}-bit IPA space")
@@ -202,6 +204,7 @@ class Arm64Vm:
         cpu.set_reg(3, 0x5A5A_5A5A_5A5A_5A5A)
         cpu.set_reg(4, MMIO_DONE_IPA)
         cpu.set_reg(_PC_INDEX, CODE_IPA)
+        self.tids.add(threading.get_native_id())
         libc.ioctl(cpu.fd, uapi.KVM_RUN, 0)
         reason = cpu.exit_reason()
         if reason != uapi.KVM_EXIT_MMIO or cpu.mmio_address() != MMIO_DONE_IPA:

@@ -63,6 +63,8 @@ def _run(arch: str, scenario: str, output: Path, kernel: Optional[Path], modules
         for step in run.steps:
             counts = ", ".join(f"{k}={v:,}" for k, v in sorted(step["counts"].items())) or "-"
             typer.echo(f"step {step['index']} {step['op']:<22} {counts}")
+        for key, entry in sorted(run.lock_contention.items()):
+            typer.echo(f"contention {key:<24} {entry['waits']:>7,} waits, {entry['wait_ns'] / 1e6:,.1f} ms waited")
         for check in run.checks:
             mark = "ok " if check["ok"] else "BAD"
             typer.echo(f"{mark} {check['count']}: measured {check['measured']:,}, expected {check['expected']:,}")

@@ -228,7 +228,7 @@ _WORKLOAD_BACKING = {"thp": "anonymous_thp", "4k": "anonymous", "hugetlb-2m": "a
                      "hugetlb-1g": "anonymous_hugetlb_1gb"}  # fmt: skip
 
 
-def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict]) -> list[dict]:
+def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict], tids: set[int]) -> list[dict]:
     """The project's dirty-log workload (x86, and arm64 through its arm64 backend); each emitted line ends a step."""
     from tracekit.workload.dirtylog import run_dirty_log
     from tracekit.workload.options import DirtyLogOptions
@@ -264,15 +264,17 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
 
         backend = Arm64Backend(eager_split_chunk=scenario.eager_split_chunk)
     result = run_dirty_log(options, emit=emit, backend=backend)
+    tids.update(v["tid"] for v in result.layout.get("vcpus", []) if v.get("tid"))
     tracing.mark(state["index"], end=True)
     timings.append({"index": state["index"], "op": "end", "start_ns": state["start"], "end_ns": time.monotonic_ns()})
     result.check()
     return [{"op": "dirty_log_workload", "options": options.as_dict(), "result": result.as_json()}]
 
 
-def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict]) -> list[dict]:
+def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict], tids: set[int]) -> list[dict]:
+    """Run the steps; fills ``timings`` and ``tids`` (the VMM's vCPU threads); returns the VMM's ioctl log."""
     if scenario.steps[0][0] == "workload":
-        return _run_workload(scenario, tracing, timings)
+        return _run_workload(scenario, tracing, timings, tids)
     from tracekit.lab.arm64_vm import Arm64Vm
 
     if scenario.backing.startswith("hugetlb-"):
@@ -310,6 +312,7 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
                 tracing.set_hot(bool(args[0]), hot)
             elif op == "new_vm":
                 log += vm.log
+                tids |= vm.tids
                 vm.close()
                 vm = new_vm()
             elif op == "clear_while_touching":
@@ -321,6 +324,7 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
                 raise ValueError(f"unknown scenario step {op!r}")
             timings.append({"index": index, "op": op, "start_ns": start, "end_ns": time.monotonic_ns()})
             tracing.mark(index, end=True)
+        tids |= vm.tids
         return log + vm.log
     finally:
         vm.close()
@@ -364,7 +368,7 @@ def run(arch: str, name: str, out: Path) -> dict:
     )
     meta["kvm_banner"] = _kvm_banner()
     timings: list[dict] = []
-    tracing = _Tracing(resolutions, tracepoints)
+    tracing = _Tracing(resolutions, tuple(tracepoints) + tuple(scenario.tracepoints))
     try:
         meta["probes"].update(
             attached=tracing.attached,
@@ -372,7 +376,9 @@ def run(arch: str, name: str, out: Path) -> dict:
             events=tracing.defined,
             tracepoints=[f"{system}:{event}" for system, event in tracing.tracepoints],
         )
-        meta["workload_log"] = _run_steps(scenario, tracing, timings)
+        tids: set[int] = {os.getpid()}
+        meta["workload_log"] = _run_steps(scenario, tracing, timings, tids)
+        meta["vmm_tids"] = sorted(tids)
         tracing.stop()
         meta["lost"] = tracing.save(out)
         meta["status"] = "complete"

@@ -9,7 +9,9 @@ the saved ``formats/`` into time-ordered :class:`~tracekit.funcprobes.decode.Pro
 (function-probe events) plus the scenario step markers. :func:`write_capture` writes a capture
 directory (families ``stage2_walk``, ``stage2_visit``, ``split``, ``fault``, ``func_call``) with
 ``source.kind = "lab"`` and the guest's kernel release, probes, steps, per-step counts and the
-kernel's own histogram totals in the manifest. :func:`step_counts` counts probe entries per
+kernel's own histogram totals in the manifest; ``lock:contention_*`` events, when recorded, become
+the recorder's ``lock`` table, with the ``mmu_lock`` addresses (``struct kvm`` pointers seen by the
+dirty-log probe plus ``offsetof(struct kvm, mmu_lock)``) and a per-flags summary in the manifest. :func:`step_counts` counts probe entries per
 scenario step. Timestamps are the guest's CLOCK_MONOTONIC (``mono`` trace clock), ns.
 """
 
@@ -135,20 +137,57 @@ def hist_totals(folder: Path) -> dict[str, dict[str, int]]:
     return totals
 
 
-def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, manifest: dict) -> dict:
+def lock_rows(events: list[ProbeEvent], pid_of, mmu_locks: set[int]) -> tuple[list[dict], dict[str, dict]]:
+    """Pair ``lock:contention_begin``/``end`` per thread into rows of the recorder's ``lock`` table, and
+    summarise them per (``mmu_lock`` or ``other``, flags): ``{"mmu_lock SPIN|WRITE": {"waits", "wait_ns"}}``."""
+    from tracekit.recorder.families import lock_flags_name
+
+    open_waits: dict[int, ProbeEvent] = {}
+    rows, summary = [], {}
+    for ev in events:
+        if ev.name == "contention_begin":
+            open_waits[ev.tid] = ev
+        elif ev.name == "contention_end" and ev.tid in open_waits:
+            begin = open_waits.pop(ev.tid)
+            flags, addr = begin.fields.get("flags", 0), begin.fields.get("lock_addr", 0)
+            wait = ev.ts - begin.ts
+            rows.append({"ts_ns": begin.ts, "cpu": begin.cpu, "pid": pid_of(begin.tid), "tid": begin.tid,
+                         "lock_addr": addr, "flags": flags, "flags_name": lock_flags_name(flags), "wait_ns": wait,
+                         "ret": ev.fields.get("ret", 0), "stack_id": -1})  # fmt: skip
+            key = f"{'mmu_lock' if addr in mmu_locks else 'other'} {lock_flags_name(flags)}"
+            entry = summary.setdefault(key, {"waits": 0, "wait_ns": 0})
+            entry["waits"] += 1
+            entry["wait_ns"] += wait
+    return rows, summary
+
+
+def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, manifest: dict,
+                  mmu_lock_offset: int | None = None) -> dict:  # fmt: skip
     """Write the capture; returns the manifest additions (counts, steps) for the run summary."""
+    import pyarrow as pa
+
     from tracekit.capture import CaptureWriter
 
     symbols = parse_kallsyms((folder / "kallsyms.txt").read_text()) if (folder / "kallsyms.txt").exists() else None
     vmm_pid = trace.meta.get("vmm_pid")
-    decoded = decode_events(trace.events, probes, symbols, pid_of=lambda tid: vmm_pid if vmm_pid else tid)
+    vmm_tids = set(trace.meta.get("vmm_tids", []))
+
+    def pid_of(tid: int) -> int:  # the raw trace has thread ids only; the VMM's threads are known
+        return vmm_pid if vmm_pid and tid in vmm_tids else tid
+
+    decoded = decode_events(trace.events, probes, symbols, pid_of=pid_of)
     steps = step_counts(trace)
+    kvms = {ev.fields["kvm"] for ev in trace.events if ev.name == "enable_log_dirty" and "kvm" in ev.fields}
+    mmu_locks = {k + mmu_lock_offset for k in kvms} if mmu_lock_offset is not None else set()
+    locks, lock_summary = lock_rows(trace.events, pid_of, mmu_locks)
     summary = {
         "counts": decoded.counts,
         "steps": steps,
         "kernel_histograms": hist_totals(folder),
         "decode": {"events": trace.stats.events, "pages": trace.stats.pages, "unknown": trace.stats.unknown,
                    "missed": trace.stats.missed},  # fmt: skip
+        "mmu_lock_addrs": sorted(mmu_locks),
+        "lock_contention": lock_summary,
     }
     meta = trace.meta
     with CaptureWriter(output, manifest={**manifest, "lab": summary}) as writer:
@@ -156,6 +195,13 @@ def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, 
             writer.declare(family, table.schema)
             if table.num_rows:
                 writer.append(family, table)
+        if locks:
+            from tracekit.recorder.families import LockFamily
+
+            schema = LockFamily().tables()["lock"]
+            writer.declare("lock", schema)
+            writer.append("lock", pa.Table.from_pylist(locks, schema=pa.schema(
+                [f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in schema])))  # fmt: skip
         for cpu, count in (meta.get("lost") or {}).items():
             writer.add_lost("tracefs", int(cpu), int(count))
     return summary

@@ -46,6 +46,7 @@ class LabRun:
     kernel_histograms: dict
     probes: dict
     checks: list[dict] = field(default_factory=list)
+    lock_contention: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +66,7 @@ class LabRun:
             "kernel_histograms": self.kernel_histograms,
             "probes": self.probes,
             "checks": self.checks,
+            "lock_contention": self.lock_contention,
             "ok": self.ok,
             "timing_note": TIMING_NOTE,
         }
@@ -158,7 +160,8 @@ def run_lab(
         hits = {ev.name for ev in trace.events}
         # attached but never hit: an inlined-into-its-caller global symbol, or a path the scenario skips
         manifest["probes"]["silent"] = [name for name in manifest["probes"]["attached"] if name not in hits]
-        summary = results.write_capture(output, trace, guest_dir, probes, manifest)
+        offset = _mmu_lock_offset(image) if chosen.tracepoints else None
+        summary = results.write_capture(output, trace, guest_dir, probes, manifest, mmu_lock_offset=offset)
         if keep_raw:
             shutil.copytree(guest_dir, output.parent / f"{output.name}.guest")
         return LabRun(
@@ -174,9 +177,21 @@ def run_lab(
             kernel_histograms=summary["kernel_histograms"],
             probes=manifest["probes"],
             checks=_checks(chosen, summary["counts"]),
+            lock_contention=summary["lock_contention"],
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _mmu_lock_offset(image: Path) -> int | None:
+    """``offsetof(struct kvm, mmu_lock)`` from the BTF inside an uncompressed kernel image, if it has one."""
+    from tracekit.errors import MissingCapability
+    from tracekit.funcprobes.btf_offsets import BtfTypes
+
+    try:
+        return BtfTypes.from_kernel_image(image).member("kvm", "mmu_lock").offset
+    except (MissingCapability, OSError):
+        return None
 
 
 def _portable(text: str, work: Path, cache: Path, output: Path) -> str:

@@ -4,7 +4,7 @@ Contract
 --------
 A :class:`Scenario` names an architecture, the nested VM's memory (MiB, backing ``thp`` / ``4k`` /
 ``hugetlb-2m`` / ``hugetlb-1g``), extra guest kernel arguments (``kvm-arm.mode=nvhe``, a boot-time
-1 GiB hugetlb pool), options for the x86 workload, its KVM switches (arm64 eager-split chunk in bytes, manual dirty-log
+1 GiB hugetlb pool), extra tracepoints to record (lock contention), options for the x86 workload, its KVM switches (arm64 eager-split chunk in bytes, manual dirty-log
 protect with initially-set, vCPU count; on x86 the ``eager_page_split`` parameter) and a list of
 steps executed in order by :mod:`tracekit.lab.guest_run`. Each step is a tuple ``(op, *args)``:
 
@@ -50,6 +50,7 @@ class Scenario:
     eager_page_split: bool = True
     kernel_args: str = ""
     guest_ram_mib: int = 0
+    tracepoints: tuple[tuple[str, str], ...] = ()
     workload_args: dict = field(default_factory=dict)
     expected: dict[str, int] = field(default_factory=dict)
     expected_note: str = ""
@@ -67,6 +68,7 @@ class Scenario:
             "eager_page_split": self.eager_page_split,
             "kernel_args": self.kernel_args,
             "guest_ram_mib": self.guest_ram_mib,
+            "tracepoints": [f"{system}:{event}" for system, event in self.tracepoints],
             "workload_args": dict(self.workload_args),
             "steps": [list(s) for s in self.steps],
             "expected": dict(self.expected),
@@ -124,6 +126,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         eager_split_chunk=_BLOCK,
         manual_protect=True,
         vcpus=2,
+        tracepoints=(("lock", "contention_begin"), ("lock", "contention_end")),
     ),
     Scenario(
         "hugetlb-2m",
