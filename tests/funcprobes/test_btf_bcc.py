@@ -151,3 +151,19 @@ def test_live_kernel_members_of_the_tdp_structs():
     assert btf.member("kvm_page_fault", "gfn").size == 8
     assert btf.member("kvm_page_fault", "goal_level").size == 1
     assert btf.member("tdp_iter", "level").size == 4
+
+
+def test_decode_tdp_records():
+    """A split_root span with iterator steps 64/33/33 at levels 2/3/4 -> one walk and its visits; a
+    split_huge_page span -> a split row of the 2 MiB page at gfn << 12."""
+    spans = np.zeros(2, bcc_backend.EVENT_DTYPES["tdp_span_event"])
+    spans["func"] = [bcc_backend.TDP_FUNC_NAMES.index("split_root"), bcc_backend.TDP_FUNC_NAMES.index("split_huge_page")]
+    spans["arg0"], spans["arg1"] = [0x100000, 0x100200], [0x104000, 2]
+    spans["iter_steps"][0][2:5] = [64, 33, 33]
+    tables = bcc_backend.decode_tdp([row.tobytes() for row in spans])
+    walk = tables["stage2_walk"].to_pylist()[0]
+    assert (walk["initiator"], walk["addr"], walk["size"]) == ("tdp_mmu_split_huge_pages_root", 1 << 32, 64 << 20)
+    visits = [(v["walk_id"], v["level"], v["count"]) for v in tables["stage2_visit"].to_pylist()]
+    assert visits == [(0, 2, 64), (0, 3, 33), (0, 4, 33)]
+    split = tables["split"].to_pylist()[0]
+    assert (split["addr"], split["size"], split["level"]) == (0x1_0020_0000, 2 << 20, 2)
