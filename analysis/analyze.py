@@ -13,7 +13,8 @@ Tables (columns documented in the module that makes them):
 - ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``), ``walk_depth_by_phase`` (by
   ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``);
 - ``crosscheck_mismatches``, ``walk_visits_vs_model`` (:mod:`.crosscheck`), verdict ``crosscheck``;
-- ``stage2_visits`` (:func:`.walks.stage2_distribution`), ``split_visits_vs_model`` and verdict
+- ``stage2_visits``, ``stage2_visits_by_vcpu``, ``stage2_visits_by_phase``
+  (:func:`.walks.stage2_distribution`), ``split_visits_vs_model`` and verdict
   ``skip_levels`` (:mod:`.skiplevels`);
 - ``lock_contention`` (:func:`.locks.contention_summary`), verdict ``mmu_lock``;
 - ``ioctl_latency``, ``memslot_latency`` (:mod:`.ioctls`);
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+import numpy as np
 import pandas as pd
 
 from tracekit.analysis import crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walks
@@ -163,7 +165,13 @@ def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phas
     visit = load(cap, "stage2_visit", ["walk_id", "level", "kind", "count"], optional_columns=["visitor"])
     walk_cut = _cut(walk, phase_table, phase)
     visits = walks.stage2_walk_visits(walk_cut, visit[visit["walk_id"].isin(walk_cut["walk_id"])])
+    visits = add_vcpu(visits.assign(tid=visits["tid"].fillna(-1)), cap.manifest)
     result.tables["stage2_visits"] = walks.stage2_distribution(visits)
+    if (visits["vcpu"] >= 0).any():
+        result.tables["stage2_visits_by_vcpu"] = walks.stage2_distribution(visits, ["vcpu"])
+    if len(phase_table):
+        visits["phase"] = np.asarray(phases_mod.label_phases(visits["ts_ns"].fillna(0), phase_table), dtype=object)
+        result.tables["stage2_visits_by_phase"] = walks.stage2_distribution(visits, ["phase"])
     result.frames["stage2_visits"] = visits
     scenario = skiplevels.scenario_for(cap.manifest, skiplevels.split_walks(walk, visit))
     if scenario is None:
@@ -189,6 +197,8 @@ _SECTIONS = (
     ("walk_visits_vs_model", "Guest PTE reads per level, observed vs model (same walks)", None),
     ("crosscheck_mismatches", "First walks that differ from the model", None),
     ("stage2_visits", "arm64 stage-2 walks: entries per level and visit kind", None),
+    ("stage2_visits_by_vcpu", "arm64 stage-2 walks per vCPU", None),
+    ("stage2_visits_by_phase", "arm64 stage-2 walks per phase", None),
     ("split_visits_vs_model", "Split walks: LEAF visits per level, observed vs model", None),
     ("lock_contention", "Lock contention (wait per lock, operation, vCPU, mode)",
      ["lock", "operation", "vcpu", "mode", "count", "total_ns", "p50_ns", "p99_ns", "max_ns"]),

@@ -89,3 +89,24 @@ def test_model_generated_arm64_verdicts(name, verdict):
     visits = result.tables["split_visits_vs_model"].set_index("level")
     assert visits.loc[2, "observed"] == 16
     assert visits.loc[3, "observed"] == (16 * 512 if verdict == "no" else 0)
+
+
+def test_stage2_cut_by_vcpu_and_phase(make_capture):
+    """Two split walks by vCPU 0 in phase "clear" and one map walk by vCPU 1 outside every phase."""
+    manifest = {"target": {"threads": [{"tid": 20, "vcpu": 0}, {"tid": 21, "vcpu": 1}]},
+                "workload": {"phases": [{"name": "clear", "iteration": 1, "start_ns": 0, "end_ns": 100}]}}
+    path = make_capture({
+        "stage2_walk": {"ts_ns": [10, 20, 500], "tid": [20, 20, 21], "walk_id": [0, 1, 2],
+                        "addr": [0, 1 << 21, 0], "size": [1 << 21] * 3,
+                        "initiator": ["stage2_split_walker", "stage2_split_walker", "stage2_map_walker"]},
+        "stage2_visit": {"ts_ns": [11, 21, 501], "tid": [20, 20, 21], "walk_id": [0, 1, 2], "visitor": ["v"] * 3,
+                         "level": [3, 3, 2], "kind": ["leaf:page"] * 2 + ["leaf:invalid"], "count": [512, 512, 1]},
+    }, manifest)
+    result = analyze_capture(open_capture(path))
+    by_vcpu = result.tables["stage2_visits_by_vcpu"]
+    assert by_vcpu[["vcpu", "initiator", "walks", "entries"]].values.tolist() == [
+        [0, "stage2_split_walker", 2, 1024], [1, "stage2_map_walker", 1, 1]]
+    by_phase = result.tables["stage2_visits_by_phase"]
+    assert by_phase[["phase", "walks", "entries"]].values.tolist() == [["", 1, 1], ["clear#1", 2, 1024]]
+    cut = analyze_capture(open_capture(path), phase="clear")
+    assert cut.tables["stage2_visits"]["entries"].tolist() == [1024]
