@@ -10,7 +10,9 @@ families are absent are left out (their absence is listed in ``info["skipped"]``
 Tables (columns documented in the module that makes them):
 
 - ``phases`` (:mod:`.phases`);
-- ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``), ``walk_depth_by_phase`` (by
+- ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``; walks rebuilt while streaming the
+  elements, :mod:`.walkstream`, or in memory when walk ids are out of order, ``info["walk_path"]``),
+  ``walk_depth_by_phase`` (by
   ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``);
 - ``crosscheck_mismatches``, ``walk_visits_vs_model`` (:mod:`.crosscheck`), verdict ``crosscheck``;
 - ``stage2_visits``, ``stage2_visits_by_vcpu``, ``stage2_visits_by_phase``
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis import crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walks
+from tracekit.analysis import crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walks, walkstream
 from tracekit.analysis.common import add_vcpu, count_by, format_table, load, records
 from tracekit.errors import AnalysisError
 
@@ -130,34 +132,45 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
 
 
 def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None, limit: int) -> None:
-    walk = load(cap, "walk", list(walks.WALK_COLUMNS))
-    element = load(cap, "walk_element", list(walks.ELEMENT_COLUMNS))
-    error = load(cap, "walk_error", ["walk_id"]) if "walk_error" in cap.families() else None
-    rebuilt, steps = walks.rebuild_walks(walk, element, error)
+    workload = cap.manifest.get("workload")
+    model_walk = None
+    if not workload:
+        result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": "the capture has no workload record"}
+    else:
+        try:
+            model_walk = crosscheck.model_from_layout(workload)
+        except AnalysisError as error:
+            result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": str(error)}
+    select = None if phase is None else (lambda frame: phases_mod.phase_mask(frame["ts_ns"], phase_table, phase))
+    streamed = walkstream.stream_walks(cap, model_walk, limit=limit, select=select)
+    if streamed is not None:
+        rebuilt, check = streamed
+        result.info["walk_path"] = "streamed"
+    else:  # walk ids out of order: rebuild in memory
+        walk = load(cap, "walk", list(walks.WALK_COLUMNS))
+        element = load(cap, "walk_element", list(walks.ELEMENT_COLUMNS))
+        error = load(cap, "walk_error", ["walk_id"]) if "walk_error" in cap.families() else None
+        rebuilt, steps = walks.rebuild_walks(walk, element, error)
+        check = None
+        if model_walk is not None:
+            cut = rebuilt if select is None else rebuilt[select(rebuilt)]
+            check = crosscheck.crosscheck_walks(cut, steps, model_walk, limit=limit)
+        result.info["walk_path"] = "in memory"
+    result.info["orphan_walk_elements"] = rebuilt.attrs.get("orphan_elements", 0)
     rebuilt = add_vcpu(rebuilt, cap.manifest)
     rebuilt["phase"] = phases_mod.label_phases(rebuilt["ts_ns"], phase_table)
     rebuilt = _cut(rebuilt, phase_table, phase)
     result.frames["walks"] = rebuilt
-    result.info["orphan_walk_elements"] = rebuilt.attrs.get("orphan_elements", 0)
     result.tables["walk_depth"] = walks.depth_distribution(rebuilt, ["vcpu"])
     result.tables["walk_depth_by_phase"] = walks.depth_distribution(rebuilt, ["phase"])
     paths = count_by(rebuilt, ["level_path", "pferr"], "walks")
     paths["levels"] = paths["level_path"].map(walks.level_path_text)
     result.tables["walk_paths"] = paths[["levels", "pferr", "walks"]].sort_values("walks", ascending=False,
                                                                                  kind="stable").reset_index(drop=True)
-    workload = cap.manifest.get("workload")
-    if not workload:
-        result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": "the capture has no workload record"}
-        return
-    try:
-        model_walk = crosscheck.model_from_layout(workload)
-    except AnalysisError as error:
-        result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": str(error)}
-        return
-    check = crosscheck.crosscheck_walks(rebuilt, steps, model_walk, limit=limit)
-    result.verdicts["crosscheck"] = check.summary
-    result.tables["crosscheck_mismatches"] = check.mismatches
-    result.tables["walk_visits_vs_model"] = check.per_level
+    if check is not None:
+        result.verdicts["crosscheck"] = check.summary
+        result.tables["crosscheck_mismatches"] = check.mismatches
+        result.tables["walk_visits_vs_model"] = check.per_level
 
 
 def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None) -> None:

@@ -158,12 +158,12 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
         o_level = level[e]
         wrong = (o_level != m_level) | (((pte[e] ^ m_pte) & ~_AD) != 0)
         if sel_all:
-            newly = wrong & (first_bad < 0)
+            newly = wrong & ((first_bad < 0) | (first_bad > d))
             first_bad[newly] = d
             bad |= wrong
         else:
             idx = np.flatnonzero(has)
-            newly = wrong & (first_bad[idx] < 0)
+            newly = wrong & ((first_bad[idx] < 0) | (first_bad[idx] > d))
             first_bad[idx[newly]] = d
             bad[idx] |= wrong
         obs_counts += np.bincount(o_level.astype(np.int64) + 2, minlength=8)[:8]

@@ -49,6 +49,7 @@ __all__ = [
     "capture_phases",
     "label_phases",
     "select_phase",
+    "phase_mask",
 ]
 
 PHASE_COLUMNS = ["phase", "name", "iteration", "start_ns", "end_ns", "duration_ns", "source"]
@@ -262,6 +263,11 @@ def select_phase(frame: pd.DataFrame, phases: pd.DataFrame, selector: str | None
     """
     if selector is None:
         return frame
+    return frame[phase_mask(frame[ts_column], phases, selector)]
+
+
+def phase_mask(ts_ns: Any, phases: pd.DataFrame, selector: str) -> np.ndarray:
+    """True for each timestamp inside a phase named by ``selector`` (errors as :func:`select_phase`)."""
     if phases.empty:
         raise UsageError("--phase needs phases: this capture has no workload phases; pass --selftest-output FILE")
     if not re.fullmatch(r"[^#]+(#\d+)?", selector.strip()):
@@ -269,8 +275,8 @@ def select_phase(frame: pd.DataFrame, phases: pd.DataFrame, selector: str | None
     chosen = _matching(phases, selector)
     if chosen.empty:
         raise UsageError(f"no phase {selector!r}; phases: {', '.join(dict.fromkeys(phases['phase']))}")
-    ts = frame[ts_column].to_numpy(np.int64)
+    ts = np.asarray(ts_ns, dtype=np.int64)
     keep = np.zeros(len(ts), bool)
     for start, end in zip(chosen["start_ns"], chosen["end_ns"]):
         keep |= (ts >= start) & (ts < end)
-    return frame[keep]
+    return keep
