@@ -123,3 +123,11 @@ def test_workload_command_gets_a_layout_file():
     assert session._is_workload_command(["tracekit", "workload", "dirty-log", "-i", "2"])
     assert session._is_workload_command(["/venv/bin/tracekit", "workload", "dirty-log"])
     assert not session._is_workload_command(["qemu-system-x86_64", "-m", "64"])
+
+
+def test_a_thread_renamed_to_a_vcpu_name_is_marked():
+    threads: dict[int, dict] = {}
+    session._merge_threads(threads, [{"tid": 7, "comm": "tracekit", "vcpu": None}])
+    session._merge_threads(threads, [{"tid": 7, "comm": "tk-vcpu-0", "vcpu": 0}])
+    session._merge_threads(threads, [{"tid": 7, "comm": "other", "vcpu": None}])
+    assert threads == {7: {"tid": 7, "comm": "tk-vcpu-0", "vcpu": 0}}

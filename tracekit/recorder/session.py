@@ -329,8 +329,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
             found = resolve_target(config.pid_spec or "")
             target = {"pids": [found.pid], "comm": found.comm, "name": found.guest}
         tgid = target["pids"][0]
-        for t in list_threads(tgid):
-            threads[t["tid"]] = t
+        _merge_threads(threads, list_threads(tgid))
         if backend_name == "bcc":
             from tracekit.recorder.bccload import BccBackend
 
@@ -399,8 +398,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                     status.maybe_show(sum(lost.values()), lambda: _dir_bytes(output))
                     if now >= next_threads:
                         recording_rss = max(recording_rss, _vm_rss_kb())
-                        for t in list_threads(tgid):
-                            threads.setdefault(t["tid"], t)
+                        _merge_threads(threads, list_threads(tgid))
                         next_threads = now + 0.05
                     if stopper.reason:
                         stop_reason = stopper.reason
@@ -428,10 +426,9 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                 command_exit = child.returncode
             workload = _read_layout(layout_dir)
             extra = {"workload": workload} if workload is not None else {}
-            for vcpu in (workload or {}).get("vcpus", []):  # threads too short-lived to be seen in /proc
-                if isinstance(vcpu, dict) and isinstance(vcpu.get("tid"), int):
-                    threads.setdefault(vcpu["tid"], {"tid": vcpu["tid"], "comm": str(vcpu.get("thread_name", "")),
-                                                     "vcpu": vcpu.get("index")})
+            _merge_threads(threads, [  # the workload's own record: threads too short-lived for /proc
+                {"tid": v["tid"], "comm": str(v.get("thread_name", "")), "vcpu": v.get("index")}
+                for v in (workload or {}).get("vcpus", []) if isinstance(v, dict) and isinstance(v.get("tid"), int)])
             writer.update_manifest(
                 target={**target, "threads": sorted(threads.values(), key=lambda t: t["tid"])},
                 stop_reason=stop_reason, command_exit=command_exit, family_notes=notes,
@@ -461,6 +458,14 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                + ", ".join(f"{n} {r:,}" for n, r in rows.items() if r)
                + f"; lost {summary.lost}; {summary.bytes_written / 1e6:.1f} MB in {output}")
     return summary
+
+
+def _merge_threads(known: dict[int, dict], seen: list[dict]) -> None:
+    """Add threads; a later sighting that names a vCPU wins (threads are renamed after they start)."""
+    for thread in seen:
+        old = known.get(thread["tid"])
+        if old is None or (old.get("vcpu") is None and thread.get("vcpu") is not None):
+            known[thread["tid"]] = thread
 
 
 def _read_layout(layout_dir: str | None) -> dict | None:
