@@ -271,8 +271,16 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
     return [{"op": "dirty_log_workload", "options": options.as_dict(), "result": result.as_json()}]
 
 
+def _set_thp(scenario: scenarios.Scenario) -> None:
+    """THP only where the VMM asks for it (``madvise``, as on Debian hosts), none at all for 4 KiB backings."""
+    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if path.exists():
+        _write(path, "never" if scenario.backing == "4k" else "madvise")
+
+
 def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict], tids: set[int]) -> list[dict]:
     """Run the steps; fills ``timings`` and ``tids`` (the VMM's vCPU threads); returns the VMM's ioctl log."""
+    _set_thp(scenario)
     if scenario.steps[0][0] == "workload":
         return _run_workload(scenario, tracing, timings, tids)
     from tracekit.lab.arm64_vm import Arm64Vm
