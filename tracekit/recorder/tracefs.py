@@ -6,7 +6,8 @@ to the target's threads with ``event-fork`` so new threads follow, enables the a
 tracepoints of the families, and :meth:`TracefsBackend.poll` reads every CPU's
 ``trace_pipe_raw`` without blocking, decodes the pages with :mod:`tracekit.recorder.rawbuf` and
 hands each family its events (``decode_tracefs``). Lost events are the instance's per-CPU
-``overrun`` plus ``dropped events`` counters and the pages' missed-event marks.
+``overrun`` plus ``dropped events`` counters (the pages' missed-event marks count the same losses and
+are used only when the counters cannot be read). The buffer is 32 MiB per CPU by default.
 :meth:`TracefsBackend.close` disables everything and removes the instance (idempotent); a
 recorder killed with SIGKILL leaves its instance behind, and :func:`cleanup_stale_instances`
 (called at every start) removes instances whose pid no longer runs. Raises
@@ -94,7 +95,7 @@ class TracefsBackend:
     name = "tracefs"
 
     def __init__(self, tracefs: Path | None, families: list[tuple[ProbeFamily, list[ProbeStatus]]],
-                 target_tgid: int, tids: list[int], *, buffer_kb: int = 8192):
+                 target_tgid: int, tids: list[int], *, buffer_kb: int = 32768):
         if tracefs is None:
             raise MissingCapability("tracefs backend unavailable: tracefs is not mounted; fix: "
                                     "mount -t tracefs tracefs /sys/kernel/tracing")
@@ -214,14 +215,16 @@ class TracefsBackend:
         return out
 
     def lost(self) -> list[tuple[str, int, int]]:
-        out = []
+        out: list[tuple[str, int, int]] = []
         if self.directory is None:
             return out
+        stats_read = False
         for cpu in self._fds:
             try:
                 stats = (self.directory / "per_cpu" / f"cpu{cpu}" / "stats").read_text()
             except OSError:
                 continue
+            stats_read = True
             count = 0
             for key in ("overrun", "dropped events"):
                 match = re.search(rf"^{key}:\s*(\d+)", stats, re.M)
@@ -229,7 +232,7 @@ class TracefsBackend:
                     count += int(match.group(1))
             if count:
                 out.append(("tracefs:ring_buffer", cpu, count))
-        if self._missed:
+        if self._missed and not stats_read:  # the pages' own marks count the same losses: use them only alone
             out.append(("tracefs:missed_pages", -1, self._missed))
         return out
 
