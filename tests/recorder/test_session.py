@@ -131,3 +131,17 @@ def test_a_thread_renamed_to_a_vcpu_name_is_marked():
     session._merge_threads(threads, [{"tid": 7, "comm": "tk-vcpu-0", "vcpu": 0}])
     session._merge_threads(threads, [{"tid": 7, "comm": "other", "vcpu": None}])
     assert threads == {7: {"tid": 7, "comm": "tk-vcpu-0", "vcpu": 0}}
+
+
+def test_stops_when_the_target_exits(fake, tmp_path):
+    import subprocess
+    import sys
+
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.4)"])
+    try:
+        summary = session.record(session.RecordConfig(output=tmp_path / "gone.tkcap", pid_spec=str(target.pid),
+                                                      duration=30, poll_interval=0.01), stream=None)
+    finally:
+        target.wait()
+    assert summary.stop_reason == "target exited"
+    assert open_capture(tmp_path / "gone.tkcap").manifest["stop_reason"] == "target exited"

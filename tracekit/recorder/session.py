@@ -410,7 +410,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                         command_exit = child.returncode
                         stop_reason = "command exited"
                         break
-                    if child is None and not pid_alive(tgid):
+                    if child is None and not _running(tgid):
                         stop_reason = "target exited"
                         break
                     time.sleep(config.poll_interval)
@@ -458,6 +458,16 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                + ", ".join(f"{n} {r:,}" for n, r in rows.items() if r)
                + f"; lost {summary.lost}; {summary.bytes_written / 1e6:.1f} MB in {output}")
     return summary
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a target that exited but was not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return pid_alive(pid)
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    return state not in (["Z"], ["X"])
 
 
 def _merge_threads(known: dict[int, dict], seen: list[dict]) -> None:
