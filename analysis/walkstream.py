@@ -143,18 +143,31 @@ def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 2
     state = _State(w_wid, model, limit, None if select is None else np.asarray(select(walk), bool))
     carry: list[np.ndarray] | None = None
     for table in cap.iter_tables("walk_element", list(ELEMENT_COLUMNS)):
-        wid, idx, level, pte = (table.column(c).to_numpy() for c in ELEMENT_COLUMNS)
-        if carry is not None:
-            if len(wid) and wid[0] < carry[0][-1]:
+        for batch in table.to_batches():  # one batch per Parquet row group: zero-copy columns
+            columns = [batch.column(c).to_numpy() for c in ELEMENT_COLUMNS]
+            wid = columns[0]
+            if len(wid) == 0:
+                continue
+            if carry is not None:
+                last = carry[0][-1]
+                if wid[0] < last:
+                    return None
+                # Only the rows continuing the carried walk are joined to it (no copy of the batch).
+                head = int(np.searchsorted(wid, last, side="right")) if wid[0] == last else 0
+                joined = [np.concatenate((a, b[:head])) for a, b in zip(carry, columns)]
+                if not _sorted_within(joined[0], joined[1]):
+                    return None
+                if head == len(wid):
+                    carry = joined
+                    continue
+                state.process(joined[0], joined[2], joined[3], addrs)
+                columns = [c[head:] for c in columns]
+                wid = columns[0]
+            if not _sorted_within(wid, columns[1]):
                 return None
-            wid, idx, level, pte = (np.concatenate((a, b)) for a, b in zip(carry, (wid, idx, level, pte)))
-        if not _sorted_within(wid, idx):
-            return None
-        if len(wid) == 0:
-            continue
-        tail = int(np.searchsorted(wid, wid[-1], side="left"))
-        carry = [wid[tail:], idx[tail:], level[tail:], pte[tail:]]
-        state.process(wid[:tail], level[:tail], pte[:tail], addrs)
+            tail = int(np.searchsorted(wid, wid[-1], side="left"))
+            carry = [c[tail:] for c in columns]
+            state.process(wid[:tail], columns[2][:tail], columns[3][:tail], addrs)
     if carry is not None:
         state.process(carry[0], carry[2], carry[3], addrs)
     error_ids = load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64) \
