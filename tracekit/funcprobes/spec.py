@@ -62,7 +62,7 @@ def event_names(probe: FuncProbe) -> tuple[str, str | None]:
     return probe.name, (f"{probe.name}_ret" if probe.timed else None)
 
 
-def kprobe_event_lines(probe: FuncProbe, symbol: str, *, with_args: bool = True) -> list[str]:
+def kprobe_event_lines(probe: FuncProbe, symbol: str, *, with_args: bool = True, group: str = TRACEFS_GROUP) -> list[str]:
     """``kprobe_events`` lines for ``probe`` attached at the resolved ``symbol``.
 
     >>> p = FuncProbe("split", "kvm_pgtable_stage2_split", "split", (("addr", "addr"), ("size", "size")))
@@ -73,7 +73,7 @@ def kprobe_event_lines(probe: FuncProbe, symbol: str, *, with_args: bool = True)
     """
     entry, ret = event_names(probe)
     fetch = " ".join(f"{name}={expr}" for name, expr in probe.args) if with_args else ""
-    lines = [f"p:{TRACEFS_GROUP}/{entry} {symbol} {fetch}".rstrip()]
+    lines = [f"p:{group}/{entry} {symbol} {fetch}".rstrip()]
     if ret is not None:
-        lines.append(f"r:{TRACEFS_GROUP}/{ret} {symbol}" + (" ret=$retval" if probe.returns_value else ""))
+        lines.append(f"r:{group}/{ret} {symbol}" + (" ret=$retval" if probe.returns_value else ""))
     return lines

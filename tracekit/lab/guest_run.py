@@ -25,21 +25,19 @@ from __future__ import annotations
 import json
 import os
 import platform
-import struct
 import sys
 import threading
 import time
 from pathlib import Path
 
 from tracekit.funcprobes.kallsyms import load_kallsyms, resolve_all
-from tracekit.funcprobes.spec import TRACEFS_GROUP, event_names, kprobe_event_lines
+from tracekit.funcprobes.tracefs_backend import TRACEFS
+from tracekit.funcprobes.tracefs_backend import TracefsFuncProbes as _Tracing
 from tracekit.lab import scenarios
 
 __all__ = ["main", "TRACEFS", "INSTANCE"]
 
-TRACEFS = Path("/sys/kernel/tracing")
 INSTANCE = "tracekit"
-_BUFFER_KB = 65536
 
 
 def _family(arch: str) -> tuple[tuple, tuple]:
@@ -53,151 +51,9 @@ def _family(arch: str) -> tuple[tuple, tuple]:
     return TDP_PROBES, TRACEPOINT_SPLITS
 
 
-class _Tracing:
-    """kprobe_events definitions plus a private instance; undone by :meth:`close`."""
-
-    def __init__(self, resolutions: list, tracepoints: tuple = ()):
-        self.instance = TRACEFS / "instances" / INSTANCE
-        self.tracepoints = [tp for tp in tracepoints if (TRACEFS / "events" / tp[0] / tp[1]).is_dir()]
-        self.defined: list[str] = []
-        self.attached: list[str] = []
-        self.failed: list[dict] = []
-        self.hists: list[str] = []
-        for res in resolutions:
-            if not res.available:
-                self.failed.append({"probe": res.probe.name, "reason": res.reason})
-                continue
-            try:
-                for line in kprobe_event_lines(res.probe, res.symbol, with_args=res.btf_args):
-                    _append(TRACEFS / "kprobe_events", line)
-                    self.defined.append(line.split()[0].split("/", 1)[1])
-            except OSError as error:
-                self.failed.append(
-                    {"probe": res.probe.name, "reason": f"kprobe_events refused it: {error.strerror}: {_last_error()}"}
-                )
-                continue
-            self.attached.append(res.probe.name)
-        self.instance.mkdir()
-        _write(self.instance / "trace_clock", "mono")
-        _write(self.instance / "buffer_size_kb", str(_BUFFER_KB))
-        for res in resolutions:
-            if res.available and res.probe.name in self.attached and res.probe.hot and res.btf_args:
-                keys = ",".join(name for name, _ in res.probe.args if name in ("level", "visit"))
-                trigger = self.instance / "events" / TRACEFS_GROUP / res.probe.name / "trigger"
-                _write(trigger, f"hist:keys={keys}:vals=hitcount:size=256")
-                self.hists.append(res.probe.name)
-        for name in self.defined:
-            _write(self.instance / "events" / TRACEFS_GROUP / name / "enable", "1")
-        for system, event in self.tracepoints:
-            _write(self.instance / "events" / system / event / "enable", "1")
-        _write(self.instance / "tracing_on", "1")
-
-    def set_hot(self, enabled: bool, hot: set[str]) -> None:
-        """Enable or disable the per-entry (hot) probes' events in the instance."""
-        for name in self.defined:
-            if name in hot:
-                _write(self.instance / "events" / TRACEFS_GROUP / name / "enable", "1" if enabled else "0")
-
-    def mark(self, index: int, end: bool) -> None:
-        """A ``trace_marker_raw`` record (ftrace ``raw_data``) with id ``2 * index + end``: step boundaries."""
-        fd = os.open(self.instance / "trace_marker_raw", os.O_WRONLY)
-        try:
-            os.write(fd, struct.pack("<II", 2 * index + int(end), 0))
-        finally:
-            os.close(fd)
-
-    def stop(self) -> None:
-        _write(self.instance / "tracing_on", "0")
-
-    def save(self, out: Path) -> dict:
-        raw = out / "raw"
-        raw.mkdir(parents=True)
-        lost: dict[str, int] = {}
-        for cpu_dir in sorted((self.instance / "per_cpu").iterdir()):
-            cpu = cpu_dir.name[3:]
-            with open(raw / f"cpu{cpu}.bin", "wb") as sink:
-                sink.write(_drain(cpu_dir / "trace_pipe_raw"))
-            for line in (cpu_dir / "stats").read_text().splitlines():
-                if line.startswith("overrun:") or line.startswith("dropped events:"):
-                    lost[cpu] = lost.get(cpu, 0) + int(line.split(":")[1])
-        formats = out / "formats"
-        formats.mkdir()
-        for name in self.defined:
-            _copy(TRACEFS / "events" / TRACEFS_GROUP / name / "format", formats / f"{TRACEFS_GROUP}__{name}")
-        for system, event in self.tracepoints:
-            _copy(TRACEFS / "events" / system / event / "format", formats / f"{system}__{event}")
-        _copy(TRACEFS / "events" / "ftrace" / "raw_data" / "format", formats / "ftrace__raw_data")
-        _copy(TRACEFS / "events" / "header_page", formats / "header_page")
-        _copy(TRACEFS / "events" / "header_event", formats / "header_event")
-        hist = out / "hist"
-        hist.mkdir()
-        for name in self.hists:
-            _copy(self.instance / "events" / TRACEFS_GROUP / name / "hist", hist / f"{name}.txt")
-        return lost
-
-    def close(self) -> None:
-        try:
-            _write(self.instance / "tracing_on", "0")
-            for name in self.hists:
-                trigger = self.instance / "events" / TRACEFS_GROUP / name / "trigger"
-                first = trigger.read_text().splitlines()
-                for line in first:
-                    if line.startswith("hist:"):
-                        _write(trigger, "!" + line.split(" [")[0])
-            for name in self.defined:
-                _write(self.instance / "events" / TRACEFS_GROUP / name / "enable", "0")
-            for system, event in self.tracepoints:
-                _write(self.instance / "events" / system / event / "enable", "0")
-        finally:
-            if self.instance.exists():
-                self.instance.rmdir()
-            for name in reversed(self.defined):
-                _append(TRACEFS / "kprobe_events", f"-:{TRACEFS_GROUP}/{name}")
-
-
-def _last_error() -> str:
-    """The last two lines of tracefs ``error_log`` (the rejected command and the caret), one line."""
-    try:
-        lines = (TRACEFS / "error_log").read_text().strip().splitlines()
-    except OSError:
-        return "no error_log"
-    return " | ".join(line.strip() for line in lines[-3:])
-
-
 def _write(path: Path, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
-
-
-def _append(path: Path, text: str) -> None:
-    # os.open, not open(..., "a"): Python's append mode seeks to the end, which tracefs refuses.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, (text + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def _copy(src: Path, dst: Path) -> None:
-    dst.write_bytes(src.read_bytes())
-
-
-def _drain(path: Path) -> bytes:
-    """Read a trace_pipe_raw file page by page until it is empty (non-blocking)."""
-    chunks = []
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, 4096)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
 
 
 def _kvm_banner() -> list[str]:
@@ -376,8 +232,9 @@ def run(arch: str, name: str, out: Path) -> dict:
     )
     meta["kvm_banner"] = _kvm_banner()
     timings: list[dict] = []
-    tracing = _Tracing(resolutions, tuple(tracepoints) + tuple(scenario.tracepoints))
+    tracing = _Tracing(resolutions, tuple(tracepoints) + tuple(scenario.tracepoints), instance=INSTANCE)
     try:
+        tracing.start()
         meta["probes"].update(
             attached=tracing.attached,
             failed=tracing.failed,

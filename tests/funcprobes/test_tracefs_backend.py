@@ -1,0 +1,29 @@
+"""The tracefs backend leaves tracefs as it found it, even when it cannot finish starting (fake tracefs dir)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracekit.funcprobes.kallsyms import parse_kallsyms, resolve_all
+from tracekit.funcprobes.stage2 import STAGE2_PROBES
+from tracekit.funcprobes.tracefs_backend import TracefsFuncProbes
+
+KALLSYMS = "ffff0001 T kvm_pgtable_walk\nffff0002 t stage2_split_walker\nffff0003 T kvm_pgtable_stage2_split\n"
+
+
+def test_failed_start_removes_every_probe_it_defined(tmp_path):
+    """No instances/ directory: the instance cannot be made, so start() undoes its kprobe_events lines, last first."""
+    (tmp_path / "kprobe_events").write_text("")
+    resolutions = resolve_all(STAGE2_PROBES, parse_kallsyms(KALLSYMS))
+    backend = TracefsFuncProbes(resolutions, tracefs=tmp_path, group="tk_test")
+    with pytest.raises(FileNotFoundError):
+        backend.start()
+    lines = (tmp_path / "kprobe_events").read_text().splitlines()
+    added = [line.split()[0].split("/", 1)[1] for line in lines if line[:2] in ("p:", "r:")]
+    removed = [line[len("-:tk_test/"):] for line in lines if line.startswith("-:")]
+    assert added == ["pgtable_walk", "pgtable_walk_ret", "split_walker", "stage2_split", "stage2_split_ret"]
+    assert removed == list(reversed(added))
+    assert {f["probe"] for f in backend.failed} == {p.name for p in STAGE2_PROBES} - {"pgtable_walk", "split_walker",
+                                                                                       "stage2_split"}  # fmt: skip
+    backend.close()  # a second close does nothing more
+    assert (tmp_path / "kprobe_events").read_text().splitlines() == lines

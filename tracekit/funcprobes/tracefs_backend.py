@@ -1,0 +1,207 @@
+"""tracefs backend of the function probes: kprobe_events with BTF argument names, a private instance.
+
+Contract
+--------
+:class:`TracefsFuncProbes` takes resolved probes (:func:`tracekit.funcprobes.kallsyms.resolve_all`)
+and optional tracepoints ``(system, event)``. :meth:`~TracefsFuncProbes.start` writes one
+``kprobe_events`` line per entry/return probe in event group ``group`` (failures are kept with the
+kernel's ``error_log`` line as the reason, never raised), creates the tracefs instance ``instance``
+with the ``mono`` clock (timestamps are CLOCK_MONOTONIC ns) and ``buffer_kb`` per CPU, puts a
+``hist`` trigger on each hot probe (in-kernel aggregation per level and visit), enables everything
+and turns the instance on. :meth:`~TracefsFuncProbes.mark` writes a ``trace_marker_raw`` record (id
+``2N`` / ``2N+1``: begin / end of step N); :meth:`~TracefsFuncProbes.set_hot` toggles the per-entry
+probes; :meth:`~TracefsFuncProbes.save` copies the per-CPU ``trace_pipe_raw`` pages, the ``format``
+files and the histograms into a directory (layout in docs/lab.md) and returns lost-event counts per
+CPU. :meth:`~TracefsFuncProbes.close` (also on any error in ``start`` and on leaving the ``with``
+block) disables and removes the triggers, the instance and every probe it defined: the host's
+tracefs is left as found. Standard library only (it runs inside the lab guests); OSError from
+tracefs propagates.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+from tracekit.funcprobes.spec import TRACEFS_GROUP, kprobe_event_lines
+
+__all__ = ["TracefsFuncProbes", "TRACEFS", "drain_pipe"]
+
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+class TracefsFuncProbes:
+    """kprobe_events definitions plus a private instance (see the module contract)."""
+
+    def __init__(self, resolutions: list, tracepoints: tuple = (), *, tracefs: Path = TRACEFS,
+                 group: str = TRACEFS_GROUP, instance: str = "tracekit", buffer_kb: int = 65536):  # fmt: skip
+        self.tracefs = tracefs
+        self.group = group
+        self.resolutions = resolutions
+        self.instance = tracefs / "instances" / instance
+        self.buffer_kb = buffer_kb
+        self.tracepoints = [tp for tp in tracepoints if (tracefs / "events" / tp[0] / tp[1]).is_dir()]
+        self.defined: list[str] = []
+        self.attached: list[str] = []
+        self.failed: list[dict] = []
+        self.hists: list[str] = []
+        self._made_instance = False
+
+    def __enter__(self) -> "TracefsFuncProbes":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _events(self, name: str) -> Path:
+        return self.instance / "events" / self.group / name
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        for res in self.resolutions:
+            if not res.available:
+                self.failed.append({"probe": res.probe.name, "reason": res.reason})
+                continue
+            try:
+                for line in kprobe_event_lines(res.probe, res.symbol, with_args=res.btf_args, group=self.group):
+                    _append(self.tracefs / "kprobe_events", line)
+                    self.defined.append(line.split()[0].split("/", 1)[1])
+            except OSError as error:
+                reason = f"kprobe_events refused it: {error.strerror}: {_last_error(self.tracefs)}"
+                self.failed.append({"probe": res.probe.name, "reason": reason})
+                continue
+            self.attached.append(res.probe.name)
+        self.instance.mkdir()
+        self._made_instance = True
+        _write(self.instance / "trace_clock", "mono")
+        _write(self.instance / "buffer_size_kb", str(self.buffer_kb))
+        for res in self.resolutions:
+            if res.probe.name in self.attached and res.probe.hot and res.btf_args:
+                keys = ",".join(name for name, _ in res.probe.args if name in ("level", "visit"))
+                _write(self._events(res.probe.name) / "trigger", f"hist:keys={keys}:vals=hitcount:size=256")
+                self.hists.append(res.probe.name)
+        for name in self.defined:
+            _write(self._events(name) / "enable", "1")
+        for system, event in self.tracepoints:
+            _write(self.instance / "events" / system / event / "enable", "1")
+        _write(self.instance / "tracing_on", "1")
+
+    def set_hot(self, enabled: bool, hot: set[str]) -> None:
+        """Enable or disable the per-entry (hot) probes' events in the instance."""
+        for name in self.defined:
+            if name in hot:
+                _write(self._events(name) / "enable", "1" if enabled else "0")
+
+    def mark(self, index: int, end: bool) -> None:
+        """A ``trace_marker_raw`` record (ftrace ``raw_data``) with id ``2 * index + end``: step boundaries."""
+        fd = os.open(self.instance / "trace_marker_raw", os.O_WRONLY)
+        try:
+            os.write(fd, struct.pack("<II", 2 * index + int(end), 0))
+        finally:
+            os.close(fd)
+
+    def stop(self) -> None:
+        _write(self.instance / "tracing_on", "0")
+
+    def save(self, out: Path) -> dict:
+        raw = out / "raw"
+        raw.mkdir(parents=True)
+        lost: dict[str, int] = {}
+        for cpu_dir in sorted((self.instance / "per_cpu").iterdir()):
+            cpu = cpu_dir.name[3:]
+            with open(raw / f"cpu{cpu}.bin", "wb") as sink:
+                sink.write(drain_pipe(cpu_dir / "trace_pipe_raw"))
+            for line in (cpu_dir / "stats").read_text().splitlines():
+                if line.startswith("overrun:") or line.startswith("dropped events:"):
+                    lost[cpu] = lost.get(cpu, 0) + int(line.split(":")[1])
+        formats = out / "formats"
+        formats.mkdir()
+        events = self.tracefs / "events"
+        for name in self.defined:
+            _copy(events / self.group / name / "format", formats / f"{self.group}__{name}")
+        for system, event in self.tracepoints:
+            _copy(events / system / event / "format", formats / f"{system}__{event}")
+        _copy(events / "ftrace" / "raw_data" / "format", formats / "ftrace__raw_data")
+        _copy(events / "header_page", formats / "header_page")
+        _copy(events / "header_event", formats / "header_event")
+        hist = out / "hist"
+        hist.mkdir()
+        for name in self.hists:
+            _copy(self._events(name) / "hist", hist / f"{name}.txt")
+        return lost
+
+    def close(self) -> None:
+        """Undo everything :meth:`start` did (safe to call twice, and after a partial start)."""
+        try:
+            if self._made_instance and self.instance.exists():
+                _write(self.instance / "tracing_on", "0")
+                for name in self.hists:
+                    trigger = self._events(name) / "trigger"
+                    for line in trigger.read_text().splitlines():
+                        if line.startswith("hist:"):
+                            _write(trigger, "!" + line.split(" [")[0])
+                for name in self.defined:
+                    _write(self._events(name) / "enable", "0")
+                for system, event in self.tracepoints:
+                    _write(self.instance / "events" / system / event / "enable", "0")
+        finally:
+            self.hists = []
+            if self._made_instance and self.instance.exists():
+                self.instance.rmdir()
+            self._made_instance = False
+            for name in reversed(self.defined):
+                _append(self.tracefs / "kprobe_events", f"-:{self.group}/{name}")
+            self.defined = []
+
+
+def _last_error(tracefs: Path) -> str:
+    """The last lines of tracefs ``error_log`` (the rejected command and the caret), one line."""
+    try:
+        lines = (tracefs / "error_log").read_text().strip().splitlines()
+    except OSError:
+        return "no error_log"
+    return " | ".join(line.strip() for line in lines[-3:])
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _append(path: Path, text: str) -> None:
+    # os.open, not open(..., "a"): Python's append mode seeks to the end, which tracefs refuses.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (text + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.write_bytes(src.read_bytes())
+
+
+def drain_pipe(path: Path) -> bytes:
+    """Read a ``trace_pipe_raw`` file page by page until it is empty (non-blocking)."""
+    chunks = []
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
