@@ -89,3 +89,21 @@ def test_cli_scenarios_json_and_bad_input(tmp_path):
     (tmp_path / "full.tkcap" / "f").write_text("x")
     busy = runner.invoke(app, ["lab", "x86", "-o", str(tmp_path / "full.tkcap")])
     assert busy.exit_code == 2 and "not empty" in busy.output
+
+
+def test_cli_probes_report_against_a_kallsyms_file(tmp_path):
+    """An arm64 kallsyms with kprobes: stage2 probes attachable (the .isra clone too), user_mem_abort absent."""
+    text = "ffff0001 T register_kprobe\nffff0002 T kvm_pgtable_walk\nffff0003 t stage2_split_walker\n"
+    text += "ffff0004 t kvm_mmu_split_huge_pages.isra.0\n"
+    (tmp_path / "kallsyms").write_text(text)
+    result = CliRunner().invoke(app, ["lab", "probes", "--family", "stage2", "--kallsyms", str(tmp_path / "kallsyms"),
+                                      "--machine", "aarch64", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    rows = {row["probe"]: row for row in report["families"]["stage2"]}
+    assert report["kprobes"] is True and list(report["families"]) == ["stage2"]
+    assert rows["split_walker"]["status"] == "attachable"
+    assert rows["split_huge_pages"]["symbol"] == "kvm_mmu_split_huge_pages.isra.0"
+    assert rows["user_mem_abort"]["status"] == "absent"
+    bad = CliRunner().invoke(app, ["lab", "probes", "--family", "nope"])
+    assert bad.exit_code == 2

@@ -154,6 +154,79 @@ def list_scenarios(
         typer.echo(f"{s.arch:<6} {s.name:<14} {s.description}" + (f" [expects {expected}]" if expected else ""))
 
 
+@lab_app.command("probes")
+def probes_cmd(
+    family: Optional[str] = typer.Option(None, "--family", help="stage2 (arm64) or tdp (x86); default: both."),
+    kallsyms: Optional[Path] = typer.Option(
+        None, "--kallsyms", help="Resolve against this kallsyms text (e.g. saved from another machine) instead of /proc/kallsyms."
+    ),
+    machine: Optional[str] = typer.Option(None, "--machine", help="Architecture to assume (aarch64, x86_64); default: this one."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (docs/cli-json/lab.md)."),
+) -> None:
+    """Where each function probe would attach on this machine, whether it can, and which backend would be used.
+
+    Function probes need kprobes (bcc, or tracefs kprobe_events with BTF argument names); this reports
+    each probe's symbol (compiler clones such as .isra.0 included), the reason when it cannot attach
+    (inlined, other architecture, CONFIG_KPROBES off) and the backend capability detection picks.
+
+    Examples:
+
+      tracekit lab probes
+
+      tracekit lab probes --family stage2 --kallsyms arm64-kallsyms.txt --machine aarch64 --json
+    """
+    import platform
+
+    from tracekit.errors import UsageError
+    from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support
+    from tracekit.funcprobes.kallsyms import load_kallsyms
+    from tracekit.funcprobes.stage2 import STAGE2_PROBES
+    from tracekit.funcprobes.tdp import TDP_PROBES
+
+    families = {"stage2": STAGE2_PROBES, "tdp": TDP_PROBES}
+    if family is not None and family not in families:
+        raise UsageError(f"unknown probe family {family!r}; choose stage2 or tdp")
+    try:
+        symbols = load_kallsyms(kallsyms or "/proc/kallsyms")
+    except OSError as error:
+        raise UsageError(f"cannot read {error.filename}: {error.strerror}") from None
+    support = kprobe_support(symbols)
+    bcc_ok = _bcc_importable()
+    btf_ok = Path("/sys/kernel/btf/vmlinux").exists()
+    backend, why = choose_backend(support, bcc_ok, btf_ok)
+    report = {
+        "machine": machine or platform.machine(),
+        "kprobes": support.kprobes,
+        "kprobe_events": support.kprobe_events,
+        "btf_args": support.btf_args,
+        "reason": support.reason,
+        "backend": backend,
+        "backend_reason": why,
+        "families": {
+            name: family_report(name, probes, symbols, support, machine)
+            for name, probes in families.items()
+            if family in (None, name)
+        },
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    typer.echo(f"backend: {backend} ({why})")
+    for name, rows in report["families"].items():
+        typer.echo(f"{name}:")
+        for row in rows:
+            reason = "" if row["status"] == "no-kprobes" else row["reason"]  # the backend line says why
+            typer.echo(f"  {row['probe']:<19} {row['status']:<11} {row['symbol'] or '-':<40} {reason}".rstrip())
+
+
+def _bcc_importable() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @lab_app.command("fetch")
 def fetch_cmd(
     arch: str = typer.Argument(..., help="arm64 or x86."),
