@@ -107,3 +107,28 @@ def test_cli_probes_report_against_a_kallsyms_file(tmp_path):
     assert rows["user_mem_abort"]["status"] == "absent"
     bad = CliRunner().invoke(app, ["lab", "probes", "--family", "nope"])
     assert bad.exit_code == 2
+
+
+def test_missing_pieces_are_one_line_errors_naming_the_fix(tmp_path, monkeypatch):
+    """No QEMU -> the package to install; no mirror -> the route; too little disk -> what to free."""
+    from collections import namedtuple
+
+    from tracekit.errors import MissingCapability
+    from tracekit.lab import fetch
+    from tracekit.lab.runner import run_lab
+
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
+    with pytest.raises(MissingCapability, match=r"qemu-system-aarch64 is not installed \(apt-get install qemu-system-arm\)"):
+        run_lab("arm64", "eager-enable", tmp_path / "a.tkcap")
+
+    def refuse(argv, what, env=None, timeout=900):
+        raise LabError(f"{what} failed: Temporary failure resolving 'deb.debian.org'")
+
+    monkeypatch.setattr(fetch, "_run", refuse)
+    with pytest.raises(LabError, match="cannot read the Debian trixie package lists .* check the route"):
+        fetch.PrivateApt(tmp_path / "apt").update()
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(fetch.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 100 << 20))
+    with pytest.raises(LabError, match="only 100 MiB free .* free 1436 MiB more or point TRACEKIT_LAB_CACHE elsewhere"):
+        fetch.check_disk(tmp_path)
