@@ -8,7 +8,8 @@ Packages come from Debian ``trixie`` through apt with a PRIVATE configuration an
 keyring is only read). Kernels are downloaded as ``.deb`` and unpacked with ``dpkg-deb -x``, never
 installed; xz-compressed modules are decompressed for busybox ``insmod``. The userland is
 ``mmdebstrap --variant=extract`` of python3 + busybox-static for the guest architecture. Each cache
-entry is complete only when its ``.complete`` marker exists, so an interrupted fetch is redone.
+entry is complete only when its ``.complete`` marker exists, so an interrupted fetch is redone;
+concurrent processes sharing the cache take turns (``flock`` on ``CACHE/.lock``).
 
 :func:`require_tool` raises :class:`tracekit.errors.MissingCapability` naming the package to
 install; fetch failures (no route to the registry, too little disk) raise
@@ -17,6 +18,8 @@ install; fetch failures (no route to the registry, too little disk) raise
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import lzma
 import os
 import shutil
@@ -182,8 +185,25 @@ class KernelFiles:
     modules: tuple[Path, ...]
 
 
+@contextlib.contextmanager
+def _cache_lock(cache: Path):
+    """Serialise fetches of concurrent tracekit processes sharing one cache (an flock on CACHE/.lock)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fetch_kernel(arch: str, cache: Path) -> KernelFiles:
     """Download (once) and unpack Debian trixie's cloud kernel for ``arch``."""
+    with _cache_lock(cache):
+        return _fetch_kernel(arch, cache)
+
+
+def _fetch_kernel(arch: str, cache: Path) -> KernelFiles:
     deb_arch = DEB_ARCH[arch]
     apt = PrivateApt(cache / "apt")
     meta = f"linux-image-cloud-{deb_arch}:{deb_arch}"
@@ -237,6 +257,11 @@ def _kernel_files(target: Path) -> KernelFiles:
 
 def fetch_userland(arch: str, cache: Path) -> Path:
     """The extracted ``arch`` userland root (python3 + busybox), built once with mmdebstrap."""
+    with _cache_lock(cache):
+        return _fetch_userland(arch, cache)
+
+
+def _fetch_userland(arch: str, cache: Path) -> Path:
     deb_arch = DEB_ARCH[arch]
     target = cache / f"userland-{SUITE}-{deb_arch}"
     if (target / ".complete").exists():
