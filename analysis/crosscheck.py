@@ -34,7 +34,7 @@ import pandas as pd
 from tracekit.errors import AnalysisError, ModelError
 from tracekit.model.x86 import PTE_AD_MASK, X86PageTables, X86Walk
 
-__all__ = ["CrossCheck", "model_from_layout", "crosscheck_walks", "MISMATCH_COLUMNS"]
+__all__ = ["CrossCheck", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS"]
 
 MISMATCH_COLUMNS = ["walk_id", "addr", "depth", "observed_level", "observed_pte", "model_level", "model_pte", "reason"]
 _PAGE_MASK = np.uint64(~0xFFF & (2**64 - 1))
@@ -126,6 +126,26 @@ def _model_table(addrs: np.ndarray, model_walk: Callable[[int], X86Walk]
     return row, levels, ptes, depths, faults
 
 
+def mismatch_row(walk_id: int, addr: int, at: int, depth: int, first: int, level: np.ndarray, pte: np.ndarray,
+                 model: tuple, model_row: int) -> tuple:
+    """The :data:`MISMATCH_COLUMNS` row of a walk whose first difference is at depth ``at``; ``first`` is
+    the row of its first element in ``level`` / ``pte``, ``model`` what :func:`_model_table` returned."""
+    _, m_levels, m_ptes, m_depths, faults = model
+    model_depth = int(m_depths[model_row])
+    m_level = int(m_levels[model_row, at]) if at < m_levels.shape[1] and m_levels[model_row, at] != _NO_LEVEL else None
+    m_pte = int(m_ptes[model_row, at]) if m_level is not None else None
+    if at >= depth:
+        return (walk_id, addr, at, None, None, m_level, m_pte,
+                f"observed walk ends at depth {depth}, model at {model_depth}")
+    o_level, o_pte = int(level[first + at]), int(pte[first + at])
+    if m_level is None:
+        fault = faults.get(addr & ~0xFFF) or faults.get((addr >> 21) << 21)
+        reason = f"model walk ends at depth {model_depth}" + (f" ({fault})" if fault else "")
+    else:
+        reason = "level differs" if m_level != o_level else "pte differs"
+    return (walk_id, addr, at, o_level, o_pte, m_level, m_pte, reason)
+
+
 def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Callable[[int], X86Walk],
                      *, limit: int = 20) -> CrossCheck:
     """Compare every observed walk with the model's walk of the same address."""
@@ -175,23 +195,10 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
     walk_ids = walks["walk_id"].to_numpy(np.uint64)
     per_walk = pd.DataFrame({"walk_id": walk_ids, "addr": addrs, "depth": depth, "model_depth": model_depth,
                              "match": ~bad}, copy=False)
-    mismatch_rows = []
-    for i in np.flatnonzero(bad)[:limit].tolist():
-        at = int(first_bad[i])
-        m_level = int(m_levels[row[i], at]) if at < m_levels.shape[1] and m_levels[row[i], at] != _NO_LEVEL else None
-        m_pte = int(m_ptes[row[i], at]) if m_level is not None else None
-        if at < depth[i]:
-            o_level, o_pte = int(level[first[i] + at]), int(pte[first[i] + at])
-            if m_level is None:
-                reason = f"model walk ends at depth {int(model_depth[i])}"
-                fault = faults.get(int(addrs[i]) & ~0xFFF) or faults.get((int(addrs[i]) >> 21) << 21)
-                reason += f" ({fault})" if fault else ""
-            else:
-                reason = "level differs" if m_level != o_level else "pte differs"
-        else:
-            o_level = o_pte = None
-            reason = f"observed walk ends at depth {int(depth[i])}, model at {int(model_depth[i])}"
-        mismatch_rows.append((int(walk_ids[i]), int(addrs[i]), at, o_level, o_pte, m_level, m_pte, reason))
+    model = (row, m_levels, m_ptes, m_depths, faults)
+    mismatch_rows = [mismatch_row(int(walk_ids[i]), int(addrs[i]), int(first_bad[i]), int(depth[i]), int(first[i]),
+                                  level, pte, model, int(row[i]))
+                     for i in np.flatnonzero(bad)[:limit].tolist()]
     mismatches = pd.DataFrame(mismatch_rows, columns=MISMATCH_COLUMNS)
     levels_seen = [lv for lv in range(7, -1, -1) if obs_counts[lv] or model_counts[lv]]
     per_level = pd.DataFrame({"level": [lv - 2 for lv in levels_seen],

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis.common import load
-from tracekit.analysis.crosscheck import _AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, _model_table
+from tracekit.analysis.crosscheck import _AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, _model_table, mismatch_row
 from tracekit.analysis.walks import ELEMENT_COLUMNS, PTE_PRESENT, PTE_PS, WALK_COLUMNS
 
 __all__ = ["stream_walks"]
@@ -85,7 +85,7 @@ class _State:
         self._compare(level, pte, addrs, starts, counts, wi)
 
     def _compare(self, level, pte, addrs, starts, counts, wi) -> None:
-        row, m_levels, m_ptes, m_depths, faults = self.model
+        row, m_levels, m_ptes, m_depths, _ = self.model
         rows = row[wi]
         model_depth = m_depths[rows]
         bad = counts != model_depth
@@ -102,22 +102,9 @@ class _State:
             bad[has] |= wrong
         self.bad[wi] = bad
         for i in np.flatnonzero(bad)[: max(self.limit - len(self.mismatches), 0)].tolist():
-            at, w = int(first_bad[i]), int(wi[i])
-            m_row = int(rows[i])
-            m_level = int(m_levels[m_row, at]) if at < m_levels.shape[1] and m_levels[m_row, at] != _NO_LEVEL else None
-            m_pte = int(m_ptes[m_row, at]) if m_level is not None else None
-            if at < counts[i]:
-                o_level, o_pte = int(level[starts[i] + at]), int(pte[starts[i] + at])
-                if m_level is None:
-                    reason = f"model walk ends at depth {int(model_depth[i])}"
-                    fault = faults.get(int(addrs[w]) & ~0xFFF) or faults.get((int(addrs[w]) >> 21) << 21)
-                    reason += f" ({fault})" if fault else ""
-                else:
-                    reason = "level differs" if m_level != o_level else "pte differs"
-            else:
-                o_level = o_pte = None
-                reason = f"observed walk ends at depth {int(counts[i])}, model at {int(model_depth[i])}"
-            self.mismatches.append((int(self.w_wid[w]), int(addrs[w]), at, o_level, o_pte, m_level, m_pte, reason))
+            w = int(wi[i])
+            self.mismatches.append(mismatch_row(int(self.w_wid[w]), int(addrs[w]), int(first_bad[i]), int(counts[i]),
+                                                int(starts[i]), level, pte, self.model, int(rows[i])))
 
 
 def _sorted_within(wid: np.ndarray, idx: np.ndarray) -> bool:
