@@ -8,7 +8,8 @@ Contract
 ``tracekit.out`` backed by a host file: the guest writes a tar archive of its results there.
 :func:`build_initramfs` packs the userland, the guest ``/init`` (``guest_init.sh``), the
 stdlib-only tracekit package and any KVM modules. :func:`boot` runs QEMU with a hard timeout
-(seconds); on timeout or an interrupt QEMU is killed, and the console log is kept. Returns a
+(seconds); on timeout or an interrupt QEMU is killed (and the kernel kills it if tracekit itself
+dies: ``PR_SET_PDEATHSIG``), and the console log is kept. Returns a
 :class:`BootResult` (console text, path of the result archive, wall seconds, guest exit code from
 the ``tk-done rc=N`` console line or None). Raises :class:`tracekit.errors.LabError` for a guest
 that hangs (timeout) or QEMU failing to start.
@@ -96,13 +97,21 @@ def build_initramfs(path: Path, userland: Path | None, modules: tuple[Path, ...]
     return write_initramfs(path, userland, extra, exclude=_EXCLUDE)
 
 
+def _die_with_parent() -> None:
+    """In the QEMU child before exec: SIGKILL it when tracekit dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+
 def boot(command: list[str], console_log: Path, archive: Path, timeout: float = DEFAULT_TIMEOUT) -> BootResult:
-    """Run QEMU until the guest powers off, killing it after ``timeout`` seconds."""
+    """Run QEMU until the guest powers off, killing it after ``timeout`` seconds (or when tracekit dies)."""
     for stale in (console_log, archive):
         stale.unlink(missing_ok=True)
     start = time.monotonic()
     try:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   preexec_fn=_die_with_parent)  # fmt: skip
     except OSError as error:
         raise LabError(f"cannot start {command[0]}: {error.strerror}") from None
     try:

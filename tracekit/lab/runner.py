@@ -15,6 +15,7 @@ are exact and timings are not: the result says so in ``timing_note``. Raises
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -111,7 +112,8 @@ def run_lab(
     userland = fetch.fetch_userland(arch, cache)
     output.parent.mkdir(parents=True, exist_ok=True)
     console_log = output.parent / f"{output.name}.console.log"
-    work = Path(tempfile.mkdtemp(prefix="tracekit-lab-", dir=cache))
+    _remove_stale_work_dirs(cache)
+    work = Path(tempfile.mkdtemp(prefix=f"tracekit-lab-{os.getpid()}-", dir=cache))
     try:
         initrd = work / "initrd.cpio"
         machine.build_initramfs(initrd, userland, module_files)
@@ -181,6 +183,15 @@ def run_lab(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_stale_work_dirs(cache: Path) -> None:
+    """Delete work directories left by lab runs whose process died (``tracekit-lab-PID-*``)."""
+    for path in cache.glob("tracekit-lab-*"):
+        parts = path.name.split("-")
+        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+        if pid is None or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _mmu_lock_offset(image: Path) -> int | None:
