@@ -174,3 +174,19 @@ def test_arm64_mmu_lock_contention_between_vcpus_and_clear():
     clear = next(step for step in lab["steps"] if step["op"] == "clear_while_touching")
     assert mmu["ts_ns"].between(clear["begin_ns"], clear["end_ns"]).all()
     assert lab["lock_contention"]["mmu_lock SPIN|WRITE"]["waits"] == len(writers)
+
+
+def test_arm64_faulting_blocks_in_matches_the_model():
+    """The 128 write faults that map 2 MiB blocks before any split: the first installs the level-2 table (one invalid
+    level-1 leaf), the other 127 find it (TABLE_PRE); each visits its invalid level-2 entry, as model.map_range says."""
+    from tracekit.model.stage2_ops import map_range
+
+    cap = _capture("lab-arm64-eager-enable")
+    stats = map_range(Stage2PageTable(), DATA_IPA, SLOT, 2 * MiB)
+    walks = cap.dataframe("stage2_walk")
+    maps = walks[(walks["initiator"] == "stage2_map_walker") & (walks["size"] == 2 * MiB)]
+    assert len(maps) == stats.walks == 128
+    visits = cap.dataframe("stage2_visit").merge(maps[["walk_id"]], on="walk_id")
+    measured = {(int(lvl), kind): int(n) for (lvl, kind), n in visits.groupby(["level", "kind"], observed=True)["count"].sum().items()}
+    assert measured == {(1, "leaf:invalid"): stats.get("leaf", 1), (1, "table_pre:table"): stats.get("table_pre", 1),
+                        (2, "leaf:invalid"): stats.get("leaf", 2)}  # fmt: skip
