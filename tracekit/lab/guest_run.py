@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 
 from tracekit.funcprobes.kallsyms import load_kallsyms, resolve_all
-from tracekit.funcprobes.tracefs_backend import TRACEFS
 from tracekit.funcprobes.tracefs_backend import TracefsFuncProbes as _Tracing
 from tracekit.lab import scenarios
 
-__all__ = ["main", "TRACEFS", "INSTANCE"]
+__all__ = ["main", "run", "INSTANCE"]
 
 INSTANCE = "tracekit"
 
