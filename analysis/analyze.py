@@ -20,7 +20,7 @@ Tables (columns documented in the module that makes them):
   ``skip_levels`` (:mod:`.skiplevels`);
 - ``lock_contention`` (:func:`.locks.contention_summary`), verdict ``mmu_lock``;
 - ``ioctl_latency``, ``memslot_latency`` (:mod:`.ioctls`);
-- ``split_per_ioctl``, ``split_calls`` (:mod:`.splits`).
+- ``split_per_ioctl``, ``split_ioctls`` (one row per enable / CLEAR ioctl), ``split_calls`` (:mod:`.splits`).
 
 :func:`render_text` renders it as 80-column text; :func:`analysis_json` as the JSON document of
 docs/cli-json/analysis.md. The ``walks`` and ``waits`` frames used for figures stay available in
@@ -111,6 +111,7 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         result.tables["memslot_latency"] = ioctls.memslot_latency(ioctl_cut)
         per_ioctl = splits.split_ioctls(ioctl_cut, split, mmu)
         result.tables["split_per_ioctl"] = splits.split_ioctl_summary(per_ioctl)
+        result.tables["split_ioctls"] = per_ioctl
         result.frames["split_ioctls"] = per_ioctl
         result.frames["ioctl"] = ioctl_cut
     else:
@@ -221,6 +222,8 @@ _SECTIONS = (
      ["cmd_name", "slot", "change", "count", "mean_ns", "p50_ns", "p99_ns", "max_ns"]),
     ("split_per_ioctl", "Huge-page splits per dirty-log enable / CLEAR ioctl",
      ["kind", "count", "mean_ns", "p50_ns", "p99_ns", "max_ns", "splits", "splits_per_ioctl"]),
+    ("split_ioctls", "Each dirty-log enable / CLEAR ioctl: latency and splits inside it",
+     ["kind", "slot", "duration_ns", "splits", "split_ns"]),
     ("split_calls", "Split calls (function probes) and split events per level", None),
 )
 
