@@ -6,9 +6,11 @@ Contract
 followed by :func:`tracekit.analysis.crosscheck.crosscheck_walks`, without holding the element columns
 in memory: the ``walk`` family is read whole (``walk_id``, ``ts_ns``, ``tid``, ``addr``, ``pferr``),
 ``walk_element`` one segment at a time (the rows of the last walk of a segment are carried into the
-next), so memory grows with walks, not with elements. It needs walk ids in increasing order in both
-families (the order the recorder writes); otherwise it returns None and the caller uses the in-memory
-path. Returns ``(walks, check)``: ``walks`` has the columns of ``rebuild_walks`` except ``first_step``
+next), so memory grows with walks, not with elements. The elements are read as one stream while their
+walk ids increase, then as one stream per CPU (the recorder drains each CPU's buffer in order, so ids
+interleave across CPUs but increase within each); when even that order breaks, or one walk's rows
+appear on two CPUs, it returns None and the caller uses the in-memory path. Mismatches are the first
+``limit`` found, sorted by walk id. Returns ``(walks, check)``: ``walks`` has the columns of ``rebuild_walks`` except ``first_step``
 (there is no steps table); ``check`` is a :class:`~tracekit.analysis.crosscheck.CrossCheck` (None
 without ``model_walk``) whose ``per_walk`` frame is left empty. Raises what reading the capture raises.
 """
@@ -44,6 +46,7 @@ class _State:
         self.limit = limit
         self.mismatches: list[tuple] = []
         self.observed_levels = np.zeros(8, np.int64)
+        self.conflict = False
 
     def process(self, wid: np.ndarray, level: np.ndarray, pte: np.ndarray, addrs: np.ndarray) -> None:
         n = len(wid)
@@ -59,6 +62,8 @@ class _State:
             starts, counts, wi = starts[found], counts[found], wi[found]
         if len(starts) == 0:
             return
+        if bool(np.any(self.depth[wi] > 0)):  # a walk's rows in two streams: not safe to stream
+            self.conflict = True
         ends = starts + counts - 1
         last, last_pte = level[ends], pte[ends]
         translates = ((last_pte & PTE_PRESENT) != 0) & (
@@ -114,6 +119,79 @@ def _sorted_within(wid: np.ndarray, idx: np.ndarray) -> bool:
     return bool(np.all(wid[1:] >= wid[:-1])) and not bool(np.any(same & (idx[1:] <= idx[:-1])))
 
 
+class _Stream:
+    """Elements of one ordered stream (the whole capture, or one CPU's rows) with the carried last walk."""
+
+    def __init__(self, state: _State, addrs: np.ndarray):
+        self.state = state
+        self.addrs = addrs
+        self.carry: list[np.ndarray] | None = None
+
+    def feed(self, columns: list[np.ndarray]) -> bool:
+        """Process the complete walks of ``columns`` (wid, idx, level, pte); False if out of order."""
+        wid = columns[0]
+        if len(wid) == 0:
+            return True
+        if self.carry is not None:
+            last = self.carry[0][-1]
+            if wid[0] < last:
+                return False
+            # Only the rows continuing the carried walk are joined to it (no copy of the batch).
+            head = int(np.searchsorted(wid, last, side="right")) if wid[0] == last else 0
+            joined = [np.concatenate((a, b[:head])) for a, b in zip(self.carry, columns)]
+            if not _sorted_within(joined[0], joined[1]):
+                return False
+            if head == len(wid):
+                self.carry = joined
+                return True
+            self.state.process(joined[0], joined[2], joined[3], self.addrs)
+            columns = [c[head:] for c in columns]
+            wid = columns[0]
+        if not _sorted_within(wid, columns[1]):
+            return False
+        tail = int(np.searchsorted(wid, wid[-1], side="left"))
+        self.carry = [c[tail:] for c in columns]
+        self.state.process(wid[:tail], columns[2][:tail], columns[3][:tail], self.addrs)
+        return True
+
+    def flush(self) -> None:
+        if self.carry is not None:
+            self.state.process(self.carry[0], self.carry[2], self.carry[3], self.addrs)
+            self.carry = None
+
+
+def _feed_all(cap: Any, state: _State, addrs: np.ndarray) -> bool:
+    """Stream ``walk_element``: as one ordered stream while walk ids stay in order, then one stream
+    per CPU (each CPU's ring buffer is drained in order). False when even that order breaks."""
+    whole = _Stream(state, addrs)
+    per_cpu: dict[int, _Stream] | None = None
+    for table in cap.iter_tables("walk_element", [*ELEMENT_COLUMNS, "cpu"]):
+        for batch in table.to_batches():  # one batch per Parquet row group: zero-copy columns
+            columns = [batch.column(c).to_numpy() for c in ELEMENT_COLUMNS]
+            cpu = batch.column("cpu").to_numpy()
+            if per_cpu is None:
+                carry_last = whole.carry[0][-1] if whole.carry is not None else None
+                if _sorted_within(columns[0], columns[1]) and (carry_last is None or columns[0][0] >= carry_last):
+                    if not whole.feed(columns):
+                        return False
+                    whole_cpu = cpu  # the CPU of the carried rows, if the order breaks later
+                    continue
+                per_cpu = {}
+                if whole.carry is not None:
+                    carried_cpu = np.unique(whole_cpu[len(whole_cpu) - len(whole.carry[0]):])
+                    if len(carried_cpu) != 1:
+                        return False
+                    per_cpu[int(carried_cpu[0])] = whole
+            for value in np.unique(cpu).tolist():
+                mask = cpu == value
+                stream = per_cpu.setdefault(value, _Stream(state, addrs))
+                if not stream.feed([c[mask] for c in columns]):
+                    return False
+    for stream in (per_cpu or {0: whole}).values():
+        stream.flush()
+    return not state.conflict
+
+
 def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 20,
                  select: Callable[[pd.DataFrame], np.ndarray] | None = None
                  ) -> tuple[pd.DataFrame, CrossCheck | None] | None:
@@ -123,40 +201,29 @@ def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 2
     walk is still rebuilt."""
     walk = load(cap, "walk", list(WALK_COLUMNS))
     w_wid = walk["walk_id"].to_numpy(np.uint64)
+    order = None
     if len(w_wid) > 1 and not bool(np.all(w_wid[1:] > w_wid[:-1])):
-        return None
+        order = np.argsort(w_wid, kind="stable")
+        w_wid = w_wid[order]
+        if bool(np.any(w_wid[1:] == w_wid[:-1])):
+            return None
     addrs = walk["addr"].to_numpy(np.uint64)
-    model = _model_table(addrs, model_walk) if model_walk is not None and len(addrs) else None
-    state = _State(w_wid, model, limit, None if select is None else np.asarray(select(walk), bool))
-    carry: list[np.ndarray] | None = None
-    for table in cap.iter_tables("walk_element", list(ELEMENT_COLUMNS)):
-        for batch in table.to_batches():  # one batch per Parquet row group: zero-copy columns
-            columns = [batch.column(c).to_numpy() for c in ELEMENT_COLUMNS]
-            wid = columns[0]
-            if len(wid) == 0:
-                continue
-            if carry is not None:
-                last = carry[0][-1]
-                if wid[0] < last:
-                    return None
-                # Only the rows continuing the carried walk are joined to it (no copy of the batch).
-                head = int(np.searchsorted(wid, last, side="right")) if wid[0] == last else 0
-                joined = [np.concatenate((a, b[:head])) for a, b in zip(carry, columns)]
-                if not _sorted_within(joined[0], joined[1]):
-                    return None
-                if head == len(wid):
-                    carry = joined
-                    continue
-                state.process(joined[0], joined[2], joined[3], addrs)
-                columns = [c[head:] for c in columns]
-                wid = columns[0]
-            if not _sorted_within(wid, columns[1]):
-                return None
-            tail = int(np.searchsorted(wid, wid[-1], side="left"))
-            carry = [c[tail:] for c in columns]
-            state.process(wid[:tail], columns[2][:tail], columns[3][:tail], addrs)
-    if carry is not None:
-        state.process(carry[0], carry[2], carry[3], addrs)
+    addrs_sorted = addrs if order is None else addrs[order]
+    model = _model_table(addrs_sorted, model_walk) if model_walk is not None and len(addrs) else None
+    selected = None if select is None else np.asarray(select(walk), bool)
+    state = _State(w_wid, model, limit, selected if selected is None or order is None else selected[order])
+    if not _feed_all(cap, state, addrs_sorted):
+        return None
+    if order is not None:
+        for name in ("depth", "root", "leaf", "path", "bad"):
+            values = getattr(state, name)
+            original = np.empty_like(values)
+            original[order] = values
+            setattr(state, name, original)
+        state.w_wid = walk["walk_id"].to_numpy(np.uint64)
+        state.selected = selected
+        state.mismatches.sort()
+    w_wid = state.w_wid
     error_ids = load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64) \
         if "walk_error" in cap.families() else np.zeros(0, np.uint64)
     walks = pd.DataFrame({
