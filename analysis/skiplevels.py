@@ -16,8 +16,9 @@ come from a ``split`` visitor. For every split walk, in time order, the referenc
 (:class:`tracekit.model.split.EagerSplitter` over :class:`tracekit.model.stage2.Stage2PageTable`)
 replays ``kvm_pgtable_stage2_split(addr, size)`` once per candidate skip set
 (:data:`CANDIDATES`: no skipping, SKIP_LEVEL3, SKIP_LEVEL2|3), each on its own copy of the tables.
-The observed LEAF visits per level (``stage2_split_walker`` calls whose kind starts with ``leaf``)
-are compared with each model's LEAF callbacks per level.
+The observed LEAF visits per level (``stage2_split_walker`` calls whose kind starts with ``leaf``;
+visits by other visitors inside the walk, such as ``stage2_map_walker`` building the new subtree, are
+not split-walker visits) are compared with each model's LEAF callbacks per level.
 
 :func:`split_visits_vs_model` -> one row per (walk_id, level): ``observed``, ``model_no_skip``,
 ``model_skip_3``, ``model_skip_2_3`` (LEAF visits).
@@ -104,6 +105,10 @@ def split_visits_vs_model(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame,
 
     splits = split_walks(stage2_walk, stage2_visit)
     leaf = stage2_visit[stage2_visit["kind"].astype(str).str.lower().str.startswith("leaf")]
+    if "visitor" in leaf.columns and leaf["visitor"].notna().any():
+        # Only the split walker's own callbacks: the subtree a split builds is walked by stage2_map_walker
+        # inside the same walk (kvm_pgtable_stage2_create_unlinked), the model's "build" count.
+        leaf = leaf[leaf["visitor"].fillna("").astype(str).str.contains("split")]
     observed = leaf.groupby(["walk_id", "level"])["count"].sum()
     splitters = _splitters(scenario)
     rows = []

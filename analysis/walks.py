@@ -35,10 +35,11 @@ and ``share`` (fraction of the group's walks).
 ``tid``, ``addr``, ``size``, ``flags``, ``duration_ns``, ``ret``, ``initiator`` (the walker
 callback's symbol); ``stage2_visit``: ``walk_id``, ``visitor``, ``level``, ``kind``
 (``VISIT:PTE``, e.g. ``leaf:block``, ``leaf:page``, ``table_pre:table``), ``count``).
-:func:`stage2_walk_visits` gives one row per (walk, level, kind) with ``entries`` (visited entries)
-and the walk's ``initiator``, ``addr``, ``size``, ``ts_ns``, ``tid``; :func:`stage2_distribution`
-sums them per (group..., ``initiator``, ``level``, ``kind``): ``walks``, ``entries``,
-``entries_per_walk``.
+:func:`stage2_walk_visits` gives one row per (walk, visitor, level, kind) with ``entries`` (visited
+entries) and the walk's ``initiator``, ``addr``, ``size``, ``ts_ns``, ``tid``; :func:`stage2_distribution`
+sums them per (group..., ``initiator``, ``visitor``, ``level``, ``kind``): ``walks``, ``entries``,
+``entries_per_walk``. A walk's visitors can differ from its initiator: a split walk also shows the
+``stage2_map_walker`` visits of the subtree it builds.
 """
 
 from __future__ import annotations
@@ -179,7 +180,9 @@ def depth_distribution(walks: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFr
 
 def stage2_walk_visits(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame) -> pd.DataFrame:
     """One row per (walk_id, level, kind): entries visited, with the walk's initiator and range."""
-    visits = stage2_visit.groupby(["walk_id", "level", "kind"], sort=True)["count"].sum()
+    keys = ["walk_id", "visitor", "level", "kind"] if "visitor" in stage2_visit.columns else ["walk_id", "level", "kind"]
+    visit = stage2_visit.assign(visitor=stage2_visit["visitor"].fillna("?")) if "visitor" in keys else stage2_visit
+    visits = visit.groupby(keys, sort=True)["count"].sum()
     visits = visits.rename("entries").reset_index()
     cols = [c for c in ("walk_id", "ts_ns", "tid", "initiator", "addr", "size", "flags") if c in stage2_walk.columns]
     frame = visits.merge(stage2_walk[cols], on="walk_id", how="left")
@@ -191,8 +194,8 @@ def stage2_walk_visits(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame) ->
 
 
 def stage2_distribution(visits: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    """Per (by..., initiator, level, kind): walks, entries, entries_per_walk."""
-    keys = [*by, "initiator", "level", "kind"]
+    """Per (by..., initiator, visitor, level, kind): walks, entries, entries_per_walk."""
+    keys = [*by, "initiator", *(["visitor"] if "visitor" in visits.columns else []), "level", "kind"]
     if visits.empty:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in (*keys, "walks", "entries", "entries_per_walk")})
     out = visits.groupby(keys, sort=True).agg(walks=("walk_id", "nunique"), entries=("entries", "sum")).reset_index()

@@ -110,3 +110,18 @@ def test_stage2_cut_by_vcpu_and_phase(make_capture):
     assert by_phase[["phase", "walks", "entries"]].values.tolist() == [["", 1, 1], ["clear#1", 2, 1024]]
     cut = analyze_capture(open_capture(path), phase="clear")
     assert cut.tables["stage2_visits"]["entries"].tolist() == [1024]
+
+
+@pytest.mark.parametrize("name,splits", [("lab-arm64-eager-enable", 128), ("lab-arm64-eager-clear", 1024)])
+def test_arm64_lab_split_walker_matches_the_model(name, splits):
+    """Debian 6.12 under the arm64 lab: 256 MiB of 2 MiB blocks split in 2 MiB chunks (enable) or per
+    64-page CLEAR word (1,024 walks): 128 block visits at L2 and 128 x 512 page visits at L3, exactly the
+    no-skip model; the stage2_map_walker visits of the subtrees being built are not split-walker visits."""
+    path = SAMPLES / f"{name}.tkcap"
+    if not path.exists():
+        pytest.skip(f"{name} is not in samples/ (made by tracekit lab, not by these tests)")
+    result = analyze_capture(open_capture(path))
+    verdict = result.verdicts["skip_levels"]
+    assert verdict["verdict"] == "no" and verdict["matches"] == ["model_no_skip"] and verdict["walks"] == splits
+    visits = result.tables["split_visits_vs_model"].set_index("level")
+    assert visits.loc[2, "observed"] == 128 and visits.loc[3, "observed"] == 128 * 512
