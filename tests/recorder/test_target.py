@@ -56,6 +56,20 @@ def test_resolve_by_pid_name_and_guest(named_sleepers):
         resolve_target("999999999")
 
 
+def test_a_thread_id_resolves_to_its_process():
+    import threading
+
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=lambda: (ready.set(), stop.wait()))
+    thread.start()
+    ready.wait()
+    try:
+        assert resolve_target(str(thread.native_id)).pid == os.getpid()
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_list_threads_marks_vcpus():
     import threading
 

@@ -2,7 +2,7 @@
 
 Contract:
 
-- :func:`resolve_target` accepts a numeric pid (must be running) or a name that matches process
+- :func:`resolve_target` accepts a numeric pid (must be running; a thread id stands for its process) or a name that matches process
   names (``/proc/PID/comm`` or the basename of ``argv[0]``, e.g. ``qemu-system-x86_64``) or a QEMU
   guest name (the value of ``-name`` in its command line, ``guest=NAME`` and ``process=NAME``
   forms included). No match or several matches raise :class:`tracekit.errors.UsageError` listing the
@@ -100,6 +100,12 @@ def list_threads(pid: int) -> list[dict]:
     return threads
 
 
+def _tgid_of(pid: int) -> int | None:
+    status = _read(PROC / str(pid) / "status")
+    match = re.search(r"^Tgid:\s*(\d+)", status or "", re.M)
+    return int(match.group(1)) if match else None
+
+
 def _describe(pid: int) -> Target | None:
     comm = _read(PROC / str(pid) / "comm")
     if comm is None:
@@ -111,7 +117,8 @@ def resolve_target(spec: str, *, exclude: tuple[int, ...] = ()) -> Target:
     """The single process ``spec`` names (see the module docstring)."""
     spec = spec.strip()
     if spec.isdigit():
-        target = _describe(int(spec))
+        pid = _tgid_of(int(spec))  # a thread id names its process
+        target = _describe(pid) if pid is not None else None
         if target is None:
             raise UsageError(f"no process with pid {spec}")
         return target
