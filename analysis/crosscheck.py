@@ -83,7 +83,15 @@ def _model_table(addrs: np.ndarray, model_walk: Callable[[int], X86Walk]
     and depth. The model is walked once per 2 MiB region whose walk ends on a 2 MiB or 1 GiB leaf
     (every address inside shares it), else once per distinct 4 KiB page."""
     region = addrs >> np.uint64(21)
-    r_codes, r_uniques = pd.factorize(region)
+    low = region.min() if len(region) else np.uint64(0)
+    if len(region) and int(region.max()) - int(low) < 1 << 22:  # a compact range: its offsets are the codes
+        offsets = (region - low).astype(np.int64)
+        present = np.flatnonzero(np.bincount(offsets) > 0)
+        lookup = np.zeros(int(offsets.max()) + 1, np.int64)
+        lookup[present] = np.arange(len(present))
+        r_codes, r_uniques = lookup[offsets], present.astype(np.uint64) + low
+    else:
+        r_codes, r_uniques = pd.factorize(region)
     walks: list[X86Walk | None] = []
     faults: dict[int, str] = {}
 
