@@ -43,7 +43,9 @@ def _need(backend: str) -> None:
 
             skip_or_fail(f"bcc needs kernel headers: {headers.fix}")
     if not Path(TRACEKIT).exists():
-        pytest.skip("the tracekit console script is not installed next to this Python")
+        from tests.livecheck import skip_or_fail
+
+        skip_or_fail("the tracekit console script is not installed next to this Python (pip install -e .)")
 
 
 def _instances(pid: int | None = None) -> set[str]:
@@ -178,6 +180,7 @@ def test_sigkill_leaves_a_readable_capture_and_the_next_run_cleans_up(backend, t
             workload.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["bcc", "tracefs"])
 def test_sigterm_stops_cleanly(backend, tmp_path):
     _need(backend)
