@@ -12,8 +12,9 @@ recording (families may keep decoding state between batches). It declares
   their fixed record dtype), :meth:`decode` (one numpy batch -> Arrow tables),
   :meth:`lost_maps` (per-CPU reserve-failure counters) and :meth:`finish` (tables built from BPF
   maps when the recording ends, e.g. aggregates and stacks);
-- for the tracefs backend (optional): :meth:`decode_tracefs` (per-tracepoint numpy arrays decoded
-  by :mod:`tracekit.recorder.rawbuf` -> Arrow tables).
+- for the tracefs backend (optional): :meth:`tracefs_prepare` / :meth:`tracefs_cleanup` (dynamic events
+  such as kprobes, created before and removed after the recording) and :meth:`decode_tracefs`
+  (per-event numpy arrays decoded by :mod:`tracekit.recorder.rawbuf` -> Arrow tables).
 
 :func:`register_family` adds a factory under a name; :func:`family_names` and :func:`make_family`
 list and build them. The built-in tracepoint families register themselves when
@@ -212,6 +213,15 @@ class ProbeFamily(abc.ABC):
 
     def finish_tracefs(self, stop_ns: int) -> dict[str, pa.Table]:
         return {}
+
+    def tracefs_prepare(self, tracefs: Path, available: list[ProbeStatus]) -> list[str]:
+        """Create dynamic events this family needs (e.g. ``kprobe_events`` lines) before the recorder
+        enables events in its instance; return their ``system:event`` names. Tracepoint families
+        create nothing: their available tracepoints are enabled as they are."""
+        return [s.probe for s in available if s.available and ":" in s.probe]
+
+    def tracefs_cleanup(self, tracefs: Path) -> None:
+        """Remove what :meth:`tracefs_prepare` created (called on every exit path)."""
 
 
 _REGISTRY: dict[str, Callable[[RecordOptions], ProbeFamily]] = {}

@@ -111,6 +111,8 @@ class TracefsBackend:
         self._missed = 0
         self._bytes = 0
         self._tid_is_foreign: dict[int, bool] = {}
+        self._prepared: list[ProbeFamily] = []
+        self._events_of: dict[int, list[str]] = {}
         self.foreign_events = 0
         self.stale_removed = cleanup_stale_instances(tracefs)
 
@@ -128,15 +130,19 @@ class TracefsBackend:
         _write(directory / "options" / "event-fork", "1")
         _write(directory / "set_event_pid", " ".join(str(t) for t in self.tids) + "\n")
         for family, statuses in self.families:
-            for status in statuses:
-                if not status.available or ":" not in status.probe:
-                    continue
-                system, _, event = status.probe.partition(":")
+            self._prepared.append(family)
+            names = family.tracefs_prepare(self.tracefs, statuses)
+            self._events_of[id(family)] = names
+            for name in names:
+                system, _, event = name.partition(":")
                 event_dir = directory / "events" / system / event
-                fmt = parse_format((event_dir / "format").read_text(), system)
+                try:
+                    fmt = parse_format((event_dir / "format").read_text(), system)
+                except OSError as error:
+                    raise RecorderError(f"event {name} is not in the tracefs instance: {error.strerror}") from error
                 self.formats[fmt.id] = fmt
                 _write(event_dir / "enable", "1")
-                self.attached.append(status.probe)
+                self.attached.append(name)
         for cpu_dir in sorted((directory / "per_cpu").glob("cpu[0-9]*")):
             cpu = int(cpu_dir.name[3:])
             self._fds[cpu] = os.open(cpu_dir / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -177,7 +183,7 @@ class TracefsBackend:
         events = self._drop_foreign(events)
         out = []
         for family, _ in self.families:
-            mine = {tp: events[tp] for tp in family.tracepoints if tp in events}
+            mine = {tp: events[tp] for tp in self._events_of.get(id(family), ()) if tp in events}
             if mine:
                 out.append((family, family.decode_tracefs(mine)))
         return out
@@ -254,9 +260,14 @@ class TracefsBackend:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
-        if self.directory is not None:
-            directory, self.directory = self.directory, None
-            _remove_instance(directory)
+        try:
+            if self.directory is not None:
+                directory, self.directory = self.directory, None
+                _remove_instance(directory)
+        finally:
+            prepared, self._prepared = self._prepared, []
+            for family in prepared:
+                family.tracefs_cleanup(self.tracefs)
 
     def program_text(self) -> str:
         return "# tracefs backend: no BPF program\n"
