@@ -219,7 +219,7 @@ def _key_codes(values: pd.Series) -> tuple[np.ndarray, int]:
         low = array.min()
         span = int(array.max()) - int(low)
         if span < _RANGE_LIMIT:
-            return (array - low).astype(np.int64), span + 1
+            return (array - low).astype(np.int32), span + 1
     codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=True)
     return np.where(codes >= 0, codes, len(uniques)).astype(np.int64), len(uniques) + 1
 
@@ -229,14 +229,19 @@ def group_codes(frame: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, pd.
     last) and the frame of unique keys, one row per code. O(rows): small integer ranges are used as
     codes directly, other keys hashed (``pandas.factorize``); only unique values are sorted."""
     n = len(frame)
-    combined = np.zeros(n, np.int64)
+    keyed = [_key_codes(frame[column]) for column in by]
+    total = 1
+    for _, size in keyed:
+        total *= size
+    small = total < 1 << 31  # int32 codes halve the memory traffic of the common case
+    combined = np.zeros(n, np.int32 if small else np.int64)
     radix = 1
-    for column in by:
-        codes, size = _key_codes(frame[column])
+    for codes, size in keyed:
         if radix * size >= 1 << 62:
             dense_so_far, uniques = pd.factorize(combined, sort=True)
             combined, radix = np.asarray(dense_so_far, np.int64), len(uniques)
-        combined = combined * size + codes
+        combined *= size
+        combined += codes.astype(combined.dtype, copy=False)
         radix *= size
     if radix <= _DENSE_LIMIT:
         present = np.bincount(combined, minlength=radix) > 0

@@ -47,6 +47,8 @@ class _State:
         self.mismatches: list[tuple] = []
         self.observed_levels = np.zeros(8, np.int64)
         self.conflict = False
+        dense = n > 0 and int(w_wid[-1]) - int(w_wid[0]) == n - 1
+        self.dense_base = w_wid[0] if dense else None
 
     def process(self, wid: np.ndarray, level: np.ndarray, pte: np.ndarray, addrs: np.ndarray) -> None:
         n = len(wid)
@@ -55,8 +57,13 @@ class _State:
         starts = np.flatnonzero(np.concatenate(([True], wid[1:] != wid[:-1])))
         counts = np.diff(np.append(starts, n))
         g_wid = wid[starts]
-        wi = np.clip(np.searchsorted(self.w_wid, g_wid), 0, max(len(self.w_wid) - 1, 0))
-        found = (self.w_wid[wi] == g_wid) if len(self.w_wid) else np.zeros(len(g_wid), bool)
+        if self.dense_base is not None:  # walk ids first..first+n-1: the id is the row
+            wi = (g_wid - self.dense_base).astype(np.int64)
+            found = (g_wid >= self.dense_base) & (wi < len(self.w_wid))
+            wi = np.where(found, wi, 0)
+        else:
+            wi = np.clip(np.searchsorted(self.w_wid, g_wid), 0, max(len(self.w_wid) - 1, 0))
+            found = (self.w_wid[wi] == g_wid) if len(self.w_wid) else np.zeros(len(g_wid), bool)
         if not found.all():
             self.orphans += int(counts[~found].sum())
             starts, counts, wi = starts[found], counts[found], wi[found]
