@@ -14,8 +14,9 @@ largest family read:
   (``mmu`` ``kvm_mmu_split_huge_page``) as instants (``ph: "i"``);
 - lock waits (``lock``) as slices named ``wait <lock_addr hex>`` (category ``lock``);
 - workload phases as slices on a ``phases`` track (tid 0 of the target process);
-- counters (``ph: "C"``) per 10 ms: ``guest walks/s`` (the fault rate: one guest walk per
-  shadow-MMU fault) per process.
+- counters (``ph: "C"``, argument ``rate``) per 10 ms and process: ``guest walks/s`` (the x86 fault
+  rate: one guest walk per shadow-MMU fault) and ``stage-2 faults/s`` (function-probe ``fault``
+  family, arm64).
 
 Timestamps are CLOCK_MONOTONIC microseconds (float, ns precision). Families that are absent are
 skipped. Raises CaptureFormatError when ``path`` cannot be written.
@@ -107,20 +108,25 @@ def trace_events(cap: Any) -> Iterator[dict]:
         for ts, pid, tid, addr, wait in zip(lk["ts_ns"], lk["pid"], lk["tid"], lk["lock_addr"], lk["wait_ns"]):
             yield {"ph": "X", "cat": "lock", "name": f"wait {int(addr):#x}", "pid": int(pid), "tid": int(tid),
                    "ts": _us(ts), "dur": _us(max(int(wait), 0))}
-    if "walk" in families:
-        wk = load(cap, "walk", ["ts_ns", "pid"])
-        if len(wk):
-            bins = wk["ts_ns"].to_numpy(np.int64) // COUNTER_BIN_NS
-            pids = wk["pid"].to_numpy(np.int64)
-            for pid in np.unique(pids):
-                b = bins[pids == pid]
-                lo, hi = int(b.min()), int(b.max())
-                counts = np.bincount(b - lo, minlength=hi - lo + 1)
-                for i, count in enumerate(counts.tolist()):
-                    yield {"ph": "C", "name": "guest walks/s", "pid": int(pid), "ts": _us((lo + i) * COUNTER_BIN_NS),
-                           "args": {"walks": count * (10**9 // COUNTER_BIN_NS)}}
-                yield {"ph": "C", "name": "guest walks/s", "pid": int(pid),
-                       "ts": _us((hi + 1) * COUNTER_BIN_NS), "args": {"walks": 0}}
+    for family, name in (("walk", "guest walks/s"), ("fault", "stage-2 faults/s")):
+        if family in families:
+            yield from _rate_counter(load(cap, family, ["ts_ns", "pid"]), name)
+
+
+def _rate_counter(frame: Any, name: str) -> Iterator[dict]:
+    """Counter events: events per second in each COUNTER_BIN_NS bin, per process."""
+    if not len(frame):
+        return
+    bins = frame["ts_ns"].to_numpy(np.int64) // COUNTER_BIN_NS
+    pids = frame["pid"].to_numpy(np.int64)
+    for pid in np.unique(pids):
+        b = bins[pids == pid]
+        lo, hi = int(b.min()), int(b.max())
+        counts = np.bincount(b - lo, minlength=hi - lo + 1)
+        for i, count in enumerate(counts.tolist()):
+            yield {"ph": "C", "name": name, "pid": int(pid), "ts": _us((lo + i) * COUNTER_BIN_NS),
+                   "args": {"rate": count * (10**9 // COUNTER_BIN_NS)}}
+        yield {"ph": "C", "name": name, "pid": int(pid), "ts": _us((hi + 1) * COUNTER_BIN_NS), "args": {"rate": 0}}
 
 
 def _isnan(value: Any) -> bool:

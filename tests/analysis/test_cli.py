@@ -83,6 +83,6 @@ def test_export_perfetto(tmp_path):
     assert {"ioctl", "lock", "phase"} <= slices
     counters = [e for e in events if e["ph"] == "C"]
     # every walk is counted once: the counter holds walks/s per 10 ms bin
-    assert sum(e["args"]["walks"] for e in counters) // 100 == 49_217
+    assert sum(e["args"]["rate"] for e in counters) // 100 == 49_217
     ioctls = [e for e in events if e.get("cat") == "ioctl"]
     assert len(ioctls) == 29 and all(e["dur"] >= 0 for e in ioctls)
