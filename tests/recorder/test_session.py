@@ -145,3 +145,11 @@ def test_stops_when_the_target_exits(fake, tmp_path):
         target.wait()
     assert summary.stop_reason == "target exited"
     assert open_capture(tmp_path / "gone.tkcap").manifest["stop_reason"] == "target exited"
+
+
+def test_threads_seen_only_in_events_join_the_thread_list():
+    import pyarrow as pa
+
+    threads = {1: {"tid": 1, "comm": "main", "vcpu": None}}
+    session._note_event_threads(threads, os.getpid(), pa.table({"tid": pa.array([1, 999999, 0], pa.int32())}))
+    assert threads[999999] == {"tid": 999999, "comm": "", "vcpu": None} and 0 not in threads

@@ -40,12 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 
 from tracekit.capabilities import tracefs_root
 from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, TracekitError, UsageError
 from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RecordOptions, family_names, make_family
-from tracekit.recorder.target import GatedChild, list_threads, resolve_target, spawn_gated
+from tracekit.recorder.target import GatedChild, list_threads, resolve_target, spawn_gated, vcpu_index
 from tracekit.recorder.tracefs import cleanup_stale_instances, pid_alive
 
 __all__ = ["RecordConfig", "RecordSummary", "record", "plan_families", "DEFAULT_FAMILIES"]
@@ -376,6 +377,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                         if table.num_rows:
                             sink.submit(writer.append, name, table, rows=table.num_rows)
                             status.count(name, table.num_rows)
+                            _note_event_threads(threads, tgid, table)
                 if not final and time.monotonic() < next_lost[0]:
                     return
                 next_lost[0] = time.monotonic() + 0.25  # counters are cumulative: reading them often buys nothing
@@ -468,6 +470,20 @@ def _running(pid: int) -> bool:
         return pid_alive(pid)
     state = stat.rsplit(")", 1)[-1].split()[:1]
     return state not in (["Z"], ["X"])
+
+
+def _note_event_threads(threads: dict[int, dict], tgid: int, table: Any) -> None:
+    """Add the threads that produced events but were never seen in /proc (too short-lived)."""
+    if "tid" not in table.column_names:
+        return
+    tids = set(np.unique(table.column("tid").to_numpy()).tolist()) - set(threads) - {0}
+    for tid in tids:
+        comm = ""
+        try:
+            comm = Path(f"/proc/{tgid}/task/{tid}/comm").read_text().strip()
+        except OSError:
+            pass
+        threads[tid] = {"tid": tid, "comm": comm, "vcpu": vcpu_index(comm) if comm else None}
 
 
 def _merge_threads(known: dict[int, dict], seen: list[dict]) -> None:
