@@ -153,3 +153,17 @@ def test_threads_seen_only_in_events_join_the_thread_list():
     threads = {1: {"tid": 1, "comm": "main", "vcpu": None}}
     session._note_event_threads(threads, os.getpid(), pa.table({"tid": pa.array([1, 999999, 0], pa.int32())}))
     assert threads[999999] == {"tid": 999999, "comm": "", "vcpu": None} and 0 not in threads
+
+
+def test_auto_backend_falls_back_to_tracefs_with_a_note(monkeypatch):
+    from tracekit.errors import MissingCapability, UsageError
+
+    def no_bcc():
+        raise MissingCapability("bcc backend unavailable: bcc is not installed; fix: apt-get install python3-bpfcc")
+
+    monkeypatch.setattr(bccload, "import_bcc", no_bcc)
+    backend, note = session._choose_backend("auto")
+    assert backend == "tracefs" and "python3-bpfcc" in note
+    assert session._choose_backend("bcc") == ("bcc", None)
+    with pytest.raises(UsageError, match="unknown backend"):
+        session._choose_backend("perf")
