@@ -121,7 +121,7 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         lock = load(cap, "lock", ["ts_ns", "tid", "lock_addr", "flags", "wait_ns"], optional_columns=["stack_id"])
         stack = load(cap, "stack", ["stack_id", "frames"]) if "stack" in families else None
         waits = locks.attribute_operations(lock, manifest, stack, ioctl)
-        mmu_lock = locks.identify_mmu_lock(waits)
+        mmu_lock = locks.identify_mmu_lock(waits, locks.known_mmu_locks(manifest))
         waits = _cut(waits, phase_table, phase)
         result.verdicts["mmu_lock"] = mmu_lock or {"lock_addr": None, "name": None,
                                                    "evidence": "no contended lock looks like the VM's mmu_lock"}

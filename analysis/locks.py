@@ -18,7 +18,9 @@ manifest (vCPU threads).
   else ``vcpu-run`` for a vCPU thread (KVM_RUN is aggregated, not streamed), else ``other``;
   ``op_source`` says which (``stack``, ``ioctl``, ``thread``, ``none``).
 
-:func:`identify_mmu_lock` names the VM's ``kvm->mmu_lock``: the lock address with the highest score
+:func:`identify_mmu_lock` names the VM's ``kvm->mmu_lock``: an address the manifest records for it
+(:func:`known_mmu_locks`, e.g. the arm64 lab's ``struct kvm`` + field offset) when it has waits, else
+the lock address with the highest score
 (a wait whose lock was taken by a KVM MMU function counts 3; a stackless wait with the rwlock READ or
 WRITE flag inside a dirty-log / memslot ioctl or by a vCPU thread counts 1; scheduler, timer and
 other locks whose stacks show a non-KVM taker count 0); returns ``{lock_addr, name, evidence}`` or
@@ -40,7 +42,7 @@ from tracekit.analysis.common import add_vcpu, latency_summary
 __all__ = [
     "LCB_F_SPIN", "LCB_F_READ", "LCB_F_WRITE", "LCB_F_RT", "LCB_F_PERCPU", "LCB_F_MUTEX",
     "STACK_OPERATIONS", "IOCTL_OPERATIONS", "LOCK_PRIMITIVE", "KVM_MMU_FRAME",
-    "lock_mode", "stack_facts", "attribute_operations", "identify_mmu_lock", "contention_summary", "contention_timeline",
+    "lock_mode", "stack_facts", "known_mmu_locks", "attribute_operations", "identify_mmu_lock", "contention_summary", "contention_timeline",
 ]
 
 LCB_F_SPIN, LCB_F_READ, LCB_F_WRITE, LCB_F_RT, LCB_F_PERCPU, LCB_F_MUTEX = 1, 2, 4, 8, 16, 32
@@ -146,10 +148,28 @@ def attribute_operations(lock: pd.DataFrame, manifest: dict, stack: pd.DataFrame
     return frame
 
 
-def identify_mmu_lock(waits: pd.DataFrame) -> dict | None:
-    """The most likely ``kvm->mmu_lock`` address among the contended locks (see the module docstring)."""
+def known_mmu_locks(manifest: dict) -> list[int]:
+    """``kvm->mmu_lock`` addresses a capture's manifest records (``mmu_lock_addrs`` at the top or under
+    ``lab``: the ``struct kvm`` address plus the field offset from BTF, found by the recorder or lab)."""
+    out = []
+    for source in (manifest, manifest.get("lab") or {}):
+        for addr in source.get("mmu_lock_addrs") or []:
+            if isinstance(addr, int):
+                out.append(addr)
+    return out
+
+
+def identify_mmu_lock(waits: pd.DataFrame, known: list[int] | tuple[int, ...] = ()) -> dict | None:
+    """The most likely ``kvm->mmu_lock`` address among the contended locks (see the module docstring);
+    an address in ``known`` (:func:`known_mmu_locks`) that has waits wins outright."""
     if waits.empty:
         return None
+    for addr in known:
+        hits = int((waits["lock_addr"] == addr).sum())
+        if hits:
+            return {"lock_addr": int(addr), "name": "mmu_lock",
+                    "evidence": f"{hits} waits on the address the capture records for kvm->mmu_lock "
+                                "(struct kvm + offsetof(mmu_lock))"}
     rw = (waits["flags"].to_numpy(np.int64) & (LCB_F_READ | LCB_F_WRITE)) != 0
     kvm_stack = waits["kvm_taker"].to_numpy(bool)
     kvm_span = (~waits["has_stack"].to_numpy(bool)) & waits["operation"].isin(_KVM_MMU_OPS | {"vcpu-run"}).to_numpy()

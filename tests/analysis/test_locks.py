@@ -61,3 +61,16 @@ def test_summary_and_timeline_golden():
     assert table["lock"].tolist()[3:] == [f"{RQ:#x}"] * 3
     timeline = contention_timeline(waits, None, bin_ns=250)
     assert timeline[["t_ns", "waits", "wait_ns"]].values.tolist()[:2] == [[0, 2, 4000], [250, 2, 120]]
+
+
+def test_recorded_mmu_lock_address_wins():
+    """A manifest that records kvm->mmu_lock (the arm64 lab: struct kvm + offset) names it even without stacks."""
+    from tracekit.analysis.locks import known_mmu_locks
+
+    waits = attribute_operations(LOCK.assign(stack_id=-1), {}, None, None)
+    assert identify_mmu_lock(waits) is None  # no stacks, no vCPU threads, no ioctls: nothing to go on
+    known = known_mmu_locks({"lab": {"mmu_lock_addrs": [RQ]}})
+    assert known == [RQ]
+    named = identify_mmu_lock(waits, known)
+    assert named["lock_addr"] == RQ and named["evidence"].startswith("3 waits on the address the capture records")
+    assert identify_mmu_lock(waits, [12345]) is None  # a recorded address without waits names nothing
