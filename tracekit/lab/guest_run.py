@@ -100,6 +100,7 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
         iterations=step[1],
         backing=_WORKLOAD_BACKING[scenario.backing],
         log_mode="clear" if scenario.manual_protect else "get",
+        eager_split_chunk=scenario.eager_split_chunk if scenario.arch == "arm64" else None,
         **scenario.workload_args,
     )
     state = {"index": 0, "start": time.monotonic_ns()}
@@ -113,12 +114,7 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
         state.update(index=index + 1, start=now)
         tracing.mark(index + 1, end=False)
 
-    backend = None
-    if scenario.arch == "arm64":
-        from tracekit.workload.backend_arm64 import Arm64Backend
-
-        backend = Arm64Backend(eager_split_chunk=scenario.eager_split_chunk)
-    result = run_dirty_log(options, emit=emit, backend=backend)
+    result = run_dirty_log(options, emit=emit)
     tids.update(v["tid"] for v in result.layout.get("vcpus", []) if v.get("tid"))
     tracing.mark(state["index"], end=True)
     timings.append({"index": state["index"], "op": "end", "start_ns": state["start"], "end_ns": time.monotonic_ns()})

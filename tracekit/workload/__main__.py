@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--no-initially-set", action="store_true", help=OPTION_HELP["no_initially_set"])
     add("--guest-page-size", default="2m", help=OPTION_HELP["guest_page_size"])
     add("--ring-entries", type=int, default=None, help=OPTION_HELP["ring_entries"])
+    add("--eager-split-chunk", default=None, metavar="SIZE", help=OPTION_HELP["eager_split_chunk"])
     add("--json", action="store_true", dest="as_json", help=OPTION_HELP["json"])
     add("--layout", default=None, help=OPTION_HELP["layout"])
     return parser

@@ -8,7 +8,11 @@ vCPU's access plan occupies) and asks a :class:`Backend` for the rest:
 
 - ``vm_type(kvm)``: the ``KVM_CREATE_VM`` type (arm64: IPA size in bits 7:0);
 - ``check_host(kvm, guest_page_size)``: refuse what this host's KVM does not offer;
-- ``configure_vm(vm, spec)``: VM-wide setup after creation (arm64: eager-split chunk size);
+- ``check_eager_split_chunk(kvm, chunk)``: before the VM exists, refuse a per-VM eager-split chunk
+  size (bytes, 0 = off) this backend or host cannot set; returns capability values to record;
+- ``set_eager_split_chunk(vm, chunk)``: set it, before the first memslot (KVM accepts the arm64
+  chunk size only while every memslot is empty); returns the value KVM then reports;
+- ``configure_vm(vm, spec)``: VM-wide setup after creation, also before the first memslot;
 - ``build_guest(spec)``: guest code and page tables as a :class:`GuestImage` ({gpa: bytes} to copy
   into the system memslot, plus a JSON-able description of the guest paging);
 - ``init_vcpu(vcpu, image, index, plan_gva, plan_entries)``: registers so that the vCPU runs the
@@ -91,8 +95,16 @@ class Backend(abc.ABC):
     def check_host(self, kvm, guest_page_size: int) -> None:
         """Raise WorkloadError if this host's KVM cannot give the guest what it needs (default: fine)."""
 
+    def check_eager_split_chunk(self, kvm, chunk: int) -> dict:
+        """Raise WorkloadError unless this backend can give the VM eager-split chunk ``chunk`` (bytes)."""
+        raise WorkloadError(f"--eager-split-chunk: the {self.arch} backend has no per-VM eager-split chunk size")
+
+    def set_eager_split_chunk(self, vm, chunk: int) -> int:
+        """Set the chunk size on a VM without memslots; return the size KVM reports afterwards."""
+        raise WorkloadError(f"--eager-split-chunk: the {self.arch} backend has no per-VM eager-split chunk size")
+
     def configure_vm(self, vm, spec: GuestSpec) -> None:
-        """VM-wide setup after KVM_CREATE_VM and the capabilities (default: nothing)."""
+        """VM-wide setup after KVM_CREATE_VM and the capabilities, before any memslot (default: nothing)."""
 
     @abc.abstractmethod
     def build_guest(self, spec: GuestSpec) -> GuestImage: ...

@@ -4,8 +4,11 @@ Contract
 --------
 Implements :class:`tracekit.workload.backend.Backend` for arm64 KVM. ``vm_type`` puts the IPA size
 (:data:`IPA_BITS`, 40) in bits 7:0 of the ``KVM_CREATE_VM`` type after checking
-``KVM_CAP_ARM_VM_IPA_SIZE``; ``configure_vm`` sets ``KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE`` to the
-backend's ``eager_split_chunk`` (bytes, 0 = off; KVM accepts it only while every memslot is empty);
+``KVM_CAP_ARM_VM_IPA_SIZE``; ``check_eager_split_chunk`` accepts 0 (off) or a block size listed in
+``KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES`` (one-line WorkloadError otherwise, also when the host's KVM
+predates eager splitting) and ``set_eager_split_chunk`` sets ``KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE``
+(the driver calls it before the first memslot: KVM accepts it only while every memslot is empty)
+and reads the value back;
 ``init_vcpu`` runs ``KVM_ARM_PREFERRED_TARGET`` + ``KVM_ARM_VCPU_INIT`` and then sets, through
 ``KVM_SET_ONE_REG``, MAIR_EL1 (attr0 normal write-back, attr1 device-nGnRnE), TCR_EL1 (4 KiB granule,
 39-bit VA from TTBR0, 40-bit IPS, TTBR1 walks off), TTBR0_EL1, VBAR_EL1 and SCTLR_EL1 with M|C|I: the
@@ -28,6 +31,7 @@ import struct
 from tracekit.errors import WorkloadError
 from tracekit.workload import uapi
 from tracekit.workload.backend import Backend, GuestImage, GuestSpec
+from tracekit.workload.options import format_size
 
 __all__ = [
     "Arm64Backend",
@@ -179,25 +183,36 @@ class Arm64Backend(Backend):
     dirty_ring_cap = uapi.KVM_CAP_DIRTY_LOG_RING_ACQ_REL  # arm64 offers only the acquire/release ring
     max_gpa = 1 << IPA_BITS
 
-    def __init__(self, eager_split_chunk: int = 0) -> None:
-        self.eager_split_chunk = eager_split_chunk
-
     def vm_type(self, kvm) -> int:
         limit = kvm.check_extension(KVM_CAP_ARM_VM_IPA_SIZE)
         if limit and limit < IPA_BITS:
             raise WorkloadError(f"this host's KVM offers a {limit}-bit IPA space; the workload needs {IPA_BITS} bits")
         return IPA_BITS & 0xFF
 
-    def configure_vm(self, vm, spec: GuestSpec) -> None:
-        if not self.eager_split_chunk:
-            return
+    def check_eager_split_chunk(self, kvm, chunk: int) -> dict:
+        sizes = kvm.check_extension(uapi.KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES)
+        if not sizes:
+            raise WorkloadError(
+                "--eager-split-chunk: this host's KVM does not offer KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE "
+                "(KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES is 0; eager page splitting needs Linux 6.5 or later)"
+            )
+        if chunk and not chunk & sizes:
+            offered = ", ".join(format_size(1 << bit) for bit in range(64) if sizes >> bit & 1)
+            raise WorkloadError(
+                f"--eager-split-chunk {format_size(chunk)} is not a stage-2 block size of this host's KVM "
+                f"(KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES: {offered}; 0 turns eager splitting off)"
+            )
+        return {"arm_supported_block_sizes": sizes}
+
+    def set_eager_split_chunk(self, vm, chunk: int) -> int:
         try:
-            vm.enable_cap(uapi.KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE, self.eager_split_chunk)
+            vm.enable_cap(uapi.KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE, chunk)
         except WorkloadError as error:
             raise WorkloadError(
-                f"KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE={self.eager_split_chunk} refused ({error}): the size must be a "
+                f"KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE={chunk} refused ({error}): the size must be a "
                 "supported block size and be set before the first memslot"
             ) from None
+        return vm.check_extension(uapi.KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE)
 
     def guest_mode(self, spec: GuestSpec) -> str:
         return f"PA-bits:{IPA_BITS}, VA-bits:39,  {_SIZE_LABEL[spec.guest_page_size]} pages"

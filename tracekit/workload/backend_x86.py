@@ -15,22 +15,27 @@ instruction. The guest code (:func:`guest_code`, 48 bytes) runs the access plan 
 System area layout (guest-physical = guest-virtual, 4 KiB user pages): 0x1000 code, 0x2000 GDT,
 0x3000 TSS, 0x4000-0x8000 stack, plans from 0x10000; page tables after the plans. Unexpected exits
 (shutdown = triple fault, failed entry, internal error, any other port) raise WorkloadError with
-the exit's details.
+the exit's details. x86 KVM has no per-VM eager-split chunk size: ``check_eager_split_chunk``
+always raises, naming the ``kvm.eager_page_split`` module parameter that decides instead and its
+current value (read from :data:`EAGER_PAGE_SPLIT_PARAM`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import struct
+from pathlib import Path
 
 from tracekit.errors import WorkloadError
 from tracekit.model.x86 import X86PageTables
 from tracekit.workload import uapi
 from tracekit.workload.backend import Backend, GuestImage, GuestSpec
 
-__all__ = ["X86Backend", "guest_code", "REPORT_PORT", "CODE_GPA", "GDT_GPA", "TSS_GPA", "STACK_TOP", "PLAN_BASE"]
+__all__ = ["X86Backend", "guest_code", "EAGER_PAGE_SPLIT_PARAM", "REPORT_PORT", "CODE_GPA", "GDT_GPA", "TSS_GPA", "STACK_TOP", "PLAN_BASE"]
 
 REPORT_PORT = 0x7E
+#: The module parameter through which x86 KVM turns eager page splitting on or off for every VM.
+EAGER_PAGE_SPLIT_PARAM = Path("/sys/module/kvm/parameters/eager_page_split")
 CODE_GPA = 0x1000
 GDT_GPA = 0x2000
 TSS_GPA = 0x3000
@@ -173,8 +178,19 @@ class X86Backend(Backend):
     dirty_ring_cap = uapi.KVM_CAP_DIRTY_LOG_RING
     levels = 4
 
-    def __init__(self) -> None:
+    def __init__(self, eager_page_split_param: Path = EAGER_PAGE_SPLIT_PARAM) -> None:
         self._cpuid: ctypes.Array | None = None
+        self._eager_param = eager_page_split_param
+
+    def check_eager_split_chunk(self, kvm, chunk: int) -> dict:
+        try:
+            current = f"currently {self._eager_param.read_text().strip()}"
+        except OSError:
+            current = f"not readable here: {self._eager_param} is missing"
+        raise WorkloadError(
+            "--eager-split-chunk applies to arm64 only: x86 KVM splits huge pages eagerly or not for every VM "
+            f"according to the kvm.eager_page_split module parameter ({current}; set it in {self._eager_param})"
+        )
 
     def vm_type(self, kvm) -> int:
         return 0

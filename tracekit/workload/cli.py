@@ -4,7 +4,8 @@ Contract
 --------
 :func:`register` adds a ``workload`` sub-command group with one command, ``dirty-log``, whose
 options mirror dirty_log_perf_test (``-v -b -i -s -w -a -r -g -x``) plus ``--log-mode``,
-``--no-initially-set``, ``--guest-page-size``, ``--json`` and ``--layout FILE``. All work happens
+``--no-initially-set``, ``--guest-page-size``, ``--ring-entries``, ``--eager-split-chunk SIZE``
+(arm64), ``--json`` and ``--layout FILE``. All work happens
 in :mod:`tracekit.workload.command`; errors are :class:`tracekit.errors.WorkloadError`, which the
 root app prints as one line with exit code 1. This is the only workload module importing typer.
 """
@@ -36,6 +37,9 @@ def dirty_log(
     no_initially_set: bool = typer.Option(False, "--no-initially-set", help=_H["no_initially_set"]),
     guest_page_size: str = typer.Option("2m", "--guest-page-size", help=_H["guest_page_size"]),
     ring_entries: Optional[int] = typer.Option(None, "--ring-entries", help=_H["ring_entries"]),
+    eager_split_chunk: Optional[str] = typer.Option(
+        None, "--eager-split-chunk", metavar="SIZE", help=_H["eager_split_chunk"]
+    ),
     as_json: bool = typer.Option(False, "--json", help=_H["json"]),
     layout: Optional[str] = typer.Option(None, "--layout", help=_H["layout"]),
 ) -> None:
@@ -53,6 +57,7 @@ def dirty_log(
         no_initially_set=no_initially_set,
         guest_page_size=guest_page_size,
         ring_entries=ring_entries,
+        eager_split_chunk=eager_split_chunk,
     )
     dirty_log_command(options, as_json=as_json, layout_path=layout, out=lambda line: typer.echo(line))
 

@@ -76,6 +76,7 @@ EXAMPLES = [
     "tracekit workload dirty-log -a -w 30 -r 7 --log-mode ring",
     "tracekit workload dirty-log -g -x 2 --json --layout run.json",
     "tracekit workload dirty-log -s anonymous_hugetlb_2mb -b 512M   # needs reserved hugetlb pages",
+    "tracekit workload dirty-log -s anonymous_thp -b 256M -i 1 -g --eager-split-chunk 2M   # arm64 hosts only",
 ]
 
 OPTION_HELP = {
@@ -97,6 +98,11 @@ OPTION_HELP = {
     "ring_entries": "In ring mode, entries per vCPU dirty ring (a power of two >= 256; default: enough for the "
     "vCPU's pages, up to what KVM allows). A full ring makes the vCPU harvest and reset it mid-pass.",
     "guest_page_size": "Page size of the guest's own page tables over the test region: 4k, 2m or 1g.",
+    "eager_split_chunk": "arm64 only: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE for this VM, set before the first memslot: "
+    "a stage-2 block size the host offers (KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES, e.g. 2M or 1G) to split huge "
+    "mappings eagerly, in chunks of that size, when dirty logging starts (at the CLEARs with manual protect "
+    "and initially-set), or 0 for off. Default: KVM's default (off). On x86 the kvm.eager_page_split module "
+    "parameter decides instead, and the option is refused.",
     "json": "Print one JSON document at the end instead of the text lines (docs/cli-json/workload.md).",
     "layout": "Write the run's layout record (memslots, page tables, vCPU threads, ioctl log, phases) "
     "to this JSON file when the run ends (docs/workload.md).",
@@ -118,6 +124,7 @@ def build_options(
     no_initially_set: bool,
     guest_page_size: str,
     ring_entries: Optional[int] = None,
+    eager_split_chunk: Optional[str] = None,
 ) -> DirtyLogOptions:
     """Validated options from command-line values; WorkloadError names the bad one."""
     if log_mode is not None and log_mode not in LOG_MODES:
@@ -141,6 +148,7 @@ def build_options(
         memslots=memslots,
         guest_page_size=parse_page_size(guest_page_size),
         ring_entries=ring_entries,
+        eager_split_chunk=None if eager_split_chunk is None else parse_size(eager_split_chunk),
     )
     options.validate()
     return options

@@ -6,7 +6,9 @@ Contract
 ``dirty_log_perf_test`` from Python and returns a :class:`DirtyLogResult`:
 
 1. setup: ``/dev/kvm`` capabilities, ``KVM_CREATE_VM``, dirty-ring / manual-protect capabilities,
-   memslot 0 (guest code, descriptor tables, per-vCPU access plans, page tables; never logged),
+   the eager-split chunk size when asked (arm64; refused on x86) and the backend's VM-wide
+   settings (all before the first memslot), memslot 0 (guest code, descriptor tables, per-vCPU
+   access plans, page tables; never logged),
    memslots 1..x over the test region (``vcpus * bytes_per_vcpu`` at guest-physical 4 GiB,
    guest-virtual ``0xc0000000``), one vCPU per host thread named ``tk-vcpu-N``;
 2. populate: every vCPU writes one word in each 4 KiB page of its share, in order;
@@ -126,6 +128,7 @@ class DirtyLogResult:
     disable_ns: int
     iterations: list[IterationResult]
     layout: dict = field(repr=False)
+    eager_split_chunk: Optional[int] = None
 
     @property
     def verified(self) -> bool:
@@ -189,6 +192,7 @@ class DirtyLogResult:
             "initially_set": self.initially_set,
             "vcpus": self.options.vcpus,
             "bytes_per_vcpu": self.options.bytes_per_vcpu,
+            "eager_split_chunk": self.eager_split_chunk,
             "populate_ns": self.populate_ns,
             "enable_dirty_logging_ns": self.enable_ns,
             "iterations": [it.as_dict() for it in self.iterations],
@@ -258,6 +262,7 @@ class _Run:
         self.log_mode = options.log_mode or "?"
         self.initially_set = False
         self.ring_bytes = 0
+        self.eager_split_chunk: Optional[int] = None
         self.ring_full_exits = 0
         self.foreign_ring_entries = 0
         self.stop = False
@@ -329,6 +334,7 @@ class _Run:
             disable_ns=disable_ns,
             iterations=self.results,
             layout={},
+            eager_split_chunk=self.eager_split_chunk,
         )
         for line in result.total_lines():
             self.emit(line)
@@ -359,6 +365,8 @@ class _Run:
             )
 
         backend.check_host(kvm, options.guest_page_size)
+        if options.eager_split_chunk is not None:
+            self.caps.update(backend.check_eager_split_chunk(kvm, options.eager_split_chunk))
         backing_mod.check_host(options.backing, options.total_bytes)  # before building anything large
         self.log_mode = mode = options.log_mode or ("clear" if manual else "get")
         if mode == "clear" and not manual:
@@ -410,6 +418,10 @@ class _Run:
             test_size=options.total_bytes,
             guest_page_size=options.guest_page_size,
         )
+        # VM-wide settings first: KVM takes the arm64 eager-split chunk size only while every memslot is empty.
+        if options.eager_split_chunk is not None:
+            self.eager_split_chunk = backend.set_eager_split_chunk(vm, options.eager_split_chunk)
+        backend.configure_vm(vm, spec)
         image = backend.build_guest(spec)
         self.paging = image.paging
         system_size = -(-image.end_gpa // _SYSTEM_ALIGN) * _SYSTEM_ALIGN
@@ -425,7 +437,6 @@ class _Run:
             offset = k * self.slot_size
             hva = self.test.address + offset
             self._add_slot(FIRST_TEST_SLOT + k, TEST_GPA + offset, self.slot_size, hva, options.backing, "test")
-        backend.configure_vm(vm, spec)
 
         for state in self.vcpus:
             state.vcpu = vm.create_vcpu(state.index, self.ring_bytes)
@@ -642,6 +653,7 @@ class _Run:
             "log_mode": self.log_mode,
             "initially_set": self.initially_set,
             "ring_bytes": self.ring_bytes or None,
+            "eager_split_chunk": self.eager_split_chunk,
             "ring_foreign_entries": self.foreign_ring_entries,
             "kvm_caps": dict(self.caps),
             "memslots": [dict(slot) for slot in self.memslots],

@@ -5,7 +5,8 @@ Contract
 :class:`DirtyLogOptions` holds one run's settings with the defaults of the embedded workload
 (1 vCPU, 64 MiB per vCPU, 4 iterations, 2 MiB guest pages, anonymous memory, 100 % writes in
 order, manual clear with initially-set where the host offers it; dirty rings sized to hold a
-vCPU's pages unless ``ring_entries`` is given). :meth:`DirtyLogOptions.validate`
+vCPU's pages unless ``ring_entries`` is given; ``eager_split_chunk`` ``None`` leaves KVM's eager
+page splitting as the host has it, bytes (0 = off) ask for an arm64 per-VM chunk size). :meth:`DirtyLogOptions.validate`
 checks what can be checked without KVM and raises :class:`tracekit.errors.WorkloadError` with one
 line naming the option (checks against the host's KVM happen when the run starts).
 :func:`parse_size` reads ``dirty_log_perf_test``-style sizes (``[0-9]+[kmgt]?b?``, powers of 1024)
@@ -88,6 +89,7 @@ class DirtyLogOptions:
     memslots: int = 1
     guest_page_size: int = 2 * MIB
     ring_entries: int | None = None
+    eager_split_chunk: int | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -118,6 +120,11 @@ class DirtyLogOptions:
                 raise WorkloadError(
                     f"--ring-entries must be a power of two of at least {MIN_RING_ENTRIES}, got {self.ring_entries}"
                 )
+        chunk = self.eager_split_chunk
+        if chunk is not None and (chunk < 0 or (chunk and (chunk < 4 * KIB or chunk & (chunk - 1)))):
+            raise WorkloadError(
+                f"--eager-split-chunk must be 0 (off) or a power of two of at least 4K, got {format_size(chunk)}"
+            )
         if self.memslots < 1:
             raise WorkloadError(f"-x/--memslots must be at least 1, got {self.memslots}")
         total = self.total_bytes
