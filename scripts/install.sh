@@ -14,8 +14,10 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "needs a Debian or Ubuntu host (apt-get not found)"
 
 export DEBIAN_FRONTEND=noninteractive
+# bcc, bpftrace: recording; qemu-*, busybox-static, cpio, zstd, xz-utils, mmdebstrap, e2fsprogs: the labs;
+# chromium: the test that renders the HTML report in a real browser.
 PACKAGES=(python3 python3-venv python3-pip python3-bpfcc bpftrace qemu-system-x86 qemu-system-arm
-          qemu-utils busybox-static cpio zstd xz-utils mmdebstrap e2fsprogs)
+          qemu-utils busybox-static cpio zstd xz-utils mmdebstrap e2fsprogs chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
