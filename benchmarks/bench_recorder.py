@@ -16,8 +16,9 @@ tracer is attached before it runs):
 Each mode runs ``--repeat`` times, interleaved, and the median run is reported (the host may be
 shared). For each: the guest's work time (populate + dirty passes, from the workload's layout record) and its
 slowdown against the untraced run, events delivered, lost (in-kernel reserve failures), the
-recorder's CPU seconds and delivered events per recorder CPU-second (the consumer's capacity), and
-the ratio of that capacity to the naive recorder's. Then ``tracekit record``'s peak RSS while
+recorder's CPU seconds and delivered events per recorder CPU-second, and the ratio of that figure to
+the naive recorder's. Then the consumers' capacity on a full ring (the walk family's 64 MiB ring
+filled by a workload run nobody reads, then emptied once by each consumer). Then ``tracekit record``'s peak RSS while
 recording, for the run above and for one ``--long-factor`` times longer (more iterations). Figures
 are printed as a table and ratios against baselines measured in the same run; nothing is asserted.
 """
@@ -36,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
 
 from tracekit.capabilities import tracefs_root  # noqa: E402
 from tracekit.recorder.bccload import BccBackend, import_bcc  # noqa: E402
@@ -167,6 +170,48 @@ def run_tracekit(size: str, iterations: int) -> dict:
             "peak_rss_kb": summary["peak_rss_kb"], "seconds": summary["seconds"]}
 
 
+def run_capacity(size: str, consumer: str) -> dict:
+    """Consumer capacity on a full ring: the workload runs with the walk family attached and nobody
+    reading a 64 MiB ring; then the ring is emptied by ``consumer`` (``tracekit``: batch drain + numpy
+    decode into Arrow; ``naive``: bcc's ``ring_buffer_consume`` with one Python callback per event)."""
+    import_bcc()
+    options = RecordOptions(ring_pages={"walk_events": 16384})
+    plan, _, _ = plan_families(("walk",), Host(tracefs_root()), options)
+    state: dict = {}
+
+    def attach(pid: int) -> None:
+        state["backend"] = BccBackend(plan, pid)
+        state["backend"].start()
+        for family, _ in plan:  # warm up the decoder (lazy imports, first conversions)
+            for ring in family.rings():
+                family.decode(ring.map_name, np.zeros(64, ring.dtype))
+        for _, _, reader in state["backend"].readers:
+            int(reader._data.sum())  # map the ring's pages now: a long-running consumer has them mapped
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            _run_gated(_workload_argv(size, 2, os.path.join(tmp, "layout.json")), attach, lambda: None)
+            backend = state["backend"]
+            lost = sum(c for _, _, c in backend.lost())
+            t0 = time.perf_counter()
+            if consumer == "tracekit":
+                events = sum(t.num_rows for _, tables in backend.poll() for t in tables.values())
+            else:
+                count = [0]
+
+                def on_event(_ctx, _data, _size) -> None:
+                    count[0] += 1
+
+                backend.bpf[b"walk_events"].open_ring_buffer(on_event)
+                backend.bpf.ring_buffer_consume()
+                events = count[0]
+            seconds = time.perf_counter() - t0
+        finally:
+            if "backend" in state:
+                state["backend"].close()
+    return {"consumer": consumer, "events": events, "seconds": seconds, "lost": lost}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="256M", help="guest memory the vCPU dirties (workload -b)")
@@ -200,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tracekit slowdown over count-only: {results[3]['guest_s'] / count_only:.3f}x; "
           f"delivered vs count-only hits: {results[3]['delivered']:,} / {results[1]['delivered']:,} "
           "(hits include ioctl entries, lock begins and KVM_RUN, which are paired or aggregated)")
+    capacity = [run_capacity(args.size, c) for c in ("naive", "tracekit")]
+    for c in capacity:
+        print(f"consumer capacity, {c['consumer']:<8}: {c['events']:,} queued walk events emptied in "
+              f"{c['seconds']:.3f} s = {c['events'] / c['seconds']:,.0f} events/s (lost while queued {c['lost']})")
+    print(f"tracekit / naive consumer capacity: {capacity[1]['events'] / capacity[1]['seconds'] / (capacity[0]['events'] / capacity[0]['seconds']):.1f}x "
+          "(decoding into Arrow included, Parquet writing not)")
     long = run_tracekit(args.size, args.iterations * args.long_factor)
     print(f"tracekit recording RSS: {results[3]['rss_kb'] / 1024:.0f} MiB for {results[3]['seconds']:.1f} s, "
           f"{long['rss_kb'] / 1024:.0f} MiB for {long['seconds']:.1f} s ({args.long_factor}x the iterations; "
