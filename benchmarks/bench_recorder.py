@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from tracekit.capabilities import tracefs_root  # noqa: E402
 from tracekit.recorder.bccload import BccBackend, import_bcc  # noqa: E402
 from tracekit.recorder.family import Host  # noqa: E402
-from tracekit.recorder.session import DEFAULT_FAMILIES, plan_families  # noqa: E402
+from tracekit.recorder.session import DEFAULT_FAMILIES, _keep_freed_memory, plan_families  # noqa: E402
 from tracekit.recorder.family import RecordOptions  # noqa: E402
 from tracekit.recorder.target import spawn_gated  # noqa: E402
 
@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each mode, interleaved round-robin; the median run (by guest time) is shown")
     args = parser.parse_args(argv)
+    _keep_freed_memory()  # as tracekit record does; the in-process consumers below share the setting
     runners = (run_untraced, run_count_only, run_naive, run_tracekit)
     runs: list[list[dict]] = [[] for _ in runners]
     for _ in range(args.repeat):  # interleaved, so a change in background load hits every mode alike
