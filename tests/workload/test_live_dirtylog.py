@@ -199,3 +199,16 @@ def test_full_dirty_ring_is_harvested_by_the_vcpu_mid_pass():
     resets_by_vcpus = [r for r in result.layout["ioctls"] if r["name"] == "KVM_RESET_DIRTY_RINGS" and r["tid"] in vcpu_tids]
     assert len(resets_by_vcpus) == sum(full_exits)
     assert result.layout["ring_foreign_entries"] == 0
+
+
+def test_on_phase_brackets_every_recorded_phase():
+    """on_phase sees a begin and an end for each entry of layout["phases"], in order, never nested."""
+    calls: list[tuple] = []
+    options = DirtyLogOptions(bytes_per_vcpu=16 * MIB, iterations=2, log_mode="clear")
+    result = run_dirty_log(options, on_phase=lambda name, iteration, end: calls.append((name, iteration, end)))
+    phases = [(p["name"], p["iteration"]) for p in result.layout["phases"]]
+    assert calls[0::2] == [(name, it, False) for name, it in phases]
+    assert calls[1::2] == [(name, it, True) for name, it in phases]
+    assert phases[:3] == [("setup", None), ("populate", None), ("enable_dirty_logging", None)]
+    assert phases[3:6] == [("dirty_memory", 1), ("get_dirty_log", 1), ("clear_dirty_log", 1)]
+    assert phases[-1] == ("disable_dirty_logging", None) and len(phases) == 10

@@ -84,7 +84,9 @@ _WORKLOAD_BACKING = {"thp": "anonymous_thp", "4k": "anonymous", "hugetlb-2m": "a
 
 
 def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict], tids: set[int]) -> list[dict]:
-    """The project's dirty-log workload (x86, and arm64 through its arm64 backend); each emitted line ends a step."""
+    """The project's dirty-log workload (x86, and arm64 through its arm64 backend); each of its phases is a step
+    (``setup``, ``populate``, ``enable_dirty_logging``, ``dirty_memory_N``, ``get_dirty_log_N``,
+    ``clear_dirty_log_N``, ``disable_dirty_logging``)."""
     from tracekit.workload.dirtylog import run_dirty_log
     from tracekit.workload.options import DirtyLogOptions
 
@@ -103,21 +105,19 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
         eager_split_chunk=scenario.eager_split_chunk if scenario.arch == "arm64" else None,
         **scenario.workload_args,
     )
-    state = {"index": 0, "start": time.monotonic_ns()}
-    tracing.mark(0, end=False)
+    state = {"index": -1, "start": 0}
 
-    def emit(line: str) -> None:
-        index, now = state["index"], time.monotonic_ns()
-        op = "_".join(line.split(":")[0].lower().split()[:4]) or "phase"
-        tracing.mark(index, end=True)
-        timings.append({"index": index, "op": op, "start_ns": state["start"], "end_ns": now})
-        state.update(index=index + 1, start=now)
-        tracing.mark(index + 1, end=False)
+    def on_phase(name: str, iteration: int | None, end: bool) -> None:
+        if not end:
+            state.update(index=state["index"] + 1, start=time.monotonic_ns())
+            tracing.mark(state["index"], end=False)
+            return
+        tracing.mark(state["index"], end=True)
+        op = name if iteration is None else f"{name}_{iteration}"
+        timings.append({"index": state["index"], "op": op, "start_ns": state["start"], "end_ns": time.monotonic_ns()})
 
-    result = run_dirty_log(options, emit=emit)
+    result = run_dirty_log(options, on_phase=on_phase)
     tids.update(v["tid"] for v in result.layout.get("vcpus", []) if v.get("tid"))
-    tracing.mark(state["index"], end=True)
-    timings.append({"index": state["index"], "op": "end", "start_ns": state["start"], "end_ns": time.monotonic_ns()})
     result.check()
     return [{"op": "dirty_log_workload", "options": options.as_dict(), "result": result.as_json()}]
 

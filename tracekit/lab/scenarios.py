@@ -16,8 +16,12 @@ steps executed in order by :mod:`tracekit.lab.guest_run`. Each step is a tuple `
 - ``("clear_while_touching", stride)``: CLEAR from the VMM thread while all vCPUs store;
 - ``("hot", on)``: enable or disable the per-entry visitor probes (overhead comparisons);
 - ``("new_vm",)``: replace the nested VM by a fresh one with the same settings;
-- ``("workload", iterations)`` (x86): the project's dirty-log workload (populate, enable logging,
-  ``iterations`` passes with GET or CLEAR, disable), each of its phases a step.
+- ``("workload", iterations)``: the project's dirty-log workload through the architecture's own
+  backend (:mod:`tracekit.workload`; populate, enable logging, ``iterations`` passes with GET, or
+  GET + CLEAR with manual protect, disable), each of its phases a step; on arm64 the scenario's
+  eager-split chunk is the workload's ``eager_split_chunk`` option. Scenarios the workload cannot
+  express (logging turned off and blocks faulted back, CLEAR racing the vCPUs, probes toggled
+  between two VMs) use the step list above on :mod:`tracekit.lab.arm64_vm`.
 
 ``expected`` holds exact counts the scenario must produce (``stage2_split`` calls, ``split_walker``
 visits, x86 ``split_events``), stated with their arithmetic. :func:`get` raises
@@ -77,6 +81,9 @@ class Scenario:
 
 
 _FAULT_IN = (("prefault",), ("touch", _BLOCK))
+#: The built-in dirty-log workload with one iteration: populate (faults the blocks in), enable dirty
+#: logging, one pass + GET (+ CLEAR with manual protect), disable.
+_WORKLOAD = (("workload", 1),)
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -84,7 +91,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "arm64",
         "256 MiB THP faulted in as 2 MiB blocks, eager split (2 MiB chunks) when dirty logging is enabled",
         256,
-        _FAULT_IN + (("log", True),),
+        _WORKLOAD,
         eager_split_chunk=_BLOCK,
         expected={"stage2_split": 128, "split_walker": 65_664},
         expected_note="128 blocks x (1 block visit + 512 visits of the new level-3 table) = 65,664",
@@ -94,7 +101,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "arm64",
         "eager-enable with a 1 GiB chunk: one split call covers the 256 MiB slot (the cache holds 513 tables)",
         256,
-        _FAULT_IN + (("log", True),),
+        _WORKLOAD,
         eager_split_chunk=1 << 30,
         expected={"stage2_split": 1, "split_walker": 65_664},
         expected_note="one kvm_pgtable_stage2_split over [slot); the same 128 + 128 x 512 visits",
@@ -104,7 +111,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "arm64",
         "256 MiB THP, manual protect + initially-set: the split moves into KVM_CLEAR_DIRTY_LOG",
         256,
-        _FAULT_IN + (("log", True), ("clear",)),
+        _WORKLOAD,
         eager_split_chunk=_BLOCK,
         manual_protect=True,
         expected={"stage2_split": 1024, "split_walker": 65_664},
@@ -115,7 +122,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "arm64",
         "256 MiB THP, eager split off: blocks split on the first write fault after enabling dirty logging",
         256,
-        _FAULT_IN + (("log", True), ("touch", 4096), ("get_dirty",)),
+        _WORKLOAD,
         expected={"stage2_split": 0},
     ),
     Scenario(
@@ -143,7 +150,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "arm64",
         "256 MiB of 2 MiB hugetlb pages, eager split at enable",
         256,
-        _FAULT_IN + (("log", True),),
+        _WORKLOAD,
         backing="hugetlb-2m",
         eager_split_chunk=_BLOCK,
         expected={"stage2_split": 128, "split_walker": 65_664},
@@ -198,7 +205,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "arm64",
         "eager-enable with KVM in nVHE mode (kvm-arm.mode=nvhe): the host kernel still walks guest stage-2",
         256,
-        _FAULT_IN + (("log", True),),
+        _WORKLOAD,
         eager_split_chunk=_BLOCK,
         kernel_args="kvm-arm.mode=nvhe",
         expected={"stage2_split": 128, "split_walker": 65_664},
@@ -206,13 +213,17 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "hugetlb-1g",
         "arm64",
-        "one 1 GiB hugetlb page mapped as a level-1 block, eager split in 2 MiB chunks at enable",
+        "one 1 GiB hugetlb page mapped as a level-1 block, eager split in 2 MiB chunks at enable; the pass only reads",
         1024,
-        _FAULT_IN + (("log", True),),
+        _WORKLOAD,
         backing="hugetlb-1g",
         eager_split_chunk=_BLOCK,
         kernel_args="hugepagesz=1G hugepages=1",
         guest_ram_mib=4096,
+        workload_args={"write_percent": 0},
+        expected={"stage2_split": 512, "split_walker": 262_657},
+        expected_note="512 chunks of 2 MiB; the first call turns the level-1 block into 512 level-2 blocks: "
+        "1 + 512 block visits + 512 x 512 page visits = 262,657",
     ),
     Scenario(
         "tdp-hugetlb-2m",
@@ -250,9 +261,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "arm64",
         "256 MiB without THP (4 KiB pages): enabling dirty logging walks every level-3 PTE and splits nothing",
         256,
-        (("prefault",), ("touch", 4096), ("log", True)),
+        _WORKLOAD,
         backing="4k",
         eager_split_chunk=_BLOCK,
+        expected={"stage2_split": 128, "split_walker": 65_536},
+        expected_note="256 MiB / 2 MiB chunks = 128 split calls, each visiting 512 level-3 PTEs and splitting none",
     ),
 )
 

@@ -26,8 +26,10 @@ because KVM starts that bitmap all ones). Mismatches are counted per iteration
 raises :class:`DirtyLogMismatch`. Everything else that goes wrong raises
 :class:`tracekit.errors.WorkloadError` (one line) and carries the partial layout record in
 ``error.layout``. ``emit`` receives the dirty_log_perf_test output lines as phases finish (see
-:mod:`tracekit.workload.report`). Times are CLOCK_MONOTONIC nanoseconds
-(``time.monotonic_ns()``). Standard library only; the host is left as found (no VM, fd, mapping
+:mod:`tracekit.workload.report`); ``on_phase(name, iteration, end)``, when given, is called in the
+main thread just before each phase of the layout's ``phases[]`` starts (``end`` false) and just
+after it ends (``end`` true), outside the timed window (a tracer marks its steps there). Times
+are CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``). Standard library only; the host is left as found (no VM, fd, mapping
 or thread survives the call).
 """
 
@@ -207,10 +209,11 @@ def run_dirty_log(
     options: DirtyLogOptions,
     emit: Optional[Callable[[str], None]] = None,
     backend: Optional[Backend] = None,
+    on_phase: Optional[Callable[[str, Optional[int], bool], None]] = None,
 ) -> DirtyLogResult:
     """Run the workload (see the module contract)."""
     options.validate()
-    run = _Run(options, backend or backend_for(), emit or (lambda line: None))
+    run = _Run(options, backend or backend_for(), emit or (lambda line: None), on_phase)
     try:
         return run.execute()
     except WorkloadError as error:
@@ -242,10 +245,17 @@ class _VcpuState:
 
 
 class _Run:
-    def __init__(self, options: DirtyLogOptions, backend: Backend, emit: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        options: DirtyLogOptions,
+        backend: Backend,
+        emit: Callable[[str], None],
+        on_phase: Optional[Callable[[str, Optional[int], bool], None]] = None,
+    ) -> None:
         self.options = options
         self.backend = backend
         self.emit = emit
+        self.on_phase = on_phase or (lambda name, iteration, end: None)
         self.log = IoctlLog()
         self.start_ns = time.monotonic_ns()
         self.main_tid = threading.get_native_id()
@@ -279,20 +289,26 @@ class _Run:
 
     # -- phases -------------------------------------------------------------------------------
 
+    def _begin(self, name: str, iteration: Optional[int] = None) -> int:
+        """Tell ``on_phase`` that phase ``name`` begins; return its start time (ns)."""
+        self.on_phase(name, iteration, False)
+        return time.monotonic_ns()
+
     def _phase(self, name: str, start: int, end: int, iteration: Optional[int] = None) -> int:
         self.phases.append({"name": name, "iteration": iteration, "start_ns": start, "end_ns": end})
+        self.on_phase(name, iteration, True)
         return end - start
 
     def execute(self) -> DirtyLogResult:
         options = self.options
-        start = time.monotonic_ns()
+        start = self._begin("setup")
         spec, guest_mode = self._setup()
         self._phase("setup", start, time.monotonic_ns())
         for line in report.header_lines(options.iterations, guest_mode, TEST_GPA, options.total_bytes):
             self.emit(line)
 
         self._write_plans(0)
-        start = time.monotonic_ns()
+        start = self._begin("populate")
         for state in self.vcpus:
             state.thread = threading.Thread(target=self._vcpu_main, args=(state,), name=vcpu_thread_name(state.index))
             state.thread.daemon = True
@@ -301,7 +317,7 @@ class _Run:
         self.emit(report.populate_line(populate_ns))
         self._harvest_rings()  # logging is off: nothing expected, but start each ring clean
 
-        start = time.monotonic_ns()
+        start = self._begin("enable_dirty_logging")
         self._set_logging(True)
         enable_ns = self._phase("enable_dirty_logging", start, time.monotonic_ns())
         for line in report.enable_lines(enable_ns):
@@ -309,7 +325,7 @@ class _Run:
 
         for iteration in range(1, options.iterations + 1):
             expected = self._write_plans(iteration)
-            start = time.monotonic_ns()
+            start = self._begin("dirty_memory", iteration)
             dirty_ns = self._phase("dirty_memory", start, self._run_pass(), iteration)
             get_ns, clear_ns, actual = self._collect(iteration)
             result = self._verify(iteration, dirty_ns, get_ns, clear_ns, actual, expected)
@@ -317,7 +333,7 @@ class _Run:
             for line in report.iteration_lines(iteration, dirty_ns, get_ns, clear_ns):
                 self.emit(line)
 
-        start = time.monotonic_ns()
+        start = self._begin("disable_dirty_logging")
         self._set_logging(False)
         disable_ns = self._phase("disable_dirty_logging", start, time.monotonic_ns())
         self.emit(report.disable_line(disable_ns))
@@ -572,25 +588,25 @@ class _Run:
         bitmap_address = ctypes.addressof(self.bitmap)
         slot_bytes = self.slot_pages // 8
         if self.log_mode == "ring":
-            start = time.monotonic_ns()
+            start = self._begin("get_dirty_log", iteration)
             entries: list[tuple[int, int]] = []
             for state in self.vcpus:
                 entries += state.pending_ring
                 state.pending_ring = []
                 entries += state.ring.harvest()
             get_ns = self._phase("get_dirty_log", start, time.monotonic_ns(), iteration)
-            start = time.monotonic_ns()
+            start = self._begin("clear_dirty_log", iteration)
             self.vm.reset_dirty_rings()
             clear_ns = self._phase("clear_dirty_log", start, time.monotonic_ns(), iteration)
             return get_ns, clear_ns, self._ring_bitmap(entries)
-        start = time.monotonic_ns()
+        start = self._begin("get_dirty_log", iteration)
         for k, slot in enumerate(self._test_slots()):
             self.vm.get_dirty_log(slot["slot"], bitmap_address + k * slot_bytes)
         get_ns = self._phase("get_dirty_log", start, time.monotonic_ns(), iteration)
         actual = bytes(self.bitmap)
         clear_ns = None
         if self.log_mode == "clear":
-            start = time.monotonic_ns()
+            start = self._begin("clear_dirty_log", iteration)
             for k, slot in enumerate(self._test_slots()):
                 self.vm.clear_dirty_log(slot["slot"], 0, self.slot_pages, bitmap_address + k * slot_bytes)
             clear_ns = self._phase("clear_dirty_log", start, time.monotonic_ns(), iteration)
