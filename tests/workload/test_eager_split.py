@@ -110,7 +110,7 @@ class _FakeVm:
 def fake_kvm(monkeypatch):
     monkeypatch.setattr(dirtylog, "Kvm", _FakeKvm)
     monkeypatch.setattr(_FakeKvm, "calls", [])
-    monkeypatch.setattr(_FakeKvm, "caps", {uapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: 3, 165: 48})
+    monkeypatch.setattr(_FakeKvm, "caps", {uapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: 3, uapi.KVM_CAP_ARM_VM_IPA_SIZE: 48})
     return _FakeKvm
 
 

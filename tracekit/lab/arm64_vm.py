@@ -2,10 +2,13 @@
 
 Contract
 --------
-:class:`Arm64Vm` creates a VM through ``/dev/kvm`` with an explicit IPA size in the VM type
-(``KVM_VM_TYPE_ARM_IPA_SIZE``), optionally sets ``KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE`` (bytes; must
-happen before the first memslot) and ``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2``, maps one code slot and
-one data slot (anonymous memory, THP via ``madvise`` or hugetlb), and runs vCPUs initialised with
+:class:`Arm64Vm` creates a VM through ``/dev/kvm`` with the workload's ioctl layer
+(:mod:`tracekit.workload.kvm`: :class:`Kvm`, :class:`Vm`, :class:`Vcpu`, every ioctl logged with
+CLOCK_MONOTONIC times and the issuing thread) and the arm64 backend's helpers: the IPA size in the VM
+type (``Arm64Backend.vm_type``), optionally the eager-split chunk (bytes; checked against
+``KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES`` and set before the first memslot, as the workload does) and
+``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`` with initially-set. It maps one code slot and one data slot
+(anonymous memory, THP via ``madvise`` or hugetlb) and runs vCPUs initialised with
 ``KVM_ARM_VCPU_INIT`` on a 5-instruction store loop::
 
     loop: str  x3, [x0]        // one 8-byte store
@@ -16,30 +19,25 @@ one data slot (anonymous memory, THP via ``madvise`` or hugetlb), and runs vCPUs
           b    .
 
 The stage-1 MMU of the nested guest stays off, so every store is a stage-2 access at its IPA.
-Addresses and sizes are bytes; ``touch`` returns when the vCPU reported its MMIO exit. Only the
-standard library (and the workload's ctypes bindings) is imported, because this runs in a minimal
-guest userland. Failures raise :class:`tracekit.errors.LabError`.
+Addresses and sizes are bytes; ``touch`` returns when the vCPU reported its MMIO exit. ``log`` lists
+what the VMM did, step by step. Only the standard library (and the
+workload's ctypes bindings) is imported, because this runs in a minimal guest userland. A failed
+ioctl raises :class:`tracekit.errors.WorkloadError` naming it and the errno; an unexpected vCPU exit
+raises :class:`tracekit.errors.LabError`.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import struct
 import threading
 
 from tracekit.errors import LabError
 from tracekit.workload import libc, uapi
-from tracekit.workload.backend_arm64 import core_reg_id
+from tracekit.workload.backend_arm64 import PC_REG, Arm64Backend, core_reg_id, set_one_reg, vcpu_init
+from tracekit.workload.kvm import IoctlLog, Kvm
 
-__all__ = [
-    "Arm64Vm",
-    "STORE_LOOP",
-    "CODE_IPA",
-    "DATA_IPA",
-    "MMIO_DONE_IPA",
-    "KVM_CAP_ARM_VM_IPA_SIZE",
-]
+__all__ = ["Arm64Vm", "STORE_LOOP", "CODE_IPA", "DATA_IPA", "MMIO_DONE_IPA"]
 
 #: The store loop above, little-endian A64 encodings.
 STORE_LOOP = struct.pack(
@@ -59,33 +57,6 @@ _CODE_SIZE = 64 * 1024
 _CODE_SLOT = 0
 _DATA_SLOT = 1
 
-KVM_CAP_ARM_VM_IPA_SIZE = 165
-_PC_INDEX = 32  # struct user_pt_regs: regs[31], sp, pc
-
-
-class _Vcpu:
-    def __init__(self, vm_fd: int, index: int, run_size: int, init: uapi.KvmVcpuInit):
-        self.index = index
-        self.fd = libc.ioctl(vm_fd, uapi.KVM_CREATE_VCPU, index)
-        libc.ioctl(self.fd, uapi.KVM_ARM_VCPU_INIT, init)
-        self.run_size = run_size
-        self.run = libc.mmap(run_size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, self.fd, 0)
-
-    def set_reg(self, index: int, value: int) -> None:
-        cell = ctypes.c_uint64(value)
-        reg = uapi.KvmOneReg(core_reg_id(index), ctypes.addressof(cell))
-        libc.ioctl(self.fd, uapi.KVM_SET_ONE_REG, reg)
-
-    def exit_reason(self) -> int:
-        return ctypes.c_uint32.from_address(self.run + uapi.RUN_EXIT_REASON_OFFSET).value
-
-    def mmio_address(self) -> int:
-        return ctypes.c_uint64.from_address(self.run + uapi.RUN_UNION_OFFSET).value
-
-    def close(self) -> None:
-        libc.munmap(self.run, self.run_size)
-        os.close(self.fd)
-
 
 class Arm64Vm:
     """One nested arm64 VM with a data slot of ``data_bytes`` at :data:`DATA_IPA`.
@@ -99,64 +70,68 @@ class Arm64Vm:
         data_bytes: int,
         *,
         backing: str = "thp",
-        ipa_bits: int = 40,
         eager_split_chunk: int = 0,
         manual_protect: bool = False,
         vcpus: int = 1,
     ):
         self.data_bytes = data_bytes
         self.backing = backing
-        self.ipa_bits = ipa_bits
         self.log: list[dict] = []
         #: Thread ids that ran a vCPU (so a trace can tell the VMM's threads from the rest).
         self.tids: set[int] = set()
-        self._kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-        if libc.ioctl(self._kvm, uapi.KVM_CHECK_EXTENSION, KVM_CAP_ARM_VM_IPA_SIZE) < ipa_bits:
-            raise LabError(f"this KVM does not offer a {ipa_bits}-bit IPA space")
-        self.fd = libc.ioctl(self._kvm, uapi.KVM_CREATE_VM, ipa_bits & 0xFF)
-        if eager_split_chunk:
-            self._enable_cap(uapi.KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE, eager_split_chunk)
-        if manual_protect:
-            self._enable_cap(
-                uapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
-                uapi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | uapi.KVM_DIRTY_LOG_INITIALLY_SET,
-            )
-        self._code = libc.mmap(_CODE_SIZE, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
-        ctypes.memmove(self._code, STORE_LOOP, len(STORE_LOOP))
-        self._set_slot(_CODE_SLOT, CODE_IPA, _CODE_SIZE, self._code, 0)
-        self.data = self._map_data()
-        self._set_slot(_DATA_SLOT, DATA_IPA, data_bytes, self.data, 0)
-        run_size = libc.ioctl(self._kvm, uapi.KVM_GET_VCPU_MMAP_SIZE, 0)
-        init = uapi.KvmVcpuInit()
-        libc.ioctl(self.fd, uapi.KVM_ARM_PREFERRED_TARGET, init)
-        self.vcpus = [_Vcpu(self.fd, i, run_size, init) for i in range(vcpus)]
+        self._code = self.data = 0
+        self._data_map = (0, 0)
+        self.vcpus = []
+        self.vm = None
+        self.kvm = Kvm(IoctlLog())
+        try:
+            backend = Arm64Backend()
+            if eager_split_chunk:
+                backend.check_eager_split_chunk(self.kvm, eager_split_chunk)
+            self.vm = self.kvm.create_vm(backend.vm_type(self.kvm))
+            if eager_split_chunk:  # before the first memslot: KVM refuses the size afterwards
+                backend.set_eager_split_chunk(self.vm, eager_split_chunk)
+                cap = uapi.KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE
+                self.log.append({"op": "enable_cap", "cap": cap, "arg0": eager_split_chunk})
+            if manual_protect:
+                flags = uapi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | uapi.KVM_DIRTY_LOG_INITIALLY_SET
+                self.vm.enable_cap(uapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, flags)
+                self.log.append({"op": "enable_cap", "cap": uapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, "arg0": flags})
+            self._code = libc.mmap(_CODE_SIZE, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
+            ctypes.memmove(self._code, STORE_LOOP, len(STORE_LOOP))
+            self._set_slot(_CODE_SLOT, CODE_IPA, _CODE_SIZE, self._code, 0)
+            self.data = self._map_data()
+            self._set_slot(_DATA_SLOT, DATA_IPA, data_bytes, self.data, 0)
+            for index in range(vcpus):
+                vcpu = self.vm.create_vcpu(index)
+                self.vcpus.append(vcpu)
+                vcpu_init(vcpu)
+        except BaseException:
+            self.close()
+            raise
 
     # -- setup ---------------------------------------------------------------------------------
-    def _enable_cap(self, cap: int, arg0: int) -> None:
-        request = uapi.KvmEnableCap(cap=cap)
-        request.args[0] = arg0
-        libc.ioctl(self.fd, uapi.KVM_ENABLE_CAP, request)
-        self.log.append({"op": "enable_cap", "cap": cap, "arg0": arg0})
-
     def _map_data(self) -> int:
         size = self.data_bytes
         prot = libc.PROT_READ | libc.PROT_WRITE
         flags = libc.MAP_PRIVATE | libc.MAP_ANONYMOUS
         if self.backing.startswith("hugetlb-"):
             shift = {"hugetlb-2m": 21, "hugetlb-1g": 30}[self.backing]
-            return libc.mmap(size, prot, flags | libc.MAP_HUGETLB | (shift << libc.MAP_HUGE_SHIFT))
+            start = libc.mmap(size, prot, flags | libc.MAP_HUGETLB | (shift << libc.MAP_HUGE_SHIFT))
+            self._data_map = (start, size)
+            return start
         # Over-allocate so the slot starts on a 1 GiB boundary of the host VA: THP then backs
         # every 2 MiB of it, and the stage-2 blocks line up with the IPA.
         align = 1 << 30
         raw = libc.mmap(size + align, prot, flags | libc.MAP_NORESERVE)
+        self._data_map = (raw, size + align)
         start = (raw + align - 1) & ~(align - 1)
         advice = libc.MADV_HUGEPAGE if self.backing == "thp" else libc.MADV_NOHUGEPAGE
         libc.madvise(start, size, advice)
         return start
 
     def _set_slot(self, slot: int, ipa: int, size: int, host: int, flags: int) -> None:
-        region = uapi.KvmUserspaceMemoryRegion(slot, flags, ipa, size, host)
-        libc.ioctl(self.fd, uapi.KVM_SET_USER_MEMORY_REGION, region)
+        self.vm.set_user_memory_region(slot, flags, ipa, size, host)
         self.log.append({"op": "set_memory_region", "slot": slot, "flags": flags, "ipa": ipa, "size": size})
 
     def prefault_host(self, stride: int = 4096) -> None:
@@ -171,14 +146,13 @@ class Arm64Vm:
         flags = uapi.KVM_MEM_LOG_DIRTY_PAGES if enabled else 0
         self._set_slot(_DATA_SLOT, DATA_IPA, self.data_bytes, self.data, flags)
 
-    def _bitmap(self) -> ctypes.Array:
-        pages = self.data_bytes // 4096
+    def _bitmap(self, pages: int) -> ctypes.Array:
         return (ctypes.c_uint64 * ((pages + 63) // 64))()
 
     def get_dirty_log(self) -> int:
         """KVM_GET_DIRTY_LOG on the data slot; returns the number of dirty pages."""
-        bitmap = self._bitmap()
-        libc.ioctl(self.fd, uapi.KVM_GET_DIRTY_LOG, uapi.KvmDirtyLog(_DATA_SLOT, 0, ctypes.addressof(bitmap)))
+        bitmap = self._bitmap(self.data_bytes // 4096)
+        self.vm.get_dirty_log(_DATA_SLOT, ctypes.addressof(bitmap))
         dirty = sum(bin(word).count("1") for word in bitmap)
         self.log.append({"op": "get_dirty_log", "dirty": dirty})
         return dirty
@@ -186,11 +160,10 @@ class Arm64Vm:
     def clear_dirty_log(self, first_page: int = 0, num_pages: int | None = None) -> None:
         """KVM_CLEAR_DIRTY_LOG of ``num_pages`` from ``first_page`` (all bits set: re-protect everything)."""
         pages = self.data_bytes // 4096 if num_pages is None else num_pages
-        bitmap = (ctypes.c_uint64 * ((pages + 63) // 64))()
+        bitmap = self._bitmap(pages)
         for i in range(len(bitmap)):
             bitmap[i] = 0xFFFF_FFFF_FFFF_FFFF
-        request = uapi.KvmClearDirtyLog(_DATA_SLOT, pages, first_page, ctypes.addressof(bitmap))
-        libc.ioctl(self.fd, uapi.KVM_CLEAR_DIRTY_LOG, request)
+        self.vm.clear_dirty_log(_DATA_SLOT, first_page, pages, ctypes.addressof(bitmap))
         self.log.append({"op": "clear_dirty_log", "first_page": first_page, "num_pages": pages})
 
     # -- running -------------------------------------------------------------------------------
@@ -198,16 +171,13 @@ class Arm64Vm:
         """Make vCPU ``vcpu`` store once every ``stride`` bytes of ``[start, start+length)`` of the slot."""
         end = self.data_bytes if length is None else start + length
         cpu = self.vcpus[vcpu]
-        cpu.set_reg(0, DATA_IPA + start)
-        cpu.set_reg(1, DATA_IPA + end)
-        cpu.set_reg(2, stride)
-        cpu.set_reg(3, 0x5A5A_5A5A_5A5A_5A5A)
-        cpu.set_reg(4, MMIO_DONE_IPA)
-        cpu.set_reg(_PC_INDEX, CODE_IPA)
+        for reg, value in ((0, DATA_IPA + start), (1, DATA_IPA + end), (2, stride), (3, 0x5A5A_5A5A_5A5A_5A5A),
+                           (4, MMIO_DONE_IPA), (PC_REG, CODE_IPA)):  # fmt: skip
+            set_one_reg(cpu, core_reg_id(reg), value)
         self.tids.add(threading.get_native_id())
-        libc.ioctl(cpu.fd, uapi.KVM_RUN, 0)
-        reason = cpu.exit_reason()
-        if reason != uapi.KVM_EXIT_MMIO or cpu.mmio_address() != MMIO_DONE_IPA:
+        reason = cpu.run()
+        address = ctypes.c_uint64.from_address(cpu.run_address + uapi.RUN_UNION_OFFSET).value
+        if reason != uapi.KVM_EXIT_MMIO or address != MMIO_DONE_IPA:
             name = uapi.KVM_EXIT_NAMES.get(reason, str(reason))
             raise LabError(f"nested arm64 vCPU {vcpu} stopped with exit {name}, not the end-of-pass MMIO store")
         self.log.append({"op": "touch", "vcpu": vcpu, "start": start, "end": end, "stride": stride})
@@ -233,7 +203,15 @@ class Arm64Vm:
             raise errors[0]
 
     def close(self) -> None:
+        """Close the vCPUs, the VM and /dev/kvm, and unmap the memory; harmless to call twice."""
         for cpu in self.vcpus:
             cpu.close()
-        os.close(self.fd)
-        os.close(self._kvm)
+        self.vcpus = []
+        for resource in (self.vm, self.kvm):
+            if resource is not None:
+                resource.close()
+        self.vm = self.kvm = None
+        for address, size in ((self._code, _CODE_SIZE), self._data_map):
+            if address:
+                libc.munmap(address, size)
+        self._code, self._data_map = 0, (0, 0)

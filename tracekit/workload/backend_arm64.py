@@ -39,6 +39,9 @@ __all__ = [
     "vector_table",
     "core_reg_id",
     "sysreg_id",
+    "set_one_reg",
+    "vcpu_init",
+    "PC_REG",
     "Stage1Tables",
     "IPA_BITS",
     "REPORT_GPA",
@@ -49,7 +52,6 @@ __all__ = [
 ]
 
 IPA_BITS = 40
-KVM_CAP_ARM_VM_IPA_SIZE = 165
 CODE_GPA = 0x1000
 VECTORS_GPA = 0x2000  # VBAR_EL1 needs 2 KiB alignment
 PLAN_BASE = 0x10000
@@ -61,7 +63,7 @@ _KVM_REG_ARM64 = 0x6000_0000_0000_0000
 _KVM_REG_SIZE_U64 = 0x0030_0000_0000_0000
 _KVM_REG_ARM_CORE = 0x0010 << 16
 _KVM_REG_ARM64_SYSREG = 0x0013 << 16
-_PC = 32  # struct user_pt_regs: regs[31], sp, pc
+PC_REG = 32  # struct user_pt_regs: regs[31], sp, pc
 
 # (op0, op1, CRn, CRm, op2)
 _SCTLR_EL1 = (3, 0, 1, 0, 0)
@@ -94,6 +96,19 @@ def sysreg_id(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
     """``KVM_SET_ONE_REG`` id of a 64-bit system register (``ARM64_SYS_REG``)."""
     return (_KVM_REG_ARM64 | _KVM_REG_SIZE_U64 | _KVM_REG_ARM64_SYSREG
             | (op0 << 14) | (op1 << 11) | (crn << 7) | (crm << 3) | op2)  # fmt: skip
+
+
+def set_one_reg(vcpu, reg_id: int, value: int) -> None:
+    """``KVM_SET_ONE_REG`` of a 64-bit register on ``vcpu`` (a :class:`tracekit.workload.kvm.Vcpu`), logged."""
+    cell = ctypes.c_uint64(value)
+    vcpu.call(uapi.KVM_SET_ONE_REG, uapi.KvmOneReg(reg_id, ctypes.addressof(cell)), {"reg": reg_id, "value": value})
+
+
+def vcpu_init(vcpu) -> None:
+    """``KVM_ARM_PREFERRED_TARGET`` on the VM, then ``KVM_ARM_VCPU_INIT`` of ``vcpu`` with that target."""
+    init = uapi.KvmVcpuInit()
+    vcpu.vm.log.call("vm", vcpu.vm.fd, uapi.KVM_ARM_PREFERRED_TARGET, init)
+    vcpu.call(uapi.KVM_ARM_VCPU_INIT, init, {"target": init.target})
 
 
 def _branch(opcode: int, offset: int, bits: int, shift: int) -> int:
@@ -184,7 +199,7 @@ class Arm64Backend(Backend):
     max_gpa = 1 << IPA_BITS
 
     def vm_type(self, kvm) -> int:
-        limit = kvm.check_extension(KVM_CAP_ARM_VM_IPA_SIZE)
+        limit = kvm.check_extension(uapi.KVM_CAP_ARM_VM_IPA_SIZE)
         if limit and limit < IPA_BITS:
             raise WorkloadError(f"this host's KVM offers a {limit}-bit IPA space; the workload needs {IPA_BITS} bits")
         return IPA_BITS & 0xFF
@@ -246,14 +261,8 @@ class Arm64Backend(Backend):
         end_gpa = spec.table_base_gpa + len(table_pages) * 4096
         return GuestImage(pages=pages, entry_gva=CODE_GPA, end_gpa=end_gpa, paging=paging)
 
-    def _set(self, vcpu, reg_id: int, value: int) -> None:
-        cell = ctypes.c_uint64(value)
-        vcpu.call(uapi.KVM_SET_ONE_REG, uapi.KvmOneReg(reg_id, ctypes.addressof(cell)), {"reg": reg_id, "value": value})
-
     def init_vcpu(self, vcpu, image: GuestImage, index: int, plan_gva: int, plan_entries: int) -> None:
-        init = uapi.KvmVcpuInit()
-        vcpu.vm.kvm.log.call("vm", vcpu.vm.fd, uapi.KVM_ARM_PREFERRED_TARGET, init)
-        vcpu.call(uapi.KVM_ARM_VCPU_INIT, init, {"target": init.target})
+        vcpu_init(vcpu)
         for reg, value in (
             (_MAIR_EL1, _MAIR),
             (_TCR_EL1, _TCR),
@@ -261,10 +270,10 @@ class Arm64Backend(Backend):
             (_VBAR_EL1, VECTORS_GPA),
             (_SCTLR_EL1, _SCTLR),
         ):
-            self._set(vcpu, sysreg_id(*reg), value)
+            set_one_reg(vcpu, sysreg_id(*reg), value)
         for reg, value in ((0, plan_gva), (1, plan_entries), (8, 0), (20, REPORT_GPA), (22, FAULT_GPA)):
-            self._set(vcpu, core_reg_id(reg), value)
-        self._set(vcpu, core_reg_id(_PC), image.entry_gva)
+            set_one_reg(vcpu, core_reg_id(reg), value)
+        set_one_reg(vcpu, core_reg_id(PC_REG), image.entry_gva)
 
     def guest_report(self, vcpu, exit_reason: int) -> int:
         if exit_reason == uapi.KVM_EXIT_MMIO:
