@@ -4,9 +4,11 @@ Contract
 --------
 A :class:`Scenario` names an architecture, the nested VM's memory (MiB, backing ``thp`` / ``4k`` /
 ``hugetlb-2m`` / ``hugetlb-1g``), extra guest kernel arguments (``kvm-arm.mode=nvhe``, a boot-time
-1 GiB hugetlb pool), extra tracepoints to record (lock contention), options for the x86 workload, its KVM switches (arm64 eager-split chunk in bytes, manual dirty-log
-protect with initially-set, vCPU count; on x86 the ``eager_page_split`` parameter) and a list of
-steps executed in order by :mod:`tracekit.lab.guest_run`. Each step is a tuple ``(op, *args)``:
+1 GiB hugetlb pool), extra tracepoints to record (lock contention), extra options for the
+dirty-log workload (``workload_args``), its KVM switches (arm64 eager-split chunk in bytes,
+manual dirty-log protect with initially-set, vCPU count; on x86 the ``eager_page_split``
+parameter) and a list of steps executed in order by :mod:`tracekit.lab.guest_run`. Each step is
+a tuple ``(op, *args)``; all but ``workload`` drive :mod:`tracekit.lab.arm64_vm`:
 
 - ``("prefault",)``: write every host page of the slot from the VMM, so THP/hugetlb backs it;
 - ``("touch", stride)``: vCPU 0 stores once every ``stride`` bytes of the slot (faults blocks in);
