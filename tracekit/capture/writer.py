@@ -252,7 +252,11 @@ class CaptureWriter:
         metadata = dict(table.schema.metadata or {})
         metadata.update(self._segment_metadata(family, index))
         try:
-            pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="zstd")
+            # Dictionary pages only for the dictionary-typed columns: trying them on every numeric column
+            # doubled the recorder's encoding CPU for no size gain (addresses and PTEs rarely repeat).
+            dictionary_columns = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+            pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="zstd",
+                           use_dictionary=dictionary_columns or False)
             os.replace(tmp, final)
         except OSError as error:
             tmp.unlink(missing_ok=True)
