@@ -14,7 +14,9 @@
  * Struct fields are read at offsets taken from the running kernel's BTF and passed
  * as cflags (TK_OFF_x, TK_SIZE_x, TK_SIGNED_x for CTX_OLD, CTX_ADDR, CTX_LEVEL,
  * WALKER_CB, WALKER_FLAGS, PGT_MMU); nothing here knows a layout.
- * cflags: TK_TARGET_TGID, TK_S2_PAGES (ring buffer pages), TK_S2_SAMPLE_PER_WALK.
+ * cflags: TK_TARGET_TGID, TK_S2_PAGES (pages of each ring buffer), TK_S2_SAMPLE_PER_WALK.
+ * One ring per record type (a reader relies on a fixed record size): stage2_walks,
+ * stage2_visits, stage2_spans.
  * stage2_lost index: 0 walk, 1 visit, 2 span-table full, 3 + TK_S2_FN_* spans.
  */
 #include <uapi/linux/ptrace.h>
@@ -30,19 +32,6 @@
 #endif
 #define TK_S2_DEPTH 4
 
-/* Read field F of the struct at base into a __u64 (sign-extended when signed). */
-#define TK_FIELD(base, F) tk_read_field((void *)(base) + TK_OFF_##F, TK_SIZE_##F, TK_SIGNED_##F)
-
-static __always_inline __u64 tk_read_field(void *src, __u32 size, int is_signed)
-{
-	__u64 v = 0;
-	bpf_probe_read_kernel(&v, size & 0xf, src);
-	if (is_signed && size < 8) {
-		int shift = 64 - 8 * size;
-		v = (__u64)(((__s64)(v << shift)) >> shift);
-	}
-	return v;
-}
 
 struct s2_open {
 	__u64 walk_id;
@@ -75,7 +64,9 @@ struct s2_span_val {
 	__u64 arg1;
 };
 
-BPF_RINGBUF_OUTPUT(stage2_events, TK_S2_PAGES);
+BPF_RINGBUF_OUTPUT(stage2_walks, TK_S2_PAGES);
+BPF_RINGBUF_OUTPUT(stage2_visits, TK_S2_PAGES);
+BPF_RINGBUF_OUTPUT(stage2_span_events, TK_S2_PAGES);
 BPF_PERCPU_ARRAY(stage2_lost, __u64, 3 + TK_S2_FUNCS);
 BPF_PERCPU_ARRAY(stage2_seq, __u64, 1);
 BPF_PERCPU_ARRAY(stage2_zero, struct s2_thread, 1);	/* never written: the initial state */
@@ -158,7 +149,7 @@ int tk_s2_walk_return(struct pt_regs *ctx)
 	struct s2_open *w = &st->walk[d & (TK_S2_DEPTH - 1)];
 	if (w->host)
 		return 0;
-	struct stage2_walk_event *e = stage2_events.ringbuf_reserve(sizeof(struct stage2_walk_event));
+	struct stage2_walk_event *e = stage2_walks.ringbuf_reserve(sizeof(struct stage2_walk_event));
 	if (!e) {
 		s2_lost(0);
 		return 0;
@@ -175,7 +166,7 @@ int tk_s2_walk_return(struct pt_regs *ctx)
 	__builtin_memcpy(e->counts, w->counts, sizeof(e->counts));
 	e->sampled = w->sampled;
 	e->dropped = w->dropped;
-	stage2_events.ringbuf_submit(e, 0);
+	stage2_walks.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
@@ -202,7 +193,7 @@ static __always_inline int s2_visit(struct pt_regs *ctx, __u32 visitor)
 			return 0;
 		w->sampled += 1;
 	}
-	struct stage2_visit_event *e = stage2_events.ringbuf_reserve(sizeof(struct stage2_visit_event));
+	struct stage2_visit_event *e = stage2_visits.ringbuf_reserve(sizeof(struct stage2_visit_event));
 	if (!e) {
 		s2_lost(1);
 		return 0;
@@ -215,7 +206,7 @@ static __always_inline int s2_visit(struct pt_regs *ctx, __u32 visitor)
 	e->visit = (__u32)PT_REGS_PARM2(ctx);
 	e->visitor = visitor;
 	e->pad = 0;
-	stage2_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	stage2_visits.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
@@ -246,7 +237,7 @@ static __always_inline int s2_span_return(struct pt_regs *ctx, __u32 func)
 	struct s2_span_val *val = stage2_spans.lookup(&key);
 	if (!val)
 		return 0;
-	struct stage2_span_event *e = stage2_events.ringbuf_reserve(sizeof(struct stage2_span_event));
+	struct stage2_span_event *e = stage2_span_events.ringbuf_reserve(sizeof(struct stage2_span_event));
 	if (!e) {
 		s2_lost(3 + func);
 		stage2_spans.delete(&key);
@@ -261,7 +252,7 @@ static __always_inline int s2_span_return(struct pt_regs *ctx, __u32 func)
 	e->ret = (__s64)PT_REGS_RC(ctx);
 	e->func = func;
 	e->pad = 0;
-	stage2_events.ringbuf_submit(e, 0);
+	stage2_span_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	stage2_spans.delete(&key);
 	return 0;
 }

@@ -22,18 +22,6 @@
 #endif
 #define TK_TDP_DEPTH 4
 
-#define TK_FIELD(base, F) tk_read_field((void *)(base) + TK_OFF_##F, TK_SIZE_##F, TK_SIGNED_##F)
-
-static __always_inline __u64 tk_read_field(void *src, __u32 size, int is_signed)
-{
-	__u64 v = 0;
-	bpf_probe_read_kernel(&v, size & 0xf, src);
-	if (is_signed && size < 8) {
-		int shift = 64 - 8 * size;
-		v = (__u64)(((__s64)(v << shift)) >> shift);
-	}
-	return v;
-}
 
 struct tdp_open {
 	__u64 ts_ns;
@@ -125,7 +113,7 @@ static __always_inline int tdp_return(struct pt_regs *ctx, __u32 func)
 	e->func = func;
 	e->depth = d;
 	__builtin_memcpy(e->iter_steps, s->iter_steps, sizeof(e->iter_steps));
-	tdp_events.ringbuf_submit(e, 0);
+	tdp_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 

@@ -129,17 +129,26 @@ def test_programs_compile_and_pass_the_verifier(family):
 
 
 def test_decode_stage2_records():
-    """A walk record with counts [split walker][level 2][block] = 1 and [level 3][page] = 512 -> two visit rows."""
+    """A walk record with counts [split walker][level 2][block] = 1 and [level 3][page] = 512 -> two visit rows;
+    a span record of func 0 (stage2_split) -> a split row; raw visits outside a walk are aggregated (walk -1)."""
     walk = np.zeros(1, bcc_backend.EVENT_DTYPES["stage2_walk_event"])
     walk["ts_ns"], walk["kind"], walk["walk_id"], walk["addr"], walk["size"] = 5, 0, 7, 0x4000_0000, 2 << 20
     walk["counts"][0][2 * 4 + 2] = 1
     walk["counts"][0][3 * 4 + 1] = 512
-    span = np.zeros(1, bcc_backend.EVENT_DTYPES["stage2_span_event"])
-    span["kind"], span["func"], span["arg0"], span["arg1"], span["duration_ns"] = 2, 0, 0x4000_0000, 2 << 20, 900
-    tables = bcc_backend.decode_stage2([walk.tobytes(), span.tobytes()])
+    tables = bcc_backend.decode_stage2("stage2_walks", walk)
     visits = tables["stage2_visit"].to_pylist()
     assert [(v["walk_id"], v["level"], v["kind"], v["count"]) for v in visits] == [(7, 2, "leaf:block", 1), (7, 3, "leaf:page", 512)]
-    assert tables["split"].to_pylist()[0]["duration_ns"] == 900
+    assert tables["stage2_walk"].to_pylist()[0]["size"] == 2 << 20
+    span = np.zeros(1, bcc_backend.EVENT_DTYPES["stage2_span_event"])
+    span["kind"], span["func"], span["arg0"], span["arg1"], span["duration_ns"] = 2, 0, 0x4000_0000, 2 << 20, 900
+    split = bcc_backend.decode_stage2("stage2_span_events", span)["split"].to_pylist()[0]
+    assert (split["probe"], split["addr"], split["duration_ns"]) == ("stage2_split", 0x4000_0000, 900)
+    raw = np.zeros(3, bcc_backend.EVENT_DTYPES["stage2_visit_event"])
+    raw["walk_id"] = [0, 0, 9]  # the third was sampled inside walk 9: already counted there
+    raw["level"], raw["old"], raw["visit"], raw["visitor"] = [2, 2, 3], [1, 1, 3], [1, 1, 1], [1, 1, 0]
+    visits = bcc_backend.decode_stage2("stage2_visits", raw)["stage2_visit"].to_pylist()
+    assert [(v["walk_id"], v["visitor"], v["level"], v["kind"], v["count"]) for v in visits] == [
+        (-1, "stage2_map_walker", 2, "leaf:block", 2)]
 
 
 @pytest.mark.live
@@ -160,10 +169,10 @@ def test_decode_tdp_records():
     spans["func"] = [bcc_backend.TDP_FUNC_NAMES.index("split_root"), bcc_backend.TDP_FUNC_NAMES.index("split_huge_page")]
     spans["arg0"], spans["arg1"] = [0x100000, 0x100200], [0x104000, 2]
     spans["iter_steps"][0][2:5] = [64, 33, 33]
-    tables = bcc_backend.decode_tdp([row.tobytes() for row in spans])
+    tables = bcc_backend.decode_tdp(spans, walk_base=10)
     walk = tables["stage2_walk"].to_pylist()[0]
     assert (walk["initiator"], walk["addr"], walk["size"]) == ("tdp_mmu_split_huge_pages_root", 1 << 32, 64 << 20)
     visits = [(v["walk_id"], v["level"], v["count"]) for v in tables["stage2_visit"].to_pylist()]
-    assert visits == [(0, 2, 64), (0, 3, 33), (0, 4, 33)]
+    assert visits == [(10, 2, 64), (10, 3, 33), (10, 4, 33)]
     split = tables["split"].to_pylist()[0]
     assert (split["addr"], split["size"], split["level"]) == (0x1_0020_0000, 2 << 20, 2)

@@ -10,20 +10,21 @@ program with bcc (maps are created, no probe is attached: usable where kprobes a
 :func:`attach` attaches each resolved probe (:class:`~tracekit.funcprobes.kallsyms.Resolution`) to
 its entry/return functions of :data:`ATTACH` and returns ``(attached, failed)`` with reasons.
 :data:`EVENT_DTYPES` mirrors the event structs of ``probes/<family>.h`` (a test checks them against
-the headers); :func:`decode_stage2` / :func:`decode_tdp` turn ring-buffer records (bytes) into the
-capture family tables. Raises :class:`tracekit.errors.MissingCapability` (no bcc, no BTF) and
+the headers) and :data:`RINGS` names each ring's record type; :func:`decode_stage2` /
+:func:`decode_tdp` turn one numpy batch of ring records into the capture family tables (no Python
+per event). Raises :class:`tracekit.errors.MissingCapability` (no bcc, no BTF) and
 :class:`tracekit.errors.ProbeLoadError` (compile failure, log in ``detail``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
 
 from tracekit.errors import ProbeLoadError
+from tracekit.funcprobes import batch
 from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, BtfTypes, offset_cflags
 from tracekit.funcprobes.families import SCHEMAS
 from tracekit.funcprobes.kallsyms import Resolution, SymbolTable
@@ -31,6 +32,7 @@ from tracekit.funcprobes.kallsyms import Resolution, SymbolTable
 __all__ = [
     "ATTACH",
     "EVENT_DTYPES",
+    "RINGS",
     "program_text",
     "program_cflags",
     "compile_program",
@@ -151,83 +153,128 @@ def attach(bpf: Any, family: str, resolutions: Iterable[Resolution]) -> tuple[li
     return attached, failed
 
 
-def _records(records: Iterable[bytes], dtype: np.dtype, kind: int) -> np.ndarray:
-    picked = [r[: dtype.itemsize] for r in records if len(r) >= dtype.itemsize and int.from_bytes(r[20:24], "little") == kind]
-    return np.frombuffer(b"".join(picked), dtype=dtype) if picked else np.zeros(0, dtype)
+#: Ring-buffer map -> record dtype of each ring of the programs (one record type per ring).
+RINGS = {
+    "stage2": {"stage2_walks": "stage2_walk_event", "stage2_visits": "stage2_visit_event",
+               "stage2_span_events": "stage2_span_event"},
+    "tdp": {"tdp_events": "tdp_span_event"},
+}  # fmt: skip
 
 
-def _common(rows: np.ndarray, index: int) -> dict:
-    row = rows[index]
-    return {"ts_ns": int(row["ts_ns"]), "cpu": int(row["cpu"]), "pid": int(row["pid"]), "tid": int(row["tid"])}
+def _common(records: np.ndarray) -> dict[str, np.ndarray]:
+    return {"ts_ns": records["ts_ns"].astype(np.int64), "cpu": records["cpu"].astype(np.int32),
+            "pid": records["pid"].astype(np.int32), "tid": records["tid"].astype(np.int32)}  # fmt: skip
 
 
-def _table(family: str, rows: list[dict]) -> pa.Table:
-    schema = SCHEMAS[family]
-    if not rows:
-        return schema.empty_table()
-    columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
-    arrays = [pa.array(columns[f.name], pa.string()).dictionary_encode().cast(f.type) if pa.types.is_dictionary(f.type)
-              else pa.array(columns[f.name], f.type) for f in schema]  # fmt: skip
-    return pa.Table.from_arrays(arrays, schema=schema)
+def _take(common: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: values[rows] for name, values in common.items()}
 
 
-def decode_stage2(records: Iterable[bytes], symbols: SymbolTable | None = None) -> dict[str, pa.Table]:
-    """Ring-buffer records of the stage2 program -> stage2_walk, stage2_visit, split, fault, func_call."""
-    records = list(records)
-    walks = _records(records, EVENT_DTYPES["stage2_walk_event"], 0)
-    spans = _records(records, EVENT_DTYPES["stage2_span_event"], 2)
-    out: dict[str, list[dict]] = {name: [] for name in SCHEMAS}
-    for i, w in enumerate(walks):
-        common = _common(walks, i)
-        out["stage2_walk"].append({**common, "walk_id": int(w["walk_id"]), "addr": int(w["addr"]), "size": int(w["size"]),
-                                   "flags": int(w["flags"]), "initiator": symbols.symbolize(int(w["cb"])) if symbols else None,
-                                   "duration_ns": int(w["duration_ns"]), "ret": int(w["ret"])})  # fmt: skip
-        for slot in np.flatnonzero(w["counts"]):
-            visitor, rest = divmod(int(slot), 16)
-            level, kind = divmod(rest, 4)
-            visit = "table_pre" if _KINDS[kind] == "table" else "leaf"
-            out["stage2_visit"].append({**common, "walk_id": int(w["walk_id"]), "visitor": _VISITORS[visitor],
-                                        "level": level, "kind": f"{visit}:{_KINDS[kind]}",
-                                        "count": int(w["counts"][slot])})  # fmt: skip
-    for i, s in enumerate(spans):
-        common, name = _common(spans, i), STAGE2_FUNC_NAMES[int(s["func"])]
-        if name == "stage2_split":
-            out["split"].append({**common, "probe": name, "addr": int(s["arg0"]), "size": int(s["arg1"]),
-                                 "duration_ns": int(s["duration_ns"]), "ret": int(s["ret"])})  # fmt: skip
-        elif name == "guest_abort":
-            out["fault"].append({**common, "probe": name, "duration_ns": int(s["duration_ns"]), "ret": int(s["ret"])})
-        else:
-            out["func_call"].append({**common, "name": name, "duration_ns": int(s["duration_ns"]), "ret": int(s["ret"]),
-                                     "args": json.dumps({"arg0": int(s["arg0"]), "arg1": int(s["arg1"]),
-                                                         "walk_id": int(s["walk_id"])})})  # fmt: skip
-    return {name: _table(name, rows) for name, rows in out.items()}
+def _names(codes: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    lookup = np.array(list(names) + ["unknown"], dtype=object)
+    return lookup[np.minimum(codes.astype(np.int64), len(names))]
 
 
-def decode_tdp(records: Iterable[bytes]) -> dict[str, pa.Table]:
-    """Ring-buffer records of the tdp program -> split, fault, func_call, stage2_visit (iterator steps)."""
-    spans = _records(list(records), EVENT_DTYPES["tdp_span_event"], 0)
-    out: dict[str, list[dict]] = {name: [] for name in SCHEMAS}
-    for i, s in enumerate(spans):
-        common, name = _common(spans, i), TDP_FUNC_NAMES[int(s["func"])]
+def _symbolized(addresses: np.ndarray, symbols: SymbolTable | None) -> np.ndarray | None:
+    """Symbol of each address, computed once per distinct address."""
+    if symbols is None:
+        return None
+    unique, inverse = np.unique(addresses, return_inverse=True)
+    names = np.array([symbols.symbolize(int(a)) for a in unique], dtype=object)
+    return names[inverse.reshape(-1)]
+
+
+def _count_slots(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, slot) of every non-zero ``counts[row][slot]``."""
+    rows, slots = np.nonzero(counts)
+    return rows, slots
+
+
+def decode_stage2(map_name: str, records: np.ndarray, symbols: SymbolTable | None = None) -> dict[str, pa.Table]:
+    """One batch of ring ``map_name`` of the stage2 program -> capture tables.
+
+    ``stage2_walks``: ``stage2_walk`` rows plus their in-kernel visit counts as ``stage2_visit`` rows;
+    ``stage2_visits``: raw visits made outside any open walk (``walk_id`` -1), aggregated (sampled
+    visits inside a walk are already in its counts and are dropped); ``stage2_span_events``:
+    ``split`` (stage2_split), ``fault`` (guest_abort) and ``func_call`` rows (args arg0, arg1, walk_id)."""
+    out: dict[str, list[pa.Table]] = {name: [] for name in SCHEMAS}
+    n = len(records)
+    if n and map_name == "stage2_walks":
+        common = _common(records)
+        out["stage2_walk"].append(batch.table("stage2_walk", n, {
+            **common, "walk_id": records["walk_id"].astype(np.int64), "addr": records["addr"], "size": records["size"],
+            "flags": records["flags"], "initiator": _symbolized(records["cb"], symbols),
+            "duration_ns": records["duration_ns"].astype(np.int64), "ret": records["ret"]}))  # fmt: skip
+        rows, slots = _count_slots(records["counts"])
+        visitor, rest = np.divmod(slots, 16)
+        level, kind = np.divmod(rest, 4)
+        visit = np.where(kind == 3, 2, 1)  # table entries are counted at TABLE_PRE, the rest as leaves
+        out["stage2_visit"].append(batch.aggregate_visits(
+            _take(common, rows), records["walk_id"][rows].astype(np.int64), _names(visitor, _VISITORS), level,
+            batch.stage2_visit_names(visit, kind), records["counts"][rows, slots]))  # fmt: skip
+    elif n and map_name == "stage2_visits":
+        outside = records["walk_id"] == 0
+        rows = np.flatnonzero(outside)
+        common = _take(_common(records), rows)
+        level = records["level"][rows]
+        kinds = batch.stage2_pte_kinds(records["old"][rows], level)
+        out["stage2_visit"].append(batch.aggregate_visits(
+            common, np.full(len(rows), -1, np.int64), _names(records["visitor"][rows], _VISITORS), np.maximum(level, 0),
+            batch.stage2_visit_names(records["visit"][rows], kinds)))  # fmt: skip
+    elif n and map_name == "stage2_span_events":
+        common = _common(records)
+        names = _names(records["func"], STAGE2_FUNC_NAMES)
+        for name in np.unique(names):
+            rows = np.flatnonzero(names == name)
+            cols = {**_take(common, rows), "duration_ns": records["duration_ns"][rows].astype(np.int64),
+                    "ret": records["ret"][rows]}  # fmt: skip
+            if name == "stage2_split":
+                out["split"].append(batch.table("split", len(rows), {
+                    **cols, "probe": name, "addr": records["arg0"][rows], "size": records["arg1"][rows]}))
+            elif name == "guest_abort":
+                out["fault"].append(batch.table("fault", len(rows), {**cols, "probe": name}))
+            else:
+                args = batch.args_json({"arg0": records["arg0"][rows], "arg1": records["arg1"][rows],
+                                        "walk_id": records["walk_id"][rows]}, len(rows))  # fmt: skip
+                out["func_call"].append(batch.table("func_call", len(rows), {**cols, "name": name, "args": args}))
+    return {name: batch.concat_tables(name, parts) for name, parts in out.items()}
+
+
+def decode_tdp(records: np.ndarray, walk_base: int = 0) -> dict[str, pa.Table]:
+    """One batch of ``tdp_events`` -> split, fault, stage2_walk (iterator loops, ``walk_id`` =
+    ``walk_base`` + row), func_call and stage2_visit (``tdp_iter_next`` steps per level; walk -1
+    outside an iterator loop)."""
+    out: dict[str, list[pa.Table]] = {name: [] for name in SCHEMAS}
+    n = len(records)
+    if not n:
+        return {name: SCHEMAS[name].empty_table() for name in SCHEMAS}
+    common = _common(records)
+    names = _names(records["func"], TDP_FUNC_NAMES)
+    walk_ids = np.where(np.isin(names, list(_TDP_WALKS)), walk_base + np.arange(n, dtype=np.int64), -1)
+    arg0, arg1 = records["arg0"], records["arg1"]
+    for name in np.unique(names):
+        rows = np.flatnonzero(names == name)
+        cols = {**_take(common, rows), "duration_ns": records["duration_ns"][rows].astype(np.int64),
+                "ret": records["ret"][rows]}  # fmt: skip
         if name == "split_huge_page":
-            level = int(s["arg1"])
-            out["split"].append({**common, "probe": name, "addr": int(s["arg0"]) << 12, "size": 4096 << (9 * (level - 1)),
-                                 "level": level, "duration_ns": int(s["duration_ns"]), "ret": int(s["ret"])})  # fmt: skip
+            level = arg1[rows].astype(np.int64)
+            out["split"].append(batch.table("split", len(rows), {
+                **cols, "probe": name, "addr": arg0[rows] << np.uint64(12),
+                "size": (np.uint64(4096) << (np.uint64(9) * (level - 1).clip(0).astype(np.uint64))), "level": level}))
         elif name in ("page_fault", "vendor_exit"):
-            out["fault"].append({**common, "probe": name, "addr": int(s["arg0"]) if name == "page_fault" else None,
-                                 "duration_ns": int(s["duration_ns"]), "ret": int(s["ret"])})  # fmt: skip
+            out["fault"].append(batch.table("fault", len(rows), {
+                **cols, "probe": name, "addr": arg0[rows] if name == "page_fault" else None}))
         elif name in _TDP_WALKS:
             ranged = name == "split_root"  # wrprot_slot covers the whole slot: no range in its arguments
-            start, end = int(s["arg0"]), int(s["arg1"])
-            out["stage2_walk"].append({**common, "walk_id": i, "addr": start << 12 if ranged else None,
-                                       "size": (end - start) << 12 if ranged else None,
-                                       "initiator": _TDP_WALKS[name], "duration_ns": int(s["duration_ns"]),
-                                       "ret": int(s["ret"])})  # fmt: skip
+            out["stage2_walk"].append(batch.table("stage2_walk", len(rows), {
+                **cols, "walk_id": walk_ids[rows], "addr": arg0[rows] << np.uint64(12) if ranged else None,
+                "size": (arg1[rows] - arg0[rows]) << np.uint64(12) if ranged else None,
+                "initiator": _TDP_WALKS[name]}))  # fmt: skip
         else:
-            out["func_call"].append({**common, "name": name, "duration_ns": int(s["duration_ns"]), "ret": int(s["ret"]),
-                                     "args": json.dumps({"arg0": int(s["arg0"]), "arg1": int(s["arg1"])})})  # fmt: skip
-        walk_id = i if name in _TDP_WALKS else -1
-        for level in np.flatnonzero(s["iter_steps"]):
-            out["stage2_visit"].append({**common, "walk_id": walk_id, "visitor": "tdp_iter_next", "level": int(level),
-                                        "kind": "step", "count": int(s["iter_steps"][level])})  # fmt: skip
-    return {name: _table(name, rows) for name, rows in out.items()}
+            args = batch.args_json({"arg0": arg0[rows], "arg1": arg1[rows]}, len(rows))
+            out["func_call"].append(batch.table("func_call", len(rows), {**cols, "name": name, "args": args}))
+    rows, levels = np.nonzero(records["iter_steps"])
+    out["stage2_visit"].append(batch.aggregate_visits(
+        _take(common, rows), walk_ids[rows], np.full(len(rows), "tdp_iter_next", dtype=object), levels,
+        np.full(len(rows), "step", dtype=object), records["iter_steps"][rows, levels]))  # fmt: skip
+    return {name: batch.concat_tables(name, parts) for name, parts in out.items()}
