@@ -33,8 +33,9 @@ def _column(value: Any, type_: pa.DataType, n: int) -> pa.Array:
     if isinstance(value, pa.Array | pa.ChunkedArray):
         return value.cast(type_) if value.type != type_ else value
     if pa.types.is_dictionary(type_):
-        values = np.broadcast_to(np.asarray(value, dtype=object if np.ndim(value) == 0 else None), (n,))
-        return pa.array(np.asarray(values).astype(str), pa.string()).dictionary_encode().cast(type_)
+        if np.ndim(value) == 0:
+            return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([str(value)])).cast(type_)
+        return pa.array(np.asarray(value).astype(str), pa.string()).dictionary_encode().cast(type_)
     if np.ndim(value) == 0:
         return pa.array(np.full(n, value), type=type_)
     if isinstance(value, np.ma.MaskedArray):

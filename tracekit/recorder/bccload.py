@@ -3,7 +3,7 @@
 Contract: :class:`BccBackend` takes the families to record (each with its probe statuses) and the
 target tgid (a load-time constant ``TK_TARGET_TGID``), builds one program from their sources
 (:meth:`BccBackend.program_text`, shown by ``record --print-bpf``), loads it (the tracepoint
-programs attach on load), and then :meth:`BccBackend.poll` returns every committed event as Arrow
+programs attach on load; families attach their kprobes with ``attach_bcc``), and then :meth:`BccBackend.poll` returns every committed event as Arrow
 tables per capture family, read in whole batches through :class:`tracekit.recorder.ringbuf.RingReader`.
 :meth:`BccBackend.lost` returns the in-kernel reserve-failure counters per probe and CPU.
 :meth:`BccBackend.stop` detaches every probe, drains what is left and builds the end-of-run
@@ -112,6 +112,8 @@ class BccBackend:
         bcc = import_bcc()
         self.bpf = _load(bcc, self.program_text(), self.cflags())
         self.attached = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in self.bpf.tracepoint_fds)
+        for family, statuses in self.families:
+            self.attached += family.attach_bcc(self.bpf, statuses)
         for family, _ in self.families:
             for ring in family.rings():
                 try:
@@ -156,6 +158,9 @@ class BccBackend:
         if self.bpf is None:
             return [], []
         batches = []
+        for family, _ in self.families:  # kprobes first: a kprobe may sit under a traced tracepoint
+            family.detach_bcc(self.bpf)
+            batches += self.poll()
         for tp in list(self.bpf.tracepoint_fds):  # each detach waits for RCU: keep draining meanwhile
             try:
                 self.bpf.detach_tracepoint(tp if isinstance(tp, bytes) else tp.encode())

@@ -10,6 +10,7 @@ recording (families may keep decoding state between batches). It declares
   when absent (the recorder stores it in the manifest);
 - for the bcc backend: :meth:`bpf_source`, :meth:`cflags`, :meth:`rings` (ring-buffer maps and
   their fixed record dtype), :meth:`decode` (one numpy batch -> Arrow tables),
+  :meth:`attach_bcc` / :meth:`detach_bcc` (probes that do not attach on load, e.g. kprobes),
   :meth:`lost_maps` (per-CPU reserve-failure counters) and :meth:`finish` (tables built from BPF
   maps when the recording ends, e.g. aggregates and stacks);
 - for the tracefs backend (optional): :meth:`tracefs_prepare` / :meth:`tracefs_cleanup` (dynamic events
@@ -197,6 +198,14 @@ class ProbeFamily(abc.ABC):
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
         """Tables built from BPF maps when the recording ends."""
         return {}
+
+    def attach_bcc(self, bpf: Any, available: list[ProbeStatus]) -> list[str]:
+        """Attach what does not attach on load (kprobes) after the program is loaded; return the
+        probes attached. Tracepoint programs attach on load: the default attaches nothing."""
+        return []
+
+    def detach_bcc(self, bpf: Any) -> None:
+        """Detach what :meth:`attach_bcc` attached (the recorder keeps draining meanwhile)."""
 
     def manifest_notes(self) -> dict[str, Any]:
         """Extra facts for the manifest (counters kept outside the rings, options)."""
