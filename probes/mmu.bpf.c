@@ -27,8 +27,13 @@ typedef __u64 gpa_t;
 BPF_RINGBUF_OUTPUT(mmu_events, TK_MMU_PAGES);
 BPF_PERCPU_ARRAY(mmu_lost, __u64, TK_MMU_NEVENTS);
 
-static __always_inline struct mmu_event *mmu_reserve(__u64 pid_tgid, __u32 kind)
+/* The start of every handler: nothing (0) for other processes' events; else a zeroed
+ * mmu_event of this kind with its header filled, or 0 with the loss counted. */
+static __always_inline struct mmu_event *mmu_reserve(__u32 kind)
 {
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
 	struct mmu_event *e = mmu_events.ringbuf_reserve(sizeof(struct mmu_event));
 	if (!e) {
 		__u64 *lost = mmu_lost.lookup(&kind);
@@ -41,13 +46,17 @@ static __always_inline struct mmu_event *mmu_reserve(__u64 pid_tgid, __u32 kind)
 	return e;
 }
 
+/* The end of every handler. */
+static __always_inline int mmu_submit(struct mmu_event *e)
+{
+	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
 #ifdef TK_MMU_HAVE_SET_SPTE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_SET_SPTE);
+	struct mmu_event *e = mmu_reserve(TK_MMU_SET_SPTE);
 	if (!e)
 		return 0;
 	e->gfn = args->gfn;
@@ -57,68 +66,52 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 	e->flags = (args->r ? 1 : 0) | (args->x ? 2 : 0) |
 		   (args->u < 0 ? 0 : (args->u ? 0x20 : 0x10));
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_SPTE | TK_MMU_F_SPTEP | TK_MMU_F_LEVEL | TK_MMU_F_FLAGS;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_SPTE_REQUESTED
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_spte_requested)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_SPTE_REQUESTED);
+	struct mmu_event *e = mmu_reserve(TK_MMU_SPTE_REQUESTED);
 	if (!e)
 		return 0;
 	e->gfn = args->gfn;
 	e->pfn = args->pfn;
 	e->level = args->level;
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_PFN | TK_MMU_F_LEVEL;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_SET_ACCESSED_BIT
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_accessed_bit)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_SET_ACCESSED_BIT);
+	struct mmu_event *e = mmu_reserve(TK_MMU_SET_ACCESSED_BIT);
 	if (!e)
 		return 0;
 	e->addr = args->gpa;
 	e->valid = TK_MMU_F_ADDR;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_SET_DIRTY_BIT
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_dirty_bit)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_SET_DIRTY_BIT);
+	struct mmu_event *e = mmu_reserve(TK_MMU_SET_DIRTY_BIT);
 	if (!e)
 		return 0;
 	e->addr = args->gpa;
 	e->valid = TK_MMU_F_ADDR;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_GET_PAGE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_get_page)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_GET_PAGE);
+	struct mmu_event *e = mmu_reserve(TK_MMU_GET_PAGE);
 	if (!e)
 		return 0;
 	e->gfn = args->gfn;
@@ -129,18 +122,14 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_get_page)
 	e->flags = (args->unsync ? 4 : 0) | (args->created ? 8 : 0);
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_ROLE | TK_MMU_F_LEVEL | TK_MMU_F_COUNT | TK_MMU_F_GEN |
 		   TK_MMU_F_FLAGS;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_PREPARE_ZAP_PAGE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_prepare_zap_page)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_PREPARE_ZAP_PAGE);
+	struct mmu_event *e = mmu_reserve(TK_MMU_PREPARE_ZAP_PAGE);
 	if (!e)
 		return 0;
 	e->gfn = args->gfn;
@@ -151,18 +140,14 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_prepare_zap_page)
 	e->flags = args->unsync ? 4 : 0;
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_ROLE | TK_MMU_F_LEVEL | TK_MMU_F_COUNT | TK_MMU_F_GEN |
 		   TK_MMU_F_FLAGS;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_SPLIT_HUGE_PAGE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_split_huge_page)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_SPLIT_HUGE_PAGE);
+	struct mmu_event *e = mmu_reserve(TK_MMU_SPLIT_HUGE_PAGE);
 	if (!e)
 		return 0;
 	e->gfn = args->gfn;
@@ -170,18 +155,14 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_split_huge_page)
 	e->level = args->level;
 	e->errno_ = args->errno;
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_SPTE | TK_MMU_F_LEVEL | TK_MMU_F_ERRNO;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_TDP_SPTE_CHANGED
 TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_TDP_SPTE_CHANGED);
+	struct mmu_event *e = mmu_reserve(TK_MMU_TDP_SPTE_CHANGED);
 	if (!e)
 		return 0;
 	e->gfn = args->gfn;
@@ -190,18 +171,14 @@ TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 	e->level = args->level;
 	e->as_id = args->as_id;
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_OLD_SPTE | TK_MMU_F_NEW_SPTE | TK_MMU_F_LEVEL | TK_MMU_F_AS_ID;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_FAST_PAGE_FAULT
 TRACEPOINT_PROBE(kvmmmu, fast_page_fault)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_FAST_PAGE_FAULT);
+	struct mmu_event *e = mmu_reserve(TK_MMU_FAST_PAGE_FAULT);
 	if (!e)
 		return 0;
 	e->vcpu_id = args->vcpu_id;
@@ -213,36 +190,28 @@ TRACEPOINT_PROBE(kvmmmu, fast_page_fault)
 	e->ret = args->ret;
 	e->valid = TK_MMU_F_VCPU_ID | TK_MMU_F_ADDR | TK_MMU_F_ERROR_CODE | TK_MMU_F_SPTEP |
 		   TK_MMU_F_OLD_SPTE | TK_MMU_F_NEW_SPTE | TK_MMU_F_RET;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_KVM_PAGE_FAULT
 TRACEPOINT_PROBE(kvm, kvm_page_fault)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_KVM_PAGE_FAULT);
+	struct mmu_event *e = mmu_reserve(TK_MMU_KVM_PAGE_FAULT);
 	if (!e)
 		return 0;
 	e->vcpu_id = args->vcpu_id;
 	e->addr = args->fault_address;
 	e->error_code = args->error_code;
 	e->valid = TK_MMU_F_VCPU_ID | TK_MMU_F_ADDR | TK_MMU_F_ERROR_CODE;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_DIRTY_RING_PUSH
 TRACEPOINT_PROBE(kvm, kvm_dirty_ring_push)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_DIRTY_RING_PUSH);
+	struct mmu_event *e = mmu_reserve(TK_MMU_DIRTY_RING_PUSH);
 	if (!e)
 		return 0;
 	e->vcpu_id = args->index;
@@ -250,92 +219,71 @@ TRACEPOINT_PROBE(kvm, kvm_dirty_ring_push)
 	e->slot = args->slot;
 	e->gfn = args->offset;
 	e->valid = TK_MMU_F_VCPU_ID | TK_MMU_F_COUNT | TK_MMU_F_SLOT | TK_MMU_F_GFN;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_DIRTY_RING_RESET
 TRACEPOINT_PROBE(kvm, kvm_dirty_ring_reset)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_DIRTY_RING_RESET);
+	struct mmu_event *e = mmu_reserve(TK_MMU_DIRTY_RING_RESET);
 	if (!e)
 		return 0;
 	e->vcpu_id = args->index;
 	e->count = args->dirty_index;
 	e->ret = args->reset_index;
 	e->valid = TK_MMU_F_VCPU_ID | TK_MMU_F_COUNT | TK_MMU_F_RET;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_DIRTY_RING_EXIT
 TRACEPOINT_PROBE(kvm, kvm_dirty_ring_exit)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_DIRTY_RING_EXIT);
+	struct mmu_event *e = mmu_reserve(TK_MMU_DIRTY_RING_EXIT);
 	if (!e)
 		return 0;
 	e->vcpu_id = args->vcpu_id;
 	e->valid = TK_MMU_F_VCPU_ID;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_UNMAP_HVA_RANGE
 TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_UNMAP_HVA_RANGE);
+	struct mmu_event *e = mmu_reserve(TK_MMU_UNMAP_HVA_RANGE);
 	if (!e)
 		return 0;
 	e->addr = args->start;
 	e->addr_end = args->end;
 	e->valid = TK_MMU_F_ADDR | TK_MMU_F_ADDR_END;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_AGE_HVA
 TRACEPOINT_PROBE(kvm, kvm_age_hva)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_AGE_HVA);
+	struct mmu_event *e = mmu_reserve(TK_MMU_AGE_HVA);
 	if (!e)
 		return 0;
 	e->addr = args->start;
 	e->addr_end = args->end;
 	e->valid = TK_MMU_F_ADDR | TK_MMU_F_ADDR_END;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
 
 #ifdef TK_MMU_HAVE_ZAP_ALL_FAST
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_zap_all_fast)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	struct mmu_event *e = mmu_reserve(pid_tgid, TK_MMU_ZAP_ALL_FAST);
+	struct mmu_event *e = mmu_reserve(TK_MMU_ZAP_ALL_FAST);
 	if (!e)
 		return 0;
 	e->mmu_valid_gen = args->mmu_valid_gen;
 	e->count = args->mmu_used_pages;
 	e->valid = TK_MMU_F_GEN | TK_MMU_F_COUNT;
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return mmu_submit(e);
 }
 #endif
