@@ -25,7 +25,7 @@ __all__ = ["register", "record_command"]
 
 _HELP = """Record KVM MMU tracepoints of a live VM process into a capture directory.
 
-Attaches the probe families (walk, ioctl, lock, mmu) to one process, filtered by its tgid in the kernel, and writes NAME.tkcap/ (Parquet segments per event family plus capture.json). The target is --pid PID|NAME (a process name such as qemu-system-x86_64, or a QEMU -name guest name), or a command given after -- that is started once the probes are attached. Stops after --duration, on Ctrl-C/SIGTERM, or when the target exits; a second Ctrl-C skips the final drain. Probes absent on this host are listed in the capture's manifest with the reason.
+Attaches the probe families (walk, ioctl, lock, mmu by default; the function-probe families stage2 and tdp on request) to one process, filtered by its tgid in the kernel, and writes NAME.tkcap/ (Parquet segments per event family plus capture.json). The target is --pid PID|NAME (a process name such as qemu-system-x86_64, or a QEMU -name guest name), or a command given after -- that is started once the probes are attached. Stops after --duration, on Ctrl-C/SIGTERM, or when the target exits; a second Ctrl-C skips the final drain. Probes absent on this host are listed in the capture's manifest with the reason (stage2 and tdp need kprobes, stage2 an arm64 host, most of tdp the TDP MMU).
 
 Examples:
 
@@ -38,6 +38,8 @@ Examples:
   tracekit record --backend tracefs -d 5 --pid 4242 -o tf.tkcap  # no bcc
 
   tracekit record --stream-ioctl KVM_RUN -d 2 --pid 4242 -o run.tkcap --json
+
+  tracekit record --probes walk,ioctl,tdp,stage2 -o fp.tkcap -- tracekit workload dirty-log  # kprobes where the host has them
 """
 
 
@@ -51,7 +53,8 @@ def record_command(
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Capture directory to create (default: record-<UTC time>.tkcap)."),
     probes: str = typer.Option(
-        "walk,ioctl,lock,mmu", "--probes", help="Comma-separated probe families to attach."),
+        "walk,ioctl,lock,mmu", "--probes", help="Comma-separated probe families to attach (walk, ioctl, lock, mmu, "
+        "stage2, tdp)."),
     backend: str = typer.Option(
         "auto", "--backend", help="bcc (BPF ring buffers), tracefs (private ftrace instance) or auto (bcc if usable)."),
     stream_ioctl: List[str] = typer.Option(

@@ -109,11 +109,26 @@ def plan_families(names: tuple[str, ...], host: Host, options: RecordOptions
         missing_required = [tp for tp in family.required if tp not in ok]
         if missing_required or not ok:
             reason = (f"required tracepoint(s) absent: {', '.join(missing_required)}" if missing_required
-                      else "none of its probes is available")
+                      else _none_available(statuses))
             failed.append({"probe": f"family:{name}", "family": name, "reason": reason})
             continue
         chosen.append((family, statuses))
     return chosen, failed, requested
+
+
+def _none_available(statuses: list[ProbeStatus]) -> str:
+    """Why no probe of a family can attach: the reasons every probe shares (e.g. no kprobes)."""
+    parts = [set(s.reason.split("; ")) for s in statuses]
+    shared = [r for r in statuses[0].reason.split("; ") if all(r in p for p in parts)] if statuses else []
+    return f"none of its {len(statuses)} probes is available" + (f": {'; '.join(shared)}" if shared else "")
+
+
+def _not_attached(failed: list[dict]) -> str:
+    """Failures for the banner: a family that records nothing once, other probes one by one."""
+    whole = {f["family"]: f["reason"] for f in failed if f["probe"].startswith("family:")}
+    parts = [f"{name} ({reason})" for name, reason in whole.items()]
+    parts += [f"{f['probe']} ({f['reason']})" for f in failed if f["family"] not in whole]
+    return "; ".join(parts)
 
 
 def _is_workload_command(argv: list[str]) -> bool:
@@ -367,7 +382,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                 + (f" for {config.duration:g} s" if config.duration else "")
                 + ". Hit Ctrl-C to stop.")
             if failed:
-                status.say("Not attached: " + "; ".join(f"{f['probe']} ({f['reason']})" for f in failed))
+                status.say("Not attached: " + _not_attached(failed))
             sink = _AsyncWriter(writer)
             lost: dict[tuple[str, int], int] = {}
 
@@ -460,7 +475,8 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
     )
     status.say(f"Stopped ({stop_reason}) after {summary.seconds:.1f} s: "
                + ", ".join(f"{n} {r:,}" for n, r in rows.items() if r)
-               + f"; lost {summary.lost}; {summary.bytes_written / 1e6:.1f} MB in {output}")
+               + f"; lost {summary.lost}; {summary.bytes_written / 1e6:.1f} MB in {output}"
+               + "".join(f"; {f['family']} not recorded" for f in failed if f["probe"].startswith("family:")))
     return summary
 
 
