@@ -278,3 +278,17 @@ def test_recorder_program_with_both_families_compiles_and_verifies():
         assert not bpf.kprobe_fds  # kprobes are attached by attach_bcc only, never by loading
     finally:
         bpf.cleanup()
+
+
+def test_cflags_need_btf_only_when_something_can_attach(tmp_path):
+    """Without the kernel's BTF the member offsets are unknown: an error when a probe would attach, the ring
+    defines alone (for --print-bpf) when none can."""
+    from tracekit.errors import MissingCapability
+    from tracekit.recorder.family import ProbeStatus
+
+    family = Stage2Family()
+    family.btf_paths = (tmp_path / "vmlinux",)
+    assert family.cflags([ProbeStatus("kvm_pgtable_walk", False, "aarch64 only")], 0) == [
+        "-DTK_S2_PAGES=1024", "-DTK_S2_SAMPLE_PER_WALK=0"]
+    with pytest.raises(MissingCapability, match="cannot read kernel BTF"):
+        family.cflags([ProbeStatus("kvm_pgtable_walk", True)], 0)

@@ -183,11 +183,17 @@ class FunctionProbeFamily(ProbeFamily):
         from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, BtfTypes, offset_cflags
 
         fields = STAGE2_FIELDS if self.name == "stage2" else TDP_FIELDS
-        btf = BtfTypes.load(self.btf_paths[0], *(p for p in self.btf_paths[1:] if p.exists()))
         pages = max(self._ring_pages(name) for name in self._ring_maps())
-        if self.name == "stage2":  # raw visit samples have no capture table: send only visits outside walks
-            return [f"-DTK_S2_PAGES={pages}", "-DTK_S2_SAMPLE_PER_WALK=0", *offset_cflags(btf, fields)]
-        return [f"-DTK_TDP_PAGES={pages}", *offset_cflags(btf, fields)]
+        # raw visit samples have no capture table: stage2 sends only the visits made outside any walk
+        flags = [f"-DTK_S2_PAGES={pages}", "-DTK_S2_SAMPLE_PER_WALK=0"] if self.name == "stage2" else [
+            f"-DTK_TDP_PAGES={pages}"]
+        try:
+            btf = BtfTypes.load(self.btf_paths[0], *(p for p in self.btf_paths[1:] if p.exists()))
+            return flags + offset_cflags(btf, fields)
+        except MissingCapability:
+            if any(s.available for s in available):
+                raise
+            return flags  # nothing of it can attach here (record skips it; --print-bpf still shows it)
 
     def _ring_maps(self) -> dict[str, str]:
         from tracekit.funcprobes.bcc_backend import RINGS
