@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests import livecheck
 from tracekit.funcprobes.family import Stage2Family, TdpFamily, pair_calls
@@ -292,3 +294,30 @@ def test_cflags_need_btf_only_when_something_can_attach(tmp_path):
         "-DTK_S2_PAGES=1024", "-DTK_S2_SAMPLE_PER_WALK=0"]
     with pytest.raises(MissingCapability, match="cannot read kernel BTF"):
         family.cflags([ProbeStatus("kvm_pgtable_walk", True)], 0)
+
+
+def _stack_reference(events):
+    """Pairs (entry ts, return ts) by walking each thread's events in time order with a stack; open entries."""
+    stacks, pairs = {}, []
+    for ts, tid, is_ret in sorted(events, key=lambda e: (e[1], e[0], e[2])):
+        stack = stacks.setdefault(tid, [])
+        if not is_ret:
+            stack.append(ts)
+        elif stack:
+            pairs.append((stack.pop(), ts))
+    return sorted(pairs), sorted(ts for stack in stacks.values() for ts in stack)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.booleans()), max_size=40))
+def test_pair_calls_matches_a_per_thread_stack(steps):
+    """Random entry/return sequences (orphan returns included) pair exactly as an explicit stack pairs them."""
+    events = [(ts, tid, is_ret) for ts, (tid, is_ret) in enumerate(steps)]
+    entries = [(ts, tid) for ts, tid, r in events if not r]
+    returns = [(ts, tid) for ts, tid, r in events if r]
+    e_ts, e_tid = np.array([e[0] for e in entries], np.int64), np.array([e[1] for e in entries], np.int64)
+    r_ts, r_tid = np.array([r[0] for r in returns], np.int64), np.array([r[1] for r in returns], np.int64)
+    paired, rets, open_, missed = pair_calls(e_ts, e_tid, r_ts, r_tid)
+    pairs, still_open = _stack_reference(events)
+    assert sorted(zip(e_ts[paired].tolist(), r_ts[rets].tolist())) == pairs
+    assert sorted(e_ts[np.r_[open_, missed].astype(np.int64)].tolist()) == still_open
