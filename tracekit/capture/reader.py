@@ -29,6 +29,7 @@ from tracekit.capture.format import (
     check_family_schema,
 )
 from tracekit.errors import CaptureFormatError
+from tracekit.procs import pid_alive
 
 __all__ = ["Capture", "open_capture"]
 
@@ -62,18 +63,6 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Capture:
     """An opened capture. Use :func:`open_capture` to make one."""
 
@@ -97,7 +86,7 @@ class Capture:
                     newest = snap
         if newest:
             manifest["lost"] = newest.get("lost", manifest.get("lost", []))
-        manifest["status"] = "recording" if _pid_alive(manifest.get("writer_pid")) and self._writer_is_local() else "incomplete"
+        manifest["status"] = "recording" if pid_alive(manifest.get("writer_pid")) and self._writer_is_local() else "incomplete"
         return manifest
 
     def _writer_is_local(self) -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from tracekit.procs import pid_alive
 from tracekit.errors import MissingCapability, RecorderError
 from tracekit.recorder.family import ProbeFamily, ProbeStatus
 from tracekit.recorder.rawbuf import EventFormat, decode_pages, parse_format
@@ -36,16 +37,6 @@ __all__ = ["TracefsBackend", "cleanup_stale_instances", "INSTANCE_PREFIX", "pid_
 INSTANCE_PREFIX = "tracekit-"
 _INSTANCE_RE = re.compile(rf"^{INSTANCE_PREFIX}(\d+)-[0-9a-f]+$")
 _MAX_PAGES_PER_POLL = 4096
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write(path: Path, value: str) -> None:
