@@ -256,15 +256,21 @@ def _load_builtin_and_plugins() -> None:
                 raise
 
 
+#: The tracepoint families of tracekit.recorder.families, in their documented order.
+BUILTIN_FAMILIES = ("walk", "ioctl", "lock", "mmu")
+
+
 def family_names() -> list[str]:
-    """Registered family names, built-in ones first."""
+    """Registered family names: the built-in ones first in their documented order, then plug-ins by name
+    (whatever order the modules happened to be imported in)."""
     _load_builtin_and_plugins()
-    return list(_REGISTRY)
+    builtin = [name for name in BUILTIN_FAMILIES if name in _REGISTRY]
+    return builtin + sorted(name for name in _REGISTRY if name not in BUILTIN_FAMILIES)
 
 
 def make_family(name: str, options: RecordOptions | None = None) -> ProbeFamily:
     """A fresh instance of family ``name``."""
     _load_builtin_and_plugins()
     if name not in _REGISTRY:
-        raise UsageError(f"unknown probe family {name!r} (known: {', '.join(_REGISTRY)})")
+        raise UsageError(f"unknown probe family {name!r} (known: {', '.join(family_names())})")
     return _REGISTRY[name](options or RecordOptions())
