@@ -25,16 +25,16 @@ if [ -d /opt/modules ]; then
   done
 fi
 echo "tk-booted arch=$TK_ARCH scenario=$TK_SCENARIO kernel=$(uname -r)"
-mkdir -p /tmp/out
-python3 -m tracekit.lab.guest_run "$TK_ARCH" "$TK_SCENARIO" /tmp/out
+out="$(mktemp -d)"   # the result directory, on the tmpfs mounted above
+python3 -m tracekit.lab.guest_run "$TK_ARCH" "$TK_SCENARIO" "$out"
 rc=$?
-dmesg > /tmp/out/dmesg.txt
+dmesg > "$out/dmesg.txt"
 port=""
 for p in /sys/class/virtio-ports/*; do
   [ "$(cat "$p/name" 2>/dev/null)" = "tracekit.out" ] && port="/dev/$(basename "$p")"
 done
 if [ -n "$port" ]; then
-  tar -cf "$port" -C /tmp/out .
+  tar -cf "$port" -C "$out" .
 else
   echo "tk-guest-error: no virtio port named tracekit.out"
   rc=3
