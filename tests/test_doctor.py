@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from tracekit import btf
-from tracekit.capabilities import TRACEPOINT_FAMILIES
+from tracekit.recorder.family import family_names
 from tracekit.cli import app
 
 runner = CliRunner()
@@ -30,7 +30,11 @@ def test_json_shape_and_fixes():
         assert isinstance(check["ok"], bool) and check["detail"]
     for name, fam in data["families"].items():
         assert isinstance(fam["available"], bool) and fam["reason"], name
-    assert set(TRACEPOINT_FAMILIES) | {"stage2", "tdp"} == set(data["families"])
+    # the same families `tracekit record --probes` knows, so doctor and record cannot disagree
+    assert list(data["families"]) == family_names()
+    assert {"walk", "ioctl", "lock", "mmu", "stage2", "tdp"} <= set(data["families"])
+    for fam in data["families"].values():
+        assert fam["available"] == bool(fam["probes"])
     for check in data["checks"]:
         if not check["ok"] and check["name"] not in ("fentry",):
             assert check["fix"], check

@@ -15,6 +15,7 @@ import fcntl
 import os
 import platform
 import re
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,12 +24,10 @@ from tracekit import btf
 __all__ = [
     "Check",
     "CapabilityReport",
-    "TRACEPOINT_FAMILIES",
-    "FUNCTION_FAMILIES",
     "TRACEFS",
+    "family_availability",
     "probe_host",
     "tracefs_root",
-    "tracepoint_exists",
 ]
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -36,30 +35,6 @@ BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
 KVM_DEV = Path("/dev/kvm")
 KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00)
 KVM_API_VERSION = 12
-
-#: Tracepoint families: (tracepoints that must all exist, tracepoints used where present).
-TRACEPOINT_FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "walk": (("kvmmmu:kvm_mmu_pagetable_walk", "kvmmmu:kvm_mmu_paging_element"), ("kvmmmu:kvm_mmu_walker_error",)),
-    "ioctl": (("syscalls:sys_enter_ioctl", "syscalls:sys_exit_ioctl"), ()),
-    "lock": (("lock:contention_begin", "lock:contention_end"), ()),
-    "mmu": (
-        (),
-        (
-            "kvmmmu:kvm_mmu_set_spte", "kvmmmu:kvm_mmu_spte_requested", "kvmmmu:kvm_mmu_set_dirty_bit",
-            "kvmmmu:kvm_mmu_set_accessed_bit", "kvmmmu:kvm_mmu_get_page", "kvmmmu:kvm_mmu_prepare_zap_page",
-            "kvmmmu:kvm_mmu_split_huge_page", "kvmmmu:kvm_tdp_mmu_spte_changed", "kvmmmu:fast_page_fault",
-            "kvm:kvm_page_fault", "kvm:kvm_dirty_ring_push", "kvm:kvm_dirty_ring_reset",
-            "kvm:kvm_unmap_hva_range", "kvm:kvm_age_hva",
-        ),
-    ),
-}
-
-#: Function-probe families: (architecture, functions that must exist, needs TDP MMU).
-FUNCTION_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "stage2": ("aarch64", ("kvm_pgtable_walk", "stage2_split_walker", "kvm_pgtable_stage2_split")),
-    "tdp": ("x86_64", ("kvm_tdp_mmu_map", "tdp_mmu_split_huge_page")),
-}
-
 
 @dataclass
 class Check:
@@ -90,15 +65,6 @@ def tracefs_root() -> Path | None:
         if (root / "events").is_dir():
             return root
     return None
-
-
-def tracepoint_exists(name: str, root: Path | None = None) -> bool:
-    """True when tracepoint ``system:event`` exists in tracefs."""
-    root = root or tracefs_root()
-    if root is None:
-        return False
-    system, _, event = name.partition(":")
-    return (root / "events" / system / event / "format").exists()
 
 
 # -- individual checks -------------------------------------------------------------------------------
@@ -260,11 +226,10 @@ def check_fentry() -> Check:
     license_ = ctypes.create_string_buffer(b"GPL")
     attr = (ctypes.c_uint8 * 160)()
     view = memoryview(attr).cast("B")
-    import struct as _s
-    _s.pack_into("<II", view, 0, _BPF_PROG_TYPE_TRACING, 2)
-    _s.pack_into("<QQ", view, 8, ctypes.addressof(insns), ctypes.addressof(license_))
-    _s.pack_into("<I", view, 68, _BPF_TRACE_FENTRY)
-    _s.pack_into("<I", view, 108, type_id)
+    struct.pack_into("<II", view, 0, _BPF_PROG_TYPE_TRACING, 2)
+    struct.pack_into("<QQ", view, 8, ctypes.addressof(insns), ctypes.addressof(license_))
+    struct.pack_into("<I", view, 68, _BPF_TRACE_FENTRY)
+    struct.pack_into("<I", view, 108, type_id)
     try:
         prog_fd = _bpf(_BPF_PROG_LOAD, attr)
     except OSError as error:
@@ -272,7 +237,7 @@ def check_fentry() -> Check:
                      "function probes need kprobes or fentry; run them in 'tracekit lab arm64|x86'")
     try:
         link = (ctypes.c_uint8 * 16)()
-        _s.pack_into("<QI", memoryview(link).cast("B"), 0, 0, prog_fd)
+        struct.pack_into("<QI", memoryview(link).cast("B"), 0, 0, prog_fd)
         try:
             link_fd = _bpf(_BPF_RAW_TRACEPOINT_OPEN, link)
         except OSError as error:
@@ -286,54 +251,24 @@ def check_fentry() -> Check:
 
 # -- families ------------------------------------------------------------------------------------------
 
-def _tracepoint_family(name: str, root: Path | None) -> dict:
-    required, optional = TRACEPOINT_FAMILIES[name]
-    if root is None:
-        return {"available": False, "reason": "tracefs not mounted", "tracepoints": []}
-    missing = [tp for tp in required if not tracepoint_exists(tp, root)]
-    present = [tp for tp in required + optional if tracepoint_exists(tp, root)]
-    if missing:
-        return {"available": False, "reason": f"missing tracepoint(s) {', '.join(missing)}", "tracepoints": present}
-    if not present:
-        return {"available": False, "reason": "none of its tracepoints exist in this kernel", "tracepoints": []}
-    absent = [tp for tp in optional if tp not in present]
-    reason = f"{len(present)} tracepoints" + (f"; absent here: {', '.join(absent)}" if absent else "")
-    return {"available": True, "reason": reason, "tracepoints": present}
+def family_availability() -> dict[str, dict]:
+    """Every probe family the recorder knows, as ``record`` would plan it on this host: whether it can
+    record, why not, and the probes that can attach (the recorder's own checks, not a second copy)."""
+    from tracekit.recorder.family import Host, RecordOptions, family_names
+    from tracekit.recorder.session import plan_families
 
-
-def _kallsyms_names() -> set[str]:
-    names = set()
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3:
-                    names.add(parts[2].split(".")[0])
-    except OSError:
-        pass
-    return names
-
-
-def _function_family(name: str, kprobes: Check, symbols: set[str]) -> dict:
-    arch, functions = FUNCTION_FAMILIES[name]
-    if platform.machine() != arch:
-        return {"available": False, "reason": f"{arch} only (this host is {platform.machine()}); run 'tracekit lab'"}
-    missing = [f for f in functions if f not in symbols]
-    if missing:
-        return {"available": False, "reason": f"function(s) absent or inlined: {', '.join(missing)}"}
-    reasons = []
-    if not kprobes.ok:
-        reasons.append(kprobes.detail)
-    if name == "tdp":
-        tdp_mmu = Path("/sys/module/kvm/parameters/tdp_mmu")
-        try:
-            if tdp_mmu.read_text().strip() not in ("Y", "1"):
-                reasons.append("the TDP MMU is off (kvm.tdp_mmu=N: shadow paging)")
-        except OSError:
-            reasons.append("kvm.tdp_mmu parameter unreadable")
-    if reasons:
-        return {"available": False, "reason": "; ".join(reasons)}
-    return {"available": True, "reason": f"{len(functions)} functions probeable"}
+    names = tuple(family_names())
+    chosen, failed, _ = plan_families(names, Host(tracefs_root()), RecordOptions())
+    families: dict[str, dict] = {}
+    for family, statuses in chosen:
+        attached = [st.probe for st in statuses if st.available]
+        absent = [st.probe for st in statuses if not st.available]
+        reason = f"{len(attached)} probes" + (f"; absent here: {', '.join(absent)}" if absent else "")
+        families[family.name] = {"available": True, "reason": reason, "probes": attached}
+    for entry in failed:
+        if entry["probe"].startswith("family:"):
+            families[entry["family"]] = {"available": False, "reason": entry["reason"], "probes": []}
+    return {name: families[name] for name in names if name in families}
 
 
 def probe_host() -> CapabilityReport:
@@ -345,10 +280,5 @@ def probe_host() -> CapabilityReport:
             report.checks.append(check())
         except Exception as error:  # a check must never abort the report
             report.checks.append(Check(check.__name__.removeprefix("check_"), False, f"check failed: {error}", ""))
-    root = tracefs_root()
-    for name in TRACEPOINT_FAMILIES:
-        report.families[name] = _tracepoint_family(name, root)
-    symbols = _kallsyms_names()
-    for name in FUNCTION_FAMILIES:
-        report.families[name] = _function_family(name, report.check("kprobes"), symbols)
+    report.families = family_availability()
     return report
