@@ -61,10 +61,6 @@ def _masked(values: np.ndarray, valid: np.ndarray, type_: pa.DataType) -> pa.Arr
     return pa.Array.from_buffers(type_, len(data), [pa.py_buffer(bitmap), pa.py_buffer(data)], null_count=nulls)
 
 
-def _empty_records(dtype: np.dtype, n: int) -> np.ndarray:
-    return np.zeros(n, dtype=dtype)
-
-
 def _fill_header(records: np.ndarray, ev: np.ndarray, kind: int) -> None:
     records["hdr"]["ts_ns"] = ev["ts_ns"]
     records["hdr"]["cpu"] = ev["cpu"]
@@ -73,11 +69,11 @@ def _fill_header(records: np.ndarray, ev: np.ndarray, kind: int) -> None:
     records["hdr"]["kind"] = kind
 
 
-def _concat_events(parts: list[tuple[np.ndarray, int]], dtype: np.dtype) -> np.ndarray:
+def _concat_events(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
     """Records of several kinds in one array ordered by (tid, ts_ns) (stable)."""
     if not parts:
         return np.empty(0, dtype)
-    records = np.concatenate([p for p, _ in parts]) if len(parts) > 1 else parts[0][0]
+    records = np.concatenate(parts) if len(parts) > 1 else parts[0]
     order = np.lexsort((records["hdr"]["ts_ns"], records["hdr"]["tid"]))
     return records[order]
 
@@ -155,12 +151,12 @@ class WalkFamily(ProbeFamily):
             ev = events.get(tp)
             if ev is None or not len(ev):
                 continue
-            rec = _empty_records(S.WALK_EVENT_DTYPE, len(ev))
+            rec = np.zeros(len(ev), S.WALK_EVENT_DTYPE)
             _fill_header(rec, ev, kind)
             if value:
                 rec["value"] = ev[value]
             rec["aux"] = ev[aux]
-            parts.append((rec, kind))
+            parts.append(rec)
         records = _concat_events(parts, S.WALK_EVENT_DTYPE)
         self.assign_walk_ids(records)
         return self.decode("walk_events", records)
@@ -302,18 +298,18 @@ class IoctlFamily(ProbeFamily):
     def decode_tracefs(self, events: dict[str, np.ndarray]) -> dict[str, pa.Table]:
         enter = events.get("syscalls:sys_enter_ioctl")
         exit_ = events.get("syscalls:sys_exit_ioctl")
-        parts = [(self._pending, 0)]
+        parts = [self._pending]
         if enter is not None and len(enter):
             enter = enter[((enter["cmd"] >> 8) & 0xFF) == KVMIO]
-            rec = _empty_records(S.IOCTL_EVENT_DTYPE, len(enter))
+            rec = np.zeros(len(enter), S.IOCTL_EVENT_DTYPE)
             _fill_header(rec, enter, 0)
             rec["fd"], rec["cmd"], rec["arg"] = enter["fd"], enter["cmd"], enter["arg"]
-            parts.append((rec, 0))
+            parts.append(rec)
         if exit_ is not None and len(exit_):
-            rec = _empty_records(S.IOCTL_EVENT_DTYPE, len(exit_))
+            rec = np.zeros(len(exit_), S.IOCTL_EVENT_DTYPE)
             _fill_header(rec, exit_, 1)
             rec["ret"] = exit_["ret"]
-            parts.append((rec, 1))
+            parts.append(rec)
         records = _concat_events(parts, S.IOCTL_EVENT_DTYPE)
         pairs, self._pending = pair_enter_exit(records)
         calls = records[pairs[:, 0]].copy()
@@ -439,19 +435,19 @@ class LockFamily(ProbeFamily):
         return {"stack": _table(_STACK_TABLE, cols)}
 
     def decode_tracefs(self, events: dict[str, np.ndarray]) -> dict[str, pa.Table]:
-        parts = [(self._pending, 0)]
+        parts = [self._pending]
         for tp, kind in (("lock:contention_begin", 0), ("lock:contention_end", 1)):
             ev = events.get(tp)
             if ev is None or not len(ev):
                 continue
-            rec = _empty_records(S.LOCK_EVENT_DTYPE, len(ev))
+            rec = np.zeros(len(ev), S.LOCK_EVENT_DTYPE)
             _fill_header(rec, ev, kind)
             rec["lock_addr"] = ev["lock_addr"]
             if kind == 0:
                 rec["flags"] = ev["flags"]
             else:
                 rec["ret"] = ev["ret"]
-            parts.append((rec, kind))
+            parts.append(rec)
         records = _concat_events(parts, S.LOCK_EVENT_DTYPE)
         pairs, self._pending = pair_enter_exit(records)
         same = records["lock_addr"][pairs[:, 0]] == records["lock_addr"][pairs[:, 1]]
@@ -565,65 +561,64 @@ class MmuFamily(ProbeFamily):
             ev = events.get(tp)
             if ev is None or not len(ev):
                 continue
-            rec = _empty_records(S.MMU_EVENT_DTYPE, len(ev))
+            rec = np.zeros(len(ev), S.MMU_EVENT_DTYPE)
             _fill_header(rec, ev, kind)
             _mmu_fill(rec, ev, kind)
-            parts.append((rec, kind))
+            parts.append(rec)
         if not parts:
             return self.decode("mmu_events", np.empty(0, S.MMU_EVENT_DTYPE))
-        records = np.concatenate([p for p, _ in parts])
+        records = np.concatenate(parts)
         return self.decode("mmu_events", records[np.argsort(records["hdr"]["ts_ns"], kind="stable")])
 
 
 def _mmu_fill(rec: np.ndarray, ev: np.ndarray, kind: int) -> None:
     """The same field mapping as probes/mmu.bpf.c, for events decoded from tracefs."""
-    F = S
-    if kind == F.TK_MMU_SET_SPTE:
+    if kind == S.TK_MMU_SET_SPTE:
         rec["gfn"], rec["spte"], rec["sptep"], rec["level"] = ev["gfn"], ev["spte"], ev["sptep"], ev["level"]
         u = ev["u"].astype(np.int8)
         rec["flags"] = (ev["r"] != 0) * 1 + (ev["x"] != 0) * 2 + np.where(u < 0, 0, np.where(u != 0, 0x20, 0x10))
-        rec["valid"] = F.TK_MMU_F_GFN | F.TK_MMU_F_SPTE | F.TK_MMU_F_SPTEP | F.TK_MMU_F_LEVEL | F.TK_MMU_F_FLAGS
-    elif kind == F.TK_MMU_SPTE_REQUESTED:
+        rec["valid"] = S.TK_MMU_F_GFN | S.TK_MMU_F_SPTE | S.TK_MMU_F_SPTEP | S.TK_MMU_F_LEVEL | S.TK_MMU_F_FLAGS
+    elif kind == S.TK_MMU_SPTE_REQUESTED:
         rec["gfn"], rec["pfn"], rec["level"] = ev["gfn"], ev["pfn"], ev["level"]
-        rec["valid"] = F.TK_MMU_F_GFN | F.TK_MMU_F_PFN | F.TK_MMU_F_LEVEL
-    elif kind in (F.TK_MMU_SET_ACCESSED_BIT, F.TK_MMU_SET_DIRTY_BIT):
-        rec["addr"], rec["valid"] = ev["gpa"], F.TK_MMU_F_ADDR
-    elif kind in (F.TK_MMU_GET_PAGE, F.TK_MMU_PREPARE_ZAP_PAGE):
+        rec["valid"] = S.TK_MMU_F_GFN | S.TK_MMU_F_PFN | S.TK_MMU_F_LEVEL
+    elif kind in (S.TK_MMU_SET_ACCESSED_BIT, S.TK_MMU_SET_DIRTY_BIT):
+        rec["addr"], rec["valid"] = ev["gpa"], S.TK_MMU_F_ADDR
+    elif kind in (S.TK_MMU_GET_PAGE, S.TK_MMU_PREPARE_ZAP_PAGE):
         rec["gfn"], rec["role"], rec["level"] = ev["gfn"], ev["role"], ev["role"] & 0xF
         rec["count"], rec["mmu_valid_gen"] = ev["root_count"], ev["mmu_valid_gen"]
-        created = (ev["created"] != 0) * 8 if kind == F.TK_MMU_GET_PAGE else 0
+        created = (ev["created"] != 0) * 8 if kind == S.TK_MMU_GET_PAGE else 0
         rec["flags"] = (ev["unsync"] != 0) * 4 + created
-        rec["valid"] = (F.TK_MMU_F_GFN | F.TK_MMU_F_ROLE | F.TK_MMU_F_LEVEL | F.TK_MMU_F_COUNT | F.TK_MMU_F_GEN
-                        | F.TK_MMU_F_FLAGS)
-    elif kind == F.TK_MMU_SPLIT_HUGE_PAGE:
+        rec["valid"] = (S.TK_MMU_F_GFN | S.TK_MMU_F_ROLE | S.TK_MMU_F_LEVEL | S.TK_MMU_F_COUNT | S.TK_MMU_F_GEN
+                        | S.TK_MMU_F_FLAGS)
+    elif kind == S.TK_MMU_SPLIT_HUGE_PAGE:
         rec["gfn"], rec["spte"], rec["level"], rec["errno_"] = ev["gfn"], ev["spte"], ev["level"], ev["errno"]
-        rec["valid"] = F.TK_MMU_F_GFN | F.TK_MMU_F_SPTE | F.TK_MMU_F_LEVEL | F.TK_MMU_F_ERRNO
-    elif kind == F.TK_MMU_TDP_SPTE_CHANGED:
+        rec["valid"] = S.TK_MMU_F_GFN | S.TK_MMU_F_SPTE | S.TK_MMU_F_LEVEL | S.TK_MMU_F_ERRNO
+    elif kind == S.TK_MMU_TDP_SPTE_CHANGED:
         rec["gfn"], rec["old_spte"], rec["new_spte"] = ev["gfn"], ev["old_spte"], ev["new_spte"]
         rec["level"], rec["as_id"] = ev["level"], ev["as_id"]
-        rec["valid"] = F.TK_MMU_F_GFN | F.TK_MMU_F_OLD_SPTE | F.TK_MMU_F_NEW_SPTE | F.TK_MMU_F_LEVEL | F.TK_MMU_F_AS_ID
-    elif kind == F.TK_MMU_FAST_PAGE_FAULT:
+        rec["valid"] = S.TK_MMU_F_GFN | S.TK_MMU_F_OLD_SPTE | S.TK_MMU_F_NEW_SPTE | S.TK_MMU_F_LEVEL | S.TK_MMU_F_AS_ID
+    elif kind == S.TK_MMU_FAST_PAGE_FAULT:
         rec["vcpu_id"], rec["addr"], rec["error_code"] = ev["vcpu_id"], ev["cr2_or_gpa"], ev["error_code"]
         rec["sptep"], rec["old_spte"], rec["new_spte"], rec["ret"] = ev["sptep"], ev["old_spte"], ev["new_spte"], ev["ret"]
-        rec["valid"] = (F.TK_MMU_F_VCPU_ID | F.TK_MMU_F_ADDR | F.TK_MMU_F_ERROR_CODE | F.TK_MMU_F_SPTEP
-                        | F.TK_MMU_F_OLD_SPTE | F.TK_MMU_F_NEW_SPTE | F.TK_MMU_F_RET)
-    elif kind == F.TK_MMU_KVM_PAGE_FAULT:
+        rec["valid"] = (S.TK_MMU_F_VCPU_ID | S.TK_MMU_F_ADDR | S.TK_MMU_F_ERROR_CODE | S.TK_MMU_F_SPTEP
+                        | S.TK_MMU_F_OLD_SPTE | S.TK_MMU_F_NEW_SPTE | S.TK_MMU_F_RET)
+    elif kind == S.TK_MMU_KVM_PAGE_FAULT:
         rec["vcpu_id"], rec["addr"], rec["error_code"] = ev["vcpu_id"], ev["fault_address"], ev["error_code"]
-        rec["valid"] = F.TK_MMU_F_VCPU_ID | F.TK_MMU_F_ADDR | F.TK_MMU_F_ERROR_CODE
-    elif kind == F.TK_MMU_DIRTY_RING_PUSH:
+        rec["valid"] = S.TK_MMU_F_VCPU_ID | S.TK_MMU_F_ADDR | S.TK_MMU_F_ERROR_CODE
+    elif kind == S.TK_MMU_DIRTY_RING_PUSH:
         rec["vcpu_id"], rec["count"], rec["slot"], rec["gfn"] = ev["index"], ev["dirty_index"], ev["slot"], ev["offset"]
-        rec["valid"] = F.TK_MMU_F_VCPU_ID | F.TK_MMU_F_COUNT | F.TK_MMU_F_SLOT | F.TK_MMU_F_GFN
-    elif kind == F.TK_MMU_DIRTY_RING_RESET:
+        rec["valid"] = S.TK_MMU_F_VCPU_ID | S.TK_MMU_F_COUNT | S.TK_MMU_F_SLOT | S.TK_MMU_F_GFN
+    elif kind == S.TK_MMU_DIRTY_RING_RESET:
         rec["vcpu_id"], rec["count"], rec["ret"] = ev["index"], ev["dirty_index"], ev["reset_index"]
-        rec["valid"] = F.TK_MMU_F_VCPU_ID | F.TK_MMU_F_COUNT | F.TK_MMU_F_RET
-    elif kind == F.TK_MMU_DIRTY_RING_EXIT:
-        rec["vcpu_id"], rec["valid"] = ev["vcpu_id"], F.TK_MMU_F_VCPU_ID
-    elif kind in (F.TK_MMU_UNMAP_HVA_RANGE, F.TK_MMU_AGE_HVA):
+        rec["valid"] = S.TK_MMU_F_VCPU_ID | S.TK_MMU_F_COUNT | S.TK_MMU_F_RET
+    elif kind == S.TK_MMU_DIRTY_RING_EXIT:
+        rec["vcpu_id"], rec["valid"] = ev["vcpu_id"], S.TK_MMU_F_VCPU_ID
+    elif kind in (S.TK_MMU_UNMAP_HVA_RANGE, S.TK_MMU_AGE_HVA):
         rec["addr"], rec["addr_end"] = ev["start"], ev["end"]
-        rec["valid"] = F.TK_MMU_F_ADDR | F.TK_MMU_F_ADDR_END
-    elif kind == F.TK_MMU_ZAP_ALL_FAST:
+        rec["valid"] = S.TK_MMU_F_ADDR | S.TK_MMU_F_ADDR_END
+    elif kind == S.TK_MMU_ZAP_ALL_FAST:
         rec["mmu_valid_gen"], rec["count"] = ev["mmu_valid_gen"], ev["mmu_used_pages"]
-        rec["valid"] = F.TK_MMU_F_GEN | F.TK_MMU_F_COUNT
+        rec["valid"] = S.TK_MMU_F_GEN | S.TK_MMU_F_COUNT
 
 
 register_family("walk", WalkFamily)
