@@ -393,6 +393,7 @@ class _Run:
         self.initially_set = mode == "clear" and options.initially_set and offered
 
         self.vm = vm = kvm.create_vm(backend.vm_type(kvm))
+        pages_per_vcpu = options.bytes_per_vcpu // ACCESS_STRIDE
         if mode == "ring":
             ring_max = vm.check_extension(backend.dirty_ring_cap)
             self.caps["dirty_log_ring"] = ring_max
@@ -400,7 +401,6 @@ class _Run:
                 raise WorkloadError(
                     "this host's KVM does not offer a dirty ring (KVM_CAP_DIRTY_LOG_RING): use --log-mode clear or get"
                 )
-            pages_per_vcpu = options.bytes_per_vcpu // ACCESS_STRIDE
             if options.ring_entries:
                 self.ring_bytes = options.ring_entries * DIRTY_GFN_SIZE
                 if self.ring_bytes > ring_max:
@@ -418,7 +418,6 @@ class _Run:
             vm.enable_cap(uapi.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, flags)
 
         # System area: backend pages, per-vCPU plans, then page tables.
-        pages_per_vcpu = options.bytes_per_vcpu // ACCESS_STRIDE
         plan_bytes = -(-pages_per_vcpu * 8 // 4096) * 4096
         plan_base = backend.reserved_bytes
         for index in range(options.vcpus):
@@ -471,12 +470,11 @@ class _Run:
 
     def _set_logging(self, enabled: bool) -> None:
         flags = uapi.KVM_MEM_LOG_DIRTY_PAGES if enabled else 0
-        for slot in self.memslots:
-            if slot["role"] == "test":
-                self.vm.set_user_memory_region(
-                    slot["slot"], flags, slot["guest_phys_addr"], slot["size"], slot["userspace_addr"]
-                )
-                slot["flags"] = flags
+        for slot in self._test_slots():
+            self.vm.set_user_memory_region(
+                slot["slot"], flags, slot["guest_phys_addr"], slot["size"], slot["userspace_addr"]
+            )
+            slot["flags"] = flags
 
     # -- guest passes -------------------------------------------------------------------------
 
