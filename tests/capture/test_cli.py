@@ -76,3 +76,10 @@ def test_export_errors(tmp_path):
     assert r.exit_code == 1 and "no family 'nope'" in r.stderr
     r = runner.invoke(app, ["export", str(path), "-f", "ioctl", "--format", "xml"])
     assert r.exit_code == 2 and "--format must be one of csv, jsonl" in r.stderr
+
+
+def test_export_of_an_empty_family_is_the_header(tmp_path):
+    with CaptureWriter(tmp_path / "e.tkcap") as w:
+        w.declare("ioctl", SCHEMA)
+    out = runner.invoke(app, ["export", str(tmp_path / "e.tkcap"), "-f", "ioctl"])
+    assert out.exit_code == 0 and out.stdout.splitlines() == ['"ts_ns","cpu","pid","tid","cmd_name","duration_ns","frames"']

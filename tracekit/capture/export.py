@@ -40,8 +40,7 @@ def export_family(cap: Capture, family: str, fmt: str, out: BinaryIO) -> int:
         raise CaptureFormatError(f"{cap.path}: no family {family!r} (has: {', '.join(cap.families()) or 'none'})")
     rows = 0
     first = True
-    tables = list(cap.iter_tables(family)) or [cap.table(family)]
-    for table in tables:
+    for table in cap.iter_tables(family):
         if fmt == "csv":
             pacsv.write_csv(_plain(table), out, write_options=pacsv.WriteOptions(include_header=first))
         else:
@@ -50,4 +49,6 @@ def export_family(cap: Capture, family: str, fmt: str, out: BinaryIO) -> int:
                     out.write(json.dumps(row, separators=(",", ":")).encode() + b"\n")
         rows += table.num_rows
         first = False
+    if first and fmt == "csv":  # no segment at all: still give CSV readers the header
+        pacsv.write_csv(_plain(cap.table(family)), out)
     return rows

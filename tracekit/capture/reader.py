@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -90,8 +91,6 @@ class Capture:
         return manifest
 
     def _writer_is_local(self) -> bool:
-        import platform
-
         return self._raw_manifest.get("host") == platform.uname().node
 
     @staticmethod
