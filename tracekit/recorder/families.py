@@ -87,8 +87,9 @@ class WalkFamily(ProbeFamily):
     description = "guest page-table walks done by KVM's software walker"
     tracepoints = ("kvmmmu:kvm_mmu_pagetable_walk", "kvmmmu:kvm_mmu_paging_element", "kvmmmu:kvm_mmu_walker_error")
     required = tracepoints[:2]
-    _FIELDS = {"kvmmmu:kvm_mmu_pagetable_walk": ("addr", "pferr"), "kvmmmu:kvm_mmu_paging_element": ("pte", "level"),
-               "kvmmmu:kvm_mmu_walker_error": ("pferr",)}
+    tracepoint_fields = {"kvmmmu:kvm_mmu_pagetable_walk": ("addr", "pferr"),
+                         "kvmmmu:kvm_mmu_paging_element": ("pte", "level"),
+                         "kvmmmu:kvm_mmu_walker_error": ("pferr",)}
 
     WALK = _schema(pa.field("walk_id", pa.uint64()), pa.field("addr", pa.uint64()), pa.field("pferr", pa.uint32()))
     ELEMENT = _schema(pa.field("walk_id", pa.uint64()), pa.field("index", pa.uint8()), pa.field("level", pa.int8()),
@@ -99,9 +100,6 @@ class WalkFamily(ProbeFamily):
         super().__init__(options)
         self._open: dict[int, tuple[int, int]] = {}  # tracefs: tid -> (walk_id, next index)
         self._next_id = 1
-
-    def fields_used(self, tracepoint: str) -> tuple[str, ...]:
-        return self._FIELDS[tracepoint]
 
     def tables(self) -> dict[str, pa.Schema]:
         return {"walk": self.WALK, "walk_element": self.ELEMENT, "walk_error": self.ERROR}
@@ -221,16 +219,13 @@ class IoctlFamily(ProbeFamily):
     description = "KVM ioctls: command, decoded arguments, duration, return value"
     tracepoints = ("syscalls:sys_enter_ioctl", "syscalls:sys_exit_ioctl")
     required = tracepoints
-    _FIELDS = {"syscalls:sys_enter_ioctl": ("fd", "cmd", "arg"), "syscalls:sys_exit_ioctl": ("ret",)}
+    tracepoint_fields = {"syscalls:sys_enter_ioctl": ("fd", "cmd", "arg"), "syscalls:sys_exit_ioctl": ("ret",)}
 
     def __init__(self, options=None):
         super().__init__(options)
         self.aggregated = tuple(c for c in self.options.aggregate_ioctls if c not in self.options.stream_ioctls)[:4]
         self._pending = np.empty(0, S.IOCTL_EVENT_DTYPE)  # tracefs: entries awaiting their exit
         self._agg: dict[tuple[int, int, int], list[int]] = {}
-
-    def fields_used(self, tracepoint: str) -> tuple[str, ...]:
-        return self._FIELDS[tracepoint]
 
     def tables(self) -> dict[str, pa.Schema]:
         return {"ioctl": _IOCTL_TABLE, "ioctl_summary": _IOCTL_SUMMARY}
@@ -378,16 +373,13 @@ class LockFamily(ProbeFamily):
     description = "lock contention of the target's threads: lock address, flags, wait time, kernel stack"
     tracepoints = ("lock:contention_begin", "lock:contention_end")
     required = tracepoints
-    _FIELDS = {"lock:contention_begin": ("lock_addr", "flags"), "lock:contention_end": ("lock_addr", "ret")}
+    tracepoint_fields = {"lock:contention_begin": ("lock_addr", "flags"), "lock:contention_end": ("lock_addr", "ret")}
 
     def __init__(self, options=None):
         super().__init__(options)
         self._pending = np.empty(0, S.LOCK_EVENT_DTYPE)
         self._stack_ids: set[int] = set()
         self.nested = 0
-
-    def fields_used(self, tracepoint: str) -> tuple[str, ...]:
-        return self._FIELDS[tracepoint]
 
     def tables(self) -> dict[str, pa.Schema]:
         return {"lock": _LOCK_TABLE, "stack": _STACK_TABLE}
@@ -512,10 +504,7 @@ class MmuFamily(ProbeFamily):
     description = "shadow/TDP MMU work: sptes set and changed, faults, shadow pages, dirty ring, hva ranges"
     tracepoints = tuple(tp for _, tp, _ in MMU_EVENTS)
     required = ()
-    _FIELDS = {tp: fields for _, tp, fields in MMU_EVENTS}
-
-    def fields_used(self, tracepoint: str) -> tuple[str, ...]:
-        return self._FIELDS[tracepoint]
+    tracepoint_fields = {tp: fields for _, tp, fields in MMU_EVENTS}
 
     def tables(self) -> dict[str, pa.Schema]:
         return {"mmu": _MMU_TABLE}

@@ -141,6 +141,8 @@ class ProbeFamily(abc.ABC):
     functions: tuple[str, ...] = ()
     #: Tracepoints without which the family cannot record at all (others are used where present).
     required: tuple[str, ...] = ()
+    #: Fields each tracepoint must have for the family to read it (``system:event`` -> names).
+    tracepoint_fields: dict[str, tuple[str, ...]] = {}
 
     def __init__(self, options: RecordOptions | None = None):
         self.options = options or RecordOptions()
@@ -167,7 +169,7 @@ class ProbeFamily(abc.ABC):
 
     def fields_used(self, tracepoint: str) -> tuple[str, ...]:
         """Tracepoint fields the family reads (checked against the format file)."""
-        return ()
+        return self.tracepoint_fields.get(tracepoint, ())
 
     # -- bcc backend ---------------------------------------------------------------------------------
     @abc.abstractmethod
