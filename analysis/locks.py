@@ -111,13 +111,15 @@ def _ioctl_operation(lock: pd.DataFrame, ioctl: pd.DataFrame | None) -> np.ndarr
     if ioctl is None or ioctl.empty or lock.empty:
         return result
     spans = ioctl[ioctl["cmd_name"].isin(IOCTL_OPERATIONS)]
+    lock_tids = lock["tid"].to_numpy(np.int64)
+    lock_ts = lock["ts_ns"].to_numpy(np.int64)
     for tid, group in spans.groupby("tid"):
         group = group.sort_values("ts_ns")
         starts = group["ts_ns"].to_numpy(np.int64)
         ends = starts + group["duration_ns"].to_numpy(np.int64)
         ops = group["cmd_name"].map(IOCTL_OPERATIONS).to_numpy(object)
-        rows = np.flatnonzero(lock["tid"].to_numpy(np.int64) == tid)
-        ts = lock["ts_ns"].to_numpy(np.int64)[rows]
+        rows = np.flatnonzero(lock_tids == tid)
+        ts = lock_ts[rows]
         pos = np.searchsorted(starts, ts, side="right") - 1
         ok = (pos >= 0)
         ok[ok] = ts[ok] < ends[pos[ok]]

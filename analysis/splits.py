@@ -75,13 +75,16 @@ def split_ioctls(ioctl: pd.DataFrame, split: pd.DataFrame | None = None, mmu: pd
     events = split_events(split, mmu)
     splits = np.zeros(len(rows), np.int64)
     split_ns = np.zeros(len(rows), np.int64)
+    row_tids = rows["tid"].to_numpy(np.int64)
+    row_starts = rows["ts_ns"].to_numpy(np.int64)
+    row_ends = row_starts + rows["duration_ns"].to_numpy(np.int64)
     for tid, group in events.groupby("tid"):
         ts = group["ts_ns"].to_numpy(np.int64)
         dur = np.nan_to_num(group["duration_ns"].to_numpy(np.float64)).astype(np.int64)
         cum = np.concatenate(([0], np.cumsum(dur)))
-        mine = np.flatnonzero(rows["tid"].to_numpy(np.int64) == tid)
-        lo = np.searchsorted(ts, rows["ts_ns"].to_numpy(np.int64)[mine], side="left")
-        hi = np.searchsorted(ts, (rows["ts_ns"] + rows["duration_ns"]).to_numpy(np.int64)[mine], side="left")
+        mine = np.flatnonzero(row_tids == tid)
+        lo = np.searchsorted(ts, row_starts[mine], side="left")
+        hi = np.searchsorted(ts, row_ends[mine], side="left")
         splits[mine] += hi - lo
         split_ns[mine] += cum[hi] - cum[lo]
     rows["splits"] = splits
