@@ -7,22 +7,9 @@ dict documented in docs/cli-json/capture.md; :func:`format_summary` renders that
 
 from __future__ import annotations
 
-import calendar
-import time
-
 from tracekit.capture.reader import Capture
 
 __all__ = ["capture_summary", "format_summary"]
-
-
-def _seconds_between(start: str | None, stop: str | None) -> float | None:
-    if not start or not stop:
-        return None
-    try:
-        fmt = "%Y-%m-%dT%H:%M:%SZ"
-        return float(calendar.timegm(time.strptime(stop, fmt)) - calendar.timegm(time.strptime(start, fmt)))
-    except ValueError:
-        return None
 
 
 def capture_summary(cap: Capture) -> dict:
@@ -52,7 +39,7 @@ def capture_summary(cap: Capture) -> dict:
         "command_line": m.get("command_line"),
         "start": m.get("start"),
         "stop": m.get("stop"),
-        "duration_s": m.get("duration_s", _seconds_between(m.get("start"), m.get("stop"))),
+        "duration_s": m.get("duration_s"),
         "probes": m.get("probes"),
         "families": families,
         "lost": {"total": sum(by_probe.values()), "by_probe": by_probe, "entries": m.get("lost", []) or []},
