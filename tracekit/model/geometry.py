@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tracekit.errors import ModelError
+from tracekit.model import x86 as x86_paging
 
 __all__ = [
     "GRANULES",
@@ -227,19 +228,19 @@ class X86Geometry:
 
     def level_shift(self, level: int) -> int:
         """``KVM_HPAGE_SHIFT(level)`` = 12 + 9 * (level - 1)."""
-        return 12 + 9 * (level - 1)
+        return x86_paging.level_shift(level)
 
     def level_size(self, level: int) -> int:
         return 1 << self.level_shift(level)
 
     def level_of_size(self, size: int) -> int:
-        for level in (1, 2, 3):  # PG_LEVEL_4K .. KVM_MAX_HUGEPAGE_LEVEL
-            if self.level_size(level) == size:
+        for level, page_size in x86_paging.PAGE_SIZES.items():  # PG_LEVEL_4K .. KVM_MAX_HUGEPAGE_LEVEL
+            if page_size == size:
                 return level
         raise ModelError(f"x86 has no {format_size(size)} page (4K, 2M or 1G)")
 
     def index(self, addr: int, level: int) -> int:
-        return (addr >> self.level_shift(level)) & 511
+        return x86_paging.level_index(addr, level)
 
     def depth(self, level: int) -> int:
         return self.root_level - level
