@@ -96,19 +96,8 @@ def _root(
     _verbose = verbose
 
 
-def _register_all() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            # A subsystem not present in this tree: only its own module may be missing.
-            if error.name != name:
-                raise
-            continue
-        module.register(app)
-
-
-_register_all()
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
 
 
 def main() -> None:
