@@ -34,7 +34,8 @@ import pandas as pd
 from tracekit.errors import AnalysisError, ModelError
 from tracekit.model.x86 import PTE_AD_MASK, X86PageTables, X86Walk
 
-__all__ = ["CrossCheck", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS"]
+__all__ = ["CrossCheck", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS",
+           "check_summary", "per_level_table"]
 
 MISMATCH_COLUMNS = ["walk_id", "addr", "depth", "observed_level", "observed_pte", "model_level", "model_pte", "reason"]
 _PAGE_MASK = np.uint64(~0xFFF & (2**64 - 1))
@@ -154,6 +155,28 @@ def mismatch_row(walk_id: int, addr: int, at: int, depth: int, first: int, level
     return (walk_id, addr, at, o_level, o_pte, m_level, m_pte, reason)
 
 
+def check_summary(walks: int, compared: int, matched: int) -> dict:
+    """The :class:`CrossCheck` ``summary`` dict for ``walks`` walks of which ``compared`` were compared
+    and ``matched`` matched (verdict ``"no walks"`` when none was compared)."""
+    return {"walks": walks, "compared": compared, "matched": matched,
+            "match_rate": matched / compared if compared else None, "mismatched": compared - matched,
+            "verdict": ("match" if matched == compared else "mismatch") if compared else "no walks"}
+
+
+def per_level_table(observed_counts: np.ndarray, model_levels: np.ndarray, model_rows: np.ndarray) -> pd.DataFrame:
+    """The :class:`CrossCheck` ``per_level`` frame: ``observed_counts`` (PTE reads per level + 2, 8
+    slots) next to the model's reads per level for the walks whose model rows are ``model_rows``
+    (``model_levels`` as :func:`_model_table` returns them), levels from the highest down."""
+    model_counts = np.zeros(8, np.int64)
+    for d in range(model_levels.shape[1]):
+        lv = model_levels[model_rows, d].astype(np.int64)
+        model_counts += np.bincount(lv[lv != _NO_LEVEL] + 2, minlength=8)[:8]
+    levels_seen = [lv for lv in range(7, -1, -1) if observed_counts[lv] or model_counts[lv]]
+    return pd.DataFrame({"level": [lv - 2 for lv in levels_seen],
+                         "observed": [int(observed_counts[lv]) for lv in levels_seen],
+                         "model": [int(model_counts[lv]) for lv in levels_seen]})
+
+
 def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Callable[[int], X86Walk],
                      *, limit: int = 20) -> CrossCheck:
     """Compare every observed walk with the model's walk of the same address."""
@@ -161,8 +184,7 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
     observed = depth > 0
     if not observed.any():
         empty = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
-        return CrossCheck({"walks": int(len(walks)), "compared": 0, "matched": 0, "match_rate": None,
-                           "mismatched": 0, "verdict": "no walks"}, empty)
+        return CrossCheck(check_summary(int(len(walks)), 0, 0), empty)
     if not observed.all():
         walks = walks[observed]
         depth = depth[observed]
@@ -175,7 +197,6 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
     bad = depth != model_depth
     first_bad = np.where(bad, np.minimum(depth, model_depth), -1)
     obs_counts = np.zeros(8, np.int64)
-    model_counts = np.zeros(8, np.int64)
     for d in range(int(depth.max())):
         has = depth > d
         sel_all = bool(has.all())
@@ -195,10 +216,6 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
             first_bad[idx[newly]] = d
             bad[idx] |= wrong
         obs_counts += np.bincount(o_level.astype(np.int64) + 2, minlength=8)[:8]
-    for d in range(m_levels.shape[1]):
-        lv = m_levels[row, d].astype(np.int64)
-        lv = lv[lv != _NO_LEVEL]
-        model_counts += np.bincount(lv + 2, minlength=8)[:8]
 
     walk_ids = walks["walk_id"].to_numpy(np.uint64)
     per_walk = pd.DataFrame({"walk_id": walk_ids, "addr": addrs, "depth": depth, "model_depth": model_depth,
@@ -208,13 +225,7 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
                                   level, pte, model, int(row[i]))
                      for i in np.flatnonzero(bad)[:limit].tolist()]
     mismatches = pd.DataFrame(mismatch_rows, columns=MISMATCH_COLUMNS)
-    levels_seen = [lv for lv in range(7, -1, -1) if obs_counts[lv] or model_counts[lv]]
-    per_level = pd.DataFrame({"level": [lv - 2 for lv in levels_seen],
-                              "observed": [int(obs_counts[lv]) for lv in levels_seen],
-                              "model": [int(model_counts[lv]) for lv in levels_seen]})
+    per_level = per_level_table(obs_counts, m_levels, row)
     compared = int(len(walks))
-    matched = compared - int(bad.sum())
-    summary = {"walks": int(len(observed)), "compared": compared, "matched": matched,
-               "match_rate": matched / compared, "mismatched": compared - matched,
-               "verdict": "match" if matched == compared else "mismatch"}
+    summary = check_summary(int(len(observed)), compared, compared - int(bad.sum()))
     return CrossCheck(summary, per_walk, mismatches, per_level)

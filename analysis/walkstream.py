@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis.common import load
-from tracekit.analysis.crosscheck import _AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, _model_table, mismatch_row
+from tracekit.analysis.crosscheck import (_AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, _model_table, check_summary,
+                                          mismatch_row, per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, PTE_PRESENT, PTE_PS, WALK_COLUMNS
 
 __all__ = ["stream_walks"]
@@ -247,17 +248,8 @@ def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 2
     if state.selected is not None:
         observed &= state.selected
     compared = int(observed.sum())
-    matched = compared - int((state.bad & observed).sum())
-    model_counts = np.zeros(8, np.int64)
-    for d in range(m_levels.shape[1]):
-        lv = m_levels[row[observed], d].astype(np.int64)
-        model_counts += np.bincount(lv[lv != _NO_LEVEL] + 2, minlength=8)[:8]
-    levels_seen = [lv for lv in range(7, -1, -1) if state.observed_levels[lv] or model_counts[lv]]
-    per_level = pd.DataFrame({"level": [lv - 2 for lv in levels_seen],
-                              "observed": [int(state.observed_levels[lv]) for lv in levels_seen],
-                              "model": [int(model_counts[lv]) for lv in levels_seen]})
-    summary = {"walks": int(len(walks) if state.selected is None else state.selected.sum()), "compared": compared, "matched": matched,
-               "match_rate": matched / compared if compared else None, "mismatched": compared - matched,
-               "verdict": ("match" if matched == compared else "mismatch") if compared else "no walks"}
+    per_level = per_level_table(state.observed_levels, m_levels, row[observed])
+    summary = check_summary(int(len(walks) if state.selected is None else state.selected.sum()), compared,
+                            compared - int((state.bad & observed).sum()))
     per_walk = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
     return walks, CrossCheck(summary, per_walk, pd.DataFrame(state.mismatches, columns=MISMATCH_COLUMNS), per_level)
