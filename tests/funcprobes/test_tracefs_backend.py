@@ -6,7 +6,7 @@ import pytest
 
 from tracekit.funcprobes.kallsyms import parse_kallsyms, resolve_all
 from tracekit.funcprobes.stage2 import STAGE2_PROBES
-from tracekit.funcprobes.tracefs_backend import TracefsFuncProbes
+from tracekit.funcprobes.tracefs_backend import TracefsFuncProbes, define_kprobes
 
 KALLSYMS = "ffff0001 T kvm_pgtable_walk\nffff0002 t stage2_split_walker\nffff0003 T kvm_pgtable_stage2_split\n"
 
@@ -27,3 +27,15 @@ def test_failed_start_removes_every_probe_it_defined(tmp_path):
                                                                                        "stage2_split"}  # fmt: skip
     backend.close()  # a second close does nothing more
     assert (tmp_path / "kprobe_events").read_text().splitlines() == lines
+
+
+def test_refused_line_gives_the_reason_with_the_error_log(tmp_path):
+    """kprobe_events cannot be written (a directory here): nothing is defined, the reason quotes error_log's last lines."""
+    (tmp_path / "kprobe_events").mkdir()
+    (tmp_path / "error_log").write_text("[ 1.0] trace_kprobe: error: Invalid argument\n  Command: p:x\n    ^\n")
+    res = resolve_all(STAGE2_PROBES, parse_kallsyms(KALLSYMS))[0]
+    defined: list[str] = ["earlier"]
+    reason = define_kprobes(tmp_path, res, defined, with_args=False, group="tk_test")
+    assert defined == ["earlier"]
+    assert reason == ("kprobe_events refused it: Is a directory: "
+                      "[ 1.0] trace_kprobe: error: Invalid argument | Command: p:x | ^")

@@ -40,7 +40,7 @@ from tracekit.funcprobes import batch
 from tracekit.funcprobes.availability import FAMILY_ARCH, Support, kprobe_support
 from tracekit.funcprobes.families import SCHEMAS
 from tracekit.funcprobes.kallsyms import Resolution, SymbolTable, load_kallsyms, parse_kallsyms, resolve
-from tracekit.funcprobes.spec import FuncProbe, event_names, kprobe_event_lines
+from tracekit.funcprobes.spec import FuncProbe, event_names
 from tracekit.funcprobes.stage2 import STAGE2_PROBES
 from tracekit.funcprobes.tdp import TDP_PROBES
 from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RingSpec, register_family
@@ -256,23 +256,16 @@ class FunctionProbeFamily(ProbeFamily):
 
     def tracefs_prepare(self, tracefs: Path, available: list[ProbeStatus]) -> list[str]:
         """Define a kprobe (and kretprobe) per available probe; refused lines are noted, not raised."""
-        from tracekit.funcprobes.tracefs_backend import _append, _last_error
+        from tracekit.funcprobes.tracefs_backend import define_kprobes
 
         btf_args = self.support is not None and self.support.btf_args
-        names = []
+        first = len(self._defined)
         for res in self._available(available):
-            defined = []
-            try:
-                for line in kprobe_event_lines(res.probe, res.symbol, with_args=res.btf_args and btf_args,
-                                               group=self.group):  # fmt: skip
-                    _append(tracefs / "kprobe_events", line)
-                    defined.append(line.split()[0].split("/", 1)[1])
-            except OSError as error:
-                reason = f"kprobe_events refused it: {error.strerror}: {_last_error(tracefs)}"
-                self.notes["attach_failed"].append({"probe": res.symbol, "reason": reason})
-            self._defined += defined
-            names += [f"{self.group}:{name}" for name in defined]
-        return names
+            with_args = res.btf_args and btf_args
+            refusal = define_kprobes(tracefs, res, self._defined, with_args=with_args, group=self.group)
+            if refusal:
+                self.notes["attach_failed"].append({"probe": res.symbol, "reason": refusal})
+        return [f"{self.group}:{name}" for name in self._defined[first:]]
 
     def tracefs_cleanup(self, tracefs: Path) -> None:
         from tracekit.funcprobes.tracefs_backend import _append

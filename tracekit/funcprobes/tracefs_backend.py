@@ -23,10 +23,14 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tracekit.funcprobes.spec import TRACEFS_GROUP, kprobe_event_lines
 
-__all__ = ["TracefsFuncProbes", "TRACEFS", "drain_pipe"]
+if TYPE_CHECKING:
+    from tracekit.funcprobes.kallsyms import Resolution
+
+__all__ = ["TracefsFuncProbes", "TRACEFS", "define_kprobes", "drain_pipe"]
 
 TRACEFS = Path("/sys/kernel/tracing")
 
@@ -70,13 +74,9 @@ class TracefsFuncProbes:
             if not res.available:
                 self.failed.append({"probe": res.probe.name, "reason": res.reason})
                 continue
-            try:
-                for line in kprobe_event_lines(res.probe, res.symbol, with_args=res.btf_args, group=self.group):
-                    _append(self.tracefs / "kprobe_events", line)
-                    self.defined.append(line.split()[0].split("/", 1)[1])
-            except OSError as error:
-                reason = f"kprobe_events refused it: {error.strerror}: {_last_error(self.tracefs)}"
-                self.failed.append({"probe": res.probe.name, "reason": reason})
+            refusal = define_kprobes(self.tracefs, res, self.defined, with_args=res.btf_args, group=self.group)
+            if refusal:
+                self.failed.append({"probe": res.probe.name, "reason": refusal})
                 continue
             self.attached.append(res.probe.name)
         self.instance.mkdir()
@@ -160,6 +160,21 @@ class TracefsFuncProbes:
             for name in reversed(self.defined):
                 _append(self.tracefs / "kprobe_events", f"-:{self.group}/{name}")
             self.defined = []
+
+
+def define_kprobes(tracefs: Path, res: Resolution, defined: list[str], *, with_args: bool, group: str) -> str:
+    """Write the ``kprobe_events`` lines of one resolved probe in ``group``, appending each event
+    name to ``defined`` as soon as its line is written (so an interrupted caller still removes it).
+
+    Returns the reason the kernel refused a line, with its ``error_log`` ("" when none was refused;
+    the names defined before the refused line stay in ``defined``)."""
+    try:
+        for line in kprobe_event_lines(res.probe, res.symbol, with_args=with_args, group=group):
+            _append(tracefs / "kprobe_events", line)
+            defined.append(line.split()[0].split("/", 1)[1])
+    except OSError as error:
+        return f"kprobe_events refused it: {error.strerror}: {_last_error(tracefs)}"
+    return ""
 
 
 def _last_error(tracefs: Path) -> str:
