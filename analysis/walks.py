@@ -61,6 +61,8 @@ __all__ = [
     "stage2_walk_visits",
     "stage2_distribution",
     "level_path_text",
+    "leaf_levels",
+    "level_paths",
 ]
 
 WALK_COLUMNS = ("walk_id", "ts_ns", "tid", "addr", "pferr")
@@ -71,6 +73,27 @@ PTE_PS = np.uint64(1 << 7)
 
 def _col(frame: Any, name: str, dtype: Any) -> np.ndarray:
     return np.asarray(frame[name]).astype(dtype, copy=False)
+
+
+def leaf_levels(last_level: np.ndarray, last_pte: np.ndarray) -> np.ndarray:
+    """Per walk, the level of its last element when that element translates (present, and level 1
+    or PS at level 2/3), else -1 (int8)."""
+    present = (last_pte & PTE_PRESENT) != 0
+    huge = ((last_pte & PTE_PS) != 0) & ((last_level == 2) | (last_level == 3))
+    return np.where(present & ((last_level == 1) | huge), last_level, -1).astype(np.int8)
+
+
+def level_paths(level: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per walk (rows ``starts[i]`` .. ``starts[i] + counts[i] - 1`` of ``level``), its levels in visit
+    order as decimal digits (int64; 0 for none, at most 18 digits), one pass per depth."""
+    path = np.zeros(len(starts), np.int64)
+    for d in range(int(min(counts.max(), 18)) if len(counts) else 0):
+        has = counts > d
+        if has.all():
+            path = path * 10 + level[starts + d]
+        else:
+            path[has] = path[has] * 10 + level[starts[has] + d]
+    return path
 
 
 def rebuild_walks(walk: Any, element: Any, error: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -101,20 +124,8 @@ def rebuild_walks(walk: Any, element: Any, error: Any = None) -> tuple[pd.DataFr
     del step
 
     g_wid = wid[starts]
-    g_last = level[ends]
-    g_pte = pte[ends]
-    present = (g_pte & PTE_PRESENT) != 0
-    huge = ((g_pte & PTE_PS) != 0) & ((g_last == 2) | (g_last == 3))
-    g_leaf = np.where(present & ((g_last == 1) | huge), g_last, -1).astype(np.int8)
-    del present, huge, g_pte
-    # Levels in visit order as decimal digits, one pass per depth (walks are at most a few levels deep).
-    g_path = np.zeros(len(starts), np.int64)
-    for d in range(int(min(counts.max(), 18)) if len(counts) else 0):
-        has = counts > d
-        if has.all():
-            g_path = g_path * 10 + level[starts + d]
-        else:
-            g_path[has] = g_path[has] * 10 + level[starts[has] + d]
+    g_leaf = leaf_levels(level[ends], pte[ends])
+    g_path = level_paths(level, starts, counts)
 
     w_wid = _col(walk, "walk_id", np.uint64)
     identity = len(w_wid) == len(g_wid) and bool(np.array_equal(w_wid, g_wid))

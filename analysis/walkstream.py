@@ -25,7 +25,7 @@ import pandas as pd
 from tracekit.analysis.common import load
 from tracekit.analysis.crosscheck import (_AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, _model_table, check_summary,
                                           mismatch_row, per_level_table)
-from tracekit.analysis.walks import ELEMENT_COLUMNS, PTE_PRESENT, PTE_PS, WALK_COLUMNS
+from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, leaf_levels, level_paths
 
 __all__ = ["stream_walks"]
 
@@ -73,17 +73,10 @@ class _State:
         if bool(np.any(self.depth[wi] > 0)):  # a walk's rows in two streams: not safe to stream
             self.conflict = True
         ends = starts + counts - 1
-        last, last_pte = level[ends], pte[ends]
-        translates = ((last_pte & PTE_PRESENT) != 0) & (
-            (last == 1) | (((last_pte & PTE_PS) != 0) & ((last == 2) | (last == 3))))
         self.depth[wi] = counts
         self.root[wi] = level[starts]
-        self.leaf[wi] = np.where(translates, last, -1)
-        path = np.zeros(len(starts), np.int64)
-        for d in range(int(min(counts.max(), 18))):
-            has = counts > d
-            path[has] = path[has] * 10 + level[starts[has] + d]
-        self.path[wi] = path
+        self.leaf[wi] = leaf_levels(level[ends], pte[ends])
+        self.path[wi] = level_paths(level, starts, counts)
         if self.model is None:
             return
         if self.selected is not None:
