@@ -10,7 +10,8 @@ hands each family its events (``decode_tracefs``). Lost events are the instance'
 are used only when the counters cannot be read). The buffer is 32 MiB per CPU by default.
 :meth:`TracefsBackend.close` disables everything and removes the instance (idempotent); a
 recorder killed with SIGKILL leaves its instance behind, and :func:`cleanup_stale_instances`
-(called at every start) removes instances whose pid no longer runs. Raises
+(called by :func:`tracekit.recorder.session.record` at every start, before the backend is made)
+removes instances whose pid no longer runs. Raises
 :class:`tracekit.errors.MissingCapability` without tracefs and :class:`tracekit.errors.RecorderError`
 when the instance cannot be set up.
 """
@@ -105,7 +106,6 @@ class TracefsBackend:
         self._prepared: list[ProbeFamily] = []
         self._events_of: dict[int, list[str]] = {}
         self.foreign_events = 0
-        self.stale_removed = cleanup_stale_instances(tracefs)
 
     def start(self) -> None:
         name = f"{INSTANCE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
