@@ -34,13 +34,13 @@ from tracekit.funcprobes.kallsyms import load_kallsyms, resolve_all
 from tracekit.funcprobes.tracefs_backend import TracefsFuncProbes as _Tracing
 from tracekit.lab import scenarios
 
-__all__ = ["main", "run", "INSTANCE"]
+__all__ = ["main", "run", "probe_family", "INSTANCE"]
 
 INSTANCE = "tracekit"
 
 
-def _family(arch: str) -> tuple[tuple, tuple]:
-    """(function probes, tracepoints) recorded in the ``arch`` lab."""
+def probe_family(arch: str) -> tuple[tuple, tuple]:
+    """(function probes, tracepoints) recorded in the ``arch`` lab (the host decodes with the same probes)."""
     if arch == "arm64":
         from tracekit.funcprobes.stage2 import STAGE2_PROBES
 
@@ -147,7 +147,7 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
             vcpus=scenario.vcpus,
         )
 
-    hot = {p.name for p in _family(scenario.arch)[0] if p.hot}
+    hot = {p.name for p in probe_family(scenario.arch)[0] if p.hot}
     vm = new_vm()
     log: list[dict] = []
     try:
@@ -210,7 +210,7 @@ def run(arch: str, name: str, out: Path) -> dict:
         "status": "error",
     }
     symbols = load_kallsyms()
-    probes, tracepoints = _family(arch)
+    probes, tracepoints = probe_family(arch)
     resolutions = resolve_all(probes, symbols)
     meta["probes"] = {
         "requested": [r.probe.name for r in resolutions],

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tracekit.errors import LabError, UsageError
 from tracekit.lab import fetch, machine, results, scenarios
+from tracekit.lab.guest_run import probe_family
 
 __all__ = ["run_lab", "LabRun", "TIMING_NOTE", "ARCHES"]
 
@@ -137,7 +138,7 @@ def run_lab(
             raise LabError(
                 f"the guest scenario failed: {trace.meta.get('error', 'see the console log')} (console log: {console_log})"
             )
-        probes = _family(arch)
+        probes = probe_family(arch)[0]
         manifest = {
             "source": {"kind": "lab", "description": f"tracekit lab {arch} --scenario {chosen.name}: {chosen.description}"},
             "backend": "tracefs-kprobe-events",
@@ -210,12 +211,3 @@ def _portable(text: str, work: Path, cache: Path, output: Path) -> str:
     text = text.replace(str(work), "$WORK").replace(str(cache), "$TRACEKIT_LAB_CACHE")
     return text.replace(str(output), output.name)
 
-
-def _family(arch: str) -> tuple:
-    if arch == "arm64":
-        from tracekit.funcprobes.stage2 import STAGE2_PROBES
-
-        return STAGE2_PROBES
-    from tracekit.funcprobes.tdp import TDP_PROBES
-
-    return TDP_PROBES
