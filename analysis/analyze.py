@@ -38,10 +38,10 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis import crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walks, walkstream
-from tracekit.analysis.common import add_vcpu, count_by, format_table, load, records
+from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, load, records
 from tracekit.errors import AnalysisError
 
-__all__ = ["Analysis", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES"]
+__all__ = ["Analysis", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES", "HEX_COLUMNS"]
 
 ANALYSED_FAMILIES = ("walk", "walk_element", "stage2_walk", "stage2_visit", "lock", "ioctl", "ioctl_summary",
                      "split", "mmu")
@@ -199,8 +199,8 @@ def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phas
     result.verdicts["skip_levels"] = skiplevels.skip_verdict(comparison)
 
 
-def _hex(value: Any) -> str:
-    return "-" if value is None or pd.isna(value) else f"{int(value):#x}"
+#: Table columns shown as hexadecimal (addresses, PTEs) in the text and HTML renderings.
+HEX_COLUMNS = ("lock_addr", "addr", "observed_pte", "model_pte")
 
 
 _SECTIONS = (
@@ -237,10 +237,9 @@ def render_text(result: Analysis, width: int = 80) -> str:
         out.append(f"WARNING: {info['lost_events']:,} events were lost while recording; counts are lower bounds"[:width])
     if info.get("phase"):
         out.append(f"cut to phase {info['phase']}")
-    formats = {"lock_addr": _hex, "pferr": lambda v: f"{int(v):#x}", "share": lambda v: f"{v:.1%}",
+    formats = {"pferr": lambda v: f"{int(v):#x}", "share": lambda v: f"{v:.1%}",
                "splits_per_ioctl": lambda v: "-" if pd.isna(v) else f"{v:.1f}",
-               "entries_per_walk": lambda v: f"{v:.1f}", "observed_pte": _hex, "model_pte": _hex,
-               "addr": _hex}
+               "entries_per_walk": lambda v: f"{v:.1f}", **dict.fromkeys(HEX_COLUMNS, format_hex)}
     for key, title, columns in _SECTIONS:
         table = result.tables.get(key)
         if table is None:

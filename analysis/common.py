@@ -13,7 +13,8 @@ Contract
   q-th percentile of n sorted values is the value of rank ``ceil(q/100 * n)`` (1-based), so it is
   always an observed value (p50 of [10, 20, 30, 40] is 20; p99 of 100 values is the 99th).
 - :func:`group_codes` / :func:`count_by`: hash-based grouping (sorted groups) for large frames.
-- :func:`format_table` renders a frame as fixed-width text of at most ``width`` columns.
+- :func:`format_table` renders a frame as fixed-width text of at most ``width`` columns;
+  :func:`format_ns` and :func:`format_hex` format one duration or address.
 - :func:`tune_memory` (entry points only) makes reallocating large arrays cheap.
 All times are integer nanoseconds on CLOCK_MONOTONIC.
 """
@@ -37,6 +38,7 @@ __all__ = [
     "latency_summary",
     "format_table",
     "format_ns",
+    "format_hex",
     "records",
     "group_codes",
     "count_by",
@@ -277,6 +279,11 @@ def format_ns(value: Any) -> str:
     if abs(v) < 1e9:
         return f"{v / 1e6:.2f}ms"
     return f"{v / 1e9:.3f}s"
+
+
+def format_hex(value: Any) -> str:
+    """An integer (an address, a PTE) as ``0x...`` text; ``-`` for a missing value."""
+    return "-" if value is None or pd.isna(value) else f"{int(value):#x}"
 
 
 def format_table(frame: pd.DataFrame, *, title: str | None = None, width: int = 80,

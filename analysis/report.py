@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis.analyze import Analysis
-from tracekit.analysis.common import format_ns
+from tracekit.analysis.analyze import HEX_COLUMNS, Analysis
+from tracekit.analysis.common import format_hex, format_ns
 from tracekit.analysis.locks import contention_timeline
 from tracekit.errors import CaptureFormatError
 
@@ -152,8 +152,8 @@ def _table_html(frame: pd.DataFrame, limit: int = 50) -> str:
     for column in shown.columns:
         if str(column).endswith("_ns") and column not in _TIMESTAMPS:
             shown[column] = shown[column].map(format_ns)
-        elif column in ("lock_addr", "addr", "observed_pte", "model_pte"):
-            shown[column] = shown[column].map(lambda v: "-" if v is None or pd.isna(v) else f"{int(v):#x}")
+        elif column in HEX_COLUMNS:
+            shown[column] = shown[column].map(format_hex)
     text = shown.to_html(index=False, border=0, na_rep="-", escape=True)
     if len(frame) > limit:
         text += f"<p>{len(frame) - limit} more rows: see <code>tracekit analyze --json</code>.</p>"
