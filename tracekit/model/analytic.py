@@ -410,45 +410,43 @@ class _X86State:
         self.f2 = at
 
 
+def _x86_split_level(case: SplitCase, s: WalkStats, a: int, e: int, level: int, frontier: int) -> Optional[int]:
+    """Split the huge entries at ``level`` in [a, e) from ``frontier`` on (the earlier ones are
+    split already); return the address of the first one split, or None if none was."""
+    size = case.geom.level_size(level)
+    first = max(a // size, -(-frontier // size))
+    count = (e - 1) // size - first + 1
+    if count <= 0:
+        return None
+    s.splits[level + 1] += count
+    s.tables += count
+    if case.alloc_drops_lock:
+        # Each split first drops the lock to allocate, then restarts the walk from the root.
+        s.restarts += count
+        for walked in range(case.geom.root_level, level - 1, -1):
+            s.entries[walked + 1] += count
+    return first * size
+
+
 def _x86_walk(case: SplitCase, st: _X86State, s: WalkStats, a: int, e: int, leaf_level: int) -> None:
     """One ``tdp_mmu_split_huge_pages_root`` walk over [a, e) (min_level 2)."""
     g = case.geom
-    root = g.root_level
-    restarts = case.alloc_drops_lock
     s.walks += 1
-    for level in range(root, 3, -1):
+    for level in range(g.root_level, 3, -1):
         s.entries[level + 1] += _ngran(g.level_size(level), a, e)
     g3, g2 = g.level_size(3), g.level_size(2)
     s.entries[4] += _ngran(g3, a, e)
     fresh_children = 0
     if leaf_level == 3:
-        i0, i1 = a // g3, (e - 1) // g3
-        first = max(i0, -(-st.f3 // g3))
-        u3 = i1 - first + 1
-        if u3 > 0:
-            s.splits[4] += u3
-            s.tables += u3
-            if restarts:
-                s.restarts += u3
-                for level in range(root, 2, -1):
-                    s.entries[level + 1] += u3
-            fresh_children = _ngran(g2, max(a, first * g3), e)
-            st.f3 = (i1 + 1) * g3
+        first = _x86_split_level(case, s, a, e, 3, st.f3)
+        if first is not None:
+            fresh_children = _ngran(g2, max(a, first), e)
+            st.f3 = ((e - 1) // g3 + 1) * g3
     s.entries[3] += _ngran(g2, a, e)
     s.skipped_levels.add(1)
-    if leaf_level >= 2:
-        j0, j1 = a // g2, (e - 1) // g2
-        first = max(j0, -(-st.f2 // g2))
-        u2 = j1 - first + 1
-        if u2 > 0:
-            s.splits[3] += u2
-            s.tables += u2
-            if restarts:
-                s.restarts += u2
-                for level in range(root, 1, -1):
-                    s.entries[level + 1] += u2
-            st.f2 = (j1 + 1) * g2
-    s.fresh[3] += fresh_children * (2 if restarts else 1)
+    if leaf_level >= 2 and _x86_split_level(case, s, a, e, 2, st.f2) is not None:
+        st.f2 = ((e - 1) // g2 + 1) * g2
+    s.fresh[3] += fresh_children * (2 if case.alloc_drops_lock else 1)
 
 
 def _x86_pages(case: SplitCase) -> WalkStats:
