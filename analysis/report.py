@@ -73,10 +73,10 @@ def _frame(result: Analysis, key: str) -> pd.DataFrame | None:
     return None if frame is None or frame.empty else frame
 
 
-def _labels(ax: Any, xlabel: str, ylabel: str, legend_size: int = 8) -> None:
+def _labels(ax: Any, xlabel: str, ylabel: str, legend_size: int = 8, legend_loc: str = "best") -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=legend_size)
+    ax.legend(fontsize=legend_size, loc=legend_loc)
 
 
 def _walk_depth_figure(result: Analysis):
@@ -100,7 +100,9 @@ def _timeline_figure(result: Analysis):
     waits = _frame(result, "waits")
     if waits is None:
         return None
-    mmu = result.verdicts.get("mmu_lock") if result.verdicts.get("mmu_lock", {}).get("lock_addr") is not None else None
+    mmu = result.verdicts.get("mmu_lock")
+    if mmu is not None and mmu.get("lock_addr") is None:
+        mmu = None
     timeline = contention_timeline(waits, mmu)
     t0 = int(timeline["t_ns"].min())
     fig, ax = _new_figure()
@@ -123,8 +125,7 @@ def _cdf_figure(result: Analysis):
         values = np.maximum(values, 1.0)
         ax.step(values / 1e3, np.arange(1, len(values) + 1) / len(values), where="post", label=f"{name} ({len(values)})")
     ax.set_xscale("log")
-    _labels(ax, "latency (us)", "fraction of calls", 7)
-    ax.legend(fontsize=7, loc="lower right")
+    _labels(ax, "latency (us)", "fraction of calls", 7, "lower right")
     return fig, "ioctl latency CDFs (the 8 most frequent kinds)"
 
 
