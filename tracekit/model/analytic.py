@@ -32,7 +32,7 @@ the address space).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from tracekit.errors import ModelError
@@ -517,11 +517,8 @@ def skip_comparison(case: SplitCase, skip_levels: frozenset = frozenset({LAST_LE
     Returns ``{"without_skip": WalkStats, "with_skip": WalkStats, "skipped_levels": [...],
     "reduction_percent": {"entries": float | None, "callbacks": float | None}}``.
     """
-    base = SplitCase(case.geom, case.base, case.size, case.mapping_size, case.mode, case.chunk_size,
-                     case.cache_capacity, frozenset(), case.alloc_drops_lock)
-    skipped = base if not case.arm64 else SplitCase(
-        case.geom, case.base, case.size, case.mapping_size, case.mode, case.chunk_size,
-        case.cache_capacity, frozenset(skip_levels), case.alloc_drops_lock)
+    base = replace(case, skip_levels=frozenset())
+    skipped = replace(case, skip_levels=frozenset(skip_levels)) if case.arm64 else base
     without, with_skip = split_accounting(base), split_accounting(skipped)
 
     def percent(name: str) -> Optional[float]:
