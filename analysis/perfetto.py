@@ -33,6 +33,7 @@ import numpy as np
 
 from tracekit.analysis.common import load, vcpu_map
 from tracekit.analysis.phases import workload_phases
+from tracekit.analysis.splits import SPLIT_EVENT
 from tracekit.errors import CaptureFormatError
 
 __all__ = ["write_perfetto", "trace_events", "COUNTER_BIN_NS"]
@@ -97,7 +98,7 @@ def trace_events(cap: Any) -> Iterator[dict]:
                    "pid": int(pid), "tid": int(tid), "ts": _us(ts), "dur": _us(max(int(dur), 0))}
     if "mmu" in families:
         mmu = load(cap, "mmu", ["ts_ns", "pid", "tid", "event"], optional_columns=["level"])
-        mmu = mmu[mmu["event"] == "kvm_mmu_split_huge_page"]
+        mmu = mmu[mmu["event"] == SPLIT_EVENT]
         yield from threads(mmu["pid"].to_numpy(), mmu["tid"].to_numpy())
         for ts, pid, tid, level in zip(mmu["ts_ns"], mmu["pid"], mmu["tid"], mmu["level"]):
             yield {"ph": "i", "s": "t", "cat": "split", "name": "split_huge_page" if _isnan(level)
