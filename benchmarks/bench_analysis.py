@@ -139,8 +139,9 @@ def run_child(case: str, arg: str) -> dict:
 
 def add_unrelated_family(path: Path, rows: int) -> None:
     """A large ``func_call`` family (int columns) that no analysis reads."""
-    from tracekit.capture import COMMON_FIELDS, CaptureWriter  # noqa: F401  (schema helper below)
     import pyarrow.parquet as pq
+
+    from tracekit.capture import COMMON_FIELDS
 
     schema = pa.schema([*COMMON_FIELDS, pa.field("gfn", pa.uint64()), pa.field("spte", pa.uint64()),
                         pa.field("level", pa.int32())])
