@@ -7,6 +7,7 @@ Contract:
   guest name (the value of ``-name`` in its command line, ``guest=NAME`` and ``process=NAME``
   forms included). No match or several matches raise :class:`tracekit.errors.UsageError` listing the
   candidates (pid, comm, guest name).
+- :func:`tgid_of` gives the process a thread id belongs to (None when it is gone).
 - :func:`list_threads` returns ``[{"tid", "comm", "vcpu"}]`` for a pid, where ``vcpu`` is the
   vCPU index parsed from the thread name (QEMU's ``CPU N/KVM``, the built-in workload's
   ``tk-vcpu-N``) or None.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from tracekit.errors import RecorderError, UsageError
 
-__all__ = ["Target", "resolve_target", "list_threads", "vcpu_index", "qemu_guest_name", "spawn_gated",
+__all__ = ["Target", "resolve_target", "list_threads", "tgid_of", "vcpu_index", "qemu_guest_name", "spawn_gated",
            "GatedChild"]
 
 PROC = Path("/proc")
@@ -100,7 +101,8 @@ def list_threads(pid: int) -> list[dict]:
     return threads
 
 
-def _tgid_of(pid: int) -> int | None:
+def tgid_of(pid: int) -> int | None:
+    """The process (thread group) id of thread ``pid``, or None when it is gone or unreadable."""
     status = _read(PROC / str(pid) / "status")
     match = re.search(r"^Tgid:\s*(\d+)", status or "", re.M)
     return int(match.group(1)) if match else None
@@ -117,7 +119,7 @@ def resolve_target(spec: str, *, exclude: tuple[int, ...] = ()) -> Target:
     """The single process ``spec`` names (see the module docstring)."""
     spec = spec.strip()
     if spec.isdigit():
-        pid = _tgid_of(int(spec))  # a thread id names its process
+        pid = tgid_of(int(spec))  # a thread id names its process
         target = _describe(pid) if pid is not None else None
         if target is None:
             raise UsageError(f"no process with pid {spec}")

@@ -32,6 +32,7 @@ from tracekit.procs import pid_alive
 from tracekit.errors import MissingCapability, RecorderError
 from tracekit.recorder.family import ProbeFamily, ProbeStatus
 from tracekit.recorder.rawbuf import EventFormat, decode_pages, parse_format
+from tracekit.recorder.target import tgid_of
 
 __all__ = ["TracefsBackend", "cleanup_stale_instances", "INSTANCE_PREFIX", "pid_alive"]
 
@@ -185,14 +186,8 @@ class TracefsBackend:
     def _foreign(self, tid: int) -> bool:
         """True when thread ``tid`` is alive and belongs to another process (checked once per tid)."""
         if tid not in self._tid_is_foreign:
-            foreign = False
-            try:
-                status = Path(f"/proc/{tid}/status").read_text()
-                match = re.search(r"^Tgid:\s*(\d+)", status, re.M)
-                foreign = bool(match) and int(match.group(1)) != self.target_tgid
-            except OSError:
-                pass  # gone: a short-lived thread of the target (set_event_pid let it through)
-            self._tid_is_foreign[tid] = foreign
+            tgid = tgid_of(tid)  # None when gone: a short-lived thread of the target (set_event_pid let it through)
+            self._tid_is_foreign[tid] = tgid is not None and tgid != self.target_tgid
         return self._tid_is_foreign[tid]
 
     def _drop_foreign(self, events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
