@@ -267,9 +267,13 @@ def count_by(frame: pd.DataFrame, by: Sequence[str], name: str = "count") -> pd.
     return uniques
 
 
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
 def format_ns(value: Any) -> str:
     """A duration in ns as a short human string: 950ns, 12.3us, 4.56ms, 1.234s."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+    if _missing(value):
         return "-"
     v = float(value)
     if abs(v) < 1e3:
@@ -328,7 +332,7 @@ def format_table(frame: pd.DataFrame, *, title: str | None = None, width: int = 
 
 
 def _plain(value: Any) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+    if _missing(value):
         return "-"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
