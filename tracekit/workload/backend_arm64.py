@@ -84,7 +84,6 @@ _NORMAL = 0 << 2  # AttrIndx 0
 _DEVICE = 1 << 2  # AttrIndx 1
 _XN = (1 << 53) | (1 << 54)
 _LEVEL_SHIFT = {1: 30, 2: 21, 3: 12}
-_SIZE_LABEL = {4096: "4K", 2 << 20: "2M", 1 << 30: "1G"}
 
 
 def core_reg_id(index: int) -> int:
@@ -230,7 +229,7 @@ class Arm64Backend(Backend):
         return vm.check_extension(uapi.KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE)
 
     def guest_mode(self, spec: GuestSpec) -> str:
-        return f"PA-bits:{IPA_BITS}, VA-bits:39,  {_SIZE_LABEL[spec.guest_page_size]} pages"
+        return f"PA-bits:{IPA_BITS}, VA-bits:39,  {format_size(spec.guest_page_size)} pages"
 
     def build_guest(self, spec: GuestSpec) -> GuestImage:
         tables = Stage1Tables()

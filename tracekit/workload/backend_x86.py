@@ -30,6 +30,7 @@ from tracekit.errors import WorkloadError
 from tracekit.model.x86 import X86PageTables
 from tracekit.workload import uapi
 from tracekit.workload.backend import Backend, GuestImage, GuestSpec
+from tracekit.workload.options import format_size
 
 __all__ = ["X86Backend", "guest_code", "EAGER_PAGE_SPLIT_PARAM", "REPORT_PORT", "CODE_GPA", "GDT_GPA", "TSS_GPA", "STACK_TOP", "PLAN_BASE"]
 
@@ -61,8 +62,6 @@ _RFLAGS_FIXED = 1 << 1
 _RFLAGS_IOPL3 = 3 << 12
 
 _CPUID_PDPE1GB = 1 << 26  # CPUID 0x80000001 EDX: 1 GiB pages
-
-_SIZE_LABEL = {4096: "4K", 2 << 20: "2M", 1 << 30: "1G"}
 
 
 def _assemble(items: list) -> bytes:
@@ -196,7 +195,7 @@ class X86Backend(Backend):
         return 0
 
     def guest_mode(self, spec: GuestSpec) -> str:
-        return f"PA-bits:ANY, VA-bits:48,  {_SIZE_LABEL[spec.guest_page_size]} pages"
+        return f"PA-bits:ANY, VA-bits:48,  {format_size(spec.guest_page_size)} pages"
 
     def build_guest(self, spec: GuestSpec) -> GuestImage:
         tables = X86PageTables(levels=self.levels)
