@@ -176,14 +176,11 @@ class FunctionProbeFamily(ProbeFamily):
 
         return program_text(self.name)
 
-    def _ring_pages(self, map_name: str) -> int:
-        return self.options.ring_pages.get(map_name, 1024)
-
     def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
         from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, BtfTypes, offset_cflags
 
         fields = STAGE2_FIELDS if self.name == "stage2" else TDP_FIELDS
-        pages = max(self._ring_pages(name) for name in self._ring_maps())
+        pages = self.rings()[0].pages
         # raw visit samples have no capture table: stage2 sends only the visits made outside any walk
         flags = [f"-DTK_S2_PAGES={pages}", "-DTK_S2_SAMPLE_PER_WALK=0"] if self.name == "stage2" else [
             f"-DTK_TDP_PAGES={pages}"]
@@ -203,7 +200,7 @@ class FunctionProbeFamily(ProbeFamily):
     def rings(self) -> list[RingSpec]:
         from tracekit.funcprobes.bcc_backend import EVENT_DTYPES
 
-        pages = max(self._ring_pages(name) for name in self._ring_maps())
+        pages = max(self.options.ring_pages.get(name, 1024) for name in self._ring_maps())  # one size for all
         return [RingSpec(name, EVENT_DTYPES[dtype], pages) for name, dtype in self._ring_maps().items()]
 
     def lost_maps(self) -> dict[str, tuple[str, ...]]:

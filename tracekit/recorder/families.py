@@ -108,7 +108,7 @@ class WalkFamily(ProbeFamily):
         return source_text("walk")
 
     def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
-        return [f"-DTK_WALK_PAGES={self.options.ring_pages.get('walk_events', 4096)}"]
+        return [f"-DTK_WALK_PAGES={self.rings()[0].pages}"]
 
     def rings(self) -> list[RingSpec]:
         return [RingSpec("walk_events", S.WALK_EVENT_DTYPE, self.options.ring_pages.get("walk_events", 4096))]
@@ -238,7 +238,7 @@ class IoctlFamily(ProbeFamily):
         flags = [f"-DTK_IOCTL_AGG_CMD{i}={c:#x}" for i, c in enumerate(cmds)]
         if not self.aggregated:
             flags[0] = "-DTK_IOCTL_AGG_CMD0=0x1"  # no KVM command has number 1 (type 0)
-        return flags + [f"-DTK_IOCTL_PAGES={self.options.ring_pages.get('ioctl_events', 256)}"]
+        return flags + [f"-DTK_IOCTL_PAGES={self.rings()[0].pages}"]
 
     def rings(self) -> list[RingSpec]:
         return [RingSpec("ioctl_events", S.IOCTL_EVENT_DTYPE, self.options.ring_pages.get("ioctl_events", 256))]
@@ -388,7 +388,7 @@ class LockFamily(ProbeFamily):
         return source_text("lock")
 
     def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
-        return [f"-DTK_LOCK_PAGES={self.options.ring_pages.get('lock_events', 512)}"]
+        return [f"-DTK_LOCK_PAGES={self.rings()[0].pages}"]
 
     def rings(self) -> list[RingSpec]:
         return [RingSpec("lock_events", S.LOCK_EVENT_DTYPE, self.options.ring_pages.get("lock_events", 512))]
@@ -514,7 +514,7 @@ class MmuFamily(ProbeFamily):
 
     def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
         ok = {s.probe for s in available if s.available}
-        flags = [f"-DTK_MMU_PAGES={self.options.ring_pages.get('mmu_events', 2048)}"]
+        flags = [f"-DTK_MMU_PAGES={self.rings()[0].pages}"]
         for kind, tp, _ in MMU_EVENTS:
             if tp in ok:
                 flags.append(f"-D{_MMU_MACROS[kind].replace('TK_MMU_', 'TK_MMU_HAVE_', 1)}")
