@@ -26,6 +26,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from tracekit.recorder.tracefs import INSTANCE_PREFIX
 from tracekit.workload.dirtylog import run_dirty_log
 from tracekit.workload.options import DirtyLogOptions, parse_size
 
@@ -43,7 +44,8 @@ _PHASES = {
 @contextmanager
 def ioctl_tracing(pid: int):
     """Trace the ioctls of thread ``pid`` in a private tracefs instance; yields a reader of (enter_ns, exit_ns)."""
-    instance = TRACEFS / "instances" / f"tracekit-bench-workload-{pid}"
+    # Named like the recorder's instances, so cleanup_stale_instances removes it if this process is killed.
+    instance = TRACEFS / "instances" / f"{INSTANCE_PREFIX}{pid}-{os.urandom(4).hex()}"
     instance.mkdir()
     events = [instance / "events" / "syscalls" / f"sys_{kind}_ioctl" for kind in ("enter", "exit")]
     try:
