@@ -186,7 +186,7 @@ def latency_summary(frame: pd.DataFrame, by: Sequence[str], value: str = "durati
     if by:
         codes, uniques = group_codes(frame, by)
     else:
-        codes, uniques = np.zeros(len(frame), np.int64), pd.DataFrame(index=[0])
+        codes = np.zeros(len(frame), np.int64)
     order = np.lexsort((values, codes))
     codes_sorted, values_sorted = codes[order], values[order]
     starts = np.flatnonzero(np.r_[True, codes_sorted[1:] != codes_sorted[:-1]])
