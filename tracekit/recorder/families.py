@@ -118,18 +118,14 @@ class WalkFamily(ProbeFamily):
 
     def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
         # Select from plain field views: boolean indexing of the nested record dtype is ~10x slower.
-        hdr = records["hdr"]
-        kind = hdr["kind"]
-        fields = {"ts_ns": hdr["ts_ns"], "cpu": hdr["cpu"], "pid": hdr["pid"], "tid": hdr["tid"],
-                  "walk_id": records["walk_id"], "value": records["value"], "aux": records["aux"],
-                  "index": records["index"]}
+        kind = records["hdr"]["kind"]
+        fields = {**common_arrays(records["hdr"]), "walk_id": records["walk_id"], "value": records["value"],
+                  "aux": records["aux"], "index": records["index"]}
         out = {}
         for table, k in (("walk", S.TK_WALK_START), ("walk_element", S.TK_WALK_ELEMENT), ("walk_error", S.TK_WALK_ERROR)):
             rows = np.flatnonzero(kind == k)
             pick = {name: column[rows] for name, column in fields.items()}
-            cols: dict[str, Any] = {"ts_ns": pick["ts_ns"].astype(np.int64), "cpu": pick["cpu"].astype(np.int32),
-                                    "pid": pick["pid"].astype(np.int32), "tid": pick["tid"].astype(np.int32),
-                                    "walk_id": pick["walk_id"]}
+            cols: dict[str, Any] = {name: pick[name] for name in ("ts_ns", "cpu", "pid", "tid", "walk_id")}
             if table == "walk":
                 cols["addr"], cols["pferr"] = pick["value"], pick["aux"]
             elif table == "walk_element":
