@@ -132,3 +132,20 @@ def test_missing_pieces_are_one_line_errors_naming_the_fix(tmp_path, monkeypatch
     monkeypatch.setattr(fetch.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 100 << 20))
     with pytest.raises(LabError, match="only 100 MiB free .* free 1436 MiB more or point TRACEKIT_LAB_CACHE elsewhere"):
         fetch.check_disk(tmp_path)
+
+
+def test_work_dirs_of_dead_lab_runs_are_removed_and_live_ones_kept(tmp_path):
+    """``tracekit-lab-PID-*``: kept while PID runs (this test's own process), removed once it is gone
+    (a reaped child) or when the name holds no pid; other directories of the cache are untouched."""
+    import os
+    import subprocess
+
+    from tracekit.lab.runner import _remove_stale_work_dirs
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    names = [f"tracekit-lab-{os.getpid()}-live", f"tracekit-lab-{child.pid}-dead", "tracekit-lab-nopid-x", "kernel-6.12"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    _remove_stale_work_dirs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], names[3]])

@@ -24,6 +24,7 @@ from pathlib import Path
 from tracekit.errors import LabError, UsageError
 from tracekit.lab import fetch, machine, results, scenarios
 from tracekit.lab.guest_run import probe_family
+from tracekit.procs import pid_alive
 
 __all__ = ["run_lab", "LabRun", "TIMING_NOTE", "ARCHES"]
 
@@ -191,7 +192,7 @@ def _remove_stale_work_dirs(cache: Path) -> None:
     for path in cache.glob("tracekit-lab-*"):
         parts = path.name.split("-")
         pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
-        if pid is None or not Path(f"/proc/{pid}").exists():
+        if not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
 
 
