@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -80,13 +81,13 @@ class EventFormat:
     def size(self) -> int:
         return max((f.offset + f.size for f in self.fields), default=0)
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype:
-        fields = [f for f in self.fields]
+        """Record layout of the event (built once: every poll of every CPU decodes with it)."""
         return np.dtype({
-            "names": [f.name for f in fields],
-            "formats": [f.numpy_format() for f in fields],
-            "offsets": [f.offset for f in fields],
+            "names": [f.name for f in self.fields],
+            "formats": [f.numpy_format() for f in self.fields],
+            "offsets": [f.offset for f in self.fields],
             "itemsize": self.size,
         })
 
