@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis.common import latency_summary
+from tracekit.analysis.common import PERCENTILES, latency_summary
 
 __all__ = ["MEMSLOT_IOCTLS", "DIRTY_LOG_IOCTLS", "memslot_flag_changes", "ioctl_latency", "memslot_latency"]
 
@@ -89,8 +89,8 @@ def ioctl_latency(ioctl: pd.DataFrame, summary: pd.DataFrame | None = None) -> p
         agg = agg.reset_index()
         agg = agg[~agg["cmd_name"].isin(table["cmd_name"])]
         agg["mean_ns"] = agg["total_ns"] / agg["count"].where(agg["count"] > 0)
-        for q in ("p50_ns", "p90_ns", "p99_ns"):
-            agg[q] = np.nan
+        for q in PERCENTILES:
+            agg[f"p{q}_ns"] = np.nan
         agg["source"] = "aggregated"
         table = pd.concat([table, agg[table.columns]], ignore_index=True)
     return table.reset_index(drop=True)
