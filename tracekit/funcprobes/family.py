@@ -39,7 +39,7 @@ from tracekit.errors import MissingCapability
 from tracekit.funcprobes import batch
 from tracekit.funcprobes.availability import FAMILY_ARCH, Support, kprobe_support
 from tracekit.funcprobes.families import SCHEMAS
-from tracekit.funcprobes.kallsyms import Resolution, SymbolTable, load_kallsyms, parse_kallsyms, resolve
+from tracekit.funcprobes.kallsyms import Resolution, SymbolTable, resolve
 from tracekit.funcprobes.spec import FuncProbe, event_names
 from tracekit.funcprobes.stage2 import STAGE2_PROBES
 from tracekit.funcprobes.tdp import TDP_PROBES
@@ -138,10 +138,7 @@ class FunctionProbeFamily(ProbeFamily):
             return None
 
     def check(self, host: Host) -> list[ProbeStatus]:
-        try:
-            self.symbols = load_kallsyms(host.kallsyms)
-        except OSError:
-            self.symbols = parse_kallsyms("")
+        self.symbols = host.symbol_table()
         self.support = kprobe_support(self.symbols, host.tracefs or Path("/nonexistent"))
         arch = _ARCH_LABEL[self.name]
         tdp_mmu = self._tdp_mmu_enabled()

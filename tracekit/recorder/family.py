@@ -30,12 +30,15 @@ import abc
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
 from tracekit.errors import UsageError
+
+if TYPE_CHECKING:
+    from tracekit.funcprobes.kallsyms import SymbolTable
 
 __all__ = [
     "Host",
@@ -88,7 +91,7 @@ class Host:
         self.tracefs = tracefs
         self.kallsyms = kallsyms
         self._formats: dict[str, str | None] = {}
-        self._symbols: set[str] | None = None
+        self._symbols: SymbolTable | None = None
 
     def format_text(self, tracepoint: str) -> str | None:
         """The ``format`` file of ``system:event``, or None when absent."""
@@ -112,14 +115,16 @@ class Host:
             return None
         return {f.name for f in parse_format(text).fields if not f.name.startswith("common_")}
 
-    def has_symbol(self, name: str) -> bool:
+    def symbol_table(self) -> SymbolTable:
+        """The kernel's symbols from ``kallsyms``, parsed once for every family (empty when unreadable)."""
         if self._symbols is None:
+            from tracekit.funcprobes.kallsyms import load_kallsyms, parse_kallsyms
+
             try:
-                with open(self.kallsyms) as f:
-                    self._symbols = {line.split()[2] for line in f if len(line.split()) >= 3}
+                self._symbols = load_kallsyms(self.kallsyms)
             except OSError:
-                self._symbols = set()
-        return name in self._symbols
+                self._symbols = parse_kallsyms("")
+        return self._symbols
 
 
 def common_arrays(header: np.ndarray) -> dict[str, np.ndarray]:
