@@ -187,12 +187,13 @@ def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phas
         visits["phase"] = np.asarray(phases_mod.label_phases(visits["ts_ns"].fillna(0), phase_table), dtype=object)
         result.tables["stage2_visits_by_phase"] = walks.stage2_distribution(visits, ["phase"])
     result.frames["stage2_visits"] = visits
-    scenario = skiplevels.scenario_for(cap.manifest, skiplevels.split_walks(walk, visit))
+    split_walks = skiplevels.split_walks(walk, visit)
+    scenario = skiplevels.scenario_for(cap.manifest, split_walks)
     if scenario is None:
         result.verdicts["skip_levels"] = skiplevels.skip_verdict(
             None, "no split walks, or no stage-2 scenario (model_scenario or an arm64 lab record) to model them")
         return
-    comparison = skiplevels.split_visits_vs_model(walk, visit, scenario)
+    comparison = skiplevels.split_visits_vs_model(walk, visit, scenario, split_walks)
     comparison = comparison[comparison["walk_id"].isin(walk_cut["walk_id"])]
     result.tables["split_visits_vs_model"] = comparison.groupby("level")[
         ["observed", *skiplevels.CANDIDATES]].sum().reset_index()

@@ -99,11 +99,14 @@ def _splitters(scenario: dict) -> dict[str, Any]:
     return out
 
 
-def split_visits_vs_model(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame, scenario: dict) -> pd.DataFrame:
-    """Observed LEAF visits per split walk and level next to each candidate model's prediction."""
+def split_visits_vs_model(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame, scenario: dict,
+                          splits: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Observed LEAF visits per split walk and level next to each candidate model's prediction
+    (``splits``: :func:`split_walks` of the same frames when the caller already has it)."""
     from tracekit.model.accounting import WalkStats
 
-    splits = split_walks(stage2_walk, stage2_visit)
+    if splits is None:
+        splits = split_walks(stage2_walk, stage2_visit)
     leaf = stage2_visit[stage2_visit["kind"].astype(str).str.lower().str.startswith("leaf")]
     if "visitor" in leaf.columns and leaf["visitor"].notna().any():
         # Only the split walker's own callbacks: the subtree a split builds is walked by stage2_map_walker
