@@ -126,6 +126,10 @@ class Host:
                 self._symbols = parse_kallsyms("")
         return self._symbols
 
+    def has_symbol(self, name: str) -> bool:
+        """True when ``name`` is a text (function) symbol of the kernel: one a kprobe could attach to."""
+        return name in self.symbol_table().by_name
+
 
 def common_arrays(header: np.ndarray) -> dict[str, np.ndarray]:
     """The common columns from a ``tk_header`` array (``ts_ns``, ``cpu``, ``pid``, ``tid``)."""
