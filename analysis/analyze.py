@@ -69,7 +69,8 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         raise AnalysisError(f"{cap.path}: nothing to analyse (families: {', '.join(sorted(families)) or 'none'})")
     manifest = cap.manifest
     phase_table = phases_mod.capture_phases(cap, selftest_output)
-    phases_mod.select_phase(pd.DataFrame({"ts_ns": pd.Series(dtype="int64")}), phase_table, phase)  # validate
+    if phase is not None:  # an unknown phase fails before any family is read
+        phases_mod.phase_mask(np.zeros(0, np.int64), phase_table, phase)
     result = Analysis(info={
         "path": str(cap.path), "kernel_release": manifest.get("kernel_release"), "arch": manifest.get("arch"),
         "source": (manifest.get("source") or {}).get("kind"), "status": manifest.get("status"),
