@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis.common import count_by
+from tracekit.model import x86
 
 __all__ = [
     "WALK_COLUMNS",
@@ -67,8 +68,8 @@ __all__ = [
 
 WALK_COLUMNS = ("walk_id", "ts_ns", "tid", "addr", "pferr")
 ELEMENT_COLUMNS = ("walk_id", "index", "level", "pte")
-PTE_PRESENT = np.uint64(1)
-PTE_PS = np.uint64(1 << 7)
+PTE_PRESENT = np.uint64(x86.PTE_P)
+PTE_PS = np.uint64(x86.PTE_PS)
 
 
 def _col(frame: Any, name: str, dtype: Any) -> np.ndarray:
