@@ -79,6 +79,13 @@ def _labels(ax: Any, xlabel: str, ylabel: str, legend_size: int = 8, legend_loc:
     ax.legend(fontsize=legend_size, loc=legend_loc)
 
 
+def _grouped_bars(ax: Any, x: np.ndarray, bars: list[tuple[str, Any]]) -> None:
+    """Side by side at each ``x``, one bar per ``(label, heights)``, together 0.8 wide."""
+    width = 0.8 / len(bars)
+    for i, (label, heights) in enumerate(bars):
+        ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=label)
+
+
 def _walk_depth_figure(result: Analysis):
     table = result.tables.get("walk_depth")
     if table is None or table.empty:
@@ -87,10 +94,8 @@ def _walk_depth_figure(result: Analysis):
     per = table.groupby(["vcpu", "depth"])["walks"].sum().unstack(fill_value=0)
     depths = np.arange(0, int(per.columns.max()) + 1)
     per = per.reindex(columns=depths, fill_value=0)
-    width = 0.8 / len(per.index)
-    for i, (vcpu, row) in enumerate(per.iterrows()):
-        ax.bar(depths + i * width - 0.4 + width / 2, row.to_numpy(), width,
-               label=f"vCPU {vcpu}" if vcpu >= 0 else "other threads")
+    _grouped_bars(ax, depths, [(f"vCPU {vcpu}" if vcpu >= 0 else "other threads", row.to_numpy())
+                               for vcpu, row in per.iterrows()])
     ax.set_xticks(depths)
     _labels(ax, "walk depth (guest levels read)", "walks")
     return fig, "Guest walk depth per vCPU"
@@ -136,11 +141,8 @@ def _visits_figure(result: Analysis):
     if frame is None or frame.empty:
         return None
     fig, ax = _new_figure()
-    series = [c for c in frame.columns if c != "level"]
     x = np.arange(len(frame))
-    width = 0.8 / len(series)
-    for i, column in enumerate(series):
-        ax.bar(x + i * width - 0.4 + width / 2, frame[column], width, label=column.replace("_", " "))
+    _grouped_bars(ax, x, [(column.replace("_", " "), frame[column]) for column in frame.columns if column != "level"])
     ax.set_xticks(x)
     ax.set_xticklabels([f"L{int(level)}" for level in frame["level"]])
     _labels(ax, "level", "visits")
