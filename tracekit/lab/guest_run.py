@@ -93,8 +93,6 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
     eager = Path("/sys/module/kvm/parameters/eager_page_split")
     if eager.exists():
         _write(eager, "Y" if scenario.eager_page_split else "N")
-    if scenario.backing.startswith("hugetlb-"):
-        _reserve_hugetlb(scenario)
     step = scenario.steps[0]
     options = DirtyLogOptions(
         vcpus=scenario.vcpus,
@@ -132,12 +130,12 @@ def _set_thp(scenario: scenarios.Scenario) -> None:
 def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict], tids: set[int]) -> list[dict]:
     """Run the steps; fills ``timings`` and ``tids`` (the VMM's vCPU threads); returns the VMM's ioctl log."""
     _set_thp(scenario)
+    if scenario.backing.startswith("hugetlb-"):
+        _reserve_hugetlb(scenario)
     if scenario.steps[0][0] == "workload":
         return _run_workload(scenario, tracing, timings, tids)
     from tracekit.lab.arm64_vm import Arm64Vm
 
-    if scenario.backing.startswith("hugetlb-"):
-        _reserve_hugetlb(scenario)
     def new_vm() -> Arm64Vm:
         return Arm64Vm(
             scenario.memory_mib << 20,
