@@ -202,3 +202,15 @@ def test_ioctl_names():
     assert ioctl_name(0x4010AE42) == "KVM_GET_DIRTY_LOG"
     assert ioctl_name(0xC0FFAEEE).startswith("KVM_IOC_IOWR_0xee")
     assert ioctl_name(0x5401) == "IOC_0x00005401"
+
+
+def test_ioctl_names_agree_with_the_workload_uapi():
+    """The recorder's name table and the workload's ctypes-sized uAPI numbers are one truth."""
+    from tracekit.recorder.kvm_ioctls import IOCTL_NUMBERS
+    from tracekit.workload.uapi import IOCTL_NAMES
+
+    shared = [name for name in IOCTL_NAMES.values() if name in IOCTL_NUMBERS]
+    assert len(shared) >= 10
+    for number, name in IOCTL_NAMES.items():
+        if name in IOCTL_NUMBERS:
+            assert IOCTL_NUMBERS[name] == number, name

@@ -10,19 +10,20 @@ or a number and raises :class:`tracekit.errors.UsageError` for anything else.
 from __future__ import annotations
 
 from tracekit.errors import UsageError
+from tracekit.workload import uapi
 
 __all__ = ["KVMIO", "KVM_IOCTLS", "IOCTL_NUMBERS", "ioc", "ioctl_name", "parse_ioctl",
            "KVM_RUN", "KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2",
            "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG", "KVM_ENABLE_CAP"]
 
-KVMIO = 0xAE
-_NONE, _WRITE, _READ = 0, 1, 2
+KVMIO = uapi.KVMIO
+_NONE, _WRITE, _READ = uapi.IOC_NONE, uapi.IOC_WRITE, uapi.IOC_READ
 _RW = _WRITE | _READ
 
 
 def ioc(direction: int, nr: int, size: int = 0, type_: int = KVMIO) -> int:
-    """``_IOC(dir, type, nr, size)`` of the asm-generic encoding."""
-    return (direction << 30) | (size << 16) | (type_ << 8) | nr
+    """``_IOC(dir, type, nr, size)`` of the asm-generic encoding (the workload's uAPI encoder)."""
+    return uapi.ioc(direction, type_, nr, size)
 
 
 # (name, direction, nr, size of the argument struct)
