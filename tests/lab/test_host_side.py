@@ -6,11 +6,14 @@ import io
 import json
 import tarfile
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 from typer.testing import CliRunner
 
 from tracekit.cli import app
 from tracekit.errors import LabError, UsageError
+from tracekit.funcprobes.decode import ProbeEvent
 from tracekit.lab import machine, results, scenarios
 from tracekit.lab.initramfs import write_initramfs
 
@@ -149,3 +152,33 @@ def test_work_dirs_of_dead_lab_runs_are_removed_and_live_ones_kept(tmp_path):
         (tmp_path / name).mkdir()
     _remove_stale_work_dirs(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], names[3]])
+
+
+_EVENT_NAMES = st.sampled_from(["stage2_split", "stage2_split_ret", "split_walker", "fault"])
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    stamps=st.lists(st.tuples(st.integers(0, 10), st.integers(0, 1), _EVENT_NAMES), max_size=40),
+    bounds=st.lists(st.tuples(st.none() | st.integers(0, 10), st.none() | st.integers(0, 10)), max_size=4),
+)
+def test_step_counts_are_the_entry_events_between_the_markers(stamps, bounds):
+    """Oracle: for each step, count every non-``_ret`` event with begin <= ts <= end by scanning all events
+    (ties on the marker times included; a step with a missing marker counts nothing)."""
+    events = sorted((ProbeEvent(ts, cpu, 1, name, {}) for ts, cpu, name in stamps), key=lambda e: (e.ts, e.cpu))
+    steps = []
+    for index, (begin, end) in enumerate(bounds):
+        step = {"index": index, "op": "step"}
+        if begin is not None:
+            step["begin_ns"] = begin
+        if end is not None:
+            step["end_ns"] = end
+        steps.append(step)
+    trace = results.GuestTrace({}, events, steps, results.DecodeStats())
+    for step, got in zip(steps, results.step_counts(trace), strict=True):
+        expected: dict[str, int] = {}
+        if "begin_ns" in step and "end_ns" in step:
+            for ev in events:
+                if step["begin_ns"] <= ev.ts <= step["end_ns"] and not ev.name.endswith("_ret"):
+                    expected[ev.name] = expected.get(ev.name, 0) + 1
+        assert got == {**step, "counts": expected}
