@@ -120,19 +120,20 @@ def run_lab(
         initrd = work / "initrd.cpio"
         machine.build_initramfs(initrd, userland, module_files)
         archive = work / "result.tar"
+        guest_console = work / "console.log"  # copied to console_log whatever happens
         append = f"tk.arch={arch} tk.scenario={chosen.name} {chosen.kernel_args}".strip()
         if arch == "x86":
             append += f" tk.kvmargs=tdp_mmu=1,eager_page_split={'1' if chosen.eager_page_split else '0'}"
         command = machine.qemu_command(
-            arch, image, initrd, work / "console.log", archive, append, memory_mib=chosen.guest_ram_mib
+            arch, image, initrd, guest_console, archive, append, memory_mib=chosen.guest_ram_mib
         )
         try:
-            boot = machine.boot(command, work / "console.log", archive, timeout)
+            boot = machine.boot(command, guest_console, archive, timeout)
         except LabError as error:
-            raise LabError(str(error).replace(str(work / "console.log"), str(console_log)), detail=error.detail) from None
+            raise LabError(str(error).replace(str(guest_console), str(console_log)), detail=error.detail) from None
         finally:
-            if (work / "console.log").exists():
-                shutil.copyfile(work / "console.log", console_log)
+            if guest_console.exists():
+                shutil.copyfile(guest_console, console_log)
         guest_dir = results.unpack(archive, work / "guest")
         trace = results.read_guest_trace(guest_dir)
         if trace.meta.get("status") != "complete" or boot.guest_rc != 0:
