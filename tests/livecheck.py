@@ -58,3 +58,25 @@ def need_bcc() -> None:
         import bcc  # noqa: F401
     except ImportError:
         skip_or_fail("bcc is not importable (apt-get install python3-bpfcc; run from the project's venv)")
+
+
+def run_lab_or_skip(arch: str, scenario: str, output, **options):
+    """``tracekit.lab.runner.run_lab`` for a live test: skip (or fail under TRACEKIT_REQUIRE_LIVE=1) when the
+    host lacks QEMU for ``arch``, a capability the lab needs, or a route to Debian's mirror."""
+    import shutil
+
+    from tracekit.errors import LabError, MissingCapability
+    from tracekit.lab import fetch
+    from tracekit.lab.runner import run_lab
+
+    binary, package = fetch.QEMU_BINARY[arch], fetch.QEMU_PACKAGE[arch]
+    if shutil.which(binary) is None:
+        skip_or_fail(f"{binary} is not installed (apt-get install {package})")
+    try:
+        return run_lab(arch, scenario, output, **options)
+    except MissingCapability as error:
+        skip_or_fail(str(error))
+    except LabError as error:
+        if "cannot read the Debian" in str(error) or "apt-get download" in str(error):
+            skip_or_fail(f"no route to the Debian mirror for the lab's packages: {error}")
+        raise

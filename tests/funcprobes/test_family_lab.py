@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections import Counter
 
 import numpy as np
@@ -25,7 +24,6 @@ import pytest
 
 from tests import livecheck
 from tracekit.capture import open_capture
-from tracekit.errors import LabError, MissingCapability
 from tracekit.funcprobes.family import TdpFamily
 from tracekit.recorder.family import Host
 from tracekit.recorder.rawbuf import decode_pages, parse_format
@@ -33,20 +31,8 @@ from tracekit.recorder.rawbuf import decode_pages, parse_format
 
 @pytest.fixture(scope="module")
 def lab_run(tmp_path_factory):
-    from tracekit.lab import fetch
-    from tracekit.lab.runner import run_lab
-
-    if shutil.which(fetch.QEMU_BINARY["x86"]) is None:
-        livecheck.skip_or_fail(f"{fetch.QEMU_BINARY['x86']} is not installed (apt-get install {fetch.QEMU_PACKAGE['x86']})")
     out = tmp_path_factory.mktemp("lab") / "tdp.tkcap"
-    try:
-        run_lab("x86", "tdp-eager", out, timeout=300, keep_raw=True)
-    except MissingCapability as error:
-        livecheck.skip_or_fail(str(error))
-    except LabError as error:
-        if "cannot read the Debian" in str(error) or "apt-get download" in str(error):
-            livecheck.skip_or_fail(f"no route to the Debian mirror for the lab's packages: {error}")
-        raise
+    livecheck.run_lab_or_skip("x86", "tdp-eager", out, timeout=300, keep_raw=True)
     return out, out.parent / f"{out.name}.guest"
 
 

@@ -16,23 +16,14 @@ import pytest
 
 from tests import livecheck
 from tracekit.capture import open_capture
-from tracekit.errors import LabError, MissingCapability
+from tracekit.errors import LabError
 from tracekit.lab import fetch, scenarios
 from tracekit.lab.runner import run_lab
 
 
 def _run(arch: str, tmp_path, scenario: str | None = None):
-    binary, package = fetch.QEMU_BINARY[arch], fetch.QEMU_PACKAGE[arch]
-    if shutil.which(binary) is None:
-        livecheck.skip_or_fail(f"{binary} is not installed (apt-get install {package})")
-    try:
-        return run_lab(arch, scenario or scenarios.smallest(arch).name, tmp_path / "lab.tkcap", timeout=300)
-    except MissingCapability as error:
-        livecheck.skip_or_fail(str(error))
-    except LabError as error:
-        if "cannot read the Debian" in str(error) or "apt-get download" in str(error):
-            livecheck.skip_or_fail(f"no route to the Debian mirror for the lab's packages: {error}")
-        raise
+    return livecheck.run_lab_or_skip(arch, scenario or scenarios.smallest(arch).name, tmp_path / "lab.tkcap",
+                                     timeout=300)
 
 
 MiB = 1 << 20
