@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import struct
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 
 from tests import livecheck
-from tracekit.errors import MissingCapability
+from tracekit.errors import MissingCapability, ProbeLoadError
 from tracekit.funcprobes import bcc_backend
 from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, BtfTypes, offset_cflags
+from tracekit.funcprobes.family import Stage2Family, TdpFamily
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,33 +102,74 @@ def _arm64_cflags() -> list[str]:
     return cflags
 
 
+class Arm64Stage2(Stage2Family):
+    """The stage2 family with the arm64 lab kernel's member offsets (this host's BTF has no arm64 structs)."""
+
+    def cflags(self, available, target_tgid):
+        return super().cflags(available, target_tgid) + _arm64_cflags()  # the ring defines without BTF offsets
+
+
+def need_loader():
+    """The recorder's bcc loader, or a skip naming what is missing (bcc, kernel headers)."""
+    livecheck.need_bcc()
+    from tracekit.recorder import bccload
+
+    try:
+        bccload.import_bcc()
+    except MissingCapability as error:
+        livecheck.skip_or_fail(str(error))
+    return bccload
+
+
+@contextmanager
+def loaded(families: list) -> Iterator:
+    """``families`` compiled and loaded in one program by the recorder's BccBackend, no probe status
+    available (no kprobe attached); yields the backend, closed on exit."""
+    bccload = need_loader()
+    backend = bccload.BccBackend([(family, []) for family in families], 1)
+    try:
+        backend.start()
+        yield backend
+    finally:
+        backend.close()
+
+
 @pytest.mark.live
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["stage2", "tdp"])
 def test_programs_compile_and_pass_the_verifier(family):
-    """Every entry/return function loads as a kprobe program (verified by this kernel; nothing is attached)."""
-    livecheck.need_bcc()
-    try:
-        import bcc
-
-        from tracekit.recorder.bccload import import_bcc
-
-        import_bcc()
-    except MissingCapability as error:
-        livecheck.skip_or_fail(str(error))
-    from tracekit.probes import PROBES_DIR
-
+    """Every entry/return function loads as a kprobe program (verified by this kernel; nothing is attached),
+    compiled by the recorder's loader with the family's own cflags (tdp: this kernel's BTF)."""
+    need_loader()
     if family == "tdp":
-        cflags = bcc_backend.program_cflags("tdp", BtfTypes.load())
-    else:  # this host's BTF has no arm64 structs: use the arm64 lab kernel's members
-        cflags = [f"-I{PROBES_DIR}", "-w", *_arm64_cflags()]
-    bpf = bcc_backend.compile_program(family, cflags)
-    try:
+        try:
+            BtfTypes.load().member("tdp_iter", "level")
+        except MissingCapability as error:
+            livecheck.skip_or_fail(str(error))
+    import bcc
+
+    with loaded([Arm64Stage2() if family == "stage2" else TdpFamily()]) as backend:
         names = {fn for pair in bcc_backend.ATTACH[family].values() for fn in pair if fn}
         for name in sorted(names):
-            bpf.load_func(name.encode(), bcc.BPF.KPROBE)
-    finally:
-        bpf.cleanup()
+            backend.bpf.load_func(name.encode(), bcc.BPF.KPROBE)
+        assert not backend.bpf.kprobe_fds and not backend.attached
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_compile_failure_carries_the_compiler_log():
+    """Without the BTF member offsets the stage2 source cannot compile: the loader's ProbeLoadError names
+    the failure and its detail holds clang's diagnostic about the missing TK_OFF_ macro."""
+    need_loader()
+
+    class NoOffsets(Stage2Family):
+        def cflags(self, available, target_tgid):
+            return ["-DTK_S2_PAGES=64"]
+
+    with pytest.raises(ProbeLoadError, match="failed to compile or load") as caught:
+        with loaded([NoOffsets()]):
+            pass
+    assert "TK_OFF_" in caught.value.detail and "error" in caught.value.detail
 
 
 def test_decode_stage2_records():

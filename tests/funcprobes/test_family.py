@@ -247,39 +247,31 @@ def test_recorder_program_with_both_families_compiles_and_verifies():
     """walk + stage2 + tdp in one recorder program (as BccBackend builds it): compiled, every kprobe function
     verified by this kernel, every ring the families declare present; nothing attached. stage2 uses the
     arm64 lab kernel's member offsets (this host's BTF has no arm64 structs)."""
-    livecheck.need_bcc()
-    from tests.funcprobes.test_btf_bcc import _arm64_cflags
+    from tests.funcprobes.test_btf_bcc import Arm64Stage2, loaded, need_loader
     from tracekit.errors import MissingCapability
     from tracekit.funcprobes.bcc_backend import ATTACH
     from tracekit.funcprobes.btf_offsets import BtfTypes
-    from tracekit.recorder import bccload
 
+    need_loader()
     try:
-        bcc = bccload.import_bcc()
         BtfTypes.load().member("tdp_iter", "level")
     except MissingCapability as error:
         livecheck.skip_or_fail(str(error))
+    import bcc
 
-    class Arm64Stage2(Stage2Family):
-        def cflags(self, available, target_tgid):
-            return ["-DTK_S2_PAGES=64", "-DTK_S2_SAMPLE_PER_WALK=0", *_arm64_cflags()]
-
-    plan = [(make_family("walk"), []), (Arm64Stage2(), []), (make_family("tdp"), [])]
-    backend = bccload.BccBackend(plan, 1)
-    bpf = bccload._load(bcc, backend.program_text(), backend.cflags())
-    try:
-        for family, _ in plan[1:]:
+    plan = [make_family("walk"), Arm64Stage2(), make_family("tdp")]
+    with loaded(plan) as backend:
+        bpf = backend.bpf
+        for family in plan[1:]:
             for name in sorted({fn for pair in ATTACH[family.name].values() for fn in pair if fn}):
                 bpf.load_func(name.encode(), bcc.BPF.KPROBE)
-        for family, _ in plan:
+        for family in plan:
             for ring in family.rings():
                 assert bpf[ring.map_name.encode()].map_fd > 0
             for index, _probe in enumerate(next(iter(family.lost_maps().values()), ())):
                 table = next(bpf[m.encode()] for m in family.lost_maps())
                 assert sum(table.getvalue(table.Key(index))) == 0
         assert not bpf.kprobe_fds  # kprobes are attached by attach_bcc only, never by loading
-    finally:
-        bpf.cleanup()
 
 
 def test_cflags_need_btf_only_when_something_can_attach(tmp_path):

@@ -8,6 +8,7 @@ it). Modules: :mod:`~tracekit.funcprobes.spec` (probe specifications, tracefs ``
 :mod:`~tracekit.funcprobes.btf_offsets` (struct members from BTF for the bcc programs); with pyarrow:
 :mod:`~tracekit.funcprobes.families` (capture schemas), :mod:`~tracekit.funcprobes.decode` (events to
 capture tables), :mod:`~tracekit.funcprobes.batch` (vectorised table builders),
-:mod:`~tracekit.funcprobes.bcc_backend` (compile, attach, decode ring records) and
+:mod:`~tracekit.funcprobes.bcc_backend` (source, attach, decode ring records; compiled by the
+recorder's :mod:`tracekit.recorder.bccload`) and
 :mod:`~tracekit.funcprobes.family` (the ``stage2``/``tdp`` families of ``tracekit record``).
 """

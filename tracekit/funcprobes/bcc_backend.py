@@ -2,18 +2,17 @@
 
 Contract
 --------
-:func:`program_text` returns ``probes/<family>.bpf.c`` (family ``stage2`` or ``tdp``);
-:func:`program_cflags` the bcc flags: ``-I`` of the probes directory, ``TK_TARGET_TGID`` and the
-struct member offsets/sizes taken from the running kernel's BTF
-(:mod:`tracekit.funcprobes.btf_offsets`), never from headers. :func:`compile_program` builds the
-program with bcc (maps are created, no probe is attached: usable where kprobes are absent).
+:func:`program_text` returns ``probes/<family>.bpf.c`` (family ``stage2`` or ``tdp``). The program is
+compiled and loaded by the recorder's loader only (:class:`tracekit.recorder.bccload.BccBackend`,
+with the family's cflags from :meth:`tracekit.funcprobes.family.FunctionProbeFamily.cflags`: the
+struct member offsets of the running kernel's BTF, never headers), so a compile or verifier failure
+is its :class:`tracekit.errors.ProbeLoadError` with the compiler log in ``detail``.
 :func:`attach` attaches each resolved probe (:class:`~tracekit.funcprobes.kallsyms.Resolution`) to
 its entry/return functions of :data:`ATTACH` and returns ``(attached, failed)`` with reasons.
 :data:`EVENT_DTYPES` mirrors the event structs of ``probes/<family>.h`` (a test checks them against
 the headers) and :data:`RINGS` names each ring's record type; :func:`decode_stage2` /
 :func:`decode_tdp` turn one numpy batch of ring records into the capture family tables (no Python
-per event). Raises :class:`tracekit.errors.MissingCapability` (no bcc, no BTF) and
-:class:`tracekit.errors.ProbeLoadError` (compile failure, log in ``detail``).
+per event). Raises :class:`tracekit.errors.ProbeLoadError` (unknown family).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import pyarrow as pa
 
 from tracekit.errors import ProbeLoadError
 from tracekit.funcprobes import batch
-from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, BtfTypes, offset_cflags
 from tracekit.funcprobes.families import SCHEMAS
 from tracekit.funcprobes.kallsyms import Resolution, SymbolTable
 
@@ -34,8 +32,6 @@ __all__ = [
     "EVENT_DTYPES",
     "RINGS",
     "program_text",
-    "program_cflags",
-    "compile_program",
     "attach",
     "decode_stage2",
     "decode_tdp",
@@ -101,7 +97,6 @@ EVENT_DTYPES = {
 }  # fmt: skip
 _KINDS = ("invalid", "page", "block", "table")
 _VISITORS = ("stage2_split_walker", "stage2_map_walker")
-_FIELDS = {"stage2": STAGE2_FIELDS, "tdp": TDP_FIELDS}
 
 
 def program_text(family: str) -> str:
@@ -111,26 +106,6 @@ def program_text(family: str) -> str:
     if family not in ATTACH:
         raise ProbeLoadError(f"no function-probe family {family!r} (known: {', '.join(ATTACH)})")
     return (PROBES_DIR / f"{family}.bpf.c").read_text()
-
-
-def program_cflags(family: str, btf: BtfTypes, target_tgid: int = 0, ring_pages: int = 1024) -> list[str]:
-    """bcc cflags of ``family``: include path, target filter, ring size and BTF member offsets."""
-    from tracekit.probes import PROBES_DIR
-
-    prefix = "TK_S2" if family == "stage2" else "TK_TDP"
-    return [f"-I{PROBES_DIR}", f"-DTK_TARGET_TGID={target_tgid}", f"-D{prefix}_PAGES={ring_pages}", "-w",
-            *offset_cflags(btf, _FIELDS[family])]  # fmt: skip
-
-
-def compile_program(family: str, cflags: list[str]) -> Any:
-    """Compile ``family`` with bcc (maps created, nothing attached); ProbeLoadError with the log on failure."""
-    from tracekit.recorder.bccload import import_bcc
-
-    bcc = import_bcc()
-    try:
-        return bcc.BPF(text=program_text(family).encode(), cflags=cflags)
-    except Exception as error:  # bcc raises plain Exception for compile failures
-        raise ProbeLoadError(f"the {family} BPF program failed to compile: {error}") from None
 
 
 def attach(bpf: Any, family: str, resolutions: Iterable[Resolution]) -> tuple[list[str], list[dict]]:
