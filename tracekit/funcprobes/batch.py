@@ -6,6 +6,7 @@ Every function takes whole numpy columns of one batch and never loops over event
 (loops run over distinct values only: probe names, visit groups' labels, symbols).
 :func:`table` builds a table of a family of :data:`tracekit.funcprobes.families.SCHEMAS` from a
 dict of columns (absent columns are null; string columns are dictionary encoded);
+:func:`concat_tables` joins parts of one family in time order;
 :func:`args_json` renders per-row JSON objects of integer arguments with numpy string operations;
 :func:`aggregate_visits` groups visits by (walk, visitor, level, kind), keeping the first visit's
 common columns and the count; :func:`stage2_pte_kinds` classifies arm64 descriptors like
@@ -59,7 +60,7 @@ def concat_tables(family: str, parts: list[pa.Table]) -> pa.Table:
     if not parts:
         return SCHEMAS[family].empty_table()
     joined = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-    return joined.sort_by([("ts_ns", "ascending")]) if len(parts) > 1 else joined
+    return joined.sort_by([("ts_ns", "ascending")])  # a stable sort: rows of one instant keep their order
 
 
 def args_json(fields: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -79,12 +80,14 @@ def stage2_pte_kinds(old: np.ndarray, level: np.ndarray) -> np.ndarray:
     return np.where(~valid, 0, np.where(np.asarray(level) >= PAGE_LEVEL, 1, np.where(table_bit, 3, 2)))
 
 
-def stage2_visit_names(visit: np.ndarray, pte_codes: np.ndarray) -> np.ndarray:
-    """``VISIT:PTE`` labels (``leaf:block``) for visit flags and PTE kind codes, per distinct pair."""
+def stage2_visit_names(visit: np.ndarray, pte_codes: np.ndarray | None) -> np.ndarray:
+    """``VISIT:PTE`` labels (``leaf:block``) for visit flags and PTE kind codes, per distinct pair;
+    just ``VISIT`` (``leaf``) when the PTE is unknown (``pte_codes`` None)."""
     visit = np.asarray(visit, dtype=np.int64)
-    pairs, inverse = np.unique(np.stack([visit, np.asarray(pte_codes, dtype=np.int64)], axis=1), axis=0,
-                               return_inverse=True)
-    labels = np.array([f"{VISIT_KINDS.get(int(v), 'unknown')}:{_KIND_NAMES[int(k)]}" for v, k in pairs], dtype=object)
+    codes = np.full(len(visit), -1, np.int64) if pte_codes is None else np.asarray(pte_codes, dtype=np.int64)
+    pairs, inverse = np.unique(np.stack([visit, codes], axis=1), axis=0, return_inverse=True)
+    labels = np.array([VISIT_KINDS.get(int(v), "unknown") + (f":{_KIND_NAMES[int(k)]}" if k >= 0 else "")
+                       for v, k in pairs], dtype=object)  # fmt: skip
     return labels[inverse.reshape(-1)] if len(pairs) else np.empty(0, dtype=object)
 
 

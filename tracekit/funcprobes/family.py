@@ -20,9 +20,13 @@ docs/capture-families-funcprobes.md).
   argument names when the kernel has them) in a group private to this recorder process
   (``tkrec<pid>``), :meth:`FunctionProbeFamily.tracefs_cleanup` removes them on every exit path;
   :meth:`FunctionProbeFamily.decode_tracefs` pairs entries and returns per (thread, function) as a
-  stack, attributes visits to the latest walk of their thread still open, and aggregates visits,
-  all with numpy over whole batches (entries still open are carried to the next batch and written
-  with ``duration_ns`` -1 at the end).
+  stack, numbers walks in time order, attributes visits to the innermost walk of their thread open
+  at the time, aggregates visits, drops (and counts) arm64 host user-page-table walks and turns
+  :data:`SPLIT_TRACEPOINTS` events into split rows, all with numpy over whole batches (entries still
+  open are carried to the next batch and written with ``duration_ns`` -1 at the end).
+  :meth:`FunctionProbeFamily.decode_recording` decodes a whole recording as one batch: the labs'
+  host side (:mod:`tracekit.lab.results`) decodes the guests' raw traces with it, through
+  :func:`family_for` (the family of a probe tuple), so one decoder serves ``record`` and the labs.
 """
 
 from __future__ import annotations
@@ -42,16 +46,21 @@ from tracekit.funcprobes.families import SCHEMAS
 from tracekit.funcprobes.kallsyms import Resolution, SymbolTable, resolve
 from tracekit.funcprobes.spec import FuncProbe, event_names
 from tracekit.funcprobes.stage2 import STAGE2_PROBES
-from tracekit.funcprobes.tdp import TDP_PROBES
+from tracekit.funcprobes.tdp import TDP_PROBES, TRACEPOINT_SPLITS
 from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RingSpec, register_family
 
-__all__ = ["FunctionProbeFamily", "Stage2Family", "TdpFamily", "TDP_MMU_ONLY", "pair_calls", "tracefs_group"]
+__all__ = ["FunctionProbeFamily", "Stage2Family", "TdpFamily", "TDP_MMU_ONLY", "SPLIT_TRACEPOINTS", "family_for",
+           "pair_calls", "tracefs_group"]
 
 #: tdp probes whose functions run only when KVM uses the TDP MMU (``kvm.tdp_mmu=Y``).
 TDP_MMU_ONLY = frozenset({"tdp_map", "tdp_try_split", "split_root", "wrprot_slot", "split_huge_page",
                           "clear_dirty_masked", "zap_collapsible", "recover_huge_pages", "iter_next"})
 
 _ARCH_LABEL = {"stage2": "aarch64", "tdp": "x86_64"}
+
+#: Tracepoints whose events, when handed to the decoder with the probes' (the labs record
+#: ``kvmmmu:kvm_mmu_split_huge_page`` next to the tdp probes), become ``split`` rows: gfn, level, errno.
+SPLIT_TRACEPOINTS = tuple(FuncProbe(event, event, "split", timed=False) for _system, event in TRACEPOINT_SPLITS)
 _NOT_ARGS = ("common_", "__probe_", "ts_ns", "cpu", "tgid")
 
 
@@ -275,15 +284,12 @@ class FunctionProbeFamily(ProbeFamily):
         by_name = {name.split(":", 1)[1]: array for name, array in events.items()}
         parts: dict[str, list[pa.Table]] = {name: [] for name in SCHEMAS}
         walks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # (tid, start, end, walk_id)
+        new_walks = self._number_walks(by_name)
         for probe in self.probes:
             if probe.role == "visit":
                 continue
             entry_name, ret_name = event_names(probe)
-            new = _columns(by_name.get(entry_name))
-            if probe.role == "walk" and len(new["ts_ns"]):
-                new = _sorted(new)
-                new["walk_id"] = self._next_walk + np.arange(len(new["ts_ns"]), dtype=np.int64)
-                self._next_walk += len(new["ts_ns"])
+            new = new_walks.get(probe.name) or _columns(by_name.get(entry_name))
             entries = _concat([self._pending.pop(probe.name, None), new])
             if not len(entries["ts_ns"]):
                 continue
@@ -315,7 +321,41 @@ class FunctionProbeFamily(ProbeFamily):
             if table is not None:
                 parts[family].append(table)
         parts["stage2_visit"].append(self._visits(by_name, walks))
+        for probe in SPLIT_TRACEPOINTS:
+            if probe.name in by_name and len(by_name[probe.name]):
+                e = _columns(by_name[probe.name])
+                errno = e["errno"] if "errno" in e else None
+                parts["split"].append(self._rows(probe, e, np.full(len(e["ts_ns"]), -1, np.int64), errno)[1])
         return {name: batch.concat_tables(name, tables) for name, tables in parts.items()}
+
+    def event_names(self) -> set[str]:
+        """tracefs event names (without group) :meth:`decode_tracefs` reads: entries, returns, split tracepoints."""
+        return {name for p in self.probes for name in event_names(p) if name} | {p.name for p in SPLIT_TRACEPOINTS}
+
+    def decode_recording(self, events: dict[str, np.ndarray]) -> dict[str, pa.Table]:
+        """A whole recording in one batch: :meth:`decode_tracefs` plus the calls left open at its end."""
+        tables = self.decode_tracefs(events)
+        finals = self.finish_tracefs(0)
+        return {name: batch.concat_tables(name, [table, finals[name]]) if name in finals else table
+                for name, table in tables.items()}  # fmt: skip
+
+    def _number_walks(self, by_name: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """The new entries of every walk probe, sorted by time, with ``walk_id`` numbered in time order
+        across all walk probes of the batch (ties by CPU, then probe order), continuing the last batch."""
+        entries = {p.name: _sorted(_columns(by_name.get(event_names(p)[0]))) for p in self.probes if p.role == "walk"}
+        entries = {name: cols for name, cols in entries.items() if len(cols["ts_ns"])}
+        if not entries:
+            return {}
+        ts = np.concatenate([cols["ts_ns"] for cols in entries.values()]).astype(np.int64)
+        cpu = np.concatenate([cols["cpu"] for cols in entries.values()]).astype(np.int64)
+        ranks = np.empty(len(ts), np.int64)
+        ranks[np.lexsort((cpu, ts))] = np.arange(len(ts))  # lexsort is stable: probe order breaks the last ties
+        start = 0
+        for cols in entries.values():
+            cols["walk_id"] = self._next_walk + ranks[start : start + len(cols["ts_ns"])]
+            start += len(cols["ts_ns"])
+        self._next_walk += len(ts)
+        return entries
 
     def finish_tracefs(self, stop_ns: int) -> dict[str, pa.Table]:
         """Calls still open when the recording stopped (``duration_ns`` -1)."""
@@ -336,10 +376,10 @@ class FunctionProbeFamily(ProbeFamily):
             v = _columns(by_name[probe.name])
             n = len(v["ts_ns"])
             level = _as_int8(v["level"]) if "level" in v else np.full(n, -1, np.int8)
-            if "visit" in v and "old" in v:
-                kind = batch.stage2_visit_names(v["visit"], batch.stage2_pte_kinds(v["old"], level))
+            if "visit" in v:
+                kind = batch.stage2_visit_names(v["visit"], batch.stage2_pte_kinds(v["old"], level) if "old" in v else None)
             else:
-                kind = np.full(n, "step" if "visit" not in v else "unknown", dtype=object)
+                kind = np.full(n, "step", dtype=object)
             walk_id = _innermost_walk(v["tid"], v["ts_ns"], walks)
             tables.append(batch.aggregate_visits(_common(v), walk_id, np.full(n, probe.symbol, dtype=object), level, kind))
         return batch.concat_tables("stage2_visit", tables)
@@ -358,10 +398,12 @@ class FunctionProbeFamily(ProbeFamily):
             addr, size = e.get("addr"), e.get("size")
             if addr is None and "start" in e:
                 addr, size = e["start"] << np.uint64(12), (e["end"] - e["start"]) << np.uint64(12)
-            initiator = probe.symbol
-            if "cb" in e and self.symbols is not None:
-                unique, inverse = np.unique(e["cb"], return_inverse=True)
-                initiator = np.array([self.symbols.symbolize(int(a)) for a in unique], dtype=object)[inverse.reshape(-1)]
+            initiator = probe.symbol  # x86 iterator loops: the function is the initiator
+            if "cb" in e:  # arm64: the visitor callback, unknown without a symbol table
+                initiator = None
+                if self.symbols is not None:
+                    unique, inverse = np.unique(e["cb"], return_inverse=True)
+                    initiator = np.array([self.symbols.symbolize(int(a)) for a in unique], dtype=object)[inverse.reshape(-1)]
             cols.update(walk_id=e["walk_id"], addr=addr, size=size, flags=e.get("flags"), initiator=initiator,
                         start_level=_as_int8(e["start_level"]) if "start_level" in e else None,
                         ret=_ret(ret, 32))  # fmt: skip
@@ -415,7 +457,7 @@ def _take(cols: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray
 
 
 def _sorted(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return _take(cols, np.argsort(cols["ts_ns"], kind="stable"))
+    return _take(cols, np.lexsort((cols["cpu"], cols["ts_ns"])))
 
 
 def _concat(parts: list[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray]:
@@ -429,25 +471,33 @@ def _concat(parts: list[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray]:
 
 
 def _innermost_walk(tid: np.ndarray, ts: np.ndarray, walks: list) -> np.ndarray:
-    """Walk id of the latest walk of the same thread started at or before each visit and not yet
-    returned (-1 when there is none)."""
+    """Walk id of the innermost walk of the same thread open at each visit (-1 when there is none).
+
+    A thread's walks nest (they are calls), so the walks open at a visit are those its depth counts, and
+    the innermost is the latest one that started at that depth. Starts, visits and ends are merged per
+    thread in time order (at one instant a start before a visit before an end), the depth is their running
+    sum (+1, 0, -1), and each visit takes the last start of its thread at its depth. ``walks`` holds
+    (tid, start, end, walk_id) arrays; an open walk ends at the largest int64."""
     n = len(ts)
     if not walks or n == 0:
         return np.full(n, -1, np.int64)
     w_tid, w_start, w_end, w_id = (np.concatenate(c) for c in zip(*walks))
-    all_tid = np.r_[w_tid, tid].astype(np.int64)
-    all_ts = np.r_[w_start, ts].astype(np.int64)
-    is_visit = np.r_[np.zeros(len(w_tid), bool), np.ones(n, bool)]
-    order = np.lexsort((is_visit, all_ts, all_tid))  # a walk before a visit at the same instant
-    position = np.where(~is_visit[order], np.arange(len(order)), -1)
-    last = np.maximum.accumulate(position)
-    visit_pos = np.flatnonzero(is_visit[order])
-    walk_pos = last[visit_pos]
-    walk_row = np.where(walk_pos >= 0, order[np.maximum(walk_pos, 0)], 0)
-    ok = (walk_pos >= 0) & (all_tid[walk_row] == all_tid[order[visit_pos]])
-    ok &= w_end[np.minimum(walk_row, len(w_end) - 1)] >= all_ts[order[visit_pos]]
+    m = len(w_tid)
+    kind = np.r_[np.zeros(m, np.int8), np.ones(n, np.int8), np.full(m, 2, np.int8)]
+    all_tid = np.r_[w_tid, tid, w_tid].astype(np.int64)
+    order = np.lexsort((kind, np.r_[w_start, ts, w_end].astype(np.int64), all_tid))
+    kind, all_tid = kind[order], all_tid[order]
+    depth = np.cumsum(np.array([1, 0, -1], np.int64)[kind])  # every thread's starts and ends cancel out
+    keep = np.flatnonzero(kind != 2)
+    by = keep[np.lexsort((keep, depth[keep], all_tid[keep]))]  # per (thread, depth) in time order
+    is_start = kind[by] == 0
+    last_start = np.maximum.accumulate(np.where(is_start, np.arange(len(by)), -1))
+    visits = np.flatnonzero(~is_start)
+    start = np.maximum(last_start[visits], 0)
+    ok = (last_start[visits] >= 0) & (depth[by[visits]] > 0)
+    ok &= (all_tid[by[start]] == all_tid[by[visits]]) & (depth[by[start]] == depth[by[visits]])
     result = np.full(n, -1, np.int64)
-    result[order[visit_pos] - len(w_tid)] = np.where(ok, w_id[np.minimum(walk_row, len(w_id) - 1)], -1)
+    result[order[by[visits]] - m] = np.where(ok, w_id[np.minimum(order[by[start]], m - 1)], -1)
     return result
 
 
@@ -466,6 +516,14 @@ class TdpFamily(FunctionProbeFamily):
     description = "x86 KVM TDP-MMU faults, iterator walks, huge-page splits and dirty-log clearing (kprobes)"
     probes = TDP_PROBES
     tdp_mmu_only = TDP_MMU_ONLY
+
+
+def family_for(probes: tuple[FuncProbe, ...]) -> FunctionProbeFamily:
+    """A new family of the given probe tuple (``STAGE2_PROBES`` or ``TDP_PROBES``); ValueError otherwise."""
+    for cls in (Stage2Family, TdpFamily):
+        if tuple(probes) == cls.probes:
+            return cls()
+    raise ValueError("not the probes of a function-probe family (stage2 or tdp)")
 
 
 register_family("stage2", Stage2Family)

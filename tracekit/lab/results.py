@@ -5,8 +5,12 @@ Contract
 :func:`unpack` extracts the tar archive the guest streamed over its virtio port into a directory
 (member paths are checked to stay inside it; a truncated or empty archive raises
 :class:`tracekit.errors.LabError`). :func:`read_guest_trace` decodes every ``raw/cpuN.bin`` with
-the saved ``formats/`` into time-ordered :class:`~tracekit.funcprobes.decode.ProbeEvent` records
-(function-probe events) plus the scenario step markers. :func:`write_capture` writes a capture
+the saved ``formats/`` into one record array per event (``GuestTrace.arrays``, as the recorder's tracefs
+backend hands them to its families), time-ordered :class:`~tracekit.funcprobes.decode.ProbeEvent`
+records of the same events (step counts, lock waits) and the scenario step markers.
+:func:`decode_functions` turns the function-probe events into the capture tables with the recorder's
+own decoder (:meth:`tracekit.funcprobes.family.FunctionProbeFamily.decode_recording`, the guest's whole
+trace as one batch). :func:`write_capture` writes a capture
 directory (families ``stage2_walk``, ``stage2_visit``, ``split``, ``fault``, ``func_call``) with
 ``source.kind = "lab"`` and the guest's kernel release, probes, steps, per-step counts and the
 kernel's own histogram totals in the manifest; ``lock:contention_*`` events, when recorded, become
@@ -19,17 +23,23 @@ from __future__ import annotations
 
 import json
 import re
-from bisect import bisect_left, bisect_right
 import tarfile
-from dataclasses import dataclass
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
 
 from tracekit.errors import LabError
-from tracekit.funcprobes.decode import ProbeEvent, decode_events
+from tracekit.funcprobes.decode import ProbeEvent
 from tracekit.funcprobes.kallsyms import parse_kallsyms
 from tracekit.recorder import rawbuf
 
-__all__ = ["unpack", "GuestTrace", "read_guest_trace", "step_counts", "hist_totals", "write_capture"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["unpack", "GuestTrace", "read_guest_trace", "step_counts", "hist_totals", "decode_functions", "write_capture"]
 
 
 def unpack(archive: Path, dest: Path) -> Path:
@@ -67,6 +77,9 @@ class GuestTrace:
     events: list[ProbeEvent]
     steps: list[dict]
     stats: DecodeStats
+    #: ``system:event`` -> every decoded record of that event (all CPUs), as the recorder's tracefs backend
+    #: hands them to the families
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 _COMMON = ("common_type", "common_flags", "common_preempt_count", "common_pid", "ts_ns", "cpu", "tgid")
@@ -81,6 +94,7 @@ def read_guest_trace(folder: Path) -> GuestTrace:
         formats[fmt.id] = fmt
     stats = DecodeStats()
     events: list[ProbeEvent] = []
+    arrays: dict[str, list[np.ndarray]] = {}
     marks: list[tuple[int, int]] = []
     for path in sorted((folder / "raw").glob("cpu*.bin")):
         try:
@@ -96,6 +110,7 @@ def read_guest_trace(folder: Path) -> GuestTrace:
             if fmt.system == "ftrace":
                 marks += [(int(ts), int(mark)) for ts, mark in zip(rows["ts_ns"], rows["id"])]
                 continue
+            arrays.setdefault(f"{fmt.system}:{fmt.name}", []).append(rows)
             names = [n for n in rows.dtype.names if n not in _COMMON and rows.dtype[n].kind in "iu"]
             columns = {n: rows[n].tolist() for n in names}
             for i, (ts, cpu, tid) in enumerate(zip(rows["ts_ns"].tolist(), rows["cpu"].tolist(), rows["common_pid"].tolist())):
@@ -107,7 +122,8 @@ def read_guest_trace(folder: Path) -> GuestTrace:
         index, end = divmod(mark, 2)
         step = steps.setdefault(index, {"index": index, "op": named.get(index, "step")})
         step["end_ns" if end else "begin_ns"] = ts
-    return GuestTrace(meta, events, [steps[i] for i in sorted(steps)], stats)
+    joined = {name: np.concatenate(parts) for name, parts in arrays.items()}
+    return GuestTrace(meta, events, [steps[i] for i in sorted(steps)], stats, joined)
 
 
 def step_counts(trace: GuestTrace) -> list[dict]:
@@ -166,6 +182,32 @@ def lock_rows(events: list[ProbeEvent], pid_of, mmu_locks: set[int]) -> tuple[li
     return rows, summary
 
 
+def decode_functions(arrays: dict[str, np.ndarray], probes: tuple, symbols, vmm_pid: int | None = None,
+                     vmm_tids: Iterable[int] = ()) -> tuple[dict[str, pa.Table], dict[str, int]]:
+    """The capture tables of the function probes ``probes`` (and the split tracepoints) in ``arrays``,
+    decoded by the recorder's family (:meth:`~tracekit.funcprobes.family.FunctionProbeFamily.decode_recording`),
+    with ``pid`` the VMM's for its threads (``vmm_tids``) and the thread id otherwise; and the counts of the
+    run summary: entry events per probe and split tracepoint, ``unpaired`` returns and dropped ``host_walks``
+    (each only when non-zero)."""
+    from tracekit.funcprobes.family import SPLIT_TRACEPOINTS, family_for
+
+    family = family_for(probes)
+    family.symbols = symbols
+    tids = np.fromiter(vmm_tids, np.int64)
+    mine = {}
+    for name, rows in arrays.items():
+        if name.split(":", 1)[1] in family.event_names():
+            rows = rows.copy()
+            if vmm_pid:
+                rows["tgid"] = np.where(np.isin(rows["common_pid"], tids), vmm_pid, rows["common_pid"])
+            mine[name] = rows
+    tables = family.decode_recording(mine)
+    entries = {p.name for p in (*probes, *SPLIT_TRACEPOINTS)}
+    counts = {name.split(":", 1)[1]: len(rows) for name, rows in mine.items() if name.split(":", 1)[1] in entries}
+    counts.update(unpaired=family.notes["unpaired_returns"], host_walks=family.notes["host_walks"])
+    return tables, {name: n for name, n in sorted(counts.items()) if n}
+
+
 def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, manifest: dict,
                   mmu_lock_offset: int | None = None) -> dict:  # fmt: skip
     """Write the capture; returns the manifest additions (counts, steps) for the run summary."""
@@ -180,13 +222,13 @@ def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, 
     def pid_of(tid: int) -> int:  # the raw trace has thread ids only; the VMM's threads are known
         return vmm_pid if vmm_pid and tid in vmm_tids else tid
 
-    decoded = decode_events(trace.events, probes, symbols, pid_of=pid_of)
+    tables, counts = decode_functions(trace.arrays, probes, symbols, vmm_pid, vmm_tids)
     steps = step_counts(trace)
     kvms = {ev.fields["kvm"] for ev in trace.events if ev.name == "enable_log_dirty" and "kvm" in ev.fields}
     mmu_locks = {k + mmu_lock_offset for k in kvms} if mmu_lock_offset is not None else set()
     locks, lock_summary = lock_rows(trace.events, pid_of, mmu_locks)
     summary = {
-        "counts": decoded.counts,
+        "counts": counts,
         "steps": steps,
         "kernel_histograms": hist_totals(folder),
         "decode": {"events": trace.stats.events, "pages": trace.stats.pages, "unknown": trace.stats.unknown,
@@ -196,7 +238,7 @@ def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, 
     }
     meta = trace.meta
     with CaptureWriter(output, manifest={**manifest, "lab": summary}) as writer:
-        for family, table in decoded.tables.items():
+        for family, table in tables.items():
             writer.declare(family, table.schema)
             if table.num_rows:
                 writer.append(family, table)
