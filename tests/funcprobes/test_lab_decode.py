@@ -4,13 +4,13 @@ The two archives in ``data/`` are ``tracekit lab ... --keep-raw`` guest results 
 under QEMU 7.2 TCG, 2026-11-21) cut down to a few whole ring-buffer pages per CPU, so the cut also leaves
 returns whose entry was cut off and entries whose return was:
 
-- ``lab-arm64-eager-cut``: scenario eager-enable, CPU 0 pages 0-3 (faults that map the 2 MiB blocks) and 9-22
+- ``lab-arm64-eager-cut``: scenario eager-enable, CPU 0 pages 0-3 (faults that map the 2 MiB blocks) and 9-33
   (inside the eager split at dirty-log enable), CPU 1 pages 0-7; kallsyms cut to the symbols around the walkers.
 - ``lab-x86-tdp-eager-cut``: scenario tdp-eager, CPU 1 pages 0-5 and 90-101 (the write-protect pass's start,
   the split loop), CPU 0 pages 0-2.
 
 The expected figures are those the lab's former per-event decoder (``decode_events``) gave for the same pages,
-checked equal table for table before it was removed.
+checked equal table for table before it was removed; the whole walks among them visit what the model predicts.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from tracekit.funcprobes.kallsyms import parse_kallsyms
 from tracekit.funcprobes.stage2 import STAGE2_PROBES
 from tracekit.funcprobes.tdp import TDP_PROBES
 from tracekit.lab import results
+from tracekit.model.accounting import WalkStats
+from tracekit.model.split import EagerSplitter
+from tracekit.model.stage2 import Stage2PageTable
+from tracekit.model.tdp import TdpPageTable
 
 DATA = Path(__file__).parent / "data"
 MiB = 1 << 20
@@ -55,13 +59,15 @@ def test_arm64_guest_trace(tmp_path):
     """Faults: 110 guest aborts, each with a host user-page-table walk (111 dropped, mmu 0) and a stage-2 map walk
     (2 invalid level-1 leaves, then 109 TABLE_PRE once the level-2 table exists). Split: the visits of a split
     whose walk entry fell in the cut pages count outside any walk (walk -1) and its 2 returns are unpaired; the
-    next split walk opens (1 block, 148 pages before the cut) and its return is cut off (duration -1)."""
+    next split walk is whole and visits exactly what the model's split of one 2 MiB block does (1 block, 512 pages,
+    512 invalid leaves built by the map walker); the one after it opens (1 block, 132 pages) and its return is cut
+    off (duration -1)."""
     _trace, _symbols, meta, tables, counts = _decode(tmp_path, "lab-arm64-eager-cut", STAGE2_PROBES)
-    assert counts == {"guest_abort": 110, "host_walks": 111, "map_walker": 904, "pgtable_walk": 223, "split_walker": 661,
-                      "stage2_map": 111, "stage2_split": 1, "unpaired": 2}  # fmt: skip
-    assert counts["pgtable_walk"] - counts["host_walks"] == len(tables["stage2_walk"]) == 112
-    assert _timing(tables["stage2_walk"]) == (112, 1, 8_208_288)
-    assert _timing(tables["split"]) == (1, 1, 0)
+    assert counts == {"guest_abort": 110, "host_walks": 111, "map_walker": 1416, "pgtable_walk": 224,
+                      "split_walker": 1158, "stage2_map": 111, "stage2_split": 2, "unpaired": 2}  # fmt: skip
+    assert counts["pgtable_walk"] - counts["host_walks"] == len(tables["stage2_walk"]) == 113
+    assert _timing(tables["stage2_walk"]) == (113, 1, 17_460_912)
+    assert _timing(tables["split"]) == (2, 1, 9_284_640)
     assert _timing(tables["fault"]) == (110, 0, 364_508_272)
     assert _timing(tables["func_call"]) == (111, 0, 10_037_776)
     assert _visits_by_initiator(tables) == {
@@ -70,14 +76,25 @@ def test_arm64_guest_trace(tmp_path):
         ("stage2_map_walker", "stage2_map_walker", 2, "leaf:invalid"): 54,
         ("stage2_map_walker", "stage2_map_walker", 2, "table_pre:table"): 57,
         ("stage2_map_walker", "stage2_map_walker", 3, "leaf:invalid"): 58,
-        ("stage2_split_walker", "stage2_split_walker", 2, "leaf:block"): 1,
-        ("stage2_split_walker", "stage2_split_walker", 3, "leaf:page"): 148,
-        ("stage2_split_walker", "stage2_map_walker", 3, "leaf:invalid"): 512,
+        ("stage2_split_walker", "stage2_split_walker", 2, "leaf:block"): 1 + 1,
+        ("stage2_split_walker", "stage2_split_walker", 3, "leaf:page"): 512 + 132,
+        ("stage2_split_walker", "stage2_map_walker", 3, "leaf:invalid"): 512 + 512,
         ("-", "stage2_split_walker", 3, "leaf:page"): 512,
         ("-", "stage2_map_walker", 3, "leaf:invalid"): 112,
     }  # fmt: skip
-    assert sum(_visits_by_initiator(tables).values()) == counts["split_walker"] + counts["map_walker"] == 1565
+    assert sum(_visits_by_initiator(tables).values()) == counts["split_walker"] + counts["map_walker"] == 2574
     assert set(tables["fault"]["pid"]) == {meta["vmm_pid"]} and set(tables["fault"]["tid"]) <= set(meta["vmm_tids"])
+
+    walks = tables["stage2_walk"]
+    (whole,) = walks[(walks["initiator"] == "stage2_split_walker") & (walks["duration_ns"] >= 0)].itertuples()
+    pgt, stats = Stage2PageTable(), WalkStats()
+    pgt.populate(int(whole.addr), int(whole.size), 2 * MiB)
+    assert EagerSplitter(pgt, 2 * MiB).split_huge_pages(int(whole.addr), int(whole.addr + whole.size), stats) == 0
+    visits = tables["stage2_visit"][tables["stage2_visit"]["walk_id"] == whole.walk_id]
+    measured = {(str(v), int(lvl), str(k)): int(n) for v, lvl, k, n in visits[["visitor", "level", "kind", "count"]].itertuples(index=False)}
+    assert measured == {("stage2_split_walker", 2, "leaf:block"): stats.get("leaf", 2),
+                        ("stage2_split_walker", 3, "leaf:page"): stats.get("leaf", 3),
+                        ("stage2_map_walker", 3, "leaf:invalid"): stats.get("build", 3)}  # fmt: skip
 
 
 def test_x86_guest_trace(tmp_path):
@@ -98,7 +115,12 @@ def test_x86_guest_trace(tmp_path):
     assert _timing(tables["fault"]) == (82, 2, 202_554_065)
     assert _timing(tables["func_call"]) == (100, 2, 9_475_834)
     by_walk = _visits_by_initiator(tables)
-    assert {k[2]: n for k, n in by_walk.items() if k[0] == "tdp_mmu_split_huge_pages_root"} == {2: 64, 3: 33, 4: 33}
+    pgt, stats = TdpPageTable(), WalkStats()
+    pgt.populate(1 << 32, 64 * MiB, 2 * MiB)
+    pgt.split_huge_pages(1 << 32, (1 << 32) + 64 * MiB, stats)
+    model = {level: stats.get("entries", level) for level in range(1, 6) if stats.get("entries", level)}
+    assert {k[2]: n for k, n in by_walk.items() if k[0] == "tdp_mmu_split_huge_pages_root"} == model == {2: 64, 3: 33, 4: 33}
+    assert stats.get("splits", 2) == len(tracepoint)
     assert {k[2]: n for k, n in by_walk.items() if k[0] == "kvm_tdp_mmu_wrprot_slot"} == {1: 2132, 2: 4, 3: 1, 4: 1}
     assert {k[2]: n for k, n in by_walk.items() if k[0] == "-"} == {1: 561, 2: 32, 3: 49, 4: 49}
     assert sum(by_walk.values()) == counts["iter_next"]
