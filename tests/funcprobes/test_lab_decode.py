@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tracekit.funcprobes.kallsyms import parse_kallsyms
 from tracekit.funcprobes.stage2 import STAGE2_PROBES
 from tracekit.funcprobes.tdp import TDP_PROBES
@@ -124,30 +122,3 @@ def test_x86_guest_trace(tmp_path):
     assert {k[2]: n for k, n in by_walk.items() if k[0] == "kvm_tdp_mmu_wrprot_slot"} == {1: 2132, 2: 4, 3: 1, 4: 1}
     assert {k[2]: n for k, n in by_walk.items() if k[0] == "-"} == {1: 561, 2: 32, 3: 49, 4: 49}
     assert sum(by_walk.values()) == counts["iter_next"]
-
-
-@pytest.mark.parametrize("name,probes", [("lab-arm64-eager-cut", STAGE2_PROBES), ("lab-x86-tdp-eager-cut", TDP_PROBES)])
-def test_the_former_per_event_decoder_agrees(tmp_path, name, probes):
-    """Both decoders on the same real pages: the same counts and the same rows in every family, but for the size of
-    the tdp_mmu_split_huge_page spans (the per-event decoder left it null; it is the huge page's, from its level)."""
-    import pandas as pd
-
-    from tracekit.funcprobes.decode import decode_events
-
-    trace, symbols, meta, tables, counts = _decode(tmp_path, name, probes)
-    vmm_tids = set(meta["vmm_tids"])
-    old = decode_events(trace.events, probes, symbols, pid_of=lambda tid: meta["vmm_pid"] if tid in vmm_tids else tid)
-    assert old.counts == counts
-    for family, new in tables.items():
-        former = old.tables[family].to_pandas()
-        if family == "split":
-            spans = new["probe"] == "split_huge_page"
-            assert (former["size"][former["probe"] == "split_huge_page"].isna()).all()
-            new.loc[spans, "size"] = None
-        for frame in (former, new):
-            for column in frame.columns:
-                frame[column] = frame[column].astype(object)
-        columns = list(former.columns)
-        former = former.sort_values(columns, kind="stable").reset_index(drop=True)
-        new = new.sort_values(columns, kind="stable").reset_index(drop=True)
-        pd.testing.assert_frame_equal(former, new, obj=family)

@@ -291,9 +291,10 @@ class FunctionProbeFamily(ProbeFamily):
             entry_name, ret_name = event_names(probe)
             new = new_walks.get(probe.name) or _columns(by_name.get(entry_name))
             entries = _concat([self._pending.pop(probe.name, None), new])
-            if not len(entries["ts_ns"]):
-                continue
             returns = _columns(by_name.get(ret_name)) if ret_name else _columns(None)
+            if not len(entries["ts_ns"]):
+                self.notes["unpaired_returns"] += len(returns["ts_ns"])
+                continue
             if ret_name is None:
                 rows, rets, open_, missed = np.arange(len(entries["ts_ns"])), None, np.empty(0, int), np.empty(0, int)
             else:
