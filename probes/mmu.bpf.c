@@ -6,7 +6,11 @@
  * field used here (cflag TK_MMU_HAVE_<EVENT>), so a host that lacks one still
  * records the others.
  *
- * cflags: TK_TARGET_TGID, TK_MMU_PAGES, TK_MMU_HAVE_<EVENT>.
+ * Events are batched per CPU (see tk_bpf.h): an mmu_events ring record is one
+ * struct mmu_batch. Within a CPU, records keep the order of the events.
+ *
+ * cflags: TK_TARGET_TGID, TK_MMU_PAGES, TK_MMU_HAVE_<EVENT>, TK_BATCH_EVENTS,
+ * TK_BATCH_FLUSH_NS, TK_FAKE_FD_mmu_events.
  * Probes (index into mmu_lost): the TK_MMU_<EVENT> number.
  *
  * Note: the dirty-ring and hva events run in the context of whoever causes them
@@ -24,41 +28,101 @@ typedef __u64 gpa_t;
 #define TK_MMU_PAGES 2048
 #endif
 
+#ifndef TK_FAKE_FD_mmu_events
+#define TK_FAKE_FD_mmu_events 0
+#endif
+
+struct mmu_batch {
+	struct tk_batch_header bh;
+	struct mmu_event ev[TK_BATCH_EVENTS];
+};
+
 BPF_RINGBUF_OUTPUT(mmu_events, TK_MMU_PAGES);
 BPF_PERCPU_ARRAY(mmu_lost, __u64, TK_MMU_NEVENTS);
+BPF_PERCPU_ARRAY(mmu_staging, struct mmu_batch, 2);
+BPF_ARRAY(mmu_failures, struct tk_ring_failure, TK_FAILURE_SLOTS);
+BPF_ARRAY(mmu_failure_count, __u64, 1);
 
-/* The start of every handler: nothing (0) for other processes' events; else a zeroed
- * mmu_event of this kind with its header filled, or 0 with the loss counted. */
-static __always_inline struct mmu_event *mmu_reserve(__u32 kind)
+static __always_inline void mmu_count_lost(__u32 kind, __u64 n)
+{
+	__u64 *lost = mmu_lost.lookup(&kind);
+	if (lost)
+		*lost += n;
+}
+
+/* The start of every handler: nothing (0) for other processes' events; else this
+ * CPU's staging batch (or its spare when a program on this CPU is filling it) marked
+ * busy, its next slot zeroed with the header filled; 0 with the loss counted when
+ * both are busy. */
+static __always_inline struct mmu_batch *mmu_open(__u32 kind)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!tk_is_target(pid_tgid))
 		return 0;
-	struct mmu_event *e = mmu_events.ringbuf_reserve(sizeof(struct mmu_event));
-	if (!e) {
-		__u64 *lost = mmu_lost.lookup(&kind);
-		if (lost)
-			(*lost)++;
+	__u32 main = 0, spare = 1;
+	struct mmu_batch *b = mmu_staging.lookup(&main);
+	struct mmu_batch *s = mmu_staging.lookup(&spare);
+	if (!b || !s || !tk_batch_claim(&b->bh, &s->bh)) {
+		mmu_count_lost(kind, 1);
 		return 0;
 	}
+	if (s->bh.spare)  /* claimed the spare: the batch is being filled below us */
+		b = s;
+	struct mmu_event *e = TK_BATCH_SLOT(b);
 	__builtin_memset(e, 0, sizeof(*e));
 	tk_fill_header(&e->hdr, pid_tgid, kind);
-	return e;
+	return b;
 }
 
-/* The end of every handler. */
-static __always_inline int mmu_submit(struct mmu_event *e)
+static __always_inline void mmu_failed(struct mmu_batch *b, __u32 kind, long ret)
 {
-	mmu_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	__u32 n = b->bh.count;
+	for (__u32 i = 0; i < TK_BATCH_EVENTS; i++) {
+		if (i >= n)
+			break;
+		mmu_count_lost(b->ev[i].hdr.kind < TK_MMU_NEVENTS ? b->ev[i].hdr.kind : kind, 1);
+	}
+	__u32 zero = 0;
+	__u64 *count = mmu_failure_count.lookup(&zero);
+	if (!count)
+		return;
+	__u32 slot = __sync_fetch_and_add(count, 1);
+	if (slot >= TK_FAILURE_SLOTS)
+		return;
+	struct tk_ring_failure *f = mmu_failures.lookup(&slot);
+	if (!f)
+		return;
+	tk_note_failure(f, &b->bh, kind, ret);
+	TK_RING_STATE(f, TK_FAKE_FD_mmu_events);
+}
+
+/* The end of every handler: count the event, write the batch out when due. */
+static __always_inline int mmu_close(struct mmu_batch *b, struct mmu_event *e)
+{
+	__u32 kind = e->hdr.kind;
+	if (tk_batch_add(&b->bh, e->hdr.ts_ns)) {
+		long ret = mmu_events.ringbuf_output(b, sizeof(*b), BPF_RB_NO_WAKEUP);
+		if (ret)
+			mmu_failed(b, kind, ret);
+		b->bh.count = 0;
+		b->bh.spare = 0;
+	}
+	b->bh.busy = 0;
 	return 0;
 }
+
+/* Every handler: MMU_BEGIN(kind); fill e; MMU_END. */
+#define MMU_BEGIN(kind)						\
+	struct mmu_batch *b = mmu_open(kind);			\
+	if (!b)							\
+		return 0;					\
+	struct mmu_event *e = TK_BATCH_SLOT(b)
+#define MMU_END return mmu_close(b, e)
 
 #ifdef TK_MMU_HAVE_SET_SPTE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_SET_SPTE);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_SET_SPTE);
 	e->gfn = args->gfn;
 	e->spte = args->spte;
 	e->sptep = args->sptep;
@@ -66,54 +130,46 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 	e->flags = (args->r ? 1 : 0) | (args->x ? 2 : 0) |
 		   (args->u < 0 ? 0 : (args->u ? 0x20 : 0x10));
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_SPTE | TK_MMU_F_SPTEP | TK_MMU_F_LEVEL | TK_MMU_F_FLAGS;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_SPTE_REQUESTED
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_spte_requested)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_SPTE_REQUESTED);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_SPTE_REQUESTED);
 	e->gfn = args->gfn;
 	e->pfn = args->pfn;
 	e->level = args->level;
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_PFN | TK_MMU_F_LEVEL;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_SET_ACCESSED_BIT
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_accessed_bit)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_SET_ACCESSED_BIT);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_SET_ACCESSED_BIT);
 	e->addr = args->gpa;
 	e->valid = TK_MMU_F_ADDR;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_SET_DIRTY_BIT
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_dirty_bit)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_SET_DIRTY_BIT);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_SET_DIRTY_BIT);
 	e->addr = args->gpa;
 	e->valid = TK_MMU_F_ADDR;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_GET_PAGE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_get_page)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_GET_PAGE);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_GET_PAGE);
 	e->gfn = args->gfn;
 	e->role = args->role;
 	e->level = args->role & 0xf;
@@ -122,16 +178,14 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_get_page)
 	e->flags = (args->unsync ? 4 : 0) | (args->created ? 8 : 0);
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_ROLE | TK_MMU_F_LEVEL | TK_MMU_F_COUNT | TK_MMU_F_GEN |
 		   TK_MMU_F_FLAGS;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_PREPARE_ZAP_PAGE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_prepare_zap_page)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_PREPARE_ZAP_PAGE);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_PREPARE_ZAP_PAGE);
 	e->gfn = args->gfn;
 	e->role = args->role;
 	e->level = args->role & 0xf;
@@ -140,47 +194,41 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_prepare_zap_page)
 	e->flags = args->unsync ? 4 : 0;
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_ROLE | TK_MMU_F_LEVEL | TK_MMU_F_COUNT | TK_MMU_F_GEN |
 		   TK_MMU_F_FLAGS;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_SPLIT_HUGE_PAGE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_split_huge_page)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_SPLIT_HUGE_PAGE);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_SPLIT_HUGE_PAGE);
 	e->gfn = args->gfn;
 	e->spte = args->spte;
 	e->level = args->level;
 	e->errno_ = args->errno;
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_SPTE | TK_MMU_F_LEVEL | TK_MMU_F_ERRNO;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_TDP_SPTE_CHANGED
 TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_TDP_SPTE_CHANGED);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_TDP_SPTE_CHANGED);
 	e->gfn = args->gfn;
 	e->old_spte = args->old_spte;
 	e->new_spte = args->new_spte;
 	e->level = args->level;
 	e->as_id = args->as_id;
 	e->valid = TK_MMU_F_GFN | TK_MMU_F_OLD_SPTE | TK_MMU_F_NEW_SPTE | TK_MMU_F_LEVEL | TK_MMU_F_AS_ID;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_FAST_PAGE_FAULT
 TRACEPOINT_PROBE(kvmmmu, fast_page_fault)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_FAST_PAGE_FAULT);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_FAST_PAGE_FAULT);
 	e->vcpu_id = args->vcpu_id;
 	e->addr = args->cr2_or_gpa;
 	e->error_code = args->error_code;
@@ -190,100 +238,86 @@ TRACEPOINT_PROBE(kvmmmu, fast_page_fault)
 	e->ret = args->ret;
 	e->valid = TK_MMU_F_VCPU_ID | TK_MMU_F_ADDR | TK_MMU_F_ERROR_CODE | TK_MMU_F_SPTEP |
 		   TK_MMU_F_OLD_SPTE | TK_MMU_F_NEW_SPTE | TK_MMU_F_RET;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_KVM_PAGE_FAULT
 TRACEPOINT_PROBE(kvm, kvm_page_fault)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_KVM_PAGE_FAULT);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_KVM_PAGE_FAULT);
 	e->vcpu_id = args->vcpu_id;
 	e->addr = args->fault_address;
 	e->error_code = args->error_code;
 	e->valid = TK_MMU_F_VCPU_ID | TK_MMU_F_ADDR | TK_MMU_F_ERROR_CODE;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_DIRTY_RING_PUSH
 TRACEPOINT_PROBE(kvm, kvm_dirty_ring_push)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_DIRTY_RING_PUSH);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_DIRTY_RING_PUSH);
 	e->vcpu_id = args->index;
 	e->count = args->dirty_index;
 	e->slot = args->slot;
 	e->gfn = args->offset;
 	e->valid = TK_MMU_F_VCPU_ID | TK_MMU_F_COUNT | TK_MMU_F_SLOT | TK_MMU_F_GFN;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_DIRTY_RING_RESET
 TRACEPOINT_PROBE(kvm, kvm_dirty_ring_reset)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_DIRTY_RING_RESET);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_DIRTY_RING_RESET);
 	e->vcpu_id = args->index;
 	e->count = args->dirty_index;
 	e->ret = args->reset_index;
 	e->valid = TK_MMU_F_VCPU_ID | TK_MMU_F_COUNT | TK_MMU_F_RET;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_DIRTY_RING_EXIT
 TRACEPOINT_PROBE(kvm, kvm_dirty_ring_exit)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_DIRTY_RING_EXIT);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_DIRTY_RING_EXIT);
 	e->vcpu_id = args->vcpu_id;
 	e->valid = TK_MMU_F_VCPU_ID;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_UNMAP_HVA_RANGE
 TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_UNMAP_HVA_RANGE);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_UNMAP_HVA_RANGE);
 	e->addr = args->start;
 	e->addr_end = args->end;
 	e->valid = TK_MMU_F_ADDR | TK_MMU_F_ADDR_END;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_AGE_HVA
 TRACEPOINT_PROBE(kvm, kvm_age_hva)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_AGE_HVA);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_AGE_HVA);
 	e->addr = args->start;
 	e->addr_end = args->end;
 	e->valid = TK_MMU_F_ADDR | TK_MMU_F_ADDR_END;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif
 
 #ifdef TK_MMU_HAVE_ZAP_ALL_FAST
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_zap_all_fast)
 {
-	struct mmu_event *e = mmu_reserve(TK_MMU_ZAP_ALL_FAST);
-	if (!e)
-		return 0;
+	MMU_BEGIN(TK_MMU_ZAP_ALL_FAST);
 	e->mmu_valid_gen = args->mmu_valid_gen;
 	e->count = args->mmu_used_pages;
 	e->valid = TK_MMU_F_GEN | TK_MMU_F_COUNT;
-	return mmu_submit(e);
+	MMU_END;
 }
 #endif

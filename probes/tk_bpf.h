@@ -5,8 +5,20 @@
  * Load-time constants (bcc cflags):
  *   TK_TARGET_TGID  the only process whose events are kept (0 = every process)
  *   TK_OFF_x, TK_SIZE_x, TK_SIGNED_x  struct members read with TK_FIELD (function probes)
+ *   TK_BATCH_EVENTS, TK_BATCH_FLUSH_NS  in-kernel batching (below)
+ *   TK_FAKE_FD_<ring>  bcc's load-time number of ring map <ring> (for bpf_ringbuf_query)
  * Every family counts its ring-buffer reserve failures per probe and CPU in a
  * BPF_PERCPU_ARRAY named <family>_lost, indexed by the probe's number.
+ *
+ * Batching (families walk and mmu): each CPU fills a staging batch of
+ * TK_BATCH_EVENTS events (struct tk_batch_header then the events) in a
+ * BPF_PERCPU_ARRAY value and writes it to the ring with one bpf_ringbuf_output
+ * when it is full or its oldest event is TK_BATCH_FLUSH_NS old. A ring record is
+ * one whole batch (fixed size; count says how many events are valid). Index 0 of
+ * the staging array is the batch; index 1 a spare for a nested invocation on the
+ * same CPU (written out at once). A failed output counts every event of the batch
+ * as lost and records the ring's state in <family>_failures (struct tk_ring_failure).
+ * What is still staged when a recording ends is read by user space from the array.
  */
 #ifndef TK_BPF_H
 #define TK_BPF_H
@@ -44,5 +56,92 @@ static __always_inline __u64 tk_read_field(void *src, __u32 size, int is_signed)
 	}
 	return v;
 }
+
+#ifndef TK_BATCH_EVENTS
+#define TK_BATCH_EVENTS 64	/* a power of 2 */
+#endif
+#ifndef TK_BATCH_FLUSH_NS
+#define TK_BATCH_FLUSH_NS 50000000ULL	/* 50 ms: the live status line stays live */
+#endif
+#define TK_FAILURE_SLOTS 64	/* failures kept per family (the first ones) */
+
+struct tk_batch_header {
+	__u32 count;	/* valid events: 1..TK_BATCH_EVENTS in a ring record */
+	__u8 busy;	/* staging only: a program is filling this batch */
+	__u8 spare;	/* the nested-invocation spare (index 1): written out at once */
+	__u16 pad;
+	__u64 first_ts;	/* ts_ns of the oldest event */
+};
+
+/* One failed ring output: the ring's state then (bpf_ringbuf_query) and the context. */
+struct tk_ring_failure {
+	__u64 ts_ns;
+	__u64 avail_data;	/* BPF_RB_AVAIL_DATA: bytes produced and not consumed */
+	__u64 ring_size;	/* BPF_RB_RING_SIZE */
+	__u64 cons_pos;		/* BPF_RB_CONS_POS */
+	__u64 prod_pos;		/* BPF_RB_PROD_POS */
+	__u32 cpu;
+	__u32 probe;		/* the probe whose event closed the batch */
+	__u32 events;		/* events lost with it */
+	__u32 tid;		/* the thread the program ran in */
+	__s32 ret;		/* bpf_ringbuf_output's return value */
+	__u32 nested;		/* 1: the batch was the nested-invocation spare */
+};
+
+/* The slot of the next event of a staging batch (count < TK_BATCH_EVENTS always). */
+#define TK_BATCH_SLOT(b) (&(b)->ev[(b)->bh.count & (TK_BATCH_EVENTS - 1)])
+
+/* Account for the event just written at TK_BATCH_SLOT(b); true when the batch must
+ * be written out now (full, old enough, or the nested spare). */
+static __always_inline int tk_batch_add(struct tk_batch_header *bh, __u64 ts)
+{
+	if (bh->count == 0)
+		bh->first_ts = ts;
+	bh->count += 1;
+	return bh->spare || bh->count >= TK_BATCH_EVENTS || ts - bh->first_ts >= TK_BATCH_FLUSH_NS;
+}
+
+/* Which of this CPU's staging batch (main) and spare a program may fill, marked busy:
+ * main unless a program on this CPU is filling it, then the spare, else 0. */
+static __always_inline struct tk_batch_header *tk_batch_claim(struct tk_batch_header *main,
+							     struct tk_batch_header *spare)
+{
+	struct tk_batch_header *b = main;
+	if (b && b->busy) {
+		b = spare;
+		if (b && b->busy)
+			b = 0;
+		if (b)
+			b->spare = 1;
+	}
+	if (b)
+		b->busy = 1;
+	return b;
+}
+
+/* After a failed output of batch bh: the context of f (ring state apart). A tracepoint
+ * program cannot see the trace entry's irq/preempt flags (perf overwrites its first 8
+ * bytes with the pt_regs pointer), so the thread and the nesting are what is kept. */
+static __always_inline void tk_note_failure(struct tk_ring_failure *f, struct tk_batch_header *bh, __u32 probe,
+					    long ret)
+{
+	f->ts_ns = bpf_ktime_get_ns();
+	f->cpu = bpf_get_smp_processor_id();
+	f->probe = probe;
+	f->events = bh->count;
+	f->tid = (__u32)bpf_get_current_pid_tgid();
+	f->ret = ret;
+	f->nested = bh->spare;
+}
+
+/* Fill f with the state of the ring whose bcc load-time number is fake_fd (0: unknown). */
+#define TK_RING_STATE(f, fake_fd) do {								\
+	if ((fake_fd) != 0) {									\
+		(f)->avail_data = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, (fake_fd)), BPF_RB_AVAIL_DATA); \
+		(f)->ring_size = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, (fake_fd)), BPF_RB_RING_SIZE); \
+		(f)->cons_pos = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, (fake_fd)), BPF_RB_CONS_POS); \
+		(f)->prod_pos = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, (fake_fd)), BPF_RB_PROD_POS); \
+	}											\
+} while (0)
 
 #endif /* TK_BPF_H */

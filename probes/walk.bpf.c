@@ -5,7 +5,11 @@
  * state (walk_id, element index); the paging elements and the walker error that
  * follow in the same thread carry that walk_id and their order.
  *
- * cflags: TK_TARGET_TGID, TK_WALK_PAGES (ring buffer pages, a power of 2).
+ * Events are batched per CPU (see tk_bpf.h): a walk_events ring record is one
+ * struct walk_batch. Within a CPU, records keep the order of the events.
+ *
+ * cflags: TK_TARGET_TGID, TK_WALK_PAGES (ring buffer pages, a power of 2),
+ * TK_BATCH_EVENTS, TK_BATCH_FLUSH_NS, TK_FAKE_FD_walk_events.
  * Probes (index into walk_lost): 0 pagetable_walk, 1 paging_element, 2 walker_error.
  */
 #include "tk_common.h"
@@ -15,6 +19,9 @@
 #ifndef TK_WALK_PAGES
 #define TK_WALK_PAGES 4096
 #endif
+#ifndef TK_FAKE_FD_walk_events
+#define TK_FAKE_FD_walk_events 0
+#endif
 
 struct walk_state {
 	__u64 walk_id;
@@ -22,20 +29,76 @@ struct walk_state {
 	__u32 pad;
 };
 
+struct walk_batch {
+	struct tk_batch_header bh;
+	struct walk_event ev[TK_BATCH_EVENTS];
+};
+
 BPF_RINGBUF_OUTPUT(walk_events, TK_WALK_PAGES);
 BPF_PERCPU_ARRAY(walk_lost, __u64, 3);
 BPF_PERCPU_ARRAY(walk_seq, __u64, 1);
 BPF_HASH(walk_state_by_tid, __u32, struct walk_state, 16384);
+BPF_PERCPU_ARRAY(walk_staging, struct walk_batch, 2);
+BPF_ARRAY(walk_failures, struct tk_ring_failure, TK_FAILURE_SLOTS);
+BPF_ARRAY(walk_failure_count, __u64, 1);
 
-static __always_inline struct walk_event *walk_reserve(__u32 probe)
+static __always_inline void walk_count_lost(__u32 probe, __u64 n)
 {
-	struct walk_event *e = walk_events.ringbuf_reserve(sizeof(struct walk_event));
-	if (!e) {
-		__u64 *lost = walk_lost.lookup(&probe);
-		if (lost)
-			(*lost)++;
+	__u64 *lost = walk_lost.lookup(&probe);
+	if (lost)
+		*lost += n;
+}
+
+/* This CPU's staging batch marked busy, or its spare when a program on this CPU is
+ * already filling it; 0 (event counted lost) when both are busy. */
+static __always_inline struct walk_batch *walk_open(__u32 probe)
+{
+	__u32 main = 0, spare = 1;
+	struct walk_batch *b = walk_staging.lookup(&main);
+	struct walk_batch *s = walk_staging.lookup(&spare);
+	if (!b || !s || !tk_batch_claim(&b->bh, &s->bh)) {
+		walk_count_lost(probe, 1);
+		return 0;
 	}
-	return e;
+	if (s->bh.spare)  /* claimed the spare: the batch is being filled below us */
+		b = s;
+	return b;
+}
+
+static __always_inline void walk_failed(struct walk_batch *b, __u32 probe, long ret)
+{
+	__u32 n = b->bh.count;
+	for (__u32 i = 0; i < TK_BATCH_EVENTS; i++) {
+		if (i >= n)
+			break;
+		walk_count_lost(b->ev[i].hdr.kind < 3 ? b->ev[i].hdr.kind : probe, 1);
+	}
+	__u32 zero = 0;
+	__u64 *count = walk_failure_count.lookup(&zero);
+	if (!count)
+		return;
+	__u32 slot = __sync_fetch_and_add(count, 1);
+	if (slot >= TK_FAILURE_SLOTS)
+		return;
+	struct tk_ring_failure *f = walk_failures.lookup(&slot);
+	if (!f)
+		return;
+	tk_note_failure(f, &b->bh, probe, ret);
+	TK_RING_STATE(f, TK_FAKE_FD_walk_events);
+}
+
+/* The event at TK_BATCH_SLOT(b) is written: count it, write the batch out when due. */
+static __always_inline int walk_close(struct walk_batch *b, __u32 probe, __u64 ts)
+{
+	if (tk_batch_add(&b->bh, ts)) {
+		long ret = walk_events.ringbuf_output(b, sizeof(*b), BPF_RB_NO_WAKEUP);
+		if (ret)
+			walk_failed(b, probe, ret);
+		b->bh.count = 0;
+		b->bh.spare = 0;
+	}
+	b->bh.busy = 0;
+	return 0;
 }
 
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_pagetable_walk)
@@ -48,20 +111,26 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_pagetable_walk)
 	if (!seq)
 		return 0;
 	*seq += 1;
-	struct walk_state st = {};
-	st.walk_id = ((__u64)bpf_get_smp_processor_id() << 48) | *seq;
-	walk_state_by_tid.update(&tid, &st);
+	__u64 walk_id = ((__u64)bpf_get_smp_processor_id() << 48) | *seq;
+	struct walk_state *st = walk_state_by_tid.lookup(&tid);
+	if (st) {  /* the thread's state, changed in place: no hash update per walk */
+		st->walk_id = walk_id;
+		st->next_index = 0;
+	} else {
+		struct walk_state fresh = {.walk_id = walk_id};
+		walk_state_by_tid.update(&tid, &fresh);
+	}
 
-	struct walk_event *e = walk_reserve(0);
-	if (!e)
+	struct walk_batch *b = walk_open(0);
+	if (!b)
 		return 0;
+	struct walk_event *e = TK_BATCH_SLOT(b);
 	tk_fill_header(&e->hdr, pid_tgid, TK_WALK_START);
-	e->walk_id = st.walk_id;
+	e->walk_id = walk_id;
 	e->value = args->addr;
 	e->aux = args->pferr;
 	e->index = 0;
-	walk_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return walk_close(b, 0, e->hdr.ts_ns);
 }
 
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_paging_element)
@@ -78,16 +147,16 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_paging_element)
 		index = st->next_index;
 		st->next_index = index + 1;
 	}
-	struct walk_event *e = walk_reserve(1);
-	if (!e)
+	struct walk_batch *b = walk_open(1);
+	if (!b)
 		return 0;
+	struct walk_event *e = TK_BATCH_SLOT(b);
 	tk_fill_header(&e->hdr, pid_tgid, TK_WALK_ELEMENT);
 	e->walk_id = walk_id;
 	e->value = args->pte;
 	e->aux = args->level;
 	e->index = index;
-	walk_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return walk_close(b, 1, e->hdr.ts_ns);
 }
 
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_walker_error)
@@ -100,14 +169,14 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_walker_error)
 	struct walk_state *st = walk_state_by_tid.lookup(&tid);
 	if (st)
 		walk_id = st->walk_id;
-	struct walk_event *e = walk_reserve(2);
-	if (!e)
+	struct walk_batch *b = walk_open(2);
+	if (!b)
 		return 0;
+	struct walk_event *e = TK_BATCH_SLOT(b);
 	tk_fill_header(&e->hdr, pid_tgid, TK_WALK_ERROR);
 	e->walk_id = walk_id;
 	e->value = 0;
 	e->aux = args->pferr;
 	e->index = 0;
-	walk_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return 0;
+	return walk_close(b, 2, e->hdr.ts_ns);
 }

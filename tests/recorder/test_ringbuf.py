@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -123,3 +124,31 @@ def test_foreign_record_size_raises(ring):
 def test_size_must_be_a_power_of_two(ring):
     with pytest.raises(RecorderError, match="power of two"):
         RingReader(ring.fd, 3 * PAGE, DTYPE)
+
+
+def test_consumer_position_is_written_in_one_store(ring):
+    """A process reading the consumer position while the reader publishes new ones only ever sees values
+    the reader wrote: never 0 or a torn mix (the kernel fails reservations when it reads 0 there).
+    ``struct.pack_into`` fails this: it zero-fills the 8 bytes before writing them."""
+    start = 0x0123_4567_89AB_CD00
+    with RingReader(ring.fd, DATA, DTYPE) as reader:
+        reader.store_consumer(start)
+        rd, wr = os.pipe()
+        child = os.fork()
+        if child == 0:  # the observer: single 8-byte loads for 0.4 s
+            view = np.frombuffer(ring.map, np.uint64, count=1)
+            low, until = start, time.monotonic() + 0.4
+            while time.monotonic() < until:
+                low = min(low, int(view.min()), *(int(view[0]) for _ in range(100)))
+            os.write(wr, struct.pack("<Q", low))
+            os._exit(0)
+        os.close(wr)
+        position, until = start, time.monotonic() + 0.4
+        while time.monotonic() < until:
+            for _ in range(1000):
+                position += 8
+                reader.store_consumer(position)
+        os.waitpid(child, 0)
+        lowest = struct.unpack("<Q", os.read(rd, 8))[0]
+        os.close(rd)
+    assert lowest >= start

@@ -74,3 +74,19 @@ def test_mirror_matches_bcc_layout():
         assert size == dtype.itemsize, name
         assert offsets == {n: dtype.fields[n][1] for n in dtype.names}, name
     assert np.dtype(schema.TK_HEADER_DTYPE).itemsize == 24
+
+
+@pytest.mark.live
+def test_batch_and_failure_mirrors_match_bcc_layout():
+    """struct tk_batch_header and struct tk_ring_failure (probes/tk_bpf.h) as clang lays them out."""
+    from tests.livecheck import need_bcc
+
+    need_bcc()
+    from tracekit.recorder.batch import BATCH_HEADER_DTYPE, RING_FAILURE_DTYPE
+    from tracekit.recorder.bccload import struct_layouts
+
+    layouts = struct_layouts()
+    for name, dtype in (("tk_batch_header", BATCH_HEADER_DTYPE), ("tk_ring_failure", RING_FAILURE_DTYPE)):
+        size, offsets = layouts[name]
+        assert size == dtype.itemsize, name
+        assert {n: o for n, o in offsets.items() if n != "pad"} == {n: dtype.fields[n][1] for n in dtype.names}, name

@@ -5,8 +5,10 @@ target tgid (a load-time constant ``TK_TARGET_TGID``), builds one program from t
 (:meth:`BccBackend.program_text`, shown by ``record --print-bpf``), loads it (the tracepoint
 programs attach on load; families attach their kprobes with ``attach_bcc``), and then :meth:`BccBackend.poll` returns every committed event as Arrow
 tables per capture family, read in whole batches through :class:`tracekit.recorder.ringbuf.RingReader`.
-:meth:`BccBackend.lost` returns the in-kernel reserve-failure counters per probe and CPU.
-:meth:`BccBackend.stop` detaches every probe, drains what is left and builds the end-of-run
+:meth:`BccBackend.lost` returns the in-kernel reserve-failure counters per probe and CPU, and
+:meth:`BccBackend.ring_failures` the diagnostics of failed ring outputs (ring state, context).
+:meth:`BccBackend.stop` detaches every probe, drains what is left, decodes the batches still
+staged in each CPU's staging array (families that batch in the kernel), and builds the end-of-run
 tables; :meth:`BccBackend.close` frees everything and is safe to call twice. bcc is imported here
 only. Raises :class:`tracekit.errors.MissingCapability` (no bcc, no headers) and
 :class:`tracekit.errors.ProbeLoadError` (compile or verifier failure, log in ``detail``).
@@ -16,19 +18,31 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import tempfile
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from tracekit.errors import MissingCapability, ProbeLoadError
 from tracekit.recorder.family import ProbeFamily, ProbeStatus
 from tracekit.recorder.ringbuf import RingReader
 
-__all__ = ["BccBackend", "import_bcc", "struct_layouts"]
+__all__ = ["BccBackend", "import_bcc", "struct_layouts", "map_declaration_order"]
 
 PAGE = 4096
+_MAP_DECL = re.compile(r"^[ \t]*BPF_[A-Z_]+\(\s*(\w+)", re.M)
+
+
+def map_declaration_order(text: str) -> list[str]:
+    """Names of the maps declared at the start of a line in ``text`` (``BPF_HASH(name, ...``), in order.
+
+    bcc numbers a program's maps -1, -2, ... in declaration order when it compiles (``bpf_pseudo_fd``);
+    a ring map's number lets the program call ``bpf_ringbuf_query`` on it, which bcc 0.26 does not
+    expose as a map method. Only the ``BPF_<KIND>(name, ...)`` macros are counted."""
+    return [m.group(1) for m in _MAP_DECL.finditer(text)]
 
 
 def import_bcc() -> Any:
@@ -70,8 +84,8 @@ def struct_layouts() -> dict[str, tuple[int, dict[str, int]]]:
     from tracekit.probes import PROBES_DIR
 
     bcc = import_bcc()
-    names = ("walk_event", "ioctl_event", "lock_event", "mmu_event")
-    text = "".join(f'#include "{n.split("_")[0]}.h"\n' for n in names)
+    names = ("walk_event", "ioctl_event", "lock_event", "mmu_event", "tk_batch_header", "tk_ring_failure")
+    text = "".join(f'#include "{n.split("_")[0]}.h"\n' for n in names[:4]) + '#include "tk_bpf.h"\n'
     text += "".join(f"BPF_ARRAY(layout_{n}, struct {n}, 1);\n" for n in names)
     bpf = _load(bcc, text.encode(), [f"-I{PROBES_DIR}", "-w"])
     try:
@@ -102,7 +116,12 @@ class BccBackend:
         dirs: list[str] = []
         for family, statuses in self.families:
             dirs += [str(d) for d in family.include_dirs() if str(d) not in dirs]
-            flags += family.cflags(statuses, self.target_tgid)
+            flags += [f for f in family.cflags(statuses, self.target_tgid) if f not in flags]
+        order = map_declaration_order(self.program_text())
+        for family, _ in self.families:
+            for ring in family.rings():
+                if order.count(ring.map_name) == 1:
+                    flags.append(f"-DTK_FAKE_FD_{ring.map_name}=-{order.index(ring.map_name) + 1}")
         return [f"-I{d}" for d in dirs] + flags
 
     def program_text(self) -> str:
@@ -153,8 +172,62 @@ class BccBackend:
                             out.append((probe, cpu, int(count)))
         return out
 
+    def ring_failures(self) -> list[dict]:
+        """The failed ring outputs the families recorded (the first ones of each family), oldest first,
+        each with ``ring`` and ``ring_size_expected`` (the query names the ring by bcc's map number:
+        a different size means it read another ring)."""
+        from tracekit.recorder.batch import RING_FAILURE_DTYPE, failure_rows
+
+        out: list[dict] = []
+        if self.bpf is None:
+            return out
+        for family, _ in self.families:
+            sizes = {r.map_name: r.pages * PAGE for r in family.rings()}
+            for map_name, (count_map, ring, probes) in family.failure_maps().items():
+                counter = self.bpf[count_map.encode()]
+                total = int(counter[counter.Key(0)].value)
+                table = self.bpf[map_name.encode()]
+                kept = min(total, len(table))
+                raw = b"".join(bytes(table[table.Key(i)]) for i in range(kept))
+                rows = failure_rows(np.frombuffer(raw, RING_FAILURE_DTYPE), probes)
+                for row in rows:
+                    row.update(ring=ring, ring_size_expected=sizes.get(ring, 0))
+                out += rows
+        return sorted(out, key=lambda r: r["ts_ns"])
+
+    def ring_failure_total(self) -> int:
+        """Failed ring outputs counted by every family (kept or not)."""
+        total = 0
+        if self.bpf is None:
+            return total
+        for family, _ in self.families:
+            for count_map, _ring, _probes in family.failure_maps().values():
+                counter = self.bpf[count_map.encode()]
+                total += int(counter[counter.Key(0)].value)
+        return total
+
+    def staged(self) -> list[tuple[ProbeFamily, dict[str, pa.Table]]]:
+        """The events still in each CPU's staging batches (and spares), decoded; call once the probes
+        are detached. Batches are taken CPU by CPU, the batch before its spare."""
+        out = []
+        if self.bpf is None:
+            return out
+        for family, _ in self.families:
+            dtypes = {r.map_name: r.dtype for r in family.rings()}
+            for map_name, ring in family.staging_maps().items():
+                table = self.bpf[map_name.encode()]
+                per_index = [table.getvalue(table.Key(i)) for i in range(len(table))]
+                raw = b"".join(bytes(per_index[i][cpu]) for cpu in range(len(per_index[0]))
+                               for i in range(len(per_index)))
+                records = np.frombuffer(raw, dtypes[ring])
+                records = records[records["bh"]["count"] > 0]
+                if len(records):
+                    out.append((family, family.decode(ring, records.copy())))
+        return out
+
     def stop(self) -> tuple[list[tuple[ProbeFamily, dict[str, pa.Table]]], list[tuple[ProbeFamily, dict[str, pa.Table]]]]:
-        """Detach, drain the rings, and build the end-of-run tables: (last batches, final tables)."""
+        """Detach, drain the rings and the staging batches, and build the end-of-run tables:
+        (last batches, final tables)."""
         if self.bpf is None:
             return [], []
         batches = []
@@ -168,6 +241,7 @@ class BccBackend:
                 pass
             batches += self.poll()
         batches += self.poll()
+        batches += self.staged()
         stop_ns = time.monotonic_ns()
         finals = [(family, family.finish(self.bpf, stop_ns)) for family, _ in self.families]
         return batches, finals

@@ -18,6 +18,7 @@ import pyarrow as pa
 from tracekit import schema as S
 from tracekit.capture import COMMON_FIELDS
 from tracekit.probes import source_text
+from tracekit.recorder.batch import batch_dtype, is_batched, unbatch
 from tracekit.recorder.family import ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
 from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
 
@@ -108,15 +109,24 @@ class WalkFamily(ProbeFamily):
         return source_text("walk")
 
     def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
-        return [f"-DTK_WALK_PAGES={self.rings()[0].pages}"]
+        return [f"-DTK_WALK_PAGES={self.rings()[0].pages}", f"-DTK_BATCH_EVENTS={self.options.batch_events}"]
 
     def rings(self) -> list[RingSpec]:
-        return [RingSpec("walk_events", S.WALK_EVENT_DTYPE, self.options.ring_pages.get("walk_events", 4096))]
+        return [RingSpec("walk_events", batch_dtype(S.WALK_EVENT_DTYPE, self.options.batch_events),
+                         self.options.ring_pages.get("walk_events", 4096))]
 
     def lost_maps(self) -> dict[str, tuple[str, ...]]:
         return {"walk_lost": self.tracepoints}
 
+    def staging_maps(self) -> dict[str, str]:
+        return {"walk_staging": "walk_events"}
+
+    def failure_maps(self) -> dict[str, tuple[str, str, tuple[str, ...]]]:
+        return {"walk_failures": ("walk_failure_count", "walk_events", self.tracepoints)}
+
     def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
+        if is_batched(records):
+            records = unbatch(records)
         # Select from plain field views: boolean indexing of the nested record dtype is ~10x slower.
         kind = records["hdr"]["kind"]
         fields = {**common_arrays(records["hdr"]), "walk_id": records["walk_id"], "value": records["value"],
@@ -510,19 +520,28 @@ class MmuFamily(ProbeFamily):
 
     def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
         ok = {s.probe for s in available if s.available}
-        flags = [f"-DTK_MMU_PAGES={self.rings()[0].pages}"]
+        flags = [f"-DTK_MMU_PAGES={self.rings()[0].pages}", f"-DTK_BATCH_EVENTS={self.options.batch_events}"]
         for kind, tp, _ in MMU_EVENTS:
             if tp in ok:
                 flags.append(f"-D{_MMU_MACROS[kind].replace('TK_MMU_', 'TK_MMU_HAVE_', 1)}")
         return flags
 
     def rings(self) -> list[RingSpec]:
-        return [RingSpec("mmu_events", S.MMU_EVENT_DTYPE, self.options.ring_pages.get("mmu_events", 2048))]
+        return [RingSpec("mmu_events", batch_dtype(S.MMU_EVENT_DTYPE, self.options.batch_events),
+                         self.options.ring_pages.get("mmu_events", 2048))]
 
     def lost_maps(self) -> dict[str, tuple[str, ...]]:
         return {"mmu_lost": self.tracepoints}
 
+    def staging_maps(self) -> dict[str, str]:
+        return {"mmu_staging": "mmu_events"}
+
+    def failure_maps(self) -> dict[str, tuple[str, str, tuple[str, ...]]]:
+        return {"mmu_failures": ("mmu_failure_count", "mmu_events", self.tracepoints)}
+
     def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
+        if is_batched(records):
+            records = unbatch(records)
         cols: dict[str, Any] = common_arrays(records["hdr"])
         kinds = records["hdr"]["kind"]
         cols["event"] = _labels(kinds, lambda k: _MMU_NAMES.get(k, f"kind_{k}"))

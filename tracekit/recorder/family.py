@@ -11,8 +11,10 @@ recording (families may keep decoding state between batches). It declares
 - for the bcc backend: :meth:`bpf_source`, :meth:`cflags`, :meth:`rings` (ring-buffer maps and
   their fixed record dtype), :meth:`decode` (one numpy batch -> Arrow tables),
   :meth:`attach_bcc` / :meth:`detach_bcc` (probes that do not attach on load, e.g. kprobes),
-  :meth:`lost_maps` (per-CPU reserve-failure counters) and :meth:`finish` (tables built from BPF
-  maps when the recording ends, e.g. aggregates and stacks);
+  :meth:`lost_maps` (per-CPU reserve-failure counters), :meth:`staging_maps` (per-CPU arrays of
+  events batched in the kernel and not yet written to a ring, read when the recording ends),
+  :meth:`failure_maps` (diagnostics of failed ring outputs) and :meth:`finish` (tables built from
+  BPF maps when the recording ends, e.g. aggregates and stacks);
 - for the tracefs backend (optional): :meth:`tracefs_prepare` / :meth:`tracefs_cleanup` (dynamic events
   such as kprobes, created before and removed after the recording) and :meth:`decode_tracefs`
   (per-event numpy arrays decoded by :mod:`tracekit.recorder.rawbuf` -> Arrow tables).
@@ -82,6 +84,7 @@ class RecordOptions:
     stream_ioctls: tuple[int, ...] = ()      # commands to stream even if aggregated by default
     aggregate_ioctls: tuple[int, ...] = (0xAE80,)  # KVM_RUN by default
     ring_pages: dict[str, int] = field(default_factory=dict)  # per ring-map override
+    batch_events: int = 64  # events per in-kernel batch (walk, mmu): TK_BATCH_EVENTS, a power of 2
 
 
 class Host:
@@ -204,6 +207,16 @@ class ProbeFamily(abc.ABC):
 
     def lost_maps(self) -> dict[str, tuple[str, ...]]:
         """Per-CPU array maps of reserve failures: map name -> probe name of each index."""
+        return {}
+
+    def staging_maps(self) -> dict[str, str]:
+        """Per-CPU array maps of batches staged in the kernel: map name -> the ring map whose records
+        (dtype) they hold. Read after the probes are detached; partial batches are decoded too."""
+        return {}
+
+    def failure_maps(self) -> dict[str, tuple[str, str, tuple[str, ...]]]:
+        """Diagnostics of failed ring outputs: failures map -> (its counter map, ring map, probe name of
+        each index)."""
         return {}
 
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:

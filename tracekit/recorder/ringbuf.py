@@ -10,14 +10,21 @@ being written (BUSY bit) end the batch; discarded ones (DISCARD bit) are dropped
 one ring must have the size of ``dtype`` (one ring per family). Raises
 :class:`tracekit.errors.RecorderError` when the mapping fails or a record has a foreign size.
 
+The consumer and producer positions are read and the consumer position written with single
+aligned 8-byte accesses (``ctypes.c_uint64`` and a ``numpy.uint64`` view over the mapping). Never with ``struct.pack_into``:
+it zero-fills its target before writing the bytes, so a BPF program reserving at that instant
+reads a consumer position of 0, finds the ring "full" and fails the reservation (the isolated
+reserve failures of earlier versions; see docs/recorder.md). On x86 a plain store after the
+records were copied has release semantics; a weakly ordered CPU would need a barrier here.
+
 Why not bcc's ``open_ring_buffer``: libbpf's ``ring_buffer__poll`` calls back once per event,
 which dropped 55-70 % of events at 2-3 M events/s on the development host.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
-import struct
 
 import numpy as np
 
@@ -28,7 +35,6 @@ __all__ = ["RingReader", "record_stride", "BUSY_BIT", "DISCARD_BIT", "HEADER_SIZ
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
-_U64 = struct.Struct("<Q")
 
 
 def record_stride(record_size: int) -> int:
@@ -53,14 +59,18 @@ class RingReader:
         except (OSError, ValueError) as error:
             raise RecorderError(f"cannot map BPF ring buffer (fd {map_fd}): {error}") from error
         self._page = page
+        self._consumer_pos = ctypes.c_uint64.from_buffer(self._consumer, 0)
+        self._producer_pos = np.frombuffer(self._producer, dtype=np.uint64, count=1)  # read-only mapping
         self._data = np.frombuffer(self._producer, dtype=np.uint8, offset=page)
         self.records_read = 0
         self.bytes_read = 0
 
     def _positions(self) -> tuple[int, int]:
-        consumer = _U64.unpack_from(self._consumer, 0)[0]
-        producer = _U64.unpack_from(self._producer, 0)[0]
-        return consumer, producer
+        return self._consumer_pos.value, int(self._producer_pos[0])
+
+    def store_consumer(self, position: int) -> None:
+        """Publish the consumer position: one aligned 8-byte store (see the module docstring)."""
+        self._consumer_pos.value = position
 
     def pending_bytes(self) -> int:
         """Bytes reserved by producers and not yet consumed (committed or not)."""
@@ -94,14 +104,15 @@ class RingReader:
         keep = (headers & DISCARD_BIT) == 0
         if not keep.all():
             records = records[keep]
-        _U64.pack_into(self._consumer, 0, consumer + span)
+        self.store_consumer(consumer + span)
         self.records_read += len(records)
         self.bytes_read += span
         return records
 
     def close(self) -> None:
         """Unmap the ring (idempotent)."""
-        self._data = None  # drop the exported buffer before closing the mapping
+        self._data = None  # drop the exported buffers before closing the mapping
+        self._consumer_pos = self._producer_pos = None
         for mapping in (self._consumer, self._producer):
             try:
                 mapping.close()

@@ -449,7 +449,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                 target={**target, "threads": sorted(threads.values(), key=lambda t: t["tid"])},
                 stop_reason=stop_reason, command_exit=command_exit, family_notes=notes,
                 bytes_read=backend.bytes_read(), foreign_events_dropped=getattr(backend, "foreign_events", 0),
-                **extra)
+                **_ring_diagnostics(backend), **extra)
     finally:
         if backend is not None:
             try:
@@ -493,6 +493,14 @@ def _keep_freed_memory() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # and stay there for the next batch
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
+
+
+def _ring_diagnostics(backend: Any) -> dict[str, Any]:
+    """Manifest keys ``ring_failures`` (the first failed ring outputs of each batching family, with the
+    ring's state then) and ``ring_failures_total``, for a backend that records them (bcc)."""
+    if not hasattr(backend, "ring_failures"):
+        return {}
+    return {"ring_failures": backend.ring_failures(), "ring_failures_total": backend.ring_failure_total()}
 
 
 def _running(pid: int) -> bool:

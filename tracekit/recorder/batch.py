@@ -1,0 +1,78 @@
+"""Ring records that hold a batch of events (the in-kernel batching of probes/tk_bpf.h).
+
+Contract: a batched ring record is ``struct tk_batch_header`` (``count`` u32, ``busy`` u8, ``spare`` u8,
+pad u16, ``first_ts`` u64: 16 bytes) followed by ``TK_BATCH_EVENTS`` fixed-size events, of which
+the first ``count`` are valid. :func:`batch_dtype` builds the numpy dtype of such a record from the
+event dtype; :func:`is_batched` tells a batch array from an event array; :func:`unbatch` returns the
+valid events of an array of batches, in record order then slot order (one vectorised selection, no
+Python per record or event), and raises :class:`tracekit.errors.RecorderError` when a count is
+out of range. :data:`RING_FAILURE_DTYPE` mirrors ``struct tk_ring_failure`` (one failed ring
+output: the ring's state from ``bpf_ringbuf_query``, the CPU, thread and nesting); :func:`failure_rows` turns
+such records into plain dicts. The layouts are checked against clang's by a live test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracekit.errors import RecorderError
+
+__all__ = ["BATCH_EVENTS", "BATCH_HEADER_DTYPE", "RING_FAILURE_DTYPE", "batch_dtype", "is_batched", "unbatch",
+           "failure_rows"]
+
+#: Events per batch (TK_BATCH_EVENTS in probes/tk_bpf.h).
+BATCH_EVENTS = 64
+
+BATCH_HEADER_DTYPE = np.dtype({"names": ["count", "busy", "spare", "first_ts"],
+                               "formats": ["<u4", "u1", "u1", "<u8"],
+                               "offsets": [0, 4, 5, 8], "itemsize": 16})
+
+RING_FAILURE_DTYPE = np.dtype([
+    ("ts_ns", "<u8"), ("avail_data", "<u8"), ("ring_size", "<u8"), ("cons_pos", "<u8"), ("prod_pos", "<u8"),
+    ("cpu", "<u4"), ("probe", "<u4"), ("events", "<u4"), ("tid", "<u4"), ("ret", "<i4"), ("nested", "<u4"),
+])
+
+
+def batch_dtype(event: np.dtype, events: int = BATCH_EVENTS) -> np.dtype:
+    """The ring-record dtype of a batch of ``events`` events of dtype ``event``."""
+    if events <= 0 or events & (events - 1):
+        raise RecorderError(f"batch size {events} is not a power of two")
+    event = np.dtype(event)
+    return np.dtype({"names": ["bh", "events"], "formats": [BATCH_HEADER_DTYPE, (event, (events,))],
+                     "offsets": [0, BATCH_HEADER_DTYPE.itemsize],
+                     "itemsize": BATCH_HEADER_DTYPE.itemsize + events * event.itemsize})
+
+
+def is_batched(records: np.ndarray) -> bool:
+    """True when ``records`` are batch records (a ``bh`` header and an ``events`` array field)."""
+    names = records.dtype.names or ()
+    return names == ("bh", "events")
+
+
+def unbatch(records: np.ndarray) -> np.ndarray:
+    """The valid events of batch records, record by record, each in slot order (a new array)."""
+    events = records["events"]
+    per = events.shape[1] if events.ndim == 2 else 0
+    counts = records["bh"]["count"].astype(np.int64)
+    if len(counts) and (counts.min() < 0 or counts.max() > per):
+        bad = int(counts[(counts < 0) | (counts > per)][0])
+        raise RecorderError(f"batch record claims {bad} events where at most {per} fit")
+    if len(counts) and int(counts.min()) == per:  # full batches: one copy, no mask
+        return events.reshape(-1)
+    valid = np.arange(per) < counts[:, None]
+    return events[valid]
+
+
+def failure_rows(records: np.ndarray, probes: tuple[str, ...]) -> list[dict]:
+    """Plain dicts of ``RING_FAILURE_DTYPE`` records; ``probe`` named from ``probes`` by index."""
+    out = []
+    for r in records:
+        probe = int(r["probe"])
+        out.append({
+            "ts_ns": int(r["ts_ns"]), "cpu": int(r["cpu"]), "tid": int(r["tid"]),
+            "probe": probes[probe] if probe < len(probes) else str(probe),
+            "events": int(r["events"]), "ret": int(r["ret"]), "nested": bool(r["nested"]),
+            "avail_data": int(r["avail_data"]), "ring_size": int(r["ring_size"]),
+            "cons_pos": int(r["cons_pos"]), "prod_pos": int(r["prod_pos"]),
+        })
+    return out
