@@ -39,22 +39,28 @@ lab_app = typer.Typer(
 )
 
 
-def _run(arch: str, scenario: str, output: Path, kernel: Optional[Path], modules: Optional[Path], timeout: float,
-         keep_raw: bool, as_json: bool) -> None:  # fmt: skip
-    from tracekit.lab.runner import run_lab
+def _run(arch: str, scenario: str, output: Path, kernel: Optional[Path], modules: Optional[Path],
+         timeout: Optional[float], keep_raw: bool, as_json: bool, recorder: Optional[str] = None) -> None:  # fmt: skip
+    from tracekit.lab.runner import DEFAULT_TIMEOUT, RECORDER_TIMEOUT, run_lab
 
+    if timeout is None:
+        timeout = RECORDER_TIMEOUT if recorder else DEFAULT_TIMEOUT
     if not as_json:
-        typer.echo(f"tracekit lab {arch}: scenario {scenario}; booting an emulated machine (timeout {timeout:.0f} s)",
-                   err=True)  # fmt: skip
+        how = f"tracekit record --backend {recorder}" if recorder else "raw kprobe_events"
+        typer.echo(f"tracekit lab {arch}: scenario {scenario} with {how}; booting an emulated machine "
+                   f"(timeout {timeout:.0f} s)", err=True)  # fmt: skip
     run = run_lab(
         arch, scenario, output, kernel=kernel, modules=modules, timeout=timeout, keep_raw=keep_raw,
-        command_line=shlex.join(["tracekit", *sys.argv[1:]]),
+        command_line=shlex.join(["tracekit", *sys.argv[1:]]), recorder=recorder,
     )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(run.as_dict(), indent=2, sort_keys=True))
     else:
         typer.echo(f"capture:  {run.output}")
         typer.echo(f"kernel:   {run.kernel_release} ({run.kernel_source}); boot+run {run.boot_seconds:.1f} s")
+        if run.recorder != "raw":
+            typer.echo(f"recorder: tracekit record --backend {run.recorder} in the guest, {run.record_seconds:.1f} s "
+                       "(compile, attach, workload, drain)")  # fmt: skip
         typer.echo(f"probes:   {len(run.probes['attached'])} attached, {len(run.probes['failed'])} not")
         for failed in run.probes["failed"]:
             typer.echo(f"  - {failed['probe']}: {failed['reason']}")
@@ -79,6 +85,12 @@ _KERNEL_HELP = "Boot this kernel image instead of Debian's cloud kernel (e.g. yo
 _TIMEOUT_HELP = "Kill the emulated machine after this many seconds (its console log is kept)."
 _RAW_HELP = "Also keep the guest's raw trace pages and format files as OUTPUT.guest/."
 _JSON_HELP = "Print the run summary as JSON (docs/cli-json/lab.md)."
+_RECORDER_HELP = (
+    "Run the scenario's workload under the real 'tracekit record --backend bcc|tracefs' inside the guest (a bigger "
+    "cached userland with bcc, LLVM, the kernel headers and pyarrow) instead of the raw kprobe_events path; "
+    "workload scenarios only. The bcc compile runs emulated: minutes."
+)
+_TIMEOUT_DEFAULT_HELP = _TIMEOUT_HELP + " Default: 600, with --recorder 1800."
 
 
 @lab_app.command("arm64")
@@ -86,9 +98,10 @@ def arm64(
     output: Path = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
     scenario: str = typer.Option("eager-enable", "--scenario", "-s", help=_SCENARIO_HELP),
     kernel: Optional[Path] = typer.Option(None, "--kernel", help=_KERNEL_HELP),
-    timeout: float = typer.Option(600, "--timeout", help=_TIMEOUT_HELP),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help=_TIMEOUT_DEFAULT_HELP, show_default=False),
     keep_raw: bool = typer.Option(False, "--keep-raw", help=_RAW_HELP),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    recorder: Optional[str] = typer.Option(None, "--recorder", help=_RECORDER_HELP, metavar="bcc|tracefs"),
 ) -> None:
     """Boot an emulated arm64 machine (VHE, GICv3), run a stage-2 scenario in a nested VM, write a capture.
 
@@ -103,8 +116,12 @@ def arm64(
       tracekit lab arm64 --scenario lazy -o lazy.tkcap --keep-raw
 
       tracekit lab arm64 --kernel ~/linux/arch/arm64/boot/Image -o patched.tkcap --json
+
+      tracekit lab arm64 --recorder bcc -o bcc.tkcap        # the real tracekit record, bcc kprobes
+
+      tracekit lab arm64 --recorder tracefs -o tf.tkcap     # the real tracekit record, kprobe_events
     """
-    _run("arm64", scenario, output, kernel, None, timeout, keep_raw, as_json)
+    _run("arm64", scenario, output, kernel, None, timeout, keep_raw, as_json, recorder)
 
 
 @lab_app.command("x86")
@@ -115,9 +132,10 @@ def x86(
     modules: Optional[Path] = typer.Option(
         None, "--modules", help="Directory with kvm.ko/kvm-amd.ko/irqbypass.ko for a --kernel whose KVM is modular."
     ),
-    timeout: float = typer.Option(600, "--timeout", help=_TIMEOUT_HELP),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help=_TIMEOUT_DEFAULT_HELP, show_default=False),
     keep_raw: bool = typer.Option(False, "--keep-raw", help=_RAW_HELP),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    recorder: Optional[str] = typer.Option(None, "--recorder", help=_RECORDER_HELP, metavar="bcc|tracefs"),
 ) -> None:
     """Boot an emulated x86-64 machine (nested SVM/NPT, TDP MMU), run a scenario, write a capture.
 
@@ -128,8 +146,10 @@ def x86(
       tracekit lab x86 -o tdp.tkcap
 
       tracekit lab x86 --scenario tdp-lazy -o lazy.tkcap --json
+
+      tracekit lab x86 --recorder tracefs -o tf.tkcap
     """
-    _run("x86", scenario, output, kernel, modules, timeout, keep_raw, as_json)
+    _run("x86", scenario, output, kernel, modules, timeout, keep_raw, as_json, recorder)
 
 
 @lab_app.command("scenarios")
@@ -230,6 +250,8 @@ def _bcc_importable() -> bool:
 @lab_app.command("fetch")
 def fetch_cmd(
     arch: str = typer.Argument(..., help="arm64 or x86."),
+    recorder: bool = typer.Option(False, "--recorder", help="Also the bigger userland of --recorder runs (bcc, LLVM, "
+                                  "the kernel headers, pyarrow from PyPI: about 200 MB to download, 570 MB unpacked)."),
 ) -> None:
     """Download and unpack the lab's kernel and userland into the cache now (apt with a private state dir).
 
@@ -240,6 +262,8 @@ def fetch_cmd(
       tracekit lab fetch arm64
 
       TRACEKIT_LAB_CACHE=/srv/tk-lab tracekit lab fetch x86
+
+      tracekit lab fetch arm64 --recorder
     """
     from tracekit.errors import UsageError
     from tracekit.lab import fetch
@@ -251,6 +275,8 @@ def fetch_cmd(
     userland = fetch.fetch_userland(arch, cache)
     typer.echo(f"kernel {kernel.release}: {kernel.image}")
     typer.echo(f"userland: {userland}")
+    if recorder:
+        typer.echo(f"recorder userland: {fetch.fetch_recorder_userland(arch, cache, kernel.release)}")
 
 
 def register(app: typer.Typer) -> None:

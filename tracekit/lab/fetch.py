@@ -37,6 +37,12 @@ __all__ = [
     "KernelFiles",
     "fetch_kernel",
     "fetch_userland",
+    "fetch_recorder_userland",
+    "fetch_wheel",
+    "select_wheel",
+    "header_packages",
+    "RECORDER_PACKAGES",
+    "WHEEL_PLATFORM",
     "DEB_ARCH",
     "QEMU_BINARY",
     "QEMU_PACKAGE",
@@ -55,6 +61,17 @@ QEMU_PACKAGE = {"arm64": "qemu-system-arm", "x86": "qemu-system-x86"}
 _NEEDED_BYTES = 1536 << 20
 _USERLAND = "python3-minimal,libpython3-stdlib,busybox-static"
 _KVM_MODULES = ("irqbypass", "kvm", "kvm-amd", "kvm-intel")
+#: The recorder userland: what the ``tracekit`` CLI imports (bcc with libbcc/LLVM, numpy, pandas, typer) plus busybox.
+RECORDER_PACKAGES = ("python3", "python3-numpy", "python3-pandas", "python3-typer", "python3-bpfcc", "busybox-static")
+#: Lab architecture -> manylinux platform tag of the wheels unpacked into the recorder userland.
+WHEEL_PLATFORM = {"arm64": "manylinux_2_28_aarch64", "x86": "manylinux_2_28_x86_64"}
+#: trixie's Python (the ABI tag of those wheels).
+GUEST_PYTHON = "3.13"
+#: Free space the recorder userland needs (LLVM, clang, kernel headers, pyarrow: about 500 MB unpacked).
+_RECORDER_BYTES = 1024 << 20
+#: Alternatives a maintainer script would set (``--variant=extract`` runs none): link -> target, under usr/lib/TRIPLET.
+_ALTERNATIVES = {"libblas.so.3": "blas/libblas.so.3", "liblapack.so.3": "lapack/liblapack.so.3"}
+_TRIPLET = {"arm64": "aarch64-linux-gnu", "amd64": "x86_64-linux-gnu"}
 
 
 def cache_dir() -> Path:
@@ -268,6 +285,13 @@ def _fetch_userland(arch: str, cache: Path) -> Path:
         return target / "root"
     require_tool("mmdebstrap", "mmdebstrap")
     check_disk(cache)
+    root = _extract(target, deb_arch, _USERLAND.split(","))
+    (target / ".complete").write_text("ok\n")
+    return root
+
+
+def _extract(target: Path, deb_arch: str, packages: list[str] | tuple[str, ...]) -> Path:
+    """``mmdebstrap --variant=extract`` of ``packages`` (and their dependencies) into TARGET/root."""
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -276,7 +300,7 @@ def _fetch_userland(arch: str, cache: Path) -> Path:
         "mmdebstrap",
         "--variant=extract",
         f"--architectures={deb_arch}",
-        f"--include={_USERLAND}",
+        f"--include={','.join(packages)}",
         "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-exclude=/usr/share/man/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
@@ -285,7 +309,7 @@ def _fetch_userland(arch: str, cache: Path) -> Path:
         str(root),
         MIRROR,
     ]
-    _run(argv, f"mmdebstrap of the {SUITE} {deb_arch} userland")
+    _run(argv, f"mmdebstrap of the {SUITE} {deb_arch} userland ({', '.join(packages)})")
     for link, dest in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
         if not (root / link).exists():
             (root / link).symlink_to(dest)
@@ -293,5 +317,141 @@ def _fetch_userland(arch: str, cache: Path) -> Path:
         (root / "lib64").symlink_to("usr/lib64")
     for sub in ("proc", "sys", "dev", "tmp", "run", "opt"):
         (root / sub).mkdir(exist_ok=True)
-    (target / ".complete").write_text("ok\n")
     return root
+
+
+def header_packages(release: str, depends: list[str]) -> list[str]:
+    """The headers of kernel ``release`` and the packages they need to be complete (the ``-common``
+    sources and kbuild), from ``depends`` = ``apt-cache depends linux-headers-RELEASE``; the toolchain
+    dependencies (gcc) are left out: bcc compiles with its own clang."""
+    wanted = [f"linux-headers-{release}"]
+    for name in depends:
+        name = name.strip("<>").split(":")[0]
+        if (name.startswith("linux-headers-") and name.endswith("-common")) or name.startswith("linux-kbuild-"):
+            if name not in wanted:
+                wanted.append(name)
+    return wanted
+
+
+def select_wheel(folder: Path, project: str, python: str, platform_tag: str) -> Path | None:
+    """The newest ``project`` wheel in ``folder`` for CPython ``python`` (``3.13``) on ``platform_tag``
+    (a ``manylinux_2_28_aarch64`` wheel also serves where ``manylinux_2_17`` is asked, not the reverse)."""
+    tag = "cp" + python.replace(".", "")
+    arch = platform_tag.split("_", 3)[-1]
+    wanted_glibc = _glibc(platform_tag)
+    best: tuple[tuple, Path] | None = None
+    for path in folder.glob(f"{project}-*.whl") if folder.is_dir() else ():
+        parts = path.name[: -len(".whl")].split("-")
+        if len(parts) < 5:
+            continue
+        version, py_tag, abi_tag, plat = parts[1], parts[-3], parts[-2], parts[-1]
+        if py_tag != tag or abi_tag not in (tag, "abi3"):
+            continue
+        platforms = plat.split(".")
+        fits = [p for p in platforms if p.endswith("_" + arch) and p.startswith("manylinux") and _glibc(p) <= wanted_glibc]
+        if not fits:
+            continue
+        key = (tuple(int(x) if x.isdigit() else 0 for x in version.split(".")), path.name)
+        if best is None or key > best[0]:
+            best = (key, path)
+    return best[1] if best else None
+
+
+def _glibc(platform_tag: str) -> tuple[int, int]:
+    """``manylinux_2_28_aarch64`` -> (2, 28); ``manylinux2014_x86_64`` -> (2, 17)."""
+    parts = platform_tag.split("_")
+    if parts[0] == "manylinux2014":
+        return (2, 17)
+    if len(parts) >= 3 and parts[1].isdigit() and parts[2].isdigit():
+        return (int(parts[1]), int(parts[2]))
+    return (99, 99)
+
+
+def fetch_wheel(arch: str, cache: Path, project: str = "pyarrow", version: str | None = None) -> Path:
+    """The ``project`` wheel (``version``, default the host's own) for the guest's Python, downloaded once
+    from PyPI with ``pip download --platform`` into CACHE/wheels."""
+    folder = cache / "wheels"
+    platform_tag = WHEEL_PLATFORM[arch]
+    found = select_wheel(folder, project, GUEST_PYTHON, platform_tag)
+    if version is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            version = installed(project)
+        except PackageNotFoundError:
+            version = None
+    if found is not None and (version is None or found.name.split("-")[1] == version):
+        return found
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = f"{project}=={version}" if version else project
+    import sys
+
+    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform", platform_tag,
+            "--python-version", GUEST_PYTHON, "--implementation", "cp", "--dest", str(folder), spec]  # fmt: skip
+    try:
+        _run(argv, f"pip download of the {spec} wheel for Python {GUEST_PYTHON} on {platform_tag}")
+    except LabError as error:
+        raise LabError(f"cannot download the {spec} wheel from PyPI for the lab guest ({error}); "
+                       f"place it in {folder} by hand", detail=error.detail) from None  # fmt: skip
+    found = select_wheel(folder, project, GUEST_PYTHON, platform_tag)
+    if found is None:
+        raise LabError(f"pip downloaded no {project} wheel for Python {GUEST_PYTHON} on {platform_tag} into {folder}")
+    return found
+
+
+def fetch_recorder_userland(arch: str, cache: Path, release: str) -> Path:
+    """The bigger userland that runs ``tracekit record`` in the guest of kernel ``release``: the
+    :data:`RECORDER_PACKAGES`, the kernel headers of ``release`` (linked as ``/lib/modules/RELEASE/build``),
+    the BLAS/LAPACK alternatives numpy loads, and the host's pyarrow version unpacked from its
+    manylinux wheel into ``/usr/local/lib/python3.13/dist-packages`` (on the guest Python's path)."""
+    with _cache_lock(cache):
+        return _fetch_recorder_userland(arch, cache, release)
+
+
+def _fetch_recorder_userland(arch: str, cache: Path, release: str) -> Path:
+    deb_arch = DEB_ARCH[arch]
+    target = cache / f"userland-recorder-{SUITE}-{release}"
+    if (target / ".complete").exists():
+        return target / "root"
+    require_tool("mmdebstrap", "mmdebstrap")
+    check_disk(cache, _RECORDER_BYTES)
+    wheel = fetch_wheel(arch, cache)
+    apt = PrivateApt(cache / "apt")
+    apt.update()
+    headers = header_packages(release, apt.depends(f"linux-headers-{release}:{deb_arch}"))
+    root = _extract(target, deb_arch, RECORDER_PACKAGES)
+    for package in headers:
+        qualified = package if package.endswith("-common") else f"{package}:{deb_arch}"
+        deb = apt.download(qualified)
+        _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
+    assemble_recorder_root(root, deb_arch, release, wheel)
+    (target / ".complete").write_text(f"{wheel.name}\n" + "".join(f"{p}\n" for p in headers))
+    return root
+
+
+def assemble_recorder_root(root: Path, deb_arch: str, release: str, wheel: Path) -> None:
+    """What dpkg's maintainer scripts and pip would have done in an extracted root: the
+    ``/lib/modules/RELEASE/build`` link to the unpacked headers, the BLAS/LAPACK alternatives, and
+    ``wheel`` unpacked into ``/usr/local/lib/python3.13/dist-packages``. LabError when the headers of
+    ``release`` are not there."""
+    import zipfile
+
+    if not (root / "usr" / "src" / f"linux-headers-{release}").is_dir():
+        raise LabError(f"the headers package of {release} did not unpack to /usr/src/linux-headers-{release}")
+    build = root / "usr" / "lib" / "modules" / release / "build"
+    if not build.is_symlink():
+        build.parent.mkdir(parents=True, exist_ok=True)
+        build.symlink_to(f"../../../src/linux-headers-{release}")
+    libdir = root / "usr" / "lib" / _TRIPLET[deb_arch]
+    for link, dest in _ALTERNATIVES.items():
+        if (libdir / dest).exists() and not (libdir / link).exists():
+            (libdir / link).symlink_to(dest)
+    site = root / "usr" / "local" / "lib" / f"python{GUEST_PYTHON}" / "dist-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(site)
+    except zipfile.BadZipFile:
+        wheel.unlink(missing_ok=True)
+        raise LabError(f"{wheel.name} is not a valid wheel (deleted; the next run downloads it again)") from None

@@ -1,20 +1,23 @@
 #!/bin/busybox sh
 # tracekit lab guest /init: mount the kernel filesystems, load KVM modules when they are modules,
 # run the scenario given on the kernel command line (tk.arch=, tk.scenario=) with the function
-# probes attached, stream the result directory as a tar archive to the virtio port "tracekit.out",
+# probes attached (raw kprobe_events by tracekit.lab.guest_run, or with tk.recorder=bcc|tracefs the
+# real `tracekit record` by tracekit.lab.guest_record), stream the result directory as a tar archive to the virtio port "tracekit.out",
 # print "tk-done rc=N" on the console and power off. Any hang is the host's timeout to handle.
 /bin/busybox --install -s /bin
-export PATH=/bin:/usr/bin:/sbin:/usr/sbin PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/opt/tracekit
+export PATH=/usr/local/bin:/bin:/usr/bin:/sbin:/usr/sbin PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/opt/tracekit
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tmpfs tmpfs /tmp
 mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages
 for word in $(cat /proc/cmdline); do
   case "$word" in
     tk.arch=*) TK_ARCH="${word#tk.arch=}" ;;
     tk.scenario=*) TK_SCENARIO="${word#tk.scenario=}" ;;
+    tk.recorder=*) TK_RECORDER="${word#tk.recorder=}" ;;
     tk.kvmargs=*) TK_KVMARGS="$(echo "${word#tk.kvmargs=}" | tr ',' ' ')" ;;
   esac
 done
@@ -24,9 +27,13 @@ if [ -d /opt/modules ]; then
     case "$m" in kvm) insmod "/opt/modules/$m.ko" $TK_KVMARGS ;; *) insmod "/opt/modules/$m.ko" ;; esac
   done
 fi
-echo "tk-booted arch=$TK_ARCH scenario=$TK_SCENARIO kernel=$(uname -r)"
+echo "tk-booted arch=$TK_ARCH scenario=$TK_SCENARIO recorder=${TK_RECORDER:-raw} kernel=$(uname -r)"
 out="$(mktemp -d)"   # the result directory, on the tmpfs mounted above
-python3 -m tracekit.lab.guest_run "$TK_ARCH" "$TK_SCENARIO" "$out"
+if [ -n "$TK_RECORDER" ]; then
+  python3 -m tracekit.lab.guest_record "$TK_ARCH" "$TK_SCENARIO" "$TK_RECORDER" "$out"
+else
+  python3 -m tracekit.lab.guest_run "$TK_ARCH" "$TK_SCENARIO" "$out"
+fi
 rc=$?
 dmesg > "$out/dmesg.txt"
 port=""

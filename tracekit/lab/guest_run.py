@@ -34,7 +34,7 @@ from tracekit.funcprobes.kallsyms import load_kallsyms, resolve_all
 from tracekit.funcprobes.tracefs_backend import TracefsFuncProbes as _Tracing
 from tracekit.lab import scenarios
 
-__all__ = ["main", "run", "probe_family", "INSTANCE"]
+__all__ = ["main", "run", "probe_family", "prepare_kernel", "workload_options", "INSTANCE"]
 
 INSTANCE = "tracekit"
 
@@ -88,21 +88,9 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
     (``setup``, ``populate``, ``enable_dirty_logging``, ``dirty_memory_N``, ``get_dirty_log_N``,
     ``clear_dirty_log_N``, ``disable_dirty_logging``)."""
     from tracekit.workload.dirtylog import run_dirty_log
-    from tracekit.workload.options import DirtyLogOptions
 
-    eager = Path("/sys/module/kvm/parameters/eager_page_split")
-    if eager.exists():
-        _write(eager, "Y" if scenario.eager_page_split else "N")
-    step = scenario.steps[0]
-    options = DirtyLogOptions(
-        vcpus=scenario.vcpus,
-        bytes_per_vcpu=(scenario.memory_mib << 20) // scenario.vcpus,
-        iterations=step[1],
-        backing=_WORKLOAD_BACKING[scenario.backing],
-        log_mode="clear" if scenario.manual_protect else "get",
-        eager_split_chunk=scenario.eager_split_chunk if scenario.arch == "arm64" else None,
-        **scenario.workload_args,
-    )
+    _set_eager_page_split(scenario)
+    options = workload_options(scenario)
     state = {"index": -1, "start": 0}
 
     def on_phase(name: str, iteration: int | None, end: bool) -> None:
@@ -118,6 +106,35 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
     tids.update(v["tid"] for v in result.layout.get("vcpus", []) if v.get("tid"))
     result.check()
     return [{"op": "dirty_log_workload", "options": options.as_dict(), "result": result.as_json()}]
+
+
+def workload_options(scenario: scenarios.Scenario):
+    """The dirty-log workload's options (``DirtyLogOptions``) for a ``("workload", iterations)`` scenario."""
+    from tracekit.workload.options import DirtyLogOptions
+
+    return DirtyLogOptions(
+        vcpus=scenario.vcpus,
+        bytes_per_vcpu=(scenario.memory_mib << 20) // scenario.vcpus,
+        iterations=scenario.steps[0][1],
+        backing=_WORKLOAD_BACKING[scenario.backing],
+        log_mode="clear" if scenario.manual_protect else "get",
+        eager_split_chunk=scenario.eager_split_chunk if scenario.arch == "arm64" else None,
+        **scenario.workload_args,
+    )
+
+
+def _set_eager_page_split(scenario: scenarios.Scenario) -> None:
+    eager = Path("/sys/module/kvm/parameters/eager_page_split")
+    if eager.exists():
+        _write(eager, "Y" if scenario.eager_page_split else "N")
+
+
+def prepare_kernel(scenario: scenarios.Scenario) -> None:
+    """What the scenario needs of the guest kernel before its VMM starts: THP mode, hugetlb pool, x86 eager split."""
+    _set_thp(scenario)
+    if scenario.backing.startswith("hugetlb-"):
+        _reserve_hugetlb(scenario)
+    _set_eager_page_split(scenario)
 
 
 def _set_thp(scenario: scenarios.Scenario) -> None:
@@ -249,16 +266,22 @@ def run(arch: str, name: str, out: Path) -> dict:
     return meta
 
 
-def main(argv: list[str] | None = None) -> int:
+def guest_main(run_fn, usage: str, argv: list[str] | None) -> int:
+    """A guest entry point: ``run_fn(*args[:-1], Path(OUTDIR))`` with as many arguments as ``usage`` names;
+    exit status 0, 1 with one ``tk-guest-error:`` line, or 2 with the usage."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3:
-        print("usage: python3 -m tracekit.lab.guest_run ARCH SCENARIO OUTDIR", file=sys.stderr)
+    if len(args) != len(usage.split()) - 3:  # "python3 -m MODULE" then the arguments
+        print(f"usage: {usage}", file=sys.stderr)
         return 2
-    meta = run(args[0], args[1], Path(args[2]))
+    meta = run_fn(*args[:-1], Path(args[-1]))
     if meta["status"] != "complete":
         print(f"tk-guest-error: {meta.get('error')}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return guest_main(run, "python3 -m tracekit.lab.guest_run ARCH SCENARIO OUTDIR", argv)
 
 
 if __name__ == "__main__":

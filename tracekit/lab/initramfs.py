@@ -4,7 +4,8 @@ Contract
 --------
 :func:`write_initramfs` archives every file, directory and symbolic link under ``root`` (device
 nodes and sockets are skipped: the guest mounts devtmpfs), then the ``extra`` entries (archive
-path -> bytes, file mode 0755 for ``init`` and 0644 otherwise; parent directories created), and the
+path -> bytes, file mode 0755 for ``init``, ``*.sh`` and ``usr/local/bin/*``, 0644 otherwise; parent
+directories created), and the
 trailer. Paths inside the archive are relative (``usr/bin/python3``); ``exclude`` holds path
 prefixes to leave out. Uncompressed on purpose: the emulated kernel unpacks it without running a
 decompressor under TCG. Returns the number of entries. Raises OSError on I/O failure.
@@ -91,7 +92,7 @@ def write_initramfs(
                 ]
         for name, data in extra.items():
             writer.add_dirs_for(name)
-            mode = 0o755 if name == "init" or name.endswith(".sh") else 0o644
+            mode = 0o755 if name == "init" or name.endswith(".sh") or name.startswith("usr/local/bin/") else 0o644
             writer.add(name, stat.S_IFREG | mode, data)
         writer.trailer()
         return writer.count

@@ -30,17 +30,18 @@ from tracekit.errors import LabError
 from tracekit.lab.fetch import QEMU_BINARY, QEMU_PACKAGE, require_tool
 from tracekit.lab.initramfs import write_initramfs
 
-__all__ = ["qemu_command", "build_initramfs", "boot", "BootResult", "GUEST_PORT", "DEFAULT_TIMEOUT"]
+__all__ = ["qemu_command", "build_initramfs", "boot", "BootResult", "GUEST_PORT", "DEFAULT_TIMEOUT", "MEMORY_MIB",
+           "LAUNCHER"]
 
 GUEST_PORT = "tracekit.out"
 DEFAULT_TIMEOUT = 600
-_MEMORY_MIB = {"arm64": 2048, "x86": 3072}
+#: Default guest memory (MiB) of each lab architecture.
+MEMORY_MIB = {"arm64": 2048, "x86": 3072}
 _CONSOLE = {"arm64": "ttyAMA0", "x86": "ttyS0"}
 _EXCLUDE = (
     "usr/share/doc",
     "usr/share/man",
     "usr/share/locale",
-    "usr/share/zoneinfo",
     "usr/lib/python3.13/test",
     "usr/lib/python3.13/idlelib",
     "usr/lib/python3.13/pydoc_data",
@@ -48,6 +49,10 @@ _EXCLUDE = (
     "var/cache",
     "var/lib/apt",
 )
+#: The guest's ``tracekit`` command (the console script pip would write): ``tracekit record`` runs it twice.
+LAUNCHER = b"#!/usr/bin/python3\nimport sys\nfrom tracekit.cli import main\nsys.exit(main())\n"
+
+
 @dataclass
 class BootResult:
     console: str
@@ -71,7 +76,7 @@ def qemu_command(
         binary,
         *machine,
         "-smp", str(smp),
-        "-m", str(memory_mib or _MEMORY_MIB[arch]),
+        "-m", str(memory_mib or MEMORY_MIB[arch]),
         "-display", "none",
         "-monitor", "none",
         "-serial", f"file:{console_log}",
@@ -85,13 +90,37 @@ def qemu_command(
     ]  # fmt: skip
 
 
+_PACKAGE_SUFFIXES = (".py", ".c", ".h", ".sh", ".txt")
+
+
+def package_dirs() -> dict[str, Path]:
+    """tracekit's package directories by dotted name: ``tracekit`` plus the subpackages that live
+    elsewhere in the source tree (``tracekit.probes``, ``tracekit.analysis``)."""
+    import importlib
+
+    root = Path(tracekit.__file__).parent
+    dirs = {"tracekit": root}
+    for name in ("tracekit.probes", "tracekit.analysis"):
+        try:
+            folder = Path(list(importlib.import_module(name).__path__)[0])
+        except ImportError:
+            continue
+        if folder != root / name.split(".")[-1]:
+            dirs[name] = folder
+    return dirs
+
+
 def build_initramfs(path: Path, userland: Path | None, modules: tuple[Path, ...] = ()) -> int:
     """Write the guest initramfs to ``path``; returns the number of archive entries."""
-    package = Path(tracekit.__file__).parent
-    extra: dict[str, bytes] = {"init": resources.files("tracekit.lab").joinpath("guest_init.sh").read_bytes()}
-    # The whole package's sources: the guest imports only standard-library modules of it.
-    for source in sorted(package.rglob("*.py")):
-        extra[f"opt/tracekit/tracekit/{source.relative_to(package).as_posix()}"] = source.read_bytes()
+    extra: dict[str, bytes] = {"init": resources.files("tracekit.lab").joinpath("guest_init.sh").read_bytes(),
+                               "usr/local/bin/tracekit": LAUNCHER}
+    # The whole package (the light userland imports only its standard-library modules; the recorder
+    # userland runs tracekit record, which needs the BPF sources of tracekit.probes and the
+    # CLI's tracekit.analysis, mapped from other directories of the source tree).
+    for name, folder in package_dirs().items():
+        for source in sorted(folder.rglob("*")):
+            if source.is_file() and source.suffix in _PACKAGE_SUFFIXES and "__pycache__" not in source.parts:
+                extra[f"opt/tracekit/{name.replace('.', '/')}/{source.relative_to(folder).as_posix()}"] = source.read_bytes()
     for module in modules:
         extra[f"opt/modules/{module.name}"] = module.read_bytes()
     return write_initramfs(path, userland, extra, exclude=_EXCLUDE)

@@ -7,7 +7,13 @@ directory ``output`` (which must not exist). ``kernel`` replaces the Debian clou
 caller's own boot image (arm64 ``Image``; for x86 the KVM modules must then be built in, or given
 with ``modules``). ``timeout`` (seconds) bounds the emulated boot; the guest console log is always
 kept next to the capture as ``OUTPUT.console.log``; ``keep_raw`` copies the guest's raw result
-directory (per-CPU pages, format files, histograms) there too. Returns a :class:`LabRun` whose
+directory (per-CPU pages, format files, histograms) there too. ``recorder`` (``bcc`` or ``tracefs``)
+runs the scenario's workload under the real ``tracekit record --probes stage2|tdp --backend RECORDER``
+inside the guest instead (the recorder userland: :func:`tracekit.lab.fetch.fetch_recorder_userland`;
+workload scenarios only; ``bcc`` only with the Debian kernel, whose headers it needs) and adopts the
+guest's capture as ``output`` (:mod:`tracekit.lab.recorded`), its counts per workload phase from
+the phase record the recorder stores; the recorder's stderr is kept as ``OUTPUT.record.log``.
+``timeout`` None means :data:`DEFAULT_TIMEOUT` (raw) or :data:`RECORDER_TIMEOUT`. Returns a :class:`LabRun` whose
 ``as_dict()`` is the documented ``--json`` output (docs/cli-json/lab.md). Under emulation counts
 are exact and timings are not: the result says so in ``timing_note``. Raises
 :class:`tracekit.errors.LabError`, ``MissingCapability`` or ``UsageError`` with one line.
@@ -26,9 +32,17 @@ from tracekit.lab import fetch, machine, results, scenarios
 from tracekit.lab.guest_run import probe_family
 from tracekit.procs import pid_alive
 
-__all__ = ["run_lab", "LabRun", "TIMING_NOTE", "ARCHES"]
+__all__ = ["run_lab", "LabRun", "TIMING_NOTE", "ARCHES", "RECORDERS", "RECORDER_TIMEOUT", "DEFAULT_TIMEOUT",
+           "guest_memory_mib"]
 
 ARCHES = ("arm64", "x86")
+#: ``--recorder`` choices: the real ``tracekit record`` backends run inside the guest.
+RECORDERS = ("bcc", "tracefs")
+DEFAULT_TIMEOUT = machine.DEFAULT_TIMEOUT
+#: Bound on a recorder run: the emulated clang compile of the bcc program alone takes minutes.
+RECORDER_TIMEOUT = 1800
+#: Guest memory the recorder userland adds (its ~570 MB initramfs is held twice while it unpacks; clang).
+_RECORDER_EXTRA_MIB = 2048
 TIMING_NOTE = (
     "emulated machine (QEMU TCG): event counts are exact, durations are those of the emulator and "
     "say nothing about real hardware"
@@ -50,6 +64,9 @@ class LabRun:
     probes: dict
     checks: list[dict] = field(default_factory=list)
     lock_contention: dict = field(default_factory=dict)
+    recorder: str = "raw"
+    record_seconds: float | None = None
+    visits_by_level: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +87,9 @@ class LabRun:
             "probes": self.probes,
             "checks": self.checks,
             "lock_contention": self.lock_contention,
+            "recorder": self.recorder,
+            "record_seconds": self.record_seconds,
+            "visits_by_level": {name: {str(k): v for k, v in levels.items()} for name, levels in self.visits_by_level.items()},
             "ok": self.ok,
             "timing_note": TIMING_NOTE,
         }
@@ -90,14 +110,18 @@ def run_lab(
     *,
     kernel: Path | None = None,
     modules: Path | None = None,
-    timeout: float = machine.DEFAULT_TIMEOUT,
+    timeout: float | None = None,
     keep_raw: bool = False,
     command_line: str = "",
+    recorder: str | None = None,
 ) -> LabRun:
     """See the module contract."""
     if arch not in ARCHES:
         raise UsageError(f"unknown lab architecture {arch!r}; choose arm64 or x86")
     chosen = scenarios.get(scenario, arch)
+    check_recorder(recorder, chosen, kernel)
+    if timeout is None:
+        timeout = RECORDER_TIMEOUT if recorder else DEFAULT_TIMEOUT
     if output.exists() and any(output.iterdir()):
         raise UsageError(f"{output} already exists and is not empty; choose a new capture path")
     fetch.require_tool(fetch.QEMU_BINARY[arch], fetch.QEMU_PACKAGE[arch])
@@ -111,7 +135,11 @@ def run_lab(
     else:
         image, release_hint, source = kernel, "", str(kernel)
         module_files = tuple(sorted(modules.glob("*.ko"))) if modules is not None else ()
-    userland = fetch.fetch_userland(arch, cache)
+    if recorder:
+        debian_release = release_hint or fetch.fetch_kernel(arch, cache).release  # tracefs needs no headers
+        userland = fetch.fetch_recorder_userland(arch, cache, debian_release)
+    else:
+        userland = fetch.fetch_userland(arch, cache)
     output.parent.mkdir(parents=True, exist_ok=True)
     console_log = output.parent / f"{output.name}.console.log"
     _remove_stale_work_dirs(cache)
@@ -124,8 +152,10 @@ def run_lab(
         append = f"tk.arch={arch} tk.scenario={chosen.name} {chosen.kernel_args}".strip()
         if arch == "x86":
             append += f" tk.kvmargs=tdp_mmu=1,eager_page_split={'1' if chosen.eager_page_split else '0'}"
+        if recorder:
+            append += f" tk.recorder={recorder}"
         command = machine.qemu_command(
-            arch, image, initrd, guest_console, archive, append, memory_mib=chosen.guest_ram_mib
+            arch, image, initrd, guest_console, archive, append, memory_mib=guest_memory_mib(arch, chosen, recorder)
         )
         try:
             boot = machine.boot(command, guest_console, archive, timeout)
@@ -135,6 +165,9 @@ def run_lab(
             if guest_console.exists():
                 shutil.copyfile(guest_console, console_log)
         guest_dir = results.unpack(archive, work / "guest")
+        if recorder:
+            return _adopt_recorded(arch, chosen, recorder, output, guest_dir, boot, source, release_hint,
+                                   console_log, command_line, work, cache, keep_raw)  # fmt: skip
         trace = results.read_guest_trace(guest_dir)
         if trace.meta.get("status") != "complete" or boot.guest_rc != 0:
             raise LabError(
@@ -186,6 +219,74 @@ def run_lab(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def check_recorder(recorder: str | None, scenario: scenarios.Scenario, kernel: Path | None) -> None:
+    """UsageError for a ``--recorder`` the run cannot honour (one line naming the way out)."""
+    if recorder is None:
+        return
+    if recorder not in RECORDERS:
+        raise UsageError(f"unknown recorder backend {recorder!r}; choose bcc or tracefs")
+    if [step[0] for step in scenario.steps] != ["workload"]:
+        workload = [s.name for s in scenarios.SCENARIOS if s.arch == scenario.arch and s.steps[0][0] == "workload"]
+        raise UsageError(f"scenario {scenario.name} drives the nested VM step by step and cannot run under tracekit "
+                         f"record; --recorder works with: {', '.join(workload)}")  # fmt: skip
+    if recorder == "bcc" and kernel is not None:
+        raise UsageError("--recorder bcc compiles against the Debian kernel's headers; with --kernel use --recorder "
+                         "tracefs")  # fmt: skip
+
+
+def guest_memory_mib(arch: str, scenario: scenarios.Scenario, recorder: str | None) -> int:
+    """Guest RAM (MiB): the scenario's (or the architecture's default), plus room for the recorder userland."""
+    base = scenario.guest_ram_mib or machine.MEMORY_MIB[arch]
+    return base + (_RECORDER_EXTRA_MIB if recorder else 0)
+
+
+def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output: Path, guest_dir: Path,
+                    boot: machine.BootResult, source: str, release_hint: str, console_log: Path, command_line: str,
+                    work: Path, cache: Path, keep_raw: bool) -> LabRun:  # fmt: skip
+    """The guest's ``tracekit record`` capture as the lab's output (see the module contract)."""
+    import json
+
+    from tracekit.capture import open_capture
+    from tracekit.lab import recorded
+    from tracekit.lab.guest_record import CAPTURE
+
+    meta = json.loads((guest_dir / "meta.json").read_text())
+    log = guest_dir / "record.log"
+    record_log = output.parent / f"{output.name}.record.log"
+    if log.exists():
+        shutil.copyfile(log, record_log)
+    if keep_raw:
+        shutil.copytree(guest_dir, output.parent / f"{output.name}.guest", ignore=shutil.ignore_patterns(CAPTURE))
+    if meta.get("status") != "complete" or boot.guest_rc != 0:
+        raise LabError(f"tracekit record in the guest failed: {meta.get('error', 'see the console log')} "
+                       f"(recorder log: {record_log}; console log: {console_log})")  # fmt: skip
+    probes = probe_family(arch)[0]
+    lab = {
+        "source": {"kind": "lab", "description": f"tracekit lab {arch} --scenario {chosen.name} --recorder {recorder}: "
+                   f"{chosen.description}"},  # fmt: skip
+        "host": f"qemu-{arch}-tcg",
+        "command_line": _portable(command_line, work, cache, output),
+        "kernel_release": meta.get("kernel_release", release_hint),
+        "kvm_params": meta.get("kvm_params", {}),
+        "kvm_banner": meta.get("kvm_banner", []),
+        "timing_note": TIMING_NOTE,
+        "qemu_command": [_portable(arg, work, cache, output) for arg in boot.command],
+        "lab": {"recorder_backend": recorder, "scenario": chosen.as_dict(), "record_command": meta.get("record_command"),
+                "record_seconds": meta.get("record_seconds")},  # fmt: skip
+    }
+    manifest = recorded.adopt_capture(guest_dir / CAPTURE, output, lab)
+    cap = open_capture(output)
+    counts = recorded.capture_counts(cap, probes)
+    steps = recorded.phase_steps(cap, probes, (manifest.get("workload") or {}).get("phases", []))
+    probes_info = dict(manifest.get("probes", {}))
+    return LabRun(
+        arch=arch, scenario=chosen.as_dict(), output=output, kernel_release=lab["kernel_release"],
+        kernel_source=source, boot_seconds=boot.seconds, console_log=console_log, counts=counts, steps=steps,
+        kernel_histograms={}, probes=probes_info, checks=_checks(chosen, counts), recorder=recorder,
+        record_seconds=meta.get("record_seconds"), visits_by_level=recorded.visits_by_level(cap, probes),
+    )  # fmt: skip
 
 
 def _remove_stale_work_dirs(cache: Path) -> None:

@@ -1,0 +1,118 @@
+"""Inside a lab guest with the recorder userland: run the scenario under the real ``tracekit record``.
+
+Contract
+--------
+``python3 -m tracekit.lab.guest_record ARCH SCENARIO BACKEND OUTDIR`` (run by the guest's ``/init``
+as root, tracefs mounted, the recorder userland: numpy, pyarrow, typer, bcc and the kernel headers)
+prepares the kernel as the raw path does (THP mode, hugetlb pool, x86 ``eager_page_split``), then runs
+
+    tracekit record --probes stage2|tdp --backend bcc|tracefs -o OUTDIR/capture.tkcap \\
+        -- tracekit workload dirty-log OPTIONS
+
+so the scenario's workload is the traced process (the recorder filters by its tgid) and its phase
+record (``--layout``, begin and end CLOCK_MONOTONIC ns of every phase) lands in the capture's
+manifest under ``workload``. Only scenarios made of the dirty-log workload (``("workload", N)``)
+can run this way. It writes ``OUTDIR/meta.json`` (scenario, backend, uname, kvm parameters and
+banner, the two command lines, the recorder's wall seconds, its exit status, ``status``
+``complete`` or ``error`` with ``error``), ``OUTDIR/record.log`` (the recorder's stderr: banner,
+compile errors) and ``OUTDIR/workload.json`` (the workload's ``--json`` document). Exit status 0
+on success; otherwise one ``tk-guest-error: ...`` line and 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tracekit.lab import scenarios
+from tracekit.lab.guest_run import _kvm_banner, _kvm_params, guest_main, prepare_kernel, workload_options
+from tracekit.workload.options import DirtyLogOptions, format_size
+
+__all__ = ["main", "run", "record_argv", "workload_argv", "FAMILY", "BACKENDS", "CAPTURE"]
+
+#: The function-probe family ``tracekit record`` attaches in each lab.
+FAMILY = {"arm64": "stage2", "x86": "tdp"}
+BACKENDS = ("bcc", "tracefs")
+#: The capture directory's name inside OUTDIR.
+CAPTURE = "capture.tkcap"
+#: Bound on one recording (the emulated bcc compile alone takes minutes).
+_RECORD_TIMEOUT = 1500
+
+
+def workload_argv(options: DirtyLogOptions) -> list[str]:
+    """``tracekit workload dirty-log`` arguments that rebuild exactly ``options`` (see build_options)."""
+    argv = ["--vcpus", str(options.vcpus), "--bytes-per-vcpu", format_size(options.bytes_per_vcpu),
+            "--iterations", str(options.iterations), "--backing", options.backing,
+            "--write-percent", str(options.write_percent), "--seed", str(options.seed),
+            "--memslots", str(options.memslots), "--guest-page-size", format_size(options.guest_page_size).lower()]  # fmt: skip
+    if options.random_order:
+        argv.append("--random-order")
+    if options.log_mode is not None:
+        argv += ["--log-mode", options.log_mode]
+    if not options.initially_set:
+        argv.append("--no-initially-set")
+    if options.ring_entries is not None:
+        argv += ["--ring-entries", str(options.ring_entries)]
+    if options.eager_split_chunk is not None:
+        argv += ["--eager-split-chunk", format_size(options.eager_split_chunk) if options.eager_split_chunk else "0"]
+    return argv
+
+
+def record_argv(arch: str, backend: str, capture: Path, options: DirtyLogOptions) -> list[str]:
+    """The whole ``tracekit record ... -- tracekit workload dirty-log ...`` command line."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown recorder backend {backend!r}; choose bcc or tracefs")
+    return ["tracekit", "record", "--probes", FAMILY[arch], "--backend", backend, "-o", str(capture),
+            "--", "tracekit", "workload", "dirty-log", "--json", *workload_argv(options)]  # fmt: skip
+
+
+def run(arch: str, name: str, backend: str, out: Path) -> dict:
+    """Run scenario ``name`` of ``arch`` under ``tracekit record --backend backend``; fill ``out``."""
+    scenario = scenarios.get(name, arch)
+    out.mkdir(parents=True, exist_ok=True)
+    meta: dict = {
+        "scenario": scenario.as_dict(),
+        "recorder_backend": backend,
+        "uname": " ".join(platform.uname()),
+        "kernel_release": platform.release(),
+        "kvm_params": _kvm_params(),
+        "kvm_banner": _kvm_banner(),
+        "status": "error",
+    }
+    try:
+        if [step[0] for step in scenario.steps] != ["workload"]:
+            raise ValueError(f"scenario {name} drives the nested VM step by step; only workload scenarios run under "
+                             "tracekit record")  # fmt: skip
+        prepare_kernel(scenario)
+        argv = record_argv(arch, backend, out / CAPTURE, workload_options(scenario))
+        meta["record_command"] = argv
+        start = time.monotonic()
+        with open(out / "record.log", "wb") as log, open(out / "workload.json", "wb") as stdout:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, timeout=_RECORD_TIMEOUT,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        meta["record_seconds"] = round(time.monotonic() - start, 3)
+        meta["record_exit"] = done.returncode
+        if done.returncode != 0:
+            tail = (out / "record.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise RuntimeError(f"tracekit record exited with {done.returncode}: {tail[0]}")
+        meta["status"] = "complete"
+    except subprocess.TimeoutExpired:
+        meta["error"] = f"tracekit record did not finish within {_RECORD_TIMEOUT} s"
+    except Exception as error:  # recorded for the host, then reported as one line
+        meta["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    return guest_main(run, "python3 -m tracekit.lab.guest_record ARCH SCENARIO BACKEND OUTDIR", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
