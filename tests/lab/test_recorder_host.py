@@ -136,7 +136,7 @@ def test_record_argv_runs_the_workload_as_the_recorders_command(tmp_path):
     assert _is_workload_command(child)  # so the recorder stores the workload's phase record in the manifest
     assert "--eager-split-chunk" in child and child[child.index("--eager-split-chunk") + 1] == "2M"
     x86 = record_argv("x86", "tracefs", tmp_path / "c.tkcap", workload_options(scenarios.smallest("x86")))
-    assert x86[2:6] == ["--probes", "tdp", "--backend", "tracefs"] and "--eager-split-chunk" not in x86
+    assert x86[2:6] == ["--probes", "tdp,mmu", "--backend", "tracefs"] and "--eager-split-chunk" not in x86
     with pytest.raises(ValueError, match="choose bcc or tracefs"):
         record_argv("arm64", "perf", tmp_path / "c.tkcap", options)
 

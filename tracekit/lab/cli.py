@@ -59,8 +59,9 @@ def _run(arch: str, scenario: str, output: Path, kernel: Optional[Path], modules
         typer.echo(f"capture:  {run.output}")
         typer.echo(f"kernel:   {run.kernel_release} ({run.kernel_source}); boot+run {run.boot_seconds:.1f} s")
         if run.recorder != "raw":
-            typer.echo(f"recorder: tracekit record --backend {run.recorder} in the guest, {run.record_seconds:.1f} s "
-                       "(compile, attach, workload, drain)")  # fmt: skip
+            attach = f"{run.attach_seconds:.1f} s to attach (import, compile), " if run.attach_seconds is not None else ""
+            typer.echo(f"recorder: tracekit record --backend {run.recorder} in the guest: {attach}"
+                       f"{run.record_seconds:.1f} s in all")  # fmt: skip
         typer.echo(f"probes:   {len(run.probes['attached'])} attached, {len(run.probes['failed'])} not")
         for failed in run.probes["failed"]:
             typer.echo(f"  - {failed['probe']}: {failed['reason']}")

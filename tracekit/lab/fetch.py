@@ -7,7 +7,13 @@ Packages come from Debian ``trixie`` through apt with a PRIVATE configuration an
 (``CACHE/apt``): the host's apt sources, lists and keyrings are never modified (the Debian archive
 keyring is only read). Kernels are downloaded as ``.deb`` and unpacked with ``dpkg-deb -x``, never
 installed; xz-compressed modules are decompressed for busybox ``insmod``. The userland is
-``mmdebstrap --variant=extract`` of python3 + busybox-static for the guest architecture. Each cache
+``mmdebstrap --variant=extract`` of python3 + busybox-static for the guest architecture (dependencies
+included; no maintainer script runs). :func:`fetch_recorder_userland` builds the bigger userland of
+``tracekit lab --recorder`` beside it (``userland-recorder-trixie-RELEASE``): :data:`RECORDER_PACKAGES`,
+the headers of the lab kernel's release with their ``-common`` and kbuild packages (``dpkg-deb -x``,
+without the gcc they depend on), and the host's pyarrow version from its manylinux wheel for the
+guest's CPython 3.13 (``pip download --platform``, cached in ``CACHE/wheels``; :func:`select_wheel`
+picks it). Each cache
 entry is complete only when its ``.complete`` marker exists, so an interrupted fetch is redone;
 concurrent processes sharing the cache take turns (``flock`` on ``CACHE/.lock``).
 

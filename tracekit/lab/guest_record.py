@@ -6,14 +6,15 @@ Contract
 as root, tracefs mounted, the recorder userland: numpy, pyarrow, typer, bcc and the kernel headers)
 prepares the kernel as the raw path does (THP mode, hugetlb pool, x86 ``eager_page_split``), then runs
 
-    tracekit record --probes stage2|tdp --backend bcc|tracefs -o OUTDIR/capture.tkcap \\
+    tracekit record --probes stage2 (x86: tdp,mmu) --backend bcc|tracefs -o OUTDIR/capture.tkcap \\
         -- tracekit workload dirty-log OPTIONS
 
 so the scenario's workload is the traced process (the recorder filters by its tgid) and its phase
 record (``--layout``, begin and end CLOCK_MONOTONIC ns of every phase) lands in the capture's
 manifest under ``workload``. Only scenarios made of the dirty-log workload (``("workload", N)``)
 can run this way. It writes ``OUTDIR/meta.json`` (scenario, backend, uname, kvm parameters and
-banner, the two command lines, the recorder's wall seconds, its exit status, ``status``
+banner, the command line, the recorder's wall seconds and the seconds until its probes were
+attached (its ``Tracing pid`` banner: import, bcc compile, attach), its exit status, ``status``
 ``complete`` or ``error`` with ``error``), ``OUTDIR/record.log`` (the recorder's stderr: banner,
 compile errors) and ``OUTDIR/workload.json`` (the workload's ``--json`` document). Exit status 0
 on success; otherwise one ``tk-guest-error: ...`` line and 1.
@@ -35,8 +36,9 @@ from tracekit.workload.options import DirtyLogOptions, format_size
 
 __all__ = ["main", "run", "record_argv", "workload_argv", "FAMILY", "BACKENDS", "CAPTURE"]
 
-#: The function-probe family ``tracekit record`` attaches in each lab.
-FAMILY = {"arm64": "stage2", "x86": "tdp"}
+#: The probe families ``tracekit record`` attaches in each lab: the function probes, and on x86 also
+#: the kvmmmu tracepoints (``kvm_mmu_split_huge_page``: the split count the raw path checks).
+FAMILY = {"arm64": "stage2", "x86": "tdp,mmu"}
 BACKENDS = ("bcc", "tracefs")
 #: The capture directory's name inside OUTDIR.
 CAPTURE = "capture.tkcap"
@@ -71,6 +73,32 @@ def record_argv(arch: str, backend: str, capture: Path, options: DirtyLogOptions
             "--", "tracekit", "workload", "dirty-log", "--json", *workload_argv(options)]  # fmt: skip
 
 
+def _record(argv: list[str], stdout, log_path: Path, start: float) -> tuple[int, float | None]:
+    """Run the recorder, copying its stderr to ``log_path``; returns (exit status, monotonic time of its
+    ``Tracing pid`` banner: the probes are attached, after the bcc compile, or None)."""
+    attached = None
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        try:
+            for line in child.stderr:
+                if attached is None and line.startswith(b"Tracing pid"):
+                    attached = time.monotonic()
+                log.write(line)
+                log.flush()
+                if time.monotonic() - start > _RECORD_TIMEOUT:
+                    raise subprocess.TimeoutExpired(argv, _RECORD_TIMEOUT)
+            return child.wait(timeout=max(1.0, _RECORD_TIMEOUT - (time.monotonic() - start))), attached
+        finally:
+            if child.poll() is None:
+                child.terminate()  # the recorder detaches its probes on SIGTERM
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+
+
 def run(arch: str, name: str, backend: str, out: Path) -> dict:
     """Run scenario ``name`` of ``arch`` under ``tracekit record --backend backend``; fill ``out``."""
     scenario = scenarios.get(name, arch)
@@ -92,14 +120,14 @@ def run(arch: str, name: str, backend: str, out: Path) -> dict:
         argv = record_argv(arch, backend, out / CAPTURE, workload_options(scenario))
         meta["record_command"] = argv
         start = time.monotonic()
-        with open(out / "record.log", "wb") as log, open(out / "workload.json", "wb") as stdout:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, timeout=_RECORD_TIMEOUT,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        with open(out / "workload.json", "wb") as stdout:
+            returncode, attached = _record(argv, stdout, out / "record.log", start)
         meta["record_seconds"] = round(time.monotonic() - start, 3)
-        meta["record_exit"] = done.returncode
-        if done.returncode != 0:
+        meta["attach_seconds"] = None if attached is None else round(attached - start, 3)
+        meta["record_exit"] = returncode
+        if returncode != 0:
             tail = (out / "record.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise RuntimeError(f"tracekit record exited with {done.returncode}: {tail[0]}")
+            raise RuntimeError(f"tracekit record exited with {returncode}: {tail[0]}")
         meta["status"] = "complete"
     except subprocess.TimeoutExpired:
         meta["error"] = f"tracekit record did not finish within {_RECORD_TIMEOUT} s"

@@ -6,8 +6,9 @@ Contract
 (``virtualization=on``), GICv3, ``-cpu max,pauth-impdef=on``; ``x86``: TCG with nested SVM/NPT and
 ``-cx16``), 2 vCPUs, the serial console to a file, and a virtio-serial port named
 ``tracekit.out`` backed by a host file: the guest writes a tar archive of its results there.
-:func:`build_initramfs` packs the userland, the guest ``/init`` (``guest_init.sh``), the
-stdlib-only tracekit package and any KVM modules. :func:`boot` runs QEMU with a hard timeout
+:func:`build_initramfs` packs the userland, the guest ``/init`` (``guest_init.sh``), tracekit's
+sources (with ``tracekit.probes`` and ``tracekit.analysis``), a ``/usr/local/bin/tracekit`` launcher
+and any KVM modules. :func:`boot` runs QEMU with a hard timeout
 (seconds); on timeout or an interrupt QEMU is killed (and the kernel kills it if tracekit itself
 dies: ``PR_SET_PDEATHSIG``), and the console log is kept. Returns a
 :class:`BootResult` (console text, path of the result archive, wall seconds, guest exit code from

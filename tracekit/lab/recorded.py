@@ -6,7 +6,9 @@ Contract
 path's decoder counts events (``tracekit.funcprobes.decode``): ``split`` rows per ``probe``,
 ``fault`` rows per ``probe``, ``func_call`` rows per ``name``, walk rows (stage-2 walks only: the
 recorder drops host walks) under the walk probe's name, and visits as the sum of ``stage2_visit.count``
-under the visitor probe's name (``split_walker``, ``map_walker``, ``iter_next``). Rows are
+under the visitor probe's name (``split_walker``, ``map_walker``, ``iter_next``), and the rows of
+the recorder's ``mmu`` table (x86 kvmmmu tracepoints) per ``event`` (``kvm_mmu_split_huge_page``,
+as the raw path counts that tracepoint). Rows are
 restricted to ``[begin_ns, end_ns]`` when given. :func:`visits_by_level` gives ``{probe: {level:
 visits}}``. :func:`phase_steps` turns the workload's phase record (the manifest's ``workload.phases``,
 CLOCK_MONOTONIC ns like the events) into the raw path's step list (``index``, ``op``, ``begin_ns``,
@@ -30,7 +32,7 @@ from tracekit.funcprobes.spec import FuncProbe
 
 __all__ = ["capture_counts", "visits_by_level", "phase_steps", "adopt_capture"]
 
-_NAME_COLUMN = {"split": "probe", "fault": "probe", "func_call": "name"}
+_NAME_COLUMN = {"split": "probe", "fault": "probe", "func_call": "name", "mmu": "event"}
 
 
 def _window(table, begin_ns: int | None, end_ns: int | None):
@@ -46,7 +48,8 @@ def _tables(cap, columns: dict[str, list[str]]) -> dict:
 
 def _read(cap) -> dict:
     return _tables(cap, {"split": ["ts_ns", "probe"], "fault": ["ts_ns", "probe"], "func_call": ["ts_ns", "name"],
-                         "stage2_walk": ["ts_ns"], "stage2_visit": ["ts_ns", "visitor", "level", "count"]})  # fmt: skip
+                         "mmu": ["ts_ns", "event"], "stage2_walk": ["ts_ns"],
+                         "stage2_visit": ["ts_ns", "visitor", "level", "count"]})  # fmt: skip
 
 
 def _counts(tables: dict, probes: tuple[FuncProbe, ...], begin_ns: int | None = None, end_ns: int | None = None
@@ -56,7 +59,7 @@ def _counts(tables: dict, probes: tuple[FuncProbe, ...], begin_ns: int | None = 
         if family not in tables:
             continue
         names = _window(tables[family], begin_ns, end_ns).column(column).to_pylist()
-        for name in names:
+        for name in map(str, names):
             counts[name] = counts.get(name, 0) + 1
     walk = next((p for p in probes if p.role == "walk"), None)
     if walk is not None and "stage2_walk" in tables:

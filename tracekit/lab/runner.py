@@ -66,6 +66,7 @@ class LabRun:
     lock_contention: dict = field(default_factory=dict)
     recorder: str = "raw"
     record_seconds: float | None = None
+    attach_seconds: float | None = None
     visits_by_level: dict = field(default_factory=dict)
 
     @property
@@ -89,6 +90,7 @@ class LabRun:
             "lock_contention": self.lock_contention,
             "recorder": self.recorder,
             "record_seconds": self.record_seconds,
+            "attach_seconds": self.attach_seconds,
             "visits_by_level": {name: {str(k): v for k, v in levels.items()} for name, levels in self.visits_by_level.items()},
             "ok": self.ok,
             "timing_note": TIMING_NOTE,
@@ -274,7 +276,7 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
         "timing_note": TIMING_NOTE,
         "qemu_command": [_portable(arg, work, cache, output) for arg in boot.command],
         "lab": {"recorder_backend": recorder, "scenario": chosen.as_dict(), "record_command": meta.get("record_command"),
-                "record_seconds": meta.get("record_seconds")},  # fmt: skip
+                "record_seconds": meta.get("record_seconds"), "attach_seconds": meta.get("attach_seconds")},  # fmt: skip
     }
     manifest = recorded.adopt_capture(guest_dir / CAPTURE, output, lab)
     cap = open_capture(output)
@@ -285,7 +287,7 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
         arch=arch, scenario=chosen.as_dict(), output=output, kernel_release=lab["kernel_release"],
         kernel_source=source, boot_seconds=boot.seconds, console_log=console_log, counts=counts, steps=steps,
         kernel_histograms={}, probes=probes_info, checks=_checks(chosen, counts), recorder=recorder,
-        record_seconds=meta.get("record_seconds"), visits_by_level=recorded.visits_by_level(cap, probes),
+        record_seconds=meta.get("record_seconds"), attach_seconds=meta.get("attach_seconds"), visits_by_level=recorded.visits_by_level(cap, probes),
     )  # fmt: skip
 
 
