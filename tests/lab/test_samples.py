@@ -2,6 +2,9 @@
 
 The captures were made with ``tracekit lab`` on Debian's 6.12.107 cloud kernels under QEMU 7.2 TCG
 (see samples/README.md). Counts under emulation are exact; these tests never look at durations.
+Their tables came from the lab's former per-event decoder; the recorder's decoder that replaced it gives
+the same tables on real guest pages (tests/funcprobes/test_lab_decode.py), but for the size of the x86
+``split_huge_page`` spans (null here, the huge page's size now), which these tests do not read.
 """
 
 from __future__ import annotations
