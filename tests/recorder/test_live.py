@@ -26,6 +26,7 @@ from tracekit.recorder.tracefs import INSTANCE_PREFIX
 pytestmark = pytest.mark.live
 TRACEKIT = str(Path(sys.executable).with_name("tracekit"))
 INSTANCES = Path("/sys/kernel/tracing/instances")
+WALK_TRACEPOINTS = ("kvmmmu:kvm_mmu_pagetable_walk", "kvmmmu:kvm_mmu_paging_element", "kvmmmu:kvm_mmu_walker_error")
 
 
 def _need(backend: str) -> None:
@@ -289,3 +290,92 @@ def test_record_a_qemu_guest_by_name(tmp_path):
     requested = mmu[mmu.event == "kvm_mmu_spte_requested"].gfn.dropna().to_numpy().astype("uint64")
     assert set(((requested << 12) >> 21).tolist()) >= regions
     assert cap.lost_total() == 0
+
+
+def _children() -> list[int]:
+    """Pids of this process's children (every thread's list)."""
+    pids: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def _record_beside_a_counter(out: Path, options=None, poll_interval: float = 0.02) -> tuple:
+    """Record walk and mmu of a 64 MiB, 3-iteration workload with a count-only program attached beside the
+    recorder (before the workload is released, detached after the recorder stopped) that counts the hits
+    of every walk and mmu tracepoint for the workload's tgid: (summary, hits by tracepoint)."""
+    _need("bcc")
+    from tracekit.capabilities import tracefs_root
+    from tracekit.recorder.bccload import import_bcc
+    from tracekit.recorder.families import MmuFamily, WalkFamily
+    from tracekit.recorder.family import Host, RecordOptions
+
+    bcc = import_bcc()
+    host = Host(tracefs_root())
+    tps = [s.probe for family in (WalkFamily(), MmuFamily()) for s in family.check(host) if s.available]
+    counter: dict = {}
+
+    def attach() -> None:
+        [pid] = _children()  # the workload, held before exec until this returns
+        text = f"typedef __u64 gpa_t;\nBPF_PERCPU_ARRAY(hits, u64, {len(tps)});\n"
+        for i, tp in enumerate(tps):
+            system, event = tp.split(":")
+            text += (f"TRACEPOINT_PROBE({system}, {event}) {{ if ((bpf_get_current_pid_tgid() >> 32) != {pid})"
+                     f" return 0; u32 k = {i}; u64 *c = hits.lookup(&k); if (c) (*c)++; return 0; }}\n")
+        counter["bpf"] = bcc.BPF(text=text.encode(), cflags=["-w"])
+
+    try:
+        summary = record(RecordConfig(output=out, backend="bcc", duration=60, families=("walk", "mmu"),
+                                      options=options or RecordOptions(), poll_interval=poll_interval,
+                                      command=[TRACEKIT, "workload", "dirty-log", "-i", "3", "-b", "64M"]),
+                         stream=None, on_attached=attach)
+        table = counter["bpf"][b"hits"]
+        hits = {tp: int(sum(table.getvalue(table.Key(i)))) for i, tp in enumerate(tps)}
+    finally:
+        if "bpf" in counter:
+            counter["bpf"].cleanup()
+    assert summary.stop_reason == "command exited"
+    assert hits["kvmmmu:kvm_mmu_pagetable_walk"] > 40_000  # 16,384 first touches + 2 x 16,384 write faults
+    return summary, hits
+
+
+def test_recorded_events_equal_hits_counted_beside_the_recorder(tmp_path):
+    """The capture holds exactly as many rows of each walk and mmu event as the counter saw hits, with
+    nothing lost: a batch lost or left unread in the kernel (the per-CPU staging arrays) would show."""
+    summary, hits = _record_beside_a_counter(tmp_path / "count.tkcap")
+    assert summary.lost == 0
+    cap = open_capture(tmp_path / "count.tkcap")
+    assert cap.manifest["ring_failures"] == [] and cap.manifest["ring_failures_total"] == 0
+    assert cap.rows("walk") == hits["kvmmmu:kvm_mmu_pagetable_walk"]
+    assert cap.rows("walk_element") == hits["kvmmmu:kvm_mmu_paging_element"]
+    assert cap.rows("walk_error") == hits.get("kvmmmu:kvm_mmu_walker_error", 0)
+    mmu = cap.dataframe("mmu")["event"].astype(str).value_counts().to_dict()
+    expected = {tp.split(":")[1]: n for tp, n in hits.items() if n and tp.startswith(("kvmmmu:", "kvm:"))
+                and tp not in WALK_TRACEPOINTS}
+    assert mmu == expected
+
+
+def test_a_failed_batch_output_counts_every_event_lost(tmp_path):
+    """A one-page walk ring read every 0.5 s: most 64-event batches (3,096-byte records) find it full.
+    Every hit is then either a row or counted lost under its own probe, and the failures name the ring
+    (its size, read with bpf_ringbuf_query through bcc's map number) and hold whole batches."""
+    from tracekit.recorder.family import RecordOptions
+
+    options = RecordOptions(ring_pages={"walk_events": 1})
+    summary, hits = _record_beside_a_counter(tmp_path / "tiny.tkcap", options, poll_interval=0.5)
+    cap = open_capture(tmp_path / "tiny.tkcap")
+    lost: dict[str, int] = {}
+    for entry in cap.manifest["lost"]:
+        lost[entry["probe"]] = lost.get(entry["probe"], 0) + int(entry["count"])
+    assert lost.get("kvmmmu:kvm_mmu_paging_element", 0) > 10_000
+    assert cap.rows("walk") + lost.get("kvmmmu:kvm_mmu_pagetable_walk", 0) == hits["kvmmmu:kvm_mmu_pagetable_walk"]
+    assert (cap.rows("walk_element") + lost.get("kvmmmu:kvm_mmu_paging_element", 0)
+            == hits["kvmmmu:kvm_mmu_paging_element"])
+    failures = [f for f in cap.manifest["ring_failures"] if f["ring"] == "walk_events"]
+    assert failures and all(f["ring_size"] == f["ring_size_expected"] == 4096 for f in failures)
+    assert all(1 <= f["events"] <= 64 for f in failures)
+    full = [f for f in failures if f["avail_data"] + 3096 > 4095]  # no room: the consumer had not read yet
+    assert len(full) >= 0.9 * len(failures)

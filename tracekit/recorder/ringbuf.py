@@ -99,8 +99,8 @@ class RingReader:
         if np.any(lengths != self.dtype.itemsize):
             bad = int(lengths[lengths != self.dtype.itemsize][0])
             raise RecorderError(f"ring buffer record of {bad} bytes where {self.dtype.itemsize} were expected")
-        raw = np.array(window[:span]).reshape(count, self.stride)[:, HEADER_SIZE:HEADER_SIZE + self.dtype.itemsize]
-        records = np.ascontiguousarray(raw).view(self.dtype).reshape(count)
+        raw = window[:span].reshape(count, self.stride)[:, HEADER_SIZE:HEADER_SIZE + self.dtype.itemsize]
+        records = np.ascontiguousarray(raw).view(self.dtype).reshape(count)  # the one copy out of the ring
         keep = (headers & DISCARD_BIT) == 0
         if not keep.all():
             records = records[keep]
