@@ -149,6 +149,15 @@ def vcpu_map(manifest: dict) -> dict[int, int]:
 def add_vcpu(frame: pd.DataFrame, manifest: dict, tid_column: str = "tid") -> pd.DataFrame:
     """``frame`` with an int64 column ``vcpu`` (-1 where the thread is not a known vCPU)."""
     mapping = vcpu_map(manifest)
+    raw = frame[tid_column].to_numpy() if len(frame) else np.zeros(0, np.int64)
+    if mapping and raw.dtype.kind in "iu" and len(raw):
+        low, high = int(raw.min()), int(raw.max())
+        if high - low < _DENSE_LIMIT:  # a direct table over the thread ids present
+            table = np.full(high - low + 1, -1, np.int64)
+            for tid, vcpu in mapping.items():
+                if low <= tid <= high:
+                    table[tid - low] = vcpu
+            return frame.assign(vcpu=table[raw - raw.dtype.type(low)])
     tids = frame[tid_column].to_numpy(dtype=np.int64, na_value=-1) if len(frame) else np.zeros(0, np.int64)
     if mapping:
         keys = np.fromiter(mapping.keys(), np.int64)
@@ -212,31 +221,31 @@ def _key_codes(values: pd.Series) -> tuple[np.ndarray, int]:
     if isinstance(values.dtype, pd.CategoricalDtype):
         categories = np.asarray(values.cat.categories, dtype=object)
         order = np.argsort(categories.astype(str), kind="stable")
-        rank = np.empty(len(order), np.int64)
+        rank = np.empty(len(order) + 1, np.int32)
         rank[order] = np.arange(len(order))
-        raw = values.cat.codes.to_numpy(np.int64)
-        return np.where(raw >= 0, rank[np.maximum(raw, 0)], len(categories)), len(categories) + 1
+        rank[-1] = len(categories)  # code -1 (null) indexes the last slot: nulls last
+        return rank[values.cat.codes.to_numpy()], len(categories) + 1
     array = values.to_numpy()
     if array.dtype.kind in "iu" and len(array):
-        low = array.min()
-        span = int(array.max()) - int(low)
+        low, high = array.min(), array.max()
+        span = int(high) - int(low)
         if span < _RANGE_LIMIT:
+            if array.dtype.itemsize <= 2 or (array.dtype.itemsize == 4 and array.dtype.kind == "i"):
+                return np.subtract(array, low, dtype=np.int32), span + 1
             return (array - low).astype(np.int32), span + 1
     codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=True)
     return np.where(codes >= 0, codes, len(uniques)).astype(np.int64), len(uniques) + 1
 
 
-def group_codes(frame: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
-    """Dense int64 group codes of the rows of ``frame`` by ``by`` (groups sorted by their keys, nulls
-    last) and the frame of unique keys, one row per code. O(rows): small integer ranges are used as
-    codes directly, other keys hashed (``pandas.factorize``); only unique values are sorted."""
-    n = len(frame)
+def _combined_codes(frame: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, int]:
+    """One code per row combining the key columns' codes (mixed radix, so sorted by the keys) and the
+    number of possible codes; a column that would overflow int64 is factorised with the ones before."""
     keyed = [_key_codes(frame[column]) for column in by]
     total = 1
     for _, size in keyed:
         total *= size
     small = total < 1 << 31  # int32 codes halve the memory traffic of the common case
-    combined = np.zeros(n, np.int32 if small else np.int64)
+    combined = np.zeros(len(frame), np.int32 if small else np.int64)
     radix = 1
     for codes, size in keyed:
         if radix * size >= 1 << 62:
@@ -245,25 +254,65 @@ def group_codes(frame: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, pd.
         combined *= size
         combined += codes.astype(combined.dtype, copy=False)
         radix *= size
+    return combined, radix
+
+
+def _first_rows(codes: np.ndarray, groups: int, dense_of: np.ndarray | None = None,
+                block: int = 1 << 20) -> np.ndarray:
+    """The first row of each of ``groups`` dense codes (``dense_of[codes]`` when given, mapped a block
+    at a time), reading ``codes`` until every group was seen (usually within the first block)."""
+    first = np.full(groups, -1, np.int64)
+    missing = groups
+    for start in range(0, len(codes), block):
+        part = codes[start:start + block]
+        if dense_of is not None:
+            part = dense_of[part]
+        unseen = first[part] < 0
+        if unseen.any():
+            values, where = np.unique(part[unseen], return_index=True)
+            first[values] = start + np.flatnonzero(unseen)[where]
+            missing -= len(values)
+            if missing == 0:
+                break
+    return first
+
+
+def _dense_groups(frame: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """``(combined, dense_of, groups)``: the combined codes, and when they are small enough a table
+    from combined code to dense group number (else the combined codes are already dense)."""
+    combined, radix = _combined_codes(frame, by)
     if radix <= _DENSE_LIMIT:
         present = np.bincount(combined, minlength=radix) > 0
-        dense = (np.cumsum(present) - 1)[combined]
-        groups = int(present.sum())
-    else:
-        dense, uniques = pd.factorize(combined, sort=True)
-        dense, groups = np.asarray(dense, np.int64), len(uniques)
-    first_row = np.zeros(groups, np.int64)
-    first_row[dense[::-1]] = np.arange(n - 1, -1, -1)
-    uniques_frame = frame[list(by)].iloc[first_row].reset_index(drop=True)
-    return np.asarray(dense, dtype=np.int64), uniques_frame
+        dense_of = (np.cumsum(present) - 1).astype(combined.dtype)
+        return combined, dense_of, int(present.sum())
+    dense, uniques = pd.factorize(combined, sort=True)
+    return np.asarray(dense, np.int64), None, len(uniques)
+
+
+def group_codes(frame: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Dense int64 group codes of the rows of ``frame`` by ``by`` (groups sorted by their keys, nulls
+    last) and the frame of unique keys, one row per code. O(rows): small integer ranges are used as
+    codes directly, other keys hashed (``pandas.factorize``); only unique values are sorted."""
+    combined, dense_of, groups = _dense_groups(frame, by)
+    dense = (dense_of[combined] if dense_of is not None else combined).astype(np.int64, copy=False)
+    uniques_frame = frame[list(by)].iloc[_first_rows(dense, groups)].reset_index(drop=True)
+    return dense, uniques_frame
 
 
 def count_by(frame: pd.DataFrame, by: Sequence[str], name: str = "count") -> pd.DataFrame:
     """Rows per group of ``by`` (groups sorted by key), as a frame with the keys and ``name``."""
     if frame.empty:
         return pd.DataFrame({**{c: pd.Series(dtype=frame[c].dtype) for c in by}, name: pd.Series(dtype="int64")})
-    codes, uniques = group_codes(frame, by)
-    uniques[name] = np.bincount(codes, minlength=len(uniques)).astype(np.int64)
+    combined, dense_of, groups = _dense_groups(frame, by)
+    if dense_of is None:
+        counts = np.bincount(combined, minlength=groups)
+        first = _first_rows(combined, groups)
+    else:  # count the combined codes; only the first rows need the dense numbers
+        per_code = np.bincount(combined, minlength=len(dense_of))
+        counts = per_code[per_code > 0]
+        first = _first_rows(combined, groups, dense_of)
+    uniques = frame[list(by)].iloc[first].reset_index(drop=True)
+    uniques[name] = counts.astype(np.int64)
     return uniques
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 from tracekit.errors import AnalysisError, ModelError
 from tracekit.model.x86 import PTE_AD_MASK, X86PageTables, X86Walk
 
-__all__ = ["CrossCheck", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS",
+__all__ = ["CrossCheck", "ModelCache", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS",
            "check_summary", "per_level_table"]
 
 MISMATCH_COLUMNS = ["walk_id", "addr", "depth", "observed_level", "observed_pte", "model_level", "model_pte", "reason"]
@@ -76,63 +76,146 @@ def model_from_layout(workload: dict | None) -> Callable[[int], X86Walk]:
 
 
 _NO_LEVEL = -128
+_DENSE_REGIONS = 1 << 20  # direct-indexed region rows up to this span of 2 MiB regions (2 TiB)
+
+
+class ModelCache:
+    """The model's walks, each computed once: per 2 MiB region whose walk ends on a 2 MiB or 1 GiB leaf
+    (every address inside shares it), else per distinct 4 KiB page.
+
+    :meth:`rows` maps addresses (uint64 array) to rows of :attr:`levels` (int8, ``_NO_LEVEL`` past a
+    walk's end), :attr:`ptes` (uint64) and :attr:`depths` (int64; 0 when the model faults, the message
+    in :attr:`faults` keyed by the walked address). Rows only grow, so rows handed out stay valid; the
+    arrays are rebuilt when new walks were added."""
+
+    def __init__(self, model_walk: Callable[[int], X86Walk]):
+        self.model_walk = model_walk
+        self.faults: dict[int, str] = {}
+        self._walks: list[X86Walk | None] = []
+        self._region_keys = np.zeros(0, np.uint64)  # sorted 2 MiB region numbers
+        self._region_rows = np.zeros(0, np.int64)  # their rows; -1: walked per 4 KiB page
+        self._page_keys = np.zeros(0, np.uint64)  # sorted 4 KiB page addresses
+        self._page_rows = np.zeros(0, np.int64)
+        self._built = -1
+        self._dense: np.ndarray | None = None
+        self._dense_low = np.uint64(0)
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] = (np.zeros((0, 1), np.int8),
+                                                                   np.zeros((0, 1), np.uint64), np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self._walks)
+
+    def _walk(self, gva: int) -> X86Walk | None:
+        try:
+            return self.model_walk(gva)
+        except ModelError as error:
+            self.faults[gva] = str(error)
+            return None
+
+    @staticmethod
+    def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(keys) == 0:
+            return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
+        pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        return values[pos], keys[pos] == wanted
+
+    def _dense_regions(self) -> None:
+        """A direct-indexed copy of the region rows when the known regions span a compact range."""
+        keys = self._region_keys
+        self._dense = None
+        if len(keys) and int(keys[-1]) - int(keys[0]) < _DENSE_REGIONS:
+            dense = np.full(int(keys[-1]) - int(keys[0]) + 1, -2, np.int64)  # -2: not walked yet
+            dense[(keys - keys[0]).astype(np.intp)] = self._region_rows
+            self._dense, self._dense_low = dense, keys[0]
+
+    def _region_lookup(self, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._dense is None:
+            return self._lookup(self._region_keys, self._region_rows, regions)
+        offset = regions - self._dense_low  # wraps around below the range: out of range too
+        inside = offset < np.uint64(len(self._dense))
+        if inside.all():
+            row = self._dense[offset.view(np.int64)]
+        else:
+            row = np.where(inside, self._dense[np.where(inside, offset, 0).view(np.int64)], -2)
+        return row, row != -2
+
+    @staticmethod
+    def _merge(keys: np.ndarray, values: np.ndarray, new_keys: np.ndarray, new_values: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        keys, values = np.concatenate((keys, new_keys)), np.concatenate((values, new_values))
+        order = np.argsort(keys, kind="stable")
+        return keys[order], values[order]
+
+    def rows(self, addrs: np.ndarray) -> np.ndarray:
+        """The model row of each address (int64), walking the model for regions and pages not seen yet."""
+        addrs = np.asarray(addrs, dtype=np.uint64)
+        regions = addrs >> np.uint64(21)
+        row, hit = self._region_lookup(regions)
+        if not hit.all():
+            new = np.unique(regions[~hit])
+            new_rows = np.full(len(new), -1, np.int64)
+            for i, region in enumerate(new.tolist()):
+                w = self._walk(region << 21)
+                if w is not None and w.leaf_level in (2, 3):
+                    new_rows[i] = len(self._walks)
+                    self._walks.append(w)
+            self._region_keys, self._region_rows = self._merge(self._region_keys, self._region_rows, new, new_rows)
+            self._dense_regions()
+            row, _ = self._region_lookup(regions)
+        small = row < 0
+        if small.any():
+            pages = addrs[small] & _PAGE_MASK
+            page_row, hit = self._lookup(self._page_keys, self._page_rows, pages)
+            if not hit.all():
+                new = np.unique(pages[~hit])
+                new_rows = np.arange(len(self._walks), len(self._walks) + len(new), dtype=np.int64)
+                self._walks.extend(self._walk(page) for page in new.tolist())
+                self._page_keys, self._page_rows = self._merge(self._page_keys, self._page_rows, new, new_rows)
+                page_row, _ = self._lookup(self._page_keys, self._page_rows, pages)
+            row[small] = page_row
+        return row
+
+    def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._built != len(self._walks):
+            walks = self._walks
+            depth = max((len(w.levels) for w in walks if w is not None), default=0)
+            levels = np.full((len(walks), max(depth, 1)), _NO_LEVEL, np.int8)
+            ptes = np.zeros((len(walks), max(depth, 1)), np.uint64)
+            depths = np.zeros(len(walks), np.int64)
+            for i, w in enumerate(walks):
+                if w is None:
+                    continue
+                depths[i] = len(w.levels)
+                for d, st in enumerate(w.levels):
+                    levels[i, d] = st.level
+                    ptes[i, d] = st.pte
+            self._arrays, self._built = (levels, ptes, depths), len(walks)
+        return self._arrays
+
+    @property
+    def levels(self) -> np.ndarray:
+        return self._tables()[0]
+
+    @property
+    def ptes(self) -> np.ndarray:
+        return self._tables()[1]
+
+    @property
+    def depths(self) -> np.ndarray:
+        return self._tables()[2]
+
+    def table(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+        """``(row, levels, ptes, depths, faults)``: the tuple :func:`mismatch_row` takes."""
+        levels, ptes, depths = self._tables()
+        return row, levels, ptes, depths, self.faults
 
 
 def _model_table(addrs: np.ndarray, model_walk: Callable[[int], X86Walk]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
-    """Model walks needed for ``addrs``: per address the row of its walk, and per row the levels, PTEs
-    and depth. The model is walked once per 2 MiB region whose walk ends on a 2 MiB or 1 GiB leaf
-    (every address inside shares it), else once per distinct 4 KiB page."""
-    region = addrs >> np.uint64(21)
-    low = region.min() if len(region) else np.uint64(0)
-    if len(region) and int(region.max()) - int(low) < 1 << 22:  # a compact range: its offsets are the codes
-        offsets = (region - low).astype(np.int64)
-        present = np.flatnonzero(np.bincount(offsets) > 0)
-        lookup = np.zeros(int(offsets.max()) + 1, np.int64)
-        lookup[present] = np.arange(len(present))
-        r_codes, r_uniques = lookup[offsets], present.astype(np.uint64) + low
-    else:
-        r_codes, r_uniques = pd.factorize(region)
-    walks: list[X86Walk | None] = []
-    faults: dict[int, str] = {}
-
-    def walk_of(gva: int) -> X86Walk | None:
-        try:
-            return model_walk(gva)
-        except ModelError as error:
-            faults[gva] = str(error)
-            return None
-
-    region_row = np.full(len(r_uniques), -1, np.int64)
-    small_regions = []
-    for i, r in enumerate(np.asarray(r_uniques, dtype=np.uint64).tolist()):
-        w = walk_of(r << 21)
-        if w is not None and w.leaf_level in (2, 3):
-            region_row[i] = len(walks)
-            walks.append(w)
-        else:
-            small_regions.append(i)
-    row = region_row[r_codes]
-    if small_regions:
-        small = np.isin(r_codes, small_regions)
-        pages = addrs[small] & _PAGE_MASK
-        p_codes, p_uniques = pd.factorize(pages)
-        base = len(walks)
-        for page in np.asarray(p_uniques, dtype=np.uint64).tolist():
-            walks.append(walk_of(page))
-        row[small] = base + p_codes
-    depth = max((len(w.levels) for w in walks if w is not None), default=0)
-    levels = np.full((len(walks), max(depth, 1)), _NO_LEVEL, np.int8)
-    ptes = np.zeros((len(walks), max(depth, 1)), np.uint64)
-    depths = np.zeros(len(walks), np.int64)
-    for i, w in enumerate(walks):
-        if w is None:
-            continue
-        depths[i] = len(w.levels)
-        for d, st in enumerate(w.levels):
-            levels[i, d] = st.level
-            ptes[i, d] = st.pte
-    return row, levels, ptes, depths, faults
+    """Model walks needed for ``addrs`` (:class:`ModelCache`): per address the row of its walk, and per
+    row the levels, PTEs and depth, and the model's faults."""
+    cache = ModelCache(model_walk)
+    return cache.table(cache.rows(addrs))
 
 
 def mismatch_row(walk_id: int, addr: int, at: int, depth: int, first: int, level: np.ndarray, pte: np.ndarray,
@@ -163,14 +246,20 @@ def check_summary(walks: int, compared: int, matched: int) -> dict:
             "verdict": ("match" if matched == compared else "mismatch") if compared else "no walks"}
 
 
-def per_level_table(observed_counts: np.ndarray, model_levels: np.ndarray, model_rows: np.ndarray) -> pd.DataFrame:
+def per_level_table(observed_counts: np.ndarray, model_levels: np.ndarray, model_rows: np.ndarray | None = None,
+                    *, row_counts: np.ndarray | None = None) -> pd.DataFrame:
     """The :class:`CrossCheck` ``per_level`` frame: ``observed_counts`` (PTE reads per level + 2, 8
     slots) next to the model's reads per level for the walks whose model rows are ``model_rows``
-    (``model_levels`` as :func:`_model_table` returns them), levels from the highest down."""
+    (``model_levels`` as :func:`_model_table` returns them), or whose number per model row is
+    ``row_counts``; levels from the highest down."""
+    if row_counts is None:
+        row_counts = np.bincount(np.asarray(model_rows, np.int64), minlength=len(model_levels))
+    row_counts = np.asarray(row_counts, np.int64)[:len(model_levels)]
     model_counts = np.zeros(8, np.int64)
     for d in range(model_levels.shape[1]):
-        lv = model_levels[model_rows, d].astype(np.int64)
-        model_counts += np.bincount(lv[lv != _NO_LEVEL] + 2, minlength=8)[:8]
+        lv = model_levels[:len(row_counts), d].astype(np.int64)
+        has = lv != _NO_LEVEL
+        model_counts += np.bincount(lv[has] + 2, weights=row_counts[has], minlength=8)[:8].astype(np.int64)
     levels_seen = [lv for lv in range(7, -1, -1) if observed_counts[lv] or model_counts[lv]]
     return pd.DataFrame({"level": [lv - 2 for lv in levels_seen],
                          "observed": [int(observed_counts[lv]) for lv in levels_seen],

@@ -6,7 +6,11 @@ Contract
 the common ``ts_ns, cpu, pid, tid``). :func:`walk_tables` builds ``n_walks`` guest walks of one
 4-level guest mapping 2 MiB pages at ``gva`` (each walk reads levels 4, 3, 2 with the PTEs of
 :class:`tracekit.model.x86.X86PageTables`, so they match the model), spread over ``vcpus`` threads
-(tids ``1000 + vcpu``), one walk every ``period_ns``. :func:`write_synthetic_capture` writes such a
+(tids ``1000 + vcpu``), one walk every ``period_ns``. Their shape is the recorder's (compare the
+real captures in ``samples/``): walk ids are ``cpu << 48 | n`` (the BPF program's per-CPU sequence,
+from 1), walks alternate between the host's ``cpus`` CPUs, rows are in time order so ids interleave
+across CPUs, and a fraction ``interleaved`` of walk pairs ran concurrently, so their elements
+interleave in the element table. :func:`write_synthetic_capture` writes such a
 capture (walks plus an ``ioctl`` and a ``lock`` family sized by ``extra_rows``) chunk by chunk, so
 its memory stays bounded whatever ``n_walks``; its manifest has the vCPU threads, a workload
 ``guest_paging`` record and ``source.kind = "synthetic"``. Returns the number of events written.
@@ -56,9 +60,11 @@ def guest_tables(size: int = 1 << 30) -> tuple[X86PageTables, dict]:
     return tables, record
 
 
-def walk_tables(n_walks: int, *, first_id: int = 0, vcpus: int = 2, t0_ns: int = 10**9, period_ns: int = 1000,
-                size: int = 1 << 30, seed: int = 1) -> dict[str, pa.Table]:
-    """``walk`` and ``walk_element`` tables of ``n_walks`` model-consistent guest walks."""
+def walk_tables(n_walks: int, *, first_id: int = 0, vcpus: int = 2, cpus: int = 2, t0_ns: int = 10**9,
+                period_ns: int = 1000, size: int = 1 << 30, interleaved: float = 0.001,
+                seed: int = 1) -> dict[str, pa.Table]:
+    """``walk`` and ``walk_element`` tables of ``n_walks`` model-consistent guest walks (walks
+    ``first_id`` .. ``first_id + n_walks - 1`` of one capture, so chunks can be made separately)."""
     tables, _ = guest_tables(size)
     rng = np.random.default_rng(seed + first_id)
     n_huge = size >> 21
@@ -70,21 +76,37 @@ def walk_tables(n_walks: int, *, first_id: int = 0, vcpus: int = 2, t0_ns: int =
     for i in range(n_huge):
         steps = tables.walk(GVA + (i << 21)).levels
         l4[i], l3[i], l2[i] = steps[0].pte, steps[1].pte, steps[2].pte
-    ids = np.arange(first_id, first_id + n_walks, dtype=np.uint64)
-    ts = t0_ns + ids.astype(np.int64) * period_ns
-    tid = (1000 + ids % vcpus).astype(np.int32)
+    seq = np.arange(first_id, first_id + n_walks, dtype=np.int64)  # the walks' order in time
+    ts = t0_ns + seq * period_ns
+    cpu = (seq % cpus).astype(np.int32)
+    ids = (cpu.astype(np.uint64) << np.uint64(48)) | (seq // cpus + 1).astype(np.uint64)
+    tid = (1000 + seq % vcpus).astype(np.int32)
     addr = (GVA + (huge.astype(np.uint64) << np.uint64(21)) + rng.integers(0, 512, n_walks).astype(np.uint64) * 4096)
-    common = {"ts_ns": ts, "cpu": (ids % 2).astype(np.int32), "pid": np.full(n_walks, PID, np.int32), "tid": tid}
+    common = {"ts_ns": ts, "cpu": cpu, "pid": np.full(n_walks, PID, np.int32), "tid": tid}
     walk = pa.table({**common, "walk_id": ids, "addr": addr.astype(np.uint64),
                      "pferr": np.full(n_walks, 7, np.uint32)}, schema=SCHEMAS["walk"])
     rep = np.repeat
+    element_ts = (rep(ts, 3) + np.tile(np.arange(1, 4), n_walks)).reshape(n_walks, 3)
+    # Concurrent pairs (walk a, then b on the other CPU): a's elements come after b started, so the
+    # time-ordered element rows go a0 b0 a1 b1 a2 b2.
+    pairs = np.flatnonzero(rng.random(n_walks // 2) < interleaved) * 2
+    pairs = pairs[(pairs + 1 < n_walks) & (cpu[pairs] != cpu[np.minimum(pairs + 1, n_walks - 1)])]
+    order = np.arange(3 * n_walks).reshape(n_walks, 3)
+    if len(pairs):
+        b_start = ts[pairs + 1]
+        element_ts[pairs] = b_start[:, None] + np.array([1, 3, 5])
+        element_ts[pairs + 1] = b_start[:, None] + np.array([2, 4, 6])
+        a_rows, b_rows = order[pairs].copy(), order[pairs + 1].copy()
+        order[pairs] = np.stack([a_rows[:, 0], b_rows[:, 0], a_rows[:, 1]], axis=1)
+        order[pairs + 1] = np.stack([b_rows[:, 1], a_rows[:, 2], b_rows[:, 2]], axis=1)
+    order = order.reshape(-1)
     element = pa.table({
-        "ts_ns": rep(ts, 3) + np.tile(np.arange(1, 4), n_walks), "cpu": rep(common["cpu"], 3),
+        "ts_ns": element_ts.reshape(-1), "cpu": rep(cpu, 3),
         "pid": rep(common["pid"], 3), "tid": rep(tid, 3), "walk_id": rep(ids, 3),
         "index": np.tile(np.arange(3, dtype=np.uint8), n_walks),
         "level": np.tile(np.array([4, 3, 2], np.int8), n_walks),
         "pte": np.stack([l4[huge], l3[huge], l2[huge]], axis=1).reshape(-1),
-    }, schema=SCHEMAS["walk_element"])
+    }, schema=SCHEMAS["walk_element"]).take(order)
     return {"walk": walk, "walk_element": element}
 
 

@@ -1,77 +1,194 @@
-"""Guest walks rebuilt and cross-checked while streaming ``walk_element`` segment by segment.
+"""Guest walks rebuilt and cross-checked while streaming ``walk_element`` row group by row group.
 
 Contract
 --------
 :func:`stream_walks` gives the same per-walk results as :func:`tracekit.analysis.walks.rebuild_walks`
 followed by :func:`tracekit.analysis.crosscheck.crosscheck_walks`, without holding the element columns
 in memory: the ``walk`` family is read whole (``walk_id``, ``ts_ns``, ``tid``, ``addr``, ``pferr``),
-``walk_element`` one segment at a time (the rows of the last walk of a segment are carried into the
-next), so memory grows with walks, not with elements. The elements are read as one stream while their
-walk ids increase, then as one stream per CPU (the recorder drains each CPU's buffer in order, so ids
-interleave across CPUs but increase within each); when even that order breaks, or one walk's rows
-appear on two CPUs, it returns None and the caller uses the in-memory path. Mismatches are the first
-``limit`` found, sorted by walk id. Returns ``(walks, check)``: ``walks`` has the columns of ``rebuild_walks`` except ``first_step``
-(there is no steps table); ``check`` is a :class:`~tracekit.analysis.crosscheck.CrossCheck` (None
-without ``model_walk``) whose ``per_walk`` frame is left empty. Raises what reading the capture raises.
+``walk_element`` (``walk_id``, ``index``, ``level``, ``pte``) one Parquet row group at a time, decoded
+by a reader thread one segment ahead of the numpy work, so memory grows with walks, not with
+elements. No order of walk ids is assumed: each element finds its walk through the walk ids
+(:class:`RowMap`: the recorder's ``cpu << 48 | sequence`` ids map without a search). A walk whose
+elements form one run in index order is rebuilt where it lies; a walk split into several runs
+(concurrent walks on two CPUs interleave in the recorder's time-ordered rows) or out of index order
+is gathered and sorted by (walk, index) like the in-memory path; the walks seen in the last
+:data:`HOLD_ROWS` rows of a row group are held until the next one, where they may go on. It returns
+None when a walk's elements are found further apart than that, or when the walk ids repeat, and the
+caller uses the in-memory path. The model's walks come from a
+:class:`~tracekit.analysis.crosscheck.ModelCache` (once per distinct region or page). Mismatches are
+the first ``limit`` mismatching walks in walk-event order (as in the in-memory check). Returns
+``(walks, check)``: ``walks`` has the columns of ``rebuild_walks`` except ``first_step`` (there is no
+steps table); ``check`` is a :class:`~tracekit.analysis.crosscheck.CrossCheck` (None without
+``model_walk``) whose ``per_walk`` frame is left empty. Raises what reading the capture raises.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from tracekit.analysis.common import load
-from tracekit.analysis.crosscheck import (_AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, _model_table, check_summary,
+from tracekit.analysis.crosscheck import (_AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, ModelCache, check_summary,
                                           mismatch_row, per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, leaf_levels, level_paths
 
-__all__ = ["stream_walks"]
+__all__ = ["stream_walks", "RowMap", "prefetch", "HOLD_ROWS"]
+
+#: Elements per batch (the recorder's Parquet row groups hold up to 1 Mi rows).
+BATCH_ROWS = 1 << 20
+#: Rows at the end of a row group whose walks are held for the next row group (they may go on there).
+HOLD_ROWS = 4096
+_LOW_BITS = np.uint64((1 << 48) - 1)
+
+
+class RowMap:
+    """Walk id -> row of the walk table. ``ok`` is False when ids repeat.
+
+    Ids ``hi << 48 | lo`` whose ``lo`` are consecutive for each ``hi`` (the recorder's per-CPU
+    sequences, or plain consecutive ids) map through one lookup table; other ids by binary search."""
+
+    def __init__(self, ids: np.ndarray):
+        ids = np.asarray(ids, dtype=np.uint64)
+        self.n = n = len(ids)
+        self.ok = True
+        self._lookup = self._sorted = self._order = None
+        self._first = None
+        if n == 0:
+            return
+        if int(ids[-1]) - int(ids[0]) == n - 1 and bool(np.all(ids[1:] > ids[:-1])):
+            self._first = ids[0]  # consecutive ids in order: the row is the id's offset
+            return
+        hi = (ids >> np.uint64(48)).view(np.int64)
+        if int(hi.max()) < 1 << 16:
+            count = np.bincount(hi)
+            within = (ids & _LOW_BITS).view(np.int64)
+            base = np.full(len(count), np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(base, hi, within)
+            within -= base[hi]  # lo - the smallest lo of its hi
+            offset = np.concatenate(([0], np.cumsum(count)[:-1]))
+            if bool(np.all(within < count[hi])):
+                within += offset[hi]  # the slot of the id
+                lookup = np.full(n, -1, np.int64)
+                lookup[within] = np.arange(n)
+                if bool(np.all(lookup >= 0)):  # n ids in n slots: every id distinct
+                    self._lookup, self._count, self._base, self._offset = lookup, count, base, offset
+                    return
+        order = np.argsort(ids, kind="stable")
+        ids_sorted = ids[order]
+        if bool(np.any(ids_sorted[1:] == ids_sorted[:-1])):
+            self.ok = False
+        self._sorted, self._order = ids_sorted, order
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The row of each id (int64), -1 for ids the walk table does not have."""
+        ids = np.asarray(ids, dtype=np.uint64)
+        if self.n == 0:
+            return np.full(len(ids), -1, np.int64)
+        if self._first is not None:
+            row = (ids - self._first).astype(np.int64)
+            return np.where((ids >= self._first) & (row < self.n), row, -1)
+        if self._lookup is not None:
+            hi = ids >> np.uint64(48)
+            known = hi < np.uint64(len(self._count))
+            h = np.where(known, hi, 0).astype(np.intp)
+            within = (ids & _LOW_BITS).astype(np.int64) - self._base[h]
+            known &= (within >= 0) & (within < self._count[h])
+            return np.where(known, self._lookup[np.where(known, within + self._offset[h], 0)], -1)
+        pos = np.minimum(np.searchsorted(self._sorted, ids), self.n - 1)
+        return np.where(self._sorted[pos] == ids, self._order[pos], -1)
+
+
+class prefetch:  # noqa: N801 - used like a generator function
+    """Iterate ``items`` in a thread started at once, up to ``depth`` items ahead (Parquet decoding
+    releases the GIL, so it overlaps the caller's numpy work); the thread's exceptions are raised in
+    the caller. :meth:`close` (or leaving a ``with`` block) stops the thread."""
+
+    _DONE = object()
+
+    def __init__(self, items: Iterable[Any], depth: int = 1):
+        self._slots: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._produce, args=(items,), name="tracekit-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, items: Iterable[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put((item, None)):
+                    return
+            self._put((self._DONE, None))
+        except BaseException as error:  # handed to the consumer
+            self._put((self._DONE, error))
+
+    def __iter__(self) -> prefetch:
+        return self
+
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        item, error = self._slots.get()
+        if item is self._DONE:
+            self.close()
+            if error is not None:
+                raise error
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._finished = True
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> prefetch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class _State:
-    """Per-walk outputs filled segment by segment."""
+    """Per-walk outputs, filled batch by batch."""
 
-    def __init__(self, w_wid: np.ndarray, model: tuple | None, limit: int, selected: np.ndarray | None):
+    def __init__(self, w_wid: np.ndarray, addrs: np.ndarray, model: ModelCache | None, limit: int,
+                 selected: np.ndarray | None):
         n = len(w_wid)
-        self.selected = selected
-        self.w_wid = w_wid
+        self.w_wid, self.addrs, self.model, self.limit, self.selected = w_wid, addrs, model, limit, selected
         self.depth = np.zeros(n, np.int16)
         self.root = np.full(n, -1, np.int8)
         self.leaf = np.full(n, -1, np.int8)
         self.path = np.zeros(n, np.int64)
         self.bad = np.zeros(n, bool)
+        self.mark = np.zeros(n, bool)  # scratch: walks flagged in the current batch
+        self.owner = np.zeros(n, np.int32)  # scratch: the last run of each walk in the current batch
         self.orphans = 0
-        self.model = model
-        self.limit = limit
-        self.mismatches: list[tuple] = []
-        self.observed_levels = np.zeros(8, np.int64)
         self.conflict = False
-        dense = n > 0 and int(w_wid[-1]) - int(w_wid[0]) == n - 1
-        self.dense_base = w_wid[0] if dense else None
+        self.observed_levels = np.zeros(8, np.int64)
+        self.model_rows = np.zeros(0, np.int64)  # compared walks per model row
+        self.mismatches: list[tuple[int, tuple]] = []  # (walk row, row of MISMATCH_COLUMNS), smallest rows
 
-    def process(self, wid: np.ndarray, level: np.ndarray, pte: np.ndarray, addrs: np.ndarray) -> None:
-        n = len(wid)
-        if n == 0:
+    def process(self, wi: np.ndarray, starts: np.ndarray, counts: np.ndarray, level: np.ndarray,
+                pte: np.ndarray) -> None:
+        """Walks ``wi`` (rows of the walk table, each once) whose elements are ``level`` / ``pte`` rows
+        ``starts[i]`` .. ``starts[i] + counts[i] - 1`` in index order."""
+        if len(wi) == 0:
             return
-        starts = np.flatnonzero(np.concatenate(([True], wid[1:] != wid[:-1])))
-        counts = np.diff(np.append(starts, n))
-        g_wid = wid[starts]
-        if self.dense_base is not None:  # walk ids first..first+n-1: the id is the row
-            wi = (g_wid - self.dense_base).astype(np.int64)
-            found = (g_wid >= self.dense_base) & (wi < len(self.w_wid))
-            wi = np.where(found, wi, 0)
-        else:
-            wi = np.clip(np.searchsorted(self.w_wid, g_wid), 0, max(len(self.w_wid) - 1, 0))
-            found = (self.w_wid[wi] == g_wid) if len(self.w_wid) else np.zeros(len(g_wid), bool)
-        if not found.all():
-            self.orphans += int(counts[~found].sum())
-            starts, counts, wi = starts[found], counts[found], wi[found]
-        if len(starts) == 0:
-            return
-        if bool(np.any(self.depth[wi] > 0)):  # a walk's rows in two streams: not safe to stream
+        if bool(np.any(self.depth[wi] > 0)):  # this walk's elements were already rebuilt elsewhere
             self.conflict = True
+            return
         ends = starts + counts - 1
         self.depth[wi] = counts
         self.root[wi] = level[starts]
@@ -85,164 +202,198 @@ class _State:
                 starts, counts, wi = starts[keep], counts[keep], wi[keep]
             if len(starts) == 0:
                 return
-        for d in range(int(counts.max())):
-            lv = level[starts[counts > d] + d].astype(np.int64)
-            self.observed_levels += np.bincount(lv + 2, minlength=8)[:8]
-        self._compare(level, pte, addrs, starts, counts, wi)
+        self._compare(wi, starts, counts, level, pte)
 
-    def _compare(self, level, pte, addrs, starts, counts, wi) -> None:
-        row, m_levels, m_ptes, m_depths, _ = self.model
-        rows = row[wi]
+    def _compare(self, wi, starts, counts, level, pte) -> None:
+        rows = self.model.rows(self.addrs[wi])
+        m_levels, m_ptes, m_depths = self.model.levels, self.model.ptes, self.model.depths
+        if len(self.model_rows) < len(m_depths):
+            self.model_rows = np.concatenate((self.model_rows, np.zeros(len(m_depths) - len(self.model_rows), np.int64)))
+        self.model_rows += np.bincount(rows, minlength=len(self.model_rows))
         model_depth = m_depths[rows]
         bad = counts != model_depth
         first_bad = np.where(bad, np.minimum(counts, model_depth), -1)
         for d in range(int(counts.max())):
-            has = np.flatnonzero(counts > d)
+            every = bool(counts.min() > d)
+            has = slice(None) if every else np.flatnonzero(counts > d)
             e = starts[has] + d
             r = rows[has]
+            o_level = level[e]
+            self.observed_levels += np.bincount(o_level.astype(np.intp) + 2, minlength=8)[:8]
             m_level = m_levels[r, d] if d < m_levels.shape[1] else np.full(len(r), _NO_LEVEL, np.int8)
             m_pte = m_ptes[r, d] if d < m_ptes.shape[1] else np.zeros(len(r), np.uint64)
-            wrong = (level[e] != m_level) | (((pte[e] ^ m_pte) & ~_AD) != 0)
-            newly = wrong & ((first_bad[has] < 0) | (first_bad[has] > d))
-            first_bad[has[newly]] = d
-            bad[has] |= wrong
+            wrong = (o_level != m_level) | (((pte[e] ^ m_pte) & ~_AD) != 0)
+            if not wrong.any():
+                continue
+            where = np.flatnonzero(wrong) if every else has[wrong]
+            newly = where[(first_bad[where] < 0) | (first_bad[where] > d)]
+            first_bad[newly] = d
+            bad[where] = True
         self.bad[wi] = bad
-        for i in np.flatnonzero(bad)[: max(self.limit - len(self.mismatches), 0)].tolist():
+        if not bad.any():
+            return
+        found = np.flatnonzero(bad)
+        if len(self.mismatches) >= self.limit:  # only walks before the last one kept can enter
+            found = found[wi[found] < self.mismatches[-1][0]]
+        found = found[np.argsort(wi[found], kind="stable")[: self.limit]]
+        model = self.model.table(rows)
+        for i in found.tolist():
             w = int(wi[i])
-            self.mismatches.append(mismatch_row(int(self.w_wid[w]), int(addrs[w]), int(first_bad[i]), int(counts[i]),
-                                                int(starts[i]), level, pte, self.model, int(rows[i])))
+            self.mismatches.append((w, mismatch_row(int(self.w_wid[w]), int(self.addrs[w]), int(first_bad[i]),
+                                                    int(counts[i]), int(starts[i]), level, pte, model, int(rows[i]))))
+        self.mismatches.sort(key=lambda item: item[0])
+        del self.mismatches[self.limit:]
 
 
-def _sorted_within(wid: np.ndarray, idx: np.ndarray) -> bool:
-    if len(wid) < 2:
-        return True
-    same = wid[1:] == wid[:-1]
-    return bool(np.all(wid[1:] >= wid[:-1])) and not bool(np.any(same & (idx[1:] <= idx[:-1])))
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the runs of equal values of ``keys``."""
+    starts = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    starts = np.concatenate(([0], starts))
+    return starts, np.diff(np.append(starts, len(keys)))
 
 
-class _Stream:
-    """Elements of one ordered stream (the whole capture, or one CPU's rows) with the carried last walk."""
-
-    def __init__(self, state: _State, addrs: np.ndarray):
-        self.state = state
-        self.addrs = addrs
-        self.carry: list[np.ndarray] | None = None
-
-    def feed(self, columns: list[np.ndarray]) -> bool:
-        """Process the complete walks of ``columns`` (wid, idx, level, pte); False if out of order."""
-        wid = columns[0]
-        if len(wid) == 0:
-            return True
-        if self.carry is not None:
-            last = self.carry[0][-1]
-            if wid[0] < last:
-                return False
-            # Only the rows continuing the carried walk are joined to it (no copy of the batch).
-            head = int(np.searchsorted(wid, last, side="right")) if wid[0] == last else 0
-            joined = [np.concatenate((a, b[:head])) for a, b in zip(self.carry, columns)]
-            if not _sorted_within(joined[0], joined[1]):
-                return False
-            if head == len(wid):
-                self.carry = joined
-                return True
-            self.state.process(joined[0], joined[2], joined[3], self.addrs)
-            columns = [c[head:] for c in columns]
-            wid = columns[0]
-        if not _sorted_within(wid, columns[1]):
-            return False
-        tail = int(np.searchsorted(wid, wid[-1], side="left"))
-        self.carry = [c[tail:] for c in columns]
-        self.state.process(wid[:tail], columns[2][:tail], columns[3][:tail], self.addrs)
-        return True
-
-    def flush(self) -> None:
-        if self.carry is not None:
-            self.state.process(self.carry[0], self.carry[2], self.carry[3], self.addrs)
-            self.carry = None
+def _expand(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Every row of the runs ``starts`` / ``counts``, in order."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    step = np.ones(total, np.int64)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    keep = counts > 0
+    step[first[keep]] = starts[keep] - np.concatenate(([0], (starts + counts - 1)[keep][:-1]))
+    step[0] = starts[keep][0]
+    return np.cumsum(step)
 
 
-def _feed_all(cap: Any, state: _State, addrs: np.ndarray) -> bool:
-    """Stream ``walk_element``: as one ordered stream while walk ids stay in order, then one stream
-    per CPU (each CPU's ring buffer is drained in order). False when even that order breaks."""
-    whole = _Stream(state, addrs)
-    per_cpu: dict[int, _Stream] | None = None
-    for table in cap.iter_tables("walk_element", [*ELEMENT_COLUMNS, "cpu"]):
-        for batch in table.to_batches():  # one batch per Parquet row group: zero-copy columns
-            columns = [batch.column(c).to_numpy() for c in ELEMENT_COLUMNS]
-            cpu = batch.column("cpu").to_numpy()
-            if per_cpu is None:
-                carry_last = whole.carry[0][-1] if whole.carry is not None else None
-                if _sorted_within(columns[0], columns[1]) and (carry_last is None or columns[0][0] >= carry_last):
-                    if not whole.feed(columns):
-                        return False
-                    whole_cpu = cpu  # the CPU of the carried rows, if the order breaks later
-                    continue
-                per_cpu = {}
-                if whole.carry is not None:
-                    carried_cpu = np.unique(whole_cpu[len(whole_cpu) - len(whole.carry[0]):])
-                    if len(carried_cpu) != 1:
-                        return False
-                    per_cpu[int(carried_cpu[0])] = whole
-            for value in np.unique(cpu).tolist():
-                mask = cpu == value
-                stream = per_cpu.setdefault(value, _Stream(state, addrs))
-                if not stream.feed([c[mask] for c in columns]):
-                    return False
-    for stream in (per_cpu or {0: whole}).values():
-        stream.flush()
-    return not state.conflict
+class _Rebuilder:
+    """Feeds batches of elements to a :class:`_State`, holding the rows of walks that may go on."""
+
+    def __init__(self, state: _State, row_map: RowMap):
+        self.state, self.row_map = state, row_map
+        self.held: list[np.ndarray] | None = None  # walk row, index, level, pte of held rows
+
+    def feed(self, wid: np.ndarray, idx: np.ndarray, level: np.ndarray, pte: np.ndarray, last: bool) -> None:
+        state = self.state
+        n = len(wid)
+        if n == 0:
+            if last:
+                self._finish([], None)
+            return
+        starts, counts = _runs(wid)
+        wi = self.row_map.rows(wid[starts])
+        orphan = wi < 0
+        if orphan.any():
+            state.orphans += int(counts[orphan].sum())
+        # Runs out of index order, walks with several runs here, walks held from before or seen at the
+        # end of this batch: gathered with the held rows and sorted by (walk, index).
+        same = wid[1:] == wid[:-1]
+        disorder = np.flatnonzero(same & (idx[1:] <= idx[:-1]))
+        flagged = np.zeros(len(starts), bool)
+        if len(disorder):
+            flagged[np.searchsorted(starts, disorder, side="right") - 1] = True
+        mark, owner = state.mark, state.owner
+        valid = np.flatnonzero(~orphan)
+        v_wi = wi[valid]
+        # A walk with several runs here: the last run of it to be written owns the walk.
+        owner[v_wi] = np.arange(len(v_wi), dtype=np.int32)
+        repeated = v_wi[owner[v_wi] != np.arange(len(v_wi), dtype=np.int32)]
+        holding: np.ndarray | None = None
+        if not last:
+            tail = np.flatnonzero(starts + counts > n - HOLD_ROWS)
+            holding = wi[tail][wi[tail] >= 0]
+        flag_walks = [w for w in (repeated, holding, None if self.held is None else self.held[0])
+                      if w is not None and len(w)]
+        for walks in flag_walks:
+            mark[walks] = True
+        if flag_walks:
+            flagged[valid] |= mark[v_wi]
+            for walks in flag_walks:
+                mark[walks] = False
+        flagged &= ~orphan
+        clean = np.flatnonzero(~flagged & ~orphan)
+        state.process(wi[clean], starts[clean], counts[clean], level, pte)
+        if flagged.any():
+            rows = _expand(starts[flagged], counts[flagged])
+            gathered = [np.repeat(wi[flagged], counts[flagged]), idx[rows], level[rows], pte[rows]]
+        else:
+            gathered = None
+        self._finish([gathered] if gathered is not None else [], holding)
+
+    def _finish(self, parts: list[list[np.ndarray]], holding: np.ndarray | None) -> None:
+        """Rebuild the held and gathered rows except those of ``holding`` walks, which are held again."""
+        if self.held is not None:
+            parts = [self.held, *parts]
+        self.held = None
+        if not parts:
+            return
+        columns = [np.concatenate([p[c] for p in parts]) for c in range(4)]
+        if holding is not None and len(holding):
+            hold = np.isin(columns[0], holding)
+            if hold.any():
+                self.held = [c[hold] for c in columns]
+                columns = [c[~hold] for c in columns]
+        if len(columns[0]) == 0:
+            return
+        order = np.lexsort((columns[1], columns[0]))
+        wi, level, pte = columns[0][order], columns[2][order], columns[3][order]
+        starts, counts = _runs(wi)
+        self.state.process(wi[starts], starts, counts, level, pte)
+
+
+def _element_batches(batches: Iterable[Any]) -> Iterator[list[np.ndarray]]:
+    """``walk_element`` columns of each record batch (zero-copy)."""
+    for batch in batches:
+        yield [batch.column(c).to_numpy() for c in ELEMENT_COLUMNS]
 
 
 def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 20,
                  select: Callable[[pd.DataFrame], np.ndarray] | None = None
                  ) -> tuple[pd.DataFrame, CrossCheck | None] | None:
-    """Rebuild (and cross-check) every walk streaming the elements; None when ids are out of order.
+    """Rebuild (and cross-check) every walk streaming the elements; None when a walk's elements are too
+    far apart or walk ids repeat.
 
     ``select(walk_frame) -> bool array`` limits the cross-check to some walks (a phase cut); every
     walk is still rebuilt."""
-    walk = load(cap, "walk", list(WALK_COLUMNS))
-    w_wid = walk["walk_id"].to_numpy(np.uint64)
-    order = None
-    if len(w_wid) > 1 and not bool(np.all(w_wid[1:] > w_wid[:-1])):
-        order = np.argsort(w_wid, kind="stable")
-        w_wid = w_wid[order]
-        if bool(np.any(w_wid[1:] == w_wid[:-1])):
+    # The reader thread decodes the first element row groups while the walks are read.
+    with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), BATCH_ROWS), depth=2) as reader:
+        batches = _element_batches(reader)
+        walk = load(cap, "walk", list(WALK_COLUMNS))
+        w_wid = walk["walk_id"].to_numpy(np.uint64)
+        row_map = RowMap(w_wid)
+        if not row_map.ok:
             return None
-    addrs = walk["addr"].to_numpy(np.uint64)
-    addrs_sorted = addrs if order is None else addrs[order]
-    model = _model_table(addrs_sorted, model_walk) if model_walk is not None and len(addrs) else None
-    selected = None if select is None else np.asarray(select(walk), bool)
-    state = _State(w_wid, model, limit, selected if selected is None or order is None else selected[order])
-    if not _feed_all(cap, state, addrs_sorted):
-        return None
-    if order is not None:
-        for name in ("depth", "root", "leaf", "path", "bad"):
-            values = getattr(state, name)
-            original = np.empty_like(values)
-            original[order] = values
-            setattr(state, name, original)
-        state.w_wid = walk["walk_id"].to_numpy(np.uint64)
-        state.selected = selected
-        state.mismatches.sort()
-    w_wid = state.w_wid
-    error_ids = load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64) \
-        if "walk_error" in cap.families() else np.zeros(0, np.uint64)
+        addrs = walk["addr"].to_numpy(np.uint64)
+        model = ModelCache(model_walk) if model_walk is not None else None
+        selected = None if select is None else np.asarray(select(walk), bool)
+        state = _State(w_wid, addrs, model, limit, selected)
+        rebuilder = _Rebuilder(state, row_map)
+        pending = next(batches, None)
+        while pending is not None:
+            following = next(batches, None)
+            rebuilder.feed(*pending, last=following is None)
+            if state.conflict:
+                return None
+            pending = following
+    error_rows = np.zeros(0, np.int64)
+    if "walk_error" in cap.families():
+        error_rows = row_map.rows(load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64))
+    error = np.zeros(len(w_wid), bool)
+    error[error_rows[error_rows >= 0]] = True
     walks = pd.DataFrame({
         "walk_id": w_wid, "ts_ns": walk["ts_ns"].to_numpy(np.int64), "tid": walk["tid"].to_numpy(np.int32),
         "addr": addrs, "pferr": walk["pferr"].to_numpy(np.uint32), "depth": state.depth, "root_level": state.root,
-        "leaf_level": state.leaf, "level_path": state.path,
-        "error": np.isin(w_wid, error_ids) if len(error_ids) else np.zeros(len(w_wid), bool),
+        "leaf_level": state.leaf, "level_path": state.path, "error": error,
     }, copy=False)
     walks.attrs["orphan_elements"] = state.orphans
     if model is None:
         return walks, None
-    row, m_levels, _, _, _ = model
     observed = state.depth > 0
-    if state.selected is not None:
-        observed &= state.selected
+    if selected is not None:
+        observed &= selected
     compared = int(observed.sum())
-    per_level = per_level_table(state.observed_levels, m_levels, row[observed])
-    summary = check_summary(int(len(walks) if state.selected is None else state.selected.sum()), compared,
+    per_level = per_level_table(state.observed_levels, model.levels, row_counts=state.model_rows)
+    summary = check_summary(int(len(walks) if selected is None else selected.sum()), compared,
                             compared - int((state.bad & observed).sum()))
     per_walk = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
-    return walks, CrossCheck(summary, per_walk, pd.DataFrame(state.mismatches, columns=MISMATCH_COLUMNS), per_level)
+    mismatches = pd.DataFrame([row for _, row in state.mismatches], columns=MISMATCH_COLUMNS)
+    return walks, CrossCheck(summary, per_walk, mismatches, per_level)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tracekit.analysis.crosscheck import crosscheck_walks, model_from_layout
 from tracekit.analysis.synthetic import GVA, SCHEMAS, guest_tables
 from tracekit.analysis.walks import rebuild_walks
-from tracekit.analysis.walkstream import stream_walks
+from tracekit.analysis.walkstream import HOLD_ROWS, stream_walks
 from tracekit.capture import CaptureWriter, open_capture
 
 _, PAGING = guest_tables(64 << 20)
@@ -63,10 +63,43 @@ def test_streaming_equals_in_memory(tmp_path_factory, specs, segment_rows, data)
     pd.testing.assert_frame_equal(check.mismatches, reference.mismatches, check_dtype=False)
 
 
-def test_out_of_order_ids_fall_back(tmp_path):
+def test_out_of_order_ids_stream(tmp_path):
+    """Walk ids in no order, elements out of index order: streamed like the in-memory path sorts them."""
     path = tmp_path / "c.tkcap"
-    _write(path, {"walk_id": [1, 0], "addr": [GVA, GVA], "pferr": [6, 6]},
-           {"walk_id": [1, 0], "index": [0, 0], "level": [4, 4], "pte": [0, 0]}, 10)
+    walks = {"walk_id": [7, 3, 5], "addr": [GVA] * 3, "pferr": [6] * 3}
+    elements = {"walk_id": [3, 7, 3, 5], "index": [1, 0, 0, 0], "level": [3, 4, 4, 4], "pte": [0, 0, 0x21, 0]}
+    _write(path, dict(walks), dict(elements), 10)
+    streamed, _ = stream_walks(open_capture(path))
+    memory, _ = rebuild_walks(pd.DataFrame(walks).assign(ts_ns=0, tid=1), pd.DataFrame(elements))
+    assert streamed["level_path"].tolist() == memory["level_path"].tolist() == [4, 43, 4]
+    assert streamed["depth"].tolist() == [1, 2, 1]
+
+
+def test_far_apart_or_repeated_ids_fall_back(tmp_path):
+    """One walk's elements in row groups further apart than the held rows, or a walk id twice: None, so
+    the caller takes the in-memory path."""
+    n, chunk = 3 * HOLD_ROWS, HOLD_ROWS // 2
+    ids = np.arange(n, dtype=np.uint64)
+    path = tmp_path / "far.tkcap"
+    with CaptureWriter(path, segment_rows=chunk, segment_seconds=3600) as writer:
+        for family in ("walk", "walk_element"):
+            writer.declare(family, SCHEMAS[family])
+        common = {"ts_ns": np.zeros(n, np.int64), "cpu": np.zeros(n, np.int32), "pid": np.ones(n, np.int32),
+                  "tid": np.ones(n, np.int32)}
+        writer.append("walk", pa.table({**common, "walk_id": ids, "addr": np.full(n, GVA, np.uint64),
+                                        "pferr": np.full(n, 6, np.uint32)}, schema=SCHEMAS["walk"]))
+        element = pa.table({**common, "walk_id": np.append(ids, 0), "ts_ns": np.zeros(n + 1, np.int64),
+                            "cpu": np.zeros(n + 1, np.int32), "pid": np.ones(n + 1, np.int32),
+                            "tid": np.ones(n + 1, np.int32), "index": np.append(np.zeros(n, np.uint8), 1),
+                            "level": np.full(n + 1, 4, np.int8), "pte": np.zeros(n + 1, np.uint64)},
+                           schema=SCHEMAS["walk_element"])
+        for first in range(0, n + 1, chunk):
+            writer.append("walk_element", element.slice(first, chunk))
+    assert len(open_capture(path).segments("walk_element")) > 3
+    assert stream_walks(open_capture(path)) is None
+    path = tmp_path / "twice.tkcap"
+    _write(path, {"walk_id": [1, 1], "addr": [GVA, GVA], "pferr": [6, 6]},
+           {"walk_id": [1], "index": [0], "level": [4], "pte": [0]}, 10)
     assert stream_walks(open_capture(path)) is None
 
 
@@ -109,5 +142,4 @@ def test_interleaved_cpus_stream_per_cpu(tmp_path_factory, specs, segment_rows, 
     reference = crosscheck_walks(memory, steps, MODEL, limit=100)
     assert check.summary == reference.summary
     assert check.summary["mismatched"] == sum(1 for s in specs if s[2])
-    pd.testing.assert_frame_equal(check.mismatches, reference.mismatches.sort_values("walk_id").reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(check.mismatches, reference.mismatches, check_dtype=False)

@@ -1,7 +1,8 @@
 """Reader of capture directories.
 
 Contract: :func:`open_capture` validates a capture and returns a :class:`Capture` giving the manifest and
-each family as a pyarrow Table or pandas DataFrame, reading only the columns asked for. Every defect (no
+each family as a pyarrow Table or pandas DataFrame (or, :meth:`Capture.iter_batches`, record batches of
+at most a given number of rows), reading only the columns asked for. Every defect (no
 such path, not a capture, an unparsable or foreign manifest, a newer format version, a truncated or corrupt
 segment, a segment whose schema disagrees with its family) raises
 :class:`tracekit.errors.CaptureFormatError` with one line naming the file. A capture whose writer was killed
@@ -150,19 +151,38 @@ class Capture:
         except (OSError, pa.ArrowException) as error:
             raise CaptureFormatError(f"{segment}: corrupt or truncated Parquet segment ({error})") from error
 
-    def iter_tables(self, family: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
-        """Yield ``family`` one segment at a time (bounded memory)."""
+    def _columns_schema(self, family: str, columns: Sequence[str] | None) -> pa.Schema:
+        """The family's schema cut to ``columns`` (all when None); unknown columns raise."""
         schema = self.schema(family)
         if columns is not None:
             unknown = [c for c in columns if c not in schema.names]
             if unknown:
                 raise CaptureFormatError(f"family {family!r} has no column(s) {', '.join(unknown)}")
             schema = pa.schema([schema.field(c) for c in columns])
+        return schema
+
+    def iter_tables(self, family: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+        """Yield ``family`` one segment at a time (bounded memory)."""
+        schema = self._columns_schema(family, columns)
         for segment in self.segments(family):
             table = self._read_segment(segment, columns).replace_schema_metadata(None)
             if not table.schema.equals(schema):
                 raise CaptureFormatError(f"{segment}: schema differs from family {family!r}")
             yield table
+
+    def iter_batches(self, family: str, columns: Sequence[str] | None = None,
+                     batch_rows: int = 1 << 20) -> Iterator[pa.RecordBatch]:
+        """Yield ``family`` as record batches of at most ``batch_rows`` rows (whole Parquet row groups
+        where they are that small), segment by segment: memory bounded by one batch."""
+        schema = self._columns_schema(family, columns)
+        for segment in self.segments(family):
+            try:
+                for batch in pq.ParquetFile(segment).iter_batches(batch_size=batch_rows, columns=list(schema.names)):
+                    if not batch.schema.remove_metadata().equals(schema):
+                        raise CaptureFormatError(f"{segment}: schema differs from family {family!r}")
+                    yield batch
+            except (OSError, pa.ArrowException) as error:
+                raise CaptureFormatError(f"{segment}: corrupt or truncated Parquet segment ({error})") from error
 
     def table(self, family: str, columns: Sequence[str] | None = None) -> pa.Table:
         """All rows of ``family`` (only ``columns`` if given); an empty table with the schema if none."""
