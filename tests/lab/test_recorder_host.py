@@ -232,3 +232,13 @@ def test_adopting_the_guest_capture_merges_the_lab_metadata(tmp_path):
     with pytest.raises(LabError, match="missing or unreadable"):
         recorded.adopt_capture(tmp_path / "absent.tkcap", tmp_path / "o2", lab)
     assert json.loads((output / "capture.json").read_text())["timing_note"] == runner.TIMING_NOTE
+
+
+def test_x86_recorder_guests_get_the_sse4_2_pyarrow_needs(tmp_path, monkeypatch):
+    monkeypatch.setattr(machine, "require_tool", lambda name, package: f"/usr/bin/{name}")
+    paths = (tmp_path / "bz", tmp_path / "i", tmp_path / "c", tmp_path / "a", "")
+    x86 = machine.qemu_command("x86", *paths, cpu_features=machine.RECORDER_X86_FEATURES)
+    cpu = x86[x86.index("-cpu") + 1].split(",")
+    assert {"+sse4.2", "+popcnt", "-cx16", "+svm", "+npt"} <= set(cpu)  # cx16 stays off (QEMU 7.2 RFLAGS bug)
+    plain = machine.qemu_command("x86", *paths)
+    assert plain[plain.index("-cpu") + 1] == "qemu64,+svm,+npt,+pdpe1gb,-cx16"  # the raw path's machine is unchanged

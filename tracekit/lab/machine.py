@@ -32,7 +32,7 @@ from tracekit.lab.fetch import QEMU_BINARY, QEMU_PACKAGE, require_tool
 from tracekit.lab.initramfs import write_initramfs
 
 __all__ = ["qemu_command", "build_initramfs", "boot", "BootResult", "GUEST_PORT", "DEFAULT_TIMEOUT", "MEMORY_MIB",
-           "LAUNCHER"]
+           "LAUNCHER", "RECORDER_X86_FEATURES"]
 
 GUEST_PORT = "tracekit.out"
 DEFAULT_TIMEOUT = 600
@@ -63,16 +63,21 @@ class BootResult:
     command: list[str]
 
 
+#: x86 CPU features the recorder userland needs beyond ``qemu64``: pyarrow's manylinux wheels are
+#: built for SSE4.2 (libarrow dies with an invalid opcode without them); ``cx16`` stays off.
+RECORDER_X86_FEATURES = "+ssse3,+sse4.1,+sse4.2,+popcnt"
+
+
 def qemu_command(
     arch: str, kernel: Path, initrd: Path, console_log: Path, archive: Path, append: str, smp: int = 2,
-    memory_mib: int = 0,
+    memory_mib: int = 0, cpu_features: str = "",
 ) -> list[str]:
-    """The QEMU argv of one lab boot (see the module contract)."""
+    """The QEMU argv of one lab boot (see the module contract); ``cpu_features`` adds to the x86 CPU model."""
     binary = require_tool(QEMU_BINARY[arch], QEMU_PACKAGE[arch])
     if arch == "arm64":
         machine = ["-M", "virt,virtualization=on,gic-version=3", "-cpu", "max,pauth-impdef=on"]
     else:
-        machine = ["-accel", "tcg", "-cpu", "qemu64,+svm,+npt,+pdpe1gb,-cx16"]
+        machine = ["-accel", "tcg", "-cpu", "qemu64,+svm,+npt,+pdpe1gb,-cx16" + (f",{cpu_features}" if cpu_features else "")]
     return [
         binary,
         *machine,

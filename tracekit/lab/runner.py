@@ -157,7 +157,8 @@ def run_lab(
         if recorder:
             append += f" tk.recorder={recorder}"
         command = machine.qemu_command(
-            arch, image, initrd, guest_console, archive, append, memory_mib=guest_memory_mib(arch, chosen, recorder)
+            arch, image, initrd, guest_console, archive, append, memory_mib=guest_memory_mib(arch, chosen, recorder),
+            cpu_features=machine.RECORDER_X86_FEATURES if recorder and arch == "x86" else "",
         )
         try:
             boot = machine.boot(command, guest_console, archive, timeout)
