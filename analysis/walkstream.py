@@ -36,7 +36,7 @@ from tracekit.analysis.crosscheck import (_AD, _NO_LEVEL, MISMATCH_COLUMNS, Cros
                                           mismatch_row, per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, leaf_levels, level_paths
 
-__all__ = ["stream_walks", "RowMap", "prefetch", "HOLD_ROWS"]
+__all__ = ["stream_walks", "rebuild_streamed", "RowMap", "prefetch", "HOLD_ROWS", "BATCH_ROWS"]
 
 #: Elements per batch (the recorder's Parquet row groups hold up to 1 Mi rows).
 BATCH_ROWS = 1 << 20
@@ -89,8 +89,8 @@ class RowMap:
         if self.n == 0:
             return np.full(len(ids), -1, np.int64)
         if self._first is not None:
-            row = (ids - self._first).astype(np.int64)
-            return np.where((ids >= self._first) & (row < self.n), row, -1)
+            offset = ids - self._first  # ids below the first wrap around to large offsets
+            return np.where(offset < np.uint64(self.n), offset.view(np.int64), -1)
         if self._lookup is not None:
             hi = ids >> np.uint64(48)
             known = hi < np.uint64(len(self._count))
@@ -349,40 +349,52 @@ def _element_batches(batches: Iterable[Any]) -> Iterator[list[np.ndarray]]:
 def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 20,
                  select: Callable[[pd.DataFrame], np.ndarray] | None = None
                  ) -> tuple[pd.DataFrame, CrossCheck | None] | None:
-    """Rebuild (and cross-check) every walk streaming the elements; None when a walk's elements are too
-    far apart or walk ids repeat.
+    """Rebuild (and cross-check) every walk of a capture streaming its elements; None when a walk's
+    elements are too far apart or walk ids repeat.
 
     ``select(walk_frame) -> bool array`` limits the cross-check to some walks (a phase cut); every
     walk is still rebuilt."""
     # The reader thread decodes the first element row groups while the walks are read.
     with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), BATCH_ROWS), depth=2) as reader:
-        batches = _element_batches(reader)
         walk = load(cap, "walk", list(WALK_COLUMNS))
-        w_wid = walk["walk_id"].to_numpy(np.uint64)
-        row_map = RowMap(w_wid)
-        if not row_map.ok:
+        error_ids = load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64) \
+            if "walk_error" in cap.families() else None
+        return rebuild_streamed(walk, _element_batches(reader), model_walk, limit=limit, select=select,
+                                error_ids=error_ids)
+
+
+def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]], model_walk: Callable | None = None, *,
+                     limit: int = 20, select: Callable[[Any], np.ndarray] | None = None,
+                     error_ids: np.ndarray | None = None) -> tuple[pd.DataFrame, CrossCheck | None] | None:
+    """:func:`stream_walks` on a walk table (DataFrame or column mapping of :data:`WALK_COLUMNS`) and
+    batches of element columns ``[walk_id, index, level, pte]`` in capture order; ``error_ids`` are the
+    walk ids of ``walk_error``."""
+    w_wid = np.asarray(walk["walk_id"]).astype(np.uint64, copy=False)
+    row_map = RowMap(w_wid)
+    if not row_map.ok:
+        return None
+    addrs = np.asarray(walk["addr"]).astype(np.uint64, copy=False)
+    model = ModelCache(model_walk) if model_walk is not None else None
+    selected = None if select is None else np.asarray(select(walk), bool)
+    state = _State(w_wid, addrs, model, limit, selected)
+    rebuilder = _Rebuilder(state, row_map)
+    batches = iter(batches)
+    pending = next(batches, None)
+    while pending is not None:
+        following = next(batches, None)
+        rebuilder.feed(*pending, last=following is None)
+        if state.conflict:
             return None
-        addrs = walk["addr"].to_numpy(np.uint64)
-        model = ModelCache(model_walk) if model_walk is not None else None
-        selected = None if select is None else np.asarray(select(walk), bool)
-        state = _State(w_wid, addrs, model, limit, selected)
-        rebuilder = _Rebuilder(state, row_map)
-        pending = next(batches, None)
-        while pending is not None:
-            following = next(batches, None)
-            rebuilder.feed(*pending, last=following is None)
-            if state.conflict:
-                return None
-            pending = following
-    error_rows = np.zeros(0, np.int64)
-    if "walk_error" in cap.families():
-        error_rows = row_map.rows(load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64))
+        pending = following
     error = np.zeros(len(w_wid), bool)
-    error[error_rows[error_rows >= 0]] = True
+    if error_ids is not None and len(error_ids):
+        error_rows = row_map.rows(np.asarray(error_ids, np.uint64))
+        error[error_rows[error_rows >= 0]] = True
     walks = pd.DataFrame({
-        "walk_id": w_wid, "ts_ns": walk["ts_ns"].to_numpy(np.int64), "tid": walk["tid"].to_numpy(np.int32),
-        "addr": addrs, "pferr": walk["pferr"].to_numpy(np.uint32), "depth": state.depth, "root_level": state.root,
-        "leaf_level": state.leaf, "level_path": state.path, "error": error,
+        "walk_id": w_wid, "ts_ns": np.asarray(walk["ts_ns"]).astype(np.int64, copy=False),
+        "tid": np.asarray(walk["tid"]).astype(np.int32, copy=False), "addr": addrs,
+        "pferr": np.asarray(walk["pferr"]).astype(np.uint32, copy=False), "depth": state.depth,
+        "root_level": state.root, "leaf_level": state.leaf, "level_path": state.path, "error": error,
     }, copy=False)
     walks.attrs["orphan_elements"] = state.orphans
     if model is None:

@@ -1,18 +1,23 @@
-"""The streaming rebuild and cross-check agree with the in-memory ones, whatever the segment boundaries."""
+"""The streaming rebuild and cross-check agree with the in-memory ones, whatever the segment boundaries, id
+order or interleaving; its pieces (model cache, id map, reader thread) checked on their own."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracekit.analysis.crosscheck import crosscheck_walks, model_from_layout
-from tracekit.analysis.synthetic import GVA, SCHEMAS, guest_tables
+from tracekit.analysis import walkstream
+from tracekit.analysis.crosscheck import ModelCache, crosscheck_walks, model_from_layout
+from tracekit.analysis.synthetic import GVA, SCHEMAS, guest_tables, walk_tables, write_synthetic_capture
 from tracekit.analysis.walks import rebuild_walks
-from tracekit.analysis.walkstream import HOLD_ROWS, stream_walks
+from tracekit.analysis.walkstream import HOLD_ROWS, RowMap, prefetch, rebuild_streamed, stream_walks
 from tracekit.capture import CaptureWriter, open_capture
+from tracekit.errors import ModelError
+from tracekit.model.x86 import X86PageTables
 
 _, PAGING = guest_tables(64 << 20)
 MODEL = model_from_layout({"guest_paging": PAGING})
@@ -143,3 +148,115 @@ def test_interleaved_cpus_stream_per_cpu(tmp_path_factory, specs, segment_rows, 
     assert check.summary == reference.summary
     assert check.summary["mismatched"] == sum(1 for s in specs if s[2])
     pd.testing.assert_frame_equal(check.mismatches, reference.mismatches, check_dtype=False)
+
+
+# -- the pieces of the streaming path ------------------------------------------------------------------------
+
+MIXED = X86PageTables(levels=4)
+MIXED.map(GVA, 1 << 32, 4 << 20, 2 << 20, user=True)  # two 2 MiB pages
+MIXED.map(GVA + (8 << 20), (1 << 32) + (8 << 20), 64 << 10, 4096, user=True)  # 16 small pages
+MIXED.map(1 << 30, 2 << 30, 1 << 30, 1 << 30, user=True)  # one 1 GiB page
+
+
+@given(st.lists(st.lists(st.sampled_from([GVA, GVA + (2 << 20), GVA + (8 << 20), GVA + (20 << 20), 1 << 30,
+                                          0x7000_0000]).flatmap(lambda base: st.integers(base, base + (1 << 21) - 1)),
+                         max_size=20), min_size=1, max_size=4))
+def test_model_cache_equals_the_model_walk_by_walk(batches):
+    """Addresses in 2 MiB, 4 KiB and 1 GiB pages and unmapped ones, looked up in several batches: the cached
+    row of each address holds exactly the model's own walk of it (levels, PTEs, depth; 0 and a fault when
+    the model faults), and rows handed out earlier stay valid as the cache grows."""
+    cache = ModelCache(MIXED.walk)
+    seen = []
+    for addrs in batches:
+        rows = cache.rows(np.array(addrs, np.uint64))
+        seen.extend(zip(addrs, rows.tolist()))
+    for addr, row in seen:
+        try:
+            expected = [(s.level, s.pte) for s in MIXED.walk(addr).levels]
+        except ModelError:
+            expected = []
+            assert cache.faults
+        depth = int(cache.depths[row])
+        assert [(int(cache.levels[row, d]), int(cache.ptes[row, d])) for d in range(depth)] == expected
+    assert len(cache) <= len({a >> 21 for a, _ in seen}) + len({a >> 12 for a, _ in seen})
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 50)), min_size=1, max_size=4), st.randoms(),
+       st.integers(0, 3))
+def test_row_map_finds_every_id(cpus, rnd, shape):
+    """Per-CPU sequences (shuffled or not), consecutive ids and arbitrary ids: every id maps to its row,
+    unknown ids to -1, and a repeated id is refused."""
+    ids = [(cpu << 48) | (start + i) for cpu, count in dict(cpus).items() for start in [rnd.randint(1, 9)]
+           for i in range(count)]
+    if shape == 1:
+        rnd.shuffle(ids)
+    elif shape == 2:
+        ids = list(range(100, 100 + len(ids)))
+    elif shape == 3:
+        ids = rnd.sample(range(1 << 60), len(ids))
+    row_map = RowMap(np.array(ids, np.uint64))
+    assert row_map.ok
+    unknown = [max(ids) + 1, 0 if 0 not in ids else max(ids) + 2, (1 << 63) + 5]
+    assert row_map.rows(np.array([*ids, *unknown], np.uint64)).tolist() == [*range(len(ids)), -1, -1, -1]
+    assert not RowMap(np.array([*ids, ids[0]], np.uint64)).ok
+
+
+@given(st.integers(20, 300), st.sampled_from([0.0, 0.3, 1.0]), st.integers(2, 3), st.integers(1, 200),
+       st.integers(1, 50), st.sets(st.integers(0, 299), max_size=5))
+def test_recorder_shaped_batches_equal_the_whole_table(n, interleaved, cpus, batch, hold, flipped):
+    """Recorder-shaped walks (per-CPU ids in time order, concurrent pairs interleaving their elements),
+    some with a flipped PTE bit, fed in batches of any size with any number of held rows: the same walks,
+    verdict, per-level counts and mismatches as the in-memory rebuild and check of the whole table."""
+    tables = walk_tables(n, cpus=cpus, interleaved=interleaved, size=64 << 20)
+    walk, element = tables["walk"].to_pandas(), tables["walk_element"].to_pandas()
+    bad_rows = np.array(sorted(i * 3 + 1 for i in flipped if i < n), np.int64)
+    element.loc[bad_rows, "pte"] ^= 0x2
+    columns = [element[c].to_numpy() for c in ("walk_id", "index", "level", "pte")]
+    batches = [[c[i:i + batch] for c in columns] for i in range(0, len(element), batch)]
+    saved = walkstream.HOLD_ROWS
+    walkstream.HOLD_ROWS = hold
+    try:
+        result = rebuild_streamed(walk, batches, MODEL, limit=3)
+    finally:
+        walkstream.HOLD_ROWS = saved
+    memory, steps = rebuild_walks(walk, element)
+    reference = crosscheck_walks(memory, steps, MODEL, limit=3)
+    if result is None:  # a concurrent pair cut by a batch boundary further than the held rows
+        assert hold < 6
+        return
+    streamed, check = result
+    for column in ("walk_id", "depth", "root_level", "leaf_level", "level_path"):
+        assert streamed[column].tolist() == memory[column].tolist(), column
+    assert check.summary == reference.summary and (check.summary["mismatched"] > 0) == (len(bad_rows) > 0)
+    pd.testing.assert_frame_equal(check.per_level, reference.per_level, check_dtype=False)
+    pd.testing.assert_frame_equal(check.mismatches, reference.mismatches, check_dtype=False)
+
+
+def test_capture_row_groups_equal_one_batch(tmp_path):
+    """A capture read a row group at a time (Capture.iter_batches) gives what one batch of it gives."""
+    path = tmp_path / "c.tkcap"
+    write_synthetic_capture(path, 3000, chunk=700, extra_rows=10)
+    cap = open_capture(path)
+    model = model_from_layout(cap.manifest["workload"])
+    streamed, check = stream_walks(cap, model)
+    whole = cap.table("walk_element", ["walk_id", "index", "level", "pte"])
+    alone, check_alone = rebuild_streamed(cap.table("walk").to_pandas(),
+                                          [[whole.column(c).to_numpy() for c in whole.column_names]], model)
+    pd.testing.assert_frame_equal(streamed, alone)
+    assert check.summary == check_alone.summary and check.summary["matched"] == 3000
+    assert len(list(cap.iter_batches("walk_element", ["walk_id"], batch_rows=1000))) >= 9
+
+
+def test_prefetch_hands_over_errors_and_stops():
+    def failing():
+        yield 1
+        raise ValueError("bad segment")
+
+    reader = prefetch(failing())
+    assert next(reader) == 1
+    with pytest.raises(ValueError, match="bad segment"):
+        next(reader)
+    endless = prefetch(iter(range(10**9)), depth=1)
+    assert next(endless) == 0
+    endless.close()
+    assert not endless._thread.is_alive()
