@@ -6,8 +6,9 @@ when dirty logging is enabled) under ``tracekit lab arm64 --recorder bcc|tracefs
 adopts its capture. Each test checks the split calls and the per-level split-walker visits against
 the reference model and against the raw path's capture of the same scenario
 (samples/lab-arm64-eager-enable.tkcap), per workload phase, and that the manifest names the backend
-and what it attached. Warm cache: tracefs about 3 minutes, bcc longer (clang compiles the stage2
-program emulated). Cold cache: the recorder userland downloads about 200 MB (docs/lab.md).
+and what it attached; and x86 ``tdp-eager`` with bcc (32 splits at level 2, as the tracepoint and as
+spans). Warm cache, each: arm64 about 3 minutes, x86 about 2 (the emulated bcc compile included).
+Cold cache: the recorder userland downloads about 200 MB per architecture (docs/lab.md).
 Live tests: they skip with the reason where QEMU, mmdebstrap or the route to the mirrors is
 missing, and fail instead under TRACEKIT_REQUIRE_LIVE=1.
 """
@@ -26,15 +27,16 @@ from tracekit.lab.arm64_vm import DATA_IPA
 from tracekit.model.accounting import WalkStats
 from tracekit.model.split import EagerSplitter
 from tracekit.model.stage2 import Stage2PageTable
+from tracekit.model.tdp import TdpPageTable
 
 MiB = 1 << 20
 SLOT = 256 * MiB
 RAW_SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "lab-arm64-eager-enable.tkcap"
 
 
-def _run(backend: str, tmp_path):
+def _run(backend: str, tmp_path, arch: str = "arm64"):
     try:
-        return livecheck.run_lab_or_skip("arm64", scenarios.smallest("arm64").name, tmp_path / f"{backend}.tkcap",
+        return livecheck.run_lab_or_skip(arch, scenarios.smallest(arch).name, tmp_path / f"{backend}.tkcap",
                                          recorder=backend)  # fmt: skip
     except LabError as error:
         if "wheel from PyPI" in str(error):
@@ -95,3 +97,31 @@ def test_arm64_eager_split_under_tracekit_record_with_tracefs(tmp_path):
 @pytest.mark.slow
 def test_arm64_eager_split_under_tracekit_record_with_bcc(tmp_path):
     _check(_run("bcc", tmp_path), "bcc")
+
+
+def _check_x86(run, backend: str) -> None:
+    """64 MiB of THP as 2 MiB SPTEs, eager split at enable: the model's 32 splits at level 2, seen both as
+    the kvmmmu:kvm_mmu_split_huge_page tracepoint (mmu family) and as tdp_mmu_split_huge_page spans (tdp)."""
+    pgt, stats = TdpPageTable(), WalkStats()
+    pgt.populate(1 << 32, 64 * MiB, 2 * MiB)
+    pgt.split_huge_pages(1 << 32, (1 << 32) + 64 * MiB, stats)
+    assert run.ok, run.checks
+    enable = {step["op"]: step["counts"] for step in run.steps}["enable_dirty_logging"]
+    assert enable["kvm_mmu_split_huge_page"] == enable["split_huge_page"] == stats.get("splits", 2) == 32
+    cap = open_capture(run.output)
+    spans = cap.dataframe("split")
+    assert list(spans["level"].unique()) == [2] and len(spans) == 32
+    mmu = cap.dataframe("mmu")
+    tracepoint = mmu[mmu["event"] == "kvm_mmu_split_huge_page"]
+    assert sorted(int(g) << 12 for g in tracepoint["gfn"]) == sorted(int(a) for a in spans["addr"])
+    assert cap.manifest["backend"] == backend and cap.manifest["lab"]["recorder_backend"] == backend
+    assert {"tdp", "mmu"} <= set(cap.manifest["probes"]["families"])
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_x86_tdp_eager_split_under_tracekit_record_with_bcc(tmp_path):
+    """bcc on x86 compiles probes/tdp.bpf.c in the guest (--recorder tracefs gives the same counts: docs/lab.md)."""
+    run = _run("bcc", tmp_path, "x86")
+    _check_x86(run, "bcc")
+    assert "kprobe:tdp_mmu_split_huge_page" in open_capture(run.output).manifest["probes"]["attached"]
