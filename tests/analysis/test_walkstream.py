@@ -19,6 +19,8 @@ from tracekit.capture import CaptureWriter, open_capture
 from tracekit.errors import ModelError
 from tracekit.model.x86 import X86PageTables
 
+from .conftest import SAMPLES
+
 _, PAGING = guest_tables(64 << 20)
 MODEL = model_from_layout({"guest_paging": PAGING})
 
@@ -260,3 +262,21 @@ def test_prefetch_hands_over_errors_and_stops():
     assert next(endless) == 0
     endless.close()
     assert not endless._thread.is_alive()
+
+
+@pytest.mark.parametrize("sample", ["x86-dirty-log-2m.tkcap", "x86-dirty-log-4k.tkcap"])
+def test_real_samples_stream_like_memory(sample):
+    """The recorder's captures (two vCPUs interleaving per-CPU ids; 4 KiB pages): the streamed walks and
+    check equal the in-memory ones."""
+    from tracekit.analysis.common import load
+    from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS
+
+    cap = open_capture(SAMPLES / sample)
+    model = model_from_layout(cap.manifest["workload"])
+    streamed, check = stream_walks(cap, model)
+    memory, steps = rebuild_walks(load(cap, "walk", list(WALK_COLUMNS)), load(cap, "walk_element", list(ELEMENT_COLUMNS)),
+                                  load(cap, "walk_error", ["walk_id"]) if "walk_error" in cap.families() else None)
+    reference = crosscheck_walks(memory, steps, model)
+    pd.testing.assert_frame_equal(streamed, memory.drop(columns="first_step"), check_dtype=False)
+    assert check.summary == reference.summary and check.summary["compared"] > 8000
+    pd.testing.assert_frame_equal(check.per_level, reference.per_level, check_dtype=False)
