@@ -8,8 +8,9 @@ caller's own boot image (arm64 ``Image``; for x86 the KVM modules must then be b
 with ``modules``). ``timeout`` (seconds) bounds the emulated boot; the guest console log is always
 kept next to the capture as ``OUTPUT.console.log``; ``keep_raw`` copies the guest's raw result
 directory (per-CPU pages, format files, histograms) there too. ``recorder`` (``bcc`` or ``tracefs``)
-runs the scenario's workload under the real ``tracekit record --probes stage2|tdp --backend RECORDER``
-inside the guest instead (the recorder userland: :func:`tracekit.lab.fetch.fetch_recorder_userland`;
+runs the scenario's workload under the real ``tracekit record --probes stage2|tdp,mmu --backend RECORDER``
+inside the guest instead (the recorder userland: :func:`tracekit.lab.fetch.fetch_recorder_userland`,
+2 GiB more guest memory, SSE4.2 for the x86 guest CPU;
 workload scenarios only; ``bcc`` only with the Debian kernel, whose headers it needs) and adopts the
 guest's capture as ``output`` (:mod:`tracekit.lab.recorded`), its counts per workload phase from
 the phase record the recorder stores; the recorder's stderr is kept as ``OUTPUT.record.log``.
