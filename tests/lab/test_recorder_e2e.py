@@ -83,7 +83,9 @@ def _check(run, backend: str) -> None:
     wanted = "kprobe:kvm_pgtable_stage2_split" if backend == "bcc" else "stage2_split"
     assert any(name == wanted or name.endswith(":" + wanted) for name in attached), attached
     assert "user_mem_abort" in {f["probe"] for f in manifest["probes"]["failed"]}  # inlined in Debian's 6.12
-    assert [p["name"] for p in manifest["workload"]["phases"]][:3] == ["setup", "populate", "enable_dirty_logging"]
+    workload = manifest["workload"]  # the workload's own record, stored by the recorder
+    assert [p["name"] for p in workload["phases"]][:3] == ["setup", "populate", "enable_dirty_logging"]
+    assert workload["verified"] and workload["eager_split_chunk"] == 2 * MiB and workload["log_mode"] == "get"
     assert run.console_log.exists() and "tk-done rc=0" in run.console_log.read_text()
 
 
