@@ -16,7 +16,8 @@ manifest (vCPU threads).
 - ``operation``: from the stack where one exists (first frame matching :data:`STACK_OPERATIONS`),
   else from an ioctl of the same thread whose span contains the wait (:data:`IOCTL_OPERATIONS`),
   else ``vcpu-run`` for a vCPU thread (KVM_RUN is aggregated, not streamed), else ``other``;
-  ``op_source`` says which (``stack``, ``ioctl``, ``thread``, ``none``).
+  ``op_source`` says which (``stack``, ``ioctl``, ``thread``, ``none``). ``mode``, ``operation``
+  and ``op_source`` are pandas categoricals (sorted categories: they group and sort like the text).
 
 :func:`identify_mmu_lock` names the VM's ``kvm->mmu_lock``: an address the manifest records for it
 (:func:`known_mmu_locks`, e.g. the arm64 lab's ``struct kvm`` + field offset) when it has waits, else
@@ -81,11 +82,21 @@ IOCTL_OPERATIONS = {
 _KVM_MMU_OPS = {"split", "dirty-log-clear", "dirty-log-get", "mmu-notifier", "dirty-log-enable", "fault"}
 
 
+_MODES = np.array(["write", "read", "mutex", "spin"], dtype=object)
+_SOURCES = np.array(["stack", "ioctl", "thread", "none"], dtype=object)
+
+
 def lock_mode(flags: np.ndarray) -> np.ndarray:
     """``read`` / ``write`` / ``mutex`` / ``spin`` from contention_begin flags."""
     flags = np.asarray(flags, dtype=np.int64)
-    return np.select([flags & LCB_F_WRITE != 0, flags & LCB_F_READ != 0, flags & LCB_F_MUTEX != 0],
-                     ["write", "read", "mutex"], default="spin").astype(object)
+    return _MODES[np.select([flags & LCB_F_WRITE != 0, flags & LCB_F_READ != 0, flags & LCB_F_MUTEX != 0],
+                            [0, 1, 2], default=3)]
+
+
+def _categorical(values: np.ndarray) -> pd.Categorical:
+    """Text labels as a categorical with sorted categories (cheap to group; sorts like the text)."""
+    codes, uniques = pd.factorize(values, sort=True)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(uniques, dtype=object))
 
 
 def _function(frame: str) -> str:
@@ -131,7 +142,8 @@ def attribute_operations(lock: pd.DataFrame, manifest: dict, stack: pd.DataFrame
                          ioctl: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each wait with its vCPU, mode, operation and op_source (see the module docstring)."""
     frame = add_vcpu(lock, manifest)
-    frame["mode"] = lock_mode(frame["flags"].to_numpy(np.int64)) if len(frame) else np.array([], object)
+    frame["mode"] = _categorical(lock_mode(frame["flags"].to_numpy(np.int64)) if len(frame)
+                                 else np.array([], object))
     facts = stack_facts(stack)
     sids = frame["stack_id"].fillna(-1).to_numpy(np.int64) if "stack_id" in frame else np.full(len(frame), -1)
     codes, uniques = pd.factorize(sids)
@@ -141,12 +153,15 @@ def attribute_operations(lock: pd.DataFrame, manifest: dict, stack: pd.DataFrame
     frame["kvm_taker"] = np.array([f[1] for f in unique_facts] + [False], dtype=bool)[codes]
     op_ioctl = _ioctl_operation(frame, ioctl)
     is_vcpu = frame["vcpu"].to_numpy() >= 0
-    operation = np.where(op_stack != None, op_stack,  # noqa: E711 (elementwise)
-                         np.where(op_ioctl != None, op_ioctl, np.where(is_vcpu, "vcpu-run", "other")))  # noqa: E711
-    source = np.where(op_stack != None, "stack",  # noqa: E711
-                      np.where(op_ioctl != None, "ioctl", np.where(is_vcpu, "thread", "none")))  # noqa: E711
-    frame["operation"] = operation.astype(object)
-    frame["op_source"] = source.astype(object)
+    from_stack = np.array([f[0] is not None for f in unique_facts] + [False], dtype=bool)[codes]
+    from_ioctl = ~from_stack & pd.notna(op_ioctl)
+    # Pick, in order of precedence, the stack's operation, the ioctl's, then the thread kind.
+    operation = np.where(is_vcpu, "vcpu-run", "other").astype(object)
+    operation[from_ioctl] = op_ioctl[from_ioctl]
+    operation[from_stack] = op_stack[from_stack]
+    source = _SOURCES[np.select([from_stack, from_ioctl, is_vcpu], [0, 1, 2], default=3)]
+    frame["operation"] = _categorical(operation)
+    frame["op_source"] = _categorical(source)
     return frame
 
 
@@ -199,8 +214,12 @@ def _lock_names(waits: pd.DataFrame, mmu: dict | None) -> np.ndarray:
 
 def contention_summary(waits: pd.DataFrame, mmu: dict | None = None) -> pd.DataFrame:
     """Wait statistics per (lock, lock_addr, operation, vcpu, mode); mmu_lock rows first."""
-    frame = waits.assign(lock=_lock_names(waits, mmu)) if len(waits) else waits.assign(lock=pd.Series(dtype=object))
+    frame = waits.assign(lock=_categorical(_lock_names(waits, mmu))) if len(waits) \
+        else waits.assign(lock=pd.Series(dtype=object))
     table = latency_summary(frame, ["lock", "lock_addr", "operation", "vcpu", "mode"], value="wait_ns")
+    for column in ("lock", "operation", "mode"):  # plain text in the (small) table
+        if isinstance(table[column].dtype, pd.CategoricalDtype):
+            table[column] = np.asarray(table[column], dtype=object)
     if len(table):
         table = table.assign(_mmu=table["lock"] != "mmu_lock").sort_values(
             ["_mmu", "total_ns"], ascending=[True, False], kind="stable").drop(columns="_mmu")

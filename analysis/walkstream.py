@@ -204,17 +204,38 @@ class _State:
                 return
         self._compare(wi, starts, counts, level, pte)
 
-    def _compare(self, wi, starts, counts, level, pte) -> None:
+    def _model_rows(self, wi: np.ndarray) -> np.ndarray:
+        """The model rows of walks ``wi``, counted for the per-level table."""
         rows = self.model.rows(self.addrs[wi])
-        m_levels, m_ptes, m_depths = self.model.levels, self.model.ptes, self.model.depths
-        if len(self.model_rows) < len(m_depths):
-            self.model_rows = np.concatenate((self.model_rows, np.zeros(len(m_depths) - len(self.model_rows), np.int64)))
+        size = len(self.model)
+        if len(self.model_rows) < size:
+            self.model_rows = np.concatenate((self.model_rows, np.zeros(size - len(self.model_rows), np.int64)))
         self.model_rows += np.bincount(rows, minlength=len(self.model_rows))
+        return rows
+
+    def _note_mismatches(self, wi, bad, first_bad, counts, starts, rows, level, pte) -> None:
+        """Keep the mismatch rows of the first ``limit`` bad walks in walk-table order."""
+        found = np.flatnonzero(bad)
+        if len(self.mismatches) >= self.limit:  # only walks before the last one kept can enter
+            found = found[wi[found] < self.mismatches[-1][0]]
+        found = found[np.argsort(wi[found], kind="stable")[: self.limit]]
+        model = self.model.table(rows)
+        for i in found.tolist():
+            w = int(wi[i])
+            self.mismatches.append((w, mismatch_row(int(self.w_wid[w]), int(self.addrs[w]), int(first_bad[i]),
+                                                    int(counts[i]), int(starts[i]), level, pte, model, int(rows[i]))))
+        self.mismatches.sort(key=lambda item: item[0])
+        del self.mismatches[self.limit:]
+
+    def _compare(self, wi, starts, counts, level, pte) -> None:
+        rows = self._model_rows(wi)
+        m_levels, m_ptes, m_depths = self.model.levels, self.model.ptes, self.model.depths
         model_depth = m_depths[rows]
         bad = counts != model_depth
         first_bad = np.where(bad, np.minimum(counts, model_depth), -1)
+        shortest = int(counts.min())
         for d in range(int(counts.max())):
-            every = bool(counts.min() > d)
+            every = d < shortest  # every walk has a row at this depth: no selection
             has = slice(None) if every else np.flatnonzero(counts > d)
             e = starts[has] + d
             r = rows[has]
@@ -230,26 +251,15 @@ class _State:
             first_bad[newly] = d
             bad[where] = True
         self.bad[wi] = bad
-        if not bad.any():
-            return
-        found = np.flatnonzero(bad)
-        if len(self.mismatches) >= self.limit:  # only walks before the last one kept can enter
-            found = found[wi[found] < self.mismatches[-1][0]]
-        found = found[np.argsort(wi[found], kind="stable")[: self.limit]]
-        model = self.model.table(rows)
-        for i in found.tolist():
-            w = int(wi[i])
-            self.mismatches.append((w, mismatch_row(int(self.w_wid[w]), int(self.addrs[w]), int(first_bad[i]),
-                                                    int(counts[i]), int(starts[i]), level, pte, model, int(rows[i]))))
-        self.mismatches.sort(key=lambda item: item[0])
-        del self.mismatches[self.limit:]
+        if bad.any():
+            self._note_mismatches(wi, bad, first_bad, counts, starts, rows, level, pte)
 
 
-def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Starts and lengths of the runs of equal values of ``keys``."""
-    starts = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-    starts = np.concatenate(([0], starts))
-    return starts, np.diff(np.append(starts, len(keys)))
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Starts and lengths of the runs of equal values of ``keys``, and ``keys[1:] == keys[:-1]``."""
+    same = keys[1:] == keys[:-1]
+    starts = np.concatenate(([0], np.flatnonzero(~same) + 1))
+    return starts, np.diff(np.append(starts, len(keys))), same
 
 
 def _expand(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -270,7 +280,8 @@ class _Rebuilder:
 
     def __init__(self, state: _State, row_map: RowMap):
         self.state, self.row_map = state, row_map
-        self.held: list[np.ndarray] | None = None  # walk row, index, level, pte of held rows
+        self.held: list[np.ndarray] | None = None  # walk row, index, level, pte, stream position of held rows
+        self.seen = 0  # rows fed so far
 
     def feed(self, wid: np.ndarray, idx: np.ndarray, level: np.ndarray, pte: np.ndarray, last: bool) -> None:
         state = self.state
@@ -279,14 +290,13 @@ class _Rebuilder:
             if last:
                 self._finish([], None)
             return
-        starts, counts = _runs(wid)
+        starts, counts, same = _runs(wid)
         wi = self.row_map.rows(wid[starts])
         orphan = wi < 0
         if orphan.any():
             state.orphans += int(counts[orphan].sum())
         # Runs out of index order, walks with several runs here, walks held from before or seen at the
         # end of this batch: gathered with the held rows and sorted by (walk, index).
-        same = wid[1:] == wid[:-1]
         disorder = np.flatnonzero(same & (idx[1:] <= idx[:-1]))
         flagged = np.zeros(len(starts), bool)
         if len(disorder):
@@ -298,9 +308,12 @@ class _Rebuilder:
         owner[v_wi] = np.arange(len(v_wi), dtype=np.int32)
         repeated = v_wi[owner[v_wi] != np.arange(len(v_wi), dtype=np.int32)]
         holding: np.ndarray | None = None
-        if not last:
+        if not last:  # the walks seen in the last HOLD_ROWS rows of the stream may go on
             tail = np.flatnonzero(starts + counts > n - HOLD_ROWS)
             holding = wi[tail][wi[tail] >= 0]
+            if self.held is not None and n < HOLD_ROWS:
+                recent = self.held[4] >= self.seen + n - HOLD_ROWS
+                holding = np.concatenate((holding, self.held[0][recent]))
         flag_walks = [w for w in (repeated, holding, None if self.held is None else self.held[0])
                       if w is not None and len(w)]
         for walks in flag_walks:
@@ -314,9 +327,10 @@ class _Rebuilder:
         state.process(wi[clean], starts[clean], counts[clean], level, pte)
         if flagged.any():
             rows = _expand(starts[flagged], counts[flagged])
-            gathered = [np.repeat(wi[flagged], counts[flagged]), idx[rows], level[rows], pte[rows]]
+            gathered = [np.repeat(wi[flagged], counts[flagged]), idx[rows], level[rows], pte[rows], rows + self.seen]
         else:
             gathered = None
+        self.seen += n
         self._finish([gathered] if gathered is not None else [], holding)
 
     def _finish(self, parts: list[list[np.ndarray]], holding: np.ndarray | None) -> None:
@@ -326,7 +340,7 @@ class _Rebuilder:
         self.held = None
         if not parts:
             return
-        columns = [np.concatenate([p[c] for p in parts]) for c in range(4)]
+        columns = [np.concatenate([p[c] for p in parts]) for c in range(5)]
         if holding is not None and len(holding):
             hold = np.isin(columns[0], holding)
             if hold.any():
@@ -336,7 +350,7 @@ class _Rebuilder:
             return
         order = np.lexsort((columns[1], columns[0]))
         wi, level, pte = columns[0][order], columns[2][order], columns[3][order]
-        starts, counts = _runs(wi)
+        starts, counts, _ = _runs(wi)
         self.state.process(wi[starts], starts, counts, level, pte)
 
 
