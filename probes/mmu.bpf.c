@@ -52,7 +52,7 @@ static __always_inline void mmu_count_lost(__u32 kind, __u64 n)
 
 /* The start of every handler: nothing (0) for other processes' events; else this
  * CPU's staging batch (or its spare when a program on this CPU is filling it) marked
- * busy, its next slot zeroed with the header filled; 0 with the loss counted when
+ * busy, the header of its next slot filled; 0 with the loss counted when
  * both are busy. */
 static __always_inline struct mmu_batch *mmu_open(__u32 kind)
 {
@@ -68,9 +68,11 @@ static __always_inline struct mmu_batch *mmu_open(__u32 kind)
 	}
 	if (s->bh.spare)  /* claimed the spare: the batch is being filled below us */
 		b = s;
+	/* The slot still holds an older event: every handler sets valid and user space reads
+	 * only the fields valid names, so the 136 bytes are not cleared. */
 	struct mmu_event *e = TK_BATCH_SLOT(b);
-	__builtin_memset(e, 0, sizeof(*e));
 	tk_fill_header(&e->hdr, pid_tgid, kind);
+	e->flags = 0;
 	return b;
 }
 

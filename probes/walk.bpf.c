@@ -5,10 +5,13 @@
  * state (walk_id, element index); the paging elements and the walker error that
  * follow in the same thread carry that walk_id and their order.
  *
+ * The walk state of a thread lives in a direct-mapped array slot (tid % 65536, an
+ * inlined lookup) or, when another target thread holds that slot, in a hash.
+ *
  * Events are batched per CPU (see tk_bpf.h): a walk_events ring record is one
  * struct walk_batch. Within a CPU, records keep the order of the events.
  *
- * cflags: TK_TARGET_TGID, TK_WALK_PAGES (ring buffer pages, a power of 2),
+ * cflags: TK_TARGET_TGID, TK_WALK_PAGES (ring buffer pages, a power of 2), TK_WALK_SLOTS,
  * TK_BATCH_EVENTS, TK_BATCH_FLUSH_NS, TK_FAKE_FD_walk_events.
  * Probes (index into walk_lost): 0 pagetable_walk, 1 paging_element, 2 walker_error.
  */
@@ -23,7 +26,12 @@
 #define TK_FAKE_FD_walk_events 0
 #endif
 
+#ifndef TK_WALK_SLOTS
+#define TK_WALK_SLOTS 65536	/* direct-mapped walk states, one per thread id remainder (a power of 2) */
+#endif
+
 struct walk_state {
+	__u64 tid;	/* the thread whose state this is (0: a free slot) */
 	__u64 walk_id;
 	__u32 next_index;
 	__u32 pad;
@@ -37,10 +45,33 @@ struct walk_batch {
 BPF_RINGBUF_OUTPUT(walk_events, TK_WALK_PAGES);
 BPF_PERCPU_ARRAY(walk_lost, __u64, 3);
 BPF_PERCPU_ARRAY(walk_seq, __u64, 1);
+BPF_ARRAY(walk_slots, struct walk_state, TK_WALK_SLOTS);
 BPF_HASH(walk_state_by_tid, __u32, struct walk_state, 16384);
 BPF_PERCPU_ARRAY(walk_staging, struct walk_batch, 2);
 BPF_ARRAY(walk_failures, struct tk_ring_failure, TK_FAILURE_SLOTS);
 BPF_ARRAY(walk_failure_count, __u64, 1);
+
+/* The walk state of thread tid: slot tid % TK_WALK_SLOTS of walk_slots when the thread owns it (an
+ * inlined array lookup), else its entry in walk_state_by_tid (another thread took the slot first).
+ * claim (at a walk's start): take the slot if free (compare-and-swap), else create the hash entry. */
+static __always_inline struct walk_state *walk_state_of(__u32 tid, int claim)
+{
+	__u32 key = tid & (TK_WALK_SLOTS - 1);
+	struct walk_state *st = walk_slots.lookup(&key);
+	if (st) {
+		__u64 owner = st->tid;
+		if (owner == tid)
+			return st;
+		if (claim && owner == 0 && __sync_val_compare_and_swap(&st->tid, 0, (__u64)tid) == 0)
+			return st;
+	}
+	st = walk_state_by_tid.lookup(&tid);
+	if (st || !claim)
+		return st;
+	struct walk_state fresh = {.tid = tid};
+	walk_state_by_tid.update(&tid, &fresh);
+	return walk_state_by_tid.lookup(&tid);
+}
 
 static __always_inline void walk_count_lost(__u32 probe, __u64 n)
 {
@@ -112,13 +143,10 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_pagetable_walk)
 		return 0;
 	*seq += 1;
 	__u64 walk_id = ((__u64)bpf_get_smp_processor_id() << 48) | *seq;
-	struct walk_state *st = walk_state_by_tid.lookup(&tid);
-	if (st) {  /* the thread's state, changed in place: no hash update per walk */
+	struct walk_state *st = walk_state_of(tid, 1);
+	if (st) {  /* changed in place: no map update per walk */
 		st->walk_id = walk_id;
 		st->next_index = 0;
-	} else {
-		struct walk_state fresh = {.walk_id = walk_id};
-		walk_state_by_tid.update(&tid, &fresh);
 	}
 
 	struct walk_batch *b = walk_open(0);
@@ -141,7 +169,7 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_paging_element)
 	__u32 tid = (__u32)pid_tgid;
 	__u64 walk_id = 0;
 	__u32 index = 0;
-	struct walk_state *st = walk_state_by_tid.lookup(&tid);
+	struct walk_state *st = walk_state_of(tid, 0);
 	if (st) {
 		walk_id = st->walk_id;
 		index = st->next_index;
@@ -166,7 +194,7 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_walker_error)
 		return 0;
 	__u32 tid = (__u32)pid_tgid;
 	__u64 walk_id = 0;
-	struct walk_state *st = walk_state_by_tid.lookup(&tid);
+	struct walk_state *st = walk_state_of(tid, 0);
 	if (st)
 		walk_id = st->walk_id;
 	struct walk_batch *b = walk_open(2);
