@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from tracekit.cli import app
 from tracekit.errors import LabError, UsageError
-from tracekit.funcprobes.decode import ProbeEvent
 from tracekit.lab import machine, results, scenarios
+from tracekit.lab.results import ProbeEvent
 from tracekit.lab.initramfs import write_initramfs
 
 

@@ -11,5 +11,5 @@ table builders),
 :mod:`~tracekit.funcprobes.bcc_backend` (source, attach, decode ring records; compiled by the
 recorder's :mod:`tracekit.recorder.bccload`) and
 :mod:`~tracekit.funcprobes.family` (the ``stage2``/``tdp`` families of ``tracekit record`` and their
-decoder, which the labs use too); :mod:`~tracekit.funcprobes.decode` (the labs' per-event record).
+decoder, which the labs use too).
 """

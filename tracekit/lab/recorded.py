@@ -3,7 +3,7 @@
 Contract
 --------
 :func:`capture_counts` counts what a function-probe capture holds per probe name, the way the raw
-path's decoder counts events (``tracekit.funcprobes.decode``): ``split`` rows per ``probe``,
+path counts events (:mod:`tracekit.lab.results`): ``split`` rows per ``probe``,
 ``fault`` rows per ``probe``, ``func_call`` rows per ``name``, walk rows (stage-2 walks only: the
 recorder drops host walks) under the walk probe's name, and visits as the sum of ``stage2_visit.count``
 under the visitor probe's name (``split_walker``, ``map_walker``, ``iter_next``), and the rows of

@@ -6,7 +6,7 @@ Contract
 (member paths are checked to stay inside it; a truncated or empty archive raises
 :class:`tracekit.errors.LabError`). :func:`read_guest_trace` decodes every ``raw/cpuN.bin`` with
 the saved ``formats/`` into one record array per event (``GuestTrace.arrays``, as the recorder's tracefs
-backend hands them to its families), time-ordered :class:`~tracekit.funcprobes.decode.ProbeEvent`
+backend hands them to its families), time-ordered :class:`ProbeEvent`
 records of the same events (step counts, lock waits) and the scenario step markers.
 :func:`decode_functions` turns the function-probe events into the capture tables with the recorder's
 own decoder (:meth:`tracekit.funcprobes.family.FunctionProbeFamily.decode_recording`, the guest's whole
@@ -32,14 +32,13 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from tracekit.errors import LabError
-from tracekit.funcprobes.decode import ProbeEvent
 from tracekit.funcprobes.kallsyms import parse_kallsyms
 from tracekit.recorder import rawbuf
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["unpack", "GuestTrace", "read_guest_trace", "step_counts", "hist_totals", "decode_functions", "write_capture"]
+__all__ = ["unpack", "ProbeEvent", "GuestTrace", "read_guest_trace", "step_counts", "hist_totals", "decode_functions", "write_capture"]
 
 
 def unpack(archive: Path, dest: Path) -> Path:
@@ -61,6 +60,19 @@ def unpack(archive: Path, dest: Path) -> Path:
     if not (dest / "meta.json").exists():
         raise LabError("the guest's result archive has no meta.json")
     return dest
+
+
+@dataclass
+class ProbeEvent:
+    """One event of a guest's raw trace: ``ts`` (ns, guest CLOCK_MONOTONIC), ``cpu``, ``tid``
+    (``common_pid``), the tracefs event ``name`` (``stage2_split``, ``stage2_split_ret``, ...) and its
+    integer fields; used for the step counts and lock waits only."""
+
+    ts: int
+    cpu: int
+    tid: int
+    name: str
+    fields: dict
 
 
 @dataclass
