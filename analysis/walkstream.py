@@ -62,26 +62,41 @@ class RowMap:
         if int(ids[-1]) - int(ids[0]) == n - 1 and bool(np.all(ids[1:] > ids[:-1])):
             self._first = ids[0]  # consecutive ids in order: the row is the id's offset
             return
-        hi = (ids >> np.uint64(48)).view(np.int64)
-        if int(hi.max()) < 1 << 16:
-            count = np.bincount(hi)
-            within = (ids & _LOW_BITS).view(np.int64)
-            base = np.full(len(count), np.iinfo(np.int64).max, np.int64)
-            np.minimum.at(base, hi, within)
-            within -= base[hi]  # lo - the smallest lo of its hi
-            offset = np.concatenate(([0], np.cumsum(count)[:-1]))
-            if bool(np.all(within < count[hi])):
-                within += offset[hi]  # the slot of the id
-                lookup = np.full(n, -1, np.int64)
-                lookup[within] = np.arange(n)
-                if bool(np.all(lookup >= 0)):  # n ids in n slots: every id distinct
-                    self._lookup, self._count, self._base, self._offset = lookup, count, base, offset
-                    return
+        if self._per_cpu_lookup(ids):
+            return
         order = np.argsort(ids, kind="stable")
         ids_sorted = ids[order]
         if bool(np.any(ids_sorted[1:] == ids_sorted[:-1])):
             self.ok = False
         self._sorted, self._order = ids_sorted, order
+
+    def _per_cpu_lookup(self, ids: np.ndarray, chunk: int = 1 << 20) -> bool:
+        """Build the lookup table of ids whose ``lo`` are consecutive for each ``hi``, a chunk at a time
+        (small temporaries stay in cache); False when the ids are not of that shape."""
+        n = self.n
+        count = np.zeros(1 << 16, np.int64)
+        base = np.full(1 << 16, np.iinfo(np.int64).max, np.int64)
+        for start in range(0, n, chunk):
+            hi = (ids[start:start + chunk] >> np.uint64(48)).view(np.int64)
+            if int(hi.max()) >= 1 << 16:
+                return False
+            count += np.bincount(hi, minlength=1 << 16)
+            np.minimum.at(base, hi, (ids[start:start + chunk] & _LOW_BITS).view(np.int64))
+        offset = np.concatenate(([0], np.cumsum(count)[:-1]))
+        shift = offset - np.where(count > 0, base, 0)  # slot = lo + shift[hi]
+        lookup = np.full(n, -1, np.int32 if n < 1 << 31 else np.int64)
+        for start in range(0, n, chunk):
+            part = ids[start:start + chunk]
+            hi = (part >> np.uint64(48)).view(np.int64)
+            slot = (part & _LOW_BITS).view(np.int64)
+            slot += shift[hi]
+            if bool(np.any(slot >= offset[hi] + count[hi])):  # a gap in some CPU's sequence
+                return False
+            lookup[slot] = np.arange(start, start + len(part), dtype=lookup.dtype)
+        if not bool(np.all(lookup >= 0)):  # n ids in n slots: every id distinct
+            return False
+        self._lookup, self._count, self._base, self._offset = lookup, count, base, offset
+        return True
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """The row of each id (int64), -1 for ids the walk table does not have."""
@@ -97,7 +112,7 @@ class RowMap:
             h = np.where(known, hi, 0).astype(np.intp)
             within = (ids & _LOW_BITS).astype(np.int64) - self._base[h]
             known &= (within >= 0) & (within < self._count[h])
-            return np.where(known, self._lookup[np.where(known, within + self._offset[h], 0)], -1)
+            return np.where(known, self._lookup[np.where(known, within + self._offset[h], 0)], -1).astype(np.int64)
         pos = np.minimum(np.searchsorted(self._sorted, ids), self.n - 1)
         return np.where(self._sorted[pos] == ids, self._order[pos], -1)
 
@@ -229,8 +244,8 @@ class _State:
 
     def _compare(self, wi, starts, counts, level, pte) -> None:
         rows = self._model_rows(wi)
-        m_levels, m_ptes, m_depths = self.model.levels, self.model.ptes, self.model.depths
-        model_depth = m_depths[rows]
+        m_levels, m_ptes = self.model.columns()
+        model_depth = self.model.depths[rows]
         bad = counts != model_depth
         first_bad = np.where(bad, np.minimum(counts, model_depth), -1)
         shortest = int(counts.min())
@@ -239,11 +254,11 @@ class _State:
             has = slice(None) if every else np.flatnonzero(counts > d)
             e = starts[has] + d
             r = rows[has]
-            o_level = level[e]
+            o_level = np.take(level, e)
             self.observed_levels += np.bincount(o_level.astype(np.intp) + 2, minlength=8)[:8]
-            m_level = m_levels[r, d] if d < m_levels.shape[1] else np.full(len(r), _NO_LEVEL, np.int8)
-            m_pte = m_ptes[r, d] if d < m_ptes.shape[1] else np.zeros(len(r), np.uint64)
-            wrong = (o_level != m_level) | (((pte[e] ^ m_pte) & ~_AD) != 0)
+            m_level = np.take(m_levels[d], r) if d < len(m_levels) else np.full(len(r), _NO_LEVEL, np.int8)
+            m_pte = np.take(m_ptes[d], r) if d < len(m_ptes) else np.zeros(len(r), np.uint64)
+            wrong = (o_level != m_level) | (((np.take(pte, e) ^ m_pte) & ~_AD) != 0)
             if not wrong.any():
                 continue
             where = np.flatnonzero(wrong) if every else has[wrong]
