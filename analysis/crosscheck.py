@@ -21,6 +21,9 @@ Contract
   ``limit`` mismatching walks: walk_id, addr, depth of the first difference, observed_level,
   observed_pte, model_level, model_pte, reason) and ``per_level`` (level, observed: PTE reads at that
   level, model: the model's reads for the same walks).
+- :class:`ModelCache` holds the model's walks for the streamed check: ``rows(addrs)`` gives each
+  address the row of its region's or page's walk, walking the model only for regions and pages not
+  seen before; ``levels``, ``ptes``, ``depths`` (and ``columns()``, one array per depth) hold them.
 """
 
 from __future__ import annotations

@@ -5,14 +5,14 @@ Contract
 :func:`stream_walks` gives the same per-walk results as :func:`tracekit.analysis.walks.rebuild_walks`
 followed by :func:`tracekit.analysis.crosscheck.crosscheck_walks`, without holding the element columns
 in memory: the ``walk`` family is read whole (``walk_id``, ``ts_ns``, ``tid``, ``addr``, ``pferr``),
-``walk_element`` (``walk_id``, ``index``, ``level``, ``pte``) one Parquet row group at a time, decoded
-by a reader thread one segment ahead of the numpy work, so memory grows with walks, not with
-elements. No order of walk ids is assumed: each element finds its walk through the walk ids
+``walk_element`` (``walk_id``, ``index``, ``level``, ``pte``) in batches of :data:`BATCH_ROWS` rows
+(Parquet row groups), decoded by a reader thread (:class:`prefetch`) a few batches ahead of the numpy
+work, so memory grows with walks, not with elements. No order of walk ids is assumed: each element finds its walk through the walk ids
 (:class:`RowMap`: the recorder's ``cpu << 48 | sequence`` ids map without a search). A walk whose
 elements form one run in index order is rebuilt where it lies; a walk split into several runs
 (concurrent walks on two CPUs interleave in the recorder's time-ordered rows) or out of index order
 is gathered and sorted by (walk, index) like the in-memory path; the walks seen in the last
-:data:`HOLD_ROWS` rows of a row group are held until the next one, where they may go on. It returns
+:data:`HOLD_ROWS` rows of the stream are held for the next batch, where they may go on. It returns
 None when a walk's elements are found further apart than that, or when the walk ids repeat, and the
 caller uses the in-memory path. The model's walks come from a
 :class:`~tracekit.analysis.crosscheck.ModelCache` (once per distinct region or page). Mismatches are
@@ -20,6 +20,8 @@ the first ``limit`` mismatching walks in walk-event order (as in the in-memory c
 ``(walks, check)``: ``walks`` has the columns of ``rebuild_walks`` except ``first_step`` (there is no
 steps table); ``check`` is a :class:`~tracekit.analysis.crosscheck.CrossCheck` (None without
 ``model_walk``) whose ``per_walk`` frame is left empty. Raises what reading the capture raises.
+:func:`rebuild_streamed` does the same on a walk table and an iterable of element batches in
+capture order (how the benchmark and tests feed it).
 """
 
 from __future__ import annotations
