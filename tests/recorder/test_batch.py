@@ -202,3 +202,8 @@ def test_failure_rows_name_the_probe():
     assert row["probe"] == "kvmmmu:kvm_mmu_paging_element" and row["ret"] == -11
     assert row["tid"] == 4242 and row["nested"] is True and row["avail_data"] == 3096
     assert RING_FAILURE_DTYPE.itemsize == 64
+
+
+def test_unbatch_of_a_strided_selection():
+    records = np.concatenate([walk_batch(64 * k, 64) for k in range(4)])[::2]
+    assert list(unbatch(records)["hdr"]["ts_ns"]) == list(range(64)) + list(range(128, 192))
