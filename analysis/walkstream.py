@@ -42,7 +42,7 @@ __all__ = ["stream_walks", "rebuild_streamed", "RowMap", "prefetch", "HOLD_ROWS"
 
 #: Elements per batch (the recorder's Parquet row groups hold up to 1 Mi rows).
 BATCH_ROWS = 1 << 20
-#: Rows at the end of a row group whose walks are held for the next row group (they may go on there).
+#: The walks seen in the stream's last this many rows are held for the next batch (they may go on there).
 HOLD_ROWS = 4096
 _LOW_BITS = np.uint64((1 << 48) - 1)
 
