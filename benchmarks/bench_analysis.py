@@ -102,6 +102,26 @@ def baseline_analyze(path: str) -> None:
 # -- child-process cases -------------------------------------------------------------------------
 
 
+def in_memory_tables(n: int, chunk: int = 2_000_000) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The walk columns and the element columns (walk_id, index, level, pte) of ``n`` synthetic walks,
+    made a chunk at a time into preallocated arrays (peak memory about the arrays themselves)."""
+    from tracekit.analysis.synthetic import walk_tables
+
+    walk: dict[str, np.ndarray] = {}
+    element: list[np.ndarray] = []
+    for first in range(0, n, chunk):
+        part = walk_tables(min(chunk, n - first), first_id=first)
+        for name in ("walk_id", "ts_ns", "tid", "addr", "pferr"):
+            values = part["walk"].column(name).to_numpy()
+            walk.setdefault(name, np.empty(n, values.dtype))[first:first + len(values)] = values
+        for i, name in enumerate(("walk_id", "index", "level", "pte")):
+            values = part["walk_element"].column(name).to_numpy()
+            if len(element) <= i:
+                element.append(np.empty(3 * n, values.dtype))
+            element[i][3 * first:3 * first + len(values)] = values
+    return walk, element
+
+
 def timed_stages() -> dict[str, float]:
     """Wrap the analysis stages so their wall time adds up in the returned dict (this process only)."""
     from tracekit.analysis import analyze, walkstream
@@ -138,14 +158,10 @@ def child(case: str, arg: str) -> dict:
 
     tune_memory()  # what the tracekit commands do
     if case == "rebuild":
-        from tracekit.analysis.synthetic import walk_tables
         from tracekit.analysis.walkstream import BATCH_ROWS, rebuild_streamed
 
         n = int(arg)
-        tables = walk_tables(n)
-        walk = {c: tables["walk"].column(c).to_numpy() for c in ("walk_id", "ts_ns", "tid", "addr", "pferr")}
-        element = [tables["walk_element"].column(c).to_numpy() for c in ("walk_id", "index", "level", "pte")]
-        del tables
+        walk, element = in_memory_tables(n)
         batches = ([c[i:i + BATCH_ROWS] for c in element] for i in range(0, len(element[0]), BATCH_ROWS))
         start = time.perf_counter()
         walks, _ = rebuild_streamed(walk, batches)
