@@ -3,6 +3,8 @@ order or interleaving; its pieces (model cache, id map, reader thread) checked o
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -16,7 +18,7 @@ from tracekit.analysis.synthetic import GVA, SCHEMAS, guest_tables, walk_tables,
 from tracekit.analysis.walks import rebuild_walks
 from tracekit.analysis.walkstream import HOLD_ROWS, RowMap, prefetch, rebuild_streamed, stream_walks
 from tracekit.capture import CaptureWriter, open_capture
-from tracekit.errors import ModelError
+from tracekit.errors import CaptureFormatError, ModelError
 from tracekit.model.x86 import X86PageTables
 
 from .conftest import SAMPLES
@@ -280,3 +282,14 @@ def test_real_samples_stream_like_memory(sample):
     pd.testing.assert_frame_equal(streamed, memory.drop(columns="first_step"), check_dtype=False)
     assert check.summary == reference.summary and check.summary["compared"] > 8000
     pd.testing.assert_frame_equal(check.per_level, reference.per_level, check_dtype=False)
+
+
+def test_corrupt_element_segment_raises_through_the_reader_thread(tmp_path):
+    """A truncated walk_element segment: CaptureFormatError naming it, raised in the caller, thread stopped."""
+    path = tmp_path / "c.tkcap"
+    write_synthetic_capture(path, 300, chunk=100, extra_rows=10)
+    segment = open_capture(path).segments("walk_element")[1]
+    segment.write_bytes(segment.read_bytes()[:200])
+    with pytest.raises(CaptureFormatError, match=segment.name):
+        stream_walks(open_capture(path))
+    assert not [t for t in threading.enumerate() if t.name == "tracekit-prefetch"]
