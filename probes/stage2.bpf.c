@@ -9,7 +9,8 @@
  * innermost open kvm_pgtable_walk of the thread, per (visitor, level, PTE kind),
  * and send at most TK_S2_SAMPLE_PER_WALK raw visits per walk. Each stage-2 walk
  * sends one summary with those counts when it returns. Walks of host user page
- * tables (pgt->mmu == NULL) are followed but never sent.
+ * tables (pgt->mmu == NULL) are followed but never sent: they are counted in
+ * stage2_counts[TK_S2_HOST_WALKS] at entry.
  *
  * Struct fields are read at offsets taken from the running kernel's BTF and passed
  * as cflags (TK_OFF_x, TK_SIZE_x, TK_SIGNED_x for CTX_OLD, CTX_ADDR, CTX_LEVEL,
@@ -17,7 +18,11 @@
  * cflags: TK_TARGET_TGID, TK_S2_PAGES (pages of each ring buffer), TK_S2_SAMPLE_PER_WALK.
  * One ring per record type (a reader relies on a fixed record size): stage2_walks,
  * stage2_visits, stage2_spans.
- * stage2_lost index: 0 walk, 1 visit, 2 span-table full, 3 + TK_S2_FN_* spans.
+ * stage2_lost index (events lost, ring or table full): 0 walk, 1 visit,
+ * 2 span-table full, 3 + TK_S2_FN_* spans.
+ * stage2_counts index (facts that are not losses): TK_S2_HOST_WALKS,
+ * TK_S2_UNPAIRED returns with no open call, TK_S2_MISSED entries of a function
+ * already open on the thread (the earlier call's return was missed: replaced).
  */
 #include <uapi/linux/ptrace.h>
 #include "tk_common.h"
@@ -68,6 +73,7 @@ BPF_RINGBUF_OUTPUT(stage2_walks, TK_S2_PAGES);
 BPF_RINGBUF_OUTPUT(stage2_visits, TK_S2_PAGES);
 BPF_RINGBUF_OUTPUT(stage2_span_events, TK_S2_PAGES);
 BPF_PERCPU_ARRAY(stage2_lost, __u64, 3 + TK_S2_FUNCS);
+BPF_PERCPU_ARRAY(stage2_counts, __u64, TK_S2_NCOUNTS);
 BPF_PERCPU_ARRAY(stage2_seq, __u64, 1);
 BPF_PERCPU_ARRAY(stage2_zero, struct s2_thread, 1);	/* never written: the initial state */
 BPF_HASH(stage2_threads, __u32, struct s2_thread, 4096);
@@ -78,6 +84,13 @@ static __always_inline void s2_lost(__u32 index)
 	__u64 *lost = stage2_lost.lookup(&index);
 	if (lost)
 		(*lost)++;
+}
+
+static __always_inline void s2_count(__u32 index)
+{
+	__u64 *count = stage2_counts.lookup(&index);
+	if (count)
+		(*count)++;
 }
 
 static __always_inline struct s2_thread *s2_thread_of(__u32 tid, int create)
@@ -106,6 +119,11 @@ int tk_s2_walk_entry(struct pt_regs *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!tk_is_target(pid_tgid))
 		return 0;
+	void *pgt = (void *)PT_REGS_PARM1(ctx);
+	void *walker = (void *)PT_REGS_PARM4(ctx);
+	__u32 host = TK_FIELD(pgt, PGT_MMU) == 0;
+	if (host)
+		s2_count(TK_S2_HOST_WALKS);	/* every entry, as the tracefs backend counts them */
 	struct s2_thread *st = s2_thread_of((__u32)pid_tgid, 1);
 	if (!st)
 		return 0;
@@ -114,8 +132,6 @@ int tk_s2_walk_entry(struct pt_regs *ctx)
 	if (d >= TK_S2_DEPTH)
 		return 0;
 	struct s2_open *w = &st->walk[d & (TK_S2_DEPTH - 1)];
-	void *pgt = (void *)PT_REGS_PARM1(ctx);
-	void *walker = (void *)PT_REGS_PARM4(ctx);
 	__u32 zero = 0;
 	__u64 *seq = stage2_seq.lookup(&zero);
 	if (!seq)
@@ -127,7 +143,7 @@ int tk_s2_walk_entry(struct pt_regs *ctx)
 	w->size = PT_REGS_PARM3(ctx);
 	w->cb = TK_FIELD(walker, WALKER_CB);
 	w->flags = TK_FIELD(walker, WALKER_FLAGS);
-	w->host = TK_FIELD(pgt, PGT_MMU) == 0;
+	w->host = host;
 	__builtin_memset(w->counts, 0, sizeof(w->counts));
 	w->sampled = 0;
 	w->dropped = 0;
@@ -140,8 +156,10 @@ int tk_s2_walk_return(struct pt_regs *ctx)
 	if (!tk_is_target(pid_tgid))
 		return 0;
 	struct s2_thread *st = s2_thread_of((__u32)pid_tgid, 0);
-	if (!st || st->depth == 0)
+	if (!st || st->depth == 0) {
+		s2_count(TK_S2_UNPAIRED);	/* its entry came before the recording */
 		return 0;
+	}
 	__u32 d = st->depth - 1;
 	st->depth = d;
 	if (d >= TK_S2_DEPTH)
@@ -223,6 +241,8 @@ static __always_inline int s2_span_entry(__u32 func, __u64 arg0, __u64 arg1)
 	struct s2_thread *st = s2_thread_of((__u32)pid_tgid, 0);
 	struct s2_open *w = st ? s2_innermost(st) : 0;
 	val.walk_id = w ? w->walk_id : 0;
+	if (stage2_spans.lookup(&key))
+		s2_count(TK_S2_MISSED);	/* the open call's return was missed: replaced */
 	if (stage2_spans.update(&key, &val))
 		s2_lost(2);
 	return 0;
@@ -235,8 +255,10 @@ static __always_inline int s2_span_return(struct pt_regs *ctx, __u32 func)
 		return 0;
 	struct s2_span_key key = {.tid = (__u32)pid_tgid, .func = func};
 	struct s2_span_val *val = stage2_spans.lookup(&key);
-	if (!val)
+	if (!val) {
+		s2_count(TK_S2_UNPAIRED);
 		return 0;
+	}
 	struct stage2_span_event *e = stage2_span_events.ringbuf_reserve(sizeof(struct stage2_span_event));
 	if (!e) {
 		s2_lost(3 + func);

@@ -29,6 +29,12 @@
 #define TK_S2_FN_SPLIT_PAGES	6	/* kvm_mmu_split_huge_pages(kvm, addr, end) (a .isra clone: no args) */
 #define TK_S2_FUNCS		7
 
+/* stage2_counts indices: facts that are not losses */
+#define TK_S2_HOST_WALKS	0	/* kvm_pgtable_walk entries on host user page tables (pgt->mmu == NULL) */
+#define TK_S2_UNPAIRED		1	/* returns with no open call (entered before the recording) */
+#define TK_S2_MISSED		2	/* entries of a function already open on the thread */
+#define TK_S2_NCOUNTS		3
+
 struct stage2_walk_event {
 	struct tk_header hdr;	/* ts_ns = walk entry */
 	__u64 walk_id;		/* (cpu << 48) | per-CPU sequence */

@@ -10,7 +10,15 @@
  * Struct fields are read at offsets from the running kernel's BTF, passed as
  * cflags TK_OFF_x/TK_SIZE_x/TK_SIGNED_x for ITER_LEVEL, ITER_GFN, FAULT_GFN,
  * FAULT_GOAL_LEVEL. cflags: TK_TARGET_TGID, TK_TDP_PAGES.
- * tdp_lost index: 0 iterator steps outside any span, 1 + TK_TDP_FN_* spans.
+ *
+ * Counters read when the recording ends (per-CPU arrays of __u64):
+ * tdp_lost, events lost (ring full): TK_TDP_FN_* spans, TK_TDP_FUNCS spans nested
+ * deeper than TK_TDP_DEPTH (no slot to keep them in);
+ * tdp_outside, tdp_iter_next steps outside any span (not lost: user space writes
+ * them as visits of no walk): [level] steps, [TK_TDP_LEVELS + level] time of the
+ * first, [2 * TK_TDP_LEVELS + level] its pid_tgid;
+ * tdp_counts, TK_TDP_UNPAIRED returns with no open span, TK_TDP_MISSED returns of
+ * another function than the innermost open span (its return was missed: dropped).
  */
 #include <uapi/linux/ptrace.h>
 #include "tk_common.h"
@@ -39,7 +47,9 @@ struct tdp_thread {
 };
 
 BPF_RINGBUF_OUTPUT(tdp_events, TK_TDP_PAGES);
-BPF_PERCPU_ARRAY(tdp_lost, __u64, 1 + TK_TDP_FUNCS);
+BPF_PERCPU_ARRAY(tdp_lost, __u64, TK_TDP_FUNCS + 1);
+BPF_PERCPU_ARRAY(tdp_outside, __u64, 3 * TK_TDP_LEVELS);
+BPF_PERCPU_ARRAY(tdp_counts, __u64, TK_TDP_NCOUNTS);
 BPF_PERCPU_ARRAY(tdp_zero, struct tdp_thread, 1);	/* never written: the initial state */
 BPF_HASH(tdp_threads, __u32, struct tdp_thread, 4096);
 
@@ -48,6 +58,33 @@ static __always_inline void tdp_lost_inc(__u32 index)
 	__u64 *lost = tdp_lost.lookup(&index);
 	if (lost)
 		(*lost)++;
+}
+
+static __always_inline void tdp_count(__u32 index)
+{
+	__u64 *count = tdp_counts.lookup(&index);
+	if (count)
+		(*count)++;
+}
+
+/* one tdp_iter_next step at level (0..TK_TDP_LEVELS-1) outside any span */
+static __always_inline void tdp_outside_step(__u64 pid_tgid, __u32 level)
+{
+	__u32 index = level;
+	__u64 *steps = tdp_outside.lookup(&index);
+	if (!steps)
+		return;
+	if (*steps == 0) {
+		index = TK_TDP_LEVELS + level;
+		__u64 *first_ns = tdp_outside.lookup(&index);
+		index = 2 * TK_TDP_LEVELS + level;
+		__u64 *first_pid = tdp_outside.lookup(&index);
+		if (first_ns)
+			*first_ns = bpf_ktime_get_ns();
+		if (first_pid)
+			*first_pid = pid_tgid;
+	}
+	*steps += 1;
 }
 
 static __always_inline struct tdp_thread *tdp_thread_of(__u32 tid, int create)
@@ -90,18 +127,24 @@ static __always_inline int tdp_return(struct pt_regs *ctx, __u32 func)
 	if (!tk_is_target(pid_tgid))
 		return 0;
 	struct tdp_thread *st = tdp_thread_of((__u32)pid_tgid, 0);
-	if (!st || st->depth == 0)
+	if (!st || st->depth == 0) {
+		tdp_count(TK_TDP_UNPAIRED);	/* its entry came before the recording */
 		return 0;
+	}
 	__u32 d = st->depth - 1;
 	st->depth = d;
-	if (d >= TK_TDP_DEPTH)
+	if (d >= TK_TDP_DEPTH) {
+		tdp_lost_inc(TK_TDP_FUNCS);	/* entered with no slot left: never kept */
 		return 0;
+	}
 	struct tdp_open *s = &st->span[d & (TK_TDP_DEPTH - 1)];
-	if (s->func != func)
-		return 0;	/* a missed return underneath: drop rather than mis-pair */
+	if (s->func != func) {
+		tdp_count(TK_TDP_MISSED);	/* a missed return underneath: drop rather than mis-pair */
+		return 0;
+	}
 	struct tdp_span_event *e = tdp_events.ringbuf_reserve(sizeof(struct tdp_span_event));
 	if (!e) {
-		tdp_lost_inc(1 + (func % TK_TDP_FUNCS));
+		tdp_lost_inc(func % TK_TDP_FUNCS);
 		return 0;
 	}
 	tk_fill_header(&e->hdr, pid_tgid, TK_TDP_SPAN);
@@ -124,12 +167,14 @@ int tk_tdp_iter_next(struct pt_regs *ctx)
 		return 0;
 	struct tdp_thread *st = tdp_thread_of((__u32)pid_tgid, 0);
 	__u32 d = st ? st->depth : 0;
-	if (d == 0 || d > TK_TDP_DEPTH) {
-		tdp_lost_inc(0);
-		return 0;
-	}
 	/* levels are 1..5; the mask keeps the index provably inside iter_steps[8] */
 	__u32 level = (__u32)TK_FIELD(PT_REGS_PARM1(ctx), ITER_LEVEL) & (TK_TDP_LEVELS - 1);
+	if (d == 0) {
+		tdp_outside_step(pid_tgid, level);
+		return 0;
+	}
+	if (d > TK_TDP_DEPTH)
+		d = TK_TDP_DEPTH;	/* inside spans too deep to keep: the innermost kept one */
 	st->span[(d - 1) & (TK_TDP_DEPTH - 1)].iter_steps[level] += 1;
 	return 0;
 }

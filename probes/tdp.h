@@ -28,6 +28,11 @@
 #define TK_TDP_FN_WRPROT	11	/* kvm_tdp_mmu_wrprot_slot(kvm, slot, min_level): arg1 = min_level */
 #define TK_TDP_FUNCS		12
 
+/* tdp_counts indices: facts that are not losses */
+#define TK_TDP_UNPAIRED		0	/* returns with no open span (entered before the recording) */
+#define TK_TDP_MISSED		1	/* returns not of the innermost open span (its return was missed) */
+#define TK_TDP_NCOUNTS		2
+
 struct tdp_span_event {
 	struct tk_header hdr;	/* ts_ns = entry */
 	__u64 arg0;		/* gpa, gfn or start (per func) */

@@ -12,7 +12,11 @@ its entry/return functions of :data:`ATTACH` and returns ``(attached, failed)`` 
 :data:`EVENT_DTYPES` mirrors the event structs of ``probes/<family>.h`` (a test checks them against
 the headers) and :data:`RINGS` names each ring's record type; :func:`decode_stage2` /
 :func:`decode_tdp` turn one numpy batch of ring records into the capture family tables (no Python
-per event). Raises :class:`tracekit.errors.ProbeLoadError` (unknown family).
+per event). The per-CPU counters read when a recording ends (:func:`read_percpu`):
+:data:`COUNT_NOTES` names each index of ``stage2_counts`` / ``tdp_counts`` by its manifest note (facts,
+not losses), and :func:`decode_tdp_outside` turns ``tdp_outside`` (``tdp_iter_next`` steps outside any
+span, per CPU and level) into ``stage2_visit`` rows of no walk (``walk_id`` -1), as the tracefs backend
+writes such steps. Raises :class:`tracekit.errors.ProbeLoadError` (unknown family).
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ __all__ = [
     "attach",
     "decode_stage2",
     "decode_tdp",
+    "decode_tdp_outside",
+    "read_percpu",
+    "COUNT_NOTES",
+    "TDP_LEVELS",
     "STAGE2_FUNC_NAMES",
     "TDP_FUNC_NAMES",
 ]
@@ -95,6 +103,13 @@ EVENT_DTYPES = {
     "tdp_span_event": np.dtype(_HEADER + [("arg0", "<u8"), ("arg1", "<u8"), ("duration_ns", "<u8"), ("ret", "<i8"),
                                           ("func", "<u4"), ("depth", "<u4"), ("iter_steps", "<u4", (8,))]),
 }  # fmt: skip
+#: Per-CPU counter map -> manifest note of each index (stage2.h TK_S2_HOST_WALKS.., tdp.h TK_TDP_UNPAIRED..).
+COUNT_NOTES = {
+    "stage2": ("stage2_counts", ("host_walks", "unpaired_returns", "missed_returns")),
+    "tdp": ("tdp_counts", ("unpaired_returns", "missed_returns")),
+}
+#: TK_TDP_LEVELS: ``tdp_outside`` holds [steps | first ns | first pid_tgid] per level, this many each.
+TDP_LEVELS = 8
 _KINDS = ("invalid", "page", "block", "table")
 _VISITORS = ("stage2_split_walker", "stage2_map_walker")
 
@@ -253,3 +268,24 @@ def decode_tdp(records: np.ndarray, walk_base: int = 0) -> dict[str, pa.Table]:
         _take(common, rows), walk_ids[rows], np.full(len(rows), "tdp_iter_next", dtype=object), levels,
         np.full(len(rows), "step", dtype=object), records["iter_steps"][rows, levels]))  # fmt: skip
     return {name: batch.concat_tables(name, parts) for name, parts in out.items()}
+
+
+def read_percpu(bpf: Any, map_name: str, size: int) -> np.ndarray:
+    """A bcc per-CPU array of ``size`` integers as a (cpu, index) uint64 array."""
+    table = bpf[map_name.encode()]
+    columns = [np.asarray([int(v) for v in table.getvalue(table.Key(index))], dtype=np.uint64) for index in range(size)]
+    return np.stack(columns, axis=1) if columns else np.empty((0, 0), np.uint64)
+
+
+def decode_tdp_outside(per_cpu: np.ndarray) -> pa.Table:
+    """``tdp_outside`` as (cpu, 3 x TDP_LEVELS) -> ``stage2_visit`` rows of no walk: one per (CPU, level)
+    with steps, ``walk_id`` -1, visitor ``tdp_iter_next``, kind ``step``, ``ts_ns``/``pid``/``tid`` of the
+    first step on that CPU at that level (the tracefs backend's rows for steps outside any walk)."""
+    per_cpu = np.asarray(per_cpu, dtype=np.uint64).reshape(len(per_cpu), 3, TDP_LEVELS)
+    cpus, levels = np.nonzero(per_cpu[:, 0, :])
+    pid_tgid = per_cpu[cpus, 2, levels]
+    common = {"ts_ns": per_cpu[cpus, 1, levels].astype(np.int64), "cpu": cpus.astype(np.int32),
+              "pid": (pid_tgid >> np.uint64(32)).astype(np.int32),
+              "tid": (pid_tgid & np.uint64(0xFFFFFFFF)).astype(np.int32)}  # fmt: skip
+    return batch.aggregate_visits(common, np.full(len(cpus), -1, np.int64), np.full(len(cpus), "tdp_iter_next", dtype=object),
+                                  levels, np.full(len(cpus), "step", dtype=object), per_cpu[cpus, 0, levels])  # fmt: skip

@@ -15,7 +15,11 @@ docs/capture-families-funcprobes.md).
 - bcc backend: ``probes/<family>.bpf.c`` with the struct member offsets of the running kernel's BTF
   as cflags (:class:`tracekit.errors.MissingCapability` when BTF lacks them), kprobes attached at the
   resolved symbols by :meth:`FunctionProbeFamily.attach_bcc`, ring batches decoded by
-  :func:`tracekit.funcprobes.bcc_backend.decode_stage2` / ``decode_tdp``.
+  :func:`tracekit.funcprobes.bcc_backend.decode_stage2` / ``decode_tdp``. :meth:`FunctionProbeFamily.lost_maps`
+  names only events lost (ring or span table full); :meth:`FunctionProbeFamily.finish` reads the
+  in-kernel counters of facts that are not losses into the same notes the tracefs backend keeps
+  (``host_walks``, ``unpaired_returns``, ``missed_returns``) and writes the x86 ``tdp_iter_next`` steps
+  made outside any span as ``stage2_visit`` rows of no walk (``walk_id`` -1), as tracefs does.
 - tracefs backend: :meth:`FunctionProbeFamily.tracefs_prepare` writes ``kprobe_events`` lines (BTF
   argument names when the kernel has them) in a group private to this recorder process
   (``tkrec<pid>``), :meth:`FunctionProbeFamily.tracefs_cleanup` removes them on every exit path;
@@ -218,7 +222,7 @@ class FunctionProbeFamily(ProbeFamily):
         if self.name == "stage2":
             head = ("kvm_pgtable_walk", "stage2_split_walker|stage2_map_walker", "stage2_spans (table full)")
             return {"stage2_lost": head + tuple(symbol[n] for n in STAGE2_FUNC_NAMES)}
-        return {"tdp_lost": ("tdp_iter_next (outside any span)",) + tuple(symbol[n] for n in TDP_FUNC_NAMES)}
+        return {"tdp_lost": tuple(symbol[n] for n in TDP_FUNC_NAMES) + ("tdp spans nested deeper than 4 (span table full)",)}
 
     def attach_bcc(self, bpf: Any, available: list[ProbeStatus]) -> list[str]:
         from tracekit.funcprobes.bcc_backend import attach
@@ -249,6 +253,18 @@ class FunctionProbeFamily(ProbeFamily):
         tables = decode_tdp(records, walk_base=self._next_walk)
         self._next_walk += len(records)
         return tables
+
+    def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
+        """bcc: add the in-kernel counters to the notes; tdp: the iterator steps outside any span as visits."""
+        from tracekit.funcprobes.bcc_backend import COUNT_NOTES, TDP_LEVELS, decode_tdp_outside, read_percpu
+
+        map_name, notes = COUNT_NOTES[self.name]
+        totals = read_percpu(bpf, map_name, len(notes)).sum(axis=0)
+        for note, total in zip(notes, totals):
+            self.notes[note] += int(total)
+        if self.name != "tdp":
+            return {}
+        return {"stage2_visit": decode_tdp_outside(read_percpu(bpf, "tdp_outside", 3 * TDP_LEVELS))}
 
     def manifest_notes(self) -> dict[str, Any]:
         return {f"{self.name}_probes": dict(self.notes)}
