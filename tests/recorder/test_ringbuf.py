@@ -152,3 +152,14 @@ def test_consumer_position_is_written_in_one_store(ring):
         lowest = struct.unpack("<Q", os.read(rd, 8))[0]
         os.close(rd)
     assert lowest >= start
+
+
+def test_drained_records_are_copies_not_views_of_the_ring(ring):
+    """A single record is a contiguous slice of the ring: the reader must still copy it, since the producer
+    overwrites the space once the consumer position moves past it."""
+    ring.put(7)
+    with RingReader(ring.fd, DATA, DTYPE) as reader:
+        batch = reader.drain()
+        assert not np.shares_memory(batch, reader._data)
+        ring.map[2 * PAGE:2 * PAGE + 2 * DATA] = bytes(2 * DATA)  # the producer reuses the space
+        assert list(batch["a"]) == [7] and list(batch["d"]) == [21]

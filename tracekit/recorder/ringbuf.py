@@ -100,7 +100,9 @@ class RingReader:
             bad = int(lengths[lengths != self.dtype.itemsize][0])
             raise RecorderError(f"ring buffer record of {bad} bytes where {self.dtype.itemsize} were expected")
         raw = window[:span].reshape(count, self.stride)[:, HEADER_SIZE:HEADER_SIZE + self.dtype.itemsize]
-        records = np.ascontiguousarray(raw).view(self.dtype).reshape(count)  # the one copy out of the ring
+        # The one copy out of the ring, always made: np.ascontiguousarray would return a view of the ring
+        # when the slice is already contiguous (one record), which the kernel overwrites once consumed.
+        records = np.array(raw, order="C").view(self.dtype).reshape(count)
         keep = (headers & DISCARD_BIT) == 0
         if not keep.all():
             records = records[keep]
