@@ -131,3 +131,10 @@ def test_bcc_and_tracefs_write_the_same_steps_outside_any_walk(events):
 
     assert per_level(bcc) == per_level(tracefs)
     assert sum(row["count"] for row in bcc.to_pylist()) == len(events)
+
+
+def test_finish_without_the_family_maps_adds_nothing():
+    """A program built without this family (no such maps: bcc raises KeyError) leaves the notes at zero."""
+    family = TdpFamily()
+    assert family.finish(fake_bpf(), 0) == {}
+    assert family.manifest_notes()["tdp_probes"]["unpaired_returns"] == 0

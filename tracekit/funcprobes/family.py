@@ -259,12 +259,14 @@ class FunctionProbeFamily(ProbeFamily):
         from tracekit.funcprobes.bcc_backend import COUNT_NOTES, TDP_LEVELS, decode_tdp_outside, read_percpu
 
         map_name, notes = COUNT_NOTES[self.name]
-        totals = read_percpu(bpf, map_name, len(notes)).sum(axis=0)
+        try:
+            totals = read_percpu(bpf, map_name, len(notes)).sum(axis=0)
+            outside = read_percpu(bpf, "tdp_outside", 3 * TDP_LEVELS) if self.name == "tdp" else None
+        except KeyError:  # bcc: no such map, the program was built without this family
+            return {}
         for note, total in zip(notes, totals):
             self.notes[note] += int(total)
-        if self.name != "tdp":
-            return {}
-        return {"stage2_visit": decode_tdp_outside(read_percpu(bpf, "tdp_outside", 3 * TDP_LEVELS))}
+        return {} if outside is None else {"stage2_visit": decode_tdp_outside(outside)}
 
     def manifest_notes(self) -> dict[str, Any]:
         return {f"{self.name}_probes": dict(self.notes)}
