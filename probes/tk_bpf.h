@@ -32,13 +32,20 @@ static __always_inline int tk_is_target(__u64 pid_tgid)
 	return TK_TARGET_TGID == 0 || (pid_tgid >> 32) == TK_TARGET_TGID;
 }
 
-static __always_inline void tk_fill_header(struct tk_header *h, __u64 pid_tgid, __u32 kind)
+/* The event header with timestamp ts (an event that shares the time of an earlier one, e.g. a
+ * walk's paging elements, which KVM reads within the same walker call as the walk's start). */
+static __always_inline void tk_fill_header_at(struct tk_header *h, __u64 pid_tgid, __u32 kind, __u64 ts)
 {
-	h->ts_ns = bpf_ktime_get_ns();
+	h->ts_ns = ts;
 	h->pid = pid_tgid >> 32;
 	h->tid = (__u32)pid_tgid;
 	h->cpu = bpf_get_smp_processor_id();
 	h->kind = kind;
+}
+
+static __always_inline void tk_fill_header(struct tk_header *h, __u64 pid_tgid, __u32 kind)
+{
+	tk_fill_header_at(h, pid_tgid, kind, bpf_ktime_get_ns());
 }
 
 /* Read field F of the struct at base into a __u64 (sign-extended when signed), at the
