@@ -54,6 +54,7 @@ from tracekit.recorder.bccload import BccBackend, import_bcc  # noqa: E402
 from tracekit.recorder.family import Host  # noqa: E402
 from tracekit.recorder.session import DEFAULT_FAMILIES, _keep_freed_memory, plan_families  # noqa: E402
 from tracekit.recorder.family import RecordOptions  # noqa: E402
+from tracekit.recorder.hitcount import HitCounter  # noqa: E402
 from tracekit.recorder.target import spawn_gated  # noqa: E402
 
 TRACEKIT = str(Path(sys.executable).with_name("tracekit"))
@@ -143,29 +144,22 @@ def run_untraced(size: str, iterations: int) -> dict:
 
 
 def run_count_only(size: str, iterations: int) -> dict:
-    bcc = import_bcc()
     tps = _tracepoints()
     state: dict = {}
 
     def attach(pid: int) -> None:
-        text = f"typedef __u64 gpa_t;\nBPF_PERCPU_ARRAY(hits, u64, {len(tps)});\n"
-        for i, tp in enumerate(tps):
-            system, event = tp.split(":")
-            text += (f"TRACEPOINT_PROBE({system}, {event}) {{ if ((bpf_get_current_pid_tgid() >> 32) != {pid}) return 0;"
-                     f" u32 k = {i}; u64 *c = hits.lookup(&k); if (c) (*c)++; return 0; }}\n")
-        state["bpf"] = bcc.BPF(text=text.encode(), cflags=["-w"])
+        state["counter"] = HitCounter(tps, pid)
         state["cpu0"] = _cpu()
 
     with tempfile.TemporaryDirectory() as tmp:
         layout = os.path.join(tmp, "layout.json")
         try:
             _run_gated(_workload_argv(size, iterations, layout), attach, lambda: None)
-            hits = state["bpf"][b"hits"]
-            state["prog_ns"] = _prog_costs(state["bpf"])
-            counted = sum(int(sum(hits.getvalue(hits.Key(i)))) for i in range(len(tps)))
+            state["prog_ns"] = _prog_costs(state["counter"].bpf)
+            counted = sum(state["counter"].hits().values())
         finally:
-            if "bpf" in state:
-                state["bpf"].cleanup()
+            if "counter" in state:
+                state["counter"].close()
         data = json.loads(Path(layout).read_text())
     return {"mode": "count-only", "guest_s": _guest_seconds(data), "wall_s": _workload_seconds(data),
             "delivered": counted, "lost": 0, "cpu_s": _cpu() - state["cpu0"], "prog_ns": state["prog_ns"]}

@@ -309,34 +309,27 @@ def _record_beside_a_counter(out: Path, options=None, poll_interval: float = 0.0
     of every walk and mmu tracepoint for the workload's tgid: (summary, hits by tracepoint)."""
     _need("bcc")
     from tracekit.capabilities import tracefs_root
-    from tracekit.recorder.bccload import import_bcc
     from tracekit.recorder.families import MmuFamily, WalkFamily
     from tracekit.recorder.family import Host, RecordOptions
+    from tracekit.recorder.hitcount import HitCounter
 
-    bcc = import_bcc()
     host = Host(tracefs_root())
     tps = [s.probe for family in (WalkFamily(), MmuFamily()) for s in family.check(host) if s.available]
     counter: dict = {}
 
     def attach() -> None:
         [pid] = _children()  # the workload, held before exec until this returns
-        text = f"typedef __u64 gpa_t;\nBPF_PERCPU_ARRAY(hits, u64, {len(tps)});\n"
-        for i, tp in enumerate(tps):
-            system, event = tp.split(":")
-            text += (f"TRACEPOINT_PROBE({system}, {event}) {{ if ((bpf_get_current_pid_tgid() >> 32) != {pid})"
-                     f" return 0; u32 k = {i}; u64 *c = hits.lookup(&k); if (c) (*c)++; return 0; }}\n")
-        counter["bpf"] = bcc.BPF(text=text.encode(), cflags=["-w"])
+        counter["bpf"] = HitCounter(tps, pid)
 
     try:
         summary = record(RecordConfig(output=out, backend="bcc", duration=60, families=("walk", "mmu"),
                                       options=options or RecordOptions(), poll_interval=poll_interval,
                                       command=[TRACEKIT, "workload", "dirty-log", "-i", "3", "-b", "64M"]),
                          stream=None, on_attached=attach)
-        table = counter["bpf"][b"hits"]
-        hits = {tp: int(sum(table.getvalue(table.Key(i)))) for i, tp in enumerate(tps)}
+        hits = counter["bpf"].hits()
     finally:
         if "bpf" in counter:
-            counter["bpf"].cleanup()
+            counter["bpf"].close()
     assert summary.stop_reason == "command exited"
     assert hits["kvmmmu:kvm_mmu_pagetable_walk"] > 40_000  # 16,384 first touches + 2 x 16,384 write faults
     return summary, hits

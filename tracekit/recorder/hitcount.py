@@ -1,0 +1,53 @@
+"""A count-only BPF program: the baseline the recorder is measured and checked against.
+
+Contract
+--------
+:class:`HitCounter` loads (bcc) one ``TRACEPOINT_PROBE`` per tracepoint (``"system:event"``) that
+only adds 1 to a per-CPU counter when the hit belongs to process ``tgid``; nothing else is recorded.
+:meth:`HitCounter.hits` returns ``{tracepoint: hits summed over CPUs}``; :meth:`HitCounter.close`
+detaches it (also on leaving the ``with`` block). The benchmark uses it as the "count-only" mode
+(the cost of attaching at all), the live tests attach it beside ``tracekit record`` to hold the
+capture's rows to the hits the kernel saw. Raises :class:`tracekit.errors.MissingCapability`
+(through :func:`tracekit.recorder.bccload.import_bcc`) without bcc.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from tracekit.recorder.bccload import import_bcc
+
+__all__ = ["HitCounter", "program_text"]
+
+
+def program_text(tracepoints: Sequence[str], tgid: int) -> str:
+    """The bcc source counting the hits of ``tracepoints`` by process ``tgid`` in ``hits[i]``."""
+    text = f"typedef __u64 gpa_t;\nBPF_PERCPU_ARRAY(hits, u64, {max(len(tracepoints), 1)});\n"
+    for i, tracepoint in enumerate(tracepoints):
+        system, event = tracepoint.split(":")
+        text += (f"TRACEPOINT_PROBE({system}, {event}) {{ if ((bpf_get_current_pid_tgid() >> 32) != {tgid})"
+                 f" return 0; u32 k = {i}; u64 *c = hits.lookup(&k); if (c) (*c)++; return 0; }}\n")
+    return text
+
+
+class HitCounter:
+    """Hits of ``tracepoints`` by process ``tgid``, counted in the kernel from construction on."""
+
+    def __init__(self, tracepoints: Sequence[str], tgid: int):
+        self.tracepoints = list(tracepoints)
+        self.bpf: Any = import_bcc().BPF(text=program_text(self.tracepoints, tgid).encode(), cflags=["-w"])
+
+    def hits(self) -> dict[str, int]:
+        table = self.bpf[b"hits"]
+        return {tp: int(sum(table.getvalue(table.Key(i)))) for i, tp in enumerate(self.tracepoints)}
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self) -> "HitCounter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
