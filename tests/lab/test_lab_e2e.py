@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from tests import livecheck
+from tests.funcprobes.split_loop import check_split_loop
 from tracekit.capture import open_capture
 from tracekit.errors import LabError
 from tracekit.lab import fetch, scenarios
@@ -92,6 +93,8 @@ def test_x86_tdp_eager_split(tmp_path):
     assert run.ok, run.checks
     assert run.counts["kvm_mmu_split_huge_page"] == 32 == run.counts["split_huge_page"]
     assert "tdp_map" in run.probes["attached"]
+    # exact splits per level; iterator steps = the model's 64/33/33 plus whole root restarts (kernel yields)
+    check_split_loop(open_capture(run.output), 64 * MiB, 2 * MiB)
 
 
 @pytest.mark.live

@@ -6,8 +6,11 @@ when dirty logging is enabled) under ``tracekit lab arm64 --recorder bcc|tracefs
 adopts its capture. Each test checks the split calls and the per-level split-walker visits against
 the reference model and against the raw path's capture of the same scenario
 (samples/lab-arm64-eager-enable.tkcap), per workload phase, and that the manifest names the backend
-and what it attached; and x86 ``tdp-eager`` with bcc (32 splits at level 2, as the tracepoint and as
-spans). Warm cache, each: arm64 about 3 minutes, x86 about 2 (the emulated bcc compile included).
+and what it attached, that nothing was lost, and that both backends report the same ``host_walks`` (walks
+of host user page tables, counted in the kernel by bcc and from the kprobe events by tracefs); and x86
+``tdp-eager`` with bcc (32 splits at level 2, as the tracepoint and as spans; the split loop's iterator
+steps as the model's plus whole root restarts: tests/funcprobes/split_loop.py; no event lost: iterator
+steps outside any span are visits of no walk, not losses). Warm cache, each: arm64 about 3 minutes, x86 about 2 (the emulated bcc compile included).
 Cold cache: the recorder userland downloads about 200 MB per architecture (docs/lab.md).
 Live tests: they skip with the reason where QEMU, mmdebstrap or the route to the mirrors is
 missing, and fail instead under TRACEKIT_REQUIRE_LIVE=1.
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests import livecheck
+from tests.funcprobes.split_loop import check_split_loop
 from tracekit.capture import open_capture
 from tracekit.errors import LabError
 from tracekit.lab import scenarios
@@ -32,6 +36,8 @@ from tracekit.model.tdp import TdpPageTable
 MiB = 1 << 20
 SLOT = 256 * MiB
 RAW_SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "lab-arm64-eager-enable.tkcap"
+#: backend -> host_walks of its arm64 run in this session (both backends must agree).
+HOST_WALKS: dict[str, int] = {}
 
 
 def _run(backend: str, tmp_path, arch: str = "arm64"):
@@ -87,6 +93,12 @@ def _check(run, backend: str) -> None:
     assert [p["name"] for p in workload["phases"]][:3] == ["setup", "populate", "enable_dirty_logging"]
     assert workload["verified"] and workload["eager_split_chunk"] == 2 * MiB and workload["log_mode"] == "get"
     assert run.console_log.exists() and "tk-done rc=0" in run.console_log.read_text()
+    assert cap.lost_total() == 0, manifest.get("lost")
+    notes = manifest["family_notes"]["stage2_probes"]
+    # every THP fault looks up the host mapping size (a kvm_pgtable_walk of the host user page table)
+    assert notes["host_walks"] > 0, notes  # (unpaired_returns: calls open when the probes attached, 0-2 here)
+    HOST_WALKS[backend] = notes["host_walks"]
+    assert len(set(HOST_WALKS.values())) == 1, HOST_WALKS
 
 
 @pytest.mark.live
@@ -118,6 +130,8 @@ def _check_x86(run, backend: str) -> None:
     assert sorted(int(g) << 12 for g in tracepoint["gfn"]) == sorted(int(a) for a in spans["addr"])
     assert cap.manifest["backend"] == backend and cap.manifest["lab"]["recorder_backend"] == backend
     assert {"tdp", "mmu"} <= set(cap.manifest["probes"]["families"])
+    assert cap.lost_total() == 0, cap.manifest.get("lost")
+    assert check_split_loop(cap, 64 * MiB, 2 * MiB) >= 0  # exact splits; steps = model + whole root restarts
 
 
 @pytest.mark.live
