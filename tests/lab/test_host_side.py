@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 
 import hypothesis.strategies as st
@@ -182,3 +183,40 @@ def test_step_counts_are_the_entry_events_between_the_markers(stamps, bounds):
                 if step["begin_ns"] <= ev.ts <= step["end_ns"] and not ev.name.endswith("_ret"):
                     expected[ev.name] = expected.get(ev.name, 0) + 1
         assert got == {**step, "counts": expected}
+
+
+def _fake_boots(monkeypatch, consoles: list[str]) -> list[int]:
+    """machine.boot replaced by one that writes each console text in turn; returns the call log."""
+    from tracekit.lab import runner as lab_runner
+
+    calls: list[int] = []
+
+    def fake_boot(command, console, archive, timeout):
+        text = consoles[len(calls)]
+        calls.append(1)
+        console.write_text(text)
+        done = re.search(r"tk-done rc=(\d+)", text)
+        return machine.BootResult(text, archive, 1.0, int(done.group(1)) if done else None, command)
+
+    monkeypatch.setattr(lab_runner.machine, "boot", fake_boot)
+    return calls
+
+
+def test_a_guest_kernel_that_died_before_init_is_booted_once_more(tmp_path, monkeypatch):
+    from tracekit.lab.runner import _boot
+
+    calls = _fake_boots(monkeypatch, ["Kernel panic - not syncing: int3\n", "tk-booted arch=x86\ntk-done rc=0\n"])
+    log = tmp_path / "cap.tkcap.console.log"
+    boot = _boot(["qemu"], tmp_path / "guest.log", tmp_path / "result.tar", 10, log)
+    assert len(calls) == 2 and boot.guest_rc == 0
+    assert "tk-done" in log.read_text()
+    assert "Kernel panic" in (tmp_path / "cap.tkcap.console.attempt1.log").read_text()
+
+
+def test_a_guest_that_reached_init_is_not_booted_again(tmp_path, monkeypatch):
+    from tracekit.lab.runner import _boot
+
+    calls = _fake_boots(monkeypatch, ["tk-booted arch=arm64\ntk-guest-error: boom\ntk-done rc=1\n", "unused"])
+    boot = _boot(["qemu"], tmp_path / "guest.log", tmp_path / "result.tar", 10, tmp_path / "c.tkcap.console.log")
+    assert len(calls) == 1 and boot.guest_rc == 1
+    assert not (tmp_path / "c.tkcap.console.attempt1.log").exists()

@@ -161,13 +161,7 @@ def run_lab(
             arch, image, initrd, guest_console, archive, append, memory_mib=guest_memory_mib(arch, chosen, recorder),
             cpu_features=machine.RECORDER_X86_FEATURES if recorder and arch == "x86" else "",
         )
-        try:
-            boot = machine.boot(command, guest_console, archive, timeout)
-        except LabError as error:
-            raise LabError(str(error).replace(str(guest_console), str(console_log)), detail=error.detail) from None
-        finally:
-            if guest_console.exists():
-                shutil.copyfile(guest_console, console_log)
+        boot = _boot(command, guest_console, archive, timeout, console_log)
         guest_dir = results.unpack(archive, work / "guest")
         if recorder:
             return _adopt_recorded(arch, chosen, recorder, output, guest_dir, boot, source, release_hint,
@@ -291,6 +285,27 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
         kernel_histograms={}, probes=probes_info, checks=_checks(chosen, counts), recorder=recorder,
         record_seconds=meta.get("record_seconds"), attach_seconds=meta.get("attach_seconds"), visits_by_level=recorded.visits_by_level(cap, probes),
     )  # fmt: skip
+
+
+def _boot(command: list[str], guest_console: Path, archive: Path, timeout: float, console_log: Path) -> machine.BootResult:
+    """Boot the guest; once more when its kernel died before reaching ``/init`` (no ``tk-booted`` line:
+    an emulation fault while booting, e.g. a trap taken while the kernel patches its own text on
+    another vCPU). The failed attempt's console is kept as ``<capture>.console.attempt1.log``."""
+    boot = _boot_once(command, guest_console, archive, timeout, console_log)
+    if "tk-booted" in boot.console:
+        return boot
+    shutil.copyfile(console_log, console_log.with_name(console_log.name.replace(".console.log", ".console.attempt1.log")))
+    return _boot_once(command, guest_console, archive, timeout, console_log)
+
+
+def _boot_once(command: list[str], guest_console: Path, archive: Path, timeout: float, console_log: Path) -> machine.BootResult:
+    try:
+        return machine.boot(command, guest_console, archive, timeout)
+    except LabError as error:
+        raise LabError(str(error).replace(str(guest_console), str(console_log)), detail=error.detail) from None
+    finally:
+        if guest_console.exists():
+            shutil.copyfile(guest_console, console_log)
 
 
 def _remove_stale_work_dirs(cache: Path) -> None:
