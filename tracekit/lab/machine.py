@@ -77,7 +77,12 @@ def qemu_command(
     if arch == "arm64":
         machine = ["-M", "virt,virtualization=on,gic-version=3", "-cpu", "max,pauth-impdef=on"]
     else:
-        machine = ["-accel", "tcg", "-cpu", "qemu64,+svm,+npt,+pdpe1gb,-cx16" + (f",{cpu_features}" if cpu_features else "")]
+        # thread=single: one host thread runs both vCPUs in turn. x86 patches live kernel text with int3
+        # (text_poke_bp: static keys at boot, every kprobe) while the other vCPU runs; under multi-threaded
+        # TCG that vCPU could still execute the int3 after the patch completed ("Oops: int3" in
+        # sched_clock_cpu or __schedule, twice in about twenty x86 runs). arm64 patches under stop_machine.
+        machine = ["-accel", "tcg,thread=single",
+                   "-cpu", "qemu64,+svm,+npt,+pdpe1gb,-cx16" + (f",{cpu_features}" if cpu_features else "")]
     return [
         binary,
         *machine,
