@@ -86,3 +86,27 @@ def test_export_perfetto(tmp_path):
     assert sum(e["args"]["rate"] for e in counters) // 100 == 49_217
     ioctls = [e for e in events if e.get("cat") == "ioctl"]
     assert len(ioctls) == 29 and all(e["dur"] >= 0 for e in ioctls)
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("*.tkcap")))
+def test_perfetto_export_of_every_sample_is_what_the_json_importer_needs(tmp_path, sample):
+    """Perfetto's JSON importer (and the legacy trace viewer) need ``ph``/``pid`` on every event,
+    ``ts``/``tid``/``dur`` on complete (``X``) events, and complete events of one thread properly nested:
+    a slice that starts inside another must end inside it, else trace processor drops it (its import
+    statistic ``slice_drop_overlapping_complete_event``)."""
+    out = tmp_path / "t.json"
+    result = runner.invoke(app, ["export", str(SAMPLES / sample), "--perfetto", str(out)])
+    assert result.exit_code == 0, result.output
+    events = json.loads(out.read_text())["traceEvents"]
+    assert events and all("ph" in e and "pid" in e for e in events)
+    tracks: dict = {}
+    for e in (e for e in events if e["ph"] == "X"):
+        assert e["dur"] >= 0 and isinstance(e["ts"], (int, float))
+        tracks.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"]))
+    for spans in tracks.values():
+        open_ends: list = []
+        for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
+            while open_ends and open_ends[-1] <= start:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1], f"slice {start}-{end} overlaps the end of its parent"
+            open_ends.append(end)
