@@ -113,7 +113,7 @@ def run(arch: str, name: str, backend: str, out: Path) -> dict:
         "status": "error",
     }
     try:
-        if [step[0] for step in scenario.steps] != ["workload"]:
+        if not scenario.workload_only:
             raise ValueError(f"scenario {name} drives the nested VM step by step; only workload scenarios run under "
                              "tracekit record")  # fmt: skip
         prepare_kernel(scenario)

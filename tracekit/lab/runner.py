@@ -225,8 +225,8 @@ def check_recorder(recorder: str | None, scenario: scenarios.Scenario, kernel: P
         return
     if recorder not in RECORDERS:
         raise UsageError(f"unknown recorder backend {recorder!r}; choose bcc or tracefs")
-    if [step[0] for step in scenario.steps] != ["workload"]:
-        workload = [s.name for s in scenarios.SCENARIOS if s.arch == scenario.arch and s.steps[0][0] == "workload"]
+    if not scenario.workload_only:
+        workload = [s.name for s in scenarios.SCENARIOS if s.arch == scenario.arch and s.workload_only]
         raise UsageError(f"scenario {scenario.name} drives the nested VM step by step and cannot run under tracekit "
                          f"record; --recorder works with: {', '.join(workload)}")  # fmt: skip
     if recorder == "bcc" and kernel is not None:

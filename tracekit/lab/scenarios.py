@@ -61,6 +61,11 @@ class Scenario:
     expected: dict[str, int] = field(default_factory=dict)
     expected_note: str = ""
 
+    @property
+    def workload_only(self) -> bool:
+        """True when the scenario is just the dirty-log workload (it can run under ``tracekit record``)."""
+        return [step[0] for step in self.steps] == ["workload"]
+
     def as_dict(self) -> dict:
         return {
             "name": self.name,
@@ -172,14 +177,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "arm64",
         "the project's dirty-log workload (arm64 backend: EL1 guest, stage-1 MMU on) over 64 MiB THP, 2 MiB guest pages",
         64,
-        (("workload", 1),),
+        _WORKLOAD,
     ),
     Scenario(
         "tdp-eager",
         "x86",
         "64 MiB THP, TDP MMU, eager_page_split=Y: the huge pages split when dirty logging is enabled",
         64,
-        (("workload", 1),),
+        _WORKLOAD,
         expected={"kvm_mmu_split_huge_page": 32},
         expected_note="64 MiB / 2 MiB = 32 level-2 SPTEs split once each",
     ),
@@ -188,7 +193,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "x86",
         "64 MiB THP, manual protect + initially-set: the split happens at the first KVM_CLEAR_DIRTY_LOG",
         64,
-        (("workload", 1),),
+        _WORKLOAD,
         manual_protect=True,
         expected={"kvm_mmu_split_huge_page": 32},
     ),
@@ -197,7 +202,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "x86",
         "64 MiB THP, eager_page_split=N: each huge page splits on its first write fault after enabling logging",
         64,
-        (("workload", 1),),
+        _WORKLOAD,
         eager_page_split=False,
         expected={"kvm_mmu_split_huge_page": 32},
         expected_note="each of the 32 huge SPTEs splits on its first write fault (tdp_mmu_split_huge_page from the map)",
@@ -232,7 +237,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "x86",
         "64 MiB of 2 MiB hugetlb pages, eager_page_split=Y",
         64,
-        (("workload", 1),),
+        _WORKLOAD,
         backing="hugetlb-2m",
         expected={"kvm_mmu_split_huge_page": 32},
     ),
@@ -241,7 +246,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "x86",
         "64 MiB without huge pages: nothing to split at enable, 16,384 4K SPTEs write-protected",
         64,
-        (("workload", 1),),
+        _WORKLOAD,
         backing="4k",
         expected={"kvm_mmu_split_huge_page": 0},
     ),
@@ -250,7 +255,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "x86",
         "one 1 GiB hugetlb page, eager split at enable: 1 split at level 3 + 512 at level 2; the pass only reads",
         1024,
-        (("workload", 1),),
+        _WORKLOAD,
         backing="hugetlb-1g",
         kernel_args="hugepagesz=1G hugepages=1",
         guest_ram_mib=4096,
