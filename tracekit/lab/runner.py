@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tracekit.errors import LabError, UsageError
 from tracekit.lab import fetch, machine, results, scenarios
+from tracekit.lab.guest_record import BACKENDS
 from tracekit.lab.guest_run import probe_family
 from tracekit.procs import pid_alive
 
@@ -38,7 +39,7 @@ __all__ = ["run_lab", "LabRun", "TIMING_NOTE", "ARCHES", "RECORDERS", "RECORDER_
 
 ARCHES = ("arm64", "x86")
 #: ``--recorder`` choices: the real ``tracekit record`` backends run inside the guest.
-RECORDERS = ("bcc", "tracefs")
+RECORDERS = BACKENDS
 DEFAULT_TIMEOUT = machine.DEFAULT_TIMEOUT
 #: Bound on a recorder run: the emulated clang compile of the bcc program alone takes minutes.
 RECORDER_TIMEOUT = 1800
