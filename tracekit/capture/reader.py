@@ -188,10 +188,7 @@ class Capture:
         """All rows of ``family`` (only ``columns`` if given); an empty table with the schema if none."""
         tables = list(self.iter_tables(family, columns))
         if not tables:
-            schema = self.schema(family)
-            if columns is not None:
-                schema = pa.schema([schema.field(c) for c in columns])
-            return schema.empty_table()
+            return self._columns_schema(family, columns).empty_table()
         return pa.concat_tables(tables)
 
     def dataframe(self, family: str, columns: Sequence[str] | None = None):
