@@ -52,6 +52,11 @@ def _read(cap) -> dict:
                          "stage2_visit": ["ts_ns", "visitor", "level", "count"]})  # fmt: skip
 
 
+def _visitor_names(probes: tuple[FuncProbe, ...]) -> dict[str, str]:
+    """``stage2_visit.visitor`` holds the visitor's kernel symbol; the lab counts under the probe's name."""
+    return {p.symbol: p.name for p in probes if p.role == "visit"}
+
+
 def _counts(tables: dict, probes: tuple[FuncProbe, ...], begin_ns: int | None = None, end_ns: int | None = None
             ) -> dict[str, int]:
     counts: dict[str, int] = {}
@@ -67,7 +72,7 @@ def _counts(tables: dict, probes: tuple[FuncProbe, ...], begin_ns: int | None = 
         if rows:
             counts[walk.name] = rows
     if "stage2_visit" in tables:
-        by_symbol = {p.symbol: p.name for p in probes if p.role == "visit"}
+        by_symbol = _visitor_names(probes)
         visits = _window(tables["stage2_visit"], begin_ns, end_ns)
         if visits.num_rows:
             names = np.array([str(v) for v in visits.column("visitor").to_pylist()], dtype=object)
@@ -88,7 +93,7 @@ def visits_by_level(cap, probes: tuple[FuncProbe, ...]) -> dict[str, dict[int, i
     """``{visitor probe name: {level: visits}}`` from ``stage2_visit``."""
     if not cap.has("stage2_visit"):
         return {}
-    by_symbol = {p.symbol: p.name for p in probes if p.role == "visit"}
+    by_symbol = _visitor_names(probes)
     table = cap.table("stage2_visit", ["visitor", "level", "count"])
     out: dict[str, dict[int, int]] = {}
     for visitor, level, count in zip(table.column("visitor").to_pylist(), table.column("level").to_pylist(),
