@@ -47,7 +47,7 @@ from tracekit.capabilities import tracefs_root
 from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, TracekitError, UsageError
 from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RecordOptions, make_family
-from tracekit.recorder.target import GatedChild, list_threads, resolve_target, spawn_gated, vcpu_index
+from tracekit.recorder.target import GatedChild, list_threads, resolve_target, spawn_gated, thread_info
 from tracekit.recorder.tracefs import cleanup_stale_instances, pid_alive
 
 __all__ = ["RecordConfig", "RecordSummary", "record", "plan_families", "DEFAULT_FAMILIES"]
@@ -517,14 +517,8 @@ def _note_event_threads(threads: dict[int, dict], tgid: int, table: Any) -> None
     """Add the threads that produced events but were never seen in /proc (too short-lived)."""
     if "tid" not in table.column_names:
         return
-    tids = set(np.unique(table.column("tid").to_numpy()).tolist()) - set(threads) - {0}
-    for tid in tids:
-        comm = ""
-        try:
-            comm = Path(f"/proc/{tgid}/task/{tid}/comm").read_text().strip()
-        except OSError:
-            pass
-        threads[tid] = {"tid": tid, "comm": comm, "vcpu": vcpu_index(comm) if comm else None}
+    for tid in set(np.unique(table.column("tid").to_numpy()).tolist()) - threads.keys() - {0}:
+        threads[tid] = thread_info(tgid, tid)
 
 
 def _merge_threads(known: dict[int, dict], seen: list[dict]) -> None:

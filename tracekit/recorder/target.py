@@ -10,7 +10,7 @@ Contract:
 - :func:`tgid_of` gives the process a thread id belongs to (None when it is gone).
 - :func:`list_threads` returns ``[{"tid", "comm", "vcpu"}]`` for a pid, where ``vcpu`` is the
   vCPU index parsed from the thread name (QEMU's ``CPU N/KVM``, the built-in workload's
-  ``tk-vcpu-N``) or None.
+  ``tk-vcpu-N``) or None; :func:`thread_info` the same for one thread.
 - :func:`spawn_gated` forks a command that waits on a pipe before ``exec`` (so probes attach
   before it runs) and :func:`release` lets it go.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from tracekit.errors import RecorderError, UsageError
 
-__all__ = ["Target", "resolve_target", "list_threads", "tgid_of", "vcpu_index", "qemu_guest_name", "spawn_gated",
-           "GatedChild"]
+__all__ = ["Target", "resolve_target", "list_threads", "thread_info", "tgid_of", "vcpu_index", "qemu_guest_name",
+           "spawn_gated", "GatedChild"]
 
 PROC = Path("/proc")
 _VCPU_PATTERNS = (re.compile(r"^CPU (\d+)/KVM$"), re.compile(r"^tk-vcpu-(\d+)$"))
@@ -89,16 +89,18 @@ def vcpu_index(thread_name: str) -> int | None:
 
 def list_threads(pid: int) -> list[dict]:
     """Threads of ``pid`` as ``{"tid", "comm", "vcpu"}``, by tid."""
-    threads = []
     task = PROC / str(pid) / "task"
     try:
         entries = sorted(int(e.name) for e in task.iterdir() if e.name.isdigit())
     except OSError:
-        return threads
-    for tid in entries:
-        comm = (_read(task / str(tid) / "comm") or "").strip()
-        threads.append({"tid": tid, "comm": comm, "vcpu": vcpu_index(comm)})
-    return threads
+        return []
+    return [thread_info(pid, tid) for tid in entries]
+
+
+def thread_info(pid: int, tid: int) -> dict:
+    """Thread ``tid`` of ``pid`` as ``{"tid", "comm", "vcpu"}`` (comm "" and vcpu None once it is gone)."""
+    comm = (_read(PROC / str(pid) / "task" / str(tid) / "comm") or "").strip()
+    return {"tid": tid, "comm": comm, "vcpu": vcpu_index(comm)}
 
 
 def tgid_of(pid: int) -> int | None:
