@@ -36,7 +36,7 @@ import pandas as pd
 from tracekit.analysis.common import load
 from tracekit.analysis.crosscheck import (_AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, ModelCache, check_summary,
                                           mismatch_row, per_level_table)
-from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, leaf_levels, level_paths
+from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, leaf_levels, level_paths
 
 __all__ = ["stream_walks", "rebuild_streamed", "RowMap", "prefetch", "HOLD_ROWS", "BATCH_ROWS"]
 
@@ -400,11 +400,11 @@ def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]], model_walk:
     """:func:`stream_walks` on a walk table (DataFrame or column mapping of :data:`WALK_COLUMNS`) and
     batches of element columns ``[walk_id, index, level, pte]`` in capture order; ``error_ids`` are the
     walk ids of ``walk_error``."""
-    w_wid = np.asarray(walk["walk_id"]).astype(np.uint64, copy=False)
+    w_wid = _col(walk, "walk_id", np.uint64)
     row_map = RowMap(w_wid)
     if not row_map.ok:
         return None
-    addrs = np.asarray(walk["addr"]).astype(np.uint64, copy=False)
+    addrs = _col(walk, "addr", np.uint64)
     model = ModelCache(model_walk) if model_walk is not None else None
     selected = None if select is None else np.asarray(select(walk), bool)
     state = _State(w_wid, addrs, model, limit, selected)
@@ -422,9 +422,8 @@ def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]], model_walk:
         error_rows = row_map.rows(np.asarray(error_ids, np.uint64))
         error[error_rows[error_rows >= 0]] = True
     walks = pd.DataFrame({
-        "walk_id": w_wid, "ts_ns": np.asarray(walk["ts_ns"]).astype(np.int64, copy=False),
-        "tid": np.asarray(walk["tid"]).astype(np.int32, copy=False), "addr": addrs,
-        "pferr": np.asarray(walk["pferr"]).astype(np.uint32, copy=False), "depth": state.depth,
+        "walk_id": w_wid, "ts_ns": _col(walk, "ts_ns", np.int64), "tid": _col(walk, "tid", np.int32),
+        "addr": addrs, "pferr": _col(walk, "pferr", np.uint32), "depth": state.depth,
         "root_level": state.root, "leaf_level": state.leaf, "level_path": state.path, "error": error,
     }, copy=False)
     walks.attrs["orphan_elements"] = state.orphans
