@@ -89,7 +89,6 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
     ``clear_dirty_log_N``, ``disable_dirty_logging``)."""
     from tracekit.workload.dirtylog import run_dirty_log
 
-    _set_eager_page_split(scenario)
     options = workload_options(scenario)
     state = {"index": -1, "start": 0}
 
@@ -146,9 +145,7 @@ def _set_thp(scenario: scenarios.Scenario) -> None:
 
 def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[dict], tids: set[int]) -> list[dict]:
     """Run the steps; fills ``timings`` and ``tids`` (the VMM's vCPU threads); returns the VMM's ioctl log."""
-    _set_thp(scenario)
-    if scenario.backing.startswith("hugetlb-"):
-        _reserve_hugetlb(scenario)
+    prepare_kernel(scenario)  # eager_page_split is an x86 kvm parameter: a no-op for the arm64 step scenarios
     if scenario.steps[0][0] == "workload":
         return _run_workload(scenario, tracing, timings, tids)
     from tracekit.lab.arm64_vm import Arm64Vm
