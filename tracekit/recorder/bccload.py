@@ -184,10 +184,8 @@ class BccBackend:
         for family, _ in self.families:
             sizes = {r.map_name: r.pages * PAGE for r in family.rings()}
             for map_name, (count_map, ring, probes) in family.failure_maps().items():
-                counter = self.bpf[count_map.encode()]
-                total = int(counter[counter.Key(0)].value)
                 table = self.bpf[map_name.encode()]
-                kept = min(total, len(table))
+                kept = min(self._failure_count(count_map), len(table))
                 raw = b"".join(bytes(table[table.Key(i)]) for i in range(kept))
                 rows = failure_rows(np.frombuffer(raw, RING_FAILURE_DTYPE), probes)
                 for row in rows:
@@ -197,14 +195,15 @@ class BccBackend:
 
     def ring_failure_total(self) -> int:
         """Failed ring outputs counted by every family (kept or not)."""
-        total = 0
         if self.bpf is None:
-            return total
-        for family, _ in self.families:
-            for count_map, _ring, _probes in family.failure_maps().values():
-                counter = self.bpf[count_map.encode()]
-                total += int(counter[counter.Key(0)].value)
-        return total
+            return 0
+        return sum(self._failure_count(count_map) for family, _ in self.families
+                   for count_map, _ring, _probes in family.failure_maps().values())
+
+    def _failure_count(self, count_map: str) -> int:
+        """The failed ring outputs a family's counter map (one u64 at index 0) has counted."""
+        counter = self.bpf[count_map.encode()]
+        return int(counter[counter.Key(0)].value)
 
     def staged(self) -> list[tuple[ProbeFamily, dict[str, pa.Table]]]:
         """The events still in each CPU's staging batches (and spares), decoded; call once the probes
