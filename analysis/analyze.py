@@ -37,11 +37,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis import crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walks, walkstream
+from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walkgroups, walks,
+                               walkstream)
 from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, load, records
 from tracekit.errors import AnalysisError
 
-__all__ = ["Analysis", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES", "HEX_COLUMNS"]
+__all__ = ["Analysis", "Frames", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES", "HEX_COLUMNS"]
 
 ANALYSED_FAMILIES = ("walk", "walk_element", "stage2_walk", "stage2_visit", "lock", "ioctl", "ioctl_summary",
                      "split", "mmu")
@@ -54,7 +55,52 @@ class Analysis:
     info: dict
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     verdicts: dict[str, dict] = field(default_factory=dict)
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    frames: Frames = field(default_factory=lambda: Frames())
+
+
+class Frames(dict):
+    """A dict of frames some of whose entries are made on first access (:meth:`later`): the per-walk
+    frame of a large capture is not held unless someone asks for it."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._later: dict[str, Any] = {}
+
+    def later(self, key: str, make: Any) -> None:
+        """Make ``self[key]`` with ``make()`` when it is first read."""
+        self._later[key] = make
+        super().pop(key, None)
+
+    def __missing__(self, key: str) -> pd.DataFrame:
+        if key not in self._later:
+            raise KeyError(key)
+        value = self[key] = self._later.pop(key)()
+        return value
+
+    def __setitem__(self, key: str, value: pd.DataFrame) -> None:
+        self._later.pop(key, None)
+        super().__setitem__(key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or key in self._later
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return [*super().keys(), *self._later]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return super().__len__() + len(self._later)
+
+    def items(self) -> list[tuple[str, pd.DataFrame]]:  # type: ignore[override]
+        return [(key, self[key]) for key in self.keys()]
+
+    def values(self) -> list[pd.DataFrame]:  # type: ignore[override]
+        return [self[key] for key in self.keys()]
 
 
 def _cut(frame: pd.DataFrame, phase_table: pd.DataFrame, phase: str | None) -> pd.DataFrame:
@@ -143,29 +189,21 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
             model_walk = crosscheck.model_from_layout(workload)
         except AnalysisError as error:
             result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": str(error)}
-    select = None if phase is None else (lambda frame: phases_mod.phase_mask(frame["ts_ns"], phase_table, phase))
-    streamed = walkstream.stream_walks(cap, model_walk, limit=limit, select=select)
-    if streamed is not None:
-        rebuilt, check = streamed
+    grouped = walkgroups.walk_group_counts(cap, model_walk, phase_table=phase_table, phase=phase, limit=limit)
+    if grouped is not None:
+        counts, check, weights = grouped.counts, grouped.check, "walks"
         result.info["walk_path"] = "streamed"
-    else:  # walk ids out of order: rebuild in memory
-        walk = load(cap, "walk", list(walks.WALK_COLUMNS))
-        element = load(cap, "walk_element", list(walks.ELEMENT_COLUMNS))
-        error = load(cap, "walk_error", ["walk_id"]) if "walk_error" in cap.families() else None
-        rebuilt, steps = walks.rebuild_walks(walk, element, error)
-        check = None
-        if model_walk is not None:
-            cut = rebuilt if select is None else rebuilt[select(rebuilt)]
-            check = crosscheck.crosscheck_walks(cut, steps, model_walk, limit=limit)
+        result.info["orphan_walk_elements"] = grouped.orphans
+        result.frames.later("walks", lambda: _walk_frame(cap, phase_table, phase, None, limit)[0])
+    else:  # walk ids repeat or a walk's elements lie far apart: rebuild in memory
+        counts, check = _walk_frame(cap, phase_table, phase, model_walk, limit, in_memory=True)
+        weights = None
         result.info["walk_path"] = "in memory"
-    result.info["orphan_walk_elements"] = rebuilt.attrs.get("orphan_elements", 0)
-    rebuilt = add_vcpu(rebuilt, cap.manifest)
-    rebuilt["phase"] = phases_mod.label_phases(rebuilt["ts_ns"], phase_table)
-    rebuilt = _cut(rebuilt, phase_table, phase)
-    result.frames["walks"] = rebuilt
-    result.tables["walk_depth"] = walks.depth_distribution(rebuilt, ["vcpu"])
-    result.tables["walk_depth_by_phase"] = walks.depth_distribution(rebuilt, ["phase"])
-    paths = count_by(rebuilt, ["level_path", "pferr"], "walks")
+        result.info["orphan_walk_elements"] = counts.attrs.get("orphan_elements", 0)
+        result.frames["walks"] = counts
+    result.tables["walk_depth"] = walks.depth_distribution(counts, ["vcpu"], weights=weights)
+    result.tables["walk_depth_by_phase"] = walks.depth_distribution(counts, ["phase"], weights=weights)
+    paths = count_by(counts, ["level_path", "pferr"], "walks", weights=weights)
     paths["levels"] = paths["level_path"].map(walks.level_path_text)
     result.tables["walk_paths"] = paths[["levels", "pferr", "walks"]].sort_values("walks", ascending=False,
                                                                                  kind="stable").reset_index(drop=True)
@@ -173,6 +211,35 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
         result.verdicts["crosscheck"] = check.summary
         result.tables["crosscheck_mismatches"] = check.mismatches
         result.tables["walk_visits_vs_model"] = check.per_level
+
+
+def _walk_frame(cap: Any, phase_table: pd.DataFrame, phase: str | None, model_walk: Any, limit: int, *,
+                in_memory: bool = False) -> tuple[pd.DataFrame, crosscheck.CrossCheck | None]:
+    """One row per walk (the columns of :func:`.walks.rebuild_walks` but ``first_step``, plus ``vcpu`` and
+    ``phase``) cut to ``phase``, and the cross-check when ``model_walk`` is given: streamed unless
+    ``in_memory`` or the stream cannot be used."""
+    select = None if phase is None else (lambda frame: phases_mod.phase_mask(frame["ts_ns"], phase_table, phase))
+    streamed = None if in_memory else walkstream.stream_walks(cap, model_walk, limit=limit, select=select)
+    if streamed is not None:
+        rebuilt, check = streamed
+    else:
+        walk = load(cap, "walk", list(walks.WALK_COLUMNS))
+        element = load(cap, "walk_element", list(walks.ELEMENT_COLUMNS))
+        error = load(cap, "walk_error", ["walk_id"]) if "walk_error" in cap.families() else None
+        rebuilt, steps = walks.rebuild_walks(walk, element, error)
+        del walk, element
+        check = None
+        if model_walk is not None:
+            cut = rebuilt if select is None else rebuilt[select(rebuilt)]
+            check = crosscheck.crosscheck_walks(cut, steps, model_walk, limit=limit)
+        del steps
+        rebuilt = rebuilt.drop(columns="first_step")
+    orphans = rebuilt.attrs.get("orphan_elements", 0)
+    rebuilt = add_vcpu(rebuilt, cap.manifest)
+    rebuilt["phase"] = phases_mod.label_phases(rebuilt["ts_ns"], phase_table)
+    rebuilt = _cut(rebuilt, phase_table, phase)
+    rebuilt.attrs["orphan_elements"] = orphans
+    return rebuilt, check
 
 
 def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None) -> None:

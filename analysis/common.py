@@ -299,21 +299,35 @@ def group_codes(frame: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, pd.
     return dense, uniques_frame
 
 
-def count_by(frame: pd.DataFrame, by: Sequence[str], name: str = "count") -> pd.DataFrame:
-    """Rows per group of ``by`` (groups sorted by key), as a frame with the keys and ``name``."""
+def count_by(frame: pd.DataFrame, by: Sequence[str], name: str = "count", weights: str | None = None) -> pd.DataFrame:
+    """Rows per group of ``by`` (groups sorted by key), as a frame with the keys and ``name``; with
+    ``weights``, the sum of that integer column per group instead (rows that stand for several)."""
     if frame.empty:
         return pd.DataFrame({**{c: pd.Series(dtype=frame[c].dtype) for c in by}, name: pd.Series(dtype="int64")})
     combined, dense_of, groups = _dense_groups(frame, by)
+    weight = None if weights is None else frame[weights].to_numpy(np.int64)
     if dense_of is None:
-        counts = np.bincount(combined, minlength=groups)
+        counts = _int_bincount(combined, weight, groups)
         first = _first_rows(combined, groups)
     else:  # count the combined codes; only the first rows need the dense numbers
-        per_code = np.bincount(combined, minlength=len(dense_of))
-        counts = per_code[per_code > 0]
+        per_code = _int_bincount(combined, weight, len(dense_of))
+        counts = per_code[np.bincount(combined, minlength=len(dense_of)) > 0]
         first = _first_rows(combined, groups, dense_of)
     uniques = frame[list(by)].iloc[first].reset_index(drop=True)
     uniques[name] = counts.astype(np.int64)
     return uniques
+
+
+def _int_bincount(codes: np.ndarray, weights: np.ndarray | None, size: int) -> np.ndarray:
+    """``bincount`` of ``codes`` (int64), each counted ``weights`` times when given (exact: small sums go
+    through float64, which holds integers up to 2**53)."""
+    if weights is None:
+        return np.bincount(codes, minlength=size)
+    if len(weights) and int(np.abs(weights).sum()) >= 1 << 53:
+        totals = np.zeros(size, np.int64)
+        np.add.at(totals, codes, weights)
+        return totals
+    return np.bincount(codes, weights=weights, minlength=size).astype(np.int64)
 
 
 def _missing(value: Any) -> bool:

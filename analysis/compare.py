@@ -48,9 +48,9 @@ def capture_metrics(result: Any) -> dict[str, tuple[float, str]]:
         for name, mean, total in zip(ioctl["cmd_name"], ioctl["mean_ns"], ioctl["total_ns"]):
             metrics[f"ioctl {name} mean"] = (float(mean) / 1e9, "s")
             metrics[f"ioctl {name} total"] = (float(total) / 1e9, "s")
-    walks = result.frames.get("walks")
-    if walks is not None:
-        metrics["walks"] = (float(len(walks)), "count")
+    walk_depth = result.tables.get("walk_depth")  # one count per walk of the cut, like the walk frame's rows
+    if walk_depth is not None:
+        metrics["walks"] = (float(walk_depth["walks"].sum()), "count")
     locks = result.tables.get("lock_contention")
     if locks is not None and len(locks):
         for name, group in locks.groupby("lock"):

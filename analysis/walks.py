@@ -176,12 +176,13 @@ def level_path_text(code: int) -> str:
     return ">".join(str(code)) if code > 0 else "-"
 
 
-def depth_distribution(walks: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    """Walk counts per (by..., depth, leaf_level) and each count's share of its group."""
+def depth_distribution(walks: pd.DataFrame, by: Sequence[str] = (), weights: str | None = None) -> pd.DataFrame:
+    """Walk counts per (by..., depth, leaf_level) and each count's share of its group; with ``weights``
+    each row of ``walks`` stands for that column's number of walks (grouped counts)."""
     keys = [*by, "depth", "leaf_level"]
     if walks.empty:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in (*keys, "walks", "share")})
-    counts = count_by(walks, keys, "walks")
+    counts = count_by(walks, keys, "walks", weights=weights)
     if by:
         totals = counts.groupby(list(by), observed=True, dropna=False)["walks"].transform("sum")
     else:

@@ -119,6 +119,25 @@ class RowMap:
         return np.where(self._sorted[pos] == ids, self._order[pos], -1)
 
 
+    def ids(self, rows: np.ndarray) -> np.ndarray:
+        """The walk id of each of a few ``rows`` (the inverse of :meth:`rows`; one pass over the table
+        per call, meant for the handful of walks a report names)."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) == 0:
+            return np.zeros(0, np.uint64)
+        if self._first is not None:
+            return self._first + rows.astype(np.uint64)
+        table = self._lookup if self._lookup is not None else self._order
+        where = np.flatnonzero(np.isin(table, rows))
+        found = dict(zip(table[where].tolist(), where.tolist()))
+        slots = np.array([found[r] for r in rows.tolist()], np.int64)
+        if self._lookup is None:
+            return self._sorted[slots]
+        hi = np.searchsorted(self._offset, slots, side="right") - 1
+        lo = slots - self._offset[hi] + self._base[hi]
+        return (hi.astype(np.uint64) << np.uint64(48)) | lo.astype(np.uint64)
+
+
 class prefetch:  # noqa: N801 - used like a generator function
     """Iterate ``items`` in a thread started at once, up to ``depth`` items ahead (Parquet decoding
     releases the GIL, so it overlaps the caller's numpy work); the thread's exceptions are raised in
@@ -178,24 +197,35 @@ class prefetch:  # noqa: N801 - used like a generator function
 
 
 class _State:
-    """Per-walk outputs, filled batch by batch."""
+    """Per-walk outputs, filled batch by batch.
 
-    def __init__(self, w_wid: np.ndarray, addrs: np.ndarray, model: ModelCache | None, limit: int,
-                 selected: np.ndarray | None):
-        n = len(w_wid)
-        self.w_wid, self.addrs, self.model, self.limit, self.selected = w_wid, addrs, model, limit, selected
+    ``paths`` (a :class:`~tracekit.analysis.walkgroups.Codes`) keeps each walk's level path as a small dictionary code instead of
+    an int64, and then no root level is kept (the narrow form :mod:`.walkgroups` uses); else ``path`` and
+    ``root`` are full per-walk arrays (the walk frame). Mismatch rows carry the walk's row until
+    :meth:`mismatch_frame` puts in the walk ids."""
+
+    def __init__(self, n: int, addrs: np.ndarray, model: ModelCache | None, limit: int,
+                 selected: np.ndarray | None, paths: Any = None):
+        self.n, self.addrs, self.model, self.limit, self.selected = n, addrs, model, limit, selected
+        self.paths = paths
         self.depth = np.zeros(n, np.int16)
-        self.root = np.full(n, -1, np.int8)
         self.leaf = np.full(n, -1, np.int8)
-        self.path = np.zeros(n, np.int64)
+        self.root = np.full(n, -1, np.int8) if paths is None else None
+        self.path = np.zeros(n, np.int64) if paths is None else None
         self.bad = np.zeros(n, bool)
-        self.mark = np.zeros(n, bool)  # scratch: walks flagged in the current batch
-        self.owner = np.zeros(n, np.int32)  # scratch: the last run of each walk in the current batch
         self.orphans = 0
         self.conflict = False
+        self.retried = 0  # walks whose elements are several passes from the root and whose last one matched
         self.observed_levels = np.zeros(8, np.int64)
         self.model_rows = np.zeros(0, np.int64)  # compared walks per model row
         self.mismatches: list[tuple[int, tuple]] = []  # (walk row, row of MISMATCH_COLUMNS), smallest rows
+
+    def mismatch_frame(self, walk_ids: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
+        """The kept mismatch rows, their walk ids from ``walk_ids(rows)``."""
+        rows = np.array([w for w, _ in self.mismatches], np.int64)
+        ids = walk_ids(rows).tolist() if len(rows) else []
+        return pd.DataFrame([(walk_id, *row[1:]) for walk_id, (_, row) in zip(ids, self.mismatches)],
+                            columns=MISMATCH_COLUMNS)
 
     def process(self, wi: np.ndarray, starts: np.ndarray, counts: np.ndarray, level: np.ndarray,
                 pte: np.ndarray) -> None:
@@ -208,9 +238,12 @@ class _State:
             return
         ends = starts + counts - 1
         self.depth[wi] = counts
-        self.root[wi] = level[starts]
         self.leaf[wi] = leaf_levels(level[ends], pte[ends])
-        self.path[wi] = level_paths(level, starts, counts)
+        if self.paths is None:
+            self.root[wi] = level[starts]
+            self.path[wi] = level_paths(level, starts, counts)
+        else:
+            self.paths.put(wi, level_paths(level, starts, counts))
         if self.model is None:
             return
         if self.selected is not None:
@@ -239,7 +272,7 @@ class _State:
         model = self.model.table(rows)
         for i in found.tolist():
             w = int(wi[i])
-            self.mismatches.append((w, mismatch_row(int(self.w_wid[w]), int(self.addrs[w]), int(first_bad[i]),
+            self.mismatches.append((w, mismatch_row(-1, int(self.addrs[w]), int(first_bad[i]),
                                                     int(counts[i]), int(starts[i]), level, pte, model, int(rows[i]))))
         self.mismatches.sort(key=lambda item: item[0])
         del self.mismatches[self.limit:]
@@ -299,6 +332,16 @@ class _Rebuilder:
         self.state, self.row_map = state, row_map
         self.held: list[np.ndarray] | None = None  # walk row, index, level, pte, stream position of held rows
         self.seen = 0  # rows fed so far
+        self._mark = np.zeros(0, bool)  # scratch over the walk rows of one batch (all False between batches)
+        self._owner = np.zeros(0, np.int32)
+
+    def _scratch(self, span: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scratch arrays for ``span`` consecutive walk rows, reused from batch to batch (a batch's walks
+        usually span about its own length of walk rows, so this stays small)."""
+        if len(self._mark) < span:
+            size = max(span, 2 * len(self._mark))
+            self._mark, self._owner = np.zeros(size, bool), np.zeros(size, np.int32)
+        return self._mark[:span], self._owner[:span]
 
     def feed(self, wid: np.ndarray, idx: np.ndarray, level: np.ndarray, pte: np.ndarray, last: bool) -> None:
         state = self.state
@@ -318,12 +361,15 @@ class _Rebuilder:
         flagged = np.zeros(len(starts), bool)
         if len(disorder):
             flagged[np.searchsorted(starts, disorder, side="right") - 1] = True
-        mark, owner = state.mark, state.owner
         valid = np.flatnonzero(~orphan)
         v_wi = wi[valid]
+        low = int(v_wi.min()) if len(v_wi) else 0
+        mark, owner = self._scratch(int(v_wi.max()) - low + 1 if len(v_wi) else 0)
+        local = v_wi - low
         # A walk with several runs here: the last run of it to be written owns the walk.
-        owner[v_wi] = np.arange(len(v_wi), dtype=np.int32)
-        repeated = v_wi[owner[v_wi] != np.arange(len(v_wi), dtype=np.int32)]
+        order = np.arange(len(v_wi), dtype=np.int32)
+        owner[local] = order
+        repeated = v_wi[owner[local] != order]
         holding: np.ndarray | None = None
         if not last:  # the walks seen in the last HOLD_ROWS rows of the stream may go on
             tail = np.flatnonzero(starts + counts > n - HOLD_ROWS)
@@ -331,12 +377,15 @@ class _Rebuilder:
             if self.held is not None and n < HOLD_ROWS:
                 recent = self.held[4] >= self.seen + n - HOLD_ROWS
                 holding = np.concatenate((holding, self.held[0][recent]))
-        flag_walks = [w for w in (repeated, holding, None if self.held is None else self.held[0])
-                      if w is not None and len(w)]
+        flag_walks = []  # walks to gather, as offsets in this batch's range of walk rows
+        for walks in (repeated, holding, None if self.held is None else self.held[0]):
+            if walks is not None and len(walks):
+                offsets = walks - low
+                flag_walks.append(offsets[(offsets >= 0) & (offsets < len(mark))])
         for walks in flag_walks:
             mark[walks] = True
         if flag_walks:
-            flagged[valid] |= mark[v_wi]
+            flagged[valid] |= mark[local]
             for walks in flag_walks:
                 mark[walks] = False
         flagged &= ~orphan
@@ -407,16 +456,9 @@ def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]], model_walk:
     addrs = _col(walk, "addr", np.uint64)
     model = ModelCache(model_walk) if model_walk is not None else None
     selected = None if select is None else np.asarray(select(walk), bool)
-    state = _State(w_wid, addrs, model, limit, selected)
-    rebuilder = _Rebuilder(state, row_map)
-    batches = iter(batches)
-    pending = next(batches, None)
-    while pending is not None:
-        following = next(batches, None)
-        rebuilder.feed(*pending, last=following is None)
-        if state.conflict:
-            return None
-        pending = following
+    state = _State(len(w_wid), addrs, model, limit, selected)
+    if not feed_all(_Rebuilder(state, row_map), batches):
+        return None
     error = np.zeros(len(w_wid), bool)
     if error_ids is not None and len(error_ids):
         error_rows = row_map.rows(np.asarray(error_ids, np.uint64))
@@ -429,13 +471,30 @@ def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]], model_walk:
     walks.attrs["orphan_elements"] = state.orphans
     if model is None:
         return walks, None
+    return walks, cross_check(state, lambda rows: w_wid[rows])
+
+
+def feed_all(rebuilder: _Rebuilder, batches: Iterable[list[np.ndarray]]) -> bool:
+    """Feed every batch; False when a walk's elements turned out too far apart (use the in-memory path)."""
+    batches = iter(batches)
+    pending = next(batches, None)
+    while pending is not None:
+        following = next(batches, None)
+        rebuilder.feed(*pending, last=following is None)
+        if rebuilder.state.conflict:
+            return False
+        pending = following
+    return True
+
+
+def cross_check(state: _State, walk_ids: Callable[[np.ndarray], np.ndarray]) -> CrossCheck:
+    """The :class:`CrossCheck` of a fed :class:`_State` (with a model); ``walk_ids(rows)`` names walks."""
     observed = state.depth > 0
-    if selected is not None:
-        observed &= selected
+    if state.selected is not None:
+        observed &= state.selected
     compared = int(observed.sum())
-    per_level = per_level_table(state.observed_levels, model.levels, row_counts=state.model_rows)
-    summary = check_summary(int(len(walks) if selected is None else selected.sum()), compared,
+    per_level = per_level_table(state.observed_levels, state.model.levels, row_counts=state.model_rows)
+    summary = check_summary(int(state.n if state.selected is None else state.selected.sum()), compared,
                             compared - int((state.bad & observed).sum()))
     per_walk = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
-    mismatches = pd.DataFrame([row for _, row in state.mismatches], columns=MISMATCH_COLUMNS)
-    return walks, CrossCheck(summary, per_walk, mismatches, per_level)
+    return CrossCheck(summary, per_walk, state.mismatch_frame(walk_ids), per_level)

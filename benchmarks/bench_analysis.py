@@ -124,7 +124,7 @@ def in_memory_tables(n: int, chunk: int = 2_000_000) -> tuple[dict[str, np.ndarr
 
 def timed_stages() -> dict[str, float]:
     """Wrap the analysis stages so their wall time adds up in the returned dict (this process only)."""
-    from tracekit.analysis import analyze, walkstream
+    from tracekit.analysis import analyze, walkgroups, walkstream
 
     stages: dict[str, float] = {}
 
@@ -140,23 +140,45 @@ def timed_stages() -> dict[str, float]:
 
         setattr(owner, name, wrapper)
 
-    timed(walkstream, "load", "read walks")
+    timed(walkgroups, "_read_walks", "read walks")
+    timed(walkgroups, "RowMap", "walk id map")
     timed(walkstream._Rebuilder, "feed", "rebuild + cross-check elements")
-    timed(walkstream, "RowMap", "walk id map")
-    timed(analyze.walkstream, "stream_walks", "stream_walks (all of the above)")
+    timed(walkgroups, "_group_counts", "group counts")
+    timed(analyze.walkgroups, "walk_group_counts", "walk_group_counts (all of the above)")
     timed(analyze.walks, "depth_distribution", "depth tables")
     timed(analyze, "count_by", "path table")
-    timed(analyze, "add_vcpu", "vcpu column")
     timed(analyze.locks, "attribute_operations", "lock attribution")
     timed(analyze.locks, "contention_summary", "lock summary")
     return stages
 
 
 
+def fault_rate(size: int) -> dict:
+    """How fast this VM hands out fresh memory: ``size`` bytes of float64 ones written into freshly
+    mapped pages, then into the same pages again (the analysis's speed depends on the first)."""
+    count = size // 8
+    start = time.perf_counter()
+    fresh = np.ones(count)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    fresh.fill(2.0)
+    again = time.perf_counter() - start
+    del fresh
+    return {"bytes": size, "fresh_gbps": size / first / 1e9, "reused_gbps": size / again / 1e9}
+
+
+def print_fault_rate(when: str) -> None:
+    rate = run_child("fault-rate", str(2 << 30))
+    print(f"fresh memory {when}: {rate['fresh_gbps']:.2f} GB/s first touch, {rate['reused_gbps']:.1f} GB/s "
+          f"rewritten (a fresh 2 GiB array; the analysis's times depend on the first)")
+
+
 def child(case: str, arg: str) -> dict:
     from tracekit.analysis.common import tune_memory
 
     tune_memory()  # what the tracekit commands do
+    if case == "fault-rate":
+        return fault_rate(int(arg))
     if case == "rebuild":
         from tracekit.analysis.walkstream import BATCH_ROWS, rebuild_streamed
 
@@ -239,6 +261,7 @@ def main() -> None:
     walks = events // 4
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
           "(other work on the host slows every figure below)")
+    print_fault_rate("at start")
     # 1. reconstruction
     fast = run_child("rebuild", str(walks))
     base = run_child("rebuild-baseline", str(min(walks, 20_000)))
@@ -279,6 +302,7 @@ def main() -> None:
               f"[target: no growth (ratio <= 1.05): {verdict(mixed['peak_mb'] <= 1.05 * alone['peak_mb'])}]")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print_fault_rate("at end")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
