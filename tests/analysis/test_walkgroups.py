@@ -1,0 +1,154 @@
+"""The walk tables counted from narrow per-walk columns (both walk families streamed a row group at a time)
+equal the tables of the per-walk frame rebuilt in memory, whatever the batch boundaries, CPU interleaving,
+phases, vCPU threads and mismatches; the dictionary codes and the id map's inverse checked on their own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tracekit.analysis import analyze, phases as phases_mod, walkgroups, walkstream
+from tracekit.analysis.common import count_by
+from tracekit.analysis.crosscheck import model_from_layout
+from tracekit.analysis.synthetic import SCHEMAS, guest_tables, walk_tables
+from tracekit.analysis.walks import depth_distribution
+from tracekit.analysis.walkgroups import Codes, walk_group_counts
+from tracekit.analysis.walkstream import RowMap
+from tracekit.capture import CaptureWriter, open_capture
+
+_, PAGING = guest_tables(64 << 20)
+MODEL = model_from_layout({"guest_paging": PAGING})
+T0 = 10**9  # walk_tables' first timestamp; one walk per microsecond
+
+
+def _capture(path, n, cpus, interleaved, flipped, dropped, vcpu_threads, seed):
+    """Recorder-shaped walks (tids 1000, 1001) with flipped PTE bits and dropped elements, in row groups
+    of 7 rows so walks straddle batches; ``vcpu_threads`` of the tids are named vCPUs in the manifest."""
+    tables = walk_tables(n, cpus=cpus, interleaved=interleaved, size=64 << 20, seed=seed)
+    element = tables["walk_element"].to_pandas()
+    flip = np.array(sorted(i * 3 + 1 for i in flipped if i < n), np.int64)
+    element.loc[flip, "pte"] ^= 0x2
+    element = element.drop(index=[i * 3 + 2 for i in dropped if i < n]).reset_index(drop=True)
+    walk = tables["walk"].to_pandas()
+    walk.loc[walk.index % 5 == 3, "pferr"] = 6  # two fault codes
+    manifest = {"target": {"threads": [{"tid": 1000 + v, "vcpu": v} for v in range(vcpu_threads)]}}
+    with CaptureWriter(path, manifest=manifest, segment_rows=50, segment_seconds=3600) as writer:
+        for family, frame in (("walk", walk), ("walk_element", element)):
+            writer.declare(family, SCHEMAS[family])
+            table = pa.Table.from_pandas(frame, schema=SCHEMAS[family], preserve_index=False)
+            for first in range(0, len(frame), 7):
+                writer.append(family, table.slice(first, 7))
+    return open_capture(path)
+
+
+def _tables(counts, weights):
+    paths = count_by(counts, ["level_path", "pferr"], "walks", weights=weights)
+    return [depth_distribution(counts, ["vcpu"], weights=weights), depth_distribution(counts, ["phase"], weights=weights),
+            paths]
+
+
+@given(st.integers(10, 120), st.integers(1, 3), st.sampled_from([0.0, 0.5]), st.sets(st.integers(0, 119), max_size=4),
+       st.sets(st.integers(0, 119), max_size=3), st.integers(0, 2), st.integers(1, 40),
+       st.lists(st.integers(0, 130), min_size=0, max_size=4), st.booleans(), st.integers(1, 50))
+def test_group_counts_equal_the_walk_frame(tmp_path_factory, n, cpus, interleaved, flipped, dropped, vcpu_threads,
+                                           batch, cuts, cut, seed):
+    """Tables and cross-check from the group counts equal those of the in-memory walk frame, cut by a
+    phase or not; batches of any size (walks straddle them, concurrent walks interleave across CPUs)."""
+    cap = _capture(tmp_path_factory.mktemp("g") / "c.tkcap", n, cpus, interleaved, flipped, dropped, vcpu_threads,
+                   seed)
+    bounds = sorted(set(cuts))
+    rows = [{"name": "dirty-memory", "iteration": i + 1, "start_ns": T0 + a * 1000, "end_ns": T0 + b * 1000}
+            for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    phase_table = phases_mod.make_phase_table(rows, "workload")
+    phase = "dirty-memory" if cut and rows else None
+    saved = walkgroups.BATCH_ROWS, walkstream.HOLD_ROWS
+    walkgroups.BATCH_ROWS, walkstream.HOLD_ROWS = batch, 64
+    try:
+        grouped = walk_group_counts(cap, MODEL, phase_table=phase_table, phase=phase, limit=3)
+    finally:
+        walkgroups.BATCH_ROWS, walkstream.HOLD_ROWS = saved
+    frame, reference = analyze._walk_frame(cap, phase_table, phase, MODEL, 3, in_memory=True)
+    assert grouped is not None and grouped.walks == n
+    assert grouped.counts["walks"].sum() == len(frame)
+    for ours, theirs in zip(_tables(grouped.counts, "walks"), _tables(frame, None)):
+        pd.testing.assert_frame_equal(ours, theirs)
+    assert grouped.check.summary == reference.summary
+    assert (grouped.check.summary["mismatched"] > 0) == bool(reference.summary["mismatched"])
+    pd.testing.assert_frame_equal(grouped.check.mismatches, reference.mismatches, check_dtype=False)
+    pd.testing.assert_frame_equal(grouped.check.per_level, reference.per_level, check_dtype=False)
+    assert grouped.orphans == frame.attrs["orphan_elements"] == 0
+
+
+def test_analyze_walk_frame_is_made_on_first_access(tmp_path):
+    """analyze_capture holds no per-walk frame; frames["walks"] is rebuilt when read and agrees with the
+    tables (one row per walk of the cut)."""
+    cap = _capture(tmp_path / "c.tkcap", 40, 2, 0.5, {3}, set(), 2, 1)
+    result = analyze.analyze_capture(cap)
+    assert result.info["walk_path"] == "streamed"
+    assert "walks" in result.frames and not dict.__contains__(result.frames, "walks")
+    walks = result.frames.get("walks")
+    assert len(walks) == result.tables["walk_depth"]["walks"].sum() == 40
+    assert set(walks["vcpu"]) == {0, 1} and dict.__contains__(result.frames, "walks")
+    assert result.frames["walks"] is walks
+
+
+def test_codes_widen_and_decode():
+    """Codes in order of first appearance; the column widens from uint8 to uint16 past 256 values."""
+    codes = Codes(600, first=(0,))
+    codes.put(slice(0, 3), np.array([432, 0, 432]))
+    assert codes.codes.dtype == np.uint8 and codes.codes[:3].tolist() == [1, 0, 1]
+    codes.put(np.arange(3, 600), np.arange(3, 600) * 7)
+    assert codes.codes.dtype == np.uint16
+    assert codes.decode(codes.codes).tolist() == [432, 0, 432, *(np.arange(3, 600) * 7).tolist()]
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 50)), min_size=1, max_size=4), st.randoms(),
+       st.integers(0, 3))
+def test_row_map_ids_invert_rows(cpus, rnd, shape):
+    """Per-CPU sequences (shuffled or not), consecutive and arbitrary ids: ids(rows) gives back each id."""
+    ids = [(cpu << 48) | (start + i) for cpu, count in dict(cpus).items() for start in [rnd.randint(1, 9)]
+           for i in range(count)]
+    if shape == 1:
+        rnd.shuffle(ids)
+    elif shape == 2:
+        ids = list(range(100, 100 + len(ids)))
+    elif shape == 3:
+        ids = rnd.sample(range(1 << 60), len(ids))
+    row_map = RowMap(np.array(ids, np.uint64))
+    rows = np.array(rnd.sample(range(len(ids)), min(len(ids), 5)), np.int64)
+    assert row_map.ids(rows).tolist() == [ids[r] for r in rows.tolist()]
+    assert row_map.ids(np.zeros(0, np.int64)).tolist() == []
+
+
+def test_null_walk_column_falls_back(tmp_path):
+    """A walk column with nulls: no streamed counts (the caller rebuilds in memory)."""
+    path = tmp_path / "c.tkcap"
+    with CaptureWriter(path, segment_seconds=3600) as writer:
+        for family in ("walk", "walk_element"):
+            writer.declare(family, SCHEMAS[family])
+        writer.append("walk", pa.table({"ts_ns": [1, 2], "cpu": [0, 0], "pid": [1, 1], "tid": [1, 1],
+                                        "walk_id": [1, 2], "addr": [0, 0], "pferr": [6, None]}, schema=SCHEMAS["walk"]))
+        writer.append("walk_element", pa.table({"ts_ns": [1], "cpu": [0], "pid": [1], "tid": [1], "walk_id": [1],
+                                                "index": [0], "level": [4], "pte": [0]},
+                                               schema=SCHEMAS["walk_element"]))
+    assert walk_group_counts(open_capture(path), phase_table=phases_mod.make_phase_table([], "workload")) is None
+
+
+@pytest.mark.parametrize("phase", [None, "dirty-memory#2"])
+def test_sample_group_counts_equal_the_walk_frame(phase):
+    """The recorder's two-vCPU sample: the same tables and cross-check both ways, cut or not."""
+    from .conftest import SAMPLES
+
+    cap = open_capture(SAMPLES / "x86-dirty-log-2m.tkcap")
+    phase_table = phases_mod.capture_phases(cap)
+    model = model_from_layout(cap.manifest["workload"])
+    grouped = walk_group_counts(cap, model, phase_table=phase_table, phase=phase)
+    frame, reference = analyze._walk_frame(cap, phase_table, phase, model, 20, in_memory=True)
+    for ours, theirs in zip(_tables(grouped.counts, "walks"), _tables(frame, None)):
+        pd.testing.assert_frame_equal(ours, theirs)
+    assert grouped.check.summary == reference.summary and reference.summary["compared"] > 8000
+    pd.testing.assert_frame_equal(grouped.check.mismatches, reference.mismatches, check_dtype=False)
