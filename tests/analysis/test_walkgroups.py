@@ -1,6 +1,6 @@
 """The walk tables counted from narrow per-walk columns (both walk families streamed a row group at a time)
 equal the tables of the per-walk frame rebuilt in memory, whatever the batch boundaries, CPU interleaving,
-phases, vCPU threads and mismatches; the dictionary codes and the id map's inverse checked on their own."""
+phases, vCPU threads and mismatches; the dictionary codes checked on their own."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from tracekit.analysis.crosscheck import model_from_layout
 from tracekit.analysis.synthetic import SCHEMAS, guest_tables, walk_tables
 from tracekit.analysis.walks import depth_distribution
 from tracekit.analysis.walkgroups import Codes, walk_group_counts
-from tracekit.analysis.walkstream import RowMap
 from tracekit.capture import CaptureWriter, open_capture
 
 _, PAGING = guest_tables(64 << 20)
@@ -104,24 +103,6 @@ def test_codes_widen_and_decode():
     codes.put(np.arange(3, 600), np.arange(3, 600) * 7)
     assert codes.codes.dtype == np.uint16
     assert codes.decode(codes.codes).tolist() == [432, 0, 432, *(np.arange(3, 600) * 7).tolist()]
-
-
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 50)), min_size=1, max_size=4), st.randoms(),
-       st.integers(0, 3))
-def test_row_map_ids_invert_rows(cpus, rnd, shape):
-    """Per-CPU sequences (shuffled or not), consecutive and arbitrary ids: ids(rows) gives back each id."""
-    ids = [(cpu << 48) | (start + i) for cpu, count in dict(cpus).items() for start in [rnd.randint(1, 9)]
-           for i in range(count)]
-    if shape == 1:
-        rnd.shuffle(ids)
-    elif shape == 2:
-        ids = list(range(100, 100 + len(ids)))
-    elif shape == 3:
-        ids = rnd.sample(range(1 << 60), len(ids))
-    row_map = RowMap(np.array(ids, np.uint64))
-    rows = np.array(rnd.sample(range(len(ids)), min(len(ids), 5)), np.int64)
-    assert row_map.ids(rows).tolist() == [ids[r] for r in rows.tolist()]
-    assert row_map.ids(np.zeros(0, np.int64)).tolist() == []
 
 
 def test_null_walk_column_falls_back(tmp_path):

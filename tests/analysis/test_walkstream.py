@@ -189,7 +189,7 @@ def test_model_cache_equals_the_model_walk_by_walk(batches):
        st.integers(0, 3))
 def test_row_map_finds_every_id(cpus, rnd, shape):
     """Per-CPU sequences (shuffled or not), consecutive ids and arbitrary ids: every id maps to its row,
-    unknown ids to -1, and a repeated id is refused."""
+    unknown ids to -1, rows back to their ids, and a repeated id is refused."""
     ids = [(cpu << 48) | (start + i) for cpu, count in dict(cpus).items() for start in [rnd.randint(1, 9)]
            for i in range(count)]
     if shape == 1:
@@ -202,6 +202,8 @@ def test_row_map_finds_every_id(cpus, rnd, shape):
     assert row_map.ok
     unknown = [max(ids) + 1, 0 if 0 not in ids else max(ids) + 2, (1 << 63) + 5]
     assert row_map.rows(np.array([*ids, *unknown], np.uint64)).tolist() == [*range(len(ids)), -1, -1, -1]
+    rows = np.array(rnd.sample(range(len(ids)), min(len(ids), 5)), np.int64)
+    assert row_map.ids(rows).tolist() == [ids[r] for r in rows.tolist()]  # the inverse, for named walks
     assert not RowMap(np.array([*ids, ids[0]], np.uint64)).ok
 
 
