@@ -9,6 +9,9 @@ tracer is attached before it runs):
 1. ``untraced``: no probe;
 2. ``count-only``: one bcc program that only counts hits of the same tracepoints in a per-CPU array
    (tgid filter in the kernel): the floor of any tracer's observer effect;
+   ``count+clock``: the same programs, each also reading ``bpf_ktime_get_ns()`` once per hit where
+   the recorder's program does (every tracepoint but the families' ``untimed`` ones): the floor of a
+   recorder that gives those events their own timestamp;
 3. ``naive``: the recorder's own BPF programs with one event per ring record (``batch_events=1``),
    consumed through bcc's ``open_ring_buffer`` with one Python callback per event
    (``ring_buffer_consume`` every 20 ms);
@@ -18,7 +21,7 @@ tracer is attached before it runs):
    ``open_perf_buffer`` callback per event), run once on a smaller workload (``--perf-size``, with
    its own untraced run) because it slows the guest tens of times.
 
-Modes 1-4 run ``--repeat`` times, interleaved, and the median run is reported (the host may be
+Modes 1-4 (count+clock included) run ``--repeat`` times, interleaved, and the median run is reported (the host may be
 shared). For each: the guest's work time (populate + dirty passes, from the workload's layout record)
 and its slowdown against the untraced and count-only runs, events delivered, the workload's wall time
 (its own record's start to end) and delivered events per second of it, lost (in-kernel reserve failures), the
@@ -95,9 +98,11 @@ def _run_gated(argv: list[str], attach, poll, interval: float = 0.02) -> None:
         child.terminate()
 
 
-def _tracepoints() -> list[str]:
+def _tracepoints(clocked: bool = False) -> list[str]:
+    """The tracepoints ``tracekit record`` attaches by default; ``clocked``: those whose program reads the clock."""
     plan, _, _ = plan_families(DEFAULT_FAMILIES, Host(tracefs_root()), RecordOptions())
-    return [s.probe for _, statuses in plan for s in statuses if s.available]
+    return [s.probe for family, statuses in plan for s in statuses
+            if s.available and not (clocked and s.probe in family.untimed)]
 
 
 def _prog_costs(bpf) -> dict[str, tuple[int, float]]:
@@ -143,12 +148,12 @@ def run_untraced(size: str, iterations: int) -> dict:
             "lost": 0, "cpu_s": 0.0}
 
 
-def run_count_only(size: str, iterations: int) -> dict:
+def run_count_only(size: str, iterations: int, clocked: bool = False) -> dict:
     tps = _tracepoints()
     state: dict = {}
 
     def attach(pid: int) -> None:
-        state["counter"] = HitCounter(tps, pid)
+        state["counter"] = HitCounter(tps, pid, _tracepoints(clocked=True) if clocked else ())
         state["cpu0"] = _cpu()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,8 +166,12 @@ def run_count_only(size: str, iterations: int) -> dict:
             if "counter" in state:
                 state["counter"].close()
         data = json.loads(Path(layout).read_text())
-    return {"mode": "count-only", "guest_s": _guest_seconds(data), "wall_s": _workload_seconds(data),
+    return {"mode": "count+clock" if clocked else "count-only", "guest_s": _guest_seconds(data), "wall_s": _workload_seconds(data),
             "delivered": counted, "lost": 0, "cpu_s": _cpu() - state["cpu0"], "prog_ns": state["prog_ns"]}
+
+
+def run_count_clocked(size: str, iterations: int) -> dict:
+    return run_count_only(size, iterations, clocked=True)
 
 
 def run_naive(size: str, iterations: int, batched: bool = False) -> dict:
@@ -331,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="tracekit's guest time over count-only's counted as 'within a few percent'")
     args = parser.parse_args(argv)
     _keep_freed_memory()  # as tracekit record does; the in-process consumers below share the setting
-    runners = (run_untraced, run_count_only, run_naive, run_tracekit)
+    runners = (run_untraced, run_count_only, run_naive, run_tracekit, run_count_clocked)
     runs: list[list[dict]] = [[] for _ in runners]
     for _ in range(args.repeat):  # interleaved, so a change in background load hits every mode alike
         for i, runner in enumerate(runners):
@@ -339,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [sorted(r, key=lambda x: x["guest_s"])[len(r) // 2] for r in runs]
     for r in runs:
         print(f"{r[0]['mode']:<11} guest s of each run: " + ", ".join(f"{x['guest_s']:.3f}" for x in r))
+    print("tracekit / count-only within each round: "
+          + ", ".join(f"{t['guest_s'] / c['guest_s']:.3f}x" for t, c in zip(runs[3], runs[1])))
     perf_base = run_untraced(args.perf_size, args.iterations)
     perf = run_perf_naive(args.perf_size, args.iterations)
     base = results[0]["guest_s"]
@@ -358,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         row(r, base, count_only if r["mode"] != "untraced" else None)
     print(f"-- perf-buffer row at -b {args.perf_size} (untraced at that size: {perf_base['guest_s']:.3f} s):")
     row(perf, perf_base["guest_s"], None)
-    naive, tracekit = results[2], results[3]
+    naive, tracekit, clocked = results[2], results[3], results[4]
     print(f"delivered vs count-only hits: {tracekit['delivered']:,} / {results[1]['delivered']:,} "
           "(hits include ioctl entries, lock begins and KVM_RUN, which are paired or aggregated)")
     capacity = [run_capacity(args.size, c) for c in ("naive", "tracekit")]
@@ -396,7 +407,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{cpu_ratio:.1f}x events per recorder CPU-second ({_verdict(cpu_ratio >= 10)}); "
           f"{cap_ratio:.1f}x consumer capacity on a full ring ({_verdict(cap_ratio >= 10)})")
     print(f"  slowdown within a few percent of count-only: {over_count:.3f}x "
-          f"({_verdict(over_count <= args.slowdown_target)} at <= {args.slowdown_target:.2f}x)")
+          f"({_verdict(over_count <= args.slowdown_target)} at <= {args.slowdown_target:.2f}x); "
+          f"count+clock {clocked['guest_s'] / count_only:.3f}x count-only, tracekit "
+          f"{tracekit['guest_s'] / clocked['guest_s']:.3f}x count+clock (the clock reads it must do are "
+          f"{(clocked['guest_s'] - count_only) / max(1e-9, tracekit['guest_s'] - count_only):.0%} of its gap)")
     print(f"  memory bounded: RSS ratio 10x-longer / short {rss_ratio:.2f} ({_verdict(rss_ratio <= 1.25)} at <= 1.25)")
     return 0
 

@@ -9,6 +9,10 @@
  * Events are batched per CPU (see tk_bpf.h): an mmu_events ring record is one
  * struct mmu_batch. Within a CPU, records keep the order of the events.
  *
+ * Every event reads the clock (bpf_ktime_get_ns(), about 55 ns here: as much as the rest of
+ * a program) except kvm_mmu_set_spte, which carries the time of its fault's
+ * kvm_mmu_spte_requested (mmu_fault_time below).
+ *
  * cflags: TK_TARGET_TGID, TK_MMU_PAGES, TK_MMU_HAVE_<EVENT>, TK_BATCH_EVENTS,
  * TK_BATCH_FLUSH_NS, TK_FAKE_FD_mmu_events.
  * Probes (index into mmu_lost): the TK_MMU_<EVENT> number.
@@ -43,6 +47,14 @@ BPF_PERCPU_ARRAY(mmu_staging, struct mmu_batch, 2);
 BPF_ARRAY(mmu_failures, struct tk_ring_failure, TK_FAILURE_SLOTS);
 BPF_ARRAY(mmu_failure_count, __u64, 1);
 
+#define TK_MMU_FAULT_SPTES 16	/* set_spte events timed by one fault's clock read, at most */
+struct mmu_fault_clock {
+	__u64 ts;		/* when the fault's kvm_mmu_spte_requested ran */
+	__u32 tid;		/* the thread handling it (0: none yet) */
+	__u32 spte_events;	/* set_spte events given ts so far */
+};
+BPF_PERCPU_ARRAY(mmu_fault_clock, struct mmu_fault_clock, 1);
+
 static __always_inline void mmu_count_lost(__u32 kind, __u64 n)
 {
 	__u64 *lost = mmu_lost.lookup(&kind);
@@ -50,15 +62,11 @@ static __always_inline void mmu_count_lost(__u32 kind, __u64 n)
 		*lost += n;
 }
 
-/* The start of every handler: nothing (0) for other processes' events; else this
- * CPU's staging batch (or its spare when a program on this CPU is filling it) marked
- * busy, the header of its next slot filled; 0 with the loss counted when
- * both are busy. */
-static __always_inline struct mmu_batch *mmu_open(__u32 kind)
+/* The start of every handler, for an event of process pid_tgid (a target) at time ts: this
+ * CPU's staging batch (or its spare when a program on this CPU is filling it) marked busy,
+ * the header of its next slot filled; 0 with the loss counted when both are busy. */
+static __always_inline struct mmu_batch *mmu_open_at(__u32 kind, __u64 pid_tgid, __u64 ts)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
 	__u32 main = 0, spare = 1;
 	struct mmu_batch *b = mmu_staging.lookup(&main);
 	struct mmu_batch *s = mmu_staging.lookup(&spare);
@@ -71,9 +79,35 @@ static __always_inline struct mmu_batch *mmu_open(__u32 kind)
 	/* The slot still holds an older event: every handler sets valid and user space reads
 	 * only the fields valid names, so the 136 bytes are not cleared. */
 	struct mmu_event *e = TK_BATCH_SLOT(b);
-	tk_fill_header(&e->hdr, pid_tgid, kind);
+	tk_fill_header_at(&e->hdr, pid_tgid, kind, ts);
 	e->flags = 0;
 	return b;
+}
+
+/* mmu_open_at for the current task, timed now; nothing (0) for other processes' events. */
+static __always_inline struct mmu_batch *mmu_open(__u32 kind)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
+	return mmu_open_at(kind, pid_tgid, bpf_ktime_get_ns());
+}
+
+/* The time of the fault thread tid is handling on this CPU, for its kvm_mmu_set_spte events:
+ * kvm_mmu_spte_requested reads the clock once per fault and leaves it here. KVM traces both
+ * inside one mmu_lock section (preemption off), spte_requested first, then the SPTE it installs
+ * and the ones it prefetches (PTE_PREFETCH_NUM, 8) in the same thread and on the same CPU. A
+ * set_spte with no such fault (another thread's clock here, or more SPTEs than one fault
+ * installs) reads the clock itself. */
+static __always_inline __u64 mmu_fault_time(__u32 tid)
+{
+	__u32 zero = 0;
+	struct mmu_fault_clock *c = mmu_fault_clock.lookup(&zero);
+	if (c && c->tid == tid && c->spte_events < TK_MMU_FAULT_SPTES) {
+		c->spte_events += 1;
+		return c->ts;
+	}
+	return bpf_ktime_get_ns();
 }
 
 static __always_inline void mmu_failed(struct mmu_batch *b, __u32 kind, long ret)
@@ -113,18 +147,22 @@ static __always_inline int mmu_close(struct mmu_batch *b, struct mmu_event *e)
 	return 0;
 }
 
-/* Every handler: MMU_BEGIN(kind); fill e; MMU_END. */
-#define MMU_BEGIN(kind)						\
-	struct mmu_batch *b = mmu_open(kind);			\
+/* Every handler: MMU_BEGIN(kind) (or MMU_BEGIN_AT with the batch opened by the handler); fill e; MMU_END. */
+#define MMU_BEGIN_AT(open)					\
+	struct mmu_batch *b = (open);				\
 	if (!b)							\
 		return 0;					\
 	struct mmu_event *e = TK_BATCH_SLOT(b)
+#define MMU_BEGIN(kind) MMU_BEGIN_AT(mmu_open(kind))
 #define MMU_END return mmu_close(b, e)
 
 #ifdef TK_MMU_HAVE_SET_SPTE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 {
-	MMU_BEGIN(TK_MMU_SET_SPTE);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
+	MMU_BEGIN_AT(mmu_open_at(TK_MMU_SET_SPTE, pid_tgid, mmu_fault_time((__u32)pid_tgid)));
 	e->gfn = args->gfn;
 	e->spte = args->spte;
 	e->sptep = args->sptep;
@@ -139,7 +177,18 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 #ifdef TK_MMU_HAVE_SPTE_REQUESTED
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_spte_requested)
 {
-	MMU_BEGIN(TK_MMU_SPTE_REQUESTED);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 zero = 0;
+	struct mmu_fault_clock *c = mmu_fault_clock.lookup(&zero);
+	if (c) {
+		c->ts = now;
+		c->tid = (__u32)pid_tgid;
+		c->spte_events = 0;
+	}
+	MMU_BEGIN_AT(mmu_open_at(TK_MMU_SPTE_REQUESTED, pid_tgid, now));
 	e->gfn = args->gfn;
 	e->pfn = args->pfn;
 	e->level = args->level;

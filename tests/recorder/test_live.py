@@ -125,6 +125,30 @@ def test_mmu_events_cover_the_faults(workload_capture):
     assert requested >= cap.manifest["workload"]["ground_truth"]["test_region_write_faults"]
 
 
+def test_set_spte_follows_its_faults_spte_requested(workload_capture):
+    """Every kvm_mmu_set_spte comes after a kvm_mmu_spte_requested of the same thread on the same CPU
+    (KVM traces both in one mmu_lock section); under bcc it carries that fault's time exactly."""
+    backend, _, cap = workload_capture
+    mmu = cap.dataframe("mmu")
+    mmu = mmu[mmu.event.isin(["kvm_mmu_spte_requested", "kvm_mmu_set_spte"])]
+    if backend == "tracefs":
+        mmu = mmu.sort_values("ts_ns", kind="stable")
+    sets = 0
+    for (_, _), rows in mmu.groupby(["cpu", "tid"], sort=False):
+        fault_ts = None
+        for event, ts in zip(rows.event, rows.ts_ns):
+            if event == "kvm_mmu_spte_requested":
+                fault_ts = ts
+                continue
+            sets += 1
+            assert fault_ts is not None, "a set_spte before any spte_requested of its thread and CPU"
+            if backend == "bcc":
+                assert ts == fault_ts
+            else:
+                assert ts >= fault_ts
+    assert sets >= cap.manifest["workload"]["ground_truth"]["test_region_write_faults"]
+
+
 def test_only_the_targets_threads_and_nothing_lost(workload_capture):
     _, _, cap = workload_capture
     pid = cap.manifest["target"]["pids"][0]
@@ -319,7 +343,8 @@ def _record_beside_a_counter(out: Path, options=None, poll_interval: float = 0.0
 
     def attach() -> None:
         [pid] = _children()  # the workload, held before exec until this returns
-        counter["bpf"] = HitCounter(tps, pid)
+        # the counter reads the clock where the recorder does, so its clocked programs are checked too
+        counter["bpf"] = HitCounter(tps, pid, clocked=set(tps) - set(WalkFamily.untimed + MmuFamily.untimed))
 
     try:
         summary = record(RecordConfig(output=out, backend="bcc", duration=60, families=("walk", "mmu"),

@@ -87,6 +87,7 @@ class WalkFamily(ProbeFamily):
     name = "walk"
     description = "guest page-table walks done by KVM's software walker"
     tracepoints = ("kvmmmu:kvm_mmu_pagetable_walk", "kvmmmu:kvm_mmu_paging_element", "kvmmmu:kvm_mmu_walker_error")
+    untimed = ("kvmmmu:kvm_mmu_paging_element",)  # its walk's start time
     required = tracepoints[:2]
     tracepoint_fields = {"kvmmmu:kvm_mmu_pagetable_walk": ("addr", "pferr"),
                          "kvmmmu:kvm_mmu_paging_element": ("pte", "level"),
@@ -509,6 +510,7 @@ class MmuFamily(ProbeFamily):
     name = "mmu"
     description = "shadow/TDP MMU work: sptes set and changed, faults, shadow pages, dirty ring, hva ranges"
     tracepoints = tuple(tp for _, tp, _ in MMU_EVENTS)
+    untimed = ("kvmmmu:kvm_mmu_set_spte",)  # its fault's kvm_mmu_spte_requested time
     required = ()
     tracepoint_fields = {tp: fields for _, tp, fields in MMU_EVENTS}
 

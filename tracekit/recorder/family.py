@@ -155,6 +155,9 @@ class ProbeFamily(abc.ABC):
     required: tuple[str, ...] = ()
     #: Fields each tracepoint must have for the family to read it (``system:event`` -> names).
     tracepoint_fields: dict[str, tuple[str, ...]] = {}
+    #: Tracepoints whose BPF program reads no clock: its events carry the time of an earlier event
+    #: of the same thread (bcc backend; every other program reads ``bpf_ktime_get_ns()`` once per hit).
+    untimed: tuple[str, ...] = ()
 
     def __init__(self, options: RecordOptions | None = None):
         self.options = options or RecordOptions()

@@ -7,35 +7,41 @@ only adds 1 to a per-CPU counter when the hit belongs to process ``tgid``; nothi
 :meth:`HitCounter.hits` returns ``{tracepoint: hits summed over CPUs}``; :meth:`HitCounter.close`
 detaches it (also on leaving the ``with`` block). The benchmark uses it as the "count-only" mode
 (the cost of attaching at all), the live tests attach it beside ``tracekit record`` to hold the
-capture's rows to the hits the kernel saw. Raises :class:`tracekit.errors.MissingCapability`
+capture's rows to the hits the kernel saw. ``clocked`` names tracepoints whose program also reads
+``bpf_ktime_get_ns()`` once per hit (into a per-CPU sink), as the recorder's programs do: the
+benchmark's "count+clock" mode, the floor of a recorder that timestamps those events. Raises :class:`tracekit.errors.MissingCapability`
 (through :func:`tracekit.recorder.bccload.import_bcc`) without bcc.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from tracekit.recorder.bccload import import_bcc
 
 __all__ = ["HitCounter", "program_text"]
 
 
-def program_text(tracepoints: Sequence[str], tgid: int) -> str:
-    """The bcc source counting the hits of ``tracepoints`` by process ``tgid`` in ``hits[i]``."""
-    text = f"typedef __u64 gpa_t;\nBPF_PERCPU_ARRAY(hits, u64, {max(len(tracepoints), 1)});\n"
+def program_text(tracepoints: Sequence[str], tgid: int, clocked: Collection[str] = ()) -> str:
+    """The bcc source counting the hits of ``tracepoints`` by process ``tgid`` in ``hits[i]``; the
+    programs of ``clocked`` ones also add a clock read to ``clock_sink`` (so it is not optimised out)."""
+    text = (f"typedef __u64 gpa_t;\nBPF_PERCPU_ARRAY(hits, u64, {max(len(tracepoints), 1)});\n"
+            "BPF_PERCPU_ARRAY(clock_sink, u64, 1);\n")
     for i, tracepoint in enumerate(tracepoints):
         system, event = tracepoint.split(":")
+        clock = " u32 z = 0; u64 *s = clock_sink.lookup(&z); if (s) *s += bpf_ktime_get_ns();" \
+            if tracepoint in clocked else ""
         text += (f"TRACEPOINT_PROBE({system}, {event}) {{ if ((bpf_get_current_pid_tgid() >> 32) != {tgid})"
-                 f" return 0; u32 k = {i}; u64 *c = hits.lookup(&k); if (c) (*c)++; return 0; }}\n")
+                 f" return 0; u32 k = {i}; u64 *c = hits.lookup(&k); if (c) (*c)++;{clock} return 0; }}\n")
     return text
 
 
 class HitCounter:
     """Hits of ``tracepoints`` by process ``tgid``, counted in the kernel from construction on."""
 
-    def __init__(self, tracepoints: Sequence[str], tgid: int):
+    def __init__(self, tracepoints: Sequence[str], tgid: int, clocked: Collection[str] = ()):
         self.tracepoints = list(tracepoints)
-        self.bpf: Any = import_bcc().BPF(text=program_text(self.tracepoints, tgid).encode(), cflags=["-w"])
+        self.bpf: Any = import_bcc().BPF(text=program_text(self.tracepoints, tgid, clocked).encode(), cflags=["-w"])
 
     def hits(self) -> dict[str, int]:
         table = self.bpf[b"hits"]
