@@ -23,7 +23,8 @@ Contract
   level, model: the model's reads for the same walks).
 - :class:`ModelCache` holds the model's walks for the streamed check: ``rows(addrs)`` gives each
   address the row of its region's or page's walk, walking the model only for regions and pages not
-  seen before; ``levels``, ``ptes``, ``depths`` (and ``columns()``, one array per depth) hold them.
+  seen before; ``levels``, ``ptes``, ``depths`` (and ``columns()``, one array per depth) hold them;
+  ``walked(row)`` is the region or page address the row's walk was made for.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class ModelCache:
         self.model_walk = model_walk
         self.faults: dict[int, str] = {}
         self._walks: list[X86Walk | None] = []
+        self._walked: list[int] = []  # the address each row's walk was made for (a region's or a page's)
         self._region_keys = np.zeros(0, np.uint64)  # sorted 2 MiB region numbers
         self._region_rows = np.zeros(0, np.int64)  # their rows; -1: walked per 4 KiB page
         self._page_keys = np.zeros(0, np.uint64)  # sorted 4 KiB page addresses
@@ -162,6 +164,7 @@ class ModelCache:
                 if w is not None and w.leaf_level in (2, 3):
                     new_rows[i] = len(self._walks)
                     self._walks.append(w)
+                    self._walked.append(region << 21)
             self._region_keys, self._region_rows = self._merge(self._region_keys, self._region_rows, new, new_rows)
             self._dense_regions()
             row, _ = self._region_lookup(regions)
@@ -173,10 +176,16 @@ class ModelCache:
                 new = np.unique(pages[~hit])
                 new_rows = np.arange(len(self._walks), len(self._walks) + len(new), dtype=np.int64)
                 self._walks.extend(self._walk(page) for page in new.tolist())
+                self._walked.extend(new.tolist())
                 self._page_keys, self._page_rows = self._merge(self._page_keys, self._page_rows, new, new_rows)
                 page_row, _ = self._lookup(self._page_keys, self._page_rows, pages)
             row[small] = page_row
         return row
+
+    def walked(self, row: int) -> int:
+        """The address whose model walk row ``row`` holds (its 2 MiB region's or 4 KiB page's start):
+        stands for any address of that row where only the model's fault for it matters."""
+        return self._walked[row]
 
     def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._built != len(self._walks):

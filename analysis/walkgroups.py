@@ -28,7 +28,7 @@ per row in a uint8 array widened to uint16 / uint32 when more values come.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -37,8 +37,8 @@ from tracekit.analysis import phases as phases_mod
 from tracekit.analysis.common import vcpu_map
 from tracekit.analysis.crosscheck import CrossCheck, ModelCache
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS
-from tracekit.analysis.walkstream import (BATCH_ROWS, RowMap, _element_batches, _Rebuilder, _State, cross_check,
-                                          feed_all, prefetch)
+from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _Rebuilder, _State,
+                                          cross_check, feed_all, prefetch)
 
 __all__ = ["Codes", "WalkGroups", "walk_group_counts", "COUNT_COLUMNS"]
 
@@ -47,6 +47,12 @@ COUNT_COLUMNS = ("vcpu", "phase", "depth", "leaf_level", "level_path", "pferr")
 #: Group keys counted with one dense ``bincount`` up to this many possible combinations.
 _DENSE_KEYS = 1 << 22
 _CHUNK = 1 << 20
+#: Rows per batch of the ``walk`` family (smaller batches: less decoded data and fewer temporaries at once).
+WALK_BATCH_ROWS = 1 << 18
+#: Rows per batch of ``walk_element`` (the rebuild's per-batch cost favours larger batches).
+ELEMENT_BATCH_ROWS = 1 << 20
+_VCPU_SHIFT = 48  # a walk's group key: vCPU code << 48 | phase code << 32 | fault code
+_PHASE_SHIFT = 32
 
 
 def _narrowest(count: int) -> type:
@@ -55,6 +61,12 @@ def _narrowest(count: int) -> type:
         if count <= int(np.iinfo(dtype).max) + 1:
             return dtype
     return np.uint64
+
+
+def _widened(column: np.ndarray, count: int) -> np.ndarray:
+    """``column`` (unsigned codes), widened when needed to hold codes 0 .. ``count - 1``."""
+    wanted = _narrowest(count)
+    return column.astype(wanted) if np.dtype(wanted).itemsize > column.dtype.itemsize else column
 
 
 class Codes:
@@ -86,9 +98,7 @@ class Codes:
     def put(self, rows: Any, values: np.ndarray) -> None:
         """Store the codes of ``values`` at ``rows`` (an index array or slice)."""
         codes = self.encode(values)
-        wanted = _narrowest(len(self.values))
-        if np.dtype(wanted).itemsize > self.codes.dtype.itemsize:
-            self.codes = self.codes.astype(wanted)
+        self.codes = _widened(self.codes, len(self.values))
         self.codes[rows] = codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -109,7 +119,8 @@ class WalkGroups:
 class _WalkColumns:
     """The narrow per-walk columns read from the ``walk`` family (see the module docstring)."""
 
-    def __init__(self, n: int, manifest: dict, phase_table: pd.DataFrame, phase: str | None):
+    def __init__(self, n: int, manifest: dict, phase_table: pd.DataFrame, phase: str | None,
+                 model: ModelCache | None):
         mapping = vcpu_map(manifest)
         self.vcpu_values = np.array(sorted({-1, *mapping.values()}), np.int64)
         code_of = {int(v): i for i, v in enumerate(self.vcpu_values.tolist())}
@@ -120,12 +131,12 @@ class _WalkColumns:
         self.phase_table, self.phase = phase_table, phase
         self.phase_names = list(phases_mod.label_phases(np.zeros(0, np.int64), phase_table).categories)
         self.n = n
-        self.ids = np.empty(n, np.uint64)
-        self.addrs = np.empty(n, np.uint64)
-        self.vcpu = np.empty(n, _narrowest(len(self.vcpu_values)))
-        self.phase_codes = np.empty(n, _narrowest(len(self.phase_names)))
-        self.pferr = Codes(n)
+        self.scan = IdScan()
+        self.model = model
+        self.model_rows = np.zeros(n if model is not None else 0, np.uint8)  # per walk, its row in the model cache
+        self.groups = Codes(n)  # per walk, a code of (vCPU code, phase code, fault code): _GROUP_SHIFTS
         self.selected = np.empty(n, bool) if phase is not None else None
+        self.fits = len(self.vcpu_values) < 1 << 15 and len(self.phase_names) < 1 << 16
 
     def _vcpu_codes(self, tids: np.ndarray) -> np.ndarray:
         if len(self._tids) == 0:
@@ -139,26 +150,84 @@ class _WalkColumns:
         if any(batch.column(c).null_count for c in WALK_COLUMNS):
             return False
         rows = slice(start, start + batch.num_rows)
-        self.ids[rows] = batch.column("walk_id").to_numpy()
-        self.addrs[rows] = batch.column("addr").to_numpy()
+        self.scan.add(batch.column("walk_id").to_numpy())
+        if self.model is not None:
+            model_rows = self.model.rows(batch.column("addr").to_numpy())
+            self.model_rows = _widened(self.model_rows, len(self.model))
+            self.model_rows[rows] = model_rows
         ts = batch.column("ts_ns").to_numpy().astype(np.int64, copy=False)
-        self.phase_codes[rows] = phases_mod.label_phases(ts, self.phase_table).codes
         if self.selected is not None:
             self.selected[rows] = phases_mod.phase_mask(ts, self.phase_table, self.phase)
-        self.vcpu[rows] = self._vcpu_codes(batch.column("tid").to_numpy())
-        self.pferr.put(rows, batch.column("pferr").to_numpy().astype(np.int64))
+        key = self._vcpu_codes(batch.column("tid").to_numpy()) << _VCPU_SHIFT
+        key |= phases_mod.label_phases(ts, self.phase_table).codes.astype(np.int64) << _PHASE_SHIFT
+        key |= batch.column("pferr").to_numpy().astype(np.int64)
+        self.groups.put(rows, key)
         return True
 
+    def decode(self, codes: np.ndarray) -> tuple[np.ndarray, pd.Categorical, np.ndarray]:
+        """The ``vcpu`` (int64), ``phase`` and ``pferr`` (uint32) of group ``codes``."""
+        key = self.groups.decode(codes)
+        phase = pd.Categorical.from_codes((key >> _PHASE_SHIFT) & 0xFFFF, categories=self.phase_names)
+        return self.vcpu_values[key >> _VCPU_SHIFT], phase, (key & 0xFFFF_FFFF).astype(np.uint32)
 
-def _read_walks(cap: Any, manifest: dict, phase_table: pd.DataFrame, phase: str | None) -> _WalkColumns | None:
+
+class ShapeCodes:
+    """Each walk's rebuilt shape (depth, leaf level, level path) as one dictionary code, code 0 for a
+    walk not rebuilt (no elements): the :class:`~.walkstream.WalkShapes` of :mod:`.walkstream` in a
+    byte or two per walk. ``too_deep`` is set by a walk of 2**16 elements or more (not encodable)."""
+
+    def __init__(self, n: int):
+        self.paths = Codes(0, first=(0,))
+        self.codes = Codes(n, first=(0,))  # key 0: depth 0, leaf -1 (+1 = 0), path code 0 (path 0)
+        self.too_deep = False
+
+    def rebuilt(self, wi: np.ndarray) -> np.ndarray:
+        return self.codes.codes[wi] != 0
+
+    def put(self, wi: np.ndarray, counts: np.ndarray, root: np.ndarray, leaf: np.ndarray, path: np.ndarray) -> None:
+        if len(counts) and int(counts.max()) >= 1 << 16:
+            self.too_deep = True
+            return
+        key = self.paths.encode(path) << 20
+        key |= counts.astype(np.int64) << 4
+        key |= leaf.astype(np.int64) + 1
+        self.codes.put(wi, key)
+
+    def decode(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``depth`` (int16), ``leaf_level`` (int8) and ``level_path`` (int64) of shape ``codes``."""
+        key = self.codes.decode(codes)
+        return (((key >> 4) & 0xFFFF).astype(np.int16), ((key & 0xF) - 1).astype(np.int8),
+                self.paths.decode(key >> 20))
+
+
+def _read_walks(cap: Any, manifest: dict, phase_table: pd.DataFrame, phase: str | None,
+                model: ModelCache | None) -> _WalkColumns | None:
     """The narrow columns of every walk, a row group at a time (None when a column has nulls)."""
-    walks = _WalkColumns(cap.rows("walk"), manifest, phase_table, phase)
+    walks = _WalkColumns(cap.rows("walk"), manifest, phase_table, phase, model)
     start = 0
-    for batch in cap.iter_batches("walk", list(WALK_COLUMNS), BATCH_ROWS):
+    for batch in cap.iter_batches("walk", list(WALK_COLUMNS), WALK_BATCH_ROWS):
         if start + batch.num_rows > walks.n or not walks.add(start, batch):
             return None
         start += batch.num_rows
-    return walks if start == walks.n else None
+    return walks if start == walks.n and walks.fits else None
+
+
+def _column_chunks(cap: Any, column: str) -> Iterator[np.ndarray]:
+    """One column of the ``walk`` family, a row group at a time."""
+    for batch in cap.iter_batches("walk", [column], WALK_BATCH_ROWS):
+        yield batch.column(0).to_numpy()
+
+
+def _rows_of(cap: Any, column: str, rows: np.ndarray) -> np.ndarray:
+    """``column`` of the ``walk`` family at ``rows`` (a few: the family is read a row group at a time)."""
+    rows = np.asarray(rows, np.int64)
+    out = np.zeros(len(rows), np.uint64)
+    start = 0
+    for part in _column_chunks(cap, column):
+        inside = (rows >= start) & (rows < start + len(part))
+        out[inside] = part[rows[inside] - start]
+        start += len(part)
+    return out
 
 
 def _group_counts(columns: list[tuple[np.ndarray, int]], keep: np.ndarray | None
@@ -199,36 +268,27 @@ def walk_group_counts(cap: Any, model_walk: Callable | None = None, *, phase_tab
                       phase: str | None = None, limit: int = 20) -> WalkGroups | None:
     """The walk tables' group counts and the model cross-check of a capture (see the module docstring)."""
     manifest = cap.manifest
-    with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), BATCH_ROWS), depth=2) as reader:
-        walks = _read_walks(cap, manifest, phase_table, phase)
+    model = ModelCache(model_walk) if model_walk is not None else None
+    with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), ELEMENT_BATCH_ROWS), depth=2) as reader:
+        walks = _read_walks(cap, manifest, phase_table, phase, model)
         if walks is None:
             return None
-        row_map = RowMap(walks.ids)
-        walks.ids = None  # walk ids are looked up through the map from here on
+        row_map = RowMap.from_chunks(walks.scan, lambda: _column_chunks(cap, "walk_id"))
         if not row_map.ok:
             return None
-        model = ModelCache(model_walk) if model_walk is not None else None
-        state = _State(walks.n, walks.addrs, model, limit, walks.selected, paths=Codes(walks.n, first=(0,)))
-        if not feed_all(_Rebuilder(state, row_map), _element_batches(reader)):
+        shapes = ShapeCodes(walks.n)
+        state = _State(walks.n, None, model, limit, walks.selected, shapes=shapes,
+                       model_rows=walks.model_rows if model is not None else None)
+        if not feed_all(_Rebuilder(state, row_map), _element_batches(reader)) or shapes.too_deep:
             return None
-    check = cross_check(state, row_map.ids) if model is not None else None
-    state.addrs = walks.addrs = None
-    depth_low = int(state.depth.min()) if walks.n else 0
-    leaf_low = int(state.leaf.min()) if walks.n else 0
-    columns = [(walks.vcpu, len(walks.vcpu_values)), (walks.phase_codes, len(walks.phase_names)),
-               (state.depth - np.int16(depth_low) if depth_low else state.depth,
-                int(state.depth.max()) - depth_low + 1 if walks.n else 1),
-               (state.leaf - np.int8(leaf_low) if leaf_low else state.leaf,
-                int(state.leaf.max()) - leaf_low + 1 if walks.n else 1),
-               (state.paths.codes, len(state.paths.values)), (walks.pferr.codes, max(len(walks.pferr.values), 1))]
-    codes, counts = _group_counts(columns, walks.selected)
-    frame = pd.DataFrame({
-        "vcpu": walks.vcpu_values[codes[0]],
-        "phase": pd.Categorical.from_codes(codes[1], categories=walks.phase_names),
-        "depth": (codes[2] + depth_low).astype(np.int16),
-        "leaf_level": (codes[3] + leaf_low).astype(np.int8),
-        "level_path": state.paths.decode(codes[4]),
-        "pferr": walks.pferr.decode(codes[5]).astype(np.uint32),
-        "walks": counts,
-    })
+    check = None
+    if model is not None:
+        check = cross_check(state, row_map.ids, lambda rows: _rows_of(cap, "addr", rows))
+    state.walk_model_rows = walks.model_rows = None
+    codes, counts = _group_counts([(walks.groups.codes, len(walks.groups.values)),
+                                   (shapes.codes.codes, len(shapes.codes.values))], walks.selected)
+    vcpu, phase_labels, pferr = walks.decode(codes[0])
+    depth, leaf, path = shapes.decode(codes[1])
+    frame = pd.DataFrame({"vcpu": vcpu, "phase": phase_labels, "depth": depth, "leaf_level": leaf,
+                          "level_path": path, "pferr": pferr, "walks": counts})
     return WalkGroups(frame, check, state.orphans, walks.n)

@@ -38,63 +38,110 @@ from tracekit.analysis.crosscheck import (_AD, _NO_LEVEL, MISMATCH_COLUMNS, Cros
                                           mismatch_row, per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, leaf_levels, level_paths
 
-__all__ = ["stream_walks", "rebuild_streamed", "RowMap", "prefetch", "HOLD_ROWS", "BATCH_ROWS"]
+__all__ = ["stream_walks", "rebuild_streamed", "RowMap", "IdScan", "WalkShapes", "prefetch", "HOLD_ROWS", "BATCH_ROWS"]
 
 #: Elements per batch (the recorder's Parquet row groups hold up to 1 Mi rows).
 BATCH_ROWS = 1 << 20
 #: The walks seen in the stream's last this many rows are held for the next batch (they may go on there).
 HOLD_ROWS = 4096
 _LOW_BITS = np.uint64((1 << 48) - 1)
+_ID_CHUNK = 1 << 20
+
+
+class IdScan:
+    """What :class:`RowMap` needs to know of the walk ids before placing them, gathered a chunk at a time
+    in row order (:meth:`add`): their number, whether they are consecutive and in order, and per
+    ``hi = id >> 48`` (when every ``hi`` < 2**16) the number of ids and the smallest ``lo``."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.first: np.uint64 | None = None
+        self.last: np.uint64 | None = None
+        self.increasing = True
+        self.count: np.ndarray | None = np.zeros(1 << 16, np.int64)
+        self.base = np.full(1 << 16, np.iinfo(np.int64).max, np.int64)
+
+    def add(self, ids: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        if self.first is None:
+            self.first = ids[0]
+        if self.increasing:
+            self.increasing = bool(np.all(ids[1:] > ids[:-1])) and (self.last is None or bool(ids[0] > self.last))
+        self.last = ids[-1]
+        self.n += len(ids)
+        if self.count is not None:
+            hi = (ids >> np.uint64(48)).view(np.int64)
+            if int(hi.max()) >= 1 << 16:
+                self.count = None
+            else:
+                self.count += np.bincount(hi, minlength=1 << 16)
+                np.minimum.at(self.base, hi, (ids & _LOW_BITS).view(np.int64))
+
+    @property
+    def consecutive(self) -> bool:
+        return self.n > 0 and self.increasing and int(self.last) - int(self.first) == self.n - 1
 
 
 class RowMap:
     """Walk id -> row of the walk table. ``ok`` is False when ids repeat.
 
     Ids ``hi << 48 | lo`` whose ``lo`` are consecutive for each ``hi`` (the recorder's per-CPU
-    sequences, or plain consecutive ids) map through one lookup table; other ids by binary search."""
+    sequences, or plain consecutive ids) map through one lookup table; other ids by binary search.
+    Made from an id array, or (:meth:`from_chunks`) from an :class:`IdScan` and a source of the ids in
+    chunks read once more, so the ids themselves need not be held."""
 
     def __init__(self, ids: np.ndarray):
         ids = np.asarray(ids, dtype=np.uint64)
-        self.n = n = len(ids)
+        scan = IdScan()
+        for start in range(0, len(ids), _ID_CHUNK):
+            scan.add(ids[start:start + _ID_CHUNK])
+        self._build(scan, lambda: (ids[start:start + _ID_CHUNK] for start in range(0, len(ids), _ID_CHUNK)), ids)
+
+    @classmethod
+    def from_chunks(cls, scan: IdScan, chunks: Callable[[], Iterable[np.ndarray]]) -> RowMap:
+        """The map of the ids ``chunks()`` yields in row order, ``scan`` having seen them all."""
+        row_map = cls.__new__(cls)
+        row_map._build(scan, chunks, None)
+        return row_map
+
+    def _build(self, scan: IdScan, chunks: Callable[[], Iterable[np.ndarray]], ids: np.ndarray | None) -> None:
+        self.n = scan.n
         self.ok = True
         self._lookup = self._sorted = self._order = None
         self._first = None
-        if n == 0:
+        if self.n == 0:
             return
-        if int(ids[-1]) - int(ids[0]) == n - 1 and bool(np.all(ids[1:] > ids[:-1])):
-            self._first = ids[0]  # consecutive ids in order: the row is the id's offset
+        if scan.consecutive:
+            self._first = scan.first  # consecutive ids in order: the row is the id's offset
             return
-        if self._per_cpu_lookup(ids):
+        if scan.count is not None and self._per_cpu_lookup(scan, chunks):
             return
+        if ids is None:
+            ids = np.concatenate([np.asarray(part, np.uint64) for part in chunks()])
         order = np.argsort(ids, kind="stable")
         ids_sorted = ids[order]
         if bool(np.any(ids_sorted[1:] == ids_sorted[:-1])):
             self.ok = False
         self._sorted, self._order = ids_sorted, order
 
-    def _per_cpu_lookup(self, ids: np.ndarray, chunk: int = 1 << 20) -> bool:
+    def _per_cpu_lookup(self, scan: IdScan, chunks: Callable[[], Iterable[np.ndarray]]) -> bool:
         """Build the lookup table of ids whose ``lo`` are consecutive for each ``hi``, a chunk at a time
         (small temporaries stay in cache); False when the ids are not of that shape."""
-        n = self.n
-        count = np.zeros(1 << 16, np.int64)
-        base = np.full(1 << 16, np.iinfo(np.int64).max, np.int64)
-        for start in range(0, n, chunk):
-            hi = (ids[start:start + chunk] >> np.uint64(48)).view(np.int64)
-            if int(hi.max()) >= 1 << 16:
-                return False
-            count += np.bincount(hi, minlength=1 << 16)
-            np.minimum.at(base, hi, (ids[start:start + chunk] & _LOW_BITS).view(np.int64))
+        n, count, base = self.n, scan.count, scan.base
         offset = np.concatenate(([0], np.cumsum(count)[:-1]))
         shift = offset - np.where(count > 0, base, 0)  # slot = lo + shift[hi]
         lookup = np.full(n, -1, np.int32 if n < 1 << 31 else np.int64)
-        for start in range(0, n, chunk):
-            part = ids[start:start + chunk]
+        start = 0
+        for part in chunks():
+            part = np.asarray(part, np.uint64)
             hi = (part >> np.uint64(48)).view(np.int64)
             slot = (part & _LOW_BITS).view(np.int64)
             slot += shift[hi]
             if bool(np.any(slot >= offset[hi] + count[hi])):  # a gap in some CPU's sequence
                 return False
             lookup[slot] = np.arange(start, start + len(part), dtype=lookup.dtype)
+            start += len(part)
         if not bool(np.all(lookup >= 0)):  # n ids in n slots: every id distinct
             return False
         self._lookup, self._count, self._base, self._offset = lookup, count, base, offset
@@ -196,35 +243,50 @@ class prefetch:  # noqa: N801 - used like a generator function
         self.close()
 
 
-class _State:
-    """Per-walk outputs, filled batch by batch.
+class WalkShapes:
+    """Each walk's rebuilt shape, one full array per column: ``depth`` (int16), ``root`` and ``leaf``
+    (int8), ``path`` (int64 level path), as the walk frame has them."""
 
-    ``paths`` (a :class:`~tracekit.analysis.walkgroups.Codes`) keeps each walk's level path as a small dictionary code instead of
-    an int64, and then no root level is kept (the narrow form :mod:`.walkgroups` uses); else ``path`` and
-    ``root`` are full per-walk arrays (the walk frame). Mismatch rows carry the walk's row until
-    :meth:`mismatch_frame` puts in the walk ids."""
-
-    def __init__(self, n: int, addrs: np.ndarray, model: ModelCache | None, limit: int,
-                 selected: np.ndarray | None, paths: Any = None):
-        self.n, self.addrs, self.model, self.limit, self.selected = n, addrs, model, limit, selected
-        self.paths = paths
+    def __init__(self, n: int):
         self.depth = np.zeros(n, np.int16)
+        self.root = np.full(n, -1, np.int8)
         self.leaf = np.full(n, -1, np.int8)
-        self.root = np.full(n, -1, np.int8) if paths is None else None
-        self.path = np.zeros(n, np.int64) if paths is None else None
-        self.bad = np.zeros(n, bool)
+        self.path = np.zeros(n, np.int64)
+
+    def rebuilt(self, wi: np.ndarray) -> np.ndarray:
+        """Which walks ``wi`` were already rebuilt."""
+        return self.depth[wi] > 0
+
+    def put(self, wi: np.ndarray, counts: np.ndarray, root: np.ndarray, leaf: np.ndarray, path: np.ndarray) -> None:
+        self.depth[wi], self.root[wi], self.leaf[wi], self.path[wi] = counts, root, leaf, path
+
+
+class _State:
+    """Per-walk outputs, filled batch by batch: the walks' shapes go to ``shapes`` (a :class:`WalkShapes`,
+    or the narrow codes of :mod:`.walkgroups`), the cross-check's counts stay here. Mismatch rows carry
+    the walk's row until :meth:`mismatch_frame` puts in the walk ids."""
+
+    def __init__(self, n: int, addrs: np.ndarray | None, model: ModelCache | None, limit: int,
+                 selected: np.ndarray | None, shapes: Any = None, model_rows: np.ndarray | None = None):
+        self.n, self.addrs, self.model, self.limit, self.selected = n, addrs, model, limit, selected
+        self.walk_model_rows = model_rows  # per walk its model row, when the addresses are not kept
+        self.shapes = shapes if shapes is not None else WalkShapes(n)
+        self.compared = 0  # walks compared with the model
+        self.mismatched = 0
         self.orphans = 0
         self.conflict = False
-        self.retried = 0  # walks whose elements are several passes from the root and whose last one matched
         self.observed_levels = np.zeros(8, np.int64)
         self.model_rows = np.zeros(0, np.int64)  # compared walks per model row
         self.mismatches: list[tuple[int, tuple]] = []  # (walk row, row of MISMATCH_COLUMNS), smallest rows
 
-    def mismatch_frame(self, walk_ids: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
-        """The kept mismatch rows, their walk ids from ``walk_ids(rows)``."""
+    def mismatch_frame(self, walk_ids: Callable[[np.ndarray], np.ndarray],
+                       addrs: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
+        """The kept mismatch rows, their walk ids from ``walk_ids(rows)`` (and addresses from
+        ``addrs(rows)`` when given)."""
         rows = np.array([w for w, _ in self.mismatches], np.int64)
         ids = walk_ids(rows).tolist() if len(rows) else []
-        return pd.DataFrame([(walk_id, *row[1:]) for walk_id, (_, row) in zip(ids, self.mismatches)],
+        where = addrs(rows).tolist() if len(rows) and addrs is not None else [row[1] for _, row in self.mismatches]
+        return pd.DataFrame([(walk_id, addr, *row[2:]) for walk_id, addr, (_, row) in zip(ids, where, self.mismatches)],
                             columns=MISMATCH_COLUMNS)
 
     def process(self, wi: np.ndarray, starts: np.ndarray, counts: np.ndarray, level: np.ndarray,
@@ -233,17 +295,12 @@ class _State:
         ``starts[i]`` .. ``starts[i] + counts[i] - 1`` in index order."""
         if len(wi) == 0:
             return
-        if bool(np.any(self.depth[wi] > 0)):  # this walk's elements were already rebuilt elsewhere
+        if bool(np.any(self.shapes.rebuilt(wi))):  # this walk's elements were already rebuilt elsewhere
             self.conflict = True
             return
         ends = starts + counts - 1
-        self.depth[wi] = counts
-        self.leaf[wi] = leaf_levels(level[ends], pte[ends])
-        if self.paths is None:
-            self.root[wi] = level[starts]
-            self.path[wi] = level_paths(level, starts, counts)
-        else:
-            self.paths.put(wi, level_paths(level, starts, counts))
+        self.shapes.put(wi, counts, level[starts], leaf_levels(level[ends], pte[ends]),
+                        level_paths(level, starts, counts))
         if self.model is None:
             return
         if self.selected is not None:
@@ -256,7 +313,10 @@ class _State:
 
     def _model_rows(self, wi: np.ndarray) -> np.ndarray:
         """The model rows of walks ``wi``, counted for the per-level table."""
-        rows = self.model.rows(self.addrs[wi])
+        if self.walk_model_rows is None:
+            rows = self.model.rows(self.addrs[wi])
+        else:
+            rows = self.walk_model_rows[wi].astype(np.int64)
         size = len(self.model)
         if len(self.model_rows) < size:
             self.model_rows = np.concatenate((self.model_rows, np.zeros(size - len(self.model_rows), np.int64)))
@@ -272,7 +332,10 @@ class _State:
         model = self.model.table(rows)
         for i in found.tolist():
             w = int(wi[i])
-            self.mismatches.append((w, mismatch_row(-1, int(self.addrs[w]), int(first_bad[i]),
+            # Without the addresses, the row's own address stands in (the same model fault) until
+            # mismatch_frame puts the walk's address in.
+            addr = int(self.addrs[w]) if self.addrs is not None else self.model.walked(int(rows[i]))
+            self.mismatches.append((w, mismatch_row(-1, addr, int(first_bad[i]),
                                                     int(counts[i]), int(starts[i]), level, pte, model, int(rows[i]))))
         self.mismatches.sort(key=lambda item: item[0])
         del self.mismatches[self.limit:]
@@ -300,7 +363,8 @@ class _State:
             newly = where[(first_bad[where] < 0) | (first_bad[where] > d)]
             first_bad[newly] = d
             bad[where] = True
-        self.bad[wi] = bad
+        self.compared += len(wi)
+        self.mismatched += int(bad.sum())
         if bad.any():
             self._note_mismatches(wi, bad, first_bad, counts, starts, rows, level, pte)
 
@@ -465,8 +529,9 @@ def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]], model_walk:
         error[error_rows[error_rows >= 0]] = True
     walks = pd.DataFrame({
         "walk_id": w_wid, "ts_ns": _col(walk, "ts_ns", np.int64), "tid": _col(walk, "tid", np.int32),
-        "addr": addrs, "pferr": _col(walk, "pferr", np.uint32), "depth": state.depth,
-        "root_level": state.root, "leaf_level": state.leaf, "level_path": state.path, "error": error,
+        "addr": addrs, "pferr": _col(walk, "pferr", np.uint32), "depth": state.shapes.depth,
+        "root_level": state.shapes.root, "leaf_level": state.shapes.leaf, "level_path": state.shapes.path,
+        "error": error,
     }, copy=False)
     walks.attrs["orphan_elements"] = state.orphans
     if model is None:
@@ -487,14 +552,12 @@ def feed_all(rebuilder: _Rebuilder, batches: Iterable[list[np.ndarray]]) -> bool
     return True
 
 
-def cross_check(state: _State, walk_ids: Callable[[np.ndarray], np.ndarray]) -> CrossCheck:
-    """The :class:`CrossCheck` of a fed :class:`_State` (with a model); ``walk_ids(rows)`` names walks."""
-    observed = state.depth > 0
-    if state.selected is not None:
-        observed &= state.selected
-    compared = int(observed.sum())
+def cross_check(state: _State, walk_ids: Callable[[np.ndarray], np.ndarray],
+                addrs: Callable[[np.ndarray], np.ndarray] | None = None) -> CrossCheck:
+    """The :class:`CrossCheck` of a fed :class:`_State` (with a model); ``walk_ids(rows)`` names walks,
+    ``addrs(rows)`` gives their addresses when the state does not hold them."""
     per_level = per_level_table(state.observed_levels, state.model.levels, row_counts=state.model_rows)
-    summary = check_summary(int(state.n if state.selected is None else state.selected.sum()), compared,
-                            compared - int((state.bad & observed).sum()))
+    summary = check_summary(int(state.n if state.selected is None else state.selected.sum()), state.compared,
+                            state.compared - state.mismatched)
     per_walk = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
-    return CrossCheck(summary, per_walk, state.mismatch_frame(walk_ids), per_level)
+    return CrossCheck(summary, per_walk, state.mismatch_frame(walk_ids, addrs), per_level)

@@ -25,8 +25,8 @@ T0 = 10**9  # walk_tables' first timestamp; one walk per microsecond
 
 
 def _capture(path, n, cpus, interleaved, flipped, dropped, vcpu_threads, seed):
-    """Recorder-shaped walks (tids 1000, 1001) with flipped PTE bits and dropped elements, in row groups
-    of 7 rows so walks straddle batches; ``vcpu_threads`` of the tids are named vCPUs in the manifest."""
+    """Recorder-shaped walks (tids 1000, 1001) with flipped PTE bits, dropped elements and some addresses
+    the model cannot walk, in row groups of 7 rows so walks straddle batches; ``vcpu_threads`` of the tids are named vCPUs in the manifest."""
     tables = walk_tables(n, cpus=cpus, interleaved=interleaved, size=64 << 20, seed=seed)
     element = tables["walk_element"].to_pandas()
     flip = np.array(sorted(i * 3 + 1 for i in flipped if i < n), np.int64)
@@ -34,6 +34,7 @@ def _capture(path, n, cpus, interleaved, flipped, dropped, vcpu_threads, seed):
     element = element.drop(index=[i * 3 + 2 for i in dropped if i < n]).reset_index(drop=True)
     walk = tables["walk"].to_pandas()
     walk.loc[walk.index % 5 == 3, "pferr"] = 6  # two fault codes
+    walk.loc[walk.index % 17 == 16, "addr"] = np.uint64(0x7000_0000)  # unmapped: the model faults
     manifest = {"target": {"threads": [{"tid": 1000 + v, "vcpu": v} for v in range(vcpu_threads)]}}
     with CaptureWriter(path, manifest=manifest, segment_rows=50, segment_seconds=3600) as writer:
         for family, frame in (("walk", walk), ("walk_element", element)):
@@ -64,12 +65,12 @@ def test_group_counts_equal_the_walk_frame(tmp_path_factory, n, cpus, interleave
             for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
     phase_table = phases_mod.make_phase_table(rows, "workload")
     phase = "dirty-memory" if cut and rows else None
-    saved = walkgroups.BATCH_ROWS, walkstream.HOLD_ROWS
-    walkgroups.BATCH_ROWS, walkstream.HOLD_ROWS = batch, 64
+    saved = walkgroups.WALK_BATCH_ROWS, walkgroups.ELEMENT_BATCH_ROWS, walkstream.HOLD_ROWS
+    walkgroups.WALK_BATCH_ROWS, walkgroups.ELEMENT_BATCH_ROWS, walkstream.HOLD_ROWS = batch + 2, batch, 64
     try:
         grouped = walk_group_counts(cap, MODEL, phase_table=phase_table, phase=phase, limit=3)
     finally:
-        walkgroups.BATCH_ROWS, walkstream.HOLD_ROWS = saved
+        walkgroups.WALK_BATCH_ROWS, walkgroups.ELEMENT_BATCH_ROWS, walkstream.HOLD_ROWS = saved
     frame, reference = analyze._walk_frame(cap, phase_table, phase, MODEL, 3, in_memory=True)
     assert grouped is not None and grouped.walks == n
     assert grouped.counts["walks"].sum() == len(frame)
