@@ -49,8 +49,8 @@ _DENSE_KEYS = 1 << 22
 _CHUNK = 1 << 20
 #: Rows per batch of the ``walk`` family (smaller batches: less decoded data and fewer temporaries at once).
 WALK_BATCH_ROWS = 1 << 18
-#: Rows per batch of ``walk_element`` (the rebuild's per-batch cost favours larger batches).
-ELEMENT_BATCH_ROWS = 1 << 20
+#: Rows per batch of ``walk_element`` (as fast as 1 Mi-row batches here, 100 MB less at the peak).
+ELEMENT_BATCH_ROWS = 1 << 18
 _VCPU_SHIFT = 48  # a walk's group key: vCPU code << 48 | phase code << 32 | fault code
 _PHASE_SHIFT = 32
 
@@ -139,8 +139,15 @@ class _WalkColumns:
         self.fits = len(self.vcpu_values) < 1 << 15 and len(self.phase_names) < 1 << 16
 
     def _vcpu_codes(self, tids: np.ndarray) -> np.ndarray:
-        if len(self._tids) == 0:
+        """The vCPU code of each thread id: a table over the batch's range of ids when it is small."""
+        if len(self._tids) == 0 or len(tids) == 0:
             return np.full(len(tids), self._unknown, np.int64)
+        low, high = int(tids.min()), int(tids.max())
+        if high - low < _DENSE_KEYS:
+            table = np.full(high - low + 1, self._unknown, np.int64)
+            inside = (self._tids >= low) & (self._tids <= high)
+            table[self._tids[inside] - low] = self._tid_codes[inside]
+            return table[tids - tids.dtype.type(low)]
         tids = tids.astype(np.int64, copy=False)
         pos = np.minimum(np.searchsorted(self._tids, tids), len(self._tids) - 1)
         return np.where(self._tids[pos] == tids, self._tid_codes[pos], self._unknown)
@@ -205,17 +212,19 @@ def _read_walks(cap: Any, manifest: dict, phase_table: pd.DataFrame, phase: str 
     """The narrow columns of every walk, a row group at a time (None when a column has nulls)."""
     walks = _WalkColumns(cap.rows("walk"), manifest, phase_table, phase, model)
     start = 0
-    for batch in cap.iter_batches("walk", list(WALK_COLUMNS), WALK_BATCH_ROWS):
-        if start + batch.num_rows > walks.n or not walks.add(start, batch):
-            return None
-        start += batch.num_rows
+    with prefetch(cap.iter_batches("walk", list(WALK_COLUMNS), WALK_BATCH_ROWS), depth=2) as batches:
+        for batch in batches:  # decoded by the reader thread while the previous batch is coded here
+            if start + batch.num_rows > walks.n or not walks.add(start, batch):
+                return None
+            start += batch.num_rows
     return walks if start == walks.n and walks.fits else None
 
 
 def _column_chunks(cap: Any, column: str) -> Iterator[np.ndarray]:
-    """One column of the ``walk`` family, a row group at a time."""
-    for batch in cap.iter_batches("walk", [column], WALK_BATCH_ROWS):
-        yield batch.column(0).to_numpy()
+    """One column of the ``walk`` family, a row group at a time (decoded by a reader thread)."""
+    with prefetch(cap.iter_batches("walk", [column], WALK_BATCH_ROWS), depth=2) as batches:
+        for batch in batches:
+            yield batch.column(0).to_numpy()
 
 
 def _rows_of(cap: Any, column: str, rows: np.ndarray) -> np.ndarray:

@@ -141,7 +141,7 @@ def timed_stages() -> dict[str, float]:
         setattr(owner, name, wrapper)
 
     timed(walkgroups, "_read_walks", "read walks")
-    timed(walkgroups, "RowMap", "walk id map")
+    timed(walkgroups.RowMap, "from_chunks", "walk id map")
     timed(walkstream._Rebuilder, "feed", "rebuild + cross-check elements")
     timed(walkgroups, "_group_counts", "group counts")
     timed(analyze.walkgroups, "walk_group_counts", "walk_group_counts (all of the above)")
