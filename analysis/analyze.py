@@ -328,6 +328,9 @@ def render_text(result: Analysis, width: int = 80) -> str:
         if v.get("compared"):
             out.append(f"  model cross-check: {v['verdict']}: {v['matched']:,} of {v['compared']:,} walks "
                        f"match ({v['match_rate']:.2%})"[:width])
+            if v.get("retried"):
+                out.extend(_wrap(f"    {v['retried']:,} walks were retried from the root (walk_addr_generic's "
+                                 "retry): each compared by its last pass", width))
         else:
             out.append(f"  model cross-check: {v['verdict']} ({v.get('evidence', '')})"[:width])
     if "skip_levels" in verdicts:

@@ -39,7 +39,7 @@ from tracekit.errors import AnalysisError, ModelError
 from tracekit.model.x86 import PTE_AD_MASK, X86PageTables, X86Walk
 
 __all__ = ["CrossCheck", "ModelCache", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS",
-           "check_summary", "per_level_table"]
+           "check_summary", "per_level_table", "last_passes", "compared_passes"]
 
 MISMATCH_COLUMNS = ["walk_id", "addr", "depth", "observed_level", "observed_pte", "model_level", "model_pte", "reason"]
 _PAGE_MASK = np.uint64(~0xFFF & (2**64 - 1))
@@ -257,12 +257,53 @@ def mismatch_row(walk_id: int, addr: int, at: int, depth: int, first: int, level
     return (walk_id, addr, at, o_level, o_pte, m_level, m_pte, reason)
 
 
-def check_summary(walks: int, compared: int, matched: int) -> dict:
+def check_summary(walks: int, compared: int, matched: int, retried: int = 0) -> dict:
     """The :class:`CrossCheck` ``summary`` dict for ``walks`` walks of which ``compared`` were compared
-    and ``matched`` matched (verdict ``"no walks"`` when none was compared)."""
+    and ``matched`` matched, ``retried`` of the compared ones read in several passes from the root
+    (verdict ``"no walks"`` when none was compared)."""
     return {"walks": walks, "compared": compared, "matched": matched,
             "match_rate": matched / compared if compared else None, "mismatched": compared - matched,
+            "retried": retried,
             "verdict": ("match" if matched == compared else "mismatch") if compared else "no walks"}
+
+
+def last_passes(level: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per walk (elements ``starts[i]`` .. ``starts[i] + counts[i] - 1`` of ``level``), where its last
+    pass from the root begins: the depth of its last element, after the first, at the walk's first
+    (root) level; 0 for a walk read in one pass. ``walk_addr_generic`` retries a walk from the root
+    when its accessed/dirty-bit update loses a race, under the same walk event (int64)."""
+    offset = np.zeros(len(starts), np.int64)
+    if len(starts) == 0:
+        return offset
+    root = level[starts]
+    for d in range(1, int(counts.max())):
+        has = np.flatnonzero(counts > d)
+        again = level[starts[has] + d] == root[has]
+        offset[has[again]] = d
+    return offset
+
+
+def compared_passes(level: np.ndarray, starts: np.ndarray, counts: np.ndarray, model_depth: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What is compared of each walk: ``(starts, counts, retried, earlier)``, the walk's last pass from
+    the root (:func:`last_passes`) where the walk is longer than the model's (only then can a retried
+    walk's last pass match), ``retried`` flagging those walks and ``earlier`` the element rows of their
+    earlier passes (still PTE reads: counted per level, not compared)."""
+    longer = np.flatnonzero(counts > model_depth)
+    retried = np.zeros(len(starts), bool)
+    if len(longer) == 0:
+        return starts, counts, retried, np.zeros(0, np.int64)
+    offset = last_passes(level, starts[longer], counts[longer])
+    again = offset > 0
+    if not again.any():
+        return starts, counts, retried, np.zeros(0, np.int64)
+    which, shift = longer[again], offset[again]
+    earlier = np.concatenate([np.arange(a, a + k) for a, k in zip(starts[which].tolist(), shift.tolist())])
+    starts, counts = starts.copy(), counts.copy()
+    starts[which] += shift
+    counts[which] -= shift
+    retried[which] = True
+    return starts, counts, retried, earlier
 
 
 def per_level_table(observed_counts: np.ndarray, model_levels: np.ndarray, model_rows: np.ndarray | None = None,
@@ -297,14 +338,16 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
         walks = walks[observed]
         depth = depth[observed]
     addrs = walks["addr"].to_numpy(np.uint64)
-    first = walks["first_step"].to_numpy(np.int64)
     row, m_levels, m_ptes, m_depths, faults = _model_table(addrs, model_walk)
     level = steps["level"].to_numpy()
     pte = steps["pte"].to_numpy(np.uint64)
     model_depth = m_depths[row]
+    walk_depth = depth
+    first, depth, retried, earlier = compared_passes(level, walks["first_step"].to_numpy(np.int64), depth,
+                                                     model_depth)
     bad = depth != model_depth
     first_bad = np.where(bad, np.minimum(depth, model_depth), -1)
-    obs_counts = np.zeros(8, np.int64)
+    obs_counts = np.bincount(level[earlier].astype(np.int64) + 2, minlength=8)[:8]
     for d in range(int(depth.max())):
         has = depth > d
         sel_all = bool(has.all())
@@ -326,7 +369,7 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
         obs_counts += np.bincount(o_level.astype(np.int64) + 2, minlength=8)[:8]
 
     walk_ids = walks["walk_id"].to_numpy(np.uint64)
-    per_walk = pd.DataFrame({"walk_id": walk_ids, "addr": addrs, "depth": depth, "model_depth": model_depth,
+    per_walk = pd.DataFrame({"walk_id": walk_ids, "addr": addrs, "depth": walk_depth, "model_depth": model_depth,
                              "match": ~bad}, copy=False)
     model = (row, m_levels, m_ptes, m_depths, faults)
     mismatch_rows = [mismatch_row(int(walk_ids[i]), int(addrs[i]), int(first_bad[i]), int(depth[i]), int(first[i]),
@@ -335,5 +378,5 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
     mismatches = pd.DataFrame(mismatch_rows, columns=MISMATCH_COLUMNS)
     per_level = per_level_table(obs_counts, m_levels, row)
     compared = int(len(walks))
-    summary = check_summary(int(len(observed)), compared, compared - int(bad.sum()))
+    summary = check_summary(int(len(observed)), compared, compared - int(bad.sum()), int(retried.sum()))
     return CrossCheck(summary, per_walk, mismatches, per_level)

@@ -35,7 +35,7 @@ import pandas as pd
 
 from tracekit.analysis.common import load
 from tracekit.analysis.crosscheck import (_AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, ModelCache, check_summary,
-                                          mismatch_row, per_level_table)
+                                          compared_passes, mismatch_row, per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, leaf_levels, level_paths
 
 __all__ = ["stream_walks", "rebuild_streamed", "RowMap", "IdScan", "WalkShapes", "prefetch", "HOLD_ROWS", "BATCH_ROWS"]
@@ -272,6 +272,7 @@ class _State:
         self.walk_model_rows = model_rows  # per walk its model row, when the addresses are not kept
         self.shapes = shapes if shapes is not None else WalkShapes(n)
         self.compared = 0  # walks compared with the model
+        self.retried = 0  # compared walks read in several passes from the root (the last one compared)
         self.mismatched = 0
         self.orphans = 0
         self.conflict = False
@@ -344,6 +345,10 @@ class _State:
         rows = self._model_rows(wi)
         m_levels, m_ptes = self.model.columns()
         model_depth = self.model.depths[rows]
+        starts, counts, retried, earlier = compared_passes(level, starts, counts, model_depth)
+        if len(earlier):
+            self.observed_levels += np.bincount(level[earlier].astype(np.intp) + 2, minlength=8)[:8]
+            self.retried += int(retried.sum())
         bad = counts != model_depth
         first_bad = np.where(bad, np.minimum(counts, model_depth), -1)
         shortest = int(counts.min())
@@ -558,6 +563,6 @@ def cross_check(state: _State, walk_ids: Callable[[np.ndarray], np.ndarray],
     ``addrs(rows)`` gives their addresses when the state does not hold them."""
     per_level = per_level_table(state.observed_levels, state.model.levels, row_counts=state.model_rows)
     summary = check_summary(int(state.n if state.selected is None else state.selected.sum()), state.compared,
-                            state.compared - state.mismatched)
+                            state.compared - state.mismatched, state.retried)
     per_walk = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
     return CrossCheck(summary, per_walk, state.mismatch_frame(walk_ids, addrs), per_level)

@@ -34,7 +34,7 @@ def test_layout_rebuild_and_full_match():
     walks, steps = _walk_rows(model_walk, [GVA, GVA + 0x201000, GVA + (63 << 20)])
     check = crosscheck_walks(walks, steps, model_walk)
     assert check.summary == {"walks": 3, "compared": 3, "matched": 3, "match_rate": 1.0, "mismatched": 0,
-                             "verdict": "match"}
+                             "retried": 0, "verdict": "match"}
     assert check.per_level.values.tolist() == [[4, 3, 3], [3, 3, 3], [2, 3, 3]]
 
 
@@ -68,6 +68,40 @@ def test_shorter_observed_walk_is_a_mismatch():
     check = crosscheck_walks(walks, steps, model_walk)
     assert check.summary["verdict"] == "mismatch"
     assert check.mismatches.iloc[0]["reason"] == "observed walk ends at depth 2, model at 3"
+
+
+def _retried(first_pass, last_pass_flip=0):
+    """A walk of levels 4, 3, 2 retried from the root (walk_addr_generic's retry_walk): the first
+    ``first_pass`` elements of a pass, then a whole pass under the same walk id, indexes 0.. throughout."""
+
+    def tamper(element):
+        first = element.iloc[:first_pass]
+        last = element.assign(pte=element["pte"] ^ (element["index"] == 2) * last_pass_flip)
+        both = pd.concat([first, last], ignore_index=True)
+        return both.assign(index=range(len(both)))
+
+    return tamper
+
+
+def test_retried_walk_is_compared_by_its_last_pass():
+    """4 3 2 4 3 2 (one whole pass, then the retry) and 4 3 4 3 2 (a pass cut short): both match and count
+    as retried; all 11 PTE reads per level are counted, against the model's 3 per walk. A retry whose
+    last pass differs is a mismatch at that pass's depth."""
+    _, paging = guest_tables(64 << 20)
+    model_walk = model_from_layout({"guest_paging": paging})
+    whole = _walk_rows(model_walk, [GVA], _retried(3))
+    cut = _walk_rows(model_walk, [GVA], _retried(2))
+    walks = pd.concat([whole[0], cut[0].assign(walk_id=1, first_step=cut[0]["first_step"] + 6)], ignore_index=True)
+    steps = pd.concat([whole[1], cut[1].assign(walk_id=1)], ignore_index=True)
+    assert walks["depth"].tolist() == [6, 5] and walks["level_path"].tolist() == [432432, 43432]
+    check = crosscheck_walks(walks, steps, model_walk)
+    assert check.summary == {"walks": 2, "compared": 2, "matched": 2, "match_rate": 1.0, "mismatched": 0,
+                             "retried": 2, "verdict": "match"}
+    assert check.per_level.values.tolist() == [[4, 4, 2], [3, 4, 2], [2, 3, 2]]  # level, observed, model
+    walks, steps = _walk_rows(model_walk, [GVA], _retried(3, last_pass_flip=0x2))
+    check = crosscheck_walks(walks, steps, model_walk)
+    assert check.summary["mismatched"] == 1 and check.summary["retried"] == 1
+    assert check.mismatches[["depth", "reason"]].values.tolist() == [[2, "pte differs"]]
 
 
 def test_layout_errors_are_one_line():

@@ -134,3 +134,25 @@ def test_sample_group_counts_equal_the_walk_frame(phase):
         pd.testing.assert_frame_equal(ours, theirs)
     assert grouped.check.summary == reference.summary and reference.summary["compared"] > 8000
     pd.testing.assert_frame_equal(grouped.check.mismatches, reference.mismatches, check_dtype=False)
+
+
+def test_retried_walk_matches_and_is_reported(tmp_path):
+    """A walk retried from the root (its 3 elements read twice under one walk id, as walk_addr_generic's
+    retry does): the capture's walks all match, 1 retried, and the text says so."""
+    tables = walk_tables(20, size=64 << 20)
+    element = tables["walk_element"].to_pandas()
+    first = element[element["walk_id"] == element["walk_id"].iloc[0]]
+    end = int(first.index.max()) + 1  # the retry's pass follows the first one, indexes 3, 4, 5
+    element = pd.concat([element.iloc[:end], first.assign(index=first["index"] + 3), element.iloc[end:]],
+                        ignore_index=True)
+    path = tmp_path / "c.tkcap"
+    with CaptureWriter(path, manifest={"workload": {"arch": "x86_64", "guest_paging": PAGING}},
+                       segment_seconds=3600) as writer:
+        for family, frame in (("walk", tables["walk"].to_pandas()), ("walk_element", element)):
+            writer.declare(family, SCHEMAS[family])
+            writer.append(family, pa.Table.from_pandas(frame, schema=SCHEMAS[family], preserve_index=False))
+    result = analyze.analyze_capture(open_capture(path))
+    verdict = result.verdicts["crosscheck"]
+    assert (verdict["verdict"], verdict["matched"], verdict["retried"]) == ("match", 20, 1)
+    assert "1 walks were retried from the root" in analyze.render_text(result)
+    assert result.tables["walk_paths"]["levels"].tolist() == ["4>3>2", "4>3>2>4>3>2"]

@@ -36,11 +36,11 @@ def _write(path, walks, elements, segment_rows):
             writer.append(family, pa.table({**common, **rows}, schema=SCHEMAS[family]))
 
 
-@given(st.lists(st.tuples(st.integers(0, 31), st.integers(0, 3), st.integers(-1, 2)), min_size=1, max_size=25),
+@given(st.lists(st.tuples(st.integers(0, 31), st.integers(0, 4), st.integers(-1, 2)), min_size=1, max_size=25),
        st.integers(1, 9), st.data())
 def test_streaming_equals_in_memory(tmp_path_factory, specs, segment_rows, data):
-    """Walks of random 2 MiB pages, truncated, lengthened or with a flipped PTE bit, some without elements,
-    split into segments of a few rows: both paths give the same walks, verdict, per-level counts and
+    """Walks of random 2 MiB pages, truncated, lengthened, with a flipped PTE bit or retried from the root,
+    some without elements, split into segments of a few rows: both paths give the same walks, verdict, per-level counts and
     mismatch list."""
     walks = {"walk_id": [], "addr": [], "pferr": [], "ts_ns": []}
     elements = {"walk_id": [], "index": [], "level": [], "pte": []}
@@ -54,6 +54,9 @@ def test_streaming_equals_in_memory(tmp_path_factory, specs, segment_rows, data)
             steps = steps + [(1, 0x5027)] * max(extra, 0)
         elif change == 3:
             steps[data.draw(st.integers(0, len(steps) - 1))] = (steps[0][0], steps[0][1] ^ 0x2)
+        elif change == 4:  # retried from the root after part of a pass, the last pass right or not
+            last = [(lv, p ^ (0x2 if extra == 2 and i == 1 else 0)) for i, (lv, p) in enumerate(steps)]
+            steps = steps[: extra + 2] + last
         for i, (level, pte) in enumerate(steps):
             elements["walk_id"].append(wid), elements["index"].append(i)
             elements["level"].append(level), elements["pte"].append(pte)
