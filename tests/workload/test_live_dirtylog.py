@@ -143,6 +143,10 @@ def test_layout_record():
     for vcpu in layout["vcpus"]:
         assert seen[vcpu["tid"]] == vcpu["thread_name"] == f"tk-vcpu-{vcpu['index']}"
         assert vcpu["passes"] == 3 and vcpu["kvm_run_count"] >= 3
+        # the thread's own CPU time: some in every pass (the populate pass faults 4,096 pages in), never
+        # more than the pass's wall time (1 ms of slack for the two clocks' granularity)
+        assert len(vcpu["pass_cpu_ns"]) == 3 and vcpu["pass_cpu_ns"][0] > 0
+        assert all(0 <= cpu <= wall + 1_000_000 for cpu, wall in zip(vcpu["pass_cpu_ns"], vcpu["pass_ns"]))
         assert vcpu["gva_end"] - vcpu["gva_start"] == 16 * MIB
     assert layout["vcpus"][1]["gva_start"] == TEST_GVA + 16 * MIB
     assert seen[layout["main_tid"]] != "tk-vcpu-0"

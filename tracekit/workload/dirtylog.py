@@ -239,6 +239,7 @@ class _VcpuState:
         self.passes = 0
         self.pass_ns: list[int] = []
         self.pass_run_ns: list[int] = []
+        self.pass_cpu_ns: list[int] = []
         self.ring_full_exits = 0
         self.error: Optional[BaseException] = None
         self.rng: Optional[random.Random] = None
@@ -529,9 +530,11 @@ class _Run:
                 if self.stop:
                     return
                 start = time.monotonic_ns()
+                cpu_before = time.thread_time_ns()
                 run_before = state.vcpu.run_ns
                 self._guest_pass(state)
                 state.pass_ns.append(time.monotonic_ns() - start)
+                state.pass_cpu_ns.append(time.thread_time_ns() - cpu_before)
                 state.pass_run_ns.append(state.vcpu.run_ns - run_before)
                 self.done_barrier.wait()
         except threading.BrokenBarrierError:
@@ -695,6 +698,7 @@ class _Run:
                     "passes": s.passes,
                     "pass_ns": list(s.pass_ns),
                     "pass_run_ns": list(s.pass_run_ns),
+                    "pass_cpu_ns": list(s.pass_cpu_ns),
                     "kvm_run_count": s.vcpu.run_count if s.vcpu else 0,
                     "kvm_run_ns": s.vcpu.run_ns if s.vcpu else 0,
                     "ring_full_exits": s.ring_full_exits,
