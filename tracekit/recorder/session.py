@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+import pyarrow.compute as pc
 
 from tracekit.capabilities import tracefs_root
 from tracekit.capture import CaptureWriter
@@ -517,7 +517,7 @@ def _note_event_threads(threads: dict[int, dict], tgid: int, table: Any) -> None
     """Add the threads that produced events but were never seen in /proc (too short-lived)."""
     if "tid" not in table.column_names:
         return
-    for tid in set(np.unique(table.column("tid").to_numpy()).tolist()) - threads.keys() - {0}:
+    for tid in set(pc.unique(table.column("tid")).to_pylist()) - threads.keys() - {0}:  # a hash, not a sort
         threads[tid] = thread_info(tgid, tid)
 
 
