@@ -10,10 +10,11 @@ families are absent are left out (their absence is listed in ``info["skipped"]``
 Tables (columns documented in the module that makes them):
 
 - ``phases`` (:mod:`.phases`);
-- ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``; walks rebuilt while streaming the
-  elements, :mod:`.walkstream`, or in memory when walk ids are out of order, ``info["walk_path"]``),
-  ``walk_depth_by_phase`` (by
-  ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``);
+- ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``), ``walk_depth_by_phase`` (by
+  ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``): counted from narrow per-walk
+  codes while both walk families are streamed (:mod:`.walkgroups`), or from the walk frame rebuilt in
+  memory when the stream cannot be used (walk ids repeat, a walk's elements lie far apart):
+  ``info["walk_path"]`` is ``"streamed"`` or ``"in memory"``;
 - ``crosscheck_mismatches``, ``walk_visits_vs_model`` (:mod:`.crosscheck`), verdict ``crosscheck``;
 - ``stage2_visits``, ``stage2_visits_by_vcpu``, ``stage2_visits_by_phase``
   (:func:`.walks.stage2_distribution`), ``split_visits_vs_model`` and verdict
@@ -24,7 +25,8 @@ Tables (columns documented in the module that makes them):
 
 :func:`render_text` renders it as 80-column text; :func:`analysis_json` as the JSON document of
 docs/cli-json/analysis.md. The ``walks`` and ``waits`` frames used for figures stay available in
-``Analysis.frames``. Raises AnalysisError for a capture with none of the analysed families, and
+``Analysis.frames`` (a :class:`Frames`: after a streamed walk analysis the per-walk frame is rebuilt
+from the capture on first access, so the analysis itself never holds it). Raises AnalysisError for a capture with none of the analysed families, and
 UsageError for an unknown phase.
 """
 

@@ -13,10 +13,12 @@ Contract
   :func:`tracekit.analysis.walks.rebuild_walks` and a ``model_walk(gva) -> X86Walk``; every walk
   with at least one element is compared level by level (KVM level and guest PTE, the PTE compared
   ignoring the Accessed and Dirty bits the walker sets, ``pte_equal_ignoring_ad``), and the walk
-  depth must agree. The model is walked once per 2 MiB region mapped by a huge leaf, else once per
+  depth must agree. A walk retried from the root (``walk_addr_generic``'s retry: one walk event, its
+  elements several passes from the root level; :func:`compared_passes`) is compared by its last pass
+  and counted in ``retried``; its earlier passes' PTE reads still count per level. The model is walked once per 2 MiB region mapped by a huge leaf, else once per
   distinct 4 KiB page; the comparison itself is vectorised, one pass per depth. Returns a
   :class:`CrossCheck`: ``summary`` (dict: ``walks``, ``compared``, ``matched``, ``match_rate``,
-  ``mismatched``, ``verdict`` ``"match"`` / ``"mismatch"`` / ``"no walks"``), ``per_walk``
+  ``mismatched``, ``retried``, ``verdict`` ``"match"`` / ``"mismatch"`` / ``"no walks"``), ``per_walk``
   (walk_id, addr, depth, model_depth, match) and ``mismatches`` (the first
   ``limit`` mismatching walks: walk_id, addr, depth of the first difference, observed_level,
   observed_pte, model_level, model_pte, reason) and ``per_level`` (level, observed: PTE reads at that

@@ -3,26 +3,36 @@
 Contract
 --------
 :func:`walk_group_counts` rebuilds and cross-checks every guest walk of a capture like
-:func:`tracekit.analysis.walkstream.stream_walks`, but keeps per walk only what the walk tables need,
-in the narrowest integer type that holds it: the ``walk`` family is read one Parquet row group at a
-time (``walk_id``, ``ts_ns``, ``tid``, ``addr``, ``pferr``) and turned at once into a vCPU code (the
-thread's vCPU from the manifest, through a per-thread lookup), a phase code (:func:`.phases.label_phases`),
-a dictionary code of the fault code and, with ``phase``, the phase-cut flag; only ``addr`` stays whole
-(the model is looked up by it) and the walk ids only until the id map (:class:`.walkstream.RowMap`) is
-built. The rebuild keeps depth (int16), leaf level (int8) and a dictionary code of the level path.
+:func:`tracekit.analysis.walkstream.stream_walks`, but keeps per walk only what the walk tables and the
+check need, as dictionary codes in the narrowest unsigned type that holds them (usually one byte):
+
+- the ``walk`` family is read in batches of :data:`WALK_BATCH_ROWS` rows (``walk_id``, ``ts_ns``,
+  ``tid``, ``addr``, ``pferr``, decoded by a reader thread) and each walk gets at once a *group* code of
+  (its thread's vCPU from the manifest through a per-thread table, its phase from
+  :func:`.phases.label_phases`, its fault code), its row in the model cache
+  (:class:`.crosscheck.ModelCache`, instead of the address) and, with ``phase``, the phase-cut flag;
+  the walk ids are only scanned (:class:`.walkstream.IdScan`) and read a second time to build the id
+  map (:meth:`.walkstream.RowMap.from_chunks`), never held;
+- ``walk_element`` is streamed in batches of :data:`ELEMENT_BATCH_ROWS` rows as in
+  :mod:`.walkstream`; each rebuilt walk gets a *shape* code of (depth, leaf level, level path), code 0
+  meaning "no elements" (:class:`ShapeCodes`);
+- the tables' counts are one ``bincount`` over (group, shape) codes; a mismatching walk's id comes from
+  the id map's inverse and its address from one more read of the ``addr`` column (only when there are
+  mismatches).
 
 Returns None when the streamed rebuild cannot be used (walk ids repeat, a walk's elements lie too far
-apart, or a walk column has nulls): the caller then rebuilds in memory. Else a :class:`WalkGroups`:
-``counts``, one row per distinct (``vcpu`` int64, ``phase`` categorical, ``depth`` int16,
-``leaf_level`` int8, ``level_path`` int64, ``pferr`` uint32) of the walks in the phase cut with their
-number ``walks`` (int64) -- the columns of the walk frame the tables group by, so
+apart, a walk column has nulls, a walk of 2**16 elements or more): the caller then rebuilds in memory.
+Else a :class:`WalkGroups`: ``counts``, one row per distinct (``vcpu`` int64, ``phase`` categorical,
+``depth`` int16, ``leaf_level`` int8, ``level_path`` int64, ``pferr`` uint32) of the walks in the
+phase cut with their number ``walks`` (int64) -- the columns of the walk frame the tables group by, so
 ``depth_distribution(counts, by, weights="walks")`` equals ``depth_distribution(walk_frame, by)``;
 ``check`` (a :class:`.crosscheck.CrossCheck`, None without ``model_walk``); ``orphans`` (elements
 without their walk event); ``walks`` (walk events read). Raises what reading the capture raises and
 UsageError for an unknown phase.
 
-:class:`Codes` is the dictionary: values (int64) to codes given in order of first appearance, stored
-per row in a uint8 array widened to uint16 / uint32 when more values come.
+:class:`Codes` is the dictionary: int64 values to codes given in order of first appearance, stored per
+row in a uint8 array widened to uint16 / uint32 when more values come. At 100 M events (25 M walks) the
+per-walk state is about 100 MB for the id map and 4 bytes per walk besides.
 """
 
 from __future__ import annotations

@@ -22,6 +22,13 @@ steps table); ``check`` is a :class:`~tracekit.analysis.crosscheck.CrossCheck` (
 ``model_walk``) whose ``per_walk`` frame is left empty. Raises what reading the capture raises.
 :func:`rebuild_streamed` does the same on a walk table and an iterable of element batches in
 capture order (how the benchmark and tests feed it).
+
+The pieces :mod:`.walkgroups` reuses with narrow per-walk columns instead of whole ones: :class:`IdScan`
+(what the id map needs to know, gathered as the ids are read) and :meth:`RowMap.from_chunks` (the map
+built from a second read of the ids, which are then never held); :class:`RowMap.ids` (rows back to walk
+ids, for the few walks a report names); :class:`WalkShapes` (the whole per-walk rebuild columns; any
+object with its ``rebuilt`` / ``put`` methods can stand in); :func:`feed_all` and :func:`cross_check`.
+The rebuild's scratch arrays cover one batch's range of walk rows and are reused from batch to batch.
 """
 
 from __future__ import annotations

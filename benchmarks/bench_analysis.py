@@ -6,16 +6,21 @@ against a straightforward pandas groupby/apply implementation measured in the sa
 subset where the straightforward version would take minutes; rates are compared), with the peak
 resident memory of the process that ran it (each measured case runs in its own child process).
 
-1. ``rebuild``: :func:`tracekit.analysis.walkstream.rebuild_streamed` (the rebuild ``analyze`` runs)
-   on in-memory tables of N recorder-shaped walks (4 events each: walk + 3 walk_element; per-CPU
+1. ``rebuild``: :func:`tracekit.analysis.walkstream.rebuild_streamed` (the streamed rebuild ``analyze``
+   runs, here keeping whole per-walk columns) on in-memory tables of N recorder-shaped walks (4 events each: walk + 3 walk_element; per-CPU
    ids interleaved in time order, 0.1% concurrent pairs), fed in 1 Mi-row batches, vs a
    groupby/apply rebuild of the same rows.
 2. ``analyze``: :func:`tracekit.analysis.analyze.analyze_capture` (every analysis, model cross-check
    included) on a synthetic capture of ``--events`` events written to a temporary directory, vs
    the straightforward version (whole families read with every column, walks rebuilt and
-   cross-checked by groupby/apply) on a 1/200 capture.
+   cross-checked by groupby/apply) on a 1/200 capture; with the time of each stage and the fresh memory
+   the analysis touched (its minor page faults), which on this VM decides how much the analysis depends
+   on the rate at which fresh memory faults in.
 3. ``memory``: the walk analysis of the same walks with and without a large unrelated family
    (5 rows per walk event): peak memory should not grow.
+
+Every run also prints the VM's first-touch rate of fresh memory (a fresh 2 GiB array, in a child) at its
+start and end: the conditions its figures were measured under.
 
 Usage: python benchmarks/bench_analysis.py [--events N] [--quick]   (--quick: 8 M events)
 """
@@ -49,6 +54,10 @@ def peak_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+#: The slowest first-touch rate of fresh memory measured on the development VM (GB/s).
+SLOW_FAULT_GBPS = 0.32
 
 
 def verdict(met: bool) -> str:
@@ -206,12 +215,15 @@ def child(case: str, arg: str) -> dict:
         from tracekit.capture import open_capture
 
         stages = timed_stages()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         result = analyze_capture(open_capture(arg))
         seconds = time.perf_counter() - start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         assert result.verdicts["crosscheck"]["match_rate"] == 1.0
         assert result.info["walk_path"] == "streamed"
-        return {"seconds": seconds, "peak_mb": peak_mb(), "stages": dict(stages)}
+        return {"seconds": seconds, "peak_mb": peak_mb(), "stages": dict(stages),
+                "touched_mb": faults * resource.getpagesize() / 1e6}
     if case == "analyze-baseline":
         start = time.perf_counter()
         baseline_analyze(arg)
@@ -290,6 +302,9 @@ def main() -> None:
               f"[target < 10 s for 100 M{'' if written >= 100e6 else f', {target:.1f} s pro rata'}: "
               f"{verdict(fast['seconds'] < target)}]")
         print("  stages: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in fast["stages"].items()))
+        print(f"  fresh memory touched (minor page faults): {fast['touched_mb']:,.0f} MB, "
+              f"{fast['touched_mb'] / 1e3 / SLOW_FAULT_GBPS:.1f} s of faulting at the slowest rate seen here "
+              f"({SLOW_FAULT_GBPS} GB/s)")
         print(f"  straightforward pandas on {written / 200 / 1e6:.2f} M events: {base['seconds']:.2f} s, "
               f"peak {base['peak_mb']:,.0f} MB; rate ratio {fast_rate / base_rate:,.0f}x")
         # 3. memory does not grow with an unrelated family
