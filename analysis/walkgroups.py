@@ -269,7 +269,7 @@ def _group_counts(columns: list[tuple[np.ndarray, int]], keep: np.ndarray | None
             totals += np.bincount(part if keep is None else part[keep[start:start + len(part)]], minlength=radix)
         keys = np.flatnonzero(totals)
         counts = totals[keys]
-    else:  # many combinations: count them with pandas, chunk by chunk
+    else:  # too many combinations for a dense count: hash them (pandas)
         frame = pd.DataFrame({i: codes for i, (codes, _) in enumerate(columns)}, copy=False)
         if keep is not None:
             frame = frame[keep]

@@ -106,6 +106,28 @@ def test_codes_widen_and_decode():
     assert codes.decode(codes.codes).tolist() == [432, 0, 432, *(np.arange(3, 600) * 7).tolist()]
 
 
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), st.booleans()), max_size=60))
+def test_group_counts_dense_and_hashed_agree(rows):
+    """The dense bincount and the hashed count of code combinations give the same combinations (in
+    ascending order) and counts, with and without a row selection; the expected counts by Counter."""
+    from collections import Counter
+
+    a = np.array([r[0] for r in rows], np.uint8)
+    b = np.array([r[1] for r in rows], np.uint16)
+    keep = np.array([r[2] for r in rows], bool)
+    for selection in (None, keep):
+        chosen = [(x, y) for (x, y, k) in rows if selection is None or k]
+        expected = sorted(Counter(chosen).items())
+        for dense in (1 << 22, 1):
+            saved = walkgroups._DENSE_KEYS
+            walkgroups._DENSE_KEYS = dense
+            try:
+                codes, counts = walkgroups._group_counts([(a, 7), (b, 4)], selection)
+            finally:
+                walkgroups._DENSE_KEYS = saved
+            assert [((int(x), int(y)), int(c)) for x, y, c in zip(codes[0], codes[1], counts)] == expected
+
+
 def test_null_walk_column_falls_back(tmp_path):
     """A walk column with nulls: no streamed counts (the caller rebuilds in memory)."""
     path = tmp_path / "c.tkcap"
