@@ -70,11 +70,12 @@ static __always_inline struct mmu_batch *mmu_open_at(__u32 kind, __u64 pid_tgid,
 	__u32 main = 0, spare = 1;
 	struct mmu_batch *b = mmu_staging.lookup(&main);
 	struct mmu_batch *s = mmu_staging.lookup(&spare);
-	if (!b || !s || !tk_batch_claim(&b->bh, &s->bh)) {
+	int claimed = b && s ? tk_batch_claim(&b->bh, &s->bh) : 0;
+	if (!claimed) {
 		mmu_count_lost(kind, 1);
 		return 0;
 	}
-	if (s->bh.spare)  /* claimed the spare: the batch is being filled below us */
+	if (claimed == TK_CLAIMED_SPARE)  /* the batch is being filled below us */
 		b = s;
 	/* The slot still holds an older event: every handler sets valid and user space reads
 	 * only the fields valid names, so the 136 bytes are not cleared. */

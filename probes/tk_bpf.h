@@ -109,21 +109,21 @@ static __always_inline int tk_batch_add(struct tk_batch_header *bh, __u64 ts)
 }
 
 /* Which of this CPU's staging batch (main) and spare a program may fill, marked busy:
- * main unless a program on this CPU is filling it, then the spare, else 0. */
-static __always_inline struct tk_batch_header *tk_batch_claim(struct tk_batch_header *main,
-							     struct tk_batch_header *spare)
+ * TK_CLAIMED_MAIN unless a program on this CPU is filling it, then TK_CLAIMED_SPARE, else 0.
+ * The spare's header is read only when main is busy: its cache line stays cold otherwise. */
+#define TK_CLAIMED_MAIN 1
+#define TK_CLAIMED_SPARE 2
+static __always_inline int tk_batch_claim(struct tk_batch_header *main, struct tk_batch_header *spare)
 {
-	struct tk_batch_header *b = main;
-	if (b && b->busy) {
-		b = spare;
-		if (b && b->busy)
-			b = 0;
-		if (b)
-			b->spare = 1;
+	if (!main->busy) {
+		main->busy = 1;
+		return TK_CLAIMED_MAIN;
 	}
-	if (b)
-		b->busy = 1;
-	return b;
+	if (spare->busy)
+		return 0;
+	spare->spare = 1;
+	spare->busy = 1;
+	return TK_CLAIMED_SPARE;
 }
 
 /* After a failed output of batch bh: the context of f (ring state apart). A tracepoint

@@ -91,11 +91,12 @@ static __always_inline struct walk_batch *walk_open(__u32 probe)
 	__u32 main = 0, spare = 1;
 	struct walk_batch *b = walk_staging.lookup(&main);
 	struct walk_batch *s = walk_staging.lookup(&spare);
-	if (!b || !s || !tk_batch_claim(&b->bh, &s->bh)) {
+	int claimed = b && s ? tk_batch_claim(&b->bh, &s->bh) : 0;
+	if (!claimed) {
 		walk_count_lost(probe, 1);
 		return 0;
 	}
-	if (s->bh.spare)  /* claimed the spare: the batch is being filled below us */
+	if (claimed == TK_CLAIMED_SPARE)  /* the batch is being filled below us */
 		b = s;
 	return b;
 }
