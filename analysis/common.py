@@ -7,7 +7,8 @@ Contract
   columns when ``required=False``, else :class:`tracekit.errors.AnalysisError`.
 - :func:`vcpu_map` turns the manifest's ``target.threads`` (``[{tid, comm, vcpu}]``) and, when
   present, the workload record's ``vcpus`` (``[{index, tid, ...}]``) into ``{tid: vcpu}``.
-- :func:`add_vcpu` adds an ``int64`` column ``vcpu`` (-1 for threads that are not vCPUs).
+- :func:`add_vcpu` adds an ``int64`` column ``vcpu`` (-1 for threads that are not vCPUs), through
+  :func:`lookup_tids` (thread ids to values of a sorted table, a missing value for the others).
 - :func:`latency_summary` groups a frame and returns ``count``, ``total_ns``, ``mean_ns``,
   ``p50_ns``, ``p90_ns``, ``p99_ns``, ``max_ns`` per group. Percentiles are *nearest rank*: the
   q-th percentile of n sorted values is the value of rank ``ceil(q/100 * n)`` (1-based), so it is
@@ -34,6 +35,7 @@ __all__ = [
     "load",
     "vcpu_map",
     "add_vcpu",
+    "lookup_tids",
     "nearest_rank",
     "latency_summary",
     "format_table",
@@ -149,26 +151,30 @@ def vcpu_map(manifest: dict) -> dict[int, int]:
 def add_vcpu(frame: pd.DataFrame, manifest: dict, tid_column: str = "tid") -> pd.DataFrame:
     """``frame`` with an int64 column ``vcpu`` (-1 where the thread is not a known vCPU)."""
     mapping = vcpu_map(manifest)
-    raw = frame[tid_column].to_numpy() if len(frame) else np.zeros(0, np.int64)
-    if mapping and raw.dtype.kind in "iu" and len(raw):
-        low, high = int(raw.min()), int(raw.max())
-        if high - low < _DENSE_LIMIT:  # a direct table over the thread ids present
-            table = np.full(high - low + 1, -1, np.int64)
-            for tid, vcpu in mapping.items():
-                if low <= tid <= high:
-                    table[tid - low] = vcpu
-            return frame.assign(vcpu=table[raw - raw.dtype.type(low)])
-    tids = frame[tid_column].to_numpy(dtype=np.int64, na_value=-1) if len(frame) else np.zeros(0, np.int64)
-    if mapping:
-        keys = np.fromiter(mapping.keys(), np.int64)
-        values = np.fromiter(mapping.values(), np.int64)
-        order = np.argsort(keys)
-        keys, values = keys[order], values[order]
-        pos = np.clip(np.searchsorted(keys, tids), 0, len(keys) - 1)
-        vcpu = np.where(keys[pos] == tids, values[pos], -1)
-    else:
-        vcpu = np.full(len(tids), -1, np.int64)
-    return frame.assign(vcpu=vcpu.astype(np.int64))
+    if not len(frame) or not mapping:
+        return frame.assign(vcpu=np.full(len(frame), -1, np.int64))
+    tids = frame[tid_column].to_numpy()
+    if tids.dtype.kind not in "iu":
+        tids = frame[tid_column].to_numpy(dtype=np.int64, na_value=-1)
+    keys = np.array(sorted(mapping), np.int64)
+    values = np.array([mapping[tid] for tid in keys.tolist()], np.int64)
+    return frame.assign(vcpu=lookup_tids(tids, keys, values, -1))
+
+
+def lookup_tids(tids: np.ndarray, keys: np.ndarray, values: np.ndarray, missing: int) -> np.ndarray:
+    """``values[i]`` for each of ``tids`` equal to ``keys[i]`` (``keys`` sorted int64), ``missing`` for
+    the others (int64): a direct table over the range of ``tids`` when it is small, else a binary search."""
+    if len(keys) == 0 or len(tids) == 0:
+        return np.full(len(tids), missing, np.int64)
+    low, high = int(tids.min()), int(tids.max())
+    if high - low < _DENSE_LIMIT:  # a direct table over the thread ids present
+        table = np.full(high - low + 1, missing, np.int64)
+        inside = (keys >= low) & (keys <= high)
+        table[keys[inside] - low] = values[inside]
+        return table[tids - tids.dtype.type(low)]
+    tids = tids.astype(np.int64, copy=False)
+    pos = np.minimum(np.searchsorted(keys, tids), len(keys) - 1)
+    return np.where(keys[pos] == tids, values[pos], missing)
 
 
 def nearest_rank(sorted_values: np.ndarray, q: float) -> Any:

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis import phases as phases_mod
-from tracekit.analysis.common import vcpu_map
+from tracekit.analysis.common import lookup_tids, vcpu_map
 from tracekit.analysis.crosscheck import CrossCheck, ModelCache
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS
 from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _Rebuilder, _State,
@@ -148,20 +148,6 @@ class _WalkColumns:
         self.selected = np.empty(n, bool) if phase is not None else None
         self.fits = len(self.vcpu_values) < 1 << 15 and len(self.phase_names) < 1 << 16
 
-    def _vcpu_codes(self, tids: np.ndarray) -> np.ndarray:
-        """The vCPU code of each thread id: a table over the batch's range of ids when it is small."""
-        if len(self._tids) == 0 or len(tids) == 0:
-            return np.full(len(tids), self._unknown, np.int64)
-        low, high = int(tids.min()), int(tids.max())
-        if high - low < _DENSE_KEYS:
-            table = np.full(high - low + 1, self._unknown, np.int64)
-            inside = (self._tids >= low) & (self._tids <= high)
-            table[self._tids[inside] - low] = self._tid_codes[inside]
-            return table[tids - tids.dtype.type(low)]
-        tids = tids.astype(np.int64, copy=False)
-        pos = np.minimum(np.searchsorted(self._tids, tids), len(self._tids) - 1)
-        return np.where(self._tids[pos] == tids, self._tid_codes[pos], self._unknown)
-
     def add(self, start: int, batch: Any) -> bool:
         """Rows ``start`` ... of a record batch of the walk columns; False when one has nulls."""
         if any(batch.column(c).null_count for c in WALK_COLUMNS):
@@ -175,7 +161,7 @@ class _WalkColumns:
         ts = batch.column("ts_ns").to_numpy().astype(np.int64, copy=False)
         if self.selected is not None:
             self.selected[rows] = phases_mod.phase_mask(ts, self.phase_table, self.phase)
-        key = self._vcpu_codes(batch.column("tid").to_numpy()) << _VCPU_SHIFT
+        key = lookup_tids(batch.column("tid").to_numpy(), self._tids, self._tid_codes, self._unknown) << _VCPU_SHIFT
         key |= phases_mod.label_phases(ts, self.phase_table).codes.astype(np.int64) << _PHASE_SHIFT
         key |= batch.column("pferr").to_numpy().astype(np.int64)
         self.groups.put(rows, key)
