@@ -98,6 +98,14 @@ def test_tdp_finish_writes_steps_outside_spans_as_visits_of_no_walk():
     assert (notes["unpaired_returns"], notes["missed_returns"], notes["host_walks"]) == (2, 1, 0)
 
 
+def test_steps_of_two_cpus_at_one_level_are_one_row():
+    """Level 2 on CPU 0 (3 steps, first at 100 ns, thread 9) and CPU 1 (5 steps, first at 50 ns, thread 11):
+    one row of 3 + 5 = 8 steps with the earlier first step's time, CPU and thread."""
+    outside = _outside({(0, 2): (3, 100, 7 << 32 | 9), (1, 2): (5, 50, 7 << 32 | 11)})
+    rows = [(r["ts_ns"], r["cpu"], r["tid"], r["level"], r["count"]) for r in decode_tdp_outside(outside).to_pylist()]
+    assert rows == [(50, 1, 11, 2, 8)]
+
+
 def test_no_steps_outside_spans_is_an_empty_table():
     assert decode_tdp_outside(np.zeros((4, 3 * TDP_LEVELS), np.uint64)).num_rows == 0
 

@@ -278,9 +278,10 @@ def read_percpu(bpf: Any, map_name: str, size: int) -> np.ndarray:
 
 
 def decode_tdp_outside(per_cpu: np.ndarray) -> pa.Table:
-    """``tdp_outside`` as (cpu, 3 x TDP_LEVELS) -> ``stage2_visit`` rows of no walk: one per (CPU, level)
-    with steps, ``walk_id`` -1, visitor ``tdp_iter_next``, kind ``step``, ``ts_ns``/``pid``/``tid`` of the
-    first step on that CPU at that level (the tracefs backend's rows for steps outside any walk)."""
+    """``tdp_outside`` as (cpu, 3 x TDP_LEVELS) -> ``stage2_visit`` rows of no walk: one per level with
+    steps (the CPUs' counts summed), ``walk_id`` -1, visitor ``tdp_iter_next``, kind ``step``,
+    ``ts_ns``/``cpu``/``pid``/``tid`` of the earliest CPU's first step at that level (the tracefs
+    backend's rows for steps outside any walk)."""
     per_cpu = np.asarray(per_cpu, dtype=np.uint64).reshape(len(per_cpu), 3, TDP_LEVELS)
     cpus, levels = np.nonzero(per_cpu[:, 0, :])
     pid_tgid = per_cpu[cpus, 2, levels]
