@@ -144,7 +144,7 @@ class _WalkColumns:
         self.scan = IdScan()
         self.model = model
         self.model_rows = np.zeros(n if model is not None else 0, np.uint8)  # per walk, its row in the model cache
-        self.groups = Codes(n)  # per walk, a code of (vCPU code, phase code, fault code): _GROUP_SHIFTS
+        self.groups = Codes(n)  # per walk, a code of (vCPU code, phase code, fault code)
         self.selected = np.empty(n, bool) if phase is not None else None
         self.fits = len(self.vcpu_values) < 1 << 15 and len(self.phase_names) < 1 << 16
 
@@ -207,13 +207,15 @@ def _read_walks(cap: Any, manifest: dict, phase_table: pd.DataFrame, phase: str 
                 model: ModelCache | None) -> _WalkColumns | None:
     """The narrow columns of every walk, a row group at a time (None when a column has nulls)."""
     walks = _WalkColumns(cap.rows("walk"), manifest, phase_table, phase, model)
+    if not walks.fits:  # too many vCPUs or phases for the group key: known before reading
+        return None
     start = 0
     with prefetch(cap.iter_batches("walk", list(WALK_COLUMNS), WALK_BATCH_ROWS), depth=2) as batches:
         for batch in batches:  # decoded by the reader thread while the previous batch is coded here
             if start + batch.num_rows > walks.n or not walks.add(start, batch):
                 return None
             start += batch.num_rows
-    return walks if start == walks.n and walks.fits else None
+    return walks if start == walks.n else None
 
 
 def _column_chunks(cap: Any, column: str) -> Iterator[np.ndarray]:
