@@ -241,9 +241,12 @@ static __always_inline int s2_span_entry(__u32 func, __u64 arg0, __u64 arg1)
 	struct s2_thread *st = s2_thread_of((__u32)pid_tgid, 0);
 	struct s2_open *w = st ? s2_innermost(st) : 0;
 	val.walk_id = w ? w->walk_id : 0;
-	if (stage2_spans.lookup(&key))
+	int err = stage2_spans.insert(&key, &val);	/* one hash operation when no call is open */
+	if (err == -EEXIST) {
 		s2_count(TK_S2_MISSED);	/* the open call's return was missed: replaced */
-	if (stage2_spans.update(&key, &val))
+		err = stage2_spans.update(&key, &val);
+	}
+	if (err)
 		s2_lost(2);
 	return 0;
 }
