@@ -65,7 +65,7 @@ static __always_inline void mmu_count_lost(__u32 kind, __u64 n)
 /* The start of every handler, for an event of process pid_tgid (a target) at time ts: this
  * CPU's staging batch (or its spare when a program on this CPU is filling it) marked busy,
  * the header of its next slot filled; 0 with the loss counted when both are busy. */
-static __always_inline struct mmu_batch *mmu_open_at(__u32 kind, __u64 pid_tgid, __u64 ts)
+static __always_inline struct mmu_batch *mmu_open(__u32 kind, __u64 pid_tgid, __u64 ts)
 {
 	__u32 main = 0, spare = 1;
 	struct mmu_batch *b = mmu_staging.lookup(&main);
@@ -85,21 +85,32 @@ static __always_inline struct mmu_batch *mmu_open_at(__u32 kind, __u64 pid_tgid,
 	return b;
 }
 
-/* mmu_open_at for the current task, timed now; nothing (0) for other processes' events. */
-static __always_inline struct mmu_batch *mmu_open(__u32 kind)
+/* Event times, by the thread tid whose event it is. mmu_now: a clock read of its own. */
+static __always_inline __u64 mmu_now(__u32 tid)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	return mmu_open_at(kind, pid_tgid, bpf_ktime_get_ns());
+	return bpf_ktime_get_ns();
 }
 
-/* The time of the fault thread tid is handling on this CPU, for its kvm_mmu_set_spte events:
- * kvm_mmu_spte_requested reads the clock once per fault and leaves it here. KVM traces both
- * inside one mmu_lock section (preemption off), spte_requested first, then the SPTE it installs
- * and the ones it prefetches (PTE_PREFETCH_NUM, 8) in the same thread and on the same CPU. A
- * set_spte with no such fault (another thread's clock here, or more SPTEs than one fault
- * installs) reads the clock itself. */
+/* kvm_mmu_spte_requested: a clock read, left in this CPU's mmu_fault_clock for the
+ * kvm_mmu_set_spte events of the same fault. KVM traces both inside one mmu_lock section
+ * (preemption off), spte_requested first, then the SPTE it installs and the ones it
+ * prefetches (PTE_PREFETCH_NUM, 8), in the same thread and on the same CPU. */
+static __always_inline __u64 mmu_fault_start(__u32 tid)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 zero = 0;
+	struct mmu_fault_clock *c = mmu_fault_clock.lookup(&zero);
+	if (c) {
+		c->ts = now;
+		c->tid = tid;
+		c->spte_events = 0;
+	}
+	return now;
+}
+
+/* kvm_mmu_set_spte: the time of the fault thread tid is handling on this CPU (mmu_fault_start);
+ * a clock read of its own with no such fault (another thread's time there, or more SPTEs than
+ * one fault installs). */
 static __always_inline __u64 mmu_fault_time(__u32 tid)
 {
 	__u32 zero = 0;
@@ -148,22 +159,23 @@ static __always_inline int mmu_close(struct mmu_batch *b, struct mmu_event *e)
 	return 0;
 }
 
-/* Every handler: MMU_BEGIN(kind) (or MMU_BEGIN_AT with the batch opened by the handler); fill e; MMU_END. */
-#define MMU_BEGIN_AT(open)					\
-	struct mmu_batch *b = (open);				\
-	if (!b)							\
-		return 0;					\
+/* Every handler: MMU_BEGIN(kind) (timed by mmu_now) or MMU_BEGIN_TIMED(kind, time_of);
+ * fill e; MMU_END. Other processes' events end the handler at once. */
+#define MMU_BEGIN_TIMED(kind, time_of)					\
+	__u64 pid_tgid = bpf_get_current_pid_tgid();			\
+	if (!tk_is_target(pid_tgid))					\
+		return 0;						\
+	struct mmu_batch *b = mmu_open(kind, pid_tgid, time_of((__u32)pid_tgid)); \
+	if (!b)								\
+		return 0;						\
 	struct mmu_event *e = TK_BATCH_SLOT(b)
-#define MMU_BEGIN(kind) MMU_BEGIN_AT(mmu_open(kind))
+#define MMU_BEGIN(kind) MMU_BEGIN_TIMED(kind, mmu_now)
 #define MMU_END return mmu_close(b, e)
 
 #ifdef TK_MMU_HAVE_SET_SPTE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	MMU_BEGIN_AT(mmu_open_at(TK_MMU_SET_SPTE, pid_tgid, mmu_fault_time((__u32)pid_tgid)));
+	MMU_BEGIN_TIMED(TK_MMU_SET_SPTE, mmu_fault_time);
 	e->gfn = args->gfn;
 	e->spte = args->spte;
 	e->sptep = args->sptep;
@@ -178,18 +190,7 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 #ifdef TK_MMU_HAVE_SPTE_REQUESTED
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_spte_requested)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
-		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	__u32 zero = 0;
-	struct mmu_fault_clock *c = mmu_fault_clock.lookup(&zero);
-	if (c) {
-		c->ts = now;
-		c->tid = (__u32)pid_tgid;
-		c->spte_events = 0;
-	}
-	MMU_BEGIN_AT(mmu_open_at(TK_MMU_SPTE_REQUESTED, pid_tgid, now));
+	MMU_BEGIN_TIMED(TK_MMU_SPTE_REQUESTED, mmu_fault_start);
 	e->gfn = args->gfn;
 	e->pfn = args->pfn;
 	e->level = args->level;
