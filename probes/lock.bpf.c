@@ -73,8 +73,7 @@ TRACEPOINT_PROBE(lock, contention_end)
 		lock_open_by_tid.delete(&tid);
 		return 0;
 	}
-	tk_fill_header(&e->hdr, pid_tgid, TK_LOCK_CONTENTION);
-	e->hdr.ts_ns = op->ts_ns;
+	tk_fill_header_at(&e->hdr, pid_tgid, TK_LOCK_CONTENTION, op->ts_ns);  /* the wait's start */
 	e->lock_addr = op->lock_addr;
 	e->wait_ns = (__s64)(now - op->ts_ns);
 	e->flags = op->flags;
