@@ -50,10 +50,8 @@ from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS
 from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _Rebuilder, _State,
                                           cross_check, feed_all, prefetch)
 
-__all__ = ["Codes", "WalkGroups", "walk_group_counts", "COUNT_COLUMNS"]
+__all__ = ["Codes", "WalkGroups", "walk_group_counts"]
 
-#: The group columns of :attr:`WalkGroups.counts` (then ``walks``).
-COUNT_COLUMNS = ("vcpu", "phase", "depth", "leaf_level", "level_path", "pferr")
 #: Group keys counted with one dense ``bincount`` up to this many possible combinations.
 _DENSE_KEYS = 1 << 22
 _CHUNK = 1 << 20
