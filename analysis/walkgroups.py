@@ -63,18 +63,15 @@ _VCPU_SHIFT = 48  # a walk's group key: vCPU code << 48 | phase code << 32 | fau
 _PHASE_SHIFT = 32
 
 
-def _narrowest(count: int) -> type:
-    """The narrowest unsigned integer type holding codes 0 .. ``count - 1``."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if count <= int(np.iinfo(dtype).max) + 1:
-            return dtype
-    return np.uint64
+def _narrowest(count: int) -> np.dtype:
+    """The narrowest unsigned integer type holding codes 0 .. ``count - 1`` (uint8 at least)."""
+    return np.min_scalar_type(max(count - 1, 0))
 
 
 def _widened(column: np.ndarray, count: int) -> np.ndarray:
     """``column`` (unsigned codes), widened when needed to hold codes 0 .. ``count - 1``."""
     wanted = _narrowest(count)
-    return column.astype(wanted) if np.dtype(wanted).itemsize > column.dtype.itemsize else column
+    return column.astype(wanted) if wanted.itemsize > column.dtype.itemsize else column
 
 
 class Codes:
