@@ -134,7 +134,7 @@ def test_set_spte_follows_its_faults_spte_requested(workload_capture):
     if backend == "tracefs":
         mmu = mmu.sort_values("ts_ns", kind="stable")
     sets = 0
-    for (_, _), rows in mmu.groupby(["cpu", "tid"], sort=False):
+    for _, rows in mmu.groupby(["cpu", "tid"], sort=False):
         fault_ts = None
         for event, ts in zip(rows.event, rows.ts_ns):
             if event == "kvm_mmu_spte_requested":

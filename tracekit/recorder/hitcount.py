@@ -9,8 +9,8 @@ detaches it (also on leaving the ``with`` block). The benchmark uses it as the "
 (the cost of attaching at all), the live tests attach it beside ``tracekit record`` to hold the
 capture's rows to the hits the kernel saw. ``clocked`` names tracepoints whose program also reads
 ``bpf_ktime_get_ns()`` once per hit (into a per-CPU sink), as the recorder's programs do: the
-benchmark's "count+clock" mode, the floor of a recorder that timestamps those events. Raises :class:`tracekit.errors.MissingCapability`
-(through :func:`tracekit.recorder.bccload.import_bcc`) without bcc.
+benchmark's "count+clock" mode, the floor of a recorder that timestamps those events. Raises
+:class:`tracekit.errors.MissingCapability` (through :func:`tracekit.recorder.bccload.import_bcc`) without bcc.
 """
 
 from __future__ import annotations
