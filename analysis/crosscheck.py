@@ -16,7 +16,8 @@ Contract
   depth must agree. A walk retried from the root (``walk_addr_generic``'s retry: one walk event, its
   elements several passes from the root level; :func:`compared_passes`) is compared by its last pass
   and counted in ``retried``; its earlier passes' PTE reads still count per level. The model is walked once per 2 MiB region mapped by a huge leaf, else once per
-  distinct 4 KiB page; the comparison itself is vectorised, one pass per depth. Returns a
+  distinct 4 KiB page; the comparison itself is vectorised, one pass per depth (:func:`compare_elements`,
+  shared with the streamed check of :mod:`.walkstream`). Returns a
   :class:`CrossCheck`: ``summary`` (dict: ``walks``, ``compared``, ``matched``, ``match_rate``,
   ``mismatched``, ``retried``, ``verdict`` ``"match"`` / ``"mismatch"`` / ``"no walks"``), ``per_walk``
   (walk_id, addr, depth, model_depth, match) and ``mismatches`` (the first
@@ -41,7 +42,7 @@ from tracekit.errors import AnalysisError, ModelError
 from tracekit.model.x86 import PTE_AD_MASK, X86PageTables, X86Walk
 
 __all__ = ["CrossCheck", "ModelCache", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS",
-           "check_summary", "per_level_table", "last_passes", "compared_passes"]
+           "check_summary", "per_level_table", "last_passes", "compared_passes", "compare_elements"]
 
 MISMATCH_COLUMNS = ["walk_id", "addr", "depth", "observed_level", "observed_pte", "model_level", "model_pte", "reason"]
 _PAGE_MASK = np.uint64(~0xFFF & (2**64 - 1))
@@ -308,6 +309,37 @@ def compared_passes(level: np.ndarray, starts: np.ndarray, counts: np.ndarray, m
     return starts, counts, retried, earlier
 
 
+def compare_elements(level: np.ndarray, pte: np.ndarray, starts: np.ndarray, counts: np.ndarray, rows: np.ndarray,
+                     model_levels: list[np.ndarray], model_ptes: list[np.ndarray], model_depth: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each walk's elements ``starts[i]`` .. ``starts[i] + counts[i] - 1`` of ``level`` / ``pte`` against
+    model row ``rows[i]`` (``model_levels`` / ``model_ptes``: one array per depth; ``model_depth`` per
+    walk), one vectorised pass per depth: ``(bad, first_bad, observed)``, ``bad`` where the depths, a
+    level or a PTE (ignoring A/D) differ, ``first_bad`` the depth of the first difference (-1 for a
+    match), ``observed`` the PTE reads per level + 2 (8 counts). ``counts`` must not be empty."""
+    bad = counts != model_depth
+    first_bad = np.where(bad, np.minimum(counts, model_depth), -1)
+    observed = np.zeros(8, np.int64)
+    shortest = int(counts.min())
+    for d in range(int(counts.max())):
+        every = d < shortest  # every walk has a row at this depth: no selection
+        has = slice(None) if every else np.flatnonzero(counts > d)
+        e = starts[has] + d
+        r = rows[has]
+        o_level = np.take(level, e)
+        observed += np.bincount(o_level.astype(np.intp) + 2, minlength=8)[:8]
+        m_level = np.take(model_levels[d], r) if d < len(model_levels) else np.full(len(r), _NO_LEVEL, np.int8)
+        m_pte = np.take(model_ptes[d], r) if d < len(model_ptes) else np.zeros(len(r), np.uint64)
+        wrong = (o_level != m_level) | (((np.take(pte, e) ^ m_pte) & ~_AD) != 0)
+        if not wrong.any():
+            continue
+        where = np.flatnonzero(wrong) if every else has[wrong]
+        newly = where[(first_bad[where] < 0) | (first_bad[where] > d)]
+        first_bad[newly] = d
+        bad[where] = True
+    return bad, first_bad, observed
+
+
 def per_level_table(observed_counts: np.ndarray, model_levels: np.ndarray, model_rows: np.ndarray | None = None,
                     *, row_counts: np.ndarray | None = None) -> pd.DataFrame:
     """The :class:`CrossCheck` ``per_level`` frame: ``observed_counts`` (PTE reads per level + 2, 8
@@ -347,28 +379,10 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
     walk_depth = depth
     first, depth, retried, earlier = compared_passes(level, walks["first_step"].to_numpy(np.int64), depth,
                                                      model_depth)
-    bad = depth != model_depth
-    first_bad = np.where(bad, np.minimum(depth, model_depth), -1)
-    obs_counts = np.bincount(level[earlier].astype(np.int64) + 2, minlength=8)[:8]
-    for d in range(int(depth.max())):
-        has = depth > d
-        sel_all = bool(has.all())
-        e = first + d if sel_all else first[has] + d
-        r = row if sel_all else row[has]
-        m_level = m_levels[r, d] if d < m_levels.shape[1] else np.full(len(r), _NO_LEVEL, np.int8)
-        m_pte = m_ptes[r, d] if d < m_ptes.shape[1] else np.zeros(len(r), np.uint64)
-        o_level = level[e]
-        wrong = (o_level != m_level) | (((pte[e] ^ m_pte) & ~_AD) != 0)
-        if sel_all:
-            newly = wrong & ((first_bad < 0) | (first_bad > d))
-            first_bad[newly] = d
-            bad |= wrong
-        else:
-            idx = np.flatnonzero(has)
-            newly = wrong & ((first_bad[idx] < 0) | (first_bad[idx] > d))
-            first_bad[idx[newly]] = d
-            bad[idx] |= wrong
-        obs_counts += np.bincount(o_level.astype(np.int64) + 2, minlength=8)[:8]
+    bad, first_bad, obs_counts = compare_elements(level, pte, first, depth, row,
+                                                  [m_levels[:, d] for d in range(m_levels.shape[1])],
+                                                  [m_ptes[:, d] for d in range(m_ptes.shape[1])], model_depth)
+    obs_counts += np.bincount(level[earlier].astype(np.int64) + 2, minlength=8)[:8]
 
     walk_ids = walks["walk_id"].to_numpy(np.uint64)
     per_walk = pd.DataFrame({"walk_id": walk_ids, "addr": addrs, "depth": walk_depth, "model_depth": model_depth,

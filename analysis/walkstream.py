@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis.common import load
-from tracekit.analysis.crosscheck import (_AD, _NO_LEVEL, MISMATCH_COLUMNS, CrossCheck, ModelCache, check_summary,
+from tracekit.analysis.crosscheck import (MISMATCH_COLUMNS, CrossCheck, ModelCache, check_summary, compare_elements,
                                           compared_passes, mismatch_row, per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, leaf_levels, level_paths
 
@@ -356,25 +356,8 @@ class _State:
         if len(earlier):
             self.observed_levels += np.bincount(level[earlier].astype(np.intp) + 2, minlength=8)[:8]
             self.retried += int(retried.sum())
-        bad = counts != model_depth
-        first_bad = np.where(bad, np.minimum(counts, model_depth), -1)
-        shortest = int(counts.min())
-        for d in range(int(counts.max())):
-            every = d < shortest  # every walk has a row at this depth: no selection
-            has = slice(None) if every else np.flatnonzero(counts > d)
-            e = starts[has] + d
-            r = rows[has]
-            o_level = np.take(level, e)
-            self.observed_levels += np.bincount(o_level.astype(np.intp) + 2, minlength=8)[:8]
-            m_level = np.take(m_levels[d], r) if d < len(m_levels) else np.full(len(r), _NO_LEVEL, np.int8)
-            m_pte = np.take(m_ptes[d], r) if d < len(m_ptes) else np.zeros(len(r), np.uint64)
-            wrong = (o_level != m_level) | (((np.take(pte, e) ^ m_pte) & ~_AD) != 0)
-            if not wrong.any():
-                continue
-            where = np.flatnonzero(wrong) if every else has[wrong]
-            newly = where[(first_bad[where] < 0) | (first_bad[where] > d)]
-            first_bad[newly] = d
-            bad[where] = True
+        bad, first_bad, observed = compare_elements(level, pte, starts, counts, rows, m_levels, m_ptes, model_depth)
+        self.observed_levels += observed
         self.compared += len(wi)
         self.mismatched += int(bad.sum())
         if bad.any():
