@@ -12,7 +12,7 @@ its entry/return functions of :data:`ATTACH` and returns ``(attached, failed)`` 
 :data:`EVENT_DTYPES` mirrors the event structs of ``probes/<family>.h`` (a test checks them against
 the headers) and :data:`RINGS` names each ring's record type; :func:`decode_stage2` /
 :func:`decode_tdp` turn one numpy batch of ring records into the capture family tables (no Python
-per event). The per-CPU counters read when a recording ends (:func:`read_percpu`):
+per event). The per-CPU counters read when a recording ends (:func:`tracekit.recorder.bccload.read_percpu`):
 :data:`COUNT_NOTES` names each index of ``stage2_counts`` / ``tdp_counts`` by its manifest note (facts,
 not losses), and :func:`decode_tdp_outside` turns ``tdp_outside`` (``tdp_iter_next`` steps outside any
 span, per CPU and level) into ``stage2_visit`` rows of no walk (``walk_id`` -1), as the tracefs backend
@@ -40,7 +40,6 @@ __all__ = [
     "decode_stage2",
     "decode_tdp",
     "decode_tdp_outside",
-    "read_percpu",
     "COUNT_NOTES",
     "TDP_LEVELS",
     "STAGE2_FUNC_NAMES",
@@ -268,13 +267,6 @@ def decode_tdp(records: np.ndarray, walk_base: int = 0) -> dict[str, pa.Table]:
         _take(common, rows), walk_ids[rows], np.full(len(rows), "tdp_iter_next", dtype=object), levels,
         np.full(len(rows), "step", dtype=object), records["iter_steps"][rows, levels]))  # fmt: skip
     return {name: batch.concat_tables(name, parts) for name, parts in out.items()}
-
-
-def read_percpu(bpf: Any, map_name: str, size: int) -> np.ndarray:
-    """A bcc per-CPU array of ``size`` integers as a (cpu, index) uint64 array."""
-    table = bpf[map_name.encode()]
-    columns = [np.asarray([int(v) for v in table.getvalue(table.Key(index))], dtype=np.uint64) for index in range(size)]
-    return np.stack(columns, axis=1) if columns else np.empty((0, 0), np.uint64)
 
 
 def decode_tdp_outside(per_cpu: np.ndarray) -> pa.Table:

@@ -256,7 +256,8 @@ class FunctionProbeFamily(ProbeFamily):
 
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
         """bcc: add the in-kernel counters to the notes; tdp: the iterator steps outside any span as visits."""
-        from tracekit.funcprobes.bcc_backend import COUNT_NOTES, TDP_LEVELS, decode_tdp_outside, read_percpu
+        from tracekit.funcprobes.bcc_backend import COUNT_NOTES, TDP_LEVELS, decode_tdp_outside
+        from tracekit.recorder.bccload import read_percpu
 
         map_name, notes = COUNT_NOTES[self.name]
         try:

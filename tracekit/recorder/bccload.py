@@ -5,7 +5,8 @@ target tgid (a load-time constant ``TK_TARGET_TGID``), builds one program from t
 (:meth:`BccBackend.program_text`, shown by ``record --print-bpf``), loads it (the tracepoint
 programs attach on load; families attach their kprobes with ``attach_bcc``), and then :meth:`BccBackend.poll` returns every committed event as Arrow
 tables per capture family, read in whole batches through :class:`tracekit.recorder.ringbuf.RingReader`.
-:meth:`BccBackend.lost` returns the in-kernel reserve-failure counters per probe and CPU, and
+:meth:`BccBackend.lost` returns the in-kernel reserve-failure counters per probe and CPU (:func:`read_percpu`
+reads any per-CPU counter array), and
 :meth:`BccBackend.ring_failures` the diagnostics of failed ring outputs (ring state, context).
 :meth:`BccBackend.stop` detaches every probe, drains what is left, decodes the batches still
 staged in each CPU's staging array (families that batch in the kernel), and builds the end-of-run
@@ -30,10 +31,17 @@ from tracekit.errors import MissingCapability, ProbeLoadError
 from tracekit.recorder.family import ProbeFamily, ProbeStatus
 from tracekit.recorder.ringbuf import RingReader
 
-__all__ = ["BccBackend", "import_bcc", "struct_layouts", "map_declaration_order"]
+__all__ = ["BccBackend", "import_bcc", "struct_layouts", "map_declaration_order", "read_percpu"]
 
 PAGE = 4096
 _MAP_DECL = re.compile(r"^[ \t]*BPF_[A-Z_]+\(\s*(\w+)", re.M)
+
+
+def read_percpu(bpf: Any, map_name: str, size: int) -> np.ndarray:
+    """A bcc per-CPU array of ``size`` integers as a (cpu, index) uint64 array."""
+    table = bpf[map_name.encode()]
+    columns = [np.asarray([int(v) for v in table.getvalue(table.Key(index))], dtype=np.uint64) for index in range(size)]
+    return np.stack(columns, axis=1) if columns else np.empty((0, 0), np.uint64)
 
 
 def map_declaration_order(text: str) -> list[str]:
@@ -158,18 +166,15 @@ class BccBackend:
         return sum(r.bytes_read for _, _, r in self.readers)
 
     def lost(self) -> list[tuple[str, int, int]]:
-        """(probe, cpu, count) for every non-zero reserve-failure counter."""
+        """(probe, cpu, count) for every non-zero reserve-failure counter, by probe then CPU."""
         out = []
         if self.bpf is None:
             return out
         for family, _ in self.families:
             for map_name, probes in family.lost_maps().items():
-                table = self.bpf[map_name.encode()]
-                for index, probe in enumerate(probes):
-                    values = table.getvalue(table.Key(index))
-                    for cpu, count in enumerate(values):
-                        if count:
-                            out.append((probe, cpu, int(count)))
+                counts = read_percpu(self.bpf, map_name, len(probes))
+                for index, cpu in zip(*np.nonzero(counts.T)):
+                    out.append((probes[index], int(cpu), int(counts[cpu, index])))
         return out
 
     def ring_failures(self) -> list[dict]:
