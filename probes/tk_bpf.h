@@ -4,6 +4,9 @@
  *
  * Load-time constants (bcc cflags):
  *   TK_TARGET_TGID  the only process whose events are kept (0 = every process)
+ *   TK_TARGETS_FAKE_FD  several processes: bcc's load-time number of the map
+ *                   BPF_HASH(tk_targets, u32 tgid, u8) the loader declares first and
+ *                   fills; an event is kept when its tgid is a key (TK_TARGET_TGID unused)
  *   TK_OFF_x, TK_SIZE_x, TK_SIGNED_x  struct members read with TK_FIELD (function probes)
  *   TK_BATCH_EVENTS, TK_BATCH_FLUSH_NS  in-kernel batching (below)
  *   TK_FAKE_FD_<ring>  bcc's load-time number of ring map <ring> (for bpf_ringbuf_query)
@@ -29,7 +32,13 @@
 
 static __always_inline int tk_is_target(__u64 pid_tgid)
 {
+#ifdef TK_TARGETS_FAKE_FD
+	__u32 tgid = pid_tgid >> 32;
+
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, TK_TARGETS_FAKE_FD), &tgid) != 0;
+#else
 	return TK_TARGET_TGID == 0 || (pid_tgid >> 32) == TK_TARGET_TGID;
+#endif
 }
 
 /* The event header with timestamp ts (an event that shares the time of an earlier one, e.g. a

@@ -34,8 +34,8 @@ def test_options_become_the_config(captured, tmp_path):
                                       "--ring-mb", "32", "--json", "-q"])
     assert result.exit_code == 0, result.output
     config = captured["config"]
-    assert (config.pid_spec, config.duration, config.output, config.families, config.backend) == (
-        "qemu", 2.5, out, ("walk", "ioctl"), "tracefs")
+    assert (config.pid_specs, config.all_vms, config.duration, config.output, config.families, config.backend) == (
+        ("qemu",), False, 2.5, out, ("walk", "ioctl"), "tracefs")
     assert config.options.stream_ioctls == (KVM_GET_DIRTY_LOG,) and config.options.aggregate_ioctls == (KVM_RUN,)
     assert config.options.ring_pages == {"walk_events": 32 * 256, "mmu_events": 32 * 256}
     assert json.loads(result.stdout)["rows"] == {"walk": 3}
@@ -46,7 +46,14 @@ def test_command_after_double_dash(captured, tmp_path):
                                       "dirty-log", "-i", "2"])
     assert result.exit_code == 0, result.output
     assert captured["config"].command == ["tracekit", "workload", "dirty-log", "-i", "2"]
-    assert captured["config"].pid_spec is None
+    assert captured["config"].pid_specs == () and not captured["config"].all_vms
+
+
+def test_pid_repeats_and_all_vms(captured, tmp_path):
+    result = CliRunner().invoke(app, ["record", "-o", str(tmp_path / "v.tkcap"), "-p", "vm1", "--pid", "4242",
+                                      "--all-vms", "-q"])
+    assert result.exit_code == 0, result.output
+    assert captured["config"].pid_specs == ("vm1", "4242") and captured["config"].all_vms
 
 
 def test_default_output_name(captured):

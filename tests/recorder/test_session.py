@@ -17,7 +17,7 @@ import pytest
 from tracekit import schema as S
 from tracekit.capture import open_capture
 from tracekit.capture.writer import CaptureWriter, CaptureWriteError
-from tracekit.recorder import bccload, session
+from tracekit.recorder import bccload, session, target
 from tracekit.recorder.families import WalkFamily
 from tracekit.recorder.family import ProbeStatus
 
@@ -68,6 +68,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(session, "plan_families", lambda names, host, options: ([(family, statuses)], [], list(family.tracepoints)))
     monkeypatch.setattr(session, "_choose_backend", lambda name: ("bcc", None))
     monkeypatch.setattr(bccload, "BccBackend", FakeBackend)
+    monkeypatch.setattr(target, "kvm_fds", lambda pid: (1, 1))  # the processes recorded here stand for VMMs
     return FakeBackend
 
 
@@ -151,7 +152,7 @@ def test_threads_seen_only_in_events_join_the_thread_list():
     import pyarrow as pa
 
     threads = {1: {"tid": 1, "comm": "main", "vcpu": None}}
-    session._note_event_threads(threads, os.getpid(), pa.table({"tid": pa.array([1, 999999, 0], pa.int32())}))
+    session._note_event_threads(threads, pa.table({"tid": pa.array([1, 999999, 0], pa.int32())}))
     assert threads[999999] == {"tid": 999999, "comm": "", "vcpu": None} and 0 not in threads
 
 

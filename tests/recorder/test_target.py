@@ -10,7 +10,9 @@ import time
 import pytest
 
 from tracekit.errors import UsageError
-from tracekit.recorder.target import list_threads, qemu_guest_name, resolve_target, spawn_gated, vcpu_index
+from tracekit.recorder import target as target_mod
+from tracekit.recorder.target import (list_threads, qemu_guest_name, qemu_memory, resolve_target, resolve_targets,
+                                      spawn_gated, vcpu_index)
 
 
 @pytest.mark.parametrize("argv,name", [
@@ -48,7 +50,7 @@ def test_resolve_by_pid_name_and_guest(named_sleepers):
     assert resolve_target(str(pid)).pid == pid
     target = resolve_target("g1")  # the -name value in its command line
     assert target.pid == named_sleepers[1].pid and target.guest == "g1"
-    with pytest.raises(UsageError, match=r"2 processes match 'tk-test-sleep': pid \d+ \S+ guest g0; pid"):
+    with pytest.raises(UsageError, match=r"2 processes match 'tk-test-sleep'; .*\n  pid \d+ \S+ guest g0, no KVM VM\n  pid"):
         resolve_target("tk-test-sleep")
     with pytest.raises(UsageError, match="no process named"):
         resolve_target("tk-no-such-process")
@@ -113,3 +115,109 @@ def test_gated_child_never_runs_when_not_released(tmp_path):
 def test_gated_child_unknown_command():
     with pytest.raises(UsageError, match="command not found"):
         spawn_gated(["tk-no-such-command-xyz"])
+
+
+def _fake_process(root, pid, comm, argv, fds=(), age_s=1000.0):
+    """A /proc/PID directory: comm, cmdline, status, stat (started age_s before uptime 5000 s) and fd links."""
+    d = root / str(pid)
+    (d / "fd").mkdir(parents=True)
+    (d / "comm").write_text(comm + "\n")
+    (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+    (d / "status").write_text(f"Name:\t{comm}\nTgid:\t{pid}\n")
+    start_ticks = int((5000.0 - age_s) * os.sysconf("SC_CLK_TCK"))
+    (d / "stat").write_text(f"{pid} ({comm}) S " + " ".join(["0"] * 18) + f" {start_ticks} 0 0\n")
+    for number, link in enumerate(fds, start=3):
+        os.symlink(link, d / "fd" / str(number))
+
+
+def _vm_fds(vcpus):
+    return ["/dev/kvm", "anon_inode:kvm-vm"] + [f"anon_inode:kvm-vcpu:{i}" for i in range(vcpus)]
+
+
+@pytest.fixture
+def fake_proc(tmp_path, monkeypatch):
+    """A fake /proc: two QEMUs holding VMs, a QEMU guest agent, a kernel thread, init and a sleeper."""
+    (tmp_path / "uptime").write_text("5000.00 9000.00\n")
+    _fake_process(tmp_path, 1, "systemd", ["/sbin/init"], ["/dev/null"])
+    _fake_process(tmp_path, 2, "kthreadd", [])
+    _fake_process(tmp_path, 300, "qemu-ga", ["/usr/bin/qemu-ga"], ["/dev/vport0p1"])
+    _fake_process(tmp_path, 410, "qemu-system-x86", ["/usr/bin/qemu-system-x86_64", "-name", "guest=db,debug-threads=on",
+                                                     "-m", "2G"], _vm_fds(2))
+    _fake_process(tmp_path, 420, "qemu-kvm", ["/usr/libexec/qemu-kvm", "-name", "web", "-m", "size=512M,maxmem=1G"],
+                  _vm_fds(4))
+    _fake_process(tmp_path, 500, "sleep", ["sleep", "100"])
+    monkeypatch.setattr(target_mod, "PROC", tmp_path)
+    return tmp_path
+
+
+def test_a_unique_prefix_among_vm_holders_names_the_vm(fake_proc):
+    (fake_proc / "420" / "fd" / "4").unlink()  # qemu-kvm closes its VM: only one VM holder is left
+    assert resolve_target("qemu").pid == 410  # qemu-ga starts with "qemu" too but holds no VM
+    assert resolve_target("qemu-system").pid == 410
+
+
+def test_exact_and_guest_names_win_over_prefixes(fake_proc):
+    assert resolve_target("qemu-system-x86_64").pid == 410  # argv[0]'s basename
+    assert resolve_target("qemu-kvm").pid == 420
+    assert resolve_target("db").pid == 410 and resolve_target("web").pid == 420
+    assert resolve_target("qemu-ga").pid == 300  # an exact name that holds no VM is found, then refused
+    with pytest.raises(UsageError, match=r"^pid 300 \(qemu-ga\) holds no KVM VM"):
+        resolve_targets(["qemu-ga"])
+
+
+def test_several_vms_are_listed_with_how_to_choose(fake_proc):
+    with pytest.raises(UsageError) as error:
+        resolve_target("qemu")
+    lines = str(error.value).splitlines()
+    assert lines[0].startswith("2 processes match 'qemu'; choose one with --pid PID") and "--all-vms" in lines[0]
+    assert lines[1:] == ["  pid 410 qemu-system-x86 guest db, 2 vCPUs, 2 GiB",
+                         "  pid 420 qemu-kvm guest web, 4 vCPUs, 512 MiB"]
+
+
+def test_init_kernel_threads_and_plain_processes_hold_no_vm(fake_proc):
+    with pytest.raises(UsageError, match=r"^pid 1 \(systemd\) holds no KVM VM \(a process "):
+        resolve_targets(["1"])
+    with pytest.raises(UsageError, match=r"^pid 2 \(kthreadd\) holds no KVM VM \(a kernel thread"):
+        resolve_targets(["2"])
+    with pytest.raises(UsageError, match="no process named 'nope'"):
+        resolve_targets(["nope"])
+
+
+def test_repeated_pids_and_all_vms(fake_proc):
+    chosen = resolve_targets(["db", "410", "web"])
+    assert [(t.pid, t.vcpus, t.memory) for t in chosen] == [(410, 2, 2 << 30), (420, 4, 512 << 20)]
+    assert [t.pid for t in resolve_targets([], all_vms=True)] == [410, 420]
+    assert [t.to_json() for t in resolve_targets(["web"])] == [
+        {"pid": 420, "comm": "qemu-kvm", "name": "web", "vcpus": 4, "memory": 512 << 20}]
+
+
+def test_all_vms_without_any_vm_says_so(fake_proc):
+    for pid in (410, 420):
+        (fake_proc / str(pid) / "fd" / "4").unlink()
+    with pytest.raises(UsageError, match="--all-vms: no process holds a KVM VM"):
+        resolve_targets([], all_vms=True)
+
+
+def test_a_starting_vmm_gets_time_to_create_its_vm(fake_proc):
+    import threading
+
+    _fake_process(fake_proc, 600, "tracekit", ["tracekit", "workload", "dirty-log"], ["/dev/kvm"], age_s=0.5)
+    timer = threading.Timer(0.3, os.symlink, ("anon_inode:kvm-vm", fake_proc / "600" / "fd" / "9"))
+    timer.start()
+    try:
+        assert [t.pid for t in resolve_targets(["600"])] == [600]
+    finally:
+        timer.join()
+
+
+@pytest.mark.parametrize("argv,size", [
+    (["qemu-system-x86_64", "-m", "64"], 64 << 20),
+    (["qemu-system-x86_64", "-m", "1G"], 1 << 30),
+    (["qemu-system-x86_64", "-m", "size=3g,slots=2,maxmem=8G"], 3 << 30),
+    (["qemu-system-x86_64", "-m=256M"], 256 << 20),
+    (["qemu-system-x86_64"], 128 << 20),
+    (["firecracker", "--api-sock", "x"], None),
+    (["qemu-system-x86_64", "-m", "lots"], None),
+])
+def test_qemu_memory(argv, size):
+    assert qemu_memory(argv) == size

@@ -1,7 +1,8 @@
 """The bcc backend of the recorder: compile the families' BPF programs, attach, drain, detach.
 
 Contract: :class:`BccBackend` takes the families to record (each with its probe statuses) and the
-target tgid (a load-time constant ``TK_TARGET_TGID``), builds one program from their sources
+target tgid (a load-time constant ``TK_TARGET_TGID``) or tgids (several: a ``tk_targets`` hash map
+declared first in the program and filled before the probes attach), builds one program from their sources
 (:meth:`BccBackend.program_text`, shown by ``record --print-bpf``), loads it (the tracepoint
 programs attach on load; families attach their kprobes with ``attach_bcc``), and then :meth:`BccBackend.poll` returns every committed event as Arrow
 tables per capture family, read in whole batches through :class:`tracekit.recorder.ringbuf.RingReader`.
@@ -34,6 +35,8 @@ from tracekit.recorder.ringbuf import RingReader
 __all__ = ["BccBackend", "import_bcc", "struct_layouts", "map_declaration_order", "read_percpu"]
 
 PAGE = 4096
+TARGETS_MAP = "tk_targets"  # several target processes: their tgids (see probes/tk_bpf.h)
+TARGETS_MAX = 1024
 _MAP_DECL = re.compile(r"^[ \t]*BPF_[A-Z_]+\(\s*(\w+)", re.M)
 
 
@@ -112,15 +115,18 @@ class BccBackend:
 
     name = "bcc"
 
-    def __init__(self, families: list[tuple[ProbeFamily, list[ProbeStatus]]], target_tgid: int):
+    def __init__(self, families: list[tuple[ProbeFamily, list[ProbeStatus]]], target_tgid: int | list[int]):
         self.families = families
-        self.target_tgid = target_tgid
+        self.target_tgids = [target_tgid] if isinstance(target_tgid, int) else list(target_tgid)
+        self.target_tgid = self.target_tgids[0] if len(self.target_tgids) == 1 else 0
         self.bpf: Any = None
         self.readers: list[tuple[ProbeFamily, str, RingReader]] = []
         self.attached: list[str] = []
 
     def cflags(self) -> list[str]:
         flags = ["-w", f"-DTK_TARGET_TGID={self.target_tgid}"]
+        if len(self.target_tgids) > 1:
+            flags.append(f"-DTK_TARGETS_FAKE_FD=-{map_declaration_order(self.program_text()).index(TARGETS_MAP) + 1}")
         dirs: list[str] = []
         for family, statuses in self.families:
             dirs += [str(d) for d in family.include_dirs() if str(d) not in dirs]
@@ -133,11 +139,18 @@ class BccBackend:
         return [f"-I{d}" for d in dirs] + flags
 
     def program_text(self) -> str:
-        return "\n".join(f"/* ---- family {f.name} ---- */\n{f.bpf_source()}" for f, _ in self.families)
+        prologue = f"BPF_HASH({TARGETS_MAP}, u32, u8, {TARGETS_MAX});\n" if len(self.target_tgids) > 1 else ""
+        return prologue + "\n".join(f"/* ---- family {f.name} ---- */\n{f.bpf_source()}" for f, _ in self.families)
 
     def start(self) -> None:
         bcc = import_bcc()
+        if len(self.target_tgids) > TARGETS_MAX:
+            raise ProbeLoadError(f"{len(self.target_tgids)} target processes: at most {TARGETS_MAX} at once")
         self.bpf = _load(bcc, self.program_text(), self.cflags())
+        if len(self.target_tgids) > 1:
+            targets = self.bpf[TARGETS_MAP.encode()]
+            for tgid in self.target_tgids:
+                targets[targets.Key(tgid)] = targets.Leaf(1)
         self.attached = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in self.bpf.tracepoint_fds)
         for family, statuses in self.families:
             self.attached += family.attach_bcc(self.bpf, statuses)

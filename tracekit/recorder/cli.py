@@ -25,13 +25,15 @@ __all__ = ["register", "record_command"]
 
 _HELP = """Record KVM MMU tracepoints of a live VM process into a capture directory.
 
-Attaches the probe families (walk, ioctl, lock, mmu by default; the function-probe families stage2 and tdp on request) to one process, filtered by its tgid in the kernel, and writes NAME.tkcap/ (Parquet segments per event family plus capture.json). The target is --pid PID|NAME (a process name such as qemu-system-x86_64, or a QEMU -name guest name), or a command given after -- that is started once the probes are attached. Stops after --duration, on Ctrl-C/SIGTERM, or when the target exits; a second Ctrl-C skips the final drain. Probes absent on this host are listed in the capture's manifest with the reason (stage2 and tdp need kprobes, stage2 an arm64 host, most of tdp the TDP MMU).
+Attaches the probe families (walk, ioctl, lock, mmu by default; the function-probe families stage2 and tdp on request) to the target processes, filtered by tgid in the kernel, and writes NAME.tkcap/ (Parquet segments per event family plus capture.json). The target is --pid PID|NAME (a process name such as qemu-system-x86_64 or a unique prefix of one such as qemu, or a QEMU -name guest name; repeatable), --all-vms (every process holding a KVM VM), or a command given after -- that is started once the probes are attached. Stops after --duration, on Ctrl-C/SIGTERM, or when the target exits; a second Ctrl-C skips the final drain. Probes absent on this host are listed in the capture's manifest with the reason (stage2 and tdp need kprobes, stage2 an arm64 host, most of tdp the TDP MMU).
 
 Examples:
 
   tracekit record --pid qemu-system-x86_64 -d 10 -o vm.tkcap
 
   tracekit record --pid myguest --probes walk,mmu -o walks.tkcap  # QEMU -name
+
+  tracekit record --all-vms -d 5 -o host.tkcap  # every VM; analyze --vm cuts one out
 
   tracekit record -o wl.tkcap -- tracekit workload dirty-log --iterations 3
 
@@ -46,8 +48,11 @@ Examples:
 def record_command(
     command: Optional[List[str]] = typer.Argument(
         None, help="Command to start and trace (after --), e.g. -- tracekit workload dirty-log.", show_default=False),
-    pid: Optional[str] = typer.Option(
-        None, "--pid", "-p", help="Process to trace: a pid, a process name, or a QEMU -name guest name."),
+    pid: List[str] = typer.Option(
+        [], "--pid", "-p", help="Process to trace: a pid, a process name (or a unique prefix of one, like pgrep), "
+        "or a QEMU -name guest name. Repeatable."),
+    all_vms: bool = typer.Option(
+        False, "--all-vms", help="Trace every process that holds a KVM VM (each row keeps its pid)."),
     duration: Optional[float] = typer.Option(
         None, "--duration", "-d", help="Stop after this many seconds (default: until Ctrl-C or the target exits)."),
     output: Optional[Path] = typer.Option(
@@ -86,7 +91,7 @@ def record_command(
         return
     if output is None:
         output = Path(time.strftime("record-%Y%m%d-%H%M%S.tkcap", time.gmtime()))
-    config = RecordConfig(output=output, pid_spec=pid, command=list(command or []), duration=duration,
+    config = RecordConfig(output=output, pid_specs=tuple(pid), all_vms=all_vms, command=list(command or []), duration=duration,
                           families=families, backend=backend, options=options, segment_seconds=segment_seconds,
                           command_line=["tracekit", *sys.argv[1:]], command_stdout_to_stderr=json_out)
     summary = record(config, stream=None if quiet else sys.stderr)

@@ -4,7 +4,8 @@ Contract: :func:`record` takes a :class:`RecordConfig` and writes a capture dire
 :class:`tracekit.capture.CaptureWriter`; it returns a :class:`RecordSummary`. It
 
 1. removes tracefs instances left by a killed recorder (``tracekit-<pid>-*`` whose pid is gone);
-2. resolves the target (``pid_spec``) or starts ``command`` held before ``exec`` until the probes
+2. resolves the targets (``pid_spec``/``pid_specs``/``all_vms``, each holding a KVM VM; manifest
+   ``target.pids`` and ``target.vms``) or starts ``command`` held before ``exec`` until the probes
    are attached; when the command is the built-in workload (``tracekit workload dirty-log``),
    adds ``--layout`` to a private temporary file and stores the record under manifest key
    ``workload``;
@@ -47,7 +48,7 @@ from tracekit.capabilities import tracefs_root
 from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, TracekitError, UsageError
 from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RecordOptions, make_family
-from tracekit.recorder.target import GatedChild, list_threads, resolve_target, spawn_gated, thread_info
+from tracekit.recorder.target import GatedChild, list_threads, resolve_targets, spawn_gated, tgid_of, thread_info
 from tracekit.recorder.tracefs import cleanup_stale_instances, pid_alive
 
 __all__ = ["RecordConfig", "RecordSummary", "record", "plan_families", "DEFAULT_FAMILIES"]
@@ -60,6 +61,8 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class RecordConfig:
     output: Path
     pid_spec: str | None = None
+    pid_specs: tuple[str, ...] = ()  # repeated --pid (pid_spec counts as one more)
+    all_vms: bool = False  # every process holding a KVM VM
     command: list[str] = field(default_factory=list)
     duration: float | None = None
     families: tuple[str, ...] = DEFAULT_FAMILIES
@@ -295,10 +298,11 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
            on_attached: Callable[[], None] | None = None) -> RecordSummary:
     """Record as ``config`` says (see the module docstring); ``on_attached()`` runs once the probes are
     attached (before a command is released)."""
-    if config.pid_spec and config.command:
-        raise UsageError("give either --pid or a command after --, not both")
-    if not config.pid_spec and not config.command:
-        raise UsageError("nothing to record: give --pid PID|NAME or a command after --")
+    pid_specs = ([config.pid_spec] if config.pid_spec else []) + list(config.pid_specs)
+    if (pid_specs or config.all_vms) and config.command:
+        raise UsageError("give either --pid or a command after --, not both (--all-vms counts as --pid)")
+    if not pid_specs and not config.all_vms and not config.command:
+        raise UsageError("nothing to record: give --pid PID|NAME, --all-vms or a command after --")
     if config.duration is not None and config.duration <= 0:
         raise UsageError("--duration must be positive")
     output = Path(config.output)
@@ -341,18 +345,20 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
             child = spawn_gated(command, stdout_to_stderr=config.command_stdout_to_stderr)
             target = {"pids": [child.pid], "comm": os.path.basename(command[0]), "name": None}
         else:
-            found = resolve_target(config.pid_spec or "")
-            target = {"pids": [found.pid], "comm": found.comm, "name": found.guest}
-        tgid = target["pids"][0]
-        _merge_threads(threads, list_threads(tgid))
+            found = resolve_targets(pid_specs, all_vms=config.all_vms)
+            target = {"pids": [t.pid for t in found], "comm": found[0].comm, "name": found[0].guest,
+                      "vms": [t.to_json() for t in found]}
+        tgids = target["pids"]
+        for pid in tgids:
+            _merge_threads(threads, list_threads(pid))
         if backend_name == "bcc":
             from tracekit.recorder.bccload import BccBackend
 
-            backend = BccBackend(plan, tgid)
+            backend = BccBackend(plan, tgids)
         else:
             from tracekit.recorder.tracefs import TracefsBackend
 
-            backend = TracefsBackend(tracefs, plan, tgid, sorted(threads) or [tgid])
+            backend = TracefsBackend(tracefs, plan, tgids, sorted(threads) or tgids)
         manifest = {
             "target": {**target, "threads": []},
             "probes": {"requested": requested, "attached": [], "failed": failed,
@@ -373,7 +379,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
             rusage0 = resource.getrusage(resource.RUSAGE_SELF)  # recorder CPU counts from here, not the compile
             writer.update_manifest(probes={**writer.manifest["probes"], "attached": backend.attached})
             status.say(
-                f"Tracing pid {tgid} ({target['comm']}{', guest ' + target['name'] if target['name'] else ''}) "
+                f"Tracing {_targets_text(target)} "
                 f"with {backend_name}: {', '.join(f.name for f, _ in plan)} ({len(backend.attached)} tracepoints) "
                 f"into {output}"
                 + (f" for {config.duration:g} s" if config.duration else "")
@@ -391,7 +397,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                         if table.num_rows:
                             sink.submit(writer.append, name, table, rows=table.num_rows)
                             status.count(name, table.num_rows)
-                            _note_event_threads(threads, tgid, table)
+                            _note_event_threads(threads, table)
                 if not final and time.monotonic() < next_lost[0]:
                     return
                 next_lost[0] = time.monotonic() + 0.25  # counters are cumulative: reading them often buys nothing
@@ -414,7 +420,8 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                     status.maybe_show(sum(lost.values()), lambda: _dir_bytes(output))
                     if now >= next_threads:
                         recording_rss = max(recording_rss, _vm_rss_kb())
-                        _merge_threads(threads, list_threads(tgid))
+                        for pid in tgids:
+                            _merge_threads(threads, list_threads(pid))
                         next_threads = now + 0.05
                     if stopper.reason:
                         stop_reason = stopper.reason
@@ -426,7 +433,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                         command_exit = child.returncode
                         stop_reason = "command exited"
                         break
-                    if child is None and not _running(tgid):
+                    if child is None and not any(_running(pid) for pid in tgids):
                         stop_reason = "target exited"
                         break
                     time.sleep(config.poll_interval)
@@ -463,7 +470,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
     rusage1 = resource.getrusage(resource.RUSAGE_SELF)
     rows = {name: writer.rows(name) for name in writer.families()} if writer else {}
     summary = RecordSummary(
-        output=str(output), backend=backend_name, target={"pid": target["pids"][0], "comm": target["comm"]},
+        output=str(output), backend=backend_name, target={"pid": target["pids"][0], "pids": target["pids"], "comm": target["comm"]},
         seconds=round(time.monotonic() - t0, 3), rows=rows, lost=writer.lost_total() if writer else 0,
         bytes_written=_dir_bytes(output), stop_reason=stop_reason, attached=list(backend.attached if backend else []),
         failed=failed, command_exit=command_exit,
@@ -513,12 +520,18 @@ def _running(pid: int) -> bool:
     return state not in (["Z"], ["X"])
 
 
-def _note_event_threads(threads: dict[int, dict], tgid: int, table: Any) -> None:
+def _note_event_threads(threads: dict[int, dict], table: Any) -> None:
     """Add the threads that produced events but were never seen in /proc (too short-lived)."""
     if "tid" not in table.column_names:
         return
     for tid in set(pc.unique(table.column("tid")).to_pylist()) - threads.keys() - {0}:  # a hash, not a sort
-        threads[tid] = thread_info(tgid, tid)
+        threads[tid] = thread_info(tgid_of(tid) or tid, tid)
+
+
+def _targets_text(target: dict) -> str:
+    """``pid 1234 (qemu-system-x86, guest vm1)`` for each recorded process."""
+    vms = target.get("vms") or [{"pid": target["pids"][0], "comm": target["comm"], "name": target["name"]}]
+    return ", ".join(f"pid {vm['pid']} ({vm['comm']}{', guest ' + vm['name'] if vm.get('name') else ''})" for vm in vms)
 
 
 def _merge_threads(known: dict[int, dict], seen: list[dict]) -> None:

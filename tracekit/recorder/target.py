@@ -1,12 +1,15 @@
-"""Which process to record: resolve ``--pid PID|NAME``, list its threads, find its vCPU threads.
+"""Which processes to record: resolve ``--pid PID|NAME`` and ``--all-vms``, list threads, find vCPUs.
 
 Contract:
 
-- :func:`resolve_target` accepts a numeric pid (must be running; a thread id stands for its process) or a name that matches process
-  names (``/proc/PID/comm`` or the basename of ``argv[0]``, e.g. ``qemu-system-x86_64``) or a QEMU
-  guest name (the value of ``-name`` in its command line, ``guest=NAME`` and ``process=NAME``
-  forms included). No match or several matches raise :class:`tracekit.errors.UsageError` listing the
-  candidates (pid, comm, guest name).
+- :func:`resolve_target` accepts a numeric pid (a thread id stands for its process) or a name, matched
+  like pgrep and kvm_stat ``-g``: the exact process name (``/proc/PID/comm`` or the basename of
+  ``argv[0]``) or QEMU guest name (``-name NAME``, ``guest=NAME``), else a unique prefix of the
+  process name of a process holding a KVM VM (``qemu`` for ``qemu-system-x86_64``). Where several
+  processes match, those holding a KVM VM (an ``anon_inode:kvm-vm`` fd) win; still several, or none,
+  raise :class:`tracekit.errors.UsageError` listing each (pid, name, guest, vCPUs, memory) and how to
+  choose. :func:`resolve_targets` resolves repeated ``--pid`` and ``--all-vms``
+  (:func:`kvm_processes`) and refuses a process that holds no KVM VM (:func:`require_kvm_vm`).
 - :func:`tgid_of` gives the process a thread id belongs to (None when it is gone).
 - :func:`list_threads` returns ``[{"tid", "comm", "vcpu"}]`` for a pid, where ``vcpu`` is the
   vCPU index parsed from the thread name (QEMU's ``CPU N/KVM``, the built-in workload's
@@ -30,7 +33,8 @@ from pathlib import Path
 from tracekit.errors import RecorderError, UsageError
 
 __all__ = ["Target", "resolve_target", "list_threads", "thread_info", "tgid_of", "vcpu_index", "qemu_guest_name",
-           "spawn_gated", "GatedChild"]
+           "spawn_gated", "GatedChild",
+           "resolve_targets", "kvm_processes", "kvm_fds", "describe_process", "require_kvm_vm", "qemu_memory"]
 
 PROC = Path("/proc")
 _VCPU_PATTERNS = (re.compile(r"^CPU (\d+)/KVM$"), re.compile(r"^tk-vcpu-(\d+)$"))
@@ -38,9 +42,27 @@ _VCPU_PATTERNS = (re.compile(r"^CPU (\d+)/KVM$"), re.compile(r"^tk-vcpu-(\d+)$")
 
 @dataclass
 class Target:
+    """One process to record: its pid, process name, QEMU guest name and the KVM objects it holds."""
+
     pid: int
     comm: str
     guest: str | None = None
+    vms: int = 0  # KVM VM file descriptors (anon_inode:kvm-vm)
+    vcpus: int = 0  # KVM vCPU file descriptors (anon_inode:kvm-vcpu:N)
+    memory: int | None = None  # guest memory in bytes where the command line says it (QEMU -m)
+
+    def describe(self) -> str:
+        """``pid 1234 qemu-system-x86 guest vm1, 2 vCPUs, 1 GiB``."""
+        parts = [f"pid {self.pid} {self.comm}" + (f" guest {self.guest}" if self.guest else "")]
+        if self.vms:
+            parts.append(f"{self.vcpus} vCPU{'s' if self.vcpus != 1 else ''}")
+            parts.append(_size(self.memory) if self.memory else "memory unknown")
+        else:
+            parts.append("no KVM VM")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict:
+        return {"pid": self.pid, "comm": self.comm, "name": self.guest, "vcpus": self.vcpus, "memory": self.memory}
 
 
 def _read(path: Path) -> str | None:
@@ -110,11 +132,129 @@ def tgid_of(pid: int) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _describe(pid: int) -> Target | None:
+_SIZE_UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B"
+
+
+def qemu_memory(argv: list[str]) -> int | None:
+    """Guest memory in bytes from QEMU's ``-m SIZE`` / ``-m size=SIZE,...`` (MiB without a suffix);
+    QEMU's default 128 MiB for a QEMU without ``-m``; None for another program."""
+    if not argv or not os.path.basename(argv[0]).startswith("qemu"):
+        return None
+    value = None
+    for i, arg in enumerate(argv):
+        if arg in ("-m", "--m", "-memory") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(("-m=", "--m=")):
+            value = arg.split("=", 1)[1]
+    if value is None:
+        return 128 << 20
+    for part in value.split(","):
+        size = part[len("size="):] if part.startswith("size=") else part
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)([bkmgtBKMGT]?)", size.strip())
+        if match and (part.startswith("size=") or "=" not in part):
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    return None
+
+
+def kvm_fds(pid: int) -> tuple[int, int]:
+    """(KVM VM fds, KVM vCPU fds) that process ``pid`` holds, read from ``/proc/PID/fd`` (0, 0 when
+    unreadable): the ``anon_inode:kvm-vm`` and ``anon_inode:kvm-vcpu:N`` files KVM hands out."""
+    vms = vcpus = 0
+    fd_dir = PROC / str(pid) / "fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return 0, 0
+    for name in names:
+        try:
+            link = os.readlink(fd_dir / name)
+        except OSError:
+            continue
+        if link == "anon_inode:kvm-vm":
+            vms += 1
+        elif link.startswith("anon_inode:kvm-vcpu"):
+            vcpus += 1
+    return vms, vcpus
+
+
+def describe_process(pid: int) -> Target | None:
+    """The :class:`Target` for process ``pid`` (None when it is gone)."""
     comm = _read(PROC / str(pid) / "comm")
     if comm is None:
         return None
-    return Target(pid, comm.strip(), qemu_guest_name(_cmdline(pid)))
+    argv = _cmdline(pid)
+    vms, vcpus = kvm_fds(pid)
+    return Target(pid, comm.strip(), qemu_guest_name(argv), vms, vcpus, qemu_memory(argv))
+
+
+def _processes(exclude: tuple[int, ...]) -> list[int]:
+    skip = set(exclude) | {os.getpid(), os.getppid()}
+    try:
+        return sorted(int(e.name) for e in PROC.iterdir() if e.name.isdigit() and int(e.name) not in skip)
+    except OSError:
+        return []
+
+
+def kvm_processes(*, exclude: tuple[int, ...] = ()) -> list[Target]:
+    """Every process that holds a KVM VM file descriptor, by pid (``--all-vms``)."""
+    found = (describe_process(pid) for pid in _processes(exclude))
+    return [t for t in found if t is not None and t.vms]
+
+
+def _names(target: Target) -> tuple[str, str]:
+    argv = _cmdline(target.pid)
+    return target.comm, os.path.basename(argv[0]) if argv else ""
+
+
+def _matches(spec: str, exclude: tuple[int, ...]) -> list[Target]:
+    """Processes ``spec`` names, the first non-empty of: KVM VM holders with that exact process or
+    QEMU guest name; KVM VM holders whose process name starts with it; any process with that exact
+    name (refused later for holding no VM, which says more than "no process named")."""
+    candidates = [t for t in (describe_process(pid) for pid in _processes(exclude)) if t is not None]
+    exact = [t for t in candidates if spec in _names(t) or (t.guest is not None and spec == t.guest)]
+    prefix = [t for t in candidates if t.vms and any(n.startswith(spec) for n in _names(t) if n)]
+    return [t for t in exact if t.vms] or prefix or exact
+
+
+_STARTING_GRACE_S = 2.0  # a VMM younger than this may not have created its VM yet
+_BOOT_AGE_LIMIT_S = 5.0
+
+
+def _age_s(pid: int) -> float | None:
+    """Seconds since process ``pid`` started (None when unreadable)."""
+    stat = _read(PROC / str(pid) / "stat")
+    uptime = _read(PROC / "uptime")
+    try:
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        return float(uptime.split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, IndexError, ValueError, OSError):
+        return None
+
+
+def require_kvm_vm(target: Target) -> Target:
+    """``target`` once it holds a KVM VM (a process started less than 5 s ago gets 2 s to create
+    one); UsageError naming it otherwise: recording it would give 0 rows."""
+    age = _age_s(target.pid)
+    deadline = time.monotonic() + (_STARTING_GRACE_S if age is not None and age < _BOOT_AGE_LIMIT_S else 0)
+    while not target.vms:
+        if time.monotonic() >= deadline:
+            kind = "a kernel thread" if not _cmdline(target.pid) else "a process"
+            raise UsageError(f"pid {target.pid} ({target.comm}) holds no KVM VM ({kind} without an "
+                             "anon_inode:kvm-vm file descriptor): nothing to record; list the VMs with --all-vms")
+        time.sleep(0.05)
+        target = describe_process(target.pid) or target
+    return target
+
+
+def _choices(targets: list[Target]) -> str:
+    return "\n".join("  " + t.describe() for t in sorted(targets, key=lambda t: t.pid))
 
 
 def resolve_target(spec: str, *, exclude: tuple[int, ...] = ()) -> Target:
@@ -122,29 +262,36 @@ def resolve_target(spec: str, *, exclude: tuple[int, ...] = ()) -> Target:
     spec = spec.strip()
     if spec.isdigit():
         pid = tgid_of(int(spec))  # a thread id names its process
-        target = _describe(pid) if pid is not None else None
+        target = describe_process(pid) if pid is not None else None
         if target is None:
             raise UsageError(f"no process with pid {spec}")
         return target
-    exclude = exclude + (os.getpid(), os.getppid())
-    matches = []
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit() or int(entry.name) in exclude:
-            continue
-        target = _describe(int(entry.name))
-        if target is None:
-            continue
-        argv = _cmdline(target.pid)
-        exe = os.path.basename(argv[0]) if argv else ""
-        if spec in (target.comm, exe) or (target.guest is not None and spec == target.guest):
-            matches.append(target)
+    matches = _matches(spec, exclude)
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise UsageError(f"no process named {spec!r} (by process name or QEMU -name guest name)")
-    listing = "; ".join(f"pid {t.pid} {t.comm}" + (f" guest {t.guest}" if t.guest else "")
-                        for t in sorted(matches, key=lambda t: t.pid))
-    raise UsageError(f"{len(matches)} processes match {spec!r}: {listing}; give the pid")
+        raise UsageError(f"no process named {spec!r} (by process name, QEMU -name guest name, or a unique "
+                         "prefix of the name of a process holding a KVM VM)")
+    raise UsageError(f"{len(matches)} processes match {spec!r}; choose one with --pid PID or a guest name, "
+                     f"repeat --pid, or record them all with --all-vms:\n{_choices(matches)}")
+
+
+def resolve_targets(specs: list[str] | tuple[str, ...], *, all_vms: bool = False,
+                    exclude: tuple[int, ...] = ()) -> list[Target]:
+    """The processes to record, by pid, each holding a KVM VM: every ``--pid`` spec resolved (a
+    process named twice counts once), plus every KVM VM holder with ``all_vms``."""
+    chosen: dict[int, Target] = {}
+    for spec in specs:
+        target = require_kvm_vm(resolve_target(spec, exclude=exclude))
+        chosen.setdefault(target.pid, target)
+    if all_vms:
+        for target in kvm_processes(exclude=exclude):
+            chosen.setdefault(target.pid, target)
+        if not chosen:
+            raise UsageError("--all-vms: no process holds a KVM VM (no anon_inode:kvm-vm file descriptor in /proc/*/fd)")
+    if not chosen:
+        raise UsageError("nothing to record: give --pid PID|NAME, --all-vms or a command after --")
+    return [chosen[pid] for pid in sorted(chosen)]
 
 
 class GatedChild:

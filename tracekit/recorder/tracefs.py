@@ -2,7 +2,7 @@
 
 Contract: :class:`TracefsBackend` creates ``<tracefs>/instances/tracekit-<pid>-<hex>`` (never the
 global buffer), sets its clock to ``mono`` (the CLOCK_MONOTONIC of the bcc backend), its pid filter
-to the target's threads with ``event-fork`` so new threads follow, enables the available
+to the threads of the target process(es) (each event keeps its thread's process id) with ``event-fork`` so new threads follow, enables the available
 tracepoints of the families, and :meth:`TracefsBackend.poll` reads every CPU's
 ``trace_pipe_raw`` without blocking, decodes the pages with :mod:`tracekit.recorder.rawbuf` and
 hands each family its events (``decode_tracefs``). Lost events are the instance's per-CPU
@@ -88,13 +88,13 @@ class TracefsBackend:
     name = "tracefs"
 
     def __init__(self, tracefs: Path | None, families: list[tuple[ProbeFamily, list[ProbeStatus]]],
-                 target_tgid: int, tids: list[int], *, buffer_kb: int = 32768):
+                 target_tgid: int | list[int], tids: list[int], *, buffer_kb: int = 32768):
         if tracefs is None:
             raise MissingCapability("tracefs backend unavailable: tracefs is not mounted; fix: "
                                     "mount -t tracefs tracefs /sys/kernel/tracing")
         self.tracefs = tracefs
         self.families = families
-        self.target_tgid = target_tgid
+        self.target_tgids = [target_tgid] if isinstance(target_tgid, int) else list(target_tgid)
         self.tids = tids
         self.buffer_kb = buffer_kb
         self.directory: Path | None = None
@@ -103,7 +103,7 @@ class TracefsBackend:
         self._fds: dict[int, int] = {}
         self._missed = 0
         self._bytes = 0
-        self._tid_is_foreign: dict[int, bool] = {}
+        self._tgid_of_tid: dict[int, int | None] = {}
         self._prepared: list[ProbeFamily] = []
         self._events_of: dict[int, list[str]] = {}
         self.foreign_events = 0
@@ -167,7 +167,7 @@ class TracefsBackend:
             self._missed += decoded.missed
             for event_id, events in decoded.events.items():
                 fmt = self.formats[event_id]
-                events["tgid"] = self.target_tgid
+                events["tgid"] = self._tgids(events["common_pid"])
                 by_name.setdefault(f"{fmt.system}:{fmt.name}", []).append(events)
         if not by_name:
             return []
@@ -183,12 +183,28 @@ class TracefsBackend:
     def bytes_read(self) -> int:
         return self._bytes
 
+    def _tgid(self, tid: int) -> int | None:
+        """The process of thread ``tid`` (looked up once per tid); None when it is gone."""
+        if tid not in self._tgid_of_tid:
+            self._tgid_of_tid[tid] = tgid_of(tid)
+        return self._tgid_of_tid[tid]
+
+    def _tgids(self, tids: np.ndarray) -> np.ndarray | int:
+        """The process id of each event's thread: the target's with one target; with several, each
+        thread's (a thread gone before it was looked up, which set_event_pid let through as a child
+        of a target thread, gets the first target's, the only guess left)."""
+        if len(self.target_tgids) == 1:
+            return self.target_tgids[0]
+        out = np.empty(len(tids), np.int64)
+        for tid in np.unique(tids).tolist():
+            tgid = self._tgid(int(tid))
+            out[tids == tid] = tgid if tgid in self.target_tgids else self.target_tgids[0]
+        return out
+
     def _foreign(self, tid: int) -> bool:
         """True when thread ``tid`` is alive and belongs to another process (checked once per tid)."""
-        if tid not in self._tid_is_foreign:
-            tgid = tgid_of(tid)  # None when gone: a short-lived thread of the target (set_event_pid let it through)
-            self._tid_is_foreign[tid] = tgid is not None and tgid != self.target_tgid
-        return self._tid_is_foreign[tid]
+        tgid = self._tgid(tid)  # None when gone: a short-lived thread of a target (set_event_pid let it through)
+        return tgid is not None and tgid not in self.target_tgids
 
     def _drop_foreign(self, events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Drop events of other processes' threads that the pid filter let through.
