@@ -270,8 +270,8 @@ def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phas
     result.verdicts["skip_levels"] = skiplevels.skip_verdict(comparison)
 
 
-#: Table columns shown as hexadecimal (addresses, PTEs) in the text and HTML renderings.
-HEX_COLUMNS = ("lock_addr", "addr", "observed_pte", "model_pte")
+#: Table columns shown as hexadecimal (addresses, PTEs, fault codes) in the text and HTML renderings.
+HEX_COLUMNS = ("lock_addr", "addr", "observed_pte", "model_pte", "pferr")
 
 
 _SECTIONS = (
@@ -308,7 +308,7 @@ def render_text(result: Analysis, width: int = 80) -> str:
         out.append(f"WARNING: {info['lost_events']:,} events were lost while recording; counts are lower bounds"[:width])
     if info.get("phase"):
         out.append(f"cut to phase {info['phase']}")
-    formats = {"pferr": lambda v: f"{int(v):#x}", "share": lambda v: f"{v:.1%}",
+    formats = {"share": lambda v: f"{v:.1%}",
                "splits_per_ioctl": lambda v: "-" if pd.isna(v) else f"{v:.1f}",
                "entries_per_walk": lambda v: f"{v:.1f}", **dict.fromkeys(HEX_COLUMNS, format_hex)}
     for key, title, columns in _SECTIONS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -51,6 +52,9 @@ def test_report_writes_self_contained_html(tmp_path):
     for name in ("walk-depth", "contention-timeline", "latency-cdf", "visits-vs-model"):
         assert f"data-figure='{name}'" in page
     assert "src='data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("</h1>")[0]
+    paths = page.split("<h3>walk paths</h3>")[1].split("</table>")[0]
+    codes = re.findall(r"<td>(0x[0-9a-f]+)</td>", paths)
+    assert codes and "<td>3</td>" not in paths  # pferr in hex (a write fault is 0x3), never in decimal
 
 
 def test_compare_runs(tmp_path):

@@ -83,3 +83,13 @@ def test_export_of_an_empty_family_is_the_header(tmp_path):
         w.declare("ioctl", SCHEMA)
     out = runner.invoke(app, ["export", str(tmp_path / "e.tkcap"), "-f", "ioctl"])
     assert out.exit_code == 0 and out.stdout.splitlines() == ['"ts_ns","cpu","pid","tid","cmd_name","duration_ns","frames"']
+
+
+def test_export_to_dash_writes_standard_output(tmp_path, monkeypatch):
+    path = make(tmp_path / "c.tkcap")
+    monkeypatch.chdir(tmp_path)
+    out = runner.invoke(app, ["export", str(path), "-f", "ioctl", "--format", "jsonl", "-o", "-"])
+    assert out.exit_code == 0, out.output
+    assert [json.loads(line)["cmd_name"] for line in out.stdout.splitlines()] == \
+        ["KVM_RUN", "KVM_GET_DIRTY_LOG", "KVM_RUN"]
+    assert not (tmp_path / "-").exists()

@@ -40,7 +40,8 @@ def export(
     capture: Path = typer.Argument(..., help="A capture directory (NAME.tkcap)."),
     family: Optional[str] = typer.Option(None, "--family", "-f", help="The event family to export (see 'tracekit info')."),
     fmt: str = typer.Option("csv", "--format", help=f"Output format: {' or '.join(EXPORT_FORMATS)}."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of standard output."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Write here instead of standard output ('-' is standard output)."),
     perfetto: Optional[Path] = typer.Option(
         None, "--perfetto", help="Write a Chrome/Perfetto JSON trace of the whole capture to this file instead."
     ),
@@ -68,7 +69,7 @@ def export(
         raise UsageError(f"--family is required; this capture has: {', '.join(cap.families()) or 'none'}")
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
-    if output is None:
+    if output is None or str(output) == "-":
         export_family(cap, family, fmt, sys.stdout.buffer)
         sys.stdout.flush()
         return
