@@ -149,7 +149,7 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     ioctl = None
     if "ioctl" in families:
         ioctl = load(cap, "ioctl", ["ts_ns", "tid", "duration_ns", "cmd_name"],
-                     optional_columns=["ret", "slot", "flags", "memory_size"])
+                     optional_columns=["ret", "slot", "flags", "memory_size", "guest_phys_addr"])
         ioctl_cut = _cut(ioctl, phase_table, phase)
         summary = None
         if "ioctl_summary" in families and phase is None:

@@ -10,10 +10,12 @@ the kernel, KVM_RUN by default). Times are nanoseconds.
 Calls whose exit was not recorded (null ``duration_ns``: still running when the recording stopped)
 are left out of every table.
 
-- :func:`memslot_flag_changes` labels each KVM_SET_USER_MEMORY_REGION(2) call:
-  ``create`` (first call for the slot), ``delete`` (``memory_size == 0``), ``log-dirty-on`` /
+- :func:`memslot_flag_changes` labels each KVM_SET_USER_MEMORY_REGION(2) call as KVM's
+  ``kvm_set_memory_region`` decides it: ``create`` (first call for the slot), ``delete``
+  (``memory_size == 0``), ``move`` (``guest_phys_addr`` differs: KVM_MR_MOVE), ``log-dirty-on`` /
   ``log-dirty-off`` (bit 0, KVM_MEM_LOG_DIRTY_PAGES, toggled), ``flags`` (another flag changed),
-  ``same``. Columns: ts_ns, tid, duration_ns, cmd_name, slot, old_flags, flags, change.
+  ``same``. Columns: ts_ns, tid, duration_ns, cmd_name, slot, old_flags, flags, change; the index is
+  the call's index in ``ioctl``. :data:`MEMSLOT_OPERATIONS` names the operation of each change.
 - :func:`ioctl_latency` -> one row per ``cmd_name``: ``count``, ``errors`` (ret < 0),
   ``total_ns``, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``, ``max_ns`` and ``source``
   (``events`` or ``aggregated``: from ``ioctl_summary``, where percentiles are null).
@@ -28,11 +30,15 @@ import pandas as pd
 
 from tracekit.analysis.common import PERCENTILES, latency_summary
 
-__all__ = ["MEMSLOT_IOCTLS", "DIRTY_LOG_IOCTLS", "memslot_flag_changes", "ioctl_latency", "memslot_latency"]
+__all__ = ["MEMSLOT_IOCTLS", "DIRTY_LOG_IOCTLS", "MEMSLOT_OPERATIONS", "memslot_flag_changes", "ioctl_latency", "memslot_latency"]
 
 MEMSLOT_IOCTLS = ("KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2")
 DIRTY_LOG_IOCTLS = ("KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG")
 _LOG_DIRTY = 1
+#: memslot change -> the KVM operation it is (lock waits inside the call are labelled with it).
+MEMSLOT_OPERATIONS = {"create": "memslot-create", "delete": "memslot-delete", "move": "memslot-move",
+                      "log-dirty-on": "dirty-log-enable", "log-dirty-off": "dirty-log-disable",
+                      "flags": "memslot-flags", "same": "memslot-update"}
 _CHANGE_COLUMNS = ["ts_ns", "tid", "duration_ns", "cmd_name", "slot", "old_flags", "flags", "change"]
 
 
@@ -44,33 +50,40 @@ def memslot_flag_changes(ioctl: pd.DataFrame) -> pd.DataFrame:
     if "ret" in sel.columns:
         sel = sel[sel["ret"].fillna(0) >= 0]
     sel = sel.sort_values("ts_ns", kind="stable")
-    sizes = sel["memory_size"].tolist() if "memory_size" in sel.columns else [None] * len(sel)
+    sizes = _optional(sel, "memory_size")
+    bases = _optional(sel, "guest_phys_addr")
     rows = []
-    current: dict[int, int] = {}
-    for ts, tid, dur, name, slot, flags, size in zip(sel["ts_ns"], sel.get("tid", [0] * len(sel)),
-                                                     sel["duration_ns"], sel["cmd_name"], sel["slot"],
-                                                     sel["flags"], sizes):
+    current: dict[int, tuple[int, int | None]] = {}  # slot -> (flags, guest_phys_addr)
+    for ts, tid, dur, name, slot, flags, size, base in zip(sel["ts_ns"], sel.get("tid", [0] * len(sel)),
+                                                           sel["duration_ns"], sel["cmd_name"], sel["slot"],
+                                                           sel["flags"], sizes, bases):
         slot = int(slot)
         flags = 0 if flags is None or pd.isna(flags) else int(flags)
-        old = current.get(slot)
+        base = None if base is None or pd.isna(base) else int(base)
+        old, old_base = current.get(slot, (None, None))
         if size is not None and not pd.isna(size) and int(size) == 0:
             change = "delete"
             current.pop(slot, None)
-        elif old is None:
-            change = "create"
-            current[slot] = flags
         else:
-            if (old ^ flags) & _LOG_DIRTY:
+            if old is None:
+                change = "create"
+            elif base is not None and old_base is not None and base != old_base:
+                change = "move"
+            elif (old ^ flags) & _LOG_DIRTY:
                 change = "log-dirty-on" if flags & _LOG_DIRTY else "log-dirty-off"
             elif old != flags:
                 change = "flags"
             else:
                 change = "same"
-            current[slot] = flags
+            current[slot] = (flags, base)
         rows.append((int(ts), int(tid), int(dur), name, slot, old, flags, change))
-    frame = pd.DataFrame(rows, columns=_CHANGE_COLUMNS)
+    frame = pd.DataFrame(rows, columns=_CHANGE_COLUMNS, index=sel.index)
     frame["old_flags"] = frame["old_flags"].astype("Int64")
     return frame
+
+
+def _optional(frame: pd.DataFrame, column: str) -> list:
+    return frame[column].tolist() if column in frame.columns else [None] * len(frame)
 
 
 def ioctl_latency(ioctl: pd.DataFrame, summary: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -104,6 +117,7 @@ def memslot_latency(ioctl: pd.DataFrame) -> pd.DataFrame:
         dirty = dirty.assign(slot=dirty["slot"].fillna(-1).astype(np.int64), change="")
     else:
         dirty = dirty.assign(slot=-1, change="")
-    frame = pd.concat([changes, dirty[["cmd_name", "slot", "change", "duration_ns"]]], ignore_index=True)
+    frame = pd.concat([changes.reset_index(drop=True), dirty[["cmd_name", "slot", "change", "duration_ns"]]],
+                      ignore_index=True)
     frame["slot"] = frame["slot"].astype(np.int64)
     return latency_summary(frame, ["cmd_name", "slot", "change"])

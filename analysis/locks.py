@@ -14,7 +14,9 @@ manifest (vCPU threads).
 - ``has_stack``, ``kvm_taker`` (the first frame that is not a locking primitive,
   :data:`LOCK_PRIMITIVE`, is a KVM MMU function, :data:`KVM_MMU_FRAME`);
 - ``operation``: from the stack where one exists (first frame matching :data:`STACK_OPERATIONS`),
-  else from an ioctl of the same thread whose span contains the wait (:data:`IOCTL_OPERATIONS`),
+  else from an ioctl of the same thread whose span contains the wait (:data:`IOCTL_OPERATIONS`; a
+  memslot ioctl by what it changed, :data:`.ioctls.MEMSLOT_OPERATIONS`: ``memslot-create``,
+  ``memslot-move``, ``dirty-log-enable``, ``dirty-log-disable``, ...),
   else ``vcpu-run`` for a vCPU thread (KVM_RUN is aggregated, not streamed), else ``other``;
   ``op_source`` says which (``stack``, ``ioctl``, ``thread``, ``none``). ``mode``, ``operation``
   and ``op_source`` are pandas categoricals (sorted categories: they group and sort like the text).
@@ -39,14 +41,19 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis.common import add_vcpu, latency_summary
+from tracekit.analysis.ioctls import MEMSLOT_OPERATIONS, memslot_flag_changes
 
 __all__ = [
     "LCB_F_SPIN", "LCB_F_READ", "LCB_F_WRITE", "LCB_F_RT", "LCB_F_PERCPU", "LCB_F_MUTEX",
-    "STACK_OPERATIONS", "IOCTL_OPERATIONS", "LOCK_PRIMITIVE", "KVM_MMU_FRAME",
+    "STACK_OPERATIONS", "IOCTL_OPERATIONS", "MEMSLOT_UPDATE", "LOCK_PRIMITIVE", "KVM_MMU_FRAME",
     "lock_mode", "stack_facts", "known_mmu_locks", "attribute_operations", "identify_mmu_lock", "contention_summary", "contention_timeline",
 ]
 
 LCB_F_SPIN, LCB_F_READ, LCB_F_WRITE, LCB_F_RT, LCB_F_PERCPU, LCB_F_MUTEX = 1, 2, 4, 8, 16, 32
+
+#: A memslot update of unknown kind: a wait inside a KVM_SET_USER_MEMORY_REGION(2) call takes the operation of
+#: the call's change instead (:data:`.ioctls.MEMSLOT_OPERATIONS`).
+MEMSLOT_UPDATE = MEMSLOT_OPERATIONS["same"]
 
 #: (regular expression on a stack frame, operation), first match wins; innermost frames first.
 STACK_OPERATIONS = (
@@ -54,8 +61,8 @@ STACK_OPERATIONS = (
     (re.compile(r"clear_dirty_log"), "dirty-log-clear"),
     (re.compile(r"get_dirty_log"), "dirty-log-get"),
     (re.compile(r"^kvm_mmu_notifier_|^kvm_unmap_gfn_range|^kvm_age_gfn|^kvm_test_age_gfn"), "mmu-notifier"),
-    (re.compile(r"^kvm_vm_ioctl_set_memory_region|^kvm_set_memslot|commit_memory_region|slot_enable_log_dirty"),
-     "dirty-log-enable"),
+    (re.compile(r"slot_enable_log_dirty|slot_apply_flags"), "dirty-log-enable"),
+    (re.compile(r"^kvm_vm_ioctl_set_memory_region|^kvm_set_memslot|commit_memory_region"), MEMSLOT_UPDATE),
     (re.compile(r"^kvm_mmu_page_fault|^kvm_mmu_do_page_fault|^paging(32|64|32E)?_page_fault|^ept_page_fault"
                 r"|^direct_page_fault|^kvm_tdp_page_fault|^kvm_tdp_mmu_map|^user_mem_abort|^kvm_handle_guest_abort"
                 r"|^fast_page_fault|^kvm_handle_page_fault"), "fault"),
@@ -73,13 +80,13 @@ KVM_MMU_FRAME = re.compile(r"^(kvm_|__kvm_|paging(32|64|32E)?_|ept_|direct_page_
 IOCTL_OPERATIONS = {
     "KVM_GET_DIRTY_LOG": "dirty-log-get",
     "KVM_CLEAR_DIRTY_LOG": "dirty-log-clear",
-    "KVM_SET_USER_MEMORY_REGION": "dirty-log-enable",
-    "KVM_SET_USER_MEMORY_REGION2": "dirty-log-enable",
+    "KVM_SET_USER_MEMORY_REGION": MEMSLOT_UPDATE,
+    "KVM_SET_USER_MEMORY_REGION2": MEMSLOT_UPDATE,
     "KVM_RESET_DIRTY_RINGS": "dirty-log-clear",
     "KVM_RUN": "vcpu-run",
 }
 
-_KVM_MMU_OPS = {"split", "dirty-log-clear", "dirty-log-get", "mmu-notifier", "dirty-log-enable", "fault"}
+_KVM_MMU_OPS = {"split", "dirty-log-clear", "dirty-log-get", "mmu-notifier", "fault", *MEMSLOT_OPERATIONS.values()}
 
 
 _MODES = np.array(["write", "read", "mutex", "spin"], dtype=object)
@@ -121,14 +128,18 @@ def _ioctl_operation(lock: pd.DataFrame, ioctl: pd.DataFrame | None) -> np.ndarr
     result = np.full(len(lock), None, dtype=object)
     if ioctl is None or ioctl.empty or lock.empty:
         return result
-    spans = ioctl[ioctl["cmd_name"].isin(IOCTL_OPERATIONS)]
+    spans = ioctl[ioctl["cmd_name"].isin(IOCTL_OPERATIONS) & ioctl["duration_ns"].notna()]
+    span_ops = spans["cmd_name"].astype(object).map(IOCTL_OPERATIONS)
+    changes = memslot_flag_changes(spans)
+    span_ops.loc[changes.index] = changes["change"].map(MEMSLOT_OPERATIONS)
+    spans = spans.assign(operation=span_ops)
     lock_tids = lock["tid"].to_numpy(np.int64)
     lock_ts = lock["ts_ns"].to_numpy(np.int64)
     for tid, group in spans.groupby("tid"):
         group = group.sort_values("ts_ns")
         starts = group["ts_ns"].to_numpy(np.int64)
         ends = starts + group["duration_ns"].to_numpy(np.int64)
-        ops = group["cmd_name"].map(IOCTL_OPERATIONS).to_numpy(object)
+        ops = group["operation"].to_numpy(object)
         rows = np.flatnonzero(lock_tids == tid)
         ts = lock_ts[rows]
         pos = np.searchsorted(starts, ts, side="right") - 1
@@ -159,6 +170,9 @@ def attribute_operations(lock: pd.DataFrame, manifest: dict, stack: pd.DataFrame
     operation = np.where(is_vcpu, "vcpu-run", "other").astype(object)
     operation[from_ioctl] = op_ioctl[from_ioctl]
     operation[from_stack] = op_stack[from_stack]
+    # A memslot update seen only in the stack is the change of the memslot ioctl around it, where known.
+    refine = from_stack & (op_stack == MEMSLOT_UPDATE) & pd.notna(op_ioctl)
+    operation[refine] = op_ioctl[refine]
     source = _SOURCES[np.select([from_stack, from_ioctl, is_vcpu], [0, 1, 2], default=3)]
     frame["operation"] = _categorical(operation)
     frame["op_source"] = _categorical(source)

@@ -71,3 +71,19 @@ def test_unfinished_ioctls_are_left_out():
     assert split_ioctls(unfinished)["kind"].tolist() == ["enable", "clear"]
     assert ioctl_latency(unfinished).set_index("cmd_name").loc["KVM_CLEAR_DIRTY_LOG", "count"] == 1
     assert len(memslot_flag_changes(unfinished)) == 4
+
+
+def test_guest_physical_moves_are_moves_not_same():
+    """memslot_perf_test's move test: the slot's guest_phys_addr changes with the same flags and size
+    (KVM_MR_MOVE); a call that changes nothing is ``same``; without the address column nothing is a move."""
+    base, size = 0x10000000, 1 << 20
+    calls = pd.DataFrame({
+        "ts_ns": [0, 10, 20, 30, 40], "tid": [1] * 5, "duration_ns": [5] * 5, "cmd_name": [SET + "2"] * 5,
+        "ret": [0] * 5, "slot": [10] * 5, "flags": [0] * 5, "memory_size": [size, size, size, size, 0],
+        "guest_phys_addr": [base, base + size, base + size, base, base]})
+    changes = memslot_flag_changes(calls)
+    assert changes["change"].tolist() == ["create", "move", "same", "move", "delete"]
+    assert changes.index.tolist() == [0, 1, 2, 3, 4]
+    assert memslot_flag_changes(calls.drop(columns="guest_phys_addr"))["change"].tolist()[1:4] == ["same"] * 3
+    per_change = memslot_latency(calls).set_index("change")
+    assert per_change.loc["move", "count"] == 2

@@ -74,3 +74,21 @@ def test_recorded_mmu_lock_address_wins():
     named = identify_mmu_lock(waits, known)
     assert named["lock_addr"] == RQ and named["evidence"].startswith("3 waits on the address the capture records")
     assert identify_mmu_lock(waits, [12345]) is None  # a recorded address without waits names nothing
+
+
+def test_waits_inside_memslot_ioctls_are_labelled_by_what_the_call_changed():
+    """A memslot create, move and delete (memslot_perf_test) are not dirty-log enables; only a call that
+    turns KVM_MEM_LOG_DIRTY_PAGES on is, and a stack inside kvm_set_memslot takes the call's change."""
+    set2 = "KVM_SET_USER_MEMORY_REGION2"
+    ioctl = pd.DataFrame({"ts_ns": [0, 100, 200, 300, 400], "duration_ns": [50] * 5, "tid": [10] * 5,
+                          "cmd_name": [set2] * 5, "ret": [0] * 5, "slot": [1] * 5, "flags": [0, 0, 1, 0, 0],
+                          "memory_size": [4096, 4096, 4096, 4096, 0],
+                          "guest_phys_addr": [0x1000, 0x9000, 0x9000, 0x9000, 0x9000]})
+    lock = pd.DataFrame({"ts_ns": [10, 110, 210, 310, 410, 120], "tid": [10] * 6, "lock_addr": [MMU] * 6,
+                         "flags": [5] * 6, "wait_ns": [1] * 6, "stack_id": [-1, -1, -1, -1, -1, 4]})
+    stack = pd.DataFrame({"stack_id": [4], "frames": [["queued_write_lock_slowpath", "kvm_set_memslot+0x1",
+                                                       "kvm_vm_ioctl"]]})
+    waits = attribute_operations(lock, MANIFEST, stack, ioctl)
+    assert waits["operation"].tolist() == ["memslot-create", "memslot-move", "dirty-log-enable",
+                                           "dirty-log-disable", "memslot-delete", "memslot-move"]
+    assert waits["op_source"].tolist() == ["ioctl"] * 5 + ["stack"]
