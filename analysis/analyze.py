@@ -9,6 +9,8 @@ families are absent are left out (their absence is listed in ``info["skipped"]``
 
 Tables (columns documented in the module that makes them):
 
+- ``vms`` (:func:`.vms.vm_rows`: rows per recorded process) when the capture recorded several; a
+  capture cut to one with :class:`.vms.VmCapture` (``--vm``) has ``info["vm"]`` instead;
 - ``phases`` (:mod:`.phases`);
 - ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``), ``walk_depth_by_phase`` (by
   ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``): counted from narrow per-walk
@@ -42,6 +44,7 @@ import pandas as pd
 from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walkgroups, walks,
                                walkstream)
 from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, load, records
+from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
 
 __all__ = ["Analysis", "Frames", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES", "HEX_COLUMNS"]
@@ -124,6 +127,10 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         "source": (manifest.get("source") or {}).get("kind"), "status": manifest.get("status"),
         "lost_events": cap.lost_total(), "phase": phase, "skipped": {}})
     result.tables["phases"] = phase_table
+    if isinstance(cap, VmCapture):
+        result.info["vm"] = cap.vm
+    elif len(capture_vms(manifest)) > 1:
+        result.tables["vms"] = vm_rows(cap)
     skipped = result.info["skipped"]
 
     if {"walk", "walk_element"} <= families:
@@ -275,6 +282,7 @@ HEX_COLUMNS = ("lock_addr", "addr", "observed_pte", "model_pte", "pferr")
 
 
 _SECTIONS = (
+    ("vms", "Recorded VMs (cut one out with --vm PID|NAME)", None),
     ("phases", "Phases (CLOCK_MONOTONIC)", ["phase", "duration_ns", "source"]),
     ("walk_depth", "Guest walk depth per vCPU (depth = levels read; leaf -1 = no translation)", None),
     ("walk_depth_by_phase", "Guest walk depth per phase", None),
@@ -306,6 +314,9 @@ def render_text(result: Analysis, width: int = 80) -> str:
            f"source {info.get('source') or '?'}"[:width]]
     if info.get("lost_events"):
         out.append(f"WARNING: {info['lost_events']:,} events were lost while recording; counts are lower bounds"[:width])
+    if info.get("vm"):
+        vm = info["vm"]
+        out.append(f"cut to VM pid {vm['pid']} ({vm.get('comm') or '?'}{', guest ' + vm['name'] if vm.get('name') else ''})")
     if info.get("phase"):
         out.append(f"cut to phase {info['phase']}")
     formats = {"share": lambda v: f"{v:.1%}",

@@ -18,6 +18,7 @@ from typer.core import TyperCommand
 from tracekit.analysis.analyze import analysis_json, analyze_capture, render_text
 from tracekit.analysis.common import format_table, records, tune_memory
 from tracekit.analysis.compare import compare_runs, capture_metrics
+from tracekit.analysis.vms import VmCapture, select_vm
 from tracekit.capture import open_capture
 from tracekit.errors import CaptureFormatError, UsageError
 
@@ -27,6 +28,16 @@ _PHASE_HELP = ("Keep only events inside this phase: a name (dirty-memory, get-di
                "enable-dirty-logging, populate, ...) for every iteration, or NAME#ITERATION.")
 _SELFTEST_HELP = ("Take the phases from this dirty_log_perf_test or kvm_page_table_test output file "
                   "(aligned on the capture's dirty-log ioctls) instead of the workload record.")
+
+
+_VM_HELP = ("Keep only the rows of this recorded VM (a capture of several: --pid repeated or --all-vms): "
+            "its pid, process or QEMU guest name, or a unique prefix of its process name.")
+
+
+def _open(capture: Path, vm: Optional[str]) -> Any:
+    """The capture, cut to one VM when ``vm`` is given."""
+    cap = open_capture(capture)
+    return VmCapture(cap, select_vm(cap.manifest, vm)) if vm is not None else cap
 
 
 def _read_selftest(path: Optional[Path]) -> Optional[str]:
@@ -43,6 +54,7 @@ def analyze(
     as_json: bool = typer.Option(False, "--json", help="Print every table and verdict as JSON (docs/cli-json/analysis.md)."),
     phase: Optional[str] = typer.Option(None, "--phase", "-P", help=_PHASE_HELP),
     selftest_output: Optional[Path] = typer.Option(None, "--selftest-output", help=_SELFTEST_HELP),
+    vm: Optional[str] = typer.Option(None, "--vm", help=_VM_HELP),
 ) -> None:
     """Analyse a capture: walk depth, model cross-check, skipped levels, lock contention, ioctl and split latency.
 
@@ -58,9 +70,11 @@ def analyze(
       tracekit analyze vm.tkcap --phase dirty-memory#2 --json | jq .verdicts
 
       tracekit analyze vm.tkcap --selftest-output dirty_log_perf_test.out
+
+      tracekit analyze host.tkcap --vm guest1  # one VM of a --all-vms recording
     """
     tune_memory()
-    result = analyze_capture(open_capture(capture), phase=phase, selftest_output=_read_selftest(selftest_output))
+    result = analyze_capture(_open(capture, vm), phase=phase, selftest_output=_read_selftest(selftest_output))
     if as_json:
         typer.echo(json.dumps(analysis_json(result), indent=1, default=str))
     else:
@@ -72,6 +86,7 @@ def report(
     output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write."),
     phase: Optional[str] = typer.Option(None, "--phase", "-P", help=_PHASE_HELP),
     selftest_output: Optional[Path] = typer.Option(None, "--selftest-output", help=_SELFTEST_HELP),
+    vm: Optional[str] = typer.Option(None, "--vm", help=_VM_HELP),
 ) -> None:
     """Write one self-contained HTML page: figures, verdicts and tables of a capture.
 
@@ -87,7 +102,7 @@ def report(
     from tracekit.analysis.report import write_report
 
     tune_memory()
-    result = analyze_capture(open_capture(capture), phase=phase, selftest_output=_read_selftest(selftest_output))
+    result = analyze_capture(_open(capture, vm), phase=phase, selftest_output=_read_selftest(selftest_output))
     write_report(result, output)
     typer.echo(f"wrote {output}", err=True)
 

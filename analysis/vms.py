@@ -1,0 +1,157 @@
+"""The VMs (processes) of a capture: list them, pick one by ``--vm PID|NAME``, cut a capture to it.
+
+Contract: :func:`capture_vms` lists the processes a capture recorded (manifest ``target.vms``; older
+captures, with one target, from ``target.pids``/``comm``/``name``). :func:`select_vm` picks the one
+``spec`` names (a pid, an exact process or guest name, or a unique prefix of a process name) and raises
+:class:`tracekit.errors.UsageError` listing the VMs otherwise. :class:`VmCapture` wraps an opened
+capture and shows only that process's rows: every reading method the analyses use (``iter_tables``,
+``iter_batches``, ``table``, ``dataframe``, ``rows``) filters on the ``pid`` column every event row
+carries (a family without one passes whole); its manifest's ``target`` names that VM alone. Lost
+events are counted per probe and CPU, not per process: ``lost_total`` stays the capture's.
+:func:`vm_rows` counts each VM's rows per family for the per-VM table of ``tracekit analyze``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracekit.errors import UsageError
+
+__all__ = ["capture_vms", "select_vm", "VmCapture", "vm_rows"]
+
+
+def capture_vms(manifest: dict) -> list[dict]:
+    """``[{"pid", "comm", "name", "vcpus", "memory"}]`` of the recorded processes, by pid."""
+    target = manifest.get("target") or {}
+    vms = [vm for vm in target.get("vms") or [] if isinstance(vm, dict) and isinstance(vm.get("pid"), int)]
+    if not vms:
+        pids = [p for p in target.get("pids") or [] if isinstance(p, int)]
+        vms = [{"pid": p, "comm": target.get("comm") if i == 0 else None, "name": target.get("name") if i == 0 else None,
+                "vcpus": None, "memory": None} for i, p in enumerate(pids)]
+    return sorted(vms, key=lambda vm: vm["pid"])
+
+
+def _label(vm: dict) -> str:
+    return f"pid {vm['pid']} {vm.get('comm') or '?'}" + (f" guest {vm['name']}" if vm.get("name") else "")
+
+
+def select_vm(manifest: dict, spec: str) -> dict:
+    """The recorded VM ``spec`` names (see the module docstring)."""
+    vms = capture_vms(manifest)
+    spec = spec.strip()
+    if spec.isdigit():
+        found = [vm for vm in vms if vm["pid"] == int(spec)]
+    else:
+        found = [vm for vm in vms if spec in (vm.get("comm"), vm.get("name"))]
+        found = found or [vm for vm in vms if str(vm.get("comm") or "").startswith(spec)]
+    if len(found) == 1:
+        return found[0]
+    listing = "; ".join(_label(vm) for vm in vms) or "none"
+    what = "no recorded VM matches" if not found else f"{len(found)} recorded VMs match"
+    raise UsageError(f"--vm {spec}: {what} (recorded: {listing}); give the pid")
+
+
+class VmCapture:
+    """A capture seen through one process's rows (see the module docstring)."""
+
+    def __init__(self, cap: Any, vm: dict):
+        self._cap = cap
+        self.vm = vm
+        self.path = cap.path
+
+    def __getattr__(self, name: str) -> Any:  # families, schema, has, segments, lost_total, complete ...
+        return getattr(self._cap, name)
+
+    @property
+    def manifest(self) -> dict:
+        manifest = dict(self._cap.manifest)
+        target = dict(manifest.get("target") or {})
+        target.update(pids=[self.vm["pid"]], comm=self.vm.get("comm"), name=self.vm.get("name"), vms=[self.vm])
+        manifest["target"] = target
+        return manifest
+
+    def _has_pid(self, family: str) -> bool:
+        return "pid" in self._cap.schema(family).names
+
+    def _read_columns(self, family: str, columns: Sequence[str] | None) -> list[str] | None:
+        if columns is None or "pid" in columns or not self._has_pid(family):
+            return None if columns is None else list(columns)
+        return [*columns, "pid"]
+
+    def _keep(self, data: Any, family: str, columns: Sequence[str] | None) -> Any:
+        if "pid" not in data.schema.names:
+            return data
+        data = data.filter(pc.equal(data.column("pid"), pa.scalar(self.vm["pid"], data.schema.field("pid").type)))
+        if columns is not None and "pid" not in columns:
+            data = data.select(list(columns))
+        return data
+
+    def iter_tables(self, family: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+        for table in self._cap.iter_tables(family, self._read_columns(family, columns)):
+            kept = self._keep(table, family, columns)
+            if kept.num_rows:
+                yield kept
+
+    def iter_batches(self, family: str, columns: Sequence[str] | None = None,
+                     batch_rows: int = 1 << 20) -> Iterator[pa.RecordBatch]:
+        for batch in self._cap.iter_batches(family, self._read_columns(family, columns), batch_rows=batch_rows):
+            kept = self._keep(batch, family, columns)
+            if kept.num_rows:
+                yield kept
+
+    def table(self, family: str, columns: Sequence[str] | None = None) -> pa.Table:
+        tables = list(self.iter_tables(family, columns))
+        if tables:
+            return pa.concat_tables(tables)
+        schema = self._cap.schema(family)
+        return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+
+    def dataframe(self, family: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        return self.table(family, columns).to_pandas()
+
+    def rows(self, family: str) -> int:
+        if not self._has_pid(family):
+            return self._cap.rows(family)
+        return sum(t.num_rows for t in self.iter_tables(family, ["pid"]))
+
+    def __repr__(self) -> str:
+        return f"VmCapture({str(self.path)!r}, pid={self.vm['pid']})"
+
+
+_COUNTED = (("walk", "walks"), ("walk_element", "walk_elements"), ("mmu", "mmu_events"), ("ioctl", "ioctls"),
+            ("lock", "lock_waits"), ("stage2_walk", "stage2_walks"))
+
+
+def vm_rows(cap: Any) -> pd.DataFrame:
+    """Per recorded process: ``pid``, ``comm``, ``name`` and its rows of each event family the capture
+    has (``walks``, ``walk_elements``, ``mmu_events``, ``ioctls``, ``lock_waits``, ``stage2_walks``),
+    plus ``kvm_run_ns`` (KVM_RUN time from ``ioctl_summary`` and streamed ``ioctl`` rows)."""
+    vms = capture_vms(cap.manifest)
+    pids = [vm["pid"] for vm in vms]
+    out = pd.DataFrame({"pid": pids, "comm": [vm.get("comm") or "" for vm in vms],
+                        "name": [vm.get("name") or "" for vm in vms]})
+    families = set(cap.families())
+    for family, column in _COUNTED:
+        if family not in families or "pid" not in cap.schema(family).names:
+            continue
+        counts: dict[int, int] = {}
+        for table in cap.iter_tables(family, ["pid"]):
+            values, n = np.unique(table.column("pid").to_numpy(), return_counts=True)
+            for pid, count in zip(values.tolist(), n.tolist()):
+                counts[pid] = counts.get(pid, 0) + count
+        out[column] = [counts.get(pid, 0) for pid in pids]
+    run = dict.fromkeys(pids, 0)
+    for family, value in (("ioctl_summary", "total_ns"), ("ioctl", "duration_ns")):
+        if family in families:
+            for table in cap.iter_tables(family, ["pid", "cmd_name", value]):
+                frame = table.to_pandas()
+                frame = frame[frame["cmd_name"].astype(str) == "KVM_RUN"]
+                for pid, total in frame.groupby("pid")[value].sum().items():
+                    run[int(pid)] = run.get(int(pid), 0) + int(total)
+    out["kvm_run_ns"] = [run.get(pid, 0) for pid in pids]
+    return out
