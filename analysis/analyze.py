@@ -17,6 +17,8 @@ Tables (columns documented in the module that makes them):
   codes while both walk families are streamed (:mod:`.walkgroups`), or from the walk frame rebuilt in
   memory when the stream cannot be used (walk ids repeat, a walk's elements lie far apart):
   ``info["walk_path"]`` is ``"streamed"`` or ``"in memory"``;
+- ``walk_causes`` (walks per ``cause`` and ``pferr`` with ``share``, :mod:`.walkcause`) and verdict
+  ``walk_causes`` (walks per cause, ``evidence``); ``walk_paths`` also has ``cause``;
 - ``crosscheck_mismatches``, ``walk_visits_vs_model`` (:mod:`.crosscheck`), verdict ``crosscheck``;
 - ``stage2_visits``, ``stage2_visits_by_vcpu``, ``stage2_visits_by_phase``
   (:func:`.walks.stage2_distribution`), ``split_visits_vs_model`` and verdict
@@ -41,8 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walkgroups, walks,
-                               walkstream)
+from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walkcause,
+                               walkgroups, walks, walkstream)
 from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, load, records
 from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
@@ -212,14 +214,33 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
         result.frames["walks"] = counts
     result.tables["walk_depth"] = walks.depth_distribution(counts, ["vcpu"], weights=weights)
     result.tables["walk_depth_by_phase"] = walks.depth_distribution(counts, ["phase"], weights=weights)
-    paths = count_by(counts, ["level_path", "pferr"], "walks", weights=weights)
+    paths = count_by(counts, ["cause", "level_path", "pferr"], "walks", weights=weights)
     paths["levels"] = paths["level_path"].map(walks.level_path_text)
-    result.tables["walk_paths"] = paths[["levels", "pferr", "walks"]].sort_values("walks", ascending=False,
-                                                                                 kind="stable").reset_index(drop=True)
+    paths["cause"] = np.asarray(paths["cause"], dtype=object)
+    result.tables["walk_paths"] = paths[["cause", "levels", "pferr", "walks"]].sort_values(
+        "walks", ascending=False, kind="stable").reset_index(drop=True)
+    by_cause = walkcause.cause_table(counts, weights)
+    result.tables["walk_causes"] = by_cause
+    result.verdicts["walk_causes"] = _cause_verdict(by_cause)
     if check is not None:
         result.verdicts["crosscheck"] = check.summary
         result.tables["crosscheck_mismatches"] = check.mismatches
         result.tables["walk_visits_vs_model"] = check.per_level
+
+
+def _cause_verdict(by_cause: pd.DataFrame) -> dict:
+    """Walks per cause (every cause of :data:`.walkcause.CAUSES`, 0 when none) and what they mean."""
+    totals = by_cause.groupby("cause")["walks"].sum() if len(by_cause) else pd.Series(dtype="int64")
+    verdict = {cause: int(totals.get(cause, 0)) for cause in walkcause.CAUSES}
+    if verdict["unknown"]:
+        evidence = ("the capture does not record the shadow-MMU fault path (kvm_mmu_spte_requested / "
+                    "kvm_mmu_set_spte): walk causes unknown")
+    else:
+        evidence = (f"{verdict['fault']:,} walks by shadow-MMU page faults (a kvm_mmu_spte_requested or "
+                    f"kvm_mmu_set_spte of the same thread follows), {verdict['emulation']:,} by KVM's "
+                    "instruction emulator or another guest-virtual translation (no fault path follows; "
+                    "pferr 0x10 is an instruction fetch)")
+    return {**verdict, "evidence": evidence}
 
 
 def _walk_frame(cap: Any, phase_table: pd.DataFrame, phase: str | None, model_walk: Any, limit: int, *,
@@ -244,6 +265,13 @@ def _walk_frame(cap: Any, phase_table: pd.DataFrame, phase: str | None, model_wa
         del steps
         rebuilt = rebuilt.drop(columns="first_step")
     orphans = rebuilt.attrs.get("orphan_elements", 0)
+    faults = walkcause.fault_path_events(cap)
+    followers = None
+    if faults is not None:
+        followers = walkcause.FaultFollowers(*faults)
+        followers.add(0, rebuilt["tid"].to_numpy(), rebuilt["ts_ns"].to_numpy())
+    rebuilt["cause"] = pd.Categorical.from_codes(walkcause.cause_codes(len(rebuilt), followers),
+                                                 categories=list(walkcause.CAUSES))
     rebuilt = add_vcpu(rebuilt, cap.manifest)
     rebuilt["phase"] = phases_mod.label_phases(rebuilt["ts_ns"], phase_table)
     rebuilt = _cut(rebuilt, phase_table, phase)
@@ -286,7 +314,8 @@ _SECTIONS = (
     ("phases", "Phases (CLOCK_MONOTONIC)", ["phase", "duration_ns", "source"]),
     ("walk_depth", "Guest walk depth per vCPU (depth = levels read; leaf -1 = no translation)", None),
     ("walk_depth_by_phase", "Guest walk depth per phase", None),
-    ("walk_paths", "Guest walks per level path and fault code", None),
+    ("walk_causes", "Guest walks by cause (shadow-MMU fault, or KVM's instruction emulation)", None),
+    ("walk_paths", "Guest walks per cause, level path and access code (pferr)", None),
     ("walk_visits_vs_model", "Guest PTE reads per level, observed vs model (same walks)", None),
     ("crosscheck_mismatches", "First walks that differ from the model", None),
     ("stage2_visits", "arm64 stage-2 walks: entries per level and visit kind", None),
@@ -346,6 +375,11 @@ def render_text(result: Analysis, width: int = 80) -> str:
                                  "retry): each compared by its last pass", width))
         else:
             out.append(f"  model cross-check: {v['verdict']} ({v.get('evidence', '')})"[:width])
+    if "walk_causes" in verdicts:
+        v = verdicts["walk_causes"]
+        out.extend(_wrap(f"  walk causes: {v['fault']:,} fault, {v['emulation']:,} emulation"
+                         + (f", {v['unknown']:,} unknown" if v["unknown"] else ""), width))
+        out.extend(_wrap("    " + v["evidence"], width))
     if "skip_levels" in verdicts:
         v = verdicts["skip_levels"]
         out.append(f"  split walker skips levels: {v['verdict']}"[:width])

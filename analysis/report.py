@@ -173,6 +173,10 @@ def _verdicts_html(result: Analysis) -> str:
             text = v.get("evidence", "")
         items.append(f"<li>Model cross-check: <span class='verdict {html.escape(v['verdict'])}'>"
                      f"{html.escape(v['verdict'])}</span>: {html.escape(text)}</li>")
+    v = result.verdicts.get("walk_causes")
+    if v:
+        items.append(f"<li>Walk causes: <span class='verdict'>{v['fault']:,} fault, {v['emulation']:,} emulation"
+                     + (f", {v['unknown']:,} unknown" if v["unknown"] else "") + f"</span>: {html.escape(v['evidence'])}</li>")
     v = result.verdicts.get("skip_levels")
     if v:
         items.append(f"<li>This kernel's split walker skips levels: <span class='verdict {v['verdict'].split()[0]}'>"

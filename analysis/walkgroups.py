@@ -23,7 +23,8 @@ check need, as dictionary codes in the narrowest unsigned type that holds them (
 Returns None when the streamed rebuild cannot be used (walk ids repeat, a walk's elements lie too far
 apart, a walk column has nulls, a walk of 2**16 elements or more): the caller then rebuilds in memory.
 Else a :class:`WalkGroups`: ``counts``, one row per distinct (``vcpu`` int64, ``phase`` categorical,
-``depth`` int16, ``leaf_level`` int8, ``level_path`` int64, ``pferr`` uint32) of the walks in the
+``depth`` int16, ``leaf_level`` int8, ``level_path`` int64, ``pferr`` uint32, ``cause`` categorical of
+:data:`.walkcause.CAUSES`, from :class:`.walkcause.FaultFollowers` fed with each batch) of the walks in the
 phase cut with their number ``walks`` (int64) -- the columns of the walk frame the tables group by, so
 ``depth_distribution(counts, by, weights="walks")`` equals ``depth_distribution(walk_frame, by)``;
 ``check`` (a :class:`.crosscheck.CrossCheck`, None without ``model_walk``); ``orphans`` (elements
@@ -46,6 +47,7 @@ import pandas as pd
 from tracekit.analysis import phases as phases_mod
 from tracekit.analysis.common import lookup_tids, vcpu_map
 from tracekit.analysis.crosscheck import CrossCheck, ModelCache
+from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, fault_path_events
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS
 from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _Rebuilder, _State,
                                           cross_check, feed_all, prefetch)
@@ -125,7 +127,7 @@ class _WalkColumns:
     """The narrow per-walk columns read from the ``walk`` family (see the module docstring)."""
 
     def __init__(self, n: int, manifest: dict, phase_table: pd.DataFrame, phase: str | None,
-                 model: ModelCache | None):
+                 model: ModelCache | None, followers: FaultFollowers | None = None):
         mapping = vcpu_map(manifest)
         self.vcpu_values = np.array(sorted({-1, *mapping.values()}), np.int64)
         code_of = {int(v): i for i, v in enumerate(self.vcpu_values.tolist())}
@@ -138,6 +140,7 @@ class _WalkColumns:
         self.n = n
         self.scan = IdScan()
         self.model = model
+        self.followers = followers
         self.model_rows = np.zeros(n if model is not None else 0, np.uint8)  # per walk, its row in the model cache
         self.groups = Codes(n)  # per walk, a code of (vCPU code, phase code, fault code)
         self.selected = np.empty(n, bool) if phase is not None else None
@@ -154,6 +157,8 @@ class _WalkColumns:
             self.model_rows = _widened(self.model_rows, len(self.model))
             self.model_rows[rows] = model_rows
         ts = batch.column("ts_ns").to_numpy().astype(np.int64, copy=False)
+        if self.followers is not None:
+            self.followers.add(start, batch.column("tid").to_numpy(), ts)
         if self.selected is not None:
             self.selected[rows] = phases_mod.phase_mask(ts, self.phase_table, self.phase)
         key = lookup_tids(batch.column("tid").to_numpy(), self._tids, self._tid_codes, self._unknown) << _VCPU_SHIFT
@@ -199,9 +204,9 @@ class ShapeCodes:
 
 
 def _read_walks(cap: Any, manifest: dict, phase_table: pd.DataFrame, phase: str | None,
-                model: ModelCache | None) -> _WalkColumns | None:
+                model: ModelCache | None, followers: FaultFollowers | None = None) -> _WalkColumns | None:
     """The narrow columns of every walk, a row group at a time (None when a column has nulls)."""
-    walks = _WalkColumns(cap.rows("walk"), manifest, phase_table, phase, model)
+    walks = _WalkColumns(cap.rows("walk"), manifest, phase_table, phase, model, followers)
     if not walks.fits:  # too many vCPUs or phases for the group key: known before reading
         return None
     start = 0
@@ -272,7 +277,9 @@ def walk_group_counts(cap: Any, model_walk: Callable | None = None, *, phase_tab
     manifest = cap.manifest
     model = ModelCache(model_walk) if model_walk is not None else None
     with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), ELEMENT_BATCH_ROWS), depth=2) as reader:
-        walks = _read_walks(cap, manifest, phase_table, phase, model)
+        faults = fault_path_events(cap)
+        followers = FaultFollowers(*faults) if faults is not None else None
+        walks = _read_walks(cap, manifest, phase_table, phase, model, followers)
         if walks is None:
             return None
         row_map = RowMap.from_chunks(walks.scan, lambda: _column_chunks(cap, "walk_id"))
@@ -287,10 +294,13 @@ def walk_group_counts(cap: Any, model_walk: Callable | None = None, *, phase_tab
     if model is not None:
         check = cross_check(state, row_map.ids, lambda rows: _rows_of(cap, "addr", rows))
     state.walk_model_rows = walks.model_rows = None
+    causes = cause_codes(walks.n, followers)
     codes, counts = _group_counts([(walks.groups.codes, len(walks.groups.values)),
-                                   (shapes.codes.codes, len(shapes.codes.values))], walks.selected)
+                                   (shapes.codes.codes, len(shapes.codes.values)), (causes, len(CAUSES))],
+                                  walks.selected)
     vcpu, phase_labels, pferr = walks.decode(codes[0])
     depth, leaf, path = shapes.decode(codes[1])
     frame = pd.DataFrame({"vcpu": vcpu, "phase": phase_labels, "depth": depth, "leaf_level": leaf,
-                          "level_path": path, "pferr": pferr, "walks": counts})
+                          "level_path": path, "pferr": pferr,
+                          "cause": pd.Categorical.from_codes(codes[2], categories=list(CAUSES)), "walks": counts})
     return WalkGroups(frame, check, state.orphans, walks.n)

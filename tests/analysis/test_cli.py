@@ -53,8 +53,8 @@ def test_report_writes_self_contained_html(tmp_path):
         assert f"data-figure='{name}'" in page
     assert "src='data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("</h1>")[0]
     paths = page.split("<h3>walk paths</h3>")[1].split("</table>")[0]
-    codes = re.findall(r"<td>(0x[0-9a-f]+)</td>", paths)
-    assert codes and "<td>3</td>" not in paths  # pferr in hex (a write fault is 0x3), never in decimal
+    rows = re.findall(r"<tr>\s*<td>(\w+)</td>\s*<td>([^<]+)</td>\s*<td>([^<]+)</td>", paths)
+    assert rows and all(re.fullmatch(r"0x[0-9a-f]+", pferr) for _, _, pferr in rows)  # pferr in hex, not decimal
 
 
 def test_compare_runs(tmp_path):
