@@ -16,8 +16,8 @@ __all__ = ["PROBES_DIR", "FAMILIES", "source_path", "source_text"]
 
 PROBES_DIR = Path(__file__).resolve().parent
 
-#: Families with a BPF source here.
-FAMILIES = ("walk", "ioctl", "lock", "mmu")
+#: Families with a BPF source here (top: the in-kernel counters of `tracekit top`).
+FAMILIES = ("walk", "ioctl", "lock", "mmu", "top")
 
 
 def source_path(family: str) -> Path:

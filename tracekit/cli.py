@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "tracekit.model.cli",
     "tracekit.workload.cli",
     "tracekit.recorder.cli",
+    "tracekit.top.cli",
     "tracekit.analysis.cli",
     "tracekit.lab.cli",
 )
