@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, skiplevels, splits, walkcause,
-                               walkgroups, walks, walkstream)
+from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, selftestmodel, skiplevels, splits,
+                               walkcause, walkgroups, walks, walkstream)
 from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, load, records
 from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
@@ -136,7 +136,7 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     skipped = result.info["skipped"]
 
     if {"walk", "walk_element"} <= families:
-        _walk_analyses(cap, result, phase_table, phase, mismatch_limit)
+        _walk_analyses(cap, result, phase_table, phase, mismatch_limit, selftest_output)
     else:
         skipped["walk_depth"] = "no walk / walk_element families"
     if {"stage2_walk", "stage2_visit"} <= families:
@@ -190,16 +190,33 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     return result
 
 
-def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None, limit: int) -> None:
+def _model_walk(cap: Any, result: Analysis, selftest_output: str | None) -> Any:
+    """The model's walk function for the capture's guest: from the built-in workload's layout record, else
+    from a selftest's output (:mod:`.selftestmodel`); None, with a ``no model`` verdict, when neither."""
     workload = cap.manifest.get("workload")
-    model_walk = None
-    if not workload:
-        result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": "the capture has no workload record"}
-    else:
-        try:
-            model_walk = crosscheck.model_from_layout(workload)
-        except AnalysisError as error:
-            result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": str(error)}
+    guest = selftestmodel.parse_selftest_guest(selftest_output) if selftest_output and not workload else None
+    try:
+        if workload:
+            return crosscheck.model_from_layout(workload)
+        if guest is not None:
+            table = selftestmodel.first_test_table(cap, guest)
+            if table is None:
+                raise AnalysisError(f"no walk of the selftest's test memory [{guest.gva:#x}, "
+                                    f"+{guest.size:#x}) was recorded")
+            result.info["model"] = {"source": "selftest output", "mode": guest.mode, "test_gva": guest.gva,
+                                    "test_gpa": guest.gpa, "test_size": guest.size, "test_table_gpa": table}
+            return selftestmodel.selftest_model(guest, table)
+        evidence = ("the capture has no workload record" + (" and the selftest output names no test memory"
+                                                            if selftest_output else ""))
+    except AnalysisError as error:
+        evidence = str(error)
+    result.verdicts["crosscheck"] = {"verdict": "no model", "evidence": evidence}
+    return None
+
+
+def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None, limit: int,
+                   selftest_output: str | None = None) -> None:
+    model_walk = _model_walk(cap, result, selftest_output)
     grouped = walkgroups.walk_group_counts(cap, model_walk, phase_table=phase_table, phase=phase, limit=limit)
     if grouped is not None:
         counts, check, weights = grouped.counts, grouped.check, "walks"
@@ -370,6 +387,9 @@ def render_text(result: Analysis, width: int = 80) -> str:
         if v.get("compared"):
             out.append(f"  model cross-check: {v['verdict']}: {v['matched']:,} of {v['compared']:,} walks "
                        f"match ({v['match_rate']:.2%})"[:width])
+            if v.get("outside_model"):
+                out.extend(_wrap(f"    {v['outside_model']:,} walks of addresses the model does not cover "
+                                 "(outside the selftest's test memory) were not compared", width))
             if v.get("retried"):
                 out.extend(_wrap(f"    {v['retried']:,} walks were retried from the root (walk_addr_generic's "
                                  "retry): each compared by its last pass", width))

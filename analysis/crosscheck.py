@@ -7,7 +7,9 @@ Contract
   ``mappings`` [{``gva``, ``gpa``, ``size``, ``page_size``}] in mapping order), serialises it at
   the first table address and checks that the root and every table address agree with the record.
   Levels may be -1..5 (per-level counts cover that range).
-  Returns the model's ``walk(gva)`` function. Raises AnalysisError when the record is missing or
+  Returns the model's ``walk(gva)`` function. (A model function may return None for an address it does
+  not cover, as the selftests' model does outside their test memory: such walks are counted in
+  ``outside_model``, not compared.) Raises AnalysisError when the record is missing or
   the rebuilt tables differ.
 - :func:`crosscheck_walks` takes ``walks`` and ``steps`` from
   :func:`tracekit.analysis.walks.rebuild_walks` and a ``model_walk(gva) -> X86Walk``; every walk
@@ -42,7 +44,7 @@ from tracekit.errors import AnalysisError, ModelError
 from tracekit.model.x86 import PTE_AD_MASK, X86PageTables, X86Walk
 
 __all__ = ["CrossCheck", "ModelCache", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS",
-           "check_summary", "per_level_table", "last_passes", "compared_passes", "compare_elements"]
+           "check_summary", "modelled", "per_level_table", "last_passes", "compared_passes", "compare_elements"]
 
 MISMATCH_COLUMNS = ["walk_id", "addr", "depth", "observed_level", "observed_pte", "model_level", "model_pte", "reason"]
 _PAGE_MASK = np.uint64(~0xFFF & (2**64 - 1))
@@ -83,6 +85,7 @@ def model_from_layout(workload: dict | None) -> Callable[[int], X86Walk]:
 
 
 _NO_LEVEL = -128
+_OUTSIDE = object()  # a ModelCache walk the model does not cover (model_walk returned None)
 _DENSE_REGIONS = 1 << 20  # direct-indexed region rows up to this span of 2 MiB regions (2 TiB)
 
 
@@ -92,7 +95,8 @@ class ModelCache:
 
     :meth:`rows` maps addresses (uint64 array) to rows of :attr:`levels` (int8, ``_NO_LEVEL`` past a
     walk's end), :attr:`ptes` (uint64) and :attr:`depths` (int64; 0 when the model faults, the message
-    in :attr:`faults` keyed by the walked address). Rows only grow, so rows handed out stay valid; the
+    in :attr:`faults` keyed by the walked address; -1 when ``model_walk`` returned None: an address the
+    model does not cover, not compared). Rows only grow, so rows handed out stay valid; the
     arrays are rebuilt when new walks were added."""
 
     def __init__(self, model_walk: Callable[[int], X86Walk]):
@@ -113,12 +117,13 @@ class ModelCache:
     def __len__(self) -> int:
         return len(self._walks)
 
-    def _walk(self, gva: int) -> X86Walk | None:
+    def _walk(self, gva: int) -> X86Walk | object | None:
         try:
-            return self.model_walk(gva)
+            walk = self.model_walk(gva)
         except ModelError as error:
             self.faults[gva] = str(error)
             return None
+        return _OUTSIDE if walk is None else walk
 
     @staticmethod
     def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +169,7 @@ class ModelCache:
             new_rows = np.full(len(new), -1, np.int64)
             for i, region in enumerate(new.tolist()):
                 w = self._walk(region << 21)
-                if w is not None and w.leaf_level in (2, 3):
+                if isinstance(w, X86Walk) and w.leaf_level in (2, 3):
                     new_rows[i] = len(self._walks)
                     self._walks.append(w)
                     self._walked.append(region << 21)
@@ -193,12 +198,13 @@ class ModelCache:
     def _tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._built != len(self._walks):
             walks = self._walks
-            depth = max((len(w.levels) for w in walks if w is not None), default=0)
+            depth = max((len(w.levels) for w in walks if isinstance(w, X86Walk)), default=0)
             levels = np.full((len(walks), max(depth, 1)), _NO_LEVEL, np.int8)
             ptes = np.zeros((len(walks), max(depth, 1)), np.uint64)
             depths = np.zeros(len(walks), np.int64)
             for i, w in enumerate(walks):
-                if w is None:
+                if not isinstance(w, X86Walk):
+                    depths[i] = -1 if w is _OUTSIDE else 0
                     continue
                 depths[i] = len(w.levels)
                 for d, st in enumerate(w.levels):
@@ -260,14 +266,20 @@ def mismatch_row(walk_id: int, addr: int, at: int, depth: int, first: int, level
     return (walk_id, addr, at, o_level, o_pte, m_level, m_pte, reason)
 
 
-def check_summary(walks: int, compared: int, matched: int, retried: int = 0) -> dict:
+def check_summary(walks: int, compared: int, matched: int, retried: int = 0, outside: int = 0) -> dict:
     """The :class:`CrossCheck` ``summary`` dict for ``walks`` walks of which ``compared`` were compared
-    and ``matched`` matched, ``retried`` of the compared ones read in several passes from the root
-    (verdict ``"no walks"`` when none was compared)."""
+    and ``matched`` matched, ``retried`` of the compared ones read in several passes from the root,
+    ``outside`` not compared because the model does not cover their address (verdict ``"no walks"``
+    when none was compared)."""
     return {"walks": walks, "compared": compared, "matched": matched,
             "match_rate": matched / compared if compared else None, "mismatched": compared - matched,
-            "retried": retried,
+            "retried": retried, "outside_model": outside,
             "verdict": ("match" if matched == compared else "mismatch") if compared else "no walks"}
+
+
+def modelled(rows: np.ndarray, model_depths: np.ndarray) -> np.ndarray:
+    """True for the walks whose model rows ``rows`` hold a model walk (not an address outside the model)."""
+    return model_depths[rows] >= 0
 
 
 def last_passes(level: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -373,6 +385,13 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
         depth = depth[observed]
     addrs = walks["addr"].to_numpy(np.uint64)
     row, m_levels, m_ptes, m_depths, faults = _model_table(addrs, model_walk)
+    inside = modelled(row, m_depths)
+    outside = int((~inside).sum())
+    if outside:
+        walks, depth, addrs, row = walks[inside], depth[inside], addrs[inside], row[inside]
+    if not len(walks):
+        empty = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
+        return CrossCheck(check_summary(int(len(observed)), 0, 0, outside=outside), empty)
     level = steps["level"].to_numpy()
     pte = steps["pte"].to_numpy(np.uint64)
     model_depth = m_depths[row]
@@ -394,5 +413,5 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
     mismatches = pd.DataFrame(mismatch_rows, columns=MISMATCH_COLUMNS)
     per_level = per_level_table(obs_counts, m_levels, row)
     compared = int(len(walks))
-    summary = check_summary(int(len(observed)), compared, compared - int(bad.sum()), int(retried.sum()))
+    summary = check_summary(int(len(observed)), compared, compared - int(bad.sum()), int(retried.sum()), outside)
     return CrossCheck(summary, per_walk, mismatches, per_level)

@@ -42,7 +42,7 @@ import pandas as pd
 
 from tracekit.analysis.common import load
 from tracekit.analysis.crosscheck import (MISMATCH_COLUMNS, CrossCheck, ModelCache, check_summary, compare_elements,
-                                          compared_passes, mismatch_row, per_level_table)
+                                          compared_passes, mismatch_row, modelled, per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, leaf_levels, level_paths
 
 __all__ = ["stream_walks", "rebuild_streamed", "RowMap", "IdScan", "WalkShapes", "prefetch", "HOLD_ROWS", "BATCH_ROWS"]
@@ -281,6 +281,7 @@ class _State:
         self.compared = 0  # walks compared with the model
         self.retried = 0  # compared walks read in several passes from the root (the last one compared)
         self.mismatched = 0
+        self.outside = 0  # walks whose address the model does not cover
         self.orphans = 0
         self.conflict = False
         self.observed_levels = np.zeros(8, np.int64)
@@ -350,6 +351,12 @@ class _State:
 
     def _compare(self, wi, starts, counts, level, pte) -> None:
         rows = self._model_rows(wi)
+        inside = modelled(rows, self.model.depths)
+        if not inside.all():  # addresses the model does not cover: counted, not compared
+            self.outside += int((~inside).sum())
+            wi, starts, counts, rows = wi[inside], starts[inside], counts[inside], rows[inside]
+            if not len(wi):
+                return
         m_levels, m_ptes = self.model.columns()
         model_depth = self.model.depths[rows]
         starts, counts, retried, earlier = compared_passes(level, starts, counts, model_depth)
@@ -553,6 +560,6 @@ def cross_check(state: _State, walk_ids: Callable[[np.ndarray], np.ndarray],
     ``addrs(rows)`` gives their addresses when the state does not hold them."""
     per_level = per_level_table(state.observed_levels, state.model.levels, row_counts=state.model_rows)
     summary = check_summary(int(state.n if state.selected is None else state.selected.sum()), state.compared,
-                            state.compared - state.mismatched, state.retried)
+                            state.compared - state.mismatched, state.retried, state.outside)
     per_walk = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
     return CrossCheck(summary, per_walk, state.mismatch_frame(walk_ids, addrs), per_level)

@@ -312,31 +312,42 @@ class X86PageTables:
             children = [e for _, e in sorted(table.entries.items()) if isinstance(e, _Table)]
             stack.extend(reversed(children))
 
-    def serialize(self, table_base_gpa: int) -> tuple[int, dict[int, bytes]]:
+    def serialize(self, table_base_gpa: int, *, table_flags: int = TABLE_FLAGS,
+                  jumps: Optional[Mapping[int, int]] = None) -> tuple[int, dict[int, bytes]]:
         """Lay every table out as a 4096-byte page at consecutive guest-physical addresses.
 
         Tables are placed from ``table_base_gpa`` (4 KiB aligned) root first, then depth-first in
-        index order. Returns (root_gpa for CR3, {table_gpa: 4096 little-endian bytes}). Non-leaf
-        entries get P|RW|US (so permissions are decided at the leaf).
+        index order; ``jumps`` ({preorder index: gpa}) places a table elsewhere and the following ones
+        after it (a guest allocator whose tables are not all in one run). Returns (root_gpa for CR3,
+        {table_gpa: 4096 little-endian bytes}). Non-leaf entries get ``table_flags`` (P|RW|US by
+        default, so permissions are decided at the leaf).
         """
-        if table_base_gpa % PAGE_SIZE or table_base_gpa < 0:
-            raise ModelError(f"table base {table_base_gpa:#x} is not a 4 KiB-aligned guest-physical address")
         tables = list(self._tables_preorder())
-        if table_base_gpa + len(tables) * PAGE_SIZE > _MAX_GPA:
-            raise ModelError("page tables would extend beyond 52-bit guest-physical space")
-        where = {id(t): table_base_gpa + i * PAGE_SIZE for i, t in enumerate(tables)}
+        starts = {0: table_base_gpa, **(jumps or {})}
+        gpas, gpa = [], table_base_gpa
+        for i in range(len(tables)):
+            gpa = starts.get(i, gpa)
+            if gpa % PAGE_SIZE or gpa < 0:
+                raise ModelError(f"table address {gpa:#x} is not a 4 KiB-aligned guest-physical address")
+            if gpa + PAGE_SIZE > _MAX_GPA:
+                raise ModelError("page tables would extend beyond 52-bit guest-physical space")
+            gpas.append(gpa)
+            gpa += PAGE_SIZE
+        if len(set(gpas)) != len(gpas):
+            raise ModelError("two page tables would share a guest-physical page")
+        where = {id(t): g for t, g in zip(tables, gpas)}
         pages: dict[int, bytes] = {}
         for table in tables:
             page = bytearray(PAGE_SIZE)
             for index, entry in table.entries.items():
                 if isinstance(entry, _Table):
-                    value = where[id(entry)] | TABLE_FLAGS
+                    value = where[id(entry)] | table_flags
                 else:
                     value = entry.gpa | entry.flags
                 struct.pack_into("<Q", page, 8 * index, value)
             pages[where[id(table)]] = bytes(page)
-        self._image = (table_base_gpa, pages)
-        return table_base_gpa, pages
+        self._image = (gpas[0], pages)
+        return gpas[0], pages
 
     def walk(self, gva: int) -> X86Walk:
         """The walk the hardware / KVM's software walker does for ``gva`` (after ``serialize()``).
