@@ -48,6 +48,7 @@ from tracekit.capabilities import tracefs_root
 from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, TracekitError, UsageError
 from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RecordOptions, make_family
+from tracekit.recorder.tally import VmTally
 from tracekit.recorder.target import GatedChild, list_threads, resolve_targets, spawn_gated, tgid_of, thread_info
 from tracekit.recorder.tracefs import cleanup_stale_instances, pid_alive
 
@@ -340,6 +341,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
     threads: dict[int, dict] = {}
     writer: CaptureWriter | None = None
     recording_rss = 0
+    tally = VmTally()
     try:
         if command:
             child = spawn_gated(command, stdout_to_stderr=config.command_stdout_to_stderr)
@@ -397,6 +399,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                         if table.num_rows:
                             sink.submit(writer.append, name, table, rows=table.num_rows)
                             status.count(name, table.num_rows)
+                            tally.add(name, table)
                             _note_event_threads(threads, table)
                 if not final and time.monotonic() < next_lost[0]:
                     return
@@ -477,6 +480,10 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
         recorder_cpu_s=round(rusage1.ru_utime + rusage1.ru_stime - rusage0.ru_utime - rusage0.ru_stime, 3),
         peak_rss_kb=rusage1.ru_maxrss, recording_rss_kb=max(recording_rss, _vm_rss_kb()),
     )
+    if writer is not None:
+        vms = target.get("vms") or [{"pid": pid, "comm": target["comm"] if i == 0 else "", "name": target["name"]
+                                     if i == 0 else None} for i, pid in enumerate(target["pids"])]
+        status.say(tally.render(vms))
     status.say(f"Stopped ({stop_reason}) after {summary.seconds:.1f} s: "
                + ", ".join(f"{n} {r:,}" for n, r in rows.items() if r)
                + f"; lost {summary.lost}; {summary.bytes_written / 1e6:.1f} MB in {output}"
