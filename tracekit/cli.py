@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from tracekit import __version__
-from tracekit.errors import TracekitError
+from tracekit.errors import TracekitError, one_line
 
 __all__ = ["app", "main", "COMMAND_MODULES", "is_verbose"]
 
@@ -51,9 +51,9 @@ class _TracekitGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except TracekitError as error:
-            typer.echo(f"tracekit: error: {error}", err=True)
+            typer.echo(f"tracekit: error: {one_line(str(error))}", err=True)
             if _verbose and error.detail:
-                typer.echo(error.detail, err=True)
+                typer.echo(error.detail.encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
             raise typer.Exit(error.exit_code) from None
         except BrokenPipeError:
             raise typer.Exit(141) from None

@@ -8,6 +8,7 @@ them into one line on stderr and an exit code; nothing below it calls ``sys.exit
 from __future__ import annotations
 
 __all__ = [
+    "one_line",
     "TracekitError",
     "UsageError",
     "CaptureFormatError",
@@ -19,6 +20,12 @@ __all__ = [
     "AnalysisError",
     "LabError",
 ]
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: line breaks folded to ``" / "``, unencodable characters escaped."""
+    folded = " / ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return folded.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class TracekitError(Exception):

@@ -24,6 +24,9 @@ __all__ = [
     "segment_name",
     "check_family_name",
     "check_family_schema",
+    "is_family_name",
+    "is_segment_name",
+    "shown_path",
 ]
 
 FORMAT_NAME = "tracekit-capture"
@@ -44,6 +47,7 @@ COMMON_FIELDS = [
 BULKY_MANIFEST_KEYS = ("workload",)
 
 _FAMILY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_SEGMENT_RE = re.compile(r"^part-[0-9]{6,}\.parquet$")
 
 
 def segment_name(index: int) -> str:
@@ -51,9 +55,28 @@ def segment_name(index: int) -> str:
     return f"part-{index:06d}.parquet"
 
 
+def is_family_name(name: str) -> bool:
+    """True when ``name`` can be a family directory (lowercase letters, digits and ``_``)."""
+    return isinstance(name, str) and _FAMILY_RE.match(name) is not None
+
+
+def is_segment_name(name: str) -> bool:
+    """True when ``name`` is a finished segment's file name (``part-NNNNNN.parquet``)."""
+    return _SEGMENT_RE.match(name) is not None
+
+
+def shown_path(path: object) -> str:
+    """``path`` as printable text: bytes of non-UTF-8 names as ``\\xNN`` escapes."""
+    text = str(path)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_family_name(family: str) -> None:
     """Raise CaptureFormatError unless ``family`` is a safe directory name (lowercase, digits, ``_``)."""
-    if not isinstance(family, str) or not _FAMILY_RE.match(family):
+    if not is_family_name(family):
         raise CaptureFormatError(f"invalid family name {family!r}: use lowercase letters, digits and '_'")
 
 

@@ -1,23 +1,28 @@
 """Reader of capture directories.
 
-Contract: :func:`open_capture` validates a capture and returns a :class:`Capture` giving the manifest and
-each family as a pyarrow Table or pandas DataFrame (or, :meth:`Capture.iter_batches`, record batches of
-at most a given number of rows), reading only the columns asked for. Every defect (no
-such path, not a capture, an unparsable or foreign manifest, a newer format version, a truncated or corrupt
-segment, a segment whose schema disagrees with its family) raises
-:class:`tracekit.errors.CaptureFormatError` with one line naming the file. A capture whose writer was killed
-(status still ``recording``) is readable: its finished segments are used and the manifest is completed from
-the newest segment's embedded snapshot (lost-event counters, progress time).
+Contract: :func:`open_capture` validates a whole capture once and returns a :class:`Capture` giving the
+manifest and each family as a pyarrow Table or pandas DataFrame (or, :meth:`Capture.iter_batches`,
+record batches of at most a given number of rows), reading only the columns asked for. At open: the
+manifest is read (bounded) and checked against its declared schema (:mod:`.manifest`), and every
+segment's footer is read and its schema compared with its family's. Every file is opened without
+following a symbolic link and must be a regular file, so nothing outside the capture is read; names that
+cannot be a family or a segment (non-UTF-8 ones included) are ignored. Data pages are checked against
+their CRC when the writer stored one. Every defect raises :class:`tracekit.errors.CaptureFormatError`
+with one line naming the file. A capture whose writer was killed (status still ``recording``) is
+readable: its finished segments are used and the manifest is completed from the newest segment's
+embedded snapshot (lost-event counters).
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import platform
+import stat
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,50 +32,165 @@ from tracekit.capture.format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     SCHEMA_FILE,
-    SEGMENT_GLOB,
     check_family_schema,
+    is_family_name,
+    is_segment_name,
+    shown_path,
 )
+from tracekit.capture.manifest import MAX_MANIFEST_BYTES, SNAPSHOT, check_manifest, parse_manifest
 from tracekit.errors import CaptureFormatError
 from tracekit.procs import pid_alive
 
 __all__ = ["Capture", "open_capture"]
 
+_SNAPSHOT_KEY = b"tracekit.manifest"
+_FAMILY_KEY = b"tracekit.family"
+
+
+def _open_inside(path: Path) -> BinaryIO:
+    """``path`` opened for reading; a symbolic link or anything but a regular file is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise CaptureFormatError(f"{shown_path(path)}: a symbolic link; a capture's files are read "
+                                     "only from inside it") from None
+        raise CaptureFormatError(f"{shown_path(path)}: cannot open ({error.strerror or error})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CaptureFormatError(f"{shown_path(path)}: not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _arrow_reason(error: BaseException) -> str:
+    """pyarrow's message for ``error`` as one short line (its Thrift and FieldRef texts span many)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    return reason if len(reason) <= 160 else reason[:157] + "..."
+
+
+def _corrupt(path: Path, error: BaseException) -> CaptureFormatError:
+    if "CRC checksum verification failed" in str(error):
+        return CaptureFormatError(f"{shown_path(path)}: page checksum mismatch (the file is corrupt)")
+    return CaptureFormatError(f"{shown_path(path)}: corrupt or truncated Parquet file ({_arrow_reason(error)})")
+
 
 def _read_manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST_NAME
-    if not manifest_path.is_file():
-        if path.is_dir() and not any(path.iterdir()):
-            raise CaptureFormatError(f"{path}: empty directory, not a tracekit capture")
-        raise CaptureFormatError(f"{path}: not a tracekit capture (no {MANIFEST_NAME})")
-    try:
-        text = manifest_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise CaptureFormatError(f"{manifest_path}: unreadable manifest ({error})") from error
-    if not text.strip():
-        raise CaptureFormatError(f"{manifest_path}: empty manifest (capture truncated)")
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CaptureFormatError(f"{manifest_path}: corrupt manifest ({error.msg} at line {error.lineno})") from error
+    if not os.path.lexists(manifest_path):
+        if not any(path.iterdir()):
+            raise CaptureFormatError(f"{shown_path(path)}: empty directory, not a tracekit capture")
+        raise CaptureFormatError(f"{shown_path(path)}: not a tracekit capture (no {MANIFEST_NAME})")
+    where = shown_path(manifest_path)
+    with _open_inside(manifest_path) as f:
+        if os.fstat(f.fileno()).st_size > MAX_MANIFEST_BYTES:
+            raise CaptureFormatError(f"{where}: manifest larger than {MAX_MANIFEST_BYTES >> 20} MiB, refused")
+        try:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as error:
+            raise CaptureFormatError(f"{where}: unreadable manifest ({error.strerror or error})") from None
+    manifest = parse_manifest(data, where)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise CaptureFormatError(f"{path}: not a tracekit capture (manifest has no format {FORMAT_NAME!r})")
+        raise CaptureFormatError(f"{shown_path(path)}: not a tracekit capture "
+                                 f"(manifest has no format {FORMAT_NAME!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise CaptureFormatError(f"{manifest_path}: invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CaptureFormatError(
-            f"{path}: capture format version {version} is newer than this tracekit reads "
+            f"{shown_path(path)}: capture format version {version} is newer than this tracekit reads "
             f"(up to {FORMAT_VERSION}); upgrade tracekit"
         )
+    check_manifest(manifest, where)
     return manifest
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """What a segment's footer says, read once at open."""
+
+    path: Path
+    rows: int
+    snapshot: dict | None
+
+
+@dataclass(frozen=True)
+class _Family:
+    schema: pa.Schema
+    segments: tuple[_Segment, ...]
+
+
+def _read_footer(path: Path) -> tuple[pa.Schema, int, dict]:
+    """Schema (without metadata), row count and key-value metadata of the Parquet file ``path``."""
+    with _open_inside(path) as f:
+        try:
+            footer = pq.ParquetFile(f).metadata
+            schema = footer.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException, ValueError) as error:
+            raise _corrupt(path, error) from None
+    return schema.remove_metadata(), footer.num_rows, dict(footer.metadata or {})
+
+
+def _snapshot(path: Path, metadata: dict) -> dict | None:
+    """The manifest snapshot a segment carries (checked), or None."""
+    raw = metadata.get(_SNAPSHOT_KEY)
+    if raw is None:
+        return None
+    where = f"{shown_path(path)}: snapshot"
+    snapshot = parse_manifest(raw, where)
+    check_manifest(snapshot, where, SNAPSHOT)
+    return snapshot
+
+
+def _read_family(directory: Path) -> _Family | None:
+    """The family in ``directory``, every segment checked against its schema; None when it is empty."""
+    family = directory.name
+    names = sorted((entry.name for entry in os.scandir(directory) if is_segment_name(entry.name)),
+                   key=lambda name: (len(name), name))
+    schema_path = directory / SCHEMA_FILE
+    schema = None
+    if os.path.lexists(schema_path):
+        schema = _read_footer(schema_path)[0]
+        check_family_schema(family, schema)
+    segments = []
+    for name in names:
+        path = directory / name
+        seg_schema, rows, metadata = _read_footer(path)
+        if schema is None:
+            check_family_schema(family, seg_schema)
+            schema = seg_schema
+        written_for = metadata.get(_FAMILY_KEY)
+        if written_for is not None and written_for != family.encode():
+            raise CaptureFormatError(f"{shown_path(path)}: a segment of family "
+                                     f"{shown_path(written_for.decode('utf-8', 'replace'))!r}, not {family!r}")
+        if not seg_schema.equals(schema):
+            raise CaptureFormatError(f"{shown_path(path)}: schema differs from family {family!r}")
+        segments.append(_Segment(path, rows, _snapshot(path, metadata)))
+    if schema is None:
+        return None
+    return _Family(schema, tuple(segments))
+
+
+def _read_families(path: Path) -> dict[str, _Family]:
+    families = {}
+    for entry in os.scandir(path):
+        if not is_family_name(entry.name):
+            continue  # the manifest, hidden files, foreign or non-UTF-8 names
+        if entry.is_symlink():
+            raise CaptureFormatError(f"{shown_path(entry.path)}: a symbolic link; a capture's files are read "
+                                     "only from inside it")
+        if entry.is_dir(follow_symlinks=False):
+            family = _read_family(Path(entry.path))
+            if family is not None:
+                families[entry.name] = family
+    return dict(sorted(families.items()))
 
 
 class Capture:
     """An opened capture. Use :func:`open_capture` to make one."""
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: dict, families: dict[str, _Family]):
         self.path = path
         self._raw_manifest = manifest
+        self._families = families
 
     # -- manifest -------------------------------------------------------------------------------
 
@@ -80,27 +200,16 @@ class Capture:
         manifest = dict(self._raw_manifest)
         if manifest.get("status") != "recording":
             return manifest
-        newest = None
-        for family in self.families():
-            for segment in self.segments(family):
-                snap = self._segment_snapshot(segment)
-                if snap and (newest is None or snap.get("progress_monotonic_ns", 0) > newest.get("progress_monotonic_ns", 0)):
-                    newest = snap
-        if newest:
+        snapshots = [s.snapshot for f in self._families.values() for s in f.segments if s.snapshot]
+        if snapshots:
+            newest = max(snapshots, key=lambda snap: snap.get("progress_monotonic_ns") or 0)
             manifest["lost"] = newest.get("lost", manifest.get("lost", []))
-        manifest["status"] = "recording" if pid_alive(manifest.get("writer_pid")) and self._writer_is_local() else "incomplete"
+        alive = pid_alive(manifest.get("writer_pid")) and self._writer_is_local()
+        manifest["status"] = "recording" if alive else "incomplete"
         return manifest
 
     def _writer_is_local(self) -> bool:
         return self._raw_manifest.get("host") == platform.uname().node
-
-    @staticmethod
-    def _segment_snapshot(segment: Path) -> dict | None:
-        try:
-            metadata = pq.read_schema(segment).metadata or {}
-            return json.loads(metadata.get(b"tracekit.manifest", b"null"))
-        except Exception:  # a bad segment is reported when its data is read
-            return None
 
     @property
     def complete(self) -> bool:
@@ -111,45 +220,39 @@ class Capture:
 
     def families(self) -> list[str]:
         """Family names present (a directory with a schema file or segments), sorted."""
-        names = set()
-        for child in self.path.iterdir():
-            if child.is_dir() and not child.is_symlink() and not child.name.startswith((".", "_")):
-                if (child / SCHEMA_FILE).is_file() or any(child.glob(SEGMENT_GLOB)):
-                    names.add(child.name)
-        return sorted(names)
+        return list(self._families)
 
     def has(self, family: str) -> bool:
-        return family in self.families()
+        return family in self._families
+
+    def _family(self, family: str) -> _Family:
+        found = self._families.get(family)
+        if found is None:
+            raise CaptureFormatError(f"{shown_path(self.path)}: no family {family!r} "
+                                     f"(has: {', '.join(self._families) or 'none'})")
+        return found
 
     def segments(self, family: str) -> list[Path]:
         """Finished segment files of ``family`` in order."""
-        directory = self.path / family
-        if not directory.is_dir():
-            return []
-        return sorted(p for p in directory.glob(SEGMENT_GLOB) if p.is_file() and not p.is_symlink())
+        found = self._families.get(family)
+        return [s.path for s in found.segments] if found else []
 
     def schema(self, family: str) -> pa.Schema:
         """The family's schema (from its schema file, else its first segment)."""
-        directory = self.path / family
-        source = directory / SCHEMA_FILE
-        if not source.is_file():
-            segments = self.segments(family)
-            if not segments:
-                raise CaptureFormatError(f"{self.path}: no family {family!r} (has: {', '.join(self.families()) or 'none'})")
-            source = segments[0]
+        return self._family(family).schema
+
+    def _parquet(self, segment: Path, f: BinaryIO) -> pq.ParquetFile:
         try:
-            schema = pq.read_schema(source)
-        except (OSError, pa.ArrowException) as error:
-            raise CaptureFormatError(f"{source}: corrupt or truncated Parquet file ({error})") from error
-        schema = schema.remove_metadata()
-        check_family_schema(family, schema)
-        return schema
+            return pq.ParquetFile(f, page_checksum_verification=True)
+        except (OSError, pa.ArrowException, ValueError) as error:
+            raise _corrupt(segment, error) from None
 
     def _read_segment(self, segment: Path, columns: Sequence[str] | None) -> pa.Table:
-        try:
-            return pq.read_table(segment, columns=list(columns) if columns is not None else None)
-        except (OSError, pa.ArrowException) as error:
-            raise CaptureFormatError(f"{segment}: corrupt or truncated Parquet segment ({error})") from error
+        with _open_inside(segment) as f:
+            try:
+                return self._parquet(segment, f).read(columns=list(columns) if columns is not None else None)
+            except (OSError, pa.ArrowException, ValueError) as error:
+                raise _corrupt(segment, error) from None
 
     def _columns_schema(self, family: str, columns: Sequence[str] | None) -> pa.Schema:
         """The family's schema cut to ``columns`` (all when None); unknown columns raise."""
@@ -167,7 +270,7 @@ class Capture:
         for segment in self.segments(family):
             table = self._read_segment(segment, columns).replace_schema_metadata(None)
             if not table.schema.equals(schema):
-                raise CaptureFormatError(f"{segment}: schema differs from family {family!r}")
+                raise CaptureFormatError(f"{shown_path(segment)}: schema differs from family {family!r}")
             yield table
 
     def iter_batches(self, family: str, columns: Sequence[str] | None = None,
@@ -176,13 +279,15 @@ class Capture:
         where they are that small), segment by segment: memory bounded by one batch."""
         schema = self._columns_schema(family, columns)
         for segment in self.segments(family):
-            try:
-                for batch in pq.ParquetFile(segment).iter_batches(batch_size=batch_rows, columns=list(schema.names)):
-                    if not batch.schema.remove_metadata().equals(schema):
-                        raise CaptureFormatError(f"{segment}: schema differs from family {family!r}")
-                    yield batch
-            except (OSError, pa.ArrowException) as error:
-                raise CaptureFormatError(f"{segment}: corrupt or truncated Parquet segment ({error})") from error
+            with _open_inside(segment) as f:
+                try:
+                    for batch in self._parquet(segment, f).iter_batches(batch_size=batch_rows,
+                                                                        columns=list(schema.names)):
+                        if not batch.schema.remove_metadata().equals(schema):
+                            raise CaptureFormatError(f"{shown_path(segment)}: schema differs from family {family!r}")
+                        yield batch
+                except (OSError, pa.ArrowException, ValueError) as error:
+                    raise _corrupt(segment, error) from None
 
     def table(self, family: str, columns: Sequence[str] | None = None) -> pa.Table:
         """All rows of ``family`` (only ``columns`` if given); an empty table with the schema if none."""
@@ -196,27 +301,25 @@ class Capture:
         return self.table(family, columns).to_pandas()
 
     def rows(self, family: str) -> int:
-        """Row count of ``family`` from segment footers (no data read)."""
-        total = 0
-        for segment in self.segments(family):
-            try:
-                total += pq.ParquetFile(segment).metadata.num_rows
-            except (OSError, pa.ArrowException) as error:
-                raise CaptureFormatError(f"{segment}: corrupt or truncated Parquet segment ({error})") from error
-        return total
+        """Row count of ``family`` from segment footers (read at open)."""
+        found = self._families.get(family)
+        return sum(s.rows for s in found.segments) if found else 0
 
     def lost_total(self) -> int:
-        return sum(int(entry.get("count", 0)) for entry in self.manifest.get("lost", []) or [])
+        return sum(entry["count"] for entry in self.manifest.get("lost") or [] if "count" in entry)
 
     def __repr__(self) -> str:
-        return f"Capture({str(self.path)!r})"
+        return f"Capture({shown_path(self.path)!r})"
 
 
 def open_capture(path: str | os.PathLike) -> Capture:
     """Open and validate the capture at ``path``; raise CaptureFormatError with one line if unusable."""
     p = Path(path)
     if not p.exists():
-        raise CaptureFormatError(f"{p}: no such capture")
+        raise CaptureFormatError(f"{shown_path(p)}: no such capture")
     if not p.is_dir():
-        raise CaptureFormatError(f"{p}: not a tracekit capture (a capture is a NAME.tkcap directory)")
-    return Capture(p, _read_manifest(p))
+        raise CaptureFormatError(f"{shown_path(p)}: not a tracekit capture (a capture is a NAME.tkcap directory)")
+    try:
+        return Capture(p, _read_manifest(p), _read_families(p))
+    except OSError as error:  # a directory that cannot be listed
+        raise CaptureFormatError(f"{shown_path(p)}: cannot read ({error.strerror or error})") from None

@@ -4,8 +4,9 @@ Contract: :class:`CaptureWriter` buffers appended Arrow data per family and writ
 segments. A segment is written to a hidden temporary file and renamed into place when complete, so a
 writer killed at any instant loses at most the rows not yet in a closed segment; every finished segment
 and the manifest (rewritten atomically after each segment) stay readable with plain pyarrow, DuckDB or
-Polars. Segments close when ``segment_seconds`` have passed since their first row (checked by
-:meth:`CaptureWriter.tick` and :meth:`CaptureWriter.append`) or when they reach ``segment_rows``.
+Polars; every data page carries its CRC, which the reader verifies. Segments close when
+``segment_seconds`` have passed since their first row (checked by :meth:`CaptureWriter.tick` and
+:meth:`CaptureWriter.append`) or when they reach ``segment_rows``.
 Errors are :class:`tracekit.errors.CaptureFormatError` (bad names or schemas, an unusable output path)
 and :class:`CaptureWriteError` (the disk refused a write).
 """
@@ -256,7 +257,7 @@ class CaptureWriter:
             # doubled the recorder's encoding CPU for no size gain (addresses and PTEs rarely repeat).
             dictionary_columns = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
             pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="zstd",
-                           use_dictionary=dictionary_columns or False)
+                           use_dictionary=dictionary_columns or False, write_page_checksum=True)
             os.replace(tmp, final)
         except OSError as error:
             tmp.unlink(missing_ok=True)
