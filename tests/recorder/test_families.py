@@ -13,6 +13,7 @@ from tracekit.recorder.families import (IoctlFamily, LockFamily, MmuFamily, Walk
                                         pair_enter_exit)
 from tracekit.recorder.family import Host, family_names, make_family
 from tracekit.recorder.kvm_ioctls import KVM_CLEAR_DIRTY_LOG, KVM_RUN, KVM_SET_USER_MEMORY_REGION, ioctl_name
+from tracekit.recorder.tracefs import release_order
 
 
 def header(records: np.ndarray, ts, tid, kind, pid=100, cpu=0) -> None:
@@ -146,7 +147,7 @@ def test_ioctl_tracefs_pairs_across_batches_and_aggregates_kvm_run():
     b2 = family.decode_tracefs({"syscalls:sys_exit_ioctl": _raw(exit_t, [(6, -22, 150, 1, 1)])})
     [row] = b2["ioctl"].to_pylist()
     assert (row["tid"], row["cmd_name"], row["duration_ns"], row["ret"], row["arg"], row["slot"]) == (
-        6, "KVM_SET_USER_MEMORY_REGION", 150 - 110, -22, 0xBEEF, None)  # tracefs cannot read the struct
+        6, "KVM_SET_USER_MEMORY_REGION", 150 - 110, -22, 0xBEEF, None)  # no ioctl uprobe: no struct
     summary = family.finish_tracefs(999)["ioctl_summary"].to_pylist()
     assert summary == [{"ts_ns": 999, "cpu": -1, "pid": 1, "tid": 5, "cmd": KVM_RUN, "cmd_name": "KVM_RUN", "count": 1,
                         "total_ns": 300, "max_ns": 300, "errors": 0}]
@@ -214,3 +215,43 @@ def test_ioctl_names_agree_with_the_workload_uapi():
     for number, name in IOCTL_NAMES.items():
         if name in IOCTL_NUMBERS:
             assert IOCTL_NUMBERS[name] == number, name
+
+
+def _walk_polls(polls):
+    """Walk rows rebuilt by WalkFamily.decode_tracefs from successive polls: walk id -> levels."""
+    family = WalkFamily()
+    walks, levels = {}, {}
+    for poll in polls:
+        out = family.decode_tracefs(poll)
+        for row in out["walk"].to_pylist():
+            walks[row["walk_id"]] = row["addr"]
+        for row in out["walk_element"].to_pylist():
+            levels.setdefault(walks.get(row["walk_id"], row["walk_id"]), []).append((row["index"], row["level"]))
+    return {addr: [lv for _, lv in sorted(items)] for addr, items in levels.items()}
+
+
+def test_tracefs_walks_stay_whole_when_a_cpu_is_read_behind_another():
+    """The tracefs recording of dirty_log_perf_test: the vCPU thread walked 0xaa on CPU 1 (4, 3, 2, 1),
+    then 0xbb on CPU 0. CPU 1's buffer had a backlog, so 0xaa was read one poll after CPU 0's first page
+    (0xbb's start and level 4) and with CPU 0's next page (0xbb's 3, 2, 1). Handed out as read, 0xaa
+    became 4>3>2>1>3>2>1 and 0xbb a lone 4; held back by release_order, both walks are whole."""
+    walk_t = [("common_pid", "<i4"), ("addr", "<u8"), ("pferr", "<u4")]
+    elem_t = [("common_pid", "<i4"), ("pte", "<u8"), ("level", "<u1")]
+    cpu0_page1 = {"kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(9, 0xBB, 16, 200, 0, 1)]),
+                  "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(9, 0x1000, 4, 201, 0, 1)])}
+    cpu0_page2 = {"kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(9, 0x1000, lv, 205 - lv, 0, 1) for lv in (3, 2, 1)])}
+    cpu1_backlog = {"kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(9, 0xAA, 16, 100, 1, 1)]),
+                    "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(9, 0x1000, lv, 105 - lv, 1, 1)
+                                                                   for lv in (4, 3, 2, 1)])}
+
+    def merged(*parts):
+        names = {n for p in parts for n in p}
+        return {n: np.concatenate([p[n] for p in parts if n in p]) for n in names}
+
+    as_read = _walk_polls([cpu0_page1, merged(cpu1_backlog, cpu0_page2)])
+    assert as_read == {0xAA: [4, 3, 2, 1, 3, 2, 1], 0xBB: [4]}  # the defect, reproduced
+    # Poll 1: CPU 0 delivered its page, CPU 1 (a backlog) only events up to 50: nothing newer is released.
+    now, held = release_order(cpu0_page1, min(202, 50))
+    assert sum(len(a) for a in now.values()) == 0
+    later, rest = release_order(merged(held, cpu1_backlog, cpu0_page2), None)
+    assert rest == {} and _walk_polls([now, later]) == {0xAA: [4, 3, 2, 1], 0xBB: [4, 3, 2, 1]}

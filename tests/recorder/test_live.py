@@ -88,6 +88,20 @@ def test_ioctls_equal_the_workloads_own_log(workload_capture):
     assert np.all(got["duration_ns"] > 0)
 
 
+def test_memslot_arguments_equal_the_workloads_own_log(workload_capture):
+    """The region ioctls' slot, flags, guest_phys_addr and memory_size as the workload passed them: read in
+    BPF by the bcc backend, by the libc ioctl uprobe under tracefs (which is gone after the recording)."""
+    backend, _, cap = workload_capture
+    issued = [i for i in cap.manifest["workload"]["ioctls"] if i["name"].startswith("KVM_SET_USER_MEMORY_REGION")]
+    got = cap.dataframe("ioctl")
+    got = got[got["cmd_name"].astype(str).str.startswith("KVM_SET_USER_MEMORY_REGION")].sort_values("ts_ns")
+    columns = ["slot", "flags", "guest_phys_addr", "memory_size"]
+    assert got[columns].astype("int64").values.tolist() == [[i["arg"][c] for c in columns] for i in issued]
+    if backend == "tracefs":
+        assert cap.manifest["family_notes"]["ioctl_args"].startswith("argument structs from a uprobe")
+        assert f"tkio_{os.getpid()}/" not in Path("/sys/kernel/tracing/uprobe_events").read_text()
+
+
 def test_kvm_run_is_aggregated_per_vcpu_thread(workload_capture):
     _, _, cap = workload_capture
     summary = cap.dataframe("ioctl_summary")

@@ -290,12 +290,12 @@ class FunctionProbeFamily(ProbeFamily):
         return [f"{self.group}:{name}" for name in self._defined[first:]]
 
     def tracefs_cleanup(self, tracefs: Path) -> None:
-        from tracekit.funcprobes.tracefs_backend import _append
+        from tracekit.funcprobes.tracefs_backend import append_line
 
         defined, self._defined = self._defined, []
         for name in reversed(defined):
             try:
-                _append(tracefs / "kprobe_events", f"-:{self.group}/{name}")
+                append_line(tracefs / "kprobe_events", f"-:{self.group}/{name}")
             except OSError:
                 pass
 

@@ -30,7 +30,7 @@ from tracekit.funcprobes.spec import TRACEFS_GROUP, kprobe_event_lines
 if TYPE_CHECKING:
     from tracekit.funcprobes.kallsyms import Resolution
 
-__all__ = ["TracefsFuncProbes", "TRACEFS", "define_kprobes", "drain_pipe"]
+__all__ = ["TracefsFuncProbes", "TRACEFS", "define_kprobes", "drain_pipe", "append_line"]
 
 TRACEFS = Path("/sys/kernel/tracing")
 
@@ -158,7 +158,7 @@ class TracefsFuncProbes:
                 self.instance.rmdir()
             self._made_instance = False
             for name in reversed(self.defined):
-                _append(self.tracefs / "kprobe_events", f"-:{self.group}/{name}")
+                append_line(self.tracefs / "kprobe_events", f"-:{self.group}/{name}")
             self.defined = []
 
 
@@ -170,7 +170,7 @@ def define_kprobes(tracefs: Path, res: Resolution, defined: list[str], *, with_a
     the names defined before the refused line stay in ``defined``)."""
     try:
         for line in kprobe_event_lines(res.probe, res.symbol, with_args=with_args, group=group):
-            _append(tracefs / "kprobe_events", line)
+            append_line(tracefs / "kprobe_events", line)
             defined.append(line.split()[0].split("/", 1)[1])
     except OSError as error:
         return f"kprobe_events refused it: {error.strerror}: {_last_error(tracefs)}"
@@ -191,7 +191,8 @@ def _write(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _append(path: Path, text: str) -> None:
+def append_line(path: Path, text: str) -> None:
+    """Append one line to a tracefs definition file (kprobe_events, uprobe_events)."""
     # os.open, not open(..., "a"): Python's append mode seeks to the end, which tracefs refuses.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:

@@ -20,6 +20,7 @@ from tracekit.capture import COMMON_FIELDS
 from tracekit.probes import source_text
 from tracekit.recorder.batch import batch_dtype, is_batched, unbatch
 from tracekit.recorder.family import ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
+from tracekit.recorder.ioctl_args import IoctlArgsProbe, decode_args
 from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
 
 __all__ = ["WalkFamily", "IoctlFamily", "LockFamily", "MmuFamily", "MMU_EVENTS", "LOCK_FLAG_NAMES",
@@ -233,6 +234,9 @@ class IoctlFamily(ProbeFamily):
         self.aggregated = tuple(c for c in self.options.aggregate_ioctls if c not in self.options.stream_ioctls)[:4]
         self._pending = np.empty(0, S.IOCTL_EVENT_DTYPE)  # tracefs: entries awaiting their exit
         self._agg: dict[tuple[int, int, int], list[int]] = {}
+        self._args_probe: IoctlArgsProbe | None = None  # tracefs: the ioctl uprobe giving argument structs
+        self._args_note = ""
+        self._carried_args: dict[int, list[tuple]] = {}
 
     def tables(self) -> dict[str, pa.Schema]:
         return {"ioctl": _IOCTL_TABLE, "ioctl_summary": _IOCTL_SUMMARY}
@@ -254,7 +258,25 @@ class IoctlFamily(ProbeFamily):
         return {"ioctl_lost": self.tracepoints}
 
     def manifest_notes(self) -> dict[str, Any]:
-        return {"ioctl_aggregated": [ioctl_name(c) for c in self.aggregated]}
+        notes: dict[str, Any] = {"ioctl_aggregated": [ioctl_name(c) for c in self.aggregated]}
+        if self._args_note:
+            notes["ioctl_args"] = self._args_note
+        return notes
+
+    def tracefs_prepare(self, tracefs, available: list[ProbeStatus]) -> list[str]:
+        names = super().tracefs_prepare(tracefs, available)
+        probe = IoctlArgsProbe(tracefs)
+        if probe.define():
+            self._args_probe = probe
+            names.append(probe.event)
+            self._args_note = f"argument structs from a {probe.note}"
+        else:
+            self._args_note = f"no argument structs (tracefs backend): {probe.note}"
+        return names
+
+    def tracefs_cleanup(self, tracefs) -> None:
+        if self._args_probe is not None:
+            self._args_probe.remove()
 
     def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
         cols: dict[str, Any] = common_arrays(records["hdr"])
@@ -306,6 +328,8 @@ class IoctlFamily(ProbeFamily):
             rec = np.zeros(len(enter), S.IOCTL_EVENT_DTYPE)
             _fill_header(rec, enter, 0)
             rec["fd"], rec["cmd"], rec["arg"] = enter["fd"], enter["cmd"], enter["arg"]
+            if self._args_probe is not None:
+                decode_args(rec, events.get(self._args_probe.event), self._carried_args)
             parts.append(rec)
         if exit_ is not None and len(exit_):
             rec = np.zeros(len(exit_), S.IOCTL_EVENT_DTYPE)

@@ -5,7 +5,8 @@ global buffer), sets its clock to ``mono`` (the CLOCK_MONOTONIC of the bcc backe
 to the threads of the target process(es) (each event keeps its thread's process id) with ``event-fork`` so new threads follow, enables the available
 tracepoints of the families, and :meth:`TracefsBackend.poll` reads every CPU's
 ``trace_pipe_raw`` without blocking, decodes the pages with :mod:`tracekit.recorder.rawbuf` and
-hands each family its events (``decode_tracefs``). Lost events are the instance's per-CPU
+hands each family its events (``decode_tracefs``) in time order across CPUs: events newer than what
+every CPU has delivered wait for the next poll (:func:`release_order`). Lost events are the instance's per-CPU
 ``overrun`` plus ``dropped events`` counters (the pages' missed-event marks count the same losses and
 are used only when the counters cannot be read). The buffer is 32 MiB per CPU by default.
 :meth:`TracefsBackend.close` disables everything and removes the instance (idempotent); a
@@ -31,14 +32,40 @@ import pyarrow as pa
 from tracekit.procs import pid_alive
 from tracekit.errors import MissingCapability, RecorderError
 from tracekit.recorder.family import ProbeFamily, ProbeStatus
+from tracekit.recorder.ioctl_args import remove_stale_probes
 from tracekit.recorder.rawbuf import EventFormat, decode_pages, parse_format
 from tracekit.recorder.target import tgid_of
 
-__all__ = ["TracefsBackend", "cleanup_stale_instances", "INSTANCE_PREFIX", "pid_alive"]
+__all__ = ["TracefsBackend", "cleanup_stale_instances", "release_order", "INSTANCE_PREFIX", "pid_alive"]
 
 INSTANCE_PREFIX = "tracekit-"
 _INSTANCE_RE = re.compile(rf"^{INSTANCE_PREFIX}(\d+)-[0-9a-f]+$")
 _MAX_PAGES_PER_POLL = 4096
+#: An event stamped this long before a CPU's buffer was read may still be committing (not yet readable).
+_WRITE_MARGIN_NS = 10_000_000
+
+
+def release_order(events: dict[str, np.ndarray], complete_until: int | None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Split decoded events (name -> array with ``ts_ns``) into those to hand out now, stamped at or
+    before ``complete_until`` (None: all), and those to hold.
+
+    Each CPU's buffer is read in order, but not every CPU as far: one with a backlog (more than a poll's
+    pages), or read before another, still holds events older than some already read from the others. A
+    thread that moved between those CPUs would get its events out of order (a walk's elements given to
+    the thread's next walk), so only what every CPU has delivered is released: ``complete_until`` is the
+    minimum over CPUs of the newest event read (a backlog) or the read's start less
+    :data:`_WRITE_MARGIN_NS` (drained)."""
+    if complete_until is None:
+        return events, {}
+    now, held = {}, {}
+    for name, array in events.items():
+        ready = array["ts_ns"] <= complete_until
+        if ready.all():
+            now[name] = array
+        else:
+            now[name], held[name] = array[ready], array[~ready]
+    return now, held
 
 
 def _write(path: Path, value: str) -> None:
@@ -69,7 +96,8 @@ def _remove_instance(directory: Path) -> None:
 
 
 def cleanup_stale_instances(tracefs: Path) -> list[str]:
-    """Remove ``tracekit-<pid>-*`` instances whose recorder pid no longer runs; return their names."""
+    """Remove ``tracekit-<pid>-*`` instances whose recorder pid no longer runs, then the ioctl uprobes of
+    such recorders (:func:`.ioctl_args.remove_stale_probes`); return their names."""
     removed = []
     instances = tracefs / "instances"
     if not instances.is_dir():
@@ -79,7 +107,7 @@ def cleanup_stale_instances(tracefs: Path) -> list[str]:
         if match and not entry.is_symlink() and not pid_alive(int(match.group(1))):
             _remove_instance(entry)
             removed.append(entry.name)
-    return removed
+    return removed + remove_stale_probes(tracefs, pid_alive)
 
 
 class TracefsBackend:
@@ -107,6 +135,7 @@ class TracefsBackend:
         self._prepared: list[ProbeFamily] = []
         self._events_of: dict[int, list[str]] = {}
         self.foreign_events = 0
+        self._held: dict[str, np.ndarray] = {}  # events not yet released (newer than a CPU's delivery)
 
     def start(self) -> None:
         name = f"{INSTANCE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
@@ -140,38 +169,47 @@ class TracefsBackend:
             self._fds[cpu] = os.open(cpu_dir / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         _write(directory / "tracing_on", "1")
 
-    def _read_cpu(self, fd: int) -> bytes:
+    def _read_cpu(self, fd: int) -> tuple[bytes, bool]:
+        """The pages readable now (at most :data:`_MAX_PAGES_PER_POLL`) and whether that drained the CPU."""
         chunks = []
         for _ in range(_MAX_PAGES_PER_POLL):
             try:
                 chunk = os.read(fd, 4096)
             except BlockingIOError:
-                break
+                return b"".join(chunks), True
             except OSError as error:
                 if error.errno == errno.EAGAIN:
-                    break
+                    return b"".join(chunks), True
                 raise RecorderError(f"reading trace_pipe_raw failed: {error.strerror}") from error
             if not chunk:
-                break
+                return b"".join(chunks), True
             chunks.append(chunk + bytes(4096 - len(chunk)) if len(chunk) < 4096 else chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), False
 
-    def poll(self) -> list[tuple[ProbeFamily, dict[str, pa.Table]]]:
-        by_name: dict[str, list[np.ndarray]] = {}
+    def poll(self, *, flush: bool = False) -> list[tuple[ProbeFamily, dict[str, pa.Table]]]:
+        """Read every CPU and decode; events newer than what every CPU has delivered are held for the next
+        poll (all released with ``flush``), see :func:`release_order`."""
+        by_name: dict[str, list[np.ndarray]] = {name: [held] for name, held in self._held.items()}
+        complete_until = []
         for cpu, fd in self._fds.items():
-            data = self._read_cpu(fd)
-            if not data:
-                continue
-            self._bytes += len(data)
-            decoded = decode_pages(data, self.formats, cpu=cpu)
-            self._missed += decoded.missed
-            for event_id, events in decoded.events.items():
-                fmt = self.formats[event_id]
-                events["tgid"] = self._tgids(events["common_pid"])
-                by_name.setdefault(f"{fmt.system}:{fmt.name}", []).append(events)
-        if not by_name:
-            return []
+            read_at = time.monotonic_ns()
+            data, drained = self._read_cpu(fd)
+            newest = 0
+            if data:
+                self._bytes += len(data)
+                decoded = decode_pages(data, self.formats, cpu=cpu)
+                self._missed += decoded.missed
+                for event_id, events in decoded.events.items():
+                    fmt = self.formats[event_id]
+                    events["tgid"] = self._tgids(events["common_pid"])
+                    by_name.setdefault(f"{fmt.system}:{fmt.name}", []).append(events)
+                    if len(events):
+                        newest = max(newest, int(events["ts_ns"].max()))
+            complete_until.append(read_at - _WRITE_MARGIN_NS if drained else newest)
         events = {name: np.concatenate(parts) if len(parts) > 1 else parts[0] for name, parts in by_name.items()}
+        events, self._held = release_order(events, None if flush else min(complete_until, default=None))
+        if not any(len(a) for a in events.values()):
+            return []
         events = self._drop_foreign(events)
         out = []
         for family, _ in self.families:
@@ -250,7 +288,7 @@ class TracefsBackend:
         _write(self.directory / "tracing_on", "0")
         batches = []
         while True:
-            batch = self.poll()
+            batch = self.poll(flush=True)
             if not batch:
                 break
             batches += batch
