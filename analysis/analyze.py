@@ -149,8 +149,8 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     if "split" in families:
         split = load(cap, "split", ["ts_ns", "tid", "duration_ns"], optional_columns=["level", "size", "ret"])
     if "mmu" in families:
-        mmu = load(cap, "mmu", ["ts_ns", "tid", "event"], optional_columns=["level"])
-        mmu = mmu[mmu["event"] == splits.SPLIT_EVENT]
+        mmu = load(cap, "mmu", ["ts_ns", "tid", "event"], optional_columns=["level"],
+                   where=("event", [splits.SPLIT_EVENT]))
     if split is not None or mmu is not None:
         result.tables["split_calls"] = splits.split_call_summary(
             _cut(splits.split_events(split, mmu), phase_table, phase))

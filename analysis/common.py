@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracekit.errors import AnalysisError
 
@@ -86,8 +87,10 @@ def _numeric(type_: pa.DataType) -> bool:
 
 
 def load(cap: Any, family: str, columns: Sequence[str], *, required: bool = True,
-         optional_columns: Sequence[str] = ()) -> pd.DataFrame:
-    """Columns ``columns`` (+ ``optional_columns`` where the family has them) of ``family``.
+         optional_columns: Sequence[str] = (), where: tuple[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """Columns ``columns`` (+ ``optional_columns`` where the family has them) of ``family``; with
+    ``where = (column, values)``, only the rows whose text ``column`` (one of ``columns``) is one of
+    ``values``, picked batch by batch as the family is read (memory bounded by one batch and the rows kept).
 
     Numeric columns without nulls are read segment by segment into one preallocated numpy array each
     (no concatenation copy); dictionary columns become strings. Raises AnalysisError when
@@ -103,13 +106,18 @@ def load(cap: Any, family: str, columns: Sequence[str], *, required: bool = True
     if missing:
         raise AnalysisError(f"{cap.path}: family {family!r} lacks column(s) {', '.join(missing)}")
     wanted = list(columns) + [c for c in optional_columns if c in schema.names]
-    rows = cap.rows(family)
+    if where is None:
+        rows, tables = cap.rows(family), cap.iter_tables(family, wanted)
+    else:
+        tables = [table for table in (_rows_where(batch, *where) for batch in cap.iter_batches(family, wanted))
+                  if table.num_rows]
+        rows = sum(table.num_rows for table in tables)
     out: dict[str, Any] = {}
     fast = [c for c in wanted if _numeric(schema.field(c).type)]
     arrays = {c: np.empty(rows, dtype=schema.field(c).type.to_pandas_dtype()) for c in fast}
     slow: dict[str, list] = {c: [] for c in wanted if c not in fast}
     offset = 0
-    for table in cap.iter_tables(family, wanted):
+    for table in tables:
         n = table.num_rows
         for c in wanted:
             column = table.column(c)
@@ -132,6 +140,17 @@ def load(cap: Any, family: str, columns: Sequence[str], *, required: bool = True
         if c not in frame.columns:
             frame[c] = pd.Series([None] * len(frame), dtype="object")
     return frame
+
+
+def _rows_where(batch: pa.RecordBatch, column: str, values: Sequence[str]) -> pa.Table:
+    """The rows of ``batch`` whose ``column`` (text, or dictionary-encoded text) is one of ``values``."""
+    data = batch.column(column)
+    if pa.types.is_dictionary(data.type):  # compare the few dictionary entries, then the codes
+        codes = [i for i, value in enumerate(data.dictionary.to_pylist()) if value in values]
+        keep = pc.is_in(data.indices, value_set=pa.array(codes, data.indices.type))
+    else:
+        keep = pc.is_in(data, value_set=pa.array(list(values), data.type))
+    return pa.Table.from_batches([batch.filter(keep)])
 
 
 def vcpu_map(manifest: dict) -> dict[int, int]:
