@@ -15,7 +15,7 @@ Tables (columns documented in the module that makes them):
 - ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``), ``walk_depth_by_phase`` (by
   ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``): counted from narrow per-walk
   codes while both walk families are streamed (:mod:`.walkgroups`), or from the walk frame rebuilt in
-  memory when the stream cannot be used (walk ids repeat, a walk's elements lie far apart):
+  memory when the stream cannot be used (walk ids repeat, a walk column has nulls):
   ``info["walk_path"]`` is ``"streamed"`` or ``"in memory"``;
 - ``walk_causes`` (walks per ``cause`` and ``pferr`` with ``share``, :mod:`.walkcause`) and verdict
   ``walk_causes`` (walks per cause, ``evidence``); ``walk_paths`` also has ``cause``;
@@ -223,7 +223,7 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
         result.info["walk_path"] = "streamed"
         result.info["orphan_walk_elements"] = grouped.orphans
         result.frames.later("walks", lambda: _walk_frame(cap, phase_table, phase, None, limit)[0])
-    else:  # walk ids repeat or a walk's elements lie far apart: rebuild in memory
+    else:  # walk ids repeat or a walk column has nulls: rebuild in memory
         counts, check = _walk_frame(cap, phase_table, phase, model_walk, limit, in_memory=True)
         weights = None
         result.info["walk_path"] = "in memory"

@@ -20,8 +20,9 @@ check need, as dictionary codes in the narrowest unsigned type that holds them (
   the id map's inverse and its address from one more read of the ``addr`` column (only when there are
   mismatches).
 
-Returns None when the streamed rebuild cannot be used (walk ids repeat, a walk's elements lie too far
-apart, a walk column has nulls, a walk of 2**16 elements or more): the caller then rebuilds in memory.
+Walks whose elements lie far apart are rebuilt in a second pass over ``walk_element``
+(:func:`.walkstream.feed_passes`). Returns None when the streamed rebuild cannot be used (walk ids
+repeat, a walk column has nulls, a walk of 2**16 elements or more): the caller then rebuilds in memory.
 Else a :class:`WalkGroups`: ``counts``, one row per distinct (``vcpu`` int64, ``phase`` categorical,
 ``depth`` int16, ``leaf_level`` int8, ``level_path`` int64, ``pferr`` uint32, ``cause`` categorical of
 :data:`.walkcause.CAUSES`, from :class:`.walkcause.FaultFollowers` fed with each batch) of the walks in the
@@ -49,8 +50,8 @@ from tracekit.analysis.common import lookup_tids, vcpu_map
 from tracekit.analysis.crosscheck import CrossCheck, ModelCache
 from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, fault_path_events
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS
-from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _Rebuilder, _State,
-                                          cross_check, feed_all, prefetch)
+from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _State, cross_check, element_stream,
+                                          feed_passes, prefetch)
 
 __all__ = ["Codes", "WalkGroups", "walk_group_counts"]
 
@@ -285,11 +286,13 @@ def walk_group_counts(cap: Any, model_walk: Callable | None = None, *, phase_tab
         row_map = RowMap.from_chunks(walks.scan, lambda: _column_chunks(cap, "walk_id"))
         if not row_map.ok:
             return None
-        shapes = ShapeCodes(walks.n)
-        state = _State(walks.n, None, model, limit, walks.selected, shapes=shapes,
-                       model_rows=walks.model_rows if model is not None else None)
-        if not feed_all(_Rebuilder(state, row_map), _element_batches(reader)) or shapes.too_deep:
+        state = feed_passes(row_map, lambda: _State(walks.n, None, model, limit, walks.selected,
+                                                    shapes=ShapeCodes(walks.n),
+                                                    model_rows=walks.model_rows if model is not None else None),
+                            lambda: element_stream(cap, ELEMENT_BATCH_ROWS), _element_batches(reader))
+        if state is None or state.shapes.too_deep:
             return None
+        shapes = state.shapes
     check = None
     if model is not None:
         check = cross_check(state, row_map.ids, lambda rows: _rows_of(cap, "addr", rows))

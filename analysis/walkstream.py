@@ -12,9 +12,12 @@ work, so memory grows with walks, not with elements. No order of walk ids is ass
 elements form one run in index order is rebuilt where it lies; a walk split into several runs
 (concurrent walks on two CPUs interleave in the recorder's time-ordered rows) or out of index order
 is gathered and sorted by (walk, index) like the in-memory path; the walks seen in the last
-:data:`HOLD_ROWS` rows of the stream are held for the next batch, where they may go on. It returns
-None when a walk's elements are found further apart than that, or when the walk ids repeat, and the
-caller uses the in-memory path. The model's walks come from a
+:data:`HOLD_ROWS` rows of the stream are held for the next batch, where they may go on. A walk whose
+elements come further apart than that (the recorder flushes a CPU's partly filled batch late when the
+vCPU thread moved to another CPU) is found when more of its elements come after it was rebuilt: the
+elements are then read once more (:func:`feed_passes`), that walk's rows set aside as they come and
+rebuilt at the end, so memory grows with such walks' elements only. It returns None when the walk ids
+repeat, and the caller uses the in-memory path. The model's walks come from a
 :class:`~tracekit.analysis.crosscheck.ModelCache` (once per distinct region or page). Mismatches are
 the first ``limit`` mismatching walks in walk-event order (as in the in-memory check). Returns
 ``(walks, check)``: ``walks`` has the columns of ``rebuild_walks`` except ``first_step`` (there is no
@@ -27,7 +30,8 @@ The pieces :mod:`.walkgroups` reuses with narrow per-walk columns instead of who
 (what the id map needs to know, gathered as the ids are read) and :meth:`RowMap.from_chunks` (the map
 built from a second read of the ids, which are then never held); :class:`RowMap.ids` (rows back to walk
 ids, for the few walks a report names); :class:`WalkShapes` (the whole per-walk rebuild columns; any
-object with its ``rebuilt`` / ``put`` methods can stand in); :func:`feed_all` and :func:`cross_check`.
+object with its ``rebuilt`` / ``put`` methods can stand in); :func:`feed_passes`, :func:`element_stream`
+and :func:`cross_check`.
 The rebuild's scratch arrays cover one batch's range of walk rows and are reused from batch to batch.
 """
 
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,12 +49,15 @@ from tracekit.analysis.crosscheck import (MISMATCH_COLUMNS, CrossCheck, ModelCac
                                           compared_passes, mismatch_row, modelled, per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, leaf_levels, level_paths
 
-__all__ = ["stream_walks", "rebuild_streamed", "RowMap", "IdScan", "WalkShapes", "prefetch", "HOLD_ROWS", "BATCH_ROWS"]
+__all__ = ["stream_walks", "rebuild_streamed", "feed_passes", "element_stream", "RowMap", "IdScan", "WalkShapes",
+           "prefetch", "HOLD_ROWS", "BATCH_ROWS", "MAX_PASSES"]
 
 #: Elements per batch (the recorder's Parquet row groups hold up to 1 Mi rows).
 BATCH_ROWS = 1 << 20
 #: The walks seen in the stream's last this many rows are held for the next batch (they may go on there).
 HOLD_ROWS = 4096
+#: Passes over the elements at most: each sets aside the walks the one before found too far apart.
+MAX_PASSES = 3
 _LOW_BITS = np.uint64((1 << 48) - 1)
 _ID_CHUNK = 1 << 20
 
@@ -283,7 +290,7 @@ class _State:
         self.mismatched = 0
         self.outside = 0  # walks whose address the model does not cover
         self.orphans = 0
-        self.conflict = False
+        self.late: list[np.ndarray] = []  # walks rebuilt before more of their elements came (too far apart)
         self.observed_levels = np.zeros(8, np.int64)
         self.model_rows = np.zeros(0, np.int64)  # compared walks per model row
         self.mismatches: list[tuple[int, tuple]] = []  # (walk row, row of MISMATCH_COLUMNS), smallest rows
@@ -304,9 +311,13 @@ class _State:
         ``starts[i]`` .. ``starts[i] + counts[i] - 1`` in index order."""
         if len(wi) == 0:
             return
-        if bool(np.any(self.shapes.rebuilt(wi))):  # this walk's elements were already rebuilt elsewhere
-            self.conflict = True
-            return
+        done = self.shapes.rebuilt(wi)
+        if bool(np.any(done)):  # more elements of walks already rebuilt: noted, the next pass sets them aside
+            self.late.append(wi[done])
+            keep = ~done
+            wi, starts, counts = wi[keep], starts[keep], counts[keep]
+            if len(wi) == 0:
+                return
         ends = starts + counts - 1
         self.shapes.put(wi, counts, level[starts], leaf_levels(level[ends], pte[ends]),
                         level_paths(level, starts, counts))
@@ -394,8 +405,10 @@ def _expand(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 class _Rebuilder:
     """Feeds batches of elements to a :class:`_State`, holding the rows of walks that may go on."""
 
-    def __init__(self, state: _State, row_map: RowMap):
+    def __init__(self, state: _State, row_map: RowMap, aside: np.ndarray | None = None):
         self.state, self.row_map = state, row_map
+        self.aside = np.zeros(0, np.int64) if aside is None else aside  # sorted walk rows rebuilt at the end
+        self.put_aside: list[list[np.ndarray]] = []  # their rows: walk row, index, level, pte
         self.held: list[np.ndarray] | None = None  # walk row, index, level, pte, stream position of held rows
         self.seen = 0  # rows fed so far
         self._mark = np.zeros(0, bool)  # scratch over the walk rows of one batch (all False between batches)
@@ -415,12 +428,15 @@ class _Rebuilder:
         if n == 0:
             if last:
                 self._finish([], None)
+                self._rebuild_aside()
             return
         starts, counts, same = _runs(wid)
         wi = self.row_map.rows(wid[starts])
         orphan = wi < 0
         if orphan.any():
             state.orphans += int(counts[orphan].sum())
+        if len(self.aside) and self._set_aside(wi, starts, counts, idx, level, pte):
+            orphan = wi < 0  # the walks set aside are left out here like orphans
         # Runs out of index order, walks with several runs here, walks held from before or seen at the
         # end of this batch: gathered with the held rows and sorted by (walk, index).
         disorder = np.flatnonzero(same & (idx[1:] <= idx[:-1]))
@@ -464,6 +480,31 @@ class _Rebuilder:
             gathered = None
         self.seen += n
         self._finish([gathered] if gathered is not None else [], holding)
+        if last:
+            self._rebuild_aside()
+
+    def _set_aside(self, wi: np.ndarray, starts: np.ndarray, counts: np.ndarray, idx: np.ndarray, level: np.ndarray,
+                   pte: np.ndarray) -> bool:
+        """Keep the rows of the runs of walks set aside (:attr:`aside`) and mark those runs -1 in ``wi``;
+        False when there were none."""
+        away = np.isin(wi, self.aside)
+        if not away.any():
+            return False
+        rows = _expand(starts[away], counts[away])
+        self.put_aside.append([np.repeat(wi[away], counts[away]), idx[rows], level[rows], pte[rows]])
+        wi[away] = -1
+        return True
+
+    def _rebuild_aside(self) -> None:
+        """Rebuild the walks set aside, now that all their elements were read."""
+        if not self.put_aside:
+            return
+        wi, idx, level, pte = (np.concatenate([part[c] for part in self.put_aside]) for c in range(4))
+        self.put_aside = []
+        order = np.lexsort((idx, wi))
+        wi, level, pte = wi[order], level[order], pte[order]
+        starts, counts, _ = _runs(wi)
+        self.state.process(wi[starts], starts, counts, level, pte)
 
     def _finish(self, parts: list[list[np.ndarray]], holding: np.ndarray | None) -> None:
         """Rebuild the held and gathered rows except those of ``holding`` walks, which are held again."""
@@ -492,6 +533,12 @@ def _element_batches(batches: Iterable[Any]) -> Iterator[list[np.ndarray]]:
         yield [batch.column(c).to_numpy() for c in ELEMENT_COLUMNS]
 
 
+def element_stream(cap: Any, batch_rows: int) -> Iterator[list[np.ndarray]]:
+    """The ``walk_element`` columns of a capture in batches of ``batch_rows``, decoded by a reader thread."""
+    with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), batch_rows), depth=2) as reader:
+        yield from _element_batches(reader)
+
+
 def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 20,
                  select: Callable[[pd.DataFrame], np.ndarray] | None = None
                  ) -> tuple[pd.DataFrame, CrossCheck | None] | None:
@@ -505,16 +552,18 @@ def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 2
         walk = load(cap, "walk", list(WALK_COLUMNS))
         error_ids = load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64) \
             if "walk_error" in cap.families() else None
-        return rebuild_streamed(walk, _element_batches(reader), model_walk, limit=limit, select=select,
-                                error_ids=error_ids)
+        return rebuild_streamed(walk, lambda: element_stream(cap, BATCH_ROWS), model_walk, limit=limit,
+                                select=select, error_ids=error_ids, first=_element_batches(reader))
 
 
-def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]], model_walk: Callable | None = None, *,
-                     limit: int = 20, select: Callable[[Any], np.ndarray] | None = None,
-                     error_ids: np.ndarray | None = None) -> tuple[pd.DataFrame, CrossCheck | None] | None:
+def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]] | Callable[[], Iterable[list[np.ndarray]]],
+                     model_walk: Callable | None = None, *, limit: int = 20,
+                     select: Callable[[Any], np.ndarray] | None = None, error_ids: np.ndarray | None = None,
+                     first: Iterable[list[np.ndarray]] | None = None) -> tuple[pd.DataFrame, CrossCheck | None] | None:
     """:func:`stream_walks` on a walk table (DataFrame or column mapping of :data:`WALK_COLUMNS`) and
-    batches of element columns ``[walk_id, index, level, pte]`` in capture order; ``error_ids`` are the
-    walk ids of ``walk_error``."""
+    batches of element columns ``[walk_id, index, level, pte]`` in capture order (or a function giving
+    them anew, for further passes: :func:`feed_passes`, which also says what ``first`` is);
+    ``error_ids`` are the walk ids of ``walk_error``."""
     w_wid = _col(walk, "walk_id", np.uint64)
     row_map = RowMap(w_wid)
     if not row_map.ok:
@@ -522,8 +571,8 @@ def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]], model_walk:
     addrs = _col(walk, "addr", np.uint64)
     model = ModelCache(model_walk) if model_walk is not None else None
     selected = None if select is None else np.asarray(select(walk), bool)
-    state = _State(len(w_wid), addrs, model, limit, selected)
-    if not feed_all(_Rebuilder(state, row_map), batches):
+    state = feed_passes(row_map, lambda: _State(len(w_wid), addrs, model, limit, selected), batches, first)
+    if state is None:
         return None
     error = np.zeros(len(w_wid), bool)
     if error_ids is not None and len(error_ids):
@@ -542,16 +591,39 @@ def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]], model_walk:
 
 
 def feed_all(rebuilder: _Rebuilder, batches: Iterable[list[np.ndarray]]) -> bool:
-    """Feed every batch; False when a walk's elements turned out too far apart (use the in-memory path)."""
+    """Feed every batch; False when some walk's elements turned out too far apart (``state.late``)."""
     batches = iter(batches)
     pending = next(batches, None)
     while pending is not None:
         following = next(batches, None)
         rebuilder.feed(*pending, last=following is None)
-        if rebuilder.state.conflict:
-            return False
         pending = following
-    return True
+    return not rebuilder.state.late
+
+
+def feed_passes(row_map: RowMap, make_state: Callable[[], _State],
+                batches: Iterable[list[np.ndarray]] | Callable[[], Iterable[list[np.ndarray]]],
+                first: Iterable[list[np.ndarray]] | None = None) -> _State | None:
+    """A fresh ``make_state()`` fed every element batch, ``batches()`` read once more (at most
+    :data:`MAX_PASSES` times in all) when a pass found walks whose elements lie further apart than the
+    held rows: the next pass sets those walks' rows aside and rebuilds them at its end (two passes
+    settle: the walks not set aside meet the same rows). ``first`` is the first pass's batches when they
+    were already started. None when another pass is needed and ``batches`` is an iterator (read once)."""
+    aside = np.zeros(0, np.int64)
+    for number in range(MAX_PASSES):
+        if number == 0 and first is not None:
+            stream = first
+        elif callable(batches):
+            stream = batches()
+        elif number == 0 or isinstance(batches, Sequence):  # a list of batches can be read again
+            stream = batches
+        else:
+            return None
+        state = make_state()
+        if feed_all(_Rebuilder(state, row_map, aside), stream):
+            return state
+        aside = np.union1d(aside, np.concatenate(state.late))
+    return None
 
 
 def cross_check(state: _State, walk_ids: Callable[[np.ndarray], np.ndarray],

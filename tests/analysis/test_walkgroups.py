@@ -24,14 +24,18 @@ MODEL = model_from_layout({"guest_paging": PAGING})
 T0 = 10**9  # walk_tables' first timestamp; one walk per microsecond
 
 
-def _capture(path, n, cpus, interleaved, flipped, dropped, vcpu_threads, seed):
+def _capture(path, n, cpus, interleaved, flipped, dropped, vcpu_threads, seed, late=()):
     """Recorder-shaped walks (tids 1000, 1001) with flipped PTE bits, dropped elements and some addresses
-    the model cannot walk, in row groups of 7 rows so walks straddle batches; ``vcpu_threads`` of the tids are named vCPUs in the manifest."""
+    the model cannot walk, in row groups of 7 rows so walks straddle batches; ``vcpu_threads`` of the tids
+    are named vCPUs in the manifest. The last elements of the ``late`` walks come at the end of the table
+    (a CPU's staged batch flushed late after the vCPU thread moved to another CPU)."""
     tables = walk_tables(n, cpus=cpus, interleaved=interleaved, size=64 << 20, seed=seed)
     element = tables["walk_element"].to_pandas()
     flip = np.array(sorted(i * 3 + 1 for i in flipped if i < n), np.int64)
     element.loc[flip, "pte"] ^= 0x2
-    element = element.drop(index=[i * 3 + 2 for i in dropped if i < n]).reset_index(drop=True)
+    element = element.drop(index=[i * 3 + 2 for i in dropped if i < n])
+    moved = element.index.isin([i * 3 + 2 for i in late if i < n])
+    element = pd.concat([element[~moved], element[moved]]).reset_index(drop=True)
     walk = tables["walk"].to_pandas()
     walk.loc[walk.index % 5 == 3, "pferr"] = 6  # two fault codes
     walk.loc[walk.index % 17 == 16, "addr"] = np.uint64(0x7000_0000)  # unmapped: the model faults
@@ -53,13 +57,15 @@ def _tables(counts, weights):
 
 @given(st.integers(10, 120), st.integers(1, 3), st.sampled_from([0.0, 0.5]), st.sets(st.integers(0, 119), max_size=4),
        st.sets(st.integers(0, 119), max_size=3), st.integers(0, 2), st.integers(1, 40),
-       st.lists(st.integers(0, 130), min_size=0, max_size=4), st.booleans(), st.integers(1, 50))
+       st.lists(st.integers(0, 130), min_size=0, max_size=4), st.booleans(), st.integers(1, 50),
+       st.sets(st.integers(0, 119), max_size=3))
 def test_group_counts_equal_the_walk_frame(tmp_path_factory, n, cpus, interleaved, flipped, dropped, vcpu_threads,
-                                           batch, cuts, cut, seed):
+                                           batch, cuts, cut, seed, late):
     """Tables and cross-check from the group counts equal those of the in-memory walk frame, cut by a
-    phase or not; batches of any size (walks straddle them, concurrent walks interleave across CPUs)."""
+    phase or not; batches of any size (walks straddle them, concurrent walks interleave across CPUs, some
+    walks end far from where they began)."""
     cap = _capture(tmp_path_factory.mktemp("g") / "c.tkcap", n, cpus, interleaved, flipped, dropped, vcpu_threads,
-                   seed)
+                   seed, late)
     bounds = sorted(set(cuts))
     rows = [{"name": "dirty-memory", "iteration": i + 1, "start_ns": T0 + a * 1000, "end_ns": T0 + b * 1000}
             for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]

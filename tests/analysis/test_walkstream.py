@@ -87,9 +87,9 @@ def test_out_of_order_ids_stream(tmp_path):
     assert streamed["depth"].tolist() == [1, 2, 1]
 
 
-def test_far_apart_or_repeated_ids_fall_back(tmp_path):
-    """One walk's elements in row groups further apart than the held rows, or a walk id twice: None, so
-    the caller takes the in-memory path."""
+def test_far_apart_elements_stream_and_repeated_ids_fall_back(tmp_path, monkeypatch):
+    """One walk's elements in row groups further apart than the held rows: a second pass sets that walk
+    aside and gives the in-memory rebuild. A walk id twice: None, so the caller takes the in-memory path."""
     n, chunk = 3 * HOLD_ROWS, HOLD_ROWS // 2
     ids = np.arange(n, dtype=np.uint64)
     path = tmp_path / "far.tkcap"
@@ -108,11 +108,27 @@ def test_far_apart_or_repeated_ids_fall_back(tmp_path):
         for first in range(0, n + 1, chunk):
             writer.append("walk_element", element.slice(first, chunk))
     assert len(open_capture(path).segments("walk_element")) > 3
-    assert stream_walks(open_capture(path)) is None
+    passes = []
+    monkeypatch.setattr(walkstream, "_Rebuilder", _counting(walkstream._Rebuilder, passes))
+    streamed, _ = stream_walks(open_capture(path))
+    memory, _ = rebuild_walks(element.to_pandas()[["walk_id"]].drop_duplicates().assign(
+        ts_ns=0, tid=1, addr=np.uint64(GVA), pferr=np.uint32(6)), element.to_pandas())
+    assert streamed["level_path"].tolist() == memory["level_path"].tolist()
+    assert streamed["level_path"].tolist()[:2] == [44, 4] and len(passes) == 2
+    assert passes[1].tolist() == [0]  # the second pass set walk 0 aside, and only it
     path = tmp_path / "twice.tkcap"
     _write(path, {"walk_id": [1, 1], "addr": [GVA, GVA], "pferr": [6, 6]},
            {"walk_id": [1], "index": [0], "level": [4], "pte": [0]}, 10)
     assert stream_walks(open_capture(path)) is None
+
+
+def _counting(rebuilder, passes):
+    """``rebuilder`` noting in ``passes`` the walks set aside by each pass it is made for."""
+    class Counting(rebuilder):
+        def __init__(self, state, row_map, aside=None):
+            super().__init__(state, row_map, aside)
+            passes.append(self.aside)
+    return Counting
 
 
 @given(st.lists(st.tuples(st.integers(0, 31), st.integers(0, 1), st.booleans()), min_size=2, max_size=30),
@@ -230,10 +246,7 @@ def test_recorder_shaped_batches_equal_the_whole_table(n, interleaved, cpus, bat
         walkstream.HOLD_ROWS = saved
     memory, steps = rebuild_walks(walk, element)
     reference = crosscheck_walks(memory, steps, MODEL, limit=3)
-    if result is None:  # a concurrent pair cut by a batch boundary further than the held rows
-        assert hold < 6
-        return
-    streamed, check = result
+    streamed, check = result  # a concurrent pair cut further apart than the held rows: a second pass
     for column in ("walk_id", "depth", "root_level", "leaf_level", "level_path"):
         assert streamed[column].tolist() == memory[column].tolist(), column
     assert check.summary == reference.summary and (check.summary["mismatched"] > 0) == (len(bad_rows) > 0)
