@@ -221,3 +221,52 @@ def test_a_starting_vmm_gets_time_to_create_its_vm(fake_proc):
 ])
 def test_qemu_memory(argv, size):
     assert qemu_memory(argv) == size
+
+
+_PARENT = """
+import sys, time
+from tracekit.recorder.target import spawn_gated
+child = spawn_gated(["sleep", "60"])
+if sys.argv[1] == "release":
+    child.release()
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once ``pid`` no longer runs (gone, or a zombie not yet reaped by init)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("released", ["release", "hold"])
+def test_a_gated_child_dies_with_a_sigkilled_recorder(released):
+    """The recorder's parent process is SIGKILLed (no cleanup runs): its command must not run on."""
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, released], stdout=subprocess.PIPE)
+    child_pid = int(parent.stdout.readline())
+    try:
+        assert not _gone(child_pid, 0.3)
+        parent.kill()
+        parent.wait()
+        assert _gone(child_pid), f"command {child_pid} still runs after its recorder was killed"
+    finally:
+        if not _gone(child_pid, 0):
+            os.kill(child_pid, 9)
+
+
+def test_terminate_kills_at_once_when_cut_short():
+    child = spawn_gated([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                         "print(flush=True); time.sleep(60)"], stdout_to_stderr=False)
+    child.release()
+    time.sleep(0.5)  # let it install its SIGTERM handler
+    child.terminate(grace=30.0, cut_short=lambda: True)
+    assert child.returncode == -9

@@ -15,13 +15,15 @@ Contract:
   vCPU index parsed from the thread name (QEMU's ``CPU N/KVM``, the built-in workload's
   ``tk-vcpu-N``) or None; :func:`thread_info` the same for one thread.
 - :func:`spawn_gated` forks a command that waits on a pipe before ``exec`` (so probes attach
-  before it runs) and :func:`release` lets it go.
+  before it runs) and :func:`release` lets it go; the command is killed (``PR_SET_PDEATHSIG``) if
+  the recorder dies without stopping it.
 
 Only ``/proc`` is read; nothing in the target is executed or changed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -29,6 +31,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tracekit.errors import RecorderError, UsageError
 
@@ -294,12 +297,26 @@ def resolve_targets(specs: list[str] | tuple[str, ...], *, all_vms: bool = False
     return [chosen[pid] for pid in sorted(chosen)]
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up before a fork (the child then only calls it)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 class GatedChild:
     """A child process forked and held before ``exec`` until :meth:`release`.
 
     ``subprocess.Popen`` cannot do this (it waits for the exec), so the child is forked here; it
     blocks on a pipe, and exits with status 125 instead of running untraced if the recorder dies
-    before releasing it."""
+    before releasing it. Once released it stays tied to the recorder: ``PR_SET_PDEATHSIG`` (kept
+    across ``exec``) sends it SIGKILL when the recorder's thread that forked it ends, also when the
+    recorder is killed with SIGKILL and can run no cleanup. Processes the command forks itself are
+    not covered."""
 
     def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, stdout_to_stderr: bool = False):
         if not argv:
@@ -309,10 +326,15 @@ class GatedChild:
             raise UsageError(f"command not found: {argv[0]}")
         read_fd, write_fd = os.pipe()
         environment = dict(os.environ if env is None else env)
+        prctl, recorder = _libc_prctl(), os.getpid()
         pid = os.fork()
-        if pid == 0:  # child: wait for the go byte, then exec
+        if pid == 0:  # child: tie itself to the recorder, wait for the go byte, then exec
             try:
                 os.close(write_fd)
+                if prctl is not None:
+                    prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+                if os.getppid() != recorder:  # the recorder died before the prctl: never run
+                    os._exit(125)
                 go = os.read(read_fd, 1)
                 os.close(read_fd)
                 if go == b"g":
@@ -326,10 +348,12 @@ class GatedChild:
         self.pid = pid
         self.argv = argv
         self.returncode: int | None = None
+        self.released = False  # True once the command was let go (it may have run)
 
     def release(self) -> None:
         """Let the child exec its command."""
         if self._write_fd >= 0:
+            self.released = True
             try:
                 os.write(self._write_fd, b"g")
             finally:
@@ -348,14 +372,16 @@ class GatedChild:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
-    def wait(self, timeout: float) -> int | None:
+    def wait(self, timeout: float, cut_short: Callable[[], bool] = lambda: False) -> int | None:
+        """The exit status once the child ended within ``timeout`` s (or before ``cut_short()``), else None."""
         deadline = time.monotonic() + timeout
-        while self.poll() is None and time.monotonic() < deadline:
+        while self.poll() is None and time.monotonic() < deadline and not cut_short():
             time.sleep(0.02)
         return self.returncode
 
-    def terminate(self) -> None:
-        """Stop the child (SIGTERM, then SIGKILL after 3 s) if it still runs; reap it."""
+    def terminate(self, grace: float = 3.0, cut_short: Callable[[], bool] = lambda: False) -> None:
+        """Stop the child if it still runs: SIGTERM, then SIGKILL after ``grace`` s or as soon as
+        ``cut_short()`` says so (a second stop signal); reap it."""
         if self._write_fd >= 0:  # never released: close the pipe, it exits with 125
             os.close(self._write_fd)
             self._write_fd = -1
@@ -365,7 +391,7 @@ class GatedChild:
                 os.kill(self.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            if self.wait(3.0) is None:
+            if self.wait(grace, cut_short) is None:
                 try:
                     os.kill(self.pid, signal.SIGKILL)
                 except ProcessLookupError:
