@@ -27,6 +27,7 @@ __all__ = [
     "TRACEFS",
     "family_availability",
     "probe_host",
+    "recording_blockers",
     "tracefs_root",
 ]
 
@@ -59,11 +60,18 @@ class CapabilityReport:
         return {"checks": [asdict(c) for c in self.checks], "families": self.families}
 
 
+_TRACEFS_ROOTS = (TRACEFS, Path("/sys/kernel/debug/tracing"))
+
+
 def tracefs_root() -> Path | None:
-    """The mounted tracefs directory (``/sys/kernel/tracing`` or the debugfs fallback), or None."""
-    for root in (TRACEFS, Path("/sys/kernel/debug/tracing")):
-        if (root / "events").is_dir():
-            return root
+    """The mounted tracefs directory (``/sys/kernel/tracing`` or the debugfs fallback) this user can
+    read, or None."""
+    for root in _TRACEFS_ROOTS:
+        try:
+            if (root / "events").is_dir():
+                return root
+        except OSError:  # not searchable by this user (tracefs is mode 0700 by default)
+            continue
     return None
 
 
@@ -96,7 +104,21 @@ def check_tracefs() -> Check:
     root = tracefs_root()
     if root is not None:
         return Check("tracefs", True, f"mounted at {root}")
+    for candidate in _TRACEFS_ROOTS:
+        if os.path.isdir(candidate) and not os.access(candidate, os.R_OK | os.X_OK):
+            return Check("tracefs", False, f"{candidate} is not accessible to euid {os.geteuid()}",
+                         f"run as root, or give this user access to tracefs (mount -o remount,mode=0755 {candidate})")
     return Check("tracefs", False, "no tracefs events directory", "mount -t tracefs tracefs /sys/kernel/tracing")
+
+
+def recording_blockers(backend: str = "bcc", kvm: bool = False) -> list[str]:
+    """What keeps this user from recording with ``backend`` (and, with ``kvm``, from running the
+    built-in workload), as ``"name: detail (fix: ...)"`` lines; empty when nothing does. The tracefs
+    backend needs tracefs access only; bcc also needs CAP_BPF and CAP_PERFMON (or root)."""
+    checks = [check_tracefs()] if backend == "tracefs" else [check_privileges(), check_tracefs()]
+    if kvm:
+        checks.append(check_kvm())
+    return [f"{c.name}: {c.detail} (fix: {c.fix})" for c in checks if not c.ok]
 
 
 def check_btf() -> Check:

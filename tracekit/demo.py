@@ -31,10 +31,9 @@ def bundled_sample() -> Path | None:
 
 def recording_blockers() -> list[str]:
     """Why this host cannot record the workload (each with its fix); empty when it can."""
-    from tracekit.capabilities import check_kvm, check_privileges, check_tracefs
+    from tracekit.capabilities import recording_blockers as blockers
 
-    return [f"{c.name}: {c.detail} (fix: {c.fix})" for c in (check_privileges(), check_tracefs(), check_kvm())
-            if not c.ok]
+    return blockers(kvm=True)
 
 
 def _analyse(path: Path) -> None:
