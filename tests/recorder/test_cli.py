@@ -75,11 +75,27 @@ def test_bad_options_are_one_line_errors(captured, args, message):
 @pytest.mark.parametrize("args,message", [
     (["-p", "1", "--", "true"], "either --pid or a command"),
     ([], "nothing to record"),
-    (["-p", "1", "-d", "0"], "--duration must be positive"),
+    (["-p", "1", "-d", "0"], "--duration must be positive, not 0"),
+    (["-p", "1", "-d", "nan"], "--duration must be positive, not nan"),
+    (["-p", "1", "-d", "-inf"], "--duration must be positive, not -inf"),
+    (["-p", "1", "--segment-seconds", "0"], "--segment-seconds must be a positive, finite number of seconds, not 0"),
+    (["-p", "1", "--segment-seconds", "nan"], "--segment-seconds must be a positive, finite number of seconds, not nan"),
+    (["-p", "1", "--segment-seconds", "inf"], "--segment-seconds must be a positive, finite number of seconds, not inf"),
+    (["-p", "1", "--segment-seconds", "-1"], "--segment-seconds must be a positive, finite number of seconds, not -1"),
 ])
 def test_session_rejects_bad_configs(tmp_path, args, message):
     result = CliRunner().invoke(app, ["record", "-o", str(tmp_path / "x.tkcap"), *args])
     assert result.exit_code == 2 and message in result.output
+    assert result.output.count("\n") == 1 and "segment_rows" not in result.output
+    assert not (tmp_path / "x.tkcap").exists()
+
+
+@pytest.mark.parametrize("duration", ["inf", "1e308"])
+def test_an_endless_duration_records_until_stopped(captured, duration):
+    result = CliRunner().invoke(app, ["record", "-p", "1", "-d", duration])
+    assert result.exit_code == 0, result.output
+    assert captured["config"].duration == float(duration)
+
 
 
 def test_existing_output_is_refused(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -69,6 +70,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(session, "_choose_backend", lambda name: ("bcc", None))
     monkeypatch.setattr(bccload, "BccBackend", FakeBackend)
     monkeypatch.setattr(target, "kvm_fds", lambda pid: (1, 1))  # the processes recorded here stand for VMMs
+    monkeypatch.setattr(session, "recording_blockers", lambda backend: [])  # also as a user without privileges
     return FakeBackend
 
 
@@ -168,3 +170,86 @@ def test_auto_backend_falls_back_to_tracefs_with_a_note(monkeypatch):
     assert session._choose_backend("bcc") == ("bcc", None)
     with pytest.raises(UsageError, match="unknown backend"):
         session._choose_backend("perf")
+
+
+def test_an_infinite_duration_records_until_stopped(fake, tmp_path):
+    import io
+
+    stream = io.StringIO()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    summary = session.record(session.RecordConfig(output=tmp_path / "endless.tkcap", pid_spec=str(os.getpid()),
+                                                  duration=float("inf"), poll_interval=0.01), stream=stream)
+    timer.join()
+    assert summary.stop_reason == "SIGTERM" and " for " not in stream.getvalue()  # no "for inf s"
+
+
+def test_a_signal_before_the_capture_exists_stops_with_nothing_written(fake, tmp_path, monkeypatch):
+    from tracekit.stopsignals import StopSignal
+
+    resolve = session.resolve_targets
+
+    def signalled_while_resolving(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # noted, never raised inside the recorder
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(session, "resolve_targets", signalled_while_resolving)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StopSignal, match="stopped by SIGTERM before recording began") as stop:
+        session.record(session.RecordConfig(output=tmp_path / "early.tkcap", pid_spec=str(os.getpid())), stream=None)
+    assert stop.value.exit_code == 128 + signal.SIGTERM
+    assert not (tmp_path / "early.tkcap").exists() and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_while_attaching_keeps_the_command_from_running(fake, tmp_path, monkeypatch):
+    ran = tmp_path / "ran"
+    monkeypatch.setattr(FakeBackend, "start", lambda self: os.kill(os.getpid(), signal.SIGINT))
+    summary = session.record(session.RecordConfig(output=tmp_path / "att.tkcap", command=["touch", str(ran)],
+                                                  poll_interval=0.01), stream=None)
+    assert summary.stop_reason == "SIGINT" and summary.command_exit is None
+    assert not ran.exists()
+    assert open_capture(tmp_path / "att.tkcap").manifest["status"] == "complete"
+
+
+def test_a_second_signal_during_cleanup_interrupts_nothing(fake, tmp_path, monkeypatch):
+    """The first SIGINT stops the loop; a second one arrives inside the backend's stop (where bcc
+    detaches): the stop finishes, the capture is complete and the command is stopped at once."""
+    steps = []
+
+    def stop_with_a_second_signal(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("stop finished")
+        return [], []
+
+    monkeypatch.setattr(FakeBackend, "stop", stop_with_a_second_signal)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    summary = session.record(session.RecordConfig(output=tmp_path / "two.tkcap", poll_interval=0.01,
+                                                  command=[sys.executable, "-c", IGNORE_SIGTERM]), stream=None)
+    timer.join()
+    assert steps == ["stop finished"] and FakeBackend.instances[-1].closed
+    assert summary.stop_reason == "SIGINT" and summary.command_exit == -signal.SIGKILL  # no 3 s grace
+    assert open_capture(tmp_path / "two.tkcap").manifest["status"] == "complete"
+
+
+IGNORE_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+
+
+def test_a_failing_cleanup_step_still_stops_the_command(fake, tmp_path, monkeypatch):
+    from tracekit.errors import RecorderError
+
+    def broken_close(self):
+        raise Exception("Failed to detach BPF from tracepoint")  # what bcc raises
+
+    monkeypatch.setattr(FakeBackend, "close", broken_close)
+    children = []
+    real_spawn = session.spawn_gated
+    monkeypatch.setattr(session, "spawn_gated", lambda *a, **k: children.append(real_spawn(*a, **k)) or children[-1])
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(RecorderError, match="cleanup after the recording failed: Failed to detach"):
+        session.record(session.RecordConfig(output=tmp_path / "bad.tkcap", poll_interval=0.01,
+                                            command=["sleep", "60"]), stream=None)
+    timer.join()
+    assert children[0].returncode is not None  # stopped and reaped
+    assert open_capture(tmp_path / "bad.tkcap").manifest["status"] == "complete"

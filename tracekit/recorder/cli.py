@@ -25,7 +25,7 @@ __all__ = ["register", "record_command"]
 
 _HELP = """Record KVM MMU tracepoints of a live VM process into a capture directory.
 
-Attaches the probe families (walk, ioctl, lock, mmu by default; the function-probe families stage2 and tdp on request) to the target processes, filtered by tgid in the kernel, and writes NAME.tkcap/ (Parquet segments per event family plus capture.json). The target is --pid PID|NAME (a process name such as qemu-system-x86_64 or a unique prefix of one such as qemu, or a QEMU -name guest name; repeatable), --all-vms (every process holding a KVM VM), or a command given after -- that is started once the probes are attached. Stops after --duration, on Ctrl-C/SIGTERM, or when the target exits; a second Ctrl-C skips the final drain. Probes absent on this host are listed in the capture's manifest with the reason (stage2 and tdp need kprobes, stage2 an arm64 host, most of tdp the TDP MMU).
+Attaches the probe families (walk, ioctl, lock, mmu by default; the function-probe families stage2 and tdp on request) to the target processes, filtered by tgid in the kernel, and writes NAME.tkcap/ (Parquet segments per event family plus capture.json). The target is --pid PID|NAME (a process name such as qemu-system-x86_64 or a unique prefix of one such as qemu, or a QEMU -name guest name; repeatable), --all-vms (every process holding a KVM VM), or a command given after -- that is started once the probes are attached. Stops after --duration, on Ctrl-C/SIGTERM, or when the target exits; a second Ctrl-C hurries the cleanup (the command is killed at once) without skipping any of it. Probes absent on this host are listed in the capture's manifest with the reason (stage2 and tdp need kprobes, stage2 an arm64 host, most of tdp the TDP MMU).
 
 Examples:
 
@@ -54,7 +54,7 @@ def record_command(
     all_vms: bool = typer.Option(
         False, "--all-vms", help="Trace every process that holds a KVM VM (each row keeps its pid)."),
     duration: Optional[float] = typer.Option(
-        None, "--duration", "-d", help="Stop after this many seconds (default: until Ctrl-C or the target exits)."),
+        None, "--duration", "-d", help="Stop after this many seconds (default, or inf: until Ctrl-C or the target exits)."),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Capture directory to create (default: record-<UTC time>.tkcap)."),
     probes: str = typer.Option(

@@ -20,8 +20,12 @@ Contract: :func:`record` takes a :class:`RecordConfig` and writes a capture dire
 
 Whatever happens (exception, signal, disk full) the probes are detached, the tracefs instance is
 removed, signal handlers are restored, a started command is stopped, and the capture is closed
-(status ``aborted`` with the reason on error) so every finished segment stays readable. Raises
-:class:`tracekit.errors.UsageError` for bad arguments, :class:`MissingCapability`,
+(status ``aborted`` with the reason on error) so every finished segment stays readable. Stop signals
+are only noted from the first line of :func:`record` to its last (:class:`StopRequests`): one that
+comes before the capture is created raises :class:`tracekit.stopsignals.StopSignal` (nothing was
+recorded), a later one stops the recording as above, and a second one only hurries the cleanup (the
+command gets no grace period), never skips a step. Raises :class:`tracekit.errors.UsageError` for bad
+arguments, :class:`MissingCapability` (also for a user without the privileges, in one line),
 :class:`ProbeLoadError` and :class:`RecorderError` otherwise.
 """
 
@@ -29,33 +33,33 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import queue
 import resource
 import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow.compute as pc
 
-from tracekit.capabilities import tracefs_root
+from tracekit.capabilities import recording_blockers, tracefs_root
 from tracekit.capture import CaptureWriter
-from tracekit.errors import MissingCapability, RecorderError, TracekitError, UsageError
+from tracekit.errors import MissingCapability, RecorderError, UsageError
 from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RecordOptions, make_family
+from tracekit.recorder.layoutdir import make_layout_dir, reclaim_stale_layout_dirs
 from tracekit.recorder.tally import VmTally
 from tracekit.recorder.target import GatedChild, list_threads, resolve_targets, spawn_gated, tgid_of, thread_info
 from tracekit.recorder.tracefs import cleanup_stale_instances, pid_alive
+from tracekit.stopsignals import StopRequests
 
 __all__ = ["RecordConfig", "RecordSummary", "record", "plan_families", "DEFAULT_FAMILIES"]
 
 DEFAULT_FAMILIES = ("walk", "ioctl", "lock", "mmu")
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -138,13 +142,16 @@ def _is_workload_command(argv: list[str]) -> bool:
 
 
 def _check_output(path: Path) -> None:
-    if path.is_symlink():
-        raise UsageError(f"output {path} is a symbolic link; give a plain path")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UsageError(f"output {path} already exists; give a new path")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"output directory {parent} does not exist")
+    try:
+        if path.is_symlink():
+            raise UsageError(f"output {path} is a symbolic link; give a plain path")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UsageError(f"output {path} already exists; give a new path")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"output directory {parent} does not exist")
+    except OSError as error:  # e.g. a directory this user may not search
+        raise UsageError(f"cannot use output {path}: {error.strerror or error}") from None
 
 
 def _vm_rss_kb() -> int:
@@ -219,31 +226,6 @@ class _AsyncWriter:
             raise self.error
 
 
-class _Stopper:
-    """Turns SIGINT/SIGTERM/SIGHUP into a stop request; restores the previous handlers."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self._saved: dict[int, Any] = {}
-
-    def __enter__(self) -> "_Stopper":
-        for sig in _STOP_SIGNALS:
-            try:
-                self._saved[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: the caller handles signals
-                pass
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.reason is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop draining now (cleanup still runs)
-        self.reason = signal.Signals(signum).name
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-
-
 class _Status:
     """The banner, live status line and end summary (to a text stream)."""
 
@@ -299,18 +281,43 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
            on_attached: Callable[[], None] | None = None) -> RecordSummary:
     """Record as ``config`` says (see the module docstring); ``on_attached()`` runs once the probes are
     attached (before a command is released)."""
-    pid_specs = ([config.pid_spec] if config.pid_spec else []) + list(config.pid_specs)
+    with StopRequests() as stopper:
+        return _record(config, stream, live_status, on_attached, stopper)
+
+
+def _pid_specs(config: RecordConfig) -> list[str]:
+    return ([config.pid_spec] if config.pid_spec else []) + list(config.pid_specs)
+
+
+def _check_config(config: RecordConfig) -> None:
+    """Raise UsageError, naming the option, for a config no recording can follow."""
+    pid_specs = _pid_specs(config)
     if (pid_specs or config.all_vms) and config.command:
         raise UsageError("give either --pid or a command after --, not both (--all-vms counts as --pid)")
     if not pid_specs and not config.all_vms and not config.command:
         raise UsageError("nothing to record: give --pid PID|NAME, --all-vms or a command after --")
-    if config.duration is not None and config.duration <= 0:
-        raise UsageError("--duration must be positive")
+    if config.duration is not None and not config.duration > 0:  # NaN too
+        raise UsageError(f"--duration must be positive, not {config.duration:g}: a number of seconds, "
+                         "or inf (as without --duration) to record until stopped")
+    if not (config.segment_seconds > 0 and math.isfinite(config.segment_seconds)):
+        raise UsageError(f"--segment-seconds must be a positive, finite number of seconds, not {config.segment_seconds:g}")
+
+
+def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_attached: Callable[[], None] | None,
+            stopper: StopRequests) -> RecordSummary:
+    _check_config(config)
+    pid_specs = _pid_specs(config)
+    if config.duration is not None and math.isinf(config.duration):
+        config = replace(config, duration=None)  # inf: until stopped
+    blockers = recording_blockers(config.backend)
+    if blockers:
+        raise MissingCapability("cannot record as this user: " + "; ".join(blockers))
     output = Path(config.output)
     _check_output(output)
     _keep_freed_memory()
     tracefs = tracefs_root()
     stale = cleanup_stale_instances(tracefs) if tracefs is not None else []
+    reclaim_stale_layout_dirs()
     host = Host(tracefs)
     plan, failed, requested = plan_families(tuple(config.families), host, config.options)
     if not plan:
@@ -325,11 +332,13 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
         if not plan:
             raise MissingCapability("none of the requested families can record through tracefs")
 
+    if stopper.reason:
+        raise stopper.stopped_early("recording began; no capture written")
     child: GatedChild | None = None
     layout_dir: str | None = None
     command = list(config.command)
     if command and _is_workload_command(command) and "--layout" not in command:
-        layout_dir = tempfile.mkdtemp(prefix="tracekit-layout-")
+        layout_dir = make_layout_dir()
         command += ["--layout", os.path.join(layout_dir, "layout.json")]
     backend: Any = None
     status = _Status(stream, config.status_interval, stream is not None and (live_status if live_status is not None
@@ -342,6 +351,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
     writer: CaptureWriter | None = None
     recording_rss = 0
     tally = VmTally()
+    cleanup_failure: BaseException | None = None
     try:
         if command:
             child = spawn_gated(command, stdout_to_stderr=config.command_stdout_to_stderr)
@@ -372,8 +382,10 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
         }
         if backend_note:
             manifest["backend_note"] = backend_note
+        if stopper.reason:
+            raise stopper.stopped_early("recording began; no capture written")
         writer = CaptureWriter(output, manifest, segment_seconds=config.segment_seconds)
-        with writer, _Stopper() as stopper:
+        with writer:
             for family, _ in plan:
                 for table, schema in family.tables().items():
                     writer.declare(table, schema)
@@ -413,7 +425,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                 t0 = time.monotonic()  # the duration counts from the moment the probes are attached
                 if on_attached is not None:
                     on_attached()
-                if child is not None:
+                if child is not None and not stopper.reason:  # stopped while attaching: it never runs
                     child.release()
                 next_threads = time.monotonic() + 0.05
                 while True:
@@ -447,8 +459,8 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
             notes: dict[str, Any] = {}
             for family, _ in plan:
                 notes.update(family.manifest_notes())
-            if child is not None and child.poll() is None and stop_reason != "command exited":
-                child.terminate()
+            if child is not None and child.released and child.poll() is None and stop_reason != "command exited":
+                child.terminate(_grace(stopper), lambda: stopper.hurry)
                 command_exit = child.returncode
             workload = _read_layout(layout_dir)
             extra = {"workload": workload} if workload is not None else {}
@@ -461,15 +473,9 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                 bytes_read=backend.bytes_read(), foreign_events_dropped=getattr(backend, "foreign_events", 0),
                 **_ring_diagnostics(backend), **extra)
     finally:
-        if backend is not None:
-            try:
-                backend.close()
-            except TracekitError:
-                pass
-        if child is not None:
-            child.terminate()
-        if layout_dir is not None:
-            shutil.rmtree(layout_dir, ignore_errors=True)
+        cleanup_failure = _release_resources(backend, child, layout_dir, stopper)
+    if cleanup_failure is not None:  # only when nothing else failed: that error is the one to report
+        raise RecorderError(f"cleanup after the recording failed: {cleanup_failure}") from cleanup_failure
     rusage1 = resource.getrusage(resource.RUSAGE_SELF)
     rows = {name: writer.rows(name) for name in writer.families()} if writer else {}
     summary = RecordSummary(
@@ -485,10 +491,35 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
                                      if i == 0 else None} for i, pid in enumerate(target["pids"])]
         status.say(tally.render(vms))
     status.say(f"Stopped ({stop_reason}) after {summary.seconds:.1f} s: "
-               + ", ".join(f"{n} {r:,}" for n, r in rows.items() if r)
+               + (", ".join(f"{n} {r:,}" for n, r in rows.items() if r) or "no events")
                + f"; lost {summary.lost}; {summary.bytes_written / 1e6:.1f} MB in {output}"
                + "".join(f"; {f['family']} not recorded" for f in failed if f["probe"].startswith("family:")))
     return summary
+
+
+def _grace(stopper: StopRequests) -> float:
+    """Seconds a stopped command gets between SIGTERM and SIGKILL: none once a second signal came."""
+    return 0.0 if stopper.hurry else 3.0
+
+
+def _release_resources(backend: Any, child: GatedChild | None, layout_dir: str | None,
+                       stopper: StopRequests) -> BaseException | None:
+    """Detach and free the probes, stop the command, remove the layout directory. Every step runs even
+    when an earlier one failed; the first failure is returned. Signals are only noted meanwhile."""
+    failure: BaseException | None = None
+    if backend is not None:
+        try:
+            backend.close()
+        except Exception as error:  # bcc raises plain Exceptions
+            failure = error
+    if child is not None:
+        try:
+            child.terminate(_grace(stopper), lambda: stopper.hurry)
+        except OSError as error:
+            failure = failure or error
+    if layout_dir is not None:
+        shutil.rmtree(layout_dir, ignore_errors=True)
+    return failure
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

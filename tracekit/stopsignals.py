@@ -1,0 +1,80 @@
+"""Stop signals (SIGINT, SIGTERM, SIGHUP) from the first instant of the process to its exit.
+
+Contract: :func:`install_early`, called by the console script before anything heavy is imported,
+makes each stop signal raise :class:`StopSignal`; the CLI edge turns it into one line on stderr and
+exit status 128 + the signal number. A command that must clean up when stopped (``record``) takes the
+signals over with :class:`StopRequests`, whose handler only notes the request and never raises, so a
+signal cannot cut a cleanup step in half: ``reason`` names the first signal, ``hurry`` turns true
+with the second. Leaving it restores the handlers it replaced.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+__all__ = ["STOP_SIGNALS", "StopSignal", "StopRequests", "install_early"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignal(BaseException):
+    """A stop signal that arrived where nothing needed cleaning up. A BaseException, so that no
+    ``except Exception`` on its way swallows it; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str | None = None):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
+
+
+def _raise_stop(signum: int, _frame: Any) -> None:
+    raise StopSignal(signum)
+
+
+def install_early() -> None:
+    """Make every stop signal raise :class:`StopSignal` (main thread only; the console script's first act)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stop)
+
+
+class StopRequests:
+    """Notes stop signals while active (a context manager); never raises from a handler."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.count = 0
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequests":
+        for sig in STOP_SIGNALS:
+            try:
+                self._saved[sig] = signal.signal(sig, self._note)
+            except ValueError:  # not the main thread: the caller handles signals
+                pass
+        return self
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        self.count += 1
+        if self.signum is None:
+            self.signum = signum
+
+    @property
+    def reason(self) -> str | None:
+        """Name of the first stop signal (``"SIGINT"``), or None."""
+        return signal.Signals(self.signum).name if self.signum is not None else None
+
+    @property
+    def hurry(self) -> bool:
+        """True once a second stop signal arrived: finish the cleanup without waiting."""
+        return self.count > 1
+
+    def stopped_early(self, what: str) -> StopSignal:
+        """The :class:`StopSignal` to raise when the first signal came before ``what`` began."""
+        assert self.signum is not None
+        return StopSignal(self.signum, f"stopped by {self.reason} before {what}")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
