@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, strategies as st
 
-from tracekit.analysis.analyze import analyze_capture
+from tracekit.analysis.analyze import analyze_capture, render_text
+from tracekit.analysis.report import render_report
 from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, cause_table
 from tracekit.capture.reader import open_capture
 
@@ -69,3 +70,6 @@ def test_sample_walks_are_faults_and_the_streamed_and_in_memory_paths_agree():
     assert (frame["cause"] == "fault").sum() == verdict["fault"]
     faults = result.tables["walk_causes"]
     assert faults[faults["cause"] == "fault"]["walks"].sum() == verdict["fault"]
+    text = render_text(result)
+    assert f"walk causes: {verdict['fault']:,} fault, {verdict['emulation']:,} emulation" in text
+    assert "Walk causes:" in render_report(result)
