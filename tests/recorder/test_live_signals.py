@@ -65,12 +65,13 @@ def _caught(pid: int, sig: int) -> bool:
 class Trial:
     """One ``tracekit record -- tracekit workload ...`` run; a unique seed marks its workload."""
 
-    def __init__(self, tmp_path: Path, backend: str = "bcc"):
+    def __init__(self, tmp_path: Path, backend: str = "bcc", output: Path | None = None, options: tuple = ()):
         self.seed = str(int.from_bytes(os.urandom(3), "little") + 1_000_000)
-        self.output = tmp_path / f"trial-{self.seed}.tkcap"
+        self.output = output or tmp_path / f"trial-{self.seed}.tkcap"
         self.stderr_path = tmp_path / f"trial-{self.seed}.stderr"
         self.process = subprocess.Popen(
-            [TRACEKIT, "record", "--backend", backend, "-o", str(self.output), "--", *WORKLOAD, "--seed", self.seed],
+            [TRACEKIT, "record", "--backend", backend, *options, "-o", str(self.output), "--", *WORKLOAD,
+             "--seed", self.seed],
             stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("w"))
 
     def wait_for(self, condition, what: str, timeout: float = 60.0) -> None:

@@ -6,7 +6,10 @@ writer killed at any instant loses at most the rows not yet in a closed segment;
 and the manifest (rewritten atomically after each segment) stay readable with plain pyarrow, DuckDB or
 Polars; every data page carries its CRC, which the reader verifies. Segments close when
 ``segment_seconds`` have passed since their first row (checked by :meth:`CaptureWriter.tick` and
-:meth:`CaptureWriter.append`) or when they reach ``segment_rows``.
+:meth:`CaptureWriter.append`) or when they reach ``segment_rows``. Until the last manifest write the
+manifest's next temporary file is kept made, with room allocated (hidden), so a file system out of inodes
+or space still takes the final status (``aborted`` with the reason); a final flush that fails also ends
+as ``aborted``.
 Errors are :class:`tracekit.errors.CaptureFormatError` (bad names or schemas, an unusable output path)
 and :class:`CaptureWriteError` (the disk refused a write).
 """
@@ -48,17 +51,45 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` through a hidden temporary file and a rename."""
+_RESERVE_MIN_BYTES = 64 << 10
+
+
+def write_json_atomic(path: Path, data: Any, *, reserve_next: bool = False) -> None:
+    """Write ``data`` as JSON to ``path`` through a hidden temporary file and a rename. With
+    ``reserve_next`` the temporary file of the next write is made at once, with twice this text's size (at
+    least 64 KiB) allocated: the next write reuses its inode and blocks, so it succeeds on a file system
+    that has run out of inodes or space meanwhile (unless the text outgrew the reservation)."""
     tmp = path.with_name(f".{path.name}.tmp")
+    text = (json.dumps(data, indent=1, sort_keys=False, default=str) + "\n").encode()
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=False, default=str)
-            f.write("\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)  # no O_TRUNC: keep reserved blocks
+        try:
+            view = memoryview(text)
+            while view:
+                view = view[os.write(fd, view):]
+            os.ftruncate(fd, len(text))
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise CaptureWriteError(f"cannot write {path.name}: {error.strerror or error}") from error
+    if reserve_next:
+        _reserve(tmp, max(2 * len(text), _RESERVE_MIN_BYTES))
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Make ``path`` with ``size`` bytes allocated; keep it without them when the space is refused."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError:  # taken meanwhile, or no inode left: the next write makes its own
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        pass  # the inode alone is still worth keeping
+    finally:
+        os.close(fd)
 
 
 def conform_table(data: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
@@ -224,9 +255,9 @@ class CaptureWriter:
     def _lost_list(self) -> list[dict]:
         return [{"probe": p, "cpu": c, "count": n} for (p, c), n in sorted(self._lost.items())]
 
-    def _write_manifest(self) -> None:
+    def _write_manifest(self, last: bool = False) -> None:
         self.manifest["lost"] = self._lost_list()
-        write_json_atomic(self.path / MANIFEST_NAME, self.manifest)
+        write_json_atomic(self.path / MANIFEST_NAME, self.manifest, reserve_next=not last)
 
     def _segment_metadata(self, family: str, index: int) -> dict[bytes, bytes]:
         snapshot = {k: v for k, v in self.manifest.items() if k not in BULKY_MANIFEST_KEYS}
@@ -281,6 +312,10 @@ class CaptureWriter:
         self._closed = True
         try:
             self.flush()
+        except CaptureWriteError as error:
+            if status == "complete":
+                status, reason = "aborted", f"{type(error).__name__}: {error}"
+            raise
         finally:
             self.manifest["status"] = status
             self.manifest["stop"] = _utc_now()
@@ -288,7 +323,7 @@ class CaptureWriter:
             self.manifest["duration_s"] = round((self.manifest["stop_monotonic_ns"] - self._t0_ns) / 1e9, 3)
             if reason:
                 self.manifest["status_reason"] = reason
-            self._write_manifest()
+            self._write_manifest(last=True)
 
     def __enter__(self) -> "CaptureWriter":
         return self
