@@ -23,10 +23,16 @@ CASES = [(path.name, phase) for path in sorted(SAMPLES.glob("*.tkcap"))
 
 
 def _outputs(name: str, phase: str | None) -> str:
-    result = analyze_capture(open_capture(SAMPLES / name), phase=phase)
+    # Opened by its bare name from the samples directory, so neither the text (whose table widths follow
+    # the path's length) nor the JSON depends on where the checkout lies.
+    cwd = os.getcwd()
+    os.chdir(SAMPLES)
+    try:
+        result = analyze_capture(open_capture(Path(name)), phase=phase)
+    finally:
+        os.chdir(cwd)
     doc = analysis_json(result)
-    text = render_text(result).replace(str(SAMPLES) + os.sep, "")
-    doc["info"]["path"] = name
+    text = render_text(result)
     return json.dumps({"json": doc, "text": text.splitlines()}, indent=1, sort_keys=True, default=str) + "\n"
 
 
