@@ -1,7 +1,8 @@
 """The ``tracekit`` command line.
 
-Contract: this module is the only place where a :class:`tracekit.errors.TracekitError` becomes a
-one-line message on stderr and a non-zero exit code. Every subsystem contributes its commands
+Contract: this module is the only place where a :class:`tracekit.errors.TracekitError` (or a stop
+signal, :class:`tracekit.stopsignals.StopSignal`) becomes a one-line message on stderr and a non-zero
+exit code. Every subsystem contributes its commands
 through a ``register(app)`` function in its own ``cli`` module (listed in ``COMMAND_MODULES``), so
 this file stays small and the subsystems stay independent.
 """
@@ -17,6 +18,7 @@ from typer.core import TyperGroup
 
 from tracekit import __version__
 from tracekit.errors import TracekitError, one_line
+from tracekit.stopsignals import StopSignal
 
 __all__ = ["app", "main", "COMMAND_MODULES", "is_verbose"]
 
@@ -42,7 +44,7 @@ def is_verbose() -> bool:
 
 
 class _TracekitGroup(TyperGroup):
-    """Turns TracekitError into one line and an exit code; keeps the commands in registration order."""
+    """Turns TracekitError and StopSignal into one line and an exit code; keeps the commands in order."""
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)
@@ -55,6 +57,9 @@ class _TracekitGroup(TyperGroup):
             if _verbose and error.detail:
                 typer.echo(error.detail.encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
             raise typer.Exit(error.exit_code) from None
+        except StopSignal as stop:  # before click turns it, a KeyboardInterrupt, into "Aborted!"
+            typer.echo(f"tracekit: {stop}", err=True)
+            raise typer.Exit(stop.exit_code) from None
         except BrokenPipeError:
             raise typer.Exit(141) from None
 

@@ -18,9 +18,10 @@ __all__ = ["STOP_SIGNALS", "StopSignal", "StopRequests", "install_early"]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class StopSignal(BaseException):
-    """A stop signal that arrived where nothing needed cleaning up. A BaseException, so that no
-    ``except Exception`` on its way swallows it; ``exit_code`` is 128 + the signal number."""
+class StopSignal(KeyboardInterrupt):
+    """A stop signal that arrived where nothing needed cleaning up. A KeyboardInterrupt, so that no
+    ``except Exception`` on its way swallows it and code written for Ctrl-C handles every stop signal
+    alike; ``exit_code`` is 128 + the signal number."""
 
     def __init__(self, signum: int, message: str | None = None):
         self.signum = signum
