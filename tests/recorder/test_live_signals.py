@@ -209,6 +209,8 @@ def test_a_sigkilled_recorder_takes_its_workload_along_and_the_next_run_reclaims
                           "--", "true"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert not layout[0].exists(), "the next recorder did not reclaim the dead recorder's layout directory"
+    reclaimed = json.loads((tmp_path / "next.tkcap" / "capture.json").read_text())["recorder"]
+    assert layout[0].name in reclaimed["stale_layout_dirs_removed"]
     assert t.leftovers() == []
 
 

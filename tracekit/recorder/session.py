@@ -317,7 +317,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
     _keep_freed_memory()
     tracefs = tracefs_root()
     stale = cleanup_stale_instances(tracefs) if tracefs is not None else []
-    reclaim_stale_layout_dirs()
+    stale_layouts = reclaim_stale_layout_dirs()
     host = Host(tracefs)
     plan, failed, requested = plan_families(tuple(config.families), host, config.options)
     if not plan:
@@ -378,7 +378,8 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
             "backend": backend_name,
             "command_line": config.command_line or sys.argv,
             "source": {"kind": "live", "description": "tracekit record on this host"},
-            "recorder": {"pid": os.getpid(), "stale_tracefs_instances_removed": stale},
+            "recorder": {"pid": os.getpid(), "stale_tracefs_instances_removed": stale,
+                         "stale_layout_dirs_removed": stale_layouts},
         }
         if backend_note:
             manifest["backend_note"] = backend_note
