@@ -282,10 +282,8 @@ def _walk_frame(cap: Any, phase_table: pd.DataFrame, phase: str | None, model_wa
         del steps
         rebuilt = rebuilt.drop(columns="first_step")
     orphans = rebuilt.attrs.get("orphan_elements", 0)
-    faults = walkcause.fault_path_events(cap)
-    followers = None
-    if faults is not None:
-        followers = walkcause.FaultFollowers(*faults)
+    followers = walkcause.fault_followers(cap)
+    if followers is not None:
         followers.add(0, rebuilt["tid"].to_numpy(), rebuilt["ts_ns"].to_numpy())
     rebuilt["cause"] = pd.Categorical.from_codes(walkcause.cause_codes(len(rebuilt), followers),
                                                  categories=list(walkcause.CAUSES))

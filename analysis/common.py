@@ -13,6 +13,7 @@ Contract
   ``p50_ns``, ``p90_ns``, ``p99_ns``, ``max_ns`` per group. Percentiles are *nearest rank*: the
   q-th percentile of n sorted values is the value of rank ``ceil(q/100 * n)`` (1-based), so it is
   always an observed value (p50 of [10, 20, 30, 40] is 20; p99 of 100 values is the 99th).
+- :func:`rows_where`: the rows of a record batch whose text column holds one of some values.
 - :func:`group_codes` / :func:`count_by`: hash-based grouping (sorted groups) for large frames.
 - :func:`format_table` renders a frame as fixed-width text of at most ``width`` columns;
   :func:`format_ns` and :func:`format_hex` format one duration or address.
@@ -34,6 +35,7 @@ from tracekit.errors import AnalysisError
 __all__ = [
     "PERCENTILES",
     "load",
+    "rows_where",
     "vcpu_map",
     "add_vcpu",
     "lookup_tids",
@@ -109,7 +111,7 @@ def load(cap: Any, family: str, columns: Sequence[str], *, required: bool = True
     if where is None:
         rows, tables = cap.rows(family), cap.iter_tables(family, wanted)
     else:
-        tables = [table for table in (_rows_where(batch, *where) for batch in cap.iter_batches(family, wanted))
+        tables = [table for table in (rows_where(batch, *where) for batch in cap.iter_batches(family, wanted))
                   if table.num_rows]
         rows = sum(table.num_rows for table in tables)
     out: dict[str, Any] = {}
@@ -142,7 +144,7 @@ def load(cap: Any, family: str, columns: Sequence[str], *, required: bool = True
     return frame
 
 
-def _rows_where(batch: pa.RecordBatch, column: str, values: Sequence[str]) -> pa.Table:
+def rows_where(batch: pa.RecordBatch, column: str, values: Sequence[str]) -> pa.Table:
     """The rows of ``batch`` whose ``column`` (text, or dictionary-encoded text) is one of ``values``."""
     data = batch.column(column)
     if pa.types.is_dictionary(data.type):  # compare the few dictionary entries, then the codes

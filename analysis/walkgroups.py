@@ -48,7 +48,7 @@ import pandas as pd
 from tracekit.analysis import phases as phases_mod
 from tracekit.analysis.common import lookup_tids, vcpu_map
 from tracekit.analysis.crosscheck import CrossCheck, ModelCache
-from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, fault_path_events
+from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, fault_followers
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS
 from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _State, cross_check, element_stream,
                                           feed_passes, prefetch)
@@ -278,8 +278,7 @@ def walk_group_counts(cap: Any, model_walk: Callable | None = None, *, phase_tab
     manifest = cap.manifest
     model = ModelCache(model_walk) if model_walk is not None else None
     with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), ELEMENT_BATCH_ROWS), depth=2) as reader:
-        faults = fault_path_events(cap)
-        followers = FaultFollowers(*faults) if faults is not None else None
+        followers = fault_followers(cap)
         walks = _read_walks(cap, manifest, phase_table, phase, model, followers)
         if walks is None:
             return None

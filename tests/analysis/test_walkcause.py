@@ -7,7 +7,8 @@ from hypothesis import given, strategies as st
 
 from tracekit.analysis.analyze import analyze_capture, render_text
 from tracekit.analysis.report import render_report
-from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, cause_table
+from tracekit.analysis import walkcause
+from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, cause_table, fault_followers
 from tracekit.capture.reader import open_capture
 
 from .conftest import SAMPLES
@@ -73,3 +74,18 @@ def test_sample_walks_are_faults_and_the_streamed_and_in_memory_paths_agree():
     text = render_text(result)
     assert f"walk causes: {verdict['fault']:,} fault, {verdict['emulation']:,} emulation" in text
     assert "Walk causes:" in render_report(result)
+
+
+def test_fault_events_read_in_batches_equal_the_whole_family(monkeypatch):
+    """The mmu family read a few rows at a time (each fault's two events, which share its time, kept once)
+    names the same fault walks as its whole fault-path columns do."""
+    cap = open_capture(SAMPLES / "x86-dirty-log-4k.tkcap")
+    mmu = cap.table("mmu", ["ts_ns", "tid", "event"]).to_pandas()
+    mmu = mmu[mmu["event"].isin(walkcause.FAULT_EVENTS)]
+    walk = cap.table("walk", ["tid", "ts_ns"]).to_pandas()
+    whole = FaultFollowers(mmu["tid"].to_numpy(np.int64), mmu["ts_ns"].to_numpy(np.int64))
+    monkeypatch.setattr(walkcause, "MMU_BATCH_ROWS", 97)
+    batched = fault_followers(cap)
+    for followers in (whole, batched):
+        followers.add(0, walk["tid"].to_numpy(), walk["ts_ns"].to_numpy())
+    assert batched.rows().tolist() == whole.rows().tolist() and len(whole.rows()) >= 8192
