@@ -53,3 +53,16 @@ def test_the_console_script_turns_an_early_signal_into_one_line(signame):
     run = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 128 + signal.Signals[signame]
     assert run.stderr == f"tracekit: stopped by {signame}\n" and "Traceback" not in run.stderr
+
+
+def test_the_second_and_third_requests_are_answered_on_the_given_descriptor():
+    read_fd, write_fd = os.pipe()
+    with StopRequests(notify_fd=write_fd):
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as said:
+        lines = [line for line in said.read().splitlines() if line]
+    assert len(lines) == 2
+    assert lines[0].startswith("tracekit: stopping faster") and "still detached" in lines[0]
+    assert lines[1] == f"tracekit: still cleaning up; kill -9 {os.getpid()} abandons it (the next run reclaims what is left)"

@@ -5,11 +5,14 @@ makes each stop signal raise :class:`StopSignal`; the CLI edge turns it into one
 exit status 128 + the signal number. A command that must clean up when stopped (``record``) takes the
 signals over with :class:`StopRequests`, whose handler only notes the request and never raises, so a
 signal cannot cut a cleanup step in half: ``reason`` names the first signal, ``hurry`` turns true
-with the second. Leaving it restores the handlers it replaced.
+with the second. Given a file descriptor, it says on it (one raw ``write``, safe inside a handler)
+that the second signal was heard and, from the third on, how to abandon the cleanup. Leaving it
+restores the handlers it replaced.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
@@ -42,9 +45,10 @@ def install_early() -> None:
 class StopRequests:
     """Notes stop signals while active (a context manager); never raises from a handler."""
 
-    def __init__(self) -> None:
+    def __init__(self, notify_fd: int | None = None) -> None:
         self.signum: int | None = None
         self.count = 0
+        self._notify_fd = notify_fd
         self._saved: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequests":
@@ -59,6 +63,15 @@ class StopRequests:
         self.count += 1
         if self.signum is None:
             self.signum = signum
+        if self._notify_fd is None or self.count < 2:
+            return
+        text = ("stopping faster: the command gets no grace period; the probes are still detached and the "
+                "capture closed" if self.count == 2 else
+                f"still cleaning up; kill -9 {os.getpid()} abandons it (the next run reclaims what is left)")
+        try:
+            os.write(self._notify_fd, f"\ntracekit: {text}\n".encode())
+        except OSError:
+            pass
 
     @property
     def reason(self) -> str | None:

@@ -281,7 +281,7 @@ def record(config: RecordConfig, stream: Any = sys.stderr, live_status: bool | N
            on_attached: Callable[[], None] | None = None) -> RecordSummary:
     """Record as ``config`` says (see the module docstring); ``on_attached()`` runs once the probes are
     attached (before a command is released)."""
-    with StopRequests() as stopper:
+    with StopRequests(notify_fd=2 if stream is sys.stderr else None) as stopper:
         return _record(config, stream, live_status, on_attached, stopper)
 
 
