@@ -1,4 +1,4 @@
-"""Stop signals (SIGINT, SIGTERM, SIGHUP) from the first instant of the process to its exit.
+"""Stop signals (SIGINT, SIGTERM, SIGHUP) from the console script's first line to the process's exit.
 
 Contract: :func:`install_early`, called by the console script before anything heavy is imported,
 makes each stop signal raise :class:`StopSignal`; the CLI edge turns it into one line on stderr and
