@@ -38,6 +38,8 @@ from tracekit.errors import LabError, MissingCapability
 __all__ = [
     "cache_dir",
     "require_tool",
+    "run_tool",
+    "cache_lock",
     "check_disk",
     "PrivateApt",
     "KernelFiles",
@@ -105,7 +107,8 @@ def check_disk(directory: Path, needed: int = _NEEDED_BYTES) -> None:
         )
 
 
-def _run(argv: list[str], what: str, env: dict | None = None, timeout: int = 900) -> str:
+def run_tool(argv: list[str], what: str, env: dict | None = None, timeout: int = 900) -> str:
+    """Run ``argv``; its stdout, or LabError naming ``what`` with the last line of its stderr."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -162,7 +165,7 @@ class PrivateApt:
             return
         self.setup()
         try:
-            _run(["apt-get", "update"], f"apt-get update of Debian {SUITE} (private state in {self.root})", self._env())
+            run_tool(["apt-get", "update"], f"apt-get update of Debian {SUITE} (private state in {self.root})", self._env())
         except LabError as error:
             raise LabError(
                 f"cannot read the Debian {SUITE} package lists from {MIRROR}: check the route to the mirror ({error})",
@@ -171,7 +174,7 @@ class PrivateApt:
         marker.touch()
 
     def depends(self, package: str) -> list[str]:
-        out = _run(["apt-cache", "depends", package], f"apt-cache depends {package}", self._env())
+        out = run_tool(["apt-cache", "depends", package], f"apt-cache depends {package}", self._env())
         return [line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Depends:")]
 
     def download(self, package: str) -> Path:
@@ -209,7 +212,7 @@ class KernelFiles:
 
 
 @contextlib.contextmanager
-def _cache_lock(cache: Path):
+def cache_lock(cache: Path):
     """Serialise fetches of concurrent tracekit processes sharing one cache (an flock on CACHE/.lock)."""
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as handle:
@@ -222,7 +225,7 @@ def _cache_lock(cache: Path):
 
 def fetch_kernel(arch: str, cache: Path) -> KernelFiles:
     """Download (once) and unpack Debian trixie's cloud kernel for ``arch``."""
-    with _cache_lock(cache):
+    with cache_lock(cache):
         return _fetch_kernel(arch, cache)
 
 
@@ -244,7 +247,7 @@ def _fetch_kernel(arch: str, cache: Path) -> KernelFiles:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    _run(["dpkg-deb", "-x", str(deb), str(target / "root")], f"dpkg-deb -x {deb.name}")
+    run_tool(["dpkg-deb", "-x", str(deb), str(target / "root")], f"dpkg-deb -x {deb.name}")
     _decompress_kvm_modules(target)
     (target / ".complete").write_text(deb.name + "\n")
     return _kernel_files(target)
@@ -280,7 +283,7 @@ def _kernel_files(target: Path) -> KernelFiles:
 
 def fetch_userland(arch: str, cache: Path) -> Path:
     """The extracted ``arch`` userland root (python3 + busybox), built once with mmdebstrap."""
-    with _cache_lock(cache):
+    with cache_lock(cache):
         return _fetch_userland(arch, cache)
 
 
@@ -315,7 +318,7 @@ def _extract(target: Path, deb_arch: str, packages: list[str] | tuple[str, ...])
         str(root),
         MIRROR,
     ]
-    _run(argv, f"mmdebstrap of the {SUITE} {deb_arch} userland ({', '.join(packages)})")
+    run_tool(argv, f"mmdebstrap of the {SUITE} {deb_arch} userland ({', '.join(packages)})")
     for link, dest in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
         if not (root / link).exists():
             (root / link).symlink_to(dest)
@@ -396,7 +399,7 @@ def fetch_wheel(arch: str, cache: Path, project: str = "pyarrow", version: str |
     argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform", platform_tag,
             "--python-version", GUEST_PYTHON, "--implementation", "cp", "--dest", str(folder), spec]  # fmt: skip
     try:
-        _run(argv, f"pip download of the {spec} wheel for Python {GUEST_PYTHON} on {platform_tag}")
+        run_tool(argv, f"pip download of the {spec} wheel for Python {GUEST_PYTHON} on {platform_tag}")
     except LabError as error:
         raise LabError(f"cannot download the {spec} wheel from PyPI for the lab guest ({error}); "
                        f"place it in {folder} by hand", detail=error.detail) from None  # fmt: skip
@@ -411,7 +414,7 @@ def fetch_recorder_userland(arch: str, cache: Path, release: str) -> Path:
     :data:`RECORDER_PACKAGES`, the kernel headers of ``release`` (linked as ``/lib/modules/RELEASE/build``),
     the BLAS/LAPACK alternatives numpy loads, and the host's pyarrow version unpacked from its
     manylinux wheel into ``/usr/local/lib/python3.13/dist-packages`` (on the guest Python's path)."""
-    with _cache_lock(cache):
+    with cache_lock(cache):
         return _fetch_recorder_userland(arch, cache, release)
 
 
@@ -430,7 +433,7 @@ def _fetch_recorder_userland(arch: str, cache: Path, release: str) -> Path:
     for package in headers:
         qualified = package if package.endswith("-common") else f"{package}:{deb_arch}"
         deb = apt.download(qualified)
-        _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
+        run_tool(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
     assemble_recorder_root(root, deb_arch, release, wheel)
     (target / ".complete").write_text(f"{wheel.name}\n" + "".join(f"{p}\n" for p in headers))
     return root

@@ -1,0 +1,94 @@
+"""Build the kernel's KVM selftests from Debian's kernel source, once, into the lab cache.
+
+Contract
+--------
+:func:`build_kvm_selftests` returns the directory holding the requested KVM selftest binaries
+(:data:`DEFAULT_TESTS`: ``dirty_log_perf_test``, ``dirty_log_test``, ``kvm_page_table_test``,
+``memslot_perf_test``) built for this host from Debian's ``linux-source`` package. The package is
+fetched through the lab cache's private apt configuration (:class:`tracekit.lab.fetch.PrivateApt`,
+same cache directory and ``flock``), only the parts of the source tarball the build reads are
+unpacked, ``make headers`` installs the uAPI headers inside that tree and ``make -C
+tools/testing/selftests/kvm OUTPUT=... KHDR_INCLUDES=...`` builds just the named tests. The
+binaries are kept in ``CACHE/kvm-selftests-<version>/bin`` (complete once ``.complete`` exists);
+the unpacked source is deleted after the build. A cached build is reused without any network access.
+
+Errors: :class:`tracekit.errors.MissingCapability` when ``make``, ``gcc`` or ``tar`` is absent;
+:class:`tracekit.errors.LabError` when the mirror is unreachable (the message starts like
+:mod:`~tracekit.lab.fetch`'s) or the build fails (with the compiler's last line).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from tracekit.errors import LabError
+from tracekit.lab.fetch import PrivateApt, cache_lock, check_disk, require_tool, run_tool
+
+__all__ = ["DEFAULT_TESTS", "build_kvm_selftests", "source_members"]
+
+DEFAULT_TESTS = ("dirty_log_perf_test", "dirty_log_test", "kvm_page_table_test", "memslot_perf_test")
+#: Free space for the unpacked source parts (about 170 MB) and the build.
+_NEEDED_BYTES = 512 << 20
+#: ``uname -m`` -> the kernel's source architecture directory.
+_SRCARCH = {"x86_64": "x86", "aarch64": "arm64", "i686": "x86", "riscv64": "riscv", "s390x": "s390"}
+
+
+def source_members(top: str, machine: str) -> list[str]:
+    """The members of the source tarball (under ``top``) that ``make headers`` and the KVM selftests read."""
+    srcarch = _SRCARCH.get(machine, machine)
+    parts = ("Makefile", "Kbuild", "Kconfig", "scripts", "include", f"arch/{srcarch}", "tools", "usr", "lib")
+    return [f"{top}/{part}" for part in parts]
+
+
+def build_kvm_selftests(cache: Path, tests: tuple[str, ...] = DEFAULT_TESTS) -> Path:
+    """The directory of the built ``tests`` (see the module docstring)."""
+    with cache_lock(cache):
+        for done in sorted(cache.glob("kvm-selftests-*/.complete"), reverse=True):
+            folder = done.parent / "bin"
+            if all((folder / name).is_file() for name in tests):
+                return folder
+        return _build(cache, tests)
+
+
+def _build(cache: Path, tests: tuple[str, ...]) -> Path:
+    make, tar = require_tool("make", "make"), require_tool("tar", "tar")
+    require_tool("gcc", "gcc")
+    check_disk(cache, _NEEDED_BYTES)
+    apt = PrivateApt(cache / "apt")
+    apt.update()
+    versioned = [d.split(":")[0] for d in apt.depends("linux-source") if d.startswith("linux-source-")]
+    if not versioned:
+        raise LabError("the Debian metapackage linux-source names no linux-source-X package")
+    deb = apt.download(versioned[0])
+    version = deb.name.split("_")[1]
+    target = cache / f"kvm-selftests-{version}"
+    if target.exists():
+        shutil.rmtree(target)
+    work = target / "src"
+    work.mkdir(parents=True)
+    try:
+        run_tool(["dpkg-deb", "-x", str(deb), str(work / "deb")], f"dpkg-deb -x {deb.name}")
+        tarballs = sorted((work / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
+        if not tarballs:
+            raise LabError(f"{deb.name} holds no linux-source tarball under /usr/src")
+        top = tarballs[0].name.split(".tar.")[0]
+        run_tool([tar, "-xf", str(tarballs[0]), "-C", str(work), *source_members(top, platform.machine())],
+                 f"unpacking {tarballs[0].name}")
+        shutil.rmtree(work / "deb")
+        tree = work / top
+        jobs = str(max(1, len(os.sched_getaffinity(0))))
+        run_tool([make, "-C", str(tree), "-s", "headers"], f"make headers in {top}")
+        out = target / "bin"
+        kvm = tree / "tools" / "testing" / "selftests" / "kvm"
+        run_tool([make, "-C", str(kvm), f"-j{jobs}", f"OUTPUT={out}", f"KHDR_INCLUDES=-isystem {tree / 'usr' / 'include'}",
+                  *(str(out / name) for name in tests)], f"building the KVM selftests ({', '.join(tests)}) of {top}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    missing = [name for name in tests if not (out / name).is_file()]
+    if missing:
+        raise LabError(f"the KVM selftest build made no {', '.join(missing)} in {out}")
+    (target / ".complete").write_text(f"{deb.name}\n" + "".join(f"{name}\n" for name in tests))
+    return out
