@@ -4,7 +4,7 @@
  * from sys_enter_ioctl / sys_exit_ioctl per thread. The argument structs of the
  * memory-region, dirty-log and enable-cap commands are copied at entry.
  * Commands listed in TK_IOCTL_AGG_CMD0..3 (KVM_RUN by default) are not streamed:
- * count, total, max and errors are kept per (pid, tid, cmd) in ioctl_agg.
+ * count, total, max and errors are kept per (pid, tid, cmd, fd, errno) in ioctl_agg.
  *
  * cflags: TK_TARGET_TGID, TK_IOCTL_PAGES, TK_IOCTL_AGG_CMD0..3 (0 = unused).
  * Probes (index into ioctl_lost): 0 sys_enter_ioctl, 1 sys_exit_ioctl.
@@ -127,6 +127,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		key.pid = pid_tgid >> 32;
 		key.tid = tid;
 		key.cmd = in->cmd;
+		key.fd = in->fd;
+		key.err = ret < 0 ? (__s32)ret : 0;
 		struct ioctl_agg_val zero_val = {};
 		struct ioctl_agg_val *agg = ioctl_agg.lookup_or_try_init(&key, &zero_val);
 		if (agg) {

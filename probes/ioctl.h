@@ -36,11 +36,15 @@ struct ioctl_event {
 	__u32 pad;
 };
 
-/* In-kernel aggregate of the commands not streamed (KVM_RUN by default). */
+/* In-kernel aggregate of the commands not streamed (KVM_RUN by default), per
+ * thread, command, fd (a vCPU fd for KVM_RUN) and result (0, or the negative
+ * errno of a failed call: KVM_RUN's -EINTR). */
 struct ioctl_agg_key {
 	__u32 pid;
 	__u32 tid;
 	__u32 cmd;
+	__s32 fd;
+	__s32 err;
 	__u32 pad;
 };
 

@@ -50,13 +50,13 @@ IOCTL_EVENT_DTYPE = np.dtype(
         "itemsize": 120,
     }
 )
-#: ``struct ioctl_agg_key`` from probes/ioctl.h (16 bytes).
+#: ``struct ioctl_agg_key`` from probes/ioctl.h (24 bytes).
 IOCTL_AGG_KEY_DTYPE = np.dtype(
     {
-        "names": ['pid', 'tid', 'cmd', 'pad'],
-        "formats": ['<u4', '<u4', '<u4', '<u4'],
-        "offsets": [0, 4, 8, 12],
-        "itemsize": 16,
+        "names": ['pid', 'tid', 'cmd', 'fd', 'err', 'pad'],
+        "formats": ['<u4', '<u4', '<u4', '<i4', '<i4', '<u4'],
+        "offsets": [0, 4, 8, 12, 16, 20],
+        "itemsize": 24,
     }
 )
 #: ``struct ioctl_agg_val`` from probes/ioctl.h (32 bytes).

@@ -150,7 +150,7 @@ def test_ioctl_tracefs_pairs_across_batches_and_aggregates_kvm_run():
         6, "KVM_SET_USER_MEMORY_REGION", 150 - 110, -22, 0xBEEF, None)  # no ioctl uprobe: no struct
     summary = family.finish_tracefs(999)["ioctl_summary"].to_pylist()
     assert summary == [{"ts_ns": 999, "cpu": -1, "pid": 1, "tid": 5, "cmd": KVM_RUN, "cmd_name": "KVM_RUN", "count": 1,
-                        "total_ns": 300, "max_ns": 300, "errors": 0}]
+                        "total_ns": 300, "max_ns": 300, "errors": 0, "fd": 9, "errno": 0}]
 
 
 def test_lock_tracefs_pairs_same_lock_only():

@@ -217,6 +217,7 @@ _IOCTL_TABLE = _schema(
 _IOCTL_SUMMARY = _schema(
     pa.field("cmd", pa.uint32()), pa.field("cmd_name", _DICT), pa.field("count", pa.int64()),
     pa.field("total_ns", pa.int64()), pa.field("max_ns", pa.int64()), pa.field("errors", pa.int64()),
+    pa.field("fd", pa.int32()), pa.field("errno", pa.int32()),
 )
 
 
@@ -233,7 +234,7 @@ class IoctlFamily(ProbeFamily):
         super().__init__(options)
         self.aggregated = tuple(c for c in self.options.aggregate_ioctls if c not in self.options.stream_ioctls)[:4]
         self._pending = np.empty(0, S.IOCTL_EVENT_DTYPE)  # tracefs: entries awaiting their exit
-        self._agg: dict[tuple[int, int, int], list[int]] = {}
+        self._agg: dict[tuple[int, int, int, int, int], list[int]] = {}
         self._args_probe: IoctlArgsProbe | None = None  # tracefs: the ioctl uprobe giving argument structs
         self._args_note = ""
         self._carried_args: dict[int, list[tuple]] = {}
@@ -306,16 +307,18 @@ class IoctlFamily(ProbeFamily):
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
         rows = []
         for key, val in bpf[b"ioctl_agg"].items():
-            rows.append((key.pid, key.tid, key.cmd, val.count, val.total_ns, val.max_ns, val.errors))
+            rows.append((key.pid, key.tid, key.cmd, key.fd, key.err, val.count, val.total_ns, val.max_ns, val.errors))
         return {"ioctl_summary": self._summary(rows, stop_ns)}
 
     def _summary(self, rows: list[tuple[int, ...]], stop_ns: int) -> pa.Table:
-        rows.sort(key=lambda r: (r[1], r[2]))
+        """Rows of (pid, tid, cmd, fd, err, count, total, max, errors), err the negative errno or 0."""
+        rows.sort(key=lambda r: (r[1], r[2], r[3], -r[4]))
         cols: dict[str, Any] = {
             "ts_ns": [stop_ns] * len(rows), "cpu": [-1] * len(rows),
             "pid": [r[0] for r in rows], "tid": [r[1] for r in rows], "cmd": [r[2] for r in rows],
-            "cmd_name": [ioctl_name(r[2]) for r in rows], "count": [r[3] for r in rows],
-            "total_ns": [r[4] for r in rows], "max_ns": [r[5] for r in rows], "errors": [r[6] for r in rows],
+            "cmd_name": [ioctl_name(r[2]) for r in rows], "count": [r[5] for r in rows],
+            "total_ns": [r[6] for r in rows], "max_ns": [r[7] for r in rows], "errors": [r[8] for r in rows],
+            "fd": [r[3] for r in rows], "errno": [-r[4] for r in rows],
         }
         return _table(_IOCTL_SUMMARY, cols)
 
@@ -344,12 +347,13 @@ class IoctlFamily(ProbeFamily):
         calls["hdr"]["kind"] = 0
         agg = np.isin(calls["cmd"], np.asarray(self.aggregated, dtype=np.uint32))
         for row in calls[agg]:  # aggregated commands: one dict update per call (tracefs backend only)
-            key = (int(row["hdr"]["pid"]), int(row["hdr"]["tid"]), int(row["cmd"]))
+            ret = int(row["ret"])
+            key = (int(row["hdr"]["pid"]), int(row["hdr"]["tid"]), int(row["cmd"]), int(row["fd"]), min(ret, 0))
             acc = self._agg.setdefault(key, [0, 0, 0, 0])
             acc[0] += 1
             acc[1] += int(row["duration_ns"])
             acc[2] = max(acc[2], int(row["duration_ns"]))
-            acc[3] += int(row["ret"] < 0)
+            acc[3] += int(ret < 0)
         return self.decode("ioctl_events", calls[~agg])
 
     def finish_tracefs(self, stop_ns: int) -> dict[str, pa.Table]:

@@ -13,7 +13,7 @@ from tracekit.errors import UsageError
 from tracekit.workload import uapi
 
 __all__ = ["KVMIO", "KVM_IOCTLS", "IOCTL_NUMBERS", "ioc", "ioctl_name", "parse_ioctl",
-           "KVM_RUN", "KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2",
+           "KVM_RUN", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2",
            "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG", "KVM_ENABLE_CAP"]
 
 KVMIO = uapi.KVMIO
@@ -75,6 +75,7 @@ KVM_IOCTLS: dict[int, str] = {ioc(d, nr, size): name for name, d, nr, size in _T
 IOCTL_NUMBERS: dict[str, int] = {name: cmd for cmd, name in KVM_IOCTLS.items()}
 
 KVM_RUN = IOCTL_NUMBERS["KVM_RUN"]
+KVM_CREATE_VCPU = IOCTL_NUMBERS["KVM_CREATE_VCPU"]
 KVM_SET_USER_MEMORY_REGION = IOCTL_NUMBERS["KVM_SET_USER_MEMORY_REGION"]
 KVM_SET_USER_MEMORY_REGION2 = IOCTL_NUMBERS["KVM_SET_USER_MEMORY_REGION2"]
 KVM_GET_DIRTY_LOG = IOCTL_NUMBERS["KVM_GET_DIRTY_LOG"]
