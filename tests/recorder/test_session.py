@@ -253,3 +253,15 @@ def test_a_failing_cleanup_step_still_stops_the_command(fake, tmp_path, monkeypa
     timer.join()
     assert children[0].returncode is not None  # stopped and reaped
     assert open_capture(tmp_path / "bad.tkcap").manifest["status"] == "complete"
+
+
+def test_a_started_command_is_named_as_it_execs():
+    """Seen only before its exec (as the recorder's fork), the main thread takes the exec'd name."""
+    threads: dict[int, dict] = {}
+    session._merge_threads(threads, [{"tid": 9, "comm": "tracekit", "vcpu": None}])
+    threads[9]["pre_exec"] = True
+    child = type("Child", (), {"pid": 9, "exec_name": "dirty_log_perf_"})()
+    session._name_exec(threads, child)
+    assert threads == {9: {"tid": 9, "comm": "dirty_log_perf_", "vcpu": None}}
+    session._merge_threads(threads, [{"tid": 9, "comm": "renamed", "vcpu": None}])
+    assert threads[9]["comm"] == "renamed"

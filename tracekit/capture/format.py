@@ -44,7 +44,7 @@ COMMON_FIELDS = [
 ]
 
 #: Manifest keys too large to copy into every segment's key-value metadata.
-BULKY_MANIFEST_KEYS = ("workload",)
+BULKY_MANIFEST_KEYS = ("workload", "command_output")
 
 _FAMILY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SEGMENT_RE = re.compile(r"^part-[0-9]{6,}\.parquet$")

@@ -54,8 +54,10 @@ from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RecordOptio
 from tracekit.recorder.layoutdir import make_layout_dir, reclaim_stale_layout_dirs
 from tracekit.recorder.tally import VmTally
 from tracekit.recorder.target import GatedChild, list_threads, resolve_targets, spawn_gated, tgid_of, thread_info
+from tracekit.recorder.output import OutputTee
 from tracekit.recorder.tracefs import cleanup_stale_instances, pid_alive
 from tracekit.stopsignals import StopRequests
+from tracekit.recorder.vcpus import VcpuFds
 
 __all__ = ["RecordConfig", "RecordSummary", "record", "plan_families", "DEFAULT_FAMILIES"]
 
@@ -352,9 +354,12 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
     recording_rss = 0
     tally = VmTally()
     cleanup_failure: BaseException | None = None
+    tee: OutputTee | None = None
     try:
         if command:
-            child = spawn_gated(command, stdout_to_stderr=config.command_stdout_to_stderr)
+            tee = OutputTee(2 if config.command_stdout_to_stderr else 1)
+            child = spawn_gated(command, stdout_fd=tee.child_fd)
+            tee.child_started()
             target = {"pids": [child.pid], "comm": os.path.basename(command[0]), "name": None}
         else:
             found = resolve_targets(pid_specs, all_vms=config.all_vms)
@@ -363,6 +368,10 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
         tgids = target["pids"]
         for pid in tgids:
             _merge_threads(threads, list_threads(pid))
+        if child is not None and child.pid in threads:
+            threads[child.pid]["pre_exec"] = True  # its name until the exec (this recorder's)
+        vcpus = VcpuFds(tgids)
+        vcpus.scan()
         if backend_name == "bcc":
             from tracekit.recorder.bccload import BccBackend
 
@@ -414,6 +423,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
                             status.count(name, table.num_rows)
                             tally.add(name, table)
                             _note_event_threads(threads, table)
+                            vcpus.observe(name, table)
                 if not final and time.monotonic() < next_lost[0]:
                     return
                 next_lost[0] = time.monotonic() + 0.25  # counters are cumulative: reading them often buys nothing
@@ -438,6 +448,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
                         recording_rss = max(recording_rss, _vm_rss_kb())
                         for pid in tgids:
                             _merge_threads(threads, list_threads(pid))
+                        vcpus.scan()
                         next_threads = now + 0.05
                     if stopper.reason:
                         stop_reason = stopper.reason
@@ -460,21 +471,30 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
             notes: dict[str, Any] = {}
             for family, _ in plan:
                 notes.update(family.manifest_notes())
+            vcpus.scan()
             if child is not None and child.released and child.poll() is None and stop_reason != "command exited":
                 child.terminate(_grace(stopper), lambda: stopper.hurry)
                 command_exit = child.returncode
             workload = _read_layout(layout_dir)
-            extra = {"workload": workload} if workload is not None else {}
+            extra: dict[str, Any] = {"workload": workload} if workload is not None else {}
+            if tee is not None:
+                extra["command_output"] = tee.finish()
+            if child is not None:
+                _name_exec(threads, child)
             _merge_threads(threads, [  # the workload's own record: threads too short-lived for /proc
                 {"tid": v["tid"], "comm": str(v.get("thread_name", "")), "vcpu": v.get("index")}
                 for v in (workload or {}).get("vcpus", []) if isinstance(v, dict) and isinstance(v.get("tid"), int)])
+            vcpus.mark_threads(threads)
             writer.update_manifest(
-                target={**target, "threads": sorted(threads.values(), key=lambda t: t["tid"])},
+                target={**target, "threads": sorted(threads.values(), key=lambda t: t["tid"]),
+                        "vcpu_fds": vcpus.manifest()},
                 stop_reason=stop_reason, command_exit=command_exit, family_notes=notes,
                 bytes_read=backend.bytes_read(), foreign_events_dropped=getattr(backend, "foreign_events", 0),
                 **_ring_diagnostics(backend), **extra)
     finally:
         cleanup_failure = _release_resources(backend, child, layout_dir, stopper)
+        if tee is not None:
+            tee.finish(timeout=0)
     if cleanup_failure is not None:  # only when nothing else failed: that error is the one to report
         raise RecorderError(f"cleanup after the recording failed: {cleanup_failure}") from cleanup_failure
     rusage1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -573,12 +593,25 @@ def _targets_text(target: dict) -> str:
     return ", ".join(f"pid {vm['pid']} ({vm['comm']}{', guest ' + vm['name'] if vm.get('name') else ''})" for vm in vms)
 
 
+def _name_exec(threads: dict[int, dict], child: GatedChild) -> None:
+    """The started command's main thread under the name it took at exec, if never seen after the exec."""
+    main = threads.get(child.pid)
+    if main is not None and main.get("pre_exec"):
+        main.pop("pre_exec")
+        main["comm"] = child.exec_name
+
+
 def _merge_threads(known: dict[int, dict], seen: list[dict]) -> None:
-    """Add threads; a later sighting that names a vCPU wins (threads are renamed after they start)."""
+    """Add threads; a later sighting's name wins until a name gives a vCPU index (threads are renamed
+    after they start, a started command's main thread at its exec)."""
     for thread in seen:
         old = known.get(thread["tid"])
-        if old is None or (old.get("vcpu") is None and thread.get("vcpu") is not None):
+        if old is None:
             known[thread["tid"]] = thread
+            continue
+        if old.get("vcpu") is None and thread.get("comm") and thread["comm"] != old.get("comm"):
+            old.pop("pre_exec", None)  # renamed, or exec'd: the newest name, until one names a vCPU
+            old.update(comm=thread["comm"], vcpu=thread.get("vcpu"))
 
 
 def _read_layout(layout_dir: str | None) -> dict | None:

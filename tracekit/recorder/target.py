@@ -16,7 +16,7 @@ Contract:
   ``tk-vcpu-N``) or None; :func:`thread_info` the same for one thread.
 - :func:`spawn_gated` forks a command that waits on a pipe before ``exec`` (so probes attach
   before it runs) and :func:`release` lets it go; the command is killed (``PR_SET_PDEATHSIG``) if
-  the recorder dies without stopping it.
+  the recorder dies without stopping it; ``exec_name`` is the thread name it takes at ``exec``.
 
 Only ``/proc`` is read; nothing in the target is executed or changed.
 """
@@ -318,7 +318,8 @@ class GatedChild:
     recorder is killed with SIGKILL and can run no cleanup. Processes the command forks itself are
     not covered."""
 
-    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, stdout_to_stderr: bool = False):
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, stdout_to_stderr: bool = False,
+                 stdout_fd: int | None = None):
         if not argv:
             raise UsageError("no command given after --")
         executable = shutil.which(argv[0])
@@ -338,7 +339,9 @@ class GatedChild:
                 go = os.read(read_fd, 1)
                 os.close(read_fd)
                 if go == b"g":
-                    if stdout_to_stderr:
+                    if stdout_fd is not None:
+                        os.dup2(stdout_fd, 1)
+                    elif stdout_to_stderr:
                         os.dup2(2, 1)
                     os.execve(executable, argv, environment)
             finally:
@@ -347,6 +350,7 @@ class GatedChild:
         self._write_fd = write_fd
         self.pid = pid
         self.argv = argv
+        self.exec_name = os.path.basename(executable)[:15]  # the kernel's comm after exec (TASK_COMM_LEN - 1)
         self.returncode: int | None = None
         self.released = False  # True once the command was let go (it may have run)
 
@@ -399,6 +403,7 @@ class GatedChild:
                 self.wait(3.0)
 
 
-def spawn_gated(argv: list[str], env: dict[str, str] | None = None, *, stdout_to_stderr: bool = False) -> GatedChild:
-    """Fork ``argv`` held before exec (see :class:`GatedChild`); its stdout may go to stderr."""
-    return GatedChild(argv, env=env, stdout_to_stderr=stdout_to_stderr)
+def spawn_gated(argv: list[str], env: dict[str, str] | None = None, *, stdout_to_stderr: bool = False,
+                stdout_fd: int | None = None) -> GatedChild:
+    """Fork ``argv`` held before exec (see :class:`GatedChild`); its stdout may go to stderr or to ``stdout_fd``."""
+    return GatedChild(argv, env=env, stdout_to_stderr=stdout_to_stderr, stdout_fd=stdout_fd)

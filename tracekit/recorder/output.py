@@ -1,0 +1,80 @@
+"""The traced command's standard output: shown to the user as it comes, and kept for the capture.
+
+Contract: :class:`OutputTee` owns a pipe whose write end becomes the command's stdout
+(:attr:`OutputTee.child_fd`, handed to :func:`tracekit.recorder.target.spawn_gated`). A thread copies
+everything read from it, unchanged, to ``dest_fd`` (the recorder's stdout, or its stderr when stdout is
+reserved for ``--json``) and keeps the first ``limit`` bytes. :meth:`OutputTee.finish` waits for the
+command's end of file (at most ``timeout`` seconds: a grandchild may hold the pipe open) and returns the
+manifest record ``command_output``: ``{"stdout": text (UTF-8, invalid bytes replaced), "bytes": bytes
+read, "dropped_bytes": bytes beyond the limit, not kept}``. A destination that fails (a closed pipe) stops
+the copying, not the keeping.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+
+__all__ = ["OutputTee", "OUTPUT_LIMIT"]
+
+#: Bytes of the command's stdout kept in the capture's manifest.
+OUTPUT_LIMIT = 1 << 20
+
+
+class OutputTee:
+    """Copy a command's stdout to ``dest_fd`` and keep it (see the module docstring)."""
+
+    def __init__(self, dest_fd: int, limit: int = OUTPUT_LIMIT):
+        self._read_fd, self.child_fd = os.pipe()
+        self._dest_fd: int | None = dest_fd
+        self._limit = limit
+        self._kept = bytearray()
+        self._total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tracekit-stdout", daemon=True)
+        self._thread.start()
+
+    def child_started(self) -> None:
+        """Close the recorder's copy of the write end (the child holds its own), so its exit ends the file."""
+        if self.child_fd >= 0:
+            os.close(self.child_fd)
+            self.child_fd = -1
+
+    def _run(self) -> None:
+        while True:
+            ready, _, _ = select.select([self._read_fd], [], [], 0.1)
+            if not ready:
+                if self._stop.is_set():
+                    return
+                continue
+            data = os.read(self._read_fd, 65536)
+            if not data:
+                return
+            self._total += len(data)
+            room = self._limit - len(self._kept)
+            if room > 0:
+                self._kept += data[:room]
+            self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self._dest_fd is not None:
+            try:
+                view = view[os.write(self._dest_fd, view):]
+            except InterruptedError:
+                continue
+            except OSError:
+                self._dest_fd = None
+
+    def finish(self, timeout: float = 2.0) -> dict:
+        """Wait for end of file (at most ``timeout`` s), release the pipe, return the manifest record."""
+        self.child_started()
+        self._thread.join(timeout)
+        self._stop.set()
+        self._thread.join()
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
+        return {"stdout": bytes(self._kept).decode("utf-8", errors="replace"), "bytes": self._total,
+                "dropped_bytes": self._total - len(self._kept)}

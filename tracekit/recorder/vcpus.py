@@ -1,0 +1,110 @@
+"""vCPU threads of any VMM, identified by the vCPU fd they issue KVM_RUN on.
+
+Contract: a thread that issues ``KVM_RUN`` is a vCPU thread, and the file descriptor it issues it on
+says which vCPU: KVM names a vCPU fd ``anon_inode:kvm-vcpu:N`` (``/proc/PID/fd/FD``) and
+``KVM_CREATE_VCPU(N)`` returns it. :class:`VcpuFds` gathers the fd -> vCPU index map of one process
+while recording, from both sources (:meth:`VcpuFds.scan` reads ``/proc``, :meth:`VcpuFds.observe`
+reads ``KVM_CREATE_VCPU`` calls in ``ioctl`` tables and notes which (process, thread, fd) ran ``KVM_RUN``
+in ``ioctl`` and ``ioctl_summary`` tables). :meth:`VcpuFds.identify` then gives each such thread its vCPU
+index; thread names (QEMU's ``CPU N/KVM``, ``tk-vcpu-N``) remain the fallback for threads not seen
+running. An fd reused for another vCPU keeps the newest index (``conflicts`` counts such changes).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from tracekit.recorder.kvm_ioctls import KVM_CREATE_VCPU, KVM_RUN
+
+__all__ = ["VcpuFds", "vcpu_fd_index"]
+
+_VCPU_LINK = re.compile(r"^anon_inode:kvm-vcpu:(\d+)$")
+
+
+def vcpu_fd_index(link: str) -> int | None:
+    """The vCPU index of a ``/proc/PID/fd`` link target (``anon_inode:kvm-vcpu:3`` -> 3), else None."""
+    match = _VCPU_LINK.match(link)
+    return int(match.group(1)) if match else None
+
+
+class VcpuFds:
+    """The vCPU fds of processes ``pids`` and the threads that ran them (see the module docstring)."""
+
+    def __init__(self, pids: list[int], proc: str = "/proc"):
+        self.pids = list(pids)
+        self._proc = proc
+        self.fds: dict[tuple[int, int], int] = {}  # (pid, fd) -> vCPU index
+        self.runs: set[tuple[int, int, int]] = set()  # (pid, tid, fd) seen issuing KVM_RUN
+        self.conflicts = 0
+
+    def _note(self, pid: int, fd: int, vcpu: int) -> None:
+        old = self.fds.get((pid, fd))
+        if old is not None and old != vcpu:
+            self.conflicts += 1
+        self.fds[(pid, fd)] = vcpu
+
+    def scan(self) -> None:
+        """Read the processes' vCPU fds from ``/proc`` (a process gone or unreadable adds nothing)."""
+        for pid in self.pids:
+            folder = f"{self._proc}/{pid}/fd"
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                try:
+                    vcpu = vcpu_fd_index(os.readlink(f"{folder}/{name}"))
+                except OSError:
+                    continue
+                if vcpu is not None and name.isdigit():
+                    self._note(pid, int(name), vcpu)
+
+    def observe(self, family: str, table: Any) -> None:
+        """Learn from a batch of the ``ioctl`` (KVM_CREATE_VCPU results, streamed KVM_RUN calls) or the
+        ``ioctl_summary`` family (aggregated KVM_RUN per thread and fd); other families are ignored."""
+        if family not in ("ioctl", "ioctl_summary") or not table.num_rows:
+            return
+        names = table.column_names
+        if not {"cmd", "pid", "tid", "fd"} <= set(names):
+            return
+        cmds = table.column("cmd").to_pylist()
+        if KVM_RUN not in cmds and KVM_CREATE_VCPU not in cmds:
+            return
+        pids, tids, fds = (table.column(c).to_pylist() for c in ("pid", "tid", "fd"))
+        rets = table.column("ret").to_pylist() if "ret" in names else [None] * len(cmds)
+        args = table.column("arg").to_pylist() if "arg" in names else [None] * len(cmds)
+        for cmd, pid, tid, fd, ret, arg in zip(cmds, pids, tids, fds, rets, args):
+            if None in (pid, tid, fd):
+                continue
+            if cmd == KVM_RUN:
+                self.runs.add((int(pid), int(tid), int(fd)))
+            elif cmd == KVM_CREATE_VCPU and ret is not None and ret >= 0 and arg is not None:
+                self._note(int(pid), int(ret), int(arg))
+
+    def identify(self) -> dict[int, int]:
+        """``{tid: vcpu index}`` for the threads seen issuing KVM_RUN on a known vCPU fd (a thread that ran
+        several vCPUs keeps the lowest index)."""
+        out: dict[int, int] = {}
+        for pid, tid, fd in sorted(self.runs):
+            vcpu = self.fds.get((pid, fd))
+            if vcpu is not None and (tid not in out or vcpu < out[tid]):
+                out[tid] = vcpu
+        return out
+
+    def mark_threads(self, threads: dict[int, dict]) -> None:
+        """Give the identified threads of ``threads`` (``{tid: {"tid", "comm", "vcpu"}}``) their vCPU index
+        and ``"vcpu_from": "KVM_RUN fd"``; threads named as vCPUs but not identified keep
+        ``"vcpu_from": "thread name"``."""
+        identified = self.identify()
+        for thread in threads.values():
+            if thread["tid"] in identified:
+                thread.update(vcpu=identified[thread["tid"]], vcpu_from="KVM_RUN fd")
+            elif thread.get("vcpu") is not None:
+                thread.setdefault("vcpu_from", "thread name")
+
+    def manifest(self) -> dict:
+        """The manifest record: ``{"fds": [{"pid", "fd", "vcpu"}], "conflicts"}``."""
+        return {"fds": [{"pid": pid, "fd": fd, "vcpu": vcpu} for (pid, fd), vcpu in sorted(self.fds.items())],
+                "conflicts": self.conflicts}
