@@ -110,8 +110,9 @@ class Frames(dict):
         return [self[key] for key in self.keys()]
 
 
-def _cut(frame: pd.DataFrame, phase_table: pd.DataFrame, phase: str | None) -> pd.DataFrame:
-    return phases_mod.select_phase(frame, phase_table, phase)
+def _cut(frame: pd.DataFrame, phase_table: pd.DataFrame, phase: str | None,
+         duration_column: str | None = None) -> pd.DataFrame:
+    return phases_mod.select_phase(frame, phase_table, phase, duration_column=duration_column)
 
 
 def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str | None = None,
@@ -127,7 +128,9 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     result = Analysis(info={
         "path": str(cap.path), "kernel_release": manifest.get("kernel_release"), "arch": manifest.get("arch"),
         "source": (manifest.get("source") or {}).get("kind"), "status": manifest.get("status"),
-        "lost_events": cap.lost_total(), "phase": phase, "skipped": {}})
+        "lost_events": cap.lost_total(), "phase": phase, "skipped": {},
+        "phases_from": phase_table.attrs.get("origin", "workload record" if len(phase_table) else None),
+        "phase_note": phase_table.attrs.get("note")})
     result.tables["phases"] = phase_table
     if isinstance(cap, VmCapture):
         result.info["vm"] = cap.vm
@@ -159,11 +162,11 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     if "ioctl" in families:
         ioctl = load(cap, "ioctl", ["ts_ns", "tid", "duration_ns", "cmd_name"],
                      optional_columns=["ret", "slot", "flags", "memory_size", "guest_phys_addr"])
-        ioctl_cut = _cut(ioctl, phase_table, phase)
+        ioctl_cut = _cut(ioctl, phase_table, phase, "duration_ns")  # a call overlapping the phase is in it
         summary = None
         if "ioctl_summary" in families and phase is None:
             summary = load(cap, "ioctl_summary", ["cmd_name", "count", "total_ns", "max_ns"],
-                           optional_columns=["errors"])
+                           optional_columns=["errors", "errno"])
             summary["errors"] = summary["errors"].fillna(0)
         result.tables["ioctl_latency"] = ioctls.ioctl_latency(ioctl_cut, summary)
         result.tables["memslot_latency"] = ioctls.memslot_latency(ioctl_cut)
@@ -180,7 +183,7 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         stack = load(cap, "stack", ["stack_id", "frames"]) if "stack" in families else None
         waits = locks.attribute_operations(lock, manifest, stack, ioctl)
         mmu_lock = locks.identify_mmu_lock(waits, locks.known_mmu_locks(manifest))
-        waits = _cut(waits, phase_table, phase)
+        waits = _cut(waits, phase_table, phase, "wait_ns")
         result.verdicts["mmu_lock"] = mmu_lock or {"lock_addr": None, "name": None,
                                                    "evidence": "no contended lock looks like the VM's mmu_lock"}
         result.tables["lock_contention"] = locks.contention_summary(waits, mmu_lock)
@@ -340,7 +343,7 @@ _SECTIONS = (
     ("lock_contention", "Lock contention (wait per lock, operation, vCPU, mode)",
      ["lock", "operation", "vcpu", "mode", "count", "total_ns", "p50_ns", "p99_ns", "max_ns"]),
     ("ioctl_latency", "KVM ioctl latency",
-     ["cmd_name", "count", "errors", "total_ns", "mean_ns", "p50_ns", "p99_ns", "max_ns"]),
+     ["cmd_name", "count", "errors", "errnos", "total_ns", "mean_ns", "p50_ns", "p99_ns", "max_ns"]),
     ("memslot_latency", "Memslot and dirty-log ioctls per slot and flag change",
      ["cmd_name", "slot", "change", "count", "mean_ns", "p50_ns", "p99_ns", "max_ns"]),
     ("split_per_ioctl", "Huge-page splits per dirty-log enable / CLEAR ioctl",
@@ -363,6 +366,8 @@ def render_text(result: Analysis, width: int = 80) -> str:
         out.append(f"cut to VM pid {vm['pid']} ({vm.get('comm') or '?'}{', guest ' + vm['name'] if vm.get('name') else ''})")
     if info.get("phase"):
         out.append(f"cut to phase {info['phase']}")
+    if info.get("phase_note"):
+        out.extend(_wrap(f"NOTE: {info['phase_note']}", width))
     formats = {"share": lambda v: f"{v:.1%}",
                "splits_per_ioctl": lambda v: "-" if pd.isna(v) else f"{v:.1f}",
                "entries_per_walk": lambda v: f"{v:.1f}", **dict.fromkeys(HEX_COLUMNS, format_hex)}

@@ -27,7 +27,8 @@ __all__ = ["register", "analyze", "report", "compare"]
 _PHASE_HELP = ("Keep only events inside this phase: a name (dirty-memory, get-dirty-log, clear-dirty-log, "
                "enable-dirty-logging, populate, ...) for every iteration, or NAME#ITERATION.")
 _SELFTEST_HELP = ("Take the phases from this dirty_log_perf_test or kvm_page_table_test output file "
-                  "(aligned on the capture's dirty-log ioctls) instead of the workload record.")
+                  "(aligned on the capture's dirty-log ioctls) instead of the workload record. Not needed for a "
+                  "selftest recorded with 'tracekit record -- ./dirty_log_perf_test ...': its output is in the capture.")
 
 
 _VM_HELP = ("Keep only the rows of this recorded VM (a capture of several: --pid repeated or --all-vms): "

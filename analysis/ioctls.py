@@ -16,14 +16,18 @@ are left out of every table.
   ``log-dirty-off`` (bit 0, KVM_MEM_LOG_DIRTY_PAGES, toggled), ``flags`` (another flag changed),
   ``same``. Columns: ts_ns, tid, duration_ns, cmd_name, slot, old_flags, flags, change; the index is
   the call's index in ``ioctl``. :data:`MEMSLOT_OPERATIONS` names the operation of each change.
-- :func:`ioctl_latency` -> one row per ``cmd_name``: ``count``, ``errors`` (ret < 0),
-  ``total_ns``, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``, ``max_ns`` and ``source``
-  (``events`` or ``aggregated``: from ``ioctl_summary``, where percentiles are null).
+- :func:`ioctl_latency` -> one row per ``cmd_name``: ``count``, ``errors`` (ret < 0), ``errnos``
+  (the failures by errno, ``"EINTR 6, EAGAIN 1"``; ``"? N"`` for aggregated failures of a capture
+  that did not keep the errno), ``total_ns``, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``,
+  ``max_ns`` and ``source`` (``events`` or ``aggregated``: from ``ioctl_summary``, where
+  percentiles are null).
 - :func:`memslot_latency` -> one row per (``cmd_name``, ``slot``, ``change``) for the memslot and
   dirty-log ioctls, same statistics.
 """
 
 from __future__ import annotations
+
+import errno as errno_names
 
 import numpy as np
 import pandas as pd
@@ -86,20 +90,33 @@ def _optional(frame: pd.DataFrame, column: str) -> list:
     return frame[column].tolist() if column in frame.columns else [None] * len(frame)
 
 
+def _errno_text(counts: dict) -> str:
+    """``{4: 6, None: 1}`` -> ``"EINTR 6, ? 1"`` (most frequent first; None = errno not kept)."""
+    parts = sorted(((n, code) for code, n in counts.items() if n), key=lambda item: (-item[0], str(item[1])))
+    return ", ".join(f"{'?' if code is None else errno_names.errorcode.get(int(code), str(int(code)))} {int(n)}"
+                     for n, code in parts)
+
+
 def ioctl_latency(ioctl: pd.DataFrame, summary: pd.DataFrame | None = None) -> pd.DataFrame:
     """Latency per ioctl kind, streamed events first, then aggregated-only kinds."""
     events = ioctl.assign(cmd_name=ioctl["cmd_name"].fillna("?"))
     table = latency_summary(events, ["cmd_name"])
+    texts: dict[str, str] = {}
     if "ret" in events.columns and len(table):
-        errors = (events["ret"].fillna(0) < 0).groupby(events["cmd_name"]).sum()
-        table.insert(2, "errors", table["cmd_name"].map(errors).fillna(0).astype(np.int64))
+        failed = events[events["ret"].fillna(0) < 0]
+        table.insert(2, "errors", table["cmd_name"].map(failed.groupby("cmd_name").size()).fillna(0).astype(np.int64))
+        for name, rets in failed.groupby("cmd_name")["ret"]:
+            texts[name] = _errno_text((-rets.astype(np.int64)).value_counts().to_dict())
     else:
         table.insert(2, "errors", pd.Series(np.zeros(len(table), np.int64)))
+    table.insert(3, "errnos", table["cmd_name"].map(texts).fillna(""))
     table["source"] = "events"
     if summary is not None and len(summary):
-        agg = summary.groupby(summary["cmd_name"].fillna("?"), sort=True).agg(
+        summary = summary.assign(cmd_name=summary["cmd_name"].fillna("?"))
+        agg = summary.groupby("cmd_name", sort=True).agg(
             count=("count", "sum"), errors=("errors", "sum"), total_ns=("total_ns", "sum"), max_ns=("max_ns", "max"))
         agg = agg.reset_index()
+        agg["errnos"] = [_errno_text(_summary_errnos(summary[summary["cmd_name"] == name])) for name in agg["cmd_name"]]
         agg = agg[~agg["cmd_name"].isin(table["cmd_name"])]
         agg["mean_ns"] = agg["total_ns"] / agg["count"].where(agg["count"] > 0)
         for q in PERCENTILES:
@@ -107,6 +124,17 @@ def ioctl_latency(ioctl: pd.DataFrame, summary: pd.DataFrame | None = None) -> p
         agg["source"] = "aggregated"
         table = pd.concat([table, agg[table.columns]], ignore_index=True)
     return table.reset_index(drop=True)
+
+
+def _summary_errnos(rows: pd.DataFrame) -> dict:
+    """Failures by errno of ``ioctl_summary`` rows (rows without an ``errno`` count under None)."""
+    if "errno" not in rows.columns:
+        return {None: int(rows["errors"].fillna(0).sum())}
+    known = rows[rows["errno"].notna()]
+    out = {None: int(rows.loc[rows["errno"].isna(), "errors"].fillna(0).sum())}
+    for code, n in known[known["errno"] != 0].groupby("errno")["count"].sum().items():
+        out[int(code)] = int(n)
+    return out
 
 
 def memslot_latency(ioctl: pd.DataFrame) -> pd.DataFrame:

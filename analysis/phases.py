@@ -23,10 +23,14 @@ source        str     ``workload`` (the built-in workload's record) or ``selftes
 - :func:`parse_selftest_output` parses dirty_log_perf_test and kvm_page_table_test output
   (optionally prefixed ``# `` by the kselftest runner) into phases with durations only;
   :func:`align_selftest_phases` puts them on the capture's clock using the dirty-log ioctls the
-  capture recorded (see the function for the exact rule). Raises AnalysisError when the text has no
-  phase line or nothing in the capture anchors it.
+  capture recorded, one burst per iteration (see the function for the exact rule). Raises
+  AnalysisError when the text has no phase line, nothing in the capture anchors it, or the output
+  does not fit the capture; a capture holding only some iterations gets ``attrs["note"]``.
+  :func:`capture_phases` chooses the source: ``--selftest-output``, the workload record, else the
+  recorded command's own stdout (manifest ``command_output``).
 - :func:`label_phases` gives every timestamp the label of the phase containing it, as a pandas
-  Categorical (``""`` outside every phase); :func:`select_phase` keeps the rows inside the phases a ``--phase`` argument names.
+  Categorical (``""`` outside every phase); :func:`select_phase` keeps the rows inside the phases a
+  ``--phase`` argument names (intervals such as ioctls: the rows that overlap them).
 """
 
 from __future__ import annotations
@@ -136,96 +140,208 @@ def parse_selftest_output(text: str) -> pd.DataFrame:
 
 
 def dirty_log_events(ioctl: pd.DataFrame) -> pd.DataFrame:
-    """The dirty-log ioctls of an ioctl frame as ``kind`` (enable/get/clear/disable), ts_ns, end_ns.
+    """The dirty-log ioctls of an ioctl frame as ``kind`` (enable/get/clear/disable), ts_ns, end_ns, slot.
 
     enable/disable are KVM_SET_USER_MEMORY_REGION(2) calls that turn KVM_MEM_LOG_DIRTY_PAGES (bit 0
-    of ``flags``) on/off for a slot seen before; get/clear are KVM_GET/CLEAR_DIRTY_LOG.
+    of ``flags``) on/off for a slot seen before; get/clear are KVM_GET/CLEAR_DIRTY_LOG. ``slot`` is -1
+    where the capture does not know it (tracefs backend). Failed calls are left out.
     """
     from tracekit.analysis.ioctls import memslot_flag_changes
 
     frames = []
+    for name, kind in (("KVM_GET_DIRTY_LOG", "get"), ("KVM_CLEAR_DIRTY_LOG", "clear")):
+        sel = ioctl[(ioctl["cmd_name"] == name) & ioctl["duration_ns"].notna()]
+        if "ret" in sel.columns:
+            sel = sel[sel["ret"].fillna(0) >= 0]
+        slots = (sel["slot"].fillna(-1).to_numpy(np.int64) if "slot" in sel.columns
+                 else np.full(len(sel), -1, np.int64))
+        frames.append(pd.DataFrame({"kind": kind, "ts_ns": sel["ts_ns"].to_numpy(np.int64),
+                                    "end_ns": (sel["ts_ns"] + sel["duration_ns"]).to_numpy(np.int64),
+                                    "slot": slots}))
+    logged = pd.concat(frames, ignore_index=True)
     changes = memslot_flag_changes(ioctl)
     if len(changes):
-        ch = changes[changes["change"].isin(["log-dirty-on", "log-dirty-off"])]
+        # A slot first seen (attached mid-run) without KVM_MEM_LOG_DIRTY_PAGES after dirty-log calls on it
+        # was logging until then: that call turned logging off.
+        first_log = logged[logged["slot"] >= 0].groupby("slot")["ts_ns"].min()
+        seen_logging = changes["slot"].map(first_log).lt(changes["ts_ns"])
+        off = (changes["change"] == "create") & ((changes["flags"] & 1) == 0) & seen_logging
+        ch = changes[changes["change"].isin(["log-dirty-on", "log-dirty-off"]) | off]
         frames.append(pd.DataFrame({
             "kind": np.where(ch["change"] == "log-dirty-on", "enable", "disable"),
             "ts_ns": ch["ts_ns"].to_numpy(np.int64),
-            "end_ns": (ch["ts_ns"] + ch["duration_ns"]).to_numpy(np.int64)}))
-    for name, kind in (("KVM_GET_DIRTY_LOG", "get"), ("KVM_CLEAR_DIRTY_LOG", "clear")):
-        sel = ioctl[(ioctl["cmd_name"] == name) & ioctl["duration_ns"].notna()]
-        frames.append(pd.DataFrame({"kind": kind, "ts_ns": sel["ts_ns"].to_numpy(np.int64),
-                                    "end_ns": (sel["ts_ns"] + sel["duration_ns"]).to_numpy(np.int64)}))
-    events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["kind", "ts_ns", "end_ns"])
+            "end_ns": (ch["ts_ns"] + ch["duration_ns"]).to_numpy(np.int64),
+            "slot": ch["slot"].to_numpy(np.int64)}))
+    events = pd.concat(frames, ignore_index=True)
     return events.sort_values("ts_ns", kind="stable").reset_index(drop=True)
 
 
-def _bursts(events: pd.DataFrame) -> dict[str, list[tuple[int, int]]]:
-    """Runs of consecutive same-kind dirty-log ioctls: kind -> [(first start, last end)] in order."""
+def iteration_bursts(events: pd.DataFrame, expected: dict[str, int] | None = None) -> dict[str, list[tuple[int, int]]]:
+    """The calls of each dirty-log kind grouped into one burst per iteration: kind -> [(first start, last end)].
+
+    A selftest issues each kind once per memslot per iteration (``-x`` slots), so a burst ends where
+    another kind's call comes between, or where a slot repeats (``-g``: the iterations' GETs are
+    adjacent, one slot each). Where slots are unknown (-1) and a kind's calls are a multiple of the
+    ``expected`` number of bursts, they are split into equal consecutive runs instead.
+    """
     out: dict[str, list[tuple[int, int]]] = {}
+    members: dict[str, list[list[int]]] = {}
     previous = None
-    for kind, start, end in zip(events["kind"], events["ts_ns"], events["end_ns"]):
-        if kind != previous:
-            out.setdefault(kind, []).append((int(start), int(end)))
+    slots_known = bool(len(events)) and bool((events["slot"] >= 0).all())
+    rows = zip(events["kind"], events["ts_ns"], events["end_ns"], events["slot"])
+    for kind, start, end, slot in rows:
+        runs = members.setdefault(kind, [])
+        if kind != previous or (slots_known and slot in runs[-1][2:]):
+            runs.append([int(start), int(end), int(slot)])
         else:
-            first, _ = out[kind][-1]
-            out[kind][-1] = (first, int(end))
+            runs[-1][1] = int(end)
+            runs[-1].append(int(slot))
         previous = kind
+    for kind, runs in members.items():
+        calls = events[events["kind"] == kind]
+        want = (expected or {}).get(kind, 0)
+        if not slots_known and want and len(runs) < want and len(calls) % want == 0:
+            per = len(calls) // want
+            starts, ends = calls["ts_ns"].to_numpy(np.int64), calls["end_ns"].to_numpy(np.int64)
+            out[kind] = [(int(starts[i]), int(ends[i + per - 1])) for i in range(0, len(calls), per)]
+        else:
+            out[kind] = [(run[0], run[1]) for run in runs]
     return out
+
+
+#: What each anchored kind is called in a one-line misfit message.
+_KIND_TEXT = {"enable": "dirty-logging enables", "get": "KVM_GET_DIRTY_LOG bursts",
+              "clear": "KVM_CLEAR_DIRTY_LOG bursts", "disable": "dirty-logging disables"}
+#: Placed phases may overlap by this much (ns) plus 1 % of the later one (printing, clock reads).
+_OVERLAP_SLACK_NS = 1_000_000
 
 
 def align_selftest_phases(parsed: pd.DataFrame, ioctl: pd.DataFrame) -> pd.DataFrame:
     """Put parsed selftest phases on the capture's CLOCK_MONOTONIC using its dirty-log ioctls.
 
-    Rule: the k-th burst (run of consecutive calls, one per memslot with ``-x``) of each dirty-log
-    ioctl kind anchors the k-th phase of the matching name. get/clear/enable/disable phases *end*
-    where their burst ends; kvm_page_table_test's update/adjust stages *start* where the enable /
-    disable burst ends; a phase without an anchor (populate, dirty-memory, create-mappings) ends
-    where the next phase starts. The start is then ``end - duration`` from the printed time. Phases
-    that can be placed neither way are dropped; if none can be placed, AnalysisError.
+    Rule: the dirty-log ioctls of each kind are grouped into one burst per iteration
+    (:func:`iteration_bursts`); the k-th burst of a kind anchors the k-th phase of the matching
+    name. get/clear/enable/disable phases *end* where their burst ends; kvm_page_table_test's
+    update/adjust stages *start* where the enable / disable burst ends; a phase without an anchor
+    (populate, dirty-memory, create-mappings) ends where the phase printed after it starts. The start
+    is then ``end - duration`` from the printed time.
+
+    The output must fit the capture: as many bursts as printed phases of each kind. A capture that
+    holds fewer iterations than the output is aligned from the end when it lacks the enable but has
+    the disable (attached mid-run: it holds the last iterations) and from the start when it has the
+    enable but not the disable (stopped early); the table's ``attrs["note"]`` then says which
+    iterations it holds. Anything else (more bursts than printed phases, a whole run with fewer
+    iterations, phases that overlap once placed) raises AnalysisError with one line: the output is
+    not this capture's.
     """
-    bursts = _bursts(dirty_log_events(ioctl))
+    names, iterations = parsed["name"].tolist(), parsed["iteration"].tolist()
+    durations = parsed["duration_ns"].tolist()
+    printed: dict[str, int] = {}
+    for name in names:
+        if name in _ANCHORS:
+            printed[_ANCHORS[name][0]] = printed.get(_ANCHORS[name][0], 0) + 1
+    bursts = iteration_bursts(dirty_log_events(ioctl), printed)
+    if not any(bursts.get(kind) for kind in printed):
+        raise AnalysisError("cannot align the selftest output: the capture has no dirty-log ioctls "
+                            "(KVM_SET_USER_MEMORY_REGION flag changes, KVM_GET/CLEAR_DIRTY_LOG) to anchor it")
+    skip, note = _fit(printed, {kind: len(bursts.get(kind, [])) for kind in printed}, max(iterations, default=0))
     used: dict[str, int] = {}
     placed: list[dict | None] = []
-    for name, iteration, duration in zip(parsed["name"], parsed["iteration"], parsed["duration_ns"]):
+    for name, iteration, duration in zip(names, iterations, durations):
         anchor = _ANCHORS.get(name)
-        row = None
+        row: dict | None = {"name": name, "iteration": iteration, "duration": int(duration)}
         if anchor:
             kind, where = anchor
             k = used.get(kind, 0)
-            if k < len(bursts.get(kind, [])):
-                used[kind] = k + 1
+            used[kind] = k + 1
+            k -= skip.get(kind, 0)
+            if 0 <= k < len(bursts.get(kind, [])):
                 burst_end = bursts[kind][k][1]
-                if where == "end":
-                    row = {"name": name, "iteration": iteration, "start_ns": burst_end - duration, "end_ns": burst_end}
-                else:
-                    row = {"name": name, "iteration": iteration, "start_ns": burst_end,
-                           "end_ns": burst_end + duration}
-        placed.append(row if row else {"name": name, "iteration": iteration, "duration": int(duration)})
-    # Unanchored phases end where the next placed phase starts (walk backwards).
+                start = burst_end - duration if where == "end" else burst_end
+                row = {"name": name, "iteration": iteration, "start_ns": start, "end_ns": start + duration}
+            else:
+                row = None  # its burst is not in the capture
+        placed.append(row)
+    # Unanchored phases end where the phase printed after them starts (walk backwards).
     next_start = None
     for row in reversed(placed):
-        if "start_ns" in row:
+        if row is None:
+            next_start = None
+        elif "start_ns" in row:
             next_start = row["start_ns"]
         elif next_start is not None:
             row["end_ns"] = next_start
             row["start_ns"] = next_start - row.pop("duration")
             next_start = row["start_ns"]
-    rows = [r for r in placed if "start_ns" in r]
-    if not rows:
-        raise AnalysisError("cannot align the selftest output: the capture has no dirty-log ioctls "
-                            "(KVM_SET_USER_MEMORY_REGION flag changes, KVM_GET/CLEAR_DIRTY_LOG) to anchor it")
-    return make_phase_table(rows, "selftest")
+    rows = [r for r in placed if r is not None and "start_ns" in r]
+    table = make_phase_table(rows, "selftest")
+    _check_order(rows)
+    table.attrs["note"] = note
+    return table
+
+
+def _fit(printed: dict[str, int], found: dict[str, int], iterations: int) -> tuple[dict[str, int], str | None]:
+    """How many printed phases of each kind to skip before the first burst, and the note to show;
+    AnalysisError when the output cannot be this capture's (see :func:`align_selftest_phases`).
+
+    An enable/disable the capture lacks altogether only leaves its phase unplaced (recorded after it,
+    or by the tracefs backend, which cannot read memslot flags)."""
+    misfit = {kind: (n, found[kind]) for kind, n in printed.items()
+              if found[kind] != n and not (kind in ("enable", "disable") and found[kind] == 0)}
+    if not misfit:
+        return {}, None
+    counts = ", ".join(f"{n} phase(s) printed for {got} {_KIND_TEXT[kind]} recorded" for kind, (n, got) in misfit.items())
+    has_enable, has_disable = found.get("enable", 0) > 0, found.get("disable", 0) > 0
+    fewer = all(kind in ("get", "clear") and got < n for kind, (n, got) in misfit.items())
+    if not fewer or has_enable == has_disable:
+        why = ("" if not fewer else "the capture holds the whole run" if has_enable
+               else "the capture holds neither the start nor the end of the run")
+        raise AnalysisError(f"the selftest output does not fit this capture: {counts}"
+                            + (f" ({why})" if why else "") + "; is it the output of another run?")
+    held = min(got for _, got in misfit.values())
+    if has_disable:  # attached mid-run: the capture holds the last iterations
+        skip = {kind: n - found[kind] for kind, n in printed.items() if kind in ("get", "clear")}
+        return skip, (f"the capture holds iterations {iterations - held + 1}-{iterations} of the {iterations} the "
+                      "selftest printed (recording attached mid-run): phases aligned from the end")
+    return {}, (f"the capture holds iterations 1-{held} of the {iterations} the selftest printed "
+                "(recording stopped early): phases aligned from the start")
+
+
+def _check_order(rows: list[dict]) -> None:
+    """AnalysisError when a placed phase starts before the previous printed one ends (beyond the slack)."""
+    ordered = sorted((r for r in rows), key=lambda r: r["end_ns"])
+    for before, after in zip(ordered, ordered[1:]):
+        overlap = before["end_ns"] - after["start_ns"]
+        if overlap > _OVERLAP_SLACK_NS + (after["end_ns"] - after["start_ns"]) // 100:
+            label = after["name"] + (f"#{after['iteration']}" if after["iteration"] else "")
+            raise AnalysisError(f"the selftest output does not fit this capture: {label} "
+                                f"({(after['end_ns'] - after['start_ns']) / 1e6:.3f} ms printed) would start "
+                                f"{overlap / 1e6:.3f} ms before the phase printed before it ends; "
+                                "is it the output of another run?")
 
 
 def capture_phases(cap: Any, selftest_output: str | None = None) -> pd.DataFrame:
-    """The phases of a capture: from a selftest output text if given, else the workload record."""
-    if selftest_output is not None:
-        from tracekit.analysis.common import load
+    """The phases of a capture: from a selftest output text if given, else the workload record, else the
+    recorded command's own output (``command_output``) when it prints selftest phase lines."""
+    if selftest_output is None and not workload_phases(cap.manifest).empty:
+        return workload_phases(cap.manifest)
+    text = selftest_output
+    if text is None:
+        text = ((cap.manifest.get("command_output") or {}).get("stdout")) or ""
+        if not isinstance(text, str) or not any(_line_has_phase(line) for line in text.splitlines()):
+            return workload_phases(cap.manifest)
+    from tracekit.analysis.common import load
 
-        ioctl = load(cap, "ioctl", ["ts_ns", "duration_ns", "cmd_name"], required=True,
-                     optional_columns=["slot", "flags"])
-        return align_selftest_phases(parse_selftest_output(selftest_output), ioctl)
-    return workload_phases(cap.manifest)
+    ioctl = load(cap, "ioctl", ["ts_ns", "duration_ns", "cmd_name"], required=True,
+                 optional_columns=["slot", "flags", "ret", "memory_size"])
+    table = align_selftest_phases(parse_selftest_output(text), ioctl)
+    table.attrs["origin"] = "--selftest-output" if selftest_output is not None else "command output"
+    return table
+
+
+def _line_has_phase(line: str) -> bool:
+    line = line.rstrip()
+    return bool(_SIMPLE_RE.match(line) or _ITER_RE.match(line) or _PTT_RE.match(line))
 
 
 def label_phases(ts_ns: Any, phases: pd.DataFrame) -> pd.Categorical:
@@ -255,28 +371,37 @@ def _matching(phases: pd.DataFrame, selector: str) -> pd.DataFrame:
 
 
 def select_phase(frame: pd.DataFrame, phases: pd.DataFrame, selector: str | None,
-                 ts_column: str = "ts_ns") -> pd.DataFrame:
-    """Rows of ``frame`` whose ``ts_column`` falls inside a phase named by ``selector``.
+                 ts_column: str = "ts_ns", duration_column: str | None = None) -> pd.DataFrame:
+    """Rows of ``frame`` whose ``ts_column`` falls inside a phase named by ``selector``; with
+    ``duration_column`` (an ioctl's ``duration_ns``, a lock's ``wait_ns``), rows whose interval
+    ``[ts, ts + duration)`` overlaps such a phase, so a call that began before the phase (a vCPU's
+    ``KVM_RUN`` for a whole dirty pass) belongs to it.
 
     ``selector`` is a phase name (every iteration: ``dirty-memory``) or ``name#iteration``. None
     keeps every row. A name no phase has raises UsageError listing the phases there are.
     """
     if selector is None:
         return frame
-    return frame[phase_mask(frame[ts_column], phases, selector)]
+    durations = frame[duration_column] if duration_column is not None and duration_column in frame.columns else None
+    return frame[phase_mask(frame[ts_column], phases, selector, durations)]
 
 
-def phase_mask(ts_ns: Any, phases: pd.DataFrame, selector: str) -> np.ndarray:
-    """True for each timestamp inside a phase named by ``selector`` (errors as :func:`select_phase`)."""
+def phase_mask(ts_ns: Any, phases: pd.DataFrame, selector: str, duration_ns: Any = None) -> np.ndarray:
+    """True for each timestamp (interval, with ``duration_ns``; null durations count as instants) inside
+    (overlapping) a phase named by ``selector`` (errors as :func:`select_phase`)."""
     if phases.empty:
-        raise UsageError("--phase needs phases: this capture has no workload phases; pass --selftest-output FILE")
+        raise UsageError("--phase needs phases: this capture has no workload phases and its command printed no "
+                         "selftest phase lines; pass --selftest-output FILE")
     if not re.fullmatch(r"[^#]+(#\d+)?", selector.strip()):
         raise UsageError(f"--phase {selector!r}: use NAME or NAME#ITERATION")
     chosen = _matching(phases, selector)
     if chosen.empty:
         raise UsageError(f"no phase {selector!r}; phases: {', '.join(dict.fromkeys(phases['phase']))}")
     ts = np.asarray(ts_ns, dtype=np.int64)
+    ends = ts + 1
+    if duration_ns is not None:
+        ends = ts + np.maximum(np.nan_to_num(np.asarray(duration_ns, dtype=np.float64), nan=0.0), 1).astype(np.int64)
     keep = np.zeros(len(ts), bool)
     for start, end in zip(chosen["start_ns"], chosen["end_ns"]):
-        keep |= (ts >= start) & (ts < end)
+        keep |= (ts < end) & (ends > start)
     return keep

@@ -49,29 +49,97 @@ def test_parse_kvm_page_table_test_and_garbage():
         parse_selftest_output("hello\n")
 
 
+def _run_ioctls(output: str, slots: int = 1, manual: bool = True) -> pd.DataFrame:
+    """The dirty-log ioctls a run printing ``output`` issues, timed as it printed: each memslot created at
+    0, logging enabled after populate, per iteration one GET (and CLEAR) per slot, then disabled. Each
+    burst of ``slots`` calls lasts exactly the printed time of its phase."""
+    rows = [(10 * s, 5, SET, s + 1, 0) for s in range(slots)]
+    now = 100
+    for name, _iteration, duration in parse_selftest_output(output).itertuples(index=False):
+        call = {"enable-dirty-logging": (SET, 1), "disable-dirty-logging": (SET, 0),
+                "get-dirty-log": ("KVM_GET_DIRTY_LOG", None), "clear-dirty-log": ("KVM_CLEAR_DIRTY_LOG", None)}.get(name)
+        if call is not None and (manual or name != "clear-dirty-log"):
+            share = duration // slots
+            for s in range(slots):
+                rows.append((now + s * share, duration - (slots - 1) * share if s == slots - 1 else share,
+                             call[0], s + 1, call[1]))
+        now += duration
+    return pd.DataFrame(rows, columns=["ts_ns", "duration_ns", "cmd_name", "slot", "flags"]).assign(tid=1, ret=0)
+
+
+def _output(iterations: int, manual: bool = True) -> str:
+    lines = ["Populate memory time: 0.500000000s", "Enabling dirty logging time: 0.000100000s"]
+    for i in range(1, iterations + 1):
+        lines += [f"Iteration {i} dirty memory time: 0.0{i % 10}0000000s",
+                  f"Iteration {i} get dirty log time: 0.0000{30 + i}000s"]
+        if manual:
+            lines.append(f"Iteration {i} clear dirty log time: 0.000500000s")
+    return "\n".join(lines + ["Disabling dirty logging time: 0.000700000s", ""])
+
+
 def test_align_on_dirty_log_ioctls():
-    """The k-th GET burst ends get-dirty-log#k; dirty-memory#k ends where get-dirty-log#k starts.
-    Two memslots make each burst two calls (enable at 10..11 us and 11..12 us ends at 12,000 ns)."""
-    ioctl = pd.DataFrame({
-        "ts_ns": [0, 10, 10_000, 11_000, 50_000, 51_000, 60_000, 61_000, 100_000, 101_000, 110_000, 111_000,
-                  200_000, 201_000],
-        "tid": [1] * 14,
-        "duration_ns": [5, 5, 1000, 1000, 100, 100, 300, 300, 100, 100, 300, 300, 400, 400],
-        "cmd_name": [SET, SET, SET, SET, "KVM_GET_DIRTY_LOG", "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG",
-                     "KVM_CLEAR_DIRTY_LOG", "KVM_GET_DIRTY_LOG", "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG",
-                     "KVM_CLEAR_DIRTY_LOG", SET, SET],
-        "slot": [1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2],
-        "flags": [0, 0, 1, 1, None, None, None, None, None, None, None, None, 0, 0],
-    })
-    phases = align_selftest_phases(parse_selftest_output(DIRTY_LOG_OUTPUT), ioctl).set_index("phase")
-    assert phases.loc["enable-dirty-logging", "end_ns"] == 12_000
-    assert phases.loc["get-dirty-log#1", ["start_ns", "end_ns"]].tolist() == [51_100 - 30_000, 51_100]
-    assert phases.loc["dirty-memory#1", "end_ns"] == 51_100 - 30_000
-    assert phases.loc["clear-dirty-log#2", "end_ns"] == 111_300
-    assert phases.loc["disable-dirty-logging", "end_ns"] == 201_400
-    assert phases.loc["populate", "end_ns"] == 12_000 - 100_000
+    """Two memslots make each burst two calls: the k-th GET burst ends get-dirty-log#k, dirty-memory#k ends
+    where get-dirty-log#k starts, populate where the enable burst starts."""
+    ioctl = _run_ioctls(DIRTY_LOG_OUTPUT, slots=2)
+    phases = align_selftest_phases(parse_selftest_output(DIRTY_LOG_OUTPUT), ioctl)
+    assert phases["phase"].tolist() == ["populate", "enable-dirty-logging", "dirty-memory#1", "get-dirty-log#1",
+                                        "clear-dirty-log#1", "dirty-memory#2", "get-dirty-log#2", "clear-dirty-log#2",
+                                        "disable-dirty-logging"]
+    assert (phases["start_ns"].to_numpy()[1:] == phases["end_ns"].to_numpy()[:-1]).all()  # back to back
+    assert phases.set_index("phase").loc["populate", ["start_ns", "end_ns"]].tolist() == [100, 500_000_100]
+    assert phases.attrs["note"] is None
     with pytest.raises(AnalysisError, match="cannot align"):
         align_selftest_phases(parse_selftest_output(DIRTY_LOG_OUTPUT), ioctl.iloc[0:0])
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_legacy_get_iterations_are_separate_phases_in_order(slots):
+    """-g: no CLEAR, so the iterations' GETs are adjacent; each iteration is still its own phase, in order."""
+    text = _output(4, manual=False)
+    phases = align_selftest_phases(parse_selftest_output(text), _run_ioctls(text, slots, manual=False))
+    assert phases["phase"].tolist() == ["populate", "enable-dirty-logging"] + [
+        p for i in range(1, 5) for p in (f"dirty-memory#{i}", f"get-dirty-log#{i}")] + ["disable-dirty-logging"]
+    assert (phases["start_ns"].to_numpy()[1:] == phases["end_ns"].to_numpy()[:-1]).all()
+
+
+def test_legacy_get_without_slots_splits_the_calls_evenly():
+    """The tracefs backend knows neither slots nor memslot flags: 2 GETs per iteration over 3 iterations
+    are cut into 3 bursts; the enable and disable phases (and populate before them) stay unplaced."""
+    text = _output(3, manual=False)
+    ioctl = _run_ioctls(text, slots=2, manual=False).assign(slot=None, flags=None)
+    phases = align_selftest_phases(parse_selftest_output(text), ioctl)
+    assert phases["phase"].tolist() == [p for i in range(1, 4) for p in (f"dirty-memory#{i}", f"get-dirty-log#{i}")]
+    assert (phases["start_ns"].to_numpy()[1:] == phases["end_ns"].to_numpy()[:-1]).all()
+
+
+def test_an_output_of_another_run_is_refused():
+    with pytest.raises(AnalysisError, match="does not fit this capture: 20 phase.s. printed for 2 KVM_GET_DIRTY_LOG "
+                                            "bursts recorded.*whole run"):
+        align_selftest_phases(parse_selftest_output(_output(20)), _run_ioctls(_output(2)))
+    with pytest.raises(AnalysisError, match="does not fit this capture: 2 phase.s. printed for 20 KVM_GET"):
+        align_selftest_phases(parse_selftest_output(_output(2)), _run_ioctls(_output(20)))
+    other = _output(3).replace("dirty memory time: 0.02", "dirty memory time: 0.09")  # same shape, other times
+    with pytest.raises(AnalysisError, match="dirty-memory#2 .* would start .* before the phase printed before it"):
+        align_selftest_phases(parse_selftest_output(other), _run_ioctls(_output(3)))
+
+
+def test_a_capture_attached_mid_run_holds_the_last_iterations():
+    """Recording began during iteration 3 of 6: its GET/CLEAR bursts are those of iterations 4-6."""
+    text = _output(6)
+    ioctl = _run_ioctls(text)
+    get3 = ioctl[ioctl["cmd_name"] == "KVM_GET_DIRTY_LOG"]["ts_ns"].iloc[2]
+    phases = align_selftest_phases(parse_selftest_output(text), ioctl[ioctl["ts_ns"] > get3 + 100_000])
+    assert phases["phase"].tolist()[0] == "dirty-memory#4" and phases["phase"].tolist()[-1] == "disable-dirty-logging"
+    assert phases.attrs["note"] == ("the capture holds iterations 4-6 of the 6 the selftest printed "
+                                    "(recording attached mid-run): phases aligned from the end")
+    full = align_selftest_phases(parse_selftest_output(text), ioctl).set_index("phase")
+    part = phases.set_index("phase")
+    assert (part["start_ns"] == full.loc[part.index, "start_ns"]).all()
+    stopped = align_selftest_phases(parse_selftest_output(text), ioctl[ioctl["ts_ns"] < get3 + 100_000])
+    assert stopped["phase"].tolist()[-1] == "clear-dirty-log#3" and "iterations 1-3 of the 6" in stopped.attrs["note"]
+    with pytest.raises(AnalysisError, match="neither the start nor the end"):
+        align_selftest_phases(parse_selftest_output(text),
+                              ioctl[(ioctl["ts_ns"] > get3 + 100_000) & (ioctl["flags"] != 0)])
 
 
 def test_workload_phases_label_and_select():
