@@ -92,7 +92,8 @@ def _optional(frame: pd.DataFrame, column: str) -> list:
 
 def _errno_text(counts: dict) -> str:
     """``{4: 6, None: 1}`` -> ``"EINTR 6, ? 1"`` (most frequent first; None = errno not kept)."""
-    parts = sorted(((n, code) for code, n in counts.items() if n), key=lambda item: (-item[0], str(item[1])))
+    parts = sorted(((n, code) for code, n in counts.items() if n),
+                   key=lambda item: (-item[0], 1 << 30 if item[1] is None else item[1]))
     return ", ".join(f"{'?' if code is None else errno_names.errorcode.get(int(code), str(int(code)))} {int(n)}"
                      for n, code in parts)
 
@@ -109,7 +110,7 @@ def ioctl_latency(ioctl: pd.DataFrame, summary: pd.DataFrame | None = None) -> p
             texts[name] = _errno_text((-rets.astype(np.int64)).value_counts().to_dict())
     else:
         table.insert(2, "errors", pd.Series(np.zeros(len(table), np.int64)))
-    table.insert(3, "errnos", table["cmd_name"].map(texts).fillna(""))
+    table.insert(3, "errnos", [texts.get(name, "") for name in table["cmd_name"]])
     table["source"] = "events"
     if summary is not None and len(summary):
         summary = summary.assign(cmd_name=summary["cmd_name"].fillna("?"))

@@ -87,3 +87,18 @@ def test_guest_physical_moves_are_moves_not_same():
     assert memslot_flag_changes(calls.drop(columns="guest_phys_addr"))["change"].tolist()[1:4] == ["same"] * 3
     per_change = memslot_latency(calls).set_index("change")
     assert per_change.loc["move", "count"] == 2
+
+
+def test_failures_are_counted_by_errno():
+    """Streamed calls by their ret; aggregated KVM_RUN by the summary's errno (none known in older captures)."""
+    events = pd.DataFrame({"ts_ns": [0, 1, 2, 3], "tid": [1] * 4, "duration_ns": [5, 5, 5, 5],
+                           "cmd_name": ["KVM_SET_REGS", "KVM_SET_REGS", "KVM_SET_REGS", "KVM_GET_DIRTY_LOG"],
+                           "ret": [0, -4, -22, 0]})
+    summary = pd.DataFrame({"cmd_name": ["KVM_RUN"] * 3, "count": [10, 6, 1], "total_ns": [100, 6, 1],
+                            "max_ns": [50, 1, 1], "errors": [0, 6, 1], "errno": [0, 4, 11]})
+    table = ioctl_latency(events, summary).set_index("cmd_name")
+    assert table.loc["KVM_SET_REGS", ["errors", "errnos"]].tolist() == [2, "EINTR 1, EINVAL 1"]
+    assert table.loc["KVM_GET_DIRTY_LOG", "errnos"] == ""
+    assert table.loc["KVM_RUN", ["count", "errors", "errnos"]].tolist() == [17, 7, "EINTR 6, EAGAIN 1"]
+    older = ioctl_latency(events, summary.drop(columns="errno").iloc[:2]).set_index("cmd_name")
+    assert older.loc["KVM_RUN", "errnos"] == "? 6"
