@@ -139,7 +139,8 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     skipped = result.info["skipped"]
 
     if {"walk", "walk_element"} <= families:
-        _walk_analyses(cap, result, phase_table, phase, mismatch_limit, selftest_output)
+        _walk_analyses(cap, result, phase_table, phase, mismatch_limit,
+                       selftest_output or phases_mod.command_output_text(manifest) or None)
     else:
         skipped["walk_depth"] = "no walk / walk_element families"
     if {"stage2_walk", "stage2_visit"} <= families:

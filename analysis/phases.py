@@ -50,7 +50,10 @@ __all__ = [
     "workload_phases",
     "parse_selftest_output",
     "align_selftest_phases",
+    "dirty_log_events",
+    "iteration_bursts",
     "capture_phases",
+    "command_output_text",
     "label_phases",
     "select_phase",
     "phase_mask",
@@ -325,11 +328,9 @@ def capture_phases(cap: Any, selftest_output: str | None = None) -> pd.DataFrame
     recorded command's own output (``command_output``) when it prints selftest phase lines."""
     if selftest_output is None and not workload_phases(cap.manifest).empty:
         return workload_phases(cap.manifest)
-    text = selftest_output
-    if text is None:
-        text = ((cap.manifest.get("command_output") or {}).get("stdout")) or ""
-        if not isinstance(text, str) or not any(_line_has_phase(line) for line in text.splitlines()):
-            return workload_phases(cap.manifest)
+    text = selftest_output if selftest_output is not None else command_output_text(cap.manifest)
+    if selftest_output is None and not any(_line_has_phase(line) for line in text.splitlines()):
+        return workload_phases(cap.manifest)
     from tracekit.analysis.common import load
 
     ioctl = load(cap, "ioctl", ["ts_ns", "duration_ns", "cmd_name"], required=True,
@@ -337,6 +338,13 @@ def capture_phases(cap: Any, selftest_output: str | None = None) -> pd.DataFrame
     table = align_selftest_phases(parse_selftest_output(text), ioctl)
     table.attrs["origin"] = "--selftest-output" if selftest_output is not None else "command output"
     return table
+
+
+def command_output_text(manifest: dict) -> str:
+    """The recorded command's stdout kept in the manifest (``command_output.stdout``), else ``""``."""
+    record = manifest.get("command_output")
+    text = record.get("stdout") if isinstance(record, dict) else None
+    return text if isinstance(text, str) else ""
 
 
 def _line_has_phase(line: str) -> bool:
