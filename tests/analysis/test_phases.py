@@ -92,6 +92,16 @@ def test_align_on_dirty_log_ioctls():
         align_selftest_phases(parse_selftest_output(DIRTY_LOG_OUTPUT), ioctl.iloc[0:0])
 
 
+def test_a_phase_never_starts_before_the_one_printed_before_it():
+    """A loaded host preempts the selftest between its clock read and the call: the printed time then
+    exceeds the call and would reach back into the phase before; the phase starts where that one ends."""
+    ioctl = _run_ioctls(DIRTY_LOG_OUTPUT)
+    late = DIRTY_LOG_OUTPUT.replace("Disabling dirty logging time: 0.000700000s", "Disabling dirty logging time: 0.000750000s")
+    phases = align_selftest_phases(parse_selftest_output(late), ioctl).set_index("phase")
+    assert phases.index.tolist()[-2:] == ["clear-dirty-log#2", "disable-dirty-logging"]
+    assert phases.loc["disable-dirty-logging", "start_ns"] == phases.loc["clear-dirty-log#2", "end_ns"]
+
+
 @pytest.mark.parametrize("slots", [1, 3])
 def test_legacy_get_iterations_are_separate_phases_in_order(slots):
     """-g: no CLEAR, so the iterations' GETs are adjacent; each iteration is still its own phase, in order."""

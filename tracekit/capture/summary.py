@@ -77,6 +77,10 @@ def format_summary(s: dict) -> list[str]:
         vcpus = sum(1 for t in threads if t.get("vcpu") is not None)
         out += _wrap("target", f"pid {','.join(map(str, target.get('pids', [])))} ({target.get('comm', '?')}), "
                      f"{len(threads)} threads, {vcpus} vCPUs")
+        named = sorted((t for t in threads if isinstance(t.get("vcpu"), int)), key=lambda t: (t["vcpu"], str(t.get("tid"))))
+        if named:
+            out += _wrap("vcpus", ", ".join(f"{t['vcpu']}: tid {t.get('tid')}"
+                                            + (f" (by {t['vcpu_from']})" if t.get("vcpu_from") else "") for t in named))
     if s.get("backend"):
         out.append(f"{'backend':<13} {s['backend']}")
     duration = s.get("duration_s")
