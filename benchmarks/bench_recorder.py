@@ -17,7 +17,11 @@ tracer is attached before it runs):
    (``ring_buffer_consume`` every 20 ms);
 4. ``tracekit``: ``tracekit record`` with all four families (a subprocess, ``--json``), events
    batched in the kernel (64 per ring record);
-5. ``perf-naive``: the classic bcc-tool pattern (``BPF_PERF_OUTPUT``, ``perf_submit`` per hit, one
+5. ``top`` (``tracekit top``'s counters, ``probes/top.bpf.c``, read once a second), ``bpftrace``
+   (``@[probe] = count()`` on the same tracepoints, filtered by pid) and ``count-top`` (the count-only
+   program on those tracepoints): with ``--top`` only these and ``untraced``/``count-only`` run, and the
+   report gives top's cost against bpftrace's and count-top's;
+6. ``perf-naive``: the classic bcc-tool pattern (``BPF_PERF_OUTPUT``, ``perf_submit`` per hit, one
    ``open_perf_buffer`` callback per event), run once on a smaller workload (``--perf-size``, with
    its own untraced run) because it slows the guest tens of times.
 
@@ -289,6 +293,136 @@ def run_tracekit(size: str, iterations: int) -> dict:
             "rss_kb": summary["recording_rss_kb"], "peak_rss_kb": summary["peak_rss_kb"], "seconds": summary["seconds"]}
 
 
+def _top_tracepoints() -> list[str]:
+    """The tracepoints ``tracekit top``'s program attaches on this host."""
+    from tracekit.top.sources import BccTopSource
+
+    return BccTopSource(Host(tracefs_root())).tracepoints()
+
+
+def run_top(size: str, iterations: int) -> dict:
+    """``tracekit top``'s in-kernel counters on the workload, read once a second as top does."""
+    from tracekit.top.sources import BccTopSource
+
+    state: dict = {"next": 0.0}
+
+    def attach(pid: int) -> None:
+        state["source"] = source = BccTopSource(Host(tracefs_root()))
+        source.start()
+        source.watch({pid})
+        state["cpu0"] = _cpu()
+
+    def poll() -> None:
+        if time.monotonic() >= state["next"]:
+            state["reading"] = state["source"].read()
+            state["next"] = time.monotonic() + 1.0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = os.path.join(tmp, "layout.json")
+        try:
+            _run_gated(_workload_argv(size, iterations, layout), attach, poll)
+            reading = state["source"].read()
+        finally:
+            if "source" in state:
+                state["source"].close()
+        data = json.loads(Path(layout).read_text())
+    counted = sum(t.walks + t.elements + t.spte_installs + t.runs for t in reading.threads.values())
+    return {"mode": "top", **_times(data), "delivered": counted, "lost": 0, "cpu_s": _cpu() - state["cpu0"]}
+
+
+def run_bpftrace(size: str, iterations: int) -> dict:
+    """``bpftrace -e 'tracepoint:... /pid == PID/ { @[probe] = count(); }'`` on top's tracepoints."""
+    import shutil
+    import signal as signals
+
+    bpftrace = shutil.which("bpftrace")
+    if bpftrace is None:
+        raise SystemExit("bpftrace is not installed (apt-get install bpftrace)")
+    state: dict = {}
+
+    def attach(pid: int) -> None:
+        probes = ",".join(f"tracepoint:{tp}" for tp in _top_tracepoints())
+        state["proc"] = proc = subprocess.Popen([bpftrace, "-B", "line", "-e", f"{probes} /pid == {pid}/ {{ @[probe] = count(); }}"],
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = ""
+        while True:  # "Attaching N probes..." once they are attached (after a harmless RLIMIT_MEMLOCK note)
+            line = proc.stdout.readline()
+            seen += line
+            if not line:
+                raise SystemExit(f"bpftrace failed: {seen[-2000:]}")
+            if line.startswith("Attaching"):
+                break
+        time.sleep(0.5)  # bpftrace prints before the last attach returns
+
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = os.path.join(tmp, "layout.json")
+        try:
+            _run_gated(_workload_argv(size, iterations, layout), attach, lambda: None)
+        finally:
+            proc = state.get("proc")
+            if proc is not None:
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workload is reaped already
+                proc.send_signal(signals.SIGINT)
+                output = proc.communicate(timeout=60)[0]
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        data = json.loads(Path(layout).read_text())
+    counted = sum(int(line.rsplit(":", 1)[1]) for line in output.splitlines() if line.startswith("@["))
+    cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # bpftrace's own CPU
+    return {"mode": "bpftrace", **_times(data), "delivered": counted, "lost": 0, "cpu_s": cpu_s}
+
+
+def run_count_top(size: str, iterations: int) -> dict:
+    """The count-only program on ``tracekit top``'s tracepoints."""
+    tps = _top_tracepoints()
+    state: dict = {}
+
+    def attach(pid: int) -> None:
+        state["counter"] = HitCounter(tps, pid)
+        state["cpu0"] = _cpu()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = os.path.join(tmp, "layout.json")
+        try:
+            _run_gated(_workload_argv(size, iterations, layout), attach, lambda: None)
+            counted = sum(state["counter"].hits().values())
+        finally:
+            if "counter" in state:
+                state["counter"].close()
+        data = json.loads(Path(layout).read_text())
+    return {"mode": "count-top", **_times(data), "delivered": counted, "lost": 0, "cpu_s": _cpu() - state["cpu0"]}
+
+
+def top_main(args: argparse.Namespace) -> int:
+    """``--top``: tracekit top's counters against bpftrace count() and count-only on the same tracepoints.
+    The verdict uses the vCPU threads' CPU time (the probes run in them): the guest's wall time varies
+    more than the probes' cost between runs on a shared host."""
+    runners = (run_untraced, run_count_top, run_bpftrace, run_top)
+    runs: list[list[dict]] = [[] for _ in runners]
+    for _ in range(args.repeat):
+        for i, runner in enumerate(runners):
+            runs[i].append(runner(args.size, args.iterations))
+    for r in runs:
+        print(f"{r[0]['mode']:<11} guest s of each run: " + ", ".join(f"{x['guest_s']:.3f}" for x in r)
+              + "; vCPU CPU s: " + ", ".join(f"{x['guest_cpu_s']:.3f}" for x in r))
+    median = {r[0]["mode"]: sorted(r, key=lambda x: x["guest_s"])[len(r) // 2] for r in runs}
+    cpu = {r[0]["mode"]: sorted(x["guest_cpu_s"] for x in r)[len(r) // 2] for r in runs}
+    print(f"workload: dirty-log -b {args.size} -i {args.iterations}; {os.cpu_count()} CPUs; medians of {args.repeat}; "
+          f"tracepoints: {', '.join(_top_tracepoints())}")
+    print(f"{'mode':<11} {'guest s':>8} {'vs untr.':>8} {'vCPU CPU s':>10} {'counted':>10} {'tracer CPU s':>12}")
+    base = median["untraced"]["guest_s"]
+    for mode, r in median.items():
+        print(f"{mode:<11} {r['guest_s']:8.3f} {r['guest_s'] / base:7.2f}x {cpu[mode]:10.3f} {r['delivered']:10,d} "
+              f"{r['cpu_s']:12.2f}")
+    over = {m: cpu[m] - cpu["untraced"] for m in cpu}  # the probes run in the vCPU threads: their CPU time
+    print(f"top / bpftrace: {median['top']['guest_s'] / median['bpftrace']['guest_s']:.3f}x guest wall time (noisy "
+          f"on a shared host), {cpu['top'] / cpu['bpftrace']:.3f}x vCPU CPU time; vCPU CPU added over untraced: "
+          f"top {over['top']:.3f} s, bpftrace {over['bpftrace']:.3f} s, count-top {over['count-top']:.3f} s "
+          f"({_verdict(cpu['top'] <= cpu['bpftrace'])} at <= bpftrace, by vCPU CPU time)")
+    print(f"top / count-top: {median['top']['guest_s'] / median['count-top']['guest_s']:.3f}x guest time, "
+          f"{cpu['top'] / cpu['count-top']:.3f}x vCPU CPU time")
+    return 0
+
+
 def run_capacity(size: str, consumer: str) -> dict:
     """Consumer capacity on a full ring: the workload runs with the walk family attached and nobody
     reading a 64 MiB ring; then the ring is emptied by ``consumer`` (``tracekit``: batch drain + numpy
@@ -350,7 +484,11 @@ def main(argv: list[str] | None = None) -> int:
                              "tens of times)")
     parser.add_argument("--slowdown-target", type=float, default=1.05,
                         help="tracekit's guest time over count-only's counted as 'within a few percent'")
+    parser.add_argument("--top", action="store_true",
+                        help="measure only tracekit top against bpftrace count() and count-only (see the docstring)")
     args = parser.parse_args(argv)
+    if args.top:
+        return top_main(args)
     _keep_freed_memory()  # as tracekit record does; the in-process consumers below share the setting
     runners = (run_untraced, run_count_only, run_naive, run_tracekit, run_count_clocked)
     runs: list[list[dict]] = [[] for _ in runners]

@@ -52,6 +52,7 @@ class BccTopSource:
         self.bpf: Any = None
         self.attached: list[str] = []
         self.missing: list[str] = []
+        self.planned: set[str] = set()
         self.note: str | None = None
         self._watched: set[int] = set()
 
@@ -59,7 +60,7 @@ class BccTopSource:
         from tracekit.probes import PROBES_DIR
 
         flags = [f"-I{PROBES_DIR}", "-w", "-DTK_TARGETS_FAKE_FD=-1"]
-        self.missing = []
+        self.missing, self.planned = [], set()
         for suffix, (tracepoint, fields) in TOP_TRACEPOINTS.items():
             have = self.host.tracepoint_fields(tracepoint)
             paired = _PAIRED.get(suffix)
@@ -67,7 +68,13 @@ class BccTopSource:
                 self.missing.append(tracepoint)
                 continue
             flags.append(f"-DTK_TOP_HAVE_{suffix}")
+            self.planned |= {tracepoint, paired} - {None}
         return flags
+
+    def tracepoints(self) -> list[str]:
+        """The tracepoints the program attaches on this host (nothing is loaded to say so)."""
+        self.cflags()
+        return sorted(self.planned)
 
     def start(self) -> None:
         from tracekit.probes import source_text
