@@ -1,9 +1,13 @@
 """Attaching to QEMUs that already run: by ``--pid qemu``, by ``-name``, by pid, and two with ``--all-vms``.
 
-Each QEMU runs the hand-made CPL3 guest (tests/recorder/qemu_guest.py), started paused (``-S``) so the
-guest's first touch of its 64 MiB test region happens after the probes attached: the QEMU process, its
-KVM VM and vCPU already exist when the recorder resolves and attaches (what a user attaching to a running
-VM meets); the monitor's ``cont`` then lets the guest fault its pages in.
+Each QEMU runs the hand-made guest (tests/recorder/qemu_guest.py), started paused (``-S``): the QEMU
+process, its KVM VM and vCPU already exist when the recorder resolves and attaches (what a user attaching
+to a running VM meets); the monitor's ``cont`` then runs SeaBIOS and the guest's own start, which KVM
+emulates here (guest page-table walks of its code at 1 MiB), until it drops to CPL3. The recording stops
+once the monitor shows every guest at CPL3. Whether the CPL3 loop's writes then fault (walks in the test
+region) varies between runs of this host's KVM backend (seen both ways with the probes attached or
+not), so the checks rest on what every run has: walks, KVM_RUN and MMU events, each from the VM's own
+threads.
 """
 
 from __future__ import annotations
@@ -30,9 +34,6 @@ from tracekit.recorder.session import RecordConfig, record
 from tracekit.recorder.target import kvm_fds, kvm_processes, resolve_target
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
-
-REGION_BITS = 21  # the guest maps 2 MiB pages: at least one walk per 2 MiB region it touches
-
 
 class Qemu:
     """A paused QEMU running the hand-made guest, with a monitor socket."""
@@ -64,14 +65,24 @@ class Qemu:
         """Its threads now (QEMU still runs when the rows are checked)."""
         return {int(t) for t in os.listdir(f"/proc/{self.pid}/task")}
 
-    def cont(self) -> None:
+    def command(self, text: str) -> str:
+        """Send one monitor command; its output (echo included)."""
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(5)
         sock.connect(str(self.monitor))
-        sock.recv(4096)  # the banner
-        sock.sendall(b"cont\n")
-        time.sleep(0.2)
-        sock.close()
+        try:
+            sock.recv(4096)  # the banner
+            sock.sendall(text.encode() + b"\n")
+            time.sleep(0.3)
+            return sock.recv(1 << 16).decode(errors="replace")
+        finally:
+            sock.close()
+
+    def cont(self) -> None:
+        self.command("cont")
+
+    def at_cpl3(self) -> bool:
+        return "CPL=3" in self.command("info registers")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -93,47 +104,33 @@ def qemus(tmp_path):
         vm.stop()
 
 
-def _touched_regions() -> set[int]:
-    from tests.recorder.qemu_guest import TOUCH_BASE, TOUCH_PAGES
-
-    return set(range(TOUCH_BASE >> REGION_BITS, (TOUCH_BASE + TOUCH_PAGES * 4096) >> REGION_BITS))
-
-
 def _check_vm_rows(cap, vm: Qemu) -> None:
-    """Every row of ``vm``'s pid comes from one of its threads; its guest faulted every region in."""
-    from tests.recorder.qemu_guest import TOUCH_BASE, TOUCH_PAGES
+    """Every row of ``vm``'s pid comes from one of its threads; its guest's start was walked (its code at
+    1 MiB), on its vCPU thread, inside KVM_RUN calls of that thread."""
+    from tests.recorder.qemu_guest import LOAD_ADDR
 
     tids = vm.tids
     for family in ("walk", "walk_element", "mmu", "ioctl_summary"):
         frame = cap.dataframe(family, ["pid", "tid"])
         mine = frame[frame.pid == vm.pid]
         assert set(mine.tid) <= tids, f"{family}: rows of pid {vm.pid} from threads that are not its own"
-    walks = cap.dataframe("walk", ["pid", "addr"])
-    walks = walks[(walks.pid == vm.pid) & (walks.addr >= TOUCH_BASE) & (walks.addr < TOUCH_BASE + TOUCH_PAGES * 4096)]
-    assert set((walks.addr.to_numpy() >> REGION_BITS).tolist()) == _touched_regions()
-    runs = cap.dataframe("ioctl_summary", ["pid", "cmd", "count"])
-    assert runs[(runs.pid == vm.pid) & (runs.cmd == KVM_RUN)]["count"].sum() > 0
+    vcpu = [t["tid"] for t in cap.manifest["target"]["threads"] if t["comm"] == "CPU 0/KVM" and t["tid"] in tids]
+    assert len(vcpu) == 1
+    walks = cap.dataframe("walk", ["pid", "tid", "addr"])
+    walks = walks[walks.pid == vm.pid]
+    assert set(walks.tid) == set(vcpu) and ((walks.addr >= LOAD_ADDR) & (walks.addr < LOAD_ADDR + 0x100000)).sum() > 0
+    runs = cap.dataframe("ioctl_summary", ["pid", "tid", "cmd", "count"])
+    assert runs[(runs.pid == vm.pid) & (runs.cmd == KVM_RUN) & (runs.tid == vcpu[0])]["count"].sum() > 0
 
 
 def _record(out: Path, vms: list[Qemu], **config) -> object:
-    """Record until every VM's guest has faulted its whole test region in (SIGINT then; at most 150 s):
-    the guest boots through SeaBIOS first, which KVM emulates here, so this takes seconds."""
+    """Record from before ``cont`` until every guest runs at CPL3 (then 1 s more; SIGINT, at most 150 s)."""
     done = threading.Event()
 
-    def stop_when_touched() -> None:
-        import pyarrow.parquet as pq
-        from tests.recorder.qemu_guest import TOUCH_BASE, TOUCH_PAGES
-
-        end = TOUCH_BASE + TOUCH_PAGES * 4096
+    def stop_at_cpl3() -> None:
         while not done.wait(0.5):
-            seen: dict[int, set] = {vm.pid: set() for vm in vms}
-            for part in out.glob("walk/part-*.parquet"):
-                table = pq.read_table(part, columns=["pid", "addr"]).to_pandas()
-                table = table[(table.addr >= TOUCH_BASE) & (table.addr < end) & table.pid.isin(list(seen))]
-                for pid, addr in zip(table.pid, table.addr):
-                    seen[int(pid)].add(int(addr) >> REGION_BITS)
-            if all(regions == _touched_regions() for regions in seen.values()):
-                time.sleep(0.5)
+            if all(vm.at_cpl3() for vm in vms):
+                time.sleep(1.0)
                 break
         if not done.is_set():
             os.kill(os.getpid(), signal.SIGINT)
@@ -141,11 +138,10 @@ def _record(out: Path, vms: list[Qemu], **config) -> object:
     def started() -> None:
         for vm in vms:
             vm.cont()
-        threading.Thread(target=stop_when_touched, daemon=True).start()
+        threading.Thread(target=stop_at_cpl3, daemon=True).start()
 
     try:
-        return record(RecordConfig(output=out, backend="bcc", duration=150, segment_seconds=0.5, **config),
-                      stream=None, on_attached=started)
+        return record(RecordConfig(output=out, backend="bcc", duration=150, **config), stream=None, on_attached=started)
     finally:
         done.set()
 
@@ -165,7 +161,7 @@ def test_attach_to_a_running_qemu(qemus, tmp_path, how):
                         "'qemu' is ambiguous (the error listing ours was checked)")
     out = tmp_path / "qemu.tkcap"
     summary = _record(out, [vm], pid_specs=(spec,))
-    assert summary.target["pids"] == [vm.pid] and summary.stop_reason == "SIGINT"
+    assert summary.target["pids"] == [vm.pid] and summary.stop_reason == "SIGINT"  # the guest reached CPL3
     cap = open_capture(out)
     target = cap.manifest["target"]
     assert target["pids"] == [vm.pid] and target["name"] == vm.name
