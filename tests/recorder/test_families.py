@@ -234,7 +234,8 @@ def test_tracefs_walks_stay_whole_when_a_cpu_is_read_behind_another():
     """The tracefs recording of dirty_log_perf_test: the vCPU thread walked 0xaa on CPU 1 (4, 3, 2, 1),
     then 0xbb on CPU 0. CPU 1's buffer had a backlog, so 0xaa was read one poll after CPU 0's first page
     (0xbb's start and level 4) and with CPU 0's next page (0xbb's 3, 2, 1). Handed out as read, 0xaa
-    became 4>3>2>1>3>2>1 and 0xbb a lone 4; held back by release_order, both walks are whole."""
+    became 4>3>2>1>3>2>1 and 0xbb a lone 4 (now the impossible 3, 2, 1 are orphaned instead); held back
+    by release_order, both walks are whole."""
     walk_t = [("common_pid", "<i4"), ("addr", "<u8"), ("pferr", "<u4")]
     elem_t = [("common_pid", "<i4"), ("pte", "<u8"), ("level", "<u1")]
     cpu0_page1 = {"kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(9, 0xBB, 16, 200, 0, 1)]),
@@ -249,9 +250,36 @@ def test_tracefs_walks_stay_whole_when_a_cpu_is_read_behind_another():
         return {n: np.concatenate([p[n] for p in parts if n in p]) for n in names}
 
     as_read = _walk_polls([cpu0_page1, merged(cpu1_backlog, cpu0_page2)])
-    assert as_read == {0xAA: [4, 3, 2, 1, 3, 2, 1], 0xBB: [4]}  # the defect, reproduced
+    # Handed out as read, 0xbb's 3, 2, 1 would follow 0xaa's leaf: impossible in a walk, so orphaned.
+    assert {k: sorted(v) for k, v in as_read.items()} == {0xAA: [1, 2, 3, 4], 0xBB: [4], 0: [1, 2, 3]}
     # Poll 1: CPU 0 delivered its page, CPU 1 (a backlog) only events up to 50: nothing newer is released.
     now, held = release_order(cpu0_page1, min(202, 50))
     assert sum(len(a) for a in now.values()) == 0
     later, rest = release_order(merged(held, cpu1_backlog, cpu0_page2), None)
     assert rest == {} and _walk_polls([now, later]) == {0xAA: [4, 3, 2, 1], 0xBB: [4, 3, 2, 1]}
+
+
+def test_elements_no_walk_can_have_are_orphans_across_batches():
+    """A lost walk start (a tracefs ring overrun) leaves its elements after another walk's: 4>3>2 then
+    4>3>2>1>1 in the tracefs recording of dirty_log_perf_test. KVM's walker reads one level lower each
+    step or starts again at the root (a retry), so the second 1 and what follows it until the next walk
+    are orphans; a retry (4>3>2>1>4>3>2>1) stays one walk; the state carries across batches."""
+    walk_t = [("common_pid", "<i4"), ("addr", "<u8"), ("pferr", "<u4")]
+    elem_t = [("common_pid", "<i4"), ("pte", "<u8"), ("level", "<u1")]
+    family = WalkFamily()
+    first = family.decode_tracefs({
+        "kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(9, 0xA, 16, 10, 0, 1), (9, 0xB, 16, 20, 0, 1)]),
+        "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(9, 1, lv, 10 + i, 0, 1) for i, lv in enumerate((4, 3, 2))]
+                                              + [(9, 1, lv, 21 + i, 0, 1) for i, lv in enumerate((4, 3, 2, 1))])})
+    second = family.decode_tracefs({  # 0xb's walk goes on: a stray 1, then a 2; then a retried walk 0xc
+        "kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(9, 0xC, 16, 40, 0, 1)]),
+        "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(9, 1, 1, 30, 0, 1), (9, 1, 2, 31, 0, 1)]
+                                              + [(9, 1, lv, 41 + i, 0, 1) for i, lv in enumerate((4, 3, 2, 1, 4, 3, 2, 1))])})
+    rows = first["walk_element"].to_pylist() + second["walk_element"].to_pylist()
+    ids = {r["walk_id"]: r["addr"] for r in first["walk"].to_pylist() + second["walk"].to_pylist()}
+    levels: dict = {}
+    for r in rows:
+        levels.setdefault(ids.get(r["walk_id"], 0), []).append((r["index"], r["level"]))
+    assert {k: [lv for _, lv in sorted(v)] for k, v in levels.items() if k} == {
+        0xA: [4, 3, 2], 0xB: [4, 3, 2, 1], 0xC: [4, 3, 2, 1, 4, 3, 2, 1]}
+    assert sorted(lv for _, lv in levels[0]) == [1, 2]

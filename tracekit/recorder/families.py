@@ -23,7 +23,7 @@ from tracekit.recorder.family import ProbeFamily, ProbeStatus, RingSpec, common_
 from tracekit.recorder.ioctl_args import IoctlArgsProbe, decode_args
 from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
 
-__all__ = ["WalkFamily", "IoctlFamily", "LockFamily", "MmuFamily", "MMU_EVENTS", "LOCK_FLAG_NAMES",
+__all__ = ["WalkFamily", "IoctlFamily", "impossible_elements", "LockFamily", "MmuFamily", "MMU_EVENTS", "LOCK_FLAG_NAMES",
            "lock_flags_name"]
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
@@ -102,6 +102,7 @@ class WalkFamily(ProbeFamily):
     def __init__(self, options=None):
         super().__init__(options)
         self._open: dict[int, tuple[int, int]] = {}  # tracefs: tid -> (walk_id, next index)
+        self._shape: dict[int, tuple[int, int, bool]] = {}  # tracefs: open walk -> (last level, root, broken)
         self._next_id = 1
 
     def tables(self) -> dict[str, pa.Schema]:
@@ -171,7 +172,9 @@ class WalkFamily(ProbeFamily):
         """Give events sorted by (tid, ts) the walk_id/index the BPF program would have given.
 
         Open walks are carried per thread across batches: an element whose walk started in an
-        earlier batch keeps that walk's id and continues its index."""
+        earlier batch keeps that walk's id and continues its index. An element no walk can have next
+        (:func:`impossible_elements`: its walk start was lost, the rest of another walk's) and those
+        after it until the thread's next walk get walk id 0: orphans, not a malformed walk."""
         n = len(records)
         if n == 0:
             return
@@ -196,11 +199,52 @@ class WalkFamily(ProbeFamily):
         walk_id = np.where(in_batch, new_ids[rank], carry_id)
         next_index = np.where(in_batch, since_start, carry_next + elem_cum - before_group)
         next_index = np.where(walk_id == 0, 0, next_index)  # no open walk: index 0, as in the kernel
+        index = np.where(is_elem & (walk_id != 0), next_index - 1, 0)
+        elements = np.flatnonzero(is_elem & (walk_id != 0))
+        broken, shape = impossible_elements(walk_id[elements], index[elements],
+                                            records["aux"][elements].astype(np.int64), self._shape)
+        walk_id[elements[broken]] = 0
+        index[elements[broken]] = 0
         records["walk_id"] = walk_id
-        records["index"] = np.where(is_elem & (walk_id != 0), next_index - 1, 0).astype(np.uint32)
+        records["index"] = index.astype(np.uint32)
+        open_ids = set()
         for row in group_last:
             if walk_id[row]:
                 self._open[int(tid[row])] = (int(walk_id[row]), int(next_index[row]))
+                open_ids.add(int(walk_id[row]))
+            elif is_elem[row] and int(tid[row]) in self._open:  # its open walk broke: the rest is orphaned
+                open_ids.add(self._open[int(tid[row])][0])
+        self._shape = {w: v for w, v in shape.items() if w in open_ids}
+
+
+def impossible_elements(walk_id: np.ndarray, index: np.ndarray, level: np.ndarray,
+                        carried: dict[int, tuple[int, int, bool]]) -> tuple[np.ndarray, dict]:
+    """Which elements (rows in thread and time order, each walk's rows consecutive) cannot belong to their
+    walk: ``FNAME(walk_addr_generic)`` reads one level lower each step, or starts again at the root level
+    (``retry_walk``), so an element of any other level, and every later one of that walk, is flagged.
+    ``carried`` gives the walks open from an earlier batch ``(last level, root level, broken)``; returns
+    the flags and the same for every walk seen here (to carry)."""
+    n = len(walk_id)
+    if n == 0:
+        return np.zeros(0, bool), dict(carried)
+    first = np.r_[True, walk_id[1:] != walk_id[:-1]]
+    run = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    state = [carried.get(int(w), (-1, -1, False)) for w in walk_id[starts].tolist()]
+    carry_last = np.array([c[0] for c in state], np.int64)
+    carry_root = np.array([c[1] for c in state], np.int64)
+    carry_broken = np.array([c[2] for c in state], bool)
+    root = np.where(index[starts] == 0, level[starts], carry_root)[run]
+    previous = np.r_[-1, level[:-1]]
+    previous = np.where(first, carry_last[run], previous)
+    bad = (index > 0) & (level != previous - 1) & (level != root)
+    bad_before = np.cumsum(bad) - bad
+    broken = (bad_before - bad_before[starts][run] + bad > 0) | carry_broken[run]
+    ends = np.r_[starts[1:], n] - 1
+    out = dict(carried)
+    for w, last, r, b in zip(walk_id[starts].tolist(), level[ends].tolist(), root[ends].tolist(), broken[ends].tolist()):
+        out[int(w)] = (int(last), int(r), bool(b))
+    return broken, out
 
 
 # -------------------------------------------------------------------------------------------- ioctl
