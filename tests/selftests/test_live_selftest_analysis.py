@@ -1,0 +1,110 @@
+"""KVM selftests recorded with ``tracekit record -- ./TEST`` (bcc and tracefs backends): guest walks checked
+against the model of the selftest library's page tables and labelled by cause (shadow-MMU fault or KVM's
+instruction emulator); memslot_perf_test's moves classed as moves.
+
+Ground truth: the selftests' guests write one word in every 4 KiB page of their test memory per pass
+(dirty_log_perf_test: populate plus one pass per iteration; kvm_page_table_test: its three stages), so
+that many walks of the test memory are compared with the model, and each must match it exactly (every
+PTE, page-table addresses included). A walk's cause is recomputed here from the raw families with
+``merge_asof`` (the last walk of a thread before each of its fault-path events) and must equal the
+analysis' labels.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tracekit.analysis.analyze import analyze_capture
+from tracekit.analysis.walkcause import FAULT_EVENTS, FAULT_WINDOW_NS
+from tracekit.capture import open_capture
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+PAGES = (16 << 20) // 4096
+
+
+def _fault_walks(cap) -> int:
+    """Walks a fault-path event of the same thread follows (within the window), counted independently."""
+    walks = cap.dataframe("walk")[["ts_ns", "tid", "walk_id"]].sort_values("ts_ns")
+    mmu = cap.dataframe("mmu")
+    faults = mmu[mmu["event"].astype(str).isin(FAULT_EVENTS)][["ts_ns", "tid"]].sort_values("ts_ns")
+    if faults.empty:
+        return 0
+    owner = pd.merge_asof(faults, walks.rename(columns={"ts_ns": "walk_ts"}).assign(ts_ns=walks["ts_ns"]),
+                          on="ts_ns", by="tid", direction="backward", allow_exact_matches=False)
+    owner = owner[owner["ts_ns"] - owner["walk_ts"] <= FAULT_WINDOW_NS]
+    return int(owner["walk_id"].nunique())
+
+
+def _check(cap, passes: int):
+    result = analyze_capture(cap)  # the selftest's stdout in the capture names its guest: no option
+    check = result.verdicts["crosscheck"]
+    assert result.info["model"]["test_size"] == 16 << 20 and result.info["model"]["test_gva"] == 0xC0000000
+    assert check["verdict"] == "match" and check["outside_model"] > 0
+    if cap.lost_total() == 0:
+        assert check["compared"] == passes * PAGES
+    else:
+        assert 0 < check["compared"] <= passes * PAGES
+    causes = result.verdicts["walk_causes"]
+    assert causes["unknown"] == 0 and causes["fault"] + causes["emulation"] == cap.rows("walk")
+    assert causes["fault"] == _fault_walks(cap)
+    paths = result.tables["walk_paths"]
+    fetches = paths[paths["pferr"] == 0x10]
+    if causes["fault"] == 0:  # this host emulates CPL0 guest code: every walk is the emulator's
+        assert set(paths["cause"]) == {"emulation"} and fetches["walks"].sum() > causes["emulation"] // 2
+    return result
+
+
+def test_dirty_log_perf_test_walks_match_the_model(record_selftest):
+    recorded = record_selftest("dirty_log_perf_test", "-b", "16M", "-i", "2")
+    _check(open_capture(recorded.capture), passes=3)
+
+
+def test_tracefs_backend_keeps_every_phase_and_whole_walks(record_selftest):
+    """Under the tracefs backend: the memslot arguments (slot, flags) are read by its ioctl uprobe, so the
+    disable-dirty-logging phase is placed like the others; and walks stay whole although the vCPU thread
+    moves between CPUs whose buffers are read unevenly (without lost events, every walk is one or more
+    full passes 4>3>2>1)."""
+    import re
+
+    from tracekit.analysis.phases import parse_selftest_output
+
+    recorded = record_selftest("dirty_log_perf_test", "-b", "16M", "-i", "2", extra=("--backend", "tracefs"))
+    cap = open_capture(recorded.capture)
+    assert cap.manifest["backend"] == "tracefs"
+    result = _check(cap, passes=3)
+    parsed = parse_selftest_output(recorded.stdout)
+    printed = [n if i == 0 else f"{n}#{i}" for n, i in zip(parsed["name"], parsed["iteration"])]
+    assert result.tables["phases"]["phase"].tolist() == printed and "disable-dirty-logging" in printed
+    regions = cap.dataframe("ioctl")
+    regions = regions[regions["cmd_name"].astype(str) == "KVM_SET_USER_MEMORY_REGION2"]
+    assert regions["slot"].notna().all() and regions["flags"].notna().all()
+    if cap.lost_total() == 0:
+        paths = set(result.tables["walk_paths"]["levels"])
+        assert all(re.fullmatch(r"4>3>2>1(>4>3>2>1)*", p) for p in paths), paths
+        assert result.info["orphan_walk_elements"] == 0
+
+
+def test_kvm_page_table_test_walks_match_the_model(record_selftest):
+    recorded = record_selftest("kvm_page_table_test", "-b", "16M")
+    _check(open_capture(recorded.capture), passes=3)
+
+
+def test_memslot_perf_test_moves_are_moves_and_nothing_enables_dirty_logging(record_selftest):
+    """memslot_perf_test's move test moves a slot's guest-physical address away and back each iteration
+    (its own "Done N iterations" line): 2N moves, no call classed ``same``, and no lock wait inside its
+    memslot ioctls labelled ``dirty-log-enable`` (the test never enables dirty logging)."""
+    import re
+
+    recorded = record_selftest("memslot_perf_test", "-f", "4", "-e", "4", "-l", "1")
+    iterations = int(re.search(r"Done (\d+) iterations", recorded.stdout).group(1))
+    cap = open_capture(recorded.capture)
+    result = analyze_capture(cap)
+    changes = result.tables["memslot_latency"].groupby("change")["count"].sum()
+    assert "same" not in changes.index and "log-dirty-on" not in changes.index
+    if cap.lost_total() == 0:
+        assert changes["move"] == 2 * iterations
+    waits = result.tables.get("lock_contention")
+    if waits is not None:
+        assert "dirty-log-enable" not in set(waits["operation"])
