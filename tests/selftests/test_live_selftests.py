@@ -90,6 +90,7 @@ def test_dirty_log_perf_test_thp_and_two_vcpus(record_selftest):
     recorded = record_selftest("dirty_log_perf_test", "-b", "16M", "-i", "2", "-v", "2", "-s", "anonymous_thp",
                                extra=("--stream-ioctl", "KVM_RUN"))
     cap, result = _check_run(recorded, vcpus=2)
+    assert set(result.tables["walk_depth"]["vcpu"]) == {0, 1}  # one row per vCPU, not one for both
     runs = load(cap, "ioctl", ["ts_ns", "tid", "duration_ns", "cmd_name", "ret"])
     runs = runs[(runs["cmd_name"] == "KVM_RUN") & runs["duration_ns"].notna()]
     cut = analyze_capture(cap, phase="dirty-memory#2")
@@ -145,3 +146,63 @@ def test_dirty_log_test_ring_pushes_equal_its_dirty_count(record_selftest):
     threads = cap.manifest["target"]["threads"]
     assert [t["vcpu"] for t in threads if t.get("vcpu_from") == "KVM_RUN fd"] == [0]
     assert np.all(load(cap, "ioctl", ["ret"])["ret"].notna())
+
+
+def test_attached_mid_run_the_output_is_aligned_from_the_end(kvm_selftests, tmp_path):
+    """What a user does with a long run: ``record --pid`` once it is going, the output saved by the shell.
+    The capture then holds only the last iterations: the note says which, and every GET / CLEAR recorded
+    lies in the phase of its own iteration (not iteration 1's). The run is held (SIGSTOP) while the
+    recorder compiles and attaches, so that iterations are left to record whatever the host's speed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    livecheck.need_kvm()
+    livecheck.need_tracepoint("kvmmmu", "kvm_mmu_pagetable_walk")
+    livecheck.need_bcc()
+    iterations = 8
+    output, capture = tmp_path / "run.out", tmp_path / "late.tkcap"
+    with open(output, "w") as sink:  # line-buffered, as on a terminal, so the test sees the run's progress
+        run = subprocess.Popen(["stdbuf", "-oL", str(kvm_selftests / "dirty_log_perf_test"), "-b", "16M", "-i",
+                                str(iterations)], stdout=sink, stderr=subprocess.STDOUT)
+    recorder = None
+    try:
+        deadline = time.monotonic() + 120
+        while "Iteration 2 clear dirty log time" not in output.read_text() and run.poll() is None:
+            assert time.monotonic() < deadline, "dirty_log_perf_test made no progress in 120 s"
+            time.sleep(0.02)
+        run.send_signal(signal.SIGSTOP)
+        recorder = subprocess.Popen([sys.executable, "-m", "tracekit.cli", "record", "-o", str(capture),
+                                     "--pid", str(run.pid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        banner = recorder.stderr.readline()
+        assert banner.startswith("Tracing pid"), banner + recorder.stderr.read()[-2000:]
+        run.send_signal(signal.SIGCONT)
+        assert run.wait(timeout=300) == 0, output.read_text()[-2000:]
+        _, errors = recorder.communicate(timeout=120)
+        record = subprocess.CompletedProcess(recorder.args, recorder.returncode, "", banner + errors)
+    finally:
+        for process in (run, recorder):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert record.returncode == 0, record.stderr[-2000:]
+    cap = open_capture(capture)
+    assert "command_output" not in cap.manifest  # attached: the output is the user's file
+    result = analyze_capture(cap, selftest_output=output.read_text())
+    note = re.fullmatch(rf"the capture holds iterations (\d+)-{iterations} of the {iterations} the selftest printed "
+                        r"\(recording attached mid-run\): phases aligned from the end", result.info["phase_note"] or "")
+    assert note, result.info["phase_note"]
+    phases = result.tables["phases"].set_index("phase")
+    calls = dirty_log_events(load(cap, "ioctl", ["ts_ns", "duration_ns", "cmd_name"],
+                                  optional_columns=["slot", "flags", "ret"]))
+    for kind, name in (("get", "get-dirty-log"), ("clear", "clear-dirty-log")):
+        mine = calls[calls["kind"] == kind]
+        first = iterations - len(mine) + 1
+        assert first >= 3 and first - int(note.group(1)) in (0, 1)  # a call in flight at the attach is not seen
+        for k, (start, end) in enumerate(zip(mine["ts_ns"], mine["end_ns"])):
+            label = f"{name}#{first + k}"
+            assert phases.loc[label, "start_ns"] <= start and end <= phases.loc[label, "end_ns"], label
+    assert "disable-dirty-logging" in phases.index and "populate" not in phases.index
+    threads = cap.manifest["target"]["threads"]
+    assert [t["vcpu"] for t in threads if t.get("vcpu_from") == "KVM_RUN fd"] == [0]
