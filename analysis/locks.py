@@ -116,6 +116,8 @@ def stack_facts(stack: pd.DataFrame | None) -> dict[int, tuple[str | None, bool]
     if stack is None or stack.empty:
         return out
     for sid, frames in zip(stack["stack_id"], stack["frames"]):
+        if pd.isna(sid):  # a damaged row: no stack to attribute
+            continue
         functions = [_function(f) for f in (list(frames) if frames is not None else [])]
         op = next((name for f in functions for pattern, name in STACK_OPERATIONS if pattern.search(f)), None)
         taker = next((f for f in functions if not LOCK_PRIMITIVE.match(f)), "")

@@ -14,9 +14,9 @@ largest family read:
   (``mmu`` ``kvm_mmu_split_huge_page``) as instants (``ph: "i"``);
 - lock waits (``lock``) as slices named ``wait <lock_addr hex>`` (category ``lock``);
 - workload phases as slices on a ``phases`` track (tid 0 of the target process);
-- counters (``ph: "C"``, argument ``rate``) per 10 ms and process: ``guest walks/s`` (the x86 fault
-  rate: one guest walk per shadow-MMU fault) and ``stage-2 faults/s`` (function-probe ``fault``
-  family, arm64).
+- counters (``ph: "C"``, argument ``rate``) per busy 10 ms bin and process, back to 0 after each run
+  of busy bins: ``guest walks/s`` (the x86 fault rate: one guest walk per shadow-MMU fault) and
+  ``stage-2 faults/s`` (function-probe ``fault`` family, arm64).
 
 Timestamps are CLOCK_MONOTONIC microseconds (float, ns precision). Families that are absent are
 skipped. Raises CaptureFormatError when ``path`` cannot be written.
@@ -89,13 +89,13 @@ def trace_events(cap: Any) -> Iterator[dict]:
             args = {k: int(getattr(row, k)) for k in ("slot", "flags", "ret")
                     if getattr(row, k) is not None and not _isnan(getattr(row, k))}
             yield {"ph": "X", "cat": "ioctl", "name": row.cmd_name or "ioctl", "pid": int(row.pid),
-                   "tid": int(row.tid), "ts": _us(row.ts_ns), "dur": _us(max(int(row.duration_ns), 0)), "args": args}
+                   "tid": int(row.tid), "ts": _us(row.ts_ns), "dur": _dur(row.duration_ns), "args": args}
     if "split" in families:
         sp = load(cap, "split", ["ts_ns", "pid", "tid", "duration_ns"], optional_columns=["level", "ret"])
         yield from threads(sp["pid"].to_numpy(), sp["tid"].to_numpy())
         for ts, pid, tid, dur, level in zip(sp["ts_ns"], sp["pid"], sp["tid"], sp["duration_ns"], sp["level"]):
             yield {"ph": "X", "cat": "split", "name": "split" if _isnan(level) else f"split L{int(level)}",
-                   "pid": int(pid), "tid": int(tid), "ts": _us(ts), "dur": _us(max(int(dur), 0))}
+                   "pid": int(pid), "tid": int(tid), "ts": _us(ts), "dur": _dur(dur)}
     if "mmu" in families:
         mmu = load(cap, "mmu", ["ts_ns", "pid", "tid", "event"], optional_columns=["level"])
         mmu = mmu[mmu["event"] == SPLIT_EVENT]
@@ -107,27 +107,34 @@ def trace_events(cap: Any) -> Iterator[dict]:
         lk = load(cap, "lock", ["ts_ns", "pid", "tid", "lock_addr", "wait_ns"])
         yield from threads(lk["pid"].to_numpy(), lk["tid"].to_numpy())
         for ts, pid, tid, addr, wait in zip(lk["ts_ns"], lk["pid"], lk["tid"], lk["lock_addr"], lk["wait_ns"]):
-            yield {"ph": "X", "cat": "lock", "name": f"wait {int(addr):#x}", "pid": int(pid), "tid": int(tid),
-                   "ts": _us(ts), "dur": _us(max(int(wait), 0))}
+            yield {"ph": "X", "cat": "lock", "name": "wait ?" if _isnan(addr) else f"wait {int(addr):#x}",
+                   "pid": int(pid), "tid": int(tid), "ts": _us(ts), "dur": _dur(wait)}
     for family, name in (("walk", "guest walks/s"), ("fault", "stage-2 faults/s")):
         if family in families:
             yield from _rate_counter(load(cap, family, ["ts_ns", "pid"]), name)
 
 
 def _rate_counter(frame: Any, name: str) -> Iterator[dict]:
-    """Counter events: events per second in each COUNTER_BIN_NS bin, per process."""
+    """Counter events: events per second in each busy COUNTER_BIN_NS bin, per process, and a zero after
+    each run of busy bins (so memory follows the events, not the time they span)."""
     if not len(frame):
         return
     bins = frame["ts_ns"].to_numpy(np.int64) // COUNTER_BIN_NS
     pids = frame["pid"].to_numpy(np.int64)
     for pid in np.unique(pids):
-        b = bins[pids == pid]
-        lo, hi = int(b.min()), int(b.max())
-        counts = np.bincount(b - lo, minlength=hi - lo + 1)
-        for i, count in enumerate(counts.tolist()):
-            yield {"ph": "C", "name": name, "pid": int(pid), "ts": _us((lo + i) * COUNTER_BIN_NS),
+        busy, counts = np.unique(bins[pids == pid], return_counts=True)
+        busy_bins = busy.tolist()
+        for i, (b, count) in enumerate(zip(busy_bins, counts.tolist())):
+            yield {"ph": "C", "name": name, "pid": int(pid), "ts": _us(b * COUNTER_BIN_NS),
                    "args": {"rate": count * (10**9 // COUNTER_BIN_NS)}}
-        yield {"ph": "C", "name": name, "pid": int(pid), "ts": _us((hi + 1) * COUNTER_BIN_NS), "args": {"rate": 0}}
+            if i + 1 == len(busy_bins) or busy_bins[i + 1] != b + 1:
+                yield {"ph": "C", "name": name, "pid": int(pid), "ts": _us((b + 1) * COUNTER_BIN_NS),
+                       "args": {"rate": 0}}
+
+
+def _dur(ns: Any) -> float:
+    """A slice duration in µs from ``ns`` (0 when null or negative)."""
+    return 0.0 if _isnan(ns) else _us(max(int(ns), 0))
 
 
 def _isnan(value: Any) -> bool:

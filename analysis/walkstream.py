@@ -48,6 +48,7 @@ from tracekit.analysis.common import load
 from tracekit.analysis.crosscheck import (MISMATCH_COLUMNS, CrossCheck, ModelCache, check_summary, compare_elements,
                                           compared_passes, mismatch_row, modelled, per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, leaf_levels, level_paths
+from tracekit.errors import AnalysisError
 
 __all__ = ["stream_walks", "rebuild_streamed", "feed_passes", "element_stream", "RowMap", "IdScan", "WalkShapes",
            "prefetch", "HOLD_ROWS", "BATCH_ROWS", "MAX_PASSES"]
@@ -528,8 +529,11 @@ class _Rebuilder:
 
 
 def _element_batches(batches: Iterable[Any]) -> Iterator[list[np.ndarray]]:
-    """``walk_element`` columns of each record batch (zero-copy)."""
+    """``walk_element`` columns of each record batch (zero-copy); AnalysisError when one holds nulls."""
     for batch in batches:
+        nulls = [c for c in ELEMENT_COLUMNS if batch.column(c).null_count]
+        if nulls:
+            raise AnalysisError(f"walk_element column(s) {', '.join(nulls)} hold nulls: the capture is damaged")
         yield [batch.column(c).to_numpy() for c in ELEMENT_COLUMNS]
 
 
