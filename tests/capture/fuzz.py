@@ -1,8 +1,9 @@
 """Hostile mutations of a recorded capture, and the commands a user runs on them.
 
 :func:`mutations` yields ``(name, mutate)`` pairs from a seeded random generator: badly typed or huge
-manifest values, damaged manifest text, flipped bytes and truncations in segments, segments and schema
-files of another family, foreign columns, non-UTF-8 names, files symlinked outside the capture.
+manifest values, damaged manifest text, flipped bytes and truncations in segments, well-formed segments
+holding extreme values or nulls, segments and schema files of another family, foreign columns,
+non-UTF-8 names, files symlinked outside the capture.
 :func:`run_command` runs one tracekit command in-process and returns its exit code and the problems
 found: a traceback, an exit code other than 0 or 1, an error of more than one line.
 """
@@ -16,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
@@ -47,7 +49,7 @@ READ_FIELDS = [
 HOSTILE_VALUES: list[object] = [
     "abc", "", [1], [], {}, {"a": 1}, None, True, 4096, -1, 0, 10**30, -(10**30), 2**63, 1.5,
     float("nan"), float("inf"), float("-inf"), [None], [[1]], ["x"], [{"tid": "x"}], {"pids": "1"},
-    "\udcff", "x" * 10_000, [10**30], [float("nan")],
+    "\udcff", "x" * 10_000, [10**30], [float("nan")], 2**31 - 1, 2**63 - 1, -(2**63), [0, 2**63 - 1],
 ]
 
 COMMANDS = [
@@ -201,6 +203,37 @@ def mutations(seed: int, count: int, outside: Path) -> Iterator[tuple[str, Calla
             _write_manifest(cap, manifest)
         return f"{kind} {source.parent.name}->{family.name}"
 
+    def segment_values(cap: Path, rng=rng) -> str:
+        segment = rng.choice(_segments(cap))
+        table = pq.read_table(segment)
+        index = rng.randrange(table.num_columns)
+        field = table.schema.field(index)
+        column = table.column(index).combine_chunks()
+        n = len(column)
+        kind = rng.choice(["extreme", "null", "shuffle", "constant"])
+        values = column.to_pylist()
+        if kind == "extreme" and pa.types.is_integer(field.type):
+            info = np.iinfo(field.type.to_pandas_dtype())
+            values = [rng.choice([int(info.min), int(info.max), 0, -1 if info.min < 0 else 1]) for _ in values]
+        elif kind == "extreme" and (pa.types.is_string(field.type) or pa.types.is_dictionary(field.type)):
+            values = [rng.choice(["", "x\ny", "\u00ff" * 300, "CPU 99999999999/KVM"]) for _ in values]
+        elif kind == "null":
+            values = [None if rng.random() < 0.5 else v for v in values]
+        elif kind == "shuffle":
+            rng.shuffle(values)
+        elif values:
+            values = [values[0]] * n
+        try:
+            new = pa.array(values, type=field.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            new = column
+        if kind == "null" and not field.nullable:
+            field = field.with_nullable(True)
+        schema = table.schema.set(index, field)
+        table = pa.Table.from_arrays([new if i == index else c for i, c in enumerate(table.columns)], schema=schema)
+        pq.write_table(table, segment, write_page_checksum=True)
+        return f"{kind} {segment.parent.name}.{field.name}"
+
     def odd_names(cap: Path, rng=rng) -> str:
         family = rng.choice(_families(cap))
         kind = rng.choice(["segment", "family", "tmp", "dir_as_segment", "fifo"])
@@ -258,7 +291,7 @@ def mutations(seed: int, count: int, outside: Path) -> Iterator[tuple[str, Calla
         return f"{kind} {family.name}"
 
     kinds = [(manifest_value, 10), (manifest_delete, 3), (manifest_text, 2), (segment_bytes, 4),
-             (foreign_segment, 3), (odd_names, 1), (symlinks, 1), (removals, 1)]
+             (segment_values, 4), (foreign_segment, 3), (odd_names, 1), (symlinks, 1), (removals, 1)]
     population = [k for k, weight in kinds for _ in range(weight)]
     for i in range(count):
         mutate = rng.choice(population)

@@ -1,8 +1,8 @@
 """Fuzz: a few hundred seeded mutations of a recorded sample, through every command a user runs on a capture.
 
-Each mutated copy goes through ``info`` and one more command in turn (``info --json``, ``analyze``,
-``analyze --json``, ``report``, ``compare``, ``export`` as CSV and JSON Lines, ``export --perfetto``), all
-in-process. Every run must exit 0 or 1 without a traceback, an error being exactly one line.
+Each mutated copy (9 kinds, tests/capture/fuzz.py) goes through ``info`` and one more command in turn
+(``info --json``, ``analyze``, ``analyze --json``, ``report``, ``compare``, ``export`` as CSV and JSON
+Lines, ``export --perfetto``), all in-process. Every run must exit 0 or 1 without a traceback, an error being exactly one line.
 """
 
 from __future__ import annotations
@@ -37,4 +37,4 @@ def test_mutated_captures_never_give_a_traceback(tmp_path):
         shutil.rmtree(cap, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     assert not failures, f"{len(failures)} bad runs:\n" + "\n".join(failures[:40])
-    assert len(kinds) == 8 and exits.get(0, 0) > MUTATIONS // 4 and exits.get(1, 0) > MUTATIONS // 4, (kinds, exits)
+    assert len(kinds) == 9 and exits.get(0, 0) > MUTATIONS // 4 and exits.get(1, 0) > MUTATIONS // 4, (kinds, exits)

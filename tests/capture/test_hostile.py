@@ -265,3 +265,37 @@ def test_every_sample_reads_in_full(sample):
     cap = open_capture(sample)
     for family in cap.families():
         assert sum(t.num_rows for t in cap.iter_tables(family)) == cap.rows(family)
+
+
+# -- hostile values in well-formed segments ---------------------------------------------------------------
+
+def test_perfetto_counters_follow_the_events_not_the_time_they_span(tmp_path):
+    path = tmp_path / "c.tkcap"
+    with CaptureWriter(path) as w:
+        w.declare("walk", WALK)
+        w.append("walk", pa.table({"ts_ns": [0, 1, 2**62], "cpu": [0] * 3, "pid": [9] * 3, "tid": [9] * 3,
+                                   "addr": pa.array([0] * 3, pa.uint64())}))
+    result = runner.invoke(app, ["export", str(path), "--perfetto", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+    counters = [e for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e["ph"] == "C"]
+    assert [e["args"]["rate"] for e in counters] == [200, 0, 100, 0]  # two busy 10 ms bins, 2^62 ns apart
+
+
+def test_nulls_in_lock_and_walk_element_columns_are_one_line_or_skipped(tmp_path):
+    from tracekit.analysis.synthetic import SCHEMAS
+
+    path = tmp_path / "c.tkcap"
+    common = {"ts_ns": [1, 2], "cpu": [0, 0], "pid": [9, 9], "tid": [9, 9]}
+    with CaptureWriter(path) as w:
+        for family in ("walk", "walk_element", "lock"):
+            w.declare(family, SCHEMAS[family])
+        w.append("walk", pa.table({**common, "walk_id": [0, 1], "addr": [0, 4096], "pferr": [0, 0]}))
+        w.append("walk_element", pa.table({**common, "walk_id": [None, 1], "index": [0, 0], "level": [4, 4],
+                                           "pte": [1, 1]}))
+        w.append("lock", pa.table({**common, "lock_addr": [None, 64], "flags": [5, 5], "wait_ns": [None, 10],
+                                   "ret": [0, 0], "stack_id": [-1, -1]}))
+    perfetto = runner.invoke(app, ["export", str(path), "--perfetto", str(tmp_path / "t.json")])
+    assert perfetto.exit_code == 0, perfetto.output
+    names = {e["name"] for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e.get("cat") == "lock"}
+    assert names == {"wait ?", "wait 0x40"}
+    refused(path, "walk_element column(s) walk_id hold nulls", command=("analyze",))
