@@ -31,7 +31,9 @@ SAMPLE = ROOT / "samples" / "x86-dirty-log-4k.tkcap"
 READ_FIELDS = [
     "lost", "lost.#", "lost.#.count", "lost.#.probe", "lost.#.cpu", "target", "target.pids", "target.pids.#",
     "target.comm", "target.threads", "target.threads.#", "target.threads.#.tid", "target.threads.#.vcpu",
-    "target.threads.#.comm", "source", "source.kind", "source.description", "status", "format_version",
+    "target.threads.#.comm", "target.threads.#.vcpu_from", "target.vms", "target.vms.#.pid", "target.vcpu_fds",
+    "command_output", "command_output.stdout", "source", "source.kind", "source.description", "status",
+    "format_version",
     "host", "kernel_release", "arch", "page_size", "kvm_params", "clock", "clock.anchor",
     "clock.anchor.monotonic_ns", "start", "stop", "duration_s", "probes", "probes.attached",
     "probes.attached.#", "probes.failed", "backend", "command_line", "families", "writer_pid",

@@ -196,11 +196,12 @@ U64 = Int(0, (1 << 64) - 1)  # guest and host addresses, sizes
 TEXT = Str()
 TEXTS = List(TEXT)
 
-_THREAD = Obj({"tid": PID, "comm": nullable(TEXT), "vcpu": nullable(INDEX)})
+_THREAD = Obj({"tid": PID, "comm": nullable(TEXT), "vcpu": nullable(INDEX), "vcpu_from": nullable(TEXT)})
+_VCPU_FDS = Obj({"fds": List(Obj({"pid": PID, "fd": Int(0, (1 << 31) - 1), "vcpu": INDEX}))})
 _VM = Obj({"pid": PID, "comm": nullable(TEXT), "name": nullable(TEXT), "vcpus": nullable(COUNT),
            "memory": nullable(COUNT)})
 _TARGET = Obj({"pids": List(PID), "pid": PID, "comm": nullable(TEXT), "name": nullable(TEXT),
-               "guest": nullable(TEXT), "threads": List(_THREAD), "vms": List(_VM)})
+               "guest": nullable(TEXT), "threads": List(_THREAD), "vms": List(_VM), "vcpu_fds": _VCPU_FDS})
 _PHASE = Obj({"name": TEXT, "iteration": nullable(INDEX), "start_ns": nullable(NS), "end_ns": nullable(NS)})
 _MAPPING = Obj({"gva": U64, "gpa": U64, "size": U64, "page_size": U64, "role": TEXT})
 _WORKLOAD = Obj({
@@ -242,6 +243,7 @@ MANIFEST = Obj({
     "command_line": AnyOf(TEXTS, TEXT),
     "source": Obj({"kind": TEXT, "description": nullable(TEXT)}),
     "workload": nullable(_WORKLOAD),
+    "command_output": Obj({"stdout": TEXT, "bytes": COUNT, "dropped_bytes": COUNT}),
     "model_scenario": _MODEL_SCENARIO,
     "mmu_lock_addrs": List(U64),
     "lab": Obj({"mmu_lock_addrs": List(U64)}),
