@@ -256,6 +256,17 @@ def test_record_without_privileges_is_one_line_naming_them(open_dir, tmp_path, a
     assert not output.exists()
 
 
+@pytest.mark.parametrize("args", [["top", "--once"], ["top", "--backend", "tracefs", "--once"]])
+def test_top_without_privileges_is_one_line_naming_them(open_dir, args):
+    prefix = _as_nobody()
+    run = subprocess.run([*prefix, TRACEKIT, *args], capture_output=True, text=True, cwd=open_dir,
+                         env={**os.environ, "HOME": str(open_dir)}, timeout=120)
+    assert run.returncode == 1, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tracekit: error: cannot watch VMs as this user"), run.stderr
+    assert "tracefs" in lines[0] and ("CAP_BPF" in lines[0]) == ("tracefs" not in args)
+
+
 @pytest.mark.parametrize("args", [["doctor"], ["doctor", "--json"], ["demo", "-o", "d.tkcap"],
                                   ["record", "--print-bpf", "--probes", "ioctl"]])
 def test_other_commands_without_privileges_run_without_a_traceback(open_dir, args):

@@ -5,12 +5,21 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from tracekit import capabilities
 from tracekit.cli import app
 from tracekit.recorder import target
 
 
+@pytest.fixture(autouse=True)
+def privileged(monkeypatch):
+    """Option checks as a privileged user would meet them, whoever runs the tests."""
+    monkeypatch.setattr(capabilities, "recording_blockers", lambda backend: [])
+
+
 @pytest.mark.parametrize("args,message", [
-    (["-i", "0"], "--interval must be positive"),
+    (["-i", "0"], "--interval must be a positive, finite number of seconds, not 0"),
+    (["-i", "nan"], "--interval must be a positive, finite number of seconds, not nan"),
+    (["-i", "inf"], "--interval must be a positive, finite number of seconds, not inf"),
     (["-s", "speed"], "unknown sort key 'speed'"),
     (["--json"], "--json needs --once"),
     (["-n", "0"], "--iterations must be positive"),

@@ -13,6 +13,7 @@ SIGTERM, ``-n``) it prints the totals of the whole run per VM, like bcc's tools.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import shutil
@@ -23,7 +24,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from tracekit.errors import UsageError
+from tracekit.errors import MissingCapability, UsageError
 
 __all__ = ["register", "top_command"]
 
@@ -120,19 +121,22 @@ def top_command(
     json_out: bool = typer.Option(False, "--json", help="With --once: print the interval as JSON (docs/cli-json/top.md)."),
     backend: str = typer.Option("auto", "--backend", help="bcc (counts in the kernel), tracefs (raw buffers) or auto."),
 ) -> None:
-    from tracekit.capabilities import tracefs_root
+    from tracekit.capabilities import recording_blockers, tracefs_root
     from tracekit.recorder.family import Host
     from tracekit.top.sources import open_source
     from tracekit.top.view import SORT_KEYS, make_view, render_text, sort_vms, summary_table, view_json
 
-    if interval <= 0:
-        raise UsageError("--interval must be positive")
+    if not (interval > 0 and math.isfinite(interval)):  # NaN too
+        raise UsageError(f"--interval must be a positive, finite number of seconds, not {interval:g}")
     if sort not in SORT_KEYS:
         raise UsageError(f"unknown sort key {sort!r} (use {', '.join(SORT_KEYS)})")
     if json_out and not once:
         raise UsageError("--json needs --once (one interval as one JSON document)")
     if iterations is not None and iterations <= 0:
         raise UsageError("--iterations must be positive")
+    blockers = recording_blockers(backend)
+    if blockers:  # before /proc: another user's file descriptors are unreadable, its VMs invisible
+        raise MissingCapability("cannot watch VMs as this user: " + "; ".join(blockers))
     specs = [] if all_vms else list(pid)
     vms = _watched(specs)
     if not vms:
