@@ -269,16 +269,15 @@ def check_manifest(manifest: Any, where: str, spec: Spec = MANIFEST) -> None:
 
 
 def _depth(value: Any) -> int:
-    """Nesting depth of arrays and objects in ``value``, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, (dict, list)):
-            deepest = max(deepest, depth)
-            if depth > MAX_MANIFEST_DEPTH:
-                break
-            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
-    return deepest
+    """Nesting depth of arrays and objects in ``value`` (counted up to one past the bound), level by level."""
+    depth, level = 0, [value]
+    while depth <= MAX_MANIFEST_DEPTH:
+        containers = [node for node in level if isinstance(node, (dict, list))]
+        if not containers:
+            break
+        depth += 1
+        level = [child for node in containers for child in (node.values() if isinstance(node, dict) else node)]
+    return depth
 
 
 def parse_manifest(data: bytes, where: str) -> Any:

@@ -130,14 +130,14 @@ def _read_footer(path: Path) -> tuple[pa.Schema, int, dict]:
 
 
 def _snapshot(path: Path, metadata: dict) -> dict | None:
-    """The manifest snapshot a segment carries (checked), or None."""
+    """The parts of the manifest snapshot a segment carries that the reader uses (checked), or None."""
     raw = metadata.get(_SNAPSHOT_KEY)
     if raw is None:
         return None
     where = f"{shown_path(path)}: snapshot"
     snapshot = parse_manifest(raw, where)
     check_manifest(snapshot, where, SNAPSHOT)
-    return snapshot
+    return {key: snapshot[key] for key in SNAPSHOT.fields if key in snapshot}  # what the reader uses
 
 
 def _read_family(directory: Path) -> _Family | None:
