@@ -169,6 +169,8 @@ def _verdicts_html(result: Analysis) -> str:
     if v:
         if v.get("compared"):
             text = f"{v['matched']:,} of {v['compared']:,} walks match the model ({v['match_rate']:.2%})"
+            if v.get("outside_model"):
+                text += f"; {v['outside_model']:,} walks of addresses the model does not cover were not compared"
         else:
             text = v.get("evidence", "")
         items.append(f"<li>Model cross-check: <span class='verdict {html.escape(v['verdict'])}'>"
