@@ -213,8 +213,9 @@ def iteration_bursts(events: pd.DataFrame, expected: dict[str, int] | None = Non
 
 
 #: What each anchored kind is called in a one-line misfit message.
-_KIND_TEXT = {"enable": "dirty-logging enables", "get": "KVM_GET_DIRTY_LOG bursts",
-              "clear": "KVM_CLEAR_DIRTY_LOG bursts", "disable": "dirty-logging disables"}
+_KIND_TEXT = {"enable": ("enable", "dirty-logging enables"), "get": ("get-dirty-log", "KVM_GET_DIRTY_LOG bursts"),
+              "clear": ("clear-dirty-log", "KVM_CLEAR_DIRTY_LOG bursts"),
+              "disable": ("disable", "dirty-logging disables")}
 #: Placed phases may overlap by this much (ns) plus 1 % of the later one (printing, clock reads).
 _OVERLAP_SLACK_NS = 1_000_000
 
@@ -300,7 +301,8 @@ def _fit(printed: dict[str, int], found: dict[str, int], iterations: int) -> tup
               if found[kind] != n and not (kind in ("enable", "disable") and found[kind] == 0)}
     if not misfit:
         return {}, None
-    counts = ", ".join(f"{n} phase(s) printed for {got} {_KIND_TEXT[kind]} recorded" for kind, (n, got) in misfit.items())
+    counts = ", ".join(f"it prints {n} {_KIND_TEXT[kind][0]} phases, the capture holds {got} {_KIND_TEXT[kind][1]}"
+                       for kind, (n, got) in misfit.items())
     has_enable, has_disable = found.get("enable", 0) > 0, found.get("disable", 0) > 0
     fewer = all(kind in ("get", "clear") and got < n for kind, (n, got) in misfit.items())
     if not fewer or has_enable == has_disable:

@@ -114,3 +114,20 @@ def test_perfetto_export_of_every_sample_is_what_the_json_importer_needs(tmp_pat
                 open_ends.pop()
             assert not open_ends or end <= open_ends[-1], f"slice {start}-{end} overlaps the end of its parent"
             open_ends.append(end)
+
+
+def test_an_output_that_does_not_fit_is_one_line(tmp_path):
+    """The sample's own 2-iteration output fits; one of a 20-iteration run is refused in one line, exit 1."""
+    fits = runner.invoke(app, ["analyze", SAMPLE, "--json", "--selftest-output",
+                               str(SAMPLES / "x86-dirty-log-4k.out")])
+    assert fits.exit_code == 0, fits.output
+    assert json.loads(fits.output)["info"]["phases_from"] == "--selftest-output"
+    lines = ["Populate memory time: 0.500000000s", "Enabling dirty logging time: 0.000100000s"]
+    for i in range(1, 21):
+        lines += [f"Iteration {i} dirty memory time: 0.010000000s", f"Iteration {i} get dirty log time: 0.000030000s",
+                  f"Iteration {i} clear dirty log time: 0.000030000s"]
+    other = tmp_path / "twenty.out"
+    other.write_text("\n".join(lines + ["Disabling dirty logging time: 0.000700000s", ""]))
+    result = runner.invoke(app, ["analyze", SAMPLE, "--selftest-output", str(other)])
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0, result.output
+    assert "does not fit this capture: it prints 20 get-dirty-log phases, the capture holds 2" in result.output

@@ -123,10 +123,10 @@ def test_legacy_get_without_slots_splits_the_calls_evenly():
 
 
 def test_an_output_of_another_run_is_refused():
-    with pytest.raises(AnalysisError, match="does not fit this capture: 20 phase.s. printed for 2 KVM_GET_DIRTY_LOG "
-                                            "bursts recorded.*whole run"):
+    with pytest.raises(AnalysisError, match="does not fit this capture: it prints 20 get-dirty-log phases, the capture "
+                                            "holds 2 KVM_GET_DIRTY_LOG bursts.*whole run"):
         align_selftest_phases(parse_selftest_output(_output(20)), _run_ioctls(_output(2)))
-    with pytest.raises(AnalysisError, match="does not fit this capture: 2 phase.s. printed for 20 KVM_GET"):
+    with pytest.raises(AnalysisError, match="does not fit this capture: it prints 2 get-dirty-log phases, the capture holds 20"):
         align_selftest_phases(parse_selftest_output(_output(2)), _run_ioctls(_output(20)))
     other = _output(3).replace("dirty memory time: 0.02", "dirty memory time: 0.09")  # same shape, other times
     with pytest.raises(AnalysisError, match="dirty-memory#2 .* would start .* before the phase printed before it"):
