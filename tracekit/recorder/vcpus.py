@@ -16,6 +16,8 @@ import os
 import re
 from typing import Any
 
+import pyarrow.compute as pc
+
 from tracekit.recorder.kvm_ioctls import KVM_CREATE_VCPU, KVM_RUN
 
 __all__ = ["VcpuFds", "vcpu_fd_index"]
@@ -63,25 +65,25 @@ class VcpuFds:
 
     def observe(self, family: str, table: Any) -> None:
         """Learn from a batch of the ``ioctl`` (KVM_CREATE_VCPU results, streamed KVM_RUN calls) or the
-        ``ioctl_summary`` family (aggregated KVM_RUN per thread and fd); other families are ignored."""
+        ``ioctl_summary`` family (aggregated KVM_RUN per thread and fd); other families are ignored. Only
+        the distinct (pid, tid, fd) of a batch's KVM_RUN rows are read, not every call."""
         if family not in ("ioctl", "ioctl_summary") or not table.num_rows:
             return
-        names = table.column_names
-        if not {"cmd", "pid", "tid", "fd"} <= set(names):
+        names = set(table.column_names)
+        if not {"cmd", "pid", "tid", "fd"} <= names:
             return
-        cmds = table.column("cmd").to_pylist()
-        if KVM_RUN not in cmds and KVM_CREATE_VCPU not in cmds:
-            return
-        pids, tids, fds = (table.column(c).to_pylist() for c in ("pid", "tid", "fd"))
-        rets = table.column("ret").to_pylist() if "ret" in names else [None] * len(cmds)
-        args = table.column("arg").to_pylist() if "arg" in names else [None] * len(cmds)
-        for cmd, pid, tid, fd, ret, arg in zip(cmds, pids, tids, fds, rets, args):
-            if None in (pid, tid, fd):
-                continue
-            if cmd == KVM_RUN:
-                self.runs.add((int(pid), int(tid), int(fd)))
-            elif cmd == KVM_CREATE_VCPU and ret is not None and ret >= 0 and arg is not None:
-                self._note(int(pid), int(ret), int(arg))
+        cmd = table.column("cmd")
+        runs = table.filter(pc.equal(cmd, KVM_RUN))
+        if runs.num_rows:
+            distinct = runs.select(["pid", "tid", "fd"]).group_by(["pid", "tid", "fd"]).aggregate([])
+            for pid, tid, fd in zip(*(distinct.column(c).to_pylist() for c in ("pid", "tid", "fd"))):
+                if None not in (pid, tid, fd):
+                    self.runs.add((int(pid), int(tid), int(fd)))
+        if family == "ioctl" and {"ret", "arg"} <= names:
+            created = table.filter(pc.equal(cmd, KVM_CREATE_VCPU))
+            for pid, ret, arg in zip(*(created.column(c).to_pylist() for c in ("pid", "ret", "arg"))):
+                if None not in (pid, ret, arg) and ret >= 0:
+                    self._note(int(pid), int(ret), int(arg))
 
     def identify(self) -> dict[int, int]:
         """``{tid: vcpu index}`` for the threads seen issuing KVM_RUN on a known vCPU fd (a thread that ran
