@@ -207,7 +207,7 @@ def _processes(exclude: tuple[int, ...]) -> list[int]:
 
 def kvm_processes(*, exclude: tuple[int, ...] = ()) -> list[Target]:
     """Every process that holds a KVM VM file descriptor, by pid (``--all-vms``)."""
-    found = (describe_process(pid) for pid in _processes(exclude))
+    found = (describe_process(pid) for pid in _processes(exclude) if kvm_fds(pid)[0])  # fds first: cheaper
     return [t for t in found if t is not None and t.vms]
 
 

@@ -2,7 +2,7 @@
 
 Contract: :func:`register` adds ``top`` to the root app. It watches the VMs named by ``-p`` (matched as
 ``record --pid`` matches; repeatable) or, by default, every process holding a KVM VM (re-scanned every
-interval: VMs that start later join, VMs that exit leave), reads the counters once per ``-i`` seconds
+5 s: VMs that start later join, VMs that exit leave), reads the counters once per ``-i`` seconds
 and redraws the view (sorted by ``-s``). On a terminal, ``q`` quits and ``s`` cycles the sort key; the
 terminal is restored on every exit path. ``--once`` prints one interval and exits (``--json``: the
 document of docs/cli-json/top.md); ``-n N`` stops after N intervals. When it ends (``q``, Ctrl-C,
@@ -42,6 +42,9 @@ Examples:
 
   tracekit top --once --json | jq '.vms[] | {pid, walks_s}'
 """
+
+
+_RESCAN_S = 5.0  # scanning every process's fds for KVM VMs costs tens of ms: not every interval
 
 
 class _Keys:
@@ -156,6 +159,7 @@ def top_command(
                        err=True)
         keys = _Keys() if live else None
         shown = 0
+        next_scan = time.monotonic() + _RESCAN_S
         with _Stop():
             try:
                 while True:
@@ -177,7 +181,8 @@ def top_command(
                     if key == "s":
                         names = list(SORT_KEYS)
                         sort = names[(names.index(sort) + 1) % len(names)]
-                    if not specs:  # --all-vms: VMs that started join, VMs that exited leave
+                    if not specs and time.monotonic() >= next_scan:  # --all-vms: VMs come and go
+                        next_scan = time.monotonic() + _RESCAN_S
                         vms = _watched(specs)
                         every_vm.update({vm["pid"]: vm for vm in vms})
                         source.watch({vm["pid"] for vm in vms})
