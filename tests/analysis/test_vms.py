@@ -102,3 +102,14 @@ def test_analyze_vm_option(two_vms):
     assert "cut to VM pid 4002 (qemu-kvm, guest web)" in result.output
     bad = CliRunner().invoke(app, ["analyze", str(two_vms), "--vm", "nope"])
     assert bad.exit_code == 2 and "no recorded VM matches" in bad.output and "Traceback" not in bad.output
+
+
+def test_report_vm_option(two_vms, tmp_path):
+    page = tmp_path / "db.html"
+    result = CliRunner().invoke(app, ["report", str(two_vms), "--vm", "db", "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert "<h3>walk depth</h3>" in text and "<h3>vms</h3>" not in text  # cut to one VM: no per-VM table
+    whole = tmp_path / "all.html"
+    assert CliRunner().invoke(app, ["report", str(two_vms), "-o", str(whole)]).exit_code == 0
+    assert "<h3>vms</h3>" in whole.read_text()
