@@ -262,8 +262,9 @@ def test_tracefs_walks_stay_whole_when_a_cpu_is_read_behind_another():
 def test_elements_no_walk_can_have_are_orphans_across_batches():
     """A lost walk start (a tracefs ring overrun) leaves its elements after another walk's: 4>3>2 then
     4>3>2>1>1 in the tracefs recording of dirty_log_perf_test. KVM's walker reads one level lower each
-    step or starts again at the root (a retry), so the second 1 and what follows it until the next walk
-    are orphans; a retry (4>3>2>1>4>3>2>1) stays one walk; the state carries across batches."""
+    step or starts again at the root (a retry), so a stray element and what follows it until the thread's
+    next walk are orphans (a walk broken at the end of a batch stays broken in the next); a retry
+    (4>3>2>1>4>3>2>1) stays one walk."""
     walk_t = [("common_pid", "<i4"), ("addr", "<u8"), ("pferr", "<u4")]
     elem_t = [("common_pid", "<i4"), ("pte", "<u8"), ("level", "<u1")]
     family = WalkFamily()
@@ -271,15 +272,18 @@ def test_elements_no_walk_can_have_are_orphans_across_batches():
         "kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(9, 0xA, 16, 10, 0, 1), (9, 0xB, 16, 20, 0, 1)]),
         "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(9, 1, lv, 10 + i, 0, 1) for i, lv in enumerate((4, 3, 2))]
                                               + [(9, 1, lv, 21 + i, 0, 1) for i, lv in enumerate((4, 3, 2, 1))])})
-    second = family.decode_tracefs({  # 0xb's walk goes on: a stray 1, then a 2; then a retried walk 0xc
+    stray = family.decode_tracefs({  # walk 0xd reads 4, then a stray 1 (the last row of its thread here)
+        "kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(9, 0xD, 16, 27, 0, 1)]),
+        "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(9, 1, 4, 28, 0, 1), (9, 1, 1, 29, 0, 1)])})
+    second = family.decode_tracefs({  # 0xd stays broken: 4, 3 are orphans too; then a retried walk 0xc
         "kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(9, 0xC, 16, 40, 0, 1)]),
-        "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(9, 1, 1, 30, 0, 1), (9, 1, 2, 31, 0, 1)]
+        "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(9, 1, 4, 30, 0, 1), (9, 1, 3, 31, 0, 1)]
                                               + [(9, 1, lv, 41 + i, 0, 1) for i, lv in enumerate((4, 3, 2, 1, 4, 3, 2, 1))])})
-    rows = first["walk_element"].to_pylist() + second["walk_element"].to_pylist()
-    ids = {r["walk_id"]: r["addr"] for r in first["walk"].to_pylist() + second["walk"].to_pylist()}
+    rows = first["walk_element"].to_pylist() + stray["walk_element"].to_pylist() + second["walk_element"].to_pylist()
+    ids = {r["walk_id"]: r["addr"] for b in (first, stray, second) for r in b["walk"].to_pylist()}
     levels: dict = {}
     for r in rows:
         levels.setdefault(ids.get(r["walk_id"], 0), []).append((r["index"], r["level"]))
     assert {k: [lv for _, lv in sorted(v)] for k, v in levels.items() if k} == {
-        0xA: [4, 3, 2], 0xB: [4, 3, 2, 1], 0xC: [4, 3, 2, 1, 4, 3, 2, 1]}
-    assert sorted(lv for _, lv in levels[0]) == [1, 2]
+        0xA: [4, 3, 2], 0xB: [4, 3, 2, 1], 0xD: [4], 0xC: [4, 3, 2, 1, 4, 3, 2, 1]}
+    assert sorted(lv for _, lv in levels[0]) == [1, 3, 4]

@@ -203,17 +203,13 @@ class WalkFamily(ProbeFamily):
         elements = np.flatnonzero(is_elem & (walk_id != 0))
         broken, shape = impossible_elements(walk_id[elements], index[elements],
                                             records["aux"][elements].astype(np.int64), self._shape)
-        walk_id[elements[broken]] = 0
+        records["walk_id"] = np.where(np.isin(np.arange(n), elements[broken]), 0, walk_id)
         index[elements[broken]] = 0
-        records["walk_id"] = walk_id
         records["index"] = index.astype(np.uint32)
-        open_ids = set()
-        for row in group_last:
+        for row in group_last:  # a broken walk stays open: the thread's next elements are orphans too
             if walk_id[row]:
                 self._open[int(tid[row])] = (int(walk_id[row]), int(next_index[row]))
-                open_ids.add(int(walk_id[row]))
-            elif is_elem[row] and int(tid[row]) in self._open:  # its open walk broke: the rest is orphaned
-                open_ids.add(self._open[int(tid[row])][0])
+        open_ids = {w for w, _ in self._open.values()}
         self._shape = {w: v for w, v in shape.items() if w in open_ids}
 
 
