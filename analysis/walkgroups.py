@@ -49,9 +49,9 @@ from tracekit.analysis import phases as phases_mod
 from tracekit.analysis.common import lookup_tids, vcpu_map
 from tracekit.analysis.crosscheck import CrossCheck, ModelCache
 from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, fault_followers
-from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS
-from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _State, cross_check, element_stream,
-                                          feed_passes, prefetch)
+from tracekit.analysis.walks import WALK_COLUMNS
+from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _State, cross_check, element_reader,
+                                          element_stream, feed_passes, prefetch)
 
 __all__ = ["Codes", "WalkGroups", "walk_group_counts"]
 
@@ -272,13 +272,19 @@ def _group_counts(columns: list[tuple[np.ndarray, int]], keep: np.ndarray | None
     return np.stack(out[::-1]), counts
 
 
+#: ``walk_group_counts(followers=READ)``: read the fault-path events from the capture.
+READ = object()
+
+
 def walk_group_counts(cap: Any, model_walk: Callable | None = None, *, phase_table: pd.DataFrame,
-                      phase: str | None = None, limit: int = 20) -> WalkGroups | None:
-    """The walk tables' group counts and the model cross-check of a capture (see the module docstring)."""
+                      phase: str | None = None, limit: int = 20, followers: Any = READ) -> WalkGroups | None:
+    """The walk tables' group counts and the model cross-check of a capture (see the module docstring);
+    ``followers``: the capture's unfed :class:`.walkcause.FaultFollowers` when the caller read them."""
     manifest = cap.manifest
     model = ModelCache(model_walk) if model_walk is not None else None
-    with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), ELEMENT_BATCH_ROWS), depth=2) as reader:
-        followers = fault_followers(cap)
+    with element_reader(cap, ELEMENT_BATCH_ROWS) as reader:
+        if followers is READ:
+            followers = fault_followers(cap)
         walks = _read_walks(cap, manifest, phase_table, phase, model, followers)
         if walks is None:
             return None

@@ -410,8 +410,9 @@ class _Rebuilder:
         self.state, self.row_map = state, row_map
         self.aside = np.zeros(0, np.int64) if aside is None else aside  # sorted walk rows rebuilt at the end
         self.put_aside: list[list[np.ndarray]] = []  # their rows: walk row, index, level, pte
-        self.held: list[np.ndarray] | None = None  # walk row, index, level, pte, stream position of held rows
-        self.seen = 0  # rows fed so far
+        # Held rows: walk row, index, level, pte, CPU, position in that CPU's rows.
+        self.held: list[np.ndarray] | None = None
+        self.cpu_seen = np.zeros(1, np.int64)  # rows fed so far, per CPU
         self._mark = np.zeros(0, bool)  # scratch over the walk rows of one batch (all False between batches)
         self._owner = np.zeros(0, np.int32)
 
@@ -423,7 +424,28 @@ class _Rebuilder:
             self._mark, self._owner = np.zeros(size, bool), np.zeros(size, np.int32)
         return self._mark[:span], self._owner[:span]
 
-    def feed(self, wid: np.ndarray, idx: np.ndarray, level: np.ndarray, pte: np.ndarray, last: bool) -> None:
+    def _cpu_tail(self, cpu: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row of a batch, its CPU (int64, 0 for every row without ``cpu``), how many rows of its CPU
+        follow it in the batch, and per CPU the rows fed once the batch is (:attr:`cpu_seen` grown)."""
+        if cpu is None or len(cpu) == 0 or (cpu.min() == cpu.max() and cpu.min() >= 0):
+            cpus = np.full(n, 0 if cpu is None or len(cpu) == 0 else int(cpu[0]), np.int64)
+            after = np.arange(n - 1, -1, -1, dtype=np.int64)
+        else:
+            cpus = np.maximum(cpu.astype(np.int64), 0)
+            small = cpus.astype(np.uint16) if cpus.max() < 1 << 16 else cpus
+            order = np.argsort(small, kind="stable")  # a radix sort for 16-bit keys
+            ends = np.cumsum(np.bincount(cpus))
+            after = np.empty(n, np.int64)
+            after[order] = ends[cpus[order]] - 1 - np.arange(n)
+        top = int(cpus[-1] if cpu is None else cpus.max()) + 1
+        if top > len(self.cpu_seen):
+            self.cpu_seen = np.concatenate((self.cpu_seen, np.zeros(top - len(self.cpu_seen), np.int64)))
+        return cpus, after, self.cpu_seen + np.bincount(cpus, minlength=len(self.cpu_seen))
+
+    def feed(self, wid: np.ndarray, idx: np.ndarray, level: np.ndarray, pte: np.ndarray,
+             cpu: np.ndarray | None = None, *, last: bool) -> None:
+        """One batch of element columns in stream order (``cpu``: each row's CPU, when known: the walks
+        held are those seen in the last :data:`HOLD_ROWS` rows of each CPU)."""
         state = self.state
         n = len(wid)
         if n == 0:
@@ -454,11 +476,12 @@ class _Rebuilder:
         owner[local] = order
         repeated = v_wi[owner[local] != order]
         holding: np.ndarray | None = None
-        if not last:  # the walks seen in the last HOLD_ROWS rows of the stream may go on
-            tail = np.flatnonzero(starts + counts > n - HOLD_ROWS)
+        cpus, after, seen_after = self._cpu_tail(cpu, n)
+        if not last:  # the walks seen in the last HOLD_ROWS rows of their CPU may go on
+            tail = np.flatnonzero(np.logical_or.reduceat(after < HOLD_ROWS, starts))
             holding = wi[tail][wi[tail] >= 0]
-            if self.held is not None and n < HOLD_ROWS:
-                recent = self.held[4] >= self.seen + n - HOLD_ROWS
+            if self.held is not None:
+                recent = self.held[5] >= seen_after[self.held[4]] - HOLD_ROWS
                 holding = np.concatenate((holding, self.held[0][recent]))
         flag_walks = []  # walks to gather, as offsets in this batch's range of walk rows
         for walks in (repeated, holding, None if self.held is None else self.held[0]):
@@ -476,10 +499,12 @@ class _Rebuilder:
         state.process(wi[clean], starts[clean], counts[clean], level, pte)
         if flagged.any():
             rows = _expand(starts[flagged], counts[flagged])
-            gathered = [np.repeat(wi[flagged], counts[flagged]), idx[rows], level[rows], pte[rows], rows + self.seen]
+            position = seen_after[cpus[rows]] - 1 - after[rows]  # in its CPU's rows
+            gathered = [np.repeat(wi[flagged], counts[flagged]), idx[rows], level[rows], pte[rows], cpus[rows],
+                        position]
         else:
             gathered = None
-        self.seen += n
+        self.cpu_seen = seen_after
         self._finish([gathered] if gathered is not None else [], holding)
         if last:
             self._rebuild_aside()
@@ -514,7 +539,7 @@ class _Rebuilder:
         self.held = None
         if not parts:
             return
-        columns = [np.concatenate([p[c] for p in parts]) for c in range(5)]
+        columns = [np.concatenate([p[c] for p in parts]) for c in range(6)]
         if holding is not None and len(holding):
             hold = np.isin(columns[0], holding)
             if hold.any():
@@ -528,18 +553,27 @@ class _Rebuilder:
         self.state.process(wi[starts], starts, counts, level, pte)
 
 
+#: The ``walk_element`` columns the stream reads: the element columns and each row's CPU.
+STREAM_COLUMNS = (*ELEMENT_COLUMNS, "cpu")
+
+
 def _element_batches(batches: Iterable[Any]) -> Iterator[list[np.ndarray]]:
-    """``walk_element`` columns of each record batch (zero-copy); AnalysisError when one holds nulls."""
+    """:data:`STREAM_COLUMNS` of each record batch (zero-copy); AnalysisError when one holds nulls."""
     for batch in batches:
-        nulls = [c for c in ELEMENT_COLUMNS if batch.column(c).null_count]
+        nulls = [c for c in STREAM_COLUMNS if batch.column(c).null_count]
         if nulls:
             raise AnalysisError(f"walk_element column(s) {', '.join(nulls)} hold nulls: the capture is damaged")
-        yield [batch.column(c).to_numpy() for c in ELEMENT_COLUMNS]
+        yield [batch.column(c).to_numpy() for c in STREAM_COLUMNS]
+
+
+def element_reader(cap: Any, batch_rows: int) -> prefetch:
+    """:data:`STREAM_COLUMNS` of ``walk_element`` as record batches of ``batch_rows``, from a reader thread."""
+    return prefetch(cap.iter_batches("walk_element", list(STREAM_COLUMNS), batch_rows), depth=2)
 
 
 def element_stream(cap: Any, batch_rows: int) -> Iterator[list[np.ndarray]]:
     """The ``walk_element`` columns of a capture in batches of ``batch_rows``, decoded by a reader thread."""
-    with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), batch_rows), depth=2) as reader:
+    with element_reader(cap, batch_rows) as reader:
         yield from _element_batches(reader)
 
 
@@ -552,7 +586,7 @@ def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 2
     ``select(walk_frame) -> bool array`` limits the cross-check to some walks (a phase cut); every
     walk is still rebuilt."""
     # The reader thread decodes the first element row groups while the walks are read.
-    with prefetch(cap.iter_batches("walk_element", list(ELEMENT_COLUMNS), BATCH_ROWS), depth=2) as reader:
+    with element_reader(cap, BATCH_ROWS) as reader:
         walk = load(cap, "walk", list(WALK_COLUMNS))
         error_ids = load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64) \
             if "walk_error" in cap.families() else None

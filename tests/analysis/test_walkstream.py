@@ -116,6 +116,22 @@ def test_far_apart_elements_stream_and_repeated_ids_fall_back(tmp_path, monkeypa
     assert streamed["level_path"].tolist() == memory["level_path"].tolist()
     assert streamed["level_path"].tolist()[:2] == [44, 4] and len(passes) == 2
     assert passes[1].tolist() == [0]  # the second pass set walk 0 aside, and only it
+    # The same rows, but every row between walk 0's two elements from another CPU (the recorder's late
+    # flush of a CPU the vCPU thread left): walk 0 is held on its CPU, one pass.
+    path = tmp_path / "late.tkcap"
+    cpu = np.ones(n + 1, np.int32)
+    cpu[[0, n]] = 0
+    with CaptureWriter(path, segment_rows=chunk, segment_seconds=3600) as writer:
+        for family in ("walk", "walk_element"):
+            writer.declare(family, SCHEMAS[family])
+        writer.append("walk", pa.table({**common, "walk_id": ids, "addr": np.full(n, GVA, np.uint64),
+                                        "pferr": np.full(n, 6, np.uint32)}, schema=SCHEMAS["walk"]))
+        late = element.set_column(1, element.schema.field(1), pa.array(cpu))
+        for first in range(0, n + 1, chunk):
+            writer.append("walk_element", late.slice(first, chunk))
+    passes.clear()
+    streamed, _ = stream_walks(open_capture(path))
+    assert streamed["level_path"].tolist() == memory["level_path"].tolist() and len(passes) == 1
     path = tmp_path / "twice.tkcap"
     _write(path, {"walk_id": [1, 1], "addr": [GVA, GVA], "pferr": [6, 6]},
            {"walk_id": [1], "index": [0], "level": [4], "pte": [0]}, 10)
