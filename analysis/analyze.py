@@ -45,7 +45,7 @@ import pandas as pd
 
 from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, selftestmodel, skiplevels, splits,
                                walkcause, walkgroups, walks, walkstream)
-from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, load, records
+from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, frame_of, load, records
 from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
 
@@ -138,9 +138,10 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         result.tables["vms"] = vm_rows(cap)
     skipped = result.info["skipped"]
 
+    split_rows = None  # the mmu family's split events, read with the walks' fault-path events
     if {"walk", "walk_element"} <= families:
-        _walk_analyses(cap, result, phase_table, phase, mismatch_limit,
-                       selftest_output or phases_mod.command_output_text(manifest) or None)
+        split_rows = _walk_analyses(cap, result, phase_table, phase, mismatch_limit,
+                                    selftest_output or phases_mod.command_output_text(manifest) or None)
     else:
         skipped["walk_depth"] = "no walk / walk_element families"
     if {"stage2_walk", "stage2_visit"} <= families:
@@ -152,7 +153,9 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     split = mmu = None
     if "split" in families:
         split = load(cap, "split", ["ts_ns", "tid", "duration_ns"], optional_columns=["level", "size", "ret"])
-    if "mmu" in families:
+    if split_rows is not None:
+        mmu = frame_of([split_rows], split_rows.num_rows, cap.schema("mmu"), split_rows.column_names, ["level"])
+    elif "mmu" in families:
         mmu = load(cap, "mmu", ["ts_ns", "tid", "event"], optional_columns=["level"],
                    where=("event", [splits.SPLIT_EVENT]))
     if split is not None or mmu is not None:
@@ -219,9 +222,13 @@ def _model_walk(cap: Any, result: Analysis, selftest_output: str | None) -> Any:
 
 
 def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None, limit: int,
-                   selftest_output: str | None = None) -> None:
+                   selftest_output: str | None = None) -> Any:
+    """The walk tables and verdicts into ``result``; returns the ``mmu`` family's split-event rows (a pyarrow
+    table, read on the way with the fault-path events), None when the family was not read."""
     model_walk = _model_walk(cap, result, selftest_output)
-    grouped = walkgroups.walk_group_counts(cap, model_walk, phase_table=phase_table, phase=phase, limit=limit)
+    followers = walkcause.fault_followers(cap, also=(splits.SPLIT_EVENT,))
+    grouped = walkgroups.walk_group_counts(cap, model_walk, phase_table=phase_table, phase=phase, limit=limit,
+                                           followers=followers)
     if grouped is not None:
         counts, check, weights = grouped.counts, grouped.check, "walks"
         result.info["walk_path"] = "streamed"
@@ -247,6 +254,7 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
         result.verdicts["crosscheck"] = check.summary
         result.tables["crosscheck_mismatches"] = check.mismatches
         result.tables["walk_visits_vs_model"] = check.per_level
+    return None if followers is None else followers.also
 
 
 def _cause_verdict(by_cause: pd.DataFrame) -> dict:

@@ -13,7 +13,8 @@ Contract
   ``p50_ns``, ``p90_ns``, ``p99_ns``, ``max_ns`` per group. Percentiles are *nearest rank*: the
   q-th percentile of n sorted values is the value of rank ``ceil(q/100 * n)`` (1-based), so it is
   always an observed value (p50 of [10, 20, 30, 40] is 20; p99 of 100 values is the 99th).
-- :func:`rows_where`: the rows of a record batch whose text column holds one of some values.
+- :func:`rows_where`: the rows of a record batch whose text column holds one of some values;
+  :func:`frame_of`: the frame ``load`` makes of tables read otherwise.
 - :func:`group_codes` / :func:`count_by`: hash-based grouping (sorted groups) for large frames.
 - :func:`format_table` renders a frame as fixed-width text of at most ``width`` columns;
   :func:`format_ns` and :func:`format_hex` format one duration or address.
@@ -35,6 +36,7 @@ from tracekit.errors import AnalysisError
 __all__ = [
     "PERCENTILES",
     "load",
+    "frame_of",
     "rows_where",
     "vcpu_map",
     "add_vcpu",
@@ -114,6 +116,13 @@ def load(cap: Any, family: str, columns: Sequence[str], *, required: bool = True
         tables = [table for table in (rows_where(batch, *where) for batch in cap.iter_batches(family, wanted))
                   if table.num_rows]
         rows = sum(table.num_rows for table in tables)
+    return frame_of(tables, rows, schema, wanted, optional_columns)
+
+
+def frame_of(tables: Iterable[pa.Table], rows: int, schema: pa.Schema, wanted: Sequence[str],
+             optional_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """The frame :func:`load` makes of ``tables`` (``rows`` rows in all) of a family of ``schema``: the
+    ``wanted`` columns, and those of ``optional_columns`` the tables lack as null."""
     out: dict[str, Any] = {}
     fast = [c for c in wanted if _numeric(schema.field(c).type)]
     arrays = {c: np.empty(rows, dtype=schema.field(c).type.to_pandas_dtype()) for c in fast}

@@ -20,10 +20,11 @@ a fault path follows; :func:`cause_codes` gives every walk its code in :data:`CA
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tracekit.analysis.common import rows_where
 
@@ -40,20 +41,28 @@ FAULT_WINDOW_NS = 10_000_000
 MMU_BATCH_ROWS = 1 << 20
 
 
-def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS) -> FaultFollowers | None:
+def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequence[str] = ()) -> FaultFollowers | None:
     """A :class:`FaultFollowers` of the capture's fault-path events, the ``mmu`` family read batch by batch
-    (None when the capture does not record those events)."""
+    (None when the capture does not record those events). The rows of the ``also`` events (``ts_ns``,
+    ``tid``, ``event`` and ``level`` where the family has it) are kept in its ``also`` table on the way,
+    so a caller that needs them too reads the family once."""
     attached = set(((cap.manifest.get("probes") or {}).get("attached")) or ())
     if "mmu" not in cap.families():
         return None
     if attached and not attached & {f"kvmmmu:{name}" for name in FAULT_EVENTS}:
         return None
-    stamps = _ThreadStamps()
-    for batch in cap.iter_batches("mmu", ["ts_ns", "tid", "event"], MMU_BATCH_ROWS):
+    columns = ["ts_ns", "tid", "event"] + (["level"] if also and "level" in cap.schema("mmu").names else [])
+    stamps, kept_also = _ThreadStamps(), []
+    for batch in cap.iter_batches("mmu", columns, MMU_BATCH_ROWS):
         kept = rows_where(batch, "event", FAULT_EVENTS)
         if kept.num_rows:
             stamps.add(kept.column("tid").to_numpy(), kept.column("ts_ns").to_numpy())
-    return FaultFollowers.from_stamps(stamps, window_ns)
+        if also:
+            kept_also.append(rows_where(batch, "event", also))
+    followers = FaultFollowers.from_stamps(stamps, window_ns)
+    if also:
+        followers.also = pa.concat_tables(kept_also) if kept_also else cap.schema("mmu").empty_table().select(columns)
+    return followers
 
 
 class _ThreadStamps:
@@ -106,6 +115,7 @@ class FaultFollowers:
         return followers
 
     def _build(self, stamps: _ThreadStamps, window_ns: int) -> None:
+        self.also: pa.Table | None = None
         self._tids, per_thread = stamps.sorted()
         sizes = np.array([len(part) for part in per_thread], np.int64)
         self._first = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)

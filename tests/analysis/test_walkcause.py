@@ -89,3 +89,23 @@ def test_fault_events_read_in_batches_equal_the_whole_family(monkeypatch):
     for followers in (whole, batched):
         followers.add(0, walk["tid"].to_numpy(), walk["ts_ns"].to_numpy())
     assert batched.rows().tolist() == whole.rows().tolist() and len(whole.rows()) >= 8192
+
+
+def test_split_rows_read_with_the_fault_events_equal_their_own_read(make_capture, monkeypatch):
+    """The mmu family's split events kept while its fault-path events are read (in batches of 3 rows) are
+    the frame a read of the split events alone gives."""
+    import pyarrow as pa
+
+    from tracekit.analysis.common import frame_of, load
+    from tracekit.analysis.splits import SPLIT_EVENT
+
+    events = ["kvm_mmu_spte_requested", SPLIT_EVENT, "kvm_mmu_set_spte", "kvm_mmu_get_page", SPLIT_EVENT] * 3
+    mmu = {"event": pa.array(events).dictionary_encode(), "level": pa.array([1, 2, None, 3, 2] * 3, pa.int32()),
+           "tid": [5, 6, 5, 6, 7] * 3}
+    cap = open_capture(make_capture({"mmu": mmu}))
+    monkeypatch.setattr(walkcause, "MMU_BATCH_ROWS", 3)
+    rows = fault_followers(cap, also=(SPLIT_EVENT,)).also
+    frame = frame_of([rows], rows.num_rows, cap.schema("mmu"), rows.column_names, ["level"])
+    alone = load(cap, "mmu", ["ts_ns", "tid", "event"], optional_columns=["level"], where=("event", [SPLIT_EVENT]))
+    assert len(frame) == 6 and frame["ts_ns"].tolist() == [1, 4, 6, 9, 11, 14]
+    assert frame.equals(alone)
