@@ -18,11 +18,18 @@ resident memory of the process that ran it (each measured case runs in its own c
    on the rate at which fresh memory faults in.
 3. ``memory``: the walk analysis of the same walks with and without a large unrelated family
    (5 rows per walk event): peak memory should not grow.
+4. ``recording`` (issue #12): every analysis on a real recording made by ``tracekit record`` (``--recording
+   PATH``, or ``--record``: ``tracekit record -- tracekit workload dirty-log -v 2 -b 256M -i 10`` is run
+   first), and on ``--tiles`` back-to-back copies of it (every family, its segments, column types and
+   values; times, walk ids and phases shifted per copy), vs a raw scan of the columns the analysis reads
+   (each decoded once, batch by batch, nothing computed) of the same capture in the same run: peak memory
+   under 1 GB at every size, time within 2x of the raw scan.
 
 Every run also prints the VM's first-touch rate of fresh memory (a fresh 2 GiB array, in a child) at its
 start and end: the conditions its figures were measured under.
 
-Usage: python benchmarks/bench_analysis.py [--events N] [--quick]   (--quick: 8 M events)
+Usage: python benchmarks/bench_analysis.py [--events N] [--quick] [--recording PATH | --record] [--tiles 1,4]
+       [--only-recording]   (--quick: 8 M events; --only-recording: section 4 alone)
 """
 
 from __future__ import annotations
@@ -149,6 +156,7 @@ def timed_stages() -> dict[str, float]:
 
         setattr(owner, name, wrapper)
 
+    timed(analyze.walkcause, "fault_followers", "fault-path (and split) events")
     timed(walkgroups, "_read_walks", "read walks")
     timed(walkgroups.RowMap, "from_chunks", "walk id map")
     timed(walkstream._Rebuilder, "feed", "rebuild + cross-check elements")
@@ -156,6 +164,7 @@ def timed_stages() -> dict[str, float]:
     timed(analyze.walkgroups, "walk_group_counts", "walk_group_counts (all of the above)")
     timed(analyze.walks, "depth_distribution", "depth tables")
     timed(analyze, "count_by", "path table")
+    timed(analyze, "load", "other families read")
     timed(analyze.locks, "attribute_operations", "lock attribution")
     timed(analyze.locks, "contention_summary", "lock summary")
     return stages
@@ -224,11 +233,166 @@ def child(case: str, arg: str) -> dict:
         assert result.info["walk_path"] == "streamed"
         return {"seconds": seconds, "peak_mb": peak_mb(), "stages": dict(stages),
                 "touched_mb": faults * resource.getpagesize() / 1e6}
+    if case == "raw-scan":
+        start = time.perf_counter()
+        scanned = raw_scan(arg)
+        return {"seconds": time.perf_counter() - start, "peak_mb": peak_mb(), **scanned}
+    if case == "analyze-recording":
+        from tracekit.analysis import walkstream
+        from tracekit.analysis.analyze import analyze_capture
+        from tracekit.capture import open_capture
+
+        stages = timed_stages()
+        passes = []
+        original = walkstream._Rebuilder.__init__
+
+        def counted(self: object, *args: object, **kwargs: object) -> None:
+            passes.append(1)
+            original(self, *args, **kwargs)
+
+        walkstream._Rebuilder.__init__ = counted
+        start = time.perf_counter()
+        result = analyze_capture(open_capture(arg))
+        seconds = time.perf_counter() - start
+        check = result.verdicts.get("crosscheck", {})
+        return {"seconds": seconds, "peak_mb": peak_mb(), "stages": dict(stages), "passes": len(passes),
+                "walk_path": result.info.get("walk_path"),
+                "crosscheck": f"{check.get('matched')} of {check.get('compared')} match"
+                if check.get("compared") is not None else check.get("verdict")}
     if case == "analyze-baseline":
         start = time.perf_counter()
         baseline_analyze(arg)
         return {"seconds": time.perf_counter() - start, "peak_mb": peak_mb()}
     raise SystemExit(f"unknown case {case}")
+
+
+#: The columns of each family the analyses read (what the raw scan decodes).
+READ_COLUMNS = {
+    "walk": ["walk_id", "ts_ns", "tid", "addr", "pferr"],
+    "walk_element": ["walk_id", "index", "level", "pte"],
+    "walk_error": ["walk_id"],
+    "mmu": ["ts_ns", "tid", "event", "level"],
+    "lock": ["ts_ns", "tid", "lock_addr", "flags", "wait_ns", "stack_id"],
+    "stack": ["stack_id", "frames"],
+    "ioctl": ["ts_ns", "tid", "duration_ns", "cmd_name", "ret", "slot", "flags", "memory_size"],
+    "ioctl_summary": ["cmd_name", "count", "total_ns", "max_ns", "errors"],
+}
+
+
+def raw_scan(path: str) -> dict:
+    """Every column the analyses read, decoded once batch by batch into numpy (dictionary columns as their
+    codes), nothing computed: the floor of any analysis that reads them."""
+    from tracekit.capture import open_capture
+
+    cap = open_capture(path)
+    rows = 0
+    for family, columns in READ_COLUMNS.items():
+        if family not in cap.families():
+            continue
+        names = [c for c in columns if c in cap.schema(family).names]
+        for batch in cap.iter_batches(family, names):
+            rows += batch.num_rows
+            for column in batch.columns:
+                if pa.types.is_dictionary(column.type):
+                    column.indices.to_numpy(zero_copy_only=False)
+                elif pa.types.is_primitive(column.type):
+                    column.to_numpy(zero_copy_only=False)
+    return {"rows": rows}
+
+
+def capture_shape(path: Path) -> dict:
+    """Rows and segments per family, and the bytes on disk, of a capture."""
+    from tracekit.capture import open_capture
+
+    cap = open_capture(path)
+    return {"families": {f: (cap.rows(f), len(cap.segments(f))) for f in cap.families()},
+            "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file())}
+
+
+def tile_recording(source: Path, target: Path, copies: int) -> None:
+    """``copies`` back-to-back copies of a recorded capture: each copy's segments are the recording's with
+    ``ts_ns`` shifted by the recording's span, walk ids (``cpu << 48 | sequence``) by its largest sequence and
+    the workload phases' iterations by their count, so the copy reads like the recording going on."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from tracekit.capture import open_capture
+
+    cap = open_capture(source)
+    low = pa.scalar((1 << 48) - 1, pa.uint64())
+    stamps = [cap.table(f, ["ts_ns"]).column(0) for f in cap.families() if cap.rows(f)]
+    first = min(pc.min(s).as_py() for s in stamps)
+    span = max(pc.max(s).as_py() for s in stamps) - first + 1
+    stride = pc.max(pc.bit_wise_and(cap.table("walk", ["walk_id"]).column(0), low)).as_py() + 1 \
+        if cap.rows("walk") else 0
+    target.mkdir()
+    for family in cap.families():
+        (target / family).mkdir()
+        schema_file = source / family / "_schema.parquet"
+        if schema_file.exists():
+            shutil.copy(schema_file, target / family / schema_file.name)
+        once = family in ("stack", "ioctl_summary")  # symbol tables and whole-run totals
+        index = 0
+        for copy in range(1 if once else copies):
+            for segment in cap.segments(family):
+                table = pq.read_table(segment)
+                if copy:
+                    table = table.set_column(0, table.schema.field(0), pc.add(table.column("ts_ns"), copy * span))
+                    if "walk_id" in table.column_names:
+                        ids = table.column("walk_id")
+                        shifted = pc.add(ids, pa.scalar(copy * stride, pa.uint64()))
+                        i = table.column_names.index("walk_id")
+                        table = table.set_column(i, table.schema.field(i), pc.if_else(pc.equal(ids, 0), ids, shifted))
+                index += 1
+                dictionary = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+                pq.write_table(table, target / family / f"part-{index:06d}.parquet", compression="zstd",
+                               use_dictionary=dictionary or False, write_page_checksum=True)
+    manifest = json.loads((source / "capture.json").read_text())
+    workload = manifest.get("workload") or {}
+    phases = workload.get("phases") or []
+    iterations = max((p.get("iteration") or 0 for p in phases), default=0)
+    workload["phases"] = [{**p, "start_ns": p["start_ns"] + c * span, "end_ns": p["end_ns"] + c * span,
+                           "iteration": (p.get("iteration") or 0) + c * iterations if p.get("iteration") else
+                           p.get("iteration")}
+                          for c in range(copies) for p in phases if c == 0 or p.get("iteration")]
+    manifest["families"] = {f: {"rows": 0, "segments": 0} for f in manifest.get("families", {})}
+    (target / "capture.json").write_text(json.dumps(manifest))
+
+
+def record_recording(path: Path) -> None:
+    """A real recording of the built-in workload by ``tracekit record`` (root, KVM and bcc needed)."""
+    tracekit = [sys.executable, "-m", "tracekit.cli"]
+    command = [*tracekit, "record", "-o", str(path), "--", *tracekit, "workload", "dirty-log", "-v", "2",
+               "-b", "256M", "-i", "10"]
+    print("recording: " + " ".join(command[len(tracekit):]))
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def recording_section(recording: Path, tiles: list[int], tmp: Path) -> None:
+    """Section 4 of the module docstring."""
+    for copies in tiles:
+        path = recording
+        if copies > 1:
+            path = tmp / f"tiled-{copies}.tkcap"
+            tile_recording(recording, path, copies)
+        shape = capture_shape(path)
+        rows = sum(r for r, _ in shape["families"].values())
+        segments = sum(n for _, n in shape["families"].values())
+        raw = run_child("raw-scan", str(path))
+        fast = run_child("analyze-recording", str(path))
+        ratio = fast["seconds"] / raw["seconds"]
+        print(f"recording x{copies}: {rows / 1e6:.1f} M rows in {segments} segments, "
+              f"{shape['bytes'] / 2**20:,.0f} MB ("
+              + ", ".join(f"{f} {r / 1e6:.2f} M" for f, (r, _) in sorted(shape["families"].items()) if r > 10**5)
+              + ")")
+        print(f"  analyze: {fast['seconds']:.2f} s, peak {fast['peak_mb']:,.0f} MB (walks {fast['walk_path']}, "
+              f"{fast['passes']} pass(es) over walk_element, cross-check {fast['crosscheck']}) "
+              f"[target: peak < 1 GB: {verdict(fast['peak_mb'] < 1024)}]")
+        print(f"  raw scan of the columns it reads: {raw['seconds']:.2f} s, peak {raw['peak_mb']:,.0f} MB; "
+              f"analyze / raw scan {ratio:.2f}x [target <= 2x: {verdict(ratio <= 2.0)}]")
+        print("  stages: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in fast["stages"].items()))
+        if path != recording:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_child(case: str, arg: str) -> dict:
@@ -261,10 +425,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000_000, help="events in the large capture")
     parser.add_argument("--quick", action="store_true", help="8 M events instead of --events")
+    parser.add_argument("--recording", type=Path, help="a capture recorded by tracekit record (section 4)")
+    parser.add_argument("--record", action="store_true", help="record one first (root, KVM, bcc)")
+    parser.add_argument("--tiles", default="1,4", help="copies of the recording analysed (comma-separated)")
+    parser.add_argument("--only-recording", action="store_true", help="run section 4 alone")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child)))
+        return
+    if args.only_recording:
+        run_recording_section(args)
         return
 
     from tracekit.analysis.synthetic import write_synthetic_capture
@@ -317,8 +488,26 @@ def main() -> None:
               f"[target: no growth (ratio <= 1.05): {verdict(mixed['peak_mb'] <= 1.05 * alone['peak_mb'])}]")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    run_recording_section(args)
     print_fault_rate("at end")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
+
+
+def run_recording_section(args: argparse.Namespace) -> None:
+    """Section 4 on ``--recording``, or on a recording made now with ``--record``; skipped without either."""
+    if args.recording is None and not args.record:
+        print("recording: skipped (give --recording PATH or --record)")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="tk-bench-rec-"))
+    try:
+        recording = args.recording
+        if recording is None:
+            recording = tmp / "recorded.tkcap"
+            record_recording(recording)
+        print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        recording_section(recording, [int(t) for t in args.tiles.split(",")], tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
