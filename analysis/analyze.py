@@ -46,6 +46,7 @@ import pandas as pd
 from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, selftestmodel, skiplevels, splits,
                                walkcause, walkgroups, walks, walkstream)
 from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, frame_of, load, records
+from tracekit.analysis.partial import partial_summary, partial_text
 from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
 
@@ -138,10 +139,10 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         result.tables["vms"] = vm_rows(cap)
     skipped = result.info["skipped"]
 
-    split_rows = None  # the mmu family's split events, read with the walks' fault-path events
+    split_rows = walk_counts = None  # the mmu family's split events, read with the walks' fault-path events
     if {"walk", "walk_element"} <= families:
-        split_rows = _walk_analyses(cap, result, phase_table, phase, mismatch_limit,
-                                    selftest_output or phases_mod.command_output_text(manifest) or None)
+        split_rows, walk_counts = _walk_analyses(cap, result, phase_table, phase, mismatch_limit,
+                                                 selftest_output or phases_mod.command_output_text(manifest) or None)
     else:
         skipped["walk_depth"] = "no walk / walk_element families"
     if {"stage2_walk", "stage2_visit"} <= families:
@@ -162,15 +163,14 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         result.tables["split_calls"] = splits.split_call_summary(
             _cut(splits.split_events(split, mmu), phase_table, phase))
 
-    ioctl = None
+    ioctl = ioctl_cut = summary = None
     if "ioctl" in families:
         ioctl = load(cap, "ioctl", ["ts_ns", "tid", "duration_ns", "cmd_name"],
-                     optional_columns=["ret", "slot", "flags", "memory_size", "guest_phys_addr"])
+                     optional_columns=["ret", "slot", "flags", "memory_size", "guest_phys_addr", "partial"])
         ioctl_cut = _cut(ioctl, phase_table, phase, "duration_ns")  # a call overlapping the phase is in it
-        summary = None
         if "ioctl_summary" in families and phase is None:
             summary = load(cap, "ioctl_summary", ["cmd_name", "count", "total_ns", "max_ns"],
-                           optional_columns=["errors", "errno"])
+                           optional_columns=["errors", "errno", "partial"])
             summary["errors"] = summary["errors"].fillna(0)
         result.tables["ioctl_latency"] = ioctls.ioctl_latency(ioctl_cut, summary)
         result.tables["memslot_latency"] = ioctls.memslot_latency(ioctl_cut)
@@ -194,6 +194,7 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         result.frames["waits"] = waits
     else:
         skipped["lock_contention"] = "no lock family"
+    result.info["partial"] = partial_summary(manifest, walk_counts, ioctl_cut, summary)
     return result
 
 
@@ -222,9 +223,10 @@ def _model_walk(cap: Any, result: Analysis, selftest_output: str | None) -> Any:
 
 
 def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None, limit: int,
-                   selftest_output: str | None = None) -> Any:
+                   selftest_output: str | None = None) -> tuple[Any, pd.DataFrame]:
     """The walk tables and verdicts into ``result``; returns the ``mmu`` family's split-event rows (a pyarrow
-    table, read on the way with the fault-path events), None when the family was not read."""
+    table, read on the way with the fault-path events; None when the family was not read) and the walk
+    counts (``depth``, and ``walks`` when counted)."""
     model_walk = _model_walk(cap, result, selftest_output)
     followers = walkcause.fault_followers(cap, also=(splits.SPLIT_EVENT,))
     grouped = walkgroups.walk_group_counts(cap, model_walk, phase_table=phase_table, phase=phase, limit=limit,
@@ -254,7 +256,7 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
         result.verdicts["crosscheck"] = check.summary
         result.tables["crosscheck_mismatches"] = check.mismatches
         result.tables["walk_visits_vs_model"] = check.per_level
-    return None if followers is None else followers.also
+    return (None if followers is None else followers.also), counts
 
 
 def _cause_verdict(by_cause: pd.DataFrame) -> dict:
@@ -352,7 +354,7 @@ _SECTIONS = (
     ("lock_contention", "Lock contention (wait per lock, operation, vCPU, mode)",
      ["lock", "operation", "vcpu", "mode", "count", "total_ns", "p50_ns", "p99_ns", "max_ns"]),
     ("ioctl_latency", "KVM ioctl latency",
-     ["cmd_name", "count", "errors", "errnos", "total_ns", "mean_ns", "p50_ns", "p99_ns", "max_ns"]),
+     ["cmd_name", "count", "errors", "errnos", "partial", "total_ns", "mean_ns", "p50_ns", "p99_ns", "max_ns"]),
     ("memslot_latency", "Memslot and dirty-log ioctls per slot and flag change",
      ["cmd_name", "slot", "change", "count", "mean_ns", "p50_ns", "p99_ns", "max_ns"]),
     ("split_per_ioctl", "Huge-page splits per dirty-log enable / CLEAR ioctl",
@@ -423,6 +425,9 @@ def render_text(result: Analysis, width: int = 80) -> str:
         out.extend(_wrap("    " + v["evidence"], width))
     for key, reason in info.get("skipped", {}).items():
         out.extend(_wrap(f"  {key}: skipped ({reason})", width))
+    if "partial" in info:
+        for line in partial_text(info["partial"]):
+            out.extend(_wrap(line, width))
     return "\n".join(out)
 
 

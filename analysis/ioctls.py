@@ -4,8 +4,9 @@ Contract
 --------
 Input: the ``ioctl`` family (``ts_ns`` = entry, ``duration_ns``, ``tid``, ``cmd_name``, ``ret``
 and the nullable decoded ``slot``, ``flags``, ``memory_size``) and optionally ``ioctl_summary``
-(``tid``, ``cmd_name``, ``count``, ``total_ns``, ``max_ns``, ``errors``: commands aggregated in
-the kernel, KVM_RUN by default). Times are nanoseconds.
+(``tid``, ``cmd_name``, ``count``, ``total_ns``, ``max_ns``, ``errors``, ``partial``: commands
+aggregated in the kernel, KVM_RUN by default); ``partial`` (ioctl: ``began_before``, ``unfinished``
+or empty) is optional. Times are nanoseconds.
 
 Calls whose exit was not recorded (null ``duration_ns``: still running when the recording stopped)
 are left out of every table.
@@ -111,11 +112,19 @@ def ioctl_latency(ioctl: pd.DataFrame, summary: pd.DataFrame | None = None) -> p
     else:
         table.insert(2, "errors", pd.Series(np.zeros(len(table), np.int64)))
     table.insert(3, "errnos", [texts.get(name, "") for name in table["cmd_name"]])
+    if "partial" in events.columns and len(table):
+        cut = (events["partial"].fillna("").astype(str) != "").groupby(events["cmd_name"]).sum()
+        table.insert(4, "partial", table["cmd_name"].map(cut).fillna(0).astype(np.int64))
+    else:
+        table.insert(4, "partial", pd.Series(np.zeros(len(table), np.int64)))
     table["source"] = "events"
     if summary is not None and len(summary):
         summary = summary.assign(cmd_name=summary["cmd_name"].fillna("?"))
+        if "partial" not in summary.columns:
+            summary = summary.assign(partial=0)
         agg = summary.groupby("cmd_name", sort=True).agg(
-            count=("count", "sum"), errors=("errors", "sum"), total_ns=("total_ns", "sum"), max_ns=("max_ns", "max"))
+            count=("count", "sum"), errors=("errors", "sum"), partial=("partial", lambda v: v.fillna(0).sum()),
+            total_ns=("total_ns", "sum"), max_ns=("max_ns", "max"))
         agg = agg.reset_index()
         agg["errnos"] = [_errno_text(_summary_errnos(summary[summary["cmd_name"] == name])) for name in agg["cmd_name"]]
         agg = agg[~agg["cmd_name"].isin(table["cmd_name"])]

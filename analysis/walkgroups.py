@@ -49,7 +49,7 @@ from tracekit.analysis import phases as phases_mod
 from tracekit.analysis.common import lookup_tids, vcpu_map
 from tracekit.analysis.crosscheck import CrossCheck, ModelCache
 from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, fault_followers
-from tracekit.analysis.walks import WALK_COLUMNS
+from tracekit.analysis.walks import WALK_COLUMNS, depth_of
 from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _State, cross_check, element_reader,
                                           element_stream, feed_passes, prefetch)
 
@@ -193,7 +193,7 @@ class ShapeCodes:
             self.too_deep = True
             return
         key = self.paths.encode(path) << 20
-        key |= counts.astype(np.int64) << 4
+        key |= depth_of(counts).astype(np.int64) << 4
         key |= leaf.astype(np.int64) + 1
         self.codes.put(wi, key)
 

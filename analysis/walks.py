@@ -24,6 +24,10 @@ by column name giving arrays:
   (0 = the root level), ``level``, ``pte``.
 - ``walks.attrs["orphan_elements"]``: elements whose walk event is missing (lost events).
 
+A walk of more than :data:`MAX_WALK_ELEMENTS` elements is malformed (no walker reads that many: its
+elements belong to several walks, as in captures recorded before the recording window existed);
+:func:`malformed_walks` counts them and ``depth`` saturates at 32767 (:func:`depth_of`), never wraps.
+
 Vectorised with numpy (one pass per column; a sort only when the elements are out of order; the
 frames share the input arrays where they can, so the rebuild allocates little beyond its outputs).
 Duplicate walk ids in ``walk`` are not supported (the recorder makes them unique).
@@ -53,6 +57,9 @@ from tracekit.analysis.common import count_by
 from tracekit.model import x86
 
 __all__ = [
+    "MAX_WALK_ELEMENTS",
+    "depth_of",
+    "malformed_walks",
     "WALK_COLUMNS",
     "ELEMENT_COLUMNS",
     "PTE_PRESENT",
@@ -82,6 +89,21 @@ def leaf_levels(last_level: np.ndarray, last_pte: np.ndarray) -> np.ndarray:
     present = (last_pte & PTE_PRESENT) != 0
     huge = ((last_pte & PTE_PS) != 0) & ((last_level == 2) | (last_level == 3))
     return np.where(present & ((last_level == 1) | huge), last_level, -1).astype(np.int8)
+
+
+#: Elements one walk may have (the recorder's TK_WALK_MAX_ELEMENTS): 5 levels and a few retries fit many times.
+MAX_WALK_ELEMENTS = 64
+
+
+def depth_of(counts: np.ndarray) -> np.ndarray:
+    """Element counts as int16 depths, saturated at 32767 (a malformed walk never shows negative)."""
+    return np.minimum(counts, np.iinfo(np.int16).max).astype(np.int16)
+
+
+def malformed_walks(depth: Any, weights: Any = None) -> int:
+    """Walks deeper than :data:`MAX_WALK_ELEMENTS` (``weights``: walks per row, for counted frames)."""
+    deep = np.asarray(depth) > MAX_WALK_ELEMENTS
+    return int(np.asarray(weights)[deep].sum()) if weights is not None else int(deep.sum())
 
 
 def level_paths(level: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -157,7 +179,7 @@ def rebuild_walks(walk: Any, element: Any, error: Any = None) -> tuple[pd.DataFr
         "tid": _col(walk, "tid", np.int32),
         "addr": _col(walk, "addr", np.uint64),
         "pferr": _col(walk, "pferr", np.uint32),
-        "depth": pick(counts, 0, np.int16),
+        "depth": pick(depth_of(counts), 0, np.int16),
         "root_level": pick(level[starts], -1, np.int8),
         "leaf_level": pick(g_leaf, -1, np.int8),
         "level_path": pick(g_path, 0, np.int64),

@@ -47,7 +47,7 @@ import pandas as pd
 from tracekit.analysis.common import load
 from tracekit.analysis.crosscheck import (MISMATCH_COLUMNS, CrossCheck, ModelCache, check_summary, compare_elements,
                                           compared_passes, mismatch_row, modelled, per_level_table)
-from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, leaf_levels, level_paths
+from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, depth_of, leaf_levels, level_paths
 from tracekit.errors import AnalysisError
 
 __all__ = ["stream_walks", "rebuild_streamed", "feed_passes", "element_stream", "RowMap", "IdScan", "WalkShapes",
@@ -273,7 +273,7 @@ class WalkShapes:
         return self.depth[wi] > 0
 
     def put(self, wi: np.ndarray, counts: np.ndarray, root: np.ndarray, leaf: np.ndarray, path: np.ndarray) -> None:
-        self.depth[wi], self.root[wi], self.leaf[wi], self.path[wi] = counts, root, leaf, path
+        self.depth[wi], self.root[wi], self.leaf[wi], self.path[wi] = depth_of(counts), root, leaf, path
 
 
 class _State:

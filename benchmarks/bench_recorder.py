@@ -205,6 +205,7 @@ def run_naive(size: str, iterations: int, batched: bool = False) -> dict:
     def attach(pid: int) -> None:
         backend = BccBackend(plan, pid)
         backend.start()  # loads and attaches; its mmap readers stay unused unless batched
+        backend.arm()
         if not batched:
             for family, _ in plan:
                 for ring in family.rings():
@@ -435,6 +436,7 @@ def run_capacity(size: str, consumer: str) -> dict:
     def attach(pid: int) -> None:
         state["backend"] = BccBackend(plan, pid)
         state["backend"].start()
+        state["backend"].arm()
         for family, _ in plan:  # warm up the decoder (lazy imports, first conversions) and, for the batch
             for ring in family.rings():  # consumer, the heap with one ring's worth of full batches, as a
                 warm = np.zeros(ring.pages * 4096 // ring.dtype.itemsize, ring.dtype)  # running recorder has it

@@ -6,12 +6,25 @@
  * Commands listed in TK_IOCTL_AGG_CMD0..3 (KVM_RUN by default) are not streamed:
  * count, total, max and errors are kept per (pid, tid, cmd, fd, errno) in ioctl_agg.
  *
- * cflags: TK_TARGET_TGID, TK_IOCTL_PAGES, TK_IOCTL_AGG_CMD0..3 (0 = unused).
+ * A call already running when the recording window opens is seen only at its
+ * exit: with TK_IOCTL_TASK_REGS (BTF: bpf_task_pt_regs) its fd, command and
+ * argument are read from the thread's saved syscall registers and it is recorded
+ * from the window's start, flagged TK_IOCTL_BEGAN_BEFORE (aggregated commands
+ * count it in ioctl_agg.partial); with TK_IOCTL_TICK a timer interrupt on a target thread
+ * inside such a call opens it as soon as it is seen (so a KVM_RUN spanning the whole window
+ * counts too). Calls still running when the window closes stay
+ * in ioctl_inflight; user space reads them at the end (TK_IOCTL_UNFINISHED).
+ *
+ * cflags: TK_TARGET_TGID, TK_IOCTL_PAGES, TK_IOCTL_AGG_CMD0..3 (0 = unused), TK_IOCTL_TASK_REGS,
+ * TK_IOCTL_TICK, TK_NR_IOCTL (the ioctl syscall number).
  * Probes (index into ioctl_lost): 0 sys_enter_ioctl, 1 sys_exit_ioctl.
  */
 #include "tk_common.h"
 #include "tk_bpf.h"
 #include "ioctl.h"
+#ifdef TK_IOCTL_TASK_REGS
+#include <linux/ptrace.h>	/* struct pt_regs: the saved user registers, an ABI layout */
+#endif
 
 #ifndef TK_IOCTL_PAGES
 #define TK_IOCTL_PAGES 256
@@ -110,6 +123,69 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 	return 0;
 }
 
+/* The call of this thread that entered before the window opened, from its saved syscall
+ * registers (fd, cmd, arg), in the zeroed scratch event; 0 when not a KVM ioctl or unknown.
+ * in_syscall: the caller knows the thread is in ioctl (its exit); else the saved syscall
+ * number must say so (TK_NR_IOCTL). */
+static __always_inline struct ioctl_event *ioctl_began_before(__u64 pid_tgid, int in_syscall)
+{
+#ifdef TK_IOCTL_TASK_REGS
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u64 fd = 0, cmd = 0, arg = 0;
+	if (!in_syscall) {
+		long nr = -1;
+#if defined(__TARGET_ARCH_arm64)
+		bpf_probe_read_kernel(&nr, sizeof(nr), &regs->syscallno);
+#else
+		bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+#endif
+		if (nr != TK_NR_IOCTL)
+			return 0;
+	}
+	bpf_probe_read_kernel(&cmd, sizeof(cmd), &PT_REGS_PARM2(regs));
+	if (((cmd >> 8) & 0xff) != TK_KVMIO)
+		return 0;
+#if defined(__TARGET_ARCH_arm64)
+	bpf_probe_read_kernel(&fd, sizeof(fd), &regs->orig_x0);	/* x0 holds the return value now */
+#else
+	bpf_probe_read_kernel(&fd, sizeof(fd), &PT_REGS_PARM1(regs));
+#endif
+	bpf_probe_read_kernel(&arg, sizeof(arg), &PT_REGS_PARM3(regs));
+	__u32 zero = 0;
+	struct ioctl_event *e = ioctl_scratch.lookup(&zero);
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	tk_fill_header_at(&e->hdr, pid_tgid, TK_IOCTL_CALL, tk_window_get(TK_WINDOW_START_NS));
+	e->fd = (__s32)fd;
+	e->cmd = (__u32)cmd;
+	e->arg = arg;
+	e->decoded = TK_IOCTL_BEGAN_BEFORE;
+	return e;
+#else
+	return 0;
+#endif
+}
+
+#if defined(TK_IOCTL_TASK_REGS) && defined(TK_IOCTL_TICK)
+/* A timer interrupt on a CPU running a target thread inside a KVM ioctl that entered before the
+ * window (a vCPU in KVM_RUN running guest code): open its call now, from the window's start, so
+ * a call spanning the whole window is still seen (then unfinished too). */
+TRACEPOINT_PROBE(timer, hrtimer_expire_entry)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!tk_is_target(pid_tgid))
+		return 0;
+	__u32 tid = (__u32)pid_tgid;
+	if (ioctl_inflight.lookup(&tid))
+		return 0;
+	struct ioctl_event *e = ioctl_began_before(pid_tgid, 0);
+	if (e)
+		ioctl_inflight.update(&tid, e);
+	return 0;
+}
+#endif
+
 TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -117,8 +193,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		return 0;
 	__u32 tid = (__u32)pid_tgid;
 	struct ioctl_event *in = ioctl_inflight.lookup(&tid);
-	if (!in)
-		return 0;
+	int in_map = in != 0;
+	if (!in) {
+		in = ioctl_began_before(pid_tgid, 1);
+		if (!in)
+			return 0;
+	}
+	int began_before = (in->decoded & TK_IOCTL_BEGAN_BEFORE) != 0;
 	__u64 now = bpf_ktime_get_ns();
 	__s64 duration = (__s64)(now - in->hdr.ts_ns);
 	__s64 ret = args->ret;
@@ -138,8 +219,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 				agg->max_ns = duration;
 			if (ret < 0)
 				agg->errors += 1;
+			agg->partial += began_before;
 		}
-		ioctl_inflight.delete(&tid);
+		if (in_map)
+			ioctl_inflight.delete(&tid);
 		return 0;
 	}
 	struct ioctl_event *e = ioctl_events.ringbuf_reserve(sizeof(struct ioctl_event));
@@ -148,13 +231,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		__u64 *lost = ioctl_lost.lookup(&probe);
 		if (lost)
 			(*lost)++;
-		ioctl_inflight.delete(&tid);
+		if (in_map)
+			ioctl_inflight.delete(&tid);
 		return 0;
 	}
 	__builtin_memcpy(e, in, sizeof(*e));
 	e->duration_ns = duration;
 	e->ret = ret;
 	ioctl_events.ringbuf_submit(e, 0);
-	ioctl_inflight.delete(&tid);
+	if (in_map)
+		ioctl_inflight.delete(&tid);
 	return 0;
 }

@@ -15,6 +15,9 @@
 #define TK_IOCTL_HAS_SLOT	(1 << 1)	/* slot */
 #define TK_IOCTL_HAS_CLEAR	(1 << 2)	/* slot, first_page, num_pages */
 #define TK_IOCTL_HAS_CAP	(1 << 3)	/* cap, flags, cap_arg0 */
+/* Partial calls: the duration covers only the part inside the recording window. */
+#define TK_IOCTL_BEGAN_BEFORE	(1 << 8)	/* entered before the window: ts_ns = window start */
+#define TK_IOCTL_UNFINISHED	(1 << 9)	/* still running when the window closed (set by user space) */
 
 struct ioctl_event {
 	struct tk_header hdr;	/* ts_ns = entry */
@@ -53,6 +56,7 @@ struct ioctl_agg_val {
 	__u64 total_ns;
 	__u64 max_ns;
 	__u64 errors;
+	__u64 partial;	/* calls counted only for their part inside the window */
 };
 
 #endif /* TK_IOCTL_H */

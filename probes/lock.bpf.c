@@ -6,6 +6,10 @@
  * The kernel stack at contention_begin goes to lock_stacks; user space
  * symbolises the ids when the recording ends.
  *
+ * A contention_end inside the recording window without its begin (the wait began
+ * before the window opened) is dropped and counted in lock_partial[0]; waits still
+ * open when the window closes stay in lock_open_by_tid and are counted by user space.
+ *
  * cflags: TK_TARGET_TGID, TK_LOCK_PAGES.
  * Probes (index into lock_lost): 0 contention_begin, 1 contention_end.
  */
@@ -27,6 +31,7 @@ struct lock_open {
 BPF_RINGBUF_OUTPUT(lock_events, TK_LOCK_PAGES);
 BPF_PERCPU_ARRAY(lock_lost, __u64, 2);
 BPF_PERCPU_ARRAY(lock_nested, __u64, 1);
+BPF_PERCPU_ARRAY(lock_partial, __u64, 1);
 BPF_HASH(lock_open_by_tid, __u32, struct lock_open, 16384);
 BPF_STACK_TRACE(lock_stacks, 16384);
 
@@ -59,8 +64,13 @@ TRACEPOINT_PROBE(lock, contention_end)
 		return 0;
 	__u32 tid = (__u32)pid_tgid;
 	struct lock_open *op = lock_open_by_tid.lookup(&tid);
-	if (!op)
+	if (!op) {
+		__u32 zero = 0;
+		__u64 *partial = lock_partial.lookup(&zero);
+		if (partial)
+			(*partial)++;
 		return 0;
+	}
 	if (op->lock_addr != (__u64)args->lock_addr)
 		return 0;	/* the end of a nested contention */
 	__u64 now = bpf_ktime_get_ns();

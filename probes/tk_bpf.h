@@ -13,6 +13,14 @@
  * Every family counts its ring-buffer reserve failures per probe and CPU in a
  * BPF_PERCPU_ARRAY named <family>_lost, indexed by the probe's number.
  *
+ * The recording window (TK_WINDOW, defined by the recorder's prelude with the
+ * tk_window array, [0] armed flag, [1] window start ns, and tk_window_get()): every program is attached
+ * disarmed and records nothing until user space, with every ring reader ready,
+ * arms the window with one map write; disarming is one write too. So every family
+ * starts and stops on the same instant whatever order the probes attach and
+ * detach in. tk_is_target() is false outside the window; tk_is_target_thread()
+ * (the tgid alone) serves programs that finish an operation begun inside it.
+ *
  * Batching (families walk and mmu): each CPU fills a staging batch of
  * TK_BATCH_EVENTS events (struct tk_batch_header then the events) in a
  * BPF_PERCPU_ARRAY value and writes it to the ring with one bpf_ringbuf_output
@@ -30,7 +38,7 @@
 #define TK_TARGET_TGID 0
 #endif
 
-static __always_inline int tk_is_target(__u64 pid_tgid)
+static __always_inline int tk_is_target_thread(__u64 pid_tgid)
 {
 #ifdef TK_TARGETS_FAKE_FD
 	__u32 tgid = pid_tgid >> 32;
@@ -39,6 +47,24 @@ static __always_inline int tk_is_target(__u64 pid_tgid)
 #else
 	return TK_TARGET_TGID == 0 || (pid_tgid >> 32) == TK_TARGET_TGID;
 #endif
+}
+
+#define TK_WINDOW_ARMED 0
+#define TK_WINDOW_START_NS 1
+
+/* Slot k of the recording window; the recorder's prelude defines it (bcc rewrites map calls in
+ * the program text only, not in included headers). Without one, always armed from time 0. */
+#ifndef TK_WINDOW
+static __always_inline __u64 tk_window_get(__u32 k)
+{
+	return k == TK_WINDOW_ARMED;
+}
+#endif
+
+/* A thread of the target, inside the recording window. */
+static __always_inline int tk_is_target(__u64 pid_tgid)
+{
+	return tk_is_target_thread(pid_tgid) && tk_window_get(TK_WINDOW_ARMED);
 }
 
 /* The event header with timestamp ts (an event that shares the time of an earlier one, e.g. a

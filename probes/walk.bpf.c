@@ -11,11 +11,19 @@
  * The walk state of a thread lives in a direct-mapped array slot (tid % 65536, an
  * inlined lookup) or, when another target thread holds that slot, in a hash.
  *
+ * Only walks that start inside the recording window open a walk state (a start
+ * outside it closes the thread's state), and elements are recorded only into an
+ * open walk, whether or not the window is still armed: so the elements of a walk
+ * whose start was missed are dropped and counted (walk_partial[0]) rather than
+ * glued onto an older walk, and a walk begun before the window closes keeps its
+ * last elements. More than TK_WALK_MAX_ELEMENTS elements in one walk are dropped
+ * and counted (walk_partial[1]): a walk that long is malformed.
+ *
  * Events are batched per CPU (see tk_bpf.h): a walk_events ring record is one
  * struct walk_batch. Within a CPU, records keep the order of the events.
  *
  * cflags: TK_TARGET_TGID, TK_WALK_PAGES (ring buffer pages, a power of 2), TK_WALK_SLOTS,
- * TK_BATCH_EVENTS, TK_BATCH_FLUSH_NS, TK_FAKE_FD_walk_events.
+ * TK_BATCH_EVENTS, TK_BATCH_FLUSH_NS, TK_FAKE_FD_walk_events, TK_WALK_MAX_ELEMENTS.
  * Probes (index into walk_lost): 0 pagetable_walk, 1 paging_element, 2 walker_error.
  */
 #include "tk_common.h"
@@ -28,6 +36,12 @@
 #ifndef TK_FAKE_FD_walk_events
 #define TK_FAKE_FD_walk_events 0
 #endif
+
+#ifndef TK_WALK_MAX_ELEMENTS
+#define TK_WALK_MAX_ELEMENTS 64	/* 5 levels and a few walker retries fit many times over */
+#endif
+#define TK_WALK_PARTIAL_NO_START 0	/* an element or error of a walk begun before the window */
+#define TK_WALK_PARTIAL_TOO_LONG 1	/* an element beyond TK_WALK_MAX_ELEMENTS */
 
 #ifndef TK_WALK_SLOTS
 #define TK_WALK_SLOTS 65536	/* direct-mapped walk states, one per thread id remainder (a power of 2) */
@@ -49,6 +63,7 @@ struct walk_batch {
 BPF_RINGBUF_OUTPUT(walk_events, TK_WALK_PAGES);
 BPF_PERCPU_ARRAY(walk_lost, __u64, 3);
 BPF_PERCPU_ARRAY(walk_seq, __u64, 1);
+BPF_PERCPU_ARRAY(walk_partial, __u64, 2);
 BPF_ARRAY(walk_slots, struct walk_state, TK_WALK_SLOTS);
 BPF_HASH(walk_state_by_tid, __u32, struct walk_state, 16384);
 BPF_PERCPU_ARRAY(walk_staging, struct walk_batch, 2);
@@ -75,6 +90,24 @@ static __always_inline struct walk_state *walk_state_of(__u32 tid, int claim)
 	struct walk_state fresh = {.tid = tid};
 	walk_state_by_tid.update(&tid, &fresh);
 	return walk_state_by_tid.lookup(&tid);
+}
+
+static __always_inline void walk_count_partial(__u32 what)
+{
+	__u64 *n = walk_partial.lookup(&what);
+	if (n)
+		*n += 1;
+}
+
+/* The open walk of thread tid, or 0 (counted when the window is armed: its start was missed). */
+static __always_inline struct walk_state *walk_open_state(__u32 tid)
+{
+	struct walk_state *st = walk_state_of(tid, 0);
+	if (st && st->walk_id)
+		return st;
+	if (tk_window_get(TK_WINDOW_ARMED))
+		walk_count_partial(TK_WALK_PARTIAL_NO_START);
+	return 0;
 }
 
 static __always_inline void walk_count_lost(__u32 probe, __u64 n)
@@ -140,9 +173,15 @@ static __always_inline int walk_close(struct walk_batch *b, __u32 probe, __u64 t
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_pagetable_walk)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
+	if (!tk_is_target_thread(pid_tgid))
 		return 0;
 	__u32 zero = 0, tid = (__u32)pid_tgid;
+	if (!tk_window_get(TK_WINDOW_ARMED)) {  /* outside the window: the thread's last walk is over */
+		struct walk_state *old = walk_state_of(tid, 0);
+		if (old)
+			old->walk_id = 0;
+		return 0;
+	}
 	__u64 *seq = walk_seq.lookup(&zero);
 	if (!seq)
 		return 0;
@@ -171,20 +210,18 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_pagetable_walk)
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_paging_element)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
+	if (!tk_is_target_thread(pid_tgid))
 		return 0;
-	__u32 tid = (__u32)pid_tgid;
-	__u64 walk_id = 0, ts = 0;
-	__u32 index = 0;
-	struct walk_state *st = walk_state_of(tid, 0);
-	if (st) {
-		walk_id = st->walk_id;
-		ts = st->start_ns;
-		index = st->next_index;
-		st->next_index = index + 1;
+	struct walk_state *st = walk_open_state((__u32)pid_tgid);
+	if (!st)
+		return 0;
+	__u64 walk_id = st->walk_id, ts = st->start_ns;
+	__u32 index = st->next_index;
+	if (index >= TK_WALK_MAX_ELEMENTS) {
+		walk_count_partial(TK_WALK_PARTIAL_TOO_LONG);
+		return 0;
 	}
-	if (!ts)  /* no open walk: an element of its own */
-		ts = bpf_ktime_get_ns();
+	st->next_index = index + 1;
 	struct walk_batch *b = walk_open(1);
 	if (!b)
 		return 0;
@@ -200,13 +237,12 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_paging_element)
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_walker_error)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!tk_is_target(pid_tgid))
+	if (!tk_is_target_thread(pid_tgid))
 		return 0;
-	__u32 tid = (__u32)pid_tgid;
-	__u64 walk_id = 0;
-	struct walk_state *st = walk_state_of(tid, 0);
-	if (st)
-		walk_id = st->walk_id;
+	struct walk_state *st = walk_open_state((__u32)pid_tgid);
+	if (!st)
+		return 0;
+	__u64 walk_id = st->walk_id;
 	struct walk_batch *b = walk_open(2);
 	if (!b)
 		return 0;

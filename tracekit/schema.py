@@ -59,13 +59,13 @@ IOCTL_AGG_KEY_DTYPE = np.dtype(
         "itemsize": 24,
     }
 )
-#: ``struct ioctl_agg_val`` from probes/ioctl.h (32 bytes).
+#: ``struct ioctl_agg_val`` from probes/ioctl.h (40 bytes).
 IOCTL_AGG_VAL_DTYPE = np.dtype(
     {
-        "names": ['count', 'total_ns', 'max_ns', 'errors'],
-        "formats": ['<u8', '<u8', '<u8', '<u8'],
-        "offsets": [0, 8, 16, 24],
-        "itemsize": 32,
+        "names": ['count', 'total_ns', 'max_ns', 'errors', 'partial'],
+        "formats": ['<u8', '<u8', '<u8', '<u8', '<u8'],
+        "offsets": [0, 8, 16, 24, 32],
+        "itemsize": 40,
     }
 )
 #: ``struct lock_event`` from probes/lock.h (56 bytes).
@@ -96,6 +96,8 @@ TK_IOCTL_HAS_REGION = 1
 TK_IOCTL_HAS_SLOT = 2
 TK_IOCTL_HAS_CLEAR = 4
 TK_IOCTL_HAS_CAP = 8
+TK_IOCTL_BEGAN_BEFORE = 0x100
+TK_IOCTL_UNFINISHED = 0x200
 TK_LOCK_CONTENTION = 0
 TK_MMU_SET_SPTE = 0
 TK_MMU_SPTE_REQUESTED = 1

@@ -189,7 +189,7 @@ def test_fake_map_numbers_follow_declaration_order():
     backend = BccBackend([(WalkFamily(), []), (MmuFamily(), [])], target_tgid=1)
     flags = backend.cflags()
     order = map_declaration_order(backend.program_text())
-    assert order[0] == "walk_events" and "-DTK_FAKE_FD_walk_events=-1" in flags
+    assert order[:2] == ["tk_window", "walk_events"] and "-DTK_FAKE_FD_walk_events=-2" in flags  # the window first
     assert f"-DTK_FAKE_FD_mmu_events=-{order.index('mmu_events') + 1}" in flags
     assert flags.count("-DTK_BATCH_EVENTS=64") == 1
 

@@ -150,7 +150,80 @@ def test_ioctl_tracefs_pairs_across_batches_and_aggregates_kvm_run():
         6, "KVM_SET_USER_MEMORY_REGION", 150 - 110, -22, 0xBEEF, None)  # no ioctl uprobe: no struct
     summary = family.finish_tracefs(999)["ioctl_summary"].to_pylist()
     assert summary == [{"ts_ns": 999, "cpu": -1, "pid": 1, "tid": 5, "cmd": KVM_RUN, "cmd_name": "KVM_RUN", "count": 1,
-                        "total_ns": 300, "max_ns": 300, "errors": 0, "fd": 9, "errno": 0}]
+                        "total_ns": 300, "max_ns": 300, "errors": 0, "fd": 9, "errno": 0, "partial": 0}]
+    assert family.partial_counts() == {"ioctl_began_before": 0, "ioctl_unfinished": 0, "ioctl_exits_without_entry": 0}
+
+
+def test_ioctl_tracefs_calls_cut_by_the_window_are_counted_and_marked():
+    """An exit whose entry came before the window is counted (its command is unknown); KVM calls still
+    running at the window's end are counted up to it and marked unfinished, KVM_RUN in the summary."""
+    family = IoctlFamily()
+    enter_t = [("common_pid", "<i4"), ("fd", "<u8"), ("cmd", "<u8"), ("arg", "<u8")]
+    exit_t = [("common_pid", "<i4"), ("ret", "<i8")]
+    out = family.decode_tracefs({
+        "syscalls:sys_enter_ioctl": _raw(enter_t, [(5, 9, KVM_RUN, 0, 200, 0, 1), (6, 4, KVM_SET_USER_MEMORY_REGION, 7, 210, 1, 1),
+                                                   (8, 1, 0x5401, 0, 220, 0, 1)]),
+        "syscalls:sys_exit_ioctl": _raw(exit_t, [(5, 0, 150, 0, 1), (7, 0, 160, 0, 1)]),  # entered before the window
+    })
+    assert out["ioctl"].num_rows == 0
+    final = family.finish_tracefs(1000)
+    [row] = final["ioctl"].to_pylist()
+    assert (row["tid"], row["cmd_name"], row["duration_ns"], row["ret"], row["partial"]) == (
+        6, "KVM_SET_USER_MEMORY_REGION", 1000 - 210, None, "unfinished")
+    [run] = final["ioctl_summary"].to_pylist()
+    assert (run["tid"], run["count"], run["total_ns"], run["partial"]) == (5, 1, 800, 1)
+    assert family.partial_counts() == {"ioctl_began_before": 0, "ioctl_unfinished": 2, "ioctl_exits_without_entry": 2}
+
+
+def test_ioctl_ring_records_marked_began_before_keep_the_window_start():
+    rec = np.zeros(2, S.IOCTL_EVENT_DTYPE)
+    rec["cmd"] = KVM_SET_USER_MEMORY_REGION
+    rec["hdr"]["ts_ns"] = [500, 600]
+    rec["decoded"] = [S.TK_IOCTL_BEGAN_BEFORE, 0]
+    family = IoctlFamily()
+    rows = family.decode("ioctl_events", rec)["ioctl"].to_pylist()
+    assert [(r["ts_ns"], r["partial"]) for r in rows] == [(500, "began_before"), (600, "")]
+    assert family.partial_counts()["ioctl_began_before"] == 1
+
+
+def test_walk_tracefs_drops_elements_without_their_walk_start_and_bounds_walks():
+    """Thread 5's elements before any walk start (its walk began before the window) are dropped and
+    counted, never glued onto the next walk; a walk of more than MAX_ELEMENTS keeps only MAX_ELEMENTS."""
+    family = WalkFamily()
+    walk_t = [("common_pid", "<i4"), ("addr", "<u8"), ("pferr", "<u4")]
+    elem_t = [("common_pid", "<i4"), ("pte", "<u8"), ("level", "<u4")]
+    n = family.MAX_ELEMENTS + 3
+    out = family.decode_tracefs({
+        "kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(5, 0x1000, 7, 100, 0, 1), (6, 0x2000, 7, 100, 1, 1)]),
+        "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(5, 1, 3, 90, 0, 1), (5, 1, 2, 91, 0, 1)]
+                                              + [(5, 1, 4 - i % 3, 101 + i, 0, 1) for i in range(3)]
+                                              + [(6, 1, 4, 101 + i, 1, 1) for i in range(n)]),
+    })
+    elements = out["walk_element"].to_pandas()
+    walk_of = dict(zip(out["walk"].column("tid").to_pylist(), out["walk"].column("walk_id").to_pylist()))
+    assert (elements["walk_id"] != 0).all()
+    assert list(elements[elements["tid"] == 5]["walk_id"].unique()) == [walk_of[5]]
+    assert len(elements[elements["tid"] == 5]) == 3
+    assert len(elements[elements["tid"] == 6]) == family.MAX_ELEMENTS
+    assert family.partial_counts() == {"walk_elements_without_start": 2, "walk_elements_beyond_limit": 3}
+
+
+def test_walk_tracefs_groups_walks_by_thread_when_vcpus_migrate_between_cpus():
+    """Two threads' walks interleave and swap CPUs mid-walk: every element stays with its thread's walk."""
+    family = WalkFamily()
+    walk_t = [("common_pid", "<i4"), ("addr", "<u8"), ("pferr", "<u4")]
+    elem_t = [("common_pid", "<i4"), ("pte", "<u8"), ("level", "<u4")]
+    out = family.decode_tracefs({
+        "kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(5, 0x1000, 7, 100, 0, 1), (6, 0x2000, 7, 101, 1, 1)]),
+        "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(5, 1, 4, 102, 1, 1), (6, 1, 4, 103, 0, 1),
+                                                       (5, 1, 3, 104, 0, 1), (6, 1, 3, 105, 1, 1),
+                                                       (6, 1, 2, 106, 0, 1), (5, 1, 2, 107, 1, 1)]),
+    })
+    walk_of = dict(zip(out["walk"].column("tid").to_pylist(), out["walk"].column("walk_id").to_pylist()))
+    elements = out["walk_element"].to_pandas()
+    for tid in (5, 6):
+        mine = elements[elements["tid"] == tid].sort_values("index")
+        assert list(mine["walk_id"].unique()) == [walk_of[tid]] and list(mine["level"]) == [4, 3, 2]
 
 
 def test_lock_tracefs_pairs_same_lock_only():
@@ -286,4 +359,25 @@ def test_elements_no_walk_can_have_are_orphans_across_batches():
         levels.setdefault(ids.get(r["walk_id"], 0), []).append((r["index"], r["level"]))
     assert {k: [lv for _, lv in sorted(v)] for k, v in levels.items() if k} == {
         0xA: [4, 3, 2], 0xB: [4, 3, 2, 1], 0xD: [4], 0xC: [4, 3, 2, 1, 4, 3, 2, 1]}
-    assert sorted(lv for _, lv in levels[0]) == [1, 3, 4]
+    assert 0 not in levels  # the orphans are dropped and counted, never in the capture
+    assert family.partial_counts()["walk_elements_without_start"] == 3
+
+
+def test_walk_tracefs_keeps_the_last_walks_elements_after_the_window_but_no_later_walk():
+    """After the window closed (stop at 200): thread 5's walk begun at 150 keeps its elements read at 201
+    and 202; its walk begun at 210 is not recorded, nor its elements, nor glued onto the earlier one."""
+    family = WalkFamily()
+    family.window_stop_ns = 200
+    walk_t = [("common_pid", "<i4"), ("addr", "<u8"), ("pferr", "<u4")]
+    elem_t = [("common_pid", "<i4"), ("pte", "<u8"), ("level", "<u4")]
+    out = family.decode_tracefs({
+        "kvmmmu:kvm_mmu_pagetable_walk": _raw(walk_t, [(5, 0x1000, 7, 150, 0, 1), (5, 0x2000, 7, 210, 0, 1)]),
+        "kvmmmu:kvm_mmu_paging_element": _raw(elem_t, [(5, 1, 4, 151, 0, 1), (5, 1, 3, 201, 0, 1),
+                                                       (5, 1, 2, 202, 0, 1), (5, 1, 4, 211, 0, 1),
+                                                       (5, 1, 3, 212, 0, 1)]),
+    })
+    [walk] = out["walk"].to_pylist()
+    assert walk["ts_ns"] == 150
+    elements = out["walk_element"].to_pylist()
+    assert [(e["walk_id"], e["index"], e["level"]) for e in elements] == [
+        (walk["walk_id"], 0, 4), (walk["walk_id"], 1, 3), (walk["walk_id"], 2, 2)]

@@ -7,10 +7,12 @@ backend, and that a signal stops the loop cleanly.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -33,12 +35,26 @@ class FakeBackend:
         self.attached = ["kvmmmu:kvm_mmu_pagetable_walk"]
         self.polls = 0
         self.closed = False
+        self.steps: list[str] = []
+        self.window: dict[str, int] = {}
         FakeBackend.instances.append(self)
 
     def start(self):
-        pass
+        self.steps.append("start")
+
+    def arm(self):
+        self.steps.append("arm")
+        self.window = {"start_ns": time.monotonic_ns()}
+        return self.window["start_ns"]
+
+    def disarm(self):
+        if "stop_ns" not in self.window:
+            self.steps.append("disarm")
+            self.window["stop_ns"] = time.monotonic_ns()
+        return self.window["stop_ns"]
 
     def poll(self):
+        self.steps.append("poll")
         self.polls += 1
         rec = np.zeros(4, S.WALK_EVENT_DTYPE)
         rec["hdr"]["ts_ns"] = self.polls * 10 + np.arange(4)
@@ -52,6 +68,8 @@ class FakeBackend:
         return [("kvmmmu:kvm_mmu_paging_element", 1, 2)]
 
     def stop(self):
+        self.disarm()
+        self.steps.append("stop")
         return [], []
 
     def bytes_read(self):
@@ -86,6 +104,39 @@ def test_records_batches_lost_counters_and_threads(fake, tmp_path):
     assert cap.manifest["lost"] == [{"probe": "kvmmmu:kvm_mmu_paging_element", "cpu": 1, "count": 2}]
     assert os.getpid() in {t["tid"] for t in cap.manifest["target"]["threads"]}
     assert cap.manifest["probes"]["attached"] == ["kvmmmu:kvm_mmu_pagetable_walk"]
+
+
+def test_every_family_is_armed_once_after_attaching_and_the_window_is_recorded(fake, tmp_path):
+    out = tmp_path / "window.tkcap"
+    summary = session.record(session.RecordConfig(output=out, pid_spec=str(os.getpid()), duration=0.2,
+                                                  poll_interval=0.01), stream=None)
+    steps = fake.instances[0].steps
+    assert steps[:3] == ["start", "arm", "poll"] and steps[-2:] == ["disarm", "stop"]
+    assert steps.count("arm") == 1 and "poll" not in steps[steps.index("disarm"):]
+    window = open_capture(out).manifest["window"]
+    assert window["clock"] == "CLOCK_MONOTONIC" and window["stop_ns"] - window["start_ns"] >= 0.2e9
+    assert summary.seconds == pytest.approx(window["seconds"], abs=1e-3)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_status_line_goes_only_to_a_terminal_and_never_beside_a_command():
+    assert session._live_status_wanted(_Terminal(), None, runs_command=False)
+    assert not session._live_status_wanted(_Terminal(), None, runs_command=True)  # the command shares it
+    assert not session._live_status_wanted(io.StringIO(), None, runs_command=False)  # a pipe or a file
+    assert not session._live_status_wanted(None, True, runs_command=False)
+
+
+def test_the_banner_names_the_clock_of_the_duration(fake, tmp_path):
+    stream = io.StringIO()
+    session.record(session.RecordConfig(output=tmp_path / "b.tkcap", pid_spec=str(os.getpid()), duration=0.1,
+                                        poll_interval=0.01), stream=stream)
+    banner = stream.getvalue().splitlines()[0]
+    assert "for 0.1 s of CLOCK_MONOTONIC from the moment every probe is armed" in banner
+    assert "\r" not in stream.getvalue()  # not a terminal: no live status line
 
 
 def test_disk_full_aborts_but_keeps_finished_segments(fake, tmp_path, monkeypatch):

@@ -14,6 +14,11 @@ staged in each CPU's staging array (families that batch in the kernel), and buil
 tables; :meth:`BccBackend.close` frees everything and is safe to call twice. bcc is imported here
 only. Raises :class:`tracekit.errors.MissingCapability` (no bcc, no headers) and
 :class:`tracekit.errors.ProbeLoadError` (compile or verifier failure, log in ``detail``).
+
+Every program is loaded disarmed (``tk_window``, see ``probes/tk_bpf.h``): :meth:`BccBackend.arm`
+opens the recording window for every family at once, once the ring readers exist, and
+:meth:`BccBackend.disarm` closes it; :meth:`BccBackend.stop` disarms first, so detaching (slow: each
+detach waits for RCU) can neither lose events nor split an operation.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ __all__ = ["BccBackend", "import_bcc", "struct_layouts", "map_declaration_order"
 PAGE = 4096
 TARGETS_MAP = "tk_targets"  # several target processes: their tgids (see probes/tk_bpf.h)
 TARGETS_MAX = 1024
+#: Declared before every family's source: the recording window every program checks (tk_bpf.h).
+WINDOW_PRELUDE = """#define TK_WINDOW 1
+BPF_ARRAY(tk_window, __u64, 2);
+static __always_inline __u64 tk_window_get(__u32 k)
+{
+	__u64 *v = tk_window.lookup(&k);
+	return v ? *v : 0;
+}
+"""
 _MAP_DECL = re.compile(r"^[ \t]*BPF_[A-Z_]+\(\s*(\w+)", re.M)
 
 
@@ -122,6 +136,7 @@ class BccBackend:
         self.bpf: Any = None
         self.readers: list[tuple[ProbeFamily, str, RingReader]] = []
         self.attached: list[str] = []
+        self.window: dict[str, int] = {}  # start_ns / stop_ns of the recording window (CLOCK_MONOTONIC)
 
     def cflags(self) -> list[str]:
         flags = ["-w", f"-DTK_TARGET_TGID={self.target_tgid}"]
@@ -140,7 +155,8 @@ class BccBackend:
 
     def program_text(self) -> str:
         prologue = f"BPF_HASH({TARGETS_MAP}, u32, u8, {TARGETS_MAX});\n" if len(self.target_tgids) > 1 else ""
-        return prologue + "\n".join(f"/* ---- family {f.name} ---- */\n{f.bpf_source()}" for f, _ in self.families)
+        return prologue + WINDOW_PRELUDE + "\n".join(f"/* ---- family {f.name} ---- */\n{f.bpf_source()}"
+                                                    for f, _ in self.families)
 
     def start(self) -> None:
         bcc = import_bcc()
@@ -161,6 +177,26 @@ class BccBackend:
                 except KeyError:
                     raise ProbeLoadError(f"family {family.name}: ring buffer map {ring.map_name} not in the program") from None
                 self.readers.append((family, ring.map_name, RingReader(fd, ring.pages * PAGE, ring.dtype)))
+
+    def _set_window(self, index: int, value: int) -> None:
+        table = self.bpf[b"tk_window"]
+        table[table.Key(index)] = table.Leaf(value)
+
+    def arm(self) -> int:
+        """Open the recording window of every program at once; return its start (CLOCK_MONOTONIC ns).
+        Every event recorded is stamped at or after it."""
+        start = time.monotonic_ns()
+        self._set_window(1, start)
+        self._set_window(0, 1)
+        self.window = {"start_ns": start}
+        return start
+
+    def disarm(self) -> int:
+        """Close the recording window (idempotent); return its end (CLOCK_MONOTONIC ns)."""
+        if self.bpf is not None and "stop_ns" not in self.window:
+            self._set_window(0, 0)
+            self.window["stop_ns"] = time.monotonic_ns()
+        return self.window.get("stop_ns", 0)
 
     def poll(self) -> list[tuple[ProbeFamily, dict[str, pa.Table]]]:
         """Every committed event of every ring, decoded."""
@@ -247,21 +283,29 @@ class BccBackend:
         (last batches, final tables)."""
         if self.bpf is None:
             return [], []
-        batches = []
+        stop_ns = self.disarm()
+        batches = self.poll()
         for family, _ in self.families:  # kprobes first: a kprobe may sit under a traced tracepoint
             family.detach_bcc(self.bpf)
             batches += self.poll()
-        for tp in list(self.bpf.tracepoint_fds):  # each detach waits for RCU: keep draining meanwhile
+        for tp in self.detach_order():  # each detach waits for RCU: keep draining meanwhile
             try:
-                self.bpf.detach_tracepoint(tp if isinstance(tp, bytes) else tp.encode())
+                self.bpf.detach_tracepoint(tp.encode())
             except Exception:  # already gone; close() frees the rest
                 pass
             batches += self.poll()
         batches += self.poll()
         batches += self.staged()
-        stop_ns = time.monotonic_ns()
         finals = [(family, family.finish(self.bpf, stop_ns)) for family, _ in self.families]
         return batches, finals
+
+    def detach_order(self) -> list[str]:
+        """Attached tracepoints, each family's in reverse of its declared order: the events that
+        continue an operation (a walk's elements) go before the one that opens it, which, outside
+        the window, closes it."""
+        attached = {k.decode() if isinstance(k, bytes) else str(k) for k in self.bpf.tracepoint_fds}
+        order = [tp for family, _ in self.families for tp in reversed(family.tracepoints) if tp in attached]
+        return order + sorted(attached - set(order))
 
     def close(self) -> None:
         for _, _, reader in self.readers:

@@ -10,6 +10,8 @@ batches (open walks, ioctl entries and lock contentions not yet closed).
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ from tracekit import schema as S
 from tracekit.capture import COMMON_FIELDS
 from tracekit.probes import source_text
 from tracekit.recorder.batch import batch_dtype, is_batched, unbatch
+from tracekit.recorder.bccload import read_percpu
 from tracekit.recorder.family import ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
 from tracekit.recorder.ioctl_args import IoctlArgsProbe, decode_args
 from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
@@ -89,6 +92,7 @@ class WalkFamily(ProbeFamily):
     description = "guest page-table walks done by KVM's software walker"
     tracepoints = ("kvmmmu:kvm_mmu_pagetable_walk", "kvmmmu:kvm_mmu_paging_element", "kvmmmu:kvm_mmu_walker_error")
     untimed = ("kvmmmu:kvm_mmu_paging_element",)  # its walk's start time
+    continuations = ("kvmmmu:kvm_mmu_paging_element", "kvmmmu:kvm_mmu_walker_error")
     required = tracepoints[:2]
     tracepoint_fields = {"kvmmmu:kvm_mmu_pagetable_walk": ("addr", "pferr"),
                          "kvmmmu:kvm_mmu_paging_element": ("pte", "level"),
@@ -99,11 +103,23 @@ class WalkFamily(ProbeFamily):
                       pa.field("pte", pa.uint64()))
     ERROR = _schema(pa.field("walk_id", pa.uint64()), pa.field("pferr", pa.uint32()))
 
+    #: Elements kept per walk (TK_WALK_MAX_ELEMENTS of walk.bpf.c): more make a walk malformed.
+    MAX_ELEMENTS = 64
+
     def __init__(self, options=None):
         super().__init__(options)
         self._open: dict[int, tuple[int, int]] = {}  # tracefs: tid -> (walk_id, next index)
         self._shape: dict[int, tuple[int, int, bool]] = {}  # tracefs: open walk -> (last level, root, broken)
         self._next_id = 1
+        self._partial = {"walk_elements_without_start": 0, "walk_elements_beyond_limit": 0}
+
+    def partial_counts(self) -> dict[str, int]:
+        return dict(self._partial)
+
+    def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
+        counts = read_percpu(bpf, "walk_partial", 2).sum(axis=0)
+        self._partial = {"walk_elements_without_start": int(counts[0]), "walk_elements_beyond_limit": int(counts[1])}
+        return {}
 
     def tables(self) -> dict[str, pa.Schema]:
         return {"walk": self.WALK, "walk_element": self.ELEMENT, "walk_error": self.ERROR}
@@ -166,7 +182,16 @@ class WalkFamily(ProbeFamily):
             parts.append(rec)
         records = _concat_events(parts, S.WALK_EVENT_DTYPE)
         self.assign_walk_ids(records)
-        return self.decode("walk_events", records)
+        kind = records["hdr"]["kind"]
+        orphan = (kind != S.TK_WALK_START) & (records["walk_id"] == 0)
+        too_long = (kind == S.TK_WALK_ELEMENT) & (records["index"] >= self.MAX_ELEMENTS)
+        self._partial["walk_elements_without_start"] += int(orphan.sum())
+        self._partial["walk_elements_beyond_limit"] += int((too_long & ~orphan).sum())
+        drop = orphan | too_long
+        if self.window_stop_ns is not None:  # walks that start after the window: not recorded, nor their elements
+            late = (kind == S.TK_WALK_START) & (records["hdr"]["ts_ns"] > self.window_stop_ns)
+            drop |= np.isin(records["walk_id"], records["walk_id"][late])
+        return self.decode("walk_events", records[~drop])
 
     def assign_walk_ids(self, records: np.ndarray) -> None:
         """Give events sorted by (tid, ts) the walk_id/index the BPF program would have given.
@@ -252,13 +277,20 @@ _IOCTL_TABLE = _schema(
     pa.field("guest_phys_addr", pa.uint64()), pa.field("memory_size", pa.uint64()),
     pa.field("userspace_addr", pa.uint64()), pa.field("first_page", pa.uint64()),
     pa.field("num_pages", pa.uint32()), pa.field("cap", pa.uint32()), pa.field("cap_arg0", pa.uint64()),
-    pa.field("arg", pa.uint64()),
+    pa.field("arg", pa.uint64()), pa.field("partial", _DICT),
 )
 _IOCTL_SUMMARY = _schema(
     pa.field("cmd", pa.uint32()), pa.field("cmd_name", _DICT), pa.field("count", pa.int64()),
     pa.field("total_ns", pa.int64()), pa.field("max_ns", pa.int64()), pa.field("errors", pa.int64()),
-    pa.field("fd", pa.int32()), pa.field("errno", pa.int32()),
+    pa.field("fd", pa.int32()), pa.field("errno", pa.int32()), pa.field("partial", pa.int64()),
 )
+
+#: Values of the ioctl table's ``partial`` column: the part of the call the window cut off.
+IOCTL_PARTIAL = {0: "", S.TK_IOCTL_BEGAN_BEFORE: "began_before", S.TK_IOCTL_UNFINISHED: "unfinished",
+                 S.TK_IOCTL_BEGAN_BEFORE | S.TK_IOCTL_UNFINISHED: "began_before,unfinished"}
+_IOCTL_PARTIAL_BITS = S.TK_IOCTL_BEGAN_BEFORE | S.TK_IOCTL_UNFINISHED
+#: The ioctl syscall's number per machine (its saved registers name the syscall a thread is in).
+_NR_IOCTL = {"x86_64": 16, "aarch64": 29}
 
 
 class IoctlFamily(ProbeFamily):
@@ -266,8 +298,9 @@ class IoctlFamily(ProbeFamily):
 
     name = "ioctl"
     description = "KVM ioctls: command, decoded arguments, duration, return value"
-    tracepoints = ("syscalls:sys_enter_ioctl", "syscalls:sys_exit_ioctl")
-    required = tracepoints
+    #: The timer tick finds calls already running when the window opens (bcc; optional).
+    tracepoints = ("syscalls:sys_enter_ioctl", "syscalls:sys_exit_ioctl", "timer:hrtimer_expire_entry")
+    required = tracepoints[:2]
     tracepoint_fields = {"syscalls:sys_enter_ioctl": ("fd", "cmd", "arg"), "syscalls:sys_exit_ioctl": ("ret",)}
 
     def __init__(self, options=None):
@@ -278,6 +311,10 @@ class IoctlFamily(ProbeFamily):
         self._args_probe: IoctlArgsProbe | None = None  # tracefs: the ioctl uprobe giving argument structs
         self._args_note = ""
         self._carried_args: dict[int, list[tuple]] = {}
+        self._partial = {"ioctl_began_before": 0, "ioctl_unfinished": 0, "ioctl_exits_without_entry": 0}
+
+    def partial_counts(self) -> dict[str, int]:
+        return dict(self._partial)
 
     def tables(self) -> dict[str, pa.Schema]:
         return {"ioctl": _IOCTL_TABLE, "ioctl_summary": _IOCTL_SUMMARY}
@@ -290,13 +327,17 @@ class IoctlFamily(ProbeFamily):
         flags = [f"-DTK_IOCTL_AGG_CMD{i}={c:#x}" for i, c in enumerate(cmds)]
         if not self.aggregated:
             flags[0] = "-DTK_IOCTL_AGG_CMD0=0x1"  # no KVM command has number 1 (type 0)
+        if Path("/sys/kernel/btf/vmlinux").exists() and _NR_IOCTL.get(platform.machine()):
+            flags += ["-DTK_IOCTL_TASK_REGS=1", f"-DTK_NR_IOCTL={_NR_IOCTL[platform.machine()]}"]
+            if any(s.probe == self.tracepoints[2] and s.available for s in available):
+                flags.append("-DTK_IOCTL_TICK=1")
         return flags + [f"-DTK_IOCTL_PAGES={self.rings()[0].pages}"]
 
     def rings(self) -> list[RingSpec]:
         return [RingSpec("ioctl_events", S.IOCTL_EVENT_DTYPE, self.options.ring_pages.get("ioctl_events", 256))]
 
     def lost_maps(self) -> dict[str, tuple[str, ...]]:
-        return {"ioctl_lost": self.tracepoints}
+        return {"ioctl_lost": self.tracepoints[:2]}
 
     def manifest_notes(self) -> dict[str, Any]:
         notes: dict[str, Any] = {"ioctl_aggregated": [ioctl_name(c) for c in self.aggregated]}
@@ -305,7 +346,8 @@ class IoctlFamily(ProbeFamily):
         return notes
 
     def tracefs_prepare(self, tracefs, available: list[ProbeStatus]) -> list[str]:
-        names = super().tracefs_prepare(tracefs, available)
+        """The syscall tracepoints (the timer tick serves the bcc program only) and the argument uprobe."""
+        names = [name for name in super().tracefs_prepare(tracefs, available) if name in self.required]
         probe = IoctlArgsProbe(tracefs)
         if probe.define():
             self._args_probe = probe
@@ -341,17 +383,49 @@ class IoctlFamily(ProbeFamily):
             cap=_masked(records["cap"], cap, pa.uint32()),
             cap_arg0=_masked(records["cap_arg0"], cap, pa.uint64()),
             arg=records["arg"],
+            partial=_labels(decoded & _IOCTL_PARTIAL_BITS, IOCTL_PARTIAL.__getitem__),
         )
+        if "ret" in cols and np.any(decoded & S.TK_IOCTL_UNFINISHED):
+            cols["ret"] = _masked(records["ret"], (decoded & S.TK_IOCTL_UNFINISHED) == 0, pa.int64())
+        self._partial["ioctl_began_before"] += int(np.count_nonzero(decoded & S.TK_IOCTL_BEGAN_BEFORE))
         return {"ioctl": _table(_IOCTL_TABLE, cols)}
 
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
-        rows = []
+        agg: dict[tuple[int, ...], list[int]] = {}
         for key, val in bpf[b"ioctl_agg"].items():
-            rows.append((key.pid, key.tid, key.cmd, key.fd, key.err, val.count, val.total_ns, val.max_ns, val.errors))
-        return {"ioctl_summary": self._summary(rows, stop_ns)}
+            agg[(key.pid, key.tid, key.cmd, key.fd, key.err)] = [val.count, val.total_ns, val.max_ns, val.errors,
+                                                                 val.partial]
+            self._partial["ioctl_began_before"] += val.partial
+        raw = b"".join(bytes(v) for v in bpf[b"ioctl_inflight"].values())
+        unfinished = np.frombuffer(raw, S.IOCTL_EVENT_DTYPE).copy()
+        return self._close_unfinished(unfinished, agg, stop_ns)
+
+    def _close_unfinished(self, calls: np.ndarray, agg: dict[tuple[int, ...], list[int]],
+                          stop_ns: int) -> dict[str, pa.Table]:
+        """The end-of-run tables: calls still running when the window closed at ``stop_ns`` counted up to
+        it and marked ``unfinished`` (streamed ones as ioctl rows, aggregated ones in the summary), then
+        the summary of the aggregated commands from ``agg`` ((pid, tid, cmd, fd, -errno or 0) -> count,
+        total, max, errors, partial)."""
+        calls = calls[calls["hdr"]["ts_ns"] <= stop_ns]
+        calls["duration_ns"] = stop_ns - calls["hdr"]["ts_ns"].astype(np.int64)
+        self._partial["ioctl_began_before"] += int(np.count_nonzero(calls["decoded"] & S.TK_IOCTL_BEGAN_BEFORE))
+        calls["decoded"] |= S.TK_IOCTL_UNFINISHED
+        self._partial["ioctl_unfinished"] += len(calls)
+        aggregated = np.isin(calls["cmd"], np.asarray(self.aggregated, dtype=np.uint32))
+        for row in calls[aggregated]:
+            key = (int(row["hdr"]["pid"]), int(row["hdr"]["tid"]), int(row["cmd"]), int(row["fd"]), 0)
+            acc = agg.setdefault(key, [0, 0, 0, 0, 0])
+            acc[0] += 1
+            acc[1] += int(row["duration_ns"])
+            acc[2] = max(acc[2], int(row["duration_ns"]))
+            acc[4] += 1
+        out = {"ioctl_summary": self._summary([(*key, *val) for key, val in agg.items()], stop_ns)}
+        if np.any(~aggregated):
+            out.update(self.decode("ioctl_events", calls[~aggregated]))
+        return out
 
     def _summary(self, rows: list[tuple[int, ...]], stop_ns: int) -> pa.Table:
-        """Rows of (pid, tid, cmd, fd, err, count, total, max, errors), err the negative errno or 0."""
+        """Rows of (pid, tid, cmd, fd, err, count, total, max, errors, partial), err the negative errno or 0."""
         rows.sort(key=lambda r: (r[1], r[2], r[3], -r[4]))
         cols: dict[str, Any] = {
             "ts_ns": [stop_ns] * len(rows), "cpu": [-1] * len(rows),
@@ -359,6 +433,7 @@ class IoctlFamily(ProbeFamily):
             "cmd_name": [ioctl_name(r[2]) for r in rows], "count": [r[5] for r in rows],
             "total_ns": [r[6] for r in rows], "max_ns": [r[7] for r in rows], "errors": [r[8] for r in rows],
             "fd": [r[3] for r in rows], "errno": [-r[4] for r in rows],
+            "partial": [r[9] for r in rows],
         }
         return _table(_IOCTL_SUMMARY, cols)
 
@@ -366,8 +441,7 @@ class IoctlFamily(ProbeFamily):
         enter = events.get("syscalls:sys_enter_ioctl")
         exit_ = events.get("syscalls:sys_exit_ioctl")
         parts = [self._pending]
-        if enter is not None and len(enter):
-            enter = enter[((enter["cmd"] >> 8) & 0xFF) == KVMIO]
+        if enter is not None and len(enter):  # every ioctl pairs; other commands are dropped after
             rec = np.zeros(len(enter), S.IOCTL_EVENT_DTYPE)
             _fill_header(rec, enter, 0)
             rec["fd"], rec["cmd"], rec["arg"] = enter["fd"], enter["cmd"], enter["arg"]
@@ -381,6 +455,8 @@ class IoctlFamily(ProbeFamily):
             parts.append(rec)
         records = _concat_events(parts, S.IOCTL_EVENT_DTYPE)
         pairs, self._pending = pair_enter_exit(records)
+        self._partial["ioctl_exits_without_entry"] += int(np.count_nonzero(records["hdr"]["kind"] == 1)) - len(pairs)
+        pairs = pairs[((records["cmd"][pairs[:, 0]] >> 8) & 0xFF) == KVMIO]
         calls = records[pairs[:, 0]].copy()
         calls["duration_ns"] = (records["hdr"]["ts_ns"][pairs[:, 1]] - calls["hdr"]["ts_ns"]).astype(np.int64)
         calls["ret"] = records["ret"][pairs[:, 1]]
@@ -389,7 +465,7 @@ class IoctlFamily(ProbeFamily):
         for row in calls[agg]:  # aggregated commands: one dict update per call (tracefs backend only)
             ret = int(row["ret"])
             key = (int(row["hdr"]["pid"]), int(row["hdr"]["tid"]), int(row["cmd"]), int(row["fd"]), min(ret, 0))
-            acc = self._agg.setdefault(key, [0, 0, 0, 0])
+            acc = self._agg.setdefault(key, [0, 0, 0, 0, 0])
             acc[0] += 1
             acc[1] += int(row["duration_ns"])
             acc[2] = max(acc[2], int(row["duration_ns"]))
@@ -397,8 +473,9 @@ class IoctlFamily(ProbeFamily):
         return self.decode("ioctl_events", calls[~agg])
 
     def finish_tracefs(self, stop_ns: int) -> dict[str, pa.Table]:
-        rows = [(*key, *val) for key, val in self._agg.items()]
-        return {"ioctl_summary": self._summary(rows, stop_ns)}
+        pending, self._pending = self._pending, self._pending[:0]
+        kvm = (pending["hdr"]["kind"] == 0) & (((pending["cmd"] >> 8) & 0xFF) == KVMIO)
+        return self._close_unfinished(pending[kvm].copy(), self._agg, stop_ns)
 
 
 def pair_enter_exit(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -455,6 +532,10 @@ class LockFamily(ProbeFamily):
         self._pending = np.empty(0, S.LOCK_EVENT_DTYPE)
         self._stack_ids: set[int] = set()
         self.nested = 0
+        self._partial = {"lock_waits_began_before": 0, "lock_waits_unfinished": 0}
+
+    def partial_counts(self) -> dict[str, int]:
+        return dict(self._partial)
 
     def tables(self) -> dict[str, pa.Schema]:
         return {"lock": _LOCK_TABLE, "stack": _STACK_TABLE}
@@ -487,6 +568,8 @@ class LockFamily(ProbeFamily):
             self.nested = int(sum(bpf[b"lock_nested"][0]))
         except (KeyError, IndexError, TypeError):
             pass
+        self._partial = {"lock_waits_began_before": int(read_percpu(bpf, "lock_partial", 1).sum()),
+                         "lock_waits_unfinished": len(bpf[b"lock_open_by_tid"])}
         stacks = bpf[b"lock_stacks"]
         ids, frames = [], []
         for stack_id in sorted(self._stack_ids):
@@ -517,6 +600,7 @@ class LockFamily(ProbeFamily):
             parts.append(rec)
         records = _concat_events(parts, S.LOCK_EVENT_DTYPE)
         pairs, self._pending = pair_enter_exit(records)
+        self._partial["lock_waits_began_before"] += int(np.count_nonzero(records["hdr"]["kind"] == 1)) - len(pairs)
         same = records["lock_addr"][pairs[:, 0]] == records["lock_addr"][pairs[:, 1]]
         pairs = pairs[same]
         out = records[pairs[:, 0]].copy()
@@ -525,6 +609,10 @@ class LockFamily(ProbeFamily):
         out["stack_id"] = -95  # -EOPNOTSUPP: tracefs records no stacks
         out["hdr"]["kind"] = 0
         return self.decode("lock_events", out)
+
+    def finish_tracefs(self, stop_ns: int) -> dict[str, pa.Table]:
+        self._partial["lock_waits_unfinished"] += int(np.count_nonzero(self._pending["hdr"]["kind"] == 0))
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------- mmu

@@ -10,6 +10,7 @@ recording (families may keep decoding state between batches). It declares
   when absent (the recorder stores it in the manifest);
 - for the bcc backend: :meth:`bpf_source`, :meth:`cflags`, :meth:`rings` (ring-buffer maps and
   their fixed record dtype), :meth:`decode` (one numpy batch -> Arrow tables),
+  :meth:`partial_counts` (operations the recording window cut, kept and marked or dropped),
   :meth:`attach_bcc` / :meth:`detach_bcc` (probes that do not attach on load, e.g. kprobes),
   :meth:`lost_maps` (per-CPU reserve-failure counters), :meth:`staging_maps` (per-CPU arrays of
   events batched in the kernel and not yet written to a ring, read when the recording ends),
@@ -158,6 +159,13 @@ class ProbeFamily(abc.ABC):
     #: Tracepoints whose BPF program reads no clock: its events carry the time of an earlier event
     #: of the same thread (bcc backend; every other program reads ``bpf_ktime_get_ns()`` once per hit).
     untimed: tuple[str, ...] = ()
+    #: Tracepoints that continue an operation an earlier event of the thread opened, with no event of
+    #: their own to end it (a walk's elements): recorded after the window closes until the thread's
+    #: operation is over, so the window never cuts one short (the bcc programs do it in the kernel).
+    continuations: tuple[str, ...] = ()
+    #: tracefs: when the window closed (CLOCK_MONOTONIC ns), set by the backend for families with
+    #: ``continuations``, whose decoders then drop the operations that start after it.
+    window_stop_ns: int | None = None
 
     def __init__(self, options: RecordOptions | None = None):
         self.options = options or RecordOptions()
@@ -236,6 +244,11 @@ class ProbeFamily(abc.ABC):
 
     def manifest_notes(self) -> dict[str, Any]:
         """Extra facts for the manifest (counters kept outside the rings, options)."""
+        return {}
+
+    def partial_counts(self) -> dict[str, int]:
+        """Operations cut by the recording window, known once the recording ended (after ``finish``):
+        name -> count (manifest ``partial``; see docs/recorder.md for each name)."""
         return {}
 
     # -- tracefs backend -----------------------------------------------------------------------------

@@ -6,17 +6,21 @@ Contract: :func:`record` takes a :class:`RecordConfig` and writes a capture dire
 1. removes tracefs instances left by a killed recorder (``tracekit-<pid>-*`` whose pid is gone);
 2. resolves the targets (``pid_spec``/``pid_specs``/``all_vms``, each holding a KVM VM; manifest
    ``target.pids`` and ``target.vms``) or starts ``command`` held before ``exec`` until the probes
-   are attached; when the command is the built-in workload (``tracekit workload dirty-log``),
+   are armed; when the command is the built-in workload (``tracekit workload dirty-log``),
    adds ``--layout`` to a private temporary file and stores the record under manifest key
-   ``workload``;
+   ``workload``; a workload found by pid is asked for the record it publishes while it runs
+   (:mod:`tracekit.workload.published`);
 3. checks every probe of the requested families (``probes.failed`` in the manifest lists each absent
    probe with the reason; a family whose required tracepoints are absent is skipped);
 4. chooses the backend (``auto``: bcc when it imports and headers exist, else tracefs, with a note
-   in the manifest), starts it, then polls every ``poll_interval`` seconds: batches go straight
-   into the writer, lost-event counters into ``writer.add_lost``;
-5. stops at ``duration``, on SIGINT/SIGTERM/SIGHUP, or when the target exits; detaches, drains,
-   writes the end-of-run tables (aggregates, stacks), the target threads (vCPU ones marked), and
-   closes the capture.
+   in the manifest), attaches every probe disarmed, makes the ring readers, then arms every
+   family at one instant (the recording window, manifest ``window``) and polls every
+   ``poll_interval`` seconds: batches go straight into the writer, lost-event counters into
+   ``writer.add_lost``;
+5. stops at ``duration`` (CLOCK_MONOTONIC seconds from the arming), on SIGINT/SIGTERM/SIGHUP, or
+   when the target exits; closes the window, detaches, drains, writes the end-of-run tables
+   (aggregates, stacks, calls still running), the operations the window cut (manifest
+   ``partial``), the target threads (vCPU ones marked), and closes the capture.
 
 Whatever happens (exception, signal, disk full) the probes are detached, the tracefs instance is
 removed, signal handlers are restored, a started command is stopped, and the capture is closed
@@ -58,6 +62,7 @@ from tracekit.recorder.output import OutputTee
 from tracekit.recorder.tracefs import cleanup_stale_instances, pid_alive
 from tracekit.stopsignals import StopRequests
 from tracekit.recorder.vcpus import VcpuFds
+from tracekit.workload.published import read_published_layout
 
 __all__ = ["RecordConfig", "RecordSummary", "record", "plan_families", "DEFAULT_FAMILIES"]
 
@@ -343,8 +348,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
         layout_dir = make_layout_dir()
         command += ["--layout", os.path.join(layout_dir, "layout.json")]
     backend: Any = None
-    status = _Status(stream, config.status_interval, stream is not None and (live_status if live_status is not None
-                                                                              else getattr(stream, "isatty", lambda: False)()))
+    status = _Status(stream, config.status_interval, _live_status_wanted(stream, live_status, bool(command)))
     rusage0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     stop_reason = "unknown"
@@ -399,17 +403,9 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
             for family, _ in plan:
                 for table, schema in family.tables().items():
                     writer.declare(table, schema)
-            backend.start()
+            backend.start()  # every probe attached, disarmed: nothing recorded yet
             rusage0 = resource.getrusage(resource.RUSAGE_SELF)  # recorder CPU counts from here, not the compile
             writer.update_manifest(probes={**writer.manifest["probes"], "attached": backend.attached})
-            status.say(
-                f"Tracing {_targets_text(target)} "
-                f"with {backend_name}: {', '.join(f.name for f, _ in plan)} ({len(backend.attached)} tracepoints) "
-                f"into {output}"
-                + (f" for {config.duration:g} s" if config.duration else "")
-                + ". Hit Ctrl-C to stop.")
-            if failed:
-                status.say("Not attached: " + _not_attached(failed))
             sink = _AsyncWriter(writer)
             lost: dict[tuple[str, int], int] = {}
 
@@ -433,7 +429,12 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
                         sink.submit(writer.add_lost, probe, cpu, count)
 
             try:
-                t0 = time.monotonic()  # the duration counts from the moment the probes are attached
+                # One step for every family: the readers exist, the window opens; the duration counts from here.
+                window_start = backend.arm()
+                t0 = window_start / 1e9
+                status.say(_banner(target, backend_name, plan, backend.attached, output, config.duration))
+                if failed:
+                    status.say("Not attached: " + _not_attached(failed))
                 if on_attached is not None:
                     on_attached()
                 if child is not None and not stopper.reason:  # stopped while attaching: it never runs
@@ -453,7 +454,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
                     if stopper.reason:
                         stop_reason = stopper.reason
                         break
-                    if config.duration is not None and now - t0 >= config.duration:
+                    if config.duration is not None and time.monotonic() - t0 >= config.duration:
                         stop_reason = "duration"
                         break
                     if child is not None and child.poll() is not None:
@@ -463,19 +464,22 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
                     if child is None and not any(_running(pid) for pid in tgids):
                         stop_reason = "target exited"
                         break
-                    time.sleep(config.poll_interval)
-                batches, finals = backend.stop()
+                    time.sleep(_next_sleep(config.poll_interval, config.duration, t0))
+                batches, finals = backend.stop()  # closes the window first
                 deliver(batches + finals, final=True)
             finally:
                 sink.close()
             notes: dict[str, Any] = {}
+            partial: dict[str, int] = {}
             for family, _ in plan:
                 notes.update(family.manifest_notes())
+                partial.update(family.partial_counts())
             vcpus.scan()
             if child is not None and child.released and child.poll() is None and stop_reason != "command exited":
                 child.terminate(_grace(stopper), lambda: stopper.hurry)
                 command_exit = child.returncode
-            workload = _read_layout(layout_dir)
+            workload = (_read_layout(layout_dir) if layout_dir is not None  # one workload: its model applies to all
+                        else read_published_layout(tgids[0]) if len(tgids) == 1 else None)
             extra: dict[str, Any] = {"workload": workload} if workload is not None else {}
             if tee is not None:
                 extra["command_output"] = tee.finish()
@@ -489,6 +493,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
                 target={**target, "threads": sorted(threads.values(), key=lambda t: t["tid"]),
                         "vcpu_fds": vcpus.manifest()},
                 stop_reason=stop_reason, command_exit=command_exit, family_notes=notes,
+                window=_window_record(backend.window), partial=partial,
                 bytes_read=backend.bytes_read(), foreign_events_dropped=getattr(backend, "foreign_events", 0),
                 **_ring_diagnostics(backend), **extra)
     finally:
@@ -501,7 +506,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
     rows = {name: writer.rows(name) for name in writer.families()} if writer else {}
     summary = RecordSummary(
         output=str(output), backend=backend_name, target={"pid": target["pids"][0], "pids": target["pids"], "comm": target["comm"]},
-        seconds=round(time.monotonic() - t0, 3), rows=rows, lost=writer.lost_total() if writer else 0,
+        seconds=round(_window_seconds(backend) or time.monotonic() - t0, 3), rows=rows, lost=writer.lost_total() if writer else 0,
         bytes_written=_dir_bytes(output), stop_reason=stop_reason, attached=list(backend.attached if backend else []),
         failed=failed, command_exit=command_exit,
         recorder_cpu_s=round(rusage1.ru_utime + rusage1.ru_stime - rusage0.ru_utime - rusage0.ru_stime, 3),
@@ -541,6 +546,45 @@ def _release_resources(backend: Any, child: GatedChild | None, layout_dir: str |
     if layout_dir is not None:
         shutil.rmtree(layout_dir, ignore_errors=True)
     return failure
+
+
+def _live_status_wanted(stream: Any, asked: bool | None, runs_command: bool) -> bool:
+    """The live status line only on a terminal, and never beside a traced command's own output (it
+    shares the terminal and would write into the middle of its lines): ``asked`` overrides."""
+    if stream is None:
+        return False
+    if asked is not None:
+        return asked
+    return bool(getattr(stream, "isatty", lambda: False)()) and not runs_command
+
+
+def _banner(target: dict, backend_name: str, plan: list, attached: list[str], output: Path,
+            duration: float | None) -> str:
+    return (f"Tracing {_targets_text(target)} with {backend_name}: "
+            f"{', '.join(f.name for f, _ in plan)} ({len(attached)} tracepoints) into {output}"
+            + (f" for {duration:g} s of CLOCK_MONOTONIC from the moment every probe is armed" if duration else "")
+            + ". Hit Ctrl-C to stop.")
+
+
+def _next_sleep(poll_interval: float, duration: float | None, t0: float) -> float:
+    """The pause before the next poll: the poll interval, shortened so the loop wakes at the duration."""
+    if duration is None:
+        return poll_interval
+    return max(0.0, min(poll_interval, t0 + duration - time.monotonic()))
+
+
+def _window_seconds(backend: Any) -> float:
+    """How long the recording window was open (0 when it never closed)."""
+    window = getattr(backend, "window", {})
+    return (window["stop_ns"] - window["start_ns"]) / 1e9 if "stop_ns" in window and "start_ns" in window else 0.0
+
+
+def _window_record(window: dict[str, int]) -> dict[str, Any]:
+    """Manifest ``window``: the instants every family started and stopped recording."""
+    out: dict[str, Any] = {"clock": "CLOCK_MONOTONIC", **window}
+    if "start_ns" in window and "stop_ns" in window:
+        out["seconds"] = round((window["stop_ns"] - window["start_ns"]) / 1e9, 6)
+    return out
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

@@ -2,8 +2,10 @@
 
 Contract: :class:`TracefsBackend` creates ``<tracefs>/instances/tracekit-<pid>-<hex>`` (never the
 global buffer), sets its clock to ``mono`` (the CLOCK_MONOTONIC of the bcc backend), its pid filter
-to the threads of the target process(es) (each event keeps its thread's process id) with ``event-fork`` so new threads follow, enables the available
-tracepoints of the families, and :meth:`TracefsBackend.poll` reads every CPU's
+to the threads of the target process(es) (each event keeps its thread's process id) with ``event-fork``
+so new threads follow, enables the available tracepoints of the families with ``tracing_on`` off;
+:meth:`TracefsBackend.arm` turns it on (every family starts at that instant) and
+:meth:`TracefsBackend.disarm` off. :meth:`TracefsBackend.poll` reads every CPU's
 ``trace_pipe_raw`` without blocking, decodes the pages with :mod:`tracekit.recorder.rawbuf` and
 hands each family its events (``decode_tracefs``) in time order across CPUs: events newer than what
 every CPU has delivered wait for the next poll (:func:`release_order`). Lost events are the instance's per-CPU
@@ -66,6 +68,7 @@ def release_order(events: dict[str, np.ndarray], complete_until: int | None
         else:
             now[name], held[name] = array[ready], array[~ready]
     return now, held
+_CONTINUATION_GRACE_S = 0.01  # a walk's elements follow its start within microseconds
 
 
 def _write(path: Path, value: str) -> None:
@@ -136,6 +139,7 @@ class TracefsBackend:
         self._events_of: dict[int, list[str]] = {}
         self.foreign_events = 0
         self._held: dict[str, np.ndarray] = {}  # events not yet released (newer than a CPU's delivery)
+        self.window: dict[str, int] = {}
 
     def start(self) -> None:
         name = f"{INSTANCE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
@@ -167,7 +171,29 @@ class TracefsBackend:
         for cpu_dir in sorted((directory / "per_cpu").glob("cpu[0-9]*")):
             cpu = int(cpu_dir.name[3:])
             self._fds[cpu] = os.open(cpu_dir / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        _write(directory / "tracing_on", "1")
+
+    def arm(self) -> int:
+        """Turn the instance on: every event starts at this instant (CLOCK_MONOTONIC ns, returned)."""
+        start = time.monotonic_ns()
+        _write(self.directory / "tracing_on", "1")
+        self.window = {"start_ns": start}
+        return start
+
+    def disarm(self) -> int:
+        """Close the window (idempotent); return its end (CLOCK_MONOTONIC ns). The instance stays on a
+        moment more for families with ``continuations`` (told the end in ``window_stop_ns``: a walk
+        in progress keeps its last elements, a later start closes it); every other event after the
+        end is dropped when read."""
+        if self.directory is None or "stop_ns" in self.window:
+            return self.window.get("stop_ns", 0)
+        stop = self.window["stop_ns"] = time.monotonic_ns()
+        continuing = [family for family, _ in self.families if family.continuations]
+        for family in continuing:
+            family.window_stop_ns = stop
+        if continuing:
+            time.sleep(_CONTINUATION_GRACE_S)
+        _write(self.directory / "tracing_on", "0")
+        return stop
 
     def _read_cpu(self, fd: int) -> tuple[bytes, bool]:
         """The pages readable now (at most :data:`_MAX_PAGES_PER_POLL`) and whether that drained the CPU."""
@@ -210,7 +236,7 @@ class TracefsBackend:
         events, self._held = release_order(events, None if flush else min(complete_until, default=None))
         if not any(len(a) for a in events.values()):
             return []
-        events = self._drop_foreign(events)
+        events = self._drop_after_window(self._drop_foreign(events))
         out = []
         for family, _ in self.families:
             mine = {tp: events[tp] for tp in self._events_of.get(id(family), ()) if tp in events}
@@ -243,6 +269,14 @@ class TracefsBackend:
         """True when thread ``tid`` is alive and belongs to another process (checked once per tid)."""
         tgid = self._tgid(tid)  # None when gone: a short-lived thread of a target (set_event_pid let it through)
         return tgid is not None and tgid not in self.target_tgids
+
+    def _drop_after_window(self, events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Drop events stamped after the window closed, but continuations of operations begun in it."""
+        stop = self.window.get("stop_ns")
+        if stop is None:
+            return events
+        keep = {tp for family, _ in self.families if family.continuations for tp in family.tracepoints}
+        return {name: array if name in keep else array[array["ts_ns"] <= stop] for name, array in events.items()}
 
     def _drop_foreign(self, events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Drop events of other processes' threads that the pid filter let through.
@@ -285,14 +319,13 @@ class TracefsBackend:
     def stop(self) -> tuple[list, list]:
         if self.directory is None:
             return [], []
-        _write(self.directory / "tracing_on", "0")
+        stop_ns = self.disarm()
         batches = []
         while True:
             batch = self.poll(flush=True)
             if not batch:
                 break
             batches += batch
-        stop_ns = time.monotonic_ns()
         finals = [(family, family.finish_tracefs(stop_ns)) for family, _ in self.families]
         return batches, finals
 

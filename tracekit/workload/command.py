@@ -6,7 +6,8 @@ Contract
 name) into validated :class:`DirtyLogOptions`; :func:`dirty_log_command` runs the workload, writes
 the dirty_log_perf_test lines to ``out`` as phases finish (or, with ``as_json``, one JSON document
 at the end; see docs/cli-json/workload.md), writes the layout record to ``layout_path`` when the
-run ends (also after a failure or a stop signal, when there is one), and raises: :class:`WorkloadError` for
+run ends (also after a failure or a stop signal, when there is one), publishes it after every phase
+while it runs for a recorder attaching by pid (:mod:`tracekit.workload.published`), and raises: :class:`WorkloadError` for
 anything that stopped the run (:class:`WorkloadInterrupted` for SIGINT, SIGTERM or SIGHUP, which
 tear the VM down cleanly), :class:`DirtyLogMismatch` after a complete run whose dirty log was
 wrong. :data:`OPTION_HELP` holds the help text of every option, so both front ends say the same.
@@ -24,6 +25,7 @@ from typing import Callable, Iterator, Optional
 from tracekit.errors import WorkloadError
 from tracekit.workload.dirtylog import DirtyLogResult, run_dirty_log
 from tracekit.workload.options import LOG_MODES, DirtyLogOptions, parse_page_size, parse_size
+from tracekit.workload.published import LayoutPublisher
 
 __all__ = [
     "OPTION_HELP",
@@ -173,14 +175,17 @@ def dirty_log_command(
 ) -> DirtyLogResult:
     """Run, report and record (see the module contract)."""
     emit = (lambda line: None) if as_json else out
+    publisher = LayoutPublisher()  # for a recorder attaching to this process while it runs
     try:
         with _signals_stop_the_run():
-            result = run_dirty_log(options, emit=emit)
+            result = run_dirty_log(options, emit=emit, on_layout=publisher.publish)
     except WorkloadError as error:
         layout = getattr(error, "layout", None)
         if layout_path and layout:
             write_layout(layout, layout_path)
         raise
+    finally:
+        publisher.remove()
     if layout_path:
         write_layout(result.layout, layout_path)
     if as_json:

@@ -210,10 +210,14 @@ def run_dirty_log(
     emit: Optional[Callable[[str], None]] = None,
     backend: Optional[Backend] = None,
     on_phase: Optional[Callable[[str, Optional[int], bool], None]] = None,
+    on_layout: Optional[Callable[[dict], None]] = None,
 ) -> DirtyLogResult:
-    """Run the workload (see the module contract)."""
+    """Run the workload (see the module contract); ``on_layout(record)`` gets the layout record so far
+    after every phase (to publish it for a recorder attaching mid-run)."""
     options.validate()
     run = _Run(options, backend or backend_for(), emit or (lambda line: None), on_phase)
+    if on_layout is not None:
+        run.on_layout = on_layout
     try:
         return run.execute()
     except WorkloadError as error:
@@ -257,6 +261,7 @@ class _Run:
         self.backend = backend
         self.emit = emit
         self.on_phase = on_phase or (lambda name, iteration, end: None)
+        self.on_layout: Callable[[dict], None] = lambda layout: None
         self.log = IoctlLog()
         self.start_ns = time.monotonic_ns()
         self.main_tid = threading.get_native_id()
@@ -298,6 +303,7 @@ class _Run:
     def _phase(self, name: str, start: int, end: int, iteration: Optional[int] = None) -> int:
         self.phases.append({"name": name, "iteration": iteration, "start_ns": start, "end_ns": end})
         self.on_phase(name, iteration, True)
+        self.on_layout(self.layout())
         return end - start
 
     def execute(self) -> DirtyLogResult:

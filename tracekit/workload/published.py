@@ -1,0 +1,99 @@
+"""Where a running workload publishes its layout record, so a recorder attaching later finds it.
+
+Contract: :class:`LayoutPublisher` writes the record (atomically: a temporary file renamed) to
+``<dir>/workload-<pid>.json``, where ``<dir>`` is ``/run/tracekit`` for root and
+``$XDG_RUNTIME_DIR/tracekit`` (``/run/user/<uid>/tracekit``) for other users; the workload republishes
+it after every phase and :meth:`LayoutPublisher.remove` deletes it when the run ends. The record
+names its process (``pid`` and ``proc_start``, the start time from ``/proc/PID/stat``), so
+:func:`read_published_layout` returns it only for that very process (not a reused pid), only from a
+regular file owned by the process's user, and never raises: None when absent or unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["LayoutPublisher", "read_published_layout", "published_layout_path"]
+
+_ROOT_DIR = Path("/run/tracekit")
+_USER_DIR = "/run/user/{uid}/tracekit"
+_MAX_BYTES = 64 << 20
+
+
+def _proc_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot), None when it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_uid(pid: int) -> int | None:
+    try:
+        return Path(f"/proc/{pid}").stat().st_uid
+    except OSError:
+        return None
+
+
+def published_layout_path(pid: int, uid: int) -> Path:
+    """Where process ``pid`` of user ``uid`` publishes its layout record."""
+    directory = _ROOT_DIR if uid == 0 else Path(_USER_DIR.format(uid=uid))
+    return directory / f"workload-{pid}.json"
+
+
+class LayoutPublisher:
+    """Publishes this process's layout record; a failure to publish never stops the workload."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.path = published_layout_path(self.pid, os.getuid())
+        self._start = _proc_start(self.pid)
+        self.published = False
+
+    def publish(self, layout: dict) -> None:
+        record = {**layout, "proc_start": self._start}
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as out:
+                json.dump(record, out)
+            os.replace(tmp, self.path)
+            self.published = True
+        except OSError:
+            pass
+
+    def remove(self) -> None:
+        for path in (self.path, self.path.with_suffix(".tmp")):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def read_published_layout(pid: int) -> dict | None:
+    """The layout record process ``pid`` published, or None (see the module docstring)."""
+    uid = _process_uid(pid)
+    start = _proc_start(pid)
+    if uid is None or start is None:
+        return None
+    path = published_layout_path(pid, uid)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not (info.st_mode & 0o170000 == 0o100000 and info.st_uid == uid and info.st_size <= _MAX_BYTES):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            record = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    if not isinstance(record, dict) or record.get("pid") != pid or record.get("proc_start") != start:
+        return None
+    record.pop("proc_start", None)
+    return record
