@@ -390,6 +390,8 @@ def render_text(result: Analysis, width: int = 80) -> str:
             continue
         if key == "phases" and table.empty:
             continue
+        if columns and "partial" in columns and not table.get("partial", pd.Series(dtype=int)).any():
+            columns = [c for c in columns if c != "partial"]  # no call cut by the window: no column for it
         shown = table[columns] if columns else table
         out.append("")
         out.append(format_table(shown, title=title, width=width, formats=formats))

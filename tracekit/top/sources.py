@@ -164,7 +164,7 @@ class TracefsTopSource:
         tids = sorted({t["tid"] for pid in pids for t in list_threads(pid)}) or pids
         self.backend = TracefsBackend(self.tracefs, plan, pids, tids)
         self.backend.start()
-        self._acc.attach_ns = time.monotonic_ns()
+        self._acc.attach_ns = self.backend.arm()  # every event family from this instant
         self.attached = list(self.backend.attached)
         self._watched = set(tgids)
 
