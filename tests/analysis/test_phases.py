@@ -145,6 +145,9 @@ def test_a_capture_attached_mid_run_holds_the_last_iterations():
     full = align_selftest_phases(parse_selftest_output(text), ioctl).set_index("phase")
     part = phases.set_index("phase")
     assert (part["start_ns"] == full.loc[part.index, "start_ns"]).all()
+    between = align_selftest_phases(parse_selftest_output(text), ioctl[ioctl["ts_ns"] > get3])  # GET#3 missed
+    assert between["phase"].tolist()[:3] == ["clear-dirty-log#3", "dirty-memory#4", "get-dirty-log#4"]
+    assert (between.set_index("phase")["end_ns"] == full.loc[between["phase"], "end_ns"]).all()
     stopped = align_selftest_phases(parse_selftest_output(text), ioctl[ioctl["ts_ns"] < get3 + 100_000])
     assert stopped["phase"].tolist()[-1] == "clear-dirty-log#3" and "iterations 1-3 of the 6" in stopped.attrs["note"]
     with pytest.raises(AnalysisError, match="neither the start nor the end"):
