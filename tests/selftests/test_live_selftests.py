@@ -55,7 +55,14 @@ def _check_run(recorded, vcpus: int, manual: bool = True):
         name = _TIMED[kind]
         label = name if name in ("enable-dirty-logging", "disable-dirty-logging") else f"{name}#{counts[kind]}"
         assert by_label.loc[label, "start_ns"] <= start and end <= by_label.loc[label, "end_ns"], (label, start, end)
-    assert counts.get("get") == sum(p.startswith("get-dirty-log#") for p in printed)
+    iterations = sum(p.startswith("get-dirty-log#") for p in printed)
+    assert counts == {"enable": 1, "get": iterations, "disable": 1, **({"clear": iterations} if manual else {})}
+    assert set(calls["slot"]) == {1}  # memstress's test memslot
+    every = load(cap, "ioctl", ["cmd_name", "ret"], optional_columns=["cap", "cap_arg0"])
+    assert (every["cmd_name"] == "KVM_CREATE_VCPU").sum() == vcpus
+    assert (every.loc[every["cmd_name"] != "KVM_RUN", "ret"] >= 0).all()  # KVM_RUN (streamed) has its EINTRs
+    manual_cap = every[(every["cmd_name"] == "KVM_ENABLE_CAP") & (every["cap"] == 168)]  # MANUAL_DIRTY_LOG_PROTECT2
+    assert manual_cap["cap_arg0"].tolist() == ([3] if manual else [])  # enable | initially-set
 
     threads = cap.manifest["target"]["threads"]
     identified = sorted(t["vcpu"] for t in threads if t.get("vcpu_from") == "KVM_RUN fd")
