@@ -57,7 +57,7 @@ class _TracekitGroup(TyperGroup):
             if _verbose and error.detail:
                 typer.echo(error.detail.encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
             raise typer.Exit(error.exit_code) from None
-        except StopSignal as stop:  # before click turns it, a KeyboardInterrupt, into "Aborted!"
+        except StopSignal as stop:
             typer.echo(f"tracekit: {stop}", err=True)
             raise typer.Exit(stop.exit_code) from None
         except BrokenPipeError:

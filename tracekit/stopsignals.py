@@ -21,10 +21,11 @@ __all__ = ["STOP_SIGNALS", "StopSignal", "StopRequests", "install_early"]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class StopSignal(KeyboardInterrupt):
-    """A stop signal that arrived where nothing needed cleaning up. A KeyboardInterrupt, so that no
-    ``except Exception`` on its way swallows it and code written for Ctrl-C handles every stop signal
-    alike; ``exit_code`` is 128 + the signal number."""
+class StopSignal(BaseException):
+    """A stop signal that arrived where nothing needed cleaning up; ``exit_code`` is 128 + the signal
+    number. A BaseException but not a KeyboardInterrupt: no ``except Exception`` on its way swallows it,
+    and typer does not turn it into a silent exit 130 (a command that wants Ctrl-C as KeyboardInterrupt
+    installs its own handler, as ``top`` does)."""
 
     def __init__(self, signum: int, message: str | None = None):
         self.signum = signum

@@ -77,14 +77,14 @@ class _Keys:
 
 
 class _Stop:
-    """SIGTERM and SIGHUP end the view like ``q`` (Ctrl-C arrives as KeyboardInterrupt)."""
+    """Ctrl-C, SIGTERM and SIGHUP end the view like ``q`` (as a KeyboardInterrupt the loop catches)."""
 
     def __init__(self) -> None:
         self.requested = False
         self._saved: dict[int, Any] = {}
 
     def __enter__(self) -> "_Stop":
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._saved[sig] = signal.signal(sig, self._handle)
         return self
 
