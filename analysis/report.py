@@ -203,6 +203,8 @@ def render_report(result: Analysis) -> str:
     if info.get("lost_events"):
         parts.append(f"<p class='mismatch'>{info['lost_events']:,} events were lost while recording: "
                      "counts are lower bounds.</p>")
+    if info.get("phase_note"):
+        parts.append(f"<p>Phases: {html.escape(info['phase_note'])}.</p>")
     parts.append("<h2>Verdicts</h2>" + _verdicts_html(result))
     parts.append("<h2>Figures</h2>")
     makers = {"walk-depth": _walk_depth_figure, "contention-timeline": _timeline_figure,
