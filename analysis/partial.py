@@ -52,7 +52,7 @@ def partial_text(summary: dict[str, Any]) -> list[str]:
     """Lines for the text report: the window, then what was partial (or that nothing was)."""
     lines = []
     window = summary.get("window")
-    if window and "seconds" in window:
+    if window and {"seconds", "start_ns", "stop_ns"} <= set(window):
         lines.append(f"  recording window: {window['seconds']:.3f} s of {window.get('clock', '?')}, every family "
                      f"from {window['start_ns']} to {window['stop_ns']} ns")
     else:

@@ -77,6 +77,9 @@ BAD_FIELDS = {
     "duration NaN": (lambda m: m.__setitem__("duration_s", float("nan")), "duration_s: expected a finite number"),
     "version bool": (lambda m: m.__setitem__("format_version", True), "format_version"),
     "comm surrogate": (lambda m: m["target"].__setitem__("comm", "\udcff"), "target.comm: expected a string"),
+    "partial list": (lambda m: m.__setitem__("partial", [1]), "partial: expected an object, got list"),
+    "window seconds": (lambda m: m.__setitem__("window", {"seconds": "3"}), "window.seconds: expected a finite"),
+    "command output": (lambda m: m.__setitem__("command_output", {"stdout": 1}), "command_output.stdout"),
 }
 
 
@@ -106,6 +109,12 @@ def test_unknown_fields_are_kept_and_declared_ones_accept_null_only_where_declar
     assert manifest_violations({"format": "tracekit-capture", "format_version": 1, "host": None}) == [
         "host: expected a string, got None"]
     assert manifest_violations({"format_version": 1}) == ["format: missing"]
+
+
+def test_window_without_its_instants_is_reported_as_not_recorded():
+    from tracekit.analysis.partial import partial_text
+
+    assert "not recorded" in partial_text({"window": {"clock": "CLOCK_MONOTONIC", "seconds": 1.0}})[0]
 
 
 def test_recorded_manifests_satisfy_the_schema():

@@ -244,6 +244,8 @@ MANIFEST = Obj({
     "source": Obj({"kind": TEXT, "description": nullable(TEXT)}),
     "workload": nullable(_WORKLOAD),
     "command_output": Obj({"stdout": TEXT, "bytes": COUNT, "dropped_bytes": COUNT}),
+    "window": Obj({"clock": TEXT, "start_ns": NS, "stop_ns": NS, "seconds": Num(0)}),
+    "partial": Map(NS),
     "model_scenario": _MODEL_SCENARIO,
     "mmu_lock_addrs": List(U64),
     "lab": Obj({"mmu_lock_addrs": List(U64)}),
