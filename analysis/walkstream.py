@@ -425,22 +425,31 @@ class _Rebuilder:
         return self._mark[:span], self._owner[:span]
 
     def _cpu_tail(self, cpu: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per row of a batch, its CPU (int64, 0 for every row without ``cpu``), how many rows of its CPU
-        follow it in the batch, and per CPU the rows fed once the batch is (:attr:`cpu_seen` grown)."""
-        if cpu is None or len(cpu) == 0 or (cpu.min() == cpu.max() and cpu.min() >= 0):
-            cpus = np.full(n, 0 if cpu is None or len(cpu) == 0 else int(cpu[0]), np.int64)
-            after = np.arange(n - 1, -1, -1, dtype=np.int64)
-        else:
-            cpus = np.maximum(cpu.astype(np.int64), 0)
-            small = cpus.astype(np.uint16) if cpus.max() < 1 << 16 else cpus
-            order = np.argsort(small, kind="stable")  # a radix sort for 16-bit keys
-            ends = np.cumsum(np.bincount(cpus))
-            after = np.empty(n, np.int64)
-            after[order] = ends[cpus[order]] - 1 - np.arange(n)
-        top = int(cpus[-1] if cpu is None else cpus.max()) + 1
+        """For a batch of ``n`` rows (``cpu``: each row's CPU; None or a negative CPU: one stream): each
+        row's CPU (0 for every row without ``cpu``), per CPU the first row of its last :data:`HOLD_ROWS`
+        rows in the batch, and per CPU the rows fed once the batch is (:attr:`cpu_seen` grown). Only the
+        batch's last rows are searched, a few times :data:`HOLD_ROWS` of them for the busy CPUs."""
+        if cpu is None or int(cpu.min()) < 0:  # one stream: its last HOLD_ROWS rows
+            per_cpu = np.zeros(len(self.cpu_seen), np.int64)
+            per_cpu[0] = n
+            return np.zeros(n, np.int8), np.array([max(n - HOLD_ROWS, 0)], np.int64), self.cpu_seen + per_cpu
+        cpus = cpu
+        top = int(cpus.max()) + 1
         if top > len(self.cpu_seen):
             self.cpu_seen = np.concatenate((self.cpu_seen, np.zeros(top - len(self.cpu_seen), np.int64)))
-        return cpus, after, self.cpu_seen + np.bincount(cpus, minlength=len(self.cpu_seen))
+        per_cpu = np.bincount(cpus, minlength=len(self.cpu_seen))
+        first = np.zeros(len(per_cpu), np.int64)  # CPUs with fewer rows than HOLD_ROWS: all of them
+        busy = np.flatnonzero(per_cpu >= HOLD_ROWS)
+        window = min(n, 4 * HOLD_ROWS)
+        while len(busy):
+            tail = cpus[n - window:]
+            found = np.bincount(tail, minlength=len(per_cpu))[busy] >= HOLD_ROWS
+            if window == n or found.all():
+                for c in busy[found].tolist():
+                    first[c] = n - window + np.flatnonzero(tail == c)[-HOLD_ROWS]
+                break
+            window = min(n, 4 * window)
+        return cpus, first, self.cpu_seen + per_cpu
 
     def feed(self, wid: np.ndarray, idx: np.ndarray, level: np.ndarray, pte: np.ndarray,
              cpu: np.ndarray | None = None, *, last: bool) -> None:
@@ -476,9 +485,10 @@ class _Rebuilder:
         owner[local] = order
         repeated = v_wi[owner[local] != order]
         holding: np.ndarray | None = None
-        cpus, after, seen_after = self._cpu_tail(cpu, n)
-        if not last:  # the walks seen in the last HOLD_ROWS rows of their CPU may go on
-            tail = np.flatnonzero(np.logical_or.reduceat(after < HOLD_ROWS, starts))
+        cpus, first, seen_after = self._cpu_tail(cpu, n)
+        if not last:  # the walks seen in the last HOLD_ROWS rows of their CPU (by a run's ends) may go on
+            ends = starts + counts - 1
+            tail = np.flatnonzero((ends >= first[cpus[ends]]) | (starts >= first[cpus[starts]]))
             holding = wi[tail][wi[tail] >= 0]
             if self.held is not None:
                 recent = self.held[5] >= seen_after[self.held[4]] - HOLD_ROWS
@@ -499,7 +509,7 @@ class _Rebuilder:
         state.process(wi[clean], starts[clean], counts[clean], level, pte)
         if flagged.any():
             rows = _expand(starts[flagged], counts[flagged])
-            position = seen_after[cpus[rows]] - 1 - after[rows]  # in its CPU's rows
+            position = seen_after[cpus[rows]]  # its CPU's rows fed by the batch's end: held a little longer
             gathered = [np.repeat(wi[flagged], counts[flagged]), idx[rows], level[rows], pte[rows], cpus[rows],
                         position]
         else:
