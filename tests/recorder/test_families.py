@@ -13,7 +13,7 @@ from tracekit.recorder.families import (IoctlFamily, LockFamily, MmuFamily, Walk
                                         pair_enter_exit)
 from tracekit.recorder.family import Host, family_names, make_family
 from tracekit.recorder.kvm_ioctls import KVM_CLEAR_DIRTY_LOG, KVM_RUN, KVM_SET_USER_MEMORY_REGION, ioctl_name
-from tracekit.recorder.tracefs import release_order
+from tracekit.recorder.tracefs import delivered_until, release_order
 
 
 def header(records: np.ndarray, ts, tid, kind, pid=100, cpu=0) -> None:
@@ -382,3 +382,16 @@ def test_walk_tracefs_keeps_the_last_walks_elements_after_the_window_but_no_late
     elements = out["walk_element"].to_pylist()
     assert [(e["walk_id"], e["index"], e["level"]) for e in elements] == [
         (walk["walk_id"], 0, 4), (walk["walk_id"], 1, 3), (walk["walk_id"], 2, 2)]
+
+
+def test_delivered_until_waits_for_a_cpu_with_a_backlog_even_when_flushing():
+    """The recording of dirty_log_perf_test that stopped while CPU 0 had a backlog: the first flush poll read
+    4,096 pages of each CPU (CPU 0 up to 3878.4995 s, CPU 1 up to 3879.0658 s); releasing everything then
+    gave CPU 1's later walks their ids before CPU 0's older elements. Only a drained CPU is complete."""
+    ms = 1_000_000
+    backlog0, backlog1 = (3882_000 * ms, False, 3878_499 * ms), (3884_000 * ms, False, 3879_065 * ms)
+    assert delivered_until([backlog0, backlog1], flush=True) == 3878_499 * ms
+    drained0 = (3892_000 * ms, True, 3879_324 * ms)
+    assert delivered_until([drained0, backlog1], flush=True) == 3879_065 * ms
+    assert delivered_until([drained0, (3892_040 * ms, True, 0)], flush=True) is None  # all read: no limit
+    assert delivered_until([drained0, (3892_040 * ms, True, 0)]) == 3892_000 * ms - 10 * ms  # still committing

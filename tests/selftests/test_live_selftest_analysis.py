@@ -74,13 +74,13 @@ def test_tracefs_backend_keeps_every_phase_and_whole_walks(record_selftest):
     cap = open_capture(recorded.capture)
     assert cap.manifest["backend"] == "tracefs"
     result = _check(cap, passes=3)
-    parsed = parse_selftest_output(recorded.stdout)
-    printed = [n if i == 0 else f"{n}#{i}" for n, i in zip(parsed["name"], parsed["iteration"])]
-    assert result.tables["phases"]["phase"].tolist() == printed and "disable-dirty-logging" in printed
     regions = cap.dataframe("ioctl")
     regions = regions[regions["cmd_name"].astype(str) == "KVM_SET_USER_MEMORY_REGION2"]
-    assert regions["slot"].notna().all() and regions["flags"].notna().all()
-    if cap.lost_total() == 0:
+    assert len(regions) and regions["slot"].notna().all() and regions["flags"].notna().all()
+    if cap.lost_total() == 0:  # (a ring overrun can take dirty-log ioctls, and the phases they anchor, with it)
+        parsed = parse_selftest_output(recorded.stdout)
+        printed = [n if i == 0 else f"{n}#{i}" for n, i in zip(parsed["name"], parsed["iteration"])]
+        assert result.tables["phases"]["phase"].tolist() == printed and "disable-dirty-logging" in printed
         paths = set(result.tables["walk_paths"]["levels"])
         assert all(re.fullmatch(r"4>3>2>1(>4>3>2>1)*", p) for p in paths), paths
         assert result.info["orphan_walk_elements"] == 0

@@ -38,13 +38,23 @@ from tracekit.recorder.ioctl_args import remove_stale_probes
 from tracekit.recorder.rawbuf import EventFormat, decode_pages, parse_format
 from tracekit.recorder.target import tgid_of
 
-__all__ = ["TracefsBackend", "cleanup_stale_instances", "release_order", "INSTANCE_PREFIX", "pid_alive"]
+__all__ = ["TracefsBackend", "cleanup_stale_instances", "release_order", "delivered_until", "INSTANCE_PREFIX", "pid_alive"]
 
 INSTANCE_PREFIX = "tracekit-"
 _INSTANCE_RE = re.compile(rf"^{INSTANCE_PREFIX}(\d+)-[0-9a-f]+$")
 _MAX_PAGES_PER_POLL = 4096
 #: An event stamped this long before a CPU's buffer was read may still be committing (not yet readable).
 _WRITE_MARGIN_NS = 10_000_000
+
+
+def delivered_until(reads: list[tuple[int, bool, int]], *, flush: bool = False) -> int | None:
+    """The time up to which every CPU has delivered its events, from each CPU's read ``(read_at,
+    drained, newest event read)``: a CPU left with a backlog delivered up to its newest event; a drained
+    one up to the read less :data:`_WRITE_MARGIN_NS` (events stamped just before may still be
+    committing), or everything once tracing is off (``flush``). None: no limit."""
+    limits = [newest if not drained else read_at - _WRITE_MARGIN_NS for read_at, drained, newest in reads
+              if not (drained and flush)]
+    return min(limits, default=None)
 
 
 def release_order(events: dict[str, np.ndarray], complete_until: int | None
@@ -55,9 +65,8 @@ def release_order(events: dict[str, np.ndarray], complete_until: int | None
     Each CPU's buffer is read in order, but not every CPU as far: one with a backlog (more than a poll's
     pages), or read before another, still holds events older than some already read from the others. A
     thread that moved between those CPUs would get its events out of order (a walk's elements given to
-    the thread's next walk), so only what every CPU has delivered is released: ``complete_until`` is the
-    minimum over CPUs of the newest event read (a backlog) or the read's start less
-    :data:`_WRITE_MARGIN_NS` (drained)."""
+    the thread's next walk), so only what every CPU has delivered is released (``complete_until``,
+    :func:`delivered_until`)."""
     if complete_until is None:
         return events, {}
     now, held = {}, {}
@@ -214,9 +223,10 @@ class TracefsBackend:
 
     def poll(self, *, flush: bool = False) -> list[tuple[ProbeFamily, dict[str, pa.Table]]]:
         """Read every CPU and decode; events newer than what every CPU has delivered are held for the next
-        poll (all released with ``flush``), see :func:`release_order`."""
+        poll, see :func:`release_order`. ``flush`` (tracing is off, nothing more comes): a drained CPU holds
+        nothing back, a CPU with a backlog still does."""
         by_name: dict[str, list[np.ndarray]] = {name: [held] for name, held in self._held.items()}
-        complete_until = []
+        reads = []
         for cpu, fd in self._fds.items():
             read_at = time.monotonic_ns()
             data, drained = self._read_cpu(fd)
@@ -231,9 +241,9 @@ class TracefsBackend:
                     by_name.setdefault(f"{fmt.system}:{fmt.name}", []).append(events)
                     if len(events):
                         newest = max(newest, int(events["ts_ns"].max()))
-            complete_until.append(read_at - _WRITE_MARGIN_NS if drained else newest)
+            reads.append((read_at, drained, newest))
         events = {name: np.concatenate(parts) if len(parts) > 1 else parts[0] for name, parts in by_name.items()}
-        events, self._held = release_order(events, None if flush else min(complete_until, default=None))
+        events, self._held = release_order(events, delivered_until(reads, flush=flush))
         if not any(len(a) for a in events.values()):
             return []
         events = self._drop_after_window(self._drop_foreign(events))
@@ -323,9 +333,9 @@ class TracefsBackend:
         batches = []
         while True:
             batch = self.poll(flush=True)
-            if not batch:
-                break
             batches += batch
+            if not batch and not self._held:
+                break
         finals = [(family, family.finish_tracefs(stop_ns)) for family, _ in self.families]
         return batches, finals
 
