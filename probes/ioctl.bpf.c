@@ -16,7 +16,7 @@
  * in ioctl_inflight; user space reads them at the end (TK_IOCTL_UNFINISHED).
  *
  * cflags: TK_TARGET_TGID, TK_IOCTL_PAGES, TK_IOCTL_AGG_CMD0..3 (0 = unused), TK_IOCTL_TASK_REGS,
- * TK_IOCTL_TICK, TK_NR_IOCTL (the ioctl syscall number).
+ * TK_IOCTL_TICK, TK_NR_IOCTL (the ioctl syscall number), TK_ARCH_ARM64 (arm64 register names).
  * Probes (index into ioctl_lost): 0 sys_enter_ioctl, 1 sys_exit_ioctl.
  */
 #include "tk_common.h"
@@ -134,7 +134,7 @@ static __always_inline struct ioctl_event *ioctl_began_before(__u64 pid_tgid, in
 	__u64 fd = 0, cmd = 0, arg = 0;
 	if (!in_syscall) {
 		long nr = -1;
-#if defined(__TARGET_ARCH_arm64)
+#ifdef TK_ARCH_ARM64
 		bpf_probe_read_kernel(&nr, sizeof(nr), &regs->syscallno);
 #else
 		bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
@@ -145,7 +145,7 @@ static __always_inline struct ioctl_event *ioctl_began_before(__u64 pid_tgid, in
 	bpf_probe_read_kernel(&cmd, sizeof(cmd), &PT_REGS_PARM2(regs));
 	if (((cmd >> 8) & 0xff) != TK_KVMIO)
 		return 0;
-#if defined(__TARGET_ARCH_arm64)
+#ifdef TK_ARCH_ARM64
 	bpf_probe_read_kernel(&fd, sizeof(fd), &regs->orig_x0);	/* x0 holds the return value now */
 #else
 	bpf_probe_read_kernel(&fd, sizeof(fd), &PT_REGS_PARM1(regs));

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 from hypothesis import given, settings
@@ -11,7 +13,7 @@ from tracekit import schema as S
 from tracekit.capture import COMMON_FIELDS
 from tracekit.recorder.families import (IoctlFamily, LockFamily, MmuFamily, WalkFamily, lock_flags_name,
                                         pair_enter_exit)
-from tracekit.recorder.family import Host, family_names, make_family
+from tracekit.recorder.family import Host, ProbeStatus, family_names, make_family
 from tracekit.recorder.kvm_ioctls import KVM_CLEAR_DIRTY_LOG, KVM_RUN, KVM_SET_USER_MEMORY_REGION, ioctl_name
 from tracekit.recorder.tracefs import delivered_until, release_order
 
@@ -395,3 +397,25 @@ def test_delivered_until_waits_for_a_cpu_with_a_backlog_even_when_flushing():
     assert delivered_until([drained0, backlog1], flush=True) == 3879_065 * ms
     assert delivered_until([drained0, (3892_040 * ms, True, 0)], flush=True) is None  # all read: no limit
     assert delivered_until([drained0, (3892_040 * ms, True, 0)]) == 3892_000 * ms - 10 * ms  # still committing
+
+
+def test_ioctl_reads_saved_registers_only_where_the_kernel_has_the_helpers(tmp_path, monkeypatch):
+    """A kernel without bpf_task_pt_regs (before 5.15) must still load the program: no register reads."""
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    tick = [ProbeStatus("timer:hrtimer_expire_entry", True)]
+    old = tmp_path / "old-kallsyms"
+    old.write_text("ffffffff81000000 T bpf_get_current_task_btf\n")
+    family = IoctlFamily()
+    family.check(Host(None, kallsyms=old))
+    assert not any("TASK_REGS" in f or "TICK" in f for f in family.cflags(tick, 1))
+    new = tmp_path / "kallsyms"
+    new.write_text("ffffffff81000000 T bpf_get_current_task_btf\nffffffff81000100 T bpf_task_pt_regs\n")
+    family.check(Host(None, kallsyms=new))
+    flags = family.cflags(tick, 1)
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        assert {"-DTK_IOCTL_TASK_REGS=1", "-DTK_NR_IOCTL=16", "-DTK_IOCTL_TICK=1"} <= set(flags)
+        assert "-DTK_IOCTL_TICK=1" not in family.cflags([ProbeStatus("timer:hrtimer_expire_entry", False)], 1)
+    else:
+        assert not any("TASK_REGS" in f for f in flags)

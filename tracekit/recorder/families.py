@@ -22,7 +22,7 @@ from tracekit.capture import COMMON_FIELDS
 from tracekit.probes import source_text
 from tracekit.recorder.batch import batch_dtype, is_batched, unbatch
 from tracekit.recorder.bccload import read_percpu
-from tracekit.recorder.family import ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
+from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
 from tracekit.recorder.ioctl_args import IoctlArgsProbe, decode_args
 from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
 
@@ -312,6 +312,7 @@ class IoctlFamily(ProbeFamily):
         self._args_note = ""
         self._carried_args: dict[int, list[tuple]] = {}
         self._partial = {"ioctl_began_before": 0, "ioctl_unfinished": 0, "ioctl_exits_without_entry": 0}
+        self._task_regs = False  # set by check(): the BPF helpers that read a thread's saved registers exist
 
     def partial_counts(self) -> dict[str, int]:
         return dict(self._partial)
@@ -327,8 +328,10 @@ class IoctlFamily(ProbeFamily):
         flags = [f"-DTK_IOCTL_AGG_CMD{i}={c:#x}" for i, c in enumerate(cmds)]
         if not self.aggregated:
             flags[0] = "-DTK_IOCTL_AGG_CMD0=0x1"  # no KVM command has number 1 (type 0)
-        if Path("/sys/kernel/btf/vmlinux").exists() and _NR_IOCTL.get(platform.machine()):
+        if self._task_regs:
             flags += ["-DTK_IOCTL_TASK_REGS=1", f"-DTK_NR_IOCTL={_NR_IOCTL[platform.machine()]}"]
+            if platform.machine() == "aarch64":
+                flags.append("-DTK_ARCH_ARM64=1")
             if any(s.probe == self.tracepoints[2] and s.available for s in available):
                 flags.append("-DTK_IOCTL_TICK=1")
         return flags + [f"-DTK_IOCTL_PAGES={self.rings()[0].pages}"]
@@ -338,6 +341,14 @@ class IoctlFamily(ProbeFamily):
 
     def lost_maps(self) -> dict[str, tuple[str, ...]]:
         return {"ioctl_lost": self.tracepoints[:2]}
+
+    def check(self, host: Host) -> list[ProbeStatus]:
+        """The tracepoints; and whether a call running when the window opens can be read from the thread's
+        saved registers: BTF and the helpers bpf_get_current_task_btf (Linux 5.11) and bpf_task_pt_regs
+        (5.15) in the kernel, on a machine whose ioctl syscall number is known."""
+        self._task_regs = (Path("/sys/kernel/btf/vmlinux").exists() and platform.machine() in _NR_IOCTL
+                           and all(host.has_symbol(f) for f in ("bpf_get_current_task_btf", "bpf_task_pt_regs")))
+        return super().check(host)
 
     def manifest_notes(self) -> dict[str, Any]:
         notes: dict[str, Any] = {"ioctl_aggregated": [ioctl_name(c) for c in self.aggregated]}
