@@ -128,7 +128,7 @@ def test_missing_pieces_are_one_line_errors_naming_the_fix(tmp_path, monkeypatch
     def refuse(argv, what, env=None, timeout=900):
         raise LabError(f"{what} failed: Temporary failure resolving 'deb.debian.org'")
 
-    monkeypatch.setattr(fetch, "_run", refuse)
+    monkeypatch.setattr(fetch, "run_tool", refuse)
     with pytest.raises(LabError, match="cannot read the Debian trixie package lists .* check the route"):
         fetch.PrivateApt(tmp_path / "apt").update()
 
