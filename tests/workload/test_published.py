@@ -59,3 +59,16 @@ def test_an_unwritable_directory_never_stops_the_workload(tmp_path, monkeypatch)
     publisher.publish({"pid": os.getpid()})
     assert not publisher.published
     publisher.remove()
+
+
+def test_records_of_processes_that_are_gone_are_removed_by_the_next_publisher(run_dir):
+    """A workload killed with SIGKILL leaves its record; the next one to publish removes it."""
+    gone = published.published_layout_path(2**22 + 4321, os.getuid())  # above pid_max: never a process
+    gone.parent.mkdir(parents=True)
+    gone.write_text("{}")
+    alive = published.published_layout_path(1, os.getuid())  # init runs: kept
+    alive.write_text("{}")
+    publisher = published.LayoutPublisher()
+    publisher.publish({"pid": os.getpid()})
+    assert not gone.exists() and alive.exists() and publisher.path.exists()
+    publisher.remove()

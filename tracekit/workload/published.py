@@ -6,7 +6,8 @@ Contract: :class:`LayoutPublisher` writes the record (atomically: a temporary fi
 it after every phase and :meth:`LayoutPublisher.remove` deletes it when the run ends. The record
 names its process (``pid`` and ``proc_start``, the start time from ``/proc/PID/stat``), so
 :func:`read_published_layout` returns it only for that very process (not a reused pid), only from a
-regular file owned by the process's user, and never raises: None when absent or unreadable.
+regular file owned by the process's user, and never raises: None when absent or unreadable. A workload killed outright (SIGKILL)
+cannot remove its record: the next publisher of the same user removes the records whose process is gone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["LayoutPublisher", "read_published_layout", "published_layout_path"]
+__all__ = ["LayoutPublisher", "read_published_layout", "published_layout_path", "remove_stale_records"]
 
 _ROOT_DIR = Path("/run/tracekit")
 _USER_DIR = "/run/user/{uid}/tracekit"
@@ -56,7 +57,9 @@ class LayoutPublisher:
         record = {**layout, "proc_start": self._start}
         tmp = self.path.with_suffix(".tmp")
         try:
-            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if not self.published:
+                self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                remove_stale_records(self.path.parent)
             with open(tmp, "w", encoding="utf-8") as out:
                 json.dump(record, out)
             os.replace(tmp, self.path)
@@ -70,6 +73,21 @@ class LayoutPublisher:
                 path.unlink()
             except OSError:
                 pass
+
+
+def remove_stale_records(directory: Path) -> list[str]:
+    """Remove this user's records in ``directory`` whose process no longer runs; return their names."""
+    removed = []
+    for path in directory.glob("workload-*.json"):
+        pid = path.stem.removeprefix("workload-")
+        try:
+            if not pid.isdigit() or _proc_start(int(pid)) is not None or path.lstat().st_uid != os.getuid():
+                continue
+            path.unlink()
+            removed.append(path.name)
+        except OSError:
+            pass
+    return removed
 
 
 def read_published_layout(pid: int) -> dict | None:
