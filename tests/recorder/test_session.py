@@ -11,8 +11,8 @@ import io
 import os
 import signal
 import sys
-import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,14 +161,12 @@ def test_disk_full_aborts_but_keeps_finished_segments(fake, tmp_path, monkeypatc
     assert cap.rows("walk") >= 1  # the first segment was written before the disk "filled"
 
 
-def test_sigterm_stops_the_loop(fake, tmp_path):
+def test_sigterm_stops_the_loop(fake, tmp_path, monkeypatch):
     out = tmp_path / "term.tkcap"
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+    _signal_at_first_poll(monkeypatch, signal.SIGTERM)
     before = signal.getsignal(signal.SIGTERM)
     summary = session.record(session.RecordConfig(output=out, pid_spec=str(os.getpid()), duration=30,
                                                   poll_interval=0.01), stream=None)
-    timer.join()
     assert summary.stop_reason == "SIGTERM" and signal.getsignal(signal.SIGTERM) is before
     assert open_capture(out).manifest["status"] == "complete"
 
@@ -223,15 +221,13 @@ def test_auto_backend_falls_back_to_tracefs_with_a_note(monkeypatch):
         session._choose_backend("perf")
 
 
-def test_an_infinite_duration_records_until_stopped(fake, tmp_path):
+def test_an_infinite_duration_records_until_stopped(fake, tmp_path, monkeypatch):
     import io
 
     stream = io.StringIO()
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+    _signal_at_first_poll(monkeypatch, signal.SIGTERM)
     summary = session.record(session.RecordConfig(output=tmp_path / "endless.tkcap", pid_spec=str(os.getpid()),
                                                   duration=float("inf"), poll_interval=0.01), stream=stream)
-    timer.join()
     assert summary.stop_reason == "SIGTERM" and " for " not in stream.getvalue()  # no "for inf s"
 
 
@@ -273,14 +269,41 @@ def test_a_second_signal_during_cleanup_interrupts_nothing(fake, tmp_path, monke
         return [], []
 
     monkeypatch.setattr(FakeBackend, "stop", stop_with_a_second_signal)
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    children = []
+    real_spawn = session.spawn_gated
+    monkeypatch.setattr(session, "spawn_gated", lambda *a, **k: children.append(real_spawn(*a, **k)) or children[-1])
+    _signal_at_first_poll(monkeypatch, signal.SIGINT, when=lambda: _ignores_sigterm(children[0].pid))
     summary = session.record(session.RecordConfig(output=tmp_path / "two.tkcap", poll_interval=0.01,
                                                   command=[sys.executable, "-c", IGNORE_SIGTERM]), stream=None)
-    timer.join()
     assert steps == ["stop finished"] and FakeBackend.instances[-1].closed
     assert summary.stop_reason == "SIGINT" and summary.command_exit == -signal.SIGKILL  # no 3 s grace
     assert open_capture(tmp_path / "two.tkcap").manifest["status"] == "complete"
+
+
+def _signal_at_first_poll(monkeypatch, signum: int, when=lambda: True) -> None:
+    """Send ``signum`` to this process from the recorder's first poll at which ``when()`` holds: once
+    it records, however long its start took (a fixed timer fired before the handlers were in place on
+    a loaded host)."""
+    poll = FakeBackend.poll
+    sent = []
+
+    def poll_then_signal(self):
+        if not sent and when():
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+        return poll(self)
+
+    monkeypatch.setattr(FakeBackend, "poll", poll_then_signal)
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has set SIGTERM to be ignored (its /proc status SigIgn mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
 
 
 IGNORE_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
@@ -296,12 +319,10 @@ def test_a_failing_cleanup_step_still_stops_the_command(fake, tmp_path, monkeypa
     children = []
     real_spawn = session.spawn_gated
     monkeypatch.setattr(session, "spawn_gated", lambda *a, **k: children.append(real_spawn(*a, **k)) or children[-1])
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    _signal_at_first_poll(monkeypatch, signal.SIGINT)
     with pytest.raises(RecorderError, match="cleanup after the recording failed: Failed to detach"):
         session.record(session.RecordConfig(output=tmp_path / "bad.tkcap", poll_interval=0.01,
                                             command=["sleep", "60"]), stream=None)
-    timer.join()
     assert children[0].returncode is not None  # stopped and reaped
     assert open_capture(tmp_path / "bad.tkcap").manifest["status"] == "complete"
 
