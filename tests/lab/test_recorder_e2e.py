@@ -128,7 +128,7 @@ def _check_x86(run, backend: str) -> None:
     assert cap.manifest["backend"] == backend and cap.manifest["lab"]["recorder_backend"] == backend
     assert {"tdp", "mmu"} <= set(cap.manifest["probes"]["families"])
     assert cap.lost_total() == 0, cap.manifest.get("lost")
-    assert check_split_loop(cap, 64 * MiB, 2 * MiB) >= 0  # exact splits; steps = model + whole root restarts
+    check_split_loop(cap, 64 * MiB, 2 * MiB)  # asserts exact splits; steps = model + whole root restarts (bounded)
 
 
 @pytest.mark.live

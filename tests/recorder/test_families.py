@@ -419,3 +419,24 @@ def test_ioctl_reads_saved_registers_only_where_the_kernel_has_the_helpers(tmp_p
         assert "-DTK_IOCTL_TICK=1" not in family.cflags([ProbeStatus("timer:hrtimer_expire_entry", False)], 1)
     else:
         assert not any("TASK_REGS" in f for f in flags)
+
+
+def test_tracefs_drops_idle_task_events_and_other_processes_threads(tmp_path):
+    """tid 0 (the idle task: lock contention fired in interrupt context on an idle CPU) is never the
+    target's, though /proc has no entry for it; a gone thread is kept (set_event_pid let it through)."""
+    import os
+    import subprocess
+
+    from tracekit.recorder.tracefs import TracefsBackend
+
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        backend = TracefsBackend(tmp_path, [], os.getpid(), [os.getpid()])
+        gone = 2 ** 22 + 7  # above pid_max's default: no such thread
+        rows = np.array([(0,), (os.getpid(),), (other.pid,), (gone,), (0,)], dtype=[("common_pid", np.int32)])
+        kept = backend._drop_foreign({"kvm:kvm_lock": rows})["kvm:kvm_lock"]
+    finally:
+        other.kill()
+        other.wait()
+    assert kept["common_pid"].tolist() == [os.getpid(), gone]
+    assert backend.foreign_events == 3

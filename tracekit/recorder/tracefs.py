@@ -276,7 +276,10 @@ class TracefsBackend:
         return out
 
     def _foreign(self, tid: int) -> bool:
-        """True when thread ``tid`` is alive and belongs to another process (checked once per tid)."""
+        """True when thread ``tid`` is alive and belongs to another process (checked once per tid), or is
+        the idle task (tid 0, an event fired in interrupt context on an idle CPU: never a target's)."""
+        if tid == 0:
+            return True
         tgid = self._tgid(tid)  # None when gone: a short-lived thread of a target (set_event_pid let it through)
         return tgid is not None and tgid not in self.target_tgids
 
