@@ -85,12 +85,6 @@ static __always_inline struct mmu_batch *mmu_open(__u32 kind, __u64 pid_tgid, __
 	return b;
 }
 
-/* Event times, by the thread tid whose event it is. mmu_now: a clock read of its own. */
-static __always_inline __u64 mmu_now(__u32 tid)
-{
-	return bpf_ktime_get_ns();
-}
-
 /* kvm_mmu_spte_requested: a clock read, left in this CPU's mmu_fault_clock for the
  * kvm_mmu_set_spte events of the same fault. KVM traces both inside one mmu_lock section
  * (preemption off), spte_requested first, then the SPTE it installs and the ones it
@@ -159,17 +153,19 @@ static __always_inline int mmu_close(struct mmu_batch *b, struct mmu_event *e)
 	return 0;
 }
 
-/* Every handler: MMU_BEGIN(kind) (timed by mmu_now) or MMU_BEGIN_TIMED(kind, time_of);
- * fill e; MMU_END. Other processes' events end the handler at once. */
-#define MMU_BEGIN_TIMED(kind, time_of)					\
+/* Every handler: MMU_BEGIN(kind) (a clock read of its own) or MMU_BEGIN_TIMED(kind, time_of),
+ * time_of(tid) giving the time of thread tid's event; fill e; MMU_END. Other processes' events
+ * end the handler at once. */
+#define MMU_BEGIN_AT(kind, ts)						\
 	__u64 pid_tgid = bpf_get_current_pid_tgid();			\
 	if (!tk_is_target(pid_tgid))					\
 		return 0;						\
-	struct mmu_batch *b = mmu_open(kind, pid_tgid, time_of((__u32)pid_tgid)); \
+	struct mmu_batch *b = mmu_open(kind, pid_tgid, ts);		\
 	if (!b)								\
 		return 0;						\
 	struct mmu_event *e = TK_BATCH_SLOT(b)
-#define MMU_BEGIN(kind) MMU_BEGIN_TIMED(kind, mmu_now)
+#define MMU_BEGIN(kind) MMU_BEGIN_AT(kind, bpf_ktime_get_ns())
+#define MMU_BEGIN_TIMED(kind, time_of) MMU_BEGIN_AT(kind, time_of((__u32)pid_tgid))
 #define MMU_END return mmu_close(b, e)
 
 #ifdef TK_MMU_HAVE_SET_SPTE

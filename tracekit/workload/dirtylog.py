@@ -235,6 +235,7 @@ class _VcpuState:
         self.first_page = first_page
         self.pages = pages
         self.plan_gpa = plan_gpa
+        self.plan_gva = plan_gpa  # the plans lie in the identity-mapped system area
         self.vcpu: Optional[Vcpu] = None
         self.ring: Optional[DirtyRing] = None
         self.pending_ring: list[tuple[int, int]] = []
@@ -464,7 +465,7 @@ class _Run:
             state.vcpu = vm.create_vcpu(state.index, self.ring_bytes)
             if self.ring_bytes:
                 state.ring = DirtyRing(state.vcpu.ring_address, self.ring_bytes)
-            backend.init_vcpu(state.vcpu, image, state.index, state.plan_gpa, state.pages)
+            backend.init_vcpu(state.vcpu, image, state.index, state.plan_gva, state.pages)
             state.rng = random.Random(options.seed * 1_000_003 + state.index)
         return spec, backend.guest_mode(spec)
 
@@ -700,7 +701,7 @@ class _Run:
                     "gpa_start": TEST_GPA + s.first_page * ACCESS_STRIDE,
                     "gpa_end": TEST_GPA + (s.first_page + s.pages) * ACCESS_STRIDE,
                     "pages": s.pages,
-                    "plan_gva": s.plan_gpa,
+                    "plan_gva": s.plan_gva,
                     "passes": s.passes,
                     "pass_ns": list(s.pass_ns),
                     "pass_run_ns": list(s.pass_run_ns),
