@@ -12,7 +12,8 @@
  * from the window's start, flagged TK_IOCTL_BEGAN_BEFORE (aggregated commands
  * count it in ioctl_agg.partial); with TK_IOCTL_TICK a timer interrupt on a target thread
  * inside such a call opens it as soon as it is seen (so a KVM_RUN spanning the whole window
- * counts too). Calls still running when the window closes stay
+ * counts too; a thread asleep in a call, which gets no tick, is found by user space in /proc at
+ * the arming). Calls still running when the window closes stay
  * in ioctl_inflight; user space reads them at the end (TK_IOCTL_UNFINISHED).
  *
  * cflags: TK_TARGET_TGID, TK_IOCTL_PAGES, TK_IOCTL_AGG_CMD0..3 (0 = unused), TK_IOCTL_TASK_REGS,

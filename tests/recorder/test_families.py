@@ -153,7 +153,8 @@ def test_ioctl_tracefs_pairs_across_batches_and_aggregates_kvm_run():
     summary = family.finish_tracefs(999)["ioctl_summary"].to_pylist()
     assert summary == [{"ts_ns": 999, "cpu": -1, "pid": 1, "tid": 5, "cmd": KVM_RUN, "cmd_name": "KVM_RUN", "count": 1,
                         "total_ns": 300, "max_ns": 300, "errors": 0, "fd": 9, "errno": 0, "partial": 0}]
-    assert family.partial_counts() == {"ioctl_began_before": 0, "ioctl_unfinished": 0, "ioctl_exits_without_entry": 0}
+    assert family.partial_counts() == {"ioctl_began_before": 0, "ioctl_unfinished": 0, "ioctl_exits_without_entry": 0,
+                                      "ioctl_in_flight_at_start": 0}
 
 
 def test_ioctl_tracefs_calls_cut_by_the_window_are_counted_and_marked():
@@ -174,7 +175,8 @@ def test_ioctl_tracefs_calls_cut_by_the_window_are_counted_and_marked():
         6, "KVM_SET_USER_MEMORY_REGION", 1000 - 210, None, "unfinished")
     [run] = final["ioctl_summary"].to_pylist()
     assert (run["tid"], run["count"], run["total_ns"], run["partial"]) == (5, 1, 800, 1)
-    assert family.partial_counts() == {"ioctl_began_before": 0, "ioctl_unfinished": 2, "ioctl_exits_without_entry": 2}
+    assert family.partial_counts() == {"ioctl_began_before": 0, "ioctl_unfinished": 2, "ioctl_exits_without_entry": 2,
+                                      "ioctl_in_flight_at_start": 0}
 
 
 def test_ioctl_ring_records_marked_began_before_keep_the_window_start():

@@ -23,6 +23,7 @@ from tracekit.probes import source_text
 from tracekit.recorder.batch import batch_dtype, is_batched, unbatch
 from tracekit.recorder.bccload import read_percpu
 from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
+from tracekit.recorder.inflight import BlockedCall, NR_IOCTL, inflight_records
 from tracekit.recorder.ioctl_args import IoctlArgsProbe, decode_args
 from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
 
@@ -289,8 +290,6 @@ _IOCTL_SUMMARY = _schema(
 IOCTL_PARTIAL = {0: "", S.TK_IOCTL_BEGAN_BEFORE: "began_before", S.TK_IOCTL_UNFINISHED: "unfinished",
                  S.TK_IOCTL_BEGAN_BEFORE | S.TK_IOCTL_UNFINISHED: "began_before,unfinished"}
 _IOCTL_PARTIAL_BITS = S.TK_IOCTL_BEGAN_BEFORE | S.TK_IOCTL_UNFINISHED
-#: The ioctl syscall's number per machine (its saved registers name the syscall a thread is in).
-_NR_IOCTL = {"x86_64": 16, "aarch64": 29}
 
 
 class IoctlFamily(ProbeFamily):
@@ -311,11 +310,23 @@ class IoctlFamily(ProbeFamily):
         self._args_probe: IoctlArgsProbe | None = None  # tracefs: the ioctl uprobe giving argument structs
         self._args_note = ""
         self._carried_args: dict[int, list[tuple]] = {}
-        self._partial = {"ioctl_began_before": 0, "ioctl_unfinished": 0, "ioctl_exits_without_entry": 0}
+        self._partial = {"ioctl_began_before": 0, "ioctl_unfinished": 0, "ioctl_exits_without_entry": 0,
+                         "ioctl_in_flight_at_start": 0}
+        self._in_flight = np.empty(0, S.IOCTL_EVENT_DTYPE)  # calls /proc showed blocked when the window opened
+        self._active_tids: set[int] = set()  # bcc: threads with a streamed call in the window
         self._task_regs = False  # set by check(): the BPF helpers that read a thread's saved registers exist
 
     def partial_counts(self) -> dict[str, int]:
         return dict(self._partial)
+
+    def open_in_flight(self, calls: list[BlockedCall], start_ns: int) -> None:
+        """Calls blocked in a KVM ioctl when the window opened at ``start_ns`` (read from /proc): tracefs
+        pairs each with its thread's first exit (an entry of the thread after it supersedes it); bcc
+        counts one whose thread shows no call at all in the window as running through the whole window
+        (its exit would have been recorded from the saved registers)."""
+        self._in_flight = inflight_records(calls, start_ns)
+        self._partial["ioctl_in_flight_at_start"] = len(calls)
+        self._pending = _concat_events([self._pending, self._in_flight], S.IOCTL_EVENT_DTYPE)
 
     def tables(self) -> dict[str, pa.Schema]:
         return {"ioctl": _IOCTL_TABLE, "ioctl_summary": _IOCTL_SUMMARY}
@@ -329,7 +340,7 @@ class IoctlFamily(ProbeFamily):
         if not self.aggregated:
             flags[0] = "-DTK_IOCTL_AGG_CMD0=0x1"  # no KVM command has number 1 (type 0)
         if self._task_regs:
-            flags += ["-DTK_IOCTL_TASK_REGS=1", f"-DTK_NR_IOCTL={_NR_IOCTL[platform.machine()]}"]
+            flags += ["-DTK_IOCTL_TASK_REGS=1", f"-DTK_NR_IOCTL={NR_IOCTL[platform.machine()]}"]
             if platform.machine() == "aarch64":
                 flags.append("-DTK_ARCH_ARM64=1")
             if any(s.probe == self.tracepoints[2] and s.available for s in available):
@@ -346,7 +357,7 @@ class IoctlFamily(ProbeFamily):
         """The tracepoints; and whether a call running when the window opens can be read from the thread's
         saved registers: BTF and the helpers bpf_get_current_task_btf (Linux 5.11) and bpf_task_pt_regs
         (5.15) in the kernel, on a machine whose ioctl syscall number is known."""
-        self._task_regs = (Path("/sys/kernel/btf/vmlinux").exists() and platform.machine() in _NR_IOCTL
+        self._task_regs = (Path("/sys/kernel/btf/vmlinux").exists() and platform.machine() in NR_IOCTL
                            and all(host.has_symbol(f) for f in ("bpf_get_current_task_btf", "bpf_task_pt_regs")))
         return super().check(host)
 
@@ -399,6 +410,7 @@ class IoctlFamily(ProbeFamily):
         if "ret" in cols and np.any(decoded & S.TK_IOCTL_UNFINISHED):
             cols["ret"] = _masked(records["ret"], (decoded & S.TK_IOCTL_UNFINISHED) == 0, pa.int64())
         self._partial["ioctl_began_before"] += int(np.count_nonzero(decoded & S.TK_IOCTL_BEGAN_BEFORE))
+        self._active_tids.update(np.unique(records["hdr"]["tid"]).tolist())
         return {"ioctl": _table(_IOCTL_TABLE, cols)}
 
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
@@ -409,7 +421,16 @@ class IoctlFamily(ProbeFamily):
             self._partial["ioctl_began_before"] += val.partial
         raw = b"".join(bytes(v) for v in bpf[b"ioctl_inflight"].values())
         unfinished = np.frombuffer(raw, S.IOCTL_EVENT_DTYPE).copy()
-        return self._close_unfinished(unfinished, agg, stop_ns)
+        return self._close_unfinished(np.concatenate([unfinished, self._never_exited(agg, unfinished)]), agg, stop_ns)
+
+    def _never_exited(self, agg: dict[tuple[int, ...], list[int]], unfinished: np.ndarray) -> np.ndarray:
+        """bcc: the calls in flight at the window's start whose thread shows no call in the window (no
+        exit, no entry, no tick): blocked through the whole window (a halted vCPU in KVM_RUN). Only where
+        the program reads saved registers: else the exit of such a call leaves no trace."""
+        if not self._task_regs:
+            return self._in_flight[:0]
+        active = self._active_tids | {key[1] for key in agg} | set(unfinished["hdr"]["tid"].tolist())
+        return self._in_flight[~np.isin(self._in_flight["hdr"]["tid"], list(active))]
 
     def _close_unfinished(self, calls: np.ndarray, agg: dict[tuple[int, ...], list[int]],
                           stop_ns: int) -> dict[str, pa.Table]:
@@ -419,10 +440,10 @@ class IoctlFamily(ProbeFamily):
         total, max, errors, partial)."""
         calls = calls[calls["hdr"]["ts_ns"] <= stop_ns]
         calls["duration_ns"] = stop_ns - calls["hdr"]["ts_ns"].astype(np.int64)
-        self._partial["ioctl_began_before"] += int(np.count_nonzero(calls["decoded"] & S.TK_IOCTL_BEGAN_BEFORE))
         calls["decoded"] |= S.TK_IOCTL_UNFINISHED
         self._partial["ioctl_unfinished"] += len(calls)
         aggregated = np.isin(calls["cmd"], np.asarray(self.aggregated, dtype=np.uint32))
+        self._partial["ioctl_began_before"] += int(np.count_nonzero(calls["decoded"][aggregated] & S.TK_IOCTL_BEGAN_BEFORE))
         for row in calls[aggregated]:
             key = (int(row["hdr"]["pid"]), int(row["hdr"]["tid"]), int(row["cmd"]), int(row["fd"]), 0)
             acc = agg.setdefault(key, [0, 0, 0, 0, 0])
@@ -481,6 +502,9 @@ class IoctlFamily(ProbeFamily):
             acc[1] += int(row["duration_ns"])
             acc[2] = max(acc[2], int(row["duration_ns"]))
             acc[3] += int(ret < 0)
+            began_before = int(row["decoded"] & S.TK_IOCTL_BEGAN_BEFORE != 0)
+            acc[4] += began_before
+            self._partial["ioctl_began_before"] += began_before
         return self.decode("ioctl_events", calls[~agg])
 
     def finish_tracefs(self, stop_ns: int) -> dict[str, pa.Table]:

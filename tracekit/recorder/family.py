@@ -246,6 +246,10 @@ class ProbeFamily(abc.ABC):
         """Extra facts for the manifest (counters kept outside the rings, options)."""
         return {}
 
+    def open_in_flight(self, calls: list, start_ns: int) -> None:
+        """The targets' threads /proc showed blocked in a KVM ioctl as the window opened at ``start_ns``
+        (:class:`tracekit.recorder.inflight.BlockedCall`); a family that pairs calls completes them."""
+
     def partial_counts(self) -> dict[str, int]:
         """Operations cut by the recording window, known once the recording ended (after ``finish``):
         name -> count (manifest ``partial``; see docs/recorder.md for each name)."""

@@ -14,7 +14,8 @@ Contract: :func:`record` takes a :class:`RecordConfig` and writes a capture dire
    probe with the reason; a family whose required tracepoints are absent is skipped);
 4. chooses the backend (``auto``: bcc when it imports and headers exist, else tracefs, with a note
    in the manifest), attaches every probe disarmed, makes the ring readers, then arms every
-   family at one instant (the recording window, manifest ``window``) and polls every
+   family at one instant (the recording window, manifest ``window``), hands the families the KVM ioctls
+   ``/proc`` shows blocked on both sides of that instant (:mod:`tracekit.recorder.inflight`), and polls every
    ``poll_interval`` seconds: batches go straight into the writer, lost-event counters into
    ``writer.add_lost``;
 5. stops at ``duration`` (CLOCK_MONOTONIC seconds from the arming), on SIGINT/SIGTERM/SIGHUP, or
@@ -55,6 +56,7 @@ from tracekit.capabilities import recording_blockers, tracefs_root
 from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, UsageError
 from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RecordOptions, make_family
+from tracekit.recorder.inflight import blocked_kvm_ioctls, calls_in_flight
 from tracekit.recorder.layoutdir import make_layout_dir, reclaim_stale_layout_dirs
 from tracekit.recorder.tally import VmTally
 from tracekit.recorder.target import GatedChild, list_threads, resolve_targets, spawn_gated, tgid_of, thread_info
@@ -430,7 +432,11 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
 
             try:
                 # One step for every family: the readers exist, the window opens; the duration counts from here.
+                blocked = blocked_kvm_ioctls(tgids)  # calls in flight as the window opens: read on both sides
                 window_start = backend.arm()
+                in_flight = calls_in_flight(blocked, blocked_kvm_ioctls(tgids))
+                for family, _ in plan:
+                    family.open_in_flight(in_flight, window_start)
                 t0 = window_start / 1e9
                 status.say(_banner(target, backend_name, plan, backend.attached, output, config.duration))
                 if failed:
