@@ -16,6 +16,7 @@ import ctypes
 import fcntl
 import mmap
 import os
+import signal
 import struct
 import threading
 import time
@@ -187,6 +188,47 @@ def _run(log: GuestLog, data_pages: int, passes: int) -> None:
             os.close(fd)
 
 
+KVM_CREATE_IRQCHIP = 0xAE60
+HALT_GPA = 0x1000
+
+
+def halt_in_kvm_run() -> None:
+    """A vCPU that sleeps inside KVM_RUN until this process is killed: a real-mode guest (run by KVM's
+    emulator) executes ``cli; hlt``, and with the in-kernel irqchip the halt blocks in the kernel instead
+    of exiting to us. Prints ``ready <vcpu fd> <vcpu tid>`` just before entering KVM_RUN; SIGUSR1 makes
+    KVM_RUN return EINTR and the thread enter it again."""
+    drv = _Driver(GuestLog(pid=os.getpid()))
+    kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    vm = drv.ioctl(kvm, KVM_CREATE_VM)
+    drv.ioctl(vm, KVM_CREATE_IRQCHIP)
+    memory = mmap.mmap(-1, 0x10000)
+    memory[HALT_GPA:HALT_GPA + 4] = b"\xfa\xf4\xeb\xfd"  # cli; hlt; jmp back to the hlt
+    region = (ctypes.c_uint64 * 4)(0, 0, len(memory), ctypes.addressof(ctypes.c_char.from_buffer(memory)))
+    drv.ioctl(vm, KVM_SET_USER_MEMORY_REGION, region)
+    vcpu = drv.ioctl(vm, KVM_CREATE_VCPU, 0)
+    sregs = (ctypes.c_uint8 * 312)()
+    drv.ioctl(vcpu, KVM_GET_SREGS, sregs)
+    ctypes.memmove(sregs, struct.pack("<QIH", 0, 0xFFFF, 0), 14)  # cs: base 0, selector 0
+    drv.ioctl(vcpu, KVM_SET_SREGS, sregs)
+    regs = (ctypes.c_uint64 * 18)()
+    regs[16], regs[17] = HALT_GPA, 0x2  # rip, rflags (IF clear: nothing wakes the halt)
+    drv.ioctl(vcpu, KVM_SET_REGS, regs)
+    _libc.prctl(15, b"tk-vcpu-0", 0, 0, 0)  # PR_SET_NAME
+    signal.signal(signal.SIGUSR1, lambda *_: None)  # a kick: KVM_RUN returns EINTR, and is entered again
+    print("ready", vcpu, threading.get_native_id(), flush=True)
+    while True:
+        try:
+            drv.ioctl(vcpu, KVM_RUN)
+        except InterruptedError:
+            continue
+        raise RuntimeError("the halted guest left KVM_RUN")
+
+
 if __name__ == "__main__":
-    result = run_guest(4096, 3)
-    print(len(result.ioctls), result.dirty_per_pass)
+    import sys
+
+    if sys.argv[1:] == ["halt"]:
+        halt_in_kvm_run()
+    else:
+        result = run_guest(4096, 3)
+        print(len(result.ioctls), result.dirty_per_pass)
