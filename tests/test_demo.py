@@ -23,6 +23,7 @@ def test_sample_fallback_analyses_the_bundled_capture():
 
 
 @pytest.mark.live
+@pytest.mark.slow
 def test_demo_records_the_workload_and_analyses_it(tmp_path):
     livecheck.need_kvm()
     livecheck.need_tracepoint("kvmmmu", "kvm_mmu_pagetable_walk")

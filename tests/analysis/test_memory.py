@@ -16,6 +16,8 @@ from tracekit.analysis.splits import SPLIT_EVENT
 from tracekit.analysis.synthetic import SCHEMAS, guest_tables, walk_tables
 from tracekit.capture import COMMON_FIELDS, CaptureWriter, open_capture
 
+pytestmark = pytest.mark.slow  # writes and analyses three captures of 20-80 k walks (about 20 s)
+
 MMU = pa.schema([*COMMON_FIELDS, pa.field("event", pa.dictionary(pa.int32(), pa.string())),
                  pa.field("gfn", pa.uint64()), pa.field("level", pa.int32())])
 #: Per walk of the captures, at most this many bytes more at the peak (the events themselves are about

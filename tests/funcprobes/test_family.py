@@ -204,6 +204,7 @@ def test_pair_calls_is_a_per_thread_stack():
 
 
 @pytest.mark.live
+@pytest.mark.slow
 def test_record_lists_every_function_probe_with_its_reason(tmp_path):
     """A real recording here: walk and ioctl are recorded; every stage2/tdp probe this host cannot attach is
     in probes.failed with the reason the family's check gives (on the development host: CONFIG_KPROBES off,

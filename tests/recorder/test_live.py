@@ -23,7 +23,7 @@ from tracekit.recorder.kvm_ioctls import KVM_RUN
 from tracekit.recorder.session import RecordConfig, record
 from tracekit.recorder.tracefs import INSTANCE_PREFIX
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.slow]  # each records a real workload (bcc compiles for 10-30 s)
 TRACEKIT = str(Path(sys.executable).with_name("tracekit"))
 INSTANCES = Path("/sys/kernel/tracing/instances")
 WALK_TRACEPOINTS = ("kvmmmu:kvm_mmu_pagetable_walk", "kvmmmu:kvm_mmu_paging_element", "kvmmmu:kvm_mmu_walker_error")
@@ -183,7 +183,6 @@ def test_only_the_targets_threads_and_nothing_lost(workload_capture):
     assert cap.lost_total() == 0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["bcc", "tracefs"])
 def test_sigkill_leaves_a_readable_capture_and_the_next_run_cleans_up(backend, tmp_path):
     _need(backend)
@@ -228,7 +227,6 @@ def test_sigkill_leaves_a_readable_capture_and_the_next_run_cleans_up(backend, t
             workload.wait()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["bcc", "tracefs"])
 def test_sigterm_stops_cleanly(backend, tmp_path):
     _need(backend)
@@ -252,7 +250,6 @@ def test_sigterm_stops_cleanly(backend, tmp_path):
     assert summary["stop_reason"] == "SIGTERM" and summary["command_exit"] is not None
 
 
-@pytest.mark.slow
 def test_record_a_qemu_guest_by_name(tmp_path):
     """QEMU from the distribution runs the hand-made CPL3 guest; record it by its -name, then check
     KVM_RUN on its vCPU thread (named "CPU 0/KVM") and 3-level walks covering every 2 MiB guest page the

@@ -62,6 +62,7 @@ def _shadow_paging() -> bool:
     return False
 
 
+@pytest.mark.slow  # runs the workload and parses the text trace of every walk (about 7 s)
 @pytest.mark.parametrize(
     "changes",
     [{}, {"vcpus": 2, "bytes_per_vcpu": 16 * MIB, "random_order": True, "write_percent": 30, "log_mode": "get"}],
