@@ -49,6 +49,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the synthetic captures of tests/synthetic.py
+
 
 def peak_mb() -> float:
     """This process's peak resident memory (MB). VmHWM, not ru_maxrss: Linux carries ru_maxrss over
@@ -121,7 +123,7 @@ def baseline_analyze(path: str) -> None:
 def in_memory_tables(n: int, chunk: int = 2_000_000) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     """The walk columns and the element columns (walk_id, index, level, pte) of ``n`` synthetic walks,
     made a chunk at a time into preallocated arrays (peak memory about the arrays themselves)."""
-    from tracekit.analysis.synthetic import walk_tables
+    from tests.synthetic import walk_tables
 
     walk: dict[str, np.ndarray] = {}
     element: list[np.ndarray] = []
@@ -209,7 +211,7 @@ def child(case: str, arg: str) -> dict:
         assert (walks["level_path"] == 432).all()
         return {"seconds": seconds, "events": 4 * n, "peak_mb": peak_mb()}
     if case == "rebuild-baseline":
-        from tracekit.analysis.synthetic import walk_tables
+        from tests.synthetic import walk_tables
 
         n = int(arg)
         tables = walk_tables(n)
@@ -438,7 +440,7 @@ def main() -> None:
         run_recording_section(args)
         return
 
-    from tracekit.analysis.synthetic import write_synthetic_capture
+    from tests.synthetic import write_synthetic_capture
 
     events = 8_000_000 if args.quick else args.events
     walks = events // 4

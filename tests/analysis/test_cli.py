@@ -8,7 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from tracekit.analysis.synthetic import write_synthetic_capture
+from tests.synthetic import write_synthetic_capture
 from tracekit.cli import app
 
 from .conftest import SAMPLES

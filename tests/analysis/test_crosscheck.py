@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tracekit.analysis.crosscheck import crosscheck_walks, model_from_layout
-from tracekit.analysis.synthetic import guest_tables
+from tests.synthetic import guest_tables
 from tracekit.analysis.walks import rebuild_walks
 from tracekit.errors import AnalysisError
 from tracekit.model.x86 import PTE_A, PTE_D

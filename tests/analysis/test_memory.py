@@ -13,7 +13,7 @@ import pytest
 
 from tracekit.analysis.analyze import analyze_capture
 from tracekit.analysis.splits import SPLIT_EVENT
-from tracekit.analysis.synthetic import SCHEMAS, guest_tables, walk_tables
+from tests.synthetic import SCHEMAS, guest_tables, walk_tables
 from tracekit.capture import COMMON_FIELDS, CaptureWriter, open_capture
 
 pytestmark = pytest.mark.slow  # writes and analyses three captures of 20-80 k walks (about 20 s)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tracekit.analysis.analyze import analyze_capture, render_text
-from tracekit.analysis.synthetic import SCHEMAS, guest_tables, walk_tables
+from tests.synthetic import SCHEMAS, guest_tables, walk_tables
 from tracekit.analysis.vms import VmCapture, capture_vms, select_vm, vm_rows
 from tracekit.capture import CaptureWriter, open_capture
 from tracekit.cli import app

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tracekit.analysis import analyze, phases as phases_mod, walkgroups, walkstream
 from tracekit.analysis.common import count_by
 from tracekit.analysis.crosscheck import model_from_layout
-from tracekit.analysis.synthetic import SCHEMAS, guest_tables, walk_tables
+from tests.synthetic import SCHEMAS, guest_tables, walk_tables
 from tracekit.analysis.walks import depth_distribution
 from tracekit.analysis.walkgroups import Codes, walk_group_counts
 from tracekit.capture import CaptureWriter, open_capture

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tracekit.analysis import walkstream
 from tracekit.analysis.crosscheck import ModelCache, crosscheck_walks, model_from_layout
-from tracekit.analysis.synthetic import GVA, SCHEMAS, guest_tables, walk_tables, write_synthetic_capture
+from tests.synthetic import GVA, SCHEMAS, guest_tables, walk_tables, write_synthetic_capture
 from tracekit.analysis.walks import rebuild_walks
 from tracekit.analysis.walkstream import HOLD_ROWS, RowMap, prefetch, rebuild_streamed, stream_walks
 from tracekit.capture import CaptureWriter, open_capture

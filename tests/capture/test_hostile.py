@@ -291,7 +291,7 @@ def test_perfetto_counters_follow_the_events_not_the_time_they_span(tmp_path):
 
 
 def test_nulls_in_lock_and_walk_element_columns_are_one_line_or_skipped(tmp_path):
-    from tracekit.analysis.synthetic import SCHEMAS
+    from tests.synthetic import SCHEMAS
 
     path = tmp_path / "c.tkcap"
     common = {"ts_ns": [1, 2], "cpu": [0, 0], "pid": [9, 9], "tid": [9, 9]}

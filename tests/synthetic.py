@@ -1,19 +1,10 @@
 """Synthetic captures for tests and benchmarks: x86 guest walks, lock waits and dirty-log ioctls.
 
-Contract
---------
-:data:`SCHEMAS` holds the family schemas the synthetic data uses (the agreed recorder columns after
-the common ``ts_ns, cpu, pid, tid``). :func:`walk_tables` builds ``n_walks`` guest walks of one
-4-level guest mapping 2 MiB pages at ``gva`` (each walk reads levels 4, 3, 2 with the PTEs of
-:class:`tracekit.model.x86.X86PageTables`, so they match the model), spread over ``vcpus`` threads
-(tids ``1000 + vcpu``), one walk every ``period_ns``. Their shape is the recorder's (compare the
-real captures in ``samples/``): walk ids are ``cpu << 48 | n`` (the BPF program's per-CPU sequence,
-from 1), walks alternate between the host's ``cpus`` CPUs, rows are in time order so ids interleave
-across CPUs, and a fraction ``interleaved`` of walk pairs ran concurrently, so their elements
-interleave in the element table. :func:`write_synthetic_capture` writes such a
-capture (walks plus an ``ioctl`` and a ``lock`` family sized by ``extra_rows``) chunk by chunk, so
-its memory stays bounded whatever ``n_walks``; its manifest has the vCPU threads, a workload
-``guest_paging`` record and ``source.kind = "synthetic"``. Returns the number of events written.
+:data:`SCHEMAS` are the recorder's own schemas (lock and ioctl cut to the columns filled here).
+:func:`walk_tables` builds model-consistent walks of one 4-level guest shaped like the recorder's (per-CPU
+walk ids interleaved in time order, a fraction ``interleaved`` of concurrent walks' elements interleaved);
+:func:`write_synthetic_capture` writes such a capture plus lock and ioctl rows chunk by chunk, in bounded
+memory, and returns the number of events written.
 """
 
 from __future__ import annotations
@@ -26,22 +17,25 @@ import pyarrow as pa
 
 from tracekit.capture import COMMON_FIELDS, CaptureWriter
 from tracekit.model.x86 import X86PageTables
+from tracekit.recorder.families import IoctlFamily, LockFamily, WalkFamily
 
 __all__ = ["SCHEMAS", "guest_tables", "walk_tables", "write_synthetic_capture"]
 
-_DICT = pa.dictionary(pa.int32(), pa.string())
+
+def _recorded(family: type, table: str, *names: str) -> pa.Schema:
+    """The recorder's schema of capture family ``table`` (written by probe ``family``), cut to the common
+    columns and ``names`` (the columns the synthetic data fills; the analyses need no others)."""
+    schema = family().tables()[table]
+    return pa.schema([schema.field(name) for name in [field.name for field in COMMON_FIELDS] + list(names)])
+
+
 SCHEMAS = {
-    "walk": pa.schema([*COMMON_FIELDS, pa.field("walk_id", pa.uint64()), pa.field("addr", pa.uint64()),
-                       pa.field("pferr", pa.uint32())]),
-    "walk_element": pa.schema([*COMMON_FIELDS, pa.field("walk_id", pa.uint64()), pa.field("index", pa.uint8()),
-                               pa.field("level", pa.int8()), pa.field("pte", pa.uint64())]),
-    "walk_error": pa.schema([*COMMON_FIELDS, pa.field("walk_id", pa.uint64()), pa.field("pferr", pa.uint32())]),
-    "lock": pa.schema([*COMMON_FIELDS, pa.field("lock_addr", pa.uint64()), pa.field("flags", pa.uint32()),
-                       pa.field("wait_ns", pa.int64()), pa.field("ret", pa.int32()), pa.field("stack_id", pa.int32())]),
-    "ioctl": pa.schema([*COMMON_FIELDS, pa.field("duration_ns", pa.int64()), pa.field("fd", pa.int32()),
-                        pa.field("cmd", pa.uint32()), pa.field("cmd_name", _DICT), pa.field("ret", pa.int64()),
-                        pa.field("slot", pa.uint32()), pa.field("flags", pa.uint32()),
-                        pa.field("memory_size", pa.uint64())]),
+    "walk": WalkFamily().tables()["walk"],
+    "walk_element": WalkFamily().tables()["walk_element"],
+    "walk_error": WalkFamily().tables()["walk_error"],
+    "lock": _recorded(LockFamily, "lock", "lock_addr", "flags", "wait_ns", "ret", "stack_id"),
+    "ioctl": _recorded(IoctlFamily, "ioctl", "duration_ns", "fd", "cmd", "cmd_name", "ret", "slot", "flags",
+                       "memory_size"),
 }
 
 GVA = 0xC000_0000
@@ -129,7 +123,7 @@ def _ioctl_table(n: int, t0_ns: int, span_ns: int, rng: Any) -> pa.Table:
                      "fd": np.full(n, 5, np.int32), "cmd": np.where(names == "KVM_GET_DIRTY_LOG", 0x4010AE42,
                                                                     0xC018AEC0).astype(np.uint32),
                      "cmd_name": pa.array(names).dictionary_encode(), "ret": np.zeros(n, np.int64),
-                     "slot": np.ones(n, np.uint32), "flags": np.zeros(n, np.uint32),
+                     "slot": np.ones(n, np.uint16), "flags": np.zeros(n, np.uint32),
                      "memory_size": np.zeros(n, np.uint64)}, schema=SCHEMAS["ioctl"])
 
 
