@@ -97,12 +97,26 @@ def test_tracefs_exit_completes_the_call_in_flight_with_its_command_and_fd():
                                        "ioctl_in_flight_at_start": 3}
 
 
-def _bpf(agg: dict, inflight: list[np.ndarray]) -> dict:
+def _bpf(agg: dict, inflight: list[np.ndarray], lost_exits: int = 0) -> dict:
     """The two maps finish() reads, as bcc shows them (agg items as ctypes-like key/value objects)."""
     items = [(SimpleNamespace(pid=k[0], tid=k[1], cmd=k[2], fd=k[3], err=k[4]),
               SimpleNamespace(count=v[0], total_ns=v[1], max_ns=v[2], errors=v[3], partial=v[4])) for k, v in agg.items()]
     return {b"ioctl_agg": SimpleNamespace(items=lambda: items),
-            b"ioctl_inflight": {i: rec.tobytes() for i, rec in enumerate(inflight)}}
+            b"ioctl_inflight": {i: rec.tobytes() for i, rec in enumerate(inflight)},
+            b"ioctl_lost": _PerCpu([[0, lost_exits], [0, 0]])}
+
+
+class _PerCpu:
+    """A bcc per-CPU array as read_percpu reads it: rows of CPUs, a value per index."""
+
+    def __init__(self, rows: list[list[int]]):
+        self.rows = rows
+
+    def Key(self, index: int) -> int:  # noqa: N802 (bcc's name)
+        return index
+
+    def getvalue(self, index: int) -> list[int]:
+        return [row[index] for row in self.rows]
 
 
 @pytest.mark.parametrize("task_regs", [True, False])
@@ -138,3 +152,19 @@ def test_bcc_a_streamed_call_of_the_thread_in_the_window_means_the_kernel_saw_it
     final = family.finish(_bpf({}, []), 1000)
     assert "ioctl" not in final and final["ioctl_summary"].num_rows == 0
     assert family.partial_counts()["ioctl_unfinished"] == 0
+
+
+def test_bcc_a_streamed_call_in_flight_is_not_assumed_when_exits_were_lost():
+    """Exits lost on a full ring could be the streamed call's: only the aggregated KVM_RUN is assumed."""
+    family = IoctlFamily()
+    family._task_regs = True
+    family.open_in_flight([BlockedCall(1, 5, 9, KVM_RUN, 0, 0), BlockedCall(1, 6, 4, KVM_GET_DIRTY_LOG, 0x70, 0)], 100)
+    final = family.finish(_bpf({}, [], lost_exits=3), 1000)
+    assert "ioctl" not in final
+    assert [(r["tid"], r["partial"]) for r in final["ioctl_summary"].to_pylist()] == [(5, 1)]
+    family = IoctlFamily()
+    family._task_regs = True
+    family.open_in_flight([BlockedCall(1, 6, 4, KVM_GET_DIRTY_LOG, 0x70, 0)], 100)
+    [row] = family.finish(_bpf({}, []), 1000)["ioctl"].to_pylist()
+    assert (row["tid"], row["fd"], row["cmd_name"], row["duration_ns"], row["partial"], row["ret"]) == (
+        6, 4, "KVM_GET_DIRTY_LOG", 900, "began_before,unfinished", None)

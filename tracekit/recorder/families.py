@@ -421,16 +421,23 @@ class IoctlFamily(ProbeFamily):
             self._partial["ioctl_began_before"] += val.partial
         raw = b"".join(bytes(v) for v in bpf[b"ioctl_inflight"].values())
         unfinished = np.frombuffer(raw, S.IOCTL_EVENT_DTYPE).copy()
-        return self._close_unfinished(np.concatenate([unfinished, self._never_exited(agg, unfinished)]), agg, stop_ns)
+        exits_lost = int(read_percpu(bpf, "ioctl_lost", 2)[:, 1].sum())
+        never_exited = self._never_exited(agg, unfinished, exits_lost)
+        return self._close_unfinished(np.concatenate([unfinished, never_exited]), agg, stop_ns)
 
-    def _never_exited(self, agg: dict[tuple[int, ...], list[int]], unfinished: np.ndarray) -> np.ndarray:
+    def _never_exited(self, agg: dict[tuple[int, ...], list[int]], unfinished: np.ndarray,
+                      exits_lost: int) -> np.ndarray:
         """bcc: the calls in flight at the window's start whose thread shows no call in the window (no
         exit, no entry, no tick): blocked through the whole window (a halted vCPU in KVM_RUN). Only where
-        the program reads saved registers: else the exit of such a call leaves no trace."""
+        the program reads saved registers (else the exit of such a call leaves no trace), and for streamed
+        commands only when no exit was lost on a full ring (it could have been theirs)."""
         if not self._task_regs:
             return self._in_flight[:0]
         active = self._active_tids | {key[1] for key in agg} | set(unfinished["hdr"]["tid"].tolist())
-        return self._in_flight[~np.isin(self._in_flight["hdr"]["tid"], list(active))]
+        keep = ~np.isin(self._in_flight["hdr"]["tid"], list(active))
+        if exits_lost:
+            keep &= np.isin(self._in_flight["cmd"], np.asarray(self.aggregated, dtype=np.uint32))
+        return self._in_flight[keep]
 
     def _close_unfinished(self, calls: np.ndarray, agg: dict[tuple[int, ...], list[int]],
                           stop_ns: int) -> dict[str, pa.Table]:
