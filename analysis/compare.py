@@ -8,7 +8,8 @@ each phase name's total over its iterations (``phase <name> total``), per ioctl 
 total latency (``ioctl <NAME> mean`` / ``total``, seconds), guest walks (``walks``, count), per lock
 the summed wait and the number of waits (``lock <name> wait`` seconds / ``lock <name> waits``),
 splits inside dirty-log ioctls (``splits``), split calls and events (``split calls``) and arm64
-stage-2 visits per level and kind (``stage2 L<level> <kind> visits``), all counts.
+stage-2 visits per level and kind (``stage2 L<level> <kind> visits``), all counts, and for captures
+with a recording window the operations it cut (``partial operations``, count: ``info.partial.total``).
 
 :func:`compare_runs` takes the metric dicts of runs A and runs B and returns one row per metric
 present in both: ``metric``, ``unit``, ``n_a``, ``n_b``, ``mean_a``, ``stdev_a``, ``mean_b``,
@@ -66,6 +67,9 @@ def capture_metrics(result: Any) -> dict[str, tuple[float, str]]:
     if stage2 is not None:
         for level, kind, entries in zip(stage2["level"], stage2["kind"], stage2["entries"]):
             metrics[f"stage2 L{level} {kind} visits"] = (float(entries), "count")
+    partial = result.info.get("partial")
+    if partial and partial.get("window"):  # operations the recording window cut: a side's partiality shows
+        metrics["partial operations"] = (float(partial["total"]), "count")
     return metrics
 
 

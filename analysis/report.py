@@ -13,7 +13,7 @@ with a caption, drawn when the data exists:
 - ``visits-vs-model``: visits per level, observed against the model (guest PTE reads for x86,
   split-walker LEAF visits with and without skip flags for arm64).
 
-Below them: the verdicts (model cross-check, skipped levels, mmu_lock) and the tables of
+Above them, what the recording window cut (the text report's partial lines); below them: the verdicts (model cross-check, skipped levels, mmu_lock) and the tables of
 :func:`tracekit.analysis.analyze.render_text` as HTML tables. :func:`write_report` writes the page;
 it raises CaptureFormatError when the path cannot be written.
 """
@@ -33,6 +33,7 @@ import pandas as pd
 from tracekit.analysis.analyze import HEX_COLUMNS, Analysis
 from tracekit.analysis.common import format_hex, format_ns
 from tracekit.analysis.locks import contention_timeline
+from tracekit.analysis.partial import partial_text
 from tracekit.errors import CaptureFormatError
 
 __all__ = ["FIGURES", "render_report", "write_report"]
@@ -205,6 +206,9 @@ def render_report(result: Analysis) -> str:
                      "counts are lower bounds.</p>")
     if info.get("phase_note"):
         parts.append(f"<p>Phases: {html.escape(info['phase_note'])}.</p>")
+    if "partial" in info:  # what the recording window cut, as the text report says it
+        parts.append("<p class='partial'>" + "<br>".join(html.escape(line.strip()) for line in partial_text(info["partial"]))
+                     + "</p>")
     parts.append("<h2>Verdicts</h2>" + _verdicts_html(result))
     parts.append("<h2>Figures</h2>")
     makers = {"walk-depth": _walk_depth_figure, "contention-timeline": _timeline_figure,

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis.analyze import analysis_json, analyze_capture, render_text
+from tracekit.analysis.compare import capture_metrics
 from tracekit.analysis.partial import partial_summary
+from tracekit.analysis.report import render_report
 from tracekit.analysis.walks import MAX_WALK_ELEMENTS, depth_of, rebuild_walks
 from tracekit.capture import open_capture
 
@@ -69,6 +71,9 @@ def test_analyze_reports_the_window_and_the_partial_operations(make_capture):
     text = render_text(result)
     assert "recording window: 0.000 s of CLOCK_MONOTONIC" in text
     assert "3 walk elements without start" in text.replace("\n    ", " ")
+    page = render_report(result)  # the HTML report and compare say it too
+    assert "recording window: 0.000 s of CLOCK_MONOTONIC" in page and "3 walk elements without start" in page
+    assert capture_metrics(result)["partial operations"] == (float(partial["total"]), "count")
 
 
 def test_a_capture_without_a_window_says_so(make_capture):
@@ -78,3 +83,5 @@ def test_a_capture_without_a_window_says_so(make_capture):
     assert result.info["partial"]["ioctl_partial_calls"] == 0 and result.info["partial"]["total"] == 0
     assert "not recorded (capture made before windows existed)" in render_text(result)
     assert "partial operations: none" in render_text(result)
+    assert "not recorded (capture made before windows existed)" in render_report(result)
+    assert "partial operations" not in capture_metrics(result)  # nothing to compare before windows existed
