@@ -202,8 +202,8 @@ def _model_walk(cap: Any, result: Analysis, selftest_output: str | None) -> Any:
     """The model's walk function for the capture's guest: from the built-in workload's layout record, else
     from a selftest's output (:mod:`.selftestmodel`); None, with a ``no model`` verdict, when neither."""
     workload = cap.manifest.get("workload")
-    guest = selftestmodel.parse_selftest_guest(selftest_output) if selftest_output and not workload else None
     try:
+        guest = selftestmodel.parse_selftest_guest(selftest_output) if selftest_output and not workload else None
         if workload:
             return crosscheck.model_from_layout(workload)
         if guest is not None:

@@ -13,8 +13,11 @@ creates follow one another in the model's preorder, after the root and the PDPT 
 
 :func:`parse_selftest_guest` reads the guest mode line (``Testing guest mode: PA-bits:ANY, VA-bits:48,
 4K pages``) and the test memory (dirty_log_perf_test / memstress: ``guest physical test memory: [A, B)``;
-kvm_page_table_test: ``Guest physical test memory offset: A`` and ``Testing memory size(aligned): S``)
-into a :class:`SelftestGuest`, or None when the output names no test memory. :func:`selftest_model`
+kvm_page_table_test: ``Guest physical test memory offset: A`` and ``Testing memory size(aligned): S``;
+dirty_log_test: ``guest physical test memory offset: A``, its size not printed but fixed by the source,
+``(1 << (DIRTY_MEM_BITS - page_shift)) + 3`` guest pages with ``DIRTY_MEM_BITS`` 30, the same for each log
+mode it runs) into a :class:`SelftestGuest`, or None when the output names no test memory; AnalysisError
+when the runs of one output place their test memory differently. :func:`selftest_model`
 builds the model's walk function: the walk of an address in the test memory, None (not modelled) for
 any other address (code, stacks and data are mapped at addresses the output does not give). The
 address of the first table the test memory created (``test_table_gpa``, the PD of
@@ -49,6 +52,9 @@ _MODE_RE = re.compile(r"guest mode: PA-bits:\s*(\w+),\s*VA-bits:\s*(\d+),\s*(\d+
 _MEMSTRESS_RE = re.compile(r"guest physical test memory: \[(0x[0-9a-fA-F]+), (0x[0-9a-fA-F]+)\)")
 _PTT_OFFSET_RE = re.compile(r"Guest physical test memory offset: (0x[0-9a-fA-F]+)")
 _PTT_SIZE_RE = re.compile(r"Testing memory size\(aligned\): (0x[0-9a-fA-F]+)")
+_DLT_OFFSET_RE = re.compile(r"^guest physical test memory offset: (0x[0-9a-fA-F]+)", re.MULTILINE)
+#: dirty_log_test.c's ``DIRTY_MEM_BITS``: its test memory is ``(1 << (DIRTY_MEM_BITS - page_shift)) + 3`` pages.
+DIRTY_LOG_TEST_MEM_BITS = 30
 
 
 @dataclass(frozen=True)
@@ -66,18 +72,28 @@ class SelftestGuest:
 def parse_selftest_guest(text: str) -> SelftestGuest | None:
     """The guest of a selftest's output (see the module docstring), or None without test-memory lines."""
     mode = _MODE_RE.search(text)
+    page_kib = int(mode.group(3)) if mode else 4
     memstress = _MEMSTRESS_RE.search(text)
     offset, size = _PTT_OFFSET_RE.search(text), _PTT_SIZE_RE.search(text)
+    dirty_log_offsets = set(_DLT_OFFSET_RE.findall(text))
     if memstress:
         gpa, end = int(memstress.group(1), 16), int(memstress.group(2), 16)
         length = end - gpa
     elif offset and size:
         gpa, length = int(offset.group(1), 16), int(size.group(1), 16)
+    elif dirty_log_offsets:
+        if len(dirty_log_offsets) > 1 or len(set(_MODE_RE.findall(text))) > 1:
+            raise AnalysisError("the selftest output's runs place their test memory differently (offsets "
+                                f"{', '.join(sorted(dirty_log_offsets))}, or guest modes differ): one model "
+                                "cannot check them")
+        page_shift = (page_kib * 1024).bit_length() - 1
+        gpa = int(dirty_log_offsets.pop(), 16)
+        length = ((1 << (DIRTY_LOG_TEST_MEM_BITS - page_shift)) + 3) << page_shift
     else:
         return None
     if mode is None:
         return SelftestGuest("?", 48, 4, gpa, length)
-    return SelftestGuest(mode.group(0).split(": ", 1)[1], int(mode.group(2)), int(mode.group(3)), gpa, length)
+    return SelftestGuest(mode.group(0).split(": ", 1)[1], int(mode.group(2)), page_kib, gpa, length)
 
 
 def selftest_model(guest: SelftestGuest, test_table_gpa: int) -> Callable[[int], X86Walk | None]:

@@ -78,7 +78,7 @@ def test_unsupported_guest_mode_is_a_clear_error():
         selftest_model(SelftestGuest("PA-bits:52, VA-bits:57, 4K pages", 57, 4, 0, 4096), 0x186000)
 
 
-def _capture(make_capture, walks: dict):
+def _capture(make_capture, walks: dict, manifest: dict | None = None):
     ids = list(range(1, len(walks) + 1))
     elements = [(wid, i, lv, pte) for wid, recorded in zip(ids, walks.values()) for i, (lv, pte) in enumerate(recorded)]
     walk_schema = pa.schema([("ts_ns", pa.int64()), ("cpu", pa.int32()), ("pid", pa.int32()), ("tid", pa.int32()),
@@ -95,7 +95,7 @@ def _capture(make_capture, walks: dict):
                                           "index": [e[1] for e in elements], "level": [e[2] for e in elements],
                                           "pte": [e[3] for e in elements]}),
         # the dirty-log ioctls the selftest output's phases are aligned on
-        "ioctl": {"ts_ns": [100, 120], "duration_ns": [10, 10], "cmd_name": ["KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG"]}})
+        "ioctl": {"ts_ns": [100, 120], "duration_ns": [10, 10], "cmd_name": ["KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG"]}}, manifest)
 
 
 def test_analysis_checks_test_memory_walks_and_counts_the_others(make_capture):
@@ -139,3 +139,57 @@ def test_in_memory_check_counts_outside_walks_like_the_streamed_one(make_capture
     summary = crosscheck_walks(rebuilt, steps, selftest_model(GUEST, 0x186000)).summary
     streamed = analyze_capture(cap, selftest_output=PERF_OUTPUT).verdicts["crosscheck"]
     assert summary == streamed and summary["outside_model"] == 1
+
+
+# dirty_log_test -i 3 -M dirty-log on this kind of host: its test memory's size is not printed; the source
+# fixes it at (1 << (30 - 12)) + 3 pages, so [0xffffbfffc000, +0x40003000) at 0xc0000000..0x100003000.
+DIRTY_LOG_OUTPUT = """Random seed: 0x6b8b4567
+Setting log mode to: 'dirty-log'
+Test iterations: 3, interval: 10 (ms)
+Testing guest mode: PA-bits:ANY, VA-bits:48,  4K pages
+guest physical test memory offset: 0xffffbfffc000
+Dirtied 2048 pages
+Total bits checked: dirty (262147), clear (262147), track_next (261877)
+"""
+# Walks recorded from that run: the first page, one in the middle, and the three pages past 4 GiB that the
+# test memory's second PD (0x387000, made after the first PD's 512 PTs) and its PT (0x388000) map.
+DIRTY_LOG_RECORDED = {
+    0xC0000000: [(4, 0x181023), (3, 0x186003), (2, 0x187003), (1, 0xFFFFBFFFC003)],
+    0xE11D0000: [(4, 0x181023), (3, 0x186023), (2, 0x28F023), (1, 0xFFFFE11CC003)],
+    0x100000000: [(4, 0x181023), (3, 0x387003), (2, 0x388003), (1, 0xFFFFFFFFC003)],
+    0x100002000: [(4, 0x181023), (3, 0x387023), (2, 0x388023), (1, 0xFFFFFFFFE003)],
+}
+DIRTY_LOG_CODE_FETCH = {0x403090: [(4, 0x181003), (3, 0x182003), (2, 0x183003), (1, 0x5003)]}
+
+
+def test_dirty_log_test_memory_follows_from_its_guest_mode():
+    guest = parse_selftest_guest(DIRTY_LOG_OUTPUT)
+    assert (guest.gpa, guest.size, guest.gva, guest.page_kib) == (0xFFFFBFFFC000, ((1 << 18) + 3) << 12, 0xC0000000, 4)
+    # -M all runs one VM per log mode, each placing its test memory alike: one model for the three
+    assert parse_selftest_guest(DIRTY_LOG_OUTPUT * 3) == guest
+    with pytest.raises(AnalysisError, match="place their test memory differently"):
+        parse_selftest_guest(DIRTY_LOG_OUTPUT + DIRTY_LOG_OUTPUT.replace("0xffffbfffc000", "0x100000000"))
+    # kvm_page_table_test's capitalised offset line is not dirty_log_test's
+    assert parse_selftest_guest("Guest physical test memory offset: 0x100000000\n") is None
+
+
+def test_model_reproduces_dirty_log_test_walks_across_the_4_gib_line():
+    walk = selftest_model(parse_selftest_guest(DIRTY_LOG_OUTPUT), 0x186000)
+    for addr, recorded in DIRTY_LOG_RECORDED.items():
+        assert [(s.level, s.pte) for s in walk(addr).levels] == [(lv, pte & ~PTE_AD_MASK) for lv, pte in recorded]
+    assert walk(0x403090) is None and walk(0x100003000) is None and walk(0xBFFFF000) is None
+
+
+def test_dirty_log_test_walks_checked_and_differing_runs_have_no_model(make_capture):
+    """As ``record -- ./dirty_log_test`` keeps it: the output in the capture, no option."""
+
+    def check(output: str) -> dict:
+        walks = {**DIRTY_LOG_RECORDED, **DIRTY_LOG_CODE_FETCH}
+        cap = open_capture(_capture(make_capture, walks, {"command_output": {"stdout": output}}))
+        return analyze_capture(cap).verdicts["crosscheck"]
+
+    assert [check(DIRTY_LOG_OUTPUT)[k] for k in ("verdict", "compared", "matched", "outside_model")] == ["match", 4, 4, 1]
+    moved = DIRTY_LOG_OUTPUT.replace("0xffffbfffc000", "0xffffbfffb000")  # one page off: every leaf differs
+    assert [check(moved)[k] for k in ("verdict", "mismatched")] == ["mismatch", 4]
+    differing = check(DIRTY_LOG_OUTPUT + moved)
+    assert differing["verdict"] == "no model" and "place their test memory differently" in differing["evidence"]
