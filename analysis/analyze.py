@@ -10,7 +10,8 @@ families are absent are left out (their absence is listed in ``info["skipped"]``
 Tables (columns documented in the module that makes them):
 
 - ``vms`` (:func:`.vms.vm_rows`: rows per recorded process) when the capture recorded several; a
-  capture cut to one with :class:`.vms.VmCapture` (``--vm``) has ``info["vm"]`` instead;
+  capture cut to one with :class:`.vms.VmCapture` (``--vm``) has ``info["vm"]`` instead (an uncut one
+  ``info["vm_note"]``: its per-vCPU rows add up the VMs' vCPUs of the same number);
 - ``phases`` (:mod:`.phases`);
 - ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``), ``walk_depth_by_phase`` (by
   ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``): counted from narrow per-walk
@@ -137,6 +138,8 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         result.info["vm"] = cap.vm
     elif len(capture_vms(manifest)) > 1:
         result.tables["vms"] = vm_rows(cap)
+        result.info["vm_note"] = (f"the capture holds {len(capture_vms(manifest))} VMs and the per-vCPU rows below "
+                                  "add up their vCPUs of the same number; cut one VM out with --vm PID|NAME")
     skipped = result.info["skipped"]
 
     split_rows = walk_counts = None  # the mmu family's split events, read with the walks' fault-path events
@@ -377,8 +380,9 @@ def render_text(result: Analysis, width: int = 80) -> str:
         out.append(f"cut to VM pid {vm['pid']} ({vm.get('comm') or '?'}{', guest ' + vm['name'] if vm.get('name') else ''})")
     if info.get("phase"):
         out.append(f"cut to phase {info['phase']}")
-    if info.get("phase_note"):
-        out.extend(_wrap(f"NOTE: {info['phase_note']}", width))
+    for note in ("vm_note", "phase_note"):
+        if info.get(note):
+            out.extend(_wrap(f"NOTE: {info[note]}", width))
     formats = {"share": lambda v: f"{v:.1%}",
                "splits_per_ioctl": lambda v: "-" if pd.isna(v) else f"{v:.1f}",
                "entries_per_walk": lambda v: f"{v:.1f}", **dict.fromkeys(HEX_COLUMNS, format_hex)}

@@ -206,6 +206,8 @@ def render_report(result: Analysis) -> str:
                      "counts are lower bounds.</p>")
     if info.get("phase_note"):
         parts.append(f"<p>Phases: {html.escape(info['phase_note'])}.</p>")
+    if info.get("vm_note"):
+        parts.append(f"<p>VMs: {html.escape(info['vm_note'])}.</p>")
     if "partial" in info:  # what the recording window cut, as the text report says it
         parts.append("<p class='partial'>" + "<br>".join(html.escape(line.strip()) for line in partial_text(info["partial"]))
                      + "</p>")

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-from tracekit.analysis.analyze import analyze_capture, render_text
+from tracekit.analysis.analyze import analysis_json, analyze_capture, render_text
 from tests.synthetic import SCHEMAS, guest_tables, walk_tables
 from tracekit.analysis.vms import VmCapture, capture_vms, select_vm, vm_rows
 from tracekit.capture import CaptureWriter, open_capture
@@ -73,8 +73,13 @@ def test_the_whole_capture_lists_rows_per_vm(two_vms):
     table = vm_rows(cap)
     assert table[["pid", "name", "walks", "walk_elements"]].values.tolist() == [
         [4001, "db", 300, 900], [4002, "web", 120, 360]]
-    text = render_text(analyze_capture(cap))
+    result = analyze_capture(cap)
+    text = render_text(result)
     assert "Recorded VMs (cut one out with --vm PID|NAME)" in text
+    # the per-vCPU rows of an uncut capture add up the VMs' vCPUs of one number: said, in text and JSON
+    assert "NOTE: the capture holds 2 VMs and the per-vCPU rows" in text
+    assert "add up their vCPUs" in analysis_json(result)["info"]["vm_note"]
+    assert "vm_note" not in analyze_capture(VmCapture(cap, VMS[0])).info
 
 
 def test_select_vm_by_pid_name_and_prefix(two_vms):
