@@ -30,12 +30,12 @@ from tracekit.workload.published import read_published_layout
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 OFFSETS_S = (0.2, 0.7, 1.5)  # after dirty logging was enabled: inside the iterations
-WINDOW_S = 2.0  # a few iterations of the 2 x 8 MiB guest while traced
-MARGIN_NS = 50_000_000  # a phase edge this close to a window edge decides nothing
+WINDOW_S = 2.0  # two or three iterations of the 2 x 64 MiB guest while traced
+MARGIN_NS = 50_000_000  # a phase edge this close to a window edge decides nothing (a traced pass takes ~0.7 s)
 
 
 def _start_workload(layout: Path) -> subprocess.Popen:
-    return subprocess.Popen([TRACEKIT, "workload", "dirty-log", "-v", "2", "-b", "8M", "-i", "100000",
+    return subprocess.Popen([TRACEKIT, "workload", "dirty-log", "-v", "2", "-b", "64M", "-i", "100000",
                              "--layout", str(layout)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
