@@ -3,12 +3,14 @@
 Contract: a live test calls one of the ``need_*`` functions before touching the kernel. Where the
 host lacks the thing, the test is skipped with the precise reason, unless the environment sets
 ``TRACEKIT_REQUIRE_LIVE=1``, in which case it fails with that reason instead: CI on a capable host
-can then not pass by skipping.
+can then not pass by skipping. :func:`interrupt_and_reap` ends a process a live test started.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,14 @@ def run_lab_or_skip(arch: str, scenario: str, output, **options):
         if "cannot read the Debian" in str(error) or "apt-get download" in str(error):
             skip_or_fail(f"no route to the Debian mirror for the lab's packages: {error}")
         raise
+
+
+def interrupt_and_reap(process: subprocess.Popen, timeout: float) -> None:
+    """Ctrl-C ``process`` (a workload or recorder a test started), then SIGKILL it if it has not exited
+    within ``timeout`` seconds; it is reaped either way, so no test leaves a VM running."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

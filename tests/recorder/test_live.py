@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.livecheck import need_bcc, need_kvm, need_tracefs, need_tracepoint
+from tests.livecheck import interrupt_and_reap, need_bcc, need_kvm, need_tracefs, need_tracepoint
 from tracekit.capture import open_capture
 from tracekit.recorder.kvm_ioctls import KVM_RUN
 from tracekit.recorder.session import RecordConfig, record
@@ -219,12 +219,7 @@ def test_sigkill_leaves_a_readable_capture_and_the_next_run_cleans_up(backend, t
     finally:
         if recorder is not None and recorder.poll() is None:
             recorder.kill()
-        workload.send_signal(signal.SIGINT)
-        try:
-            workload.wait(10)
-        except subprocess.TimeoutExpired:
-            workload.kill()
-            workload.wait()
+        interrupt_and_reap(workload, 10)
 
 
 @pytest.mark.parametrize("backend", ["bcc", "tracefs"])

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.livecheck import skip_or_fail
+from tests.livecheck import interrupt_and_reap, skip_or_fail
 from tests.recorder.test_live import _need
 from tracekit.capture import open_capture
 from tracekit.recorder.target import kvm_fds, list_threads
@@ -58,12 +58,7 @@ def recorded_workload(tmp_path):
         if recorder is not None and recorder.poll() is None:
             recorder.send_signal(signal.SIGINT)
             recorder.wait(60)
-        workload.send_signal(signal.SIGINT)
-        try:
-            workload.wait(30)
-        except subprocess.TimeoutExpired:
-            workload.kill()
-            workload.wait()
+        interrupt_and_reap(workload, 30)
 
 
 def _recorded_walk_times(out: Path, recorder: subprocess.Popen, window: tuple[float, float]) -> dict[int, np.ndarray]:
