@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from tracekit.errors import RecorderError, UsageError
+from tracekit.procs import proc_start_ticks
 
 __all__ = ["Target", "resolve_target", "list_threads", "thread_info", "tgid_of", "vcpu_index", "qemu_guest_name",
            "spawn_gated", "GatedChild",
@@ -221,8 +222,9 @@ def _matches(spec: str, exclude: tuple[int, ...]) -> list[Target]:
     QEMU guest name; KVM VM holders whose process name starts with it; any process with that exact
     name (refused later for holding no VM, which says more than "no process named")."""
     candidates = [t for t in (describe_process(pid) for pid in _processes(exclude)) if t is not None]
-    exact = [t for t in candidates if spec in _names(t) or (t.guest is not None and spec == t.guest)]
-    prefix = [t for t in candidates if t.vms and any(n.startswith(spec) for n in _names(t) if n)]
+    names = {t.pid: _names(t) for t in candidates}  # each reads the process's cmdline
+    exact = [t for t in candidates if spec in names[t.pid] or (t.guest is not None and spec == t.guest)]
+    prefix = [t for t in candidates if t.vms and any(n.startswith(spec) for n in names[t.pid] if n)]
     return [t for t in exact if t.vms] or prefix or exact
 
 
@@ -232,12 +234,11 @@ _BOOT_AGE_LIMIT_S = 5.0
 
 def _age_s(pid: int) -> float | None:
     """Seconds since process ``pid`` started (None when unreadable)."""
-    stat = _read(PROC / str(pid) / "stat")
+    start_ticks = proc_start_ticks(pid, PROC)
     uptime = _read(PROC / "uptime")
     try:
-        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime
         return float(uptime.split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (AttributeError, IndexError, ValueError, OSError):
+    except (AttributeError, IndexError, ValueError, OSError, TypeError):
         return None
 
 

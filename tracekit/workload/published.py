@@ -16,19 +16,13 @@ import json
 import os
 from pathlib import Path
 
+from tracekit.procs import proc_start_ticks
+
 __all__ = ["LayoutPublisher", "read_published_layout", "published_layout_path", "remove_stale_records"]
 
 _ROOT_DIR = Path("/run/tracekit")
 _USER_DIR = "/run/user/{uid}/tracekit"
 _MAX_BYTES = 64 << 20
-
-
-def _proc_start(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks since boot), None when it is gone."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _process_uid(pid: int) -> int | None:
@@ -50,7 +44,7 @@ class LayoutPublisher:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.path = published_layout_path(self.pid, os.getuid())
-        self._start = _proc_start(self.pid)
+        self._start = proc_start_ticks(self.pid)
         self.published = False
 
     def publish(self, layout: dict) -> None:
@@ -81,7 +75,7 @@ def remove_stale_records(directory: Path) -> list[str]:
     for path in directory.glob("workload-*.json"):
         pid = path.stem.removeprefix("workload-")
         try:
-            if not pid.isdigit() or _proc_start(int(pid)) is not None or path.lstat().st_uid != os.getuid():
+            if not pid.isdigit() or proc_start_ticks(int(pid)) is not None or path.lstat().st_uid != os.getuid():
                 continue
             path.unlink()
             removed.append(path.name)
@@ -93,7 +87,7 @@ def remove_stale_records(directory: Path) -> list[str]:
 def read_published_layout(pid: int) -> dict | None:
     """The layout record process ``pid`` published, or None (see the module docstring)."""
     uid = _process_uid(pid)
-    start = _proc_start(pid)
+    start = proc_start_ticks(pid)
     if uid is None or start is None:
         return None
     path = published_layout_path(pid, uid)
