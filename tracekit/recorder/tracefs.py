@@ -269,11 +269,9 @@ class TracefsBackend:
         of a target thread, gets the first target's, the only guess left)."""
         if len(self.target_tgids) == 1:
             return self.target_tgids[0]
-        out = np.empty(len(tids), np.int64)
-        for tid in np.unique(tids).tolist():
-            tgid = self._tgid(int(tid))
-            out[tids == tid] = tgid if tgid in self.target_tgids else self.target_tgids[0]
-        return out
+        threads, which = np.unique(tids, return_inverse=True)
+        tgids = [self._tgid(int(tid)) for tid in threads.tolist()]
+        return np.array([t if t in self.target_tgids else self.target_tgids[0] for t in tgids], np.int64)[which]
 
     def _foreign(self, tid: int) -> bool:
         """True when thread ``tid`` is alive and belongs to another process (checked once per tid), or is
