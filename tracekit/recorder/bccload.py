@@ -140,13 +140,13 @@ class BccBackend:
 
     def cflags(self) -> list[str]:
         flags = ["-w", f"-DTK_TARGET_TGID={self.target_tgid}"]
+        order = map_declaration_order(self.program_text())
         if len(self.target_tgids) > 1:
-            flags.append(f"-DTK_TARGETS_FAKE_FD=-{map_declaration_order(self.program_text()).index(TARGETS_MAP) + 1}")
+            flags.append(f"-DTK_TARGETS_FAKE_FD=-{order.index(TARGETS_MAP) + 1}")
         dirs: list[str] = []
         for family, statuses in self.families:
             dirs += [str(d) for d in family.include_dirs() if str(d) not in dirs]
             flags += [f for f in family.cflags(statuses, self.target_tgid) if f not in flags]
-        order = map_declaration_order(self.program_text())
         for family, _ in self.families:
             for ring in family.rings():
                 if order.count(ring.map_name) == 1:
