@@ -334,11 +334,12 @@ def _check_order(rows: list[dict]) -> None:
 def capture_phases(cap: Any, selftest_output: str | None = None) -> pd.DataFrame:
     """The phases of a capture: from a selftest output text if given, else the workload record, else the
     recorded command's own output (``command_output``) when it prints selftest phase lines."""
-    if selftest_output is None and not workload_phases(cap.manifest).empty:
-        return workload_phases(cap.manifest)
+    workload = workload_phases(cap.manifest)
+    if selftest_output is None and not workload.empty:
+        return workload
     text = selftest_output if selftest_output is not None else command_output_text(cap.manifest)
     if selftest_output is None and not any(_line_has_phase(line) for line in text.splitlines()):
-        return workload_phases(cap.manifest)
+        return workload
     from tracekit.analysis.common import load
 
     ioctl = load(cap, "ioctl", ["ts_ns", "duration_ns", "cmd_name"], required=True,
