@@ -73,7 +73,10 @@ def log2_slot(ns: int) -> int:
     return min(max(int(ns), 1).bit_length() - 1, LOG2_SLOTS - 1)
 
 
-_IOCTL_KIND_OF = {"KVM_GET_DIRTY_LOG": 1, "KVM_CLEAR_DIRTY_LOG": 2}
+_IOCTL_KIND_OF = {name: kind for kind, name in IOCTL_KINDS.items()}
+#: mmu events counted, and the counter each adds to (TDP SPTE changes are installs too).
+_MMU_FIELD = {"kvm_mmu_set_spte": "spte_installs", "kvm_tdp_mmu_spte_changed": "spte_installs",
+              "kvm_mmu_split_huge_page": "splits", "kvm_mmu_prepare_zap_page": "zaps"}
 
 
 class EventAccumulator:
@@ -120,12 +123,8 @@ class EventAccumulator:
                 t.depth_hist[min(d, DEPTH_BUCKETS - 1)] += 1
 
     def _add_mmu(self, f: dict[str, np.ndarray]) -> None:
-        field_of = {"kvm_mmu_set_spte": "spte_installs", "kvm_mmu_split_huge_page": "splits",
-                    "kvm_mmu_prepare_zap_page": "zaps"}
         for tid, tgid, event in zip(f["tid"].tolist(), f["pid"].tolist(), f["event"].tolist()):
-            name = field_of.get(str(event))
-            if name is None and str(event) == "kvm_tdp_mmu_spte_changed":
-                name = "spte_installs"
+            name = _MMU_FIELD.get(str(event))
             if name is not None:
                 t = self._thread(tid, tgid)
                 setattr(t, name, getattr(t, name) + 1)

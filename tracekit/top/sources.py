@@ -23,7 +23,7 @@ from typing import Any
 
 from tracekit.errors import MissingCapability, UsageError
 from tracekit.recorder.family import Host, RecordOptions
-from tracekit.top.counters import DEPTH_BUCKETS, LOG2_SLOTS, EventAccumulator, IoctlCounters, Reading, ThreadCounters
+from tracekit.top.counters import COUNTER_FIELDS, DEPTH_BUCKETS, LOG2_SLOTS, EventAccumulator, IoctlCounters, Reading, ThreadCounters
 
 __all__ = ["open_source", "BccTopSource", "TracefsTopSource", "TOP_TRACEPOINTS"]
 
@@ -102,11 +102,8 @@ class BccTopSource:
         reading = Reading(t_ns)
         for key, v in self.bpf[b"top_threads"].items():
             reading.threads[int(key.value)] = ThreadCounters(
-                tgid=v.tgid, walks=v.walks, elements=v.elements, wp_faults=v.wp_faults,
-                spte_installs=v.spte_installs, splits=v.splits, zaps=v.zaps, lock_read_waits=v.lock_read_waits,
-                lock_read_ns=v.lock_read_ns, lock_write_waits=v.lock_write_waits, lock_write_ns=v.lock_write_ns,
-                run_ns=v.run_ns, runs=v.runs, run_start=v.run_start,
-                depth_hist=[int(v.depth_hist[i]) for i in range(DEPTH_BUCKETS)])
+                tgid=v.tgid, run_start=v.run_start, depth_hist=[int(v.depth_hist[i]) for i in range(DEPTH_BUCKETS)],
+                **{name: getattr(v, name) for name in COUNTER_FIELDS})
         for key, v in self.bpf[b"top_ioctls"].items():
             reading.ioctls[(int(key.tgid), int(key.kind))] = IoctlCounters(
                 count=v.count, total_ns=v.total_ns, errors=v.errors, hist=[int(v.hist[i]) for i in range(LOG2_SLOTS)])
