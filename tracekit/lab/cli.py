@@ -15,7 +15,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -151,6 +151,56 @@ def x86(
       tracekit lab x86 --recorder tracefs -o tf.tkcap
     """
     _run("x86", scenario, output, kernel, modules, timeout, keep_raw, as_json, recorder)
+
+
+@lab_app.command("matrix")
+def matrix_cmd(
+    arch: str = typer.Option(..., "--arch", help="arm64 or x86."),
+    kernels: List[str] = typer.Option(..., "--kernel", help="A column: KERNEL[,SETTING=VALUE...], e.g. debian:trixie, "
+                                      "an image path, debian:trixie,eager_page_split=N. Repeat for each column."),
+    scenario_names: List[str] = typer.Option(..., "--scenario", "-s", help="Scenario (repeatable; NAME[@SETTING=VALUE])."),
+    vcpus: Optional[str] = typer.Option(None, "--vcpus", help="Run each scenario with these vCPU counts, e.g. 1,2,4."),
+    repeat: int = typer.Option(1, "--repeat", help="Runs per kernel and scenario."),
+    output: Path = typer.Option(..., "--output", "-o", help="Matrix directory: DIR/KERNEL/SCENARIO/RUN.tkcap, "
+                                "matrix.md, matrix.json. Captures already there are reused (resume)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help=_TIMEOUT_HELP + " Default: 600 per run."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run again the cells that failed last time."),
+    as_json: bool = typer.Option(False, "--json", help="Print matrix.json instead of the Markdown table."),
+) -> None:
+    """Run scenarios on several kernels and compare them in the shape of a kernel cover letter.
+
+    One capture per kernel, scenario and run; then a table per scenario whose rows are measures (probe
+    counts per step, visits per level, lock waits by mode, the scenario's exact checks, emulated step
+    times) and whose columns are the kernels. A scenario a kernel cannot run shows "n/a: reason".
+
+    Examples:
+
+      tracekit lab matrix --arch x86 --kernel debian:trixie --kernel debian:trixie,eager_page_split=N -s tdp-eager -o m
+
+      tracekit lab matrix --arch arm64 --kernel debian:trixie -s contention --vcpus 1,2,4 -o contention
+    """
+    from tracekit.errors import UsageError
+    from tracekit.lab import matrix
+
+    counts = None
+    if vcpus:
+        try:
+            counts = [int(v) for v in vcpus.split(",")]
+        except ValueError:
+            raise UsageError(f"--vcpus {vcpus!r} is not a comma-separated list of numbers") from None
+    command = shlex.join(["tracekit", *sys.argv[1:]])
+    cells = matrix.plan(arch, kernels, scenario_names, output, counts, repeat)
+
+    def progress(cell, outcome, reused) -> None:
+        how = "reused" if reused else "ran"
+        detail = outcome.get("reason") or outcome.get("kernel_release", "")
+        typer.echo(f"[{how}] {cell.column.spec} {cell.scenario} run {cell.run}: {outcome['status']} {detail}", err=True)
+
+    outcomes = matrix.run_matrix(arch, cells, timeout=timeout, retry_failed=retry_failed, command_line=command,
+                                 progress=progress)  # fmt: skip
+    tables = matrix.build_tables(arch, cells, outcomes)
+    text = matrix.write_outputs(output, tables, cells, outcomes, command)
+    typer.echo(json.dumps(matrix.tables_json(tables, cells, outcomes, command), indent=1) if as_json else text)
 
 
 @lab_app.command("scenarios")

@@ -189,6 +189,7 @@ def run_lab(
                 "attached": trace.meta["probes"].get("attached", []),
                 "failed": trace.meta["probes"].get("failed", []),
                 "resolution": trace.meta["probes"].get("resolution", []),
+                "tracepoints": trace.meta["probes"].get("tracepoints", []),  # the ones this kernel has
             },
             "workload": {"scenario": chosen.as_dict(), "ioctl_log": trace.meta.get("workload_log", [])},
             "timing_note": TIMING_NOTE,

@@ -27,16 +27,19 @@ a tuple ``(op, *args)``; all but ``workload`` drive :mod:`tracekit.lab.arm64_vm`
 
 ``expected`` holds exact counts the scenario must produce (``stage2_split`` calls, ``split_walker``
 visits, x86 ``split_events``), stated with their arithmetic. :func:`get` raises
-:class:`tracekit.errors.UsageError` for an unknown name. Standard library only (runs in the guests).
+:class:`tracekit.errors.UsageError` for an unknown name. A name may carry a variant after ``@``
+(:data:`VARIANT_SETTINGS`: ``contention@vcpus=4``, ``tdp-eager@eager_page_split=N``): the scenario with
+those settings, named in its canonical variant form (the guest gets the same name on its command line).
+Standard library only (runs in the guests).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tracekit.errors import UsageError
 
-__all__ = ["Scenario", "SCENARIOS", "get", "names", "smallest"]
+__all__ = ["Scenario", "SCENARIOS", "VARIANT_SETTINGS", "get", "with_variant", "names", "smallest"]
 
 MiB = 1 << 20
 _BLOCK = 2 * MiB
@@ -283,11 +286,55 @@ def names(arch: str | None = None) -> list[str]:
 
 
 def get(name: str, arch: str) -> Scenario:
-    """The scenario ``name`` of ``arch`` (UsageError naming the valid ones otherwise)."""
+    """The scenario ``name`` (``NAME`` or ``NAME@SETTING=VALUE,...``) of ``arch`` (UsageError naming the valid ones
+    otherwise)."""
+    base, _, variant = name.partition("@")
     for scenario in SCENARIOS:
-        if scenario.name == name and scenario.arch == arch:
-            return scenario
-    raise UsageError(f"unknown {arch} lab scenario {name!r}; choose one of: {', '.join(names(arch))}")
+        if scenario.name == base and scenario.arch == arch:
+            return with_variant(scenario, variant) if variant else scenario
+    raise UsageError(f"unknown {arch} lab scenario {base!r}; choose one of: {', '.join(names(arch))}")
+
+
+def _yes_no(text: str) -> bool:
+    value = {"y": True, "yes": True, "1": True, "true": True, "n": False, "no": False, "0": False, "false": False}
+    if text.lower() not in value:
+        raise ValueError("Y or N")
+    return value[text.lower()]
+
+
+def _vcpu_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise ValueError("a number from 1 to 64")
+    return int(text)
+
+
+#: Settings a scenario variant may change: name -> (parser, canonical text of a value).
+VARIANT_SETTINGS = {
+    "vcpus": (_vcpu_count, str),
+    "eager_page_split": (_yes_no, lambda on: "Y" if on else "N"),  # x86: the kvm module parameter
+}
+
+
+def with_variant(scenario: Scenario, variant: str) -> Scenario:
+    """``scenario`` with the settings of ``variant`` (``vcpus=4,eager_page_split=N``), named ``NAME@variant``
+    in canonical form (settings sorted, values as :data:`VARIANT_SETTINGS` prints them)."""
+    changes = {}
+    for item in filter(None, variant.split(",")):
+        key, sep, text = item.partition("=")
+        if not sep or key not in VARIANT_SETTINGS:
+            raise UsageError(f"scenario setting {item!r} is not SETTING=VALUE with SETTING one of "
+                             f"{', '.join(VARIANT_SETTINGS)}")  # fmt: skip
+        try:
+            changes[key] = VARIANT_SETTINGS[key][0](text)
+        except ValueError as error:
+            raise UsageError(f"scenario setting {key}={text!r}: expected {error}") from None
+    if "eager_page_split" in changes and scenario.arch != "x86":
+        raise UsageError("eager_page_split is an x86 kvm parameter; arm64 scenarios set their eager-split chunk")
+    vcpus = changes.get("vcpus", scenario.vcpus)
+    if (scenario.memory_mib // vcpus) % 2 or scenario.memory_mib % vcpus:
+        raise UsageError(f"{scenario.name}'s {scenario.memory_mib} MiB do not split into {vcpus} shares of whole 2 MiB")
+    canonical = ",".join(f"{key}={VARIANT_SETTINGS[key][1](changes[key])}" for key in sorted(changes))
+    return replace(scenario, name=f"{scenario.name}@{canonical}" if canonical else scenario.name, **changes)
 
 
 def smallest(arch: str) -> Scenario:

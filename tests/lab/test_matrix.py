@@ -1,0 +1,150 @@
+"""``tracekit lab matrix`` without booting: the plan, resume, and the compare table from real lab captures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from tracekit.cli import app
+from tracekit.errors import LabError, UsageError
+from tracekit.lab import matrix, scenarios
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+class FakeLab:
+    """Stands for ``run_lab``: copies a real lab capture per scenario and remembers what it was asked."""
+
+    def __init__(self, by_scenario: dict[str, str], fail: dict[str, Exception] | None = None):
+        self.by_scenario, self.fail, self.calls = by_scenario, fail or {}, []
+
+    def __call__(self, arch, scenario, output, *, kernel=None, timeout=None, command_line=""):
+        self.calls.append((scenario, kernel))
+        if scenario in self.fail:
+            raise self.fail[scenario]
+        shutil.copytree(SAMPLES / self.by_scenario[scenario], output)
+        return SimpleNamespace(checks=[{"count": "x", "expected": 1, "measured": 1, "ok": True}],
+                               kernel_release="6.12", boot_seconds=1.0)  # fmt: skip
+
+
+X86 = {"tdp-eager": "lab-x86-tdp-eager.tkcap", "tdp-eager@eager_page_split=N": "lab-x86-tdp-lazy.tkcap"}
+
+
+def _row(table: matrix.Table, label: str) -> list[str]:
+    return next(row["cells"] for row in table.rows if row["label"] == label)
+
+
+def test_scenario_variants_are_canonical_and_checked():
+    chosen = scenarios.get("contention@vcpus=4", "arm64")
+    assert (chosen.name, chosen.vcpus, chosen.memory_mib) == ("contention@vcpus=4", 4, 256)
+    lazy = scenarios.get("tdp-eager@vcpus=1,eager_page_split=n", "x86")
+    assert lazy.name == "tdp-eager@eager_page_split=N,vcpus=1" and lazy.eager_page_split is False
+    assert scenarios.get(lazy.name, "x86") == lazy  # the guest resolves the same name to the same scenario
+    for bad, arch in (("contention@vcpus=3", "arm64"), ("contention@tdp=1", "arm64"), ("tdp-eager@eager_page_split=x", "x86"),
+                      ("contention@eager_page_split=N", "arm64"), ("contention@vcpus", "arm64")):  # fmt: skip
+        with pytest.raises(UsageError):
+            scenarios.get(bad, arch)
+
+
+def test_plan_lays_out_kernel_scenario_run(tmp_path):
+    cells = matrix.plan("arm64", ["debian:trixie", "/k/Image"], ["contention"], tmp_path, vcpus=[1, 2], repeat=2)
+    assert len(cells) == 2 * 2 * 2
+    assert cells[0].capture == tmp_path / "debian-trixie" / "contention@vcpus=1" / "1.tkcap"
+    assert cells[-1].capture == tmp_path / "k_Image" / "contention@vcpus=2" / "2.tkcap"
+    x86 = matrix.plan("x86", ["debian:trixie,eager_page_split=N"], ["tdp-eager"], tmp_path)
+    assert (x86[0].scenario, x86[0].label) == ("tdp-eager@eager_page_split=N", "tdp-eager")
+    for args in (("arm64", ["a", "a"], ["lazy"]), ("arm64", ["a"], ["nope"]), ("mips", ["a"], ["lazy"]),
+                 ("arm64", ["a,eager_page_split=N"], ["lazy"]), ("arm64", [",x=1"], ["lazy"])):  # fmt: skip
+        with pytest.raises(UsageError):
+            matrix.plan(*args, tmp_path)
+    with pytest.raises(UsageError):
+        matrix.plan("arm64", ["a"], ["lazy"], tmp_path, repeat=0)
+
+
+def test_table_counts_exact_from_real_captures(tmp_path):
+    cells = matrix.plan("x86", ["debian:trixie", "debian:trixie,eager_page_split=N"], ["tdp-eager"], tmp_path)
+    outcomes = matrix.run_matrix("x86", cells, run_lab=FakeLab(X86))
+    (table,) = matrix.build_tables("x86", cells, outcomes)
+    assert _row(table, "runs") == ["1 of 1", "1 of 1"]
+    assert _row(table, "kvm.eager_page_split") == ["Y", "N"]
+    # where the 32 splits happen: at enable with eager splitting, on the first write of each huge page without
+    assert _row(table, "enabling_dirty_logging_time: `kvmmmu:kvm_mmu_split_huge_page`") == ["32", "0"]
+    assert _row(table, "iteration_1_dirty_memory: `kvmmmu:kvm_mmu_split_huge_page`") == ["0", "32"]
+    assert _row(table, "iteration_1_dirty_memory: tdp_map (`kvm_tdp_mmu_map`)") == ["0", "32"]
+    assert _row(table, "iteration_1_dirty_memory: fast_page_fault (`fast_page_fault`)") == ["16,384", "16,384"]
+    assert _row(table, "visits: tdp_iter_next level 1 step") == ["49,152", "32,736"]
+    assert _row(table, "probes not attached") == ["ept_violation, recover_huge_pages"] * 2
+    # a probe that is not attached is never shown as a count of 0; rows with nothing anywhere are left out
+    assert not any("ept_violation" in row["label"] for row in table.rows)
+    assert not any(row["kind"] == "count" and set(row["cells"]) == {"0"} for row in table.rows)
+
+
+def test_emulated_times_are_marked_and_not_compared(tmp_path):
+    cells = matrix.plan("x86", ["debian:trixie"], ["tdp-eager"], tmp_path, repeat=2)
+    outcomes = matrix.run_matrix("x86", cells, run_lab=FakeLab(X86))
+    (table,) = matrix.build_tables("x86", cells, outcomes)
+    times = [row for row in table.rows if row["kind"] == "emulated"]
+    assert times and all(f"({matrix.EMULATED})" in row["label"] for row in times)
+    enable = next(row for row in times if row["label"].startswith("enabling_dirty_logging_time"))
+    assert enable["values"][0]["runs"] == [pytest.approx(48.707, abs=1e-3)] * 2 and enable["cells"][0] == "48.7 ± 0.0"
+    text = matrix.render_markdown([table])
+    assert "durations are those of the emulator" in text
+    assert all(row["kind"] != "emulated" for row in table.rows if row["key"].startswith("check:"))
+
+
+def test_not_applicable_and_failed_cells_say_why(tmp_path):
+    lab = FakeLab({"contention": "lab-arm64-contention.tkcap"},
+                  fail={"contention@vcpus=2": LabError("the guest scenario failed: probe refused")})  # fmt: skip
+    cells = matrix.plan("arm64", ["debian:trixie", "/k/old-Image"], ["contention"], tmp_path)
+    cells = cells[:1] + cells[1:]
+    outcomes = matrix.run_matrix("arm64", cells, run_lab=lab,
+                                 not_applicable=lambda arch, kernel, s: "no eager split before 6.5" if "old" in kernel else None)
+    assert [o["status"] for o in outcomes] == ["ok", "n/a"] and len(lab.calls) == 1
+    (table,) = matrix.build_tables("arm64", cells, outcomes)
+    assert _row(table, "mmu_lock waits, read, by vCPU") == ["109", "n/a: no eager split before 6.5"]
+    assert _row(table, "mmu_lock waits, write, by VMM in clear_while_touching") == ["105", "n/a: no eager split before 6.5"]
+    failing = matrix.plan("arm64", ["debian:trixie"], ["contention"], tmp_path / "f", vcpus=[2])
+    outcomes = matrix.run_matrix("arm64", failing, run_lab=lab)
+    (table,) = matrix.build_tables("arm64", failing, outcomes)
+    assert outcomes[0]["status"] == "failed" and len(table.rows) == 1
+    assert "| runs | failed: the guest scenario failed: probe refused |" in matrix.render_markdown([table])
+
+
+def test_second_invocation_resumes(tmp_path):
+    lab = FakeLab(X86, fail={"tdp-eager@eager_page_split=N": LabError("timed out")})
+    cells = matrix.plan("x86", ["debian:trixie", "debian:trixie,eager_page_split=N"], ["tdp-eager"], tmp_path, repeat=2)
+    first = matrix.run_matrix("x86", cells, run_lab=lab)
+    assert [o["status"] for o in first] == ["ok", "ok", "failed", "failed"] and len(lab.calls) == 4
+    # interrupted in the middle of a run: its capture has no outcome yet
+    (cells[1].outcome_path).unlink()
+    (cells[1].capture / "capture.json").write_text(json.dumps({"status": "recording"}))
+    lab.calls.clear()
+    second = matrix.run_matrix("x86", cells, run_lab=lab)
+    assert lab.calls == [("tdp-eager", None)] and second[0] == first[0]
+    assert second[2]["status"] == "failed"  # a failure is reused, not retried ...
+    del lab.fail["tdp-eager@eager_page_split=N"]
+    lab.calls.clear()
+    third = matrix.run_matrix("x86", cells, run_lab=lab, retry_failed=True)  # ... unless asked
+    assert len(lab.calls) == 2 and [o["status"] for o in third] == ["ok"] * 4
+
+
+def test_cli_writes_markdown_and_json(tmp_path, monkeypatch):
+    import tracekit.lab.runner
+
+    monkeypatch.setattr(tracekit.lab.runner, "run_lab", FakeLab(X86))
+    out = tmp_path / "m"
+    result = CliRunner().invoke(app, ["lab", "matrix", "--arch", "x86", "--kernel", "debian:trixie", "--kernel",
+                                      "debian:trixie,eager_page_split=N", "-s", "tdp-eager", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "| `debian:trixie` | `debian:trixie,eager_page_split=N` |" in result.output
+    doc = json.loads((out / "matrix.json").read_text())
+    assert doc["schema"] == "tracekit.lab.matrix/1" and (out / "matrix.md").read_text() in result.output
+    assert [r["status"] for r in doc["runs"]] == ["ok", "ok"]
+    bad = CliRunner().invoke(app, ["lab", "matrix", "--arch", "x86", "--kernel", "k", "-s", "tdp-eager", "--vcpus",
+                                   "1,two", "-o", str(out)])  # fmt: skip
+    assert bad.exit_code == 2 and "--vcpus" in bad.output and "Traceback" not in bad.output

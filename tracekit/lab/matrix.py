@@ -1,0 +1,410 @@
+"""A kernel matrix: lab scenarios run on several kernels, compared in the shape of a kernel cover letter.
+
+Contract
+--------
+:func:`plan` expands columns (``KERNEL[,SETTING=VALUE...]``: a kernel as ``tracekit lab --kernel`` takes it,
+plus scenario settings such as ``eager_page_split=N``), scenarios, vCPU counts and repeats into :class:`Cell` s,
+each with its capture ``DIR/COLUMN/SCENARIO/RUN.tkcap``. :func:`run_matrix` runs the cells one at a time with
+:func:`tracekit.lab.runner.run_lab` and writes each outcome next to its capture (``RUN.outcome.json``); captures
+and outcomes already in DIR are reused, so a second invocation resumes an interrupted matrix. A scenario a
+kernel cannot run is not booted: its outcome is ``n/a`` with the reason. :func:`build_tables` reads the
+captures back into one :class:`Table` per scenario: rows of measures (probe counts per scenario step, visits
+per visitor and level, lock waits by lock, mode and thread, the scenario's exact checks, step times), one
+column per kernel. Counts are exact; times come from the emulator and are marked as such, never compared.
+:func:`render_markdown` and :func:`tables_json` give the printed/``matrix.md`` and ``matrix.json`` forms.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracekit.errors import TracekitError, UsageError, one_line
+from tracekit.lab import scenarios
+
+__all__ = ["Column", "Cell", "Table", "parse_column", "plan", "run_matrix", "build_tables", "render_markdown",
+           "tables_json", "write_outputs", "EMULATED"]
+
+#: Marks every time in the table: durations under TCG say nothing about hardware.
+EMULATED = "emulated"
+_OUTCOME = ".outcome.json"
+_LOCK_EVENTS = {"contention_begin", "contention_end"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the matrix: a kernel (``debian:trixie``, a release, an image path) and scenario settings."""
+
+    spec: str
+    kernel: str
+    settings: str = ""
+
+    @property
+    def dirname(self) -> str:
+        """A file name that says which kernel and settings (stable, so a matrix resumes)."""
+        return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", self.spec.replace(":", "-")).strip("_") or "default"
+
+
+@dataclass(frozen=True)
+class Cell:
+    column: Column
+    scenario: str  # the scenario as run: NAME[@SETTING=VALUE,...] with the column's settings
+    label: str  # the scenario as listed in the table (without the column's settings)
+    run: int
+    capture: Path
+
+    @property
+    def outcome_path(self) -> Path:
+        return self.capture.with_name(self.capture.name.removesuffix(".tkcap") + _OUTCOME)
+
+
+def parse_column(spec: str) -> Column:
+    """``KERNEL[,SETTING=VALUE...]`` as a :class:`Column` (the settings are checked when the plan is made)."""
+    kernel, _, settings = spec.partition(",")
+    if not kernel:
+        raise UsageError(f"--kernel {spec!r} names no kernel (debian:CODENAME, a release or an image path)")
+    return Column(spec, kernel, settings)
+
+
+def plan(arch: str, kernels: list[str], scenario_names: list[str], out: Path, vcpus: list[int] | None = None,
+         repeat: int = 1) -> list[Cell]:  # fmt: skip
+    """Every cell of the matrix, columns outermost (one kernel's runs follow each other)."""
+    if arch not in ("arm64", "x86"):
+        raise UsageError(f"unknown lab architecture {arch!r}; choose arm64 or x86")
+    if repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    if not kernels or not scenario_names:
+        raise UsageError("a matrix needs at least one --kernel and one --scenario")
+    columns = [parse_column(k) for k in kernels]
+    if len({c.dirname for c in columns}) != len(columns):
+        raise UsageError("two --kernel columns are the same")
+    labels = []
+    for name in scenario_names:
+        for count in vcpus or [None]:
+            variant = f"vcpus={count}" if count else ""
+            base, _, own = name.partition("@")
+            label = scenarios.get(f"{base}@{','.join(filter(None, (own, variant)))}", arch).name
+            labels.append(label)
+    cells = []
+    for column in columns:
+        for label in labels:
+            base, _, own = label.partition("@")
+            name = scenarios.get(f"{base}@{','.join(filter(None, (own, column.settings)))}", arch).name
+            for run in range(1, repeat + 1):
+                cells.append(Cell(column, name, label, run, out / column.dirname / label / f"{run}.tkcap"))
+    return cells
+
+
+def _reusable(cell: Cell, retry_failed: bool) -> dict | None:
+    """The outcome of a cell already done in an earlier invocation, or None (and a half-written capture removed)."""
+    outcome = json.loads(cell.outcome_path.read_text()) if cell.outcome_path.is_file() else None
+    if outcome and outcome["status"] in ("failed", "n/a") and not retry_failed:
+        return outcome
+    manifest = cell.capture / "capture.json"
+    if outcome and manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
+        return outcome
+    if cell.capture.exists():  # interrupted: a capture without its outcome, or one its writer never finished
+        shutil.rmtree(cell.capture)
+    return None
+
+
+def run_matrix(arch: str, cells: list[Cell], *, timeout: float | None = None, retry_failed: bool = False,
+               command_line: str = "", progress=None, run_lab=None, not_applicable=None) -> list[dict]:  # fmt: skip
+    """Run (or reuse) every cell; returns their outcomes in order (see the module contract).
+
+    ``progress(cell, outcome, reused)`` is called after each cell; ``run_lab`` and ``not_applicable`` default to
+    :func:`tracekit.lab.runner.run_lab` and :func:`scenario_not_applicable` (tests give their own)."""
+    if run_lab is None:
+        from tracekit.lab.runner import run_lab
+    not_applicable = not_applicable or scenario_not_applicable
+    outcomes = []
+    for cell in cells:
+        outcome = _reusable(cell, retry_failed)
+        reused = outcome is not None
+        if outcome is None:
+            outcome = _run_cell(arch, cell, timeout, command_line, run_lab, not_applicable)
+            cell.outcome_path.parent.mkdir(parents=True, exist_ok=True)
+            cell.outcome_path.write_text(json.dumps(outcome, indent=1, sort_keys=True))
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(cell, outcome, reused)
+    return outcomes
+
+
+def _run_cell(arch: str, cell: Cell, timeout, command_line: str, run_lab, not_applicable) -> dict:
+    base = {"kernel": cell.column.spec, "scenario": cell.scenario, "run": cell.run}
+    reason = not_applicable(arch, cell.column.kernel, scenarios.get(cell.scenario, arch))
+    if reason:
+        return {**base, "status": "n/a", "reason": reason}
+    cell.capture.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run = run_lab(arch, cell.scenario, cell.capture, kernel=_kernel_argument(cell.column.kernel), timeout=timeout,
+                      command_line=command_line)  # fmt: skip
+    except TracekitError as error:
+        return {**base, "status": "failed", "reason": one_line(str(error))}
+    failed = [c for c in run.checks if not c["ok"]]
+    return {**base, "status": "ok" if not failed else "checks-failed", "kernel_release": run.kernel_release,
+            "boot_seconds": round(run.boot_seconds, 1), "checks": run.checks}  # fmt: skip
+
+
+def _kernel_argument(kernel: str):
+    """What ``run_lab(kernel=...)`` takes for a column's kernel: None for the default Debian kernel, else a path."""
+    if kernel in ("default", "debian:trixie"):
+        return None
+    if kernel.startswith("debian:"):
+        raise UsageError(f"--kernel {kernel}: only debian:trixie (the cached default) or an image path here")
+    return Path(kernel)
+
+
+def scenario_not_applicable(arch: str, kernel: str, scenario: scenarios.Scenario) -> str | None:
+    """Why ``scenario`` cannot run on ``kernel`` (None when it can, or when that is only known after booting)."""
+    return None
+
+
+# --- the table ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """One scenario's rows (``key``, ``label``, ``kind``: info, count, check or emulated) and a cell per column."""
+
+    scenario: str
+    arch: str
+    description: str
+    columns: list[str]
+    rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _probe_labels(arch: str) -> list[tuple[str, str, str | None]]:
+    """(event name, label, tracepoint system or None) of every counted probe in the lab's family order; the
+    per-entry visitor probes are left to the visits rows."""
+    from tracekit.lab.guest_run import probe_family
+
+    probes, tracepoints = probe_family(arch)
+    rows = [(p.name, f"{p.name} (`{p.symbol}`)", None) for p in probes if not p.hot]
+    return rows + [(event, f"`{system}:{event}`", system) for system, event in tracepoints]
+
+
+def capture_measures(capture: Path, arch: str) -> dict[str, tuple[str, str, object]]:
+    """``{row key: (label, kind, value)}`` of one lab capture (see the module contract)."""
+    from tracekit.capture import open_capture
+
+    cap = open_capture(capture)
+    manifest = cap.manifest
+    lab = manifest.get("lab") or {}
+    probes = manifest.get("probes") or {}
+    out: dict[str, tuple[str, str, object]] = {}
+    out["info:kernel"] = ("kernel", "info", manifest.get("kernel_release", "?"))
+    params = manifest.get("kvm_params") or {}
+    for name in ("kvm.tdp_mmu", "kvm.eager_page_split"):
+        if arch == "x86":
+            out[f"info:{name}"] = (name, "info", params.get(name, "absent"))
+    failed = {f["probe"]: f["reason"] for f in probes.get("failed", [])}
+    out["info:failed"] = ("probes not attached", "info", ", ".join(sorted(failed)) or "none")
+    recorded = probes.get("tracepoints")  # None in captures older than the list
+    steps = lab.get("steps", [])
+    counted = _probe_labels(arch)
+    for step in steps:  # step-major: the table reads phase by phase (ioctl by ioctl)
+        for name, label, system in counted:
+            absent = name in failed or (system is not None and recorded is not None and f"{system}:{name}" not in recorded)
+            value = "n/a: not attached" if absent else step["counts"].get(name, 0)
+            out[f"count:{step['op']}:{name}"] = (f"{step['op']}: {label}", "count", value)
+    _visits(cap, steps, out)
+    _locks(cap, manifest, steps, out)
+    for check in lab.get("checks") or _checks_of(manifest):
+        out[f"check:{check['count']}"] = (f"expected {check['count']} = {check['expected']:,}", "check",
+                                          check["measured"])  # fmt: skip
+    for step in steps:
+        if "begin_ns" in step and "end_ns" in step:
+            out[f"time:{step['op']}"] = (f"{step['op']} time, ms ({EMULATED})", "emulated",
+                                         (step["end_ns"] - step["begin_ns"]) / 1e6)  # fmt: skip
+    return out
+
+
+def _checks_of(manifest: dict) -> list[dict]:
+    expected = ((manifest.get("workload") or {}).get("scenario") or {}).get("expected") or {}
+    counts = (manifest.get("lab") or {}).get("counts") or {}
+    return [{"count": k, "expected": v, "measured": counts.get(k, 0)} for k, v in expected.items()]
+
+
+def _visits(cap, steps: list[dict], out: dict) -> None:
+    """Per-entry visits per visitor and level (and kind: block, page, table, step)."""
+    if not cap.has("stage2_visit"):
+        return
+    visits = cap.dataframe("stage2_visit")
+    if visits.empty:
+        return
+    totals = visits.groupby(["visitor", "level", "kind"], observed=True)["count"].sum()
+    for (visitor, level, kind), count in totals.items():
+        out[f"visit:{visitor}:{level}:{kind}"] = (f"visits: {visitor} level {level} {kind}", "count", int(count))
+
+
+def _locks(cap, manifest: dict, steps: list[dict], out: dict) -> None:
+    """Lock waits by lock (``mmu_lock`` or other), mode and who waited (a vCPU, or the VMM in a step)."""
+    from tracekit.analysis.locks import known_mmu_locks, lock_mode
+
+    scenario = (manifest.get("workload") or {}).get("scenario") or {}
+    if not any(tp.startswith("lock:") for tp in scenario.get("tracepoints", [])):
+        return
+    recorded = (manifest.get("probes") or {}).get("tracepoints")
+    if recorded is not None and "lock:contention_begin" not in recorded:
+        out["lock:absent"] = ("lock waits", "count", "n/a: no lock:contention_* tracepoints (5.19+)")
+        return
+    waits = cap.dataframe("lock") if cap.has("lock") else None
+    mmu = set(known_mmu_locks(manifest))
+    vmm = set((manifest.get("target") or {}).get("pids") or [])
+    out["lock:mmu_lock:total"] = ("mmu_lock waits", "count", 0)
+    if waits is None or waits.empty:
+        return
+    bounds = [(s["begin_ns"], s["end_ns"], s["op"]) for s in steps if "begin_ns" in s and "end_ns" in s]
+
+    def who(tid: int, pid: int, ts: int) -> str:
+        if pid not in vmm:
+            return "other process"
+        if tid != pid:
+            return "vCPU"
+        return "VMM in " + next((op for begin, end, op in bounds if begin <= ts <= end), "no step")
+
+    modes = lock_mode(waits["flags"].to_numpy())
+    table: dict[tuple, list[int]] = {}
+    for addr, mode, tid, pid, ts, wait in zip(waits["lock_addr"], modes, waits["tid"], waits["pid"],
+                                             waits["ts_ns"], waits["wait_ns"]):  # fmt: skip
+        lock = "mmu_lock" if int(addr) in mmu else "other locks"
+        entry = table.setdefault((lock, mode, who(int(tid), int(pid), int(ts))), [0, 0])
+        entry[0] += 1
+        entry[1] += int(wait)
+    out["lock:mmu_lock:total"] = ("mmu_lock waits", "count", sum(n for (lock, _, _), (n, _) in table.items()
+                                                                 if lock == "mmu_lock"))  # fmt: skip
+    for (lock, mode, waiter), (count, wait_ns) in sorted(table.items()):
+        out[f"lock:{lock}:{mode}:{waiter}"] = (f"{lock} waits, {mode}, by {waiter}", "count", count)
+        out[f"locktime:{lock}:{mode}:{waiter}"] = (f"{lock} wait, {mode}, by {waiter}, ms ({EMULATED})", "emulated",
+                                                   wait_ns / 1e6)  # fmt: skip
+
+
+def _cell_text(kind: str, values: list) -> tuple[str, object]:
+    """The shown text and the JSON value of one cell from its runs' values."""
+    if not values:
+        return "-", None
+    texts = [v for v in values if isinstance(v, str)]
+    if texts:
+        return (texts[0] if len(set(texts)) == 1 else " / ".join(dict.fromkeys(texts))), texts[0]
+    if kind == "emulated":
+        from tracekit.analysis.compare import compare_runs
+
+        stats = compare_runs([{"t": (v, "ms")} for v in values], [{"t": (v, "ms")} for v in values]).iloc[0]
+        text = f"{stats['mean_a']:,.1f}" + (f" ± {stats['stdev_a']:,.1f}" if len(values) > 1 else "")
+        return text, {"mean": stats["mean_a"], "stdev": stats["stdev_a"], "runs": values}
+    if len(set(values)) == 1:
+        return f"{values[0]:,}", values[0]
+    return f"{min(values):,}-{max(values):,} (runs differ)", values
+
+
+def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Table]:
+    """One :class:`Table` per scenario label, from the captures and outcomes of a run matrix."""
+    columns = list(dict.fromkeys(c.column.spec for c in cells))
+    tables = []
+    for label in dict.fromkeys(c.label for c in cells):
+        scenario = scenarios.get(label, arch)
+        table = Table(label, arch, scenario.description, columns)
+        per_column: dict[str, list[dict]] = {c: [] for c in columns}
+        status: dict[str, str] = {}
+        for cell, outcome in zip(cells, outcomes):
+            if cell.label != label:
+                continue
+            if outcome["status"] in ("ok", "checks-failed"):
+                per_column[cell.column.spec].append(capture_measures(cell.capture, arch))
+            else:
+                status.setdefault(cell.column.spec, f"{'n/a' if outcome['status'] == 'n/a' else 'failed'}: "
+                                  f"{outcome['reason']}")  # fmt: skip
+        runs_row = []
+        for column in columns:
+            mine = [o for c, o in zip(cells, outcomes) if c.label == label and c.column.spec == column]
+            done = [o for o in mine if o["status"] in ("ok", "checks-failed")]
+            text = f"{len(done)} of {len(mine)}" if done else status.get(column, "-")
+            if any(o["status"] == "checks-failed" for o in done):
+                text += ", expectation not met"
+            runs_row.append(text)
+        table.rows.append({"key": "info:runs", "label": "runs", "kind": "info", "cells": runs_row, "values": runs_row})
+        keys: dict[str, tuple[str, str]] = {}
+        for runs in per_column.values():
+            for measures in runs:
+                for key, (row_label, kind, _value) in measures.items():
+                    keys.setdefault(key, (row_label, kind))
+        for key in sorted(keys, key=_row_order):
+            row_label, kind = keys[key]
+            cells_out, values_out = [], []
+            for column in columns:
+                runs = per_column[column]
+                if not runs:
+                    text, value = status.get(column, "-"), None
+                else:
+                    text, value = _cell_text(kind, [m[key][2] for m in runs if key in m])
+                cells_out.append(text)
+                values_out.append(value)
+            if kind == "count" and not any(_nonzero(v) for v in values_out):
+                continue  # fired on no kernel (or could not be measured anywhere): nothing to compare
+            table.rows.append({"key": key, "label": row_label, "kind": kind, "cells": cells_out, "values": values_out})
+        failing = [o for c, o in zip(cells, outcomes) if c.label == label and o["status"] == "checks-failed"]
+        if failing:
+            table.notes.append(f"{len(failing)} run(s) did not meet the scenario's exact expectation (rows 'expected')")
+        tables.append(table)
+    return tables
+
+
+def _nonzero(value) -> bool:
+    if isinstance(value, list):
+        return any(_nonzero(v) for v in value)
+    return isinstance(value, (int, float)) and value != 0
+
+
+_ORDER = ("info:", "check:", "count:", "visit:", "lock:", "locktime:", "time:")
+
+
+def _row_order(key: str) -> tuple:
+    return (next(i for i, prefix in enumerate(_ORDER) if key.startswith(prefix)),)
+
+
+def render_markdown(tables: list[Table], command: str = "") -> str:
+    """The tables as Markdown, one section per scenario (what ``tracekit lab matrix`` prints and writes)."""
+    from tracekit.lab.runner import TIMING_NOTE
+
+    lines = []
+    if command:
+        lines += [f"    {command}", ""]
+    for table in tables:
+        lines += [f"### {table.arch} `{table.scenario}`: {table.description}", ""]
+        lines.append("| measure | " + " | ".join(f"`{c}`" for c in table.columns) + " |")
+        lines.append("|---|" + "---:|" * len(table.columns))
+        for row in table.rows:
+            lines.append(f"| {row['label']} | " + " | ".join(str(c).replace("|", "\\|") for c in row["cells"]) + " |")
+        lines += [""] + [f"- {note}" for note in table.notes]
+        lines += [""] if table.notes else []
+    lines.append(f"Counts are exact; rows marked ({EMULATED}) are {TIMING_NOTE}.")
+    return "\n".join(lines) + "\n"
+
+
+def tables_json(tables: list[Table], cells: list[Cell], outcomes: list[dict], command: str = "") -> dict:
+    """The ``matrix.json`` document (``tracekit.lab.matrix/1``)."""
+    from tracekit.lab.runner import TIMING_NOTE
+
+    return {
+        "schema": "tracekit.lab.matrix/1",
+        "command": command,
+        "timing_note": TIMING_NOTE,
+        "runs": [{**o, "capture": str(c.capture)} for c, o in zip(cells, outcomes)],
+        "tables": [{"scenario": t.scenario, "arch": t.arch, "description": t.description, "columns": t.columns,
+                    "rows": t.rows, "notes": t.notes} for t in tables],  # fmt: skip
+    }
+
+
+def write_outputs(out: Path, tables: list[Table], cells: list[Cell], outcomes: list[dict], command: str = "") -> str:
+    """Write ``matrix.md`` and ``matrix.json`` in ``out``; returns the Markdown."""
+    text = render_markdown(tables, command)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matrix.md").write_text(text)
+    (out / "matrix.json").write_text(json.dumps(tables_json(tables, cells, outcomes, command), indent=1) + "\n")
+    return text
