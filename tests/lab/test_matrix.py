@@ -148,3 +148,21 @@ def test_cli_writes_markdown_and_json(tmp_path, monkeypatch):
     bad = CliRunner().invoke(app, ["lab", "matrix", "--arch", "x86", "--kernel", "k", "-s", "tdp-eager", "--vcpus",
                                    "1,two", "-o", str(out)])  # fmt: skip
     assert bad.exit_code == 2 and "--vcpus" in bad.output and "Traceback" not in bad.output
+
+
+def test_sample_copy_keeps_what_the_table_reads(tmp_path):
+    cells = matrix.plan("arm64", ["debian:trixie"], ["contention"], tmp_path / "full")
+    outcomes = matrix.run_matrix("arm64", cells, run_lab=FakeLab({"contention": "lab-arm64-contention.tkcap"}))
+    (cells[0].capture.parent / "1.tkcap.console.log").write_text("console")
+    matrix.copy_for_sample(tmp_path / "full", tmp_path / "small")
+    small = matrix.plan("arm64", ["debian:trixie"], ["contention"], tmp_path / "small")
+    again = matrix.run_matrix("arm64", small, run_lab=_refuse)
+    assert again == outcomes
+    assert matrix.build_tables("arm64", small, again)[0].rows == matrix.build_tables("arm64", cells, outcomes)[0].rows
+    manifest = json.loads((small[0].capture / "capture.json").read_text())
+    assert set(manifest["families"]) == {"stage2_visit", "lock"} and manifest["sample_trimmed"]["fault"] > 0
+    assert not list((tmp_path / "small").rglob("*.log"))
+
+
+def _refuse(*args, **options):
+    raise AssertionError("a resumed matrix ran a lab again")

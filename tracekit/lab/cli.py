@@ -196,11 +196,11 @@ def matrix_cmd(
         detail = outcome.get("reason") or outcome.get("kernel_release", "")
         typer.echo(f"[{how}] {cell.column.spec} {cell.scenario} run {cell.run}: {outcome['status']} {detail}", err=True)
 
-    outcomes = matrix.run_matrix(arch, cells, timeout=timeout, retry_failed=retry_failed, command_line=command,
-                                 progress=progress)  # fmt: skip
+    outcomes = matrix.run_matrix(arch, cells, timeout=timeout, retry_failed=retry_failed, progress=progress)
     tables = matrix.build_tables(arch, cells, outcomes)
-    text = matrix.write_outputs(output, tables, cells, outcomes, command)
-    typer.echo(json.dumps(matrix.tables_json(tables, cells, outcomes, command), indent=1) if as_json else text)
+    plan_args = {"arch": arch, "kernels": kernels, "scenario_names": scenario_names, "vcpus": counts, "repeat": repeat}
+    text = matrix.write_outputs(output, tables, cells, outcomes, command, plan_args)
+    typer.echo((output / "matrix.json").read_text() if as_json else text)
 
 
 @lab_app.command("scenarios")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from tracekit.errors import TracekitError, UsageError, one_line
 from tracekit.lab import scenarios
 
 __all__ = ["Column", "Cell", "Table", "parse_column", "plan", "run_matrix", "build_tables", "render_markdown",
-           "tables_json", "write_outputs", "EMULATED"]
+           "tables_json", "write_outputs", "copy_for_sample", "EMULATED", "TABLE_FAMILIES"]
 
 #: Marks every time in the table: durations under TCG say nothing about hardware.
 EMULATED = "emulated"
@@ -112,7 +113,7 @@ def _reusable(cell: Cell, retry_failed: bool) -> dict | None:
 
 
 def run_matrix(arch: str, cells: list[Cell], *, timeout: float | None = None, retry_failed: bool = False,
-               command_line: str = "", progress=None, run_lab=None, not_applicable=None) -> list[dict]:  # fmt: skip
+               progress=None, run_lab=None, not_applicable=None) -> list[dict]:  # fmt: skip
     """Run (or reuse) every cell; returns their outcomes in order (see the module contract).
 
     ``progress(cell, outcome, reused)`` is called after each cell; ``run_lab`` and ``not_applicable`` default to
@@ -125,7 +126,7 @@ def run_matrix(arch: str, cells: list[Cell], *, timeout: float | None = None, re
         outcome = _reusable(cell, retry_failed)
         reused = outcome is not None
         if outcome is None:
-            outcome = _run_cell(arch, cell, timeout, command_line, run_lab, not_applicable)
+            outcome = _run_cell(arch, cell, timeout, run_lab, not_applicable)
             cell.outcome_path.parent.mkdir(parents=True, exist_ok=True)
             cell.outcome_path.write_text(json.dumps(outcome, indent=1, sort_keys=True))
         outcomes.append(outcome)
@@ -134,12 +135,15 @@ def run_matrix(arch: str, cells: list[Cell], *, timeout: float | None = None, re
     return outcomes
 
 
-def _run_cell(arch: str, cell: Cell, timeout, command_line: str, run_lab, not_applicable) -> dict:
+def _run_cell(arch: str, cell: Cell, timeout, run_lab, not_applicable) -> dict:
     base = {"kernel": cell.column.spec, "scenario": cell.scenario, "run": cell.run}
     reason = not_applicable(arch, cell.column.kernel, scenarios.get(cell.scenario, arch))
     if reason:
         return {**base, "status": "n/a", "reason": reason}
     cell.capture.parent.mkdir(parents=True, exist_ok=True)
+    # the capture's own command: the one lab run that gives it again (no machine paths in the manifest)
+    command_line = shlex.join(["tracekit", "lab", arch, "--kernel", cell.column.kernel, "-s", cell.scenario, "-o",
+                               cell.capture.name])  # fmt: skip
     try:
         run = run_lab(arch, cell.scenario, cell.capture, kernel=_kernel_argument(cell.column.kernel), timeout=timeout,
                       command_line=command_line)  # fmt: skip
@@ -203,6 +207,8 @@ def capture_measures(capture: Path, arch: str) -> dict[str, tuple[str, str, obje
     for name in ("kvm.tdp_mmu", "kvm.eager_page_split"):
         if arch == "x86":
             out[f"info:{name}"] = (name, "info", params.get(name, "absent"))
+    lost = sum(int(entry.get("count", 0)) for entry in manifest.get("lost") or [])
+    out["info:lost"] = ("events lost", "info", lost + int((lab.get("decode") or {}).get("missed", 0)))
     failed = {f["probe"]: f["reason"] for f in probes.get("failed", [])}
     out["info:failed"] = ("probes not attached", "info", ", ".join(sorted(failed)) or "none")
     recorded = probes.get("tracepoints")  # None in captures older than the list
@@ -387,13 +393,16 @@ def render_markdown(tables: list[Table], command: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def tables_json(tables: list[Table], cells: list[Cell], outcomes: list[dict], command: str = "") -> dict:
-    """The ``matrix.json`` document (``tracekit.lab.matrix/1``)."""
+def tables_json(tables: list[Table], cells: list[Cell], outcomes: list[dict], command: str = "",
+                plan_args: dict | None = None) -> dict:  # fmt: skip
+    """The ``matrix.json`` document (``tracekit.lab.matrix/1``); ``plan_args`` are :func:`plan`'s arguments but
+    the directory (a sample's table is made again from them)."""
     from tracekit.lab.runner import TIMING_NOTE
 
     return {
         "schema": "tracekit.lab.matrix/1",
         "command": command,
+        "plan": plan_args or {},
         "timing_note": TIMING_NOTE,
         "runs": [{**o, "capture": str(c.capture)} for c, o in zip(cells, outcomes)],
         "tables": [{"scenario": t.scenario, "arch": t.arch, "description": t.description, "columns": t.columns,
@@ -401,10 +410,41 @@ def tables_json(tables: list[Table], cells: list[Cell], outcomes: list[dict], co
     }
 
 
-def write_outputs(out: Path, tables: list[Table], cells: list[Cell], outcomes: list[dict], command: str = "") -> str:
+def write_outputs(out: Path, tables: list[Table], cells: list[Cell], outcomes: list[dict], command: str = "",
+                  plan_args: dict | None = None) -> str:  # fmt: skip
     """Write ``matrix.md`` and ``matrix.json`` in ``out``; returns the Markdown."""
     text = render_markdown(tables, command)
     out.mkdir(parents=True, exist_ok=True)
     (out / "matrix.md").write_text(text)
-    (out / "matrix.json").write_text(json.dumps(tables_json(tables, cells, outcomes, command), indent=1) + "\n")
+    doc = tables_json(tables, cells, outcomes, command, plan_args)
+    (out / "matrix.json").write_text(json.dumps(doc, indent=1) + "\n")
     return text
+
+
+#: The capture families the table reads; committed samples keep only these (and the manifest).
+TABLE_FAMILIES = ("stage2_visit", "lock")
+
+
+def copy_for_sample(src: Path, dest: Path) -> None:
+    """Copy matrix directory ``src`` to ``dest`` small enough to commit: the outcomes, ``matrix.md``/``.json`` and
+    each capture with only :data:`TABLE_FAMILIES` (its manifest lists the rows of the families left out under
+    ``sample_trimmed``); console logs stay behind."""
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        target = dest / rel
+        capture = next((p for p in rel.parents if p.suffix == ".tkcap"), None)
+        if path.is_dir() or path.name.endswith(".log"):
+            continue
+        if capture is None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        elif path.name == "capture.json" and path.parent == src / capture:
+            manifest = json.loads(path.read_text())
+            families = manifest.get("families") or {}
+            manifest["families"] = {k: v for k, v in families.items() if k in TABLE_FAMILIES}
+            manifest["sample_trimmed"] = {k: v.get("rows") for k, v in families.items() if k not in TABLE_FAMILIES}
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        elif rel.relative_to(capture).parts[0] in TABLE_FAMILIES:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)

@@ -28,7 +28,8 @@ a tuple ``(op, *args)``; all but ``workload`` drive :mod:`tracekit.lab.arm64_vm`
 ``expected`` holds exact counts the scenario must produce (``stage2_split`` calls, ``split_walker``
 visits, x86 ``split_events``), stated with their arithmetic. :func:`get` raises
 :class:`tracekit.errors.UsageError` for an unknown name. A name may carry a variant after ``@``
-(:data:`VARIANT_SETTINGS`: ``contention@vcpus=4``, ``tdp-eager@eager_page_split=N``): the scenario with
+(:data:`VARIANT_SETTINGS`: ``contention@vcpus=4``, ``tdp-eager@eager_page_split=N``,
+``contention@eager_split_chunk=0``): the scenario with
 those settings, named in its canonical variant form (the guest gets the same name on its command line).
 Standard library only (runs in the guests).
 """
@@ -308,10 +309,27 @@ def _vcpu_count(text: str) -> int:
     return int(text)
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _chunk_size(text: str) -> int:
+    unit = text[-1:].upper() if text[-1:].upper() in ("K", "M", "G") else ""
+    number = text[:-1] if unit else text
+    if not number.isdigit():
+        raise ValueError("0 (off) or a size such as 2M or 1G")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _size_text(size: int) -> str:
+    unit = next((u for u in "GMK" if size and size % _SIZE_UNITS[u] == 0), "")
+    return f"{size // _SIZE_UNITS[unit]}{unit}"
+
+
 #: Settings a scenario variant may change: name -> (parser, canonical text of a value).
 VARIANT_SETTINGS = {
     "vcpus": (_vcpu_count, str),
     "eager_page_split": (_yes_no, lambda on: "Y" if on else "N"),  # x86: the kvm module parameter
+    "eager_split_chunk": (_chunk_size, _size_text),  # arm64: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE, 0 = off
 }
 
 
@@ -329,7 +347,9 @@ def with_variant(scenario: Scenario, variant: str) -> Scenario:
         except ValueError as error:
             raise UsageError(f"scenario setting {key}={text!r}: expected {error}") from None
     if "eager_page_split" in changes and scenario.arch != "x86":
-        raise UsageError("eager_page_split is an x86 kvm parameter; arm64 scenarios set their eager-split chunk")
+        raise UsageError("eager_page_split is an x86 kvm parameter; arm64 scenarios set eager_split_chunk")
+    if "eager_split_chunk" in changes and scenario.arch != "arm64":
+        raise UsageError("eager_split_chunk is an arm64 capability; x86 scenarios set eager_page_split")
     vcpus = changes.get("vcpus", scenario.vcpus)
     if (scenario.memory_mib // vcpus) % 2 or scenario.memory_mib % vcpus:
         raise UsageError(f"{scenario.name}'s {scenario.memory_mib} MiB do not split into {vcpus} shares of whole 2 MiB")
