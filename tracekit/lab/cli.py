@@ -39,7 +39,7 @@ lab_app = typer.Typer(
 )
 
 
-def _run(arch: str, scenario: str, output: Path, kernel: Optional[Path], modules: Optional[Path],
+def _run(arch: str, scenario: str, output: Path, kernel: Optional[str], modules: Optional[Path],
          timeout: Optional[float], keep_raw: bool, as_json: bool, recorder: Optional[str] = None) -> None:  # fmt: skip
     from tracekit.lab.runner import DEFAULT_TIMEOUT, RECORDER_TIMEOUT, run_lab
 
@@ -82,7 +82,11 @@ def _run(arch: str, scenario: str, output: Path, kernel: Optional[Path], modules
 
 _SCENARIO_HELP = "Scenario to run (see 'tracekit lab scenarios')."
 _OUTPUT_HELP = "Capture directory to write (must not exist); the console log goes next to it as OUTPUT.console.log."
-_KERNEL_HELP = "Boot this kernel image instead of Debian's cloud kernel (e.g. your own build with a walker patch)."
+_KERNEL_HELP = (
+    "The kernel to boot: debian:bullseye|bookworm|bookworm-backports|trixie|trixie-backports|forky|sid, "
+    "debian:VERSION (e.g. debian:6.1), or the path of your own image. Debian's cloud kernels come from the mirror "
+    "of the host's apt sources (or $TRACEKIT_DEBIAN_MIRROR), cached. Default: debian:trixie."
+)
 _TIMEOUT_HELP = "Kill the emulated machine after this many seconds (its console log is kept)."
 _RAW_HELP = "Also keep the guest's raw trace pages and format files as OUTPUT.guest/."
 _JSON_HELP = "Print the run summary as JSON (docs/cli-json/lab.md)."
@@ -98,7 +102,7 @@ _TIMEOUT_DEFAULT_HELP = _TIMEOUT_HELP + " Default: 600, with --recorder 1800."
 def arm64(
     output: Path = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
     scenario: str = typer.Option("eager-enable", "--scenario", "-s", help=_SCENARIO_HELP),
-    kernel: Optional[Path] = typer.Option(None, "--kernel", help=_KERNEL_HELP),
+    kernel: Optional[str] = typer.Option(None, "--kernel", help=_KERNEL_HELP, metavar="SPEC"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help=_TIMEOUT_DEFAULT_HELP, show_default=False),
     keep_raw: bool = typer.Option(False, "--keep-raw", help=_RAW_HELP),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
@@ -118,6 +122,8 @@ def arm64(
 
       tracekit lab arm64 --kernel ~/linux/arch/arm64/boot/Image -o patched.tkcap --json
 
+      tracekit lab arm64 --kernel debian:bookworm --scenario lazy -o lazy-6.1.tkcap
+
       tracekit lab arm64 --recorder bcc -o bcc.tkcap        # the real tracekit record, bcc kprobes
 
       tracekit lab arm64 --recorder tracefs -o tf.tkcap     # the real tracekit record, kprobe_events
@@ -129,9 +135,10 @@ def arm64(
 def x86(
     output: Path = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
     scenario: str = typer.Option("tdp-eager", "--scenario", "-s", help=_SCENARIO_HELP),
-    kernel: Optional[Path] = typer.Option(None, "--kernel", help=_KERNEL_HELP),
+    kernel: Optional[str] = typer.Option(None, "--kernel", help=_KERNEL_HELP, metavar="SPEC"),
     modules: Optional[Path] = typer.Option(
-        None, "--modules", help="Directory with kvm.ko/kvm-amd.ko/irqbypass.ko for a --kernel whose KVM is modular."
+        None, "--modules", help="Directory with the .ko files (kvm.ko, kvm-amd.ko, irqbypass.ko, ...) a --kernel PATH "
+        "needs loaded; loaded in dependency order."
     ),
     timeout: Optional[float] = typer.Option(None, "--timeout", help=_TIMEOUT_DEFAULT_HELP, show_default=False),
     keep_raw: bool = typer.Option(False, "--keep-raw", help=_RAW_HELP),
@@ -147,6 +154,8 @@ def x86(
       tracekit lab x86 -o tdp.tkcap
 
       tracekit lab x86 --scenario tdp-lazy -o lazy.tkcap --json
+
+      tracekit lab x86 --kernel debian:7.3 -o tdp-7.3.tkcap
 
       tracekit lab x86 --recorder tracefs -o tf.tkcap
     """
@@ -301,12 +310,14 @@ def _bcc_importable() -> bool:
 @lab_app.command("fetch")
 def fetch_cmd(
     arch: str = typer.Argument(..., help="arm64 or x86."),
+    kernel: Optional[str] = typer.Option(None, "--kernel", help=_KERNEL_HELP, metavar="SPEC"),
     recorder: bool = typer.Option(False, "--recorder", help="Also the bigger userland of --recorder runs (bcc, LLVM, "
                                   "the kernel headers, pyarrow from PyPI: about 200 MB to download, 570 MB unpacked)."),
 ) -> None:
     """Download and unpack the lab's kernel and userland into the cache now (apt with a private state dir).
 
-    The cache is ~/.cache/tracekit/lab unless TRACEKIT_LAB_CACHE is set.
+    The cache is ~/.cache/tracekit/lab unless TRACEKIT_LAB_CACHE is set; the Debian mirror is the one the
+    host's apt sources name unless TRACEKIT_DEBIAN_MIRROR is set.
 
     Examples:
 
@@ -315,19 +326,23 @@ def fetch_cmd(
       TRACEKIT_LAB_CACHE=/srv/tk-lab tracekit lab fetch x86
 
       tracekit lab fetch arm64 --recorder
+
+      tracekit lab fetch x86 --kernel debian:bullseye
     """
     from tracekit.errors import UsageError
-    from tracekit.lab import fetch
+    from tracekit.lab import fetch, kernels
 
     if arch not in fetch.DEB_ARCH:
         raise UsageError(f"unknown lab architecture {arch!r}; choose arm64 or x86")
     cache = fetch.cache_dir()
-    kernel = fetch.fetch_kernel(arch, cache)
+    lab_kernel = kernels.resolve_kernel(kernel, arch, cache)
     userland = fetch.fetch_userland(arch, cache)
-    typer.echo(f"kernel {kernel.release}: {kernel.image}")
+    typer.echo(f"kernel {lab_kernel.release} ({lab_kernel.source}): {lab_kernel.image}")
+    if lab_kernel.modules:
+        typer.echo(f"modules loaded in the guest: {', '.join(name for name, _ in lab_kernel.modules)}")
     typer.echo(f"userland: {userland}")
     if recorder:
-        typer.echo(f"recorder userland: {fetch.fetch_recorder_userland(arch, cache, kernel.release)}")
+        typer.echo(f"recorder userland: {fetch.fetch_recorder_userland(arch, cache, lab_kernel.release, lab_kernel.suite)}")
 
 
 def register(app: typer.Typer) -> None:

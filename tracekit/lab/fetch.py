@@ -1,39 +1,25 @@
-"""Fetch and cache what a lab machine boots: a Debian cloud kernel and a minimal userland.
+"""Fetch and cache what a lab machine boots: Debian packages through a private apt, userlands, wheels.
 
-Contract
---------
 Everything lives under :func:`cache_dir` (``$TRACEKIT_LAB_CACHE``, else ``~/.cache/tracekit/lab``).
-Packages come from Debian ``trixie`` through apt with a PRIVATE configuration and state directory
-(``CACHE/apt``): the host's apt sources, lists and keyrings are never modified (the Debian archive
-keyring is only read). Kernels are downloaded as ``.deb`` and unpacked with ``dpkg-deb -x``, never
-installed; xz-compressed modules are decompressed for busybox ``insmod``. The userland is
-``mmdebstrap --variant=extract`` of python3 + busybox-static for the guest architecture (dependencies
-included; no maintainer script runs). :func:`fetch_recorder_userland` builds the bigger userland of
-``tracekit lab --recorder`` beside it (``userland-recorder-trixie-RELEASE``): :data:`RECORDER_PACKAGES`,
-the headers of the lab kernel's release with their ``-common`` and kbuild packages (``dpkg-deb -x``,
-without the gcc they depend on), and the host's pyarrow version from its manylinux wheel for the
-guest's CPython 3.13 (``pip download --platform``, cached in ``CACHE/wheels``; :func:`select_wheel`
-picks it). Each cache
-entry is complete only when its ``.complete`` marker exists, so an interrupted fetch is redone;
-concurrent processes sharing the cache take turns (``flock`` on ``CACHE/.lock``).
-
-:func:`require_tool` raises :class:`tracekit.errors.MissingCapability` naming the package to
-install; fetch failures (no route to the registry, too little disk) raise
-:class:`tracekit.errors.LabError` with one line naming what to fix.
+:class:`PrivateApt` runs apt for one Debian suite with its own configuration and state
+(``CACHE/apt-SUITE``) against the mirror of the host's apt sources (:mod:`tracekit.lab.aptsources`); the
+host's apt is never modified. :func:`fetch_userland` extracts python3 + busybox with mmdebstrap;
+:func:`fetch_recorder_userland` adds bcc, the kernel's headers and the host's pyarrow wheel. An entry is
+complete once its ``.complete`` marker exists; concurrent processes take turns (:func:`cache_lock`).
+Failures raise :class:`tracekit.errors.LabError` or ``MissingCapability`` with one line naming the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import lzma
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from tracekit.errors import LabError, MissingCapability
+from tracekit.lab.aptsources import MIRROR_ENV, debian_mirror
 
 __all__ = [
     "cache_dir",
@@ -42,8 +28,6 @@ __all__ = [
     "cache_lock",
     "check_disk",
     "PrivateApt",
-    "KernelFiles",
-    "fetch_kernel",
     "fetch_userland",
     "fetch_recorder_userland",
     "fetch_wheel",
@@ -55,11 +39,11 @@ __all__ = [
     "QEMU_BINARY",
     "QEMU_PACKAGE",
     "SUITE",
-    "MIRROR",
 ]
 
 SUITE = "trixie"
-MIRROR = "http://deb.debian.org/debian"
+#: Suites whose Release files the mirror serves past their Valid-Until date.
+_UNDATED_SUITES = ("forky", "sid", "unstable", "experimental")
 _KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 #: Lab architecture -> Debian architecture.
 DEB_ARCH = {"arm64": "arm64", "x86": "amd64"}
@@ -68,7 +52,6 @@ QEMU_PACKAGE = {"arm64": "qemu-system-arm", "x86": "qemu-system-x86"}
 #: Free space a first fetch needs (two kernels, two userlands, apt lists, initramfs images).
 _NEEDED_BYTES = 1536 << 20
 _USERLAND = "python3-minimal,libpython3-stdlib,busybox-static"
-_KVM_MODULES = ("irqbypass", "kvm", "kvm-amd", "kvm-intel")
 #: The recorder userland: what the ``tracekit`` CLI imports (bcc with libbcc/LLVM, numpy, pandas, typer) plus busybox.
 RECORDER_PACKAGES = ("python3", "python3-numpy", "python3-pandas", "python3-typer", "python3-bpfcc", "busybox-static")
 #: Lab architecture -> manylinux platform tag of the wheels unpacked into the recorder userland.
@@ -122,9 +105,33 @@ def run_tool(argv: list[str], what: str, env: dict | None = None, timeout: int =
 class PrivateApt:
     """apt-get/apt-cache with a configuration and state directory of their own under the cache."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, suite: str = SUITE, mirror: str | None = None):
         self.root = root
+        self.suite = suite
+        self._mirror = mirror
         self.config = root / "apt.conf"
+
+    @classmethod
+    def for_suite(cls, cache: Path, suite: str = SUITE) -> "PrivateApt":
+        """The private apt of Debian ``suite`` in the lab cache (``CACHE/apt-SUITE``)."""
+        return cls(cache / f"apt-{suite}", suite)
+
+    @property
+    def mirror(self) -> str:
+        if self._mirror is None:
+            self._mirror = debian_mirror()
+        return self._mirror
+
+    def sources_line(self) -> str:
+        arches = ",".join(sorted(set(DEB_ARCH.values())))
+        return f"deb [arch={arches} signed-by={_KEYRING}] {self.mirror} {self.suite} main\n"
+
+    def packages_file(self, deb_arch: str) -> Path:
+        """The downloaded ``Packages`` list of ``deb_arch`` (LabError when ``update`` did not fetch one)."""
+        found = sorted((self.root / "state" / "lists").glob(f"*_dists_{self.suite}_main_binary-{deb_arch}_Packages"))
+        if not found:
+            raise LabError(f"no {deb_arch} package list of Debian {self.suite} in {self.root}; delete it to fetch again")
+        return found[0]
 
     def _env(self) -> dict:
         return {**os.environ, "APT_CONFIG": str(self.config), "DEBIAN_FRONTEND": "noninteractive"}
@@ -135,9 +142,7 @@ class PrivateApt:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "state" / "status").touch()
         arches = sorted(set(DEB_ARCH.values()))
-        (self.root / "etc" / "sources.list").write_text(
-            f"deb [arch={','.join(arches)} signed-by={_KEYRING}] {MIRROR} {SUITE} main\n"
-        )
+        (self.root / "etc" / "sources.list").write_text(self.sources_line())
         r = self.root
         self.config.write_text(
             "\n".join(
@@ -154,24 +159,29 @@ class PrivateApt:
                     "APT::Architectures { " + " ".join(f'"{a}";' for a in arches) + " };",
                     'Acquire::Languages "none";',
                     'APT::Sandbox::User "root";',
+                    # forky and sid Release files on the mirror are often past their Valid-Until date
+                    *(['Acquire::Check-Valid-Until "false";'] if self.suite in _UNDATED_SUITES else []),
                     "",
                 ]
             )
         )
 
-    def update(self) -> None:
+    def update(self, force: bool = False) -> None:
+        """``apt-get update`` once (again when the mirror changed, or with ``force``)."""
         marker = self.root / ".updated"
-        if marker.exists():
+        if not force and marker.exists() and marker.read_text() == self.sources_line():
             return
         self.setup()
         try:
-            run_tool(["apt-get", "update"], f"apt-get update of Debian {SUITE} (private state in {self.root})", self._env())
+            run_tool(["apt-get", "update"], f"apt-get update of Debian {self.suite} (private state in {self.root})",
+                     self._env())  # fmt: skip
         except LabError as error:
             raise LabError(
-                f"cannot read the Debian {SUITE} package lists from {MIRROR}: check the route to the mirror ({error})",
+                f"cannot read the Debian {self.suite} package lists from {self.mirror}: check the route to the mirror "
+                f"or set {MIRROR_ENV} ({error})",
                 detail=error.detail,
             ) from None
-        marker.touch()
+        marker.write_text(self.sources_line())
 
     def depends(self, package: str) -> list[str]:
         out = run_tool(["apt-cache", "depends", package], f"apt-cache depends {package}", self._env())
@@ -201,16 +211,6 @@ def _newest_deb(folder: Path, before: set[Path], package: str) -> Path:
     return max(fresh or candidates, key=lambda p: p.stat().st_mtime)
 
 
-@dataclass(frozen=True)
-class KernelFiles:
-    """An unpacked kernel: the boot image, its config, and decompressed KVM modules (x86)."""
-
-    release: str
-    image: Path
-    config: Path
-    modules: tuple[Path, ...]
-
-
 @contextlib.contextmanager
 def cache_lock(cache: Path):
     """Serialise fetches of concurrent tracekit processes sharing one cache (an flock on CACHE/.lock)."""
@@ -221,64 +221,6 @@ def cache_lock(cache: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def fetch_kernel(arch: str, cache: Path) -> KernelFiles:
-    """Download (once) and unpack Debian trixie's cloud kernel for ``arch``."""
-    with cache_lock(cache):
-        return _fetch_kernel(arch, cache)
-
-
-def _fetch_kernel(arch: str, cache: Path) -> KernelFiles:
-    deb_arch = DEB_ARCH[arch]
-    apt = PrivateApt(cache / "apt")
-    meta = f"linux-image-cloud-{deb_arch}:{deb_arch}"
-    existing = sorted(cache.glob(f"kernel-*-cloud-{deb_arch}/.complete"))
-    if existing:
-        return _kernel_files(existing[-1].parent)
-    check_disk(cache)
-    apt.update()
-    versioned = [d for d in apt.depends(meta) if d.startswith("linux-image-")]
-    if not versioned:
-        raise LabError(f"the Debian {SUITE} metapackage {meta} names no kernel package")
-    package = versioned[0].split(":")[0]
-    deb = apt.download(f"{package}:{deb_arch}")
-    target = cache / f"kernel-{package[len('linux-image-'):]}"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    run_tool(["dpkg-deb", "-x", str(deb), str(target / "root")], f"dpkg-deb -x {deb.name}")
-    _decompress_kvm_modules(target)
-    (target / ".complete").write_text(deb.name + "\n")
-    return _kernel_files(target)
-
-
-def _decompress_kvm_modules(target: Path) -> None:
-    out = target / "modules"
-    out.mkdir(exist_ok=True)
-    found = [*(target / "root" / "lib" / "modules").glob("*/kernel/**/*.ko*"),
-             *(target / "root" / "usr" / "lib" / "modules").glob("*/kernel/**/*.ko*")]  # fmt: skip
-    for path in found:
-        stem = path.name.split(".ko")[0]
-        if stem not in _KVM_MODULES:
-            continue
-        data = path.read_bytes()
-        if path.name.endswith(".xz"):
-            data = lzma.decompress(data)
-        elif path.name.endswith(".zst"):
-            raise LabError(f"{path.name} is zstd-compressed; decompress it with zstd and pass the directory")
-        (out / f"{stem}.ko").write_bytes(data)
-
-
-def _kernel_files(target: Path) -> KernelFiles:
-    boot = target / "root" / "boot"
-    images = sorted(boot.glob("vmlinuz-*"))
-    configs = sorted(boot.glob("config-*"))
-    if not images:
-        raise LabError(f"no vmlinuz in the unpacked kernel at {target}; delete it to fetch again")
-    release = images[0].name[len("vmlinuz-") :]
-    modules = tuple(sorted((target / "modules").glob("*.ko"))) if (target / "modules").is_dir() else ()
-    return KernelFiles(release, images[0], configs[0] if configs else boot / "missing-config", modules)
 
 
 def fetch_userland(arch: str, cache: Path) -> Path:
@@ -316,7 +258,7 @@ def _extract(target: Path, deb_arch: str, packages: list[str] | tuple[str, ...])
         f"--keyring={_KEYRING}",
         SUITE,
         str(root),
-        MIRROR,
+        debian_mirror(),
     ]
     run_tool(argv, f"mmdebstrap of the {SUITE} {deb_arch} userland ({', '.join(packages)})")
     for link, dest in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
@@ -409,16 +351,16 @@ def fetch_wheel(arch: str, cache: Path, project: str = "pyarrow", version: str |
     return found
 
 
-def fetch_recorder_userland(arch: str, cache: Path, release: str) -> Path:
+def fetch_recorder_userland(arch: str, cache: Path, release: str, suite: str | None = None) -> Path:
     """The bigger userland that runs ``tracekit record`` in the guest of kernel ``release``: the
     :data:`RECORDER_PACKAGES`, the kernel headers of ``release`` (linked as ``/lib/modules/RELEASE/build``),
     the BLAS/LAPACK alternatives numpy loads, and the host's pyarrow version unpacked from its
     manylinux wheel into ``/usr/local/lib/python3.13/dist-packages`` (on the guest Python's path)."""
     with cache_lock(cache):
-        return _fetch_recorder_userland(arch, cache, release)
+        return _fetch_recorder_userland(arch, cache, release, suite or SUITE)
 
 
-def _fetch_recorder_userland(arch: str, cache: Path, release: str) -> Path:
+def _fetch_recorder_userland(arch: str, cache: Path, release: str, suite: str) -> Path:
     deb_arch = DEB_ARCH[arch]
     target = cache / f"userland-recorder-{SUITE}-{release}"
     if (target / ".complete").exists():
@@ -426,7 +368,7 @@ def _fetch_recorder_userland(arch: str, cache: Path, release: str) -> Path:
     require_tool("mmdebstrap", "mmdebstrap")
     check_disk(cache, _RECORDER_BYTES)
     wheel = fetch_wheel(arch, cache)
-    apt = PrivateApt(cache / "apt")
+    apt = PrivateApt.for_suite(cache, suite)  # the headers come from the kernel's own suite
     apt.update()
     headers = header_packages(release, apt.depends(f"linux-headers-{release}:{deb_arch}"))
     root = _extract(target, deb_arch, RECORDER_PACKAGES)

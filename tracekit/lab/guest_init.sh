@@ -1,5 +1,6 @@
 #!/bin/busybox sh
-# tracekit lab guest /init: mount the kernel filesystems, load KVM modules when they are modules,
+# tracekit lab guest /init: mount the kernel filesystems, load the modules listed in /opt/modules/order
+# (from the kernel's own package: virtio console, KVM; a failure prints a tk-guest-error line),
 # run the scenario given on the kernel command line (tk.arch=, tk.scenario=) with the function
 # probes attached (raw kprobe_events by tracekit.lab.guest_run, or with tk.recorder=bcc|tracefs the
 # real `tracekit record` by tracekit.lab.guest_record), stream the result directory as a tar archive to the virtio port "tracekit.out",
@@ -21,10 +22,11 @@ for word in $(cat /proc/cmdline); do
     tk.kvmargs=*) TK_KVMARGS="$(echo "${word#tk.kvmargs=}" | tr ',' ' ')" ;;
   esac
 done
-if [ -d /opt/modules ]; then
-  for m in irqbypass kvm kvm-amd kvm_amd; do
-    [ -f "/opt/modules/$m.ko" ] || continue
-    case "$m" in kvm) insmod "/opt/modules/$m.ko" $TK_KVMARGS ;; *) insmod "/opt/modules/$m.ko" ;; esac
+if [ -f /opt/modules/order ]; then
+  for m in $(cat /opt/modules/order); do
+    case "$m" in kvm) args="$TK_KVMARGS" ;; *) args="" ;; esac
+    insmod "/opt/modules/$m.ko" $args 2>/tmp/insmod.err || \
+      echo "tk-guest-error: insmod $m $args failed: $(tail -n 1 /tmp/insmod.err)"
   done
 fi
 echo "tk-booted arch=$TK_ARCH scenario=$TK_SCENARIO recorder=${TK_RECORDER:-raw} kernel=$(uname -r)"

@@ -8,7 +8,7 @@ Contract
 ``tracekit.out`` backed by a host file: the guest writes a tar archive of its results there.
 :func:`build_initramfs` packs the userland, the guest ``/init`` (``guest_init.sh``), tracekit's
 sources (with ``tracekit.probes`` and ``tracekit.analysis``), a ``/usr/local/bin/tracekit`` launcher
-and any KVM modules. :func:`boot` runs QEMU with a hard timeout
+and the kernel's modules the guest loads, in order (``opt/modules/order``). :func:`boot` runs QEMU with a hard timeout
 (seconds); on timeout or an interrupt QEMU is killed (and the kernel kills it if tracekit itself
 dies: ``PR_SET_PDEATHSIG``), and the console log is kept. Returns a
 :class:`BootResult` (console text, path of the result archive, wall seconds, guest exit code from
@@ -121,7 +121,7 @@ def package_dirs() -> dict[str, Path]:
     return dirs
 
 
-def build_initramfs(path: Path, userland: Path | None, modules: tuple[Path, ...] = ()) -> int:
+def build_initramfs(path: Path, userland: Path | None, modules: tuple[tuple[str, Path], ...] = ()) -> int:
     """Write the guest initramfs to ``path``; returns the number of archive entries."""
     extra: dict[str, bytes] = {"init": resources.files("tracekit.lab").joinpath("guest_init.sh").read_bytes(),
                                "usr/local/bin/tracekit": LAUNCHER}
@@ -132,8 +132,10 @@ def build_initramfs(path: Path, userland: Path | None, modules: tuple[Path, ...]
         for source in sorted(folder.rglob("*")):
             if source.is_file() and source.suffix in _PACKAGE_SUFFIXES and "__pycache__" not in source.parts:
                 extra[f"opt/tracekit/{name.replace('.', '/')}/{source.relative_to(folder).as_posix()}"] = source.read_bytes()
-    for module in modules:
-        extra[f"opt/modules/{module.name}"] = module.read_bytes()
+    for name, module in modules:  # loaded in this order by /init (opt/modules/order)
+        extra[f"opt/modules/{name}.ko"] = module.read_bytes()
+    if modules:
+        extra["opt/modules/order"] = "".join(f"{name}\n" for name, _ in modules).encode()
     return write_initramfs(path, userland, extra, exclude=_EXCLUDE)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracekit.errors import LabError, UsageError
-from tracekit.lab import fetch, machine, results, scenarios
+from tracekit.lab import fetch, kernels, machine, results, scenarios
 from tracekit.lab.guest_record import BACKENDS
 from tracekit.lab.guest_run import probe_family
 from tracekit.procs import pid_alive
@@ -70,6 +70,7 @@ class LabRun:
     record_seconds: float | None = None
     attach_seconds: float | None = None
     visits_by_level: dict = field(default_factory=dict)
+    kernel: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +96,7 @@ class LabRun:
             "attach_seconds": self.attach_seconds,
             "visits_by_level": {name: {str(k): v for k, v in levels.items()} for name, levels in self.visits_by_level.items()},
             "ok": self.ok,
+            "kernel": self.kernel,
             "timing_note": TIMING_NOTE,
         }
 
@@ -112,7 +114,7 @@ def run_lab(
     scenario: str,
     output: Path,
     *,
-    kernel: Path | None = None,
+    kernel: str | Path | None = None,
     modules: Path | None = None,
     timeout: float | None = None,
     keep_raw: bool = False,
@@ -129,19 +131,14 @@ def run_lab(
     if output.exists() and any(output.iterdir()):
         raise UsageError(f"{output} already exists and is not empty; choose a new capture path")
     fetch.require_tool(fetch.QEMU_BINARY[arch], fetch.QEMU_PACKAGE[arch])
-    if kernel is not None and not kernel.is_file():
-        raise UsageError(f"kernel image {kernel} does not exist")
     cache = fetch.cache_dir()
     fetch.check_disk(cache, 256 << 20)
-    if kernel is None:
-        files = fetch.fetch_kernel(arch, cache)
-        image, release_hint, module_files, source = files.image, files.release, files.modules, "debian-trixie-cloud"
-    else:
-        image, release_hint, source = kernel, "", str(kernel)
-        module_files = tuple(sorted(modules.glob("*.ko"))) if modules is not None else ()
+    lab_kernel = kernels.resolve_kernel(kernel, arch, cache, modules)
+    image, release_hint, module_files, source = lab_kernel.image, lab_kernel.release, lab_kernel.modules, lab_kernel.spec
     if recorder:
-        debian_release = release_hint or fetch.fetch_kernel(arch, cache).release  # tracefs needs no headers
-        userland = fetch.fetch_recorder_userland(arch, cache, debian_release)
+        # the headers bcc compiles against: the booted kernel's, or trixie's for an image of your own (tracefs needs none)
+        headers = lab_kernel if lab_kernel.suite else kernels.resolve_kernel(None, arch, cache)
+        userland = fetch.fetch_recorder_userland(arch, cache, headers.release, headers.suite)
     else:
         userland = fetch.fetch_userland(arch, cache)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +152,7 @@ def run_lab(
         guest_console = work / "console.log"  # copied to console_log whatever happens
         append = f"tk.arch={arch} tk.scenario={chosen.name} {chosen.kernel_args}".strip()
         if arch == "x86":
-            append += f" tk.kvmargs=tdp_mmu=1,eager_page_split={'1' if chosen.eager_page_split else '0'}"
+            append += f" tk.kvmargs={kvm_args(chosen, lab_kernel.kvm_params)}"
         if recorder:
             append += f" tk.recorder={recorder}"
         command = machine.qemu_command(
@@ -165,8 +162,8 @@ def run_lab(
         boot = _boot(command, guest_console, archive, timeout, console_log)
         guest_dir = results.unpack(archive, work / "guest")
         if recorder:
-            return _adopt_recorded(arch, chosen, recorder, output, guest_dir, boot, source, release_hint,
-                                   console_log, command_line, work, cache, keep_raw)  # fmt: skip
+            return _adopt_recorded(arch, chosen, recorder, output, guest_dir, boot, lab_kernel, console_log,
+                                   command_line, work, cache, keep_raw)  # fmt: skip
         trace = results.read_guest_trace(guest_dir)
         if trace.meta.get("status") != "complete" or boot.guest_rc != 0:
             raise LabError(
@@ -180,6 +177,7 @@ def run_lab(
             "host": f"qemu-{arch}-tcg",
             "arch": "aarch64" if arch == "arm64" else "x86_64",
             "kernel_release": trace.meta.get("kernel_release", release_hint),
+            "lab_kernel": _portable_kernel(lab_kernel, work, cache, output),
             "kvm_params": trace.meta.get("kvm_params", {}),
             "kvm_banner": trace.meta.get("kvm_banner", []),
             "page_size": 4096,
@@ -216,12 +214,20 @@ def run_lab(
             probes=manifest["probes"],
             checks=_checks(chosen, summary["counts"]),
             lock_contention=summary["lock_contention"],
+            kernel=lab_kernel.as_dict(),
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def check_recorder(recorder: str | None, scenario: scenarios.Scenario, kernel: Path | None) -> None:
+def kvm_args(scenario: scenarios.Scenario, known: tuple[str, ...] | None) -> str:
+    """The x86 ``kvm`` module arguments (comma-separated) for ``scenario``, only those the module has (``known``;
+    None: all): ``tdp_mmu`` and, from 5.17, ``eager_page_split``."""
+    args = {"tdp_mmu": "1", "eager_page_split": "1" if scenario.eager_page_split else "0"}
+    return ",".join(f"{k}={v}" for k, v in args.items() if known is None or k in known)
+
+
+def check_recorder(recorder: str | None, scenario: scenarios.Scenario, kernel: str | Path | None) -> None:
     """UsageError for a ``--recorder`` the run cannot honour (one line naming the way out)."""
     if recorder is None:
         return
@@ -231,7 +237,7 @@ def check_recorder(recorder: str | None, scenario: scenarios.Scenario, kernel: P
         workload = [s.name for s in scenarios.SCENARIOS if s.arch == scenario.arch and s.workload_only]
         raise UsageError(f"scenario {scenario.name} drives the nested VM step by step and cannot run under tracekit "
                          f"record; --recorder works with: {', '.join(workload)}")  # fmt: skip
-    if recorder == "bcc" and kernel is not None:
+    if recorder == "bcc" and kernels.parse_spec(kernel).kind == "path":
         raise UsageError("--recorder bcc compiles against the Debian kernel's headers; with --kernel use --recorder "
                          "tracefs")  # fmt: skip
 
@@ -243,7 +249,7 @@ def guest_memory_mib(arch: str, scenario: scenarios.Scenario, recorder: str | No
 
 
 def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output: Path, guest_dir: Path,
-                    boot: machine.BootResult, source: str, release_hint: str, console_log: Path, command_line: str,
+                    boot: machine.BootResult, lab_kernel: kernels.LabKernel, console_log: Path, command_line: str,
                     work: Path, cache: Path, keep_raw: bool) -> LabRun:  # fmt: skip
     """The guest's ``tracekit record`` capture as the lab's output (see the module contract)."""
     import json
@@ -268,7 +274,8 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
                    f"{chosen.description}"},  # fmt: skip
         "host": f"qemu-{arch}-tcg",
         "command_line": _portable(command_line, work, cache, output),
-        "kernel_release": meta.get("kernel_release", release_hint),
+        "kernel_release": meta.get("kernel_release", lab_kernel.release),
+        "lab_kernel": _portable_kernel(lab_kernel, work, cache, output),
         "kvm_params": meta.get("kvm_params", {}),
         "kvm_banner": meta.get("kvm_banner", []),
         "timing_note": TIMING_NOTE,
@@ -283,8 +290,8 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
     probes_info = dict(manifest.get("probes", {}))
     return LabRun(
         arch=arch, scenario=chosen.as_dict(), output=output, kernel_release=lab["kernel_release"],
-        kernel_source=source, boot_seconds=boot.seconds, console_log=console_log, counts=counts, steps=steps,
-        kernel_histograms={}, probes=probes_info, checks=_checks(chosen, counts), recorder=recorder,
+        kernel_source=lab_kernel.spec, boot_seconds=boot.seconds, console_log=console_log, counts=counts, steps=steps,
+        kernel_histograms={}, probes=probes_info, checks=_checks(chosen, counts), recorder=recorder, kernel=lab_kernel.as_dict(),
         record_seconds=meta.get("record_seconds"), attach_seconds=meta.get("attach_seconds"), visits_by_level=recorded.visits_by_level(cap, probes),
     )  # fmt: skip
 
@@ -328,6 +335,15 @@ def _mmu_lock_offset(image: Path) -> int | None:
         return BtfTypes.from_kernel_image(image).member("kvm", "mmu_lock").offset
     except (MissingCapability, OSError):
         return None
+
+
+def _portable_kernel(lab_kernel: kernels.LabKernel, work: Path, cache: Path, output: Path) -> dict:
+    """The kernel's description for a capture's manifest, without this machine's directories."""
+    described = lab_kernel.as_dict()
+    for key in ("image", "config"):
+        if described[key]:
+            described[key] = _portable(described[key], work, cache, output)
+    return described
 
 
 def _portable(text: str, work: Path, cache: Path, output: Path) -> str:
