@@ -19,6 +19,7 @@ __all__ = [
     "RecorderError",
     "AnalysisError",
     "LabError",
+    "NotApplicable",
 ]
 
 
@@ -78,3 +79,9 @@ class AnalysisError(TracekitError):
 
 class LabError(TracekitError):
     """An emulated lab machine could not be built, booted or driven."""
+
+
+class NotApplicable(LabError):
+    """A lab scenario that the chosen kernel cannot run (a KVM feature it predates); the message says which."""
+
+    exit_code = 3

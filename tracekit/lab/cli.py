@@ -3,8 +3,8 @@
 Contract
 --------
 :func:`register` adds a ``lab`` sub-typer with ``arm64``, ``x86`` (run one scenario, write a
-capture, print a summary or ``--json``, exit 1 when a scenario's exact expected counts are not
-met), ``scenarios`` (list them) and ``fetch`` (fill the cache ahead of time). Library errors
+capture, print a summary or ``--json``, exit 1 when a check fails, 3 when the kernel cannot run the
+scenario), ``scenarios`` (list them) and ``fetch`` (fill the cache ahead of time). Library errors
 propagate as :class:`tracekit.errors.TracekitError` to the root app, which prints one line. The
 ``--json`` outputs are documented in ``docs/cli-json/lab.md``.
 """
@@ -73,11 +73,22 @@ def _run(arch: str, scenario: str, output: Path, kernel: Optional[str], modules:
         for key, entry in sorted(run.lock_contention.items()):
             typer.echo(f"contention {key:<24} {entry['waits']:>7,} waits, {entry['wait_ns'] / 1e6:,.1f} ms waited")
         for check in run.checks:
-            mark = "ok " if check["ok"] else "BAD"
-            typer.echo(f"{mark} {check['count']}: measured {check['measured']:,}, expected {check['expected']:,}")
+            typer.echo(_check_line(check))
         typer.echo("note: counts are exact under emulation; durations are not meaningful")
     if not run.ok:
         raise typer.Exit(1)
+
+
+def _check_line(check: dict) -> str:
+    """One check of a lab run as the summary prints it (``ok``, ``BAD`` or ``n/a`` first)."""
+    if not check.get("applicable", True):
+        return f"n/a {check['count']}: {check['reason']}"
+    mark = "ok " if check["ok"] else "BAD"
+    if check["measured"] is None:
+        return f"{mark} {check['count']}: {check['reason']}"
+    if check.get("kind") == "fired":
+        return f"{mark} {check['count']}: fired {check['measured']:,} times" + ("" if check["ok"] else " (never)")
+    return f"{mark} {check['count']}: measured {check['measured']:,}, expected {check['expected']:,}"
 
 
 _SCENARIO_HELP = "Scenario to run (see 'tracekit lab scenarios')."
@@ -112,7 +123,8 @@ def arm64(
 
     The stage2 function probes (kvm_pgtable_walk, stage2_split_walker, kvm_pgtable_stage2_split, ...)
     are attached with kprobe_events and BTF argument names inside the guest. Exit status 1 when the
-    scenario's exact expected counts are not met.
+    scenario's exact expected counts are not met or a probe it needs saw nothing; 3 when the kernel cannot
+    run the scenario at all (e.g. eager split before 6.4).
 
     Examples:
 

@@ -38,7 +38,7 @@ from tracekit.recorder import rawbuf
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["unpack", "ProbeEvent", "GuestTrace", "read_guest_trace", "step_counts", "hist_totals", "decode_functions", "write_capture"]
+__all__ = ["unpack", "guest_reason", "ProbeEvent", "GuestTrace", "read_guest_trace", "step_counts", "hist_totals", "decode_functions", "write_capture"]
 
 
 def unpack(archive: Path, dest: Path) -> Path:
@@ -60,6 +60,19 @@ def unpack(archive: Path, dest: Path) -> Path:
     if not (dest / "meta.json").exists():
         raise LabError("the guest's result archive has no meta.json")
     return dest
+
+
+_GUEST_REASONS = (re.compile(r"tk-guest-error: (.*)"), re.compile(r"(Kernel panic - not syncing: .*)"),
+                  re.compile(r"(Unable to mount root fs.*|No working init found.*)"))
+
+
+def guest_reason(console: str) -> str:
+    """``": REASON"`` from the guest's console (its ``tk-guest-error:`` lines, else a kernel panic), or ``""``."""
+    for pattern in _GUEST_REASONS:
+        found = [m.group(1).strip() for m in pattern.finditer(console)]
+        if found:
+            return ": guest says " + " / ".join(dict.fromkeys(found))
+    return ""
 
 
 @dataclass

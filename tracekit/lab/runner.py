@@ -28,8 +28,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracekit.errors import LabError, UsageError
-from tracekit.lab import fetch, kernels, machine, results, scenarios
+from tracekit.errors import LabError, NotApplicable, UsageError
+from tracekit.lab import capabilities, fetch, kernels, machine, results, scenarios
 from tracekit.lab.guest_record import BACKENDS
 from tracekit.lab.guest_run import probe_family
 from tracekit.procs import pid_alive
@@ -76,6 +76,11 @@ class LabRun:
     def ok(self) -> bool:
         return all(check["ok"] for check in self.checks)
 
+    @property
+    def not_applicable(self) -> list[dict]:
+        """The checks this kernel cannot make (with their reasons)."""
+        return [check for check in self.checks if not check.get("applicable", True)]
+
     def as_dict(self) -> dict:
         return {
             "arch": self.arch,
@@ -101,11 +106,38 @@ class LabRun:
         }
 
 
-def _checks(scenario: scenarios.Scenario, counts: dict[str, int]) -> list[dict]:
+def scenario_checks(scenario: scenarios.Scenario, release: str, counts: dict[str, int], probes: dict) -> list[dict]:
+    """The run's checks on kernel ``release``: each exact expected count (that kernel's semantics) and each
+    ``evidence`` probe that must fire. A probe the kernel cannot have is ``applicable: false`` with the reason; one
+    the guest did not attach (``probes["failed"]``, or a tracepoint missing from ``probes["tracepoints"]``) or that
+    never fired fails with the guest's reason: a run never passes on probes that saw nothing."""
+    version = kernels.version_of(release)
+    absent = capabilities.absent_probes(version, scenario.arch)
+    failed = {f["probe"]: f["reason"] for f in probes.get("failed", []) if isinstance(f, dict) and "probe" in f}
+    enabled = probes.get("tracepoints")
+    if enabled is not None:
+        wanted = [*probe_family(scenario.arch)[1], *scenario.tracepoints]
+        names = {event.split(":")[-1] for event in enabled}
+        failed.update({event: f"tracepoint {system}:{event} is not in this kernel" for system, event in wanted
+                       if event not in names})  # fmt: skip
+    wanted = [(name, count, "exact") for name, count in scenarios.expected_on(scenario, version).items()]
+    wanted += [(name, 1, "fired") for name in scenario.evidence]
     checks = []
-    for name, expected in scenario.expected.items():
-        got = counts.get(name, 0)
-        checks.append({"count": name, "expected": expected, "measured": got, "ok": got == expected})
+    for name, expected, kind in wanted:
+        check = {"count": name, "kind": kind, "expected": expected, "measured": counts.get(name, 0), "applicable": True}
+        if name in absent:
+            check.update(applicable=False, ok=True, measured=None,
+                         reason=f"not applicable on {release}: {absent[name].reason()}")  # fmt: skip
+        elif name in failed:
+            why = failed[name]
+            if "Invalid fetch argument" in why and not capabilities.has(version, scenario.arch, "kprobe-btf-args"):
+                why += f" ({capabilities.get('kprobe-btf-args').reason()})"
+            check.update(ok=False, measured=None, reason=f"{name} not attached: {why}")
+        elif kind == "fired":
+            check.update(ok=check["measured"] > 0, reason="" if check["measured"] else f"{name} attached but never fired")
+        else:
+            check.update(ok=check["measured"] == expected, reason="")
+        checks.append(check)
     return checks
 
 
@@ -134,6 +166,9 @@ def run_lab(
     cache = fetch.cache_dir()
     fetch.check_disk(cache, 256 << 20)
     lab_kernel = kernels.resolve_kernel(kernel, arch, cache, modules)
+    reason = scenarios.not_applicable(chosen, lab_kernel.version)
+    if reason:
+        raise NotApplicable(f"scenario {chosen.name} is not applicable on {lab_kernel.release}: {reason}")
     image, release_hint, module_files, source = lab_kernel.image, lab_kernel.release, lab_kernel.modules, lab_kernel.spec
     if recorder:
         # the headers bcc compiles against: the booted kernel's, or trixie's for an image of your own (tracefs needs none)
@@ -160,15 +195,17 @@ def run_lab(
             cpu_features=machine.RECORDER_X86_FEATURES if recorder and arch == "x86" else "",
         )
         boot = _boot(command, guest_console, archive, timeout, console_log)
-        guest_dir = results.unpack(archive, work / "guest")
+        try:
+            guest_dir = results.unpack(archive, work / "guest")
+        except LabError as error:
+            raise LabError(f"{error}{results.guest_reason(boot.console)} (console log: {console_log})") from None
         if recorder:
             return _adopt_recorded(arch, chosen, recorder, output, guest_dir, boot, lab_kernel, console_log,
                                    command_line, work, cache, keep_raw)  # fmt: skip
         trace = results.read_guest_trace(guest_dir)
         if trace.meta.get("status") != "complete" or boot.guest_rc != 0:
-            raise LabError(
-                f"the guest scenario failed: {trace.meta.get('error', 'see the console log')} (console log: {console_log})"
-            )
+            raise LabError(f"the guest scenario failed: {trace.meta.get('error', 'see the console log')}"
+                           f"{results.guest_reason(boot.console)} (console log: {console_log})")  # fmt: skip
         probes = probe_family(arch)[0]
         manifest = {
             "source": {"kind": "lab", "description": f"tracekit lab {arch} --scenario {chosen.name}: {chosen.description}"},
@@ -212,7 +249,8 @@ def run_lab(
             steps=summary["steps"],
             kernel_histograms=summary["kernel_histograms"],
             probes=manifest["probes"],
-            checks=_checks(chosen, summary["counts"]),
+            checks=scenario_checks(chosen, manifest["kernel_release"], summary["counts"],
+                                   {**manifest["probes"], "tracepoints": trace.meta["probes"].get("tracepoints")}),
             lock_contention=summary["lock_contention"],
             kernel=lab_kernel.as_dict(),
         )
@@ -266,8 +304,8 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
     if keep_raw:
         shutil.copytree(guest_dir, output.parent / f"{output.name}.guest", ignore=shutil.ignore_patterns(CAPTURE))
     if meta.get("status") != "complete" or boot.guest_rc != 0:
-        raise LabError(f"tracekit record in the guest failed: {meta.get('error', 'see the console log')} "
-                       f"(recorder log: {record_log}; console log: {console_log})")  # fmt: skip
+        raise LabError(f"tracekit record in the guest failed: {meta.get('error', 'see the console log')}"
+                       f"{results.guest_reason(boot.console)} (recorder log: {record_log}; console log: {console_log})")  # fmt: skip
     probes = probe_family(arch)[0]
     lab = {
         "source": {"kind": "lab", "description": f"tracekit lab {arch} --scenario {chosen.name} --recorder {recorder}: "
@@ -291,7 +329,7 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
     return LabRun(
         arch=arch, scenario=chosen.as_dict(), output=output, kernel_release=lab["kernel_release"],
         kernel_source=lab_kernel.spec, boot_seconds=boot.seconds, console_log=console_log, counts=counts, steps=steps,
-        kernel_histograms={}, probes=probes_info, checks=_checks(chosen, counts), recorder=recorder, kernel=lab_kernel.as_dict(),
+        kernel_histograms={}, probes=probes_info, checks=scenario_checks(chosen, lab["kernel_release"], counts, probes_info), recorder=recorder, kernel=lab_kernel.as_dict(),
         record_seconds=meta.get("record_seconds"), attach_seconds=meta.get("attach_seconds"), visits_by_level=recorded.visits_by_level(cap, probes),
     )  # fmt: skip
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tracekit.errors import UsageError
+from tracekit.lab import capabilities
 
 __all__ = ["Scenario", "SCENARIOS", "VARIANT_SETTINGS", "get", "with_variant", "names", "smallest"]
 
@@ -64,6 +65,12 @@ class Scenario:
     workload_args: dict = field(default_factory=dict)
     expected: dict[str, int] = field(default_factory=dict)
     expected_note: str = ""
+    #: capabilities (:mod:`tracekit.lab.capabilities`) without which the scenario does not apply
+    needs: tuple[str, ...] = ()
+    #: probes that must fire for the run to show anything (where no exact count does)
+    evidence: tuple[str, ...] = ()
+    #: capability -> the expected counts of a kernel without it (that kernel's semantics)
+    expected_without: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def workload_only(self) -> bool:
@@ -88,6 +95,9 @@ class Scenario:
             "steps": [list(s) for s in self.steps],
             "expected": dict(self.expected),
             "expected_note": self.expected_note,
+            "needs": list(self.needs),
+            "evidence": list(self.evidence),
+            "expected_without": {k: dict(v) for k, v in self.expected_without.items()},
         }
 
 
@@ -106,6 +116,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         eager_split_chunk=_BLOCK,
         expected={"stage2_split": 128, "split_walker": 65_664},
         expected_note="128 blocks x (1 block visit + 512 visits of the new level-3 table) = 65,664",
+        needs=("eager-split",),
     ),
     Scenario(
         "eager-chunk-1g",
@@ -116,6 +127,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         eager_split_chunk=1 << 30,
         expected={"stage2_split": 1, "split_walker": 65_664},
         expected_note="one kvm_pgtable_stage2_split over [slot); the same 128 + 128 x 512 visits",
+        needs=("eager-split",),
     ),
     Scenario(
         "eager-clear",
@@ -127,6 +139,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         manual_protect=True,
         expected={"stage2_split": 1024, "split_walker": 65_664},
         expected_note="one split call per 64-page mask word: 256 MiB / 256 KiB = 1,024; visits as at enable",
+        needs=("eager-split",),
     ),
     Scenario(
         "lazy",
@@ -135,6 +148,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         256,
         _WORKLOAD,
         expected={"stage2_split": 0},
+        evidence=("guest_abort", "stage2_map"),
     ),
     Scenario(
         "rebuild",
@@ -144,6 +158,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         _FAULT_IN + (("log", True), ("log", False), ("touch", _BLOCK)),
         eager_split_chunk=_BLOCK,
         expected={"stage2_split": 128},
+        needs=("eager-split",),
+        evidence=("map_walker",),
     ),
     Scenario(
         "contention",
@@ -155,6 +171,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         manual_protect=True,
         vcpus=2,
         tracepoints=(("lock", "contention_begin"), ("lock", "contention_end")),
+        needs=("eager-split", "lock-contention-tracepoints"),
+        evidence=("guest_abort", "stage2_split"),
     ),
     Scenario(
         "hugetlb-2m",
@@ -165,6 +183,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         backing="hugetlb-2m",
         eager_split_chunk=_BLOCK,
         expected={"stage2_split": 128, "split_walker": 65_664},
+        needs=("eager-split",),
     ),
     Scenario(
         "overhead",
@@ -175,6 +194,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         eager_split_chunk=_BLOCK,
         expected={"stage2_split": 256, "split_walker": 65_664},
         expected_note="two enables of 128 splits each; visitor events only from the second (128 + 65,536)",
+        needs=("eager-split",),
     ),
     Scenario(
         "workload",
@@ -182,6 +202,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "the project's dirty-log workload (arm64 backend: EL1 guest, stage-1 MMU on) over 64 MiB THP, 2 MiB guest pages",
         64,
         _WORKLOAD,
+        evidence=("guest_abort", "stage2_map"),
     ),
     Scenario(
         "tdp-eager",
@@ -191,6 +212,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         _WORKLOAD,
         expected={"kvm_mmu_split_huge_page": 32},
         expected_note="64 MiB / 2 MiB = 32 level-2 SPTEs split once each",
+        needs=("eager-page-split",),
     ),
     Scenario(
         "tdp-clear",
@@ -200,6 +222,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         _WORKLOAD,
         manual_protect=True,
         expected={"kvm_mmu_split_huge_page": 32},
+        needs=("eager-page-split",),
     ),
     Scenario(
         "tdp-lazy",
@@ -210,6 +233,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         eager_page_split=False,
         expected={"kvm_mmu_split_huge_page": 32},
         expected_note="each of the 32 huge SPTEs splits on its first write fault (tdp_mmu_split_huge_page from the map)",
+        evidence=("page_fault", "tdp_map"),
+        expected_without={"split-on-fault": {"kvm_mmu_split_huge_page": 0}},
     ),
     Scenario(
         "nvhe",
@@ -220,6 +245,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         eager_split_chunk=_BLOCK,
         kernel_args="kvm-arm.mode=nvhe",
         expected={"stage2_split": 128, "split_walker": 65_664},
+        needs=("eager-split",),
     ),
     Scenario(
         "hugetlb-1g",
@@ -235,6 +261,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected={"stage2_split": 512, "split_walker": 262_657},
         expected_note="512 chunks of 2 MiB; the first call turns the level-1 block into 512 level-2 blocks: "
         "1 + 512 block visits + 512 x 512 page visits = 262,657",
+        needs=("eager-split",),
     ),
     Scenario(
         "tdp-hugetlb-2m",
@@ -244,6 +271,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         _WORKLOAD,
         backing="hugetlb-2m",
         expected={"kvm_mmu_split_huge_page": 32},
+        needs=("eager-page-split",),
     ),
     Scenario(
         "tdp-4k",
@@ -253,6 +281,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         _WORKLOAD,
         backing="4k",
         expected={"kvm_mmu_split_huge_page": 0},
+        evidence=("page_fault", "tdp_map"),
     ),
     Scenario(
         "tdp-1g",
@@ -266,6 +295,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         workload_args={"write_percent": 0},
         expected={"kvm_mmu_split_huge_page": 513},
         expected_note="1 GiB -> 512 x 2 MiB (one event at level 3), then each 2 MiB -> 4 KiB (512 events at level 2)",
+        needs=("eager-page-split",),
     ),
     Scenario(
         "4k",
@@ -277,8 +307,25 @@ SCENARIOS: tuple[Scenario, ...] = (
         eager_split_chunk=_BLOCK,
         expected={"stage2_split": 128, "split_walker": 65_536},
         expected_note="256 MiB / 2 MiB chunks = 128 split calls, each visiting 512 level-3 PTEs and splitting none",
+        needs=("eager-split",),
     ),
 )
+
+
+def not_applicable(scenario: Scenario, version: tuple[int, int]) -> str | None:
+    """Why a ``version`` kernel cannot run ``scenario`` (the capabilities it lacks), or None."""
+    lacking = capabilities.missing(version, scenario.arch, scenario.needs)
+    return "; ".join(c.reason() for c in lacking) or None
+
+
+def expected_on(scenario: Scenario, version: tuple[int, int]) -> dict[str, int]:
+    """The scenario's exact expected counts on a ``version`` kernel (its ``expected_without`` where it lacks a
+    capability that changes them)."""
+    expected = dict(scenario.expected)
+    for name, counts in scenario.expected_without.items():
+        if not capabilities.has(version, scenario.arch, name):
+            expected.update(counts)
+    return expected
 
 
 def names(arch: str | None = None) -> list[str]:
