@@ -79,7 +79,7 @@ def run_lab_or_skip(arch: str, scenario: str, output, **options):
     except MissingCapability as error:
         skip_or_fail(str(error))
     except LabError as error:
-        if "cannot read the Debian" in str(error) or "apt-get download" in str(error):
+        if any(text in str(error) for text in ("cannot read the Debian", "apt-get download", "name no Debian archive")):
             skip_or_fail(f"no route to the Debian mirror for the lab's packages: {error}")
         raise
 

@@ -1,23 +1,11 @@
 """Inside a lab guest: attach the function probes with tracefs, run a scenario, save the raw trace.
 
-Contract
---------
-``python3 -m tracekit.lab.guest_run ARCH SCENARIO OUTDIR`` (run by the guest's ``/init``, as root,
-tracefs mounted) resolves the architecture's probe family against ``/proc/kallsyms``, writes the
-``kprobe_events`` definitions (BTF argument names), records them in a private tracefs instance
-``tracekit`` (``mono`` clock, so timestamps are CLOCK_MONOTONIC ns) with an in-kernel histogram per
-hot probe, runs the scenario steps (each bracketed by ``trace_marker_raw`` records with id ``2N`` at the
-begin and ``2N+1`` at the end of step N; ``meta.json`` names the steps), then saves into OUTDIR:
-
-- ``meta.json``: scenario, uname, kvm parameters, probe resolution (attached / failed with reasons),
-  the VMM's ioctl log, step timings, lost-event counts;
-- ``raw/cpuN.bin``: the per-CPU ``trace_pipe_raw`` pages; ``formats/SYSTEM__EVENT``: their
-  ``format`` files, plus ``header_page`` and ``header_event``;
-- ``hist/EVENT.txt``: the histogram trigger outputs; ``kallsyms.txt``: the KVM text symbols.
-
-It removes its probes and instance before returning. Exit status 0 on success; a failure prints
-one line ``tk-guest-error: ...`` and exits 1 (``meta.json`` still written with the error).
-Standard library only.
+``python3 -m tracekit.lab.guest_run ARCH SCENARIO OUTDIR`` (the guest's ``/init``, as root) resolves the
+architecture's probes in ``/proc/kallsyms``, defines them in ``kprobe_events``, records into a private
+tracefs instance (``mono`` clock, a hist trigger per hot probe), runs the scenario's steps between
+``trace_marker_raw`` marks, and saves ``meta.json`` (probe resolution and failures with reasons, the VMM's
+log, step times), the raw per-CPU pages and their formats into OUTDIR. It removes what it set up; a failure
+prints one ``tk-guest-error:`` line and exits 1. Standard library only.
 """
 
 from __future__ import annotations

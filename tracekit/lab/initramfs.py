@@ -1,14 +1,8 @@
-"""Write an initramfs (``newc`` cpio, uncompressed) from a root directory plus extra files.
+"""Write an uncompressed ``newc`` initramfs from a root directory plus extra files.
 
-Contract
---------
-:func:`write_initramfs` archives every file, directory and symbolic link under ``root`` (device
-nodes and sockets are skipped: the guest mounts devtmpfs), then the ``extra`` entries (archive
-path -> bytes, file mode 0755 for ``init``, ``*.sh`` and ``usr/local/bin/*``, 0644 otherwise; parent
-directories created), and the
-trailer. Paths inside the archive are relative (``usr/bin/python3``); ``exclude`` holds path
-prefixes to leave out. Uncompressed on purpose: the emulated kernel unpacks it without running a
-decompressor under TCG. Returns the number of entries. Raises OSError on I/O failure.
+:func:`write_initramfs` archives files, directories and links under ``root`` (not device nodes), minus
+``exclude`` prefixes, then the ``extra`` entries (mode 0755 for ``init``, ``*.sh``, ``usr/local/bin/*``)
+with their parent directories. Uncompressed so the emulated kernel unpacks it without a decompressor.
 """
 
 from __future__ import annotations

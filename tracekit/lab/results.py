@@ -1,22 +1,11 @@
 """Host side of a lab run: unpack the guest's archive, decode its raw trace, write a capture.
 
-Contract
---------
-:func:`unpack` extracts the tar archive the guest streamed over its virtio port into a directory
-(member paths are checked to stay inside it; a truncated or empty archive raises
-:class:`tracekit.errors.LabError`). :func:`read_guest_trace` decodes every ``raw/cpuN.bin`` with
-the saved ``formats/`` into one record array per event (``GuestTrace.arrays``, as the recorder's tracefs
-backend hands them to its families), time-ordered :class:`ProbeEvent`
-records of the same events (step counts, lock waits) and the scenario step markers.
-:func:`decode_functions` turns the function-probe events into the capture tables with the recorder's
-own decoder (:meth:`tracekit.funcprobes.family.FunctionProbeFamily.decode_recording`, the guest's whole
-trace as one batch). :func:`write_capture` writes a capture
-directory (families ``stage2_walk``, ``stage2_visit``, ``split``, ``fault``, ``func_call``) with
-``source.kind = "lab"`` and the guest's kernel release, probes, steps, per-step counts and the
-kernel's own histogram totals in the manifest; ``lock:contention_*`` events, when recorded, become
-the recorder's ``lock`` table, with the ``mmu_lock`` addresses (``struct kvm`` pointers seen by the
-dirty-log probe plus ``offsetof(struct kvm, mmu_lock)``) and a per-flags summary in the manifest. :func:`step_counts` counts probe entries per
-scenario step. Timestamps are the guest's CLOCK_MONOTONIC (``mono`` trace clock), ns.
+:func:`unpack` extracts the archive the guest streamed over its virtio port (paths kept inside;
+truncated or missing archives raise :class:`tracekit.errors.LabError`, and :func:`guest_reason` finds the
+guest's own reason on its console). :func:`read_guest_trace` decodes the per-CPU raw pages with the
+recorder's decoder; :func:`write_capture` writes the families with the recorder's own function-probe
+decoder, the ``lock`` table from ``lock:contention_*`` and per-step counts in the manifest.
+Timestamps are the guest's CLOCK_MONOTONIC, ns.
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
-"""Run one lab: fetch (cached), build the initramfs, boot under QEMU, decode, write the capture.
+"""Run one lab: resolve the kernel, build the initramfs, boot under QEMU, decode, check, write the capture.
 
-Contract
---------
-:func:`run_lab` runs scenario ``scenario`` of ``arch`` (``arm64`` or ``x86``) and writes the capture
-directory ``output`` (which must not exist). ``kernel`` replaces the Debian cloud kernel with the
-caller's own boot image (arm64 ``Image``; for x86 the KVM modules must then be built in, or given
-with ``modules``). ``timeout`` (seconds) bounds the emulated boot; the guest console log is always
-kept next to the capture as ``OUTPUT.console.log``; ``keep_raw`` copies the guest's raw result
-directory (per-CPU pages, format files, histograms) there too. ``recorder`` (``bcc`` or ``tracefs``)
-runs the scenario's workload under the real ``tracekit record --probes stage2|tdp,mmu --backend RECORDER``
-inside the guest instead (the recorder userland: :func:`tracekit.lab.fetch.fetch_recorder_userland`,
-2 GiB more guest memory, SSE4.2 for the x86 guest CPU;
-workload scenarios only; ``bcc`` only with the Debian kernel, whose headers it needs) and adopts the
-guest's capture as ``output`` (:mod:`tracekit.lab.recorded`), its counts per workload phase from
-the phase record the recorder stores; the recorder's stderr is kept as ``OUTPUT.record.log``.
-``timeout`` None means :data:`DEFAULT_TIMEOUT` (raw) or :data:`RECORDER_TIMEOUT`. Returns a :class:`LabRun` whose
-``as_dict()`` is the documented ``--json`` output (docs/cli-json/lab.md). Under emulation counts
-are exact and timings are not: the result says so in ``timing_note``. Raises
-:class:`tracekit.errors.LabError`, ``MissingCapability`` or ``UsageError`` with one line.
+:func:`run_lab` runs scenario ``scenario`` of ``arch`` on ``kernel`` (a spec of
+:mod:`tracekit.lab.kernels`; default ``debian:trixie``) and writes the capture ``output`` (which must not
+exist), the console log beside it. A scenario the kernel cannot run raises
+:class:`tracekit.errors.NotApplicable` before booting; :func:`scenario_checks` judges a run on that
+kernel's semantics, and fails probes that were not attached or never fired. ``recorder`` runs the real
+``tracekit record`` in the guest instead of raw ``kprobe_events`` (:mod:`tracekit.lab.recorded`). The
+:class:`LabRun` it returns is the documented ``--json`` output; counts are exact under emulation, timings
+are not. Other failures raise ``LabError``, ``MissingCapability`` or ``UsageError`` with one line.
 """
 
 from __future__ import annotations

@@ -1,37 +1,12 @@
 """Lab scenarios: what the nested VM does inside an emulated machine, as data.
 
-Contract
---------
-A :class:`Scenario` names an architecture, the nested VM's memory (MiB, backing ``thp`` / ``4k`` /
-``hugetlb-2m`` / ``hugetlb-1g``), extra guest kernel arguments (``kvm-arm.mode=nvhe``, a boot-time
-1 GiB hugetlb pool), extra tracepoints to record (lock contention), extra options for the
-dirty-log workload (``workload_args``), its KVM switches (arm64 eager-split chunk in bytes,
-manual dirty-log protect with initially-set, vCPU count; on x86 the ``eager_page_split``
-parameter) and a list of steps executed in order by :mod:`tracekit.lab.guest_run`. Each step is
-a tuple ``(op, *args)``; all but ``workload`` drive :mod:`tracekit.lab.arm64_vm`:
-
-- ``("prefault",)``: write every host page of the slot from the VMM, so THP/hugetlb backs it;
-- ``("touch", stride)``: vCPU 0 stores once every ``stride`` bytes of the slot (faults blocks in);
-- ``("touch_parallel", stride)``: every vCPU stores into its share of the slot at once;
-- ``("log", on)``: set or clear ``KVM_MEM_LOG_DIRTY_PAGES`` on the slot;
-- ``("get_dirty",)``, ``("clear",)``: ``KVM_GET_DIRTY_LOG`` / ``KVM_CLEAR_DIRTY_LOG`` of the whole slot;
-- ``("clear_while_touching", stride)``: CLEAR from the VMM thread while all vCPUs store;
-- ``("hot", on)``: enable or disable the per-entry visitor probes (overhead comparisons);
-- ``("new_vm",)``: replace the nested VM by a fresh one with the same settings;
-- ``("workload", iterations)``: the project's dirty-log workload through the architecture's own
-  backend (:mod:`tracekit.workload`; populate, enable logging, ``iterations`` passes with GET, or
-  GET + CLEAR with manual protect, disable), each of its phases a step; on arm64 the scenario's
-  eager-split chunk is the workload's ``eager_split_chunk`` option. Scenarios the workload cannot
-  express (logging turned off and blocks faulted back, CLEAR racing the vCPUs, probes toggled
-  between two VMs) use the step list above on :mod:`tracekit.lab.arm64_vm`.
-
-``expected`` holds exact counts the scenario must produce (``stage2_split`` calls, ``split_walker``
-visits, x86 ``split_events``), stated with their arithmetic. :func:`get` raises
-:class:`tracekit.errors.UsageError` for an unknown name. A name may carry a variant after ``@``
-(:data:`VARIANT_SETTINGS`: ``contention@vcpus=4``, ``tdp-eager@eager_page_split=N``,
-``contention@eager_split_chunk=0``): the scenario with
-those settings, named in its canonical variant form (the guest gets the same name on its command line).
-Standard library only (runs in the guests).
+A :class:`Scenario` names an architecture, the nested VM's memory and backing, KVM switches, extra
+tracepoints, and steps run by :mod:`tracekit.lab.guest_run`: ``("workload", N)`` (the project's
+dirty-log workload, each phase a step) or :mod:`tracekit.lab.arm64_vm` steps (``prefault``, ``touch``,
+``log``, ``clear_while_touching``, ``hot``, ``new_vm``, ...) where the workload cannot express them.
+``expected`` holds exact counts with their arithmetic, ``evidence`` the probes that must fire, ``needs``
+the kernel capabilities (:mod:`tracekit.lab.capabilities`) it requires and ``expected_without`` the counts
+of a kernel without one. Standard library only (runs in the guests).
 """
 
 from __future__ import annotations
