@@ -26,7 +26,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from tracekit.recorder.tracefs import INSTANCE_PREFIX
+from tracekit.recorder.backend_tracefs import INSTANCE_PREFIX
 from tracekit.workload.dirtylog import run_dirty_log
 from tracekit.workload.options import DirtyLogOptions, parse_size
 

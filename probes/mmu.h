@@ -2,7 +2,7 @@
 /*
  * mmu.h - event of the "mmu" family: the kvmmmu and kvm tracepoints that describe
  * MMU work. One struct for all of them; hdr.kind names the tracepoint (the
- * numbering is the order of MMU_EVENTS in tracekit/recorder/families/mmu.py and
+ * numbering is the order of MMU_EVENTS in tracekit/recorder/tracepoint_families.py and
  * of the TK_MMU_* constants below).
  */
 #ifndef TK_MMU_H

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * stage2.bpf.c - the "stage2" function-probe family (arm64 KVM stage-2 tables),
- * bcc kprobes/kretprobes attached by tracekit.funcprobes.bcc_backend to the
+ * bcc kprobes/kretprobes attached by tracekit.funcprobes.bcc_programs to the
  * symbols resolved on the host (".isra" clones included).
  *
  * Per-entry probes (stage2_split_walker, stage2_map_walker) fire once per visited

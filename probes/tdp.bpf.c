@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * tdp.bpf.c - the "tdp" function-probe family (x86 KVM TDP MMU), bcc kprobes and
- * kretprobes attached by tracekit.funcprobes.bcc_backend to the symbols resolved
+ * kretprobes attached by tracekit.funcprobes.bcc_programs to the symbols resolved
  * on the host. Each probed function becomes one span event (entry time, two
  * arguments, duration, return value); tdp_iter_next, which runs once per SPTE the
  * TDP iterator visits, only bumps a per-level counter of the thread's innermost

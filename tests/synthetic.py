@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from tracekit.capture import COMMON_FIELDS, CaptureWriter
 from tracekit.model.x86 import X86PageTables
-from tracekit.recorder.families import IoctlFamily, LockFamily, WalkFamily
+from tracekit.recorder.tracepoint_families import IoctlFamily, LockFamily, WalkFamily
 
 __all__ = ["SCHEMAS", "guest_tables", "walk_tables", "write_synthetic_capture"]
 

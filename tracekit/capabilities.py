@@ -276,7 +276,7 @@ def check_fentry() -> Check:
 def family_availability() -> dict[str, dict]:
     """Every probe family the recorder knows, as ``record`` would plan it on this host: whether it can
     record, why not, and the probes that can attach (the recorder's own checks, not a second copy)."""
-    from tracekit.recorder.family import Host, RecordOptions, family_names
+    from tracekit.recorder.probe_family import Host, RecordOptions, family_names
     from tracekit.recorder.session import plan_families
 
     names = tuple(family_names())

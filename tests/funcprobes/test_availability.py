@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support
 from tracekit.funcprobes.kallsyms import parse_kallsyms
-from tracekit.funcprobes.stage2 import STAGE2_PROBES
-from tracekit.funcprobes.tdp import TDP_PROBES
+from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
+from tracekit.funcprobes.tdp_probes import TDP_PROBES
 
 # This development machine: KVM symbols present, CONFIG_KPROBES off (no register_kprobe, no kprobe_events).
 HOST_KALLSYMS = "ffffffff81000000 T kvm_mmu_page_fault\nffffffff81000100 T kvm_tdp_mmu_map\nffffffff81000200 t fast_page_fault.part.0\n"

@@ -13,9 +13,9 @@ import pytest
 
 from tests import livecheck
 from tracekit.errors import MissingCapability, ProbeLoadError
-from tracekit.funcprobes import bcc_backend
+from tracekit.funcprobes import bcc_programs
 from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, BtfTypes, offset_cflags
-from tracekit.funcprobes.family import Stage2Family, TdpFamily
+from tracekit.funcprobes.funcprobe_families import Stage2Family, TdpFamily
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,7 @@ def test_event_dtypes_match_the_headers():
     gen_schema.parse_structs((ROOT / "probes" / "tk_common.h").read_text(), known)
     for header in ("stage2.h", "tdp.h"):
         for name, layout in gen_schema.parse_structs((ROOT / "probes" / header).read_text(), known):
-            dtype = bcc_backend.EVENT_DTYPES[name]
+            dtype = bcc_programs.EVENT_DTYPES[name]
             assert dtype.itemsize == layout["itemsize"], name
             flat = [n for n in dtype.names if n not in ("ts_ns", "pid", "tid", "cpu", "kind")]
             assert flat == layout["names"][1:], name
@@ -112,21 +112,21 @@ class Arm64Stage2(Stage2Family):
 def need_loader():
     """The recorder's bcc loader, or a skip naming what is missing (bcc, kernel headers)."""
     livecheck.need_bcc()
-    from tracekit.recorder import bccload
+    from tracekit.recorder import backend_bcc
 
     try:
-        bccload.import_bcc()
+        backend_bcc.import_bcc()
     except MissingCapability as error:
         livecheck.skip_or_fail(str(error))
-    return bccload
+    return backend_bcc
 
 
 @contextmanager
 def loaded(families: list) -> Iterator:
     """``families`` compiled and loaded in one program by the recorder's BccBackend, no probe status
     available (no kprobe attached); yields the backend, closed on exit."""
-    bccload = need_loader()
-    backend = bccload.BccBackend([(family, []) for family in families], 1)
+    backend_bcc = need_loader()
+    backend = backend_bcc.BccBackend([(family, []) for family in families], 1)
     try:
         backend.start()
         yield backend
@@ -149,7 +149,7 @@ def test_programs_compile_and_pass_the_verifier(family):
     import bcc
 
     with loaded([Arm64Stage2() if family == "stage2" else TdpFamily()]) as backend:
-        names = {fn for pair in bcc_backend.ATTACH[family].values() for fn in pair if fn}
+        names = {fn for pair in bcc_programs.ATTACH[family].values() for fn in pair if fn}
         for name in sorted(names):
             backend.bpf.load_func(name.encode(), bcc.BPF.KPROBE)
         assert not backend.bpf.kprobe_fds and not backend.attached
@@ -175,22 +175,22 @@ def test_compile_failure_carries_the_compiler_log():
 def test_decode_stage2_records():
     """A walk record with counts [split walker][level 2][block] = 1 and [level 3][page] = 512 -> two visit rows;
     a span record of func 0 (stage2_split) -> a split row; raw visits outside a walk are aggregated (walk -1)."""
-    walk = np.zeros(1, bcc_backend.EVENT_DTYPES["stage2_walk_event"])
+    walk = np.zeros(1, bcc_programs.EVENT_DTYPES["stage2_walk_event"])
     walk["ts_ns"], walk["kind"], walk["walk_id"], walk["addr"], walk["size"] = 5, 0, 7, 0x4000_0000, 2 << 20
     walk["counts"][0][2 * 4 + 2] = 1
     walk["counts"][0][3 * 4 + 1] = 512
-    tables = bcc_backend.decode_stage2("stage2_walks", walk)
+    tables = bcc_programs.decode_stage2("stage2_walks", walk)
     visits = tables["stage2_visit"].to_pylist()
     assert [(v["walk_id"], v["level"], v["kind"], v["count"]) for v in visits] == [(7, 2, "leaf:block", 1), (7, 3, "leaf:page", 512)]
     assert tables["stage2_walk"].to_pylist()[0]["size"] == 2 << 20
-    span = np.zeros(1, bcc_backend.EVENT_DTYPES["stage2_span_event"])
+    span = np.zeros(1, bcc_programs.EVENT_DTYPES["stage2_span_event"])
     span["kind"], span["func"], span["arg0"], span["arg1"], span["duration_ns"] = 2, 0, 0x4000_0000, 2 << 20, 900
-    split = bcc_backend.decode_stage2("stage2_span_events", span)["split"].to_pylist()[0]
+    split = bcc_programs.decode_stage2("stage2_span_events", span)["split"].to_pylist()[0]
     assert (split["probe"], split["addr"], split["duration_ns"]) == ("stage2_split", 0x4000_0000, 900)
-    raw = np.zeros(3, bcc_backend.EVENT_DTYPES["stage2_visit_event"])
+    raw = np.zeros(3, bcc_programs.EVENT_DTYPES["stage2_visit_event"])
     raw["walk_id"] = [0, 0, 9]  # the third was sampled inside walk 9: already counted there
     raw["level"], raw["old"], raw["visit"], raw["visitor"] = [2, 2, 3], [1, 1, 3], [1, 1, 1], [1, 1, 0]
-    visits = bcc_backend.decode_stage2("stage2_visits", raw)["stage2_visit"].to_pylist()
+    visits = bcc_programs.decode_stage2("stage2_visits", raw)["stage2_visit"].to_pylist()
     assert [(v["walk_id"], v["visitor"], v["level"], v["kind"], v["count"]) for v in visits] == [
         (-1, "stage2_map_walker", 2, "leaf:block", 2)]
 
@@ -209,11 +209,11 @@ def test_live_kernel_members_of_the_tdp_structs():
 def test_decode_tdp_records():
     """A split_root span with iterator steps 64/33/33 at levels 2/3/4 -> one walk and its visits; a
     split_huge_page span -> a split row of the 2 MiB page at gfn << 12."""
-    spans = np.zeros(2, bcc_backend.EVENT_DTYPES["tdp_span_event"])
-    spans["func"] = [bcc_backend.TDP_FUNC_NAMES.index("split_root"), bcc_backend.TDP_FUNC_NAMES.index("split_huge_page")]
+    spans = np.zeros(2, bcc_programs.EVENT_DTYPES["tdp_span_event"])
+    spans["func"] = [bcc_programs.TDP_FUNC_NAMES.index("split_root"), bcc_programs.TDP_FUNC_NAMES.index("split_huge_page")]
     spans["arg0"], spans["arg1"] = [0x100000, 0x100200], [0x104000, 2]
     spans["iter_steps"][0][2:5] = [64, 33, 33]
-    tables = bcc_backend.decode_tdp(spans, walk_base=10)
+    tables = bcc_programs.decode_tdp(spans, walk_base=10)
     walk = tables["stage2_walk"].to_pylist()[0]
     assert (walk["initiator"], walk["addr"], walk["size"]) == ("tdp_mmu_split_huge_pages_root", 1 << 32, 64 << 20)
     visits = [(v["walk_id"], v["level"], v["count"]) for v in tables["stage2_visit"].to_pylist()]

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.funcprobes.test_decode import arrays
-from tracekit.funcprobes.bcc_backend import COUNT_NOTES, TDP_FUNC_NAMES, TDP_LEVELS, decode_tdp_outside
-from tracekit.funcprobes.family import Stage2Family, TdpFamily
+from tracekit.funcprobes.bcc_programs import COUNT_NOTES, TDP_FUNC_NAMES, TDP_LEVELS, decode_tdp_outside
+from tracekit.funcprobes.funcprobe_families import Stage2Family, TdpFamily
 from tracekit.probes import PROBES_DIR
 
 

@@ -2,7 +2,7 @@
 
 Events are given as tracefs records (``common_pid`` the thread, ``ts_ns``, ``cpu``, ``tgid`` and the probe's
 fields) keyed ``group:event``, as the recorder's tracefs backend and the labs hand them to
-:meth:`~tracekit.funcprobes.family.FunctionProbeFamily.decode_tracefs`.
+:meth:`~tracekit.funcprobes.funcprobe_families.FunctionProbeFamily.decode_tracefs`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tracekit.funcprobes.family import Stage2Family, family_for
+from tracekit.funcprobes.funcprobe_families import Stage2Family, family_for
 from tracekit.funcprobes.kallsyms import parse_kallsyms
-from tracekit.funcprobes.stage2 import STAGE2_PROBES, pte_kind
-from tracekit.funcprobes.tdp import TDP_PROBES
+from tracekit.funcprobes.stage2_probes import STAGE2_PROBES, pte_kind
+from tracekit.funcprobes.tdp_probes import TDP_PROBES
 from tracekit.lab.results import decode_functions
 
 SYMS = parse_kallsyms("0000000000001000 t stage2_split_walker\n0000000000002000 t stage2_map_walker\n")

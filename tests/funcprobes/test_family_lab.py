@@ -25,8 +25,8 @@ import pytest
 
 from tests import livecheck
 from tracekit.capture import open_capture
-from tracekit.funcprobes.family import TdpFamily
-from tracekit.recorder.family import Host
+from tracekit.funcprobes.funcprobe_families import TdpFamily
+from tracekit.recorder.probe_family import Host
 from tracekit.recorder.rawbuf import decode_pages, parse_format
 
 

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 from tracekit.funcprobes.kallsyms import parse_kallsyms
-from tracekit.funcprobes.stage2 import STAGE2_PROBES
-from tracekit.funcprobes.tdp import TDP_PROBES
+from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
+from tracekit.funcprobes.tdp_probes import TDP_PROBES
 from tracekit.lab import results
 from tracekit.model.accounting import WalkStats
 from tracekit.model.split import EagerSplitter

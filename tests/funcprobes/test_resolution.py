@@ -8,8 +8,8 @@ import pytest
 
 from tracekit.funcprobes.kallsyms import parse_kallsyms, resolve, resolve_all
 from tracekit.funcprobes.spec import FuncProbe, kprobe_event_lines
-from tracekit.funcprobes.stage2 import STAGE2_PROBES
-from tracekit.funcprobes.tdp import TDP_PROBES
+from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
+from tracekit.funcprobes.tdp_probes import TDP_PROBES
 
 # Excerpt of the arm64 lab kernel's /proc/kallsyms (Debian 6.12.107 cloud-arm64), addresses shortened.
 ARM64_KALLSYMS = """\

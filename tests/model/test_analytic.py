@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tracekit.model.accounting import WalkStats
 from tracekit.model.analytic import SplitCase, simulate_split, split_accounting
 from tracekit.model.coalesce import coalesce
-from tracekit.model.dirtylog import DirtyLog
+from tracekit.model.dirty_memslot import DirtyLog
 from tracekit.model.geometry import LAST_LEVEL, arm64_stage2, x86_geometry
 from tracekit.model.split import EagerSplitter
 from tracekit.model.stage2 import WALK_LEAF, Stage2PageTable

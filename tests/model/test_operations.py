@@ -7,7 +7,7 @@ import pytest
 from tracekit.errors import ModelError
 from tracekit.model.accounting import WalkStats
 from tracekit.model.coalesce import coalesce
-from tracekit.model.dirtylog import DirtyLog
+from tracekit.model.dirty_memslot import DirtyLog
 from tracekit.model.geometry import arm64_stage2
 from tracekit.model.split import EagerSplitter
 from tracekit.model.stage2 import LEAF_RW, PTE_S2AP_W, Stage2PageTable

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tracekit import schema as S
-from tracekit.recorder.families import IoctlFamily
+from tracekit.recorder.tracepoint_families import IoctlFamily
 from tracekit.recorder.inflight import BlockedCall, blocked_kvm_ioctls, calls_in_flight, parse_syscall
 from tracekit.recorder.kvm_ioctls import KVM_GET_DIRTY_LOG, KVM_RUN
 

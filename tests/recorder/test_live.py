@@ -21,7 +21,7 @@ from tests.livecheck import interrupt_and_reap, need_bcc, need_kvm, need_tracefs
 from tracekit.capture import open_capture
 from tracekit.recorder.kvm_ioctls import KVM_RUN
 from tracekit.recorder.session import RecordConfig, record
-from tracekit.recorder.tracefs import INSTANCE_PREFIX
+from tracekit.recorder.backend_tracefs import INSTANCE_PREFIX
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]  # each records a real workload (bcc compiles for 10-30 s)
 TRACEKIT = str(Path(sys.executable).with_name("tracekit"))
@@ -348,8 +348,8 @@ def _record_beside_a_counter(out: Path, options=None, poll_interval: float = 0.0
     of every walk and mmu tracepoint for the workload's tgid: (summary, hits by tracepoint)."""
     _need("bcc")
     from tracekit.capabilities import tracefs_root
-    from tracekit.recorder.families import MmuFamily, WalkFamily
-    from tracekit.recorder.family import Host, RecordOptions
+    from tracekit.recorder.tracepoint_families import MmuFamily, WalkFamily
+    from tracekit.recorder.probe_family import Host, RecordOptions
     from tracekit.recorder.hitcount import HitCounter
 
     host = Host(tracefs_root())
@@ -395,7 +395,7 @@ def test_a_failed_batch_output_counts_every_event_lost(tmp_path):
     """A one-page walk ring read every 0.5 s: most 64-event batches (3,096-byte records) find it full.
     Every hit is then either a row or counted lost under its own probe, and the failures name the ring
     (its size, read with bpf_ringbuf_query through bcc's map number) and hold whole batches."""
-    from tracekit.recorder.family import RecordOptions
+    from tracekit.recorder.probe_family import RecordOptions
 
     options = RecordOptions(ring_pages={"walk_events": 1})
     summary, hits = _record_beside_a_counter(tmp_path / "tiny.tkcap", options, poll_interval=0.5)
@@ -437,7 +437,7 @@ def test_walk_state_falls_back_to_the_hash_when_the_slot_is_taken(tmp_path, monk
     owns the slot and the other keeps its state in the hash: every walk of both still has its elements
     from the root down (levels 4, 3, 2 and, for 4 KiB guest pages, 1) at indexes 0, 1, 2, ..."""
     _need("bcc")
-    from tracekit.recorder.families import WalkFamily
+    from tracekit.recorder.tracepoint_families import WalkFamily
 
     plain = WalkFamily.cflags
     monkeypatch.setattr(WalkFamily, "cflags", lambda self, *a: plain(self, *a) + ["-DTK_WALK_SLOTS=1"])

@@ -65,7 +65,7 @@ def test_mirror_matches_bcc_layout():
     from tests.livecheck import need_bcc
 
     need_bcc()
-    from tracekit.recorder.bccload import struct_layouts
+    from tracekit.recorder.backend_bcc import struct_layouts
 
     layouts = struct_layouts()
     for name, dtype in (("walk_event", schema.WALK_EVENT_DTYPE), ("ioctl_event", schema.IOCTL_EVENT_DTYPE),
@@ -82,8 +82,8 @@ def test_batch_and_failure_mirrors_match_bcc_layout():
     from tests.livecheck import need_bcc
 
     need_bcc()
-    from tracekit.recorder.batch import BATCH_HEADER_DTYPE, RING_FAILURE_DTYPE
-    from tracekit.recorder.bccload import struct_layouts
+    from tracekit.recorder.ring_batch import BATCH_HEADER_DTYPE, RING_FAILURE_DTYPE
+    from tracekit.recorder.backend_bcc import struct_layouts
 
     layouts = struct_layouts()
     for name, dtype in (("tk_batch_header", BATCH_HEADER_DTYPE), ("tk_ring_failure", RING_FAILURE_DTYPE)):

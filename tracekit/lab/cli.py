@@ -272,8 +272,8 @@ def probes_cmd(
     from tracekit.errors import UsageError
     from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support
     from tracekit.funcprobes.kallsyms import load_kallsyms
-    from tracekit.funcprobes.stage2 import STAGE2_PROBES
-    from tracekit.funcprobes.tdp import TDP_PROBES
+    from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
+    from tracekit.funcprobes.tdp_probes import TDP_PROBES
 
     families = {"stage2": STAGE2_PROBES, "tdp": TDP_PROBES}
     if family is not None and family not in families:

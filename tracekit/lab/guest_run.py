@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tracekit.funcprobes.kallsyms import load_kallsyms, resolve_all
-from tracekit.funcprobes.tracefs_backend import TracefsFuncProbes as _Tracing
+from tracekit.funcprobes.kprobe_events import TracefsFuncProbes as _Tracing
 from tracekit.lab import scenarios
 
 __all__ = ["main", "run", "probe_family", "prepare_kernel", "workload_options", "INSTANCE"]
@@ -30,10 +30,10 @@ INSTANCE = "tracekit"
 def probe_family(arch: str) -> tuple[tuple, tuple]:
     """(function probes, tracepoints) recorded in the ``arch`` lab (the host decodes with the same probes)."""
     if arch == "arm64":
-        from tracekit.funcprobes.stage2 import STAGE2_PROBES
+        from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 
         return STAGE2_PROBES, ()
-    from tracekit.funcprobes.tdp import TDP_PROBES, TRACEPOINT_SPLITS
+    from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS
 
     return TDP_PROBES, TRACEPOINT_SPLITS
 

@@ -175,7 +175,7 @@ def hist_totals(folder: Path) -> dict[str, dict[str, int]]:
 def lock_rows(events: list[ProbeEvent], pid_of, mmu_locks: set[int]) -> tuple[list[dict], dict[str, dict]]:
     """Pair ``lock:contention_begin``/``end`` per thread into rows of the recorder's ``lock`` table, and
     summarise them per (``mmu_lock`` or ``other``, flags): ``{"mmu_lock SPIN|WRITE": {"waits", "wait_ns"}}``."""
-    from tracekit.recorder.families import lock_flags_name
+    from tracekit.recorder.tracepoint_families import lock_flags_name
 
     open_waits: dict[int, ProbeEvent] = {}
     rows, summary = [], {}
@@ -199,11 +199,11 @@ def lock_rows(events: list[ProbeEvent], pid_of, mmu_locks: set[int]) -> tuple[li
 def decode_functions(arrays: dict[str, np.ndarray], probes: tuple, symbols, vmm_pid: int | None = None,
                      vmm_tids: Iterable[int] = ()) -> tuple[dict[str, pa.Table], dict[str, int]]:
     """The capture tables of the function probes ``probes`` (and the split tracepoints) in ``arrays``,
-    decoded by the recorder's family (:meth:`~tracekit.funcprobes.family.FunctionProbeFamily.decode_recording`),
+    decoded by the recorder's family (:meth:`~tracekit.funcprobes.funcprobe_families.FunctionProbeFamily.decode_recording`),
     with ``pid`` the VMM's for its threads (``vmm_tids``) and the thread id otherwise; and the counts of the
     run summary: entry events per probe and split tracepoint, ``unpaired`` returns and dropped ``host_walks``
     (each only when non-zero)."""
-    from tracekit.funcprobes.family import SPLIT_TRACEPOINTS, family_for
+    from tracekit.funcprobes.funcprobe_families import SPLIT_TRACEPOINTS, family_for
 
     family = family_for(probes)
     family.symbols = symbols
@@ -257,7 +257,7 @@ def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, 
             if table.num_rows:
                 writer.append(family, table)
         if locks:
-            from tracekit.recorder.families import LockFamily
+            from tracekit.recorder.tracepoint_families import LockFamily
 
             schema = LockFamily().tables()["lock"]
             writer.declare("lock", schema)

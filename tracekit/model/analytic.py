@@ -37,7 +37,7 @@ from typing import Optional
 
 from tracekit.errors import ModelError
 from tracekit.model.accounting import WalkStats
-from tracekit.model.dirtylog import WORD_PAGES, DirtyLog
+from tracekit.model.dirty_memslot import WORD_PAGES, DirtyLog
 from tracekit.model.geometry import LAST_LEVEL, Arm64Geometry, X86Geometry, format_size
 from tracekit.model.split import EagerSplitter, check_chunk_size, range_addr_end, split_nr_page_tables
 from tracekit.model.stage2 import Stage2PageTable

@@ -73,7 +73,7 @@ def record_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No banner, status line or summary on stderr."),
     print_bpf: bool = typer.Option(False, "--print-bpf", hidden=True, help="Print the BPF program and exit."),
 ) -> None:
-    from tracekit.recorder.family import RecordOptions
+    from tracekit.recorder.probe_family import RecordOptions
     from tracekit.recorder.kvm_ioctls import KVM_RUN, parse_ioctl
     from tracekit.recorder.session import RecordConfig, record
 
@@ -101,8 +101,8 @@ def record_command(
 
 def _print_bpf(families: tuple[str, ...], options) -> None:
     from tracekit.capabilities import tracefs_root
-    from tracekit.recorder.bccload import BccBackend
-    from tracekit.recorder.family import Host, make_family
+    from tracekit.recorder.backend_bcc import BccBackend
+    from tracekit.recorder.probe_family import Host, make_family
 
     host = Host(tracefs_root())
     plan = [(family, family.check(host)) for family in (make_family(name, options) for name in families)]

@@ -10,14 +10,14 @@ detaches it (also on leaving the ``with`` block). The benchmark uses it as the "
 capture's rows to the hits the kernel saw. ``clocked`` names tracepoints whose program also reads
 ``bpf_ktime_get_ns()`` once per hit (into a per-CPU sink), as the recorder's programs do: the
 benchmark's "count+clock" mode, the floor of a recorder that timestamps those events. Raises
-:class:`tracekit.errors.MissingCapability` (through :func:`tracekit.recorder.bccload.import_bcc`) without bcc.
+:class:`tracekit.errors.MissingCapability` (through :func:`tracekit.recorder.backend_bcc.import_bcc`) without bcc.
 """
 
 from __future__ import annotations
 
 from typing import Any, Collection, Sequence
 
-from tracekit.recorder.bccload import import_bcc
+from tracekit.recorder.backend_bcc import import_bcc
 
 __all__ = ["HitCounter", "program_text"]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tracekit import schema as S
-from tracekit.funcprobes.tracefs_backend import append_line
+from tracekit.funcprobes.kprobe_events import append_line
 from tracekit.recorder.kvm_ioctls import (KVM_CLEAR_DIRTY_LOG, KVM_ENABLE_CAP, KVM_GET_DIRTY_LOG,
                                           KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2)
 

@@ -55,13 +55,13 @@ import pyarrow.compute as pc
 from tracekit.capabilities import recording_blockers, tracefs_root
 from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, UsageError
-from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RecordOptions, make_family
+from tracekit.recorder.probe_family import Host, ProbeFamily, ProbeStatus, RecordOptions, make_family
 from tracekit.recorder.inflight import blocked_kvm_ioctls, calls_in_flight
 from tracekit.recorder.layoutdir import make_layout_dir, reclaim_stale_layout_dirs
 from tracekit.recorder.tally import VmTally
 from tracekit.recorder.target import GatedChild, list_threads, resolve_targets, spawn_gated, tgid_of, thread_info
 from tracekit.recorder.output import OutputTee
-from tracekit.recorder.tracefs import cleanup_stale_instances, pid_alive
+from tracekit.recorder.backend_tracefs import cleanup_stale_instances, pid_alive
 from tracekit.stopsignals import StopRequests
 from tracekit.recorder.vcpus import VcpuFds
 from tracekit.workload.published import read_published_layout
@@ -277,7 +277,7 @@ def _choose_backend(name: str) -> tuple[str, str | None]:
         raise UsageError(f"unknown backend {name!r} (use bcc, tracefs or auto)")
     if name != "auto":
         return name, None
-    from tracekit.recorder.bccload import import_bcc
+    from tracekit.recorder.backend_bcc import import_bcc
 
     try:
         import_bcc()
@@ -379,11 +379,11 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
         vcpus = VcpuFds(tgids)
         vcpus.scan()
         if backend_name == "bcc":
-            from tracekit.recorder.bccload import BccBackend
+            from tracekit.recorder.backend_bcc import BccBackend
 
             backend = BccBackend(plan, tgids)
         else:
-            from tracekit.recorder.tracefs import TracefsBackend
+            from tracekit.recorder.backend_tracefs import TracefsBackend
 
             backend = TracefsBackend(tracefs, plan, tgids, sorted(threads) or tgids)
         manifest = {

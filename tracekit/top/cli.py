@@ -125,7 +125,7 @@ def top_command(
     backend: str = typer.Option("auto", "--backend", help="bcc (counts in the kernel), tracefs (raw buffers) or auto."),
 ) -> None:
     from tracekit.capabilities import recording_blockers, tracefs_root
-    from tracekit.recorder.family import Host
+    from tracekit.recorder.probe_family import Host
     from tracekit.top.sources import open_source
     from tracekit.top.view import SORT_KEYS, make_view, render_text, sort_vms, summary_table, view_json
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.errors import MissingCapability, UsageError
-from tracekit.recorder.family import Host, RecordOptions
+from tracekit.recorder.probe_family import Host, RecordOptions
 from tracekit.top.counters import COUNTER_FIELDS, DEPTH_BUCKETS, LOG2_SLOTS, EventAccumulator, IoctlCounters, Reading, ThreadCounters
 
 __all__ = ["open_source", "BccTopSource", "TracefsTopSource", "TOP_TRACEPOINTS"]
@@ -78,7 +78,7 @@ class BccTopSource:
 
     def start(self) -> None:
         from tracekit.probes import source_text
-        from tracekit.recorder.bccload import _load, import_bcc
+        from tracekit.recorder.backend_bcc import _load, import_bcc
 
         bcc = import_bcc()
         self.bpf = _load(bcc, source_text("top"), self.cflags())
@@ -148,7 +148,7 @@ class TracefsTopSource:
         from tracekit.recorder.kvm_ioctls import KVM_RUN
         from tracekit.recorder.session import plan_families
         from tracekit.recorder.target import list_threads
-        from tracekit.recorder.tracefs import TracefsBackend
+        from tracekit.recorder.backend_tracefs import TracefsBackend
 
         options = RecordOptions(stream_ioctls=(KVM_RUN,), aggregate_ioctls=())
         plan, failed, _ = plan_families(("walk", "mmu", "lock", "ioctl"), self.host, options)

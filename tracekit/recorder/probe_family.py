@@ -22,7 +22,7 @@ recording (families may keep decoding state between batches). It declares
 
 :func:`register_family` adds a factory under a name; :func:`family_names` and :func:`make_family`
 list and build them. The built-in tracepoint families register themselves when
-:mod:`tracekit.recorder.families` is imported; other packages (e.g. ``tracekit.funcprobes``) are
+:mod:`tracekit.recorder.tracepoint_families` is imported; other packages (e.g. ``tracekit.funcprobes``) are
 imported lazily from :data:`PLUGIN_MODULES` when present and call :func:`register_family` at import.
 Unknown names raise :class:`tracekit.errors.UsageError`.
 """
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: Modules of other packages that register probe families when imported (skipped when absent).
-PLUGIN_MODULES = ("tracekit.funcprobes.family",)
+PLUGIN_MODULES = ("tracekit.funcprobes.funcprobe_families",)
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ def _load_builtin_and_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    importlib.import_module("tracekit.recorder.families")
+    importlib.import_module("tracekit.recorder.tracepoint_families")
     for module in PLUGIN_MODULES:
         try:
             importlib.import_module(module)
@@ -300,7 +300,7 @@ def _load_builtin_and_plugins() -> None:
                 raise
 
 
-#: The tracepoint families of tracekit.recorder.families, in their documented order.
+#: The tracepoint families of tracekit.recorder.tracepoint_families, in their documented order.
 BUILTIN_FAMILIES = ("walk", "ioctl", "lock", "mmu")
 
 

@@ -3,8 +3,8 @@
 Contract
 --------
 :func:`program_text` returns ``probes/<family>.bpf.c`` (family ``stage2`` or ``tdp``). The program is
-compiled and loaded by the recorder's loader only (:class:`tracekit.recorder.bccload.BccBackend`,
-with the family's cflags from :meth:`tracekit.funcprobes.family.FunctionProbeFamily.cflags`: the
+compiled and loaded by the recorder's loader only (:class:`tracekit.recorder.backend_bcc.BccBackend`,
+with the family's cflags from :meth:`tracekit.funcprobes.funcprobe_families.FunctionProbeFamily.cflags`: the
 struct member offsets of the running kernel's BTF, never headers), so a compile or verifier failure
 is its :class:`tracekit.errors.ProbeLoadError` with the compiler log in ``detail``.
 :func:`attach` attaches each resolved probe (:class:`~tracekit.funcprobes.kallsyms.Resolution`) to
@@ -12,7 +12,7 @@ its entry/return functions of :data:`ATTACH` and returns ``(attached, failed)`` 
 :data:`EVENT_DTYPES` mirrors the event structs of ``probes/<family>.h`` (a test checks them against
 the headers) and :data:`RINGS` names each ring's record type; :func:`decode_stage2` /
 :func:`decode_tdp` turn one numpy batch of ring records into the capture family tables (no Python
-per event). The per-CPU counters read when a recording ends (:func:`tracekit.recorder.bccload.read_percpu`):
+per event). The per-CPU counters read when a recording ends (:func:`tracekit.recorder.backend_bcc.read_percpu`):
 :data:`COUNT_NOTES` names each index of ``stage2_counts`` / ``tdp_counts`` by its manifest note (facts,
 not losses), and :func:`decode_tdp_outside` turns ``tdp_outside`` (``tdp_iter_next`` steps outside any
 span, per CPU and level) into ``stage2_visit`` rows of no walk (``walk_id`` -1), as the tracefs backend
@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit.errors import ProbeLoadError
-from tracekit.funcprobes import batch
-from tracekit.funcprobes.families import SCHEMAS
+from tracekit.funcprobes import table_builders
+from tracekit.funcprobes.capture_schemas import SCHEMAS
 from tracekit.funcprobes.kallsyms import Resolution, SymbolTable
 
 __all__ = [
@@ -190,7 +190,7 @@ def decode_stage2(map_name: str, records: np.ndarray, symbols: SymbolTable | Non
     n = len(records)
     if n and map_name == "stage2_walks":
         common = _common(records)
-        out["stage2_walk"].append(batch.table("stage2_walk", n, {
+        out["stage2_walk"].append(table_builders.table("stage2_walk", n, {
             **common, "walk_id": records["walk_id"].astype(np.int64), "addr": records["addr"], "size": records["size"],
             "flags": records["flags"], "initiator": _symbolized(records["cb"], symbols),
             "duration_ns": records["duration_ns"].astype(np.int64), "ret": records["ret"]}))  # fmt: skip
@@ -198,18 +198,18 @@ def decode_stage2(map_name: str, records: np.ndarray, symbols: SymbolTable | Non
         visitor, rest = np.divmod(slots, 16)
         level, kind = np.divmod(rest, 4)
         visit = np.where(kind == 3, 2, 1)  # table entries are counted at TABLE_PRE, the rest as leaves
-        out["stage2_visit"].append(batch.aggregate_visits(
+        out["stage2_visit"].append(table_builders.aggregate_visits(
             _take(common, rows), records["walk_id"][rows].astype(np.int64), _names(visitor, _VISITORS), level,
-            batch.stage2_visit_names(visit, kind), records["counts"][rows, slots]))  # fmt: skip
+            table_builders.stage2_visit_names(visit, kind), records["counts"][rows, slots]))  # fmt: skip
     elif n and map_name == "stage2_visits":
         outside = records["walk_id"] == 0
         rows = np.flatnonzero(outside)
         common = _take(_common(records), rows)
         level = records["level"][rows]
-        kinds = batch.stage2_pte_kinds(records["old"][rows], level)
-        out["stage2_visit"].append(batch.aggregate_visits(
+        kinds = table_builders.stage2_pte_kinds(records["old"][rows], level)
+        out["stage2_visit"].append(table_builders.aggregate_visits(
             common, np.full(len(rows), -1, np.int64), _names(records["visitor"][rows], _VISITORS), np.maximum(level, 0),
-            batch.stage2_visit_names(records["visit"][rows], kinds)))  # fmt: skip
+            table_builders.stage2_visit_names(records["visit"][rows], kinds)))  # fmt: skip
     elif n and map_name == "stage2_span_events":
         common = _common(records)
         names = _names(records["func"], STAGE2_FUNC_NAMES)
@@ -218,15 +218,15 @@ def decode_stage2(map_name: str, records: np.ndarray, symbols: SymbolTable | Non
             cols = {**_take(common, rows), "duration_ns": records["duration_ns"][rows].astype(np.int64),
                     "ret": records["ret"][rows]}  # fmt: skip
             if name == "stage2_split":
-                out["split"].append(batch.table("split", len(rows), {
+                out["split"].append(table_builders.table("split", len(rows), {
                     **cols, "probe": name, "addr": records["arg0"][rows], "size": records["arg1"][rows]}))
             elif name == "guest_abort":
-                out["fault"].append(batch.table("fault", len(rows), {**cols, "probe": name}))
+                out["fault"].append(table_builders.table("fault", len(rows), {**cols, "probe": name}))
             else:
-                args = batch.args_json({"arg0": records["arg0"][rows], "arg1": records["arg1"][rows],
+                args = table_builders.args_json({"arg0": records["arg0"][rows], "arg1": records["arg1"][rows],
                                         "walk_id": records["walk_id"][rows]}, len(rows))  # fmt: skip
-                out["func_call"].append(batch.table("func_call", len(rows), {**cols, "name": name, "args": args}))
-    return {name: batch.concat_tables(name, parts) for name, parts in out.items()}
+                out["func_call"].append(table_builders.table("func_call", len(rows), {**cols, "name": name, "args": args}))
+    return {name: table_builders.concat_tables(name, parts) for name, parts in out.items()}
 
 
 def decode_tdp(records: np.ndarray, walk_base: int = 0) -> dict[str, pa.Table]:
@@ -247,26 +247,26 @@ def decode_tdp(records: np.ndarray, walk_base: int = 0) -> dict[str, pa.Table]:
                 "ret": records["ret"][rows]}  # fmt: skip
         if name == "split_huge_page":
             level = arg1[rows].astype(np.int64)
-            out["split"].append(batch.table("split", len(rows), {
+            out["split"].append(table_builders.table("split", len(rows), {
                 **cols, "probe": name, "addr": arg0[rows] << np.uint64(12),
                 "size": (np.uint64(4096) << (np.uint64(9) * (level - 1).clip(0).astype(np.uint64))), "level": level}))
         elif name in ("page_fault", "vendor_exit"):
-            out["fault"].append(batch.table("fault", len(rows), {
+            out["fault"].append(table_builders.table("fault", len(rows), {
                 **cols, "probe": name, "addr": arg0[rows] if name == "page_fault" else None}))
         elif name in _TDP_WALKS:
             ranged = name == "split_root"  # wrprot_slot covers the whole slot: no range in its arguments
-            out["stage2_walk"].append(batch.table("stage2_walk", len(rows), {
+            out["stage2_walk"].append(table_builders.table("stage2_walk", len(rows), {
                 **cols, "walk_id": walk_ids[rows], "addr": arg0[rows] << np.uint64(12) if ranged else None,
                 "size": (arg1[rows] - arg0[rows]) << np.uint64(12) if ranged else None,
                 "initiator": _TDP_WALKS[name]}))  # fmt: skip
         else:
-            args = batch.args_json({"arg0": arg0[rows], "arg1": arg1[rows]}, len(rows))
-            out["func_call"].append(batch.table("func_call", len(rows), {**cols, "name": name, "args": args}))
+            args = table_builders.args_json({"arg0": arg0[rows], "arg1": arg1[rows]}, len(rows))
+            out["func_call"].append(table_builders.table("func_call", len(rows), {**cols, "name": name, "args": args}))
     rows, levels = np.nonzero(records["iter_steps"])
-    out["stage2_visit"].append(batch.aggregate_visits(
+    out["stage2_visit"].append(table_builders.aggregate_visits(
         _take(common, rows), walk_ids[rows], np.full(len(rows), "tdp_iter_next", dtype=object), levels,
         np.full(len(rows), "step", dtype=object), records["iter_steps"][rows, levels]))  # fmt: skip
-    return {name: batch.concat_tables(name, parts) for name, parts in out.items()}
+    return {name: table_builders.concat_tables(name, parts) for name, parts in out.items()}
 
 
 def decode_tdp_outside(per_cpu: np.ndarray) -> pa.Table:
@@ -280,5 +280,5 @@ def decode_tdp_outside(per_cpu: np.ndarray) -> pa.Table:
     common = {"ts_ns": per_cpu[cpus, 1, levels].astype(np.int64), "cpu": cpus.astype(np.int32),
               "pid": (pid_tgid >> np.uint64(32)).astype(np.int32),
               "tid": (pid_tgid & np.uint64(0xFFFFFFFF)).astype(np.int32)}  # fmt: skip
-    return batch.aggregate_visits(common, np.full(len(cpus), -1, np.int64), np.full(len(cpus), "tdp_iter_next", dtype=object),
+    return table_builders.aggregate_visits(common, np.full(len(cpus), -1, np.int64), np.full(len(cpus), "tdp_iter_next", dtype=object),
                                   levels, np.full(len(cpus), "step", dtype=object), per_cpu[cpus, 0, levels])  # fmt: skip

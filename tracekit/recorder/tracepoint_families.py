@@ -1,7 +1,7 @@
 """The built-in tracepoint probe families: ``walk``, ``ioctl``, ``lock`` and ``mmu``.
 
 Contract: importing this module registers the four families with
-:func:`tracekit.recorder.family.register_family`. Each turns ring-buffer records (numpy arrays of
+:func:`tracekit.recorder.probe_family.register_family`. Each turns ring-buffer records (numpy arrays of
 the dtypes in :mod:`tracekit.schema`) or raw tracefs events into Arrow tables whose columns are
 documented in docs/capture-families-tracepoints.md (common columns ``ts_ns`` int64 CLOCK_MONOTONIC
 ns, ``cpu``, ``pid`` (tgid), ``tid`` first). The tracefs decoders keep per-thread state between
@@ -20,9 +20,9 @@ import pyarrow as pa
 from tracekit import schema as S
 from tracekit.capture import COMMON_FIELDS
 from tracekit.probes import source_text
-from tracekit.recorder.batch import batch_dtype, is_batched, unbatch
-from tracekit.recorder.bccload import read_percpu
-from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
+from tracekit.recorder.ring_batch import batch_dtype, is_batched, unbatch
+from tracekit.recorder.backend_bcc import read_percpu
+from tracekit.recorder.probe_family import Host, ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
 from tracekit.recorder.inflight import BlockedCall, NR_IOCTL, inflight_records
 from tracekit.recorder.ioctl_args import IoctlArgsProbe, decode_args
 from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit.errors import MissingCapability, ProbeLoadError
-from tracekit.recorder.family import ProbeFamily, ProbeStatus
+from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus
 from tracekit.recorder.ringbuf import RingReader
 
 __all__ = ["BccBackend", "import_bcc", "struct_layouts", "map_declaration_order", "read_percpu"]
@@ -230,7 +230,7 @@ class BccBackend:
         """The failed ring outputs the families recorded (the first ones of each family), oldest first,
         each with ``ring`` and ``ring_size_expected`` (the query names the ring by bcc's map number:
         a different size means it read another ring)."""
-        from tracekit.recorder.batch import RING_FAILURE_DTYPE, failure_rows
+        from tracekit.recorder.ring_batch import RING_FAILURE_DTYPE, failure_rows
 
         out: list[dict] = []
         if self.bpf is None:

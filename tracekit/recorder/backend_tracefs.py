@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from tracekit.procs import pid_alive
 from tracekit.errors import MissingCapability, RecorderError
-from tracekit.recorder.family import ProbeFamily, ProbeStatus
+from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus
 from tracekit.recorder.ioctl_args import remove_stale_probes
 from tracekit.recorder.rawbuf import EventFormat, decode_pages, parse_format
 from tracekit.recorder.target import tgid_of

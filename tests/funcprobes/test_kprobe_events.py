@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tracekit.funcprobes.kallsyms import parse_kallsyms, resolve_all
-from tracekit.funcprobes.stage2 import STAGE2_PROBES
-from tracekit.funcprobes.tracefs_backend import TracefsFuncProbes, define_kprobes
+from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
+from tracekit.funcprobes.kprobe_events import TracefsFuncProbes, define_kprobes
 
 KALLSYMS = "ffff0001 T kvm_pgtable_walk\nffff0002 t stage2_split_walker\nffff0003 T kvm_pgtable_stage2_split\n"
 

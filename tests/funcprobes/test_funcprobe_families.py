@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import livecheck
-from tracekit.funcprobes.family import Stage2Family, TdpFamily, pair_calls
+from tracekit.funcprobes.funcprobe_families import Stage2Family, TdpFamily, pair_calls
 from tracekit.funcprobes.kallsyms import parse_kallsyms
-from tracekit.recorder.family import Host, family_names, make_family
+from tracekit.recorder.probe_family import Host, family_names, make_family
 from tracekit.recorder.rawbuf import decode_pages, parse_format
 
 X86_KALLSYMS = """ffff0001 T kvm_mmu_page_fault
@@ -250,7 +250,7 @@ def test_recorder_program_with_both_families_compiles_and_verifies():
     arm64 lab kernel's member offsets (this host's BTF has no arm64 structs)."""
     from tests.funcprobes.test_btf_bcc import Arm64Stage2, loaded, need_loader
     from tracekit.errors import MissingCapability
-    from tracekit.funcprobes.bcc_backend import ATTACH
+    from tracekit.funcprobes.bcc_programs import ATTACH
     from tracekit.funcprobes.btf_offsets import BtfTypes
 
     need_loader()
@@ -279,7 +279,7 @@ def test_cflags_need_btf_only_when_something_can_attach(tmp_path):
     """Without the kernel's BTF the member offsets are unknown: an error when a probe would attach, the ring
     defines alone (for --print-bpf) when none can."""
     from tracekit.errors import MissingCapability
-    from tracekit.recorder.family import ProbeStatus
+    from tracekit.recorder.probe_family import ProbeStatus
 
     family = Stage2Family()
     family.btf_paths = (tmp_path / "vmlinux",)

@@ -3,8 +3,8 @@
 Contract
 --------
 Importing this module registers :class:`Stage2Family` and :class:`TdpFamily` with
-:func:`tracekit.recorder.family.register_family`, so ``tracekit record --probes stage2,tdp`` knows
-them. Both write the capture families of :mod:`tracekit.funcprobes.families` (``stage2_walk``,
+:func:`tracekit.recorder.probe_family.register_family`, so ``tracekit record --probes stage2,tdp`` knows
+them. Both write the capture families of :mod:`tracekit.funcprobes.capture_schemas` (``stage2_walk``,
 ``stage2_visit``, ``split``, ``fault``, ``func_call``; columns and units in
 docs/capture-families-funcprobes.md).
 
@@ -15,7 +15,7 @@ docs/capture-families-funcprobes.md).
 - bcc backend: ``probes/<family>.bpf.c`` with the struct member offsets of the running kernel's BTF
   as cflags (:class:`tracekit.errors.MissingCapability` when BTF lacks them), kprobes attached at the
   resolved symbols by :meth:`FunctionProbeFamily.attach_bcc`, ring batches decoded by
-  :func:`tracekit.funcprobes.bcc_backend.decode_stage2` / ``decode_tdp``. :meth:`FunctionProbeFamily.lost_maps`
+  :func:`tracekit.funcprobes.bcc_programs.decode_stage2` / ``decode_tdp``. :meth:`FunctionProbeFamily.lost_maps`
   names only events lost (ring or span table full); :meth:`FunctionProbeFamily.finish` reads the
   in-kernel counters of facts that are not losses into the same notes the tracefs backend keeps
   (``host_walks``, ``unpaired_returns``, ``missed_returns``) and writes the x86 ``tdp_iter_next`` steps
@@ -44,14 +44,14 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit.errors import MissingCapability
-from tracekit.funcprobes import batch
+from tracekit.funcprobes import table_builders
 from tracekit.funcprobes.availability import FAMILY_ARCH, Support, kprobe_support
-from tracekit.funcprobes.families import SCHEMAS
+from tracekit.funcprobes.capture_schemas import SCHEMAS
 from tracekit.funcprobes.kallsyms import Resolution, SymbolTable, resolve
 from tracekit.funcprobes.spec import FuncProbe, event_names
-from tracekit.funcprobes.stage2 import STAGE2_PROBES
-from tracekit.funcprobes.tdp import TDP_PROBES, TRACEPOINT_SPLITS
-from tracekit.recorder.family import Host, ProbeFamily, ProbeStatus, RingSpec, register_family
+from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
+from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS
+from tracekit.recorder.probe_family import Host, ProbeFamily, ProbeStatus, RingSpec, register_family
 
 __all__ = ["FunctionProbeFamily", "Stage2Family", "TdpFamily", "TDP_MMU_ONLY", "SPLIT_TRACEPOINTS", "family_for",
            "pair_calls", "tracefs_group"]
@@ -182,7 +182,7 @@ class FunctionProbeFamily(ProbeFamily):
 
     # -- bcc backend ----------------------------------------------------------------------------------
     def bpf_source(self) -> str:
-        from tracekit.funcprobes.bcc_backend import program_text
+        from tracekit.funcprobes.bcc_programs import program_text
 
         return program_text(self.name)
 
@@ -203,19 +203,19 @@ class FunctionProbeFamily(ProbeFamily):
             return flags  # nothing of it can attach here (record skips it; --print-bpf still shows it)
 
     def _ring_maps(self) -> dict[str, str]:
-        from tracekit.funcprobes.bcc_backend import RINGS
+        from tracekit.funcprobes.bcc_programs import RINGS
 
         return RINGS[self.name]
 
     def rings(self) -> list[RingSpec]:
-        from tracekit.funcprobes.bcc_backend import EVENT_DTYPES
+        from tracekit.funcprobes.bcc_programs import EVENT_DTYPES
 
         pages = max(self.options.ring_pages.get(name, 1024) for name in self._ring_maps())  # one size for all
         return [RingSpec(name, EVENT_DTYPES[dtype], pages) for name, dtype in self._ring_maps().items()]
 
     def lost_maps(self) -> dict[str, tuple[str, ...]]:
         """Reserve failures per probe: the index layouts of stage2.bpf.c and tdp.bpf.c."""
-        from tracekit.funcprobes.bcc_backend import STAGE2_FUNC_NAMES, TDP_FUNC_NAMES
+        from tracekit.funcprobes.bcc_programs import STAGE2_FUNC_NAMES, TDP_FUNC_NAMES
 
         symbol = {p.name: p.symbol for p in self.probes}
         symbol["vendor_exit"] = "npf_interception|handle_ept_violation"
@@ -225,7 +225,7 @@ class FunctionProbeFamily(ProbeFamily):
         return {"tdp_lost": tuple(symbol[n] for n in TDP_FUNC_NAMES) + ("tdp spans nested deeper than 4 (span table full)",)}
 
     def attach_bcc(self, bpf: Any, available: list[ProbeStatus]) -> list[str]:
-        from tracekit.funcprobes.bcc_backend import attach
+        from tracekit.funcprobes.bcc_programs import attach
 
         resolutions = self._available(available)
         names, failed = attach(bpf, self.name, resolutions)
@@ -234,7 +234,7 @@ class FunctionProbeFamily(ProbeFamily):
         return [f"kprobe:{r.symbol}" for r in self._bcc_attached]
 
     def detach_bcc(self, bpf: Any) -> None:
-        from tracekit.funcprobes.bcc_backend import ATTACH
+        from tracekit.funcprobes.bcc_programs import ATTACH
 
         for res in self._bcc_attached:
             _entry, ret = ATTACH[self.name][res.probe.name]
@@ -246,7 +246,7 @@ class FunctionProbeFamily(ProbeFamily):
         self._bcc_attached = []
 
     def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
-        from tracekit.funcprobes.bcc_backend import decode_stage2, decode_tdp
+        from tracekit.funcprobes.bcc_programs import decode_stage2, decode_tdp
 
         if self.name == "stage2":
             return decode_stage2(map_name, records, self.symbols)
@@ -256,8 +256,8 @@ class FunctionProbeFamily(ProbeFamily):
 
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
         """bcc: add the in-kernel counters to the notes; tdp: the iterator steps outside any span as visits."""
-        from tracekit.funcprobes.bcc_backend import COUNT_NOTES, TDP_LEVELS, decode_tdp_outside
-        from tracekit.recorder.bccload import read_percpu
+        from tracekit.funcprobes.bcc_programs import COUNT_NOTES, TDP_LEVELS, decode_tdp_outside
+        from tracekit.recorder.backend_bcc import read_percpu
 
         map_name, notes = COUNT_NOTES[self.name]
         try:
@@ -278,7 +278,7 @@ class FunctionProbeFamily(ProbeFamily):
 
     def tracefs_prepare(self, tracefs: Path, available: list[ProbeStatus]) -> list[str]:
         """Define a kprobe (and kretprobe) per available probe; refused lines are noted, not raised."""
-        from tracekit.funcprobes.tracefs_backend import define_kprobes
+        from tracekit.funcprobes.kprobe_events import define_kprobes
 
         btf_args = self.support is not None and self.support.btf_args
         first = len(self._defined)
@@ -290,7 +290,7 @@ class FunctionProbeFamily(ProbeFamily):
         return [f"{self.group}:{name}" for name in self._defined[first:]]
 
     def tracefs_cleanup(self, tracefs: Path) -> None:
-        from tracekit.funcprobes.tracefs_backend import append_line
+        from tracekit.funcprobes.kprobe_events import append_line
 
         defined, self._defined = self._defined, []
         for name in reversed(defined):
@@ -346,7 +346,7 @@ class FunctionProbeFamily(ProbeFamily):
                 e = _columns(by_name[probe.name])
                 errno = e["errno"] if "errno" in e else None
                 parts["split"].append(self._rows(probe, e, np.full(len(e["ts_ns"]), -1, np.int64), errno)[1])
-        return {name: batch.concat_tables(name, tables) for name, tables in parts.items()}
+        return {name: table_builders.concat_tables(name, tables) for name, tables in parts.items()}
 
     def event_names(self) -> set[str]:
         """tracefs event names (without group) :meth:`decode_tracefs` reads: entries, returns, split tracepoints."""
@@ -356,7 +356,7 @@ class FunctionProbeFamily(ProbeFamily):
         """A whole recording in one batch: :meth:`decode_tracefs` plus the calls left open at its end."""
         tables = self.decode_tracefs(events)
         finals = self.finish_tracefs(0)
-        return {name: batch.concat_tables(name, [table, finals[name]]) if name in finals else table
+        return {name: table_builders.concat_tables(name, [table, finals[name]]) if name in finals else table
                 for name, table in tables.items()}  # fmt: skip
 
     def _number_walks(self, by_name: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -386,7 +386,7 @@ class FunctionProbeFamily(ProbeFamily):
                 family, table = self._rows(probe, entries, np.full(len(entries["ts_ns"]), -1, np.int64), None)
                 if table is not None:
                     parts[family].append(table)
-        return {name: batch.concat_tables(name, tables) for name, tables in parts.items() if tables}
+        return {name: table_builders.concat_tables(name, tables) for name, tables in parts.items() if tables}
 
     def _visits(self, by_name: dict[str, np.ndarray], walks: list) -> pa.Table:
         tables = []
@@ -397,12 +397,12 @@ class FunctionProbeFamily(ProbeFamily):
             n = len(v["ts_ns"])
             level = _as_int8(v["level"]) if "level" in v else np.full(n, -1, np.int8)
             if "visit" in v:
-                kind = batch.stage2_visit_names(v["visit"], batch.stage2_pte_kinds(v["old"], level) if "old" in v else None)
+                kind = table_builders.stage2_visit_names(v["visit"], table_builders.stage2_pte_kinds(v["old"], level) if "old" in v else None)
             else:
                 kind = np.full(n, "step", dtype=object)
             walk_id = _innermost_walk(v["tid"], v["ts_ns"], walks)
-            tables.append(batch.aggregate_visits(_common(v), walk_id, np.full(n, probe.symbol, dtype=object), level, kind))
-        return batch.concat_tables("stage2_visit", tables)
+            tables.append(table_builders.aggregate_visits(_common(v), walk_id, np.full(n, probe.symbol, dtype=object), level, kind))
+        return table_builders.concat_tables("stage2_visit", tables)
 
     def _rows(self, probe: FuncProbe, e: dict[str, np.ndarray], duration: np.ndarray, ret: Any
               ) -> tuple[str, pa.Table | None]:
@@ -427,7 +427,7 @@ class FunctionProbeFamily(ProbeFamily):
             cols.update(walk_id=e["walk_id"], addr=addr, size=size, flags=e.get("flags"), initiator=initiator,
                         start_level=_as_int8(e["start_level"]) if "start_level" in e else None,
                         ret=_ret(ret, 32))  # fmt: skip
-            return "stage2_walk", batch.table("stage2_walk", n, cols)
+            return "stage2_walk", table_builders.table("stage2_walk", n, cols)
         if probe.role == "split":
             addr = e.get("addr")
             if addr is None and "gfn" in e:
@@ -437,15 +437,15 @@ class FunctionProbeFamily(ProbeFamily):
             if size is None and level is not None:
                 size = np.uint64(4096) << (np.uint64(9) * (level.astype(np.int64) - 1).clip(0).astype(np.uint64))
             cols.update(probe=probe.name, addr=addr, size=size, level=level, ret=_ret(ret, 32))
-            return "split", batch.table("split", n, cols)
+            return "split", table_builders.table("split", n, cols)
         if probe.role == "fault":
             addr = e.get("ipa", e.get("gpa"))
             cols.update(probe=probe.name, addr=addr, ret=_ret(ret, 64),
                         vcpu_id=_as_int32(e["vcpu_id"]) if "vcpu_id" in e else None)  # fmt: skip
-            return "fault", batch.table("fault", n, cols)
+            return "fault", table_builders.table("fault", n, cols)
         args = {k: v for k, v in e.items() if not k.startswith(_NOT_ARGS) and k not in ("tid", "walk_id")}
-        cols.update(name=probe.name, ret=_ret(ret, 64), args=batch.args_json(args, n))
-        return "func_call", batch.table("func_call", n, cols)
+        cols.update(name=probe.name, ret=_ret(ret, 64), args=table_builders.args_json(args, n))
+        return "func_call", table_builders.table("func_call", n, cols)
 
 
 def _ret(ret: Any, bits: int) -> Any:

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from tracekit import schema as S
 from tracekit.errors import RecorderError
-from tracekit.recorder.batch import (BATCH_EVENTS, RING_FAILURE_DTYPE, batch_dtype, failure_rows, is_batched,
+from tracekit.recorder.ring_batch import (BATCH_EVENTS, RING_FAILURE_DTYPE, batch_dtype, failure_rows, is_batched,
                                      unbatch)
-from tracekit.recorder.bccload import BccBackend, map_declaration_order
-from tracekit.recorder.families import MmuFamily, WalkFamily
-from tracekit.recorder.family import RecordOptions
+from tracekit.recorder.backend_bcc import BccBackend, map_declaration_order
+from tracekit.recorder.tracepoint_families import MmuFamily, WalkFamily
+from tracekit.recorder.probe_family import RecordOptions
 from tracekit.recorder.ringbuf import RingReader, record_stride
 
 PAGE = mmap.PAGESIZE

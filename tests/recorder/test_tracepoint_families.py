@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from tracekit import schema as S
 from tracekit.capture import COMMON_FIELDS
-from tracekit.recorder.families import (IoctlFamily, LockFamily, MmuFamily, WalkFamily, lock_flags_name,
+from tracekit.recorder.tracepoint_families import (IoctlFamily, LockFamily, MmuFamily, WalkFamily, lock_flags_name,
                                         pair_enter_exit)
-from tracekit.recorder.family import Host, ProbeStatus, family_names, make_family
+from tracekit.recorder.probe_family import Host, ProbeStatus, family_names, make_family
 from tracekit.recorder.kvm_ioctls import KVM_CLEAR_DIRTY_LOG, KVM_RUN, KVM_SET_USER_MEMORY_REGION, ioctl_name
-from tracekit.recorder.tracefs import delivered_until, release_order
+from tracekit.recorder.backend_tracefs import delivered_until, release_order
 
 
 def header(records: np.ndarray, ts, tid, kind, pid=100, cpu=0) -> None:
@@ -429,7 +429,7 @@ def test_tracefs_drops_idle_task_events_and_other_processes_threads(tmp_path):
     import os
     import subprocess
 
-    from tracekit.recorder.tracefs import TracefsBackend
+    from tracekit.recorder.backend_tracefs import TracefsBackend
 
     other = subprocess.Popen(["sleep", "30"])
     try:

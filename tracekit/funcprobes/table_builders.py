@@ -4,13 +4,13 @@ Contract
 --------
 Every function takes whole numpy columns of one batch and never loops over events in Python
 (loops run over distinct values only: probe names, visit groups' labels, symbols).
-:func:`table` builds a table of a family of :data:`tracekit.funcprobes.families.SCHEMAS` from a
+:func:`table` builds a table of a family of :data:`tracekit.funcprobes.capture_schemas.SCHEMAS` from a
 dict of columns (absent columns are null; string columns are dictionary encoded);
 :func:`concat_tables` joins parts of one family in time order;
 :func:`args_json` renders per-row JSON objects of integer arguments with numpy string operations;
 :func:`aggregate_visits` groups visits by (walk, visitor, level, kind), keeping the first visit's
 common columns and the count; :func:`stage2_pte_kinds` classifies arm64 descriptors like
-:func:`tracekit.funcprobes.stage2.pte_kind`. Units are those of the schemas (bytes, ns).
+:func:`tracekit.funcprobes.stage2_probes.pte_kind`. Units are those of the schemas (bytes, ns).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tracekit.funcprobes.families import SCHEMAS
-from tracekit.funcprobes.stage2 import PAGE_LEVEL, VISIT_KINDS
+from tracekit.funcprobes.capture_schemas import SCHEMAS
+from tracekit.funcprobes.stage2_probes import PAGE_LEVEL, VISIT_KINDS
 
 __all__ = ["table", "args_json", "aggregate_visits", "stage2_pte_kinds", "stage2_visit_names", "concat_tables"]
 
