@@ -38,7 +38,8 @@ import pandas as pd
 
 from tracekit.errors import AnalysisError, ModelError
 
-__all__ = ["CANDIDATES", "BACKING_BLOCK", "split_walks", "split_visits_vs_model", "skip_verdict", "scenario_for"]
+__all__ = ["CANDIDATES", "BACKING_BLOCK", "split_walks", "split_visits_vs_model", "skip_verdict", "scenario_for",
+           "kernel_candidate", "expected_split_visits"]
 
 #: Lab backing -> the stage-2 mapping size it faults in.
 BACKING_BLOCK = {"thp": 2 << 20, "hugetlb-2m": 2 << 20, "hugetlb-1g": 1 << 30, "4k": 4096}
@@ -174,3 +175,31 @@ def skip_verdict(comparison: pd.DataFrame | None, reason: str | None = None) -> 
                 + (f"; exact match: {', '.join(matches_all)}" if matches_all else "; no candidate matches every walk"))
     return {"verdict": verdict, "matches": matches_all, "walks": len(per_walk), "per_walk": per_walk,
             "evidence": evidence}
+
+
+def kernel_candidate(splits: pd.DataFrame) -> tuple[str | None, str]:
+    """The candidate the split walks' own SKIP_LEVEL flags name (None if no candidate has those levels),
+    and the flags as names (``LEAF|SKIP_LEVEL3``)."""
+    from tracekit.funcprobes.stage2 import WALK_FLAGS, walk_flag_names
+
+    flags = 0
+    for value in splits["flags"].dropna() if "flags" in splits else ():
+        flags |= int(value)
+    skipped = frozenset(level for level in range(4) if flags & WALK_FLAGS.get(f"SKIP_LEVEL{level}", 0))
+    name = next((n for n, levels in CANDIDATES.items() if levels == skipped), None)
+    return name, walk_flag_names(flags)
+
+
+def expected_split_visits(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame, lab_scenario: dict) -> dict | None:
+    """The split-walker LEAF visits the model predicts for a lab run's own split calls, under the walk
+    semantics its kernel declared (the SKIP_LEVEL bits its split walks passed): ``{"expected",
+    "model", "walk_flags"}``; None when the run has no split walks or its scenario has no model."""
+    splits = split_walks(stage2_walk, stage2_visit)
+    scenario = scenario_for({"workload": {"scenario": lab_scenario}}, splits)
+    if scenario is None:
+        return None
+    name, flags = kernel_candidate(splits)
+    if name is None:
+        raise AnalysisError(f"the split walks passed walk flags {flags}: no model of those semantics")
+    comparison = split_visits_vs_model(stage2_walk, stage2_visit, scenario, splits)
+    return {"expected": int(comparison[name].sum()), "model": name, "walk_flags": flags}

@@ -193,3 +193,19 @@ def test_arm64_faulting_blocks_in_matches_the_model():
     measured = {(int(lvl), kind): int(n) for (lvl, kind), n in visits.groupby(["level", "kind"], observed=True)["count"].sum().items()}
     assert measured == {(1, "leaf:invalid"): stats.get("leaf", 1), (1, "table_pre:table"): stats.get("table_pre", 1),
                         (2, "leaf:invalid"): stats.get("leaf", 2)}  # fmt: skip
+
+
+@pytest.mark.parametrize("name,expected", [("lab-arm64-eager-enable", 65_664), ("lab-arm64-eager-clear", 65_664)])
+def test_lab_check_of_split_visits_comes_from_the_model(name, expected):
+    """The lab's split_walker expectation is the model's for the run's own split calls under the walk flags its
+    kernel passed: Debian's kernel passes LEAF alone, so the no-skip model, 128 x (1 + 512)."""
+    from tracekit.lab import runner, scenarios
+
+    cap = _capture(name)
+    scenario = scenarios.get(cap.manifest["workload"]["scenario"]["name"], "arm64")
+    counts = {"stage2_split": len(cap.dataframe("split")), "split_walker": expected}
+    checks = runner.scenario_checks(scenario, cap.manifest["kernel_release"], counts, {}, SAMPLES / f"{name}.tkcap")
+    model = next(check for check in checks if check["count"] == "split_walker")
+    assert model == {"count": "split_walker", "kind": "model", "expected": expected, "measured": expected, "ok": True,
+                     "applicable": True, "reason": "", "model": "model_no_skip", "walk_flags": "LEAF"}  # fmt: skip
+    assert all(check["ok"] for check in checks)

@@ -7,7 +7,7 @@ Contract
 
 - ``pgtable_walk`` (``kvm_pgtable_walk``): ``addr``/``size`` in bytes of IPA, ``flags`` the walker
   flags (LEAF=1, TABLE_PRE=2, TABLE_POST=4, SHARED=8, HANDLE_FAULT=16, SKIP_BBM_TLBI=32,
-  SKIP_CMO=64), ``cb`` the visitor's address (symbolised on the host), ``mmu`` is
+  SKIP_CMO=64; SKIP_LEVEL3=128 from the project's skip-level patch), ``cb`` the visitor's address (symbolised on the host), ``mmu`` is
   ``pgt->mmu``: 0 for the host user page-table walks this function also serves, which the decoder
   drops (stage-2 walks only).
 - ``split_walker`` (``stage2_split_walker``): ``level`` (s8), ``addr`` (IPA), ``old`` (the PTE
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from tracekit.funcprobes.spec import FuncProbe
 
-__all__ = ["STAGE2_PROBES", "WALK_FLAGS", "VISIT_KINDS", "pte_kind", "PAGE_LEVEL"]
+__all__ = ["STAGE2_PROBES", "WALK_FLAGS", "VISIT_KINDS", "pte_kind", "walk_flag_names", "PAGE_LEVEL"]
 
 #: ``enum kvm_pgtable_walk_flags`` bits (KERNEL-FACTS §1.4).
 WALK_FLAGS = {
@@ -40,7 +40,21 @@ WALK_FLAGS = {
     "HANDLE_FAULT": 1 << 4,
     "SKIP_BBM_TLBI": 1 << 5,
     "SKIP_CMO": 1 << 6,
+    # tracekit's own patch (tracekit/lab/patches/split-skip-level3.patch): not in any upstream kernel.
+    "SKIP_LEVEL3": 1 << 7,
 }
+
+def walk_flag_names(flags: int) -> str:
+    """``flags`` as ``LEAF|SKIP_LEVEL3``; a bit no kernel known here defines shows as ``BIT(n)``.
+
+    >>> walk_flag_names(129), walk_flag_names(1 | 1 << 9), walk_flag_names(0)
+    ('LEAF|SKIP_LEVEL3', 'LEAF|BIT(9)', '0')
+    """
+    names = [name for name, bit in WALK_FLAGS.items() if flags & bit]
+    unknown = flags & ~sum(WALK_FLAGS.values())
+    names += [f"BIT({n})" for n in range(unknown.bit_length()) if unknown >> n & 1]
+    return "|".join(names) or "0"
+
 
 #: ``visit`` argument values of a visitor callback.
 VISIT_KINDS = {1: "leaf", 2: "table_pre", 4: "table_post"}

@@ -88,7 +88,8 @@ def _check_line(check: dict) -> str:
         return f"{mark} {check['count']}: {check['reason']}"
     if check.get("kind") == "fired":
         return f"{mark} {check['count']}: fired {check['measured']:,} times" + ("" if check["ok"] else " (never)")
-    return f"{mark} {check['count']}: measured {check['measured']:,}, expected {check['expected']:,}"
+    model = f" (the model, {check['model']}: walk flags {check['walk_flags']})" if check.get("kind") == "model" else ""
+    return f"{mark} {check['count']}: measured {check['measured']:,}, expected {check['expected']:,}{model}"
 
 
 _SCENARIO_HELP = "Scenario to run (see 'tracekit lab scenarios')."
@@ -242,7 +243,7 @@ def list_scenarios(
         typer.echo(json.dumps([s.as_dict() for s in chosen], indent=2, sort_keys=True))
         return
     for s in chosen:
-        expected = ", ".join(f"{k}={v:,}" for k, v in s.expected.items())
+        expected = ", ".join([*(f"{k}={v:,}" for k, v in s.expected.items()), *(f"{k} from the model" for k in s.model_counts)])
         typer.echo(f"{s.arch:<6} {s.name:<14} {s.description}" + (f" [expects {expected}]" if expected else ""))
 
 

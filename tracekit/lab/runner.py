@@ -96,8 +96,10 @@ class LabRun:
         }
 
 
-def scenario_checks(scenario: scenarios.Scenario, release: str, counts: dict[str, int], probes: dict) -> list[dict]:
-    """The run's checks on kernel ``release``: each exact expected count (that kernel's semantics) and each
+def scenario_checks(scenario: scenarios.Scenario, release: str, counts: dict[str, int], probes: dict,
+                    capture: Path | None = None) -> list[dict]:  # fmt: skip
+    """The run's checks on kernel ``release``: each exact expected count (that kernel's semantics), each of the
+    scenario's ``model_counts`` as the model predicts it for ``capture`` (kind ``model``) and each
     ``evidence`` probe that must fire. A probe the kernel cannot have is ``applicable: false`` with the reason; one
     the guest did not attach (``probes["failed"]``, or a tracepoint missing from ``probes["tracepoints"]``) or that
     never fired fails with the guest's reason: a run never passes on probes that saw nothing."""
@@ -112,6 +114,8 @@ def scenario_checks(scenario: scenarios.Scenario, release: str, counts: dict[str
                        if event not in names})  # fmt: skip
     wanted = [(name, count, "exact") for name, count in scenarios.expected_on(scenario, version).items()]
     wanted += [(name, 1, "fired") for name in scenario.evidence]
+    models = _model_expectations(scenario, capture) if capture is not None else {}
+    wanted += [(name, model["expected"], "model") for name, model in models.items()]
     checks = []
     for name, expected, kind in wanted:
         check = {"count": name, "kind": kind, "expected": expected, "measured": counts.get(name, 0), "applicable": True}
@@ -127,8 +131,23 @@ def scenario_checks(scenario: scenarios.Scenario, release: str, counts: dict[str
             check.update(ok=check["measured"] > 0, reason="" if check["measured"] else f"{name} attached but never fired")
         else:
             check.update(ok=check["measured"] == expected, reason="")
+        if kind == "model":
+            check.update(model=models[name]["model"], walk_flags=models[name]["walk_flags"])
         checks.append(check)
     return checks
+
+
+def _model_expectations(scenario: scenarios.Scenario, capture: Path) -> dict[str, dict]:
+    """``{"split_walker": {"expected", "model", "walk_flags"}}`` for a scenario whose ``model_counts`` name it: the
+    model's LEAF visits for the run's own split calls under the walk flags its kernel passed (0 without split walks)."""
+    if "split_walker" not in scenario.model_counts:
+        return {}
+    from tracekit.analysis.skiplevels import expected_split_visits
+    from tracekit.capture import open_capture
+
+    cap = open_capture(capture)
+    model = expected_split_visits(cap.dataframe("stage2_walk"), cap.dataframe("stage2_visit"), scenario.as_dict())
+    return {"split_walker": model or {"expected": 0, "model": "no split walks", "walk_flags": "-"}}
 
 
 def run_lab(
@@ -240,7 +259,7 @@ def run_lab(
             kernel_histograms=summary["kernel_histograms"],
             probes=manifest["probes"],
             checks=scenario_checks(chosen, manifest["kernel_release"], summary["counts"],
-                                   {**manifest["probes"], "tracepoints": trace.meta["probes"].get("tracepoints")}),
+                                   {**manifest["probes"], "tracepoints": trace.meta["probes"].get("tracepoints")}, output),
             lock_contention=summary["lock_contention"],
             kernel=lab_kernel.as_dict(),
         )
@@ -319,7 +338,7 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
     return LabRun(
         arch=arch, scenario=chosen.as_dict(), output=output, kernel_release=lab["kernel_release"],
         kernel_source=lab_kernel.spec, boot_seconds=boot.seconds, console_log=console_log, counts=counts, steps=steps,
-        kernel_histograms={}, probes=probes_info, checks=scenario_checks(chosen, lab["kernel_release"], counts, probes_info), recorder=recorder, kernel=lab_kernel.as_dict(),
+        kernel_histograms={}, probes=probes_info, checks=scenario_checks(chosen, lab["kernel_release"], counts, probes_info, output), recorder=recorder, kernel=lab_kernel.as_dict(),
         record_seconds=meta.get("record_seconds"), attach_seconds=meta.get("attach_seconds"), visits_by_level=recorded.visits_by_level(cap, probes),
     )  # fmt: skip
 
