@@ -358,6 +358,44 @@ def fetch_cmd(
         typer.echo(f"recorder userland: {fetch.fetch_recorder_userland(arch, cache, lab_kernel.release, lab_kernel.suite)}")
 
 
+kernel_app = typer.Typer(name="kernel", help="Lab kernels built from source (minimal config, optional patches).",
+                         no_args_is_help=True)
+lab_app.add_typer(kernel_app, name="kernel")
+
+
+@kernel_app.command("build")
+def kernel_build(
+    arch: str = typer.Option(..., "--arch", help="arm64 or x86."),
+    source: str = typer.Option("debian:trixie", "--source", help="debian:CODENAME (Debian's linux-source-X) or a kernel tree."),
+    patch: list[str] = typer.Option([], "--patch", help="A -p1 patch file, or the name of one of the project's own patches; repeatable."),
+    config: list[Path] = typer.Option([], "--config", help="A config fragment added after the lab's own; repeatable."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel make jobs (default: the CPU count)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the build as JSON (docs/cli-json/lab.md)."),
+) -> None:
+    """Build a minimal lab kernel (allnoconfig + what the labs need), cached by source, patches and config.
+
+    Prints the image to pass to 'tracekit lab ARCH --kernel'. A patched build starts from the cached
+    unpatched build's objects, so only what the patches touch is recompiled.
+
+    Examples:
+
+      tracekit lab kernel build --arch arm64
+
+      tracekit lab kernel build --arch arm64 --patch split-skip-level3
+
+      nice -n 10 tracekit lab kernel build --arch x86 --source ~/linux --config my.config -j2
+    """
+    from tracekit.lab import kbuild
+
+    result = kbuild.build(arch, source, patch, config, jobs=jobs, progress=lambda line: typer.echo(line, err=True))
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+        return
+    how = "cached" if result.cached else f"built in {result.seconds:.0f} s, {result.compiled} objects compiled"
+    typer.echo(f"kernel {result.release} ({how}); boot it with: tracekit lab {arch} --kernel IMAGE", err=True)
+    typer.echo(str(result.image))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``lab`` sub-typer to the root app."""
     app.add_typer(lab_app, name="lab")

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from tracekit.errors import LabError
 from tracekit.lab.fetch import PrivateApt, cache_lock, check_disk, require_tool, run_tool
+from tracekit.lab.kbuild import linux_source_deb, unpack_linux_source
 
-__all__ = ["DEFAULT_TESTS", "build_kvm_selftests", "source_members"]
+__all__ = ["DEFAULT_TESTS", "build_kvm_selftests", "source_parts"]
 
 DEFAULT_TESTS = ("dirty_log_perf_test", "dirty_log_test", "kvm_page_table_test", "memslot_perf_test")
 #: Free space for the unpacked source parts (about 170 MB) and the build.
@@ -36,11 +37,10 @@ _NEEDED_BYTES = 512 << 20
 _SRCARCH = {"x86_64": "x86", "aarch64": "arm64", "i686": "x86", "riscv64": "riscv", "s390x": "s390"}
 
 
-def source_members(top: str, machine: str) -> list[str]:
-    """The members of the source tarball (under ``top``) that ``make headers`` and the KVM selftests read."""
+def source_parts(machine: str) -> list[str]:
+    """The parts of the source tree that ``make headers`` and the KVM selftests read."""
     srcarch = _SRCARCH.get(machine, machine)
-    parts = ("Makefile", "Kbuild", "Kconfig", "scripts", "include", f"arch/{srcarch}", "tools", "usr", "lib")
-    return [f"{top}/{part}" for part in parts]
+    return ["Makefile", "Kbuild", "Kconfig", "scripts", "include", f"arch/{srcarch}", "tools", "usr", "lib"]
 
 
 def build_kvm_selftests(cache: Path, tests: tuple[str, ...] = DEFAULT_TESTS) -> Path:
@@ -54,15 +54,11 @@ def build_kvm_selftests(cache: Path, tests: tuple[str, ...] = DEFAULT_TESTS) -> 
 
 
 def _build(cache: Path, tests: tuple[str, ...]) -> Path:
-    make, tar = require_tool("make", "make"), require_tool("tar", "tar")
+    make = require_tool("make", "make")
+    require_tool("tar", "tar")
     require_tool("gcc", "gcc")
     check_disk(cache, _NEEDED_BYTES)
-    apt = PrivateApt(cache / "apt")
-    apt.update()
-    versioned = [d.split(":")[0] for d in apt.depends("linux-source") if d.startswith("linux-source-")]
-    if not versioned:
-        raise LabError("the Debian metapackage linux-source names no linux-source-X package")
-    deb = apt.download(versioned[0])
+    deb = linux_source_deb(PrivateApt(cache / "apt"))
     version = deb.name.split("_")[1]
     target = cache / f"kvm-selftests-{version}"
     if target.exists():
@@ -70,15 +66,8 @@ def _build(cache: Path, tests: tuple[str, ...]) -> Path:
     work = target / "src"
     work.mkdir(parents=True)
     try:
-        run_tool(["dpkg-deb", "-x", str(deb), str(work / "deb")], f"dpkg-deb -x {deb.name}")
-        tarballs = sorted((work / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
-        if not tarballs:
-            raise LabError(f"{deb.name} holds no linux-source tarball under /usr/src")
-        top = tarballs[0].name.split(".tar.")[0]
-        run_tool([tar, "-xf", str(tarballs[0]), "-C", str(work), *source_members(top, platform.machine())],
-                 f"unpacking {tarballs[0].name}")
-        shutil.rmtree(work / "deb")
-        tree = work / top
+        tree = unpack_linux_source(deb, work, source_parts(platform.machine()))
+        top = tree.name
         jobs = str(max(1, len(os.sched_getaffinity(0))))
         run_tool([make, "-C", str(tree), "-s", "headers"], f"make headers in {top}")
         out = target / "bin"
