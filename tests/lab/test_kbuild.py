@@ -117,7 +117,7 @@ def test_bad_patch_and_source_are_one_line(tmp_path):
         kbuild.resolve_patch(junk)
     with pytest.raises(UsageError, match="not a kernel source tree"):
         kbuild.resolve_source(str(tmp_path), tmp_path, lambda line: None)
-    with pytest.raises(UsageError, match="neither debian:CODENAME nor a directory"):
+    with pytest.raises(UsageError, match="neither debian:CODENAME, debian:X.Y nor a directory"):
         kbuild.resolve_source(str(tmp_path / "absent"), tmp_path, lambda line: None)
 
 

@@ -207,13 +207,13 @@ def kernel_version(tree: Path) -> str:
 
 
 def resolve_source(spec: str, cache: Path, progress: Callable[[str], None]) -> KernelSource:
-    """``debian:CODENAME`` (Debian's ``linux-source-X`` of that release, downloaded and unpacked once)
-    or a kernel tree directory (identified by its files' names, sizes and modification times)."""
+    """``debian:CODENAME`` (the ``linux-source-X`` its ``linux-source`` names) or ``debian:X.Y``
+    (``linux-source-X.Y`` from the first suite that has it), downloaded and unpacked once, or a kernel tree directory (identified by its files' names, sizes and modification times)."""
     if spec.startswith("debian:"):
         return _debian_source(spec[len("debian:"):], cache, progress)
     tree = Path(spec)
     if not tree.is_dir():
-        raise UsageError(f"--source {spec}: neither debian:CODENAME nor a directory")
+        raise UsageError(f"--source {spec}: neither debian:CODENAME, debian:X.Y nor a directory")
     version = kernel_version(tree)
     progress(f"fingerprinting the tree {tree}")
     return KernelSource(f"dir:{tree.resolve()}:{_tree_fingerprint(tree)}", version, tree)
@@ -252,11 +252,22 @@ def unpack_linux_source(deb: Path, target: Path, parts: Iterable[str] = ()) -> P
     return target / top
 
 
-def _debian_source(codename: str, cache: Path, progress: Callable[[str], None]) -> KernelSource:
-    if codename != fetch.SUITE:
-        raise UsageError(f"--source debian:{codename}: only debian:{fetch.SUITE} is known here; or give a kernel tree")
+def _debian_source(name: str, cache: Path, progress: Callable[[str], None]) -> KernelSource:
+    from tracekit.lab import kernels
+
+    spec = kernels.parse_spec(f"debian:{name}")
+    deb = None
     with fetch.cache_lock(cache):
-        deb = linux_source_deb(fetch.PrivateApt(cache / "apt"))
+        for suite in (spec.value,) if spec.kind == "suite" else kernels.VERSION_SEARCH:
+            apt = fetch.PrivateApt.for_suite(cache, suite)
+            try:
+                apt.update()
+                deb = linux_source_deb(apt) if spec.kind == "suite" else apt.download(f"linux-source-{spec.value}")
+                break
+            except LabError as error:
+                failure = error
+    if deb is None:
+        raise LabError(f"no Debian kernel source for debian:{name}: {failure}")
     target = cache / "kbuild" / f"source-{deb.stem}"
     with _dir_lock(target):
         if not (target / ".complete").exists():
