@@ -288,14 +288,15 @@ def _walk_frame(cap: Any, phase_table: pd.DataFrame, phase: str | None, model_wa
         rebuilt, check = streamed
     else:
         walk = load(cap, "walk", list(walks.WALK_COLUMNS))
-        element = load(cap, "walk_element", list(walks.ELEMENT_COLUMNS))
+        element = load(cap, "walk_element", [*walks.ELEMENT_COLUMNS, "cpu"])
         error = load(cap, "walk_error", ["walk_id"]) if "walk_error" in cap.families() else None
         rebuilt, steps = walks.rebuild_walks(walk, element, error)
         del walk, element
         check = None
         if model_walk is not None:
             cut = rebuilt if select is None else rebuilt[select(rebuilt)]
-            check = crosscheck.crosscheck_walks(cut, steps, model_walk, limit=limit)
+            check = crosscheck.crosscheck_walks(cut, steps, model_walk, limit=limit,
+                                                lost=crosscheck.LostCpus(cap.manifest))
         del steps
         rebuilt = rebuilt.drop(columns="first_step")
     orphans = rebuilt.attrs.get("orphan_elements", 0)
@@ -405,8 +406,10 @@ def render_text(result: Analysis, width: int = 80) -> str:
     if "crosscheck" in verdicts:
         v = verdicts["crosscheck"]
         if v.get("compared"):
-            out.append(f"  model cross-check: {v['verdict']}: {v['matched']:,} of {v['compared']:,} walks "
-                       f"match ({v['match_rate']:.2%})"[:width])
+            out.append(f"  model cross-check: {v['verdict']}: {crosscheck.match_text(v)}"[:width])
+            if v.get("cut_short"):
+                out.extend(_wrap(f"    {v['cut_short']:,} walks cut short by lost events (their recorded reads "
+                                 "agree with the model) were not judged", width))
             if v.get("outside_model"):
                 out.extend(_wrap(f"    {v['outside_model']:,} walks of addresses the model does not cover "
                                  "(outside the selftest's test memory) were not compared", width))

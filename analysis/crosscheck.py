@@ -44,7 +44,8 @@ from tracekit.errors import AnalysisError, ModelError
 from tracekit.model.x86 import PTE_AD_MASK, X86PageTables, X86Walk
 
 __all__ = ["CrossCheck", "ModelCache", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS",
-           "check_summary", "modelled", "per_level_table", "last_passes", "compared_passes", "compare_elements"]
+           "check_summary", "modelled", "per_level_table", "last_passes", "compared_passes", "compare_elements",
+           "LostCpus", "cut_short", "match_text"]
 
 MISMATCH_COLUMNS = ["walk_id", "addr", "depth", "observed_level", "observed_pte", "model_level", "model_pte", "reason"]
 _PAGE_MASK = np.uint64(~0xFFF & (2**64 - 1))
@@ -266,15 +267,80 @@ def mismatch_row(walk_id: int, addr: int, at: int, depth: int, first: int, level
     return (walk_id, addr, at, o_level, o_pte, m_level, m_pte, reason)
 
 
-def check_summary(walks: int, compared: int, matched: int, retried: int = 0, outside: int = 0) -> dict:
-    """The :class:`CrossCheck` ``summary`` dict for ``walks`` walks of which ``compared`` were compared
-    and ``matched`` matched, ``retried`` of the compared ones read in several passes from the root,
-    ``outside`` not compared because the model does not cover their address (verdict ``"no walks"``
-    when none was compared)."""
+def check_summary(walks: int, compared: int, matched: int, retried: int = 0, outside: int = 0,
+                  cut_short: int = 0) -> dict:
+    """The :class:`CrossCheck` ``summary`` dict for ``walks`` walks of which ``compared`` were compared,
+    ``matched`` matched and ``cut_short`` were cut short by lost events (:func:`cut_short`: not judged),
+    ``retried`` of the compared ones read in several passes from the root, ``outside`` not compared
+    because the model does not cover their address. ``match_rate`` is over the complete walks."""
+    judged = compared - cut_short
+    mismatched = judged - matched
+    if not compared:
+        verdict = "no walks"
+    elif mismatched:
+        verdict = "mismatch"
+    else:
+        verdict = "match" if judged else "cut short"
     return {"walks": walks, "compared": compared, "matched": matched,
-            "match_rate": matched / compared if compared else None, "mismatched": compared - matched,
-            "retried": retried, "outside_model": outside,
-            "verdict": ("match" if matched == compared else "mismatch") if compared else "no walks"}
+            "match_rate": matched / judged if judged else None, "mismatched": mismatched,
+            "retried": retried, "outside_model": outside, "cut_short": cut_short, "verdict": verdict}
+
+
+def match_text(summary: dict, match: str = "match") -> str:
+    """``"49,217 of 49,217 walks match (100.00%)"`` of a ``summary``; the walks judged are the complete
+    ones when some were cut short by lost events."""
+    judged = summary["compared"] - (summary.get("cut_short") or 0)
+    walks = "complete walks" if summary.get("cut_short") else "walks"
+    rate = f" ({summary['match_rate']:.2%})" if judged else ""
+    return f"{summary['matched']:,} of {judged:,} {walks} {match}{rate}"
+
+
+#: The lost-event probes that can cut a walk short: its element tracepoint, and a tracefs ring's overruns
+#: (``tracefs:ring_buffer``, ``tracefs:missed_pages``, the labs' ``tracefs``), which lose any event.
+_ELEMENT_LOSSES = ("kvmmmu:kvm_mmu_paging_element", "tracefs")
+
+
+class LostCpus:
+    """The CPUs on which a capture lost events that may be walk elements (manifest ``lost``: probe, CPU,
+    count; a CPU of -1 stands for every CPU). Empty for a capture that lost none of them."""
+
+    def __init__(self, manifest: dict):
+        cpus: set[int] = set()
+        for entry in manifest.get("lost") or []:
+            probe, count = str(entry.get("probe", "")), entry.get("count") or 0
+            if count and (probe == _ELEMENT_LOSSES[0] or probe.split(":")[0] == _ELEMENT_LOSSES[1]):
+                cpus.add(int(entry.get("cpu", -1)))
+        self.every = -1 in cpus
+        self.cpus = np.array(sorted(cpus - {-1}), np.int64)
+
+    def __bool__(self) -> bool:
+        return self.every or len(self.cpus) > 0
+
+    def on(self, cpu: np.ndarray) -> np.ndarray:
+        """Per walk, whether its CPU (``cpu``) lost such events."""
+        if self.every:
+            return np.ones(len(cpu), bool)
+        return np.isin(np.asarray(cpu, np.int64), self.cpus)
+
+
+def cut_short(level: np.ndarray, pte: np.ndarray, starts: np.ndarray, counts: np.ndarray, rows: np.ndarray,
+              model_levels: list[np.ndarray], model_ptes: list[np.ndarray], model_depth: np.ndarray) -> np.ndarray:
+    """Which walks (elements ``starts[i]`` .. ``starts[i] + counts[i] - 1``, model rows ``rows``) are their
+    model walk with elements missing: fewer elements than the model's, levels strictly descending, each
+    element equal to the model's element of its level (PTE ignoring A/D). A lost element event leaves
+    exactly that; a wrong level or PTE is never explained by a loss."""
+    fits = (counts < model_depth) & (counts > 0)
+    for d in range(int(counts[fits].max()) if fits.any() else 0):
+        has = np.flatnonzero(fits & (counts > d))
+        e = starts[has] + d
+        o_level = level[e]
+        found = np.zeros(len(has), bool)
+        for m_level, m_pte in zip(model_levels, model_ptes):
+            found |= (m_level[rows[has]] == o_level) & (((pte[e] ^ m_pte[rows[has]]) & ~_AD) == 0)
+        if d:
+            found &= o_level < level[e - 1]
+        fits[has[~found]] = False
+    return fits
 
 
 def modelled(rows: np.ndarray, model_depths: np.ndarray) -> np.ndarray:
@@ -373,7 +439,7 @@ def per_level_table(observed_counts: np.ndarray, model_levels: np.ndarray, model
 
 
 def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Callable[[int], X86Walk],
-                     *, limit: int = 20) -> CrossCheck:
+                     *, limit: int = 20, lost: LostCpus | None = None) -> CrossCheck:
     """Compare every observed walk with the model's walk of the same address."""
     depth = walks["depth"].to_numpy(np.int64)
     observed = depth > 0
@@ -402,10 +468,18 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
                                                   [m_levels[:, d] for d in range(m_levels.shape[1])],
                                                   [m_ptes[:, d] for d in range(m_ptes.shape[1])], model_depth)
     obs_counts += np.bincount(level[earlier].astype(np.int64) + 2, minlength=8)[:8]
+    short = np.zeros(len(bad), bool)
+    if lost and bad.any():
+        cpu = steps["cpu"].to_numpy(np.int64)[first] if "cpu" in steps.columns else np.zeros(len(first), np.int64)
+        maybe = np.flatnonzero(bad & lost.on(cpu))
+        short[maybe] = cut_short(level, pte, first[maybe], depth[maybe], row[maybe],
+                                 [m_levels[:, d] for d in range(m_levels.shape[1])],
+                                 [m_ptes[:, d] for d in range(m_ptes.shape[1])], model_depth[maybe])
+        bad &= ~short
 
     walk_ids = walks["walk_id"].to_numpy(np.uint64)
     per_walk = pd.DataFrame({"walk_id": walk_ids, "addr": addrs, "depth": walk_depth, "model_depth": model_depth,
-                             "match": ~bad}, copy=False)
+                             "match": ~(bad | short)}, copy=False)
     model = (row, m_levels, m_ptes, m_depths, faults)
     mismatch_rows = [mismatch_row(int(walk_ids[i]), int(addrs[i]), int(first_bad[i]), int(depth[i]), int(first[i]),
                                   level, pte, model, int(row[i]))
@@ -413,5 +487,6 @@ def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Calla
     mismatches = pd.DataFrame(mismatch_rows, columns=MISMATCH_COLUMNS)
     per_level = per_level_table(obs_counts, m_levels, row)
     compared = int(len(walks))
-    summary = check_summary(int(len(observed)), compared, compared - int(bad.sum()), int(retried.sum()), outside)
+    summary = check_summary(int(len(observed)), compared, compared - int(bad.sum()) - int(short.sum()),
+                            int(retried.sum()), outside, int(short.sum()))
     return CrossCheck(summary, per_walk, mismatches, per_level)

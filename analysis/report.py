@@ -32,6 +32,7 @@ import pandas as pd
 
 from tracekit.analysis.analyze import HEX_COLUMNS, Analysis
 from tracekit.analysis.common import format_hex, format_ns
+from tracekit.analysis.crosscheck import match_text
 from tracekit.analysis.locks import contention_timeline
 from tracekit.analysis.partial import partial_text
 from tracekit.errors import CaptureFormatError
@@ -169,7 +170,9 @@ def _verdicts_html(result: Analysis) -> str:
     v = result.verdicts.get("crosscheck")
     if v:
         if v.get("compared"):
-            text = f"{v['matched']:,} of {v['compared']:,} walks match the model ({v['match_rate']:.2%})"
+            text = match_text(v, "match the model")
+            if v.get("cut_short"):
+                text += f"; {v['cut_short']:,} walks cut short by lost events were not judged"
             if v.get("outside_model"):
                 text += f"; {v['outside_model']:,} walks of addresses the model does not cover were not compared"
         else:

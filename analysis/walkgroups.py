@@ -47,7 +47,7 @@ import pandas as pd
 
 from tracekit.analysis import phases as phases_mod
 from tracekit.analysis.common import lookup_tids, vcpu_map
-from tracekit.analysis.crosscheck import CrossCheck, ModelCache
+from tracekit.analysis.crosscheck import CrossCheck, LostCpus, ModelCache
 from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, fault_followers
 from tracekit.analysis.walks import WALK_COLUMNS, depth_of
 from tracekit.analysis.walkstream import (IdScan, RowMap, _element_batches, _State, cross_check, element_reader,
@@ -293,7 +293,8 @@ def walk_group_counts(cap: Any, model_walk: Callable | None = None, *, phase_tab
             return None
         state = feed_passes(row_map, lambda: _State(walks.n, None, model, limit, walks.selected,
                                                     shapes=ShapeCodes(walks.n),
-                                                    model_rows=walks.model_rows if model is not None else None),
+                                                    model_rows=walks.model_rows if model is not None else None,
+                                                    lost=LostCpus(manifest)),
                             lambda: element_stream(cap, ELEMENT_BATCH_ROWS), _element_batches(reader))
         if state is None or state.shapes.too_deep:
             return None

@@ -125,6 +125,7 @@ def rebuild_walks(walk: Any, element: Any, error: Any = None) -> tuple[pd.DataFr
     idx = _col(element, "index", np.int16)
     level = _col(element, "level", np.int8)
     pte = _col(element, "pte", np.uint64)
+    cpu = _col(element, "cpu", np.int32) if "cpu" in getattr(element, "columns", ()) else None
     n = len(wid)
     if n > 1:
         same = wid[1:] == wid[:-1]
@@ -132,6 +133,7 @@ def rebuild_walks(walk: Any, element: Any, error: Any = None) -> tuple[pd.DataFr
         if not in_order:
             order = np.lexsort((idx, wid))
             wid, idx, level, pte = wid[order], idx[order], level[order], pte[order]
+            cpu = cpu[order] if cpu is not None else None
             same = wid[1:] == wid[:-1]
         starts = np.flatnonzero(np.concatenate(([True], ~same)))
         del same
@@ -190,6 +192,8 @@ def rebuild_walks(walk: Any, element: Any, error: Any = None) -> tuple[pd.DataFr
     walks.attrs["orphan_elements"] = n - matched
     steps = pd.DataFrame({"walk_id": wid, "index": idx, "depth": depth_in_walk, "level": level, "pte": pte},
                          copy=False)
+    if cpu is not None:
+        steps["cpu"] = cpu
     return walks, steps
 
 

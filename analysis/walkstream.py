@@ -45,8 +45,9 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis.common import load
-from tracekit.analysis.crosscheck import (MISMATCH_COLUMNS, CrossCheck, ModelCache, check_summary, compare_elements,
-                                          compared_passes, mismatch_row, modelled, per_level_table)
+from tracekit.analysis.crosscheck import (MISMATCH_COLUMNS, CrossCheck, LostCpus, ModelCache, check_summary,
+                                          compare_elements, compared_passes, cut_short, mismatch_row, modelled,
+                                          per_level_table)
 from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, depth_of, leaf_levels, level_paths
 from tracekit.errors import AnalysisError
 
@@ -282,13 +283,16 @@ class _State:
     the walk's row until :meth:`mismatch_frame` puts in the walk ids."""
 
     def __init__(self, n: int, addrs: np.ndarray | None, model: ModelCache | None, limit: int,
-                 selected: np.ndarray | None, shapes: Any = None, model_rows: np.ndarray | None = None):
+                 selected: np.ndarray | None, shapes: Any = None, model_rows: np.ndarray | None = None,
+                 lost: LostCpus | None = None):
         self.n, self.addrs, self.model, self.limit, self.selected = n, addrs, model, limit, selected
+        self.lost = lost  # CPUs that lost walk elements: their short walks may be cut short, not mismatches
         self.walk_model_rows = model_rows  # per walk its model row, when the addresses are not kept
         self.shapes = shapes if shapes is not None else WalkShapes(n)
         self.compared = 0  # walks compared with the model
         self.retried = 0  # compared walks read in several passes from the root (the last one compared)
         self.mismatched = 0
+        self.cut_short = 0  # compared walks cut short by lost events (cut_short), not counted as mismatched
         self.outside = 0  # walks whose address the model does not cover
         self.orphans = 0
         self.late: list[np.ndarray] = []  # walks rebuilt before more of their elements came (too far apart)
@@ -307,9 +311,9 @@ class _State:
                             columns=MISMATCH_COLUMNS)
 
     def process(self, wi: np.ndarray, starts: np.ndarray, counts: np.ndarray, level: np.ndarray,
-                pte: np.ndarray) -> None:
-        """Walks ``wi`` (rows of the walk table, each once) whose elements are ``level`` / ``pte`` rows
-        ``starts[i]`` .. ``starts[i] + counts[i] - 1`` in index order."""
+                pte: np.ndarray, cpu: np.ndarray) -> None:
+        """Walks ``wi`` (rows of the walk table, each once) whose elements are ``level`` / ``pte`` / ``cpu``
+        rows ``starts[i]`` .. ``starts[i] + counts[i] - 1`` in index order."""
         if len(wi) == 0:
             return
         done = self.shapes.rebuilt(wi)
@@ -330,7 +334,7 @@ class _State:
                 starts, counts, wi = starts[keep], counts[keep], wi[keep]
             if len(starts) == 0:
                 return
-        self._compare(wi, starts, counts, level, pte)
+        self._compare(wi, starts, counts, level, pte, cpu)
 
     def _model_rows(self, wi: np.ndarray) -> np.ndarray:
         """The model rows of walks ``wi``, counted for the per-level table."""
@@ -361,7 +365,7 @@ class _State:
         self.mismatches.sort(key=lambda item: item[0])
         del self.mismatches[self.limit:]
 
-    def _compare(self, wi, starts, counts, level, pte) -> None:
+    def _compare(self, wi, starts, counts, level, pte, cpu) -> None:
         rows = self._model_rows(wi)
         inside = modelled(rows, self.model.depths)
         if not inside.all():  # addresses the model does not cover: counted, not compared
@@ -378,6 +382,12 @@ class _State:
         bad, first_bad, observed = compare_elements(level, pte, starts, counts, rows, m_levels, m_ptes, model_depth)
         self.observed_levels += observed
         self.compared += len(wi)
+        if self.lost and bad.any():
+            maybe = np.flatnonzero(bad & self.lost.on(cpu[starts]))
+            short = cut_short(level, pte, starts[maybe], counts[maybe], rows[maybe], m_levels, m_ptes,
+                              model_depth[maybe])
+            self.cut_short += int(short.sum())
+            bad[maybe[short]] = False
         self.mismatched += int(bad.sum())
         if bad.any():
             self._note_mismatches(wi, bad, first_bad, counts, starts, rows, level, pte)
@@ -409,8 +419,8 @@ class _Rebuilder:
     def __init__(self, state: _State, row_map: RowMap, aside: np.ndarray | None = None):
         self.state, self.row_map = state, row_map
         self.aside = np.zeros(0, np.int64) if aside is None else aside  # sorted walk rows rebuilt at the end
-        self.put_aside: list[list[np.ndarray]] = []  # their rows: walk row, index, level, pte
-        # Held rows: walk row, index, level, pte, CPU, position in that CPU's rows.
+        self.put_aside: list[list[np.ndarray]] = []  # their rows: walk row, index, level, pte, CPU
+        # Held rows: walk row, index, level, pte, stream, position in that stream's rows, CPU.
         self.held: list[np.ndarray] | None = None
         self.cpu_seen = np.zeros(1, np.int64)  # rows fed so far, per CPU
         self._mark = np.zeros(0, bool)  # scratch over the walk rows of one batch (all False between batches)
@@ -457,6 +467,7 @@ class _Rebuilder:
         held are those seen in the last :data:`HOLD_ROWS` rows of each CPU)."""
         state = self.state
         n = len(wid)
+        cpu_of = cpu if cpu is not None else np.zeros(n, np.int8)  # each row's CPU, as recorded
         if n == 0:
             if last:
                 self._finish([], None)
@@ -467,7 +478,7 @@ class _Rebuilder:
         orphan = wi < 0
         if orphan.any():
             state.orphans += int(counts[orphan].sum())
-        if len(self.aside) and self._set_aside(wi, starts, counts, idx, level, pte):
+        if len(self.aside) and self._set_aside(wi, starts, counts, idx, level, pte, cpu_of):
             orphan = wi < 0  # the walks set aside are left out here like orphans
         # Runs out of index order, walks with several runs here, walks held from before or seen at the
         # end of this batch: gathered with the held rows and sorted by (walk, index).
@@ -506,12 +517,12 @@ class _Rebuilder:
                 mark[walks] = False
         flagged &= ~orphan
         clean = np.flatnonzero(~flagged & ~orphan)
-        state.process(wi[clean], starts[clean], counts[clean], level, pte)
+        state.process(wi[clean], starts[clean], counts[clean], level, pte, cpu_of)
         if flagged.any():
             rows = _expand(starts[flagged], counts[flagged])
             position = seen_after[cpus[rows]]  # its CPU's rows fed by the batch's end: held a little longer
             gathered = [np.repeat(wi[flagged], counts[flagged]), idx[rows], level[rows], pte[rows], cpus[rows],
-                        position]
+                        position, cpu_of[rows]]
         else:
             gathered = None
         self.cpu_seen = seen_after
@@ -520,14 +531,14 @@ class _Rebuilder:
             self._rebuild_aside()
 
     def _set_aside(self, wi: np.ndarray, starts: np.ndarray, counts: np.ndarray, idx: np.ndarray, level: np.ndarray,
-                   pte: np.ndarray) -> bool:
+                   pte: np.ndarray, cpu: np.ndarray) -> bool:
         """Keep the rows of the runs of walks set aside (:attr:`aside`) and mark those runs -1 in ``wi``;
         False when there were none."""
         away = np.isin(wi, self.aside)
         if not away.any():
             return False
         rows = _expand(starts[away], counts[away])
-        self.put_aside.append([np.repeat(wi[away], counts[away]), idx[rows], level[rows], pte[rows]])
+        self.put_aside.append([np.repeat(wi[away], counts[away]), idx[rows], level[rows], pte[rows], cpu[rows]])
         wi[away] = -1
         return True
 
@@ -535,12 +546,12 @@ class _Rebuilder:
         """Rebuild the walks set aside, now that all their elements were read."""
         if not self.put_aside:
             return
-        wi, idx, level, pte = (np.concatenate([part[c] for part in self.put_aside]) for c in range(4))
+        wi, idx, level, pte, cpu = (np.concatenate([part[c] for part in self.put_aside]) for c in range(5))
         self.put_aside = []
         order = np.lexsort((idx, wi))
-        wi, level, pte = wi[order], level[order], pte[order]
+        wi, level, pte, cpu = wi[order], level[order], pte[order], cpu[order]
         starts, counts, _ = _runs(wi)
-        self.state.process(wi[starts], starts, counts, level, pte)
+        self.state.process(wi[starts], starts, counts, level, pte, cpu)
 
     def _finish(self, parts: list[list[np.ndarray]], holding: np.ndarray | None) -> None:
         """Rebuild the held and gathered rows except those of ``holding`` walks, which are held again."""
@@ -549,7 +560,7 @@ class _Rebuilder:
         self.held = None
         if not parts:
             return
-        columns = [np.concatenate([p[c] for p in parts]) for c in range(6)]
+        columns = [np.concatenate([p[c] for p in parts]) for c in range(7)]
         if holding is not None and len(holding):
             hold = np.isin(columns[0], holding)
             if hold.any():
@@ -558,9 +569,9 @@ class _Rebuilder:
         if len(columns[0]) == 0:
             return
         order = np.lexsort((columns[1], columns[0]))
-        wi, level, pte = columns[0][order], columns[2][order], columns[3][order]
+        wi, level, pte, cpu = columns[0][order], columns[2][order], columns[3][order], columns[6][order]
         starts, counts, _ = _runs(wi)
-        self.state.process(wi[starts], starts, counts, level, pte)
+        self.state.process(wi[starts], starts, counts, level, pte, cpu)
 
 
 #: The ``walk_element`` columns the stream reads: the element columns and each row's CPU.
@@ -601,13 +612,15 @@ def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 2
         error_ids = load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64) \
             if "walk_error" in cap.families() else None
         return rebuild_streamed(walk, lambda: element_stream(cap, BATCH_ROWS), model_walk, limit=limit,
-                                select=select, error_ids=error_ids, first=_element_batches(reader))
+                                select=select, error_ids=error_ids, first=_element_batches(reader),
+                                lost=LostCpus(cap.manifest))
 
 
 def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]] | Callable[[], Iterable[list[np.ndarray]]],
                      model_walk: Callable | None = None, *, limit: int = 20,
                      select: Callable[[Any], np.ndarray] | None = None, error_ids: np.ndarray | None = None,
-                     first: Iterable[list[np.ndarray]] | None = None) -> tuple[pd.DataFrame, CrossCheck | None] | None:
+                     first: Iterable[list[np.ndarray]] | None = None, lost: LostCpus | None = None
+                     ) -> tuple[pd.DataFrame, CrossCheck | None] | None:
     """:func:`stream_walks` on a walk table (DataFrame or column mapping of :data:`WALK_COLUMNS`) and
     batches of element columns ``[walk_id, index, level, pte]`` in capture order (or a function giving
     them anew, for further passes: :func:`feed_passes`, which also says what ``first`` is);
@@ -619,7 +632,7 @@ def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]] | Callable[[
     addrs = _col(walk, "addr", np.uint64)
     model = ModelCache(model_walk) if model_walk is not None else None
     selected = None if select is None else np.asarray(select(walk), bool)
-    state = feed_passes(row_map, lambda: _State(len(w_wid), addrs, model, limit, selected), batches, first)
+    state = feed_passes(row_map, lambda: _State(len(w_wid), addrs, model, limit, selected, lost=lost), batches, first)
     if state is None:
         return None
     error = np.zeros(len(w_wid), bool)
@@ -680,6 +693,7 @@ def cross_check(state: _State, walk_ids: Callable[[np.ndarray], np.ndarray],
     ``addrs(rows)`` gives their addresses when the state does not hold them."""
     per_level = per_level_table(state.observed_levels, state.model.levels, row_counts=state.model_rows)
     summary = check_summary(int(state.n if state.selected is None else state.selected.sum()), state.compared,
-                            state.compared - state.mismatched, state.retried, state.outside)
+                            state.compared - state.mismatched - state.cut_short, state.retried, state.outside,
+                            state.cut_short)
     per_walk = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
     return CrossCheck(summary, per_walk, state.mismatch_frame(walk_ids, addrs), per_level)

@@ -34,7 +34,7 @@ def test_layout_rebuild_and_full_match():
     walks, steps = _walk_rows(model_walk, [GVA, GVA + 0x201000, GVA + (63 << 20)])
     check = crosscheck_walks(walks, steps, model_walk)
     assert check.summary == {"walks": 3, "compared": 3, "matched": 3, "match_rate": 1.0, "mismatched": 0,
-                             "retried": 0, "outside_model": 0, "verdict": "match"}
+                             "retried": 0, "outside_model": 0, "cut_short": 0, "verdict": "match"}
     assert check.per_level.values.tolist() == [[4, 3, 3], [3, 3, 3], [2, 3, 3]]
 
 
@@ -96,7 +96,7 @@ def test_retried_walk_is_compared_by_its_last_pass():
     assert walks["depth"].tolist() == [6, 5] and walks["level_path"].tolist() == [432432, 43432]
     check = crosscheck_walks(walks, steps, model_walk)
     assert check.summary == {"walks": 2, "compared": 2, "matched": 2, "match_rate": 1.0, "mismatched": 0,
-                             "retried": 2, "outside_model": 0, "verdict": "match"}
+                             "retried": 2, "outside_model": 0, "cut_short": 0, "verdict": "match"}
     assert check.per_level.values.tolist() == [[4, 4, 2], [3, 4, 2], [2, 3, 2]]  # level, observed, model
     walks, steps = _walk_rows(model_walk, [GVA], _retried(3, last_pass_flip=0x2))
     check = crosscheck_walks(walks, steps, model_walk)

@@ -24,10 +24,10 @@ MODEL = model_from_layout({"guest_paging": PAGING})
 T0 = 10**9  # walk_tables' first timestamp; one walk per microsecond
 
 
-def _capture(path, n, cpus, interleaved, flipped, dropped, vcpu_threads, seed, late=()):
+def _capture(path, n, cpus, interleaved, flipped, dropped, vcpu_threads, seed, late=(), lost_cpu=None):
     """Recorder-shaped walks (tids 1000, 1001) with flipped PTE bits, dropped elements and some addresses
     the model cannot walk, in row groups of 7 rows so walks straddle batches; ``vcpu_threads`` of the tids
-    are named vCPUs in the manifest. The last elements of the ``late`` walks come at the end of the table
+    are named vCPUs in the manifest; ``lost_cpu`` lost walk elements (its short walks are cut short). The last elements of the ``late`` walks come at the end of the table
     (a CPU's staged batch flushed late after the vCPU thread moved to another CPU)."""
     tables = walk_tables(n, cpus=cpus, interleaved=interleaved, size=64 << 20, seed=seed)
     element = tables["walk_element"].to_pandas()
@@ -46,6 +46,8 @@ def _capture(path, n, cpus, interleaved, flipped, dropped, vcpu_threads, seed, l
             table = pa.Table.from_pandas(frame, schema=SCHEMAS[family], preserve_index=False)
             for first in range(0, len(frame), 7):
                 writer.append(family, table.slice(first, 7))
+        if lost_cpu is not None:
+            writer.add_lost("kvmmmu:kvm_mmu_paging_element", lost_cpu, 2)
     return open_capture(path)
 
 
@@ -58,14 +60,14 @@ def _tables(counts, weights):
 @given(st.integers(10, 120), st.integers(1, 3), st.sampled_from([0.0, 0.5]), st.sets(st.integers(0, 119), max_size=4),
        st.sets(st.integers(0, 119), max_size=3), st.integers(0, 2), st.integers(1, 40),
        st.lists(st.integers(0, 130), min_size=0, max_size=4), st.booleans(), st.integers(1, 50),
-       st.sets(st.integers(0, 119), max_size=3))
+       st.sets(st.integers(0, 119), max_size=3), st.sampled_from([None, 0, 1]))
 def test_group_counts_equal_the_walk_frame(tmp_path_factory, n, cpus, interleaved, flipped, dropped, vcpu_threads,
-                                           batch, cuts, cut, seed, late):
+                                           batch, cuts, cut, seed, late, lost_cpu):
     """Tables and cross-check from the group counts equal those of the in-memory walk frame, cut by a
     phase or not; batches of any size (walks straddle them, concurrent walks interleave across CPUs, some
-    walks end far from where they began)."""
+    walks end far from where they began), with lost elements on a CPU or none."""
     cap = _capture(tmp_path_factory.mktemp("g") / "c.tkcap", n, cpus, interleaved, flipped, dropped, vcpu_threads,
-                   seed, late)
+                   seed, late, lost_cpu)
     bounds = sorted(set(cuts))
     rows = [{"name": "dirty-memory", "iteration": i + 1, "start_ns": T0 + a * 1000, "end_ns": T0 + b * 1000}
             for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
