@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tracekit.analysis.common import rows_where
+from tracekit.capture import Capture
 from tracekit.errors import UsageError
 
 __all__ = ["capture_vms", "select_vm", "VmCapture", "vm_rows"]
@@ -104,15 +106,9 @@ class VmCapture:
             if kept.num_rows:
                 yield kept
 
-    def table(self, family: str, columns: Sequence[str] | None = None) -> pa.Table:
-        tables = list(self.iter_tables(family, columns))
-        if tables:
-            return pa.concat_tables(tables)
-        schema = self._cap.schema(family)
-        return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
-
-    def dataframe(self, family: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        return self.table(family, columns).to_pandas()
+    # Capture's own, over this VM's iter_tables (the rest they use comes from the wrapped capture).
+    table = Capture.table
+    dataframe = Capture.dataframe
 
     def rows(self, family: str) -> int:
         if not self._has_pid(family):
@@ -125,33 +121,48 @@ class VmCapture:
 
 _COUNTED = (("walk", "walks"), ("walk_element", "walk_elements"), ("mmu", "mmu_events"), ("ioctl", "ioctls"),
             ("lock", "lock_waits"), ("stage2_walk", "stage2_walks"))
+#: The families KVM_RUN time is read from, and their time column.
+_RUN_TIME = {"ioctl_summary": "total_ns", "ioctl": "duration_ns"}
+
+
+def _add(totals: dict[int, int], pids: np.ndarray, weights: np.ndarray | None = None) -> None:
+    """Add to ``totals`` the rows (or the ``weights``) per pid."""
+    if len(pids) == 0:
+        return
+    values, codes = np.unique(pids, return_inverse=True)
+    sums = np.bincount(codes, weights=weights) if weights is not None else np.bincount(codes)
+    for pid, total in zip(values.tolist(), sums.tolist()):
+        totals[int(pid)] = totals.get(int(pid), 0) + int(total)
 
 
 def vm_rows(cap: Any) -> pd.DataFrame:
     """Per recorded process: ``pid``, ``comm``, ``name`` and its rows of each event family the capture
     has (``walks``, ``walk_elements``, ``mmu_events``, ``ioctls``, ``lock_waits``, ``stage2_walks``),
-    plus ``kvm_run_ns`` (KVM_RUN time from ``ioctl_summary`` and streamed ``ioctl`` rows)."""
+    plus ``kvm_run_ns`` (KVM_RUN time from ``ioctl_summary`` and streamed ``ioctl`` rows); each family
+    read once."""
     vms = capture_vms(cap.manifest)
     pids = [vm["pid"] for vm in vms]
     out = pd.DataFrame({"pid": pids, "comm": [vm.get("comm") or "" for vm in vms],
                         "name": [vm.get("name") or "" for vm in vms]})
     families = set(cap.families())
-    for family, column in _COUNTED:
-        if family not in families or "pid" not in cap.schema(family).names:
+    counted = dict(_COUNTED)
+    run: dict[int, int] = {}
+    for family in [f for f, _ in _COUNTED] + ["ioctl_summary"]:
+        names = cap.schema(family).names if family in families else ()
+        count = family in counted and "pid" in names
+        value = _RUN_TIME.get(family) if {"pid", "cmd_name", _RUN_TIME.get(family)} <= set(names) else None
+        if not count and value is None:
             continue
-        counts: dict[int, int] = {}
-        for table in cap.iter_tables(family, ["pid"]):
-            values, n = np.unique(table.column("pid").to_numpy(), return_counts=True)
-            for pid, count in zip(values.tolist(), n.tolist()):
-                counts[pid] = counts.get(pid, 0) + count
-        out[column] = [counts.get(pid, 0) for pid in pids]
-    run = dict.fromkeys(pids, 0)
-    for family, value in (("ioctl_summary", "total_ns"), ("ioctl", "duration_ns")):
-        if family in families:
-            for table in cap.iter_tables(family, ["pid", "cmd_name", value]):
-                frame = table.to_pandas()
-                frame = frame[frame["cmd_name"].astype(str) == "KVM_RUN"]
-                for pid, total in frame.groupby("pid")[value].sum().items():
-                    run[int(pid)] = run.get(int(pid), 0) + int(total)
+        rows: dict[int, int] = {}
+        for batch in cap.iter_batches(family, ["pid"] + (["cmd_name", value] if value else [])):
+            if count:
+                _add(rows, batch.column("pid").to_numpy())
+            if value:
+                runs = rows_where(batch, "cmd_name", ["KVM_RUN"])
+                times = runs.column(value).to_numpy(zero_copy_only=False)
+                known = ~np.isnan(times) if times.dtype.kind == "f" else np.ones(len(times), bool)
+                _add(run, runs.column("pid").to_numpy()[known], times[known].astype(np.float64))
+        if count:
+            out[counted[family]] = [rows.get(pid, 0) for pid in pids]
     out["kvm_run_ns"] = [run.get(pid, 0) for pid in pids]
     return out
