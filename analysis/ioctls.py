@@ -126,8 +126,8 @@ def ioctl_latency(ioctl: pd.DataFrame, summary: pd.DataFrame | None = None) -> p
             count=("count", "sum"), errors=("errors", "sum"), partial=("partial", lambda v: v.fillna(0).sum()),
             total_ns=("total_ns", "sum"), max_ns=("max_ns", "max"))
         agg = agg.reset_index()
+        agg = agg[~agg["cmd_name"].isin(table["cmd_name"])].copy()  # kinds streamed as events are in the table already
         agg["errnos"] = [_errno_text(_summary_errnos(summary[summary["cmd_name"] == name])) for name in agg["cmd_name"]]
-        agg = agg[~agg["cmd_name"].isin(table["cmd_name"])]
         agg["mean_ns"] = agg["total_ns"] / agg["count"].where(agg["count"] > 0)
         for q in PERCENTILES:
             agg[f"p{q}_ns"] = np.nan
