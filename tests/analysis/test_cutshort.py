@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -18,19 +19,24 @@ _, PAGING = guest_tables(64 << 20)
 N = 40  # walks; walk i runs on CPU i % 2, its elements are rows 3i (level 4), 3i+1 (3), 3i+2 (2)
 
 
-def _capture(path, *, lost=(), last_dropped=(), middle_dropped=(), flipped=()):
-    tables = walk_tables(N, cpus=2, size=64 << 20, interleaved=0.0)
-    element = tables["walk_element"].to_pandas()
-    element.loc[[3 * i + 1 for i in flipped], "pte"] ^= 0x2
-    element = element.drop(index=[3 * i + 2 for i in last_dropped] + [3 * i + 1 for i in middle_dropped])
+def _write(path, walk, element, lost):
+    """A capture of the built-in workload's guest with these walk and element frames and lost counters."""
     with CaptureWriter(path, manifest={"workload": {"arch": "x86_64", "guest_paging": PAGING}},
                        segment_seconds=3600) as writer:
-        for family, frame in (("walk", tables["walk"].to_pandas()), ("walk_element", element)):
+        for family, frame in (("walk", walk), ("walk_element", element)):
             writer.declare(family, SCHEMAS[family])
             writer.append(family, pa.Table.from_pandas(frame, schema=SCHEMAS[family], preserve_index=False))
         for probe, cpu, count in lost:
             writer.add_lost(probe, cpu, count)
     return open_capture(path)
+
+
+def _capture(path, *, lost=(), last_dropped=(), middle_dropped=(), flipped=()):
+    tables = walk_tables(N, cpus=2, size=64 << 20, interleaved=0.0)
+    element = tables["walk_element"].to_pandas()
+    element.loc[[3 * i + 1 for i in flipped], "pte"] ^= 0x2
+    element = element.drop(index=[3 * i + 2 for i in last_dropped] + [3 * i + 1 for i in middle_dropped])
+    return _write(path, tables["walk"].to_pandas(), element, lost)
 
 
 def _walk_ids(cap, walks):
@@ -94,17 +100,9 @@ def test_a_longer_or_reordered_walk_is_never_cut_short(tmp_path):
     element.loc[[1, 2], "level"] = np.array([2, 3], np.int8)  # walk 0: levels 4 2 3, ptes as for 4 3 2
     element.loc[[4, 5], ["level", "pte"]] = element.loc[[5, 4], ["level", "pte"]].to_numpy()  # walk 1: 4 2 3
     extra = element.iloc[[8]].assign(index=3)  # walk 2: 4 3 2 2
-    import pandas as pd
-
     element = pd.concat([element.iloc[:9], extra, element.iloc[9:]], ignore_index=True)
-    path = tmp_path / "c.tkcap"
-    with CaptureWriter(path, manifest={"workload": {"arch": "x86_64", "guest_paging": PAGING}},
-                       segment_seconds=3600) as writer:
-        for family, frame in (("walk", tables["walk"].to_pandas()), ("walk_element", element)):
-            writer.declare(family, SCHEMAS[family])
-            writer.append(family, pa.Table.from_pandas(frame, schema=SCHEMAS[family], preserve_index=False))
-        writer.add_lost("kvmmmu:kvm_mmu_paging_element", 0, 10)
-    verdict = analyze_capture(open_capture(path)).verdicts["crosscheck"]
+    cap = _write(tmp_path / "c.tkcap", tables["walk"].to_pandas(), element, [("kvmmmu:kvm_mmu_paging_element", 0, 10)])
+    verdict = analyze_capture(cap).verdicts["crosscheck"]
     assert (verdict["mismatched"], verdict["cut_short"], verdict["matched"]) == (3, 0, 1)
 
 
