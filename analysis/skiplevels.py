@@ -180,7 +180,7 @@ def skip_verdict(comparison: pd.DataFrame | None, reason: str | None = None) -> 
 def kernel_candidate(splits: pd.DataFrame) -> tuple[str | None, str]:
     """The candidate the split walks' own SKIP_LEVEL flags name (None if no candidate has those levels),
     and the flags as names (``LEAF|SKIP_LEVEL3``)."""
-    from tracekit.funcprobes.stage2 import WALK_FLAGS, walk_flag_names
+    from tracekit.funcprobes.stage2_probes import WALK_FLAGS, walk_flag_names
 
     flags = 0
     for value in splits["flags"].dropna() if "flags" in splits else ():
