@@ -72,6 +72,7 @@ def test_kprobe_events_text_and_cleanup(tmp_path):
     host = fake_host(tmp_path, ARM64_KALLSYMS)
     family = Stage2Family()
     family.machine, family.group = "aarch64", "tkrec7"
+    family.btf_paths = (tmp_path / "no-btf",)  # BTF names taken unchecked (test_fetchargs checks them per kernel)
     statuses = family.check(host)
     assert sorted(s.probe for s in statuses if s.available) == ["kvm_pgtable_stage2_relax_perms", "kvm_pgtable_stage2_split",
                                                                 "kvm_pgtable_walk", "stage2_split_walker"]  # fmt: skip

@@ -35,7 +35,7 @@ def test_refused_line_gives_the_reason_with_the_error_log(tmp_path):
     (tmp_path / "error_log").write_text("[ 1.0] trace_kprobe: error: Invalid argument\n  Command: p:x\n    ^\n")
     res = resolve_all(STAGE2_PROBES, parse_kallsyms(KALLSYMS))[0]
     defined: list[str] = ["earlier"]
-    reason = define_kprobes(tmp_path, res, defined, with_args=False, group="tk_test")
+    reason = define_kprobes(tmp_path, res, defined, group="tk_test")
     assert defined == ["earlier"]
     assert reason == ("kprobe_events refused it: Is a directory: "
                       "[ 1.0] trace_kprobe: error: Invalid argument | Command: p:x | ^")

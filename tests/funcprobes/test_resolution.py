@@ -32,10 +32,10 @@ ffff800080a00000 d kvm_pgtable_walk_data_not_text
 def test_exact_clone_and_absent():
     table = parse_kallsyms(ARM64_KALLSYMS)
     by_name = {r.probe.name: r for r in resolve_all(STAGE2_PROBES, table)}
-    assert by_name["split_walker"].symbol == "stage2_split_walker" and by_name["split_walker"].btf_args
+    assert by_name["split_walker"].symbol == "stage2_split_walker" and by_name["split_walker"].mode == "btf-args"
     clone = by_name["split_huge_pages"]
-    assert clone.symbol == "kvm_mmu_split_huge_pages.isra.0" and not clone.btf_args
-    assert "no BTF prototype" in clone.reason
+    assert clone.symbol == "kvm_mmu_split_huge_pages.isra.0" and clone.mode == "no-args" and clone.fetch == ()
+    assert "only the compiler clone" in clone.reason
     absent = by_name["user_mem_abort"]
     assert absent.symbol is None and "inlined into kvm_handle_guest_abort" in absent.reason
 
@@ -54,9 +54,12 @@ def test_symbolize_inside_and_at_functions():
 
 
 @pytest.mark.parametrize("probe", STAGE2_PROBES + TDP_PROBES, ids=lambda p: p.name)
-def test_definitions_use_btf_names_never_offsets(probe):
-    """Each line is 'p:tk/NAME SYMBOL name=expr...' or 'r:tk/NAME_ret SYMBOL [ret=$retval]'."""
-    lines = kprobe_event_lines(probe, probe.symbol)
+def test_definitions_unchecked_use_the_newest_btf_names(probe):
+    """Without BTF to check them, a kernel with BTF argument names gets each field's first form:
+    'p:tk/NAME SYMBOL name=expr...' and 'r:tk/NAME_ret SYMBOL [ret=$retval]'."""
+    res = resolve(probe, parse_kallsyms(f"ffff0001 t {probe.symbol}\n"))
+    assert [name for name, _ in res.fetch] == [name for name, _ in probe.args]
+    lines = kprobe_event_lines(probe, res.symbol, res.fetch)
     assert lines[0].startswith(f"p:tk/{probe.name} {probe.symbol}")
     for line in lines:
         for arg in line.split()[2:]:

@@ -1,16 +1,11 @@
-"""Can the function-probe families attach on this machine, and if not, why.
+"""Can the function-probe families attach on this machine, how, and if not, why.
 
-Contract
---------
-:func:`kprobe_support` inspects tracefs and kallsyms and returns a :class:`Support` with booleans
-for tracefs ``kprobe_events`` (``CONFIG_KPROBE_EVENTS``), kprobes at all (``CONFIG_KPROBES``:
-``register_kprobe`` in kallsyms), BTF argument names (``CONFIG_PROBE_EVENTS_BTF_ARGS``, from the
-``README`` of tracefs), and a one-line reason when kprobes are missing. :func:`family_report`
-combines that with the symbol resolution of each probe of a family and the architecture (``stage2``
-needs arm64, ``tdp`` x86-64) into rows ``{"probe", "symbol", "status", "reason"}`` with status
-``attachable``, ``absent`` (inlined or not built), ``no-kprobes`` or ``wrong-arch``, and
-:func:`choose_backend` picks ``bcc`` (kprobes + bcc + BTF), ``tracefs`` (kprobe_events), or
-``none`` with the reason. Paths are parameters so tests run on recorded files; nothing is attached.
+:func:`kprobe_support` reads tracefs and kallsyms into a :class:`Support`: kprobes at all,
+``kprobe_events``, BTF argument names (``PROBE_EVENTS_BTF_ARGS``) and ``$argN`` (from tracefs's
+``README``), with a one-line reason. :func:`family_report` resolves each probe of a family on a
+kernel (its symbols, BTF and support) into rows of status (``attachable``, ``absent``,
+``no-kprobes``, ``wrong-arch``) and mode (with BTF args, by register, without args), and
+:func:`choose_backend` picks ``bcc``, ``tracefs`` or ``none``. Nothing is attached.
 """
 
 from __future__ import annotations
@@ -19,10 +14,13 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracekit.funcprobes.kallsyms import SymbolTable, resolve
+from tracekit.errors import MissingCapability
+from tracekit.funcprobes.fetchargs import KVM_MODULES, FetchStyle, KernelTypes, arch_of, kernel_types
+from tracekit.funcprobes.kallsyms import Resolution, SymbolTable, resolve, resolve_all
 from tracekit.funcprobes.spec import FuncProbe
 
-__all__ = ["Support", "kprobe_support", "family_report", "choose_backend", "FAMILY_ARCH"]
+__all__ = ["Support", "kprobe_support", "fetch_style", "running_types", "resolve_running", "family_report",
+           "choose_backend", "FAMILY_ARCH"]
 
 #: Family -> the ``platform.machine()`` values it applies to.
 FAMILY_ARCH = {"stage2": ("aarch64", "arm64"), "tdp": ("x86_64", "amd64")}
@@ -34,6 +32,7 @@ class Support:
     kprobe_events: bool
     btf_args: bool
     reason: str
+    arg_n: bool = False
 
 
 def kprobe_support(symbols: SymbolTable, tracefs: Path = Path("/sys/kernel/tracing")) -> Support:
@@ -45,24 +44,48 @@ def kprobe_support(symbols: SymbolTable, tracefs: Path = Path("/sys/kernel/traci
     except OSError:
         readme = ""
     btf_args = events and "<argname>" in readme
+    arg_n = events and "$arg<N>" in readme
     if not kprobes:
         reason = "CONFIG_KPROBES is off: no register_kprobe in kallsyms and no kprobe_events in tracefs"
     elif not events:
         reason = "CONFIG_KPROBE_EVENTS is off: only the bcc backend can attach function probes"
     elif not btf_args:
-        reason = "kprobe_events lacks BTF argument names (CONFIG_PROBE_EVENTS_BTF_ARGS, v6.8+)"
+        reason = ("kprobe_events lacks BTF argument names (CONFIG_PROBE_EVENTS_BTF_ARGS, v6.8+): "
+                  "arguments are fetched by register and BTF offset")
     else:
         reason = "kprobes, kprobe_events and BTF argument names are available"
-    return Support(kprobes, events, btf_args, reason)
+    return Support(kprobes, events, btf_args, reason, arg_n)
+
+
+def fetch_style(support: Support, machine: str) -> FetchStyle:
+    """How ``kprobe_events`` lines fetch arguments on this kernel (``machine`` as ``platform.machine()``)."""
+    return FetchStyle(arch_of(machine), support.btf_args, support.arg_n)
+
+
+def running_types(btf_dir: Path = Path("/sys/kernel/btf")) -> KernelTypes | None:
+    """The running kernel's BTF (``vmlinux`` and the loaded KVM modules'), None when unreadable."""
+    try:
+        return kernel_types(btf_dir / "vmlinux", tuple(btf_dir / m for m in KVM_MODULES))
+    except MissingCapability:
+        return None
+
+
+def resolve_running(probes: tuple[FuncProbe, ...], symbols: SymbolTable, tracefs: Path = Path("/sys/kernel/tracing"),
+                    btf_dir: Path = Path("/sys/kernel/btf"), machine: str | None = None) -> list[Resolution]:  # fmt: skip
+    """Each probe resolved on the running kernel: its symbols, BTF and ``kprobe_events`` syntax."""
+    style = fetch_style(kprobe_support(symbols, tracefs), machine or platform.machine())
+    return resolve_all(probes, symbols, running_types(btf_dir), style)
 
 
 def family_report(family: str, probes: tuple[FuncProbe, ...], symbols: SymbolTable, support: Support,
-                  machine: str | None = None) -> list[dict]:  # fmt: skip
-    """One row per probe: where it would attach and whether it can, with the reason."""
+                  machine: str | None = None, types: KernelTypes | None = None) -> list[dict]:  # fmt: skip
+    """One row per probe: where it would attach, whether it can and how its arguments are fetched
+    (:meth:`~tracekit.funcprobes.kallsyms.Resolution.as_dict` plus ``status``), with the reason."""
     machine = machine or platform.machine()
+    style = fetch_style(support, FAMILY_ARCH[family][0])
     rows = []
     for probe in probes:
-        res = resolve(probe, symbols)
+        res = resolve(probe, symbols, types, style)
         if machine not in FAMILY_ARCH[family]:
             status, reason = "wrong-arch", f"the {family} family probes {FAMILY_ARCH[family][0]} KVM; this is {machine}"
         elif not res.available:
@@ -71,7 +94,7 @@ def family_report(family: str, probes: tuple[FuncProbe, ...], symbols: SymbolTab
             status, reason = "no-kprobes", support.reason
         else:
             status, reason = "attachable", res.reason
-        rows.append({"probe": probe.name, "symbol": res.symbol, "status": status, "reason": reason})
+        rows.append({**res.as_dict(), "status": status, "reason": reason})
     return rows
 
 
@@ -81,6 +104,7 @@ def choose_backend(support: Support, bcc_ok: bool, btf_ok: bool) -> tuple[str, s
         return "none", support.reason
     if bcc_ok and btf_ok:
         return "bcc", "kprobes with bcc and kernel BTF: in-kernel aggregation of the hot visitor probes"
-    if support.kprobe_events and support.btf_args:
-        return "tracefs", "kprobe_events with BTF argument names (no compiler needed; hist triggers aggregate)"
-    return "none", support.reason if not support.kprobe_events else "neither bcc+BTF nor kprobe_events BTF arguments"
+    if support.kprobe_events and (support.btf_args or btf_ok):
+        how = "BTF argument names" if support.btf_args else "registers and BTF member offsets"
+        return "tracefs", f"kprobe_events with {how} (no compiler needed; hist triggers aggregate)"
+    return "none", support.reason if not support.kprobe_events else "neither bcc+BTF nor kprobe_events with BTF"

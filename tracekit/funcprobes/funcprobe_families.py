@@ -45,9 +45,10 @@ import pyarrow as pa
 
 from tracekit.errors import MissingCapability
 from tracekit.funcprobes import table_builders
-from tracekit.funcprobes.availability import FAMILY_ARCH, Support, kprobe_support
+from tracekit.funcprobes.availability import FAMILY_ARCH, Support, fetch_style, kprobe_support, running_types
 from tracekit.funcprobes.capture_schemas import SCHEMAS
-from tracekit.funcprobes.kallsyms import Resolution, SymbolTable, resolve
+from tracekit.funcprobes.fetchargs import KVM_MODULES, KernelTypes, kernel_types
+from tracekit.funcprobes.kallsyms import MODES, Resolution, SymbolTable, resolve
 from tracekit.funcprobes.spec import FuncProbe, event_names
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS
@@ -127,7 +128,7 @@ class FunctionProbeFamily(ProbeFamily):
         self.functions = tuple(p.symbol for p in self.probes)
         self.machine = platform.machine()
         self.kvm_parameters = Path("/sys/module/kvm/parameters")
-        self.btf_paths: tuple[Path, ...] = (Path("/sys/kernel/btf/vmlinux"), Path("/sys/kernel/btf/kvm"))
+        self.btf_paths: tuple[Path, ...] = tuple(Path("/sys/kernel/btf") / n for n in ("vmlinux", *KVM_MODULES))
         self.group = tracefs_group()
         self.symbols: SymbolTable | None = None
         self.support: Support | None = None
@@ -155,11 +156,14 @@ class FunctionProbeFamily(ProbeFamily):
         self.support = kprobe_support(self.symbols, host.tracefs or Path("/nonexistent"))
         arch = _ARCH_LABEL[self.name]
         tdp_mmu = self._tdp_mmu_enabled()
+        native = self.machine in FAMILY_ARCH[self.name]
+        types = self._kernel_types() if native and self.support.kprobes else None
+        style = fetch_style(self.support, FAMILY_ARCH[self.name][0])
         out = []
         for probe in self.probes:
-            res = resolve(probe, self.symbols)
+            res = resolve(probe, self.symbols, types, style)
             self._resolutions[probe.symbol] = res
-            if self.machine not in FAMILY_ARCH[self.name]:
+            if not native:
                 out.append(ProbeStatus(probe.symbol, False, f"{arch} only (this host is {self.machine})"))
                 continue
             reasons = []
@@ -174,8 +178,17 @@ class FunctionProbeFamily(ProbeFamily):
             if reasons and not reasons[0].startswith("and "):
                 out.append(ProbeStatus(probe.symbol, False, "; ".join(reasons)))
             else:
-                out.append(ProbeStatus(probe.symbol, True, res.reason + (f" ({probe.note})" if probe.note else "")))
+                how = MODES[res.mode]
+                out.append(ProbeStatus(probe.symbol, True, f"{how}: {res.reason}" + (f" ({probe.note})" if probe.note else "")))
         return out
+
+    def _kernel_types(self) -> KernelTypes | None:
+        """This kernel's BTF (vmlinux and the KVM modules' split BTF), None when unreadable."""
+        return running_types(self.btf_paths[0].parent) if self.btf_paths[0].exists() else None
+
+    def resolutions(self) -> list[Resolution]:
+        """The probes as :meth:`check` resolved them (the per-probe report of the manifest)."""
+        return [self._resolutions[p.symbol] for p in self.probes if p.symbol in self._resolutions]
 
     def _available(self, statuses: list[ProbeStatus]) -> list[Resolution]:
         return [self._resolutions[s.probe] for s in statuses if s.available and s.probe in self._resolutions]
@@ -187,7 +200,7 @@ class FunctionProbeFamily(ProbeFamily):
         return program_text(self.name)
 
     def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
-        from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, BtfTypes, offset_cflags
+        from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, offset_cflags
 
         fields = STAGE2_FIELDS if self.name == "stage2" else TDP_FIELDS
         pages = self.rings()[0].pages
@@ -195,8 +208,7 @@ class FunctionProbeFamily(ProbeFamily):
         flags = [f"-DTK_S2_PAGES={pages}", "-DTK_S2_SAMPLE_PER_WALK=0"] if self.name == "stage2" else [
             f"-DTK_TDP_PAGES={pages}"]
         try:
-            btf = BtfTypes.load(self.btf_paths[0], *(p for p in self.btf_paths[1:] if p.exists()))
-            return flags + offset_cflags(btf, fields)
+            return flags + offset_cflags(kernel_types(self.btf_paths[0], self.btf_paths[1:]), fields)
         except MissingCapability:
             if any(s.available for s in available):
                 raise
@@ -280,11 +292,9 @@ class FunctionProbeFamily(ProbeFamily):
         """Define a kprobe (and kretprobe) per available probe; refused lines are noted, not raised."""
         from tracekit.funcprobes.kprobe_events import define_kprobes
 
-        btf_args = self.support is not None and self.support.btf_args
         first = len(self._defined)
         for res in self._available(available):
-            with_args = res.btf_args and btf_args
-            refusal = define_kprobes(tracefs, res, self._defined, with_args=with_args, group=self.group)
+            refusal = define_kprobes(tracefs, res, self._defined, group=self.group)
             if refusal:
                 self.notes["attach_failed"].append({"probe": res.symbol, "reason": refusal})
         return [f"{self.group}:{name}" for name in self._defined[first:]]

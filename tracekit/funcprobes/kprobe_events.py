@@ -1,21 +1,11 @@
-"""tracefs backend of the function probes: kprobe_events with BTF argument names, a private instance.
+"""tracefs backend of the function probes: ``kprobe_events`` lines and a private instance.
 
-Contract
---------
-:class:`TracefsFuncProbes` takes resolved probes (:func:`tracekit.funcprobes.kallsyms.resolve_all`)
-and optional tracepoints ``(system, event)``. :meth:`~TracefsFuncProbes.start` writes one
-``kprobe_events`` line per entry/return probe in event group ``group`` (failures are kept with the
-kernel's ``error_log`` line as the reason, never raised), creates the tracefs instance ``instance``
-with the ``mono`` clock (timestamps are CLOCK_MONOTONIC ns) and ``buffer_kb`` per CPU, puts a
-``hist`` trigger on each hot probe (in-kernel aggregation per level and visit), enables everything
-and turns the instance on. :meth:`~TracefsFuncProbes.mark` writes a ``trace_marker_raw`` record (id
-``2N`` / ``2N+1``: begin / end of step N); :meth:`~TracefsFuncProbes.set_hot` toggles the per-entry
-probes; :meth:`~TracefsFuncProbes.save` copies the per-CPU ``trace_pipe_raw`` pages, the ``format``
-files and the histograms into a directory (layout in docs/lab.md) and returns lost-event counts per
-CPU. :meth:`~TracefsFuncProbes.close` (also on any error in ``start`` and on leaving the ``with``
-block) disables and removes the triggers, the instance and every probe it defined: the host's
-tracefs is left as found. Standard library only (it runs inside the lab guests); OSError from
-tracefs propagates.
+:class:`TracefsFuncProbes` defines one entry/return probe per resolved probe
+(:mod:`tracekit.funcprobes.kallsyms`) with the fetch arguments of this kernel; a line the kernel
+refuses is kept with its ``error_log`` reason, or, with ``strict``, fails the start when the probe
+is not optional (never a silent pass). It records in its own instance (``mono`` clock, a ``hist``
+trigger per hot probe), marks steps in ``trace_marker_raw``, saves the raw pages, formats and
+histograms, and :meth:`~TracefsFuncProbes.close` leaves tracefs as found. Standard library only.
 """
 
 from __future__ import annotations
@@ -25,6 +15,8 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tracekit.errors import ProbeLoadError
+from tracekit.funcprobes.kallsyms import MODES
 from tracekit.funcprobes.spec import TRACEFS_GROUP, kprobe_event_lines
 
 if TYPE_CHECKING:
@@ -39,7 +31,8 @@ class TracefsFuncProbes:
     """kprobe_events definitions plus a private instance (see the module contract)."""
 
     def __init__(self, resolutions: list, tracepoints: tuple = (), *, tracefs: Path = TRACEFS,
-                 group: str = TRACEFS_GROUP, instance: str = "tracekit", buffer_kb: int = 65536):  # fmt: skip
+                 group: str = TRACEFS_GROUP, instance: str = "tracekit", buffer_kb: int = 65536,
+                 strict: bool = False):  # fmt: skip
         self.tracefs = tracefs
         self.group = group
         self.resolutions = resolutions
@@ -50,6 +43,7 @@ class TracefsFuncProbes:
         self.attached: list[str] = []
         self.failed: list[dict] = []
         self.hists: list[str] = []
+        self.strict = strict
         self._made_instance = False
 
     def __enter__(self) -> "TracefsFuncProbes":
@@ -74,7 +68,9 @@ class TracefsFuncProbes:
             if not res.available:
                 self.failed.append({"probe": res.probe.name, "reason": res.reason})
                 continue
-            refusal = define_kprobes(self.tracefs, res, self.defined, with_args=res.btf_args, group=self.group)
+            refusal = define_kprobes(self.tracefs, res, self.defined, group=self.group)
+            if refusal and self.strict and not res.probe.optional:
+                raise ProbeLoadError(f"required probe {res.probe.name} ({MODES[res.mode]} at {res.symbol}): {refusal}")
             if refusal:
                 self.failed.append({"probe": res.probe.name, "reason": refusal})
                 continue
@@ -84,8 +80,8 @@ class TracefsFuncProbes:
         _write(self.instance / "trace_clock", "mono")
         _write(self.instance / "buffer_size_kb", str(self.buffer_kb))
         for res in self.resolutions:
-            if res.probe.name in self.attached and res.probe.hot and res.btf_args:
-                keys = ",".join(name for name, _ in res.probe.args if name in ("level", "visit"))
+            keys = ",".join(name for name, _ in res.fetch if name in ("level", "visit"))
+            if res.probe.name in self.attached and res.probe.hot and keys:
                 _write(self._events(res.probe.name) / "trigger", f"hist:keys={keys}:vals=hitcount:size=256")
                 self.hists.append(res.probe.name)
         for name in self.defined:
@@ -162,14 +158,14 @@ class TracefsFuncProbes:
             self.defined = []
 
 
-def define_kprobes(tracefs: Path, res: Resolution, defined: list[str], *, with_args: bool, group: str) -> str:
+def define_kprobes(tracefs: Path, res: Resolution, defined: list[str], *, group: str) -> str:
     """Write the ``kprobe_events`` lines of one resolved probe in ``group``, appending each event
     name to ``defined`` as soon as its line is written (so an interrupted caller still removes it).
 
     Returns the reason the kernel refused a line, with its ``error_log`` ("" when none was refused;
     the names defined before the refused line stay in ``defined``)."""
     try:
-        for line in kprobe_event_lines(res.probe, res.symbol, with_args=with_args, group=group):
+        for line in kprobe_event_lines(res.probe, res.symbol, res.fetch, group=group):
             append_line(tracefs / "kprobe_events", line)
             defined.append(line.split()[0].split("/", 1)[1])
     except OSError as error:

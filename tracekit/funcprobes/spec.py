@@ -1,16 +1,11 @@
-"""Function-probe specifications and their tracefs ``kprobe_events`` form.
+"""Function-probe specifications and their ``kprobe_events`` lines.
 
-Contract
---------
 A :class:`FuncProbe` names one kernel function of a probe family (``stage2`` on arm64, ``tdp`` on
-x86), the role of its events in a capture (``walk``, ``visit``, ``split``, ``fault``, ``call``)
-and the arguments to fetch, written as tracefs BTF argument expressions (``ctx->level``,
-``walker->flags``), never as offsets. :func:`kprobe_event_lines` turns a probe resolved against a
-symbol table (:mod:`tracekit.funcprobes.kallsyms`) into the lines written to ``kprobe_events``: an
-entry probe ``p:GROUP/NAME`` and, when ``timed``, a return probe ``r:GROUP/NAME_ret`` with
-``ret=$retval``. A symbol that only exists with a compiler suffix (``.isra.0``) has no BTF
-prototype, so its probe is emitted without arguments (the resolution says so). Standard library
-only: this module also runs inside the lab guests.
+x86), the role of its events in a capture and the arguments to fetch as expressions on the
+function's parameters (``ctx->level``, ``*ptep``; ``|`` separates the forms of different kernels).
+:func:`kprobe_event_lines` writes the entry probe ``p:GROUP/NAME`` with the fetch arguments
+resolved for one kernel (:mod:`tracekit.funcprobes.kallsyms`) and, when ``timed``, the return probe
+``r:GROUP/NAME_ret`` with ``ret=$retval``. Standard library only.
 """
 
 from __future__ import annotations
@@ -36,9 +31,10 @@ TRACEFS_GROUP = "tk"
 class FuncProbe:
     """One probed kernel function.
 
-    ``args`` are ``(field, BTF expression)`` pairs; ``hot`` marks per-entry probes that fire once
+    ``args`` are ``(field, expression)`` pairs (alternatives separated by ``|``); ``hot`` marks per-entry probes that fire once
     per page-table entry (aggregate in the kernel); ``timed`` adds a return probe (duration, ret);
-    ``optional`` marks functions that distribution builds often inline (absence is expected).
+    ``optional`` marks functions that distribution builds often inline (absence is expected);
+    ``since`` says which kernel brought the function (named when a kernel lacks it).
     """
 
     name: str
@@ -51,6 +47,7 @@ class FuncProbe:
     returns_value: bool = True
     note: str = ""
     aliases: tuple[str, ...] = field(default=())
+    since: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -62,18 +59,19 @@ def event_names(probe: FuncProbe) -> tuple[str, str | None]:
     return probe.name, (f"{probe.name}_ret" if probe.timed else None)
 
 
-def kprobe_event_lines(probe: FuncProbe, symbol: str, *, with_args: bool = True, group: str = TRACEFS_GROUP) -> list[str]:
-    """``kprobe_events`` lines for ``probe`` attached at the resolved ``symbol``.
+def kprobe_event_lines(probe: FuncProbe, symbol: str, fetch: tuple[tuple[str, str], ...] = (), *,
+                       group: str = TRACEFS_GROUP) -> list[str]:  # fmt: skip
+    """``kprobe_events`` lines for ``probe`` attached at ``symbol`` with the ``(field, fetch argument)`` pairs.
 
     >>> p = FuncProbe("split", "kvm_pgtable_stage2_split", "split", (("addr", "addr"), ("size", "size")))
-    >>> kprobe_event_lines(p, "kvm_pgtable_stage2_split")
-    ['p:tk/split kvm_pgtable_stage2_split addr=addr size=size', 'r:tk/split_ret kvm_pgtable_stage2_split ret=$retval']
-    >>> kprobe_event_lines(p, "kvm_pgtable_stage2_split.isra.0", with_args=False)[0]
+    >>> kprobe_event_lines(p, "kvm_pgtable_stage2_split", (("addr", "%x1:u64"), ("size", "%x2:u64")))
+    ['p:tk/split kvm_pgtable_stage2_split addr=%x1:u64 size=%x2:u64', 'r:tk/split_ret kvm_pgtable_stage2_split ret=$retval']
+    >>> kprobe_event_lines(p, "kvm_pgtable_stage2_split.isra.0")[0]
     'p:tk/split kvm_pgtable_stage2_split.isra.0'
     """
     entry, ret = event_names(probe)
-    fetch = " ".join(f"{name}={expr}" for name, expr in probe.args) if with_args else ""
-    lines = [f"p:{group}/{entry} {symbol} {fetch}".rstrip()]
+    fetch_text = " ".join(f"{name}={arg}" for name, arg in fetch)
+    lines = [f"p:{group}/{entry} {symbol} {fetch_text}".rstrip()]
     if ret is not None:
         lines.append(f"r:{group}/{ret} {symbol}" + (" ret=$retval" if probe.returns_value else ""))
     return lines

@@ -76,6 +76,10 @@ def pte_kind(old: int, level: int) -> str:
     return "table" if old & 2 else "block"
 
 
+#: Visitor arguments: ``struct kvm_pgtable_visit_ctx`` from v6.2, separate parameters before it.
+_VISITOR_ARGS = (("level", "ctx->level|level"), ("addr", "ctx->addr|addr"), ("old", "ctx->old|*ptep"),
+                 ("visit", "visit|flag"))  # fmt: skip
+
 STAGE2_PROBES: tuple[FuncProbe, ...] = (
     FuncProbe(
         "pgtable_walk",
@@ -94,20 +98,22 @@ STAGE2_PROBES: tuple[FuncProbe, ...] = (
         "split_walker",
         "stage2_split_walker",
         "visit",
-        (("level", "ctx->level"), ("addr", "ctx->addr"), ("old", "ctx->old"), ("visit", "visit")),
+        _VISITOR_ARGS,
         timed=False,
         hot=True,
+        since="v6.5 (eager splitting)",
     ),
     FuncProbe(
         "map_walker",
         "stage2_map_walker",
         "visit",
-        (("level", "ctx->level"), ("addr", "ctx->addr"), ("old", "ctx->old"), ("visit", "visit")),
+        _VISITOR_ARGS,
         timed=False,
         hot=True,
         note="static, address-taken visitor: a TABLE_PRE visit of a table at a block level is a table-to-block rebuild",
     ),
-    FuncProbe("stage2_split", "kvm_pgtable_stage2_split", "split", (("addr", "addr"), ("size", "size"))),
+    FuncProbe("stage2_split", "kvm_pgtable_stage2_split", "split", (("addr", "addr"), ("size", "size")),
+              since="v6.5 (eager splitting)"),  # fmt: skip
     FuncProbe(
         "stage2_map",
         "kvm_pgtable_stage2_map",
@@ -123,7 +129,7 @@ STAGE2_PROBES: tuple[FuncProbe, ...] = (
         "user_mem_abort",
         "user_mem_abort",
         "fault",
-        (("ipa", "fault_ipa"), ("perm", "fault_is_perm")),
+        (("ipa", "fault_ipa|s2fd->fault_ipa"), ("perm", "fault_is_perm")),
         optional=True,
         note="static with one caller: inlined into kvm_handle_guest_abort by Debian's 6.12 build",
     ),
@@ -141,5 +147,6 @@ STAGE2_PROBES: tuple[FuncProbe, ...] = (
         (("addr", "addr"), ("end", "end")),
         optional=True,
         note="static; a .isra clone in Debian's 6.12 (no BTF prototype, probed without arguments)",
+        since="v6.5 (eager splitting)",
     ),
 )

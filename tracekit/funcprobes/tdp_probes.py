@@ -36,6 +36,7 @@ __all__ = ["TDP_PROBES", "TRACEPOINT_SPLITS"]
 #: Tracepoints (system, event) recorded with this family: one event per huge page split.
 TRACEPOINT_SPLITS = (("kvmmmu", "kvm_mmu_split_huge_page"),)
 
+_EAGER = "v5.17 (eager page splitting)"
 _INLINED_CALLER = "global, but its only caller inlines it in some builds: present in kallsyms and never fires there"
 
 TDP_PROBES: tuple[FuncProbe, ...] = (
@@ -47,20 +48,22 @@ TDP_PROBES: tuple[FuncProbe, ...] = (
     FuncProbe("tdp_map", "kvm_tdp_mmu_map", "call", (("gfn", "fault->gfn"), ("goal_level", "fault->goal_level"))),
     FuncProbe("fast_page_fault", "fast_page_fault", "call", (), optional=True),
     FuncProbe("slot_try_split", "kvm_mmu_slot_try_split_huge_pages", "call", (("target_level", "target_level"),),
-              returns_value=False),  # fmt: skip
+              returns_value=False, since=_EAGER),  # fmt: skip
     FuncProbe("mmu_try_split", "kvm_mmu_try_split_huge_pages", "call",
               (("start", "start"), ("end", "end"), ("target_level", "target_level")), returns_value=False,
-              optional=True, note=_INLINED_CALLER),  # fmt: skip
+              optional=True, note=_INLINED_CALLER, since=_EAGER),  # fmt: skip
     FuncProbe("tdp_try_split", "kvm_tdp_mmu_try_split_huge_pages", "call",
               (("start", "start"), ("end", "end"), ("target_level", "target_level"), ("shared", "shared")),
-              returns_value=False),  # fmt: skip
+              returns_value=False, since=_EAGER),  # fmt: skip
     FuncProbe("split_root", "tdp_mmu_split_huge_pages_root", "walk",
               (("start", "start"), ("end", "end"), ("target_level", "target_level")), optional=True,
-              note="static; one TDP iterator loop over a root (a 'walk': tdp_iter_next steps are attributed to it)"),
+              note="static; one TDP iterator loop over a root (a 'walk': tdp_iter_next steps are attributed to it)",
+              since=_EAGER),
     FuncProbe("wrprot_slot", "kvm_tdp_mmu_wrprot_slot", "walk", (("min_level", "min_level"),), optional=True,
               note="the write-protect pass over the whole slot at dirty-log enable (a 'walk' of every SPTE)"),  # fmt: skip
     FuncProbe("split_huge_page", "tdp_mmu_split_huge_page", "split", (("gfn", "iter->gfn"), ("level", "iter->level")),
-              optional=True, note="static; inlined into tdp_mmu_split_huge_pages_root by some builds"),  # fmt: skip
+              optional=True, note="static; inlined into tdp_mmu_split_huge_pages_root by some builds",
+              since=_EAGER),  # fmt: skip
     FuncProbe("enable_log_dirty", "kvm_arch_mmu_enable_log_dirty_pt_masked", "call",
               (("kvm", "kvm"), ("gfn_offset", "gfn_offset"), ("mask", "mask")), returns_value=False),  # fmt: skip
     FuncProbe("clear_dirty_masked", "kvm_tdp_mmu_clear_dirty_pt_masked", "call", (("gfn", "gfn"), ("mask", "mask")),
@@ -68,6 +71,6 @@ TDP_PROBES: tuple[FuncProbe, ...] = (
     FuncProbe("zap_collapsible", "kvm_tdp_mmu_zap_collapsible_sptes", "call", (), returns_value=False, optional=True,
               note="replaced by kvm_tdp_mmu_recover_huge_pages in v6.13"),  # fmt: skip
     FuncProbe("recover_huge_pages", "kvm_tdp_mmu_recover_huge_pages", "call", (), returns_value=False, optional=True,
-              note="added in v6.13 (replaces kvm_tdp_mmu_zap_collapsible_sptes)"),  # fmt: skip
+              note="replaces kvm_tdp_mmu_zap_collapsible_sptes", since="v6.13"),  # fmt: skip
     FuncProbe("iter_next", "tdp_iter_next", "visit", (("level", "iter->level"),), timed=False, hot=True),
 )

@@ -1,0 +1,209 @@
+"""Kprobe fetch arguments from a kernel's BTF: by BTF name, or by register and member offset.
+
+A probe argument is an expression on the function's parameters (``addr``, ``ctx->level``,
+``*ptep``), with ``|`` between alternatives for kernels whose prototypes differ
+(``ctx->level|level``). :func:`fetch_args` takes the first alternative the function's BTF
+prototype has and writes it for ``kprobe_events``: the expression itself where the kernel takes BTF
+argument names (``PROBE_EVENTS_BTF_ARGS``, 6.8+), otherwise the parameter's calling-convention
+register with one dereference per ``->`` at the member's BTF offset (``+56(%x0):s8``), or
+``$argN`` for a parameter passed on the stack where the kernel offers it. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tracekit.errors import MissingCapability
+from tracekit.funcprobes.btf_offsets import CType
+
+__all__ = ["ARCHES", "KVM_MODULES", "FetchStyle", "KernelTypes", "RecordedTypes", "TypeSources", "Unfetchable", "arch_of",
+           "fetch_arg", "fetch_args", "kernel_types"]
+
+#: Architecture -> registers of the first integer arguments (``kprobe_events`` names), in order.
+ARCHES = {
+    "arm64": ("x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7"),
+    "x86_64": ("di", "si", "dx", "cx", "r8", "r9"),
+}
+_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64", "x86": "x86_64"}
+_EXPR = re.compile(r"^(?P<deref>\*?)(?P<param>[A-Za-z_]\w*)(?P<chain>(?:->[A-Za-z_]\w*)*)$")
+
+
+def arch_of(machine: str) -> str:
+    """``arm64`` or ``x86_64`` for a ``platform.machine()`` or Debian name; ValueError otherwise."""
+    try:
+        return _ALIASES[machine]
+    except KeyError:
+        raise ValueError(f"no calling convention known for {machine!r} (arm64 or x86_64)") from None
+
+
+class Unfetchable(Exception):
+    """An argument this kernel's prototype or calling convention cannot give (the message says why)."""
+
+
+class KernelTypes(Protocol):
+    def prototype(self, function: str) -> tuple[tuple[str, CType], ...] | None: ...
+
+    def field(self, struct_name: str, member_name: str) -> tuple[int, CType]: ...
+
+
+@dataclass(frozen=True)
+class FetchStyle:
+    """How this kernel's ``kprobe_events`` fetches arguments: ``btf_args`` (names), ``arg_n``
+    (``$argN``), else registers only."""
+
+    arch: str
+    btf_args: bool = False
+    arg_n: bool = False
+
+
+class RecordedTypes:
+    """Prototypes and struct members recorded from one kernel's BTF (a test fixture or a guest's
+    report): ``{"functions": {NAME: [[PARAM, TYPE], ...]}, "structs": {NAME: {MEMBER: [OFFSET, TYPE]}}}``
+    with types spelled as :attr:`CType.spelling`."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RecordedTypes":
+        return cls(json.loads(Path(path).read_text()))
+
+    def prototype(self, function: str) -> tuple[tuple[str, CType], ...] | None:
+        params = self.data.get("functions", {}).get(function)
+        return None if params is None else tuple((name, CType.parse(spelling)) for name, spelling in params)
+
+    def field(self, struct_name: str, member_name: str) -> tuple[int, CType]:
+        members = self.data.get("structs", {}).get(struct_name)
+        if members is None:
+            raise MissingCapability(f"struct {struct_name} is not in this kernel's BTF")
+        if member_name not in members:
+            raise MissingCapability(f"struct {struct_name} has no member {member_name} in this kernel's BTF")
+        offset, spelling = members[member_name]
+        return offset, CType.parse(spelling)
+
+
+class TypeSources:
+    """Several :class:`KernelTypes` searched in order: ``vmlinux`` with each KVM module's split BTF."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+
+    def prototype(self, function: str) -> tuple[tuple[str, CType], ...] | None:
+        return next((p for s in self.sources if (p := s.prototype(function)) is not None), None)
+
+    def field(self, struct_name: str, member_name: str) -> tuple[int, CType]:
+        error: MissingCapability | None = None
+        for source in self.sources:
+            try:
+                return source.field(struct_name, member_name)
+            except MissingCapability as missing:
+                error = error or missing
+        raise error or MissingCapability(f"struct {struct_name} is not in this kernel's BTF")
+
+
+#: Modules whose BTF holds the probed functions when KVM is modular (x86).
+KVM_MODULES = ("kvm", "kvm_amd", "kvm_intel")
+
+
+def kernel_types(vmlinux: Path, modules: tuple[Path, ...] = ()) -> TypeSources:
+    """A kernel's BTF: ``vmlinux`` (a raw blob) with each existing module's split BTF on it
+    (``/sys/kernel/btf/kvm`` or a ``.ko``). MissingCapability when ``vmlinux`` is unreadable."""
+    from tracekit.funcprobes.btf_offsets import BtfTypes
+
+    base = BtfTypes.load(vmlinux)
+    loaded = [base.with_module(path.read_bytes()) for path in modules if path.is_file()]
+    return TypeSources(loaded or [base])
+
+
+def _slots(arch: str, prototype: tuple[tuple[str, CType], ...]) -> dict[str, int]:
+    """Argument word of each parameter, registers first then the stack (``$argN`` is word N-1). Up to
+    8 bytes take one word, up to 16 two; a larger aggregate goes by reference on arm64 (one word) and
+    on the stack on x86-64; an argument that does not fit in the registers left goes on the stack."""
+    registers, next_reg, next_stack, out = len(ARCHES[arch]), 0, 0, {}
+    for name, ctype in prototype:
+        words = 1 if ctype.size <= 8 or (arch == "arm64" and ctype.size > 16) else (ctype.size + 7) // 8
+        if (ctype.size <= 16 or arch == "arm64") and next_reg + words <= registers:
+            out[name], next_reg = next_reg, next_reg + words
+        else:
+            out[name], next_stack = registers + next_stack, next_stack + words
+    return out
+
+
+def _type_suffix(ctype: CType, what: str) -> str:
+    if ctype.kind == "ptr":
+        return "u64"
+    if ctype.kind == "int" and ctype.size in (1, 2, 4, 8):
+        return f"{'s' if ctype.signed else 'u'}{ctype.size * 8}"
+    raise Unfetchable(f"{what} is a {ctype.spelling}, not a scalar")
+
+
+def fetch_arg(function: str, expr: str, types: KernelTypes, style: FetchStyle) -> str:
+    """The ``kprobe_events`` fetch argument of one expression (no alternatives) on ``function``.
+
+    >>> types = RecordedTypes({"functions": {"f": [["ctx", "*struct c:64"], ["v", "u32"]]},
+    ...                        "structs": {"c": {"level": [56, "s8"]}}})
+    >>> fetch_arg("f", "ctx->level", types, FetchStyle("arm64")), fetch_arg("f", "v", types, FetchStyle("x86_64"))
+    ('+56(%x0):s8', '%si:u32')
+    >>> fetch_arg("f", "ctx->level", types, FetchStyle("arm64", btf_args=True))
+    'ctx->level'
+    """
+    match = _EXPR.match(expr)
+    if match is None:
+        raise ValueError(f"not a probe argument expression: {expr!r}")
+    prototype = types.prototype(function)
+    if prototype is None:
+        raise Unfetchable(f"no BTF prototype of {function}")
+    params = dict(prototype)
+    param = match.group("param")
+    if param not in params:
+        raise Unfetchable(f"{function}({', '.join(params)}) has no parameter {param}")
+    ctype, offsets = params[param], []
+    for member in [m for m in match.group("chain").split("->") if m] + (["*"] if match.group("deref") else []):
+        if ctype.kind != "ptr" or ctype.target is None:
+            raise Unfetchable(f"{expr}: {ctype.spelling} is not a pointer to a struct")
+        if member == "*":
+            offsets.append(0)
+            ctype = ctype.target
+            continue
+        if ctype.target.kind != "struct":
+            raise Unfetchable(f"{expr}: {ctype.target.spelling} is not a struct")
+        try:
+            offset, ctype = types.field(ctype.target.name, member)
+        except MissingCapability as error:
+            raise Unfetchable(str(error)) from None
+        offsets.append(offset)
+    suffix = _type_suffix(ctype, expr)
+    if style.btf_args and not match.group("deref"):
+        return expr
+    word = _slots(style.arch, prototype)[param]
+    if word < len(ARCHES[style.arch]):
+        base = f"%{ARCHES[style.arch][word]}"
+    elif style.arg_n:
+        base = f"$arg{word + 1}"
+    else:
+        raise Unfetchable(f"{param} is passed on the stack and this kernel has no $argN")
+    for offset in offsets:
+        base = f"+{offset}({base})"
+    return f"{base}:{suffix}"
+
+
+def fetch_args(function: str, args: tuple[tuple[str, str], ...], types: KernelTypes, style: FetchStyle
+               ) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:  # fmt: skip
+    """(``(field, fetch argument)`` pairs, ``{field: why it cannot be fetched}``) of a probe's
+    arguments on ``function``: each field takes its first alternative this kernel's prototype has."""
+    fetched, dropped = [], {}
+    for name, expr in args:
+        reasons = []
+        for alternative in expr.split("|"):
+            try:
+                fetched.append((name, fetch_arg(function, alternative, types, style)))
+                break
+            except Unfetchable as error:
+                reasons.append(str(error))
+        else:
+            dropped[name] = "; ".join(dict.fromkeys(reasons))
+    return tuple(fetched), dropped
