@@ -287,6 +287,8 @@ def family_availability() -> dict[str, dict]:
         absent = [st.probe for st in statuses if not st.available]
         reason = f"{len(attached)} probes" + (f"; absent here: {', '.join(absent)}" if absent else "")
         families[family.name] = {"available": True, "reason": reason, "probes": attached}
+        if hasattr(family, "resolutions"):  # function probes: how each attaches on this kernel, or why not
+            families[family.name]["resolution"] = [r.as_dict() for r in family.resolutions()]
     for entry in failed:
         if entry["probe"].startswith("family:"):
             families[entry["family"]] = {"available": False, "reason": entry["reason"], "probes": []}

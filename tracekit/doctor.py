@@ -28,6 +28,10 @@ def format_report(data: dict) -> list[str]:
     lines.append("probe families:")
     for name, fam in data["families"].items():
         lines += row(fam["available"], name, fam["reason"])
+        for res in fam.get("resolution", []):  # function probes: attached with BTF args / by register / ... / absent
+            text = f"{res['function']}: {res['attach']}" + (f" ({' '.join(res['fetch'])})" if res["fetch"] else "")
+            lines += textwrap.wrap(text if res["symbol"] else res["reason"], 80, initial_indent=indent,
+                                   subsequent_indent=indent + "  ")
     return lines
 
 

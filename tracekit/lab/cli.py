@@ -254,25 +254,36 @@ def probes_cmd(
         None, "--kallsyms", help="Resolve against this kallsyms text (e.g. saved from another machine) instead of /proc/kallsyms."
     ),
     machine: Optional[str] = typer.Option(None, "--machine", help="Architecture to assume (aarch64, x86_64); default: this one."),
+    btf: Optional[Path] = typer.Option(
+        None, "--btf", help="That kernel's BTF: a raw blob (its /sys/kernel/btf/vmlinux) or its uncompressed image; "
+        "default: this machine's /sys/kernel/btf."),
+    module: list[Path] = typer.Option([], "--module", help="A KVM module's BTF (its .ko or /sys/kernel/btf/kvm) on --btf; "
+                                      "repeatable."),
+    btf_args: Optional[bool] = typer.Option(None, "--btf-args/--no-btf-args", help="Whether that kernel's kprobe_events "
+                                            "takes BTF argument names (6.8+); default: this machine's tracefs says."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (docs/cli-json/lab.md)."),
 ) -> None:
-    """Where each function probe would attach on this machine, whether it can, and which backend would be used.
+    """Where each function probe would attach, how its arguments are fetched, and which backend would be used.
 
-    Function probes need kprobes (bcc, or tracefs kprobe_events with BTF argument names); this reports
-    each probe's symbol (compiler clones such as .isra.0 included), the reason when it cannot attach
-    (inlined, other architecture, CONFIG_KPROBES off) and the backend capability detection picks.
+    Each probe is resolved against kallsyms (compiler clones such as .isra.0 included) and the kernel's
+    BTF: attached with BTF argument names (6.8+), by register and BTF member offset (older kernels),
+    without arguments (no prototype, a clone), or absent with the reason (inlined, not in this kernel,
+    other architecture, CONFIG_KPROBES off).
 
     Examples:
 
       tracekit lab probes
 
-      tracekit lab probes --family stage2 --kallsyms arm64-kallsyms.txt --machine aarch64 --json
+      tracekit lab probes --family stage2 --kallsyms arm64-kallsyms.txt --machine aarch64 --btf Image --no-btf-args --json
     """
+    import dataclasses
     import platform
 
     from tracekit.errors import UsageError
-    from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support
-    from tracekit.funcprobes.kallsyms import load_kallsyms
+    from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support, running_types
+    from tracekit.funcprobes.btf_offsets import BtfTypes
+    from tracekit.funcprobes.fetchargs import TypeSources
+    from tracekit.funcprobes.kallsyms import MODES, load_kallsyms
     from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
     from tracekit.funcprobes.tdp_probes import TDP_PROBES
 
@@ -281,22 +292,30 @@ def probes_cmd(
         raise UsageError(f"unknown probe family {family!r}; choose stage2 or tdp")
     try:
         symbols = load_kallsyms(kallsyms or "/proc/kallsyms")
+        if btf is not None:
+            base = BtfTypes.from_kernel_image(btf) if btf.read_bytes()[:2] != b"\x9f\xeb" else BtfTypes.load(btf)
+            types = TypeSources([base.with_module(m.read_bytes()) for m in module] or [base])
+        else:
+            types = running_types()
     except OSError as error:
         raise UsageError(f"cannot read {error.filename}: {error.strerror}") from None
     support = kprobe_support(symbols)
+    if btf_args is not None:
+        support = dataclasses.replace(support, btf_args=btf_args)
     bcc_ok = _bcc_importable()
-    btf_ok = Path("/sys/kernel/btf/vmlinux").exists()
+    btf_ok = types is not None
     backend, why = choose_backend(support, bcc_ok, btf_ok)
     report = {
         "machine": machine or platform.machine(),
         "kprobes": support.kprobes,
         "kprobe_events": support.kprobe_events,
         "btf_args": support.btf_args,
+        "btf": types is not None,
         "reason": support.reason,
         "backend": backend,
         "backend_reason": why,
         "families": {
-            name: family_report(name, probes, symbols, support, machine)
+            name: family_report(name, probes, symbols, support, machine, types)
             for name, probes in families.items()
             if family in (None, name)
         },
@@ -308,8 +327,11 @@ def probes_cmd(
     for name, rows in report["families"].items():
         typer.echo(f"{name}:")
         for row in rows:
-            reason = "" if row["status"] == "no-kprobes" else row["reason"]  # the backend line says why
-            typer.echo(f"  {row['probe']:<19} {row['status']:<11} {row['symbol'] or '-':<40} {reason}".rstrip())
+            how = "" if row["status"] in ("absent", "wrong-arch") else MODES[row["mode"]].replace("attached ", "")
+            detail = " ".join(row["fetch"]) or ("" if row["status"] == "no-kprobes" else row["reason"])
+            if row["fetch"] and row["dropped"]:
+                detail += f" (without {', '.join(row['dropped'])})"
+            typer.echo(f"  {row['probe']:<19} {row['status']:<11} {how:<13} {row['symbol'] or '-':<40} {detail}".rstrip())
 
 
 def _bcc_importable() -> bool:

@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from tracekit.funcprobes.kallsyms import load_kallsyms, resolve_all
+from tracekit.funcprobes.availability import resolve_running
+from tracekit.funcprobes.kallsyms import load_kallsyms
 from tracekit.funcprobes.kprobe_events import TracefsFuncProbes as _Tracing
 from tracekit.lab import scenarios
 
@@ -212,13 +213,8 @@ def run(arch: str, name: str, out: Path) -> dict:
     }
     symbols = load_kallsyms()
     probes, tracepoints = probe_family(arch)
-    resolutions = resolve_all(probes, symbols)
-    meta["probes"] = {
-        "requested": [r.probe.name for r in resolutions],
-        "resolution": [
-            {"probe": r.probe.name, "symbol": r.symbol, "btf_args": r.btf_args, "reason": r.reason} for r in resolutions
-        ],
-    }
+    resolutions = resolve_running(probes, symbols)
+    meta["probes"] = {"requested": [r.probe.name for r in resolutions], "resolution": [r.as_dict() for r in resolutions]}
     (out / "kallsyms.txt").write_text(
         "".join(
             f"{address:016x} t {sym}\n"
@@ -228,7 +224,7 @@ def run(arch: str, name: str, out: Path) -> dict:
     )
     meta["kvm_banner"] = _kvm_banner()
     timings: list[dict] = []
-    tracing = _Tracing(resolutions, tuple(tracepoints) + tuple(scenario.tracepoints), instance=INSTANCE)
+    tracing = _Tracing(resolutions, tuple(tracepoints) + tuple(scenario.tracepoints), instance=INSTANCE, strict=True)
     try:
         tracing.start()
         meta["probes"].update(
