@@ -28,8 +28,8 @@ from tracekit.errors import MissingCapability  # noqa: E402
 from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, BtfTypes, elf_section, image_btf  # noqa: E402
 from tracekit.funcprobes.fetchargs import TypeSources  # noqa: E402
 from tracekit.funcprobes.kallsyms import parse_kallsyms  # noqa: E402
-from tracekit.funcprobes.stage2 import STAGE2_PROBES  # noqa: E402
-from tracekit.funcprobes.tdp import TDP_PROBES  # noqa: E402
+from tracekit.funcprobes.stage2_probes import STAGE2_PROBES  # noqa: E402
+from tracekit.funcprobes.tdp_probes import TDP_PROBES  # noqa: E402
 
 #: Compressed payload magics of a kernel image, with the command that decompresses from there on.
 _PAYLOADS = ((b"\x1f\x8b\x08", ["gzip", "-dc"]), (b"\xfd7zXZ\x00", ["xz", "-dc"]), (b"\x28\xb5\x2f\xfd", ["zstd", "-dc"]),
