@@ -354,11 +354,28 @@ def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Tab
             if kind == "count" and not any(_nonzero(v) for v in values_out):
                 continue  # fired on no kernel (or could not be measured anywhere): nothing to compare
             table.rows.append({"key": key, "label": row_label, "kind": kind, "cells": cells_out, "values": values_out})
+        table.notes += _unattached_notes([c for c, o in zip(cells, outcomes)
+                                          if c.label == label and o["status"] in ("ok", "checks-failed")])  # fmt: skip
         failing = [o for c, o in zip(cells, outcomes) if c.label == label and o["status"] == "checks-failed"]
         if failing:
             table.notes.append(f"{len(failing)} run(s) did not meet the scenario's exact expectation (rows 'expected')")
         tables.append(table)
     return tables
+
+
+def _unattached_notes(cells: list[Cell]) -> list[str]:
+    """Per column, the probes its kernel could not attach grouped by reason (from the first run's manifest)."""
+    notes, seen = [], set()
+    for cell in cells:
+        if cell.column.spec in seen:
+            continue
+        seen.add(cell.column.spec)
+        failed = json.loads((cell.capture / "capture.json").read_text()).get("probes", {}).get("failed", [])
+        by_reason: dict[str, list[str]] = {}
+        for entry in failed:
+            by_reason.setdefault(entry["reason"], []).append(entry["probe"])
+        notes += [f"`{cell.column.spec}` did not attach {', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+    return notes
 
 
 def _nonzero(value) -> bool:
