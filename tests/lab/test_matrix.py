@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tracekit.cli import app
-from tracekit.errors import LabError, UsageError
+from tracekit.errors import LabError, NotApplicable, UsageError
 from tracekit.lab import matrix, scenarios
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -45,6 +45,10 @@ def test_scenario_variants_are_canonical_and_checked():
     lazy = scenarios.get("tdp-eager@vcpus=1,eager_page_split=n", "x86")
     assert lazy.name == "tdp-eager@eager_page_split=N,vcpus=1" and lazy.eager_page_split is False
     assert scenarios.get(lazy.name, "x86") == lazy  # the guest resolves the same name to the same scenario
+    # an eager split switched off no longer needs its kernel capability; one switched on does
+    assert scenarios.get("contention@eager_split_chunk=0", "arm64").needs == ("lock-contention-tracepoints",)
+    assert lazy.needs == () and scenarios.get("tdp-lazy@eager_page_split=Y", "x86").needs == ("eager-page-split",)
+    assert "eager-split" in scenarios.get("lazy@eager_split_chunk=2M", "arm64").needs
     for bad, arch in (("contention@vcpus=3", "arm64"), ("contention@tdp=1", "arm64"), ("tdp-eager@eager_page_split=x", "x86"),
                       ("contention@eager_page_split=N", "arm64"), ("contention@vcpus", "arm64")):  # fmt: skip
         with pytest.raises(UsageError):
@@ -100,19 +104,40 @@ def test_emulated_times_are_marked_and_not_compared(tmp_path):
 def test_not_applicable_and_failed_cells_say_why(tmp_path):
     lab = FakeLab({"contention": "lab-arm64-contention.tkcap"},
                   fail={"contention@vcpus=2": LabError("the guest scenario failed: probe refused")})  # fmt: skip
-    cells = matrix.plan("arm64", ["debian:trixie", "/k/old-Image"], ["contention"], tmp_path)
-    cells = cells[:1] + cells[1:]
-    outcomes = matrix.run_matrix("arm64", cells, run_lab=lab,
-                                 not_applicable=lambda arch, kernel, s: "no eager split before 6.5" if "old" in kernel else None)
+    old = NotApplicable("scenario contention is not applicable on 6.1.0-41-cloud-arm64: arm64 eager page splitting "
+                        "arrived in 6.4")  # fmt: skip
+    cells = matrix.plan("arm64", ["debian:trixie", "debian:bookworm"], ["contention"], tmp_path)
+
+    def by_kernel(arch, scenario, output, *, kernel=None, **options):
+        if kernel == "debian:bookworm":
+            raise old
+        return lab(arch, scenario, output, kernel=kernel, **options)
+
+    outcomes = matrix.run_matrix("arm64", cells, run_lab=by_kernel)
     assert [o["status"] for o in outcomes] == ["ok", "n/a"] and len(lab.calls) == 1
+    assert not cells[1].capture.exists()  # never booted, nothing written but the outcome
     (table,) = matrix.build_tables("arm64", cells, outcomes)
-    assert _row(table, "mmu_lock waits, read, by vCPU") == ["109", "n/a: no eager split before 6.5"]
-    assert _row(table, "mmu_lock waits, write, by VMM in clear_while_touching") == ["105", "n/a: no eager split before 6.5"]
+    na = f"n/a: {old}"
+    assert _row(table, "mmu_lock waits, read, by vCPU") == ["109", na]
+    assert _row(table, "mmu_lock waits, write, by VMM in clear_while_touching") == ["105", na]
+    assert _row(table, "mmu_lock waits") == ["214", na]
     failing = matrix.plan("arm64", ["debian:trixie"], ["contention"], tmp_path / "f", vcpus=[2])
     outcomes = matrix.run_matrix("arm64", failing, run_lab=lab)
     (table,) = matrix.build_tables("arm64", failing, outcomes)
     assert outcomes[0]["status"] == "failed" and len(table.rows) == 1
     assert "| runs | failed: the guest scenario failed: probe refused |" in matrix.render_markdown([table])
+
+
+def test_check_rows_say_why_a_count_is_missing():
+    exact = {"count": "stage2_split", "kind": "exact", "expected": 128, "measured": 128, "ok": True, "applicable": True}
+    assert matrix._check_row(exact) == ("expected stage2_split = 128", "check", 128)
+    assert matrix._check_row({**exact, "measured": 0, "ok": False})[2] == "0 (not met)"
+    absent = {**exact, "applicable": False, "measured": None, "reason": "not applicable on 6.1: eager split arrived in 6.4"}
+    assert matrix._check_row(absent)[2] == "n/a: not applicable on 6.1: eager split arrived in 6.4"
+    refused = {**exact, "ok": False, "measured": None, "reason": "stage2_split not attached: Invalid fetch argument"}
+    assert matrix._check_row(refused)[2] == "stage2_split not attached: Invalid fetch argument"
+    fired = {"count": "guest_abort", "kind": "fired", "expected": 1, "measured": 70, "ok": True}
+    assert matrix._check_row(fired) == ("guest_abort fired (evidence)", "check", 70)
 
 
 def test_second_invocation_resumes(tmp_path):
@@ -125,7 +150,7 @@ def test_second_invocation_resumes(tmp_path):
     (cells[1].capture / "capture.json").write_text(json.dumps({"status": "recording"}))
     lab.calls.clear()
     second = matrix.run_matrix("x86", cells, run_lab=lab)
-    assert lab.calls == [("tdp-eager", None)] and second[0] == first[0]
+    assert lab.calls == [("tdp-eager", "debian:trixie")] and second[0] == first[0]
     assert second[2]["status"] == "failed"  # a failure is reused, not retried ...
     del lab.fail["tdp-eager@eager_page_split=N"]
     lab.calls.clear()

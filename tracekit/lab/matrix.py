@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracekit.errors import TracekitError, UsageError, one_line
+from tracekit.errors import NotApplicable, TracekitError, UsageError, one_line
 from tracekit.lab import scenarios
 
 __all__ = ["Column", "Cell", "Table", "parse_column", "plan", "run_matrix", "build_tables", "render_markdown",
@@ -113,20 +113,19 @@ def _reusable(cell: Cell, retry_failed: bool) -> dict | None:
 
 
 def run_matrix(arch: str, cells: list[Cell], *, timeout: float | None = None, retry_failed: bool = False,
-               progress=None, run_lab=None, not_applicable=None) -> list[dict]:  # fmt: skip
+               progress=None, run_lab=None) -> list[dict]:  # fmt: skip
     """Run (or reuse) every cell; returns their outcomes in order (see the module contract).
 
-    ``progress(cell, outcome, reused)`` is called after each cell; ``run_lab`` and ``not_applicable`` default to
-    :func:`tracekit.lab.runner.run_lab` and :func:`scenario_not_applicable` (tests give their own)."""
+    ``progress(cell, outcome, reused)`` is called after each cell; ``run_lab`` defaults to
+    :func:`tracekit.lab.runner.run_lab` (tests give their own)."""
     if run_lab is None:
         from tracekit.lab.runner import run_lab
-    not_applicable = not_applicable or scenario_not_applicable
     outcomes = []
     for cell in cells:
         outcome = _reusable(cell, retry_failed)
         reused = outcome is not None
         if outcome is None:
-            outcome = _run_cell(arch, cell, timeout, run_lab, not_applicable)
+            outcome = _run_cell(arch, cell, timeout, run_lab)
             cell.outcome_path.parent.mkdir(parents=True, exist_ok=True)
             cell.outcome_path.write_text(json.dumps(outcome, indent=1, sort_keys=True))
         outcomes.append(outcome)
@@ -135,37 +134,23 @@ def run_matrix(arch: str, cells: list[Cell], *, timeout: float | None = None, re
     return outcomes
 
 
-def _run_cell(arch: str, cell: Cell, timeout, run_lab, not_applicable) -> dict:
+def _run_cell(arch: str, cell: Cell, timeout, run_lab) -> dict:
+    """One lab run; a scenario the kernel cannot run (the capability table says so) is n/a, never booted."""
     base = {"kernel": cell.column.spec, "scenario": cell.scenario, "run": cell.run}
-    reason = not_applicable(arch, cell.column.kernel, scenarios.get(cell.scenario, arch))
-    if reason:
-        return {**base, "status": "n/a", "reason": reason}
     cell.capture.parent.mkdir(parents=True, exist_ok=True)
     # the capture's own command: the one lab run that gives it again (no machine paths in the manifest)
     command_line = shlex.join(["tracekit", "lab", arch, "--kernel", cell.column.kernel, "-s", cell.scenario, "-o",
                                cell.capture.name])  # fmt: skip
     try:
-        run = run_lab(arch, cell.scenario, cell.capture, kernel=_kernel_argument(cell.column.kernel), timeout=timeout,
+        run = run_lab(arch, cell.scenario, cell.capture, kernel=cell.column.kernel, timeout=timeout,
                       command_line=command_line)  # fmt: skip
+    except NotApplicable as error:
+        return {**base, "status": "n/a", "reason": one_line(str(error))}
     except TracekitError as error:
         return {**base, "status": "failed", "reason": one_line(str(error))}
     failed = [c for c in run.checks if not c["ok"]]
     return {**base, "status": "ok" if not failed else "checks-failed", "kernel_release": run.kernel_release,
             "boot_seconds": round(run.boot_seconds, 1), "checks": run.checks}  # fmt: skip
-
-
-def _kernel_argument(kernel: str):
-    """What ``run_lab(kernel=...)`` takes for a column's kernel: None for the default Debian kernel, else a path."""
-    if kernel in ("default", "debian:trixie"):
-        return None
-    if kernel.startswith("debian:"):
-        raise UsageError(f"--kernel {kernel}: only debian:trixie (the cached default) or an image path here")
-    return Path(kernel)
-
-
-def scenario_not_applicable(arch: str, kernel: str, scenario: scenarios.Scenario) -> str | None:
-    """Why ``scenario`` cannot run on ``kernel`` (None when it can, or when that is only known after booting)."""
-    return None
 
 
 # --- the table ---------------------------------------------------------------------------------------------
@@ -193,8 +178,9 @@ def _probe_labels(arch: str) -> list[tuple[str, str, str | None]]:
     return rows + [(event, f"`{system}:{event}`", system) for system, event in tracepoints]
 
 
-def capture_measures(capture: Path, arch: str) -> dict[str, tuple[str, str, object]]:
-    """``{row key: (label, kind, value)}`` of one lab capture (see the module contract)."""
+def capture_measures(capture: Path, arch: str, checks: list[dict] | None = None) -> dict[str, tuple[str, str, object]]:
+    """``{row key: (label, kind, value)}`` of one lab capture (see the module contract); ``checks`` are the run's
+    (:func:`tracekit.lab.runner.scenario_checks`), else the scenario's expectations against the manifest's counts."""
     from tracekit.capture import open_capture
 
     cap = open_capture(capture)
@@ -219,16 +205,30 @@ def capture_measures(capture: Path, arch: str) -> dict[str, tuple[str, str, obje
             absent = name in failed or (system is not None and recorded is not None and f"{system}:{name}" not in recorded)
             value = "n/a: not attached" if absent else step["counts"].get(name, 0)
             out[f"count:{step['op']}:{name}"] = (f"{step['op']}: {label}", "count", value)
-    _visits(cap, steps, out)
+    _visits(cap, manifest, arch, out)
     _locks(cap, manifest, steps, out)
-    for check in lab.get("checks") or _checks_of(manifest):
-        out[f"check:{check['count']}"] = (f"expected {check['count']} = {check['expected']:,}", "check",
-                                          check["measured"])  # fmt: skip
+    for check in checks if checks is not None else _checks_of(manifest):
+        out[f"check:{check['count']}"] = _check_row(check)
     for step in steps:
         if "begin_ns" in step and "end_ns" in step:
             out[f"time:{step['op']}"] = (f"{step['op']} time, ms ({EMULATED})", "emulated",
                                          (step["end_ns"] - step["begin_ns"]) / 1e6)  # fmt: skip
     return out
+
+
+def _check_row(check: dict) -> tuple[str, str, object]:
+    """A scenario check as a row: the measured count, or why there is none (n/a, not attached), or the miss."""
+    if check.get("kind") == "fired":
+        label = f"{check['count']} fired (evidence)"
+    else:
+        label = f"expected {check['count']} = {check['expected']:,}"
+    if check.get("applicable", True) is False:
+        return label, "check", f"n/a: {check.get('reason', '')}"
+    if check.get("measured") is None:
+        return label, "check", check.get("reason") or "not measured"
+    if not check.get("ok", True) and check.get("kind", "exact") == "exact":
+        return label, "check", f"{check['measured']:,} (not met)"
+    return label, "check", check["measured"]
 
 
 def _checks_of(manifest: dict) -> list[dict]:
@@ -237,8 +237,14 @@ def _checks_of(manifest: dict) -> list[dict]:
     return [{"count": k, "expected": v, "measured": counts.get(k, 0)} for k, v in expected.items()]
 
 
-def _visits(cap, steps: list[dict], out: dict) -> None:
+def _visits(cap, manifest: dict, arch: str, out: dict) -> None:
     """Per-entry visits per visitor and level (and kind: block, page, table, step)."""
+    from tracekit.lab.guest_run import probe_family
+
+    hot = {p.name for p in probe_family(arch)[0] if p.hot}
+    unattached = sorted(hot & {f["probe"] for f in (manifest.get("probes") or {}).get("failed", [])})
+    if unattached:  # a visitor row missing here is not 0 visits
+        out["na:visit"] = ("", "na", f"n/a: {', '.join(unattached)} not attached")
     if not cap.has("stage2_visit"):
         return
     visits = cap.dataframe("stage2_visit")
@@ -258,12 +264,14 @@ def _locks(cap, manifest: dict, steps: list[dict], out: dict) -> None:
         return
     recorded = (manifest.get("probes") or {}).get("tracepoints")
     if recorded is not None and "lock:contention_begin" not in recorded:
-        out["lock:absent"] = ("lock waits", "count", "n/a: no lock:contention_* tracepoints (5.19+)")
+        why = "n/a: this kernel has no lock:contention_* tracepoints (5.19+): no lock wait is measurable"
+        out["lock:mmu_lock:_all"] = ("mmu_lock waits", "count", why)
+        out["na:lock"] = out["na:locktime"] = ("", "na", why)
         return
     waits = cap.dataframe("lock") if cap.has("lock") else None
     mmu = set(known_mmu_locks(manifest))
     vmm = set((manifest.get("target") or {}).get("pids") or [])
-    out["lock:mmu_lock:total"] = ("mmu_lock waits", "count", 0)
+    out["lock:mmu_lock:_all"] = ("mmu_lock waits", "count", 0)
     if waits is None or waits.empty:
         return
     bounds = [(s["begin_ns"], s["end_ns"], s["op"]) for s in steps if "begin_ns" in s and "end_ns" in s]
@@ -283,7 +291,7 @@ def _locks(cap, manifest: dict, steps: list[dict], out: dict) -> None:
         entry = table.setdefault((lock, mode, who(int(tid), int(pid), int(ts))), [0, 0])
         entry[0] += 1
         entry[1] += int(wait)
-    out["lock:mmu_lock:total"] = ("mmu_lock waits", "count", sum(n for (lock, _, _), (n, _) in table.items()
+    out["lock:mmu_lock:_all"] = ("mmu_lock waits", "count", sum(n for (lock, _, _), (n, _) in table.items()
                                                                  if lock == "mmu_lock"))  # fmt: skip
     for (lock, mode, waiter), (count, wait_ns) in sorted(table.items()):
         out[f"lock:{lock}:{mode}:{waiter}"] = (f"{lock} waits, {mode}, by {waiter}", "count", count)
@@ -322,7 +330,7 @@ def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Tab
             if cell.label != label:
                 continue
             if outcome["status"] in ("ok", "checks-failed"):
-                per_column[cell.column.spec].append(capture_measures(cell.capture, arch))
+                per_column[cell.column.spec].append(capture_measures(cell.capture, arch, outcome.get("checks")))
             else:
                 status.setdefault(cell.column.spec, f"{'n/a' if outcome['status'] == 'n/a' else 'failed'}: "
                                   f"{outcome['reason']}")  # fmt: skip
@@ -340,7 +348,8 @@ def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Tab
             for measures in runs:
                 for key, (row_label, kind, _value) in measures.items():
                     keys.setdefault(key, (row_label, kind))
-        for key in sorted(keys, key=_row_order):
+        order = {key: i for i, key in enumerate(keys)}
+        for key in sorted((k for k in keys if not k.startswith("na:")), key=lambda k: _row_order(k, order)):
             row_label, kind = keys[key]
             cells_out, values_out = [], []
             for column in columns:
@@ -348,10 +357,10 @@ def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Tab
                 if not runs:
                     text, value = status.get(column, "-"), None
                 else:
-                    text, value = _cell_text(kind, [m[key][2] for m in runs if key in m])
+                    text, value = _cell_text(kind, [v for v in (_run_value(m, key, kind) for m in runs) if v is not None])
                 cells_out.append(text)
                 values_out.append(value)
-            if kind == "count" and not any(_nonzero(v) for v in values_out):
+            if kind == "count" and key not in _ALWAYS and not any(_nonzero(v) for v in values_out):
                 continue  # fired on no kernel (or could not be measured anywhere): nothing to compare
             table.rows.append({"key": key, "label": row_label, "kind": kind, "cells": cells_out, "values": values_out})
         table.notes += _unattached_notes([c for c, o in zip(cells, outcomes)
@@ -384,11 +393,25 @@ def _nonzero(value) -> bool:
     return isinstance(value, (int, float)) and value != 0
 
 
+#: Rows shown even when zero everywhere: no mmu_lock wait is a finding.
+_ALWAYS = {"lock:mmu_lock:_all"}
 _ORDER = ("info:", "check:", "count:", "visit:", "lock:", "locktime:", "time:")
 
 
-def _row_order(key: str) -> tuple:
-    return (next(i for i, prefix in enumerate(_ORDER) if key.startswith(prefix)),)
+def _row_order(key: str, first_seen: dict[str, int]) -> tuple:
+    """Rows by group; steps and checks as the runs met them, visits and locks by name (mmu_lock first)."""
+    group = next(i for i, prefix in enumerate(_ORDER) if key.startswith(prefix))
+    return (group, key if _ORDER[group] in ("visit:", "lock:", "locktime:") else "", first_seen[key])
+
+
+def _run_value(measures: dict, key: str, kind: str):
+    """One run's value of a row: measured, or why not (``na:GROUP``), or 0 for a count the run did not meet."""
+    if key in measures:
+        return measures[key][2]
+    na = measures.get(f"na:{key.split(':', 1)[0]}")
+    if na is not None:
+        return na[2]
+    return 0 if kind == "count" else None
 
 
 def render_markdown(tables: list[Table], command: str = "") -> str:

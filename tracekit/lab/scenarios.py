@@ -370,7 +370,8 @@ VARIANT_SETTINGS = {
 
 def with_variant(scenario: Scenario, variant: str) -> Scenario:
     """``scenario`` with the settings of ``variant`` (``vcpus=4,eager_page_split=N``), named ``NAME@variant``
-    in canonical form (settings sorted, values as :data:`VARIANT_SETTINGS` prints them)."""
+    in canonical form (settings sorted, values as :data:`VARIANT_SETTINGS` prints them); an eager split switched
+    on needs its capability, one switched off no longer does."""
     changes = {}
     for item in filter(None, variant.split(",")):
         key, sep, text = item.partition("=")
@@ -389,7 +390,15 @@ def with_variant(scenario: Scenario, variant: str) -> Scenario:
     if (scenario.memory_mib // vcpus) % 2 or scenario.memory_mib % vcpus:
         raise UsageError(f"{scenario.name}'s {scenario.memory_mib} MiB do not split into {vcpus} shares of whole 2 MiB")
     canonical = ",".join(f"{key}={VARIANT_SETTINGS[key][1](changes[key])}" for key in sorted(changes))
-    return replace(scenario, name=f"{scenario.name}@{canonical}" if canonical else scenario.name, **changes)
+    # the capability a switched-on eager split needs, or no longer needs when switched off
+    needs = dict.fromkeys(scenario.needs)
+    for key, capability in (("eager_split_chunk", "eager-split"), ("eager_page_split", "eager-page-split")):
+        if key in changes:
+            needs.pop(capability, None)
+            if changes[key]:
+                needs[capability] = None
+    return replace(scenario, name=f"{scenario.name}@{canonical}" if canonical else scenario.name, needs=tuple(needs),
+                   **changes)  # fmt: skip
 
 
 def smallest(arch: str) -> Scenario:
