@@ -1,33 +1,13 @@
 """Does this kernel's stage-2 split walker skip levels? Observed visits against the model.
 
-Contract
---------
-Inputs: the arm64 function-probe families ``stage2_walk`` (``walk_id``, ``ts_ns``, ``addr``,
-``size`` in bytes of IPA, ``initiator``: the walker callback's symbol) and ``stage2_visit``
-(``walk_id``, ``visitor``, ``level``, ``kind`` ``VISIT:PTE`` such as ``leaf:block``, ``count``),
-plus a *scenario* describing the stage-2 state before the first split: ``{"granule": 4096,
-"ipa_bits": 40, "chunk_size": bytes, "memslots": [{"ipa", "size", "mapping_size"}]}``, from the
-manifest key ``model_scenario`` (model-generated samples) or, for an arm64 lab capture, derived by
-:func:`scenario_for` from its ``workload.scenario`` (backing -> block size, eager-split chunk) and
-the split walks' own ranges (assumed mapped with that block size before the first split).
-
-A split walk is one whose ``initiator`` names a split walker (contains ``split``) or whose visits
-come from a ``split`` visitor. For every split walk, in time order, the reference model
-(:class:`tracekit.model.split.EagerSplitter` over :class:`tracekit.model.stage2.Stage2PageTable`)
-replays ``kvm_pgtable_stage2_split(addr, size)`` once per candidate skip set
-(:data:`CANDIDATES`: no skipping, SKIP_LEVEL3, SKIP_LEVEL2|3), each on its own copy of the tables.
-The observed LEAF visits per level (``stage2_split_walker`` calls whose kind starts with ``leaf``;
-visits by other visitors inside the walk, such as ``stage2_map_walker`` building the new subtree, are
-not split-walker visits) are compared with each model's LEAF callbacks per level.
-
-:func:`split_visits_vs_model` -> one row per (walk_id, level): ``observed``, ``model_no_skip``,
-``model_skip_3``, ``model_skip_2_3`` (LEAF visits).
-:func:`skip_verdict` -> dict ``verdict`` (``"yes"``, ``"no"``, ``"not enough data"``),
-``matches`` (candidate names that reproduce every walk exactly), ``walks``, ``evidence``
-(a sentence naming the levels and entry counts) and ``per_walk`` verdicts
-(walk_id -> yes/no/not enough data). Walks whose candidates all predict the same visits
-cannot tell and count as "not enough data". Without split walks or without a scenario the verdict is
-"not enough data" with the reason.
+For every split walk of ``stage2_walk`` (initiator or visitor names a split walker), in time order, the
+reference model (:class:`tracekit.model.split.EagerSplitter`) replays ``kvm_pgtable_stage2_split(addr,
+size)`` once per candidate skip set (:data:`CANDIDATES`) on the stage-2 state the capture's scenario
+describes (manifest ``model_scenario``, or :func:`scenario_for` an arm64 lab run), and the split walker's
+own LEAF visits per level are compared with each. :func:`split_visits_vs_model` gives one row per (walk,
+level); :func:`skip_verdict` says ``yes``, ``no`` or ``not enough data`` with the evidence.
+:func:`expected_split_visits` is the lab's expectation: the candidate the kernel's own SKIP_LEVEL walk
+flags name.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ only confirms a cached build unless ``TRACEKIT_LAB_BUILD=1`` lets it build (7-15
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -187,3 +188,17 @@ def test_arm64_build_is_cached_and_boots_as_documented():
     assert result.release.startswith("6.12.") and result.release.endswith(f"-tk{result.key[:8]}")
     assert kbuild.missing_options(kbuild.fragment_text("arm64"), (result.directory / ".config").read_text()) == []
     assert kbuild.build("arm64", jobs=2).cached
+
+
+def test_build_record_names_the_source_and_patches_of_a_built_image(tmp_path):
+    image = tmp_path / "tree" / "arch" / "arm64" / "boot" / "Image"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"\0")
+    meta = {"arch": "arm64", "key": "k", "release": "6.12.117-tkk", "source": "debian:x.deb", "toolchain": "gcc",
+            "patches": [{"name": "split-skip-level3.patch"}], "image": str(image), "directory": str(tmp_path)}
+    (tmp_path / "build.json").write_text(json.dumps(meta))
+    assert kbuild.build_record(image)["patches"] == [{"name": "split-skip-level3.patch"}]
+    assert "directory" not in kbuild.build_record(image)  # machine paths stay out of a capture
+    other = tmp_path / "tree" / "vmlinux"
+    other.write_bytes(b"\0")
+    assert kbuild.build_record(other) is None and kbuild.build_record(tmp_path / "elsewhere") is None

@@ -1,29 +1,11 @@
-"""A minimal arm64 KVM virtual machine for the lab scenarios (runs inside the emulated arm64 guest).
+"""A minimal arm64 KVM VM for the lab scenarios (runs inside the emulated arm64 guest).
 
-Contract
---------
-:class:`Arm64Vm` creates a VM through ``/dev/kvm`` with the workload's ioctl layer
-(:mod:`tracekit.workload.kvm`: :class:`Kvm`, :class:`Vm`, :class:`Vcpu`, every ioctl logged with
-CLOCK_MONOTONIC times and the issuing thread) and the arm64 backend's helpers: the IPA size in the VM
-type (``Arm64Backend.vm_type``), optionally the eager-split chunk (bytes; checked against
-``KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES`` and set before the first memslot, as the workload does) and
-``KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`` with initially-set. It maps one code slot and one data slot
-(anonymous memory, THP via ``madvise`` or hugetlb) and runs vCPUs initialised with
-``KVM_ARM_VCPU_INIT`` on a 5-instruction store loop::
-
-    loop: str  x3, [x0]        // one 8-byte store
-          add  x0, x0, x2      // stride
-          cmp  x0, x1
-          b.lo loop
-          str  x3, [x4]        // MMIO store outside every memslot: KVM_EXIT_MMIO = "pass done"
-          b    .
-
-The stage-1 MMU of the nested guest stays off, so every store is a stage-2 access at its IPA.
-Addresses and sizes are bytes; ``touch`` returns when the vCPU reported its MMIO exit. ``log`` lists
-what the VMM did, step by step. Only the standard library (and the
-workload's ctypes bindings) is imported, because this runs in a minimal guest userland. A failed
-ioctl raises :class:`tracekit.errors.WorkloadError` naming it and the errno; an unexpected vCPU exit
-raises :class:`tracekit.errors.LabError`.
+:class:`Arm64Vm` builds a VM with the workload's ioctl layer (:mod:`tracekit.workload.kvm`) and the arm64
+backend's helpers (IPA size, eager-split chunk, manual dirty-log protect), one code and one data slot, and
+vCPUs whose MMU is off running a store loop (``str x3, [x0]; add x0, x0, x2; cmp; b.lo``, then an MMIO
+store outside every memslot that says "pass done"): every store is a stage-2 access at its IPA. ``log``
+lists what the VMM did. Standard library only; a failed ioctl raises :class:`tracekit.errors.WorkloadError`,
+an unexpected vCPU exit :class:`tracekit.errors.LabError`.
 """
 
 from __future__ import annotations
@@ -182,15 +164,16 @@ class Arm64Vm:
             raise LabError(f"nested arm64 vCPU {vcpu} stopped with exit {name}, not the end-of-pass MMIO store")
         self.log.append({"op": "touch", "vcpu": vcpu, "start": start, "end": end, "stride": stride})
 
-    def touch_parallel(self, stride: int) -> None:
-        """Split the slot evenly between all vCPUs and run them at once (threads named tk-vcpu-N)."""
-        share = self.data_bytes // len(self.vcpus)
+    def touch_parallel(self, stride: int, *, together: bool = False) -> None:
+        """Split the slot evenly between all vCPUs and run them at once (threads named tk-vcpu-N); ``together``:
+        every vCPU stores over the whole slot, in the same order, so they meet in each block."""
+        share = self.data_bytes // (1 if together else len(self.vcpus))
         errors: list[BaseException] = []
 
         def run(index: int) -> None:
             try:
                 libc.set_thread_name(f"tk-vcpu-{index}")
-                self.touch(stride, vcpu=index, start=index * share, length=share)
+                self.touch(stride, vcpu=index, start=0 if together else index * share, length=share)
             except BaseException as error:  # re-raised in the caller
                 errors.append(error)
 

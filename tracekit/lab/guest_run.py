@@ -163,6 +163,8 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
                 vm.touch(args[0])
             elif op == "touch_parallel":
                 vm.touch_parallel(args[0])
+            elif op == "touch_together":
+                vm.touch_parallel(args[0], together=True)
             elif op == "log":
                 vm.set_dirty_logging(bool(args[0]))
             elif op == "get_dirty":

@@ -36,6 +36,7 @@ __all__ = [
     "KernelBuild",
     "build",
     "lookup",
+    "build_record",
     "cached_sources",
     "fragment_text",
     "parse_config",
@@ -375,6 +376,22 @@ def lookup(arch: str, source: str = f"debian:{fetch.SUITE}", patches: Iterable[s
     """The cached build :func:`build` would return, or None (nothing is built)."""
     plan = _plan(arch, source, patches, fragments, lambda line: None)
     return KernelBuild.load(plan.directory) if (plan.directory / ".complete").exists() else None
+
+
+def build_record(image: Path) -> dict | None:
+    """What built ``image`` when it is a lab kernel build's (key, source, patches, toolchain, release), or None."""
+    image = Path(image).resolve()
+    for folder in image.parents:
+        record = folder / "build.json"
+        if record.is_file():
+            try:
+                meta = json.loads(record.read_text())
+            except (OSError, ValueError):
+                return None
+            if Path(meta.get("image", "")).resolve() != image:
+                return None
+            return {key: meta.get(key) for key in ("arch", "key", "release", "source", "patches", "toolchain")}
+    return None
 
 
 def build(

@@ -386,10 +386,15 @@ def _mmu_lock_offset(image: Path) -> int | None:
 
 def _portable_kernel(lab_kernel: kernels.LabKernel, work: Path, cache: Path, output: Path) -> dict:
     """The kernel's description for a capture's manifest, without this machine's directories."""
+    from tracekit.lab.kbuild import build_record
+
     described = lab_kernel.as_dict()
     for key in ("image", "config"):
         if described[key]:
             described[key] = _portable(described[key], work, cache, output)
+    built = build_record(lab_kernel.image)  # a `tracekit lab kernel build` image: its source and patches
+    if built:
+        described["build"] = built
     return described
 
 

@@ -3,7 +3,7 @@
 A :class:`Scenario` names an architecture, the nested VM's memory and backing, KVM switches, extra
 tracepoints, and steps run by :mod:`tracekit.lab.guest_run`: ``("workload", N)`` (the project's
 dirty-log workload, each phase a step) or :mod:`tracekit.lab.arm64_vm` steps (``prefault``, ``touch``,
-``log``, ``clear_while_touching``, ``hot``, ``new_vm``, ...) where the workload cannot express them.
+``log``, ``touch_together``, ``clear_while_touching``, ``hot``, ``new_vm``, ...) where the workload cannot express them.
 ``expected`` holds exact counts with their arithmetic, ``evidence`` the probes that must fire, ``needs``
 the kernel capabilities (:mod:`tracekit.lab.capabilities`) it requires and ``expected_without`` the counts
 of a kernel without one. ``model_counts`` are counts the reference model computes for the run itself
@@ -141,6 +141,19 @@ SCENARIOS: tuple[Scenario, ...] = (
         256,
         _FAULT_IN + (("log", True), ("log", False), ("touch", _BLOCK)),
         eager_split_chunk=_BLOCK,
+        expected={"stage2_split": 128},
+        needs=("eager-split",),
+        evidence=("map_walker",),
+    ),
+    Scenario(
+        "rebuild-shared",
+        "arm64",
+        "rebuild with 2 vCPUs writing every page of the slot in the same order: both fault on each block while "
+        "the table that maps it is replaced by the block (faults in the invalid window)",
+        256,
+        _FAULT_IN + (("log", True), ("log", False), ("touch_together", 4096)),
+        eager_split_chunk=_BLOCK,
+        vcpus=2,
         expected={"stage2_split": 128},
         needs=("eager-split",),
         evidence=("map_walker",),

@@ -1,20 +1,10 @@
 """Build the kernel's KVM selftests from Debian's kernel source, once, into the lab cache.
 
-Contract
---------
-:func:`build_kvm_selftests` returns the directory holding the requested KVM selftest binaries
-(:data:`DEFAULT_TESTS`: ``dirty_log_perf_test``, ``dirty_log_test``, ``kvm_page_table_test``,
-``memslot_perf_test``) built for this host from Debian's ``linux-source`` package. The package is
-fetched through the lab cache's private apt configuration (:class:`tracekit.lab.fetch.PrivateApt`,
-same cache directory and ``flock``), only the parts of the source tarball the build reads are
-unpacked, ``make headers`` installs the uAPI headers inside that tree and ``make -C
-tools/testing/selftests/kvm OUTPUT=... KHDR_INCLUDES=...`` builds just the named tests. The
-binaries are kept in ``CACHE/kvm-selftests-<version>/bin`` (complete once ``.complete`` exists);
-the unpacked source is deleted after the build. A cached build is reused without any network access.
-
-Errors: :class:`tracekit.errors.MissingCapability` when ``make``, ``gcc`` or ``tar`` is absent;
-:class:`tracekit.errors.LabError` when the mirror is unreachable (the message starts like
-:mod:`~tracekit.lab.fetch`'s) or the build fails (with the compiler's last line).
+:func:`build_kvm_selftests` returns the directory of the :data:`DEFAULT_TESTS` binaries built for this host
+from Debian's ``linux-source`` (downloaded by :func:`tracekit.lab.kbuild.linux_source_deb`, only the parts the
+build reads unpacked, deleted after), kept in ``CACHE/kvm-selftests-VERSION/bin`` and reused without the
+network. Missing tools raise :class:`tracekit.errors.MissingCapability`, an unreachable mirror or a failed
+build :class:`tracekit.errors.LabError`.
 """
 
 from __future__ import annotations
