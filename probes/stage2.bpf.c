@@ -13,8 +13,10 @@
  * stage2_counts[TK_S2_HOST_WALKS] at entry.
  *
  * Struct fields are read at offsets taken from the running kernel's BTF and passed
- * as cflags (TK_OFF_x, TK_SIZE_x, TK_SIGNED_x for CTX_OLD, CTX_ADDR, CTX_LEVEL,
- * WALKER_CB, WALKER_FLAGS, PGT_MMU); nothing here knows a layout.
+ * as cflags (TK_OFF_x, TK_SIZE_x, TK_SIGNED_x for WALKER_CB, WALKER_FLAGS, PGT_MMU);
+ * the visitors' fields (S2V_LEVEL, S2V_ADDR, S2V_OLD, S2V_VISIT) are located in the
+ * visitor's BTF prototype, which changed in 6.2 (ctx->level, or the level parameter),
+ * and passed as TK_ARG_REG_x / TK_ARG_DEREF_x too; nothing here knows a layout.
  * cflags: TK_TARGET_TGID, TK_S2_PAGES (pages of each ring buffer), TK_S2_SAMPLE_PER_WALK.
  * One ring per record type (a reader relies on a fixed record size): stage2_walks,
  * stage2_visits, stage2_spans.
@@ -36,6 +38,62 @@
 #define TK_S2_SAMPLE_PER_WALK 4
 #endif
 #define TK_S2_DEPTH 4
+
+/* A visitor field the kernel lacks reads as 0 (register 0 is none). */
+#ifndef TK_ARG_REG_S2V_LEVEL
+#define TK_ARG_REG_S2V_LEVEL 0
+#define TK_ARG_DEREF_S2V_LEVEL 0
+#define TK_OFF_S2V_LEVEL 0
+#define TK_SIZE_S2V_LEVEL 8
+#define TK_SIGNED_S2V_LEVEL 0
+#endif
+#ifndef TK_ARG_REG_S2V_ADDR
+#define TK_ARG_REG_S2V_ADDR 0
+#define TK_ARG_DEREF_S2V_ADDR 0
+#define TK_OFF_S2V_ADDR 0
+#define TK_SIZE_S2V_ADDR 8
+#define TK_SIGNED_S2V_ADDR 0
+#endif
+#ifndef TK_ARG_REG_S2V_OLD
+#define TK_ARG_REG_S2V_OLD 0
+#define TK_ARG_DEREF_S2V_OLD 0
+#define TK_OFF_S2V_OLD 0
+#define TK_SIZE_S2V_OLD 8
+#define TK_SIGNED_S2V_OLD 0
+#endif
+#ifndef TK_ARG_REG_S2V_VISIT
+#define TK_ARG_REG_S2V_VISIT 0
+#define TK_ARG_DEREF_S2V_VISIT 0
+#define TK_OFF_S2V_VISIT 0
+#define TK_SIZE_S2V_VISIT 8
+#define TK_SIGNED_S2V_VISIT 0
+#endif
+
+static __always_inline __u64 tk_param(struct pt_regs *ctx, int n)
+{
+	switch (n) {
+	case 1: return PT_REGS_PARM1(ctx);
+	case 2: return PT_REGS_PARM2(ctx);
+	case 3: return PT_REGS_PARM3(ctx);
+	case 4: return PT_REGS_PARM4(ctx);
+	case 5: return PT_REGS_PARM5(ctx);
+	case 6: return PT_REGS_PARM6(ctx);
+	default: return 0;
+	}
+}
+
+static __always_inline __u64 tk_sized(__u64 v, __u32 size, int is_signed)
+{
+	if (size >= 8)
+		return v;
+	int shift = 64 - 8 * size;
+	return is_signed ? (__u64)(((__s64)(v << shift)) >> shift) : (v << shift) >> shift;
+}
+
+/* Field A of a probe's arguments: argument register TK_ARG_REG_A, read at TK_OFF_A when TK_ARG_DEREF_A. */
+#define TK_ARG(ctx, A) (TK_ARG_DEREF_##A ? \
+	tk_read_field((void *)tk_param(ctx, TK_ARG_REG_##A) + TK_OFF_##A, TK_SIZE_##A, TK_SIGNED_##A) : \
+	tk_sized(tk_param(ctx, TK_ARG_REG_##A), TK_SIZE_##A, TK_SIGNED_##A))
 
 
 struct s2_open {
@@ -195,9 +253,8 @@ static __always_inline int s2_visit(struct pt_regs *ctx, __u32 visitor)
 		return 0;
 	struct s2_thread *st = s2_thread_of((__u32)pid_tgid, 0);
 	struct s2_open *w = st ? s2_innermost(st) : 0;
-	void *vctx = (void *)PT_REGS_PARM1(ctx);
-	__s64 level = (__s64)TK_FIELD(vctx, CTX_LEVEL);
-	__u64 old = TK_FIELD(vctx, CTX_OLD);
+	__s64 level = (__s64)TK_ARG(ctx, S2V_LEVEL);
+	__u64 old = TK_ARG(ctx, S2V_OLD);
 	__u32 kind = !(old & 1) ? 0 : (level >= 3 ? 1 : ((old & 2) ? 3 : 2));
 	__u32 lvl = level < 0 ? 0 : (__u32)level;
 	if (w) {
@@ -218,10 +275,10 @@ static __always_inline int s2_visit(struct pt_regs *ctx, __u32 visitor)
 	}
 	tk_fill_header(&e->hdr, pid_tgid, TK_S2_VISIT);
 	e->walk_id = w ? w->walk_id : 0;
-	e->addr = TK_FIELD(vctx, CTX_ADDR);
+	e->addr = TK_ARG(ctx, S2V_ADDR);
 	e->old = old;
 	e->level = (__s32)level;
-	e->visit = (__u32)PT_REGS_PARM2(ctx);
+	e->visit = (__u32)TK_ARG(ctx, S2V_VISIT);
 	e->visitor = visitor;
 	e->pad = 0;
 	stage2_visits.ringbuf_submit(e, BPF_RB_NO_WAKEUP);

@@ -15,16 +15,13 @@ from tests import livecheck
 from tracekit.errors import MissingCapability, ProbeLoadError
 from tracekit.funcprobes import bcc_programs
 from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, BtfTypes, offset_cflags
+from tracekit.funcprobes.fetchargs import RecordedTypes, fetch_cflags
+from tracekit.funcprobes.stage2_probes import VISITOR_ARGS
 from tracekit.funcprobes.funcprobe_families import Stage2Family, TdpFamily
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Members read by probes/stage2.bpf.c in Debian's 6.12.107 cloud-arm64 kernel, from the BTF embedded in
-#: its Image (BtfTypes.from_kernel_image on the lab's cached kernel): (offset, size, signed).
-ARM64_6_12_MEMBERS = {
-    "CTX_OLD": (8, 8, False), "CTX_ADDR": (40, 8, False), "CTX_LEVEL": (56, 1, True),
-    "WALKER_CB": (0, 8, False), "WALKER_FLAGS": (16, 4, False), "PGT_MMU": (24, 8, False),
-}  # fmt: skip
+KERNELS = Path(__file__).parent / "data" / "kernels"
 
 
 def _btf(types: list[bytes], strings: bytes) -> bytes:
@@ -94,19 +91,45 @@ def test_event_dtypes_match_the_headers():
                 assert dtype.fields[field][1] == offset, (name, field)
 
 
-def _arm64_cflags() -> list[str]:
-    cflags = []
-    for macro, _struct, _member in STAGE2_FIELDS:
-        offset, size, signed = ARM64_6_12_MEMBERS[macro]
-        cflags += [f"-DTK_OFF_{macro}={offset}", f"-DTK_SIZE_{macro}={size}", f"-DTK_SIGNED_{macro}={int(signed)}"]
-    return cflags
+def _arm64_cflags(release: str) -> list[str]:
+    """The stage2 program's struct offsets and visitor fields on a recorded arm64 kernel (6.12: ``ctx->level``,
+    6.1: the level parameter and ``*ptep``)."""
+    types = RecordedTypes.load(KERNELS / f"{release}.json")
+    return offset_cflags(types, STAGE2_FIELDS) + fetch_cflags("stage2_map_walker", VISITOR_ARGS, types, "arm64", "S2V")
+
+
+def test_stage2_cflags_follow_the_visitor_prototype():
+    assert _arm64_cflags("6.12.117+deb13-cloud-arm64") == [
+        "-DTK_OFF_WALKER_CB=0", "-DTK_SIZE_WALKER_CB=8", "-DTK_SIGNED_WALKER_CB=0",
+        "-DTK_OFF_WALKER_FLAGS=16", "-DTK_SIZE_WALKER_FLAGS=4", "-DTK_SIGNED_WALKER_FLAGS=0",
+        "-DTK_OFF_PGT_MMU=24", "-DTK_SIZE_PGT_MMU=8", "-DTK_SIGNED_PGT_MMU=0",
+        "-DTK_ARG_REG_S2V_LEVEL=1", "-DTK_ARG_DEREF_S2V_LEVEL=1", "-DTK_OFF_S2V_LEVEL=56", "-DTK_SIZE_S2V_LEVEL=1",
+        "-DTK_SIGNED_S2V_LEVEL=1",
+        "-DTK_ARG_REG_S2V_ADDR=1", "-DTK_ARG_DEREF_S2V_ADDR=1", "-DTK_OFF_S2V_ADDR=40", "-DTK_SIZE_S2V_ADDR=8",
+        "-DTK_SIGNED_S2V_ADDR=0",
+        "-DTK_ARG_REG_S2V_OLD=1", "-DTK_ARG_DEREF_S2V_OLD=1", "-DTK_OFF_S2V_OLD=8", "-DTK_SIZE_S2V_OLD=8",
+        "-DTK_SIGNED_S2V_OLD=0",
+        "-DTK_ARG_REG_S2V_VISIT=2", "-DTK_ARG_DEREF_S2V_VISIT=0", "-DTK_OFF_S2V_VISIT=0", "-DTK_SIZE_S2V_VISIT=4",
+        "-DTK_SIGNED_S2V_VISIT=0"]  # fmt: skip
+    old = _arm64_cflags("6.1.0-50-cloud-arm64")
+    assert [f for f in old if "S2V_LEVEL" in f or "S2V_OLD" in f] == [
+        "-DTK_ARG_REG_S2V_LEVEL=3", "-DTK_ARG_DEREF_S2V_LEVEL=0", "-DTK_OFF_S2V_LEVEL=0", "-DTK_SIZE_S2V_LEVEL=4",
+        "-DTK_SIGNED_S2V_LEVEL=0",
+        "-DTK_ARG_REG_S2V_OLD=4", "-DTK_ARG_DEREF_S2V_OLD=1", "-DTK_OFF_S2V_OLD=0", "-DTK_SIZE_S2V_OLD=8",
+        "-DTK_SIGNED_S2V_OLD=0"]  # fmt: skip
 
 
 class Arm64Stage2(Stage2Family):
-    """The stage2 family with the arm64 lab kernel's member offsets (this host's BTF has no arm64 structs)."""
+    """The stage2 family with a recorded arm64 kernel's offsets (this host's BTF has no arm64 structs)."""
+
+    release = "6.12.117+deb13-cloud-arm64"
 
     def cflags(self, available, target_tgid):
-        return super().cflags(available, target_tgid) + _arm64_cflags()  # the ring defines without BTF offsets
+        return super().cflags(available, target_tgid) + _arm64_cflags(self.release)  # the ring defines without BTF
+
+
+class Arm64Stage2Before62(Arm64Stage2):
+    release = "6.1.0-50-cloud-arm64"
 
 
 def need_loader():
@@ -136,7 +159,7 @@ def loaded(families: list) -> Iterator:
 
 @pytest.mark.live
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["stage2", "tdp"])
+@pytest.mark.parametrize("family", ["stage2", "stage2-6.1", "tdp"])
 def test_programs_compile_and_pass_the_verifier(family):
     """Every entry/return function loads as a kprobe program (verified by this kernel; nothing is attached),
     compiled by the recorder's loader with the family's own cflags (tdp: this kernel's BTF)."""
@@ -148,8 +171,9 @@ def test_programs_compile_and_pass_the_verifier(family):
             livecheck.skip_or_fail(str(error))
     import bcc
 
-    with loaded([Arm64Stage2() if family == "stage2" else TdpFamily()]) as backend:
-        names = {fn for pair in bcc_programs.ATTACH[family].values() for fn in pair if fn}
+    chosen = {"stage2": Arm64Stage2, "stage2-6.1": Arm64Stage2Before62, "tdp": TdpFamily}[family]()
+    with loaded([chosen]) as backend:
+        names = {fn for pair in bcc_programs.ATTACH[chosen.name].values() for fn in pair if fn}
         for name in sorted(names):
             backend.bpf.load_func(name.encode(), bcc.BPF.KPROBE)
         assert not backend.bpf.kprobe_fds and not backend.attached

@@ -27,11 +27,9 @@ _QUALIFIERS = (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG)
 _TRAILER = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0), 15: (0, 12),
             17: (4, 0), 19: (0, 12)}  # fmt: skip
 
-#: (macro, struct, member) read by probes/stage2.bpf.c.
+#: (macro, struct, member) read by probes/stage2.bpf.c (the visitors' fields follow their prototype:
+#: :func:`tracekit.funcprobes.fetchargs.fetch_cflags`).
 STAGE2_FIELDS = (
-    ("CTX_OLD", "kvm_pgtable_visit_ctx", "old"),
-    ("CTX_ADDR", "kvm_pgtable_visit_ctx", "addr"),
-    ("CTX_LEVEL", "kvm_pgtable_visit_ctx", "level"),
     ("WALKER_CB", "kvm_pgtable_walker", "cb"),
     ("WALKER_FLAGS", "kvm_pgtable_walker", "flags"),
     ("PGT_MMU", "kvm_pgtable", "mmu"),

@@ -21,7 +21,7 @@ from tracekit.errors import MissingCapability
 from tracekit.funcprobes.btf_offsets import CType
 
 __all__ = ["ARCHES", "KVM_MODULES", "FetchStyle", "KernelTypes", "RecordedTypes", "TypeSources", "Unfetchable", "arch_of",
-           "fetch_arg", "fetch_args", "kernel_types"]
+           "fetch_arg", "fetch_args", "fetch_cflags", "kernel_types", "plan_fetch", "Fetch"]
 
 #: Architecture -> registers of the first integer arguments (``kprobe_events`` names), in order.
 ARCHES = {
@@ -141,16 +141,19 @@ def _type_suffix(ctype: CType, what: str) -> str:
     raise Unfetchable(f"{what} is a {ctype.spelling}, not a scalar")
 
 
-def fetch_arg(function: str, expr: str, types: KernelTypes, style: FetchStyle) -> str:
-    """The ``kprobe_events`` fetch argument of one expression (no alternatives) on ``function``.
+@dataclass(frozen=True)
+class Fetch:
+    """Where one expression's value is: argument word ``word`` (registers first, then the stack),
+    dereferenced at each of ``offsets`` in turn, a ``ctype`` at the end."""
 
-    >>> types = RecordedTypes({"functions": {"f": [["ctx", "*struct c:64"], ["v", "u32"]]},
-    ...                        "structs": {"c": {"level": [56, "s8"]}}})
-    >>> fetch_arg("f", "ctx->level", types, FetchStyle("arm64")), fetch_arg("f", "v", types, FetchStyle("x86_64"))
-    ('+56(%x0):s8', '%si:u32')
-    >>> fetch_arg("f", "ctx->level", types, FetchStyle("arm64", btf_args=True))
-    'ctx->level'
-    """
+    expr: str
+    word: int
+    offsets: tuple[int, ...]
+    ctype: CType
+
+
+def plan_fetch(function: str, expr: str, types: KernelTypes, arch: str) -> Fetch:
+    """Locate one expression (no alternatives) on ``function``; Unfetchable says why it cannot be."""
     match = _EXPR.match(expr)
     if match is None:
         raise ValueError(f"not a probe argument expression: {expr!r}")
@@ -176,19 +179,56 @@ def fetch_arg(function: str, expr: str, types: KernelTypes, style: FetchStyle) -
         except MissingCapability as error:
             raise Unfetchable(str(error)) from None
         offsets.append(offset)
-    suffix = _type_suffix(ctype, expr)
-    if style.btf_args and not match.group("deref"):
+    _type_suffix(ctype, expr)
+    return Fetch(expr, _slots(arch, prototype)[param], tuple(offsets), ctype)
+
+
+def fetch_arg(function: str, expr: str, types: KernelTypes, style: FetchStyle) -> str:
+    """The ``kprobe_events`` fetch argument of one expression (no alternatives) on ``function``.
+
+    >>> types = RecordedTypes({"functions": {"f": [["ctx", "*struct c:64"], ["v", "u32"]]},
+    ...                        "structs": {"c": {"level": [56, "s8"]}}})
+    >>> fetch_arg("f", "ctx->level", types, FetchStyle("arm64")), fetch_arg("f", "v", types, FetchStyle("x86_64"))
+    ('+56(%x0):s8', '%si:u32')
+    >>> fetch_arg("f", "ctx->level", types, FetchStyle("arm64", btf_args=True))
+    'ctx->level'
+    """
+    fetch = plan_fetch(function, expr, types, style.arch)
+    if style.btf_args and not expr.startswith("*"):
         return expr
-    word = _slots(style.arch, prototype)[param]
-    if word < len(ARCHES[style.arch]):
-        base = f"%{ARCHES[style.arch][word]}"
+    if fetch.word < len(ARCHES[style.arch]):
+        base = f"%{ARCHES[style.arch][fetch.word]}"
     elif style.arg_n:
-        base = f"$arg{word + 1}"
+        base = f"$arg{fetch.word + 1}"
     else:
-        raise Unfetchable(f"{param} is passed on the stack and this kernel has no $argN")
-    for offset in offsets:
+        raise Unfetchable(f"{_EXPR.match(expr).group('param')} is passed on the stack and this kernel has no $argN")
+    for offset in fetch.offsets:
         base = f"+{offset}({base})"
-    return f"{base}:{suffix}"
+    return f"{base}:{_type_suffix(fetch.ctype, expr)}"
+
+
+def fetch_cflags(function: str, args: tuple[tuple[str, str], ...], types: KernelTypes, arch: str, prefix: str
+                 ) -> list[str]:  # fmt: skip
+    """bcc cflags locating each field (first form this kernel has) for ``TK_ARG(ctx, PREFIX_FIELD)``:
+    ``TK_ARG_REG_`` (1-based argument register), ``TK_ARG_DEREF_`` (0 or 1), ``TK_OFF_``, ``TK_SIZE_``,
+    ``TK_SIGNED_``. Fields this kernel cannot give, or that need a stack argument or two
+    dereferences, get no flags (the program's default: 0)."""
+    flags = []
+    for name, expr in args:
+        for alternative in expr.split("|"):
+            try:
+                fetch = plan_fetch(function, alternative, types, arch)
+            except Unfetchable:
+                continue
+            if fetch.word >= 6 or len(fetch.offsets) > 1:  # bcc's PT_REGS_PARM1..6, one probe read
+                break
+            macro = f"{prefix}_{name.upper()}"
+            size = 8 if fetch.ctype.kind == "ptr" else fetch.ctype.size
+            flags += [f"-DTK_ARG_REG_{macro}={fetch.word + 1}", f"-DTK_ARG_DEREF_{macro}={len(fetch.offsets)}",
+                      f"-DTK_OFF_{macro}={fetch.offsets[0] if fetch.offsets else 0}", f"-DTK_SIZE_{macro}={size}",
+                      f"-DTK_SIGNED_{macro}={int(fetch.ctype.signed)}"]  # fmt: skip
+            break
+    return flags
 
 
 def fetch_args(function: str, args: tuple[tuple[str, str], ...], types: KernelTypes, style: FetchStyle

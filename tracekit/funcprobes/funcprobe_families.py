@@ -47,10 +47,10 @@ from tracekit.errors import MissingCapability
 from tracekit.funcprobes import table_builders
 from tracekit.funcprobes.availability import FAMILY_ARCH, Support, fetch_style, kprobe_support, running_types
 from tracekit.funcprobes.capture_schemas import SCHEMAS
-from tracekit.funcprobes.fetchargs import KVM_MODULES, KernelTypes, kernel_types
+from tracekit.funcprobes.fetchargs import KVM_MODULES, KernelTypes, fetch_cflags, kernel_types
 from tracekit.funcprobes.kallsyms import MODES, Resolution, SymbolTable, resolve
 from tracekit.funcprobes.spec import FuncProbe, event_names
-from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
+from tracekit.funcprobes.stage2_probes import STAGE2_PROBES, VISITOR_ARGS
 from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS
 from tracekit.recorder.probe_family import Host, ProbeFamily, ProbeStatus, RingSpec, register_family
 
@@ -208,11 +208,23 @@ class FunctionProbeFamily(ProbeFamily):
         flags = [f"-DTK_S2_PAGES={pages}", "-DTK_S2_SAMPLE_PER_WALK=0"] if self.name == "stage2" else [
             f"-DTK_TDP_PAGES={pages}"]
         try:
-            return flags + offset_cflags(kernel_types(self.btf_paths[0], self.btf_paths[1:]), fields)
+            types = kernel_types(self.btf_paths[0], self.btf_paths[1:])
+            return flags + offset_cflags(types, fields) + self._visitor_cflags(types)
         except MissingCapability:
             if any(s.available for s in available):
                 raise
             return flags  # nothing of it can attach here (record skips it; --print-bpf still shows it)
+
+    def _visitor_cflags(self, types: KernelTypes) -> list[str]:
+        """stage2: where the visitors' fields are in this kernel's visitor prototype (``S2V_*``, see
+        probes/stage2.bpf.c): ``ctx->level`` from 6.2, separate parameters before."""
+        if self.name != "stage2":
+            return []
+        for visitor in ("stage2_split_walker", "stage2_map_walker"):
+            found = fetch_cflags(visitor, VISITOR_ARGS, types, "arm64", "S2V")
+            if found:
+                return found
+        return []
 
     def _ring_maps(self) -> dict[str, str]:
         from tracekit.funcprobes.bcc_programs import RINGS

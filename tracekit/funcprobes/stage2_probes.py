@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from tracekit.funcprobes.spec import FuncProbe
 
-__all__ = ["STAGE2_PROBES", "WALK_FLAGS", "VISIT_KINDS", "pte_kind", "walk_flag_names", "PAGE_LEVEL"]
+__all__ = ["STAGE2_PROBES", "VISITOR_ARGS", "WALK_FLAGS", "VISIT_KINDS", "pte_kind", "walk_flag_names", "PAGE_LEVEL"]
 
 #: ``enum kvm_pgtable_walk_flags`` bits (KERNEL-FACTS §1.4).
 WALK_FLAGS = {
@@ -77,7 +77,7 @@ def pte_kind(old: int, level: int) -> str:
 
 
 #: Visitor arguments: ``struct kvm_pgtable_visit_ctx`` from v6.2, separate parameters before it.
-_VISITOR_ARGS = (("level", "ctx->level|level"), ("addr", "ctx->addr|addr"), ("old", "ctx->old|*ptep"),
+VISITOR_ARGS = (("level", "ctx->level|level"), ("addr", "ctx->addr|addr"), ("old", "ctx->old|*ptep"),
                  ("visit", "visit|flag"))  # fmt: skip
 
 STAGE2_PROBES: tuple[FuncProbe, ...] = (
@@ -98,7 +98,7 @@ STAGE2_PROBES: tuple[FuncProbe, ...] = (
         "split_walker",
         "stage2_split_walker",
         "visit",
-        _VISITOR_ARGS,
+        VISITOR_ARGS,
         timed=False,
         hot=True,
         since="v6.5 (eager splitting)",
@@ -107,7 +107,7 @@ STAGE2_PROBES: tuple[FuncProbe, ...] = (
         "map_walker",
         "stage2_map_walker",
         "visit",
-        _VISITOR_ARGS,
+        VISITOR_ARGS,
         timed=False,
         hot=True,
         note="static, address-taken visitor: a TABLE_PRE visit of a table at a block level is a table-to-block rebuild",
