@@ -1,36 +1,13 @@
-"""The ``stage2`` and ``tdp`` function-probe families as recorder probe families (``tracekit record``).
+"""The ``stage2`` and ``tdp`` function-probe families of ``tracekit record``.
 
-Contract
---------
-Importing this module registers :class:`Stage2Family` and :class:`TdpFamily` with
-:func:`tracekit.recorder.probe_family.register_family`, so ``tracekit record --probes stage2,tdp`` knows
-them. Both write the capture families of :mod:`tracekit.funcprobes.capture_schemas` (``stage2_walk``,
-``stage2_visit``, ``split``, ``fault``, ``func_call``; columns and units in
-docs/capture-families-funcprobes.md).
-
-- :meth:`FunctionProbeFamily.check` reports every probe by its kernel function name, attachable or
-  not, with all the reasons that apply: another architecture (``aarch64 only``), no kprobes
-  (``CONFIG_KPROBES is off``), the symbol absent from kallsyms (inlined or not built), the TDP MMU
-  off (``kvm.tdp_mmu=N``) for the functions only the TDP MMU runs. Nothing is attached by a check.
-- bcc backend: ``probes/<family>.bpf.c`` with the struct member offsets of the running kernel's BTF
-  as cflags (:class:`tracekit.errors.MissingCapability` when BTF lacks them), kprobes attached at the
-  resolved symbols by :meth:`FunctionProbeFamily.attach_bcc`, ring batches decoded by
-  :func:`tracekit.funcprobes.bcc_programs.decode_stage2` / ``decode_tdp``. :meth:`FunctionProbeFamily.lost_maps`
-  names only events lost (ring or span table full); :meth:`FunctionProbeFamily.finish` reads the
-  in-kernel counters of facts that are not losses into the same notes the tracefs backend keeps
-  (``host_walks``, ``unpaired_returns``, ``missed_returns``) and writes the x86 ``tdp_iter_next`` steps
-  made outside any span as ``stage2_visit`` rows of no walk (``walk_id`` -1), as tracefs does.
-- tracefs backend: :meth:`FunctionProbeFamily.tracefs_prepare` writes ``kprobe_events`` lines (BTF
-  argument names when the kernel has them) in a group private to this recorder process
-  (``tkrec<pid>``), :meth:`FunctionProbeFamily.tracefs_cleanup` removes them on every exit path;
-  :meth:`FunctionProbeFamily.decode_tracefs` pairs entries and returns per (thread, function) as a
-  stack, numbers walks in time order, attributes visits to the innermost walk of their thread open
-  at the time, aggregates visits, drops (and counts) arm64 host user-page-table walks and turns
-  :data:`SPLIT_TRACEPOINTS` events into split rows, all with numpy over whole batches (entries still
-  open are carried to the next batch and written with ``duration_ns`` -1 at the end).
-  :meth:`FunctionProbeFamily.decode_recording` decodes a whole recording as one batch: the labs'
-  host side (:mod:`tracekit.lab.results`) decodes the guests' raw traces with it, through
-  :func:`family_for` (the family of a probe tuple), so one decoder serves ``record`` and the labs.
+Importing this module registers :class:`Stage2Family` and :class:`TdpFamily`, which write the capture
+families of :mod:`tracekit.funcprobes.capture_schemas` (docs/capture-families-funcprobes.md).
+:meth:`~FunctionProbeFamily.check` resolves every probe on this kernel (symbol, BTF fetch arguments,
+or why not: other architecture, no kprobes, absent, TDP MMU off) without attaching anything. The bcc
+backend compiles ``probes/<family>.bpf.c`` with this kernel's BTF offsets as cflags; the tracefs
+backend writes ``kprobe_events`` lines in a group of its own and decodes them with numpy over whole
+batches (:meth:`~FunctionProbeFamily.decode_tracefs`), the decoder the labs use too
+(:meth:`~FunctionProbeFamily.decode_recording`, :func:`family_for`).
 """
 
 from __future__ import annotations

@@ -1,28 +1,9 @@
 """The ``stage2`` function-probe family: arm64 KVM stage-2 page-table walks, splits and faults.
 
-Contract
---------
 :data:`STAGE2_PROBES` lists the probed functions of ``arch/arm64/kvm/hyp/pgtable.c`` and
-``arch/arm64/kvm/mmu.c`` with the BTF argument expressions to fetch. Field meanings (units):
-
-- ``pgtable_walk`` (``kvm_pgtable_walk``): ``addr``/``size`` in bytes of IPA, ``flags`` the walker
-  flags (LEAF=1, TABLE_PRE=2, TABLE_POST=4, SHARED=8, HANDLE_FAULT=16, SKIP_BBM_TLBI=32,
-  SKIP_CMO=64; SKIP_LEVEL3=128 from the project's skip-level patch), ``cb`` the visitor's address (symbolised on the host), ``mmu`` is
-  ``pgt->mmu``: 0 for the host user page-table walks this function also serves, which the decoder
-  drops (stage-2 walks only).
-- ``split_walker`` (``stage2_split_walker``): ``level`` (s8), ``addr`` (IPA), ``old`` (the PTE
-  read before the callback), ``visit`` (LEAF/TABLE_PRE/TABLE_POST); one event per visited entry:
-  hot, aggregate in the kernel.
-- ``map_walker`` (``stage2_map_walker``): as ``split_walker`` for map walks (faults and the
-  subtrees built by a split); a ``table_pre:table`` visit at level 1 or 2 in a block-sized map is
-  a table-to-block replacement (block rebuild after dirty logging stops).
-- ``stage2_split``, ``stage2_map``, ``relax_perms``, ``wrprotect``: the exported stage-2 operations.
-- ``guest_abort`` (``kvm_handle_guest_abort``) and ``user_mem_abort`` (inlined in Debian's 6.12).
-- ``enable_log_dirty`` (``kvm_arch_mmu_enable_log_dirty_pt_masked``): ``kvm`` (the ``struct kvm``
-  address: with ``offsetof(struct kvm, mmu_lock)`` from BTF it names the mmu_lock in lock-contention
-  events), ``gfn_offset`` (pages from the slot base), ``mask`` (64 pages); ``split_huge_pages`` (``kvm_mmu_split_huge_pages``, a
-  ``.isra`` clone in Debian's 6.12, so it is probed without arguments there).
-Nothing here touches the kernel; standard library only (it runs inside the arm64 lab).
+``arch/arm64/kvm/mmu.c`` with the fields to fetch (meanings and units in docs/probes/stage2.md);
+:data:`VISITOR_ARGS` the visitors' fields in both prototypes (``ctx`` from 6.2, parameters before);
+:data:`WALK_FLAGS` the walker flags. Standard library only (it runs inside the arm64 lab).
 """
 
 from __future__ import annotations

@@ -1,30 +1,10 @@
 """The ``tdp`` function-probe family: x86 KVM TDP-MMU faults, eager splits and dirty-log clearing.
 
-Contract
---------
 :data:`TDP_PROBES` lists the probed functions of ``arch/x86/kvm/mmu/{mmu.c,tdp_mmu.c,tdp_iter.c}``
-and the vendor exit handlers, with BTF argument expressions. Field meanings (units):
-
-- ``page_fault`` (``kvm_mmu_page_fault``): ``gpa`` (bytes; a GVA under shadow paging),
-  ``error_code``; ``npf`` / ``ept_violation``: the vendor exits that lead to it.
-- ``tdp_map`` (``kvm_tdp_mmu_map``): ``gfn`` (pages), ``goal_level`` (1 = 4K, 2 = 2M, 3 = 1G).
-- ``fast_page_fault``: lockless fast path (a ``.part``/``.isra`` clone on some builds).
-- ``slot_try_split`` (``kvm_mmu_slot_try_split_huge_pages``, enable path), ``mmu_try_split``
-  (``kvm_mmu_try_split_huge_pages``, CLEAR path: a global symbol that Debian's 6.12 also inlines into
-  its only caller, so it can exist and never fire), ``tdp_try_split``,
-  ``split_root`` (``tdp_mmu_split_huge_pages_root``) and ``split_huge_page``
-  (``tdp_mmu_split_huge_page``: one span per huge SPTE split, ``gfn`` and ``level`` of the huge
-  page, ret 0 or -errno).
-- ``enable_log_dirty``, ``clear_dirty_masked`` (``kvm_tdp_mmu_clear_dirty_pt_masked``: ``gfn``,
-  ``mask`` of 64 pages), ``zap_collapsible`` (``kvm_tdp_mmu_zap_collapsible_sptes``, dirty logging
-  off; replaced by ``kvm_tdp_mmu_recover_huge_pages`` in later kernels, probed too).
-- ``iter_next`` (``tdp_iter_next``): ``level`` of the iterator's position at each step; hot,
-  aggregated in the kernel (walk depth) and attributed to the innermost open TDP "walk":
-  ``split_root`` (one iterator loop over a root, ``start``/``end`` in gfns) or ``wrprot_slot``
-  (``kvm_tdp_mmu_wrprot_slot``, the write-protect pass at dirty-log enable), written to
-  ``stage2_walk`` with the function as ``initiator``.
-:data:`TRACEPOINT_SPLITS` names the tracepoint recorded next to them for cross-checking.
-Standard library only (it runs inside the x86 lab).
+and the vendor exit handlers with the fields to fetch (meanings and units in docs/probes/tdp.md;
+``tdp_iter_next`` steps are attributed to the innermost open ``split_root`` or ``wrprot_slot``
+walk); :data:`TRACEPOINT_SPLITS` the tracepoint recorded next to them. Standard library only (it
+runs inside the x86 lab).
 """
 
 from __future__ import annotations
