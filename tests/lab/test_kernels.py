@@ -343,6 +343,10 @@ def test_a_7x_kernel_is_assembled_from_its_split_packages_and_reused_offline(tmp
     monkeypatch.setattr(fetch.PrivateApt, "download", lambda self, package: pytest.fail("downloaded again"))
     again = kernels.resolve_kernel("debian:trixie-backports", "arm64", tmp_path)
     assert again == kernel
+    updates = []
+    monkeypatch.setattr(fetch.PrivateApt, "update", lambda self, force=False: updates.append((self.suite, force)))
+    assert kernels.resolve_kernel("debian:trixie-backports", "arm64", tmp_path, refresh=True) == kernel
+    assert updates == [("trixie-backports", True)]  # the lists read again; the same kernel is still unpacked
 
 
 def test_a_path_kernel_with_a_module_directory(tmp_path):

@@ -346,6 +346,8 @@ def _bcc_importable() -> bool:
 def fetch_cmd(
     arch: str = typer.Argument(..., help="arm64 or x86."),
     kernel: Optional[str] = typer.Option(None, "--kernel", help=_KERNEL_HELP, metavar="SPEC"),
+    refresh: bool = typer.Option(False, "--refresh", help="Read the suite's package lists again and take the kernel "
+                                 "they name now (a cached kernel is otherwise reused as it is)."),
     recorder: bool = typer.Option(False, "--recorder", help="Also the bigger userland of --recorder runs (bcc, LLVM, "
                                   "the kernel headers, pyarrow from PyPI: about 200 MB to download, 570 MB unpacked)."),
 ) -> None:
@@ -363,6 +365,8 @@ def fetch_cmd(
       tracekit lab fetch arm64 --recorder
 
       tracekit lab fetch x86 --kernel debian:bullseye
+
+      tracekit lab fetch arm64 --kernel debian:sid --refresh
     """
     from tracekit.errors import UsageError
     from tracekit.lab import fetch, kernels
@@ -370,7 +374,7 @@ def fetch_cmd(
     if arch not in fetch.DEB_ARCH:
         raise UsageError(f"unknown lab architecture {arch!r}; choose arm64 or x86")
     cache = fetch.cache_dir()
-    lab_kernel = kernels.resolve_kernel(kernel, arch, cache)
+    lab_kernel = kernels.resolve_kernel(kernel, arch, cache, refresh=refresh)
     userland = fetch.fetch_userland(arch, cache)
     typer.echo(f"kernel {lab_kernel.release} ({lab_kernel.source}): {lab_kernel.image}")
     if lab_kernel.modules:

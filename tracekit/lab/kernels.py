@@ -271,8 +271,10 @@ def image_release(image: Path) -> str:
 # ---------------------------------------------------------------- resolution
 
 
-def resolve_kernel(spec: str | Path | None, arch: str, cache: Path | None = None, modules: Path | None = None) -> LabKernel:
-    """The kernel ``spec`` names for lab ``arch``, fetched and unpacked once (see the module docstring).
+def resolve_kernel(spec: str | Path | None, arch: str, cache: Path | None = None, modules: Path | None = None,
+                   refresh: bool = False) -> LabKernel:  # fmt: skip
+    """The kernel ``spec`` names for lab ``arch``, fetched and unpacked once (see the module docstring);
+    ``refresh`` reads the suite's package lists again and takes the kernel they name now.
     ``modules``: for a path spec, a directory of that kernel's ``.ko`` files; the needed ones found there are
     loaded with their dependencies, the others are taken to be built in."""
     parsed = parse_spec(spec)
@@ -280,7 +282,7 @@ def resolve_kernel(spec: str | Path | None, arch: str, cache: Path | None = None
     if parsed.kind == "path":
         return _path_kernel(parsed, arch, modules)
     with fetch.cache_lock(cache):
-        return _debian_kernel(parsed, arch, cache)
+        return _debian_kernel(parsed, arch, cache, refresh)
 
 
 def _path_kernel(spec: KernelSpec, arch: str, modules: Path | None) -> LabKernel:
@@ -298,10 +300,10 @@ def _path_kernel(spec: KernelSpec, arch: str, modules: Path | None) -> LabKernel
     return LabKernel(str(image), arch, release, image, None, order, _kvm_params(order), str(image))
 
 
-def _debian_kernel(spec: KernelSpec, arch: str, cache: Path) -> LabKernel:
+def _debian_kernel(spec: KernelSpec, arch: str, cache: Path, refresh: bool) -> LabKernel:
     deb_arch = fetch.DEB_ARCH[arch]
     record = cache / "kernels" / f"debian-{spec.value}-{deb_arch}.json"
-    if record.exists():
+    if record.exists() and not refresh:
         try:
             known = json.loads(record.read_text())
             return _unpacked(cache / "kernels" / known["dir"], str(spec), arch, known["source"], known["suite"])
@@ -310,7 +312,7 @@ def _debian_kernel(spec: KernelSpec, arch: str, cache: Path) -> LabKernel:
     suites = (spec.value,) if spec.kind == "suite" else VERSION_SEARCH
     for suite in suites:
         apt = fetch.PrivateApt.for_suite(cache, suite)
-        apt.update()
+        apt.update(force=refresh)
         stanzas = parse_packages(apt.packages_file(deb_arch).read_text(errors="replace"))
         chosen = kernel_packages(stanzas, deb_arch, spec, suite)
         if chosen is not None:

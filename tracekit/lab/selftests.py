@@ -48,7 +48,7 @@ def _build(cache: Path, tests: tuple[str, ...]) -> Path:
     require_tool("tar", "tar")
     require_tool("gcc", "gcc")
     check_disk(cache, _NEEDED_BYTES)
-    deb = linux_source_deb(PrivateApt(cache / "apt"))
+    deb = linux_source_deb(PrivateApt.for_suite(cache))
     version = deb.name.split("_")[1]
     target = cache / f"kvm-selftests-{version}"
     if target.exists():
