@@ -49,6 +49,12 @@ def test_scenario_variants_are_canonical_and_checked():
     assert scenarios.get("contention@eager_split_chunk=0", "arm64").needs == ("lock-contention-tracepoints",)
     assert lazy.needs == () and scenarios.get("tdp-lazy@eager_page_split=Y", "x86").needs == ("eager-page-split",)
     assert "eager-split" in scenarios.get("lazy@eager_split_chunk=2M", "arm64").needs
+    # ... and its exact counts follow the switched semantics, or are dropped where none is stated
+    assert scenarios.get("tdp-clear@eager_page_split=N", "x86").expected == {"kvm_mmu_split_huge_page": 0}
+    assert lazy.expected_without == scenarios.get("tdp-lazy", "x86").expected_without
+    one_chunk = scenarios.get("eager-enable@eager_split_chunk=1G", "arm64")
+    assert (one_chunk.expected, one_chunk.model_counts) == ({}, ()) and "changed" in one_chunk.expected_note
+    assert scenarios.get("eager-enable@vcpus=2", "arm64").expected == scenarios.get("eager-enable", "arm64").expected
     for bad, arch in (("contention@vcpus=3", "arm64"), ("contention@tdp=1", "arm64"), ("tdp-eager@eager_page_split=x", "x86"),
                       ("contention@eager_page_split=N", "arm64"), ("contention@vcpus", "arm64")):  # fmt: skip
         with pytest.raises(UsageError):

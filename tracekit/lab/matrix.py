@@ -27,7 +27,7 @@ from tracekit.errors import NotApplicable, TracekitError, UsageError, one_line
 from tracekit.lab import scenarios
 
 __all__ = ["Column", "Cell", "Table", "parse_column", "plan", "run_matrix", "build_tables", "render_markdown",
-           "tables_json", "write_outputs", "copy_for_sample", "EMULATED", "TABLE_FAMILIES"]
+           "tables_json", "write_outputs", "copy_for_sample", "run_checks", "EMULATED", "TABLE_FAMILIES"]
 
 #: Marks every time in the table: durations under TCG say nothing about hardware.
 EMULATED = "emulated"
@@ -216,6 +216,17 @@ def capture_measures(capture: Path, arch: str, checks: list[dict] | None = None)
     return out
 
 
+def run_checks(arch: str, cell: Cell) -> list[dict]:
+    """The scenario's checks of one capture, judged now (:func:`tracekit.lab.runner.scenario_checks`: that kernel's
+    semantics, the model's counts, the evidence probes), so a table follows the scenario definitions it is made with."""
+    from tracekit.lab.runner import scenario_checks
+
+    manifest = json.loads((cell.capture / "capture.json").read_text())
+    return scenario_checks(scenarios.get(cell.scenario, arch), manifest.get("kernel_release", ""),
+                           (manifest.get("lab") or {}).get("counts") or {}, manifest.get("probes") or {},
+                           cell.capture)  # fmt: skip
+
+
 def _check_row(check: dict) -> tuple[str, str, object]:
     """A scenario check as a row: the measured count, or why there is none (n/a, not attached), or the miss."""
     if check.get("kind") == "fired":
@@ -326,11 +337,14 @@ def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Tab
         table = Table(label, arch, scenario.description, columns)
         per_column: dict[str, list[dict]] = {c: [] for c in columns}
         status: dict[str, str] = {}
+        missed: dict[str, int] = {}
         for cell, outcome in zip(cells, outcomes):
             if cell.label != label:
                 continue
             if outcome["status"] in ("ok", "checks-failed"):
-                per_column[cell.column.spec].append(capture_measures(cell.capture, arch, outcome.get("checks")))
+                checks = run_checks(arch, cell)
+                missed[cell.column.spec] = missed.get(cell.column.spec, 0) + (not all(c["ok"] for c in checks))
+                per_column[cell.column.spec].append(capture_measures(cell.capture, arch, checks))
             else:
                 status.setdefault(cell.column.spec, f"{'n/a' if outcome['status'] == 'n/a' else 'failed'}: "
                                   f"{outcome['reason']}")  # fmt: skip
@@ -339,8 +353,8 @@ def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Tab
             mine = [o for c, o in zip(cells, outcomes) if c.label == label and c.column.spec == column]
             done = [o for o in mine if o["status"] in ("ok", "checks-failed")]
             text = f"{len(done)} of {len(mine)}" if done else status.get(column, "-")
-            if any(o["status"] == "checks-failed" for o in done):
-                text += ", expectation not met"
+            if missed.get(column):
+                text += f", {missed[column]} with a check not met"
             runs_row.append(text)
         table.rows.append({"key": "info:runs", "label": "runs", "kind": "info", "cells": runs_row, "values": runs_row})
         keys: dict[str, tuple[str, str]] = {}
@@ -365,9 +379,6 @@ def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Tab
             table.rows.append({"key": key, "label": row_label, "kind": kind, "cells": cells_out, "values": values_out})
         table.notes += _unattached_notes([c for c, o in zip(cells, outcomes)
                                           if c.label == label and o["status"] in ("ok", "checks-failed")])  # fmt: skip
-        failing = [o for c, o in zip(cells, outcomes) if c.label == label and o["status"] == "checks-failed"]
-        if failing:
-            table.notes.append(f"{len(failing)} run(s) did not meet the scenario's exact expectation (rows 'expected')")
         tables.append(table)
     return tables
 
@@ -421,6 +432,8 @@ def render_markdown(tables: list[Table], command: str = "") -> str:
     lines = []
     if command:
         lines += [f"    {command}", ""]
+    if len(tables) > 1:
+        lines += _summary(tables)
     for table in tables:
         lines += [f"### {table.arch} `{table.scenario}`: {table.description}", ""]
         lines.append("| measure | " + " | ".join(f"`{c}`" for c in table.columns) + " |")
@@ -431,6 +444,30 @@ def render_markdown(tables: list[Table], command: str = "") -> str:
         lines += [""] if table.notes else []
     lines.append(f"Counts are exact; rows marked ({EMULATED}) are {TIMING_NOTE}.")
     return "\n".join(lines) + "\n"
+
+
+def _summary(tables: list[Table]) -> list[str]:
+    """One line per scenario: each kernel's runs and the scenario's checks (exact counts, evidence, n/a)."""
+    columns = list(dict.fromkeys(c for t in tables for c in t.columns))
+    lines = ["### Summary: runs and checks per scenario", "",
+             "| scenario | " + " | ".join(f"`{c}`" for c in columns) + " |", "|---|" + "---|" * len(columns)]
+    for table in tables:
+        runs = next(row for row in table.rows if row["key"] == "info:runs")
+        checks = [row for row in table.rows if row["kind"] == "check"]
+        cells = []
+        for i, column in enumerate(columns):
+            at = table.columns.index(column) if column in table.columns else None
+            if at is None:
+                cells.append("-")
+                continue
+            text = runs["cells"][at]
+            if not checks or text.startswith(("n/a", "failed")):
+                cells.append(text)
+                continue
+            shown = "; ".join(f"{row['label'].removeprefix('expected ')}: {row['cells'][at]}" for row in checks)
+            cells.append(f"{text}; {shown}")
+        lines.append(f"| `{table.scenario}` | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines + [""]
 
 
 def tables_json(tables: list[Table], cells: list[Cell], outcomes: list[dict], command: str = "",
@@ -465,6 +502,17 @@ def write_outputs(out: Path, tables: list[Table], cells: list[Cell], outcomes: l
 TABLE_FAMILIES = ("stage2_visit", "lock")
 
 
+def _kept_families(manifest: dict) -> tuple[str, ...]:
+    """:data:`TABLE_FAMILIES`, plus the walks where the scenario's checks ask the model (``model_counts``)."""
+    recorded = ((manifest.get("workload") or {}).get("scenario")) or {}
+    arch = "arm64" if manifest.get("arch") == "aarch64" else "x86"
+    try:
+        model = scenarios.get(recorded.get("name", ""), arch).model_counts
+    except UsageError:  # a scenario since renamed: what it recorded
+        model = recorded.get("model_counts")
+    return TABLE_FAMILIES + (("stage2_walk",) if model or recorded.get("model_counts") else ())
+
+
 def copy_for_sample(src: Path, dest: Path) -> None:
     """Copy matrix directory ``src`` to ``dest`` small enough to commit: the outcomes, ``matrix.md``/``.json`` and
     each capture with only :data:`TABLE_FAMILIES` (its manifest lists the rows of the families left out under
@@ -481,10 +529,11 @@ def copy_for_sample(src: Path, dest: Path) -> None:
         elif path.name == "capture.json" and path.parent == src / capture:
             manifest = json.loads(path.read_text())
             families = manifest.get("families") or {}
-            manifest["families"] = {k: v for k, v in families.items() if k in TABLE_FAMILIES}
-            manifest["sample_trimmed"] = {k: v.get("rows") for k, v in families.items() if k not in TABLE_FAMILIES}
+            kept = _kept_families(manifest)
+            manifest["families"] = {k: v for k, v in families.items() if k in kept}
+            manifest["sample_trimmed"] = {k: v.get("rows") for k, v in families.items() if k not in kept}
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        elif rel.relative_to(capture).parts[0] in TABLE_FAMILIES:
+        elif rel.relative_to(capture).parts[0] in _kept_families(json.loads((src / capture / "capture.json").read_text())):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)

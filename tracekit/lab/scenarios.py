@@ -381,10 +381,33 @@ VARIANT_SETTINGS = {
 }
 
 
+#: Exact counts (and those of a kernel without a capability) of a variant that changes a scenario's eager split
+#: (``(scenario, setting, new value)``); a change not listed here drops the base scenario's counts, which assume it.
+_SWITCHED_EXPECTED = {
+    # the CLEAR write-protects the huge pages without splitting them, and no pass follows it
+    ("tdp-clear", "eager_page_split", False): ({"kvm_mmu_split_huge_page": 0}, {}),
+    # tdp-lazy's semantics: each huge page splits on its first write (6.2+), before that it is zapped
+    ("tdp-eager", "eager_page_split", False): ({"kvm_mmu_split_huge_page": 32},
+                                               {"split-on-fault": {"kvm_mmu_split_huge_page": 0}}),
+    ("tdp-lazy", "eager_page_split", True): ({"kvm_mmu_split_huge_page": 32}, {}),
+}
+
+
+def _switched(scenario: Scenario, changes: dict) -> dict:
+    """The expectation fields of a variant that changes the eager split (empty when it does not)."""
+    for key in ("eager_page_split", "eager_split_chunk"):
+        if key in changes and changes[key] != getattr(scenario, key):
+            expected, without = _SWITCHED_EXPECTED.get((scenario.name, key, changes[key]), ({}, {}))
+            note = "" if expected else f"{key} changed: the base scenario's exact counts assume its own setting"
+            return {"expected": expected, "expected_without": without, "expected_note": note, "model_counts": ()}
+    return {}
+
+
 def with_variant(scenario: Scenario, variant: str) -> Scenario:
     """``scenario`` with the settings of ``variant`` (``vcpus=4,eager_page_split=N``), named ``NAME@variant``
     in canonical form (settings sorted, values as :data:`VARIANT_SETTINGS` prints them); an eager split switched
-    on needs its capability, one switched off no longer does."""
+    on needs its capability, one switched off no longer does, and its exact counts are those of the switched
+    semantics (:data:`_SWITCHED_EXPECTED`) or none."""
     changes = {}
     for item in filter(None, variant.split(",")):
         key, sep, text = item.partition("=")
@@ -411,7 +434,7 @@ def with_variant(scenario: Scenario, variant: str) -> Scenario:
             if changes[key]:
                 needs[capability] = None
     return replace(scenario, name=f"{scenario.name}@{canonical}" if canonical else scenario.name, needs=tuple(needs),
-                   **changes)  # fmt: skip
+                   **changes, **_switched(scenario, changes))  # fmt: skip
 
 
 def smallest(arch: str) -> Scenario:
