@@ -57,9 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from tracekit.capabilities import tracefs_root  # noqa: E402
+from tracekit.host import Host, tracefs_root  # noqa: E402
 from tracekit.recorder.backend_bcc import BccBackend, import_bcc  # noqa: E402
-from tracekit.recorder.probe_family import Host  # noqa: E402
 from tracekit.recorder.session import DEFAULT_FAMILIES, _keep_freed_memory, plan_families  # noqa: E402
 from tracekit.recorder.probe_family import RecordOptions  # noqa: E402
 from tracekit.recorder.hitcount import HitCounter  # noqa: E402

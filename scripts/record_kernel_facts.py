@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tracekit.errors import MissingCapability  # noqa: E402
 from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, BtfTypes, elf_section, image_btf  # noqa: E402
 from tracekit.funcprobes.fetchargs import TypeSources  # noqa: E402
-from tracekit.funcprobes.kallsyms import parse_kallsyms  # noqa: E402
+from tracekit.host import parse_kallsyms  # noqa: E402
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES  # noqa: E402
 from tracekit.funcprobes.tdp_probes import TDP_PROBES  # noqa: E402
 

@@ -20,19 +20,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tracekit import btf
+from tracekit.host import BTF_VMLINUX, TRACEFS_ROOTS, tracefs_root
 
 __all__ = [
     "Check",
     "CapabilityReport",
-    "TRACEFS",
     "family_availability",
     "probe_host",
     "recording_blockers",
-    "tracefs_root",
 ]
 
-TRACEFS = Path("/sys/kernel/tracing")
-BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
 KVM_DEV = Path("/dev/kvm")
 KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00)
 KVM_API_VERSION = 12
@@ -58,21 +55,6 @@ class CapabilityReport:
 
     def to_json(self) -> dict:
         return {"checks": [asdict(c) for c in self.checks], "families": self.families}
-
-
-_TRACEFS_ROOTS = (TRACEFS, Path("/sys/kernel/debug/tracing"))
-
-
-def tracefs_root() -> Path | None:
-    """The mounted tracefs directory (``/sys/kernel/tracing`` or the debugfs fallback) this user can
-    read, or None."""
-    for root in _TRACEFS_ROOTS:
-        try:
-            if (root / "events").is_dir():
-                return root
-        except OSError:  # not searchable by this user (tracefs is mode 0700 by default)
-            continue
-    return None
 
 
 # -- individual checks -------------------------------------------------------------------------------
@@ -104,7 +86,7 @@ def check_tracefs() -> Check:
     root = tracefs_root()
     if root is not None:
         return Check("tracefs", True, f"mounted at {root}")
-    for candidate in _TRACEFS_ROOTS:
+    for candidate in TRACEFS_ROOTS:
         if os.path.isdir(candidate) and not os.access(candidate, os.R_OK | os.X_OK):
             return Check("tracefs", False, f"{candidate} is not accessible to euid {os.geteuid()}",
                          f"run as root, or give this user access to tracefs (mount -o remount,mode=0755 {candidate})")
@@ -276,7 +258,8 @@ def check_fentry() -> Check:
 def family_availability() -> dict[str, dict]:
     """Every probe family the recorder knows, as ``record`` would plan it on this host: whether it can
     record, why not, and the probes that can attach (the recorder's own checks, not a second copy)."""
-    from tracekit.recorder.probe_family import Host, RecordOptions, family_names
+    from tracekit.recorder.probe_family import RecordOptions, family_names
+    from tracekit.host import Host
     from tracekit.recorder.session import plan_families
 
     names = tuple(family_names())

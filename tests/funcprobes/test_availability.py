@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support
-from tracekit.funcprobes.kallsyms import parse_kallsyms
+from tracekit.host import parse_kallsyms
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 from tracekit.funcprobes.tdp_probes import TDP_PROBES
 

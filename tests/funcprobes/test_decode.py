@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tracekit.funcprobes.funcprobe_families import Stage2Family, family_for
-from tracekit.funcprobes.kallsyms import parse_kallsyms
+from tracekit.host import parse_kallsyms
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES, pte_kind
 from tracekit.funcprobes.tdp_probes import TDP_PROBES
 from tracekit.lab.results import decode_functions

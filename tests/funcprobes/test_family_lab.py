@@ -26,7 +26,7 @@ import pytest
 from tests import livecheck
 from tracekit.capture import open_capture
 from tracekit.funcprobes.funcprobe_families import TdpFamily
-from tracekit.recorder.probe_family import Host
+from tracekit.host import Host
 from tracekit.recorder.rawbuf import decode_pages, parse_format
 
 

@@ -15,7 +15,8 @@ import pytest
 from tests import livecheck
 from tracekit.funcprobes.btf_offsets import BtfTypes, CType
 from tracekit.funcprobes.fetchargs import FetchStyle, RecordedTypes, Unfetchable, fetch_arg, fetch_args
-from tracekit.funcprobes.kallsyms import parse_kallsyms, resolve_all
+from tracekit.funcprobes.kallsyms import resolve_all
+from tracekit.host import parse_kallsyms
 from tracekit.funcprobes.spec import kprobe_event_lines
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 from tracekit.funcprobes.tdp_probes import TDP_PROBES

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from tests import livecheck
 from tracekit.funcprobes.funcprobe_families import Stage2Family, TdpFamily, pair_calls
-from tracekit.funcprobes.kallsyms import parse_kallsyms
-from tracekit.recorder.probe_family import Host, family_names, make_family
+from tracekit.host import Host, parse_kallsyms
+from tracekit.recorder.probe_family import family_names, make_family
 from tracekit.recorder.rawbuf import decode_pages, parse_format
 
 X86_KALLSYMS = """ffff0001 T kvm_mmu_page_fault
@@ -216,7 +216,7 @@ def test_record_lists_every_function_probe_with_its_reason(tmp_path):
     tracekit = shutil.which("tracekit", path=str(Path(sys.executable).parent))
     if tracekit is None:
         livecheck.skip_or_fail("the tracekit console script is not installed next to this Python")
-    from tracekit.capabilities import tracefs_root
+    from tracekit.host import tracefs_root
     from tracekit.capture import open_capture
     from tracekit.recorder.session import RecordConfig, record
 

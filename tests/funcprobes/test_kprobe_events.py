@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracekit.funcprobes.kallsyms import parse_kallsyms, resolve_all
+from tracekit.funcprobes.kallsyms import resolve_all
+from tracekit.host import parse_kallsyms
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 from tracekit.funcprobes.kprobe_events import TracefsFuncProbes, define_kprobes
 

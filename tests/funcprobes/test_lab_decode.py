@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tracekit.funcprobes.kallsyms import parse_kallsyms
+from tracekit.host import parse_kallsyms
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 from tracekit.funcprobes.tdp_probes import TDP_PROBES
 from tracekit.lab import results

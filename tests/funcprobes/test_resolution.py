@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from tracekit.funcprobes.kallsyms import parse_kallsyms, resolve, resolve_all
+from tracekit.funcprobes.kallsyms import resolve, resolve_all
+from tracekit.host import parse_kallsyms
 from tracekit.funcprobes.spec import FuncProbe, kprobe_event_lines
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 from tracekit.funcprobes.tdp_probes import TDP_PROBES

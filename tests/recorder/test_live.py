@@ -347,9 +347,9 @@ def _record_beside_a_counter(out: Path, options=None, poll_interval: float = 0.0
     recorder (before the workload is released, detached after the recorder stopped) that counts the hits
     of every walk and mmu tracepoint for the workload's tgid: (summary, hits by tracepoint)."""
     _need("bcc")
-    from tracekit.capabilities import tracefs_root
+    from tracekit.host import Host, tracefs_root
     from tracekit.recorder.tracepoint_families import MmuFamily, WalkFamily
-    from tracekit.recorder.probe_family import Host, RecordOptions
+    from tracekit.recorder.probe_family import RecordOptions
     from tracekit.recorder.hitcount import HitCounter
 
     host = Host(tracefs_root())

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from tracekit.errors import MissingCapability
 from tracekit.funcprobes.fetchargs import KVM_MODULES, FetchStyle, KernelTypes, arch_of, kernel_types
-from tracekit.funcprobes.kallsyms import Resolution, SymbolTable, resolve, resolve_all
+from tracekit.funcprobes.kallsyms import Resolution, resolve, resolve_all
 from tracekit.funcprobes.spec import FuncProbe
+from tracekit.host import BTF_DIR, TRACEFS, SymbolTable
 
 __all__ = ["Support", "kprobe_support", "fetch_style", "running_types", "resolve_running", "family_report",
            "choose_backend", "FAMILY_ARCH"]
@@ -35,7 +36,7 @@ class Support:
     arg_n: bool = False
 
 
-def kprobe_support(symbols: SymbolTable, tracefs: Path = Path("/sys/kernel/tracing")) -> Support:
+def kprobe_support(symbols: SymbolTable, tracefs: Path = TRACEFS) -> Support:
     """What this kernel offers for function probes (see the module contract)."""
     events = (tracefs / "kprobe_events").exists()
     kprobes = "register_kprobe" in symbols.by_name or events
@@ -62,7 +63,7 @@ def fetch_style(support: Support, machine: str) -> FetchStyle:
     return FetchStyle(arch_of(machine), support.btf_args, support.arg_n)
 
 
-def running_types(btf_dir: Path = Path("/sys/kernel/btf")) -> KernelTypes | None:
+def running_types(btf_dir: Path = BTF_DIR) -> KernelTypes | None:
     """The running kernel's BTF (``vmlinux`` and the loaded KVM modules'), None when unreadable."""
     try:
         return kernel_types(btf_dir / "vmlinux", tuple(btf_dir / m for m in KVM_MODULES))
@@ -70,8 +71,8 @@ def running_types(btf_dir: Path = Path("/sys/kernel/btf")) -> KernelTypes | None
         return None
 
 
-def resolve_running(probes: tuple[FuncProbe, ...], symbols: SymbolTable, tracefs: Path = Path("/sys/kernel/tracing"),
-                    btf_dir: Path = Path("/sys/kernel/btf"), machine: str | None = None) -> list[Resolution]:  # fmt: skip
+def resolve_running(probes: tuple[FuncProbe, ...], symbols: SymbolTable, tracefs: Path = TRACEFS,
+                    btf_dir: Path = BTF_DIR, machine: str | None = None) -> list[Resolution]:  # fmt: skip
     """Each probe resolved on the running kernel: its symbols, BTF and ``kprobe_events`` syntax."""
     style = fetch_style(kprobe_support(symbols, tracefs), machine or platform.machine())
     return resolve_all(probes, symbols, running_types(btf_dir), style)

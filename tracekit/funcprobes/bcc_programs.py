@@ -29,7 +29,8 @@ import pyarrow as pa
 from tracekit.errors import ProbeLoadError
 from tracekit.funcprobes import table_builders
 from tracekit.funcprobes.capture_schemas import SCHEMAS
-from tracekit.funcprobes.kallsyms import Resolution, SymbolTable
+from tracekit.funcprobes.kallsyms import Resolution
+from tracekit.host import SymbolTable
 
 __all__ = [
     "ATTACH",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracekit.errors import MissingCapability, ProbeLoadError
+from tracekit.host import BTF_VMLINUX
 
 __all__ = ["BtfTypes", "CType", "Member", "offset_cflags", "elf_section", "image_btf", "STAGE2_FIELDS", "TDP_FIELDS"]
 
@@ -125,7 +126,7 @@ class BtfTypes:
         return BtfTypes(_module_btf(blob, "module"), base=self)
 
     @classmethod
-    def load(cls, vmlinux: str | Path = "/sys/kernel/btf/vmlinux", *modules: str | Path) -> "BtfTypes":
+    def load(cls, vmlinux: str | Path = BTF_VMLINUX, *modules: str | Path) -> "BtfTypes":
         """Raw BTF files (``/sys/kernel/btf/*``); a module may also be given as its ``.ko`` file."""
         try:
             blobs = [Path(p).read_bytes() for p in (vmlinux, *modules)]

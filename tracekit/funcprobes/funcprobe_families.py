@@ -25,11 +25,12 @@ from tracekit.funcprobes import table_builders
 from tracekit.funcprobes.availability import FAMILY_ARCH, Support, fetch_style, kprobe_support, running_types
 from tracekit.funcprobes.capture_schemas import SCHEMAS
 from tracekit.funcprobes.fetchargs import KVM_MODULES, KernelTypes, fetch_cflags, kernel_types
-from tracekit.funcprobes.kallsyms import MODES, Resolution, SymbolTable, resolve
+from tracekit.funcprobes.kallsyms import MODES, Resolution, resolve
 from tracekit.funcprobes.spec import FuncProbe, event_names
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES, VISITOR_ARGS
 from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS
-from tracekit.recorder.probe_family import Host, ProbeFamily, ProbeStatus, RingSpec, register_family
+from tracekit.host import Host, SymbolTable
+from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RingSpec, register_family
 
 __all__ = ["FunctionProbeFamily", "Stage2Family", "TdpFamily", "TDP_MMU_ONLY", "SPLIT_TRACEPOINTS", "family_for",
            "pair_calls", "tracefs_group"]
@@ -105,7 +106,7 @@ class FunctionProbeFamily(ProbeFamily):
         self.functions = tuple(p.symbol for p in self.probes)
         self.machine = platform.machine()
         self.kvm_parameters = Path("/sys/module/kvm/parameters")
-        self.btf_paths: tuple[Path, ...] = tuple(Path("/sys/kernel/btf") / n for n in ("vmlinux", *KVM_MODULES))
+        self.btf_paths: tuple[Path, ...] = Host(None).btf_paths(*KVM_MODULES)  # the running kernel's
         self.group = tracefs_group()
         self.symbols: SymbolTable | None = None
         self.support: Support | None = None

@@ -1,78 +1,21 @@
 """Probe resolution: the symbol a probe attaches to on one kernel, and how its arguments are fetched.
 
-:func:`parse_kallsyms` reads a ``/proc/kallsyms`` text into a :class:`SymbolTable`. :func:`resolve`
-finds a :class:`FuncProbe`'s symbol (the exact name, else a compiler clone such as ``.isra.0``,
-never a ``.cold`` fragment) and, from the kernel's BTF, its fetch arguments
+:func:`resolve` finds a :class:`FuncProbe`'s symbol in a :class:`tracekit.host.SymbolTable` (the exact
+name, else a compiler clone such as ``.isra.0``, never a ``.cold`` fragment) and, from the kernel's BTF,
+its fetch arguments
 (:mod:`tracekit.funcprobes.fetchargs`): a :class:`Resolution` says "attached with BTF args",
 "by register", "without args" or "absent", with the reason. Standard library only.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from tracekit.funcprobes.fetchargs import FetchStyle, KernelTypes, fetch_args
 from tracekit.funcprobes.spec import FuncProbe
+from tracekit.host import SymbolTable
 
-__all__ = ["MODES", "SymbolTable", "Resolution", "parse_kallsyms", "load_kallsyms", "resolve", "resolve_all"]
-
-_CLONE = re.compile(r"^(?P<base>[A-Za-z0-9_]+)\.(?P<suffix>(?:isra|constprop|part|llvm)\.\d+(?:\.(?:isra|constprop|part)\.\d+)*)$")
-
-
-@dataclass
-class SymbolTable:
-    """Text symbols by name (first address wins) and sorted for address lookup."""
-
-    by_name: dict[str, int]
-    modules: dict[str, str]
-    _sorted: list[tuple[int, str]]
-
-    def symbolize(self, address: int) -> str:
-        """``name+0xoff`` of the text symbol containing ``address`` (``0x...`` when unknown)."""
-        import bisect
-
-        index = bisect.bisect_right(self._sorted, (address, "\uffff")) - 1
-        if index < 0 or address == 0:
-            return f"{address:#x}"
-        base, name = self._sorted[index]
-        return name if base == address else f"{name}+{address - base:#x}"
-
-    def clones(self, name: str) -> list[str]:
-        """Compiler clones of ``name`` present in the table, sorted."""
-        return sorted(s for s in self.by_name if (m := _CLONE.match(s)) and m.group("base") == name)
-
-
-def parse_kallsyms(text: str) -> SymbolTable:
-    """Parse kallsyms text, keeping text symbols (types t/T/W/w).
-
-    >>> t = parse_kallsyms("ffff0001 T kvm_pgtable_walk\\nffff0100 t stage2_split_walker\\n")
-    >>> t.by_name["stage2_split_walker"], t.symbolize(0xffff0104)
-    (4294902016, 'stage2_split_walker+0x4')
-    """
-    by_name: dict[str, int] = {}
-    modules: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 3 or parts[1] not in ("t", "T", "w", "W"):
-            continue
-        try:
-            address = int(parts[0], 16)
-        except ValueError:
-            continue
-        name = parts[2]
-        by_name.setdefault(name, address)
-        if len(parts) > 3:
-            modules[name] = parts[3].strip("[]")
-    ordered = sorted((a, n) for n, a in by_name.items())
-    return SymbolTable(by_name, modules, ordered)
-
-
-def load_kallsyms(path: str | Path = "/proc/kallsyms") -> SymbolTable:
-    """Read and parse a kallsyms file (raises OSError when unreadable)."""
-    return parse_kallsyms(Path(path).read_text())
-
+__all__ = ["MODES", "Resolution", "resolve", "resolve_all"]
 
 #: How a resolved probe attaches: the report's words for each mode.
 MODES = {

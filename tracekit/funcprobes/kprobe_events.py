@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 from tracekit.errors import ProbeLoadError
 from tracekit.funcprobes.kallsyms import MODES
 from tracekit.funcprobes.spec import TRACEFS_GROUP, kprobe_event_lines
+from tracekit.host import TRACEFS
 
 if TYPE_CHECKING:
     from tracekit.funcprobes.kallsyms import Resolution
 
-__all__ = ["TracefsFuncProbes", "TRACEFS", "define_kprobes", "drain_pipe", "append_line"]
+__all__ = ["TracefsFuncProbes", "define_kprobes", "drain_pipe", "append_line"]
 
-TRACEFS = Path("/sys/kernel/tracing")
 
 
 class TracefsFuncProbes:

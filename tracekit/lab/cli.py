@@ -283,7 +283,8 @@ def probes_cmd(
     from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support, running_types
     from tracekit.funcprobes.btf_offsets import BtfTypes
     from tracekit.funcprobes.fetchargs import TypeSources
-    from tracekit.funcprobes.kallsyms import MODES, load_kallsyms
+    from tracekit.funcprobes.kallsyms import MODES
+    from tracekit.host import KALLSYMS, load_kallsyms
     from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
     from tracekit.funcprobes.tdp_probes import TDP_PROBES
 
@@ -291,7 +292,7 @@ def probes_cmd(
     if family is not None and family not in families:
         raise UsageError(f"unknown probe family {family!r}; choose stage2 or tdp")
     try:
-        symbols = load_kallsyms(kallsyms or "/proc/kallsyms")
+        symbols = load_kallsyms(kallsyms or KALLSYMS)
         if btf is not None:
             base = BtfTypes.from_kernel_image(btf) if btf.read_bytes()[:2] != b"\x9f\xeb" else BtfTypes.load(btf)
             types = TypeSources([base.with_module(m.read_bytes()) for m in module] or [base])

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tracekit.funcprobes.availability import resolve_running
-from tracekit.funcprobes.kallsyms import load_kallsyms
+from tracekit.host import load_kallsyms
 from tracekit.funcprobes.kprobe_events import TracefsFuncProbes as _Tracing
 from tracekit.lab import scenarios
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from tracekit.errors import LabError
-from tracekit.funcprobes.kallsyms import parse_kallsyms
+from tracekit.host import parse_kallsyms
 from tracekit.recorder import rawbuf
 
 if TYPE_CHECKING:

@@ -100,9 +100,9 @@ def record_command(
 
 
 def _print_bpf(families: tuple[str, ...], options) -> None:
-    from tracekit.capabilities import tracefs_root
+    from tracekit.host import Host, tracefs_root
     from tracekit.recorder.backend_bcc import BccBackend
-    from tracekit.recorder.probe_family import Host, make_family
+    from tracekit.recorder.probe_family import make_family
 
     host = Host(tracefs_root())
     plan = [(family, family.check(host)) for family in (make_family(name, options) for name in families)]

@@ -6,7 +6,7 @@ recording (families may keep decoding state between batches). It declares
 - ``name`` and ``tables`` (the capture families it writes, each a ``pa.Schema`` starting with
   :data:`tracekit.capture.COMMON_FIELDS`);
 - ``tracepoints`` (``"system:event"``) and ``functions`` (kernel functions for kprobes) it may use;
-- :meth:`ProbeFamily.check` the availability of each probe on a :class:`Host`, with the reason
+- :meth:`ProbeFamily.check` the availability of each probe on a :class:`tracekit.host.Host`, with the reason
   when absent (the recorder stores it in the manifest);
 - for the bcc backend: :meth:`bpf_source`, :meth:`cflags`, :meth:`rings` (ring-buffer maps and
   their fixed record dtype), :meth:`decode` (one numpy batch -> Arrow tables),
@@ -33,18 +33,15 @@ import abc
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
 from tracekit.errors import UsageError
-
-if TYPE_CHECKING:
-    from tracekit.funcprobes.kallsyms import SymbolTable
+from tracekit.host import Host
 
 __all__ = [
-    "Host",
     "ProbeStatus",
     "RingSpec",
     "RecordOptions",
@@ -86,53 +83,6 @@ class RecordOptions:
     aggregate_ioctls: tuple[int, ...] = (0xAE80,)  # KVM_RUN by default
     ring_pages: dict[str, int] = field(default_factory=dict)  # per ring-map override
     batch_events: int = 64  # events per in-kernel batch (walk, mmu): TK_BATCH_EVENTS, a power of 2
-
-
-class Host:
-    """What a family may ask about the host: tracefs formats and kernel symbols (cached)."""
-
-    def __init__(self, tracefs: Path | None, kallsyms: Path = Path("/proc/kallsyms")):
-        self.tracefs = tracefs
-        self.kallsyms = kallsyms
-        self._formats: dict[str, str | None] = {}
-        self._symbols: SymbolTable | None = None
-
-    def format_text(self, tracepoint: str) -> str | None:
-        """The ``format`` file of ``system:event``, or None when absent."""
-        if tracepoint not in self._formats:
-            text = None
-            if self.tracefs is not None:
-                system, _, event = tracepoint.partition(":")
-                try:
-                    text = (self.tracefs / "events" / system / event / "format").read_text()
-                except OSError:
-                    text = None
-            self._formats[tracepoint] = text
-        return self._formats[tracepoint]
-
-    def tracepoint_fields(self, tracepoint: str) -> set[str] | None:
-        """Field names of ``system:event`` (common fields excluded), or None when it is absent."""
-        from tracekit.recorder.rawbuf import parse_format
-
-        text = self.format_text(tracepoint)
-        if text is None:
-            return None
-        return {f.name for f in parse_format(text).fields if not f.name.startswith("common_")}
-
-    def symbol_table(self) -> SymbolTable:
-        """The kernel's symbols from ``kallsyms``, parsed once for every family (empty when unreadable)."""
-        if self._symbols is None:
-            from tracekit.funcprobes.kallsyms import load_kallsyms, parse_kallsyms
-
-            try:
-                self._symbols = load_kallsyms(self.kallsyms)
-            except OSError:
-                self._symbols = parse_kallsyms("")
-        return self._symbols
-
-    def has_symbol(self, name: str) -> bool:
-        """True when ``name`` is a text (function) symbol of the kernel: one a kprobe could attach to."""
-        return name in self.symbol_table().by_name
 
 
 def common_arrays(header: np.ndarray) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ from functools import cached_property
 import numpy as np
 
 from tracekit.errors import TracekitError
+from tracekit.host import format_fields
 
 __all__ = [
     "RawBufferError",
@@ -92,20 +93,13 @@ class EventFormat:
         })
 
 
-_FIELD_RE = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<signed>-?\d+);")
-
-
 def parse_format(text: str, system: str = "") -> EventFormat:
     """Parse one ``format`` file (see the module docstring)."""
     name_match = re.search(r"^name:\s*(\S+)", text, re.M)
     id_match = re.search(r"^ID:\s*(\d+)", text, re.M)
     if not name_match or not id_match:
         raise RawBufferError("format text lacks its name: or ID: line")
-    fields = []
-    for match in _FIELD_RE.finditer(text):
-        decl = match.group("decl").strip()
-        fname = re.sub(r"\[.*\]$", "", decl.split()[-1]).lstrip("*")
-        fields.append(FormatField(fname, decl, int(match.group("off")), int(match.group("size")), match.group("signed") == "1"))
+    fields = [FormatField(*field) for field in format_fields(text)]
     if not fields:
         raise RawBufferError(f"format of {name_match.group(1)} has no fields")
     return EventFormat(system, name_match.group(1), int(id_match.group(1)), tuple(fields))

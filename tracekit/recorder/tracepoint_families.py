@@ -11,7 +11,6 @@ batches (open walks, ioctl entries and lock contentions not yet closed).
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,8 @@ from tracekit.capture import COMMON_FIELDS
 from tracekit.probes import source_text
 from tracekit.recorder.ring_batch import batch_dtype, is_batched, unbatch
 from tracekit.recorder.backend_bcc import read_percpu
-from tracekit.recorder.probe_family import Host, ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
+from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
+from tracekit.host import Host
 from tracekit.recorder.inflight import BlockedCall, NR_IOCTL, inflight_records
 from tracekit.recorder.ioctl_args import IoctlArgsProbe, decode_args
 from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
@@ -357,7 +357,7 @@ class IoctlFamily(ProbeFamily):
         """The tracepoints; and whether a call running when the window opens can be read from the thread's
         saved registers: BTF and the helpers bpf_get_current_task_btf (Linux 5.11) and bpf_task_pt_regs
         (5.15) in the kernel, on a machine whose ioctl syscall number is known."""
-        self._task_regs = (Path("/sys/kernel/btf/vmlinux").exists() and platform.machine() in NR_IOCTL
+        self._task_regs = (host.has_btf() and platform.machine() in NR_IOCTL
                            and all(host.has_symbol(f) for f in ("bpf_get_current_task_btf", "bpf_task_pt_regs")))
         return super().check(host)
 

@@ -124,8 +124,8 @@ def top_command(
     json_out: bool = typer.Option(False, "--json", help="With --once: print the interval as JSON (docs/cli-json/top.md)."),
     backend: str = typer.Option("auto", "--backend", help="bcc (counts in the kernel), tracefs (raw buffers) or auto."),
 ) -> None:
-    from tracekit.capabilities import recording_blockers, tracefs_root
-    from tracekit.recorder.probe_family import Host
+    from tracekit.capabilities import recording_blockers
+    from tracekit.host import Host, tracefs_root
     from tracekit.top.sources import open_source
     from tracekit.top.view import SORT_KEYS, make_view, render_text, sort_vms, summary_table, view_json
 

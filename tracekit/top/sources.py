@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.errors import MissingCapability, UsageError
-from tracekit.recorder.probe_family import Host, RecordOptions
+from tracekit.recorder.probe_family import RecordOptions
+from tracekit.host import Host
 from tracekit.top.counters import COUNTER_FIELDS, DEPTH_BUCKETS, LOG2_SLOTS, EventAccumulator, IoctlCounters, Reading, ThreadCounters
 
 __all__ = ["open_source", "BccTopSource", "TracefsTopSource", "TOP_TRACEPOINTS"]
