@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from tracekit import btf
-from tracekit.recorder.probe_family import family_names
+from tracekit.recorder.registry import family_names
 from tracekit.cli import app
 
 runner = CliRunner()

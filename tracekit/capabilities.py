@@ -2,8 +2,7 @@
 
 Contract: :func:`probe_host` runs every check once (no state is left behind: a test BPF program is loaded
 and closed at once) and returns a :class:`CapabilityReport` whose checks each carry ``name``, ``ok``,
-``detail`` and, when not ok, the exact ``fix``; ``families`` says for every probe family whether it can
-attach here and why not. Checks test for features, never kernel versions. Nothing here raises for a
+``detail`` and, when not ok, the exact ``fix``. Checks test for features, never kernel versions. Nothing here raises for a
 missing feature; a failed check is data.
 """
 
@@ -25,7 +24,6 @@ from tracekit.host import BTF_VMLINUX, TRACEFS_ROOTS, tracefs_root
 __all__ = [
     "Check",
     "CapabilityReport",
-    "family_availability",
     "probe_host",
     "recording_blockers",
 ]
@@ -45,7 +43,6 @@ class Check:
 @dataclass
 class CapabilityReport:
     checks: list[Check] = field(default_factory=list)
-    families: dict[str, dict] = field(default_factory=dict)
 
     def check(self, name: str) -> Check:
         for c in self.checks:
@@ -54,7 +51,7 @@ class CapabilityReport:
         raise KeyError(name)
 
     def to_json(self) -> dict:
-        return {"checks": [asdict(c) for c in self.checks], "families": self.families}
+        return {"checks": [asdict(c) for c in self.checks]}
 
 
 # -- individual checks -------------------------------------------------------------------------------
@@ -253,31 +250,6 @@ def check_fentry() -> Check:
     return Check("fentry", True, f"an fentry program attached to {target} (and was detached)")
 
 
-# -- families ------------------------------------------------------------------------------------------
-
-def family_availability() -> dict[str, dict]:
-    """Every probe family the recorder knows, as ``record`` would plan it on this host: whether it can
-    record, why not, and the probes that can attach (the recorder's own checks, not a second copy)."""
-    from tracekit.recorder.probe_family import RecordOptions, family_names
-    from tracekit.host import Host
-    from tracekit.recorder.session import plan_families
-
-    names = tuple(family_names())
-    chosen, failed, _ = plan_families(names, Host(tracefs_root()), RecordOptions())
-    families: dict[str, dict] = {}
-    for family, statuses in chosen:
-        attached = [st.probe for st in statuses if st.available]
-        absent = [st.probe for st in statuses if not st.available]
-        reason = f"{len(attached)} probes" + (f"; absent here: {', '.join(absent)}" if absent else "")
-        families[family.name] = {"available": True, "reason": reason, "probes": attached}
-        if hasattr(family, "resolutions"):  # function probes: how each attaches on this kernel, or why not
-            families[family.name]["resolution"] = [r.as_dict() for r in family.resolutions()]
-    for entry in failed:
-        if entry["probe"].startswith("family:"):
-            families[entry["family"]] = {"available": False, "reason": entry["reason"], "probes": []}
-    return {name: families[name] for name in names if name in families}
-
-
 def probe_host() -> CapabilityReport:
     """Run every check; see the module docstring."""
     report = CapabilityReport()
@@ -287,5 +259,4 @@ def probe_host() -> CapabilityReport:
             report.checks.append(check())
         except Exception as error:  # a check must never abort the report
             report.checks.append(Check(check.__name__.removeprefix("check_"), False, f"check failed: {error}", ""))
-    report.families = family_availability()
     return report

@@ -1,4 +1,4 @@
-"""``tracekit doctor``: print the capability report (see tracekit.capabilities)."""
+"""``tracekit doctor``: the capability report (:mod:`tracekit.capabilities`) and what each probe family can record."""
 
 from __future__ import annotations
 
@@ -8,8 +8,31 @@ import textwrap
 import typer
 
 from tracekit.capabilities import probe_host
+from tracekit.host import Host, tracefs_root
+from tracekit.recorder.probe_family import RecordOptions
+from tracekit.recorder.registry import family_names
+from tracekit.recorder.session import plan_families
 
-__all__ = ["register", "doctor", "format_report"]
+__all__ = ["register", "doctor", "family_availability", "format_report"]
+
+
+def family_availability() -> dict[str, dict]:
+    """Every probe family the recorder knows, as ``record`` would plan it on this host: whether it can
+    record, why not, and the probes that can attach (the recorder's own checks, not a second copy)."""
+    names = tuple(family_names())
+    chosen, failed, _ = plan_families(names, Host(tracefs_root()), RecordOptions())
+    families: dict[str, dict] = {}
+    for family, statuses in chosen:
+        attached = [st.probe for st in statuses if st.available]
+        absent = [st.probe for st in statuses if not st.available]
+        reason = f"{len(attached)} probes" + (f"; absent here: {', '.join(absent)}" if absent else "")
+        families[family.name] = {"available": True, "reason": reason, "probes": attached}
+        if hasattr(family, "resolutions"):  # function probes: how each attaches on this kernel, or why not
+            families[family.name]["resolution"] = [r.as_dict() for r in family.resolutions()]
+    for entry in failed:
+        if entry["probe"].startswith("family:"):
+            families[entry["family"]] = {"available": False, "reason": entry["reason"], "probes": []}
+    return {name: families[name] for name in names if name in families}
 
 
 def format_report(data: dict) -> list[str]:
@@ -50,7 +73,7 @@ def doctor(
 
       sudo tracekit doctor --json | jq '.families.walk'
     """
-    data = probe_host().to_json()
+    data = {**probe_host().to_json(), "families": family_availability()}
     if as_json:
         typer.echo(json.dumps(data, indent=1))
     else:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tests import livecheck
 from tracekit.funcprobes.funcprobe_families import Stage2Family, TdpFamily, pair_calls
 from tracekit.host import Host, parse_kallsyms
-from tracekit.recorder.probe_family import family_names, make_family
+from tracekit.recorder.registry import family_names, make_family
 from tracekit.recorder.rawbuf import decode_pages, parse_format
 
 X86_KALLSYMS = """ffff0001 T kvm_mmu_page_fault

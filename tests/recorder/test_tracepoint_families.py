@@ -13,7 +13,8 @@ from tracekit import schema as S
 from tracekit.capture import COMMON_FIELDS
 from tracekit.recorder.tracepoint_families import (IoctlFamily, LockFamily, MmuFamily, WalkFamily, lock_flags_name,
                                         pair_enter_exit)
-from tracekit.recorder.probe_family import ProbeStatus, family_names, make_family
+from tracekit.recorder.probe_family import ProbeStatus
+from tracekit.recorder.registry import family_names, make_family
 from tracekit.host import Host
 from tracekit.recorder.kvm_ioctls import KVM_CLEAR_DIRTY_LOG, KVM_RUN, KVM_SET_USER_MEMORY_REGION, ioctl_name
 from tracekit.recorder.backend_tracefs import delivered_until, release_order

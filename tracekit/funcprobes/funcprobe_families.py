@@ -1,6 +1,6 @@
 """The ``stage2`` and ``tdp`` function-probe families of ``tracekit record``.
 
-Importing this module registers :class:`Stage2Family` and :class:`TdpFamily`, which write the capture
+:class:`Stage2Family` and :class:`TdpFamily` (listed in :mod:`tracekit.recorder.registry`) write the capture
 families of :mod:`tracekit.funcprobes.capture_schemas` (docs/capture-families-funcprobes.md).
 :meth:`~FunctionProbeFamily.check` resolves every probe on this kernel (symbol, BTF fetch arguments,
 or why not: other architecture, no kprobes, absent, TDP MMU off) without attaching anything. The bcc
@@ -30,7 +30,7 @@ from tracekit.funcprobes.spec import FuncProbe, event_names
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES, VISITOR_ARGS
 from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS
 from tracekit.host import Host, SymbolTable
-from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RingSpec, register_family
+from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RingSpec
 
 __all__ = ["FunctionProbeFamily", "Stage2Family", "TdpFamily", "TDP_MMU_ONLY", "SPLIT_TRACEPOINTS", "family_for",
            "pair_calls", "tracefs_group"]
@@ -545,6 +545,3 @@ def family_for(probes: tuple[FuncProbe, ...]) -> FunctionProbeFamily:
             return cls()
     raise ValueError("not the probes of a function-probe family (stage2 or tdp)")
 
-
-register_family("stage2", Stage2Family)
-register_family("tdp", TdpFamily)

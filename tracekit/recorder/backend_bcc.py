@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tracekit.capabilities import check_bcc, check_kernel_headers
 from tracekit.errors import MissingCapability, ProbeLoadError
 from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus
 from tracekit.recorder.ringbuf import RingReader
@@ -72,15 +73,13 @@ def map_declaration_order(text: str) -> list[str]:
 
 def import_bcc() -> Any:
     """The ``bcc`` module, or MissingCapability naming the fix."""
-    from tracekit.capabilities import check_bcc, check_kernel_headers
-
     check = check_bcc()
     if not check.ok:
         raise MissingCapability(f"bcc backend unavailable: {check.detail}; fix: {check.fix}")
     headers = check_kernel_headers()
     if not headers.ok:
         raise MissingCapability(f"bcc backend unavailable: {headers.detail}; fix: {headers.fix}")
-    import bcc
+    import bcc  # optional dependency: imported only when the bcc backend is used
 
     return bcc
 

@@ -102,7 +102,7 @@ def record_command(
 def _print_bpf(families: tuple[str, ...], options) -> None:
     from tracekit.host import Host, tracefs_root
     from tracekit.recorder.backend_bcc import BccBackend
-    from tracekit.recorder.probe_family import make_family
+    from tracekit.recorder.registry import make_family
 
     host = Host(tracefs_root())
     plan = [(family, family.check(host)) for family in (make_family(name, options) for name in families)]

@@ -1,4 +1,4 @@
-"""The probe-family interface of the recorder, and the registry families plug into.
+"""The probe-family interface of the recorder.
 
 Contract: a probe family is a :class:`ProbeFamily` subclass; a new instance is made for each
 recording (families may keep decoding state between batches). It declares
@@ -20,25 +20,19 @@ recording (families may keep decoding state between batches). It declares
   such as kprobes, created before and removed after the recording) and :meth:`decode_tracefs`
   (per-event numpy arrays decoded by :mod:`tracekit.recorder.rawbuf` -> Arrow tables).
 
-:func:`register_family` adds a factory under a name; :func:`family_names` and :func:`make_family`
-list and build them. The built-in tracepoint families register themselves when
-:mod:`tracekit.recorder.tracepoint_families` is imported; other packages (e.g. ``tracekit.funcprobes``) are
-imported lazily from :data:`PLUGIN_MODULES` when present and call :func:`register_family` at import.
-Unknown names raise :class:`tracekit.errors.UsageError`.
+The families ``tracekit record`` knows are listed by name in :mod:`tracekit.recorder.registry`.
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from tracekit.errors import UsageError
 from tracekit.host import Host
 
 __all__ = [
@@ -46,16 +40,8 @@ __all__ = [
     "RingSpec",
     "RecordOptions",
     "ProbeFamily",
-    "register_family",
-    "family_names",
-    "make_family",
-    "PLUGIN_MODULES",
     "common_arrays",
 ]
-
-#: Modules of other packages that register probe families when imported (skipped when absent).
-PLUGIN_MODULES = ("tracekit.funcprobes.funcprobe_families",)
-
 
 @dataclass(frozen=True)
 class ProbeStatus:
@@ -225,46 +211,3 @@ class ProbeFamily(abc.ABC):
 
     def tracefs_cleanup(self, tracefs: Path) -> None:
         """Remove what :meth:`tracefs_prepare` created (called on every exit path)."""
-
-
-_REGISTRY: dict[str, Callable[[RecordOptions], ProbeFamily]] = {}
-_plugins_loaded = False
-
-
-def register_family(name: str, factory: Callable[[RecordOptions], ProbeFamily]) -> None:
-    """Make ``name`` recordable; ``factory(options)`` builds a fresh family for one recording."""
-    _REGISTRY[name] = factory
-
-
-def _load_builtin_and_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    importlib.import_module("tracekit.recorder.tracepoint_families")
-    for module in PLUGIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name is None or not module.startswith(error.name):
-                raise
-
-
-#: The tracepoint families of tracekit.recorder.tracepoint_families, in their documented order.
-BUILTIN_FAMILIES = ("walk", "ioctl", "lock", "mmu")
-
-
-def family_names() -> list[str]:
-    """Registered family names: the built-in ones first in their documented order, then plug-ins by name
-    (whatever order the modules happened to be imported in)."""
-    _load_builtin_and_plugins()
-    builtin = [name for name in BUILTIN_FAMILIES if name in _REGISTRY]
-    return builtin + sorted(name for name in _REGISTRY if name not in BUILTIN_FAMILIES)
-
-
-def make_family(name: str, options: RecordOptions | None = None) -> ProbeFamily:
-    """A fresh instance of family ``name``."""
-    _load_builtin_and_plugins()
-    if name not in _REGISTRY:
-        raise UsageError(f"unknown probe family {name!r} (known: {', '.join(family_names())})")
-    return _REGISTRY[name](options or RecordOptions())

@@ -56,7 +56,8 @@ from tracekit.capabilities import recording_blockers
 from tracekit.host import Host, tracefs_root
 from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, UsageError
-from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RecordOptions, make_family
+from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RecordOptions
+from tracekit.recorder.registry import make_family
 from tracekit.recorder.inflight import blocked_kvm_ioctls, calls_in_flight
 from tracekit.recorder.layoutdir import make_layout_dir, reclaim_stale_layout_dirs
 from tracekit.recorder.tally import VmTally

@@ -1,7 +1,6 @@
 """The built-in tracepoint probe families: ``walk``, ``ioctl``, ``lock`` and ``mmu``.
 
-Contract: importing this module registers the four families with
-:func:`tracekit.recorder.probe_family.register_family`. Each turns ring-buffer records (numpy arrays of
+Contract: each (listed by name in :mod:`tracekit.recorder.registry`) turns ring-buffer records (numpy arrays of
 the dtypes in :mod:`tracekit.schema`) or raw tracefs events into Arrow tables whose columns are
 documented in docs/capture-families-tracepoints.md (common columns ``ts_ns`` int64 CLOCK_MONOTONIC
 ns, ``cpu``, ``pid`` (tgid), ``tid`` first). The tracefs decoders keep per-thread state between
@@ -21,7 +20,7 @@ from tracekit.capture import COMMON_FIELDS
 from tracekit.probes import source_text
 from tracekit.recorder.ring_batch import batch_dtype, is_batched, unbatch
 from tracekit.recorder.backend_bcc import read_percpu
-from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RingSpec, common_arrays, register_family
+from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RingSpec, common_arrays
 from tracekit.host import Host
 from tracekit.recorder.inflight import BlockedCall, NR_IOCTL, inflight_records
 from tracekit.recorder.ioctl_args import IoctlArgsProbe, decode_args
@@ -824,8 +823,3 @@ def _mmu_fill(rec: np.ndarray, ev: np.ndarray, kind: int) -> None:
         rec["mmu_valid_gen"], rec["count"] = ev["mmu_valid_gen"], ev["mmu_used_pages"]
         rec["valid"] = S.TK_MMU_F_GEN | S.TK_MMU_F_COUNT
 
-
-register_family("walk", WalkFamily)
-register_family("ioctl", IoctlFamily)
-register_family("lock", LockFamily)
-register_family("mmu", MmuFamily)
