@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.livecheck import need_kvm, skip_or_fail
 from tracekit.errors import WorkloadError
-from tracekit.workload.backend import backend_for
+from tracekit.workload.dirtylog import backend_for
 
 
 def need_workload() -> None:

@@ -25,19 +25,18 @@ little-endian 64-bit words at ``plan_gva``; each word is the guest-virtual addre
 page with bit 0 set for "write one word" and clear for "read one word". The guest runs the plan
 once per pass, in array order, then reports ``pass & 0xff`` (the first pass is 1) and, when
 resumed, starts the next pass over the same array (which the host rewrites in between).
-:func:`backend_for` picks the backend of the running machine; it raises WorkloadError where none
-exists. Standard library only.
+:func:`tracekit.workload.dirtylog.backend_for` picks the backend of the running machine. Standard
+library only.
 """
 
 from __future__ import annotations
 
 import abc
-import platform
 from dataclasses import dataclass, field
 
 from tracekit.errors import WorkloadError
 
-__all__ = ["GuestSpec", "GuestImage", "Backend", "backend_for", "ACCESS_STRIDE", "PLAN_WRITE_BIT"]
+__all__ = ["GuestSpec", "GuestImage", "Backend", "ACCESS_STRIDE", "PLAN_WRITE_BIT"]
 
 #: The guest touches one word in every 4 KiB page, whatever the guest page size.
 ACCESS_STRIDE = 4096
@@ -119,16 +118,3 @@ class Backend(abc.ABC):
     def guest_mode(self, spec: GuestSpec) -> str:
         """The ``Testing guest mode:`` text of dirty_log_perf_test for this guest."""
 
-
-def backend_for(machine: str | None = None) -> Backend:
-    """The backend of ``machine`` (default: this host's ``platform.machine()``)."""
-    machine = machine or platform.machine()
-    if machine in ("x86_64", "amd64", "AMD64"):
-        from tracekit.workload.backend_x86 import X86Backend
-
-        return X86Backend()
-    if machine in ("aarch64", "arm64"):
-        from tracekit.workload.backend_arm64 import Arm64Backend
-
-        return Arm64Backend()
-    raise WorkloadError(f"the built-in KVM workload has no backend for {machine}")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import random
 import threading
 import time
@@ -46,7 +47,9 @@ from typing import Callable, Optional
 from tracekit.errors import WorkloadError
 from tracekit.workload import backing as backing_mod
 from tracekit.workload import libc, report, uapi
-from tracekit.workload.backend import ACCESS_STRIDE, Backend, GuestSpec, backend_for
+from tracekit.workload.backend import ACCESS_STRIDE, Backend, GuestSpec
+from tracekit.workload.backend_arm64 import Arm64Backend
+from tracekit.workload.backend_x86 import X86Backend
 from tracekit.workload.dirtyring import DIRTY_GFN_SIZE, DirtyRing, ring_bytes_for
 from tracekit.workload.kvm import IoctlLog, Kvm, Vcpu, Vm
 from tracekit.workload.options import DirtyLogOptions
@@ -63,6 +66,8 @@ __all__ = [
     "FIRST_TEST_SLOT",
     "LAYOUT_SCHEMA",
     "vcpu_thread_name",
+    "BACKENDS",
+    "backend_for",
 ]
 
 TEST_GVA = 0xC000_0000
@@ -77,6 +82,18 @@ _PARK_POLL_S = 20e-6
 
 class DirtyLogMismatch(WorkloadError):
     """The dirty log differed from the pages the guest wrote."""
+
+#: ``platform.machine()`` -> the backend of that architecture.
+BACKENDS: dict[str, type[Backend]] = {"x86_64": X86Backend, "amd64": X86Backend, "AMD64": X86Backend,
+                                      "aarch64": Arm64Backend, "arm64": Arm64Backend}
+
+
+def backend_for(machine: str | None = None) -> Backend:
+    """The backend of ``machine`` (default: this host's ``platform.machine()``)."""
+    machine = machine or platform.machine()
+    if machine not in BACKENDS:
+        raise WorkloadError(f"the built-in KVM workload has no backend for {machine}")
+    return BACKENDS[machine]()
 
 
 def vcpu_thread_name(index: int) -> str:
