@@ -272,7 +272,7 @@ class FunctionProbeFamily(ProbeFamily):
         return {} if outside is None else {"stage2_visit": decode_tdp_outside(outside)}
 
     def manifest_notes(self) -> dict[str, Any]:
-        return {f"{self.name}_probes": dict(self.notes)}
+        return {f"{self.name}_probes": {**self.notes, "resolution": [r.as_dict() for r in self.resolutions()]}}
 
     # -- tracefs backend ------------------------------------------------------------------------------
     def supports_tracefs(self) -> bool:
