@@ -7,6 +7,7 @@ from Debian's cloud images (arm64 Image with kallsyms, amd64 bzImage with the KV
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -216,3 +217,39 @@ def test_this_kernels_btf_gives_the_tdp_fields():
     fetched, dropped = fetch_args("tdp_iter_next", (("level", "iter->level"),), types, X86)
     offset = types.field("tdp_iter", "level")[0]
     assert fetched == (("level", f"+{offset}(%di):s32"),) and dropped == {}
+
+
+def _tdp_btf() -> bytes:
+    """s32 (1), struct tdp_iter {int level at 80} (2), tdp_iter * (3), proto (iter) (4), FUNC tdp_iter_next (5)."""
+    strings = b"\0int\0tdp_iter\0level\0iter\0tdp_iter_next\0"
+    o = {n: strings.index(n.encode() + b"\0") for n in ("int", "tdp_iter", "level", "iter", "tdp_iter_next")}
+    s32 = struct.pack("<III", o["int"], 1 << 24, 4) + struct.pack("<I", (1 << 24) | 32)
+    it = struct.pack("<III", o["tdp_iter"], (4 << 24) | 1, 104) + struct.pack("<III", o["level"], 1, 80 * 8)
+    ptr = struct.pack("<III", 0, 2 << 24, 2)
+    proto = struct.pack("<III", 0, (13 << 24) | 1, 0) + struct.pack("<II", o["iter"], 3)
+    func = struct.pack("<III", o["tdp_iter_next"], 12 << 24, 4)
+    return _btf([s32, it, ptr, proto, func], strings)
+
+
+def test_lab_probes_resolves_another_kernel_from_its_btf_and_kallsyms(tmp_path):
+    """`tracekit lab probes --btf --kallsyms --no-btf-args`: rows by register, absent with why, as JSON and text."""
+    from typer.testing import CliRunner
+
+    from tracekit.cli import app
+
+    (tmp_path / "btf").write_bytes(_tdp_btf())
+    (tmp_path / "kallsyms").write_text("ffffffff00001000 t tdp_iter_next\nffffffff00002000 T kvm_mmu_page_fault\n")
+    argv = ["lab", "probes", "--family", "tdp", "--machine", "x86_64", "--kallsyms", str(tmp_path / "kallsyms"),
+            "--btf", str(tmp_path / "btf"), "--no-btf-args"]  # fmt: skip
+    result = CliRunner().invoke(app, argv + ["--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["probe"]: row for row in json.loads(result.output)["families"]["tdp"]}
+    assert (rows["iter_next"]["mode"], rows["iter_next"]["fetch"]) == ("register", ["level=+80(%di):s32"])
+    assert rows["iter_next"]["attach"] == "attached by register"
+    assert rows["page_fault"]["mode"] == "no-args" and "no prototype of kvm_mmu_page_fault" in rows["page_fault"]["reason"]
+    assert rows["split_root"]["mode"] == "absent" and rows["split_root"]["reason"].startswith(
+        "tdp_mmu_split_huge_pages_root absent: not in kallsyms nor BTF (a kernel before v5.17")
+    text = CliRunner().invoke(app, argv).output
+    assert re.search(r"iter_next +\S+ +by register +tdp_iter_next +level=\+80\(%di\):s32", text), text
+    bad = CliRunner().invoke(app, argv[:-3] + ["--btf", str(tmp_path / "missing")])
+    assert bad.exit_code == 2 and "cannot read" in bad.output

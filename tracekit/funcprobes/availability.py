@@ -92,7 +92,7 @@ def family_report(family: str, probes: tuple[FuncProbe, ...], symbols: SymbolTab
         elif not res.available:
             status, reason = "absent", res.reason
         elif not support.kprobes:
-            status, reason = "no-kprobes", support.reason
+            status, reason = "no-kprobes", f"{support.reason}; where it could: {res.reason}"
         else:
             status, reason = "attachable", res.reason
         rows.append({**res.as_dict(), "status": status, "reason": reason})
