@@ -26,6 +26,8 @@ def _run(arch: str, scenario: str, tmp_path_factory):
 
 
 def _modes(run) -> dict[str, str]:
+    """Each probe's resolution mode, once the run is known to be 6.1's and to have passed its checks."""
+    assert run.kernel_release.startswith("6.1.") and run.ok, run.checks
     return {row["probe"]: row["mode"] for row in run.probes["resolution"]}
 
 
@@ -48,7 +50,6 @@ def arm64_run(tmp_path_factory):
 @pytest.mark.slow
 def test_x86_tdp_probes_attach_by_register_and_read_6_1s_structs(x86_run):
     run, capture = x86_run
-    assert run.kernel_release.startswith("6.1.") and run.ok, run.checks
     modes = _modes(run)
     assert {p for p, m in modes.items() if m == "register"} == {
         "page_fault", "npf", "tdp_map", "slot_try_split", "mmu_try_split", "tdp_try_split", "split_root",
@@ -78,7 +79,6 @@ def test_x86_tdp_probes_attach_by_register_and_read_6_1s_structs(x86_run):
 def test_arm64_visitor_of_6_1_by_register(arm64_run):
     """6.1's stage2_map_walker(addr, end, level, ptep, flag, arg): level from x2, the old PTE through x3."""
     run, capture = arm64_run
-    assert run.kernel_release.startswith("6.1.") and run.ok, run.checks
     modes = _modes(run)
     assert modes["map_walker"] == modes["pgtable_walk"] == modes["stage2_map"] == "register"
     assert modes["split_walker"] == modes["stage2_split"] == "absent"
