@@ -81,6 +81,7 @@ def test_table_counts_exact_from_real_captures(tmp_path):
     outcomes = matrix.run_matrix("x86", cells, run_lab=FakeLab(X86))
     (table,) = matrix.build_tables("x86", cells, outcomes)
     assert _row(table, "runs") == ["1 of 1", "1 of 1"]
+    assert _row(table, "check: kvm_mmu_split_huge_page (exact)") == ["32 (ok: expected 32)"] * 2
     assert _row(table, "kvm.eager_page_split") == ["Y", "N"]
     # where the 32 splits happen: at enable with eager splitting, on the first write of each huge page without
     assert _row(table, "enabling_dirty_logging_time: `kvmmmu:kvm_mmu_split_huge_page`") == ["32", "0"]
@@ -124,9 +125,10 @@ def test_not_applicable_and_failed_cells_say_why(tmp_path):
     assert not cells[1].capture.exists()  # never booted, nothing written but the outcome
     (table,) = matrix.build_tables("arm64", cells, outcomes)
     na = f"n/a: {old}"
-    assert _row(table, "mmu_lock waits, read, by vCPU") == ["109", na]
-    assert _row(table, "mmu_lock waits, write, by VMM in clear_while_touching") == ["105", na]
-    assert _row(table, "mmu_lock waits") == ["214", na]
+    assert _row(table, "runs") == ["1 of 1", na]  # the reason once; the other rows say n/a
+    assert _row(table, "mmu_lock waits, read, by vCPU") == ["109", "n/a"]
+    assert _row(table, "mmu_lock waits, write, by VMM in clear_while_touching") == ["105", "n/a"]
+    assert _row(table, "mmu_lock waits") == ["214", "n/a"]
     failing = matrix.plan("arm64", ["debian:trixie"], ["contention"], tmp_path / "f", vcpus=[2])
     outcomes = matrix.run_matrix("arm64", failing, run_lab=lab)
     (table,) = matrix.build_tables("arm64", failing, outcomes)
@@ -136,14 +138,14 @@ def test_not_applicable_and_failed_cells_say_why(tmp_path):
 
 def test_check_rows_say_why_a_count_is_missing():
     exact = {"count": "stage2_split", "kind": "exact", "expected": 128, "measured": 128, "ok": True, "applicable": True}
-    assert matrix._check_row(exact) == ("expected stage2_split = 128", "check", 128)
-    assert matrix._check_row({**exact, "measured": 0, "ok": False})[2] == "0 (not met)"
+    assert matrix._check_row(exact) == ("check: stage2_split (exact)", "check", "128 (ok: expected 128)")
+    assert matrix._check_row({**exact, "measured": 0, "ok": False})[2] == "0 (not met: expected 128)"
     absent = {**exact, "applicable": False, "measured": None, "reason": "not applicable on 6.1: eager split arrived in 6.4"}
     assert matrix._check_row(absent)[2] == "n/a: not applicable on 6.1: eager split arrived in 6.4"
     refused = {**exact, "ok": False, "measured": None, "reason": "stage2_split not attached: Invalid fetch argument"}
     assert matrix._check_row(refused)[2] == "stage2_split not attached: Invalid fetch argument"
     fired = {"count": "guest_abort", "kind": "fired", "expected": 1, "measured": 70, "ok": True}
-    assert matrix._check_row(fired) == ("guest_abort fired (evidence)", "check", 70)
+    assert matrix._check_row(fired) == ("check: guest_abort fired (evidence)", "check", 70)
 
 
 def test_second_invocation_resumes(tmp_path):

@@ -197,6 +197,12 @@ def capture_measures(capture: Path, arch: str, checks: list[dict] | None = None)
     out["info:lost"] = ("events lost", "info", lost + int((lab.get("decode") or {}).get("missed", 0)))
     failed = {f["probe"]: f["reason"] for f in probes.get("failed", [])}
     out["info:failed"] = ("probes not attached", "info", ", ".join(sorted(failed)) or "none")
+    modes: dict[str, int] = {}
+    for entry in probes.get("resolution", []):
+        if entry.get("mode") and entry["probe"] not in failed:
+            modes[entry["mode"]] = modes.get(entry["mode"], 0) + 1
+    if modes:  # how the arguments were fetched: BTF names (6.8+), registers and BTF offsets, or not at all
+        out["info:args"] = ("probe arguments", "info", ", ".join(f"{mode} {n}" for mode, n in sorted(modes.items())))
     recorded = probes.get("tracepoints")  # None in captures older than the list
     steps = lab.get("steps", [])
     counted = _probe_labels(arch)
@@ -228,18 +234,18 @@ def run_checks(arch: str, cell: Cell) -> list[dict]:
 
 
 def _check_row(check: dict) -> tuple[str, str, object]:
-    """A scenario check as a row: the measured count, or why there is none (n/a, not attached), or the miss."""
-    if check.get("kind") == "fired":
-        label = f"{check['count']} fired (evidence)"
-    else:
-        label = f"expected {check['count']} = {check['expected']:,}"
+    """A scenario check as a row: the measured count and whether it met that kernel's expectation, or why there
+    is none (n/a, not attached). The expectation is per column: a variant or an older kernel changes it."""
+    kind = check.get("kind", "exact")
+    label = f"check: {check['count']} " + ("fired (evidence)" if kind == "fired" else f"({kind})")
     if check.get("applicable", True) is False:
         return label, "check", f"n/a: {check.get('reason', '')}"
     if check.get("measured") is None:
         return label, "check", check.get("reason") or "not measured"
-    if not check.get("ok", True) and check.get("kind", "exact") == "exact":
-        return label, "check", f"{check['measured']:,} (not met)"
-    return label, "check", check["measured"]
+    if kind == "fired":
+        return label, "check", check["measured"] if check.get("ok", True) else f"{check['measured']:,} (never fired)"
+    verdict = "ok" if check.get("ok", True) else "not met"
+    return label, "check", f"{check['measured']:,} ({verdict}: expected {check['expected']:,})"
 
 
 def _checks_of(manifest: dict) -> list[dict]:
@@ -263,7 +269,8 @@ def _visits(cap, manifest: dict, arch: str, out: dict) -> None:
         return
     totals = visits.groupby(["visitor", "level", "kind"], observed=True)["count"].sum()
     for (visitor, level, kind), count in totals.items():
-        out[f"visit:{visitor}:{level}:{kind}"] = (f"visits: {visitor} level {level} {kind}", "count", int(count))
+        where = f"level {level}" if level >= 0 or arch == "arm64" else "level not read (probe without arguments)"
+        out[f"visit:{visitor}:{level}:{kind}"] = (f"visits: {visitor} {where} {kind}", "count", int(count))
 
 
 def _locks(cap, manifest: dict, steps: list[dict], out: dict) -> None:
@@ -368,8 +375,8 @@ def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Tab
             cells_out, values_out = [], []
             for column in columns:
                 runs = per_column[column]
-                if not runs:
-                    text, value = status.get(column, "-"), None
+                if not runs:  # the runs row says why
+                    text, value = status.get(column, "-").split(":", 1)[0] if column in status else "-", None
                 else:
                     text, value = _cell_text(kind, [v for v in (_run_value(m, key, kind) for m in runs) if v is not None])
                 cells_out.append(text)
@@ -464,7 +471,8 @@ def _summary(tables: list[Table]) -> list[str]:
             if not checks or text.startswith(("n/a", "failed")):
                 cells.append(text)
                 continue
-            shown = "; ".join(f"{row['label'].removeprefix('expected ')}: {row['cells'][at]}" for row in checks)
+            shown = "; ".join(f"{row['label'].removeprefix('check: ').split(' ', 1)[0]} {row['cells'][at]}"
+                              for row in checks)  # fmt: skip
             cells.append(f"{text}; {shown}")
         lines.append(f"| `{table.scenario}` | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines + [""]
@@ -481,7 +489,7 @@ def tables_json(tables: list[Table], cells: list[Cell], outcomes: list[dict], co
         "command": command,
         "plan": plan_args or {},
         "timing_note": TIMING_NOTE,
-        "runs": [{**o, "capture": str(c.capture)} for c, o in zip(cells, outcomes)],
+        "runs": [{**o, "capture": f"{c.column.dirname}/{c.label}/{c.capture.name}"} for c, o in zip(cells, outcomes)],
         "tables": [{"scenario": t.scenario, "arch": t.arch, "description": t.description, "columns": t.columns,
                     "rows": t.rows, "notes": t.notes} for t in tables],  # fmt: skip
     }
