@@ -123,9 +123,9 @@ def arm64(
     """Boot an emulated arm64 machine (VHE, GICv3), run a stage-2 scenario in a nested VM, write a capture.
 
     The stage2 function probes (kvm_pgtable_walk, stage2_split_walker, kvm_pgtable_stage2_split, ...)
-    are attached with kprobe_events and BTF argument names inside the guest. Exit status 1 when the
-    scenario's exact expected counts are not met or a probe it needs saw nothing; 3 when the kernel cannot
-    run the scenario at all (e.g. eager split before 6.4).
+    are attached with kprobe_events inside the guest (BTF argument names, or by register and BTF offset
+    before 6.8). Exit status 1 when the scenario's exact expected counts are not met or a probe it needs
+    saw nothing; 3 when the kernel cannot run the scenario at all (e.g. eager split before 6.4).
 
     Examples:
 
