@@ -8,8 +8,11 @@ files (x86: split BTF and symbol tables) or a kallsyms text (arm64, whose KVM is
 the kallsyms lines of the probed functions and their clones, their BTF prototypes and the struct
 members the probes' expressions reach. ``tests/funcprobes/data/kernels/`` holds one per kernel.
 
-    scripts/record_kernel_facts.py --image vmlinuz-6.1.0-50-cloud-arm64 --config config-6.1.0-50-cloud-arm64 \\
-        --kallsyms kallsyms.txt --debian bookworm -o tests/funcprobes/data/kernels/6.1.0-50-cloud-arm64.json
+    scripts/record_kernel_facts.py --kernel debian:bookworm --arch x86_64 -o tests/funcprobes/data/kernels/
+    scripts/record_kernel_facts.py --kernel debian:bookworm --arch arm64 --kallsyms kallsyms.txt -o tests/...
+    scripts/record_kernel_facts.py --image vmlinuz --config config --module kvm-intel.ko ... --arch x86_64 --release R -o F
+
+(``--kernel`` adds the KVM modules the lab loads; give the others, such as ``kvm-intel.ko``, with ``--module``.)
 """
 
 from __future__ import annotations
@@ -128,21 +131,35 @@ def record(image: Path, modules: list[Path], kallsyms_text: str, config: Path | 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", type=Path, required=True, help="vmlinuz, Image or vmlinux")
+    parser.add_argument("--kernel", help="a lab kernel (debian:CODENAME, debian:VERSION): fetched and cached as the "
+                        "labs do, giving --image, --config, --module, --release and --debian")
+    parser.add_argument("--image", type=Path, help="vmlinuz, Image or vmlinux")
     parser.add_argument("--module", type=Path, action="append", default=[], help="a KVM .ko (x86), repeatable")
     parser.add_argument("--kallsyms", type=Path, help="kallsyms text (arm64: built-in KVM)")
     parser.add_argument("--config", type=Path, help="the kernel's config file")
     parser.add_argument("--arch", choices=("arm64", "x86_64"), required=True)
-    parser.add_argument("--release", required=True)
+    parser.add_argument("--release")
     parser.add_argument("--debian", default="", help="the Debian suite it comes from (bookworm, ...)")
-    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("-o", "--output", required=True, help="the JSON file, or a directory (ending in /)")
     args = parser.parse_args()
+    if args.kernel:
+        from tracekit.lab.kernels import resolve_kernel
+
+        lab = resolve_kernel(args.kernel, "arm64" if args.arch == "arm64" else "x86")
+        args.image, args.config, args.release = lab.image, args.config or lab.config, lab.release
+        args.module += [path for name, path in lab.modules if name.startswith("kvm")]
+        args.debian = args.debian or lab.suite or ""
+    if args.image is None or args.release is None:
+        parser.error("give --kernel, or --image and --release")
+    output = Path(args.output)
+    if args.output.endswith("/") or output.is_dir():
+        output = output / f"{args.release}.json"
     text = args.kallsyms.read_text() if args.kallsyms else "".join(module_symbols(ko) for ko in args.module)
     facts = {"release": args.release, "debian": args.debian, **record(args.image, args.module, text, args.config, args.arch)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(facts, indent=1, sort_keys=True)
     text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
-    args.output.write_text(text + "\n")
+    output.write_text(text + "\n")
     return 0
 
 
