@@ -77,3 +77,19 @@ def test_btf_reader_finds_functions_and_rejects_garbage(tmp_path):
     assert btf.find_type_id(blob, btf.BTF_KIND_FUNC, "schedule")
     assert btf.find_type_id(blob, btf.BTF_KIND_STRUCT, "task_struct")
     assert btf.find_type_id(blob, btf.BTF_KIND_FUNC, "no_such_function_tracekit") is None
+
+
+def test_function_probe_resolution_rows_in_the_text_report():
+    """A function-probe family that can record lists each probe: how it attaches, or why it is absent."""
+    from tracekit.doctor import format_report
+
+    data = {"checks": [], "families": {"tdp": {"available": True, "reason": "2 probes", "probes": [], "resolution": [
+        {"function": "tdp_iter_next", "symbol": "tdp_iter_next", "attach": "attached by register",
+         "fetch": ["level=+80(%di):s32"], "reason": "exact symbol"},
+        {"function": "tdp_mmu_split_huge_page", "symbol": None, "attach": "absent", "fetch": [],
+         "reason": "tdp_mmu_split_huge_page absent: not in kallsyms nor BTF (inlined or renamed)"}]}}}  # fmt: skip
+    lines = format_report(data)
+    rows = " ".join(line.strip() for line in lines[lines.index("probe families:") + 2 :])
+    assert rows == ("tdp_iter_next: attached by register (level=+80(%di):s32) "
+                    "tdp_mmu_split_huge_page absent: not in kallsyms nor BTF (inlined or renamed)")
+    assert all(len(line) <= 80 for line in lines)
