@@ -1,57 +1,29 @@
-"""Run every analysis that a capture has data for, optionally cut by phase.
+"""Every analysis a capture has data for, optionally cut by phase.
 
-Contract
---------
 :func:`analyze_capture` reads, per analysis, only the families and columns it needs and returns an
-:class:`Analysis`: ``info`` (dict: path, kernel, arch, source kind, status, lost events, phase
-selector), ``tables`` (name -> DataFrame, see below) and ``verdicts`` (name -> dict). Analyses whose
-families are absent are left out (their absence is listed in ``info["skipped"]`` with the reason).
-
-Tables (columns documented in the module that makes them):
-
-- ``vms`` (:func:`.vms.vm_rows`: rows per recorded process) when the capture recorded several; a
-  capture cut to one with :class:`.vms.VmCapture` (``--vm``) has ``info["vm"]`` instead (an uncut one
-  ``info["vm_note"]``: its per-vCPU rows add up the VMs' vCPUs of the same number);
-- ``phases`` (:mod:`.phases`);
-- ``walk_depth`` (:func:`.walks.depth_distribution` by ``vcpu``), ``walk_depth_by_phase`` (by
-  ``phase``), ``walk_paths`` (walks per ``level_path`` and ``pferr``): counted from narrow per-walk
-  codes while both walk families are streamed (:mod:`.walkgroups`), or from the walk frame rebuilt in
-  memory when the stream cannot be used (walk ids repeat, a walk column has nulls):
-  ``info["walk_path"]`` is ``"streamed"`` or ``"in memory"``;
-- ``walk_causes`` (walks per ``cause`` and ``pferr`` with ``share``, :mod:`.walkcause`) and verdict
-  ``walk_causes`` (walks per cause, ``evidence``); ``walk_paths`` also has ``cause``;
-- ``crosscheck_mismatches``, ``walk_visits_vs_model`` (:mod:`.crosscheck`), verdict ``crosscheck``;
-- ``stage2_visits``, ``stage2_visits_by_vcpu``, ``stage2_visits_by_phase``
-  (:func:`.walks.stage2_distribution`), ``split_visits_vs_model`` and verdict
-  ``skip_levels`` (:mod:`.skiplevels`);
-- ``lock_contention`` (:func:`.locks.contention_summary`), verdict ``mmu_lock``;
-- ``ioctl_latency``, ``memslot_latency`` (:mod:`.ioctls`);
-- ``split_per_ioctl``, ``split_ioctls`` (one row per enable / CLEAR ioctl), ``split_calls`` (:mod:`.splits`).
-
-:func:`render_text` renders it as 80-column text; :func:`analysis_json` as the JSON document of
-docs/cli-json/analysis.md. The ``walks`` and ``waits`` frames used for figures stay available in
-``Analysis.frames`` (a :class:`Frames`: after a streamed walk analysis the per-walk frame is rebuilt
-from the capture on first access, so the analysis itself never holds it). Raises AnalysisError for a capture with none of the analysed families, and
-UsageError for an unknown phase.
+:class:`Analysis`: ``info``, ``tables`` and ``verdicts`` (listed in docs/analysis.md; analyses whose
+families are absent are named in ``info["skipped"]`` with the reason). The walk tables come from the
+streaming core (:mod:`.walkgroups`), which holds a few bytes per walk. :func:`render_text` renders the
+result as 80-column text, :func:`analysis_json` as the document of docs/cli-json/analysis.md. Raises
+AnalysisError for a capture with none of the analysed families, UsageError for an unknown phase.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, selftestmodel, skiplevels, splits,
-                               walkcause, walkgroups, walks, walkstream)
+                               walkcause, walkgroups, walks)
 from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, frame_of, load, records
 from tracekit.analysis.partial import partial_summary, partial_text
 from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
 
-__all__ = ["Analysis", "Frames", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES", "HEX_COLUMNS"]
+__all__ = ["Analysis", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES", "HEX_COLUMNS"]
 
 ANALYSED_FAMILIES = ("walk", "walk_element", "stage2_walk", "stage2_visit", "lock", "ioctl", "ioctl_summary",
                      "split", "mmu")
@@ -59,57 +31,20 @@ ANALYSED_FAMILIES = ("walk", "walk_element", "stage2_walk", "stage2_visit", "loc
 
 @dataclass
 class Analysis:
-    """What :func:`analyze_capture` found (see the module docstring)."""
+    """What :func:`analyze_capture` found (see the module docstring). ``frames`` holds the frames the
+    analysis made on the way (``waits``, ``ioctl``, ``split_ioctls``, ``stage2_visits``);
+    :meth:`walk_frame` rebuilds the per-walk frame, which the analysis never holds."""
 
     info: dict
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     verdicts: dict[str, dict] = field(default_factory=dict)
-    frames: Frames = field(default_factory=lambda: Frames())
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    _walks: Callable[[], pd.DataFrame] | None = field(default=None, repr=False)
 
-
-class Frames(dict):
-    """A dict of frames some of whose entries are made on first access (:meth:`later`): the per-walk
-    frame of a large capture is not held unless someone asks for it."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._later: dict[str, Any] = {}
-
-    def later(self, key: str, make: Any) -> None:
-        """Make ``self[key]`` with ``make()`` when it is first read."""
-        self._later[key] = make
-        super().pop(key, None)
-
-    def __missing__(self, key: str) -> pd.DataFrame:
-        if key not in self._later:
-            raise KeyError(key)
-        value = self[key] = self._later.pop(key)()
-        return value
-
-    def __setitem__(self, key: str, value: pd.DataFrame) -> None:
-        self._later.pop(key, None)
-        super().__setitem__(key, value)
-
-    def __contains__(self, key: object) -> bool:
-        return super().__contains__(key) or key in self._later
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[key] if key in self else default
-
-    def keys(self) -> list[str]:  # type: ignore[override]
-        return [*super().keys(), *self._later]
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return super().__len__() + len(self._later)
-
-    def items(self) -> list[tuple[str, pd.DataFrame]]:  # type: ignore[override]
-        return [(key, self[key]) for key in self.keys()]
-
-    def values(self) -> list[pd.DataFrame]:  # type: ignore[override]
-        return [self[key] for key in self.keys()]
+    def walk_frame(self) -> pd.DataFrame | None:
+        """One row per walk of the analysed cut (:func:`.walkgroups.walk_frame`), rebuilt from the capture
+        at each call; None when the capture has no x86 walks."""
+        return self._walks() if self._walks is not None else None
 
 
 def _cut(frame: pd.DataFrame, phase_table: pd.DataFrame, phase: str | None,
@@ -229,30 +164,23 @@ def _walk_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase:
                    selftest_output: str | None = None) -> tuple[Any, pd.DataFrame]:
     """The walk tables and verdicts into ``result``; returns the ``mmu`` family's split-event rows (a pyarrow
     table, read on the way with the fault-path events; None when the family was not read) and the walk
-    counts (``depth``, and ``walks`` when counted)."""
+    counts (``depth`` and ``walks``)."""
     model_walk = _model_walk(cap, result, selftest_output)
     followers = walkcause.fault_followers(cap, also=(splits.SPLIT_EVENT,))
     grouped = walkgroups.walk_group_counts(cap, model_walk, phase_table=phase_table, phase=phase, limit=limit,
                                            followers=followers)
-    if grouped is not None:
-        counts, check, weights = grouped.counts, grouped.check, "walks"
-        result.info["walk_path"] = "streamed"
-        result.info["orphan_walk_elements"] = grouped.orphans
-        result.frames.later("walks", lambda: _walk_frame(cap, phase_table, phase, None, limit)[0])
-    else:  # walk ids repeat or a walk column has nulls: rebuild in memory
-        counts, check = _walk_frame(cap, phase_table, phase, model_walk, limit, in_memory=True)
-        weights = None
-        result.info["walk_path"] = "in memory"
-        result.info["orphan_walk_elements"] = counts.attrs.get("orphan_elements", 0)
-        result.frames["walks"] = counts
-    result.tables["walk_depth"] = walks.depth_distribution(counts, ["vcpu"], weights=weights)
-    result.tables["walk_depth_by_phase"] = walks.depth_distribution(counts, ["phase"], weights=weights)
-    paths = count_by(counts, ["cause", "level_path", "pferr"], "walks", weights=weights)
+    counts, check = grouped.counts, grouped.check
+    result.info["walk_path"] = "streamed"
+    result.info["orphan_walk_elements"] = grouped.orphans
+    result._walks = lambda: walkgroups.walk_frame(cap, phase_table, phase)
+    result.tables["walk_depth"] = walks.depth_distribution(counts, ["vcpu"], weights="walks")
+    result.tables["walk_depth_by_phase"] = walks.depth_distribution(counts, ["phase"], weights="walks")
+    paths = count_by(counts, ["cause", "level_path", "pferr"], "walks", weights="walks")
     paths["levels"] = paths["level_path"].map(walks.level_path_text)
     paths["cause"] = np.asarray(paths["cause"], dtype=object)
     result.tables["walk_paths"] = paths[["cause", "levels", "pferr", "walks"]].sort_values(
         "walks", ascending=False, kind="stable").reset_index(drop=True)
-    by_cause = walkcause.cause_table(counts, weights)
+    by_cause = walkcause.cause_table(counts, "walks")
     result.tables["walk_causes"] = by_cause
     result.verdicts["walk_causes"] = _cause_verdict(by_cause)
     if check is not None:
@@ -275,41 +203,6 @@ def _cause_verdict(by_cause: pd.DataFrame) -> dict:
                     "instruction emulator or another guest-virtual translation (no fault path follows; "
                     "pferr 0x10 is an instruction fetch)")
     return {**verdict, "evidence": evidence}
-
-
-def _walk_frame(cap: Any, phase_table: pd.DataFrame, phase: str | None, model_walk: Any, limit: int, *,
-                in_memory: bool = False) -> tuple[pd.DataFrame, crosscheck.CrossCheck | None]:
-    """One row per walk (the columns of :func:`.walks.rebuild_walks` but ``first_step``, plus ``vcpu`` and
-    ``phase``) cut to ``phase``, and the cross-check when ``model_walk`` is given: streamed unless
-    ``in_memory`` or the stream cannot be used."""
-    select = None if phase is None else (lambda frame: phases_mod.phase_mask(frame["ts_ns"], phase_table, phase))
-    streamed = None if in_memory else walkstream.stream_walks(cap, model_walk, limit=limit, select=select)
-    if streamed is not None:
-        rebuilt, check = streamed
-    else:
-        walk = load(cap, "walk", list(walks.WALK_COLUMNS))
-        element = load(cap, "walk_element", [*walks.ELEMENT_COLUMNS, "cpu"])
-        error = load(cap, "walk_error", ["walk_id"]) if "walk_error" in cap.families() else None
-        rebuilt, steps = walks.rebuild_walks(walk, element, error)
-        del walk, element
-        check = None
-        if model_walk is not None:
-            cut = rebuilt if select is None else rebuilt[select(rebuilt)]
-            check = crosscheck.crosscheck_walks(cut, steps, model_walk, limit=limit,
-                                                lost=crosscheck.LostCpus(cap.manifest))
-        del steps
-        rebuilt = rebuilt.drop(columns="first_step")
-    orphans = rebuilt.attrs.get("orphan_elements", 0)
-    followers = walkcause.fault_followers(cap)
-    if followers is not None:
-        followers.add(0, rebuilt["tid"].to_numpy(), rebuilt["ts_ns"].to_numpy())
-    rebuilt["cause"] = pd.Categorical.from_codes(walkcause.cause_codes(len(rebuilt), followers),
-                                                 categories=list(walkcause.CAUSES))
-    rebuilt = add_vcpu(rebuilt, cap.manifest)
-    rebuilt["phase"] = phases_mod.label_phases(rebuilt["ts_ns"], phase_table)
-    rebuilt = _cut(rebuilt, phase_table, phase)
-    rebuilt.attrs["orphan_elements"] = orphans
-    return rebuilt, check
 
 
 def _stage2_analyses(cap: Any, result: Analysis, phase_table: pd.DataFrame, phase: str | None) -> None:

@@ -1,25 +1,11 @@
-"""Helpers shared by the analyses: column loading, vCPU mapping, nearest-rank percentiles, text tables.
+"""Helpers shared by the analyses: column loading, vCPU mapping, percentiles, grouping, text tables.
 
-Contract
---------
-- :func:`load` reads only the listed columns of one family of a capture into a pandas DataFrame
-  (dictionary columns become plain strings). A missing family gives an empty frame with those
-  columns when ``required=False``, else :class:`tracekit.errors.AnalysisError`.
-- :func:`vcpu_map` turns the manifest's ``target.threads`` (``[{tid, comm, vcpu}]``) and, when
-  present, the workload record's ``vcpus`` (``[{index, tid, ...}]``) into ``{tid: vcpu}``.
-- :func:`add_vcpu` adds an ``int64`` column ``vcpu`` (-1 for threads that are not vCPUs), through
-  :func:`lookup_tids` (thread ids to values of a sorted table, a missing value for the others).
-- :func:`latency_summary` groups a frame and returns ``count``, ``total_ns``, ``mean_ns``,
-  ``p50_ns``, ``p90_ns``, ``p99_ns``, ``max_ns`` per group. Percentiles are *nearest rank*: the
-  q-th percentile of n sorted values is the value of rank ``ceil(q/100 * n)`` (1-based), so it is
-  always an observed value (p50 of [10, 20, 30, 40] is 20; p99 of 100 values is the 99th).
-- :func:`rows_where`: the rows of a record batch whose text column holds one of some values;
-  :func:`frame_of`: the frame ``load`` makes of tables read otherwise.
-- :func:`group_codes` / :func:`count_by`: hash-based grouping (sorted groups) for large frames.
-- :func:`format_table` renders a frame as fixed-width text of at most ``width`` columns;
-  :func:`format_ns` and :func:`format_hex` format one duration or address.
-- :func:`tune_memory` (entry points only) makes reallocating large arrays cheap.
-All times are integer nanoseconds on CLOCK_MONOTONIC.
+:func:`load` reads only the listed columns of one family into a DataFrame (AnalysisError when the family
+or a required column is missing); :func:`vcpu_map` / :func:`add_vcpu` map threads to vCPUs from the
+manifest (-1 for other threads); :func:`latency_summary` gives count, total, mean, *nearest-rank*
+p50/p90/p99 (always an observed value) and max per group; :func:`group_codes` / :func:`count_by` group
+large frames by hashing; :func:`format_table` renders at most ``width`` columns. Times are integer
+nanoseconds on CLOCK_MONOTONIC.
 """
 
 from __future__ import annotations

@@ -1,35 +1,12 @@
 """Observed x86 guest walks compared with the reference model's walks of the same guest page tables.
 
-Contract
---------
-- :func:`model_from_layout` rebuilds :class:`tracekit.model.x86.X86PageTables` from the built-in
-  workload's layout record (``workload.guest_paging``: ``levels``, ``root_gpa``, ``table_gpas``,
-  ``mappings`` [{``gva``, ``gpa``, ``size``, ``page_size``}] in mapping order), serialises it at
-  the first table address and checks that the root and every table address agree with the record.
-  Levels may be -1..5 (per-level counts cover that range).
-  Returns the model's ``walk(gva)`` function. (A model function may return None for an address it does
-  not cover, as the selftests' model does outside their test memory: such walks are counted in
-  ``outside_model``, not compared.) Raises AnalysisError when the record is missing or
-  the rebuilt tables differ.
-- :func:`crosscheck_walks` takes ``walks`` and ``steps`` from
-  :func:`tracekit.analysis.walks.rebuild_walks` and a ``model_walk(gva) -> X86Walk``; every walk
-  with at least one element is compared level by level (KVM level and guest PTE, the PTE compared
-  ignoring the Accessed and Dirty bits the walker sets, ``pte_equal_ignoring_ad``), and the walk
-  depth must agree. A walk retried from the root (``walk_addr_generic``'s retry: one walk event, its
-  elements several passes from the root level; :func:`compared_passes`) is compared by its last pass
-  and counted in ``retried``; its earlier passes' PTE reads still count per level. The model is walked once per 2 MiB region mapped by a huge leaf, else once per
-  distinct 4 KiB page; the comparison itself is vectorised, one pass per depth (:func:`compare_elements`,
-  shared with the streamed check of :mod:`.walkstream`). Returns a
-  :class:`CrossCheck`: ``summary`` (dict: ``walks``, ``compared``, ``matched``, ``match_rate``,
-  ``mismatched``, ``retried``, ``verdict`` ``"match"`` / ``"mismatch"`` / ``"no walks"``), ``per_walk``
-  (walk_id, addr, depth, model_depth, match) and ``mismatches`` (the first
-  ``limit`` mismatching walks: walk_id, addr, depth of the first difference, observed_level,
-  observed_pte, model_level, model_pte, reason) and ``per_level`` (level, observed: PTE reads at that
-  level, model: the model's reads for the same walks).
-- :class:`ModelCache` holds the model's walks for the streamed check: ``rows(addrs)`` gives each
-  address the row of its region's or page's walk, walking the model only for regions and pages not
-  seen before; ``levels``, ``ptes``, ``depths`` (and ``columns()``, one array per depth) hold them;
-  ``walked(row)`` is the region or page address the row's walk was made for.
+:func:`model_from_layout` rebuilds the model from the built-in workload's layout record (AnalysisError
+when the rebuilt tables differ from it); :class:`ModelCache` walks the model once per 2 MiB region or
+4 KiB page. A walk matches when its depth, and at each depth its level and PTE (ignoring A/D), equal the
+model's (:func:`compare_elements`; a walk retried from the root is compared by its last pass,
+:func:`compared_passes`); one cut short by lost events (:func:`cut_short`, on the CPUs of
+:class:`LostCpus`) is counted apart. :func:`check_summary` makes the verdict, :class:`CrossCheck` holds
+it with the first mismatches and the per-level reads. Rules and fields: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -43,7 +20,7 @@ import pandas as pd
 from tracekit.errors import AnalysisError, ModelError
 from tracekit.model.x86 import PTE_AD_MASK, X86PageTables, X86Walk
 
-__all__ = ["CrossCheck", "ModelCache", "model_from_layout", "crosscheck_walks", "mismatch_row", "MISMATCH_COLUMNS",
+__all__ = ["CrossCheck", "ModelCache", "model_from_layout", "mismatch_row", "MISMATCH_COLUMNS",
            "check_summary", "modelled", "per_level_table", "last_passes", "compared_passes", "compare_elements",
            "LostCpus", "cut_short", "match_text"]
 
@@ -54,10 +31,10 @@ _AD = np.uint64(PTE_AD_MASK)
 
 @dataclass
 class CrossCheck:
-    """Result of :func:`crosscheck_walks` (see the module docstring)."""
+    """A cross-check's ``summary`` (:func:`check_summary`), ``mismatches`` (the first differing walks,
+    :data:`MISMATCH_COLUMNS`) and ``per_level`` (PTE reads per level, observed and model)."""
 
     summary: dict
-    per_walk: pd.DataFrame
     mismatches: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=MISMATCH_COLUMNS))
     per_level: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["level", "observed", "model"]))
 
@@ -239,18 +216,10 @@ class ModelCache:
         return row, levels, ptes, depths, self.faults
 
 
-def _model_table(addrs: np.ndarray, model_walk: Callable[[int], X86Walk]
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
-    """Model walks needed for ``addrs`` (:class:`ModelCache`): per address the row of its walk, and per
-    row the levels, PTEs and depth, and the model's faults."""
-    cache = ModelCache(model_walk)
-    return cache.table(cache.rows(addrs))
-
-
 def mismatch_row(walk_id: int, addr: int, at: int, depth: int, first: int, level: np.ndarray, pte: np.ndarray,
                  model: tuple, model_row: int) -> tuple:
     """The :data:`MISMATCH_COLUMNS` row of a walk whose first difference is at depth ``at``; ``first`` is
-    the row of its first element in ``level`` / ``pte``, ``model`` what :func:`_model_table` returned."""
+    the row of its first element in ``level`` / ``pte``, ``model`` what :meth:`ModelCache.table` returned."""
     _, m_levels, m_ptes, m_depths, faults = model
     model_depth = int(m_depths[model_row])
     m_level = int(m_levels[model_row, at]) if at < m_levels.shape[1] and m_levels[model_row, at] != _NO_LEVEL else None
@@ -422,7 +391,7 @@ def per_level_table(observed_counts: np.ndarray, model_levels: np.ndarray, model
                     *, row_counts: np.ndarray | None = None) -> pd.DataFrame:
     """The :class:`CrossCheck` ``per_level`` frame: ``observed_counts`` (PTE reads per level + 2, 8
     slots) next to the model's reads per level for the walks whose model rows are ``model_rows``
-    (``model_levels`` as :func:`_model_table` returns them), or whose number per model row is
+    (``model_levels`` as :attr:`ModelCache.levels` holds them), or whose number per model row is
     ``row_counts``; levels from the highest down."""
     if row_counts is None:
         row_counts = np.bincount(np.asarray(model_rows, np.int64), minlength=len(model_levels))
@@ -436,57 +405,3 @@ def per_level_table(observed_counts: np.ndarray, model_levels: np.ndarray, model
     return pd.DataFrame({"level": [lv - 2 for lv in levels_seen],
                          "observed": [int(observed_counts[lv]) for lv in levels_seen],
                          "model": [int(model_counts[lv]) for lv in levels_seen]})
-
-
-def crosscheck_walks(walks: pd.DataFrame, steps: pd.DataFrame, model_walk: Callable[[int], X86Walk],
-                     *, limit: int = 20, lost: LostCpus | None = None) -> CrossCheck:
-    """Compare every observed walk with the model's walk of the same address."""
-    depth = walks["depth"].to_numpy(np.int64)
-    observed = depth > 0
-    if not observed.any():
-        empty = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
-        return CrossCheck(check_summary(int(len(walks)), 0, 0), empty)
-    if not observed.all():
-        walks = walks[observed]
-        depth = depth[observed]
-    addrs = walks["addr"].to_numpy(np.uint64)
-    row, m_levels, m_ptes, m_depths, faults = _model_table(addrs, model_walk)
-    inside = modelled(row, m_depths)
-    outside = int((~inside).sum())
-    if outside:
-        walks, depth, addrs, row = walks[inside], depth[inside], addrs[inside], row[inside]
-    if not len(walks):
-        empty = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
-        return CrossCheck(check_summary(int(len(observed)), 0, 0, outside=outside), empty)
-    level = steps["level"].to_numpy()
-    pte = steps["pte"].to_numpy(np.uint64)
-    model_depth = m_depths[row]
-    walk_depth = depth
-    first, depth, retried, earlier = compared_passes(level, walks["first_step"].to_numpy(np.int64), depth,
-                                                     model_depth)
-    bad, first_bad, obs_counts = compare_elements(level, pte, first, depth, row,
-                                                  [m_levels[:, d] for d in range(m_levels.shape[1])],
-                                                  [m_ptes[:, d] for d in range(m_ptes.shape[1])], model_depth)
-    obs_counts += np.bincount(level[earlier].astype(np.int64) + 2, minlength=8)[:8]
-    short = np.zeros(len(bad), bool)
-    if lost and bad.any():
-        cpu = steps["cpu"].to_numpy(np.int64)[first] if "cpu" in steps.columns else np.zeros(len(first), np.int64)
-        maybe = np.flatnonzero(bad & lost.on(cpu))
-        short[maybe] = cut_short(level, pte, first[maybe], depth[maybe], row[maybe],
-                                 [m_levels[:, d] for d in range(m_levels.shape[1])],
-                                 [m_ptes[:, d] for d in range(m_ptes.shape[1])], model_depth[maybe])
-        bad &= ~short
-
-    walk_ids = walks["walk_id"].to_numpy(np.uint64)
-    per_walk = pd.DataFrame({"walk_id": walk_ids, "addr": addrs, "depth": walk_depth, "model_depth": model_depth,
-                             "match": ~(bad | short)}, copy=False)
-    model = (row, m_levels, m_ptes, m_depths, faults)
-    mismatch_rows = [mismatch_row(int(walk_ids[i]), int(addrs[i]), int(first_bad[i]), int(depth[i]), int(first[i]),
-                                  level, pte, model, int(row[i]))
-                     for i in np.flatnonzero(bad)[:limit].tolist()]
-    mismatches = pd.DataFrame(mismatch_rows, columns=MISMATCH_COLUMNS)
-    per_level = per_level_table(obs_counts, m_levels, row)
-    compared = int(len(walks))
-    summary = check_summary(int(len(observed)), compared, compared - int(bad.sum()) - int(short.sum()),
-                            int(retried.sum()), outside, int(short.sum()))
-    return CrossCheck(summary, per_walk, mismatches, per_level)

@@ -1,14 +1,10 @@
 """The VMs (processes) of a capture: list them, pick one by ``--vm PID|NAME``, cut a capture to it.
 
-Contract: :func:`capture_vms` lists the processes a capture recorded (manifest ``target.vms``; older
-captures, with one target, from ``target.pids``/``comm``/``name``). :func:`select_vm` picks the one
-``spec`` names (a pid, an exact process or guest name, or a unique prefix of a process name) and raises
-:class:`tracekit.errors.UsageError` listing the VMs otherwise. :class:`VmCapture` wraps an opened
-capture and shows only that process's rows: every reading method the analyses use (``iter_tables``,
-``iter_batches``, ``table``, ``dataframe``, ``rows``) filters on the ``pid`` column every event row
-carries (a family without one passes whole); its manifest's ``target`` names that VM alone. Lost
-events are counted per probe and CPU, not per process: ``lost_total`` stays the capture's.
-:func:`vm_rows` counts each VM's rows per family for the per-VM table of ``tracekit analyze``.
+:func:`capture_vms` lists the recorded processes (manifest ``target.vms``, or older ``target.pids``);
+:func:`select_vm` picks the one a pid, name or unique prefix names (UsageError listing them otherwise);
+:class:`VmCapture` shows an opened capture through that process's rows (filtering on the ``pid`` column
+every event row carries; lost events stay the capture's, as they are counted per CPU); :func:`vm_rows`
+counts each VM's rows per family for ``tracekit analyze``.
 """
 
 from __future__ import annotations

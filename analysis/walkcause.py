@@ -1,21 +1,11 @@
 """Why KVM walked a guest page table: a shadow-MMU page fault, or its instruction emulator.
 
-Contract
---------
-A guest walk (``kvm_mmu_pagetable_walk``) is made by the shadow MMU's page-fault handler
-(``FNAME(page_fault)``: the walk, then ``FNAME(fetch)`` with ``kvm_mmu_spte_requested`` and
-``kvm_mmu_set_spte``) or by a guest-virtual translation outside it: KVM's instruction emulator (every
-instruction fetch, ``pferr`` 0x10, and every memory operand of an emulated instruction) and the few other
-``gva_to_gpa`` users. The tracepoints carry no cause, so a walk's cause is read from what its thread does
-next: ``fault`` when one of :data:`FAULT_EVENTS` of the same thread follows it before the thread's next
-walk and within :data:`FAULT_WINDOW_NS`; ``emulation`` when none does; ``unknown`` when the capture does
-not record those events (no ``mmu`` family, or the probes were not attached). A walk that fails (walker
-error) and is not followed by a fault path counts as ``emulation`` (KVM injects the page fault either way).
-
-:func:`fault_followers` reads the fault-path events of a capture batch by batch (None when it has none to
-read) into a :class:`FaultFollowers`, which takes the walks batch by batch (rows, ``tid``, ``ts_ns``) and names the walk rows
-a fault path follows; :func:`cause_codes` gives every walk its code in :data:`CAUSES`;
-:func:`cause_table` sums walk counts per ``cause`` and ``pferr`` with each one's share of all walks.
+The tracepoints carry no cause, so it is read from what the walk's thread does next: ``fault`` when a
+fault-path event (:data:`FAULT_EVENTS`) of the same thread follows the walk before the thread's next walk
+and within :data:`FAULT_WINDOW_NS`, ``emulation`` when none does, ``unknown`` when the capture does not
+record those events. :func:`fault_followers` reads them batch by batch into a :class:`FaultFollowers`,
+which takes the walks batch by batch and names the walks a fault path follows (16 bytes per fault);
+:func:`cause_codes` gives each walk its code in :data:`CAUSES`, :func:`cause_table` the table.
 """
 
 from __future__ import annotations

@@ -1,65 +1,45 @@
-"""Guest walks rebuilt and cross-checked while streaming ``walk_element`` row group by row group.
+"""The streaming walk-rebuild core: every guest walk of a capture rebuilt and cross-checked in one pass.
 
-Contract
---------
-:func:`stream_walks` gives the same per-walk results as :func:`tracekit.analysis.walks.rebuild_walks`
-followed by :func:`tracekit.analysis.crosscheck.crosscheck_walks`, without holding the element columns
-in memory: the ``walk`` family is read whole (``walk_id``, ``ts_ns``, ``tid``, ``addr``, ``pferr``),
-``walk_element`` (``walk_id``, ``index``, ``level``, ``pte``) in batches of :data:`BATCH_ROWS` rows
-(Parquet row groups), decoded by a reader thread (:class:`prefetch`) a few batches ahead of the numpy
-work, so memory grows with walks, not with elements. No order of walk ids is assumed: each element finds its walk through the walk ids
-(:class:`RowMap`: the recorder's ``cpu << 48 | sequence`` ids map without a search). A walk whose
-elements form one run in index order is rebuilt where it lies; a walk split into several runs
-(concurrent walks on two CPUs interleave in the recorder's time-ordered rows) or out of index order
-is gathered and sorted by (walk, index) like the in-memory path; the walks seen in the last
-:data:`HOLD_ROWS` rows of the stream are held for the next batch, where they may go on. A walk whose
-elements come further apart than that (the recorder flushes a CPU's partly filled batch late when the
-vCPU thread moved to another CPU) is found when more of its elements come after it was rebuilt: the
-elements are then read once more (:func:`feed_passes`), that walk's rows set aside as they come and
-rebuilt at the end, so memory grows with such walks' elements only. It returns None when the walk ids
-repeat, and the caller uses the in-memory path. The model's walks come from a
-:class:`~tracekit.analysis.crosscheck.ModelCache` (once per distinct region or page). Mismatches are
-the first ``limit`` mismatching walks in walk-event order (as in the in-memory check). Returns
-``(walks, check)``: ``walks`` has the columns of ``rebuild_walks`` except ``first_step`` (there is no
-steps table); ``check`` is a :class:`~tracekit.analysis.crosscheck.CrossCheck` (None without
-``model_walk``) whose ``per_walk`` frame is left empty. Raises what reading the capture raises.
-:func:`rebuild_streamed` does the same on a walk table and an iterable of element batches in
-capture order (how the benchmark and tests feed it).
-
-The pieces :mod:`.walkgroups` reuses with narrow per-walk columns instead of whole ones: :class:`IdScan`
-(what the id map needs to know, gathered as the ids are read) and :meth:`RowMap.from_chunks` (the map
-built from a second read of the ids, which are then never held); :class:`RowMap.ids` (rows back to walk
-ids, for the few walks a report names); :class:`WalkShapes` (the whole per-walk rebuild columns; any
-object with its ``rebuilt`` / ``put`` methods can stand in); :func:`feed_passes`, :func:`element_stream`
-and :func:`cross_check`.
-The rebuild's scratch arrays cover one batch's range of walk rows and are reused from batch to batch.
+:func:`stream_walks` reads the ``walk`` family in batches (each walk's columns handed to the caller at
+once, then dropped) and ``walk_element`` in batches decoded by a reader thread, and rebuilds each walk as
+its elements go by: its shape goes to a caller's sink (:class:`WalkShapes`, or narrow codes), its
+comparison with the model into counts. Elements find their walk through the walk ids (:class:`RowMap`);
+walks whose elements are split or out of order are gathered and sorted, walks whose elements lie far
+apart are rebuilt in another pass. Memory grows with walks (a few bytes each), not with elements.
+docs/analysis.md describes the rules; tests/analysis/walkref.py is the in-memory reference it is
+checked against.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
-from tracekit.analysis.common import load
 from tracekit.analysis.crosscheck import (MISMATCH_COLUMNS, CrossCheck, LostCpus, ModelCache, check_summary,
                                           compare_elements, compared_passes, cut_short, mismatch_row, modelled,
                                           per_level_table)
-from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, _col, depth_of, leaf_levels, level_paths
+from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, depth_of, leaf_levels, level_paths
 from tracekit.errors import AnalysisError
 
-__all__ = ["stream_walks", "rebuild_streamed", "feed_passes", "element_stream", "RowMap", "IdScan", "WalkShapes",
-           "prefetch", "HOLD_ROWS", "BATCH_ROWS", "MAX_PASSES"]
+__all__ = ["stream_walks", "StreamedWalks", "WalkShapes", "RowMap", "IdScan", "prefetch", "feed_passes",
+           "HOLD_ROWS", "MAX_PASSES", "WALK_BATCH_ROWS", "ELEMENT_BATCH_ROWS", "STREAM_COLUMNS"]
 
-#: Elements per batch (the recorder's Parquet row groups hold up to 1 Mi rows).
-BATCH_ROWS = 1 << 20
+#: Rows per batch of the ``walk`` family (smaller batches: less decoded data and fewer temporaries at once).
+WALK_BATCH_ROWS = 1 << 18
+#: Rows per batch of ``walk_element`` (as fast as 1 Mi-row batches here, 100 MB less at the peak).
+ELEMENT_BATCH_ROWS = 1 << 18
 #: The walks seen in the stream's last this many rows are held for the next batch (they may go on there).
 HOLD_ROWS = 4096
 #: Passes over the elements at most: each sets aside the walks the one before found too far apart.
 MAX_PASSES = 3
+#: The ``walk_element`` columns the stream reads: the element columns and each row's CPU.
+STREAM_COLUMNS = (*ELEMENT_COLUMNS, "cpu")
 _LOW_BITS = np.uint64((1 << 48) - 1)
 _ID_CHUNK = 1 << 20
 
@@ -100,7 +80,8 @@ class IdScan:
 
 
 class RowMap:
-    """Walk id -> row of the walk table. ``ok`` is False when ids repeat.
+    """Walk id -> row of the walk table; an id that repeats maps to its first row, and :meth:`repeats`
+    names the later rows of each (they get that walk's elements too).
 
     Ids ``hi << 48 | lo`` whose ``lo`` are consecutive for each ``hi`` (the recorder's per-CPU
     sequences, or plain consecutive ids) map through one lookup table; other ids by binary search.
@@ -123,7 +104,7 @@ class RowMap:
 
     def _build(self, scan: IdScan, chunks: Callable[[], Iterable[np.ndarray]], ids: np.ndarray | None) -> None:
         self.n = scan.n
-        self.ok = True
+        self.repeated = self.first_rows = np.zeros(0, np.int64)  # later rows of repeated ids, by their first row
         self._lookup = self._sorted = self._order = None
         self._first = None
         if self.n == 0:
@@ -137,8 +118,13 @@ class RowMap:
             ids = np.concatenate([np.asarray(part, np.uint64) for part in chunks()])
         order = np.argsort(ids, kind="stable")
         ids_sorted = ids[order]
-        if bool(np.any(ids_sorted[1:] == ids_sorted[:-1])):
-            self.ok = False
+        again = np.flatnonzero(ids_sorted[1:] == ids_sorted[:-1]) + 1
+        if len(again):  # each repeat's first row: the row of the first of its run of equal ids
+            run_first = np.maximum.accumulate(np.where(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]],
+                                                       np.arange(len(ids_sorted)), 0))
+            first, later = order[run_first[again]], order[again]
+            by_first = np.argsort(first, kind="stable")
+            self.first_rows, self.repeated = first[by_first].astype(np.int64), later[by_first].astype(np.int64)
         self._sorted, self._order = ids_sorted, order
 
     def _per_cpu_lookup(self, scan: IdScan, chunks: Callable[[], Iterable[np.ndarray]]) -> bool:
@@ -181,6 +167,20 @@ class RowMap:
         pos = np.minimum(np.searchsorted(self._sorted, ids), self.n - 1)
         return np.where(self._sorted[pos] == ids, self._order[pos], -1)
 
+    def repeats(self, wi: np.ndarray, starts: np.ndarray, counts: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Walks ``wi`` with their element runs ``starts`` / ``counts``, and the later rows of their
+        repeated ids with the same runs (the in-memory rebuild gives every row of an id its elements)."""
+        if len(self.repeated) == 0 or len(wi) == 0:
+            return wi, starts, counts
+        lo = np.searchsorted(self.first_rows, wi, "left")
+        k = np.searchsorted(self.first_rows, wi, "right") - lo
+        has = np.flatnonzero(k)
+        if len(has) == 0:
+            return wi, starts, counts
+        more = self.repeated[_expand(lo[has], k[has])]
+        return (np.concatenate((wi, more)), np.concatenate((starts, np.repeat(starts[has], k[has]))),
+                np.concatenate((counts, np.repeat(counts[has], k[has]))))
 
     def ids(self, rows: np.ndarray) -> np.ndarray:
         """The walk id of each of a few ``rows`` (the inverse of :meth:`rows`; one pass over the table
@@ -280,15 +280,15 @@ class WalkShapes:
 class _State:
     """Per-walk outputs, filled batch by batch: the walks' shapes go to ``shapes`` (a :class:`WalkShapes`,
     or the narrow codes of :mod:`.walkgroups`), the cross-check's counts stay here. Mismatch rows carry
-    the walk's row until :meth:`mismatch_frame` puts in the walk ids."""
+    the walk's row until :meth:`mismatch_frame` puts in the walk ids and addresses."""
 
-    def __init__(self, n: int, addrs: np.ndarray | None, model: ModelCache | None, limit: int,
-                 selected: np.ndarray | None, shapes: Any = None, model_rows: np.ndarray | None = None,
+    def __init__(self, n: int, shapes: Any, row_map: RowMap, model: ModelCache | None = None,
+                 model_rows: np.ndarray | None = None, limit: int = 20, selected: np.ndarray | None = None,
                  lost: LostCpus | None = None):
-        self.n, self.addrs, self.model, self.limit, self.selected = n, addrs, model, limit, selected
+        self.n, self.shapes, self.row_map, self.model, self.limit, self.selected = (n, shapes, row_map, model,
+                                                                                    limit, selected)
         self.lost = lost  # CPUs that lost walk elements: their short walks may be cut short, not mismatches
-        self.walk_model_rows = model_rows  # per walk its model row, when the addresses are not kept
-        self.shapes = shapes if shapes is not None else WalkShapes(n)
+        self.walk_model_rows = model_rows  # per walk its row in the model cache
         self.compared = 0  # walks compared with the model
         self.retried = 0  # compared walks read in several passes from the root (the last one compared)
         self.mismatched = 0
@@ -301,12 +301,11 @@ class _State:
         self.mismatches: list[tuple[int, tuple]] = []  # (walk row, row of MISMATCH_COLUMNS), smallest rows
 
     def mismatch_frame(self, walk_ids: Callable[[np.ndarray], np.ndarray],
-                       addrs: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
-        """The kept mismatch rows, their walk ids from ``walk_ids(rows)`` (and addresses from
-        ``addrs(rows)`` when given)."""
+                       addrs: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
+        """The kept mismatch rows, their walk ids from ``walk_ids(rows)`` and addresses from ``addrs(rows)``."""
         rows = np.array([w for w, _ in self.mismatches], np.int64)
         ids = walk_ids(rows).tolist() if len(rows) else []
-        where = addrs(rows).tolist() if len(rows) and addrs is not None else [row[1] for _, row in self.mismatches]
+        where = addrs(rows).tolist() if len(rows) else []
         return pd.DataFrame([(walk_id, addr, *row[2:]) for walk_id, addr, (_, row) in zip(ids, where, self.mismatches)],
                             columns=MISMATCH_COLUMNS)
 
@@ -323,6 +322,7 @@ class _State:
             wi, starts, counts = wi[keep], starts[keep], counts[keep]
             if len(wi) == 0:
                 return
+        wi, starts, counts = self.row_map.repeats(wi, starts, counts)
         ends = starts + counts - 1
         self.shapes.put(wi, counts, level[starts], leaf_levels(level[ends], pte[ends]),
                         level_paths(level, starts, counts))
@@ -338,10 +338,7 @@ class _State:
 
     def _model_rows(self, wi: np.ndarray) -> np.ndarray:
         """The model rows of walks ``wi``, counted for the per-level table."""
-        if self.walk_model_rows is None:
-            rows = self.model.rows(self.addrs[wi])
-        else:
-            rows = self.walk_model_rows[wi].astype(np.int64)
+        rows = self.walk_model_rows[wi].astype(np.int64)
         size = len(self.model)
         if len(self.model_rows) < size:
             self.model_rows = np.concatenate((self.model_rows, np.zeros(size - len(self.model_rows), np.int64)))
@@ -357,9 +354,9 @@ class _State:
         model = self.model.table(rows)
         for i in found.tolist():
             w = int(wi[i])
-            # Without the addresses, the row's own address stands in (the same model fault) until
-            # mismatch_frame puts the walk's address in.
-            addr = int(self.addrs[w]) if self.addrs is not None else self.model.walked(int(rows[i]))
+            # The model row's own address stands in (the same model fault) until mismatch_frame puts
+            # the walk's address in.
+            addr = self.model.walked(int(rows[i]))
             self.mismatches.append((w, mismatch_row(-1, addr, int(first_bad[i]),
                                                     int(counts[i]), int(starts[i]), level, pte, model, int(rows[i]))))
         self.mismatches.sort(key=lambda item: item[0])
@@ -574,83 +571,6 @@ class _Rebuilder:
         self.state.process(wi[starts], starts, counts, level, pte, cpu)
 
 
-#: The ``walk_element`` columns the stream reads: the element columns and each row's CPU.
-STREAM_COLUMNS = (*ELEMENT_COLUMNS, "cpu")
-
-
-def _element_batches(batches: Iterable[Any]) -> Iterator[list[np.ndarray]]:
-    """:data:`STREAM_COLUMNS` of each record batch (zero-copy); AnalysisError when one holds nulls."""
-    for batch in batches:
-        nulls = [c for c in STREAM_COLUMNS if batch.column(c).null_count]
-        if nulls:
-            raise AnalysisError(f"walk_element column(s) {', '.join(nulls)} hold nulls: the capture is damaged")
-        yield [batch.column(c).to_numpy() for c in STREAM_COLUMNS]
-
-
-def element_reader(cap: Any, batch_rows: int) -> prefetch:
-    """:data:`STREAM_COLUMNS` of ``walk_element`` as record batches of ``batch_rows``, from a reader thread."""
-    return prefetch(cap.iter_batches("walk_element", list(STREAM_COLUMNS), batch_rows), depth=2)
-
-
-def element_stream(cap: Any, batch_rows: int) -> Iterator[list[np.ndarray]]:
-    """The ``walk_element`` columns of a capture in batches of ``batch_rows``, decoded by a reader thread."""
-    with element_reader(cap, batch_rows) as reader:
-        yield from _element_batches(reader)
-
-
-def stream_walks(cap: Any, model_walk: Callable | None = None, *, limit: int = 20,
-                 select: Callable[[pd.DataFrame], np.ndarray] | None = None
-                 ) -> tuple[pd.DataFrame, CrossCheck | None] | None:
-    """Rebuild (and cross-check) every walk of a capture streaming its elements; None when a walk's
-    elements are too far apart or walk ids repeat.
-
-    ``select(walk_frame) -> bool array`` limits the cross-check to some walks (a phase cut); every
-    walk is still rebuilt."""
-    # The reader thread decodes the first element row groups while the walks are read.
-    with element_reader(cap, BATCH_ROWS) as reader:
-        walk = load(cap, "walk", list(WALK_COLUMNS))
-        error_ids = load(cap, "walk_error", ["walk_id"])["walk_id"].to_numpy(np.uint64) \
-            if "walk_error" in cap.families() else None
-        return rebuild_streamed(walk, lambda: element_stream(cap, BATCH_ROWS), model_walk, limit=limit,
-                                select=select, error_ids=error_ids, first=_element_batches(reader),
-                                lost=LostCpus(cap.manifest))
-
-
-def rebuild_streamed(walk: Any, batches: Iterable[list[np.ndarray]] | Callable[[], Iterable[list[np.ndarray]]],
-                     model_walk: Callable | None = None, *, limit: int = 20,
-                     select: Callable[[Any], np.ndarray] | None = None, error_ids: np.ndarray | None = None,
-                     first: Iterable[list[np.ndarray]] | None = None, lost: LostCpus | None = None
-                     ) -> tuple[pd.DataFrame, CrossCheck | None] | None:
-    """:func:`stream_walks` on a walk table (DataFrame or column mapping of :data:`WALK_COLUMNS`) and
-    batches of element columns ``[walk_id, index, level, pte]`` in capture order (or a function giving
-    them anew, for further passes: :func:`feed_passes`, which also says what ``first`` is);
-    ``error_ids`` are the walk ids of ``walk_error``."""
-    w_wid = _col(walk, "walk_id", np.uint64)
-    row_map = RowMap(w_wid)
-    if not row_map.ok:
-        return None
-    addrs = _col(walk, "addr", np.uint64)
-    model = ModelCache(model_walk) if model_walk is not None else None
-    selected = None if select is None else np.asarray(select(walk), bool)
-    state = feed_passes(row_map, lambda: _State(len(w_wid), addrs, model, limit, selected, lost=lost), batches, first)
-    if state is None:
-        return None
-    error = np.zeros(len(w_wid), bool)
-    if error_ids is not None and len(error_ids):
-        error_rows = row_map.rows(np.asarray(error_ids, np.uint64))
-        error[error_rows[error_rows >= 0]] = True
-    walks = pd.DataFrame({
-        "walk_id": w_wid, "ts_ns": _col(walk, "ts_ns", np.int64), "tid": _col(walk, "tid", np.int32),
-        "addr": addrs, "pferr": _col(walk, "pferr", np.uint32), "depth": state.shapes.depth,
-        "root_level": state.shapes.root, "leaf_level": state.shapes.leaf, "level_path": state.shapes.path,
-        "error": error,
-    }, copy=False)
-    walks.attrs["orphan_elements"] = state.orphans
-    if model is None:
-        return walks, None
-    return walks, cross_check(state, lambda rows: w_wid[rows])
-
-
 def feed_all(rebuilder: _Rebuilder, batches: Iterable[list[np.ndarray]]) -> bool:
     """Feed every batch; False when some walk's elements turned out too far apart (``state.late``)."""
     batches = iter(batches)
@@ -662,38 +582,142 @@ def feed_all(rebuilder: _Rebuilder, batches: Iterable[list[np.ndarray]]) -> bool
     return not rebuilder.state.late
 
 
-def feed_passes(row_map: RowMap, make_state: Callable[[], _State],
-                batches: Iterable[list[np.ndarray]] | Callable[[], Iterable[list[np.ndarray]]],
-                first: Iterable[list[np.ndarray]] | None = None) -> _State | None:
+def feed_passes(row_map: RowMap, make_state: Callable[[], _State], batches: Callable[[], Iterable[list[np.ndarray]]],
+                first: Iterable[list[np.ndarray]] | None = None) -> _State:
     """A fresh ``make_state()`` fed every element batch, ``batches()`` read once more (at most
     :data:`MAX_PASSES` times in all) when a pass found walks whose elements lie further apart than the
     held rows: the next pass sets those walks' rows aside and rebuilds them at its end (two passes
     settle: the walks not set aside meet the same rows). ``first`` is the first pass's batches when they
-    were already started. None when another pass is needed and ``batches`` is an iterator (read once)."""
+    were already started."""
     aside = np.zeros(0, np.int64)
     for number in range(MAX_PASSES):
-        if number == 0 and first is not None:
-            stream = first
-        elif callable(batches):
-            stream = batches()
-        elif number == 0 or isinstance(batches, Sequence):  # a list of batches can be read again
-            stream = batches
-        else:
-            return None
         state = make_state()
-        if feed_all(_Rebuilder(state, row_map, aside), stream):
-            return state
+        if feed_all(_Rebuilder(state, row_map, aside), first if number == 0 and first is not None else batches()):
+            break
         aside = np.union1d(aside, np.concatenate(state.late))
-    return None
+    return state
 
 
 def cross_check(state: _State, walk_ids: Callable[[np.ndarray], np.ndarray],
-                addrs: Callable[[np.ndarray], np.ndarray] | None = None) -> CrossCheck:
-    """The :class:`CrossCheck` of a fed :class:`_State` (with a model); ``walk_ids(rows)`` names walks,
-    ``addrs(rows)`` gives their addresses when the state does not hold them."""
+                addrs: Callable[[np.ndarray], np.ndarray]) -> CrossCheck:
+    """The :class:`CrossCheck` of a fed :class:`_State` (with a model); ``walk_ids(rows)`` and
+    ``addrs(rows)`` name the mismatching walks."""
     per_level = per_level_table(state.observed_levels, state.model.levels, row_counts=state.model_rows)
     summary = check_summary(int(state.n if state.selected is None else state.selected.sum()), state.compared,
                             state.compared - state.mismatched - state.cut_short, state.retried, state.outside,
                             state.cut_short)
-    per_walk = pd.DataFrame(columns=["walk_id", "addr", "depth", "model_depth", "match"])
-    return CrossCheck(summary, per_walk, state.mismatch_frame(walk_ids, addrs), per_level)
+    return CrossCheck(summary, state.mismatch_frame(walk_ids, addrs), per_level)
+
+
+@dataclass
+class StreamedWalks:
+    """What :func:`stream_walks` found: ``n`` walk events, ``shapes`` (the caller's sink, filled),
+    ``check`` (None without a model), ``orphans`` (elements whose walk event is missing), ``row_map``
+    (walk ids <-> rows), ``error_rows`` (rows of the walks with a walker error, sorted), ``selected``
+    (per walk, in the cut; None without ``select``)."""
+
+    n: int
+    shapes: Any
+    check: CrossCheck | None
+    orphans: int
+    row_map: RowMap
+    error_rows: np.ndarray
+    selected: np.ndarray | None
+
+
+def _walk_batches(cap: Any, columns: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+    """``columns`` of the ``walk`` family a batch at a time (decoded by a reader thread), nulls read as 0."""
+    with prefetch(cap.iter_batches("walk", list(columns), WALK_BATCH_ROWS), depth=2) as batches:
+        for batch in batches:
+            yield {name: (pc.fill_null(column, 0) if column.null_count else column).to_numpy()
+                   for name, column in zip(batch.schema.names, batch.columns)}
+
+
+def _walk_rows(cap: Any, column: str, rows: np.ndarray) -> np.ndarray:
+    """``column`` of the ``walk`` family at ``rows`` (a few: the family is read a batch at a time)."""
+    rows = np.asarray(rows, np.int64)
+    out = np.zeros(len(rows), np.uint64)
+    start = 0
+    for part in _walk_batches(cap, [column]):
+        values = part[column]
+        inside = (rows >= start) & (rows < start + len(values))
+        out[inside] = values[rows[inside] - start]
+        start += len(values)
+    return out
+
+
+def _element_batches(batches: Iterable[Any]) -> Iterator[list[np.ndarray]]:
+    """:data:`STREAM_COLUMNS` of each record batch (zero-copy); AnalysisError when one holds nulls."""
+    for batch in batches:
+        nulls = [c for c in STREAM_COLUMNS if batch.column(c).null_count]
+        if nulls:
+            raise AnalysisError(f"walk_element column(s) {', '.join(nulls)} hold nulls: the capture is damaged")
+        yield [batch.column(c).to_numpy() for c in STREAM_COLUMNS]
+
+
+def _element_reader(cap: Any) -> prefetch:
+    return prefetch(cap.iter_batches("walk_element", list(STREAM_COLUMNS), ELEMENT_BATCH_ROWS), depth=2)
+
+
+def _element_stream(cap: Any) -> Iterator[list[np.ndarray]]:
+    with _element_reader(cap) as reader:
+        yield from _element_batches(reader)
+
+
+def stream_walks(cap: Any, shapes: Callable[[int], Any] | None = None, *, on_walks: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+                 model_walk: Callable | None = None, select: Callable[[np.ndarray], np.ndarray] | None = None,
+                 limit: int = 20) -> StreamedWalks:
+    """Rebuild and cross-check every walk of ``cap`` (a capture, or anything with its ``rows``,
+    ``iter_batches``, ``families`` and ``manifest``).
+
+    ``shapes(n)`` makes the sink of each walk's shape (default :class:`WalkShapes`; any object with its
+    ``rebuilt`` / ``put`` methods), once per pass over the elements; ``on_walks(start, columns)`` is given each batch of
+    :data:`~.walks.WALK_COLUMNS` (walk rows ``start`` ...) as it is read; ``select(ts_ns) -> bool``
+    limits the cross-check to some walks (a phase cut: every walk is still rebuilt). The first ``limit``
+    mismatching walks in walk order are listed. Raises what reading the capture raises."""
+    n = cap.rows("walk")
+    shapes = shapes or WalkShapes
+    model = ModelCache(model_walk) if model_walk is not None else None
+    model_rows = np.zeros(n if model is not None else 0, np.uint8)  # per walk its row in the model cache
+    selected = np.empty(n, bool) if select is not None else None
+    scan = IdScan()
+    with _element_reader(cap) as reader:  # decodes the first element batches while the walks are read
+        start = 0
+        for columns in _walk_batches(cap, WALK_COLUMNS):
+            count = len(columns["walk_id"])
+            if start + count > n:
+                raise AnalysisError(f"{cap.path}: the walk family holds more rows than its segments say")
+            scan.add(columns["walk_id"])
+            if model is not None:
+                rows = model.rows(columns["addr"])
+                model_rows = _widened(model_rows, len(model))
+                model_rows[start:start + count] = rows
+            if selected is not None:
+                selected[start:start + count] = select(columns["ts_ns"])
+            if on_walks is not None:
+                on_walks(start, columns)
+            start += count
+        row_map = RowMap.from_chunks(scan, lambda: (part["walk_id"] for part in _walk_batches(cap, ["walk_id"])))
+        state = feed_passes(row_map, lambda: _State(n, shapes(n), row_map, model, model_rows, limit, selected,
+                                                    LostCpus(cap.manifest)),
+                            lambda: _element_stream(cap), _element_batches(reader))
+    check = None
+    if model is not None:
+        check = cross_check(state, row_map.ids, lambda rows: _walk_rows(cap, "addr", rows))
+    error_rows = np.zeros(0, np.int64)
+    if "walk_error" in cap.families():
+        ids = [part["walk_id"] for part in _walk_error_batches(cap)]
+        found = row_map.rows(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
+        error_rows = np.unique(found[found >= 0])
+    return StreamedWalks(n, state.shapes, check, state.orphans, row_map, error_rows, selected)
+
+
+def _walk_error_batches(cap: Any) -> Iterator[dict[str, np.ndarray]]:
+    for batch in cap.iter_batches("walk_error", ["walk_id"]):
+        yield {"walk_id": pc.fill_null(batch.column(0), 0).to_numpy().astype(np.uint64)}
+
+
+def _widened(column: np.ndarray, count: int) -> np.ndarray:
+    """``column`` (unsigned codes), widened when needed to hold codes 0 .. ``count - 1``."""
+    wanted = np.min_scalar_type(max(count - 1, 0))
+    return column.astype(wanted) if wanted.itemsize > column.dtype.itemsize else column

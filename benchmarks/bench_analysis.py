@@ -6,9 +6,10 @@ against a straightforward pandas groupby/apply implementation measured in the sa
 subset where the straightforward version would take minutes; rates are compared), with the peak
 resident memory of the process that ran it (each measured case runs in its own child process).
 
-1. ``rebuild``: :func:`tracekit.analysis.walkstream.rebuild_streamed` (the streamed rebuild ``analyze``
-   runs, here keeping whole per-walk columns) on in-memory tables of N recorder-shaped walks (4 events each: walk + 3 walk_element; per-CPU
-   ids interleaved in time order, 0.1% concurrent pairs), fed in 1 Mi-row batches, vs a
+1. ``rebuild``: :func:`tracekit.analysis.walkstream.stream_walks` (the streaming core ``analyze`` runs,
+   here keeping whole per-walk columns) on in-memory tables of N recorder-shaped walks (4 events each:
+   walk + 3 walk_element; per-CPU ids interleaved in time order, 0.1% concurrent pairs), served in
+   batches through the capture interface (tests/analysis/walkref.py ``TableCapture``), vs a
    groupby/apply rebuild of the same rows.
 2. ``analyze``: :func:`tracekit.analysis.analyze.analyze_capture` (every analysis, model cross-check
    included) on a synthetic capture of ``--events`` events written to a temporary directory, vs
@@ -121,7 +122,7 @@ def baseline_analyze(path: str) -> None:
 
 
 def in_memory_tables(n: int, chunk: int = 2_000_000) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-    """The walk columns and the element columns (walk_id, index, level, pte) of ``n`` synthetic walks,
+    """The walk columns and the element columns (walk_id, index, level, pte, cpu) of ``n`` synthetic walks,
     made a chunk at a time into preallocated arrays (peak memory about the arrays themselves)."""
     from tests.synthetic import walk_tables
 
@@ -132,7 +133,7 @@ def in_memory_tables(n: int, chunk: int = 2_000_000) -> tuple[dict[str, np.ndarr
         for name in ("walk_id", "ts_ns", "tid", "addr", "pferr"):
             values = part["walk"].column(name).to_numpy()
             walk.setdefault(name, np.empty(n, values.dtype))[first:first + len(values)] = values
-        for i, name in enumerate(("walk_id", "index", "level", "pte")):
+        for i, name in enumerate(("walk_id", "index", "level", "pte", "cpu")):
             values = part["walk_element"].column(name).to_numpy()
             if len(element) <= i:
                 element.append(np.empty(3 * n, values.dtype))
@@ -159,9 +160,9 @@ def timed_stages() -> dict[str, float]:
         setattr(owner, name, wrapper)
 
     timed(analyze.walkcause, "fault_followers", "fault-path (and split) events")
-    timed(walkgroups, "_read_walks", "read walks")
-    timed(walkgroups.RowMap, "from_chunks", "walk id map")
+    timed(walkstream.RowMap, "from_chunks", "walk id map")
     timed(walkstream._Rebuilder, "feed", "rebuild + cross-check elements")
+    timed(walkgroups, "stream_walks", "stream_walks (walks read, id map, elements)")
     timed(walkgroups, "_group_counts", "group counts")
     timed(analyze.walkgroups, "walk_group_counts", "walk_group_counts (all of the above)")
     timed(analyze.walks, "depth_distribution", "depth tables")
@@ -200,15 +201,17 @@ def child(case: str, arg: str) -> dict:
     if case == "fault-rate":
         return fault_rate(int(arg))
     if case == "rebuild":
-        from tracekit.analysis.walkstream import BATCH_ROWS, rebuild_streamed
+        from tests.analysis.walkref import TableCapture
+        from tracekit.analysis.walkstream import WalkShapes, stream_walks
 
         n = int(arg)
         walk, element = in_memory_tables(n)
-        batches = ([c[i:i + BATCH_ROWS] for c in element] for i in range(0, len(element[0]), BATCH_ROWS))
+        cap = TableCapture({"walk": pa.table(walk), "walk_element": pa.table(
+            dict(zip(("walk_id", "index", "level", "pte", "cpu"), element)))})
         start = time.perf_counter()
-        walks, _ = rebuild_streamed(walk, batches)
+        shapes = stream_walks(cap, WalkShapes).shapes
         seconds = time.perf_counter() - start
-        assert (walks["level_path"] == 432).all()
+        assert (shapes.path == 432).all()
         return {"seconds": seconds, "events": 4 * n, "peak_mb": peak_mb()}
     if case == "rebuild-baseline":
         from tests.synthetic import walk_tables

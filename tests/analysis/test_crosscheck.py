@@ -5,11 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tracekit.analysis.crosscheck import crosscheck_walks, model_from_layout
+from tracekit.analysis.crosscheck import model_from_layout
 from tests.synthetic import guest_tables
-from tracekit.analysis.walks import rebuild_walks
 from tracekit.errors import AnalysisError
 from tracekit.model.x86 import PTE_A, PTE_D
+
+from .walkref import crosscheck_walks, rebuild_walks
 
 GVA = 0xC000_0000
 

@@ -29,7 +29,7 @@ def test_record_workload_and_crosscheck(tmp_path):
     result = analyze_capture(open_capture(out))
     if result.info["lost_events"]:
         pytest.fail(f"the recorder lost {result.info['lost_events']} events on an 8 MiB run")
-    walks = result.frames["walks"]
+    walks = result.walk_frame()
     data = walks[walks["level_path"] == 432]
     assert len(data) == 2 * 2048
     assert data.groupby("phase").size().to_dict() == {"populate": 2048, "dirty-memory#2": 2048}

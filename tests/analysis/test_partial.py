@@ -9,8 +9,10 @@ from tracekit.analysis.analyze import analysis_json, analyze_capture, render_tex
 from tracekit.analysis.compare import capture_metrics
 from tracekit.analysis.partial import partial_summary
 from tracekit.analysis.report import render_report
-from tracekit.analysis.walks import MAX_WALK_ELEMENTS, depth_of, rebuild_walks
+from tracekit.analysis.walks import MAX_WALK_ELEMENTS, depth_of
 from tracekit.capture import open_capture
+
+from .walkref import rebuild_walks
 
 WINDOW = {"clock": "CLOCK_MONOTONIC", "start_ns": 1000, "stop_ns": 9000, "seconds": 8e-6}
 RECORDER = {"walk_elements_without_start": 3, "walk_elements_beyond_limit": 0, "ioctl_began_before": 1,

@@ -49,12 +49,13 @@ def test_x86_2m_per_phase_walks():
     """Cut by phase: populate holds the 16,384 first touches; each dirty-memory pass after the first the
     16,384 write-protect faults; the get / clear phases none."""
     cap = open_capture(SAMPLES / "x86-dirty-log-2m.tkcap")
-    walks = analyze_capture(cap).frames["walks"]
+    walks = analyze_capture(cap).walk_frame()
     per_phase = walks[walks["level_path"] == 432].groupby("phase").size().to_dict()
     assert per_phase == {"populate": 16_384, "dirty-memory#2": 16_384, "dirty-memory#3": 16_384}
     cut = analyze_capture(cap, phase="dirty-memory#2")
-    assert (cut.frames["walks"]["level_path"] == 432).sum() == 16_384
-    assert cut.tables["walk_depth"]["walks"].sum() == len(cut.frames["walks"])
+    cut_walks = cut.walk_frame()
+    assert (cut_walks["level_path"] == 432).sum() == 16_384
+    assert cut.tables["walk_depth"]["walks"].sum() == len(cut_walks)
 
 
 @pytest.mark.parametrize("name", ["x86-dirty-log-2m", "x86-dirty-log-4k"])

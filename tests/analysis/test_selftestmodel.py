@@ -130,8 +130,9 @@ def test_without_a_test_memory_walk_there_is_no_model(make_capture):
 
 def test_in_memory_check_counts_outside_walks_like_the_streamed_one(make_capture):
     from tracekit.analysis.common import load
-    from tracekit.analysis.crosscheck import crosscheck_walks
-    from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS, rebuild_walks
+    from tracekit.analysis.walks import ELEMENT_COLUMNS, WALK_COLUMNS
+
+    from .walkref import crosscheck_walks, rebuild_walks
 
     walks = {**RECORDED, 0x4081B0: [(4, 0x181003), (3, 0x182003), (2, 0x183003), (1, 0xA003)]}
     cap = open_capture(_capture(make_capture, walks))

@@ -67,7 +67,7 @@ def test_sample_walks_are_faults_and_the_streamed_and_in_memory_paths_agree():
     requested = int((mmu["event"] == "kvm_mmu_spte_requested").sum())
     assert verdict["unknown"] == 0 and verdict["fault"] == requested >= 8192
     assert verdict["fault"] + verdict["emulation"] == cap.rows("walk")
-    frame = result.frames["walks"]  # the in-memory walk frame, rebuilt on demand
+    frame = result.walk_frame()  # the per-walk frame, rebuilt on demand
     assert (frame["cause"] == "fault").sum() == verdict["fault"]
     faults = result.tables["walk_causes"]
     assert faults[faults["cause"] == "fault"]["walks"].sum() == verdict["fault"]

@@ -1,6 +1,6 @@
-"""The walk tables counted from narrow per-walk columns (both walk families streamed a row group at a time)
-equal the tables of the per-walk frame rebuilt in memory, whatever the batch boundaries, CPU interleaving,
-phases, vCPU threads and mismatches; the dictionary codes checked on their own."""
+"""The walk tables counted from narrow per-walk codes by the streaming core equal the tables of the per-walk
+frame of the in-memory reference (walkref), whatever the batch boundaries, CPU interleaving, phases, vCPU
+threads, mismatches and losses; the per-walk frame on request; the dictionary codes on their own."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from tests.synthetic import SCHEMAS, guest_tables, walk_tables
 from tracekit.analysis.walks import depth_distribution
 from tracekit.analysis.walkgroups import Codes, walk_group_counts
 from tracekit.capture import CaptureWriter, open_capture
+
+from .walkref import REBUILT_COLUMNS, reference_walk_frame
 
 _, PAGING = guest_tables(64 << 20)
 MODEL = model_from_layout({"guest_paging": PAGING})
@@ -73,13 +75,13 @@ def test_group_counts_equal_the_walk_frame(tmp_path_factory, n, cpus, interleave
             for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
     phase_table = phases_mod.make_phase_table(rows, "workload")
     phase = "dirty-memory" if cut and rows else None
-    saved = walkgroups.WALK_BATCH_ROWS, walkgroups.ELEMENT_BATCH_ROWS, walkstream.HOLD_ROWS
-    walkgroups.WALK_BATCH_ROWS, walkgroups.ELEMENT_BATCH_ROWS, walkstream.HOLD_ROWS = batch + 2, batch, 64
+    saved = walkstream.WALK_BATCH_ROWS, walkstream.ELEMENT_BATCH_ROWS, walkstream.HOLD_ROWS
+    walkstream.WALK_BATCH_ROWS, walkstream.ELEMENT_BATCH_ROWS, walkstream.HOLD_ROWS = batch + 2, batch, 64
     try:
         grouped = walk_group_counts(cap, MODEL, phase_table=phase_table, phase=phase, limit=3)
     finally:
-        walkgroups.WALK_BATCH_ROWS, walkgroups.ELEMENT_BATCH_ROWS, walkstream.HOLD_ROWS = saved
-    frame, reference = analyze._walk_frame(cap, phase_table, phase, MODEL, 3, in_memory=True)
+        walkstream.WALK_BATCH_ROWS, walkstream.ELEMENT_BATCH_ROWS, walkstream.HOLD_ROWS = saved
+    frame, reference = reference_walk_frame(cap, phase_table, phase, MODEL, 3)
     assert grouped is not None and grouped.walks == n
     assert grouped.counts["walks"].sum() == len(frame)
     for ours, theirs in zip(_tables(grouped.counts, "walks"), _tables(frame, None)):
@@ -91,17 +93,20 @@ def test_group_counts_equal_the_walk_frame(tmp_path_factory, n, cpus, interleave
     assert grouped.orphans == frame.attrs["orphan_elements"] == 0
 
 
-def test_analyze_walk_frame_is_made_on_first_access(tmp_path):
-    """analyze_capture holds no per-walk frame; frames["walks"] is rebuilt when read and agrees with the
-    tables (one row per walk of the cut)."""
-    cap = _capture(tmp_path / "c.tkcap", 40, 2, 0.5, {3}, set(), 2, 1)
+@pytest.mark.parametrize("phase", [None, "dirty-memory#1"])
+def test_walk_frame_is_made_on_request_and_equals_the_reference(tmp_path, phase):
+    """analyze_capture holds no per-walk frame and walk_frame() rebuilds it (one row per walk); the
+    frame of a phase cut equals the reference's, cause, vCPU and phase included."""
+    cap = _capture(tmp_path / "c.tkcap", 40, 2, 0.5, {3}, {5}, 2, 1)
     result = analyze.analyze_capture(cap)
-    assert result.info["walk_path"] == "streamed"
-    assert "walks" in result.frames and not dict.__contains__(result.frames, "walks")
-    walks = result.frames.get("walks")
-    assert len(walks) == result.tables["walk_depth"]["walks"].sum() == 40
-    assert set(walks["vcpu"]) == {0, 1} and dict.__contains__(result.frames, "walks")
-    assert result.frames["walks"] is walks
+    assert result.info["walk_path"] == "streamed" and "walks" not in result.frames
+    assert len(result.walk_frame()) == result.tables["walk_depth"]["walks"].sum() == 40
+    phase_table = phases_mod.make_phase_table([{"name": "dirty-memory", "iteration": 1, "start_ns": T0 + 10_000,
+                                                "end_ns": T0 + 30_000}], "workload")
+    walks = walkgroups.walk_frame(cap, phase_table, phase)
+    reference, _ = reference_walk_frame(cap, phase_table, phase)
+    pd.testing.assert_frame_equal(walks.reset_index(drop=True), reference.reset_index(drop=True), check_dtype=False)
+    assert len(walks) == (40 if phase is None else 20) and set(walks["vcpu"]) == {0, 1}
 
 
 def test_codes_widen_and_decode():
@@ -136,8 +141,8 @@ def test_group_counts_dense_and_hashed_agree(rows):
             assert [((int(x), int(y)), int(c)) for x, y, c in zip(codes[0], codes[1], counts)] == expected
 
 
-def test_null_walk_column_falls_back(tmp_path):
-    """A walk column with nulls: no streamed counts (the caller rebuilds in memory)."""
+def test_null_walk_columns_read_as_zero(tmp_path):
+    """A walk column with nulls (a damaged capture): the null reads as 0, every walk still counted."""
     path = tmp_path / "c.tkcap"
     with CaptureWriter(path, segment_seconds=3600) as writer:
         for family in ("walk", "walk_element"):
@@ -147,7 +152,8 @@ def test_null_walk_column_falls_back(tmp_path):
         writer.append("walk_element", pa.table({"ts_ns": [1], "cpu": [0], "pid": [1], "tid": [1], "walk_id": [1],
                                                 "index": [0], "level": [4], "pte": [0]},
                                                schema=SCHEMAS["walk_element"]))
-    assert walk_group_counts(open_capture(path), phase_table=phases_mod.make_phase_table([], "workload")) is None
+    grouped = walk_group_counts(open_capture(path), phase_table=phases_mod.make_phase_table([], "workload"))
+    assert sorted(zip(grouped.counts["pferr"].tolist(), grouped.counts["depth"].tolist())) == [(0, 0), (6, 1)]
 
 
 @pytest.mark.parametrize("phase", [None, "dirty-memory#2"])
@@ -159,7 +165,7 @@ def test_sample_group_counts_equal_the_walk_frame(phase):
     phase_table = phases_mod.capture_phases(cap)
     model = model_from_layout(cap.manifest["workload"])
     grouped = walk_group_counts(cap, model, phase_table=phase_table, phase=phase)
-    frame, reference = analyze._walk_frame(cap, phase_table, phase, model, 20, in_memory=True)
+    frame, reference = reference_walk_frame(cap, phase_table, phase, model, 20)
     for ours, theirs in zip(_tables(grouped.counts, "walks"), _tables(frame, None)):
         pd.testing.assert_frame_equal(ours, theirs)
     assert grouped.check.summary == reference.summary and reference.summary["compared"] > 8000

@@ -1,4 +1,5 @@
-"""Rebuilding x86 guest walks from walk / walk_element / walk_error rows, and stage-2 visits."""
+"""The in-memory reference rebuild of x86 guest walks (walkref) against golden rows and an independent
+groupby, the walk tables, and stage-2 visits."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pandas.testing as pdt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracekit.analysis.walks import (depth_distribution, level_path_text, rebuild_walks, stage2_distribution,
-                                     stage2_walk_visits)
+from tracekit.analysis.walks import depth_distribution, level_path_text, stage2_distribution, stage2_walk_visits
+
+from .walkref import rebuild_walks
 
 WALK = pd.DataFrame({"walk_id": [7, 8, 9, 10], "ts_ns": [100, 200, 300, 400], "tid": [5, 5, 6, 6],
                      "addr": [0xC0000000, 0xC0201000, 0x1000, 0x2000], "pferr": [6, 7, 4, 0]})

@@ -1,5 +1,6 @@
-"""The streaming rebuild and cross-check agree with the in-memory ones, whatever the segment boundaries, id
-order or interleaving; its pieces (model cache, id map, reader thread) checked on their own."""
+"""The streaming core's rebuild and cross-check agree with the in-memory reference (walkref), whatever the
+segment boundaries, id order or interleaving; its pieces (model cache, id map, reader thread) checked on
+their own."""
 
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracekit.analysis import walkstream
-from tracekit.analysis.crosscheck import ModelCache, crosscheck_walks, model_from_layout
+from tracekit.analysis.crosscheck import ModelCache, model_from_layout
 from tests.synthetic import GVA, SCHEMAS, guest_tables, walk_tables, write_synthetic_capture
-from tracekit.analysis.walks import rebuild_walks
-from tracekit.analysis.walkstream import HOLD_ROWS, RowMap, prefetch, rebuild_streamed, stream_walks
+from tracekit.analysis.walkstream import HOLD_ROWS, RowMap, prefetch, stream_walks
 from tracekit.capture import CaptureWriter, open_capture
 from tracekit.errors import CaptureFormatError, ModelError
 from tracekit.model.x86 import X86PageTables
 
 from .conftest import SAMPLES
+from .walkref import REBUILT_COLUMNS, TableCapture, core_walks, crosscheck_walks, rebuild_walks
 
 _, PAGING = guest_tables(64 << 20)
 MODEL = model_from_layout({"guest_paging": PAGING})
@@ -65,7 +66,7 @@ def test_streaming_equals_in_memory(tmp_path_factory, specs, segment_rows, data)
     frame_w, frame_e = pd.DataFrame(walks), pd.DataFrame(elements)
     path = tmp_path_factory.mktemp("s") / "c.tkcap"
     _write(path, dict(walks), dict(elements), segment_rows)
-    streamed, check = stream_walks(open_capture(path), MODEL)
+    streamed, check = core_walks(open_capture(path), MODEL)
     memory, steps = rebuild_walks(frame_w.assign(tid=1), frame_e)
     for column in ("depth", "root_level", "leaf_level", "level_path"):
         assert streamed[column].tolist() == memory[column].tolist(), column
@@ -81,15 +82,16 @@ def test_out_of_order_ids_stream(tmp_path):
     walks = {"walk_id": [7, 3, 5], "addr": [GVA] * 3, "pferr": [6] * 3}
     elements = {"walk_id": [3, 7, 3, 5], "index": [1, 0, 0, 0], "level": [3, 4, 4, 4], "pte": [0, 0, 0x21, 0]}
     _write(path, dict(walks), dict(elements), 10)
-    streamed, _ = stream_walks(open_capture(path))
+    streamed, _ = core_walks(open_capture(path))
     memory, _ = rebuild_walks(pd.DataFrame(walks).assign(ts_ns=0, tid=1), pd.DataFrame(elements))
     assert streamed["level_path"].tolist() == memory["level_path"].tolist() == [4, 43, 4]
     assert streamed["depth"].tolist() == [1, 2, 1]
 
 
-def test_far_apart_elements_stream_and_repeated_ids_fall_back(tmp_path, monkeypatch):
+def test_far_apart_elements_and_repeated_ids_stream(tmp_path, monkeypatch):
     """One walk's elements in row groups further apart than the held rows: a second pass sets that walk
-    aside and gives the in-memory rebuild. A walk id twice: None, so the caller takes the in-memory path."""
+    aside and gives the in-memory rebuild. A walk id twice: each of its rows gets its elements, as in
+    the reference, and each is compared."""
     n, chunk = 3 * HOLD_ROWS, HOLD_ROWS // 2
     ids = np.arange(n, dtype=np.uint64)
     path = tmp_path / "far.tkcap"
@@ -110,7 +112,7 @@ def test_far_apart_elements_stream_and_repeated_ids_fall_back(tmp_path, monkeypa
     assert len(open_capture(path).segments("walk_element")) > 3
     passes = []
     monkeypatch.setattr(walkstream, "_Rebuilder", _counting(walkstream._Rebuilder, passes))
-    streamed, _ = stream_walks(open_capture(path))
+    streamed, _ = core_walks(open_capture(path))
     memory, _ = rebuild_walks(element.to_pandas()[["walk_id"]].drop_duplicates().assign(
         ts_ns=0, tid=1, addr=np.uint64(GVA), pferr=np.uint32(6)), element.to_pandas())
     assert streamed["level_path"].tolist() == memory["level_path"].tolist()
@@ -130,12 +132,17 @@ def test_far_apart_elements_stream_and_repeated_ids_fall_back(tmp_path, monkeypa
         for first in range(0, n + 1, chunk):
             writer.append("walk_element", late.slice(first, chunk))
     passes.clear()
-    streamed, _ = stream_walks(open_capture(path))
+    streamed, _ = core_walks(open_capture(path))
     assert streamed["level_path"].tolist() == memory["level_path"].tolist() and len(passes) == 1
     path = tmp_path / "twice.tkcap"
-    _write(path, {"walk_id": [1, 1], "addr": [GVA, GVA], "pferr": [6, 6]},
-           {"walk_id": [1], "index": [0], "level": [4], "pte": [0]}, 10)
-    assert stream_walks(open_capture(path)) is None
+    walks = {"walk_id": [1, 2, 1, 3, 2], "addr": [GVA] * 5, "pferr": [6] * 5}
+    elements = {"walk_id": [1, 2, 1, 3], "index": [0, 0, 1, 0], "level": [4, 4, 3, 4], "pte": [0x21, 0, 0, 0]}
+    _write(path, dict(walks), dict(elements), 2)
+    streamed, check = core_walks(open_capture(path), MODEL)
+    memory, steps = rebuild_walks(pd.DataFrame(walks).assign(ts_ns=0, tid=1), pd.DataFrame(elements))
+    assert streamed["level_path"].tolist() == memory["level_path"].tolist() == [43, 4, 43, 4, 4]
+    assert streamed.attrs["orphan_elements"] == memory.attrs["orphan_elements"] == 0
+    assert check.summary == crosscheck_walks(memory, steps, MODEL).summary and check.summary["compared"] == 5
 
 
 def _counting(rebuilder, passes):
@@ -177,9 +184,7 @@ def test_interleaved_cpus_stream_per_cpu(tmp_path_factory, specs, segment_rows, 
             n = len(cpu)
             common = {"ts_ns": rows.pop("ts_ns", list(range(n))), "cpu": cpu, "pid": [1] * n, "tid": [1] * n}
             writer.append(family, pa.table({**common, **rows}, schema=SCHEMAS[family]))
-    result = stream_walks(open_capture(path), MODEL, limit=100)
-    assert result is not None
-    streamed, check = result
+    streamed, check = core_walks(open_capture(path), MODEL, limit=100)
     memory, steps = rebuild_walks(pd.DataFrame(walks).assign(ts_ns=0, tid=1), pd.DataFrame(elements))
     for column in ("walk_id", "depth", "root_level", "leaf_level", "level_path"):
         assert streamed[column].tolist() == memory[column].tolist(), column
@@ -234,12 +239,15 @@ def test_row_map_finds_every_id(cpus, rnd, shape):
     elif shape == 3:
         ids = rnd.sample(range(1 << 60), len(ids))
     row_map = RowMap(np.array(ids, np.uint64))
-    assert row_map.ok
     unknown = [max(ids) + 1, 0 if 0 not in ids else max(ids) + 2, (1 << 63) + 5]
     assert row_map.rows(np.array([*ids, *unknown], np.uint64)).tolist() == [*range(len(ids)), -1, -1, -1]
     rows = np.array(rnd.sample(range(len(ids)), min(len(ids), 5)), np.int64)
     assert row_map.ids(rows).tolist() == [ids[r] for r in rows.tolist()]  # the inverse, for named walks
-    assert not RowMap(np.array([*ids, ids[0]], np.uint64)).ok
+    again = RowMap(np.array([*ids, ids[0], ids[0]], np.uint64))  # an id thrice: its first row, and repeats
+    assert again.rows(np.array([ids[0]], np.uint64)).tolist() == [0]
+    wi, starts, counts = again.repeats(np.array([0]), np.array([7]), np.array([2]))
+    assert list(zip(wi.tolist(), starts.tolist(), counts.tolist())) == [(0, 7, 2), (len(ids), 7, 2),
+                                                                        (len(ids) + 1, 7, 2)]
 
 
 @given(st.integers(20, 300), st.sampled_from([0.0, 0.3, 1.0]), st.integers(2, 3), st.integers(1, 200),
@@ -252,17 +260,16 @@ def test_recorder_shaped_batches_equal_the_whole_table(n, interleaved, cpus, bat
     walk, element = tables["walk"].to_pandas(), tables["walk_element"].to_pandas()
     bad_rows = np.array(sorted(i * 3 + 1 for i in flipped if i < n), np.int64)
     element.loc[bad_rows, "pte"] ^= 0x2
-    columns = [element[c].to_numpy() for c in ("walk_id", "index", "level", "pte")]
-    batches = [[c[i:i + batch] for c in columns] for i in range(0, len(element), batch)]
+    cap = TableCapture({"walk": tables["walk"], "walk_element": pa.Table.from_pandas(
+        element, schema=SCHEMAS["walk_element"], preserve_index=False)}, batch_rows=batch)
     saved = walkstream.HOLD_ROWS
     walkstream.HOLD_ROWS = hold
-    try:
-        result = rebuild_streamed(walk, batches, MODEL, limit=3)
+    try:  # a concurrent pair cut further apart than the held rows: a second pass
+        streamed, check = core_walks(cap, MODEL, limit=3)
     finally:
         walkstream.HOLD_ROWS = saved
     memory, steps = rebuild_walks(walk, element)
     reference = crosscheck_walks(memory, steps, MODEL, limit=3)
-    streamed, check = result  # a concurrent pair cut further apart than the held rows: a second pass
     for column in ("walk_id", "depth", "root_level", "leaf_level", "level_path"):
         assert streamed[column].tolist() == memory[column].tolist(), column
     assert check.summary == reference.summary and (check.summary["mismatched"] > 0) == (len(bad_rows) > 0)
@@ -276,10 +283,9 @@ def test_capture_row_groups_equal_one_batch(tmp_path):
     write_synthetic_capture(path, 3000, chunk=700, extra_rows=10)
     cap = open_capture(path)
     model = model_from_layout(cap.manifest["workload"])
-    streamed, check = stream_walks(cap, model)
-    whole = cap.table("walk_element", ["walk_id", "index", "level", "pte"])
-    alone, check_alone = rebuild_streamed(cap.table("walk").to_pandas(),
-                                          [[whole.column(c).to_numpy() for c in whole.column_names]], model)
+    streamed, check = core_walks(cap, model)
+    whole = TableCapture({f: cap.table(f) for f in ("walk", "walk_element")}, cap.manifest)
+    alone, check_alone = core_walks(whole, model)
     pd.testing.assert_frame_equal(streamed, alone)
     assert check.summary == check_alone.summary and check.summary["matched"] == 3000
     assert len(list(cap.iter_batches("walk_element", ["walk_id"], batch_rows=1000))) >= 9
@@ -309,11 +315,11 @@ def test_real_samples_stream_like_memory(sample):
 
     cap = open_capture(SAMPLES / sample)
     model = model_from_layout(cap.manifest["workload"])
-    streamed, check = stream_walks(cap, model)
+    streamed, check = core_walks(cap, model)
     memory, steps = rebuild_walks(load(cap, "walk", list(WALK_COLUMNS)), load(cap, "walk_element", list(ELEMENT_COLUMNS)),
                                   load(cap, "walk_error", ["walk_id"]) if "walk_error" in cap.families() else None)
     reference = crosscheck_walks(memory, steps, model)
-    pd.testing.assert_frame_equal(streamed, memory.drop(columns="first_step"), check_dtype=False)
+    pd.testing.assert_frame_equal(streamed, memory[REBUILT_COLUMNS], check_dtype=False)
     assert check.summary == reference.summary and check.summary["compared"] > 8000
     pd.testing.assert_frame_equal(check.per_level, reference.per_level, check_dtype=False)
 
