@@ -1,28 +1,11 @@
 """Walk accounting: what a page-table walker did, per level.
 
-Contract
---------
-:class:`WalkStats` counts, for one operation (one or many walks), per KVM level:
-
-- ``entries``: page-table entries the walker iterated (each ``__kvm_pgtable_visit`` on arm64, each
-  ``tdp_iter`` position the loop body sees on x86);
-- ``leaf`` / ``table_pre`` / ``table_post``: callback invocations by visit kind
-  (``KVM_PGTABLE_WALK_LEAF`` / ``TABLE_PRE`` / ``TABLE_POST``); ``callbacks`` is their sum;
-- ``early``: callbacks that returned without changing anything (e.g. ``stage2_split_walker`` on a
-  level-3 page or an invalid entry);
-- ``fresh``: entries visited inside a subtree created earlier in the same walk (a split's new table);
-- ``splits``: blocks (arm64) or huge SPTEs (x86) split at this level; ``enomem``: callbacks that
-  failed for lack of memory-cache objects;
-- ``build``: entries visited by the separate walk that builds an unlinked subtree
-  (``kvm_pgtable_stage2_create_unlinked``), not part of ``entries``.
-
-Per operation: ``walks`` (walker invocations: one per chunk or per CLEAR word), ``tables``
-(page-table pages taken from the memory cache), ``topups`` (memory-cache refills, each a lock drop),
-``restarts`` (x86 iterator restarts after dropping mmu_lock), ``stopped`` (a walk ended on an error)
-and ``skipped_levels`` (levels a SKIP_LEVEL flag kept the walker out of).
-
-Counts are plain ints; :meth:`WalkStats.as_dict` is the stable JSON form. Levels are KVM's own
-numbers (arm64 -1..3, x86 5..1).
+:class:`WalkStats` counts, for one operation, per KVM level (arm64 -1..3, x86 5..1): entries
+iterated, callbacks by visit kind (LEAF, TABLE_PRE, TABLE_POST), early returns, visits in subtrees
+the same walk created, splits, ENOMEM failures and the entries of separate subtree-building walks;
+and per operation the walks, tables taken from the memory cache, cache top-ups, iterator restarts,
+stopped walks and levels skipped. :meth:`WalkStats.as_dict` is the stable JSON form; each counter
+is defined in docs/model.md.
 """
 
 from __future__ import annotations

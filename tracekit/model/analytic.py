@@ -1,33 +1,12 @@
-"""Analytic eager-split accounting for a uniformly backed memslot (no per-entry objects).
+"""Eager-split accounting of a uniformly backed memslot, in closed form.
 
-Contract
---------
-:func:`split_accounting` returns the :class:`WalkStats` of eager splitting a memslot
-``[base, base + size)`` mapped entirely with one mapping size, at dirty-log enable
-(``mode="enable"``) or at one ``KVM_CLEAR_DIRTY_LOG`` of the whole slot with manual-protect +
-initially-set (``mode="clear"``), on arm64 (``kvm_mmu_split_huge_pages`` / ``stage2_split_walker``,
-see :mod:`tracekit.model.split`) or x86 (``tdp_mmu_split_huge_pages_root``, see
-:mod:`tracekit.model.tdp`). It equals, counter for counter, what the explicit simulation
-(:func:`simulate_split`) produces; the tests check that on every case small enough to simulate.
-
-How it is computed:
-
-- the walks tile the slot in address order: arm64 walks are ``__stage2_range_addr_end`` chunks of
-  each call (one call for enable, one per 64-page word for clear); x86 does one walk for enable and
-  one per word for clear;
-- a page-backed slot has nothing to split and no state, so every count is arithmetic: a walk over
-  ``[a, e)`` visits ``ceil(e / s) - floor(a / s)`` entries at a level of entry size ``s``, and summed
-  over walks that is the slot's count plus one per walk boundary not aligned to ``s`` (boundaries
-  are arithmetic progressions of chunk and word multiples, counted in closed form);
-- a block-backed slot (block-aligned, as the fault path requires) is cut into periods of
-  ``P = max(chunk, word, top block)``; every walk lies inside one period and every interior period
-  sees the same walks on the same untouched blocks with the same memory cache (topped up to its
-  capacity before each walk that finds it short), so a period is computed walk by walk (each walk
-  in O(1) from frontiers of split blocks) until one starts in the same state as the previous one,
-  and that one is multiplied; inside a 1 GiB block the same is done with 2 MiB sub-periods.
-
-Raises ModelError for impossible requests (misaligned slot, a size the granule lacks, a slot beyond
-the address space).
+:func:`split_accounting` returns the :class:`WalkStats` of eager splitting ``[base, base + size)``
+mapped with one mapping size, at dirty-log enable (``mode="enable"``) or at one whole-slot
+``KVM_CLEAR_DIRTY_LOG`` (``mode="clear"``), on arm64 or x86, without building the tables: counter
+for counter what :func:`simulate_split` (the explicit model) gives, which the tests check on every
+case small enough to simulate. The method (arithmetic for page-backed slots, periodic walks for
+block-backed ones) is in docs/model.md. ModelError for a misaligned slot, a size the granule lacks or
+a slot beyond the address space.
 """
 
 from __future__ import annotations

@@ -1,29 +1,11 @@
 """Coalescing a table back into a block, in the old order and in install-block-first order.
 
-Contract
---------
-:func:`coalesce` replaces the table that maps ``[ipa, ipa + block_size)`` (every page or smaller
-block below it valid) with one block, through ``kvm_pgtable_stage2_map`` (LEAF|TABLE_PRE walk,
-arch/arm64/kvm/hyp/pgtable.c), and counts the primitive steps (PTE writes, TLB invalidations,
-leaf puts, table frees) and how many of them leave the range without a valid mapping
-after which part of the range has no valid mapping (a vCPU touching it would fault and wait on
-mmu_lock):
-
-- ``order="old"`` (Linux before the 2021 rework: ``stage2_map_walk_table_pre`` sets
-  ``data->anchor``): clear the table entry, invalidate the VMID's TLBs, then the walker descends
-  into the detached subtree putting every leaf (LEAF) and freeing every table (TABLE_POST), and
-  only the anchor's TABLE_POST installs the block. Every step after the clear and before the
-  install runs unmapped.
-- ``order="new"`` (Yanan Wang's 2021 RFC "install the block first"; today's
-  ``stage2_map_walk_table_pre`` -> ``stage2_map_walker_try_leaf`` + ``free_unlinked_table``):
-  break the table entry (``stage2_try_break_pte``, with its TLB invalidation), make the block
-  (``stage2_make_pte``), then free the old subtree with its own walk
-  (``kvm_pgtable_stage2_free_unlinked``, LEAF|TABLE_POST), all while the block maps the range.
-  Two steps run unmapped.
-
-The old walker did not re-read the entry after TABLE_PRE (it descended into the old child); the
-model reproduces that walk's visits by walking the detached subtree inside the callback.
-ModelError if there is no table to coalesce or it does not map the whole range.
+:func:`coalesce` replaces the table under ``[ipa, ipa + block_size)`` with one block through
+``kvm_pgtable_stage2_map`` and counts the primitive steps (PTE writes, TLB invalidations, leaf puts,
+table frees) and how many run while part of the range has no valid mapping: ``order="old"`` (before
+the 2021 rework: clear, invalidate, tear the subtree down, install the block last) or ``order="new"``
+(break the table entry, install the block, then free the old subtree). docs/model.md gives both
+walks. ModelError if no table maps the whole range.
 """
 
 from __future__ import annotations

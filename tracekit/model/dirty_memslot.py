@@ -1,30 +1,12 @@
-"""Dirty logging on a memslot: enable (with or without manual-protect + initially-set) and CLEAR.
+"""Dirty logging on one memslot of the model: enable and ``KVM_CLEAR_DIRTY_LOG``.
 
-Contract
---------
-:class:`DirtyLog` drives one memslot of the explicit model through the generic and arch code:
-
-- :meth:`DirtyLog.enable` (``KVM_MEM_LOG_DIRTY_PAGES`` newly set):
-  arm64 ``kvm_arch_commit_memory_region`` (arch/arm64/kvm/mmu.c): unless manual-protect and
-  initially-set are both on, ``kvm_mmu_wp_memory_region`` then ``kvm_mmu_split_memory_region``
-  (``kvm_mmu_split_huge_pages`` over the slot); x86 ``kvm_mmu_slot_apply_flags``
-  (arch/x86/kvm/x86.c): unless both are on, ``kvm_mmu_slot_try_split_huge_pages`` (TDP MMU,
-  ``eager_page_split``) then write-protection. With both on nothing touches the tables and the
-  bitmap starts all ones (``kvm_dirty_log_manual_protect_and_init_set``).
-- :meth:`DirtyLog.clear` (``KVM_CLEAR_DIRTY_LOG``): ``kvm_clear_dirty_log_protect``
-  (virt/kvm/kvm_main.c) checks ``first_page % 64 == 0`` and that ``num_pages`` is a multiple of 64
-  or reaches the end of the slot, then for each 64-page word clears ``mask = user & dirty`` and, if
-  non-zero, calls ``kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, offset, mask)`` on
-  ``[first set bit, last set bit + 1)``: arm64 write-protects that range (``stage2_wp_range``) and,
-  with manual-protect + initially-set, splits it (``kvm_mmu_split_huge_pages``); x86 splits
-  ``[start, end + 1)`` (``kvm_mmu_try_split_huge_pages``) then write-protects.
-
-``write_protect=False`` leaves out the write-protect walks (they change permissions only, never
-the split accounting); the explicit split reference uses it to stay fast on large slots.
-
-Each call returns a :class:`DirtyLogResult` with the split accounting, the write-protect
-accounting (arm64 only; x86 write-protection is not walked by the model) and the number of
-``enable_log_dirty_pt_masked`` calls. Bad CLEAR arguments raise ModelError (the ioctl's -EINVAL).
+:class:`DirtyLog` runs the arch code of both: :meth:`DirtyLog.enable` write-protects and eagerly
+splits the slot unless manual-protect and initially-set are both on (then nothing is walked and the
+bitmap starts all ones); :meth:`DirtyLog.clear` write-protects (arm64) and splits, per 64-page word,
+the span from its first to its last dirty page, as ``kvm_clear_dirty_log_protect`` does. Each returns
+a :class:`DirtyLogResult` (split and write-protect accounting, ``enable_log_dirty_pt_masked`` calls).
+``write_protect=False`` skips the write-protect walks, which never change the split accounting.
+Bad CLEAR arguments raise ModelError (the ioctl's -EINVAL).
 """
 
 from __future__ import annotations

@@ -1,28 +1,10 @@
 """Page-table geometry: arm64 stage-2 (granule, IPA size, levels, concatenated root) and x86.
 
-Contract
---------
-:func:`arm64_stage2` returns an :class:`Arm64Geometry` exactly as KVM derives it:
-
-- levels: ``stage2_pgtable_levels(ipa) = ARM64_HW_PGTABLE_LEVELS(ipa - 4)``
-  = ``(ipa - 8) // (PAGE_SHIFT - 3)``, at least 2 (``kvm_get_vtcr``, arch/arm64/kvm/hyp/pgtable.c);
-- start level ``4 - levels`` (``__kvm_pgtable_stage2_init`` decoding VTCR_EL2.SL0);
-- concatenated root pages ``kvm_pgd_pages(ia_bits, start_level)``
-  = ``(2**ia_bits - 1) >> kvm_granule_shift(start_level - 1)`` + 1;
-- entry shift per level ``kvm_granule_shift(level) = (PAGE_SHIFT - 3) * (4 - level) + 3``
-  (arch/arm64/include/asm/kvm_pgtable.h);
-- block levels ``KVM_PGTABLE_MIN_BLOCK_LEVEL`` (1 for 4K, 2 for 16K/64K) .. 2; level 3 is the page.
-
-``hyp_stage1=True`` gives the non-concatenated walk a stage-1/hyp table needs
-(``ARM64_HW_PGTABLE_LEVELS(va_bits)``), which is where LPA2's level -1 appears (4K, 52 bits).
-
-x86: :func:`x86_geometry` for guest paging or TDP with 4 or 5 levels (KVM ``enum pg_level``:
-1 = 4K leaf, 2 = 2M, 3 = 1G, 4 = 512G, 5 = 256T).
-
-The project-wide normalised depth is "levels from the root", 0 at the root:
-arm64 ``level - start_level``, x86 ``root_level - level`` (:func:`depth_from_root`).
-
-Sizes are bytes. Impossible geometries raise :class:`tracekit.errors.ModelError`.
+:func:`arm64_stage2` derives an :class:`Arm64Geometry` as KVM does (levels from the IPA size, start
+level, concatenated root pages, entry shift and block levels per level; ``hyp_stage1=True`` for a
+stage-1/hyp table, where LPA2's level -1 appears). :func:`x86_geometry` covers 4- and 5-level guest
+paging and TDP (1 = 4K leaf .. 5). :func:`depth_from_root` is the project-wide normalised depth (0 at
+the root). Sizes are bytes; impossible geometries raise :class:`tracekit.errors.ModelError`.
 """
 
 from __future__ import annotations

@@ -1,33 +1,11 @@
-"""arm64 eager page splitting, explicitly simulated on a :class:`Stage2PageTable`.
+"""arm64 eager page splitting, simulated entry by entry on a :class:`Stage2PageTable`.
 
-Contract
---------
-:class:`EagerSplitter` mirrors, entry by entry:
-
-- ``kvm_mmu_split_huge_pages(kvm, addr, end)`` (arch/arm64/kvm/mmu.c): returns at once when the
-  chunk size is 0; otherwise walks ``[addr, end)`` in chunks ending at
-  ``__stage2_range_addr_end(addr, end, chunk_size)`` (chunk-aligned boundaries), refilling the split
-  memory cache to ``kvm_mmu_split_nr_page_tables(chunk_size)`` objects before a chunk whenever it
-  holds fewer (``need_split_memcache_topup_or_resched``; need_resched and lock contention are not
-  modelled), and stops at the first chunk that fails;
-- ``kvm_pgtable_stage2_split(pgt, addr, size, mc)`` (arch/arm64/kvm/hyp/pgtable.c): one
-  ``kvm_pgtable_walk`` with flags LEAF (plus the SKIP_LEVEL flags given) and
-  ``stage2_split_walker``:
-
-  1. level 3 -> return 0 (early); invalid entry -> return 0 (early);
-  2. ``nr_pages = stage2_block_get_nr_page_tables(level)``: ``PTRS_PER_PTE + 1`` at level 1,
-     1 at level 2; if the cache holds that many, ``force_pte`` (build the subtree down to pages),
-     else ``force_pte = false`` and ``nr_pages = 1`` (one table of next-level blocks, split again as
-     the walk descends); fewer than ``nr_pages`` objects -> -ENOMEM (the walk stops);
-  3. ``kvm_pgtable_stage2_create_unlinked`` builds the subtree with its own walk
-     (``stage2_map_walker`` with LEAF|SKIP_BBM_TLBI|SKIP_CMO over ``[0, granule(level))`` from
-     ``level + 1``), counted in ``WalkStats.build``;
-  4. break-before-make (exclusive walk: always succeeds) and install the table; the walker re-reads
-     the entry and descends into the fresh subtree.
-
-The cache size defaults to the kernel's capacity ``kvm_mmu_split_nr_page_tables(chunk_size)``;
-``cache_capacity`` overrides it (cache-limited splitting). Chunk sizes other than 0 and
-``kvm_supported_block_sizes()`` raise ModelError (``KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE`` -EINVAL).
+:class:`EagerSplitter` mirrors ``kvm_mmu_split_huge_pages`` (chunked walks, the split memory cache
+refilled before a chunk that finds it short) and ``kvm_pgtable_stage2_split`` /
+``stage2_split_walker`` (a fully populated subtree when the cache allows, else one table of
+next-level blocks split again as the walk descends; the subtree built by its own walk, counted in
+``WalkStats.build``). ``cache_capacity`` overrides the kernel's cache size. Chunk sizes other than 0
+and the supported block sizes raise ModelError, as ``KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE`` does.
 """
 
 from __future__ import annotations

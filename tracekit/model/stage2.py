@@ -1,32 +1,12 @@
 """Sparse arm64 stage-2 page tables and the KVM page-table walker, with exact accounting.
 
-Contract
---------
-:class:`Stage2PageTable` holds the tables of one VM in memory: a table is a Python list of
-``PTRS_PER_PTE`` entries; an entry is ``0`` (invalid), an ``int`` leaf descriptor (a block below
-level 3, a page at level 3) or a ``list`` (a table). The output address is not stored: the model
-maps IPA to PA by identity, which is all the walk accounting needs (it never depends on PA).
-
-:meth:`Stage2PageTable.walk` is ``kvm_pgtable_walk`` (arch/arm64/kvm/hyp/pgtable.c):
-``kvm_pgtable_walk`` aligns the range to PAGE_SIZE; ``_kvm_pgtable_walk`` returns -ERANGE past
-``BIT(ia_bits)`` and loops over the concatenated root pages from ``kvm_pgd_page_idx``;
-``__kvm_pgtable_walk`` iterates from ``kvm_pgtable_idx`` while ``addr < end``;
-``__kvm_pgtable_visit`` calls TABLE_PRE on tables, LEAF on everything else (invalid entries
-included), **re-reads the entry after the callback** (so a LEAF callback that installs a table makes
-the walker descend into it), advances ``addr`` past a non-table, recurses into a table, then calls
-TABLE_POST. ``kvm_pgtable_walk_continue``: -EAGAIN is ignored unless HANDLE_FAULT is set; any
-other error stops the walk.
-
-SKIP_LEVEL (inferred, switchable): ``skip_levels`` is the set of levels of the 2026 series'
-``KVM_PGTABLE_WALK_SKIP_LEVEL*`` flags. Rule assumed from the series' description (not merged
-code): when the walker would descend into a table whose entries are at a skipped level, it does not
-descend; it advances ``addr`` past the table entry as if it were a leaf and still makes the
-TABLE_POST call. The start level is never skipped. Each skipped descent records its level in
-``WalkStats.skipped_levels``.
-
-Callbacks have the signature ``cb(table, index, addr, level, visit) -> int`` (0, ``-EAGAIN`` or a
-negative errno) and may replace ``table[index]``. Every count goes to a
-:class:`tracekit.model.accounting.WalkStats`. Out-of-range walks raise ModelError.
+:class:`Stage2PageTable` holds one VM's tables: a table is a list of ``PTRS_PER_PTE`` entries, each
+``0`` (invalid), an ``int`` leaf descriptor or a ``list`` (a table); output addresses are not kept
+(IPA maps to PA by identity, which the accounting never depends on). :meth:`Stage2PageTable.walk` is
+``kvm_pgtable_walk``, including the re-read of an entry after its callback (a LEAF callback that
+installs a table makes the walker descend into it). ``skip_levels`` applies the 2026 series' SKIP_LEVEL
+flags under the rule docs/model.md states. Callbacks are ``cb(table, index, addr, level, visit) ->
+int`` (0, -EAGAIN or an errno) and may replace ``table[index]``. Out-of-range walks raise ModelError.
 """
 
 from __future__ import annotations

@@ -1,29 +1,11 @@
 """arm64 stage-2 operations on a :class:`Stage2PageTable`: map, unmap, write-protect, relax.
 
-Contract
---------
-Each function runs the kernel's walk(s) on the model's tables and returns (or adds to) a
-:class:`WalkStats`:
-
-- :func:`map_range` mirrors ``kvm_pgtable_stage2_map`` with ``stage2_map_walker``
-  (LEAF|TABLE_PRE; arch/arm64/kvm/hyp/pgtable.c). With ``per_fault=True`` (default) it does what
-  ``user_mem_abort`` (arch/arm64/kvm/mmu.c) does when the guest touches every page: one walk per
-  ``mapping_size`` unit. A LEAF visit installs the page/block when
-  ``kvm_block_mapping_supported`` holds at that level (aligned, fits), otherwise a new table
-  (``stage2_map_walk_leaf``), into which the walker then descends. Mapping over a different-size
-  mapping raises ModelError (the kernel would drop the rest of a block lazily; the model refuses);
-  collapsing a table into a block is :mod:`tracekit.model.coalesce`.
-- :func:`unmap_range` mirrors ``kvm_pgtable_stage2_unmap`` / ``stage2_unmap_walker``
-  (LEAF|TABLE_POST): clears every valid leaf it visits (a block is cleared whole), and frees a
-  table at TABLE_POST once it holds no valid entry (``page_count == 1``).
-- :func:`wrprotect_range` mirrors ``stage2_wp_range`` -> ``stage2_apply_range`` (chunks of
-  ``kvm_granule_size(KVM_PGTABLE_MIN_BLOCK_LEVEL)``) -> ``kvm_pgtable_stage2_wrprotect`` ->
-  ``stage2_update_leaf_attrs`` / ``stage2_attr_walker`` (LEAF): invalid entries return -EAGAIN
-  (ignored: no HANDLE_FAULT), unchanged entries are early returns.
-- :func:`relax_perms` mirrors ``kvm_pgtable_stage2_relax_perms``: a one-page walk with
-  HANDLE_FAULT|SHARED setting permission bits.
-
-Sizes are bytes; ModelError on misalignment, ranges beyond the IPA space or overlaps.
+Each function runs the kernel's walks on the model and returns (or adds to) a :class:`WalkStats`:
+:func:`map_range` (``kvm_pgtable_stage2_map``; ``per_fault=True`` walks once per mapping unit, as
+``user_mem_abort`` does when the guest touches every page), :func:`unmap_range`,
+:func:`wrprotect_range` (``stage2_wp_range`` in minimum-block chunks) and :func:`relax_perms` (a
+one-page HANDLE_FAULT|SHARED walk). Sizes are bytes; ModelError on misalignment, ranges beyond the
+IPA space, or a mapping over one of another size (collapsing is :mod:`tracekit.model.coalesce`).
 """
 
 from __future__ import annotations

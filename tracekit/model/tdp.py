@@ -1,28 +1,11 @@
-"""x86 TDP MMU tables and eager huge-page splitting, explicitly simulated.
+"""x86 TDP MMU tables and eager huge-page splitting, simulated.
 
-Contract
---------
-:class:`TdpPageTable` holds one TDP root (KVM levels ``root_level`` (4 or 5) .. 1, 512 entries per
-table): an entry is ``0`` (not present), an ``int`` leaf SPTE (a huge page at levels 2 and 3) or
-a ``list`` (a lower table). Addresses are guest-physical bytes; GFNs are ``addr >> 12``.
-
-:meth:`TdpPageTable.split_huge_pages` mirrors ``tdp_mmu_split_huge_pages_root``
-(arch/x86/kvm/mmu/tdp_mmu.c) driven by the iterator of arch/x86/kvm/mmu/tdp_iter.c:
-``for_each_tdp_pte_min_level(iter, kvm, root, target_level + 1, start, end)`` is a pre-order walk
-(``tdp_iter_next``: step down, else step to the sibling, else step up) that never goes below
-``min_level`` and stops at the first entry whose GFN is ``>= end``. Each position the loop body
-sees counts as one entry at its level. A present huge SPTE is split into 512 next-level SPTEs
-(``tdp_mmu_split_huge_page``), after which the iterator steps down into the new table, so a 1G
-page becomes 512 2M pages that are split in turn (1 + 512 ``kvm_mmu_split_huge_page`` events).
-
-``alloc_drops_lock`` (default True, the mainline loop): with no preallocated shadow page the loop
-drops mmu_lock to allocate one, sets ``iter.yielded`` and ``continue``s, so ``tdp_iter_next``
-restarts from the root (``tdp_iter_restart``) and walks down to the same SPTE again: every split
-costs one restart and one extra visit at each level from the root to the split SPTE. False models
-an allocation that never drops the lock (older kernels' GFP_NOWAIT attempt succeeding).
-``tdp_mmu_iter_cond_resched`` yields (need_resched, contention) are not modelled.
-
-Counts go to a :class:`WalkStats` (``splits`` per level = ``kvm_mmu_split_huge_page`` events).
+:class:`TdpPageTable` holds one TDP root (levels ``root_level`` (4 or 5) .. 1, 512 entries per table;
+entries ``0``, an ``int`` leaf SPTE or a ``list``). :meth:`TdpPageTable.split_huge_pages` mirrors
+``tdp_mmu_split_huge_pages_root`` driven by ``tdp_iter``: a 1G page becomes 512 2M pages, split in
+turn. ``alloc_drops_lock`` (default, the mainline loop) restarts the iterator from the root after each
+split's allocation; False models an allocation that keeps mmu_lock. Addresses are guest-physical bytes;
+``splits`` per level counts ``kvm_mmu_split_huge_page`` events.
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
 """Sparse x86-64 guest page tables (4-level and 5-level/LA57) and their walk.
 
-Contract
---------
-:class:`X86PageTables` holds a guest's IA-32e page tables in memory (only the tables that exist),
-maps guest-virtual ranges with 4 KiB, 2 MiB (PS at level 2) or 1 GiB (PS at level 3) pages,
-serialises every table as a 4096-byte little-endian page at consecutive guest-physical addresses
-(root first, then depth-first in index order) and walks a guest-virtual address the way the
-hardware and KVM's software walker do (``FNAME(walk_addr_generic)`` in
-``arch/x86/kvm/mmu/paging_tmpl.h``: one guest PTE read per level, from the root down to the
-first non-present entry or the leaf).
-
-Levels are KVM's (``enum pg_level`` in ``arch/x86/include/asm/kvm_host.h``): 1 = 4 KiB PTE,
-2 = 2 MiB PDE, 3 = 1 GiB PDPTE, 4 = PML4E, 5 = PML5E. The leaf is level 1, the opposite of
-arm64's numbering; ``X86Walk.depth`` is the normalised number of levels walked from the root.
-
-Addresses are bytes (ints). Every impossible request (misaligned, non-canonical, overlapping,
-unsupported page size, a walk before ``serialize()``) raises :class:`tracekit.errors.ModelError`.
-
-This module imports only the Python standard library: the built-in workload runs it inside a
-minimal guest without numpy.
+:class:`X86PageTables` maps guest-virtual ranges with 4 KiB, 2 MiB or 1 GiB pages, serialises the
+tables as 4096-byte little-endian pages at consecutive guest-physical addresses (root first, then
+depth-first) and walks an address as the hardware and KVM's software walker do (one guest PTE read per
+level, down to the first non-present entry or the leaf). Levels are KVM's (1 = 4 KiB leaf .. 5);
+``X86Walk.depth`` counts levels walked from the root. Addresses are bytes; impossible requests raise
+:class:`tracekit.errors.ModelError`. Standard library only: the built-in workload runs it in a guest.
 """
 
 from __future__ import annotations
