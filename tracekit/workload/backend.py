@@ -1,32 +1,12 @@
 """The architecture interface of the workload: what differs between x86-64 and arm64.
 
-Contract
---------
-The driver (:mod:`tracekit.workload.dirtylog`) is architecture-neutral. It describes the guest it
-wants as a :class:`GuestSpec` (where the system area and the test region live, which pages each
-vCPU's access plan occupies) and asks a :class:`Backend` for the rest:
-
-- ``vm_type(kvm)``: the ``KVM_CREATE_VM`` type (arm64: IPA size in bits 7:0);
-- ``check_host(kvm, guest_page_size)``: refuse what this host's KVM does not offer;
-- ``check_eager_split_chunk(kvm, chunk)``: before the VM exists, refuse a per-VM eager-split chunk
-  size (bytes, 0 = off) this backend or host cannot set; returns capability values to record;
-- ``set_eager_split_chunk(vm, chunk)``: set it, before the first memslot (KVM accepts the arm64
-  chunk size only while every memslot is empty); returns the value KVM then reports;
-- ``configure_vm(vm, spec)``: VM-wide setup after creation, also before the first memslot;
-- ``build_guest(spec)``: guest code and page tables as a :class:`GuestImage` ({gpa: bytes} to copy
-  into the system memslot, plus a JSON-able description of the guest paging);
-- ``init_vcpu(vcpu, image, index, plan_gva, plan_entries)``: registers so that the vCPU runs the
-  guest code at user privilege with paging on;
-- ``guest_report(vcpu, exit_reason)``: decode an exit; return the pass number the guest reported
-  (0-255) or raise :class:`tracekit.errors.WorkloadError` describing the unexpected exit.
-
-The guest contract shared by all backends: the plan of a vCPU is an array of ``plan_entries``
-little-endian 64-bit words at ``plan_gva``; each word is the guest-virtual address of a 4 KiB
-page with bit 0 set for "write one word" and clear for "read one word". The guest runs the plan
-once per pass, in array order, then reports ``pass & 0xff`` (the first pass is 1) and, when
-resumed, starts the next pass over the same array (which the host rewrites in between).
-:func:`tracekit.workload.dirtylog.backend_for` picks the backend of the running machine. Standard
-library only.
+The driver (:mod:`tracekit.workload.dirtylog`) describes the guest it wants as a :class:`GuestSpec`
+and asks a :class:`Backend` for the VM type, host checks, the eager-split chunk size, the guest image
+(code and page tables) and the vCPU registers, and to decode the guest's exits. Every backend's guest
+runs the same access plan: ``plan_entries`` little-endian u64 guest-virtual page addresses at
+``plan_gva``, bit 0 (:data:`PLAN_WRITE_BIT`) set to write one word, clear to read one; after each pass
+it reports ``pass & 0xff`` (the first pass is 1) and, resumed, runs the rewritten plan again.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -89,30 +69,35 @@ class Backend(abc.ABC):
     max_gpa: int = 1 << 36
 
     @abc.abstractmethod
-    def vm_type(self, kvm) -> int: ...
+    def vm_type(self, kvm) -> int:
+        """The ``KVM_CREATE_VM`` type (arm64: the IPA size in bits 7:0)."""
 
     def check_host(self, kvm, guest_page_size: int) -> None:
         """Raise WorkloadError if this host's KVM cannot give the guest what it needs (default: fine)."""
 
     def check_eager_split_chunk(self, kvm, chunk: int) -> dict:
-        """Raise WorkloadError unless this backend can give the VM eager-split chunk ``chunk`` (bytes)."""
+        """Raise WorkloadError unless this backend can give the VM eager-split chunk ``chunk`` (bytes, 0 = off);
+        return the capability values to record."""
         raise WorkloadError(f"--eager-split-chunk: the {self.arch} backend has no per-VM eager-split chunk size")
 
     def set_eager_split_chunk(self, vm, chunk: int) -> int:
-        """Set the chunk size on a VM without memslots; return the size KVM reports afterwards."""
+        """Set the chunk size on a VM without memslots (KVM refuses it later); return the size KVM reports."""
         raise WorkloadError(f"--eager-split-chunk: the {self.arch} backend has no per-VM eager-split chunk size")
 
     def configure_vm(self, vm, spec: GuestSpec) -> None:
         """VM-wide setup after KVM_CREATE_VM and the capabilities, before any memslot (default: nothing)."""
 
     @abc.abstractmethod
-    def build_guest(self, spec: GuestSpec) -> GuestImage: ...
+    def build_guest(self, spec: GuestSpec) -> GuestImage:
+        """Guest code and page tables ({gpa: bytes} for the system memslot) and a JSON-able paging description."""
 
     @abc.abstractmethod
-    def init_vcpu(self, vcpu, image: GuestImage, index: int, plan_gva: int, plan_entries: int) -> None: ...
+    def init_vcpu(self, vcpu, image: GuestImage, index: int, plan_gva: int, plan_entries: int) -> None:
+        """Registers so that the vCPU runs the guest code at user privilege with paging on."""
 
     @abc.abstractmethod
-    def guest_report(self, vcpu, exit_reason: int) -> int: ...
+    def guest_report(self, vcpu, exit_reason: int) -> int:
+        """The pass number (0-255) an exit reports, or WorkloadError describing an unexpected exit."""
 
     @abc.abstractmethod
     def guest_mode(self, spec: GuestSpec) -> str:

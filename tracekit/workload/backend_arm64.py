@@ -1,26 +1,12 @@
 """arm64 backend: an EL1 guest started with its stage-1 MMU already on, no firmware.
 
-Contract
---------
-Implements :class:`tracekit.workload.backend.Backend` for arm64 KVM. ``vm_type`` puts the IPA size
-(:data:`IPA_BITS`, 40) in bits 7:0 of the ``KVM_CREATE_VM`` type after checking
-``KVM_CAP_ARM_VM_IPA_SIZE``; ``check_eager_split_chunk`` accepts 0 (off) or a block size listed in
-``KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES`` (one-line WorkloadError otherwise, also when the host's KVM
-predates eager splitting) and ``set_eager_split_chunk`` sets ``KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE``
-(the driver calls it before the first memslot: KVM accepts it only while every memslot is empty)
-and reads the value back;
-``init_vcpu`` runs ``KVM_ARM_PREFERRED_TARGET`` + ``KVM_ARM_VCPU_INIT`` and then sets, through
-``KVM_SET_ONE_REG``, MAIR_EL1 (attr0 normal write-back, attr1 device-nGnRnE), TCR_EL1 (4 KiB granule,
-39-bit VA from TTBR0, 40-bit IPS, TTBR1 walks off), TTBR0_EL1, VBAR_EL1 and SCTLR_EL1 with M|C|I: the
-vCPU's first instruction already runs with paging on. PSTATE stays as VCPU_INIT leaves it (EL1h,
-interrupts masked); arm64 guest code at EL1 runs natively under KVM.
-
-Stage-1 tables (3 levels, L1..L3, built here): the system area identity-mapped with 4 KiB pages, the
-test region at ``test_gva`` with the guest page size (4 KiB pages, 2 MiB or 1 GiB blocks), and one
-device page at :data:`REPORT_GPA` (outside every memslot). The guest (:func:`guest_code`) runs the
-shared access plan with x0 = plan address, x1 = entries, x8 = pass counter and reports each pass by
-storing x8 to :data:`REPORT_GPA`, a ``KVM_EXIT_MMIO`` whose data's low byte is the pass number. Every
-exception vector stores to :data:`FAULT_GPA` instead, reported as a WorkloadError. Standard library only.
+The IPA size (:data:`IPA_BITS`) goes in the ``KVM_CREATE_VM`` type; the eager-split chunk size is 0 or
+a size ``KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES`` lists, set before the first memslot. ``init_vcpu`` sets
+MAIR, TCR, TTBR0, VBAR and SCTLR (M|C|I) through ``KVM_SET_ONE_REG``, so the first instruction runs
+with paging on, on 3-level stage-1 tables built here (system area identity-mapped, test region at
+``test_gva`` with the guest page size). The guest (:func:`guest_code`) reports a pass as an MMIO
+store to :data:`REPORT_GPA`; every exception vector stores to :data:`FAULT_GPA` instead, reported as
+a WorkloadError. Standard library only.
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
 """x86-64 backend: a long-mode guest entered directly at CPL3, with page tables from the model.
 
-Contract
---------
-Implements :class:`tracekit.workload.backend.Backend` for x86-64. The vCPU starts in 64-bit long
-mode through ``KVM_SET_SREGS`` alone (no firmware, no mode switches): CR0.PG|PE, CR4.PAE,
-EFER.LME|LMA, CR3 = the root built by :class:`tracekit.model.x86.X86PageTables` (4-level), DPL-3
-code and stack segments backed by a real GDT and a 64-bit TSS in guest memory, RFLAGS.IOPL=3 and
-an I/O permission bitmap in the TSS allowing the low ports, so the guest's ``out`` to
-:data:`REPORT_PORT` exits to the VMM instead of faulting (whether or not the KVM backend keeps IOPL). User-privilege
-code with paging on runs natively even on KVM backends that emulate CPL0 code instruction by
-instruction. The guest code (:func:`guest_code`, 48 bytes) runs the access plan described in
-:mod:`tracekit.workload.backend` with r12 = plan address, r13 = entries, r8 = pass counter.
-
-System area layout (guest-physical = guest-virtual, 4 KiB user pages): 0x1000 code, 0x2000 GDT,
-0x3000 TSS, 0x4000-0x8000 stack, plans from 0x10000; page tables after the plans. Unexpected exits
-(shutdown = triple fault, failed entry, internal error, any other port) raise WorkloadError with
-the exit's details. x86 KVM has no per-VM eager-split chunk size: ``check_eager_split_chunk``
-always raises, naming the ``kvm.eager_page_split`` module parameter that decides instead and its
-current value (read from :data:`EAGER_PAGE_SPLIT_PARAM`).
+The vCPU starts in 64-bit long mode through ``KVM_SET_SREGS`` alone (no firmware), on the 4-level
+tables of :class:`tracekit.model.x86.X86PageTables`, with DPL-3 segments, a real GDT and TSS, IOPL=3
+and an I/O bitmap so the guest's ``out`` to :data:`REPORT_PORT` exits to the VMM: user-privilege code
+with paging on runs natively even where KVM emulates CPL0 code. The guest (:func:`guest_code`, 48
+bytes) runs the access plan; the system area's layout is in the constants below. Unexpected exits
+raise WorkloadError with their details. x86 has no per-VM eager-split chunk size: asking for one
+raises, naming the ``kvm.eager_page_split`` parameter and its value.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Host memory that backs guest memory: anonymous, THP, hugetlb (2 MiB / 1 GiB) or shmem.
 
-Contract
---------
-:func:`allocate(source, size)` maps ``size`` bytes of the named backing source (the names of KVM
-selftests' ``-s``: ``anonymous``, ``anonymous_thp``, ``anonymous_hugetlb_2mb``,
-``anonymous_hugetlb_1gb``, ``shmem``) and returns a :class:`Backing` (address, size, host page
-size) to be closed with ``close()`` (or used as a context manager). Nothing is touched or
-pre-faulted: the guest's first touch populates it. Before mapping, the host is checked and a
-:class:`tracekit.errors.WorkloadError` with one line says what is wrong and how to fix it: hugetlb
-pages not reserved (with the exact command to reserve them; this module never reserves any),
-transparent huge pages disabled, more memory than the host has available, a size that is not a
-multiple of the backing page size. Standard library only.
+:func:`allocate` maps ``size`` bytes of a backing source named as KVM selftests' ``-s`` and returns a
+:class:`Backing` to close (or use as a context manager); nothing is pre-faulted. It first checks the
+host and raises a one-line :class:`tracekit.errors.WorkloadError` with the fix: hugetlb pages not
+reserved (with the command; this module never reserves any), THP disabled, not enough memory, a size
+that is not a multiple of the backing page size. Standard library only.
 """
 
 from __future__ import annotations

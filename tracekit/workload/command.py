@@ -1,17 +1,11 @@
 """The ``dirty-log`` command, shared by the typer CLI and ``python3 -m tracekit.workload``.
 
-Contract
---------
-:func:`build_options` turns command-line values (sizes as text, the ``-g`` flag, a log mode
-name) into validated :class:`DirtyLogOptions`; :func:`dirty_log_command` runs the workload, writes
-the dirty_log_perf_test lines to ``out`` as phases finish (or, with ``as_json``, one JSON document
-at the end; see docs/cli-json/workload.md), writes the layout record to ``layout_path`` when the
-run ends (also after a failure or a stop signal, when there is one), publishes it after every phase
-while it runs for a recorder attaching by pid (:mod:`tracekit.workload.published`), and raises: :class:`WorkloadError` for
-anything that stopped the run (:class:`WorkloadInterrupted` for SIGINT, SIGTERM or SIGHUP, which
-tear the VM down cleanly), :class:`DirtyLogMismatch` after a complete run whose dirty log was
-wrong. :data:`OPTION_HELP` holds the help text of every option, so both front ends say the same.
-Standard library only.
+:func:`build_options` turns command-line text into validated options; :func:`dirty_log_command` runs
+the workload, prints the selftest's lines (or one JSON document, docs/cli-json/workload.md), writes
+the layout record at the end (also after a failure or a stop signal) and publishes it after every
+phase for a recorder attaching by pid. It raises WorkloadError (:class:`WorkloadInterrupted` for
+SIGINT, SIGTERM or SIGHUP, after a clean teardown) or :class:`DirtyLogMismatch`. :data:`OPTION_HELP`
+is the help of every option, so both front ends say the same. Standard library only.
 """
 
 from __future__ import annotations

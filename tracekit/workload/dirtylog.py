@@ -1,36 +1,14 @@
 """The dirty-log workload: a VM on ``/dev/kvm`` that dirties memory while the host logs it.
 
-Contract
---------
-:func:`run_dirty_log(options, emit=print)` runs the equivalent of KVM selftests'
-``dirty_log_perf_test`` from Python and returns a :class:`DirtyLogResult`:
-
-1. setup: ``/dev/kvm`` capabilities, ``KVM_CREATE_VM``, dirty-ring / manual-protect capabilities,
-   the eager-split chunk size when asked (arm64; refused on x86) and the backend's VM-wide
-   settings (all before the first memslot), memslot 0 (guest code, descriptor tables, per-vCPU
-   access plans, page tables; never logged),
-   memslots 1..x over the test region (``vcpus * bytes_per_vcpu`` at guest-physical 4 GiB,
-   guest-virtual ``0xc0000000``), one vCPU per host thread named ``tk-vcpu-N``;
-2. populate: every vCPU writes one word in each 4 KiB page of its share, in order;
-3. enable dirty logging (``KVM_MEM_LOG_DIRTY_PAGES`` on every test slot);
-4. ``iterations`` times: the vCPUs run one pass (random order with ``random_order``, each page
-   written with probability ``write_percent`` % and read otherwise), then the host collects the
-   dirty log (``KVM_GET_DIRTY_LOG`` per slot, or the dirty rings) and re-arms it
-   (``KVM_CLEAR_DIRTY_LOG`` with the bitmap just read, or ``KVM_RESET_DIRTY_RINGS``);
-5. disable dirty logging; stop the vCPU threads; close every fd and mapping.
-
-Self-verification: after each iteration the set of dirty pages must equal the pages the guest
-wrote in that pass (in the first iteration of ``clear`` mode with initially-set: every page,
-because KVM starts that bitmap all ones). Mismatches are counted per iteration
-(``missing_pages``, ``unexpected_pages``), never raised mid-run; :meth:`DirtyLogResult.check`
-raises :class:`DirtyLogMismatch`. Everything else that goes wrong raises
-:class:`tracekit.errors.WorkloadError` (one line) and carries the partial layout record in
-``error.layout``. ``emit`` receives the dirty_log_perf_test output lines as phases finish (see
-:mod:`tracekit.workload.report`); ``on_phase(name, iteration, end)``, when given, is called in the
-main thread just before each phase of the layout's ``phases[]`` starts (``end`` false) and just
-after it ends (``end`` true), outside the timed window (a tracer marks its steps there). Times
-are CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``). Standard library only; the host is left as found (no VM, fd, mapping
-or thread survives the call).
+:func:`run_dirty_log` runs the equivalent of KVM selftests' ``dirty_log_perf_test``: set up the VM,
+memslots and one thread per vCPU (``tk-vcpu-N``), populate, enable dirty logging, then per iteration a
+guest pass and the host's collection and re-arming of the log (bitmap or dirty rings), and tear
+everything down (phases in docs/workload.md). After each iteration the dirty pages must equal the
+pages the guest wrote; mismatches are counted and :meth:`DirtyLogResult.check` raises
+:class:`DirtyLogMismatch`; anything else raises :class:`tracekit.errors.WorkloadError` carrying the
+partial layout. ``emit`` gets the selftest's output lines; ``on_phase(name, iteration, end)`` runs in
+the main thread around each phase, outside the timed window. Times are CLOCK_MONOTONIC ns.
+:func:`backend_for` picks the architecture's backend. Standard library only; nothing survives the call.
 """
 
 from __future__ import annotations

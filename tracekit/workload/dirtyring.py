@@ -1,15 +1,9 @@
 """Harvesting one vCPU's KVM dirty ring.
 
-Contract
---------
-:class:`DirtyRing` wraps the ``struct kvm_dirty_gfn`` array that KVM shares at
-``KVM_DIRTY_LOG_PAGE_OFFSET`` of a vCPU fd (``Documentation/virt/kvm/api.rst``, "dirty ring").
-:meth:`DirtyRing.harvest` collects every entry the kernel has published (flags has DIRTY) from the
-consumer's fetch index on, marks each one RESET for the next ``KVM_RESET_DIRTY_RINGS`` and returns
-them as ``(slot, offset)`` pairs: ``slot`` is ``address_space << 16 | slot id``, ``offset`` the page
-index within the slot. Only the thread that owns the ring may harvest it (the vCPU thread on a
-ring-full exit, the main thread while the vCPU is stopped). :func:`ring_bytes_for` chooses a ring
-size. Standard library only.
+:class:`DirtyRing` wraps the ``struct kvm_dirty_gfn`` array KVM shares at ``KVM_DIRTY_LOG_PAGE_OFFSET``
+of a vCPU fd. :meth:`DirtyRing.harvest` collects the published entries from the fetch index on, marks
+them for the next ``KVM_RESET_DIRTY_RINGS`` and returns ``(slot, page offset)`` pairs; only the thread
+that owns the ring may harvest it. :func:`ring_bytes_for` chooses a ring size. Standard library only.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """File-descriptor wrappers for ``/dev/kvm``, a VM and a vCPU, with an ioctl log.
 
-Contract
---------
-:class:`Kvm` opens the KVM device, :meth:`Kvm.create_vm` returns a :class:`Vm`, and
-:meth:`Vm.create_vcpu` a :class:`Vcpu` with its ``struct kvm_run`` mapped. Every ioctl except
-``KVM_RUN`` is appended to the shared :class:`IoctlLog` with ``time.monotonic_ns()`` at entry and
-exit (CLOCK_MONOTONIC, the clock of ``bpf_ktime_get_ns``), the issuing thread's tid and the return
-value; ``KVM_RUN`` is only counted and its time totalled per vCPU (:attr:`Vcpu.run_count`,
-:attr:`Vcpu.run_ns`). Failures raise :class:`tracekit.errors.WorkloadError` naming the ioctl and
-the errno (``KvmUnavailable`` when the device cannot be opened). Every object has ``close()``
-and is a context manager; closing twice is harmless. Architecture-neutral; standard library only.
+:class:`Kvm`, :class:`Vm` and :class:`Vcpu` (its ``struct kvm_run`` mapped) are context managers,
+safe to close twice. Every ioctl but ``KVM_RUN`` goes to the shared :class:`IoctlLog` with its
+CLOCK_MONOTONIC entry and exit times, thread and result; ``KVM_RUN`` is only counted and timed per
+vCPU. Failures raise :class:`tracekit.errors.WorkloadError` naming the ioctl and errno
+(``KvmUnavailable`` when the device cannot be opened). Standard library only.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Options of ``tracekit workload dirty-log`` and their validation.
 
-Contract
---------
-:class:`DirtyLogOptions` holds one run's settings with the defaults of the embedded workload
-(1 vCPU, 64 MiB per vCPU, 4 iterations, 2 MiB guest pages, anonymous memory, 100 % writes in
-order, manual clear with initially-set where the host offers it; dirty rings sized to hold a
-vCPU's pages unless ``ring_entries`` is given; ``eager_split_chunk`` ``None`` leaves KVM's eager
-page splitting as the host has it, bytes (0 = off) ask for an arm64 per-VM chunk size). :meth:`DirtyLogOptions.validate`
-checks what can be checked without KVM and raises :class:`tracekit.errors.WorkloadError` with one
-line naming the option (checks against the host's KVM happen when the run starts).
-:func:`parse_size` reads ``dirty_log_perf_test``-style sizes (``[0-9]+[kmgt]?b?``, powers of 1024)
-and :func:`parse_page_size` guest page sizes (``4k``, ``2m``, ``1g``). Sizes are bytes. Standard
-library only.
+:class:`DirtyLogOptions` holds one run's settings, with the defaults of the embedded workload (1 vCPU,
+64 MiB per vCPU, 4 iterations, 2 MiB guest pages, manual clear with initially-set where offered);
+:meth:`DirtyLogOptions.validate` raises a one-line :class:`tracekit.errors.WorkloadError` naming the
+option (host checks happen when the run starts). :func:`parse_size` reads ``dirty_log_perf_test``-style
+sizes (powers of 1024) and :func:`parse_page_size` guest page sizes. Sizes are bytes. Standard library
+only.
 """
 
 from __future__ import annotations

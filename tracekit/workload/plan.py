@@ -1,15 +1,9 @@
 """Access plans: which 4 KiB pages a vCPU touches in one pass, in which order, writing or reading.
 
-Contract
---------
-:func:`pass_plan` returns the plan of one vCPU for one pass as an ``array('Q')`` of guest-virtual
-page addresses with bit 0 (:data:`PLAN_WRITE_BIT`) set for a write, in the order the guest will
-touch them, and marks the written pages in a little-endian dirty bitmap indexed by page number in
-the test region. Every page of the share ``[first_page, first_page + pages)`` appears exactly once.
-``random_order`` shuffles the pages with ``rng``; each page is written with probability
-``write_percent`` % (drawn from ``rng``; 100 and 0 draw nothing). The populate pass uses
-``random_order=False, write_percent=100`` (like dirty_log_perf_test). Addresses are bytes;
-standard library only.
+:func:`pass_plan` returns one vCPU's plan for one pass (an ``array('Q')`` of guest-virtual page
+addresses, bit 0 set for a write; every page of the share exactly once, shuffled with
+``random_order``, each written with probability ``write_percent`` %) and marks the written pages in
+the test region's dirty bitmap. Standard library only.
 """
 
 from __future__ import annotations
