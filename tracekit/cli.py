@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from tracekit import __version__
-from tracekit.errors import TracekitError, one_line
+from tracekit.errors import TracekitError, one_line, printable
 from tracekit.stopsignals import StopSignal
 
 __all__ = ["app", "main", "COMMAND_MODULES", "is_verbose"]
@@ -55,7 +55,7 @@ class _TracekitGroup(TyperGroup):
         except TracekitError as error:
             typer.echo(f"tracekit: error: {one_line(str(error))}", err=True)
             if _verbose and error.detail:
-                typer.echo(error.detail.encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
+                typer.echo(printable(error.detail), err=True)
             raise typer.Exit(error.exit_code) from None
         except StopSignal as stop:
             typer.echo(f"tracekit: {stop}", err=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "one_line",
+    "printable",
     "TracekitError",
     "UsageError",
     "CaptureFormatError",
@@ -23,10 +24,14 @@ __all__ = [
 ]
 
 
+def printable(text: str) -> str:
+    """``text`` with the characters UTF-8 cannot encode (lone surrogates) escaped as ``\\udcNN``."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def one_line(text: str) -> str:
     """``text`` as one printable line: line breaks folded to ``" / "``, unencodable characters escaped."""
-    folded = " / ".join(line.strip() for line in str(text).splitlines() if line.strip())
-    return folded.encode("utf-8", "backslashreplace").decode("utf-8")
+    return printable(" / ".join(line.strip() for line in str(text).splitlines() if line.strip()))
 
 
 class TracekitError(Exception):
