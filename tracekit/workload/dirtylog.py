@@ -210,9 +210,7 @@ def run_dirty_log(
     """Run the workload (see the module contract); ``on_layout(record)`` gets the layout record so far
     after every phase (to publish it for a recorder attaching mid-run)."""
     options.validate()
-    run = _Run(options, backend or backend_for(), emit or (lambda line: None), on_phase)
-    if on_layout is not None:
-        run.on_layout = on_layout
+    run = _Run(options, backend or backend_for(), emit or (lambda line: None), on_phase, on_layout)
     try:
         return run.execute()
     except WorkloadError as error:
@@ -230,7 +228,6 @@ class _VcpuState:
         self.first_page = first_page
         self.pages = pages
         self.plan_gpa = plan_gpa
-        self.plan_gva = plan_gpa  # the plans lie in the identity-mapped system area
         self.vcpu: Optional[Vcpu] = None
         self.ring: Optional[DirtyRing] = None
         self.pending_ring: list[tuple[int, int]] = []
@@ -244,6 +241,11 @@ class _VcpuState:
         self.error: Optional[BaseException] = None
         self.rng: Optional[random.Random] = None
 
+    @property
+    def plan_gva(self) -> int:
+        """Where the guest sees the plan: its guest-physical address (the system area is identity-mapped)."""
+        return self.plan_gpa
+
 
 class _Run:
     def __init__(
@@ -252,12 +254,13 @@ class _Run:
         backend: Backend,
         emit: Callable[[str], None],
         on_phase: Optional[Callable[[str, Optional[int], bool], None]] = None,
+        on_layout: Optional[Callable[[dict], None]] = None,
     ) -> None:
         self.options = options
         self.backend = backend
         self.emit = emit
         self.on_phase = on_phase or (lambda name, iteration, end: None)
-        self.on_layout: Callable[[dict], None] = lambda layout: None
+        self.on_layout = on_layout or (lambda layout: None)
         self.log = IoctlLog()
         self.start_ns = time.monotonic_ns()
         self.main_tid = threading.get_native_id()
