@@ -1,12 +1,10 @@
 """The manifest's declared schema, and its bounded parsing.
 
-Contract: :data:`MANIFEST` declares the type and range of every manifest field tracekit reads, once;
-:func:`parse_manifest` turns the bytes of ``capture.json`` (at most :data:`MAX_MANIFEST_BYTES`, nested
-at most :data:`MAX_MANIFEST_DEPTH` deep) into a dict that satisfies it, or raises
-:class:`~tracekit.errors.CaptureFormatError` with one line naming the first offending field (every
-violation in ``detail``). Fields not declared are kept unchecked, so a newer writer's extra keys pass;
-a declared field may be absent, but not null unless declared :func:`nullable`. To add a field, add one
-entry to the object that holds it below (and its row to docs/capture-format.md).
+:data:`MANIFEST` declares the type and range of every manifest field tracekit reads, once;
+:func:`parse_manifest` checks the bytes of ``capture.json`` (size and depth bounded) against it and
+raises one-line :class:`~tracekit.errors.CaptureFormatError` naming the first offending field. Fields
+not declared pass unchecked (a newer writer's keys); a declared field may be absent but not null
+unless :func:`nullable`. A new field is one entry below plus its row in docs/capture-format.md.
 """
 
 from __future__ import annotations

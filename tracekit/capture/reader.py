@@ -1,16 +1,12 @@
 """Reader of capture directories.
 
-Contract: :func:`open_capture` validates a whole capture once and returns a :class:`Capture` giving the
-manifest and each family as a pyarrow Table or pandas DataFrame (or, :meth:`Capture.iter_batches`,
-record batches of at most a given number of rows), reading only the columns asked for. At open: the
-manifest is read (bounded) and checked against its declared schema (:mod:`.manifest`), and every
-segment's footer is read and its schema compared with its family's. Every file is opened without
-following a symbolic link and must be a regular file, so nothing outside the capture is read; names that
-cannot be a family or a segment (non-UTF-8 ones included) are ignored. Data pages are checked against
-their CRC when the writer stored one. Every defect raises :class:`tracekit.errors.CaptureFormatError`
-with one line naming the file. A capture whose writer was killed (status still ``recording``) is
-readable: its finished segments are used and the manifest is completed from the newest segment's
-embedded snapshot (lost-event counters).
+:func:`open_capture` validates a capture once (the manifest against its declared schema, every
+segment's footer against its family's schema) and returns a :class:`Capture` giving each family as a
+pyarrow Table, pandas DataFrame or record batches, reading only the columns asked for. Files are
+opened without following symbolic links and must be regular files; data pages are checked against
+their CRC. Every defect is one-line :class:`tracekit.errors.CaptureFormatError` naming the file. A
+capture whose writer was killed (status ``recording``) is readable: its finished segments are used and
+its manifest completed from the newest segment's snapshot.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """Streaming writer of a capture directory.
 
-Contract: :class:`CaptureWriter` buffers appended Arrow data per family and writes it as numbered Parquet
-segments. A segment is written to a hidden temporary file and renamed into place when complete, so a
-writer killed at any instant loses at most the rows not yet in a closed segment; every finished segment
-and the manifest (rewritten atomically after each segment) stay readable with plain pyarrow, DuckDB or
-Polars; every data page carries its CRC, which the reader verifies. Segments close when
-``segment_seconds`` have passed since their first row (checked by :meth:`CaptureWriter.tick` and
-:meth:`CaptureWriter.append`) or when they reach ``segment_rows``. Until the last manifest write the
-manifest's next temporary file is kept made, with room allocated (hidden), so a file system out of inodes
-or space still takes the final status (``aborted`` with the reason); a final flush that fails also ends
-as ``aborted``.
-Errors are :class:`tracekit.errors.CaptureFormatError` (bad names or schemas, an unusable output path)
-and :class:`CaptureWriteError` (the disk refused a write).
+:class:`CaptureWriter` buffers Arrow data per family and writes numbered Parquet segments, each to a
+hidden file renamed into place when complete, with the manifest rewritten atomically after each: a
+writer killed at any instant loses at most the rows of its open segments, and every finished file
+stays readable by plain pyarrow, DuckDB or Polars. Segments close after ``segment_seconds`` or
+``segment_rows``. Room for the final manifest is kept allocated, so a full disk still ends the
+capture ``aborted`` with the reason. CaptureFormatError for bad names, schemas or output paths;
+:class:`CaptureWriteError` when the disk refuses a write.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Vectorised builders of the function-probe capture tables (numpy columns in, Arrow tables out).
 
-Contract
---------
-Every function takes whole numpy columns of one batch and never loops over events in Python
-(loops run over distinct values only: probe names, visit groups' labels, symbols).
-:func:`table` builds a table of a family of :data:`tracekit.funcprobes.capture_schemas.SCHEMAS` from a
-dict of columns (absent columns are null; string columns are dictionary encoded);
-:func:`concat_tables` joins parts of one family in time order;
-:func:`args_json` renders per-row JSON objects of integer arguments with numpy string operations;
-:func:`aggregate_visits` groups visits by (walk, visitor, level, kind), keeping the first visit's
-common columns and the count; :func:`stage2_pte_kinds` classifies arm64 descriptors like
-:func:`tracekit.funcprobes.stage2_probes.pte_kind`. Units are those of the schemas (bytes, ns).
+Every function takes whole columns of one batch and loops in Python over distinct values only (probe
+names, visit labels, symbols): :func:`table` builds a table of a family (absent columns null),
+:func:`concat_tables` joins parts in time order, :func:`args_json` renders integer arguments as JSON
+per row, :func:`aggregate_visits` groups visits by walk, visitor, level and kind, and
+:func:`stage2_pte_kinds` classifies arm64 descriptors.
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
-"""Inside a lab guest with the recorder userland: run the scenario under the real ``tracekit record``.
+"""Inside a lab guest: run the scenario's workload under the real ``tracekit record``.
 
-Contract
---------
-``python3 -m tracekit.lab.guest_record ARCH SCENARIO BACKEND OUTDIR`` (run by the guest's ``/init``
-as root, tracefs mounted, the recorder userland: numpy, pyarrow, typer, bcc and the kernel headers)
-prepares the kernel as the raw path does (THP mode, hugetlb pool, x86 ``eager_page_split``), then runs
-
-    tracekit record --probes stage2 (x86: tdp,mmu) --backend bcc|tracefs -o OUTDIR/capture.tkcap \\
-        -- tracekit workload dirty-log OPTIONS
-
-so the scenario's workload is the traced process (the recorder filters by its tgid) and its phase
-record (``--layout``, begin and end CLOCK_MONOTONIC ns of every phase) lands in the capture's
-manifest under ``workload``. Only scenarios made of the dirty-log workload (``("workload", N)``)
-can run this way. It writes ``OUTDIR/meta.json`` (scenario, backend, uname, kvm parameters and
-banner, the command line, the recorder's wall seconds and the seconds until its probes were
-attached (its ``Tracing pid`` banner: import, bcc compile, attach), its exit status, ``status``
-``complete`` or ``error`` with ``error``), ``OUTDIR/record.log`` (the recorder's stderr: banner,
-compile errors) and ``OUTDIR/workload.json`` (the workload's ``--json`` document). Exit status 0
-on success; otherwise one ``tk-guest-error: ...`` line and 1.
+``python3 -m tracekit.lab.guest_record ARCH SCENARIO BACKEND OUTDIR`` (the guest's ``/init``, as root,
+in the recorder userland) prepares the kernel as the raw path does, then records the dirty-log
+workload as a command (``tracekit record --probes stage2`` or ``tdp,mmu`` ``-- tracekit workload
+dirty-log``), so the capture's manifest holds the workload's phases. It writes ``OUTDIR/meta.json``
+(scenario, backend, uname, KVM parameters, the command, the recorder's wall seconds and seconds until
+attached, its exit status, ``status`` ``complete`` or ``error``), ``record.log`` (the recorder's
+stderr) and ``workload.json``. Only dirty-log scenarios run this way. Exit 0, or one
+``tk-guest-error:`` line and 1.
 """
 
 from __future__ import annotations

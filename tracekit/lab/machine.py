@@ -1,19 +1,11 @@
 """Boot one emulated lab machine under QEMU (TCG) and bring its result archive back.
 
-Contract
---------
-:func:`qemu_command` builds the QEMU command line for ``arch`` (``arm64``: ``virt`` with EL2
-(``virtualization=on``), GICv3, ``-cpu max,pauth-impdef=on``; ``x86``: TCG with nested SVM/NPT and
-``-cx16``), 2 vCPUs, the serial console to a file, and a virtio-serial port named
-``tracekit.out`` backed by a host file: the guest writes a tar archive of its results there.
-:func:`build_initramfs` packs the userland, the guest ``/init`` (``guest_init.sh``), tracekit's
-sources (with ``tracekit.probes`` and ``tracekit.analysis``), a ``/usr/local/bin/tracekit`` launcher
-and the kernel's modules the guest loads, in order (``opt/modules/order``). :func:`boot` runs QEMU with a hard timeout
-(seconds); on timeout or an interrupt QEMU is killed (and the kernel kills it if tracekit itself
-dies: ``PR_SET_PDEATHSIG``), and the console log is kept. Returns a
-:class:`BootResult` (console text, path of the result archive, wall seconds, guest exit code from
-the ``tk-done rc=N`` console line or None). Raises :class:`tracekit.errors.LabError` for a guest
-that hangs (timeout) or QEMU failing to start.
+:func:`qemu_command` builds the command line for ``arm64`` (``virt`` with EL2 and GICv3) or ``x86``
+(nested SVM/NPT), 2 vCPUs, the console to a file and a virtio-serial port ``tracekit.out`` on which the
+guest writes a tar of its results. :func:`build_initramfs` packs the userland, ``/init``, tracekit's
+sources and the kernel's modules. :func:`boot` runs QEMU with a hard timeout (QEMU dies with tracekit:
+``PR_SET_PDEATHSIG``) and returns a :class:`BootResult` (console, archive, seconds, the guest's exit
+code from ``tk-done rc=N``). LabError when the guest hangs or QEMU fails to start.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
-"""Host side of a lab run under the real recorder: the guest's ``tracekit record`` capture as the lab's output.
+"""Host side of a lab run under the real recorder: the guest's capture as the lab's output.
 
-Contract
---------
-:func:`capture_counts` counts what a function-probe capture holds per probe name, the way the raw
-path counts events (:mod:`tracekit.lab.results`): ``split`` rows per ``probe``,
-``fault`` rows per ``probe``, ``func_call`` rows per ``name``, walk rows (stage-2 walks only: the
-recorder drops host walks) under the walk probe's name, and visits as the sum of ``stage2_visit.count``
-under the visitor probe's name (``split_walker``, ``map_walker``, ``iter_next``), and the rows of
-the recorder's ``mmu`` table (x86 kvmmmu tracepoints) per ``event`` (``kvm_mmu_split_huge_page``,
-as the raw path counts that tracepoint). Rows are
-restricted to ``[begin_ns, end_ns]`` when given. :func:`visits_by_level` gives ``{probe: {level:
-visits}}``. :func:`phase_steps` turns the workload's phase record (the manifest's ``workload.phases``,
-CLOCK_MONOTONIC ns like the events) into the raw path's step list (``index``, ``op``, ``begin_ns``,
-``end_ns``, ``counts``). :func:`adopt_capture` moves the guest's capture directory to ``output`` and
-merges the lab's metadata into its manifest (``source.kind`` ``lab``, ``host``, ``timing_note``, the
-guest's kernel and scenario, ``lab`` summary), keeping the recorder's own keys (``backend``,
-``probes``, ``workload``, ``family_notes``). Raises :class:`tracekit.errors.LabError` when the guest's
+:func:`capture_counts` counts a function-probe capture per probe name the way the raw path counts
+events (:mod:`tracekit.lab.results`), optionally within ``[begin_ns, end_ns]``;
+:func:`visits_by_level` gives visits per probe and level; :func:`phase_steps` turns the workload's
+phases into the raw path's steps. :func:`adopt_capture` moves the guest's capture to ``output`` and
+adds the lab's metadata to its manifest, keeping the recorder's own keys. LabError when the guest's
 capture is missing or unreadable.
 """
 

@@ -1,11 +1,8 @@
 """The live recorder behind ``tracekit record`` (see docs/recorder.md).
 
-Modules: :mod:`~tracekit.recorder.session` (one recording, end to end), :mod:`~tracekit.recorder.probe_family`
-(the probe-family interface and registry), :mod:`~tracekit.recorder.tracepoint_families` (the built-in tracepoint
-families), :mod:`~tracekit.recorder.backend_bcc` and :mod:`~tracekit.recorder.backend_tracefs` (the two backends),
-:mod:`~tracekit.recorder.ringbuf` (batch reads of BPF ring buffers), :mod:`~tracekit.recorder.ring_batch`
-(ring records holding a batch of events), :mod:`~tracekit.recorder.rawbuf`
-(host-independent decoder of ftrace binary pages), :mod:`~tracekit.recorder.target` (process and vCPU
-thread resolution), :mod:`~tracekit.recorder.kvm_ioctls` (ioctl names) and :mod:`~tracekit.recorder.cli`.
-Importing this package loads none of them and never imports bcc.
+:mod:`~tracekit.recorder.session` runs one recording; :mod:`~tracekit.recorder.registry` names the
+probe families (:mod:`~tracekit.recorder.probe_family` is their interface,
+:mod:`~tracekit.recorder.tracepoint_families` the tracepoint ones); :mod:`~tracekit.recorder.backend_bcc`
+and :mod:`~tracekit.recorder.backend_tracefs` are the two backends. Importing this package loads none
+of them and never imports bcc.
 """

@@ -1,24 +1,13 @@
 """The bcc backend of the recorder: compile the families' BPF programs, attach, drain, detach.
 
-Contract: :class:`BccBackend` takes the families to record (each with its probe statuses) and the
-target tgid (a load-time constant ``TK_TARGET_TGID``) or tgids (several: a ``tk_targets`` hash map
-declared first in the program and filled before the probes attach), builds one program from their sources
-(:meth:`BccBackend.program_text`, shown by ``record --print-bpf``), loads it (the tracepoint
-programs attach on load; families attach their kprobes with ``attach_bcc``), and then :meth:`BccBackend.poll` returns every committed event as Arrow
-tables per capture family, read in whole batches through :class:`tracekit.recorder.ringbuf.RingReader`.
-:meth:`BccBackend.lost` returns the in-kernel reserve-failure counters per probe and CPU (:func:`read_percpu`
-reads any per-CPU counter array), and
-:meth:`BccBackend.ring_failures` the diagnostics of failed ring outputs (ring state, context).
-:meth:`BccBackend.stop` detaches every probe, drains what is left, decodes the batches still
-staged in each CPU's staging array (families that batch in the kernel), and builds the end-of-run
-tables; :meth:`BccBackend.close` frees everything and is safe to call twice. bcc is imported here
-only. Raises :class:`tracekit.errors.MissingCapability` (no bcc, no headers) and
-:class:`tracekit.errors.ProbeLoadError` (compile or verifier failure, log in ``detail``).
-
-Every program is loaded disarmed (``tk_window``, see ``probes/tk_bpf.h``): :meth:`BccBackend.arm`
-opens the recording window for every family at once, once the ring readers exist, and
-:meth:`BccBackend.disarm` closes it; :meth:`BccBackend.stop` disarms first, so detaching (slow: each
-detach waits for RCU) can neither lose events nor split an operation.
+:class:`BccBackend` builds one program from the families' sources for the target tgid (a load-time
+constant) or tgids (a ``tk_targets`` map), loads it disarmed, and :meth:`BccBackend.arm` opens the
+recording window for every family at once (``tk_window``, probes/tk_bpf.h). :meth:`BccBackend.poll`
+returns the committed events as Arrow tables per capture family, read in whole batches;
+:meth:`BccBackend.lost` and :meth:`BccBackend.ring_failures` count what the kernel could not deliver.
+:meth:`BccBackend.stop` disarms before detaching (slow, RCU), so no event is lost nor an operation
+split, then drains and decodes what is left. bcc is imported here only; MissingCapability without bcc
+or headers, ProbeLoadError (log in ``detail``) when compiling or verifying fails.
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
 """The tracefs backend of the recorder: a private ftrace instance read as binary pages.
 
-Contract: :class:`TracefsBackend` creates ``<tracefs>/instances/tracekit-<pid>-<hex>`` (never the
-global buffer), sets its clock to ``mono`` (the CLOCK_MONOTONIC of the bcc backend), its pid filter
-to the threads of the target process(es) (each event keeps its thread's process id) with ``event-fork``
-so new threads follow, enables the available tracepoints of the families with ``tracing_on`` off;
-:meth:`TracefsBackend.arm` turns it on (every family starts at that instant) and
-:meth:`TracefsBackend.disarm` off. :meth:`TracefsBackend.poll` reads every CPU's
-``trace_pipe_raw`` without blocking, decodes the pages with :mod:`tracekit.recorder.rawbuf` and
-hands each family its events (``decode_tracefs``) in time order across CPUs: events newer than what
-every CPU has delivered wait for the next poll (:func:`release_order`). Lost events are the instance's per-CPU
-``overrun`` plus ``dropped events`` counters (the pages' missed-event marks count the same losses and
-are used only when the counters cannot be read). The buffer is 32 MiB per CPU by default.
-:meth:`TracefsBackend.close` disables everything and removes the instance (idempotent); a
-recorder killed with SIGKILL leaves its instance behind, and :func:`cleanup_stale_instances`
-(called by :func:`tracekit.recorder.session.record` at every start, before the backend is made)
-removes instances whose pid no longer runs. Raises
-:class:`tracekit.errors.MissingCapability` without tracefs and :class:`tracekit.errors.RecorderError`
-when the instance cannot be set up.
+:class:`TracefsBackend` makes an instance ``tracekit-<pid>-<hex>`` (never the global buffer) with the
+``mono`` clock, a pid filter on the targets' threads (``event-fork`` follows new ones) and the
+families' available tracepoints, armed and disarmed by ``tracing_on``. :meth:`TracefsBackend.poll`
+decodes every CPU's ``trace_pipe_raw`` pages (:mod:`tracekit.recorder.rawbuf`) and hands each family
+its events in time order across CPUs (:func:`release_order`). Lost events are the instance's
+``overrun`` plus ``dropped events`` counters. :meth:`TracefsBackend.close` removes the instance; one
+left by a SIGKILLed recorder is removed by :func:`cleanup_stale_instances` at the next start.
+MissingCapability without tracefs, RecorderError when the instance cannot be set up.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """The probe-family interface of the recorder.
 
-Contract: a probe family is a :class:`ProbeFamily` subclass; a new instance is made for each
-recording (families may keep decoding state between batches). It declares
-
-- ``name`` and ``tables`` (the capture families it writes, each a ``pa.Schema`` starting with
-  :data:`tracekit.capture.COMMON_FIELDS`);
-- ``tracepoints`` (``"system:event"``) and ``functions`` (kernel functions for kprobes) it may use;
-- :meth:`ProbeFamily.check` the availability of each probe on a :class:`tracekit.host.Host`, with the reason
-  when absent (the recorder stores it in the manifest);
-- for the bcc backend: :meth:`bpf_source`, :meth:`cflags`, :meth:`rings` (ring-buffer maps and
-  their fixed record dtype), :meth:`decode` (one numpy batch -> Arrow tables),
-  :meth:`partial_counts` (operations the recording window cut, kept and marked or dropped),
-  :meth:`attach_bcc` / :meth:`detach_bcc` (probes that do not attach on load, e.g. kprobes),
-  :meth:`lost_maps` (per-CPU reserve-failure counters), :meth:`staging_maps` (per-CPU arrays of
-  events batched in the kernel and not yet written to a ring, read when the recording ends),
-  :meth:`failure_maps` (diagnostics of failed ring outputs) and :meth:`finish` (tables built from
-  BPF maps when the recording ends, e.g. aggregates and stacks);
-- for the tracefs backend (optional): :meth:`tracefs_prepare` / :meth:`tracefs_cleanup` (dynamic events
-  such as kprobes, created before and removed after the recording) and :meth:`decode_tracefs`
-  (per-event numpy arrays decoded by :mod:`tracekit.recorder.rawbuf` -> Arrow tables).
-
-The families ``tracekit record`` knows are listed by name in :mod:`tracekit.recorder.registry`.
+A probe family is a :class:`ProbeFamily` subclass, made fresh for each recording (it may keep
+decoding state between batches). It names the capture tables it writes and the tracepoints or kernel
+functions it uses, checks each probe on a :class:`tracekit.host.Host` (with the reason when absent),
+and implements the bcc backend (BPF source, rings, decode, counters) and optionally the tracefs
+backend (dynamic events, decode of raw events). docs/recorder.md has a table of every member; the
+families ``tracekit record`` knows are listed in :mod:`tracekit.recorder.registry`.
 """
 
 from __future__ import annotations

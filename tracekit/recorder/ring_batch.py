@@ -1,14 +1,10 @@
 """Ring records that hold a batch of events (the in-kernel batching of probes/tk_bpf.h).
 
-Contract: a batched ring record is ``struct tk_batch_header`` (``count`` u32, ``busy`` u8, ``spare`` u8,
-pad u16, ``first_ts`` u64: 16 bytes) followed by ``TK_BATCH_EVENTS`` fixed-size events, of which
-the first ``count`` are valid. :func:`batch_dtype` builds the numpy dtype of such a record from the
-event dtype; :func:`is_batched` tells a batch array from an event array; :func:`unbatch` returns the
-valid events of an array of batches, in record order then slot order (one vectorised selection, no
-Python per record or event), and raises :class:`tracekit.errors.RecorderError` when a count is
-out of range. :data:`RING_FAILURE_DTYPE` mirrors ``struct tk_ring_failure`` (one failed ring
-output: the ring's state from ``bpf_ringbuf_query``, the CPU, thread and nesting); :func:`failure_rows` turns
-such records into plain dicts. The layouts are checked against clang's by a live test.
+A batch record is ``struct tk_batch_header`` (16 bytes: ``count``, ``busy``, ``spare``, ``first_ts``)
+then ``TK_BATCH_EVENTS`` events of which the first ``count`` are valid. :func:`batch_dtype` builds its
+numpy dtype, :func:`unbatch` returns the valid events in record then slot order (vectorised;
+RecorderError for a count out of range). :data:`RING_FAILURE_DTYPE` mirrors ``struct tk_ring_failure``
+(one failed ring output and the ring's state). A live test checks the layouts against clang's.
 """
 
 from __future__ import annotations
