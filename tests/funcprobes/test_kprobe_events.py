@@ -40,3 +40,22 @@ def test_refused_line_gives_the_reason_with_the_error_log(tmp_path):
     assert defined == ["earlier"]
     assert reason == ("kprobe_events refused it: Is a directory: "
                       "[ 1.0] trace_kprobe: error: Invalid argument | Command: p:x | ^")
+
+
+def test_strict_start_fails_on_a_refused_required_probe_and_leaves_tracefs_clean(tmp_path):
+    """Never a silent pass: with ``strict`` (the labs), a line the kernel refuses for a probe that is not
+    optional stops the start with the probe, how it was resolved and the kernel's error_log line."""
+    from tracekit.errors import ProbeLoadError
+
+    (tmp_path / "kprobe_events").mkdir()  # every write refused
+    (tmp_path / "error_log").write_text("[ 1.0] trace_kprobe: error: Invalid fetch argument\n  Command: p:x\n")
+    resolutions = resolve_all(STAGE2_PROBES, parse_kallsyms(KALLSYMS))
+    backend = TracefsFuncProbes(resolutions, tracefs=tmp_path, group="tk_test", strict=True)
+    with pytest.raises(ProbeLoadError, match=r"required probe pgtable_walk \(attached with BTF args at kvm_pgtable_walk\): "
+                       r"kprobe_events refused it: .*Invalid fetch argument"):  # fmt: skip
+        backend.start()
+    assert backend.defined == [] and not (tmp_path / "instances").exists()
+    lenient = TracefsFuncProbes(resolutions, tracefs=tmp_path, group="tk_test")
+    with pytest.raises(FileNotFoundError):  # no instances/ here: the start goes on past the refusals
+        lenient.start()
+    assert {f["probe"] for f in lenient.failed} >= {"pgtable_walk", "split_walker", "stage2_split"}
