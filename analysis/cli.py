@@ -16,11 +16,12 @@ import typer
 from typer.core import TyperCommand
 
 from tracekit.analysis.analyze import analysis_json, analyze_capture, render_text
-from tracekit.analysis.common import format_table, records, tune_memory
+from tracekit.analysis.common import format_table, records
 from tracekit.analysis.compare import compare_runs, capture_metrics
 from tracekit.analysis.vms import VmCapture, select_vm
 from tracekit.capture import open_capture
 from tracekit.errors import CaptureFormatError, UsageError
+from tracekit.memtune import keep_freed_memory
 
 __all__ = ["register", "analyze", "report", "compare"]
 
@@ -74,7 +75,7 @@ def analyze(
 
       tracekit analyze host.tkcap --vm guest1  # one VM of a --all-vms recording
     """
-    tune_memory()
+    keep_freed_memory()
     result = analyze_capture(_open(capture, vm), phase=phase, selftest_output=_read_selftest(selftest_output))
     if as_json:
         typer.echo(json.dumps(analysis_json(result), indent=1, default=str))
@@ -102,7 +103,7 @@ def report(
     """
     from tracekit.analysis.report import write_report
 
-    tune_memory()
+    keep_freed_memory()
     result = analyze_capture(_open(capture, vm), phase=phase, selftest_output=_read_selftest(selftest_output))
     write_report(result, output)
     typer.echo(f"wrote {output}", err=True)
@@ -144,7 +145,7 @@ def compare(
     runs_b = [Path(p) for p in ctx.meta.get("tracekit_runs_b", [])]
     if not runs_b:
         raise UsageError("give the captures of side B after a '--': tracekit compare A... -- B...")
-    tune_memory()
+    keep_freed_memory()
     metrics_a = [capture_metrics(analyze_capture(open_capture(p), phase=phase)) for p in runs_a]
     metrics_b = [capture_metrics(analyze_capture(open_capture(p), phase=phase)) for p in runs_b]
     table = compare_runs(metrics_a, metrics_b)

@@ -35,32 +35,7 @@ __all__ = [
     "records",
     "group_codes",
     "count_by",
-    "tune_memory",
 ]
-
-def tune_memory() -> None:
-    """Make large temporary arrays cheap to reallocate in this process (call from entry points only).
-
-    On hosts where first touches of fresh memory are slow (the development VM faults fresh 4 KiB
-    pages at about 600 MB/s and transparent huge pages at about 170 MB/s), numpy's default of
-    advising huge pages for large arrays and glibc's habit of returning every large block to the
-    kernel dominate the analysis time. This turns numpy's huge-page advice off and keeps freed blocks
-    in the glibc heap for reuse (``mallopt(M_MMAP_MAX, 0)``, ``M_TRIM_THRESHOLD`` at its maximum).
-    A no-op where glibc is absent.
-    """
-    try:
-        np._core.multiarray._set_madvise_hugepage(False)
-    except AttributeError:  # pragma: no cover - older numpy
-        pass
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)  # M_MMAP_MAX
-        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
 
 #: The percentiles every latency summary reports.
 PERCENTILES = (50, 90, 99)

@@ -195,9 +195,9 @@ def print_fault_rate(when: str) -> None:
 
 
 def child(case: str, arg: str) -> dict:
-    from tracekit.analysis.common import tune_memory
+    from tracekit.memtune import keep_freed_memory
 
-    tune_memory()  # what the tracekit commands do
+    keep_freed_memory()  # what the tracekit commands do
     if case == "fault-rate":
         return fault_rate(int(arg))
     if case == "rebuild":

@@ -59,7 +59,8 @@ import numpy as np  # noqa: E402
 
 from tracekit.host import Host, tracefs_root  # noqa: E402
 from tracekit.recorder.backend_bcc import BccBackend, import_bcc  # noqa: E402
-from tracekit.recorder.session import DEFAULT_FAMILIES, _keep_freed_memory, plan_families  # noqa: E402
+from tracekit.memtune import keep_freed_memory  # noqa: E402
+from tracekit.recorder.session import DEFAULT_FAMILIES, plan_families  # noqa: E402
 from tracekit.recorder.probe_family import RecordOptions  # noqa: E402
 from tracekit.recorder.hitcount import HitCounter  # noqa: E402
 from tracekit.recorder.target import spawn_gated  # noqa: E402
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top:
         return top_main(args)
-    _keep_freed_memory()  # as tracekit record does; the in-process consumers below share the setting
+    keep_freed_memory()  # as tracekit record does; the in-process consumers below share the setting
     runners = (run_untraced, run_count_only, run_naive, run_tracekit, run_count_clocked)
     runs: list[list[dict]] = [[] for _ in runners]
     for _ in range(args.repeat):  # interleaved, so a change in background load hits every mode alike

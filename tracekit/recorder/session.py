@@ -36,7 +36,6 @@ arguments, :class:`MissingCapability` (also for a user without the privileges, i
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -56,6 +55,7 @@ from tracekit.capabilities import recording_blockers
 from tracekit.host import Host, tracefs_root
 from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, UsageError
+from tracekit.memtune import keep_freed_memory
 from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RecordOptions
 from tracekit.recorder.registry import make_family
 from tracekit.recorder.inflight import blocked_kvm_ioctls, calls_in_flight
@@ -325,7 +325,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
         raise MissingCapability("cannot record as this user: " + "; ".join(blockers))
     output = Path(config.output)
     _check_output(output)
-    _keep_freed_memory()
+    keep_freed_memory()
     tracefs = tracefs_root()
     stale = cleanup_stale_instances(tracefs) if tracefs is not None else []
     stale_layouts = reclaim_stale_layout_dirs()
@@ -593,24 +593,6 @@ def _window_record(window: dict[str, int]) -> dict[str, Any]:
     if "start_ns" in window and "stop_ns" in window:
         out["seconds"] = round((window["stop_ns"] - window["start_ns"]) / 1e9, 6)
     return out
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed batch buffers instead of returning them to the kernel.
-
-    Every poll allocates arrays of a few MiB; above the default mmap threshold each one is a fresh
-    mapping, and touching it costs one page fault per 4 KiB page, which made copying a full ring 5-10x
-    slower than the copy itself (worse inside a VM). Memory is still bounded: what is kept is at most
-    the largest set of batches alive at once."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)  # batches come from the heap, not fresh mappings
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # and stay there for the next batch
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def _ring_diagnostics(backend: Any) -> dict[str, Any]:
