@@ -22,7 +22,6 @@ from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 from tracekit.lab import fetch, machine, recorded, runner, scenarios
 from tracekit.lab.guest_record import record_argv, workload_argv
 from tracekit.lab.guest_run import workload_options
-from tracekit.recorder.session import _is_workload_command
 from tracekit.workload.__main__ import _parser
 from tracekit.workload.command import build_options
 from tracekit.workload.options import BACKING_SOURCES, DirtyLogOptions
@@ -133,7 +132,7 @@ def test_record_argv_runs_the_workload_as_the_recorders_command(tmp_path):
     assert argv[:6] == ["tracekit", "record", "--probes", "stage2", "--backend", "bcc"]
     child = argv[argv.index("--") + 1 :]
     assert child[:3] == ["tracekit", "workload", "dirty-log"]
-    assert _is_workload_command(child)  # so the recorder stores the workload's phase record in the manifest
+    assert "--layout" not in child  # the recorder hands the workload its layout directory in the environment
     assert "--eager-split-chunk" in child and child[child.index("--eager-split-chunk") + 1] == "2M"
     x86 = record_argv("x86", "tracefs", tmp_path / "c.tkcap", workload_options(scenarios.smallest("x86")))
     assert x86[2:6] == ["--probes", "tdp,mmu", "--backend", "tracefs"] and "--eager-split-chunk" not in x86

@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 
-from tracekit.recorder.layoutdir import LAYOUT_PREFIX, make_layout_dir, reclaim_stale_layout_dirs
+from tracekit.recorder.layoutdir import LAYOUT_PREFIX, make_layout_dir, read_layout_record, reclaim_stale_layout_dirs
+from tracekit.workload.published import LAYOUT_DIR_ENV, recorder_layout_path
 
 
 def _dead_pid() -> int:
@@ -50,3 +51,31 @@ def test_a_new_directory_is_private_and_named_after_this_recorder(tmp_path, monk
 
 def test_a_missing_temporary_directory_reclaims_nothing(tmp_path):
     assert reclaim_stale_layout_dirs(tmp_path / "absent") == []
+
+
+def test_the_workload_writes_where_the_recorder_asks_and_nowhere_otherwise(tmp_path):
+    assert recorder_layout_path({}) is None
+    assert recorder_layout_path({LAYOUT_DIR_ENV: str(tmp_path)}) == str(tmp_path / f"workload-{os.getpid()}.json")
+
+
+def test_the_started_commands_own_record_wins_else_the_only_one(tmp_path):
+    assert read_layout_record(str(tmp_path), 10) is None  # nothing written
+    (tmp_path / "workload-11.json").write_text('{"pid": 11}')
+    assert read_layout_record(str(tmp_path), 10) == {"pid": 11}  # the workload ran under a shell
+    (tmp_path / "workload-12.json").write_text('{"pid": 12}')
+    assert read_layout_record(str(tmp_path), 10) is None  # two workloads: neither is the command's
+    (tmp_path / "workload-10.json").write_text('{"pid": 10}')
+    assert read_layout_record(str(tmp_path), 10) == {"pid": 10}
+    assert read_layout_record(str(tmp_path / "absent"), 10) is None
+
+
+def test_a_layout_record_that_is_a_link_or_not_an_object_is_ignored(tmp_path):
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text('{"secret": 1}')
+    (tmp_path / "workload-10.json").symlink_to(elsewhere)
+    assert read_layout_record(str(tmp_path), 10) is None
+    (tmp_path / "workload-10.json").unlink()
+    (tmp_path / "workload-10.json").write_text("[1, 2]")
+    assert read_layout_record(str(tmp_path), 10) is None
+    (tmp_path / "workload-10.json").write_text("{not json")
+    assert read_layout_record(str(tmp_path), 10) is None

@@ -11,6 +11,7 @@ import io
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tracekit.capture import open_capture
 from tracekit.capture.writer import CaptureWriter, CaptureWriteError
 from tracekit.recorder import backend_bcc, session, target
 from tracekit.recorder.tracepoint_families import WalkFamily
+from tracekit.recorder.layoutdir import LAYOUT_PREFIX
 from tracekit.recorder.probe_family import ProbeStatus
 
 
@@ -171,10 +173,25 @@ def test_sigterm_stops_the_loop(fake, tmp_path, monkeypatch):
     assert open_capture(out).manifest["status"] == "complete"
 
 
-def test_workload_command_gets_a_layout_file():
-    assert session._is_workload_command(["tracekit", "workload", "dirty-log", "-i", "2"])
-    assert session._is_workload_command(["/venv/bin/tracekit", "workload", "dirty-log"])
-    assert not session._is_workload_command(["qemu-system-x86_64", "-m", "64"])
+WRITE_LAYOUT = ("import json; from tracekit.workload.published import recorder_layout_path; "
+                "json.dump({'vcpus': [{'index': 0, 'tid': 1, 'thread_name': 'tk-vcpu-0'}]}, open(recorder_layout_path(), 'w'))")
+
+
+def test_a_started_command_gets_a_layout_directory_in_its_environment_and_its_record_is_kept(fake, tmp_path):
+    """The workload's layout comes through $TRACEKIT_LAYOUT_DIR whatever the command line looks like (here
+    the workload's own writer under a plain python), and the directory is gone afterwards."""
+    argv = [sys.executable, "-c", WRITE_LAYOUT]
+    summary = session.record(session.RecordConfig(output=tmp_path / "wl.tkcap", command=argv, poll_interval=0.01),
+                             stream=None)
+    assert summary.stop_reason == "command exited" and summary.command_exit == 0
+    manifest = open_capture(tmp_path / "wl.tkcap").manifest
+    assert manifest["workload"] == {"vcpus": [{"index": 0, "tid": 1, "thread_name": "tk-vcpu-0"}]}
+    assert not list(Path(tempfile.gettempdir()).glob(f"{LAYOUT_PREFIX}{os.getpid()}-*"))
+
+
+def test_a_command_that_leaves_no_layout_gives_no_workload_record(fake, tmp_path):
+    session.record(session.RecordConfig(output=tmp_path / "nl.tkcap", command=["true"], poll_interval=0.01), stream=None)
+    assert "workload" not in open_capture(tmp_path / "nl.tkcap").manifest
 
 
 def test_a_thread_renamed_to_a_vcpu_name_is_marked():

@@ -6,9 +6,8 @@ Contract: :func:`record` takes a :class:`RecordConfig` and writes a capture dire
 1. removes tracefs instances left by a killed recorder (``tracekit-<pid>-*`` whose pid is gone);
 2. resolves the targets (``pid_spec``/``pid_specs``/``all_vms``, each holding a KVM VM; manifest
    ``target.pids`` and ``target.vms``) or starts ``command`` held before ``exec`` until the probes
-   are armed; when the command is the built-in workload (``tracekit workload dirty-log``),
-   adds ``--layout`` to a private temporary file and stores the record under manifest key
-   ``workload``; a workload found by pid is asked for the record it publishes while it runs
+   are armed, with a private directory in ``$TRACEKIT_LAYOUT_DIR`` where the built-in workload leaves
+   its layout record (stored under manifest key ``workload``); a workload found by pid is asked for the record it publishes while it runs
    (:mod:`tracekit.workload.published`);
 3. checks every probe of the requested families (``probes.failed`` in the manifest lists each absent
    probe with the reason; a family whose required tracepoints are absent is skipped);
@@ -36,7 +35,6 @@ arguments, :class:`MissingCapability` (also for a user without the privileges, i
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -59,14 +57,14 @@ from tracekit.memtune import keep_freed_memory
 from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RecordOptions
 from tracekit.recorder.registry import make_family
 from tracekit.recorder.inflight import blocked_kvm_ioctls, calls_in_flight
-from tracekit.recorder.layoutdir import make_layout_dir, reclaim_stale_layout_dirs
+from tracekit.recorder.layoutdir import make_layout_dir, read_layout_record, reclaim_stale_layout_dirs
 from tracekit.recorder.tally import VmTally
 from tracekit.recorder.target import GatedChild, list_threads, resolve_targets, spawn_gated, tgid_of, thread_info
 from tracekit.recorder.output import OutputTee
 from tracekit.recorder.backend_tracefs import cleanup_stale_instances, pid_alive
 from tracekit.stopsignals import StopRequests
 from tracekit.recorder.vcpus import VcpuFds
-from tracekit.workload.published import read_published_layout
+from tracekit.workload.published import LAYOUT_DIR_ENV, read_published_layout
 
 __all__ = ["RecordConfig", "RecordSummary", "record", "plan_families", "DEFAULT_FAMILIES"]
 
@@ -145,11 +143,6 @@ def _not_attached(failed: list[dict]) -> str:
     parts = [f"{name} ({reason})" for name, reason in whole.items()]
     parts += [f"{f['probe']} ({f['reason']})" for f in failed if f["family"] not in whole]
     return "; ".join(parts)
-
-
-def _is_workload_command(argv: list[str]) -> bool:
-    words = [os.path.basename(a) for a in argv[:4]]
-    return "workload" in words and "dirty-log" in argv[:6]
 
 
 def _check_output(path: Path) -> None:
@@ -348,9 +341,6 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
     child: GatedChild | None = None
     layout_dir: str | None = None
     command = list(config.command)
-    if command and _is_workload_command(command) and "--layout" not in command:
-        layout_dir = make_layout_dir()
-        command += ["--layout", os.path.join(layout_dir, "layout.json")]
     backend: Any = None
     status = _Status(stream, config.status_interval, _live_status_wanted(stream, live_status, bool(command)))
     rusage0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -366,7 +356,8 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
     try:
         if command:
             tee = OutputTee(2 if config.command_stdout_to_stderr else 1)
-            child = spawn_gated(command, stdout_fd=tee.child_fd)
+            layout_dir = make_layout_dir()  # the built-in workload writes its layout record there
+            child = spawn_gated(command, env={**os.environ, LAYOUT_DIR_ENV: layout_dir}, stdout_fd=tee.child_fd)
             tee.child_started()
             target = {"pids": [child.pid], "comm": os.path.basename(command[0]), "name": None}
         else:
@@ -486,8 +477,9 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
             if child is not None and child.released and child.poll() is None and stop_reason != "command exited":
                 child.terminate(_grace(stopper), lambda: stopper.hurry)
                 command_exit = child.returncode
-            workload = (_read_layout(layout_dir) if layout_dir is not None  # one workload: its model applies to all
-                        else read_published_layout(tgids[0]) if len(tgids) == 1 else None)
+            workload = read_layout_record(layout_dir, child.pid) if child is not None and layout_dir else None
+            if workload is None and len(tgids) == 1:  # one workload: its model applies to all
+                workload = read_published_layout(tgids[0])
             extra: dict[str, Any] = {"workload": workload} if workload is not None else {}
             if tee is not None:
                 extra["command_output"] = tee.finish()
@@ -646,17 +638,3 @@ def _merge_threads(known: dict[int, dict], seen: list[dict]) -> None:
         if old.get("vcpu") is None and thread.get("comm") and thread["comm"] != old.get("comm"):
             old.pop("pre_exec", None)  # renamed, or exec'd: the newest name, until one names a vCPU
             old.update(comm=thread["comm"], vcpu=thread.get("vcpu"))
-
-
-def _read_layout(layout_dir: str | None) -> dict | None:
-    if layout_dir is None:
-        return None
-    path = Path(layout_dir) / "layout.json"
-    try:
-        if path.is_symlink() or not path.is_file():
-            return None
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-

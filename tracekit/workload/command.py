@@ -2,7 +2,8 @@
 
 :func:`build_options` turns command-line text into validated options; :func:`dirty_log_command` runs
 the workload, prints the selftest's lines (or one JSON document, docs/cli-json/workload.md), writes
-the layout record at the end (also after a failure or a stop signal) and publishes it after every
+the layout record at the end (also after a failure or a stop signal) to ``--layout`` and where a
+recorder that started it asks (``$TRACEKIT_LAYOUT_DIR``), and publishes it after every
 phase for a recorder attaching by pid. It raises WorkloadError (:class:`WorkloadInterrupted` for
 SIGINT, SIGTERM or SIGHUP, after a clean teardown) or :class:`DirtyLogMismatch`. :data:`OPTION_HELP`
 is the help of every option, so both front ends say the same. Standard library only.
@@ -19,7 +20,7 @@ from typing import Callable, Iterator, Optional
 from tracekit.errors import WorkloadError
 from tracekit.workload.dirtylog import DirtyLogResult, run_dirty_log
 from tracekit.workload.options import LOG_MODES, DirtyLogOptions, parse_page_size, parse_size
-from tracekit.workload.published import LayoutPublisher
+from tracekit.workload.published import LayoutPublisher, recorder_layout_path
 
 __all__ = [
     "OPTION_HELP",
@@ -170,18 +171,19 @@ def dirty_log_command(
     """Run, report and record (see the module contract)."""
     emit = (lambda line: None) if as_json else out
     publisher = LayoutPublisher()  # for a recorder attaching to this process while it runs
+    layout_paths = [p for p in (layout_path, recorder_layout_path()) if p]  # --layout, and a recorder that started us
     try:
         with _signals_stop_the_run():
             result = run_dirty_log(options, emit=emit, on_layout=publisher.publish)
     except WorkloadError as error:
         layout = getattr(error, "layout", None)
-        if layout_path and layout:
-            write_layout(layout, layout_path)
+        for path in layout_paths if layout else ():
+            write_layout(layout, path)
         raise
     finally:
         publisher.remove()
-    if layout_path:
-        write_layout(result.layout, layout_path)
+    for path in layout_paths:
+        write_layout(result.layout, path)
     if as_json:
         document = result.as_json()
         document["layout_file"] = os.path.abspath(layout_path) if layout_path else None

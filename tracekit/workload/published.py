@@ -1,4 +1,4 @@
-"""Where a running workload publishes its layout record, so a recorder attaching later finds it.
+"""Where the workload leaves its layout record for a recorder: published while it runs, or handed over.
 
 Contract: :class:`LayoutPublisher` writes the record (atomically: a temporary file renamed) to
 ``<dir>/workload-<pid>.json``, where ``<dir>`` is ``/run/tracekit`` for root and
@@ -8,6 +8,8 @@ names its process (``pid`` and ``proc_start``, the start time from ``/proc/PID/s
 :func:`read_published_layout` returns it only for that very process (not a reused pid), only from a
 regular file owned by the process's user, and never raises: None when absent or unreadable. A workload killed outright (SIGKILL)
 cannot remove its record: the next publisher of the same user removes the records whose process is gone.
+A recorder that starts the workload itself says so explicitly: it exports :data:`LAYOUT_DIR_ENV` (a private
+directory) to its command, and :func:`recorder_layout_path` names the file the workload writes there when it ends.
 """
 
 from __future__ import annotations
@@ -15,14 +17,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Mapping
 
 from tracekit.procs import proc_start_ticks
 
-__all__ = ["LayoutPublisher", "read_published_layout", "published_layout_path", "remove_stale_records"]
+__all__ = ["LayoutPublisher", "read_published_layout", "published_layout_path", "remove_stale_records",
+           "LAYOUT_DIR_ENV", "recorder_layout_path"]
 
 _ROOT_DIR = Path("/run/tracekit")
 _USER_DIR = "/run/user/{uid}/tracekit"
 _MAX_BYTES = 64 << 20
+
+#: The environment variable naming the directory a recorder that started this process wants the layout in.
+LAYOUT_DIR_ENV = "TRACEKIT_LAYOUT_DIR"
+
+
+def recorder_layout_path(environ: Mapping[str, str] = os.environ) -> str | None:
+    """``$TRACEKIT_LAYOUT_DIR/workload-PID.json`` for this process when a recorder asked for it, else None."""
+    directory = environ.get(LAYOUT_DIR_ENV)
+    return os.path.join(directory, f"workload-{os.getpid()}.json") if directory else None
 
 
 def _process_uid(pid: int) -> int | None:
