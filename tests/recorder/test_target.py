@@ -270,3 +270,51 @@ def test_terminate_kills_at_once_when_cut_short():
     time.sleep(0.5)  # let it install its SIGTERM handler
     child.terminate(grace=30.0, cut_short=lambda: True)
     assert child.returncode == -9
+
+
+def _task(proc, pid: int, tid: int, comm: str) -> None:
+    folder = proc / str(pid) / "task" / str(tid)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "comm").write_text(comm + "\n")
+
+
+def test_a_thread_watch_reads_new_threads_and_renames_but_not_every_name_every_time(tmp_path):
+    from tracekit.recorder.target import ThreadWatch
+
+    _task(tmp_path, 10, 10, "qemu-system-x86")
+    _task(tmp_path, 10, 11, "CPU 0/KVM")
+    watch = ThreadWatch([10], recheck_s=3600, proc=tmp_path)
+    seen, settling = watch.refresh()
+    assert [t["tid"] for t in seen] == [10, 11] and settling
+    _task(tmp_path, 10, 10, "renamed")
+    seen, settling = watch.refresh()  # new at the refresh before: read once more, named just after they start
+    assert [(t["tid"], t["comm"]) for t in seen] == [(10, "renamed"), (11, "CPU 0/KVM")] and settling
+    _task(tmp_path, 10, 10, "again")
+    assert watch.refresh() == ([], False)  # nothing new: no name read
+    _task(tmp_path, 10, 12, "worker")  # a thread created later (after attach) is seen at the next refresh
+    _task(tmp_path, 10, 11, "not a vcpu name")
+    seen, settling = watch.refresh()
+    assert [(t["tid"], t["comm"]) for t in seen] == [(12, "worker")] and settling
+    watch.refresh()
+    seen, _ = watch.refresh(full=True)  # every name that gives no vCPU index; a vCPU's stays
+    assert [(t["tid"], t["comm"]) for t in seen] == [(10, "again"), (12, "worker")]
+    assert watch.vcpus() == {10: None, 11: 0, 12: None}
+    import shutil
+
+    shutil.rmtree(tmp_path / "10" / "task" / "12")
+    watch.refresh()
+    assert watch.vcpus() == {10: None, 11: 0}  # gone threads leave
+    watch.follow([10, 20])
+    _task(tmp_path, 20, 20, "tk-vcpu-3")
+    assert [t["tid"] for t in watch.refresh()[0]] == [20] and watch.vcpus()[20] == 3
+
+
+def test_a_thread_watch_rereads_names_at_its_slower_cadence(tmp_path):
+    from tracekit.recorder.target import ThreadWatch
+
+    _task(tmp_path, 10, 10, "tracekit")
+    watch = ThreadWatch([10], recheck_s=0.0, proc=tmp_path)
+    watch.refresh()
+    watch.refresh()
+    _task(tmp_path, 10, 10, "dirty_log_perf_")  # exec'd: renamed without a new thread
+    assert [t["comm"] for t in watch.refresh()[0]] == ["dirty_log_perf_"]

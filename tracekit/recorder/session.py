@@ -59,7 +59,7 @@ from tracekit.recorder.registry import make_family
 from tracekit.recorder.inflight import blocked_kvm_ioctls, calls_in_flight
 from tracekit.recorder.layoutdir import make_layout_dir, read_layout_record, reclaim_stale_layout_dirs
 from tracekit.recorder.tally import VmTally
-from tracekit.recorder.target import GatedChild, list_threads, resolve_targets, spawn_gated, tgid_of, thread_info
+from tracekit.recorder.target import GatedChild, ThreadWatch, resolve_targets, spawn_gated, tgid_of, thread_info
 from tracekit.recorder.output import OutputTee
 from tracekit.recorder.backend_tracefs import cleanup_stale_instances, pid_alive
 from tracekit.stopsignals import StopRequests
@@ -365,8 +365,8 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
             target = {"pids": [t.pid for t in found], "comm": found[0].comm, "name": found[0].guest,
                       "vms": [t.to_json() for t in found]}
         tgids = target["pids"]
-        for pid in tgids:
-            _merge_threads(threads, list_threads(pid))
+        watch = ThreadWatch(tgids)
+        _merge_threads(threads, watch.refresh(full=True)[0])
         if child is not None and child.pid in threads:
             threads[child.pid]["pre_exec"] = True  # its name until the exec (this recorder's)
         vcpus = VcpuFds(tgids)
@@ -439,6 +439,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
                 if child is not None and not stopper.reason:  # stopped while attaching: it never runs
                     child.release()
                 next_threads = time.monotonic() + 0.05
+                next_fd_scan = next_threads + 1.0
                 while True:
                     now = time.monotonic()
                     deliver(backend.poll())
@@ -446,9 +447,11 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
                     status.maybe_show(sum(lost.values()), lambda: _dir_bytes(output))
                     if now >= next_threads:
                         recording_rss = max(recording_rss, _vm_rss_kb())
-                        for pid in tgids:
-                            _merge_threads(threads, list_threads(pid))
-                        vcpus.scan()
+                        seen, settling = watch.refresh()
+                        _merge_threads(threads, seen)
+                        if settling or now >= next_fd_scan:  # a new thread may open a vCPU fd; else now and then
+                            vcpus.scan()
+                            next_fd_scan = now + 1.0
                         next_threads = now + 0.05
                     if stopper.reason:
                         stop_reason = stopper.reason
@@ -473,6 +476,7 @@ def _record(config: RecordConfig, stream: Any, live_status: bool | None, on_atta
             for family, _ in plan:
                 notes.update(family.manifest_notes())
                 partial.update(family.partial_counts())
+            _merge_threads(threads, watch.refresh(full=True)[0])
             vcpus.scan()
             if child is not None and child.released and child.poll() is None and stop_reason != "command exited":
                 child.terminate(_grace(stopper), lambda: stopper.hurry)

@@ -36,7 +36,7 @@ from typing import Callable
 from tracekit.errors import RecorderError, UsageError
 from tracekit.procs import proc_start_ticks
 
-__all__ = ["Target", "resolve_target", "list_threads", "thread_info", "tgid_of", "vcpu_index", "qemu_guest_name",
+__all__ = ["Target", "resolve_target", "list_threads", "ThreadWatch", "thread_info", "tgid_of", "vcpu_index", "qemu_guest_name",
            "spawn_gated", "GatedChild",
            "resolve_targets", "kvm_processes", "kvm_fds", "describe_process", "require_kvm_vm", "qemu_memory"]
 
@@ -123,9 +123,61 @@ def list_threads(pid: int) -> list[dict]:
     return [thread_info(pid, tid) for tid in entries]
 
 
-def thread_info(pid: int, tid: int) -> dict:
+class ThreadWatch:
+    """The threads of processes ``pids``, kept current at little cost per :meth:`refresh`.
+
+    A refresh lists each ``/proc/PID/task`` and reads the names of new threads only, once more at the
+    next refresh (threads are named just after they start), and those of threads whose name gives no
+    vCPU index every ``recheck_s`` seconds or when ``full``; a name that gives a vCPU index is final."""
+
+    def __init__(self, pids: list[int], *, recheck_s: float = 1.0, proc: Path = PROC):
+        self.pids = list(pids)
+        self.recheck_s = recheck_s
+        self._proc = proc
+        self.threads: dict[int, dict[int, dict]] = {pid: {} for pid in self.pids}  # pid -> tid -> live thread
+        self._young: set[int] = set()
+        self._next_recheck = 0.0
+
+    def follow(self, pids: list[int]) -> None:
+        """Watch ``pids`` from now on (threads of a process no longer followed are forgotten)."""
+        self.pids = list(pids)
+        self.threads = {pid: self.threads.get(pid, {}) for pid in self.pids}
+
+    def refresh(self, *, full: bool = False) -> tuple[list[dict], bool]:
+        """``(sightings, settling)``: the threads whose name was read now, and whether a thread appeared
+        at this refresh or the one before (what it opens, a vCPU fd, may come just after it)."""
+        now = time.monotonic()
+        recheck = full or now >= self._next_recheck
+        if recheck:
+            self._next_recheck = now + self.recheck_s
+        young, self._young = self._young, set()
+        seen: list[dict] = []
+        for pid in self.pids:
+            try:
+                tids = {int(e.name) for e in os.scandir(self._proc / str(pid) / "task") if e.name.isdigit()}
+            except OSError:
+                tids = set()
+            known = self.threads[pid]
+            for tid in known.keys() - tids:
+                del known[tid]
+            for tid in sorted(tids):
+                old = known.get(tid)
+                if old is not None and tid not in young and not (recheck and old["vcpu"] is None):
+                    continue
+                if old is None:
+                    self._young.add(tid)
+                known[tid] = thread_info(pid, tid, self._proc)
+                seen.append(known[tid])
+        return seen, bool(self._young or young)
+
+    def vcpus(self) -> dict[int, int | None]:
+        """``{tid: vCPU index or None}`` of the live threads as last refreshed."""
+        return {tid: t["vcpu"] for threads in self.threads.values() for tid, t in threads.items()}
+
+
+def thread_info(pid: int, tid: int, proc: Path = PROC) -> dict:
     """Thread ``tid`` of ``pid`` as ``{"tid", "comm", "vcpu"}`` (comm "" and vcpu None once it is gone)."""
-    comm = (_read(PROC / str(pid) / "task" / str(tid) / "comm") or "").strip()
+    comm = (_read(proc / str(pid) / "task" / str(tid) / "comm") or "").strip()
     return {"tid": tid, "comm": comm, "vcpu": vcpu_index(comm)}
 
 

@@ -104,12 +104,6 @@ def _watched(specs: list[str]) -> list[dict]:
     return [t.to_json() for t in targets]
 
 
-def _vcpus(vms: list[dict]) -> dict[int, int | None]:
-    from tracekit.recorder.target import list_threads
-
-    return {t["tid"]: t["vcpu"] for vm in vms for t in list_threads(vm["pid"])}
-
-
 def top_command(
     pid: List[str] = typer.Option(
         [], "--pid", "-p", help="VM to watch: a pid, a process name or unique prefix, or a QEMU -name guest name. "
@@ -126,6 +120,7 @@ def top_command(
 ) -> None:
     from tracekit.capabilities import recording_blockers
     from tracekit.host import Host, tracefs_root
+    from tracekit.recorder.target import ThreadWatch
     from tracekit.top.sources import open_source
     from tracekit.top.view import SORT_KEYS, make_view, render_text, sort_vms, summary_table, view_json
 
@@ -150,6 +145,7 @@ def top_command(
     out = sys.stdout
     live = out.isatty() and not once
     every_vm: dict[int, dict] = {vm["pid"]: vm for vm in vms}
+    threads = ThreadWatch(list(every_vm), recheck_s=_RESCAN_S)  # names of new threads read once, not every interval
     try:
         source.watch({vm["pid"] for vm in vms})
         first = previous = source.read()
@@ -165,7 +161,8 @@ def top_command(
                 while True:
                     key = keys.wait(interval) if keys is not None else (time.sleep(interval) or None)
                     current = source.read()
-                    view = sort_vms(make_view(previous, current, vms, _vcpus(vms)), sort)
+                    threads.refresh()
+                    view = sort_vms(make_view(previous, current, vms, threads.vcpus()), sort)
                     previous = current
                     shown += 1
                     if once and json_out:
@@ -185,14 +182,15 @@ def top_command(
                         next_scan = time.monotonic() + _RESCAN_S
                         vms = _watched(specs)
                         every_vm.update({vm["pid"]: vm for vm in vms})
+                        threads.follow(list(every_vm))
                         source.watch({vm["pid"] for vm in vms})
             except KeyboardInterrupt:
                 pass
         if keys is not None:
             keys.close()
         last = source.read()
-        typer.echo(summary_table(first, last, sorted(every_vm.values(), key=lambda vm: vm["pid"]),
-                                 _vcpus(list(every_vm.values())),
+        threads.refresh(full=True)
+        typer.echo(summary_table(first, last, sorted(every_vm.values(), key=lambda vm: vm["pid"]), threads.vcpus(),
                                  width=shutil.get_terminal_size((120, 40)).columns))
     finally:
         if keys is not None:
