@@ -24,6 +24,7 @@ from tracekit.capture.writer import CaptureWriter, CaptureWriteError
 from tracekit.recorder import backend_bcc, session, target
 from tracekit.recorder.tracepoint_families import WalkFamily
 from tracekit.recorder.layoutdir import LAYOUT_PREFIX
+from tracekit.recorder.status import live_status_wanted
 from tracekit.recorder.probe_family import ProbeStatus
 
 
@@ -126,10 +127,10 @@ class _Terminal(io.StringIO):
 
 
 def test_the_status_line_goes_only_to_a_terminal_and_never_beside_a_command():
-    assert session._live_status_wanted(_Terminal(), None, runs_command=False)
-    assert not session._live_status_wanted(_Terminal(), None, runs_command=True)  # the command shares it
-    assert not session._live_status_wanted(io.StringIO(), None, runs_command=False)  # a pipe or a file
-    assert not session._live_status_wanted(None, True, runs_command=False)
+    assert live_status_wanted(_Terminal(), None, runs_command=False)
+    assert not live_status_wanted(_Terminal(), None, runs_command=True)  # the command shares it
+    assert not live_status_wanted(io.StringIO(), None, runs_command=False)  # a pipe or a file
+    assert not live_status_wanted(None, True, runs_command=False)
 
 
 def test_the_banner_names_the_clock_of_the_duration(fake, tmp_path):
@@ -354,3 +355,39 @@ def test_a_started_command_is_named_as_it_execs():
     assert threads == {9: {"tid": 9, "comm": "dirty_log_perf_", "vcpu": None}}
     session._merge_threads(threads, [{"tid": 9, "comm": "renamed", "vcpu": None}])
     assert threads[9]["comm"] == "renamed"
+
+
+def test_the_steps_can_be_driven_one_by_one(fake, tmp_path):
+    """plan chooses without starting anything; attach creates the capture and arms the window before the
+    command runs; each poll drains one batch; finish closes the window and the capture."""
+    from tracekit.stopsignals import StopRequests
+
+    ran = tmp_path / "ran"
+    out = tmp_path / "steps.tkcap"
+    with StopRequests() as stopper:
+        recording = session.Recording(session.RecordConfig(output=out, command=["touch", str(ran)]), stopper,
+                                      stream=None)
+        recording.plan()
+        assert [f.name for f, _ in recording.chosen] == ["walk"] and recording.backend_name == "bcc"
+        assert not out.exists() and recording.child is None and not fake.instances
+        with recording:
+            recording.attach()
+            backend = fake.instances[0]
+            assert backend.steps == ["start", "arm"] and recording.child.released
+            assert open_capture_manifest(out)["status"] == "recording"
+            assert recording.poll() is None and backend.polls == 1
+            while recording.poll() is None:
+                recording.pause()
+            assert recording.stop_reason == "command exited" and recording.command_exit == 0 and ran.exists()
+            recording.finish()
+            assert backend.steps[-2:] == ["disarm", "stop"] and not backend.closed  # closed on leaving the block
+        assert backend.closed
+        summary = recording.summary()
+    cap = open_capture(out)
+    assert cap.manifest["status"] == "complete" and cap.rows("walk") == backend.polls == summary.rows["walk"]
+
+
+def open_capture_manifest(path: Path) -> dict:
+    import json
+
+    return json.loads((path / "capture.json").read_text())
