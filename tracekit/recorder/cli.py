@@ -1,12 +1,8 @@
 """``tracekit record``: the live recorder's command line.
 
-Contract: :func:`register` adds the top-level command ``record`` to the root app. The command
-builds a :class:`tracekit.recorder.session.RecordConfig` from its options and runs
-:func:`tracekit.recorder.session.record`; it prints the banner, live status and summary on
-stderr and, with ``--json``, the summary as one JSON object on stdout (documented in
-docs/cli-json/recorder.md). ``--print-bpf`` prints the BPF program that would be loaded and
-exits. Errors are :class:`tracekit.errors.TracekitError` subclasses, turned into one line and an
-exit code by :mod:`tracekit.cli`.
+The command builds a :class:`~tracekit.recorder.session.RecordConfig` and runs the recording's steps
+(:func:`~tracekit.recorder.session.record`): banner, status and summary on stderr, and with ``--json``
+the summary on stdout (docs/cli-json/recorder.md). ``--print-bpf`` prints the BPF program and exits.
 """
 
 from __future__ import annotations

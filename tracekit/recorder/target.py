@@ -1,24 +1,10 @@
-"""Which processes to record: resolve ``--pid PID|NAME`` and ``--all-vms``, list threads, find vCPUs.
+"""Which processes to record: ``--pid PID|NAME`` and ``--all-vms`` resolved, threads and vCPUs listed.
 
-Contract:
-
-- :func:`resolve_target` accepts a numeric pid (a thread id stands for its process) or a name, matched
-  like pgrep and kvm_stat ``-g``: the exact process name (``/proc/PID/comm`` or the basename of
-  ``argv[0]``) or QEMU guest name (``-name NAME``, ``guest=NAME``), else a unique prefix of the
-  process name of a process holding a KVM VM (``qemu`` for ``qemu-system-x86_64``). Where several
-  processes match, those holding a KVM VM (an ``anon_inode:kvm-vm`` fd) win; still several, or none,
-  raise :class:`tracekit.errors.UsageError` listing each (pid, name, guest, vCPUs, memory) and how to
-  choose. :func:`resolve_targets` resolves repeated ``--pid`` and ``--all-vms``
-  (:func:`kvm_processes`) and refuses a process that holds no KVM VM (:func:`require_kvm_vm`).
-- :func:`tgid_of` gives the process a thread id belongs to (None when it is gone).
-- :func:`list_threads` returns ``[{"tid", "comm", "vcpu"}]`` for a pid, where ``vcpu`` is the
-  vCPU index parsed from the thread name (QEMU's ``CPU N/KVM``, the built-in workload's
-  ``tk-vcpu-N``) or None; :func:`thread_info` the same for one thread.
-- :func:`spawn_gated` forks a command that waits on a pipe before ``exec`` (so probes attach
-  before it runs) and :func:`release` lets it go; the command is killed (``PR_SET_PDEATHSIG``) if
-  the recorder dies without stopping it; ``exec_name`` is the thread name it takes at ``exec``.
-
-Only ``/proc`` is read; nothing in the target is executed or changed.
+:func:`resolve_targets` matches names like pgrep and kvm_stat ``-g`` (exact process or QEMU guest
+name, else a unique prefix of a KVM VM holder's name) and refuses a process holding no KVM VM, or
+several matches, in one line listing the candidates. :class:`ThreadWatch` follows the targets'
+threads cheaply while recording; :func:`spawn_gated` forks a command held before ``exec`` until the
+probes are armed, tied to the recorder by ``PR_SET_PDEATHSIG``. Only ``/proc`` is read.
 """
 
 from __future__ import annotations

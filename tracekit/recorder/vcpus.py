@@ -1,13 +1,9 @@
 """vCPU threads of any VMM, identified by the vCPU fd they issue KVM_RUN on.
 
-Contract: a thread that issues ``KVM_RUN`` is a vCPU thread, and the file descriptor it issues it on
-says which vCPU: KVM names a vCPU fd ``anon_inode:kvm-vcpu:N`` (``/proc/PID/fd/FD``) and
-``KVM_CREATE_VCPU(N)`` returns it. :class:`VcpuFds` gathers the fd -> vCPU index map of one process
-while recording, from both sources (:meth:`VcpuFds.scan` reads ``/proc``, :meth:`VcpuFds.observe`
-reads ``KVM_CREATE_VCPU`` calls in ``ioctl`` tables and notes which (process, thread, fd) ran ``KVM_RUN``
-in ``ioctl`` and ``ioctl_summary`` tables). :meth:`VcpuFds.identify` then gives each such thread its vCPU
-index; thread names (QEMU's ``CPU N/KVM``, ``tk-vcpu-N``) remain the fallback for threads not seen
-running. An fd reused for another vCPU keeps the newest index (``conflicts`` counts such changes).
+KVM names a vCPU fd ``anon_inode:kvm-vcpu:N``. :class:`VcpuFds` learns fd -> vCPU index from
+``/proc/PID/fd`` (:meth:`~VcpuFds.scan`) and from ``KVM_CREATE_VCPU`` results, notes which thread ran
+``KVM_RUN`` on which fd (:meth:`~VcpuFds.observe`), and gives those threads their index
+(:meth:`~VcpuFds.identify`); thread names (``CPU N/KVM``, ``tk-vcpu-N``) stay the fallback.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """``tracekit top``: the command line of the live per-VM view.
 
-Contract: :func:`register` adds ``top`` to the root app. It watches the VMs named by ``-p`` (matched as
-``record --pid`` matches; repeatable) or, by default, every process holding a KVM VM (re-scanned every
-5 s: VMs that start later join, VMs that exit leave), reads the counters once per ``-i`` seconds
-and redraws the view (sorted by ``-s``). On a terminal, ``q`` quits and ``s`` cycles the sort key; the
-terminal is restored on every exit path. ``--once`` prints one interval and exits (``--json``: the
-document of docs/cli-json/top.md); ``-n N`` stops after N intervals. When it ends (``q``, Ctrl-C,
-SIGTERM, ``-n``) it prints the totals of the whole run per VM, like bcc's tools. Errors are
-:class:`tracekit.errors.TracekitError` (one line at the root).
+Watches the VMs ``-p`` names (matched as ``record --pid`` matches) or every KVM VM holder (rescanned
+every 5 s), reads the counters once per ``-i`` seconds and redraws the view; ``q`` quits, ``s`` cycles
+the sort key, ``--once [--json]`` prints one interval (docs/cli-json/top.md). On exit it prints the
+whole run's totals per VM, like bcc's tools.
 """
 
 from __future__ import annotations

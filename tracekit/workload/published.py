@@ -1,15 +1,10 @@
 """Where the workload leaves its layout record for a recorder: published while it runs, or handed over.
 
-Contract: :class:`LayoutPublisher` writes the record (atomically: a temporary file renamed) to
-``<dir>/workload-<pid>.json``, where ``<dir>`` is ``/run/tracekit`` for root and
-``$XDG_RUNTIME_DIR/tracekit`` (``/run/user/<uid>/tracekit``) for other users; the workload republishes
-it after every phase and :meth:`LayoutPublisher.remove` deletes it when the run ends. The record
-names its process (``pid`` and ``proc_start``, the start time from ``/proc/PID/stat``), so
-:func:`read_published_layout` returns it only for that very process (not a reused pid), only from a
-regular file owned by the process's user, and never raises: None when absent or unreadable. A workload killed outright (SIGKILL)
-cannot remove its record: the next publisher of the same user removes the records whose process is gone.
-A recorder that starts the workload itself says so explicitly: it exports :data:`LAYOUT_DIR_ENV` (a private
-directory) to its command, and :func:`recorder_layout_path` names the file the workload writes there when it ends.
+:class:`LayoutPublisher` rewrites ``/run/tracekit/workload-PID.json`` (``/run/user/UID/tracekit`` for
+other users) after every phase and removes it at the end; :func:`read_published_layout` returns it
+only for that very process (pid, start time, owner) and never raises. A recorder that starts the
+workload names a private directory in :data:`LAYOUT_DIR_ENV` instead; :func:`recorder_layout_path`
+is the file the workload writes there when it ends.
 """
 
 from __future__ import annotations
