@@ -74,6 +74,9 @@ def test_plan_lays_out_kernel_scenario_run(tmp_path):
             matrix.plan(*args, tmp_path)
     with pytest.raises(UsageError):
         matrix.plan("arm64", ["a"], ["lazy"], tmp_path, repeat=0)
+    for hostile in ("..", ".", "../../etc", "/"):
+        (cell,) = matrix.plan("arm64", [hostile], ["lazy"], tmp_path)
+        assert tmp_path in cell.capture.parents and ".." not in cell.capture.relative_to(tmp_path).parts
 
 
 def test_table_counts_exact_from_real_captures(tmp_path):
@@ -160,6 +163,9 @@ def test_second_invocation_resumes(tmp_path):
     second = matrix.run_matrix("x86", cells, run_lab=lab)
     assert lab.calls == [("tdp-eager", "debian:trixie")] and second[0] == first[0]
     assert second[2]["status"] == "failed"  # a failure is reused, not retried ...
+    cells[0].outcome_path.write_text("{not json")  # a damaged record is run again, never a traceback
+    lab.calls.clear()
+    assert matrix.run_matrix("x86", cells[:1], run_lab=lab)[0]["status"] == "ok" and len(lab.calls) == 1
     del lab.fail["tdp-eager@eager_page_split=N"]
     lab.calls.clear()
     third = matrix.run_matrix("x86", cells, run_lab=lab, retry_failed=True)  # ... unless asked

@@ -32,7 +32,6 @@ __all__ = ["Column", "Cell", "Table", "parse_column", "plan", "run_matrix", "bui
 #: Marks every time in the table: durations under TCG say nothing about hardware.
 EMULATED = "emulated"
 _OUTCOME = ".outcome.json"
-_LOCK_EVENTS = {"contention_begin", "contention_end"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,8 @@ class Column:
     @property
     def dirname(self) -> str:
         """A file name that says which kernel and settings (stable, so a matrix resumes)."""
-        return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", self.spec.replace(":", "-")).strip("_") or "default"
+        name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", self.spec.replace(":", "-")).strip("_")
+        return name if name.strip(".") else f"_{name}"  # never "", "." or "..": a column stays inside DIR
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,16 @@ def plan(arch: str, kernels: list[str], scenario_names: list[str], out: Path, vc
 
 def _reusable(cell: Cell, retry_failed: bool) -> dict | None:
     """The outcome of a cell already done in an earlier invocation, or None (and a half-written capture removed)."""
-    outcome = json.loads(cell.outcome_path.read_text()) if cell.outcome_path.is_file() else None
-    if outcome and outcome["status"] in ("failed", "n/a") and not retry_failed:
+    try:
+        outcome = json.loads(cell.outcome_path.read_text()) if cell.outcome_path.is_file() else None
+        status = outcome["status"] if isinstance(outcome, dict) else None
+        manifest = cell.capture / "capture.json"
+        complete = manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a damaged record: run the cell again
+        status, complete = None, False
+    if status in ("failed", "n/a") and not retry_failed:
         return outcome
-    manifest = cell.capture / "capture.json"
-    if outcome and manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
+    if status in ("ok", "checks-failed") and complete:
         return outcome
     if cell.capture.exists():  # interrupted: a capture without its outcome, or one its writer never finished
         shutil.rmtree(cell.capture)
