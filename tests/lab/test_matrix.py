@@ -49,6 +49,7 @@ def test_scenario_variants_are_canonical_and_checked():
     assert scenarios.get("contention@eager_split_chunk=0", "arm64").needs == ("lock-contention-tracepoints",)
     assert lazy.needs == () and scenarios.get("tdp-lazy@eager_page_split=Y", "x86").needs == ("eager-page-split",)
     assert "eager-split" in scenarios.get("lazy@eager_split_chunk=2M", "arm64").needs
+    assert scenarios.get("contention@eager_split_chunk=0", "arm64").evidence == ("guest_abort",)  # no split to see
     # ... and its exact counts follow the switched semantics, or are dropped where none is stated
     assert scenarios.get("tdp-clear@eager_page_split=N", "x86").expected == {"kvm_mmu_split_huge_page": 0}
     assert lazy.expected_without == scenarios.get("tdp-lazy", "x86").expected_without

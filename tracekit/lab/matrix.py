@@ -263,10 +263,10 @@ def _visits(cap, manifest: dict, arch: str, out: dict) -> None:
     """Per-entry visits per visitor and level (and kind: block, page, table, step)."""
     from tracekit.lab.guest_run import probe_family
 
-    hot = {p.name for p in probe_family(arch)[0] if p.hot}
-    unattached = sorted(hot & {f["probe"] for f in (manifest.get("probes") or {}).get("failed", [])})
-    if unattached:  # a visitor row missing here is not 0 visits
-        out["na:visit"] = ("", "na", f"n/a: {', '.join(unattached)} not attached")
+    failed = {f["probe"] for f in (manifest.get("probes") or {}).get("failed", [])}
+    for probe in probe_family(arch)[0]:
+        if probe.hot and probe.name in failed:  # its visitor's rows missing here are not 0 visits
+            out[f"na:visit:{probe.symbol}"] = ("", "na", f"n/a: {probe.name} not attached")
     if not cap.has("stage2_visit"):
         return
     visits = cap.dataframe("stage2_visit")
@@ -431,9 +431,11 @@ def _run_value(measures: dict, key: str, kind: str):
     """One run's value of a row: measured, or why not (``na:GROUP``), or 0 for a count the run did not meet."""
     if key in measures:
         return measures[key][2]
-    na = measures.get(f"na:{key.split(':', 1)[0]}")
-    if na is not None:
-        return na[2]
+    parts = key.split(":")
+    for end in range(len(parts) - 1, 0, -1):  # na:visit:VISITOR, then na:visit
+        na = measures.get("na:" + ":".join(parts[:end]))
+        if na is not None:
+            return na[2]
     return 0 if kind == "count" else None
 
 
@@ -528,25 +530,55 @@ def _kept_families(manifest: dict) -> tuple[str, ...]:
 
 def copy_for_sample(src: Path, dest: Path) -> None:
     """Copy matrix directory ``src`` to ``dest`` small enough to commit: the outcomes, ``matrix.md``/``.json`` and
-    each capture with only :data:`TABLE_FAMILIES` (its manifest lists the rows of the families left out under
-    ``sample_trimmed``); console logs stay behind."""
+    each capture rewritten with only :data:`TABLE_FAMILIES` (see :func:`_trimmed_capture`); console logs stay
+    behind."""
+    captures = sorted(p.parent for p in src.rglob("capture.json"))
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        target = dest / rel
-        capture = next((p for p in rel.parents if p.suffix == ".tkcap"), None)
-        if path.is_dir() or path.name.endswith(".log"):
-            continue
-        if capture is None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-        elif path.name == "capture.json" and path.parent == src / capture:
-            manifest = json.loads(path.read_text())
-            families = manifest.get("families") or {}
-            kept = _kept_families(manifest)
-            manifest["families"] = {k: v for k, v in families.items() if k in kept}
-            manifest["sample_trimmed"] = {k: v.get("rows") for k, v in families.items() if k not in kept}
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        elif rel.relative_to(capture).parts[0] in _kept_families(json.loads((src / capture / "capture.json").read_text())):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+        if path.is_file() and not path.name.endswith(".log") and not any(c in path.parents for c in captures):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest / rel)
+    for capture in captures:
+        _trimmed_capture(capture, dest / capture.relative_to(src))
+
+
+#: Above this many rows, a sample's visits are kept as their sums per visitor, level and kind.
+_VISIT_ROWS = 2_000
+
+
+def _trimmed_capture(source: Path, target: Path) -> None:
+    """``source`` rewritten at ``target`` with the families the table reads; visits summed per visitor, level and
+    kind when they are many and no model check needs them walk by walk. The manifest keeps the recording's own
+    facts and says what was left out (``sample_trimmed``: family -> rows, or how the visits were summed)."""
+    import pyarrow as pa
+
+    from tracekit.capture import CaptureWriter, open_capture
+
+    cap = open_capture(source)
+    manifest = dict(cap.manifest)
+    kept = _kept_families(manifest)
+    trimmed = {name: cap.rows(name) for name in cap.families() if name not in kept}
+    tables = {name: cap.table(name) for name in cap.families() if name in kept}
+    visits = tables.get("stage2_visit")
+    if visits is not None and visits.num_rows > _VISIT_ROWS and "stage2_walk" not in kept:
+        keys = ["visitor", "level", "kind"]
+        summed = visits.group_by(keys).aggregate([("count", "sum"), ("ts_ns", "min"), ("cpu", "min"), ("pid", "min"),
+                                                  ("tid", "min")])  # fmt: skip
+        columns = {"ts_ns": "ts_ns_min", "cpu": "cpu_min", "pid": "pid_min", "tid": "tid_min", "count": "count_sum"}
+        arrays = [summed[columns.get(f.name, f.name)] if f.name != "walk_id" else pa.array([-1] * summed.num_rows)
+                  for f in visits.schema]  # fmt: skip
+        tables["stage2_visit"] = pa.Table.from_arrays([a.cast(f.type) for a, f in zip(arrays, visits.schema)],
+                                                      schema=visits.schema)  # fmt: skip
+        trimmed["stage2_visit"] = f"{visits.num_rows} rows summed per visitor, level and kind (walk_id -1)"
+    timing = {k: manifest.pop(k) for k in ("start", "stop", "stop_monotonic_ns", "duration_s") if k in manifest}
+    for key in ("families", "lost", "status", "writer_pid"):
+        manifest.pop(key, None)
+    with CaptureWriter(target, manifest={**manifest, "sample_trimmed": trimmed}) as writer:
+        for name, table in tables.items():
+            writer.declare(name, table.schema)
+            if table.num_rows:
+                writer.append(name, table)
+        for entry in cap.manifest.get("lost") or []:
+            writer.add_lost(entry["probe"], int(entry["cpu"]), int(entry["count"]))
+    written = json.loads((target / "capture.json").read_text())
+    (target / "capture.json").write_text(json.dumps({**written, **timing}, indent=1, sort_keys=True))

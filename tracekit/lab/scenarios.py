@@ -395,11 +395,14 @@ _SWITCHED_EXPECTED = {
 
 def _switched(scenario: Scenario, changes: dict) -> dict:
     """The expectation fields of a variant that changes the eager split (empty when it does not)."""
-    for key in ("eager_page_split", "eager_split_chunk"):
+    for key, capability in (("eager_page_split", "eager-page-split"), ("eager_split_chunk", "eager-split")):
         if key in changes and changes[key] != getattr(scenario, key):
             expected, without = _SWITCHED_EXPECTED.get((scenario.name, key, changes[key]), ({}, {}))
             note = "" if expected else f"{key} changed: the base scenario's exact counts assume its own setting"
-            return {"expected": expected, "expected_without": without, "expected_note": note, "model_counts": ()}
+            # switched off, the eager split's own probes have nothing to show
+            gone = capabilities.get(capability).probes if not changes[key] else ()
+            return {"expected": expected, "expected_without": without, "expected_note": note, "model_counts": (),
+                    "evidence": tuple(p for p in scenario.evidence if p not in gone)}  # fmt: skip
     return {}
 
 
