@@ -64,3 +64,24 @@ def test_x86_eager_split_where_the_splits_happen(tmp_path):
     assert rows[f"clear_dirty_log_1: {split}"] == [None, 0, 32, 0]
     assert rows["clear_dirty_log_1: tdp_try_split (`kvm_tdp_mmu_try_split_huge_pages`)"] == [None, 0, 256, 0]
     assert clear.rows[0]["cells"][0].startswith("n/a: scenario tdp-clear is not applicable on 5.10")
+
+
+def test_arm64_mmu_lock_waits_by_mode(tmp_path):
+    """Seed 5 (docs/cases/arm64-mmu-lock.md): without eager splitting, 6.1's map faults wait on each other for
+    the write lock and 6.12's (read-locked) never wait; 6.12 splitting at CLEAR makes vCPUs wait in read mode
+    and the VMM in write mode; 5.10 is n/a (no lock:contention_* tracepoints before 5.19)."""
+    _doc, tables = _replay("arm64-mmu-lock", tmp_path)
+    by_vcpus = {table.scenario: _values(table) for table in tables}
+    assert list(by_vcpus) == ["contention@vcpus=1", "contention@vcpus=2", "contention@vcpus=4"]
+    for table in tables:
+        assert table.rows[0]["cells"][0].startswith("n/a: scenario contention@eager_split_chunk=0,vcpus=")
+        assert "lock:contention_begin/end tracepoints arrived in 5.19" in table.rows[0]["cells"][0]
+    waits = [rows["mmu_lock waits"][1:] for rows in by_vcpus.values()]
+    assert waits == [[0, 0, 288], [3_907, 0, 284], [3_449, 0, 282]]
+    two, four = by_vcpus["contention@vcpus=2"], by_vcpus["contention@vcpus=4"]
+    assert two["mmu_lock waits, write, by vCPU"][1:] == [3_907, 0, 0]
+    assert four["mmu_lock waits, read, by vCPU"][1:] == [0, 0, 144]
+    assert four["mmu_lock waits, write, by VMM in clear_while_touching"][1:] == [0, 0, 138]
+    assert [rows["clear_while_touching: relax_perms (`kvm_pgtable_stage2_relax_perms`)"][3]
+            for rows in by_vcpus.values()] == [65_535, 32_767, 16_383]
+    assert two["clear_while_touching: guest_abort (`kvm_handle_guest_abort`)"][1:3] == [65_536, 65_536]
