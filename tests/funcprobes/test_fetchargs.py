@@ -253,3 +253,24 @@ def test_lab_probes_resolves_another_kernel_from_its_btf_and_kallsyms(tmp_path):
     assert re.search(r"iter_next +\S+ +by register +tdp_iter_next +level=\+80\(%di\):s32", text), text
     bad = CliRunner().invoke(app, argv[:-3] + ["--btf", str(tmp_path / "missing")])
     assert bad.exit_code == 2 and "cannot read" in bad.output
+
+
+def test_the_bcc_programs_fixed_argument_positions_hold_on_every_recorded_kernel():
+    """probes/*.bpf.c read some arguments by position (PT_REGS_PARMn); the visitors follow their prototype
+    (fetch_cflags). Each position read must name the same parameter on every recorded kernel with BTF."""
+    from tracekit.funcprobes.bcc_programs import ATTACH
+    from tracekit.probes import PROBES_DIR
+
+    for family, probes in (("stage2", STAGE2_PROBES), ("tdp", TDP_PROBES)):
+        source = (PROBES_DIR / f"{family}.bpf.c").read_text()
+        bodies = dict(re.findall(r"\nint (tk_\w+)\(struct pt_regs \*ctx\)(.*?)(?=\nint |\Z)", source, re.S))
+        facts = [RecordedTypes(_fixture(p.stem)) for p in KERNELS.glob("*.json") if _fixture(p.stem)["arch"] ==
+                 ("arm64" if family == "stage2" else "x86_64")]  # fmt: skip
+        checked = 0
+        for probe in probes:
+            positions = {int(n) for n in re.findall(r"PT_REGS_PARM(\d)", bodies[ATTACH[family][probe.name][0]])}
+            for n in positions:
+                names = {p[n - 1][0] for t in facts if (p := t.prototype(probe.symbol)) is not None and len(p) >= n}
+                assert len(names) == 1, (probe.symbol, n, names)
+                checked += 1
+        assert checked >= (12 if family == "stage2" else 15), checked
