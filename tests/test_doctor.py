@@ -8,7 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tracekit import btf
+from tracekit.errors import ProbeLoadError
+from tracekit.funcprobes.btf_offsets import BtfTypes
 from tracekit.recorder.registry import family_names
 from tracekit.cli import app
 
@@ -69,14 +70,14 @@ def test_text_report_fits_80_columns():
 def test_btf_reader_finds_functions_and_rejects_garbage(tmp_path):
     vmlinux = Path("/sys/kernel/btf/vmlinux")
     import pytest
-    with pytest.raises(ValueError):
-        btf.find_type_id(b"\x00" * 64, btf.BTF_KIND_FUNC, "x")
+    with pytest.raises(ProbeLoadError):
+        BtfTypes(b"\x00" * 64)
     if not vmlinux.is_file():
         pytest.skip("no kernel BTF on this host")
-    blob = vmlinux.read_bytes()
-    assert btf.find_type_id(blob, btf.BTF_KIND_FUNC, "schedule")
-    assert btf.find_type_id(blob, btf.BTF_KIND_STRUCT, "task_struct")
-    assert btf.find_type_id(blob, btf.BTF_KIND_FUNC, "no_such_function_tracekit") is None
+    types = BtfTypes.load(vmlinux)
+    assert types.function_id("schedule")
+    assert types.member("task_struct", "pid").size == 4
+    assert types.function_id("no_such_function_tracekit") is None
 
 
 def test_function_probe_resolution_rows_in_the_text_report():

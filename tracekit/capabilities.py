@@ -18,7 +18,8 @@ import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tracekit import btf
+from tracekit.errors import MissingCapability
+from tracekit.funcprobes.btf_offsets import BtfTypes
 from tracekit.host import BTF_VMLINUX, TRACEFS_ROOTS, tracefs_root
 
 __all__ = [
@@ -212,12 +213,12 @@ def check_fentry() -> Check:
     if _SYS_BPF is None:
         return Check("fentry", False, f"fentry check not implemented for {platform.machine()}", "")
     try:
-        blob = BTF_VMLINUX.read_bytes()
-    except OSError:
+        types = BtfTypes.load(BTF_VMLINUX)
+    except MissingCapability:
         return Check("fentry", False, "no kernel BTF, so no fentry", "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
     target = type_id = None
     for name in _FENTRY_TARGETS:
-        type_id = btf.find_type_id(blob, btf.BTF_KIND_FUNC, name)
+        type_id = types.function_id(name)
         if type_id:
             target = name
             break

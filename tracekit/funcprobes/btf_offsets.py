@@ -4,7 +4,7 @@
 layered on it (``/sys/kernel/btf/kvm``, or the ``.BTF`` section of a ``kvm.ko``), or finds the blob
 inside an uncompressed kernel image. :meth:`~BtfTypes.member` gives a struct member's offset, size
 and signedness, :meth:`~BtfTypes.field` its offset and :class:`CType`, :meth:`~BtfTypes.prototype`
-a function's parameters; :func:`offset_cflags` turns members into bcc ``-D`` flags. A missing
+a function's parameters, :meth:`~BtfTypes.function_id` its type id; :func:`offset_cflags` turns members into bcc ``-D`` flags. A missing
 struct or member raises :class:`~tracekit.errors.MissingCapability`, a blob that is not BTF
 :class:`~tracekit.errors.ProbeLoadError`. Standard library only (the lab guests use it).
 """
@@ -235,6 +235,10 @@ class BtfTypes:
     def member(self, struct_name: str, member_name: str) -> Member:
         offset, ctype = self.field(struct_name, member_name)
         return Member(offset, ctype.size, ctype.signed)
+
+    def function_id(self, function: str) -> int | None:
+        """The type id of ``function``'s BTF ``FUNC`` (what an fentry program attaches to), or None."""
+        return self._lookup(_FUNC, function)
 
     def prototype(self, function: str) -> tuple[tuple[str, CType], ...] | None:
         """``function``'s parameters (name, type) from its BTF ``FUNC``, or None when BTF has none."""
