@@ -185,6 +185,10 @@ def test_cli_writes_markdown_and_json(tmp_path, monkeypatch):
     doc = json.loads((out / "matrix.json").read_text())
     assert doc["schema"] == "tracekit.lab.matrix/1" and (out / "matrix.md").read_text() in result.output
     assert [r["status"] for r in doc["runs"]] == ["ok", "ok"]
+    monkeypatch.setattr(tracekit.lab.runner, "run_lab", FakeLab(X86, fail={"tdp-eager": LabError("guest died")}))
+    failed = CliRunner().invoke(app, ["lab", "matrix", "--arch", "x86", "--kernel", "debian:bookworm", "-s",
+                                      "tdp-eager", "-o", str(out)])  # fmt: skip
+    assert failed.exit_code == 1 and "| runs | failed: guest died |" in failed.output
     bad = CliRunner().invoke(app, ["lab", "matrix", "--arch", "x86", "--kernel", "k", "-s", "tdp-eager", "--vcpus",
                                    "1,two", "-o", str(out)])  # fmt: skip
     assert bad.exit_code == 2 and "--vcpus" in bad.output and "Traceback" not in bad.output

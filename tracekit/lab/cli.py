@@ -193,7 +193,8 @@ def matrix_cmd(
 
     One capture per kernel, scenario and run; then a table per scenario whose rows are measures (probe
     counts per step, visits per level, lock waits by mode, the scenario's exact checks, emulated step
-    times) and whose columns are the kernels. A scenario a kernel cannot run shows "n/a: reason".
+    times) and whose columns are the kernels. A scenario a kernel cannot run shows "n/a: reason". Exit
+    status 1 when a run failed or missed a check (the tables are written either way).
 
     Examples:
 
@@ -223,6 +224,10 @@ def matrix_cmd(
     plan_args = {"arch": arch, "kernels": kernels, "scenario_names": scenario_names, "vcpus": counts, "repeat": repeat}
     text = matrix.write_outputs(output, tables, cells, outcomes, command, plan_args)
     typer.echo((output / "matrix.json").read_text() if as_json else text)
+    problems = sum(table.problems for table in tables)
+    if problems:
+        typer.echo(f"tracekit lab matrix: {problems} run(s) failed or missed a check (see the runs rows)", err=True)
+        raise typer.Exit(1)
 
 
 @lab_app.command("scenarios")

@@ -171,6 +171,8 @@ class Table:
     columns: list[str]
     rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: runs that failed, or whose checks were not met (a matrix with any is not a pass)
+    problems: int = 0
 
 
 def _probe_labels(arch: str) -> list[tuple[str, str, str | None]]:
@@ -368,6 +370,7 @@ def build_tables(arch: str, cells: list[Cell], outcomes: list[dict]) -> list[Tab
             if missed.get(column):
                 text += f", {missed[column]} with a check not met"
             runs_row.append(text)
+            table.problems += missed.get(column, 0) + sum(o["status"] == "failed" for o in mine)
         table.rows.append({"key": "info:runs", "label": "runs", "kind": "info", "cells": runs_row, "values": runs_row})
         keys: dict[str, tuple[str, str]] = {}
         for runs in per_column.values():
