@@ -209,3 +209,35 @@ def test_lab_check_of_split_visits_comes_from_the_model(name, expected):
     assert model == {"count": "split_walker", "kind": "model", "expected": expected, "measured": expected, "ok": True,
                      "applicable": True, "reason": "", "model": "model_no_skip", "walk_flags": "LEAF"}  # fmt: skip
     assert all(check["ok"] for check in checks)
+
+
+def test_resplit_walks_already_split_memory_as_the_model_says():
+    """Debian's 6.12: the second enable's 128 split calls find every block already split to 4 KiB pages and visit
+    their 65,536 level-3 entries (nothing to split): the lab's check is the no-skip model's 131,200 in all."""
+    from tracekit.lab import runner, scenarios
+
+    cap = _capture("lab-arm64-resplit")
+    counts = {"stage2_split": len(cap.dataframe("split")), "split_walker": 131_200}
+    checks = runner.scenario_checks(scenarios.get("resplit", "arm64"), cap.manifest["kernel_release"], counts, {},
+                                    SAMPLES / "lab-arm64-resplit.tkcap")  # fmt: skip
+    assert [(c["count"], c["expected"], c["ok"]) for c in checks] == [("stage2_split", 256, True), ("split_walker", 131_200, True)]
+    second = cap.dataframe("stage2_walk").sort_values("ts_ns")
+    second = second[second["initiator"] == "stage2_split_walker"].iloc[128:]
+    assert _visits_of(cap, second) == {(3, "leaf:page"): 65_536}
+
+
+def _visits_of(cap, walks) -> dict[tuple[int, str], int]:
+    visits = cap.dataframe("stage2_visit").merge(walks[["walk_id"]], on="walk_id")
+    visits = visits[visits["visitor"] == "stage2_split_walker"]
+    return {(int(level), kind): int(n) for (level, kind), n in visits.groupby(["level", "kind"], observed=True)["count"].sum().items()}
+
+
+def test_rebuild_with_two_vcpus_meets_the_invalid_window():
+    """Debian's 6.12 installs the block first: 128 replacements, 2 steps each unmapped in the model; the other
+    vCPU's map walks that found the entry invalid during a replacement are counted (racy, recorded here)."""
+    from tracekit.analysis.coalescing import coalesce_summary
+
+    cap = _capture("lab-arm64-rebuild-shared")
+    summary = coalesce_summary(cap.dataframe("stage2_walk"), cap.dataframe("stage2_visit"))
+    assert (summary["rebuilds"], summary["window_hits"], summary["rebuilds_hit"]) == (128, 241, 14)
+    assert summary["model"]["new"]["unmapped_steps"] == 256 and summary["model"]["old"]["unmapped_steps"] == 128 * 515

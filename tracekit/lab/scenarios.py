@@ -146,6 +146,20 @@ SCENARIOS: tuple[Scenario, ...] = (
         evidence=("map_walker",),
     ),
     Scenario(
+        "resplit",
+        "arm64",
+        "256 MiB THP: eager split at enable, logging off, then on again: the second split walks memory already "
+        "split to 4 KiB pages",
+        256,
+        _FAULT_IN + (("log", True), ("log", False), ("log", True)),
+        eager_split_chunk=_BLOCK,
+        expected={"stage2_split": 256},
+        model_counts=("split_walker",),
+        expected_note="two enables of 128 split calls; split_walker (model): 65,664 + 65,536 unpatched, "
+        "128 + 0 with the split-skip-level3 patch",
+        needs=("eager-split",),
+    ),
+    Scenario(
         "rebuild-shared",
         "arm64",
         "rebuild with 2 vCPUs writing every page of the slot in the same order: both fault on each block while "
