@@ -1,9 +1,9 @@
 """What this host lets tracekit do: the capability report behind ``tracekit doctor``.
 
-Contract: :func:`probe_host` runs every check once (no state is left behind: a test BPF program is loaded
+:func:`probe_host` runs every check once (no state is left behind: a test BPF program is loaded
 and closed at once) and returns a :class:`CapabilityReport` whose checks each carry ``name``, ``ok``,
-``detail`` and, when not ok, the exact ``fix``. Checks test for features, never kernel versions. Nothing here raises for a
-missing feature; a failed check is data.
+``detail`` and, when not ok, the exact ``fix``. Checks test for features, never kernel versions.
+Nothing here raises for a missing feature; a failed check is data.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The ``tracekit`` command line.
 
-Contract: this module is the only place where a :class:`tracekit.errors.TracekitError` (or a stop
-signal, :class:`tracekit.stopsignals.StopSignal`) becomes a one-line message on stderr and a non-zero
-exit code. Every subsystem contributes its commands
-through a ``register(app)`` function in its own ``cli`` module (listed in ``COMMAND_MODULES``), so
-this file stays small and the subsystems stay independent.
+The only place where a :class:`tracekit.errors.TracekitError` or a stop signal
+(:class:`tracekit.stopsignals.StopSignal`) becomes one line on stderr and a non-zero exit code. Each
+subsystem adds its commands through ``register(app)`` in its own ``cli`` module
+(:data:`COMMAND_MODULES`), so this file stays small.
 """
 
 from __future__ import annotations

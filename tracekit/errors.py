@@ -1,6 +1,6 @@
 """Typed errors of tracekit.
 
-Contract: library code raises a subclass of :class:`TracekitError` for every expected failure
+Library code raises a subclass of :class:`TracekitError` for every expected failure
 (bad input, a missing capability, a corrupt capture). Only the CLI edge (``tracekit.cli``) turns
 them into one line on stderr and an exit code; nothing below it calls ``sys.exit``.
 """

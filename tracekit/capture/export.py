@@ -1,6 +1,6 @@
 """Export one family of a capture as CSV or JSON Lines.
 
-Contract: :func:`export_family` streams ``family`` segment by segment (bounded memory) to a binary file
+:func:`export_family` streams ``family`` segment by segment (bounded memory) to a binary file
 object; dictionary columns are written as their string values, list columns as JSON arrays in CSV.
 Raises CaptureFormatError for an unknown family or format.
 """

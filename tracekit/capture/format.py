@@ -1,6 +1,6 @@
 """Constants and checks shared by the capture writer and reader (capture format v1).
 
-Contract: a capture is a directory ``NAME.tkcap/`` holding ``capture.json`` (the manifest) and one
+A capture is a directory ``NAME.tkcap/`` holding ``capture.json`` (the manifest) and one
 sub-directory per event family with numbered Parquet segments ``part-NNNNNN.parquet`` and a zero-row
 ``_schema.parquet``. Every family schema starts with :data:`COMMON_FIELDS`. See docs/capture-format.md.
 """

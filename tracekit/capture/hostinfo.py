@@ -1,6 +1,6 @@
 """Facts about the recording host that every capture manifest carries.
 
-Contract: :func:`host_facts` returns a JSON-serialisable dict (host name, kernel release, machine arch,
+:func:`host_facts` returns a JSON-serialisable dict (host name, kernel release, machine arch,
 page size, KVM module parameters) read from ``uname``, ``sysconf`` and ``/sys/module/kvm*/parameters``;
 :func:`clock_anchor` pairs one CLOCK_MONOTONIC reading (the clock of ``ts_ns``) with CLOCK_REALTIME so
 that offline tools can print wall-clock times. Nothing here needs privileges; unreadable parameters are

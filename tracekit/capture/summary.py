@@ -1,6 +1,6 @@
 """Summary of a capture for ``tracekit info``.
 
-Contract: :func:`capture_summary` turns an opened :class:`~tracekit.capture.Capture` into the JSON-ready
+:func:`capture_summary` turns an opened :class:`~tracekit.capture.Capture` into the JSON-ready
 dict documented in docs/cli-json/capture.md; :func:`format_summary` renders that dict as lines of at most
 80 columns. Reads only segment footers and the manifest, never event data.
 """

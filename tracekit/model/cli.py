@@ -1,6 +1,6 @@
 """``tracekit model ...``: the reference page-table model on the command line.
 
-Contract: :func:`register` adds the ``model`` sub-typer with ``geometry``, ``split``, ``walk`` and
+:func:`register` adds the ``model`` sub-typer with ``geometry``, ``split``, ``walk`` and
 ``coalesce``. Every command prints a human table, or with ``--json`` one JSON object documented in
 docs/cli-json/model.md. Impossible requests raise :class:`tracekit.errors.ModelError` (one line,
 exit code 1 at the CLI edge).

@@ -1,6 +1,6 @@
 """The built-in tracepoint probe families: ``walk``, ``ioctl``, ``lock`` and ``mmu``.
 
-Contract: each (listed by name in :mod:`tracekit.recorder.registry`) turns ring-buffer records (numpy arrays of
+Each (listed by name in :mod:`tracekit.recorder.registry`) turns ring-buffer records (numpy arrays of
 the dtypes in :mod:`tracekit.schema`) or raw tracefs events into Arrow tables whose columns are
 documented in docs/capture-families-tracepoints.md (common columns ``ts_ns`` int64 CLOCK_MONOTONIC
 ns, ``cpu``, ``pid`` (tgid), ``tid`` first). The tracefs decoders keep per-thread state between

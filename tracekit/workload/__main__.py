@@ -1,7 +1,5 @@
 """``python3 -m tracekit.workload dirty-log ...``: the workload without typer (standard library only).
 
-Contract
---------
 Same options, output, layout file and exit codes as ``tracekit workload dirty-log`` (0 success;
 1 a verification mismatch or any other WorkloadError, as one ``error:`` line on stderr; 2 bad
 command-line syntax from argparse), for minimal guests that have only Python's standard library.

@@ -1,7 +1,5 @@
 """``tracekit workload dirty-log``: the typer front end of the built-in KVM workload.
 
-Contract
---------
 :func:`register` adds a ``workload`` sub-command group with one command, ``dirty-log``, whose
 options mirror dirty_log_perf_test (``-v -b -i -s -w -a -r -g -x``) plus ``--log-mode``,
 ``--no-initially-set``, ``--guest-page-size``, ``--ring-entries``, ``--eager-split-chunk SIZE``

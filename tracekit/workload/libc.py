@@ -1,7 +1,5 @@
 """Thin ctypes bindings of the few libc calls the workload needs.
 
-Contract
---------
 ``ioctl``, ``mmap``, ``munmap``, ``madvise`` and ``set_thread_name`` (``prctl(PR_SET_NAME)``) call
 libc directly, release the GIL while in the kernel (ctypes does so for every foreign call, which
 lets vCPU threads sit in ``KVM_RUN`` concurrently) and raise :class:`OSError` with the C errno on

@@ -1,7 +1,5 @@
 """Output lines of the workload, in the format of KVM selftests' ``dirty_log_perf_test``.
 
-Contract
---------
 Pure formatting, no I/O. Times are integer nanoseconds, printed as ``%ld.%09lds`` like the selftest's
 ``timespec`` output, so parsers written for ``dirty_log_perf_test`` (e.g. the regexes
 ``^Iteration (\\d+) (dirty memory|get dirty log|clear dirty log) time: (\\d+\\.\\d{9})s$`` and

@@ -1,7 +1,5 @@
 """KVM user-space ABI: ioctl numbers, structure layouts, capabilities and exit reasons.
 
-Contract
---------
 The one place where the workload spells out ``include/uapi/linux/kvm.h`` (and the arch headers
 ``arch/x86/include/uapi/asm/kvm.h``, ``arch/arm64/include/uapi/asm/kvm.h``). Everything else uses
 the names defined here. Ioctl numbers are computed with the asm-generic ``_IOC`` encoding, which is
