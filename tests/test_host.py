@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracekit.host import Host, format_fields, parse_kallsyms
+from tracekit.host import Host, format_fields, kvm_params, parse_kallsyms
 
 PAGING_ELEMENT = """name: kvm_mmu_paging_element
 ID: 132
@@ -47,3 +47,14 @@ def test_btf_paths(tmp_path):
     assert not host.has_btf()
     (tmp_path / "vmlinux").write_bytes(b"\x9f\xeb")
     assert host.has_btf()
+
+
+def test_kvm_params_of_every_loaded_kvm_module(tmp_path):
+    for module, params in {"kvm": {"tdp_mmu": "N\n", "eager_page_split": "Y\n"}, "kvm_amd": {"npt": "1\n"}}.items():
+        (tmp_path / module / "parameters").mkdir(parents=True)
+        for name, value in params.items():
+            (tmp_path / module / "parameters" / name).write_text(value)
+    (tmp_path / "kvm_intel").mkdir()  # loaded without parameters
+    (tmp_path / "vfio").mkdir()
+    assert kvm_params(tmp_path) == {"kvm": {"eager_page_split": "Y", "tdp_mmu": "N"}, "kvm_amd": {"npt": "1"}}
+    assert kvm_params(tmp_path / "absent") == {}

@@ -1,15 +1,20 @@
-"""Facts about the running kernel that probe families ask for: tracefs, kernel symbols, BTF.
+"""Facts about the host and its kernel: tracefs, kernel symbols, BTF, KVM parameters, clocks.
 
 :func:`tracefs_root` finds the mounted tracefs. :class:`Host` reads tracepoint ``format`` files, the
 kernel's text symbols (a :class:`SymbolTable` parsed from kallsyms) and BTF blobs from paths given at
-construction, so tests run it on recorded files; each is read once and cached. A missing feature is an
-answer (None, an empty table), never an error. Standard library only: the lab guests import it.
+construction, so tests run it on recorded files; each is read once and cached. :func:`host_facts`
+(name, kernel, arch, page size, KVM module parameters) and :func:`clock_anchor` are what every capture
+manifest records. A missing feature is an answer (None, empty), never an error. Standard library only:
+the lab guests import it.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
+import platform
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,9 @@ __all__ = [
     "TRACEFS_ROOTS",
     "BTF_DIR",
     "BTF_VMLINUX",
+    "clock_anchor",
+    "host_facts",
+    "kvm_params",
     "KALLSYMS",
     "format_fields",
     "load_kallsyms",
@@ -163,3 +171,44 @@ class Host:
     def has_btf(self) -> bool:
         """True when the kernel exposes its BTF (``CONFIG_DEBUG_INFO_BTF``)."""
         return (self.btf / "vmlinux").is_file()
+
+
+_SYS_MODULE = Path("/sys/module")
+
+
+def kvm_params(sys_module: Path = _SYS_MODULE) -> dict[str, dict[str, str]]:
+    """``{module: {parameter: value}}`` for every loaded ``kvm*`` module (kvm, kvm_intel, kvm_amd, ...)."""
+    params: dict[str, dict[str, str]] = {}
+    if not sys_module.is_dir():
+        return params
+    for module in sorted(sys_module.glob("kvm*")):
+        pdir = module / "parameters"
+        if not pdir.is_dir():
+            continue
+        values = {}
+        for p in sorted(pdir.iterdir()):
+            try:
+                values[p.name] = p.read_text().strip()
+            except OSError:
+                continue
+        params[module.name] = values
+    return params
+
+
+def host_facts() -> dict:
+    """Host name, kernel release, arch, page size and KVM parameters of the machine this runs on."""
+    uname = platform.uname()
+    return {
+        "host": uname.node,
+        "kernel_release": uname.release,
+        "arch": uname.machine,
+        "page_size": os.sysconf("SC_PAGE_SIZE"),
+        "kvm_params": kvm_params(),
+    }
+
+
+def clock_anchor() -> dict:
+    """One CLOCK_MONOTONIC / CLOCK_REALTIME pair, read back to back (ns)."""
+    mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    real = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    return {"monotonic_ns": mono, "realtime_ns": real}

@@ -32,8 +32,8 @@ from tracekit.capture.format import (
     check_family_schema,
     segment_name,
 )
-from tracekit.capture.hostinfo import clock_anchor, host_facts
 from tracekit.errors import CaptureFormatError, TracekitError
+from tracekit.host import clock_anchor, host_facts
 
 __all__ = ["CaptureWriter", "CaptureWriteError", "conform_table", "write_json_atomic"]
 
