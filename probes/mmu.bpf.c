@@ -14,7 +14,7 @@
  * kvm_mmu_spte_requested (mmu_fault_time below).
  *
  * cflags: TK_TARGET_TGID, TK_MMU_PAGES, TK_MMU_HAVE_<EVENT>, TK_BATCH_EVENTS,
- * TK_BATCH_FLUSH_NS, TK_FAKE_FD_mmu_events.
+ * TK_BATCH_FLUSH_NS, TK_FAKE_FD_<map> of the batching maps (tk_bpf.h).
  * Probes (index into mmu_lost): the TK_MMU_<EVENT> number.
  *
  * Note: the dirty-ring and hva events run in the context of whoever causes them
@@ -32,14 +32,7 @@ typedef __u64 gpa_t;
 #define TK_MMU_PAGES 2048
 #endif
 
-#ifndef TK_FAKE_FD_mmu_events
-#define TK_FAKE_FD_mmu_events 0
-#endif
-
-struct mmu_batch {
-	struct tk_batch_header bh;
-	struct mmu_event ev[TK_BATCH_EVENTS];
-};
+TK_BATCHING(mmu, mmu_event, TK_MMU_NEVENTS)
 
 BPF_RINGBUF_OUTPUT(mmu_events, TK_MMU_PAGES);
 BPF_PERCPU_ARRAY(mmu_lost, __u64, TK_MMU_NEVENTS);
@@ -55,28 +48,13 @@ struct mmu_fault_clock {
 };
 BPF_PERCPU_ARRAY(mmu_fault_clock, struct mmu_fault_clock, 1);
 
-static __always_inline void mmu_count_lost(__u32 kind, __u64 n)
-{
-	__u64 *lost = mmu_lost.lookup(&kind);
-	if (lost)
-		*lost += n;
-}
-
 /* The start of every handler, for an event of process pid_tgid (a target) at time ts: this
- * CPU's staging batch (or its spare when a program on this CPU is filling it) marked busy,
- * the header of its next slot filled; 0 with the loss counted when both are busy. */
-static __always_inline struct mmu_batch *mmu_open(__u32 kind, __u64 pid_tgid, __u64 ts)
+ * CPU's staging batch (mmu_open) with the header of its next slot filled; 0 when none is free. */
+static __always_inline struct mmu_batch *mmu_begin(__u32 kind, __u64 pid_tgid, __u64 ts)
 {
-	__u32 main = 0, spare = 1;
-	struct mmu_batch *b = mmu_staging.lookup(&main);
-	struct mmu_batch *s = mmu_staging.lookup(&spare);
-	int claimed = b && s ? tk_batch_claim(&b->bh, &s->bh) : 0;
-	if (!claimed) {
-		mmu_count_lost(kind, 1);
+	struct mmu_batch *b = mmu_open(kind);
+	if (!b)
 		return 0;
-	}
-	if (claimed == TK_CLAIMED_SPARE)  /* the batch is being filled below us */
-		b = s;
 	/* The slot still holds an older event: every handler sets valid and user space reads
 	 * only the fields valid names, so the 136 bytes are not cleared. */
 	struct mmu_event *e = TK_BATCH_SLOT(b);
@@ -116,43 +94,6 @@ static __always_inline __u64 mmu_fault_time(__u32 tid)
 	return bpf_ktime_get_ns();
 }
 
-static __always_inline void mmu_failed(struct mmu_batch *b, __u32 kind, long ret)
-{
-	__u32 n = b->bh.count;
-	for (__u32 i = 0; i < TK_BATCH_EVENTS; i++) {
-		if (i >= n)
-			break;
-		mmu_count_lost(b->ev[i].hdr.kind < TK_MMU_NEVENTS ? b->ev[i].hdr.kind : kind, 1);
-	}
-	__u32 zero = 0;
-	__u64 *count = mmu_failure_count.lookup(&zero);
-	if (!count)
-		return;
-	__u32 slot = __sync_fetch_and_add(count, 1);
-	if (slot >= TK_FAILURE_SLOTS)
-		return;
-	struct tk_ring_failure *f = mmu_failures.lookup(&slot);
-	if (!f)
-		return;
-	tk_note_failure(f, &b->bh, kind, ret);
-	TK_RING_STATE(f, TK_FAKE_FD_mmu_events);
-}
-
-/* The end of every handler: count the event, write the batch out when due. */
-static __always_inline int mmu_close(struct mmu_batch *b, struct mmu_event *e)
-{
-	__u32 kind = e->hdr.kind;
-	if (tk_batch_add(&b->bh, e->hdr.ts_ns)) {
-		long ret = mmu_events.ringbuf_output(b, sizeof(*b), BPF_RB_NO_WAKEUP);
-		if (ret)
-			mmu_failed(b, kind, ret);
-		b->bh.count = 0;
-		b->bh.spare = 0;
-	}
-	b->bh.busy = 0;
-	return 0;
-}
-
 /* Every handler: MMU_BEGIN(kind) (a clock read of its own) or MMU_BEGIN_TIMED(kind, time_of),
  * time_of(tid) giving the time of thread tid's event; fill e; MMU_END. Other processes' events
  * end the handler at once. */
@@ -160,13 +101,13 @@ static __always_inline int mmu_close(struct mmu_batch *b, struct mmu_event *e)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();			\
 	if (!tk_is_target(pid_tgid))					\
 		return 0;						\
-	struct mmu_batch *b = mmu_open(kind, pid_tgid, ts);		\
+	struct mmu_batch *b = mmu_begin(kind, pid_tgid, ts);		\
 	if (!b)								\
 		return 0;						\
 	struct mmu_event *e = TK_BATCH_SLOT(b)
 #define MMU_BEGIN(kind) MMU_BEGIN_AT(kind, bpf_ktime_get_ns())
 #define MMU_BEGIN_TIMED(kind, time_of) MMU_BEGIN_AT(kind, time_of((__u32)pid_tgid))
-#define MMU_END return mmu_close(b, e)
+#define MMU_END return mmu_close(b, e->hdr.kind, e->hdr.ts_ns)
 
 #ifdef TK_MMU_HAVE_SET_SPTE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)

@@ -44,7 +44,7 @@ struct stage2_walk_event {
 	__u64 duration_ns;
 	__u32 flags;		/* walker->flags */
 	__s32 ret;
-	__u32 counts[32];	/* [visitor][level][kind] visits, TK_S2_COUNTS */
+	__u32 counts[TK_S2_COUNTS];	/* [visitor][level][kind] visits */
 	__u32 sampled;		/* raw visits of this walk sent as stage2_visit_event */
 	__u32 dropped;		/* visits not counted: level outside 0..3 or no open walk slot */
 };

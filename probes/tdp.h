@@ -41,7 +41,7 @@ struct tdp_span_event {
 	__s64 ret;
 	__u32 func;		/* TK_TDP_FN_* */
 	__u32 depth;		/* nesting of spans on this thread at entry */
-	__u32 iter_steps[8];	/* tdp_iter_next steps per level during the span, TK_TDP_LEVELS */
+	__u32 iter_steps[TK_TDP_LEVELS];	/* tdp_iter_next steps per level during the span */
 };
 
 #endif /* TK_TDP_H */

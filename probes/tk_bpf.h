@@ -9,7 +9,7 @@
  *                   fills; an event is kept when its tgid is a key (TK_TARGET_TGID unused)
  *   TK_OFF_x, TK_SIZE_x, TK_SIGNED_x  struct members read with TK_FIELD (function probes)
  *   TK_BATCH_EVENTS, TK_BATCH_FLUSH_NS  in-kernel batching (below)
- *   TK_FAKE_FD_<ring>  bcc's load-time number of ring map <ring> (for bpf_ringbuf_query)
+ *   TK_FAKE_FD_<map>  bcc's load-time number of each map the program declares once (TK_MAP)
  * Every family counts its ring-buffer reserve failures per probe and CPU in a
  * BPF_PERCPU_ARRAY named <family>_lost, indexed by the probe's number.
  *
@@ -21,7 +21,7 @@
  * detach in. tk_is_target() is false outside the window; tk_is_target_thread()
  * (the tgid alone) serves programs that finish an operation begun inside it.
  *
- * Batching (families walk and mmu): each CPU fills a staging batch of
+ * Batching (families walk and mmu, one TK_BATCHING line each): each CPU fills a staging batch of
  * TK_BATCH_EVENTS events (struct tk_batch_header then the events) in a
  * BPF_PERCPU_ARRAY value and writes it to the ring with one bpf_ringbuf_output
  * when it is full or its oldest event is TK_BATCH_FLUSH_NS old. A ring record is
@@ -176,14 +176,86 @@ static __always_inline void tk_note_failure(struct tk_ring_failure *f, struct tk
 	f->nested = bh->spare;
 }
 
-/* Fill f with the state of the ring whose bcc load-time number is fake_fd (0: unknown). */
-#define TK_RING_STATE(f, fake_fd) do {								\
-	if ((fake_fd) != 0) {									\
-		(f)->avail_data = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, (fake_fd)), BPF_RB_AVAIL_DATA); \
-		(f)->ring_size = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, (fake_fd)), BPF_RB_RING_SIZE); \
-		(f)->cons_pos = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, (fake_fd)), BPF_RB_CONS_POS); \
-		(f)->prod_pos = bpf_ringbuf_query((void *)bpf_pseudo_fd(1, (fake_fd)), BPF_RB_PROD_POS); \
+/* Map m of the program, for code shared through this header. bcc rewrites map method calls
+ * (m.lookup(&k)) only in the program's own text and never inside a macro, so shared code names a
+ * map by bcc's load-time number, passed by the loader as TK_FAKE_FD_<m> (its rank among the
+ * program's BPF_*(name, ...) declarations): what bcc's rewrite of m.lookup(&k) produces too. */
+#define TK_MAP(m) ((void *)bpf_pseudo_fd(1, TK_FAKE_FD_##m))
+
+/* The in-kernel batching of family F (above): struct F_batch (the batch of events struct EVENT) and
+ *   F_count_lost(probe, n)  n events of probe lost;
+ *   F_open(probe)           this CPU's staging batch marked busy, or its spare when a program on
+ *                           this CPU is filling it; 0 (the event counted lost) when both are busy;
+ *   F_close(b, probe, ts)   the event at TK_BATCH_SLOT(b), of time ts, is written: count it and
+ *                           write the batch out when due; returns 0 (for a program's return).
+ * F declares the maps F_events (the ring), F_lost (per-CPU, one counter per probe), F_staging
+ * (BPF_PERCPU_ARRAY of struct F_batch, 2), F_failures (struct tk_ring_failure, TK_FAILURE_SLOTS)
+ * and F_failure_count (one __u64). Event kinds below NKINDS are probe numbers: a lost batch counts
+ * each event against its own probe. */
+#define TK_BATCHING(F, EVENT, NKINDS)								\
+struct F##_batch {										\
+	struct tk_batch_header bh;								\
+	struct EVENT ev[TK_BATCH_EVENTS];							\
+};												\
+												\
+static __always_inline void F##_count_lost(__u32 probe, __u64 n)				\
+{												\
+	__u64 *lost = bpf_map_lookup_elem(TK_MAP(F##_lost), &probe);				\
+	if (lost)										\
+		*lost += n;									\
+}												\
+												\
+static __always_inline struct F##_batch *F##_open(__u32 probe)				\
+{												\
+	__u32 main = 0, spare = 1;								\
+	struct F##_batch *b = bpf_map_lookup_elem(TK_MAP(F##_staging), &main);			\
+	struct F##_batch *s = bpf_map_lookup_elem(TK_MAP(F##_staging), &spare);			\
+	int claimed = b && s ? tk_batch_claim(&b->bh, &s->bh) : 0;				\
+	if (!claimed) {										\
+		F##_count_lost(probe, 1);							\
+		return 0;									\
 	}											\
-} while (0)
+	if (claimed == TK_CLAIMED_SPARE)  /* the batch is being filled below us */		\
+		b = s;										\
+	return b;										\
+}												\
+												\
+static __always_inline void F##_failed(struct F##_batch *b, __u32 probe, long ret)		\
+{												\
+	__u32 n = b->bh.count;									\
+	for (__u32 i = 0; i < TK_BATCH_EVENTS; i++) {						\
+		if (i >= n)									\
+			break;									\
+		F##_count_lost(b->ev[i].hdr.kind < (NKINDS) ? b->ev[i].hdr.kind : probe, 1);	\
+	}											\
+	__u32 zero = 0;										\
+	__u64 *count = bpf_map_lookup_elem(TK_MAP(F##_failure_count), &zero);			\
+	if (!count)										\
+		return;										\
+	__u32 slot = __sync_fetch_and_add(count, 1);						\
+	if (slot >= TK_FAILURE_SLOTS)								\
+		return;										\
+	struct tk_ring_failure *f = bpf_map_lookup_elem(TK_MAP(F##_failures), &slot);		\
+	if (!f)											\
+		return;										\
+	tk_note_failure(f, &b->bh, probe, ret);							\
+	f->avail_data = bpf_ringbuf_query(TK_MAP(F##_events), BPF_RB_AVAIL_DATA);		\
+	f->ring_size = bpf_ringbuf_query(TK_MAP(F##_events), BPF_RB_RING_SIZE);			\
+	f->cons_pos = bpf_ringbuf_query(TK_MAP(F##_events), BPF_RB_CONS_POS);			\
+	f->prod_pos = bpf_ringbuf_query(TK_MAP(F##_events), BPF_RB_PROD_POS);			\
+}												\
+												\
+static __always_inline int F##_close(struct F##_batch *b, __u32 probe, __u64 ts)		\
+{												\
+	if (tk_batch_add(&b->bh, ts)) {								\
+		long ret = bpf_ringbuf_output(TK_MAP(F##_events), b, sizeof(*b), BPF_RB_NO_WAKEUP);	\
+		if (ret)									\
+			F##_failed(b, probe, ret);						\
+		b->bh.count = 0;								\
+		b->bh.spare = 0;								\
+	}											\
+	b->bh.busy = 0;										\
+	return 0;										\
+}
 
 #endif /* TK_BPF_H */

@@ -23,7 +23,7 @@
  * struct walk_batch. Within a CPU, records keep the order of the events.
  *
  * cflags: TK_TARGET_TGID, TK_WALK_PAGES (ring buffer pages, a power of 2), TK_WALK_SLOTS,
- * TK_BATCH_EVENTS, TK_BATCH_FLUSH_NS, TK_FAKE_FD_walk_events, TK_WALK_MAX_ELEMENTS.
+ * TK_BATCH_EVENTS, TK_BATCH_FLUSH_NS, TK_FAKE_FD_<map> of the batching maps (tk_bpf.h).
  * Probes (index into walk_lost): 0 pagetable_walk, 1 paging_element, 2 walker_error.
  */
 #include "tk_common.h"
@@ -33,15 +33,6 @@
 #ifndef TK_WALK_PAGES
 #define TK_WALK_PAGES 4096
 #endif
-#ifndef TK_FAKE_FD_walk_events
-#define TK_FAKE_FD_walk_events 0
-#endif
-
-#ifndef TK_WALK_MAX_ELEMENTS
-#define TK_WALK_MAX_ELEMENTS 64	/* 5 levels and a few walker retries fit many times over */
-#endif
-#define TK_WALK_PARTIAL_NO_START 0	/* an element or error of a walk begun before the window */
-#define TK_WALK_PARTIAL_TOO_LONG 1	/* an element beyond TK_WALK_MAX_ELEMENTS */
 
 #ifndef TK_WALK_SLOTS
 #define TK_WALK_SLOTS 65536	/* direct-mapped walk states, one per thread id remainder (a power of 2) */
@@ -55,15 +46,12 @@ struct walk_state {
 	__u32 pad;
 };
 
-struct walk_batch {
-	struct tk_batch_header bh;
-	struct walk_event ev[TK_BATCH_EVENTS];
-};
+TK_BATCHING(walk, walk_event, TK_WALK_KINDS)
 
 BPF_RINGBUF_OUTPUT(walk_events, TK_WALK_PAGES);
-BPF_PERCPU_ARRAY(walk_lost, __u64, 3);
+BPF_PERCPU_ARRAY(walk_lost, __u64, TK_WALK_KINDS);
 BPF_PERCPU_ARRAY(walk_seq, __u64, 1);
-BPF_PERCPU_ARRAY(walk_partial, __u64, 2);
+BPF_PERCPU_ARRAY(walk_partial, __u64, TK_WALK_PARTIALS);
 BPF_ARRAY(walk_slots, struct walk_state, TK_WALK_SLOTS);
 BPF_HASH(walk_state_by_tid, __u32, struct walk_state, 16384);
 BPF_PERCPU_ARRAY(walk_staging, struct walk_batch, 2);
@@ -107,66 +95,6 @@ static __always_inline struct walk_state *walk_open_state(__u32 tid)
 		return st;
 	if (tk_window_get(TK_WINDOW_ARMED))
 		walk_count_partial(TK_WALK_PARTIAL_NO_START);
-	return 0;
-}
-
-static __always_inline void walk_count_lost(__u32 probe, __u64 n)
-{
-	__u64 *lost = walk_lost.lookup(&probe);
-	if (lost)
-		*lost += n;
-}
-
-/* This CPU's staging batch marked busy, or its spare when a program on this CPU is
- * already filling it; 0 (event counted lost) when both are busy. */
-static __always_inline struct walk_batch *walk_open(__u32 probe)
-{
-	__u32 main = 0, spare = 1;
-	struct walk_batch *b = walk_staging.lookup(&main);
-	struct walk_batch *s = walk_staging.lookup(&spare);
-	int claimed = b && s ? tk_batch_claim(&b->bh, &s->bh) : 0;
-	if (!claimed) {
-		walk_count_lost(probe, 1);
-		return 0;
-	}
-	if (claimed == TK_CLAIMED_SPARE)  /* the batch is being filled below us */
-		b = s;
-	return b;
-}
-
-static __always_inline void walk_failed(struct walk_batch *b, __u32 probe, long ret)
-{
-	__u32 n = b->bh.count;
-	for (__u32 i = 0; i < TK_BATCH_EVENTS; i++) {
-		if (i >= n)
-			break;
-		walk_count_lost(b->ev[i].hdr.kind < 3 ? b->ev[i].hdr.kind : probe, 1);
-	}
-	__u32 zero = 0;
-	__u64 *count = walk_failure_count.lookup(&zero);
-	if (!count)
-		return;
-	__u32 slot = __sync_fetch_and_add(count, 1);
-	if (slot >= TK_FAILURE_SLOTS)
-		return;
-	struct tk_ring_failure *f = walk_failures.lookup(&slot);
-	if (!f)
-		return;
-	tk_note_failure(f, &b->bh, probe, ret);
-	TK_RING_STATE(f, TK_FAKE_FD_walk_events);
-}
-
-/* The event at TK_BATCH_SLOT(b) is written: count it, write the batch out when due. */
-static __always_inline int walk_close(struct walk_batch *b, __u32 probe, __u64 ts)
-{
-	if (tk_batch_add(&b->bh, ts)) {
-		long ret = walk_events.ringbuf_output(b, sizeof(*b), BPF_RB_NO_WAKEUP);
-		if (ret)
-			walk_failed(b, probe, ret);
-		b->bh.count = 0;
-		b->bh.spare = 0;
-	}
-	b->bh.busy = 0;
 	return 0;
 }
 

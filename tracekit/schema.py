@@ -1,10 +1,7 @@
-"""numpy mirrors of the BPF event structs declared in ``probes/*.h``.
+"""numpy mirrors of the structs and ``TK_*`` constants of every header in ``probes/``.
 
-Contract: every ``struct`` of the tracepoint-family headers has a ``numpy.dtype`` here with the
-same field names, offsets and size (``<NAME>_DTYPE``), and every ``#define TK_* <integer>`` of
-those headers is a module constant. The block between the markers is written by
-``scripts/gen_schema.py``; ``tests/recorder/test_schema.py`` reruns the generator and fails on
-any difference, so the C header stays the single declaration. Nothing here touches the kernel.
+The block between the markers is written by ``scripts/gen_schema.py`` from the headers, and a test
+reruns it, so the C header stays the one declaration of each struct.
 """
 
 from __future__ import annotations
@@ -19,6 +16,13 @@ __all__ = [
     "IOCTL_AGG_VAL_DTYPE",
     "LOCK_EVENT_DTYPE",
     "MMU_EVENT_DTYPE",
+    "STAGE2_WALK_EVENT_DTYPE",
+    "STAGE2_VISIT_EVENT_DTYPE",
+    "STAGE2_SPAN_EVENT_DTYPE",
+    "TDP_SPAN_EVENT_DTYPE",
+    "TK_BATCH_HEADER_DTYPE",
+    "TK_RING_FAILURE_DTYPE",
+    "STRUCT_DTYPES",
     "EVENT_DTYPES",
 ]
 
@@ -30,15 +34,6 @@ TK_HEADER_DTYPE = np.dtype(
         "formats": ['<u8', '<u4', '<u4', '<u4', '<u4'],
         "offsets": [0, 8, 12, 16, 20],
         "itemsize": 24,
-    }
-)
-#: ``struct walk_event`` from probes/walk.h (48 bytes).
-WALK_EVENT_DTYPE = np.dtype(
-    {
-        "names": ['hdr', 'walk_id', 'value', 'aux', 'index'],
-        "formats": [TK_HEADER_DTYPE, '<u8', '<u8', '<u4', '<u4'],
-        "offsets": [0, 24, 32, 40, 44],
-        "itemsize": 48,
     }
 )
 #: ``struct ioctl_event`` from probes/ioctl.h (120 bytes).
@@ -86,16 +81,93 @@ MMU_EVENT_DTYPE = np.dtype(
         "itemsize": 136,
     }
 )
+#: ``struct stage2_walk_event`` from probes/stage2.h (208 bytes).
+STAGE2_WALK_EVENT_DTYPE = np.dtype(
+    {
+        "names": ['hdr', 'walk_id', 'addr', 'size', 'cb', 'duration_ns', 'flags', 'ret', 'counts', 'sampled', 'dropped'],
+        "formats": [TK_HEADER_DTYPE, '<u8', '<u8', '<u8', '<u8', '<u8', '<u4', '<i4', ('<u4', 32), '<u4', '<u4'],
+        "offsets": [0, 24, 32, 40, 48, 56, 64, 68, 72, 200, 204],
+        "itemsize": 208,
+    }
+)
+#: ``struct stage2_visit_event`` from probes/stage2.h (64 bytes).
+STAGE2_VISIT_EVENT_DTYPE = np.dtype(
+    {
+        "names": ['hdr', 'walk_id', 'addr', 'old', 'level', 'visit', 'visitor', 'pad'],
+        "formats": [TK_HEADER_DTYPE, '<u8', '<u8', '<u8', '<i4', '<u4', '<u4', '<u4'],
+        "offsets": [0, 24, 32, 40, 48, 52, 56, 60],
+        "itemsize": 64,
+    }
+)
+#: ``struct stage2_span_event`` from probes/stage2.h (72 bytes).
+STAGE2_SPAN_EVENT_DTYPE = np.dtype(
+    {
+        "names": ['hdr', 'walk_id', 'arg0', 'arg1', 'duration_ns', 'ret', 'func', 'pad'],
+        "formats": [TK_HEADER_DTYPE, '<u8', '<u8', '<u8', '<u8', '<i8', '<u4', '<u4'],
+        "offsets": [0, 24, 32, 40, 48, 56, 64, 68],
+        "itemsize": 72,
+    }
+)
+#: ``struct tdp_span_event`` from probes/tdp.h (96 bytes).
+TDP_SPAN_EVENT_DTYPE = np.dtype(
+    {
+        "names": ['hdr', 'arg0', 'arg1', 'duration_ns', 'ret', 'func', 'depth', 'iter_steps'],
+        "formats": [TK_HEADER_DTYPE, '<u8', '<u8', '<u8', '<i8', '<u4', '<u4', ('<u4', 8)],
+        "offsets": [0, 24, 32, 40, 48, 56, 60, 64],
+        "itemsize": 96,
+    }
+)
+#: ``struct tk_batch_header`` from probes/tk_bpf.h (16 bytes).
+TK_BATCH_HEADER_DTYPE = np.dtype(
+    {
+        "names": ['count', 'busy', 'spare', 'pad', 'first_ts'],
+        "formats": ['<u4', 'u1', 'u1', '<u2', '<u8'],
+        "offsets": [0, 4, 5, 6, 8],
+        "itemsize": 16,
+    }
+)
+#: ``struct tk_ring_failure`` from probes/tk_bpf.h (64 bytes).
+TK_RING_FAILURE_DTYPE = np.dtype(
+    {
+        "names": ['ts_ns', 'avail_data', 'ring_size', 'cons_pos', 'prod_pos', 'cpu', 'probe', 'events', 'tid', 'ret', 'nested'],
+        "formats": ['<u8', '<u8', '<u8', '<u8', '<u8', '<u4', '<u4', '<u4', '<u4', '<i4', '<u4'],
+        "offsets": [0, 8, 16, 24, 32, 40, 44, 48, 52, 56, 60],
+        "itemsize": 64,
+    }
+)
+#: ``struct walk_event`` from probes/walk.h (48 bytes).
+WALK_EVENT_DTYPE = np.dtype(
+    {
+        "names": ['hdr', 'walk_id', 'value', 'aux', 'index'],
+        "formats": [TK_HEADER_DTYPE, '<u8', '<u8', '<u4', '<u4'],
+        "offsets": [0, 24, 32, 40, 44],
+        "itemsize": 48,
+    }
+)
 
-#: ``#define TK_*`` integer constants of the event headers.
-TK_WALK_START = 0
-TK_WALK_ELEMENT = 1
-TK_WALK_ERROR = 2
+#: Every struct of the headers by its C name.
+STRUCT_DTYPES = {
+    'tk_header': TK_HEADER_DTYPE,
+    'ioctl_event': IOCTL_EVENT_DTYPE,
+    'ioctl_agg_key': IOCTL_AGG_KEY_DTYPE,
+    'ioctl_agg_val': IOCTL_AGG_VAL_DTYPE,
+    'lock_event': LOCK_EVENT_DTYPE,
+    'mmu_event': MMU_EVENT_DTYPE,
+    'stage2_walk_event': STAGE2_WALK_EVENT_DTYPE,
+    'stage2_visit_event': STAGE2_VISIT_EVENT_DTYPE,
+    'stage2_span_event': STAGE2_SPAN_EVENT_DTYPE,
+    'tdp_span_event': TDP_SPAN_EVENT_DTYPE,
+    'tk_batch_header': TK_BATCH_HEADER_DTYPE,
+    'tk_ring_failure': TK_RING_FAILURE_DTYPE,
+    'walk_event': WALK_EVENT_DTYPE,
+}
+
+#: ``#define TK_*`` integer constants of the headers.
 TK_IOCTL_CALL = 0
-TK_IOCTL_HAS_REGION = 1
-TK_IOCTL_HAS_SLOT = 2
-TK_IOCTL_HAS_CLEAR = 4
-TK_IOCTL_HAS_CAP = 8
+TK_IOCTL_HAS_REGION = 0x1
+TK_IOCTL_HAS_SLOT = 0x2
+TK_IOCTL_HAS_CLEAR = 0x4
+TK_IOCTL_HAS_CAP = 0x8
 TK_IOCTL_BEGAN_BEFORE = 0x100
 TK_IOCTL_UNFINISHED = 0x200
 TK_LOCK_CONTENTION = 0
@@ -109,17 +181,17 @@ TK_MMU_SPLIT_HUGE_PAGE = 6
 TK_MMU_TDP_SPTE_CHANGED = 7
 TK_MMU_FAST_PAGE_FAULT = 8
 TK_MMU_KVM_PAGE_FAULT = 9
-TK_MMU_DIRTY_RING_PUSH = 0xa
-TK_MMU_DIRTY_RING_RESET = 0xb
-TK_MMU_DIRTY_RING_EXIT = 0xc
-TK_MMU_UNMAP_HVA_RANGE = 0xd
-TK_MMU_AGE_HVA = 0xe
-TK_MMU_ZAP_ALL_FAST = 0xf
-TK_MMU_NEVENTS = 0x10
-TK_MMU_F_GFN = 1
-TK_MMU_F_ADDR = 2
-TK_MMU_F_ADDR_END = 4
-TK_MMU_F_SPTE = 8
+TK_MMU_DIRTY_RING_PUSH = 10
+TK_MMU_DIRTY_RING_RESET = 11
+TK_MMU_DIRTY_RING_EXIT = 12
+TK_MMU_UNMAP_HVA_RANGE = 13
+TK_MMU_AGE_HVA = 14
+TK_MMU_ZAP_ALL_FAST = 15
+TK_MMU_NEVENTS = 16
+TK_MMU_F_GFN = 0x1
+TK_MMU_F_ADDR = 0x2
+TK_MMU_F_ADDR_END = 0x4
+TK_MMU_F_SPTE = 0x8
 TK_MMU_F_OLD_SPTE = 0x10
 TK_MMU_F_NEW_SPTE = 0x20
 TK_MMU_F_PFN = 0x40
@@ -135,9 +207,61 @@ TK_MMU_F_SLOT = 0x8000
 TK_MMU_F_FLAGS = 0x10000
 TK_MMU_F_AS_ID = 0x20000
 TK_MMU_F_GEN = 0x40000
+TK_S2_WALK = 0
+TK_S2_VISIT = 1
+TK_S2_SPAN = 2
+TK_S2_LEVELS = 4
+TK_S2_KINDS = 4
+TK_S2_VISITORS = 2
+TK_S2_COUNTS = 32
+TK_S2_FN_SPLIT = 0
+TK_S2_FN_MAP = 1
+TK_S2_FN_RELAX = 2
+TK_S2_FN_WRPROTECT = 3
+TK_S2_FN_ABORT = 4
+TK_S2_FN_LOG_MASKED = 5
+TK_S2_FN_SPLIT_PAGES = 6
+TK_S2_FUNCS = 7
+TK_S2_HOST_WALKS = 0
+TK_S2_UNPAIRED = 1
+TK_S2_MISSED = 2
+TK_S2_NCOUNTS = 3
+TK_TDP_SPAN = 0
+TK_TDP_LEVELS = 8
+TK_TDP_FN_PAGE_FAULT = 0
+TK_TDP_FN_MAP = 1
+TK_TDP_FN_FAST_FAULT = 2
+TK_TDP_FN_SLOT_SPLIT = 3
+TK_TDP_FN_TRY_SPLIT = 4
+TK_TDP_FN_SPLIT_ROOT = 5
+TK_TDP_FN_SPLIT_PAGE = 6
+TK_TDP_FN_LOG_MASKED = 7
+TK_TDP_FN_CLEAR_MASKED = 8
+TK_TDP_FN_ZAP_COLLAPSE = 9
+TK_TDP_FN_VENDOR_EXIT = 10
+TK_TDP_FN_WRPROT = 11
+TK_TDP_FUNCS = 12
+TK_TDP_UNPAIRED = 0
+TK_TDP_MISSED = 1
+TK_TDP_NCOUNTS = 2
+TK_TARGET_TGID = 0
+TK_WINDOW_ARMED = 0
+TK_WINDOW_START_NS = 1
+TK_BATCH_EVENTS = 64
+TK_FAILURE_SLOTS = 64
+TK_CLAIMED_MAIN = 1
+TK_CLAIMED_SPARE = 2
+TK_WALK_START = 0
+TK_WALK_ELEMENT = 1
+TK_WALK_ERROR = 2
+TK_WALK_KINDS = 3
+TK_WALK_MAX_ELEMENTS = 64
+TK_WALK_PARTIAL_NO_START = 0
+TK_WALK_PARTIAL_TOO_LONG = 1
+TK_WALK_PARTIALS = 2
 # --- end generated by scripts/gen_schema.py ---
 
-#: Ring-buffer record dtype of each tracepoint family.
+#: Ring-buffer event dtype of each tracepoint family.
 EVENT_DTYPES = {
     "walk": WALK_EVENT_DTYPE,
     "ioctl": IOCTL_EVENT_DTYPE,

@@ -1,4 +1,4 @@
-"""The numpy mirrors in tracekit/schema.py match the C headers in probes/ (no root needed)."""
+"""The numpy mirrors in tracekit/schema.py match every C header in probes/."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import importlib.util
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tracekit import schema
@@ -59,34 +58,52 @@ def test_mmu_kinds_are_dense():
     assert kinds == list(range(schema.TK_MMU_NEVENTS))
 
 
+def test_every_header_is_generated():
+    """Every header of probes/ is read by the generator, and every struct it declares has a dtype here."""
+    gen = _generator()
+    headers = gen.headers(ROOT / "probes")
+    assert sorted(headers) == sorted(p.name for p in (ROOT / "probes").glob("*.h"))
+    declared = set()
+    for header in headers:
+        declared |= set(re.findall(r"^struct\s+(\w+)\s*\{", (ROOT / "probes" / header).read_text(), re.M))
+    assert declared == set(schema.STRUCT_DTYPES)
+
+
+def test_array_sizes_may_name_constants():
+    """``__u32 counts[TK_N]`` takes TK_N from the constants; an unknown name is refused."""
+    gen = _generator()
+    [(_, layout)] = gen.parse_structs("struct t { __u32 a[TK_N]; };", {}, {"TK_N": 3})
+    assert layout["formats"] == [("<u4", 3)] and layout["itemsize"] == 12
+    with pytest.raises(ValueError, match="array size 'TK_M'"):
+        gen.parse_structs("struct t { __u32 a[TK_M]; };", {}, {"TK_N": 3})
+
+
+def test_python_sizes_come_from_the_headers():
+    """Python sizes that the BPF programs also use are the headers' constants, not copies."""
+    from tracekit.funcprobes import bcc_programs
+    from tracekit.recorder import ring_batch
+    from tracekit.recorder.tracepoint_families import WalkFamily
+
+    assert WalkFamily.MAX_ELEMENTS == schema.TK_WALK_MAX_ELEMENTS
+    assert ring_batch.BATCH_EVENTS == schema.TK_BATCH_EVENTS
+    assert bcc_programs.TDP_LEVELS == schema.TK_TDP_LEVELS
+    assert schema.STAGE2_WALK_EVENT_DTYPE.fields["counts"][0].shape == (schema.TK_S2_COUNTS,)
+    assert len(bcc_programs.STAGE2_FUNC_NAMES) == schema.TK_S2_FUNCS
+    assert len(bcc_programs.TDP_FUNC_NAMES) == schema.TK_TDP_FUNCS
+
+
 @pytest.mark.live
-def test_mirror_matches_bcc_layout():
-    """bcc's own ctypes mirror (derived from the C text by clang) has the same size and offsets."""
+def test_every_struct_matches_bcc_layout():
+    """bcc's own ctypes mirror (laid out by clang from the headers) has the size and field offsets of
+    every generated dtype."""
     from tests.livecheck import need_bcc
 
     need_bcc()
     from tracekit.recorder.backend_bcc import struct_layouts
 
     layouts = struct_layouts()
-    for name, dtype in (("walk_event", schema.WALK_EVENT_DTYPE), ("ioctl_event", schema.IOCTL_EVENT_DTYPE),
-                        ("lock_event", schema.LOCK_EVENT_DTYPE), ("mmu_event", schema.MMU_EVENT_DTYPE)):
+    assert set(layouts) == set(schema.STRUCT_DTYPES)
+    for name, dtype in schema.STRUCT_DTYPES.items():
         size, offsets = layouts[name]
         assert size == dtype.itemsize, name
         assert offsets == {n: dtype.fields[n][1] for n in dtype.names}, name
-    assert np.dtype(schema.TK_HEADER_DTYPE).itemsize == 24
-
-
-@pytest.mark.live
-def test_batch_and_failure_mirrors_match_bcc_layout():
-    """struct tk_batch_header and struct tk_ring_failure (probes/tk_bpf.h) as clang lays them out."""
-    from tests.livecheck import need_bcc
-
-    need_bcc()
-    from tracekit.recorder.ring_batch import BATCH_HEADER_DTYPE, RING_FAILURE_DTYPE
-    from tracekit.recorder.backend_bcc import struct_layouts
-
-    layouts = struct_layouts()
-    for name, dtype in (("tk_batch_header", BATCH_HEADER_DTYPE), ("tk_ring_failure", RING_FAILURE_DTYPE)):
-        size, offsets = layouts[name]
-        assert size == dtype.itemsize, name
-        assert {n: o for n, o in offsets.items() if n != "pad"} == {n: dtype.fields[n][1] for n in dtype.names}, name

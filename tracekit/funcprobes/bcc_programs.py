@@ -9,8 +9,8 @@ struct member offsets of the running kernel's BTF, never headers), so a compile 
 is its :class:`tracekit.errors.ProbeLoadError` with the compiler log in ``detail``.
 :func:`attach` attaches each resolved probe (:class:`~tracekit.funcprobes.kallsyms.Resolution`) to
 its entry/return functions of :data:`ATTACH` and returns ``(attached, failed)`` with reasons.
-:data:`EVENT_DTYPES` mirrors the event structs of ``probes/<family>.h`` (a test checks them against
-the headers) and :data:`RINGS` names each ring's record type; :func:`decode_stage2` /
+:data:`EVENT_DTYPES` names the event dtypes generated from ``probes/<family>.h`` and :data:`RINGS`
+names each ring's record type; :func:`decode_stage2` /
 :func:`decode_tdp` turn one numpy batch of ring records into the capture family tables (no Python
 per event). The per-CPU counters read when a recording ends (:func:`tracekit.recorder.backend_bcc.read_percpu`):
 :data:`COUNT_NOTES` names each index of ``stage2_counts`` / ``tdp_counts`` by its manifest note (facts,
@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 
+from tracekit import schema as S
 from tracekit.errors import ProbeLoadError
 from tracekit.funcprobes import table_builders
 from tracekit.funcprobes.capture_schemas import SCHEMAS
@@ -91,25 +92,16 @@ TDP_FUNC_NAMES = ("page_fault", "tdp_map", "fast_page_fault", "slot_try_split", 
 #: tdp spans that are iterator loops over a root or slot ("walks" in the capture).
 _TDP_WALKS = {"split_root": "tdp_mmu_split_huge_pages_root", "wrprot_slot": "kvm_tdp_mmu_wrprot_slot"}
 
-_HEADER = [("ts_ns", "<u8"), ("pid", "<u4"), ("tid", "<u4"), ("cpu", "<u4"), ("kind", "<u4")]
-EVENT_DTYPES = {
-    "stage2_walk_event": np.dtype(_HEADER + [("walk_id", "<u8"), ("addr", "<u8"), ("size", "<u8"), ("cb", "<u8"),
-                                             ("duration_ns", "<u8"), ("flags", "<u4"), ("ret", "<i4"),
-                                             ("counts", "<u4", (32,)), ("sampled", "<u4"), ("dropped", "<u4")]),
-    "stage2_visit_event": np.dtype(_HEADER + [("walk_id", "<u8"), ("addr", "<u8"), ("old", "<u8"), ("level", "<i4"),
-                                              ("visit", "<u4"), ("visitor", "<u4"), ("pad", "<u4")]),
-    "stage2_span_event": np.dtype(_HEADER + [("walk_id", "<u8"), ("arg0", "<u8"), ("arg1", "<u8"),
-                                             ("duration_ns", "<u8"), ("ret", "<i8"), ("func", "<u4"), ("pad", "<u4")]),
-    "tdp_span_event": np.dtype(_HEADER + [("arg0", "<u8"), ("arg1", "<u8"), ("duration_ns", "<u8"), ("ret", "<i8"),
-                                          ("func", "<u4"), ("depth", "<u4"), ("iter_steps", "<u4", (8,))]),
-}  # fmt: skip
+#: Ring event dtype by C struct name (probes/stage2.h, probes/tdp.h).
+EVENT_DTYPES = {name: S.STRUCT_DTYPES[name]
+                for name in ("stage2_walk_event", "stage2_visit_event", "stage2_span_event", "tdp_span_event")}
 #: Per-CPU counter map -> manifest note of each index (stage2.h TK_S2_HOST_WALKS.., tdp.h TK_TDP_UNPAIRED..).
 COUNT_NOTES = {
     "stage2": ("stage2_counts", ("host_walks", "unpaired_returns", "missed_returns")),
     "tdp": ("tdp_counts", ("unpaired_returns", "missed_returns")),
 }
-#: TK_TDP_LEVELS: ``tdp_outside`` holds [steps | first ns | first pid_tgid] per level, this many each.
-TDP_LEVELS = 8
+#: ``tdp_outside`` holds [steps | first ns | first pid_tgid] per level, this many each.
+TDP_LEVELS = S.TK_TDP_LEVELS
 _KINDS = ("invalid", "page", "block", "table")
 _VISITORS = ("stage2_split_walker", "stage2_map_walker")
 
@@ -152,8 +144,9 @@ RINGS = {
 
 
 def _common(records: np.ndarray) -> dict[str, np.ndarray]:
-    return {"ts_ns": records["ts_ns"].astype(np.int64), "cpu": records["cpu"].astype(np.int32),
-            "pid": records["pid"].astype(np.int32), "tid": records["tid"].astype(np.int32)}  # fmt: skip
+    hdr = records["hdr"]
+    return {"ts_ns": hdr["ts_ns"].astype(np.int64), "cpu": hdr["cpu"].astype(np.int32),
+            "pid": hdr["pid"].astype(np.int32), "tid": hdr["tid"].astype(np.int32)}  # fmt: skip
 
 
 def _take(common: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -55,8 +55,9 @@ def map_declaration_order(text: str) -> list[str]:
     """Names of the maps declared at the start of a line in ``text`` (``BPF_HASH(name, ...``), in order.
 
     bcc numbers a program's maps -1, -2, ... in declaration order when it compiles (``bpf_pseudo_fd``);
-    a ring map's number lets the program call ``bpf_ringbuf_query`` on it, which bcc 0.26 does not
-    expose as a map method. Only the ``BPF_<KIND>(name, ...)`` macros are counted."""
+    code shared through a header reaches a map by that number (``TK_MAP`` in ``probes/tk_bpf.h``), as
+    does ``bpf_ringbuf_query``, which bcc 0.26 has no map method for. Only the ``BPF_<KIND>(name, ...)``
+    macros are counted."""
     return [m.group(1) for m in _MAP_DECL.finditer(text)]
 
 
@@ -93,17 +94,18 @@ def _load(bcc: Any, text: str, cflags: list[str]) -> Any:
 
 
 def struct_layouts() -> dict[str, tuple[int, dict[str, int]]]:
-    """Size and top-level field offsets of each event struct as bcc's clang lays it out."""
+    """Size and top-level field offsets of every struct of ``probes/*.h`` as bcc's clang lays it out."""
     from tracekit.probes import PROBES_DIR
+    from tracekit.schema import STRUCT_DTYPES
 
     bcc = import_bcc()
-    names = ("walk_event", "ioctl_event", "lock_event", "mmu_event", "tk_batch_header", "tk_ring_failure")
-    text = "".join(f'#include "{n.split("_")[0]}.h"\n' for n in names[:4]) + '#include "tk_bpf.h"\n'
-    text += "".join(f"BPF_ARRAY(layout_{n}, struct {n}, 1);\n" for n in names)
+    headers = ["tk_common.h"] + sorted(p.name for p in PROBES_DIR.glob("*.h") if p.name != "tk_common.h")
+    text = "".join(f'#include "{h}"\n' for h in headers)
+    text += "".join(f"BPF_ARRAY(layout_{n}, struct {n}, 1);\n" for n in STRUCT_DTYPES)
     bpf = _load(bcc, text.encode(), [f"-I{PROBES_DIR}", "-w"])
     try:
         out = {}
-        for n in names:
+        for n in STRUCT_DTYPES:
             leaf = bpf[f"layout_{n}".encode()].Leaf
             out[n] = (ctypes.sizeof(leaf),
                       {f[0]: getattr(leaf, f[0]).offset for f in leaf._fields_ if not f[0].startswith("__pad")})
@@ -135,10 +137,8 @@ class BccBackend:
         for family, statuses in self.families:
             dirs += [str(d) for d in family.include_dirs() if str(d) not in dirs]
             flags += [f for f in family.cflags(statuses, self.target_tgid) if f not in flags]
-        for family, _ in self.families:
-            for ring in family.rings():
-                if order.count(ring.map_name) == 1:
-                    flags.append(f"-DTK_FAKE_FD_{ring.map_name}=-{order.index(ring.map_name) + 1}")
+        flags += [f"-DTK_FAKE_FD_{name}=-{rank}" for rank, name in enumerate(order, start=1)
+                  if order.count(name) == 1]  # names shared code uses for maps (tk_bpf.h TK_MAP)
         return [f"-I{d}" for d in dirs] + flags
 
     def program_text(self) -> str:

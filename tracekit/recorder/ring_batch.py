@@ -1,32 +1,25 @@
-"""Ring records that hold a batch of events (the in-kernel batching of probes/tk_bpf.h).
+"""Ring records that hold a batch of events (the in-kernel batching of ``probes/tk_bpf.h``).
 
-A batch record is ``struct tk_batch_header`` (16 bytes: ``count``, ``busy``, ``spare``, ``first_ts``)
-then ``TK_BATCH_EVENTS`` events of which the first ``count`` are valid. :func:`batch_dtype` builds its
-numpy dtype, :func:`unbatch` returns the valid events in record then slot order (vectorised;
-RecorderError for a count out of range). :data:`RING_FAILURE_DTYPE` mirrors ``struct tk_ring_failure``
-(one failed ring output and the ring's state). A live test checks the layouts against clang's.
+A batch record is ``struct tk_batch_header`` then ``TK_BATCH_EVENTS`` fixed-size events, of which
+the first ``count`` are valid. :func:`batch_dtype` builds its dtype, :func:`unbatch` returns the valid
+events of many records at once (a count out of range is a :class:`tracekit.errors.RecorderError`),
+and :func:`failure_rows` turns ``struct tk_ring_failure`` records into plain dicts.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from tracekit import schema as S
 from tracekit.errors import RecorderError
 
 __all__ = ["BATCH_EVENTS", "BATCH_HEADER_DTYPE", "RING_FAILURE_DTYPE", "batch_dtype", "is_batched", "unbatch",
            "failure_rows"]
 
-#: Events per batch (TK_BATCH_EVENTS in probes/tk_bpf.h).
-BATCH_EVENTS = 64
-
-BATCH_HEADER_DTYPE = np.dtype({"names": ["count", "busy", "spare", "first_ts"],
-                               "formats": ["<u4", "u1", "u1", "<u8"],
-                               "offsets": [0, 4, 5, 8], "itemsize": 16})
-
-RING_FAILURE_DTYPE = np.dtype([
-    ("ts_ns", "<u8"), ("avail_data", "<u8"), ("ring_size", "<u8"), ("cons_pos", "<u8"), ("prod_pos", "<u8"),
-    ("cpu", "<u4"), ("probe", "<u4"), ("events", "<u4"), ("tid", "<u4"), ("ret", "<i4"), ("nested", "<u4"),
-])
+#: Events per batch unless the recorder passes another TK_BATCH_EVENTS.
+BATCH_EVENTS = S.TK_BATCH_EVENTS
+BATCH_HEADER_DTYPE = S.TK_BATCH_HEADER_DTYPE
+RING_FAILURE_DTYPE = S.TK_RING_FAILURE_DTYPE
 
 
 def batch_dtype(event: np.dtype, events: int = BATCH_EVENTS) -> np.dtype:

@@ -103,8 +103,8 @@ class WalkFamily(ProbeFamily):
                       pa.field("pte", pa.uint64()))
     ERROR = _schema(pa.field("walk_id", pa.uint64()), pa.field("pferr", pa.uint32()))
 
-    #: Elements kept per walk (TK_WALK_MAX_ELEMENTS of walk.bpf.c): more make a walk malformed.
-    MAX_ELEMENTS = 64
+    #: Elements kept per walk: more make a walk malformed.
+    MAX_ELEMENTS = S.TK_WALK_MAX_ELEMENTS
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -117,8 +117,9 @@ class WalkFamily(ProbeFamily):
         return dict(self._partial)
 
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
-        counts = read_percpu(bpf, "walk_partial", 2).sum(axis=0)
-        self._partial = {"walk_elements_without_start": int(counts[0]), "walk_elements_beyond_limit": int(counts[1])}
+        counts = read_percpu(bpf, "walk_partial", S.TK_WALK_PARTIALS).sum(axis=0)
+        self._partial = {"walk_elements_without_start": int(counts[S.TK_WALK_PARTIAL_NO_START]),
+                         "walk_elements_beyond_limit": int(counts[S.TK_WALK_PARTIAL_TOO_LONG])}
         return {}
 
     def tables(self) -> dict[str, pa.Schema]:
