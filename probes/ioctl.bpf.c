@@ -193,8 +193,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	if (!tk_is_target(pid_tgid))
 		return 0;
 	__u32 tid = (__u32)pid_tgid;
-	struct ioctl_event *in = ioctl_inflight.lookup(&tid);
-	int in_map = in != 0;
+	struct ioctl_event *in = ioctl_inflight.lookup(&tid);  /* deleted below: absent is harmless */
 	if (!in) {
 		in = ioctl_began_before(pid_tgid, 1);
 		if (!in)
@@ -222,8 +221,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 				agg->errors += 1;
 			agg->partial += began_before;
 		}
-		if (in_map)
-			ioctl_inflight.delete(&tid);
+		ioctl_inflight.delete(&tid);
 		return 0;
 	}
 	struct ioctl_event *e = ioctl_events.ringbuf_reserve(sizeof(struct ioctl_event));
@@ -232,15 +230,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		__u64 *lost = ioctl_lost.lookup(&probe);
 		if (lost)
 			(*lost)++;
-		if (in_map)
-			ioctl_inflight.delete(&tid);
+		ioctl_inflight.delete(&tid);
 		return 0;
 	}
 	__builtin_memcpy(e, in, sizeof(*e));
 	e->duration_ns = duration;
 	e->ret = ret;
 	ioctl_events.ringbuf_submit(e, 0);
-	if (in_map)
-		ioctl_inflight.delete(&tid);
+	ioctl_inflight.delete(&tid);
 	return 0;
 }

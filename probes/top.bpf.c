@@ -277,14 +277,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	struct top_ioctl_key key = {.tgid = pid_tgid >> 32, .kind = t->ioctl_kind};
 	__u64 took = now - t->ioctl_start;
 	t->ioctl_kind = 0;
-	struct top_ioctl *s = top_ioctls.lookup(&key);
-	if (!s) {
-		struct top_ioctl fresh = {};
-		top_ioctls.update(&key, &fresh);
-		s = top_ioctls.lookup(&key);
-		if (!s)
-			return 0;
-	}
+	struct top_ioctl fresh = {};
+	struct top_ioctl *s = top_ioctls.lookup_or_try_init(&key, &fresh);  /* never overwrites: two CPUs may race */
+	if (!s)
+		return 0;
 	__sync_fetch_and_add(&s->count, 1);
 	__sync_fetch_and_add(&s->total_ns, took);
 	if (args->ret < 0)
