@@ -406,13 +406,12 @@ def run_child(case: str, arg: str) -> dict:
 
 
 def add_unrelated_family(path: Path, rows: int) -> None:
-    """A large ``func_call`` family (int columns) that no analysis reads."""
+    """A large ``func_call`` family (the capture's own schema) that no analysis reads."""
     import pyarrow.parquet as pq
 
-    from tracekit.capture import COMMON_FIELDS
+    from tracekit.capture.columns import SCHEMAS
 
-    schema = pa.schema([*COMMON_FIELDS, pa.field("gfn", pa.uint64()), pa.field("spte", pa.uint64()),
-                        pa.field("level", pa.int32())])
+    schema = SCHEMAS["func_call"]
     directory = path / "func_call"
     directory.mkdir()
     pq.write_table(schema.empty_table(), directory / "_schema.parquet")
@@ -420,9 +419,10 @@ def add_unrelated_family(path: Path, rows: int) -> None:
     for i, first in enumerate(range(0, rows, chunk), start=1):
         n = min(chunk, rows - first)
         ids = np.arange(first, first + n)
+        name = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["stage2_map"]))
         table = pa.table({"ts_ns": ids.astype(np.int64), "cpu": np.zeros(n, np.int32), "pid": np.zeros(n, np.int32),
-                          "tid": np.zeros(n, np.int32), "gfn": (ids * 7919).astype(np.uint64),
-                          "spte": (ids * 104729).astype(np.uint64), "level": np.ones(n, np.int32)}, schema=schema)
+                          "tid": np.zeros(n, np.int32), "name": name, "duration_ns": (ids * 7919 % 100_000),
+                          "ret": np.zeros(n, np.int64), "args": pa.nulls(n, pa.string())}, schema=schema)
         pq.write_table(table, directory / f"part-{i:06d}.parquet", compression="zstd")
 
 

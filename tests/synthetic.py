@@ -1,6 +1,6 @@
 """Synthetic captures for tests and benchmarks: x86 guest walks, lock waits and dirty-log ioctls.
 
-:data:`SCHEMAS` are the recorder's own schemas (lock and ioctl cut to the columns filled here).
+:data:`SCHEMAS` are the capture's own schemas (lock and ioctl cut to the columns filled here).
 :func:`walk_tables` builds model-consistent walks of one 4-level guest shaped like the recorder's (per-CPU
 walk ids interleaved in time order, a fraction ``interleaved`` of concurrent walks' elements interleaved);
 :func:`write_synthetic_capture` writes such a capture plus lock and ioctl rows chunk by chunk, in bounded
@@ -16,26 +16,25 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit.capture import COMMON_FIELDS, CaptureWriter
+from tracekit.capture.columns import SCHEMAS as CAPTURE_SCHEMAS
 from tracekit.model.x86 import X86PageTables
-from tracekit.recorder.tracepoint_families import IoctlFamily, LockFamily, WalkFamily
 
 __all__ = ["SCHEMAS", "guest_tables", "walk_tables", "write_synthetic_capture"]
 
 
-def _recorded(family: type, table: str, *names: str) -> pa.Schema:
-    """The recorder's schema of capture family ``table`` (written by probe ``family``), cut to the common
-    columns and ``names`` (the columns the synthetic data fills; the analyses need no others)."""
-    schema = family().tables()[table]
+def _cut(family: str, *names: str) -> pa.Schema:
+    """The capture schema of ``family`` cut to the common columns and ``names`` (the columns the
+    synthetic data fills; the analyses need no others)."""
+    schema = CAPTURE_SCHEMAS[family]
     return pa.schema([schema.field(name) for name in [field.name for field in COMMON_FIELDS] + list(names)])
 
 
 SCHEMAS = {
-    "walk": WalkFamily().tables()["walk"],
-    "walk_element": WalkFamily().tables()["walk_element"],
-    "walk_error": WalkFamily().tables()["walk_error"],
-    "lock": _recorded(LockFamily, "lock", "lock_addr", "flags", "wait_ns", "ret", "stack_id"),
-    "ioctl": _recorded(IoctlFamily, "ioctl", "duration_ns", "fd", "cmd", "cmd_name", "ret", "slot", "flags",
-                       "memory_size"),
+    "walk": CAPTURE_SCHEMAS["walk"],
+    "walk_element": CAPTURE_SCHEMAS["walk_element"],
+    "walk_error": CAPTURE_SCHEMAS["walk_error"],
+    "lock": _cut("lock", "lock_addr", "flags", "wait_ns", "ret", "stack_id"),
+    "ioctl": _cut("ioctl", "duration_ns", "fd", "cmd", "cmd_name", "ret", "slot", "flags", "memory_size"),
 }
 
 GVA = 0xC000_0000

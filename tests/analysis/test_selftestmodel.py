@@ -11,6 +11,7 @@ from tracekit.analysis.analyze import analyze_capture, render_text
 from tracekit.analysis.report import render_report
 from tracekit.analysis.selftestmodel import (SelftestGuest, first_test_table, parse_selftest_guest,
                                              selftest_model)
+from tracekit.capture.columns import SCHEMAS
 from tracekit.capture.reader import open_capture
 from tracekit.errors import AnalysisError
 from tracekit.model.x86 import PTE_AD_MASK
@@ -81,11 +82,7 @@ def test_unsupported_guest_mode_is_a_clear_error():
 def _capture(make_capture, walks: dict, manifest: dict | None = None):
     ids = list(range(1, len(walks) + 1))
     elements = [(wid, i, lv, pte) for wid, recorded in zip(ids, walks.values()) for i, (lv, pte) in enumerate(recorded)]
-    walk_schema = pa.schema([("ts_ns", pa.int64()), ("cpu", pa.int32()), ("pid", pa.int32()), ("tid", pa.int32()),
-                             ("walk_id", pa.uint64()), ("addr", pa.uint64()), ("pferr", pa.uint32())])
-    element_schema = pa.schema([("ts_ns", pa.int64()), ("cpu", pa.int32()), ("pid", pa.int32()), ("tid", pa.int32()),
-                                ("walk_id", pa.uint64()), ("index", pa.uint8()), ("level", pa.int8()),
-                                ("pte", pa.uint64())])
+    walk_schema, element_schema = SCHEMAS["walk"], SCHEMAS["walk_element"]
     n, m = len(ids), len(elements)
     return make_capture({
         "walk": (walk_schema, {"ts_ns": ids, "cpu": [0] * n, "pid": [1] * n, "tid": [1] * n, "walk_id": ids,

@@ -257,9 +257,9 @@ def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, 
             if table.num_rows:
                 writer.append(family, table)
         if locks:
-            from tracekit.recorder.tracepoint_families import LockFamily
+            from tracekit.capture.columns import SCHEMAS
 
-            schema = LockFamily().tables()["lock"]
+            schema = SCHEMAS["lock"]
             writer.declare("lock", schema)
             writer.append("lock", pa.Table.from_pylist(locks, schema=pa.schema(
                 [f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in schema])))  # fmt: skip

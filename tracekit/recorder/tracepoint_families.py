@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit import schema as S
-from tracekit.capture import COMMON_FIELDS
+from tracekit.capture.columns import SCHEMAS
 from tracekit.probes import source_text
 from tracekit.recorder.ring_batch import batch_dtype, is_batched, unbatch
 from tracekit.recorder.backend_bcc import read_percpu
@@ -28,13 +28,6 @@ from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
 
 __all__ = ["WalkFamily", "IoctlFamily", "impossible_elements", "LockFamily", "MmuFamily", "MMU_EVENTS", "LOCK_FLAG_NAMES",
            "lock_flags_name"]
-
-_DICT = pa.dictionary(pa.int32(), pa.string())
-
-
-def _schema(*fields: pa.Field) -> pa.Schema:
-    return pa.schema(list(COMMON_FIELDS) + list(fields))
-
 
 def _table(schema: pa.Schema, columns: dict[str, Any]) -> pa.Table:
     arrays = []
@@ -98,10 +91,7 @@ class WalkFamily(ProbeFamily):
                          "kvmmmu:kvm_mmu_paging_element": ("pte", "level"),
                          "kvmmmu:kvm_mmu_walker_error": ("pferr",)}
 
-    WALK = _schema(pa.field("walk_id", pa.uint64()), pa.field("addr", pa.uint64()), pa.field("pferr", pa.uint32()))
-    ELEMENT = _schema(pa.field("walk_id", pa.uint64()), pa.field("index", pa.uint8()), pa.field("level", pa.int8()),
-                      pa.field("pte", pa.uint64()))
-    ERROR = _schema(pa.field("walk_id", pa.uint64()), pa.field("pferr", pa.uint32()))
+    WALK, ELEMENT, ERROR = SCHEMAS["walk"], SCHEMAS["walk_element"], SCHEMAS["walk_error"]
 
     #: Elements kept per walk: more make a walk malformed.
     MAX_ELEMENTS = S.TK_WALK_MAX_ELEMENTS
@@ -271,20 +261,7 @@ def impossible_elements(walk_id: np.ndarray, index: np.ndarray, level: np.ndarra
 
 # -------------------------------------------------------------------------------------------- ioctl
 
-_IOCTL_TABLE = _schema(
-    pa.field("duration_ns", pa.int64()), pa.field("fd", pa.int32()), pa.field("cmd", pa.uint32()),
-    pa.field("cmd_name", _DICT), pa.field("ret", pa.int64()),
-    pa.field("slot", pa.uint16()), pa.field("as_id", pa.uint16()), pa.field("flags", pa.uint32()),
-    pa.field("guest_phys_addr", pa.uint64()), pa.field("memory_size", pa.uint64()),
-    pa.field("userspace_addr", pa.uint64()), pa.field("first_page", pa.uint64()),
-    pa.field("num_pages", pa.uint32()), pa.field("cap", pa.uint32()), pa.field("cap_arg0", pa.uint64()),
-    pa.field("arg", pa.uint64()), pa.field("partial", _DICT),
-)
-_IOCTL_SUMMARY = _schema(
-    pa.field("cmd", pa.uint32()), pa.field("cmd_name", _DICT), pa.field("count", pa.int64()),
-    pa.field("total_ns", pa.int64()), pa.field("max_ns", pa.int64()), pa.field("errors", pa.int64()),
-    pa.field("fd", pa.int32()), pa.field("errno", pa.int32()), pa.field("partial", pa.int64()),
-)
+_IOCTL_TABLE, _IOCTL_SUMMARY = SCHEMAS["ioctl"], SCHEMAS["ioctl_summary"]
 
 #: Values of the ioctl table's ``partial`` column: the part of the call the window cut off.
 IOCTL_PARTIAL = {0: "", S.TK_IOCTL_BEGAN_BEFORE: "began_before", S.TK_IOCTL_UNFINISHED: "unfinished",
@@ -544,11 +521,7 @@ def pair_enter_exit(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: lock:contention_begin flag bits (include/trace/events/lock.h).
 LOCK_FLAG_NAMES = ((1, "SPIN"), (2, "READ"), (4, "WRITE"), (8, "RT"), (16, "PERCPU"), (32, "MUTEX"))
 
-_LOCK_TABLE = _schema(
-    pa.field("lock_addr", pa.uint64()), pa.field("flags", pa.uint32()), pa.field("flags_name", _DICT),
-    pa.field("wait_ns", pa.int64()), pa.field("ret", pa.int32()), pa.field("stack_id", pa.int32()),
-)
-_STACK_TABLE = _schema(pa.field("stack_id", pa.int32()), pa.field("frames", pa.list_(pa.string())))
+_LOCK_TABLE, _STACK_TABLE = SCHEMAS["lock"], SCHEMAS["stack"]
 
 
 def lock_flags_name(flags: int) -> str:
@@ -683,22 +656,17 @@ _MMU_NAMES = {kind: tp.split(":")[1] for kind, tp, _ in MMU_EVENTS}
 _MMU_MACROS = {kind: name for name, kind in vars(S).items()
                if name.startswith("TK_MMU_") and not name.startswith("TK_MMU_F_") and name != "TK_MMU_NEVENTS"}
 
-# (column, record field, validity bit, arrow type)
+_MMU_TABLE = SCHEMAS["mmu"]
+# (column, record field, validity bit)
 _MMU_COLUMNS = (
-    ("gfn", "gfn", S.TK_MMU_F_GFN, pa.uint64()), ("addr", "addr", S.TK_MMU_F_ADDR, pa.uint64()),
-    ("addr_end", "addr_end", S.TK_MMU_F_ADDR_END, pa.uint64()), ("spte", "spte", S.TK_MMU_F_SPTE, pa.uint64()),
-    ("old_spte", "old_spte", S.TK_MMU_F_OLD_SPTE, pa.uint64()), ("new_spte", "new_spte", S.TK_MMU_F_NEW_SPTE, pa.uint64()),
-    ("pfn", "pfn", S.TK_MMU_F_PFN, pa.uint64()), ("error_code", "error_code", S.TK_MMU_F_ERROR_CODE, pa.uint64()),
-    ("sptep", "sptep", S.TK_MMU_F_SPTEP, pa.uint64()), ("role", "role", S.TK_MMU_F_ROLE, pa.uint32()),
-    ("count", "count", S.TK_MMU_F_COUNT, pa.uint32()), ("level", "level", S.TK_MMU_F_LEVEL, pa.int32()),
-    ("errno", "errno_", S.TK_MMU_F_ERRNO, pa.int32()), ("vcpu_id", "vcpu_id", S.TK_MMU_F_VCPU_ID, pa.int32()),
-    ("ret", "ret", S.TK_MMU_F_RET, pa.int32()), ("slot", "slot", S.TK_MMU_F_SLOT, pa.uint32()),
-    ("as_id", "as_id", S.TK_MMU_F_AS_ID, pa.uint8()), ("mmu_valid_gen", "mmu_valid_gen", S.TK_MMU_F_GEN, pa.uint8()),
-)
-_MMU_TABLE = _schema(
-    pa.field("event", _DICT), *[pa.field(c, t) for c, _, _, t in _MMU_COLUMNS],
-    pa.field("r", pa.bool_()), pa.field("x", pa.bool_()), pa.field("u", pa.bool_()),
-    pa.field("unsync", pa.bool_()), pa.field("created", pa.bool_()),
+    ("gfn", "gfn", S.TK_MMU_F_GFN), ("addr", "addr", S.TK_MMU_F_ADDR), ("addr_end", "addr_end", S.TK_MMU_F_ADDR_END),
+    ("spte", "spte", S.TK_MMU_F_SPTE), ("old_spte", "old_spte", S.TK_MMU_F_OLD_SPTE),
+    ("new_spte", "new_spte", S.TK_MMU_F_NEW_SPTE), ("pfn", "pfn", S.TK_MMU_F_PFN),
+    ("error_code", "error_code", S.TK_MMU_F_ERROR_CODE), ("sptep", "sptep", S.TK_MMU_F_SPTEP),
+    ("role", "role", S.TK_MMU_F_ROLE), ("count", "count", S.TK_MMU_F_COUNT), ("level", "level", S.TK_MMU_F_LEVEL),
+    ("errno", "errno_", S.TK_MMU_F_ERRNO), ("vcpu_id", "vcpu_id", S.TK_MMU_F_VCPU_ID), ("ret", "ret", S.TK_MMU_F_RET),
+    ("slot", "slot", S.TK_MMU_F_SLOT), ("as_id", "as_id", S.TK_MMU_F_AS_ID),
+    ("mmu_valid_gen", "mmu_valid_gen", S.TK_MMU_F_GEN),
 )
 
 
@@ -746,8 +714,8 @@ class MmuFamily(ProbeFamily):
         kinds = records["hdr"]["kind"]
         cols["event"] = _labels(kinds, lambda k: _MMU_NAMES.get(k, f"kind_{k}"))
         valid = records["valid"]
-        for column, fld, bit, type_ in _MMU_COLUMNS:
-            cols[column] = _masked(records[fld], (valid & bit) != 0, type_)
+        for column, fld, bit in _MMU_COLUMNS:
+            cols[column] = _masked(records[fld], (valid & bit) != 0, _MMU_TABLE.field(column).type)
         flags = records["flags"]
         has_flags = (valid & S.TK_MMU_F_FLAGS) != 0
         set_spte = has_flags & (kinds == S.TK_MMU_SET_SPTE)
