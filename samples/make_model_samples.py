@@ -4,7 +4,7 @@ Contract: ``python samples/make_model_samples.py [OUTDIR]`` (default: this direc
 entry of :data:`VARIANTS`, a capture ``NAME.tkcap`` whose ``stage2_walk``, ``stage2_visit`` and
 ``split`` families are what the reference model (:mod:`tracekit.model.split`) predicts for eager
 splitting of a memslot faulted in as 2 MiB blocks, one ``kvm_pgtable_stage2_split`` walk per chunk,
-with the schemas of :mod:`tracekit.funcprobes.capture_schemas`. The manifest says
+with the schemas of :mod:`tracekit.capture.columns`. The manifest says
 ``source.kind = "model-generated"``, carries the ``model_scenario`` the analyses replay, and names
 the skip levels the generating walker used. Timestamps are synthetic (one walk per 10 us from 1 s)
 and durations are -1 (not modelled). Existing outputs are replaced. Raises TracekitError subclasses
@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from tracekit.capture import CaptureWriter
-from tracekit.funcprobes.capture_schemas import SCHEMAS
+from tracekit.capture.columns import FUNCPROBE_SCHEMAS as SCHEMAS
 from tracekit.model.accounting import WalkStats
 from tracekit.model.geometry import arm64_stage2
 from tracekit.model.split import EagerSplitter, range_addr_end

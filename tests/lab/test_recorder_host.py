@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from tracekit.capture import CaptureWriter, open_capture
 from tracekit.cli import app
 from tracekit.errors import LabError, UsageError
-from tracekit.funcprobes.capture_schemas import SCHEMAS
+from tracekit.capture.columns import FUNCPROBE_SCHEMAS as SCHEMAS
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 from tracekit.lab import fetch, machine, recorded, runner, scenarios
 from tracekit.lab.guest_record import record_argv, workload_argv

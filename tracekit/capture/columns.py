@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from tracekit.capture.format import COMMON_FIELDS
 
-__all__ = ["Column", "COMMON_UNITS", "FAMILIES", "SCHEMAS", "TRACEPOINT_FAMILIES", "FUNCPROBE_FAMILIES", "unit_of"]
+__all__ = ["Column", "COMMON_UNITS", "FAMILIES", "SCHEMAS", "TRACEPOINT_FAMILIES", "FUNCPROBE_FAMILIES",
+           "FUNCPROBE_SCHEMAS", "unit_of"]
 
 DICT = pa.dictionary(pa.int32(), pa.string())
 
@@ -109,6 +110,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     family: pa.schema(list(COMMON_FIELDS) + [pa.field(c.name, c.type, nullable=c.nullable) for c in columns])
     for family, columns in FAMILIES.items()
 }
+
+#: The schemas of the function-probe families only (what those families write, in this order).
+FUNCPROBE_SCHEMAS: dict[str, pa.Schema] = {family: SCHEMAS[family] for family in FUNCPROBE_FAMILIES}
 
 
 def unit_of(family: str, column: str) -> str:

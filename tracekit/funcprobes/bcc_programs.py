@@ -29,7 +29,7 @@ import pyarrow as pa
 from tracekit import schema as S
 from tracekit.errors import ProbeLoadError
 from tracekit.funcprobes import table_builders
-from tracekit.funcprobes.capture_schemas import SCHEMAS
+from tracekit.capture.columns import FUNCPROBE_SCHEMAS as SCHEMAS
 from tracekit.funcprobes.kallsyms import Resolution
 from tracekit.host import SymbolTable
 

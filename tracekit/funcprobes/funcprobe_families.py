@@ -1,7 +1,7 @@
 """The ``stage2`` and ``tdp`` function-probe families of ``tracekit record``.
 
 :class:`Stage2Family` and :class:`TdpFamily` (listed in :mod:`tracekit.recorder.registry`) write the capture
-families of :mod:`tracekit.funcprobes.capture_schemas` (docs/capture-families-funcprobes.md).
+families of :mod:`tracekit.capture.columns` (docs/capture-families-funcprobes.md).
 :meth:`~FunctionProbeFamily.check` resolves every probe on this kernel (symbol, BTF fetch arguments,
 or why not: other architecture, no kprobes, absent, TDP MMU off) without attaching anything. The bcc
 backend compiles ``probes/<family>.bpf.c`` with this kernel's BTF offsets as cflags; the tracefs
@@ -23,7 +23,7 @@ import pyarrow as pa
 from tracekit.errors import MissingCapability
 from tracekit.funcprobes import table_builders
 from tracekit.funcprobes.availability import FAMILY_ARCH, Support, fetch_style, kprobe_support, running_types
-from tracekit.funcprobes.capture_schemas import SCHEMAS
+from tracekit.capture.columns import FUNCPROBE_SCHEMAS as SCHEMAS
 from tracekit.funcprobes.fetchargs import KVM_MODULES, KernelTypes, fetch_cflags, kernel_types
 from tracekit.funcprobes.kallsyms import MODES, Resolution, resolve
 from tracekit.funcprobes.spec import FuncProbe, event_names

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tracekit.funcprobes.capture_schemas import SCHEMAS
+from tracekit.capture.columns import FUNCPROBE_SCHEMAS as SCHEMAS
 from tracekit.funcprobes.stage2_probes import PAGE_LEVEL, VISIT_KINDS
 
 __all__ = ["table", "args_json", "aggregate_visits", "stage2_pte_kinds", "stage2_visit_names", "concat_tables"]

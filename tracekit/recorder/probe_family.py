@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit.host import Host
+from tracekit.schema import TK_BATCH_EVENTS
 
 __all__ = [
     "ProbeStatus",
@@ -53,7 +54,7 @@ class RecordOptions:
     stream_ioctls: tuple[int, ...] = ()      # commands to stream even if aggregated by default
     aggregate_ioctls: tuple[int, ...] = (0xAE80,)  # KVM_RUN by default
     ring_pages: dict[str, int] = field(default_factory=dict)  # per ring-map override
-    batch_events: int = 64  # events per in-kernel batch (walk, mmu): TK_BATCH_EVENTS, a power of 2
+    batch_events: int = TK_BATCH_EVENTS  # events per in-kernel batch (walk, mmu), a power of 2
 
 
 def common_arrays(header: np.ndarray) -> dict[str, np.ndarray]:
