@@ -17,7 +17,8 @@
  * in ioctl_inflight; user space reads them at the end (TK_IOCTL_UNFINISHED).
  *
  * cflags: TK_TARGET_TGID, TK_IOCTL_PAGES, TK_IOCTL_AGG_CMD0..3 (0 = unused), TK_IOCTL_TASK_REGS,
- * TK_IOCTL_TICK, TK_NR_IOCTL (the ioctl syscall number), TK_ARCH_ARM64 (arm64 register names).
+ * TK_IOCTL_TICK, TK_NR_IOCTL (the ioctl syscall number), TK_ARCH_ARM64 (arm64 register names),
+ * TK_KVMIO and TK_KVM_<COMMAND> (the command numbers of tracekit.recorder.kvm_ioctls).
  * Probes (index into ioctl_lost): 0 sys_enter_ioctl, 1 sys_exit_ioctl.
  */
 #include "tk_common.h"
@@ -30,25 +31,6 @@
 #ifndef TK_IOCTL_PAGES
 #define TK_IOCTL_PAGES 256
 #endif
-#ifndef TK_IOCTL_AGG_CMD0
-#define TK_IOCTL_AGG_CMD0 0xAE80	/* KVM_RUN */
-#endif
-#ifndef TK_IOCTL_AGG_CMD1
-#define TK_IOCTL_AGG_CMD1 0
-#endif
-#ifndef TK_IOCTL_AGG_CMD2
-#define TK_IOCTL_AGG_CMD2 0
-#endif
-#ifndef TK_IOCTL_AGG_CMD3
-#define TK_IOCTL_AGG_CMD3 0
-#endif
-
-#define TK_KVMIO 0xAE
-#define TK_KVM_SET_USER_MEMORY_REGION	0x4020AE46
-#define TK_KVM_SET_USER_MEMORY_REGION2	0x40A0AE49
-#define TK_KVM_GET_DIRTY_LOG		0x4010AE42
-#define TK_KVM_CLEAR_DIRTY_LOG		0xC018AEC0
-#define TK_KVM_ENABLE_CAP		0x4068AEA3
 
 BPF_RINGBUF_OUTPUT(ioctl_events, TK_IOCTL_PAGES);
 BPF_PERCPU_ARRAY(ioctl_lost, __u64, 2);

@@ -23,7 +23,8 @@
  * time (top_config[0]).
  *
  * cflags: TK_TARGETS_FAKE_FD=-1, TK_TOP_HAVE_<EVENT> for each optional tracepoint
- * present (SET_SPTE, SPTE_CHANGED, SPLIT, ZAP, WALK, ELEMENT, LOCK, IOCTL, USEREXIT).
+ * present (SET_SPTE, SPTE_CHANGED, SPLIT, ZAP, WALK, ELEMENT, LOCK, IOCTL, USEREXIT), TK_KVMIO,
+ * TK_KVM_RUN, TK_KVM_GET_DIRTY_LOG, TK_KVM_CLEAR_DIRTY_LOG (tracekit.recorder.kvm_ioctls).
  */
 #include "tk_common.h"
 
@@ -38,9 +39,6 @@ BPF_HASH(tk_targets, u32, u8, 1024);
 #define TOP_LOCK_READ 2
 #define TOP_LOCK_WRITE 4
 
-#define TOP_KVM_RUN 0xAE80
-#define TOP_KVM_GET_DIRTY_LOG 0x4010AE42
-#define TOP_KVM_CLEAR_DIRTY_LOG 0xC018AEC0
 
 struct top_thread {
 	__u32 tgid;
@@ -230,19 +228,19 @@ TRACEPOINT_PROBE(lock, contention_end)
 TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 {
 	__u32 cmd = (__u32)args->cmd;
-	if (((cmd >> 8) & 0xff) != 0xAE)	/* KVMIO */
+	if (((cmd >> 8) & 0xff) != TK_KVMIO)
 		return 0;
 	struct top_thread *t = top_thread();
 	if (!t)
 		return 0;
 	t->entered = 1;
-	if (cmd != TOP_KVM_RUN && cmd != TOP_KVM_GET_DIRTY_LOG && cmd != TOP_KVM_CLEAR_DIRTY_LOG)
+	if (cmd != TK_KVM_RUN && cmd != TK_KVM_GET_DIRTY_LOG && cmd != TK_KVM_CLEAR_DIRTY_LOG)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	if (cmd == TOP_KVM_RUN) {
+	if (cmd == TK_KVM_RUN) {
 		t->run_start = now;
 	} else {
-		t->ioctl_kind = cmd == TOP_KVM_GET_DIRTY_LOG ? 1 : 2;
+		t->ioctl_kind = cmd == TK_KVM_GET_DIRTY_LOG ? 1 : 2;
 		t->ioctl_start = now;
 	}
 	return 0;

@@ -107,3 +107,18 @@ def test_every_struct_matches_bcc_layout():
         size, offsets = layouts[name]
         assert size == dtype.itemsize, name
         assert offsets == {n: dtype.fields[n][1] for n in dtype.names}, name
+
+
+def test_bpf_programs_take_kvm_command_numbers_from_the_ioctl_table():
+    """No KVM ioctl number is written in a BPF source; every TK_KVM_* a program names is a cflag its
+    loader passes from tracekit.recorder.kvm_ioctls."""
+    from tracekit.host import Host
+    from tracekit.recorder.tracepoint_families import IoctlFamily
+    from tracekit.top.sources import BccTopSource
+
+    passed = {"ioctl": IoctlFamily().cflags([], 0), "top": BccTopSource(Host(None)).cflags()}
+    for program, flags in passed.items():
+        source = (ROOT / "probes" / f"{program}.bpf.c").read_text()
+        assert not re.findall(r"0x[0-9A-Fa-f]*AE[0-9A-Fa-f]{2}\b", source, re.I), program
+        defined = {f[2:].split("=")[0] for f in flags if f.startswith("-DTK_KVM")}
+        assert set(re.findall(r"\bTK_KVM(?:IO|_[A-Z][A-Z0-9_]*)", source)) <= defined, program

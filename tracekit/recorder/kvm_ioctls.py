@@ -13,7 +13,7 @@ from __future__ import annotations
 from tracekit.errors import UsageError
 from tracekit.workload import uapi
 
-__all__ = ["KVMIO", "KVM_IOCTLS", "IOCTL_NUMBERS", "ioc", "ioctl_name", "parse_ioctl",
+__all__ = ["KVMIO", "KVM_IOCTLS", "IOCTL_NUMBERS", "ioc", "ioctl_name", "parse_ioctl", "ioctl_cflags",
            "KVM_RUN", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2",
            "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG", "KVM_ENABLE_CAP"]
 
@@ -100,3 +100,8 @@ def parse_ioctl(text: str) -> int:
         return int(text, 0) & 0xFFFFFFFF
     except ValueError:
         raise UsageError(f"unknown ioctl {text!r}: give a KVM_* name or a number") from None
+
+
+def ioctl_cflags(*names: str) -> list[str]:
+    """``-DTK_KVMIO`` and ``-DTK_<NAME>`` for the commands ``names``: a BPF program's numbers, from this table."""
+    return [f"-DTK_KVMIO={KVMIO:#x}"] + [f"-DTK_{name}={IOCTL_NUMBERS[name]:#x}" for name in names]

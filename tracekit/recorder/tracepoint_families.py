@@ -24,7 +24,7 @@ from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RingSpec, c
 from tracekit.host import Host
 from tracekit.recorder.inflight import BlockedCall, NR_IOCTL, inflight_records
 from tracekit.recorder.ioctl_args import IoctlArgsProbe, decode_args
-from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_name
+from tracekit.recorder.kvm_ioctls import KVMIO, ioctl_cflags, ioctl_name
 
 __all__ = ["WalkFamily", "IoctlFamily", "impossible_elements", "LockFamily", "MmuFamily", "MMU_EVENTS", "LOCK_FLAG_NAMES",
            "lock_flags_name"]
@@ -263,6 +263,10 @@ def impossible_elements(walk_id: np.ndarray, index: np.ndarray, level: np.ndarra
 
 _IOCTL_TABLE, _IOCTL_SUMMARY = SCHEMAS["ioctl"], SCHEMAS["ioctl_summary"]
 
+#: Commands whose argument structs ioctl.bpf.c copies at entry.
+_DECODED_IOCTLS = ("KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2", "KVM_GET_DIRTY_LOG",
+                   "KVM_CLEAR_DIRTY_LOG", "KVM_ENABLE_CAP")
+
 #: Values of the ioctl table's ``partial`` column: the part of the call the window cut off.
 IOCTL_PARTIAL = {0: "", S.TK_IOCTL_BEGAN_BEFORE: "began_before", S.TK_IOCTL_UNFINISHED: "unfinished",
                  S.TK_IOCTL_BEGAN_BEFORE | S.TK_IOCTL_UNFINISHED: "began_before,unfinished"}
@@ -322,7 +326,7 @@ class IoctlFamily(ProbeFamily):
                 flags.append("-DTK_ARCH_ARM64=1")
             if any(s.probe == self.tracepoints[2] and s.available for s in available):
                 flags.append("-DTK_IOCTL_TICK=1")
-        return flags + [f"-DTK_IOCTL_PAGES={self.rings()[0].pages}"]
+        return flags + [f"-DTK_IOCTL_PAGES={self.rings()[0].pages}"] + ioctl_cflags(*_DECODED_IOCTLS)
 
     def rings(self) -> list[RingSpec]:
         return [RingSpec("ioctl_events", S.IOCTL_EVENT_DTYPE, self.options.ring_pages.get("ioctl_events", 256))]

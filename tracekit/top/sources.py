@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.errors import MissingCapability, UsageError
+from tracekit.recorder.kvm_ioctls import ioctl_cflags
 from tracekit.recorder.probe_family import RecordOptions
 from tracekit.host import Host
 from tracekit.top.counters import COUNTER_FIELDS, DEPTH_BUCKETS, LOG2_SLOTS, EventAccumulator, IoctlCounters, Reading, ThreadCounters
@@ -60,7 +61,8 @@ class BccTopSource:
     def cflags(self) -> list[str]:
         from tracekit.probes import PROBES_DIR
 
-        flags = [f"-I{PROBES_DIR}", "-w", "-DTK_TARGETS_FAKE_FD=-1"]
+        flags = [f"-I{PROBES_DIR}", "-w", "-DTK_TARGETS_FAKE_FD=-1",
+                 *ioctl_cflags("KVM_RUN", "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG")]
         self.missing, self.planned = [], set()
         for suffix, (tracepoint, fields) in TOP_TRACEPOINTS.items():
             have = self.host.tracepoint_fields(tracepoint)
