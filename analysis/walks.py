@@ -17,6 +17,7 @@ import pandas as pd
 
 from tracekit.analysis.common import count_by
 from tracekit.model import x86
+from tracekit.schema import TK_WALK_MAX_ELEMENTS
 
 __all__ = [
     "MAX_WALK_ELEMENTS",
@@ -48,8 +49,8 @@ def leaf_levels(last_level: np.ndarray, last_pte: np.ndarray) -> np.ndarray:
     return np.where(present & ((last_level == 1) | huge), last_level, -1).astype(np.int8)
 
 
-#: Elements one walk may have (the recorder's TK_WALK_MAX_ELEMENTS): 5 levels and a few retries fit many times.
-MAX_WALK_ELEMENTS = 64
+#: Elements one walk may have (probes/walk.h): 5 levels and a few retries fit many times.
+MAX_WALK_ELEMENTS = TK_WALK_MAX_ELEMENTS
 
 
 def depth_of(counts: np.ndarray) -> np.ndarray:

@@ -80,11 +80,12 @@ def test_array_sizes_may_name_constants():
 
 def test_python_sizes_come_from_the_headers():
     """Python sizes that the BPF programs also use are the headers' constants, not copies."""
+    from tracekit.analysis.walks import MAX_WALK_ELEMENTS
     from tracekit.funcprobes import bcc_programs
     from tracekit.recorder import ring_batch
     from tracekit.recorder.tracepoint_families import WalkFamily
 
-    assert WalkFamily.MAX_ELEMENTS == schema.TK_WALK_MAX_ELEMENTS
+    assert WalkFamily.MAX_ELEMENTS == MAX_WALK_ELEMENTS == schema.TK_WALK_MAX_ELEMENTS
     assert ring_batch.BATCH_EVENTS == schema.TK_BATCH_EVENTS
     assert bcc_programs.TDP_LEVELS == schema.TK_TDP_LEVELS
     assert schema.STAGE2_WALK_EVENT_DTYPE.fields["counts"][0].shape == (schema.TK_S2_COUNTS,)
