@@ -1,6 +1,6 @@
 """Synthetic captures for tests and benchmarks: x86 guest walks, lock waits and dirty-log ioctls.
 
-:data:`SCHEMAS` are the capture's own schemas (lock and ioctl cut to the columns filled here).
+:data:`SCHEMAS` are the capture's own schemas (lock, ioctl and mmu cut to the columns the tests fill).
 :func:`walk_tables` builds model-consistent walks of one 4-level guest shaped like the recorder's (per-CPU
 walk ids interleaved in time order, a fraction ``interleaved`` of concurrent walks' elements interleaved);
 :func:`write_synthetic_capture` writes such a capture plus lock and ioctl rows chunk by chunk, in bounded
@@ -35,6 +35,7 @@ SCHEMAS = {
     "walk_error": CAPTURE_SCHEMAS["walk_error"],
     "lock": _cut("lock", "lock_addr", "flags", "wait_ns", "ret", "stack_id"),
     "ioctl": _cut("ioctl", "duration_ns", "fd", "cmd", "cmd_name", "ret", "slot", "flags", "memory_size"),
+    "mmu": _cut("mmu", "event", "gfn", "level"),
 }
 
 GVA = 0xC000_0000

@@ -14,12 +14,11 @@ import pytest
 from tracekit.analysis.analyze import analyze_capture
 from tracekit.analysis.splits import SPLIT_EVENT
 from tests.synthetic import SCHEMAS, guest_tables, walk_tables
-from tracekit.capture import COMMON_FIELDS, CaptureWriter, open_capture
+from tracekit.capture import CaptureWriter, open_capture
 
 pytestmark = pytest.mark.slow  # writes and analyses three captures of 20-80 k walks (about 20 s)
 
-MMU = pa.schema([*COMMON_FIELDS, pa.field("event", pa.dictionary(pa.int32(), pa.string())),
-                 pa.field("gfn", pa.uint64()), pa.field("level", pa.int32())])
+MMU = SCHEMAS["mmu"]
 #: Per walk of the captures, at most this many bytes more at the peak (the events themselves are about
 #: 200 bytes per walk once decoded: four walk rows, two mmu rows).
 PER_WALK_BYTES = 48
