@@ -29,6 +29,7 @@ FAULT_EVENTS = ("kvm_mmu_spte_requested", "kvm_mmu_set_spte")
 FAULT_WINDOW_NS = 10_000_000
 #: Rows per batch of the ``mmu`` family read for its fault-path events.
 MMU_BATCH_ROWS = 1 << 20
+_MARK_BLOCK = 1 << 20
 
 
 def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequence[str] = ()) -> FaultFollowers | None:
@@ -157,8 +158,11 @@ class FaultFollowers:
         return np.unique(self._best_row[self._best_row >= 0])
 
     def mark(self, codes: np.ndarray, code: int) -> None:
-        """Set ``codes`` of the walks a fault-path event follows to ``code``."""
-        codes[self._best_row[self._best_row >= 0]] = code
+        """Set ``codes`` of the walks a fault-path event follows to ``code`` (a block of events at a time:
+        no temporary as large as the events)."""
+        for start in range(0, len(self._best_row), _MARK_BLOCK):
+            rows = self._best_row[start:start + _MARK_BLOCK]
+            codes[rows[rows >= 0]] = code
 
 
 def cause_codes(n: int, followers: FaultFollowers | None) -> np.ndarray:

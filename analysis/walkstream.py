@@ -47,7 +47,7 @@ _ID_CHUNK = 1 << 20
 class IdScan:
     """What :class:`RowMap` needs to know of the walk ids before placing them, gathered a chunk at a time
     in row order (:meth:`add`): their number, whether they are consecutive and in order, and per
-    ``hi = id >> 48`` (when every ``hi`` < 2**16) the number of ids and the smallest ``lo``."""
+    ``hi = id >> 48`` (when every ``hi`` < 2**16) the number of ids and the smallest and largest ``lo``."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -56,6 +56,7 @@ class IdScan:
         self.increasing = True
         self.count: np.ndarray | None = np.zeros(1 << 16, np.int64)
         self.base = np.full(1 << 16, np.iinfo(np.int64).max, np.int64)
+        self.top = np.full(1 << 16, -1, np.int64)
 
     def add(self, ids: np.ndarray) -> None:
         if len(ids) == 0:
@@ -72,7 +73,9 @@ class IdScan:
                 self.count = None
             else:
                 self.count += np.bincount(hi, minlength=1 << 16)
-                np.minimum.at(self.base, hi, (ids & _LOW_BITS).view(np.int64))
+                lo = (ids & _LOW_BITS).view(np.int64)
+                np.minimum.at(self.base, hi, lo)
+                np.maximum.at(self.top, hi, lo)
 
     @property
     def consecutive(self) -> bool:
@@ -83,8 +86,9 @@ class RowMap:
     """Walk id -> row of the walk table; an id that repeats maps to its first row, and :meth:`repeats`
     names the later rows of each (they get that walk's elements too).
 
-    Ids ``hi << 48 | lo`` whose ``lo`` are consecutive for each ``hi`` (the recorder's per-CPU
-    sequences, or plain consecutive ids) map through one lookup table; other ids by binary search.
+    Ids ``hi << 48 | lo`` whose ``lo`` are nearly consecutive for each ``hi`` (the recorder's per-CPU
+    sequences, with gaps where walk events were lost; or plain consecutive ids) map through one lookup
+    table of 4 bytes per id; other ids by binary search (16 bytes per id).
     Made from an id array, or (:meth:`from_chunks`) from an :class:`IdScan` and a source of the ids in
     chunks read once more, so the ids themselves need not be held."""
 
@@ -128,25 +132,27 @@ class RowMap:
         self._sorted, self._order = ids_sorted, order
 
     def _per_cpu_lookup(self, scan: IdScan, chunks: Callable[[], Iterable[np.ndarray]]) -> bool:
-        """Build the lookup table of ids whose ``lo`` are consecutive for each ``hi``, a chunk at a time
-        (small temporaries stay in cache); False when the ids are not of that shape."""
-        n, count, base = self.n, scan.count, scan.base
-        offset = np.concatenate(([0], np.cumsum(count)[:-1]))
-        shift = offset - np.where(count > 0, base, 0)  # slot = lo + shift[hi]
-        lookup = np.full(n, -1, np.int32 if n < 1 << 31 else np.int64)
+        """Build the lookup table over each ``hi``'s range of ``lo`` (-1 in its gaps), a chunk at a time
+        (small temporaries stay in cache); False when the ranges hold more than twice as many slots as
+        ids, or an id repeats."""
+        n, base = self.n, scan.base
+        span = np.where(scan.count > 0, scan.top - base + 1, 0)
+        if int(span.sum()) > 2 * n + 4096:
+            return False
+        offset = np.concatenate(([0], np.cumsum(span)[:-1]))
+        shift = offset - np.where(span > 0, base, 0)  # slot = lo + shift[hi]
+        lookup = np.full(int(span.sum()), -1, np.int32 if n < 1 << 31 else np.int64)
         start = 0
         for part in chunks():
             part = np.asarray(part, np.uint64)
             hi = (part >> np.uint64(48)).view(np.int64)
             slot = (part & _LOW_BITS).view(np.int64)
             slot += shift[hi]
-            if bool(np.any(slot >= offset[hi] + count[hi])):  # a gap in some CPU's sequence
-                return False
             lookup[slot] = np.arange(start, start + len(part), dtype=lookup.dtype)
             start += len(part)
-        if not bool(np.all(lookup >= 0)):  # n ids in n slots: every id distinct
+        if int(np.count_nonzero(lookup >= 0)) != n:  # an id repeats: fewer slots filled than ids
             return False
-        self._lookup, self._count, self._base, self._offset = lookup, count, base, offset
+        self._lookup, self._count, self._base, self._offset = lookup, span, base, offset
         return True
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
