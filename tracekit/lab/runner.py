@@ -180,8 +180,8 @@ def run_lab(
         raise NotApplicable(f"scenario {chosen.name} is not applicable on {lab_kernel.release}: {reason}")
     image, release_hint, module_files, source = lab_kernel.image, lab_kernel.release, lab_kernel.modules, lab_kernel.spec
     if recorder:
-        # the headers bcc compiles against: the booted kernel's, or trixie's for an image of your own (tracefs needs none)
-        headers = lab_kernel if lab_kernel.suite else kernels.resolve_kernel(None, arch, cache)
+        # bcc compiles against the booted Debian kernel's headers; tracefs needs none: the default userland serves
+        headers = lab_kernel if recorder == "bcc" else kernels.resolve_kernel(None, arch, cache)
         userland = fetch.fetch_recorder_userland(arch, cache, headers.release, headers.suite)
     else:
         userland = fetch.fetch_userland(arch, cache)
