@@ -283,7 +283,7 @@ def test_image_release_from_an_x86_bzimage_header_and_an_arm64_gzip_image(tmp_pa
 
 def _deb(folder: Path, package: str, files: dict[str, bytes]) -> Path:
     root = folder / f"{package}-tree"
-    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN").mkdir(parents=True, exist_ok=True)
     (root / "DEBIAN" / "control").write_text(f"Package: {package}\nVersion: 7.3.4-1~bpo13+1\nArchitecture: arm64\n"
                                              "Maintainer: test <t@example>\nDescription: test\n")  # fmt: skip
     for name, data in files.items():
@@ -343,6 +343,12 @@ def test_a_7x_kernel_is_assembled_from_its_split_packages_and_reused_offline(tmp
     monkeypatch.setattr(fetch.PrivateApt, "download", lambda self, package: pytest.fail("downloaded again"))
     again = kernels.resolve_kernel("debian:trixie-backports", "arm64", tmp_path)
     assert again == kernel
+    target = tmp_path / "kernels" / f"{release}_7.3.4-1~bpo13+1"
+    (target / "kernel.json").write_text("{not json")  # a damaged cache entry is unpacked again
+    monkeypatch.setattr(fetch.PrivateApt, "download", download)
+    asked.clear()
+    assert kernels.resolve_kernel("debian:trixie-backports", "arm64", tmp_path) == kernel
+    assert len(asked) == 3
     updates = []
     monkeypatch.setattr(fetch.PrivateApt, "update", lambda self, force=False: updates.append((self.suite, force)))
     assert kernels.resolve_kernel("debian:trixie-backports", "arm64", tmp_path, refresh=True) == kernel

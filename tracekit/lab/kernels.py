@@ -325,6 +325,10 @@ def _debian_kernel(spec: KernelSpec, arch: str, cache: Path, refresh: bool) -> L
     source = f"debian {suite} {' '.join(chosen.packages)} {chosen.version}"
     if not (target / ".complete").exists():
         _unpack(apt, chosen, deb_arch, target, arch)
+    try:
+        _unpacked(target, str(spec), arch, source, suite)
+    except LabError:  # a damaged cache entry: unpacked again
+        _unpack(apt, chosen, deb_arch, target, arch)
     record.write_text(json.dumps({"dir": folder, "source": source, "suite": suite, "release": chosen.release}) + "\n")
     return _unpacked(target, str(spec), arch, source, suite)
 
@@ -364,19 +368,21 @@ def _moddir(root: Path, release: str) -> Path | None:
 
 
 def _unpacked(target: Path, spec: str, arch: str, source: str, suite: str) -> LabKernel:
-    if not (target / ".complete").exists():
-        raise LabError(f"the unpacked kernel at {target} is incomplete; delete it to fetch again")
-    meta = json.loads((target / "kernel.json").read_text())
-    release = meta["release"]
+    try:
+        (target / ".complete").stat()
+        meta = json.loads((target / "kernel.json").read_text())
+        release, packages, names = meta["release"], meta["packages"], meta["modules"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LabError(f"the unpacked kernel at {target} is incomplete or damaged; delete it to fetch again") from None
     root = target / "root"
     candidates = [root / "boot" / f"vmlinuz-{release}", root / "usr" / "lib" / "modules" / release / "vmlinuz"]
     image = next((p for p in candidates if p.is_file()), None)
     if image is None:
-        raise LabError(f"no vmlinuz in the unpacked kernel at {target} ({', '.join(meta['packages'])}); delete it to "
+        raise LabError(f"no vmlinuz in the unpacked kernel at {target} ({', '.join(packages)}); delete it to "
                        "fetch again")  # fmt: skip
     configs = [root / "boot" / f"config-{release}", root / "usr" / "lib" / "modules" / release / "config"]
     config = next((p for p in configs if p.is_file()), None)
-    modules = tuple((name, target / "modules" / f"{name}.ko") for name in meta["modules"])
+    modules = tuple((name, target / "modules" / f"{name}.ko") for name in names)
     return LabKernel(spec, arch, release, image, config, modules, _kvm_params(modules), source, suite)
 
 
