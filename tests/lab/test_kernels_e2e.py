@@ -45,6 +45,6 @@ def test_arm64_trixie_backports_7_3_from_its_split_packages(tmp_path):
 
 @pytest.mark.live
 def test_a_scenario_the_kernel_predates_is_refused_before_booting(tmp_path):
-    with pytest.raises(NotApplicable, match=r"eager-enable is not applicable on 6\.1\..*eager page splitting .* 6\.4"):
+    with pytest.raises(NotApplicable, match=r"eager-enable is not applicable on 6\.1\..*eager page splitting .* 6\.5"):
         livecheck.run_lab_or_skip("arm64", "eager-enable", tmp_path / "lab.tkcap", kernel="debian:bookworm")
     assert not (tmp_path / "lab.tkcap.console.log").exists()

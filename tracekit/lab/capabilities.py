@@ -29,7 +29,7 @@ class Capability:
 
 
 CAPABILITIES: tuple[Capability, ...] = (
-    Capability("eager-split", "arm64", (6, 4),
+    Capability("eager-split", "arm64", (6, 5),
                "arm64 eager page splitting (KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE, stage2_split_walker)",
                ("split_walker", "stage2_split", "split_huge_pages")),
     Capability("mmu-rwlock", "arm64", (5, 18),

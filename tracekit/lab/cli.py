@@ -125,7 +125,7 @@ def arm64(
     The stage2 function probes (kvm_pgtable_walk, stage2_split_walker, kvm_pgtable_stage2_split, ...)
     are attached with kprobe_events inside the guest (BTF argument names, or by register and BTF offset
     before 6.8). Exit status 1 when the scenario's exact expected counts are not met or a probe it needs
-    saw nothing; 3 when the kernel cannot run the scenario at all (e.g. eager split before 6.4).
+    saw nothing; 3 when the kernel cannot run the scenario at all (e.g. eager split before 6.5).
 
     Examples:
 

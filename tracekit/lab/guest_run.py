@@ -106,7 +106,7 @@ def workload_options(scenario: scenarios.Scenario):
         iterations=scenario.steps[0][1],
         backing=_WORKLOAD_BACKING[scenario.backing],
         log_mode="clear" if scenario.manual_protect else "get",
-        # 0 (off) is KVM's default: left unset, so kernels before arm64 eager split (6.4) run the scenario too
+        # 0 (off) is KVM's default: left unset, so kernels before arm64 eager split (6.5) run the scenario too
         eager_split_chunk=(scenario.eager_split_chunk or None) if scenario.arch == "arm64" else None,
         **scenario.workload_args,
     )
