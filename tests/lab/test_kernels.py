@@ -367,3 +367,27 @@ def test_a_path_kernel_with_a_module_directory(tmp_path):
     assert kernel.kvm_params == ("tdp_mmu",)
     with pytest.raises(UsageError, match="does not exist"):
         kernels.resolve_kernel(str(tmp_path / "nope"), "x86", tmp_path)
+
+
+def test_lab_fetch_names_the_kernel_its_modules_and_what_it_cannot_run(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tracekit.cli import app
+
+    image = tmp_path / "vmlinuz-6.1.0-50-cloud-arm64"
+    image.write_bytes(b"")
+    modules = (("virtio", tmp_path / "virtio.ko"), ("virtio_pci", tmp_path / "virtio_pci.ko"))
+    bookworm = kernels.LabKernel("debian:bookworm", "arm64", "6.1.0-50-cloud-arm64", image, None, modules, None,
+                                 "debian bookworm linux-image-6.1.0-50-cloud-arm64 6.1.176-1", "bookworm")  # fmt: skip
+    asked = []
+    monkeypatch.setattr(kernels, "resolve_kernel", lambda spec, arch, cache, refresh=False: asked.append(
+        (spec, arch, refresh)) or bookworm)  # fmt: skip
+    monkeypatch.setattr(fetch, "fetch_userland", lambda arch, cache: tmp_path / "userland")
+    result = CliRunner().invoke(app, ["lab", "fetch", "arm64", "--kernel", "debian:bookworm", "--refresh"])
+    assert result.exit_code == 0, result.output
+    assert asked == [("debian:bookworm", "arm64", True)]
+    lines = result.output.splitlines()
+    assert lines[0].startswith("kernel 6.1.0-50-cloud-arm64 (debian bookworm linux-image-6.1.0-50-cloud-arm64")
+    assert "modules loaded in the guest: virtio, virtio_pci" in lines
+    refused = [line for line in lines if line.startswith("not applicable on 6.1.0-50-cloud-arm64: ")]
+    assert "eager-enable" in refused[0] and "lazy" not in result.output and "arrived in 6.5" in refused[0]

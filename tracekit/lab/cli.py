@@ -249,7 +249,8 @@ def list_scenarios(
         return
     for s in chosen:
         expected = ", ".join([*(f"{k}={v:,}" for k, v in s.expected.items()), *(f"{k} from the model" for k in s.model_counts)])
-        typer.echo(f"{s.arch:<6} {s.name:<14} {s.description}" + (f" [expects {expected}]" if expected else ""))
+        needs = f" [needs {', '.join(s.needs)}]" if s.needs else ""
+        typer.echo(f"{s.arch:<6} {s.name:<14} {s.description}" + (f" [expects {expected}]" if expected else "") + needs)
 
 
 @lab_app.command("probes")
@@ -385,6 +386,13 @@ def fetch_cmd(
     typer.echo(f"kernel {lab_kernel.release} ({lab_kernel.source}): {lab_kernel.image}")
     if lab_kernel.modules:
         typer.echo(f"modules loaded in the guest: {', '.join(name for name, _ in lab_kernel.modules)}")
+    refused: dict[str, list[str]] = {}
+    for scenario in scenarios.SCENARIOS:
+        reason = scenarios.not_applicable(scenario, lab_kernel.version) if scenario.arch == arch else None
+        if reason:
+            refused.setdefault(reason, []).append(scenario.name)
+    for reason, names in refused.items():
+        typer.echo(f"not applicable on {lab_kernel.release}: {', '.join(names)} ({reason})")
     typer.echo(f"userland: {userland}")
     if recorder:
         typer.echo(f"recorder userland: {fetch.fetch_recorder_userland(arch, cache, lab_kernel.release, lab_kernel.suite)}")

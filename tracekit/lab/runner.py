@@ -66,11 +66,6 @@ class LabRun:
     def ok(self) -> bool:
         return all(check["ok"] for check in self.checks)
 
-    @property
-    def not_applicable(self) -> list[dict]:
-        """The checks this kernel cannot make (with their reasons)."""
-        return [check for check in self.checks if not check.get("applicable", True)]
-
     def as_dict(self) -> dict:
         return {
             "arch": self.arch,
