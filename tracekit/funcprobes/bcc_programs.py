@@ -1,22 +1,14 @@
-"""bcc backend of the function-probe families: compile, attach by resolved symbol, decode events.
+"""bcc programs of the function-probe families: source, attach by resolved symbol, decode events.
 
-Contract
---------
-:func:`program_text` returns ``probes/<family>.bpf.c`` (family ``stage2`` or ``tdp``). The program is
-compiled and loaded by the recorder's loader only (:class:`tracekit.recorder.backend_bcc.BccBackend`,
-with the family's cflags from :meth:`tracekit.funcprobes.funcprobe_families.FunctionProbeFamily.cflags`: the
-struct member offsets of the running kernel's BTF, never headers), so a compile or verifier failure
-is its :class:`tracekit.errors.ProbeLoadError` with the compiler log in ``detail``.
-:func:`attach` attaches each resolved probe (:class:`~tracekit.funcprobes.kallsyms.Resolution`) to
-its entry/return functions of :data:`ATTACH` and returns ``(attached, failed)`` with reasons.
-:data:`EVENT_DTYPES` names the event dtypes generated from ``probes/<family>.h`` and :data:`RINGS`
-names each ring's record type; :func:`decode_stage2` /
-:func:`decode_tdp` turn one numpy batch of ring records into the capture family tables (no Python
-per event). The per-CPU counters read when a recording ends (:func:`tracekit.recorder.backend_bcc.read_percpu`):
-:data:`COUNT_NOTES` names each index of ``stage2_counts`` / ``tdp_counts`` by its manifest note (facts,
-not losses), and :func:`decode_tdp_outside` turns ``tdp_outside`` (``tdp_iter_next`` steps outside any
-span, per CPU and level) into ``stage2_visit`` rows of no walk (``walk_id`` -1), as the tracefs backend
-writes such steps. Raises :class:`tracekit.errors.ProbeLoadError` (unknown family).
+:func:`program_text` is ``probes/<family>.bpf.c``; the recorder's
+:class:`tracekit.recorder.backend_bcc.BccBackend` compiles it with the family's cflags (struct offsets
+from this kernel's BTF, never headers), so a failure is its ProbeLoadError. :func:`attach` attaches
+each resolved probe to its functions of :data:`ATTACH` and returns ``(attached, failed)`` with reasons.
+:data:`EVENT_DTYPES` are generated from ``probes/<family>.h``; :func:`decode_stage2` /
+:func:`decode_tdp` turn a batch of ring records into capture tables (no Python per event).
+:data:`COUNT_NOTES` names the per-CPU counters read at the end (facts, not losses);
+:func:`decode_tdp_outside` writes ``tdp_iter_next`` steps outside any span as ``stage2_visit`` rows of
+no walk (``walk_id`` -1), as the tracefs backend does.
 """
 
 from __future__ import annotations
