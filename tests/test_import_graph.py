@@ -1,8 +1,9 @@
-"""The modules of tracekit/ and analysis/ import each other without a circle.
+"""The modules of tracekit/, analysis/ and probes/ import each other without a circle.
 
 The graph is built statically (ast) from every import statement, at module level or inside a
-function: an import deferred into a function to dodge a circle is still a circle. Imports of
-optional dependencies (bcc) name no project module, so they are not edges.
+function: an import deferred into a function to dodge a circle is still a circle. Modules are named as
+installed (analysis/ is ``tracekit.analysis``, probes/ ``tracekit.probes``). Imports of optional
+dependencies (bcc) name no project module, so they are not edges.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("tracekit", "analysis")
+#: Source folder -> the package it is installed as (pyproject.toml's package-dir).
+PACKAGES = {"tracekit": "tracekit", "analysis": "tracekit.analysis", "probes": "tracekit.probes"}
 
 
-def _modules(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
+def _modules(root: Path, packages: dict[str, str]) -> dict[str, Path]:
     modules = {}
-    for package in packages:
-        for path in (root / package).rglob("*.py"):
-            parts = path.relative_to(root).with_suffix("").parts
-            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for folder, package in packages.items():
+        for path in (root / folder).rglob("*.py"):
+            parts = path.relative_to(root / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            modules[".".join((package, *parts))] = path
     return modules
 
 
@@ -30,7 +33,7 @@ def _project_module(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
-def import_graph(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, dict[str, int]]:
+def import_graph(root: Path = ROOT, packages: dict[str, str] = PACKAGES) -> dict[str, dict[str, int]]:
     """module -> {imported project module: line of the first such import}."""
     modules = _modules(root, packages)
     graph: dict[str, dict[str, int]] = {}
@@ -107,10 +110,12 @@ def test_graph_sees_every_kind_of_import(tmp_path):
     (pkg / "sub" / "__init__.py").write_text("from .b import thing\n")
     (pkg / "a.py").write_text("import os\n\ndef late():\n    from pkg.sub import b\n")
     (pkg / "sub" / "b.py").write_text("from .. import a\nthing = 1\n")
-    (pkg / "c.py").write_text("import pkg.sub.b as b\nimport bcc\n")
-    graph = import_graph(tmp_path, ("pkg",))
+    (pkg / "c.py").write_text("import pkg.sub.b as b\nimport bcc\nfrom pkg.extra.d import x\n")
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "d.py").write_text("x = 1\n")  # a folder installed as pkg.extra
+    graph = import_graph(tmp_path, {"pkg": "pkg", "extra": "pkg.extra"})
     assert graph["pkg.a"] == {"pkg.sub.b": 4}  # inside a function; os is not ours
     assert graph["pkg.sub"] == {"pkg.sub.b": 1}  # relative, one level
     assert graph["pkg.sub.b"] == {"pkg.a": 1}  # relative, two levels
-    assert graph["pkg.c"] == {"pkg.sub.b": 1}  # bcc is not ours
+    assert graph["pkg.c"] == {"pkg.sub.b": 1, "pkg.extra.d": 3}  # bcc is not ours
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
