@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit.host import Host
+from tracekit.probes import PROBES_DIR
 from tracekit.schema import TK_BATCH_EVENTS
 
 __all__ = [
@@ -122,8 +123,6 @@ class ProbeFamily(abc.ABC):
         """BPF C text (bcc dialect); may ``#include`` files of :meth:`include_dirs`."""
 
     def include_dirs(self) -> list[Path]:
-        from tracekit.probes import PROBES_DIR
-
         return [PROBES_DIR]
 
     def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
