@@ -1,17 +1,12 @@
 """A kernel matrix: lab scenarios run on several kernels, compared in the shape of a kernel cover letter.
 
-Contract
---------
-:func:`plan` expands columns (``KERNEL[,SETTING=VALUE...]``: a kernel as ``tracekit lab --kernel`` takes it,
-plus scenario settings such as ``eager_page_split=N``), scenarios, vCPU counts and repeats into :class:`Cell` s,
-each with its capture ``DIR/COLUMN/SCENARIO/RUN.tkcap``. :func:`run_matrix` runs the cells one at a time with
-:func:`tracekit.lab.runner.run_lab` and writes each outcome next to its capture (``RUN.outcome.json``); captures
-and outcomes already in DIR are reused, so a second invocation resumes an interrupted matrix. A scenario a
-kernel cannot run is not booted: its outcome is ``n/a`` with the reason. :func:`build_tables` reads the
-captures back into one :class:`Table` per scenario: rows of measures (probe counts per scenario step, visits
-per visitor and level, lock waits by lock, mode and thread, the scenario's exact checks, step times), one
-column per kernel. Counts are exact; times come from the emulator and are marked as such, never compared.
-:func:`render_markdown` and :func:`tables_json` give the printed/``matrix.md`` and ``matrix.json`` forms.
+:func:`plan` expands columns (``KERNEL[,SETTING=VALUE...]``), scenarios, vCPU counts and repeats into cells, each
+with its capture ``DIR/COLUMN/SCENARIO/RUN.tkcap``. :func:`run_matrix` runs them one at a time with
+:func:`tracekit.lab.runner.run_lab`, writing each outcome beside its capture and reusing those already in DIR
+(resume); a scenario the kernel-capability table rules out is ``n/a``, never booted. :func:`build_tables` reads
+the captures back into one :class:`Table` per scenario: measures as rows (probe counts per step, visits per
+level, lock waits by mode and waiter, the checks judged with that kernel's semantics, step times), kernels as
+columns. Counts are exact; times are the emulator's, marked as such and never compared.
 """
 
 from __future__ import annotations
