@@ -496,7 +496,7 @@ def tables_json(tables: list[Table], cells: list[Cell], outcomes: list[dict], co
         "timing_note": TIMING_NOTE,
         "runs": [{**o, "capture": f"{c.column.dirname}/{c.label}/{c.capture.name}"} for c, o in zip(cells, outcomes)],
         "tables": [{"scenario": t.scenario, "arch": t.arch, "description": t.description, "columns": t.columns,
-                    "rows": t.rows, "notes": t.notes} for t in tables],  # fmt: skip
+                    "rows": t.rows, "notes": t.notes, "problems": t.problems} for t in tables],  # fmt: skip
     }
 
 
