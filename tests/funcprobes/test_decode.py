@@ -25,7 +25,7 @@ _SIGNED = ("level", "ret", "errno", "start_level")
 
 
 def arrays(events: list[tuple[int, int, int, str, dict]]) -> dict[str, np.ndarray]:
-    """(ts, cpu, tid, event name, fields) -> one record array per event, as rawbuf decodes them."""
+    """(ts, cpu, tid, event name, fields) -> one record array per event, as ftrace_pages decodes them."""
     grouped: dict[str, list] = defaultdict(list)
     for event in events:
         grouped[event[3]].append(event)

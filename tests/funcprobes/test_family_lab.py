@@ -27,7 +27,7 @@ from tests import livecheck
 from tracekit.capture import open_capture
 from tracekit.funcprobes.funcprobe_families import TdpFamily
 from tracekit.host import Host
-from tracekit.recorder.rawbuf import decode_pages, parse_format
+from tracekit.recorder.ftrace_pages import decode_pages, parse_format
 
 
 @pytest.fixture(scope="module")

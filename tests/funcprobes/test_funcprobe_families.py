@@ -17,7 +17,7 @@ from tests import livecheck
 from tracekit.funcprobes.funcprobe_families import Stage2Family, TdpFamily, pair_calls
 from tracekit.host import Host, parse_kallsyms
 from tracekit.recorder.registry import family_names, make_family
-from tracekit.recorder.rawbuf import decode_pages, parse_format
+from tracekit.recorder.ftrace_pages import decode_pages, parse_format
 
 X86_KALLSYMS = """ffff0001 T kvm_mmu_page_fault
 ffff0002 T kvm_tdp_mmu_map

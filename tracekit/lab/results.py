@@ -22,7 +22,7 @@ import numpy as np
 
 from tracekit.errors import LabError
 from tracekit.host import parse_kallsyms
-from tracekit.recorder import rawbuf
+from tracekit.recorder import ftrace_pages
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -104,7 +104,7 @@ def read_guest_trace(folder: Path) -> GuestTrace:
     meta = json.loads((folder / "meta.json").read_text())
     formats = {}
     for path in sorted((folder / "formats").glob("*__*")):
-        fmt = rawbuf.parse_format(path.read_text(), path.name.split("__", 1)[0])
+        fmt = ftrace_pages.parse_format(path.read_text(), path.name.split("__", 1)[0])
         formats[fmt.id] = fmt
     stats = DecodeStats()
     events: list[ProbeEvent] = []
@@ -112,8 +112,8 @@ def read_guest_trace(folder: Path) -> GuestTrace:
     marks: list[tuple[int, int]] = []
     for path in sorted((folder / "raw").glob("cpu*.bin")):
         try:
-            decoded = rawbuf.decode_pages(path.read_bytes(), formats, cpu=int(path.stem[3:]))
-        except rawbuf.RawBufferError as error:
+            decoded = ftrace_pages.decode_pages(path.read_bytes(), formats, cpu=int(path.stem[3:]))
+        except ftrace_pages.RawBufferError as error:
             raise LabError(f"the guest's raw trace {path.name} is corrupt: {error}") from None
         stats.pages += decoded.pages
         stats.unknown += decoded.unknown

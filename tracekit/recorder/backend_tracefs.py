@@ -3,7 +3,7 @@
 :class:`TracefsBackend` makes an instance ``tracekit-<pid>-<hex>`` (never the global buffer) with the
 ``mono`` clock, a pid filter on the targets' threads (``event-fork`` follows new ones) and the
 families' available tracepoints, armed and disarmed by ``tracing_on``. :meth:`TracefsBackend.poll`
-decodes every CPU's ``trace_pipe_raw`` pages (:mod:`tracekit.recorder.rawbuf`) and hands each family
+decodes every CPU's ``trace_pipe_raw`` pages (:mod:`tracekit.recorder.ftrace_pages`) and hands each family
 its events in time order across CPUs (:func:`release_order`). Lost events are the instance's
 ``overrun`` plus ``dropped events`` counters. :meth:`TracefsBackend.close` removes the instance; one
 left by a SIGKILLed recorder is removed by :func:`cleanup_stale_instances` at the next start.
@@ -26,7 +26,7 @@ from tracekit.procs import pid_alive
 from tracekit.errors import MissingCapability, RecorderError
 from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus
 from tracekit.recorder.ioctl_args import remove_stale_probes
-from tracekit.recorder.rawbuf import EventFormat, decode_pages, parse_format
+from tracekit.recorder.ftrace_pages import EventFormat, decode_pages, parse_format
 from tracekit.recorder.target import tgid_of
 
 __all__ = ["TracefsBackend", "cleanup_stale_instances", "release_order", "delivered_until", "INSTANCE_PREFIX", "pid_alive"]

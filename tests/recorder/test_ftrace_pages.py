@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracekit.recorder.rawbuf import RawBufferError, decode_pages, parse_format
+from tracekit.recorder.ftrace_pages import RawBufferError, decode_pages, parse_format
 
 WALK_FORMAT = """name: kvm_mmu_pagetable_walk
 ID: 1234
