@@ -119,3 +119,9 @@ def test_graph_sees_every_kind_of_import(tmp_path):
     assert graph["pkg.sub.b"] == {"pkg.a": 1}  # relative, two levels
     assert graph["pkg.c"] == {"pkg.sub.b": 1, "pkg.extra.d": 3}  # bcc is not ours
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+
+
+def test_host_facts_sit_below_recorder_and_funcprobes():
+    graph = import_graph()
+    assert graph["tracekit.host"] == {}, "tracekit.host imports only the standard library"
+    assert not [m for m in graph["tracekit.recorder.probe_family"] if m.startswith("tracekit.funcprobes")]
