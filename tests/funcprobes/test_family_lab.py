@@ -49,6 +49,7 @@ def test_kprobe_lines_are_the_ones_the_guest_kernel_fired(lab_run, tmp_path):
     (tmp_path / "params" / "tdp_mmu").write_text("Y\n")  # the guest's kvm.tdp_mmu (meta.json kvm_params)
     family = TdpFamily()
     family.machine, family.kvm_parameters, family.group = "x86_64", tmp_path / "params", "tk"
+    family.btf_paths = (tmp_path / "no-btf",)  # not this host's BTF: the guest's BTF names, as its kernel takes them
     # kallsyms.txt keeps only the KVM-named symbols: add the symbols the guest resolved (npf_interception, ...)
     resolved = json.loads((guest / "meta.json").read_text())["probes"]["resolution"]
     kallsyms = tmp_path / "kallsyms"
@@ -63,6 +64,9 @@ def test_kprobe_lines_are_the_ones_the_guest_kernel_fired(lab_run, tmp_path):
         fetched = [arg.split("=", 1)[0] for arg in line.split()[2:]]
         fmt = parse_format((guest / "formats" / f"tk__{event}").read_text(), "tk")
         assert [f.name for f in fmt.fields if not f.name.startswith(("common_", "__probe_"))] == fetched, line
+        guest_fetch = {r["probe"]: r["fetch"] for r in resolved}
+        if not event.endswith("_ret"):
+            assert line.split()[2:] == guest_fetch[event], line  # the guest resolved the same fetch arguments
     family.tracefs_cleanup(tracefs)
 
 
