@@ -93,6 +93,8 @@ def _remove_instance(directory: Path) -> None:
         except FileNotFoundError:
             return
         except OSError as error:
+            if error.errno == errno.ENODEV:  # removed meanwhile by another recorder cleaning up the same leftovers
+                return
             if error.errno != errno.EBUSY or attempt == 19:
                 raise RecorderError(f"cannot remove tracefs instance {directory}: {error.strerror}") from error
             time.sleep(0.05)
