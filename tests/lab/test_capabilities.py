@@ -91,3 +91,5 @@ def test_the_guests_own_reason_from_its_console():
     assert results.guest_reason("[ 0.9] Kernel panic - not syncing: VFS: Unable to mount root fs\n") == (
         ": guest says Kernel panic - not syncing: VFS: Unable to mount root fs")
     assert results.guest_reason("tk-booted arch=arm64\n") == ""
+    said = "RuntimeError: tracekit record exited with 1: BPF program failed to load"
+    assert results.guest_reason(f"tk-guest-error: {said}\n", known=said) == ""  # not said twice

@@ -55,10 +55,12 @@ _GUEST_REASONS = (re.compile(r"tk-guest-error: (.*)"), re.compile(r"(Kernel pani
                   re.compile(r"(Unable to mount root fs.*|No working init found.*)"))
 
 
-def guest_reason(console: str) -> str:
-    """``": REASON"`` from the guest's console (its ``tk-guest-error:`` lines, else a kernel panic), or ``""``."""
+def guest_reason(console: str, known: str = "") -> str:
+    """``": guest says REASON"`` from the guest's console (its ``tk-guest-error:`` lines, else a kernel panic),
+    leaving out what ``known`` (the error already shown) says; ``""`` when nothing is left."""
     for pattern in _GUEST_REASONS:
         found = [m.group(1).strip() for m in pattern.finditer(console)]
+        found = [reason for reason in found if reason not in known]
         if found:
             return ": guest says " + " / ".join(dict.fromkeys(found))
     return ""

@@ -202,14 +202,15 @@ def run_lab(
         try:
             guest_dir = results.unpack(archive, work / "guest")
         except LabError as error:
-            raise LabError(f"{error}{results.guest_reason(boot.console)} (console log: {console_log})") from None
+            raise LabError(f"{error}{results.guest_reason(boot.console, str(error))} (console log: {console_log})") from None
         if recorder:
             return _adopt_recorded(arch, chosen, recorder, output, guest_dir, boot, lab_kernel, console_log,
                                    command_line, work, cache, keep_raw)  # fmt: skip
         trace = results.read_guest_trace(guest_dir)
         if trace.meta.get("status") != "complete" or boot.guest_rc != 0:
-            raise LabError(f"the guest scenario failed: {trace.meta.get('error', 'see the console log')}"
-                           f"{results.guest_reason(boot.console)} (console log: {console_log})")  # fmt: skip
+            error = trace.meta.get("error", "see the console log")
+            raise LabError(f"the guest scenario failed: {error}{results.guest_reason(boot.console, error)} "
+                           f"(console log: {console_log})")  # fmt: skip
         probes = probe_family(arch)[0]
         manifest = {
             "source": {"kind": "lab", "description": f"tracekit lab {arch} --scenario {chosen.name}: {chosen.description}"},
@@ -308,8 +309,9 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
     if keep_raw:
         shutil.copytree(guest_dir, output.parent / f"{output.name}.guest", ignore=shutil.ignore_patterns(CAPTURE))
     if meta.get("status") != "complete" or boot.guest_rc != 0:
-        raise LabError(f"tracekit record in the guest failed: {meta.get('error', 'see the console log')}"
-                       f"{results.guest_reason(boot.console)} (recorder log: {record_log}; console log: {console_log})")  # fmt: skip
+        error = meta.get("error", "see the console log")
+        raise LabError(f"tracekit record in the guest failed: {error}{results.guest_reason(boot.console, error)} "
+                       f"(recorder log: {record_log}; console log: {console_log})")  # fmt: skip
     probes = probe_family(arch)[0]
     lab = {
         "source": {"kind": "lab", "description": f"tracekit lab {arch} --scenario {chosen.name} --recorder {recorder}: "
