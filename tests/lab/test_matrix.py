@@ -73,8 +73,9 @@ def test_plan_lays_out_kernel_scenario_run(tmp_path):
                  ("arm64", ["a,eager_page_split=N"], ["lazy"]), ("arm64", [",x=1"], ["lazy"])):  # fmt: skip
         with pytest.raises(UsageError):
             matrix.plan(*args, tmp_path)
-    with pytest.raises(UsageError):
-        matrix.plan("arm64", ["a"], ["lazy"], tmp_path, repeat=0)
+    for bad in ({"repeat": 0}, {"vcpus": [0]}, {"vcpus": [3]}):
+        with pytest.raises(UsageError):
+            matrix.plan("arm64", ["a"], ["contention"], tmp_path, **bad)
     for hostile in ("..", ".", "../../etc", "/"):
         (cell,) = matrix.plan("arm64", [hostile], ["lazy"], tmp_path)
         assert tmp_path in cell.capture.parents and ".." not in cell.capture.relative_to(tmp_path).parts

@@ -80,7 +80,7 @@ def plan(arch: str, kernels: list[str], scenario_names: list[str], out: Path, vc
     labels = []
     for name in scenario_names:
         for count in vcpus or [None]:
-            variant = f"vcpus={count}" if count else ""
+            variant = f"vcpus={count}" if count is not None else ""
             base, _, own = name.partition("@")
             label = scenarios.get(f"{base}@{','.join(filter(None, (own, variant)))}", arch).name
             labels.append(label)
