@@ -274,3 +274,19 @@ def test_the_bcc_programs_fixed_argument_positions_hold_on_every_recorded_kernel
                 assert len(names) == 1, (probe.symbol, n, names)
                 checked += 1
         assert checked >= (12 if family == "stage2" else 15), checked
+
+
+def test_truncated_or_corrupt_btf_is_refused_with_one_line():
+    from tracekit.errors import ProbeLoadError
+
+    blob = _tdp_btf()
+    with pytest.raises(ProbeLoadError, match="a truncated BTF blob"):
+        BtfTypes(blob[:-10])
+    corrupt = bytearray(blob)
+    corrupt[24 + 7] = 0x1F  # the first type's kind (the top byte of its info): no such kind
+    with pytest.raises(ProbeLoadError, match=r"a corrupt BTF blob: type 1 has no known kind \(31\)"):
+        BtfTypes(bytes(corrupt))
+    overrun = bytearray(blob)
+    overrun[24 + 16 + 4 : 24 + 16 + 8] = struct.pack("<I", (4 << 24) | 9)  # tdp_iter claims 9 members
+    with pytest.raises(ProbeLoadError, match="overrun their section"):
+        BtfTypes(bytes(overrun))

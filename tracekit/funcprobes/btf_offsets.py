@@ -148,6 +148,14 @@ class BtfTypes:
             raise ProbeLoadError("not a little-endian BTF blob")
         hdr_len = struct.unpack_from("<I", blob, 4)[0]
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
+        if max(hdr_len + type_off + type_len, hdr_len + str_off + str_len) > len(blob) or hdr_len < 24:
+            raise ProbeLoadError(f"a truncated BTF blob ({len(blob)} bytes; its header says more)")
+        try:
+            self._add_types(blob, hdr_len, type_off, type_len, str_off, str_len)
+        except (struct.error, ValueError, IndexError) as error:
+            raise ProbeLoadError(f"a corrupt BTF blob: {error}") from None
+
+    def _add_types(self, blob: bytes, hdr_len: int, type_off: int, type_len: int, str_off: int, str_len: int) -> None:
         # split BTF: ids and string offsets continue the base's, so appending keeps them valid
         self.strings += blob[hdr_len + str_off : hdr_len + str_off + str_len]
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
@@ -155,12 +163,16 @@ class BtfTypes:
         while pos < end:
             name_off, info, size = unpack("<III", blob, pos)
             kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            if not 0 < kind <= _ENUM64:
+                raise ValueError(f"type {len(types)} has no known kind ({kind})")
             fixed, each = _TRAILER.get(kind, (0, 0))
             data = blob[pos + 12 : pos + 12 + fixed + each * vlen]
             if name_off and kind in (_STRUCT, _UNION, _FUNC):
                 by_name.setdefault((kind, self._name(name_off)), self._first_id + len(types))
             types.append((kind, name_off, info, size, data))
             pos += 12 + fixed + each * vlen
+        if pos != end:
+            raise ValueError(f"its type records overrun their section by {pos - end} bytes")
 
     def _name(self, offset: int) -> str:
         if offset < self._first_str:

@@ -301,7 +301,7 @@ def probes_cmd(
         symbols = load_kallsyms(kallsyms or KALLSYMS)
         if btf is not None:
             base = BtfTypes.from_kernel_image(btf) if btf.read_bytes()[:2] != b"\x9f\xeb" else BtfTypes.load(btf)
-            types = TypeSources([base.with_module(m.read_bytes()) for m in module] or [base])
+            types = TypeSources([_module_types(base, m) for m in module] or [base])
         else:
             types = running_types()
     except OSError as error:
@@ -339,6 +339,16 @@ def probes_cmd(
             if row["fetch"] and row["dropped"]:
                 detail += f" (without {', '.join(row['dropped'])})"
             typer.echo(f"  {row['probe']:<19} {row['status']:<11} {how:<13} {row['symbol'] or '-':<40} {detail}".rstrip())
+
+
+def _module_types(base, path: Path):
+    """``base`` with the module BTF at ``path``; UsageError naming the file when it is not BTF."""
+    from tracekit.errors import MissingCapability, ProbeLoadError, UsageError
+
+    try:
+        return base.with_module(path.read_bytes())
+    except (MissingCapability, ProbeLoadError) as error:
+        raise UsageError(f"{path}: {error}") from None
 
 
 def _bcc_importable() -> bool:
