@@ -11,6 +11,7 @@ register with one dereference per ``->`` at the member's BTF offset (``+56(%x0):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -109,9 +110,11 @@ class TypeSources:
 KVM_MODULES = ("kvm", "kvm_amd", "kvm_intel")
 
 
+@functools.lru_cache(maxsize=4)
 def kernel_types(vmlinux: Path, modules: tuple[Path, ...] = ()) -> TypeSources:
     """A kernel's BTF: ``vmlinux`` (a raw blob) with each existing module's split BTF on it
-    (``/sys/kernel/btf/kvm`` or a ``.ko``). MissingCapability when ``vmlinux`` is unreadable."""
+    (``/sys/kernel/btf/kvm`` or a ``.ko``), parsed once per process (a family's check and its bcc
+    cflags share it). MissingCapability when ``vmlinux`` is unreadable."""
     from tracekit.funcprobes.btf_offsets import BtfTypes
 
     base = BtfTypes.load(vmlinux)
