@@ -1,11 +1,9 @@
-"""Names of KVM ioctl commands (x86_64 and arm64 share the asm-generic ``_IOC`` encoding).
+"""Names and numbers of KVM ioctl commands (x86_64 and arm64 share the asm-generic ``_IOC`` encoding).
 
-Contract: :data:`KVM_IOCTLS` maps command numbers to names: the workload's commands as
-:mod:`tracekit.workload.uapi` derives them from its ctypes structs, the others computed from ``_IOC(dir,
-KVMIO=0xAE, nr, size)`` with the struct sizes of include/uapi/linux/kvm.h (and arch/x86 kvm.h);
-:func:`ioctl_name` returns the name, or ``KVM_IOC_<dir>_<nr>_<size>`` for a KVM command not in the
-table (a newer uAPI) and ``IOC_0x<cmd>`` for a non-KVM command. :func:`parse_ioctl` accepts a name
-or a number and raises :class:`tracekit.errors.UsageError` for anything else.
+The workload's commands come from :mod:`tracekit.workload.uapi`'s ctypes structs, the others from
+``_IOC(dir, KVMIO, nr, size)`` with the sizes of the uAPI headers; the BPF programs get their
+numbers from here too (:func:`ioctl_cflags`). An unknown KVM command is named
+``KVM_IOC_<dir>_<nr>_<size>``, a non-KVM one ``IOC_0x<cmd>``.
 """
 
 from __future__ import annotations
