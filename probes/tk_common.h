@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * tk_common.h - the header every tracekit tracepoint event starts with.
+ * tk_common.h - the header every tracekit event starts with.
  *
- * Declared once here; scripts/gen_schema.py mirrors it into tracekit/schema.py.
- * Field types are restricted to __u8/__s8/__u16/__s16/__u32/__s32/__u64/__s64
- * and fixed arrays of them so the generator stays a few lines.
+ * scripts/gen_schema.py mirrors the structs and TK_* constants of every header in
+ * probes/ into tracekit/schema.py (a test reruns it). Struct fields are
+ * __u8/__s8/__u16/__s16/__u32/__s32/__u64/__s64, structs declared before, or fixed
+ * arrays of them sized by a number or a TK_* constant, so the generator stays small.
  */
 #ifndef TK_COMMON_H
 #define TK_COMMON_H
