@@ -75,23 +75,39 @@ ATTACH: dict[str, dict[str, tuple[str, str | None]]] = {
     },
 }
 
-#: TK_S2_FN_* / TK_TDP_FN_* -> name used in the capture.
-STAGE2_FUNC_NAMES = ("stage2_split", "stage2_map", "relax_perms", "wrprotect", "guest_abort", "enable_log_dirty",
-                     "split_huge_pages")  # fmt: skip
-TDP_FUNC_NAMES = ("page_fault", "tdp_map", "fast_page_fault", "slot_try_split", "tdp_try_split", "split_root",
-                  "split_huge_page", "enable_log_dirty", "clear_dirty_masked", "zap_collapsible", "vendor_exit",
-                  "wrprot_slot")  # fmt: skip
+
+def _by_number(names: dict[int, str], count: int) -> tuple[str, ...]:
+    """The names in the order of their header numbers, which must be 0 .. count-1."""
+    if sorted(names) != list(range(count)):
+        raise ValueError(f"header numbers {sorted(names)} are not 0..{count - 1}")
+    return tuple(names[i] for i in range(count))
+
+
+#: Name used in the capture of each TK_S2_FN_* / TK_TDP_FN_* function number.
+STAGE2_FUNC_NAMES = _by_number({
+    S.TK_S2_FN_SPLIT: "stage2_split", S.TK_S2_FN_MAP: "stage2_map", S.TK_S2_FN_RELAX: "relax_perms",
+    S.TK_S2_FN_WRPROTECT: "wrprotect", S.TK_S2_FN_ABORT: "guest_abort", S.TK_S2_FN_LOG_MASKED: "enable_log_dirty",
+    S.TK_S2_FN_SPLIT_PAGES: "split_huge_pages"}, S.TK_S2_FUNCS)  # fmt: skip
+TDP_FUNC_NAMES = _by_number({
+    S.TK_TDP_FN_PAGE_FAULT: "page_fault", S.TK_TDP_FN_MAP: "tdp_map", S.TK_TDP_FN_FAST_FAULT: "fast_page_fault",
+    S.TK_TDP_FN_SLOT_SPLIT: "slot_try_split", S.TK_TDP_FN_TRY_SPLIT: "tdp_try_split",
+    S.TK_TDP_FN_SPLIT_ROOT: "split_root", S.TK_TDP_FN_SPLIT_PAGE: "split_huge_page",
+    S.TK_TDP_FN_LOG_MASKED: "enable_log_dirty", S.TK_TDP_FN_CLEAR_MASKED: "clear_dirty_masked",
+    S.TK_TDP_FN_ZAP_COLLAPSE: "zap_collapsible", S.TK_TDP_FN_VENDOR_EXIT: "vendor_exit",
+    S.TK_TDP_FN_WRPROT: "wrprot_slot"}, S.TK_TDP_FUNCS)  # fmt: skip
 #: tdp spans that are iterator loops over a root or slot ("walks" in the capture).
 _TDP_WALKS = {"split_root": "tdp_mmu_split_huge_pages_root", "wrprot_slot": "kvm_tdp_mmu_wrprot_slot"}
 
 #: Ring event dtype by C struct name (probes/stage2.h, probes/tdp.h).
 EVENT_DTYPES = {name: S.STRUCT_DTYPES[name]
                 for name in ("stage2_walk_event", "stage2_visit_event", "stage2_span_event", "tdp_span_event")}
-#: Per-CPU counter map -> manifest note of each index (stage2.h TK_S2_HOST_WALKS.., tdp.h TK_TDP_UNPAIRED..).
+#: Per-CPU counter map -> manifest note of each index (facts, not losses).
 COUNT_NOTES = {
-    "stage2": ("stage2_counts", ("host_walks", "unpaired_returns", "missed_returns")),
-    "tdp": ("tdp_counts", ("unpaired_returns", "missed_returns")),
-}
+    "stage2": ("stage2_counts", _by_number({S.TK_S2_HOST_WALKS: "host_walks", S.TK_S2_UNPAIRED: "unpaired_returns",
+                                            S.TK_S2_MISSED: "missed_returns"}, S.TK_S2_NCOUNTS)),
+    "tdp": ("tdp_counts", _by_number({S.TK_TDP_UNPAIRED: "unpaired_returns", S.TK_TDP_MISSED: "missed_returns"},
+                                     S.TK_TDP_NCOUNTS)),
+}  # fmt: skip
 #: ``tdp_outside`` holds [steps | first ns | first pid_tgid] per level, this many each.
 TDP_LEVELS = S.TK_TDP_LEVELS
 _KINDS = ("invalid", "page", "block", "table")
