@@ -157,18 +157,28 @@ class FaultFollowers:
         """The walk rows (sorted, each once) a fault-path event follows."""
         return np.unique(self._best_row[self._best_row >= 0])
 
+    def release(self) -> None:
+        """Free the per-fault arrays (16 bytes per fault) once every walk was added and marked; the
+        ``also`` rows stay."""
+        self._ts = self._end = self._first = np.zeros(0, np.int64)
+        self._best_gap = np.zeros(0, np.int64)
+        self._best_row = None
+
     def mark(self, codes: np.ndarray, code: int) -> None:
         """Set ``codes`` of the walks a fault-path event follows to ``code`` (a block of events at a time:
         no temporary as large as the events)."""
+        if self._best_row is None:
+            raise RuntimeError("fault followers released before their walks were marked")
         for start in range(0, len(self._best_row), _MARK_BLOCK):
             rows = self._best_row[start:start + _MARK_BLOCK]
             codes[rows[rows >= 0]] = code
 
 
 def cause_codes(n: int, followers: FaultFollowers | None) -> np.ndarray:
-    """Per walk its code in :data:`CAUSES` (uint8): all ``unknown`` without ``followers``."""
+    """Per walk its code in :data:`CAUSES` (uint8): all ``unknown`` without ``followers`` (then a read-only
+    view of one value, no memory per walk)."""
     if followers is None:
-        return np.full(n, CAUSES.index("unknown"), np.uint8)
+        return np.broadcast_to(np.uint8(CAUSES.index("unknown")), (n,))
     codes = np.full(n, CAUSES.index("emulation"), np.uint8)
     followers.mark(codes, CAUSES.index("fault"))
     return codes

@@ -119,11 +119,16 @@ class _GroupCodes:
         self.followers = followers
         self.pairs = Codes(0)  # (vCPU code << 32 | phase code) -> pair code
         self.groups = Codes(n)  # per walk: pair code << 32 | fault code
+        self.n = n
+        self.causes: np.ndarray | None = None  # per walk its cause, once every walk was read
 
     def __call__(self, start: int, columns: dict[str, np.ndarray]) -> None:
         tid, ts = columns["tid"], columns["ts_ns"].astype(np.int64, copy=False)
         if self.followers is not None:
             self.followers.add(start, tid, ts)
+        if start + len(tid) == self.n and self.followers is not None:  # the last walks: the causes are known,
+            self.causes = cause_codes(self.n, self.followers)           # the fault times freed before the elements
+            self.followers.release()
         pair = lookup_tids(tid, self._tids, self._tid_codes, self._unknown) << 32
         pair |= phases_mod.label_phases(ts, self.phase_table).codes.astype(np.int64)
         key = self.pairs.encode(pair) << 32
@@ -199,7 +204,7 @@ def walk_group_counts(cap: Any, model_walk: Callable | None = None, *, phase_tab
     select = None if phase is None else (lambda ts: phases_mod.phase_mask(ts, phase_table, phase))
     streamed = stream_walks(cap, ShapeCodes, on_walks=groups, model_walk=model_walk, select=select, limit=limit)
     shapes = streamed.shapes
-    causes = cause_codes(n, followers)
+    causes = groups.causes if groups.causes is not None else cause_codes(n, followers)
     codes, counts = _group_counts([(groups.groups.codes, len(groups.groups.values)),
                                    (shapes.codes.codes, len(shapes.codes.values)), (causes, len(CAUSES))],
                                   streamed.selected)
