@@ -391,3 +391,16 @@ def test_lab_fetch_names_the_kernel_its_modules_and_what_it_cannot_run(tmp_path,
     assert "modules loaded in the guest: virtio, virtio_pci" in lines
     refused = [line for line in lines if line.startswith("not applicable on 6.1.0-50-cloud-arm64: ")]
     assert "eager-enable" in refused[0] and "lazy" not in result.output and "arrived in 6.5" in refused[0]
+
+
+def test_an_update_that_fetched_no_list_is_an_error_and_is_tried_again(tmp_path, monkeypatch):
+    """apt-get update may exit 0 with warnings when the mirror is unreachable: the missing lists say so, and no
+    marker is left that would skip the next update."""
+    apt = fetch.PrivateApt.for_suite(tmp_path, "bookworm")
+    apt._mirror = "http://mirror.invalid/debian"
+    calls = []
+    monkeypatch.setattr(fetch, "run_tool", lambda argv, what, env=None, timeout=900: calls.append(argv) or "")
+    for _ in range(2):
+        with pytest.raises(LabError, match="cannot read the Debian bookworm package lists from http://mirror.invalid"):
+            apt.update()
+    assert calls == [["apt-get", "update", "--error-on=any"]] * 2 and not (apt.root / ".updated").exists()

@@ -172,13 +172,17 @@ class PrivateApt:
         if not force and marker.exists() and marker.read_text() == self.sources_line():
             return
         self.setup()
-        try:
-            run_tool(["apt-get", "update"], f"apt-get update of Debian {self.suite} (private state in {self.root})",
-                     self._env())  # fmt: skip
+        marker.unlink(missing_ok=True)
+        try:  # --error-on=any: a list that could not be fetched is an error, not a warning with exit status 0
+            run_tool(["apt-get", "update", "--error-on=any"],
+                     f"apt-get update of Debian {self.suite} (private state in {self.root})", self._env())  # fmt: skip
+            for deb_arch in sorted(set(DEB_ARCH.values())):
+                self.packages_file(deb_arch)
         except LabError as error:
+            fetch_failed = [line for line in (error.detail or "").splitlines() if "Failed to fetch" in line]
             raise LabError(
                 f"cannot read the Debian {self.suite} package lists from {self.mirror}: check the route to the mirror "
-                f"or set {MIRROR_ENV} ({error})",
+                f"or set {MIRROR_ENV} ({fetch_failed[0] if fetch_failed else error})",
                 detail=error.detail,
             ) from None
         marker.write_text(self.sources_line())
