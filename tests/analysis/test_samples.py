@@ -80,19 +80,14 @@ def test_x86_4k_walks_are_four_levels():
     assert paths.to_dict() == {"4>3>2>1": 2 * 4096 + 21}
 
 
-@pytest.mark.parametrize("name,verdict", [("arm64-eager-split-skip3-model", "yes")])
-def test_model_generated_arm64_verdicts(name, verdict):
-    """32 MiB of 2 MiB blocks split in 2 MiB chunks: 16 walks; 16 L2 block visits, 16 x 512 L3 visits unless skipped.
-
-    The no-skip variant was replaced by the real lab captures (lab-arm64-*); the skipping walker exists
-    in no merged kernel, so its sample stays model-generated."""
-    cap = open_capture(SAMPLES / f"{name}.tkcap")
-    assert cap.manifest["source"]["kind"] == "model-generated"
+def test_real_patched_arm64_lab_capture_says_skipping():
+    """The project's split-skip-level3 patch on Debian's 6.12 source: 128 block visits at level 2, none at level 3."""
+    cap = open_capture(SAMPLES / "lab-arm64-skip3-eager-enable.tkcap")
+    assert cap.manifest["source"]["kind"] == "lab"
     result = analyze_capture(cap)
-    assert result.verdicts["skip_levels"]["verdict"] == verdict
+    assert result.verdicts["skip_levels"]["verdict"] == "yes"
     visits = result.tables["split_visits_vs_model"].set_index("level")
-    assert visits.loc[2, "observed"] == 16
-    assert visits.loc[3, "observed"] == (16 * 512 if verdict == "no" else 0)
+    assert visits.loc[2, "observed"] == 128 and visits.loc[3, "observed"] == 0
 
 
 def test_real_arm64_lab_capture_says_no_skipping():
