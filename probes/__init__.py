@@ -1,9 +1,7 @@
-"""BPF sources of tracekit's tracepoint probe families (installed as ``tracekit.probes``).
+"""BPF sources of tracekit's probe families (installed as ``tracekit.probes``).
 
-Contract: :func:`source_path` returns the path of ``<family>.bpf.c`` and :func:`source_text` its
-text; :data:`PROBES_DIR` is the directory to pass to the compiler as ``-I`` (the family headers and
-``tk_common.h``/``tk_bpf.h`` live beside the sources). An unknown family raises
-:class:`tracekit.errors.ProbeLoadError`. Nothing here compiles or loads anything.
+:data:`PROBES_DIR` holds every ``<family>.bpf.c`` and the headers they include (the compiler's
+``-I``); an unknown family is a :class:`tracekit.errors.ProbeLoadError`.
 """
 
 from __future__ import annotations

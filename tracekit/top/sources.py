@@ -1,18 +1,9 @@
 """Where ``tracekit top`` reads its counters: a bcc program counting in the kernel, or tracefs.
 
-Contract: :func:`open_source` returns a started source for the backend asked (``auto``: bcc when it
-loads here, else tracefs, with the reason kept in ``note``). Every source has ``name``, ``attached``
-(the tracepoints it uses), :meth:`read` (a :class:`~tracekit.top.counters.Reading`, cumulative since
-start), :meth:`watch` (the set of tgids counted; the bcc source updates its map in place, so VMs that
-start later join; the tracefs source follows the threads it was started with and refuses new tgids
-with a note) and :meth:`close` (detach, remove the tracefs instance; safe twice).
-
-- :class:`BccTopSource` loads ``probes/top.bpf.c`` with ``TK_TOP_HAVE_<EVENT>`` for each tracepoint the
-  host has (with the fields used) and reads its two hash maps once per :meth:`read`.
-- :class:`TracefsTopSource` records the ``walk``, ``mmu``, ``lock`` and ``ioctl`` families (KVM_RUN
-  streamed) through the recorder's tracefs backend (a private instance, raw buffers) and adds the decoded
-  events to an :class:`~tracekit.top.counters.EventAccumulator` at each read: counting in user space,
-  so it costs what recording does (the host has no hist triggers to count in the kernel).
+:func:`open_source` starts the source asked (``auto``: bcc when it loads here, else tracefs, the reason
+kept in ``note``). :class:`BccTopSource` loads ``probes/top.bpf.c`` with the tracepoints this host has
+and reads its two hash maps; :class:`TracefsTopSource` records through the recorder's tracefs backend
+and counts in user space, so it costs what recording does. Readings are cumulative since the start.
 """
 
 from __future__ import annotations
