@@ -174,20 +174,24 @@ def test_config_generation_on_the_cached_source(arch, tmp_path):
 
 
 @pytest.mark.slow
-def test_arm64_build_is_cached_and_boots_as_documented():
-    """The vanilla arm64 build: found in the cache (or built with TRACEKIT_LAB_BUILD=1), its image and record."""
+@pytest.mark.parametrize("patches", [(), ("split-skip-level3", "coalesce-unmap-first")], ids=["unpatched", "samples"])
+def test_arm64_build_is_cached_as_recorded(patches):
+    """An arm64 build (unpatched, or the one the lab-arm64-skip3-* samples came from): found in the cache, or built
+    with TRACEKIT_LAB_BUILD=1; its image, its release naming the key, every option the labs need."""
     try:
         kbuild.require_toolchain("arm64")
     except MissingCapability as error:
         pytest.skip(str(error))
-    if _source_tree() is None or (kbuild.lookup("arm64") is None and os.environ.get("TRACEKIT_LAB_BUILD") != "1"):
-        pytest.skip("no cached arm64 lab kernel build; run 'tracekit lab kernel build --arch arm64' (7-15 min on 2 CPUs) "
-                    "or set TRACEKIT_LAB_BUILD=1")  # fmt: skip
-    result = kbuild.build("arm64", jobs=2)
+    if _source_tree() is None or (kbuild.lookup("arm64", patches=patches) is None
+                                  and os.environ.get("TRACEKIT_LAB_BUILD") != "1"):  # fmt: skip
+        pytest.skip("no cached arm64 lab kernel build of these patches; run 'tracekit lab kernel build --arch arm64"
+                    + "".join(f" --patch {p}" for p in patches) + "' (7-15 min on 2 CPUs) or set TRACEKIT_LAB_BUILD=1")
+    result = kbuild.build("arm64", patches=patches, jobs=2)
     assert result.image.is_file() and result.image.stat().st_size > 4 << 20
     assert result.release.startswith("6.12.") and result.release.endswith(f"-tk{result.key[:8]}")
+    assert [p["name"] for p in result.patches] == [f"{name}.patch" for name in patches]
     assert kbuild.missing_options(kbuild.fragment_text("arm64"), (result.directory / ".config").read_text()) == []
-    assert kbuild.build("arm64", jobs=2).cached
+    assert kbuild.build("arm64", patches=patches, jobs=2).cached
 
 
 def test_build_record_names_the_source_and_patches_of_a_built_image(tmp_path):
