@@ -192,6 +192,10 @@ def test_fake_map_numbers_follow_declaration_order():
     assert order[:2] == ["tk_window", "walk_events"] and "-DTK_FAKE_FD_walk_events=-2" in flags  # the window first
     assert f"-DTK_FAKE_FD_mmu_events=-{order.index('mmu_events') + 1}" in flags
     assert flags.count("-DTK_BATCH_EVENTS=64") == 1
+    for family in ("walk", "mmu"):  # every map TK_BATCHING reaches by number (probes/tk_bpf.h TK_MAP)
+        for suffix in ("events", "lost", "staging", "failures", "failure_count"):
+            name = f"{family}_{suffix}"
+            assert order.count(name) == 1 and f"-DTK_FAKE_FD_{name}=-{order.index(name) + 1}" in flags, name
 
 
 def test_failure_rows_name_the_probe():
