@@ -26,19 +26,19 @@ from typing import Any, Callable
 import pyarrow.compute as pc
 
 from tracekit.capabilities import recording_blockers
-from tracekit.host import Host, tracefs_root
 from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, UsageError
+from tracekit.host import Host, tracefs_root
 from tracekit.memtune import keep_freed_memory
-from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RecordOptions
-from tracekit.recorder.registry import make_family
+from tracekit.recorder.backend_tracefs import cleanup_stale_instances, pid_alive
 from tracekit.recorder.inflight import blocked_kvm_ioctls, calls_in_flight
 from tracekit.recorder.layoutdir import make_layout_dir, read_layout_record, reclaim_stale_layout_dirs
 from tracekit.recorder.output import OutputTee
+from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RecordOptions
+from tracekit.recorder.registry import make_family
 from tracekit.recorder.status import StatusLine, banner, live_status_wanted, not_attached
 from tracekit.recorder.tally import VmTally
 from tracekit.recorder.target import GatedChild, ThreadWatch, resolve_targets, spawn_gated, tgid_of, thread_info
-from tracekit.recorder.backend_tracefs import cleanup_stale_instances, pid_alive
 from tracekit.recorder.vcpus import VcpuFds
 from tracekit.recorder.writequeue import WriteQueue
 from tracekit.stopsignals import StopRequests

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tracekit.errors import RecorderError, UsageError
+from tracekit.errors import UsageError
 from tracekit.procs import proc_start_ticks
 
 __all__ = ["Target", "resolve_target", "list_threads", "ThreadWatch", "thread_info", "tgid_of", "vcpu_index", "qemu_guest_name",
