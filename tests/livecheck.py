@@ -3,7 +3,8 @@
 Contract: a live test calls one of the ``need_*`` functions before touching the kernel. Where the
 host lacks the thing, the test is skipped with the precise reason, unless the environment sets
 ``TRACEKIT_REQUIRE_LIVE=1``, in which case it fails with that reason instead: CI on a capable host
-can then not pass by skipping. :func:`interrupt_and_reap` ends a process a live test started.
+can then not pass by skipping. :func:`interrupt_and_reap` ends a process a live test started;
+:func:`ignores_sigterm` says when a started process has set SIGTERM aside.
 """
 
 from __future__ import annotations
@@ -93,3 +94,13 @@ def interrupt_and_reap(process: subprocess.Popen, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def ignores_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has set SIGTERM to be ignored (its /proc status SigIgn mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(mask & (1 << (signal.SIGTERM - 1)))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.livecheck import ignores_sigterm
 from tracekit import schema as S
 from tracekit.capture import open_capture
 from tracekit.capture.writer import CaptureWriter, CaptureWriteError
@@ -290,7 +291,7 @@ def test_a_second_signal_during_cleanup_interrupts_nothing(fake, tmp_path, monke
     children = []
     real_spawn = session.spawn_gated
     monkeypatch.setattr(session, "spawn_gated", lambda *a, **k: children.append(real_spawn(*a, **k)) or children[-1])
-    _signal_at_first_poll(monkeypatch, signal.SIGINT, when=lambda: _ignores_sigterm(children[0].pid))
+    _signal_at_first_poll(monkeypatch, signal.SIGINT, when=lambda: ignores_sigterm(children[0].pid))
     summary = session.record(session.RecordConfig(output=tmp_path / "two.tkcap", poll_interval=0.01,
                                                   command=[sys.executable, "-c", IGNORE_SIGTERM]), stream=None)
     assert steps == ["stop finished"] and FakeBackend.instances[-1].closed
@@ -312,16 +313,6 @@ def _signal_at_first_poll(monkeypatch, signum: int, when=lambda: True) -> None:
         return poll(self)
 
     monkeypatch.setattr(FakeBackend, "poll", poll_then_signal)
-
-
-def _ignores_sigterm(pid: int) -> bool:
-    """Whether process ``pid`` has set SIGTERM to be ignored (its /proc status SigIgn mask)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigIgn:"))
-    return bool(mask & (1 << (signal.SIGTERM - 1)))
 
 
 IGNORE_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"

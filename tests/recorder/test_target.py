@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.livecheck import ignores_sigterm
 from tracekit.errors import UsageError
 from tracekit.recorder import target as target_mod
 from tracekit.recorder.target import (list_threads, qemu_guest_name, qemu_memory, resolve_target, resolve_targets,
@@ -267,7 +268,9 @@ def test_terminate_kills_at_once_when_cut_short():
     child = spawn_gated([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                          "print(flush=True); time.sleep(60)"], stdout_to_stderr=False)
     child.release()
-    time.sleep(0.5)  # let it install its SIGTERM handler
+    deadline = time.monotonic() + 60
+    while not ignores_sigterm(child.pid) and time.monotonic() < deadline:  # its SIGTERM set aside, however slow its start
+        time.sleep(0.02)
     child.terminate(grace=30.0, cut_short=lambda: True)
     assert child.returncode == -9
 
