@@ -10,8 +10,10 @@ unless :func:`nullable`. A new field is one entry below plus its row in docs/cap
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import uuid
 from typing import Any
 
 from tracekit.errors import CaptureFormatError
@@ -19,6 +21,7 @@ from tracekit.errors import CaptureFormatError
 __all__ = [
     "MANIFEST", "MAX_MANIFEST_BYTES", "MAX_MANIFEST_DEPTH", "Spec", "Int", "Num", "Str", "Bool", "List",
     "Obj", "Map", "AnyOf", "Anything", "nullable", "manifest_violations", "check_manifest", "parse_manifest",
+    "STARTING_KEYS", "new_capture_id", "derived_capture_id",
 ]
 
 #: Largest ``capture.json`` read (a recorded manifest is tens of kilobytes).
@@ -218,6 +221,7 @@ LOST = List(Obj({"probe": TEXT, "cpu": INDEX, "count": COUNT}))
 MANIFEST = Obj({
     "format": TEXT,
     "format_version": Int(1, 1 << 31),
+    "capture_id": Str(),
     "tracekit_version": TEXT,
     "host": TEXT,
     "kernel_release": TEXT,
@@ -299,3 +303,20 @@ def parse_manifest(data: bytes, where: str) -> Any:
     if _depth(manifest) > MAX_MANIFEST_DEPTH:
         raise CaptureFormatError(f"{where}: manifest nested deeper than {MAX_MANIFEST_DEPTH} levels, refused")
     return manifest
+
+
+#: Manifest keys fixed when a recording begins: what identifies a capture written before ``capture_id``.
+STARTING_KEYS = ("host", "kernel_release", "arch", "clock", "start", "writer_pid", "command_line", "source")
+
+
+def new_capture_id() -> str:
+    """A fresh capture id: 32 lowercase hex digits (a random UUID)."""
+    return uuid.uuid4().hex
+
+
+def derived_capture_id(manifest: dict) -> str:
+    """The id of a capture written before ids: 32 hex digits of the SHA-256 of its starting keys
+    (:data:`STARTING_KEYS`, canonical JSON), or of the whole manifest when it has none of them."""
+    chosen = {key: manifest[key] for key in STARTING_KEYS if key in manifest}
+    text = json.dumps(chosen or manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

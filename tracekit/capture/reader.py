@@ -33,7 +33,8 @@ from tracekit.capture.format import (
     is_segment_name,
     shown_path,
 )
-from tracekit.capture.manifest import MAX_MANIFEST_BYTES, SNAPSHOT, check_manifest, parse_manifest
+from tracekit.capture.manifest import (MAX_MANIFEST_BYTES, SNAPSHOT, check_manifest, derived_capture_id,
+                                       parse_manifest)
 from tracekit.errors import CaptureFormatError
 from tracekit.procs import pid_alive
 
@@ -207,6 +208,13 @@ class Capture:
     def _writer_is_local(self) -> bool:
         return self._raw_manifest.get("host") == platform.uname().node
 
+    @cached_property
+    def capture_id(self) -> str:
+        """The manifest's ``capture_id``; for a capture written before ids, one derived from the manifest
+        fields fixed when recording began (:func:`derived_capture_id`), so it never changes."""
+        given = self._raw_manifest.get("capture_id")
+        return given if isinstance(given, str) and given else derived_capture_id(self._raw_manifest)
+
     @property
     def complete(self) -> bool:
         """True when the writer closed the capture normally."""
@@ -232,6 +240,11 @@ class Capture:
         """Finished segment files of ``family`` in order."""
         found = self._families.get(family)
         return [s.path for s in found.segments] if found else []
+
+    def segment_rows(self, family: str) -> list[int]:
+        """Row counts of the finished segments of ``family``, in order (from their footers)."""
+        found = self._families.get(family)
+        return [s.rows for s in found.segments] if found else []
 
     def schema(self, family: str) -> pa.Schema:
         """The family's schema (from its schema file, else its first segment)."""

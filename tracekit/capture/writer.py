@@ -32,6 +32,7 @@ from tracekit.capture.format import (
     check_family_schema,
     segment_name,
 )
+from tracekit.capture.manifest import new_capture_id
 from tracekit.errors import CaptureFormatError, TracekitError
 from tracekit.host import clock_anchor, host_facts
 
@@ -151,6 +152,7 @@ class CaptureWriter:
         self.manifest: dict = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
+            "capture_id": new_capture_id(),
             "tracekit_version": __version__,
             **host_facts(),
             "clock": {"ts_ns": "CLOCK_MONOTONIC", "anchor": clock_anchor()},
