@@ -16,9 +16,16 @@ command -v apt-get >/dev/null || die "needs a Debian or Ubuntu host (apt-get not
 export DEBIAN_FRONTEND=noninteractive
 # bcc, bpftrace: recording; qemu-*, busybox-static, cpio, zstd, xz-utils, mmdebstrap, e2fsprogs: the labs;
 # chromium: the test that renders the HTML report in a real browser; make, gcc, libc6-dev: the tests build
-# the kernel's KVM selftests from Debian's linux-source (fetched into the lab cache, not installed).
+# the kernel's KVM selftests from Debian's linux-source (fetched into the lab cache, not installed);
+# patch, bc, bison, flex, libssl-dev, libelf-dev, dwarves and the other architecture's gcc: the tests apply
+# the project's kernel patches and generate lab kernel configs (tracekit/lab/kbuild.py TOOL_PACKAGES).
 PACKAGES=(python3 python3-venv python3-pip python3-bpfcc bpftrace qemu-system-x86 qemu-system-arm
-          qemu-utils busybox-static cpio zstd xz-utils mmdebstrap e2fsprogs chromium make gcc libc6-dev)
+          qemu-utils busybox-static cpio zstd xz-utils mmdebstrap e2fsprogs chromium make gcc libc6-dev
+          patch bc bison flex libssl-dev libelf-dev dwarves)
+case "$(dpkg --print-architecture)" in
+    amd64) PACKAGES+=(gcc-aarch64-linux-gnu) ;;
+    arm64) PACKAGES+=(gcc-x86-64-linux-gnu) ;;
+esac
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

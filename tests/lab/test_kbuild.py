@@ -1,7 +1,11 @@
 """``tracekit lab kernel build``: the config fragment and its check, the cache key, the project's patches.
 
-The patches are checked structurally on every run and with ``patch --dry-run`` against Debian's
-``linux-source-6.12`` when it is unpacked in the lab cache. Building is the slow tier: the build test
+Every run, on any machine: the patches are checked structurally and applied (``patch``, one by one and
+in the order the samples' kernel was built) to the pristine files they touch, kept in
+``tests/lab/data/linux-source-6.12.117`` (Debian's 6.12.117, the source they are written against; a test
+checks the copies against the unpacked source when the cache has it). The slow tier generates the config from
+Debian's ``linux-source-6.12``, downloading and unpacking it into the lab cache when it is not there (skip,
+or failure under ``TRACEKIT_REQUIRE_LIVE=1``, only without a route to the mirror). Building: the build test
 only confirms a cached build unless ``TRACEKIT_LAB_BUILD=1`` lets it build (7-15 minutes on 2 CPUs).
 """
 
@@ -17,6 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests import livecheck
 from tracekit.cli import app
 from tracekit.errors import LabError, MissingCapability, UsageError
 from tracekit.lab import fetch, kbuild
@@ -27,11 +32,28 @@ REQUIRED = ["CONFIG_KVM", "CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_CONSOLE", "CONFIG_
             "CONFIG_TRANSPARENT_HUGEPAGE", "CONFIG_HUGETLBFS", "CONFIG_DEBUG_KERNEL", "CONFIG_DEBUG_INFO_BTF",
             "CONFIG_PROBE_EVENTS_BTF_ARGS", "CONFIG_BINFMT_SCRIPT", "CONFIG_FUTEX"]  # fmt: skip
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+#: The files the project's patches touch, as Debian's linux-source-6.12 (6.12.117) ships them.
+PRISTINE = Path(__file__).parent / "data" / "linux-source-6.12.117"
+#: The patches in the order the patched samples' kernel applied them (samples/lab-arm64-*.tkcap).
+SAMPLES_PATCHES = ("split-skip-level3", "coalesce-unmap-first")
 
 
 def _source_tree() -> Path | None:
     found = [tree for tree in kbuild.cached_sources() if tree.name == "linux-source-6.12"]
     return found[-1] if found else None
+
+
+@pytest.fixture(scope="module")
+def source_tree() -> Path:
+    """Debian's linux-source-6.12 unpacked in the lab cache, fetched and unpacked now when it is not (as
+    ``tracekit lab kernel build`` does)."""
+    tree = _source_tree()
+    if tree is not None:
+        return tree
+    try:
+        return kbuild.resolve_source(f"debian:{fetch.SUITE}", fetch.cache_dir(), lambda line: None).tree
+    except LabError as error:
+        livecheck.skip_or_fail(f"no route to Debian's linux-source-6.12: {error}")
 
 
 @pytest.mark.parametrize("arch", sorted(kbuild.ARCHES))
@@ -101,12 +123,35 @@ def test_project_patch_is_well_formed(name):
     assert _check_hunks(patch.text) >= 1
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in kbuild.BUNDLED_PATCHES.glob("*.patch")))
-def test_project_patch_applies_to_the_cached_debian_source(name):
+def test_project_patches_apply_to_the_pristine_files(tmp_path):
+    """Each patch alone on the pristine files: clean (no offset, no fuzz), touching only files kept there; then
+    all of them in the samples' order on a copy."""
+    assert shutil.which("patch"), "patch is not installed (scripts/install.sh installs it)"
+    names = sorted(p.stem for p in kbuild.BUNDLED_PATCHES.glob("*.patch"))
+    assert sorted(SAMPLES_PATCHES) == names
+    for name in names:
+        patch = kbuild.resolve_patch(name)
+        assert all((PRISTINE / path).is_file() for path in patch.files()), patch.files()
+        assert kbuild.dry_run(patch, PRISTINE) is None
+    tree = tmp_path / "tree"
+    shutil.copytree(PRISTINE, tree)
+    source = kbuild.KernelSource("dir:pristine", "6.12.117", tree)
+    for name in SAMPLES_PATCHES:  # after the first, a later hunk may sit at an offset, never fuzzed or failed
+        patch = kbuild.resolve_patch(name)
+        complaint = kbuild.dry_run(patch, tree)
+        assert complaint is None or ("offset" in complaint and "fuzz" not in complaint), (name, complaint)
+        kbuild._apply(patch, tree, source)
+    assert (tree / "arch/arm64/kvm/hyp/pgtable.c").read_text() != (PRISTINE / "arch/arm64/kvm/hyp/pgtable.c").read_text()
+
+
+def test_pristine_files_are_the_cached_debian_source():
+    """The kept copies are byte for byte Debian's 6.12.117, where the lab cache has that source unpacked."""
     tree = _source_tree()
-    if tree is None or shutil.which("patch") is None:
-        pytest.skip("Debian's linux-source-6.12 is not unpacked in the lab cache (tracekit lab kernel build fetches it)")
-    assert kbuild.dry_run(kbuild.resolve_patch(name), tree) is None
+    if tree is None or kbuild.kernel_version(tree) != "6.12.117":
+        pytest.skip("Debian's linux-source-6.12 (6.12.117) is not unpacked in the lab cache; the patches were "
+                    "applied to the kept copies above")
+    for path in sorted(p for p in PRISTINE.rglob("*") if p.is_file()):
+        assert path.read_bytes() == (tree / path.relative_to(PRISTINE)).read_bytes(), path
 
 
 def test_bad_patch_and_source_are_one_line(tmp_path):
@@ -155,11 +200,9 @@ def test_failed_patch_names_the_patch_and_source(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(kbuild.ARCHES))
-def test_config_generation_on_the_cached_source(arch, tmp_path):
+def test_config_generation_on_the_debian_source(arch, source_tree, tmp_path):
     """allnoconfig + the fragment + olddefconfig, out of tree: every option the labs need survives."""
-    tree = _source_tree()
-    if tree is None:
-        pytest.skip("Debian's linux-source-6.12 is not unpacked in the lab cache (tracekit lab kernel build fetches it)")
+    tree = source_tree
     try:
         kbuild.require_toolchain(arch)
     except MissingCapability as error:
@@ -206,3 +249,12 @@ def test_build_record_names_the_source_and_patches_of_a_built_image(tmp_path):
     other = tmp_path / "tree" / "vmlinux"
     other.write_bytes(b"\0")
     assert kbuild.build_record(other) is None and kbuild.build_record(tmp_path / "elsewhere") is None
+
+
+def test_install_script_installs_what_the_patch_and_config_tests_need():
+    """scripts/install.sh installs the kernel-build tools and the other architecture's gcc, so a fresh machine
+    runs the patch and config-generation tests instead of skipping them."""
+    script = (Path(__file__).parents[2] / "scripts" / "install.sh").read_text()
+    words = set(re.findall(r"[\w.+-]+", script.split("PACKAGES=(", 1)[1].split("\nmissing=", 1)[0]))
+    assert set(kbuild.TOOL_PACKAGES) <= words, set(kbuild.TOOL_PACKAGES) - words
+    assert {arch.gcc_package for arch in kbuild.ARCHES.values()} <= words
