@@ -129,13 +129,13 @@ def test_workload_argv_round_trips(vcpus, pages, backing, log_mode, chunk, write
 def test_record_argv_runs_the_workload_as_the_recorders_command(tmp_path):
     options = workload_options(scenarios.smallest("arm64"))
     argv = record_argv("arm64", "bcc", tmp_path / "c.tkcap", options)
-    assert argv[:6] == ["tracekit", "record", "--probes", "stage2", "--backend", "bcc"]
+    assert argv[:7] == ["tracekit", "--verbose", "record", "--probes", "stage2", "--backend", "bcc"]
     child = argv[argv.index("--") + 1 :]
     assert child[:3] == ["tracekit", "workload", "dirty-log"]
     assert "--layout" not in child  # the recorder hands the workload its layout directory in the environment
     assert "--eager-split-chunk" in child and child[child.index("--eager-split-chunk") + 1] == "2M"
     x86 = record_argv("x86", "tracefs", tmp_path / "c.tkcap", workload_options(scenarios.smallest("x86")))
-    assert x86[2:6] == ["--probes", "tdp,mmu", "--backend", "tracefs"] and "--eager-split-chunk" not in x86
+    assert x86[3:7] == ["--probes", "tdp,mmu", "--backend", "tracefs"] and "--eager-split-chunk" not in x86
     with pytest.raises(ValueError, match="choose bcc or tracefs"):
         record_argv("arm64", "perf", tmp_path / "c.tkcap", options)
 

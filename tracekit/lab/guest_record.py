@@ -56,10 +56,11 @@ def workload_argv(options: DirtyLogOptions) -> list[str]:
 
 
 def record_argv(arch: str, backend: str, capture: Path, options: DirtyLogOptions) -> list[str]:
-    """The whole ``tracekit record ... -- tracekit workload dirty-log ...`` command line."""
+    """The whole ``tracekit --verbose record ... -- tracekit workload dirty-log ...`` command line (verbose: a
+    program the kernel refuses leaves its verifier log in ``record.log``, which the host keeps)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown recorder backend {backend!r}; choose bcc or tracefs")
-    return ["tracekit", "record", "--probes", FAMILY[arch], "--backend", backend, "-o", str(capture),
+    return ["tracekit", "--verbose", "record", "--probes", FAMILY[arch], "--backend", backend, "-o", str(capture),
             "--", "tracekit", "workload", "dirty-log", "--json", *workload_argv(options)]  # fmt: skip
 
 
