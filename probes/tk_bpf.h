@@ -176,6 +176,13 @@ static __always_inline void tk_note_failure(struct tk_ring_failure *f, struct tk
 	f->nested = bh->spare;
 }
 
+/* v as it is, hidden from the compiler's loop rewrites: a loop counter stays the counter the verifier
+ * tracks. Without it clang counts the lost-batch loop below down from the batch's event count and walks a
+ * pointer; 6.1's verifier cannot bound that counter (no range refinement on "!= 0" at its edge; 6.12's has it) and
+ * refuses every program that closes a batch ("invalid access to map value ... off=8740"). The index is
+ * masked as well, so the access stays inside the batch whatever the verifier infers. */
+#define tk_opaque(v) asm volatile("" : "+r"(v))
+
 /* Map m of the program, for code shared through this header. bcc rewrites map method calls
  * (m.lookup(&k)) only in the program's own text and never inside a macro, so shared code names a
  * map by bcc's load-time number, passed by the loader as TK_FAKE_FD_<m> (its rank among the
@@ -224,9 +231,11 @@ static __always_inline void F##_failed(struct F##_batch *b, __u32 probe, long re
 {												\
 	__u32 n = b->bh.count;									\
 	for (__u32 i = 0; i < TK_BATCH_EVENTS; i++) {						\
+		tk_opaque(i);									\
 		if (i >= n)									\
 			break;									\
-		F##_count_lost(b->ev[i].hdr.kind < (NKINDS) ? b->ev[i].hdr.kind : probe, 1);	\
+		__u32 kind = b->ev[i & (TK_BATCH_EVENTS - 1)].hdr.kind;				\
+		F##_count_lost(kind < (NKINDS) ? kind : probe, 1);				\
 	}											\
 	__u32 zero = 0;										\
 	__u64 *count = bpf_map_lookup_elem(TK_MAP(F##_failure_count), &zero);			\
