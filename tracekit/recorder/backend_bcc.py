@@ -6,8 +6,9 @@ recording window for every family at once (``tk_window``, probes/tk_bpf.h). :met
 returns the committed events as Arrow tables per capture family, read in whole batches;
 :meth:`BccBackend.lost` and :meth:`BccBackend.ring_failures` count what the kernel could not deliver.
 :meth:`BccBackend.stop` disarms before detaching (slow, RCU), so no event is lost nor an operation
-split, then drains and decodes what is left. bcc is imported here only; MissingCapability without bcc
-or headers, ProbeLoadError (log in ``detail``) when compiling or verifying fails.
+split, then drains and decodes what is left. A family whose program the kernel refuses is left out and
+named in :attr:`BccBackend.refused` (the others record); bcc is imported here only; MissingCapability
+without bcc or headers, ProbeLoadError (log in ``detail``) when no family's program compiles and verifies.
 """
 
 from __future__ import annotations
@@ -93,6 +94,19 @@ def _load(bcc: Any, text: str, cflags: list[str]) -> Any:
         log.close()
 
 
+def _refusal(error: ProbeLoadError) -> str:
+    """The kernel's own words for a refused program: the failed load and the verifier's last complaint."""
+    tail: list[str] = []
+    for line in reversed([line.strip() for line in (error.detail or "").splitlines() if line.strip()]):
+        if line[:1].isdigit() or line.startswith(";"):  # an instruction or its source: the complaint is below
+            break
+        if not line.startswith(("processed ", "verification time", "stack depth")):
+            tail.insert(0, line)
+    complaint = "; ".join(tail[-3:])
+    message = str(error).removeprefix("BPF program failed to compile or load: ")
+    return f"{message} ({complaint})" if complaint and complaint not in message else message
+
+
 def struct_layouts() -> dict[str, tuple[int, dict[str, int]]]:
     """Size and top-level field offsets of every struct of ``probes/*.h`` as bcc's clang lays it out."""
     from tracekit.probes import PROBES_DIR
@@ -127,30 +141,56 @@ class BccBackend:
         self.readers: list[tuple[ProbeFamily, str, RingReader]] = []
         self.attached: list[str] = []
         self.window: dict[str, int] = {}  # start_ns / stop_ns of the recording window (CLOCK_MONOTONIC)
+        #: Families left out because the kernel refused their program (``probes.failed`` entries).
+        self.refused: list[dict] = []
 
-    def cflags(self) -> list[str]:
+    def cflags(self, families: list[tuple[ProbeFamily, list[ProbeStatus]]] | None = None) -> list[str]:
+        families = self.families if families is None else families
         flags = ["-w", f"-DTK_TARGET_TGID={self.target_tgid}"]
-        order = map_declaration_order(self.program_text())
+        order = map_declaration_order(self.program_text(families))
         if len(self.target_tgids) > 1:
             flags.append(f"-DTK_TARGETS_FAKE_FD=-{order.index(TARGETS_MAP) + 1}")
         dirs: list[str] = []
-        for family, statuses in self.families:
+        for family, statuses in families:
             dirs += [str(d) for d in family.include_dirs() if str(d) not in dirs]
             flags += [f for f in family.cflags(statuses, self.target_tgid) if f not in flags]
         flags += [f"-DTK_FAKE_FD_{name}=-{rank}" for rank, name in enumerate(order, start=1)
                   if order.count(name) == 1]  # names shared code uses for maps (tk_bpf.h TK_MAP)
         return [f"-I{d}" for d in dirs] + flags
 
-    def program_text(self) -> str:
+    def program_text(self, families: list[tuple[ProbeFamily, list[ProbeStatus]]] | None = None) -> str:
         prologue = f"BPF_HASH({TARGETS_MAP}, u32, u8, {TARGETS_MAX});\n" if len(self.target_tgids) > 1 else ""
         return prologue + WINDOW_PRELUDE + "\n".join(f"/* ---- family {f.name} ---- */\n{f.bpf_source()}"
-                                                    for f, _ in self.families)
+                                                    for f, _ in (self.families if families is None else families))
+
+    def _load_what_the_kernel_accepts(self, bcc: Any) -> Any:
+        """The program of every family; when the kernel refuses it, each family is loaded alone and those
+        refused are left out (:attr:`refused`: one entry per family, with the kernel's reason), the rest
+        loaded together. ProbeLoadError when no family loads, or when each loads alone but not together."""
+        try:
+            return _load(bcc, self.program_text(), self.cflags())
+        except ProbeLoadError as whole:
+            if len(self.families) < 2:
+                raise
+            refused = {}
+            for family, statuses in self.families:
+                try:
+                    _load(bcc, self.program_text([(family, statuses)]), self.cflags([(family, statuses)])).cleanup()
+                except ProbeLoadError as error:
+                    refused[family.name] = error
+            if not refused or len(refused) == len(self.families):
+                raise whole
+        self.refused = [{"probe": f"family:{name}", "family": name,
+                         "reason": f"the kernel refused its BPF program: {_refusal(error)}"}
+                        for name, error in refused.items()]  # fmt: skip
+        self.families = [(f, s) for f, s in self.families if f.name not in refused]
+        return _load(bcc, self.program_text(), self.cflags())
 
     def start(self) -> None:
         bcc = import_bcc()
         if len(self.target_tgids) > TARGETS_MAX:
             raise ProbeLoadError(f"{len(self.target_tgids)} target processes: at most {TARGETS_MAX} at once")
-        self.bpf = _load(bcc, self.program_text(), self.cflags())
+        self.bpf = self._load_what_the_kernel_accepts(bcc)
         if len(self.target_tgids) > 1:
             targets = self.bpf[TARGETS_MAP.encode()]
             for tgid in self.target_tgids:

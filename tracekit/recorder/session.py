@@ -223,12 +223,17 @@ class Recording:
             raise self.stopper.stopped_early("recording began; no capture written")
         self.writer = self._open_writer = CaptureWriter(self.output, self._manifest(),
                                                         segment_seconds=self.config.segment_seconds)
+        self.backend.start()  # every probe attached, disarmed: nothing recorded yet
+        self._rusage0 = resource.getrusage(resource.RUSAGE_SELF)  # recorder CPU counts from here, not the compile
+        refused = getattr(self.backend, "refused", [])  # families whose program this kernel refused (bcc)
+        if refused:
+            self.failed += refused
+            self.chosen = [(f, s) for f, s in self.chosen if f.name not in {r["family"] for r in refused}]
         for family, _ in self.chosen:
             for table, schema in family.tables().items():
                 self.writer.declare(table, schema)
-        self.backend.start()  # every probe attached, disarmed: nothing recorded yet
-        self._rusage0 = resource.getrusage(resource.RUSAGE_SELF)  # recorder CPU counts from here, not the compile
-        self.writer.update_manifest(probes={**self.writer.manifest["probes"], "attached": self.backend.attached})
+        self.writer.update_manifest(probes={**self.writer.manifest["probes"], "attached": self.backend.attached,
+                                            "failed": self.failed, "families": [f.name for f, _ in self.chosen]})
         self._queue = WriteQueue(self.writer)
         self._arm()
         self.status.say(banner(self.target, self.backend_name, [f.name for f, _ in self.chosen], self.backend.attached,
