@@ -23,7 +23,8 @@ from tracekit.analysis.partial import partial_summary, partial_text
 from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
 
-__all__ = ["Analysis", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES", "HEX_COLUMNS"]
+__all__ = ["Analysis", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES", "HEX_COLUMNS",
+           "TABLE_TITLES"]
 
 ANALYSED_FAMILIES = ("walk", "walk_element", "stage2_walk", "stage2_visit", "lock", "ioctl", "ioctl_summary",
                      "split", "mmu")
@@ -260,6 +261,10 @@ _SECTIONS = (
      ["kind", "slot", "duration_ns", "splits", "split_ns"]),
     ("split_calls", "Split calls (function probes) and split events per level", None),
 )
+
+
+#: Each table's title, as the text and HTML renderings head it.
+TABLE_TITLES = {key: title for key, title, _ in _SECTIONS}
 
 
 def render_text(result: Analysis, width: int = 80) -> str:

@@ -90,10 +90,11 @@ def report(
     selftest_output: Optional[Path] = typer.Option(None, "--selftest-output", help=_SELFTEST_HELP),
     vm: Optional[str] = typer.Option(None, "--vm", help=_VM_HELP),
 ) -> None:
-    """Write one self-contained HTML page: figures, verdicts and tables of a capture.
+    """Write one self-contained HTML page: verdicts, figures and tables of a capture.
 
-    Figures (matplotlib, embedded): walk-depth histograms, the lock contention timeline, ioctl
-    latency CDFs and visits per level against the model; then the cross-check verdicts.
+    Verdicts first; then where the time goes, a timeline per vCPU and thread with the phases,
+    walk depth and visits per level against the model (log axes), latency distributions where
+    there are enough calls (else the values), and every table, times relative to the capture start.
 
     Examples:
 
@@ -104,8 +105,9 @@ def report(
     from tracekit.analysis.report import write_report
 
     keep_freed_memory()
-    result = analyze_capture(_open(capture, vm), phase=phase, selftest_output=_read_selftest(selftest_output))
-    write_report(result, output)
+    cap = _open(capture, vm)
+    result = analyze_capture(cap, phase=phase, selftest_output=_read_selftest(selftest_output))
+    write_report(result, cap, output)
     typer.echo(f"wrote {output}", err=True)
 
 

@@ -46,7 +46,7 @@ from tracekit.analysis.ioctls import MEMSLOT_OPERATIONS, memslot_flag_changes
 __all__ = [
     "LCB_F_SPIN", "LCB_F_READ", "LCB_F_WRITE", "LCB_F_RT", "LCB_F_PERCPU", "LCB_F_MUTEX",
     "STACK_OPERATIONS", "IOCTL_OPERATIONS", "MEMSLOT_UPDATE", "LOCK_PRIMITIVE", "KVM_MMU_FRAME",
-    "lock_mode", "stack_facts", "known_mmu_locks", "attribute_operations", "identify_mmu_lock", "contention_summary", "contention_timeline",
+    "lock_mode", "stack_facts", "known_mmu_locks", "attribute_operations", "identify_mmu_lock", "lock_names", "contention_summary", "contention_timeline",
 ]
 
 LCB_F_SPIN, LCB_F_READ, LCB_F_WRITE, LCB_F_RT, LCB_F_PERCPU, LCB_F_MUTEX = 1, 2, 4, 8, 16, 32
@@ -221,7 +221,8 @@ def identify_mmu_lock(waits: pd.DataFrame, known: list[int] | tuple[int, ...] = 
     return {"lock_addr": addr, "name": "mmu_lock", "evidence": evidence}
 
 
-def _lock_names(waits: pd.DataFrame, mmu: dict | None) -> np.ndarray:
+def lock_names(waits: pd.DataFrame, mmu: dict | None) -> np.ndarray:
+    """Each wait's lock as named: ``mmu_lock`` for the VM's mmu_lock (``mmu`` from identify_mmu_lock), else its address."""
     codes, uniques = pd.factorize(waits["lock_addr"])
     names = np.array([("mmu_lock" if mmu and int(a) == mmu["lock_addr"] else f"{int(a):#x}") for a in uniques]
                      + ["?"], dtype=object)
@@ -230,7 +231,7 @@ def _lock_names(waits: pd.DataFrame, mmu: dict | None) -> np.ndarray:
 
 def contention_summary(waits: pd.DataFrame, mmu: dict | None = None) -> pd.DataFrame:
     """Wait statistics per (lock, lock_addr, operation, vcpu, mode); mmu_lock rows first."""
-    frame = waits.assign(lock=_categorical(_lock_names(waits, mmu))) if len(waits) \
+    frame = waits.assign(lock=_categorical(lock_names(waits, mmu))) if len(waits) \
         else waits.assign(lock=pd.Series(dtype=object))
     table = latency_summary(frame, ["lock", "lock_addr", "operation", "vcpu", "mode"], value="wait_ns")
     for column in ("lock", "operation", "mode"):  # plain text in the (small) table
@@ -247,6 +248,6 @@ def contention_timeline(waits: pd.DataFrame, mmu: dict | None = None, bin_ns: in
     if waits.empty:
         return pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "lock": pd.Series(dtype=object),
                              "waits": pd.Series(dtype="int64"), "wait_ns": pd.Series(dtype="int64")})
-    frame = waits.assign(lock=_lock_names(waits, mmu), t_ns=(waits["ts_ns"] // bin_ns) * bin_ns)
+    frame = waits.assign(lock=lock_names(waits, mmu), t_ns=(waits["ts_ns"] // bin_ns) * bin_ns)
     out = frame.groupby(["t_ns", "lock"], sort=True).agg(waits=("wait_ns", "size"), wait_ns=("wait_ns", "sum"))
     return out.reset_index()

@@ -46,6 +46,7 @@ from tracekit.errors import AnalysisError, UsageError
 __all__ = [
     "PHASE_COLUMNS",
     "normalise_name",
+    "matching_phases",
     "make_phase_table",
     "workload_phases",
     "parse_selftest_output",
@@ -378,7 +379,8 @@ def label_phases(ts_ns: Any, phases: pd.DataFrame) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, categories=names)
 
 
-def _matching(phases: pd.DataFrame, selector: str) -> pd.DataFrame:
+def matching_phases(phases: pd.DataFrame, selector: str) -> pd.DataFrame:
+    """The rows of ``phases`` that ``selector`` names (NAME: every iteration, NAME#I: one)."""
     sel = selector.strip()
     name, _, iteration = sel.partition("#")
     name = normalise_name(name)
@@ -411,7 +413,7 @@ def phase_mask(ts_ns: Any, phases: pd.DataFrame, selector: str, duration_ns: Any
                          "selftest phase lines; pass --selftest-output FILE")
     if not re.fullmatch(r"[^#]+(#\d+)?", selector.strip()):
         raise UsageError(f"--phase {selector!r}: use NAME or NAME#ITERATION")
-    chosen = _matching(phases, selector)
+    chosen = matching_phases(phases, selector)
     if chosen.empty:
         raise UsageError(f"no phase {selector!r}; phases: {', '.join(dict.fromkeys(phases['phase']))}")
     ts = np.asarray(ts_ns, dtype=np.int64)

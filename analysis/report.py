@@ -1,167 +1,109 @@
-"""One self-contained HTML page per capture: figures, tables and the cross-check verdicts.
+"""One self-contained HTML page per capture: verdicts first, then figures that say where the time goes.
 
 Contract
 --------
-:func:`render_report` turns an :class:`tracekit.analysis.analyze.Analysis` into HTML text; every
-figure is a matplotlib PNG (Agg backend, never a display) embedded as a ``data:`` URI, so the page
-needs no other file and no network. Figures, each an ``<img class="figure" data-figure="NAME">``
-with a caption, drawn when the data exists:
-
-- ``walk-depth``: walks per depth, one bar per vCPU (from the ``walk_depth`` table);
-- ``contention-timeline``: lock wait time per 10 ms bin, per lock (mmu_lock named);
-- ``latency-cdf``: empirical CDFs of ioctl latency per kind (log time axis);
-- ``visits-vs-model``: visits per level, observed against the model (guest PTE reads for x86,
-  split-walker LEAF visits with and without skip flags for arm64).
-
-Above them, what the recording window cut (the text report's partial lines); below them: the verdicts (model cross-check, skipped levels, mmu_lock) and the tables of
-:func:`tracekit.analysis.analyze.render_text` as HTML tables. :func:`write_report` writes the page;
-it raises CaptureFormatError when the path cannot be written.
+:func:`render_report` turns an :class:`tracekit.analysis.analyze.Analysis` of a capture, with the
+capture itself (its large families are read again, batch by batch, for the timeline:
+:mod:`.reportdata`), into HTML text. Every figure (:mod:`.reportfigures`) is a PNG embedded as a
+``data:`` URI, so the page needs no other file, no script and no network; each is an
+``<img class="figure" data-figure="NAME" data-points="N">`` (N: the data values it draws) with a caption.
+In page order: the capture line; a banner when the timings are emulated (lab captures); the verdicts;
+what the recording window cut; *where the time goes* (figure and table); the timeline per thread with
+the phases; the levels (walk depth, observed vs model, stage-2 entries per level, all on log axes);
+latency distributions (series of at least :data:`.reportdata.MIN_SAMPLES` calls) and the values of the
+series with fewer; then every table of the analysis, times relative to the capture start with units.
+:func:`write_report` writes the page; it raises CaptureFormatError when the path cannot be written.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from tracekit.analysis.analyze import HEX_COLUMNS, Analysis
+from tracekit.analysis.analyze import HEX_COLUMNS, TABLE_TITLES, Analysis
 from tracekit.analysis.common import format_hex, format_ns
 from tracekit.analysis.crosscheck import match_text
-from tracekit.analysis.locks import contention_timeline
 from tracekit.analysis.partial import partial_text
+from tracekit.analysis.reportdata import MIN_SAMPLES, ReportData, report_data
+from tracekit.analysis.reportfigures import FIGURES, Figure, all_figures, time_unit
 from tracekit.errors import CaptureFormatError
 
-__all__ = ["FIGURES", "render_report", "write_report"]
+__all__ = ["FIGURES", "render_report", "write_report", "format_offset"]
 
-FIGURES = ("walk-depth", "contention-timeline", "latency-cdf", "visits-vs-model")
 _TIMESTAMPS = {"ts_ns", "start_ns", "end_ns", "t_ns"}
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1150px;color:#222;padding:0 1em}
+h1{font-size:1.4em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
+h3{font-size:1em;margin-bottom:.2em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
-td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}th{background:#f4f4f4}
-figure{display:inline-block;margin:.5em}figcaption{font-size:.85em;color:#555}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}th{background:#f4f4f4}td.text,th.text{text-align:left}
+figure{margin:.8em 0}figure img{max-width:100%}.levels figure{display:inline-block;vertical-align:top;max-width:49%}figcaption{font-size:.85em;color:#555;max-width:60em}
+.verdicts{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.4em 1em}
+.verdicts ul{margin:.3em 0;padding-left:1.2em}
+.banner{background:#fff4ce;border:2px solid #d4a106;border-radius:6px;padding:.6em 1em;font-weight:bold}
 .verdict{font-weight:bold}.yes{color:#b35c00}.no,.match{color:#17703a}.mismatch{color:#b00020}
+.note{color:#555;font-size:.9em}
 """
 
 
-def _figure_png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _new_figure():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(6.4, 3.6))
+def format_offset(ns: float, unit: tuple[str, float]) -> str:
+    """A time since the capture start, in ``unit`` (from :func:`.reportfigures.time_unit`): ``+12.345 ms``."""
+    if pd.isna(ns):
+        return "-"
+    name, scale = unit
+    return f"{ns / scale:+,.3f} {name}"
 
 
-def _frame(result: Analysis, key: str) -> pd.DataFrame | None:
-    frame = result.frames.get(key)
-    return None if frame is None or frame.empty else frame
+def _figure_html(figure: Figure) -> str:
+    data = base64.b64encode(figure.png).decode("ascii")
+    caption = html.escape(figure.caption)
+    return (f"<figure><img class='figure' data-figure='{figure.name}' data-points='{figure.points}' "
+            f"alt='{caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>")
 
 
-def _labels(ax: Any, xlabel: str, ylabel: str, legend_size: int = 8, legend_loc: str = "best") -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=legend_size, loc=legend_loc)
+def _cell_formats(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float]) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` with readable cells (durations with units, times since the capture start, percentages,
+    hexadecimal addresses) and readable headers (no ``_ns``)."""
+    shown = frame.copy()
+    headers = []
+    for column in frame.columns:
+        name = str(column)
+        if name in _TIMESTAMPS:
+            shown[column] = [format_offset(v - t0_ns, unit) if pd.notna(v) else "-" for v in frame[column]]
+            name = {"ts_ns": "time", "t_ns": "time"}.get(name, name[:-3]) + " (since capture start)"
+        elif name.endswith("_ns"):
+            shown[column] = frame[column].map(format_ns)
+            name = name[:-3]
+        elif name in HEX_COLUMNS:
+            shown[column] = frame[column].map(format_hex)
+        elif name.startswith("share"):
+            shown[column] = frame[column].map(lambda v: "-" if pd.isna(v) else f"{v:.2%}")
+        elif pd.api.types.is_float_dtype(frame[column]):
+            shown[column] = frame[column].map(lambda v: "-" if pd.isna(v) else f"{v:,.1f}")
+        elif pd.api.types.is_integer_dtype(frame[column]) and name not in ("level", "vcpu", "slot", "iteration",
+                                                                            "depth", "leaf_level", "cpu", "tid"):
+            shown[column] = frame[column].map(lambda v: f"{v:,}")
+        headers.append(name.replace("_", " "))
+    shown.columns = headers
+    return shown, headers
 
 
-def _grouped_bars(ax: Any, x: np.ndarray, bars: list[tuple[str, Any]]) -> None:
-    """Side by side at each ``x``, one bar per ``(label, heights)``, together 0.8 wide."""
-    width = 0.8 / len(bars)
-    for i, (label, heights) in enumerate(bars):
-        ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=label)
-
-
-def _walk_depth_figure(result: Analysis):
-    table = result.tables.get("walk_depth")
-    if table is None or table.empty:
-        return None
-    fig, ax = _new_figure()
-    per = table.groupby(["vcpu", "depth"])["walks"].sum().unstack(fill_value=0)
-    depths = np.arange(0, int(per.columns.max()) + 1)
-    per = per.reindex(columns=depths, fill_value=0)
-    _grouped_bars(ax, depths, [(f"vCPU {vcpu}" if vcpu >= 0 else "other threads", row.to_numpy())
-                               for vcpu, row in per.iterrows()])
-    ax.set_xticks(depths)
-    _labels(ax, "walk depth (guest levels read)", "walks")
-    return fig, "Guest walk depth per vCPU"
-
-
-def _timeline_figure(result: Analysis):
-    waits = _frame(result, "waits")
-    if waits is None:
-        return None
-    mmu = result.verdicts.get("mmu_lock")
-    if mmu is not None and mmu.get("lock_addr") is None:
-        mmu = None
-    timeline = contention_timeline(waits, mmu)
-    t0 = int(timeline["t_ns"].min())
-    fig, ax = _new_figure()
-    top = timeline.groupby("lock")["wait_ns"].sum().sort_values(ascending=False).index[:5]
-    for lock in top:
-        part = timeline[timeline["lock"] == lock]
-        ax.plot((part["t_ns"] - t0) / 1e9, part["wait_ns"] / 1e6, drawstyle="steps-post", label=lock)
-    _labels(ax, "time (s from first wait)", "wait per 10 ms (ms)")
-    return fig, "Lock contention timeline (top locks by total wait)"
-
-
-def _cdf_figure(result: Analysis):
-    ioctl = _frame(result, "ioctl")
-    if ioctl is None:
-        return None
-    fig, ax = _new_figure()
-    busiest = ioctl["cmd_name"].value_counts().index[:8]
-    for name, group in ioctl[ioctl["cmd_name"].isin(busiest)].groupby("cmd_name"):
-        values = np.sort(group["duration_ns"].to_numpy(np.float64))
-        values = np.maximum(values, 1.0)
-        ax.step(values / 1e3, np.arange(1, len(values) + 1) / len(values), where="post", label=f"{name} ({len(values)})")
-    ax.set_xscale("log")
-    _labels(ax, "latency (us)", "fraction of calls", 7, "lower right")
-    return fig, "ioctl latency CDFs (the 8 most frequent kinds)"
-
-
-def _visits_figure(result: Analysis):
-    split = result.tables.get("split_visits_vs_model")
-    walk = result.tables.get("walk_visits_vs_model")
-    frame = split if split is not None and len(split) else walk
-    if frame is None or frame.empty:
-        return None
-    fig, ax = _new_figure()
-    x = np.arange(len(frame))
-    _grouped_bars(ax, x, [(column.replace("_", " "), frame[column]) for column in frame.columns if column != "level"])
-    ax.set_xticks(x)
-    ax.set_xticklabels([f"L{int(level)}" for level in frame["level"]])
-    _labels(ax, "level", "visits")
-    kind = "split-walker LEAF visits" if frame is split else "guest PTE reads"
-    return fig, f"Visits per level against the model ({kind})"
-
-
-def _table_html(frame: pd.DataFrame, limit: int = 50) -> str:
-    shown = frame.head(limit).copy()
-    for column in shown.columns:
-        if str(column).endswith("_ns") and column not in _TIMESTAMPS:
-            shown[column] = shown[column].map(format_ns)
-        elif column in HEX_COLUMNS:
-            shown[column] = shown[column].map(format_hex)
-    text = shown.to_html(index=False, border=0, na_rep="-", escape=True)
+def _table_html(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float], limit: int = 50) -> str:
+    shown, headers = _cell_formats(frame.head(limit), t0_ns, unit)
+    text_columns = {h for h, c in zip(headers, frame.columns) if frame[c].dtype == object}
+    head = "".join(f"<th class='{'text' if h in text_columns else ''}'>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td class='{'text' if h in text_columns else ''}'>{html.escape(str(v))}</td>"
+                                    for h, v in zip(headers, row)) + "</tr>"
+                   for row in shown.itertuples(index=False))
+    text = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if len(frame) > limit:
-        text += f"<p>{len(frame) - limit} more rows: see <code>tracekit analyze --json</code>.</p>"
+        text += f"<p class='note'>{len(frame) - limit:,} more rows: see <code>tracekit analyze --json</code>.</p>"
     return text
 
 
@@ -194,59 +136,107 @@ def _verdicts_html(result: Analysis) -> str:
     return "<ul>" + "".join(items) + "</ul>"
 
 
-def render_report(result: Analysis) -> str:
-    """The HTML page of ``result`` (see the module docstring)."""
+def _emulated_banner(manifest: dict) -> str:
+    """The warning a lab capture's timings need: they are the emulator's, not the hardware's."""
+    note = manifest.get("timing_note")
+    if not note and (manifest.get("source") or {}).get("kind") != "lab":
+        return ""
+    host = manifest.get("host") or "an emulated machine"
+    text = note or f"recorded on {host}: durations are those of the emulator and say nothing about real hardware"
+    return (f"<p class='banner emulated'>Emulated timings ({html.escape(str(host))}): {html.escape(text)}. "
+            "Counts and orders are exact; compare times only with captures of the same emulator.</p>")
+
+
+def _time_section(data: ReportData, figures: dict[str, Figure]) -> list[str]:
+    table = data.time_table()
+    if table.empty:
+        return []
+    parts = ["<h2>Where the time goes</h2>"]
+    if "where-time-goes" in figures:
+        parts.append(_figure_html(figures["where-time-goes"]))
+    shown = table.assign(how=["per call" if p else "kernel total" for p in table["per_call"]])
+    shown = shown[["what", "kind", "calls", "total_ns", "max_ns", "share", "how"]].rename(
+        columns={"share": "share of window"})
+    parts.append(_table_html(shown, data.t0_ns, time_unit(data.end_ns - data.t0_ns), limit=30))
+    parts.append(f"<p class='note'>Share of window: total time over the {format_ns(data.end_ns - data.t0_ns)} "
+                 "shown in the timeline; nested activities overlap, so the shares do not add up.</p>")
+    return parts
+
+
+def _latency_section(data: ReportData, figures: dict[str, Figure]) -> list[str]:
+    few = data.few_samples()
+    if "latency" not in figures and not few:
+        return []
+    parts = ["<h2>Latency</h2>"]
+    if "latency" in figures:
+        parts.append(_figure_html(figures["latency"]))
+    if few:
+        rows = pd.DataFrame({"what": [s.label for s in few], "kind": [s.kind for s in few],
+                             "calls": [s.count for s in few],
+                             "values": [", ".join(format_ns(v) for v in sorted(s.values)) for s in few]})
+        parts.append(f"<h3>Too few calls for a distribution (under {MIN_SAMPLES}): every value</h3>")
+        parts.append(_table_html(rows, data.t0_ns, time_unit(data.end_ns - data.t0_ns), limit=100))
+    return parts
+
+
+def render_report(result: Analysis, cap: Any) -> str:
+    """The HTML page of ``result``, the analysis of ``cap`` (see the module docstring)."""
     info = result.info
+    data = report_data(cap, result)
+    figures = {figure.name: figure for figure in all_figures(result, data)}
+    unit = time_unit(data.end_ns - data.t0_ns)
+    manifest = cap.manifest
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              f"<title>tracekit report: {html.escape(Path(info['path']).name)}</title>",
              f"<style>{_CSS}</style></head><body>",
-             f"<h1>tracekit report: {html.escape(info['path'])}</h1>",
+             f"<h1>tracekit report: {html.escape(Path(info['path']).name)}</h1>",
              f"<p>kernel {html.escape(str(info.get('kernel_release')))}, {html.escape(str(info.get('arch')))}, "
              f"source {html.escape(str(info.get('source')))}, status {html.escape(str(info.get('status')))}"
-             + (f", phase {html.escape(info['phase'])}" if info.get("phase") else "") + "</p>"]
+             + (f", cut to phase {html.escape(info['phase'])}" if info.get("phase") else "")
+             + (f", cut to VM pid {info['vm']['pid']}" if info.get("vm") else "")
+             + f". Times are relative to the capture start ({html.escape(data.t0_from)}, CLOCK_MONOTONIC "
+             f"{data.t0_ns / 1e9:,.6f} s); the window shown lasts {format_ns(data.end_ns - data.t0_ns)}.</p>",
+             _emulated_banner(manifest)]
     if info.get("lost_events"):
-        parts.append(f"<p class='mismatch'>{info['lost_events']:,} events were lost while recording: "
+        parts.append(f"<p class='banner'>{info['lost_events']:,} events were lost while recording: "
                      "counts are lower bounds.</p>")
-    if info.get("phase_note"):
-        parts.append(f"<p>Phases: {html.escape(info['phase_note'])}.</p>")
-    if info.get("vm_note"):
-        parts.append(f"<p>VMs: {html.escape(info['vm_note'])}.</p>")
+    parts.append("<div class='verdicts'><h2>Verdicts</h2>" + _verdicts_html(result) + "</div>")
+    for note in ("phase_note", "vm_note"):
+        if info.get(note):
+            parts.append(f"<p class='note'>{'Phases' if note == 'phase_note' else 'VMs'}: {html.escape(info[note])}.</p>")
     if "partial" in info:  # what the recording window cut, as the text report says it
-        parts.append("<p class='partial'>" + "<br>".join(html.escape(line.strip()) for line in partial_text(info["partial"]))
-                     + "</p>")
-    parts.append("<h2>Verdicts</h2>" + _verdicts_html(result))
-    parts.append("<h2>Figures</h2>")
-    makers = {"walk-depth": _walk_depth_figure, "contention-timeline": _timeline_figure,
-              "latency-cdf": _cdf_figure, "visits-vs-model": _visits_figure}
-    drawn = 0
-    for name in FIGURES:
-        made = makers[name](result)
-        if made is None:
-            continue
-        fig, caption = made
-        parts.append(f"<figure><img class='figure' data-figure='{name}' alt='{html.escape(caption)}' "
-                     f"src='data:image/png;base64,{_figure_png(fig)}'><figcaption>{html.escape(caption)}"
-                     "</figcaption></figure>")
-        drawn += 1
-    if not drawn:
+        parts.append("<p class='note partial'>" + "<br>".join(html.escape(line.strip())
+                                                              for line in partial_text(info["partial"])) + "</p>")
+    parts.extend(_time_section(data, figures))
+    if "timeline" in figures:
+        parts.append("<h2>Timeline: which thread, which phase</h2>" + _figure_html(figures["timeline"]))
+    levels = [figures[name] for name in ("walk-depth", "visits-vs-model", "stage2-levels") if name in figures]
+    if levels:
+        parts.append("<h2>Levels</h2><div class='levels'>" + "".join(_figure_html(figure) for figure in levels)
+                     + "</div>")
+    parts.extend(_latency_section(data, figures))
+    if not figures:
         parts.append("<p>No figure: the capture has none of the data they need.</p>")
     parts.append("<h2>Tables</h2>")
     for key, table in result.tables.items():
-        parts.append(f"<h3>{html.escape(key.replace('_', ' '))}</h3>" + _table_html(table))
+        if table.empty:
+            continue
+        title = TABLE_TITLES.get(key, key.replace("_", " ")).replace(" (CLOCK_MONOTONIC)", "")
+        parts.append(f"<h3>{html.escape(title)}</h3>" + _table_html(table, data.t0_ns, unit))
     skipped = info.get("skipped") or {}
     if skipped:
         parts.append("<h2>Not analysed</h2><ul>" + "".join(
             f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in skipped.items()) + "</ul>")
     parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)
 
 
-def write_report(result: Analysis, path: str | os.PathLike) -> None:
-    """Write :func:`render_report` of ``result`` to ``path``."""
+def write_report(result: Analysis, cap: Any, path: str | os.PathLike) -> None:
+    """Write :func:`render_report` of ``result`` (the analysis of ``cap``) to ``path``."""
     target = Path(path)
     if target.is_symlink():
         raise CaptureFormatError(f"refusing to write through a symlink: {target}")
     try:
-        target.write_text(render_report(result), encoding="utf-8")
+        target.write_text(render_report(result, cap), encoding="utf-8")
     except OSError as error:
         raise CaptureFormatError(f"cannot write {target}: {error.strerror or error}") from error

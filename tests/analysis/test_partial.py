@@ -64,7 +64,8 @@ def test_analyze_reports_the_window_and_the_partial_operations(make_capture):
         "ioctl_summary": {"cmd": np.array([0xAE80], np.uint32), "cmd_name": ["KVM_RUN"], "count": [3],
                           "total_ns": [9000], "max_ns": [8000], "errors": [0], "partial": [2]},
     }, manifest={"window": WINDOW, "partial": RECORDER})
-    result = analyze_capture(open_capture(path))
+    cap = open_capture(path)
+    result = analyze_capture(cap)
     partial = analysis_json(result)["info"]["partial"]
     assert partial["recorder"] == RECORDER and partial["window"] == WINDOW
     assert partial["ioctl_partial_calls"] == 4
@@ -73,7 +74,7 @@ def test_analyze_reports_the_window_and_the_partial_operations(make_capture):
     text = render_text(result)
     assert "recording window: 0.000 s of CLOCK_MONOTONIC" in text
     assert "3 walk elements without start" in text.replace("\n    ", " ")
-    page = render_report(result)  # the HTML report and compare say it too
+    page = render_report(result, cap)  # the HTML report and compare say it too
     assert "recording window: 0.000 s of CLOCK_MONOTONIC" in page and "3 walk elements without start" in page
     assert capture_metrics(result)["partial operations"] == (float(partial["total"]), "count")
 
@@ -81,9 +82,10 @@ def test_analyze_reports_the_window_and_the_partial_operations(make_capture):
 def test_a_capture_without_a_window_says_so(make_capture):
     path = make_capture({"ioctl": {"duration_ns": [5], "cmd": np.array([0xAE42], np.uint32),
                                    "cmd_name": ["KVM_GET_DIRTY_LOG"], "ret": [0]}})
-    result = analyze_capture(open_capture(path))
+    cap = open_capture(path)
+    result = analyze_capture(cap)
     assert result.info["partial"]["ioctl_partial_calls"] == 0 and result.info["partial"]["total"] == 0
     assert "not recorded (capture made before windows existed)" in render_text(result)
     assert "partial operations: none" in render_text(result)
-    assert "not recorded (capture made before windows existed)" in render_report(result)
+    assert "not recorded (capture made before windows existed)" in render_report(result, cap)
     assert "partial operations" not in capture_metrics(result)  # nothing to compare before windows existed

@@ -106,7 +106,7 @@ def test_analysis_checks_test_memory_walks_and_counts_the_others(make_capture):
     assert (check["verdict"], check["compared"], check["matched"], check["outside_model"]) == ("match", 4, 4, 1)
     assert result.info["model"]["test_table_gpa"] == 0x186000
     assert "1 walks of addresses the model does not cover" in render_text(result)
-    assert "1 walks of addresses the model does not cover were not compared" in render_report(result)
+    assert "1 walks of addresses the model does not cover were not compared" in render_report(result, cap)
     # no mmu family recorded: the walks' cause cannot be told
     assert result.verdicts["walk_causes"]["unknown"] == 5 and "walk causes unknown" in render_text(result)
     bad = {**walks, 0xC0001000: [(4, 0x181023), (3, 0x186023), (2, 0x187023), (1, 0xFFFFFF001003 + 0x1000)]}

@@ -73,7 +73,7 @@ def test_sample_walks_are_faults_and_the_streamed_and_in_memory_paths_agree():
     assert faults[faults["cause"] == "fault"]["walks"].sum() == verdict["fault"]
     text = render_text(result)
     assert f"walk causes: {verdict['fault']:,} fault, {verdict['emulation']:,} emulation" in text
-    assert "Walk causes:" in render_report(result)
+    assert "Walk causes:" in render_report(result, cap)
 
 
 def test_fault_events_read_in_batches_equal_the_whole_family(monkeypatch):
