@@ -96,7 +96,7 @@ def _cell_formats(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float]) -> t
 
 def _table_html(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float], limit: int = 50) -> str:
     shown, headers = _cell_formats(frame.head(limit), t0_ns, unit)
-    text_columns = {h for h, c in zip(headers, frame.columns) if frame[c].dtype == object}
+    text_columns = {h for h, c in zip(headers, frame.columns) if not pd.api.types.is_numeric_dtype(frame[c])}
     head = "".join(f"<th class='{'text' if h in text_columns else ''}'>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td class='{'text' if h in text_columns else ''}'>{html.escape(str(v))}</td>"
                                     for h, v in zip(headers, row)) + "</tr>"
