@@ -84,7 +84,7 @@ def _log_bars(ax: Any, categories: list[str], bars: list[tuple[str, list[float]]
     ax.set_xticks(x)
     ax.set_xticklabels(categories)
     ax.set_ylabel(f"{ylabel} (log scale)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     return drawn
 
 

@@ -49,11 +49,12 @@ def test_report_writes_self_contained_html(tmp_path):
     result = runner.invoke(app, ["report", SAMPLE, "-o", str(out)])
     assert result.exit_code == 0, result.output
     page = out.read_text()
-    for name in ("walk-depth", "contention-timeline", "latency-cdf", "visits-vs-model"):
+    for name in ("where-time-goes", "timeline", "walk-depth", "visits-vs-model", "latency"):
         assert f"data-figure='{name}'" in page
     assert "src='data:image/png;base64," in page and "http" not in page.split("<body>")[1].split("</h1>")[0]
-    paths = page.split("<h3>walk paths</h3>")[1].split("</table>")[0]
-    rows = re.findall(r"<tr>\s*<td>(\w+)</td>\s*<td>([^<]+)</td>\s*<td>([^<]+)</td>", paths)
+    assert "<script" not in page
+    paths = page.split("<h3>Guest walks per cause, level path and access code (pferr)</h3>")[1].split("</table>")[0]
+    rows = re.findall(r"<tr>\s*<td[^>]*>(\w+)</td>\s*<td[^>]*>([^<]+)</td>\s*<td[^>]*>([^<]+)</td>", paths)
     assert rows and all(re.fullmatch(r"0x[0-9a-f]+", pferr) for _, _, pferr in rows)  # pferr in hex, not decimal
 
 

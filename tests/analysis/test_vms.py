@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-from tracekit.analysis.analyze import analysis_json, analyze_capture, render_text
+from tracekit.analysis.analyze import TABLE_TITLES, analysis_json, analyze_capture, render_text
 from tests.synthetic import SCHEMAS, guest_tables, walk_tables
 from tracekit.analysis.vms import VmCapture, capture_vms, select_vm, vm_rows
 from tracekit.capture import CaptureWriter, open_capture
@@ -114,7 +116,8 @@ def test_report_vm_option(two_vms, tmp_path):
     result = CliRunner().invoke(app, ["report", str(two_vms), "--vm", "db", "-o", str(page)])
     assert result.exit_code == 0, result.output
     text = page.read_text()
-    assert "<h3>walk depth</h3>" in text and "<h3>vms</h3>" not in text  # cut to one VM: no per-VM table
+    depth, vms = (f"<h3>{html.escape(TABLE_TITLES[key])}</h3>" for key in ("walk_depth", "vms"))
+    assert depth in text and vms not in text  # cut to one VM: no per-VM table
     whole = tmp_path / "all.html"
     assert CliRunner().invoke(app, ["report", str(two_vms), "-o", str(whole)]).exit_code == 0
-    assert "<h3>vms</h3>" in whole.read_text()
+    assert vms in whole.read_text()
