@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tracekit.capture.reader import exact_pandas
 from tracekit.errors import AnalysisError
 
 __all__ = [
@@ -41,7 +42,13 @@ __all__ = [
 PERCENTILES = (50, 90, 99)
 
 
-def _plain_column(column: pa.ChunkedArray) -> Any:
+
+
+def _pandas_column(column: pa.ChunkedArray) -> Any:
+    """``column`` as pandas: a uint64 column (addresses, PTEs, masks) exactly, in pandas' nullable ``UInt64``;
+    the others as pyarrow makes them (nulls as NaN: narrower integers stay exact in float64)."""
+    if pa.types.is_uint64(column.type):
+        return exact_pandas(column)
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     return column.to_pandas()
@@ -58,7 +65,8 @@ def load(cap: Any, family: str, columns: Sequence[str], *, required: bool = True
     ``values``, picked batch by batch as the family is read (memory bounded by one batch and the rows kept).
 
     Numeric columns without nulls are read segment by segment into one preallocated numpy array each
-    (no concatenation copy); dictionary columns become strings. Raises AnalysisError when
+    (no concatenation copy); with nulls, uint64 columns become pandas' nullable ``UInt64`` (exact, never
+    float64), the others pyarrow's usual dtypes; dictionary columns become strings. Raises AnalysisError when
     ``required`` and the family or a required column is missing.
     """
     if family not in cap.families():
@@ -106,7 +114,7 @@ def frame_of(tables: Iterable[pa.Table], rows: int, schema: pa.Schema, wanted: S
             out[c] = arrays[c][:offset]
         else:
             chunks = [chunk for part in slow[c] for chunk in part.chunks]
-            out[c] = _plain_column(pa.chunked_array(chunks, type=schema.field(c).type))
+            out[c] = _pandas_column(pa.chunked_array(chunks, type=schema.field(c).type))
     frame = pd.DataFrame(out, copy=False)
     for c in optional_columns:
         if c not in frame.columns:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from tracekit.capture import COMMON_FIELDS
-from tracekit.capture.columns import COMMON_UNITS, DICT, FAMILIES, FUNCPROBE_FAMILIES, SCHEMAS, TRACEPOINT_FAMILIES
+from tracekit.capture.columns import COMMON_UNITS, FAMILIES, FUNCPROBE_FAMILIES, SCHEMAS, TRACEPOINT_FAMILIES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = {"capture-families-tracepoints.md": TRACEPOINT_FAMILIES, "capture-families-funcprobes.md": FUNCPROBE_FAMILIES}
@@ -18,9 +18,7 @@ _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 
 
 def doc_type(type_: pa.DataType) -> str:
-    """A type as the docs spell it (``dict`` for dictionary<int32, string>)."""
-    if type_ == DICT:
-        return "dict"
+    """A type as the docs spell it."""
     if pa.types.is_list(type_):
         return f"list<{type_.value_type}>"
     return str(type_)

@@ -144,3 +144,22 @@ def test_tables_take_paths_too():
     table = capture_facts([SAMPLES / "lab-x86-tdp-1g.tkcap"])
     assert table.num_rows == 1 and isinstance(table, pa.Table)
     assert table.column("source_kind").to_pylist() == ["lab"]
+
+
+def test_threads_of_several_vms(tmp_path):
+    from tracekit.capture import CaptureWriter
+
+    target = {"pids": [10, 20], "comm": "qemu-system-x86", "name": "vm-a",
+              "vms": [{"pid": 10, "comm": "qemu-system-x86", "name": "vm-a", "vcpus": 2, "memory": 1 << 30},
+                      {"pid": 20, "comm": "qemu-system-x86", "name": None, "vcpus": 1, "memory": None}],
+              "threads": [{"pid": 10, "tid": 11, "comm": "CPU 0/KVM", "vcpu": 0, "vcpu_from": "KVM_RUN fd"},
+                          {"pid": 20, "tid": 21, "comm": "CPU 0/KVM", "vcpu": 0},
+                          {"pid": 10, "tid": 10, "comm": "qemu-system-x86", "vcpu": None}]}
+    with CaptureWriter(tmp_path / "vms.tkcap", manifest={"target": target}):
+        pass
+    rows = threads_table([tmp_path / "vms.tkcap"]).drop(["capture"]).to_pylist()
+    assert rows == [{"pid": 10, "tid": 10, "comm": "qemu-system-x86", "vcpu": None, "vm": "vm-a"},
+                    {"pid": 10, "tid": 11, "comm": "CPU 0/KVM", "vcpu": 0, "vm": "vm-a"},
+                    {"pid": 20, "tid": 21, "comm": "CPU 0/KVM", "vcpu": 0, "vm": "qemu-system-x86"}]
+    facts = capture_facts([tmp_path / "vms.tkcap"]).to_pylist()[0]
+    assert (facts["vcpus"], facts["memory_bytes"], facts["status"]) == (3, 1 << 30, "complete")

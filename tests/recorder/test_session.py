@@ -223,7 +223,10 @@ def test_threads_seen_only_in_events_join_the_thread_list():
 
     threads = {1: {"tid": 1, "comm": "main", "vcpu": None}}
     session._note_event_threads(threads, pa.table({"tid": pa.array([1, 999999, 0], pa.int32())}))
-    assert threads[999999] == {"tid": 999999, "comm": "", "vcpu": None} and 0 not in threads
+    assert threads[999999] == {"pid": None, "tid": 999999, "comm": "", "vcpu": None} and 0 not in threads
+    session._note_event_threads(threads, pa.table({"tid": pa.array([999998], pa.int32()),
+                                                   "pid": pa.array([999990], pa.int32())}))
+    assert threads[999998] == {"pid": 999990, "tid": 999998, "comm": "", "vcpu": None}  # its events' process
 
 
 def test_auto_backend_falls_back_to_tracefs_with_a_note(monkeypatch):

@@ -90,7 +90,7 @@ def test_list_threads_marks_vcpus():
     ready.wait()
     try:
         threads = list_threads(os.getpid())
-        assert {"tid": thread.native_id, "comm": "tk-vcpu-7", "vcpu": 7} in threads
+        assert {"pid": os.getpid(), "tid": thread.native_id, "comm": "tk-vcpu-7", "vcpu": 7} in threads
         assert threads[0]["tid"] == os.getpid()
     finally:
         stop.set()

@@ -14,10 +14,13 @@ import pyarrow as pa
 
 from tracekit.capture.format import COMMON_FIELDS
 
-__all__ = ["Column", "COMMON_UNITS", "FAMILIES", "SCHEMAS", "TRACEPOINT_FAMILIES", "FUNCPROBE_FAMILIES",
+__all__ = ["LABEL", "Column", "COMMON_UNITS", "FAMILIES", "SCHEMAS", "TRACEPOINT_FAMILIES", "FUNCPROBE_FAMILIES",
            "FUNCPROBE_SCHEMAS", "unit_of"]
 
-DICT = pa.dictionary(pa.int32(), pa.string())
+#: Low-cardinality text (command, event and probe names, visit kinds): a plain string column, which Parquet
+#: stores dictionary-encoded anyway. Captures written before it hold ``dictionary<int32, string>`` here
+#: (every reader accepts both; dictionaries differing per segment broke ``pyarrow.dataset``).
+LABEL = pa.string()
 
 
 class Column(NamedTuple):
@@ -57,23 +60,23 @@ TRACEPOINT_FAMILIES: dict[str, list[Column]] = {
     "walk_error": [_col("walk_id", pa.uint64()), _col("pferr", pa.uint32())],
     "ioctl": [
         _col("duration_ns", pa.int64(), "ns"), _col("fd", pa.int32()), _col("cmd", pa.uint32()),
-        _col("cmd_name", DICT), _col("ret", pa.int64()), _col("slot", pa.uint16()), _col("as_id", pa.uint16()),
+        _col("cmd_name", LABEL), _col("ret", pa.int64()), _col("slot", pa.uint16()), _col("as_id", pa.uint16()),
         _col("flags", pa.uint32()), _col("guest_phys_addr", pa.uint64(), "bytes"),
         _col("memory_size", pa.uint64(), "bytes"), _col("userspace_addr", pa.uint64(), "bytes"),
         _col("first_page", pa.uint64(), "pages"), _col("num_pages", pa.uint32(), "pages"), _col("cap", pa.uint32()),
-        _col("cap_arg0", pa.uint64()), _col("arg", pa.uint64()), _col("partial", DICT),
+        _col("cap_arg0", pa.uint64()), _col("arg", pa.uint64()), _col("partial", LABEL),
     ],
     "ioctl_summary": [
-        _col("cmd", pa.uint32()), _col("cmd_name", DICT), _col("count", pa.int64()), _col("total_ns", pa.int64(), "ns"),
+        _col("cmd", pa.uint32()), _col("cmd_name", LABEL), _col("count", pa.int64()), _col("total_ns", pa.int64(), "ns"),
         _col("max_ns", pa.int64(), "ns"), _col("errors", pa.int64()), _col("fd", pa.int32()), _col("errno", pa.int32()),
         _col("partial", pa.int64()),
     ],
     "lock": [
-        _col("lock_addr", pa.uint64(), "bytes"), _col("flags", pa.uint32()), _col("flags_name", DICT),
+        _col("lock_addr", pa.uint64(), "bytes"), _col("flags", pa.uint32()), _col("flags_name", LABEL),
         _col("wait_ns", pa.int64(), "ns"), _col("ret", pa.int32()), _col("stack_id", pa.int32()),
     ],
     "stack": [_col("stack_id", pa.int32()), _col("frames", pa.list_(pa.string()))],
-    "mmu": [_col("event", DICT), *_MMU_VALUES, _col("r", pa.bool_()), _col("x", pa.bool_()), _col("u", pa.bool_()),
+    "mmu": [_col("event", LABEL), *_MMU_VALUES, _col("r", pa.bool_()), _col("x", pa.bool_()), _col("u", pa.bool_()),
             _col("unsync", pa.bool_()), _col("created", pa.bool_())],
 }  # fmt: skip
 
@@ -81,23 +84,23 @@ TRACEPOINT_FAMILIES: dict[str, list[Column]] = {
 FUNCPROBE_FAMILIES: dict[str, list[Column]] = {
     "stage2_walk": [
         _required("walk_id", pa.int64()), _col("addr", pa.uint64(), "bytes"), _col("size", pa.uint64(), "bytes"),
-        _col("flags", pa.uint32()), _col("start_level", pa.int8()), _col("initiator", DICT),
+        _col("flags", pa.uint32()), _col("start_level", pa.int8()), _col("initiator", LABEL),
         _col("duration_ns", pa.int64(), "ns"), _col("ret", pa.int32()),
     ],
     "stage2_visit": [
-        _required("walk_id", pa.int64()), _required("visitor", DICT), _required("level", pa.int8()),
-        _required("kind", DICT), _required("count", pa.int64()),
+        _required("walk_id", pa.int64()), _required("visitor", LABEL), _required("level", pa.int8()),
+        _required("kind", LABEL), _required("count", pa.int64()),
     ],
     "split": [
-        _required("probe", DICT), _col("addr", pa.uint64(), "bytes"), _col("size", pa.uint64(), "bytes"),
+        _required("probe", LABEL), _col("addr", pa.uint64(), "bytes"), _col("size", pa.uint64(), "bytes"),
         _col("level", pa.int8()), _col("duration_ns", pa.int64(), "ns"), _col("ret", pa.int32()),
     ],
     "fault": [
-        _required("probe", DICT), _col("vcpu_id", pa.int32()), _col("addr", pa.uint64(), "bytes"),
+        _required("probe", LABEL), _col("vcpu_id", pa.int32()), _col("addr", pa.uint64(), "bytes"),
         _col("duration_ns", pa.int64(), "ns"), _col("ret", pa.int64()),
     ],
     "func_call": [
-        _required("name", DICT), _col("duration_ns", pa.int64(), "ns"), _col("ret", pa.int64()),
+        _required("name", LABEL), _col("duration_ns", pa.int64(), "ns"), _col("ret", pa.int64()),
         _col("args", pa.string()),
     ],
 }  # fmt: skip

@@ -197,7 +197,7 @@ U64 = Int(0, (1 << 64) - 1)  # guest and host addresses, sizes
 TEXT = Str()
 TEXTS = List(TEXT)
 
-_THREAD = Obj({"tid": PID, "comm": nullable(TEXT), "vcpu": nullable(INDEX), "vcpu_from": nullable(TEXT)})
+_THREAD = Obj({"pid": nullable(PID), "tid": PID, "comm": nullable(TEXT), "vcpu": nullable(INDEX), "vcpu_from": nullable(TEXT)})
 _VCPU_FDS = Obj({"fds": List(Obj({"pid": PID, "fd": Int(0, (1 << 31) - 1), "vcpu": INDEX}))})
 _VM = Obj({"pid": PID, "comm": nullable(TEXT), "name": nullable(TEXT), "vcpus": nullable(COUNT),
            "memory": nullable(COUNT)})

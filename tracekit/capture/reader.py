@@ -38,7 +38,7 @@ from tracekit.capture.manifest import (MAX_MANIFEST_BYTES, SNAPSHOT, check_manif
 from tracekit.errors import CaptureFormatError
 from tracekit.procs import pid_alive
 
-__all__ = ["Capture", "open_capture"]
+__all__ = ["Capture", "open_capture", "exact_pandas"]
 
 _SNAPSHOT_KEY = b"tracekit.manifest"
 _FAMILY_KEY = b"tracekit.family"
@@ -306,8 +306,8 @@ class Capture:
         return pa.concat_tables(tables)
 
     def dataframe(self, family: str, columns: Sequence[str] | None = None):
-        """``table(family, columns)`` as a pandas DataFrame."""
-        return self.table(family, columns).to_pandas()
+        """``table(family, columns)`` as a pandas DataFrame, exact (see :func:`exact_pandas`)."""
+        return exact_pandas(self.table(family, columns))
 
     def rows(self, family: str) -> int:
         """Row count of ``family`` from segment footers (read at open)."""
@@ -319,6 +319,29 @@ class Capture:
 
     def __repr__(self) -> str:
         return f"Capture({shown_path(self.path)!r})"
+
+
+def _masked_integer_dtype(type_: pa.DataType):
+    """pyarrow ``types_mapper``: an integer type to pandas' masked nullable dtype (``UInt64``, ``Int32``...)."""
+    if not pa.types.is_integer(type_):
+        return None
+    import pandas as pd
+
+    return pd.api.types.pandas_dtype(("UInt" if pa.types.is_unsigned_integer(type_) else "Int") + str(type_.bit_width))
+
+
+def exact_pandas(data: pa.Table | pa.ChunkedArray | pa.Array):
+    """``data`` as pandas with every integer column in pandas' nullable dtypes (``UInt64``, ``Int64``...):
+    every value exact, nulls ``<NA>``. Plain ``to_pandas`` turns a nullable uint64 into float64, exact only
+    below 2^53; Arrow-backed dtypes (``uint64[pyarrow]``) are exact too but pandas cannot compare them with a
+    Python int above 2^63 (``isin``, ``==`` raise OverflowError), so the masked ones are used. Dictionary
+    text becomes plain strings."""
+    if isinstance(data, pa.Table):
+        data = data.cast(pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                                    for f in data.schema], metadata=data.schema.metadata))
+    elif pa.types.is_dictionary(data.type):
+        data = data.cast(data.type.value_type)
+    return data.to_pandas(types_mapper=_masked_integer_dtype)
 
 
 def open_capture(path: str | os.PathLike) -> Capture:

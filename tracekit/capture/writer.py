@@ -89,7 +89,8 @@ def _reserve(path: Path, size: int) -> None:
 
 
 def conform_table(data: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
-    """Select and cast ``data``'s columns to ``schema`` (strings are dictionary-encoded where asked)."""
+    """Select and cast ``data``'s columns to ``schema`` (dictionary columns decoded to plain strings, strings
+    dictionary-encoded where a schema of an older capture asks)."""
     table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
@@ -281,9 +282,10 @@ class CaptureWriter:
         metadata = dict(table.schema.metadata or {})
         metadata.update(self._segment_metadata(family, index))
         try:
-            # Dictionary pages only for the dictionary-typed columns: trying them on every numeric column
-            # doubled the recorder's encoding CPU for no size gain (addresses and PTEs rarely repeat).
-            dictionary_columns = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+            # Dictionary pages only for the text columns: trying them on every numeric column doubled the
+            # recorder's encoding CPU for no size gain (addresses and PTEs rarely repeat).
+            dictionary_columns = [f.name for f in table.schema
+                                  if pa.types.is_dictionary(f.type) or pa.types.is_string(f.type)]
             pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="zstd",
                            use_dictionary=dictionary_columns or False, write_page_checksum=True)
             os.replace(tmp, final)

@@ -382,7 +382,7 @@ class Recording:
         if child is not None:
             _name_exec(self.threads, child)
         _merge_threads(self.threads, [  # the workload's own record: threads too short-lived for /proc
-            {"tid": v["tid"], "comm": str(v.get("thread_name", "")), "vcpu": v.get("index")}
+            {"pid": workload.get("pid"), "tid": v["tid"], "comm": str(v.get("thread_name", "")), "vcpu": v.get("index")}
             for v in (workload or {}).get("vcpus", []) if isinstance(v, dict) and isinstance(v.get("tid"), int)])
         self.vcpus.mark_threads(self.threads)
         backend = self.backend
@@ -608,8 +608,16 @@ def _note_event_threads(threads: dict[int, dict], table: Any) -> None:
     """Add the threads that produced events but were never seen in /proc (too short-lived)."""
     if "tid" not in table.column_names:
         return
-    for tid in set(pc.unique(table.column("tid")).to_pylist()) - threads.keys() - {0}:  # a hash, not a sort
-        threads[tid] = thread_info(tgid_of(tid) or tid, tid)
+    new = set(pc.unique(table.column("tid")).to_pylist()) - threads.keys() - {0}  # a hash, not a sort
+    if not new:
+        return
+    process = {}  # tid -> the pid its events carry
+    if "pid" in table.column_names:
+        pairs = table.select(["tid", "pid"]).group_by(["tid", "pid"]).aggregate([])
+        process = dict(zip(pairs.column("tid").to_pylist(), pairs.column("pid").to_pylist()))
+    for tid in new:
+        pid = process.get(tid) or tgid_of(tid)
+        threads[tid] = {**thread_info(pid or tid, tid), "pid": pid}
 
 
 def _name_exec(threads: dict[int, dict], child: GatedChild) -> None:

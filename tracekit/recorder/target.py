@@ -100,7 +100,7 @@ def vcpu_index(thread_name: str) -> int | None:
 
 
 def list_threads(pid: int) -> list[dict]:
-    """Threads of ``pid`` as ``{"tid", "comm", "vcpu"}``, by tid."""
+    """Threads of ``pid`` as ``{"pid", "tid", "comm", "vcpu"}``, by tid."""
     task = PROC / str(pid) / "task"
     try:
         entries = sorted(int(e.name) for e in task.iterdir() if e.name.isdigit())
@@ -162,9 +162,9 @@ class ThreadWatch:
 
 
 def thread_info(pid: int, tid: int, proc: Path = PROC) -> dict:
-    """Thread ``tid`` of ``pid`` as ``{"tid", "comm", "vcpu"}`` (comm "" and vcpu None once it is gone)."""
+    """Thread ``tid`` of ``pid`` as ``{"pid", "tid", "comm", "vcpu"}`` (comm "" and vcpu None once it is gone)."""
     comm = (_read(proc / str(pid) / "task" / str(tid) / "comm") or "").strip()
-    return {"tid": tid, "comm": comm, "vcpu": vcpu_index(comm)}
+    return {"pid": pid, "tid": tid, "comm": comm, "vcpu": vcpu_index(comm)}
 
 
 def tgid_of(pid: int) -> int | None:
