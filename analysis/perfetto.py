@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 import numpy as np
+import pandas as pd
 
 from tracekit.analysis.common import load, vcpu_map
 from tracekit.analysis.phases import workload_phases
@@ -138,8 +139,9 @@ def _dur(ns: Any) -> float:
 
 
 def _isnan(value: Any) -> bool:
+    """True for a missing value: None, NaN or pandas' NA (a nullable uint64 column's null)."""
     try:
-        return value is None or bool(np.isnan(value))
+        return value is None or value is pd.NA or bool(np.isnan(value))
     except TypeError:
         return False
 
