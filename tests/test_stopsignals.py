@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -53,6 +54,63 @@ def test_the_console_script_turns_an_early_signal_into_one_line(signame):
     run = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 128 + signal.Signals[signame]
     assert run.stderr == f"tracekit: stopped by {signame}\n" and "Traceback" not in run.stderr
+
+
+def test_importing_the_entry_module_notes_the_stop_signals_and_imports_nothing_heavy():
+    """The console script's first import of tracekit takes the stop signals over at once: it loads only
+    tracekit's package, entry and signal modules (and ``signal``), never ``typing`` or the CLI."""
+    code = ("import sys, signal; before = set(sys.modules); import tracekit.__main__; "
+            "print(sorted(set(sys.modules) - before - {'signal', 'enum'})); "
+            "print([signal.getsignal(s).__name__ for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    loaded, handlers = run.stdout.splitlines()
+    assert loaded == str(["tracekit", "tracekit.__main__", "tracekit.stopsignals"])
+    assert handlers == str(["_note_stop"] * 3)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_between_the_entry_import_and_main_is_one_line(signame):
+    """A signal noted as the entry module was imported is raised by main(), inside its try."""
+    code = (f"import os, signal, sys; import tracekit.__main__ as entry; os.kill(os.getpid(), signal.{signame}); "
+            "sys.exit(entry.main())")
+    run = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 128 + signal.Signals[signame]
+    assert run.stderr == f"tracekit: stopped by {signame}\n" and run.stdout == ""
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """True once process ``pid`` has a handler for ``sig`` (``SigCgt`` in /proc/PID/status)."""
+    try:
+        for line in open(f"/proc/{pid}/status").read().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    except OSError:
+        pass
+    return False
+
+
+def test_ctrl_c_as_soon_as_the_console_script_takes_the_signals_is_one_line():
+    """The real console script, SIGINT sent the moment its SIGTERM handler shows in /proc (Python never
+    catches SIGTERM itself: that is tracekit's entry module, before main() and every heavy import), however
+    loaded the host: one line, exit 130."""
+    script = os.path.join(os.path.dirname(sys.executable), "tracekit")
+    if not os.path.exists(script):
+        pytest.skip(f"no console script beside {sys.executable} (the package is not installed in this venv)")
+    sample = os.path.join(os.path.dirname(__file__), os.pardir, "samples", "x86-dirty-log-2m.tkcap")
+    process = subprocess.Popen([script, "analyze", sample], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not _catches(process.pid, signal.SIGTERM):
+            assert process.poll() is None, "the command ended before it took the stop signals"
+            assert time.monotonic() < deadline, "no SIGTERM handler after 120 s"
+            time.sleep(0.001)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130 and err.decode() == "tracekit: stopped by SIGINT\n"
 
 
 def test_the_second_and_third_requests_are_answered_on_the_given_descriptor():

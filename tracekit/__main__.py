@@ -1,16 +1,22 @@
 """The ``tracekit`` console script (and ``python -m tracekit``): stop signals first, then the CLI.
 
-Contract: :func:`main` installs the stop-signal handlers (:func:`tracekit.stopsignals.install_early`)
-before the command line's heavy imports (pyarrow, pandas: about a second), then runs
-:mod:`tracekit.cli`. A stop signal that no command has taken over ends the process with one line on
-stderr and exit status 128 + the signal number, never a traceback.
+Contract: importing this module (the console script's first import of tracekit) makes the stop signals
+be noted (:func:`tracekit.stopsignals.note_early`: this module and that one import nothing but ``os``
+and ``signal``); :func:`main` then makes them raise (:func:`tracekit.stopsignals.install_early`, which
+raises one noted meanwhile) before the command line's heavy imports (pyarrow, pandas: about a second),
+and runs :mod:`tracekit.cli`. A stop signal that no command has taken over ends the process with one
+line on stderr and exit status 128 + the signal number, never a traceback. What runs before this module
+(the interpreter's start-up and ``site``) answers SIGINT with Python's own KeyboardInterrupt: measured by
+benchmarks/bench_startup_signals.py, described in docs/cli.md.
 """
 
 from __future__ import annotations
 
 import sys
 
-from tracekit.stopsignals import StopSignal, install_early
+from tracekit.stopsignals import StopSignal, install_early, note_early
+
+note_early()  # before anything else: a signal raised here would escape every try
 
 __all__ = ["main"]
 

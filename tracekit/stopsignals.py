@@ -1,8 +1,10 @@
 """Stop signals (SIGINT, SIGTERM, SIGHUP) from the console script's first line to the process's exit.
 
-Contract: :func:`install_early`, called by the console script before anything heavy is imported,
-makes each stop signal raise :class:`StopSignal`; the CLI edge turns it into one line on stderr and
-exit status 128 + the signal number. A command that must clean up when stopped (``record``) takes the
+Contract: :func:`note_early`, called as the console script's entry module is imported (this module
+imports only ``os`` and ``signal``), makes each stop signal be noted; :func:`install_early`, the entry
+point's first act, makes each raise :class:`StopSignal`, and raises the one noted before if any, inside
+the entry point's ``try``; the CLI edge turns it into one line on stderr and exit status 128 + the signal
+number. A command that must clean up when stopped (``record``) takes the
 signals over with :class:`StopRequests`, whose handler only notes the request and never raises, so a
 signal cannot cut a cleanup step in half: ``reason`` names the first signal, ``hurry`` turns true
 with the second. Given a file descriptor, it says on it (one raw ``write``, safe inside a handler)
@@ -14,9 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
 
-__all__ = ["STOP_SIGNALS", "StopSignal", "StopRequests", "install_early"]
+__all__ = ["STOP_SIGNALS", "StopSignal", "StopRequests", "note_early", "install_early"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -33,14 +34,31 @@ class StopSignal(BaseException):
         super().__init__(message or f"stopped by {signal.Signals(signum).name}")
 
 
-def _raise_stop(signum: int, _frame: Any) -> None:
+def _raise_stop(signum: int, _frame: object) -> None:
     raise StopSignal(signum)
 
 
+_noted: list[int] = []  # stop signals that came between note_early() and install_early()
+
+
+def _note_stop(signum: int, _frame: object) -> None:
+    _noted.append(signum)
+
+
+def note_early() -> None:
+    """Make every stop signal be noted, not raised (main thread only; run as the entry module is imported,
+    where a raised signal would escape every ``try``)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _note_stop)
+
+
 def install_early() -> None:
-    """Make every stop signal raise :class:`StopSignal` (main thread only; the console script's first act)."""
+    """Make every stop signal raise :class:`StopSignal` (main thread only; the console script's first act),
+    and raise the first one :func:`note_early`'s handlers noted."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _raise_stop)
+    if _noted:
+        raise StopSignal(_noted[0])
 
 
 class StopRequests:
@@ -50,7 +68,7 @@ class StopRequests:
         self.signum: int | None = None
         self.count = 0
         self._notify_fd = notify_fd
-        self._saved: dict[int, Any] = {}
+        self._saved: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequests":
         for sig in STOP_SIGNALS:
@@ -60,7 +78,7 @@ class StopRequests:
                 pass
         return self
 
-    def _note(self, signum: int, _frame: Any) -> None:
+    def _note(self, signum: int, _frame: object) -> None:
         self.count += 1
         if self.signum is None:
             self.signum = signum
