@@ -3,7 +3,7 @@
 :func:`analyze_capture` reads, per analysis, only the families and columns it needs and returns an
 :class:`Analysis`: ``info``, ``tables`` and ``verdicts`` (listed in docs/analysis.md; analyses whose
 families are absent are named in ``info["skipped"]`` with the reason). The walk tables come from the
-streaming core (:mod:`.walkgroups`), which holds a few bytes per walk. :func:`render_text` renders the
+streaming core (:mod:`.walkgroups`), whose few bytes per walk are spilled to a file when large. :func:`render_text` renders the
 result as 80-column text, :func:`analysis_json` as the document of docs/cli-json/analysis.md. Raises
 AnalysisError for a capture with none of the analysed families, UsageError for an unknown phase.
 """

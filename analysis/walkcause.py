@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tracekit.analysis import spill
 from tracekit.analysis.common import rows_where
 
 __all__ = ["CAUSES", "FAULT_EVENTS", "FAULT_WINDOW_NS", "FaultFollowers", "fault_followers", "cause_codes",
@@ -57,12 +58,13 @@ def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequenc
 
 
 class _ThreadStamps:
-    """Fault-path event times per thread, gathered batch by batch; a time its thread already has just before
-    is not kept again (``kvm_mmu_set_spte`` carries its fault's ``kvm_mmu_spte_requested`` time: one
-    time per fault)."""
+    """Fault-path event times per thread, gathered batch by batch, each thread's in a
+    :class:`.spill.Growing` vector (in a file once large); a time its thread already has just before is
+    not kept again (``kvm_mmu_set_spte`` carries its fault's ``kvm_mmu_spte_requested`` time: one time per
+    fault)."""
 
     def __init__(self) -> None:
-        self.parts: dict[int, list[np.ndarray]] = {}
+        self.parts: dict[int, spill.Growing] = {}
 
     def add(self, tid: np.ndarray, ts_ns: np.ndarray) -> None:
         tid = np.asarray(tid, np.int64)
@@ -72,38 +74,29 @@ class _ThreadStamps:
         bounds = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1], True])
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             stamps = ts_ns[lo:hi]
-            parts = self.parts.setdefault(int(tid[lo]), [])  # never an empty part
-            repeated = np.r_[bool(parts) and stamps[0] == parts[-1][-1], stamps[1:] == stamps[:-1]]
+            vector = self.parts.setdefault(int(tid[lo]), spill.Growing(np.int64))
+            before = vector.values()
+            repeated = np.r_[bool(vector.size) and stamps[0] == before[-1], stamps[1:] == stamps[:-1]]
             if not repeated.all():
-                parts.append(stamps[~repeated])
+                vector.append(stamps[~repeated])
+        spill.trim()
 
-    def sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The threads (sorted), and their distinct times sorted one thread after another in one array with
-        each thread's first offset; the parts are dropped as they are copied in (no second copy)."""
+    def sorted(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The threads (sorted) and each one's distinct times, sorted (:func:`.spill.sort_distinct`, in place
+        in its vector: no second copy)."""
         tids = np.array(sorted(self.parts), np.int64)
-        stamps = np.empty(sum(len(part) for parts in self.parts.values() for part in parts), np.int64)
-        first = np.zeros(len(tids), np.int64)
-        end = 0
-        for i, tid in enumerate(tids.tolist()):
-            parts = self.parts.pop(tid)
-            size = sum(len(part) for part in parts)
-            mine = stamps[end:end + size]
-            np.concatenate(parts, out=mine)
-            del parts
-            mine.sort()
-            distinct = np.r_[True, mine[1:] != mine[:-1]]
-            kept = int(distinct.sum())
-            stamps[end:end + kept] = mine[distinct]
-            first[i] = end
-            end += kept
-        return tids, first, stamps[:end]
+        stamps = []
+        for tid in tids.tolist():
+            values = self.parts.pop(tid).values()
+            stamps.append(values[:spill.sort_distinct(values)])
+        return tids, stamps
 
 
 class FaultFollowers:
     """The walks a fault path follows: each fault-path event belongs to the last walk of its thread
     before it (within :data:`FAULT_WINDOW_NS`); walks come in any order, batch by batch (:meth:`add`).
     Per distinct (thread, time) of the events it holds the time and its latest walk so far (row, and
-    how long before the event it began): 16 bytes per fault."""
+    how long before the event it began): 16 bytes per fault, in files (:mod:`.spill`) once large."""
 
     def __init__(self, tid: np.ndarray, ts_ns: np.ndarray, window_ns: int = FAULT_WINDOW_NS):
         stamps = _ThreadStamps()
@@ -119,12 +112,12 @@ class FaultFollowers:
 
     def _build(self, stamps: _ThreadStamps, window_ns: int) -> None:
         self.also: pa.Table | None = None
-        self._tids, self._first, self._ts = stamps.sorted()
-        self._end = np.append(self._first[1:], len(self._ts))
+        self._tids, self._ts = stamps.sorted()
         self._window = window_ns
         gap = np.int32 if window_ns < np.iinfo(np.int32).max else np.int64
-        self._best_gap = np.full(len(self._ts), np.iinfo(gap).max, gap)  # event time - its latest walk's time
-        self._best_row = np.full(len(self._ts), -1, np.int32)  # widened past 2**31 walks
+        # per thread, per event: its time - its latest walk's time, and that walk's row (widened past 2**31)
+        self._best_gap = [spill.full(len(ts), np.iinfo(gap).max, gap) for ts in self._ts]
+        self._best_row: list[np.ndarray] | None = [spill.full(len(ts), -1, np.int32) for ts in self._ts]
 
     def add(self, start: int, tid: np.ndarray, ts_ns: np.ndarray) -> None:
         """Walks ``start``, ``start + 1``, ... of thread ``tid`` beginning at ``ts_ns``."""
@@ -132,13 +125,13 @@ class FaultFollowers:
         ts_ns = np.asarray(ts_ns, np.int64)
         for t in np.intersect1d(np.unique(tid), self._tids).tolist():
             k = int(np.searchsorted(self._tids, t))
-            lo, hi = int(self._first[k]), int(self._end[k])
+            times, best_gap = self._ts[k], self._best_gap[k]
             rows = np.flatnonzero(tid == t)
             stamps = ts_ns[rows]
-            event = lo + np.searchsorted(self._ts[lo:hi], stamps, side="right")  # first fault event after the walk
-            ok = event < hi
+            event = np.searchsorted(times, stamps, side="right")  # first fault event after the walk
+            ok = event < len(times)
             event, stamps, rows = event[ok], stamps[ok], rows[ok]
-            ok = self._ts[event] - stamps <= self._window
+            ok = times[event] - stamps <= self._window
             event, stamps, rows = event[ok], stamps[ok], rows[ok]
             if not len(event):
                 continue
@@ -146,22 +139,23 @@ class FaultFollowers:
             event, stamps, rows = event[order], stamps[order], rows[order]
             last = np.append(event[1:] != event[:-1], True)
             event, stamps, rows = event[last], stamps[last], rows[last]
-            gap = self._ts[event] - stamps
-            if start + len(tid) > np.iinfo(self._best_row.dtype).max:
-                self._best_row = self._best_row.astype(np.int64)
-            newer = gap < self._best_gap[event]
-            self._best_gap[event[newer]] = gap[newer]
-            self._best_row[event[newer]] = start + rows[newer]
+            gap = times[event] - stamps
+            if start + len(tid) > np.iinfo(self._best_row[k].dtype).max:
+                self._best_row[k] = spill.widened(self._best_row[k], np.int64)
+            newer = gap < best_gap[event]
+            best_gap[event[newer]] = gap[newer]
+            self._best_row[k][event[newer]] = start + rows[newer]
+        spill.trim()
 
     def rows(self) -> np.ndarray:
         """The walk rows (sorted, each once) a fault-path event follows."""
-        return np.unique(self._best_row[self._best_row >= 0])
+        found = [rows[rows >= 0] for rows in self._best_row]
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
     def release(self) -> None:
         """Free the per-fault arrays (16 bytes per fault) once every walk was added and marked; the
         ``also`` rows stay."""
-        self._ts = self._end = self._first = np.zeros(0, np.int64)
-        self._best_gap = np.zeros(0, np.int64)
+        self._ts, self._best_gap = [], []
         self._best_row = None
 
     def mark(self, codes: np.ndarray, code: int) -> None:
@@ -169,9 +163,11 @@ class FaultFollowers:
         no temporary as large as the events)."""
         if self._best_row is None:
             raise RuntimeError("fault followers released before their walks were marked")
-        for start in range(0, len(self._best_row), _MARK_BLOCK):
-            rows = self._best_row[start:start + _MARK_BLOCK]
-            codes[rows[rows >= 0]] = code
+        for best_row in self._best_row:
+            for start in range(0, len(best_row), _MARK_BLOCK):
+                rows = best_row[start:start + _MARK_BLOCK]
+                codes[rows[rows >= 0]] = code
+                spill.trim()
 
 
 def cause_codes(n: int, followers: FaultFollowers | None) -> np.ndarray:
@@ -179,7 +175,7 @@ def cause_codes(n: int, followers: FaultFollowers | None) -> np.ndarray:
     view of one value, no memory per walk)."""
     if followers is None:
         return np.broadcast_to(np.uint8(CAUSES.index("unknown")), (n,))
-    codes = np.full(n, CAUSES.index("emulation"), np.uint8)
+    codes = spill.full(n, CAUSES.index("emulation"), np.uint8)
     followers.mark(codes, CAUSES.index("fault"))
     return codes
 

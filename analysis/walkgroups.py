@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tracekit.analysis import phases as phases_mod
+from tracekit.analysis import spill
 from tracekit.analysis.common import add_vcpu, lookup_tids, vcpu_map
 from tracekit.analysis.crosscheck import CrossCheck
 from tracekit.analysis.walkcause import CAUSES, FaultFollowers, cause_codes, fault_followers
@@ -47,7 +48,7 @@ class Codes:
         self._index: dict[int, int] = {}
         for value in first:
             self._code(value)
-        self.codes = np.zeros(n, _narrowest(max(len(self.values), 1)))
+        self.codes = spill.full(n, 0, _narrowest(max(len(self.values), 1)))
 
     def _code(self, value: int) -> int:
         code = self._index.get(value)
@@ -69,7 +70,7 @@ class Codes:
         codes = self.encode(values)
         wanted = _narrowest(len(self.values))
         if wanted.itemsize > self.codes.dtype.itemsize:
-            self.codes = self.codes.astype(wanted)
+            self.codes = spill.widened(self.codes, wanted)
         self.codes[rows] = codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -161,6 +162,7 @@ def _group_counts(columns: list[tuple[np.ndarray, int]], keep: np.ndarray | None
                 part *= size
                 part += codes[start:start + len(part)]
             totals += np.bincount(part if keep is None else part[keep[start:start + len(part)]], minlength=radix)
+            spill.trim()
         keys = np.flatnonzero(totals)
         counts = totals[keys]
     else:  # too many combinations for a dense count: hash them (pandas)

@@ -5,7 +5,9 @@ once, then dropped) and ``walk_element`` in batches decoded by a reader thread, 
 its elements go by: its shape goes to a caller's sink (:class:`WalkShapes`, or narrow codes), its
 comparison with the model into counts. Elements find their walk through the walk ids (:class:`RowMap`);
 walks whose elements are split or out of order are gathered and sorted, walks whose elements lie far
-apart are rebuilt in another pass. Memory grows with walks (a few bytes each), not with elements.
+apart are rebuilt in another pass. The per-walk arrays (the walk ids and their map, the caller's codes,
+the model rows) are made by :mod:`.spill`: in a temporary file once large, touched a batch at a time, so
+the process's memory does not grow with walks or elements.
 docs/analysis.md describes the rules; tests/analysis/walkref.py is the in-memory reference it is
 checked against.
 """
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from tracekit.analysis import spill
 from tracekit.analysis.crosscheck import (MISMATCH_COLUMNS, CrossCheck, LostCpus, ModelCache, check_summary,
                                           compare_elements, compared_passes, cut_short, mismatch_row, modelled,
                                           per_level_table)
@@ -90,7 +93,7 @@ class RowMap:
     sequences, with gaps where walk events were lost; or plain consecutive ids) map through one lookup
     table of 4 bytes per id; other ids by binary search (16 bytes per id).
     Made from an id array, or (:meth:`from_chunks`) from an :class:`IdScan` and a source of the ids in
-    chunks read once more, so the ids themselves need not be held."""
+    chunks (the ids kept in a :mod:`.spill` file as the walks were read), a chunk at a time."""
 
     def __init__(self, ids: np.ndarray):
         ids = np.asarray(ids, dtype=np.uint64)
@@ -141,7 +144,7 @@ class RowMap:
             return False
         offset = np.concatenate(([0], np.cumsum(span)[:-1]))
         shift = offset - np.where(span > 0, base, 0)  # slot = lo + shift[hi]
-        lookup = np.full(int(span.sum()), -1, np.int32 if n < 1 << 31 else np.int64)
+        lookup = spill.full(int(span.sum()), -1, np.int32 if n < 1 << 31 else np.int64)
         start = 0
         for part in chunks():
             part = np.asarray(part, np.uint64)
@@ -150,7 +153,12 @@ class RowMap:
             slot += shift[hi]
             lookup[slot] = np.arange(start, start + len(part), dtype=lookup.dtype)
             start += len(part)
-        if int(np.count_nonzero(lookup >= 0)) != n:  # an id repeats: fewer slots filled than ids
+            spill.trim()
+        filled = 0
+        for first in range(0, len(lookup), _ID_CHUNK):
+            filled += int(np.count_nonzero(lookup[first:first + _ID_CHUNK] >= 0))
+            spill.trim()
+        if filled != n:  # an id repeats: fewer slots filled than ids
             return False
         self._lookup, self._count, self._base, self._offset = lookup, span, base, offset
         return True
@@ -197,8 +205,12 @@ class RowMap:
         if self._first is not None:
             return self._first + rows.astype(np.uint64)
         table = self._lookup if self._lookup is not None else self._order
-        where = np.flatnonzero(np.isin(table, rows))
-        found = dict(zip(table[where].tolist(), where.tolist()))
+        found = {}
+        for first in range(0, len(table), _ID_CHUNK):  # a block at a time: the table may be spilled
+            block = table[first:first + _ID_CHUNK]
+            where = np.flatnonzero(np.isin(block, rows))
+            found.update(zip(block[where].tolist(), (where + first).tolist()))
+            spill.trim()
         slots = np.array([found[r] for r in rows.tolist()], np.int64)
         if self._lookup is None:
             return self._sorted[slots]
@@ -585,6 +597,7 @@ def feed_all(rebuilder: _Rebuilder, batches: Iterable[list[np.ndarray]]) -> bool
         following = next(batches, None)
         rebuilder.feed(*pending, last=following is None)
         pending = following
+        spill.trim()
     return not rebuilder.state.late
 
 
@@ -684,8 +697,9 @@ def stream_walks(cap: Any, shapes: Callable[[int], Any] | None = None, *, on_wal
     n = cap.rows("walk")
     shapes = shapes or WalkShapes
     model = ModelCache(model_walk) if model_walk is not None else None
-    model_rows = np.zeros(n if model is not None else 0, np.uint8)  # per walk its row in the model cache
-    selected = np.empty(n, bool) if select is not None else None
+    model_rows = spill.full(n if model is not None else 0, 0, np.uint8)  # per walk its row in the model cache
+    selected = spill.full(n, False, bool) if select is not None else None
+    ids = spill.full(n, 0, np.uint64)  # the walk ids, for the id map (in a file when large: never held)
     scan = IdScan()
     with _element_reader(cap) as reader:  # decodes the first element batches while the walks are read
         start = 0
@@ -694,6 +708,7 @@ def stream_walks(cap: Any, shapes: Callable[[int], Any] | None = None, *, on_wal
             if start + count > n:
                 raise AnalysisError(f"{cap.path}: the walk family holds more rows than its segments say")
             scan.add(columns["walk_id"])
+            ids[start:start + count] = columns["walk_id"]
             if model is not None:
                 rows = model.rows(columns["addr"])
                 model_rows = _widened(model_rows, len(model))
@@ -703,7 +718,10 @@ def stream_walks(cap: Any, shapes: Callable[[int], Any] | None = None, *, on_wal
             if on_walks is not None:
                 on_walks(start, columns)
             start += count
-        row_map = RowMap.from_chunks(scan, lambda: (part["walk_id"] for part in _walk_batches(cap, ["walk_id"])))
+            spill.trim()
+        row_map = RowMap.from_chunks(scan, lambda: (ids[first:min(first + _ID_CHUNK, start)]
+                                                    for first in range(0, start, _ID_CHUNK)))
+        del ids
         state = feed_passes(row_map, lambda: _State(n, shapes(n), row_map, model, model_rows, limit, selected,
                                                     LostCpus(cap.manifest)),
                             lambda: _element_stream(cap), _element_batches(reader))
@@ -726,4 +744,4 @@ def _walk_error_batches(cap: Any) -> Iterator[dict[str, np.ndarray]]:
 def _widened(column: np.ndarray, count: int) -> np.ndarray:
     """``column`` (unsigned codes), widened when needed to hold codes 0 .. ``count - 1``."""
     wanted = np.min_scalar_type(max(count - 1, 0))
-    return column.astype(wanted) if wanted.itemsize > column.dtype.itemsize else column
+    return spill.widened(column, wanted) if wanted.itemsize > column.dtype.itemsize else column

@@ -36,6 +36,7 @@ Usage: python benchmarks/bench_analysis.py [--events N] [--quick] [--recording P
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -68,6 +69,12 @@ def peak_mb() -> float:
 
 #: The slowest first-touch rate of fresh memory measured on the development VM (GB/s).
 SLOW_FAULT_GBPS = 0.32
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far, every thread, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def verdict(met: bool) -> str:
@@ -170,6 +177,11 @@ def timed_stages() -> dict[str, float]:
     timed(analyze, "load", "other families read")
     timed(analyze.locks, "attribute_operations", "lock attribution")
     timed(analyze.locks, "contention_summary", "lock summary")
+    try:
+        from tracekit.analysis import spill
+    except ImportError:  # a checkout from before the per-walk arrays were spilled
+        return stages
+    timed(spill, "trim", "spilled pages dropped")
     return stages
 
 
@@ -239,9 +251,10 @@ def child(case: str, arg: str) -> dict:
         return {"seconds": seconds, "peak_mb": peak_mb(), "stages": dict(stages),
                 "touched_mb": faults * resource.getpagesize() / 1e6}
     if case == "raw-scan":
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         scanned = raw_scan(arg)
-        return {"seconds": time.perf_counter() - start, "peak_mb": peak_mb(), **scanned}
+        return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu, "peak_mb": peak_mb(),
+                **scanned}
     if case == "analyze-recording":
         from tracekit.analysis import walkstream
         from tracekit.analysis.analyze import analyze_capture
@@ -256,11 +269,15 @@ def child(case: str, arg: str) -> dict:
             original(self, *args, **kwargs)
 
         walkstream._Rebuilder.__init__ = counted
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         result = analyze_capture(open_capture(arg))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         check = result.verdicts.get("crosscheck", {})
-        return {"seconds": seconds, "peak_mb": peak_mb(), "stages": dict(stages), "passes": len(passes),
+        from tracekit.analysis.analyze import analysis_json
+
+        document = json.dumps(analysis_json(result), sort_keys=True, default=str).encode()
+        return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak_mb(), "stages": dict(stages),
+                "passes": len(passes), "digest": hashlib.sha256(document).hexdigest()[:16],
                 "walk_path": result.info.get("walk_path"),
                 "crosscheck": f"{check.get('matched')} of {check.get('compared')} match"
                 if check.get("compared") is not None else check.get("verdict")}
@@ -373,8 +390,9 @@ def record_recording(path: Path) -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
-def recording_section(recording: Path, tiles: list[int], tmp: Path) -> None:
-    """Section 4 of the module docstring."""
+def recording_section(recording: Path, tiles: list[int], tmp: Path, before: Path | None = None) -> None:
+    """Section 4 of the module docstring; with ``before`` (another checkout with its own ``.venv``), its
+    analysis too, alternated with this one's on each capture, and the two analyses' outputs compared."""
     for copies in tiles:
         path = recording
         if copies > 1:
@@ -383,8 +401,10 @@ def recording_section(recording: Path, tiles: list[int], tmp: Path) -> None:
         shape = capture_shape(path)
         rows = sum(r for r, _ in shape["families"].values())
         segments = sum(n for _, n in shape["families"].values())
+        load = os.getloadavg()[0]
         raw = run_child("raw-scan", str(path))
         fast = run_child("analyze-recording", str(path))
+        old = run_child("analyze-recording", str(path), before) if before is not None else None
         ratio = fast["seconds"] / raw["seconds"]
         print(f"recording x{copies}: {rows / 1e6:.1f} M rows in {segments} segments, "
               f"{shape['bytes'] / 2**20:,.0f} MB ("
@@ -395,13 +415,25 @@ def recording_section(recording: Path, tiles: list[int], tmp: Path) -> None:
               f"[target: peak < 1 GB: {verdict(fast['peak_mb'] < 1024)}]")
         print(f"  raw scan of the columns it reads: {raw['seconds']:.2f} s, peak {raw['peak_mb']:,.0f} MB; "
               f"analyze / raw scan {ratio:.2f}x [target <= 2x: {verdict(ratio <= 2.0)}]")
+        print(f"  CPU time (every thread; what a loaded host cannot stretch): analyze {fast['cpu_seconds']:.2f} s, "
+              f"raw scan {raw['cpu_seconds']:.2f} s, ratio {fast['cpu_seconds'] / raw['cpu_seconds']:.2f}x")
         print("  stages: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in fast["stages"].items()))
+        if old is not None:
+            print(f"  before ({before}): {old['seconds']:.2f} s ({old['cpu_seconds']:.2f} s CPU), peak "
+                  f"{old['peak_mb']:,.0f} MB, {old['seconds'] / raw['seconds']:.2f}x the raw scan "
+                  f"({old['cpu_seconds'] / raw['cpu_seconds']:.2f}x in CPU time); outputs "
+                  + ("equal" if old["digest"] == fast["digest"] else f"DIFFER ({old['digest']} / {fast['digest']})"))
+        print(f"  load average {load:.2f} before, {os.getloadavg()[0]:.2f} after these runs")
         if path != recording:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def run_child(case: str, arg: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", case, arg], capture_output=True, text=True, check=True)
+def run_child(case: str, arg: str, tree: Path | None = None) -> dict:
+    """Run ``case`` in a child process: this checkout's, or ``tree``'s (its ``.venv`` and its copy of this
+    script)."""
+    command = [sys.executable, __file__] if tree is None else [str(tree / ".venv/bin/python"),
+                                                                str(tree / "benchmarks/bench_analysis.py")]
+    out = subprocess.run([*command, "--child", case, arg], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -434,6 +466,7 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="record one first (root, KVM, bcc)")
     parser.add_argument("--tiles", default="1,4", help="copies of the recording analysed (comma-separated)")
     parser.add_argument("--only-recording", action="store_true", help="run section 4 alone")
+    parser.add_argument("--before", type=Path, help="another checkout (with its .venv) analysed alongside (section 4)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -510,7 +543,7 @@ def run_recording_section(args: argparse.Namespace) -> None:
             recording = tmp / "recorded.tkcap"
             record_recording(recording)
         print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-        recording_section(recording, [int(t) for t in args.tiles.split(",")], tmp)
+        recording_section(recording, [int(t) for t in args.tiles.split(",")], tmp, args.before)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,5 +1,7 @@
 """Fixtures of the analysis tests: hypothesis profiles (``fast`` by default, 25 examples; ``extensive``
-with ``HYPOTHESIS_PROFILE=extensive``), the samples directory and a tiny-capture builder."""
+with ``HYPOTHESIS_PROFILE=extensive``), the samples directory, a tiny-capture builder, and every
+per-walk array spilled to a file (:mod:`tracekit.analysis.spill`, small blocks: the path a large capture
+takes, on every test's capture; ``in_memory`` marks a test that keeps the default sizes)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tracekit.analysis import spill
 from tracekit.capture import COMMON_FIELDS, CaptureWriter
 
 settings.register_profile("fast", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -17,6 +20,16 @@ settings.register_profile("extensive", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+@pytest.fixture(autouse=True)
+def spill_everything(request, monkeypatch):
+    """Every per-walk array in a file, sorted and copied in small blocks, unless the test is marked
+    ``in_memory``."""
+    if request.node.get_closest_marker("in_memory") is None:
+        monkeypatch.setattr(spill, "SPILL_BYTES", 0)
+        monkeypatch.setattr(spill, "SORT_ROWS", 1000)
+        monkeypatch.setattr(spill, "COPY_ROWS", 3000)
 
 
 @pytest.fixture

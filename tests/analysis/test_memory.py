@@ -11,12 +11,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from tracekit.analysis import spill, walkcause, walkgroups, walkstream
 from tracekit.analysis.analyze import analyze_capture
 from tracekit.analysis.splits import SPLIT_EVENT
 from tests.synthetic import SCHEMAS, guest_tables, walk_tables
 from tracekit.capture import CaptureWriter, open_capture
 
-pytestmark = pytest.mark.slow  # writes and analyses three captures of 20-80 k walks (about 20 s)
+# Writes and analyses three captures of 20-80 k walks (about 20 s), with the default spill sizes (these
+# captures' per-walk arrays stay in memory), then two of them with every per-walk array spilled.
+pytestmark = [pytest.mark.slow, pytest.mark.in_memory]
 
 MMU = SCHEMAS["mmu"]
 #: Per walk of the captures, at most this many bytes more at the peak (the events themselves are about
@@ -92,6 +95,20 @@ def peaks(tmp_path_factory):
     for name, (walks, segments) in cases.items():
         _write(root / f"{segments}-{walks}.tkcap", walks, segments)
         out[name] = (walks, _peak(root / f"{segments}-{walks}.tkcap"))
+    # Every per-walk array spilled, and the blocks walked a few thousand rows at a time (smaller than these
+    # captures, as the default blocks are smaller than a long recording).
+    blocks = ((spill, "SPILL_BYTES", 0), (spill, "SORT_ROWS", 4096), (spill, "COPY_ROWS", 4096),
+              (walkstream, "_ID_CHUNK", 4096), (walkgroups, "_CHUNK", 4096), (walkcause, "_MARK_BLOCK", 4096))
+    saved = [getattr(module, name) for module, name, _ in blocks]
+    for module, name, value in blocks:
+        setattr(module, name, value)
+    try:
+        for name, (walks, segments) in cases.items():
+            if name != "many segments":
+                out[f"{name}, spilled"] = (walks, _peak(root / f"{segments}-{walks}.tkcap"))
+    finally:
+        for (module, name, _), value in zip(blocks, saved):
+            setattr(module, name, value)
     return out
 
 
@@ -105,3 +122,11 @@ def test_memory_grows_with_the_narrow_per_walk_state_only(peaks):
     family, or the events' columns held, would take several times that."""
     (small, low), (large, high) = peaks["few segments"], peaks["4x the walks"]
     assert (high - low) / (large - small) < PER_WALK_BYTES, (low, high)
+
+
+def test_spilled_per_walk_state_leaves_the_peak_flat(peaks):
+    """With every per-walk and per-fault array in a file (:mod:`tracekit.analysis.spill`), 4x the walks
+    take less than a byte more per added walk of traced memory: nothing per walk is held otherwise, only
+    blocks of a bounded number of rows (made smaller than these captures here)."""
+    (small, low), (large, high) = peaks["few segments, spilled"], peaks["4x the walks, spilled"]
+    assert (high - low) / (large - small) < 1.0, (low, high)

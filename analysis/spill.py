@@ -1,0 +1,154 @@
+"""Per-walk and per-fault arrays kept in a temporary file, so an analysis's memory does not grow with them.
+
+:func:`full` makes a numpy array of ``n`` values: in memory when it is smaller than :data:`SPILL_BYTES`,
+else over a shared mapping of its own unlinked temporary file (in ``TMPDIR``; the file is gone when the
+process ends, however it ends). The streaming analyses touch such arrays a batch's worth of rows at a time
+and call :func:`trim` between batches, which drops every mapped page from the process (``MADV_DONTNEED``:
+the data stays in the file, and comes back from the page cache, or the disk, when touched again). So the
+process holds at most a batch's pages of each array, whatever the capture's size; the kernel writes the
+rest to disk when it needs the memory (on a tmpfs ``TMPDIR`` they stay in RAM or swap). :class:`Growing`
+is a vector appended to a chunk at a time, moved to a file once it reaches :data:`SPILL_BYTES`. Space is
+reserved when a file is made (``posix_fallocate``), so a full disk is one :class:`AnalysisError` then,
+never a SIGBUS later.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+import weakref
+
+import numpy as np
+
+from tracekit.errors import AnalysisError
+
+__all__ = ["SPILL_BYTES", "COPY_ROWS", "SORT_ROWS", "full", "widened", "trim", "spilled", "sort_distinct", "Growing"]
+
+#: Arrays of at least this many bytes go to a file (tests set 0: every array does).
+SPILL_BYTES = 4 << 20
+#: Rows copied at a time between arrays (widening, growing), with a :func:`trim` after each block.
+COPY_ROWS = 1 << 20
+
+#: Rows sorted at a time by :func:`sort_distinct`.
+SORT_ROWS = 1 << 22
+
+_maps: weakref.WeakSet = weakref.WeakSet()  # the live mappings of spilled arrays, for trim()
+
+
+class _Map(mmap.mmap):
+    """An mmap that :data:`_maps` can hold weakly (plain mmap objects take no weak references)."""
+
+
+def _mapped(nbytes: int) -> _Map:
+    """A shared mapping of ``nbytes`` (at least one page) of a fresh unlinked temporary file, zero-filled."""
+    size = max(nbytes, mmap.PAGESIZE)
+    with tempfile.TemporaryFile(prefix="tracekit-spill-") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, size)
+        except OSError as error:
+            raise AnalysisError(f"no room for {size / 2**20:,.0f} MB of analysis state in {tempfile.gettempdir()} "
+                                f"(set TMPDIR to a larger file system): {error.strerror}") from None
+        mapping = _Map(file.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    _maps.add(mapping)
+    return mapping
+
+
+def full(n: int, value: int | bool, dtype: np.dtype | type) -> np.ndarray:
+    """``n`` values ``value`` of ``dtype``: in memory below :data:`SPILL_BYTES`, else in a file."""
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    if nbytes < SPILL_BYTES or nbytes == 0:
+        return np.full(n, value, dtype)
+    array = np.frombuffer(_mapped(nbytes), dtype, count=n)
+    if value:
+        for start in range(0, n, COPY_ROWS):
+            array[start:start + COPY_ROWS] = value
+            trim()
+    return array
+
+
+def spilled(array: np.ndarray) -> bool:
+    """True when ``array`` (or what it views) lives in a file made by :func:`full`."""
+    while isinstance(array, np.ndarray):
+        array = array.base
+    return isinstance(getattr(array, "obj", array), _Map)  # numpy holds a memoryview of the mapping
+
+
+def widened(array: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """``array``'s values as ``dtype`` in a new array made by :func:`full`, copied a block at a time."""
+    out = full(len(array), 0, dtype)
+    for start in range(0, len(array), COPY_ROWS):
+        out[start:start + COPY_ROWS] = array[start:start + COPY_ROWS]
+        trim()
+    return out
+
+
+def trim() -> None:
+    """Drop every page of the spilled arrays from this process (their data stays in their files)."""
+    for mapping in list(_maps):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (ValueError, OSError):  # closed meanwhile
+            pass
+
+
+def sort_distinct(values: np.ndarray) -> int:
+    """Sort ``values`` in place and move its distinct values to its front; return their number.
+
+    A block of :data:`SORT_ROWS` at a time: each block is sorted, then at each block boundary the values
+    out of order across it (those of the sorted part above the block's first value and those of the
+    block below the sorted part's last) are sorted together, which leaves the whole sorted up to the
+    block's end. Memory: a block and the values out of order across a boundary (a few in nearly sorted
+    data, as a recorder's per-thread times are: a CPU's batch flushed late; up to all of them in data in
+    no order)."""
+    n = len(values)
+    for start in range(0, n, SORT_ROWS):
+        values[start:start + SORT_ROWS].sort()
+        trim()
+    for boundary in range(SORT_ROWS, n, SORT_ROWS):
+        if values[boundary - 1] <= values[boundary]:
+            continue
+        end = min(boundary + SORT_ROWS, n)
+        low = int(np.searchsorted(values[:boundary], values[boundary], "right"))
+        high = boundary + int(np.searchsorted(values[boundary:end], values[boundary - 1], "left"))
+        values[low:high] = np.sort(values[low:high])
+        trim()
+    kept, last = 0, None
+    for start in range(0, n, SORT_ROWS):
+        block = values[start:start + SORT_ROWS]
+        distinct = block[np.r_[last is None or block[0] != last, block[1:] != block[:-1]]]
+        last = block[-1]
+        values[kept:kept + len(distinct)] = distinct
+        kept += len(distinct)
+        trim()
+    return kept
+
+
+class Growing:
+    """A vector of ``dtype`` appended to a block at a time (:meth:`append`); :meth:`values` is what was
+    appended so far (a view: valid until the next append). Moved to a file at :data:`SPILL_BYTES`."""
+
+    def __init__(self, dtype: np.dtype | type, capacity: int = 1024):
+        self.dtype = np.dtype(dtype)
+        self.size = 0
+        self._data = np.empty(capacity, self.dtype)
+
+    def append(self, values: np.ndarray) -> None:
+        end = self.size + len(values)
+        if end > len(self._data):
+            bigger = full(max(end, 2 * len(self._data)), 0, self.dtype)
+            for start in range(0, self.size, COPY_ROWS):
+                stop = min(start + COPY_ROWS, self.size)
+                bigger[start:stop] = self._data[start:stop]
+                trim()
+            self._data = bigger
+        self._data[self.size:end] = values
+        self.size = end
+
+    def values(self) -> np.ndarray:
+        return self._data[:self.size]
+
+    def shrink(self, size: int) -> None:
+        """Keep the first ``size`` values."""
+        self.size = min(size, self.size)
