@@ -142,9 +142,9 @@ def _emulated_banner(manifest: dict) -> str:
     if not note and (manifest.get("source") or {}).get("kind") != "lab":
         return ""
     host = manifest.get("host") or "an emulated machine"
-    text = note or f"recorded on {host}: durations are those of the emulator and say nothing about real hardware"
+    text = note or "durations are those of the emulator and say nothing about real hardware"
     return (f"<p class='banner emulated'>Emulated timings ({html.escape(str(host))}): {html.escape(text)}. "
-            "Counts and orders are exact; compare times only with captures of the same emulator.</p>")
+            "Compare its times only with captures of the same emulator.</p>")
 
 
 def _time_section(data: ReportData, figures: dict[str, Figure]) -> list[str]:

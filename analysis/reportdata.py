@@ -125,10 +125,14 @@ def timeline_phases(result: Any, manifest: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["phase", "start_ns", "end_ns", "source"])
 
 
+def _run_label(tid: int, vcpus: dict[int, int]) -> str:
+    """A thread's KVM_RUN series: by vCPU and thread (two threads can claim one vCPU)."""
+    return f"KVM_RUN vCPU {vcpus[tid]} (tid {tid})" if tid in vcpus else f"KVM_RUN tid {tid}"
+
+
 def _series_label(batch: EventBatch, names: np.ndarray, tids: np.ndarray, vcpus: dict[int, int]) -> np.ndarray:
     if batch.kind == "KVM_RUN":
-        return np.array([f"KVM_RUN vCPU {vcpus[t]}" if t in vcpus else f"KVM_RUN tid {t}" for t in tids.tolist()],
-                        dtype=object)
+        return np.array([_run_label(t, vcpus) for t in tids.tolist()], dtype=object)
     prefix = {"fault": "fault: ", "split": "split: ", "stage-2 walk": "walk: ", "KVM function": "call: ",
               "mmu_lock wait": "wait: ", "lock wait": "wait: "}.get(batch.kind, "")
     return np.array([f"{prefix}{n}" for n in names.tolist()], dtype=object)
@@ -185,7 +189,7 @@ class _Collector:
         runs = summary[summary["cmd_name"] == "KVM_RUN"]
         for tid, rows in runs.groupby("tid"):
             tid = int(tid)
-            label = f"KVM_RUN vCPU {self.vcpus[tid]}" if tid in self.vcpus else f"KVM_RUN tid {tid}"
+            label = _run_label(tid, self.vcpus)
             series = self.series.setdefault(("KVM_RUN", label), Series("KVM_RUN", label, aggregated=True))
             series.aggregated = True
             series.count += int(rows["count"].sum())
@@ -291,9 +295,10 @@ def report_data(cap: Any, result: Any) -> ReportData:
                       rows=_row_order(rows, vcpus, collector.thread_events),
                       kinds=[k for k in KINDS if k in collector.kinds], lanes={}, series=list(collector.series.values()))
     for tid, series in collector.aggregated.items():
-        data.aggregated[rows.get(tid, "other threads")] = (
-            f"KVM_RUN: {series.count:,} calls, {format_ns(series.total_ns)} in all (counted in the kernel: "
-            "no per-call times; record --stream-ioctl KVM_RUN draws them)")
+        if tid in rows and rows[tid] != "other threads":
+            data.aggregated[rows[tid]] = (
+                f"KVM_RUN: {series.count:,} calls, {format_ns(series.total_ns)} in all (counted in the kernel: "
+                "no per-call times; record --stream-ioctl KVM_RUN draws them)")
     for batch in event_batches(cap, result, result.tables.get("phases", phases)):
         _bin(data, batch, rows)
     return data

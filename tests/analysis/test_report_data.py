@@ -46,7 +46,7 @@ def test_where_the_time_goes_and_the_timeline_of_the_two_vcpu_sample():
     _, _, data = _data("x86-dirty-log-2m")
     time = data.time_table()
     # KVM_RUN, aggregated in the kernel, leads: the workload record's own KVM_RUN totals agree within 0.1%
-    assert time["what"].head(2).tolist() == ["KVM_RUN vCPU 0", "KVM_RUN vCPU 1"]
+    assert time["what"].head(2).tolist() == ["KVM_RUN vCPU 0 (tid 20933)", "KVM_RUN vCPU 1 (tid 20934)"]
     assert time["total_ns"].head(2).tolist() == [245845441, 217686020]
     assert not time["per_call"].head(2).any()
     assert data.rows == ["vCPU 0 (tid 20933)", "vCPU 1 (tid 20934)", "VMM main (tid 20914)"]
@@ -100,7 +100,7 @@ def test_streamed_kvm_run_calls_are_spans_on_their_vcpu_row(make_capture):
     run = lanes.loc[("vCPU 3 (tid 8)", "KVM_RUN")]
     assert run["events"] == runs and run["busy_ns"] == runs * 400_000
     assert lanes.loc[("tid 7", "ioctl"), "busy_ns"] == 2_000
-    assert [s.label for s in data.distributions()] == ["KVM_RUN vCPU 3"]
+    assert [s.label for s in data.distributions()] == ["KVM_RUN vCPU 3 (tid 8)"]
     assert [s.label for s in data.few_samples()] == ["KVM_CHECK_EXTENSION"]
     page = render_report(result, cap)
     assert 'data-figure="timeline"' in page.replace("'", '"') and "Emulated timings" not in page
