@@ -179,6 +179,17 @@ def _latency_section(data: ReportData, figures: dict[str, Figure]) -> list[str]:
     return parts
 
 
+def _partial_lines(partial: dict, data: ReportData, unit: tuple[str, float]) -> list[str]:
+    """The text report's lines on the recording window, its edges as times since the capture start."""
+    lines = [line.strip() for line in partial_text(partial)]
+    window = partial.get("window") or {}
+    if {"seconds", "start_ns", "stop_ns"} <= set(window):
+        lines[0] = (f"recording window: {window['seconds']:.3f} s of {window.get('clock', '?')}, every family from "
+                    f"{format_offset(window['start_ns'] - data.t0_ns, unit)} to "
+                    f"{format_offset(window['stop_ns'] - data.t0_ns, unit)}")
+    return lines
+
+
 def render_report(result: Analysis, cap: Any) -> str:
     """The HTML page of ``result``, the analysis of ``cap`` (see the module docstring)."""
     info = result.info
@@ -205,8 +216,8 @@ def render_report(result: Analysis, cap: Any) -> str:
         if info.get(note):
             parts.append(f"<p class='note'>{'Phases' if note == 'phase_note' else 'VMs'}: {html.escape(info[note])}.</p>")
     if "partial" in info:  # what the recording window cut, as the text report says it
-        parts.append("<p class='note partial'>" + "<br>".join(html.escape(line.strip())
-                                                              for line in partial_text(info["partial"])) + "</p>")
+        parts.append("<p class='note partial'>" + "<br>".join(html.escape(line) for line in
+                                                              _partial_lines(info["partial"], data, unit)) + "</p>")
     parts.extend(_time_section(data, figures))
     if "timeline" in figures:
         parts.append("<h2>Timeline: which thread, which phase</h2>" + _figure_html(figures["timeline"]))
