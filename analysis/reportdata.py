@@ -155,7 +155,8 @@ class _Collector:
         first, last = int(batch.ts_ns.min()), int(ends.max())
         self.first = first if self.first is None else min(self.first, first)
         self.last = last if self.last is None else max(self.last, last)
-        tids, counts = np.unique(batch.tid, return_counts=True)
+        tids, codes = _threads(batch.tid)
+        counts = np.bincount(codes, minlength=len(tids))
         for tid, count in zip(tids.tolist(), counts.tolist()):
             self.thread_events[tid] = self.thread_events.get(tid, 0) + count
         if batch.kind not in TIMED_GROUPS:
@@ -218,6 +219,20 @@ def _thread_rows(thread_events: dict[int, int], vcpus: dict[int, int], manifest:
     return rows
 
 
+def _threads(tids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct threads of ``tids`` and each row's index into them (np.unique's, by counting when
+    the thread ids lie close together, as they do: no sort of the batch)."""
+    if not len(tids):
+        return tids, np.zeros(0, np.int64)
+    low, high = int(tids.min()), int(tids.max())
+    if high - low >= 1 << 22:
+        return np.unique(tids, return_inverse=True)
+    present = np.flatnonzero(np.bincount(tids - low, minlength=high - low + 1))
+    index = np.full(high - low + 1, -1, np.int64)
+    index[present] = np.arange(len(present))
+    return present + low, index[tids - low]
+
+
 def _busy_at(edges: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Per bin (between consecutive ``edges``), the time the spans ``[starts, ends)`` cover (int64 ns,
     times relative to the window start)."""
@@ -229,26 +244,36 @@ def _busy_at(edges: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndar
 
 
 def _bin(data: ReportData, batch: EventBatch, rows: dict[int, str]) -> None:
-    width = data.view_end_ns - data.view_start_ns
+    width = max(data.view_end_ns - data.view_start_ns, 1)
     rel = batch.ts_ns - data.view_start_ns
-    inside = (rel >= 0) & (rel <= width) | ((rel < 0) & (rel + np.maximum(batch.duration_ns, 0) > 0))
-    data.outside += int(len(rel) - inside.sum())
-    if not inside.any():
+    ends = rel + np.maximum(batch.duration_ns, 0)
+    inside = (ends >= 0) & (rel <= width)
+    data.outside += int(len(rel) - np.count_nonzero(inside))
+    if not inside.all():
+        rel, ends, tid = rel[inside], ends[inside], batch.tid[inside]
+    else:
+        tid = batch.tid
+    if not len(rel):
         return
+    tids, codes = _threads(tid)  # a few threads per batch: their rows looked up once
+    per_thread = np.array([data.rows.index(rows[t]) if rows.get(t) in data.rows else len(data.rows)
+                           for t in tids.tolist()], np.int64)
+    row_codes = per_thread[codes]
+    bins = np.clip(rel, 0, width) * TIMELINE_BINS // width
+    np.minimum(bins, TIMELINE_BINS - 1, out=bins)
+    # one count over (row, bin) for the whole batch; the spans' busy time per row (spans are few)
+    counts = np.bincount(row_codes * TIMELINE_BINS + bins, minlength=(len(data.rows) + 1) * TIMELINE_BINS)
+    spans = ends > rel
     edges = np.linspace(0, width, TIMELINE_BINS + 1).round().astype(np.int64)
-    labels = np.array([rows.get(t, "other threads") for t in batch.tid[inside].tolist()], dtype=object)
-    rel, duration = rel[inside], batch.duration_ns[inside]
-    for row in pd.unique(labels):
-        mine = labels == row
-        counts, busy = data.lanes.setdefault((row, batch.kind), (np.zeros(TIMELINE_BINS, np.int64),
-                                                                 np.zeros(TIMELINE_BINS, np.int64)))
-        starts = rel[mine]
-        counts += np.bincount(np.clip(np.searchsorted(edges, starts, side="right") - 1, 0, TIMELINE_BINS - 1),
-                              minlength=TIMELINE_BINS)
-        spans = duration[mine] > 0
-        if spans.any():
-            busy += _busy_at(edges, np.clip(starts[spans], 0, width),
-                             np.clip(starts[spans] + duration[mine][spans], 0, width))
+    for code in np.unique(per_thread).tolist():
+        if code >= len(data.rows):
+            continue
+        lane_counts, busy = data.lanes.setdefault((data.rows[code], batch.kind), (np.zeros(TIMELINE_BINS, np.int64),
+                                                                                  np.zeros(TIMELINE_BINS, np.int64)))
+        lane_counts += counts[code * TIMELINE_BINS:(code + 1) * TIMELINE_BINS]
+        mine = spans & (row_codes == code) if spans.any() else None
+        if mine is not None and mine.any():
+            busy += _busy_at(edges, np.clip(rel[mine], 0, width), np.clip(ends[mine], 0, width))
 
 
 def _window(cap: Any, result: Any, phases: pd.DataFrame, collector: _Collector) -> tuple[int, int, str]:

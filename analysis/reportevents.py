@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis.common import vcpu_map
+from tracekit.analysis.common import rows_where, vcpu_map
 from tracekit.analysis.locks import lock_names
 from tracekit.analysis.phases import phase_mask
 from tracekit.analysis.splits import SPLIT_EVENT
@@ -106,13 +106,12 @@ def _family_batches(cap: Any) -> Iterator[EventBatch]:
                              np.full(len(ts), -1, np.int64))
     if "mmu" in families:
         for batch in cap.iter_batches("mmu", ["ts_ns", "tid", "event"]):
-            events = np.asarray(batch.column("event").to_pandas(), dtype=object)
             for kind, event in (("fault", _FAULT_PATH), ("split", SPLIT_EVENT)):
-                rows = events == event
-                if rows.any():
-                    yield EventBatch(kind, event, _ints(batch.column("tid").to_numpy())[rows],
-                                     batch.column("ts_ns").to_numpy().astype(np.int64)[rows],
-                                     np.full(int(rows.sum()), -1, np.int64))
+                rows = rows_where(batch, "event", [event])  # the few dictionary entries compared, not each row
+                if rows.num_rows:
+                    yield EventBatch(kind, event, _ints(rows.column("tid").to_numpy()),
+                                     rows.column("ts_ns").to_numpy().astype(np.int64),
+                                     np.full(rows.num_rows, -1, np.int64))
     for family, (kind, series) in _FUNCTION_FAMILIES.items():
         if family not in families:
             continue
