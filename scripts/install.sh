@@ -3,9 +3,22 @@
 #   system packages (bcc, kernel headers or the documented fallback, bpftrace, QEMU for the labs),
 #   tracefs mounted, and a virtual environment .venv/ (with the system site packages, so Debian's
 #   python3-bpfcc is importable) holding tracekit and its Python dependencies.
-# Usage: scripts/install.sh [--demo]     (--demo: then run 'tracekit demo')
+# Usage: scripts/install.sh [--spark] [--demo]
+#   --spark: also a Java runtime (Debian's default-jre-headless) and pyspark (the extra tracekit[spark]),
+#            for 'tracekit fleet summary --engine spark'
+#   --demo:  then run 'tracekit demo'
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+spark=0
+demo=0
+for arg in "$@"; do
+    case "$arg" in
+        --spark) spark=1 ;;
+        --demo) demo=1 ;;
+        *) printf 'install: error: unknown option %s (expected --spark, --demo)\n' "$arg" >&2; exit 2 ;;
+    esac
+done
 
 log() { printf 'install: %s\n' "$*"; }
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
@@ -26,6 +39,8 @@ case "$(dpkg --print-architecture)" in
     amd64) PACKAGES+=(gcc-aarch64-linux-gnu) ;;
     arm64) PACKAGES+=(gcc-x86-64-linux-gnu) ;;
 esac
+# Spark runs on a Java runtime: any Debian JRE that provides java 17 or newer (Spark 4 needs 17+).
+[ "$spark" -eq 1 ] && ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' && PACKAGES+=(default-jre-headless)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -69,13 +84,15 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 pipelog="$(mktemp)"
-if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >"$pipelog" 2>&1; then
+extras=test
+[ "$spark" -eq 1 ] && extras=test,spark
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" >"$pipelog" 2>&1; then
     cat "$pipelog" >&2; rm -f "$pipelog"; die "pip could not install tracekit into .venv"
 fi
 rm -f "$pipelog"
 .venv/bin/python -c 'import tracekit.cli' || die "tracekit did not install into .venv"
 log "done: .venv/bin/tracekit"
 
-if [ "${1:-}" = "--demo" ]; then
+if [ "$demo" -eq 1 ]; then
     exec .venv/bin/tracekit demo
 fi

@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "tracekit.top.cli",
     "tracekit.analysis.cli",
     "tracekit.lab.cli",
+    "tracekit.fleet.cli",
 )
 
 _verbose = False

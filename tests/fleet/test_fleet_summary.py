@@ -1,0 +1,158 @@
+"""tracekit fleet summary on DuckDB: the samples' figures against the analyses' own numpy code, the
+golden file the Spark test shares, grouping, outputs, and a mixed set with unreadable captures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.fleet.golden import SAMPLES, comparable, load
+from tracekit.analysis.analyze import analyze_capture
+from tracekit.analysis.common import latency_summary
+from tracekit.capture import open_capture
+from tracekit.cli import app
+from tracekit.fleet.query import FIGURES
+from tracekit.fleet.summary import fleet_summary
+
+X86 = SAMPLES / "x86-dirty-log-2m.tkcap"
+ARM = SAMPLES / "lab-arm64-contention.tkcap"
+
+
+@pytest.fixture(scope="module")
+def by_kernel():
+    return fleet_summary([str(SAMPLES)], by="kernel")
+
+
+def _row(summary, path):
+    return next(r for r in summary.captures if r["path"] == str(path))
+
+
+def _latency(frame, column="duration_ns"):
+    return latency_summary(frame, [], value=column).iloc[0].to_dict()
+
+
+def test_golden_samples_by_kernel(by_kernel):
+    assert comparable(by_kernel) == load()
+    assert sum(g["captures"] for g in by_kernel.groups) == len(by_kernel.captures) == 40
+
+
+def test_x86_figures_match_the_analyses(by_kernel):
+    row = _row(by_kernel, X86)
+    cap = open_capture(X86)
+    ioctl = cap.dataframe("ioctl")
+    timed = ioctl[ioctl["duration_ns"].notna()]
+    expected = _latency(timed)
+    assert (row["ioctl_count"], row["ioctl_p50_ns"], row["ioctl_p90_ns"], row["ioctl_p99_ns"], row["ioctl_max_ns"]) == (
+        expected["count"], expected["p50_ns"], expected["p90_ns"], expected["p99_ns"], expected["max_ns"])
+    clear = _latency(timed[timed["cmd_name"] == "KVM_CLEAR_DIRTY_LOG"])
+    assert (row["clear_count"], row["clear_p99_ns"], row["clear_total_ns"]) == (clear["count"], clear["p99_ns"],
+                                                                                 clear["total_ns"])
+    analysis = analyze_capture(cap)
+    per_op = analysis.tables["split_ioctls"]
+    assert row["dirty_log_ops"] == len(per_op) == 4
+    assert row["ops_splits"] == int(per_op["splits"].sum())
+    depth = analysis.tables["walk_depth"].groupby("depth")["walks"].sum()
+    assert row["walks"] == int(depth.sum()) == 49217
+    assert {d: row[f"walks_depth_{d}"] for d in (3, 4)} == {3: int(depth[3]), 4: int(depth[4])}
+    lock = _latency(cap.dataframe("lock"), "wait_ns")
+    assert (row["lock_wait_count"], row["lock_wait_p99_ns"], row["lock_wait_max_ns"]) == (
+        lock["count"], lock["p99_ns"], lock["max_ns"])
+    assert row["lost_events"] == cap.lost_total() == 0 and row["clean_captures"] == 1
+
+
+def test_arm64_figures_match_the_capture(by_kernel):
+    row = _row(by_kernel, ARM)
+    cap = open_capture(ARM)
+    split = cap.dataframe("split")
+    timed = _latency(split[split["duration_ns"] >= 0])
+    assert (row["splits"], row["split_count"], row["split_p50_ns"], row["split_p99_ns"]) == (
+        len(split), timed["count"], timed["p50_ns"], timed["p99_ns"])
+    visit = cap.dataframe("stage2_visit")
+    per_level = visit.groupby("level")["count"].sum()
+    assert row["stage2_visits"] == int(per_level.sum())
+    assert [row[f"stage2_visits_l{lv}"] for lv in range(4)] == [
+        int(per_level[lv]) if lv in per_level else None for lv in range(4)]
+    assert row["stage2_walks"] == cap.rows("stage2_walk")
+    assert row["ioctl_count"] == 0 and row["ioctl_p99_ns"] is None and row["splits_per_op"] is None
+
+
+def test_groups_pool_their_captures(by_kernel):
+    for group in by_kernel.groups:
+        members = [r for r in by_kernel.captures if r["group"] == group["group"]]
+        assert group["captures"] == len(members)
+        for figure in ("splits", "walks", "lock_wait_count", "ioctl_count", "stage2_walks", "dirty_log_ops"):
+            assert group[figure] == sum(r[figure] for r in members), figure
+        maxima = [r["lock_wait_max_ns"] for r in members if r["lock_wait_max_ns"] is not None]
+        assert group["lock_wait_max_ns"] == (max(maxima) if maxima else None)
+    pooled = next(g for g in by_kernel.groups if g["group"] == "6.12.117+deb13-cloud-arm64")
+    waits = np.sort(np.concatenate([open_capture(r["path"]).dataframe("lock")["wait_ns"].to_numpy()
+                                    for r in by_kernel.captures if r["group"] == pooled["group"]
+                                    and open_capture(r["path"]).rows("lock")]))
+    assert pooled["lock_wait_p99_ns"] == waits[int(np.ceil(0.99 * len(waits))) - 1]
+
+
+def test_grouping_keys():
+    summary = fleet_summary([str(SAMPLES / "x86-dirty-log-2m.tkcap"), str(ARM)], by="arch,backend")
+    assert [g["group"] for g in summary.groups] == ["aarch64 / tracefs-kprobe-events", "x86_64 / bcc"]
+    assert set(summary.captures[0]) >= {"group", "capture", "label", *FIGURES}
+
+
+def _mixed_set(tmp_path):
+    for name in ("x86-dirty-log-4k.tkcap", "lab-arm64-eager-clear.tkcap", "lab-x86-tdp-clear.tkcap"):
+        shutil.copytree(SAMPLES / name, tmp_path / name)
+    segment = sorted((tmp_path / "lab-x86-tdp-clear.tkcap" / "split").glob("part-*.parquet"))[0]
+    segment.write_bytes(segment.read_bytes()[:200])  # damaged: a truncated segment
+    newer = tmp_path / "newer.tkcap"
+    newer.mkdir()
+    (newer / "capture.json").write_text(json.dumps({"format": "tracekit-capture", "format_version": 99}))
+    return segment
+
+
+def test_mixed_set_names_the_bad_captures_and_summarises_the_rest(tmp_path):
+    segment = _mixed_set(tmp_path)
+    result = CliRunner().invoke(app, ["fleet", "summary", str(tmp_path), "--by", "arch", "--format", "json"])
+    assert result.exit_code == 1, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("tracekit: warning: left out: ")]
+    assert len(warnings) == 2 and len(result.stderr.splitlines()) == 2, result.stderr
+    assert any(segment.name in line and "lab-x86-tdp-clear.tkcap" in line for line in warnings)
+    assert any("newer.tkcap" in line for line in warnings)
+    document = json.loads(result.stdout)
+    assert sorted(r["label"] for r in document["captures"]) == ["lab-arm64-eager-clear", "x86-dirty-log-4k"]
+    assert len(document["left_out"]) == 2 and document["schema"] == "tracekit.fleet-summary/1"
+    alone = fleet_summary([str(tmp_path / "x86-dirty-log-4k.tkcap")], by="arch")
+    assert next(r for r in document["captures"] if r["label"] == "x86-dirty-log-4k")["walks"] == alone.captures[0]["walks"]
+
+
+def test_nothing_readable_is_one_line(tmp_path):
+    _mixed_set(tmp_path)
+    result = CliRunner().invoke(app, ["fleet", "summary", str(tmp_path / "newer.tkcap")])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("tracekit: error: ") and "newer.tkcap" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--by", "colour"], "--by 'colour'"), (["--engine", "oracle"], "--engine must be one of"),
+    (["--format", "xml"], "--format must be one of"), (["--master", "local[1]"], "--master applies to --engine spark")])
+def test_usage_errors_are_one_line(args, message):
+    result = CliRunner().invoke(app, ["fleet", "summary", str(X86), *args])
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_table_and_html(tmp_path):
+    result = CliRunner().invoke(app, ["fleet", "summary", str(SAMPLES), "--by", "arch"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Fleet summary by arch (duckdb)"
+    assert lines[2].split()[:4] == ["aarch64", "21", "21", "0"] and lines[3].split()[:4] == ["x86_64", "19", "19", "0"]
+    out = tmp_path / "fleet.html"
+    result = CliRunner().invoke(app, ["fleet", "summary", str(SAMPLES), "--by", "kernel", "--format", "html", "-o",
+                                      str(out)])
+    assert result.exit_code == 0, result.stderr
+    page = out.read_text()
+    for figure in ("latency", "walk-depth", "splits-per-op"):
+        assert f"data-figure='{figure}' src='data:image/png;base64," in page
+    assert page.count("<tr>") == 1 + 10 + 1 + 40  # header + groups, header + captures

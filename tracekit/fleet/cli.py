@@ -1,0 +1,77 @@
+"""``tracekit fleet summary``: headline figures of many captures, grouped, on DuckDB or Spark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tracekit.errors import CaptureFormatError, UsageError
+
+__all__ = ["register", "summary", "FORMATS"]
+
+FORMATS = ("table", "json", "html")
+
+
+def summary(
+    paths: List[str] = typer.Argument(..., help="Captures, directories holding captures, or glob patterns."),
+    by: str = typer.Option("kernel", "--by", help="Group by kernel, host, scenario, arch, backend, source, status, "
+                           "vcpus, workload, tracekit, capture or kvm.PARAM; several with commas (kernel,arch)."),
+    engine: str = typer.Option("duckdb", "--engine", help="duckdb (in-process) or spark (pip install 'tracekit[spark]')."),
+    master: Optional[str] = typer.Option(None, "--master", help="Spark master URL (default local[2])."),
+    fmt: str = typer.Option("table", "--format", help="table, json or html."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of standard output."),
+) -> None:
+    """Summarise many captures: verdicts, latency percentiles, splits per ioctl, walk depth, lock waits, lost.
+
+    One SQL query, run unchanged by DuckDB or Spark. A capture that cannot be read is named on one line
+    and left out; the others are summarised, and the exit status is 1.
+
+    Examples:
+
+      tracekit fleet summary runs/ --by kernel
+
+      tracekit fleet summary 'fleet/**/*.tkcap' --by host,kernel --format json -o fleet.json
+
+      tracekit fleet summary runs/ --by kvm.eager_page_split --format html -o fleet.html
+
+      tracekit fleet summary /shared/fleet --engine spark --master spark://head:7077   # a path every executor reads
+    """
+    from tracekit.fleet.render import summary_html, summary_json, summary_text
+    from tracekit.fleet.summary import fleet_summary
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    result = fleet_summary(paths, by=by, engine=engine, master=master)
+    for problem in result.problems:
+        typer.echo(f"tracekit: warning: left out: {problem}", err=True)
+    if fmt == "json":
+        text = json.dumps(summary_json(result), indent=1)
+    elif fmt == "html":
+        text = summary_html(result)
+    else:
+        text = summary_text(result)
+    if output is None or str(output) == "-":
+        typer.echo(text)
+    else:
+        _write(output, text)
+        typer.echo(f"wrote {output} ({len(result.captures)} captures in {len(result.groups)} groups)", err=True)
+    if result.problems:
+        raise typer.Exit(1)  # the others were summarised; the exit status still says some were not
+
+
+def _write(output: Path, text: str) -> None:
+    if output.is_symlink():
+        raise CaptureFormatError(f"refusing to write through a symlink: {output}")
+    try:
+        output.write_text(text + "\n", encoding="utf-8")
+    except OSError as error:
+        raise CaptureFormatError(f"cannot write {output}: {error.strerror or error}") from error
+
+
+def register(app: typer.Typer) -> None:
+    fleet = typer.Typer(help="Many captures at once: the fleet summary, on DuckDB or Spark.", no_args_is_help=True)
+    fleet.command("summary")(summary)
+    app.add_typer(fleet, name="fleet")

@@ -1,0 +1,211 @@
+"""The fleet summary as one SQL text that DuckDB and Spark both run unchanged.
+
+:func:`summary_sql` is the query; it reads the input tables of :data:`INPUT_COLUMNS` (one per capture
+family, each with a first column ``capture``) plus ``fleet_groups`` (``capture``, ``grp``: the group
+each capture is summarised in). It returns one row per (group, capture) and one per group
+(``capture`` = ``''``) with the columns of :data:`FIGURES`, computed with GROUPING SETS so every row
+is read once for both. Only SQL both dialects accept is used: exact nearest-rank percentiles through
+``percentile_disc(q) WITHIN GROUP (ORDER BY v)`` (the value at rank ceil(q n), as
+``analysis.common.latency_summary`` gives), counts and sums cast to BIGINT, means as an exact sum over
+a count. What each figure means is documented in docs/fleet.md.
+"""
+
+from __future__ import annotations
+
+__all__ = ["INPUT_COLUMNS", "FIGURES", "PERCENTILES", "SPLIT_EVENT", "summary_sql"]
+
+#: Percentiles of every latency figure (as analyze reports them).
+PERCENTILES = (50, 90, 99)
+
+#: The mmu family's split tracepoint (one row per huge SPTE split), as analysis/splits.py counts it.
+SPLIT_EVENT = "kvm_mmu_split_huge_page"
+
+#: Input tables and the columns the query reads (after ``capture``); a column no file of a family has
+#: is registered as NULL, so captures of older formats are summarised with what they have.
+INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "ioctl": ("ts_ns", "tid", "duration_ns", "cmd_name", "ret", "slot", "flags", "memory_size", "guest_phys_addr"),
+    "split": ("ts_ns", "tid", "duration_ns"),
+    "mmu": ("ts_ns", "tid", "event"),
+    "lock": ("wait_ns",),
+    "walk_element": ("walk_id",),
+    "stage2_walk": ("walk_id",),
+    "stage2_visit": ("level", "count"),
+}
+
+_LATENCIES = {  # figure prefix -> (source CTE, value column, what it is)
+    "ioctl": ("ioctl_calls_timed", "duration_ns", "every KVM ioctl whose exit was recorded"),
+    "clear": ("clear_calls", "duration_ns", "KVM_CLEAR_DIRTY_LOG calls"),
+    "split": ("split_timed", "duration_ns", "split calls with a duration (function probes)"),
+    "lock_wait": ("lock_waits", "wait_ns", "lock contention waits"),
+}
+
+
+def _latency_figures(prefix: str) -> tuple[str, ...]:
+    return (f"{prefix}_count", f"{prefix}_total_ns", *(f"{prefix}_p{q}_ns" for q in PERCENTILES), f"{prefix}_max_ns")
+
+
+#: Every figure of a summary row, in order (the group and capture columns come first).
+FIGURES: tuple[str, ...] = (
+    "captures", "clean_captures", "incomplete_captures", "lossy_captures", "lost_events",
+    *_latency_figures("ioctl"), *_latency_figures("clear"),
+    "dirty_log_ops", "ops_splits", "splits_per_op",
+    "splits", *_latency_figures("split"),
+    "walks", "walks_depth_1", "walks_depth_2", "walks_depth_3", "walks_depth_4", "walks_depth_5",
+    "stage2_walks", "stage2_visits", *(f"stage2_visits_l{lv}" for lv in range(5)),
+    *_latency_figures("lock_wait"),
+)
+
+_SETS = "GROUP BY GROUPING SETS ((g.grp, g.capture), (g.grp))"
+_KEY = "g.grp AS grp, coalesce(g.capture, '') AS cap"
+
+
+def _latency_cte(prefix: str) -> str:
+    source, value, _ = _LATENCIES[prefix]
+    pcts = ",\n    ".join(f"percentile_disc({q / 100}) WITHIN GROUP (ORDER BY t.{value}) AS {prefix}_p{q}_ns"
+                          for q in PERCENTILES)
+    return f"""{prefix}_figures AS (
+  SELECT {_KEY}, count(*) AS {prefix}_count, CAST(sum(t.{value}) AS BIGINT) AS {prefix}_total_ns,
+    {pcts},
+    max(t.{value}) AS {prefix}_max_ns
+  FROM {source} AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  {_SETS}
+)"""
+
+
+def _count_if(condition: str, name: str) -> str:
+    return f"count(CASE WHEN {condition} THEN 1 END) AS {name}"
+
+
+def summary_sql() -> str:
+    """The fleet summary query (see the module docstring)."""
+    depth = ", ".join(_count_if(f"t.depth = {d}", f"walks_depth_{d}") for d in range(1, 5))
+    levels = ", ".join(f"CAST(sum(CASE WHEN t.level {'>=' if lv == 4 else '='} {lv} THEN t.count END) AS BIGINT) "
+                       f"AS stage2_visits_l{lv}" for lv in range(5))
+    figures = ",\n  ".join(f"CAST(f.{name} AS BIGINT) AS {name}" if name != "splits_per_op" else
+                           "CASE WHEN f.dirty_log_ops > 0 THEN CAST(coalesce(f.ops_splits, 0) AS DOUBLE) "
+                           "/ CAST(f.dirty_log_ops AS DOUBLE) END AS splits_per_op"
+                           for name in FIGURES)
+    joins = "\n".join(f"  LEFT JOIN {cte} AS {alias} ON {alias}.grp = s.grp AND {alias}.cap = s.cap"
+                      for cte, alias in _FIGURE_CTES)
+    columns = {name: alias for cte, alias in _FIGURE_CTES for name in _CTE_FIGURES[cte]}
+    select = ",\n  ".join(
+        f"coalesce({columns[n]}.{n}, 0) AS {n}" if n in _ZERO_WHEN_ABSENT else f"{columns[n]}.{n} AS {n}"
+        for n in FIGURES if n != "splits_per_op")
+    return f"""
+WITH
+ioctl_calls_timed AS (
+  SELECT * FROM ioctl WHERE duration_ns IS NOT NULL
+),
+clear_calls AS (
+  SELECT * FROM ioctl_calls_timed WHERE cmd_name = 'KVM_CLEAR_DIRTY_LOG'
+),
+memslot_calls AS (
+  SELECT capture, tid, ts_ns, duration_ns, flags, memory_size, guest_phys_addr,
+    LAG(flags) OVER (PARTITION BY capture, slot ORDER BY ts_ns) AS prev_flags,
+    LAG(memory_size) OVER (PARTITION BY capture, slot ORDER BY ts_ns) AS prev_size,
+    LAG(guest_phys_addr) OVER (PARTITION BY capture, slot ORDER BY ts_ns) AS prev_base,
+    row_number() OVER (PARTITION BY capture, slot ORDER BY ts_ns) AS nth
+  FROM ioctl_calls_timed
+  WHERE cmd_name IN ('KVM_SET_USER_MEMORY_REGION', 'KVM_SET_USER_MEMORY_REGION2')
+    AND slot IS NOT NULL AND coalesce(ret, 0) >= 0
+),
+dirty_log_ops AS (
+  SELECT capture, tid, ts_ns, ts_ns + duration_ns AS end_ns FROM memslot_calls
+  WHERE nth > 1 AND coalesce(prev_size, 1) <> 0 AND coalesce(memory_size, 1) <> 0
+    AND (prev_base IS NULL OR guest_phys_addr IS NULL OR prev_base = guest_phys_addr)
+    AND (coalesce(prev_flags, 0) & 1) = 0 AND (coalesce(flags, 0) & 1) = 1
+  UNION ALL
+  SELECT capture, tid, ts_ns, ts_ns + duration_ns AS end_ns FROM clear_calls
+),
+split_events AS (
+  SELECT capture, tid, ts_ns FROM split
+  UNION ALL
+  SELECT capture, tid, ts_ns FROM mmu WHERE event = '{SPLIT_EVENT}'
+),
+split_timed AS (
+  SELECT * FROM split WHERE duration_ns >= 0
+),
+lock_waits AS (
+  SELECT * FROM lock WHERE wait_ns IS NOT NULL
+),
+walk_depths AS (
+  SELECT capture, walk_id, count(*) AS depth FROM walk_element GROUP BY capture, walk_id
+),
+spine AS (
+  SELECT {_KEY} FROM fleet_groups AS g {_SETS}
+),
+capture_figures AS (
+  SELECT {_KEY}, count(*) AS captures,
+    {_count_if("t.status = 'complete' AND coalesce(t.lost_events, 0) = 0", "clean_captures")},
+    {_count_if("coalesce(t.status, '') <> 'complete'", "incomplete_captures")},
+    {_count_if("coalesce(t.lost_events, 0) > 0", "lossy_captures")},
+    CAST(sum(coalesce(t.lost_events, 0)) AS BIGINT) AS lost_events
+  FROM captures AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  {_SETS}
+),
+{_latency_cte("ioctl")},
+{_latency_cte("clear")},
+{_latency_cte("split")},
+{_latency_cte("lock_wait")},
+op_figures AS (
+  SELECT {_KEY}, count(*) AS dirty_log_ops
+  FROM dirty_log_ops AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  {_SETS}
+),
+op_split_figures AS (
+  SELECT {_KEY}, count(*) AS ops_splits
+  FROM dirty_log_ops AS t
+  JOIN split_events AS e ON e.capture = t.capture AND e.tid = t.tid AND e.ts_ns >= t.ts_ns AND e.ts_ns < t.end_ns
+  JOIN fleet_groups AS g ON g.capture = t.capture
+  {_SETS}
+),
+split_count_figures AS (
+  SELECT {_KEY}, count(*) AS splits
+  FROM split_events AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  {_SETS}
+),
+walk_figures AS (
+  SELECT {_KEY}, count(*) AS walks, {depth}, {_count_if("t.depth >= 5", "walks_depth_5")}
+  FROM walk_depths AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  {_SETS}
+),
+stage2_walk_figures AS (
+  SELECT {_KEY}, count(*) AS stage2_walks
+  FROM stage2_walk AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  {_SETS}
+),
+stage2_visit_figures AS (
+  SELECT {_KEY}, CAST(sum(t.count) AS BIGINT) AS stage2_visits, {levels}
+  FROM stage2_visit AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  {_SETS}
+),
+figures AS (
+  SELECT s.grp AS grp, s.cap AS capture,
+  {select}
+  FROM spine AS s
+{joins}
+)
+SELECT f.grp AS grp, f.capture AS capture,
+  {figures}
+FROM figures AS f
+"""
+
+
+#: Each figure CTE, the alias it is joined under, and the figures it gives.
+_FIGURE_CTES = (("capture_figures", "c"), ("ioctl_figures", "io"), ("clear_figures", "cl"), ("op_figures", "op"),
+                ("op_split_figures", "os"), ("split_count_figures", "sc"), ("split_figures", "sp"),
+                ("walk_figures", "w"), ("stage2_walk_figures", "sw"), ("stage2_visit_figures", "sv"),
+                ("lock_wait_figures", "lw"))
+_CTE_FIGURES = {
+    "capture_figures": ("captures", "clean_captures", "incomplete_captures", "lossy_captures", "lost_events"),
+    "ioctl_figures": _latency_figures("ioctl"), "clear_figures": _latency_figures("clear"),
+    "op_figures": ("dirty_log_ops",), "op_split_figures": ("ops_splits",), "split_count_figures": ("splits",),
+    "split_figures": _latency_figures("split"),
+    "walk_figures": ("walks", *(f"walks_depth_{d}" for d in range(1, 6))), "stage2_walk_figures": ("stage2_walks",),
+    "stage2_visit_figures": ("stage2_visits", *(f"stage2_visits_l{lv}" for lv in range(5))),
+    "lock_wait_figures": _latency_figures("lock_wait"),
+}
+#: Counts that are 0 (not null) when a capture has no such rows; percentiles stay null.
+_ZERO_WHEN_ABSENT = {name for name in FIGURES if name.endswith(("_count", "captures")) or name in (
+    "lost_events", "dirty_log_ops", "ops_splits", "splits", "walks", "stage2_walks")
+    or name.startswith("walks_depth_")}

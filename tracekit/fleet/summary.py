@@ -1,0 +1,135 @@
+"""``tracekit fleet summary``: the headline figures of many captures, per capture and per group.
+
+:func:`fleet_summary` opens the captures under the given paths (:class:`tracekit.dataset.Dataset`;
+a capture that cannot be read is left out and named in ``problems``), registers the input tables on
+the chosen engine (:mod:`.engines`), runs :func:`tracekit.fleet.query.summary_sql` once and returns a
+:class:`FleetSummary`: one row per group (``--by``: capture facts such as the kernel release, host,
+scenario, or a KVM parameter ``kvm.PARAM``), one row per capture, every value a plain int, float, str
+or None so both engines' results compare equal.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from tracekit.dataset import Dataset, capture_facts
+from tracekit.errors import UsageError
+from tracekit.fleet.engines import ENGINES, duckdb_engine, spark_engine
+from tracekit.fleet.query import FIGURES, INPUT_COLUMNS, summary_sql
+
+__all__ = ["GROUP_KEYS", "CAPTURE_COLUMNS", "FleetSummary", "fleet_summary", "group_columns"]
+
+#: ``--by`` names -> the ``captures`` column each groups by (``kvm.PARAM`` groups by a KVM parameter).
+GROUP_KEYS = {"kernel": "kernel_release", "host": "host", "scenario": "scenario", "arch": "arch",
+              "backend": "backend", "source": "source_kind", "status": "status", "vcpus": "vcpus",
+              "workload": "workload", "tracekit": "tracekit_version", "capture": "capture"}
+
+#: Capture facts shown beside each capture's figures (columns of the ``captures`` table).
+CAPTURE_COLUMNS = ("name", "path", "host", "kernel_release", "arch", "backend", "source_kind", "scenario", "status",
+                   "vcpus")
+
+#: What the ``captures`` input table holds on every engine.
+_CAPTURES_INPUT = ("capture", "status", "lost_events")
+
+
+@dataclass
+class FleetSummary:
+    """Per-group and per-capture figures (:data:`tracekit.fleet.query.FIGURES`), in group order."""
+
+    by: list[str]
+    engine: str
+    groups: list[dict] = field(default_factory=list)
+    captures: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def group_columns(by: str | Sequence[str]) -> list[str]:
+    """``--by`` as a list of names (``"kernel,arch"`` -> ``["kernel", "arch"]``); UsageError for an unknown one."""
+    names = [n.strip() for part in ([by] if isinstance(by, str) else by) for n in part.split(",") if n.strip()]
+    for name in names or ["?"]:
+        if name not in GROUP_KEYS and not (name.startswith("kvm.") and len(name) > 4):
+            raise UsageError(f"--by {name!r}: expected one of {', '.join(GROUP_KEYS)} or kvm.PARAM "
+                             "(a KVM module parameter, e.g. kvm.tdp_mmu)")
+    return names
+
+
+def _group_value(fact: dict, name: str) -> str:
+    if name.startswith("kvm."):
+        params = dict(fact.get("kvm_params") or [])
+        param = name[4:]
+        value = params.get(param, next((v for k, v in params.items() if k.split(".", 1)[-1] == param), None))
+    else:
+        value = fact.get(GROUP_KEYS[name])
+    return "?" if value is None or value == "" else str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A result value as plain Python: integral numbers as int (engines differ in integer widths)."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, float):
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", engine: str = "duckdb",
+                  master: str | None = None, dataset: Dataset | None = None, **engine_options: Any) -> FleetSummary:
+    """The fleet summary of the captures under ``paths`` (see the module docstring)."""
+    names = group_columns(by)
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if master is not None and engine != "spark":
+        raise UsageError("--master applies to --engine spark only")
+    ds = dataset or Dataset.open(paths, skip_bad=True)
+    facts = capture_facts(ds).to_pylist()
+    grouping = pa.table({"capture": [f["capture"] for f in facts],
+                         "grp": [" / ".join(_group_value(f, n) for n in names) for f in facts]})
+    captures_input = pa.table({c: capture_facts_column(facts, c) for c in _CAPTURES_INPUT})
+    runner = (spark_engine(ds, INPUT_COLUMNS, master=master) if engine == "spark"
+              else duckdb_engine(ds, INPUT_COLUMNS, **engine_options))
+    try:
+        runner.register("captures", captures_input)
+        runner.register("fleet_groups", grouping)
+        rows = runner.query(summary_sql()).to_pylist()
+    finally:
+        runner.close()
+    by_id = {f["capture"]: f for f in facts}
+    labels = _labels(facts)
+    result = FleetSummary(by=names, engine=engine, problems=list(ds.problems))
+    for row in sorted(rows, key=lambda r: (r["grp"], r["capture"] != "", _capture_order(by_id, r["capture"]))):
+        out = {"group": row["grp"]}
+        if row["capture"]:
+            fact = by_id[row["capture"]]
+            out["capture"] = row["capture"]
+            out["label"] = labels[row["capture"]]
+            out.update({c: fact.get(c) for c in CAPTURE_COLUMNS})
+        out.update({name: _plain(row[name]) for name in FIGURES})
+        (result.captures if row["capture"] else result.groups).append(out)
+    return result
+
+
+def _labels(facts: list[dict]) -> dict[str, str]:
+    """Each capture's path below the directory all of them share, without ``.tkcap``."""
+    paths = [os.path.abspath(f["path"]) for f in facts]
+    common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
+    if common in paths:
+        common = os.path.dirname(common)
+    return {f["capture"]: os.path.relpath(p, common).removesuffix(".tkcap") for f, p in zip(facts, paths)}
+
+
+def capture_facts_column(facts: list[dict], column: str) -> pa.Array:
+    """One column of the ``captures`` input table (string ids and status, int64 counts)."""
+    type_ = pa.int64() if column == "lost_events" else pa.string()
+    return pa.array([f.get(column) for f in facts], type=type_)
+
+
+def _capture_order(by_id: dict, capture: str) -> tuple:
+    fact = by_id.get(capture) or {}
+    return (fact.get("path") or "", capture)
