@@ -4,8 +4,10 @@ Both get the same input tables: ``captures`` and ``fleet_groups`` from pyarrow t
 per family of :data:`tracekit.fleet.query.INPUT_COLUMNS` (``capture`` then the listed columns, NULL
 where no file of the family has a column) over the captures' Parquet segments; then
 :meth:`Engine.query` runs a SQL text and returns a pyarrow Table. DuckDB reads the segments through
-:func:`tracekit.dataset.connect`'s family views; Spark reads the same files (``spark.read.parquet``,
-schemas merged) and gives each row its capture through the file it came from. A family without
+:func:`tracekit.dataset.connect`'s family views; Spark reads the same files (``spark.read.parquet``
+with the family's declared types, so a column a file lacks reads as NULL and no footer is read up
+front), gives each row its capture through the file it came from (``_metadata.file_path``), and keeps
+a family of at most :data:`CACHE_ROWS` rows in memory once read. A family without
 segments is an empty table of its declared columns. Spark is optional (``tracekit[spark]``, a JRE):
 without it :func:`spark_engine` raises MissingCapability naming the fix.
 """
@@ -22,6 +24,9 @@ from tracekit.dataset import Dataset, connect, plain_schema, segments_table
 from tracekit.errors import MissingCapability
 
 __all__ = ["Engine", "ENGINES", "duckdb_engine", "spark_engine", "family_columns"]
+
+#: Spark keeps a family of at most this many rows in memory once read (the query reads a family several times).
+CACHE_ROWS = 4_000_000
 
 #: Engine names accepted by ``tracekit fleet summary --engine``.
 ENGINES = ("duckdb", "spark")
@@ -105,7 +110,7 @@ class SparkEngine:
         builder = (SparkSession.builder.appName("tracekit fleet summary")
                    .master(master or os.environ.get("TRACEKIT_SPARK_MASTER", "local[2]"))
                    .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").config("spark.sql.session.timeZone", "UTC")
-                   .config("spark.sql.shuffle.partitions", os.environ.get("TRACEKIT_SPARK_PARTITIONS", "8")))
+                   .config("spark.sql.shuffle.partitions", os.environ.get("TRACEKIT_SPARK_PARTITIONS", "4")))
         self.spark = builder.getOrCreate()
         self.spark.sparkContext.setLogLevel("ERROR")
         segments = segments_table(dataset).to_pylist()
@@ -128,7 +133,10 @@ class SparkEngine:
                 present = set()
             picked = [F.col(c) if t is None else F.lit(None).cast(_SQL_TYPES[t]).alias(c)
                       for c, t in family_columns(family, present, columns)]
-            frame.select(F.col("capture"), *picked).createOrReplaceTempView(family)
+            frame = frame.select(F.col("capture"), *picked)
+            if sum(row["rows"] for row in rows) <= CACHE_ROWS:
+                frame = frame.cache()  # read once, not once per figure that reads the family
+            frame.createOrReplaceTempView(family)
 
     def register(self, name: str, table: pa.Table) -> None:
         rows = [tuple(row.values()) for row in table.to_pylist()]
@@ -138,6 +146,7 @@ class SparkEngine:
         return self.spark.sql(sql).toArrow()
 
     def close(self) -> None:
+        self.spark.catalog.clearCache()
         self.spark.stop()
 
 

@@ -1,0 +1,223 @@
+"""Benchmark: ``tracekit fleet summary`` over 1,000 generated captures, against a plain scan of the same files.
+
+A dataset of ``--captures`` captures is generated from the samples' shapes (:data:`SHAPES`: between them
+every family a capture can hold): each shape's families are tiled (timestamps shifted, walk ids kept
+distinct) to about ``--rows`` rows per capture and written by the capture writer in ``--segment-rows``
+segments; the captures of one shape share its segment files through hard links (a new manifest each:
+own capture id, host and start), so the dataset costs the disk of one copy per shape. Then, each in a
+child process of its own (peak memory = the child's maximum RSS):
+
+- ``count(*)``: DuckDB's ``SELECT count(*)`` over every segment (the plain scan the target is against;
+  DuckDB answers it from the footers); ``columns``: a scan that decodes every column the summary reads
+  (sums over them);
+- ``summary``: ``fleet_summary`` on DuckDB of all the captures (opening and checking them included,
+  timed apart), and of a quarter of them (memory independent of the number of captures?);
+- ``spark`` (``--spark``): the same summary on Spark local mode, for the record (no target).
+
+Prints rows, rows/s, seconds, peak RSS and the ratios; asserts nothing. The dataset is written under
+``--dir`` (default: a temporary directory on the same disk, removed at the end unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+#: Sample captures whose shapes are tiled (together: every family).
+SHAPES = ("x86-dirty-log-2m.tkcap", "x86-dirty-log-4k.tkcap", "lab-arm64-contention.tkcap",
+          "lab-arm64-skip3-eager-enable.tkcap", "lab-x86-tdp-eager.tkcap", "lab-arm64-eager-clear.tkcap",
+          "matrix/arm64-mmu-lock/debian-bookworm,eager_split_chunk=0/contention@vcpus=2/1.tkcap")
+_WALK_ID_FAMILIES = {"walk", "walk_element", "walk_error", "stage2_walk", "stage2_visit"}
+_KERNELS = ("6.1.0-50-cloud-{arch}", "6.12.117+deb13-cloud-{arch}", "7.3.4+deb13-cloud-{arch}")
+
+
+def _tiled(table: pa.Table, family: str, tiles: int, span_ns: int, walk_span: int) -> list[pa.Table]:
+    """``table`` repeated ``tiles`` times, each copy later by ``span_ns`` and its walk ids by ``walk_span``."""
+    import pyarrow.compute as pc
+
+    out = []
+    for tile in range(tiles):
+        copy = table.set_column(table.schema.get_field_index("ts_ns"), "ts_ns",
+                                pc.add(table["ts_ns"], pa.scalar(tile * span_ns, pa.int64())))
+        if family in _WALK_ID_FAMILIES and "walk_id" in copy.column_names:
+            ids = copy["walk_id"]
+            copy = copy.set_column(copy.schema.get_field_index("walk_id"), "walk_id",
+                                   pc.add(ids, pa.scalar(tile * walk_span, ids.type)))
+        out.append(copy)
+    return out
+
+
+def make_template(sample: Path, out: Path, rows: int, segment_rows: int) -> int:
+    """A capture shaped like ``sample`` with about ``rows`` rows; returns its row count."""
+    from tracekit.capture import CaptureWriter, open_capture
+
+    cap = open_capture(sample)
+    tables = {f: cap.table(f) for f in cap.families()}
+    have = sum(t.num_rows for t in tables.values()) or 1
+    tiles = max(1, math.ceil(rows / have))
+    stamps = [t["ts_ns"] for t in tables.values() if t.num_rows]
+    span = max(int(max(s.to_numpy().max() for s in stamps)) - int(min(s.to_numpy().min() for s in stamps)), 1) + 1
+    walk_span = 1 + max([int(t["walk_id"].to_numpy().max()) for f, t in tables.items()
+                         if f in _WALK_ID_FAMILIES and t.num_rows] or [0])
+    keep = {k: v for k, v in cap.manifest.items() if k not in ("format", "format_version", "capture_id",
+                                                                "families", "status", "stop", "writer_pid")}
+    total = 0
+    with CaptureWriter(out, manifest=keep, segment_rows=segment_rows) as writer:
+        for family, table in tables.items():
+            writer.declare(family, cap.schema(family))
+            for copy in _tiled(table, family, tiles, span, walk_span):
+                writer.append(family, copy)
+                total += copy.num_rows
+    return total
+
+
+def make_dataset(root: Path, captures: int, rows: int, segment_rows: int) -> dict:
+    """``captures`` captures under ``root`` (see the module docstring); returns what was made."""
+    templates = root / "templates"
+    shapes = []
+    for i, name in enumerate(SHAPES):
+        path = templates / f"shape{i}.tkcap"
+        shapes.append((path, make_template(SAMPLES / name, path, rows, segment_rows)))
+    fleet = root / "fleet"
+    total = 0
+    for n in range(captures):
+        shape, shape_rows = shapes[n % len(shapes)]
+        target = fleet / f"host{n % 50:02d}" / f"run{n:04d}.tkcap"
+        for source in shape.rglob("*"):
+            dest = target / source.relative_to(shape)
+            if source.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+            elif source.name != "capture.json":
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.link(source, dest)
+        manifest = json.loads((shape / "capture.json").read_text())
+        arch = "arm64" if manifest.get("arch") == "aarch64" else "amd64"
+        manifest.update(capture_id=str(uuid.UUID(int=n + 1)), host=f"host{n % 50:02d}",
+                        kernel_release=_KERNELS[(n // len(shapes)) % len(_KERNELS)].format(arch=arch))
+        (target / "capture.json").write_text(json.dumps(manifest))
+        total += shape_rows
+    return {"captures": captures, "rows": total, "fleet": str(fleet), "shapes": len(shapes)}
+
+
+# -- the measured steps, each run in a child ---------------------------------------------------------
+
+def _files(paths: list[str]) -> list[str]:
+    return sorted(str(p) for root in paths for p in Path(root).rglob("part-*.parquet"))
+
+
+def step_count(paths: list[str]) -> dict:
+    import duckdb
+
+    files = _files(paths)
+    t0 = time.perf_counter()
+    rows = duckdb.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchall()[0][0]
+    return {"rows": rows, "seconds": time.perf_counter() - t0, "files": len(files)}
+
+
+def step_columns(paths: list[str]) -> dict:
+    """Decode every column the summary reads, family by family (sums, so nothing is skipped)."""
+    import duckdb
+
+    from tracekit.fleet.query import INPUT_COLUMNS
+
+    t0 = time.perf_counter()
+    rows = 0
+    by_family: dict[str, list[str]] = {}
+    for f in _files(paths):
+        by_family.setdefault(Path(f).parent.name, []).append(f)
+    for family, files in by_family.items():
+        columns = INPUT_COLUMNS.get(family)
+        if not columns:
+            continue
+        present = {r[0] for r in duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet({files[:1]!r})").fetchall()}
+        sums = ", ".join(f"count(\"{c}\")" for c in columns if c in present)
+        rows += duckdb.sql(f"SELECT count(*), {sums} FROM read_parquet({files!r}, union_by_name = true)").fetchall()[0][0]
+    return {"rows": rows, "seconds": time.perf_counter() - t0}
+
+
+def step_summary(paths: list[str], engine: str) -> dict:
+    from tracekit.dataset import Dataset
+    from tracekit.fleet.summary import fleet_summary
+
+    t0 = time.perf_counter()
+    ds = Dataset.open(paths, skip_bad=True)
+    t1 = time.perf_counter()
+    result = fleet_summary(paths, by="kernel", engine=engine, dataset=ds)
+    t2 = time.perf_counter()
+    return {"captures": len(result.captures), "groups": len(result.groups), "open_seconds": t1 - t0,
+            "query_seconds": t2 - t1, "seconds": t2 - t0, "problems": len(ds.problems),
+            "walks": sum(g["walks"] for g in result.groups)}
+
+
+def _child(step: str, paths: list[str], engine: str = "duckdb") -> dict:
+    """Run ``step`` in a fresh interpreter; its result plus its peak RSS (MiB)."""
+    code = (f"import json, resource, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench_fleet as b; "
+            f"r = b.step_{step}({paths!r}{', ' + repr(engine) if step == 'summary' else ''}); "
+            "r['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"bench_fleet: step {step} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--captures", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=210_000, help="rows per capture (about)")
+    parser.add_argument("--segment-rows", type=int, default=25_000)
+    parser.add_argument("--dir", type=Path, default=None, help="where to generate (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated dataset")
+    parser.add_argument("--reuse", action="store_true", help="--dir holds a dataset made before: measure it")
+    parser.add_argument("--spark", action="store_true", help="also run the summary on Spark local mode")
+    args = parser.parse_args()
+    root = args.dir or Path(tempfile.mkdtemp(prefix="tk-fleet-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    print(f"load average at start: {os.getloadavg()}")
+    try:
+        if args.reuse:
+            made = json.loads((root / "made.json").read_text())
+        else:
+            t0 = time.perf_counter()
+            made = make_dataset(root, args.captures, args.rows, args.segment_rows)
+            made["generate_seconds"] = time.perf_counter() - t0
+            (root / "made.json").write_text(json.dumps(made))
+        print(f"dataset: {made}")
+        fleet = made["fleet"]
+        hosts = sorted(str(p) for p in Path(fleet).iterdir())
+        quarter = hosts[: max(1, len(hosts) // 4)]
+        results = {"count": _child("count", [fleet]), "columns": _child("columns", [fleet]),
+                   "summary": _child("summary", [fleet]), "summary_quarter": _child("summary", quarter)}
+        if args.spark:
+            results["spark"] = _child("summary", [fleet], "spark")
+        rows = results["count"]["rows"]
+        for name, r in results.items():
+            rate = rows / r["seconds"] if name != "summary_quarter" else float("nan")
+            print(f"{name:16s} {r['seconds']:8.2f} s  {rate / 1e6:8.1f} M rows/s  peak {r['peak_mib']:7.0f} MiB  {r}")
+        s, c, col = results["summary"], results["count"], results["columns"]
+        print(f"rows: {rows:,} in {c['files']:,} files")
+        print(f"summary / count(*) scan: {s['seconds'] / c['seconds']:.2f}x (query alone "
+              f"{s['query_seconds'] / c['seconds']:.2f}x); summary / column scan: {s['seconds'] / col['seconds']:.2f}x")
+        print(f"peak memory: summary of all {results['summary']['captures']} captures {s['peak_mib']:.0f} MiB, of "
+              f"{results['summary_quarter']['captures']} captures {results['summary_quarter']['peak_mib']:.0f} MiB")
+        print(f"load average at end: {os.getloadavg()}")
+    finally:
+        if not args.keep and not args.reuse:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
