@@ -81,6 +81,7 @@ def _log_bars(ax: Any, categories: list[str], bars: list[tuple[str, list[float]]
             drawn += value > 0
     ax.set_yscale("log")
     ax.set_ylim(0.8, top * 12)
+    ax.set_xlim(-0.5, len(categories) - 0.5)  # a group's zero bars (not drawn) keep their place
     ax.set_xticks(x)
     ax.set_xticklabels(categories)
     ax.set_ylabel(f"{ylabel} (log scale)")
