@@ -3,7 +3,7 @@
 :func:`plan` expands columns (``KERNEL[,SETTING=VALUE...]``), scenarios, vCPU counts and repeats into cells, each
 with its capture ``DIR/COLUMN/SCENARIO/RUN.tkcap``. :func:`run_matrix` runs them one at a time with
 :func:`tracekit.lab.runner.run_lab`, writing each outcome beside its capture and reusing those already in DIR
-(resume); a scenario the kernel-capability table rules out is ``n/a``, never booted. :func:`build_tables` reads
+(resume); a scenario the kernel feature table rules out is ``n/a``, never booted. :func:`build_tables` reads
 the captures back into one :class:`Table` per scenario: measures as rows (probe counts per step, visits per
 level, lock waits by mode and waiter, the checks judged with that kernel's semantics, step times), kernels as
 columns. Counts are exact; times are the emulator's, marked as such and never compared.
@@ -135,7 +135,7 @@ def run_matrix(arch: str, cells: list[Cell], *, timeout: float | None = None, re
 
 
 def _run_cell(arch: str, cell: Cell, timeout, run_lab) -> dict:
-    """One lab run; a scenario the kernel cannot run (the capability table says so) is n/a, never booted."""
+    """One lab run; a scenario the kernel cannot run (the kernel feature table says so) is n/a, never booted."""
     base = {"kernel": cell.column.spec, "scenario": cell.scenario, "run": cell.run}
     cell.capture.parent.mkdir(parents=True, exist_ok=True)
     # the capture's own command: the one lab run that gives it again (no machine paths in the manifest)

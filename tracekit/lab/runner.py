@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracekit.errors import LabError, NotApplicable, UsageError
-from tracekit.lab import capabilities, fetch, kernels, machine, results, scenarios
+from tracekit.lab import kernel_features, fetch, kernels, machine, results, scenarios
 from tracekit.lab.guest_record import BACKENDS
 from tracekit.lab.guest_run import probe_family
 from tracekit.procs import pid_alive
@@ -99,7 +99,7 @@ def scenario_checks(scenario: scenarios.Scenario, release: str, counts: dict[str
     the guest did not attach (``probes["failed"]``, or a tracepoint missing from ``probes["tracepoints"]``) or that
     never fired fails with the guest's reason: a run never passes on probes that saw nothing."""
     version = kernels.version_of(release)
-    absent = capabilities.absent_probes(version, scenario.arch)
+    absent = kernel_features.absent_probes(version, scenario.arch)
     failed = {f["probe"]: f["reason"] for f in probes.get("failed", []) if isinstance(f, dict) and "probe" in f}
     enabled = probes.get("tracepoints")
     if enabled is not None:
@@ -119,8 +119,8 @@ def scenario_checks(scenario: scenarios.Scenario, release: str, counts: dict[str
                          reason=f"not applicable on {release}: {absent[name].reason()}")  # fmt: skip
         elif name in failed:
             why = failed[name]
-            if "Invalid fetch argument" in why and not capabilities.has(version, scenario.arch, "kprobe-btf-args"):
-                why += f" ({capabilities.get('kprobe-btf-args').reason()})"
+            if "Invalid fetch argument" in why and not kernel_features.has(version, scenario.arch, "kprobe-btf-args"):
+                why += f" ({kernel_features.get('kprobe-btf-args').reason()})"
             check.update(ok=False, measured=None, reason=f"{name} not attached: {why}")
         elif kind == "fired":
             check.update(ok=check["measured"] > 0, reason="" if check["measured"] else f"{name} attached but never fired")

@@ -5,7 +5,7 @@ tracepoints, and steps run by :mod:`tracekit.lab.guest_run`: ``("workload", N)``
 dirty-log workload, each phase a step) or :mod:`tracekit.lab.arm64_vm` steps (``prefault``, ``touch``,
 ``log``, ``touch_together``, ``clear_while_touching``, ``hot``, ``new_vm``, ...) where the workload cannot express them.
 ``expected`` holds exact counts with their arithmetic, ``evidence`` the probes that must fire, ``needs``
-the kernel capabilities (:mod:`tracekit.lab.capabilities`) it requires and ``expected_without`` the counts
+the kernel features (:mod:`tracekit.lab.kernel_features`) it requires and ``expected_without`` the counts
 of a kernel without one. ``model_counts`` are counts the reference model computes for the run itself
 (``split_walker``: :func:`tracekit.analysis.skiplevels.expected_split_visits`, under the walk flags the
 kernel passed). Standard library only (runs in the guests).
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tracekit.errors import UsageError
-from tracekit.lab import capabilities
+from tracekit.lab import kernel_features
 
 __all__ = ["Scenario", "SCENARIOS", "VARIANT_SETTINGS", "get", "with_variant", "names", "smallest"]
 
@@ -42,7 +42,7 @@ class Scenario:
     workload_args: dict = field(default_factory=dict)
     expected: dict[str, int] = field(default_factory=dict)
     expected_note: str = ""
-    #: capabilities (:mod:`tracekit.lab.capabilities`) without which the scenario does not apply
+    #: kernel features (:mod:`tracekit.lab.kernel_features`) without which the scenario does not apply
     needs: tuple[str, ...] = ()
     #: probes that must fire for the run to show anything (where no exact count does)
     evidence: tuple[str, ...] = ()
@@ -328,8 +328,8 @@ SCENARIOS: tuple[Scenario, ...] = (
 
 
 def not_applicable(scenario: Scenario, version: tuple[int, int]) -> str | None:
-    """Why a ``version`` kernel cannot run ``scenario`` (the capabilities it lacks), or None."""
-    lacking = capabilities.missing(version, scenario.arch, scenario.needs)
+    """Why a ``version`` kernel cannot run ``scenario`` (the kernel features it lacks), or None."""
+    lacking = kernel_features.missing(version, scenario.arch, scenario.needs)
     return "; ".join(c.reason() for c in lacking) or None
 
 
@@ -338,7 +338,7 @@ def expected_on(scenario: Scenario, version: tuple[int, int]) -> dict[str, int]:
     capability that changes them)."""
     expected = dict(scenario.expected)
     for name, counts in scenario.expected_without.items():
-        if not capabilities.has(version, scenario.arch, name):
+        if not kernel_features.has(version, scenario.arch, name):
             expected.update(counts)
     return expected
 
@@ -414,7 +414,7 @@ def _switched(scenario: Scenario, changes: dict) -> dict:
             expected, without = _SWITCHED_EXPECTED.get((scenario.name, key, changes[key]), ({}, {}))
             note = "" if expected else f"{key} changed: the base scenario's exact counts assume its own setting"
             # switched off, the eager split's own probes have nothing to show
-            gone = capabilities.get(capability).probes if not changes[key] else ()
+            gone = kernel_features.get(capability).probes if not changes[key] else ()
             return {"expected": expected, "expected_without": without, "expected_note": note, "model_counts": (),
                     "evidence": tuple(p for p in scenario.evidence if p not in gone)}  # fmt: skip
     return {}

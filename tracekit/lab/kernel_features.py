@@ -1,23 +1,18 @@
-"""What each kernel can do for the lab scenarios: the one kernel-capability table.
+"""The kernel feature table: which mainline version brought each KVM or tracing feature a lab scenario needs.
 
-:data:`CAPABILITIES` names each KVM or tracing feature a scenario relies on, the architecture it
-concerns, the mainline version that brought it, and the probes (function probes and tracepoints)
-that do not exist before it. :func:`missing` lists the capabilities a kernel version lacks;
-:func:`absent_probes` the probes that cannot exist there, so a run reports them as "not applicable"
-instead of failing on them. Versions are mainline's; a distribution kernel that backports a feature
-shows it in its symbols, which the guest's probe resolution reports either way.
+Not the host's capability report (:mod:`tracekit.capabilities`): :func:`missing` lists the features a
+kernel version lacks, :func:`absent_probes` the probes that cannot exist there (reported "not applicable").
 Standard library only (runs in the guests).
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Capability", "CAPABILITIES", "get", "has", "missing", "absent_probes", "describe"]
+__all__ = ["KernelFeature", "FEATURES", "get", "has", "missing", "absent_probes", "describe"]
 
 
 @dataclass(frozen=True)
-class Capability:
+class KernelFeature:
     name: str
     arch: str | None  # None: both lab architectures
     since: tuple[int, int]
@@ -28,29 +23,29 @@ class Capability:
         return f"{self.what} arrived in {self.since[0]}.{self.since[1]}"
 
 
-CAPABILITIES: tuple[Capability, ...] = (
-    Capability("eager-split", "arm64", (6, 5),
+FEATURES: tuple[KernelFeature, ...] = (
+    KernelFeature("eager-split", "arm64", (6, 5),
                "arm64 eager page splitting (KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE, stage2_split_walker)",
                ("split_walker", "stage2_split", "split_huge_pages")),
-    Capability("mmu-rwlock", "arm64", (5, 18),
+    KernelFeature("mmu-rwlock", "arm64", (5, 18),
                "the arm64 mmu_lock as an rwlock with a read-locked permission-relax fast path"),
-    Capability("eager-page-split", "x86", (5, 17),
+    KernelFeature("eager-page-split", "x86", (5, 17),
                "x86 eager page splitting (kvm.eager_page_split, the kvmmmu:kvm_mmu_split_huge_page tracepoint)",
                ("slot_try_split", "mmu_try_split", "tdp_try_split", "split_root", "split_huge_page",
                 "kvm_mmu_split_huge_page")),
-    Capability("split-on-fault", "x86", (6, 2),
+    KernelFeature("split-on-fault", "x86", (6, 2),
                "TDP MMU split of a huge page on a write fault (before it, the huge SPTE is zapped and refaulted)"),
-    Capability("recover-huge-pages", "x86", (6, 13),
+    KernelFeature("recover-huge-pages", "x86", (6, 13),
                "in-place huge page recovery at dirty-log disable (kvm_tdp_mmu_recover_huge_pages)",
                ("recover_huge_pages",)),
-    Capability("lock-contention-tracepoints", None, (5, 19), "the lock:contention_begin/end tracepoints",
+    KernelFeature("lock-contention-tracepoints", None, (5, 19), "the lock:contention_begin/end tracepoints",
                ("contention_begin", "contention_end")),
-    Capability("kprobe-btf-args", None, (6, 8), "kprobe event arguments by BTF name (PROBE_EVENTS_BTF_ARGS)"),
+    KernelFeature("kprobe-btf-args", None, (6, 8), "kprobe event arguments by BTF name (PROBE_EVENTS_BTF_ARGS)"),
 )  # fmt: skip
 
 
-def get(name: str) -> Capability:
-    for capability in CAPABILITIES:
+def get(name: str) -> KernelFeature:
+    for capability in FEATURES:
         if capability.name == name:
             return capability
     raise KeyError(name)
@@ -62,17 +57,17 @@ def has(version: tuple[int, int], arch: str, name: str) -> bool:
     return capability.arch not in (None, arch) or version >= capability.since or version == (0, 0)
 
 
-def missing(version: tuple[int, int], arch: str, names) -> list[Capability]:
+def missing(version: tuple[int, int], arch: str, names) -> list[KernelFeature]:
     """The capabilities of ``names`` a ``version`` kernel lacks ((0, 0): unknown version, none missing)."""
     return [get(name) for name in names if not has(version, arch, name)]
 
 
-def absent_probes(version: tuple[int, int], arch: str) -> dict[str, Capability]:
+def absent_probes(version: tuple[int, int], arch: str) -> dict[str, KernelFeature]:
     """Probe or tracepoint name -> the capability whose absence means it cannot exist on that kernel."""
-    return {probe: c for c in CAPABILITIES if not has(version, arch, c.name) for probe in c.probes}
+    return {probe: c for c in FEATURES if not has(version, arch, c.name) for probe in c.probes}
 
 
 def describe(version: tuple[int, int], arch: str) -> list[dict]:
     """The table for one kernel: ``[{"name", "since", "what", "present"}]``."""
     return [{"name": c.name, "since": f"{c.since[0]}.{c.since[1]}", "what": c.what, "present": has(version, arch, c.name)}
-            for c in CAPABILITIES if c.arch in (None, arch)]  # fmt: skip
+            for c in FEATURES if c.arch in (None, arch)]  # fmt: skip

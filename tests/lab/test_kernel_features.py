@@ -1,11 +1,11 @@
-"""The kernel-capability table and what it does to a scenario's checks, without booting: which scenarios a
+"""The kernel feature table and what it does to a scenario's checks, without booting: which scenarios a
 kernel cannot run, that kernel's expected counts, probes it cannot have, and runs that must not pass."""
 
 from __future__ import annotations
 
 import pytest
 
-from tracekit.lab import capabilities, results, scenarios
+from tracekit.lab import kernel_features, results, scenarios
 from tracekit.lab.runner import scenario_checks
 
 
@@ -20,11 +20,11 @@ from tracekit.lab.runner import scenario_checks
      ("arm64", "kprobe-btf-args", (7, 3), True), ("arm64", "eager-split", (0, 0), True)],  # unknown version
 )  # fmt: skip
 def test_capability_table(arch, name, version, present):
-    assert capabilities.has(version, arch, name) is present
+    assert kernel_features.has(version, arch, name) is present
 
 
 def test_every_scenario_names_known_capabilities():
-    names = {c.name for c in capabilities.CAPABILITIES}
+    names = {c.name for c in kernel_features.FEATURES}
     for scenario in scenarios.SCENARIOS:
         assert set(scenario.needs) <= names and set(scenario.expected_without) <= names, scenario.name
         assert scenario.expected or scenario.evidence, f"{scenario.name} would pass on probes that saw nothing"
