@@ -47,9 +47,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
+from tracekit.memtune import import_numpy_without_huge_pages
+
+import_numpy_without_huge_pages()  # as the tracekit console script does, before numpy's first import
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the synthetic captures of tests/synthetic.py
 
@@ -383,7 +386,7 @@ def tile_recording(source: Path, target: Path, copies: int) -> None:
 
 def record_recording(path: Path) -> None:
     """A real recording of the built-in workload by ``tracekit record`` (root, KVM and bcc needed)."""
-    tracekit = [sys.executable, "-m", "tracekit.cli"]
+    tracekit = [sys.executable, "-m", "tracekit"]
     command = [*tracekit, "record", "-o", str(path), "--", *tracekit, "workload", "dirty-log", "-v", "2",
                "-b", "256M", "-i", "10"]
     print("recording: " + " ".join(command[len(tracekit):]))

@@ -55,11 +55,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tracekit.memtune import import_numpy_without_huge_pages, keep_freed_memory  # noqa: E402
+
+import_numpy_without_huge_pages()  # as the tracekit console script does, before numpy's first import
 import numpy as np  # noqa: E402
 
 from tracekit.host import Host, tracefs_root  # noqa: E402
 from tracekit.recorder.backend_bcc import BccBackend, import_bcc  # noqa: E402
-from tracekit.memtune import keep_freed_memory  # noqa: E402
 from tracekit.recorder.session import DEFAULT_FAMILIES, plan_families  # noqa: E402
 from tracekit.recorder.probe_family import RecordOptions  # noqa: E402
 from tracekit.recorder.hitcount import HitCounter  # noqa: E402
