@@ -55,7 +55,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tracekit.memtune import import_numpy_without_huge_pages, keep_freed_memory  # noqa: E402
+from tracekit.memtune import keep_freed_memory  # noqa: E402
+
+try:
+    from tracekit.memtune import import_numpy_without_huge_pages
+except ImportError:  # a checkout from before the console script did it (its keep_freed_memory did)
+    def import_numpy_without_huge_pages() -> bool:
+        return False
 
 import_numpy_without_huge_pages()  # as the tracekit console script does, before numpy's first import
 import numpy as np  # noqa: E402

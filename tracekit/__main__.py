@@ -25,6 +25,9 @@ def main() -> int:
     """Run the ``tracekit`` command line (which ends in SystemExit); return the status of a stop."""
     try:
         install_early()
+        from tracekit.memtune import import_numpy_without_huge_pages  # after the stop signals, as every import
+
+        import_numpy_without_huge_pages()  # before tracekit.cli, whose imports load numpy
         from tracekit.cli import app
 
         app(prog_name="tracekit")
