@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tracekit.model.coalesce import ORDERS, coalesce
+from tracekit.model.geometry import arm64_stage2
+from tracekit.model.stage2 import Stage2PageTable
+
 __all__ = ["BLOCK_BY_LEVEL", "rebuilds", "window_hits", "coalesce_summary"]
 
 #: arm64 4 KiB granule: block level -> block size.
@@ -55,10 +59,6 @@ def coalesce_summary(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame) -> d
     """``{"rebuilds", "window_hits", "rebuilds_hit", "model": {order: {"steps", "unmapped_steps",
     "leaves_put"}}}``, the model's figures summed over the capture's replacements (each modelled on a
     table of pages, what eager splitting leaves)."""
-    from tracekit.model.coalesce import ORDERS, coalesce
-    from tracekit.model.geometry import arm64_stage2
-    from tracekit.model.stage2 import Stage2PageTable
-
     replaced = rebuilds(stage2_walk, stage2_visit)
     hits = window_hits(stage2_walk, stage2_visit, replaced)
     model = {order: {"steps": 0, "unmapped_steps": 0, "leaves_put": 0} for order in ORDERS}

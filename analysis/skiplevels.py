@@ -17,6 +17,11 @@ from typing import Any
 import pandas as pd
 
 from tracekit.errors import AnalysisError, ModelError
+from tracekit.funcprobes.stage2_probes import WALK_FLAGS, walk_flag_names
+from tracekit.model.accounting import WalkStats
+from tracekit.model.geometry import arm64_stage2
+from tracekit.model.split import EagerSplitter
+from tracekit.model.stage2 import Stage2PageTable
 
 __all__ = ["CANDIDATES", "BACKING_BLOCK", "split_walks", "split_visits_vs_model", "skip_verdict", "scenario_for",
            "kernel_candidate", "expected_split_visits"]
@@ -62,10 +67,6 @@ def scenario_for(manifest: dict, splits: pd.DataFrame | None = None) -> dict | N
 
 
 def _splitters(scenario: dict) -> dict[str, Any]:
-    from tracekit.model.geometry import arm64_stage2
-    from tracekit.model.split import EagerSplitter
-    from tracekit.model.stage2 import Stage2PageTable
-
     out = {}
     try:
         geom = arm64_stage2(int(scenario.get("granule", 4096)), int(scenario.get("ipa_bits", 40)))
@@ -84,8 +85,6 @@ def split_visits_vs_model(stage2_walk: pd.DataFrame, stage2_visit: pd.DataFrame,
                           splits: pd.DataFrame | None = None) -> pd.DataFrame:
     """Observed LEAF visits per split walk and level next to each candidate model's prediction
     (``splits``: :func:`split_walks` of the same frames when the caller already has it)."""
-    from tracekit.model.accounting import WalkStats
-
     if splits is None:
         splits = split_walks(stage2_walk, stage2_visit)
     leaf = stage2_visit[stage2_visit["kind"].astype(str).str.lower().str.startswith("leaf")]
@@ -160,8 +159,6 @@ def skip_verdict(comparison: pd.DataFrame | None, reason: str | None = None) -> 
 def kernel_candidate(splits: pd.DataFrame) -> tuple[str | None, str]:
     """The candidate the split walks' own SKIP_LEVEL flags name (None if no candidate has those levels),
     and the flags as names (``LEAF|SKIP_LEVEL3``)."""
-    from tracekit.funcprobes.stage2_probes import WALK_FLAGS, walk_flag_names
-
     flags = 0
     for value in splits["flags"].dropna() if "flags" in splits else ():
         flags |= int(value)

@@ -143,7 +143,7 @@ def main() -> int:
     parser.add_argument("-o", "--output", required=True, help="the JSON file, or a directory (ending in /)")
     args = parser.parse_args()
     if args.kernel:
-        from tracekit.lab.kernels import resolve_kernel
+        from tracekit.lab.kernels import resolve_kernel  # --kernel only: the lab's kernel cache
 
         lab = resolve_kernel(args.kernel, "arm64" if args.arch == "arm64" else "x86")
         args.image, args.config, args.release = lab.image, args.config or lab.config, lab.release

@@ -16,7 +16,11 @@ from typing import Optional
 import typer
 
 import tracekit
+from tracekit.analysis.analyze import analyze_capture, render_text
+from tracekit.capabilities import recording_blockers as host_recording_blockers
+from tracekit.capture import open_capture
 from tracekit.errors import MissingCapability
+from tracekit.recorder.session import RecordConfig, record
 
 __all__ = ["register", "demo", "bundled_sample", "recording_blockers"]
 
@@ -31,15 +35,10 @@ def bundled_sample() -> Path | None:
 
 def recording_blockers() -> list[str]:
     """Why this host cannot record the workload (each with its fix); empty when it can."""
-    from tracekit.capabilities import recording_blockers as blockers
-
-    return blockers(kvm=True)
+    return host_recording_blockers(kvm=True)
 
 
 def _analyse(path: Path) -> None:
-    from tracekit.analysis.analyze import analyze_capture, render_text
-    from tracekit.capture import open_capture
-
     typer.echo(render_text(analyze_capture(open_capture(path))))
 
 
@@ -73,8 +72,6 @@ def demo(
         typer.echo(f"tracekit demo: analysing the bundled sample {path.name}", err=True)
         _analyse(path)
         return
-    from tracekit.recorder.session import RecordConfig, record
-
     output = output or Path(time.strftime("demo-%Y%m%d-%H%M%S.tkcap", time.gmtime()))
     command = [sys.executable, "-m", "tracekit.cli", "workload", "dirty-log"]
     config = RecordConfig(output=output, command=command, command_line=["tracekit", "demo", *sys.argv[2:]],

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tracekit.cli import app
-from tracekit.recorder import session
+from tracekit.recorder import cli as recorder_cli, session
 from tracekit.recorder.kvm_ioctls import KVM_GET_DIRTY_LOG, KVM_RUN
 
 
@@ -23,7 +23,7 @@ def captured(monkeypatch):
                                      seconds=1.0, rows={"walk": 3}, lost=0, bytes_written=10,
                                      stop_reason="duration", attached=[], failed=[])
 
-    monkeypatch.setattr(session, "record", fake_record)
+    monkeypatch.setattr(recorder_cli, "record", fake_record)  # the name the command calls
     return seen
 
 

@@ -22,7 +22,7 @@ from tests.livecheck import ignores_sigterm
 from tracekit import schema as S
 from tracekit.capture import open_capture
 from tracekit.capture.writer import CaptureWriter, CaptureWriteError
-from tracekit.recorder import backend_bcc, session, target
+from tracekit.recorder import session, target
 from tracekit.recorder.tracepoint_families import WalkFamily
 from tracekit.recorder.layoutdir import LAYOUT_PREFIX
 from tracekit.recorder.status import live_status_wanted
@@ -90,7 +90,7 @@ def fake(monkeypatch):
     statuses = [ProbeStatus(tp, True) for tp in family.tracepoints]
     monkeypatch.setattr(session, "plan_families", lambda names, host, options: ([(family, statuses)], [], list(family.tracepoints)))
     monkeypatch.setattr(session, "_choose_backend", lambda name: ("bcc", None))
-    monkeypatch.setattr(backend_bcc, "BccBackend", FakeBackend)
+    monkeypatch.setattr(session, "BccBackend", FakeBackend)
     monkeypatch.setattr(target, "kvm_fds", lambda pid: (1, 1))  # the processes recorded here stand for VMMs
     monkeypatch.setattr(session, "recording_blockers", lambda backend: [])  # also as a user without privileges
     return FakeBackend
@@ -235,7 +235,7 @@ def test_auto_backend_falls_back_to_tracefs_with_a_note(monkeypatch):
     def no_bcc():
         raise MissingCapability("bcc backend unavailable: bcc is not installed; fix: apt-get install python3-bpfcc")
 
-    monkeypatch.setattr(backend_bcc, "import_bcc", no_bcc)
+    monkeypatch.setattr(session, "import_bcc", no_bcc)
     backend, note = session._choose_backend("auto")
     assert backend == "tracefs" and "python3-bpfcc" in note
     assert session._choose_backend("bcc") == ("bcc", None)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from tracekit import capabilities
 from tracekit.cli import app
 from tracekit.recorder import target
+from tracekit.top import cli as top_cli
 
 
 @pytest.fixture(autouse=True)
 def privileged(monkeypatch):
     """Option checks as a privileged user would meet them, whoever runs the tests."""
-    monkeypatch.setattr(capabilities, "recording_blockers", lambda backend: [])
+    monkeypatch.setattr(top_cli, "recording_blockers", lambda backend: [])
 
 
 @pytest.mark.parametrize("args,message", [
@@ -26,13 +26,13 @@ def privileged(monkeypatch):
     (["--once", "--backend", "perf"], "unknown backend 'perf'"),
 ])
 def test_bad_options_are_one_line_errors(args, message, monkeypatch):
-    monkeypatch.setattr(target, "kvm_processes", lambda **_: [target.Target(4242, "qemu-kvm", None, 1, 1, None)])
+    monkeypatch.setattr(top_cli, "kvm_processes", lambda **_: [target.Target(4242, "qemu-kvm", None, 1, 1, None)])
     result = CliRunner().invoke(app, ["top", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
 
 
 def test_no_vm_on_the_host_is_one_line(monkeypatch):
-    monkeypatch.setattr(target, "kvm_processes", lambda **_: [])
+    monkeypatch.setattr(top_cli, "kvm_processes", lambda **_: [])
     result = CliRunner().invoke(app, ["top", "--once"])
     assert result.exit_code == 2 and "no process holds a KVM VM" in result.output

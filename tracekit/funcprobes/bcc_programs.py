@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from tracekit import schema as S
+from tracekit.capture.columns import FUNCPROBE_SCHEMAS as SCHEMAS
 from tracekit.errors import ProbeLoadError
 from tracekit.funcprobes import table_builders
-from tracekit.capture.columns import FUNCPROBE_SCHEMAS as SCHEMAS
 from tracekit.funcprobes.kallsyms import Resolution
 from tracekit.host import SymbolTable
+from tracekit.probes import PROBES_DIR
 
 __all__ = [
     "ATTACH",
@@ -116,8 +117,6 @@ _VISITORS = ("stage2_split_walker", "stage2_map_walker")
 
 def program_text(family: str) -> str:
     """The BPF C source of function-probe ``family``."""
-    from tracekit.probes import PROBES_DIR
-
     if family not in ATTACH:
         raise ProbeLoadError(f"no function-probe family {family!r} (known: {', '.join(ATTACH)})")
     return (PROBES_DIR / f"{family}.bpf.c").read_text()

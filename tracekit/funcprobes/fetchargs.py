@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tracekit.errors import MissingCapability
-from tracekit.funcprobes.btf_offsets import CType
+from tracekit.funcprobes.btf_offsets import BtfTypes, CType
 
 __all__ = ["ARCHES", "KVM_MODULES", "FetchStyle", "KernelTypes", "RecordedTypes", "TypeSources", "Unfetchable", "arch_of",
            "fetch_arg", "fetch_args", "fetch_cflags", "kernel_types", "plan_fetch", "Fetch"]
@@ -115,8 +115,6 @@ def kernel_types(vmlinux: Path, modules: tuple[Path, ...] = ()) -> TypeSources:
     """A kernel's BTF: ``vmlinux`` (a raw blob) with each existing module's split BTF on it
     (``/sys/kernel/btf/kvm`` or a ``.ko``), parsed once per process (a family's check and its bcc
     cflags share it). MissingCapability when ``vmlinux`` is unreadable."""
-    from tracekit.funcprobes.btf_offsets import BtfTypes
-
     base = BtfTypes.load(vmlinux)
     loaded = [base.with_module(path.read_bytes()) for path in modules if path.is_file()]
     return TypeSources(loaded or [base])

@@ -20,16 +20,23 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tracekit.capture.columns import FUNCPROBE_SCHEMAS as SCHEMAS
 from tracekit.errors import MissingCapability
 from tracekit.funcprobes import table_builders
 from tracekit.funcprobes.availability import FAMILY_ARCH, Support, fetch_style, kprobe_support, running_types
-from tracekit.capture.columns import FUNCPROBE_SCHEMAS as SCHEMAS
+from tracekit.funcprobes.bcc_programs import (
+    ATTACH, COUNT_NOTES, EVENT_DTYPES, RINGS, STAGE2_FUNC_NAMES, TDP_FUNC_NAMES, TDP_LEVELS, attach,
+    decode_stage2, decode_tdp, decode_tdp_outside, program_text,
+)
+from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, offset_cflags
 from tracekit.funcprobes.fetchargs import KVM_MODULES, KernelTypes, fetch_cflags, kernel_types
 from tracekit.funcprobes.kallsyms import MODES, Resolution, resolve
+from tracekit.funcprobes.kprobe_events import append_line, define_kprobes
 from tracekit.funcprobes.spec import FuncProbe, event_names
 from tracekit.funcprobes.stage2_probes import STAGE2_PROBES, VISITOR_ARGS
 from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS
 from tracekit.host import Host, SymbolTable
+from tracekit.recorder.backend_bcc import read_percpu
 from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RingSpec
 
 __all__ = ["FunctionProbeFamily", "Stage2Family", "TdpFamily", "TDP_MMU_ONLY", "SPLIT_TRACEPOINTS", "family_for",
@@ -173,13 +180,9 @@ class FunctionProbeFamily(ProbeFamily):
 
     # -- bcc backend ----------------------------------------------------------------------------------
     def bpf_source(self) -> str:
-        from tracekit.funcprobes.bcc_programs import program_text
-
         return program_text(self.name)
 
     def cflags(self, available: list[ProbeStatus], target_tgid: int) -> list[str]:
-        from tracekit.funcprobes.btf_offsets import STAGE2_FIELDS, TDP_FIELDS, offset_cflags
-
         fields = STAGE2_FIELDS if self.name == "stage2" else TDP_FIELDS
         pages = self.rings()[0].pages
         # raw visit samples have no capture table: stage2 sends only the visits made outside any walk
@@ -205,20 +208,14 @@ class FunctionProbeFamily(ProbeFamily):
         return []
 
     def _ring_maps(self) -> dict[str, str]:
-        from tracekit.funcprobes.bcc_programs import RINGS
-
         return RINGS[self.name]
 
     def rings(self) -> list[RingSpec]:
-        from tracekit.funcprobes.bcc_programs import EVENT_DTYPES
-
         pages = max(self.options.ring_pages.get(name, 1024) for name in self._ring_maps())  # one size for all
         return [RingSpec(name, EVENT_DTYPES[dtype], pages) for name, dtype in self._ring_maps().items()]
 
     def lost_maps(self) -> dict[str, tuple[str, ...]]:
         """Reserve failures per probe: the index layouts of stage2.bpf.c and tdp.bpf.c."""
-        from tracekit.funcprobes.bcc_programs import STAGE2_FUNC_NAMES, TDP_FUNC_NAMES
-
         symbol = {p.name: p.symbol for p in self.probes}
         symbol["vendor_exit"] = "npf_interception|handle_ept_violation"
         if self.name == "stage2":
@@ -227,8 +224,6 @@ class FunctionProbeFamily(ProbeFamily):
         return {"tdp_lost": tuple(symbol[n] for n in TDP_FUNC_NAMES) + ("tdp spans nested deeper than 4 (span table full)",)}
 
     def attach_bcc(self, bpf: Any, available: list[ProbeStatus]) -> list[str]:
-        from tracekit.funcprobes.bcc_programs import attach
-
         resolutions = self._available(available)
         names, failed = attach(bpf, self.name, resolutions)
         self.notes["attach_failed"] += failed
@@ -236,8 +231,6 @@ class FunctionProbeFamily(ProbeFamily):
         return [f"kprobe:{r.symbol}" for r in self._bcc_attached]
 
     def detach_bcc(self, bpf: Any) -> None:
-        from tracekit.funcprobes.bcc_programs import ATTACH
-
         for res in self._bcc_attached:
             _entry, ret = ATTACH[self.name][res.probe.name]
             for detach in (bpf.detach_kprobe, bpf.detach_kretprobe) if ret else (bpf.detach_kprobe,):
@@ -248,8 +241,6 @@ class FunctionProbeFamily(ProbeFamily):
         self._bcc_attached = []
 
     def decode(self, map_name: str, records: np.ndarray) -> dict[str, pa.Table]:
-        from tracekit.funcprobes.bcc_programs import decode_stage2, decode_tdp
-
         if self.name == "stage2":
             return decode_stage2(map_name, records, self.symbols)
         tables = decode_tdp(records, walk_base=self._next_walk)
@@ -258,9 +249,6 @@ class FunctionProbeFamily(ProbeFamily):
 
     def finish(self, bpf: Any, stop_ns: int) -> dict[str, pa.Table]:
         """bcc: add the in-kernel counters to the notes; tdp: the iterator steps outside any span as visits."""
-        from tracekit.funcprobes.bcc_programs import COUNT_NOTES, TDP_LEVELS, decode_tdp_outside
-        from tracekit.recorder.backend_bcc import read_percpu
-
         map_name, notes = COUNT_NOTES[self.name]
         try:
             totals = read_percpu(bpf, map_name, len(notes)).sum(axis=0)
@@ -280,8 +268,6 @@ class FunctionProbeFamily(ProbeFamily):
 
     def tracefs_prepare(self, tracefs: Path, available: list[ProbeStatus]) -> list[str]:
         """Define a kprobe (and kretprobe) per available probe; refused lines are noted, not raised."""
-        from tracekit.funcprobes.kprobe_events import define_kprobes
-
         first = len(self._defined)
         for res in self._available(available):
             refusal = define_kprobes(tracefs, res, self._defined, group=self.group)
@@ -290,8 +276,6 @@ class FunctionProbeFamily(ProbeFamily):
         return [f"{self.group}:{name}" for name in self._defined[first:]]
 
     def tracefs_cleanup(self, tracefs: Path) -> None:
-        from tracekit.funcprobes.kprobe_events import append_line
-
         defined, self._defined = self._defined, []
         for name in reversed(defined):
             try:

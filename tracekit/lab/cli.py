@@ -11,7 +11,9 @@ propagate as :class:`tracekit.errors.TracekitError` to the root app, which print
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import platform
 import shlex
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import List, Optional
 
 import typer
 
+from tracekit.errors import MissingCapability, ProbeLoadError, UsageError
 from tracekit.lab import scenarios
 
 __all__ = ["register", "lab_app"]
@@ -41,6 +44,7 @@ lab_app = typer.Typer(
 
 def _run(arch: str, scenario: str, output: Path, kernel: Optional[str], modules: Optional[Path],
          timeout: Optional[float], keep_raw: bool, as_json: bool, recorder: Optional[str] = None) -> None:  # fmt: skip
+    # the lab's modules load when a lab command runs, not at every tracekit start
     from tracekit.lab.runner import DEFAULT_TIMEOUT, RECORDER_TIMEOUT, run_lab
 
     if timeout is None:
@@ -202,7 +206,7 @@ def matrix_cmd(
 
       tracekit lab matrix --arch arm64 --kernel debian:trixie -s contention --vcpus 1,2,4 -o contention
     """
-    from tracekit.errors import UsageError
+    # the lab's modules load when a lab command runs, not at every tracekit start
     from tracekit.lab import matrix
 
     counts = None
@@ -282,10 +286,7 @@ def probes_cmd(
 
       tracekit lab probes --family stage2 --kallsyms arm64-kallsyms.txt --machine aarch64 --btf Image --no-btf-args --json
     """
-    import dataclasses
-    import platform
-
-    from tracekit.errors import UsageError
+    # the probe tables and BTF readers load when this command runs, not at every tracekit start
     from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support, running_types
     from tracekit.funcprobes.btf_offsets import BtfTypes
     from tracekit.funcprobes.fetchargs import TypeSources
@@ -343,8 +344,6 @@ def probes_cmd(
 
 def _module_types(base, path: Path):
     """``base`` with the module BTF at ``path``; UsageError naming the file when it is not BTF."""
-    from tracekit.errors import MissingCapability, ProbeLoadError, UsageError
-
     try:
         return base.with_module(path.read_bytes())
     except (MissingCapability, ProbeLoadError) as error:
@@ -385,7 +384,7 @@ def fetch_cmd(
 
       tracekit lab fetch arm64 --kernel debian:sid --refresh
     """
-    from tracekit.errors import UsageError
+    # the lab's modules load when a lab command runs, not at every tracekit start
     from tracekit.lab import fetch, kernels
 
     if arch not in fetch.DEB_ARCH:
@@ -435,6 +434,7 @@ def kernel_build(
 
       nice -n 10 tracekit lab kernel build --arch x86 --source ~/linux --config my.config -j2
     """
+    # the lab's modules load when a lab command runs, not at every tracekit start
     from tracekit.lab import kbuild
 
     result = kbuild.build(arch, source, patch, config, jobs=jobs, progress=lambda line: typer.echo(line, err=True))

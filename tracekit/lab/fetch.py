@@ -16,6 +16,9 @@ import fcntl
 import os
 import shutil
 import subprocess
+import sys
+import zipfile
+from importlib.metadata import PackageNotFoundError, version as installed
 from pathlib import Path
 
 from tracekit.errors import LabError, MissingCapability
@@ -329,9 +332,6 @@ def fetch_wheel(arch: str, cache: Path, project: str = "pyarrow", version: str |
     platform_tag = WHEEL_PLATFORM[arch]
     found = select_wheel(folder, project, GUEST_PYTHON, platform_tag)
     if version is None:
-        from importlib.metadata import PackageNotFoundError
-        from importlib.metadata import version as installed
-
         try:
             version = installed(project)
         except PackageNotFoundError:
@@ -340,8 +340,6 @@ def fetch_wheel(arch: str, cache: Path, project: str = "pyarrow", version: str |
         return found
     folder.mkdir(parents=True, exist_ok=True)
     spec = f"{project}=={version}" if version else project
-    import sys
-
     argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform", platform_tag,
             "--python-version", GUEST_PYTHON, "--implementation", "cp", "--dest", str(folder), spec]  # fmt: skip
     try:
@@ -390,8 +388,6 @@ def assemble_recorder_root(root: Path, deb_arch: str, release: str, wheel: Path)
     ``/lib/modules/RELEASE/build`` link to the unpacked headers, the BLAS/LAPACK alternatives, and
     ``wheel`` unpacked into ``/usr/local/lib/python3.13/dist-packages``. LabError when the headers of
     ``release`` are not there."""
-    import zipfile
-
     if not (root / "usr" / "src" / f"linux-headers-{release}").is_dir():
         raise LabError(f"the headers package of {release} did not unpack to /usr/src/linux-headers-{release}")
     build = root / "usr" / "lib" / "modules" / release / "build"

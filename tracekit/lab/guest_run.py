@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 from tracekit.funcprobes.availability import resolve_running
-from tracekit.host import load_kallsyms
 from tracekit.funcprobes.kprobe_events import TracefsFuncProbes as _Tracing
+from tracekit.host import load_kallsyms
 from tracekit.lab import scenarios
 
 __all__ = ["main", "run", "probe_family", "prepare_kernel", "workload_options", "INSTANCE"]
@@ -31,10 +32,10 @@ INSTANCE = "tracekit"
 def probe_family(arch: str) -> tuple[tuple, tuple]:
     """(function probes, tracepoints) recorded in the ``arch`` lab (the host decodes with the same probes)."""
     if arch == "arm64":
-        from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
+        from tracekit.funcprobes.stage2_probes import STAGE2_PROBES  # this architecture's only: slow imports in a guest
 
         return STAGE2_PROBES, ()
-    from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS
+    from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS  # (the same, x86)
 
     return TDP_PROBES, TRACEPOINT_SPLITS
 
@@ -46,8 +47,6 @@ def _write(path: Path, text: str) -> None:
 
 def _kvm_banner() -> list[str]:
     """The kernel's KVM initialisation lines (arm64: "VHE mode initialized", "Hyp mode initialized", ...)."""
-    import subprocess
-
     try:
         text = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
@@ -76,7 +75,7 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
     """The project's dirty-log workload (x86, and arm64 through its arm64 backend); each of its phases is a step
     (``setup``, ``populate``, ``enable_dirty_logging``, ``dirty_memory_N``, ``get_dirty_log_N``,
     ``clear_dirty_log_N``, ``disable_dirty_logging``)."""
-    from tracekit.workload.dirtylog import run_dirty_log
+    from tracekit.workload.dirtylog import run_dirty_log  # workload scenarios only: an emulated guest imports slowly
 
     options = workload_options(scenario)
     state = {"index": -1, "start": 0}
@@ -98,7 +97,7 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
 
 def workload_options(scenario: scenarios.Scenario):
     """The dirty-log workload's options (``DirtyLogOptions``) for a ``("workload", iterations)`` scenario."""
-    from tracekit.workload.options import DirtyLogOptions
+    from tracekit.workload.options import DirtyLogOptions  # (the same)
 
     return DirtyLogOptions(
         vcpus=scenario.vcpus,
@@ -138,7 +137,7 @@ def _run_steps(scenario: scenarios.Scenario, tracing: _Tracing, timings: list[di
     prepare_kernel(scenario)  # eager_page_split is an x86 kvm parameter: a no-op for the arm64 step scenarios
     if scenario.steps[0][0] == "workload":
         return _run_workload(scenario, tracing, timings, tids)
-    from tracekit.lab.arm64_vm import Arm64Vm
+    from tracekit.lab.arm64_vm import Arm64Vm  # the arm64 step scenarios only: an emulated guest imports slowly
 
     def new_vm() -> Arm64Vm:
         return Arm64Vm(

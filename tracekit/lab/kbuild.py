@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from tracekit.errors import LabError, MissingCapability, UsageError
-from tracekit.lab import fetch
+from tracekit.lab import fetch, kernels
 
 __all__ = [
     "ARCHES",
@@ -254,8 +254,6 @@ def unpack_linux_source(deb: Path, target: Path, parts: Iterable[str] = ()) -> P
 
 
 def _debian_source(name: str, cache: Path, progress: Callable[[str], None]) -> KernelSource:
-    from tracekit.lab import kernels
-
     spec = kernels.parse_spec(f"debian:{name}")
     deb = None
     with fetch.cache_lock(cache):

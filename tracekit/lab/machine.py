@@ -10,6 +10,8 @@ code from ``tk-done rc=N``). LabError when the guest hangs or QEMU fails to star
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import re
 import signal
 import subprocess
@@ -99,8 +101,6 @@ _PACKAGE_SUFFIXES = (".py", ".c", ".h", ".sh", ".txt")
 def package_dirs() -> dict[str, Path]:
     """tracekit's package directories by dotted name: ``tracekit`` plus the subpackages that live
     elsewhere in the source tree (``tracekit.probes``, ``tracekit.analysis``)."""
-    import importlib
-
     root = Path(tracekit.__file__).parent
     dirs = {"tracekit": root}
     for name in ("tracekit.probes", "tracekit.analysis"):
@@ -133,8 +133,6 @@ def build_initramfs(path: Path, userland: Path | None, modules: tuple[tuple[str,
 
 def _die_with_parent() -> None:
     """In the QEMU child before exec: SIGKILL it when tracekit dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
-    import ctypes
-
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
 
 

@@ -18,8 +18,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
+from tracekit.analysis.locks import known_mmu_locks, lock_mode
+from tracekit.capture import CaptureWriter, open_capture
 from tracekit.errors import NotApplicable, TracekitError, UsageError, one_line
-from tracekit.lab import scenarios
+from tracekit.lab import runner, scenarios
+from tracekit.lab.guest_run import probe_family
 
 __all__ = ["Column", "Cell", "Table", "parse_column", "plan", "run_matrix", "build_tables", "render_markdown",
            "tables_json", "write_outputs", "copy_for_sample", "run_checks", "EMULATED", "TABLE_FAMILIES"]
@@ -119,7 +124,7 @@ def run_matrix(arch: str, cells: list[Cell], *, timeout: float | None = None, re
     ``progress(cell, outcome, reused)`` is called after each cell; ``run_lab`` defaults to
     :func:`tracekit.lab.runner.run_lab` (tests give their own)."""
     if run_lab is None:
-        from tracekit.lab.runner import run_lab
+        run_lab = runner.run_lab  # looked up now: tests replace it
     outcomes = []
     for cell in cells:
         outcome = _reusable(cell, retry_failed)
@@ -173,8 +178,6 @@ class Table:
 def _probe_labels(arch: str) -> list[tuple[str, str, str | None]]:
     """(event name, label, tracepoint system or None) of every counted probe in the lab's family order; the
     per-entry visitor probes are left to the visits rows."""
-    from tracekit.lab.guest_run import probe_family
-
     probes, tracepoints = probe_family(arch)
     rows = [(p.name, f"{p.name} (`{p.symbol}`)", None) for p in probes if not p.hot]
     return rows + [(event, f"`{system}:{event}`", system) for system, event in tracepoints]
@@ -183,8 +186,6 @@ def _probe_labels(arch: str) -> list[tuple[str, str, str | None]]:
 def capture_measures(capture: Path, arch: str, checks: list[dict] | None = None) -> dict[str, tuple[str, str, object]]:
     """``{row key: (label, kind, value)}`` of one lab capture (see the module contract); ``checks`` are the run's
     (:func:`tracekit.lab.runner.scenario_checks`), else the scenario's expectations against the manifest's counts."""
-    from tracekit.capture import open_capture
-
     cap = open_capture(capture)
     manifest = cap.manifest
     lab = manifest.get("lab") or {}
@@ -227,12 +228,10 @@ def capture_measures(capture: Path, arch: str, checks: list[dict] | None = None)
 def run_checks(arch: str, cell: Cell) -> list[dict]:
     """The scenario's checks of one capture, judged now (:func:`tracekit.lab.runner.scenario_checks`: that kernel's
     semantics, the model's counts, the evidence probes), so a table follows the scenario definitions it is made with."""
-    from tracekit.lab.runner import scenario_checks
-
     manifest = json.loads((cell.capture / "capture.json").read_text())
-    return scenario_checks(scenarios.get(cell.scenario, arch), manifest.get("kernel_release", ""),
-                           (manifest.get("lab") or {}).get("counts") or {}, manifest.get("probes") or {},
-                           cell.capture)  # fmt: skip
+    return runner.scenario_checks(scenarios.get(cell.scenario, arch), manifest.get("kernel_release", ""),
+                                  (manifest.get("lab") or {}).get("counts") or {}, manifest.get("probes") or {},
+                                  cell.capture)  # fmt: skip
 
 
 def _check_row(check: dict) -> tuple[str, str, object]:
@@ -258,8 +257,6 @@ def _checks_of(manifest: dict) -> list[dict]:
 
 def _visits(cap, manifest: dict, arch: str, out: dict) -> None:
     """Per-entry visits per visitor and level (and kind: block, page, table, step)."""
-    from tracekit.lab.guest_run import probe_family
-
     failed = {f["probe"] for f in (manifest.get("probes") or {}).get("failed", [])}
     for probe in probe_family(arch)[0]:
         if probe.hot and probe.name in failed:  # its visitor's rows missing here are not 0 visits
@@ -277,8 +274,6 @@ def _visits(cap, manifest: dict, arch: str, out: dict) -> None:
 
 def _locks(cap, manifest: dict, steps: list[dict], out: dict) -> None:
     """Lock waits by lock (``mmu_lock`` or other), mode and who waited (a vCPU, or the VMM in a step)."""
-    from tracekit.analysis.locks import known_mmu_locks, lock_mode
-
     scenario = (manifest.get("workload") or {}).get("scenario") or {}
     if not any(tp.startswith("lock:") for tp in scenario.get("tracepoints", [])):
         return
@@ -439,8 +434,6 @@ def _run_value(measures: dict, key: str, kind: str):
 
 def render_markdown(tables: list[Table], command: str = "") -> str:
     """The tables as Markdown, one section per scenario (what ``tracekit lab matrix`` prints and writes)."""
-    from tracekit.lab.runner import TIMING_NOTE
-
     lines = []
     if command:
         lines += [f"    {command}", ""]
@@ -454,7 +447,7 @@ def render_markdown(tables: list[Table], command: str = "") -> str:
             lines.append(f"| {row['label']} | " + " | ".join(str(c).replace("|", "\\|") for c in row["cells"]) + " |")
         lines += [""] + [f"- {note}" for note in table.notes]
         lines += [""] if table.notes else []
-    lines.append(f"Counts are exact; rows marked ({EMULATED}) are {TIMING_NOTE}.")
+    lines.append(f"Counts are exact; rows marked ({EMULATED}) are {runner.TIMING_NOTE}.")
     return "\n".join(lines) + "\n"
 
 
@@ -487,13 +480,11 @@ def tables_json(tables: list[Table], cells: list[Cell], outcomes: list[dict], co
                 plan_args: dict | None = None) -> dict:  # fmt: skip
     """The ``matrix.json`` document (``tracekit.lab.matrix/1``); ``plan_args`` are :func:`plan`'s arguments but
     the directory (a sample's table is made again from them)."""
-    from tracekit.lab.runner import TIMING_NOTE
-
     return {
         "schema": "tracekit.lab.matrix/1",
         "command": command,
         "plan": plan_args or {},
-        "timing_note": TIMING_NOTE,
+        "timing_note": runner.TIMING_NOTE,
         "runs": [{**o, "capture": f"{c.column.dirname}/{c.label}/{c.capture.name}"} for c, o in zip(cells, outcomes)],
         "tables": [{"scenario": t.scenario, "arch": t.arch, "description": t.description, "columns": t.columns,
                     "rows": t.rows, "notes": t.notes, "problems": t.problems} for t in tables],  # fmt: skip
@@ -548,9 +539,6 @@ def _trimmed_capture(source: Path, target: Path) -> None:
     """``source`` rewritten at ``target`` with the families the table reads; visits summed per visitor, level and
     kind when they are many and no model check needs them walk by walk. The manifest keeps the recording's own
     facts and says what was left out (``sample_trimmed``: family -> rows, or how the visits were summed)."""
-    import pyarrow as pa
-
-    from tracekit.capture import CaptureWriter, open_capture
 
     cap = open_capture(source)
     manifest = dict(cap.manifest)

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from tracekit.capture import open_capture
+from tracekit.capture.format import MANIFEST_NAME
+from tracekit.capture.writer import write_json_atomic
 from tracekit.errors import LabError, TracekitError
 from tracekit.funcprobes.spec import FuncProbe
 
@@ -112,10 +115,6 @@ def phase_steps(cap, probes: tuple[FuncProbe, ...], phases: list[dict]) -> list[
 def adopt_capture(guest_capture: Path, output: Path, lab: dict) -> dict:
     """Move ``guest_capture`` to ``output`` and merge ``lab`` (top-level manifest keys) into its manifest;
     returns the merged manifest."""
-    from tracekit.capture import open_capture
-    from tracekit.capture.format import MANIFEST_NAME
-    from tracekit.capture.writer import write_json_atomic
-
     try:
         manifest = open_capture(guest_capture).manifest
     except TracekitError as error:

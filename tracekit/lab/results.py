@@ -16,13 +16,18 @@ import tarfile
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
+from tracekit.capture import CaptureWriter
+from tracekit.capture.columns import SCHEMAS
 from tracekit.errors import LabError
+from tracekit.funcprobes.funcprobe_families import SPLIT_TRACEPOINTS, family_for
 from tracekit.host import parse_kallsyms
 from tracekit.recorder import ftrace_pages
+from tracekit.recorder.tracepoint_families import lock_flags_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -177,8 +182,6 @@ def hist_totals(folder: Path) -> dict[str, dict[str, int]]:
 def lock_rows(events: list[ProbeEvent], pid_of, mmu_locks: set[int]) -> tuple[list[dict], dict[str, dict]]:
     """Pair ``lock:contention_begin``/``end`` per thread into rows of the recorder's ``lock`` table, and
     summarise them per (``mmu_lock`` or ``other``, flags): ``{"mmu_lock SPIN|WRITE": {"waits", "wait_ns"}}``."""
-    from tracekit.recorder.tracepoint_families import lock_flags_name
-
     open_waits: dict[int, ProbeEvent] = {}
     rows, summary = [], {}
     for ev in events:
@@ -205,8 +208,6 @@ def decode_functions(arrays: dict[str, np.ndarray], probes: tuple, symbols, vmm_
     with ``pid`` the VMM's for its threads (``vmm_tids``) and the thread id otherwise; and the counts of the
     run summary: entry events per probe and split tracepoint, ``unpaired`` returns and dropped ``host_walks``
     (each only when non-zero)."""
-    from tracekit.funcprobes.funcprobe_families import SPLIT_TRACEPOINTS, family_for
-
     family = family_for(probes)
     family.symbols = symbols
     tids = np.fromiter(vmm_tids, np.int64)
@@ -227,9 +228,6 @@ def decode_functions(arrays: dict[str, np.ndarray], probes: tuple, symbols, vmm_
 def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, manifest: dict,
                   mmu_lock_offset: int | None = None) -> dict:  # fmt: skip
     """Write the capture; returns the manifest additions (counts, steps) for the run summary."""
-    import pyarrow as pa
-
-    from tracekit.capture import CaptureWriter
 
     symbols = parse_kallsyms((folder / "kallsyms.txt").read_text()) if (folder / "kallsyms.txt").exists() else None
     vmm_pid = trace.meta.get("vmm_pid")
@@ -259,8 +257,6 @@ def write_capture(output: Path, trace: GuestTrace, folder: Path, probes: tuple, 
             if table.num_rows:
                 writer.append(family, table)
         if locks:
-            from tracekit.capture.columns import SCHEMAS
-
             schema = SCHEMAS["lock"]
             writer.declare("lock", schema)
             writer.append("lock", pa.Table.from_pylist(locks, schema=pa.schema(

@@ -12,16 +12,21 @@ are not. Other failures raise ``LabError``, ``MissingCapability`` or ``UsageErro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracekit.errors import LabError, NotApplicable, UsageError
-from tracekit.lab import kernel_features, fetch, kernels, machine, results, scenarios
-from tracekit.lab.guest_record import BACKENDS
+from tracekit.analysis.skiplevels import expected_split_visits
+from tracekit.capture import open_capture
+from tracekit.errors import LabError, MissingCapability, NotApplicable, UsageError
+from tracekit.funcprobes.btf_offsets import BtfTypes
+from tracekit.lab import fetch, kernel_features, kernels, machine, recorded, results, scenarios
+from tracekit.lab.guest_record import BACKENDS, CAPTURE
 from tracekit.lab.guest_run import probe_family
+from tracekit.lab.kbuild import build_record
 from tracekit.procs import pid_alive
 
 __all__ = ["run_lab", "LabRun", "TIMING_NOTE", "ARCHES", "RECORDERS", "RECORDER_TIMEOUT", "DEFAULT_TIMEOUT",
@@ -137,9 +142,6 @@ def _model_expectations(scenario: scenarios.Scenario, capture: Path) -> dict[str
     model's LEAF visits for the run's own split calls under the walk flags its kernel passed (0 without split walks)."""
     if "split_walker" not in scenario.model_counts:
         return {}
-    from tracekit.analysis.skiplevels import expected_split_visits
-    from tracekit.capture import open_capture
-
     cap = open_capture(capture)
     model = expected_split_visits(cap.dataframe("stage2_walk"), cap.dataframe("stage2_visit"), scenario.as_dict())
     return {"split_walker": model or {"expected": 0, "model": "no split walks", "walk_flags": "-"}}
@@ -295,11 +297,6 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
                     boot: machine.BootResult, lab_kernel: kernels.LabKernel, console_log: Path, command_line: str,
                     work: Path, cache: Path, keep_raw: bool) -> LabRun:  # fmt: skip
     """The guest's ``tracekit record`` capture as the lab's output (see the module contract)."""
-    import json
-
-    from tracekit.capture import open_capture
-    from tracekit.lab import recorded
-    from tracekit.lab.guest_record import CAPTURE
 
     meta = json.loads((guest_dir / "meta.json").read_text())
     log = guest_dir / "record.log"
@@ -372,9 +369,6 @@ def _remove_stale_work_dirs(cache: Path) -> None:
 
 def _mmu_lock_offset(image: Path) -> int | None:
     """``offsetof(struct kvm, mmu_lock)`` from the BTF inside an uncompressed kernel image, if it has one."""
-    from tracekit.errors import MissingCapability
-    from tracekit.funcprobes.btf_offsets import BtfTypes
-
     try:
         return BtfTypes.from_kernel_image(image).member("kvm", "mmu_lock").offset
     except (MissingCapability, OSError):
@@ -383,8 +377,6 @@ def _mmu_lock_offset(image: Path) -> int | None:
 
 def _portable_kernel(lab_kernel: kernels.LabKernel, work: Path, cache: Path, output: Path) -> dict:
     """The kernel's description for a capture's manifest, without this machine's directories."""
-    from tracekit.lab.kbuild import build_record
-
     described = lab_kernel.as_dict()
     for key in ("image", "config"):
         if described[key]:

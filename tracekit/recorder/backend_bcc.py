@@ -25,8 +25,11 @@ import pyarrow as pa
 
 from tracekit.capabilities import check_bcc, check_kernel_headers
 from tracekit.errors import MissingCapability, ProbeLoadError
+from tracekit.probes import PROBES_DIR
 from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus
+from tracekit.recorder.ring_batch import RING_FAILURE_DTYPE, failure_rows
 from tracekit.recorder.ringbuf import RingReader
+from tracekit.schema import STRUCT_DTYPES
 
 __all__ = ["BccBackend", "import_bcc", "struct_layouts", "map_declaration_order", "read_percpu"]
 
@@ -109,9 +112,6 @@ def _refusal(error: ProbeLoadError) -> str:
 
 def struct_layouts() -> dict[str, tuple[int, dict[str, int]]]:
     """Size and top-level field offsets of every struct of ``probes/*.h`` as bcc's clang lays it out."""
-    from tracekit.probes import PROBES_DIR
-    from tracekit.schema import STRUCT_DTYPES
-
     bcc = import_bcc()
     headers = ["tk_common.h"] + sorted(p.name for p in PROBES_DIR.glob("*.h") if p.name != "tk_common.h")
     text = "".join(f'#include "{h}"\n' for h in headers)
@@ -258,8 +258,6 @@ class BccBackend:
         """The failed ring outputs the families recorded (the first ones of each family), oldest first,
         each with ``ring`` and ``ring_size_expected`` (the query names the ring by bcc's map number:
         a different size means it read another ring)."""
-        from tracekit.recorder.ring_batch import RING_FAILURE_DTYPE, failure_rows
-
         out: list[dict] = []
         if self.bpf is None:
             return out

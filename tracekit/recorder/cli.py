@@ -16,6 +16,12 @@ from typing import List, Optional
 import typer
 
 from tracekit.errors import UsageError
+from tracekit.host import Host, tracefs_root
+from tracekit.recorder.backend_bcc import BccBackend
+from tracekit.recorder.kvm_ioctls import KVM_RUN, parse_ioctl
+from tracekit.recorder.probe_family import RecordOptions
+from tracekit.recorder.registry import make_family
+from tracekit.recorder.session import RecordConfig, record
 
 __all__ = ["register", "record_command"]
 
@@ -69,10 +75,6 @@ def record_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No banner, status line or summary on stderr."),
     print_bpf: bool = typer.Option(False, "--print-bpf", hidden=True, help="Print the BPF program and exit."),
 ) -> None:
-    from tracekit.recorder.probe_family import RecordOptions
-    from tracekit.recorder.kvm_ioctls import KVM_RUN, parse_ioctl
-    from tracekit.recorder.session import RecordConfig, record
-
     families = tuple(p.strip() for p in probes.split(",") if p.strip())
     if not families:
         raise UsageError("--probes names no family")
@@ -96,10 +98,6 @@ def record_command(
 
 
 def _print_bpf(families: tuple[str, ...], options) -> None:
-    from tracekit.host import Host, tracefs_root
-    from tracekit.recorder.backend_bcc import BccBackend
-    from tracekit.recorder.registry import make_family
-
     host = Host(tracefs_root())
     plan = [(family, family.check(host)) for family in (make_family(name, options) for name in families)]
     backend = BccBackend(plan, 0)

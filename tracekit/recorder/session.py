@@ -30,7 +30,8 @@ from tracekit.capture import CaptureWriter
 from tracekit.errors import MissingCapability, RecorderError, UsageError
 from tracekit.host import Host, tracefs_root
 from tracekit.memtune import keep_freed_memory
-from tracekit.recorder.backend_tracefs import cleanup_stale_instances, pid_alive
+from tracekit.recorder.backend_bcc import BccBackend, import_bcc
+from tracekit.recorder.backend_tracefs import TracefsBackend, cleanup_stale_instances, pid_alive
 from tracekit.recorder.inflight import blocked_kvm_ioctls, calls_in_flight
 from tracekit.recorder.layoutdir import make_layout_dir, read_layout_record, reclaim_stale_layout_dirs
 from tracekit.recorder.output import OutputTee
@@ -269,11 +270,7 @@ class Recording:
 
     def _make_backend(self) -> Any:
         if self.backend_name == "bcc":
-            from tracekit.recorder.backend_bcc import BccBackend
-
             return BccBackend(self.chosen, self.tgids)
-        from tracekit.recorder.backend_tracefs import TracefsBackend
-
         return TracefsBackend(self.tracefs, self.chosen, self.tgids, sorted(self.threads) or self.tgids)
 
     def _manifest(self) -> dict:
@@ -496,8 +493,6 @@ def _choose_backend(name: str) -> tuple[str, str | None]:
         raise UsageError(f"unknown backend {name!r} (use bcc, tracefs or auto)")
     if name != "auto":
         return name, None
-    from tracekit.recorder.backend_bcc import import_bcc
-
     try:
         import_bcc()
     except MissingCapability as error:

@@ -15,12 +15,19 @@ import select
 import shutil
 import signal
 import sys
+import termios
 import time
+import tty
 from typing import Any, List, Optional
 
 import typer
 
+from tracekit.capabilities import recording_blockers
 from tracekit.errors import MissingCapability, UsageError
+from tracekit.host import Host, tracefs_root
+from tracekit.recorder.target import ThreadWatch, kvm_processes, resolve_targets
+from tracekit.top.sources import open_source
+from tracekit.top.view import SORT_KEYS, make_view, render_text, sort_vms, summary_table, view_json
 
 __all__ = ["register", "top_command"]
 
@@ -50,9 +57,6 @@ class _Keys:
         self._saved = None
         self._fd = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
         if self._fd is not None:
-            import termios
-            import tty
-
             self._saved = termios.tcgetattr(self._fd)
             tty.setcbreak(self._fd)
 
@@ -66,8 +70,6 @@ class _Keys:
 
     def close(self) -> None:
         if self._saved is not None:
-            import termios
-
             termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
             self._saved = None
 
@@ -94,8 +96,6 @@ class _Stop:
 
 
 def _watched(specs: list[str]) -> list[dict]:
-    from tracekit.recorder.target import kvm_processes, resolve_targets
-
     targets = resolve_targets(specs) if specs else kvm_processes()
     return [t.to_json() for t in targets]
 
@@ -114,12 +114,6 @@ def top_command(
     json_out: bool = typer.Option(False, "--json", help="With --once: print the interval as JSON (docs/cli-json/top.md)."),
     backend: str = typer.Option("auto", "--backend", help="bcc (counts in the kernel), tracefs (raw buffers) or auto."),
 ) -> None:
-    from tracekit.capabilities import recording_blockers
-    from tracekit.host import Host, tracefs_root
-    from tracekit.recorder.target import ThreadWatch
-    from tracekit.top.sources import open_source
-    from tracekit.top.view import SORT_KEYS, make_view, render_text, sort_vms, summary_table, view_json
-
     if not (interval > 0 and math.isfinite(interval)):  # NaN too
         raise UsageError(f"--interval must be a positive, finite number of seconds, not {interval:g}")
     if sort not in SORT_KEYS:

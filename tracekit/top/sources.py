@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.errors import MissingCapability, UsageError
-from tracekit.recorder.kvm_ioctls import ioctl_cflags
-from tracekit.recorder.probe_family import RecordOptions
 from tracekit.host import Host
-from tracekit.top.counters import COUNTER_FIELDS, DEPTH_BUCKETS, LOG2_SLOTS, EventAccumulator, IoctlCounters, Reading, ThreadCounters
+from tracekit.probes import PROBES_DIR, source_text
+from tracekit.recorder.backend_bcc import _load, import_bcc
+from tracekit.recorder.backend_tracefs import TracefsBackend
+from tracekit.recorder.kvm_ioctls import KVM_RUN, ioctl_cflags
+from tracekit.recorder.probe_family import RecordOptions
+from tracekit.recorder.session import plan_families
+from tracekit.recorder.target import list_threads
+from tracekit.top.counters import (
+    COUNTER_FIELDS, DEPTH_BUCKETS, EventAccumulator, IoctlCounters, LOG2_SLOTS, Reading, ThreadCounters,
+)
 
 __all__ = ["open_source", "BccTopSource", "TracefsTopSource", "TOP_TRACEPOINTS"]
 
@@ -50,8 +57,6 @@ class BccTopSource:
         self._watched: set[int] = set()
 
     def cflags(self) -> list[str]:
-        from tracekit.probes import PROBES_DIR
-
         flags = [f"-I{PROBES_DIR}", "-w", "-DTK_TARGETS_FAKE_FD=-1",
                  *ioctl_cflags("KVM_RUN", "KVM_GET_DIRTY_LOG", "KVM_CLEAR_DIRTY_LOG")]
         self.missing, self.planned = [], set()
@@ -71,9 +76,6 @@ class BccTopSource:
         return sorted(self.planned)
 
     def start(self) -> None:
-        from tracekit.probes import source_text
-        from tracekit.recorder.backend_bcc import _load, import_bcc
-
         bcc = import_bcc()
         self.bpf = _load(bcc, source_text("top"), self.cflags())
         self.attached = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in self.bpf.tracepoint_fds)
@@ -139,11 +141,6 @@ class TracefsTopSource:
         """Nothing to load before the VMs are known: the instance follows their threads (see watch)."""
 
     def _start(self, tgids: set[int]) -> None:
-        from tracekit.recorder.kvm_ioctls import KVM_RUN
-        from tracekit.recorder.session import plan_families
-        from tracekit.recorder.target import list_threads
-        from tracekit.recorder.backend_tracefs import TracefsBackend
-
         options = RecordOptions(stream_ioctls=(KVM_RUN,), aggregate_ioctls=())
         plan, failed, _ = plan_families(("walk", "mmu", "lock", "ioctl"), self.host, options)
         plan = [(f, s) for f, s in plan if f.supports_tracefs()]
