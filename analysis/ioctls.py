@@ -1,29 +1,9 @@
 """KVM ioctl latency: per ioctl kind, per memslot and per memslot flag change.
 
-Contract
---------
-Input: the ``ioctl`` family (``ts_ns`` = entry, ``duration_ns``, ``tid``, ``cmd_name``, ``ret``
-and the nullable decoded ``slot``, ``flags``, ``memory_size``) and optionally ``ioctl_summary``
-(``tid``, ``cmd_name``, ``count``, ``total_ns``, ``max_ns``, ``errors``, ``partial``: commands
-aggregated in the kernel, KVM_RUN by default); ``partial`` (ioctl: ``began_before``, ``unfinished``
-or empty) is optional. Times are nanoseconds.
-
-Calls whose exit was not recorded (null ``duration_ns``: still running when the recording stopped)
-are left out of every table.
-
-- :func:`memslot_flag_changes` labels each KVM_SET_USER_MEMORY_REGION(2) call as KVM's
-  ``kvm_set_memory_region`` decides it: ``create`` (first call for the slot), ``delete``
-  (``memory_size == 0``), ``move`` (``guest_phys_addr`` differs: KVM_MR_MOVE), ``log-dirty-on`` /
-  ``log-dirty-off`` (bit 0, KVM_MEM_LOG_DIRTY_PAGES, toggled), ``flags`` (another flag changed),
-  ``same``. Columns: ts_ns, tid, duration_ns, cmd_name, slot, old_flags, flags, change; the index is
-  the call's index in ``ioctl``. :data:`MEMSLOT_OPERATIONS` names the operation of each change.
-- :func:`ioctl_latency` -> one row per ``cmd_name``: ``count``, ``errors`` (ret < 0), ``errnos``
-  (the failures by errno, ``"EINTR 6, EAGAIN 1"``; ``"? N"`` for aggregated failures of a capture
-  that did not keep the errno), ``total_ns``, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``,
-  ``max_ns`` and ``source`` (``events`` or ``aggregated``: from ``ioctl_summary``, where
-  percentiles are null).
-- :func:`memslot_latency` -> one row per (``cmd_name``, ``slot``, ``change``) for the memslot and
-  dirty-log ioctls, same statistics.
+:func:`ioctl_latency` (per kind), :func:`memslot_latency` (per memslot ioctl, slot and change) and
+:func:`memslot_flag_changes` (what each memslot-setting call changed) read the ``ioctl`` family and
+optionally ``ioctl_summary`` (commands aggregated in the kernel, KVM_RUN by default). Calls whose exit was
+not recorded (null ``duration_ns``: still running when the recording stopped) are left out. Times in ns.
 """
 
 from __future__ import annotations
@@ -48,7 +28,15 @@ _CHANGE_COLUMNS = ["ts_ns", "tid", "duration_ns", "cmd_name", "slot", "old_flags
 
 
 def memslot_flag_changes(ioctl: pd.DataFrame) -> pd.DataFrame:
-    """What each memslot-setting ioctl changed (see the module docstring)."""
+    """What each memslot-setting ioctl changed.
+
+    Labels each KVM_SET_USER_MEMORY_REGION(2) call as KVM's ``kvm_set_memory_region`` decides it: ``create``
+    (first call for the slot), ``delete`` (``memory_size == 0``), ``move`` (``guest_phys_addr`` differs:
+    KVM_MR_MOVE), ``log-dirty-on`` / ``log-dirty-off`` (bit 0, KVM_MEM_LOG_DIRTY_PAGES, toggled), ``flags``
+    (another flag changed), ``same``. Columns: ts_ns, tid, duration_ns, cmd_name, slot, old_flags, flags,
+    change; the index is the call's index in ``ioctl``. :data:`MEMSLOT_OPERATIONS` names the operation of each
+    change.
+    """
     if "slot" not in ioctl.columns or "flags" not in ioctl.columns:
         return pd.DataFrame(columns=_CHANGE_COLUMNS)
     sel = ioctl[ioctl["cmd_name"].isin(MEMSLOT_IOCTLS) & ioctl["slot"].notna() & ioctl["duration_ns"].notna()]
@@ -100,7 +88,15 @@ def _errno_text(counts: dict) -> str:
 
 
 def ioctl_latency(ioctl: pd.DataFrame, summary: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Latency per ioctl kind, streamed events first, then aggregated-only kinds."""
+    """Latency per ioctl kind, streamed events first, then aggregated-only kinds.
+
+    One row per ``cmd_name``: ``count``, ``errors`` (ret < 0), ``errnos`` (the failures by errno,
+    ``"EINTR 6, EAGAIN 1"``; ``"? N"`` for aggregated failures of a capture that did not keep the errno),
+    ``total_ns``, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``, ``max_ns`` and ``source`` (``events`` or
+    ``aggregated``: from ``ioctl_summary``, where percentiles are null). ``ioctl`` holds ``ts_ns`` (entry),
+    ``duration_ns``, ``tid``, ``cmd_name``, ``ret`` and the nullable decoded ``slot``, ``flags``,
+    ``memory_size``; ``partial`` (``began_before``, ``unfinished`` or empty) is optional.
+    """
     events = ioctl.assign(cmd_name=ioctl["cmd_name"].fillna("?"))
     table = latency_summary(events, ["cmd_name"])
     texts: dict[str, str] = {}
@@ -148,7 +144,11 @@ def _summary_errnos(rows: pd.DataFrame) -> dict:
 
 
 def memslot_latency(ioctl: pd.DataFrame) -> pd.DataFrame:
-    """Latency of memslot and dirty-log ioctls per (cmd_name, slot, change)."""
+    """Latency of memslot and dirty-log ioctls per (cmd_name, slot, change).
+
+    One row per (``cmd_name``, ``slot``, ``change``) for the memslot and dirty-log ioctls, with the statistics
+    of :func:`ioctl_latency`.
+    """
     changes = memslot_flag_changes(ioctl)[["cmd_name", "slot", "change", "duration_ns"]]
     dirty = ioctl[ioctl["cmd_name"].isin(DIRTY_LOG_IOCTLS)]
     if "slot" in dirty.columns:

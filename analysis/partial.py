@@ -1,17 +1,8 @@
 """How much of a capture the recording window cut: partial operations, kept and marked or dropped.
 
-Contract
---------
-:func:`partial_summary` takes a capture's manifest, the walk counts of the analysis (a
-frame with ``depth`` and, for counted frames, ``walks``) and the ioctl rows and summary, and returns
-the ``partial`` section of ``tracekit analyze``: ``window`` (the manifest's recording window: clock,
-``start_ns``, ``stop_ns``, ``seconds``; None for captures recorded before it existed),
-``recorder`` (the recorder's counts, manifest ``partial``: walk elements without their walk start
-or beyond the limit, lock waits begun before or unfinished at the window's edges (all dropped),
-ioctls begun before or unfinished (kept, marked)), ``ioctl_partial_calls`` (calls in the analysis
-marked partial: streamed rows plus the summary's ``partial``), ``walks_without_elements`` and
-``malformed_walks`` (more elements than one walk can have), and ``total`` (all of them). Captures
-without the counters give what the rows show.
+:func:`partial_summary` is the ``partial`` section of ``tracekit analyze``: the recording window, the
+recorder's counts of what it cut, the ioctls the analysis marks partial, walks without elements and
+malformed walks, and their total.
 """
 
 from __future__ import annotations
@@ -27,7 +18,17 @@ __all__ = ["partial_summary", "partial_text"]
 
 def partial_summary(manifest: dict, walk_counts: pd.DataFrame | None, ioctl: pd.DataFrame | None,
                     ioctl_summary: pd.DataFrame | None) -> dict[str, Any]:
-    """The ``partial`` section of the analysis (see the module docstring)."""
+    """The ``partial`` section of the analysis.
+
+    Takes a capture's manifest, the walk counts of the analysis (a frame with ``depth`` and, for counted
+    frames, ``walks``) and the ioctl rows and summary. Returns ``window`` (the manifest's recording window:
+    clock, ``start_ns``, ``stop_ns``, ``seconds``; None for captures recorded before it existed), ``recorder``
+    (the manifest's ``partial``: walk elements without their walk start or beyond the limit, lock waits begun
+    before or unfinished at the window's edges (all dropped), ioctls begun before or unfinished (kept,
+    marked)), ``ioctl_partial_calls`` (streamed rows plus the summary's ``partial``),
+    ``walks_without_elements``, ``malformed_walks`` (more elements than one walk can have) and ``total``.
+    Captures without the counters give what the rows show.
+    """
     recorder = {k: int(v) for k, v in (manifest.get("partial") or {}).items() if isinstance(v, int)}
     out: dict[str, Any] = {"window": manifest.get("window"), "recorder": recorder}
     calls = 0

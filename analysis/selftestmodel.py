@@ -1,30 +1,9 @@
 """The reference model of the KVM selftests' guest page tables, from what a selftest prints.
 
-Contract
---------
-The selftest library (``tools/testing/selftests/kvm/lib/x86_64/processor.c``, ``__virt_pg_map``) maps
-guest memory with 4 KiB pages through 4-level tables whose every entry is present and writable
-(``PTE_PRESENT_MASK | PTE_WRITABLE_MASK``, no user bit: the guest runs at CPL0); its page tables come
-from a bump allocator in memslot 0 starting at ``KVM_GUEST_PAGE_TABLE_MIN_PADDR`` (0x180000): the root
-first, then each table when a mapping first needs it. The test memory is mapped last, at guest-virtual
-``DEFAULT_GUEST_TEST_MEM`` (0xc0000000), by one ``virt_map`` in ascending addresses, so the tables it
-creates follow one another in the model's preorder, after the root and the PDPT of the low 512 GiB
-(0x180000, 0x181000: made by the first mapping of the run).
-
-:func:`parse_selftest_guest` reads the guest mode line (``Testing guest mode: PA-bits:ANY, VA-bits:48,
-4K pages``) and the test memory (dirty_log_perf_test / memstress: ``guest physical test memory: [A, B)``;
-kvm_page_table_test: ``Guest physical test memory offset: A`` and ``Testing memory size(aligned): S``;
-dirty_log_test: ``guest physical test memory offset: A``, its size not printed but fixed by the source,
-``(1 << (DIRTY_MEM_BITS - page_shift)) + 3`` guest pages with ``DIRTY_MEM_BITS`` 30, the same for each log
-mode it runs) into a :class:`SelftestGuest`, or None when the output names no test memory; AnalysisError
-when the runs of one output place their test memory differently. :func:`selftest_model`
-builds the model's walk function: the walk of an address in the test memory, None (not modelled) for
-any other address (code, stacks and data are mapped at addresses the output does not give). The
-address of the first table the test memory created (``test_table_gpa``, the PD of
-0xc0000000) depends on how many tables the run made before; :func:`first_test_table` reads it from the
-capture (the level-3 entry of the first walks of the test memory, the most common value); every other
-table address and every PTE is the model's. Raises AnalysisError for a guest mode other than 48-bit
-4 KiB or test memory the model cannot map.
+:func:`parse_selftest_guest` reads the guest mode and test memory from a selftest's output,
+:func:`first_test_table` finds in the capture where the test memory's first table went, and
+:func:`selftest_model` builds the walk function of the test memory from both. Only 48-bit 4 KiB guests are
+modelled (AnalysisError otherwise).
 """
 
 from __future__ import annotations
@@ -70,7 +49,15 @@ class SelftestGuest:
 
 
 def parse_selftest_guest(text: str) -> SelftestGuest | None:
-    """The guest of a selftest's output (see the module docstring), or None without test-memory lines."""
+    """The guest of a selftest's output, or None without test-memory lines.
+
+    Reads the guest mode line (``Testing guest mode: PA-bits:ANY, VA-bits:48, 4K pages``) and the test memory
+    (dirty_log_perf_test / memstress: ``guest physical test memory: [A, B)``; kvm_page_table_test: ``Guest
+    physical test memory offset: A`` and ``Testing memory size(aligned): S``; dirty_log_test: ``guest physical
+    test memory offset: A``, its size not printed but fixed by the source, ``(1 << (DIRTY_MEM_BITS -
+    page_shift)) + 3`` guest pages with ``DIRTY_MEM_BITS`` 30, the same for each log mode it runs);
+    AnalysisError when the runs of one output place their test memory differently.
+    """
     mode = _MODE_RE.search(text)
     page_kib = int(mode.group(3)) if mode else 4
     memstress = _MEMSTRESS_RE.search(text)
@@ -97,7 +84,19 @@ def parse_selftest_guest(text: str) -> SelftestGuest | None:
 
 
 def selftest_model(guest: SelftestGuest, test_table_gpa: int) -> Callable[[int], X86Walk | None]:
-    """The model's walk function for ``guest``, whose test memory's first table is at ``test_table_gpa``."""
+    """The model's walk function for ``guest``, whose test memory's first table is at ``test_table_gpa``.
+
+    The selftest library (``tools/testing/selftests/kvm/lib/x86_64/processor.c``, ``__virt_pg_map``) maps
+    guest memory with 4 KiB pages through 4-level tables whose every entry is present and writable
+    (``PTE_PRESENT_MASK | PTE_WRITABLE_MASK``, no user bit: the guest runs at CPL0); its page tables come from a
+    bump allocator in memslot 0 starting at ``KVM_GUEST_PAGE_TABLE_MIN_PADDR`` (0x180000): the root first, then
+    each table when a mapping first needs it. The test memory is mapped last, at guest-virtual
+    ``DEFAULT_GUEST_TEST_MEM`` (0xc0000000), by one ``virt_map`` in ascending addresses, so the tables it
+    creates follow one another in the model's preorder, after the root and the PDPT of the low 512 GiB
+    (0x180000, 0x181000). Every table address and PTE but ``test_table_gpa`` is the model's; any address
+    outside the test memory walks to None (not modelled: code, stacks and data are at addresses the output
+    does not give).
+    """
     if guest.va_bits != 48 or guest.page_kib != 4:
         raise AnalysisError(f"the selftest's guest mode ({guest.mode}) is not modelled: only 48-bit 4K pages")
     if guest.size <= 0 or guest.size % 4096 or guest.gpa % 4096:
@@ -118,7 +117,11 @@ def selftest_model(guest: SelftestGuest, test_table_gpa: int) -> Callable[[int],
 
 def first_test_table(cap: Any, guest: SelftestGuest, walks: int = 64) -> int | None:
     """The table address in the level-3 entries of the capture's first ``walks`` walks of the test
-    memory (the most common one), or None when none was recorded."""
+    memory (the most common one), or None when none was recorded.
+
+    The address of the first table the test memory created (the PD of 0xc0000000) depends on how many tables
+    the run made before: it is the level-3 entry of the first walks of the test memory, the most common value.
+    """
     low, high = np.uint64(guest.gva), np.uint64(guest.gva + guest.size)
     ids: list[np.ndarray] = []
     found = 0

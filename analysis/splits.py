@@ -1,22 +1,10 @@
 """Huge-page split latency: per dirty-log enable and per CLEAR ioctl, per chunk and per block.
 
-Contract
---------
-Inputs: ``ioctl`` (``ts_ns``, ``duration_ns``, ``tid``, ``cmd_name``, ``slot``, ``flags``,
-``memory_size``), optionally ``split`` (function probes: ``ts_ns``, ``tid``, ``duration_ns``,
-``level``, ``size``, ``ret``; ``duration_ns`` -1 = return not seen, treated as unknown; one row per
-split call: a chunk on arm64's
-``kvm_pgtable_stage2_split``, a block on x86) and ``mmu`` (``ts_ns``, ``tid``, ``event``,
-``level``; the x86 tracepoint ``kvm_mmu_split_huge_page``, one per huge SPTE split, no duration).
-
-- :func:`split_ioctls` -> one row per dirty-log enable (a KVM_SET_USER_MEMORY_REGION(2) that turns
-  LOG_DIRTY on) and per KVM_CLEAR_DIRTY_LOG: ``kind`` (``enable`` / ``clear``), ``ts_ns``,
-  ``duration_ns``, ``slot``, ``tid``, ``splits`` (split calls plus split events of the same thread
-  inside the ioctl's span), ``split_ns`` (summed split-call durations; 0 without function probes).
-- :func:`split_ioctl_summary` -> per ``kind``: the latency statistics of
-  :func:`tracekit.analysis.common.latency_summary` plus ``splits`` (total) and ``splits_per_ioctl``.
-- :func:`split_call_summary` -> per (``source``, ``level``) of the split calls / events: count and,
-  for calls with durations, total, mean, p50/p90/p99, max. All times in ns.
+:func:`split_ioctls` puts each enable and CLEAR ioctl beside the splits done inside it,
+:func:`split_ioctl_summary` sums them per kind, :func:`split_call_summary` gives the split calls' own
+latency. Inputs: ``ioctl``, optionally ``split`` (function probes: one row per split call, a chunk on
+arm64's ``kvm_pgtable_stage2_split``, a block on x86; ``duration_ns`` -1 = return not seen) and ``mmu`` (the
+x86 tracepoint ``kvm_mmu_split_huge_page``, one per huge SPTE split, no duration). All times in ns.
 """
 
 from __future__ import annotations
@@ -58,7 +46,13 @@ def split_events(split: pd.DataFrame | None, mmu: pd.DataFrame | None) -> pd.Dat
 
 
 def split_ioctls(ioctl: pd.DataFrame, split: pd.DataFrame | None = None, mmu: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every dirty-log enable and CLEAR ioctl with the splits done inside it."""
+    """Every dirty-log enable and CLEAR ioctl with the splits done inside it.
+
+    One row per dirty-log enable (a KVM_SET_USER_MEMORY_REGION(2) that turns LOG_DIRTY on) and per
+    KVM_CLEAR_DIRTY_LOG: ``kind`` (``enable`` / ``clear``), ``ts_ns``, ``duration_ns``, ``slot``, ``tid``,
+    ``splits`` (split calls plus split events of the same thread inside the ioctl's span), ``split_ns`` (summed
+    split-call durations; 0 without function probes).
+    """
     changes = memslot_flag_changes(ioctl)
     enable = changes[changes["change"] == "log-dirty-on"]
     clear = ioctl[(ioctl["cmd_name"] == "KVM_CLEAR_DIRTY_LOG") & ioctl["duration_ns"].notna()]
@@ -93,7 +87,11 @@ def split_ioctls(ioctl: pd.DataFrame, split: pd.DataFrame | None = None, mmu: pd
 
 
 def split_ioctl_summary(per_ioctl: pd.DataFrame) -> pd.DataFrame:
-    """Per kind: latency statistics, total splits and splits per ioctl."""
+    """Per kind: latency statistics, total splits and splits per ioctl.
+
+    Per ``kind``: the latency statistics of :func:`tracekit.analysis.common.latency_summary` plus ``splits``
+    (total) and ``splits_per_ioctl``.
+    """
     table = latency_summary(per_ioctl, ["kind"])
     totals = per_ioctl.groupby("kind")["splits"].sum()
     table["splits"] = table["kind"].map(totals).fillna(0).astype(np.int64)
@@ -102,7 +100,11 @@ def split_ioctl_summary(per_ioctl: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_call_summary(events: pd.DataFrame) -> pd.DataFrame:
-    """Per (source, level): count and duration statistics (durations only for calls)."""
+    """Per (source, level): count and duration statistics (durations only for calls).
+
+    Per (``source``, ``level``) of the split calls / events: count and, for calls with durations, total, mean,
+    p50/p90/p99, max.
+    """
     if events.empty:
         return latency_summary(events.assign(level=pd.Series(dtype="int64")), ["source", "level"])
     frame = events.assign(level=events["level"].astype("float64"))

@@ -1,17 +1,9 @@
 """Lab kernels by name: ``debian:CODENAME``, ``debian:VERSION`` or a path, resolved to a cached image.
 
-:func:`resolve_kernel` (``spec``, ``arch``) returns a :class:`LabKernel`: the boot image, its
-config, the release, the kernel version, and the modules the guest must load from the kernel's own
-package (in load order, decompressed). ``debian:trixie`` (the default), ``bullseye``, ``bookworm``,
-``bookworm-backports``, ``trixie-backports``, ``forky`` and ``sid`` take the suite's
-``linux-image-cloud-ARCH``; ``debian:6.1`` the newest cloud kernel of that version in the first of
-:data:`VERSION_SEARCH` that has one. Packages come from the host's Debian mirror
-(:mod:`tracekit.lab.aptsources`) through a private apt per suite (:class:`tracekit.lab.fetch.PrivateApt`),
-are unpacked once into ``CACHE/kernels/`` and reused without network access. From 7.x
-``linux-image-X`` is a stub: the image is in ``linux-binary-X``, the modules in ``linux-modules-X``, the config
-and ``modules.builtin`` in ``linux-base-X``.
-Errors: :class:`tracekit.errors.UsageError` for a malformed spec, :class:`tracekit.errors.LabError`
-for what the mirror does not have.
+:func:`resolve_kernel` returns a :class:`LabKernel` (boot image, config, release, version, the modules the
+guest loads) from a Debian suite's ``linux-image-cloud-ARCH``, fetched once from the host's Debian mirror
+through a private apt and reused without network. UsageError for a malformed spec, LabError for what the
+mirror does not have.
 """
 
 from __future__ import annotations
@@ -70,7 +62,7 @@ class KernelSpec:
 
 @dataclass(frozen=True)
 class LabKernel:
-    """A kernel ready to boot: see the module docstring. ``modules`` are (name, decompressed .ko) in load
+    """A kernel ready to boot (:func:`resolve_kernel`). ``modules`` are (name, decompressed .ko) in load
     order; ``kvm_params`` names the ``kvm`` module's parameters (None when KVM is built in or unknown)."""
 
     spec: str
@@ -273,10 +265,19 @@ def image_release(image: Path) -> str:
 
 def resolve_kernel(spec: str | Path | None, arch: str, cache: Path | None = None, modules: Path | None = None,
                    refresh: bool = False) -> LabKernel:  # fmt: skip
-    """The kernel ``spec`` names for lab ``arch``, fetched and unpacked once (see the module docstring);
+    """The kernel ``spec`` names for lab ``arch``, fetched and unpacked once;
     ``refresh`` reads the suite's package lists again and takes the kernel they name now.
     ``modules``: for a path spec, a directory of that kernel's ``.ko`` files; the needed ones found there are
-    loaded with their dependencies, the others are taken to be built in."""
+    loaded with their dependencies, the others are taken to be built in.
+
+    ``debian:trixie`` (the default), ``bullseye``, ``bookworm``, ``bookworm-backports``, ``trixie-backports``,
+    ``forky`` and ``sid`` take the suite's ``linux-image-cloud-ARCH``; ``debian:6.1`` the newest cloud kernel of
+    that version in the first of :data:`VERSION_SEARCH` that has one. Packages come from the host's Debian
+    mirror (:mod:`tracekit.lab.aptsources`) through a private apt per suite (:class:`tracekit.lab.fetch.PrivateApt`)
+    and are unpacked once into ``CACHE/kernels/``. From 7.x ``linux-image-X`` is a stub: the image is in
+    ``linux-binary-X``, the modules in ``linux-modules-X``, the config and ``modules.builtin`` in
+    ``linux-base-X``.
+    """
     parsed = parse_spec(spec)
     cache = cache or fetch.cache_dir()
     if parsed.kind == "path":

@@ -1,24 +1,9 @@
 """Decoder of ftrace's binary ring-buffer pages (``per_cpu/cpuN/trace_pipe_raw``), host-independent.
 
-Contract:
-
-- :func:`parse_format` turns the text of an event's ``format`` file into an :class:`EventFormat`
-  (name, numeric id, fields with offset/size/signedness) whose :attr:`EventFormat.dtype` is a numpy
-  structured dtype of the event record (common fields included). Arrays become byte strings,
-  ``__data_loc`` fields their raw ``u32`` (offset | length << 16).
-- :func:`decode_pages` walks whole pages (``page_size`` bytes each: ``u64`` timestamp, ``commit``
-  word of ``commit_size`` bytes whose low 20 bits are the data length and bits 30/31 the
-  missed-events flags, then data) and returns a :class:`Decoded`: for each event id of ``formats``
-  a numpy array of the event's fields plus ``ts_ns`` (page timestamp plus the events' deltas,
-  absolute ``TIME_STAMP`` records honoured), ``cpu`` and ``tgid`` (a copy of ``common_pid``, the
-  thread id, for callers that know the process to overwrite); events of ids not in ``formats`` are
-  counted in ``unknown``; missed events flagged by the pages in ``missed`` (count when the page
-  stored it, else 1 per flagged page, and ``missed_unknown`` pages).
-
-It needs only the page bytes and the format texts, so it decodes buffers read from this host or
-copied out of an emulated guest alike. Malformed pages raise :class:`RawBufferError`.
-The event headers are scanned in Python (one small loop step per event, over the page as a list of
-32-bit words); the fields themselves are gathered with numpy per event id.
+:func:`parse_format` turns an event's ``format`` file into an :class:`EventFormat` with a numpy dtype;
+:func:`decode_pages` turns whole pages into per-event arrays with absolute timestamps. Only the page bytes
+and the format texts are needed, so buffers read here or copied out of an emulated guest decode alike.
+Malformed pages raise :class:`RawBufferError`.
 """
 
 from __future__ import annotations
@@ -94,7 +79,12 @@ class EventFormat:
 
 
 def parse_format(text: str, system: str = "") -> EventFormat:
-    """Parse one ``format`` file (see the module docstring)."""
+    """Parse one ``format`` file.
+
+    Returns the name, numeric id and fields (offset, size, signedness); :attr:`EventFormat.dtype` is a numpy
+    structured dtype of the event record (common fields included). Arrays become byte strings, ``__data_loc``
+    fields their raw ``u32`` (offset | length << 16).
+    """
     name_match = re.search(r"^name:\s*(\S+)", text, re.M)
     id_match = re.search(r"^ID:\s*(\d+)", text, re.M)
     if not name_match or not id_match:
@@ -118,7 +108,17 @@ class Decoded:
 
 def decode_pages(data: bytes, formats: dict[int, EventFormat], *, cpu: int = 0, page_size: int = 4096,
                  commit_size: int = 8) -> Decoded:
-    """Decode whole ring-buffer pages of one CPU (see the module docstring)."""
+    """Decode whole ring-buffer pages of one CPU.
+
+    Pages are ``page_size`` bytes each: a ``u64`` timestamp, a ``commit`` word of ``commit_size`` bytes whose low
+    20 bits are the data length and bits 30/31 the missed-events flags, then data. The :class:`Decoded` holds,
+    for each event id of ``formats``, a numpy array of the event's fields plus ``ts_ns`` (page timestamp plus the
+    events' deltas, absolute ``TIME_STAMP`` records honoured), ``cpu`` and ``tgid`` (a copy of ``common_pid``,
+    the thread id, for callers that know the process to overwrite); events of other ids are counted in
+    ``unknown``; missed events flagged by the pages in ``missed`` (the count when the page stored it, else 1 per
+    flagged page, and ``missed_unknown`` pages). The event headers are scanned in Python (one small loop step
+    per event, over the page as a list of 32-bit words); the fields are gathered with numpy per event id.
+    """
     if len(data) % page_size:
         raise RawBufferError(f"{len(data)} bytes is not a whole number of {page_size}-byte pages")
     header_size = 8 + commit_size

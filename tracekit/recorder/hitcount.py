@@ -1,16 +1,8 @@
 """A count-only BPF program: the baseline the recorder is measured and checked against.
 
-Contract
---------
-:class:`HitCounter` loads (bcc) one ``TRACEPOINT_PROBE`` per tracepoint (``"system:event"``) that
-only adds 1 to a per-CPU counter when the hit belongs to process ``tgid``; nothing else is recorded.
-:meth:`HitCounter.hits` returns ``{tracepoint: hits summed over CPUs}``; :meth:`HitCounter.close`
-detaches it (also on leaving the ``with`` block). The benchmark uses it as the "count-only" mode
-(the cost of attaching at all), the live tests attach it beside ``tracekit record`` to hold the
-capture's rows to the hits the kernel saw. ``clocked`` names tracepoints whose program also reads
-``bpf_ktime_get_ns()`` once per hit (into a per-CPU sink), as the recorder's programs do: the
-benchmark's "count+clock" mode, the floor of a recorder that timestamps those events. Raises
-:class:`tracekit.errors.MissingCapability` (through :func:`tracekit.recorder.backend_bcc.import_bcc`) without bcc.
+:class:`HitCounter` adds 1 to a per-CPU counter per tracepoint hit of one process and records nothing else:
+the benchmark's "count-only" mode (the cost of attaching at all) and the live tests' check of a capture's
+rows against the hits the kernel saw.
 """
 
 from __future__ import annotations
@@ -37,7 +29,13 @@ def program_text(tracepoints: Sequence[str], tgid: int, clocked: Collection[str]
 
 
 class HitCounter:
-    """Hits of ``tracepoints`` by process ``tgid``, counted in the kernel from construction on."""
+    """Hits of ``tracepoints`` by process ``tgid``, counted in the kernel from construction on.
+
+    :meth:`hits` returns ``{tracepoint: hits summed over CPUs}``; :meth:`close` detaches it (also on leaving
+    the ``with`` block). ``clocked`` names tracepoints whose program also reads ``bpf_ktime_get_ns()`` once per
+    hit (into a per-CPU sink), as the recorder's programs do: the benchmark's "count+clock" mode. Raises
+    :class:`tracekit.errors.MissingCapability` without bcc.
+    """
 
     def __init__(self, tracepoints: Sequence[str], tgid: int, clocked: Collection[str] = ()):
         self.tracepoints = list(tracepoints)

@@ -1,19 +1,8 @@
 """KVM ioctl arguments for the tracefs backend: a uprobe on the C library's ``ioctl``.
 
-Contract
---------
-``syscalls:sys_enter_ioctl`` gives only the argument pointer; the bcc backend copies the argument
-structs in BPF, tracefs cannot. :class:`IoctlArgsProbe` defines a uprobe (``uprobe_events``, group
-``tkio_<pid>``, event ``ioctl_args``) at ``ioctl`` of the C library this process runs with (found in
-``/proc/self/maps``; its offset from the ELF's ``.dynsym`` and program headers, :func:`symbol_offset`),
-fetching ``cmd`` (``%si``), ``arg`` (``%dx``) and the first 32 bytes at ``arg`` (``a0`` .. ``a3``, as
-user memory). Every process calling that library's ``ioctl`` takes the uprobe's trap while it is
-defined (the instance's pid filter keeps only the target's events); :meth:`IoctlArgsProbe.remove`
-deletes it; :func:`remove_stale_probes` deletes those of recorders no longer running. :func:`decode_args` fills the decoded columns of the enter records of
-KVM_SET_USER_MEMORY_REGION(2), KVM_GET/CLEAR_DIRTY_LOG and KVM_ENABLE_CAP, as probes/ioctl.bpf.c does,
-from the uprobe hit of the same thread, command and pointer just before the syscall (hits not yet
-matched are carried to the next batch, the latest few per thread). A process whose ``ioctl`` is another
-library's, or a raw syscall, gets no arguments (null columns, as without the uprobe).
+``syscalls:sys_enter_ioctl`` gives only the argument pointer; the bcc backend copies the argument structs in
+BPF, tracefs cannot. :class:`IoctlArgsProbe` reads the first 32 bytes at the pointer with a uprobe, and
+:func:`decode_args` fills the enter records' decoded columns from it, as probes/ioctl.bpf.c does.
 """
 
 from __future__ import annotations
@@ -85,7 +74,15 @@ def symbol_offset(data: bytes, name: str) -> int | None:
 
 
 class IoctlArgsProbe:
-    """The ``ioctl`` uprobe of one recording (see the module docstring)."""
+    """The ``ioctl`` uprobe of one recording.
+
+    A uprobe (``uprobe_events``, group ``tkio_<pid>``, event ``ioctl_args``) at ``ioctl`` of the C library
+    this process runs with (found in ``/proc/self/maps``; its offset from the ELF's ``.dynsym`` and program
+    headers, :func:`symbol_offset`), fetching ``cmd`` (``%si``), ``arg`` (``%dx``) and the first 32 bytes at
+    ``arg`` (``a0`` .. ``a3``, as user memory). Every process calling that library's ``ioctl`` takes the
+    uprobe's trap while it is defined (the instance's pid filter keeps only the target's events);
+    :meth:`remove` deletes it; :func:`remove_stale_probes` deletes those of recorders no longer running.
+    """
 
     def __init__(self, tracefs: Path):
         self.tracefs = tracefs
@@ -130,7 +127,13 @@ class IoctlArgsProbe:
 def decode_args(records: np.ndarray, hits: np.ndarray | None, carried: dict[int, list[tuple]]) -> None:
     """Fill the decoded argument fields of the enter ``records`` (IOCTL_EVENT_DTYPE, kind 0) from the
     uprobe ``hits`` (fields ``common_pid``, ``ts_ns``, ``cmd``, ``arg``, ``a0`` .. ``a3``); ``carried``
-    (tid -> hits) holds the unmatched hits between batches and is updated."""
+    (tid -> hits) holds the unmatched hits between batches and is updated.
+
+    Decoded: KVM_SET_USER_MEMORY_REGION(2), KVM_GET/CLEAR_DIRTY_LOG and KVM_ENABLE_CAP, from the uprobe hit of
+    the same thread, command and pointer just before the syscall (hits not yet matched are carried to the next
+    batch, the latest few per thread). A process whose ``ioctl`` is another library's, or a raw syscall, gets
+    no arguments (null columns, as without the uprobe).
+    """
     if hits is not None and len(hits):
         keep = np.isin(hits["cmd"], np.asarray(DECODED_CMDS, np.uint32))
         for h in hits[keep][np.argsort(hits[keep]["ts_ns"], kind="stable")].tolist() if keep.any() else []:

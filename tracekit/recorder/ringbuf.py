@@ -1,24 +1,8 @@
 """Batch reader of a BPF ring buffer (``BPF_MAP_TYPE_RINGBUF``) through its memory mapping.
 
-Contract: :class:`RingReader` maps a ring-buffer map (its file descriptor and data size in bytes,
-a power of two) the way libbpf does: the consumer page read-write at offset 0, the producer page
-and the data area (mapped twice by the kernel, so a record never wraps) read-only after it.
-:meth:`RingReader.drain` returns every *committed* record as one ``numpy`` array of the given
-fixed-size record dtype (a copy), advances the consumer position past them, and never calls
-Python per record: the 8-byte record headers are checked with one strided view. Records still
-being written (BUSY bit) end the batch; discarded ones (DISCARD bit) are dropped. All records of
-one ring must have the size of ``dtype`` (one ring per family). Raises
-:class:`tracekit.errors.RecorderError` when the mapping fails or a record has a foreign size.
-
-The consumer and producer positions are read and the consumer position written with single
-aligned 8-byte accesses (``ctypes.c_uint64`` and a ``numpy.uint64`` view over the mapping). Never with ``struct.pack_into``:
-it zero-fills its target before writing the bytes, so a BPF program reserving at that instant
-reads a consumer position of 0, finds the ring "full" and fails the reservation (the isolated
-reserve failures of earlier versions; see docs/recorder.md). On x86 a plain store after the
-records were copied has release semantics; a weakly ordered CPU would need a barrier here.
-
-Why not bcc's ``open_ring_buffer``: libbpf's ``ring_buffer__poll`` calls back once per event,
-which dropped 55-70 % of events at 2-3 M events/s on the development host.
+:meth:`RingReader.drain` returns every committed record as one numpy array of a fixed-size record dtype
+(a copy) and advances the consumer position past them, never calling Python per record. bcc's
+``open_ring_buffer`` calls back once per event, which dropped 55-70 % of events at 2-3 M events/s here.
 """
 
 from __future__ import annotations
@@ -43,7 +27,21 @@ def record_stride(record_size: int) -> int:
 
 
 class RingReader:
-    """Reads whole batches of fixed-size records from one BPF ring buffer."""
+    """Reads whole batches of fixed-size records from one BPF ring buffer.
+
+    Maps a ring-buffer map (its file descriptor and data size in bytes, a power of two) the way libbpf does:
+    the consumer page read-write at offset 0, the producer page and the data area (mapped twice by the kernel,
+    so a record never wraps) read-only after it. The 8-byte record headers are checked with one strided view:
+    records still being written (BUSY bit) end the batch, discarded ones (DISCARD bit) are dropped. All records
+    of one ring must have the size of ``dtype`` (one ring per family). Raises
+    :class:`tracekit.errors.RecorderError` when the mapping fails or a record has a foreign size.
+
+    The positions are read and the consumer position written with single aligned 8-byte accesses
+    (``ctypes.c_uint64`` and a ``numpy.uint64`` view over the mapping). Never with ``struct.pack_into``: it
+    zero-fills its target before writing the bytes, so a BPF program reserving at that instant reads a consumer
+    position of 0, finds the ring "full" and fails the reservation (docs/recorder.md). On x86 a plain store
+    after the records were copied has release semantics; a weakly ordered CPU would need a barrier here.
+    """
 
     def __init__(self, map_fd: int, data_size: int, dtype: np.dtype, *, max_batch: int | None = None):
         if data_size <= 0 or data_size & (data_size - 1):

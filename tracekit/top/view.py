@@ -1,17 +1,8 @@
 """The arithmetic and rendering of ``tracekit top``: two counter readings -> rows per VM and per vCPU.
 
-Contract: :func:`make_view` takes the previous and current :class:`~tracekit.top.counters.Reading`,
-the watched VMs (``{"pid", "comm", "name"}``) and each thread's vCPU index (None for other threads)
-and returns a :class:`TopView`: per VM (and per vCPU thread) the interval's rates (``walks_s``,
-``wp_faults_s``, ``spte_s``, ``splits_s``, ``zaps_s``), ``depth`` (paging elements per walk),
-``depth_max`` (deepest depth bucket hit, 7 meaning 7 or more), ``mmu_lock`` waits by mode
-(``read_waits``, ``read_wait_ns``, ``write_waits``, ``write_wait_ns`` in the interval), dirty-log
-ioctls per VM (``get``/``clear``: ``count``, ``errors``, ``p50_ns``, ``p99_ns`` read from the interval's
-log2 histogram: the upper edge ``2^(k+1)`` ns of the slot holding the nearest rank, so within a
-factor of 2) and ``run_share`` (KVM_RUN time / interval per vCPU thread; per VM the mean over its vCPU
-threads, a KVM_RUN in flight counted up to the reading). :func:`sort_vms` orders by a key of
-:data:`SORT_KEYS`; :func:`render_text` draws the screen; :func:`view_json` is the ``--once --json``
-document (docs/cli-json/top.md); :func:`summary_table` the table printed when top ends.
+:func:`make_view` turns two readings into a :class:`TopView` of the interval's rates, walk depth, mmu_lock
+waits, dirty-log ioctl latency and KVM_RUN share; :func:`sort_vms`, :func:`render_text`, :func:`view_json`
+(docs/cli-json/top.md) and :func:`summary_table` (printed when top ends) present it.
 """
 
 from __future__ import annotations
@@ -78,7 +69,17 @@ def _ioctl(cur: IoctlCounters | None, prev: IoctlCounters | None) -> dict:
 
 
 def make_view(prev: Reading | None, cur: Reading, vms: list[dict], vcpu_of: dict[int, int | None]) -> TopView:
-    """The rows of the interval from ``prev`` (None: from the start of counting) to ``cur``."""
+    """The rows of the interval from ``prev`` (None: from the start of counting) to ``cur``.
+
+    ``vms`` are the watched VMs (``{"pid", "comm", "name"}``), ``vcpu_of`` each thread's vCPU index (None for
+    other threads). Per VM (and per vCPU thread): the interval's rates (``walks_s``, ``wp_faults_s``, ``spte_s``,
+    ``splits_s``, ``zaps_s``), ``depth`` (paging elements per walk), ``depth_max`` (deepest depth bucket hit, 7
+    meaning 7 or more), ``mmu_lock`` waits by mode (``read_waits``, ``read_wait_ns``, ``write_waits``,
+    ``write_wait_ns``), dirty-log ioctls per VM (``get``/``clear``: ``count``, ``errors``, ``p50_ns``, ``p99_ns``
+    from the interval's log2 histogram: the upper edge ``2^(k+1)`` ns of the slot holding the nearest rank, so
+    within a factor of 2) and ``run_share`` (KVM_RUN time / interval per vCPU thread; per VM the mean over its
+    vCPU threads, a KVM_RUN in flight counted up to the reading).
+    """
     start = prev.t_ns if prev is not None else cur.t_ns
     seconds = max((cur.t_ns - start) / 1e9, 1e-9)
     view = TopView(interval_s=seconds, t_ns=cur.t_ns)
