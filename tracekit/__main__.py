@@ -28,7 +28,7 @@ def main() -> int:
         from tracekit.memtune import import_numpy_without_huge_pages  # after the stop signals, as every import
 
         import_numpy_without_huge_pages()  # before tracekit.cli, whose imports load numpy
-        from tracekit.cli import app
+        from tracekit.cli import app  # after the stop signals: the command line imports for about a second
 
         app(prog_name="tracekit")
     except StopSignal as stop:
