@@ -24,6 +24,7 @@ __all__ = ["app", "main", "COMMAND_MODULES", "is_verbose"]
 #: Modules that add commands to the app, each through ``register(app: typer.Typer) -> None``.
 COMMAND_MODULES = (
     "tracekit.capture.cli",
+    "tracekit.sql",
     "tracekit.doctor",
     "tracekit.demo",
     "tracekit.model.cli",

@@ -21,7 +21,8 @@ meets an empty file list). Each function takes a Dataset or the paths themselves
 
 Capture ids come from the manifest's ``capture_id`` (written since format 1.1) or, for older
 captures, from a hash of the manifest fields fixed when recording began (so an old capture keeps
-its id). Two directories with the same id (a copied capture) are one capture: the second is
+its id). Opening reads manifests and segment footers; page checksums are checked only with
+``verify_pages`` (DuckDB and Spark do not check them). Two directories with the same id (a copied capture) are one capture: the second is
 refused with a line naming both. A capture that is missing, damaged or not a capture is refused
 with one line; :func:`connect` and :meth:`Dataset.open` raise CaptureFormatError on the first
 unless ``skip_bad`` (then ``Dataset.problems`` lists them), and always when no capture is left.
@@ -71,6 +72,7 @@ CAPTURES_SCHEMA = pa.schema([
     pa.field("memory_bytes", pa.int64()),  # guest memory the workload touched, where known
     pa.field("kvm_params", pa.map_(pa.string(), pa.string())),  # "module.param" -> value
     pa.field("phases", pa.list_(pa.string())),  # phase labels in time order
+    pa.field("mmu_lock_addrs", pa.list_(pa.uint64())),  # kvm->mmu_lock addresses the manifest records
     pa.field("lost_events", pa.int64()),
     pa.field("start_time", pa.timestamp("us", tz="UTC")),
     pa.field("stop_time", pa.timestamp("us", tz="UTC")),
@@ -164,9 +166,12 @@ class Dataset:
         return self._phases[cap.capture_id]
 
     @classmethod
-    def open(cls, paths: Iterable[str | os.PathLike] | str | os.PathLike, *, skip_bad: bool = False) -> "Dataset":
+    def open(cls, paths: Iterable[str | os.PathLike] | str | os.PathLike, *, skip_bad: bool = False,
+             verify_pages: bool = False) -> "Dataset":
         """Open every capture under ``paths`` (see :func:`find_captures`). A capture that cannot be opened
-        raises CaptureFormatError, or with ``skip_bad`` is listed in ``problems``; no capture at all raises."""
+        raises CaptureFormatError, or with ``skip_bad`` is listed in ``problems``; no capture at all raises.
+        Opening checks manifests and segment footers; ``verify_pages`` also reads every data page against
+        its CRC (a whole read: SQL engines do not check page checksums themselves)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         captures: list[Capture] = []
@@ -175,6 +180,8 @@ class Dataset:
         for path in find_captures(paths):
             try:
                 cap = open_capture(path)
+                if verify_pages:
+                    _verify_pages(cap)
             except CaptureFormatError as error:
                 if not skip_bad:
                     raise
@@ -194,6 +201,13 @@ class Dataset:
             raise CaptureFormatError(problems[-1] if len(problems) == 1 else
                                      "no readable capture" + (f" ({len(problems)} refused)" if problems else ""))
         return cls(captures, problems)
+
+
+def _verify_pages(cap: Capture) -> None:
+    """Read every page of every family of ``cap`` (batch by batch), checking page CRCs where written."""
+    for family in cap.families():
+        for _ in cap.iter_batches(family):
+            pass
 
 
 Source = Union[Dataset, str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -298,6 +312,8 @@ def _phase_rows(cap: Capture) -> list[dict]:
 
 
 def _facts(cap: Capture, phases: list[dict]) -> dict:
+    from tracekit.analysis.locks import known_mmu_locks
+
     m = cap.manifest
     workload = m.get("workload") if isinstance(m.get("workload"), dict) else {}
     source = m.get("source") if isinstance(m.get("source"), dict) else {}
@@ -325,6 +341,7 @@ def _facts(cap: Capture, phases: list[dict]) -> dict:
         "memory_bytes": _memory_bytes(m, workload),
         "kvm_params": list(_flat_params(m.get("kvm_params")).items()),
         "phases": [p["phase"] for p in phases],
+        "mmu_lock_addrs": known_mmu_locks(m),
         "lost_events": cap.lost_total(),
         "start_time": _timestamp(m.get("start")),
         "stop_time": _timestamp(m.get("stop")),

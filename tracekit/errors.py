@@ -19,6 +19,7 @@ __all__ = [
     "WorkloadError",
     "RecorderError",
     "AnalysisError",
+    "QueryError",
     "LabError",
     "NotApplicable",
 ]
@@ -56,6 +57,12 @@ class UsageError(TracekitError):
 
 class CaptureFormatError(TracekitError):
     """A capture that is missing, truncated, corrupt, foreign or from a newer format version."""
+
+
+class QueryError(TracekitError):
+    """A SQL query the engine refused: its syntax, or a table, column or function it does not know."""
+
+    exit_code = 2
 
 
 class MissingCapability(TracekitError):
