@@ -10,22 +10,21 @@ the others are queried (``--strict`` refuses instead). See docs/sql.md.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import pyarrow as pa
 import typer
 
 from tracekit.capture.format import shown_path
+from tracekit.copyout import copy_result
 from tracekit.dataset import Dataset, connect
 from tracekit.errors import CaptureFormatError, QueryError, UsageError, one_line
 
 __all__ = ["RESULT_FORMATS", "query_error", "run_query", "write_result", "format_result_table", "sql", "register"]
 
 RESULT_FORMATS = ("table", "csv", "json", "parquet")
-_COPY_FORMAT = {"csv": "FORMAT csv, HEADER true", "json": "FORMAT json", "parquet": "FORMAT parquet, COMPRESSION zstd"}
 
 
 def query_error(error: Exception) -> QueryError | CaptureFormatError:
@@ -104,12 +103,11 @@ def write_result(con: Any, query: str, fmt: str, output: Path | None, *, max_row
             if fmt == "parquet":
                 raise UsageError("--format parquet needs -o FILE")
             sys.stdout.flush()
-            _copy_to_stream(con, statement, fmt, sys.stdout.buffer)
+            copy_result(con, statement, fmt, sys.stdout.buffer)
             return None
         if output.is_symlink() or output.is_dir():
             raise CaptureFormatError(f"refusing to write through a symlink or over a directory: {shown_path(output)}")
-        con.execute(f"COPY ({statement}) TO '{_sql_string(os.fspath(output))}' ({_COPY_FORMAT[fmt]})")
-        return _rows_copied(con)
+        return copy_result(con, statement, fmt, output)
     except duckdb.Error as error:
         raise query_error(error) from None
 
@@ -124,44 +122,6 @@ def _head(reader: pa.RecordBatchReader, rows: int) -> tuple[pa.Table, int]:
             kept.append(batch.slice(0, rows - have))
             have += kept[-1].num_rows
     return pa.Table.from_batches(kept, schema=reader.schema), total
-
-
-def _sql_string(text: str) -> str:
-    return text.replace("'", "''")
-
-
-def _rows_copied(con: Any) -> int | None:
-    row = con.fetchone()
-    return int(row[0]) if row and isinstance(row[0], int) else None
-
-
-def _copy_to_stream(con: Any, statement: str, fmt: str, out: BinaryIO) -> None:
-    """COPY the result into ``out`` through a pipe DuckDB writes to (standard output may be a pipe,
-    a file or a terminal; DuckDB writes only to paths)."""
-    import threading
-
-    read_fd, write_fd = os.pipe()
-    failure: list[BaseException] = []
-
-    def produce() -> None:
-        try:
-            con.execute(f"COPY ({statement}) TO '/dev/fd/{write_fd}' ({_COPY_FORMAT[fmt]})")
-        except BaseException as error:  # handed to the reading thread
-            failure.append(error)
-        finally:
-            os.close(write_fd)
-
-    writer = threading.Thread(target=produce, daemon=True)
-    writer.start()
-    try:
-        with os.fdopen(read_fd, "rb") as pipe:
-            while chunk := pipe.read(1 << 20):
-                out.write(chunk)
-        out.flush()
-    finally:
-        writer.join()
-    if failure:
-        raise failure[0]
 
 
 def run_query(query: str, paths: list[str], *, fmt: str = "table", output: Path | None = None,

@@ -75,14 +75,14 @@ def test_export_errors(tmp_path):
     r = runner.invoke(app, ["export", str(path), "-f", "nope"])
     assert r.exit_code == 1 and "no family 'nope'" in r.stderr
     r = runner.invoke(app, ["export", str(path), "-f", "ioctl", "--format", "xml"])
-    assert r.exit_code == 2 and "--format must be one of csv, jsonl" in r.stderr
+    assert r.exit_code == 2 and "--format must be one of csv, jsonl, parquet" in r.stderr
 
 
 def test_export_of_an_empty_family_is_the_header(tmp_path):
     with CaptureWriter(tmp_path / "e.tkcap") as w:
         w.declare("ioctl", SCHEMA)
     out = runner.invoke(app, ["export", str(tmp_path / "e.tkcap"), "-f", "ioctl"])
-    assert out.exit_code == 0 and out.stdout.splitlines() == ['"ts_ns","cpu","pid","tid","cmd_name","duration_ns","frames"']
+    assert out.exit_code == 0 and out.stdout.splitlines() == ["ts_ns,cpu,pid,tid,cmd_name,duration_ns,frames"]
 
 
 def test_export_to_dash_writes_standard_output(tmp_path, monkeypatch):
@@ -93,3 +93,30 @@ def test_export_to_dash_writes_standard_output(tmp_path, monkeypatch):
     assert [json.loads(line)["cmd_name"] for line in out.stdout.splitlines()] == \
         ["KVM_RUN", "KVM_GET_DIRTY_LOG", "KVM_RUN"]
     assert not (tmp_path / "-").exists()
+
+
+def test_export_parquet_and_uint64_exact(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tracekit.capture.columns import SCHEMAS
+
+    big = (1 << 64) - 5
+    with CaptureWriter(tmp_path / "u.tkcap") as w:
+        w.declare("walk", SCHEMAS["walk"])
+        w.append("walk", pa.table({"ts_ns": [1, 2], "cpu": [0, 0], "pid": [1, 1], "tid": [1, 1],
+                                   "walk_id": pa.array([1, 2], pa.uint64()), "addr": pa.array([big, None], pa.uint64()),
+                                   "pferr": pa.array([4, 4], pa.uint32())}))
+    path = str(tmp_path / "u.tkcap")
+    jsonl = runner.invoke(app, ["export", path, "-f", "walk", "--format", "jsonl"])
+    assert [json.loads(line)["addr"] for line in jsonl.stdout.splitlines()] == [big, None]
+    assert runner.invoke(app, ["export", path, "-f", "walk"]).stdout.splitlines()[1].split(",")[5] == str(big)
+    out = runner.invoke(app, ["export", path, "-f", "walk", "--format", "parquet", "-o", str(tmp_path / "w.parquet")])
+    assert out.exit_code == 0 and "wrote 2 rows of walk" in out.stderr
+    table = pq.read_table(tmp_path / "w.parquet")
+    assert table.schema.field("addr").type == pa.uint64() and table.column("addr").to_pylist() == [big, None]
+    # an old capture's dictionary text is plain text in every format
+    old = make(tmp_path / "c.tkcap")
+    runner.invoke(app, ["export", str(old), "-f", "ioctl", "--format", "parquet", "-o", str(tmp_path / "i.parquet")])
+    assert pq.read_table(tmp_path / "i.parquet").schema.field("cmd_name").type == pa.string()
+    unwritable = runner.invoke(app, ["export", path, "-f", "walk", "--format", "csv", "-o", str(tmp_path / "no" / "x.csv")])
+    assert unwritable.exit_code == 1 and len(unwritable.stderr.splitlines()) == 1 and "x.csv" in unwritable.stderr

@@ -46,13 +46,15 @@ def export(
         None, "--perfetto", help="Write a Chrome/Perfetto JSON trace of the whole capture to this file instead."
     ),
 ) -> None:
-    """Export a family as CSV or JSON Lines, or the whole capture as a Perfetto trace.
+    """Export a family as CSV, JSON Lines or Parquet, or the whole capture as a Perfetto trace.
 
     Examples:
 
       tracekit export vm.tkcap --family ioctl --format csv -o ioctl.csv
 
       tracekit export vm.tkcap -f walk_element --format jsonl | head
+
+      tracekit export vm.tkcap -f mmu --format parquet -o mmu.parquet
 
       tracekit export vm.tkcap --perfetto vm.json    # open in ui.perfetto.dev
     """
@@ -70,16 +72,12 @@ def export(
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     if output is None or str(output) == "-":
-        export_family(cap, family, fmt, sys.stdout.buffer)
         sys.stdout.flush()
+        export_family(cap, family, fmt, sys.stdout.buffer)
         return
-    if output.is_symlink():
-        raise CaptureFormatError(f"refusing to write through a symlink: {output}")
-    try:
-        with open(output, "wb") as out:
-            rows = export_family(cap, family, fmt, out)
-    except OSError as error:
-        raise CaptureFormatError(f"cannot write {output}: {error.strerror or error}") from error
+    if output.is_symlink() or output.is_dir():
+        raise CaptureFormatError(f"refusing to write through a symlink or over a directory: {output}")
+    rows = export_family(cap, family, fmt, output)
     typer.echo(f"wrote {rows:,} rows of {family} to {output}", err=True)
 
 

@@ -1,54 +1,75 @@
-"""Export one family of a capture as CSV or JSON Lines.
+"""Export one family of a capture as CSV, JSON Lines or Parquet.
 
-:func:`export_family` streams ``family`` segment by segment (bounded memory) to a binary file
-object; dictionary columns are written as their string values, list columns as JSON arrays in CSV.
-Raises CaptureFormatError for an unknown family or format.
+:func:`export_family` streams ``family`` batch by batch (bounded memory, every page checked against its
+checksum by the capture reader) into DuckDB, whose own writers produce the output: nothing is
+formatted row by row in Python. Text columns are written as text (dictionary-typed ones of older
+captures too), uint64 values exactly, list columns as JSON arrays in CSV and as arrays in JSON Lines
+and Parquet. Raises CaptureFormatError for an unknown family or format, or a file that cannot be written.
 """
 
 from __future__ import annotations
 
-import json
+import os
+from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
+from tracekit.capture.format import shown_path
 from tracekit.capture.reader import Capture
-from tracekit.errors import CaptureFormatError
+from tracekit.copyout import copy_result
+from tracekit.errors import CaptureFormatError, one_line
 
 __all__ = ["EXPORT_FORMATS", "export_family"]
 
-EXPORT_FORMATS = ("csv", "jsonl")
+EXPORT_FORMATS = ("csv", "jsonl", "parquet")
+_BATCH_ROWS = 1 << 18
 
 
-def _plain(table: pa.Table) -> pa.Table:
+def _select(schema: pa.Schema, fmt: str) -> str:
+    """The SELECT over the registered stream: list columns as JSON text in CSV, the rest as they are."""
     columns = []
-    for column in table.columns:
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
-        elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            column = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
-        columns.append(column)
-    return pa.Table.from_arrays(columns, names=table.column_names)
+    for field in schema:
+        name = '"' + field.name.replace('"', '""') + '"'
+        is_list = pa.types.is_list(field.type) or pa.types.is_large_list(field.type)
+        columns.append(f"to_json({name}) AS {name}" if fmt == "csv" and is_list else name)
+    return f"SELECT {', '.join(columns)} FROM family_batches"
 
 
-def export_family(cap: Capture, family: str, fmt: str, out: BinaryIO) -> int:
-    """Write ``family`` of ``cap`` to ``out`` in ``fmt``; return the number of rows written."""
+def _plain(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema])
+
+
+def export_family(cap: Capture, family: str, fmt: str, out: BinaryIO | str | os.PathLike) -> int:
+    """Write ``family`` of ``cap`` to ``out`` (a path, or a binary file object such as standard output)
+    in ``fmt``; return the number of rows written."""
+    import duckdb
+
     if fmt not in EXPORT_FORMATS:
         raise CaptureFormatError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if family not in cap.families():
         raise CaptureFormatError(f"{cap.path}: no family {family!r} (has: {', '.join(cap.families()) or 'none'})")
+    schema = _plain(cap.schema(family))
     rows = 0
-    first = True
-    for table in cap.iter_tables(family):
-        if fmt == "csv":
-            pacsv.write_csv(_plain(table), out, write_options=pacsv.WriteOptions(include_header=first))
-        else:
-            for batch in table.to_batches(max_chunksize=65536):
-                for row in batch.to_pylist():
-                    out.write(json.dumps(row, separators=(",", ":")).encode() + b"\n")
-        rows += table.num_rows
-        first = False
-    if first and fmt == "csv":  # no segment at all: still give CSV readers the header
-        pacsv.write_csv(_plain(cap.table(family)), out)
+
+    def batches():
+        nonlocal rows
+        for batch in cap.iter_batches(family, batch_rows=_BATCH_ROWS):
+            batch = batch.cast(schema) if not batch.schema.equals(schema) else batch
+            rows += batch.num_rows
+            yield batch
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")  # one stream, written in order
+        con.register("family_batches", pa.RecordBatchReader.from_batches(schema, batches()))
+        copy_result(con, _select(schema, fmt), fmt, out)
+    except duckdb.Error as error:
+        cause = error.__cause__ if isinstance(error.__cause__, CaptureFormatError) else None
+        if cause is not None:
+            raise cause from None
+        where = shown_path(out) if isinstance(out, (str, os.PathLike)) else "the output"
+        raise CaptureFormatError(f"cannot export {family} to {where}: {one_line(str(error))}") from None
+    finally:
+        con.close()
     return rows
