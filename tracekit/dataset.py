@@ -179,6 +179,7 @@ class Dataset:
         by_id: dict[str, Capture] = {}
         for path in find_captures(paths):
             try:
+                _check_utf8(path)
                 cap = open_capture(path)
                 if verify_pages:
                     _verify_pages(cap)
@@ -201,6 +202,14 @@ class Dataset:
             raise CaptureFormatError(problems[-1] if len(problems) == 1 else
                                      "no readable capture" + (f" ({len(problems)} refused)" if problems else ""))
         return cls(captures, problems)
+
+
+def _check_utf8(path: Path) -> None:
+    """Refuse a capture path that is not UTF-8 text: SQL engines take file names as UTF-8 strings."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CaptureFormatError(f"{shown_path(path)}: a path that is not UTF-8 text; rename it to query it") from None
 
 
 def _verify_pages(cap: Capture) -> None:

@@ -29,13 +29,13 @@ RESULT_FORMATS = ("table", "csv", "json", "parquet")
 
 def query_error(error: Exception) -> QueryError | CaptureFormatError:
     """DuckDB's ``error`` as one line: its message without the echoed query and caret lines; an I/O or
-    invalid-input failure (a file the query reads) as CaptureFormatError, the rest as QueryError."""
+    invalid-input failure (a file read or written) as CaptureFormatError, the rest as QueryError."""
     lines = [line.strip() for line in str(error).splitlines()
              if line.strip() and not line.lstrip().startswith(("LINE ", "^"))]
     text = one_line(" ".join(lines)) or type(error).__name__
     text = text if len(text) <= 300 else text[:297] + "..."
-    if type(error).__name__ in ("IOException", "InvalidInputException"):
-        return CaptureFormatError(f"query failed reading the captures: {text}")
+    if type(error).__name__ in ("IOException", "InvalidInputException"):  # names the file
+        return CaptureFormatError(f"query failed: {text}")
     return QueryError(f"query refused: {text}")
 
 
@@ -110,6 +110,8 @@ def write_result(con: Any, query: str, fmt: str, output: Path | None, *, max_row
         return copy_result(con, statement, fmt, output)
     except duckdb.Error as error:
         raise query_error(error) from None
+    except UnicodeEncodeError:  # an argument of undecodable bytes
+        raise QueryError("the query or output path is not valid UTF-8 text") from None
 
 
 def _head(reader: pa.RecordBatchReader, rows: int) -> tuple[pa.Table, int]:

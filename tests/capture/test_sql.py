@@ -139,3 +139,20 @@ def test_every_sample_at_once():
     assert result.exit_code == 0 and "warning" not in result.output, result.output
     captures, lost = result.output.splitlines()[2].split()
     assert int(captures) == len(list(SAMPLES.rglob("capture.json"))) and lost == "0"
+
+
+def test_hostile_names_and_arguments(tmp_path):
+    import os
+
+    shutil.copytree(LAB, tmp_path / "it's a capture.tkcap")  # a quote in the path: still read
+    odd = os.path.join(os.fsencode(tmp_path), b"bad-\xff.tkcap")
+    shutil.copytree(os.fsencode(LIVE), odd)
+    result = _sql("SELECT c.name, count(*) AS n FROM split JOIN captures c USING (capture) GROUP BY ALL", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("tracekit: warning: ")]
+    assert len(warnings) == 1 and "bad-\\xff.tkcap" in warnings[0] and "not UTF-8" in warnings[0]
+    assert "it's a capture" in result.output and "1026" in result.output
+    _one_error_line(_sql("SELECT '\udcff'", LAB), 2, "not valid UTF-8")
+    _one_error_line(_sql("SELECT 1", LAB, "-f", "csv", "-o", str(tmp_path / "none" / "r.csv")), 1,
+                    "query failed", "r.csv")
+    _one_error_line(_sql("SELECT 1", LAB, "-f", "csv", "-o", str(tmp_path)), 1, "over a directory")
