@@ -46,7 +46,16 @@ def _statement(query: str) -> str:
         text = text[:-1].rstrip()
     if not text:
         raise QueryError("empty query")
+    _utf8(text, "the query")
     return text
+
+
+def _utf8(text: str, what: str) -> None:
+    """Refuse ``text`` that is not UTF-8 (an argument of undecodable bytes): DuckDB takes only UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError(f"{what} is not valid UTF-8 text") from None
 
 
 def _text(value: Any) -> str:
@@ -88,6 +97,8 @@ def write_result(con: Any, query: str, fmt: str, output: Path | None, *, max_row
         raise UsageError(f"--format must be one of {', '.join(RESULT_FORMATS)}, not {fmt!r}")
     statement = _statement(query)
     to_stdout = output is None or str(output) == "-"
+    if not to_stdout:
+        _utf8(str(output), "the output path")
     try:
         if fmt == "table":
             if not to_stdout:
@@ -110,8 +121,7 @@ def write_result(con: Any, query: str, fmt: str, output: Path | None, *, max_row
         return copy_result(con, statement, fmt, output)
     except duckdb.Error as error:
         raise query_error(error) from None
-    except UnicodeEncodeError:  # an argument of undecodable bytes
-        raise QueryError("the query or output path is not valid UTF-8 text") from None
+
 
 
 def _head(reader: pa.RecordBatchReader, rows: int) -> tuple[pa.Table, int]:
