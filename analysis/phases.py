@@ -47,6 +47,7 @@ __all__ = [
     "PHASE_COLUMNS",
     "normalise_name",
     "matching_phases",
+    "PhaseCodes",
     "make_phase_table",
     "workload_phases",
     "parse_selftest_output",
@@ -362,21 +363,35 @@ def _line_has_phase(line: str) -> bool:
     return bool(_SIMPLE_RE.match(line) or _ITER_RE.match(line) or _PTT_RE.match(line))
 
 
+class PhaseCodes:
+    """Each timestamp's phase as a code into :attr:`names` (``""``, code 0, outside every phase; where
+    phases overlap, the latest-starting one wins): :func:`label_phases` without the categorical, made
+    once for a table and called per batch of walks."""
+
+    def __init__(self, phases: pd.DataFrame):
+        self.names = list(dict.fromkeys(["", *phases["phase"].tolist()])) if len(phases) else [""]
+        index = {name: code for code, name in enumerate(self.names)}
+        self._starts = phases["start_ns"].to_numpy(np.int64) if len(phases) else np.zeros(0, np.int64)
+        self._ends = phases["end_ns"].to_numpy(np.int64) if len(phases) else np.zeros(0, np.int64)
+        self._codes = np.array([index[p] for p in phases["phase"]] if len(phases) else [], np.int32)
+
+    def __call__(self, ts_ns: Any) -> np.ndarray:
+        """The phase code of each timestamp (int32)."""
+        ts = np.asarray(ts_ns, dtype=np.int64)
+        codes = np.zeros(len(ts), np.int32)
+        if len(self._starts) and len(ts):
+            pos = np.searchsorted(self._starts, ts, side="right") - 1
+            inside = pos >= 0
+            inside[inside] = ts[inside] < self._ends[pos[inside]]
+            codes[inside] = self._codes[pos[inside]]
+        return codes
+
+
 def label_phases(ts_ns: Any, phases: pd.DataFrame) -> pd.Categorical:
     """The phase label of each timestamp as a categorical (``""`` outside every phase; where phases
     overlap, the latest-starting one wins)."""
-    ts = np.asarray(ts_ns, dtype=np.int64)
-    names = list(dict.fromkeys(["", *phases["phase"].tolist()])) if len(phases) else [""]
-    codes = np.zeros(len(ts), np.int32)
-    if len(phases) and len(ts):
-        starts = phases["start_ns"].to_numpy(np.int64)
-        ends = phases["end_ns"].to_numpy(np.int64)
-        label_code = np.array([names.index(p) for p in phases["phase"]], np.int32)
-        pos = np.searchsorted(starts, ts, side="right") - 1
-        inside = pos >= 0
-        inside[inside] = ts[inside] < ends[pos[inside]]
-        codes[inside] = label_code[pos[inside]]
-    return pd.Categorical.from_codes(codes, categories=names)
+    codes = PhaseCodes(phases)
+    return pd.Categorical.from_codes(codes(ts_ns), categories=codes.names)
 
 
 def matching_phases(phases: pd.DataFrame, selector: str) -> pd.DataFrame:

@@ -30,8 +30,8 @@ SPILL_BYTES = 4 << 20
 #: Rows copied at a time between arrays (widening, growing), with a :func:`trim` after each block.
 COPY_ROWS = 1 << 20
 
-#: Rows sorted at a time by :func:`sort_distinct`.
-SORT_ROWS = 1 << 22
+#: Rows sorted at a time by :func:`sort_distinct` (8 MiB of int64).
+SORT_ROWS = 1 << 20
 
 _maps: weakref.WeakSet = weakref.WeakSet()  # the live mappings of spilled arrays, for trim()
 
@@ -99,9 +99,9 @@ def sort_distinct(values: np.ndarray) -> int:
     A block of :data:`SORT_ROWS` at a time: each block is sorted, then at each block boundary the values
     out of order across it (those of the sorted part above the block's first value and those of the
     block below the sorted part's last) are sorted together, which leaves the whole sorted up to the
-    block's end. Memory: a block and the values out of order across a boundary (a few in nearly sorted
-    data, as a recorder's per-thread times are: a CPU's batch flushed late; up to all of them in data in
-    no order)."""
+    block's end. Memory: a block (and a copy of its distinct values) and the values out of order across a
+    boundary (a few in nearly sorted data, as a recorder's per-thread times are: a CPU's batch flushed
+    late; up to all of them in data in no order)."""
     n = len(values)
     for start in range(0, n, SORT_ROWS):
         values[start:start + SORT_ROWS].sort()

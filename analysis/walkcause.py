@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from tracekit.analysis import spill
 from tracekit.analysis.common import rows_where
+from tracekit.analysis.walkstream import prefetch
 
 __all__ = ["CAUSES", "FAULT_EVENTS", "FAULT_WINDOW_NS", "FaultFollowers", "fault_followers", "cause_codes",
            "cause_table"]
@@ -45,12 +46,13 @@ def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequenc
         return None
     columns = ["ts_ns", "tid", "event"] + (["level"] if also and "level" in cap.schema("mmu").names else [])
     stamps, kept_also = _ThreadStamps(), []
-    for batch in cap.iter_batches("mmu", columns, MMU_BATCH_ROWS):
-        kept = rows_where(batch, "event", FAULT_EVENTS)
-        if kept.num_rows:
-            stamps.add(kept.column("tid").to_numpy(), kept.column("ts_ns").to_numpy())
-        if also:
-            kept_also.append(rows_where(batch, "event", also))
+    with prefetch(cap.iter_batches("mmu", columns, MMU_BATCH_ROWS)) as batches:  # the next decoded meanwhile
+        for batch in batches:
+            kept = rows_where(batch, "event", FAULT_EVENTS)
+            if kept.num_rows:
+                stamps.add(kept.column("tid").to_numpy(), kept.column("ts_ns").to_numpy())
+            if also:
+                kept_also.append(rows_where(batch, "event", also))
     followers = FaultFollowers.from_stamps(stamps, window_ns)
     if also:
         followers.also = pa.concat_tables(kept_also) if kept_also else cap.schema("mmu").empty_table().select(columns)

@@ -115,8 +115,8 @@ class _GroupCodes:
         self._tids = np.array(order, np.int64)
         self._tid_codes = np.array([code_of[mapping[t]] for t in order], np.int64)
         self._unknown = code_of[-1]
-        self.phase_table = phase_table
-        self.phase_names = list(phases_mod.label_phases(np.zeros(0, np.int64), phase_table).categories)
+        self.phase_codes = phases_mod.PhaseCodes(phase_table)
+        self.phase_names = self.phase_codes.names
         self.followers = followers
         self.pairs = Codes(0)  # (vCPU code << 32 | phase code) -> pair code
         self.groups = Codes(n)  # per walk: pair code << 32 | fault code
@@ -131,7 +131,7 @@ class _GroupCodes:
             self.causes = cause_codes(self.n, self.followers)           # the fault times freed before the elements
             self.followers.release()
         pair = lookup_tids(tid, self._tids, self._tid_codes, self._unknown) << 32
-        pair |= phases_mod.label_phases(ts, self.phase_table).codes.astype(np.int64)
+        pair |= self.phase_codes(ts).astype(np.int64)
         key = self.pairs.encode(pair) << 32
         key |= columns["pferr"].astype(np.int64)
         self.groups.put(slice(start, start + len(tid)), key)

@@ -298,7 +298,7 @@ def child(case: str, arg: str) -> dict:
 #: The columns of each family the analyses read (what the raw scan decodes).
 READ_COLUMNS = {
     "walk": ["walk_id", "ts_ns", "tid", "addr", "pferr"],
-    "walk_element": ["walk_id", "index", "level", "pte"],
+    "walk_element": ["walk_id", "index", "level", "pte", "cpu"],
     "walk_error": ["walk_id"],
     "mmu": ["ts_ns", "tid", "event", "level"],
     "lock": ["ts_ns", "tid", "lock_addr", "flags", "wait_ns", "stack_id"],
