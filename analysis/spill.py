@@ -4,12 +4,12 @@
 else over a shared mapping of its own unlinked temporary file (in ``TMPDIR``; the file is gone when the
 process ends, however it ends). The streaming analyses touch such arrays a batch's worth of rows at a time
 and call :func:`trim` between batches, which drops every mapped page from the process (``MADV_DONTNEED``:
-the data stays in the file, and comes back from the page cache, or the disk, when touched again). So the
-process holds at most a batch's pages of each array, whatever the capture's size; the kernel writes the
-rest to disk when it needs the memory (on a tmpfs ``TMPDIR`` they stay in RAM or swap). :class:`Growing`
-is a vector appended to a chunk at a time, moved to a file once it reaches :data:`SPILL_BYTES`. Space is
-reserved when a file is made (``posix_fallocate``), so a full disk is one :class:`AnalysisError` then,
-never a SIGBUS later.
+the data stays in the file, and comes back from the page cache, or the disk, when touched again) once
+:data:`RESIDENT_BYTES` of them are resident. So the process holds at most that and one batch's pages,
+whatever the capture's size; the kernel writes the rest to disk when it needs the memory (on a tmpfs
+``TMPDIR`` they stay in RAM or swap). :class:`Growing` is a vector appended to a chunk at a time, moved to
+a file once it reaches :data:`SPILL_BYTES`. Space is reserved when a file is made (``posix_fallocate``),
+so a full disk is one :class:`AnalysisError` then, never a SIGBUS later.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 
 from tracekit.errors import AnalysisError
 
-__all__ = ["SPILL_BYTES", "COPY_ROWS", "SORT_ROWS", "full", "widened", "trim", "spilled", "sort_distinct", "Growing"]
+__all__ = ["SPILL_BYTES", "RESIDENT_BYTES", "COPY_ROWS", "SORT_ROWS", "full", "widened", "trim", "spilled",
+           "sort_distinct", "Growing"]
 
 #: Arrays of at least this many bytes go to a file (tests set 0: every array does).
 SPILL_BYTES = 4 << 20
@@ -33,7 +34,11 @@ COPY_ROWS = 1 << 20
 #: Rows sorted at a time by :func:`sort_distinct` (8 MiB of int64).
 SORT_ROWS = 1 << 20
 
+#: Spilled pages the process may hold before :func:`trim` drops them (tests set 0: every call drops).
+RESIDENT_BYTES = 32 << 20
+
 _maps: weakref.WeakSet = weakref.WeakSet()  # the live mappings of spilled arrays, for trim()
+_floor: int | None = None  # the resident file-backed bytes after the last drop
 
 
 class _Map(mmap.mmap):
@@ -84,13 +89,30 @@ def widened(array: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     return out
 
 
+def _file_pages_bytes() -> int | None:
+    """The process's resident file-backed and shared bytes (/proc/self/statm), None where unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def trim() -> None:
-    """Drop every page of the spilled arrays from this process (their data stays in their files)."""
+    """Drop every page of the spilled arrays from this process (their data stays in their files), once the
+    process's file-backed pages grew by :data:`RESIDENT_BYTES` since the last drop (cheap to call often)."""
+    global _floor
+    if not _maps:
+        return
+    now = _file_pages_bytes()
+    if now is not None and _floor is not None and now < _floor + RESIDENT_BYTES:
+        return
     for mapping in list(_maps):
         try:
             mapping.madvise(mmap.MADV_DONTNEED)
         except (ValueError, OSError):  # closed meanwhile
             pass
+    _floor = _file_pages_bytes()
 
 
 def sort_distinct(values: np.ndarray) -> int:

@@ -103,11 +103,20 @@ def interrupt_and_reap(process: subprocess.Popen, timeout: float) -> None:
         process.wait()
 
 
-def ignores_sigterm(pid: int) -> bool:
-    """Whether process ``pid`` has set SIGTERM to be ignored (its /proc status SigIgn mask)."""
+def _signal_mask(pid: int, field: str) -> int:
+    """Process ``pid``'s /proc status signal mask ``field`` (``SigIgn``, ``SigCgt``); 0 once it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return False
-    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigIgn:"))
-    return bool(mask & (1 << (signal.SIGTERM - 1)))
+        return 0
+    return next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith(f"{field}:")), 0)
+
+
+def ignores_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has set SIGTERM to be ignored (its /proc status SigIgn mask)."""
+    return bool(_signal_mask(pid, "SigIgn") & (1 << (signal.SIGTERM - 1)))
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (its /proc status SigCgt mask)."""
+    return bool(_signal_mask(pid, "SigCgt") & (1 << (sig - 1)))

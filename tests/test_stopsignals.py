@@ -11,6 +11,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+from tests.livecheck import catches
 from tracekit import doctor
 from tracekit.cli import app
 from tracekit.stopsignals import StopRequests, StopSignal
@@ -78,17 +79,6 @@ def test_a_signal_between_the_entry_import_and_main_is_one_line(signame):
     assert run.stderr == f"tracekit: stopped by {signame}\n" and run.stdout == ""
 
 
-def _catches(pid: int, sig: int) -> bool:
-    """True once process ``pid`` has a handler for ``sig`` (``SigCgt`` in /proc/PID/status)."""
-    try:
-        for line in open(f"/proc/{pid}/status").read().splitlines():
-            if line.startswith("SigCgt:"):
-                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
-    except OSError:
-        pass
-    return False
-
-
 def test_ctrl_c_as_soon_as_the_console_script_takes_the_signals_is_one_line():
     """The real console script, SIGINT sent the moment its SIGTERM handler shows in /proc (Python never
     catches SIGTERM itself: that is tracekit's entry module, before main() and every heavy import), however
@@ -100,7 +90,7 @@ def test_ctrl_c_as_soon_as_the_console_script_takes_the_signals_is_one_line():
     process = subprocess.Popen([script, "analyze", sample], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not _catches(process.pid, signal.SIGTERM):
+        while not catches(process.pid, signal.SIGTERM):
             assert process.poll() is None, "the command ended before it took the stop signals"
             assert time.monotonic() < deadline, "no SIGTERM handler after 120 s"
             time.sleep(0.001)

@@ -28,6 +28,7 @@ def spill_everything(request, monkeypatch):
     ``in_memory``."""
     if request.node.get_closest_marker("in_memory") is None:
         monkeypatch.setattr(spill, "SPILL_BYTES", 0)
+        monkeypatch.setattr(spill, "RESIDENT_BYTES", 0)
         monkeypatch.setattr(spill, "SORT_ROWS", 1000)
         monkeypatch.setattr(spill, "COPY_ROWS", 3000)
 

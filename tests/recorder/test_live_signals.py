@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.livecheck import need_root, skip_or_fail
+from tests.livecheck import catches, need_root, skip_or_fail
 from tests.recorder.test_live import INSTANCES, TRACEKIT, _need
 from tracekit.recorder.layoutdir import LAYOUT_PREFIX
 
@@ -51,17 +51,6 @@ def _running_with(marker: str) -> list[int]:
     return found
 
 
-def _caught(pid: int, sig: int) -> bool:
-    """True once process ``pid`` has a handler for ``sig`` (``SigCgt`` in /proc/PID/status)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigCgt:"):
-                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
-    except OSError:
-        pass
-    return False
-
-
 class Trial:
     """One ``tracekit record -- tracekit workload ...`` run; a unique seed marks its workload."""
 
@@ -82,7 +71,7 @@ class Trial:
             time.sleep(0.01)
 
     def handlers_installed(self) -> bool:
-        return _caught(self.process.pid, signal.SIGTERM)  # Python itself never catches SIGTERM
+        return catches(self.process.pid, signal.SIGTERM)  # Python itself never catches SIGTERM
 
     def recording(self) -> bool:
         return bool(list(self.output.glob("walk/part-*.parquet")))
