@@ -1,12 +1,13 @@
 """The two engines the fleet summary runs on: DuckDB in-process, Apache Spark (local or a cluster).
 
-Both get the same input tables: ``captures`` and ``fleet_groups`` from pyarrow tables, and one table
-per family of :data:`tracekit.fleet.query.INPUT_COLUMNS` (``capture`` then the listed columns, NULL
-where no file of the family has a column) over the captures' Parquet segments; then
-:meth:`Engine.query` runs a SQL text and returns a pyarrow Table. DuckDB reads the segments through
-:func:`tracekit.dataset.connect`'s family views; Spark reads the same files (``spark.read.parquet``
+Both get the same input tables: ``captures`` and ``fleet_segments`` from pyarrow tables
+(:meth:`Engine.register`; a segment named as the engine reports it, :meth:`Engine.segment_name`), and
+one table per family of :data:`tracekit.fleet.query.INPUT_COLUMNS` (``segment``, the file a row came
+from, then the listed columns, NULL where no file of the family has a column) over the captures'
+Parquet segments; then :meth:`Engine.query` runs a SQL text and returns a pyarrow Table. DuckDB reads
+the segments with ``read_parquet(..., filename = true)``; Spark reads the same files (``spark.read.parquet``
 with the family's declared types, so a column a file lacks reads as NULL and no footer is read up
-front), gives each row its capture through the file it came from (``_metadata.file_path``), and keeps
+front), names each row's file with ``_metadata.file_path``, and keeps
 a family of at most :data:`CACHE_ROWS` rows in memory once read. A family without
 segments is an empty table of its declared columns. Spark is optional (``tracekit[spark]``, a JRE):
 without it :func:`spark_engine` raises MissingCapability naming the fix.
@@ -20,8 +21,9 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from tracekit.capture.columns import SCHEMAS
-from tracekit.dataset import Dataset, connect, plain_schema, segments_table
+from tracekit.dataset import Dataset, plain_schema, segments_table
 from tracekit.errors import MissingCapability
+from tracekit.fleet.query import FILE_COLUMNS
 
 __all__ = ["Engine", "ENGINES", "duckdb_engine", "spark_engine", "family_columns"]
 
@@ -37,6 +39,8 @@ class Engine(Protocol):
 
     name: str
 
+    def segment_name(self, path: str) -> str: ...
+
     def register(self, name: str, table: pa.Table) -> None: ...
 
     def query(self, sql: str) -> pa.Table: ...
@@ -45,10 +49,16 @@ class Engine(Protocol):
 
 
 def family_columns(family: str, present: set[str], wanted: tuple[str, ...]) -> list[tuple[str, pa.DataType | None]]:
-    """``(column, None)`` for each wanted column the family's files have, ``(column, type)`` (its declared
-    plain type, registered as NULL) for the others."""
+    """``(column, None)`` for each wanted column the family's files have (``present``: names in the files),
+    ``(column, type)`` (its declared plain type, registered as NULL) for the others."""
     declared = plain_schema(SCHEMAS[family])
-    return [(c, None if c in present else declared.field(c).type) for c in wanted]
+    return [(c, None if file_column(family, c) in present else declared.field(file_column(family, c)).type)
+            for c in wanted]
+
+
+def file_column(family: str, column: str) -> str:
+    """The name of input column ``column`` of ``family`` in the Parquet files."""
+    return FILE_COLUMNS.get((family, column), column)
 
 
 _SQL_TYPES = {pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
@@ -64,26 +74,41 @@ def _null_of(type_: pa.DataType, engine: str) -> str:
 
 
 class DuckDbEngine:
-    """DuckDB, in-process, over :func:`tracekit.dataset.connect`'s views."""
+    """DuckDB, in-process: a view per family over its segments (``read_parquet`` with ``filename``)."""
 
     name = "duckdb"
 
     def __init__(self, dataset: Dataset, wanted: dict[str, tuple[str, ...]], *, threads: int | None = None,
                  memory_limit: str | None = None):
-        self.con = connect(dataset, threads=threads)
+        import duckdb
+
+        self.con = duckdb.connect()
+        if threads is not None:
+            self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{memory_limit}'")
-        self.con.execute("CREATE SCHEMA fleet")
+        files = _segment_files(dataset)
         for family, columns in wanted.items():
-            present = {row[0] for row in self.con.execute(f'DESCRIBE main."{family}"').fetchall()}
-            select = ", ".join(f'"{c}"' if t is None else f'{_null_of(t, self.name)} AS "{c}"'
-                               for c, t in family_columns(family, present, columns))
-            self.con.execute(f'CREATE VIEW fleet."{family}" AS SELECT capture, {select} FROM main."{family}"')
-        self.con.execute("SET search_path = 'fleet,main'")  # the input tables shadow the dataset's own
+            paths = files.get(family, [])
+            if paths:
+                listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+                source = f"read_parquet([{listed}], filename = true, union_by_name = true)"
+                present = {r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+            else:
+                source, present = None, set()
+            select = ", ".join(_duckdb_column(family, c, t) for c, t in family_columns(family, present, columns))
+            if source is None:
+                self.con.execute(f'CREATE TABLE "{family}" AS SELECT CAST(NULL AS VARCHAR) AS segment, {select} LIMIT 0')
+            else:
+                self.con.execute(f'CREATE VIEW "{family}" AS SELECT filename AS segment, {select} FROM {source}')
+
+    def segment_name(self, path: str) -> str:
+        """How a row's ``segment`` names the file ``path`` (as given to ``read_parquet``)."""
+        return path
 
     def register(self, name: str, table: pa.Table) -> None:
         self.con.register(f"_arrow_{name}", table)
-        self.con.execute(f'CREATE OR REPLACE TABLE fleet."{name}" AS SELECT * FROM "_arrow_{name}"')
+        self.con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "_arrow_{name}"')
         self.con.unregister(f"_arrow_{name}")
 
     def query(self, sql: str) -> pa.Table:
@@ -92,6 +117,20 @@ class DuckDbEngine:
     def close(self) -> None:
         self.con.close()
 
+
+def _duckdb_column(family: str, column: str, missing: pa.DataType | None) -> str:
+    if missing is not None:
+        return f'{_null_of(missing, "duckdb")} AS "{column}"'
+    return f'"{file_column(family, column)}" AS "{column}"'
+
+
+def _segment_files(dataset: Dataset) -> dict[str, list[str]]:
+    """``{family: [segment files with rows]}`` of the dataset (schema files of empty families left out)."""
+    out: dict[str, list[str]] = {}
+    for row in segments_table(dataset).to_pylist():
+        if row["rows"]:
+            out.setdefault(row["family"], []).append(row["file"])
+    return out
 
 
 def duckdb_engine(dataset: Dataset, wanted: dict[str, tuple[str, ...]], **options: Any) -> DuckDbEngine:
@@ -113,30 +152,30 @@ class SparkEngine:
                    .config("spark.sql.shuffle.partitions", os.environ.get("TRACEKIT_SPARK_PARTITIONS", "4")))
         self.spark = builder.getOrCreate()
         self.spark.sparkContext.setLogLevel("ERROR")
-        segments = segments_table(dataset).to_pylist()
-        by_family: dict[str, list[dict]] = {}
-        for row in segments:
-            if row["rows"]:
-                by_family.setdefault(row["family"], []).append(row)
+        files = _segment_files(dataset)
+        rows: dict[str, int] = {}
+        for row in segments_table(dataset).to_pylist():
+            rows[row["family"]] = rows.get(row["family"], 0) + row["rows"]
         for family, columns in wanted.items():
-            rows = by_family.get(family, [])
-            if rows:
-                files = [_spark_path(row["file"]) for row in rows]
-                frame = self.spark.read.schema(_spark_read_schema(family, columns)).parquet(*files)
-                frame = frame.withColumn("_file", F.col("_metadata.file_path"))
-                owners = self.spark.createDataFrame([(_reported_path(f), row["capture"]) for f, row in zip(files, rows)],
-                                                    "_file string, capture string")
-                frame = frame.join(F.broadcast(owners), "_file")
-                present = set(columns)  # the declared schema: a column a file lacks reads as null
+            paths = [_spark_path(p) for p in files.get(family, [])]
+            if paths:
+                frame = self.spark.read.schema(_spark_read_schema(family, columns)).parquet(*paths)
+                frame = frame.withColumn("segment", F.col("_metadata.file_path"))
+                present = {file_column(family, c) for c in columns}  # declared: a column a file lacks is null
             else:
-                frame = self.spark.createDataFrame([], "capture string")
+                frame = self.spark.createDataFrame([], "segment string")
                 present = set()
-            picked = [F.col(c) if t is None else F.lit(None).cast(_SQL_TYPES[t]).alias(c)
+            picked = [F.col(file_column(family, c)).alias(c) if t is None else F.lit(None).cast(_SQL_TYPES[t]).alias(c)
                       for c, t in family_columns(family, present, columns)]
-            frame = frame.select(F.col("capture"), *picked)
-            if sum(row["rows"] for row in rows) <= CACHE_ROWS:
+            frame = frame.select(F.col("segment"), *picked)
+            if rows.get(family, 0) <= CACHE_ROWS:
                 frame = frame.cache()  # read once, not once per figure that reads the family
             frame.createOrReplaceTempView(family)
+
+    def segment_name(self, path: str) -> str:
+        """How Spark's ``_metadata.file_path`` names the file ``path``: ``file:`` + the absolute local path."""
+        spark_path = _spark_path(path)
+        return spark_path if "://" in spark_path else "file:" + spark_path
 
     def register(self, name: str, table: pa.Table) -> None:
         rows = [tuple(row.values()) for row in table.to_pylist()]
@@ -155,11 +194,6 @@ def _spark_path(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def _reported_path(path: str) -> str:
-    """How Spark's ``_metadata.file_path`` names a file it was given as ``path`` (``file:`` + a local path)."""
-    return path if "://" in path else "file:" + path
-
-
 #: How Spark reads each Parquet type of the capture families (unsigned types widen; uint64 is DECIMAL(20,0)).
 _SPARK_READ_TYPES = {pa.int8(): "tinyint", pa.int16(): "smallint", pa.int32(): "int", pa.int64(): "bigint",
                      pa.uint8(): "int", pa.uint16(): "int", pa.uint32(): "bigint", pa.uint64(): "decimal(20,0)",
@@ -169,7 +203,8 @@ _SPARK_READ_TYPES = {pa.int8(): "tinyint", pa.int16(): "smallint", pa.int32(): "
 def _spark_read_schema(family: str, columns: tuple[str, ...]) -> str:
     """The DDL schema Spark reads ``columns`` of ``family`` with: given, so no file footer is read up front."""
     declared = plain_schema(SCHEMAS[family])
-    return ", ".join(f"`{c}` {_SPARK_READ_TYPES[declared.field(c).type]}" for c in columns)
+    names = [file_column(family, c) for c in columns]
+    return ", ".join(f"`{n}` {_SPARK_READ_TYPES[declared.field(n).type]}" for n in names)
 
 
 def _spark_schema(schema: pa.Schema) -> str:

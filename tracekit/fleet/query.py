@@ -1,10 +1,13 @@
 """The fleet summary as one SQL text that DuckDB and Spark both run unchanged.
 
 :func:`summary_sql` is the query; it reads the input tables of :data:`INPUT_COLUMNS` (one per capture
-family, each with a first column ``capture``) plus ``fleet_groups`` (``capture``, ``grp``: the group
-each capture is summarised in). It returns one row per (group, capture) and one per group
-(``capture`` = ``''``) with the columns of :data:`FIGURES`, computed with GROUPING SETS so every row
-is read once for both. Only SQL both dialects accept is used: exact nearest-rank percentiles through
+family, each with a first column ``segment``: the Parquet file the row came from), ``fleet_segments``
+(``segment``, ``capture``, ``grp``: each file's capture and the group that capture is summarised in)
+and ``captures`` (``capture``, ``grp``, ``status``, ``lost_events``). It returns one row per (group,
+capture) and one per group (``capture`` = ``''``) with the columns of :data:`FIGURES`. Counts are
+first taken per segment (a scan grouped by the file, whose value is the same for a whole batch) and
+then summed per capture and group; percentiles read the rows of their family joined to their segment's
+capture and group, with GROUPING SETS so every row is read once for both. Only SQL both dialects accept is used: exact nearest-rank percentiles through
 ``percentile_disc(q) WITHIN GROUP (ORDER BY v)`` (the value at rank ceil(q n), as
 ``analysis.common.latency_summary`` gives), counts and sums cast to BIGINT, means as an exact sum over
 a count. What each figure means is documented in docs/fleet.md.
@@ -12,7 +15,10 @@ a count. What each figure means is documented in docs/fleet.md.
 
 from __future__ import annotations
 
-__all__ = ["INPUT_COLUMNS", "FIGURES", "PERCENTILES", "SPLIT_EVENT", "summary_sql"]
+__all__ = ["INPUT_COLUMNS", "FILE_COLUMNS", "FIGURES", "PERCENTILES", "SPLIT_EVENT", "summary_sql"]
+
+#: Input columns named otherwise in the files (``index`` is a keyword in SQL dialects).
+FILE_COLUMNS = {("walk_element", "element_index"): "index"}
 
 #: Percentiles of every latency figure (as analyze reports them).
 PERCENTILES = (50, 90, 99)
@@ -27,7 +33,7 @@ INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
     "split": ("ts_ns", "tid", "duration_ns"),
     "mmu": ("ts_ns", "tid", "event"),
     "lock": ("wait_ns",),
-    "walk_element": ("walk_id",),
+    "walk_element": ("element_index",),
     "stage2_walk": ("walk_id",),
     "stage2_visit": ("level", "count"),
 }
@@ -56,6 +62,7 @@ FIGURES: tuple[str, ...] = (
 )
 
 _SETS = "GROUP BY GROUPING SETS ((g.grp, g.capture), (g.grp))"
+_BY_SEGMENT = "JOIN fleet_segments AS g ON g.segment = t.segment"
 _KEY = "g.grp AS grp, coalesce(g.capture, '') AS cap"
 
 
@@ -67,7 +74,7 @@ def _latency_cte(prefix: str) -> str:
   SELECT {_KEY}, count(*) AS {prefix}_count, CAST(sum(t.{value}) AS BIGINT) AS {prefix}_total_ns,
     {pcts},
     max(t.{value}) AS {prefix}_max_ns
-  FROM {source} AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  FROM {source} AS t {_BY_SEGMENT}
   {_SETS}
 )"""
 
@@ -78,9 +85,13 @@ def _count_if(condition: str, name: str) -> str:
 
 def summary_sql() -> str:
     """The fleet summary query (see the module docstring)."""
-    depth = ", ".join(_count_if(f"t.depth = {d}", f"walks_depth_{d}") for d in range(1, 5))
-    levels = ", ".join(f"CAST(sum(CASE WHEN t.level {'>=' if lv == 4 else '='} {lv} THEN t.count END) AS BIGINT) "
+    # a walk of depth d has the elements 0 .. d-1: walks reaching depth d = elements of index d-1
+    depth_reached = ", ".join(_count_if(f"element_index = {d - 1}", f"reached_{d}") for d in range(1, 6))
+    depth = ", ".join(f"CAST(sum(t.reached_{d}) - sum(t.reached_{d + 1}) AS BIGINT) AS walks_depth_{d}"
+                      for d in range(1, 5)) + ", CAST(sum(t.reached_5) AS BIGINT) AS walks_depth_5"
+    levels = ", ".join(f"CAST(sum(CASE WHEN level {'>=' if lv == 4 else '='} {lv} THEN count END) AS BIGINT) "
                        f"AS stage2_visits_l{lv}" for lv in range(5))
+    level_sums = ", ".join(f"CAST(sum(t.stage2_visits_l{lv}) AS BIGINT) AS stage2_visits_l{lv}" for lv in range(5))
     figures = ",\n  ".join(f"CAST(f.{name} AS BIGINT) AS {name}" if name != "splits_per_op" else
                            "CASE WHEN f.dirty_log_ops > 0 THEN CAST(coalesce(f.ops_splits, 0) AS DOUBLE) "
                            "/ CAST(f.dirty_log_ops AS DOUBLE) END AS splits_per_op"
@@ -100,14 +111,14 @@ clear_calls AS (
   SELECT * FROM ioctl_calls_timed WHERE cmd_name = 'KVM_CLEAR_DIRTY_LOG'
 ),
 memslot_calls AS (
-  SELECT capture, tid, ts_ns, duration_ns, flags, memory_size, guest_phys_addr,
-    LAG(flags) OVER (PARTITION BY capture, slot ORDER BY ts_ns) AS prev_flags,
-    LAG(memory_size) OVER (PARTITION BY capture, slot ORDER BY ts_ns) AS prev_size,
-    LAG(guest_phys_addr) OVER (PARTITION BY capture, slot ORDER BY ts_ns) AS prev_base,
-    row_number() OVER (PARTITION BY capture, slot ORDER BY ts_ns) AS nth
-  FROM ioctl_calls_timed
-  WHERE cmd_name IN ('KVM_SET_USER_MEMORY_REGION', 'KVM_SET_USER_MEMORY_REGION2')
-    AND slot IS NOT NULL AND coalesce(ret, 0) >= 0
+  SELECT g.capture, t.tid, t.ts_ns, t.duration_ns, t.flags, t.memory_size, t.guest_phys_addr,
+    LAG(t.flags) OVER (PARTITION BY g.capture, t.slot ORDER BY t.ts_ns) AS prev_flags,
+    LAG(t.memory_size) OVER (PARTITION BY g.capture, t.slot ORDER BY t.ts_ns) AS prev_size,
+    LAG(t.guest_phys_addr) OVER (PARTITION BY g.capture, t.slot ORDER BY t.ts_ns) AS prev_base,
+    row_number() OVER (PARTITION BY g.capture, t.slot ORDER BY t.ts_ns) AS nth
+  FROM ioctl_calls_timed AS t {_BY_SEGMENT}
+  WHERE t.cmd_name IN ('KVM_SET_USER_MEMORY_REGION', 'KVM_SET_USER_MEMORY_REGION2')
+    AND t.slot IS NOT NULL AND coalesce(t.ret, 0) >= 0
 ),
 dirty_log_ops AS (
   SELECT capture, tid, ts_ns, ts_ns + duration_ns AS end_ns FROM memslot_calls
@@ -115,12 +126,12 @@ dirty_log_ops AS (
     AND (prev_base IS NULL OR guest_phys_addr IS NULL OR prev_base = guest_phys_addr)
     AND (coalesce(prev_flags, 0) & 1) = 0 AND (coalesce(flags, 0) & 1) = 1
   UNION ALL
-  SELECT capture, tid, ts_ns, ts_ns + duration_ns AS end_ns FROM clear_calls
+  SELECT g.capture, t.tid, t.ts_ns, t.ts_ns + t.duration_ns AS end_ns FROM clear_calls AS t {_BY_SEGMENT}
 ),
 split_events AS (
-  SELECT capture, tid, ts_ns FROM split
+  SELECT segment, tid, ts_ns FROM split
   UNION ALL
-  SELECT capture, tid, ts_ns FROM mmu WHERE event = '{SPLIT_EVENT}'
+  SELECT segment, tid, ts_ns FROM mmu WHERE event = '{SPLIT_EVENT}'
 ),
 split_timed AS (
   SELECT * FROM split WHERE duration_ns >= 0
@@ -128,19 +139,30 @@ split_timed AS (
 lock_waits AS (
   SELECT * FROM lock WHERE wait_ns IS NOT NULL
 ),
-walk_depths AS (
-  SELECT capture, walk_id, count(*) AS depth FROM walk_element GROUP BY capture, walk_id
+segment_splits AS (
+  SELECT segment, count(*) AS splits FROM split_events GROUP BY segment
+),
+segment_walks AS (
+  SELECT segment, {depth_reached}
+  FROM walk_element GROUP BY segment
+),
+segment_stage2_walks AS (
+  SELECT segment, count(*) AS stage2_walks FROM stage2_walk GROUP BY segment
+),
+segment_stage2_visits AS (
+  SELECT segment, CAST(sum(count) AS BIGINT) AS stage2_visits, {levels}
+  FROM stage2_visit GROUP BY segment
 ),
 spine AS (
-  SELECT {_KEY} FROM fleet_groups AS g {_SETS}
+  SELECT {_KEY} FROM captures AS g {_SETS}
 ),
 capture_figures AS (
   SELECT {_KEY}, count(*) AS captures,
-    {_count_if("t.status = 'complete' AND coalesce(t.lost_events, 0) = 0", "clean_captures")},
-    {_count_if("coalesce(t.status, '') <> 'complete'", "incomplete_captures")},
-    {_count_if("coalesce(t.lost_events, 0) > 0", "lossy_captures")},
-    CAST(sum(coalesce(t.lost_events, 0)) AS BIGINT) AS lost_events
-  FROM captures AS t JOIN fleet_groups AS g ON g.capture = t.capture
+    {_count_if("g.status = 'complete' AND coalesce(g.lost_events, 0) = 0", "clean_captures")},
+    {_count_if("coalesce(g.status, '') <> 'complete'", "incomplete_captures")},
+    {_count_if("coalesce(g.lost_events, 0) > 0", "lossy_captures")},
+    CAST(sum(coalesce(g.lost_events, 0)) AS BIGINT) AS lost_events
+  FROM captures AS g
   {_SETS}
 ),
 {_latency_cte("ioctl")},
@@ -149,34 +171,35 @@ capture_figures AS (
 {_latency_cte("lock_wait")},
 op_figures AS (
   SELECT {_KEY}, count(*) AS dirty_log_ops
-  FROM dirty_log_ops AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  FROM dirty_log_ops AS t JOIN captures AS g ON g.capture = t.capture
   {_SETS}
 ),
 op_split_figures AS (
   SELECT {_KEY}, count(*) AS ops_splits
   FROM dirty_log_ops AS t
-  JOIN split_events AS e ON e.capture = t.capture AND e.tid = t.tid AND e.ts_ns >= t.ts_ns AND e.ts_ns < t.end_ns
-  JOIN fleet_groups AS g ON g.capture = t.capture
+  JOIN captures AS g ON g.capture = t.capture
+  JOIN fleet_segments AS s ON s.capture = t.capture
+  JOIN split_events AS e ON e.segment = s.segment AND e.tid = t.tid AND e.ts_ns >= t.ts_ns AND e.ts_ns < t.end_ns
   {_SETS}
 ),
 split_count_figures AS (
-  SELECT {_KEY}, count(*) AS splits
-  FROM split_events AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  SELECT {_KEY}, CAST(sum(t.splits) AS BIGINT) AS splits
+  FROM segment_splits AS t {_BY_SEGMENT}
   {_SETS}
 ),
 walk_figures AS (
-  SELECT {_KEY}, count(*) AS walks, {depth}, {_count_if("t.depth >= 5", "walks_depth_5")}
-  FROM walk_depths AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  SELECT {_KEY}, CAST(sum(t.reached_1) AS BIGINT) AS walks, {depth}
+  FROM segment_walks AS t {_BY_SEGMENT}
   {_SETS}
 ),
 stage2_walk_figures AS (
-  SELECT {_KEY}, count(*) AS stage2_walks
-  FROM stage2_walk AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  SELECT {_KEY}, CAST(sum(t.stage2_walks) AS BIGINT) AS stage2_walks
+  FROM segment_stage2_walks AS t {_BY_SEGMENT}
   {_SETS}
 ),
 stage2_visit_figures AS (
-  SELECT {_KEY}, CAST(sum(t.count) AS BIGINT) AS stage2_visits, {levels}
-  FROM stage2_visit AS t JOIN fleet_groups AS g ON g.capture = t.capture
+  SELECT {_KEY}, CAST(sum(t.stage2_visits) AS BIGINT) AS stage2_visits, {level_sums}
+  FROM segment_stage2_visits AS t {_BY_SEGMENT}
   {_SETS}
 ),
 figures AS (

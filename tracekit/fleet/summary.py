@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from tracekit.dataset import Dataset, capture_facts
+from tracekit.dataset import Dataset, capture_facts, segments_table
 from tracekit.errors import UsageError
 from tracekit.fleet.engines import ENGINES, duckdb_engine, spark_engine
 from tracekit.fleet.query import FIGURES, INPUT_COLUMNS, summary_sql
@@ -31,10 +31,6 @@ GROUP_KEYS = {"kernel": "kernel_release", "host": "host", "scenario": "scenario"
 #: Capture facts shown beside each capture's figures (columns of the ``captures`` table).
 CAPTURE_COLUMNS = ("name", "path", "host", "kernel_release", "arch", "backend", "source_kind", "scenario", "status",
                    "vcpus")
-
-#: What the ``captures`` input table holds on every engine.
-_CAPTURES_INPUT = ("capture", "status", "lost_events")
-
 
 @dataclass
 class FleetSummary:
@@ -89,14 +85,20 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
         raise UsageError("--master applies to --engine spark only")
     ds = dataset or Dataset.open(paths, skip_bad=True)
     facts = capture_facts(ds).to_pylist()
-    grouping = pa.table({"capture": [f["capture"] for f in facts],
-                         "grp": [" / ".join(_group_value(f, n) for n in names) for f in facts]})
-    captures_input = pa.table({c: capture_facts_column(facts, c) for c in _CAPTURES_INPUT})
+    groups = {f["capture"]: " / ".join(_group_value(f, n) for n in names) for f in facts}
+    captures_input = pa.table({"capture": pa.array(list(groups), pa.string()),
+                               "grp": pa.array(list(groups.values()), pa.string()),
+                               "status": pa.array([f.get("status") for f in facts], pa.string()),
+                               "lost_events": pa.array([f.get("lost_events") for f in facts], pa.int64())})
     runner = (spark_engine(ds, INPUT_COLUMNS, master=master) if engine == "spark"
               else duckdb_engine(ds, INPUT_COLUMNS, **engine_options))
     try:
+        segments = segments_table(ds)
+        owners = segments.column("capture").to_pylist()
         runner.register("captures", captures_input)
-        runner.register("fleet_groups", grouping)
+        runner.register("fleet_segments", pa.table({
+            "segment": pa.array([runner.segment_name(f) for f in segments.column("file").to_pylist()], pa.string()),
+            "capture": pa.array(owners, pa.string()), "grp": pa.array([groups[c] for c in owners], pa.string())}))
         rows = runner.query(summary_sql()).to_pylist()
     finally:
         runner.close()
@@ -122,12 +124,6 @@ def _labels(facts: list[dict]) -> dict[str, str]:
     if common in paths:
         common = os.path.dirname(common)
     return {f["capture"]: os.path.relpath(p, common).removesuffix(".tkcap") for f, p in zip(facts, paths)}
-
-
-def capture_facts_column(facts: list[dict], column: str) -> pa.Array:
-    """One column of the ``captures`` input table (string ids and status, int64 counts)."""
-    type_ = pa.int64() if column == "lost_events" else pa.string()
-    return pa.array([f.get(column) for f in facts], type=type_)
 
 
 def _capture_order(by_id: dict, capture: str) -> tuple:
