@@ -93,7 +93,7 @@ class DuckDbEngine:
             if paths:
                 listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
                 source = f"read_parquet([{listed}], filename = true, union_by_name = true)"
-                present = {r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+                present = _present_columns(dataset, family)
             else:
                 source, present = None, set()
             select = ", ".join(_duckdb_column(family, c, t) for c, t in family_columns(family, present, columns))
@@ -122,6 +122,11 @@ def _duckdb_column(family: str, column: str, missing: pa.DataType | None) -> str
     if missing is not None:
         return f'{_null_of(missing, "duckdb")} AS "{column}"'
     return f'"{file_column(family, column)}" AS "{column}"'
+
+
+def _present_columns(dataset: Dataset, family: str) -> set[str]:
+    """The columns any capture's ``family`` has (from the schemas read when the captures were opened)."""
+    return {name for cap in dataset.captures if family in cap.families() for name in cap.schema(family).names}
 
 
 def _segment_files(dataset: Dataset) -> dict[str, list[str]]:
