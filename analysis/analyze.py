@@ -22,6 +22,7 @@ from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_tabl
 from tracekit.analysis.partial import partial_summary, partial_text
 from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
+from tracekit.render import output_width, prose_lines
 
 __all__ = ["Analysis", "analyze_capture", "render_text", "analysis_json", "ANALYSED_FAMILIES", "HEX_COLUMNS",
            "TABLE_TITLES"]
@@ -267,13 +268,15 @@ _SECTIONS = (
 TABLE_TITLES = {key: title for key, title, _ in _SECTIONS}
 
 
-def render_text(result: Analysis, width: int = 80) -> str:
-    """The analysis as text tables of at most ``width`` columns."""
+def render_text(result: Analysis, width: int | None = None) -> str:
+    """The analysis as text: terminal tables (:func:`format_table`, fitted to ``width``, default the
+    terminal's) and verdict lines wrapped at ``width`` (80 in a pipe)."""
     info = result.info
-    out = [f"{info['path']}: kernel {info.get('kernel_release') or '?'}, {info.get('arch') or '?'}, "
-           f"source {info.get('source') or '?'}"[:width]]
+    prose = width or output_width() or 80
+    out = prose_lines(f"{info['path']}: kernel {info.get('kernel_release') or '?'}, {info.get('arch') or '?'}, "
+           f"source {info.get('source') or '?'}", prose)
     if info.get("lost_events"):
-        out.append(f"WARNING: {info['lost_events']:,} events were lost while recording; counts are lower bounds"[:width])
+        out.extend(prose_lines(f"WARNING: {info['lost_events']:,} events were lost while recording; counts are lower bounds", prose))
     if info.get("vm"):
         vm = info["vm"]
         out.append(f"cut to VM pid {vm['pid']} ({vm.get('comm') or '?'}{', guest ' + vm['name'] if vm.get('name') else ''})")
@@ -281,7 +284,7 @@ def render_text(result: Analysis, width: int = 80) -> str:
         out.append(f"cut to phase {info['phase']}")
     for note in ("vm_note", "phase_note"):
         if info.get(note):
-            out.extend(_wrap(f"NOTE: {info[note]}", width))
+            out.extend(prose_lines(f"NOTE: {info[note]}", prose))
     formats = {"share": lambda v: f"{v:.1%}",
                "splits_per_ioctl": lambda v: "-" if pd.isna(v) else f"{v:.1f}",
                "entries_per_walk": lambda v: f"{v:.1f}", **dict.fromkeys(HEX_COLUMNS, format_hex)}
@@ -304,44 +307,38 @@ def render_text(result: Analysis, width: int = 80) -> str:
     if "crosscheck" in verdicts:
         v = verdicts["crosscheck"]
         if v.get("compared"):
-            out.append(f"  model cross-check: {v['verdict']}: {crosscheck.match_text(v)}"[:width])
+            out.extend(prose_lines(f"  model cross-check: {v['verdict']}: {crosscheck.match_text(v)}", prose))
             if v.get("cut_short"):
-                out.extend(_wrap(f"    {v['cut_short']:,} walks cut short by lost events (their recorded reads "
-                                 "agree with the model) were not judged", width))
+                out.extend(prose_lines(f"    {v['cut_short']:,} walks cut short by lost events (their recorded reads "
+                                 "agree with the model) were not judged", prose))
             if v.get("outside_model"):
-                out.extend(_wrap(f"    {v['outside_model']:,} walks of addresses the model does not cover "
-                                 "(outside the selftest's test memory) were not compared", width))
+                out.extend(prose_lines(f"    {v['outside_model']:,} walks of addresses the model does not cover "
+                                 "(outside the selftest's test memory) were not compared", prose))
             if v.get("retried"):
-                out.extend(_wrap(f"    {v['retried']:,} walks were retried from the root (walk_addr_generic's "
-                                 "retry): each compared by its last pass", width))
+                out.extend(prose_lines(f"    {v['retried']:,} walks were retried from the root (walk_addr_generic's "
+                                 "retry): each compared by its last pass", prose))
         else:
-            out.append(f"  model cross-check: {v['verdict']} ({v.get('evidence', '')})"[:width])
+            out.extend(prose_lines(f"  model cross-check: {v['verdict']} ({v.get('evidence', '')})", prose))
     if "walk_causes" in verdicts:
         v = verdicts["walk_causes"]
-        out.extend(_wrap(f"  walk causes: {v['fault']:,} fault, {v['emulation']:,} emulation"
-                         + (f", {v['unknown']:,} unknown" if v["unknown"] else ""), width))
-        out.extend(_wrap("    " + v["evidence"], width))
+        out.extend(prose_lines(f"  walk causes: {v['fault']:,} fault, {v['emulation']:,} emulation"
+                         + (f", {v['unknown']:,} unknown" if v["unknown"] else ""), prose))
+        out.extend(prose_lines("    " + v["evidence"], prose))
     if "skip_levels" in verdicts:
         v = verdicts["skip_levels"]
-        out.append(f"  split walker skips levels: {v['verdict']}"[:width])
-        out.extend(_wrap("    " + v["evidence"], width))
+        out.extend(prose_lines(f"  split walker skips levels: {v['verdict']}", prose))
+        out.extend(prose_lines("    " + v["evidence"], prose))
     if "mmu_lock" in verdicts:
         v = verdicts["mmu_lock"]
         name = f"{v['lock_addr']:#x}" if v.get("lock_addr") is not None else "not identified"
         out.append(f"  mmu_lock: {name}")
-        out.extend(_wrap("    " + v["evidence"], width))
+        out.extend(prose_lines("    " + v["evidence"], prose))
     for key, reason in info.get("skipped", {}).items():
-        out.extend(_wrap(f"  {key}: skipped ({reason})", width))
+        out.extend(prose_lines(f"  {key}: skipped ({reason})", prose))
     if "partial" in info:
         for line in partial_text(info["partial"]):
-            out.extend(_wrap(line, width))
+            out.extend(prose_lines(line, prose))
     return "\n".join(out)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width=width, subsequent_indent="    ") or [""]
 
 
 def analysis_json(result: Analysis) -> dict:

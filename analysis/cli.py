@@ -16,12 +16,14 @@ import typer
 from typer.core import TyperCommand
 
 from tracekit.analysis.analyze import analysis_json, analyze_capture, render_text
-from tracekit.analysis.common import format_table, records
+from tracekit.analysis.common import records
 from tracekit.analysis.compare import compare_runs, capture_metrics
+from tracekit.analysis.compare_view import compare_html, compare_text, sides_notes
 from tracekit.analysis.vms import VmCapture, select_vm
 from tracekit.capture import open_capture
 from tracekit.errors import CaptureFormatError, UsageError
 from tracekit.memtune import keep_freed_memory
+from tracekit.render import write_output_file
 
 __all__ = ["register", "analyze", "report", "compare"]
 
@@ -112,16 +114,37 @@ def report(
 
 
 class _SplitAtDoubleDash(TyperCommand):
-    """Keeps the runs after ``--`` apart (click would merge them into the positional list); options
-    written after them (``--json``) still count as options, as captures never start with ``-``."""
+    """Keeps the runs after ``--`` apart (click would merge them into the positional list). Options may
+    come anywhere, after the runs of B too (``A -- B --phase X``): an option after ``--`` is moved
+    before it with its value, as captures never start with ``-``."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if "--" in args:
             i = args.index("--")
-            after = args[i + 1:]
-            ctx.meta["tracekit_runs_b"] = [a for a in after if not a.startswith("-")]
-            args = args[:i] + [a for a in after if a.startswith("-")]
+            takes_value = {name for param in self.params if not getattr(param, "is_flag", True)
+                           for name in (*param.opts, *param.secondary_opts)}
+            options, runs_b = [], []
+            after = iter(args[i + 1:])
+            for token in after:
+                if not token.startswith("-"):
+                    runs_b.append(token)
+                    continue
+                options.append(token)
+                value = next(after, None) if token in takes_value else None
+                if value is not None:
+                    options.append(value)
+            ctx.meta["tracekit_runs_b"] = runs_b
+            args = args[:i] + options
         return super().parse_args(ctx, args)
+
+
+def _metrics(paths: List[Path], phase: Optional[str]) -> tuple[list, list[dict]]:
+    runs, manifests = [], []
+    for path in paths:
+        cap = open_capture(path)
+        runs.append(capture_metrics(analyze_capture(cap, phase=phase), cap.manifest))
+        manifests.append(cap.manifest)
+    return runs, manifests
 
 
 def compare(
@@ -129,18 +152,24 @@ def compare(
     runs_a: List[Path] = typer.Argument(..., help="Captures of side A, then --, then captures of side B."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON (docs/cli-json/analysis.md)."),
     phase: Optional[str] = typer.Option(None, "--phase", "-P", help=_PHASE_HELP),
-    show_all: bool = typer.Option(False, "--all", help="Also list metrics whose difference is within noise."),
+    show_all: bool = typer.Option(False, "--all", help="Also list metrics identical in every run or within noise."),
+    html_output: Optional[Path] = typer.Option(None, "--html", help="Also write the tables and a figure of the "
+                                               "changes to this HTML file."),
 ) -> None:
     """Compare repeated runs on two kernels or settings: A... -- B...
 
-    Per metric (phase times, ioctl latency, walks, lock waits, splits) the mean and sample stdev of
-    each side and the relative change of B against A, in the form the kernel patches use:
-    "-35.47% runtime (stdev 5.63%)". A difference within about two standard errors (Welch's t) is
-    marked "within noise"; with a single run on a side the noise is unknown.
+    Per metric, grouped by phase, ioctl, page-table level, lock role (mmu_lock, never an address) and
+    work (walks, splits): A mean ± stdev, B mean ± stdev, the change of B against A in percent ±
+    its stdev propagated from both sides, and the runs per side, as a kernel patch's cover letter
+    puts it: "-35.47% runtime (stdev 5.63%)". A side with one run has no stdev ("n/a"). A difference
+    within about two standard errors (Welch's t) is "within noise"; such rows, and metrics identical in
+    every run, are shown only with --all. Options may come anywhere, after the runs of B too.
 
     Examples:
 
       tracekit compare base-1.tkcap base-2.tkcap base-3.tkcap -- new-1.tkcap new-2.tkcap new-3.tkcap
+
+      tracekit compare a*.tkcap -- b*.tkcap --phase enable-dirty-logging --html compare.html
 
       tracekit compare a*.tkcap -- b*.tkcap --json | jq '.metrics[] | .text'
     """
@@ -148,27 +177,23 @@ def compare(
     if not runs_b:
         raise UsageError("give the captures of side B after a '--': tracekit compare A... -- B...")
     keep_freed_memory()
-    metrics_a = [capture_metrics(analyze_capture(open_capture(p), phase=phase)) for p in runs_a]
-    metrics_b = [capture_metrics(analyze_capture(open_capture(p), phase=phase)) for p in runs_b]
+    metrics_a, manifests_a = _metrics(runs_a, phase)
+    metrics_b, manifests_b = _metrics(runs_b, phase)
     table = compare_runs(metrics_a, metrics_b)
     if table.empty:
         raise CaptureFormatError("the two sides have no metric in common (do the captures hold the same families?)")
+    paths_a, paths_b = [str(p) for p in runs_a], [str(p) for p in runs_b]
+    notes = sides_notes(paths_a, manifests_a, paths_b, manifests_b)
+    if html_output is not None:
+        write_output_file(html_output, compare_html(table, notes, show_all))
     if as_json:
-        doc = {"schema": "tracekit.compare/1", "a": [str(p) for p in runs_a], "b": [str(p) for p in runs_b],
-               "phase": phase, "metrics": records(table)}
+        doc = {"schema": "tracekit.compare/2", "a": paths_a, "b": paths_b, "phase": phase,
+               "notes": notes, "metrics": records(table)}
         typer.echo(json.dumps(doc, indent=1))
         return
-    shown = table if show_all else table[table["noise"] != "within"]
-    typer.echo(f"A: {len(runs_a)} run(s), B: {len(runs_b)} run(s); change of B against A")
-    notes = {"within": "within noise", "unknown": "noise unknown", "beyond": ""}
-    rows = shown.assign(
-        change=[("n/a" if c is None or c != c else f"{c:+.2f}%") for c in shown["change_pct"]],
-        stdev=[f"{s:.2f}%" for s in shown["stdev_pct"]], note=shown["noise"].map(notes))
-    typer.echo(format_table(rows[["metric", "unit", "change", "stdev", "note"]], width=80, max_rows=500,
-                            formats={"metric": lambda v: str(v)[:40]}))
-    hidden = len(table) - len(shown)
-    if hidden:
-        typer.echo(f"{hidden} metric(s) within noise not shown (--all shows them)")
+    typer.echo(compare_text(table, notes, show_all))
+    if html_output is not None:
+        typer.echo(f"wrote {html_output}", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@
 or a required column is missing); :func:`vcpu_map` / :func:`add_vcpu` map threads to vCPUs from the
 manifest (-1 for other threads); :func:`latency_summary` gives count, total, mean, *nearest-rank*
 p50/p90/p99 (always an observed value) and max per group; :func:`group_codes` / :func:`count_by` group
-large frames by hashing; :func:`format_table` renders at most ``width`` columns. Times are integer
+large frames by hashing; :func:`format_table` renders a terminal table. Times are integer
 nanoseconds on CLOCK_MONOTONIC.
 """
 
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from tracekit.capture.reader import exact_pandas
 from tracekit.errors import AnalysisError
+from tracekit.render import frame_table_text
 
 __all__ = [
     "PERCENTILES",
@@ -358,53 +359,17 @@ def format_hex(value: Any) -> str:
     return "-" if value is None or pd.isna(value) else f"{int(value):#x}"
 
 
-def format_table(frame: pd.DataFrame, *, title: str | None = None, width: int = 80,
+def format_table(frame: pd.DataFrame, *, title: str | None = None, width: int | None = None,
                  formats: dict[str, Any] | None = None, max_rows: int = 40) -> str:
-    """Fixed-width text of ``frame``; columns are dropped from the right to fit ``width``.
+    """``frame`` as a terminal table (:func:`tracekit.render.frame_table_text`): every column, fitted to
+    ``width`` (default: the terminal's; a pipe gets each table at its natural width).
 
-    ``formats`` maps a column to a callable turning one value into text (default: ``str``,
-    durations in columns ending in ``_ns`` through :func:`format_ns`).
+    ``formats`` maps a column to a callable turning one value into text (default: durations in columns
+    ending in ``_ns`` through :func:`format_ns`, which also drops the ``_ns`` from the header).
     """
-    formats = formats or {}
-    lines: list[str] = []
-    if title:
-        lines.append(title[:width])
-    if frame.empty:
-        lines.append("  (no rows)")
-        return "\n".join(lines)
-    shown = frame.head(max_rows)
-    cells: dict[str, list[str]] = {}
-    for column in shown.columns:
-        fmt = formats.get(column)
-        if fmt is None:
-            fmt = format_ns if str(column).endswith("_ns") else _plain
-        cells[column] = [fmt(v) for v in shown[column].tolist()]
-    widths = {c: max(len(str(c).removesuffix("_ns")), *(len(s) for s in cells[c])) for c in shown.columns}
-    kept: list[str] = []
-    used = 0
-    for column in shown.columns:
-        need = widths[column] + (2 if kept else 0)
-        if used + need > width:
-            break
-        kept.append(column)
-        used += need
-    header = "  ".join(str(c).removesuffix("_ns").rjust(widths[c]) for c in kept)
-    lines.append(header)
-    for i in range(len(shown)):
-        lines.append("  ".join(cells[c][i].rjust(widths[c]) for c in kept))
-    if len(frame) > max_rows:
-        lines.append(f"  ... {len(frame) - max_rows} more rows (use --json for all)")
-    if len(kept) < len(shown.columns):
-        lines.append(f"  (columns not shown at {width} wide: {', '.join(map(str, shown.columns[len(kept):]))})"[:width])
-    return "\n".join(lines)
-
-
-def _plain(value: Any) -> str:
-    if _missing(value):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
+    headers = {c: str(c).removesuffix("_ns") for c in frame.columns}
+    return frame_table_text(frame, title=title, formats=formats, max_rows=max_rows, headers=headers,
+                            default=lambda column: format_ns if column.endswith("_ns") else None, width=width)
 
 
 def records(frame: pd.DataFrame) -> list[dict]:

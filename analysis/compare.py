@@ -1,119 +1,258 @@
-"""A/B comparison of repeated runs: per metric mean, stdev and relative change, kernel-patch style.
+"""A/B comparison of repeated runs, in the form of a kernel patch's cover letter.
 
 Contract
 --------
-:func:`capture_metrics` reduces one :class:`tracekit.analysis.analyze.Analysis` to named scalar
-metrics (``metric`` -> ``(value, unit)``): every phase's duration (``phase <label>``, seconds) and
-each phase name's total over its iterations (``phase <name> total``), per ioctl kind the mean and
-total latency (``ioctl <NAME> mean`` / ``total``, seconds), guest walks (``walks``, count), per lock
-the summed wait and the number of waits (``lock <name> wait`` seconds / ``lock <name> waits``),
-splits inside dirty-log ioctls (``splits``), split calls and events (``split calls``) and arm64
-stage-2 visits per level and kind (``stage2 L<level> <kind> visits``), all counts, and for captures
-with a recording window the operations it cut (``partial operations``, count: ``info.partial.total``).
+:func:`capture_metrics` reduces one analysed capture (:class:`tracekit.analysis.analyze.Analysis`) to
+:class:`RunMetrics`: named scalars keyed ``(group, metric)`` with a unit (``s`` or ``count``), in the
+groups of :data:`GROUPS`:
 
-:func:`compare_runs` takes the metric dicts of runs A and runs B and returns one row per metric
-present in both: ``metric``, ``unit``, ``n_a``, ``n_b``, ``mean_a``, ``stdev_a``, ``mean_b``,
-``stdev_b`` (sample standard deviations, ddof = 1; 0 for one run), ``change_pct`` =
-``100 * (mean_b - mean_a) / mean_a`` (null when ``mean_a`` is 0), ``stdev_pct`` = the larger of the
-two relative stdevs in percent, ``noise`` (``within`` when Welch's ``|t| < 2``, i.e. the difference
-is within about two standard errors; ``beyond`` otherwise; ``unknown`` with fewer than two runs on a
-side) and ``text``: ``"-35.47% runtime (stdev 5.63%)"``, followed by ``", within noise"`` where it is.
+- ``phase``: each phase's runtime (``enable-dirty-logging runtime``; a lab run's steps when the capture
+  has no other phases) and, for a phase run more than once, the sum over its iterations;
+- ``ioctl``: per ioctl kind its runtime (the sum over its calls), the number of calls, and the runtime per
+  call (compared only where the runs made different numbers of calls, else it is the runtime rescaled); memslot ioctls also per change
+  (``KVM_SET_USER_MEMORY_REGION log-dirty-on runtime``: the dirty-log enable);
+- ``level``: guest PTE reads per level (x86) and arm64 stage-2 visits per level, visitor and kind;
+- ``lock``: per lock *role* (``mmu_lock`` where analyze identified it, else ``other locks``, never an
+  address, which changes between runs), KVM operation and mode: the summed wait and the number of waits;
+- ``work``: guest walks, huge-page splits, split calls and their runtime, operations the recording
+  window cut.
+
+A metric missing from a run whose capture measured its group (the table exists) counts as 0 (a lock
+never contended, a level never visited); a metric a run could not measure leaves the comparison.
+
+:func:`compare_runs` takes the :class:`RunMetrics` of runs A and runs B and returns one row per metric
+(columns :data:`COMPARE_COLUMNS`): ``n_a``/``n_b`` runs; ``mean_a``/``mean_b``; ``stdev_a``/``stdev_b``
+the sample standard deviations (ddof = 1), null with a single run; ``change_pct`` =
+``100 * (mean_b - mean_a) / mean_a`` (null when ``mean_a`` is 0); ``change_stdev_pct`` its standard
+deviation propagated from both sides' (first order: ``100 * sqrt(sd_b**2 + (mean_b * sd_a / mean_a)**2) /
+|mean_a|``), null when a side has one run; ``noise``: ``identical`` (every run of both sides has the same
+value), ``beyond`` (Welch's t-test: the difference is significant at 95%, two-sided, with
+Welch-Satterthwaite degrees of freedom), ``within`` (it is not: within noise), or ``unknown`` (a side has
+one run); ``text``: ``"-35.47% enable-dirty-logging runtime (stdev 5.63%)"``,
+with ``stdev n/a`` and the reason where a side has one run.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["capture_metrics", "compare_runs", "format_change", "COMPARE_COLUMNS"]
+from tracekit.analysis.phases import lab_phases
 
-COMPARE_COLUMNS = ["metric", "unit", "n_a", "n_b", "mean_a", "stdev_a", "mean_b", "stdev_b", "change_pct",
-                   "stdev_pct", "noise", "text"]
+__all__ = ["GROUPS", "COMPARE_COLUMNS", "RunMetrics", "capture_metrics", "compare_runs", "format_change"]
+
+#: Metric groups, in the order they are shown.
+GROUPS = ("phase", "ioctl", "level", "lock", "work")
+
+COMPARE_COLUMNS = ["group", "metric", "unit", "n_a", "n_b", "mean_a", "stdev_a", "mean_b", "stdev_b",
+                   "change_pct", "change_stdev_pct", "noise", "text"]
+
+_ADDRESS = re.compile(r"0x[0-9a-f]+")
+_PER_CALL = " runtime per call"
 
 
-def capture_metrics(result: Any) -> dict[str, tuple[float, str]]:
-    """Scalar metrics of one analysed capture (see the module docstring)."""
-    metrics: dict[str, tuple[float, str]] = {}
-    phases = result.tables.get("phases")
-    if phases is not None and len(phases):
-        for label, duration in zip(phases["phase"], phases["duration_ns"]):
-            metrics[f"phase {label}"] = (duration / 1e9, "s")
-        for name, total in phases.groupby("name")["duration_ns"].sum().items():
-            if (phases["name"] == name).sum() > 1:
-                metrics[f"phase {name} total"] = (total / 1e9, "s")
-    ioctl = result.tables.get("ioctl_latency")
-    if ioctl is not None:
-        for name, mean, total in zip(ioctl["cmd_name"], ioctl["mean_ns"], ioctl["total_ns"]):
-            metrics[f"ioctl {name} mean"] = (float(mean) / 1e9, "s")
-            metrics[f"ioctl {name} total"] = (float(total) / 1e9, "s")
-    walk_depth = result.tables.get("walk_depth")  # one count per walk of the cut, like the walk frame's rows
-    if walk_depth is not None:
-        metrics["walks"] = (float(walk_depth["walks"].sum()), "count")
-    locks = result.tables.get("lock_contention")
-    if locks is not None and len(locks):
-        for name, group in locks.groupby("lock"):
-            metrics[f"lock {name} wait"] = (float(group["total_ns"].sum()) / 1e9, "s")
-            metrics[f"lock {name} waits"] = (float(group["count"].sum()), "count")
-    split = result.tables.get("split_per_ioctl")
-    if split is not None and len(split):
-        metrics["splits"] = (float(split["splits"].sum()), "count")
-    calls = result.tables.get("split_calls")
-    if calls is not None and len(calls):
-        metrics["split calls"] = (float(calls["count"].sum()), "count")
-    stage2 = result.tables.get("stage2_visits")
+@dataclass
+class RunMetrics:
+    """One run's metrics: ``values[(group, metric)] = (value, unit)``; ``measured`` the groups whose
+    tables the capture had (a metric of a measured group missing from ``values`` is 0)."""
+
+    values: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    measured: set[str] = field(default_factory=set)
+
+    def put(self, group: str, metric: str, value: float, unit: str) -> None:
+        self.values[(group, metric)] = (float(value), unit)
+
+    def add(self, group: str, metric: str, value: float, unit: str) -> None:
+        old = self.values.get((group, metric), (0.0, unit))[0]
+        self.values[(group, metric)] = (old + float(value), unit)
+
+
+def _table(result: Any, key: str) -> pd.DataFrame | None:
+    return result.tables.get(key)
+
+
+def _phase_metrics(out: RunMetrics, result: Any, manifest: dict) -> None:
+    phases = _table(result, "phases")
+    if phases is None or phases.empty:
+        phases = lab_phases(manifest)
+    if phases.empty:
+        return
+    for label, duration in zip(phases["phase"], phases["duration_ns"]):
+        out.put("phase", f"{label} runtime", duration / 1e9, "s")
+    for name, group in phases.groupby("name", sort=False):
+        if len(group) > 1:
+            out.put("phase", f"{name} runtime (all {len(group)})", group["duration_ns"].sum() / 1e9, "s")
+
+
+def _ioctl_metrics(out: RunMetrics, result: Any) -> None:
+    ioctl = _table(result, "ioctl_latency")
+    if ioctl is None:
+        return
+    out.measured.add("ioctl")
+    for name, count, total in zip(ioctl["cmd_name"], ioctl["count"], ioctl["total_ns"]):
+        out.put("ioctl", f"{name} runtime", float(total) / 1e9, "s")
+        out.put("ioctl", f"{name} calls", float(count), "count")
+        if count:
+            out.put("ioctl", f"{name}{_PER_CALL}", float(total) / count / 1e9, "s")
+    memslot = _table(result, "memslot_latency")
+    if memslot is not None:
+        for (name, change), group in memslot.groupby(["cmd_name", "change"], sort=False):
+            if change:
+                out.add("ioctl", f"{name} {change} runtime", group["total_ns"].sum() / 1e9, "s")
+                out.add("ioctl", f"{name} {change} calls", group["count"].sum(), "count")
+
+
+def _level_metrics(out: RunMetrics, result: Any) -> None:
+    visits = _table(result, "walk_visits_vs_model")
+    if visits is not None and "observed" in visits:
+        out.measured.add("level")
+        for level, observed in zip(visits["level"], visits["observed"]):
+            out.add("level", f"L{level} guest PTE reads", observed, "count")
+    stage2 = _table(result, "stage2_visits")
     if stage2 is not None:
-        for level, kind, entries in zip(stage2["level"], stage2["kind"], stage2["entries"]):
-            metrics[f"stage2 L{level} {kind} visits"] = (float(entries), "count")
+        out.measured.add("level")
+        for level, visitor, kind, entries in zip(stage2["level"], stage2["visitor"], stage2["kind"], stage2["entries"]):
+            out.add("level", f"L{level} {visitor} {kind} visits", entries, "count")
+
+
+def lock_role(name: str) -> str:
+    """``mmu_lock`` (or another name analyze gave) stays; a bare address becomes ``other locks``."""
+    return "other locks" if _ADDRESS.fullmatch(str(name)) else str(name)
+
+
+def _lock_metrics(out: RunMetrics, result: Any) -> None:
+    locks = _table(result, "lock_contention")
+    if locks is None:
+        return
+    out.measured.add("lock")
+    for lock, operation, mode, count, total in zip(locks["lock"], locks["operation"], locks["mode"],
+                                                    locks["count"], locks["total_ns"]):
+        key = f"{lock_role(lock)} {operation} {mode}"
+        out.add("lock", f"{key} wait", float(total) / 1e9, "s")
+        out.add("lock", f"{key} waits", count, "count")
+
+
+def _work_metrics(out: RunMetrics, result: Any) -> None:
+    walk_depth = _table(result, "walk_depth")  # one count per walk of the cut, like the walk frame's rows
+    if walk_depth is not None:
+        out.put("work", "guest walks", walk_depth["walks"].sum(), "count")
+    split = _table(result, "split_per_ioctl")
+    if split is not None:
+        out.put("work", "splits in dirty-log ioctls", split["splits"].sum(), "count")
+    calls = _table(result, "split_calls")
+    if calls is not None:
+        out.measured.add("work")
+        for source, level, count, total in zip(calls["source"], calls["level"], calls["count"], calls["total_ns"]):
+            what = "split calls" if source == "call" else f"split {source}s"
+            where = "" if level is None or pd.isna(level) or level == -1 else f" L{level}"
+            out.add("work", f"{what}{where}", count, "count")
+            if source == "call":
+                out.add("work", f"{what}{where} runtime", float(total) / 1e9, "s")
     partial = result.info.get("partial")
     if partial and partial.get("window"):  # operations the recording window cut: a side's partiality shows
-        metrics["partial operations"] = (float(partial["total"]), "count")
-    return metrics
+        out.put("work", "partial operations", partial["total"], "count")
 
 
-def format_change(change_pct: float | None, stdev_pct: float, what: str, noise: str) -> str:
-    """``"-35.47% runtime (stdev 5.63%)"`` (+ ``", within noise"``)."""
+def capture_metrics(result: Any, manifest: dict | None = None) -> RunMetrics:
+    """The metrics of one analysed capture (see the module docstring); ``manifest`` supplies a lab run's
+    steps when the analysis found no phases."""
+    out = RunMetrics()
+    _phase_metrics(out, result, manifest or {})
+    _ioctl_metrics(out, result)
+    _level_metrics(out, result)
+    _lock_metrics(out, result)
+    _work_metrics(out, result)
+    return out
+
+
+def format_change(change_pct: float | None, stdev_pct: float | None, what: str, why_no_stdev: str = "") -> str:
+    """``"-35.47% runtime (stdev 5.63%)"``; ``"(stdev n/a: WHY)"`` without a stdev."""
     if change_pct is None or math.isnan(change_pct):
-        return f"n/a {what} (baseline is 0)"
-    text = f"{change_pct:+.2f}% {what} (stdev {stdev_pct:.2f}%)"
-    if noise == "within":
-        text += ", within noise"
-    elif noise == "unknown":
-        text += ", noise unknown (needs 2+ runs per side)"
-    return text
+        return f"n/a {what} (A is 0)"
+    if stdev_pct is None or math.isnan(stdev_pct):
+        return f"{change_pct:+.2f}% {what} (stdev n/a{': ' + why_no_stdev if why_no_stdev else ''})"
+    return f"{change_pct:+.2f}% {what} (stdev {stdev_pct:.2f}%)"
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float]:
+def _stats(values: Sequence[float]) -> tuple[float, float | None]:
     arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
 
 
-def compare_runs(runs_a: Sequence[dict[str, tuple[float, str]]], runs_b: Sequence[dict[str, tuple[float, str]]]
-                 ) -> pd.DataFrame:
-    """One row per metric present in every run of both sides (see the module docstring)."""
+def _values(runs: Sequence[RunMetrics], key: tuple[str, str]) -> list[float] | None:
+    """The metric in every run (0 where the run measured its group but not the metric), else None."""
+    out = []
+    for run in runs:
+        if key in run.values:
+            out.append(run.values[key][0])
+        elif key[0] in run.measured and not key[1].endswith(_PER_CALL):  # no call has no runtime per call
+            out.append(0.0)
+        else:
+            return None
+    return out
+
+
+def _fixed_calls(runs: Sequence[RunMetrics], key: tuple[str, str]) -> bool:
+    """A per-call runtime where every run made the same number of calls: the runtime row rescaled."""
+    if not key[1].endswith(_PER_CALL):
+        return False
+    calls = {run.values.get((key[0], key[1].removesuffix(_PER_CALL) + " calls"), (0.0,))[0] for run in runs}
+    return len(calls) == 1
+
+
+#: Two-sided 95% critical values of Student's t by degrees of freedom (1-30); 1.96 beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def _t95(df: float) -> float:
+    """The critical value for ``df`` degrees of freedom, rounded down (the stricter side)."""
+    whole = int(math.floor(df))
+    return _T95[max(whole, 1) - 1] if whole <= len(_T95) else 1.96
+
+
+def _noise(a: list[float], b: list[float], sd_a: float | None, sd_b: float | None) -> str:
+    if len(set(a) | set(b)) == 1:
+        return "identical"
+    if sd_a is None or sd_b is None:
+        return "unknown"
+    va, vb = sd_a**2 / len(a), sd_b**2 / len(b)
+    difference = abs(float(np.mean(b)) - float(np.mean(a)))
+    if va + vb == 0:  # each side constant, the sides differ
+        return "beyond"
+    df = (va + vb) ** 2 / ((va**2 / (len(a) - 1) if va else 0.0) + (vb**2 / (len(b) - 1) if vb else 0.0))
+    return "beyond" if difference / math.sqrt(va + vb) >= _t95(df) else "within"
+
+
+def compare_runs(runs_a: Sequence[RunMetrics], runs_b: Sequence[RunMetrics]) -> pd.DataFrame:
+    """One row per metric both sides measured, by group (see the module docstring)."""
     if not runs_a or not runs_b:
         return pd.DataFrame(columns=COMPARE_COLUMNS)
-    common = set.intersection(*(set(r) for r in (*runs_a, *runs_b)))
-    order = [m for m in runs_a[0] if m in common]
+    keys: dict[tuple[str, str], str] = {}
+    for run in (*runs_a, *runs_b):
+        for key, (_, unit) in run.values.items():
+            keys.setdefault(key, unit)
     rows = []
-    for metric in order:
-        unit = runs_a[0][metric][1]
-        a = [r[metric][0] for r in runs_a]
-        b = [r[metric][0] for r in runs_b]
+    for (group, metric), unit in keys.items():
+        a, b = _values(runs_a, (group, metric)), _values(runs_b, (group, metric))
+        if a is None or b is None or _fixed_calls((*runs_a, *runs_b), (group, metric)):
+            continue
         mean_a, sd_a = _stats(a)
         mean_b, sd_b = _stats(b)
         change = 100.0 * (mean_b - mean_a) / mean_a if mean_a else None
-        rel = [sd / abs(m) * 100.0 for sd, m in ((sd_a, mean_a), (sd_b, mean_b)) if m]
-        stdev_pct = max(rel) if rel else 0.0
-        if len(a) < 2 or len(b) < 2:
-            noise = "unknown"
-        else:
-            se = math.sqrt(sd_a**2 / len(a) + sd_b**2 / len(b))
-            noise = "within" if (se == 0 and mean_a == mean_b) or (se > 0 and abs(mean_b - mean_a) / se < 2) else "beyond"
-        what = metric if unit != "s" else f"{metric} time"
-        rows.append({"metric": metric, "unit": unit, "n_a": len(a), "n_b": len(b), "mean_a": mean_a, "stdev_a": sd_a,
-                     "mean_b": mean_b, "stdev_b": sd_b, "change_pct": change, "stdev_pct": stdev_pct, "noise": noise,
-                     "text": format_change(change, stdev_pct, what, noise)})
-    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+        change_sd = None
+        if change is not None and sd_a is not None and sd_b is not None:
+            change_sd = 100.0 * math.sqrt(sd_b**2 + (mean_b * sd_a / mean_a) ** 2) / abs(mean_a)
+        single = " and ".join(side for side, sd in (("A", sd_a), ("B", sd_b)) if sd is None)
+        rows.append({"group": group, "metric": metric, "unit": unit, "n_a": len(a), "n_b": len(b),
+                     "mean_a": mean_a, "stdev_a": sd_a, "mean_b": mean_b, "stdev_b": sd_b, "change_pct": change,
+                     "change_stdev_pct": change_sd, "noise": _noise(a, b, sd_a, sd_b),
+                     "text": format_change(change, change_sd, metric, f"one run of {single}" if single else "")})
+    table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    order = {group: i for i, group in enumerate(GROUPS)}
+    return table.sort_values("group", key=lambda g: g.map(order), kind="stable").reset_index(drop=True)

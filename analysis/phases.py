@@ -15,11 +15,16 @@ iteration     int64   1-based iteration, 0 for phases without one
 start_ns      int64   CLOCK_MONOTONIC start
 end_ns        int64   CLOCK_MONOTONIC end (exclusive)
 duration_ns   int64   ``end_ns - start_ns``
-source        str     ``workload`` (the built-in workload's record) or ``selftest`` (parsed output)
+source        str     ``workload`` (the built-in workload's record), ``selftest`` (parsed output)
+                      or ``lab`` (a lab run's steps)
 ============  ======  ==========================================================================
 
 - :func:`workload_phases` reads the ``workload.phases`` list of a manifest (``name``,
   ``iteration``, ``start_ns``, ``end_ns``).
+- :func:`lab_phases` reads the steps of a ``tracekit lab`` run (``lab.steps``: ``op``, ``begin_ns``,
+  ``end_ns`` on the guest's clock): ``log`` steps are ``enable-dirty-logging`` or
+  ``disable-dirty-logging`` by the scenario's argument, ``dirty_memory_2`` is ``dirty-memory#2``, a name
+  met more than once is numbered.
 - :func:`parse_selftest_output` parses dirty_log_perf_test and kvm_page_table_test output
   (optionally prefixed ``# `` by the kselftest runner) into phases with durations only;
   :func:`align_selftest_phases` puts them on the capture's clock using the dirty-log ioctls the
@@ -36,6 +41,7 @@ source        str     ``workload`` (the built-in workload's record) or ``selftes
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -50,6 +56,7 @@ __all__ = [
     "PhaseCodes",
     "make_phase_table",
     "workload_phases",
+    "lab_phases",
     "parse_selftest_output",
     "align_selftest_phases",
     "dirty_log_events",
@@ -122,6 +129,34 @@ def workload_phases(manifest: dict) -> pd.DataFrame:
         rows.append({"name": p.get("name", "?"), "iteration": p.get("iteration") or 0,
                      "start_ns": int(p["start_ns"]), "end_ns": int(p["end_ns"])})
     return make_phase_table(rows, "workload")
+
+
+def lab_phases(manifest: dict) -> pd.DataFrame:
+    """The steps of a lab run as phases (source ``lab``; empty when the capture is not a lab run's)."""
+    steps = (manifest.get("lab") or {}).get("steps") or []
+    scenario_steps = ((manifest.get("workload") or {}).get("scenario") or {}).get("steps") or []
+    rows = []
+    for step in steps:
+        if step.get("begin_ns") is None or step.get("end_ns") is None:
+            continue
+        name, iteration = str(step.get("op", "?")), 0
+        index = step.get("index")
+        if name == "log" and isinstance(index, int) and index < len(scenario_steps):
+            arguments = scenario_steps[index][1:]
+            name = "enable-dirty-logging" if arguments and arguments[0] else "disable-dirty-logging"
+        numbered = re.fullmatch(r"(.*\D)_(\d+)", name)
+        if numbered:
+            name, iteration = numbered.group(1), int(numbered.group(2))
+        rows.append({"name": name, "iteration": iteration, "start_ns": int(step["begin_ns"]),
+                     "end_ns": int(step["end_ns"])})
+    repeated = Counter(normalise_name(row["name"]) for row in rows if not row["iteration"])
+    seen: Counter = Counter()
+    for row in rows:
+        name = normalise_name(row["name"])
+        if not row["iteration"] and repeated[name] > 1:
+            seen[name] += 1
+            row["iteration"] = seen[name]
+    return make_phase_table(rows, "lab")
 
 
 def parse_selftest_output(text: str) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """The ``tracekit`` command line.
 
-The only place where a :class:`tracekit.errors.TracekitError` or a stop signal
-(:class:`tracekit.stopsignals.StopSignal`) becomes one line on stderr and a non-zero exit code. Each
+The only place where a :class:`tracekit.errors.TracekitError`, a stop signal
+(:class:`tracekit.stopsignals.StopSignal`) or a usage error (unknown option, missing argument) becomes
+one line on stderr (:func:`tracekit.render.error_line`) and a non-zero exit code. Each
 subsystem adds its commands through ``register(app)`` in its own ``cli`` module
 (:data:`COMMAND_MODULES`), so this file stays small.
 """
@@ -16,7 +17,8 @@ import typer
 from typer.core import TyperGroup
 
 from tracekit import __version__
-from tracekit.errors import TracekitError, one_line, printable
+from tracekit.errors import TracekitError, printable
+from tracekit.render import error_line
 from tracekit.stopsignals import StopSignal
 
 __all__ = ["app", "main", "COMMAND_MODULES", "is_verbose"]
@@ -45,16 +47,34 @@ def is_verbose() -> bool:
 
 
 class _TracekitGroup(TyperGroup):
-    """Turns TracekitError and StopSignal into one line and an exit code; keeps the commands in order."""
+    """Turns TracekitError, StopSignal and usage errors into one line and an exit code; keeps the
+    commands in order."""
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Click's usage errors (unknown option, missing argument, bad value) in the one error style of
+        :func:`tracekit.render.error_line`, not typer's boxed panels; exit code 2."""
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as error:  # click's exceptions, by duck type: typer has vendored click
+            if not (hasattr(error, "format_message") and hasattr(error, "exit_code")) and \
+                    type(error).__name__ != "Abort":
+                raise
+            code = _show_usage_error(error)
+            if not standalone_mode:
+                raise
+            sys.exit(code)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except TracekitError as error:
-            typer.echo(f"tracekit: error: {one_line(str(error))}", err=True)
+            typer.echo(error_line(str(error)), err=True)
             if _verbose and error.detail:
                 typer.echo(printable(error.detail), err=True)
             raise typer.Exit(error.exit_code) from None
@@ -63,6 +83,23 @@ class _TracekitGroup(TyperGroup):
             raise typer.Exit(stop.exit_code) from None
         except BrokenPipeError:
             raise typer.Exit(141) from None
+
+
+def _show_usage_error(error: Exception) -> int:
+    """Print a click exception in the one error style (help itself where no arguments ask for it); its
+    exit code."""
+    if type(error).__name__ == "Abort":
+        typer.echo("tracekit: aborted", err=True)
+        return 1
+    if type(error).__name__ == "NoArgsIsHelpError":  # a group called bare: its help
+        typer.echo(error.format_message(), err=True)
+        return int(getattr(error, "exit_code", 2))
+    message = error.format_message()
+    ctx = getattr(error, "ctx", None)
+    if ctx is not None:
+        message = message.rstrip(".") + f" (see '{ctx.command_path} -h')"
+    typer.echo(error_line(message), err=True)
+    return int(getattr(error, "exit_code", 2))
 
 
 app = typer.Typer(

@@ -17,11 +17,18 @@ runner = CliRunner()
 SAMPLE = str(SAMPLES / "x86-dirty-log-4k.tkcap")
 
 
-def test_analyze_text_is_80_columns():
-    result = runner.invoke(app, ["analyze", SAMPLE])
-    assert result.exit_code == 0, result.output
-    assert "model cross-check: match: 8,213 of 8,213 walks match (100.00%)" in result.output
-    assert max(len(line) for line in result.output.splitlines()) <= 80
+def test_analyze_text_fits_the_width_and_keeps_every_column():
+    """COLUMNS=80 (a terminal of 80): every line fits and every column of every table is there; into a
+    pipe (no COLUMNS) each table is at its natural width, the same columns, no colour codes."""
+    for env, widest in (({"COLUMNS": "80"}, 80), ({}, None)):
+        result = runner.invoke(app, ["analyze", SAMPLE], env={"COLUMNS": None, "NO_COLOR": None, **env})
+        assert result.exit_code == 0, result.output
+        assert "model cross-check: match: 8,213 of 8,213 walks match (100.00%)" in result.output
+        assert "\x1b[" not in result.output and "columns not shown" not in result.output
+        header = next(line for line in result.output.splitlines() if line.startswith("cmd_name"))
+        assert header.split() == ["cmd_name", "count", "errors", "errnos", "total", "mean", "p50", "p99", "max"]
+        if widest:
+            assert max(len(line) for line in result.output.splitlines()) <= widest
 
 
 def test_analyze_json_and_phase():
@@ -67,13 +74,34 @@ def test_compare_runs(tmp_path):
         write_synthetic_capture(path, 1000 + 10 * i, extra_rows=200, seed=i)
     result = runner.invoke(app, ["compare", *map(str, a), "--", *map(str, b), "--json"])
     assert result.exit_code == 0, result.output
-    metrics = {m["metric"]: m for m in json.loads(result.output)["metrics"]}
-    walks = metrics["walks"]
-    # A: 2000, 2010 (mean 2005); B: 1000, 1010 (mean 1005): -49.88%
+    doc = json.loads(result.output)
+    assert doc["schema"] == "tracekit.compare/2"
+    walks = {m["metric"]: m for m in doc["metrics"]}["guest walks"]
+    # A: 2000, 2010 (mean 2005, stdev 7.07); B: 1000, 1010 (mean 1005, stdev 7.07): -49.88% (stdev 0.39%)
+    assert walks["group"] == "work" and walks["n_a"] == walks["n_b"] == 2
     assert walks["change_pct"] == pytest.approx(-49.875, abs=1e-3) and walks["noise"] == "beyond"
-    text = runner.invoke(app, ["compare", *map(str, a), "--", *map(str, b)])
-    assert text.exit_code == 0 and "walks" in text.output
+    assert walks["change_stdev_pct"] == pytest.approx(100 * (50 + (1005 * 7.0711 / 2005) ** 2) ** 0.5 / 2005, abs=1e-3)
+    assert walks["text"] == "-49.88% guest walks (stdev 0.39%)"
+    text = runner.invoke(app, ["compare", *map(str, a), "--", *map(str, b)], env={"COLUMNS": "80"})
+    assert text.exit_code == 0, text.output
+    assert "2,005 ± 7.1" in text.output and "-49.88% ± 0.39%" in text.output
     assert max(len(line) for line in text.output.splitlines()) <= 80
+
+
+def test_compare_takes_options_anywhere(tmp_path):
+    """``A -- B --phase X --json`` and ``--phase X A -- B --json`` are the same command."""
+    a, b = tmp_path / "a.tkcap", tmp_path / "b.tkcap"
+    write_synthetic_capture(a, 300, extra_rows=50, seed=1)
+    write_synthetic_capture(b, 200, extra_rows=50, seed=2)
+    after = runner.invoke(app, ["compare", str(a), "--", str(b), "--phase", "nope", "--json"])
+    before = runner.invoke(app, ["compare", "--phase", "nope", str(a), "--", str(b), "--json"])
+    assert after.exit_code == before.exit_code == 2, after.output
+    assert after.output == before.output and "--phase needs phases" in after.output
+    plain = runner.invoke(app, ["compare", str(a), "--", str(b), "--json", "--all"])
+    assert plain.exit_code == 0, plain.output
+    assert json.loads(plain.output)["b"] == [str(b)]
+    missing = runner.invoke(app, ["compare", str(a), "--", str(b), "--phase"])
+    assert missing.exit_code == 2 and missing.output.startswith("tracekit: error: Option '--phase' requires")
 
 
 def test_export_perfetto(tmp_path):

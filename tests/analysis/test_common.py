@@ -50,8 +50,10 @@ def test_vcpu_mapping_from_manifest():
     assert frame["vcpu"].tolist() == [0, -1, 1, -1]
 
 
-def test_format_table_fits_80_columns():
-    frame = pd.DataFrame({f"column_{i}": [123456789] * 3 for i in range(12)})
-    text = format_table(frame, title="t")
+def test_format_table_fits_80_columns_and_drops_no_column():
+    frame = pd.DataFrame({f"column_{i}": [123456789] * 3 for i in range(6)})
+    text = format_table(frame, title="t", width=80)
     assert all(len(line) <= 80 for line in text.splitlines())
-    assert "columns not shown" in text
+    assert all(f"column_{i}" in text for i in range(6)) and text.count("123456789") == 18
+    wide = format_table(pd.DataFrame({f"column_{i}": [123456789] * 3 for i in range(12)}), width=80)
+    assert wide.count("123456789") == 36  # wider than 80 at its narrowest: longer lines, no column left out

@@ -1,0 +1,193 @@
+"""Terminal output: tables, colour and the one error line.
+
+Every table tracekit prints goes through :func:`table_text` (a ``rich`` table). On a terminal it is
+sized to the terminal's width (long cells wrap; no column is dropped) and coloured unless ``NO_COLOR``
+is set or ``TERM`` is ``dumb``; into a pipe or a file it is plain text at the table's natural width,
+the same on every run, so scripts and tests can read it. ``COLUMNS`` sets the width in both cases.
+:func:`frame_table_text` renders a DataFrame with per-column formats; :func:`error_line` is the one
+error style of every failure, usage errors included: ``tracekit: error: MESSAGE``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import sys
+from typing import Any, Callable, Iterable, Sequence, TextIO
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["colour_wanted", "output_width", "prose_lines", "table_text", "frame_table_text", "plain_value", "error_line",
+           "write_output_file"]
+
+#: Cell styles by name, for callers that mark rows or cells (``styles`` of :func:`table_text`).
+STYLES = {"good": "green", "bad": "bold red", "warn": "yellow", "dim": "dim", "head": "bold"}
+
+
+#: The narrowest a text column is squeezed to on a narrow terminal (its cells then wrap).
+_TEXT_MIN_WIDTH = 10
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    stream = stream if stream is not None else sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def colour_wanted(stream: TextIO | None = None) -> bool:
+    """True when ``stream`` (stdout by default) is a terminal and neither ``NO_COLOR`` nor ``TERM=dumb`` asks
+    for plain text."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return _is_terminal(stream)
+
+
+def output_width(stream: TextIO | None = None) -> int | None:
+    """The width tables must fit: ``COLUMNS`` when set, the terminal's width on a terminal, else None
+    (a pipe or a file: each table at its natural width)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if _is_terminal(stream):
+        return shutil.get_terminal_size((80, 24)).columns
+    return None
+
+
+_NUMBER = re.compile(r"[+-]?(\d[\d,]*(\.\d+)?|\.\d+)\s?[a-zA-Z%/]*")
+
+
+def _number(cell: str) -> bool:
+    """A cell that reads as one number, with an optional unit or %: 12, -3.5%, 1,024, 4.56ms."""
+    return bool(_NUMBER.fullmatch(cell.strip()))
+
+
+def _numeric_text(cells: Iterable[str]) -> bool:
+    """Whether a column's cells all read as numbers (``-``, ``n/a`` and empty cells aside)."""
+    kept = [cell for cell in cells if cell.strip() not in ("", "-", "n/a")]
+    return bool(kept) and all(_number(cell) for cell in kept)
+
+
+def table_text(header: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None,
+               footer: Sequence[str] = (), align: Sequence[str] | None = None,
+               styles: Sequence[Sequence[str | None]] | None = None, width: int | None = None,
+               colour: bool | None = None, stream: TextIO | None = None) -> str:
+    """One table as text: ``title`` line, header, rows (strings), then ``footer`` lines.
+
+    ``align`` gives ``"left"``/``"right"`` per column (default: right for columns whose cells read as
+    numbers, left otherwise); ``styles`` a rich style name or key of :data:`STYLES` per cell (None for
+    none). ``width`` and ``colour`` default to :func:`output_width` and :func:`colour_wanted` of
+    ``stream`` (stdout). Colour is returned as ANSI codes, which ``typer.echo`` strips again when the
+    output is not a terminal.
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    width = output_width(stream) if width is None else width
+    colour = colour_wanted(stream) if colour is None else colour
+    columns = [list(column) for column in zip(*rows)] if rows else [[] for _ in header]
+    if align is None:
+        align = ["right" if _numeric_text(column) else "left" for column in columns]
+    table = Table(box=None, pad_edge=False, padding=(0, 1), show_header=True, expand=False,
+                  header_style="bold" if colour else "", show_edge=False)
+    narrowest = 2 * (len(header) - 1)
+    for name, justify, column in zip(header, align, columns):
+        # Numbers never wrap (a number cut in two misreads); text columns wrap at words, else fold.
+        number = _numeric_text(column)
+        longest = max((len(c) for c in column), default=0)
+        longest = max(longest, len(str(name)))
+        least = longest if number else min(longest, _TEXT_MIN_WIDTH)
+        narrowest += least
+        table.add_column(str(name), justify=justify, overflow="fold", no_wrap=number, min_width=least)
+    for i, row in enumerate(rows):
+        cells = []
+        for j, cell in enumerate(row):
+            style = styles[i][j] if styles is not None and colour else None
+            cells.append(Text(str(cell), style=STYLES.get(style, style) if style else ""))
+        table.add_row(*cells)
+    buffer = io.StringIO()
+    # Too narrow a terminal for every column at its narrowest: wider lines (the terminal wraps them)
+    # rather than columns left out.
+    console = Console(file=buffer, width=max(width, narrowest) if width else 100_000, force_terminal=colour,
+                      no_color=not colour, color_system="standard" if colour else None, highlight=False, emoji=False,
+                      markup=False, legacy_windows=False, soft_wrap=False)
+    lines: list[str] = []
+    if title:
+        lines.append(_fold(title, width))
+    if rows:
+        console.print(table)
+        lines.extend(line.rstrip() for line in buffer.getvalue().splitlines())
+    else:
+        lines.append("  (no rows)")
+    lines.extend(_fold(line, width) for line in footer)
+    return "\n".join(lines)
+
+
+def prose_lines(text: str, width: int | None = None, indent: str = "    ") -> list[str]:
+    """A line of prose wrapped at words to ``width`` (default: the terminal's, 80 in a pipe), the
+    continuation lines indented by ``indent``."""
+    import textwrap
+
+    width = width or output_width() or 80
+    return textwrap.wrap(text, width=width, subsequent_indent=indent, break_on_hyphens=False) or [""]
+
+
+def _fold(text: str, width: int | None) -> str:
+    return text if not width or len(text) <= width else "\n".join(prose_lines(text, width))
+
+
+def plain_value(value: Any) -> str:
+    """A cell's default text: ``-`` when missing, floats to 3 significant digits below 1000."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def frame_table_text(frame: pd.DataFrame, *, title: str | None = None,
+                     formats: dict[str, Callable[[Any], str]] | None = None, max_rows: int = 40,
+                     headers: dict[str, str] | None = None, default: Callable[[str], Callable[[Any], str]] | None = None,
+                     width: int | None = None, colour: bool | None = None) -> str:
+    """:func:`table_text` of a DataFrame: ``formats`` maps a column to a callable making one cell's text
+    (else ``default(column)`` when given, else :func:`plain_value`); ``headers`` renames columns;
+    at most ``max_rows`` rows, then a line saying how many more (``--json`` shows all)."""
+    formats = formats or {}
+    headers = headers or {}
+    shown = frame.head(max_rows)
+    cells = {}
+    for column in shown.columns:
+        fmt = formats.get(column) or (default(str(column)) if default else None) or plain_value
+        cells[column] = [fmt(v) for v in shown[column].tolist()]
+    rows = [[cells[c][i] for c in shown.columns] for i in range(len(shown))]
+    footer = [f"  ... {len(frame) - max_rows} more rows (use --json for all)"] if len(frame) > max_rows else []
+    return table_text([headers.get(c, str(c)) for c in shown.columns], rows, title=title, footer=footer,
+                      width=width, colour=colour)
+
+
+def error_line(message: str) -> str:
+    """The one error style: ``tracekit: error: MESSAGE`` (the message folded onto one line)."""
+    from tracekit.errors import one_line
+
+    return f"tracekit: error: {one_line(message)}"
+
+
+def write_output_file(path: str | os.PathLike, text: str) -> None:
+    """Write a page or table the user asked for to ``path`` (UTF-8); never through a symlink.
+    Raises CaptureFormatError with one line when it cannot be written."""
+    from pathlib import Path
+
+    from tracekit.errors import CaptureFormatError
+
+    target = Path(path)
+    if target.is_symlink():
+        raise CaptureFormatError(f"refusing to write through a symlink: {target}")
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise CaptureFormatError(f"cannot write {target}: {error.strerror or error}") from error
