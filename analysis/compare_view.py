@@ -29,7 +29,6 @@ __all__ = ["sides_notes", "shown_rows", "compare_text", "compare_html"]
 
 _GROUP_TITLES = {"phase": "Phases", "ioctl": "KVM ioctls", "level": "Page-table levels",
                  "lock": "Lock waits, by lock role", "work": "Walks and splits"}
-_NOTES = {"identical": "identical", "within": "within noise", "beyond": "beyond noise", "unknown": "noise unknown"}
 
 
 def _side_line(label: str, paths: Sequence[str], manifests: Sequence[dict]) -> str:
@@ -94,11 +93,12 @@ def shown_rows(table: pd.DataFrame, show_all: bool) -> pd.DataFrame:
 def _cells(row: pd.Series) -> list[str]:
     return [row["metric"], _mean_stdev(row["mean_a"], row["stdev_a"], row["unit"]),
             _mean_stdev(row["mean_b"], row["stdev_b"], row["unit"]), _change(row), f"{row['n_a']}/{row['n_b']}",
-            _NOTES.get(row["noise"], row["noise"])]
+            row["noise"]]
 
 
-_HEADER = ["metric", "A mean ± stdev", "B mean ± stdev", "change ± stdev", "n A/B", "note"]
+_HEADER = ["metric", "A mean ± stdev", "B mean ± stdev", "change ± stdev", "n A/B", "noise"]
 _ALIGN = ["left", "right", "right", "right", "right", "left"]
+_WHOLE = [False, True, True, True, True, False]  # a value and its stdev stay on one line
 
 
 def _style(row: pd.Series) -> list[str | None]:
@@ -121,7 +121,7 @@ def compare_text(table: pd.DataFrame, notes: Sequence[str], show_all: bool = Fal
             continue
         out.append("")
         out.append(table_text(_HEADER, [_cells(r) for _, r in rows.iterrows()], title=_GROUP_TITLES[group],
-                              align=_ALIGN, styles=[_style(r) for _, r in rows.iterrows()]))
+                              align=_ALIGN, whole=_WHOLE, styles=[_style(r) for _, r in rows.iterrows()]))
     letter = _cover_letter(shown_rows(table, False))
     if letter:
         out += ["", "B against A, as a cover letter puts it:", *(line for text in letter for line in prose_lines(text))]

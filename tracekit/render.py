@@ -75,13 +75,15 @@ def _numeric_text(cells: Iterable[str]) -> bool:
 def table_text(header: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None,
                footer: Sequence[str] = (), align: Sequence[str] | None = None,
                styles: Sequence[Sequence[str | None]] | None = None, width: int | None = None,
-               colour: bool | None = None, stream: TextIO | None = None) -> str:
+               colour: bool | None = None, stream: TextIO | None = None,
+               whole: Sequence[bool] | None = None) -> str:
     """One table as text: ``title`` line, header, rows (strings), then ``footer`` lines.
 
     ``align`` gives ``"left"``/``"right"`` per column (default: right for columns whose cells read as
     numbers, left otherwise); ``styles`` a rich style name or key of :data:`STYLES` per cell (None for
     none). ``width`` and ``colour`` default to :func:`output_width` and :func:`colour_wanted` of
-    ``stream`` (stdout). Colour is returned as ANSI codes, which ``typer.echo`` strips again when the
+    ``stream`` (stdout); ``whole`` marks columns never wrapped (default: those of single numbers).
+    Colour is returned as ANSI codes, which ``typer.echo`` strips again when the
     output is not a terminal.
     """
     from rich.console import Console
@@ -96,9 +98,9 @@ def table_text(header: Sequence[str], rows: Sequence[Sequence[str]], *, title: s
     table = Table(box=None, pad_edge=False, padding=(0, 1), show_header=True, expand=False,
                   header_style="bold" if colour else "", show_edge=False)
     narrowest = 2 * (len(header) - 1)
-    for name, justify, column in zip(header, align, columns):
+    whole = [_numeric_text(column) for column in columns] if whole is None else whole
+    for name, justify, column, number in zip(header, align, columns, whole):
         # Numbers never wrap (a number cut in two misreads); text columns wrap at words, else fold.
-        number = _numeric_text(column)
         longest = max((len(c) for c in column), default=0)
         longest = max(longest, len(str(name)))
         least = longest if number else min(longest, _TEXT_MIN_WIDTH)
