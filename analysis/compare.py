@@ -44,7 +44,8 @@ import pandas as pd
 
 from tracekit.analysis.phases import lab_phases
 
-__all__ = ["GROUPS", "COMPARE_COLUMNS", "RunMetrics", "capture_metrics", "compare_runs", "format_change"]
+__all__ = ["GROUPS", "COMPARE_COLUMNS", "RunMetrics", "capture_metrics", "compare_runs", "format_change", "lock_role",
+           "mean_stdev"]
 
 #: Metric groups, in the order they are shown.
 GROUPS = ("phase", "ioctl", "level", "lock", "work")
@@ -179,7 +180,8 @@ def format_change(change_pct: float | None, stdev_pct: float | None, what: str, 
     return f"{change_pct:+.2f}% {what} (stdev {stdev_pct:.2f}%)"
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float | None]:
+def mean_stdev(values: Sequence[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (ddof 1; None for a single value)."""
     arr = np.asarray(values, dtype=np.float64)
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
 
@@ -242,8 +244,8 @@ def compare_runs(runs_a: Sequence[RunMetrics], runs_b: Sequence[RunMetrics]) -> 
         a, b = _values(runs_a, (group, metric)), _values(runs_b, (group, metric))
         if a is None or b is None or _fixed_calls((*runs_a, *runs_b), (group, metric)):
             continue
-        mean_a, sd_a = _stats(a)
-        mean_b, sd_b = _stats(b)
+        mean_a, sd_a = mean_stdev(a)
+        mean_b, sd_b = mean_stdev(b)
         change = 100.0 * (mean_b - mean_a) / mean_a if mean_a else None
         change_sd = None
         if change is not None and sd_a is not None and sd_b is not None:

@@ -322,11 +322,11 @@ def _cell_text(kind: str, values: list) -> tuple[str, object]:
     if texts:
         return (texts[0] if len(set(texts)) == 1 else " / ".join(dict.fromkeys(texts))), texts[0]
     if kind == "emulated":
-        from tracekit.analysis.compare import compare_runs
+        from tracekit.analysis.compare import mean_stdev
 
-        stats = compare_runs([{"t": (v, "ms")} for v in values], [{"t": (v, "ms")} for v in values]).iloc[0]
-        text = f"{stats['mean_a']:,.1f}" + (f" ± {stats['stdev_a']:,.1f}" if len(values) > 1 else "")
-        return text, {"mean": stats["mean_a"], "stdev": stats["stdev_a"], "runs": values}
+        mean, stdev = mean_stdev(values)
+        text = f"{mean:,.1f}" + (f" ± {stdev:,.1f}" if stdev is not None else "")
+        return text, {"mean": mean, "stdev": stdev or 0.0, "runs": values}
     if len(set(values)) == 1:
         return f"{values[0]:,}", values[0]
     return f"{min(values):,}-{max(values):,} (runs differ)", values
