@@ -98,7 +98,6 @@ def _cells(row: pd.Series) -> list[str]:
 
 _HEADER = ["metric", "A mean ± stdev", "B mean ± stdev", "change ± stdev", "n A/B", "noise"]
 _ALIGN = ["left", "right", "right", "right", "right", "left"]
-_WHOLE = [False, True, True, True, True, False]  # a value and its stdev stay on one line
 
 
 def _style(row: pd.Series) -> list[str | None]:
@@ -121,7 +120,7 @@ def compare_text(table: pd.DataFrame, notes: Sequence[str], show_all: bool = Fal
             continue
         out.append("")
         out.append(table_text(_HEADER, [_cells(r) for _, r in rows.iterrows()], title=_GROUP_TITLES[group],
-                              align=_ALIGN, whole=_WHOLE, styles=[_style(r) for _, r in rows.iterrows()]))
+                              align=_ALIGN, styles=[_style(r) for _, r in rows.iterrows()]))
     letter = _cover_letter(shown_rows(table, False))
     if letter:
         out += ["", "B against A, as a cover letter puts it:", *(line for text in letter for line in prose_lines(text))]

@@ -1,9 +1,10 @@
 """Terminal output: tables, colour and the one error line.
 
-Every table tracekit prints goes through :func:`table_text` (a ``rich`` table). On a terminal it is
-sized to the terminal's width (long cells wrap; no column is dropped) and coloured unless ``NO_COLOR``
-is set or ``TERM`` is ``dumb``; into a pipe or a file it is plain text at the table's natural width,
-the same on every run, so scripts and tests can read it. ``COLUMNS`` sets the width in both cases.
+Every table tracekit prints goes through :func:`table_text` (``rich`` tables). On a terminal it is
+sized to the terminal's width (a wider table is shown as several, each repeating the row's key
+column: no cell is cut, no column dropped) and coloured unless ``NO_COLOR`` is set or ``TERM`` is
+``dumb``; into a pipe or a file it is plain text at the table's natural width, the same on every run,
+so scripts and tests can read it. ``COLUMNS`` sets the width in both cases.
 :func:`frame_table_text` renders a DataFrame with per-column formats; :func:`error_line` is the one
 error style of every failure, usage errors included: ``tracekit: error: MESSAGE``.
 """
@@ -20,15 +21,11 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 import numpy as np
 import pandas as pd
 
-__all__ = ["colour_wanted", "output_width", "prose_lines", "table_text", "frame_table_text", "plain_value", "error_line",
+__all__ = ["colour_wanted", "output_width", "prose_lines", "column_groups", "table_text", "frame_table_text", "plain_value", "error_line",
            "write_output_file"]
 
 #: Cell styles by name, for callers that mark rows or cells (``styles`` of :func:`table_text`).
 STYLES = {"good": "green", "bad": "bold red", "warn": "yellow", "dim": "dim", "head": "bold"}
-
-
-#: The narrowest a text column is squeezed to on a narrow terminal (its cells then wrap).
-_TEXT_MIN_WIDTH = 10
 
 
 def _is_terminal(stream: TextIO | None) -> bool:
@@ -72,62 +69,76 @@ def _numeric_text(cells: Iterable[str]) -> bool:
     return bool(kept) and all(_number(cell) for cell in kept)
 
 
+def column_groups(widths: Sequence[int], width: int | None) -> list[list[int]]:
+    """The columns of a table ``widths`` wide (each cell's longest) shown in groups that fit ``width``:
+    all in one group when they fit (or ``width`` is None), else the first column (the row's key) and as
+    many following columns as fit, then the key again with the next ones, and so on."""
+    indexes = list(range(len(widths)))
+    if width is None or sum(widths) + 2 * (len(widths) - 1) <= width:
+        return [indexes]
+    groups, current, used = [], [0], widths[0]
+    for i in indexes[1:]:
+        if len(current) > 1 and used + 2 + widths[i] > width:
+            groups.append(current)
+            current, used = [0], widths[0]
+        current.append(i)
+        used += 2 + widths[i]
+    return groups + [current]
+
+
 def table_text(header: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None,
                footer: Sequence[str] = (), align: Sequence[str] | None = None,
                styles: Sequence[Sequence[str | None]] | None = None, width: int | None = None,
-               colour: bool | None = None, stream: TextIO | None = None,
-               whole: Sequence[bool] | None = None) -> str:
+               colour: bool | None = None, stream: TextIO | None = None) -> str:
     """One table as text: ``title`` line, header, rows (strings), then ``footer`` lines.
 
-    ``align`` gives ``"left"``/``"right"`` per column (default: right for columns whose cells read as
-    numbers, left otherwise); ``styles`` a rich style name or key of :data:`STYLES` per cell (None for
-    none). ``width`` and ``colour`` default to :func:`output_width` and :func:`colour_wanted` of
-    ``stream`` (stdout); ``whole`` marks columns never wrapped (default: those of single numbers).
-    Colour is returned as ANSI codes, which ``typer.echo`` strips again when the
-    output is not a terminal.
+    No cell is wrapped or cut and no column left out: a table wider than ``width`` is shown as several,
+    each repeating the first column (:func:`column_groups`). ``align`` gives ``"left"``/``"right"`` per
+    column (default: right for columns whose cells read as numbers, left otherwise); ``styles`` a rich
+    style name or key of :data:`STYLES` per cell (None for none). ``width`` and ``colour`` default to
+    :func:`output_width` and :func:`colour_wanted` of ``stream`` (stdout). Colour is returned as ANSI
+    codes, which ``typer.echo`` strips again when the output is not a terminal.
     """
+    width = output_width(stream) if width is None else width
+    colour = colour_wanted(stream) if colour is None else colour
+    columns = [[str(cell) for cell in column] for column in zip(*rows)] if rows else [[] for _ in header]
+    if align is None:
+        align = ["right" if _numeric_text(column) else "left" for column in columns]
+    lines: list[str] = [_fold(title, width)] if title else []
+    if not rows:
+        lines.append("  (no rows)")
+    else:
+        widths = [max([len(str(name)), *(len(cell) for cell in column)]) for name, column in zip(header, columns)]
+        for n, group in enumerate(column_groups(widths, width)):
+            if n:
+                lines.append("")
+            lines.extend(_rich_lines([header[i] for i in group], [[row[i] for row in rows] for i in group],
+                                     [align[i] for i in group],
+                                     [[s[i] for i in group] for s in styles] if styles is not None else None, colour))
+    lines.extend(_fold(line, width) for line in footer)
+    return "\n".join(lines)
+
+
+def _rich_lines(header: Sequence[str], columns: Sequence[Sequence[str]], align: Sequence[str],
+                styles: Sequence[Sequence[str | None]] | None, colour: bool) -> list[str]:
+    """The lines of one rich table at its natural width (no wrapping), trailing spaces stripped."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    width = output_width(stream) if width is None else width
-    colour = colour_wanted(stream) if colour is None else colour
-    columns = [list(column) for column in zip(*rows)] if rows else [[] for _ in header]
-    if align is None:
-        align = ["right" if _numeric_text(column) else "left" for column in columns]
     table = Table(box=None, pad_edge=False, padding=(0, 1), show_header=True, expand=False,
                   header_style="bold" if colour else "", show_edge=False)
-    narrowest = 2 * (len(header) - 1)
-    whole = [_numeric_text(column) for column in columns] if whole is None else whole
-    for name, justify, column, number in zip(header, align, columns, whole):
-        # Numbers never wrap (a number cut in two misreads); text columns wrap at words, else fold.
-        longest = max((len(c) for c in column), default=0)
-        longest = max(longest, len(str(name)))
-        least = longest if number else min(longest, _TEXT_MIN_WIDTH)
-        narrowest += least
-        table.add_column(str(name), justify=justify, overflow="fold", no_wrap=number, min_width=least)
-    for i, row in enumerate(rows):
-        cells = []
-        for j, cell in enumerate(row):
-            style = styles[i][j] if styles is not None and colour else None
-            cells.append(Text(str(cell), style=STYLES.get(style, style) if style else ""))
-        table.add_row(*cells)
+    for name, justify in zip(header, align):
+        table.add_column(str(name), justify=justify, no_wrap=True)
+    for i, row in enumerate(zip(*columns)):
+        marks = styles[i] if styles is not None and colour else [None] * len(row)
+        table.add_row(*(Text(cell, style=STYLES.get(mark, mark) if mark else "") for cell, mark in zip(row, marks)))
     buffer = io.StringIO()
-    # Too narrow a terminal for every column at its narrowest: wider lines (the terminal wraps them)
-    # rather than columns left out.
-    console = Console(file=buffer, width=max(width, narrowest) if width else 100_000, force_terminal=colour,
-                      no_color=not colour, color_system="standard" if colour else None, highlight=False, emoji=False,
-                      markup=False, legacy_windows=False, soft_wrap=False)
-    lines: list[str] = []
-    if title:
-        lines.append(_fold(title, width))
-    if rows:
-        console.print(table)
-        lines.extend(line.rstrip() for line in buffer.getvalue().splitlines())
-    else:
-        lines.append("  (no rows)")
-    lines.extend(_fold(line, width) for line in footer)
-    return "\n".join(lines)
+    console = Console(file=buffer, width=100_000, force_terminal=colour, no_color=not colour,
+                      color_system="standard" if colour else None, highlight=False, emoji=False, markup=False,
+                      legacy_windows=False, soft_wrap=False)
+    console.print(table)
+    return [line.rstrip() for line in buffer.getvalue().splitlines()]
 
 
 def prose_lines(text: str, width: int | None = None, indent: str = "    ") -> list[str]:

@@ -32,7 +32,7 @@ def _outputs(name: str, phase: str | None) -> str:
     finally:
         os.chdir(cwd)
     doc = analysis_json(result)
-    text = render_text(result)
+    text = render_text(result, width=80)  # a fixed width: the copy must not follow the terminal or COLUMNS
     return json.dumps({"json": doc, "text": text.splitlines()}, indent=1, sort_keys=True, default=str) + "\n"
 
 

@@ -8,6 +8,7 @@ dict documented in docs/cli-json/capture.md; :func:`format_summary` renders that
 from __future__ import annotations
 
 from tracekit.capture.reader import Capture
+from tracekit.render import table_text
 
 __all__ = ["capture_summary", "format_summary"]
 
@@ -92,10 +93,10 @@ def format_summary(s: dict) -> list[str]:
         for failed in probes.get("failed", []) or []:
             out += _wrap("", f"not attached: {failed.get('probe')}: {failed.get('reason')}")
     out.append("")
-    out.append(f"{'family':<24}{'rows':>14}{'segments':>10}")
-    for name, fam in s["families"].items():
-        out.append(f"{name:<24}{fam['rows']:>14,}{fam['segments']:>10}")
-    if not s["families"]:
+    if s["families"]:
+        rows = [[name, f"{fam['rows']:,}", str(fam["segments"])] for name, fam in s["families"].items()]
+        out += table_text(["family", "rows", "segments"], rows, align=["left", "right", "right"]).splitlines()
+    else:
         out.append("(no event families)")
     out.append("")
     lost = s["lost"]

@@ -9,10 +9,13 @@ KVM_RUN calls and time). Counting uses Arrow's kernels only (no Python loop over
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from tracekit.render import table_text
 
 __all__ = ["VmTally"]
 
@@ -61,6 +64,4 @@ class VmTally:
             label = f"{pid} {vm.get('comm') or ''}" + (f" ({vm['name']})" if vm.get("name") else "")
             lines.append([label, *(f"{self.rows.get((pid, name), 0):,}" for name, _ in _COLUMNS),
                           f"{run[0]:,} calls, {run[1] / 1e9:.2f} s" if run else "-"])
-        widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-        return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                         for row in [header, *lines])
+        return table_text(header, lines, align=["left", *("right" for _ in header[1:])], stream=sys.stderr)

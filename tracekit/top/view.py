@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tracekit.errors import UsageError
+from tracekit.render import table_text
 from tracekit.top.counters import COUNTER_FIELDS, DEPTH_BUCKETS, IoctlCounters, Reading, ThreadCounters
 
 __all__ = ["TopView", "make_view", "sort_vms", "render_text", "view_json", "summary_table", "log2_percentile",
@@ -172,11 +173,9 @@ def _vcpu_cells(v: dict) -> list[str]:
 
 
 def _grid(header: tuple[str, ...], rows: list[list[str]], width: int) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    for r in rows:
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    return [line[:width] for line in lines]
+    """The rows under their header, every column kept (:func:`tracekit.render.table_text` at ``width``)."""
+    return table_text(header, rows, width=width, colour=False,
+                      align=["left", *("right" for _ in header[1:])]).splitlines()
 
 
 def render_text(view: TopView, *, backend: str, sort: str, width: int = 120, height: int | None = None) -> str:
