@@ -23,6 +23,7 @@ import typer
 
 from tracekit.errors import MissingCapability, ProbeLoadError, UsageError
 from tracekit.lab import scenarios
+from tracekit.render import table_text
 
 __all__ = ["register", "lab_app"]
 
@@ -333,13 +334,14 @@ def probes_cmd(
         return
     typer.echo(f"backend: {backend} ({why})")
     for name, rows in report["families"].items():
-        typer.echo(f"{name}:")
+        cells = []
         for row in rows:
             how = "" if row["status"] in ("absent", "wrong-arch") else MODES[row["mode"]].replace("attached ", "")
             detail = " ".join(row["fetch"]) or ("" if row["status"] == "no-kprobes" else row["reason"])
             if row["fetch"] and row["dropped"]:
                 detail += f" (without {', '.join(row['dropped'])})"
-            typer.echo(f"  {row['probe']:<19} {row['status']:<11} {how:<13} {row['symbol'] or '-':<40} {detail}".rstrip())
+            cells.append([row["probe"], row["status"], how, row["symbol"] or "-", detail])
+        typer.echo(table_text(["probe", "status", "how", "symbol", "arguments or reason"], cells, title=f"{name}:"))
 
 
 def _module_types(base, path: Path):

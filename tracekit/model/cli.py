@@ -21,6 +21,7 @@ from tracekit.model.geometry import LAST_LEVEL, arm64_stage2, format_size, parse
 from tracekit.model.split import EagerSplitter, split_nr_page_tables
 from tracekit.model.stage2 import Stage2PageTable
 from tracekit.model.x86 import X86PageTables
+from tracekit.render import table_text
 
 __all__ = ["register", "BACKINGS", "backing_size"]
 
@@ -95,13 +96,10 @@ def geometry(
         head = f"x86-64 {levels}-level paging: {g.va_bits}-bit addresses, KVM levels {levels}..1 (1 = 4K leaf)"
     else:
         raise ModelError(f"unknown architecture {arch!r} (arm64 or x86)")
-    lines = [head, "level  depth  shift  entry maps  leaf"]
-    for row in data["per_level"]:
-        lines.append(
-            f"{row['level']:>5}  {row['depth']:>5}  {row['shift']:>5}  {format_size(row['entry_size']):>10}  "
-            f"{row['leaf'] or '-'}"
-        )
-    _emit(data, as_json, "\n".join(lines))
+    rows = [[str(row["level"]), str(row["depth"]), str(row["shift"]), format_size(row["entry_size"]), row["leaf"] or "-"]
+            for row in data["per_level"]]
+    _emit(data, as_json, table_text(["level", "depth", "shift", "entry maps", "leaf"], rows, title=head,
+                                    align=["right", "right", "right", "right", "left"]))
 
 
 def split(
@@ -213,17 +211,13 @@ def _split_text(data: dict, walk_levels: list[int], without: WalkStats, with_ski
         f"walks {without.walks}  splits {without.total('splits')}  tables allocated {without.tables}"
         + (f"  iterator restarts {without.restarts}" if without.restarts else "")
         + ("  STOPPED on -ENOMEM" if without.stopped else ""),
-        "level  entries       callbacks     early         fresh"
-        + ("         | skip: entries  callbacks" if show_skip else ""),
     ]
-    for level in walk_levels:
-        row = (
-            f"{level:>5}  {without.get('entries', level):<12}  {without.callbacks(level):<12}  "
-            f"{without.get('early', level):<12}  {without.get('fresh', level):<12}"
-        )
-        if show_skip:
-            row += f"  | {with_skip.get('entries', level):<13}  {with_skip.callbacks(level)}"
-        lines.append(row)
+    header = ["level", "entries", "callbacks", "early", "fresh", *(("skip: entries", "skip: callbacks") if show_skip else ())]
+    rows = [[str(level), str(without.get("entries", level)), str(without.callbacks(level)), str(without.get("early", level)),
+             str(without.get("fresh", level)),
+             *((str(with_skip.get("entries", level)), str(with_skip.callbacks(level))) if show_skip else ())]
+            for level in walk_levels]
+    lines.append(table_text(header, rows))
     if show_skip:
         red = data["reduction_percent"]
         lines.append(
