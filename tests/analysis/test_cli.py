@@ -90,6 +90,12 @@ def test_compare_runs(tmp_path):
     assert text.exit_code == 0, text.output
     assert "2,005 ± 7.1" in text.output and "-49.88% ± 0.39%" in text.output
     assert max(len(line) for line in text.output.splitlines()) <= 80
+    page = tmp_path / "compare.html"
+    html = runner.invoke(app, ["compare", *map(str, a), "--", *map(str, b), "--html", str(page), "--json"])
+    assert html.exit_code == 0, html.output
+    text = page.read_text()
+    assert "data-figure='change'" in text and "<svg" in text and "<rect" in text  # the bars drawn
+    assert "<td>guest walks</td><td>2,005 ± 7.1</td><td>1,005 ± 7.1</td><td>-49.88% ± 0.39%</td>" in text
 
 
 def test_compare_takes_options_anywhere(tmp_path):
