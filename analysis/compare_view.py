@@ -141,7 +141,7 @@ def _change_figure_svg(shown: pd.DataFrame) -> str:
     rows = shown[shown["change_pct"].notna()].head(60)
     labels = [f"{g}: {m}" for g, m in zip(rows["group"], rows["metric"])]
     changes = rows["change_pct"].astype(float).tolist()
-    errors = [0.0 if e is None or pd.isna(e) else float(e) for e in rows["change_stdev_pct"]]
+    errors = [float("nan") if e is None or pd.isna(e) else float(e) for e in rows["change_stdev_pct"]]  # none drawn
     fig, ax = plt.subplots(figsize=(8, max(1.6, 0.28 * len(rows) + 0.9)))
     positions = list(range(len(rows)))[::-1]
     colours = ["#17703a" if c < 0 else "#b00020" for c in changes]
