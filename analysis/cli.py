@@ -162,8 +162,9 @@ def compare(
     work (walks, splits): A mean ± stdev, B mean ± stdev, the change of B against A in percent ±
     its stdev propagated from both sides, and the runs per side, as a kernel patch's cover letter
     puts it: "-35.47% runtime (stdev 5.63%)". A side with one run has no stdev ("n/a"). A difference
-    within about two standard errors (Welch's t) is "within noise"; such rows, and metrics identical in
-    every run, are shown only with --all. Options may come anywhere, after the runs of B too.
+    that Welch's t-test does not find significant at 95% is "within noise"; such rows, and metrics
+    identical in every run, are shown only with --all. Lab captures are flagged: their timings are
+    emulated. Options may come anywhere, after the runs of B too.
 
     Examples:
 
