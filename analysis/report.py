@@ -67,7 +67,8 @@ def _figure_html(figure: Figure) -> str:
             f"alt='{caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>")
 
 
-def _cell_formats(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float]) -> tuple[pd.DataFrame, list[str]]:
+def _cell_formats(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float],
+                  origin: str = "capture start") -> tuple[pd.DataFrame, list[str]]:
     """``frame`` with readable cells (durations with units, times since the capture start, percentages,
     hexadecimal addresses) and readable headers (no ``_ns``)."""
     shown = frame.copy()
@@ -76,7 +77,7 @@ def _cell_formats(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float]) -> t
         name = str(column)
         if name in _TIMESTAMPS:
             shown[column] = [format_offset(v - t0_ns, unit) if pd.notna(v) else "-" for v in frame[column]]
-            name = {"ts_ns": "time", "t_ns": "time"}.get(name, name[:-3]) + " (since capture start)"
+            name = {"ts_ns": "time", "t_ns": "time"}.get(name, name[:-3]) + f" (since {origin})"
         elif name.endswith("_ns"):
             shown[column] = frame[column].map(format_ns)
             name = name[:-3]
@@ -94,8 +95,9 @@ def _cell_formats(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float]) -> t
     return shown, headers
 
 
-def _table_html(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float], limit: int = 50) -> str:
-    shown, headers = _cell_formats(frame.head(limit), t0_ns, unit)
+def _table_html(frame: pd.DataFrame, t0_ns: int, unit: tuple[str, float], limit: int = 50,
+                origin: str = "capture start") -> str:
+    shown, headers = _cell_formats(frame.head(limit), t0_ns, unit, origin)
     text_columns = {h for h, c in zip(headers, frame.columns) if not pd.api.types.is_numeric_dtype(frame[c])}
     head = "".join(f"<th class='{'text' if h in text_columns else ''}'>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td class='{'text' if h in text_columns else ''}'>{html.escape(str(v))}</td>"
@@ -205,7 +207,8 @@ def render_report(result: Analysis, cap: Any) -> str:
              f"source {html.escape(str(info.get('source')))}, status {html.escape(str(info.get('status')))}"
              + (f", cut to phase {html.escape(info['phase'])}" if info.get("phase") else "")
              + (f", cut to VM pid {info['vm']['pid']}" if info.get("vm") else "")
-             + f". Times are relative to the capture start ({html.escape(data.t0_from)}, CLOCK_MONOTONIC "
+             + (f". Times are relative to the {html.escape(data.origin)} (" if data.origin != "capture start" else
+                f". Times are relative to the capture start ({html.escape(data.t0_from)}, ") + "CLOCK_MONOTONIC "
              f"{data.t0_ns / 1e9:,.6f} s); the window shown lasts {format_ns(data.end_ns - data.t0_ns)}.</p>",
              _emulated_banner(manifest)]
     if info.get("lost_events"):
@@ -233,7 +236,7 @@ def render_report(result: Analysis, cap: Any) -> str:
         if table.empty:
             continue
         title = TABLE_TITLES.get(key, key.replace("_", " ")).replace(" (CLOCK_MONOTONIC)", "")
-        parts.append(f"<h3>{html.escape(title)}</h3>" + _table_html(table, data.t0_ns, unit))
+        parts.append(f"<h3>{html.escape(title)}</h3>" + _table_html(table, data.t0_ns, unit, origin=data.origin))
     skipped = info.get("skipped") or {}
     if skipped:
         parts.append("<h2>Not analysed</h2><ul>" + "".join(

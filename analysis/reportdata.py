@@ -75,6 +75,11 @@ class ReportData:
     def bin_ns(self) -> float:
         return (self.view_end_ns - self.view_start_ns) / TIMELINE_BINS
 
+    @property
+    def origin(self) -> str:
+        """What the times are counted from: ``capture start``, or ``start of phase P`` for a phase cut."""
+        return self.t0_from.removeprefix("the ") if self.t0_from.startswith("the start of phase") else "capture start"
+
     def outside_view(self) -> int:
         """Events of the capture outside the timeline's view (before or after the phases)."""
         return self.outside

@@ -180,7 +180,7 @@ def _timeline(data: ReportData) -> Figure | None:
     ax.set_ylim(-0.1, len(rows) * row_h)
     ax.set_xlim(starts[0], starts[0] + span / scale)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel(f"time since capture start ({unit})")
+    ax.set_xlabel(f"time since {data.origin} ({unit})")
     handles = [plt.Rectangle((0, 0), 1, 1, color=KINDS[k]) for k in kinds]
     (top if phase_names else ax).legend(handles, kinds, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0),
                                         ncol=min(len(kinds), 9), frameon=False)
