@@ -46,7 +46,8 @@ from tracekit.analysis.ioctls import MEMSLOT_OPERATIONS, memslot_flag_changes
 __all__ = [
     "LCB_F_SPIN", "LCB_F_READ", "LCB_F_WRITE", "LCB_F_RT", "LCB_F_PERCPU", "LCB_F_MUTEX",
     "STACK_OPERATIONS", "IOCTL_OPERATIONS", "MEMSLOT_UPDATE", "LOCK_PRIMITIVE", "KVM_MMU_FRAME",
-    "lock_mode", "stack_facts", "known_mmu_locks", "attribute_operations", "identify_mmu_lock", "lock_names", "contention_summary", "contention_timeline",
+    "lock_mode", "stack_facts", "known_mmu_locks", "attribute_operations", "lock_scores", "mmu_lock_of",
+    "identify_mmu_lock", "lock_names", "contention_summary", "contention_timeline",
 ]
 
 LCB_F_SPIN, LCB_F_READ, LCB_F_WRITE, LCB_F_RT, LCB_F_PERCPU, LCB_F_MUTEX = 1, 2, 4, 8, 16, 32
@@ -192,24 +193,30 @@ def known_mmu_locks(manifest: dict) -> list[int]:
     return out
 
 
-def identify_mmu_lock(waits: pd.DataFrame, known: list[int] | tuple[int, ...] = ()) -> dict | None:
-    """The most likely ``kvm->mmu_lock`` address among the contended locks (see the module docstring);
-    an address in ``known`` (:func:`known_mmu_locks`) that has waits wins outright."""
-    if waits.empty:
-        return None
-    for addr in known:
-        hits = int((waits["lock_addr"] == addr).sum())
-        if hits:
-            return {"lock_addr": int(addr), "name": "mmu_lock",
-                    "evidence": f"{hits} waits on the address the capture records for kvm->mmu_lock "
-                                "(struct kvm + offsetof(mmu_lock))"}
+def lock_scores(waits: pd.DataFrame) -> pd.DataFrame:
+    """Per ``lock_addr`` of attributed waits: ``waits``, ``score``, ``stack`` and ``span`` (the evidence
+    :func:`identify_mmu_lock` weighs); the tables of several batches of one family add up (:func:`pd.concat`
+    then a sum by address)."""
     rw = (waits["flags"].to_numpy(np.int64) & (LCB_F_READ | LCB_F_WRITE)) != 0
     kvm_stack = waits["kvm_taker"].to_numpy(bool)
     kvm_span = (~waits["has_stack"].to_numpy(bool)) & waits["operation"].isin(_KVM_MMU_OPS | {"vcpu-run"}).to_numpy()
     score = np.where(kvm_stack, 3, np.where(kvm_span & rw, 1, 0))
-    scored = pd.DataFrame({"lock_addr": waits["lock_addr"], "score": score, "stack": kvm_stack, "span": kvm_span & rw})
-    totals = scored.groupby("lock_addr").agg(score=("score", "sum"), stack=("stack", "sum"), span=("span", "sum"))
-    totals = totals[totals["score"] > 0].sort_values("score", ascending=False, kind="stable")
+    scored = pd.DataFrame({"lock_addr": waits["lock_addr"], "waits": 1, "score": score, "stack": kvm_stack,
+                           "span": kvm_span & rw})
+    return scored.groupby("lock_addr").agg(waits=("waits", "sum"), score=("score", "sum"), stack=("stack", "sum"),
+                                           span=("span", "sum"))
+
+
+def mmu_lock_of(scores: pd.DataFrame, known: list[int] | tuple[int, ...] = ()) -> dict | None:
+    """The ``kvm->mmu_lock`` that :func:`lock_scores` (summed over every wait) points to (see
+    :func:`identify_mmu_lock`)."""
+    for addr in known:
+        hits = int(scores["waits"].get(addr, 0))
+        if hits:
+            return {"lock_addr": int(addr), "name": "mmu_lock",
+                    "evidence": f"{hits} waits on the address the capture records for kvm->mmu_lock "
+                                "(struct kvm + offsetof(mmu_lock))"}
+    totals = scores[scores["score"] > 0].sort_values("score", ascending=False, kind="stable")
     if totals.empty:
         return None
     addr = int(totals.index[0])
@@ -221,8 +228,17 @@ def identify_mmu_lock(waits: pd.DataFrame, known: list[int] | tuple[int, ...] = 
     return {"lock_addr": addr, "name": "mmu_lock", "evidence": evidence}
 
 
+def identify_mmu_lock(waits: pd.DataFrame, known: list[int] | tuple[int, ...] = ()) -> dict | None:
+    """The most likely ``kvm->mmu_lock`` address among the contended locks (see the module docstring);
+    an address in ``known`` (:func:`known_mmu_locks`) that has waits wins outright."""
+    if waits.empty:
+        return None
+    return mmu_lock_of(lock_scores(waits), known)
+
+
 def lock_names(waits: pd.DataFrame, mmu: dict | None) -> np.ndarray:
-    """Each wait's lock as named: ``mmu_lock`` for the VM's mmu_lock (``mmu`` from identify_mmu_lock), else its address."""
+    """Each wait's lock as the tables name it: ``mmu_lock`` for ``mmu``'s address, else the address in hex
+    (``?`` when unknown)."""
     codes, uniques = pd.factorize(waits["lock_addr"])
     names = np.array([("mmu_lock" if mmu and int(a) == mmu["lock_addr"] else f"{int(a):#x}") for a in uniques]
                      + ["?"], dtype=object)

@@ -1,25 +1,23 @@
-"""Export a capture as a Chrome JSON trace that the Perfetto UI (ui.perfetto.dev) opens.
+"""Export a capture as a native Perfetto trace (protobuf), or as a Chrome JSON trace.
 
 Contract
 --------
-:func:`write_perfetto` writes ``{"traceEvents": [...], "displayTimeUnit": "ns", "metadata": {...}}``
-(the Trace Event Format) to ``path``, streaming one event per line so memory stays bounded by the
-largest family read:
+:func:`write_perfetto` writes the :mod:`.timeline` of a capture to ``path`` as it is read, a batch at a
+time, and returns a :class:`Written` summary (tracks, events, events before the clock's zero left out):
 
-- one track per thread, named ``vCPU N (tid)`` for vCPU threads (manifest ``target.threads``,
-  workload ``vcpus``) and by ``comm`` or ``tid N`` otherwise (``M`` metadata events);
-- ioctls (``ioctl`` family) as complete slices (``ph: "X"``, category ``ioctl``, name
-  ``cmd_name``, args slot / flags / ret);
-- split calls (``split``) as slices (category ``split``); x86 split events
-  (``mmu`` ``kvm_mmu_split_huge_page``) as instants (``ph: "i"``);
-- lock waits (``lock``) as slices named ``wait <lock_addr hex>`` (category ``lock``);
-- workload phases as slices on a ``phases`` track (tid 0 of the target process);
-- counters (``ph: "C"``, argument ``rate``) per busy 10 ms bin and process, back to 0 after each run
-  of busy bins: ``guest walks/s`` (the x86 fault rate: one guest walk per shadow-MMU fault) and
-  ``stage-2 faults/s`` (function-probe ``fault`` family, arm64).
+- ``fmt="proto"`` (the default): Perfetto's ``Trace`` protobuf through the message classes the ``perfetto``
+  package ships (its trace builder's ``Trace``/``TracePacket``), written in chunks of
+  :data:`PACKETS_PER_CHUNK` packets (concatenated ``Trace`` messages are one ``Trace``). A track is a
+  ``TrackDescriptor`` (process with ``process_name``, thread with ``thread_name``, named child tracks
+  ordered explicitly, counters with their unit); a slice a ``TYPE_SLICE_BEGIN``/``TYPE_SLICE_END`` pair,
+  an instant ``TYPE_INSTANT``, a counter value ``TYPE_COUNTER``; arguments are debug annotations
+  (addresses as pointers). Every packet is on one trusted sequence; timestamps are CLOCK_MONOTONIC ns.
+- ``fmt="json"``: the Trace Event Format (``traceEvents``, ``ph`` ``M``/``X``/``i``/``C``, µs), one
+  event per line; a layer or phases track is a pseudo-thread ``tid`` = :data:`JSON_TRACK_TID` + its uuid
+  (above any Linux thread id) named ``<thread>: <layer>``.
 
-Timestamps are CLOCK_MONOTONIC microseconds (float, ns precision). Families that are absent are
-skipped. Raises CaptureFormatError when ``path`` cannot be written.
+Raises CaptureFormatError when ``path`` cannot be written (or is a symlink), UsageError for another
+format; what reading the capture raises otherwise.
 """
 
 from __future__ import annotations
@@ -27,145 +25,199 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, BinaryIO, NamedTuple
 
-import numpy as np
-import pandas as pd
+from tracekit.analysis.timeline import COUNTER, INSTANT, SLICE, Address, Track, timeline
+from tracekit.errors import CaptureFormatError, UsageError
 
-from tracekit.analysis.common import load, vcpu_map
-from tracekit.analysis.phases import workload_phases
-from tracekit.analysis.splits import SPLIT_EVENT
-from tracekit.errors import CaptureFormatError
+__all__ = ["write_perfetto", "Written", "FORMATS", "PACKETS_PER_CHUNK", "JSON_TRACK_TID", "SEQUENCE_ID"]
 
-__all__ = ["write_perfetto", "trace_events", "COUNTER_BIN_NS"]
-
-COUNTER_BIN_NS = 10_000_000
-_PHASE_TID = 0
-
-
-def _us(ns: Any) -> float:
-    return round(int(ns) / 1000.0, 3)
+FORMATS = ("proto", "json")
+PACKETS_PER_CHUNK = 4096
+#: Pseudo thread ids of the JSON format's layer tracks start here (Linux thread ids stay below 2**22).
+JSON_TRACK_TID = 1 << 22
+#: The trusted packet sequence every packet is written on.
+SEQUENCE_ID = 0x746B
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
-def _thread_names(cap: Any) -> dict[int, str]:
-    manifest = cap.manifest
-    names = {}
-    for thread in (manifest.get("target") or {}).get("threads") or []:
-        if isinstance(thread.get("tid"), int) and thread.get("comm"):
-            names[thread["tid"]] = str(thread["comm"])
-    for tid, vcpu in vcpu_map(manifest).items():
-        names[tid] = f"vCPU {vcpu} ({tid})"
-    return names
+class Written(NamedTuple):
+    """What :func:`write_perfetto` wrote: ``tracks``, ``events`` (slices, instants, counter values) and
+    ``skipped`` (events before the clock's zero, left out)."""
+
+    tracks: int
+    events: int
+    skipped: int
 
 
-def trace_events(cap: Any) -> Iterator[dict]:
-    """The trace events of ``cap`` in the order they are written."""
-    families = set(cap.families())
-    names = _thread_names(cap)
-    seen: dict[tuple[int, int], None] = {}
+class _ProtoWriter:
+    """Tracks and events as ``TracePacket`` messages, flushed in chunks."""
 
-    def threads(pids: np.ndarray, tids: np.ndarray) -> Iterator[dict]:
-        for pid, tid in set(zip(pids.tolist(), tids.tolist())):
-            if (pid, tid) not in seen:
-                seen[(pid, tid)] = None
-                yield {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
-                       "args": {"name": names.get(tid, f"tid {tid}")}}
-                if tid in names and names[tid].startswith("vCPU"):
-                    yield {"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid,
-                           "args": {"sort_index": int(names[tid].split()[1])}}
+    def __init__(self, out: BinaryIO):
+        from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackDescriptor, TrackEvent
 
-    target_pids = (cap.manifest.get("target") or {}).get("pids") or []
-    main_pid = int(target_pids[0]) if target_pids else 0
-    phases = workload_phases(cap.manifest)
-    if len(phases):
-        yield {"ph": "M", "name": "thread_name", "pid": main_pid, "tid": _PHASE_TID, "args": {"name": "phases"}}
-        for label, start, dur in zip(phases["phase"], phases["start_ns"], phases["duration_ns"]):
-            yield {"ph": "X", "cat": "phase", "name": label, "pid": main_pid, "tid": _PHASE_TID,
-                   "ts": _us(start), "dur": _us(dur)}
-    if "ioctl" in families:
-        io = load(cap, "ioctl", ["ts_ns", "pid", "tid", "duration_ns", "cmd_name"],
-                  optional_columns=["slot", "flags", "ret"])
-        yield from threads(io["pid"].to_numpy(), io["tid"].to_numpy())
-        for row in io.itertuples(index=False):
-            args = {k: int(getattr(row, k)) for k in ("slot", "flags", "ret")
-                    if getattr(row, k) is not None and not _isnan(getattr(row, k))}
-            yield {"ph": "X", "cat": "ioctl", "name": row.cmd_name or "ioctl", "pid": int(row.pid),
-                   "tid": int(row.tid), "ts": _us(row.ts_ns), "dur": _dur(row.duration_ns), "args": args}
-    if "split" in families:
-        sp = load(cap, "split", ["ts_ns", "pid", "tid", "duration_ns"], optional_columns=["level", "ret"])
-        yield from threads(sp["pid"].to_numpy(), sp["tid"].to_numpy())
-        for ts, pid, tid, dur, level in zip(sp["ts_ns"], sp["pid"], sp["tid"], sp["duration_ns"], sp["level"]):
-            yield {"ph": "X", "cat": "split", "name": "split" if _isnan(level) else f"split L{int(level)}",
-                   "pid": int(pid), "tid": int(tid), "ts": _us(ts), "dur": _dur(dur)}
-    if "mmu" in families:
-        mmu = load(cap, "mmu", ["ts_ns", "pid", "tid", "event"], optional_columns=["level"])
-        mmu = mmu[mmu["event"] == SPLIT_EVENT]
-        yield from threads(mmu["pid"].to_numpy(), mmu["tid"].to_numpy())
-        for ts, pid, tid, level in zip(mmu["ts_ns"], mmu["pid"], mmu["tid"], mmu["level"]):
-            yield {"ph": "i", "s": "t", "cat": "split", "name": "split_huge_page" if _isnan(level)
-                   else f"split_huge_page L{int(level)}", "pid": int(pid), "tid": int(tid), "ts": _us(ts)}
-    if "lock" in families:
-        lk = load(cap, "lock", ["ts_ns", "pid", "tid", "lock_addr", "wait_ns"])
-        yield from threads(lk["pid"].to_numpy(), lk["tid"].to_numpy())
-        for ts, pid, tid, addr, wait in zip(lk["ts_ns"], lk["pid"], lk["tid"], lk["lock_addr"], lk["wait_ns"]):
-            yield {"ph": "X", "cat": "lock", "name": "wait ?" if _isnan(addr) else f"wait {int(addr):#x}",
-                   "pid": int(pid), "tid": int(tid), "ts": _us(ts), "dur": _dur(wait)}
-    for family, name in (("walk", "guest walks/s"), ("fault", "stage-2 faults/s")):
-        if family in families:
-            yield from _rate_counter(load(cap, family, ["ts_ns", "pid"]), name)
+        self._out, self._trace_type, self._event = out, Trace, TrackEvent
+        self._explicit = TrackDescriptor.ChildTracksOrdering.Value("EXPLICIT")
+        self._trace = Trace()
 
+    def _packet(self) -> Any:
+        if len(self._trace.packet) >= PACKETS_PER_CHUNK:
+            self.flush()
+        return self._trace.packet.add()
 
-def _rate_counter(frame: Any, name: str) -> Iterator[dict]:
-    """Counter events: events per second in each busy COUNTER_BIN_NS bin, per process, and a zero after
-    each run of busy bins (so memory follows the events, not the time they span)."""
-    if not len(frame):
-        return
-    bins = frame["ts_ns"].to_numpy(np.int64) // COUNTER_BIN_NS
-    pids = frame["pid"].to_numpy(np.int64)
-    for pid in np.unique(pids):
-        busy, counts = np.unique(bins[pids == pid], return_counts=True)
-        busy_bins = busy.tolist()
-        for i, (b, count) in enumerate(zip(busy_bins, counts.tolist())):
-            yield {"ph": "C", "name": name, "pid": int(pid), "ts": _us(b * COUNTER_BIN_NS),
-                   "args": {"rate": count * (10**9 // COUNTER_BIN_NS)}}
-            if i + 1 == len(busy_bins) or busy_bins[i + 1] != b + 1:
-                yield {"ph": "C", "name": name, "pid": int(pid), "ts": _us((b + 1) * COUNTER_BIN_NS),
-                       "args": {"rate": 0}}
+    def flush(self) -> None:
+        if len(self._trace.packet):
+            self._out.write(self._trace.SerializeToString())
+            self._trace = self._trace_type()
+
+    def track(self, track: Track) -> None:
+        d = self._packet().track_descriptor
+        d.uuid = track.uuid
+        if track.parent:
+            d.parent_uuid = track.parent
+        if track.kind == "process":
+            d.process.pid = track.pid
+            d.process.process_name = track.name
+        elif track.kind == "thread":
+            d.thread.pid, d.thread.tid, d.thread.thread_name = track.pid, track.tid, track.name
+        else:
+            d.name = track.name
+            if track.kind == "counter":
+                d.counter.unit_name = track.unit or ""
+        if track.kind in ("process", "thread"):
+            d.child_ordering = self._explicit
+        d.sibling_order_rank = track.order
+
+    def event(self, event: tuple) -> None:
+        kind, track, ts, dur, name, category, args = event
+        packet = self._packet()
+        packet.timestamp = ts
+        packet.trusted_packet_sequence_id = SEQUENCE_ID
+        e = packet.track_event
+        e.track_uuid = track
+        if kind == COUNTER:
+            e.type = self._event.TYPE_COUNTER
+            e.counter_value = args
+            return
+        e.type = self._event.TYPE_SLICE_BEGIN if kind == SLICE else self._event.TYPE_INSTANT
+        e.name = name
+        e.categories.append(category)
+        for key, value in args.items():
+            _annotate(e.debug_annotations.add(), key, value)
+        if kind == SLICE:
+            end = self._packet()
+            end.timestamp = ts + dur
+            end.trusted_packet_sequence_id = SEQUENCE_ID
+            end.track_event.track_uuid = track
+            end.track_event.type = self._event.TYPE_SLICE_END
 
 
-def _dur(ns: Any) -> float:
-    """A slice duration in µs from ``ns`` (0 when null or negative)."""
-    return 0.0 if _isnan(ns) else _us(max(int(ns), 0))
+def _annotate(annotation: Any, key: str, value: Any) -> None:
+    annotation.name = key
+    if isinstance(value, Address) and 0 <= value < 1 << 64:
+        annotation.pointer_value = value
+    elif isinstance(value, bool):
+        annotation.bool_value = value
+    elif isinstance(value, int) and _INT64[0] <= value <= _INT64[1]:
+        annotation.int_value = value
+    elif isinstance(value, int) and 0 <= value < 1 << 64:
+        annotation.uint_value = value
+    elif isinstance(value, float):
+        annotation.double_value = value
+    else:
+        annotation.string_value = str(value)
 
 
-def _isnan(value: Any) -> bool:
-    """True for a missing value: None, NaN or pandas' NA (a nullable uint64 column's null)."""
-    try:
-        return value is None or value is pd.NA or bool(np.isnan(value))
-    except TypeError:
-        return False
+class _JsonWriter:
+    """Tracks and events as Trace Event Format lines."""
+
+    def __init__(self, out: BinaryIO):
+        self._out = out
+        self._where: dict[int, tuple[int, int | None]] = {}  # uuid -> (pid, tid)
+        self._names: dict[int, str] = {}
+        self._orders: dict[int, int] = {}  # uuid -> thread_sort_index
+        self._count = 0
+        out.write(b'{"displayTimeUnit": "ns", "traceEvents": [\n')
+
+    def _emit(self, event: dict) -> None:
+        self._out.write(((",\n" if self._count else "") + json.dumps(event, separators=(",", ":"))).encode())
+        self._count += 1
+
+    def track(self, track: Track) -> None:
+        self._names[track.uuid] = track.name
+        if track.kind == "process":
+            self._where[track.uuid] = (track.pid, None)
+            self._emit({"ph": "M", "name": "process_name", "pid": track.pid, "args": {"name": track.name}})
+            self._emit({"ph": "M", "name": "process_sort_index", "pid": track.pid, "args": {"sort_index": track.order}})
+            return
+        if track.kind == "counter":
+            self._where[track.uuid] = (track.pid, None)
+            return
+        if track.kind == "thread":
+            tid, name, order = track.tid, track.name, track.order * 16
+        else:
+            parent = self._names.get(track.parent, "")
+            tid = JSON_TRACK_TID + track.uuid
+            name = f"{parent}: {track.name}" if track.kind == "layer" else track.name
+            order = (self._orders.get(track.parent, 0) + 1 + track.order) if track.kind == "layer" else -1
+        self._where[track.uuid] = (track.pid, tid)
+        self._orders[track.uuid] = order
+        self._emit({"ph": "M", "name": "thread_name", "pid": track.pid, "tid": tid, "args": {"name": name}})
+        self._emit({"ph": "M", "name": "thread_sort_index", "pid": track.pid, "tid": tid, "args": {"sort_index": order}})
+
+    def event(self, event: tuple) -> None:
+        kind, track, ts, dur, name, category, args = event
+        pid, tid = self._where[track]
+        if kind == COUNTER:
+            self._emit({"ph": "C", "name": self._names[track], "pid": pid, "ts": _us(ts), "args": {"rate": args}})
+            return
+        out = {"ph": "X" if kind == SLICE else "i", "cat": category, "name": name, "pid": pid, "tid": tid,
+               "ts": _us(ts)}
+        if kind == SLICE:
+            out["dur"] = _us(dur)
+        else:
+            out["s"] = "t"
+        out["args"] = {k: (f"{v:#x}" if isinstance(v, Address) else v) for k, v in args.items()}
+        self._emit(out)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._out.write(b"\n]}\n")
 
 
-def _write(out: TextIO, cap: Any) -> int:
-    out.write('{"displayTimeUnit": "ns", "metadata": ')
-    out.write(json.dumps({"source": "tracekit", "capture": str(cap.path),
-                          "kernel_release": cap.manifest.get("kernel_release"), "clock": "CLOCK_MONOTONIC"}))
-    out.write(', "traceEvents": [\n')
-    n = 0
-    for event in trace_events(cap):
-        out.write((",\n" if n else "") + json.dumps(event, separators=(",", ":")))
-        n += 1
-    out.write("\n]}\n")
-    return n
+def _us(ns: int) -> float:
+    return round(ns / 1000.0, 3)
 
 
-def write_perfetto(cap: Any, path: str | os.PathLike) -> int:
-    """Write the trace of ``cap`` to ``path``; return the number of trace events."""
+def _write(cap: Any, out: BinaryIO, fmt: str) -> Written:
+    writer = _ProtoWriter(out) if fmt == "proto" else _JsonWriter(out)
+    line, parts = timeline(cap)
+    tracks = events = 0
+    for part in parts:
+        if isinstance(part, Track):
+            writer.track(part)
+            tracks += 1
+            continue
+        for event in part:
+            writer.event(event)
+        events += len(part)
+    writer.flush()
+    if isinstance(writer, _JsonWriter):
+        writer.close()
+    return Written(tracks, events, line.skipped)
+
+
+def write_perfetto(cap: Any, path: str | os.PathLike, fmt: str = "proto") -> Written:
+    """Write the trace of ``cap`` to ``path`` in ``fmt`` (:data:`FORMATS`); see the module docstring."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format for --perfetto must be one of {', '.join(FORMATS)}, not {fmt!r}")
     target = Path(path)
     if target.is_symlink():
         raise CaptureFormatError(f"refusing to write through a symlink: {target}")
     try:
-        with open(target, "w", encoding="utf-8") as out:
-            return _write(out, cap)
+        with open(target, "wb") as out:
+            return _write(cap, out, fmt)
     except OSError as error:
         raise CaptureFormatError(f"cannot write {target}: {error.strerror or error}") from error

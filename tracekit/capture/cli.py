@@ -39,11 +39,14 @@ def info(
 def export(
     capture: Path = typer.Argument(..., help="A capture directory (NAME.tkcap)."),
     family: Optional[str] = typer.Option(None, "--family", "-f", help="The event family to export (see 'tracekit info')."),
-    fmt: str = typer.Option("csv", "--format", help=f"Output format: {' or '.join(EXPORT_FORMATS)}."),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help=f"Output format: {' or '.join(EXPORT_FORMATS)} for a family (default csv); "
+        "proto or json for --perfetto (default proto)."),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Write here instead of standard output ('-' is standard output)."),
     perfetto: Optional[Path] = typer.Option(
-        None, "--perfetto", help="Write a Chrome/Perfetto JSON trace of the whole capture to this file instead."
+        None, "--perfetto", help="Write a Perfetto trace of the whole capture to this file instead (native "
+        "protobuf; --format json for the Chrome JSON trace format). The tracks: docs/perfetto.md."
     ),
 ) -> None:
     """Export a family as CSV, JSON Lines or Parquet, or the whole capture as a Perfetto trace.
@@ -56,17 +59,22 @@ def export(
 
       tracekit export vm.tkcap -f mmu --format parquet -o mmu.parquet
 
-      tracekit export vm.tkcap --perfetto vm.json    # open in ui.perfetto.dev
+      tracekit export vm.tkcap --perfetto vm.pftrace    # open in ui.perfetto.dev
+
+      tracekit export vm.tkcap --perfetto vm.json --format json
     """
     cap = open_capture(capture)
     if perfetto is not None:
         try:
             from tracekit.analysis.perfetto import write_perfetto
         except ModuleNotFoundError as error:
-            raise UsageError("Perfetto export is not available in this build of tracekit") from error
-        write_perfetto(cap, perfetto)
-        typer.echo(f"wrote {perfetto}", err=True)
+            raise UsageError(f"Perfetto export is not available in this installation ({error.name} is missing: "
+                             "run scripts/install.sh)") from error
+        written = write_perfetto(cap, perfetto, fmt or "proto")
+        skipped = f"; {written.skipped:,} events before the clock's zero left out" if written.skipped else ""
+        typer.echo(f"wrote {perfetto}: {written.tracks:,} tracks, {written.events:,} events{skipped}", err=True)
         return
+    fmt = fmt or "csv"
     if family is None:
         raise UsageError(f"--family is required; this capture has: {', '.join(cap.families()) or 'none'}")
     if fmt not in EXPORT_FORMATS:

@@ -1,0 +1,488 @@
+"""A capture as a timeline: one process per VM, one track per thread, named layers, read batch by batch.
+
+Contract
+--------
+:func:`timeline` yields :class:`Track` records and lists of events, every track before the first event on
+it, reading each family a batch at a time (memory follows one batch, the threads, and a few bytes per walk
+and per busy 10 ms bin; no family is read whole). An event is a tuple ``(kind, track, ts_ns, dur_ns, name,
+category, args)``: ``kind`` :data:`SLICE` (``dur_ns`` >= 0), :data:`INSTANT` (``dur_ns`` 0) or
+:data:`COUNTER` (``args`` is the value); ``args`` maps argument names to ints, floats, text or
+:class:`Address` (shown in hex). Times are CLOCK_MONOTONIC ns; events before 0 are left out and counted in
+``Timeline.skipped``.
+
+Tracks (docs/perfetto.md): a ``process`` per VM (and per other process seen) named from the manifest; a
+``thread`` per thread, ``vCPU N (tid T)`` for vCPU threads (the manifest's KVM_RUN fd or workload
+identification, else the ``vcpu_id`` of the thread's fault / MMU events), else its ``comm``; on the thread
+track its ioctls (KVM_RUN included) as slices, aggregated ioctls as one instant; under each thread the
+``layer`` tracks :data:`LAYERS` (guest walks with depth and levels, stage-2 walks with their levels and
+visits, faults, SPTE installs, splits, lock waits named as ``analyze`` names the lock, kernel calls, other
+MMU events); under each process a ``phases`` track (workload phases, else lab steps) and ``counter`` tracks
+of events per second in 10 ms bins (:data:`RATES`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracekit.analysis import locks
+from tracekit.analysis.common import load, vcpu_map
+from tracekit.analysis.phases import capture_phases, workload_phases
+from tracekit.analysis.splits import SPLIT_EVENT
+from tracekit.analysis.walks import level_path_text
+from tracekit.analysis.walkstream import stream_walks
+from tracekit.errors import AnalysisError
+
+__all__ = ["Track", "Address", "Timeline", "timeline", "SLICE", "INSTANT", "COUNTER", "LAYERS", "RATES",
+           "COUNTER_BIN_NS", "MMU_LAYERS"]
+
+SLICE, INSTANT, COUNTER = 0, 1, 2
+COUNTER_BIN_NS = 10_000_000
+#: The layer tracks under a thread, in display order.
+LAYERS = ("guest walks", "stage-2 walks", "faults", "SPTE installs", "splits", "lock waits", "kernel calls",
+          "MMU events")
+#: ``mmu`` family events -> (layer, category); the others go to ``MMU events``.
+MMU_LAYERS = {
+    "kvm_page_fault": ("faults", "fault"), "fast_page_fault": ("faults", "fault"),
+    "kvm_mmu_spte_requested": ("SPTE installs", "spte"), "kvm_mmu_set_spte": ("SPTE installs", "spte"),
+    "kvm_tdp_mmu_spte_changed": ("SPTE installs", "spte"), SPLIT_EVENT: ("splits", "split"),
+}
+#: Counter name -> the family (and ``mmu`` events) it counts.
+RATES = {"guest walks/s": "walk", "stage-2 walks/s": "stage2_walk", "faults/s": "fault",
+         "SPTE installs/s": "kvm_mmu_set_spte", "splits/s": "split", "lock waits/s": "lock"}
+_MMU_ARGS = ("level", "gfn", "addr", "spte", "new_spte", "error_code", "vcpu_id", "count")
+_ADDRESS_ARGS = {"addr", "gfn", "spte", "old_spte", "new_spte", "error_code", "lock_addr"}
+_BATCH = 1 << 16
+_PHASE_TID = 0
+
+
+class Address(int):
+    """An integer shown in hex (an address, a PTE)."""
+
+
+class Track(NamedTuple):
+    """One track: ``kind`` is ``process``, ``thread``, ``layer``, ``phases`` or ``counter``; ``parent`` the
+    uuid of the enclosing track (0 for none); ``order`` sorts siblings; ``unit`` names a counter's unit."""
+
+    uuid: int
+    kind: str
+    name: str
+    parent: int = 0
+    pid: int | None = None
+    tid: int | None = None
+    order: int = 0
+    unit: str | None = None
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _args(names: Iterable[str], columns: list[list], row: int) -> dict:
+    out = {}
+    for name, column in zip(names, columns):
+        value = column[row]
+        if value is not None and value == value:  # not null, not NaN
+            out[name] = Address(value) if name in _ADDRESS_ARGS and isinstance(value, int) and value >= 0 else value
+    return out
+
+
+class Timeline:
+    """The tracks made so far and what was skipped; :meth:`events` is the generator :func:`timeline` runs."""
+
+    def __init__(self, cap: Any):
+        self.cap = cap
+        self.manifest = cap.manifest
+        self.families = set(cap.families())
+        self.skipped = 0
+        self._uuids: dict[tuple, int] = {}
+        self._new: list[Track] = []
+        self._process_names = self._name_processes()
+        self._threads: dict[int, str] = {}
+        self._vcpus: dict[int, int] = {}
+        self._rates: dict[tuple[int, str], dict[int, int]] = {}
+
+    # -- names ---------------------------------------------------------------------------------------
+    def _name_processes(self) -> dict[int, str]:
+        target = self.manifest.get("target") or {}
+        names: dict[int, str] = {}
+        for vm in target.get("vms") or []:
+            if isinstance(vm.get("pid"), int):
+                names[vm["pid"]] = str(vm.get("name") or vm.get("comm") or f"pid {vm['pid']}")
+        label = target.get("name") or target.get("guest") or target.get("comm")
+        workload = self.manifest.get("workload") or {}
+        for pid in target.get("pids") or []:
+            if isinstance(pid, int) and pid not in names:
+                if workload.get("pid") == pid and workload.get("workload"):
+                    names[pid] = f"tracekit workload {workload['workload']}"
+                else:
+                    names[pid] = str(label) if label else f"pid {pid}"
+        return names
+
+    def _name_threads(self, pairs: set[tuple[int, int]], event_vcpus: dict[int, int]) -> None:
+        """Thread names from the manifest (vCPU identification, comm), else from the threads' events."""
+        target = self.manifest.get("target") or {}
+        comms = {t["tid"]: str(t["comm"]) for t in target.get("threads") or []
+                 if isinstance(t.get("tid"), int) and t.get("comm")}
+        vcpus = {**event_vcpus, **vcpu_map(self.manifest)}
+        for pid, tid in pairs:
+            if tid in vcpus:
+                self._threads[tid] = f"vCPU {vcpus[tid]} (tid {tid})"
+            elif tid in comms:
+                self._threads[tid] = f"{comms[tid]} (tid {tid})"
+            elif tid == pid and target.get("comm") and pid in self._process_names:
+                self._threads[tid] = f"{target['comm']} (tid {tid})"
+            else:
+                self._threads[tid] = f"thread {tid}"
+        self._vcpus = vcpus
+
+    # -- tracks --------------------------------------------------------------------------------------
+    def _track(self, key: tuple, make: Any) -> int:
+        uuid = self._uuids.get(key)
+        if uuid is None:
+            uuid = self._uuids[key] = len(self._uuids) + 1
+            self._new.append(make(uuid))
+        return uuid
+
+    def process(self, pid: int) -> int:
+        if pid in self._process_names:
+            name, order = self._process_names[pid], 0
+        else:
+            name, order = f"pid {pid} (not a traced VM)", 1
+        return self._track(("p", pid), lambda u: Track(u, "process", name, pid=pid, order=order))
+
+    def thread(self, pid: int, tid: int) -> int:
+        parent = self.process(pid)
+        name = self._threads.get(tid, f"thread {tid}")
+        order = self._vcpus.get(tid, 1 << 20)
+        return self._track(("t", pid, tid), lambda u: Track(u, "thread", name, parent, pid, tid, order))
+
+    def layer(self, pid: int, tid: int, layer: str) -> int:
+        parent = self.thread(pid, tid)
+        return self._track(("l", pid, tid, layer),
+                           lambda u: Track(u, "layer", layer, parent, pid, tid, LAYERS.index(layer)))
+
+    def _process_child(self, pid: int, kind: str, name: str, order: int, unit: str | None = None) -> int:
+        parent = self.process(pid)
+        return self._track(("c", pid, name), lambda u: Track(u, kind, name, parent, pid, None, order, unit))
+
+    def _thread_tracks(self, pid: np.ndarray, tid: np.ndarray, layer: str | None) -> np.ndarray:
+        """The uuid of each row's thread (``layer`` None) or layer track."""
+        keys = (pid.astype(np.int64) << 32) | (tid.astype(np.int64) & 0xFFFFFFFF)
+        unique, inverse = np.unique(keys, return_inverse=True)
+        uuids = np.array([self.thread(int(k >> 32), int(np.int32(k & 0xFFFFFFFF))) if layer is None
+                          else self.layer(int(k >> 32), int(np.int32(k & 0xFFFFFFFF)), layer)
+                          for k in unique.tolist()], np.int64)
+        return uuids[inverse.reshape(-1)] if len(unique) else np.zeros(0, np.int64)
+
+    def new_tracks(self) -> list[Track]:
+        tracks, self._new = self._new, []
+        return tracks
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _batches(self, family: str, columns: list[str], optional: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+        """Each batch of ``family`` as numpy ``ts_ns``, ``pid``, ``tid`` (nulls as 0, rows before 0 dropped
+        and counted) and python lists of the other columns (None for nulls)."""
+        if family not in self.families:
+            return
+        names = self.cap.schema(family).names
+        wanted = ["ts_ns", "pid", "tid", *[c for c in columns if c in names],
+                  *[c for c in optional if c in names and c not in columns]]
+        for batch in self.cap.iter_batches(family, wanted, _BATCH):
+            ts = pc.fill_null(batch.column("ts_ns"), 0).to_numpy()
+            keep = ts >= 0
+            if not keep.all():
+                self.skipped += int((~keep).sum())
+                batch = batch.filter(pa.array(keep))
+                ts = ts[keep]
+            if not batch.num_rows:
+                continue
+            out: dict[str, Any] = {"ts_ns": ts.astype(np.int64)}
+            for name in ("pid", "tid"):
+                out[name] = pc.fill_null(batch.column(name), 0).to_numpy().astype(np.int64)
+            for name in wanted[3:]:
+                column = batch.column(name)
+                if pa.types.is_dictionary(column.type):
+                    column = column.cast(column.type.value_type)
+                out[name] = column.to_pylist()
+            out["n"] = batch.num_rows
+            yield out
+
+    def _count(self, counter: str, pid: np.ndarray, ts: np.ndarray) -> None:
+        """Add events at ``ts`` of processes ``pid`` to ``counter``'s 10 ms bins."""
+        bins = ts // COUNTER_BIN_NS
+        for p in np.unique(pid).tolist():
+            busy, counts = np.unique(bins[pid == p], return_counts=True)
+            per_bin = self._rates.setdefault((p, counter), {})
+            for b, c in zip(busy.tolist(), counts.tolist()):
+                per_bin[b] = per_bin.get(b, 0) + c
+
+    def _threads_seen(self) -> None:
+        """One pass over every family's thread columns: the threads there are and the vCPU each fault or
+        MMU event names (a thread that ran several keeps the lowest)."""
+        pairs: set[tuple[int, int]] = set()
+        event_vcpus: dict[int, int] = {}
+        for family in sorted(self.families - {"stack"}):
+            names = self.cap.schema(family).names
+            if not {"pid", "tid"} <= set(names):
+                continue
+            has_vcpu = family in ("fault", "mmu") and "vcpu_id" in names
+            for batch in self.cap.iter_batches(family, ["pid", "tid", *(["vcpu_id"] if has_vcpu else [])]):
+                table = pa.Table.from_batches([batch])
+                distinct = table.group_by(["pid", "tid"]).aggregate([])
+                pairs.update((int(p or 0), int(t or 0)) for p, t in zip(distinct.column("pid").to_pylist(),
+                                                                      distinct.column("tid").to_pylist()))
+                if has_vcpu:
+                    table = table.filter(pc.is_valid(table.column("vcpu_id")))
+                    for tid, vcpu in zip(*(table.group_by(["tid", "vcpu_id"]).aggregate([]).column(c).to_pylist()
+                                           for c in ("tid", "vcpu_id"))):
+                        if tid is not None and vcpu is not None and vcpu >= 0:
+                            event_vcpus[tid] = min(vcpu, event_vcpus.get(tid, vcpu))
+        self._name_threads(pairs, event_vcpus)
+        for pid in sorted({p for p, _ in pairs} | set(self._process_names)):
+            self.process(pid)
+        for pid, tid in sorted(pairs, key=lambda pt: (pt[0], self._vcpus.get(pt[1], 1 << 20), pt[1])):
+            self.thread(pid, tid)
+
+    def events(self) -> Iterator[Track | list[tuple]]:
+        self._threads_seen()
+        yield from self.new_tracks()
+        for part in (self._phases(), self._ioctls(), self._walks(), self._stage2_walks(), self._faults(),
+                     self._splits(), self._mmu(), self._locks(), self._calls(), self._counters()):
+            for events in part:
+                yield from self.new_tracks()
+                if events:
+                    events.sort(key=_start_then_longest)
+                    yield events
+
+    # -- families ------------------------------------------------------------------------------------
+    def _main_pid(self) -> int:
+        pids = (self.manifest.get("target") or {}).get("pids") or []
+        workload = (self.manifest.get("workload") or {}).get("pid")
+        return int(workload if isinstance(workload, int) else pids[0] if pids else 0)
+
+    def _phases(self) -> Iterator[list[tuple]]:
+        try:
+            phases = capture_phases(self.cap, None)
+        except AnalysisError:  # a command output that does not fit the capture: no phases from it
+            phases = workload_phases(self.manifest)
+        rows = [(str(p), int(s), int(e), {"iteration": int(i)} if i else {})
+                for p, s, e, i in zip(phases["phase"], phases["start_ns"], phases["end_ns"], phases["iteration"])]
+        category = "phase"
+        if not rows:
+            steps = (self.manifest.get("lab") or {}).get("steps") or []
+            rows = [(str(s.get("op")), s["begin_ns"], s["end_ns"], {"step": s.get("index")})
+                    for s in steps if isinstance(s, dict) and isinstance(s.get("begin_ns"), int)
+                    and isinstance(s.get("end_ns"), int)]
+            category = "lab step"
+        rows = [(name, start, end, args) for name, start, end, args in rows if start >= 0]
+        if rows:
+            track = self._process_child(self._main_pid(), "phases", "phases", -1)
+            yield [(SLICE, track, start, max(end - start, 0), name, category, args) for name, start, end, args in rows]
+
+    def _ioctls(self) -> Iterator[list[tuple]]:
+        stop = (self.manifest.get("window") or {}).get("stop_ns") or self.manifest.get("stop_monotonic_ns")
+        names = ("fd", "ret", "slot", "flags", "partial")
+        for b in self._batches("ioctl", ["duration_ns", "cmd_name", "cmd"], names):
+            tracks = self._thread_tracks(b["pid"], b["tid"], None)
+            columns = [b.get(n, [None] * b["n"]) for n in names]
+            events = []
+            for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist())):
+                name = b["cmd_name"][i] or (f"ioctl {b['cmd'][i]:#x}" if b["cmd"][i] is not None else "ioctl")
+                args = _args(names, columns, i)
+                dur = b["duration_ns"][i]
+                if dur is None and isinstance(stop, int) and stop > ts:
+                    dur, args["unfinished"] = stop - ts, "still running when the recording stopped"
+                events.append((SLICE, track, ts, max(int(dur or 0), 0), name, "ioctl", args))
+            yield events
+        for b in self._batches("ioctl_summary", ["cmd_name", "count", "total_ns", "max_ns"], ("errors", "fd")):
+            tracks = self._thread_tracks(b["pid"], b["tid"], None)
+            names2 = ("count", "total_ns", "max_ns", "errors", "fd")
+            columns = [b.get(n, [None] * b["n"]) for n in names2]
+            yield [(INSTANT, track, ts, 0, f"{b['cmd_name'][i] or 'ioctl'} (aggregated)", "ioctl",
+                    _args(names2, columns, i)) for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist()))]
+
+    def _walks(self) -> Iterator[list[tuple]]:
+        if "walk" not in self.families:
+            return
+        shapes = stream_walks(self.cap).shapes if "walk_element" in self.families else None
+        start = 0
+        for b in self._batches("walk", ["walk_id", "addr", "pferr"]):
+            self._count("guest walks/s", b["pid"], b["ts_ns"])
+            tracks = self._thread_tracks(b["pid"], b["tid"], "guest walks")
+            n = b["n"]
+            depth = shapes.depth[start:start + n].tolist() if shapes is not None else [None] * n
+            path = shapes.path[start:start + n].tolist() if shapes is not None else [0] * n
+            leaf = shapes.leaf[start:start + n].tolist() if shapes is not None else [-1] * n
+            addr, pferr, walk_id = b["addr"], b["pferr"], b["walk_id"]
+            events = []
+            for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist())):
+                args: dict[str, Any] = {}
+                if depth[i] is not None:
+                    args["depth"], args["levels"] = depth[i], level_path_text(path[i])
+                    if leaf[i] >= 0:
+                        args["leaf_level"] = leaf[i]
+                if addr[i] is not None:
+                    args["addr"] = Address(addr[i])
+                if pferr[i] is not None:
+                    args["pferr"] = Address(pferr[i])
+                if walk_id[i] is not None:
+                    args["walk_id"] = walk_id[i]
+                events.append((INSTANT, track, ts, 0, "guest walk", "walk", args))
+            start += n
+            yield events
+
+    def _stage2_levels(self) -> dict[int, tuple[str, int]]:
+        """Per stage-2 walk id: the levels it visited (``0>1>2``) and its visits, a batch at a time."""
+        parts = []
+        for batch in (self.cap.iter_batches("stage2_visit", ["walk_id", "level", "count"])
+                      if "stage2_visit" in self.families else ()):
+            table = pa.Table.from_batches([batch]).drop_null()
+            if table.num_rows:
+                parts.append(table.group_by(["walk_id", "level"]).aggregate([("count", "sum")]).to_pandas())
+        if not parts:
+            return {}
+        visits = pd.concat(parts).groupby(["walk_id", "level"], sort=True)["count_sum"].sum().reset_index()
+        out: dict[int, tuple[str, int]] = {}
+        for walk_id, group in visits.groupby("walk_id", sort=False):
+            out[int(walk_id)] = (">".join(str(int(level)) for level in group["level"]), int(group["count_sum"].sum()))
+        return out
+
+    def _stage2_walks(self) -> Iterator[list[tuple]]:
+        if "stage2_walk" not in self.families:
+            return
+        levels = self._stage2_levels()
+        names = ("start_level", "addr", "size", "flags", "ret", "walk_id")
+        for b in self._batches("stage2_walk", ["walk_id", "duration_ns", "initiator"], names):
+            self._count("stage-2 walks/s", b["pid"], b["ts_ns"])
+            tracks = self._thread_tracks(b["pid"], b["tid"], "stage-2 walks")
+            columns = [b.get(n, [None] * b["n"]) for n in names]
+            events = []
+            for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist())):
+                args = _args(names, columns, i)
+                visited = levels.get(b["walk_id"][i])
+                if visited is not None:
+                    args["levels"], args["visits"] = visited
+                events.append(_call(track, ts, b["duration_ns"][i], b["initiator"][i] or "stage-2 walk",
+                                    "stage2_walk", args))
+            yield events
+
+    def _probe_slices(self, family: str, layer: str, category: str, label: str, names: tuple[str, ...],
+                      counter: str | None) -> Iterator[list[tuple]]:
+        """The function-probe family ``family`` as slices named by its ``label`` column on ``layer``."""
+        for b in self._batches(family, ["duration_ns", label], names):
+            if counter:
+                self._count(counter, b["pid"], b["ts_ns"])
+            tracks = self._thread_tracks(b["pid"], b["tid"], layer)
+            columns = [b.get(n, [None] * b["n"]) for n in names]
+            yield [_call(track, ts, b["duration_ns"][i], b[label][i] or family, category, _args(names, columns, i))
+                   for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist()))]
+
+    def _faults(self) -> Iterator[list[tuple]]:
+        return self._probe_slices("fault", "faults", "fault", "probe", ("vcpu_id", "addr", "ret"), "faults/s")
+
+    def _splits(self) -> Iterator[list[tuple]]:
+        return self._probe_slices("split", "splits", "split", "probe", ("level", "addr", "size", "ret"), "splits/s")
+
+    def _calls(self) -> Iterator[list[tuple]]:
+        return self._probe_slices("func_call", "kernel calls", "call", "name", ("ret", "args"), None)
+
+    def _mmu(self) -> Iterator[list[tuple]]:
+        for b in self._batches("mmu", ["event"], _MMU_ARGS):
+            columns = [b.get(n, [None] * b["n"]) for n in _MMU_ARGS]
+            event = b["event"]
+            layers = [MMU_LAYERS.get(e or "", ("MMU events", "mmu")) for e in event]
+            kinds = np.array([LAYERS.index(layer) for layer, _ in layers], np.int64)
+            tracks = np.zeros(b["n"], np.int64)
+            for kind in np.unique(kinds).tolist():
+                rows = kinds == kind
+                tracks[rows] = self._thread_tracks(b["pid"][rows], b["tid"][rows], LAYERS[kind])
+            installs = np.array([e == "kvm_mmu_set_spte" for e in event], bool)
+            splits = np.array([e == SPLIT_EVENT for e in event], bool)
+            self._count("SPTE installs/s", b["pid"][installs], b["ts_ns"][installs])
+            self._count("splits/s", b["pid"][splits], b["ts_ns"][splits])
+            yield [(INSTANT, track, ts, 0, event[i] or "mmu event", layers[i][1], _args(_MMU_ARGS, columns, i))
+                   for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist()))]
+
+    def _locks(self) -> Iterator[list[tuple]]:
+        if "lock" not in self.families:
+            return
+        stack = load(self.cap, "stack", ["stack_id", "frames"]) if "stack" in self.families else None
+        ioctl = None
+        if "ioctl" in self.families:
+            ioctl = load(self.cap, "ioctl", ["ts_ns", "tid", "duration_ns", "cmd_name"],
+                         optional_columns=["slot", "flags", "memory_size", "guest_phys_addr"],
+                         where=("cmd_name", list(locks.IOCTL_OPERATIONS)))
+        wanted = ["ts_ns", "pid", "tid", "lock_addr", "flags", "wait_ns"]
+
+        def waits() -> Iterator[pd.DataFrame]:
+            schema = self.cap.schema("lock")
+            columns = wanted + [c for c in ("stack_id", "flags_name") if c in schema.names]
+            for batch in self.cap.iter_batches("lock", columns, _BATCH):
+                frame = pa.Table.from_batches([batch]).to_pandas()
+                frame = frame[frame["ts_ns"].notna() & (frame["ts_ns"] >= 0)]
+                self.skipped += batch.num_rows - len(frame)
+                frame = frame.assign(flags=frame["flags"].fillna(0), pid=frame["pid"].fillna(0),
+                                     tid=frame["tid"].fillna(0))
+                if len(frame):
+                    yield locks.attribute_operations(frame.reset_index(drop=True), self.manifest, stack, ioctl)
+
+        scores = [locks.lock_scores(frame) for frame in waits()]
+        mmu = locks.mmu_lock_of(pd.concat(scores).groupby(level=0).sum(), locks.known_mmu_locks(self.manifest)) \
+            if scores else None
+        for frame in waits():
+            ts = frame["ts_ns"].to_numpy(np.int64)
+            pid = frame["pid"].to_numpy(np.int64)
+            self._count("lock waits/s", pid, ts)
+            tracks = self._thread_tracks(pid, frame["tid"].to_numpy(np.int64), "lock waits")
+            names = locks.lock_names(frame, mmu).tolist()
+            addr = frame["lock_addr"].tolist()
+            wait = frame["wait_ns"].tolist()
+            mode, operation = frame["mode"].astype(object).tolist(), frame["operation"].astype(object).tolist()
+            flag_names = frame["flags_name"].tolist() if "flags_name" in frame else [None] * len(frame)
+            events = []
+            for i, (t, track) in enumerate(zip(ts.tolist(), tracks.tolist())):
+                args: dict[str, Any] = {"mode": mode[i], "operation": operation[i]}
+                if addr[i] is not None and addr[i] == addr[i]:
+                    args["lock_addr"] = Address(int(addr[i]))
+                if flag_names[i]:
+                    args["flags"] = flag_names[i]
+                dur = wait[i] if wait[i] is not None and wait[i] == wait[i] else 0
+                events.append((SLICE, track, t, max(int(dur), 0), names[i], "lock", args))
+            yield events
+
+    def _counters(self) -> Iterator[list[tuple]]:
+        order = list(RATES)
+        for (pid, name), per_bin in sorted(self._rates.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
+            track = self._process_child(pid, "counter", name, order.index(name), name.split("/")[0] + " per second")
+            events = []
+            busy = sorted(per_bin)
+            for i, b in enumerate(busy):
+                events.append((COUNTER, track, b * COUNTER_BIN_NS, 0, name, None, per_bin[b] * (10**9 // COUNTER_BIN_NS)))
+                if i + 1 == len(busy) or busy[i + 1] != b + 1:  # back to 0 after each run of busy bins
+                    events.append((COUNTER, track, (b + 1) * COUNTER_BIN_NS, 0, name, None, 0))
+            yield events
+
+
+def _start_then_longest(event: tuple) -> tuple[int, int]:
+    """Events of one batch in time order, a slice before the slices it encloses that start with it."""
+    return event[2], -event[3]
+
+
+def _call(track: int, ts: int, duration: Any, name: str, category: str, args: dict) -> tuple:
+    """A function-probe call: a slice, or an instant when its return was not seen (duration null or -1)."""
+    if duration is None or duration < 0:
+        args["return"] = "not seen"
+        return (INSTANT, track, ts, 0, name, category, args)
+    return (SLICE, track, ts, int(duration), name, category, args)
+
+
+def timeline(cap: Any) -> tuple[Timeline, Iterator[Track | list[tuple]]]:
+    """The :class:`Timeline` of ``cap`` and the generator of its tracks and event lists (see the module
+    docstring); ``Timeline.skipped`` is final once the generator is exhausted."""
+    line = Timeline(cap)
+    return line, line.events()
