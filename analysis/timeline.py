@@ -152,7 +152,7 @@ class Timeline:
         if pid in self._process_names:
             name, order = self._process_names[pid], 0
         else:
-            name, order = f"pid {pid} (not a traced VM)", 1
+            name, order = "not a traced VM", 1
         return self._track(("p", pid), lambda u: Track(u, "process", name, pid=pid, order=order))
 
     def thread(self, pid: int, tid: int) -> int:
@@ -186,7 +186,7 @@ class Timeline:
     # -- reading -------------------------------------------------------------------------------------
     def _batches(self, family: str, columns: list[str], optional: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
         """Each batch of ``family`` as numpy ``ts_ns``, ``pid``, ``tid`` (nulls as 0, rows before 0 dropped
-        and counted) and python lists of the other columns (None for nulls)."""
+        and counted) and python lists of ``columns`` and ``optional`` (None for nulls and absent columns)."""
         if family not in self.families:
             return
         names = self.cap.schema(family).names
@@ -209,6 +209,8 @@ class Timeline:
                 if pa.types.is_dictionary(column.type):
                     column = column.cast(column.type.value_type)
                 out[name] = column.to_pylist()
+            for name in (*columns, *optional):  # a column the family lacks reads as null
+                out.setdefault(name, [None] * batch.num_rows)
             out["n"] = batch.num_rows
             yield out
 
@@ -289,7 +291,7 @@ class Timeline:
         names = ("fd", "ret", "slot", "flags", "partial")
         for b in self._batches("ioctl", ["duration_ns", "cmd_name", "cmd"], names):
             tracks = self._thread_tracks(b["pid"], b["tid"], None)
-            columns = [b.get(n, [None] * b["n"]) for n in names]
+            columns = [b[n] for n in names]
             events = []
             for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist())):
                 name = b["cmd_name"][i] or (f"ioctl {b['cmd'][i]:#x}" if b["cmd"][i] is not None else "ioctl")
@@ -302,7 +304,7 @@ class Timeline:
         for b in self._batches("ioctl_summary", ["cmd_name", "count", "total_ns", "max_ns"], ("errors", "fd")):
             tracks = self._thread_tracks(b["pid"], b["tid"], None)
             names2 = ("count", "total_ns", "max_ns", "errors", "fd")
-            columns = [b.get(n, [None] * b["n"]) for n in names2]
+            columns = [b[n] for n in names2]
             yield [(INSTANT, track, ts, 0, f"{b['cmd_name'][i] or 'ioctl'} (aggregated)", "ioctl",
                     _args(names2, columns, i)) for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist()))]
 
@@ -360,7 +362,7 @@ class Timeline:
         for b in self._batches("stage2_walk", ["walk_id", "duration_ns", "initiator"], names):
             self._count("stage-2 walks/s", b["pid"], b["ts_ns"])
             tracks = self._thread_tracks(b["pid"], b["tid"], "stage-2 walks")
-            columns = [b.get(n, [None] * b["n"]) for n in names]
+            columns = [b[n] for n in names]
             events = []
             for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist())):
                 args = _args(names, columns, i)
@@ -378,7 +380,7 @@ class Timeline:
             if counter:
                 self._count(counter, b["pid"], b["ts_ns"])
             tracks = self._thread_tracks(b["pid"], b["tid"], layer)
-            columns = [b.get(n, [None] * b["n"]) for n in names]
+            columns = [b[n] for n in names]
             yield [_call(track, ts, b["duration_ns"][i], b[label][i] or family, category, _args(names, columns, i))
                    for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist()))]
 
@@ -393,7 +395,7 @@ class Timeline:
 
     def _mmu(self) -> Iterator[list[tuple]]:
         for b in self._batches("mmu", ["event"], _MMU_ARGS):
-            columns = [b.get(n, [None] * b["n"]) for n in _MMU_ARGS]
+            columns = [b[n] for n in _MMU_ARGS]
             event = b["event"]
             layers = [MMU_LAYERS.get(e or "", ("MMU events", "mmu")) for e in event]
             kinds = np.array([LAYERS.index(layer) for layer, _ in layers], np.int64)
@@ -418,6 +420,9 @@ class Timeline:
                          optional_columns=["slot", "flags", "memory_size", "guest_phys_addr"],
                          where=("cmd_name", list(locks.IOCTL_OPERATIONS)))
         wanted = ["ts_ns", "pid", "tid", "lock_addr", "flags", "wait_ns"]
+        missing = [c for c in wanted if c not in self.cap.schema("lock").names]
+        if missing:
+            raise AnalysisError(f"{self.cap.path}: family 'lock' lacks column(s) {', '.join(missing)}")
 
         def waits() -> Iterator[pd.DataFrame]:
             schema = self.cap.schema("lock")
