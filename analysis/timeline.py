@@ -57,6 +57,7 @@ RATES = {"guest walks/s": "walk", "stage-2 walks/s": "stage2_walk", "faults/s": 
 _MMU_ARGS = ("level", "gfn", "addr", "spte", "new_spte", "error_code", "vcpu_id", "count")
 _ADDRESS_ARGS = {"addr", "gfn", "spte", "old_spte", "new_spte", "error_code", "lock_addr"}
 _BATCH = 1 << 16
+_INT64_MAX = (1 << 63) - 1
 _PHASE_TID = 0
 
 
@@ -145,7 +146,8 @@ class Timeline:
         uuid = self._uuids.get(key)
         if uuid is None:
             uuid = self._uuids[key] = len(self._uuids) + 1
-            self._new.append(make(uuid))
+            track = make(uuid)
+            self._new.append(track._replace(name=_text(track.name)))
         return uuid
 
     def process(self, pid: int) -> int:
@@ -263,9 +265,10 @@ class Timeline:
 
     # -- families ------------------------------------------------------------------------------------
     def _main_pid(self) -> int:
+        """The workload's process when the target holds it, else the target's first process (else 0)."""
         pids = (self.manifest.get("target") or {}).get("pids") or []
         workload = (self.manifest.get("workload") or {}).get("pid")
-        return int(workload if isinstance(workload, int) else pids[0] if pids else 0)
+        return workload if workload in pids else pids[0] if pids else 0
 
     def _phases(self) -> Iterator[list[tuple]]:
         try:
@@ -276,12 +279,14 @@ class Timeline:
                 for p, s, e, i in zip(phases["phase"], phases["start_ns"], phases["end_ns"], phases["iteration"])]
         category = "phase"
         if not rows:
-            steps = (self.manifest.get("lab") or {}).get("steps") or []
-            rows = [(str(s.get("op")), s["begin_ns"], s["end_ns"], {"step": s.get("index")})
-                    for s in steps if isinstance(s, dict) and isinstance(s.get("begin_ns"), int)
-                    and isinstance(s.get("end_ns"), int)]
+            steps = (self.manifest.get("lab") or {}).get("steps")
+            rows = [(_text(s.get("op")), s["begin_ns"], s["end_ns"],
+                     {"step": s["index"]} if isinstance(s.get("index"), int) else {})
+                    for s in (steps if isinstance(steps, list) else []) if isinstance(s, dict)
+                    and isinstance(s.get("begin_ns"), int) and isinstance(s.get("end_ns"), int)]
             category = "lab step"
-        rows = [(name, start, end, args) for name, start, end, args in rows if start >= 0]
+        rows = [(_text(name), start, end, args) for name, start, end, args in rows if 0 <= start <= _INT64_MAX
+                and end <= _INT64_MAX]
         if rows:
             track = self._process_child(self._main_pid(), "phases", "phases", -1)
             yield [(SLICE, track, start, max(end - start, 0), name, category, args) for name, start, end, args in rows]
@@ -471,6 +476,11 @@ class Timeline:
                 if i + 1 == len(busy) or busy[i + 1] != b + 1:  # back to 0 after each run of busy bins
                     events.append((COUNTER, track, (b + 1) * COUNTER_BIN_NS, 0, name, None, 0))
             yield events
+
+
+def _text(value: Any) -> str:
+    """``value`` as text that encodes as UTF-8 (a manifest's lone surrogates become ``?``)."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
 
 
 def _start_then_longest(event: tuple) -> tuple[int, int]:

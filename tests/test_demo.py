@@ -40,3 +40,14 @@ def test_demo_records_the_workload_and_analyses_it(tmp_path):
     lost_walks = sum(e["count"] for e in cap.manifest["lost"] if e["probe"].endswith("kvm_mmu_pagetable_walk"))
     assert cap.rows("walk") + lost_walks >= expected
     assert "Verdicts" in result.stdout and "model cross-check: match" in result.stdout
+    # its Perfetto trace: the vCPU identified by its KVM_RUN fd has a named track with each KVM_RUN and walks
+    from tests.analysis import pftrace
+
+    trace = tmp_path / "demo.pftrace"
+    assert runner.invoke(app, ["export", str(out), "--perfetto", str(trace)]).exit_code == 0
+    summary = pftrace.summary(trace)
+    tid = layout["vcpus"][0]["tid"]
+    vcpu = next(path for path in summary["tracks"] if path.endswith(f"/ vCPU 0 (tid {tid})"))
+    assert summary["tracks"][vcpu]["slices"]["KVM_RUN"] == layout["vcpus"][0]["kvm_run_count"]
+    assert summary["tracks"][f"{vcpu} / guest walks"]["instants"]["guest walk"] == cap.rows("walk")
+    assert summary["problems"] == []
