@@ -176,9 +176,8 @@ class Timeline:
         """The uuid of each row's thread (``layer`` None) or layer track."""
         keys = (pid.astype(np.int64) << 32) | (tid.astype(np.int64) & 0xFFFFFFFF)
         unique, inverse = np.unique(keys, return_inverse=True)
-        uuids = np.array([self.thread(int(k >> 32), int(np.int32(k & 0xFFFFFFFF))) if layer is None
-                          else self.layer(int(k >> 32), int(np.int32(k & 0xFFFFFFFF)), layer)
-                          for k in unique.tolist()], np.int64)
+        pairs = [(k >> 32, ((k & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000) for k in unique.tolist()]
+        uuids = np.array([self.thread(p, t) if layer is None else self.layer(p, t, layer) for p, t in pairs], np.int64)
         return uuids[inverse.reshape(-1)] if len(unique) else np.zeros(0, np.int64)
 
     def new_tracks(self) -> list[Track]:
