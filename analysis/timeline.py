@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracekit.analysis import locks
-from tracekit.analysis.common import load, vcpu_map
+from tracekit.analysis.common import frame_of, load, vcpu_map
 from tracekit.analysis.phases import capture_phases, workload_phases
 from tracekit.analysis.splits import SPLIT_EVENT
 from tracekit.analysis.walks import level_path_text
@@ -432,11 +432,10 @@ class Timeline:
             schema = self.cap.schema("lock")
             columns = wanted + [c for c in ("stack_id", "flags_name") if c in schema.names]
             for batch in self.cap.iter_batches("lock", columns, _BATCH):
-                frame = pa.Table.from_batches([batch]).to_pandas()
-                frame = frame[frame["ts_ns"].notna() & (frame["ts_ns"] >= 0)]
+                frame = frame_of([pa.Table.from_batches([batch])], batch.num_rows, schema, columns)  # uint64 exact
+                frame = frame[frame["ts_ns"] >= 0]
                 self.skipped += batch.num_rows - len(frame)
-                frame = frame.assign(flags=frame["flags"].fillna(0), pid=frame["pid"].fillna(0),
-                                     tid=frame["tid"].fillna(0))
+                frame = frame.assign(flags=frame["flags"].fillna(0))
                 if len(frame):
                     yield locks.attribute_operations(frame.reset_index(drop=True), self.manifest, stack, ioctl)
 
@@ -456,12 +455,12 @@ class Timeline:
             events = []
             for i, (t, track) in enumerate(zip(ts.tolist(), tracks.tolist())):
                 args: dict[str, Any] = {"mode": mode[i], "operation": operation[i]}
-                if addr[i] is not None and addr[i] == addr[i]:
+                if not pd.isna(addr[i]):
                     args["lock_addr"] = Address(int(addr[i]))
-                if flag_names[i]:
+                if isinstance(flag_names[i], str) and flag_names[i]:
                     args["flags"] = flag_names[i]
-                dur = wait[i] if wait[i] is not None and wait[i] == wait[i] else 0
-                events.append((SLICE, track, t, max(int(dur), 0), names[i], "lock", args))
+                dur = 0 if pd.isna(wait[i]) else max(int(wait[i]), 0)
+                events.append((SLICE, track, t, dur, names[i], "lock", args))
             yield events
 
     def _counters(self) -> Iterator[list[tuple]]:
