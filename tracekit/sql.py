@@ -173,7 +173,7 @@ def sql(
       tracekit sql "SELECT kernel_release, scenario, lost_events FROM captures" samples/
 
       tracekit sql "SELECT c.kernel_release, quantile_disc(s.duration_ns, 0.99) AS p99_ns
-        FROM split s JOIN captures c USING (capture) GROUP BY ALL" 'runs/*.tkcap'
+        FROM split s JOIN captures c USING (capture) WHERE s.duration_ns >= 0 GROUP BY ALL" 'runs/*.tkcap'
 
       tracekit sql "SELECT * FROM ioctl" vm.tkcap --format parquet -o ioctl.parquet
     """
