@@ -51,6 +51,7 @@ def test_info_text_and_json(tmp_path):
     assert data["families"]["ioctl"]["columns"][:4] == ["ts_ns", "cpu", "pid", "tid"]
     assert data["lost"] == {"total": 4, "by_probe": {"ioctl": 4}, "entries": [{"probe": "ioctl", "cpu": 1, "count": 4}]}
     assert data["complete"] is True and data["format_version"] == 1
+    assert data["capture_id"] == json.loads((path / "capture.json").read_text())["capture_id"]
     assert data["probes"]["failed"][0]["probe"] == "tdp"
 
 

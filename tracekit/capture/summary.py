@@ -29,6 +29,7 @@ def capture_summary(cap: Capture) -> dict:
     return {
         "path": str(cap.path),
         "format_version": m.get("format_version"),
+        "capture_id": cap.capture_id,
         "tracekit_version": m.get("tracekit_version"),
         "status": m.get("status"),
         "complete": cap.complete,
@@ -63,6 +64,7 @@ def format_summary(s: dict) -> list[str]:
     """80-column text lines for the summary ``s``."""
     out = [f"{'capture':<13} {s['path']}"]
     out.append(f"{'format':<13} v{s['format_version']} (written by tracekit {s['tracekit_version']})")
+    out.append(f"{'capture id':<13} {s['capture_id']}")
     status = s["status"]
     if status == "incomplete":
         status = "incomplete: the writer stopped without closing (killed?); finished segments are readable"
