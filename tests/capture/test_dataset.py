@@ -163,3 +163,14 @@ def test_threads_of_several_vms(tmp_path):
                     {"pid": 20, "tid": 21, "comm": "CPU 0/KVM", "vcpu": 0, "vm": "qemu-system-x86"}]
     facts = capture_facts([tmp_path / "vms.tkcap"]).to_pylist()[0]
     assert (facts["vcpus"], facts["memory_bytes"], facts["status"]) == (3, 1 << 30, "complete")
+
+
+def test_a_hostile_capture_id_is_refused_in_one_line(tmp_path):
+    moved = _copy("lab-x86-tdp-1g.tkcap", tmp_path / "x.tkcap")
+    manifest = json.loads((moved / "capture.json").read_text())
+    for bad in ("two\nlines", "", "x" * 129, 7, "'; DROP TABLE captures; --"):
+        (moved / "capture.json").write_text(json.dumps({**manifest, "capture_id": bad}))
+        with pytest.raises(CaptureFormatError, match="invalid manifest field capture_id"):
+            open_capture(moved)
+    (moved / "capture.json").write_text(json.dumps({**manifest, "capture_id": "host-1:run.42"}))
+    assert open_capture(moved).capture_id == "host-1:run.42"

@@ -13,13 +13,14 @@ import copy
 import hashlib
 import json
 import math
+import re
 import uuid
 from typing import Any
 
 from tracekit.errors import CaptureFormatError
 
 __all__ = [
-    "MANIFEST", "MAX_MANIFEST_BYTES", "MAX_MANIFEST_DEPTH", "Spec", "Int", "Num", "Str", "Bool", "List",
+    "MANIFEST", "MAX_MANIFEST_BYTES", "MAX_MANIFEST_DEPTH", "Spec", "Int", "Num", "Str", "Name", "Bool", "List",
     "Obj", "Map", "AnyOf", "Anything", "nullable", "manifest_violations", "check_manifest", "parse_manifest",
     "STARTING_KEYS", "new_capture_id", "derived_capture_id",
 ]
@@ -97,6 +98,16 @@ class Str(Spec):
         except UnicodeEncodeError:
             return False
         return True
+
+
+class Name(Str):
+    """A short identifier: 1-128 letters, digits and ``._:-``, starting with a letter or digit."""
+
+    expected = "an identifier of 1-128 letters, digits, '.', '_', ':' or '-'"
+    _PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and self._PATTERN.fullmatch(value) is not None
 
 
 class Bool(Spec):
@@ -221,7 +232,7 @@ LOST = List(Obj({"probe": TEXT, "cpu": INDEX, "count": COUNT}))
 MANIFEST = Obj({
     "format": TEXT,
     "format_version": Int(1, 1 << 31),
-    "capture_id": Str(),
+    "capture_id": Name(),
     "tracekit_version": TEXT,
     "host": TEXT,
     "kernel_release": TEXT,
