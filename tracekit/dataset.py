@@ -40,6 +40,8 @@ from typing import Any, Iterable, Sequence, Union
 
 import pyarrow as pa
 
+from tracekit.analysis.locks import known_mmu_locks
+from tracekit.analysis.phases import capture_phases
 from tracekit.capture.columns import SCHEMAS
 from tracekit.capture.format import MANIFEST_NAME, SCHEMA_FILE, shown_path
 from tracekit.capture.reader import Capture, open_capture
@@ -298,8 +300,6 @@ def _memory_bytes(manifest: dict, workload: dict) -> int | None:
 
 def _phase_rows(cap: Capture) -> list[dict]:
     """The capture's phases as the analyses see them (analysis/phases.py), else the lab's steps."""
-    from tracekit.analysis.phases import capture_phases
-
     try:
         table = capture_phases(cap)
     except (AnalysisError, CaptureFormatError):
@@ -321,8 +321,6 @@ def _phase_rows(cap: Capture) -> list[dict]:
 
 
 def _facts(cap: Capture, phases: list[dict]) -> dict:
-    from tracekit.analysis.locks import known_mmu_locks
-
     m = cap.manifest
     workload = m.get("workload") if isinstance(m.get("workload"), dict) else {}
     source = m.get("source") if isinstance(m.get("source"), dict) else {}
@@ -471,7 +469,7 @@ def connect(source: Source, *, skip_bad: bool = False, database: str = ":memory:
     """A DuckDB connection with the dataset's views (see the module docstring). ``skip_bad`` leaves
     refused captures out instead of raising CaptureFormatError; to learn which, open the
     :class:`Dataset` first (``Dataset.open(paths, skip_bad=True).problems``) and pass it."""
-    import duckdb
+    import duckdb  # here, not at the top: the other commands of the console script need not load it
 
     ds = source if isinstance(source, Dataset) else Dataset.open(source, skip_bad=skip_bad)
     con = duckdb.connect(database)

@@ -91,7 +91,7 @@ def write_result(con: Any, query: str, fmt: str, output: Path | None, *, max_row
                  echo: Callable[[str], None] = typer.echo) -> int | None:
     """Run ``query`` on ``con`` and write its result in ``fmt`` to ``output`` (None or ``-``: standard
     output; Parquet needs a file). Returns the rows written to a file, else None."""
-    import duckdb
+    import duckdb  # here, not at the top: the other commands of the console script need not load it
 
     if fmt not in RESULT_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(RESULT_FORMATS)}, not {fmt!r}")

@@ -43,7 +43,7 @@ def _plain(schema: pa.Schema) -> pa.Schema:
 def export_family(cap: Capture, family: str, fmt: str, out: BinaryIO | str | os.PathLike) -> int:
     """Write ``family`` of ``cap`` to ``out`` (a path, or a binary file object such as standard output)
     in ``fmt``; return the number of rows written."""
-    import duckdb
+    import duckdb  # here, not at the top: the other commands of the console script need not load it
 
     if fmt not in EXPORT_FORMATS:
         raise CaptureFormatError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")

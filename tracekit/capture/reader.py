@@ -325,7 +325,7 @@ def _masked_integer_dtype(type_: pa.DataType):
     """pyarrow ``types_mapper``: an integer type to pandas' masked nullable dtype (``UInt64``, ``Int32``...)."""
     if not pa.types.is_integer(type_):
         return None
-    import pandas as pd
+    import pandas as pd  # here: opening and reading a capture need no pandas
 
     return pd.api.types.pandas_dtype(("UInt" if pa.types.is_unsigned_integer(type_) else "Int") + str(type_.bit_width))
 
