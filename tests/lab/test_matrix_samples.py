@@ -103,3 +103,40 @@ def test_newest_kernel_runs_every_x86_scenario(tmp_path):
         assert rows["disable_dirty_logging: recover_huge_pages (`kvm_tdp_mmu_recover_huge_pages`)"] == [1]
     one_gib = _values(tables[-1])
     assert one_gib["enable_dirty_logging: `kvmmmu:kvm_mmu_split_huge_page`"] == [513]
+
+
+#: The arm64 scenarios the newest-kernel-arm64 matrix has run, in its order (docs/cases/newest-kernel.md says
+#: which are still to run).
+ARM64_SCENARIOS = ["eager-enable", "eager-chunk-1g", "eager-clear", "lazy", "rebuild", "resplit", "rebuild-shared",
+                   "contention", "overhead", "workload"]
+
+
+def test_newest_kernel_arm64_scenarios_meet_their_counts(tmp_path):
+    """Seed 6 (docs/cases/newest-kernel.md), arm64: on trixie-backports 7.3 every probe attached and each scenario
+    run met its exact counts and the model's visits: the split walker's 128 + 65,536 per 256 MiB of blocks, at
+    enable, in one 1 GiB chunk or at CLEAR; 65,536 more on resplit; none without eager splitting."""
+    _doc, tables = _replay("newest-kernel-arm64", tmp_path)
+    assert [t.scenario for t in tables] == ARM64_SCENARIOS
+    by = {}
+    for table in tables:
+        rows = by[table.scenario] = _values(table)
+        assert rows["runs"] == ["1 of 1"] and rows["kernel"][0].startswith("7.3.")
+        assert rows["probes not attached"] == ["none"] and rows["events lost"] == [0]
+        checks = [row["cells"][0] for row in table.rows if row["kind"] == "check"]
+        assert checks and all("not met" not in c and "never fired" not in c for c in checks), checks
+    walker = "visits: stage2_split_walker level {} leaf:{}"
+    for name in ("eager-enable", "eager-chunk-1g", "eager-clear"):
+        assert by[name]["check: split_walker (model)"] == ["65,664 (ok: expected 65,664)"]
+        assert (by[name][walker.format(2, "block")], by[name][walker.format(3, "page")]) == ([128], [65_536])
+    assert by["eager-enable"]["check: stage2_split (exact)"] == ["128 (ok: expected 128)"]
+    assert by["eager-chunk-1g"]["check: stage2_split (exact)"] == ["1 (ok: expected 1)"]
+    assert by["eager-clear"]["check: stage2_split (exact)"] == ["1,024 (ok: expected 1,024)"]
+    assert by["resplit"]["check: split_walker (model)"] == ["131,200 (ok: expected 131,200)"]
+    assert by["resplit"][walker.format(3, "page")] == [131_072]
+    assert by["lazy"]["check: stage2_split (exact)"] == ["0 (ok: expected 0)"]
+    assert by["lazy"]["dirty_memory_1: stage2_map (`kvm_pgtable_stage2_map`)"] == [65_536]
+    assert by["rebuild"]["check: map_walker fired (evidence)"] == [66_049]
+    assert by["rebuild-shared"]["check: map_walker fired (evidence)"] == [66_501]
+    assert by["contention"]["mmu_lock waits, write, by VMM in clear_while_touching"] == [12]
+    assert by["overhead"]["check: split_walker (exact)"] == ["65,664 (ok: expected 65,664)"]
+    assert by["workload"]["check: stage2_map fired (evidence)"] == [16_454]
