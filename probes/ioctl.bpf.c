@@ -113,9 +113,17 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 static __always_inline struct ioctl_event *ioctl_began_before(__u64 pid_tgid, int in_syscall)
 {
 #ifdef TK_IOCTL_TASK_REGS
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	__u64 fd = 0, cmd = 0, arg = 0;
 	if (!in_syscall) {
+		/* A kernel worker cloned from a vCPU inside KVM_RUN (KVM's NX huge-page recovery
+		 * thread, a PF_USER_WORKER of the VMM since 6.13) keeps that call's saved registers
+		 * for ever: it is no vCPU in KVM_RUN. PF_KTHREAD 0x00200000, PF_USER_WORKER 0x4000. */
+		unsigned int task_flags = 0;
+		bpf_probe_read_kernel(&task_flags, sizeof(task_flags), &task->flags);
+		if (task_flags & (0x00200000 | 0x00004000))
+			return 0;
 		long nr = -1;
 #ifdef TK_ARCH_ARM64
 		bpf_probe_read_kernel(&nr, sizeof(nr), &regs->syscallno);
