@@ -332,14 +332,23 @@ def test_record_a_qemu_guest_by_name(tmp_path):
 
 
 def _children() -> list[int]:
-    """Pids of this process's children (every thread's list)."""
+    """Pids of this process's children (every thread's list) still running this interpreter: the command
+    forked and held before its exec, not a helper another test started for the session (Spark's JVM)."""
     pids: list[int] = []
+    me = os.readlink("/proc/self/exe")
     for task in Path("/proc/self/task").iterdir():
         try:
             pids += [int(p) for p in (task / "children").read_text().split()]
         except OSError:
             pass
-    return pids
+    mine = []
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/exe") == me:
+                mine.append(pid)
+        except OSError:
+            pass
+    return mine
 
 
 def _record_beside_a_counter(out: Path, options=None, poll_interval: float = 0.02) -> tuple:

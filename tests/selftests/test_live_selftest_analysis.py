@@ -144,9 +144,9 @@ def test_memslot_perf_test_moves_are_moves_and_nothing_enables_dirty_logging(rec
     cap = open_capture(recorded.capture)
     result = analyze_capture(cap)
     changes = result.tables["memslot_latency"].groupby("change")["count"].sum()
-    assert "same" not in changes.index and "log-dirty-on" not in changes.index
-    if cap.lost_total() == 0:
-        assert changes["move"] == 2 * iterations
+    assert "log-dirty-on" not in changes.index
+    if cap.lost_total() == 0:  # a lost call leaves the next one compared with a stale address: "same"
+        assert "same" not in changes.index and changes["move"] == 2 * iterations
     waits = result.tables.get("lock_contention")
     if waits is not None:
         assert "dirty-log-enable" not in set(waits["operation"])
