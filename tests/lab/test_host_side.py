@@ -220,3 +220,19 @@ def test_a_guest_that_reached_init_is_not_booted_again(tmp_path, monkeypatch):
     boot = _boot(["qemu"], tmp_path / "guest.log", tmp_path / "result.tar", 10, tmp_path / "c.tkcap.console.log")
     assert len(calls) == 1 and boot.guest_rc == 1
     assert not (tmp_path / "c.tkcap.console.attempt1.log").exists()
+
+
+def test_a_kernel_built_in_the_cache_is_described_without_this_machines_directories(tmp_path):
+    """A path kernel (``--kernel IMAGE``, e.g. a ``lab kernel build`` image) names its file in spec, image and
+    source alike: every one of them is written relative to the lab cache, as samples travel."""
+    from tracekit.lab import runner
+    from tracekit.lab.kernels import LabKernel
+
+    cache = tmp_path / "cache"
+    image = cache / "kbuild" / "arm64-6.12.117-x" / "tree" / "arch" / "arm64" / "boot" / "Image"
+    kernel = LabKernel(spec=str(image), arch="arm64", release="6.12.117-tkx", image=image, config=None,
+                       source=str(image))
+    described = runner._portable_kernel(kernel, tmp_path / "work", cache, tmp_path / "out.tkcap")
+    portable = "$TRACEKIT_LAB_CACHE/kbuild/arm64-6.12.117-x/tree/arch/arm64/boot/Image"
+    assert (described["spec"], described["image"], described["source"]) == (portable,) * 3
+    assert str(tmp_path) not in repr(described)

@@ -378,8 +378,8 @@ def _mmu_lock_offset(image: Path) -> int | None:
 def _portable_kernel(lab_kernel: kernels.LabKernel, work: Path, cache: Path, output: Path) -> dict:
     """The kernel's description for a capture's manifest, without this machine's directories."""
     described = lab_kernel.as_dict()
-    for key in ("image", "config"):
-        if described[key]:
+    for key in ("spec", "image", "config", "source"):  # every field that can name a file here
+        if isinstance(described[key], str):
             described[key] = _portable(described[key], work, cache, output)
     built = build_record(lab_kernel.image)  # a `tracekit lab kernel build` image: its source and patches
     if built:
