@@ -1,35 +1,8 @@
 """A/B comparison of repeated runs, in the form of a kernel patch's cover letter.
 
-Contract
---------
-:func:`capture_metrics` reduces one analysed capture (:class:`tracekit.analysis.analyze.Analysis`) to
-:class:`RunMetrics`: named scalars keyed ``(group, metric)`` with a unit (``s`` or ``count``), in the
-groups of :data:`GROUPS`:
-
-- ``phase``: each phase's runtime (``enable-dirty-logging runtime``; a lab run's steps when the capture
-  has no other phases) and, for a phase run more than once, the sum over its iterations;
-- ``ioctl``: per ioctl kind its runtime (the sum over its calls), the number of calls, and the runtime per
-  call (compared only where the runs made different numbers of calls, else it is the runtime rescaled); memslot ioctls also per change
-  (``KVM_SET_USER_MEMORY_REGION log-dirty-on runtime``: the dirty-log enable);
-- ``level``: guest PTE reads per level (x86) and arm64 stage-2 visits per level, visitor and kind;
-- ``lock``: per lock *role* (``mmu_lock`` where analyze identified it, else ``other locks``, never an
-  address, which changes between runs), KVM operation and mode: the summed wait and the number of waits;
-- ``work``: guest walks, huge-page splits, split calls and their runtime, operations the recording
-  window cut.
-
-A metric missing from a run whose capture measured its group (the table exists) counts as 0 (a lock
-never contended, a level never visited); a metric a run could not measure leaves the comparison.
-
-:func:`compare_runs` takes the :class:`RunMetrics` of runs A and runs B and returns one row per metric
-(columns :data:`COMPARE_COLUMNS`): ``n_a``/``n_b`` runs; ``mean_a``/``mean_b``; ``stdev_a``/``stdev_b``
-the sample standard deviations (ddof = 1), null with a single run; ``change_pct`` =
-``100 * (mean_b - mean_a) / mean_a`` (null when ``mean_a`` is 0); ``change_stdev_pct`` its standard
-deviation propagated from both sides' (first order: ``100 * sqrt(sd_b**2 + (mean_b * sd_a / mean_a)**2) /
-|mean_a|``), null when a side has one run; ``noise``: ``identical`` (every run of both sides has the same
-value), ``beyond`` (Welch's t-test: the difference is significant at 95%, two-sided, with
-Welch-Satterthwaite degrees of freedom), ``within`` (it is not: within noise), or ``unknown`` (a side has
-one run); ``text``: ``"-35.47% enable-dirty-logging runtime (stdev 5.63%)"``,
-with ``stdev n/a`` and the reason where a side has one run.
+Each analysed capture is reduced to named metrics (:class:`RunMetrics`); :func:`compare_runs` gives, per
+metric, both sides' means and stdevs, the change in percent with its propagated stdev and Welch's
+verdict on noise. docs/analysis.md ("Compare") gives the metrics and the formulas.
 """
 
 from __future__ import annotations

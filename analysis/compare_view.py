@@ -1,15 +1,7 @@
 """The compare table as terminal text and as one self-contained HTML page.
 
-Contract
---------
-:func:`sides_notes` describes the two sides (runs, kernels, capture paths) and warns where timings
-mean little (lab captures: emulated), where the runs ran different workloads and where a side has one run. :func:`compare_text` prints one table per metric group of
-:func:`tracekit.analysis.compare.compare_runs`'s frame: metric, A mean ± stdev, B mean ± stdev,
-change % ± propagated stdev, runs per side and the noise note; then the runtime rows in the cover
-letter's words. Rows whose values are identical in every run, or whose difference is within noise, are
-left out unless ``show_all`` (a line counts them). :func:`compare_html` is the same tables in HTML with
-a figure (``data-figure="change"``: the change of every shown metric with its stdev as an error bar,
-inline SVG).
+:func:`compare_text` prints one table per metric group and the cover letter's lines, :func:`compare_html`
+the same with a figure of the changes, and :func:`sides_notes` the notes on the two sides.
 """
 
 from __future__ import annotations

@@ -1,36 +1,8 @@
 """Lock contention with KVM semantics: per lock, KVM operation, vCPU and read/write mode.
 
-Contract
---------
-Inputs: ``lock`` (``ts_ns`` = contention begin, ``tid``, ``lock_addr`` uint64, ``flags`` uint32
-SPIN=1 READ=2 WRITE=4 RT=8 PERCPU=16 MUTEX=32, ``wait_ns`` int64, ``stack_id`` int32, -1/null when
-none), optionally ``stack`` (``stack_id``, ``frames`` list of symbol strings, innermost first) and
-``ioctl`` (``ts_ns``, ``duration_ns``, ``tid``, ``cmd_name``, ``slot``, ``flags``), and the
-manifest (vCPU threads).
-
-:func:`attribute_operations` adds to each wait:
-
-- ``vcpu`` (-1 for non-vCPU threads), ``mode`` (``read`` / ``write`` / ``mutex`` / ``spin``);
-- ``has_stack``, ``kvm_taker`` (the first frame that is not a locking primitive,
-  :data:`LOCK_PRIMITIVE`, is a KVM MMU function, :data:`KVM_MMU_FRAME`);
-- ``operation``: from the stack where one exists (first frame matching :data:`STACK_OPERATIONS`),
-  else from an ioctl of the same thread whose span contains the wait (:data:`IOCTL_OPERATIONS`; a
-  memslot ioctl by what it changed, :data:`.ioctls.MEMSLOT_OPERATIONS`: ``memslot-create``,
-  ``memslot-move``, ``dirty-log-enable``, ``dirty-log-disable``, ...),
-  else ``vcpu-run`` for a vCPU thread (KVM_RUN is aggregated, not streamed), else ``other``;
-  ``op_source`` says which (``stack``, ``ioctl``, ``thread``, ``none``). ``mode``, ``operation``
-  and ``op_source`` are pandas categoricals (sorted categories: they group and sort like the text).
-
-:func:`identify_mmu_lock` names the VM's ``kvm->mmu_lock``: an address the manifest records for it
-(:func:`known_mmu_locks`, e.g. the arm64 lab's ``struct kvm`` + field offset) when it has waits, else
-the lock address with the highest score
-(a wait whose lock was taken by a KVM MMU function counts 3; a stackless wait with the rwlock READ or
-WRITE flag inside a dirty-log / memslot ioctl or by a vCPU thread counts 1; scheduler, timer and
-other locks whose stacks show a non-KVM taker count 0); returns ``{lock_addr, name, evidence}`` or
-None when no lock scores. :func:`contention_summary` -> per (``lock``, ``lock_addr``, ``operation``, ``vcpu``,
-``mode``): count, total_ns (wait), mean, nearest-rank p50/p90/p99, max; ``lock`` is ``mmu_lock``
-for the identified address, else the hex address. :func:`contention_timeline` bins waits per
-``bin_ns`` interval: ``t_ns`` (bin start), ``lock``, ``waits``, ``wait_ns``.
+Each wait is given the KVM operation it served (from its stack, else the ioctl around it, else the
+thread), the VM's ``mmu_lock`` is identified, and waits are summarised per lock, operation, vCPU and
+mode; docs/analysis.md ("Lock contention") gives the rules and the scores.
 """
 
 from __future__ import annotations

@@ -1,23 +1,7 @@
 """Export a capture as a native Perfetto trace (protobuf), or as a Chrome JSON trace.
 
-Contract
---------
-:func:`write_perfetto` writes the :mod:`.timeline` of a capture to ``path`` as it is read, a batch at a
-time, and returns a :class:`Written` summary (tracks, events, events before the clock's zero left out):
-
-- ``fmt="proto"`` (the default): Perfetto's ``Trace`` protobuf through the message classes the ``perfetto``
-  package ships (its trace builder's ``Trace``/``TracePacket``), written in chunks of
-  :data:`PACKETS_PER_CHUNK` packets (concatenated ``Trace`` messages are one ``Trace``). A track is a
-  ``TrackDescriptor`` (process with ``process_name``, thread with ``thread_name``, named child tracks
-  ordered explicitly, counters with their unit); a slice a ``TYPE_SLICE_BEGIN``/``TYPE_SLICE_END`` pair,
-  an instant ``TYPE_INSTANT``, a counter value ``TYPE_COUNTER``; arguments are debug annotations
-  (addresses as pointers). Every packet is on one trusted sequence; timestamps are CLOCK_MONOTONIC ns.
-- ``fmt="json"``: the Trace Event Format (``traceEvents``, ``ph`` ``M``/``X``/``i``/``C``, µs), one
-  event per line; a layer or phases track is a pseudo-thread ``tid`` = :data:`JSON_TRACK_TID` + its uuid
-  (above any Linux thread id) named ``<thread>: <layer>``.
-
-Raises CaptureFormatError when ``path`` cannot be written (or is a symlink), UsageError for another
-format; what reading the capture raises otherwise.
+:func:`write_perfetto` writes the :mod:`.timeline` of a capture as it is read, a batch at a time, and
+returns a :class:`Written` summary; the trace's layout is in docs/perfetto.md.
 """
 
 from __future__ import annotations

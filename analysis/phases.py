@@ -1,41 +1,8 @@
 """Phases of a run on CLOCK_MONOTONIC, and cutting any event frame by phase.
 
-Contract
---------
-A *phase table* is a DataFrame with one row per phase, sorted by ``start_ns``:
-
-============  ======  ==========================================================================
-column        type    meaning
-============  ======  ==========================================================================
-phase         str     label: ``name`` or ``name#iteration`` (``dirty-memory#2``)
-name          str     lowercase, dash-separated (``populate``, ``enable-dirty-logging``,
-                      ``dirty-memory``, ``get-dirty-log``, ``clear-dirty-log``,
-                      ``disable-dirty-logging``, ``create-mappings``, ...)
-iteration     int64   1-based iteration, 0 for phases without one
-start_ns      int64   CLOCK_MONOTONIC start
-end_ns        int64   CLOCK_MONOTONIC end (exclusive)
-duration_ns   int64   ``end_ns - start_ns``
-source        str     ``workload`` (the built-in workload's record), ``selftest`` (parsed output)
-                      or ``lab`` (a lab run's steps)
-============  ======  ==========================================================================
-
-- :func:`workload_phases` reads the ``workload.phases`` list of a manifest (``name``,
-  ``iteration``, ``start_ns``, ``end_ns``).
-- :func:`lab_phases` reads the steps of a ``tracekit lab`` run (``lab.steps``: ``op``, ``begin_ns``,
-  ``end_ns`` on the guest's clock): ``log`` steps are ``enable-dirty-logging`` or
-  ``disable-dirty-logging`` by the scenario's argument, ``dirty_memory_2`` is ``dirty-memory#2``, a name
-  met more than once is numbered.
-- :func:`parse_selftest_output` parses dirty_log_perf_test and kvm_page_table_test output
-  (optionally prefixed ``# `` by the kselftest runner) into phases with durations only;
-  :func:`align_selftest_phases` puts them on the capture's clock using the dirty-log ioctls the
-  capture recorded, one burst per iteration (see the function for the exact rule). Raises
-  AnalysisError when the text has no phase line, nothing in the capture anchors it, or the output
-  does not fit the capture; a capture holding only some iterations gets ``attrs["note"]``.
-  :func:`capture_phases` chooses the source: ``--selftest-output``, the workload record, else the
-  recorded command's own stdout (manifest ``command_output``).
-- :func:`label_phases` gives every timestamp the label of the phase containing it, as a pandas
-  Categorical (``""`` outside every phase); :func:`select_phase` keeps the rows inside the phases a
-  ``--phase`` argument names (intervals such as ioctls: the rows that overlap them).
+A phase table has one row per phase (``phase``, ``name``, ``iteration``, ``start_ns``, ``end_ns``,
+``duration_ns``, ``source``), from the workload's record, a lab run's steps or a selftest's output
+aligned on the capture's dirty-log ioctls; docs/analysis.md ("Phases") gives the rules.
 """
 
 from __future__ import annotations

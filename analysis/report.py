@@ -1,18 +1,7 @@
 """One self-contained HTML page per capture: verdicts first, then figures that say where the time goes.
 
-Contract
---------
-:func:`render_report` turns an :class:`tracekit.analysis.analyze.Analysis` of a capture, with the
-capture itself (its large families are read again, batch by batch, for the timeline:
-:mod:`.reportdata`), into HTML text. Every figure (:mod:`.reportfigures`) is a PNG embedded as a
-``data:`` URI, so the page needs no other file, no script and no network; each is an
-``<img class="figure" data-figure="NAME" data-points="N">`` (N: the data values it draws) with a caption.
-In page order: the capture line; a banner when the timings are emulated (lab captures); the verdicts;
-what the recording window cut; *where the time goes* (figure and table); the timeline per thread with
-the phases; the levels (walk depth, observed vs model, stage-2 entries per level, all on log axes);
-latency distributions (series of at least :data:`.reportdata.MIN_SAMPLES` calls) and the values of the
-series with fewer; then every table of the analysis, times relative to the capture start with units.
-:func:`write_report` writes the page; it raises CaptureFormatError when the path cannot be written.
+:func:`render_report` turns an :class:`tracekit.analysis.analyze.Analysis` and its capture into HTML
+with every figure embedded as a PNG ``data:`` URI; :func:`write_report` writes it. Sections: docs/report.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """The data behind the HTML report's figures: a timeline per thread, where the time goes, latency samples.
 
-Contract
---------
-:func:`report_data` reads the capture's timed events (:func:`.reportevents.event_batches`, batch by
-batch) twice: first for the time extent, the time per activity and the latency of each series, then to
-bin every event into :data:`TIMELINE_BINS` bins per thread row and lane (over the phases when they
-cover only part of the capture, the events outside counted). Memory is bounded by the bins
-and the series, not by the events. Times are shown relative to the capture start: the recording
-window's start, else the first event or phase (``t0_ns``). Series with at least :data:`MIN_SAMPLES`
-timed calls keep a log-spaced histogram (their distribution is drawn); those with fewer keep their
-values (listed, never drawn). :func:`report_data_json` is the data as plain values (golden-tested).
+:func:`report_data` reads the capture's timed events twice (extent and series, then bins), so memory
+follows the bins and series, not the events; :func:`report_data_json` is the same as plain values.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """Timed events of a capture, batch by batch, as the HTML report draws them.
 
-Contract
---------
-:func:`event_batches` yields :class:`EventBatch` es: for each family with times, rows of one kind of
-activity (a timeline lane: ``KVM_RUN``, ``ioctl``, ``KVM function``, ``fault``, ``guest walk``,
-``stage-2 walk``, ``split``, ``mmu_lock wait``, ``lock wait``) with their thread, start and duration
-(-1 for an instant, or a call whose return was not seen) and a series name (the ioctl, probe, walker
-or lock). The large families (``walk``, ``mmu``, the function-probe families) are read in batches of
-the needed columns only; the ioctl calls and lock waits come from the analysis' own frames. With a
-phase cut (``info["phase"]``) only the events overlapping that phase are yielded. :func:`vcpu_threads`
-maps threads to vCPUs (manifest, else the lab ``fault`` family's ``vcpu_id``).
+:func:`event_batches` yields :class:`EventBatch` es of one activity (a timeline lane) with thread, start,
+duration and series, reading only the needed columns; :func:`vcpu_threads` maps threads to vCPUs.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """The HTML report's figures, drawn with matplotlib (Agg, never a display) as PNG bytes.
 
-Contract
---------
-Each ``*_figure`` function takes the analysis and/or :class:`.reportdata.ReportData` and returns a
-:class:`Figure` (name, caption, PNG, and ``points``: how many data values it draws) or None when the
-capture has no data for it. Counts that span orders of magnitude use log axes with each bar's value
-written on it (a zero is written at the baseline); times are relative to the capture start with their
-unit; latency distributions are drawn only for series of at least :data:`.reportdata.MIN_SAMPLES`
-calls. :data:`FIGURES` lists the names in page order.
+Each ``*_figure`` function returns a :class:`Figure` (name, caption, PNG, points drawn) or None when the
+capture has no data for it; :data:`FIGURES` lists them in page order (docs/report.md).
 """
 
 from __future__ import annotations

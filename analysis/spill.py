@@ -1,15 +1,8 @@
 """Per-walk and per-fault arrays kept in a temporary file, so an analysis's memory does not grow with them.
 
-:func:`full` makes a numpy array of ``n`` values: in memory when it is smaller than :data:`SPILL_BYTES`,
-else over a shared mapping of its own unlinked temporary file (in ``TMPDIR``; the file is gone when the
-process ends, however it ends). The streaming analyses touch such arrays a batch's worth of rows at a time
-and call :func:`trim` between batches, which drops every mapped page from the process (``MADV_DONTNEED``:
-the data stays in the file, and comes back from the page cache, or the disk, when touched again) once
-:data:`RESIDENT_BYTES` of them are resident. So the process holds at most that and one batch's pages,
-whatever the capture's size; the kernel writes the rest to disk when it needs the memory (on a tmpfs
-``TMPDIR`` they stay in RAM or swap). :class:`Growing` is a vector appended to a chunk at a time, moved to
-a file once it reaches :data:`SPILL_BYTES`. Space is reserved when a file is made (``posix_fallocate``),
-so a full disk is one :class:`AnalysisError` then, never a SIGBUS later.
+:func:`full` and :class:`Growing` make arrays that move to an unlinked, preallocated temporary file once
+larger than :data:`SPILL_BYTES`; :func:`trim` drops their resident pages between batches
+(docs/analysis.md, "Performance").
 """
 
 from __future__ import annotations

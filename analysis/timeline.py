@@ -1,23 +1,8 @@
 """A capture as a timeline: one process per VM, one track per thread, named layers, read batch by batch.
 
-Contract
---------
-:func:`timeline` yields :class:`Track` records and lists of events, every track before the first event on
-it, reading each family a batch at a time (memory follows one batch, the threads, and a few bytes per walk
-and per busy 10 ms bin; no family is read whole). An event is a tuple ``(kind, track, ts_ns, dur_ns, name,
-category, args)``: ``kind`` :data:`SLICE` (``dur_ns`` >= 0), :data:`INSTANT` (``dur_ns`` 0) or
-:data:`COUNTER` (``args`` is the value); ``args`` maps argument names to ints, floats, text or
-:class:`Address` (shown in hex). Times are CLOCK_MONOTONIC ns; events before 0 are left out and counted in
-``Timeline.skipped``.
-
-Tracks (docs/perfetto.md): a ``process`` per VM (and per other process seen) named from the manifest; a
-``thread`` per thread, ``vCPU N (tid T)`` for vCPU threads (the manifest's KVM_RUN fd or workload
-identification, else the ``vcpu_id`` of the thread's fault / MMU events), else its ``comm``; on the thread
-track its ioctls (KVM_RUN included) as slices, aggregated ioctls as one instant; under each thread the
-``layer`` tracks :data:`LAYERS` (guest walks with depth and levels, stage-2 walks with their levels and
-visits, faults, SPTE installs, splits, lock waits named as ``analyze`` names the lock, kernel calls, other
-MMU events); under each process a ``phases`` track (workload phases, else lab steps) and ``counter`` tracks
-of events per second in 10 ms bins (:data:`RATES`).
+:func:`timeline` yields :class:`Track` records and lists of ``(kind, track, ts_ns, dur_ns, name,
+category, args)`` events, every track before its first event, with memory bounded by a batch; the tracks
+are described in docs/perfetto.md.
 """
 
 from __future__ import annotations

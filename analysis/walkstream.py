@@ -1,15 +1,8 @@
 """The streaming walk-rebuild core: every guest walk of a capture rebuilt and cross-checked in one pass.
 
-:func:`stream_walks` reads the ``walk`` family in batches (each walk's columns handed to the caller at
-once, then dropped) and ``walk_element`` in batches decoded by a reader thread, and rebuilds each walk as
-its elements go by: its shape goes to a caller's sink (:class:`WalkShapes`, or narrow codes), its
-comparison with the model into counts. Elements find their walk through the walk ids (:class:`RowMap`);
-walks whose elements are split or out of order are gathered and sorted, walks whose elements lie far
-apart are rebuilt in another pass. The per-walk arrays (the walk ids and their map, the caller's codes,
-the model rows) are made by :mod:`.spill`: in a temporary file once large, touched a batch at a time, so
-the process's memory does not grow with walks or elements.
-docs/analysis.md describes the rules; tests/analysis/walkref.py is the in-memory reference it is
-checked against.
+:func:`stream_walks` reads ``walk`` and ``walk_element`` in batches and rebuilds each walk as its
+elements go by, its shape to a caller's sink and its comparison with the model into counts, with per-walk
+arrays in :mod:`.spill`. Rules: docs/analysis.md; reference: tests/analysis/walkref.py.
 """
 
 from __future__ import annotations

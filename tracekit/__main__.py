@@ -1,15 +1,7 @@
 """The ``tracekit`` console script (and ``python -m tracekit``): stop signals first, then the CLI.
 
-Contract: importing this module (the console script's first import of tracekit) makes the stop signals
-be noted (:func:`tracekit.stopsignals.note_early`: this module and that one import nothing but ``os``
-and ``signal``); :func:`main` imports numpy and the command line (pyarrow, pandas: about a second)
-with the signals still only noted, since a handler that raised inside a library's import could meet a
-bare ``except`` that swallows it, then makes them raise (:func:`tracekit.stopsignals.install_early`,
-which raises one noted meanwhile) and runs :mod:`tracekit.cli`. A stop signal that no command has taken
-over ends the process with one line on stderr and exit status 128 + the signal number, never a
-traceback. What runs before this module (the interpreter's start-up and ``site``) answers SIGINT with
-Python's own KeyboardInterrupt: measured by benchmarks/bench_startup_signals.py, described in
-docs/recorder.md.
+Importing this module notes the stop signals (:func:`tracekit.stopsignals.note_early`); :func:`main`
+imports the command line, makes the signals raise and runs :mod:`tracekit.cli` (docs/recorder.md).
 """
 
 from __future__ import annotations

@@ -1,31 +1,9 @@
 """Many captures as one dataset: DuckDB views, and the same tables for any other engine.
 
-:func:`connect` opens the captures found under the given paths (capture directories, directories
-holding captures at any depth, or glob patterns) and returns an in-memory DuckDB connection with:
-
-- one view per event family (``walk``, ``ioctl``, ``lock``, ``stage2_walk``, ...) over the Parquet
-  segments of every capture, with a first column ``capture`` (the capture id); a family no capture
-  holds is an empty view with its declared columns;
-- ``captures``: one row per capture (:data:`CAPTURE_COLUMNS`: id, path, host, kernel release, arch,
-  KVM parameters, backend, source kind, scenario, workload, vCPUs, phases, lost events, time range);
-- ``threads`` (capture, pid, tid, comm, vcpu, vm) and ``phases`` (capture, phase, name, iteration,
-  start_ns, end_ns, duration_ns, source);
-- ``segments`` (capture, family, file, rows): every Parquet file the family views read.
-
-The engine-independent parts serve other engines (Spark registers the same tables): a
-:class:`Dataset` (``Dataset.open(paths)``) holds the opened captures and the ones refused
-(``problems``: one line each, naming the capture); :func:`capture_facts`, :func:`threads_table`,
-:func:`phases_table` and :func:`segments_table` give pyarrow Tables; :func:`family_files` gives
-``{family: [parquet files]}`` (families without rows map to their schema file, so a reader never
-meets an empty file list). Each function takes a Dataset or the paths themselves.
-
-Capture ids come from the manifest's ``capture_id`` (written since format 1.1) or, for older
-captures, from a hash of the manifest fields fixed when recording began (so an old capture keeps
-its id). Opening reads manifests and segment footers; page checksums are checked only with
-``verify_pages`` (DuckDB and Spark do not check them). Two directories with the same id (a copied capture) are one capture: the second is
-refused with a line naming both. A capture that is missing, damaged or not a capture is refused
-with one line; :func:`connect` and :meth:`Dataset.open` raise CaptureFormatError on the first
-unless ``skip_bad`` (then ``Dataset.problems`` lists them), and always when no capture is left.
+:func:`connect` gives an in-memory DuckDB connection with a view per event family over every capture's
+segments plus ``captures``, ``threads``, ``phases`` and ``segments``; :class:`Dataset` and the
+``*_table`` functions give the same as pyarrow tables for other engines (Spark). Tables, ids and the
+refusal rules: docs/sql.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """Stop signals (SIGINT, SIGTERM, SIGHUP) from the console script's first line to the process's exit.
 
-Contract: :func:`note_early`, called as the console script's entry module is imported (this module
-imports only ``os`` and ``signal``), makes each stop signal be noted; :func:`install_early`, the entry
-point's first act, makes each raise :class:`StopSignal`, and raises the one noted before if any, inside
-the entry point's ``try``; the CLI edge turns it into one line on stderr and exit status 128 + the signal
-number. A command that must clean up when stopped (``record``) takes the
-signals over with :class:`StopRequests`, whose handler only notes the request and never raises, so a
-signal cannot cut a cleanup step in half: ``reason`` names the first signal, ``hurry`` turns true
-with the second. Given a file descriptor, it says on it (one raw ``write``, safe inside a handler)
-that the second signal was heard and, from the third on, how to abandon the cleanup. Leaving it
-restores the handlers it replaced.
+:func:`note_early` notes them while the command line is imported, :func:`install_early` makes them raise
+:class:`StopSignal`, and :class:`StopRequests` lets a command that must clean up take them over without
+ever raising; docs/recorder.md ("Safety") tells the whole story.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """The two engines the fleet summary runs on: DuckDB in-process, Apache Spark (local or a cluster).
 
-Both get the same input tables: ``captures`` and ``fleet_segments`` from pyarrow tables
-(:meth:`Engine.register`; a segment named as the engine reports it, :meth:`Engine.segment_name`), and
-one table per family of :data:`tracekit.fleet.query.INPUT_COLUMNS` (``segment``, the file a row came
-from, then the listed columns, NULL where no file of the family has a column) over the captures'
-Parquet segments; then :meth:`Engine.query` runs a SQL text and returns a pyarrow Table. DuckDB reads
-the segments with ``read_parquet(..., filename = true)``; Spark reads the same files (``spark.read.parquet``
-with the family's declared types, so a column a file lacks reads as NULL and no footer is read up
-front), names each row's file with ``_metadata.file_path``, and keeps
-a family of at most :data:`CACHE_ROWS` rows in memory once read. A family without
-segments is an empty table of its declared columns. Spark is optional (``tracekit[spark]``, a JRE):
-without it :func:`spark_engine` raises MissingCapability naming the fix.
+Both get the same input tables (:meth:`Engine.register`, one table per family over the captures'
+segments) and run the same SQL (:meth:`Engine.query`); Spark is optional and :func:`spark_engine` says how
+to install it. How each reads the segments: docs/fleet.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """The fleet summary as one SQL text that DuckDB and Spark both run unchanged.
 
-:func:`summary_sql` is the query; it reads the input tables of :data:`INPUT_COLUMNS` (one per capture
-family, each with a first column ``segment``: the Parquet file the row came from), ``fleet_segments``
-(``segment``, ``capture``, ``grp``: each file's capture and the group that capture is summarised in)
-and ``captures`` (``capture``, ``grp``, ``status``, ``lost_events``). It returns one row per (group,
-capture) and one per group (``capture`` = ``''``) with the columns of :data:`FIGURES`. Counts are
-first taken per segment (a scan grouped by the file, whose value is the same for a whole batch) and
-then summed per capture and group; percentiles read the rows of their family joined to their segment's
-capture and group, with GROUPING SETS so every row is read once for both. Only SQL both dialects accept is used: exact nearest-rank percentiles through
-``percentile_disc(q) WITHIN GROUP (ORDER BY v)`` (the value at rank ceil(q n), as
-``analysis.common.latency_summary`` gives), counts and sums cast to BIGINT, means as an exact sum over
-a count. What each figure means is documented in docs/fleet.md.
+:func:`summary_sql` reads the family tables of :data:`INPUT_COLUMNS`, ``fleet_segments`` and
+``captures``, and returns a row per (group, capture) and per group with the columns of :data:`FIGURES`;
+the dialect both accept and what each figure means: docs/fleet.md.
 """
 
 from __future__ import annotations

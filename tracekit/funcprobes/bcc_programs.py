@@ -1,14 +1,8 @@
 """bcc programs of the function-probe families: source, attach by resolved symbol, decode events.
 
-:func:`program_text` is ``probes/<family>.bpf.c``; the recorder's
-:class:`tracekit.recorder.backend_bcc.BccBackend` compiles it with the family's cflags (struct offsets
-from this kernel's BTF, never headers), so a failure is its ProbeLoadError. :func:`attach` attaches
-each resolved probe to its functions of :data:`ATTACH` and returns ``(attached, failed)`` with reasons.
-:data:`EVENT_DTYPES` are generated from ``probes/<family>.h``; :func:`decode_stage2` /
-:func:`decode_tdp` turn a batch of ring records into capture tables (no Python per event).
-:data:`COUNT_NOTES` names the per-CPU counters read at the end (facts, not losses);
-:func:`decode_tdp_outside` writes ``tdp_iter_next`` steps outside any span as ``stage2_visit`` rows of
-no walk (``walk_id`` -1), as the tracefs backend does.
+:func:`program_text` is ``probes/<family>.bpf.c``, compiled by the recorder's bcc backend with offsets
+from this kernel's BTF; :func:`attach` attaches each resolved probe, and :func:`decode_stage2` /
+:func:`decode_tdp` turn ring records into capture tables without Python per event.
 """
 
 from __future__ import annotations

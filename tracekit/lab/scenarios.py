@@ -1,14 +1,8 @@
 """Lab scenarios: what the nested VM does inside an emulated machine, as data.
 
-A :class:`Scenario` names an architecture, the nested VM's memory and backing, KVM switches, extra
-tracepoints, and steps run by :mod:`tracekit.lab.guest_run`: ``("workload", N)`` (the project's
-dirty-log workload, each phase a step) or :mod:`tracekit.lab.arm64_vm` steps (``prefault``, ``touch``,
-``log``, ``touch_together``, ``clear_while_touching``, ``hot``, ``new_vm``, ...) where the workload cannot express them.
-``expected`` holds exact counts with their arithmetic, ``evidence`` the probes that must fire, ``needs``
-the kernel features (:mod:`tracekit.lab.kernel_features`) it requires and ``expected_without`` the counts
-of a kernel without one. ``model_counts`` are counts the reference model computes for the run itself
-(``split_walker``: :func:`tracekit.analysis.skiplevels.expected_split_visits`, under the walk flags the
-kernel passed). Standard library only (runs in the guests).
+A :class:`Scenario` names the architecture, the nested VM's memory, KVM switches and steps, with the
+exact counts expected and the probes and kernel features they need (docs/lab.md); standard library only
+(runs in the guests).
 """
 
 from __future__ import annotations

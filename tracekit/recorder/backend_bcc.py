@@ -1,14 +1,8 @@
 """The bcc backend of the recorder: compile the families' BPF programs, attach, drain, detach.
 
-:class:`BccBackend` builds one program from the families' sources for the target tgid (a load-time
-constant) or tgids (a ``tk_targets`` map), loads it disarmed, and :meth:`BccBackend.arm` opens the
-recording window for every family at once (``tk_window``, probes/tk_bpf.h). :meth:`BccBackend.poll`
-returns the committed events as Arrow tables per capture family, read in whole batches;
-:meth:`BccBackend.lost` and :meth:`BccBackend.ring_failures` count what the kernel could not deliver.
-:meth:`BccBackend.stop` disarms before detaching (slow, RCU), so no event is lost nor an operation
-split, then drains and decodes what is left. A family whose program the kernel refuses is left out and
-named in :attr:`BccBackend.refused` (the others record); bcc is imported here only; MissingCapability
-without bcc or headers, ProbeLoadError (log in ``detail``) when no family's program compiles and verifies.
+:class:`BccBackend` loads one program for the targets disarmed, arms one recording window for every
+family, returns committed events as Arrow tables per family and disarms before detaching, so no
+operation is split; the only module that imports bcc.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """KVM ioctls already running when the recording window opens, read from ``/proc``.
 
-Contract: :func:`blocked_kvm_ioctls` reads ``/proc/PID/task/TID/syscall`` of every thread of the given
-processes and returns the threads blocked inside an ioctl of the KVM type (``_IOC_TYPE == KVMIO``) as
-:class:`BlockedCall` (fd, command and argument from the saved syscall arguments). A thread on a CPU
-(``running``: a vCPU in guest mode), outside a syscall, in another syscall, or a kernel worker cloned
-from the process (its file repeats its parent's registers) is not listed. :func:`calls_in_flight` keeps
-the calls seen identical in a reading before the window opened and one after: a call that ended in
-between either reappears identical (then its command and fd are right for whichever exit comes first)
-or is not kept. :func:`inflight_records` turns them into ``struct ioctl_event`` records opened at the
-window's start and marked ``began_before``. :data:`NR_IOCTL` is the ioctl syscall number per machine.
+:func:`blocked_kvm_ioctls` lists the threads blocked inside a KVM ioctl, :func:`calls_in_flight` keeps
+the calls seen identical before and after the window opened, and :func:`inflight_records` turns them
+into ioctl records marked ``began_before``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """One recording, in four steps: plan, attach, poll, finish.
 
-:class:`Recording` runs them for a :class:`RecordConfig`: **plan** checks the options, output and
-privileges and chooses the families and backend; **attach** starts the command (held before ``exec``)
-or resolves ``--pid``/``--all-vms``, creates the capture, attaches every probe disarmed, starts the
-writer and arms one recording window; **poll** drains the rings into the capture, follows the
-targets' threads and says when to stop (duration, signal, target or command gone); **finish** closes
-the window, drains, writes the end-of-run manifest and closes the capture. Leaving the recording's
-``with`` block releases everything whatever happened: probes detached, tracefs instance removed, the
-command stopped, the capture closed (``aborted`` with the reason on error). :func:`record` runs the
-steps under :class:`tracekit.stopsignals.StopRequests` (docs/recorder.md has the whole story).
+:class:`Recording` runs them for a :class:`RecordConfig` and releases everything on leaving its ``with``
+block; :func:`record` runs the steps under :class:`tracekit.stopsignals.StopRequests`
+(docs/recorder.md has the whole story).
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """The counters ``tracekit top`` reads once per interval, and how decoded events add to them.
 
-Contract: a :class:`Reading` is a cumulative snapshot taken at ``t_ns`` (CLOCK_MONOTONIC): per thread
-a :class:`ThreadCounters` (the fields of ``struct top_thread`` in ``probes/top.bpf.c``), per
-``(tgid, kind)`` of dirty-log ioctl (``GET`` = 1, ``CLEAR`` = 2) an :class:`IoctlCounters` with a log2
-latency histogram (slot k counts calls of ``[2^k, 2^(k+1))`` ns). Counters only grow; a view takes the
-difference of two readings. :class:`EventAccumulator` adds the recorder's decoded tables (``walk``,
-``walk_element``, ``mmu``, ``lock``, ``ioctl`` with KVM_RUN streamed) to the running counters with the
-same rules as the BPF program, for the tracefs backend: there, only finished KVM_RUN calls are seen,
-so a thread that walks before any KVM ioctl ended is taken to be in a KVM_RUN begun before ``attach_ns``
-(counted from then until the start of its first finished call).
+A :class:`Reading` is a cumulative snapshot of per-thread and per-ioctl counters (the fields of
+``probes/top.bpf.c``); :class:`EventAccumulator` adds decoded events to them by the BPF program's rules,
+for the tracefs backend.
 """
 
 from __future__ import annotations

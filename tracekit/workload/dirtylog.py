@@ -1,14 +1,8 @@
 """The dirty-log workload: a VM on ``/dev/kvm`` that dirties memory while the host logs it.
 
-:func:`run_dirty_log` runs the equivalent of KVM selftests' ``dirty_log_perf_test``: set up the VM,
-memslots and one thread per vCPU (``tk-vcpu-N``), populate, enable dirty logging, then per iteration a
-guest pass and the host's collection and re-arming of the log (bitmap or dirty rings), and tear
-everything down (phases in docs/workload.md). After each iteration the dirty pages must equal the
-pages the guest wrote; mismatches are counted and :meth:`DirtyLogResult.check` raises
-:class:`DirtyLogMismatch`; anything else raises :class:`tracekit.errors.WorkloadError` carrying the
-partial layout. ``emit`` gets the selftest's output lines; ``on_phase(name, iteration, end)`` runs in
-the main thread around each phase, outside the timed window. Times are CLOCK_MONOTONIC ns.
-:func:`backend_for` picks the architecture's backend. Standard library only; nothing survives the call.
+:func:`run_dirty_log` runs the equivalent of KVM selftests' ``dirty_log_perf_test`` and checks after each
+iteration that the dirty pages are the ones the guest wrote (phases in docs/workload.md); standard
+library only.
 """
 
 from __future__ import annotations
