@@ -132,6 +132,7 @@ def test_record_argv_runs_the_workload_as_the_recorders_command(tmp_path):
     assert argv[:7] == ["tracekit", "--verbose", "record", "--probes", "stage2", "--backend", "bcc"]
     child = argv[argv.index("--") + 1 :]
     assert child[:3] == ["tracekit", "workload", "dirty-log"]
+    assert argv[argv.index("--ring-mb") + 1] == "64" and argv.index("--ring-mb") < argv.index("--")
     assert "--layout" not in child  # the recorder hands the workload its layout directory in the environment
     assert "--eager-split-chunk" in child and child[child.index("--eager-split-chunk") + 1] == "2M"
     x86 = record_argv("x86", "tracefs", tmp_path / "c.tkcap", workload_options(scenarios.smallest("x86")))

@@ -34,6 +34,10 @@ BACKENDS = ("bcc", "tracefs")
 CAPTURE = "capture.tkcap"
 #: Bound on one recording (the emulated bcc compile alone takes minutes).
 _RECORD_TIMEOUT = 1500
+#: The walk and mmu rings in an emulated guest (MiB; the host default is 8 for mmu): its reader runs far
+#: slower than the kernel filling them, and one x86 eager split fills 8 MiB of ``kvm_tdp_mmu_spte_changed``
+#: events (4,174 lost on a loaded host); 64 MiB of the guest's 3 GiB holds a whole scenario.
+RING_MB = 64
 
 
 def workload_argv(options: DirtyLogOptions) -> list[str]:
@@ -61,7 +65,7 @@ def record_argv(arch: str, backend: str, capture: Path, options: DirtyLogOptions
     if backend not in BACKENDS:
         raise ValueError(f"unknown recorder backend {backend!r}; choose bcc or tracefs")
     return ["tracekit", "--verbose", "record", "--probes", FAMILY[arch], "--backend", backend, "-o", str(capture),
-            "--", "tracekit", "workload", "dirty-log", "--json", *workload_argv(options)]  # fmt: skip
+            "--ring-mb", str(RING_MB), "--", "tracekit", "workload", "dirty-log", "--json", *workload_argv(options)]  # fmt: skip
 
 
 def _record(argv: list[str], stdout, log_path: Path, start: float) -> tuple[int, float | None]:
