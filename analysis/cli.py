@@ -19,6 +19,7 @@ from tracekit.analysis.analyze import analysis_json, analyze_capture, render_tex
 from tracekit.analysis.common import records
 from tracekit.analysis.compare import compare_runs, capture_metrics
 from tracekit.analysis.compare_view import compare_html, compare_text, sides_notes
+from tracekit.analysis.report import write_report
 from tracekit.analysis.vms import VmCapture, select_vm
 from tracekit.capture import open_capture
 from tracekit.errors import CaptureFormatError, UsageError
@@ -104,8 +105,6 @@ def report(
 
       tracekit report vm.tkcap -o clear.html --phase clear-dirty-log
     """
-    from tracekit.analysis.report import write_report
-
     keep_freed_memory()
     cap = _open(capture, vm)
     result = analyze_capture(cap, phase=phase, selftest_output=_read_selftest(selftest_output))

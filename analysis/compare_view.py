@@ -15,7 +15,7 @@ import pandas as pd
 
 from tracekit.analysis.common import format_ns
 from tracekit.analysis.compare import GROUPS
-from tracekit.render import prose_lines, table_text
+from tracekit.render import agg_pyplot, prose_lines, table_text
 
 __all__ = ["sides_notes", "shown_rows", "compare_text", "compare_html"]
 
@@ -125,11 +125,7 @@ def compare_text(table: pd.DataFrame, notes: Sequence[str], show_all: bool = Fal
 
 def _change_figure_svg(shown: pd.DataFrame) -> str:
     """Horizontal bars: change % per metric, the propagated stdev as an error bar (none where unknown)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    plt = agg_pyplot()
     rows = shown[shown["change_pct"].notna()].head(60)
     labels = [f"{g}: {m}" for g, m in zip(rows["group"], rows["metric"])]
     changes = rows["change_pct"].astype(float).tolist()

@@ -38,7 +38,11 @@ class _ProtoWriter:
     """Tracks and events as ``TracePacket`` messages, flushed in chunks."""
 
     def __init__(self, out: BinaryIO):
-        from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackDescriptor, TrackEvent
+        try:  # late: the protobuf classes cost ~0.1-0.4 s, and only this format needs them
+            from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackDescriptor, TrackEvent
+        except ModuleNotFoundError as error:
+            raise UsageError(f"Perfetto export is not available in this installation ({error.name} is missing: "
+                             "run scripts/install.sh)") from error
 
         self._out, self._trace_type, self._event = out, Trace, TrackEvent
         self._explicit = TrackDescriptor.ChildTracksOrdering.Value("EXPLICIT")

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracekit.analysis.common import load
+from tracekit.analysis.ioctls import memslot_flag_changes
 from tracekit.errors import AnalysisError, UsageError
 
 __all__ = [
@@ -153,8 +155,6 @@ def dirty_log_events(ioctl: pd.DataFrame) -> pd.DataFrame:
     of ``flags``) on/off for a slot seen before; get/clear are KVM_GET/CLEAR_DIRTY_LOG. ``slot`` is -1
     where the capture does not know it (tracefs backend). Failed calls are left out.
     """
-    from tracekit.analysis.ioctls import memslot_flag_changes
-
     frames = []
     for name, kind in (("KVM_GET_DIRTY_LOG", "get"), ("KVM_CLEAR_DIRTY_LOG", "clear")):
         sel = ioctl[(ioctl["cmd_name"] == name) & ioctl["duration_ns"].notna()]
@@ -344,8 +344,6 @@ def capture_phases(cap: Any, selftest_output: str | None = None) -> pd.DataFrame
     text = selftest_output if selftest_output is not None else command_output_text(cap.manifest)
     if selftest_output is None and not any(_line_has_phase(line) for line in text.splitlines()):
         return workload
-    from tracekit.analysis.common import load
-
     ioctl = load(cap, "ioctl", ["ts_ns", "duration_ns", "cmd_name"], required=True,
                  optional_columns=["slot", "flags", "ret", "memory_size"])
     table = align_selftest_phases(parse_selftest_output(text), ioctl)

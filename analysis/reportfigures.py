@@ -15,6 +15,7 @@ import numpy as np
 from tracekit.analysis.common import format_ns
 from tracekit.analysis.reportdata import LATENCY_EDGES_NS, MIN_SAMPLES, TIMELINE_BINS, ReportData
 from tracekit.analysis.reportevents import KINDS
+from tracekit.render import agg_pyplot
 
 __all__ = ["FIGURES", "Figure", "time_unit", "all_figures"]
 
@@ -29,19 +30,10 @@ class Figure:
     points: int
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
+    agg_pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -88,7 +80,7 @@ def _where_time_goes(data: ReportData) -> Figure | None:
     table = table[table["total_ns"] > 0].head(16)
     if table.empty:
         return None
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(10, 0.8 + 0.32 * len(table)))
     y = np.arange(len(table))[::-1]
     ax.barh(y, table["total_ns"] / 1e6, color=[KINDS[k] for k in table["kind"]])
@@ -109,7 +101,7 @@ def _where_time_goes(data: ReportData) -> Figure | None:
 
 def _phase_lane(top: Any, data: ReportData, scale: float, min_width: float) -> None:
     """The phases as a Gantt chart: one line per phase name, its iterations side by side."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     names = list(dict.fromkeys(str(p).split("#")[0] for p in data.phases["phase"]))
     for phase in data.phases.itertuples(index=False):
         name = str(phase.phase).split("#")[0]
@@ -131,7 +123,7 @@ def _timeline(data: ReportData) -> Figure | None:
         return None
     kinds = [k for k in data.kinds if any(kind == k for _, kind in lanes) or (k == "KVM_RUN" and aggregated)]
     rows = data.rows
-    plt = _pyplot()
+    plt = agg_pyplot()
     lane_h = 0.26
     phase_names = len(set(str(p).split("#")[0] for p in data.phases["phase"])) if len(data.phases) else 0
     main_h = lane_h * len(kinds) * len(rows) + 0.3 * len(rows)
@@ -192,7 +184,7 @@ def _walk_depth(result: Any) -> Figure | None:
         return None
     per = table.groupby(["vcpu", "depth"])["walks"].sum().unstack(fill_value=0)
     depths = [int(d) for d in per.columns]
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     bars = [(f"vCPU {vcpu}" if vcpu >= 0 else "other threads", per.loc[vcpu].tolist()) for vcpu in per.index]
     points = _log_bars(ax, [f"{d} levels" for d in depths], bars, "walks")
@@ -207,7 +199,7 @@ def _visits_vs_model(result: Any) -> Figure | None:
     frame = split if split is not None and len(split) else walk
     if frame is None or frame.empty:
         return None
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     columns = [c for c in frame.columns if c != "level"]
     bars = [(c.replace("model_", "model: ").replace("_", " "), frame[c].tolist()) for c in columns]
@@ -223,7 +215,7 @@ def _stage2_levels(result: Any) -> Figure | None:
         return None
     per = table.groupby(["initiator", "level"])["entries"].sum().unstack(fill_value=0)
     levels = [int(level) for level in per.columns]
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     bars = [(str(initiator), per.loc[initiator].tolist()) for initiator in per.index]
     points = _log_bars(ax, [f"level {level}" for level in levels], bars, "entries visited")
@@ -236,7 +228,7 @@ def _latency(data: ReportData) -> Figure | None:
     shown = data.distributions()[:8]
     if not shown:
         return None
-    plt = _pyplot()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4))
     for series in shown:
         counts = series.hist[1:-1]

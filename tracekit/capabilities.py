@@ -144,7 +144,7 @@ def _bcc_system_dirs() -> list[Path]:
 
 def check_bcc() -> Check:
     try:
-        import bcc  # noqa: F401
+        import bcc  # noqa: F401  (optional dependency: only whether it loads matters here)
     except ImportError:
         system = _bcc_system_dirs()
         if system:

@@ -16,13 +16,17 @@ import os
 import re
 import shutil
 import sys
+import textwrap
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 import numpy as np
 import pandas as pd
 
+from tracekit.errors import CaptureFormatError, one_line
+
 __all__ = ["colour_wanted", "output_width", "prose_lines", "column_groups", "table_text", "frame_table_text", "plain_value", "error_line",
-           "write_output_file"]
+           "write_output_file", "agg_pyplot"]
 
 #: Cell styles by name, for callers that mark rows or cells (``styles`` of :func:`table_text`).
 STYLES = {"good": "green", "bad": "bold red", "warn": "yellow", "dim": "dim", "head": "bold"}
@@ -122,6 +126,7 @@ def table_text(header: Sequence[str], rows: Sequence[Sequence[str]], *, title: s
 def _rich_lines(header: Sequence[str], columns: Sequence[Sequence[str]], align: Sequence[str],
                 styles: Sequence[Sequence[str | None]] | None, colour: bool) -> list[str]:
     """The lines of one rich table at its natural width (no wrapping), trailing spaces stripped."""
+    # rich loads when a table is drawn: it costs ~0.1 s of every command's start-up otherwise
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -144,8 +149,6 @@ def _rich_lines(header: Sequence[str], columns: Sequence[Sequence[str]], align: 
 def prose_lines(text: str, width: int | None = None, indent: str = "    ") -> list[str]:
     """A line of prose wrapped at words to ``width`` (default: the terminal's, 80 in a pipe), the
     continuation lines indented by ``indent``."""
-    import textwrap
-
     width = width or output_width() or 80
     return textwrap.wrap(text, width=width, subsequent_indent=indent, break_on_hyphens=False) or [""]
 
@@ -185,18 +188,12 @@ def frame_table_text(frame: pd.DataFrame, *, title: str | None = None,
 
 def error_line(message: str) -> str:
     """The one error style: ``tracekit: error: MESSAGE`` (the message folded onto one line)."""
-    from tracekit.errors import one_line
-
     return f"tracekit: error: {one_line(message)}"
 
 
 def write_output_file(path: str | os.PathLike, text: str) -> None:
     """Write a page or table the user asked for to ``path`` (UTF-8); never through a symlink.
     Raises CaptureFormatError with one line when it cannot be written."""
-    from pathlib import Path
-
-    from tracekit.errors import CaptureFormatError
-
     target = Path(path)
     if target.is_symlink():
         raise CaptureFormatError(f"refusing to write through a symlink: {target}")
@@ -204,3 +201,14 @@ def write_output_file(path: str | os.PathLike, text: str) -> None:
         target.write_text(text, encoding="utf-8")
     except OSError as error:
         raise CaptureFormatError(f"cannot write {target}: {error.strerror or error}") from error
+
+
+def agg_pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (PNG and SVG into memory, never a display)."""
+    # matplotlib loads when a figure is drawn: about a second, too much for every command's start-up
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt  # only once the backend is chosen
+
+    return plt

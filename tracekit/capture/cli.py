@@ -11,6 +11,7 @@ import typer
 
 from tracekit.capture.export import EXPORT_FORMATS, export_family
 from tracekit.capture.reader import open_capture
+from tracekit.analysis.perfetto import write_perfetto
 from tracekit.capture.summary import capture_summary, format_summary
 from tracekit.errors import CaptureFormatError, UsageError
 
@@ -65,11 +66,6 @@ def export(
     """
     cap = open_capture(capture)
     if perfetto is not None:
-        try:
-            from tracekit.analysis.perfetto import write_perfetto
-        except ModuleNotFoundError as error:
-            raise UsageError(f"Perfetto export is not available in this installation ({error.name} is missing: "
-                             "run scripts/install.sh)") from error
         written = write_perfetto(cap, perfetto, fmt or "proto")
         skipped = f"; {written.skipped:,} events before the clock's zero left out" if written.skipped else ""
         typer.echo(f"wrote {perfetto}: {written.tracks:,} tracks, {written.events:,} events{skipped}", err=True)

@@ -9,6 +9,8 @@ from typing import List, Optional
 import typer
 
 from tracekit.errors import CaptureFormatError, UsageError
+from tracekit.fleet.render import summary_html, summary_json, summary_text
+from tracekit.fleet.summary import fleet_summary
 
 __all__ = ["register", "summary", "FORMATS"]
 
@@ -39,9 +41,6 @@ def summary(
 
       tracekit fleet summary /shared/fleet --engine spark --master spark://head:7077   # a path every executor reads
     """
-    from tracekit.fleet.render import summary_html, summary_json, summary_text
-    from tracekit.fleet.summary import fleet_summary
-
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     result = fleet_summary(paths, by=by, engine=engine, master=master)

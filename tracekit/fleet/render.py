@@ -15,10 +15,12 @@ import html
 import io
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tracekit.analysis.common import format_ns, format_table
 from tracekit.fleet.summary import FleetSummary
+from tracekit.render import agg_pyplot
 
 __all__ = ["SCHEMA", "HTML_FIGURES", "summary_text", "summary_json", "summary_html"]
 
@@ -75,22 +77,15 @@ def summary_json(summary: FleetSummary) -> dict:
 
 
 def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    agg_pyplot().close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _figures(summary: FleetSummary) -> list[tuple[str, str, str]]:
     """(name, caption, base64 PNG) of each figure the groups have data for."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt = agg_pyplot()
     groups = summary.groups
     names = [g["group"] for g in groups]
     out = []

@@ -22,6 +22,13 @@ from typing import List, Optional
 import typer
 
 from tracekit.errors import MissingCapability, ProbeLoadError, UsageError
+from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support, running_types
+from tracekit.funcprobes.btf_offsets import BtfTypes
+from tracekit.funcprobes.fetchargs import TypeSources
+from tracekit.funcprobes.kallsyms import MODES
+from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
+from tracekit.funcprobes.tdp_probes import TDP_PROBES
+from tracekit.host import KALLSYMS, load_kallsyms
 from tracekit.lab import scenarios
 from tracekit.render import table_text
 
@@ -287,15 +294,6 @@ def probes_cmd(
 
       tracekit lab probes --family stage2 --kallsyms arm64-kallsyms.txt --machine aarch64 --btf Image --no-btf-args --json
     """
-    # the probe tables and BTF readers load when this command runs, not at every tracekit start
-    from tracekit.funcprobes.availability import choose_backend, family_report, kprobe_support, running_types
-    from tracekit.funcprobes.btf_offsets import BtfTypes
-    from tracekit.funcprobes.fetchargs import TypeSources
-    from tracekit.funcprobes.kallsyms import MODES
-    from tracekit.host import KALLSYMS, load_kallsyms
-    from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
-    from tracekit.funcprobes.tdp_probes import TDP_PROBES
-
     families = {"stage2": STAGE2_PROBES, "tdp": TDP_PROBES}
     if family is not None and family not in families:
         raise UsageError(f"unknown probe family {family!r}; choose stage2 or tdp")
@@ -354,7 +352,7 @@ def _module_types(base, path: Path):
 
 def _bcc_importable() -> bool:
     try:
-        import bcc  # noqa: F401
+        import bcc  # noqa: F401  (optional dependency: only whether it loads matters here)
     except ImportError:
         return False
     return True

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tracekit.analysis.compare import mean_stdev
 from tracekit.analysis.locks import known_mmu_locks, lock_mode
 from tracekit.capture import CaptureWriter, open_capture
 from tracekit.errors import NotApplicable, TracekitError, UsageError, one_line
@@ -322,8 +323,6 @@ def _cell_text(kind: str, values: list) -> tuple[str, object]:
     if texts:
         return (texts[0] if len(set(texts)) == 1 else " / ".join(dict.fromkeys(texts))), texts[0]
     if kind == "emulated":
-        from tracekit.analysis.compare import mean_stdev
-
         mean, stdev = mean_stdev(values)
         text = f"{mean:,.1f}" + (f" ± {stdev:,.1f}" if stdev is not None else "")
         return text, {"mean": mean, "stdev": stdev or 0.0, "runs": values}
