@@ -298,7 +298,7 @@ def _phase_rows(cap: Capture) -> list[dict]:
     return sorted(out, key=lambda r: r["start_ns"])
 
 
-def _facts(cap: Capture, phases: list[dict]) -> dict:
+def _facts(cap: Capture, phases: list[dict] | None) -> dict:
     m = cap.manifest
     workload = m.get("workload") if isinstance(m.get("workload"), dict) else {}
     source = m.get("source") if isinstance(m.get("source"), dict) else {}
@@ -325,7 +325,7 @@ def _facts(cap: Capture, phases: list[dict]) -> dict:
         "vcpus": _vcpus(m, workload),
         "memory_bytes": _memory_bytes(m, workload),
         "kvm_params": list(_flat_params(m.get("kvm_params")).items()),
-        "phases": [p["phase"] for p in phases],
+        "phases": None if phases is None else [p["phase"] for p in phases],
         "mmu_lock_addrs": known_mmu_locks(m),
         "lost_events": cap.lost_total(),
         "start_time": _timestamp(m.get("start")),
@@ -337,10 +337,11 @@ def _facts(cap: Capture, phases: list[dict]) -> dict:
     }
 
 
-def capture_facts(source: Source) -> pa.Table:
-    """One row per capture (:data:`CAPTURES_SCHEMA`), from the manifests and segment footers."""
+def capture_facts(source: Source, *, phases: bool = True) -> pa.Table:
+    """One row per capture (:data:`CAPTURES_SCHEMA`), from the manifests and segment footers; without
+    ``phases`` the ``phases`` column is null (working phases out can read a capture's ioctls)."""
     ds = _dataset(source)
-    rows = [_facts(cap, ds.phase_rows(cap)) for cap in ds.captures]
+    rows = [_facts(cap, ds.phase_rows(cap) if phases else None) for cap in ds.captures]
     return pa.Table.from_pylist(rows, schema=CAPTURES_SCHEMA)
 
 

@@ -16,7 +16,7 @@ from tracekit.analysis.common import latency_summary
 from tracekit.capture import open_capture
 from tracekit.cli import app
 from tracekit.fleet.query import FIGURES
-from tracekit.fleet.summary import fleet_summary
+from tracekit.fleet.summary import CAPTURE_COLUMNS, fleet_summary
 
 X86 = SAMPLES / "x86-dirty-log-2m.tkcap"
 ARM = SAMPLES / "lab-arm64-contention.tkcap"
@@ -156,3 +156,11 @@ def test_table_and_html(tmp_path):
     for figure in ("latency", "walk-depth", "splits-per-op"):
         assert f"data-figure='{figure}' src='data:image/png;base64," in page
     assert page.count("<tr>") == 1 + 12 + 1 + 56  # header + groups, header + captures
+
+
+def test_json_output_is_documented():
+    page = (SAMPLES.parent / "docs" / "cli-json" / "fleet.md").read_text()
+    document = json.loads(CliRunner().invoke(app, ["fleet", "summary", str(ARM), "--format", "json"]).stdout)
+    keys = set(document) | set(document["groups"][0]) | set(document["captures"][0])
+    assert keys >= set(FIGURES) and keys >= set(CAPTURE_COLUMNS)
+    assert [k for k in sorted(keys) if f'"{k}"' not in page] == []

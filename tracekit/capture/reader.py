@@ -137,8 +137,9 @@ def _snapshot(path: Path, metadata: dict) -> dict | None:
     return {key: snapshot[key] for key in SNAPSHOT.fields if key in snapshot}  # what the reader uses
 
 
-def _read_family(directory: Path) -> _Family | None:
-    """The family in ``directory``, every segment checked against its schema; None when it is empty."""
+def _read_family(directory: Path, snapshots: bool) -> _Family | None:
+    """The family in ``directory``, every segment checked against its schema; None when it is empty.
+    Segment snapshots are read only when ``snapshots`` (an unfinished capture uses them)."""
     family = directory.name
     names = sorted((entry.name for entry in os.scandir(directory) if is_segment_name(entry.name)),
                    key=lambda name: (len(name), name))
@@ -160,13 +161,13 @@ def _read_family(directory: Path) -> _Family | None:
                                      f"{shown_path(written_for.decode('utf-8', 'replace'))!r}, not {family!r}")
         if not seg_schema.equals(schema):
             raise CaptureFormatError(f"{shown_path(path)}: schema differs from family {family!r}")
-        segments.append(_Segment(path, rows, _snapshot(path, metadata)))
+        segments.append(_Segment(path, rows, _snapshot(path, metadata) if snapshots else None))
     if schema is None:
         return None
     return _Family(schema, tuple(segments))
 
 
-def _read_families(path: Path) -> dict[str, _Family]:
+def _read_families(path: Path, snapshots: bool) -> dict[str, _Family]:
     families = {}
     for entry in os.scandir(path):
         if not is_family_name(entry.name):
@@ -175,7 +176,7 @@ def _read_families(path: Path) -> dict[str, _Family]:
             raise CaptureFormatError(f"{shown_path(entry.path)}: a symbolic link; a capture's files are read "
                                      "only from inside it")
         if entry.is_dir(follow_symlinks=False):
-            family = _read_family(Path(entry.path))
+            family = _read_family(Path(entry.path), snapshots)
             if family is not None:
                 families[entry.name] = family
     return dict(sorted(families.items()))
@@ -352,6 +353,7 @@ def open_capture(path: str | os.PathLike) -> Capture:
     if not p.is_dir():
         raise CaptureFormatError(f"{shown_path(p)}: not a tracekit capture (a capture is a NAME.tkcap directory)")
     try:
-        return Capture(p, _read_manifest(p), _read_families(p))
+        manifest = _read_manifest(p)
+        return Capture(p, manifest, _read_families(p, manifest.get("status") == "recording"))
     except OSError as error:  # a directory that cannot be listed
         raise CaptureFormatError(f"{shown_path(p)}: cannot read ({error.strerror or error})") from None

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from typing import Any, Protocol
 
 import pyarrow as pa
 
 from tracekit.capture.columns import SCHEMAS
-from tracekit.dataset import Dataset, plain_schema, segments_table
+from tracekit.dataset import Dataset, plain_schema
 from tracekit.errors import MissingCapability
 from tracekit.fleet.query import FILE_COLUMNS
 
@@ -22,6 +23,9 @@ __all__ = ["Engine", "ENGINES", "duckdb_engine", "spark_engine", "family_columns
 
 #: Spark keeps a family of at most this many rows in memory once read (the query reads a family several times).
 CACHE_ROWS = 4_000_000
+
+#: DuckDB's memory limit for the summary (beyond it, sorts and aggregates spill to a temporary directory).
+MEMORY_LIMIT = "1GB"
 
 #: Engine names accepted by ``tracekit fleet summary --engine``.
 ENGINES = ("duckdb", "spark")
@@ -67,33 +71,34 @@ def _null_of(type_: pa.DataType, engine: str) -> str:
 
 
 class DuckDbEngine:
-    """DuckDB, in-process: a view per family over its segments (``read_parquet`` with ``filename``)."""
+    """DuckDB, in-process: a view per family over its segments (``read_parquet`` with ``filename``), memory
+    limited to ``memory_limit`` (:data:`MEMORY_LIMIT`; what does not fit spills to a temporary directory)."""
 
     name = "duckdb"
 
     def __init__(self, dataset: Dataset, wanted: dict[str, tuple[str, ...]], *, threads: int | None = None,
-                 memory_limit: str | None = None):
+                 memory_limit: str | None = MEMORY_LIMIT):
         import duckdb  # late: ~0.2 s to import, needed by fleet summary and sql only
 
         self.con = duckdb.connect()
+        self.spill = tempfile.mkdtemp(prefix="tracekit-fleet-")
+        self.con.execute(f"SET temp_directory = '{_sql_text(self.spill)}'")
+        self.con.execute("SET preserve_insertion_order = false")
         if threads is not None:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
-            self.con.execute(f"SET memory_limit = '{memory_limit}'")
-        files = _segment_files(dataset)
+            self.con.execute(f"SET memory_limit = '{_sql_text(memory_limit)}'")
         for family, columns in wanted.items():
-            paths = files.get(family, [])
-            if paths:
-                listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-                source = f"read_parquet([{listed}], filename = true, union_by_name = true)"
-                present = _present_columns(dataset, family)
+            parts = []
+            for present, paths in _files_by_columns(dataset, family).items():
+                select = ", ".join(_duckdb_column(family, c, t) for c, t in family_columns(family, set(present), columns))
+                listed = ", ".join(f"'{_sql_text(p)}'" for p in paths)
+                parts.append(f"SELECT filename AS segment, {select} FROM read_parquet([{listed}], filename = true)")
+            if parts:
+                self.con.execute(f'CREATE VIEW "{family}" AS ' + " UNION ALL ".join(parts))
             else:
-                source, present = None, set()
-            select = ", ".join(_duckdb_column(family, c, t) for c, t in family_columns(family, present, columns))
-            if source is None:
+                select = ", ".join(_duckdb_column(family, c, t) for c, t in family_columns(family, set(), columns))
                 self.con.execute(f'CREATE TABLE "{family}" AS SELECT CAST(NULL AS VARCHAR) AS segment, {select} LIMIT 0')
-            else:
-                self.con.execute(f'CREATE VIEW "{family}" AS SELECT filename AS segment, {select} FROM {source}')
 
     def segment_name(self, path: str) -> str:
         """How a row's ``segment`` names the file ``path`` (as given to ``read_parquet``)."""
@@ -109,6 +114,12 @@ class DuckDbEngine:
 
     def close(self) -> None:
         self.con.close()
+        shutil.rmtree(self.spill, ignore_errors=True)
+
+
+def _sql_text(text: str) -> str:
+    """``text`` for inside a single-quoted SQL string."""
+    return text.replace("'", "''")
 
 
 def _duckdb_column(family: str, column: str, missing: pa.DataType | None) -> str:
@@ -117,17 +128,14 @@ def _duckdb_column(family: str, column: str, missing: pa.DataType | None) -> str
     return f'"{file_column(family, column)}" AS "{column}"'
 
 
-def _present_columns(dataset: Dataset, family: str) -> set[str]:
-    """The columns any capture's ``family`` has (from the schemas read when the captures were opened)."""
-    return {name for cap in dataset.captures if family in cap.families() for name in cap.schema(family).names}
-
-
-def _segment_files(dataset: Dataset) -> dict[str, list[str]]:
-    """``{family: [segment files with rows]}`` of the dataset (schema files of empty families left out)."""
-    out: dict[str, list[str]] = {}
-    for row in segments_table(dataset).to_pylist():
-        if row["rows"]:
-            out.setdefault(row["family"], []).append(row["file"])
+def _files_by_columns(dataset: Dataset, family: str) -> dict[tuple[str, ...], list[str]]:
+    """The segment files with rows of ``family``, grouped by the columns their capture's schema has (read
+    when the captures were opened): each group is read without unifying schemas file by file."""
+    out: dict[tuple[str, ...], list[str]] = {}
+    for cap in dataset.captures:
+        files = [str(path) for path, rows in zip(cap.segments(family), cap.segment_rows(family)) if rows]
+        if files:
+            out.setdefault(tuple(cap.schema(family).names), []).extend(files)
     return out
 
 
@@ -150,12 +158,8 @@ class SparkEngine:
                    .config("spark.sql.shuffle.partitions", os.environ.get("TRACEKIT_SPARK_PARTITIONS", "4")))
         self.spark = builder.getOrCreate()
         self.spark.sparkContext.setLogLevel("ERROR")
-        files = _segment_files(dataset)
-        rows: dict[str, int] = {}
-        for row in segments_table(dataset).to_pylist():
-            rows[row["family"]] = rows.get(row["family"], 0) + row["rows"]
         for family, columns in wanted.items():
-            paths = [_spark_path(p) for p in files.get(family, [])]
+            paths = [_spark_path(p) for files in _files_by_columns(dataset, family).values() for p in files]
             if paths:
                 frame = self.spark.read.schema(_spark_read_schema(family, columns)).parquet(*paths)
                 frame = frame.withColumn("segment", F.col("_metadata.file_path"))
@@ -166,7 +170,7 @@ class SparkEngine:
             picked = [F.col(file_column(family, c)).alias(c) if t is None else F.lit(None).cast(_SQL_TYPES[t]).alias(c)
                       for c, t in family_columns(family, present, columns)]
             frame = frame.select(F.col("segment"), *picked)
-            if rows.get(family, 0) <= CACHE_ROWS:
+            if sum(cap.rows(family) for cap in dataset.captures) <= CACHE_ROWS:
                 frame = frame.cache()  # read once, not once per figure that reads the family
             frame.createOrReplaceTempView(family)
 

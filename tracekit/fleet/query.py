@@ -59,15 +59,31 @@ _KEY = "g.grp AS grp, coalesce(g.capture, '') AS cap"
 
 
 def _latency_cte(prefix: str) -> str:
+    """Count, total, nearest-rank percentiles and max of one latency, per (group, capture) and group.
+
+    The rows are first counted per distinct value (a grouped aggregate, which an engine can spill),
+    then a running count in value order gives each value's rank: the q-th percentile is the smallest
+    value whose running count reaches ceil(q n / 100), i.e. ``100 * upto >= q * n`` in integers. No
+    engine holds a group's values in one aggregate state, so memory stays bounded."""
     source, value, _ = _LATENCIES[prefix]
-    pcts = ",\n    ".join(f"percentile_disc({q / 100}) WITHIN GROUP (ORDER BY t.{value}) AS {prefix}_p{q}_ns"
-                          for q in PERCENTILES)
-    return f"""{prefix}_figures AS (
-  SELECT {_KEY}, count(*) AS {prefix}_count, CAST(sum(t.{value}) AS BIGINT) AS {prefix}_total_ns,
-    {pcts},
-    max(t.{value}) AS {prefix}_max_ns
+    pcts = ",\n    ".join(f"min(CASE WHEN 100 * upto >= {q} * n THEN v END) AS {prefix}_p{q}_ns" for q in PERCENTILES)
+    return f"""{prefix}_values AS (
+  SELECT {_KEY}, t.{value} AS v, count(*) AS c
   FROM {source} AS t {_BY_SEGMENT}
-  {_SETS}
+  GROUP BY GROUPING SETS ((g.grp, g.capture, t.{value}), (g.grp, t.{value}))
+),
+{prefix}_ranked AS (
+  SELECT grp, cap, v, c,
+    sum(c) OVER (PARTITION BY grp, cap ORDER BY v ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS upto,
+    sum(c) OVER (PARTITION BY grp, cap) AS n
+  FROM {prefix}_values
+),
+{prefix}_figures AS (
+  SELECT grp, cap, CAST(sum(c) AS BIGINT) AS {prefix}_count, CAST(sum(v * c) AS BIGINT) AS {prefix}_total_ns,
+    {pcts},
+    max(v) AS {prefix}_max_ns
+  FROM {prefix}_ranked
+  GROUP BY grp, cap
 )"""
 
 

@@ -84,7 +84,7 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
     if master is not None and engine != "spark":
         raise UsageError("--master applies to --engine spark only")
     ds = dataset or Dataset.open(paths, skip_bad=True)
-    facts = capture_facts(ds).to_pylist()
+    facts = capture_facts(ds, phases=False).to_pylist()
     groups = {f["capture"]: " / ".join(_group_value(f, n) for n in names) for f in facts}
     captures_input = pa.table({"capture": pa.array(list(groups), pa.string()),
                                "grp": pa.array(list(groups.values()), pa.string()),
