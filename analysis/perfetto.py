@@ -23,6 +23,7 @@ JSON_TRACK_TID = 1 << 22
 #: The trusted packet sequence every packet is written on.
 SEQUENCE_ID = 0x746B
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+_JSON_PHASE_ORDER = -(1 << 16)  # the phase pseudo-threads sort above every thread
 
 
 class Written(NamedTuple):
@@ -72,7 +73,7 @@ class _ProtoWriter:
             d.name = track.name
             if track.kind == "counter":
                 d.counter.unit_name = track.unit or ""
-        if track.kind in ("process", "thread"):
+        if track.kind in ("process", "thread", "phases"):
             d.child_ordering = self._explicit
         d.sibling_order_rank = track.order
 
@@ -138,7 +139,7 @@ class _JsonWriter:
             self._emit({"ph": "M", "name": "process_name", "pid": track.pid, "args": {"name": track.name}})
             self._emit({"ph": "M", "name": "process_sort_index", "pid": track.pid, "args": {"sort_index": track.order}})
             return
-        if track.kind == "counter":
+        if track.kind in ("counter", "phases"):  # a counter has no thread; the phases group holds no event
             self._where[track.uuid] = (track.pid, None)
             return
         if track.kind == "thread":
@@ -146,8 +147,9 @@ class _JsonWriter:
         else:
             parent = self._names.get(track.parent, "")
             tid = JSON_TRACK_TID + track.uuid
-            name = f"{parent}: {track.name}" if track.kind == "layer" else track.name
-            order = (self._orders.get(track.parent, 0) + 1 + track.order) if track.kind == "layer" else -1
+            name = f"{parent}: {track.name}"
+            order = (self._orders.get(track.parent, 0) + 1 + track.order) if track.kind == "layer" else \
+                _JSON_PHASE_ORDER + track.order
         self._where[track.uuid] = (track.pid, tid)
         self._orders[track.uuid] = order
         self._emit({"ph": "M", "name": "thread_name", "pid": track.pid, "tid": tid, "args": {"name": name}})

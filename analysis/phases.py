@@ -105,8 +105,9 @@ def lab_phases(manifest: dict) -> pd.DataFrame:
     steps = (manifest.get("lab") or {}).get("steps") or []
     scenario_steps = ((manifest.get("workload") or {}).get("scenario") or {}).get("steps") or []
     rows = []
-    for step in steps:
-        if step.get("begin_ns") is None or step.get("end_ns") is None:
+    for step in steps if isinstance(steps, list) else []:
+        if not isinstance(step, dict) or not all(isinstance(step.get(k), int) and 0 <= step[k] < 1 << 63
+                                                 for k in ("begin_ns", "end_ns")):
             continue
         name, iteration = str(step.get("op", "?")), 0
         index = step.get("index")

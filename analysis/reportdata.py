@@ -14,7 +14,8 @@ import pandas as pd
 
 from tracekit.analysis.common import format_ns, load
 from tracekit.analysis.phases import matching_phases
-from tracekit.analysis.reportevents import KINDS, TIMED_GROUPS, EventBatch, event_batches, vcpu_threads
+from tracekit.analysis.events import phase_spans, vcpu_threads
+from tracekit.analysis.reportevents import KINDS, TIMED_GROUPS, EventBatch, event_batches
 
 __all__ = ["MIN_SAMPLES", "TIMELINE_BINS", "LATENCY_EDGES_NS", "Series", "ReportData", "report_data",
            "report_data_json", "timeline_phases"]
@@ -110,16 +111,10 @@ class ReportData:
 
 
 def timeline_phases(result: Any, manifest: dict) -> pd.DataFrame:
-    """The spans of the phase lane: the analysis' phases, else a lab run's steps (``phase``, ``start_ns``,
-    ``end_ns``, ``source``)."""
-    table = result.tables.get("phases")
-    if table is not None and len(table):
-        return table[["phase", "start_ns", "end_ns", "source"]].reset_index(drop=True)
-    steps = (manifest.get("lab") or {}).get("steps") or []
-    rows = [{"phase": str(step.get("op")), "start_ns": int(step["begin_ns"]), "end_ns": int(step["end_ns"]),
-             "source": "lab step"} for step in steps
-            if isinstance(step.get("begin_ns"), int) and isinstance(step.get("end_ns"), int)]
-    return pd.DataFrame(rows, columns=["phase", "start_ns", "end_ns", "source"])
+    """The spans of the phase lane (``phase``, ``start_ns``, ``end_ns``, ``source``): the analysis' phases,
+    else a lab run's steps (:func:`.events.phase_spans`, as the Perfetto timeline draws them)."""
+    phases, _ = phase_spans(result.tables.get("phases"), manifest)
+    return phases.reindex(columns=["phase", "start_ns", "end_ns", "source"])
 
 
 def _run_label(tid: int, vcpus: dict[int, int]) -> str:

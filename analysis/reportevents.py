@@ -1,7 +1,9 @@
-"""Timed events of a capture, batch by batch, as the HTML report draws them.
+"""Timed events of a capture as the HTML report's timeline lanes, batch by batch.
 
-:func:`event_batches` yields :class:`EventBatch` es of one activity (a timeline lane) with thread, start,
-duration and series, reading only the needed columns; :func:`vcpu_threads` maps threads to vCPUs.
+:func:`event_batches` yields rows of one lane each (``KVM_RUN``, ``ioctl``, ``fault``, ``guest walk``, ...)
+with thread, start, duration (-1: an instant or a call whose return was not seen) and series name: the
+large families read through :mod:`.events` as the Perfetto timeline reads them, the ioctl calls and lock
+waits from the analysis' frames, only those overlapping the phase of a phase cut.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis.common import rows_where, vcpu_map
+from tracekit.analysis.events import EventReader
 from tracekit.analysis.locks import lock_names
 from tracekit.analysis.phases import phase_mask
 from tracekit.analysis.splits import SPLIT_EVENT
 
-__all__ = ["EventBatch", "KINDS", "TIMED_GROUPS", "event_batches", "vcpu_threads"]
+__all__ = ["EventBatch", "KINDS", "TIMED_GROUPS", "event_batches"]
 
 #: Timeline lanes, top to bottom, and the colour of each.
 KINDS = {"KVM_RUN": "#4c72b0", "ioctl": "#55a868", "KVM function": "#8172b2", "fault": "#dd8452",
@@ -29,9 +31,8 @@ TIMED_GROUPS = ("KVM_RUN", "ioctl", "KVM function", "fault", "stage-2 walk", "sp
 
 _FAULT_PATH = "kvm_mmu_spte_requested"  # x86: one per shadow / TDP page fault that installs an SPTE
 
-# family -> (kind, the column naming the series, whether it has durations)
-_FUNCTION_FAMILIES = {"fault": ("fault", "probe"), "split": ("split", "probe"),
-                      "stage2_walk": ("stage-2 walk", "initiator"), "func_call": ("KVM function", "name")}
+#: The function-probe families -> their lane.
+_CALL_KINDS = {"fault": "fault", "split": "split", "stage2_walk": "stage-2 walk", "func_call": "KVM function"}
 
 
 @dataclass
@@ -89,34 +90,19 @@ def _frame_batches(result: Any) -> Iterator[EventBatch]:
 
 
 def _family_batches(cap: Any) -> Iterator[EventBatch]:
-    """The large families, one batch of the needed columns at a time."""
-    families = set(cap.families())
-    if "walk" in families:
-        for batch in cap.iter_batches("walk", ["ts_ns", "tid"]):
-            ts = batch.column("ts_ns").to_numpy()
-            yield EventBatch("guest walk", "walk", _ints(batch.column("tid").to_numpy()), ts.astype(np.int64),
-                             np.full(len(ts), -1, np.int64))
-    if "mmu" in families:
-        for batch in cap.iter_batches("mmu", ["ts_ns", "tid", "event"]):
-            for kind, event in (("fault", _FAULT_PATH), ("split", SPLIT_EVENT)):
-                rows = rows_where(batch, "event", [event])  # the few dictionary entries compared, not each row
-                if rows.num_rows:
-                    yield EventBatch(kind, event, _ints(rows.column("tid").to_numpy()),
-                                     rows.column("ts_ns").to_numpy().astype(np.int64),
-                                     np.full(rows.num_rows, -1, np.int64))
-    for family, (kind, series) in _FUNCTION_FAMILIES.items():
-        if family not in families:
-            continue
-        names = cap.schema(family).names
-        columns = ["ts_ns", "tid", series] + [c for c in ("duration_ns", "vcpu_id") if c in names]
-        for batch in cap.iter_batches(family, columns):
-            n = batch.num_rows
-            duration = (_ints(batch.column("duration_ns").to_pandas()) if "duration_ns" in names
-                        else np.full(n, -1, np.int64))
-            vcpu = _ints(batch.column("vcpu_id").to_pandas()) if "vcpu_id" in names else None
-            yield EventBatch(kind, np.asarray(batch.column(series).to_pandas(), dtype=object),
-                             _ints(batch.column("tid").to_numpy()), batch.column("ts_ns").to_numpy().astype(np.int64),
-                             duration, vcpu)
+    """The large families, one batch of the needed columns at a time (:class:`.events.EventReader`)."""
+    reader = EventReader(cap)
+    for batch in reader.batches("walk"):
+        yield EventBatch("guest walk", "walk", batch.tid, batch.ts_ns, np.full(batch.n, -1, np.int64))
+    for batch in reader.batches("mmu", ["event"]):
+        for kind, event in (("fault", _FAULT_PATH), ("split", SPLIT_EVENT)):
+            rows = batch.where("event", [event])
+            if rows.n:
+                yield EventBatch(kind, event, rows.tid, rows.ts_ns, np.full(rows.n, -1, np.int64))
+    for family, kind in _CALL_KINDS.items():
+        for batch, names in reader.calls(family, ["vcpu_id"]):
+            vcpu = _ints(batch.values("vcpu_id")) if reader.has(family, "vcpu_id") else None
+            yield EventBatch(kind, np.asarray(names, dtype=object), batch.tid, batch.ts_ns, batch.durations(), vcpu)
 
 
 def event_batches(cap: Any, result: Any, phases: pd.DataFrame) -> Iterator[EventBatch]:
@@ -127,15 +113,3 @@ def event_batches(cap: Any, result: Any, phases: pd.DataFrame) -> Iterator[Event
         cut = _cut(batch, phases, phase)
         if cut is not None:
             yield cut
-
-
-def vcpu_threads(cap: Any) -> dict[int, int]:
-    """``{tid: vcpu}``: the manifest's vCPU threads, then the lab ``fault`` family's ``vcpu_id`` per thread."""
-    mapping = dict(vcpu_map(cap.manifest))
-    if "fault" in cap.families() and "vcpu_id" in cap.schema("fault").names:
-        for batch in cap.iter_batches("fault", ["tid", "vcpu_id"]):
-            frame = batch.to_pandas().dropna()
-            frame = frame[frame["vcpu_id"] >= 0].drop_duplicates()
-            for tid, vcpu in zip(frame["tid"].tolist(), frame["vcpu_id"].tolist()):
-                mapping.setdefault(int(tid), int(vcpu))
-    return mapping

@@ -1,8 +1,8 @@
-"""A capture as a timeline: one process per VM, one track per thread, named layers, read batch by batch.
+"""A capture as a timeline: one process per VM, a track per thread with its layers, a track per phase.
 
-:func:`timeline` yields :class:`Track` records and lists of ``(kind, track, ts_ns, dur_ns, name,
-category, args)`` events, every track before its first event, with memory bounded by a batch; the tracks
-are described in docs/perfetto.md.
+:func:`timeline` yields :class:`Track` records and lists of events ``(kind, track, ts_ns, dur_ns, name,
+category, args)``, every track before its first event, reading the families a batch at a time through
+:mod:`.events`; docs/perfetto.md describes every track.
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from tracekit.analysis import locks
-from tracekit.analysis.common import frame_of, load, vcpu_map
+from tracekit.analysis import locks, spill
+from tracekit.analysis.common import frame_of, load
+from tracekit.analysis.events import BATCH_ROWS, EventReader, phase_spans, vcpu_threads
 from tracekit.analysis.phases import capture_phases, workload_phases
 from tracekit.analysis.splits import SPLIT_EVENT
+from tracekit.analysis.walkgroups import ShapeCodes
 from tracekit.analysis.walks import level_path_text
 from tracekit.analysis.walkstream import stream_walks
 from tracekit.errors import AnalysisError
 
 __all__ = ["Track", "Address", "Timeline", "timeline", "SLICE", "INSTANT", "COUNTER", "LAYERS", "RATES",
-           "COUNTER_BIN_NS", "MMU_LAYERS"]
+           "COUNTER_BIN_NS", "MMU_LAYERS", "PASS_PHASES"]
 
 SLICE, INSTANT, COUNTER = 0, 1, 2
 COUNTER_BIN_NS = 10_000_000
@@ -39,11 +40,10 @@ MMU_LAYERS = {
 #: Counter name -> the family (and ``mmu`` events) it counts.
 RATES = {"guest walks/s": "walk", "stage-2 walks/s": "stage2_walk", "faults/s": "fault",
          "SPTE installs/s": "kvm_mmu_set_spte", "splits/s": "split", "lock waits/s": "lock"}
+#: The built-in workload's phases in which every vCPU runs one pass of guest code, in order.
+PASS_PHASES = ("populate", "dirty-memory")
 _MMU_ARGS = ("level", "gfn", "addr", "spte", "new_spte", "error_code", "vcpu_id", "count")
 _ADDRESS_ARGS = {"addr", "gfn", "spte", "old_spte", "new_spte", "error_code", "lock_addr"}
-_BATCH = 1 << 16
-_INT64_MAX = (1 << 63) - 1
-_PHASE_TID = 0
 
 
 class Address(int):
@@ -51,7 +51,8 @@ class Address(int):
 
 
 class Track(NamedTuple):
-    """One track: ``kind`` is ``process``, ``thread``, ``layer``, ``phases`` or ``counter``; ``parent`` the
+    """One track: ``kind`` is ``process``, ``thread``, ``layer``, ``phases`` (the group of the ``phase`` tracks,
+    one per kind of phase) or ``counter``; ``parent`` the
     uuid of the enclosing track (0 for none); ``order`` sorts siblings; ``unit`` names a counter's unit."""
 
     uuid: int
@@ -83,14 +84,20 @@ class Timeline:
     def __init__(self, cap: Any):
         self.cap = cap
         self.manifest = cap.manifest
-        self.families = set(cap.families())
-        self.skipped = 0
+        self.reader = EventReader(cap)
+        self.families = self.reader.families
+        self._lock_skipped = 0
         self._uuids: dict[tuple, int] = {}
         self._new: list[Track] = []
         self._process_names = self._name_processes()
         self._threads: dict[int, str] = {}
         self._vcpus: dict[int, int] = {}
         self._rates: dict[tuple[int, str], dict[int, int]] = {}
+
+    @property
+    def skipped(self) -> int:
+        """Events before the clock's zero, left out."""
+        return self.reader.skipped + self._lock_skipped
 
     # -- names ---------------------------------------------------------------------------------------
     def _name_processes(self) -> dict[int, str]:
@@ -109,12 +116,11 @@ class Timeline:
                     names[pid] = str(label) if label else f"pid {pid}"
         return names
 
-    def _name_threads(self, pairs: set[tuple[int, int]], event_vcpus: dict[int, int]) -> None:
-        """Thread names from the manifest (vCPU identification, comm), else from the threads' events."""
+    def _name_threads(self, pairs: set[tuple[int, int]], vcpus: dict[int, int]) -> None:
+        """Thread names: ``vCPU N`` for the vCPU threads (:func:`.events.vcpu_threads`), else the manifest's comm."""
         target = self.manifest.get("target") or {}
         comms = {t["tid"]: str(t["comm"]) for t in target.get("threads") or []
                  if isinstance(t.get("tid"), int) and t.get("comm")}
-        vcpus = {**event_vcpus, **vcpu_map(self.manifest)}
         for pid, tid in pairs:
             if tid in vcpus:
                 self._threads[tid] = f"vCPU {vcpus[tid]} (tid {tid})"
@@ -170,36 +176,6 @@ class Timeline:
         return tracks
 
     # -- reading -------------------------------------------------------------------------------------
-    def _batches(self, family: str, columns: list[str], optional: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
-        """Each batch of ``family`` as numpy ``ts_ns``, ``pid``, ``tid`` (nulls as 0, rows before 0 dropped
-        and counted) and python lists of ``columns`` and ``optional`` (None for nulls and absent columns)."""
-        if family not in self.families:
-            return
-        names = self.cap.schema(family).names
-        wanted = ["ts_ns", "pid", "tid", *[c for c in columns if c in names],
-                  *[c for c in optional if c in names and c not in columns]]
-        for batch in self.cap.iter_batches(family, wanted, _BATCH):
-            ts = pc.fill_null(batch.column("ts_ns"), 0).to_numpy()
-            keep = ts >= 0
-            if not keep.all():
-                self.skipped += int((~keep).sum())
-                batch = batch.filter(pa.array(keep))
-                ts = ts[keep]
-            if not batch.num_rows:
-                continue
-            out: dict[str, Any] = {"ts_ns": ts.astype(np.int64)}
-            for name in ("pid", "tid"):
-                out[name] = pc.fill_null(batch.column(name), 0).to_numpy().astype(np.int64)
-            for name in wanted[3:]:
-                column = batch.column(name)
-                if pa.types.is_dictionary(column.type):
-                    column = column.cast(column.type.value_type)
-                out[name] = column.to_pylist()
-            for name in (*columns, *optional):  # a column the family lacks reads as null
-                out.setdefault(name, [None] * batch.num_rows)
-            out["n"] = batch.num_rows
-            yield out
-
     def _count(self, counter: str, pid: np.ndarray, ts: np.ndarray) -> None:
         """Add events at ``ts`` of processes ``pid`` to ``counter``'s 10 ms bins."""
         bins = ts // COUNTER_BIN_NS
@@ -210,27 +186,16 @@ class Timeline:
                 per_bin[b] = per_bin.get(b, 0) + c
 
     def _threads_seen(self) -> None:
-        """One pass over every family's thread columns: the threads there are and the vCPU each fault or
-        MMU event names (a thread that ran several keeps the lowest)."""
+        """One pass over every family's thread columns: the threads there are, named and declared."""
         pairs: set[tuple[int, int]] = set()
-        event_vcpus: dict[int, int] = {}
         for family in sorted(self.families - {"stack"}):
-            names = self.cap.schema(family).names
-            if not {"pid", "tid"} <= set(names):
+            if not {"pid", "tid"} <= set(self.cap.schema(family).names):
                 continue
-            has_vcpu = family in ("fault", "mmu") and "vcpu_id" in names
-            for batch in self.cap.iter_batches(family, ["pid", "tid", *(["vcpu_id"] if has_vcpu else [])]):
-                table = pa.Table.from_batches([batch])
-                distinct = table.group_by(["pid", "tid"]).aggregate([])
+            for batch in self.cap.iter_batches(family, ["pid", "tid"]):
+                distinct = pa.Table.from_batches([batch]).group_by(["pid", "tid"]).aggregate([])
                 pairs.update((int(p or 0), int(t or 0)) for p, t in zip(distinct.column("pid").to_pylist(),
                                                                       distinct.column("tid").to_pylist()))
-                if has_vcpu:
-                    table = table.filter(pc.is_valid(table.column("vcpu_id")))
-                    for tid, vcpu in zip(*(table.group_by(["tid", "vcpu_id"]).aggregate([]).column(c).to_pylist()
-                                           for c in ("tid", "vcpu_id"))):
-                        if tid is not None and vcpu is not None and vcpu >= 0:
-                            event_vcpus[tid] = min(vcpu, event_vcpus.get(tid, vcpu))
-        self._name_threads(pairs, event_vcpus)
+        self._name_threads(pairs, vcpu_threads(self.cap))
         for pid in sorted({p for p, _ in pairs} | set(self._process_names)):
             self.process(pid)
         for pid, tid in sorted(pairs, key=lambda pt: (pt[0], self._vcpus.get(pt[1], 1 << 20), pt[1])):
@@ -239,7 +204,7 @@ class Timeline:
     def events(self) -> Iterator[Track | list[tuple]]:
         self._threads_seen()
         yield from self.new_tracks()
-        for part in (self._phases(), self._ioctls(), self._walks(), self._stage2_walks(), self._faults(),
+        for part in (self._phases(), self._passes(), self._ioctls(), self._walks(), self._stage2_walks(), self._faults(),
                      self._splits(), self._mmu(), self._locks(), self._calls(), self._counters()):
             for events in part:
                 yield from self.new_tracks()
@@ -255,63 +220,98 @@ class Timeline:
         return workload if workload in pids else pids[0] if pids else 0
 
     def _phases(self) -> Iterator[list[tuple]]:
+        """A ``phases`` track under the main process with a child track per kind of phase (``populate``,
+        ``dirty-memory``, ...) in order of first start, each holding that kind's phases as slices."""
         try:
             phases = capture_phases(self.cap, None)
         except AnalysisError:  # a command output that does not fit the capture: no phases from it
             phases = workload_phases(self.manifest)
-        rows = [(str(p), int(s), int(e), {"iteration": int(i)} if i else {})
-                for p, s, e, i in zip(phases["phase"], phases["start_ns"], phases["end_ns"], phases["iteration"])]
-        category = "phase"
-        if not rows:
-            steps = (self.manifest.get("lab") or {}).get("steps")
-            rows = [(_text(s.get("op")), s["begin_ns"], s["end_ns"],
-                     {"step": s["index"]} if isinstance(s.get("index"), int) else {})
-                    for s in (steps if isinstance(steps, list) else []) if isinstance(s, dict)
-                    and isinstance(s.get("begin_ns"), int) and isinstance(s.get("end_ns"), int)]
-            category = "lab step"
-        rows = [(_text(name), start, end, args) for name, start, end, args in rows if 0 <= start <= _INT64_MAX
-                and end <= _INT64_MAX]
-        if rows:
-            track = self._process_child(self._main_pid(), "phases", "phases", -1)
-            yield [(SLICE, track, start, max(end - start, 0), name, category, args) for name, start, end, args in rows]
+        phases, category = phase_spans(phases, self.manifest)
+        if phases.empty:
+            return
+        group = "phases" if category == "phase" else "lab steps"
+        pid = self._main_pid()
+        parent = self._process_child(pid, "phases", group, -1)
+        kinds = list(dict.fromkeys(phases["name"].map(_text)))
+        events = []
+        for label, kind, iteration, start, end in zip(phases["phase"], phases["name"], phases["iteration"],
+                                                      phases["start_ns"], phases["end_ns"]):
+            kind = _text(kind)
+            track = self._track(("phase", pid, kind), lambda u, k=kind: Track(u, "phase", k, parent, pid, None,
+                                                                             kinds.index(k)))
+            args = {"iteration": int(iteration)} if iteration else {}
+            events.append((SLICE, track, int(start), int(end) - int(start), _text(label), category, args))
+        yield events
+
+    def _passes(self) -> Iterator[list[tuple]]:
+        """The built-in workload's vCPU passes on their vCPU threads, a slice per pass spanning its phase
+        (``populate``, ``dirty-memory#N``: the pass ran inside it; its own start is not recorded) with the
+        pass's time and its time in KVM_RUN as the workload measured them (``workload.vcpus``)."""
+        workload = self.manifest.get("workload") or {}
+        vcpus, pid = workload.get("vcpus"), workload.get("pid")
+        if not isinstance(vcpus, list) or not isinstance(pid, int):
+            return
+        phases = workload_phases(self.manifest)
+        runs = phases[phases["name"].isin(PASS_PHASES) & (phases["start_ns"] >= 0) & (phases["end_ns"] >= phases["start_ns"])]
+        events = []
+        for vcpu in vcpus:
+            tid, total, in_run = (vcpu.get(k) if isinstance(vcpu, dict) else None
+                                  for k in ("tid", "pass_ns", "pass_run_ns"))
+            if not isinstance(tid, int) or not isinstance(total, list):
+                continue
+            if tid not in self._threads:  # a vCPU thread with no event: named as the others
+                self._name_threads({(pid, tid)}, self._vcpus)
+            track = self.thread(pid, tid)
+            in_run = in_run if isinstance(in_run, list) and len(in_run) == len(total) else [None] * len(total)
+            for label, start, end, pass_ns, run_ns in zip(runs["phase"], runs["start_ns"], runs["end_ns"], total, in_run):
+                args: dict[str, Any] = {"phase": label, "span": "the phase's: the pass ran inside it"}
+                if isinstance(pass_ns, int):
+                    args["pass_ns"] = pass_ns
+                if isinstance(run_ns, int):
+                    args["kvm_run_ns"] = run_ns
+                events.append((SLICE, track, int(start), int(end) - int(start), "guest pass", "workload", args))
+        yield events
 
     def _ioctls(self) -> Iterator[list[tuple]]:
         stop = (self.manifest.get("window") or {}).get("stop_ns") or self.manifest.get("stop_monotonic_ns")
         names = ("fd", "ret", "slot", "flags", "partial")
-        for b in self._batches("ioctl", ["duration_ns", "cmd_name", "cmd"], names):
-            tracks = self._thread_tracks(b["pid"], b["tid"], None)
-            columns = [b[n] for n in names]
+        for b in self.reader.batches("ioctl", ["duration_ns", "cmd_name", "cmd", *names]):
+            tracks = self._thread_tracks(b.pid, b.tid, None)
+            columns = [b.values(n) for n in names]
+            cmd_name, cmd, duration = b.values("cmd_name"), b.values("cmd"), b.values("duration_ns")
             events = []
-            for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist())):
-                name = b["cmd_name"][i] or (f"ioctl {b['cmd'][i]:#x}" if b["cmd"][i] is not None else "ioctl")
+            for i, (ts, track) in enumerate(zip(b.ts_ns.tolist(), tracks.tolist())):
+                name = cmd_name[i] or (f"ioctl {cmd[i]:#x}" if cmd[i] is not None else "ioctl")
                 args = _args(names, columns, i)
-                dur = b["duration_ns"][i]
+                dur = duration[i]
                 if dur is None and isinstance(stop, int) and stop > ts:
                     dur, args["unfinished"] = stop - ts, "still running when the recording stopped"
                 events.append((SLICE, track, ts, max(int(dur or 0), 0), name, "ioctl", args))
             yield events
-        for b in self._batches("ioctl_summary", ["cmd_name", "count", "total_ns", "max_ns"], ("errors", "fd")):
-            tracks = self._thread_tracks(b["pid"], b["tid"], None)
-            names2 = ("count", "total_ns", "max_ns", "errors", "fd")
-            columns = [b[n] for n in names2]
-            yield [(INSTANT, track, ts, 0, f"{b['cmd_name'][i] or 'ioctl'} (aggregated)", "ioctl",
-                    _args(names2, columns, i)) for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist()))]
+        names = ("count", "total_ns", "max_ns", "errors", "fd")
+        for b in self.reader.batches("ioctl_summary", ["cmd_name", *names]):
+            tracks = self._thread_tracks(b.pid, b.tid, None)
+            columns, cmd_name = [b.values(n) for n in names], b.values("cmd_name")
+            yield [(INSTANT, track, ts, 0, f"{cmd_name[i] or 'ioctl'} (aggregated)", "ioctl", _args(names, columns, i))
+                   for i, (ts, track) in enumerate(zip(b.ts_ns.tolist(), tracks.tolist()))]
 
     def _walks(self) -> Iterator[list[tuple]]:
         if "walk" not in self.families:
             return
-        shapes = stream_walks(self.cap).shapes if "walk_element" in self.families else None
-        start = 0
-        for b in self._batches("walk", ["walk_id", "addr", "pferr"]):
-            self._count("guest walks/s", b["pid"], b["ts_ns"])
-            tracks = self._thread_tracks(b["pid"], b["tid"], "guest walks")
-            n = b["n"]
-            depth = shapes.depth[start:start + n].tolist() if shapes is not None else [None] * n
-            path = shapes.path[start:start + n].tolist() if shapes is not None else [0] * n
-            leaf = shapes.leaf[start:start + n].tolist() if shapes is not None else [-1] * n
-            addr, pferr, walk_id = b["addr"], b["pferr"], b["walk_id"]
+        # each walk's shape as a byte or two, in a file once large (spill): memory does not grow with walks
+        shapes = stream_walks(self.cap, ShapeCodes).shapes if "walk_element" in self.families else None
+        for b in self.reader.batches("walk", ["walk_id", "addr", "pferr"]):
+            self._count("guest walks/s", b.pid, b.ts_ns)
+            tracks = self._thread_tracks(b.pid, b.tid, "guest walks")
+            n = b.n
+            if shapes is not None:
+                depth, leaf, path = (part.tolist() for part in shapes.decode(shapes.codes.codes[b.rows]))
+                spill.trim()
+            else:
+                depth, leaf, path = [None] * n, [-1] * n, [0] * n
+            addr, pferr, walk_id = b.values("addr"), b.values("pferr"), b.values("walk_id")
             events = []
-            for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist())):
+            for i, (ts, track) in enumerate(zip(b.ts_ns.tolist(), tracks.tolist())):
                 args: dict[str, Any] = {}
                 if depth[i] is not None:
                     args["depth"], args["levels"] = depth[i], level_path_text(path[i])
@@ -324,7 +324,6 @@ class Timeline:
                 if walk_id[i] is not None:
                     args["walk_id"] = walk_id[i]
                 events.append((INSTANT, track, ts, 0, "guest walk", "walk", args))
-            start += n
             yield events
 
     def _stage2_levels(self) -> dict[int, tuple[str, int]]:
@@ -348,56 +347,55 @@ class Timeline:
             return
         levels = self._stage2_levels()
         names = ("start_level", "addr", "size", "flags", "ret", "walk_id")
-        for b in self._batches("stage2_walk", ["walk_id", "duration_ns", "initiator"], names):
-            self._count("stage-2 walks/s", b["pid"], b["ts_ns"])
-            tracks = self._thread_tracks(b["pid"], b["tid"], "stage-2 walks")
-            columns = [b[n] for n in names]
+        for b, labels in self.reader.calls("stage2_walk", names):
+            self._count("stage-2 walks/s", b.pid, b.ts_ns)
+            tracks = self._thread_tracks(b.pid, b.tid, "stage-2 walks")
+            columns, durations, walk_ids = [b.values(n) for n in names], b.durations().tolist(), b.values("walk_id")
             events = []
-            for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist())):
+            for i, (ts, track) in enumerate(zip(b.ts_ns.tolist(), tracks.tolist())):
                 args = _args(names, columns, i)
-                visited = levels.get(b["walk_id"][i])
+                visited = levels.get(walk_ids[i])
                 if visited is not None:
                     args["levels"], args["visits"] = visited
-                events.append(_call(track, ts, b["duration_ns"][i], b["initiator"][i] or "stage-2 walk",
-                                    "stage2_walk", args))
+                events.append(_call(track, ts, durations[i], labels[i], "stage2_walk", args))
             yield events
 
-    def _probe_slices(self, family: str, layer: str, category: str, label: str, names: tuple[str, ...],
+    def _probe_slices(self, family: str, layer: str, category: str, names: tuple[str, ...],
                       counter: str | None) -> Iterator[list[tuple]]:
-        """The function-probe family ``family`` as slices named by its ``label`` column on ``layer``."""
-        for b in self._batches(family, ["duration_ns", label], names):
+        """The function-probe family ``family`` as slices named by their calls on ``layer``."""
+        for b, labels in self.reader.calls(family, names):
             if counter:
-                self._count(counter, b["pid"], b["ts_ns"])
-            tracks = self._thread_tracks(b["pid"], b["tid"], layer)
-            columns = [b[n] for n in names]
-            yield [_call(track, ts, b["duration_ns"][i], b[label][i] or family, category, _args(names, columns, i))
-                   for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist()))]
+                self._count(counter, b.pid, b.ts_ns)
+            tracks = self._thread_tracks(b.pid, b.tid, layer)
+            columns, durations = [b.values(n) for n in names], b.durations().tolist()
+            yield [_call(track, ts, durations[i], labels[i], category, _args(names, columns, i))
+                   for i, (ts, track) in enumerate(zip(b.ts_ns.tolist(), tracks.tolist()))]
 
     def _faults(self) -> Iterator[list[tuple]]:
-        return self._probe_slices("fault", "faults", "fault", "probe", ("vcpu_id", "addr", "ret"), "faults/s")
+        return self._probe_slices("fault", "faults", "fault", ("vcpu_id", "addr", "ret"), "faults/s")
 
     def _splits(self) -> Iterator[list[tuple]]:
-        return self._probe_slices("split", "splits", "split", "probe", ("level", "addr", "size", "ret"), "splits/s")
+        return self._probe_slices("split", "splits", "split", ("level", "addr", "size", "ret"), "splits/s")
 
     def _calls(self) -> Iterator[list[tuple]]:
-        return self._probe_slices("func_call", "kernel calls", "call", "name", ("ret", "args"), None)
+        return self._probe_slices("func_call", "kernel calls", "call", ("ret", "args"), None)
 
     def _mmu(self) -> Iterator[list[tuple]]:
-        for b in self._batches("mmu", ["event"], _MMU_ARGS):
-            columns = [b[n] for n in _MMU_ARGS]
-            event = b["event"]
+        for b in self.reader.batches("mmu", ["event", *_MMU_ARGS]):
+            columns = [b.values(n) for n in _MMU_ARGS]
+            event = b.values("event")
             layers = [MMU_LAYERS.get(e or "", ("MMU events", "mmu")) for e in event]
             kinds = np.array([LAYERS.index(layer) for layer, _ in layers], np.int64)
-            tracks = np.zeros(b["n"], np.int64)
+            tracks = np.zeros(b.n, np.int64)
             for kind in np.unique(kinds).tolist():
                 rows = kinds == kind
-                tracks[rows] = self._thread_tracks(b["pid"][rows], b["tid"][rows], LAYERS[kind])
+                tracks[rows] = self._thread_tracks(b.pid[rows], b.tid[rows], LAYERS[kind])
             installs = np.array([e == "kvm_mmu_set_spte" for e in event], bool)
             splits = np.array([e == SPLIT_EVENT for e in event], bool)
-            self._count("SPTE installs/s", b["pid"][installs], b["ts_ns"][installs])
-            self._count("splits/s", b["pid"][splits], b["ts_ns"][splits])
+            self._count("SPTE installs/s", b.pid[installs], b.ts_ns[installs])
+            self._count("splits/s", b.pid[splits], b.ts_ns[splits])
             yield [(INSTANT, track, ts, 0, event[i] or "mmu event", layers[i][1], _args(_MMU_ARGS, columns, i))
-                   for i, (ts, track) in enumerate(zip(b["ts_ns"].tolist(), tracks.tolist()))]
+                   for i, (ts, track) in enumerate(zip(b.ts_ns.tolist(), tracks.tolist()))]
 
     def _locks(self) -> Iterator[list[tuple]]:
         if "lock" not in self.families:
@@ -413,21 +411,21 @@ class Timeline:
         if missing:
             raise AnalysisError(f"{self.cap.path}: family 'lock' lacks column(s) {', '.join(missing)}")
 
-        def waits() -> Iterator[pd.DataFrame]:
+        def waits(count: bool) -> Iterator[pd.DataFrame]:
             schema = self.cap.schema("lock")
             columns = wanted + [c for c in ("stack_id", "flags_name") if c in schema.names]
-            for batch in self.cap.iter_batches("lock", columns, _BATCH):
+            for batch in self.cap.iter_batches("lock", columns, BATCH_ROWS):
                 frame = frame_of([pa.Table.from_batches([batch])], batch.num_rows, schema, columns)  # uint64 exact
                 frame = frame[frame["ts_ns"] >= 0]
-                self.skipped += batch.num_rows - len(frame)
+                self._lock_skipped += (batch.num_rows - len(frame)) if count else 0
                 frame = frame.assign(flags=frame["flags"].fillna(0))
                 if len(frame):
                     yield locks.attribute_operations(frame.reset_index(drop=True), self.manifest, stack, ioctl)
 
-        scores = [locks.lock_scores(frame) for frame in waits()]
+        scores = [locks.lock_scores(frame) for frame in waits(False)]
         mmu = locks.mmu_lock_of(pd.concat(scores).groupby(level=0).sum(), locks.known_mmu_locks(self.manifest)) \
             if scores else None
-        for frame in waits():
+        for frame in waits(True):
             ts = frame["ts_ns"].to_numpy(np.int64)
             pid = frame["pid"].to_numpy(np.int64)
             self._count("lock waits/s", pid, ts)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from tracekit.analysis.analyze import analyze_capture
 from tracekit.analysis.perfetto import write_perfetto
+from tracekit.analysis.phases import workload_phases
 from tracekit.capture import CaptureWriter, open_capture
 from tracekit.capture.columns import SCHEMAS
 from tracekit.cli import app
@@ -90,7 +91,74 @@ def test_x86_sample_has_named_vcpu_tracks_with_walks_and_mmu_lock_waits(tmp_path
     process = [p for p, t in summary["tracks"].items() if t["kind"] == "process"]
     assert process == ["tracekit workload dirty-log (pid 20914)"]
     assert summary["tracks"][f"{process[0]} / guest walks/s"]["counter"]["sum"] == cap.rows("walk") * 100
-    assert len(_tracks(summary, "/ phases")[f"{process[0]} / phases"]["slices"]) == 13
+    phases = [t for path, t in summary["tracks"].items() if path.startswith(f"{process[0]} / phases / ")]
+    assert len(phases) == 7 and sum(sum(t["slices"].values()) for t in phases) == 13
+
+
+def test_each_kind_of_phase_is_its_own_track_in_phase_order(tmp_path):
+    """The phases group holds one track per kind of phase, ordered by first start, each holding that
+    kind's phases (every iteration) at the times the workload recorded."""
+    sample = SAMPLES / "x86-dirty-log-2m.tkcap"
+    out = tmp_path / "t.pftrace"
+    _export(sample, out)
+    trace = pftrace.read(out)
+    paths = pftrace.track_paths(trace)
+    descriptors = {p.track_descriptor.uuid: p.track_descriptor for p in trace.packet if p.HasField("track_descriptor")}
+    group = next(d for uuid, d in descriptors.items() if paths[uuid][1].endswith(" / phases"))
+    assert group.child_ordering == group.ChildTracksOrdering.Value("EXPLICIT")
+    kinds = sorted((d for d in descriptors.values() if d.parent_uuid == group.uuid), key=lambda d: d.sibling_order_rank)
+    assert [d.name for d in kinds] == ["setup", "populate", "enable-dirty-logging", "dirty-memory", "get-dirty-log",
+                                       "clear-dirty-log", "disable-dirty-logging"]
+    begins, spans = {}, []
+    for packet in trace.packet:
+        event = packet.track_event
+        if packet.HasField("track_event") and descriptors.get(event.track_uuid) in kinds:
+            if event.type == event.TYPE_SLICE_BEGIN:
+                args = {a.name: a.int_value for a in event.debug_annotations}
+                begins[event.track_uuid] = (event.name, packet.timestamp, args.get("iteration", 0))
+            else:
+                name, start, iteration = begins.pop(event.track_uuid)
+                spans.append((descriptors[event.track_uuid].name, name, iteration, start, packet.timestamp))
+    phases = workload_phases(open_capture(sample).manifest)
+    assert sorted(spans) == sorted(zip(phases["name"], phases["phase"], phases["iteration"], phases["start_ns"],
+                                       phases["end_ns"]))
+    assert len(spans) == 13 and not begins
+
+
+def test_aggregated_kvm_run_leaves_the_workloads_passes_on_the_vcpu_tracks(tmp_path):
+    """KVM_RUN was counted in the kernel (no call times): each vCPU track holds the built-in workload's
+    passes, one slice per pass spanning its phase, with the pass's KVM_RUN time as the workload measured
+    it. Every guest walk of the vCPU lies inside one of them, and the kernel's total agrees."""
+    sample = SAMPLES / "x86-dirty-log-2m.tkcap"
+    out = tmp_path / "t.pftrace"
+    _export(sample, out)
+    cap = open_capture(sample)
+    trace = pftrace.read(out)
+    paths = {uuid: path for uuid, (_, path) in pftrace.track_paths(trace).items()}
+    passes, open_at = {}, {}
+    for packet in trace.packet:
+        event = packet.track_event
+        if event.type == event.TYPE_SLICE_BEGIN and event.name == "guest pass":
+            open_at[event.track_uuid] = (packet.timestamp, {a.name: a for a in event.debug_annotations})
+        elif event.type == event.TYPE_SLICE_END and event.track_uuid in open_at:
+            start, args = open_at.pop(event.track_uuid)
+            passes.setdefault(paths[event.track_uuid], []).append((start, packet.timestamp, args))
+    phases = workload_phases(cap.manifest)
+    runs = phases[phases["name"].isin(["populate", "dirty-memory"])]
+    walks = cap.table("walk", ["ts_ns", "tid"]).to_pandas()
+    kernel = cap.table("ioctl_summary", ["tid", "cmd_name", "total_ns"]).to_pandas()
+    assert sorted(passes) == ["tracekit workload dirty-log (pid 20914) / vCPU 0 (tid 20933)",
+                              "tracekit workload dirty-log (pid 20914) / vCPU 1 (tid 20934)"]
+    for vcpu in cap.manifest["workload"]["vcpus"]:
+        spans = passes[f"tracekit workload dirty-log (pid 20914) / vCPU {vcpu['index']} (tid {vcpu['tid']})"]
+        assert [(s, e) for s, e, _ in spans] == list(zip(runs["start_ns"], runs["end_ns"]))
+        assert [a["phase"].string_value for _, _, a in spans] == runs["phase"].tolist()
+        in_run = sum(a["kvm_run_ns"].int_value for _, _, a in spans)
+        assert in_run == vcpu["kvm_run_ns"] and all(a["kvm_run_ns"].int_value <= e - s for s, e, a in spans)
+        ts = walks.loc[walks["tid"] == vcpu["tid"], "ts_ns"].to_numpy()
+        assert len(ts) and all(any(s <= t < e for s, e, _ in spans) for t in ts)
+        counted = int(kernel.loc[(kernel["tid"] == vcpu["tid"]) & (kernel["cmd_name"] == "KVM_RUN"), "total_ns"].sum())
+        assert 0.99 * in_run <= counted <= in_run
 
 
 def test_lab_capture_has_its_probe_spans_on_the_named_vcpu_thread(tmp_path):
@@ -172,7 +240,7 @@ def test_json_format_is_kept(tmp_path):
     _export(_demo_like(tmp_path / "demo.tkcap"), out, "--format", "json")
     events = json.loads(out.read_text())["traceEvents"]
     names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
-    assert "vCPU 0 (tid 52)" in names and "vCPU 0 (tid 52): guest walks" in names
+    assert "vCPU 0 (tid 52)" in names and "vCPU 0 (tid 52): guest walks" in names and "phases: populate" in names
     assert [e["name"] for e in events if e["ph"] == "X" and e["cat"] == "ioctl"] == ["KVM_RUN", "KVM_RUN"]
     assert [e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"] == [
         "tracekit workload dirty-log"]

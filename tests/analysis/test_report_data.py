@@ -66,8 +66,9 @@ def test_where_the_time_goes_and_the_timeline_of_the_two_vcpu_sample():
 
 def test_lab_timings_are_flagged_and_the_lab_steps_are_the_phases():
     cap, result, data = _data("lab-arm64-eager-enable")
-    assert data.phases["source"].unique().tolist() == ["lab step"]
-    assert data.phases["phase"].tolist() == ["prefault", "touch", "log"]
+    assert data.phases["source"].unique().tolist() == ["lab"]
+    # named as the Perfetto timeline and compare name them: the log step enabled dirty logging
+    assert data.phases["phase"].tolist() == ["prefault", "touch", "enable-dirty-logging"]
     assert data.rows[0].startswith("vCPU 0 ")  # from the fault family's vcpu_id
     assert {s.label: s.count for s in data.distributions()}["split: stage2_split"] == 128
     page = render_report(result, cap)
