@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "one_line",
+    "error_line",
     "printable",
     "TracekitError",
     "UsageError",
@@ -33,6 +34,11 @@ def printable(text: str) -> str:
 def one_line(text: str) -> str:
     """``text`` as one printable line: line breaks folded to ``" / "``, unencodable characters escaped."""
     return printable(" / ".join(line.strip() for line in str(text).splitlines() if line.strip()))
+
+
+def error_line(message: str) -> str:
+    """The one error style of every command: ``tracekit: error: MESSAGE`` (the message folded onto one line)."""
+    return f"tracekit: error: {one_line(message)}"
 
 
 class TracekitError(Exception):

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 import numpy as np
 import pandas as pd
 
-from tracekit.errors import CaptureFormatError, one_line
+from tracekit.errors import CaptureFormatError, error_line
 
 __all__ = ["colour_wanted", "output_width", "prose_lines", "column_groups", "table_text", "frame_table_text", "plain_value", "error_line",
            "write_output_file", "agg_pyplot"]
@@ -184,11 +184,6 @@ def frame_table_text(frame: pd.DataFrame, *, title: str | None = None,
     footer = [f"  ... {len(frame) - max_rows} more rows (use --json for all)"] if len(frame) > max_rows else []
     return table_text([headers.get(c, str(c)) for c in shown.columns], rows, title=title, footer=footer,
                       width=width, colour=colour)
-
-
-def error_line(message: str) -> str:
-    """The one error style: ``tracekit: error: MESSAGE`` (the message folded onto one line)."""
-    return f"tracekit: error: {one_line(message)}"
 
 
 def write_output_file(path: str | os.PathLike, text: str) -> None:

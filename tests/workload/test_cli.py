@@ -105,11 +105,20 @@ def test_stdlib_entry_point_imports_no_third_party_module():
     assert run.stdout.strip().endswith("third-party: []")
 
 
-def test_stdlib_entry_point_error_is_one_line():
-    run = subprocess.run(
-        [sys.executable, "-m", "tracekit.workload", "dirty-log", "-w", "101"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert run.returncode == 1 and run.stderr.strip().count("\n") == 0 and "--write-percent" in run.stderr
+@pytest.mark.parametrize("args, code, message", [
+    (["dirty-log", "-w", "101"], 1, "--write-percent"),
+    (["dirty-log", "-v", "x"], 2, "argument -v/--vcpus: invalid int value: 'x'"),
+    (["dirty-log", "--no-such-option"], 2, "unrecognized arguments: --no-such-option"),
+    ([], 2, "required: command")])
+def test_stdlib_entry_point_errors_are_the_clis_one_line(args, code, message):
+    """The same error line as ``tracekit``'s, for a bad value (the same text as the CLI) and bad syntax."""
+    run = subprocess.run([sys.executable, "-m", "tracekit.workload", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == code and run.stdout == "", run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tracekit: error: ") and message in lines[0], run.stderr
+    if code == 1:
+        assert lines[0] == _invoke(*args[1:]).output.strip()
 
 
 @pytest.mark.live
@@ -143,7 +152,7 @@ def test_sigterm_stops_cleanly_and_still_writes_the_layout(tmp_path):
             child.kill()
             child.wait()
     assert child.returncode == 1
-    assert stderr.strip() == "error: stopped by SIGTERM before the run completed"
+    assert stderr.strip() == "tracekit: error: stopped by SIGTERM before the run completed"
     record = json.loads(layout.read_text())
     assert record["verified"] is True and len(record["iterations"]) >= 2
     assert record["vcpus"][0]["thread_name"] == "tk-vcpu-0"

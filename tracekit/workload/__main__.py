@@ -1,23 +1,32 @@
 """``python3 -m tracekit.workload dirty-log ...``: the workload without typer (standard library only).
 
-Same options, output, layout file and exit codes as ``tracekit workload dirty-log`` (0 success;
-1 a verification mismatch or any other WorkloadError, as one ``error:`` line on stderr; 2 bad
-command-line syntax from argparse), for minimal guests that have only Python's standard library.
+Same options, output, layout file, exit codes and error line as ``tracekit workload dirty-log`` (0
+success; 1 a verification mismatch or any other WorkloadError; 2 bad command-line syntax; each failure
+one ``tracekit: error: ...`` line on stderr), for minimal guests that have only Python's standard library.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
-from tracekit.errors import TracekitError
+from tracekit.errors import TracekitError, error_line
 from tracekit.workload.command import DESCRIPTION, EXAMPLES, OPTION_HELP, build_options, dirty_log_command
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its syntax errors in the command line's one error style (not a usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(error_line(f"{message} (see '{self.prog} -h')"), file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m tracekit.workload", description="The built-in KVM workload.")
+    parser = _Parser(prog="python3 -m tracekit.workload", description="The built-in KVM workload.")
     commands = parser.add_subparsers(dest="command", required=True)
     dirty = commands.add_parser(
         "dirty-log",
@@ -55,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         options = build_options(**args)
         dirty_log_command(options, as_json=as_json, layout_path=layout, out=lambda line: print(line, flush=True))
     except TracekitError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_line(str(error)), file=sys.stderr)
         return error.exit_code
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. | head): no traceback
