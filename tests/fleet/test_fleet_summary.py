@@ -164,3 +164,18 @@ def test_json_output_is_documented():
     keys = set(document) | set(document["groups"][0]) | set(document["captures"][0])
     assert keys >= set(FIGURES) and keys >= set(CAPTURE_COLUMNS)
     assert [k for k in sorted(keys) if f'"{k}"' not in page] == []
+
+
+def test_table_is_sized_to_the_terminal_and_natural_in_a_pipe(tmp_path):
+    """The shared renderer's widths: within COLUMNS (columns shown again under the key, none dropped), one
+    block per table into a pipe, and a file written with -o at its natural width whatever COLUMNS says."""
+    piped = CliRunner().invoke(app, ["fleet", "summary", str(X86)], env={"COLUMNS": None})
+    assert piped.exit_code == 0, piped.stderr
+    blocks = piped.stdout.split("\n\n")
+    assert len(blocks) == 2 and max(len(line) for line in piped.stdout.splitlines()) > 100  # groups, captures
+    narrow = CliRunner().invoke(app, ["fleet", "summary", str(X86)], env={"COLUMNS": "72"})
+    assert narrow.exit_code == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 72
+    assert len(narrow.stdout.split("\n\n")) > 2 and set(piped.stdout.split()) <= set(narrow.stdout.split())
+    out = tmp_path / "fleet.txt"
+    written = CliRunner().invoke(app, ["fleet", "summary", str(X86), "-o", str(out)], env={"COLUMNS": "72"})
+    assert written.exit_code == 0 and out.read_text() == piped.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -51,7 +52,8 @@ def summary(
     elif fmt == "html":
         text = summary_html(result)
     else:
-        text = summary_text(result)
+        to_file = output is not None and str(output) != "-"  # a file: the tables at their natural width
+        text = summary_text(result, width=sys.maxsize if to_file else None)
     if output is None or str(output) == "-":
         typer.echo(text)
     else:

@@ -1,11 +1,12 @@
 """The fleet summary as text tables, a JSON document and one self-contained HTML page with figures.
 
-:func:`summary_text` gives two fixed-width tables (per group, then per capture) of the headline
-columns; :func:`summary_json` the ``tracekit.fleet-summary/1`` document (docs/fleet.md: every figure
-of every group and capture, and the captures left out); :func:`summary_html` a page with the same
-tables and matplotlib figures embedded as PNG ``data:`` URIs (``latency``: p50 and p99 of CLEAR,
-split and lock-wait latency per group; ``walk-depth``: guest walks per depth and stage-2 visits per
-level, as shares per group; ``splits-per-op``: huge-page splits per dirty-log enable / CLEAR).
+:func:`summary_text` gives two tables (per group, then per capture) of the headline columns, sized as
+every tracekit table is (:mod:`tracekit.render`); :func:`summary_json` the ``tracekit.fleet-summary/1``
+document (docs/fleet.md: every figure of every group and capture, and the captures left out);
+:func:`summary_html` a page with the same tables and matplotlib figures embedded as PNG ``data:`` URIs
+(``latency``: p50 and p99 of CLEAR, split and lock-wait latency per group; ``walk-depth``: guest walks
+per depth and stage-2 visits per level, as shares per group; ``splits-per-op``: huge-page splits per
+dirty-log enable / CLEAR).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def _headline(rows: list[dict], first: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summary_text(summary: FleetSummary, width: int = 160) -> str:
-    """The per-group and per-capture headline tables, and a line per capture left out."""
+def summary_text(summary: FleetSummary, width: int | None = None) -> str:
+    """The per-group and per-capture headline tables, and a line per capture left out; ``width`` as
+    :func:`tracekit.render.table_text` takes it (default: the terminal's, natural width in a pipe)."""
     formats = {"splits/op": lambda v: "-" if v is None or pd.isna(v) else f"{v:.1f}"}
     by = " / ".join(summary.by)
     lines = [format_table(_headline(summary.groups, ["group"]).rename(columns={"group": by}),
