@@ -286,10 +286,11 @@ def run_perf_naive(size: str, iterations: int) -> dict:
             "delivered": state["events"], "lost": state["lost"], "cpu_s": _cpu() - state["cpu0"]}
 
 
-def run_tracekit(size: str, iterations: int) -> dict:
+def run_tracekit(size: str, iterations: int, tracekit: str = TRACEKIT) -> dict:
+    """``tracekit record`` of the workload (``tracekit``: this venv's, or another checkout's)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.tkcap")
-        proc = subprocess.run([TRACEKIT, "record", "-q", "--json", "-o", out, "--", TRACEKIT, "workload", "dirty-log",
+        proc = subprocess.run([tracekit, "record", "-q", "--json", "-o", out, "--", tracekit, "workload", "dirty-log",
                                "-b", size, "-i", str(iterations)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"tracekit record failed: {proc.stderr.strip()[-2000:]}")
