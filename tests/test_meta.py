@@ -2,19 +2,21 @@
 
 - every Python module of the package (tracekit/, probes/, analysis/) opens with a docstring;
 - every CLI command's help ends with worked examples;
-- every command that offers --json is documented under docs/cli-json/.
+- every command that offers --json is documented under docs/cli-json/;
+- every module that adds commands (``register(app)``) is in the CLI's registry, which holds nothing else.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from tracekit.cli import app
+from tracekit.cli import COMMAND_MODULES, app
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted(
@@ -58,3 +60,12 @@ def test_json_outputs_are_documented():
         if any("--json" in getattr(param, "opts", ()) for param in cmd.params):
             name = " ".join(path)
             assert f"tracekit {name}" in docs or f"`{name}" in docs, f"--json of 'tracekit {name}' is undocumented"
+
+
+def test_every_command_module_is_registered():
+    defining = {p for p in SOURCES if re.search(r"^def register\(app\b", p.read_text(), re.MULTILINE)}
+    registered = [Path(module.__file__).resolve() for module in COMMAND_MODULES]
+    assert len(set(registered)) == len(registered), "a module is registered twice"
+    assert set(registered) == defining, (
+        f"not registered in tracekit.cli: {sorted(str(p.relative_to(ROOT)) for p in defining - set(registered))}; "
+        f"registered without register(app): {sorted(str(p) for p in set(registered) - defining)}")

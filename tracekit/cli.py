@@ -9,34 +9,31 @@ subsystem adds its commands through ``register(app)`` in its own ``cli`` module
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from tracekit import __version__
+from tracekit import __version__, demo, doctor, sql
+from tracekit.analysis import cli as analysis_cli
+from tracekit.capture import cli as capture_cli
 from tracekit.errors import TracekitError, printable
+from tracekit.fleet import cli as fleet_cli
+from tracekit.lab import cli as lab_cli
+from tracekit.model import cli as model_cli
+from tracekit.recorder import cli as recorder_cli
 from tracekit.render import error_line
 from tracekit.stopsignals import StopSignal
+from tracekit.top import cli as top_cli
+from tracekit.workload import cli as workload_cli
 
 __all__ = ["app", "main", "COMMAND_MODULES", "is_verbose"]
 
-#: Modules that add commands to the app, each through ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES = (
-    "tracekit.capture.cli",
-    "tracekit.sql",
-    "tracekit.doctor",
-    "tracekit.demo",
-    "tracekit.model.cli",
-    "tracekit.workload.cli",
-    "tracekit.recorder.cli",
-    "tracekit.top.cli",
-    "tracekit.analysis.cli",
-    "tracekit.lab.cli",
-    "tracekit.fleet.cli",
-)
+#: The modules that add commands to the app, each through ``register(app: typer.Typer) -> None``, in the
+#: order ``--help`` lists their commands.
+COMMAND_MODULES = (capture_cli, sql, doctor, demo, model_cli, workload_cli, recorder_cli, top_cli, analysis_cli,
+                   lab_cli, fleet_cli)
 
 _verbose = False
 
@@ -140,8 +137,8 @@ def _root(
     _verbose = verbose
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(_name).register(app)
+for _module in COMMAND_MODULES:
+    _module.register(app)
 
 
 def main() -> None:
