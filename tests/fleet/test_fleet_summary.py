@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -179,3 +180,23 @@ def test_table_is_sized_to_the_terminal_and_natural_in_a_pipe(tmp_path):
     out = tmp_path / "fleet.txt"
     written = CliRunner().invoke(app, ["fleet", "summary", str(X86), "-o", str(out)], env={"COLUMNS": "72"})
     assert written.exit_code == 0 and out.read_text() == piped.stdout
+
+
+def _without_columns(source, target, family, columns):
+    """A copy of capture ``source`` whose ``family`` files lack ``columns`` (as a capture of an older format)."""
+    shutil.copytree(source, target)
+    for path in [*(target / family).glob("part-*.parquet"), target / family / "_schema.parquet"]:
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(columns).replace_schema_metadata(table.schema.metadata), path)
+    return target
+
+
+def test_older_captures_without_newer_columns(tmp_path):
+    x86 = SAMPLES / "x86-dirty-log-4k.tkcap"
+    old = _without_columns(x86, tmp_path / "old.tkcap", "ioctl", ["memory_size", "guest_phys_addr", "slot"])
+    result = fleet_summary([str(old), str(ARM)], by="capture")
+    row, new = next(r for r in result.captures if r["path"] == str(old)), fleet_summary([str(x86)]).captures[0]
+    same = [f for f in FIGURES if not f.startswith(("dirty_log_ops", "ops_splits", "splits_per_op"))]
+    assert {f: row[f] for f in same} == {f: new[f] for f in same} and row["ioctl_count"] > 0
+    assert row["dirty_log_ops"] == new["clear_count"] < new["dirty_log_ops"]  # no slot: only the CLEARs
+    assert result.problems == [] and _row(result, ARM)["split_count"] == 1024

@@ -55,7 +55,7 @@ FIGURES: tuple[str, ...] = (
 
 _SETS = "GROUP BY GROUPING SETS ((g.grp, g.capture), (g.grp))"
 _BY_SEGMENT = "JOIN fleet_segments AS g ON g.segment = t.segment"
-_KEY = "g.grp AS grp, coalesce(g.capture, '') AS cap"
+_KEY = "g.grp AS grp, coalesce(g.capture, -1) AS cap"
 
 
 def _latency_cte(prefix: str) -> str:

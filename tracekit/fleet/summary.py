@@ -86,8 +86,11 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
     ds = dataset or Dataset.open(paths, skip_bad=True)
     facts = capture_facts(ds, phases=False).to_pylist()
     groups = {f["capture"]: " / ".join(_group_value(f, n) for n in names) for f in facts}
-    captures_input = pa.table({"capture": pa.array(list(groups), pa.string()),
-                               "grp": pa.array(list(groups.values()), pa.string()),
+    group_names = sorted(set(groups.values()))
+    group_no = {name: number for number, name in enumerate(group_names)}
+    capture_no = {capture: number for number, capture in enumerate(groups)}
+    captures_input = pa.table({"capture": pa.array(range(len(groups)), pa.int64()),
+                               "grp": pa.array([group_no[g] for g in groups.values()], pa.int64()),
                                "status": pa.array([f.get("status") for f in facts], pa.string()),
                                "lost_events": pa.array([f.get("lost_events") for f in facts], pa.int64())})
     runner = (spark_engine(ds, INPUT_COLUMNS, master=master) if engine == "spark"
@@ -97,11 +100,16 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
         owners = segments.column("capture").to_pylist()
         runner.register("captures", captures_input)
         runner.register("fleet_segments", pa.table({
-            "segment": pa.array([runner.segment_name(f) for f in segments.column("file").to_pylist()], pa.string()),
-            "capture": pa.array(owners, pa.string()), "grp": pa.array([groups[c] for c in owners], pa.string())}))
+            "segment": pa.array([runner.segment_name(f) for f in segments.column("file").to_pylist()]),
+            "capture": pa.array([capture_no[c] for c in owners], pa.int64()),
+            "grp": pa.array([group_no[groups[c]] for c in owners], pa.int64())}))
         rows = runner.query(summary_sql()).to_pylist()
     finally:
         runner.close()
+    ids = list(groups)
+    for row in rows:
+        row["grp"] = group_names[row["grp"]]
+        row["capture"] = ids[row["capture"]] if row["capture"] >= 0 else ""
     by_id = {f["capture"]: f for f in facts}
     labels = _labels(facts)
     result = FleetSummary(by=names, engine=engine, problems=list(ds.problems))
