@@ -11,7 +11,8 @@ child process of its own (peak memory = the child's maximum RSS):
   DuckDB answers it from the footers); ``columns``: a scan that decodes every column the summary reads
   (sums over them);
 - ``summary``: ``fleet_summary`` on DuckDB of all the captures (opening and checking them included,
-  timed apart), and of a quarter of them (memory independent of the number of captures?);
+  timed apart), of a quarter of them (memory against the number of captures), and of all with DuckDB's
+  memory limit at 256 MB instead of 1 GB (``summary_256mb``: the peak follows the limit);
 - ``spark`` (``--spark``): the same summary on Spark local mode, for the record (no target).
 
 Prints rows, rows/s, seconds, peak RSS and the ratios; asserts nothing. The dataset is written under
@@ -149,24 +150,25 @@ def step_columns(paths: list[str]) -> dict:
     return {"rows": rows, "seconds": time.perf_counter() - t0}
 
 
-def step_summary(paths: list[str], engine: str) -> dict:
+def step_summary(paths: list[str], engine: str, memory_limit: str | None = None) -> dict:
     from tracekit.dataset import Dataset
     from tracekit.fleet.summary import fleet_summary
 
     t0 = time.perf_counter()
     ds = Dataset.open(paths, skip_bad=True)
     t1 = time.perf_counter()
-    result = fleet_summary(paths, by="kernel", engine=engine, dataset=ds)
+    options = {"memory_limit": memory_limit} if memory_limit else {}
+    result = fleet_summary(paths, by="kernel", engine=engine, dataset=ds, **options)
     t2 = time.perf_counter()
     return {"captures": len(result.captures), "groups": len(result.groups), "open_seconds": t1 - t0,
             "query_seconds": t2 - t1, "seconds": t2 - t0, "problems": len(ds.problems),
             "walks": sum(g["walks"] for g in result.groups)}
 
 
-def _child(step: str, paths: list[str], engine: str = "duckdb") -> dict:
+def _child(step: str, paths: list[str], engine: str = "duckdb", memory_limit: str | None = None) -> dict:
     """Run ``step`` in a fresh interpreter; its result plus its peak RSS (MiB)."""
     code = (f"import json, resource, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench_fleet as b; "
-            f"r = b.step_{step}({paths!r}{', ' + repr(engine) if step == 'summary' else ''}); "
+            f"r = b.step_{step}({paths!r}{f', {engine!r}, {memory_limit!r}' if step == 'summary' else ''}); "
             "r['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
@@ -184,7 +186,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated dataset")
     parser.add_argument("--reuse", action="store_true", help="--dir holds a dataset made before: measure it")
     parser.add_argument("--spark", action="store_true", help="also run the summary on Spark local mode")
-    parser.add_argument("--steps", default="count,columns,summary,summary_quarter",
+    parser.add_argument("--steps", default="count,columns,summary,summary_quarter,summary_256mb",
                         help="which measurements to run (comma-separated; spark is added by --spark)")
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="tk-fleet-", dir=os.environ.get("TMPDIR", "/var/tmp")))
@@ -203,6 +205,7 @@ def main() -> None:
         quarter = hosts[: max(1, len(hosts) // 4)]
         steps = {"count": lambda: _child("count", [fleet]), "columns": lambda: _child("columns", [fleet]),
                  "summary": lambda: _child("summary", [fleet]), "summary_quarter": lambda: _child("summary", quarter),
+                 "summary_256mb": lambda: _child("summary", [fleet], memory_limit="256MB"),
                  "spark": lambda: _child("summary", [fleet], "spark")}
         wanted = [n for n in args.steps.split(",") if n] + (["spark"] if args.spark else [])
         results = {}
@@ -224,6 +227,10 @@ def main() -> None:
             q = results["summary_quarter"]
             print(f"peak memory: summary of all {s['captures']} captures {s['peak_mib']:.0f} MiB, of "
                   f"{q['captures']} captures {q['peak_mib']:.0f} MiB")
+        if s and "summary_256mb" in results:
+            m = results["summary_256mb"]
+            print(f"with DuckDB's memory limit at 256 MB instead of 1 GB: {m['peak_mib']:.0f} MiB peak, "
+                  f"{m['seconds'] / s['seconds']:.2f}x the time")
         print(f"load average at end: {os.getloadavg()}")
     finally:
         if not args.keep and not args.reuse:
