@@ -24,7 +24,7 @@ from tracekit.analysis.walkstream import stream_walks
 from tracekit.errors import AnalysisError
 
 __all__ = ["Track", "Address", "Timeline", "timeline", "SLICE", "INSTANT", "COUNTER", "LAYERS", "RATES",
-           "COUNTER_BIN_NS", "MMU_LAYERS", "PASS_PHASES"]
+           "COUNTER_BIN_NS", "MMU_LAYERS", "PASS_PHASES", "Stage2Levels"]
 
 SLICE, INSTANT, COUNTER = 0, 1, 2
 COUNTER_BIN_NS = 10_000_000
@@ -326,26 +326,10 @@ class Timeline:
                 events.append((INSTANT, track, ts, 0, "guest walk", "walk", args))
             yield events
 
-    def _stage2_levels(self) -> dict[int, tuple[str, int]]:
-        """Per stage-2 walk id: the levels it visited (``0>1>2``) and its visits, a batch at a time."""
-        parts = []
-        for batch in (self.cap.iter_batches("stage2_visit", ["walk_id", "level", "count"])
-                      if "stage2_visit" in self.families else ()):
-            table = pa.Table.from_batches([batch]).drop_null()
-            if table.num_rows:
-                parts.append(table.group_by(["walk_id", "level"]).aggregate([("count", "sum")]).to_pandas())
-        if not parts:
-            return {}
-        visits = pd.concat(parts).groupby(["walk_id", "level"], sort=True)["count_sum"].sum().reset_index()
-        out: dict[int, tuple[str, int]] = {}
-        for walk_id, group in visits.groupby("walk_id", sort=False):
-            out[int(walk_id)] = (">".join(str(int(level)) for level in group["level"]), int(group["count_sum"].sum()))
-        return out
-
     def _stage2_walks(self) -> Iterator[list[tuple]]:
         if "stage2_walk" not in self.families:
             return
-        levels = self._stage2_levels()
+        levels = Stage2Levels(self.cap) if "stage2_visit" in self.families else None
         names = ("start_level", "addr", "size", "flags", "ret", "walk_id")
         for b, labels in self.reader.calls("stage2_walk", names):
             self._count("stage-2 walks/s", b.pid, b.ts_ns)
@@ -354,7 +338,7 @@ class Timeline:
             events = []
             for i, (ts, track) in enumerate(zip(b.ts_ns.tolist(), tracks.tolist())):
                 args = _args(names, columns, i)
-                visited = levels.get(walk_ids[i])
+                visited = levels.get(walk_ids[i]) if levels is not None else None
                 if visited is not None:
                     args["levels"], args["visits"] = visited
                 events.append(_call(track, ts, durations[i], labels[i], "stage2_walk", args))
@@ -457,6 +441,50 @@ class Timeline:
                 if i + 1 == len(busy) or busy[i + 1] != b + 1:  # back to 0 after each run of busy bins
                     events.append((COUNTER, track, (b + 1) * COUNTER_BIN_NS, 0, name, None, 0))
             yield events
+
+
+class Stage2Levels:
+    """Per stage-2 walk, the levels it visited (``1>2>3``) and its visits, from ``stage2_visit`` read a batch
+    at a time: sorted walk ids with a bit per level and a visit count (24 bytes a walk, no Python object)."""
+
+    def __init__(self, cap: Any):
+        ids, levels, counts = [], [], []
+        for batch in cap.iter_batches("stage2_visit", ["walk_id", "level", "count"]):
+            table = pa.Table.from_batches([batch]).drop_null()
+            if table.num_rows:
+                table = table.group_by(["walk_id", "level"]).aggregate([("count", "sum")])
+                ids.append(table.column("walk_id").to_numpy().astype(np.int64))
+                levels.append(table.column("level").to_numpy().astype(np.int64))
+                counts.append(table.column("count_sum").to_numpy().astype(np.int64))
+        walk_ids, level, count = (np.concatenate(part) if part else np.zeros(0, np.int64)
+                                  for part in (ids, levels, counts))
+        del ids, levels, counts
+        self.ids, rows = np.unique(walk_ids, return_inverse=True)
+        self.visits = np.zeros(len(self.ids), np.int64)
+        np.add.at(self.visits, rows, count)
+        usual = (level >= -1) & (level <= 62)  # a bit each; other levels (a damaged capture) kept aside
+        self.bits = np.zeros(len(self.ids), np.uint64)
+        np.bitwise_or.at(self.bits, rows[usual], np.left_shift(np.uint64(1), (level[usual] + 1).astype(np.uint64)))
+        self._odd: dict[int, set[int]] = {}
+        for row, value in zip(rows[~usual].tolist(), level[~usual].tolist()):
+            self._odd.setdefault(row, set()).add(value)
+        self._texts: dict[int, str] = {}
+
+    def get(self, walk_id: int | None) -> tuple[str, int] | None:
+        """``(levels, visits)`` of stage-2 walk ``walk_id``, None when it has no visit."""
+        if walk_id is None or not len(self.ids):
+            return None
+        row = int(np.searchsorted(self.ids, walk_id))
+        if row == len(self.ids) or self.ids[row] != walk_id:
+            return None
+        bits = int(self.bits[row])
+        if row in self._odd:
+            levels = sorted(self._odd[row] | {b - 1 for b in range(64) if bits >> b & 1})
+            return ">".join(map(str, levels)), int(self.visits[row])
+        text = self._texts.get(bits)
+        if text is None:
+            text = self._texts[bits] = ">".join(str(b - 1) for b in range(64) if bits >> b & 1)
+        return text, int(self.visits[row])
 
 
 def _text(value: Any) -> str:

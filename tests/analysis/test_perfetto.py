@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from tracekit.analysis.analyze import analyze_capture
 from tracekit.analysis.perfetto import write_perfetto
 from tracekit.analysis.phases import workload_phases
+from tracekit.analysis.timeline import Stage2Levels
 from tracekit.capture import CaptureWriter, open_capture
 from tracekit.capture.columns import SCHEMAS
 from tracekit.cli import app
@@ -224,6 +225,33 @@ def _demo_like(path: Path) -> Path:
                                             pte=[1, 1 | 0x80] * n))
         writer.append("mmu", _rows("mmu", ts_ns=ts, tid=[52] * n, event=["kvm_mmu_set_spte"] * n))
     return path
+
+
+@pytest.mark.parametrize("sample", ["lab-arm64-eager-enable.tkcap", "lab-arm64-skip3-resplit.tkcap",
+                                    "lab-x86-tdp-1g.tkcap"])
+def test_stage2_levels_equal_a_groupby_of_the_visits(sample):
+    cap = open_capture(SAMPLES / sample)
+    visits = cap.table("stage2_visit", ["walk_id", "level", "count"]).to_pandas().dropna()
+    expected = {int(w): (">".join(str(int(level)) for level in sorted(g["level"].unique())), int(g["count"].sum()))
+                for w, g in visits.groupby("walk_id")}
+    levels = Stage2Levels(cap)
+    assert expected and {w: levels.get(w) for w in expected} == expected
+    assert levels.get(max(expected) + 1) is None and levels.get(None) is None
+
+
+def test_stage2_levels_add_up_across_segments_and_keep_odd_levels(tmp_path):
+    """A walk whose visits lie in two segments is one walk; levels outside -1..62 (a damaged capture) kept."""
+    path = tmp_path / "s.tkcap"
+    with CaptureWriter(path, segment_rows=3) as writer:
+        writer.declare("stage2_visit", SCHEMAS["stage2_visit"])
+        for part in ([(7, -1, 2), (7, 2, 5), (9, 3, 1)], [(7, 2, 4), (7, 100, 1), (9, 3, 1)]):
+            ids, level, count = zip(*part)
+            writer.append("stage2_visit", _rows("stage2_visit", ts_ns=[1, 2, 3], tid=[5] * 3, walk_id=ids, level=level,
+                                                count=count, visitor=["stage2_map_walker"] * 3, kind=["leaf"] * 3))
+    cap = open_capture(path)
+    assert len(cap.segments("stage2_visit")) == 2
+    levels = Stage2Levels(cap)
+    assert levels.get(7) == ("-1>2>100", 12) and levels.get(9) == ("3", 2) and levels.get(8) is None
 
 
 def test_demo_shaped_capture_populates_the_vcpu_track(tmp_path):
