@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -16,6 +17,8 @@ from tracekit.analysis.analyze import analyze_capture
 from tracekit.analysis.common import latency_summary
 from tracekit.capture import open_capture
 from tracekit.cli import app
+from tracekit.dataset import Dataset
+from tracekit.fleet.engines import duckdb_engine
 from tracekit.fleet.query import FIGURES
 from tracekit.fleet.summary import CAPTURE_COLUMNS, fleet_summary
 
@@ -200,3 +203,16 @@ def test_older_captures_without_newer_columns(tmp_path):
     assert {f: row[f] for f in same} == {f: new[f] for f in same} and row["ioctl_count"] > 0
     assert row["dirty_log_ops"] == new["clear_count"] < new["dirty_log_ops"]  # no slot: only the CLEARs
     assert result.problems == [] and _row(result, ARM)["split_count"] == 1024
+
+
+def test_a_failed_engine_setup_leaves_no_spill_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # tempfile reads TMPDIR again
+    dataset = Dataset.open([str(ARM)])
+    with pytest.raises(duckdb.Error):
+        duckdb_engine(dataset, {"split": ("duration_ns",)}, memory_limit="not a size")
+    assert list(tmp_path.iterdir()) == []
+    engine = duckdb_engine(dataset, {"split": ("duration_ns",)})
+    assert [p.name for p in tmp_path.iterdir()] == [engine.spill.rsplit("/", 1)[1]]
+    engine.close()
+    assert list(tmp_path.iterdir()) == []

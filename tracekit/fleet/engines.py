@@ -83,13 +83,21 @@ class DuckDbEngine:
 
         self.con = duckdb.connect()
         self.spill = tempfile.mkdtemp(prefix="tracekit-fleet-")
+        self.numbers: dict[str, int] = {}  # each segment file's number, its rows' ``segment``
+        try:
+            self._set_up(dataset, wanted, threads, memory_limit)
+        except BaseException:
+            self.close()  # a setup that fails part-way leaves no connection and no spill directory
+            raise
+
+    def _set_up(self, dataset: Dataset, wanted: dict[str, tuple[str, ...]], threads: int | None,
+                memory_limit: str | None) -> None:
         self.con.execute(f"SET temp_directory = '{_sql_text(self.spill)}'")
         self.con.execute("SET preserve_insertion_order = false")
         if threads is not None:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{_sql_text(memory_limit)}'")
-        self.numbers: dict[str, int] = {}  # each segment file's number, its rows' ``segment``
         for family, columns in wanted.items():
             parts = []
             for present, paths in _files_by_columns(dataset, family).items():
