@@ -1,12 +1,13 @@
-"""Where a Ctrl-C during start-up still prints a traceback: SIGINT sent at offsets after ``exec``.
+"""Where a Ctrl-C during start-up prints a traceback: SIGINT sent at offsets after ``exec``.
 
-Each trial starts a ``tracekit`` command (the console script of this venv) and sends SIGINT ``offset``
-ms after starting it; the outcome is classed as ``killed`` (the signal's default action: before the
-interpreter installed its own handler), ``traceback`` (a ``KeyboardInterrupt`` traceback: after the
-interpreter's handler, before tracekit's), ``one line`` (tracekit's ``stopped by SIGINT``, exit 130),
-or ``finished`` (the command ended first). Prints per offset the outcomes, and the window in which
-tracebacks were seen, with the load average (the window moves with the host's load). Also prints, from
-``python -X importtime``, what the interpreter imports before tracekit's handlers are installed.
+Each trial starts a ``tracekit`` command and sends SIGINT ``offset`` ms after starting it; the outcome is
+classed as ``killed`` (the signal's default action: before the interpreter installed its own handler),
+``traceback`` (a ``KeyboardInterrupt`` traceback: after the interpreter's handler, before tracekit's),
+``one line`` (tracekit's ``stopped by SIGINT``, exit 130), or ``finished`` (the command ended first).
+Sweeps, in one run, pip's plain ``#!python`` console script (the baseline) and the venv's installed one
+(:mod:`tracekit.launcher`'s, Python started with the stop signals blocked). Prints per offset the
+outcomes, the window in which each was seen, with the load average (the window moves with the host's
+load), and, from ``python -X importtime``, what the interpreter imports before tracekit's handlers.
 Run from the project's venv: ``.venv/bin/python benchmarks/bench_startup_signals.py [--step 5] [--repeat 2]``.
 """
 
@@ -30,6 +31,8 @@ def trial(command: list[str], offset_ms: float) -> str:
     """The outcome of one start of ``command`` with SIGINT ``offset_ms`` after it."""
     trial.count += 1
     command = [part.replace("{n}", str(trial.count)) for part in command]
+    # as a shell starts it: the stop signals at their default (a background job's parent ignores SIGINT)
+    command = ["env", "--default-signal=INT,TERM,HUP", *command]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(offset_ms / 1000)
     try:
@@ -83,13 +86,17 @@ def imports_before_handlers() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step", type=float, default=10.0, help="ms between offsets")
-    parser.add_argument("--last", type=float, default=400.0, help="last offset (ms)")
+    parser.add_argument("--last", type=float, default=300.0, help="last offset (ms)")
     parser.add_argument("--repeat", type=int, default=2, help="trials per offset")
     args = parser.parse_args()
     script = str(Path(sys.executable).parent / "tracekit")
     offsets = [i * args.step for i in range(int(args.last / args.step) + 1)]
     imports_before_handlers()
     with tempfile.TemporaryDirectory(prefix="tk-sigint-") as tmp:
+        pips = Path(tmp) / "tracekit-pip"
+        pips.write_text(f"#!{sys.executable}\nimport sys\nfrom tracekit.__main__ import main\nsys.exit(main())\n")
+        pips.chmod(0o755)
+        sweep("analyze, pip's script", [str(pips), "analyze", str(SAMPLE)], offsets, args.repeat)
         sweep("analyze", [script, "analyze", str(SAMPLE)], offsets, args.repeat)
         if os.geteuid() == 0:
             sweep("record", [script, "record", "-o", f"{tmp}/r{{n}}.tkcap", "-d", "1", "--", "sleep", "2"], offsets,

@@ -91,6 +91,9 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra
 fi
 rm -f "$pipelog"
 .venv/bin/python -c 'import tracekit.cli' || die "tracekit did not install into .venv"
+# pip's console script lets a Ctrl-C during Python's start-up print a traceback: start Python with the
+# stop signals blocked until tracekit handles them (tracekit/launcher.py)
+log "$(.venv/bin/python -m tracekit.launcher .venv/bin/tracekit)"
 log "done: .venv/bin/tracekit"
 
 if [ "$demo" -eq 1 ]; then

@@ -1,7 +1,9 @@
 """The ``tracekit`` console script (and ``python -m tracekit``): stop signals first, then the CLI.
 
-Importing this module notes the stop signals (:func:`tracekit.stopsignals.note_early`); :func:`main`
-imports the command line, makes the signals raise and runs :mod:`tracekit.cli` (docs/recorder.md).
+Importing this module notes the stop signals (:func:`tracekit.stopsignals.note_early`) and unblocks
+them (the installed console script starts Python with them blocked, :mod:`tracekit.launcher`);
+:func:`main` imports the command line, makes the signals raise and runs :mod:`tracekit.cli`
+(docs/recorder.md).
 """
 
 from __future__ import annotations

@@ -40,9 +40,11 @@ def _note_stop(signum: int, _frame: object) -> None:
 
 def note_early() -> None:
     """Make every stop signal be noted, not raised (main thread only; run as the entry module is imported,
-    where a raised signal would escape every ``try``)."""
+    where a raised signal would escape every ``try``), then unblock them: the console script starts Python
+    with them blocked (:mod:`tracekit.launcher`), so one sent during Python's start-up is noted now."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _note_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def install_early() -> None:
