@@ -31,8 +31,6 @@ def trial(command: list[str], offset_ms: float) -> str:
     """The outcome of one start of ``command`` with SIGINT ``offset_ms`` after it."""
     trial.count += 1
     command = [part.replace("{n}", str(trial.count)) for part in command]
-    # as a shell starts it: the stop signals at their default (a background job's parent ignores SIGINT)
-    command = ["env", "--default-signal=INT,TERM,HUP", *command]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(offset_ms / 1000)
     try:
@@ -89,6 +87,9 @@ def main() -> None:
     parser.add_argument("--last", type=float, default=300.0, help="last offset (ms)")
     parser.add_argument("--repeat", type=int, default=2, help="trials per offset")
     args = parser.parse_args()
+    # the commands start as from a shell, SIGINT at its default (run as a background job, this process
+    # would ignore it, and so would each command until its handlers are in: a lost Ctrl-C, not a window)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     script = str(Path(sys.executable).parent / "tracekit")
     offsets = [i * args.step for i in range(int(args.last / args.step) + 1)]
     imports_before_handlers()
