@@ -26,6 +26,7 @@ __all__ = [
     "load",
     "frame_of",
     "rows_where",
+    "value_index",
     "vcpu_map",
     "add_vcpu",
     "lookup_tids",
@@ -132,6 +133,13 @@ def rows_where(batch: pa.RecordBatch, column: str, values: Sequence[str]) -> pa.
     else:
         keep = pc.is_in(data, value_set=pa.array(list(values), data.type))
     return pa.Table.from_batches([batch.filter(keep)])
+
+
+def value_index(batch: pa.RecordBatch, column: str, values: Sequence[str]) -> np.ndarray:
+    """Per row of ``batch``, the position in ``values`` of its ``column`` (text, or dictionary-encoded
+    text), -1 for any other value (int32): one comparison of the column however many sets are picked."""
+    found = pc.index_in(batch.column(column), value_set=pa.array(list(values), pa.string()))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
 
 
 def vcpu_map(manifest: dict) -> dict[int, int]:

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tracekit.analysis import spill
-from tracekit.analysis.common import rows_where
+from tracekit.analysis.common import value_index
 from tracekit.analysis.walkstream import prefetch
 
 __all__ = ["CAUSES", "FAULT_EVENTS", "FAULT_WINDOW_NS", "FaultFollowers", "fault_followers", "cause_codes",
@@ -46,13 +46,18 @@ def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequenc
         return None
     columns = ["ts_ns", "tid", "event"] + (["level"] if also and "level" in cap.schema("mmu").names else [])
     stamps, kept_also = _ThreadStamps(), []
+    wanted = list(dict.fromkeys((*FAULT_EVENTS, *also)))  # each event's position; -1 (last below): others
+    is_fault = np.array([name in FAULT_EVENTS for name in wanted] + [False])
+    is_also = np.array([name in also for name in wanted] + [False])
     with prefetch(cap.iter_batches("mmu", columns, MMU_BATCH_ROWS)) as batches:  # the next decoded meanwhile
         for batch in batches:
-            kept = rows_where(batch, "event", FAULT_EVENTS)
-            if kept.num_rows:
-                stamps.add(kept.column("tid").to_numpy(), kept.column("ts_ns").to_numpy())
+            which = value_index(batch, "event", wanted)
+            fault = is_fault[which]
+            if fault.any():
+                stamps.add(batch.column("tid").to_numpy(zero_copy_only=False)[fault],
+                           batch.column("ts_ns").to_numpy(zero_copy_only=False)[fault])
             if also:
-                kept_also.append(rows_where(batch, "event", also))
+                kept_also.append(pa.Table.from_batches([batch.take(pa.array(np.flatnonzero(is_also[which])))]))
     followers = FaultFollowers.from_stamps(stamps, window_ns)
     if also:
         followers.also = pa.concat_tables(kept_also) if kept_also else cap.schema("mmu").empty_table().select(columns)
