@@ -13,7 +13,7 @@ The other checkout needs its own ``.venv`` (``git worktree add --detach DIR COMM
 ``scripts/install.sh`` in it). Run as root for ``--record`` and ``--recorder``.
 
 Usage: python benchmarks/bench_before_after.py --before DIR [--recording PATH | --record] [--tiles 12]
-       [--synthetic 100000000] [--rounds 2] [--recorder [--size 256M] [--iterations 4]]
+       [--synthetic 100000000] [--capture PATH] [--rounds 2] [--recorder [--size 256M] [--iterations 4]]
 """
 
 from __future__ import annotations
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="record one first (root, KVM, bcc)")
     parser.add_argument("--tiles", default="12", help="copies of the recording analysed (comma-separated)")
     parser.add_argument("--synthetic", type=int, default=0, help="events of a synthetic capture also analysed")
+    parser.add_argument("--capture", type=Path, action="append", default=[], help="a capture also analysed as it is")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of before then after")
     parser.add_argument("--recorder", action="store_true", help="also each tree's tracekit record (root, KVM, bcc)")
     parser.add_argument("--size", default="256M", help="workload memory per vCPU for --recorder")
@@ -204,6 +205,7 @@ def main() -> None:
             path = tmp / "synthetic.tkcap"
             prepare("synthetic", None, path, args.synthetic)
             captures.append((f"synthetic {args.synthetic / 1e6:.0f} M events", path))
+        captures += [(str(path), path) for path in args.capture]
         analysis_section(trees, captures, args.rounds, tmp)
         if args.recorder:
             recorder_section(trees, args.size, args.iterations, args.rounds)
