@@ -1,13 +1,8 @@
 """Does this kernel's stage-2 split walker skip levels? Observed visits against the model.
 
-For every split walk of ``stage2_walk`` (initiator or visitor names a split walker), in time order, the
-reference model (:class:`tracekit.model.split.EagerSplitter`) replays ``kvm_pgtable_stage2_split(addr,
-size)`` once per candidate skip set (:data:`CANDIDATES`) on the stage-2 state the capture's scenario
-describes (manifest ``model_scenario``, or :func:`scenario_for` an arm64 lab run), and the split walker's
-own LEAF visits per level are compared with each. :func:`split_visits_vs_model` gives one row per (walk,
-level); :func:`skip_verdict` says ``yes``, ``no`` or ``not enough data`` with the evidence.
-:func:`expected_split_visits` is the lab's expectation: the candidate the kernel's own SKIP_LEVEL walk
-flags name.
+:func:`split_visits_vs_model` compares each split walk's visits per level with the reference model under
+every candidate skip set, :func:`skip_verdict` says ``yes``, ``no`` or ``not enough data`` with the
+evidence, and :func:`expected_split_visits` is the lab's expectation (docs/analysis.md).
 """
 
 from __future__ import annotations

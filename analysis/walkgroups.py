@@ -1,13 +1,8 @@
 """The walk tables of a capture, counted from a byte or two per walk; and the per-walk frame on request.
 
-:func:`walk_group_counts` runs the streaming core (:func:`.walkstream.stream_walks`) keeping per walk
-only dictionary codes (:class:`Codes`, one byte widened as values come): a *group* code of (vCPU,
-phase, fault code) made as the ``walk`` family is read, a *shape* code of (depth, leaf level, level
-path) made as its elements are rebuilt (:class:`ShapeCodes`), and its cause (:mod:`.walkcause`). The
-tables are one count over the codes: ``counts`` has one row per distinct (``vcpu``, ``phase``,
-``depth``, ``leaf_level``, ``level_path``, ``pferr``, ``cause``) of the walks in the phase cut, with
-their number ``walks``, so ``depth_distribution(counts, by, weights="walks")`` is the table of the
-per-walk frame. :func:`walk_frame` is that frame itself (one row per walk), for figures and tests.
+:func:`walk_group_counts` runs the streaming core keeping per walk only a group, a shape and a cause
+code, and counts the tables from them; :func:`walk_frame` is the per-walk frame itself, for figures and
+tests (docs/analysis.md, "Performance").
 """
 
 from __future__ import annotations

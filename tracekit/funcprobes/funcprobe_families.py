@@ -1,13 +1,8 @@
 """The ``stage2`` and ``tdp`` function-probe families of ``tracekit record``.
 
-:class:`Stage2Family` and :class:`TdpFamily` (listed in :mod:`tracekit.recorder.registry`) write the capture
-families of :mod:`tracekit.capture.columns` (docs/capture-families-funcprobes.md).
-:meth:`~FunctionProbeFamily.check` resolves every probe on this kernel (symbol, BTF fetch arguments,
-or why not: other architecture, no kprobes, absent, TDP MMU off) without attaching anything. The bcc
-backend compiles ``probes/<family>.bpf.c`` with this kernel's BTF offsets as cflags; the tracefs
-backend writes ``kprobe_events`` lines in a group of its own and decodes them with numpy over whole
-batches (:meth:`~FunctionProbeFamily.decode_tracefs`), the decoder the labs use too
-(:meth:`~FunctionProbeFamily.decode_recording`, :func:`family_for`).
+:class:`Stage2Family` and :class:`TdpFamily` resolve their probes on this kernel without attaching
+anything, and decode what the bcc or tracefs backend recorded into the capture families of
+docs/capture-families-funcprobes.md.
 """
 
 from __future__ import annotations

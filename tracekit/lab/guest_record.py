@@ -1,13 +1,8 @@
 """Inside a lab guest: run the scenario's workload under the real ``tracekit record``.
 
-``python3 -m tracekit.lab.guest_record ARCH SCENARIO BACKEND OUTDIR`` (the guest's ``/init``, as root,
-in the recorder userland) prepares the kernel as the raw path does, then records the dirty-log
-workload as a command (``tracekit record --probes stage2`` or ``tdp,mmu`` ``-- tracekit workload
-dirty-log``), so the capture's manifest holds the workload's phases. It writes ``OUTDIR/meta.json``
-(scenario, backend, uname, KVM parameters, the command, the recorder's wall seconds and seconds until
-attached, its exit status, ``status`` ``complete`` or ``error``), ``record.log`` (the recorder's
-stderr) and ``workload.json``. Only dirty-log scenarios run this way. Exit 0, or one
-``tk-guest-error:`` line and 1.
+``python3 -m tracekit.lab.guest_record ARCH SCENARIO BACKEND OUTDIR`` (the guest's ``/init``) records the
+dirty-log workload as a command and writes the capture, ``meta.json`` and the recorder's log to
+``OUTDIR``; exit 0, or one ``tk-guest-error:`` line and 1.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """Run one lab: resolve the kernel, build the initramfs, boot under QEMU, decode, check, write the capture.
 
-:func:`run_lab` runs scenario ``scenario`` of ``arch`` on ``kernel`` (a spec of
-:mod:`tracekit.lab.kernels`; default ``debian:trixie``) and writes the capture ``output`` (which must not
-exist), the console log beside it. A scenario the kernel cannot run raises
-:class:`tracekit.errors.NotApplicable` before booting; :func:`scenario_checks` judges a run on that
-kernel's semantics, and fails probes that were not attached or never fired. ``recorder`` runs the real
-``tracekit record`` in the guest instead of raw ``kprobe_events`` (:mod:`tracekit.lab.recorded`). The
-:class:`LabRun` it returns is the documented ``--json`` output; counts are exact under emulation, timings
-are not. Other failures raise ``LabError``, ``MissingCapability`` or ``UsageError`` with one line.
+:func:`run_lab` runs one scenario on one kernel and returns the :class:`LabRun` that ``--json`` prints;
+:func:`scenario_checks` judges the run on that kernel's semantics (docs/lab.md).
 """
 
 from __future__ import annotations

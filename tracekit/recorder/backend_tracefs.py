@@ -1,13 +1,8 @@
 """The tracefs backend of the recorder: a private ftrace instance read as binary pages.
 
-:class:`TracefsBackend` makes an instance ``tracekit-<pid>-<hex>`` (never the global buffer) with the
-``mono`` clock, a pid filter on the targets' threads (``event-fork`` follows new ones) and the
-families' available tracepoints, armed and disarmed by ``tracing_on``. :meth:`TracefsBackend.poll`
-decodes every CPU's ``trace_pipe_raw`` pages (:mod:`tracekit.recorder.ftrace_pages`) and hands each family
-its events in time order across CPUs (:func:`release_order`). Lost events are the instance's
-``overrun`` plus ``dropped events`` counters. :meth:`TracefsBackend.close` removes the instance; one
-left by a SIGKILLed recorder is removed by :func:`cleanup_stale_instances` at the next start.
-MissingCapability without tracefs, RecorderError when the instance cannot be set up.
+:class:`TracefsBackend` records the families' tracepoints in an instance of its own, decodes every
+CPU's ``trace_pipe_raw`` pages in time order and removes the instance on close;
+:func:`cleanup_stale_instances` removes those a killed recorder left (docs/recorder.md).
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """The traced command's standard output: shown to the user as it comes, and kept for the capture.
 
-Contract: :class:`OutputTee` owns a pipe whose write end becomes the command's stdout
-(:attr:`OutputTee.child_fd`, handed to :func:`tracekit.recorder.target.spawn_gated`). A thread copies
-everything read from it, unchanged, to ``dest_fd`` (the recorder's stdout, or its stderr when stdout is
-reserved for ``--json``) and keeps the first ``limit`` bytes. :meth:`OutputTee.finish` waits for the
-command's end of file (at most ``timeout`` seconds: a grandchild may hold the pipe open) and returns the
-manifest record ``command_output``: ``{"stdout": text (UTF-8, invalid bytes replaced), "bytes": bytes
-read, "dropped_bytes": bytes beyond the limit, not kept}``. A destination that fails (a closed pipe) stops
-the copying, not the keeping.
+:class:`OutputTee` copies the command's stdout pipe, unchanged, to the recorder's own output and keeps
+the first ``limit`` bytes; :meth:`OutputTee.finish` returns the manifest's ``command_output`` record
+(docs/capture-format.md).
 """
 
 from __future__ import annotations
