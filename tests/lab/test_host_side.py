@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tracekit.cli import app
 from tracekit.errors import LabError, UsageError
-from tracekit.lab import machine, results, scenarios
+from tracekit.lab import guest_run, machine, results, scenarios
 from tracekit.lab.results import ProbeEvent
 from tracekit.lab.initramfs import write_initramfs
 
@@ -236,3 +236,21 @@ def test_a_kernel_built_in_the_cache_is_described_without_this_machines_director
     portable = "$TRACEKIT_LAB_CACHE/kbuild/arm64-6.12.117-x/tree/arch/arm64/boot/Image"
     assert (described["spec"], described["image"], described["source"]) == (portable,) * 3
     assert str(tmp_path) not in repr(described)
+
+
+def test_before_5_19_a_spinlock_wait_is_a_call_of_the_qspinlock_slow_path(tmp_path):
+    """Without lock:contention_* (5.10) the contention scenario probes queued_spin_lock_slowpath instead: its
+    entries and returns pair per thread into spin waits, a nested one (an interrupt) closing first."""
+    contention = scenarios.get("contention@eager_split_chunk=0", "arm64")
+    assert contention.needs == ()  # boots on 5.10: the stand-in replaces the tracepoints
+    assert guest_run.lock_standin(contention, tmp_path) == (scenarios.LOCK_STANDIN,)
+    (tmp_path / "events/lock/contention_begin").mkdir(parents=True)
+    assert guest_run.lock_standin(contention, tmp_path) == ()
+    assert guest_run.lock_standin(scenarios.get("lazy", "arm64"), tmp_path / "none") == ()
+    mmu = 0xFFFF000012340000
+    events = [ProbeEvent(100, 0, 7, "spin_wait", {"lock_addr": mmu}), ProbeEvent(150, 0, 7, "spin_wait", {"lock_addr": 0x99}),
+              ProbeEvent(160, 0, 7, "spin_wait_ret", {}), ProbeEvent(400, 0, 7, "spin_wait_ret", {}),
+              ProbeEvent(500, 1, 8, "spin_wait_ret", {})]  # fmt: skip
+    rows, summary = results.lock_rows(events, lambda tid: 5, {mmu})
+    assert [(r["lock_addr"], r["wait_ns"], r["flags_name"]) for r in rows] == [(0x99, 10, "SPIN"), (mmu, 300, "SPIN")]
+    assert summary == {"other SPIN": {"waits": 1, "wait_ns": 10}, "mmu_lock SPIN": {"waits": 1, "wait_ns": 300}}

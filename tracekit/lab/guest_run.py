@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tracekit.funcprobes.availability import resolve_running
 from tracekit.funcprobes.kprobe_events import TracefsFuncProbes as _Tracing
-from tracekit.host import load_kallsyms
+from tracekit.host import TRACEFS, load_kallsyms
 from tracekit.lab import scenarios
 
-__all__ = ["main", "run", "probe_family", "prepare_kernel", "workload_options", "INSTANCE"]
+__all__ = ["main", "run", "probe_family", "lock_standin", "prepare_kernel", "workload_options", "INSTANCE"]
 
 INSTANCE = "tracekit"
 
@@ -38,6 +38,13 @@ def probe_family(arch: str) -> tuple[tuple, tuple]:
     from tracekit.funcprobes.tdp_probes import TDP_PROBES, TRACEPOINT_SPLITS  # (the same, x86)
 
     return TDP_PROBES, TRACEPOINT_SPLITS
+
+
+def lock_standin(scenario: scenarios.Scenario, tracefs: Path = TRACEFS) -> tuple:
+    """(:data:`~tracekit.lab.scenarios.LOCK_STANDIN`,) when ``scenario`` records ``lock:contention_*`` and this
+    kernel has no such tracepoints (before 5.19), else ()."""
+    wanted = ("lock", "contention_begin") in scenario.tracepoints
+    return (scenarios.LOCK_STANDIN,) if wanted and not (tracefs / "events/lock/contention_begin").is_dir() else ()
 
 
 def _write(path: Path, text: str) -> None:
@@ -214,7 +221,7 @@ def run(arch: str, name: str, out: Path) -> dict:
     }
     symbols = load_kallsyms()
     probes, tracepoints = probe_family(arch)
-    resolutions = resolve_running(probes, symbols)
+    resolutions = resolve_running(tuple(probes) + lock_standin(scenario), symbols)
     meta["probes"] = {"requested": [r.probe.name for r in resolutions], "resolution": [r.as_dict() for r in resolutions]}
     (out / "kallsyms.txt").write_text(
         "".join(

@@ -278,8 +278,10 @@ def _locks(cap, manifest: dict, steps: list[dict], out: dict) -> None:
     scenario = (manifest.get("workload") or {}).get("scenario") or {}
     if not any(tp.startswith("lock:") for tp in scenario.get("tracepoints", [])):
         return
-    recorded = (manifest.get("probes") or {}).get("tracepoints")
-    if recorded is not None and "lock:contention_begin" not in recorded:
+    probes = manifest.get("probes") or {}
+    recorded = probes.get("tracepoints")
+    standin = scenarios.LOCK_STANDIN.name in probes.get("attached", [])
+    if recorded is not None and "lock:contention_begin" not in recorded and not standin:
         why = "n/a: this kernel has no lock:contention_* tracepoints (5.19+): no lock wait is measurable"
         out["lock:mmu_lock:_all"] = ("mmu_lock waits", "count", why)
         out["na:lock"] = out["na:locktime"] = ("", "na", why)

@@ -26,6 +26,7 @@ from tracekit.capture.columns import SCHEMAS
 from tracekit.errors import LabError
 from tracekit.funcprobes.funcprobe_families import SPLIT_TRACEPOINTS, family_for
 from tracekit.host import parse_kallsyms
+from tracekit.lab.scenarios import LOCK_STANDIN
 from tracekit.recorder import ftrace_pages
 from tracekit.recorder.tracepoint_families import lock_flags_name
 
@@ -103,6 +104,9 @@ class GuestTrace:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+#: Events that begin a lock wait -> the flags of a wait whose event has none (the stand-in's: ``LCB_F_SPIN``).
+_WAIT_BEGIN = {"contention_begin": 0, LOCK_STANDIN.name: 1}
+_WAIT_END = {"contention_end", f"{LOCK_STANDIN.name}_ret"}
 _COMMON = ("common_type", "common_flags", "common_preempt_count", "common_pid", "ts_ns", "cpu", "tgid")
 
 
@@ -180,16 +184,18 @@ def hist_totals(folder: Path) -> dict[str, dict[str, int]]:
 
 
 def lock_rows(events: list[ProbeEvent], pid_of, mmu_locks: set[int]) -> tuple[list[dict], dict[str, dict]]:
-    """Pair ``lock:contention_begin``/``end`` per thread into rows of the recorder's ``lock`` table, and
-    summarise them per (``mmu_lock`` or ``other``, flags): ``{"mmu_lock SPIN|WRITE": {"waits", "wait_ns"}}``."""
-    open_waits: dict[int, ProbeEvent] = {}
+    """Pair ``lock:contention_begin``/``end`` per thread (or, before 5.19, the entries and returns of the
+    qspinlock slow path, :data:`~tracekit.lab.scenarios.LOCK_STANDIN`: spin waits) into rows of the recorder's
+    ``lock`` table, and summarise them per (``mmu_lock`` or ``other``, flags): ``{"mmu_lock SPIN|WRITE": {"waits",
+    "wait_ns"}}``. A wait begun inside another (an interrupt on the same thread) closes first."""
+    open_waits: dict[int, list[ProbeEvent]] = {}
     rows, summary = [], {}
     for ev in events:
-        if ev.name == "contention_begin":
-            open_waits[ev.tid] = ev
-        elif ev.name == "contention_end" and ev.tid in open_waits:
-            begin = open_waits.pop(ev.tid)
-            flags, addr = begin.fields.get("flags", 0), begin.fields.get("lock_addr", 0)
+        if ev.name in _WAIT_BEGIN:
+            open_waits.setdefault(ev.tid, []).append(ev)
+        elif ev.name in _WAIT_END and open_waits.get(ev.tid):
+            begin = open_waits[ev.tid].pop()
+            flags, addr = begin.fields.get("flags", _WAIT_BEGIN[begin.name]), begin.fields.get("lock_addr", 0)
             wait = ev.ts - begin.ts
             rows.append({"ts_ns": begin.ts, "cpu": begin.cpu, "pid": pid_of(begin.tid), "tid": begin.tid,
                          "lock_addr": addr, "flags": flags, "flags_name": lock_flags_name(flags), "wait_ns": wait,
