@@ -57,6 +57,7 @@ def test_defaults_are_valid():
         ({"log_mode": "bitmap"}, "--log-mode"),
         ({"guest_page_size": 8192}, "--guest-page-size"),
         ({"memslots": 0}, "--memslots"),
+        ({"pass_timeout_s": 0.0}, "pass time limit must be positive"),
         ({"bytes_per_vcpu": 3 * MIB}, "not a multiple of the 2M guest page size"),
         ({"memslots": 3}, "-x 3 does not split"),
         ({"backing": "anonymous_hugetlb_2mb", "memslots": 64}, "multiples of 2M"),

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tracekit.funcprobes.availability import resolve_running
@@ -27,6 +28,8 @@ from tracekit.lab import scenarios
 __all__ = ["main", "run", "probe_family", "lock_standin", "prepare_kernel", "workload_options", "INSTANCE"]
 
 INSTANCE = "tracekit"
+#: The workload's wall-time limit for one pass inside a lab guest, s.
+PASS_TIMEOUT_S = 3600.0
 
 
 def probe_family(arch: str) -> tuple[tuple, tuple]:
@@ -84,7 +87,9 @@ def _run_workload(scenario: scenarios.Scenario, tracing: _Tracing, timings: list
     ``clear_dirty_log_N``, ``disable_dirty_logging``)."""
     from tracekit.workload.dirtylog import run_dirty_log  # workload scenarios only: an emulated guest imports slowly
 
-    options = workload_options(scenario)
+    # the emulator's guest clock runs at wall speed while a loaded host starves it (135 s was too little for
+    # 65,536 faults at a host load of 14); the lab's own hard timeout still ends a hung guest
+    options = replace(workload_options(scenario), pass_timeout_s=PASS_TIMEOUT_S)
     state = {"index": -1, "start": 0}
 
     def on_phase(name: str, iteration: int | None, end: bool) -> None:

@@ -283,7 +283,7 @@ class _Run:
         self.slot_size = total // options.memslots
         self.slot_pages = self.slot_size // ACCESS_STRIDE
         # Wall-time limit for one pass: generous, only to turn a hung guest into an error.
-        self.pass_timeout_s = 120.0 + 60.0 * (total / (1 << 30))
+        self.pass_timeout_s = options.pass_timeout_s or 120.0 + 60.0 * (total / (1 << 30))
         self.bitmap = (ctypes.c_uint8 * (self.total_pages // 8))()
 
     # -- phases -------------------------------------------------------------------------------

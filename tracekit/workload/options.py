@@ -84,6 +84,8 @@ class DirtyLogOptions:
     guest_page_size: int = 2 * MIB
     ring_entries: int | None = None
     eager_split_chunk: int | None = None
+    #: wall-time limit of one pass, s (None: 120 s + 60 s per GiB); an emulated guest on a loaded host needs more
+    pass_timeout_s: float | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -107,6 +109,8 @@ class DirtyLogOptions:
             raise WorkloadError(f"--log-mode {self.log_mode!r} is unknown (choose from {', '.join(LOG_MODES)})")
         if self.guest_page_size not in PAGE_SIZE_NAMES.values():
             raise WorkloadError(f"--guest-page-size must be 4k, 2m or 1g, got {self.guest_page_size}")
+        if self.pass_timeout_s is not None and not self.pass_timeout_s > 0:
+            raise WorkloadError(f"the pass time limit must be positive, got {self.pass_timeout_s}")
         if self.ring_entries is not None:
             if self.log_mode != "ring":
                 raise WorkloadError("--ring-entries applies to --log-mode ring")
