@@ -112,7 +112,7 @@ def test_newest_kernel_runs_every_x86_scenario(tmp_path):
 #: The arm64 scenarios the newest-kernel-arm64 matrix has run, in its order (docs/cases/newest-kernel.md says
 #: which are still to run).
 ARM64_SCENARIOS = ["eager-enable", "eager-chunk-1g", "eager-clear", "lazy", "rebuild", "resplit", "rebuild-shared",
-                   "contention", "overhead", "workload", "nvhe", "hugetlb-1g", "hugetlb-2m"]
+                   "contention", "overhead", "workload", "nvhe", "hugetlb-1g", "hugetlb-2m", "4k"]
 
 
 def test_newest_kernel_arm64_scenarios_meet_their_counts(tmp_path):
@@ -147,6 +147,9 @@ def test_newest_kernel_arm64_scenarios_meet_their_counts(tmp_path):
     # nVHE: the host kernel still splits a non-protected guest's stage-2, as with VHE
     assert by["nvhe"]["check: split_walker (model)"] == ["65,664 (ok: expected 65,664)"]
     assert by["nvhe"]["enable_dirty_logging: stage2_split (`kvm_pgtable_stage2_split`)"] == [128]
+    # without huge pages every page faults in, and the 128 split calls at enable split nothing: 65,536 page visits
+    assert by["4k"]["populate: guest_abort (`kvm_handle_guest_abort`)"] == [65_671]
+    assert by["4k"]["check: split_walker (model)"] == ["65,536 (ok: expected 65,536)"]
     # 2 MiB hugetlb pages split at enable as THP blocks do
     assert by["hugetlb-2m"]["check: split_walker (model)"] == ["65,664 (ok: expected 65,664)"]
     assert by["hugetlb-2m"]["enable_dirty_logging: stage2_split (`kvm_pgtable_stage2_split`)"] == [128]
