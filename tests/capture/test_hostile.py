@@ -262,6 +262,20 @@ def test_flipped_bit_is_caught_by_the_page_checksum(tmp_path):
     assert result.exit_code == 1 and "page checksum mismatch" in result.stderr
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_segment_failing_while_exported_is_the_readers_line_not_duckdbs(tmp_path, fmt):
+    """Export streams the batches through DuckDB, which passed the reader's error on as its own text with
+    the Python traceback in it (found by a fuzz pass: a flipped byte in a sample's ioctl segment)."""
+    path = make_capture(tmp_path / "c.tkcap", rows=50_000)
+    segment = path / "walk" / "part-000001.parquet"
+    column = pq.ParquetFile(segment).metadata.row_group(0).column(4)  # addr
+    data = bytearray(segment.read_bytes())
+    data[column.data_page_offset + column.total_compressed_size // 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    line = refused(path, command=("export", "-f", "walk", "--format", fmt, "-o", str(tmp_path / "out")))
+    assert line.startswith(f"tracekit: error: {segment}: page checksum mismatch") and "Traceback" not in line, line
+
+
 def test_old_segments_without_checksums_still_read(tmp_path):
     path = make_capture(tmp_path / "c.tkcap", rows=10)
     segment = path / "walk" / "part-000001.parquet"

@@ -51,13 +51,18 @@ def export_family(cap: Capture, family: str, fmt: str, out: BinaryIO | str | os.
         raise CaptureFormatError(f"{cap.path}: no family {family!r} (has: {', '.join(cap.families()) or 'none'})")
     schema = _plain(cap.schema(family))
     rows = 0
+    failed: list[CaptureFormatError] = []  # the reader's error: DuckDB passes on only its text and traceback
 
     def batches():
         nonlocal rows
-        for batch in cap.iter_batches(family, batch_rows=_BATCH_ROWS):
-            batch = batch.cast(schema) if not batch.schema.equals(schema) else batch
-            rows += batch.num_rows
-            yield batch
+        try:
+            for batch in cap.iter_batches(family, batch_rows=_BATCH_ROWS):
+                batch = batch.cast(schema) if not batch.schema.equals(schema) else batch
+                rows += batch.num_rows
+                yield batch
+        except CaptureFormatError as error:
+            failed.append(error)
+            raise
 
     con = duckdb.connect()
     try:
@@ -66,8 +71,8 @@ def export_family(cap: Capture, family: str, fmt: str, out: BinaryIO | str | os.
         copy_result(con, _select(schema, fmt), fmt, out)
     except duckdb.Error as error:
         cause = error.__cause__ if isinstance(error.__cause__, CaptureFormatError) else None
-        if cause is not None:
-            raise cause from None
+        if cause is not None or failed:
+            raise cause or failed[0] from None
         where = shown_path(out) if isinstance(out, (str, os.PathLike)) else "the output"
         raise CaptureFormatError(f"cannot export {family} to {where}: {one_line(str(error))}") from None
     finally:
