@@ -98,18 +98,22 @@ def test_a_level_never_visited_counts_as_zero_and_ioctls_are_not_repeated():
 
 #: Golden comparisons: vanilla against the project's patched kernel (split-skip-level3), one run a side,
 #: in the three configurations of the SKIP_LEVEL cover letter (eager split at enable, at CLEAR, a 1 GiB
-#: hugetlb block); and three runs a side of the built-in workload with 2 MiB against 4 KiB guest pages.
+#: hugetlb block); three runs a side at CLEAR, the same minimal build with and without the patch
+#: (docs/cases/skip-level-ab.md); and three runs a side of the built-in workload with 2 MiB against 4 KiB
+#: guest pages.
 CASES = {
     "compare-lab-arm64-eager-enable": (["lab-arm64-eager-enable.tkcap"], ["lab-arm64-skip3-eager-enable.tkcap"]),
     "compare-lab-arm64-eager-clear": (["lab-arm64-eager-clear.tkcap"], ["lab-arm64-skip3-eager-clear.tkcap"]),
     "compare-lab-arm64-hugetlb-1g": (["lab-arm64-hugetlb-1g.tkcap"], ["lab-arm64-skip3-hugetlb-1g.tkcap"]),
+    "compare-lab-arm64-eager-clear-ab": ([f"compare/lab-arm64-eager-clear-vanilla-{i}.tkcap" for i in (1, 2, 3)],
+                                         [f"compare/lab-arm64-eager-clear-skip3-{i}.tkcap" for i in (1, 2, 3)]),
     "compare-x86-dirty-log-2m-4k": ([f"compare/dirty-log-2m-{i}.tkcap" for i in (1, 2, 3)],
                                     [f"compare/dirty-log-4k-{i}.tkcap" for i in (1, 2, 3)]),
 }
 
 
 #: The ones analysing 65,000-260,000 visits a side (about 10 s each) run in the slow tier.
-SLOW = {"compare-lab-arm64-eager-clear", "compare-lab-arm64-hugetlb-1g"}
+SLOW = {"compare-lab-arm64-eager-clear", "compare-lab-arm64-hugetlb-1g", "compare-lab-arm64-eager-clear-ab"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(CASES)])
