@@ -96,3 +96,10 @@ def test_an_env_that_cannot_block_signals_leaves_pips_script(tmp_path, monkeypat
     said = write_launcher(str(script), sys.executable)
     assert "left as pip wrote it" in said and "cannot --block-signal" in said
     assert script.read_text() == f"#!{sys.executable}\n{BODY}"
+
+
+def test_the_process_is_named_tracekit_not_after_the_interpreter():
+    """The launcher execs Python through env (comm ``python``); main names the process as pip's script did."""
+    code = "from tracekit.__main__ import name_process; name_process(); print(open('/proc/self/comm').read().strip())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "tracekit", done

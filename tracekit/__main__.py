@@ -14,11 +14,25 @@ from tracekit.stopsignals import StopSignal, install_early, note_early
 
 note_early()  # before anything else: a signal raised here would escape every try
 
-__all__ = ["main"]
+__all__ = ["main", "name_process"]
+
+_PR_SET_NAME = 15
+
+
+def name_process() -> None:
+    """Name this process ``tracekit`` (its comm, which ps, top and ``--pid NAME`` read): the installed
+    console script execs Python through ``env``, which would leave it named after the interpreter."""
+    import ctypes  # late: importing this entry module loads only the stop signals (tests/test_stopsignals.py)
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, b"tracekit", 0, 0, 0)
+    except (OSError, AttributeError):  # no libc prctl: the name stays the interpreter's
+        pass
 
 
 def main() -> int:
     """Run the ``tracekit`` command line (which ends in SystemExit); return the status of a stop."""
+    name_process()
     try:
         from tracekit.memtune import import_numpy_without_huge_pages  # after the stop signals, as every import
 
