@@ -16,18 +16,15 @@ note_early()  # before anything else: a signal raised here would escape every tr
 
 __all__ = ["main", "name_process"]
 
-_PR_SET_NAME = 15
-
 
 def name_process() -> None:
     """Name this process ``tracekit`` (its comm, which ps, top and ``--pid NAME`` read): the installed
     console script execs Python through ``env``, which would leave it named after the interpreter."""
-    import ctypes  # late: importing this entry module loads only the stop signals (tests/test_stopsignals.py)
+    from tracekit.prctl import PR_SET_NAME, libc_prctl  # late: importing this entry module loads only the stop signals
 
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, b"tracekit", 0, 0, 0)
-    except (OSError, AttributeError):  # no libc prctl: the name stays the interpreter's
-        pass
+    prctl = libc_prctl()
+    if prctl is not None:  # without libc's prctl the name stays the interpreter's
+        prctl(PR_SET_NAME, b"tracekit", 0, 0, 0)
 
 
 def main() -> int:

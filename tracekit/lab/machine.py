@@ -10,7 +10,6 @@ code from ``tk-done rc=N``). LabError when the guest hangs or QEMU fails to star
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import re
 import signal
@@ -24,6 +23,7 @@ import tracekit
 from tracekit.errors import LabError
 from tracekit.lab.fetch import QEMU_BINARY, QEMU_PACKAGE, require_tool
 from tracekit.lab.initramfs import write_initramfs
+from tracekit.prctl import PR_SET_PDEATHSIG, libc_prctl
 
 __all__ = ["qemu_command", "build_initramfs", "boot", "BootResult", "GUEST_PORT", "DEFAULT_TIMEOUT", "MEMORY_MIB",
            "LAUNCHER", "RECORDER_X86_FEATURES"]
@@ -133,7 +133,9 @@ def build_initramfs(path: Path, userland: Path | None, modules: tuple[tuple[str,
 
 def _die_with_parent() -> None:
     """In the QEMU child before exec: SIGKILL it when tracekit dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    prctl = libc_prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def boot(command: list[str], console_log: Path, archive: Path, timeout: float = DEFAULT_TIMEOUT) -> BootResult:

@@ -9,7 +9,6 @@ probes are armed, tied to the recorder by ``PR_SET_PDEATHSIG``. Only ``/proc`` i
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from typing import Callable
 
 from tracekit.errors import UsageError
 from tracekit.procs import proc_start_ticks
+from tracekit.prctl import PR_SET_PDEATHSIG, libc_prctl
 
 __all__ = ["Target", "resolve_target", "list_threads", "ThreadWatch", "thread_info", "tgid_of", "vcpu_index", "qemu_guest_name",
            "spawn_gated", "GatedChild",
@@ -336,17 +336,6 @@ def resolve_targets(specs: list[str] | tuple[str, ...], *, all_vms: bool = False
     return [chosen[pid] for pid in sorted(chosen)]
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _libc_prctl() -> Callable[..., int] | None:
-    """libc's prctl, looked up before a fork (the child then only calls it)."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
 class GatedChild:
     """A child process forked and held before ``exec`` until :meth:`release`.
 
@@ -366,13 +355,13 @@ class GatedChild:
             raise UsageError(f"command not found: {argv[0]}")
         read_fd, write_fd = os.pipe()
         environment = dict(os.environ if env is None else env)
-        prctl, recorder = _libc_prctl(), os.getpid()
+        prctl, recorder = libc_prctl(), os.getpid()
         pid = os.fork()
         if pid == 0:  # child: tie itself to the recorder, wait for the go byte, then exec
             try:
                 os.close(write_fd)
                 if prctl is not None:
-                    prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+                    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
                 if os.getppid() != recorder:  # the recorder died before the prctl: never run
                     os._exit(125)
                 go = os.read(read_fd, 1)
