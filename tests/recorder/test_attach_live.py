@@ -24,6 +24,7 @@ from tests.recorder.test_live import TRACEKIT, _instances, _need
 from tracekit.analysis.analyze import analyze_capture
 from tracekit.capture import open_capture
 from tracekit.recorder.kvm_ioctls import KVM_RUN
+from tracekit.recorder.probe_family import RecordOptions
 from tracekit.recorder.session import RecordConfig, record
 from tracekit.workload.published import read_published_layout
 
@@ -32,6 +33,9 @@ pytestmark = [pytest.mark.live, pytest.mark.slow]
 OFFSETS_S = (0.2, 0.7, 1.5)  # after dirty logging was enabled: inside the iterations
 WINDOW_S = 2.0  # two or three iterations of the 2 x 64 MiB guest while traced
 MARGIN_NS = 50_000_000  # a phase edge this close to a window edge decides nothing (a traced pass takes ~0.7 s)
+# Buffers that hold a whole window (~1.5 M events, ~40 MB per CPU in ftrace): on a 2-CPU host the guest's two
+# vCPUs can starve the reader for the whole window, and the test is about completeness, not reader speed.
+WINDOW_BUFFERS = RecordOptions(ring_pages={"walk_events": 64 * 256, "mmu_events": 64 * 256}, tracefs_buffer_kb=128 * 1024)
 
 
 def _start_workload(layout: Path) -> subprocess.Popen:
@@ -58,8 +62,9 @@ def _attach(backend: str, offset_s: float, tmp_path: Path) -> tuple:
         _wait_for_dirty_logging(workload)
         time.sleep(offset_s)
         out = tmp_path / "attach.tkcap"
-        summary = record(RecordConfig(output=out, pid_spec=str(workload.pid), duration=WINDOW_S, backend=backend),
-                         stream=None)
+        config = RecordConfig(output=out, pid_spec=str(workload.pid), duration=WINDOW_S, backend=backend,
+                              options=WINDOW_BUFFERS)
+        summary = record(config, stream=None)
     finally:
         workload.send_signal(signal.SIGINT)
         workload.wait(timeout=120)

@@ -38,6 +38,7 @@ def test_options_become_the_config(captured, tmp_path):
         ("qemu",), False, 2.5, out, ("walk", "ioctl"), "tracefs")
     assert config.options.stream_ioctls == (KVM_GET_DIRTY_LOG,) and config.options.aggregate_ioctls == (KVM_RUN,)
     assert config.options.ring_pages == {"walk_events": 32 * 256, "mmu_events": 32 * 256}
+    assert config.options.tracefs_buffer_kb == 32 * 1024  # the tracefs backend's buffer per CPU
     assert json.loads(result.stdout)["rows"] == {"walk": 3}
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from tracekit.procs import pid_alive
 from tracekit.errors import MissingCapability, RecorderError
-from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus
+from tracekit.recorder.probe_family import ProbeFamily, ProbeStatus, RecordOptions
 from tracekit.recorder.ioctl_args import remove_stale_probes
 from tracekit.recorder.ftrace_pages import EventFormat, decode_pages, parse_format
 from tracekit.recorder.target import tgid_of
@@ -116,7 +116,8 @@ class TracefsBackend:
     name = "tracefs"
 
     def __init__(self, tracefs: Path | None, families: list[tuple[ProbeFamily, list[ProbeStatus]]],
-                 target_tgid: int | list[int], tids: list[int], *, buffer_kb: int = 32768):
+                 target_tgid: int | list[int], tids: list[int], *,
+                 buffer_kb: int = RecordOptions.tracefs_buffer_kb):
         if tracefs is None:
             raise MissingCapability("tracefs backend unavailable: tracefs is not mounted; fix: "
                                     "mount -t tracefs tracefs /sys/kernel/tracing")

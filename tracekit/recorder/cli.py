@@ -70,7 +70,8 @@ def record_command(
     segment_seconds: float = typer.Option(
         1.0, "--segment-seconds", help="Close a Parquet segment at the latest after this many seconds."),
     ring_mb: Optional[int] = typer.Option(
-        None, "--ring-mb", help="Size of the walk and mmu BPF ring buffers in MiB (a power of two; default 16 and 8)."),
+        None, "--ring-mb", help="Size of the walk and mmu BPF ring buffers in MiB (a power of two; default 16 and 8), and of the "
+        "tracefs backend's buffer per CPU (default 32); raise it when events are lost."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No banner, status line or summary on stderr."),
     print_bpf: bool = typer.Option(False, "--print-bpf", hidden=True, help="Print the BPF program and exit."),
@@ -84,6 +85,7 @@ def record_command(
         if ring_mb <= 0 or ring_mb & (ring_mb - 1):
             raise UsageError("--ring-mb must be a power of two")
         options.ring_pages = {"walk_events": ring_mb * 256, "mmu_events": ring_mb * 256}
+        options.tracefs_buffer_kb = ring_mb * 1024
     if print_bpf:
         _print_bpf(families, options)
         return

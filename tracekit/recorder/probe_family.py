@@ -55,6 +55,7 @@ class RecordOptions:
     stream_ioctls: tuple[int, ...] = ()      # commands to stream even if aggregated by default
     aggregate_ioctls: tuple[int, ...] = (0xAE80,)  # KVM_RUN by default
     ring_pages: dict[str, int] = field(default_factory=dict)  # per ring-map override
+    tracefs_buffer_kb: int = 32768  # the tracefs instance's ring buffer, per CPU
     batch_events: int = TK_BATCH_EVENTS  # events per in-kernel batch (walk, mmu), a power of 2
 
 

@@ -265,7 +265,8 @@ class Recording:
     def _make_backend(self) -> Any:
         if self.backend_name == "bcc":
             return BccBackend(self.chosen, self.tgids)
-        return TracefsBackend(self.tracefs, self.chosen, self.tgids, sorted(self.threads) or self.tgids)
+        return TracefsBackend(self.tracefs, self.chosen, self.tgids, sorted(self.threads) or self.tgids,
+                              buffer_kb=self.config.options.tracefs_buffer_kb)
 
     def _manifest(self) -> dict:
         manifest = {
