@@ -14,6 +14,7 @@ import json
 import pytest
 
 from tests import livecheck
+from tests.funcprobes.split_loop import restart_excess
 from tracekit.capture import open_capture
 
 MiB = 1 << 20
@@ -59,13 +60,15 @@ def test_x86_tdp_probes_attach_by_register_and_read_6_1s_structs(x86_run):
     assert _fetch(run, "iter_next") == ["level=+80(%di):s32"] and _fetch(run, "tdp_map")[0] == "gfn=+24(%si):u64"
     assert capture.manifest["probes"]["resolution"] == run.probes["resolution"]
     # The eager split's one iterator loop over the 64 MiB slot: 32 huge SPTEs at level 2 under one 1 GiB and one
-    # 512 GiB entry, read from struct tdp_iter.level at 6.1's offset.
+    # 512 GiB entry, read from struct tdp_iter.level at 6.1's offset. 6.1 allocates under the lock (no restart per
+    # split), but a tdp_mmu_iter_cond_resched yield on a busy host restarts the loop from the root: whole restarts
+    # on top of the 32/1/1 are the kernel's, anything else is a misread level.
     walks = capture.table("stage2_walk").to_pandas()
     (root,) = walks.index[walks["initiator"] == "tdp_mmu_split_huge_pages_root"]
     assert walks["size"][root] == 64 * MiB
     visits = capture.table("stage2_visit").to_pandas()
     in_root = visits[visits["walk_id"] == walks["walk_id"][root]].groupby("level")["count"].sum().to_dict()
-    assert in_root == {2: 32, 3: 1, 4: 1}
+    restart_excess(in_root, {2: 32, 3: 1, 4: 1}, root_level=4)
     assert set(visits["level"]) <= {1, 2, 3, 4}
     calls = capture.table("func_call").to_pandas()
     (split,) = [json.loads(a) for a in calls["args"][calls["name"] == "tdp_try_split"]]
