@@ -70,26 +70,40 @@ def need_command(name: str) -> None:
         skip_or_fail(f"the {name} command is not installed")
 
 
-def run_lab_or_skip(arch: str, scenario: str, output, **options):
-    """``tracekit.lab.runner.run_lab`` for a live test: skip (or fail under TRACEKIT_REQUIRE_LIVE=1) when the
-    host lacks QEMU for ``arch``, a capability the lab needs, or a route to Debian's mirror."""
+def _lab_or_skip(arch: str, step, *args, **options):
+    """``step(*args, **options)`` of the labs for a live test: skip (or fail under TRACEKIT_REQUIRE_LIVE=1) when
+    the host lacks QEMU for ``arch``, a capability the lab needs, or a route to Debian's mirror."""
     import shutil
 
     from tracekit.errors import LabError, MissingCapability
     from tracekit.lab import fetch
-    from tracekit.lab.runner import run_lab
 
     binary, package = fetch.QEMU_BINARY[arch], fetch.QEMU_PACKAGE[arch]
     if shutil.which(binary) is None:
         skip_or_fail(f"{binary} is not installed (apt-get install {package})")
     try:
-        return run_lab(arch, scenario, output, **options)
+        return step(*args, **options)
     except MissingCapability as error:
         skip_or_fail(str(error))
     except LabError as error:
         if any(text in str(error) for text in ("cannot read the Debian", "apt-get download", "name no Debian archive")):
             skip_or_fail(f"no route to the Debian mirror for the lab's packages: {error}")
         raise
+
+
+def run_lab_or_skip(arch: str, scenario: str, output, **options):
+    """``tracekit.lab.runner.run_lab`` for a live test, skipping as :func:`_lab_or_skip` says."""
+    from tracekit.lab.runner import run_lab
+
+    return _lab_or_skip(arch, run_lab, arch, scenario, output, **options)
+
+
+def lab_kernel_or_skip(arch: str):
+    """The default lab kernel of ``arch``, fetched into the lab cache when it is not there yet (a live test
+    that times its boot must not time the download), skipping as :func:`_lab_or_skip` says."""
+    from tracekit.lab import fetch, kernels
+
+    return _lab_or_skip(arch, kernels.resolve_kernel, None, arch, fetch.cache_dir())
 
 
 def interrupt_and_reap(process: subprocess.Popen, timeout: float) -> None:
