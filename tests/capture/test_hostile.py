@@ -19,9 +19,12 @@ from tracekit.capture.manifest import MAX_MANIFEST_BYTES, manifest_violations
 from tracekit.cli import app
 from tracekit.errors import CaptureFormatError, one_line
 
+from tests.capture.pagecrc import bundled_captures, pages, segments_without_crc
+
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = sorted((ROOT / "samples").glob("*.tkcap"))
+SAMPLES_DIR = ROOT / "samples"
+SAMPLES = sorted(SAMPLES_DIR.glob("*.tkcap"))
 WALK = pa.schema(COMMON_FIELDS + [pa.field("addr", pa.uint64())])
 IOCTL = pa.schema(COMMON_FIELDS + [pa.field("cmd", pa.uint32())])
 
@@ -281,6 +284,26 @@ def test_old_segments_without_checksums_still_read(tmp_path):
     segment = path / "walk" / "part-000001.parquet"
     pq.write_table(pq.read_table(segment), segment, compression="zstd")  # as the writer did before checksums
     assert open_capture(path).table("walk").column("addr").to_pylist() == [i * 4096 for i in range(10)]
+
+
+@pytest.mark.parametrize("capture", bundled_captures(), ids=lambda p: str(p.relative_to(SAMPLES_DIR)))
+def test_every_bundled_sample_segment_has_page_checksums(capture):
+    assert segments_without_crc(capture) == []
+
+
+@pytest.mark.parametrize("sample, family, column", [("x86-dirty-log-2m", "walk", "ts_ns"),
+                                                    ("x86-dirty-log-4k", "walk_element", "walk_id"),
+                                                    ("lab-arm64-eager-clear", "stage2_walk", "ts_ns")])
+def test_a_flipped_bit_in_a_bundled_sample_is_one_line_naming_the_segment(tmp_path, sample, family, column):
+    """Unchecked, such a flip gave wrong times or walk ids with exit 0 (before the samples were rewritten)."""
+    path = Path(shutil.copytree(SAMPLES_DIR / f"{sample}.tkcap", tmp_path / f"{sample}.tkcap"))
+    segment = path / family / "part-000001.parquet"
+    offset, size = next((at, size) for name, at, size, _ in pages(segment) if name == column and size > 16)
+    data = bytearray(segment.read_bytes())
+    data[offset + size // 2] ^= 0x10
+    segment.write_bytes(bytes(data))
+    line = refused(path, command=("analyze",))
+    assert line == f"tracekit: error: {segment}: page checksum mismatch (the file is corrupt)", line
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
