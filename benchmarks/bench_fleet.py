@@ -2,9 +2,10 @@
 
 A dataset of ``--captures`` captures is generated from the samples' shapes (:data:`SHAPES`: between them
 every family a capture can hold): each shape's families are tiled (timestamps shifted, walk ids kept
-distinct) to about ``--rows`` rows per capture and written by the capture writer in ``--segment-rows``
-segments; the captures of one shape share its segment files through hard links (a new manifest each:
-own capture id, host and start), so the dataset costs the disk of one copy per shape. Then, each in a
+distinct) to about ``--rows`` rows per capture (at most ``--max-seconds`` of trace time) and written by
+the capture writer segmented as the recorder does, a segment per family per ``--segment-seconds`` of
+trace time or ``--segment-rows``; the captures of one shape share its segment files through hard links
+(a new manifest each: own capture id, host and start), so the dataset costs the disk of one copy per shape. Then, each in a
 child process of its own (peak memory = the child's maximum RSS):
 
 - ``count(*)``: DuckDB's ``SELECT count(*)`` over every segment (the plain scan the target is against;
@@ -62,37 +63,52 @@ def _tiled(table: pa.Table, family: str, tiles: int, span_ns: int, walk_span: in
     return out
 
 
-def make_template(sample: Path, out: Path, rows: int, segment_rows: int) -> int:
-    """A capture shaped like ``sample`` with about ``rows`` rows; returns its row count."""
+def make_template(sample: Path, out: Path, rows: int, segment_rows: int, segment_seconds: float = 1.0,
+                  max_seconds: float = 120.0) -> int:
+    """A capture shaped like ``sample`` with about ``rows`` rows, tiled over at most ``max_seconds`` of
+    trace time, its segments closed as the recorder closes them: every ``segment_seconds`` of trace time
+    (each family's rows of a window in a segment of their own) or at ``segment_rows``; returns its rows."""
+    import numpy as np
+
     from tracekit.capture import CaptureWriter, open_capture
 
     cap = open_capture(sample)
     tables = {f: cap.table(f) for f in cap.families()}
     have = sum(t.num_rows for t in tables.values()) or 1
-    tiles = max(1, math.ceil(rows / have))
     stamps = [t["ts_ns"] for t in tables.values() if t.num_rows]
-    span = max(int(max(s.to_numpy().max() for s in stamps)) - int(min(s.to_numpy().min() for s in stamps)), 1) + 1
+    first = int(min(s.to_numpy().min() for s in stamps))
+    span = max(int(max(s.to_numpy().max() for s in stamps)) - first, 1) + 1
+    tiles = max(1, min(math.ceil(rows / have), int(max_seconds * 1e9 // span)))
     walk_span = 1 + max([int(t["walk_id"].to_numpy().max()) for f, t in tables.items()
                          if f in _WALK_ID_FAMILIES and t.num_rows] or [0])
     keep = {k: v for k, v in cap.manifest.items() if k not in ("format", "format_version", "capture_id",
                                                                 "families", "status", "stop", "writer_pid")}
+    tiled = {f: pa.concat_tables(_tiled(t, f, tiles, span, walk_span)) for f, t in tables.items()}
+    window = int(segment_seconds * 1e9)
+    windows = {f: (t["ts_ns"].to_numpy() - first) // window for f, t in tiled.items()}
+    last = max(int(w.max()) for w in windows.values() if len(w))
     total = 0
-    with CaptureWriter(out, manifest=keep, segment_rows=segment_rows) as writer:
+    with CaptureWriter(out, manifest=keep, segment_rows=segment_rows, segment_seconds=1e9) as writer:
         for family, table in tables.items():
             writer.declare(family, cap.schema(family))
-            for copy in _tiled(table, family, tiles, span, walk_span):
-                writer.append(family, copy)
-                total += copy.num_rows
+        for w in range(last + 1):
+            for family, table in tiled.items():
+                where = np.flatnonzero(windows[family] == w)
+                if len(where):
+                    writer.append(family, table.take(where))
+                    total += len(where)
+            writer.flush()
     return total
 
 
-def make_dataset(root: Path, captures: int, rows: int, segment_rows: int) -> dict:
+def make_dataset(root: Path, captures: int, rows: int, segment_rows: int, segment_seconds: float = 1.0,
+                 max_seconds: float = 120.0) -> dict:
     """``captures`` captures under ``root`` (see the module docstring); returns what was made."""
     templates = root / "templates"
     shapes = []
     for i, name in enumerate(SHAPES):
         path = templates / f"shape{i}.tkcap"
-        shapes.append((path, make_template(SAMPLES / name, path, rows, segment_rows)))
+        shapes.append((path, make_template(SAMPLES / name, path, rows, segment_rows, segment_seconds, max_seconds)))
     fleet = root / "fleet"
     total = 0
     for n in range(captures):
@@ -181,7 +197,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captures", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=210_000, help="rows per capture (about)")
-    parser.add_argument("--segment-rows", type=int, default=25_000)
+    parser.add_argument("--segment-rows", type=int, default=2_000_000, help="as the recorder's writer")
+    parser.add_argument("--segment-seconds", type=float, default=1.0, help="of trace time, as the recorder's --segment-seconds")
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="trace time of a capture at most (tiles)")
     parser.add_argument("--dir", type=Path, default=None, help="where to generate (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the generated dataset")
     parser.add_argument("--reuse", action="store_true", help="--dir holds a dataset made before: measure it")
@@ -196,7 +214,7 @@ def main() -> None:
             made = json.loads((root / "made.json").read_text())
         else:
             t0 = time.perf_counter()
-            made = make_dataset(root, args.captures, args.rows, args.segment_rows)
+            made = make_dataset(root, args.captures, args.rows, args.segment_rows, args.segment_seconds, args.max_seconds)
             made["generate_seconds"] = time.perf_counter() - t0
             (root / "made.json").write_text(json.dumps(made))
         print(f"dataset: {made}")
