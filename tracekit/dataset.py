@@ -62,10 +62,13 @@ CAPTURES_SCHEMA = pa.schema([
     pa.field("family_rows", pa.map_(pa.string(), pa.int64())),
 ])  # fmt: skip
 
-#: The ``threads`` table: every thread a capture knows, with its vCPU index and VM.
+#: The ``threads`` table: every thread a capture knows, with its vCPU index and VM (the ``threads`` family's
+#: columns, else the manifest's, whose first and last seen are null).
 THREADS_SCHEMA = pa.schema([
     pa.field("capture", pa.string(), nullable=False), pa.field("pid", pa.int32()), pa.field("tid", pa.int32()),
     pa.field("comm", pa.string()), pa.field("vcpu", pa.int32()), pa.field("vm", pa.string()),
+    pa.field("vcpu_from", pa.string()), pa.field("first_seen_ns", pa.int64()), pa.field("last_seen_ns", pa.int64()),
+    pa.field("pre_exec", pa.bool_()),
 ])  # fmt: skip
 
 #: The ``phases`` table (analysis/phases.py's phase table, plus lab steps, per capture).
@@ -353,7 +356,7 @@ def phases_table(source: Source) -> pa.Table:
 
 
 def _thread_rows(cap: Capture) -> list[dict]:
-    """The capture's threads: the recorder's list (target.threads), then the workload's vCPU threads;
+    """The capture's threads: the recorder's (:meth:`Capture.threads`), then the workload's vCPU threads;
     a thread's process is its recorded ``pid``, else the only recorded process; its VM the process's
     guest or command name."""
     m = cap.manifest
@@ -363,11 +366,7 @@ def _thread_rows(cap: Capture) -> list[dict]:
            if isinstance(vm, dict) and _int(vm.get("pid")) is not None}
     only_pid = pids[0] if len(pids) == 1 else None
     workload = m.get("workload") if isinstance(m.get("workload"), dict) else {}
-    threads: dict[int, dict] = {}
-    for thread in target.get("threads") or []:
-        if isinstance(thread, dict) and _int(thread.get("tid")) is not None:
-            threads[thread["tid"]] = {"pid": _int(thread.get("pid")), "tid": thread["tid"],
-                                      "comm": thread.get("comm"), "vcpu": _int(thread.get("vcpu"))}
+    threads = {thread["tid"]: thread for thread in cap.threads()}
     for vcpu in workload.get("vcpus") or []:
         if isinstance(vcpu, dict) and _int(vcpu.get("tid")) is not None and _int(vcpu.get("index")) is not None:
             known = threads.setdefault(vcpu["tid"], {"pid": _int(workload.get("pid")), "tid": vcpu["tid"],
@@ -382,13 +381,14 @@ def _thread_rows(cap: Capture) -> list[dict]:
         if vm is None and pid is not None and pid == only_pid:
             vm = target.get("name") or target.get("comm")
         rows.append({"capture": cap.capture_id, "pid": pid, "tid": tid,
-                     "comm": row["comm"] if isinstance(row["comm"], str) else None, "vcpu": row["vcpu"], "vm": vm})
+                     "comm": row["comm"] if isinstance(row["comm"], str) else None, "vcpu": row["vcpu"], "vm": vm,
+                     **{key: row.get(key) for key in ("vcpu_from", "first_seen_ns", "last_seen_ns", "pre_exec")}})
     return rows
 
 
 def threads_table(source: Source) -> pa.Table:
     """Every capture's known threads (:data:`THREADS_SCHEMA`): pid, tid, comm, vCPU index (null for
-    threads that are not vCPUs) and VM name."""
+    threads that are not vCPUs), VM name, and where the family gives them first and last seen."""
     ds = _dataset(source)
     return pa.Table.from_pylist([row for cap in ds.captures for row in _thread_rows(cap)], schema=THREADS_SCHEMA)
 
@@ -460,6 +460,7 @@ def connect(source: Source, *, skip_bad: bool = False, database: str = ":memory:
     for name, table in tables.items():
         _create_table(con, name, table)
     files = family_files(ds)
+    files.pop("threads", None)  # the threads table above is that family, with the VMs and older captures'
     for family, paths in files.items():
         listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
         con.execute(
@@ -468,6 +469,6 @@ def connect(source: Source, *, skip_bad: bool = False, database: str = ":memory:
             f"JOIN segments AS s ON s.file = f.filename"
         )
     for family, schema in SCHEMAS.items():
-        if family not in files:
+        if family not in files and family not in tables:
             _empty_family_view(con, family, schema)
     return con

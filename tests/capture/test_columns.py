@@ -10,10 +10,12 @@ import pyarrow as pa
 import pytest
 
 from tracekit.capture import COMMON_FIELDS
-from tracekit.capture.columns import COMMON_UNITS, FAMILIES, FUNCPROBE_FAMILIES, SCHEMAS, TRACEPOINT_FAMILIES
+from tracekit.capture.columns import (COMMON_UNITS, FAMILIES, FUNCPROBE_FAMILIES, SCHEMAS, TARGET_FAMILIES,
+                                      TRACEPOINT_FAMILIES)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-PAGES = {"capture-families-tracepoints.md": TRACEPOINT_FAMILIES, "capture-families-funcprobes.md": FUNCPROBE_FAMILIES}
+PAGES = {"capture-families-tracepoints.md": TRACEPOINT_FAMILIES, "capture-families-funcprobes.md": FUNCPROBE_FAMILIES,
+         "capture-families-target.md": TARGET_FAMILIES}
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 
 

@@ -157,7 +157,7 @@ def test_threads_of_several_vms(tmp_path):
                           {"pid": 10, "tid": 10, "comm": "qemu-system-x86", "vcpu": None}]}
     with CaptureWriter(tmp_path / "vms.tkcap", manifest={"target": target}):
         pass
-    rows = threads_table([tmp_path / "vms.tkcap"]).drop(["capture"]).to_pylist()
+    rows = threads_table([tmp_path / "vms.tkcap"]).select(["pid", "tid", "comm", "vcpu", "vm"]).to_pylist()
     assert rows == [{"pid": 10, "tid": 10, "comm": "qemu-system-x86", "vcpu": None, "vm": "vm-a"},
                     {"pid": 10, "tid": 11, "comm": "CPU 0/KVM", "vcpu": 0, "vm": "vm-a"},
                     {"pid": 20, "tid": 21, "comm": "CPU 0/KVM", "vcpu": 0, "vm": "qemu-system-x86"}]

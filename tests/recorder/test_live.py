@@ -125,6 +125,24 @@ def test_vcpu_threads_are_named_in_the_manifest(workload_capture):
         assert threads[v["tid"]]["vcpu"] == v["index"]
 
 
+def test_the_threads_family_agrees_with_the_manifest(workload_capture):
+    """The recorded ``threads`` family lists the manifest's threads (process, name, vCPU index and its source),
+    the started command's main thread first seen before the window opened, held before its exec."""
+    _, _, cap = workload_capture
+    manifest = cap.manifest["target"]["threads"]
+    assert cap.rows("threads") == len(manifest) > 0
+    keys = ("tid", "pid", "comm", "vcpu", "vcpu_from")
+    assert [tuple(t[k] for k in keys) for t in cap.threads()] == [tuple(t.get(k) for k in keys) for t in manifest]
+    main = cap.manifest["target"]["pids"][0]
+    threads = {t["tid"]: t for t in cap.threads()}
+    assert [tid for tid, t in threads.items() if t["pre_exec"]] == [main]
+    assert threads[main]["first_seen_ns"] < cap.manifest["window"]["start_ns"]
+    for v in cap.manifest["workload"]["vcpus"]:
+        seen = threads[v["tid"]]
+        assert seen["vcpu"] == v["index"] and cap.manifest["window"]["start_ns"] < seen["first_seen_ns"]
+        assert seen["first_seen_ns"] <= seen["last_seen_ns"] <= cap.manifest["stop_monotonic_ns"]
+
+
 def test_walks_match_the_write_faults_of_the_test_region(workload_capture):
     """One 3-level software walk per test-region write fault (2 MiB guest pages: PML4, PDPT, PD)."""
     _, _, cap = workload_capture

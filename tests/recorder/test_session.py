@@ -229,6 +229,24 @@ def test_threads_seen_only_in_events_join_the_thread_list():
     assert threads[999998] == {"pid": 999990, "tid": 999998, "comm": "", "vcpu": None}  # its events' process
 
 
+def test_event_times_are_kept_for_threads_no_listing_showed():
+    """A thread found in events keeps its first and last event time until a /proc listing shows it."""
+    import pyarrow as pa
+
+    def events(tid, *times):
+        return pa.table({"ts_ns": pa.array(times, pa.int64()), "pid": pa.array([7] * len(times), pa.int32()),
+                         "tid": pa.array([tid] * len(times), pa.int32())})
+
+    threads, seen, listed = {1: {"tid": 1, "comm": "main", "vcpu": None}}, {}, {1: [0, 0]}
+    session._note_event_threads(threads, events(999997, 50, 20, 40), seen, listed)
+    session._note_event_threads(threads, events(999997, 90, 10), seen, listed)
+    session._note_event_threads(threads, events(1, 5, 500), seen, listed)  # listed: not followed
+    assert seen == {999997: [10, 90]} and threads[999997]["pid"] == 7
+    listed[999997] = [60, 60]
+    session._note_event_threads(threads, events(999997, 1000), seen, listed)
+    assert seen == {999997: [10, 90]}
+
+
 def test_auto_backend_falls_back_to_tracefs_with_a_note(monkeypatch):
     from tracekit.errors import MissingCapability, UsageError
 

@@ -304,9 +304,12 @@ def test_a_thread_watch_reads_new_threads_and_renames_but_not_every_name_every_t
     assert watch.vcpus() == {10: None, 11: 0, 12: None}
     import shutil
 
+    last_of_12 = watch.seen[12][1]
     shutil.rmtree(tmp_path / "10" / "task" / "12")
     watch.refresh()
     assert watch.vcpus() == {10: None, 11: 0}  # gone threads leave
+    assert watch.seen[12][1] == last_of_12 < watch.seen[10][1]  # its last listing kept
+    assert watch.seen[10][0] < watch.seen[12][0] <= last_of_12  # first listings: 10 at the first refresh
     watch.follow([10, 20])
     _task(tmp_path, 20, 20, "tk-vcpu-3")
     assert [t["tid"] for t in watch.refresh()[0]] == [20] and watch.vcpus()[20] == 3

@@ -15,7 +15,7 @@ import pyarrow as pa
 from tracekit.capture.format import COMMON_FIELDS
 
 __all__ = ["LABEL", "Column", "COMMON_UNITS", "FAMILIES", "SCHEMAS", "TRACEPOINT_FAMILIES", "FUNCPROBE_FAMILIES",
-           "FUNCPROBE_SCHEMAS", "unit_of"]
+           "TARGET_FAMILIES", "FUNCPROBE_SCHEMAS", "unit_of"]
 
 #: Low-cardinality text (command, event and probe names, visit kinds): a plain string column, which Parquet
 #: stores dictionary-encoded anyway. Captures written before it hold ``dictionary<int32, string>`` here
@@ -105,8 +105,17 @@ FUNCPROBE_FAMILIES: dict[str, list[Column]] = {
     ],
 }  # fmt: skip
 
+#: Tables the recorder writes about its target, not from probes (docs/capture-families-target.md). ``threads``:
+#: ``ts_ns`` first seen, ``cpu`` -1 (no event), ``pid`` 0 where unknown.
+TARGET_FAMILIES: dict[str, list[Column]] = {
+    "threads": [
+        _col("last_seen_ns", pa.int64(), "ns"), _col("comm", pa.string()), _col("vcpu", pa.int32()),
+        _col("vcpu_from", LABEL), _col("pre_exec", pa.bool_()),
+    ],
+}  # fmt: skip
+
 #: Every family a capture may hold -> its columns after the common ones.
-FAMILIES: dict[str, list[Column]] = {**TRACEPOINT_FAMILIES, **FUNCPROBE_FAMILIES}
+FAMILIES: dict[str, list[Column]] = {**TRACEPOINT_FAMILIES, **FUNCPROBE_FAMILIES, **TARGET_FAMILIES}
 
 #: Every family -> its Arrow schema (the common fields first).
 SCHEMAS: dict[str, pa.Schema] = {

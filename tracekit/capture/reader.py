@@ -6,7 +6,8 @@ pyarrow Table, pandas DataFrame or record batches, reading only the columns aske
 opened without following symbolic links and must be regular files; data pages are checked against
 their CRC. Every defect is one-line :class:`tracekit.errors.CaptureFormatError` naming the file. A
 capture whose writer was killed (status ``recording``) is readable: its finished segments are used and
-its manifest completed from the newest segment's snapshot.
+its manifest completed from the newest segment's snapshot. :meth:`Capture.threads` gives the ``threads``
+family, else (older captures) the manifest's thread list.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import BinaryIO, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tracekit.capture.columns import SCHEMAS
 from tracekit.capture.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -41,6 +43,7 @@ from tracekit.procs import pid_alive
 __all__ = ["Capture", "open_capture", "exact_pandas"]
 
 _SNAPSHOT_KEY = b"tracekit.manifest"
+_THREAD_KEYS = ["pid", "tid", "comm", "vcpu", "vcpu_from", "first_seen_ns", "last_seen_ns", "pre_exec"]
 _FAMILY_KEY = b"tracekit.family"
 
 
@@ -167,6 +170,18 @@ def _read_family(directory: Path, snapshots: bool) -> _Family | None:
     return _Family(schema, tuple(segments))
 
 
+def _check_threads(directory: Path, schema: pa.Schema) -> None:
+    """Refuse a ``threads`` family that lacks a declared column or holds it as another type (a string
+    column may be dictionary-encoded): readers take its rows as the capture's thread facts."""
+    for field in SCHEMAS["threads"]:
+        if field.name not in schema.names:
+            raise CaptureFormatError(f"{shown_path(directory)}: not a threads family (no column {field.name})")
+        found = schema.field(field.name).type
+        if (found.value_type if pa.types.is_dictionary(found) else found) != field.type:
+            raise CaptureFormatError(f"{shown_path(directory)}: not a threads family (column {field.name} is "
+                                     f"{found}, expected {field.type})")
+
+
 def _read_families(path: Path, snapshots: bool) -> dict[str, _Family]:
     families = {}
     for entry in os.scandir(path):
@@ -178,6 +193,8 @@ def _read_families(path: Path, snapshots: bool) -> dict[str, _Family]:
         if entry.is_dir(follow_symlinks=False):
             family = _read_family(Path(entry.path), snapshots)
             if family is not None:
+                if entry.name == "threads":
+                    _check_threads(Path(entry.path), family.schema)
                 families[entry.name] = family
     return dict(sorted(families.items()))
 
@@ -317,6 +334,20 @@ class Capture:
 
     def lost_total(self) -> int:
         return sum(entry["count"] for entry in self.manifest.get("lost") or [] if "count" in entry)
+
+    def threads(self) -> list[dict]:
+        """The threads the recorder knew, by tid, as ``{"pid", "tid", "comm", "vcpu", "vcpu_from",
+        "first_seen_ns", "last_seen_ns", "pre_exec"}`` (None where unknown): the ``threads`` family's rows,
+        else (written before the family, or by a recorder stopped before writing them) ``target.threads``."""
+        if self.rows("threads"):
+            table = self.table("threads", ["pid", "tid", "comm", "vcpu", "vcpu_from", "ts_ns", "last_seen_ns",
+                                           "pre_exec"]).rename_columns(_THREAD_KEYS)
+            return sorted(({**row, "pid": row["pid"] or None} for row in table.to_pylist()), key=lambda row: row["tid"])
+        target = self.manifest.get("target") if isinstance(self.manifest.get("target"), dict) else {}
+        return sorted(({**dict.fromkeys(_THREAD_KEYS), **{k: t.get(k) for k in ("pid", "tid", "comm", "vcpu", "vcpu_from")},
+                        "pre_exec": t.get("pre_exec") if isinstance(t.get("pre_exec"), bool) else None}
+                       for t in target.get("threads") or [] if isinstance(t, dict) and "tid" in t),
+                      key=lambda row: row["tid"])
 
     def __repr__(self) -> str:
         return f"Capture({shown_path(self.path)!r})"

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from tracekit.capabilities import recording_blockers
 from tracekit.capture import CaptureWriter
+from tracekit.capture.columns import SCHEMAS
 from tracekit.errors import MissingCapability, RecorderError, UsageError
 from tracekit.host import Host, tracefs_root
 from tracekit.memtune import keep_freed_memory
@@ -151,6 +153,8 @@ class Recording:
         self.layout_dir: str | None = None
         self.target: dict = {}
         self.threads: dict[int, dict] = {}
+        self.event_seen: dict[int, list[int]] = {}  # tid -> [first, last] event time, threads /proc had not listed
+        self.pre_exec_tid: int | None = None  # the started command's main thread, listed before its exec
         self.watch: ThreadWatch | None = None
         self.vcpus: VcpuFds | None = None
         self.backend: Any = None
@@ -227,6 +231,7 @@ class Recording:
         for family, _ in self.chosen:
             for table, schema in family.tables().items():
                 self.writer.declare(table, schema)
+        self.writer.declare("threads", SCHEMAS["threads"])  # its rows at finish, the manifest's thread list
         self.writer.update_manifest(probes={**self.writer.manifest["probes"], "attached": self.backend.attached,
                                             "failed": self.failed, "families": [f.name for f, _ in self.chosen]})
         self._queue = WriteQueue(self.writer)
@@ -259,6 +264,7 @@ class Recording:
         _merge_threads(self.threads, self.watch.refresh(full=True)[0])
         if self.child is not None and self.child.pid in self.threads:
             self.threads[self.child.pid]["pre_exec"] = True  # its name until the exec (this recorder's)
+            self.pre_exec_tid = self.child.pid
         self.vcpus = VcpuFds(self.tgids)
         self.vcpus.scan()
 
@@ -334,7 +340,7 @@ class Recording:
                     self._queue.submit(self.writer.append, name, table, rows=table.num_rows)
                     self.status.count(name, table.num_rows)
                     self.tally.add(name, table)
-                    _note_event_threads(self.threads, table)
+                    _note_event_threads(self.threads, table, self.event_seen, self.watch.seen)
                     self.vcpus.observe(name, table)
         if not final and time.monotonic() < self._next_lost:
             return
@@ -378,9 +384,11 @@ class Recording:
             for v in (workload or {}).get("vcpus", []) if isinstance(v, dict) and isinstance(v.get("tid"), int)])
         self.vcpus.mark_threads(self.threads)
         backend = self.backend
+        threads = sorted(self.threads.values(), key=lambda t: t["tid"])
+        self.writer.append("threads", thread_table(threads, self.watch.seen, self.event_seen, self.pre_exec_tid,
+                                                   self.tgids))
         self.writer.update_manifest(
-            target={**self.target, "threads": sorted(self.threads.values(), key=lambda t: t["tid"]),
-                    "vcpu_fds": self.vcpus.manifest()},
+            target={**self.target, "threads": threads, "vcpu_fds": self.vcpus.manifest()},
             stop_reason=self.stop_reason, command_exit=self.command_exit, family_notes=notes,
             window=_window_record(backend.window), partial=partial,
             bytes_read=backend.bytes_read(), foreign_events_dropped=getattr(backend, "foreign_events", 0),
@@ -594,20 +602,49 @@ def _running(pid: int) -> bool:
     return state not in (["Z"], ["X"])
 
 
-def _note_event_threads(threads: dict[int, dict], table: Any) -> None:
-    """Add the threads that produced events but were never seen in /proc (too short-lived)."""
+def _note_event_threads(threads: dict[int, dict], table: Any, seen: dict[int, list[int]] | None = None,
+                        listed: dict | None = None) -> None:
+    """Add the threads that produced events but were never seen in /proc (too short-lived); ``seen`` keeps
+    the first and last event time of the threads /proc has not ``listed`` (``{tid: [first, last]}``)."""
     if "tid" not in table.column_names:
         return
-    new = set(pc.unique(table.column("tid")).to_pylist()) - threads.keys() - {0}  # a hash, not a sort
-    if not new:
+    tids = set(pc.unique(table.column("tid")).to_pylist())  # a hash, not a sort
+    new = tids - threads.keys() - {0}
+    again = (tids & seen.keys()) - (listed or {}).keys() if seen else set()
+    if not new and not again:
         return
-    process = {}  # tid -> the pid its events carry
-    if "pid" in table.column_names:
-        pairs = table.select(["tid", "pid"]).group_by(["tid", "pid"]).aggregate([])
-        process = dict(zip(pairs.column("tid").to_pylist(), pairs.column("pid").to_pylist()))
-    for tid in new:
-        pid = process.get(tid) or tgid_of(tid)
-        threads[tid] = {**thread_info(pid or tid, tid), "pid": pid}
+    names = table.column_names
+    keys = [c for c in ("tid", "pid") if c in names]
+    timed = seen is not None and "ts_ns" in names
+    rows = table.filter(pc.is_in(table.column("tid"), pa.array(sorted(new | again), table.column("tid").type)))
+    grouped = rows.select(keys + (["ts_ns"] if timed else [])).group_by(keys).aggregate(
+        [("ts_ns", "min"), ("ts_ns", "max")] if timed else [])
+    for row in grouped.to_pylist():
+        tid = row["tid"]
+        if tid in new and tid not in threads:
+            pid = row.get("pid") or tgid_of(tid)  # the process its events carry
+            threads[tid] = {**thread_info(pid or tid, tid), "pid": pid}
+        if timed:
+            first, last = seen.setdefault(tid, [row["ts_ns_min"], row["ts_ns_max"]])
+            seen[tid] = [min(first, row["ts_ns_min"]), max(last, row["ts_ns_max"])]
+
+
+def thread_table(threads: list[dict], listed: dict[int, list[int]], events: dict[int, list[int]],
+                 pre_exec_tid: int | None, pids: list[int]) -> pa.Table:
+    """The ``threads`` family (docs/capture-families-target.md) of the manifest's thread list: first and last
+    seen from the /proc listings and, for threads seen in events, their event times; a thread known only
+    from the workload's record is first seen now, last seen never; an unknown process is the only target's."""
+    now = time.monotonic_ns()
+    only_pid = pids[0] if len(pids) == 1 else 0
+    rows = []
+    for thread in threads:
+        tid = thread["tid"]
+        times = [t for t in (listed.get(tid), events.get(tid)) if t]
+        rows.append({"ts_ns": min((t[0] for t in times), default=now), "cpu": -1,
+                     "pid": thread.get("pid") or only_pid, "tid": tid,
+                     "last_seen_ns": max((t[1] for t in times), default=None), "comm": thread.get("comm"),
+                     "vcpu": thread.get("vcpu"), "vcpu_from": thread.get("vcpu_from"), "pre_exec": tid == pre_exec_tid})
+    return pa.Table.from_pylist(rows, schema=SCHEMAS["threads"])
 
 
 def _name_exec(threads: dict[int, dict], child: GatedChild) -> None:

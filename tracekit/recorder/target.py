@@ -114,7 +114,8 @@ class ThreadWatch:
 
     A refresh lists each ``/proc/PID/task`` and reads the names of new threads only, once more at the
     next refresh (threads are named just after they start), and those of threads whose name gives no
-    vCPU index every ``recheck_s`` seconds or when ``full``; a name that gives a vCPU index is final."""
+    vCPU index every ``recheck_s`` seconds or when ``full``; a name that gives a vCPU index is final.
+    ``seen`` keeps each thread's first and last listing (CLOCK_MONOTONIC ns), gone threads included."""
 
     def __init__(self, pids: list[int], *, recheck_s: float = 1.0, proc: Path = PROC):
         self.pids = list(pids)
@@ -123,6 +124,7 @@ class ThreadWatch:
         self.threads: dict[int, dict[int, dict]] = {pid: {} for pid in self.pids}  # pid -> tid -> live thread
         self._young: set[int] = set()
         self._next_recheck = 0.0
+        self.seen: dict[int, list[int]] = {}  # tid -> [first, last] listing time
 
     def follow(self, pids: list[int]) -> None:
         """Watch ``pids`` from now on (threads of a process no longer followed are forgotten)."""
@@ -132,7 +134,8 @@ class ThreadWatch:
     def refresh(self, *, full: bool = False) -> tuple[list[dict], bool]:
         """``(sightings, settling)``: the threads whose name was read now, and whether a thread appeared
         at this refresh or the one before (what it opens, a vCPU fd, may come just after it)."""
-        now = time.monotonic()
+        now_ns = time.monotonic_ns()
+        now = now_ns / 1e9
         recheck = full or now >= self._next_recheck
         if recheck:
             self._next_recheck = now + self.recheck_s
@@ -147,6 +150,7 @@ class ThreadWatch:
             for tid in known.keys() - tids:
                 del known[tid]
             for tid in sorted(tids):
+                self.seen.setdefault(tid, [now_ns, now_ns])[1] = now_ns
                 old = known.get(tid)
                 if old is not None and tid not in young and not (recheck and old["vcpu"] is None):
                     continue
