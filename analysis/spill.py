@@ -119,7 +119,7 @@ def sort_distinct(values: np.ndarray) -> int:
     late; up to all of them in data in no order)."""
     n = len(values)
     for start in range(0, n, SORT_ROWS):
-        values[start:start + SORT_ROWS].sort()
+        values[start:start + SORT_ROWS].sort(kind="stable")  # timsort: runs, as nearly sorted data has
         trim()
     for boundary in range(SORT_ROWS, n, SORT_ROWS):
         if values[boundary - 1] <= values[boundary]:
@@ -127,7 +127,7 @@ def sort_distinct(values: np.ndarray) -> int:
         end = min(boundary + SORT_ROWS, n)
         low = int(np.searchsorted(values[:boundary], values[boundary], "right"))
         high = boundary + int(np.searchsorted(values[boundary:end], values[boundary - 1], "left"))
-        values[low:high] = np.sort(values[low:high])
+        values[low:high] = np.sort(values[low:high], kind="stable")
         trim()
     kept, last = 0, None
     for start in range(0, n, SORT_ROWS):

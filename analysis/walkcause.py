@@ -32,6 +32,7 @@ FAULT_WINDOW_NS = 10_000_000
 #: Rows per batch of the ``mmu`` family read for its fault-path events.
 MMU_BATCH_ROWS = 1 << 20
 _MARK_BLOCK = 1 << 20
+_FEW_THREADS = 16
 
 
 def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequence[str] = ()) -> FaultFollowers | None:
@@ -64,6 +65,26 @@ def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequenc
     return followers
 
 
+def _by_thread(tid: np.ndarray, among: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
+    """Each thread of ``tid`` (those in ``among``, sorted, when given), ascending, with its rows in order:
+    a comparison per thread while they are few (a batch's vCPUs), else one stable sort."""
+    tid = np.asarray(tid, np.int64)
+    found, rest = [], tid
+    while len(rest):
+        if len(found) == _FEW_THREADS:
+            order = np.argsort(tid, kind="stable")
+            starts = np.flatnonzero(np.r_[True, tid[order][1:] != tid[order][:-1], True])
+            found = [(int(tid[order[lo]]), order[lo:hi]) for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist())]
+            break
+        thread = rest.min()
+        found.append((int(thread), np.flatnonzero(tid == thread)))
+        rest = rest[rest != thread]
+    if among is None:
+        return found
+    wanted = set(among.tolist())
+    return [(t, rows) for t, rows in found if t in wanted]
+
+
 class _ThreadStamps:
     """Fault-path event times per thread, gathered batch by batch, each thread's in a
     :class:`.spill.Growing` vector (in a file once large); a time its thread already has just before is
@@ -74,14 +95,10 @@ class _ThreadStamps:
         self.parts: dict[int, spill.Growing] = {}
 
     def add(self, tid: np.ndarray, ts_ns: np.ndarray) -> None:
-        tid = np.asarray(tid, np.int64)
         ts_ns = np.asarray(ts_ns, np.int64)
-        order = np.argsort(tid, kind="stable")
-        tid, ts_ns = tid[order], ts_ns[order]
-        bounds = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1], True])
-        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            stamps = ts_ns[lo:hi]
-            vector = self.parts.setdefault(int(tid[lo]), spill.Growing(np.int64))
+        for thread, rows in _by_thread(tid):
+            stamps = ts_ns[rows]
+            vector = self.parts.setdefault(thread, spill.Growing(np.int64))
             before = vector.values()
             repeated = np.r_[bool(vector.size) and stamps[0] == before[-1], stamps[1:] == stamps[:-1]]
             if not repeated.all():
@@ -128,22 +145,23 @@ class FaultFollowers:
 
     def add(self, start: int, tid: np.ndarray, ts_ns: np.ndarray) -> None:
         """Walks ``start``, ``start + 1``, ... of thread ``tid`` beginning at ``ts_ns``."""
-        tid = np.asarray(tid, np.int64)
         ts_ns = np.asarray(ts_ns, np.int64)
-        for t in np.intersect1d(np.unique(tid), self._tids).tolist():
+        for t, rows in _by_thread(tid, self._tids):
             k = int(np.searchsorted(self._tids, t))
             times, best_gap = self._ts[k], self._best_gap[k]
-            rows = np.flatnonzero(tid == t)
             stamps = ts_ns[rows]
-            event = np.searchsorted(times, stamps, side="right")  # first fault event after the walk
+            # the first fault event after each walk, searched among those of the batch's span
+            low, high = np.searchsorted(times, (stamps.min(), stamps.max()), side="right").tolist()
+            event = low + np.searchsorted(times[low:high], stamps, side="right")
             ok = event < len(times)
             event, stamps, rows = event[ok], stamps[ok], rows[ok]
             ok = times[event] - stamps <= self._window
             event, stamps, rows = event[ok], stamps[ok], rows[ok]
             if not len(event):
                 continue
-            order = np.lexsort((stamps, event))  # per event, its latest walk last
-            event, stamps, rows = event[order], stamps[order], rows[order]
+            if not bool(np.all(stamps[1:] >= stamps[:-1])):  # in time order (as mostly), so are the events
+                order = np.lexsort((stamps, event))  # per event, its latest walk last
+                event, stamps, rows = event[order], stamps[order], rows[order]
             last = np.append(event[1:] != event[:-1], True)
             event, stamps, rows = event[last], stamps[last], rows[last]
             gap = times[event] - stamps

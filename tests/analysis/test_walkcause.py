@@ -48,6 +48,24 @@ def test_batches_and_order_do_not_change_the_causes(walks, faults, batch, rnd):
     assert set(followers.rows().tolist()) == expected
 
 
+def test_many_threads_in_a_batch_give_what_a_comparison_per_thread_gives(monkeypatch):
+    """Past :data:`walkcause._FEW_THREADS` threads in a batch the rows are split by one stable sort: the
+    same fault walks as one comparison per thread finds, with walks out of time order too."""
+    rng = np.random.default_rng(5)
+    walk_tid, walk_ts = rng.integers(1, 60, 5000), rng.integers(0, 10**6, 5000)
+    fault_tid, fault_ts = rng.integers(1, 60, 3000), rng.integers(0, 10**6, 3000)
+
+    def fault_rows() -> list[int]:
+        followers = FaultFollowers(fault_tid, fault_ts)
+        for start in range(0, 5000, 700):
+            followers.add(start, walk_tid[start:start + 700], walk_ts[start:start + 700])
+        return followers.rows().tolist()
+
+    sorted_once = fault_rows()
+    monkeypatch.setattr(walkcause, "_FEW_THREADS", 1000)
+    assert sorted_once == fault_rows() and len(sorted_once) > 1000
+
+
 def test_cause_table_golden():
     import pandas as pd
 
