@@ -9,11 +9,15 @@ from typing import List, Optional
 
 import typer
 
-from tracekit.errors import CaptureFormatError, UsageError
-from tracekit.fleet.render import summary_html, summary_json, summary_text
+from tracekit.capture.format import shown_path
+from tracekit.capture.writer import CaptureWriteError
+from tracekit.dataset import Dataset
+from tracekit.errors import AnalysisError, CaptureFormatError, UsageError
+from tracekit.fleet.render import summary_html, summary_json, summary_text, verdicts_text
 from tracekit.fleet.summary import fleet_summary
+from tracekit.fleet.verdicts import store_verdicts, stored_verdicts
 
-__all__ = ["register", "summary", "FORMATS"]
+__all__ = ["register", "summary", "verdicts", "FORMATS"]
 
 FORMATS = ("table", "json", "html")
 
@@ -63,6 +67,44 @@ def summary(
         raise typer.Exit(1)  # the others were summarised; the exit status still says some were not
 
 
+def verdicts(
+    paths: List[str] = typer.Argument(..., help="Captures, directories holding captures, or glob patterns."),
+    again: bool = typer.Option(False, "--again", help="Analyse captures whose verdicts are stored too."),
+) -> None:
+    """Analyse each capture once and keep its verdicts in it (verdicts.json), for the fleet summary.
+
+    The model cross-check, skipped split levels, the mmu_lock and the walk causes, as 'tracekit
+    analyze' gives them; the summary reads them instead of analysing every capture again. A capture
+    whose verdicts are stored (and of its present rows) is skipped unless --again. A capture that
+    cannot be read or written is named on one line and left out; the exit status is then 1.
+
+    Examples:
+
+      tracekit fleet verdicts runs/
+
+      tracekit fleet verdicts 'fleet/**/*.tkcap' --again
+    """
+    ds = Dataset.open(paths, skip_bad=True)
+    problems = list(ds.problems)
+    for cap in ds.captures:
+        try:
+            values = None if again else stored_verdicts(cap)
+        except CaptureFormatError:
+            values = None  # not a verdicts record: written anew
+        try:
+            kept = values is not None
+            values = values or store_verdicts(cap)
+        except (AnalysisError, CaptureFormatError, CaptureWriteError) as error:
+            where = shown_path(cap.path)
+            problems.append(str(error) if where in str(error) else f"{where}: {error}")
+            continue
+        typer.echo(f"{shown_path(cap.path)}: {verdicts_text(values)}{' (kept)' if kept else ''}")
+    for problem in problems:
+        typer.echo(f"tracekit: warning: left out: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+
+
 def _write(output: Path, text: str) -> None:
     if output.is_symlink():
         raise CaptureFormatError(f"refusing to write through a symlink: {output}")
@@ -75,4 +117,5 @@ def _write(output: Path, text: str) -> None:
 def register(app: typer.Typer) -> None:
     fleet = typer.Typer(help="Many captures at once: the fleet summary, on DuckDB or Spark.", no_args_is_help=True)
     fleet.command("summary")(summary)
+    fleet.command("verdicts")(verdicts)
     app.add_typer(fleet, name="fleet")

@@ -7,7 +7,7 @@ the dialect both accept and what each figure means: docs/fleet.md.
 
 from __future__ import annotations
 
-__all__ = ["INPUT_COLUMNS", "FILE_COLUMNS", "FIGURES", "PERCENTILES", "SPLIT_EVENT", "summary_sql"]
+__all__ = ["INPUT_COLUMNS", "FILE_COLUMNS", "ANALYSIS_FIGURES", "FIGURES", "PERCENTILES", "SPLIT_EVENT", "summary_sql"]
 
 #: Input columns named otherwise in the files (``index`` is a keyword in SQL dialects).
 FILE_COLUMNS = {("walk_element", "element_index"): "index"}
@@ -42,13 +42,29 @@ def _latency_figures(prefix: str) -> tuple[str, ...]:
     return (f"{prefix}_count", f"{prefix}_total_ns", *(f"{prefix}_p{q}_ns" for q in PERCENTILES), f"{prefix}_max_ns")
 
 
+#: Captures per stored analysis verdict (``captures`` input columns ``analysed``, ``crosscheck``,
+#: ``skip_levels``, ``mmu_lock``: :mod:`tracekit.fleet.verdicts`) -> the condition counted.
+_VERDICT_COUNTS = {
+    "analysed_captures": "g.analysed = 1",
+    "crosscheck_match_captures": "g.crosscheck = 'match'",
+    "crosscheck_mismatch_captures": "g.crosscheck = 'mismatch'",
+    "skip_levels_yes_captures": "g.skip_levels = 'yes'",
+    "skip_levels_no_captures": "g.skip_levels = 'no'",
+    "mmu_lock_found_captures": "g.mmu_lock = 'found'",
+}
+ANALYSIS_FIGURES = tuple(_VERDICT_COUNTS)
+#: Walks per cause (``analyze``'s ``walk_causes``), summed over the captures with stored verdicts.
+_WALK_CAUSES = ("walks_fault", "walks_emulation", "walks_unknown")
+
 #: Every figure of a summary row, in order (the group and capture columns come first).
 FIGURES: tuple[str, ...] = (
     "captures", "clean_captures", "incomplete_captures", "lossy_captures", "lost_events",
+    *ANALYSIS_FIGURES,
     *_latency_figures("ioctl"), *_latency_figures("clear"),
     "dirty_log_ops", "ops_splits", "splits_per_op",
     "splits", *_latency_figures("split"),
     "walks", "walks_depth_1", "walks_depth_2", "walks_depth_3", "walks_depth_4", "walks_depth_5",
+    *_WALK_CAUSES,
     "stage2_walks", "stage2_visits", *(f"stage2_visits_l{lv}" for lv in range(5)),
     *_latency_figures("lock_wait"),
 )
@@ -104,6 +120,8 @@ def summary_sql() -> str:
                            "CASE WHEN f.dirty_log_ops > 0 THEN CAST(coalesce(f.ops_splits, 0) AS DOUBLE) "
                            "/ CAST(f.dirty_log_ops AS DOUBLE) END AS splits_per_op"
                            for name in FIGURES)
+    verdicts = ",\n    ".join(_count_if(condition, name) for name, condition in _VERDICT_COUNTS.items())
+    causes = ", ".join(f"CAST(sum(g.{name}) AS BIGINT) AS {name}" for name in _WALK_CAUSES)
     joins = "\n".join(f"  LEFT JOIN {cte} AS {alias} ON {alias}.grp = s.grp AND {alias}.cap = s.cap"
                       for cte, alias in _FIGURE_CTES)
     columns = {name: alias for cte, alias in _FIGURE_CTES for name in _CTE_FIGURES[cte]}
@@ -169,7 +187,9 @@ capture_figures AS (
     {_count_if("g.status = 'complete' AND coalesce(g.lost_events, 0) = 0", "clean_captures")},
     {_count_if("coalesce(g.status, '') <> 'complete'", "incomplete_captures")},
     {_count_if("coalesce(g.lost_events, 0) > 0", "lossy_captures")},
-    CAST(sum(coalesce(g.lost_events, 0)) AS BIGINT) AS lost_events
+    CAST(sum(coalesce(g.lost_events, 0)) AS BIGINT) AS lost_events,
+    {verdicts},
+    {causes}
   FROM captures AS g
   {_SETS}
 ),
@@ -228,7 +248,8 @@ _FIGURE_CTES = (("capture_figures", "c"), ("ioctl_figures", "io"), ("clear_figur
                 ("walk_figures", "w"), ("stage2_walk_figures", "sw"), ("stage2_visit_figures", "sv"),
                 ("lock_wait_figures", "lw"))
 _CTE_FIGURES = {
-    "capture_figures": ("captures", "clean_captures", "incomplete_captures", "lossy_captures", "lost_events"),
+    "capture_figures": ("captures", "clean_captures", "incomplete_captures", "lossy_captures", "lost_events",
+                        *ANALYSIS_FIGURES, *_WALK_CAUSES),
     "ioctl_figures": _latency_figures("ioctl"), "clear_figures": _latency_figures("clear"),
     "op_figures": ("dirty_log_ops",), "op_split_figures": ("ops_splits",), "split_count_figures": ("splits",),
     "split_figures": _latency_figures("split"),

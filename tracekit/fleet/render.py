@@ -23,7 +23,7 @@ from tracekit.analysis.common import format_ns, format_table
 from tracekit.fleet.summary import FleetSummary
 from tracekit.render import agg_pyplot
 
-__all__ = ["SCHEMA", "HTML_FIGURES", "summary_text", "summary_json", "summary_html"]
+__all__ = ["SCHEMA", "HTML_FIGURES", "summary_text", "summary_json", "summary_html", "verdicts_text"]
 
 SCHEMA = "tracekit.fleet-summary/1"
 HTML_FIGURES = ("latency", "walk-depth", "splits-per-op")
@@ -42,6 +42,29 @@ def _mix(row: dict, columns: list[str], total: str, label: str) -> str:
     return " ".join(parts) or "-"
 
 
+_VERDICT_WORDS = (("crosscheck_match_captures", "match"), ("crosscheck_mismatch_captures", "MISMATCH"),
+                  ("skip_levels_yes_captures", "skip"), ("skip_levels_no_captures", "no-skip"),
+                  ("mmu_lock_found_captures", "mmu_lock"))
+
+
+def _verdict_mix(row: dict) -> str:
+    """``"3 analysed: 2 match, 1 no-skip"``: the captures per stored verdict ("-" when none analysed)."""
+    analysed = row.get("analysed_captures") or 0
+    if not analysed:
+        return "-"
+    parts = [f"{row[name]} {word}" for name, word in _VERDICT_WORDS if row.get(name)]
+    return f"{analysed} analysed" + (": " + ", ".join(parts) if parts else "")
+
+
+def verdicts_text(values: dict) -> str:
+    """One capture's stored verdicts (:mod:`tracekit.fleet.verdicts`) as a line."""
+    parts = [f"{name} {values[name]}" for name in ("crosscheck", "skip_levels", "mmu_lock") if values.get(name)]
+    if values.get("walks_fault") is not None:
+        parts.append("walks by cause " + " ".join(f"{cause} {values['walks_' + cause]:,}"
+                                                  for cause in ("fault", "emulation", "unknown")))
+    return ", ".join(parts) or "no verdicts (no analysed family)"
+
+
 def _headline(rows: list[dict], first: list[str]) -> pd.DataFrame:
     out = []
     for row in rows:
@@ -53,6 +76,7 @@ def _headline(rows: list[dict], first: list[str]) -> pd.DataFrame:
             "lock_waits": row["lock_wait_count"], "lock_p99_ns": row["lock_wait_p99_ns"],
             "walk depth": _mix(row, _DEPTHS, "walks", "d"),
             "stage-2 visits": _mix(row, _LEVELS, "stage2_visits", "L"),
+            "verdicts": _verdict_mix(row),
         })
     return pd.DataFrame(out)
 

@@ -1,7 +1,8 @@
 """``tracekit fleet summary``: the headline figures of many captures, per capture and per group.
 
-:func:`fleet_summary` opens the captures under the given paths (:class:`tracekit.dataset.Dataset`;
-a capture that cannot be read is left out and named in ``problems``), registers the input tables on
+:func:`fleet_summary` opens the captures under the given paths (:class:`tracekit.dataset.Dataset`)
+and their stored analysis verdicts (:mod:`.verdicts`; a capture that cannot be read, or whose verdicts
+file is not one, is left out and named in ``problems``), registers the input tables on
 the chosen engine (:mod:`.engines`), runs :func:`tracekit.fleet.query.summary_sql` once and returns a
 :class:`FleetSummary`: one row per group (``--by``: capture facts such as the kernel release, host,
 scenario, or a KVM parameter ``kvm.PARAM``), one row per capture, every value a plain int, float, str
@@ -17,11 +18,12 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from tracekit.dataset import Dataset, capture_facts, segments_table
-from tracekit.errors import UsageError
+from tracekit.errors import CaptureFormatError, UsageError
 from tracekit.fleet.engines import ENGINES, duckdb_engine, spark_engine
 from tracekit.fleet.query import FIGURES, INPUT_COLUMNS, summary_sql
+from tracekit.fleet.verdicts import VERDICT_COLUMNS, stored_verdicts
 
-__all__ = ["GROUP_KEYS", "CAPTURE_COLUMNS", "FleetSummary", "fleet_summary", "group_columns"]
+__all__ = ["GROUP_KEYS", "CAPTURE_COLUMNS", "VERDICTS_SHOWN", "FleetSummary", "fleet_summary", "group_columns"]
 
 #: ``--by`` names -> the ``captures`` column each groups by (``kvm.PARAM`` groups by a KVM parameter).
 GROUP_KEYS = {"kernel": "kernel_release", "host": "host", "scenario": "scenario", "arch": "arch",
@@ -31,6 +33,9 @@ GROUP_KEYS = {"kernel": "kernel_release", "host": "host", "scenario": "scenario"
 #: Capture facts shown beside each capture's figures (columns of the ``captures`` table).
 CAPTURE_COLUMNS = ("name", "path", "host", "kernel_release", "arch", "backend", "source_kind", "scenario", "status",
                    "vcpus")
+
+#: The stored analysis verdicts shown beside each capture's figures (:mod:`tracekit.fleet.verdicts`).
+VERDICTS_SHOWN = VERDICT_COLUMNS[:3]
 
 @dataclass
 class FleetSummary:
@@ -83,7 +88,7 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if master is not None and engine != "spark":
         raise UsageError("--master applies to --engine spark only")
-    ds = dataset or Dataset.open(paths, skip_bad=True)
+    ds, verdicts = _with_verdicts(dataset or Dataset.open(paths, skip_bad=True))
     facts = capture_facts(ds, phases=False).to_pylist()
     groups = {f["capture"]: " / ".join(_group_value(f, n) for n in names) for f in facts}
     group_names = sorted(set(groups.values()))
@@ -92,7 +97,11 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
     captures_input = pa.table({"capture": pa.array(range(len(groups)), pa.int64()),
                                "grp": pa.array([group_no[g] for g in groups.values()], pa.int64()),
                                "status": pa.array([f.get("status") for f in facts], pa.string()),
-                               "lost_events": pa.array([f.get("lost_events") for f in facts], pa.int64())})
+                               "lost_events": pa.array([f.get("lost_events") for f in facts], pa.int64()),
+                               "analysed": pa.array([int(verdicts[c] is not None) for c in groups], pa.int64()),
+                               **{name: pa.array([(verdicts[c] or {}).get(name) for c in groups],
+                                                 pa.int64() if name.startswith("walks_") else pa.string())
+                                  for name in VERDICT_COLUMNS}})
     runner = (spark_engine(ds, INPUT_COLUMNS, master=master) if engine == "spark"
               else duckdb_engine(ds, INPUT_COLUMNS, **engine_options))
     try:
@@ -120,9 +129,26 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
             out["capture"] = row["capture"]
             out["label"] = labels[row["capture"]]
             out.update({c: fact.get(c) for c in CAPTURE_COLUMNS})
+            out.update({c: (verdicts[row["capture"]] or {}).get(c) for c in VERDICTS_SHOWN})
         out.update({name: _plain(row[name]) for name in FIGURES})
         (result.captures if row["capture"] else result.groups).append(out)
     return result
+
+
+def _with_verdicts(ds: Dataset) -> tuple[Dataset, dict[str, dict | None]]:
+    """``ds`` without the captures whose verdicts file is unreadable (named in its problems), and each
+    capture's stored verdicts (None: not analysed, or analysed as other rows)."""
+    kept, problems, verdicts = [], list(ds.problems), {}
+    for cap in ds.captures:
+        try:
+            verdicts[cap.capture_id] = stored_verdicts(cap)
+        except CaptureFormatError as error:
+            problems.append(str(error))
+            continue
+        kept.append(cap)
+    if not kept:
+        raise CaptureFormatError(problems[-1] if len(problems) == 1 else f"no readable capture ({len(problems)} refused)")
+    return (ds if len(kept) == len(ds.captures) else Dataset(kept, problems)), verdicts
 
 
 def _labels(facts: list[dict]) -> dict[str, str]:
