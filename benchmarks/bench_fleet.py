@@ -5,7 +5,8 @@ every family a capture can hold): each shape's families are tiled (timestamps sh
 distinct) to about ``--rows`` rows per capture (at most ``--max-seconds`` of trace time) and written by
 the capture writer segmented as the recorder does, a segment per family per ``--segment-seconds`` of
 trace time or ``--segment-rows``; the captures of one shape share its segment files through hard links
-(a new manifest each: own capture id, host and start), so the dataset costs the disk of one copy per shape. Then, each in a
+(a new manifest each: own capture id, host and start), so the dataset costs the disk of one copy per shape;
+each shape is analysed once and every capture gets its stored verdicts (``tracekit fleet verdicts``). Then, each in a
 child process of its own (peak memory = the child's maximum RSS):
 
 - ``count(*)``: DuckDB's ``SELECT count(*)`` over every segment (the plain scan the target is against;
@@ -109,6 +110,11 @@ def make_dataset(root: Path, captures: int, rows: int, segment_rows: int, segmen
     for i, name in enumerate(SHAPES):
         path = templates / f"shape{i}.tkcap"
         shapes.append((path, make_template(SAMPLES / name, path, rows, segment_rows, segment_seconds, max_seconds)))
+    from tracekit.capture import open_capture
+    from tracekit.fleet.verdicts import VERDICTS_NAME, store_verdicts
+
+    for path, _ in shapes:
+        store_verdicts(open_capture(path))
     fleet = root / "fleet"
     total = 0
     for n in range(captures):
@@ -118,7 +124,7 @@ def make_dataset(root: Path, captures: int, rows: int, segment_rows: int, segmen
             dest = target / source.relative_to(shape)
             if source.is_dir():
                 dest.mkdir(parents=True, exist_ok=True)
-            elif source.name != "capture.json":
+            elif source.name not in ("capture.json", VERDICTS_NAME):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.link(source, dest)
         manifest = json.loads((shape / "capture.json").read_text())
@@ -126,6 +132,8 @@ def make_dataset(root: Path, captures: int, rows: int, segment_rows: int, segmen
         manifest.update(capture_id=str(uuid.UUID(int=n + 1)), host=f"host{n % 50:02d}",
                         kernel_release=_KERNELS[(n // len(shapes)) % len(_KERNELS)].format(arch=arch))
         (target / "capture.json").write_text(json.dumps(manifest))
+        verdicts = json.loads((shape / VERDICTS_NAME).read_text())
+        (target / VERDICTS_NAME).write_text(json.dumps({**verdicts, "capture_id": manifest["capture_id"]}))
         total += shape_rows
     return {"captures": captures, "rows": total, "fleet": str(fleet), "shapes": len(shapes)}
 
@@ -178,7 +186,8 @@ def step_summary(paths: list[str], engine: str, memory_limit: str | None = None)
     t2 = time.perf_counter()
     return {"captures": len(result.captures), "groups": len(result.groups), "open_seconds": t1 - t0,
             "query_seconds": t2 - t1, "seconds": t2 - t0, "problems": len(ds.problems),
-            "walks": sum(g["walks"] for g in result.groups)}
+            "walks": sum(g["walks"] for g in result.groups),
+            "analysed": sum(g["analysed_captures"] for g in result.groups)}
 
 
 def _child(step: str, paths: list[str], engine: str = "duckdb", memory_limit: str | None = None) -> dict:
