@@ -26,6 +26,8 @@ __all__ = ["Codes", "ShapeCodes", "WalkGroups", "walk_group_counts", "walk_frame
 #: Group keys counted with one dense ``bincount`` up to this many possible combinations.
 _DENSE_KEYS = 1 << 22
 _CHUNK = 1 << 20
+#: Level paths kept as they are in a shape's key (below them, 20 bits of depth and leaf fit an int64).
+_DIRECT_PATHS = 1 << 43
 
 
 def _narrowest(count: int) -> np.dtype:
@@ -75,32 +77,40 @@ class Codes:
 
 class ShapeCodes:
     """Each walk's rebuilt shape (depth, leaf level, level path) as one :class:`Codes` code, code 0 for a
-    walk not rebuilt (no elements): the sink :func:`.walkstream.stream_walks` fills, a byte or two per walk."""
+    walk not rebuilt (no elements): the sink :func:`.walkstream.stream_walks` fills, a byte or two per walk.
+    A shape's key holds its level path itself (paths below 2**43, up to 12 levels), or (negative) a code of
+    a longer path."""
 
     def __init__(self, n: int):
         self.paths = Codes(0, first=(0,))
-        self.codes = Codes(n, first=(0,))  # key 0: depth 0, leaf -1 (+1 = 0), path code 0 (path 0)
+        self.codes = Codes(n, first=(0,))  # key 0: depth 0, leaf -1 (+1 = 0), path 0
 
     def rebuilt(self, wi: np.ndarray) -> np.ndarray:
         return self.codes.codes[wi] != 0
 
     def put(self, wi: np.ndarray, counts: np.ndarray, root: np.ndarray, leaf: np.ndarray, path: np.ndarray) -> None:
-        key = self.paths.encode(path) << 20  # depths saturate at 32767: 16 bits, the leaf level 4
+        long = path >= _DIRECT_PATHS
+        key = np.where(long, 0, path) << 20  # depths saturate at 32767: 16 bits, the leaf level 4
         key |= depth_of(counts).astype(np.int64) << 4
         key |= leaf.astype(np.int64) + 1
+        if long.any():
+            key[long] = -1 - (key[long] | self.paths.encode(path[long]) << 20)
         self.codes.put(wi, key)
 
     def decode(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ``depth`` (int16), ``leaf_level`` (int8) and ``level_path`` (int64) of shape ``codes``."""
         key = self.codes.decode(codes)
+        long = key < 0
+        key = np.where(long, -1 - key, key)
+        path = key >> 20
         return (((key >> 4) & 0xFFFF).astype(np.int16), ((key & 0xF) - 1).astype(np.int8),
-                self.paths.decode(key >> 20))
+                np.where(long, self.paths.decode(np.where(long, path, 0)), path))
 
 
 class _GroupCodes:
     """The ``on_walks`` sink of :func:`walk_group_counts`: per walk a code of (its thread's vCPU from the
-    manifest, its phase, its fault code), through a code of each (vCPU, phase) pair; feeds the fault
-    followers on the way."""
+    manifest, its phase, its fault code), through a code of each (vCPU, phase) pair when they are too many
+    for the key itself; feeds the fault followers on the way."""
 
     def __init__(self, n: int, manifest: dict, phase_table: pd.DataFrame, followers: FaultFollowers | None):
         mapping = vcpu_map(manifest)
@@ -113,8 +123,9 @@ class _GroupCodes:
         self.phase_codes = phases_mod.PhaseCodes(phase_table)
         self.phase_names = self.phase_codes.names
         self.followers = followers
-        self.pairs = Codes(0)  # (vCPU code << 32 | phase code) -> pair code
-        self.groups = Codes(n)  # per walk: pair code << 32 | fault code
+        self.pairs = Codes(0)  # (vCPU code << 32 | phase code) -> pair code, when they do not fit a key directly
+        self.direct = len(self.vcpu_values) < 1 << 15 and len(self.phase_names) < 1 << 16
+        self.groups = Codes(n)  # per walk: (vCPU code << 16 | phase code, or pair code) << 32 | fault code
         self.n = n
         self.causes: np.ndarray | None = None  # per walk its cause, once every walk was read
 
@@ -125,16 +136,19 @@ class _GroupCodes:
         if start + len(tid) == self.n and self.followers is not None:  # the last walks: the causes are known,
             self.causes = cause_codes(self.n, self.followers)           # the fault times freed before the elements
             self.followers.release()
-        pair = lookup_tids(tid, self._tids, self._tid_codes, self._unknown) << 32
-        pair |= self.phase_codes(ts).astype(np.int64)
-        key = self.pairs.encode(pair) << 32
+        vcpu, phase = lookup_tids(tid, self._tids, self._tid_codes, self._unknown), self.phase_codes(ts).astype(np.int64)
+        if self.direct:  # vCPU code << 48 | phase code << 32 | fault code
+            key = vcpu << 48
+            key |= phase << 32
+        else:
+            key = self.pairs.encode(vcpu << 32 | phase) << 32
         key |= columns["pferr"].astype(np.int64)
         self.groups.put(slice(start, start + len(tid)), key)
 
     def decode(self, codes: np.ndarray) -> tuple[np.ndarray, pd.Categorical, np.ndarray]:
         """The ``vcpu`` (int64), ``phase`` and ``pferr`` (uint32) of group ``codes``."""
         key = self.groups.decode(codes)
-        pair = self.pairs.decode(key >> 32)
+        pair = ((key >> 48) << 32 | (key >> 32) & 0xFFFF) if self.direct else self.pairs.decode(key >> 32)
         phase = pd.Categorical.from_codes(pair & 0xFFFF_FFFF, categories=self.phase_names)
         return self.vcpu_values[pair >> 32], phase, (key & 0xFFFF_FFFF).astype(np.uint32)
 

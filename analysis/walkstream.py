@@ -38,21 +38,36 @@ MAX_PASSES = 3
 STREAM_COLUMNS = (*ELEMENT_COLUMNS, "cpu")
 _LOW_BITS = np.uint64((1 << 48) - 1)
 _ID_CHUNK = 1 << 20
+#: Walk ids per block of the id map's table (:class:`IdScan`).
+_BLOCK_BITS = 12
+_BLOCK = 1 << _BLOCK_BITS
+_BLOCK_MASK = np.uint64(_BLOCK - 1)
 
 
 class IdScan:
-    """What :class:`RowMap` needs to know of the walk ids before placing them, gathered a chunk at a time
-    in row order (:meth:`add`): their number, whether they are consecutive and in order, and per
-    ``hi = id >> 48`` (when every ``hi`` < 2**16) the number of ids and the smallest and largest ``lo``."""
+    """The walk ids of a walk table of ``n`` rows, given a chunk at a time in row order (:meth:`add`) and
+    placed in the id map's table as they come, so they need not be kept: their number, whether they are
+    consecutive and in order (then no table), and the table of ids ``hi << 48 | lo`` whose ``lo`` are
+    nearly consecutive for each ``hi`` (blocks of :data:`_BLOCK` ids; ``table`` None once the ids turn
+    out sparse or an id repeats, and the map reads them once more)."""
 
-    def __init__(self) -> None:
+    def __init__(self, n: int) -> None:
         self.n = 0
         self.first: np.uint64 | None = None
         self.last: np.uint64 | None = None
         self.increasing = True
-        self.count: np.ndarray | None = np.zeros(1 << 16, np.int64)
-        self.base = np.full(1 << 16, np.iinfo(np.int64).max, np.int64)
-        self.top = np.full(1 << 16, -1, np.int64)
+        self._consecutive = True  # every id so far first + its row: the table is made only once one is not
+        self.table: np.ndarray | None = spill.full((n // _BLOCK + 64) << _BLOCK_BITS, 0, np.int32 if n < 1 << 31
+                                                   else np.int64)  # row + 1 per slot, 0 in gaps
+        self.blocks = 0  # blocks of the table in use
+        self._max_blocks = (2 * n + 4096) // _BLOCK  # and two more per hi (its first and last block)
+        self.hi_index = np.zeros(1 << 16, np.int64)  # hi -> its row of the directory (0: no ids of it)
+        self.his = [0]  # the hi of each directory row (row 0: none)
+        self.dir_base = np.zeros(1, np.int64)  # per directory row its first block number (lo >> _BLOCK_BITS)
+        self.width = 1
+        self.directory = np.full(1, -1, np.int64)  # (directory row, block number - base) -> block of the table
+        self.block_row = np.zeros(0, np.int64)  # per block of the table its directory row and block number
+        self.block_number = np.zeros(0, np.int64)
 
     def add(self, ids: np.ndarray) -> None:
         if len(ids) == 0:
@@ -61,43 +76,133 @@ class IdScan:
             self.first = ids[0]
         if self.increasing:
             self.increasing = bool(np.all(ids[1:] > ids[:-1])) and (self.last is None or bool(ids[0] > self.last))
+        start = self.n
         self.last = ids[-1]
         self.n += len(ids)
-        if self.count is not None:
-            hi = (ids >> np.uint64(48)).view(np.int64)
-            if int(hi.max()) >= 1 << 16:
-                self.count = None
-            else:
-                self.count += np.bincount(hi, minlength=1 << 16)
-                lo = (ids & _LOW_BITS).view(np.int64)
-                np.minimum.at(self.base, hi, lo)
-                np.maximum.at(self.top, hi, lo)
+        if self._consecutive:
+            self._consecutive = (self.increasing and int(ids[0]) - int(self.first) == start
+                                 and int(ids[-1]) - int(self.first) == self.n - 1)
+            if self._consecutive:
+                return
+            for first in range(0, start, _ID_CHUNK):  # the ids before: first + their rows
+                count = min(_ID_CHUNK, start - first)
+                self._place(self.first + np.arange(first, first + count, dtype=np.uint64), first)
+        self._place(ids, start)
 
     @property
     def consecutive(self) -> bool:
-        return self.n > 0 and self.increasing and int(self.last) - int(self.first) == self.n - 1
+        return self.n > 0 and self._consecutive
+
+    def _place(self, ids: np.ndarray, start: int) -> None:
+        """Rows ``start`` ... of ``ids`` into the table (their blocks made as needed)."""
+        if self.table is None:
+            return
+        ids = np.asarray(ids, np.uint64)
+        hi = (ids >> np.uint64(48)).view(np.int64)
+        block = ((ids & _LOW_BITS) >> np.uint64(_BLOCK_BITS)).view(np.int64)
+        row = self.hi_index[hi]
+        if not row.all():  # a new hi
+            for value in np.unique(hi[row == 0]).tolist():
+                self.hi_index[value] = len(self.his)
+                self.his.append(value)
+            row = self.hi_index[hi]
+        rel = block - self.dir_base[row] if len(self.dir_base) == len(self.his) else None
+        if rel is None or not ((rel >= 0) & (rel < self.width)).all():
+            if not self._relayout(row, block):
+                return self._drop()
+            rel = block - self.dir_base[row]
+        entry = row * self.width + rel
+        found = self.directory[entry]
+        missing = found < 0
+        if missing.any():
+            wanted = np.zeros(len(self.directory), bool)
+            wanted[entry[missing]] = True
+            if not self._new_blocks(np.flatnonzero(wanted)):
+                return self._drop()
+            found = self.directory[entry]
+        slot = (found << _BLOCK_BITS) | (ids & _BLOCK_MASK).view(np.int64)
+        self.table[slot] = np.arange(start + 1, start + 1 + len(ids), dtype=self.table.dtype)
+        spill.trim()
+
+    def repeats(self) -> bool:
+        """Whether some id came twice (fewer slots of the table filled than ids placed)."""
+        filled = 0
+        for first in range(0, self.blocks << _BLOCK_BITS, _ID_CHUNK):
+            filled += int(np.count_nonzero(self.table[first:min(first + _ID_CHUNK, self.blocks << _BLOCK_BITS)]))
+            spill.trim()
+        return filled != self.n
+
+    def _relayout(self, row: np.ndarray, block: np.ndarray) -> bool:
+        """Widen the directory to every directory row's blocks so far and in ``block``; False when it would
+        outgrow the ids (sparse ids)."""
+        rows = len(self.his)
+        low = np.full(rows, np.iinfo(np.int64).max, np.int64)
+        high = np.full(rows, -1, np.int64)
+        np.minimum.at(low, row, block)
+        np.maximum.at(high, row, block)
+        old = len(self.dir_base)
+        used = np.zeros(rows, bool)
+        used[np.unique(self.block_row)] = True
+        base_old = np.r_[self.dir_base, np.zeros(rows - old, np.int64)]
+        low = np.where(used, np.minimum(low, base_old), low)
+        top_old = np.r_[self.dir_base + self.width - 1, np.full(rows - old, -1, np.int64)]
+        high = np.where(used, np.maximum(high, top_old), high)
+        low[0], high[0] = 0, 0
+        span = np.where(high >= low, high - low + 1, 1)
+        width = int(span.max())
+        width += width // 4 + 16  # room to grow
+        if rows * width > 4 * (self._max_blocks + 2 * rows) + 65536:
+            return False
+        base = np.where(high >= low, low, 0)
+        directory = np.full(rows * width, -1, np.int64)
+        if len(self.block_row):
+            directory[self.block_row * width + self.block_number - base[self.block_row]] = np.arange(len(self.block_row))
+        self.dir_base, self.width, self.directory = base, width, directory
+        return True
+
+    def _new_blocks(self, entries: np.ndarray) -> bool:
+        """Blocks of the table for directory ``entries``; False past the table's most blocks."""
+        count = len(entries)
+        most = self._max_blocks + 2 * len(self.his)
+        if self.blocks + count > most:
+            return False
+        if (self.blocks + count) << _BLOCK_BITS > len(self.table):
+            size = min(max(self.blocks + count, 2 * (len(self.table) >> _BLOCK_BITS)), most)
+            self.table = spill.widened(self.table, self.table.dtype, size << _BLOCK_BITS)
+        row, number = entries // self.width, entries % self.width + self.dir_base[entries // self.width]
+        self.directory[entries] = np.arange(self.blocks, self.blocks + count)
+        self.block_row = np.concatenate((self.block_row, row))
+        self.block_number = np.concatenate((self.block_number, number))
+        self.blocks += count
+        return True
+
+    def _drop(self) -> None:
+        self.table = None  # sparse or repeated ids: the map sorts them instead
+
+    def release(self) -> None:
+        self.table = None
 
 
 class RowMap:
     """Walk id -> row of the walk table; an id that repeats maps to its first row, and :meth:`repeats`
     names the later rows of each (they get that walk's elements too).
 
-    Ids ``hi << 48 | lo`` whose ``lo`` are nearly consecutive for each ``hi`` (the recorder's per-CPU
-    sequences, with gaps where walk events were lost; or plain consecutive ids) map through one lookup
-    table of 4 bytes per id; other ids by binary search (16 bytes per id).
-    Made from an id array, or (:meth:`from_chunks`) from an :class:`IdScan` and a source of the ids in
-    chunks (the ids kept in a :mod:`.spill` file as the walks were read), a chunk at a time."""
+    Consecutive ids map by their offset; ids ``hi << 48 | lo`` whose ``lo`` are nearly consecutive for
+    each ``hi`` (the recorder's per-CPU sequences, with gaps where walk events were lost) through the
+    table :class:`IdScan` made of them, a directory of blocks of 4 bytes per id; other ids by binary
+    search (16 bytes per id). Made from an id array, or (:meth:`from_chunks`) from an :class:`IdScan`
+    that saw every id and a source of the ids in chunks, read only for the binary search."""
 
     def __init__(self, ids: np.ndarray):
         ids = np.asarray(ids, dtype=np.uint64)
-        scan = IdScan()
+        scan = IdScan(len(ids))
         for start in range(0, len(ids), _ID_CHUNK):
             scan.add(ids[start:start + _ID_CHUNK])
         self._build(scan, lambda: (ids[start:start + _ID_CHUNK] for start in range(0, len(ids), _ID_CHUNK)), ids)
 
     @classmethod
     def from_chunks(cls, scan: IdScan, chunks: Callable[[], Iterable[np.ndarray]]) -> RowMap:
-        """The map of the ids ``chunks()`` yields in row order, ``scan`` having seen them all."""
+        """The map of the ids ``scan`` saw; ``chunks()`` yields them again in row order when it must sort them."""
         row_map = cls.__new__(cls)
         row_map._build(scan, chunks, None)
         return row_map
@@ -111,8 +216,13 @@ class RowMap:
             return
         if scan.consecutive:
             self._first = scan.first  # consecutive ids in order: the row is the id's offset
+            scan.release()
             return
-        if scan.count is not None and self._per_cpu_lookup(scan, chunks):
+        if scan.table is not None and not scan.repeats():
+            self._lookup, self._hi_index, self._base, self._width = (scan.table, scan.hi_index, scan.dir_base,
+                                                                     scan.width)
+            self._directory, self._his = scan.directory, np.array(scan.his, np.uint64)
+            self._block_row, self._block_number = scan.block_row, scan.block_number
             return
         if ids is None:
             ids = np.concatenate([np.asarray(part, np.uint64) for part in chunks()])
@@ -127,35 +237,6 @@ class RowMap:
             self.first_rows, self.repeated = first[by_first].astype(np.int64), later[by_first].astype(np.int64)
         self._sorted, self._order = ids_sorted, order
 
-    def _per_cpu_lookup(self, scan: IdScan, chunks: Callable[[], Iterable[np.ndarray]]) -> bool:
-        """Build the lookup table over each ``hi``'s range of ``lo`` (-1 in its gaps), a chunk at a time
-        (small temporaries stay in cache); False when the ranges hold more than twice as many slots as
-        ids, or an id repeats."""
-        n, base = self.n, scan.base
-        span = np.where(scan.count > 0, scan.top - base + 1, 0)
-        if int(span.sum()) > 2 * n + 4096:
-            return False
-        offset = np.concatenate(([0], np.cumsum(span)[:-1]))
-        shift = offset - np.where(span > 0, base, 0)  # slot = lo + shift[hi]
-        lookup = spill.full(int(span.sum()), -1, np.int32 if n < 1 << 31 else np.int64)
-        start = 0
-        for part in chunks():
-            part = np.asarray(part, np.uint64)
-            hi = (part >> np.uint64(48)).view(np.int64)
-            slot = (part & _LOW_BITS).view(np.int64)
-            slot += shift[hi]
-            lookup[slot] = np.arange(start, start + len(part), dtype=lookup.dtype)
-            start += len(part)
-            spill.trim()
-        filled = 0
-        for first in range(0, len(lookup), _ID_CHUNK):
-            filled += int(np.count_nonzero(lookup[first:first + _ID_CHUNK] >= 0))
-            spill.trim()
-        if filled != n:  # an id repeats: fewer slots filled than ids
-            return False
-        self._lookup, self._count, self._base, self._offset = lookup, span, base, offset
-        return True
-
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """The row of each id (int64), -1 for ids the walk table does not have."""
         ids = np.asarray(ids, dtype=np.uint64)
@@ -165,12 +246,19 @@ class RowMap:
             offset = ids - self._first  # ids below the first wrap around to large offsets
             return np.where(offset < np.uint64(self.n), offset.view(np.int64), -1)
         if self._lookup is not None:
-            hi = ids >> np.uint64(48)
-            known = hi < np.uint64(len(self._count))
-            h = np.where(known, hi, 0).astype(np.intp)
-            within = (ids & _LOW_BITS).astype(np.int64) - self._base[h]
-            known &= (within >= 0) & (within < self._count[h])
-            return np.where(known, self._lookup[np.where(known, within + self._offset[h], 0)], -1).astype(np.int64)
+            row = self._hi_index[(ids >> np.uint64(48)).view(np.int64)]
+            rel = ((ids & _LOW_BITS) >> np.uint64(_BLOCK_BITS)).view(np.int64) - self._base[row]
+            known = (rel >= 0) & (rel < self._width)
+            every = bool(known.all())  # the usual case: no unknown id, no masking
+            block = self._directory[row * self._width + (rel if every else np.where(known, rel, 0))]
+            known &= block >= 0
+            every = every and bool(known.all())
+            slot = (block << _BLOCK_BITS) | (ids & _BLOCK_MASK).view(np.int64)
+            found = self._lookup[slot if every else np.where(known, slot, 0)].astype(np.int64)
+            if not every:
+                found *= known
+            found -= 1
+            return found
         pos = np.minimum(np.searchsorted(self._sorted, ids), self.n - 1)
         return np.where(self._sorted[pos] == ids, self._order[pos], -1)
 
@@ -198,18 +286,19 @@ class RowMap:
         if self._first is not None:
             return self._first + rows.astype(np.uint64)
         table = self._lookup if self._lookup is not None else self._order
+        wanted = rows + 1 if self._lookup is not None else rows  # the table holds row + 1
         found = {}
         for first in range(0, len(table), _ID_CHUNK):  # a block at a time: the table may be spilled
             block = table[first:first + _ID_CHUNK]
-            where = np.flatnonzero(np.isin(block, rows))
+            where = np.flatnonzero(np.isin(block, wanted))
             found.update(zip(block[where].tolist(), (where + first).tolist()))
             spill.trim()
-        slots = np.array([found[r] for r in rows.tolist()], np.int64)
+        slots = np.array([found[r] for r in wanted.tolist()], np.int64)
         if self._lookup is None:
             return self._sorted[slots]
-        hi = np.searchsorted(self._offset, slots, side="right") - 1
-        lo = slots - self._offset[hi] + self._base[hi]
-        return (hi.astype(np.uint64) << np.uint64(48)) | lo.astype(np.uint64)
+        block = slots >> _BLOCK_BITS
+        lo = (self._block_number[block] << _BLOCK_BITS) | (slots & (_BLOCK - 1))
+        return (self._his[self._block_row[block]] << np.uint64(48)) | lo.astype(np.uint64)
 
 
 class prefetch:  # noqa: N801 - used like a generator function
@@ -442,15 +531,17 @@ class _Rebuilder:
             self._mark, self._owner = np.zeros(size, bool), np.zeros(size, np.int32)
         return self._mark[:span], self._owner[:span]
 
-    def _cpu_tail(self, cpu: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _cpu_tail(self, cpu: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """For a batch of ``n`` rows (``cpu``: each row's CPU; None or a negative CPU: one stream): each
         row's CPU (0 for every row without ``cpu``), per CPU the first row of its last :data:`HOLD_ROWS`
-        rows in the batch, and per CPU the rows fed once the batch is (:attr:`cpu_seen` grown). Only the
-        batch's last rows are searched, a few times :data:`HOLD_ROWS` of them for the busy CPUs."""
+        rows in the batch, per CPU the rows fed once the batch is (:attr:`cpu_seen` grown), and the
+        first row of any CPU's last rows. Only the batch's last rows are searched, a few times
+        :data:`HOLD_ROWS` of them for the busy CPUs."""
         if cpu is None or int(cpu.min()) < 0:  # one stream: its last HOLD_ROWS rows
             per_cpu = np.zeros(len(self.cpu_seen), np.int64)
             per_cpu[0] = n
-            return np.zeros(n, np.int8), np.array([max(n - HOLD_ROWS, 0)], np.int64), self.cpu_seen + per_cpu
+            lowest = max(n - HOLD_ROWS, 0)
+            return np.zeros(n, np.int8), np.array([lowest], np.int64), self.cpu_seen + per_cpu, lowest
         cpus = cpu
         top = int(cpus.max()) + 1
         if top > len(self.cpu_seen):
@@ -467,7 +558,7 @@ class _Rebuilder:
                     first[c] = n - window + np.flatnonzero(tail == c)[-HOLD_ROWS]
                 break
             window = min(n, 4 * window)
-        return cpus, first, self.cpu_seen + per_cpu
+        return cpus, first, self.cpu_seen + per_cpu, int(first[per_cpu > 0].min())
 
     def feed(self, wid: np.ndarray, idx: np.ndarray, level: np.ndarray, pte: np.ndarray,
              cpu: np.ndarray | None = None, *, last: bool) -> None:
@@ -484,17 +575,19 @@ class _Rebuilder:
         starts, counts, same = _runs(wid)
         wi = self.row_map.rows(wid[starts])
         orphan = wi < 0
-        if orphan.any():
+        some_orphans = bool(orphan.any())
+        if some_orphans:
             state.orphans += int(counts[orphan].sum())
         if len(self.aside) and self._set_aside(wi, starts, counts, idx, level, pte, cpu_of):
             orphan = wi < 0  # the walks set aside are left out here like orphans
+            some_orphans = True
         # Runs out of index order, walks with several runs here, walks held from before or seen at the
         # end of this batch: gathered with the held rows and sorted by (walk, index).
         disorder = np.flatnonzero(same & (idx[1:] <= idx[:-1]))
         flagged = np.zeros(len(starts), bool)
         if len(disorder):
             flagged[np.searchsorted(starts, disorder, side="right") - 1] = True
-        valid = np.flatnonzero(~orphan)
+        valid = np.flatnonzero(~orphan) if some_orphans else slice(None)
         v_wi = wi[valid]
         low = int(v_wi.min()) if len(v_wi) else 0
         mark, owner = self._scratch(int(v_wi.max()) - low + 1 if len(v_wi) else 0)
@@ -504,10 +597,12 @@ class _Rebuilder:
         owner[local] = order
         repeated = v_wi[owner[local] != order]
         holding: np.ndarray | None = None
-        cpus, first, seen_after = self._cpu_tail(cpu, n)
+        cpus, first, seen_after, lowest = self._cpu_tail(cpu, n)
         if not last:  # the walks seen in the last HOLD_ROWS rows of their CPU (by a run's ends) may go on
             ends = starts + counts - 1
-            tail = np.flatnonzero((ends >= first[cpus[ends]]) | (starts >= first[cpus[starts]]))
+            late = int(np.searchsorted(ends, lowest))  # the runs before end before every CPU's last rows
+            l_starts, l_ends = starts[late:], ends[late:]
+            tail = late + np.flatnonzero((l_ends >= first[cpus[l_ends]]) | (l_starts >= first[cpus[l_starts]]))
             holding = wi[tail][wi[tail] >= 0]
             if self.held is not None:
                 recent = self.held[5] >= seen_after[self.held[4]] - HOLD_ROWS
@@ -523,8 +618,11 @@ class _Rebuilder:
             flagged[valid] |= mark[local]
             for walks in flag_walks:
                 mark[walks] = False
-        flagged &= ~orphan
-        clean = np.flatnonzero(~flagged & ~orphan)
+        if some_orphans:
+            flagged &= ~orphan
+            clean = np.flatnonzero(~flagged & ~orphan)
+        else:
+            clean = np.flatnonzero(~flagged)
         state.process(wi[clean], starts[clean], counts[clean], level, pte, cpu_of)
         if flagged.any():
             rows = _expand(starts[flagged], counts[flagged])
@@ -692,8 +790,7 @@ def stream_walks(cap: Any, shapes: Callable[[int], Any] | None = None, *, on_wal
     model = ModelCache(model_walk) if model_walk is not None else None
     model_rows = spill.full(n if model is not None else 0, 0, np.uint8)  # per walk its row in the model cache
     selected = spill.full(n, False, bool) if select is not None else None
-    ids = spill.full(n, 0, np.uint64)  # the walk ids, for the id map (in a file when large: never held)
-    scan = IdScan()
+    scan = IdScan(n)  # the id map's table, made as the walk ids are read
     with _element_reader(cap) as reader:  # decodes the first element batches while the walks are read
         start = 0
         for columns in _walk_batches(cap, WALK_COLUMNS):
@@ -701,7 +798,6 @@ def stream_walks(cap: Any, shapes: Callable[[int], Any] | None = None, *, on_wal
             if start + count > n:
                 raise AnalysisError(f"{cap.path}: the walk family holds more rows than its segments say")
             scan.add(columns["walk_id"])
-            ids[start:start + count] = columns["walk_id"]
             if model is not None:
                 rows = model.rows(columns["addr"])
                 model_rows = _widened(model_rows, len(model))
@@ -712,9 +808,7 @@ def stream_walks(cap: Any, shapes: Callable[[int], Any] | None = None, *, on_wal
                 on_walks(start, columns)
             start += count
             spill.trim()
-        row_map = RowMap.from_chunks(scan, lambda: (ids[first:min(first + _ID_CHUNK, start)]
-                                                    for first in range(0, start, _ID_CHUNK)))
-        del ids
+        row_map = RowMap.from_chunks(scan, lambda: (part["walk_id"] for part in _walk_batches(cap, ["walk_id"])))
         state = feed_passes(row_map, lambda: _State(n, shapes(n), row_map, model, model_rows, limit, selected,
                                                     LostCpus(cap.manifest)),
                             lambda: _element_stream(cap), _element_batches(reader))
