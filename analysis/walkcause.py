@@ -57,8 +57,9 @@ def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequenc
             if fault.any():
                 stamps.add(batch.column("tid").to_numpy(zero_copy_only=False)[fault],
                            batch.column("ts_ns").to_numpy(zero_copy_only=False)[fault])
-            if also:
-                kept_also.append(pa.Table.from_batches([batch.take(pa.array(np.flatnonzero(is_also[which])))]))
+            kept = is_also[which]
+            if also and (kept.any() or not kept_also):  # (the first batch's kept even when empty: the schema)
+                kept_also.append(pa.Table.from_batches([batch.take(pa.array(np.flatnonzero(kept)))]))
     followers = FaultFollowers.from_stamps(stamps, window_ns)
     if also:
         followers.also = pa.concat_tables(kept_also) if kept_also else cap.schema("mmu").empty_table().select(columns)
@@ -150,21 +151,23 @@ class FaultFollowers:
             k = int(np.searchsorted(self._tids, t))
             times, best_gap = self._ts[k], self._best_gap[k]
             stamps = ts_ns[rows]
-            # the first fault event after each walk, searched among those of the batch's span
+            # the first fault event after each walk, searched among those of the batch's span (and the one after)
             low, high = np.searchsorted(times, (stamps.min(), stamps.max()), side="right").tolist()
-            event = low + np.searchsorted(times[low:high], stamps, side="right")
-            ok = event < len(times)
-            event, stamps, rows = event[ok], stamps[ok], rows[ok]
-            ok = times[event] - stamps <= self._window
-            event, stamps, rows = event[ok], stamps[ok], rows[ok]
+            event = np.searchsorted(times[low:high], stamps, side="right")
+            span = times[low:high + 1] if high < len(times) else np.append(times[low:high], 0)
+            gap = span[event] - stamps
+            ok = gap <= self._window
+            if high == len(times):
+                ok &= event < high - low  # no fault event after the walk
+            if not ok.all():
+                event, stamps, gap, rows = event[ok], stamps[ok], gap[ok], rows[ok]
             if not len(event):
                 continue
             if not bool(np.all(stamps[1:] >= stamps[:-1])):  # in time order (as mostly), so are the events
                 order = np.lexsort((stamps, event))  # per event, its latest walk last
-                event, stamps, rows = event[order], stamps[order], rows[order]
+                event, gap, rows = event[order], gap[order], rows[order]
             last = np.append(event[1:] != event[:-1], True)
-            event, stamps, rows = event[last], stamps[last], rows[last]
-            gap = times[event] - stamps
+            event, gap, rows = event[last] + low, gap[last], rows[last]
             if start + len(tid) > np.iinfo(self._best_row[k].dtype).max:
                 self._best_row[k] = spill.widened(self._best_row[k], np.int64)
             newer = gap < best_gap[event]
