@@ -175,11 +175,10 @@ def step_columns(paths: list[str]) -> dict:
 
 
 def step_summary(paths: list[str], engine: str, memory_limit: str | None = None) -> dict:
-    from tracekit.dataset import Dataset
-    from tracekit.fleet.summary import fleet_summary
+    from tracekit.fleet.summary import fleet_summary, summary_dataset
 
     t0 = time.perf_counter()
-    ds = Dataset.open(paths, skip_bad=True)
+    ds = summary_dataset(paths)
     t1 = time.perf_counter()
     options = {"memory_limit": memory_limit} if memory_limit else {}
     result = fleet_summary(paths, by="kernel", engine=engine, dataset=ds, **options)

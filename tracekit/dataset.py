@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Collection, Iterable, Sequence, Union
 
 import pyarrow as pa
 
@@ -150,11 +150,12 @@ class Dataset:
 
     @classmethod
     def open(cls, paths: Iterable[str | os.PathLike] | str | os.PathLike, *, skip_bad: bool = False,
-             verify_pages: bool = False) -> "Dataset":
+             verify_pages: bool = False, families: Collection[str] | None = None) -> "Dataset":
         """Open every capture under ``paths`` (see :func:`find_captures`). A capture that cannot be opened
         raises CaptureFormatError, or with ``skip_bad`` is listed in ``problems``; no capture at all raises.
         Opening checks manifests and segment footers; ``verify_pages`` also reads every data page against
-        its CRC (a whole read: SQL engines do not check page checksums themselves)."""
+        its CRC (a whole read: SQL engines do not check page checksums themselves). With ``families``
+        only those families' footers are read (:func:`tracekit.capture.reader.open_capture`)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         captures: list[Capture] = []
@@ -163,7 +164,7 @@ class Dataset:
         for path in find_captures(paths):
             try:
                 _check_utf8(path)
-                cap = open_capture(path)
+                cap = open_capture(path, families)
                 if verify_pages:
                     _verify_pages(cap)
             except CaptureFormatError as error:

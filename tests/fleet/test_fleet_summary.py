@@ -216,3 +216,25 @@ def test_a_failed_engine_setup_leaves_no_spill_directory(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [engine.spill.rsplit("/", 1)[1]]
     engine.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_the_families_the_summary_reads_have_their_footers_checked(tmp_path):
+    """A segment of a family the summary neither reads nor takes verdicts from (``func_call``) is only
+    checked to end as a Parquet file: truncated, it is one line leaving its capture out; its footer
+    damaged inside, the capture is summarised, and ``tracekit info`` still refuses it."""
+    truncated, damaged = (shutil.copytree(SAMPLES / "lab-arm64-eager-clear.tkcap", tmp_path / name)
+                          for name in ("truncated.tkcap", "damaged.tkcap"))
+    cut = sorted((truncated / "func_call").glob("part-*.parquet"))[0]
+    cut.write_bytes(cut.read_bytes()[:-3])
+    inside = sorted((damaged / "func_call").glob("part-*.parquet"))[0]
+    data = bytearray(inside.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[-8 - footer:-8 - footer // 2] = b"\xff" * (footer - footer // 2)
+    inside.write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["fleet", "summary", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.output
+    assert f"truncated.tkcap/func_call/{cut.name}: corrupt or truncated Parquet file" in result.stderr
+    document = json.loads(result.stdout)
+    assert [r["label"] for r in document["captures"]] == ["damaged"] and document["captures"][0]["splits"] == 1024
+    info = CliRunner().invoke(app, ["info", str(damaged)])
+    assert info.exit_code == 1 and inside.name in info.stderr

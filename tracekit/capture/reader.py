@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Collection, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -140,12 +140,33 @@ def _snapshot(path: Path, metadata: dict) -> dict | None:
     return {key: snapshot[key] for key in SNAPSHOT.fields if key in snapshot}  # what the reader uses
 
 
-def _read_family(directory: Path, snapshots: bool) -> _Family | None:
+def _check_tail(path: Path) -> None:
+    """A segment whose footer is not read: a regular file inside the capture ending as a Parquet file
+    does (a footer length that fits, then the magic), so a truncated one is still refused naming it."""
+    with _open_inside(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            f.seek(max(size - 8, 0))
+            tail = f.read(8)
+        except OSError as error:
+            raise _corrupt(path, error) from None
+    if size < 12 or tail[4:] != b"PAR1" or int.from_bytes(tail[:4], "little") > size - 12:
+        raise CaptureFormatError(f"{shown_path(path)}: corrupt or truncated Parquet file (no footer at its end)")
+
+
+def _read_family(directory: Path, snapshots: bool, footers: bool = True) -> _Family | None:
     """The family in ``directory``, every segment checked against its schema; None when it is empty.
-    Segment snapshots are read only when ``snapshots`` (an unfinished capture uses them)."""
+    Segment snapshots are read only when ``snapshots`` (an unfinished capture uses them). Without
+    ``footers`` no footer is read: the segments are only checked by :func:`_check_tail`, and the
+    family's schema and row counts are None."""
     family = directory.name
     names = sorted((entry.name for entry in os.scandir(directory) if is_segment_name(entry.name)),
                    key=lambda name: (len(name), name))
+    if not footers:
+        for name in names:
+            _check_tail(directory / name)
+        present = names or os.path.lexists(directory / SCHEMA_FILE)
+        return _Family(None, tuple(_Segment(directory / name, None, None) for name in names)) if present else None
     schema_path = directory / SCHEMA_FILE
     schema = None
     if os.path.lexists(schema_path):
@@ -182,7 +203,9 @@ def _check_threads(directory: Path, schema: pa.Schema) -> None:
                                      f"{found}, expected {field.type})")
 
 
-def _read_families(path: Path, snapshots: bool) -> dict[str, _Family]:
+def _read_families(path: Path, snapshots: bool, checked: Collection[str] | None = None) -> dict[str, _Family]:
+    """Every family of the capture at ``path``; only those in ``checked`` (all when None) have their
+    segment footers read (see :func:`_read_family`)."""
     families = {}
     for entry in os.scandir(path):
         if not is_family_name(entry.name):
@@ -191,10 +214,11 @@ def _read_families(path: Path, snapshots: bool) -> dict[str, _Family]:
             raise CaptureFormatError(f"{shown_path(entry.path)}: a symbolic link; a capture's files are read "
                                      "only from inside it")
         if entry.is_dir(follow_symlinks=False):
-            family = _read_family(Path(entry.path), snapshots)
-            if family is not None:
+            family = _read_family(Path(entry.path), snapshots, checked is None or entry.name in checked)
+            if family is not None and family.schema is not None:
                 if entry.name == "threads":
                     _check_threads(Path(entry.path), family.schema)
+            if family is not None:
                 families[entry.name] = family
     return dict(sorted(families.items()))
 
@@ -327,9 +351,11 @@ class Capture:
         """``table(family, columns)`` as a pandas DataFrame, exact (see :func:`exact_pandas`)."""
         return exact_pandas(self.table(family, columns))
 
-    def rows(self, family: str) -> int:
-        """Row count of ``family`` from segment footers (read at open)."""
+    def rows(self, family: str) -> int | None:
+        """Row count of ``family`` from segment footers (read at open; None when they were not)."""
         found = self._families.get(family)
+        if found is not None and found.schema is None:
+            return None
         return sum(s.rows for s in found.segments) if found else 0
 
     def lost_total(self) -> int:
@@ -376,8 +402,11 @@ def exact_pandas(data: pa.Table | pa.ChunkedArray | pa.Array):
     return data.to_pandas(types_mapper=_masked_integer_dtype)
 
 
-def open_capture(path: str | os.PathLike) -> Capture:
-    """Open and validate the capture at ``path``; raise CaptureFormatError with one line if unusable."""
+def open_capture(path: str | os.PathLike, families: Collection[str] | None = None) -> Capture:
+    """Open and validate the capture at ``path``; raise CaptureFormatError with one line if unusable.
+    With ``families``, only those families' segment footers are read and checked; the others' segments
+    are checked to be regular files that end as Parquet files, and their schema and rows are None (an
+    unfinished capture is checked whole: its lost counters come from every segment's snapshot)."""
     p = Path(path)
     if not p.exists():
         raise CaptureFormatError(f"{shown_path(p)}: no such capture")
@@ -385,6 +414,7 @@ def open_capture(path: str | os.PathLike) -> Capture:
         raise CaptureFormatError(f"{shown_path(p)}: not a tracekit capture (a capture is a NAME.tkcap directory)")
     try:
         manifest = _read_manifest(p)
-        return Capture(p, manifest, _read_families(p, manifest.get("status") == "recording"))
+        recording = manifest.get("status") == "recording"
+        return Capture(p, manifest, _read_families(p, recording, None if recording else families))
     except OSError as error:  # a directory that cannot be listed
         raise CaptureFormatError(f"{shown_path(p)}: cannot read ({error.strerror or error})") from None

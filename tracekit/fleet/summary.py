@@ -21,9 +21,9 @@ from tracekit.dataset import Dataset, capture_facts, segments_table
 from tracekit.errors import CaptureFormatError, UsageError
 from tracekit.fleet.engines import ENGINES, duckdb_engine, spark_engine
 from tracekit.fleet.query import FIGURES, INPUT_COLUMNS, summary_sql
-from tracekit.fleet.verdicts import VERDICT_COLUMNS, stored_verdicts
+from tracekit.fleet.verdicts import VERDICT_COLUMNS, VERDICT_FAMILIES, stored_verdicts
 
-__all__ = ["GROUP_KEYS", "CAPTURE_COLUMNS", "VERDICTS_SHOWN", "FleetSummary", "fleet_summary", "group_columns"]
+__all__ = ["GROUP_KEYS", "CAPTURE_COLUMNS", "VERDICTS_SHOWN", "SUMMARY_FAMILIES", "summary_dataset", "FleetSummary", "fleet_summary", "group_columns"]
 
 #: ``--by`` names -> the ``captures`` column each groups by (``kvm.PARAM`` groups by a KVM parameter).
 GROUP_KEYS = {"kernel": "kernel_release", "host": "host", "scenario": "scenario", "arch": "arch",
@@ -36,6 +36,16 @@ CAPTURE_COLUMNS = ("name", "path", "host", "kernel_release", "arch", "backend", 
 
 #: The stored analysis verdicts shown beside each capture's figures (:mod:`tracekit.fleet.verdicts`).
 VERDICTS_SHOWN = VERDICT_COLUMNS[:3]
+
+#: The families whose segment footers the summary reads and checks: those its query reads and those the
+#: stored verdicts come from (the others' segments are only checked to end as Parquet files).
+SUMMARY_FAMILIES = frozenset(INPUT_COLUMNS) | VERDICT_FAMILIES
+
+
+def summary_dataset(paths: Sequence[str]) -> Dataset:
+    """The captures under ``paths`` opened for the summary (:data:`SUMMARY_FAMILIES`), unreadable ones in
+    ``problems``."""
+    return Dataset.open(paths, skip_bad=True, families=SUMMARY_FAMILIES)
 
 @dataclass
 class FleetSummary:
@@ -88,7 +98,7 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if master is not None and engine != "spark":
         raise UsageError("--master applies to --engine spark only")
-    ds, verdicts = _with_verdicts(dataset or Dataset.open(paths, skip_bad=True))
+    ds, verdicts = _with_verdicts(dataset or summary_dataset(paths))
     facts = capture_facts(ds, phases=False).to_pylist()
     groups = {f["capture"]: " / ".join(_group_value(f, n) for n in names) for f in facts}
     group_names = sorted(set(groups.values()))

@@ -2,7 +2,8 @@
 
 :func:`store_verdicts` runs ``tracekit analyze``'s analyses once (:func:`analyze_capture`, whole capture)
 and writes the verdicts (:data:`VERDICT_COLUMNS`); :func:`stored_verdicts` reads them back, or None when
-the capture has none or they were taken of other rows (capture id or family row counts differ). A file
+the capture has none or they were taken of other rows (capture id or the analysed families' row counts
+differ). A file
 that is not a verdicts record is one-line CaptureFormatError naming it. Fields: docs/capture-format.md.
 """
 
@@ -13,13 +14,14 @@ import os
 from typing import Any
 
 from tracekit import __version__
+from tracekit.analysis.analyze import ANALYSED_FAMILIES
 from tracekit.capture.format import shown_path
 from tracekit.capture.manifest import COUNT, TEXT, Int, Map, Obj, Str, manifest_violations, nullable
 from tracekit.capture.reader import Capture, _open_inside
 from tracekit.capture.writer import CaptureWriteError, write_json_atomic
 from tracekit.errors import CaptureFormatError
 
-__all__ = ["VERDICTS_NAME", "VERDICTS_SCHEMA", "VERDICT_COLUMNS", "verdict_values", "store_verdicts",
+__all__ = ["VERDICTS_NAME", "VERDICTS_SCHEMA", "VERDICT_COLUMNS", "VERDICT_FAMILIES", "verdict_values", "store_verdicts",
            "stored_verdicts"]
 
 #: The file, in the capture directory.
@@ -27,6 +29,10 @@ VERDICTS_NAME = "verdicts.json"
 VERDICTS_SCHEMA = "tracekit.verdicts/1"
 #: Largest verdicts file read (one is a few hundred bytes).
 MAX_VERDICTS_BYTES = 1 << 16
+
+#: The families the verdicts come from (those ``analyze`` reads): stored verdicts hold while their row
+#: counts are the capture's, and the fleet summary reads these families' footers.
+VERDICT_FAMILIES = frozenset((*ANALYSED_FAMILIES, "stack"))
 
 #: The verdicts kept, as the fleet summary shows them per capture: ``crosscheck`` (match, mismatch, cut
 #: short, no walks, no model), ``skip_levels`` (yes, no, not enough data), ``mmu_lock`` (found, not found),
@@ -69,10 +75,15 @@ def _family_rows(cap: Capture) -> dict[str, int]:
     return {family: cap.rows(family) for family in cap.families()}
 
 
+def _analysed_rows(rows: dict[str, int | None]) -> dict[str, int | None]:
+    """The row counts of the families the verdicts come from (:data:`VERDICT_FAMILIES`)."""
+    return {family: count for family, count in rows.items() if family in VERDICT_FAMILIES}
+
+
 def store_verdicts(cap: Capture) -> dict[str, Any]:
     """Analyse ``cap`` and write its verdicts file (replacing one); returns the verdicts. CaptureWriteError
     when the directory cannot be written."""
-    from tracekit.analysis.analyze import ANALYSED_FAMILIES, analyze_capture  # late: loads numpy and pandas
+    from tracekit.analysis.analyze import analyze_capture  # late: the analyses load numpy and pandas
 
     analysed = set(cap.families()) & set(ANALYSED_FAMILIES)  # none: analyze has nothing to say of it
     values = verdict_values(analyze_capture(cap).verdicts if analysed else {})
@@ -108,6 +119,6 @@ def stored_verdicts(cap: Capture) -> dict[str, Any] | None:
     if record["schema"] != VERDICTS_SCHEMA:
         raise CaptureFormatError(f"{where}: verdicts schema {record['schema']!r}, this tracekit reads "
                                  f"{VERDICTS_SCHEMA!r}; store them again with tracekit fleet verdicts")
-    if record["capture_id"] != cap.capture_id or record["family_rows"] != _family_rows(cap):
+    if record["capture_id"] != cap.capture_id or _analysed_rows(record["family_rows"]) != _analysed_rows(_family_rows(cap)):
         return None  # taken of other rows (a capture copied over, a recording that went on): not this one's
     return {name: record["verdicts"][name] for name in VERDICT_COLUMNS}
