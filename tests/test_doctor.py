@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,9 @@ from tracekit.cli import app
 runner = CliRunner()
 
 
+@functools.cache
 def report() -> dict:
+    """The JSON report, run once for the tests that read it (they do not change it)."""
     result = runner.invoke(app, ["doctor", "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)

@@ -9,6 +9,7 @@ dependencies (bcc) name no project module, so they are not edges.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,8 +94,14 @@ def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     return found
 
 
+@functools.cache
+def project_graph() -> dict[str, dict[str, int]]:
+    """The project's own import graph, parsed once for the tests that read it."""
+    return import_graph()
+
+
 def test_no_import_cycles():
-    graph = import_graph()
+    graph = project_graph()
     described = []
     for component in cycles(graph):
         members = set(component)
@@ -122,6 +129,6 @@ def test_graph_sees_every_kind_of_import(tmp_path):
 
 
 def test_host_facts_sit_below_recorder_and_funcprobes():
-    graph = import_graph()
+    graph = project_graph()
     assert graph["tracekit.host"] == {}, "tracekit.host imports only the standard library"
     assert not [m for m in graph["tracekit.recorder.probe_family"] if m.startswith("tracekit.funcprobes")]

@@ -44,8 +44,11 @@ def test_pips_script_answers_a_ctrl_c_in_site_with_a_traceback(tmp_path):
     assert "KeyboardInterrupt" in run.stderr and run.returncode != 0
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
-@pytest.mark.parametrize("form", ["shebang", "sh"])
+# Each form with one signal in the fast tier; the other pairs (the same launcher line) in the slow one.
+@pytest.mark.parametrize(("form", "signame"), [
+    ("shebang", "SIGINT"), ("sh", "SIGTERM"),
+    *(pytest.param(form, signame, marks=pytest.mark.slow)
+      for form, signame in [("shebang", "SIGTERM"), ("shebang", "SIGHUP"), ("sh", "SIGINT"), ("sh", "SIGHUP")])])
 def test_a_stop_signal_during_pythons_start_up_is_one_line(tmp_path, form, signame):
     """Both forms (``#!env -S``, and ``/bin/sh`` for paths the kernel cannot take on a '#!' line)."""
     env = "/usr/bin/env"

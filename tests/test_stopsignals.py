@@ -46,7 +46,7 @@ def test_requests_are_noted_never_raised_and_the_second_one_hurries():
     assert str(early) == "stopped by SIGTERM before recording began" and early.exit_code == 143
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signame", ["SIGINT", *(pytest.param(s, marks=pytest.mark.slow) for s in ("SIGTERM", "SIGHUP"))])
 def test_the_console_script_turns_an_early_signal_into_one_line(signame):
     """``python -m tracekit`` installs the handlers first; a signal during the imports ends it cleanly."""
     code = ("import os, signal, sys; import tracekit.stopsignals as s; real = s.install_early; "
@@ -69,7 +69,7 @@ def test_importing_the_entry_module_notes_the_stop_signals_and_imports_nothing_h
     assert handlers == str(["_note_stop"] * 3)
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signame", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])
 def test_a_signal_between_the_entry_import_and_main_is_one_line(signame):
     """A signal noted as the entry module was imported is raised by main(), inside its try."""
     code = (f"import os, signal, sys; import tracekit.__main__ as entry; os.kill(os.getpid(), signal.{signame}); "

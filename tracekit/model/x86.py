@@ -256,23 +256,38 @@ class X86PageTables:
         flags |= PTE_A if accessed else 0
         flags |= PTE_D if dirty else 0
         flags |= PTE_PS if leaf_level > 1 else 0
-        pages = range(0, size, page_size)
-        for offset in pages:  # check everything first: a failed map changes nothing
-            self._check_free(gva + offset, leaf_level)
-        for offset in pages:
-            table = self._table_for(gva + offset, leaf_level)
-            table.entries[level_index(gva + offset, leaf_level)] = _Leaf(gpa + offset, flags)
+        # A leaf table's run of pages at a time (one walk down to it): everything checked first, so a
+        # failed map changes nothing.
+        span = level_size(leaf_level + 1)
+        runs = []
+        start = 0
+        while start < size:
+            end = min(size, start + span - (gva + start) % span)
+            runs.append((start, end))
+            start = end
+        for start, end in runs:
+            self._check_free(gva + start, (end - start) // page_size, page_size, leaf_level)
+        for start, end in runs:
+            entries = self._table_for(gva + start, leaf_level).entries
+            first = level_index(gva + start, leaf_level)
+            for k, offset in enumerate(range(start, end, page_size)):
+                entries[first + k] = _Leaf(gpa + offset, flags)
         self._image = None
 
-    def _check_free(self, gva: int, leaf_level: int) -> None:
+    def _check_free(self, gva: int, pages: int, page_size: int, leaf_level: int) -> None:
+        """Raise unless the ``pages`` leaves from ``gva`` (in one leaf table) are free."""
         table = self._root
-        for level in range(self.levels, leaf_level - 1, -1):
+        for level in range(self.levels, leaf_level, -1):
             entry = table.entries.get(level_index(gva, level))
             if entry is None:
                 return
-            if isinstance(entry, _Leaf) or level == leaf_level:
+            if isinstance(entry, _Leaf):
                 raise ModelError(f"guest-virtual address {gva:#x} is already mapped (overlap)")
             table = entry
+        first = level_index(gva, leaf_level)
+        for k in range(pages):
+            if first + k in table.entries:
+                raise ModelError(f"guest-virtual address {gva + k * page_size:#x} is already mapped (overlap)")
 
     def _table_for(self, gva: int, leaf_level: int) -> _Table:
         table = self._root
