@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.livecheck import catches
+import tracekit
+import tracekit.analysis
 from tracekit import doctor
 from tracekit.cli import app
 from tracekit.stopsignals import StopRequests, StopSignal
@@ -110,6 +112,54 @@ def test_ctrl_c_as_soon_as_the_console_script_takes_the_signals_is_one_line():
             process.kill()
             process.wait()
     assert process.returncode == 130 and err.decode() == "tracekit: stopped by SIGINT\n"
+
+
+def _tracekit_frames(err: str) -> list[str]:
+    """The traceback lines of ``err`` in tracekit's own code (its package and analyses)."""
+    sources = [os.path.dirname(tracekit.__file__), os.path.dirname(tracekit.analysis.__file__)]
+    return [line for line in err.splitlines() if line.strip().startswith("File ")
+            and any(f'"{source}{os.sep}' in line for source in sources)]
+
+
+@pytest.mark.parametrize("form", ["python -m tracekit", "pip's script"])
+def test_ctrl_c_again_and_again_during_start_up_is_one_line_once_tracekit_runs(tmp_path, form):
+    """Without the launcher (``python -m tracekit``, pip's plain console script, an ``env`` without
+    ``--block-signal``), SIGINT at 8 moments spread over a run from ``exec`` on: once
+    tracekit's first statement has run, one line and exit 130 (or the finished command); before it,
+    Python's own start-up may answer with its traceback (the window only the launcher closes), never one
+    that passes through tracekit's code."""
+    script = tmp_path / "tracekit"
+    script.write_text(f"#!{sys.executable}\nimport re\nimport sys\nfrom tracekit.__main__ import main\n"
+                      "if __name__ == '__main__':\n    sys.exit(main())\n")  # pip's template
+    script.chmod(0o755)
+    command = [sys.executable, "-m", "tracekit"] if form == "python -m tracekit" else [str(script)]
+    # as a shell starts it: the stop signals at their default (pytest may run as a job that ignores SIGINT)
+    command = ["/usr/bin/env", "--default-signal=INT,TERM,HUP", *command, "--version"]
+    began = time.monotonic()
+    subprocess.run(command, capture_output=True, timeout=120, check=True)
+    took = time.monotonic() - began  # the moments spread over a whole run, however loaded the host
+    outcomes = []
+    for delay in [i * took / 8 for i in range(8)]:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            time.sleep(delay)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        err = err.decode()
+        assert not _tracekit_frames(err), (delay, err)
+        if "Traceback" in err or process.returncode == -signal.SIGINT:  # Python's start-up, or its exit
+            outcomes.append("python's own")
+            continue
+        outcome = (process.returncode, err, out.decode())
+        assert outcome[:2] == (130, "tracekit: stopped by SIGINT\n") or (
+            outcome[:2] == (0, "") and outcome[2].startswith("tracekit ")), (delay, outcome)
+        outcomes.append(outcome[0])
+    assert 130 in outcomes, outcomes  # the signal came during tracekit's start-up at least once
 
 
 def test_the_second_and_third_requests_are_answered_on_the_given_descriptor():
