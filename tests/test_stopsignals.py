@@ -140,16 +140,15 @@ def test_ctrl_c_again_and_again_during_start_up_is_one_line_once_tracekit_runs(t
     took = time.monotonic() - began  # the moments spread over a whole run, however loaded the host
     outcomes = []
     for delay in [i * took / 8 for i in range(8)]:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
             time.sleep(delay)
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
-            out, err = process.communicate(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            try:
+                out, err = process.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()  # reaped as the block ends
+                raise
         err = err.decode()
         assert not _tracekit_frames(err), (delay, err)
         if "Traceback" in err or process.returncode == -signal.SIGINT:  # Python's start-up, or its exit
