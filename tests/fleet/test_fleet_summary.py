@@ -41,7 +41,7 @@ def _latency(frame, column="duration_ns"):
 
 def test_golden_samples_by_kernel(by_kernel):
     assert comparable(by_kernel) == load()
-    assert sum(g["captures"] for g in by_kernel.groups) == len(by_kernel.captures) == 69
+    assert sum(g["captures"] for g in by_kernel.groups) == len(by_kernel.captures) == 75
 
 
 def test_x86_figures_match_the_analyses(by_kernel):
@@ -151,7 +151,7 @@ def test_table_and_html(tmp_path):
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "Fleet summary by arch (duckdb)"
-    assert lines[2].split()[:4] == ["aarch64", "44", "44", "0"] and lines[3].split()[:4] == ["x86_64", "25", "25", "0"]
+    assert lines[2].split()[:4] == ["aarch64", "50", "50", "0"] and lines[3].split()[:4] == ["x86_64", "25", "25", "0"]
     out = tmp_path / "fleet.html"
     result = CliRunner().invoke(app, ["fleet", "summary", str(SAMPLES), "--by", "kernel", "--format", "html", "-o",
                                       str(out)])
@@ -159,7 +159,7 @@ def test_table_and_html(tmp_path):
     page = out.read_text()
     for figure in ("latency", "walk-depth", "splits-per-op"):
         assert f"data-figure='{figure}' src='data:image/png;base64," in page
-    assert page.count("<tr>") == 1 + 15 + 1 + 69  # header + groups, header + captures
+    assert page.count("<tr>") == 1 + 15 + 1 + 75  # header + groups, header + captures
 
 
 def test_json_output_is_documented():

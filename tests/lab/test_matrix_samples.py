@@ -96,6 +96,22 @@ def test_arm64_mmu_lock_waits_by_mode(tmp_path):
     assert two["clear_while_touching: guest_abort (`kvm_handle_guest_abort`)"][1:3] == [65_536, 65_536]
 
 
+def test_arm64_mmu_lock_run_again_varies_but_keeps_its_direction(tmp_path):
+    """Seed 5 again (docs/cases/arm64-mmu-lock.md, "Run again"): 5.10 and 6.1 back to back, the same map faults;
+    the wait counts moved far from the first matrix's (5.10 18,446 -> 33,453 at 2 vCPUs, 6.1 3,907 -> 20,978),
+    but with 1 vCPU nothing waits and with 2 or 4 the spinlock's vCPUs wait more often than 6.1's writers."""
+    _doc, tables = _replay("arm64-mmu-lock-rerun", tmp_path)
+    by_vcpus = {table.scenario: _values(table) for table in tables}
+    assert list(by_vcpus) == ["contention@vcpus=1", "contention@vcpus=2", "contention@vcpus=4"]
+    stage2_map = "clear_while_touching: stage2_map (`kvm_pgtable_stage2_map`)"
+    assert [rows[stage2_map] for rows in by_vcpus.values()] == [[65_535] * 2, [65_534] * 2, [65_532] * 2]
+    assert [rows["mmu_lock waits"] for rows in by_vcpus.values()] == [[0, 0], [33_453, 20_978], [33_572, 7_613]]
+    for rows in list(by_vcpus.values())[1:]:
+        assert rows["kernel"][0].startswith("5.10.") and rows["kernel"][1].startswith("6.1.")
+        assert rows["mmu_lock waits, spin, by vCPU"][1] == rows["mmu_lock waits, write, by vCPU"][0] == 0
+        assert rows["mmu_lock waits, spin, by vCPU"][0] > rows["mmu_lock waits, write, by vCPU"][1]
+
+
 def test_newest_kernel_runs_every_x86_scenario(tmp_path):
     """Seed 6 (docs/cases/newest-kernel.md), x86: trixie-backports 7.3 runs all six scenarios and meets every
     exact count; huge pages are recovered in place at disable (kvm_tdp_mmu_recover_huge_pages, 6.13+)."""
