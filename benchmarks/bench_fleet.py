@@ -194,10 +194,12 @@ def _child(step: str, paths: list[str], engine: str = "duckdb", memory_limit: st
     code = (f"import json, resource, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench_fleet as b; "
             f"r = b.step_{step}({paths!r}{f', {engine!r}, {memory_limit!r}' if step == 'summary' else ''}); "
             "r['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))")
+    load = os.getloadavg()[0]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise SystemExit(f"bench_fleet: step {step} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load_at_start"] = round(load, 2)
     return result
 
 
@@ -212,6 +214,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated dataset")
     parser.add_argument("--reuse", action="store_true", help="--dir holds a dataset made before: measure it")
     parser.add_argument("--spark", action="store_true", help="also run the summary on Spark local mode")
+    parser.add_argument("--rounds", type=int, default=1, help="count(*) and summary alternated this many times in "
+                        "all (each pair's ratio and load, then the median ratio): the host's load moves between steps")
     parser.add_argument("--steps", default="count,columns,summary,summary_quarter,summary_256mb",
                         help="which measurements to run (comma-separated; spark is added by --spark)")
     args = parser.parse_args()
@@ -246,6 +250,18 @@ def main() -> None:
         if s and c:
             print(f"summary / count(*) scan: {s['seconds'] / c['seconds']:.2f}x; the query alone (captures opened "
                   f"and checked apart): {s['query_seconds'] / c['seconds']:.2f}x")
+        pairs = [(c, s)] if s and c else []
+        for _ in range(args.rounds - 1):
+            pairs.append((steps["count"](), steps["summary"]()))
+            print(f"count: {pairs[-1][0]}\nsummary: {pairs[-1][1]}", flush=True)
+        if len(pairs) > 1:
+            ratios = sorted(b["seconds"] / a["seconds"] for a, b in pairs)
+            for a, b in pairs:
+                print(f"round: count(*) {a['seconds']:.2f} s (load {a['load_at_start']}), summary {b['seconds']:.2f} s "
+                      f"(load {b['load_at_start']}; open {b['open_seconds']:.2f} + query {b['query_seconds']:.2f}): "
+                      f"{b['seconds'] / a['seconds']:.2f}x")
+            print(f"summary / count(*) over {len(pairs)} alternated rounds: median {ratios[len(ratios) // 2]:.2f}x, "
+                  f"{ratios[0]:.2f}x to {ratios[-1]:.2f}x")
         if s and col:
             print(f"summary / column scan: {s['seconds'] / col['seconds']:.2f}x; query alone "
                   f"{s['query_seconds'] / col['seconds']:.2f}x")
