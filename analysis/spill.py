@@ -73,12 +73,14 @@ def spilled(array: np.ndarray) -> bool:
     return isinstance(getattr(array, "obj", array), _Map)  # numpy holds a memoryview of the mapping
 
 
-def widened(array: np.ndarray, dtype: np.dtype | type, size: int | None = None) -> np.ndarray:
-    """``array``'s values as ``dtype`` in a new array made by :func:`full` (of ``size`` values, zeros after
-    ``array``'s; default its length), copied a block at a time."""
+def widened(array: np.ndarray, dtype: np.dtype | type, size: int | None = None, rows: int | None = None
+            ) -> np.ndarray:
+    """``array``'s values as ``dtype`` in a new array made by :func:`full` (of ``size`` values, default its
+    length; zeros after the ``rows`` first values copied, default all), copied a block at a time."""
     out = full(len(array) if size is None else size, 0, dtype)
-    for start in range(0, len(array), COPY_ROWS):
-        out[start:start + COPY_ROWS] = array[start:start + COPY_ROWS]
+    end = len(array) if rows is None else rows
+    for start in range(0, end, COPY_ROWS):
+        out[start:min(start + COPY_ROWS, end)] = array[start:min(start + COPY_ROWS, end)]
         trim()
     return out
 

@@ -168,7 +168,7 @@ class IdScan:
             return False
         if (self.blocks + count) << _BLOCK_BITS > len(self.table):
             size = min(max(self.blocks + count, 2 * (len(self.table) >> _BLOCK_BITS)), most)
-            self.table = spill.widened(self.table, self.table.dtype, size << _BLOCK_BITS)
+            self.table = spill.widened(self.table, self.table.dtype, size << _BLOCK_BITS, self.blocks << _BLOCK_BITS)
         row, number = entries // self.width, entries % self.width + self.dir_base[entries // self.width]
         self.directory[entries] = np.arange(self.blocks, self.blocks + count)
         self.block_row = np.concatenate((self.block_row, row))
@@ -543,10 +543,15 @@ class _Rebuilder:
             lowest = max(n - HOLD_ROWS, 0)
             return np.zeros(n, np.int8), np.array([lowest], np.int64), self.cpu_seen + per_cpu, lowest
         cpus = cpu
-        top = int(cpus.max()) + 1
+        low, top = int(cpus.min()), int(cpus.max()) + 1
         if top > len(self.cpu_seen):
             self.cpu_seen = np.concatenate((self.cpu_seen, np.zeros(top - len(self.cpu_seen), np.int64)))
-        per_cpu = np.bincount(cpus, minlength=len(self.cpu_seen))
+        if top - low <= 8:  # a few CPUs: counted one by one (bincount would widen every row first)
+            per_cpu = np.zeros(len(self.cpu_seen), np.int64)
+            for c in range(low, top):
+                per_cpu[c] = np.count_nonzero(cpus == c)
+        else:
+            per_cpu = np.bincount(cpus, minlength=len(self.cpu_seen))
         first = np.zeros(len(per_cpu), np.int64)  # CPUs with fewer rows than HOLD_ROWS: all of them
         busy = np.flatnonzero(per_cpu >= HOLD_ROWS)
         window = min(n, 4 * HOLD_ROWS)
@@ -800,7 +805,7 @@ def stream_walks(cap: Any, shapes: Callable[[int], Any] | None = None, *, on_wal
             scan.add(columns["walk_id"])
             if model is not None:
                 rows = model.rows(columns["addr"])
-                model_rows = _widened(model_rows, len(model))
+                model_rows = _widened(model_rows, len(model), start)
                 model_rows[start:start + count] = rows
             if selected is not None:
                 selected[start:start + count] = select(columns["ts_ns"])
@@ -828,7 +833,8 @@ def _walk_error_batches(cap: Any) -> Iterator[dict[str, np.ndarray]]:
         yield {"walk_id": pc.fill_null(batch.column(0), 0).to_numpy().astype(np.uint64)}
 
 
-def _widened(column: np.ndarray, count: int) -> np.ndarray:
-    """``column`` (unsigned codes), widened when needed to hold codes 0 .. ``count - 1``."""
+def _widened(column: np.ndarray, count: int, rows: int) -> np.ndarray:
+    """``column`` (unsigned codes, its first ``rows`` written), widened when needed to hold codes 0 ..
+    ``count - 1``."""
     wanted = np.min_scalar_type(max(count - 1, 0))
-    return spill.widened(column, wanted) if wanted.itemsize > column.dtype.itemsize else column
+    return spill.widened(column, wanted, rows=rows) if wanted.itemsize > column.dtype.itemsize else column
