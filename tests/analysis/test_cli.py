@@ -114,6 +114,7 @@ def test_compare_takes_options_anywhere(tmp_path):
     assert missing.exit_code == 2 and missing.output.startswith("tracekit: error: Option '--phase' requires")
 
 
+@pytest.mark.slow  # 150 k JSON events; fast tier: the JSON writer on the arm64 sample (below), the x86 tracks in test_perfetto
 def test_export_perfetto_json(tmp_path):
     out = tmp_path / "t.json"
     result = runner.invoke(app, ["export", str(SAMPLES / "x86-dirty-log-2m.tkcap"), "--perfetto", str(out),
