@@ -22,9 +22,10 @@ resident memory of the process that ran it (each measured case runs in its own c
 4. ``recording`` (issue #12): every analysis on a real recording made by ``tracekit record`` (``--recording
    PATH``, or ``--record``: ``tracekit record -- tracekit workload dirty-log -v 2 -b 256M -i 10`` is run
    first), and on ``--tiles`` back-to-back copies of it (every family, its segments, column types and
-   values; times, walk ids and phases shifted per copy), vs a raw scan of the columns the analysis reads
-   (each decoded once, batch by batch, nothing computed) of the same capture in the same run: peak memory
-   under 1 GB at every size, time within 2x of the raw scan.
+   values, each segment written as the recorder writes it; times, walk ids and phases shifted per copy),
+   vs a raw scan of the columns the analysis reads (each decoded once, batch by batch, nothing computed)
+   of the same capture in the same run: peak memory under 1 GB at every size, time within 2x of the raw
+   scan.
 
 Every run also prints the VM's first-touch rate of fresh memory (a fresh 2 GiB array, in a child) at its
 start and end: the conditions its figures were measured under.
@@ -346,6 +347,8 @@ def tile_recording(source: Path, target: Path, copies: int) -> None:
     import pyarrow.parquet as pq
 
     from tracekit.capture import open_capture
+    from tracekit.capture.format import segment_name
+    from tracekit.capture.writer import write_segment_file  # the recorder's own encodings, page for page
 
     cap = open_capture(source)
     low = pa.scalar((1 << 48) - 1, pa.uint64())
@@ -373,9 +376,7 @@ def tile_recording(source: Path, target: Path, copies: int) -> None:
                         i = table.column_names.index("walk_id")
                         table = table.set_column(i, table.schema.field(i), pc.if_else(pc.equal(ids, 0), ids, shifted))
                 index += 1
-                dictionary = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
-                pq.write_table(table, target / family / f"part-{index:06d}.parquet", compression="zstd",
-                               use_dictionary=dictionary or False, write_page_checksum=True)
+                write_segment_file(table, target / family / segment_name(index))
     manifest = json.loads((source / "capture.json").read_text())
     workload = manifest.get("workload") or {}
     phases = workload.get("phases") or []

@@ -1,9 +1,10 @@
 """Memory tuning for tracekit's own processes, which allocate and free large arrays over and over.
 
-:func:`keep_freed_memory` (the recorder and the analysis commands) makes glibc keep freed blocks for the
-next array; :func:`import_numpy_without_huge_pages` (the console script, before any other import) imports
-numpy with its huge-page advice off. Where first touches are slow (a VM faults fresh 4 KiB pages at ~600
-MB/s, huge pages at ~170 MB/s) both dominate the column work. Children keep the defaults.
+:func:`keep_freed_memory` (called by the recorder session and by ``analyze``, ``report`` and ``compare``)
+makes glibc keep freed blocks for the next array; :func:`import_numpy_without_huge_pages` (the console
+script, before any other import) imports numpy with its huge-page advice off. Where first touches are
+slow (a VM faults fresh 4 KiB pages at ~600 MB/s, huge pages at ~170 MB/s) both dominate the column work.
+Children keep the defaults.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from tracekit.capture.manifest import new_capture_id
 from tracekit.errors import CaptureFormatError, TracekitError
 from tracekit.host import clock_anchor, host_facts
 
-__all__ = ["CaptureWriter", "CaptureWriteError", "conform_table", "write_json_atomic"]
+__all__ = ["CaptureWriter", "CaptureWriteError", "conform_table", "write_json_atomic", "write_segment_file"]
 
 
 class CaptureWriteError(TracekitError):
@@ -86,6 +86,15 @@ def _reserve(path: Path, size: int) -> None:
         pass  # the inode alone is still worth keeping
     finally:
         os.close(fd)
+
+
+def write_segment_file(table: pa.Table, path: Path) -> None:
+    """Write ``table`` as one segment file, as every segment is written: zstd, page checksums, and dictionary
+    pages only for the text columns (on every numeric column they doubled the recorder's encoding CPU for
+    no size gain: addresses and PTEs rarely repeat)."""
+    dictionary_columns = [f.name for f in table.schema if pa.types.is_dictionary(f.type) or pa.types.is_string(f.type)]
+    pq.write_table(table, path, compression="zstd", use_dictionary=dictionary_columns or False,
+                   write_page_checksum=True)
 
 
 def conform_table(data: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
@@ -282,12 +291,7 @@ class CaptureWriter:
         metadata = dict(table.schema.metadata or {})
         metadata.update(self._segment_metadata(family, index))
         try:
-            # Dictionary pages only for the text columns: trying them on every numeric column doubled the
-            # recorder's encoding CPU for no size gain (addresses and PTEs rarely repeat).
-            dictionary_columns = [f.name for f in table.schema
-                                  if pa.types.is_dictionary(f.type) or pa.types.is_string(f.type)]
-            pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="zstd",
-                           use_dictionary=dictionary_columns or False, write_page_checksum=True)
+            write_segment_file(table.replace_schema_metadata(metadata), tmp)
             os.replace(tmp, final)
         except OSError as error:
             tmp.unlink(missing_ok=True)
