@@ -121,6 +121,9 @@ def _tracekit_frames(err: str) -> list[str]:
             and any(f'"{source}{os.sep}' in line for source in sources)]
 
 
+# 18 full start-ups of the CLI (25 s a form): slow tier. The fast tier keeps a signal during the imports
+# (test_the_console_script_turns_an_early_signal_into_one_line) and the moment the handlers are taken.
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["python -m tracekit", "pip's script"])
 def test_ctrl_c_again_and_again_during_start_up_is_one_line_once_tracekit_runs(tmp_path, form):
     """Without the launcher (``python -m tracekit``, pip's plain console script, an ``env`` without
