@@ -21,8 +21,9 @@ import pyarrow as pa
 from tracekit.analysis.locks import known_mmu_locks
 from tracekit.analysis.phases import capture_phases
 from tracekit.capture.columns import SCHEMAS
-from tracekit.capture.format import MANIFEST_NAME, SCHEMA_FILE, shown_path
+from tracekit.capture.format import MANIFEST_NAME, shown_path
 from tracekit.capture.reader import Capture, open_capture
+from tracekit.capture.remote import find_url_captures, is_url, open_url_capture
 from tracekit.errors import AnalysisError, CaptureFormatError, TracekitError
 
 __all__ = [
@@ -106,11 +107,18 @@ def _captures_below(directory: Path) -> list[Path]:
 
 def find_captures(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """The capture directories named by ``paths``: a capture, a directory searched for captures, or a
-    glob pattern (``**`` allowed). A path that names nothing is returned as is (opening it says why);
-    a pattern matching nothing raises CaptureFormatError. Duplicates are kept once, in order."""
+    glob pattern (``**`` allowed), or the same as a file system URL (no pattern; :mod:`.capture.remote`).
+    A path that names nothing is returned as is (opening it says why); a pattern matching nothing raises
+    CaptureFormatError. Duplicates are kept once, in order."""
     out: list[Path] = []
     for raw in paths:
         text = os.fspath(raw)
+        if is_url(text):
+            try:
+                out.extend(find_url_captures(text))
+            except CaptureFormatError as error:  # unsupported, out of reach: opening it says why, no second try
+                out.append(_Unlisted(text, error))
+            continue
         if any(c in _GLOB_CHARS for c in text) and not os.path.exists(text):
             matches = sorted(globmod.glob(text, recursive=True))
             if not matches:
@@ -127,11 +135,20 @@ def find_captures(paths: Iterable[str | os.PathLike]) -> list[Path]:
     seen: set[str] = set()
     unique = []
     for path in out:
-        key = os.path.realpath(path)
+        key = path if is_url(path) else os.path.realpath(path)
         if key not in seen:
             seen.add(key)
             unique.append(path)
     return unique
+
+
+class _Unlisted(str):
+    """A URL whose captures could not be listed, and why."""
+
+    def __new__(cls, url: str, error: CaptureFormatError) -> "_Unlisted":
+        made = super().__new__(cls, url)
+        made.error = error
+        return made
 
 
 @dataclass
@@ -163,8 +180,10 @@ class Dataset:
         by_id: dict[str, Capture] = {}
         for path in find_captures(paths):
             try:
+                if isinstance(path, _Unlisted):
+                    raise path.error
                 _check_utf8(path)
-                cap = open_capture(path, families)
+                cap = open_url_capture(path) if is_url(path) else open_capture(path, families)
                 if verify_pages:
                     _verify_pages(cap)
             except CaptureFormatError as error:
@@ -405,9 +424,9 @@ def segments_table(source: Source) -> pa.Table:
             if segments:
                 rows.extend({"capture": cap.capture_id, "family": family, "file": str(path), "rows": rows}
                             for path, rows in zip(segments, cap.segment_rows(family)))
-            elif (cap.path / family / SCHEMA_FILE).is_file():
-                rows.append({"capture": cap.capture_id, "family": family,
-                             "file": str(cap.path / family / SCHEMA_FILE), "rows": 0})
+            elif cap.schema_file(family) is not None:
+                rows.append({"capture": cap.capture_id, "family": family, "file": str(cap.schema_file(family)),
+                             "rows": 0})
     return pa.Table.from_pylist(rows, schema=SEGMENTS_SCHEMA)
 
 

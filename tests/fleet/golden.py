@@ -12,9 +12,10 @@ GOLDEN = Path(__file__).with_name("samples_by_kernel.json")
 
 
 def comparable(summary) -> dict:
-    """The engine-independent part of a summary (paths made relative to the samples)."""
+    """The engine-independent part of a summary (paths, and file:// URLs, made relative to the samples)."""
     def strip(rows):
-        return [{k: (str(Path(v).relative_to(SAMPLES)) if k == "path" else v) for k, v in r.items()} for r in rows]
+        return [{k: (str(Path(v.removeprefix("file://")).relative_to(SAMPLES)) if k == "path" else v)
+                 for k, v in r.items()} for r in rows]
 
     return {"by": summary.by, "groups": strip(summary.groups), "captures": strip(summary.captures)}
 

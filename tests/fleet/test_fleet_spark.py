@@ -27,7 +27,10 @@ def _spark_missing() -> str | None:
     return None
 
 
-def test_spark_local_mode_gives_the_duckdb_golden():
+@pytest.mark.parametrize("where", ["path", "file-url"])
+def test_spark_local_mode_gives_the_duckdb_golden(where):
+    """The samples by their local path, and by a file:// URL (manifests and segment lists read through
+    pyarrow.fs, the segments by Spark at their URLs, as hdfs:// or s3a:// ones would be)."""
     missing = _spark_missing()
     if missing:
         if os.environ.get("TRACEKIT_REQUIRE_SPARK") == "1":
@@ -35,6 +38,8 @@ def test_spark_local_mode_gives_the_duckdb_golden():
         pytest.skip(missing)
     from tracekit.fleet.summary import fleet_summary
 
-    summary = fleet_summary([str(SAMPLES)], by="kernel", engine="spark", master="local[2]")
+    source = str(SAMPLES) if where == "path" else f"file://{SAMPLES}"
+    summary = fleet_summary([source], by="kernel", engine="spark", master="local[2]")
     assert summary.engine == "spark"
+    assert all(row["path"].startswith(source) for row in summary.captures)
     assert comparable(summary) == load()

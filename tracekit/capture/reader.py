@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO, Collection, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Collection, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,7 +40,7 @@ from tracekit.capture.manifest import (MAX_MANIFEST_BYTES, SNAPSHOT, check_manif
 from tracekit.errors import CaptureFormatError
 from tracekit.procs import pid_alive
 
-__all__ = ["Capture", "open_capture", "exact_pandas"]
+__all__ = ["Capture", "open_capture", "exact_pandas", "check_manifest_bytes", "family_of", "arrow_reason"]
 
 _SNAPSHOT_KEY = b"tracekit.manifest"
 _THREAD_KEYS = ["pid", "tid", "comm", "vcpu", "vcpu_from", "first_seen_ns", "last_seen_ns", "pre_exec"]
@@ -62,7 +62,7 @@ def _open_inside(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def _arrow_reason(error: BaseException) -> str:
+def arrow_reason(error: BaseException) -> str:
     """pyarrow's message for ``error`` as one short line (its Thrift and FieldRef texts span many)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     reason = lines[0] if lines else type(error).__name__
@@ -72,7 +72,7 @@ def _arrow_reason(error: BaseException) -> str:
 def _corrupt(path: Path, error: BaseException) -> CaptureFormatError:
     if "CRC checksum verification failed" in str(error):
         return CaptureFormatError(f"{shown_path(path)}: page checksum mismatch (the file is corrupt)")
-    return CaptureFormatError(f"{shown_path(path)}: corrupt or truncated Parquet file ({_arrow_reason(error)})")
+    return CaptureFormatError(f"{shown_path(path)}: corrupt or truncated Parquet file ({arrow_reason(error)})")
 
 
 def _read_manifest(path: Path) -> dict:
@@ -89,6 +89,12 @@ def _read_manifest(path: Path) -> dict:
             data = f.read(MAX_MANIFEST_BYTES + 1)
         except OSError as error:
             raise CaptureFormatError(f"{where}: unreadable manifest ({error.strerror or error})") from None
+    return check_manifest_bytes(data, path)
+
+
+def check_manifest_bytes(data: bytes, path: Any) -> dict:
+    """The manifest of the capture at ``path`` from its bytes ``data``, checked (format, version, fields)."""
+    where = shown_path(f"{path}/{MANIFEST_NAME}")
     manifest = parse_manifest(data, where)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CaptureFormatError(f"{shown_path(path)}: not a tracekit capture "
@@ -116,11 +122,15 @@ class _Segment:
 class _Family:
     schema: pa.Schema
     segments: tuple[_Segment, ...]
+    schema_file: Any = None  # the path of its schema file, where it has one
 
 
-def _read_footer(path: Path) -> tuple[pa.Schema, int, dict]:
+Opener = Callable[[Any], BinaryIO]
+
+
+def _read_footer(path: Any, opener: Opener = _open_inside) -> tuple[pa.Schema, int, dict]:
     """Schema (without metadata), row count and key-value metadata of the Parquet file ``path``."""
-    with _open_inside(path) as f:
+    with opener(path) as f:
         try:
             footer = pq.ParquetFile(f).metadata
             schema = footer.schema.to_arrow_schema()
@@ -154,28 +164,41 @@ def _check_tail(path: Path) -> None:
         raise CaptureFormatError(f"{shown_path(path)}: corrupt or truncated Parquet file (no footer at its end)")
 
 
+def _segment_names(names: Sequence[str]) -> list[str]:
+    """The segment file names among ``names``, in segment order."""
+    return sorted((name for name in names if is_segment_name(name)), key=lambda name: (len(name), name))
+
+
 def _read_family(directory: Path, snapshots: bool, footers: bool = True) -> _Family | None:
-    """The family in ``directory``, every segment checked against its schema; None when it is empty.
-    Segment snapshots are read only when ``snapshots`` (an unfinished capture uses them). Without
-    ``footers`` no footer is read: the segments are only checked by :func:`_check_tail`, and the
-    family's schema and row counts are None."""
-    family = directory.name
-    names = sorted((entry.name for entry in os.scandir(directory) if is_segment_name(entry.name)),
-                   key=lambda name: (len(name), name))
+    """The family in ``directory`` (see :func:`family_of`). Without ``footers`` no footer is read: the
+    segments are only checked by :func:`_check_tail`, and the family's schema and row counts are None."""
+    names = [entry.name for entry in os.scandir(directory)]
     if not footers:
-        for name in names:
+        segment_names = _segment_names(names)
+        for name in segment_names:
             _check_tail(directory / name)
-        present = names or os.path.lexists(directory / SCHEMA_FILE)
-        return _Family(None, tuple(_Segment(directory / name, None, None) for name in names)) if present else None
-    schema_path = directory / SCHEMA_FILE
+        schema_path = directory / SCHEMA_FILE if SCHEMA_FILE in names else None
+        if not segment_names and schema_path is None:
+            return None
+        return _Family(None, tuple(_Segment(directory / name, None, None) for name in segment_names), schema_path)
+    return family_of(directory, names, snapshots)
+
+
+def family_of(directory: Any, names: Sequence[str], snapshots: bool, opener: Opener = _open_inside) -> _Family | None:
+    """The family in ``directory`` (a Path, or a path-like with ``name`` and ``/`` that ``opener`` opens)
+    holding the files ``names``, every segment checked against its schema; None when it is empty.
+    Segment snapshots are read only when ``snapshots`` (an unfinished capture uses them)."""
+    family = directory.name
+    segment_names = _segment_names(names)
+    schema_path = directory / SCHEMA_FILE if SCHEMA_FILE in names else None
     schema = None
-    if os.path.lexists(schema_path):
-        schema = _read_footer(schema_path)[0]
+    if schema_path is not None:
+        schema = _read_footer(schema_path, opener)[0]
         check_family_schema(family, schema)
     segments = []
-    for name in names:
+    for name in segment_names:
         path = directory / name
-        seg_schema, rows, metadata = _read_footer(path)
+        seg_schema, rows, metadata = _read_footer(path, opener)
         if schema is None:
             check_family_schema(family, seg_schema)
             schema = seg_schema
@@ -188,10 +211,12 @@ def _read_family(directory: Path, snapshots: bool, footers: bool = True) -> _Fam
         segments.append(_Segment(path, rows, _snapshot(path, metadata) if snapshots else None))
     if schema is None:
         return None
-    return _Family(schema, tuple(segments))
+    if family == "threads":
+        _check_threads(directory, schema)
+    return _Family(schema, tuple(segments), schema_path)
 
 
-def _check_threads(directory: Path, schema: pa.Schema) -> None:
+def _check_threads(directory: Any, schema: pa.Schema) -> None:
     """Refuse a ``threads`` family that lacks a declared column or holds it as another type (a string
     column may be dictionary-encoded): readers take its rows as the capture's thread facts."""
     for field in SCHEMAS["threads"]:
@@ -215,9 +240,6 @@ def _read_families(path: Path, snapshots: bool, checked: Collection[str] | None 
                                      "only from inside it")
         if entry.is_dir(follow_symlinks=False):
             family = _read_family(Path(entry.path), snapshots, checked is None or entry.name in checked)
-            if family is not None and family.schema is not None:
-                if entry.name == "threads":
-                    _check_threads(Path(entry.path), family.schema)
             if family is not None:
                 families[entry.name] = family
     return dict(sorted(families.items()))
@@ -226,10 +248,11 @@ def _read_families(path: Path, snapshots: bool, checked: Collection[str] | None 
 class Capture:
     """An opened capture. Use :func:`open_capture` to make one."""
 
-    def __init__(self, path: Path, manifest: dict, families: dict[str, _Family]):
+    def __init__(self, path: Path, manifest: dict, families: dict[str, _Family], opener: Opener = _open_inside):
         self.path = path
         self._raw_manifest = manifest
         self._families = families
+        self._open = opener  # a capture at a URL reads its files through its file system
 
     # -- manifest -------------------------------------------------------------------------------
 
@@ -288,6 +311,18 @@ class Capture:
         found = self._families.get(family)
         return [s.rows for s in found.segments] if found else []
 
+    def open_file(self, name: str) -> BinaryIO | None:
+        """The capture's own file ``name`` (beside its manifest) opened for reading as its segments are, or
+        None when there is none."""
+        path = self.path / name
+        present = path.lexists() if hasattr(path, "lexists") else os.path.lexists(path)  # a CaptureUrl's own
+        return self._open(path) if present else None
+
+    def schema_file(self, family: str) -> Any:
+        """The path of ``family``'s zero-row schema file, or None (no such family, or no such file)."""
+        found = self._families.get(family)
+        return found.schema_file if found else None
+
     def schema(self, family: str) -> pa.Schema:
         """The family's schema (from its schema file, else its first segment)."""
         return self._family(family).schema
@@ -299,7 +334,7 @@ class Capture:
             raise _corrupt(segment, error) from None
 
     def _read_segment(self, segment: Path, columns: Sequence[str] | None) -> pa.Table:
-        with _open_inside(segment) as f:
+        with self._open(segment) as f:
             try:
                 return self._parquet(segment, f).read(columns=list(columns) if columns is not None else None)
             except (OSError, pa.ArrowException, ValueError) as error:
@@ -330,7 +365,7 @@ class Capture:
         where they are that small), segment by segment: memory bounded by one batch."""
         schema = self._columns_schema(family, columns)
         for segment in self.segments(family):
-            with _open_inside(segment) as f:
+            with self._open(segment) as f:
                 try:
                     for batch in self._parquet(segment, f).iter_batches(batch_size=batch_rows,
                                                                         columns=list(schema.names)):
@@ -403,10 +438,11 @@ def exact_pandas(data: pa.Table | pa.ChunkedArray | pa.Array):
 
 
 def open_capture(path: str | os.PathLike, families: Collection[str] | None = None) -> Capture:
-    """Open and validate the capture at ``path``; raise CaptureFormatError with one line if unusable.
-    With ``families``, only those families' segment footers are read and checked; the others' segments
-    are checked to be regular files that end as Parquet files, and their schema and rows are None (an
-    unfinished capture is checked whole: its lost counters come from every segment's snapshot)."""
+    """Open and validate the capture at ``path`` (at a URL: :func:`.remote.open_url_capture`); raise
+    CaptureFormatError with one line if unusable. With ``families``, only those families' segment footers
+    are read and checked; the others' segments are checked to be regular files that end as Parquet files,
+    and their schema and rows are None (an unfinished capture is checked whole: its lost counters come
+    from every segment's snapshot)."""
     p = Path(path)
     if not p.exists():
         raise CaptureFormatError(f"{shown_path(p)}: no such capture")

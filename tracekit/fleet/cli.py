@@ -23,7 +23,8 @@ FORMATS = ("table", "json", "html")
 
 
 def summary(
-    paths: List[str] = typer.Argument(..., help="Captures, directories holding captures, or glob patterns."),
+    paths: List[str] = typer.Argument(..., help="Captures, directories holding captures, glob patterns, or URLs "
+                                      "(file://, hdfs://, s3a://...; other than file:// with --engine spark)."),
     by: str = typer.Option("kernel", "--by", help="Group by kernel, host, scenario, arch, backend, source, status, "
                            "vcpus, workload, tracekit, capture or kvm.PARAM; several with commas (kernel,arch)."),
     engine: str = typer.Option("duckdb", "--engine", help="duckdb (in-process) or spark (pip install 'tracekit[spark]')."),
@@ -45,6 +46,8 @@ def summary(
       tracekit fleet summary runs/ --by kvm.eager_page_split --format html -o fleet.html
 
       tracekit fleet summary /shared/fleet --engine spark --master spark://head:7077   # a path every executor reads
+
+      tracekit fleet summary hdfs://namenode:8020/fleet --engine spark --master yarn
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")

@@ -16,7 +16,9 @@ import pyarrow as pa
 
 from tracekit.capture.columns import SCHEMAS
 from tracekit.dataset import Dataset, plain_schema
-from tracekit.errors import MissingCapability
+from tracekit.capture.format import shown_path
+from tracekit.capture.remote import is_url
+from tracekit.errors import MissingCapability, UsageError
 from tracekit.fleet.query import FILE_COLUMNS
 
 __all__ = ["Engine", "ENGINES", "duckdb_engine", "spark_engine", "family_columns"]
@@ -154,7 +156,12 @@ def _files_by_columns(dataset: Dataset, family: str) -> dict[tuple[str, ...], li
 
 
 def duckdb_engine(dataset: Dataset, wanted: dict[str, tuple[str, ...]], **options: Any) -> DuckDbEngine:
-    """A DuckDB engine over ``dataset`` with the ``wanted`` family tables."""
+    """A DuckDB engine over ``dataset`` with the ``wanted`` family tables; UsageError for a capture at a URL
+    DuckDB does not read (it reads local paths and ``file://``, Spark the Hadoop file systems)."""
+    remote = next((str(c.path) for c in dataset.captures if is_url(c.path) and not str(c.path).startswith("file:")), None)
+    if remote is not None:
+        raise UsageError(f"{shown_path(remote)}: DuckDB reads local captures and file:// URLs; "
+                         f"use --engine spark for {remote.split(':', 1)[0]}:// captures")
     return DuckDbEngine(dataset, wanted, **options)
 
 
@@ -189,8 +196,11 @@ class SparkEngine:
             frame.createOrReplaceTempView(family)
 
     def segment_name(self, path: str) -> str:
-        """How Spark's ``_metadata.file_path`` names the file ``path``: ``file:`` + the absolute local path."""
+        """How Spark's ``_metadata.file_path`` names the file ``path``: ``file:`` + the absolute local path (a
+        ``file:///`` URL too), any other URL as it is."""
         spark_path = _spark_path(path)
+        if spark_path.startswith("file://"):
+            return "file:" + spark_path[len("file://"):]
         return spark_path if "://" in spark_path else "file:" + spark_path
 
     def register(self, name: str, table: pa.Table) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
+from tracekit.capture.remote import is_url
 from tracekit.dataset import Dataset, capture_facts, segments_table
 from tracekit.errors import CaptureFormatError, UsageError
 from tracekit.fleet.engines import ENGINES, duckdb_engine, spark_engine
@@ -162,12 +163,12 @@ def _with_verdicts(ds: Dataset) -> tuple[Dataset, dict[str, dict | None]]:
 
 
 def _labels(facts: list[dict]) -> dict[str, str]:
-    """Each capture's path below the directory all of them share, without ``.tkcap``."""
-    paths = [os.path.abspath(f["path"]) for f in facts]
-    common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
-    if common in paths:
-        common = os.path.dirname(common)
-    return {f["capture"]: os.path.relpath(p, common).removesuffix(".tkcap") for f, p in zip(facts, paths)}
+    """Each capture's path (or URL) below the directory all of them share, without ``.tkcap``."""
+    parts = [(f["path"] if is_url(f["path"]) else os.path.abspath(f["path"])).rstrip("/").split("/") for f in facts]
+    shared = 0
+    while parts and shared < min(map(len, parts)) - 1 and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    return {f["capture"]: "/".join(p[shared:]).removesuffix(".tkcap") for f, p in zip(facts, parts)}
 
 
 def _capture_order(by_id: dict, capture: str) -> tuple:

@@ -10,14 +10,13 @@ that is not a verdicts record is one-line CaptureFormatError naming it. Fields: 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from tracekit import __version__
 from tracekit.analysis.analyze import ANALYSED_FAMILIES
 from tracekit.capture.format import shown_path
 from tracekit.capture.manifest import COUNT, TEXT, Int, Map, Obj, Str, manifest_violations, nullable
-from tracekit.capture.reader import Capture, _open_inside
+from tracekit.capture.reader import Capture
 from tracekit.capture.writer import CaptureWriteError, write_json_atomic
 from tracekit.errors import CaptureFormatError
 
@@ -99,10 +98,11 @@ def store_verdicts(cap: Capture) -> dict[str, Any]:
 def stored_verdicts(cap: Capture) -> dict[str, Any] | None:
     """``cap``'s stored verdicts (:data:`VERDICT_COLUMNS`), None when it has none or they are stale."""
     path = cap.path / VERDICTS_NAME
-    if not os.path.lexists(path):
+    opened = cap.open_file(VERDICTS_NAME)  # through the capture's file system where it is at a URL
+    if opened is None:
         return None
     where = shown_path(path)
-    with _open_inside(path) as f:
+    with opened as f:
         try:
             data = f.read(MAX_VERDICTS_BYTES + 1)
         except OSError as error:
