@@ -57,8 +57,10 @@ class IdScan:
         self.last: np.uint64 | None = None
         self.increasing = True
         self._consecutive = True  # every id so far first + its row: the table is made only once one is not
-        self.table: np.ndarray | None = spill.full((n // _BLOCK + 64) << _BLOCK_BITS, 0, np.int32 if n < 1 << 31
-                                                   else np.int64)  # row + 1 per slot, 0 in gaps
+        # Room for the ids, their CPUs' first and last blocks and a few gaps (lost walk events) before the
+        # table must grow (a copy); only the blocks written take pages (row + 1 per slot, 0 in gaps).
+        self.table: np.ndarray | None = spill.full((n // _BLOCK + n // (16 * _BLOCK) + 64) << _BLOCK_BITS, 0,
+                                                   np.int32 if n < 1 << 31 else np.int64)
         self.blocks = 0  # blocks of the table in use
         self._max_blocks = (2 * n + 4096) // _BLOCK  # and two more per hi (its first and last block)
         self.hi_index = np.zeros(1 << 16, np.int64)  # hi -> its row of the directory (0: no ids of it)
