@@ -1,10 +1,18 @@
-"""Test tiers, said up front: the fast tier is ``pytest -m "not live and not slow"``; before running a
+"""Test tiers, said up front: the fast tier is ``pytest -m "not live and not slow" -n auto``; before running a
 collection that holds lab tests (QEMU guests) or selftest tests (the kernel's KVM selftests, built once),
-the session prints how many there are and about how long they take."""
+the session prints how many there are and about how long they take. Every test sees output at its natural
+width: ``COLUMNS`` (set by a user's shell, or by pytest-xdist in its workers) is removed unless a test sets it."""
 
 from __future__ import annotations
 
+import pytest
+
 LAB_FILES = ("tests/lab/", "tests/funcprobes/test_family_lab.py")  # their live tests boot QEMU
+
+
+@pytest.fixture(autouse=True)
+def _natural_width(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
 
 
 def _tier(item) -> str | None:
@@ -28,4 +36,4 @@ def pytest_collection_finish(session) -> None:
     if selftest:
         reporter.write_line(f"tracekit: {selftest} selftest tests build the kernel's KVM selftests (1-2 minutes "
                             "once, about 150 MB downloaded) and record them")
-    reporter.write_line('tracekit: the fast tier (unit and property tests) is: pytest -m "not live and not slow"')
+    reporter.write_line('tracekit: the fast tier (unit and property tests) is: pytest -m "not live and not slow" -n auto')
