@@ -244,25 +244,24 @@ def test_x86_recorder_guests_get_the_sse4_2_pyarrow_needs(tmp_path, monkeypatch)
     assert plain[plain.index("-cpu") + 1] == "qemu64,+svm,+npt,+pdpe1gb,-cx16"  # the raw path's machine is unchanged
 
 
-@pytest.mark.parametrize("workload_exit, error", [
-    (-11, "the traced workload was killed by SIGSEGV (record.log: Stopped (command exited) after 34.5 s)"),
-    (1, "the traced workload exited with 1 (record.log: Stopped (command exited) after 34.5 s)"),
-    (0, None),
+@pytest.mark.parametrize("record_exit, last_line, error", [
+    (139, "tracekit: the traced command was killed by SIGSEGV; the capture c.tkcap is complete",
+     "tracekit record exited with 139: tracekit: the traced command was killed by SIGSEGV; the capture c.tkcap is complete"),
+    (0, "Stopped (command exited) after 34.5 s", None),
 ])
-def test_a_workload_that_dies_under_the_recorder_fails_the_run_with_its_exit(tmp_path, monkeypatch, workload_exit, error):
-    """The recorder stops cleanly when its command dies (a stop CI's guest workload: SIGSEGV after 262 walks):
-    the run says so, instead of counts that only say 0."""
+def test_a_workload_that_dies_under_the_recorder_fails_the_run_with_its_exit(tmp_path, monkeypatch, record_exit, last_line, error):
+    """The recorder passes its command's failure on (a stop CI's guest workload: SIGSEGV after 262 walks,
+    when the recorder still exited 0): the run fails with the recorder's own last line, not counts of 0."""
     from tracekit.lab import guest_record
 
     def fake_record(argv, stdout, log_path, start):
         (tmp_path / guest_record.CAPTURE).mkdir()
-        (tmp_path / guest_record.CAPTURE / "capture.json").write_text(json.dumps({"command_exit": workload_exit}))
-        log_path.write_text("Tracing pid 157\nStopped (command exited) after 34.5 s\n")
-        return 0, start
+        log_path.write_text(f"Tracing pid 157\n{last_line}\n")
+        return record_exit, start
 
     monkeypatch.setattr(guest_record, "prepare_kernel", lambda scenario: None)
     monkeypatch.setattr(guest_record, "_record", fake_record)
     meta = guest_record.run("arm64", "eager-enable", "bcc", tmp_path)
-    assert meta["workload_exit"] == workload_exit
+    assert meta["record_exit"] == record_exit
     assert (meta["status"], meta.get("error")) == (("complete", None) if error is None else ("error", f"RuntimeError: {error}"))
     assert json.loads((tmp_path / "meta.json").read_text())["status"] == meta["status"]

@@ -403,3 +403,34 @@ def open_capture_manifest(path: Path) -> dict:
     import json
 
     return json.loads((path / "capture.json").read_text())
+
+
+@pytest.mark.parametrize("script, status, line", [
+    ("exit 3", 3, "the traced command exited with 3"),
+    ("kill -SEGV $$", 128 + signal.SIGSEGV, "the traced command was killed by SIGSEGV"),
+    ("exit 0", 0, None),
+])
+def test_a_failing_command_gives_tracekit_its_exit_status_and_a_complete_capture(fake, tmp_path, script, status, line):
+    """``tracekit record -- CMD`` as a user types it: a command that fails passes its status on (128 + N
+    for signal N, as a shell, ``time`` and ``strace`` do), with one line; the capture is complete."""
+    from typer.testing import CliRunner
+
+    from tracekit.cli import app
+
+    out = tmp_path / "cmd.tkcap"
+    result = CliRunner().invoke(app, ["record", "-q", "-o", str(out), "--", "sh", "-c", script])
+    assert result.exit_code == status, result.output
+    lines = [text for text in result.stderr.splitlines() if text.startswith("tracekit:")]
+    assert lines == ([] if line is None else [f"tracekit: {line}; the capture {out} is complete"])
+    manifest = open_capture(out).manifest
+    assert manifest["status"] == "complete" and manifest["command_exit"] == (status if status < 128 else -signal.SIGSEGV)
+
+
+def test_a_command_stopped_by_the_recorder_is_no_failure():
+    """The duration or a signal ended the recording and the recorder stopped the command: exit 0."""
+    summary = session.RecordSummary(output="x", backend="bcc", target={}, seconds=1.0, rows={}, lost=0,
+                                    bytes_written=0, stop_reason="SIGINT", attached=[], failed=[],
+                                    command_exit=-signal.SIGKILL)
+    assert summary.command_failure() is None
+    summary.stop_reason, summary.command_exit = "command exited", -99  # no such signal: its number
+    assert summary.command_failure() == (128 + 99, "was killed by signal 99")

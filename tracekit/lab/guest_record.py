@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -68,15 +67,6 @@ def _last_line(log: Path) -> str:
     return (log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"])[0]
 
 
-def _exit_text(status: int | None) -> str:
-    """``exited with 2``, ``was killed by SIGSEGV`` (a negative status), or ``left no exit status``."""
-    if status is None:
-        return "left no exit status"
-    if status < 0:
-        return f"was killed by {signal.Signals(-status).name}"
-    return f"exited with {status}"
-
-
 def _record(argv: list[str], stdout, log_path: Path, start: float) -> tuple[int, float | None]:
     """Run the recorder, copying its stderr to ``log_path``; returns (exit status, monotonic time of its
     ``Tracing pid`` banner: the probes are attached, after the bcc compile, or None)."""
@@ -129,13 +119,8 @@ def run(arch: str, name: str, backend: str, out: Path) -> dict:
         meta["record_seconds"] = round(time.monotonic() - start, 3)
         meta["attach_seconds"] = None if attached is None else round(attached - start, 3)
         meta["record_exit"] = returncode
-        if returncode != 0:
+        if returncode != 0:  # also the traced workload's failure, which the recorder passes on
             raise RuntimeError(f"tracekit record exited with {returncode}: {_last_line(out / 'record.log')}")
-        workload_exit = json.loads((out / CAPTURE / "capture.json").read_text()).get("command_exit")
-        meta["workload_exit"] = workload_exit
-        if workload_exit != 0:  # the recorder stops cleanly when its command dies: the counts would only say 0
-            raise RuntimeError(f"the traced workload {_exit_text(workload_exit)} (record.log: "
-                               f"{_last_line(out / 'record.log')})")
         meta["status"] = "complete"
     except subprocess.TimeoutExpired:
         meta["error"] = f"tracekit record did not finish within {_RECORD_TIMEOUT} s"

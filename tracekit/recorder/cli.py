@@ -27,7 +27,7 @@ __all__ = ["register", "record_command"]
 
 _HELP = """Record KVM MMU tracepoints of a live VM process into a capture directory.
 
-Attaches the probe families (walk, ioctl, lock, mmu by default; the function-probe families stage2 and tdp on request) to the target processes, filtered by tgid in the kernel, and writes NAME.tkcap/ (Parquet segments per event family plus capture.json). The target is --pid PID|NAME (a process name such as qemu-system-x86_64 or a unique prefix of one such as qemu, or a QEMU -name guest name; repeatable), --all-vms (every process holding a KVM VM), or a command given after -- that is started once the probes are attached. Stops after --duration, on Ctrl-C/SIGTERM, or when the target exits; a second Ctrl-C hurries the cleanup (the command is killed at once) without skipping any of it. Probes absent on this host are listed in the capture's manifest with the reason (stage2 and tdp need kprobes, stage2 an arm64 host, most of tdp the TDP MMU).
+Attaches the probe families (walk, ioctl, lock, mmu by default; the function-probe families stage2 and tdp on request) to the target processes, filtered by tgid in the kernel, and writes NAME.tkcap/ (Parquet segments per event family plus capture.json). The target is --pid PID|NAME (a process name such as qemu-system-x86_64 or a unique prefix of one such as qemu, or a QEMU -name guest name; repeatable), --all-vms (every process holding a KVM VM), or a command given after -- that is started once the probes are attached. Stops after --duration, on Ctrl-C/SIGTERM, or when the target exits (a command after -- that fails gives its exit status to tracekit's, 128 + N when signal N killed it, as time and strace do; the capture is complete all the same); a second Ctrl-C hurries the cleanup (the command is killed at once) without skipping any of it. Probes absent on this host are listed in the capture's manifest with the reason (stage2 and tdp need kprobes, stage2 an arm64 host, most of tdp the TDP MMU).
 
 Examples:
 
@@ -97,6 +97,11 @@ def record_command(
     summary = record(config, stream=None if quiet else sys.stderr)
     if json_out:
         typer.echo(json.dumps(summary.to_json(), sort_keys=True))
+    failure = summary.command_failure()
+    if failure is not None:  # the capture is complete; the exit status says the command failed
+        status, what = failure
+        typer.echo(f"tracekit: the traced command {what}; the capture {summary.output} is complete", err=True)
+        raise typer.Exit(status)
 
 
 def _print_bpf(families: tuple[str, ...], options) -> None:

@@ -11,6 +11,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -87,6 +88,21 @@ class RecordSummary:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+    def command_failure(self) -> tuple[int, str] | None:
+        """When the command after ``--`` ended the recording by failing: the exit status a shell gives it
+        (its own, or 128 + the signal that killed it) and what happened, as ``time`` and ``strace`` pass
+        it on; None when it succeeded or the recording, not the command, ended first."""
+        if self.stop_reason != "command exited" or not self.command_exit:
+            return None
+        if self.command_exit > 0:
+            return self.command_exit, f"exited with {self.command_exit}"
+        signum = -self.command_exit
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return 128 + signum, f"was killed by {name}"
 
 
 def plan_families(names: tuple[str, ...], host: Host, options: RecordOptions
