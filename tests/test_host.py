@@ -41,6 +41,25 @@ def test_symbols_from_a_kallsyms_file_and_none_when_unreadable(tmp_path):
     assert parse_kallsyms("zzzz T bad\n").by_name == {}
 
 
+def test_has_symbol_scans_kallsyms_without_keeping_the_table_and_agrees_with_it(tmp_path):
+    """A recorder of tracepoints asks about two helpers only: the answer comes from one pass that keeps
+    nothing (the parsed table holds about 30 MB), the same answer the table gives."""
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("ffff0001 T kvm_pgtable_walk\nffff0100 t stage2_split_walker.isra.0\t[kvm]\n"
+                        "ffff0200 d data\nffff0300 W bpf_task_pt_regs\nffff0400 t short [kvm]\n")
+    names = ["kvm_pgtable_walk", "kvm_pgtable", "stage2_split_walker.isra.0", "stage2_split_walker", "data",
+             "bpf_task_pt_regs", "short", "ffff0001", "T", "[kvm]"]
+    scanned = Host(None, kallsyms=kallsyms)
+    answers = [scanned.has_symbol(name) for name in names]
+    assert scanned._symbols is None  # nothing parsed, nothing kept
+    assert answers == [name in parse_kallsyms(kallsyms.read_text()).by_name for name in names]
+    assert answers == [True, False, True, False, False, True, True, False, False, False]
+    loaded = Host(None, kallsyms=kallsyms)
+    loaded.symbol_table()
+    assert [loaded.has_symbol(name) for name in names] == answers
+    assert not Host(None, kallsyms=tmp_path / "absent").has_symbol("kvm_pgtable_walk")
+
+
 def test_btf_paths(tmp_path):
     host = Host(None, btf=tmp_path)
     assert host.btf_paths("kvm") == (tmp_path / "vmlinux", tmp_path / "kvm")

@@ -30,6 +30,7 @@ __all__ = [
     "kvm_params",
     "KALLSYMS",
     "format_fields",
+    "kallsyms_has_text_symbol",
     "load_kallsyms",
     "parse_kallsyms",
     "tracefs_root",
@@ -121,6 +122,22 @@ def load_kallsyms(path: str | Path = KALLSYMS) -> SymbolTable:
     return parse_kallsyms(Path(path).read_text())
 
 
+def kallsyms_has_text_symbol(path: str | Path, name: str) -> bool:
+    """True when kallsyms at ``path`` lists ``name`` as a text symbol (as :func:`parse_kallsyms` keeps
+    them); False when it does not or cannot be read."""
+    key = name.encode()
+    try:
+        with open(path, "rb") as lines:
+            for line in lines:
+                if key in line:
+                    parts = line.split()
+                    if len(parts) >= 3 and parts[2] == key and parts[1] in (b"t", b"T", b"w", b"W"):
+                        return True
+    except OSError:
+        pass
+    return False
+
+
 class Host:
     """What a probe family may ask about the kernel: tracefs formats, symbols and BTF (cached)."""
 
@@ -130,6 +147,7 @@ class Host:
         self.btf = btf
         self._formats: dict[str, str | None] = {}
         self._symbols: SymbolTable | None = None
+        self._looked_up: dict[str, bool] = {}
 
     def format_text(self, tracepoint: str) -> str | None:
         """The ``format`` file of ``system:event``, or None when absent."""
@@ -161,8 +179,14 @@ class Host:
         return self._symbols
 
     def has_symbol(self, name: str) -> bool:
-        """True when ``name`` is a text (function) symbol of the kernel: one a kprobe could attach to."""
-        return name in self.symbol_table().by_name
+        """True when ``name`` is a text (function) symbol of the kernel: one a kprobe could attach to.
+        From the parsed table once a family loaded it, else one pass over kallsyms that keeps nothing
+        (the table takes about 30 MB, which a recorder of tracepoints alone need not hold)."""
+        if self._symbols is not None:
+            return name in self._symbols.by_name
+        if name not in self._looked_up:
+            self._looked_up[name] = kallsyms_has_text_symbol(self.kallsyms, name)
+        return self._looked_up[name]
 
     def btf_paths(self, *modules: str) -> tuple[Path, ...]:
         """The kernel's BTF blob (``vmlinux``) and the split BTF of each named module, in that order."""
