@@ -245,8 +245,8 @@ def test_x86_recorder_guests_get_the_sse4_2_pyarrow_needs(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("record_exit, last_line, error", [
-    (139, "tracekit: the traced command was killed by SIGSEGV; the capture c.tkcap is complete",
-     "tracekit record exited with 139: tracekit: the traced command was killed by SIGSEGV; the capture c.tkcap is complete"),
+    (139, "tracekit: error: the traced command was killed by SIGSEGV; the capture c.tkcap is complete",
+     "tracekit record exited with 139: tracekit: error: the traced command was killed by SIGSEGV; the capture c.tkcap is complete"),
     (0, "Stopped (command exited) after 34.5 s", None),
 ])
 def test_a_workload_that_dies_under_the_recorder_fails_the_run_with_its_exit(tmp_path, monkeypatch, record_exit, last_line, error):

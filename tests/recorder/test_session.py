@@ -421,7 +421,7 @@ def test_a_failing_command_gives_tracekit_its_exit_status_and_a_complete_capture
     result = CliRunner().invoke(app, ["record", "-q", "-o", str(out), "--", "sh", "-c", script])
     assert result.exit_code == status, result.output
     lines = [text for text in result.stderr.splitlines() if text.startswith("tracekit:")]
-    assert lines == ([] if line is None else [f"tracekit: {line}; the capture {out} is complete"])
+    assert lines == ([] if line is None else [f"tracekit: error: {line}; the capture {out} is complete"])
     manifest = open_capture(out).manifest
     assert manifest["status"] == "complete" and manifest["command_exit"] == (status if status < 128 else -signal.SIGSEGV)
 

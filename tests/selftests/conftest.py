@@ -62,7 +62,7 @@ def record_selftest(kvm_selftests, tmp_path):
         argv = [sys.executable, "-m", "tracekit.cli", "record", "-q", "-o", str(out), "--probes", probes, *extra,
                 "--", *command_prefix, str(kvm_selftests / name), *args]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        passed_on = may_fail and done.returncode != 0 and "tracekit: the traced command " in done.stderr
+        passed_on = may_fail and done.returncode != 0 and "tracekit: error: the traced command " in done.stderr
         assert done.returncode == 0 or passed_on, f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}"
         return Recorded(out, done.stdout, done.stderr)
 

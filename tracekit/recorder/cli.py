@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from tracekit.errors import UsageError
+from tracekit.errors import UsageError, error_line
 from tracekit.host import Host, tracefs_root
 from tracekit.recorder.backend_bcc import BccBackend
 from tracekit.recorder.kvm_ioctls import KVM_RUN, parse_ioctl
@@ -100,7 +100,7 @@ def record_command(
     failure = summary.command_failure()
     if failure is not None:  # the capture is complete; the exit status says the command failed
         status, what = failure
-        typer.echo(f"tracekit: the traced command {what}; the capture {summary.output} is complete", err=True)
+        typer.echo(error_line(f"the traced command {what}; the capture {summary.output} is complete"), err=True)
         raise typer.Exit(status)
 
 
