@@ -21,6 +21,7 @@ from tracekit.capture.format import shown_path
 from tracekit.copyout import copy_result
 from tracekit.dataset import Dataset, connect
 from tracekit.errors import CaptureFormatError, QueryError, UsageError, one_line
+from tracekit.render import table_text
 
 __all__ = ["RESULT_FORMATS", "query_error", "run_query", "write_result", "format_result_table", "sql", "register"]
 
@@ -66,25 +67,25 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def format_result_table(table: pa.Table, *, total_rows: int | None = None) -> str:
-    """``table`` as fixed-width text, every column, numbers right-aligned; ``total_rows`` (when larger
-    than the rows given) says how many were left out."""
+def format_result_table(table: pa.Table, *, total_rows: int | None = None, width: int | None = None,
+                        colour: bool | None = None) -> str:
+    """``table`` as a terminal table (:func:`tracekit.render.table_text`: sized to the terminal, a wider
+    table in pieces that repeat the first column, no cell cut; plain at its natural width into a pipe),
+    every column, numbers right-aligned; the line under it counts the rows, ``total_rows`` (when larger
+    than the rows given) saying how many were left out."""
     names = table.column_names
     columns = [[_text(v) for v in table.column(i).to_pylist()] for i in range(len(names))]
     numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) for t in table.schema.types]
-    widths = [max([len(name), *(len(cell) for cell in cells)]) for name, cells in zip(names, columns)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
-
-    out = [line(names), line(["-" * w for w in widths])]
-    out.extend(line([column[i] for column in columns]) for i in range(table.num_rows))
     total = table.num_rows if total_rows is None else total_rows
     if total > table.num_rows:
-        out.append(f"({total:,} rows, the first {table.num_rows:,} shown; --format csv|json|parquet -o FILE for all)")
+        footer = f"({total:,} rows, the first {table.num_rows:,} shown; --format csv|json|parquet -o FILE for all)"
     else:
-        out.append(f"({total:,} row{'s' if total != 1 else ''})")
-    return "\n".join(out)
+        footer = f"({total:,} row{'s' if total != 1 else ''})"
+    if not table.num_rows:  # the columns, then the count
+        return "\n".join(["  ".join(names), footer]) if names else footer
+    rows = [list(row) for row in zip(*columns)]
+    return "\n".join([table_text(names, rows, align=["right" if n else "left" for n in numeric], width=width,
+                                  colour=colour), footer])
 
 
 def write_result(con: Any, query: str, fmt: str, output: Path | None, *, max_rows: int = 100,
