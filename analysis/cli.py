@@ -183,7 +183,7 @@ def compare(
     if table.empty:
         raise CaptureFormatError("the two sides have no metric in common (do the captures hold the same families?)")
     paths_a, paths_b = [str(p) for p in runs_a], [str(p) for p in runs_b]
-    notes = sides_notes(paths_a, manifests_a, paths_b, manifests_b)
+    notes = sides_notes(paths_a, manifests_a, paths_b, manifests_b, phase)
     if html_output is not None:
         write_output_file(html_output, compare_html(table, notes, show_all))
     if as_json:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis.phases import lab_phases
+from tracekit.analysis.phases import lab_phases, matching_phases
 
 __all__ = ["GROUPS", "COMPARE_COLUMNS", "RunMetrics", "capture_metrics", "compare_runs", "format_change", "lock_role",
            "mean_stdev"]
@@ -54,6 +54,8 @@ def _phase_metrics(out: RunMetrics, result: Any, manifest: dict) -> None:
     phases = _table(result, "phases")
     if phases is None or phases.empty:
         phases = lab_phases(manifest)
+    if result.info.get("phase") and not phases.empty:  # a phase cut: that phase's runtimes, not the others'
+        phases = matching_phases(phases, result.info["phase"])
     if phases.empty:
         return
     for label, duration in zip(phases["phase"], phases["duration_ns"]):

@@ -41,9 +41,12 @@ def _workload(manifest: dict) -> str:
 
 
 def sides_notes(paths_a: Sequence[str], manifests_a: Sequence[dict], paths_b: Sequence[str],
-                manifests_b: Sequence[dict]) -> list[str]:
-    """One line per side, then the warnings that apply (emulated timings, a single run)."""
+                manifests_b: Sequence[dict], phase: str | None = None) -> list[str]:
+    """One line per side, the phase cut (``--phase``), then the warnings that apply (emulated timings, a
+    single run)."""
     lines = [_side_line("A", paths_a, manifests_a), _side_line("B", paths_b, manifests_b)]
+    if phase:
+        lines.append(f"cut to phase {phase}: every metric counts only what happened inside it")
     if any(m.get("lab") or str(m.get("host", "")).startswith("qemu-") for m in (*manifests_a, *manifests_b)):
         lines.append("NOTE: lab captures: their timings are the emulator's (QEMU TCG), not hardware's; "
                      "counts are exact")

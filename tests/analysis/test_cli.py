@@ -114,6 +114,21 @@ def test_compare_takes_options_anywhere(tmp_path):
     assert missing.exit_code == 2 and missing.output.startswith("tracekit: error: Option '--phase' requires")
 
 
+def test_compare_cut_to_a_phase_says_so_and_keeps_its_runtimes_only(tmp_path):
+    """``--phase dirty-memory`` on the samples: the text and the HTML page name the cut, and the phase group
+    holds the dirty-memory runtimes only (not setup's or populate's, which the cut does not measure)."""
+    a, b = (str(SAMPLES / "compare" / f"dirty-log-{size}-1.tkcap") for size in ("2m", "4k"))
+    page = tmp_path / "c.html"
+    text = runner.invoke(app, ["compare", a, "--", b, "--phase", "dirty-memory", "--all", "--html", str(page)],
+                         env={"COLUMNS": None})
+    assert text.exit_code == 0, text.output
+    assert "cut to phase dirty-memory:" in text.output and "cut to phase dirty-memory:" in page.read_text()
+    doc = json.loads(runner.invoke(app, ["compare", a, "--", b, "--phase", "dirty-memory", "--json"]).output)
+    phases = [m["metric"] for m in doc["metrics"] if m["group"] == "phase"]
+    assert phases == ["dirty-memory#1 runtime", "dirty-memory#2 runtime", "dirty-memory runtime (all 2)"]
+    assert "cut to phase" not in runner.invoke(app, ["compare", a, "--", b]).output
+
+
 @pytest.mark.slow  # 150 k JSON events; fast tier: the JSON writer on the arm64 sample (below), the x86 tracks in test_perfetto
 def test_export_perfetto_json(tmp_path):
     out = tmp_path / "t.json"
