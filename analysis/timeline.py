@@ -186,9 +186,10 @@ class Timeline:
                 per_bin[b] = per_bin.get(b, 0) + c
 
     def _threads_seen(self) -> None:
-        """One pass over every family's thread columns: the threads there are, named and declared."""
+        """One pass over every event family's thread columns: the threads there are, named and declared
+        (the ``threads`` family lists threads with no event too: they get no track)."""
         pairs: set[tuple[int, int]] = set()
-        for family in sorted(self.families - {"stack"}):
+        for family in sorted(self.families - {"stack", "threads"}):
             if not {"pid", "tid"} <= set(self.cap.schema(family).names):
                 continue
             for batch in self.cap.iter_batches(family, ["pid", "tid"]):

@@ -203,9 +203,9 @@ def _rows(family: str, **columns) -> pa.Table:
                                                          else f for f in schema])).cast(schema)
 
 
-def _demo_like(path: Path) -> Path:
+def _demo_like(path: Path, **extra: pa.Table) -> Path:
     """A capture shaped like the demo's: vCPU 0 identified by its KVM_RUN fd in the manifest, its thread
-    named ``tk-vcpu-0``, KVM_RUN streamed, and walks and SPTE installs on that thread."""
+    named ``tk-vcpu-0``, KVM_RUN streamed, and walks and SPTE installs on that thread; ``extra`` families."""
     manifest = {"target": {"pids": [50], "comm": "python", "threads": [
         {"tid": 50, "comm": "python", "vcpu": None}, {"tid": 51, "comm": "phases", "vcpu": None},
         {"tid": 52, "comm": "tk-vcpu-0", "vcpu": 0, "vcpu_from": "KVM_RUN fd"}],
@@ -224,6 +224,9 @@ def _demo_like(path: Path) -> Path:
                                             walk_id=np.repeat(np.arange(n), 2), index=[0, 1] * n, level=[4, 3] * n,
                                             pte=[1, 1 | 0x80] * n))
         writer.append("mmu", _rows("mmu", ts_ns=ts, tid=[52] * n, event=["kvm_mmu_set_spte"] * n))
+        for family, table in extra.items():
+            writer.declare(family, SCHEMAS[family])
+            writer.append(family, table)
     return path
 
 
@@ -261,6 +264,17 @@ def test_demo_shaped_capture_populates_the_vcpu_track(tmp_path):
     assert summary["tracks"][f"{vcpu} / guest walks"]["instants"] == {"guest walk": 4}
     assert summary["tracks"][f"{vcpu} / SPTE installs"]["instants"] == {"kvm_mmu_set_spte": 4}
     assert summary["problems"] == []
+
+
+def test_threads_without_events_get_no_track(tmp_path):
+    """A recording's ``threads`` family lists every thread of the process (the demo's ``jemalloc_bg_thd`` and
+    ``kvm-nx-lpage-re``): one without events gets no (empty) thread track; the vCPU thread keeps its track."""
+    threads = _rows("threads", ts_ns=[900, 900], tid=[52, 53], comm=["tk-vcpu-0", "jemalloc_bg_thd"], vcpu=[0, None])
+    path = _demo_like(tmp_path / "demo.tkcap", threads=threads)
+    assert open_capture(path).rows("threads") == 2
+    summary = _export(path, tmp_path / "t.pftrace")
+    threads = [p for p, t in summary["tracks"].items() if t["kind"] == "thread"]
+    assert threads == ["tracekit workload dirty-log (pid 50) / vCPU 0 (tid 52)"], threads
 
 
 def test_json_format_is_kept(tmp_path):
