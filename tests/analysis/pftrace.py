@@ -9,12 +9,13 @@ open, slices that trace processor would nest differently than they were written 
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
 
-__all__ = ["read", "summary", "track_paths"]
+__all__ = ["read", "summary", "track_paths", "json_summary", "event_tracks"]
 
 
 def read(path: Path) -> Trace:
@@ -106,3 +107,39 @@ def summary(path: Path) -> dict:
             values = counters[track]
             entry["counter"] = {"values": len(values), "sum": sum(values), "max": max(values)}
     return {"tracks": dict(sorted(tracks.items())), "problems": problems}
+
+
+def event_tracks(summary_: dict) -> dict:
+    """The tracks of a :func:`summary` that hold events, without their kinds: what a JSON trace can hold."""
+    return {path: {k: v for k, v in track.items() if k != "kind"} for path, track in summary_["tracks"].items()
+            if set(track) - {"kind"}}
+
+
+def json_summary(path: Path) -> dict:
+    """A Trace Event Format export summarised as :func:`event_tracks` of the protobuf's summary: each layer
+    or phase pseudo-thread (``vCPU 0 (tid 5): guest walks``, tid from ``JSON_TRACK_TID``) back under its
+    thread or group (``... / vCPU 0 (tid 5) / guest walks``), counters under their process."""
+    from tracekit.analysis.perfetto import JSON_TRACK_TID
+
+    events = json.loads(Path(path).read_text())["traceEvents"]
+    processes = {e["pid"]: f"{e['args']['name']} (pid {e['pid']})" for e in events
+                 if e["ph"] == "M" and e["name"] == "process_name"}
+    threads = {}
+    for e in events:
+        if e["ph"] == "M" and e["name"] == "thread_name":
+            name = e["args"]["name"]
+            parts = name.split(": ", 1) if e["tid"] >= JSON_TRACK_TID else [name]
+            threads[(e["pid"], e["tid"])] = " / ".join([processes[e["pid"]], *parts])
+    out: dict[str, dict] = defaultdict(dict)
+    for e in events:
+        if e["ph"] in ("X", "i"):
+            kind = out[threads[(e["pid"], e["tid"])]].setdefault("slices" if e["ph"] == "X" else "instants", Counter())
+            kind[e["name"]] += 1
+        elif e["ph"] == "C":
+            counter = out[f"{processes[e['pid']]} / {e['name']}"].setdefault("counter", {"values": 0, "sum": 0, "max": None})
+            rate = e["args"]["rate"]
+            counter["values"] += 1
+            counter["sum"] += rate
+            counter["max"] = rate if counter["max"] is None else max(counter["max"], rate)
+    return {path: {k: (dict(sorted(v.items())) if isinstance(v, Counter) else v) for k, v in track.items()}
+            for path, track in sorted(out.items())}

@@ -61,6 +61,18 @@ def test_sample_trace_summary_equals_its_golden_copy(tmp_path, sample):
     assert text == golden.read_text(), f"the trace of {sample} differs from {golden.name}"
 
 
+@pytest.mark.parametrize("sample", [pytest.param(p.name, marks=() if p.name in FAST else pytest.mark.slow)
+                                    for p in sorted(SAMPLES.glob("*.tkcap"))])
+def test_sample_json_trace_holds_the_golden_copys_tracks_and_events(tmp_path, sample):
+    """``--format json``, the other export, against the same golden copy: every track with events (layers and
+    phases as pseudo-threads, mapped back under their thread or group) with the same slices, instants
+    and counter values as the protobuf's."""
+    out = tmp_path / "t.json"
+    _export(SAMPLES / sample, out, "--format", "json")
+    golden = json.loads((GOLDEN / f"{sample.removesuffix('.tkcap')}.json").read_text())
+    assert pftrace.json_summary(out) == pftrace.event_tracks(golden)
+
+
 def test_x86_sample_has_named_vcpu_tracks_with_walks_and_mmu_lock_waits(tmp_path):
     sample = SAMPLES / "x86-dirty-log-2m.tkcap"
     out = tmp_path / "t.pftrace"
