@@ -1,8 +1,18 @@
-"""The one table renderer and error line: widths, pieces, colour only on a terminal without NO_COLOR."""
+"""The one table renderer and error line: widths, pieces, colour only on a terminal without NO_COLOR (also
+end to end, the console script on a pseudo-terminal)."""
 
 from __future__ import annotations
 
 import io
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+from fcntl import ioctl
+from pathlib import Path
+from termios import TIOCSWINSZ
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -67,3 +77,42 @@ def test_every_error_is_one_line():
         assert result.exit_code != 0
         assert result.output.count("\n") == 1 and result.output.startswith("tracekit: error: "), result.output
         assert text in result.output
+
+
+def _run_on(sample: str, terminal: bool, **env: str) -> str:
+    """``tracekit compare`` of a sample with itself, its standard output a pseudo-terminal of 100 columns
+    (``terminal``) or a pipe; what it wrote."""
+    capture = str(Path(__file__).resolve().parents[1] / "samples" / sample)
+    command = [sys.executable, "-m", "tracekit", "compare", capture, "--", capture, "--all"]
+    environ = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "TERM")} | {"TERM": "xterm", **env}
+    if not terminal:
+        return subprocess.run(command, capture_output=True, text=True, env=environ, timeout=120, check=True).stdout
+    leader, follower = pty.openpty()
+    ioctl(follower, TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    with subprocess.Popen(command, stdout=follower, stderr=subprocess.DEVNULL, env=environ) as child:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        assert child.wait(timeout=120) == 0
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_the_command_line_colours_a_terminal_only_and_honours_no_color():
+    """End to end, the console script as a user runs it: on a terminal, bold headers and styled cells
+    (ANSI codes) and every line within the terminal's 100 columns; with NO_COLOR, or into a pipe, none."""
+    sample = "lab-arm64-eager-enable.tkcap"
+    coloured = _run_on(sample, terminal=True)
+    assert "\x1b[" in coloured and "A mean ± stdev" in coloured
+    plain = _run_on(sample, terminal=True, NO_COLOR="1")
+    piped = _run_on(sample, terminal=False)
+    assert "\x1b[" not in plain and "\x1b[" not in piped and "A mean ± stdev" in piped
+    visible = [line.rstrip() for line in re.sub(r"\x1b\[[0-9;]*m", "", coloured).splitlines()]
+    assert max(len(line) for line in visible) <= 100 and visible == plain.splitlines()
