@@ -18,7 +18,7 @@ import pandas as pd
 
 from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, selftestmodel, skiplevels, splits,
                                walkcause, walkgroups, walks)
-from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, frame_of, load, records
+from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, frame_of, load, records, timing_note
 from tracekit.analysis.partial import partial_summary, partial_text
 from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
@@ -67,7 +67,7 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     result = Analysis(info={
         "path": str(cap.path), "kernel_release": manifest.get("kernel_release"), "arch": manifest.get("arch"),
         "source": (manifest.get("source") or {}).get("kind"), "status": manifest.get("status"),
-        "lost_events": cap.lost_total(), "phase": phase, "skipped": {},
+        "lost_events": cap.lost_total(), "timing_note": timing_note(manifest), "phase": phase, "skipped": {},
         "phases_from": phase_table.attrs.get("origin", "workload record" if len(phase_table) else None),
         "phase_note": phase_table.attrs.get("note")})
     result.tables["phases"] = phase_table
@@ -277,6 +277,9 @@ def render_text(result: Analysis, width: int | None = None) -> str:
            f"source {info.get('source') or '?'}", prose)
     if info.get("lost_events"):
         out.extend(prose_lines(f"WARNING: {info['lost_events']:,} events were lost while recording; counts are lower bounds", prose))
+    if info.get("timing_note"):
+        out.extend(prose_lines(f"NOTE: {info['timing_note']}; compare its times only with "
+                               "captures of the same emulator", prose))
     if info.get("vm"):
         vm = info["vm"]
         out.append(f"cut to VM pid {vm['pid']} ({vm.get('comm') or '?'}{', guest ' + vm['name'] if vm.get('name') else ''})")

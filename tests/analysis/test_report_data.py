@@ -76,6 +76,23 @@ def test_lab_timings_are_flagged_and_the_lab_steps_are_the_phases():
     assert page.index("Emulated timings") < page.index("Verdicts") < page.index("Where the time goes")
 
 
+def test_every_output_of_a_lab_capture_says_its_timings_are_emulated():
+    """analyze's text (under the capture line) and JSON, the report's banner and compare's NOTE: on the lab
+    sample, and on none of the live sample's."""
+    from tracekit.analysis.analyze import analysis_json, render_text
+    from tracekit.analysis.compare_view import sides_notes
+
+    for name, lab in (("lab-arm64-eager-enable", True), ("x86-dirty-log-4k", False)):
+        cap, result, _ = _data(name)
+        text = render_text(result, width=80).splitlines()
+        assert (text[2].startswith("NOTE: emulated machine (QEMU TCG): event counts are exact") if lab
+                else not any("emulated machine" in line for line in text))
+        assert (analysis_json(result)["info"]["timing_note"] is not None) == lab
+        assert ("Emulated timings" in render_report(result, cap)) == lab
+        notes = sides_notes(["a"], [cap.manifest], ["b"], [cap.manifest])
+        assert any("timings are the emulator's" in note for note in notes) == lab
+
+
 def test_a_phase_cut_shows_that_phase_only():
     _, result, data = _data("x86-dirty-log-2m", "dirty-memory#2")
     phase = result.tables["phases"].set_index("phase").loc["dirty-memory#2"]
