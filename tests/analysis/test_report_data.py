@@ -135,3 +135,36 @@ def test_tables_show_times_since_the_capture_start_with_units():
     visible = re.sub(r"<[^>]+>", " ", page)
     assert not re.search(r"\b\d{10,}\b", visible)  # no raw CLOCK_MONOTONIC nanoseconds anywhere on the page
     assert "+538.835 ms" in tables  # the setup phase's start, 539 ms after the first recorded event (a lock wait)
+
+
+def test_counts_spanning_orders_of_magnitude_are_drawn_on_log_axes_with_their_values(monkeypatch):
+    """The lab sample's 128 level-2 split visits beside 65,536 level-3 ones, and the live sample's 32 four-level
+    walks beside 24,576 three-level ones: the level figures (and where the time goes, KVM_RUN's 246 ms
+    beside a 2 us ioctl) use a log axis, each bar written with its value, a zero written at the baseline."""
+    from tracekit.analysis import reportfigures
+
+    drawn: dict[tuple[str, str], tuple[str, str, set[str]]] = {}
+    png = reportfigures._png
+    sample = ""
+
+    def keep(fig):
+        ax = fig.axes[-1]
+        drawn[(sample, ax.get_xlabel())] = (ax.get_xscale(), ax.get_yscale(), {t.get_text() for t in ax.texts})
+        return png(fig)
+
+    monkeypatch.setattr(reportfigures, "_png", keep)
+    for sample in ("lab-arm64-eager-enable", "x86-dirty-log-2m"):
+        _, result, data = _data(sample)
+        reportfigures.all_figures(result, data)
+    def lab(label):
+        return drawn[("lab-arm64-eager-enable", label)]
+
+    def live(label):
+        return drawn[("x86-dirty-log-2m", label)]
+
+    assert lab("page-table level")[1] == "log" and {"128", "65,536", "0"} <= lab("page-table level")[2]
+    assert lab("stage-2 level")[1] == "log"
+    assert live("guest walk depth (levels read)")[1] == "log"
+    assert {"24,576", "32", "33"} <= live("guest walk depth (levels read)")[2]
+    assert live("page-table level")[1] == "log" and {"49,217", "65"} <= live("page-table level")[2]
+    assert live("total time (ms, log scale)")[0] == "log" and live("latency (µs, log scale)")[0] == "log"
