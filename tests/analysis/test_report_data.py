@@ -127,6 +127,37 @@ def test_streamed_kvm_run_calls_are_spans_on_their_vcpu_row(make_capture):
     assert "every family from +0.000 ms to +80.000 ms" in page
 
 
+def test_a_thread_whose_events_all_lie_outside_the_timeline_gets_no_empty_row(make_capture, monkeypatch):
+    """The timeline shows the phases (10-20 ms of an 80 ms recording): a thread whose only call came before
+    them (tid 7, like the demo's second python thread) is counted in the caption, not drawn as an empty row."""
+    from tracekit.analysis import reportfigures
+
+    starts = np.arange(MIN_SAMPLES, dtype=np.int64) * 400_000 + 11_000_000
+    path = make_capture({"ioctl": {
+        "ts_ns": np.concatenate([[1_000_000], starts]), "tid": [7] + [8] * MIN_SAMPLES,
+        "duration_ns": np.concatenate([[2_000], np.full(MIN_SAMPLES, 300_000)]),
+        "cmd": np.array([0xAE03] + [0xAE80] * MIN_SAMPLES, np.uint32),
+        "cmd_name": ["KVM_CHECK_EXTENSION"] + ["KVM_RUN"] * MIN_SAMPLES, "ret": [0] * (MIN_SAMPLES + 1)}},
+        manifest={"target": {"pids": [1], "threads": [{"tid": 8, "comm": "vcpu", "vcpu": 0}]},
+                  "workload": {"workload": "dirty-log", "phases": [
+                      {"name": "populate", "iteration": None, "start_ns": 10_000_000, "end_ns": 20_000_000}]},
+                  "window": {"clock": "CLOCK_MONOTONIC", "start_ns": 0, "stop_ns": 80_000_000, "seconds": 0.08}})
+    cap = open_capture(path)
+    result = analyze_capture(cap)
+    data = report_data(cap, result)
+    assert data.rows == ["vCPU 0 (tid 8)", "tid 7"] and data.outside == 1
+    labels = []
+    png = reportfigures._png
+
+    def keep(fig):
+        labels.append([t.get_text() for t in fig.axes[-1].get_yticklabels()])
+        return png(fig)
+
+    monkeypatch.setattr(reportfigures, "_png", keep)
+    figure = reportfigures._timeline(data)
+    assert labels == [["vCPU 0 (tid 8)"]] and "1 events before or after the phases" in figure.caption
+
+
 def test_tables_show_times_since_the_capture_start_with_units():
     cap, result, _ = _data("x86-dirty-log-2m")
     page = render_report(result, cap)
