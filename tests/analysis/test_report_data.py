@@ -102,19 +102,27 @@ def test_a_phase_cut_shows_that_phase_only():
     assert not any(s.aggregated for s in data.series)  # the kernel's KVM_RUN totals cannot be cut by phase
 
 
-def test_streamed_kvm_run_calls_are_spans_on_their_vcpu_row(make_capture):
-    runs = 3 * MIN_SAMPLES
-    starts = np.arange(runs, dtype=np.int64) * 1_000_000 + 10_000_000
+def _kvm_runs(make_capture, first_ns: int, starts: np.ndarray, run_ns: int, vcpu: int, **manifest):
+    """A capture of one KVM_CHECK_EXTENSION call of tid 7 at ``first_ns`` and KVM_RUN calls of vCPU ``vcpu``
+    (tid 8) at ``starts``, ``run_ns`` each, recorded in a window of 0-80 ms; its analysis and report data."""
+    runs = len(starts)
     path = make_capture({"ioctl": {
-        "ts_ns": np.concatenate([[0], starts]), "tid": [7] + [8] * runs,
-        "duration_ns": np.concatenate([[2_000], np.full(runs, 400_000)]),
+        "ts_ns": np.concatenate([[first_ns], starts]), "tid": [7] + [8] * runs,
+        "duration_ns": np.concatenate([[2_000], np.full(runs, run_ns)]),
         "cmd": np.array([0xAE03] + [0xAE80] * runs, np.uint32),
         "cmd_name": ["KVM_CHECK_EXTENSION"] + ["KVM_RUN"] * runs, "ret": [0] * (runs + 1)}},
-        manifest={"target": {"pids": [1], "threads": [{"tid": 8, "comm": "vcpu", "vcpu": 3}]},
-                  "window": {"clock": "CLOCK_MONOTONIC", "start_ns": 0, "stop_ns": 80_000_000, "seconds": 0.08}})
+        manifest={"target": {"pids": [1], "threads": [{"tid": 8, "comm": "vcpu", "vcpu": vcpu}]},
+                  "window": {"clock": "CLOCK_MONOTONIC", "start_ns": 0, "stop_ns": 80_000_000, "seconds": 0.08},
+                  **manifest})
     cap = open_capture(path)
     result = analyze_capture(cap)
-    data = report_data(cap, result)
+    return cap, result, report_data(cap, result)
+
+
+def test_streamed_kvm_run_calls_are_spans_on_their_vcpu_row(make_capture):
+    runs = 3 * MIN_SAMPLES
+    cap, result, data = _kvm_runs(make_capture, 0, np.arange(runs, dtype=np.int64) * 1_000_000 + 10_000_000,
+                                  400_000, 3)
     lanes = data.timeline_table().set_index(["row", "kind"])
     run = lanes.loc[("vCPU 3 (tid 8)", "KVM_RUN")]
     assert run["events"] == runs and run["busy_ns"] == runs * 400_000
@@ -132,19 +140,9 @@ def test_a_thread_whose_events_all_lie_outside_the_timeline_gets_no_empty_row(ma
     them (tid 7, like the demo's second python thread) is counted in the caption, not drawn as an empty row."""
     from tracekit.analysis import reportfigures
 
-    starts = np.arange(MIN_SAMPLES, dtype=np.int64) * 400_000 + 11_000_000
-    path = make_capture({"ioctl": {
-        "ts_ns": np.concatenate([[1_000_000], starts]), "tid": [7] + [8] * MIN_SAMPLES,
-        "duration_ns": np.concatenate([[2_000], np.full(MIN_SAMPLES, 300_000)]),
-        "cmd": np.array([0xAE03] + [0xAE80] * MIN_SAMPLES, np.uint32),
-        "cmd_name": ["KVM_CHECK_EXTENSION"] + ["KVM_RUN"] * MIN_SAMPLES, "ret": [0] * (MIN_SAMPLES + 1)}},
-        manifest={"target": {"pids": [1], "threads": [{"tid": 8, "comm": "vcpu", "vcpu": 0}]},
-                  "workload": {"workload": "dirty-log", "phases": [
-                      {"name": "populate", "iteration": None, "start_ns": 10_000_000, "end_ns": 20_000_000}]},
-                  "window": {"clock": "CLOCK_MONOTONIC", "start_ns": 0, "stop_ns": 80_000_000, "seconds": 0.08}})
-    cap = open_capture(path)
-    result = analyze_capture(cap)
-    data = report_data(cap, result)
+    phases = [{"name": "populate", "iteration": None, "start_ns": 10_000_000, "end_ns": 20_000_000}]
+    _, _, data = _kvm_runs(make_capture, 1_000_000, np.arange(MIN_SAMPLES, dtype=np.int64) * 400_000 + 11_000_000,
+                           300_000, 0, workload={"workload": "dirty-log", "phases": phases})
     assert data.rows == ["vCPU 0 (tid 8)", "tid 7"] and data.outside == 1
     labels = []
     png = reportfigures._png
