@@ -373,11 +373,17 @@ def compare_elements(level: np.ndarray, pte: np.ndarray, starts: np.ndarray, cou
         has = slice(None) if every else np.flatnonzero(counts > d)
         e = starts[has] + d
         r = rows[has]
-        o_level = np.take(level, e)
-        observed += np.bincount(o_level.astype(np.intp) + 2, minlength=8)[:8]
-        m_level = np.take(model_levels[d], r) if d < len(model_levels) else np.full(len(r), _NO_LEVEL, np.int8)
-        m_pte = np.take(model_ptes[d], r) if d < len(model_ptes) else np.zeros(len(r), np.uint64)
-        wrong = (o_level != m_level) | (((np.take(pte, e) ^ m_pte) & ~_AD) != 0)
+        o_level = level.take(e)
+        slot = o_level.astype(np.intp)
+        slot += 2
+        observed += np.bincount(slot, minlength=8)[:8]
+        m_level = model_levels[d].take(r) if d < len(model_levels) else np.full(len(r), _NO_LEVEL, np.int8)
+        m_pte = model_ptes[d].take(r) if d < len(model_ptes) else np.zeros(len(r), np.uint64)
+        differ = pte.take(e)
+        differ ^= m_pte
+        differ &= ~_AD
+        wrong = differ != 0
+        wrong |= o_level != m_level
         if not wrong.any():
             continue
         where = np.flatnonzero(wrong) if every else has[wrong]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
+import time
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -32,24 +34,47 @@ RESIDENT_BYTES = 32 << 20
 
 _maps: weakref.WeakSet = weakref.WeakSet()  # the live mappings of spilled arrays, for trim()
 _floor: int | None = None  # the resident file-backed bytes after the last drop
+#: :func:`trim` reads the process's resident pages at most this often (a read of /proc costs ~20 us).
+_CHECK_SECONDS = 0.002
+_checked = 0.0  # when trim() last read them
+_statm: tuple[int, int] | None = None  # (pid, descriptor of /proc/self/statm)
 
 
 class _Map(mmap.mmap):
     """An mmap that :data:`_maps` can hold weakly (plain mmap objects take no weak references)."""
 
 
-def _mapped(nbytes: int) -> _Map:
-    """A shared mapping of ``nbytes`` (at least one page) of a fresh unlinked temporary file, zero-filled."""
+def _map_file(file: Any, nbytes: int) -> _Map:
+    """A shared mapping of ``file``'s first ``nbytes`` (at least one page), the file grown to that size
+    (zero-filled); the mapping keeps the file open (``mapping.file``), so the file can grow again."""
     size = max(nbytes, mmap.PAGESIZE)
-    with tempfile.TemporaryFile(prefix="tracekit-spill-") as file:
-        try:
-            os.posix_fallocate(file.fileno(), 0, size)
-        except OSError as error:
-            raise AnalysisError(f"no room for {size / 2**20:,.0f} MB of analysis state in {tempfile.gettempdir()} "
-                                f"(set TMPDIR to a larger file system): {error.strerror}") from None
-        mapping = _Map(file.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        os.posix_fallocate(file.fileno(), 0, size)
+    except OSError as error:
+        raise AnalysisError(f"no room for {size / 2**20:,.0f} MB of analysis state in {tempfile.gettempdir()} "
+                            f"(set TMPDIR to a larger file system): {error.strerror}") from None
+    mapping = _Map(file.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    mapping.file = file
     _maps.add(mapping)
     return mapping
+
+
+def _mapped(nbytes: int) -> _Map:
+    """A shared mapping of ``nbytes`` (at least one page) of a fresh unlinked temporary file, zero-filled."""
+    file = tempfile.TemporaryFile(prefix="tracekit-spill-")
+    try:
+        return _map_file(file, nbytes)
+    except BaseException:
+        file.close()
+        raise
+
+
+def _mapping_of(array: np.ndarray) -> _Map | None:
+    """The mapping made by :func:`_mapped` that ``array`` (or what it views) lives in, None when in memory."""
+    while isinstance(array, np.ndarray):
+        array = array.base
+    found = getattr(array, "obj", array)  # numpy holds a memoryview of the mapping
+    return found if isinstance(found, _Map) else None
 
 
 def full(n: int, value: int | bool, dtype: np.dtype | type) -> np.ndarray:
@@ -68,9 +93,7 @@ def full(n: int, value: int | bool, dtype: np.dtype | type) -> np.ndarray:
 
 def spilled(array: np.ndarray) -> bool:
     """True when ``array`` (or what it views) lives in a file made by :func:`full`."""
-    while isinstance(array, np.ndarray):
-        array = array.base
-    return isinstance(getattr(array, "obj", array), _Map)  # numpy holds a memoryview of the mapping
+    return _mapping_of(array) is not None
 
 
 def widened(array: np.ndarray, dtype: np.dtype | type, size: int | None = None, rows: int | None = None
@@ -86,10 +109,12 @@ def widened(array: np.ndarray, dtype: np.dtype | type, size: int | None = None, 
 
 
 def _file_pages_bytes() -> int | None:
-    """The process's resident file-backed and shared bytes (/proc/self/statm), None where unknown."""
+    """The process's resident file-backed and shared bytes (/proc/self/statm, kept open), None where unknown."""
+    global _statm
     try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[2]) * mmap.PAGESIZE
+        if _statm is None or _statm[0] != os.getpid():
+            _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+        return int(os.pread(_statm[1], 256, 0).split()[2]) * mmap.PAGESIZE
     except (OSError, IndexError, ValueError):
         return None
 
@@ -97,9 +122,12 @@ def _file_pages_bytes() -> int | None:
 def trim() -> None:
     """Drop every page of the spilled arrays from this process (their data stays in their files), once the
     process's file-backed pages grew by :data:`RESIDENT_BYTES` since the last drop (cheap to call often)."""
-    global _floor
+    global _floor, _checked
     if not _maps:
         return
+    if RESIDENT_BYTES and time.monotonic() - _checked < _CHECK_SECONDS:
+        return  # checked a moment ago: the pages touched since are few
+    _checked = time.monotonic()
     now = _file_pages_bytes()
     if now is not None and _floor is not None and now < _floor + RESIDENT_BYTES:
         return
@@ -155,12 +183,17 @@ class Growing:
     def append(self, values: np.ndarray) -> None:
         end = self.size + len(values)
         if end > len(self._data):
-            bigger = full(max(end, 2 * len(self._data)), 0, self.dtype)
-            for start in range(0, self.size, COPY_ROWS):
-                stop = min(start + COPY_ROWS, self.size)
-                bigger[start:stop] = self._data[start:stop]
-                trim()
-            self._data = bigger
+            size = max(end, 2 * len(self._data))
+            mapping = _mapping_of(self._data)
+            if mapping is not None:  # in a file: the file grows under a new mapping, nothing is copied
+                self._data = np.frombuffer(_map_file(mapping.file, size * self.dtype.itemsize), self.dtype, count=size)
+            else:
+                bigger = full(size, 0, self.dtype)
+                for start in range(0, self.size, COPY_ROWS):
+                    stop = min(start + COPY_ROWS, self.size)
+                    bigger[start:stop] = self._data[start:stop]
+                    trim()
+                self._data = bigger
         self._data[self.size:end] = values
         self.size = end
 

@@ -66,6 +66,18 @@ def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequenc
     return followers
 
 
+def _after(times: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(times, stamps, side="right")`` (``times`` sorted): for walks each followed by one
+    event of ``times`` before the next walk (as mostly), the first walk's position plus the walk's row,
+    checked, before any search."""
+    first = int(times.searchsorted(stamps[0], side="right"))  # the first walk's, searched
+    if first + len(stamps) <= len(times):
+        guess = np.arange(first, first + len(stamps))
+        if (stamps < times[guess]).all() and (times[guess[1:] - 1] <= stamps[1:]).all():
+            return guess
+    return times.searchsorted(stamps, side="right")
+
+
 def _by_thread(tid: np.ndarray, among: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
     """Each thread of ``tid`` (those in ``among``, sorted, when given), ascending, with its rows in order:
     a comparison per thread while they are few (a batch's vCPUs), else one stable sort."""
@@ -100,8 +112,9 @@ class _ThreadStamps:
         for thread, rows in _by_thread(tid):
             stamps = ts_ns[rows]
             vector = self.parts.setdefault(thread, spill.Growing(np.int64))
-            before = vector.values()
-            repeated = np.r_[bool(vector.size) and stamps[0] == before[-1], stamps[1:] == stamps[:-1]]
+            repeated = np.empty(len(stamps), bool)
+            repeated[0] = bool(vector.size) and stamps[0] == vector.values()[-1]
+            np.equal(stamps[1:], stamps[:-1], out=repeated[1:])
             if not repeated.all():
                 vector.append(stamps[~repeated])
         spill.trim()
@@ -153,7 +166,7 @@ class FaultFollowers:
             stamps = ts_ns[rows]
             # the first fault event after each walk, searched among those of the batch's span (and the one after)
             low, high = np.searchsorted(times, (stamps.min(), stamps.max()), side="right").tolist()
-            event = np.searchsorted(times[low:high], stamps, side="right")
+            event = _after(times[low:high + 1], stamps)  # (the event after the span: no walk's is further)
             span = times[low:high + 1] if high < len(times) else np.append(times[low:high], 0)
             gap = span[event] - stamps
             ok = gap <= self._window
@@ -167,12 +180,17 @@ class FaultFollowers:
                 order = np.lexsort((stamps, event))  # per event, its latest walk last
                 event, gap, rows = event[order], gap[order], rows[order]
             last = np.append(event[1:] != event[:-1], True)
-            event, gap, rows = event[last] + low, gap[last], rows[last]
+            if not last.all():  # (mostly each walk is followed by its own event)
+                event, gap, rows = event[last], gap[last], rows[last]
+            event += low
             if start + len(tid) > np.iinfo(self._best_row[k].dtype).max:
                 self._best_row[k] = spill.widened(self._best_row[k], np.int64)
             newer = gap < best_gap[event]
-            best_gap[event[newer]] = gap[newer]
-            self._best_row[k][event[newer]] = start + rows[newer]
+            if not newer.all():  # (mostly no walk of an earlier batch had these events)
+                event, gap, rows = event[newer], gap[newer], rows[newer]
+            best_gap[event] = gap
+            rows += start
+            self._best_row[k][event] = rows
         spill.trim()
 
     def rows(self) -> np.ndarray:

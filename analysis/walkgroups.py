@@ -54,17 +54,31 @@ class Codes:
             self.values.append(value)
         return code
 
+    def _codes(self, values: np.ndarray) -> int | np.ndarray:
+        """The codes of ``values`` (int64), new values added: one code when they are all one value (as
+        mostly: the first value is compared before anything is hashed)."""
+        code = self._code(int(values[0]))
+        other = values != values[0]
+        if not other.any():
+            return code
+        codes = np.full(len(values), code, np.int64)
+        rest = np.flatnonzero(other)
+        found, uniques = pd.factorize(values[rest])
+        codes[rest] = np.fromiter((self._code(v) for v in uniques.tolist()), np.int64, len(uniques))[found]
+        return codes
+
     def encode(self, values: np.ndarray) -> np.ndarray:
         """The codes of ``values`` (int64), new values added."""
         if len(values) == 0:
             return np.zeros(0, np.int64)
-        codes, uniques = pd.factorize(values)
-        table = np.fromiter((self._code(v) for v in uniques.tolist()), np.int64, len(uniques))
-        return table[codes]
+        codes = self._codes(values)
+        return np.full(len(values), codes, np.int64) if isinstance(codes, int) else codes
 
     def put(self, rows: Any, values: np.ndarray) -> None:
         """Store the codes of ``values`` at ``rows`` (an index array or slice)."""
-        codes = self.encode(values)
+        if len(values) == 0:
+            return
+        codes = self._codes(values)
         wanted = _narrowest(len(self.values))
         if wanted.itemsize > self.codes.dtype.itemsize:
             self.codes = spill.widened(self.codes, wanted)
