@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests import livecheck
+from tests.selftests.modelcheck import assert_matches_but_for_lost_elements
 from tracekit.analysis.analyze import analyze_capture
 from tracekit.analysis.common import load
 from tracekit.analysis.phases import dirty_log_events, parse_selftest_output
@@ -86,6 +87,17 @@ def _check_run(recorded, vcpus: int, manual: bool = True):
     return cap, result
 
 
+def _check_walks(cap, result, pages: int) -> None:
+    """The run's test-memory walks against the selftest model: every page's write a walk (``pages`` in all
+    without lost events), each matching the model but for walks cut short by lost walk steps; and each walk
+    labelled by its cause (no ``unknown``)."""
+    assert_matches_but_for_lost_elements(cap, result)
+    check = result.verdicts["crosscheck"]
+    assert check["compared"] == pages if cap.lost_total() == 0 else 0 < check["compared"] <= pages, check
+    causes = result.verdicts["walk_causes"]
+    assert causes["unknown"] == 0 and causes["fault"] + causes["emulation"] == cap.rows("walk"), causes
+
+
 def test_dirty_log_perf_test_default(record_selftest):
     """Manual protect (GET then CLEAR per iteration), one vCPU."""
     recorded = record_selftest("dirty_log_perf_test", "-b", "16M", "-i", "3")
@@ -102,6 +114,7 @@ def test_dirty_log_perf_test_legacy_get(record_selftest):
         assert "" not in by_phase.index or by_phase.get("", 0) < by_phase.sum() // 100
     for i in (1, 2, 3):
         assert by_phase.get(f"dirty-memory#{i}", 0) > 0
+    _check_walks(cap, result, pages=4 * 4096)  # populate and three passes, each page written once
 
 
 def test_dirty_log_perf_test_thp_and_two_vcpus(record_selftest):
@@ -111,6 +124,7 @@ def test_dirty_log_perf_test_thp_and_two_vcpus(record_selftest):
                                extra=("--stream-ioctl", "KVM_RUN"))
     cap, result = _check_run(recorded, vcpus=2)
     assert set(result.tables["walk_depth"]["vcpu"]) == {0, 1}  # one row per vCPU, not one for both
+    _check_walks(cap, result, pages=3 * 2 * 4096)  # guest page tables of 4 KiB pages: THP only backs them
     runs = load(cap, "ioctl", ["ts_ns", "tid", "duration_ns", "cmd_name", "ret"])
     runs = runs[(runs["cmd_name"] == "KVM_RUN") & runs["duration_ns"].notna()]
     cut = analyze_capture(cap, phase="dirty-memory#2")
