@@ -167,12 +167,13 @@ class Dataset:
 
     @classmethod
     def open(cls, paths: Iterable[str | os.PathLike] | str | os.PathLike, *, skip_bad: bool = False,
-             verify_pages: bool = False, families: Collection[str] | None = None) -> "Dataset":
+             verify_pages: bool = False, families: Collection[str] | None = None, footers: bool = True) -> "Dataset":
         """Open every capture under ``paths`` (see :func:`find_captures`). A capture that cannot be opened
         raises CaptureFormatError, or with ``skip_bad`` is listed in ``problems``; no capture at all raises.
         Opening checks manifests and segment footers; ``verify_pages`` also reads every data page against
         its CRC (a whole read: SQL engines do not check page checksums themselves). With ``families``
-        only those families' footers are read (:func:`tracekit.capture.reader.open_capture`)."""
+        only those families' footers are read, without ``footers`` none (only the families' schemas:
+        :func:`tracekit.capture.reader.open_capture`)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         captures: list[Capture] = []
@@ -183,7 +184,8 @@ class Dataset:
                 if isinstance(path, _Unlisted):
                     raise path.error
                 _check_utf8(path)
-                cap = open_url_capture(path) if is_url(path) else open_capture(path, families)
+                opener = open_url_capture if is_url(path) else open_capture
+                cap = opener(path, families, footers=footers)
                 if verify_pages:
                     _verify_pages(cap)
             except CaptureFormatError as error:
@@ -356,7 +358,7 @@ def _facts(cap: Capture, phases: list[dict] | None) -> dict:
         "duration_s": float(m["duration_s"]) if isinstance(m.get("duration_s"), (int, float)) else None,
         "window_start_ns": _int(window.get("start_ns")),
         "window_stop_ns": _int(window.get("stop_ns")),
-        "family_rows": [(family, cap.rows(family)) for family in cap.families()],
+        "family_rows": list(cap.family_rows().items()),
     }
 
 

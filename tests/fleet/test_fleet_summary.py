@@ -218,6 +218,15 @@ def test_a_failed_engine_setup_leaves_no_spill_directory(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def _damage_footer(segment):
+    """``segment`` with the first half of its footer overwritten (its length and magic kept); returned."""
+    data = bytearray(segment.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[-8 - footer:-8 - footer // 2] = b"\xff" * (footer - footer // 2)
+    segment.write_bytes(bytes(data))
+    return segment
+
+
 def test_only_the_families_the_summary_reads_have_their_footers_checked(tmp_path):
     """A segment of a family the summary neither reads nor takes verdicts from (``func_call``) is only
     checked to end as a Parquet file: truncated, it is one line leaving its capture out; its footer
@@ -226,11 +235,7 @@ def test_only_the_families_the_summary_reads_have_their_footers_checked(tmp_path
                           for name in ("truncated.tkcap", "damaged.tkcap"))
     cut = sorted((truncated / "func_call").glob("part-*.parquet"))[0]
     cut.write_bytes(cut.read_bytes()[:-3])
-    inside = sorted((damaged / "func_call").glob("part-*.parquet"))[0]
-    data = bytearray(inside.read_bytes())
-    footer = int.from_bytes(data[-8:-4], "little")
-    data[-8 - footer:-8 - footer // 2] = b"\xff" * (footer - footer // 2)
-    inside.write_bytes(bytes(data))
+    inside = _damage_footer(sorted((damaged / "func_call").glob("part-*.parquet"))[0])
     result = CliRunner().invoke(app, ["fleet", "summary", str(tmp_path), "--format", "json"])
     assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.output
     assert f"truncated.tkcap/func_call/{cut.name}: corrupt or truncated Parquet file" in result.stderr
@@ -238,3 +243,31 @@ def test_only_the_families_the_summary_reads_have_their_footers_checked(tmp_path
     assert [r["label"] for r in document["captures"]] == ["damaged"] and document["captures"][0]["splits"] == 1024
     info = CliRunner().invoke(app, ["info", str(damaged)])
     assert info.exit_code == 1 and inside.name in info.stderr
+
+
+def test_the_summary_on_duckdb_reads_no_segment_footer_of_the_families_its_query_reads(monkeypatch):
+    """DuckDB reads those footers in its scans: the captures are opened reading only each such family's
+    schema (its schema file); the verdicts' row counts are then the manifest's, and equal the footers'."""
+    from tracekit.capture import reader
+    from tracekit.fleet.query import INPUT_COLUMNS
+
+    read = []
+    footer = reader._read_footer
+    monkeypatch.setattr(reader, "_read_footer", lambda path, *a: read.append(path) or footer(path, *a))
+    summary = fleet_summary([str(X86)], by="kernel")
+    assert read and all(p.name == "_schema.parquet" and p.parent.name in INPUT_COLUMNS for p in read)
+    read.clear()
+    checked = fleet_summary([str(X86)], by="kernel", dataset=Dataset.open([str(X86)]))
+    assert any(p.name.startswith("part-") for p in read) and checked.captures == summary.captures
+
+
+def test_a_segment_duckdb_cannot_read_is_found_by_the_check_and_its_capture_left_out(tmp_path):
+    """A damaged footer inside a segment the query reads (not truncated: its tail is a footer's) fails
+    DuckDB's read; every footer is then checked, the capture named on one line, the rest summarised."""
+    for name in ("lab-arm64-eager-clear.tkcap", "x86-dirty-log-4k.tkcap"):
+        shutil.copytree(SAMPLES / name, tmp_path / name)
+    segment = _damage_footer(sorted((tmp_path / "x86-dirty-log-4k.tkcap" / "ioctl").glob("part-*.parquet"))[-1])
+    result = CliRunner().invoke(app, ["fleet", "summary", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.output
+    assert f"x86-dirty-log-4k.tkcap/ioctl/{segment.name}: corrupt or truncated Parquet file" in result.stderr
+    assert [r["label"] for r in json.loads(result.stdout)["captures"]] == ["lab-arm64-eager-clear"]

@@ -131,3 +131,24 @@ def test_s3a_urls_read_through_pyarrows_s3_client(s3_server):
     assert segments_table(url).column("rows").equals(segments_table(local).column("rows"))
     with pytest.raises(CaptureFormatError, match=r"^s3a://fleet/none.tkcap: no such capture$"):
         remote.open_url_capture(f"s3a://fleet/none.tkcap{s3_server}")
+
+
+def test_captures_at_a_url_are_read_by_the_local_reader_s_one_routine(tmp_path):
+    """The families a summary does not read have only their segments' tails checked at a URL too (the
+    same read_family as a local capture's): a truncated one is one line, and with footers=False the
+    families it reads have their schemas only."""
+    from tracekit.fleet.query import INPUT_COLUMNS
+    from tracekit.fleet.summary import SUMMARY_FAMILIES
+
+    cap = shutil.copytree(SAMPLES / "lab-arm64-eager-clear.tkcap", tmp_path / "cut.tkcap")
+    segment = sorted((cap / "func_call").glob("part-*.parquet"))[0]
+    url = f"file://{cap}"
+    opened = remote.open_url_capture(url, SUMMARY_FAMILIES)
+    assert opened.rows("func_call") is None and opened.rows("split") == 1024
+    listed = remote.open_url_capture(url, INPUT_COLUMNS, footers=False)
+    assert listed.schema("split") == opened.schema("split") and listed.rows("split") is None
+    segment.write_bytes(segment.read_bytes()[:-3])
+    for families, footers in ((SUMMARY_FAMILIES, True), (INPUT_COLUMNS, False)):
+        with pytest.raises(CaptureFormatError, match=rf"^{url}/func_call/{segment.name}: corrupt or truncated Parquet "
+                                                     r"file \(no footer at its end\)$"):
+            remote.open_url_capture(url, families, footers=footers)

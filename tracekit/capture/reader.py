@@ -40,7 +40,8 @@ from tracekit.capture.manifest import (MAX_MANIFEST_BYTES, SNAPSHOT, check_manif
 from tracekit.errors import CaptureFormatError
 from tracekit.procs import pid_alive
 
-__all__ = ["Capture", "open_capture", "exact_pandas", "check_manifest_bytes", "family_of", "arrow_reason"]
+__all__ = ["Capture", "open_capture", "exact_pandas", "check_manifest_bytes", "read_family", "family_reads",
+           "arrow_reason", "FOOTERS", "TAILS", "SCHEMA"]
 
 _SNAPSHOT_KEY = b"tracekit.manifest"
 _THREAD_KEYS = ["pid", "tid", "comm", "vcpu", "vcpu_from", "first_seen_ns", "last_seen_ns", "pre_exec"]
@@ -150,15 +151,15 @@ def _snapshot(path: Path, metadata: dict) -> dict | None:
     return {key: snapshot[key] for key in SNAPSHOT.fields if key in snapshot}  # what the reader uses
 
 
-def _check_tail(path: Path) -> None:
+def _check_tail(path: Any, opener: Opener) -> None:
     """A segment whose footer is not read: a regular file inside the capture ending as a Parquet file
     does (a footer length that fits, then the magic), so a truncated one is still refused naming it."""
-    with _open_inside(path) as f:
-        size = os.fstat(f.fileno()).st_size
+    with opener(path) as f:
         try:
+            size = f.seek(0, 2)
             f.seek(max(size - 8, 0))
             tail = f.read(8)
-        except OSError as error:
+        except (OSError, pa.ArrowException, ValueError) as error:
             raise _corrupt(path, error) from None
     if size < 12 or tail[4:] != b"PAR1" or int.from_bytes(tail[:4], "little") > size - 12:
         raise CaptureFormatError(f"{shown_path(path)}: corrupt or truncated Parquet file (no footer at its end)")
@@ -169,32 +170,38 @@ def _segment_names(names: Sequence[str]) -> list[str]:
     return sorted((name for name in names if is_segment_name(name)), key=lambda name: (len(name), name))
 
 
-def _read_family(directory: Path, snapshots: bool, footers: bool = True) -> _Family | None:
-    """The family in ``directory`` (see :func:`family_of`). Without ``footers`` no footer is read: the
-    segments are only checked by :func:`_check_tail`, and the family's schema and row counts are None."""
-    names = [entry.name for entry in os.scandir(directory)]
-    if not footers:
-        segment_names = _segment_names(names)
-        for name in segment_names:
-            _check_tail(directory / name)
-        schema_path = directory / SCHEMA_FILE if SCHEMA_FILE in names else None
-        if not segment_names and schema_path is None:
-            return None
-        return _Family(None, tuple(_Segment(directory / name, None, None) for name in segment_names), schema_path)
-    return family_of(directory, names, snapshots)
+#: How much of a family :func:`read_family` reads: every footer (checked), only each segment's tail, or
+#: only the family's schema (its schema file, else its first segment's footer; no segment checked).
+FOOTERS, TAILS, SCHEMA = "footers", "tails", "schema"
 
 
-def family_of(directory: Any, names: Sequence[str], snapshots: bool, opener: Opener = _open_inside) -> _Family | None:
-    """The family in ``directory`` (a Path, or a path-like with ``name`` and ``/`` that ``opener`` opens)
-    holding the files ``names``, every segment checked against its schema; None when it is empty.
-    Segment snapshots are read only when ``snapshots`` (an unfinished capture uses them)."""
+def read_family(directory: Any, names: Sequence[str], snapshots: bool, read: str = FOOTERS,
+                opener: Opener = _open_inside) -> _Family | None:
+    """The family in ``directory`` (a Path, or a path-like with ``name`` and ``/`` that ``opener`` opens: a
+    capture's files on any file system) holding the files ``names``; None when it is empty. ``read``:
+    :data:`FOOTERS`: every segment's footer checked against the family's schema (segment snapshots read
+    only when ``snapshots``: an unfinished capture uses them); :data:`TAILS`: each segment only checked
+    by :func:`_check_tail`, schema and row counts None; :data:`SCHEMA`: the schema only, no segment
+    opened, row counts None."""
     family = directory.name
     segment_names = _segment_names(names)
     schema_path = directory / SCHEMA_FILE if SCHEMA_FILE in names else None
+    if read == TAILS:
+        for name in segment_names:
+            _check_tail(directory / name, opener)
+        if not segment_names and schema_path is None:
+            return None
+        return _Family(None, tuple(_Segment(directory / name, None, None) for name in segment_names), schema_path)
     schema = None
     if schema_path is not None:
         schema = _read_footer(schema_path, opener)[0]
         check_family_schema(family, schema)
+    if read == SCHEMA:
+        if schema is None and segment_names:
+            schema = _read_footer(directory / segment_names[0], opener)[0]
+            check_family_schema(family, schema)
+        segments = tuple(_Segment(directory / name, None, None) for name in segment_names)
+        return None if schema is None else _Family(schema, segments, schema_path)
     segments = []
     for name in segment_names:
         path = directory / name
@@ -216,6 +223,14 @@ def family_of(directory: Any, names: Sequence[str], snapshots: bool, opener: Ope
     return _Family(schema, tuple(segments), schema_path)
 
 
+def family_reads(families: Collection[str] | None, footers: bool = True) -> Callable[[str], str]:
+    """What :func:`read_family` reads of each family of a capture opened with ``families`` (None: all) and
+    ``footers`` (see :func:`open_capture`)."""
+    def read(family: str) -> str:
+        return (FOOTERS if footers else SCHEMA) if families is None or family in families else TAILS
+    return read
+
+
 def _check_threads(directory: Any, schema: pa.Schema) -> None:
     """Refuse a ``threads`` family that lacks a declared column or holds it as another type (a string
     column may be dictionary-encoded): readers take its rows as the capture's thread facts."""
@@ -228,9 +243,8 @@ def _check_threads(directory: Any, schema: pa.Schema) -> None:
                                      f"{found}, expected {field.type})")
 
 
-def _read_families(path: Path, snapshots: bool, checked: Collection[str] | None = None) -> dict[str, _Family]:
-    """Every family of the capture at ``path``; only those in ``checked`` (all when None) have their
-    segment footers read (see :func:`_read_family`)."""
+def _read_families(path: Path, snapshots: bool, reads: Callable[[str], str]) -> dict[str, _Family]:
+    """Every family of the capture at ``path``, each read as ``reads(family)`` says (:func:`family_reads`)."""
     families = {}
     for entry in os.scandir(path):
         if not is_family_name(entry.name):
@@ -239,7 +253,8 @@ def _read_families(path: Path, snapshots: bool, checked: Collection[str] | None 
             raise CaptureFormatError(f"{shown_path(entry.path)}: a symbolic link; a capture's files are read "
                                      "only from inside it")
         if entry.is_dir(follow_symlinks=False):
-            family = _read_family(Path(entry.path), snapshots, checked is None or entry.name in checked)
+            directory = Path(entry.path)
+            family = read_family(directory, [e.name for e in os.scandir(directory)], snapshots, reads(entry.name))
             if family is not None:
                 families[entry.name] = family
     return dict(sorted(families.items()))
@@ -389,9 +404,14 @@ class Capture:
     def rows(self, family: str) -> int | None:
         """Row count of ``family`` from segment footers (read at open; None when they were not)."""
         found = self._families.get(family)
-        if found is not None and found.schema is None:
-            return None
-        return sum(s.rows for s in found.segments) if found else 0
+        if found is None:
+            return 0
+        counts = [s.rows for s in found.segments]
+        return None if found.schema is None or None in counts else sum(counts)
+
+    def family_rows(self) -> dict[str, int | None]:
+        """``{family: rows}`` of every family present (:meth:`rows`), in family order."""
+        return {family: self.rows(family) for family in self._families}
 
     def lost_total(self) -> int:
         return sum(entry["count"] for entry in self.manifest.get("lost") or [] if "count" in entry)
@@ -437,12 +457,14 @@ def exact_pandas(data: pa.Table | pa.ChunkedArray | pa.Array):
     return data.to_pandas(types_mapper=_masked_integer_dtype)
 
 
-def open_capture(path: str | os.PathLike, families: Collection[str] | None = None) -> Capture:
+def open_capture(path: str | os.PathLike, families: Collection[str] | None = None, *, footers: bool = True) -> Capture:
     """Open and validate the capture at ``path`` (at a URL: :func:`.remote.open_url_capture`); raise
     CaptureFormatError with one line if unusable. With ``families``, only those families' segment footers
     are read and checked; the others' segments are checked to be regular files that end as Parquet files,
-    and their schema and rows are None (an unfinished capture is checked whole: its lost counters come
-    from every segment's snapshot)."""
+    and their schema and rows are None. Without ``footers``, ``families`` (all when None) have only their
+    schema read (their schema file, else their first segment's footer) and row counts None: a reader of
+    their segments that checks them itself (the fleet summary's DuckDB). An unfinished capture is checked
+    whole either way: its lost counters come from every segment's snapshot."""
     p = Path(path)
     if not p.exists():
         raise CaptureFormatError(f"{shown_path(p)}: no such capture")
@@ -451,6 +473,7 @@ def open_capture(path: str | os.PathLike, families: Collection[str] | None = Non
     try:
         manifest = _read_manifest(p)
         recording = manifest.get("status") == "recording"
-        return Capture(p, manifest, _read_families(p, recording, None if recording else families))
+        return Capture(p, manifest, _read_families(p, recording, family_reads(None) if recording
+                                                   else family_reads(families, footers)))
     except OSError as error:  # a directory that cannot be listed
         raise CaptureFormatError(f"{shown_path(p)}: cannot read ({error.strerror or error})") from None

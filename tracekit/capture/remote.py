@@ -1,8 +1,9 @@
 """Captures at file system URLs (``file://``, ``hdfs://``, ``s3a://``, ...), read through pyarrow.fs.
 
 :func:`find_url_captures` lists the captures at or below a URL (as a directory path is searched);
-:func:`open_url_capture` opens one with the reader's checks (manifest, segment footers), its files read
-through the same file system. ``s3a://``, the Hadoop name Spark is given, is read as ``s3://``. An
+:func:`open_url_capture` opens one with the local reader's checks (manifest, then each family by
+:func:`tracekit.capture.reader.read_family`, the one routine for both), its files read through the same
+file system. ``s3a://``, the Hadoop name Spark is given, is read as ``s3://``. An
 unsupported scheme, a file system that cannot be reached or a file that cannot be read is one line
 (CaptureFormatError). Symbolic links are followed here: the refusal of links out is the local reader's.
 """
@@ -10,14 +11,14 @@ unsupported scheme, a file system that cannot be reached or a file that cannot b
 from __future__ import annotations
 
 import re
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Collection
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from tracekit.capture.format import MANIFEST_NAME, is_family_name, shown_path
 from tracekit.capture.manifest import MAX_MANIFEST_BYTES
-from tracekit.capture.reader import Capture, arrow_reason, check_manifest_bytes, family_of
+from tracekit.capture.reader import Capture, arrow_reason, check_manifest_bytes, family_reads, read_family
 from tracekit.errors import CaptureFormatError
 
 __all__ = ["SCHEMES", "CaptureUrl", "is_url", "find_url_captures", "open_url_capture"]
@@ -116,8 +117,9 @@ def _open(url: CaptureUrl) -> BinaryIO:
         raise _failed(url, "cannot open", error) from None
 
 
-def open_url_capture(url: str) -> Capture:
-    """Open and check the capture at ``url`` (a :class:`CaptureUrl` from :func:`find_url_captures`, or a URL)."""
+def open_url_capture(url: str, families: Collection[str] | None = None, *, footers: bool = True) -> Capture:
+    """Open and check the capture at ``url`` (a :class:`CaptureUrl` from :func:`find_url_captures`, or a URL),
+    its families read as :func:`tracekit.capture.reader.open_capture` reads a local one's."""
     capture = url if isinstance(url, CaptureUrl) else _resolve(url)
     kind = _type(capture)
     if kind == pafs.FileType.NotFound:
@@ -135,11 +137,14 @@ def open_url_capture(url: str) -> Capture:
     except (OSError, pa.ArrowException, ValueError) as error:
         raise _failed(manifest_url, "unreadable manifest", error) from None
     manifest = check_manifest_bytes(data, capture)
-    families = {}
+    recording = manifest.get("status") == "recording"
+    reads = family_reads(None) if recording else family_reads(families, footers)
+    found = {}
     for name, kind in sorted(entries.items()):
         if kind == pafs.FileType.Directory and is_family_name(name):
             directory = capture / name
-            family = family_of(directory, list(_listing(directory)), manifest.get("status") == "recording", _open)
+            family = read_family(directory, list(_listing(directory)), recording, reads(name), _open)
             if family is not None:
-                families[name] = family
-    return Capture(capture, manifest, families, opener=_open)
+                found[name] = family
+    return Capture(capture, manifest, found, opener=_open)
+

@@ -19,6 +19,7 @@ from tracekit.dataset import Dataset, plain_schema
 from tracekit.capture.format import shown_path
 from tracekit.capture.remote import is_url
 from tracekit.errors import MissingCapability, UsageError
+from tracekit.sql import query_error
 from tracekit.fleet.query import FILE_COLUMNS
 
 __all__ = ["Engine", "ENGINES", "duckdb_engine", "spark_engine", "family_columns"]
@@ -94,12 +95,20 @@ class DuckDbEngine:
 
     def _set_up(self, dataset: Dataset, wanted: dict[str, tuple[str, ...]], threads: int | None,
                 memory_limit: str | None) -> None:
+        import duckdb  # late, as in __init__
+
         self.con.execute(f"SET temp_directory = '{_sql_text(self.spill)}'")
         self.con.execute("SET preserve_insertion_order = false")
         if threads is not None:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{_sql_text(memory_limit)}'")
+        try:
+            self._views(dataset, wanted)
+        except duckdb.Error as error:  # a view reads its first file's schema: one it could not read
+            raise query_error(error) from None
+
+    def _views(self, dataset: Dataset, wanted: dict[str, tuple[str, ...]]) -> None:
         for family, columns in wanted.items():
             parts = []
             for present, paths in _files_by_columns(dataset, family).items():
@@ -126,7 +135,13 @@ class DuckDbEngine:
         self.con.unregister(f"_arrow_{name}")
 
     def query(self, sql: str) -> pa.Table:
-        return self.con.sql(sql).to_arrow_table()
+        """The result of ``sql``; a file the query could not read is one line (CaptureFormatError)."""
+        import duckdb  # late, as in __init__
+
+        try:
+            return self.con.sql(sql).to_arrow_table()
+        except duckdb.Error as error:
+            raise query_error(error) from None
 
     def close(self) -> None:
         self.con.close()
@@ -145,11 +160,11 @@ def _duckdb_column(family: str, column: str, missing: pa.DataType | None) -> str
 
 
 def _files_by_columns(dataset: Dataset, family: str) -> dict[tuple[str, ...], list[str]]:
-    """The segment files with rows of ``family``, grouped by the columns their capture's schema has (read
-    when the captures were opened): each group is read without unifying schemas file by file."""
+    """The segment files of ``family``, grouped by the columns their capture's schema has (read when the
+    captures were opened): each group is read without unifying schemas file by file."""
     out: dict[tuple[str, ...], list[str]] = {}
     for cap in dataset.captures:
-        files = [str(path) for path, rows in zip(cap.segments(family), cap.segment_rows(family)) if rows]
+        files = [str(path) for path in cap.segments(family)]
         if files:
             out.setdefault(tuple(cap.schema(family).names), []).extend(files)
     return out

@@ -18,13 +18,14 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from tracekit.capture.remote import is_url
-from tracekit.dataset import Dataset, capture_facts, segments_table
-from tracekit.errors import CaptureFormatError, UsageError
+from tracekit.dataset import Dataset, capture_facts
+from tracekit.errors import CaptureFormatError, QueryError, UsageError
 from tracekit.fleet.engines import ENGINES, duckdb_engine, spark_engine
 from tracekit.fleet.query import FIGURES, INPUT_COLUMNS, summary_sql
 from tracekit.fleet.verdicts import VERDICT_COLUMNS, VERDICT_FAMILIES, stored_verdicts
 
-__all__ = ["GROUP_KEYS", "CAPTURE_COLUMNS", "VERDICTS_SHOWN", "SUMMARY_FAMILIES", "summary_dataset", "FleetSummary", "fleet_summary", "group_columns"]
+__all__ = ["GROUP_KEYS", "CAPTURE_COLUMNS", "VERDICTS_SHOWN", "SUMMARY_FAMILIES", "summary_dataset", "listed_dataset",
+           "FleetSummary", "fleet_summary", "group_columns"]
 
 #: ``--by`` names -> the ``captures`` column each groups by (``kvm.PARAM`` groups by a KVM parameter).
 GROUP_KEYS = {"kernel": "kernel_release", "host": "host", "scenario": "scenario", "arch": "arch",
@@ -44,9 +45,17 @@ SUMMARY_FAMILIES = frozenset(INPUT_COLUMNS) | VERDICT_FAMILIES
 
 
 def summary_dataset(paths: Sequence[str]) -> Dataset:
-    """The captures under ``paths`` opened for the summary (:data:`SUMMARY_FAMILIES`), unreadable ones in
-    ``problems``."""
+    """The captures under ``paths`` opened for the summary, every footer it reads checked
+    (:data:`SUMMARY_FAMILIES`), unreadable ones in ``problems``."""
     return Dataset.open(paths, skip_bad=True, families=SUMMARY_FAMILIES)
+
+
+def listed_dataset(paths: Sequence[str]) -> Dataset:
+    """The captures under ``paths`` opened for the summary on DuckDB, which reads the footers of the
+    families its query reads: of those only the schema is read, the other families' segments are checked
+    to end as Parquet files; unreadable ones in ``problems``."""
+    return Dataset.open(paths, skip_bad=True, families=INPUT_COLUMNS, footers=False)
+
 
 @dataclass
 class FleetSummary:
@@ -99,40 +108,18 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if master is not None and engine != "spark":
         raise UsageError("--master applies to --engine spark only")
-    ds, verdicts = _with_verdicts(dataset or summary_dataset(paths))
-    facts = capture_facts(ds, phases=False).to_pylist()
-    groups = {f["capture"]: " / ".join(_group_value(f, n) for n in names) for f in facts}
-    group_names = sorted(set(groups.values()))
-    group_no = {name: number for number, name in enumerate(group_names)}
-    capture_no = {capture: number for number, capture in enumerate(groups)}
-    captures_input = pa.table({"capture": pa.array(range(len(groups)), pa.int64()),
-                               "grp": pa.array([group_no[g] for g in groups.values()], pa.int64()),
-                               "status": pa.array([f.get("status") for f in facts], pa.string()),
-                               "lost_events": pa.array([f.get("lost_events") for f in facts], pa.int64()),
-                               "analysed": pa.array([int(verdicts[c] is not None) for c in groups], pa.int64()),
-                               **{name: pa.array([(verdicts[c] or {}).get(name) for c in groups],
-                                                 pa.int64() if name.startswith("walks_") else pa.string())
-                                  for name in VERDICT_COLUMNS}})
-    runner = (spark_engine(ds, INPUT_COLUMNS, master=master) if engine == "spark"
-              else duckdb_engine(ds, INPUT_COLUMNS, **engine_options))
-    try:
-        segments = segments_table(ds)
-        owners = segments.column("capture").to_pylist()
-        runner.register("captures", captures_input)
-        runner.register("fleet_segments", pa.table({
-            "segment": pa.array([runner.segment_name(f) for f in segments.column("file").to_pylist()]),
-            "capture": pa.array([capture_no[c] for c in owners], pa.int64()),
-            "grp": pa.array([group_no[groups[c]] for c in owners], pa.int64())}))
-        rows = runner.query(summary_sql()).to_pylist()
-    finally:
-        runner.close()
-    ids = list(groups)
+    if dataset is None and engine == "duckdb":
+        inputs, rows = _summarised_on_duckdb(paths, names, engine_options)
+    else:
+        inputs = _Inputs(*_with_verdicts(dataset or summary_dataset(paths)), names)
+        rows = inputs.run(engine, master, engine_options)
+    ids = list(inputs.groups)
     for row in rows:
-        row["grp"] = group_names[row["grp"]]
+        row["grp"] = inputs.group_names[row["grp"]]
         row["capture"] = ids[row["capture"]] if row["capture"] >= 0 else ""
-    by_id = {f["capture"]: f for f in facts}
-    labels = _labels(facts)
-    result = FleetSummary(by=names, engine=engine, problems=list(ds.problems))
+    by_id = {f["capture"]: f for f in inputs.facts}
+    labels = _labels(inputs.facts)
+    result = FleetSummary(by=names, engine=engine, problems=list(inputs.dataset.problems))
     for row in sorted(rows, key=lambda r: (r["grp"], r["capture"] != "", _capture_order(by_id, r["capture"]))):
         out = {"group": row["grp"]}
         if row["capture"]:
@@ -140,10 +127,64 @@ def fleet_summary(paths: Sequence[str], *, by: str | Sequence[str] = "kernel", e
             out["capture"] = row["capture"]
             out["label"] = labels[row["capture"]]
             out.update({c: fact.get(c) for c in CAPTURE_COLUMNS})
-            out.update({c: (verdicts[row["capture"]] or {}).get(c) for c in VERDICTS_SHOWN})
+            out.update({c: (inputs.verdicts[row["capture"]] or {}).get(c) for c in VERDICTS_SHOWN})
         out.update({name: _plain(row[name]) for name in FIGURES})
         (result.captures if row["capture"] else result.groups).append(out)
     return result
+
+
+class _Inputs:
+    """The query's input for ``dataset``: the ``captures`` table (each capture and group numbered) and
+    the segments of the families it reads (``fleet_segments``)."""
+
+    def __init__(self, dataset: Dataset, verdicts: dict[str, dict | None], names: list[str]):
+        self.dataset, self.verdicts = dataset, verdicts
+        self.facts = capture_facts(dataset, phases=False).to_pylist()
+        self.groups = {f["capture"]: " / ".join(_group_value(f, n) for n in names) for f in self.facts}
+        self.group_names = sorted(set(self.groups.values()))
+        self.group_no = {name: number for number, name in enumerate(self.group_names)}
+        facts = self.facts
+        self.captures = pa.table({
+            "capture": pa.array(range(len(facts)), pa.int64()),
+            "grp": pa.array([self.group_no[self.groups[f["capture"]]] for f in facts], pa.int64()),
+            "status": pa.array([f.get("status") for f in facts], pa.string()),
+            "lost_events": pa.array([f.get("lost_events") for f in facts], pa.int64()),
+            "analysed": pa.array([int(verdicts[f["capture"]] is not None) for f in facts], pa.int64()),
+            **{name: pa.array([(verdicts[f["capture"]] or {}).get(name) for f in facts],
+                              pa.int64() if name.startswith("walks_") else pa.string())
+               for name in VERDICT_COLUMNS}})
+
+    def run(self, engine: str, master: str | None, options: dict) -> list[dict]:
+        """The query's rows on ``engine`` (numbered captures and groups)."""
+        runner = (spark_engine(self.dataset, INPUT_COLUMNS, master=master) if engine == "spark"
+                  else duckdb_engine(self.dataset, INPUT_COLUMNS, **options))
+        try:
+            capture_no = {capture: number for number, capture in enumerate(self.groups)}
+            files = [(cap.capture_id, str(file)) for cap in self.dataset.captures for family in INPUT_COLUMNS
+                     for file in cap.segments(family)]
+            runner.register("captures", self.captures)
+            runner.register("fleet_segments", pa.table({
+                "segment": pa.array([runner.segment_name(file) for _, file in files]),
+                "capture": pa.array([capture_no[c] for c, _ in files], pa.int64()),
+                "grp": pa.array([self.group_no[self.groups[c]] for c, _ in files], pa.int64())}))
+            return runner.query(summary_sql()).to_pylist()
+        finally:
+            runner.close()
+
+
+def _summarised_on_duckdb(paths: Sequence[str], names: list[str], options: dict) -> tuple[_Inputs, list[dict]]:
+    """The query on DuckDB over the captures opened without the footers its scans read
+    (:func:`listed_dataset`): DuckDB reads those footers, and a file it cannot read fails the query; then
+    every footer the summary reads is checked (:func:`summary_dataset`), the captures found bad are left
+    out (named in ``problems``) and the query runs again over the rest."""
+    inputs = _Inputs(*_with_verdicts(listed_dataset(paths)), names)
+    try:
+        return inputs, inputs.run("duckdb", None, options)
+    except (CaptureFormatError, QueryError):
+        checked = _Inputs(*_with_verdicts(summary_dataset(paths)), names)
+        if len(checked.dataset.captures) == len(inputs.dataset.captures):
+            raise  # no capture found bad: DuckDB's own line
+        return checked, checked.run("duckdb", None, options)
 
 
 def _with_verdicts(ds: Dataset) -> tuple[Dataset, dict[str, dict | None]]:

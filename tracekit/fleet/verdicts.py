@@ -70,13 +70,17 @@ def verdict_values(verdicts: dict[str, dict]) -> dict[str, Any]:
                for cause in ("fault", "emulation", "unknown")}}
 
 
-def _family_rows(cap: Capture) -> dict[str, int]:
-    return {family: cap.rows(family) for family in cap.families()}
-
-
 def _analysed_rows(rows: dict[str, int | None]) -> dict[str, int | None]:
     """The row counts of the families the verdicts come from (:data:`VERDICT_FAMILIES`)."""
     return {family: count for family, count in rows.items() if family in VERDICT_FAMILIES}
+
+
+def _present_rows(cap: Capture) -> dict[str, int | None]:
+    """``cap``'s row count of each family: its footers', or where they were not read (the fleet summary on
+    DuckDB opens captures so) its manifest's, which the writer records as it closes each segment."""
+    recorded = cap.manifest.get("families") or {}
+    return {family: rows if rows is not None else (recorded.get(family) or {}).get("rows")
+            for family, rows in cap.family_rows().items()}
 
 
 def store_verdicts(cap: Capture) -> dict[str, Any]:
@@ -87,7 +91,7 @@ def store_verdicts(cap: Capture) -> dict[str, Any]:
     analysed = set(cap.families()) & set(ANALYSED_FAMILIES)  # none: analyze has nothing to say of it
     values = verdict_values(analyze_capture(cap).verdicts if analysed else {})
     record = {"schema": VERDICTS_SCHEMA, "capture_id": cap.capture_id, "tracekit_version": __version__,
-              "family_rows": _family_rows(cap), "verdicts": values}
+              "family_rows": cap.family_rows(), "verdicts": values}
     path = cap.path / VERDICTS_NAME
     if path.is_symlink():
         raise CaptureWriteError(f"{shown_path(path)}: a symbolic link; refusing to write through it")
@@ -96,7 +100,8 @@ def store_verdicts(cap: Capture) -> dict[str, Any]:
 
 
 def stored_verdicts(cap: Capture) -> dict[str, Any] | None:
-    """``cap``'s stored verdicts (:data:`VERDICT_COLUMNS`), None when it has none or they are stale."""
+    """``cap``'s stored verdicts (:data:`VERDICT_COLUMNS`), None when it has none or they are stale (of
+    another capture id, or of other rows than it has now: :func:`_present_rows`)."""
     path = cap.path / VERDICTS_NAME
     opened = cap.open_file(VERDICTS_NAME)  # through the capture's file system where it is at a URL
     if opened is None:
@@ -119,6 +124,6 @@ def stored_verdicts(cap: Capture) -> dict[str, Any] | None:
     if record["schema"] != VERDICTS_SCHEMA:
         raise CaptureFormatError(f"{where}: verdicts schema {record['schema']!r}, this tracekit reads "
                                  f"{VERDICTS_SCHEMA!r}; store them again with tracekit fleet verdicts")
-    if record["capture_id"] != cap.capture_id or _analysed_rows(record["family_rows"]) != _analysed_rows(_family_rows(cap)):
+    if record["capture_id"] != cap.capture_id or _analysed_rows(record["family_rows"]) != _analysed_rows(_present_rows(cap)):
         return None  # taken of other rows (a capture copied over, a recording that went on): not this one's
     return {name: record["verdicts"][name] for name in VERDICT_COLUMNS}
