@@ -14,12 +14,15 @@ from typing import Any, BinaryIO, NamedTuple
 from tracekit.analysis.timeline import COUNTER, INSTANT, SLICE, Address, Track, timeline
 from tracekit.errors import CaptureFormatError, UsageError
 
-__all__ = ["write_perfetto", "Written", "FORMATS", "PACKETS_PER_CHUNK", "JSON_TRACK_TID", "SEQUENCE_ID"]
+__all__ = ["write_perfetto", "Written", "FORMATS", "PACKETS_PER_CHUNK", "JSON_TRACK_TID", "SEQUENCE_ID", "EMULATED_LABEL"]
 
 FORMATS = ("proto", "json")
 PACKETS_PER_CHUNK = 4096
 #: Pseudo thread ids of the JSON format's layer tracks start here (Linux thread ids stay below 2**22).
 JSON_TRACK_TID = 1 << 22
+#: The label of a lab capture's processes (their durations are an emulator's); the note itself is the
+#: protobuf process track's description.
+EMULATED_LABEL = "emulated timings"
 #: The trusted packet sequence every packet is written on.
 SEQUENCE_ID = 0x746B
 _INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -67,6 +70,9 @@ class _ProtoWriter:
         if track.kind == "process":
             d.process.pid = track.pid
             d.process.process_name = track.name
+            if track.note:  # the UI shows the label beside the process's name
+                d.process.process_labels.append(EMULATED_LABEL)
+                d.description = track.note
         elif track.kind == "thread":
             d.thread.pid, d.thread.tid, d.thread.thread_name = track.pid, track.tid, track.name
         else:
@@ -138,6 +144,8 @@ class _JsonWriter:
             self._where[track.uuid] = (track.pid, None)
             self._emit({"ph": "M", "name": "process_name", "pid": track.pid, "args": {"name": track.name}})
             self._emit({"ph": "M", "name": "process_sort_index", "pid": track.pid, "args": {"sort_index": track.order}})
+            if track.note:
+                self._emit({"ph": "M", "name": "process_labels", "pid": track.pid, "args": {"labels": EMULATED_LABEL}})
             return
         if track.kind in ("counter", "phases"):  # a counter has no thread; the phases group holds no event
             self._where[track.uuid] = (track.pid, None)

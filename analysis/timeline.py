@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tracekit.analysis import locks, spill
-from tracekit.analysis.common import frame_of, load
+from tracekit.analysis.common import frame_of, load, timing_note
 from tracekit.analysis.events import BATCH_ROWS, EventReader, phase_spans, vcpu_threads
 from tracekit.analysis.phases import capture_phases, workload_phases
 from tracekit.analysis.splits import SPLIT_EVENT
@@ -53,7 +53,8 @@ class Address(int):
 class Track(NamedTuple):
     """One track: ``kind`` is ``process``, ``thread``, ``layer``, ``phases`` (the group of the ``phase`` tracks,
     one per kind of phase) or ``counter``; ``parent`` the
-    uuid of the enclosing track (0 for none); ``order`` sorts siblings; ``unit`` names a counter's unit."""
+    uuid of the enclosing track (0 for none); ``order`` sorts siblings; ``unit`` names a counter's unit;
+    ``note`` (a process of a lab capture) why its durations are not the hardware's."""
 
     uuid: int
     kind: str
@@ -63,6 +64,7 @@ class Track(NamedTuple):
     tid: int | None = None
     order: int = 0
     unit: str | None = None
+    note: str | None = None
 
 
 def _int(value: Any) -> int | None:
@@ -146,7 +148,8 @@ class Timeline:
             name, order = self._process_names[pid], 0
         else:
             name, order = "not a traced VM", 1
-        return self._track(("p", pid), lambda u: Track(u, "process", name, pid=pid, order=order))
+        note = timing_note(self.manifest)
+        return self._track(("p", pid), lambda u: Track(u, "process", name, pid=pid, order=order, note=note))
 
     def thread(self, pid: int, tid: int) -> int:
         parent = self.process(pid)

@@ -204,6 +204,24 @@ def test_lab_capture_has_its_probe_spans_on_the_named_vcpu_thread(tmp_path):
     assert "2>3" in levels or "1>2>3" in levels, levels
 
 
+@pytest.mark.parametrize("sample, lab", [("lab-arm64-eager-enable.tkcap", True), ("x86-dirty-log-4k.tkcap", False)])
+def test_a_lab_captures_processes_say_their_timings_are_emulated(tmp_path, sample, lab):
+    """Protobuf: the process carries the label ``emulated timings`` (shown beside its name) and the capture's
+    timing note as its description; JSON: a ``process_labels`` record. A live capture has neither."""
+    out, json_out = tmp_path / "t.pftrace", tmp_path / "t.json"
+    _export(SAMPLES / sample, out)
+    _export(SAMPLES / sample, json_out, "--format", "json")
+    processes = [p.track_descriptor for p in pftrace.read(out).packet
+                 if p.HasField("track_descriptor") and p.track_descriptor.HasField("process")]
+    assert processes
+    for d in processes:
+        assert list(d.process.process_labels) == (["emulated timings"] if lab else [])
+        assert d.description.startswith("emulated machine (QEMU TCG): event counts are exact") == lab
+    labels = [e["args"]["labels"] for e in json.loads(json_out.read_text())["traceEvents"]
+              if e["ph"] == "M" and e["name"] == "process_labels"]
+    assert labels == (["emulated timings"] * len(processes) if lab else [])
+
+
 def _rows(family: str, **columns) -> pa.Table:
     """A table of ``family``'s schema holding ``columns`` (pid 50, cpu 0, the other columns null)."""
     schema = SCHEMAS[family]
