@@ -125,3 +125,18 @@ def test_an_unwritable_verdicts_file_is_one_line(tmp_path):
     assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.output
     assert cap.name in result.stderr and "cannot write verdicts.json" in result.stderr
     assert not list(cap.glob(".verdicts.json.tmp"))
+
+
+def test_verdicts_of_a_capture_at_a_url_are_written_through_its_file_system(tmp_path):
+    """``fleet verdicts URL`` analyses a capture read at a URL and writes its verdicts there (a traceback
+    before: the local writer's symlink check on a URL), no temporary file left, then kept."""
+    cap = _copy(tmp_path)
+    stored = (cap / VERDICTS_NAME).read_bytes()
+    (cap / VERDICTS_NAME).unlink()
+    result = CliRunner().invoke(app, ["fleet", "verdicts", f"file://{cap}"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"file://{cap}: crosscheck match") and "(kept)" not in result.stdout
+    assert json.loads((cap / VERDICTS_NAME).read_bytes())["verdicts"] == json.loads(stored)["verdicts"]
+    assert [p.name for p in cap.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    again = CliRunner().invoke(app, ["fleet", "verdicts", f"file://{cap}"])
+    assert again.exit_code == 0 and again.stdout.rstrip().endswith("(kept)")

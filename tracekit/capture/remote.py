@@ -19,9 +19,10 @@ import pyarrow.fs as pafs
 from tracekit.capture.format import MANIFEST_NAME, is_family_name, shown_path
 from tracekit.capture.manifest import MAX_MANIFEST_BYTES
 from tracekit.capture.reader import Capture, arrow_reason, check_manifest_bytes, family_reads, read_family
+from tracekit.capture.writer import CaptureWriteError
 from tracekit.errors import CaptureFormatError
 
-__all__ = ["SCHEMES", "CaptureUrl", "is_url", "find_url_captures", "open_url_capture"]
+__all__ = ["SCHEMES", "CaptureUrl", "is_url", "find_url_captures", "open_url_capture", "write_url_file"]
 
 #: URL schemes read (pyarrow's file systems; ``s3a`` read as ``s3``).
 SCHEMES = ("file", "hdfs", "viewfs", "s3", "s3a", "gs")
@@ -148,3 +149,15 @@ def open_url_capture(url: str, families: Collection[str] | None = None, *, foote
                 found[name] = family
     return Capture(capture, manifest, found, opener=_open)
 
+
+def write_url_file(url: CaptureUrl, data: bytes) -> None:
+    """``data`` written as the file ``url`` (a capture's own file, as the stored verdicts) through its file
+    system: under a hidden temporary name beside it, then moved over it; one line when that is refused."""
+    tmp = url.fs_path.rsplit("/", 1)
+    tmp = f"{tmp[0]}/.{tmp[1]}.tmp"
+    try:
+        with url.filesystem.open_output_stream(tmp) as f:
+            f.write(data)
+        url.filesystem.move(tmp, url.fs_path)
+    except (OSError, pa.ArrowException, ValueError) as error:
+        raise CaptureWriteError(f"{shown_path(url)}: cannot write ({arrow_reason(error)})") from None

@@ -36,7 +36,7 @@ from tracekit.capture.manifest import new_capture_id
 from tracekit.errors import CaptureFormatError, TracekitError
 from tracekit.host import clock_anchor, host_facts
 
-__all__ = ["CaptureWriter", "CaptureWriteError", "conform_table", "write_json_atomic", "write_segment_file"]
+__all__ = ["CaptureWriter", "CaptureWriteError", "conform_table", "json_bytes", "write_json_atomic", "write_segment_file"]
 
 
 class CaptureWriteError(TracekitError):
@@ -50,13 +50,18 @@ def _utc_now() -> str:
 _RESERVE_MIN_BYTES = 64 << 10
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the JSON text of a capture's files (the manifest, the stored verdicts)."""
+    return (json.dumps(data, indent=1, sort_keys=False, default=str) + "\n").encode()
+
+
 def write_json_atomic(path: Path, data: Any, *, reserve_next: bool = False) -> None:
     """Write ``data`` as JSON to ``path`` through a hidden temporary file and a rename. With
     ``reserve_next`` the temporary file of the next write is made at once, with twice this text's size (at
     least 64 KiB) allocated: the next write reuses its inode and blocks, so it succeeds on a file system
     that has run out of inodes or space meanwhile (unless the text outgrew the reservation)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    text = (json.dumps(data, indent=1, sort_keys=False, default=str) + "\n").encode()
+    text = json_bytes(data)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)  # no O_TRUNC: keep reserved blocks
         try:

@@ -71,7 +71,8 @@ def summary(
 
 
 def verdicts(
-    paths: List[str] = typer.Argument(..., help="Captures, directories holding captures, or glob patterns."),
+    paths: List[str] = typer.Argument(..., help="Captures, directories holding captures, glob patterns, or URLs "
+                                      "(file://, hdfs://, s3a://...: written through the URL's file system)."),
     again: bool = typer.Option(False, "--again", help="Analyse captures whose verdicts are stored too."),
 ) -> None:
     """Analyse each capture once and keep its verdicts in it (verdicts.json), for the fleet summary.

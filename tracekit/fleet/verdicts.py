@@ -17,7 +17,8 @@ from tracekit.analysis.analyze import ANALYSED_FAMILIES
 from tracekit.capture.format import shown_path
 from tracekit.capture.manifest import COUNT, TEXT, Int, Map, Obj, Str, manifest_violations, nullable
 from tracekit.capture.reader import Capture
-from tracekit.capture.writer import CaptureWriteError, write_json_atomic
+from tracekit.capture.remote import is_url, write_url_file
+from tracekit.capture.writer import CaptureWriteError, json_bytes, write_json_atomic
 from tracekit.errors import CaptureFormatError
 
 __all__ = ["VERDICTS_NAME", "VERDICTS_SCHEMA", "VERDICT_COLUMNS", "VERDICT_FAMILIES", "verdict_values", "store_verdicts",
@@ -93,6 +94,9 @@ def store_verdicts(cap: Capture) -> dict[str, Any]:
     record = {"schema": VERDICTS_SCHEMA, "capture_id": cap.capture_id, "tracekit_version": __version__,
               "family_rows": cap.family_rows(), "verdicts": values}
     path = cap.path / VERDICTS_NAME
+    if is_url(path):  # a capture at a URL: through its file system
+        write_url_file(path, json_bytes(record))
+        return values
     if path.is_symlink():
         raise CaptureWriteError(f"{shown_path(path)}: a symbolic link; refusing to write through it")
     write_json_atomic(path, record)
