@@ -152,17 +152,18 @@ class FaultFollowers:
         self.also: pa.Table | None = None
         self._tids, self._ts = stamps.sorted()
         self._window = window_ns
-        gap = np.int32 if window_ns < np.iinfo(np.int32).max else np.int64
-        # per thread, per event: its time - its latest walk's time, and that walk's row (widened past 2**31)
-        self._best_gap = [spill.full(len(ts), np.iinfo(gap).max, gap) for ts in self._ts]
-        self._best_row: list[np.ndarray] | None = [spill.full(len(ts), -1, np.int32) for ts in self._ts]
+        near = np.int32 if window_ns < np.iinfo(np.int32).max else np.int64
+        # per thread, per event: how near its latest walk so far began (window + 1 - the gap between their
+        # times, 1 ... window) and that walk's row + 1 (widened past 2**31); 0 for none: no fill needed
+        self._best_near = [spill.full(len(ts), 0, near) for ts in self._ts]
+        self._best_row: list[np.ndarray] | None = [spill.full(len(ts), 0, np.int32) for ts in self._ts]
 
     def add(self, start: int, tid: np.ndarray, ts_ns: np.ndarray) -> None:
         """Walks ``start``, ``start + 1``, ... of thread ``tid`` beginning at ``ts_ns``."""
         ts_ns = np.asarray(ts_ns, np.int64)
         for t, rows in _by_thread(tid, self._tids):
             k = int(np.searchsorted(self._tids, t))
-            times, best_gap = self._ts[k], self._best_gap[k]
+            times, best_near = self._ts[k], self._best_near[k]
             stamps = ts_ns[rows]
             # the first fault event after each walk, searched among those of the batch's span (and the one after)
             low, high = np.searchsorted(times, (stamps.min(), stamps.max()), side="right").tolist()
@@ -177,7 +178,7 @@ class FaultFollowers:
             if not len(event):
                 continue
             if not bool(np.all(stamps[1:] >= stamps[:-1])):  # in time order (as mostly), so are the events
-                order = np.lexsort((stamps, event))  # per event, its latest walk last
+                order = np.argsort(stamps, kind="stable")  # per event, its latest walk last (events follow times)
                 event, gap, rows = event[order], gap[order], rows[order]
             last = np.append(event[1:] != event[:-1], True)
             if not last.all():  # (mostly each walk is followed by its own event)
@@ -185,23 +186,24 @@ class FaultFollowers:
             event += low
             if start + len(tid) > np.iinfo(self._best_row[k].dtype).max:
                 self._best_row[k] = spill.widened(self._best_row[k], np.int64)
-            newer = gap < best_gap[event]
+            near = self._window + 1 - gap
+            newer = near > best_near[event]
             if not newer.all():  # (mostly no walk of an earlier batch had these events)
-                event, gap, rows = event[newer], gap[newer], rows[newer]
-            best_gap[event] = gap
-            rows += start
+                event, near, rows = event[newer], near[newer], rows[newer]
+            best_near[event] = near
+            rows += start + 1
             self._best_row[k][event] = rows
         spill.trim()
 
     def rows(self) -> np.ndarray:
         """The walk rows (sorted, each once) a fault-path event follows."""
-        found = [rows[rows >= 0] for rows in self._best_row]
+        found = [rows[rows > 0] - 1 for rows in self._best_row]
         return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
     def release(self) -> None:
         """Free the per-fault arrays (16 bytes per fault) once every walk was added and marked; the
         ``also`` rows stay."""
-        self._ts, self._best_gap = [], []
+        self._ts, self._best_near = [], []
         self._best_row = None
 
     def mark(self, codes: np.ndarray, code: int) -> None:
@@ -212,7 +214,7 @@ class FaultFollowers:
         for best_row in self._best_row:
             for start in range(0, len(best_row), _MARK_BLOCK):
                 rows = best_row[start:start + _MARK_BLOCK]
-                codes[rows[rows >= 0]] = code
+                codes[rows[rows > 0] - 1] = code
                 spill.trim()
 
 
