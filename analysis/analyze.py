@@ -16,9 +16,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from tracekit.analysis import (crosscheck, ioctls, locks, phases as phases_mod, selftestmodel, skiplevels, splits,
-                               walkcause, walkgroups, walks)
-from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, frame_of, load, records
+from tracekit.analysis import (crosscheck, dirtypasses, ioctls, locks, phases as phases_mod, selftestmodel, skiplevels,
+                               splits, walkcause, walkgroups, walks)
+from tracekit.analysis.common import add_vcpu, count_by, format_hex, format_table, frame_of, load, records, timing_note
 from tracekit.analysis.partial import partial_summary, partial_text
 from tracekit.analysis.vms import VmCapture, capture_vms, vm_rows
 from tracekit.errors import AnalysisError
@@ -67,7 +67,7 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
     result = Analysis(info={
         "path": str(cap.path), "kernel_release": manifest.get("kernel_release"), "arch": manifest.get("arch"),
         "source": (manifest.get("source") or {}).get("kind"), "status": manifest.get("status"),
-        "lost_events": cap.lost_total(), "phase": phase, "skipped": {},
+        "lost_events": cap.lost_total(), "timing_note": timing_note(manifest), "phase": phase, "skipped": {},
         "phases_from": phase_table.attrs.get("origin", "workload record" if len(phase_table) else None),
         "phase_note": phase_table.attrs.get("note")})
     result.tables["phases"] = phase_table
@@ -119,6 +119,13 @@ def analyze_capture(cap: Any, *, phase: str | None = None, selftest_output: str 
         result.tables["split_ioctls"] = per_ioctl
         result.frames["split_ioctls"] = per_ioctl
         result.frames["ioctl"] = ioctl_cut
+        if phase_table.attrs.get("origin") in ("--selftest-output", "command output"):
+            passes = dirtypasses.dirty_pass_times(phases_mod.parse_selftest_output(
+                selftest_output if selftest_output is not None else phases_mod.command_output_text(manifest)), ioctl)
+            if phase is not None:
+                passes = passes[passes["phase"].isin(phases_mod.matching_phases(phase_table, phase)["phase"])]
+            if len(passes):
+                result.tables["dirty_passes"] = passes.reset_index(drop=True)
     else:
         skipped["ioctl_latency"] = "no ioctl family"
 
@@ -240,6 +247,8 @@ HEX_COLUMNS = ("lock_addr", "addr", "observed_pte", "model_pte", "pferr")
 _SECTIONS = (
     ("vms", "Recorded VMs (cut one out with --vm PID|NAME)", None),
     ("phases", "Phases (CLOCK_MONOTONIC)", ["phase", "duration_ns", "source"]),
+    ("dirty_passes", "Dirty passes: the selftest's printed time, tracekit's (main thread's calls around it) and the "
+     "vCPUs' KVM_RUN", ["phase", "printed_ns", "measured_ns", "excess_ns", "vcpus", "vcpu_ns", "handover_ns"]),
     ("walk_depth", "Guest walk depth per vCPU (depth = levels read; leaf -1 = no translation)", None),
     ("walk_depth_by_phase", "Guest walk depth per phase", None),
     ("walk_causes", "Guest walks by cause (shadow-MMU fault, or KVM's instruction emulation)", None),
@@ -277,6 +286,9 @@ def render_text(result: Analysis, width: int | None = None) -> str:
            f"source {info.get('source') or '?'}", prose)
     if info.get("lost_events"):
         out.extend(prose_lines(f"WARNING: {info['lost_events']:,} events were lost while recording; counts are lower bounds", prose))
+    if info.get("timing_note"):
+        out.extend(prose_lines(f"NOTE: {info['timing_note']}; compare its times only with "
+                               "captures of the same emulator", prose))
     if info.get("vm"):
         vm = info["vm"]
         out.append(f"cut to VM pid {vm['pid']} ({vm.get('comm') or '?'}{', guest ' + vm['name'] if vm.get('name') else ''})")

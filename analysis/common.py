@@ -4,8 +4,8 @@
 or a required column is missing); :func:`vcpu_map` / :func:`add_vcpu` map threads to vCPUs from the
 manifest (-1 for other threads); :func:`latency_summary` gives count, total, mean, *nearest-rank*
 p50/p90/p99 (always an observed value) and max per group; :func:`group_codes` / :func:`count_by` group
-large frames by hashing; :func:`format_table` renders a terminal table. Times are integer
-nanoseconds on CLOCK_MONOTONIC.
+large frames by hashing; :func:`format_table` renders a terminal table; :func:`timing_note` says when a
+capture's durations are an emulator's. Times are integer nanoseconds on CLOCK_MONOTONIC.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "format_table",
     "format_ns",
     "format_hex",
+    "timing_note",
     "records",
     "group_codes",
     "count_by",
@@ -365,6 +366,17 @@ def format_ns(value: Any) -> str:
 def format_hex(value: Any) -> str:
     """An integer (an address, a PTE) as ``0x...`` text; ``-`` for a missing value."""
     return "-" if value is None or pd.isna(value) else f"{int(value):#x}"
+
+
+def timing_note(manifest: dict) -> str | None:
+    """Why the durations of a capture are not the hardware's: its ``timing_note`` (a lab run under QEMU
+    TCG), or a generic one for any other lab capture; None for a capture of real hardware."""
+    if manifest.get("timing_note"):
+        return str(manifest["timing_note"])
+    if (manifest.get("source") or {}).get("kind") == "lab" or manifest.get("lab") \
+            or str(manifest.get("host") or "").startswith("qemu-"):
+        return "emulated machine: durations are those of the emulator and say nothing about real hardware"
+    return None
 
 
 def format_table(frame: pd.DataFrame, *, title: str | None = None, width: int | None = None,

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from tracekit.analysis.common import format_ns
+from tracekit.analysis.common import format_ns, timing_note
 from tracekit.analysis.compare import GROUPS
 from tracekit.render import agg_pyplot, prose_lines, table_text
 
@@ -47,7 +47,7 @@ def sides_notes(paths_a: Sequence[str], manifests_a: Sequence[dict], paths_b: Se
     lines = [_side_line("A", paths_a, manifests_a), _side_line("B", paths_b, manifests_b)]
     if phase:
         lines.append(f"cut to phase {phase}: every metric counts only what happened inside it")
-    if any(m.get("lab") or str(m.get("host", "")).startswith("qemu-") for m in (*manifests_a, *manifests_b)):
+    if any(timing_note(m) for m in (*manifests_a, *manifests_b)):
         lines.append("NOTE: lab captures: their timings are the emulator's (QEMU TCG), not hardware's; "
                      "counts are exact")
     ran = [sorted({_workload(m) for m in manifests}) for manifests in (manifests_a, manifests_b)]

@@ -28,6 +28,7 @@ __all__ = [
     "lab_phases",
     "parse_selftest_output",
     "align_selftest_phases",
+    "anchor_bursts",
     "dirty_log_events",
     "iteration_bursts",
     "capture_phases",
@@ -221,8 +222,8 @@ def iteration_bursts(events: pd.DataFrame, expected: dict[str, int] | None = Non
 _KIND_TEXT = {"enable": ("enable", "dirty-logging enables"), "get": ("get-dirty-log", "KVM_GET_DIRTY_LOG bursts"),
               "clear": ("clear-dirty-log", "KVM_CLEAR_DIRTY_LOG bursts"),
               "disable": ("disable", "dirty-logging disables")}
-#: Placed phases may overlap by this much (ns) plus 1 % of the later one (printing, clock reads).
-_OVERLAP_SLACK_NS = 1_000_000
+#: How far (ns) a printed time may pass the room the capture's calls leave it (the clocks are one: none needed).
+_FIT_SLACK_NS = 1_000
 
 
 def align_selftest_phases(parsed: pd.DataFrame, ioctl: pd.DataFrame) -> pd.DataFrame:
@@ -242,37 +243,21 @@ def align_selftest_phases(parsed: pd.DataFrame, ioctl: pd.DataFrame) -> pd.DataF
     the disable (attached mid-run: it holds the last iterations) and from the start when it has the
     enable but not the disable (stopped early); the table's ``attrs["note"]`` then says which
     iterations it holds. Anything else (more bursts than printed phases, a whole run with fewer
-    iterations, phases that overlap once placed) raises AnalysisError with one line: the output is
-    not this capture's.
+    iterations, a printed time longer than the room between the calls around its phase or shorter than its
+    own calls) raises AnalysisError with one line: the output is not this capture's.
     """
     names, iterations = parsed["name"].tolist(), parsed["iteration"].tolist()
-    durations = parsed["duration_ns"].tolist()
-    printed: dict[str, int] = {}
-    for name in names:
-        if name in _ANCHORS:
-            printed[_ANCHORS[name][0]] = printed.get(_ANCHORS[name][0], 0) + 1
-    bursts = iteration_bursts(dirty_log_events(ioctl), printed)
-    if not any(bursts.get(kind) for kind in printed):
-        raise AnalysisError("cannot align the selftest output: the capture has no dirty-log ioctls "
-                            "(KVM_SET_USER_MEMORY_REGION flag changes, KVM_GET/CLEAR_DIRTY_LOG) to anchor it")
-    skip, note = _fit(printed, {kind: len(bursts.get(kind, [])) for kind in printed}, max(iterations, default=0))
-    used: dict[str, int] = {}
+    spans, note = anchor_bursts(parsed, ioctl)
+    _check_fit(names, iterations, parsed["duration_ns"].tolist(), spans)
     placed: list[dict | None] = []
-    for name, iteration, duration in zip(names, iterations, durations):
-        anchor = _ANCHORS.get(name)
-        row: dict | None = {"name": name, "iteration": iteration, "duration": int(duration)}
-        if anchor:
-            kind, where = anchor
-            k = used.get(kind, 0)
-            used[kind] = k + 1
-            k -= skip.get(kind, 0)
-            if 0 <= k < len(bursts.get(kind, [])):
-                burst_end = bursts[kind][k][1]
-                start = burst_end - duration if where == "end" else burst_end
-                row = {"name": name, "iteration": iteration, "start_ns": start, "end_ns": start + duration}
-            else:
-                row = None  # its burst is not in the capture
-        placed.append(row)
+    for name, iteration, duration, span in zip(names, iterations, parsed["duration_ns"].tolist(), spans):
+        if name not in _ANCHORS:
+            placed.append({"name": name, "iteration": iteration, "duration": int(duration)})
+        elif span is None:
+            placed.append(None)  # its burst is not in the capture
+        else:
+            start = span[1] - int(duration) if _ANCHORS[name][1] == "end" else span[1]
+            placed.append({"name": name, "iteration": iteration, "start_ns": start, "end_ns": start + int(duration)})
     # Unanchored phases end where the phase printed after them starts (walk backwards).
     next_start = None
     for row in reversed(placed):
@@ -285,7 +270,6 @@ def align_selftest_phases(parsed: pd.DataFrame, ioctl: pd.DataFrame) -> pd.DataF
             row["start_ns"] = next_start - row.pop("duration")
             next_start = row["start_ns"]
     rows = [r for r in placed if r is not None and "start_ns" in r]
-    _check_order(rows)
     previous_end = None
     for row in rows:  # the selftest reads its clock after a call returns: a phase starts after the one before ends
         if previous_end is not None and row["start_ns"] < previous_end:
@@ -294,6 +278,34 @@ def align_selftest_phases(parsed: pd.DataFrame, ioctl: pd.DataFrame) -> pd.DataF
     table = make_phase_table(rows, "selftest")
     table.attrs["note"] = note
     return table
+
+
+def anchor_bursts(parsed: pd.DataFrame, ioctl: pd.DataFrame) -> tuple[list[tuple[int, int] | None], str | None]:
+    """Each printed phase's anchoring burst in the capture as (first call's start, last call's end), None
+    for a phase without one (populate, dirty memory) or whose burst the capture lacks; and the fit note.
+    Errors as :func:`align_selftest_phases`."""
+    names, iterations = parsed["name"].tolist(), parsed["iteration"].tolist()
+    printed: dict[str, int] = {}
+    for name in names:
+        if name in _ANCHORS:
+            printed[_ANCHORS[name][0]] = printed.get(_ANCHORS[name][0], 0) + 1
+    bursts = iteration_bursts(dirty_log_events(ioctl), printed)
+    if not any(bursts.get(kind) for kind in printed):
+        raise AnalysisError("cannot align the selftest output: the capture has no dirty-log ioctls "
+                            "(KVM_SET_USER_MEMORY_REGION flag changes, KVM_GET/CLEAR_DIRTY_LOG) to anchor it")
+    skip, note = _fit(printed, {kind: len(bursts.get(kind, [])) for kind in printed}, max(iterations, default=0))
+    used: dict[str, int] = {}
+    spans: list[tuple[int, int] | None] = []
+    for name in names:
+        kind = _ANCHORS[name][0] if name in _ANCHORS else None
+        if kind is None:
+            spans.append(None)
+            continue
+        k = used.get(kind, 0)
+        used[kind] = k + 1
+        k -= skip.get(kind, 0)
+        spans.append(bursts[kind][k] if 0 <= k < len(bursts.get(kind, [])) else None)
+    return spans, note
 
 
 def _fit(printed: dict[str, int], found: dict[str, int], iterations: int) -> tuple[dict[str, int], str | None]:
@@ -324,16 +336,33 @@ def _fit(printed: dict[str, int], found: dict[str, int], iterations: int) -> tup
                 "(recording stopped early): phases aligned from the start")
 
 
-def _check_order(rows: list[dict]) -> None:
-    """AnalysisError when a placed phase starts before the previous printed one ends (beyond the slack)."""
-    for before, after in zip(rows, rows[1:]):
-        overlap = before["end_ns"] - after["start_ns"]
-        if overlap > _OVERLAP_SLACK_NS + (after["end_ns"] - after["start_ns"]) // 100:
-            label = after["name"] + (f"#{after['iteration']}" if after["iteration"] else "")
-            raise AnalysisError(f"the selftest output does not fit this capture: {label} "
-                                f"({(after['end_ns'] - after['start_ns']) / 1e6:.3f} ms printed) would start "
-                                f"{overlap / 1e6:.3f} ms before the phase printed before it ends; "
-                                "is it the output of another run?")
+def _check_fit(names: list[str], iterations: list[int], durations: list[int],
+               spans: list[tuple[int, int] | None]) -> None:
+    """AnalysisError when a printed time cannot be this capture's: longer than the room between the dirty-log
+    calls around its phase, or shorter than its own calls (the selftest reads its clock on the thread that
+    makes them, before and after: a printed time holds its calls and lies between its neighbours' calls)."""
+    later: list[int | None] = [None] * len(names)
+    first = None
+    for i in range(len(names) - 1, -1, -1):
+        later[i] = first
+        if spans[i] is not None:
+            first = spans[i][0] if first is None else min(first, spans[i][0])
+    earlier = None
+    for i, (name, duration, span) in enumerate(zip(names, durations, spans)):
+        label = name + (f"#{iterations[i]}" if iterations[i] else "")
+        low = earlier
+        if span is not None:
+            if _ANCHORS[name][1] == "after":  # the stage starts once its call has returned
+                low = span[1] if low is None else max(low, span[1])
+            elif duration + _FIT_SLACK_NS < span[1] - span[0]:
+                raise AnalysisError(f"the selftest output does not fit this capture: {label} ({duration / 1e6:.3f} ms "
+                                    f"printed) is shorter than its calls ({(span[1] - span[0]) / 1e6:.3f} ms); "
+                                    "is it the output of another run?")
+            earlier = span[1] if earlier is None else max(earlier, span[1])
+        if low is not None and later[i] is not None and duration > later[i] - low + _FIT_SLACK_NS:
+            raise AnalysisError(f"the selftest output does not fit this capture: {label} ({duration / 1e6:.3f} ms "
+                                f"printed) is longer than the {(later[i] - low) / 1e6:.3f} ms between the capture's "
+                                "calls around it; is it the output of another run?")
 
 
 def capture_phases(cap: Any, selftest_output: str | None = None) -> pd.DataFrame:

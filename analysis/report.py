@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from tracekit.analysis.analyze import HEX_COLUMNS, TABLE_TITLES, Analysis
-from tracekit.analysis.common import format_hex, format_ns
+from tracekit.analysis.common import format_hex, format_ns, timing_note
 from tracekit.analysis.crosscheck import match_text
 from tracekit.analysis.partial import partial_text
 from tracekit.analysis.reportdata import MIN_SAMPLES, ReportData, report_data
@@ -129,11 +129,10 @@ def _verdicts_html(result: Analysis) -> str:
 
 def _emulated_banner(manifest: dict) -> str:
     """The warning a lab capture's timings need: they are the emulator's, not the hardware's."""
-    note = manifest.get("timing_note")
-    if not note and (manifest.get("source") or {}).get("kind") != "lab":
+    text = timing_note(manifest)
+    if not text:
         return ""
     host = manifest.get("host") or "an emulated machine"
-    text = note or "durations are those of the emulator and say nothing about real hardware"
     return (f"<p class='banner emulated'>Emulated timings ({html.escape(str(host))}): {html.escape(text)}. "
             "Compare its times only with captures of the same emulator.</p>")
 

@@ -122,7 +122,7 @@ def _timeline(data: ReportData) -> Figure | None:
     if not lanes:
         return None
     kinds = [k for k in data.kinds if any(kind == k for _, kind in lanes) or (k == "KVM_RUN" and aggregated)]
-    rows = data.rows
+    rows = [r for r in data.rows if r in aggregated or any(row == r for row, _ in lanes)]  # none left empty
     plt = agg_pyplot()
     lane_h = 0.26
     phase_names = len(set(str(p).split("#")[0] for p in data.phases["phase"])) if len(data.phases) else 0

@@ -63,13 +63,6 @@ def need_bcc() -> None:
         skip_or_fail("bcc is not importable (apt-get install python3-bpfcc; run from the project's venv)")
 
 
-def need_command(name: str) -> None:
-    import shutil
-
-    if shutil.which(name) is None:
-        skip_or_fail(f"the {name} command is not installed")
-
-
 def _lab_or_skip(arch: str, step, *args, **options):
     """``step(*args, **options)`` of the labs for a live test: skip (or fail under TRACEKIT_REQUIRE_LIVE=1) when
     the host lacks QEMU for ``arch``, a capability the lab needs, or a route to Debian's mirror."""

@@ -76,6 +76,23 @@ def test_lab_timings_are_flagged_and_the_lab_steps_are_the_phases():
     assert page.index("Emulated timings") < page.index("Verdicts") < page.index("Where the time goes")
 
 
+def test_every_output_of_a_lab_capture_says_its_timings_are_emulated():
+    """analyze's text (under the capture line) and JSON, the report's banner and compare's NOTE: on the lab
+    sample, and on none of the live sample's."""
+    from tracekit.analysis.analyze import analysis_json, render_text
+    from tracekit.analysis.compare_view import sides_notes
+
+    for name, lab in (("lab-arm64-eager-enable", True), ("x86-dirty-log-4k", False)):
+        cap, result, _ = _data(name)
+        text = render_text(result, width=80).splitlines()
+        assert (text[2].startswith("NOTE: emulated machine (QEMU TCG): event counts are exact") if lab
+                else not any("emulated machine" in line for line in text))
+        assert (analysis_json(result)["info"]["timing_note"] is not None) == lab
+        assert ("Emulated timings" in render_report(result, cap)) == lab
+        notes = sides_notes(["a"], [cap.manifest], ["b"], [cap.manifest])
+        assert any("timings are the emulator's" in note for note in notes) == lab
+
+
 def test_a_phase_cut_shows_that_phase_only():
     _, result, data = _data("x86-dirty-log-2m", "dirty-memory#2")
     phase = result.tables["phases"].set_index("phase").loc["dirty-memory#2"]
@@ -85,19 +102,27 @@ def test_a_phase_cut_shows_that_phase_only():
     assert not any(s.aggregated for s in data.series)  # the kernel's KVM_RUN totals cannot be cut by phase
 
 
-def test_streamed_kvm_run_calls_are_spans_on_their_vcpu_row(make_capture):
-    runs = 3 * MIN_SAMPLES
-    starts = np.arange(runs, dtype=np.int64) * 1_000_000 + 10_000_000
+def _kvm_runs(make_capture, first_ns: int, starts: np.ndarray, run_ns: int, vcpu: int, **manifest):
+    """A capture of one KVM_CHECK_EXTENSION call of tid 7 at ``first_ns`` and KVM_RUN calls of vCPU ``vcpu``
+    (tid 8) at ``starts``, ``run_ns`` each, recorded in a window of 0-80 ms; its analysis and report data."""
+    runs = len(starts)
     path = make_capture({"ioctl": {
-        "ts_ns": np.concatenate([[0], starts]), "tid": [7] + [8] * runs,
-        "duration_ns": np.concatenate([[2_000], np.full(runs, 400_000)]),
+        "ts_ns": np.concatenate([[first_ns], starts]), "tid": [7] + [8] * runs,
+        "duration_ns": np.concatenate([[2_000], np.full(runs, run_ns)]),
         "cmd": np.array([0xAE03] + [0xAE80] * runs, np.uint32),
         "cmd_name": ["KVM_CHECK_EXTENSION"] + ["KVM_RUN"] * runs, "ret": [0] * (runs + 1)}},
-        manifest={"target": {"pids": [1], "threads": [{"tid": 8, "comm": "vcpu", "vcpu": 3}]},
-                  "window": {"clock": "CLOCK_MONOTONIC", "start_ns": 0, "stop_ns": 80_000_000, "seconds": 0.08}})
+        manifest={"target": {"pids": [1], "threads": [{"tid": 8, "comm": "vcpu", "vcpu": vcpu}]},
+                  "window": {"clock": "CLOCK_MONOTONIC", "start_ns": 0, "stop_ns": 80_000_000, "seconds": 0.08},
+                  **manifest})
     cap = open_capture(path)
     result = analyze_capture(cap)
-    data = report_data(cap, result)
+    return cap, result, report_data(cap, result)
+
+
+def test_streamed_kvm_run_calls_are_spans_on_their_vcpu_row(make_capture):
+    runs = 3 * MIN_SAMPLES
+    cap, result, data = _kvm_runs(make_capture, 0, np.arange(runs, dtype=np.int64) * 1_000_000 + 10_000_000,
+                                  400_000, 3)
     lanes = data.timeline_table().set_index(["row", "kind"])
     run = lanes.loc[("vCPU 3 (tid 8)", "KVM_RUN")]
     assert run["events"] == runs and run["busy_ns"] == runs * 400_000
@@ -110,6 +135,27 @@ def test_streamed_kvm_run_calls_are_spans_on_their_vcpu_row(make_capture):
     assert "every family from +0.000 ms to +80.000 ms" in page
 
 
+def test_a_thread_whose_events_all_lie_outside_the_timeline_gets_no_empty_row(make_capture, monkeypatch):
+    """The timeline shows the phases (10-20 ms of an 80 ms recording): a thread whose only call came before
+    them (tid 7, like the demo's second python thread) is counted in the caption, not drawn as an empty row."""
+    from tracekit.analysis import reportfigures
+
+    phases = [{"name": "populate", "iteration": None, "start_ns": 10_000_000, "end_ns": 20_000_000}]
+    _, _, data = _kvm_runs(make_capture, 1_000_000, np.arange(MIN_SAMPLES, dtype=np.int64) * 400_000 + 11_000_000,
+                           300_000, 0, workload={"workload": "dirty-log", "phases": phases})
+    assert data.rows == ["vCPU 0 (tid 8)", "tid 7"] and data.outside == 1
+    labels = []
+    png = reportfigures._png
+
+    def keep(fig):
+        labels.append([t.get_text() for t in fig.axes[-1].get_yticklabels()])
+        return png(fig)
+
+    monkeypatch.setattr(reportfigures, "_png", keep)
+    figure = reportfigures._timeline(data)
+    assert labels == [["vCPU 0 (tid 8)"]] and "1 events before or after the phases" in figure.caption
+
+
 def test_tables_show_times_since_the_capture_start_with_units():
     cap, result, _ = _data("x86-dirty-log-2m")
     page = render_report(result, cap)
@@ -118,3 +164,36 @@ def test_tables_show_times_since_the_capture_start_with_units():
     visible = re.sub(r"<[^>]+>", " ", page)
     assert not re.search(r"\b\d{10,}\b", visible)  # no raw CLOCK_MONOTONIC nanoseconds anywhere on the page
     assert "+538.835 ms" in tables  # the setup phase's start, 539 ms after the first recorded event (a lock wait)
+
+
+def test_counts_spanning_orders_of_magnitude_are_drawn_on_log_axes_with_their_values(monkeypatch):
+    """The lab sample's 128 level-2 split visits beside 65,536 level-3 ones, and the live sample's 32 four-level
+    walks beside 24,576 three-level ones: the level figures (and where the time goes, KVM_RUN's 246 ms
+    beside a 2 us ioctl) use a log axis, each bar written with its value, a zero written at the baseline."""
+    from tracekit.analysis import reportfigures
+
+    drawn: dict[tuple[str, str], tuple[str, str, set[str]]] = {}
+    png = reportfigures._png
+    sample = ""
+
+    def keep(fig):
+        ax = fig.axes[-1]
+        drawn[(sample, ax.get_xlabel())] = (ax.get_xscale(), ax.get_yscale(), {t.get_text() for t in ax.texts})
+        return png(fig)
+
+    monkeypatch.setattr(reportfigures, "_png", keep)
+    for sample in ("lab-arm64-eager-enable", "x86-dirty-log-2m"):
+        _, result, data = _data(sample)
+        reportfigures.all_figures(result, data)
+    def lab(label):
+        return drawn[("lab-arm64-eager-enable", label)]
+
+    def live(label):
+        return drawn[("x86-dirty-log-2m", label)]
+
+    assert lab("page-table level")[1] == "log" and {"128", "65,536", "0"} <= lab("page-table level")[2]
+    assert lab("stage-2 level")[1] == "log"
+    assert live("guest walk depth (levels read)")[1] == "log"
+    assert {"24,576", "32", "33"} <= live("guest walk depth (levels read)")[2]
+    assert live("page-table level")[1] == "log" and {"49,217", "65"} <= live("page-table level")[2]
+    assert live("total time (ms, log scale)")[0] == "log" and live("latency (µs, log scale)")[0] == "log"

@@ -95,6 +95,22 @@ def test_cli_scenarios_json_and_bad_input(tmp_path):
     assert busy.exit_code == 2 and "not empty" in busy.output
 
 
+def test_cli_scenarios_text_fits_the_terminal():
+    """At COLUMNS=80 every line fits, each scenario's text wrapped at words under its description's column
+    (the list printed 250-column lines); the words are those of the unwrapped list."""
+    runner = CliRunner()
+    narrow = runner.invoke(app, ["lab", "scenarios"], env={"COLUMNS": "80"})
+    wide = runner.invoke(app, ["lab", "scenarios"], env={"COLUMNS": "400"})
+    assert narrow.exit_code == wide.exit_code == 0, narrow.output
+    lines = narrow.output.splitlines()
+    assert max(len(line) for line in lines) <= 80 < max(len(line) for line in wide.output.splitlines())
+    assert narrow.output.split() == wide.output.split()
+    starts = [line for line in lines if not line.startswith(" ")]
+    assert len(starts) == len(scenarios.SCENARIOS) == len(wide.output.splitlines())
+    column = starts[0].index(scenarios.SCENARIOS[0].description.split()[0])
+    assert all(line[:column].isspace() and not line[column].isspace() for line in lines if line.startswith(" "))
+
+
 def test_cli_probes_report_against_a_kallsyms_file(tmp_path):
     """An arm64 kallsyms with kprobes: stage2 probes attachable (the .isra clone too), user_mem_abort absent."""
     text = "ffff0001 T register_kprobe\nffff0002 T kvm_pgtable_walk\nffff0003 t stage2_split_walker\n"

@@ -4,9 +4,9 @@
   ``kvm_page_table_test`` and ``memslot_perf_test``, built once from Debian's ``linux-source`` into the lab
   cache (:mod:`tracekit.lab.selftests`; ``TRACEKIT_LAB_CACHE`` moves it). Where the source cannot be fetched
   or built here, every test using it skips with the reason (fails under ``TRACEKIT_REQUIRE_LIVE=1``).
-- ``record_selftest(name, *args, probes=..., extra=(), command_prefix=())`` records one selftest under
-  ``tracekit record -q -o CAPTURE -- [PREFIX...]`` (a prefix such as ``chrt -f 10`` that execs the test) (after checking KVM, tracefs, the walk tracepoint and bcc) and returns a :class:`Recorded`:
-  the capture path, the selftest's stdout as the user saw it, and the recorder's stderr.
+- ``record_selftest(name, *args, probes=..., extra=(), may_fail=False)`` records one selftest under
+  ``tracekit record -q -o CAPTURE --`` (after checking KVM, tracefs, the walk tracepoint and bcc) and returns
+  a :class:`Recorded`: the capture path, the selftest's stdout as the user saw it, and the recorder's stderr.
 
 Guest code at CPL0 is emulated on hosts like the development machine (about 1 M instructions/s), so keep
 guest memory at 16-64 MiB.
@@ -55,12 +55,12 @@ def record_selftest(kvm_selftests, tmp_path):
     counter = iter(range(100))
 
     def run(name: str, *args: str, probes: str = "walk,ioctl,lock,mmu", extra: tuple[str, ...] = (),
-            command_prefix: tuple[str, ...] = (), timeout: float = 300, may_fail: bool = False) -> Recorded:
+            timeout: float = 300, may_fail: bool = False) -> Recorded:
         """Record selftest ``name``; the recorder must succeed, and so must the selftest unless
         ``may_fail`` (then its failure is only the status the recorder passes on)."""
         out = tmp_path / f"{name}-{next(counter)}.tkcap"
         argv = [sys.executable, "-m", "tracekit.cli", "record", "-q", "-o", str(out), "--probes", probes, *extra,
-                "--", *command_prefix, str(kvm_selftests / name), *args]
+                "--", str(kvm_selftests / name), *args]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         passed_on = may_fail and done.returncode != 0 and "tracekit: error: the traced command " in done.stderr
         assert done.returncode == 0 or passed_on, f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}"

@@ -150,6 +150,10 @@ def test_dirty_log_perf_test_thp_and_two_vcpus(record_selftest):
                            & (runs["ts_ns"] + runs["duration_ns"] > phase["start_ns"])]
         longest = overlapping.groupby("tid")["duration_ns"].max()
         assert len(longest) == 2 and (longest <= printed_ns).all(), (iteration, printed_ns, longest.tolist())
+    # The analysis' own account of the passes: both vCPUs' calls inside each, inside the measured gap.
+    passes = result.tables["dirty_passes"]
+    assert passes["phase"].tolist() == ["dirty-memory#1", "dirty-memory#2"] and (passes["vcpus"] == 2).all()
+    assert ((passes["vcpu_ns"] <= passes["printed_ns"]) & (passes["printed_ns"] <= passes["measured_ns"])).all(), passes
 
 
 def test_kvm_page_table_test(record_selftest):
@@ -256,29 +260,25 @@ def test_attached_mid_run_the_output_is_aligned_from_the_end(kvm_selftests, tmp_
     assert [t["vcpu"] for t in threads if t.get("vcpu_from") == "KVM_RUN fd"] == [0]
 
 
-def test_dirty_pass_times_match_the_printed_ones_when_the_run_is_not_preempted(record_selftest):
-    """Each dirty pass as tracekit timed it (the vCPU's KVM_RUN of the pass) against the selftest's own
-    "Iteration N dirty memory time". The selftest's main thread and its vCPU busy-wait on each other, so on a
-    shared host the printed time also holds however long either waited for a CPU (8-37 ms at load 1-2 on
-    2 CPUs); run under SCHED_FIFO (``chrt -f``, one vCPU: two busy threads, two CPUs) no other work preempts
-    them, and what is left is the hand-over between the two threads: 73-234 µs here at load 1-14, "within 70 µs" when
-    the issue measured an idle host. Only the ioctl family is recorded, so the pass is not slowed."""
-    livecheck.need_command("chrt")
-    recorded = record_selftest("dirty_log_perf_test", "-b", "16M", "-i", "3", probes="ioctl",
-                               extra=("--stream-ioctl", "KVM_RUN"), command_prefix=("chrt", "-f", "10"))
+def test_dirty_passes_as_tracekit_measured_them_hold_the_printed_ones(record_selftest):
+    """Each pass's printed "Iteration N dirty memory time" against the analysis' ``dirty_passes``: the main
+    thread reads its clock after its last dirty-log call before the pass and before the iteration's first
+    GET, so the gap between those calls (``measured_ns``) is never shorter than the printed time; it also
+    holds the selftest's printing (a write to the recorder's stdout pipe) and clock reads. Measured here (2
+    CPUs, load 3.4-6.7): 14-157 us a pass, one of 45 at 6 ms (the main thread preempted outside its timed
+    window); the median of a run's 5 passes 17-33 us in 7 runs of 9, 70 and 141 us in the others (the
+    recorder's stdout thread woken by each line, on the CPU the main thread needs): 250 us bounds it. The
+    vCPU's KVM_RUN calls lie inside the printed time (the rest, ``handover_ns``, the busy-wait hand-over:
+    1.4 us when both threads had a CPU, up to 45 ms when not). Only the ioctl family is recorded, with every
+    KVM_RUN call."""
+    recorded = record_selftest("dirty_log_perf_test", "-b", "16M", "-i", "5", probes="ioctl",
+                               extra=("--stream-ioctl", "KVM_RUN"))
     cap = open_capture(recorded.capture)
     assert cap.manifest["command_exit"] == 0
-    result = analyze_capture(cap)
-    runs = load(cap, "ioctl", ["ts_ns", "tid", "duration_ns", "cmd_name"])
-    runs = runs[(runs["cmd_name"] == "KVM_RUN") & runs["duration_ns"].notna()]
+    passes = analyze_capture(cap).tables["dirty_passes"]
     printed = parse_selftest_output(recorded.stdout)
-    dirty = printed[printed["name"] == "dirty-memory"].set_index("iteration")["duration_ns"]
-    assert list(dirty.index) == [1, 2, 3]
-    phases = result.tables["phases"].set_index("phase")
-    excess = []
-    for iteration, printed_ns in dirty.items():
-        phase = phases.loc[f"dirty-memory#{iteration}"]
-        overlapping = runs[(runs["ts_ns"] < phase["end_ns"]) & (runs["ts_ns"] + runs["duration_ns"] > phase["start_ns"])]
-        excess.append(int(printed_ns - overlapping["duration_ns"].max()))
-    assert min(excess) >= 0 and max(excess) < 2_000_000, excess
-    assert np.median(excess) < 500_000, excess
+    assert passes["phase"].tolist() == [f"dirty-memory#{i}" for i in range(1, 6)]
+    assert passes["printed_ns"].tolist() == printed.loc[printed["name"] == "dirty-memory", "duration_ns"].tolist()
+    assert (passes["excess_ns"] >= 0).all(), passes  # program order on one clock: no tolerance
+    assert np.median(passes["excess_ns"]) < 250_000, passes
+    assert (passes["vcpus"] == 1).all() and (passes["vcpu_ns"] <= passes["printed_ns"]).all(), passes

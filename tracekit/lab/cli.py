@@ -30,7 +30,7 @@ from tracekit.funcprobes.stage2_probes import STAGE2_PROBES
 from tracekit.funcprobes.tdp_probes import TDP_PROBES
 from tracekit.host import KALLSYMS, load_kallsyms
 from tracekit.lab import scenarios
-from tracekit.render import table_text
+from tracekit.render import prose_lines, table_text
 
 __all__ = ["register", "lab_app"]
 
@@ -259,10 +259,12 @@ def list_scenarios(
     if as_json:
         typer.echo(json.dumps([s.as_dict() for s in chosen], indent=2, sort_keys=True))
         return
-    for s in chosen:
+    name_width = max((len(s.name) for s in chosen), default=0)
+    for s in chosen:  # wrapped at words to the terminal, under the description's column
         expected = ", ".join([*(f"{k}={v:,}" for k, v in s.expected.items()), *(f"{k} from the model" for k in s.model_counts)])
         needs = f" [needs {', '.join(s.needs)}]" if s.needs else ""
-        typer.echo(f"{s.arch:<6} {s.name:<14} {s.description}" + (f" [expects {expected}]" if expected else "") + needs)
+        text = f"{s.arch:<6} {s.name:<{name_width}}  {s.description}" + (f" [expects {expected}]" if expected else "") + needs
+        typer.echo("\n".join(prose_lines(text, indent=" " * (9 + name_width))))
 
 
 @lab_app.command("probes")
