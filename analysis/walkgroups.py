@@ -56,14 +56,18 @@ class Codes:
 
     def _codes(self, values: np.ndarray) -> int | np.ndarray:
         """The codes of ``values`` (int64), new values added: one code when they are all one value (as
-        mostly: the first value is compared before anything is hashed)."""
+        mostly: the first value, then the first other one, are compared before anything is hashed)."""
         code = self._code(int(values[0]))
         other = values != values[0]
         if not other.any():
             return code
         codes = np.full(len(values), code, np.int64)
         rest = np.flatnonzero(other)
-        found, uniques = pd.factorize(values[rest])
+        others = values[rest]
+        if (others == others[0]).all():  # two values (two vCPUs, say): no hash either
+            codes[rest] = self._code(int(others[0]))
+            return codes
+        found, uniques = pd.factorize(others)
         codes[rest] = np.fromiter((self._code(v) for v in uniques.tolist()), np.int64, len(uniques))[found]
         return codes
 
