@@ -333,6 +333,8 @@ def test_empty_and_hostile_captures_give_one_line(tmp_path):
     assert pftrace.summary(tmp_path / "h.pftrace")["tracks"]["not a traced VM (pid 9) / thread 9 / guest walks"] \
         == {"kind": "track", "instants": {"guest walk": 2}}
     for args, line in ((["--format", "csv"], "--format for --perfetto must be one of proto, json, not 'csv'"),
+                       (["--family", "walk"], "--perfetto FILE writes the whole capture; --family and -o export"),
+                       (["-o", str(tmp_path / "w.csv")], "give one or the other"),
                        ([], "cannot write")):
         target = tmp_path / "no" / "such" / "dir" / "t.pftrace" if not args else tmp_path / "x.pftrace"
         result = runner.invoke(app, ["export", str(early), "--perfetto", str(target), *args])

@@ -64,6 +64,8 @@ def export(
 
       tracekit export vm.tkcap --perfetto vm.json --format json
     """
+    if perfetto is not None and (family is not None or output is not None):
+        raise UsageError("--perfetto FILE writes the whole capture; --family and -o export one family: give one or the other")
     cap = open_capture(capture)
     if perfetto is not None:
         written = write_perfetto(cap, perfetto, fmt or "proto")
