@@ -99,6 +99,7 @@ class DuckDbEngine:
 
         self.con.execute(f"SET temp_directory = '{_sql_text(self.spill)}'")
         self.con.execute("SET preserve_insertion_order = false")
+        self.con.execute("SET enable_external_file_cache = false")  # each file is read once: nothing to keep
         if threads is not None:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
@@ -113,11 +114,12 @@ class DuckDbEngine:
             parts = []
             for present, paths in _files_by_columns(dataset, family).items():
                 select = ", ".join(_duckdb_column(family, c, t) for c, t in family_columns(family, set(present), columns))
-                listed = ", ".join(f"'{_sql_text(p)}'" for p in paths)
                 first = len(self.numbers)
                 self.numbers.update((path, first + i) for i, path in enumerate(paths))
+                files = f"tracekit_files_{first}"  # a variable: the list is not parsed again where a view is read
+                self.con.execute(f"SET VARIABLE {files} = ?", [paths])
                 parts.append(f"SELECT CAST(file_index AS BIGINT) + {first} AS segment, {select} "
-                             f"FROM read_parquet([{listed}])")
+                             f"FROM read_parquet(getvariable('{files}'))")
             if parts:
                 self.con.execute(f'CREATE VIEW "{family}" AS ' + " UNION ALL ".join(parts))
             else:
