@@ -272,11 +272,11 @@ def test_dirty_passes_as_tracekit_measured_them_hold_the_printed_ones(record_sel
     thread reads its clock after its last dirty-log call before the pass and before the iteration's first
     GET, so the gap between those calls (``measured_ns``) is never shorter than the printed time; it also
     holds the selftest's printing (a write to the recorder's stdout pipe) and clock reads. Measured here (2
-    CPUs, load 3.4-6.7): 14-157 us a pass, one of 45 at 6 ms (the main thread preempted outside its timed
-    window); the median of a run's 5 passes 17-33 us in 7 runs of 9, 70 and 141 us in the others (the
+    CPUs, load 3.4-8.8): 14-174 us a pass, two of 65 at 6 ms (the main thread preempted outside its timed
+    window); the median of a run's 5 passes 17-38 us in 9 runs of 13, 70-141 us in the others (the
     recorder's stdout thread woken by each line, on the CPU the main thread needs): 250 us bounds it. The
     vCPU's KVM_RUN calls lie inside the printed time (the rest, ``handover_ns``, the busy-wait hand-over:
-    1.4 us when both threads had a CPU, up to 45 ms when not). Only the ioctl family is recorded, with every
+    1.4 us when both threads had a CPU, up to 46 ms when not). Only the ioctl family is recorded, with every
     KVM_RUN call."""
     recorded = record_selftest("dirty_log_perf_test", "-b", "16M", "-i", "5", probes="ioctl",
                                extra=("--stream-ioctl", "KVM_RUN"))
