@@ -115,8 +115,10 @@ def test_dirty_log_perf_test_legacy_get(record_selftest):
     by_phase = result.tables["walk_depth_by_phase"].groupby("phase")["walks"].sum()
     if result.info["lost_events"] == 0:
         assert "" not in by_phase.index or by_phase.get("", 0) < by_phase.sum() // 100
-    for i in (1, 2, 3):
-        assert by_phase.get(f"dirty-memory#{i}", 0) > 0
+    passes = [int(by_phase.get(f"dirty-memory#{i}", 0)) for i in (1, 2, 3)]
+    assert min(passes) > 0, passes
+    if result.info["lost_events"] == 0:  # the same work per pass (#17 found 157k and 19k for two ~176k passes)
+        assert min(passes) >= 4096 and max(passes) <= 1.1 * min(passes), passes
     _check_walks(cap, result, pages=4 * 4096)  # populate and three passes, each page written once
 
 
