@@ -2,17 +2,19 @@
 
 :func:`copy_result` writes to a file path, or streams to a binary file object (standard output, which
 may be a pipe, a file or a terminal) through a pipe DuckDB writes to: never row by row in Python.
-Errors are DuckDB's (``duckdb.Error``); the callers turn them into one line.
+Errors are DuckDB's (``duckdb.Error``); the callers turn them into one line. :func:`connection` opens
+DuckDB as every command does (its progress bar only on a terminal).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["COPY_OPTIONS", "copy_result", "sql_string"]
+__all__ = ["COPY_OPTIONS", "connection", "copy_result", "sql_string"]
 
 #: Output format -> the COPY options that write it (JSON: one object per line).
 COPY_OPTIONS = {
@@ -21,6 +23,17 @@ COPY_OPTIONS = {
     "jsonl": "FORMAT json",
     "parquet": "FORMAT parquet, COMPRESSION zstd",
 }
+
+
+def connection(database: str = ":memory:") -> Any:
+    """A DuckDB connection to ``database``, its progress bar off unless standard error is a terminal (its
+    frames would fill a redirected standard error, where tracekit writes one line per problem)."""
+    import duckdb  # late: only the SQL commands need it (~0.2 s to import)
+
+    con = duckdb.connect(database)
+    if not sys.stderr.isatty():
+        con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def sql_string(text: str) -> str:

@@ -24,6 +24,7 @@ from tracekit.capture.columns import SCHEMAS
 from tracekit.capture.format import MANIFEST_NAME, shown_path
 from tracekit.capture.reader import Capture, open_capture
 from tracekit.capture.remote import find_url_captures, is_url, open_url_capture
+from tracekit.copyout import connection
 from tracekit.errors import AnalysisError, CaptureFormatError, TracekitError
 
 __all__ = [
@@ -470,10 +471,8 @@ def connect(source: Source, *, skip_bad: bool = False, database: str = ":memory:
     """A DuckDB connection with the dataset's views (see the module docstring). ``skip_bad`` leaves
     refused captures out instead of raising CaptureFormatError; to learn which, open the
     :class:`Dataset` first (``Dataset.open(paths, skip_bad=True).problems``) and pass it."""
-    import duckdb  # here, not at the top: the other commands of the console script need not load it
-
     ds = source if isinstance(source, Dataset) else Dataset.open(source, skip_bad=skip_bad)
-    con = duckdb.connect(database)
+    con = connection(database)
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
     segments = segments_table(ds)

@@ -271,3 +271,18 @@ def test_a_segment_duckdb_cannot_read_is_found_by_the_check_and_its_capture_left
     assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.output
     assert f"x86-dirty-log-4k.tkcap/ioctl/{segment.name}: corrupt or truncated Parquet file" in result.stderr
     assert [r["label"] for r in json.loads(result.stdout)["captures"]] == ["lab-arm64-eager-clear"]
+
+
+def test_duckdb_draws_no_progress_bar_into_a_redirected_stderr():
+    """A long summary, query or export on DuckDB drew its progress bar's frames into standard error even
+    when it was a file or a pipe (where tracekit writes one line per problem); on a terminal it may."""
+    from tracekit.dataset import connect
+
+    engine = duckdb_engine(Dataset.open([str(ARM)]), {"split": ("duration_ns",)})
+    con = connect([str(ARM)])
+    try:
+        for db in (engine.con, con):
+            assert db.sql("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]
+    finally:
+        engine.close()
+        con.close()

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from tracekit.capture.format import shown_path
 from tracekit.capture.reader import Capture
-from tracekit.copyout import copy_result
+from tracekit.copyout import connection, copy_result
 from tracekit.errors import CaptureFormatError, one_line
 
 __all__ = ["EXPORT_FORMATS", "export_family"]
@@ -64,7 +64,7 @@ def export_family(cap: Capture, family: str, fmt: str, out: BinaryIO | str | os.
             failed.append(error)
             raise
 
-    con = duckdb.connect()
+    con = connection()
     try:
         con.execute("SET threads = 1")  # one stream, written in order
         con.register("family_batches", pa.RecordBatchReader.from_batches(schema, batches()))

@@ -19,6 +19,7 @@ from tracekit.dataset import Dataset, plain_schema
 from tracekit.capture.format import shown_path
 from tracekit.capture.remote import is_url
 from tracekit.errors import MissingCapability, UsageError
+from tracekit.copyout import connection
 from tracekit.sql import query_error
 from tracekit.fleet.query import FILE_COLUMNS
 
@@ -82,9 +83,7 @@ class DuckDbEngine:
 
     def __init__(self, dataset: Dataset, wanted: dict[str, tuple[str, ...]], *, threads: int | None = None,
                  memory_limit: str | None = MEMORY_LIMIT):
-        import duckdb  # late: ~0.2 s to import, needed by fleet summary and sql only
-
-        self.con = duckdb.connect()
+        self.con = connection()
         self.spill = tempfile.mkdtemp(prefix="tracekit-fleet-")
         self.numbers: dict[str, int] = {}  # each segment file's number, its rows' ``segment``
         try:
@@ -95,7 +94,7 @@ class DuckDbEngine:
 
     def _set_up(self, dataset: Dataset, wanted: dict[str, tuple[str, ...]], threads: int | None,
                 memory_limit: str | None) -> None:
-        import duckdb  # late, as in __init__
+        import duckdb  # late: ~0.2 s to import, needed by fleet summary and sql only
 
         self.con.execute(f"SET temp_directory = '{_sql_text(self.spill)}'")
         self.con.execute("SET preserve_insertion_order = false")
@@ -138,7 +137,7 @@ class DuckDbEngine:
 
     def query(self, sql: str) -> pa.Table:
         """The result of ``sql``; a file the query could not read is one line (CaptureFormatError)."""
-        import duckdb  # late, as in __init__
+        import duckdb  # late: ~0.2 s to import, needed by fleet summary and sql only
 
         try:
             return self.con.sql(sql).to_arrow_table()
