@@ -286,3 +286,17 @@ def test_duckdb_draws_no_progress_bar_into_a_redirected_stderr():
     finally:
         engine.close()
         con.close()
+
+
+def test_a_manifest_without_row_counts_has_its_footers_read_and_its_verdicts_kept(tmp_path):
+    """The summary on DuckDB takes the analysed families' rows from the manifest; one that records none
+    (``families`` is optional) has those families' footers read, so its stored verdicts still count and
+    DuckDB's summary equals the one over fully checked captures (as Spark's)."""
+    cap = shutil.copytree(X86, tmp_path / "x86.tkcap")
+    manifest = json.loads((cap / "capture.json").read_text())
+    del manifest["families"]
+    (cap / "capture.json").write_text(json.dumps(manifest))
+    listed = fleet_summary([str(cap)], by="kernel")
+    checked = fleet_summary([str(cap)], by="kernel", dataset=Dataset.open([str(cap)]))
+    assert listed.captures == checked.captures and listed.captures[0]["crosscheck"] == "match"
+    assert listed.groups[0]["analysed_captures"] == 1

@@ -41,7 +41,7 @@ from tracekit.errors import CaptureFormatError
 from tracekit.procs import pid_alive
 
 __all__ = ["Capture", "open_capture", "exact_pandas", "check_manifest_bytes", "read_family", "family_reads",
-           "arrow_reason", "FOOTERS", "TAILS", "SCHEMA"]
+           "recorded_families", "arrow_reason", "FOOTERS", "TAILS", "SCHEMA"]
 
 _SNAPSHOT_KEY = b"tracekit.manifest"
 _THREAD_KEYS = ["pid", "tid", "comm", "vcpu", "vcpu_from", "first_seen_ns", "last_seen_ns", "pre_exec"]
@@ -223,12 +223,21 @@ def read_family(directory: Any, names: Sequence[str], snapshots: bool, read: str
     return _Family(schema, tuple(segments), schema_path)
 
 
-def family_reads(families: Collection[str] | None, footers: bool = True) -> Callable[[str], str]:
+def family_reads(families: Collection[str] | None, footers: bool = True,
+                 recorded: Collection[str] = ()) -> Callable[[str], str]:
     """What :func:`read_family` reads of each family of a capture opened with ``families`` (None: all) and
-    ``footers`` (see :func:`open_capture`)."""
+    ``footers`` (see :func:`open_capture`); without ``footers``, a family whose rows the manifest does not
+    record (``recorded``: those it does) has its footers read all the same."""
     def read(family: str) -> str:
+        if not footers and family not in recorded:
+            return FOOTERS
         return (FOOTERS if footers else SCHEMA) if families is None or family in families else TAILS
     return read
+
+
+def recorded_families(manifest: dict) -> list[str]:
+    """The families whose row counts ``manifest`` records (the writer records them as it closes each segment)."""
+    return list(manifest.get("families") or {})
 
 
 def _check_threads(directory: Any, schema: pa.Schema) -> None:
@@ -463,7 +472,8 @@ def open_capture(path: str | os.PathLike, families: Collection[str] | None = Non
     are read and checked; the others' segments are checked to be regular files that end as Parquet files,
     and their schema and rows are None. Without ``footers``, ``families`` (all when None) have only their
     schema read (their schema file, else their first segment's footer) and row counts None: a reader of
-    their segments that checks them itself (the fleet summary's DuckDB). An unfinished capture is checked
+    their segments that checks them itself (the fleet summary's DuckDB); a family whose rows the manifest
+    does not record has its footers read all the same. An unfinished capture is checked
     whole either way: its lost counters come from every segment's snapshot."""
     p = Path(path)
     if not p.exists():
@@ -473,7 +483,7 @@ def open_capture(path: str | os.PathLike, families: Collection[str] | None = Non
     try:
         manifest = _read_manifest(p)
         recording = manifest.get("status") == "recording"
-        return Capture(p, manifest, _read_families(p, recording, family_reads(None) if recording
-                                                   else family_reads(families, footers)))
+        reads = family_reads(None) if recording else family_reads(families, footers, recorded_families(manifest))
+        return Capture(p, manifest, _read_families(p, recording, reads))
     except OSError as error:  # a directory that cannot be listed
         raise CaptureFormatError(f"{shown_path(p)}: cannot read ({error.strerror or error})") from None

@@ -18,7 +18,8 @@ import pyarrow.fs as pafs
 
 from tracekit.capture.format import MANIFEST_NAME, is_family_name, shown_path
 from tracekit.capture.manifest import MAX_MANIFEST_BYTES
-from tracekit.capture.reader import Capture, arrow_reason, check_manifest_bytes, family_reads, read_family
+from tracekit.capture.reader import (Capture, arrow_reason, check_manifest_bytes, family_reads, read_family,
+                                     recorded_families)
 from tracekit.capture.writer import CaptureWriteError
 from tracekit.errors import CaptureFormatError
 
@@ -139,7 +140,7 @@ def open_url_capture(url: str, families: Collection[str] | None = None, *, foote
         raise _failed(manifest_url, "unreadable manifest", error) from None
     manifest = check_manifest_bytes(data, capture)
     recording = manifest.get("status") == "recording"
-    reads = family_reads(None) if recording else family_reads(families, footers)
+    reads = family_reads(None) if recording else family_reads(families, footers, recorded_families(manifest))
     found = {}
     for name, kind in sorted(entries.items()):
         if kind == pafs.FileType.Directory and is_family_name(name):

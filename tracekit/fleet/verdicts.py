@@ -78,7 +78,8 @@ def _analysed_rows(rows: dict[str, int | None]) -> dict[str, int | None]:
 
 def _present_rows(cap: Capture) -> dict[str, int | None]:
     """``cap``'s row count of each family: its footers', or where they were not read (the fleet summary on
-    DuckDB opens captures so) its manifest's, which the writer records as it closes each segment."""
+    DuckDB opens captures so; only families the manifest records) its manifest's, which the writer
+    records as it closes each segment."""
     recorded = cap.manifest.get("families") or {}
     return {family: rows if rows is not None else (recorded.get(family) or {}).get("rows")
             for family, rows in cap.family_rows().items()}
