@@ -33,6 +33,8 @@ FAULT_WINDOW_NS = 10_000_000
 MMU_BATCH_ROWS = 1 << 20
 _MARK_BLOCK = 1 << 20
 _FEW_THREADS = 16
+#: Walks per block whose first walk's next event is searched (the others' are taken from it, and checked).
+_GUESS_BLOCK = 256
 
 
 def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequence[str] = ()) -> FaultFollowers | None:
@@ -67,15 +69,23 @@ def fault_followers(cap: Any, window_ns: int = FAULT_WINDOW_NS, *, also: Sequenc
 
 
 def _after(times: np.ndarray, stamps: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(times, stamps, side="right")`` (``times`` sorted): for walks each followed by one
-    event of ``times`` before the next walk (as mostly), the first walk's position plus the walk's row,
-    checked, before any search."""
-    first = int(times.searchsorted(stamps[0], side="right"))  # the first walk's, searched
-    if first + len(stamps) <= len(times):
-        guess = np.arange(first, first + len(stamps))
-        if (stamps < times[guess]).all() and (times[guess[1:] - 1] <= stamps[1:]).all():
-            return guess
-    return times.searchsorted(stamps, side="right")
+    """``np.searchsorted(times, stamps, side="right")`` (``times`` sorted): walks are mostly each followed
+    by one event before the next walk, so each walk's position is taken as that of the first walk of its
+    block of :data:`_GUESS_BLOCK` (searched) plus its place in the block, checked, and only the walks
+    where that is wrong (a block with a walk out of order, or without an event) are searched."""
+    n = len(stamps)
+    anchors = times.searchsorted(stamps[::_GUESS_BLOCK], side="right")
+    guess = np.arange(n)
+    guess += np.repeat(anchors - np.arange(0, n, _GUESS_BLOCK), _GUESS_BLOCK)[:n]
+    padded = np.empty(len(times) + 2, times.dtype)  # times[-1] and times[len] as -inf and +inf
+    padded[0], padded[-1], padded[1:-1] = np.iinfo(times.dtype).min, np.iinfo(times.dtype).max, times
+    np.minimum(guess, len(times), out=guess)
+    wrong = padded[guess] > stamps  # times[guess - 1] <= stamp < times[guess] when right
+    wrong |= stamps >= padded[guess + 1]
+    if wrong.any():
+        where = np.flatnonzero(wrong)
+        guess[where] = times.searchsorted(stamps[where], side="right")
+    return guess
 
 
 def _by_thread(tid: np.ndarray, among: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
