@@ -274,9 +274,9 @@ def test_dirty_passes_as_tracekit_measured_them_hold_the_printed_ones(record_sel
     thread reads its clock after its last dirty-log call before the pass and before the iteration's first
     GET, so the gap between those calls (``measured_ns``) is never shorter than the printed time; it also
     holds the selftest's printing (a write to the recorder's stdout pipe) and clock reads. Measured here (2
-    CPUs, load 3.4-8.8): 14-174 us a pass, two of 65 at 6 ms (the main thread preempted outside its timed
-    window); the median of a run's 5 passes 17-38 us in 9 runs of 13, 70-141 us in the others (the
-    recorder's stdout thread woken by each line, on the CPU the main thread needs): 250 us bounds it. The
+    CPUs, load 3.4-5.0), five runs: 12.7-34.4 us a pass, run medians 13.9-16.2 us (with a copier woken by
+    each printed line: run medians 32-192 us, passes up to 5.3 ms); a single pass can still meet a 6 ms
+    preemption outside the timed window, so the run's median is held to the issue's 70 us. The
     vCPU's KVM_RUN calls lie inside the printed time (the rest, ``handover_ns``, the busy-wait hand-over:
     1.4 us when both threads had a CPU, up to 46 ms when not). Only the ioctl family is recorded, with every
     KVM_RUN call."""
@@ -289,5 +289,5 @@ def test_dirty_passes_as_tracekit_measured_them_hold_the_printed_ones(record_sel
     assert passes["phase"].tolist() == [f"dirty-memory#{i}" for i in range(1, 6)]
     assert passes["printed_ns"].tolist() == printed.loc[printed["name"] == "dirty-memory", "duration_ns"].tolist()
     assert (passes["excess_ns"] >= 0).all(), passes  # program order on one clock: no tolerance
-    assert np.median(passes["excess_ns"]) < 250_000, passes
+    assert np.median(passes["excess_ns"]) < 70_000, passes
     assert (passes["vcpus"] == 1).all() and (passes["vcpu_ns"] <= passes["printed_ns"]).all(), passes
