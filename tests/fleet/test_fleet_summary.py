@@ -44,6 +44,12 @@ def test_golden_samples_by_kernel(by_kernel):
     assert sum(g["captures"] for g in by_kernel.groups) == len(by_kernel.captures) == 75
 
 
+def test_per_capture_tables_built_in_batches_give_the_golden():
+    """DuckDB builds the per-capture tables a batch of captures at a time: 7 a batch (11 batches, the
+    last short, groups spanning batches) gives the same figures as one batch."""
+    assert comparable(fleet_summary([str(SAMPLES)], by="kernel", batch_captures=7)) == load()
+
+
 def test_x86_figures_match_the_analyses(by_kernel):
     row = _row(by_kernel, X86)
     cap = open_capture(X86)

@@ -1,8 +1,9 @@
 """The two engines the fleet summary runs on: DuckDB in-process, Apache Spark (local or a cluster).
 
 Both get the same input tables (:meth:`Engine.register`, one table per family over the captures'
-segments) and run the same SQL (:meth:`Engine.query`); Spark is optional and :func:`spark_engine` says how
-to install it. How each reads the segments: docs/fleet.md.
+segments) and run the same SQL (:meth:`Engine.summarise`: the per-capture tables, then the query over
+them; DuckDB builds the former a batch of captures at a time); Spark is optional and :func:`spark_engine`
+says how to install it. How each reads the segments: docs/fleet.md.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ CACHE_ROWS = 4_000_000
 #: DuckDB's memory limit for the summary (beyond it, sorts and aggregates spill to a temporary directory).
 MEMORY_LIMIT = "1GB"
 
+#: DuckDB reads the segments of this many captures per query (it keeps state per file a query reads,
+#: outside its memory limit): the per-capture tables are appended a batch at a time.
+BATCH_CAPTURES = 100
+
 #: Engine names accepted by ``tracekit fleet summary --engine``.
 ENGINES = ("duckdb", "spark")
 
@@ -44,7 +49,8 @@ class Engine(Protocol):
 
     def register(self, name: str, table: pa.Table) -> None: ...
 
-    def query(self, sql: str) -> pa.Table: ...
+    def summarise(self, tables: dict[str, str], sql: str) -> pa.Table:
+        """The result of ``sql`` once each of ``tables`` (name -> query) holds its query's rows."""
 
     def close(self) -> None: ...
 
@@ -75,17 +81,19 @@ def _null_of(type_: pa.DataType, engine: str) -> str:
 
 
 class DuckDbEngine:
-    """DuckDB, in-process: a view per family over its segments (``read_parquet``, a row's ``segment`` the
-    number of its file: an integer joins faster than a file name, read as no column of the file), memory
-    limited to ``memory_limit`` (:data:`MEMORY_LIMIT`; what does not fit spills to a temporary directory)."""
+    """DuckDB, in-process: a view per family over the segments of a batch of ``batch_captures`` captures
+    (``read_parquet``, a row's ``segment`` the number of its file: an integer joins faster than a file
+    name, read as no column of the file), memory limited to ``memory_limit`` (:data:`MEMORY_LIMIT`; what
+    does not fit, the per-capture tables included, spills to a temporary directory)."""
 
     name = "duckdb"
 
     def __init__(self, dataset: Dataset, wanted: dict[str, tuple[str, ...]], *, threads: int | None = None,
-                 memory_limit: str | None = MEMORY_LIMIT):
+                 memory_limit: str | None = MEMORY_LIMIT, batch_captures: int = BATCH_CAPTURES):
         self.con = connection()
         self.spill = tempfile.mkdtemp(prefix="tracekit-fleet-")
         self.numbers: dict[str, int] = {}  # each segment file's number, its rows' ``segment``
+        self.captures, self.wanted, self.batch = list(dataset.captures), wanted, max(1, int(batch_captures))
         try:
             self._set_up(dataset, wanted, threads, memory_limit)
         except BaseException:
@@ -103,27 +111,30 @@ class DuckDbEngine:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = '{_sql_text(memory_limit)}'")
+        for family in wanted:
+            for paths in _files_by_columns(self.captures, family).values():
+                self.numbers.update(zip(paths, range(len(self.numbers), len(self.numbers) + len(paths))))
         try:
-            self._views(dataset, wanted)
+            self._views(self.captures)
         except duckdb.Error as error:  # a view reads its first file's schema: one it could not read
             raise query_error(error) from None
 
-    def _views(self, dataset: Dataset, wanted: dict[str, tuple[str, ...]]) -> None:
-        for family, columns in wanted.items():
+    def _views(self, captures: list) -> None:
+        """The family views over the segments of ``captures`` (consecutive in the dataset: each list of
+        files below is a run of consecutive numbers)."""
+        for family, columns in self.wanted.items():
             parts = []
-            for present, paths in _files_by_columns(dataset, family).items():
+            for present, paths in _files_by_columns(captures, family).items():
                 select = ", ".join(_duckdb_column(family, c, t) for c, t in family_columns(family, set(present), columns))
-                first = len(self.numbers)
-                self.numbers.update((path, first + i) for i, path in enumerate(paths))
-                files = f"tracekit_files_{first}"  # a variable: the list is not parsed again where a view is read
+                first = self.numbers[paths[0]]
+                files = f"tracekit_files_{family}_{len(parts)}"  # a variable: not parsed again where read
                 self.con.execute(f"SET VARIABLE {files} = ?", [paths])
                 parts.append(f"SELECT CAST(file_index AS BIGINT) + {first} AS segment, {select} "
                              f"FROM read_parquet(getvariable('{files}'))")
-            if parts:
-                self.con.execute(f'CREATE VIEW "{family}" AS ' + " UNION ALL ".join(parts))
-            else:
+            if not parts:
                 select = ", ".join(_duckdb_column(family, c, t) for c, t in family_columns(family, set(), columns))
-                self.con.execute(f'CREATE TABLE "{family}" AS SELECT CAST(NULL AS BIGINT) AS segment, {select} LIMIT 0')
+                parts.append(f"SELECT CAST(NULL AS BIGINT) AS segment, {select} LIMIT 0")
+            self.con.execute(f'CREATE OR REPLACE VIEW "{family}" AS ' + " UNION ALL ".join(parts))
 
     def segment_name(self, path: str) -> int:
         """How a row's ``segment`` names the file ``path``: its number (DuckDB's ``file_index`` in the list
@@ -135,11 +146,17 @@ class DuckDbEngine:
         self.con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "_arrow_{name}"')
         self.con.unregister(f"_arrow_{name}")
 
-    def query(self, sql: str) -> pa.Table:
-        """The result of ``sql``; a file the query could not read is one line (CaptureFormatError)."""
+    def summarise(self, tables: dict[str, str], sql: str) -> pa.Table:
+        """``tables`` built a batch of captures at a time (a query each, appended), then ``sql`` over them;
+        a file a query could not read is one line (CaptureFormatError)."""
         import duckdb  # late: ~0.2 s to import, needed by fleet summary and sql only
 
         try:
+            for start in range(0, max(1, len(self.captures)), self.batch):
+                self._views(self.captures[start:start + self.batch])
+                for name, query in tables.items():
+                    into = f'CREATE TABLE "{name}" AS' if start == 0 else f'INSERT INTO "{name}"'
+                    self.con.execute(f"{into} SELECT * FROM ({query})")
             return self.con.sql(sql).to_arrow_table()
         except duckdb.Error as error:
             raise query_error(error) from None
@@ -160,11 +177,11 @@ def _duckdb_column(family: str, column: str, missing: pa.DataType | None) -> str
     return f'"{file_column(family, column)}" AS "{column}"'
 
 
-def _files_by_columns(dataset: Dataset, family: str) -> dict[tuple[str, ...], list[str]]:
+def _files_by_columns(captures: list, family: str) -> dict[tuple[str, ...], list[str]]:
     """The segment files of ``family``, grouped by the columns their capture's schema has (read when the
     captures were opened): each group is read without unifying schemas file by file."""
     out: dict[tuple[str, ...], list[str]] = {}
-    for cap in dataset.captures:
+    for cap in captures:
         files = [str(path) for path in cap.segments(family)]
         if files:
             out.setdefault(tuple(cap.schema(family).names), []).extend(files)
@@ -196,7 +213,7 @@ class SparkEngine:
         self.spark = builder.getOrCreate()
         self.spark.sparkContext.setLogLevel("ERROR")
         for family, columns in wanted.items():
-            paths = [_spark_path(p) for files in _files_by_columns(dataset, family).values() for p in files]
+            paths = [_spark_path(p) for files in _files_by_columns(dataset.captures, family).values() for p in files]
             if paths:
                 frame = self.spark.read.schema(_spark_read_schema(family, columns)).parquet(*paths)
                 frame = frame.withColumn("segment", F.col("_metadata.file_path"))
@@ -223,7 +240,10 @@ class SparkEngine:
         rows = [tuple(row.values()) for row in table.to_pylist()]
         self.spark.createDataFrame(rows, schema=_spark_schema(table.schema)).createOrReplaceTempView(name)
 
-    def query(self, sql: str) -> pa.Table:
+    def summarise(self, tables: dict[str, str], sql: str) -> pa.Table:
+        """``tables`` as views (Spark plans them into ``sql``), then ``sql``."""
+        for name, query in tables.items():
+            self.spark.sql(query).createOrReplaceTempView(name)
         return self.spark.sql(sql).toArrow()
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 :func:`fleet_summary` opens the captures under the given paths (:class:`tracekit.dataset.Dataset`)
 and their stored analysis verdicts (:mod:`.verdicts`; a capture that cannot be read, or whose verdicts
 file is not one, is left out and named in ``problems``), registers the input tables on
-the chosen engine (:mod:`.engines`), runs :func:`tracekit.fleet.query.summary_sql` once and returns a
+the chosen engine (:mod:`.engines`), runs :func:`tracekit.fleet.query.summary_sql` (over its
+:func:`~tracekit.fleet.query.capture_sql` tables) and returns a
 :class:`FleetSummary`: one row per group (``--by``: capture facts such as the kernel release, host,
 scenario, or a KVM parameter ``kvm.PARAM``), one row per capture, every value a plain int, float, str
 or None so both engines' results compare equal.
@@ -21,7 +22,7 @@ from tracekit.capture.remote import is_url
 from tracekit.dataset import Dataset, capture_facts
 from tracekit.errors import CaptureFormatError, QueryError, UsageError
 from tracekit.fleet.engines import ENGINES, duckdb_engine, spark_engine
-from tracekit.fleet.query import FIGURES, INPUT_COLUMNS, summary_sql
+from tracekit.fleet.query import FIGURES, INPUT_COLUMNS, capture_sql, summary_sql
 from tracekit.fleet.verdicts import VERDICT_COLUMNS, VERDICT_FAMILIES, stored_verdicts
 
 __all__ = ["GROUP_KEYS", "CAPTURE_COLUMNS", "VERDICTS_SHOWN", "SUMMARY_FAMILIES", "summary_dataset", "listed_dataset",
@@ -167,7 +168,7 @@ class _Inputs:
                 "segment": pa.array([runner.segment_name(file) for _, file in files]),
                 "capture": pa.array([capture_no[c] for c, _ in files], pa.int64()),
                 "grp": pa.array([self.group_no[self.groups[c]] for c, _ in files], pa.int64())}))
-            return runner.query(summary_sql()).to_pylist()
+            return runner.summarise(capture_sql(), summary_sql()).to_pylist()
         finally:
             runner.close()
 
