@@ -140,3 +140,15 @@ def test_verdicts_of_a_capture_at_a_url_are_written_through_its_file_system(tmp_
     assert [p.name for p in cap.iterdir() if p.name.startswith(".")] == []  # no temporary file left
     again = CliRunner().invoke(app, ["fleet", "verdicts", f"file://{cap}"])
     assert again.exit_code == 0 and again.stdout.rstrip().endswith("(kept)")
+
+
+def test_verdicts_lines_fit_the_terminal_and_stay_whole_in_a_pipe(tmp_path, monkeypatch):
+    """On an 80-column terminal (COLUMNS) each capture's line is wrapped at words (it was 152 characters);
+    into a pipe it stays one line per capture, for grep."""
+    cap = _copy(tmp_path)
+    piped = CliRunner().invoke(app, ["fleet", "verdicts", str(cap)])
+    assert piped.exit_code == 0 and len(piped.stdout.splitlines()) == 1 and len(piped.stdout.rstrip()) > 80
+    monkeypatch.setenv("COLUMNS", "80")
+    shown = CliRunner().invoke(app, ["fleet", "verdicts", str(cap)])
+    assert shown.exit_code == 0 and all(len(line) <= 80 for line in shown.stdout.splitlines())
+    assert len(shown.stdout.splitlines()) > 1 and "".join(shown.stdout.split()) == "".join(piped.stdout.split())

@@ -16,6 +16,7 @@ from tracekit.errors import AnalysisError, CaptureFormatError, UsageError
 from tracekit.fleet.render import summary_html, summary_json, summary_text, verdicts_text
 from tracekit.fleet.summary import fleet_summary
 from tracekit.fleet.verdicts import store_verdicts, stored_verdicts
+from tracekit.render import output_width, prose_lines
 
 __all__ = ["register", "summary", "verdicts", "FORMATS"]
 
@@ -102,7 +103,8 @@ def verdicts(
             where = shown_path(cap.path)
             problems.append(str(error) if where in str(error) else f"{where}: {error}")
             continue
-        typer.echo(f"{shown_path(cap.path)}: {verdicts_text(values)}{' (kept)' if kept else ''}")
+        line, width = f"{shown_path(cap.path)}: {verdicts_text(values)}{' (kept)' if kept else ''}", output_width()
+        typer.echo("\n".join(prose_lines(line, width)) if width and len(line) > width else line)  # a pipe: one line
     for problem in problems:
         typer.echo(f"tracekit: warning: left out: {problem}", err=True)
     if problems:
