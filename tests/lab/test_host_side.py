@@ -229,6 +229,40 @@ def test_a_guest_kernel_that_died_before_init_is_booted_once_more(tmp_path, monk
     assert "Kernel panic" in (tmp_path / "cap.tkcap.console.attempt1.log").read_text()
 
 
+def test_a_guest_whose_kernel_locks_up_is_killed_at_once_and_booted_once_more(tmp_path, monkeypatch):
+    """An arm64 recorder run's guest kernel once reported a hard lockup (NMI watchdog) after /init started
+    and the host waited out its 30 min timeout: QEMU is now killed as the console shows it, and the guest
+    booted once more, the first console kept."""
+    import time
+
+    from tracekit.lab import runner as lab_runner
+    from tracekit.lab.runner import _boot
+
+    monkeypatch.setattr(machine, "WATCH_SECONDS", 0.05)
+    guest = tmp_path / "guest.log"
+    hang = ["sh", "-c", f"printf 'tk-booted arch=arm64\\n[  129.17] watchdog: Watchdog detected hard LOCKUP on cpu 1\\n' "
+            f"> {guest}; sleep 60"]
+    started = time.monotonic()
+    with pytest.raises(machine.GuestLockup, match=r"locked up \('\[  129.17\] watchdog: Watchdog detected hard LOCKUP on cpu 1'\)"):
+        machine.boot(hang, guest, tmp_path / "result.tar", timeout=60)
+    assert time.monotonic() - started < 30  # not the timeout: killed as soon as seen
+
+    real_boot, calls = machine.boot, []
+
+    def hang_then_finish(command, console, archive, timeout):
+        calls.append(1)
+        if len(calls) == 1:
+            return real_boot(hang, console, archive, timeout)
+        console.write_text("tk-booted arch=arm64\ntk-done rc=0\n")
+        return machine.BootResult(console.read_text(), archive, 1.0, 0, command)
+
+    monkeypatch.setattr(lab_runner.machine, "boot", hang_then_finish)
+    log = tmp_path / "cap.tkcap.console.log"
+    boot = _boot(["qemu"], guest, tmp_path / "result.tar", 60, log)
+    assert len(calls) == 2 and boot.guest_rc == 0 and "tk-done" in log.read_text()
+    assert "hard LOCKUP" in (tmp_path / "cap.tkcap.console.attempt1.log").read_text()
+
+
 def test_a_guest_that_reached_init_is_not_booted_again(tmp_path, monkeypatch):
     from tracekit.lab.runner import _boot
 

@@ -5,7 +5,8 @@
 guest writes a tar of its results. :func:`build_initramfs` packs the userland, ``/init``, tracekit's
 sources and the kernel's modules. :func:`boot` runs QEMU with a hard timeout (QEMU dies with tracekit:
 ``PR_SET_PDEATHSIG``) and returns a :class:`BootResult` (console, archive, seconds, the guest's exit
-code from ``tk-done rc=N``). LabError when the guest hangs or QEMU fails to start.
+code from ``tk-done rc=N``). LabError when the guest hangs or QEMU fails to start; GuestLockup, at once,
+when the guest's kernel reports a hard lockup on its console (an emulation fault: nothing runs after it).
 """
 
 from __future__ import annotations
@@ -25,11 +26,20 @@ from tracekit.lab.fetch import QEMU_BINARY, QEMU_PACKAGE, require_tool
 from tracekit.lab.initramfs import write_initramfs
 from tracekit.prctl import PR_SET_PDEATHSIG, libc_prctl
 
-__all__ = ["qemu_command", "build_initramfs", "boot", "BootResult", "GUEST_PORT", "DEFAULT_TIMEOUT", "MEMORY_MIB",
-           "LAUNCHER", "RECORDER_X86_FEATURES"]
+__all__ = ["qemu_command", "build_initramfs", "boot", "BootResult", "GuestLockup", "GUEST_PORT", "DEFAULT_TIMEOUT",
+           "MEMORY_MIB", "LAUNCHER", "RECORDER_X86_FEATURES"]
 
 GUEST_PORT = "tracekit.out"
 DEFAULT_TIMEOUT = 600
+#: Seconds between looks at the guest's console while it runs.
+WATCH_SECONDS = 5.0
+#: What the guest kernel prints when a CPU stopped taking interrupts (its NMI watchdog): the guest never
+#: recovers, so waiting for the timeout (30 min for a recorder run) only delays the failure.
+LOCKUP_MARK = re.compile(r"^.*detected hard LOCKUP.*$", re.MULTILINE)
+
+
+class GuestLockup(LabError):
+    """The guest's kernel reported a hard lockup and QEMU was killed (see the module docstring)."""
 #: Default guest memory (MiB) of each lab architecture.
 MEMORY_MIB = {"arm64": 2048, "x86": 3072}
 _CONSOLE = {"arm64": "ttyAMA0", "x86": "ttyS0"}
@@ -138,8 +148,18 @@ def _die_with_parent() -> None:
         prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+def _lockup(console_log: Path) -> str | None:
+    """The guest console's hard-lockup line (:data:`LOCKUP_MARK`), None while there is none."""
+    try:
+        found = LOCKUP_MARK.search(console_log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return found.group(0).strip() if found else None
+
+
 def boot(command: list[str], console_log: Path, archive: Path, timeout: float = DEFAULT_TIMEOUT) -> BootResult:
-    """Run QEMU until the guest powers off, killing it after ``timeout`` seconds (or when tracekit dies)."""
+    """Run QEMU until the guest powers off, killing it after ``timeout`` seconds, when its kernel locks up
+    (GuestLockup) or when tracekit dies."""
     for stale in (console_log, archive):
         stale.unlink(missing_ok=True)
     start = time.monotonic()
@@ -149,13 +169,21 @@ def boot(command: list[str], console_log: Path, archive: Path, timeout: float = 
     except OSError as error:
         raise LabError(f"cannot start {command[0]}: {error.strerror}") from None
     try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise LabError(
-            f"the emulated guest did not finish within {timeout:.0f} s and was killed; console log kept at {console_log}"
-        ) from None
+        while True:
+            try:  # retried communicate() calls lose no output
+                output, _ = process.communicate(timeout=max(0.01, min(WATCH_SECONDS, start + timeout - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                lockup = _lockup(console_log)
+                if lockup is None and time.monotonic() < start + timeout:
+                    continue
+                process.kill()
+                process.wait()
+                if lockup is not None:
+                    raise GuestLockup(f"the emulated guest's kernel locked up ('{lockup}') and was killed; "
+                                      f"console log kept at {console_log}") from None
+                raise LabError(f"the emulated guest did not finish within {timeout:.0f} s and was killed; "
+                               f"console log kept at {console_log}") from None
     except BaseException:
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -334,9 +334,14 @@ def _adopt_recorded(arch: str, chosen: scenarios.Scenario, recorder: str, output
 def _boot(command: list[str], guest_console: Path, archive: Path, timeout: float, console_log: Path) -> machine.BootResult:
     """Boot the guest; once more when its kernel died before reaching ``/init`` (no ``tk-booted`` line:
     an emulation fault while booting, e.g. a trap taken while the kernel patches its own text on
-    another vCPU). The failed attempt's console is kept as ``<capture>.console.attempt1.log``."""
-    boot = _boot_once(command, guest_console, archive, timeout, console_log)
-    if "tk-booted" in boot.console:
+    another vCPU) or locked up at any time (:class:`tracekit.lab.machine.GuestLockup`: a CPU that
+    stopped taking interrupts, seen once in an arm64 recorder run). The failed attempt's console is
+    kept as ``<capture>.console.attempt1.log``."""
+    try:
+        boot = _boot_once(command, guest_console, archive, timeout, console_log)
+    except machine.GuestLockup:
+        boot = None
+    if boot is not None and "tk-booted" in boot.console:
         return boot
     shutil.copyfile(console_log, console_log.with_name(console_log.name.replace(".console.log", ".console.attempt1.log")))
     return _boot_once(command, guest_console, archive, timeout, console_log)
@@ -345,8 +350,8 @@ def _boot(command: list[str], guest_console: Path, archive: Path, timeout: float
 def _boot_once(command: list[str], guest_console: Path, archive: Path, timeout: float, console_log: Path) -> machine.BootResult:
     try:
         return machine.boot(command, guest_console, archive, timeout)
-    except LabError as error:
-        raise LabError(str(error).replace(str(guest_console), str(console_log)), detail=error.detail) from None
+    except LabError as error:  # the same kind of error, naming the kept console
+        raise type(error)(str(error).replace(str(guest_console), str(console_log)), detail=error.detail) from None
     finally:
         if guest_console.exists():
             shutil.copyfile(guest_console, console_log)
