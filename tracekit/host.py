@@ -39,6 +39,8 @@ __all__ = [
 TRACEFS = Path("/sys/kernel/tracing")
 TRACEFS_ROOTS = (TRACEFS, Path("/sys/kernel/debug/tracing"))
 KALLSYMS = Path("/proc/kallsyms")
+#: The kallsyms types of text (function) symbols, the ones kept: a kprobe can attach only to those.
+TEXT_SYMBOL_TYPES = frozenset("tTwW")
 BTF_DIR = Path("/sys/kernel/btf")
 BTF_VMLINUX = BTF_DIR / "vmlinux"
 
@@ -103,7 +105,7 @@ def parse_kallsyms(text: str) -> SymbolTable:
     modules: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) < 3 or parts[1] not in ("t", "T", "w", "W"):
+        if len(parts) < 3 or parts[1] not in TEXT_SYMBOL_TYPES:
             continue
         try:
             address = int(parts[0], 16)
@@ -131,7 +133,7 @@ def kallsyms_has_text_symbol(path: str | Path, name: str) -> bool:
             for line in lines:
                 if key in line:
                     parts = line.split()
-                    if len(parts) >= 3 and parts[2] == key and parts[1] in (b"t", b"T", b"w", b"W"):
+                    if len(parts) >= 3 and parts[2] == key and parts[1].decode(errors="replace") in TEXT_SYMBOL_TYPES:
                         return True
     except OSError:
         pass
